@@ -1,0 +1,486 @@
+//! Envoy Gateway's kinds (gateway.envoyproxy.io/v1alpha1), with the fields trellis serves typed.
+//! Fields trellis does not act on yet are kept as JSON (`serde_json::Value`) so that a
+//! manifest using them loads without warnings; validation says which ones are not served.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::LabelSelector;
+use super::routes::BackendRef;
+
+/// `targetRefs` entry of a policy: a local (same-namespace) reference.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub section_name: Option<String>,
+}
+
+/// `targetSelectors` entry: every object of a kind in the policy's namespace whose labels match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSelector {
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
+    #[serde(default)]
+    pub match_labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<super::LabelSelectorRequirement>,
+}
+
+impl TargetSelector {
+    pub fn selector(&self) -> LabelSelector {
+        LabelSelector {
+            match_labels: self.match_labels.clone(),
+            match_expressions: self.match_expressions.clone(),
+        }
+    }
+}
+
+/// What every Envoy Gateway policy has: where it attaches.
+pub trait Policy {
+    /// `targetRef` (deprecated singular form) and `targetRefs` together.
+    fn target_refs(&self) -> Vec<&TargetRef>;
+    fn target_selectors(&self) -> &[TargetSelector];
+}
+
+macro_rules! impl_policy {
+    ($($t:ty),*) => {$(
+        impl Policy for $t {
+            fn target_refs(&self) -> Vec<&TargetRef> {
+                self.target_ref.iter().chain(self.target_refs.iter()).collect()
+            }
+            fn target_selectors(&self) -> &[TargetSelector] {
+                &self.target_selectors
+            }
+        }
+    )*};
+}
+
+impl_policy!(
+    BackendTrafficPolicySpec,
+    ClientTrafficPolicySpec,
+    EnvoyExtensionPolicySpec,
+    SecurityPolicySpec
+);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyProxySpec {
+    #[serde(default)]
+    pub logging: Option<Value>,
+    #[serde(default)]
+    pub provider: Option<Value>,
+    #[serde(default)]
+    pub shutdown: Option<Shutdown>,
+    #[serde(default)]
+    pub telemetry: Option<Value>,
+    #[serde(default)]
+    pub bootstrap: Option<Value>,
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    #[serde(default)]
+    pub merge_gateways: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Shutdown {
+    #[serde(default)]
+    pub drain_timeout: Option<String>,
+    #[serde(default)]
+    pub min_drain_duration: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendTrafficPolicySpec {
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    pub target_selectors: Vec<TargetSelector>,
+    #[serde(default)]
+    pub compressor: Vec<Compressor>,
+    #[serde(default)]
+    pub retry: Option<Retry>,
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
+    #[serde(default)]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(default)]
+    pub load_balancer: Option<Value>,
+    #[serde(default)]
+    pub circuit_breaker: Option<Value>,
+    #[serde(default)]
+    pub health_check: Option<Value>,
+    #[serde(default)]
+    pub rate_limit: Option<Value>,
+    #[serde(default)]
+    pub fault_injection: Option<Value>,
+    #[serde(default)]
+    pub proxy_protocol: Option<Value>,
+    #[serde(default)]
+    pub connection: Option<Value>,
+    #[serde(default)]
+    pub dns: Option<Value>,
+    #[serde(default)]
+    pub http2: Option<Value>,
+    #[serde(default)]
+    pub use_client_protocol: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Compressor {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub zstd: Option<Value>,
+    #[serde(default)]
+    pub brotli: Option<Value>,
+    #[serde(default)]
+    pub gzip: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    #[serde(default)]
+    pub num_retries: Option<u32>,
+    #[serde(default)]
+    pub num_attempts_per_priority: Option<u32>,
+    #[serde(default)]
+    pub retry_on: Option<RetryOn>,
+    #[serde(default)]
+    pub per_retry: Option<PerRetry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryOn {
+    #[serde(default)]
+    pub triggers: Vec<String>,
+    #[serde(default)]
+    pub http_status_codes: Vec<u16>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PerRetry {
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub back_off: Option<BackOff>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackOff {
+    #[serde(default)]
+    pub base_interval: Option<String>,
+    #[serde(default)]
+    pub max_interval: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeout {
+    #[serde(default)]
+    pub http: Option<HttpTimeout>,
+    #[serde(default)]
+    pub tcp: Option<TcpTimeout>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTimeout {
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+    #[serde(default)]
+    pub connection_idle_timeout: Option<String>,
+    #[serde(default)]
+    pub max_connection_duration: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpTimeout {
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpKeepalive {
+    #[serde(default)]
+    pub probes: Option<u32>,
+    #[serde(default)]
+    pub idle_time: Option<String>,
+    #[serde(default)]
+    pub interval: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTrafficPolicySpec {
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    pub target_selectors: Vec<TargetSelector>,
+    #[serde(rename = "clientIPDetection", default)]
+    pub client_ip_detection: Option<ClientIpDetection>,
+    #[serde(default)]
+    pub http2: Option<ClientHttp2>,
+    #[serde(default)]
+    pub http3: Option<Value>,
+    #[serde(default)]
+    pub http1: Option<Value>,
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+    #[serde(default)]
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    #[serde(default)]
+    pub timeout: Option<Value>,
+    #[serde(default)]
+    pub headers: Option<Value>,
+    #[serde(default)]
+    pub connection: Option<Value>,
+    #[serde(default)]
+    pub path: Option<Value>,
+    #[serde(default)]
+    pub proxy_protocol: Option<Value>,
+    #[serde(default)]
+    pub enable_proxy_protocol: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientIpDetection {
+    #[serde(default)]
+    pub x_forwarded_for: Option<XForwardedFor>,
+    #[serde(default)]
+    pub custom_header: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct XForwardedFor {
+    #[serde(default)]
+    pub num_trusted_hops: Option<u32>,
+    #[serde(rename = "trustedCIDRs", default)]
+    pub trusted_cidrs: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientHttp2 {
+    #[serde(default)]
+    pub on_invalid_message: Option<String>,
+    #[serde(default)]
+    pub initial_stream_window_size: Option<Value>,
+    #[serde(default)]
+    pub initial_connection_window_size: Option<Value>,
+    #[serde(default)]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    #[serde(default)]
+    pub min_version: Option<String>,
+    #[serde(default)]
+    pub max_version: Option<String>,
+    #[serde(default)]
+    pub alpn_protocols: Vec<String>,
+    #[serde(default)]
+    pub ciphers: Vec<String>,
+    #[serde(default)]
+    pub client_validation: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyExtensionPolicySpec {
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    pub target_selectors: Vec<TargetSelector>,
+    #[serde(default)]
+    pub lua: Vec<Lua>,
+    #[serde(default)]
+    pub wasm: Option<Value>,
+    #[serde(default)]
+    pub ext_proc: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lua {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub inline: Option<String>,
+    #[serde(default)]
+    pub value_ref: Option<LocalObjectRef>,
+}
+
+/// A same-namespace reference with group and kind (`valueRef`, `clientSecret`...).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalObjectRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicySpec {
+    #[serde(default)]
+    pub target_ref: Option<TargetRef>,
+    #[serde(default)]
+    pub target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    pub target_selectors: Vec<TargetSelector>,
+    #[serde(default)]
+    pub ext_auth: Option<ExtAuth>,
+    #[serde(default)]
+    pub oidc: Option<Oidc>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default)]
+    pub cors: Option<Value>,
+    #[serde(default)]
+    pub jwt: Option<Value>,
+    #[serde(default)]
+    pub api_key_auth: Option<Value>,
+    #[serde(default)]
+    pub authorization: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuth {
+    #[serde(default)]
+    pub fail_open: Option<bool>,
+    #[serde(default)]
+    pub headers_to_ext_auth: Vec<String>,
+    #[serde(default)]
+    pub http: Option<ExtAuthHttp>,
+    #[serde(default)]
+    pub grpc: Option<ExtAuthGrpc>,
+    #[serde(default)]
+    pub body_to_ext_auth: Option<Value>,
+    #[serde(default)]
+    pub recompute_route: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthHttp {
+    #[serde(default)]
+    pub backend_ref: Option<BackendRef>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub headers_to_backend: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthGrpc {
+    #[serde(default)]
+    pub backend_ref: Option<BackendRef>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Oidc {
+    pub provider: OidcProvider,
+    #[serde(rename = "clientID", default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<LocalObjectRef>,
+    #[serde(rename = "redirectURL", default)]
+    pub redirect_url: Option<String>,
+    #[serde(default)]
+    pub logout_path: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub cookie_domain: Option<String>,
+    #[serde(default)]
+    pub forward_access_token: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcProvider {
+    pub issuer: String,
+    #[serde(default)]
+    pub authorization_endpoint: Option<String>,
+    #[serde(default)]
+    pub token_endpoint: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub users: LocalObjectRef,
+}
+
+/// Envoy Gateway's `Backend`: endpoints outside the cluster's Services.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendSpec {
+    #[serde(default)]
+    pub endpoints: Vec<BackendEndpoint>,
+    #[serde(default)]
+    pub tls: Option<Value>,
+    #[serde(default)]
+    pub app_protocols: Vec<String>,
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendEndpoint {
+    #[serde(default)]
+    pub fqdn: Option<HostPort>,
+    #[serde(default)]
+    pub ip: Option<IpPort>,
+    #[serde(default)]
+    pub unix: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostPort {
+    pub hostname: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct IpPort {
+    pub address: String,
+    pub port: u16,
+}

@@ -1,0 +1,120 @@
+//! ExternalDNS's DNSEndpoint, Multus's NetworkAttachmentDefinition and KEDA's ScaledObject.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsEndpointSpec {
+    #[serde(default)]
+    pub endpoints: Vec<DnsRecord>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsRecord {
+    pub dns_name: String,
+    #[serde(default)]
+    pub record_type: String,
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(rename = "recordTTL", default)]
+    pub record_ttl: Option<u32>,
+    #[serde(default)]
+    pub set_identifier: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub provider_specific: Vec<ProviderSpecific>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProviderSpecific {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A NetworkAttachmentDefinition: its `config` is a CNI network configuration in JSON.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkAttachmentSpec {
+    #[serde(default)]
+    pub config: String,
+}
+
+/// The parsed `config` of a NetworkAttachmentDefinition (a CNI conf or conflist).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CniConfig {
+    #[serde(default)]
+    pub cni_version: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A single-plugin config has `type`; a conflist has `plugins`.
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub plugins: Vec<Value>,
+    #[serde(flatten)]
+    pub rest: BTreeMap<String, Value>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectSpec {
+    pub scale_target_ref: ScaleTargetRef,
+    #[serde(default)]
+    pub polling_interval: Option<u32>,
+    #[serde(default)]
+    pub cooldown_period: Option<u32>,
+    #[serde(default)]
+    pub idle_replica_count: Option<u32>,
+    #[serde(default)]
+    pub min_replica_count: Option<u32>,
+    #[serde(default)]
+    pub max_replica_count: Option<u32>,
+    #[serde(default)]
+    pub fallback: Option<Fallback>,
+    #[serde(default)]
+    pub advanced: Option<Value>,
+    #[serde(default)]
+    pub triggers: Vec<Trigger>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub env_source_container_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fallback {
+    pub failure_threshold: u32,
+    pub replicas: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub metric_type: Option<String>,
+    #[serde(default)]
+    pub authentication_ref: Option<Value>,
+    #[serde(default)]
+    pub use_cached_metrics: Option<bool>,
+}

@@ -1,0 +1,117 @@
+//! Watches a manifest tree and re-reads it on change.
+//!
+//! Every change produces an [`Update`]: `Applied` with the new load when it reads cleanly,
+//! or `Rejected` with the errors when it does not, in which case the last good load stays
+//! current. Components hold [`Watch::current`] and swap plans when an `Applied` arrives.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use model::snapshot::{Diagnostic, Severity};
+use notify::{RecursiveMode, Watcher as _};
+
+use crate::dir::{Load, Options, load};
+
+/// Changes that arrive within this window are read as one (an editor's save is several
+/// events; `git checkout` is many).
+pub const DEBOUNCE_MS: u64 = 150;
+/// Updates kept for a slow consumer; older ones are dropped (the current load is always
+/// available from [`Watch::current`]).
+pub const UPDATES_QUEUED_MAX: usize = 64;
+
+#[derive(Debug)]
+pub enum Update {
+    /// The tree changed and read cleanly: this is now current.
+    Applied(Arc<Load>),
+    /// The tree changed but cannot be read: these errors, and the last good load still serves.
+    Rejected { errors: Vec<Diagnostic>, serving: Arc<Load> },
+}
+
+/// A running watch. Dropping it stops watching.
+pub struct Watch {
+    current: Arc<Mutex<Arc<Load>>>,
+    pub updates: Receiver<Update>,
+    _watcher: notify::RecommendedWatcher,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl Watch {
+    /// Reads the tree once and starts watching it. The first load is current even if it has
+    /// errors (there is nothing better to serve); later loads with errors are rejected.
+    pub fn start(roots: Vec<PathBuf>, opts: Options) -> notify::Result<Watch> {
+        let first = Arc::new(load(&roots, &opts));
+        let current = Arc::new(Mutex::new(first));
+        let (event_tx, event_rx) = mpsc::channel::<()>();
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                if !matches!(ev.kind, notify::EventKind::Access(_)) {
+                    let _ = event_tx.send(());
+                }
+            }
+        })?;
+        for r in &roots {
+            watcher.watch(r, RecursiveMode::Recursive)?;
+        }
+        let (update_tx, updates) = mpsc::sync_channel(UPDATES_QUEUED_MAX);
+        let shared = current.clone();
+        std::thread::Builder::new()
+            .name("trellis-watch".into())
+            .spawn(move || {
+                while event_rx.recv().is_ok() {
+                    // Gather the burst.
+                    loop {
+                        match event_rx.recv_timeout(Duration::from_millis(DEBOUNCE_MS)) {
+                            Ok(()) => continue,
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                    let next = load(&roots, &opts);
+                    let update = if next.snapshot.has_errors() {
+                        let errors = next
+                            .snapshot
+                            .diagnostics
+                            .iter()
+                            .filter(|d| d.severity == Severity::Error)
+                            .cloned()
+                            .collect::<Vec<_>>();
+                        for e in &errors {
+                            tracing::warn!(error = %e, "manifest change rejected; serving the last good snapshot");
+                        }
+                        let serving = shared.lock().map(|c| c.clone());
+                        match serving {
+                            Ok(serving) => Update::Rejected { errors, serving },
+                            Err(_) => return,
+                        }
+                    } else {
+                        let next = Arc::new(next);
+                        match shared.lock() {
+                            Ok(mut c) => *c = next.clone(),
+                            Err(_) => return,
+                        }
+                        tracing::info!(objects = next.snapshot.entries.len(), "manifests reloaded");
+                        Update::Applied(next)
+                    };
+                    // A full queue means nobody is reading updates; the current load is kept.
+                    let _ = update_tx.try_send(update);
+                }
+            })
+            .map_err(|e| notify::Error::generic(&e.to_string()))?;
+        Ok(Watch { current, updates, _watcher: watcher })
+    }
+
+    /// The newest load that read cleanly (or the first load).
+    pub fn current(&self) -> Arc<Load> {
+        match self.current.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! `trellis check`: load manifests, print every object with its conditions, exit 0 (clean),
+//! 1 (an object is not Accepted, has unresolved references or conflicts) or 2 (input cannot be
+//! read).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::ExitCode;
+
+use model::snapshot::{Severity, full_api_version};
+use model::{ObjectKey, ObjectStatus, Snapshot};
+use serde::Serialize;
+
+use crate::SourceArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let opts = args.source.options()?;
+    let load = store::load(&args.source.paths, &opts);
+    let report = Report::new(&load);
+    let out = match args.output {
+        Output::Table => table(&load, &report),
+        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Output::Yaml => serde_saphyr::to_string(&report)?,
+    };
+    print!("{out}");
+    let s = &load.snapshot;
+    Ok(if s.has_errors() {
+        ExitCode::from(2)
+    } else if s.has_problems() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The machine-readable report: one document, every object in Kubernetes status shape.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    objects: Vec<ObjectReport<'a>>,
+    skipped: &'a BTreeMap<String, usize>,
+    excluded: &'a [store::Excluded],
+    diagnostics: &'a [model::Diagnostic],
+    summary: Summary,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectReport<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    metadata: MetaOut<'a>,
+    source: SourceOut,
+    conditions: Vec<model::Condition>,
+    status: &'a ObjectStatus,
+    problems: Vec<ProblemOut>,
+}
+
+#[derive(Debug, Serialize)]
+struct MetaOut<'a> {
+    name: &'a str,
+    namespace: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct SourceOut {
+    file: String,
+    line: u32,
+    column: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ProblemOut {
+    path: String,
+    message: String,
+    location: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    loaded: usize,
+    kinds: BTreeMap<String, usize>,
+    skipped: usize,
+    excluded_files: usize,
+    objects_with_problems: usize,
+    warnings: usize,
+    errors: usize,
+}
+
+impl<'a> Report<'a> {
+    fn new(load: &'a store::Load) -> Report<'a> {
+        let s = &load.snapshot;
+        let empty: &'static ObjectStatus = Box::leak(Box::default());
+        let objects: Vec<ObjectReport<'a>> = s
+            .entries
+            .iter()
+            .map(|(key, entry)| {
+                let status = s.status.get(key).unwrap_or(empty);
+                ObjectReport {
+                    api_version: &entry.api_version,
+                    kind: &key.kind,
+                    metadata: MetaOut {
+                        name: &key.name,
+                        namespace: (!key.namespace.is_empty()).then_some(key.namespace.as_str()),
+                    },
+                    source: SourceOut {
+                        file: entry.source.file.display().to_string(),
+                        line: entry.source.pos.line,
+                        column: entry.source.pos.col,
+                    },
+                    conditions: summary_conditions(status),
+                    status,
+                    problems: status
+                        .problems
+                        .iter()
+                        .map(|p| ProblemOut {
+                            path: p.path.clone(),
+                            message: p.message.clone(),
+                            location: entry.source.locate(&p.path),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let mut kinds = BTreeMap::new();
+        for k in s.entries.keys() {
+            *kinds.entry(k.kind.clone()).or_default() += 1;
+        }
+        let summary = Summary {
+            loaded: s.entries.len(),
+            kinds,
+            skipped: s.skipped.values().sum(),
+            excluded_files: load.excluded.len(),
+            objects_with_problems: s.status.values().filter(|st| st.has_problem()).count(),
+            warnings: s.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count(),
+            errors: s.diagnostics.iter().filter(|d| d.severity == Severity::Error).count(),
+        };
+        Report { objects, skipped: &s.skipped, excluded: &load.excluded, diagnostics: &s.diagnostics, summary }
+    }
+}
+
+/// An object's own conditions plus, for routes, the first failing per-parent condition of each
+/// type (so a flat list tells the whole story).
+fn summary_conditions(status: &ObjectStatus) -> Vec<model::Condition> {
+    let mut out = status.conditions.clone();
+    for l in &status.listeners {
+        for c in &l.conditions {
+            if c.is_problem() {
+                let mut c = c.clone();
+                if !c.message.starts_with("listener") {
+                    c.message = format!("listener {}: {}", l.name, c.message);
+                }
+                if !out.iter().any(|o| o.type_ == c.type_ && o.is_problem()) {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cond_cell(status: &ObjectStatus) -> String {
+    let mut cells = Vec::new();
+    for c in summary_conditions(status) {
+        if c.is_problem() {
+            cells.push(format!("{}={}({})", c.type_, c.status, c.reason));
+        } else if cells.iter().all(|x: &String| !x.starts_with(&c.type_)) {
+            cells.push(c.type_.clone());
+        }
+    }
+    cells.join(" ")
+}
+
+fn message_cell(status: &ObjectStatus) -> String {
+    let conds = summary_conditions(status);
+    let problem = conds.iter().find(|c| c.is_problem());
+    match problem {
+        Some(c) => c.message.clone(),
+        None => conds.iter().find(|c| !c.message.is_empty()).map(|c| c.message.clone()).unwrap_or_default(),
+    }
+}
+
+fn table(load: &store::Load, report: &Report<'_>) -> String {
+    let s: &Snapshot = &load.snapshot;
+    let mut rows: Vec<[String; 4]> = vec![["KIND".into(), "NAMESPACE/NAME".into(), "CONDITIONS".into(), "MESSAGE".into()]];
+    for key in s.entries.keys() {
+        let st = s.status.get(key).cloned().unwrap_or_default();
+        rows.push([key.kind.clone(), key.ns_name(), cond_cell(&st), message_cell(&st)]);
+    }
+    let mut widths = [0usize; 3];
+    for r in &rows {
+        for i in 0..3 {
+            widths[i] = widths[i].max(r[i].chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let _ = writeln!(out, "{:w0$}  {:w1$}  {:w2$}  {}", r[0], r[1], r[2], r[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+    }
+    let problems: Vec<(&ObjectKey, String)> = report
+        .objects
+        .iter()
+        .zip(s.entries.keys())
+        .flat_map(|(o, k)| o.problems.iter().map(move |p| (k, format!("{}: {k}: {}{}", p.location, if p.path.is_empty() { String::new() } else { format!("{}: ", p.path) }, p.message))))
+        .collect();
+    if !problems.is_empty() {
+        out.push_str("\nproblems:\n");
+        for (_, line) in &problems {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    let (errors, warnings): (Vec<_>, Vec<_>) = s.diagnostics.iter().partition(|d| d.severity == Severity::Error);
+    if !errors.is_empty() {
+        out.push_str("\nerrors:\n");
+        for d in errors {
+            let _ = writeln!(out, "  {d}");
+        }
+    }
+    if !warnings.is_empty() {
+        out.push_str("\nwarnings:\n");
+        for d in warnings {
+            let _ = writeln!(out, "  {d}");
+        }
+    }
+    if !load.excluded.is_empty() {
+        out.push_str("\nexcluded (read, not served):\n");
+        for e in &load.excluded {
+            let _ = writeln!(out, "  {}: {} ({} document(s))", e.file.display(), e.reason, e.objects);
+        }
+    }
+    let sm = &report.summary;
+    let skipped = s.skipped.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+    let _ = writeln!(
+        out,
+        "\nsummary: {} objects loaded, {} skipped{}, {} files excluded, {} objects with problems, {} warnings, {} errors",
+        sm.loaded,
+        sm.skipped,
+        if skipped.is_empty() { String::new() } else { format!(" ({skipped})") },
+        sm.excluded_files,
+        sm.objects_with_problems,
+        sm.warnings,
+        sm.errors
+    );
+    let _ = full_api_version;
+    out
+}

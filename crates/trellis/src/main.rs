@@ -1,0 +1,84 @@
+//! The trellis binary: one command line for every component.
+//!
+//! Subcommands live in their own modules; each parses its flags with clap and calls into the
+//! library crates. Only this crate installs a tracing subscriber.
+
+mod check;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "trellis", version, about = "The network stack of a small cluster in one program")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command that reads manifests shares.
+#[derive(Debug, clap::Args)]
+pub struct SourceArgs {
+    /// A manifest directory or file (repeatable). Directories are read with kustomize and Flux
+    /// semantics (kustomization.yaml, ks.yaml targetNamespace, configMapGenerator).
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Flux post-build variables: a YAML map (NAME: value) or env-style lines (NAME=value).
+    #[arg(long)]
+    pub vars: Option<PathBuf>,
+    /// Make an undefined ${VAR} an error instead of a warning.
+    #[arg(long)]
+    pub strict_vars: bool,
+    /// Namespace for namespaced objects that nothing else places.
+    #[arg(long, default_value = "default")]
+    pub default_namespace: String,
+}
+
+impl SourceArgs {
+    pub fn options(&self) -> anyhow::Result<store::Options> {
+        use anyhow::Context as _;
+        let vars = match &self.vars {
+            None => Default::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read vars file {}", p.display()))?;
+                model::subst::parse_vars(&text)
+                    .map_err(|e| anyhow::anyhow!("vars file {}: {e}", p.display()))?
+            }
+        };
+        Ok(store::Options {
+            vars,
+            strict_vars: self.strict_vars,
+            default_namespace: self.default_namespace.clone(),
+            ignore: self.vars.iter().cloned().collect(),
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load manifests, resolve references and print every object's conditions.
+    Check(check::Args),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => check::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
