@@ -273,6 +273,7 @@ impl Loader<'_> {
                 return;
             }
         };
+        let files: Vec<PathBuf> = files.into_iter().filter(|f| !self.ignored(f)).collect();
         let kustomization = files.iter().find(|f| {
             f.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_NAMES.contains(&n))
         });
@@ -280,14 +281,14 @@ impl Loader<'_> {
             Some(k) => {
                 let k = k.clone();
                 let listed = self.kustomization(&k, &mut ctx, depth);
-                for f in files.iter().filter(|f| is_yaml(f) && **f != k && !self.ignored(f)) {
+                for f in files.iter().filter(|f| is_yaml(f) && **f != k) {
                     if !listed.contains(&canonical(f)) && !self.seen_files.contains(&canonical(f)) {
                         self.exclude(f, "not listed in kustomization.yaml resources");
                     }
                 }
             }
             None => {
-                for f in files.iter().filter(|f| is_yaml(f) && !self.ignored(f)) {
+                for f in files.iter().filter(|f| is_yaml(f)) {
                     self.file(f, &ctx);
                 }
             }
