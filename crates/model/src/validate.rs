@@ -406,6 +406,8 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
             }
             let p = if info.programmable {
                 ok(cond::PROGRAMMED, reason::PROGRAMMED, "")
+            } else if info.usable {
+                bad(cond::PROGRAMMED, reason::INVALID, "listener references do not resolve")
             } else {
                 bad(cond::PROGRAMMED, reason::INVALID, "listener is not valid")
             };

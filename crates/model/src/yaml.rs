@@ -315,6 +315,9 @@ impl Node {
                     }
                     path.push_str(&key);
                     let value = v.to_json_at(path, index);
+                    // A field is reported where its key is written (`prots:`), which is where an
+                    // editor should jump; sequence items keep their own position.
+                    index.0.insert(path.clone(), k.pos);
                     path.truncate(len);
                     out.insert(key, value);
                 }
@@ -425,7 +428,7 @@ mod tests {
         let doc = &parse_documents(text).expect("valid")[0];
         let mut index = PosIndex::default();
         doc.to_json(&mut index);
-        assert_eq!(index.find("spec.rules[0].name"), Some(Pos { line: 5, col: 13 }));
+        assert_eq!(index.find("spec.rules[0].name"), Some(Pos { line: 5, col: 7 }));
         assert_eq!(index.find("spec.rules[0].missing"), Some(Pos { line: 4, col: 7 }));
     }
 

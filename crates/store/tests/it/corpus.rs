@@ -1,0 +1,150 @@
+//! The real cluster's manifests (`../shared/corpus/home-ops`) load unchanged, and the only
+//! problems reported are references that truly point outside the corpus.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use model::ObjectKey;
+
+pub fn corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/home-ops/kubernetes")
+}
+
+fn load() -> store::Load {
+    let dir = corpus_dir();
+    assert!(dir.is_dir(), "corpus not found at {}", dir.display());
+    store::load(&[dir], &store::Options { default_namespace: "default".into(), ..Default::default() })
+}
+
+#[test]
+fn every_file_is_read_and_nothing_fails_to_parse() {
+    let load = load();
+    let s = &load.snapshot;
+    assert!(!s.has_errors(), "errors: {:#?}", s.diagnostics);
+    let on_disk: BTreeSet<PathBuf> = walk(&corpus_dir())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "lua"))
+        .map(|p| p.canonicalize().expect("exists"))
+        .collect();
+    let read: BTreeSet<PathBuf> = load.files.iter().map(|p| p.canonicalize().expect("exists")).collect();
+    let unread: Vec<_> = on_disk.difference(&read).collect();
+    assert!(unread.is_empty(), "files never read: {unread:#?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("readable") {
+        let p = e.expect("entry").path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn served_kinds_and_namespaces() {
+    let s = load().snapshot;
+    let count = |kind: &str| s.entries.keys().filter(|k| k.kind == kind).count();
+    assert_eq!(count("Gateway"), 2);
+    assert_eq!(count("GatewayClass"), 1);
+    assert_eq!(count("TLSRoute"), 3);
+    assert_eq!(count("NetworkAttachmentDefinition"), 4);
+    assert_eq!(count("CiliumNetworkPolicy"), 2);
+    assert_eq!(count("EnvoyExtensionPolicy"), 2);
+    assert_eq!(count("SecurityPolicy"), 5);
+    // Namespaces come from the kustomization, the Flux Kustomization or the folder layout.
+    let key = |g: &str, k: &str, ns: &str, n: &str| ObjectKey::new(g, k, ns, n);
+    for k in [
+        key("gateway.networking.k8s.io", "Gateway", "network", "envoy-external"),
+        key("gateway.networking.k8s.io", "HTTPRoute", "dev", "forgejo"),
+        key("gateway.networking.k8s.io", "ReferenceGrant", "security", "ref-authentik-svc-embedded"),
+        key("cilium.io", "CiliumNetworkPolicy", "dev", "forgejo-runner"),
+        key("k8s.cni.cncf.io", "NetworkAttachmentDefinition", "network", "multus-iot"),
+    ] {
+        assert!(s.entries.contains_key(&k), "{k} not loaded");
+    }
+    // Kinds trellis does not serve are counted, never errors.
+    assert_eq!(s.skipped.get("helm.toolkit.fluxcd.io/HelmRelease"), Some(&10));
+    assert_eq!(s.skipped.get("grafana.integreatly.org/GrafanaDashboard"), Some(&6));
+}
+
+#[test]
+fn config_map_generator_feeds_the_lua_policy() {
+    let s = load().snapshot;
+    let cm = model::snapshot::get(&s.config_maps, "network", "envoy-external-extensions").expect("generated");
+    let lua = cm.spec.data.as_ref().and_then(|d| d.get("block-user-agents.lua")).expect("file key");
+    assert!(lua.contains("envoy_on_request"), "{lua}");
+    let key = ObjectKey::new("gateway.envoyproxy.io", "EnvoyExtensionPolicy", "network", "envoy-external");
+    let st = s.status.get(&key).expect("status");
+    assert!(!st.has_problem(), "{st:#?}");
+}
+
+/// Every object with a problem, with the reason: all must be references to objects that the
+/// corpus does not hold (Services and Secrets made by HelmReleases and cert-manager), a
+/// variable the corpus does not define, a real conflict in the corpus, or the unsupported BGP
+/// kinds.
+#[test]
+fn only_true_outside_references_are_flagged() {
+    let s = load().snapshot;
+    let mut flagged = BTreeSet::new();
+    for (k, st) in &s.status {
+        for c in st.all_conditions().filter(|c| c.is_problem()) {
+            flagged.insert(format!("{k} {}={}({})", c.type_, c.status, c.reason));
+        }
+    }
+    let want: BTreeSet<String> = [
+        "CiliumBGPAdvertisement l3-bgp-advertisement Accepted=False(Unsupported)",
+        "CiliumBGPClusterConfig l3-bgp-cluster-config Accepted=False(Unsupported)",
+        "CiliumBGPPeerConfig l3-bgp-peer-config Accepted=False(Unsupported)",
+        "CiliumNetworkPolicy dev/forgejo-runner ResolvedRefs=False(CIDRGroupNotFound)",
+        "DNSEndpoint network/cloudflare-tunnel Accepted=False(Invalid)",
+        "DNSEndpoint workadventure/coturn Conflicted=True(Duplicate)",
+        "Gateway network/envoy-external ResolvedRefs=False(InvalidCertificateRef)",
+        "Gateway network/envoy-internal ResolvedRefs=False(InvalidCertificateRef)",
+        "HTTPRoute ai/mcp-gateway ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute ai/mcp-gateway-internal ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute dev/forgejo ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute flux-system/github-webhook ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute flux-system/headlamp ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/alertmanager-ext ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/alloy-logs ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/alloy-profiles ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/alloy-receiver ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/alloy-singleton ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/loki-ext ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/prometheus-ext ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/pyroscope-ext Conflicted=True(Duplicate)",
+        "HTTPRoute observability/pyroscope-ext ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute observability/tempo-ext ResolvedRefs=False(BackendNotFound)",
+        "HTTPRoute security/policy-reporter ResolvedRefs=False(BackendNotFound)",
+        "SecurityPolicy observability/alertmanager-ext ResolvedRefs=False(BackendNotFound)",
+        "SecurityPolicy observability/loki-ext ResolvedRefs=False(BackendNotFound)",
+        "SecurityPolicy observability/prometheus-ext ResolvedRefs=False(BackendNotFound)",
+        "SecurityPolicy observability/pyroscope-ext ResolvedRefs=False(BackendNotFound)",
+        "SecurityPolicy observability/tempo-ext ResolvedRefs=False(BackendNotFound)",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let missing: Vec<_> = want.difference(&flagged).collect();
+    let extra: Vec<_> = flagged.difference(&want).collect();
+    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+}
+
+#[test]
+fn the_cloudflare_tunnel_record_resolves_with_vars() {
+    let dir = corpus_dir();
+    let opts = store::Options {
+        vars: [("CLOUDFLARE_TUNNEL_ID".to_string(), "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42".to_string())].into(),
+        default_namespace: "default".into(),
+        ..Default::default()
+    };
+    let s = store::load(&[dir], &opts).snapshot;
+    let key = ObjectKey::new("externaldns.k8s.io", "DNSEndpoint", "network", "cloudflare-tunnel");
+    assert!(!s.status[&key].has_problem(), "{:#?}", s.status[&key]);
+    let d = model::snapshot::get(&s.dns_endpoints, "network", "cloudflare-tunnel").expect("loaded");
+    assert_eq!(d.spec.endpoints[0].targets[0], "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42.cfargotunnel.com");
+}
