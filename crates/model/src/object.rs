@@ -226,12 +226,20 @@ impl ObjectStatus {
 
     /// Records a value that is not valid.
     pub fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.push_problem(Problem { path: path.into(), message: message.into(), reference: false });
+        self.push_problem(Problem {
+            path: path.into(),
+            message: message.into(),
+            reference: false,
+        });
     }
 
     /// Records a reference that does not resolve.
     pub fn unresolved(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.push_problem(Problem { path: path.into(), message: message.into(), reference: true });
+        self.push_problem(Problem {
+            path: path.into(),
+            message: message.into(),
+            reference: true,
+        });
     }
 
     fn push_problem(&mut self, p: Problem) {

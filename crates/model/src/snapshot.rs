@@ -270,7 +270,10 @@ fn decode_typed<T: DeserializeOwned>(
             (v, "")
         }
         Shape::Spec => (
-            doc.value.get("spec").cloned().unwrap_or_else(|| serde_json::json!({})),
+            doc.value
+                .get("spec")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
             "spec",
         ),
     };
@@ -283,7 +286,9 @@ fn decode_typed<T: DeserializeOwned>(
     for path in unknown {
         let full = join_path(prefix, &path);
         // Fields every object has, that typed specs do not model.
-        if matches!(full.as_str(), "apiVersion" | "kind" | "metadata") || full.starts_with("metadata.") {
+        if matches!(full.as_str(), "apiVersion" | "kind" | "metadata")
+            || full.starts_with("metadata.")
+        {
             continue;
         }
         diagnostics.push(Diagnostic {
@@ -317,7 +322,11 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
         P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
         P::Map { parent, key } => {
             let p = ignored_path(parent);
-            if p.is_empty() { key.clone() } else { format!("{p}.{key}") }
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
         }
         P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
             ignored_path(parent)
@@ -329,7 +338,10 @@ impl Snapshot {
     /// Types every raw document and validates the result. Never fails: bad documents become
     /// diagnostics and objects with `Accepted=False`.
     pub fn build(raws: Vec<RawObject>, diagnostics: Vec<Diagnostic>) -> Snapshot {
-        let mut s = Snapshot { diagnostics, ..Snapshot::default() };
+        let mut s = Snapshot {
+            diagnostics,
+            ..Snapshot::default()
+        };
         for raw in raws {
             s.add(raw);
         }
@@ -338,14 +350,27 @@ impl Snapshot {
     }
 
     fn add(&mut self, raw: RawObject) {
-        let RawObject { value, source, default_namespace } = raw;
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).map(str::to_string);
-        let kind = value.get("kind").and_then(|v| v.as_str()).map(str::to_string);
+        let RawObject {
+            value,
+            source,
+            default_namespace,
+        } = raw;
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         let (api_version, kind) = match (api_version, kind) {
             (Some(a), Some(k)) => (a, k),
             (None, None) => {
                 // Not a Kubernetes object (a config file beside manifests).
-                *self.skipped.entry("(not a Kubernetes object)".into()).or_default() += 1;
+                *self
+                    .skipped
+                    .entry("(not a Kubernetes object)".into())
+                    .or_default() += 1;
                 return;
             }
             (a, k) => {
@@ -357,7 +382,11 @@ impl Snapshot {
                     object: None,
                     message: format!(
                         "document has {} but no `{missing}` (kind {:?})",
-                        if a.is_none() { "a kind" } else { "an apiVersion" },
+                        if a.is_none() {
+                            "a kind"
+                        } else {
+                            "an apiVersion"
+                        },
                         k.as_deref().unwrap_or("?")
                     ),
                 });
@@ -369,11 +398,18 @@ impl Snapshot {
             None => (String::new(), api_version.clone()),
         };
         let Some(info) = kind_info(&group, &kind) else {
-            let label = if group.is_empty() { kind } else { format!("{group}/{kind}") };
+            let label = if group.is_empty() {
+                kind
+            } else {
+                format!("{group}/{kind}")
+            };
             *self.skipped.entry(label).or_default() += 1;
             return;
         };
-        let meta_value = value.get("metadata").cloned().unwrap_or(serde_json::Value::Null);
+        let meta_value = value
+            .get("metadata")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
         let meta: Meta = serde_json::from_value::<Option<Meta>>(meta_value)
             .ok()
             .flatten()
@@ -434,8 +470,20 @@ impl Snapshot {
             }
             return;
         }
-        self.entries.insert(key.clone(), Entry { api_version: api_version.clone(), source: source.clone(), digest });
-        let doc = Doc { api_version, meta, value, source };
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                api_version: api_version.clone(),
+                source: source.clone(),
+                digest,
+            },
+        );
+        let doc = Doc {
+            api_version,
+            meta,
+            value,
+            source,
+        };
 
         if problems.is_empty() {
             let result = match info.support {
@@ -443,7 +491,12 @@ impl Snapshot {
                 Support::Unsupported(reason) => {
                     self.unsupported.insert(key.clone(), doc.value);
                     let st = self.status.entry(key.clone()).or_default();
-                    st.set(Condition::new(cond::ACCEPTED, Status::False, cond::reason::UNSUPPORTED, reason));
+                    st.set(Condition::new(
+                        cond::ACCEPTED,
+                        Status::False,
+                        cond::reason::UNSUPPORTED,
+                        reason,
+                    ));
                     return;
                 }
             };
@@ -455,10 +508,21 @@ impl Snapshot {
             let st = self.status.entry(key.clone()).or_default();
             let message = problems
                 .iter()
-                .map(|(path, msg)| if path.is_empty() { msg.clone() } else { format!("{path}: {msg}") })
+                .map(|(path, msg)| {
+                    if path.is_empty() {
+                        msg.clone()
+                    } else {
+                        format!("{path}: {msg}")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("; ");
-            st.set(Condition::new(cond::ACCEPTED, Status::False, cond::reason::INVALID, message));
+            st.set(Condition::new(
+                cond::ACCEPTED,
+                Status::False,
+                cond::reason::INVALID,
+                message,
+            ));
             for (path, msg) in problems {
                 st.problem(path, msg);
             }
@@ -472,7 +536,9 @@ impl Snapshot {
 
     /// Whether any document could not be read at all (exit code 2 in `trellis check`).
     pub fn has_errors(&self) -> bool {
-        self.diagnostics.iter().any(|d| d.severity == Severity::Error)
+        self.diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
     }
 
     /// Whether any object is not Accepted, has unresolved references or conflicts.
@@ -500,5 +566,9 @@ fn content_digest(value: &serde_json::Value) -> u64 {
 
 /// `group/version`, or `version` for the core group.
 pub fn full_api_version(group: &str, version: &str) -> String {
-    if group.is_empty() { version.to_string() } else { format!("{group}/{version}") }
+    if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    }
 }

@@ -104,16 +104,17 @@ fn expand_one(
         return whole.to_string();
     }
     let value = vars.get(name);
-    let (default, empty_counts_as_unset) = if let Some(d) = op.strip_prefix(":=").or(op.strip_prefix(":-")) {
-        (Some(d), true)
-    } else if let Some(d) = op.strip_prefix('=').or(op.strip_prefix('-')) {
-        (Some(d), false)
-    } else if op.is_empty() {
-        (None, false)
-    } else {
-        // Other shell operators (`${X:offset}`, `${#X}`...) are not Flux's; leave them.
-        return whole.to_string();
-    };
+    let (default, empty_counts_as_unset) =
+        if let Some(d) = op.strip_prefix(":=").or(op.strip_prefix(":-")) {
+            (Some(d), true)
+        } else if let Some(d) = op.strip_prefix('=').or(op.strip_prefix('-')) {
+            (Some(d), false)
+        } else if op.is_empty() {
+            (None, false)
+        } else {
+            // Other shell operators (`${X:offset}`, `${#X}`...) are not Flux's; leave them.
+            return whole.to_string();
+        };
     match (value, default) {
         (Some(v), Some(_)) if empty_counts_as_unset && v.is_empty() => {
             expand(default.unwrap_or_default(), vars, undefined, depth + 1)
@@ -122,7 +123,9 @@ fn expand_one(
         (None, Some(d)) => expand(d, vars, undefined, depth + 1),
         (None, None) => {
             if !undefined.iter().any(|u| u.name == name) {
-                undefined.push(Undefined { name: name.to_string() });
+                undefined.push(Undefined {
+                    name: name.to_string(),
+                });
             }
             whole.to_string()
         }
@@ -139,11 +142,20 @@ pub fn parse_vars(text: &str) -> Result<Vars, String> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .all(|l| {
             let l = l.strip_prefix("export ").unwrap_or(l);
-            l.find('=').is_some_and(|eq| l[..eq].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') && !l[..eq].contains(':'))
+            l.find('=').is_some_and(|eq| {
+                l[..eq]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !l[..eq].contains(':')
+            })
         });
     if looks_env {
         let mut vars = Vars::new();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let line = line.strip_prefix("export ").unwrap_or(line);
             let (k, v) = line.split_once('=').unwrap_or((line, ""));
             let v = v.trim();
@@ -179,7 +191,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> Vars {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -215,9 +230,15 @@ mod tests {
     #[test]
     fn vars_files() {
         let env = "# comment\nexport A=1\nB=\"two words\"\nC='x'\n";
-        assert_eq!(parse_vars(env), Ok(vars(&[("A", "1"), ("B", "two words"), ("C", "x")])));
+        assert_eq!(
+            parse_vars(env),
+            Ok(vars(&[("A", "1"), ("B", "two words"), ("C", "x")]))
+        );
         let yaml = "A: 1\nDOMAIN: example.com\n";
-        assert_eq!(parse_vars(yaml), Ok(vars(&[("A", "1"), ("DOMAIN", "example.com")])));
+        assert_eq!(
+            parse_vars(yaml),
+            Ok(vars(&[("A", "1"), ("DOMAIN", "example.com")]))
+        );
         let cm = "apiVersion: v1\nkind: ConfigMap\ndata:\n  A: b\n";
         assert_eq!(parse_vars(cm), Ok(vars(&[("A", "b")])));
         assert!(parse_vars("- a\n- b\n").is_err());

@@ -12,7 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use gateway_api::gateways::{GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsMode};
+use gateway_api::gateways::{
+    GatewayListenersAllowedRoutesNamespacesFrom as From, GatewayListenersTlsMode,
+};
 
 use crate::kinds::LabelSelector;
 use crate::kinds::envoy::{Policy, TargetRef};
@@ -28,8 +30,10 @@ pub const ENVOY_GROUP: &str = "gateway.envoyproxy.io";
 
 /// The GatewayClass controller names trellis serves: its own, and Envoy Gateway's so that an
 /// Envoy Gateway setup loads unchanged.
-pub const CONTROLLER_NAMES: &[&str] =
-    &["trellis.dev/gateway-controller", "gateway.envoyproxy.io/gatewayclass-controller"];
+pub const CONTROLLER_NAMES: &[&str] = &[
+    "trellis.dev/gateway-controller",
+    "gateway.envoyproxy.io/gatewayclass-controller",
+];
 
 type Statuses = BTreeMap<ObjectKey, ObjectStatus>;
 
@@ -47,9 +51,16 @@ pub fn run(s: &mut Snapshot) {
     for key in s.entries.keys() {
         let status = st.entry(key.clone()).or_default();
         if !status.conditions.iter().any(|c| c.type_ == cond::ACCEPTED) {
-            let bad = status.first_invalid().map(|p| format!("{}: {}", p.path, p.message));
+            let bad = status
+                .first_invalid()
+                .map(|p| format!("{}: {}", p.path, p.message));
             match bad {
-                Some(m) => status.set(Condition::new(cond::ACCEPTED, Status::False, reason::INVALID, m)),
+                Some(m) => status.set(Condition::new(
+                    cond::ACCEPTED,
+                    Status::False,
+                    reason::INVALID,
+                    m,
+                )),
                 None => status.set(ok(cond::ACCEPTED, reason::ACCEPTED, "")),
             }
         }
@@ -89,7 +100,9 @@ fn unresolved(st: &mut ObjectStatus, path: impl Into<String>, msg: impl Into<Str
 fn gateway_classes(s: &Snapshot, st: &mut Statuses) -> BTreeSet<String> {
     let mut served = BTreeSet::new();
     for gc in s.gateway_classes.values() {
-        let status = st.entry(key_of(gc, GATEWAY_GROUP, "GatewayClass")).or_default();
+        let status = st
+            .entry(key_of(gc, GATEWAY_GROUP, "GatewayClass"))
+            .or_default();
         if !CONTROLLER_NAMES.contains(&gc.spec.controller_name.as_str()) {
             status.set(Condition::new(
                 cond::ACCEPTED,
@@ -112,7 +125,10 @@ fn gateway_classes(s: &Snapshot, st: &mut Statuses) -> BTreeSet<String> {
                 let m = problem(
                     status,
                     "spec.parametersRef",
-                    format!("parametersRef {}/{} {}/{} not found", p.group, p.kind, ns, p.name),
+                    format!(
+                        "parametersRef {}/{} {}/{} not found",
+                        p.group, p.kind, ns, p.name
+                    ),
                 );
                 status.set(bad(cond::ACCEPTED, reason::INVALID_PARAMETERS, m));
                 continue;
@@ -199,12 +215,23 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
             let t = a.r#type.as_deref().unwrap_or("IPAddress");
             let v = a.value.as_deref().unwrap_or("");
             if t != "IPAddress" {
-                gw_problems.push((format!("spec.addresses[{i}].type"), format!("address type {t} is not supported (use IPAddress)")));
+                gw_problems.push((
+                    format!("spec.addresses[{i}].type"),
+                    format!("address type {t} is not supported (use IPAddress)"),
+                ));
             } else if v.parse::<IpAddr>().is_err() {
-                gw_problems.push((format!("spec.addresses[{i}].value"), format!("{v:?} is not an IP address")));
+                gw_problems.push((
+                    format!("spec.addresses[{i}].value"),
+                    format!("{v:?} is not an IP address"),
+                ));
             }
         }
-        if let Some(ips) = lbipam_ips(gw.spec.infrastructure.as_ref().and_then(|i| i.annotations.as_ref())) {
+        if let Some(ips) = lbipam_ips(
+            gw.spec
+                .infrastructure
+                .as_ref()
+                .and_then(|i| i.annotations.as_ref()),
+        ) {
             for ip in ips.split(',').map(str::trim).filter(|x| !x.is_empty()) {
                 if ip.parse::<IpAddr>().is_err() {
                     gw_problems.push((
@@ -223,24 +250,40 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
             let protocol = l.protocol.clone();
             let supported = matches!(protocol.as_str(), "HTTP" | "HTTPS" | "TLS" | "TCP" | "UDP");
             if !supported {
-                let m = problem(status, format!("{path}.protocol"), format!("listener {}: protocol {protocol} is not supported", l.name));
+                let m = problem(
+                    status,
+                    format!("{path}.protocol"),
+                    format!("listener {}: protocol {protocol} is not supported", l.name),
+                );
                 conds.push(bad(cond::ACCEPTED, reason::UNSUPPORTED_PROTOCOL, m));
                 usable = false;
             } else if !(1..=65535).contains(&l.port) {
-                let m = problem(status, format!("{path}.port"), format!("listener {}: port {} is out of range", l.name, l.port));
+                let m = problem(
+                    status,
+                    format!("{path}.port"),
+                    format!("listener {}: port {} is out of range", l.name, l.port),
+                );
                 conds.push(bad(cond::ACCEPTED, "PortUnavailable", m));
                 usable = false;
             } else if infos.iter().any(|x| x.name == l.name) {
-                let m = problem(status, format!("{path}.name"), format!("listener name {} is used twice", l.name));
+                let m = problem(
+                    status,
+                    format!("{path}.name"),
+                    format!("listener name {} is used twice", l.name),
+                );
                 conds.push(bad(cond::ACCEPTED, reason::INVALID, m));
                 usable = false;
             }
-            if let Some(h) = &l.hostname {
-                if let Err(e) = check_hostname(h) {
-                    let m = problem(status, format!("{path}.hostname"), format!("listener {}: hostname {h:?}: {e}", l.name));
-                    conds.push(bad(cond::ACCEPTED, reason::INVALID, m));
-                    usable = false;
-                }
+            if let Some(h) = &l.hostname
+                && let Err(e) = check_hostname(h)
+            {
+                let m = problem(
+                    status,
+                    format!("{path}.hostname"),
+                    format!("listener {}: hostname {h:?}: {e}", l.name),
+                );
+                conds.push(bad(cond::ACCEPTED, reason::INVALID, m));
+                usable = false;
             }
             // Route kinds.
             let allowed = default_kinds(&protocol);
@@ -264,16 +307,31 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
                 let m = problem(
                     status,
                     format!("{path}.allowedRoutes.kinds"),
-                    format!("listener {}: route kinds {} are not supported on protocol {protocol}", l.name, invalid_kinds.join(", ")),
+                    format!(
+                        "listener {}: route kinds {} are not supported on protocol {protocol}",
+                        l.name,
+                        invalid_kinds.join(", ")
+                    ),
                 );
                 resolved = Err((reason::INVALID_ROUTE_KINDS.into(), m));
             }
             // TLS.
-            let mode = l.tls.as_ref().and_then(|t| t.mode.clone()).unwrap_or(GatewayListenersTlsMode::Terminate);
+            let mode = l
+                .tls
+                .as_ref()
+                .and_then(|t| t.mode.clone())
+                .unwrap_or(GatewayListenersTlsMode::Terminate);
             let terminates = match protocol.as_str() {
                 "HTTPS" => {
                     if mode == GatewayListenersTlsMode::Passthrough {
-                        let m = problem(status, format!("{path}.tls.mode"), format!("listener {}: HTTPS listeners terminate TLS; use protocol TLS for Passthrough", l.name));
+                        let m = problem(
+                            status,
+                            format!("{path}.tls.mode"),
+                            format!(
+                                "listener {}: HTTPS listeners terminate TLS; use protocol TLS for Passthrough",
+                                l.name
+                            ),
+                        );
                         conds.push(bad(cond::ACCEPTED, reason::UNSUPPORTED_VALUE, m));
                         usable = false;
                     }
@@ -283,26 +341,63 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
                 _ => false,
             };
             if terminates && resolved.is_ok() {
-                let refs = l.tls.as_ref().and_then(|t| t.certificate_refs.clone()).unwrap_or_default();
+                let refs = l
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.certificate_refs.clone())
+                    .unwrap_or_default();
                 if refs.is_empty() {
-                    let m = problem(status, format!("{path}.tls.certificateRefs"), format!("listener {}: a TLS-terminating listener needs certificateRefs", l.name));
+                    let m = problem(
+                        status,
+                        format!("{path}.tls.certificateRefs"),
+                        format!(
+                            "listener {}: a TLS-terminating listener needs certificateRefs",
+                            l.name
+                        ),
+                    );
                     resolved = Err((reason::INVALID_CERTIFICATE_REF.into(), m));
                 }
                 for (j, c) in refs.iter().enumerate() {
                     let cpath = format!("{path}.tls.certificateRefs[{j}]");
                     let group = c.group.as_deref().unwrap_or("");
                     let kind = c.kind.as_deref().unwrap_or("Secret");
-                    let ns = c.namespace.clone().unwrap_or_else(|| gw.namespace().to_string());
-                    let err = if group != "" || kind != "Secret" {
-                        Some((reason::INVALID_CERTIFICATE_REF, format!("certificateRef kind {group}/{kind} is not supported (use a Secret)")))
+                    let ns = c
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| gw.namespace().to_string());
+                    let err = if !group.is_empty() || kind != "Secret" {
+                        Some((
+                            reason::INVALID_CERTIFICATE_REF,
+                            format!(
+                                "certificateRef kind {group}/{kind} is not supported (use a Secret)"
+                            ),
+                        ))
                     } else if ns != gw.namespace()
-                        && !granted(s, (GATEWAY_GROUP, "Gateway", gw.namespace()), ("", "Secret", &ns, &c.name))
+                        && !granted(
+                            s,
+                            (GATEWAY_GROUP, "Gateway", gw.namespace()),
+                            ("", "Secret", &ns, &c.name),
+                        )
                     {
-                        Some((reason::REF_NOT_PERMITTED, format!("secret {ns}/{} is in another namespace and no ReferenceGrant in {ns} allows it", c.name)))
+                        Some((
+                            reason::REF_NOT_PERMITTED,
+                            format!(
+                                "secret {ns}/{} is in another namespace and no ReferenceGrant in {ns} allows it",
+                                c.name
+                            ),
+                        ))
                     } else {
                         match get(&s.secrets, &ns, &c.name) {
-                            None => Some((reason::INVALID_CERTIFICATE_REF, format!("secret {ns}/{} not found", c.name))),
-                            Some(sec) => tls_secret_problem(&sec.spec).map(|p| (reason::INVALID_CERTIFICATE_REF, format!("secret {} {p}", c.name))),
+                            None => Some((
+                                reason::INVALID_CERTIFICATE_REF,
+                                format!("secret {ns}/{} not found", c.name),
+                            )),
+                            Some(sec) => tls_secret_problem(&sec.spec).map(|p| {
+                                (
+                                    reason::INVALID_CERTIFICATE_REF,
+                                    format!("secret {} {p}", c.name),
+                                )
+                            }),
                         }
                     };
                     if let Some((r, m)) = err {
@@ -313,23 +408,32 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
                     }
                 }
             }
-            let ns_cfg = l.allowed_routes.as_ref().and_then(|a| a.namespaces.as_ref());
+            let ns_cfg = l
+                .allowed_routes
+                .as_ref()
+                .and_then(|a| a.namespaces.as_ref());
             let from = ns_cfg.and_then(|n| n.from.clone()).unwrap_or(From::Same);
-            let selector = ns_cfg.and_then(|n| n.selector.as_ref()).map(|sel| LabelSelector {
-                match_labels: sel.match_labels.clone().unwrap_or_default(),
-                match_expressions: sel
-                    .match_expressions
-                    .iter()
-                    .flatten()
-                    .map(|e| crate::kinds::LabelSelectorRequirement {
-                        key: e.key.clone(),
-                        operator: e.operator.clone(),
-                        values: e.values.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-            });
+            let selector = ns_cfg
+                .and_then(|n| n.selector.as_ref())
+                .map(|sel| LabelSelector {
+                    match_labels: sel.match_labels.clone().unwrap_or_default(),
+                    match_expressions: sel
+                        .match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| crate::kinds::LabelSelectorRequirement {
+                            key: e.key.clone(),
+                            operator: e.operator.clone(),
+                            values: e.values.clone().unwrap_or_default(),
+                        })
+                        .collect(),
+                });
             if from == From::Selector && selector.is_none() {
-                let m = problem(status, format!("{path}.allowedRoutes.namespaces.selector"), format!("listener {}: from: Selector needs a selector", l.name));
+                let m = problem(
+                    status,
+                    format!("{path}.allowedRoutes.namespaces.selector"),
+                    format!("listener {}: from: Selector needs a selector", l.name),
+                );
                 conds.push(bad(cond::ACCEPTED, reason::INVALID, m));
                 usable = false;
             }
@@ -374,12 +478,24 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
                     continue;
                 }
                 if fa != fb {
-                    conflict = Some((reason::PROTOCOL_CONFLICT, format!("listener {} ({}) and listener {} ({}) cannot share port {}", a.name, a.protocol, b.name, b.protocol, a.port)));
+                    conflict = Some((
+                        reason::PROTOCOL_CONFLICT,
+                        format!(
+                            "listener {} ({}) and listener {} ({}) cannot share port {}",
+                            a.name, a.protocol, b.name, b.protocol, a.port
+                        ),
+                    ));
                     break;
                 }
                 if a.hostname == b.hostname && (a.protocol == b.protocol || fa == "tls") {
                     let h = a.hostname.as_deref().unwrap_or("(any)");
-                    conflict = Some((reason::HOSTNAME_CONFLICT, format!("listeners {} and {} both take hostname {h} on port {}", a.name, b.name, a.port)));
+                    conflict = Some((
+                        reason::HOSTNAME_CONFLICT,
+                        format!(
+                            "listeners {} and {} both take hostname {h} on port {}",
+                            a.name, b.name, a.port
+                        ),
+                    ));
                     break;
                 }
             }
@@ -388,26 +504,47 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
                 Some((r, m)) => {
                     let path = format!("spec.listeners[{i}]");
                     problem(status, path, m.clone());
-                    info.conditions.push(Condition::new(cond::CONFLICTED, Status::True, r, m));
+                    info.conditions
+                        .push(Condition::new(cond::CONFLICTED, Status::True, r, m));
                     info.usable = false;
                     info.programmable = false;
                 }
-                None => info.conditions.push(Condition::new(cond::CONFLICTED, Status::False, reason::NO_CONFLICTS, "")),
+                None => info.conditions.push(Condition::new(
+                    cond::CONFLICTED,
+                    Status::False,
+                    reason::NO_CONFLICTS,
+                    "",
+                )),
             }
         }
         for info in &mut infos {
             if !info.conditions.iter().any(|c| c.type_ == cond::ACCEPTED) {
-                let accepted = !info.conditions.iter().any(|c| c.type_ == cond::CONFLICTED && c.status == Status::True);
+                let accepted = !info
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == cond::CONFLICTED && c.status == Status::True);
                 if accepted {
-                    info.conditions.insert(0, ok(cond::ACCEPTED, reason::ACCEPTED, ""));
+                    info.conditions
+                        .insert(0, ok(cond::ACCEPTED, reason::ACCEPTED, ""));
                 } else {
-                    info.conditions.insert(0, bad(cond::ACCEPTED, reason::INVALID, "listener conflicts with another listener"));
+                    info.conditions.insert(
+                        0,
+                        bad(
+                            cond::ACCEPTED,
+                            reason::INVALID,
+                            "listener conflicts with another listener",
+                        ),
+                    );
                 }
             }
             let p = if info.programmable {
                 ok(cond::PROGRAMMED, reason::PROGRAMMED, "")
             } else if info.usable {
-                bad(cond::PROGRAMMED, reason::INVALID, "listener references do not resolve")
+                bad(
+                    cond::PROGRAMMED,
+                    reason::INVALID,
+                    "listener references do not resolve",
+                )
             } else {
                 bad(cond::PROGRAMMED, reason::INVALID, "listener is not valid")
             };
@@ -417,9 +554,21 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
             problem(status, path.clone(), m.clone());
         }
         if !gw_problems.is_empty() {
-            status.set(bad(cond::ACCEPTED, "UnsupportedAddress", gw_problems.iter().map(|p| p.1.clone()).collect::<Vec<_>>().join("; ")));
+            status.set(bad(
+                cond::ACCEPTED,
+                "UnsupportedAddress",
+                gw_problems
+                    .iter()
+                    .map(|p| p.1.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
         } else if infos.iter().all(|l| !l.usable) && !infos.is_empty() {
-            status.set(bad(cond::ACCEPTED, "ListenersNotValid", "no listener is valid"));
+            status.set(bad(
+                cond::ACCEPTED,
+                "ListenersNotValid",
+                "no listener is valid",
+            ));
         } else {
             status.set(ok(cond::ACCEPTED, reason::ACCEPTED, ""));
         }
@@ -431,7 +580,11 @@ fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> List
         if infos.iter().any(|l| l.programmable) {
             status.set(ok(cond::PROGRAMMED, reason::PROGRAMMED, &msg));
         } else {
-            status.set(bad(cond::PROGRAMMED, reason::INVALID, "no listener is valid"));
+            status.set(bad(
+                cond::PROGRAMMED,
+                reason::INVALID,
+                "no listener is valid",
+            ));
         }
         out.insert(key, infos);
     }
@@ -445,19 +598,43 @@ fn lbipam_ips(annotations: Option<&BTreeMap<String, String>>) -> Option<&str> {
 /// The address a Gateway asks for: `spec.addresses`, else the Cilium LB-IPAM annotation on its
 /// infrastructure (what the corpus uses).
 pub fn gateway_address(gw: &Object<gateway_api::gateways::GatewaySpec>) -> Option<String> {
-    if let Some(a) = gw.spec.addresses.iter().flatten().find_map(|a| a.value.clone()) {
+    if let Some(a) = gw
+        .spec
+        .addresses
+        .iter()
+        .flatten()
+        .find_map(|a| a.value.clone())
+    {
         return Some(a);
     }
-    lbipam_ips(gw.spec.infrastructure.as_ref().and_then(|i| i.annotations.as_ref()))
-        .or_else(|| gw.meta.annotations.get("lbipam.cilium.io/ips").map(String::as_str))
-        .map(|s| s.split(',').next().unwrap_or("").trim().to_string())
+    lbipam_ips(
+        gw.spec
+            .infrastructure
+            .as_ref()
+            .and_then(|i| i.annotations.as_ref()),
+    )
+    .or_else(|| {
+        gw.meta
+            .annotations
+            .get("lbipam.cilium.io/ips")
+            .map(String::as_str)
+    })
+    .map(|s| s.split(',').next().unwrap_or("").trim().to_string())
 }
 
 /// What is wrong with a Secret used as a TLS certificate, if anything.
 pub fn tls_secret_problem(secret: &k8s_openapi::api::core::v1::Secret) -> Option<String> {
     let has = |k: &str| {
-        secret.data.as_ref().and_then(|d| d.get(k)).is_some_and(|v| !v.0.is_empty())
-            || secret.string_data.as_ref().and_then(|d| d.get(k)).is_some_and(|v| !v.is_empty())
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .is_some_and(|v| !v.0.is_empty())
+            || secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .is_some_and(|v| !v.is_empty())
     };
     let pem = |k: &str| {
         let text = secret
@@ -495,7 +672,10 @@ fn write_listener_status(s: &Snapshot, st: &mut Statuses, listeners: &Listeners)
                 supported_kinds: l
                     .kinds
                     .iter()
-                    .map(|k| RouteGroupKind { group: GATEWAY_GROUP.into(), kind: k.clone() })
+                    .map(|k| RouteGroupKind {
+                        group: GATEWAY_GROUP.into(),
+                        kind: k.clone(),
+                    })
                     .collect(),
                 conditions: l.conditions.clone(),
             })
@@ -528,7 +708,14 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
             for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
                 backends.push((
                     format!("spec.rules[{i}].backendRefs[{j}]"),
-                    BackendRef { group: b.group.clone(), kind: b.kind.clone(), name: b.name.clone(), namespace: b.namespace.clone(), port: b.port, weight: b.weight },
+                    BackendRef {
+                        group: b.group.clone(),
+                        kind: b.kind.clone(),
+                        name: b.name.clone(),
+                        namespace: b.namespace.clone(),
+                        port: b.port,
+                        weight: b.weight,
+                    },
                 ));
             }
             for (j, f) in rule.filters.iter().flatten().enumerate() {
@@ -536,7 +723,14 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
                     let b = &m.backend_ref;
                     backends.push((
                         format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef"),
-                        BackendRef { group: b.group.clone(), kind: b.kind.clone(), name: b.name.clone(), namespace: b.namespace.clone(), port: b.port, weight: None },
+                        BackendRef {
+                            group: b.group.clone(),
+                            kind: b.kind.clone(),
+                            name: b.name.clone(),
+                            namespace: b.namespace.clone(),
+                            port: b.port,
+                            weight: None,
+                        },
                     ));
                 }
             }
@@ -546,7 +740,20 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
             key,
             namespace: r.namespace().into(),
             hostnames: r.spec.hostnames.clone().unwrap_or_default(),
-            parents: r.spec.parent_refs.iter().flatten().map(|p| ParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), section_name: p.section_name.clone(), port: p.port }).collect(),
+            parents: r
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| ParentRef {
+                    group: p.group.clone(),
+                    kind: p.kind.clone(),
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    section_name: p.section_name.clone(),
+                    port: p.port,
+                })
+                .collect(),
             backends,
         });
     }
@@ -557,7 +764,14 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
             for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
                 backends.push((
                     format!("spec.rules[{i}].backendRefs[{j}]"),
-                    BackendRef { group: b.group.clone(), kind: b.kind.clone(), name: b.name.clone(), namespace: b.namespace.clone(), port: b.port, weight: b.weight },
+                    BackendRef {
+                        group: b.group.clone(),
+                        kind: b.kind.clone(),
+                        name: b.name.clone(),
+                        namespace: b.namespace.clone(),
+                        port: b.port,
+                        weight: b.weight,
+                    },
                 ));
             }
         }
@@ -566,29 +780,58 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
             key,
             namespace: r.namespace().into(),
             hostnames: r.spec.hostnames.clone().unwrap_or_default(),
-            parents: r.spec.parent_refs.iter().flatten().map(|p| ParentRef { group: p.group.clone(), kind: p.kind.clone(), name: p.name.clone(), namespace: p.namespace.clone(), section_name: p.section_name.clone(), port: p.port }).collect(),
+            parents: r
+                .spec
+                .parent_refs
+                .iter()
+                .flatten()
+                .map(|p| ParentRef {
+                    group: p.group.clone(),
+                    kind: p.kind.clone(),
+                    name: p.name.clone(),
+                    namespace: p.namespace.clone(),
+                    section_name: p.section_name.clone(),
+                    port: p.port,
+                })
+                .collect(),
             backends,
         });
     }
-    for (kind, coll) in [("TLSRoute", &s.tls_routes), ("TCPRoute", &s.tcp_routes), ("UDPRoute", &s.udp_routes)] {
+    for (kind, coll) in [
+        ("TLSRoute", &s.tls_routes),
+        ("TCPRoute", &s.tcp_routes),
+        ("UDPRoute", &s.udp_routes),
+    ] {
         for r in coll.values() {
             let key = key_of(r, GATEWAY_GROUP, kind);
             let status = st.entry(key.clone()).or_default();
             if kind != "TLSRoute" && !r.spec.hostnames.is_empty() {
-                problem(status, "spec.hostnames", format!("{kind} has no hostnames; only TLSRoute matches on SNI"));
+                problem(
+                    status,
+                    "spec.hostnames",
+                    format!("{kind} has no hostnames; only TLSRoute matches on SNI"),
+                );
             }
             for (i, h) in r.spec.hostnames.iter().enumerate() {
                 if let Err(e) = check_hostname(h) {
-                    problem(status, format!("spec.hostnames[{i}]"), format!("hostname {h:?}: {e}"));
+                    problem(
+                        status,
+                        format!("spec.hostnames[{i}]"),
+                        format!("hostname {h:?}: {e}"),
+                    );
                 }
             }
-            let backends = r
-                .spec
-                .rules
-                .iter()
-                .enumerate()
-                .flat_map(|(i, rule)| rule.backend_refs.iter().enumerate().map(move |(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b.clone())))
-                .collect();
+            let backends =
+                r.spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, rule)| {
+                        rule.backend_refs.iter().enumerate().map(move |(j, b)| {
+                            (format!("spec.rules[{i}].backendRefs[{j}]"), b.clone())
+                        })
+                    })
+                    .collect();
             views.push(RouteView {
                 kind,
                 key,
@@ -607,7 +850,9 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
 fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteView) {
     let status = st.entry(v.key.clone()).or_default();
     // Rule-level problems found earlier make the route not Accepted on any parent.
-    let invalid_rules = status.first_invalid().map(|p| format!("{}: {}", p.path, p.message));
+    let invalid_rules = status
+        .first_invalid()
+        .map(|p| format!("{}: {}", p.path, p.message));
 
     // Backend references: one ResolvedRefs for the route, shared by its parents.
     let mut resolved: Option<(String, String)> = None;
@@ -629,19 +874,41 @@ fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteVie
         let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
         let kind = p.kind.as_deref().unwrap_or("Gateway");
         let ns = p.namespace.clone().unwrap_or_else(|| v.namespace.clone());
-        let out = ParentRefOut { kind: kind.into(), namespace: ns.clone(), name: p.name.clone(), section_name: p.section_name.clone(), port: p.port };
+        let out = ParentRefOut {
+            kind: kind.into(),
+            namespace: ns.clone(),
+            name: p.name.clone(),
+            section_name: p.section_name.clone(),
+            port: p.port,
+        };
         let mut conds = Vec::new();
         let gw_key = ObjectKey::new(GATEWAY_GROUP, "Gateway", &ns, &p.name);
         let accepted: Condition = if group != GATEWAY_GROUP || kind != "Gateway" {
-            let m = unresolved(status, path.clone(), format!("parentRef kind {group}/{kind} is not supported (use a Gateway)"));
+            let m = unresolved(
+                status,
+                path.clone(),
+                format!("parentRef kind {group}/{kind} is not supported (use a Gateway)"),
+            );
             bad(cond::ACCEPTED, reason::NO_MATCHING_PARENT, m)
         } else if get(&s.gateways, &ns, &p.name).is_none() {
-            let m = unresolved(status, path.clone(), format!("gateway {ns}/{} not found", p.name));
+            let m = unresolved(
+                status,
+                path.clone(),
+                format!("gateway {ns}/{} not found", p.name),
+            );
             bad(cond::ACCEPTED, reason::NO_MATCHING_PARENT, m)
         } else if let Some(infos) = listeners.get_mut(&gw_key) {
             match attach(s, &v, p, infos) {
-                Ok(n) if invalid_rules.is_none() => ok(cond::ACCEPTED, reason::ACCEPTED, format!("attached to {n} listener(s) of gateway {ns}/{}", p.name)),
-                Ok(_) => bad(cond::ACCEPTED, reason::UNSUPPORTED_VALUE, invalid_rules.clone().unwrap_or_default()),
+                Ok(n) if invalid_rules.is_none() => ok(
+                    cond::ACCEPTED,
+                    reason::ACCEPTED,
+                    format!("attached to {n} listener(s) of gateway {ns}/{}", p.name),
+                ),
+                Ok(_) => bad(
+                    cond::ACCEPTED,
+                    reason::UNSUPPORTED_VALUE,
+                    invalid_rules.clone().unwrap_or_default(),
+                ),
                 Err((r, m)) => {
                     let m = unresolved(status, path.clone(), m);
                     bad(cond::ACCEPTED, r, m)
@@ -649,18 +916,38 @@ fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteVie
             }
         } else {
             // The Gateway exists but is not served by trellis (or not accepted).
-            Condition::new(cond::ACCEPTED, Status::Unknown, reason::PENDING, format!("gateway {ns}/{} is not accepted", p.name))
+            Condition::new(
+                cond::ACCEPTED,
+                Status::Unknown,
+                reason::PENDING,
+                format!("gateway {ns}/{} is not accepted", p.name),
+            )
         };
         conds.push(accepted);
         conds.push(resolved_cond.clone());
-        status.parents.push(ParentStatus { parent_ref: out, conditions: conds });
+        status.parents.push(ParentStatus {
+            parent_ref: out,
+            conditions: conds,
+        });
     }
     if v.parents.is_empty() {
-        unresolved(status, "spec.parentRefs", "route has no parentRefs; it attaches to nothing");
-        status.set(bad(cond::ACCEPTED, reason::NO_MATCHING_PARENT, "route has no parentRefs"));
+        unresolved(
+            status,
+            "spec.parentRefs",
+            "route has no parentRefs; it attaches to nothing",
+        );
+        status.set(bad(
+            cond::ACCEPTED,
+            reason::NO_MATCHING_PARENT,
+            "route has no parentRefs",
+        ));
     } else {
         // The object-level summary: accepted when accepted by at least one parent.
-        let any = status.parents.iter().any(|p| p.conditions.iter().any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True));
+        let any = status.parents.iter().any(|p| {
+            p.conditions
+                .iter()
+                .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True)
+        });
         let first_bad = status
             .parents
             .iter()
@@ -677,12 +964,24 @@ fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteVie
 
 /// Attaches a route to the listeners of one parentRef. Returns how many listeners took it,
 /// or the reason none did.
-fn attach(s: &Snapshot, v: &RouteView, p: &ParentRef, infos: &mut [ListenerInfo]) -> Result<usize, (&'static str, String)> {
-    let gw = format!("{}/{}", p.namespace.as_deref().unwrap_or(&v.namespace), p.name);
+fn attach(
+    s: &Snapshot,
+    v: &RouteView,
+    p: &ParentRef,
+    infos: &mut [ListenerInfo],
+) -> Result<usize, (&'static str, String)> {
+    let gw = format!(
+        "{}/{}",
+        p.namespace.as_deref().unwrap_or(&v.namespace),
+        p.name
+    );
     let candidates: Vec<usize> = infos
         .iter()
         .enumerate()
-        .filter(|(_, l)| p.section_name.as_ref().is_none_or(|sn| *sn == l.name) && p.port.is_none_or(|port| port == l.port))
+        .filter(|(_, l)| {
+            p.section_name.as_ref().is_none_or(|sn| *sn == l.name)
+                && p.port.is_none_or(|port| port == l.port)
+        })
         .map(|(i, _)| i)
         .collect();
     if candidates.is_empty() {
@@ -691,7 +990,10 @@ fn attach(s: &Snapshot, v: &RouteView, p: &ParentRef, infos: &mut [ListenerInfo]
             (None, Some(port)) => format!("a listener on port {port}"),
             _ => "any listener".into(),
         };
-        return Err((reason::NO_MATCHING_PARENT, format!("gateway {gw} has no {what}")));
+        return Err((
+            reason::NO_MATCHING_PARENT,
+            format!("gateway {gw} has no {what}"),
+        ));
     }
     let ns_labels = s.namespace_labels(&v.namespace);
     let gw_ns = p.namespace.clone().unwrap_or_else(|| v.namespace.clone());
@@ -700,34 +1002,58 @@ fn attach(s: &Snapshot, v: &RouteView, p: &ParentRef, infos: &mut [ListenerInfo]
     for i in candidates {
         let l = &mut infos[i];
         if !l.usable {
-            why_not.push((reason::NOT_ALLOWED_BY_LISTENERS, format!("listener {} is not valid", l.name)));
+            why_not.push((
+                reason::NOT_ALLOWED_BY_LISTENERS,
+                format!("listener {} is not valid", l.name),
+            ));
             continue;
         }
         if !l.kinds.iter().any(|k| k == v.kind) {
-            why_not.push((reason::NOT_ALLOWED_BY_LISTENERS, format!("listener {} does not allow kind {} (allows {})", l.name, v.kind, l.kinds.join(", "))));
+            why_not.push((
+                reason::NOT_ALLOWED_BY_LISTENERS,
+                format!(
+                    "listener {} does not allow kind {} (allows {})",
+                    l.name,
+                    v.kind,
+                    l.kinds.join(", ")
+                ),
+            ));
             continue;
         }
         let ns_ok = match l.from {
             From::All => true,
             From::Same => v.namespace == gw_ns,
-            From::Selector => l.selector.as_ref().is_some_and(|sel| sel.matches(&ns_labels)),
+            From::Selector => l
+                .selector
+                .as_ref()
+                .is_some_and(|sel| sel.matches(&ns_labels)),
         };
         if !ns_ok {
             let rule = match l.from {
                 From::Same => format!("only routes from namespace {gw_ns}"),
                 _ => "only namespaces matching its selector".to_string(),
             };
-            why_not.push((reason::NOT_ALLOWED_BY_LISTENERS, format!("listener {} allows {rule}, not {}", l.name, v.namespace)));
+            why_not.push((
+                reason::NOT_ALLOWED_BY_LISTENERS,
+                format!("listener {} allows {rule}, not {}", l.name, v.namespace),
+            ));
             continue;
         }
         let uses_hostnames = matches!(l.protocol.as_str(), "HTTP" | "HTTPS" | "TLS");
-        if uses_hostnames {
-            if let Some(lh) = &l.hostname {
-                if !v.hostnames.is_empty() && !v.hostnames.iter().any(|h| hostnames_intersect(h, lh)) {
-                    why_not.push((reason::NO_MATCHING_LISTENER_HOSTNAME, format!("none of the route's hostnames ({}) matches listener {} hostname {lh}", v.hostnames.join(", "), l.name)));
-                    continue;
-                }
-            }
+        if uses_hostnames
+            && let Some(lh) = &l.hostname
+            && !v.hostnames.is_empty()
+            && !v.hostnames.iter().any(|h| hostnames_intersect(h, lh))
+        {
+            why_not.push((
+                reason::NO_MATCHING_LISTENER_HOSTNAME,
+                format!(
+                    "none of the route's hostnames ({}) matches listener {} hostname {lh}",
+                    v.hostnames.join(", "),
+                    l.name
+                ),
+            ));
+            continue;
         }
         l.attached += 1;
         attached += 1;
@@ -741,8 +1067,15 @@ fn attach(s: &Snapshot, v: &RouteView, p: &ParentRef, infos: &mut [ListenerInfo]
         .find(|w| w.0 == reason::NO_MATCHING_LISTENER_HOSTNAME)
         .or(why_not.first())
         .cloned()
-        .unwrap_or((reason::NOT_ALLOWED_BY_LISTENERS, "no listener allows the route".into()));
-    let all = why_not.iter().map(|w| w.1.clone()).collect::<Vec<_>>().join("; ");
+        .unwrap_or((
+            reason::NOT_ALLOWED_BY_LISTENERS,
+            "no listener allows the route".into(),
+        ));
+    let all = why_not
+        .iter()
+        .map(|w| w.1.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
     Err((pick.0, format!("gateway {gw}: {all}")))
 }
 
@@ -753,14 +1086,18 @@ pub fn hostnames_intersect(route: &str, listener: &str) -> bool {
         (None, None) => r == l,
         (None, Some(ls)) => r.len() > ls.len() + 1 && r.ends_with(&format!(".{ls}")),
         (Some(rs), None) => l.len() > rs.len() + 1 && l.ends_with(&format!(".{rs}")),
-        (Some(rs), Some(ls)) => rs == ls || rs.ends_with(&format!(".{ls}")) || ls.ends_with(&format!(".{rs}")),
+        (Some(rs), Some(ls)) => {
+            rs == ls || rs.ends_with(&format!(".{ls}")) || ls.ends_with(&format!(".{rs}"))
+        }
     }
 }
 
 /// Checks a Gateway API hostname: RFC 1123 labels, an optional leading `*.`, no IPs.
 pub fn check_hostname(h: &str) -> Result<(), String> {
     if let Some(var) = undefined_variable(h) {
-        return Err(format!("holds the undefined variable {var}; pass it with --vars FILE"));
+        return Err(format!(
+            "holds the undefined variable {var}; pass it with --vars FILE"
+        ));
     }
     if h.parse::<IpAddr>().is_ok() {
         return Err("IP addresses are not hostnames".into());
@@ -772,11 +1109,15 @@ pub fn check_hostname(h: &str) -> Result<(), String> {
     for label in rest.split('.') {
         let okay = !label.is_empty()
             && label.len() <= 63
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-');
         if !okay {
-            return Err(format!("label {label:?} is not a valid DNS label (wildcards only as a leading `*.`)"));
+            return Err(format!(
+                "label {label:?} is not a valid DNS label (wildcards only as a leading `*.`)"
+            ));
         }
     }
     Ok(())
@@ -793,45 +1134,83 @@ pub fn undefined_variable(v: &str) -> Option<&str> {
 pub fn granted(s: &Snapshot, from: (&str, &str, &str), to: (&str, &str, &str, &str)) -> bool {
     let (fg, fk, fns) = from;
     let (tg, tk, tns, tname) = to;
-    s.reference_grants.values().filter(|g| g.namespace() == tns).any(|g| {
-        g.spec.from.iter().any(|f| f.group == fg && f.kind == fk && f.namespace == fns)
-            && g.spec.to.iter().any(|t| t.group == tg && t.kind == tk && t.name.as_deref().is_none_or(|n| n == tname))
-    })
+    s.reference_grants
+        .values()
+        .filter(|g| g.namespace() == tns)
+        .any(|g| {
+            g.spec
+                .from
+                .iter()
+                .any(|f| f.group == fg && f.kind == fk && f.namespace == fns)
+                && g.spec.to.iter().any(|t| {
+                    t.group == tg && t.kind == tk && t.name.as_deref().is_none_or(|n| n == tname)
+                })
+        })
 }
 
 /// Resolves one backend reference: kind, namespace permission, existence and port.
-fn resolve_backend(s: &Snapshot, from: (&str, &str, &str), b: &BackendRef, port_required: bool) -> Result<(), (&'static str, String)> {
+fn resolve_backend(
+    s: &Snapshot,
+    from: (&str, &str, &str),
+    b: &BackendRef,
+    port_required: bool,
+) -> Result<(), (&'static str, String)> {
     let group = b.group.as_deref().unwrap_or("");
     let kind = b.kind.as_deref().unwrap_or("Service");
     let ns = b.namespace.clone().unwrap_or_else(|| from.2.to_string());
     let is_service = group.is_empty() && kind == "Service";
     let is_backend = group == ENVOY_GROUP && kind == "Backend";
     if !is_service && !is_backend {
-        return Err((reason::INVALID_KIND, format!("backendRef kind {group}/{kind} is not supported (use a Service or an Envoy Gateway Backend)")));
+        return Err((
+            reason::INVALID_KIND,
+            format!(
+                "backendRef kind {group}/{kind} is not supported (use a Service or an Envoy Gateway Backend)"
+            ),
+        ));
     }
     if ns != from.2 && !granted(s, from, (group, kind, &ns, &b.name)) {
-        return Err((reason::REF_NOT_PERMITTED, format!("{} {ns}/{} is in another namespace and no ReferenceGrant in {ns} allows {} from {}", kind, b.name, from.1, from.2)));
+        return Err((
+            reason::REF_NOT_PERMITTED,
+            format!(
+                "{} {ns}/{} is in another namespace and no ReferenceGrant in {ns} allows {} from {}",
+                kind, b.name, from.1, from.2
+            ),
+        ));
     }
     if is_backend {
         return match get(&s.envoy_backends, &ns, &b.name) {
             Some(_) => Ok(()),
-            None => Err((reason::BACKEND_NOT_FOUND, format!("Backend {ns}/{} not found", b.name))),
+            None => Err((
+                reason::BACKEND_NOT_FOUND,
+                format!("Backend {ns}/{} not found", b.name),
+            )),
         };
     }
     let Some(svc) = get(&s.services, &ns, &b.name) else {
-        return Err((reason::BACKEND_NOT_FOUND, format!("service {ns}/{} not found", b.name)));
+        return Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("service {ns}/{} not found", b.name),
+        ));
     };
     match b.port {
-        None if port_required => Err((reason::BACKEND_NOT_FOUND, format!("backendRef to service {ns}/{} needs a port", b.name))),
+        None if port_required => Err((
+            reason::BACKEND_NOT_FOUND,
+            format!("backendRef to service {ns}/{} needs a port", b.name),
+        )),
         None => Ok(()),
         Some(port) => {
             let spec = svc.spec.spec.as_ref();
             let is_external_name = spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName");
-            let has = spec.and_then(|s| s.ports.as_ref()).is_some_and(|ps| ps.iter().any(|sp| sp.port == port));
+            let has = spec
+                .and_then(|s| s.ports.as_ref())
+                .is_some_and(|ps| ps.iter().any(|sp| sp.port == port));
             if has || is_external_name {
                 Ok(())
             } else {
-                Err((reason::BACKEND_NOT_FOUND, format!("service {ns}/{} has no port {port}", b.name)))
+                Err((
+                    reason::BACKEND_NOT_FOUND,
+                    format!("service {ns}/{} has no port {port}", b.name),
+                ))
             }
         }
     }
@@ -839,10 +1218,16 @@ fn resolve_backend(s: &Snapshot, from: (&str, &str, &str), b: &BackendRef, port_
 
 /// HTTPRoute rule checks that make a route not Accepted (reason UnsupportedValue).
 fn http_route_rules(r: &Object<gateway_api::httproutes::HttpRouteSpec>, status: &mut ObjectStatus) {
-    use gateway_api::httproutes::{HttpRouteRulesFiltersType as F, HttpRouteRulesMatchesPathType as P};
+    use gateway_api::httproutes::{
+        HttpRouteRulesFiltersType as F, HttpRouteRulesMatchesPathType as P,
+    };
     for (i, h) in r.spec.hostnames.iter().flatten().enumerate() {
         if let Err(e) = check_hostname(h) {
-            problem(status, format!("spec.hostnames[{i}]"), format!("hostname {h:?}: {e}"));
+            problem(
+                status,
+                format!("spec.hostnames[{i}]"),
+                format!("hostname {h:?}: {e}"),
+            );
         }
     }
     for (i, rule) in r.spec.rules.iter().flatten().enumerate() {
@@ -850,35 +1235,53 @@ fn http_route_rules(r: &Object<gateway_api::httproutes::HttpRouteSpec>, status: 
         let mut all_prefix = true;
         for (j, m) in rule.matches.iter().flatten().enumerate() {
             let mp = format!("{rp}.matches[{j}]");
-            let (ty, value) = m.path.as_ref().map(|p| (p.r#type.clone().unwrap_or(P::PathPrefix), p.value.clone().unwrap_or_else(|| "/".into()))).unwrap_or((P::PathPrefix, "/".into()));
+            let (ty, value) = m
+                .path
+                .as_ref()
+                .map(|p| {
+                    (
+                        p.r#type.clone().unwrap_or(P::PathPrefix),
+                        p.value.clone().unwrap_or_else(|| "/".into()),
+                    )
+                })
+                .unwrap_or((P::PathPrefix, "/".into()));
             if ty != P::PathPrefix {
                 all_prefix = false;
             }
             match ty {
                 P::Exact | P::PathPrefix => {
                     if !value.starts_with('/') {
-                        problem(status, format!("{mp}.path.value"), format!("path {value:?} must start with /"));
+                        problem(
+                            status,
+                            format!("{mp}.path.value"),
+                            format!("path {value:?} must start with /"),
+                        );
                     }
                 }
                 P::RegularExpression => {
                     if let Err(e) = regex::Regex::new(&value) {
-                        problem(status, format!("{mp}.path.value"), format!("path regex {value:?} does not compile: {}", first_line(&e.to_string())));
+                        problem(
+                            status,
+                            format!("{mp}.path.value"),
+                            format!(
+                                "path regex {value:?} does not compile: {}",
+                                first_line(&e.to_string())
+                            ),
+                        );
                     }
                 }
             }
             for (k, h) in m.headers.iter().flatten().enumerate() {
-                if h.r#type == Some(gateway_api::httproutes::HttpRouteRulesMatchesHeadersType::RegularExpression) {
-                    if let Err(e) = regex::Regex::new(&h.value) {
+                if h.r#type == Some(gateway_api::httproutes::HttpRouteRulesMatchesHeadersType::RegularExpression)
+                    && let Err(e) = regex::Regex::new(&h.value) {
                         problem(status, format!("{mp}.headers[{k}].value"), format!("header regex {:?} does not compile: {}", h.value, first_line(&e.to_string())));
                     }
-                }
             }
             for (k, q) in m.query_params.iter().flatten().enumerate() {
-                if q.r#type == Some(gateway_api::httproutes::HttpRouteRulesMatchesQueryParamsType::RegularExpression) {
-                    if let Err(e) = regex::Regex::new(&q.value) {
+                if q.r#type == Some(gateway_api::httproutes::HttpRouteRulesMatchesQueryParamsType::RegularExpression)
+                    && let Err(e) = regex::Regex::new(&q.value) {
                         problem(status, format!("{mp}.queryParams[{k}].value"), format!("query regex {:?} does not compile: {}", q.value, first_line(&e.to_string())));
                     }
-                }
             }
         }
         if rule.matches.as_ref().is_none_or(Vec::is_empty) {
@@ -887,7 +1290,11 @@ fn http_route_rules(r: &Object<gateway_api::httproutes::HttpRouteSpec>, status: 
         let filters = rule.filters.as_deref().unwrap_or_default();
         let has = |t: F| filters.iter().any(|f| f.r#type == t);
         if has(F::RequestRedirect) && has(F::UrlRewrite) {
-            problem(status, format!("{rp}.filters"), "RequestRedirect and URLRewrite cannot be used in the same rule");
+            problem(
+                status,
+                format!("{rp}.filters"),
+                "RequestRedirect and URLRewrite cannot be used in the same rule",
+            );
         }
         for (j, f) in filters.iter().enumerate() {
             let fp = format!("{rp}.filters[{j}]");
@@ -901,55 +1308,92 @@ fn http_route_rules(r: &Object<gateway_api::httproutes::HttpRouteSpec>, status: 
                 F::Cors => f.cors.is_some(),
             };
             if !present {
-                problem(status, fp.clone(), format!("filter type {:?} needs its matching field", f.r#type));
+                problem(
+                    status,
+                    fp.clone(),
+                    format!("filter type {:?} needs its matching field", f.r#type),
+                );
             }
             if f.r#type == F::ExtensionRef {
-                problem(status, fp.clone(), "ExtensionRef filters are not supported by trellis");
+                problem(
+                    status,
+                    fp.clone(),
+                    "ExtensionRef filters are not supported by trellis",
+                );
             }
             if let Some(rr) = &f.request_redirect {
-                if let Some(code) = rr.status_code {
-                    if ![301, 302, 303, 307, 308].contains(&code) {
-                        problem(status, format!("{fp}.requestRedirect.statusCode"), format!("redirect status {code} is not one of 301, 302, 303, 307, 308"));
-                    }
+                if let Some(code) = rr.status_code
+                    && ![301, 302, 303, 307, 308].contains(&code)
+                {
+                    problem(
+                        status,
+                        format!("{fp}.requestRedirect.statusCode"),
+                        format!("redirect status {code} is not one of 301, 302, 303, 307, 308"),
+                    );
                 }
-                if let Some(p) = &rr.path {
-                    if p.replace_prefix_match.is_some() && !all_prefix {
-                        problem(status, format!("{fp}.requestRedirect.path"), "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match");
-                    }
+                if let Some(p) = &rr.path
+                    && p.replace_prefix_match.is_some()
+                    && !all_prefix
+                {
+                    problem(
+                        status,
+                        format!("{fp}.requestRedirect.path"),
+                        "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                    );
                 }
             }
-            if let Some(uw) = &f.url_rewrite {
-                if let Some(p) = &uw.path {
-                    if p.replace_prefix_match.is_some() && !all_prefix {
-                        problem(status, format!("{fp}.urlRewrite.path"), "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match");
-                    }
-                }
+            if let Some(uw) = &f.url_rewrite
+                && let Some(p) = &uw.path
+                && p.replace_prefix_match.is_some()
+                && !all_prefix
+            {
+                problem(
+                    status,
+                    format!("{fp}.urlRewrite.path"),
+                    "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match",
+                );
             }
         }
         if let Some(t) = &rule.timeouts {
-            let parse = |v: &Option<String>, field: &str, status: &mut ObjectStatus| -> Option<std::time::Duration> {
+            let parse = |v: &Option<String>,
+                         field: &str,
+                         status: &mut ObjectStatus|
+             -> Option<std::time::Duration> {
                 let v = v.as_ref()?;
                 match parse_duration(v) {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        problem(status, format!("{rp}.timeouts.{field}"), format!("duration {v:?}: {e}"));
+                        problem(
+                            status,
+                            format!("{rp}.timeouts.{field}"),
+                            format!("duration {v:?}: {e}"),
+                        );
                         None
                     }
                 }
             };
             let req = parse(&t.request, "request", status);
             let be = parse(&t.backend_request, "backendRequest", status);
-            if let (Some(req), Some(be)) = (req, be) {
-                if !req.is_zero() && be > req {
-                    problem(status, format!("{rp}.timeouts.backendRequest"), "backendRequest must not be longer than request");
-                }
+            if let (Some(req), Some(be)) = (req, be)
+                && !req.is_zero()
+                && be > req
+            {
+                problem(
+                    status,
+                    format!("{rp}.timeouts.backendRequest"),
+                    "backendRequest must not be longer than request",
+                );
             }
         }
     }
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim()
+        .to_string()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -958,132 +1402,296 @@ fn first_line(s: &str) -> String {
 fn policies(s: &Snapshot, st: &mut Statuses) {
     // Which (policy kind, target) pairs are taken, for Conflicted.
     let mut taken: BTreeMap<(&'static str, ObjectKey), ObjectKey> = BTreeMap::new();
-    policy_kind(s, st, &mut taken, "BackendTrafficPolicy", &s.backend_traffic_policies, &|_, spec, status| {
-        for (i, c) in spec.compressor.iter().enumerate() {
-            if !matches!(c.type_.as_str(), "Gzip" | "Brotli" | "Zstd") {
-                problem(status, format!("spec.compressor[{i}].type"), format!("compressor {:?} is not one of Gzip, Brotli, Zstd", c.type_));
-            }
-        }
-        if let Some(r) = &spec.retry {
-            const TRIGGERS: &[&str] = &["5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-4xx", "refused-stream", "retriable-status-codes", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"];
-            for (i, t) in r.retry_on.iter().flat_map(|o| o.triggers.iter()).enumerate() {
-                if !TRIGGERS.contains(&t.as_str()) {
-                    problem(status, format!("spec.retry.retryOn.triggers[{i}]"), format!("retry trigger {t:?} is not known"));
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "BackendTrafficPolicy",
+        &s.backend_traffic_policies,
+        &|_, spec, status| {
+            for (i, c) in spec.compressor.iter().enumerate() {
+                if !matches!(c.type_.as_str(), "Gzip" | "Brotli" | "Zstd") {
+                    problem(
+                        status,
+                        format!("spec.compressor[{i}].type"),
+                        format!("compressor {:?} is not one of Gzip, Brotli, Zstd", c.type_),
+                    );
                 }
             }
-            if let Some(b) = r.per_retry.as_ref().and_then(|p| p.back_off.as_ref()) {
-                check_duration(status, "spec.retry.perRetry.backOff.baseInterval", &b.base_interval);
-                check_duration(status, "spec.retry.perRetry.backOff.maxInterval", &b.max_interval);
+            if let Some(r) = &spec.retry {
+                const TRIGGERS: &[&str] = &[
+                    "5xx",
+                    "gateway-error",
+                    "reset",
+                    "reset-before-request",
+                    "connect-failure",
+                    "retriable-4xx",
+                    "refused-stream",
+                    "retriable-status-codes",
+                    "cancelled",
+                    "deadline-exceeded",
+                    "internal",
+                    "resource-exhausted",
+                    "unavailable",
+                ];
+                for (i, t) in r
+                    .retry_on
+                    .iter()
+                    .flat_map(|o| o.triggers.iter())
+                    .enumerate()
+                {
+                    if !TRIGGERS.contains(&t.as_str()) {
+                        problem(
+                            status,
+                            format!("spec.retry.retryOn.triggers[{i}]"),
+                            format!("retry trigger {t:?} is not known"),
+                        );
+                    }
+                }
+                if let Some(b) = r.per_retry.as_ref().and_then(|p| p.back_off.as_ref()) {
+                    check_duration(
+                        status,
+                        "spec.retry.perRetry.backOff.baseInterval",
+                        &b.base_interval,
+                    );
+                    check_duration(
+                        status,
+                        "spec.retry.perRetry.backOff.maxInterval",
+                        &b.max_interval,
+                    );
+                }
+                check_duration(
+                    status,
+                    "spec.retry.perRetry.timeout",
+                    &r.per_retry.as_ref().and_then(|p| p.timeout.clone()),
+                );
             }
-            check_duration(status, "spec.retry.perRetry.timeout", &r.per_retry.as_ref().and_then(|p| p.timeout.clone()));
-        }
-        if let Some(t) = spec.timeout.as_ref().and_then(|t| t.http.as_ref()) {
-            check_duration(status, "spec.timeout.http.requestTimeout", &t.request_timeout);
-            check_duration(status, "spec.timeout.http.connectionIdleTimeout", &t.connection_idle_timeout);
-        }
-        if let Some(k) = &spec.tcp_keepalive {
-            check_duration(status, "spec.tcpKeepalive.idleTime", &k.idle_time);
-            check_duration(status, "spec.tcpKeepalive.interval", &k.interval);
-        }
-    });
-    policy_kind(s, st, &mut taken, "ClientTrafficPolicy", &s.client_traffic_policies, &|_, spec, status| {
-        for t in spec.target_refs() {
-            if t.kind != "Gateway" {
-                problem(status, "spec.targetRefs", format!("ClientTrafficPolicy targets Gateways, not {}", t.kind));
+            if let Some(t) = spec.timeout.as_ref().and_then(|t| t.http.as_ref()) {
+                check_duration(
+                    status,
+                    "spec.timeout.http.requestTimeout",
+                    &t.request_timeout,
+                );
+                check_duration(
+                    status,
+                    "spec.timeout.http.connectionIdleTimeout",
+                    &t.connection_idle_timeout,
+                );
             }
-        }
-        if let Some(x) = spec.client_ip_detection.as_ref().and_then(|c| c.x_forwarded_for.as_ref()) {
-            for (i, c) in x.trusted_cidrs.iter().enumerate() {
-                if c.parse::<ipnet::IpNet>().is_err() {
-                    problem(status, format!("spec.clientIPDetection.xForwardedFor.trustedCIDRs[{i}]"), format!("{c:?} is not a CIDR"));
+            if let Some(k) = &spec.tcp_keepalive {
+                check_duration(status, "spec.tcpKeepalive.idleTime", &k.idle_time);
+                check_duration(status, "spec.tcpKeepalive.interval", &k.interval);
+            }
+        },
+    );
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "ClientTrafficPolicy",
+        &s.client_traffic_policies,
+        &|_, spec, status| {
+            for t in spec.target_refs() {
+                if t.kind != "Gateway" {
+                    problem(
+                        status,
+                        "spec.targetRefs",
+                        format!("ClientTrafficPolicy targets Gateways, not {}", t.kind),
+                    );
                 }
             }
-        }
-        if let Some(m) = spec.http2.as_ref().and_then(|h| h.on_invalid_message.as_ref()) {
-            if !matches!(m.as_str(), "TerminateConnection" | "TerminateStream") {
-                problem(status, "spec.http2.onInvalidMessage", format!("{m:?} is not TerminateConnection or TerminateStream"));
-            }
-        }
-        if let Some(tls) = &spec.tls {
-            for (field, v) in [("minVersion", &tls.min_version), ("maxVersion", &tls.max_version)] {
-                if let Some(v) = v {
-                    if !matches!(v.as_str(), "Auto" | "1.0" | "1.1" | "1.2" | "1.3") {
-                        problem(status, format!("spec.tls.{field}"), format!("TLS version {v:?} is not one of Auto, 1.0, 1.1, 1.2, 1.3"));
+            if let Some(x) = spec
+                .client_ip_detection
+                .as_ref()
+                .and_then(|c| c.x_forwarded_for.as_ref())
+            {
+                for (i, c) in x.trusted_cidrs.iter().enumerate() {
+                    if c.parse::<ipnet::IpNet>().is_err() {
+                        problem(
+                            status,
+                            format!("spec.clientIPDetection.xForwardedFor.trustedCIDRs[{i}]"),
+                            format!("{c:?} is not a CIDR"),
+                        );
                     }
                 }
             }
-            for (i, a) in tls.alpn_protocols.iter().enumerate() {
-                if !matches!(a.as_str(), "h2" | "http/1.1" | "http/1.0") {
-                    problem(status, format!("spec.tls.alpnProtocols[{i}]"), format!("ALPN protocol {a:?} is not one of h2, http/1.1, http/1.0"));
-                }
+            if let Some(m) = spec
+                .http2
+                .as_ref()
+                .and_then(|h| h.on_invalid_message.as_ref())
+                && !matches!(m.as_str(), "TerminateConnection" | "TerminateStream")
+            {
+                problem(
+                    status,
+                    "spec.http2.onInvalidMessage",
+                    format!("{m:?} is not TerminateConnection or TerminateStream"),
+                );
             }
-        }
-    });
-    policy_kind(s, st, &mut taken, "EnvoyExtensionPolicy", &s.envoy_extension_policies, &|p, spec, status| {
-        for (i, l) in spec.lua.iter().enumerate() {
-            let path = format!("spec.lua[{i}]");
-            match (l.type_.as_str(), &l.inline, &l.value_ref) {
-                ("Inline", Some(_), _) => {}
-                ("ValueRef", _, Some(r)) => {
-                    if let Err(m) = lua_source(s, p.namespace(), r) {
-                        unresolved(status, format!("{path}.valueRef"), m);
-                        status.set(bad(cond::RESOLVED_REFS, reason::INVALID_VALUE_REF, format!("{path}.valueRef: {}", status.problems.last().map(|x| x.message.clone()).unwrap_or_default())));
+            if let Some(tls) = &spec.tls {
+                for (field, v) in [
+                    ("minVersion", &tls.min_version),
+                    ("maxVersion", &tls.max_version),
+                ] {
+                    if let Some(v) = v
+                        && !matches!(v.as_str(), "Auto" | "1.0" | "1.1" | "1.2" | "1.3")
+                    {
+                        problem(
+                            status,
+                            format!("spec.tls.{field}"),
+                            format!("TLS version {v:?} is not one of Auto, 1.0, 1.1, 1.2, 1.3"),
+                        );
                     }
                 }
-                (t, _, _) => {
-                    problem(status, path, format!("lua type {t:?} needs its field (Inline needs inline, ValueRef needs valueRef)"));
+                for (i, a) in tls.alpn_protocols.iter().enumerate() {
+                    if !matches!(a.as_str(), "h2" | "http/1.1" | "http/1.0") {
+                        problem(
+                            status,
+                            format!("spec.tls.alpnProtocols[{i}]"),
+                            format!("ALPN protocol {a:?} is not one of h2, http/1.1, http/1.0"),
+                        );
+                    }
                 }
             }
-        }
-        if spec.wasm.is_some() || spec.ext_proc.is_some() {
-            problem(status, "spec", "wasm and extProc extensions are not supported by trellis (lua is)");
-        }
-    });
-    policy_kind(s, st, &mut taken, "SecurityPolicy", &s.security_policies, &|p, spec, status| {
-        let from = (ENVOY_GROUP, "SecurityPolicy", p.namespace());
-        let mut refs_bad: Option<(String, String)> = None;
-        if let Some(ea) = &spec.ext_auth {
-            let backends: Vec<(String, &BackendRef)> = match (&ea.http, &ea.grpc) {
-                (Some(h), _) => h.backend_ref.iter().map(|b| ("spec.extAuth.http.backendRef".to_string(), b)).chain(h.backend_refs.iter().enumerate().map(|(i, b)| (format!("spec.extAuth.http.backendRefs[{i}]"), b))).collect(),
-                (None, Some(g)) => g.backend_ref.iter().map(|b| ("spec.extAuth.grpc.backendRef".to_string(), b)).chain(g.backend_refs.iter().enumerate().map(|(i, b)| (format!("spec.extAuth.grpc.backendRefs[{i}]"), b))).collect(),
-                (None, None) => {
-                    problem(status, "spec.extAuth", "extAuth needs http or grpc");
-                    Vec::new()
-                }
-            };
-            for (path, b) in backends {
-                if let Err((r, m)) = resolve_backend(s, from, b, true) {
-                    let m = unresolved(status, path, m);
-                    refs_bad.get_or_insert((r.to_string(), m));
+        },
+    );
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "EnvoyExtensionPolicy",
+        &s.envoy_extension_policies,
+        &|p, spec, status| {
+            for (i, l) in spec.lua.iter().enumerate() {
+                let path = format!("spec.lua[{i}]");
+                match (l.type_.as_str(), &l.inline, &l.value_ref) {
+                    ("Inline", Some(_), _) => {}
+                    ("ValueRef", _, Some(r)) => {
+                        if let Err(m) = lua_source(s, p.namespace(), r) {
+                            unresolved(status, format!("{path}.valueRef"), m);
+                            status.set(bad(
+                                cond::RESOLVED_REFS,
+                                reason::INVALID_VALUE_REF,
+                                format!(
+                                    "{path}.valueRef: {}",
+                                    status
+                                        .problems
+                                        .last()
+                                        .map(|x| x.message.clone())
+                                        .unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    }
+                    (t, _, _) => {
+                        problem(
+                            status,
+                            path,
+                            format!(
+                                "lua type {t:?} needs its field (Inline needs inline, ValueRef needs valueRef)"
+                            ),
+                        );
+                    }
                 }
             }
-        }
-        if let Some(o) = &spec.oidc {
-            if let Some(cs) = &o.client_secret {
-                let ns = cs.namespace.clone().unwrap_or_else(|| p.namespace().to_string());
-                if get(&s.secrets, &ns, &cs.name).is_none() {
-                    let m = unresolved(status, "spec.oidc.clientSecret", format!("secret {ns}/{} not found", cs.name));
-                    refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
+            if spec.wasm.is_some() || spec.ext_proc.is_some() {
+                problem(
+                    status,
+                    "spec",
+                    "wasm and extProc extensions are not supported by trellis (lua is)",
+                );
+            }
+        },
+    );
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "SecurityPolicy",
+        &s.security_policies,
+        &|p, spec, status| {
+            let from = (ENVOY_GROUP, "SecurityPolicy", p.namespace());
+            let mut refs_bad: Option<(String, String)> = None;
+            if let Some(ea) = &spec.ext_auth {
+                let backends: Vec<(String, &BackendRef)> =
+                    match (&ea.http, &ea.grpc) {
+                        (Some(h), _) => {
+                            h.backend_ref
+                                .iter()
+                                .map(|b| ("spec.extAuth.http.backendRef".to_string(), b))
+                                .chain(h.backend_refs.iter().enumerate().map(|(i, b)| {
+                                    (format!("spec.extAuth.http.backendRefs[{i}]"), b)
+                                }))
+                                .collect()
+                        }
+                        (None, Some(g)) => {
+                            g.backend_ref
+                                .iter()
+                                .map(|b| ("spec.extAuth.grpc.backendRef".to_string(), b))
+                                .chain(g.backend_refs.iter().enumerate().map(|(i, b)| {
+                                    (format!("spec.extAuth.grpc.backendRefs[{i}]"), b)
+                                }))
+                                .collect()
+                        }
+                        (None, None) => {
+                            problem(status, "spec.extAuth", "extAuth needs http or grpc");
+                            Vec::new()
+                        }
+                    };
+                for (path, b) in backends {
+                    if let Err((r, m)) = resolve_backend(s, from, b, true) {
+                        let m = unresolved(status, path, m);
+                        refs_bad.get_or_insert((r.to_string(), m));
+                    }
                 }
             }
-            if !o.provider.issuer.starts_with("https://") && !o.provider.issuer.starts_with("http://") {
-                problem(status, "spec.oidc.provider.issuer", format!("issuer {:?} is not a URL", o.provider.issuer));
+            if let Some(o) = &spec.oidc {
+                if let Some(cs) = &o.client_secret {
+                    let ns = cs
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| p.namespace().to_string());
+                    if get(&s.secrets, &ns, &cs.name).is_none() {
+                        let m = unresolved(
+                            status,
+                            "spec.oidc.clientSecret",
+                            format!("secret {ns}/{} not found", cs.name),
+                        );
+                        refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
+                    }
+                }
+                if !o.provider.issuer.starts_with("https://")
+                    && !o.provider.issuer.starts_with("http://")
+                {
+                    problem(
+                        status,
+                        "spec.oidc.provider.issuer",
+                        format!("issuer {:?} is not a URL", o.provider.issuer),
+                    );
+                }
             }
-        }
-        if let Some(b) = &spec.basic_auth {
-            if get(&s.secrets, p.namespace(), &b.users.name).is_none() {
-                let m = unresolved(status, "spec.basicAuth.users", format!("secret {}/{} not found", p.namespace(), b.users.name));
+            if let Some(b) = &spec.basic_auth
+                && get(&s.secrets, p.namespace(), &b.users.name).is_none()
+            {
+                let m = unresolved(
+                    status,
+                    "spec.basicAuth.users",
+                    format!("secret {}/{} not found", p.namespace(), b.users.name),
+                );
                 refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
             }
-        }
-        match refs_bad {
-            None => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
-            Some((r, m)) => {
-                let r = if r == reason::INVALID_KIND && m.contains("secret") { "SecretNotFound".to_string() } else { r };
-                status.set(bad(cond::RESOLVED_REFS, &r, m));
+            match refs_bad {
+                None => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
+                Some((r, m)) => {
+                    let r = if r == reason::INVALID_KIND && m.contains("secret") {
+                        "SecretNotFound".to_string()
+                    } else {
+                        r
+                    };
+                    status.set(bad(cond::RESOLVED_REFS, &r, m));
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 /// Parses a Gateway API duration (GEP-2257: `1h`, `300s`, `500ms`, `0s`).
@@ -1093,18 +1701,24 @@ pub fn parse_duration(v: &str) -> Result<std::time::Duration, String> {
 }
 
 fn check_duration(status: &mut ObjectStatus, path: &str, v: &Option<String>) {
-    if let Some(v) = v {
-        if let Err(e) = parse_duration(v) {
-            problem(status, path, format!("duration {v:?}: {e}"));
-        }
+    if let Some(v) = v
+        && let Err(e) = parse_duration(v)
+    {
+        problem(status, path, format!("duration {v:?}: {e}"));
     }
 }
 
 /// The Lua source a `valueRef` names: the ConfigMap's `lua` key, else its only key.
-pub fn lua_source(s: &Snapshot, namespace: &str, r: &crate::kinds::envoy::LocalObjectRef) -> Result<String, String> {
+pub fn lua_source(
+    s: &Snapshot,
+    namespace: &str,
+    r: &crate::kinds::envoy::LocalObjectRef,
+) -> Result<String, String> {
     let kind = r.kind.as_deref().unwrap_or("ConfigMap");
     if kind != "ConfigMap" {
-        return Err(format!("valueRef kind {kind} is not supported (use a ConfigMap)"));
+        return Err(format!(
+            "valueRef kind {kind} is not supported (use a ConfigMap)"
+        ));
     }
     let Some(cm) = get(&s.config_maps, namespace, &r.name) else {
         return Err(format!("configmap {namespace}/{} not found", r.name));
@@ -1117,7 +1731,10 @@ pub fn lua_source(s: &Snapshot, namespace: &str, r: &crate::kinds::envoy::LocalO
     match (values.next(), values.next()) {
         (Some(v), None) => Ok(v.clone()),
         (None, _) => Err(format!("configmap {namespace}/{} has no data", r.name)),
-        (Some(_), Some(_)) => Err(format!("configmap {namespace}/{} has several keys and none is named lua", r.name)),
+        (Some(_), Some(_)) => Err(format!(
+            "configmap {namespace}/{} has several keys and none is named lua",
+            r.name
+        )),
     }
 }
 
@@ -1139,7 +1756,11 @@ fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
             match target_key(s, p.namespace(), t) {
                 Some(k) => targets.push(k),
                 None => {
-                    missing.push(unresolved(status, format!("spec.targetRefs[{i}]"), format!("target {} {}/{} not found", t.kind, p.namespace(), t.name)));
+                    missing.push(unresolved(
+                        status,
+                        format!("spec.targetRefs[{i}]"),
+                        format!("target {} {}/{} not found", t.kind, p.namespace(), t.name),
+                    ));
                 }
             }
         }
@@ -1147,12 +1768,24 @@ fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
             let selector = sel.selector();
             let found = select_targets(s, p.namespace(), &sel.kind, &selector);
             if found.is_empty() {
-                missing.push(unresolved(status, format!("spec.targetSelectors[{i}]"), format!("no {} in namespace {} matches targetSelectors[{i}]", sel.kind, p.namespace())));
+                missing.push(unresolved(
+                    status,
+                    format!("spec.targetSelectors[{i}]"),
+                    format!(
+                        "no {} in namespace {} matches targetSelectors[{i}]",
+                        sel.kind,
+                        p.namespace()
+                    ),
+                ));
             }
             targets.extend(found);
         }
         if p.spec.target_refs().is_empty() && p.spec.target_selectors().is_empty() {
-            missing.push(unresolved(status, "spec", "policy has no targetRefs or targetSelectors"));
+            missing.push(unresolved(
+                status,
+                "spec",
+                "policy has no targetRefs or targetSelectors",
+            ));
         }
         let invalid = status.first_invalid().cloned();
         let mut conflicts = Vec::new();
@@ -1164,13 +1797,24 @@ fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
             }
         }
         let accepted = if let Some(pr) = invalid {
-            bad(cond::ACCEPTED, reason::INVALID, format!("{}: {}", pr.path, pr.message))
+            bad(
+                cond::ACCEPTED,
+                reason::INVALID,
+                format!("{}: {}", pr.path, pr.message),
+            )
         } else if targets.is_empty() {
             bad(cond::ACCEPTED, reason::TARGET_NOT_FOUND, missing.join("; "))
         } else if !conflicts.is_empty() && conflicts.len() == targets.len() {
             bad(cond::ACCEPTED, reason::CONFLICTED, conflicts.join("; "))
         } else {
-            let mut m = format!("applies to {}", targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "));
+            let mut m = format!(
+                "applies to {}",
+                targets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
             if !missing.is_empty() {
                 m.push_str(&format!(" (not found: {})", missing.join("; ")));
             }
@@ -1179,13 +1823,21 @@ fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
         status.set(accepted);
         if !missing.is_empty() && !targets.is_empty() {
             // Some targets exist, some do not: the missing ones are unresolved references.
-            status.set(bad(cond::RESOLVED_REFS, reason::TARGET_NOT_FOUND, missing.join("; ")));
+            status.set(bad(
+                cond::RESOLVED_REFS,
+                reason::TARGET_NOT_FOUND,
+                missing.join("; "),
+            ));
         }
     }
 }
 
 fn target_key(s: &Snapshot, ns: &str, t: &TargetRef) -> Option<ObjectKey> {
-    let group = if t.group.is_empty() { GATEWAY_GROUP } else { t.group.as_str() };
+    let group = if t.group.is_empty() {
+        GATEWAY_GROUP
+    } else {
+        t.group.as_str()
+    };
     if group != GATEWAY_GROUP {
         return None;
     }
@@ -1224,20 +1876,29 @@ fn select_targets(s: &Snapshot, ns: &str, kind: &str, sel: &LabelSelector) -> Ve
 
 fn core(s: &Snapshot, st: &mut Statuses) {
     for sec in s.secrets.values() {
-        if sec.spec.type_.as_deref() == Some("kubernetes.io/tls") {
-            if let Some(p) = tls_secret_problem(&sec.spec) {
-                let status = st.entry(key_of(sec, "", "Secret")).or_default();
-                let m = problem(status, "data", format!("TLS secret {p}"));
-                status.set(bad(cond::ACCEPTED, reason::INVALID, m));
-            }
+        if sec.spec.type_.as_deref() == Some("kubernetes.io/tls")
+            && let Some(p) = tls_secret_problem(&sec.spec)
+        {
+            let status = st.entry(key_of(sec, "", "Secret")).or_default();
+            let m = problem(status, "data", format!("TLS secret {p}"));
+            status.set(bad(cond::ACCEPTED, reason::INVALID, m));
         }
     }
     for es in s.endpoint_slices.values() {
-        let status = st.entry(key_of(es, "discovery.k8s.io", "EndpointSlice")).or_default();
+        let status = st
+            .entry(key_of(es, "discovery.k8s.io", "EndpointSlice"))
+            .or_default();
         let v4 = es.spec.address_type == "IPv4";
         let v6 = es.spec.address_type == "IPv6";
         if !v4 && !v6 && es.spec.address_type != "FQDN" {
-            problem(status, "addressType", format!("addressType {} is not IPv4, IPv6 or FQDN", es.spec.address_type));
+            problem(
+                status,
+                "addressType",
+                format!(
+                    "addressType {} is not IPv4, IPv6 or FQDN",
+                    es.spec.address_type
+                ),
+            );
         }
         for (i, e) in es.spec.endpoints.iter().flatten().enumerate() {
             for (j, a) in e.addresses.iter().enumerate() {
@@ -1247,16 +1908,32 @@ fn core(s: &Snapshot, st: &mut Statuses) {
                     Err(_) => !v4 && !v6,
                 };
                 if !okay {
-                    problem(status, format!("endpoints[{i}].addresses[{j}]"), format!("{a:?} is not an {} address", es.spec.address_type));
+                    problem(
+                        status,
+                        format!("endpoints[{i}].addresses[{j}]"),
+                        format!("{a:?} is not an {} address", es.spec.address_type),
+                    );
                 }
             }
         }
         match es.meta.labels.get("kubernetes.io/service-name") {
-            None => status.set(bad(cond::RESOLVED_REFS, "NoServiceName", "EndpointSlice has no kubernetes.io/service-name label")),
+            None => status.set(bad(
+                cond::RESOLVED_REFS,
+                "NoServiceName",
+                "EndpointSlice has no kubernetes.io/service-name label",
+            )),
             Some(svc) => match get(&s.services, es.namespace(), svc) {
-                Some(_) => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, format!("endpoints of service {}/{svc}", es.namespace()))),
+                Some(_) => status.set(ok(
+                    cond::RESOLVED_REFS,
+                    reason::RESOLVED_REFS,
+                    format!("endpoints of service {}/{svc}", es.namespace()),
+                )),
                 None => {
-                    let m = unresolved(status, "metadata.labels", format!("service {}/{svc} not found", es.namespace()));
+                    let m = unresolved(
+                        status,
+                        "metadata.labels",
+                        format!("service {}/{svc} not found", es.namespace()),
+                    );
                     status.set(bad(cond::RESOLVED_REFS, reason::BACKEND_NOT_FOUND, m));
                 }
             },
@@ -1267,7 +1944,11 @@ fn core(s: &Snapshot, st: &mut Statuses) {
         if let Some(ips) = svc.meta.annotations.get("lbipam.cilium.io/ips") {
             for ip in ips.split(',').map(str::trim).filter(|x| !x.is_empty()) {
                 if ip.parse::<IpAddr>().is_err() {
-                    problem(status, "metadata.annotations", format!("lbipam.cilium.io/ips: {ip:?} is not an IP address"));
+                    problem(
+                        status,
+                        "metadata.annotations",
+                        format!("lbipam.cilium.io/ips: {ip:?} is not an IP address"),
+                    );
                 }
             }
         }
@@ -1275,16 +1956,30 @@ fn core(s: &Snapshot, st: &mut Statuses) {
         let mut seen = BTreeSet::new();
         for (i, p) in spec.ports.iter().flatten().enumerate() {
             if !(1..=65535).contains(&p.port) {
-                problem(status, format!("spec.ports[{i}].port"), format!("port {} is out of range", p.port));
+                problem(
+                    status,
+                    format!("spec.ports[{i}].port"),
+                    format!("port {} is out of range", p.port),
+                );
             }
             if !seen.insert((p.port, p.protocol.clone().unwrap_or_else(|| "TCP".into()))) {
-                problem(status, format!("spec.ports[{i}]"), format!("port {} is listed twice", p.port));
+                problem(
+                    status,
+                    format!("spec.ports[{i}]"),
+                    format!("port {} is listed twice", p.port),
+                );
             }
         }
-        if let Some(ip) = &spec.cluster_ip {
-            if ip != "None" && !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
-                problem(status, "spec.clusterIP", format!("clusterIP {ip:?} is not an IP address or None"));
-            }
+        if let Some(ip) = &spec.cluster_ip
+            && ip != "None"
+            && !ip.is_empty()
+            && ip.parse::<IpAddr>().is_err()
+        {
+            problem(
+                status,
+                "spec.clusterIP",
+                format!("clusterIP {ip:?} is not an IP address or None"),
+            );
         }
     }
 }
@@ -1292,10 +1987,30 @@ fn core(s: &Snapshot, st: &mut Statuses) {
 // ---------------------------------------------------------------------------------------------
 // Cilium
 
-const ENTITIES: &[&str] = &["all", "world", "cluster", "host", "remote-node", "kube-apiserver", "init", "health", "unmanaged", "ingress", "none", "world-ipv4", "world-ipv6"];
+const ENTITIES: &[&str] = &[
+    "all",
+    "world",
+    "cluster",
+    "host",
+    "remote-node",
+    "kube-apiserver",
+    "init",
+    "health",
+    "unmanaged",
+    "ingress",
+    "none",
+    "world-ipv4",
+    "world-ipv6",
+];
 
 fn cilium(s: &Snapshot, st: &mut Statuses) {
-    for (kind, coll) in [("CiliumNetworkPolicy", &s.cilium_network_policies), ("CiliumClusterwideNetworkPolicy", &s.cilium_clusterwide_network_policies)] {
+    for (kind, coll) in [
+        ("CiliumNetworkPolicy", &s.cilium_network_policies),
+        (
+            "CiliumClusterwideNetworkPolicy",
+            &s.cilium_clusterwide_network_policies,
+        ),
+    ] {
         for p in coll.values() {
             let status = st.entry(key_of(p, "cilium.io", kind)).or_default();
             let rules: Vec<(String, &crate::kinds::cilium::PolicyRule)> = p
@@ -1303,7 +2018,13 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                 .spec
                 .iter()
                 .map(|r| ("spec".to_string(), r))
-                .chain(p.spec.specs.iter().enumerate().map(|(i, r)| (format!("specs[{i}]"), r)))
+                .chain(
+                    p.spec
+                        .specs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (format!("specs[{i}]"), r)),
+                )
                 .collect();
             if rules.is_empty() {
                 problem(status, "spec", "policy has neither spec nor specs");
@@ -1311,9 +2032,17 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
             let mut unresolved = Vec::new();
             for (rp, r) in rules {
                 if r.endpoint_selector.is_none() && r.node_selector.is_none() {
-                    problem(status, rp.clone(), "a rule needs endpointSelector or nodeSelector");
+                    problem(
+                        status,
+                        rp.clone(),
+                        "a rule needs endpointSelector or nodeSelector",
+                    );
                 }
-                for (path, sel) in r.endpoint_selector.iter().map(|x| (format!("{rp}.endpointSelector"), x)) {
+                for (path, sel) in r
+                    .endpoint_selector
+                    .iter()
+                    .map(|x| (format!("{rp}.endpointSelector"), x))
+                {
                     for (sub, m) in sel.problems() {
                         problem(status, format!("{path}.{sub}"), m);
                     }
@@ -1323,7 +2052,12 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                     let ip = format!("{rp}.ingress[{i}]");
                     cidrs(status, &ip, "fromCIDR", &ing.from_cidr);
                     for (j, c) in ing.from_cidr_set.iter().enumerate() {
-                        cidr_rule(status, &mut unresolved, &format!("{ip}.fromCIDRSet[{j}]"), c);
+                        cidr_rule(
+                            status,
+                            &mut unresolved,
+                            &format!("{ip}.fromCIDRSet[{j}]"),
+                            c,
+                        );
                     }
                     entities(status, &ip, "fromEntities", &ing.from_entities);
                     ports(status, &ip, &ing.to_ports);
@@ -1338,7 +2072,11 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                     ports(status, &ep, &eg.to_ports);
                     for (j, f) in eg.to_fqdns.iter().enumerate() {
                         if f.match_name.is_none() == f.match_pattern.is_none() {
-                            problem(status, format!("{ep}.toFQDNs[{j}]"), "toFQDNs entries need exactly one of matchName and matchPattern");
+                            problem(
+                                status,
+                                format!("{ep}.toFQDNs[{j}]"),
+                                "toFQDNs entries need exactly one of matchName and matchPattern",
+                            );
                         }
                     }
                 }
@@ -1353,10 +2091,15 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
     for pool in s.lb_ip_pools.values() {
         let key = key_of(pool, "cilium.io", "CiliumLoadBalancerIPPool");
         let status = st.entry(key.clone()).or_default();
-        if let Some(v) = &pool.spec.allow_first_last_ips {
-            if v != "Yes" && v != "No" {
-                problem(status, "spec.allowFirstLastIPs", format!("{v:?} is not Yes or No"));
-            }
+        if let Some(v) = &pool.spec.allow_first_last_ips
+            && v != "Yes"
+            && v != "No"
+        {
+            problem(
+                status,
+                "spec.allowFirstLastIPs",
+                format!("{v:?} is not Yes or No"),
+            );
         }
         for (i, b) in pool.spec.blocks.iter().enumerate() {
             let path = format!("spec.blocks[{i}]");
@@ -1365,16 +2108,29 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                     Ok(net) => {
                         for (other, o) in &ranges {
                             if o.contains(&net.network()) || net.contains(&o.network()) {
-                                let m = problem(status, format!("{path}.cidr"), format!("{c} overlaps {o} of {}", other.ns_name()));
+                                let m = problem(
+                                    status,
+                                    format!("{path}.cidr"),
+                                    format!("{c} overlaps {o} of {}", other.ns_name()),
+                                );
                                 if other != &key {
-                                    status.set(Condition::new(cond::CONFLICTED, Status::True, reason::CONFLICTED, m));
+                                    status.set(Condition::new(
+                                        cond::CONFLICTED,
+                                        Status::True,
+                                        reason::CONFLICTED,
+                                        m,
+                                    ));
                                 }
                             }
                         }
                         ranges.push((key.clone(), net));
                     }
                     Err(_) => {
-                        problem(status, format!("{path}.cidr"), format!("{c:?} is not a CIDR"));
+                        problem(
+                            status,
+                            format!("{path}.cidr"),
+                            format!("{c:?} is not a CIDR"),
+                        );
                     }
                 },
                 (None, Some(a), stop) => {
@@ -1383,25 +2139,49 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                     match (start, stop) {
                         (Ok(x), Ok(y)) if x.is_ipv4() == y.is_ipv4() && x <= y => {}
                         _ => {
-                            problem(status, path, format!("start {a:?} / stop {:?} is not an address range", b.stop.as_deref().unwrap_or("")));
+                            problem(
+                                status,
+                                path,
+                                format!(
+                                    "start {a:?} / stop {:?} is not an address range",
+                                    b.stop.as_deref().unwrap_or("")
+                                ),
+                            );
                         }
                     }
                 }
                 _ => {
-                    problem(status, path, "a block needs either cidr, or start (and stop)");
+                    problem(
+                        status,
+                        path,
+                        "a block needs either cidr, or start (and stop)",
+                    );
                 }
             }
         }
     }
     for l2 in s.l2_announcement_policies.values() {
-        let status = st.entry(key_of(l2, "cilium.io", "CiliumL2AnnouncementPolicy")).or_default();
+        let status = st
+            .entry(key_of(l2, "cilium.io", "CiliumL2AnnouncementPolicy"))
+            .or_default();
         for (i, re) in l2.spec.interfaces.iter().enumerate() {
             if let Err(e) = regex::Regex::new(re) {
-                problem(status, format!("spec.interfaces[{i}]"), format!("interface regex {re:?} does not compile: {}", first_line(&e.to_string())));
+                problem(
+                    status,
+                    format!("spec.interfaces[{i}]"),
+                    format!(
+                        "interface regex {re:?} does not compile: {}",
+                        first_line(&e.to_string())
+                    ),
+                );
             }
         }
         if !l2.spec.load_balancer_ips && !l2.spec.external_ips {
-            problem(status, "spec", "policy announces nothing: set loadBalancerIPs and/or externalIPs");
+            problem(
+                status,
+                "spec",
+                "policy announces nothing: set loadBalancerIPs and/or externalIPs",
+            );
         }
     }
 }
@@ -1409,21 +2189,38 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
 fn cidrs(status: &mut ObjectStatus, base: &str, field: &str, list: &[String]) {
     for (i, c) in list.iter().enumerate() {
         if c.parse::<ipnet::IpNet>().is_err() && c.parse::<IpAddr>().is_err() {
-            problem(status, format!("{base}.{field}[{i}]"), format!("{c:?} is not a CIDR"));
+            problem(
+                status,
+                format!("{base}.{field}[{i}]"),
+                format!("{c:?} is not a CIDR"),
+            );
         }
     }
 }
 
-fn cidr_rule(status: &mut ObjectStatus, unresolved: &mut Vec<String>, path: &str, c: &crate::kinds::cilium::CidrRule) {
+fn cidr_rule(
+    status: &mut ObjectStatus,
+    unresolved: &mut Vec<String>,
+    path: &str,
+    c: &crate::kinds::cilium::CidrRule,
+) {
     match (&c.cidr, &c.cidr_group_ref, &c.cidr_group_selector) {
         (Some(cidr), None, None) => cidrs(status, path, "cidr", std::slice::from_ref(cidr)),
         (None, Some(group), None) => {
             // CiliumCIDRGroup is not a kind trellis loads yet: the reference cannot resolve.
-            unresolved.push(self::unresolved(status, format!("{path}.cidrGroupRef"), format!("CiliumCIDRGroup {group} not found")));
+            unresolved.push(self::unresolved(
+                status,
+                format!("{path}.cidrGroupRef"),
+                format!("CiliumCIDRGroup {group} not found"),
+            ));
         }
         (None, None, Some(_)) => {}
         _ => {
-            problem(status, path, "use exactly one of cidr, cidrGroupRef, cidrGroupSelector");
+            problem(
+                status,
+                path,
+                "use exactly one of cidr, cidrGroupRef, cidrGroupSelector",
+            );
         }
     }
     cidrs(status, path, "except", &c.except);
@@ -1432,7 +2229,11 @@ fn cidr_rule(status: &mut ObjectStatus, unresolved: &mut Vec<String>, path: &str
 fn entities(status: &mut ObjectStatus, base: &str, field: &str, list: &[String]) {
     for (i, e) in list.iter().enumerate() {
         if !ENTITIES.contains(&e.as_str()) {
-            problem(status, format!("{base}.{field}[{i}]"), format!("entity {e:?} is not one of {}", ENTITIES.join(", ")));
+            problem(
+                status,
+                format!("{base}.{field}[{i}]"),
+                format!("entity {e:?} is not one of {}", ENTITIES.join(", ")),
+            );
         }
     }
 }
@@ -1443,16 +2244,32 @@ fn ports(status: &mut ObjectStatus, base: &str, rules: &[crate::kinds::cilium::P
             let path = format!("{base}.toPorts[{i}].ports[{j}]");
             let port_ok = match &p.port {
                 serde_json::Value::Number(n) => n.as_u64().is_some_and(|n| n <= 65535),
-                serde_json::Value::String(s) => s.parse::<u16>().is_ok() || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')),
+                serde_json::Value::String(s) => {
+                    s.parse::<u16>().is_ok()
+                        || (!s.is_empty()
+                            && s.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+                }
                 _ => false,
             };
             if !port_ok {
-                problem(status, format!("{path}.port"), format!("port {} is not a number or a port name", p.port));
+                problem(
+                    status,
+                    format!("{path}.port"),
+                    format!("port {} is not a number or a port name", p.port),
+                );
             }
-            if let Some(proto) = &p.protocol {
-                if !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP" | "ICMP" | "ICMPv6" | "ANY") {
-                    problem(status, format!("{path}.protocol"), format!("protocol {proto:?} is not one of TCP, UDP, SCTP, ANY"));
-                }
+            if let Some(proto) = &p.protocol
+                && !matches!(
+                    proto.as_str(),
+                    "TCP" | "UDP" | "SCTP" | "ICMP" | "ICMPv6" | "ANY"
+                )
+            {
+                problem(
+                    status,
+                    format!("{path}.protocol"),
+                    format!("protocol {proto:?} is not one of TCP, UDP, SCTP, ANY"),
+                );
             }
         }
     }
@@ -1462,16 +2279,40 @@ fn ports(status: &mut ObjectStatus, base: &str, rules: &[crate::kinds::cilium::P
 // DNSEndpoint, NetworkAttachmentDefinition, ScaledObject
 
 /// CNI plugins a NetworkAttachmentDefinition may name: the reference plugins.
-pub const CNI_PLUGINS: &[&str] = &["macvlan", "ipvlan", "bridge", "host-device", "ptp", "vlan", "tap", "dummy", "sbr", "tuning", "portmap", "bandwidth", "firewall", "vrf", "static", "host-local", "dhcp"];
+pub const CNI_PLUGINS: &[&str] = &[
+    "macvlan",
+    "ipvlan",
+    "bridge",
+    "host-device",
+    "ptp",
+    "vlan",
+    "tap",
+    "dummy",
+    "sbr",
+    "tuning",
+    "portmap",
+    "bandwidth",
+    "firewall",
+    "vrf",
+    "static",
+    "host-local",
+    "dhcp",
+];
 
 fn misc(s: &Snapshot, st: &mut Statuses) {
     for d in s.dns_endpoints.values() {
-        let status = st.entry(key_of(d, "externaldns.k8s.io", "DNSEndpoint")).or_default();
+        let status = st
+            .entry(key_of(d, "externaldns.k8s.io", "DNSEndpoint"))
+            .or_default();
         for (i, e) in d.spec.endpoints.iter().enumerate() {
             let path = format!("spec.endpoints[{i}]");
             let name = e.dns_name.trim_end_matches('.');
             if let Err(m) = check_hostname(name) {
-                problem(status, format!("{path}.dnsName"), format!("dnsName {:?}: {m}", e.dns_name));
+                problem(
+                    status,
+                    format!("{path}.dnsName"),
+                    format!("dnsName {:?}: {m}", e.dns_name),
+                );
             }
             if e.targets.is_empty() {
                 problem(status, format!("{path}.targets"), "endpoint has no targets");
@@ -1479,8 +2320,14 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
             for (j, t) in e.targets.iter().enumerate() {
                 let tp = format!("{path}.targets[{j}]");
                 let bad_target = match e.record_type.as_str() {
-                    "A" => t.parse::<std::net::Ipv4Addr>().err().map(|_| "is not an IPv4 address".to_string()),
-                    "AAAA" => t.parse::<std::net::Ipv6Addr>().err().map(|_| "is not an IPv6 address".to_string()),
+                    "A" => t
+                        .parse::<std::net::Ipv4Addr>()
+                        .err()
+                        .map(|_| "is not an IPv4 address".to_string()),
+                    "AAAA" => t
+                        .parse::<std::net::Ipv6Addr>()
+                        .err()
+                        .map(|_| "is not an IPv6 address".to_string()),
                     "CNAME" | "NS" | "PTR" => check_hostname(t.trim_end_matches('.')).err(),
                     "TXT" | "SRV" | "MX" | "CAA" | "NAPTR" => None,
                     other => Some(format!("record type {other:?} is not supported")),
@@ -1490,15 +2337,25 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
                 }
             }
             if e.record_type == "CNAME" && e.targets.len() > 1 {
-                problem(status, format!("{path}.targets"), "a CNAME has exactly one target");
+                problem(
+                    status,
+                    format!("{path}.targets"),
+                    "a CNAME has exactly one target",
+                );
             }
         }
     }
     for n in s.network_attachments.values() {
-        let status = st.entry(key_of(n, "k8s.cni.cncf.io", "NetworkAttachmentDefinition")).or_default();
+        let status = st
+            .entry(key_of(n, "k8s.cni.cncf.io", "NetworkAttachmentDefinition"))
+            .or_default();
         match serde_json::from_str::<crate::kinds::misc::CniConfig>(&n.spec.config) {
             Err(e) => {
-                problem(status, "spec.config", format!("config is not valid CNI JSON: {e}"));
+                problem(
+                    status,
+                    "spec.config",
+                    format!("config is not valid CNI JSON: {e}"),
+                );
             }
             Ok(cfg) => {
                 let plugins: Vec<serde_json::Value> = if cfg.plugins.is_empty() {
@@ -1515,25 +2372,60 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
                     let path = format!("spec.config: plugins[{i}]");
                     let ty = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
                     if !CNI_PLUGINS.contains(&ty) {
-                        problem(status, "spec.config", format!("{path}: plugin type {ty:?} is not a reference CNI plugin ({})", CNI_PLUGINS.join(", ")));
+                        problem(
+                            status,
+                            "spec.config",
+                            format!(
+                                "{path}: plugin type {ty:?} is not a reference CNI plugin ({})",
+                                CNI_PLUGINS.join(", ")
+                            ),
+                        );
                     }
                     if ty == "macvlan" {
                         let mode = p.get("mode").and_then(|m| m.as_str()).unwrap_or("bridge");
                         if !matches!(mode, "bridge" | "private" | "vepa" | "passthru") {
-                            problem(status, "spec.config", format!("{path}: macvlan mode {mode:?} is not bridge, private, vepa or passthru"));
+                            problem(
+                                status,
+                                "spec.config",
+                                format!(
+                                    "{path}: macvlan mode {mode:?} is not bridge, private, vepa or passthru"
+                                ),
+                            );
                         }
                     }
                     if let Some(ipam) = p.get("ipam") {
-                        for (j, a) in ipam.get("addresses").and_then(|a| a.as_array()).into_iter().flatten().enumerate() {
+                        for (j, a) in ipam
+                            .get("addresses")
+                            .and_then(|a| a.as_array())
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                        {
                             let addr = a.get("address").and_then(|x| x.as_str()).unwrap_or("");
                             if addr.parse::<ipnet::IpNet>().is_err() {
-                                problem(status, "spec.config", format!("{path}: ipam.addresses[{j}].address {addr:?} is not a CIDR"));
+                                problem(
+                                    status,
+                                    "spec.config",
+                                    format!(
+                                        "{path}: ipam.addresses[{j}].address {addr:?} is not a CIDR"
+                                    ),
+                                );
                             }
                         }
-                        for (j, r) in ipam.get("routes").and_then(|a| a.as_array()).into_iter().flatten().enumerate() {
+                        for (j, r) in ipam
+                            .get("routes")
+                            .and_then(|a| a.as_array())
+                            .into_iter()
+                            .flatten()
+                            .enumerate()
+                        {
                             let dst = r.get("dst").and_then(|x| x.as_str()).unwrap_or("");
                             if dst.parse::<ipnet::IpNet>().is_err() {
-                                problem(status, "spec.config", format!("{path}: ipam.routes[{j}].dst {dst:?} is not a CIDR"));
+                                problem(
+                                    status,
+                                    "spec.config",
+                                    format!("{path}: ipam.routes[{j}].dst {dst:?} is not a CIDR"),
+                                );
                             }
                         }
                     }
@@ -1543,13 +2435,21 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
     }
     for so in s.scaled_objects.values() {
         let status = st.entry(key_of(so, "keda.sh", "ScaledObject")).or_default();
-        if let (Some(min), Some(max)) = (so.spec.min_replica_count, so.spec.max_replica_count) {
-            if min > max {
-                problem(status, "spec.minReplicaCount", format!("minReplicaCount {min} is above maxReplicaCount {max}"));
-            }
+        if let (Some(min), Some(max)) = (so.spec.min_replica_count, so.spec.max_replica_count)
+            && min > max
+        {
+            problem(
+                status,
+                "spec.minReplicaCount",
+                format!("minReplicaCount {min} is above maxReplicaCount {max}"),
+            );
         }
         if so.spec.triggers.is_empty() {
-            problem(status, "spec.triggers", "a ScaledObject needs at least one trigger");
+            problem(
+                status,
+                "spec.triggers",
+                "a ScaledObject needs at least one trigger",
+            );
         }
         let t = &so.spec.scale_target_ref;
         let kind = t.kind.as_deref().unwrap_or("Deployment");
@@ -1557,7 +2457,11 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
             match get(&s.deployments, so.namespace(), &t.name) {
                 Some(_) => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
                 None => {
-                    let m = unresolved(status, "spec.scaleTargetRef", format!("deployment {}/{} not found", so.namespace(), t.name));
+                    let m = unresolved(
+                        status,
+                        "spec.scaleTargetRef",
+                        format!("deployment {}/{} not found", so.namespace(), t.name),
+                    );
                     status.set(bad(cond::RESOLVED_REFS, reason::BACKEND_NOT_FOUND, m));
                 }
             }

@@ -47,7 +47,10 @@ pub struct Node {
 /// variable substitution must run on the text first.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Keys in written order; duplicate keys are rejected while parsing.
     Map(Vec<(Node, Node)>),
@@ -69,7 +72,12 @@ pub const DEPTH_MAX: usize = 128;
 /// Parses a multi-document YAML stream. Empty documents (a lone `---`, comments only) are
 /// dropped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    let mut b = Builder { anchors: HashMap::new(), stack: Vec::new(), docs: Vec::new(), nodes: 0 };
+    let mut b = Builder {
+        anchors: HashMap::new(),
+        stack: Vec::new(),
+        docs: Vec::new(),
+        nodes: 0,
+    };
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|e| SyntaxError {
             pos: Pos {
@@ -84,8 +92,17 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
 }
 
 enum Frame {
-    Seq { pos: Pos, anchor: usize, items: Vec<Node> },
-    Map { pos: Pos, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
 }
 
 struct Builder {
@@ -102,7 +119,13 @@ impl Builder {
             Event::DocumentStart(_) => self.anchors.clear(),
             Event::Scalar(text, style, anchor, _tag) => {
                 let plain = matches!(style, ScalarStyle::Plain);
-                let node = Node { pos, value: Value::Scalar { text: text.into_owned(), plain } };
+                let node = Node {
+                    pos,
+                    value: Value::Scalar {
+                        text: text.into_owned(),
+                        plain,
+                    },
+                };
                 self.finish(node, anchor)?;
             }
             Event::Alias(id) => {
@@ -112,25 +135,58 @@ impl Builder {
                 })?;
                 self.count(node_size(&node), pos)?;
                 // An alias keeps the anchor's content but is reported where it is used.
-                self.finish(Node { pos, value: node.value }, 0)?;
+                self.finish(
+                    Node {
+                        pos,
+                        value: node.value,
+                    },
+                    0,
+                )?;
             }
             Event::SequenceStart(anchor, _) => {
                 self.depth(pos)?;
-                self.stack.push(Frame::Seq { pos, anchor, items: Vec::new() });
+                self.stack.push(Frame::Seq {
+                    pos,
+                    anchor,
+                    items: Vec::new(),
+                });
             }
             Event::MappingStart(anchor, _) => {
                 self.depth(pos)?;
-                self.stack.push(Frame::Map { pos, anchor, entries: Vec::new(), key: None });
+                self.stack.push(Frame::Map {
+                    pos,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                });
             }
             Event::SequenceEnd => {
                 if let Some(Frame::Seq { pos, anchor, items }) = self.stack.pop() {
-                    self.finish(Node { pos, value: Value::Seq(items) }, anchor)?;
+                    self.finish(
+                        Node {
+                            pos,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    )?;
                 }
             }
             Event::MappingEnd => {
-                if let Some(Frame::Map { pos, anchor, entries, .. }) = self.stack.pop() {
+                if let Some(Frame::Map {
+                    pos,
+                    anchor,
+                    entries,
+                    ..
+                }) = self.stack.pop()
+                {
                     let entries = apply_merge_keys(entries)?;
-                    self.finish(Node { pos, value: Value::Map(entries) }, anchor)?;
+                    self.finish(
+                        Node {
+                            pos,
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    )?;
                 }
             }
             Event::StreamStart | Event::StreamEnd | Event::DocumentEnd | Event::Nothing => {}
@@ -140,7 +196,10 @@ impl Builder {
 
     fn depth(&self, pos: Pos) -> Result<(), SyntaxError> {
         if self.stack.len() >= DEPTH_MAX {
-            return Err(SyntaxError { pos, message: format!("nesting deeper than {DEPTH_MAX}") });
+            return Err(SyntaxError {
+                pos,
+                message: format!("nesting deeper than {DEPTH_MAX}"),
+            });
         }
         Ok(())
     }
@@ -173,15 +232,14 @@ impl Builder {
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => *key = Some(node),
                 Some(k) => {
-                    if let Some(name) = k.as_str() {
-                        if name != "<<"
-                            && entries.iter().any(|(e, _)| e.as_str() == Some(name))
-                        {
-                            return Err(SyntaxError {
-                                pos: k.pos,
-                                message: format!("duplicate key `{name}`"),
-                            });
-                        }
+                    if let Some(name) = k.as_str()
+                        && name != "<<"
+                        && entries.iter().any(|(e, _)| e.as_str() == Some(name))
+                    {
+                        return Err(SyntaxError {
+                            pos: k.pos,
+                            message: format!("duplicate key `{name}`"),
+                        });
                     }
                     entries.push((k, node));
                 }
@@ -196,7 +254,10 @@ fn node_size(node: &Node) -> usize {
         Value::Scalar { .. } => 1,
         Value::Seq(items) => 1 + items.iter().map(node_size).sum::<usize>(),
         Value::Map(entries) => {
-            1 + entries.iter().map(|(k, v)| node_size(k) + node_size(v)).sum::<usize>()
+            1 + entries
+                .iter()
+                .map(|(k, v)| node_size(k) + node_size(v))
+                .sum::<usize>()
         }
     }
 }
@@ -239,7 +300,9 @@ fn apply_merge_keys(entries: Vec<(Node, Node)>) -> Result<Vec<(Node, Node)>, Syn
     }
     for source in sources {
         for (k, v) in source {
-            let present = own.iter().any(|(o, _)| o.as_str().is_some() && o.as_str() == k.as_str());
+            let present = own
+                .iter()
+                .any(|(o, _)| o.as_str().is_some() && o.as_str() == k.as_str());
             if !present {
                 own.push((k, v));
             }
@@ -260,7 +323,10 @@ impl Node {
     /// Looks up a key of a mapping node.
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|e| &e.1),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|e| &e.1),
             _ => None,
         }
     }
@@ -337,29 +403,31 @@ pub fn resolve_plain(text: &str) -> serde_json::Value {
         _ => {}
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(n) = text.parse::<i64>() {
-            return J::Number(n.into());
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(n) = text.parse::<i64>()
+    {
+        return J::Number(n.into());
     }
-    if let Some(hex) = text.strip_prefix("0x") {
-        if let Ok(n) = i64::from_str_radix(hex, 16) {
-            return J::Number(n.into());
-        }
+    if let Some(hex) = text.strip_prefix("0x")
+        && let Ok(n) = i64::from_str_radix(hex, 16)
+    {
+        return J::Number(n.into());
     }
-    if let Some(oct) = text.strip_prefix("0o") {
-        if let Ok(n) = i64::from_str_radix(oct, 8) {
-            return J::Number(n.into());
-        }
+    if let Some(oct) = text.strip_prefix("0o")
+        && let Ok(n) = i64::from_str_radix(oct, 8)
+    {
+        return J::Number(n.into());
     }
     let looks_float = digits.bytes().any(|b| b.is_ascii_digit())
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
-    if looks_float {
-        if let Ok(f) = text.parse::<f64>() {
-            if let Some(n) = serde_json::Number::from_f64(f) {
-                return J::Number(n);
-            }
-        }
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+    if looks_float
+        && let Ok(f) = text.parse::<f64>()
+        && let Some(n) = serde_json::Number::from_f64(f)
+    {
+        return J::Number(n);
     }
     J::String(text.to_string())
 }
@@ -401,7 +469,10 @@ mod tests {
     #[test]
     fn multi_document_and_empty_documents() {
         let docs = json("---\na: 1\n---\n# only a comment\n---\nb: x\n...\n");
-        assert_eq!(docs, vec![serde_json::json!({"a": 1}), serde_json::json!({"b": "x"})]);
+        assert_eq!(
+            docs,
+            vec![serde_json::json!({"a": 1}), serde_json::json!({"b": "x"})]
+        );
     }
 
     #[test]
@@ -428,8 +499,14 @@ mod tests {
         let doc = &parse_documents(text).expect("valid")[0];
         let mut index = PosIndex::default();
         doc.to_json(&mut index);
-        assert_eq!(index.find("spec.rules[0].name"), Some(Pos { line: 5, col: 7 }));
-        assert_eq!(index.find("spec.rules[0].missing"), Some(Pos { line: 4, col: 7 }));
+        assert_eq!(
+            index.find("spec.rules[0].name"),
+            Some(Pos { line: 5, col: 7 })
+        );
+        assert_eq!(
+            index.find("spec.rules[0].missing"),
+            Some(Pos { line: 4, col: 7 })
+        );
     }
 
     #[test]

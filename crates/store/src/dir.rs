@@ -142,7 +142,14 @@ pub fn load(roots: &[PathBuf], opts: &Options) -> Load {
             });
         }
     }
-    let Loader { raws, diags, files, mut excluded, templates, .. } = l;
+    let Loader {
+        raws,
+        diags,
+        files,
+        mut excluded,
+        templates,
+        ..
+    } = l;
     for (file, pos, var) in templates {
         excluded.push(Excluded {
             file,
@@ -150,7 +157,11 @@ pub fn load(roots: &[PathBuf], opts: &Options) -> Load {
             objects: 1,
         });
     }
-    Load { snapshot: Snapshot::build(raws, diags), files, excluded }
+    Load {
+        snapshot: Snapshot::build(raws, diags),
+        files,
+        excluded,
+    }
 }
 
 struct Loader<'a> {
@@ -188,7 +199,10 @@ fn list_dir(dir: &Path) -> std::io::Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
@@ -230,27 +244,39 @@ impl Loader<'_> {
             }
             return;
         }
-        let Ok(text) = std::fs::read_to_string(path) else { return };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
         if !text.contains("kustomize.toolkit.fluxcd.io") {
             return;
         }
-        let Ok(docs) = yaml::parse_documents(&text) else { return };
+        let Ok(docs) = yaml::parse_documents(&text) else {
+            return;
+        };
         for d in docs {
-            let is_flux = d.get("apiVersion").and_then(Node::as_str).is_some_and(|a| a.starts_with("kustomize.toolkit.fluxcd.io/"))
+            let is_flux = d
+                .get("apiVersion")
+                .and_then(Node::as_str)
+                .is_some_and(|a| a.starts_with("kustomize.toolkit.fluxcd.io/"))
                 && d.get("kind").and_then(Node::as_str) == Some("Kustomization");
             if !is_flux {
                 continue;
             }
             let spec = d.get("spec");
-            let target = spec.and_then(|s| s.get("targetNamespace")).and_then(Node::as_str);
+            let target = spec
+                .and_then(|s| s.get("targetNamespace"))
+                .and_then(Node::as_str);
             let spath = spec.and_then(|s| s.get("path")).and_then(Node::as_str);
-            let (Some(target), Some(spath)) = (target, spath) else { continue };
+            let (Some(target), Some(spath)) = (target, spath) else {
+                continue;
+            };
             // spec.path is relative to the repository root: try each ancestor of this file.
             let rel = spath.trim_start_matches("./");
             for anc in path.ancestors().skip(1) {
                 let cand = anc.join(rel);
                 if cand.is_dir() {
-                    self.flux_targets.insert(canonical(&cand), target.to_string());
+                    self.flux_targets
+                        .insert(canonical(&cand), target.to_string());
                     break;
                 }
             }
@@ -269,13 +295,20 @@ impl Loader<'_> {
         let (files, dirs) = match list_dir(dir) {
             Ok(x) => x,
             Err(e) => {
-                self.diag(Severity::Error, dir, Pos::default(), format!("cannot read directory: {e}"));
+                self.diag(
+                    Severity::Error,
+                    dir,
+                    Pos::default(),
+                    format!("cannot read directory: {e}"),
+                );
                 return;
             }
         };
         let files: Vec<PathBuf> = files.into_iter().filter(|f| !self.ignored(f)).collect();
         let kustomization = files.iter().find(|f| {
-            f.file_name().and_then(|n| n.to_str()).is_some_and(|n| KUSTOMIZATION_NAMES.contains(&n))
+            f.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| KUSTOMIZATION_NAMES.contains(&n))
         });
         match kustomization {
             Some(k) => {
@@ -297,7 +330,10 @@ impl Loader<'_> {
         // when nothing nearer has named one.
         let mut sub = ctx.clone();
         if sub.namespace.is_none() {
-            sub.namespace = files.iter().filter(|f| is_yaml(f)).find_map(|f| namespace_declared(f));
+            sub.namespace = files
+                .iter()
+                .filter(|f| is_yaml(f))
+                .find_map(|f| namespace_declared(f));
         }
         for d in dirs {
             self.walk(&d, &sub, depth + 1);
@@ -308,11 +344,18 @@ impl Loader<'_> {
     fn kustomization(&mut self, path: &Path, ctx: &mut Ctx, depth: usize) -> HashSet<PathBuf> {
         let mut listed = HashSet::new();
         self.note_file(path);
-        let Some((doc, index)) = self.read_single(path) else { return listed };
+        let Some((doc, index)) = self.read_single(path) else {
+            return listed;
+        };
         let k: Kustomization = match serde_json::from_value(doc) {
             Ok(k) => k,
             Err(e) => {
-                self.diag(Severity::Error, path, Pos { line: 1, col: 1 }, format!("kustomization: {e}"));
+                self.diag(
+                    Severity::Error,
+                    path,
+                    Pos { line: 1, col: 1 },
+                    format!("kustomization: {e}"),
+                );
                 return listed;
             }
         };
@@ -324,7 +367,12 @@ impl Loader<'_> {
             for (i, r) in list.iter().enumerate() {
                 let pos = index.find(&format!("{field}[{i}]")).unwrap_or_default();
                 if r.contains("://") || r.starts_with("github.com/") {
-                    self.diag(Severity::Warning, path, pos, format!("remote resource {r} is not fetched"));
+                    self.diag(
+                        Severity::Warning,
+                        path,
+                        pos,
+                        format!("remote resource {r} is not fetched"),
+                    );
                     continue;
                 }
                 let target = clean_join(dir, r);
@@ -334,12 +382,20 @@ impl Loader<'_> {
                 } else if target.is_dir() {
                     self.walk(&target, ctx, depth + 1);
                 } else {
-                    self.diag(Severity::Warning, path, pos, format!("{field} entry {r} not found (skipped)"));
+                    self.diag(
+                        Severity::Warning,
+                        path,
+                        pos,
+                        format!("{field} entry {r} not found (skipped)"),
+                    );
                 }
             }
         }
         let options = k.generator_options.clone().unwrap_or_default();
-        for (field, gens, secret) in [("configMapGenerator", &k.config_map_generator, false), ("secretGenerator", &k.secret_generator, true)] {
+        for (field, gens, secret) in [
+            ("configMapGenerator", &k.config_map_generator, false),
+            ("secretGenerator", &k.secret_generator, true),
+        ] {
             for (i, g) in gens.iter().enumerate() {
                 let pos = index.find(&format!("{field}[{i}]")).unwrap_or_default();
                 self.generate(path, pos, g, &options, secret, ctx);
@@ -349,32 +405,65 @@ impl Loader<'_> {
     }
 
     /// Makes the ConfigMap or Secret of one generator entry.
-    fn generate(&mut self, kpath: &Path, pos: Pos, g: &Generator, options: &GeneratorOptions, secret: bool, ctx: &Ctx) {
+    fn generate(
+        &mut self,
+        kpath: &Path,
+        pos: Pos,
+        g: &Generator,
+        options: &GeneratorOptions,
+        secret: bool,
+        ctx: &Ctx,
+    ) {
         let dir = kpath.parent().unwrap_or(Path::new("."));
         let mut data = serde_json::Map::new();
         for f in &g.files {
             // `key=path` or `path` (the key is the file name).
             let (key, rel) = match f.split_once('=') {
                 Some((k, p)) => (k.to_string(), p.to_string()),
-                None => (Path::new(f).file_name().and_then(|n| n.to_str()).unwrap_or(f).to_string(), f.clone()),
+                None => (
+                    Path::new(f)
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or(f)
+                        .to_string(),
+                    f.clone(),
+                ),
             };
             let p = clean_join(dir, &rel);
             self.note_file(&p);
             match read_limited(&p) {
                 Ok(text) => {
-                    let value = if secret { encode_base64(text.as_bytes()) } else { text };
+                    let value = if secret {
+                        encode_base64(text.as_bytes())
+                    } else {
+                        text
+                    };
                     data.insert(key, value.into());
                 }
-                Err(e) => self.diag(Severity::Error, kpath, pos, format!("generator {}: file {rel}: {e}", g.name)),
+                Err(e) => self.diag(
+                    Severity::Error,
+                    kpath,
+                    pos,
+                    format!("generator {}: file {rel}: {e}", g.name),
+                ),
             }
         }
         for lit in &g.literals {
             match lit.split_once('=') {
                 Some((k, v)) => {
-                    let v = if secret { encode_base64(v.as_bytes()) } else { v.to_string() };
+                    let v = if secret {
+                        encode_base64(v.as_bytes())
+                    } else {
+                        v.to_string()
+                    };
                     data.insert(k.to_string(), v.into());
                 }
-                None => self.diag(Severity::Error, kpath, pos, format!("generator {}: literal {lit:?} is not KEY=VALUE", g.name)),
+                None => self.diag(
+                    Severity::Error,
+                    kpath,
+                    pos,
+                    format!("generator {}: literal {lit:?} is not KEY=VALUE", g.name),
+                ),
             }
         }
         for env in &g.envs {
@@ -383,12 +472,26 @@ impl Loader<'_> {
             match read_limited(&p).map(|t| model::subst::parse_vars(&t)) {
                 Ok(Ok(vars)) => {
                     for (k, v) in vars {
-                        let v = if secret { encode_base64(v.as_bytes()) } else { v };
+                        let v = if secret {
+                            encode_base64(v.as_bytes())
+                        } else {
+                            v
+                        };
                         data.insert(k, v.into());
                     }
                 }
-                Ok(Err(e)) => self.diag(Severity::Error, &p, Pos::default(), format!("env file: {e}")),
-                Err(e) => self.diag(Severity::Error, kpath, pos, format!("generator {}: envs {env}: {e}", g.name)),
+                Ok(Err(e)) => self.diag(
+                    Severity::Error,
+                    &p,
+                    Pos::default(),
+                    format!("env file: {e}"),
+                ),
+                Err(e) => self.diag(
+                    Severity::Error,
+                    kpath,
+                    pos,
+                    format!("generator {}: envs {env}: {e}", g.name),
+                ),
             }
         }
         let mut labels = options.labels.clone();
@@ -413,8 +516,15 @@ impl Loader<'_> {
         index.0.insert(String::new(), pos);
         self.raws.push(RawObject {
             value: obj,
-            source: Source { file: Arc::new(kpath.to_path_buf()), pos, index: Arc::new(index) },
-            default_namespace: ctx.namespace.clone().or_else(|| Some(self.opts.default_namespace.clone())),
+            source: Source {
+                file: Arc::new(kpath.to_path_buf()),
+                pos,
+                index: Arc::new(index),
+            },
+            default_namespace: ctx
+                .namespace
+                .clone()
+                .or_else(|| Some(self.opts.default_namespace.clone())),
         });
     }
 
@@ -434,14 +544,22 @@ impl Loader<'_> {
         let text = match read_limited(path) {
             Ok(t) => t,
             Err(e) => {
-                self.diag(Severity::Error, path, Pos::default(), format!("cannot read: {e}"));
+                self.diag(
+                    Severity::Error,
+                    path,
+                    Pos::default(),
+                    format!("cannot read: {e}"),
+                );
                 return None;
             }
         };
         match yaml::parse_documents(&text) {
             Ok(docs) => {
                 let mut index = PosIndex::default();
-                let value = docs.first().map(|d| d.to_json(&mut index)).unwrap_or(serde_json::json!({}));
+                let value = docs
+                    .first()
+                    .map(|d| d.to_json(&mut index))
+                    .unwrap_or(serde_json::json!({}));
                 Some((value, index))
             }
             Err(e) => {
@@ -457,12 +575,21 @@ impl Loader<'_> {
         let objects = match read_limited(path).map(|t| yaml::parse_documents(&t)) {
             Ok(Ok(docs)) => docs.len(),
             Ok(Err(e)) => {
-                self.diag(Severity::Warning, path, e.pos, format!("{} (file is excluded, not served)", e.message));
+                self.diag(
+                    Severity::Warning,
+                    path,
+                    e.pos,
+                    format!("{} (file is excluded, not served)", e.message),
+                );
                 0
             }
             Err(_) => 0,
         };
-        self.excluded.push(Excluded { file: path.to_path_buf(), reason: reason.to_string(), objects });
+        self.excluded.push(Excluded {
+            file: path.to_path_buf(),
+            reason: reason.to_string(),
+            objects,
+        });
     }
 
     /// Reads one manifest file: every document becomes a raw object.
@@ -475,7 +602,12 @@ impl Loader<'_> {
         let text = match read_limited(path) {
             Ok(t) => t,
             Err(e) => {
-                self.diag(Severity::Error, path, Pos::default(), format!("cannot read: {e}"));
+                self.diag(
+                    Severity::Error,
+                    path,
+                    Pos::default(),
+                    format!("cannot read: {e}"),
+                );
                 return;
             }
         };
@@ -495,7 +627,11 @@ impl Loader<'_> {
                 let value = doc.to_json(&mut index);
                 self.raws.push(RawObject {
                     value,
-                    source: Source { file: file.clone(), pos, index: Arc::new(index) },
+                    source: Source {
+                        file: file.clone(),
+                        pos,
+                        index: Arc::new(index),
+                    },
                     default_namespace: None,
                 });
                 continue;
@@ -506,8 +642,15 @@ impl Loader<'_> {
                 .and_then(|a| a.get(SUBSTITUTE_ANNOTATION))
                 .and_then(Node::as_str)
                 == Some("disabled");
-            let undefined = if substitute_off { Vec::new() } else { self.substitute(&mut doc) };
-            let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str);
+            let undefined = if substitute_off {
+                Vec::new()
+            } else {
+                self.substitute(&mut doc)
+            };
+            let name = doc
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(Node::as_str);
             if let Some(var) = name.and_then(model::validate::undefined_variable) {
                 // A kustomize component or template: it only becomes an object where it is
                 // included with its variables set.
@@ -520,8 +663,15 @@ impl Loader<'_> {
             let value = doc.to_json(&mut index);
             self.raws.push(RawObject {
                 value,
-                source: Source { file: file.clone(), pos, index: Arc::new(index) },
-                default_namespace: ctx.namespace.clone().or_else(|| Some(self.opts.default_namespace.clone())),
+                source: Source {
+                    file: file.clone(),
+                    pos,
+                    index: Arc::new(index),
+                },
+                default_namespace: ctx
+                    .namespace
+                    .clone()
+                    .or_else(|| Some(self.opts.default_namespace.clone())),
             });
         }
     }
@@ -552,7 +702,10 @@ impl Loader<'_> {
             let (severity, tail) = if strict {
                 (Severity::Error, "(--strict-vars makes this an error)")
             } else {
-                (Severity::Warning, "and is left as written (pass it with --vars FILE)")
+                (
+                    Severity::Warning,
+                    "and is left as written (pass it with --vars FILE)",
+                )
             };
             self.diags.push(Diagnostic {
                 severity,
@@ -569,8 +722,17 @@ impl Loader<'_> {
 fn object_key_hint(doc: &Node) -> Option<ObjectKey> {
     let kind = doc.get("kind")?.as_str()?;
     let name = doc.get("metadata")?.get("name")?.as_str()?;
-    let ns = doc.get("metadata")?.get("namespace").and_then(Node::as_str).unwrap_or("");
-    let group = doc.get("apiVersion").and_then(Node::as_str).and_then(|a| a.rsplit_once('/')).map(|(g, _)| g).unwrap_or("");
+    let ns = doc
+        .get("metadata")?
+        .get("namespace")
+        .and_then(Node::as_str)
+        .unwrap_or("");
+    let group = doc
+        .get("apiVersion")
+        .and_then(Node::as_str)
+        .and_then(|a| a.rsplit_once('/'))
+        .map(|(g, _)| g)
+        .unwrap_or("");
     Some(ObjectKey::new(group, kind, ns, name))
 }
 
@@ -590,13 +752,18 @@ fn namespace_declared(path: &Path) -> Option<String> {
 
 /// `dir/rel` without `.` components, so that messages show the paths users wrote.
 fn clean_join(dir: &Path, rel: &str) -> PathBuf {
-    dir.join(rel).components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+    dir.join(rel)
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect()
 }
 
 fn read_limited(path: &Path) -> std::io::Result<String> {
     let len = std::fs::metadata(path)?.len();
     if len > FILE_BYTES_MAX {
-        return Err(std::io::Error::other(format!("file is {len} bytes, more than the {FILE_BYTES_MAX} a manifest may have")));
+        return Err(std::io::Error::other(format!(
+            "file is {len} bytes, more than the {FILE_BYTES_MAX} a manifest may have"
+        )));
     }
     let bytes = std::fs::read(path)?;
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("file is not UTF-8"))
@@ -607,7 +774,11 @@ fn encode_base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {

@@ -26,7 +26,10 @@ pub enum Update {
     /// The tree changed and read cleanly: this is now current.
     Applied(Arc<Load>),
     /// The tree changed but cannot be read: these errors, and the last good load still serves.
-    Rejected { errors: Vec<Diagnostic>, serving: Arc<Load> },
+    Rejected {
+        errors: Vec<Diagnostic>,
+        serving: Arc<Load>,
+    },
 }
 
 /// A running watch. Dropping it stops watching.
@@ -49,13 +52,14 @@ impl Watch {
         let first = Arc::new(load(&roots, &opts));
         let current = Arc::new(Mutex::new(first));
         let (event_tx, event_rx) = mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                if !matches!(ev.kind, notify::EventKind::Access(_)) {
+        let mut watcher =
+            notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if let Ok(ev) = res
+                    && !matches!(ev.kind, notify::EventKind::Access(_))
+                {
                     let _ = event_tx.send(());
                 }
-            }
-        })?;
+            })?;
         for r in &roots {
             watcher.watch(r, RecursiveMode::Recursive)?;
         }
@@ -104,7 +108,11 @@ impl Watch {
                 }
             })
             .map_err(|e| notify::Error::generic(&e.to_string()))?;
-        Ok(Watch { current, updates, _watcher: watcher })
+        Ok(Watch {
+            current,
+            updates,
+            _watcher: watcher,
+        })
     }
 
     /// The newest load that read cleanly (or the first load).

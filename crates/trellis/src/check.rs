@@ -147,10 +147,24 @@ impl<'a> Report<'a> {
             skipped: s.skipped.values().sum(),
             excluded_files: load.excluded.len(),
             objects_with_problems: s.status.values().filter(|st| st.has_problem()).count(),
-            warnings: s.diagnostics.iter().filter(|d| d.severity == Severity::Warning).count(),
-            errors: s.diagnostics.iter().filter(|d| d.severity == Severity::Error).count(),
+            warnings: s
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Warning)
+                .count(),
+            errors: s
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Error)
+                .count(),
         };
-        Report { objects, skipped: &s.skipped, excluded: &load.excluded, diagnostics: &s.diagnostics, summary }
+        Report {
+            objects,
+            skipped: &s.skipped,
+            excluded: &load.excluded,
+            diagnostics: &s.diagnostics,
+            summary,
+        }
     }
 }
 
@@ -191,16 +205,30 @@ fn message_cell(status: &ObjectStatus) -> String {
     let problem = conds.iter().find(|c| c.is_problem());
     match problem {
         Some(c) => c.message.clone(),
-        None => conds.iter().find(|c| !c.message.is_empty()).map(|c| c.message.clone()).unwrap_or_default(),
+        None => conds
+            .iter()
+            .find(|c| !c.message.is_empty())
+            .map(|c| c.message.clone())
+            .unwrap_or_default(),
     }
 }
 
 fn table(load: &store::Load, report: &Report<'_>) -> String {
     let s: &Snapshot = &load.snapshot;
-    let mut rows: Vec<[String; 4]> = vec![["KIND".into(), "NAMESPACE/NAME".into(), "CONDITIONS".into(), "MESSAGE".into()]];
+    let mut rows: Vec<[String; 4]> = vec![[
+        "KIND".into(),
+        "NAMESPACE/NAME".into(),
+        "CONDITIONS".into(),
+        "MESSAGE".into(),
+    ]];
     for key in s.entries.keys() {
         let st = s.status.get(key).cloned().unwrap_or_default();
-        rows.push([key.kind.clone(), key.ns_name(), cond_cell(&st), message_cell(&st)]);
+        rows.push([
+            key.kind.clone(),
+            key.ns_name(),
+            cond_cell(&st),
+            message_cell(&st),
+        ]);
     }
     let mut widths = [0usize; 3];
     for r in &rows {
@@ -210,13 +238,39 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
     }
     let mut out = String::new();
     for r in &rows {
-        let _ = writeln!(out, "{:w0$}  {:w1$}  {:w2$}  {}", r[0], r[1], r[2], r[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+        let _ = writeln!(
+            out,
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
     }
     let problems: Vec<(&ObjectKey, String)> = report
         .objects
         .iter()
         .zip(s.entries.keys())
-        .flat_map(|(o, k)| o.problems.iter().map(move |p| (k, format!("{}: {k}: {}{}", p.location, if p.path.is_empty() { String::new() } else { format!("{}: ", p.path) }, p.message))))
+        .flat_map(|(o, k)| {
+            o.problems.iter().map(move |p| {
+                (
+                    k,
+                    format!(
+                        "{}: {k}: {}{}",
+                        p.location,
+                        if p.path.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}: ", p.path)
+                        },
+                        p.message
+                    ),
+                )
+            })
+        })
         .collect();
     if !problems.is_empty() {
         out.push_str("\nproblems:\n");
@@ -224,7 +278,10 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
-    let (errors, warnings): (Vec<_>, Vec<_>) = s.diagnostics.iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) = s
+        .diagnostics
+        .iter()
+        .partition(|d| d.severity == Severity::Error);
     if !errors.is_empty() {
         out.push_str("\nerrors:\n");
         for d in errors {
@@ -240,17 +297,32 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
     if !load.excluded.is_empty() {
         out.push_str("\nexcluded (read, not served):\n");
         for e in &load.excluded {
-            let _ = writeln!(out, "  {}: {} ({} document(s))", e.file.display(), e.reason, e.objects);
+            let _ = writeln!(
+                out,
+                "  {}: {} ({} document(s))",
+                e.file.display(),
+                e.reason,
+                e.objects
+            );
         }
     }
     let sm = &report.summary;
-    let skipped = s.skipped.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ");
+    let skipped = s
+        .skipped
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let _ = writeln!(
         out,
         "\nsummary: {} objects loaded, {} skipped{}, {} files excluded, {} objects with problems, {} warnings, {} errors",
         sm.loaded,
         sm.skipped,
-        if skipped.is_empty() { String::new() } else { format!(" ({skipped})") },
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(" ({skipped})")
+        },
         sm.excluded_files,
         sm.objects_with_problems,
         sm.warnings,

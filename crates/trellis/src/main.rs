@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "trellis", version, about = "The network stack of a small cluster in one program")]
+#[command(
+    name = "trellis",
+    version,
+    about = "The network stack of a small cluster in one program"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

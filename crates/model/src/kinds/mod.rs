@@ -37,7 +37,9 @@ impl LabelSelector {
     /// Whether `labels` satisfy the selector. An empty selector matches everything.
     /// Unknown operators match nothing (validation reports them).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
             && self.match_expressions.iter().all(|e| {
                 let value = labels.get(&e.key);
                 match e.operator.as_str() {

@@ -81,12 +81,19 @@ fn run_case(path: &Path) -> Vec<String> {
                 model::Severity::Warning => "warning",
                 model::Severity::Error => "error",
             };
-            let obj = d.object.as_ref().map(|o| format!("{o}: ")).unwrap_or_default();
+            let obj = d
+                .object
+                .as_ref()
+                .map(|o| format!("{o}: "))
+                .unwrap_or_default();
             format!("{sev} {}: {obj}{}", d.pos, d.message)
         })
         .collect();
     if diagnostics != case.diagnostics {
-        failures.push(format!("diagnostics\n  want: {:#?}\n  got:  {:#?}", case.diagnostics, diagnostics));
+        failures.push(format!(
+            "diagnostics\n  want: {:#?}\n  got:  {:#?}",
+            case.diagnostics, diagnostics
+        ));
     }
 
     let mut problems = BTreeSet::new();
@@ -99,20 +106,27 @@ fn run_case(path: &Path) -> Vec<String> {
         }
     }
     if problems != case.problems {
-        failures.push(format!("problems\n  want: {:#?}\n  got:  {:#?}", case.problems, problems));
+        failures.push(format!(
+            "problems\n  want: {:#?}\n  got:  {:#?}",
+            case.problems, problems
+        ));
     }
 
     for want in &case.conditions {
         let found = s.status.iter().any(|(k, st)| {
-            st.conditions.iter().any(|c| {
-                format!("{k} {} {} {}", c.type_, status_word(c.status), c.reason) == *want
-            })
+            st.conditions
+                .iter()
+                .any(|c| format!("{k} {} {} {}", c.type_, status_word(c.status), c.reason) == *want)
         });
         if !found {
             let have: Vec<String> = s
                 .status
                 .iter()
-                .flat_map(|(k, st)| st.conditions.iter().map(move |c| format!("{k} {} {} {}", c.type_, status_word(c.status), c.reason)))
+                .flat_map(|(k, st)| {
+                    st.conditions.iter().map(move |c| {
+                        format!("{k} {} {} {}", c.type_, status_word(c.status), c.reason)
+                    })
+                })
                 .collect();
             failures.push(format!("condition {want:?} not found; have {have:#?}"));
         }
@@ -121,7 +135,16 @@ fn run_case(path: &Path) -> Vec<String> {
         let found = s.status.iter().any(|(k, st)| {
             st.listeners.iter().any(|l| {
                 l.conditions.iter().any(|c| {
-                    format!("{k} {} {} {} {}: {}", l.name, c.type_, status_word(c.status), c.reason, c.message).trim_end() == want.trim_end()
+                    format!(
+                        "{k} {} {} {} {}: {}",
+                        l.name,
+                        c.type_,
+                        status_word(c.status),
+                        c.reason,
+                        c.message
+                    )
+                    .trim_end()
+                        == want.trim_end()
                 })
             })
         });
@@ -140,11 +163,18 @@ fn cases() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 10, "expected the bad-input cases, found {}", paths.len());
+    assert!(
+        paths.len() >= 10,
+        "expected the bad-input cases, found {}",
+        paths.len()
+    );
     let mut report = String::new();
     for p in &paths {
         for f in run_case(p) {
-            report.push_str(&format!("\n{}: {f}", p.file_name().expect("name").to_string_lossy()));
+            report.push_str(&format!(
+                "\n{}: {f}",
+                p.file_name().expect("name").to_string_lossy()
+            ));
         }
     }
     assert!(report.is_empty(), "case failures:{report}");

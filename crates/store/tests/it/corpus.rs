@@ -13,7 +13,13 @@ pub fn corpus_dir() -> PathBuf {
 fn load() -> store::Load {
     let dir = corpus_dir();
     assert!(dir.is_dir(), "corpus not found at {}", dir.display());
-    store::load(&[dir], &store::Options { default_namespace: "default".into(), ..Default::default() })
+    store::load(
+        &[dir],
+        &store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    )
 }
 
 #[test]
@@ -26,7 +32,11 @@ fn every_file_is_read_and_nothing_fails_to_parse() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "lua"))
         .map(|p| p.canonicalize().expect("exists"))
         .collect();
-    let read: BTreeSet<PathBuf> = load.files.iter().map(|p| p.canonicalize().expect("exists")).collect();
+    let read: BTreeSet<PathBuf> = load
+        .files
+        .iter()
+        .map(|p| p.canonicalize().expect("exists"))
+        .collect();
     let unread: Vec<_> = on_disk.difference(&read).collect();
     assert!(unread.is_empty(), "files never read: {unread:#?}");
 }
@@ -58,26 +68,58 @@ fn served_kinds_and_namespaces() {
     // Namespaces come from the kustomization, the Flux Kustomization or the folder layout.
     let key = |g: &str, k: &str, ns: &str, n: &str| ObjectKey::new(g, k, ns, n);
     for k in [
-        key("gateway.networking.k8s.io", "Gateway", "network", "envoy-external"),
+        key(
+            "gateway.networking.k8s.io",
+            "Gateway",
+            "network",
+            "envoy-external",
+        ),
         key("gateway.networking.k8s.io", "HTTPRoute", "dev", "forgejo"),
-        key("gateway.networking.k8s.io", "ReferenceGrant", "security", "ref-authentik-svc-embedded"),
+        key(
+            "gateway.networking.k8s.io",
+            "ReferenceGrant",
+            "security",
+            "ref-authentik-svc-embedded",
+        ),
         key("cilium.io", "CiliumNetworkPolicy", "dev", "forgejo-runner"),
-        key("k8s.cni.cncf.io", "NetworkAttachmentDefinition", "network", "multus-iot"),
+        key(
+            "k8s.cni.cncf.io",
+            "NetworkAttachmentDefinition",
+            "network",
+            "multus-iot",
+        ),
     ] {
         assert!(s.entries.contains_key(&k), "{k} not loaded");
     }
     // Kinds trellis does not serve are counted, never errors.
-    assert_eq!(s.skipped.get("helm.toolkit.fluxcd.io/HelmRelease"), Some(&10));
-    assert_eq!(s.skipped.get("grafana.integreatly.org/GrafanaDashboard"), Some(&6));
+    assert_eq!(
+        s.skipped.get("helm.toolkit.fluxcd.io/HelmRelease"),
+        Some(&10)
+    );
+    assert_eq!(
+        s.skipped.get("grafana.integreatly.org/GrafanaDashboard"),
+        Some(&6)
+    );
 }
 
 #[test]
 fn config_map_generator_feeds_the_lua_policy() {
     let s = load().snapshot;
-    let cm = model::snapshot::get(&s.config_maps, "network", "envoy-external-extensions").expect("generated");
-    let lua = cm.spec.data.as_ref().and_then(|d| d.get("block-user-agents.lua")).expect("file key");
+    let cm = model::snapshot::get(&s.config_maps, "network", "envoy-external-extensions")
+        .expect("generated");
+    let lua = cm
+        .spec
+        .data
+        .as_ref()
+        .and_then(|d| d.get("block-user-agents.lua"))
+        .expect("file key");
     assert!(lua.contains("envoy_on_request"), "{lua}");
-    let key = ObjectKey::new("gateway.envoyproxy.io", "EnvoyExtensionPolicy", "network", "envoy-external");
+    let key = ObjectKey::new(
+        "gateway.envoyproxy.io",
+        "EnvoyExtensionPolicy",
+        "network",
+        "envoy-external",
+    );
     let st = s.status.get(&key).expect("status");
     assert!(!st.has_problem(), "{st:#?}");
 }
@@ -131,20 +173,35 @@ fn only_true_outside_references_are_flagged() {
     .collect();
     let missing: Vec<_> = want.difference(&flagged).collect();
     let extra: Vec<_> = flagged.difference(&want).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "missing: {missing:#?}\nextra: {extra:#?}");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing: {missing:#?}\nextra: {extra:#?}"
+    );
 }
 
 #[test]
 fn the_cloudflare_tunnel_record_resolves_with_vars() {
     let dir = corpus_dir();
     let opts = store::Options {
-        vars: [("CLOUDFLARE_TUNNEL_ID".to_string(), "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42".to_string())].into(),
+        vars: [(
+            "CLOUDFLARE_TUNNEL_ID".to_string(),
+            "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42".to_string(),
+        )]
+        .into(),
         default_namespace: "default".into(),
         ..Default::default()
     };
     let s = store::load(&[dir], &opts).snapshot;
-    let key = ObjectKey::new("externaldns.k8s.io", "DNSEndpoint", "network", "cloudflare-tunnel");
+    let key = ObjectKey::new(
+        "externaldns.k8s.io",
+        "DNSEndpoint",
+        "network",
+        "cloudflare-tunnel",
+    );
     assert!(!s.status[&key].has_problem(), "{:#?}", s.status[&key]);
     let d = model::snapshot::get(&s.dns_endpoints, "network", "cloudflare-tunnel").expect("loaded");
-    assert_eq!(d.spec.endpoints[0].targets[0], "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42.cfargotunnel.com");
+    assert_eq!(
+        d.spec.endpoints[0].targets[0],
+        "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42.cfargotunnel.com"
+    );
 }

@@ -8,36 +8,71 @@ use crate::tree::write;
 
 /// Bounded wait for the next update (the watcher reacts to inotify events, not polling).
 fn next(w: &Watch) -> Update {
-    w.updates.recv_timeout(Duration::from_secs(20)).expect("an update within 20 s")
+    w.updates
+        .recv_timeout(Duration::from_secs(20))
+        .expect("an update within 20 s")
 }
 
 #[test]
 fn applies_good_changes_and_keeps_the_last_good_load_on_errors() {
     let t = tempfile::tempdir().expect("tmp");
     let r = t.path();
-    write(r, "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: one}\n");
-    let w = Watch::start(vec![r.to_path_buf()], store::Options { default_namespace: "default".into(), ..Default::default() }).expect("watch");
+    write(
+        r,
+        "svc.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: one}\n",
+    );
+    let w = Watch::start(
+        vec![r.to_path_buf()],
+        store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    )
+    .expect("watch");
     assert_eq!(w.current().snapshot.services.len(), 1);
 
-    write(r, "svc2.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: two}\n");
+    write(
+        r,
+        "svc2.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: two}\n",
+    );
     match next(&w) {
         Update::Applied(l) => assert_eq!(l.snapshot.services.len(), 2),
         other => panic!("expected Applied, got {other:?}"),
     }
 
-    write(r, "svc2.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: two\n");
+    write(
+        r,
+        "svc2.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: two\n",
+    );
     match next(&w) {
         Update::Rejected { errors, serving } => {
-            assert!(errors[0].to_string().contains("svc2.yaml:4:1: error:"), "{}", errors[0]);
+            assert!(
+                errors[0].to_string().contains("svc2.yaml:4:1: error:"),
+                "{}",
+                errors[0]
+            );
             assert_eq!(serving.snapshot.services.len(), 2);
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
-    assert_eq!(w.current().snapshot.services.len(), 2, "the last good load still serves");
+    assert_eq!(
+        w.current().snapshot.services.len(),
+        2,
+        "the last good load still serves"
+    );
 
-    write(r, "svc2.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: three}\n");
+    write(
+        r,
+        "svc2.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: three}\n",
+    );
     match next(&w) {
-        Update::Applied(l) => assert!(model::snapshot::get(&l.snapshot.services, "default", "three").is_some()),
+        Update::Applied(l) => {
+            assert!(model::snapshot::get(&l.snapshot.services, "default", "three").is_some())
+        }
         other => panic!("expected Applied, got {other:?}"),
     }
 }
