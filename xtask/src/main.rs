@@ -1,1 +1,184 @@
-fn main() {}
+//! `cargo xtask`: everything that is more than one cargo command.
+//!
+//! - `test`: what CI runs: formatting, clippy with warnings denied, every test.
+//! - `demo`: builds trellis and runs the main job (for now `trellis check` on the example
+//!   and on the home-ops corpus).
+//! - `bench`: the criterion benchmarks in release, with a summary against the targets.
+//! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = root();
+    std::env::set_current_dir(&root).context("cd to the repository root")?;
+    match args.first().map(String::as_str) {
+        Some("test") => test(),
+        Some("demo") => demo(),
+        Some("bench") => bench(),
+        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
+        _ => {
+            eprintln!("usage: cargo xtask <test|demo|bench|fuzz [seconds]>");
+            bail!("unknown or missing xtask command")
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository root")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it first; fails with the command line when it fails.
+fn run(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("==> {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn has(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// rustfmt and clippy come with the toolchain here; install them if a machine lacks them.
+fn ensure_components() -> Result<()> {
+    for (probe, component) in [("fmt", "rustfmt"), ("clippy", "clippy")] {
+        if !has("cargo", &[probe, "--version"]) {
+            run("rustup", &["component", "add", component])?;
+        }
+    }
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    ensure_components()?;
+    run("cargo", &["fmt", "--all", "--", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run("cargo", &["test", "--workspace", "--all-targets"])?;
+    // Doc tests are not covered by --all-targets.
+    run("cargo", &["test", "--workspace", "--doc"])?;
+    eprintln!("==> all tests passed");
+    Ok(())
+}
+
+fn demo() -> Result<()> {
+    run("cargo", &["build", "--package", "trellis"])?;
+    let bin = root().join("target/debug/trellis");
+    let bin = bin.to_str().context("utf-8 path")?;
+    eprintln!("\n==> the example home lab (examples/home-lab), with its Flux variables");
+    run(
+        bin,
+        &[
+            "check",
+            "-f",
+            "examples/home-lab",
+            "--vars",
+            "examples/home-lab/vars.yaml",
+        ],
+    )?;
+    eprintln!("\n==> a real cluster's network manifests (testdata/home-ops), unchanged");
+    eprintln!(
+        "    (exit code 1 is expected: it refers to Services and Secrets that its HelmReleases create)"
+    );
+    let status = Command::new(bin)
+        .args(["check", "-f", "testdata/home-ops/kubernetes"])
+        .status()?;
+    if status.code() == Some(2) {
+        bail!("the corpus could not be read");
+    }
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    run(
+        "cargo",
+        &[
+            "bench",
+            "--package",
+            "store",
+            "--bench",
+            "load",
+            "--",
+            "--noplot",
+        ],
+    )?;
+    let report = |name: &str, target_ms: f64| -> Result<()> {
+        let path = root().join(format!("target/criterion/{name}/new/estimates.json"));
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mean_ns = mean_ns(&text).with_context(|| format!("no mean in {}", path.display()))?;
+        let ms = mean_ns / 1e6;
+        let verdict = if ms < target_ms { "meets" } else { "MISSES" };
+        println!(
+            "{name:<14} {ms:>8.3} ms  ({verdict} the {target_ms} ms target; ratio {:.2})",
+            ms / target_ms
+        );
+        Ok(())
+    };
+    println!("\nbenchmark      mean         target");
+    report("load_corpus", 50.0)?;
+    report("load_example", 50.0)?;
+    Ok(())
+}
+
+/// Reads `mean.point_estimate` from criterion's estimates.json without a JSON dependency.
+fn mean_ns(text: &str) -> Option<f64> {
+    let at = text.find("\"mean\"")?;
+    let rest = &text[at..];
+    let pe = rest.find("\"point_estimate\":")? + "\"point_estimate\":".len();
+    let num: String = rest[pe..]
+        .chars()
+        .skip_while(|c| c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
+        .collect();
+    num.parse().ok()
+}
+
+fn fuzz(seconds: &str) -> Result<()> {
+    if !has("cargo", &["fuzz", "--version"]) {
+        run("cargo", &["install", "cargo-fuzz", "--locked"])?;
+    }
+    // cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+    let max_time = format!("-max_total_time={seconds}");
+    eprintln!("==> cargo fuzz run load (bounded to {seconds} s)");
+    let status = Command::new("cargo")
+        .args([
+            "fuzz",
+            "run",
+            "--sanitizer",
+            "none",
+            "load",
+            "--",
+            &max_time,
+        ])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .status()?;
+    if !status.success() {
+        bail!("fuzzing found a failure (see fuzz/artifacts/load)");
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use model::ObjectKey;
 
 pub fn corpus_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/home-ops/kubernetes")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/home-ops/kubernetes")
 }
 
 fn load() -> store::Load {

@@ -1,0 +1,3 @@
+//! Property tests: the loader never panics, whatever bytes or YAML it is given.
+
+mod props;
