@@ -6,10 +6,12 @@
 //! - [`kinds`]: typed specs for the kinds the ecosystem crates lack.
 //! - [`snapshot`]: the kind table and [`Snapshot`], the typed result of one load.
 //! - [`validate`]: reference resolution and conditions (Gateway API status semantics).
+//! - [`endpoints`]: the endpoints behind a Service port, shared by every component.
 //!
 //! No I/O happens here beyond what a caller hands in: sources (a directory, the Kubernetes
 //! API) live in the `store` crate and produce [`RawObject`]s.
 
+pub mod endpoints;
 pub mod kinds;
 pub mod object;
 pub mod snapshot;

@@ -180,6 +180,9 @@ pub struct ObjectStatus {
 pub struct ParentStatus {
     pub parent_ref: ParentRefOut,
     pub conditions: Vec<Condition>,
+    /// Names of the parent Gateway's listeners that took the route (what the gateway serves).
+    #[serde(skip)]
+    pub listeners: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -882,6 +882,7 @@ fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteVie
             port: p.port,
         };
         let mut conds = Vec::new();
+        let mut attached_to: Vec<String> = Vec::new();
         let gw_key = ObjectKey::new(GATEWAY_GROUP, "Gateway", &ns, &p.name);
         let accepted: Condition = if group != GATEWAY_GROUP || kind != "Gateway" {
             let m = unresolved(
@@ -899,11 +900,15 @@ fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteVie
             bad(cond::ACCEPTED, reason::NO_MATCHING_PARENT, m)
         } else if let Some(infos) = listeners.get_mut(&gw_key) {
             match attach(s, &v, p, infos) {
-                Ok(n) if invalid_rules.is_none() => ok(
-                    cond::ACCEPTED,
-                    reason::ACCEPTED,
-                    format!("attached to {n} listener(s) of gateway {ns}/{}", p.name),
-                ),
+                Ok(names) if invalid_rules.is_none() => {
+                    let m = format!(
+                        "attached to listener(s) {} of gateway {ns}/{}",
+                        names.join(", "),
+                        p.name
+                    );
+                    attached_to = names;
+                    ok(cond::ACCEPTED, reason::ACCEPTED, m)
+                }
                 Ok(_) => bad(
                     cond::ACCEPTED,
                     reason::UNSUPPORTED_VALUE,
@@ -928,6 +933,7 @@ fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteVie
         status.parents.push(ParentStatus {
             parent_ref: out,
             conditions: conds,
+            listeners: attached_to,
         });
     }
     if v.parents.is_empty() {
@@ -969,7 +975,7 @@ fn attach(
     v: &RouteView,
     p: &ParentRef,
     infos: &mut [ListenerInfo],
-) -> Result<usize, (&'static str, String)> {
+) -> Result<Vec<String>, (&'static str, String)> {
     let gw = format!(
         "{}/{}",
         p.namespace.as_deref().unwrap_or(&v.namespace),
@@ -997,7 +1003,7 @@ fn attach(
     }
     let ns_labels = s.namespace_labels(&v.namespace);
     let gw_ns = p.namespace.clone().unwrap_or_else(|| v.namespace.clone());
-    let mut attached = 0;
+    let mut attached = Vec::new();
     let mut why_not: Vec<(&'static str, String)> = Vec::new();
     for i in candidates {
         let l = &mut infos[i];
@@ -1056,9 +1062,9 @@ fn attach(
             continue;
         }
         l.attached += 1;
-        attached += 1;
+        attached.push(l.name.clone());
     }
-    if attached > 0 {
+    if !attached.is_empty() {
         return Ok(attached);
     }
     // Prefer the hostname reason: it says the route was otherwise allowed.
@@ -1081,13 +1087,29 @@ fn attach(
 
 /// Whether a route hostname and a listener hostname intersect (both may be wildcards).
 pub fn hostnames_intersect(route: &str, listener: &str) -> bool {
+    hostname_intersection(route, listener).is_some()
+}
+
+/// The hostnames a route hostname and a listener hostname both match, as one hostname: the
+/// more specific of the two (`foo.example.com` and `*.example.com` give `foo.example.com`).
+pub fn hostname_intersection(route: &str, listener: &str) -> Option<String> {
     let (r, l) = (route.to_ascii_lowercase(), listener.to_ascii_lowercase());
+    // `*.x` matches names with at least one more label than `x`.
+    let covers = |suffix: &str, name: &str| {
+        name.len() > suffix.len() + 1 && name.ends_with(&format!(".{suffix}"))
+    };
     match (r.strip_prefix("*."), l.strip_prefix("*.")) {
-        (None, None) => r == l,
-        (None, Some(ls)) => r.len() > ls.len() + 1 && r.ends_with(&format!(".{ls}")),
-        (Some(rs), None) => l.len() > rs.len() + 1 && l.ends_with(&format!(".{rs}")),
+        (None, None) => (r == l).then_some(r),
+        (None, Some(ls)) => covers(ls, &r).then_some(r),
+        (Some(rs), None) => covers(rs, &l).then_some(l),
         (Some(rs), Some(ls)) => {
-            rs == ls || rs.ends_with(&format!(".{ls}")) || ls.ends_with(&format!(".{rs}"))
+            if rs == ls || rs.ends_with(&format!(".{ls}")) {
+                Some(r)
+            } else if ls.ends_with(&format!(".{rs}")) {
+                Some(l)
+            } else {
+                None
+            }
         }
     }
 }

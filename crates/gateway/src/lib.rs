@@ -1,0 +1,20 @@
+//! The ingress gateway: serves one Gateway of a snapshot as an HTTP proxy.
+//!
+//! - [`plan`]: `compile(&Snapshot, ns, name) -> Plan` — pure: listeners, routers, actions.
+//! - [`proxy`]: binds the listeners and serves requests from the current plan; `update`
+//!   swaps a new plan in atomically.
+//! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
+//! - [`admin`]: `/healthz`, `/status`, `/metrics`.
+//!
+//! Not here yet: TLS listeners (HTTPS, passthrough), TCP/UDP routes, GRPCRoute, Envoy Gateway
+//! policies (compression, retries, Lua, ext-auth), access logs. They are reported as
+//! unserved listeners by the plan rather than silently ignored.
+
+pub mod admin;
+pub mod echo;
+pub mod metrics;
+pub mod plan;
+pub mod proxy;
+
+pub use plan::{CompileError, Plan, compile};
+pub use proxy::{Bind, Running, start};

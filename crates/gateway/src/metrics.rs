@@ -1,0 +1,95 @@
+//! The gateway's Prometheus metrics. Names follow Envoy's where Envoy has the same thing
+//! (`..._rq_total` by response code class), with a `trellis_gateway_` prefix.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `namespace/name` of the route ("" when nothing matched).
+    pub route: String,
+    /// `2xx`, `3xx`, `4xx`, `5xx`.
+    pub code_class: String,
+}
+
+/// Counters and histograms of one gateway process.
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RouteLabels, Counter>,
+    pub duration: Histogram,
+    pub reloads: Counter,
+    pub accept_errors: Counter,
+    pub upstream_connect_failures: Counter,
+    pub mirror_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            reloads: Counter::default(),
+            accept_errors: Counter::default(),
+            upstream_connect_failures: Counter::default(),
+            mirror_failures: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
+        let class = match status {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RouteLabels {
+                route: route.to_string(),
+                code_class: class.to_string(),
+            })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Registers every metric under `trellis_gateway_`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("trellis_gateway");
+        r.register(
+            "rq",
+            "Requests by route and response code class",
+            self.requests.clone(),
+        );
+        r.register(
+            "rq_duration_seconds",
+            "Time from request headers to response headers",
+            self.duration.clone(),
+        );
+        r.register(
+            "reloads",
+            "Plans swapped in after a manifest change",
+            self.reloads.clone(),
+        );
+        r.register(
+            "accept_errors",
+            "Failed accepts on listeners",
+            self.accept_errors.clone(),
+        );
+        r.register(
+            "upstream_cx_connect_fail",
+            "Upstream connections that could not be made",
+            self.upstream_connect_failures.clone(),
+        );
+        r.register(
+            "mirror_failures",
+            "Mirrored requests that failed",
+            self.mirror_failures.clone(),
+        );
+    }
+}

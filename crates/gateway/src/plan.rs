@@ -1,0 +1,833 @@
+//! Compiling one Gateway of a snapshot into what the proxy serves: per listener port, a
+//! router of host groups, each an ordered list of route matches with their actions.
+//!
+//! Pure: no I/O, no clocks. The proxy swaps a whole new [`Plan`] in when the snapshot changes.
+//!
+//! Matching follows the Gateway API and Envoy Gateway: the request's host selects the most
+//! specific host group (exact name, else the longest wildcard, else the catch-all), with no
+//! fallback to a less specific group (as an Envoy virtual host); within the group, matches are
+//! ordered by the spec's precedence: Exact path, then RegularExpression (Envoy Gateway's
+//! choice; the spec leaves it open), then the longest PathPrefix; then a method match; then
+//! more header matches; then more query matches; then route age (source order here) and
+//! namespace/name; then rule and match order.
+
+use std::cmp::Reverse;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_api::httproutes::{
+    HttpRouteRules, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectScheme as Scheme,
+    HttpRouteRulesFiltersType as F, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType as HT,
+    HttpRouteRulesMatchesPathType as PT, HttpRouteRulesMatchesQueryParamsType as QT,
+};
+use model::endpoints::{Endpoint, service_endpoints};
+use model::object::cond;
+use model::snapshot::{Object, Snapshot, get};
+use model::validate::{GATEWAY_GROUP, gateway_address, hostname_intersection, parse_duration};
+use model::{ObjectKey, Status};
+
+/// Everything one Gateway serves.
+#[derive(Debug)]
+pub struct Plan {
+    pub gateway: ObjectKey,
+    /// The address the Gateway asks for (spec.addresses or the LB-IPAM annotation).
+    pub address: Option<IpAddr>,
+    /// HTTP listener ports and their routers.
+    pub http: BTreeMap<u16, Arc<Router>>,
+    /// Listeners trellis does not serve yet (HTTPS, TLS, TCP, UDP), with the reason.
+    pub unserved: Vec<(String, u16, String)>,
+}
+
+/// The routing table of one listener port.
+#[derive(Debug, Default)]
+pub struct Router {
+    pub port: u16,
+    /// Exact hostnames.
+    pub exact: BTreeMap<String, Vec<Entry>>,
+    /// Wildcard suffixes (`example.com` for `*.example.com`).
+    pub wildcard: BTreeMap<String, Vec<Entry>>,
+    /// Routes without a hostname on a listener without a hostname.
+    pub any: Vec<Entry>,
+}
+
+/// Precedence of a match, smaller first: path kind (exact, regex, prefix), longer path,
+/// method given, more header matches, more query matches, route order, rule, match.
+type Rank = (
+    u8,
+    Reverse<usize>,
+    u8,
+    Reverse<usize>,
+    Reverse<usize>,
+    usize,
+    usize,
+    usize,
+);
+
+/// One match of one rule of one route.
+#[derive(Debug)]
+pub struct Entry {
+    pub path: PathMatch,
+    pub method: Option<String>,
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    pub query: Vec<(String, ValueMatch)>,
+    pub action: Arc<Action>,
+    /// Precedence key: smaller sorts first.
+    rank: Rank,
+}
+
+#[derive(Debug)]
+pub enum PathMatch {
+    Exact(String),
+    /// A prefix with segment semantics: `/foo` matches `/foo` and `/foo/bar`, not `/foobar`.
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+#[derive(Debug)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(regex::Regex),
+}
+
+impl ValueMatch {
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            ValueMatch::Exact(x) => x == v,
+            ValueMatch::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+impl PathMatch {
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => p == path,
+            PathMatch::Prefix(p) => {
+                if p == "/" {
+                    return true;
+                }
+                let p = p.trim_end_matches('/');
+                path == p || (path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'/'))
+            }
+            PathMatch::Regex(r) => r.is_match(path),
+        }
+    }
+}
+
+/// What to do with a request a rule matched.
+#[derive(Debug, Default)]
+pub struct Action {
+    /// `namespace/name` of the route and the rule index, for logs and metrics.
+    pub route: String,
+    pub rule: usize,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+    pub mirrors: Vec<Arc<Backend>>,
+    pub backends: Vec<(u32, Arc<Backend>)>,
+    /// The rule has backendRefs and none is usable: answer 500 (the spec's rule).
+    pub all_invalid: bool,
+    pub timeout_request: Option<Duration>,
+    pub timeout_backend: Option<Duration>,
+    /// The path prefix the rule matched, for ReplacePrefixMatch.
+    pub matched_prefix: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderEdits {
+    pub set: Vec<(http::HeaderName, String)>,
+    pub add: Vec<(http::HeaderName, String)>,
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<PathRewrite>,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathRewrite>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PathRewrite {
+    Full(String),
+    Prefix(String),
+}
+
+/// A backend of a rule: its endpoints, or why it cannot be used.
+#[derive(Debug)]
+pub struct Backend {
+    /// `namespace/name:port`.
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    /// Set when the reference does not resolve: requests picked for it get a 500.
+    pub invalid: Option<String>,
+}
+
+/// Why a Gateway cannot be compiled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CompileError {
+    #[error("gateway {0} not found in the manifests")]
+    NotFound(String),
+    #[error("gateway {0} is not accepted: {1}")]
+    NotAccepted(String, String),
+}
+
+/// Compiles Gateway `namespace/name` of a snapshot.
+pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, CompileError> {
+    let gw = get(&s.gateways, namespace, name)
+        .ok_or_else(|| CompileError::NotFound(format!("{namespace}/{name}")))?;
+    let key = ObjectKey::new(GATEWAY_GROUP, "Gateway", namespace, name);
+    let status = s.status.get(&key).cloned().unwrap_or_default();
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == cond::ACCEPTED && c.status != Status::True)
+    {
+        return Err(CompileError::NotAccepted(
+            format!("{namespace}/{name}"),
+            c.message.clone(),
+        ));
+    }
+    let address = gateway_address(gw).and_then(|a| a.parse().ok());
+    let mut plan = Plan {
+        gateway: key.clone(),
+        address,
+        http: BTreeMap::new(),
+        unserved: Vec::new(),
+    };
+
+    // Which listeners are usable (accepted, not conflicted) and which routes attached to them.
+    let usable: BTreeMap<&str, bool> = status
+        .listeners
+        .iter()
+        .map(|l| {
+            let ok = l
+                .conditions
+                .iter()
+                .all(|c| !(c.type_ == cond::CONFLICTED && c.status == Status::True))
+                && l.conditions
+                    .iter()
+                    .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True);
+            (l.name.as_str(), ok)
+        })
+        .collect();
+    let mut routers: BTreeMap<u16, Router> = BTreeMap::new();
+    for l in &gw.spec.listeners {
+        let Ok(port) = u16::try_from(l.port) else {
+            continue;
+        };
+        if !usable.get(l.name.as_str()).copied().unwrap_or(false) {
+            continue;
+        }
+        match l.protocol.as_str() {
+            "HTTP" => {
+                routers.entry(port).or_insert_with(|| Router {
+                    port,
+                    ..Router::default()
+                });
+            }
+            other => plan.unserved.push((
+                l.name.clone(),
+                port,
+                format!("protocol {other} is not served yet"),
+            )),
+        }
+    }
+
+    let mut order = 0usize;
+    for route in s.http_routes.values() {
+        let rkey = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", route.namespace(), route.name());
+        let Some(rstatus) = s.status.get(&rkey) else {
+            continue;
+        };
+        order += 1;
+        for parent in &rstatus.parents {
+            let is_ours = parent.parent_ref.kind == "Gateway"
+                && parent.parent_ref.namespace == namespace
+                && parent.parent_ref.name == name;
+            let accepted = parent
+                .conditions
+                .iter()
+                .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True);
+            if !is_ours || !accepted {
+                continue;
+            }
+            for lname in &parent.listeners {
+                let Some(l) = gw.spec.listeners.iter().find(|l| &l.name == lname) else {
+                    continue;
+                };
+                let Ok(port) = u16::try_from(l.port) else {
+                    continue;
+                };
+                let Some(router) = routers.get_mut(&port) else {
+                    continue;
+                };
+                let hosts = effective_hostnames(
+                    route.spec.hostnames.as_deref().unwrap_or_default(),
+                    l.hostname.as_deref(),
+                );
+                add_route(
+                    s,
+                    router,
+                    route,
+                    &hosts,
+                    order,
+                    u16::try_from(l.port).unwrap_or(80),
+                );
+            }
+        }
+    }
+    for (port, mut r) in routers {
+        for list in r.exact.values_mut().chain(r.wildcard.values_mut()) {
+            list.sort_by_key(|a| a.rank);
+        }
+        r.any.sort_by_key(|a| a.rank);
+        plan.http.insert(port, Arc::new(r));
+    }
+    Ok(plan)
+}
+
+/// The hostnames a route serves on a listener: its hostnames intersected with the listener's
+/// (the more specific of each pair); `None` in the result means "any host".
+fn effective_hostnames(route: &[String], listener: Option<&str>) -> Vec<Option<String>> {
+    match (route.is_empty(), listener) {
+        (true, None) => vec![None],
+        (true, Some(l)) => vec![Some(l.to_ascii_lowercase())],
+        (false, None) => route.iter().map(|h| Some(h.to_ascii_lowercase())).collect(),
+        (false, Some(l)) => route
+            .iter()
+            .filter_map(|h| hostname_intersection(h, l))
+            .map(Some)
+            .collect(),
+    }
+}
+
+fn add_route(
+    s: &Snapshot,
+    router: &mut Router,
+    route: &Object<gateway_api::httproutes::HttpRouteSpec>,
+    hosts: &[Option<String>],
+    order: usize,
+    listener_port: u16,
+) {
+    let route_name = format!("{}/{}", route.namespace(), route.name());
+    let default_rule = [HttpRouteRules::default()];
+    let rules: &[HttpRouteRules] = match route.spec.rules.as_deref() {
+        Some(r) if !r.is_empty() => r,
+        _ => &default_rule,
+    };
+    for (ri, rule) in rules.iter().enumerate() {
+        let default_match = [HttpRouteRulesMatches::default()];
+        let matches: &[HttpRouteRulesMatches] = match rule.matches.as_deref() {
+            Some(m) if !m.is_empty() => m,
+            _ => &default_match,
+        };
+        for (mi, m) in matches.iter().enumerate() {
+            let (path, path_rank, path_len) = path_match(m);
+            let matched_prefix = match &path {
+                PathMatch::Prefix(p) => Some(p.clone()),
+                _ => None,
+            };
+            let action = Arc::new(action(
+                s,
+                route,
+                ri,
+                rule,
+                matched_prefix,
+                &route_name,
+                listener_port,
+            ));
+            let headers: Vec<(http::HeaderName, ValueMatch)> = m
+                .headers
+                .iter()
+                .flatten()
+                .filter_map(|h| {
+                    let name = http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes())
+                        .ok()?;
+                    let vm = match h.r#type {
+                        Some(HT::RegularExpression) => ValueMatch::Regex(anchored(&h.value)?),
+                        _ => ValueMatch::Exact(h.value.clone()),
+                    };
+                    Some((name, vm))
+                })
+                .collect();
+            let query: Vec<(String, ValueMatch)> = m
+                .query_params
+                .iter()
+                .flatten()
+                .filter_map(|q| {
+                    let vm = match q.r#type {
+                        Some(QT::RegularExpression) => ValueMatch::Regex(anchored(&q.value)?),
+                        _ => ValueMatch::Exact(q.value.clone()),
+                    };
+                    Some((q.name.clone(), vm))
+                })
+                .collect();
+            let method = m.method.as_ref().map(|x| {
+                serde_json::to_value(x)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            });
+            for host in hosts {
+                let entry = Entry {
+                    path: clone_path(&path),
+                    method: method.clone(),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| (n.clone(), clone_value(v)))
+                        .collect(),
+                    query: query
+                        .iter()
+                        .map(|(n, v)| (n.clone(), clone_value(v)))
+                        .collect(),
+                    action: action.clone(),
+                    rank: (
+                        path_rank,
+                        Reverse(path_len),
+                        u8::from(method.is_none()),
+                        Reverse(headers.len()),
+                        Reverse(query.len()),
+                        order,
+                        ri,
+                        mi,
+                    ),
+                };
+                match host {
+                    None => router.any.push(entry),
+                    Some(h) => match h.strip_prefix("*.") {
+                        Some(suffix) => router
+                            .wildcard
+                            .entry(suffix.to_string())
+                            .or_default()
+                            .push(entry),
+                        None => router.exact.entry(h.clone()).or_default().push(entry),
+                    },
+                }
+            }
+        }
+    }
+}
+
+fn clone_path(p: &PathMatch) -> PathMatch {
+    match p {
+        PathMatch::Exact(x) => PathMatch::Exact(x.clone()),
+        PathMatch::Prefix(x) => PathMatch::Prefix(x.clone()),
+        PathMatch::Regex(r) => PathMatch::Regex(r.clone()),
+    }
+}
+
+fn clone_value(v: &ValueMatch) -> ValueMatch {
+    match v {
+        ValueMatch::Exact(x) => ValueMatch::Exact(x.clone()),
+        ValueMatch::Regex(r) => ValueMatch::Regex(r.clone()),
+    }
+}
+
+/// Gateway API regular expressions match the whole value.
+fn anchored(re: &str) -> Option<regex::Regex> {
+    regex::Regex::new(&format!("^(?:{re})$")).ok()
+}
+
+/// The path match of a match, with its precedence rank and length.
+fn path_match(m: &HttpRouteRulesMatches) -> (PathMatch, u8, usize) {
+    let (ty, value) = m
+        .path
+        .as_ref()
+        .map(|p| {
+            (
+                p.r#type.clone().unwrap_or(PT::PathPrefix),
+                p.value.clone().unwrap_or_else(|| "/".into()),
+            )
+        })
+        .unwrap_or((PT::PathPrefix, "/".into()));
+    match ty {
+        PT::Exact => {
+            let len = value.len();
+            (PathMatch::Exact(value), 0, len)
+        }
+        PT::RegularExpression => match anchored(&value) {
+            Some(r) => (PathMatch::Regex(r), 1, value.len()),
+            // Validation rejects such routes; never match if one gets here.
+            None => (PathMatch::Exact(String::from("\u{0}")), 3, 0),
+        },
+        PT::PathPrefix => {
+            let len = value.trim_end_matches('/').len();
+            (PathMatch::Prefix(value), 2, len)
+        }
+    }
+}
+
+fn action(
+    s: &Snapshot,
+    route: &Object<gateway_api::httproutes::HttpRouteSpec>,
+    ri: usize,
+    rule: &HttpRouteRules,
+    matched_prefix: Option<String>,
+    route_name: &str,
+    listener_port: u16,
+) -> Action {
+    let mut a = Action {
+        route: route_name.to_string(),
+        rule: ri,
+        matched_prefix,
+        ..Action::default()
+    };
+    for f in rule.filters.iter().flatten() {
+        apply_filter(s, route, f, &mut a, listener_port);
+    }
+    let refs = rule.backend_refs.as_deref().unwrap_or_default();
+    for b in refs {
+        let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+        let backend = resolve(
+            s,
+            route,
+            b.group.as_deref(),
+            b.kind.as_deref(),
+            b.namespace.as_deref(),
+            &b.name,
+            b.port,
+        );
+        a.backends.push((weight, Arc::new(backend)));
+    }
+    a.all_invalid = !refs.is_empty() && a.backends.iter().all(|(_, b)| b.invalid.is_some());
+    if let Some(t) = &rule.timeouts {
+        a.timeout_request = t
+            .request
+            .as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .filter(|d| !d.is_zero());
+        a.timeout_backend = t
+            .backend_request
+            .as_deref()
+            .and_then(|v| parse_duration(v).ok())
+            .filter(|d| !d.is_zero());
+    }
+    a
+}
+
+fn apply_filter(
+    s: &Snapshot,
+    route: &Object<gateway_api::httproutes::HttpRouteSpec>,
+    f: &HttpRouteRulesFilters,
+    a: &mut Action,
+    listener_port: u16,
+) {
+    let _ = listener_port;
+    match f.r#type {
+        F::RequestHeaderModifier => {
+            if let Some(m) = &f.request_header_modifier {
+                edits(
+                    &mut a.request_headers,
+                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                    m.remove.iter().flatten(),
+                );
+            }
+        }
+        F::ResponseHeaderModifier => {
+            if let Some(m) = &f.response_header_modifier {
+                edits(
+                    &mut a.response_headers,
+                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
+                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
+                    m.remove.iter().flatten(),
+                );
+            }
+        }
+        F::RequestRedirect => {
+            if let Some(r) = &f.request_redirect {
+                a.redirect = Some(Redirect {
+                    scheme: r.scheme.as_ref().map(|s| match s {
+                        Scheme::Http => "http".to_string(),
+                        Scheme::Https => "https".to_string(),
+                    }),
+                    hostname: r.hostname.clone(),
+                    port: r.port.and_then(|p| u16::try_from(p).ok()),
+                    path: r.path.as_ref().and_then(|p| {
+                        p.replace_full_path
+                            .clone()
+                            .map(PathRewrite::Full)
+                            .or_else(|| p.replace_prefix_match.clone().map(PathRewrite::Prefix))
+                    }),
+                    status: r
+                        .status_code
+                        .and_then(|c| u16::try_from(c).ok())
+                        .unwrap_or(302),
+                });
+            }
+        }
+        F::UrlRewrite => {
+            if let Some(r) = &f.url_rewrite {
+                a.rewrite = Some(Rewrite {
+                    hostname: r.hostname.clone(),
+                    path: r.path.as_ref().and_then(|p| {
+                        p.replace_full_path
+                            .clone()
+                            .map(PathRewrite::Full)
+                            .or_else(|| p.replace_prefix_match.clone().map(PathRewrite::Prefix))
+                    }),
+                });
+            }
+        }
+        F::RequestMirror => {
+            if let Some(m) = &f.request_mirror {
+                let b = &m.backend_ref;
+                a.mirrors.push(Arc::new(resolve(
+                    s,
+                    route,
+                    b.group.as_deref(),
+                    b.kind.as_deref(),
+                    b.namespace.as_deref(),
+                    &b.name,
+                    b.port,
+                )));
+            }
+        }
+        // Validation rejects ExtensionRef; CORS is parsed, not served yet.
+        F::ExtensionRef | F::Cors => {}
+    }
+}
+
+fn edits<'a>(
+    out: &mut HeaderEdits,
+    set: impl Iterator<Item = (&'a String, &'a String)>,
+    add: impl Iterator<Item = (&'a String, &'a String)>,
+    remove: impl Iterator<Item = &'a String>,
+) {
+    let name = |n: &str| http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok();
+    out.set
+        .extend(set.filter_map(|(n, v)| Some((name(n)?, v.clone()))));
+    out.add
+        .extend(add.filter_map(|(n, v)| Some((name(n)?, v.clone()))));
+    out.remove.extend(remove.filter_map(|n| name(n)));
+}
+
+/// Resolves a backendRef to its endpoints, or says why it cannot be used.
+fn resolve(
+    s: &Snapshot,
+    route: &Object<gateway_api::httproutes::HttpRouteSpec>,
+    group: Option<&str>,
+    kind: Option<&str>,
+    namespace: Option<&str>,
+    name: &str,
+    port: Option<i32>,
+) -> Backend {
+    let ns = namespace.unwrap_or(route.namespace());
+    let group = group.unwrap_or("");
+    let kind = kind.unwrap_or("Service");
+    let label = format!(
+        "{ns}/{name}:{}",
+        port.map(|p| p.to_string()).unwrap_or_default()
+    );
+    let invalid = |why: String| Backend {
+        name: label.clone(),
+        endpoints: Vec::new(),
+        invalid: Some(why),
+    };
+    if ns != route.namespace()
+        && !model::validate::granted(
+            s,
+            (GATEWAY_GROUP, "HTTPRoute", route.namespace()),
+            (group, kind, ns, name),
+        )
+    {
+        return invalid(format!(
+            "{kind} {ns}/{name} is in another namespace and no ReferenceGrant allows it"
+        ));
+    }
+    match (group, kind) {
+        ("", "Service") => {
+            let Some(port) = port else {
+                return invalid("backendRef needs a port".into());
+            };
+            match service_endpoints(s, ns, name, port) {
+                Ok(eps) => Backend {
+                    name: label,
+                    endpoints: eps
+                        .iter()
+                        .filter(|e| e.ready)
+                        .map(|e: &Endpoint| SocketAddr::new(e.ip, e.port))
+                        .collect(),
+                    invalid: None,
+                },
+                Err(e) => invalid(e.to_string()),
+            }
+        }
+        (model::validate::ENVOY_GROUP, "Backend") => match get(&s.envoy_backends, ns, name) {
+            None => invalid(format!("Backend {ns}/{name} not found")),
+            Some(b) => Backend {
+                name: label,
+                endpoints: b
+                    .spec
+                    .endpoints
+                    .iter()
+                    .filter_map(|e| e.ip.as_ref())
+                    .filter_map(|ip| Some(SocketAddr::new(ip.address.parse().ok()?, ip.port)))
+                    .collect(),
+                invalid: None,
+            },
+        },
+        _ => invalid(format!("backendRef kind {group}/{kind} is not supported")),
+    }
+}
+
+impl Router {
+    /// The entries for a request host (without port), most specific group first, no fallback.
+    pub fn group(&self, host: &str) -> &[Entry] {
+        if let Some(e) = self.exact.get(host) {
+            return e;
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(e) = self.wildcard.get(rest) {
+                return e;
+            }
+        }
+        &self.any
+    }
+
+    /// The first entry matching the request, in precedence order.
+    pub fn find(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Option<&Entry> {
+        let group = self.group(host);
+        group.iter().find(|e| {
+            e.path.matches(path)
+                && e.method.as_deref().is_none_or(|m| m == method)
+                && e.headers.iter().all(|(n, vm)| {
+                    headers
+                        .get_all(n)
+                        .iter()
+                        .any(|v| v.to_str().is_ok_and(|v| vm.matches(v)))
+                })
+                && e.query
+                    .iter()
+                    .all(|(n, vm)| query_value(query, n).is_some_and(|v| vm.matches(&v)))
+        })
+    }
+
+    /// Number of match entries, for status output.
+    pub fn len(&self) -> usize {
+        self.any.len()
+            + self.exact.values().map(Vec::len).sum::<usize>()
+            + self.wildcard.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The first value of a query parameter (names match exactly, values percent-decoded).
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(x) => {
+                        out.push(x);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_has_segment_semantics() {
+        let p = PathMatch::Prefix("/foo".into());
+        assert!(p.matches("/foo") && p.matches("/foo/") && p.matches("/foo/bar"));
+        assert!(!p.matches("/foobar") && !p.matches("/fo"));
+        let p = PathMatch::Prefix("/foo/".into());
+        assert!(p.matches("/foo") && p.matches("/foo/bar") && !p.matches("/foobar"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn regex_matches_the_whole_path() {
+        let p = PathMatch::Regex(anchored("/v[0-9]+/.*|/a|/ab").expect("valid"));
+        assert!(p.matches("/ab"), "alternation must match the whole path");
+        assert!(p.matches("/v2/x"));
+        assert!(!p.matches("/api/v2/x"));
+    }
+
+    #[test]
+    fn query_values_are_decoded() {
+        assert_eq!(
+            query_value(Some("a=1&b=two%20words&c"), "b").as_deref(),
+            Some("two words")
+        );
+        assert_eq!(query_value(Some("a=1&c"), "c").as_deref(), Some(""));
+        assert_eq!(query_value(Some("a=%zz"), "a").as_deref(), Some("%zz"));
+        assert_eq!(query_value(None, "a"), None);
+    }
+
+    #[test]
+    fn effective_hostnames_intersect_with_the_listener() {
+        assert_eq!(effective_hostnames(&[], None), vec![None]);
+        assert_eq!(
+            effective_hostnames(&[], Some("*.example.com")),
+            vec![Some("*.example.com".into())]
+        );
+        let r = vec!["foo.example.com".to_string(), "other.net".to_string()];
+        assert_eq!(
+            effective_hostnames(&r, Some("*.example.com")),
+            vec![Some("foo.example.com".into())]
+        );
+    }
+}

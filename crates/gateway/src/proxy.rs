@@ -1,0 +1,789 @@
+//! The HTTP proxy: listeners, per-request routing, filters, upstream selection.
+//!
+//! One accept loop per listener port. Each connection is served by hyper (HTTP/1.1, and
+//! HTTP/2 with prior knowledge on the same plain port). Each request reads the current
+//! routers (an `ArcSwap`, so a reload never blocks a request and requests in flight finish
+//! on the router they started with), finds its rule and either answers itself (redirect,
+//! 404, 500, 503, 504) or forwards upstream over a pool of keep-alive connections.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::plan::{Action, Backend, HeaderEdits, PathRewrite, Plan, Redirect, Router};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long an endpoint that refused a connection is skipped.
+pub const EJECT_MS: u64 = 5_000;
+/// Upstream attempts per request when endpoints refuse connections (the request is unsent,
+/// so trying another endpoint is always safe).
+pub const CONNECT_ATTEMPTS_MAX: usize = 3;
+/// Idle upstream connections kept per endpoint.
+pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
+/// Request headers larger than this are answered 431 by hyper.
+pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// How to bind the Gateway's listeners.
+#[derive(Clone, Debug, Default)]
+pub struct Bind {
+    /// The address to bind; `None` means the Gateway's own address, else 0.0.0.0.
+    pub ip: Option<IpAddr>,
+    /// Listener port -> port to bind (0 for any free port), for running without root or
+    /// several gateways on one host.
+    pub port_map: BTreeMap<u16, u16>,
+}
+
+struct State {
+    routers: ArcSwap<BTreeMap<u16, Arc<Router>>>,
+    client: Client<HttpConnector, Body>,
+    ejected: std::sync::Mutex<BTreeMap<SocketAddr, Instant>>,
+    metrics: Arc<Metrics>,
+    next: AtomicU64,
+}
+
+/// A running gateway.
+pub struct Running {
+    state: Arc<State>,
+    /// Listener port -> the address it is bound to.
+    pub bound: BTreeMap<u16, SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {addr} for listener port {port}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        port: u16,
+        source: std::io::Error,
+        hint: String,
+    },
+}
+
+/// Binds every HTTP listener of the plan and starts serving.
+pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Running, StartError> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
+        .build(connector);
+    let state = Arc::new(State {
+        routers: ArcSwap::from_pointee(plan.http.clone()),
+        client,
+        ejected: std::sync::Mutex::new(BTreeMap::new()),
+        metrics,
+        next: AtomicU64::new(0),
+    });
+    let ip = bind
+        .ip
+        .or(plan.address)
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let (shutdown, _) = watch::channel(false);
+    let mut bound = BTreeMap::new();
+    let mut tasks = Vec::new();
+    for &port in plan.http.keys() {
+        let actual = bind.port_map.get(&port).copied().unwrap_or(port);
+        let addr = SocketAddr::new(ip, actual);
+        let listener = TcpListener::bind(addr).await.map_err(|source| {
+            let hint = match source.kind() {
+                std::io::ErrorKind::PermissionDenied => format!("; ports below 1024 need root: run as root or map the port, e.g. --port-map {port}=8{port:03}"),
+                std::io::ErrorKind::AddrNotAvailable => "; the address is not on this host: pass --bind 0.0.0.0 or the host's address".to_string(),
+                std::io::ErrorKind::AddrInUse => format!("; something else listens there: stop it or map the port, e.g. --port-map {port}=8{port:03}"),
+                _ => String::new(),
+            };
+            StartError::Bind { addr, port, source, hint }
+        })?;
+        let local = listener.local_addr().unwrap_or(addr);
+        tracing::info!(listener_port = port, addr = %local, "listening");
+        bound.insert(port, local);
+        tasks.push(tokio::spawn(accept_loop(
+            listener,
+            port,
+            state.clone(),
+            shutdown.subscribe(),
+        )));
+    }
+    Ok(Running {
+        state,
+        bound,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Swaps in the routers of a new plan. Requests in flight finish on the old ones.
+    pub fn update(&self, plan: &Plan) {
+        let mut next = plan.http.clone();
+        // Ports that are not bound cannot serve until restart; keep what is bound.
+        next.retain(|p, _| self.bound.contains_key(p));
+        for p in plan.http.keys().filter(|p| !self.bound.contains_key(p)) {
+            tracing::warn!(
+                listener_port = p,
+                "new listener port needs a restart to be bound"
+            );
+        }
+        self.state.routers.store(Arc::new(next));
+        self.state.metrics.reloads.inc();
+    }
+
+    /// Stops accepting; connections in flight finish on their own.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    state: Arc<State>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: count, back off a little, go on.
+                tracing::warn!(error = %e, "accept failed");
+                state.metrics.accept_errors.inc();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, port, peer, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .max_buf_size(REQUEST_HEADER_BYTES_MAX.max(8192))
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
+            builder
+                .http2()
+                .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A response trellis makes itself, with a plain-text body saying why.
+fn local(status: StatusCode, why: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{why}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Headers named by Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(*n);
+    }
+}
+
+/// The request's host without port, lowercased.
+fn request_host(req: &Request<Incoming>) -> String {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let host = if raw.starts_with('[') {
+        raw.split(']')
+            .next()
+            .map(|h| format!("{h}]"))
+            .unwrap_or(raw.clone())
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            .map(|(h, _)| h.to_string())
+            .unwrap_or(raw.clone())
+    };
+    host.to_ascii_lowercase()
+}
+
+async fn handle(
+    state: &State,
+    port: u16,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let routers = state.routers.load();
+    let Some(router) = routers.get(&port).cloned() else {
+        return local(StatusCode::NOT_FOUND, "no listener on this port");
+    };
+    drop(routers);
+    let host = request_host(&req);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let found = router.find(
+        &host,
+        req.method().as_str(),
+        &path,
+        query.as_deref(),
+        req.headers(),
+    );
+    let Some(entry) = found else {
+        state.metrics.request("", 404, started.elapsed());
+        return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
+    };
+    let action = entry.action.clone();
+    let mut resp = respond(
+        state,
+        &action,
+        router.port,
+        peer,
+        req,
+        &host,
+        &path,
+        query.as_deref(),
+    )
+    .await;
+    edit_headers(resp.headers_mut(), &action.response_headers, peer);
+    state
+        .metrics
+        .request(&action.route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn respond(
+    state: &State,
+    action: &Action,
+    listener_port: u16,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> Response<Body> {
+    if let Some(r) = &action.redirect {
+        let location = redirect_location(
+            r,
+            action.matched_prefix.as_deref(),
+            listener_port,
+            host,
+            path,
+            query,
+            req.uri().scheme_str(),
+        );
+        let mut resp = Response::new(full(Bytes::new()));
+        *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return resp;
+    }
+    if action.backends.is_empty() {
+        return local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "route rule has no backends",
+        );
+    }
+    if action.all_invalid {
+        let why = action
+            .backends
+            .iter()
+            .find_map(|(_, b)| b.invalid.clone())
+            .unwrap_or_default();
+        return local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("backend not usable: {why}"),
+        );
+    }
+    let Some(backend) = pick_weighted(&action.backends, state.next.fetch_add(1, Ordering::Relaxed))
+    else {
+        return local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "all backend weights are zero",
+        );
+    };
+    if let Some(why) = &backend.invalid {
+        return local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("backend not usable: {why}"),
+        );
+    }
+    if backend.endpoints.is_empty() {
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no healthy upstream for {}", backend.name),
+        );
+    }
+
+    // Build the upstream request.
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let mut new_path = path.to_string();
+    if let Some(rw) = &action.rewrite {
+        if let Some(h) = &rw.hostname
+            && let Ok(v) = HeaderValue::from_str(h)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        if let Some(p) = &rw.path {
+            new_path = rewrite_path(p, action.matched_prefix.as_deref(), path);
+        }
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    append_forwarded(&mut parts.headers, peer);
+    edit_headers(&mut parts.headers, &action.request_headers, peer);
+    let path_and_query = match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    // Upstream connections are HTTP/1.1 whatever the client spoke.
+    parts.version = http::Version::HTTP_11;
+
+    for m in &action.mirrors {
+        mirror(state, m, &parts, &path_and_query);
+    }
+
+    let replayable = hyper::body::Body::is_end_stream(&body);
+    let body: Body = body.boxed();
+    let attempt = forward(
+        state,
+        backend,
+        parts,
+        body,
+        replayable,
+        &path_and_query,
+        action.timeout_backend,
+    );
+    let result = match action.timeout_request {
+        Some(t) => match tokio::time::timeout(t, attempt).await {
+            Ok(r) => r,
+            Err(_) => return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"),
+        },
+        None => attempt.await,
+    };
+    match result {
+        Ok(mut resp) => {
+            strip_hop_by_hop(resp.headers_mut());
+            resp.map(BodyExt::boxed)
+        }
+        Err(e) => e,
+    }
+}
+
+/// Sends to one endpoint after another (skipping ejected ones) until one accepts the
+/// connection. Only connection failures are retried here: the request was not sent.
+async fn forward(
+    state: &State,
+    backend: &Backend,
+    parts: http::request::Parts,
+    body: Body,
+    replayable: bool,
+    path_and_query: &str,
+    per_try: Option<Duration>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let n = backend.endpoints.len();
+    let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
+    let now = Instant::now();
+    let order: Vec<SocketAddr> = {
+        let ejected = state.ejected.lock().map(|e| e.clone()).unwrap_or_default();
+        let mut healthy: Vec<SocketAddr> = (0..n)
+            .map(|i| backend.endpoints[(start + i) % n])
+            .filter(|a| ejected.get(a).is_none_or(|until| *until <= now))
+            .collect();
+        if healthy.is_empty() {
+            // Everything is ejected: try anyway rather than fail without trying.
+            healthy = (0..n).map(|i| backend.endpoints[(start + i) % n]).collect();
+        }
+        healthy.truncate(CONNECT_ATTEMPTS_MAX);
+        healthy
+    };
+    let mut body = Some(body);
+    let mut last_err = String::new();
+    for ep in &order {
+        let uri: Uri = match format!("http://{ep}{path_and_query}").parse() {
+            Ok(u) => u,
+            Err(_) => {
+                return Err(local(
+                    StatusCode::BAD_REQUEST,
+                    "request path cannot be forwarded",
+                ));
+            }
+        };
+        // A connect failure loses the body; only an empty body can be sent again.
+        let Some(b) = body.take() else { break };
+        let mut req = Request::from_parts(parts.clone(), b);
+        *req.uri_mut() = uri;
+        let sent = match per_try {
+            Some(t) => match tokio::time::timeout(t, state.client.request(req)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout",
+                    ));
+                }
+            },
+            None => state.client.request(req).await,
+        };
+        match sent {
+            Ok(resp) => return Ok(resp),
+            Err(e) if e.is_connect() => {
+                state.metrics.upstream_connect_failures.inc();
+                if let Ok(mut ej) = state.ejected.lock() {
+                    ej.insert(*ep, Instant::now() + Duration::from_millis(EJECT_MS));
+                }
+                last_err = format!("{ep}: {e}");
+                if replayable {
+                    body = Some(full(Bytes::new()));
+                }
+            }
+            Err(e) => {
+                return Err(local(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream {ep} failed: {e}"),
+                ));
+            }
+        }
+    }
+    Err(local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &format!("upstream connect error: {last_err}"),
+    ))
+}
+
+/// Sends a copy of the request (without its body) to a mirror backend; the answer is dropped.
+fn mirror(
+    state: &State,
+    backend: &Arc<Backend>,
+    parts: &http::request::Parts,
+    path_and_query: &str,
+) {
+    let Some(ep) = backend.endpoints.first().copied() else {
+        return;
+    };
+    let Ok(uri) = format!("http://{ep}{path_and_query}").parse::<Uri>() else {
+        return;
+    };
+    let mut req = Request::from_parts(parts.clone(), full(Bytes::new()));
+    req.headers_mut().remove(header::CONTENT_LENGTH);
+    *req.uri_mut() = uri;
+    let client = state.client.clone();
+    let metrics = state.metrics.clone();
+    tokio::spawn(async move {
+        match client.request(req).await {
+            Ok(resp) => {
+                let _ = resp.into_body().collect().await;
+            }
+            Err(_) => {
+                metrics.mirror_failures.inc();
+            }
+        }
+    });
+}
+
+/// Picks a backend by weight; `seq` spreads picks evenly and deterministically.
+fn pick_weighted(backends: &[(u32, Arc<Backend>)], seq: u64) -> Option<&Arc<Backend>> {
+    let total: u64 = backends.iter().map(|(w, _)| u64::from(*w)).sum();
+    if total == 0 {
+        return None;
+    }
+    // A multiplicative hash of the sequence number: even over any window, no shared RNG.
+    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 29;
+    let mut r = x % total;
+    for (w, b) in backends {
+        let w = u64::from(*w);
+        if r < w {
+            return Some(b);
+        }
+        r -= w;
+    }
+    None
+}
+
+fn append_forwarded(h: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    if !h.contains_key("x-forwarded-proto") {
+        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+}
+
+/// Expands the Envoy command operators that header values in real manifests use.
+fn expand_value(v: &str, peer: SocketAddr) -> String {
+    if !v.contains('%') {
+        return v.to_string();
+    }
+    v.replace(
+        "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        &peer.ip().to_string(),
+    )
+    .replace("%DOWNSTREAM_REMOTE_ADDRESS%", &peer.to_string())
+    .replace(
+        "%START_TIME%",
+        &SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn edit_headers(h: &mut HeaderMap, e: &HeaderEdits, peer: SocketAddr) {
+    if e.is_empty() {
+        return;
+    }
+    for (n, v) in &e.set {
+        if let Ok(v) = HeaderValue::from_str(&expand_value(v, peer)) {
+            h.insert(n.clone(), v);
+        }
+    }
+    for (n, v) in &e.add {
+        if let Ok(v) = HeaderValue::from_str(&expand_value(v, peer)) {
+            h.append(n.clone(), v);
+        }
+    }
+    for n in &e.remove {
+        h.remove(n);
+    }
+}
+
+/// A path after a ReplaceFullPath or ReplacePrefixMatch.
+pub fn rewrite_path(p: &PathRewrite, matched_prefix: Option<&str>, path: &str) -> String {
+    match p {
+        PathRewrite::Full(f) => f.clone(),
+        PathRewrite::Prefix(replacement) => {
+            let prefix = matched_prefix.unwrap_or("/").trim_end_matches('/');
+            let rest = path.strip_prefix(prefix).unwrap_or(path);
+            let replacement = replacement.trim_end_matches('/');
+            let joined = format!("{replacement}{rest}");
+            if joined.is_empty() {
+                "/".to_string()
+            } else if !joined.starts_with('/') {
+                format!("/{joined}")
+            } else {
+                joined
+            }
+        }
+    }
+}
+
+/// The Location of a redirect, with the spec's port rules: an explicit port wins; else the
+/// scheme's well-known port when the scheme changes; else the listener port; and the port is
+/// left out when it is the scheme's default.
+pub fn redirect_location(
+    r: &Redirect,
+    matched_prefix: Option<&str>,
+    listener_port: u16,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    request_scheme: Option<&str>,
+) -> String {
+    let scheme = r
+        .scheme
+        .clone()
+        .unwrap_or_else(|| request_scheme.unwrap_or("http").to_string());
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => p,
+        (None, Some(s)) => match s.as_str() {
+            "https" => 443,
+            "http" => 80,
+            _ => listener_port,
+        },
+        (None, None) => listener_port,
+    };
+    let hostname = r.hostname.clone().unwrap_or_else(|| host.to_string());
+    let default = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
+    let authority = if default {
+        hostname
+    } else {
+        format!("{hostname}:{port}")
+    };
+    let new_path = match &r.path {
+        Some(p) => rewrite_path(p, matched_prefix, path),
+        None => path.to_string(),
+    };
+    match query {
+        Some(q) => format!("{scheme}://{authority}{new_path}?{q}"),
+        None => format!("{scheme}://{authority}{new_path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_rewrites() {
+        let p = |r: &str| PathRewrite::Prefix(r.to_string());
+        assert_eq!(rewrite_path(&p("/bar"), Some("/foo"), "/foo/x"), "/bar/x");
+        assert_eq!(rewrite_path(&p("/"), Some("/foo"), "/foo/x"), "/x");
+        assert_eq!(rewrite_path(&p("/"), Some("/foo"), "/foo"), "/");
+        assert_eq!(rewrite_path(&p("/bar/"), Some("/foo/"), "/foo/x"), "/bar/x");
+        assert_eq!(
+            rewrite_path(&PathRewrite::Full("/one".into()), Some("/foo"), "/foo/x"),
+            "/one"
+        );
+    }
+
+    #[test]
+    fn redirect_ports() {
+        let r = |scheme: Option<&str>, port: Option<u16>| Redirect {
+            scheme: scheme.map(str::to_string),
+            hostname: None,
+            port,
+            path: None,
+            status: 301,
+        };
+        assert_eq!(
+            redirect_location(
+                &r(Some("https"), None),
+                None,
+                80,
+                "a.example",
+                "/x",
+                None,
+                None
+            ),
+            "https://a.example/x"
+        );
+        assert_eq!(
+            redirect_location(
+                &r(None, Some(8443)),
+                None,
+                80,
+                "a.example",
+                "/x",
+                Some("q=1"),
+                None
+            ),
+            "http://a.example:8443/x?q=1"
+        );
+        assert_eq!(
+            redirect_location(&r(None, None), None, 8080, "a.example", "/", None, None),
+            "http://a.example:8080/"
+        );
+        assert_eq!(
+            redirect_location(
+                &r(Some("https"), Some(443)),
+                None,
+                80,
+                "a.example",
+                "/",
+                None,
+                None
+            ),
+            "https://a.example/"
+        );
+    }
+
+    #[test]
+    fn weights_are_followed() {
+        let b = |n: &str| {
+            Arc::new(Backend {
+                name: n.into(),
+                endpoints: Vec::new(),
+                invalid: None,
+            })
+        };
+        let set = vec![(70, b("a")), (30, b("b")), (0, b("c"))];
+        let mut counts = BTreeMap::new();
+        for i in 0..10_000 {
+            *counts
+                .entry(pick_weighted(&set, i).expect("weights").name.clone())
+                .or_insert(0) += 1;
+        }
+        assert!((6_800..7_200).contains(&counts["a"]), "{counts:?}");
+        assert!(!counts.contains_key("c"));
+    }
+}

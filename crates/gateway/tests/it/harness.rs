@@ -1,0 +1,96 @@
+//! The environment every case runs in: the conformance namespaces, GatewayClass, the three
+//! base Gateways and six echo backends behind Services and EndpointSlices, on loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use gateway::echo::{self, Echo};
+
+pub const BACKENDS: &[(&str, &str)] = &[
+    ("gateway-conformance-infra", "infra-backend-v1"),
+    ("gateway-conformance-infra", "infra-backend-v2"),
+    ("gateway-conformance-infra", "infra-backend-v3"),
+    ("gateway-conformance-app-backend", "app-backend-v1"),
+    ("gateway-conformance-app-backend", "app-backend-v2"),
+    ("gateway-conformance-web-backend", "web-backend"),
+];
+
+/// Started echo backends by `namespace/name`.
+pub struct Backends(pub BTreeMap<String, Echo>);
+
+pub async fn start_backends() -> Backends {
+    let mut out = BTreeMap::new();
+    for (ns, name) in BACKENDS {
+        let e = echo::start("127.0.0.1:0".parse().expect("addr"), ns, name)
+            .await
+            .expect("echo starts");
+        out.insert(format!("{ns}/{name}"), e);
+    }
+    Backends(out)
+}
+
+fn service(ns: &str, name: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [\"{ip}\"]}}]\n---\n",
+        port = addr.port(),
+        ip = addr.ip()
+    )
+}
+
+/// The base manifests, with the backends' real addresses.
+pub fn base_manifests(b: &Backends) -> String {
+    let mut out = String::new();
+    for (short, ns) in [
+        ("infra", "gateway-conformance-infra"),
+        ("backend", "gateway-conformance-app-backend"),
+        ("web-backend", "gateway-conformance-web-backend"),
+    ] {
+        out.push_str(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{gateway-conformance: {short}}}\n---\n"
+        ));
+    }
+    out.push_str("apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: trellis}\nspec: {controllerName: trellis.dev/gateway-controller}\n---\n");
+    for (name, from) in [
+        ("same-namespace", "{from: Same}"),
+        ("all-namespaces", "{from: All}"),
+        (
+            "backend-namespaces",
+            "{from: Selector, selector: {matchLabels: {gateway-conformance: backend}}}",
+        ),
+    ] {
+        out.push_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  gatewayClassName: trellis\n  listeners:\n    - name: http\n      protocol: HTTP\n      port: 80\n      allowedRoutes:\n        namespaces: {from}\n---\n"
+        ));
+    }
+    for (key, e) in &b.0 {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        out.push_str(&service(ns, name, e.addr));
+    }
+    out
+}
+
+/// Loads manifests from text through the real directory source.
+pub fn load(dir: &Path, files: &[(&str, &str)]) -> store::Load {
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("write manifest");
+    }
+    store::load(
+        &[dir.to_path_buf()],
+        &store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    )
+}
+
+/// A plain HTTP/1.1 client for the tests.
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the gateway: Gateway API conformance cases as data files
+//! (`tests/conformance/*.yaml`), served by the real proxy to real echo backends over TCP.
+
+mod conformance;
+mod harness;
+mod reload;
