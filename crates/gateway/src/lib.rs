@@ -15,6 +15,8 @@ pub mod echo;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;
+pub mod sni;
+pub mod tls;
 
 pub use plan::{CompileError, Plan, compile};
 pub use proxy::{Bind, Running, start};

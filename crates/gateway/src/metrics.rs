@@ -26,6 +26,7 @@ pub struct Metrics {
     pub accept_errors: Counter,
     pub upstream_connect_failures: Counter,
     pub mirror_failures: Counter,
+    pub tls_handshake_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -37,6 +38,7 @@ impl Default for Metrics {
             accept_errors: Counter::default(),
             upstream_connect_failures: Counter::default(),
             mirror_failures: Counter::default(),
+            tls_handshake_errors: Counter::default(),
         }
     }
 }
@@ -90,6 +92,11 @@ impl Metrics {
             "mirror_failures",
             "Mirrored requests that failed",
             self.mirror_failures.clone(),
+        );
+        r.register(
+            "ssl_handshake_errors",
+            "TLS connections that failed before or during the handshake",
+            self.tls_handshake_errors.clone(),
         );
     }
 }

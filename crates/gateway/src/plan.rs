@@ -28,22 +28,125 @@ use model::snapshot::{Object, Snapshot, get};
 use model::validate::{GATEWAY_GROUP, gateway_address, hostname_intersection, parse_duration};
 use model::{ObjectKey, Status};
 
+use crate::tls::{self, Cert, CertStore, ClientTls, ListenerCerts};
+
 /// Everything one Gateway serves.
 #[derive(Debug)]
 pub struct Plan {
     pub gateway: ObjectKey,
     /// The address the Gateway asks for (spec.addresses or the LB-IPAM annotation).
     pub address: Option<IpAddr>,
-    /// HTTP listener ports and their routers.
-    pub http: BTreeMap<u16, Arc<Router>>,
+    /// What each listener port serves.
+    pub ports: BTreeMap<u16, Listen>,
     /// Listeners trellis does not serve yet (HTTPS, TLS, TCP, UDP), with the reason.
     pub unserved: Vec<(String, u16, String)>,
+    /// How long a drain may take: the EnvoyProxy's `shutdown.drainTimeout` (from the Gateway's
+    /// infrastructure parametersRef, else its GatewayClass's), else [`DRAIN_TIMEOUT_DEFAULT`].
+    pub drain_timeout: Duration,
 }
+
+/// Backends with their weights.
+pub type Weighted = Vec<(u32, Arc<Backend>)>;
+
+/// What one listener port serves.
+#[derive(Clone, Debug)]
+pub enum Listen {
+    /// Plain HTTP (HTTP/1.1 and HTTP/2 with prior knowledge).
+    Http(Arc<Router>),
+    /// TLS: passthrough by SNI to TLSRoute backends, else terminated and routed as HTTPS.
+    Tls(Arc<TlsPort>),
+    /// Plain TCP to a TCPRoute's backends.
+    Tcp(Arc<TcpPort>),
+}
+
+impl Listen {
+    /// The HTTP router of the port, if it serves HTTP.
+    pub fn router(&self) -> Option<&Arc<Router>> {
+        match self {
+            Listen::Http(r) => Some(r),
+            Listen::Tls(t) => Some(&t.router),
+            Listen::Tcp(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TlsPort {
+    /// Routes of the HTTPS listeners of the port.
+    pub router: Arc<Router>,
+    /// Termination settings; `None` when the port only passes TLS through.
+    pub config: Option<Arc<rustls::ServerConfig>>,
+    /// TLSRoute backends by SNI.
+    pub passthrough: HostTable<Vec<(u32, Arc<Backend>)>>,
+}
+
+#[derive(Debug, Default)]
+pub struct TcpPort {
+    pub backends: Vec<(u32, Arc<Backend>)>,
+}
+
+/// Values by hostname: exact names, wildcard suffixes, and a catch-all.
+#[derive(Debug)]
+pub struct HostTable<T> {
+    pub exact: BTreeMap<String, T>,
+    pub wildcard: BTreeMap<String, T>,
+    pub any: Option<T>,
+}
+
+impl<T> Default for HostTable<T> {
+    fn default() -> Self {
+        HostTable {
+            exact: BTreeMap::new(),
+            wildcard: BTreeMap::new(),
+            any: None,
+        }
+    }
+}
+
+impl<T> HostTable<T> {
+    /// The value for a name: exact, else the longest wildcard, else the catch-all.
+    pub fn get(&self, host: &str) -> Option<&T> {
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(v) = self.wildcard.get(rest) {
+                return Some(v);
+            }
+        }
+        self.any.as_ref()
+    }
+
+    fn entry(&mut self, host: Option<&str>) -> &mut T
+    where
+        T: Default,
+    {
+        match host {
+            None => self.any.get_or_insert_with(T::default),
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_default(),
+                None => self.exact.entry(h.to_string()).or_default(),
+            },
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()
+    }
+}
+
+/// Envoy Gateway's default drain timeout.
+pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 /// The routing table of one listener port.
 #[derive(Debug, Default)]
 pub struct Router {
+    /// The listener port as the Gateway declares it (redirects use it).
     pub port: u16,
+    /// "http" or "https": the scheme clients used.
+    pub scheme: &'static str,
     /// Exact hostnames.
     pub exact: BTreeMap<String, Vec<Entry>>,
     /// Wildcard suffixes (`example.com` for `*.example.com`).
@@ -209,8 +312,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let mut plan = Plan {
         gateway: key.clone(),
         address,
-        http: BTreeMap::new(),
+        ports: BTreeMap::new(),
         unserved: Vec::new(),
+        drain_timeout: drain_timeout(s, gw),
     };
 
     // Which listeners are usable (accepted, not conflicted) and which routes attached to them.
@@ -228,7 +332,10 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             (l.name.as_str(), ok)
         })
         .collect();
+    // Listener ports by family.
     let mut routers: BTreeMap<u16, Router> = BTreeMap::new();
+    let mut tls_ports: BTreeMap<u16, (Vec<ListenerCerts>, HostTable<Weighted>)> = BTreeMap::new();
+    let mut tcp_ports: BTreeMap<u16, TcpPort> = BTreeMap::new();
     for l in &gw.spec.listeners {
         let Ok(port) = u16::try_from(l.port) else {
             continue;
@@ -236,72 +343,306 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         if !usable.get(l.name.as_str()).copied().unwrap_or(false) {
             continue;
         }
-        match l.protocol.as_str() {
-            "HTTP" => {
+        let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
+            == Some(gateway_api::gateways::GatewayListenersTlsMode::Passthrough);
+        match (l.protocol.as_str(), passthrough) {
+            ("HTTP", _) => {
                 routers.entry(port).or_insert_with(|| Router {
                     port,
+                    scheme: "http",
                     ..Router::default()
                 });
             }
-            other => plan.unserved.push((
-                l.name.clone(),
-                port,
-                format!("protocol {other} is not served yet"),
-            )),
+            ("HTTPS", _) => {
+                routers.entry(port).or_insert_with(|| Router {
+                    port,
+                    scheme: "https",
+                    ..Router::default()
+                });
+                match listener_certs(s, gw, l) {
+                    Ok(certs) => tls_ports.entry(port).or_default().0.push(ListenerCerts {
+                        hostname: l.hostname.clone(),
+                        certs,
+                    }),
+                    Err(why) => {
+                        tls_ports.entry(port).or_default();
+                        plan.unserved.push((l.name.clone(), port, why));
+                    }
+                }
+            }
+            ("TLS", true) => {
+                tls_ports.entry(port).or_default();
+            }
+            ("TCP", _) => {
+                tcp_ports.entry(port).or_default();
+            }
+            (other, _) => {
+                let extra = if other == "TLS" {
+                    " with mode Terminate"
+                } else {
+                    ""
+                };
+                plan.unserved.push((
+                    l.name.clone(),
+                    port,
+                    format!("protocol {other}{extra} is not served yet"),
+                ));
+            }
         }
     }
 
     let mut order = 0usize;
     for route in s.http_routes.values() {
-        let rkey = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", route.namespace(), route.name());
-        let Some(rstatus) = s.status.get(&rkey) else {
-            continue;
-        };
         order += 1;
-        for parent in &rstatus.parents {
-            let is_ours = parent.parent_ref.kind == "Gateway"
-                && parent.parent_ref.namespace == namespace
-                && parent.parent_ref.name == name;
-            let accepted = parent
-                .conditions
-                .iter()
-                .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True);
-            if !is_ours || !accepted {
+        for l in attached_listeners(s, gw, "HTTPRoute", route.namespace(), route.name()) {
+            let Ok(port) = u16::try_from(l.port) else {
                 continue;
-            }
-            for lname in &parent.listeners {
-                let Some(l) = gw.spec.listeners.iter().find(|l| &l.name == lname) else {
-                    continue;
-                };
-                let Ok(port) = u16::try_from(l.port) else {
-                    continue;
-                };
-                let Some(router) = routers.get_mut(&port) else {
-                    continue;
-                };
-                let hosts = effective_hostnames(
-                    route.spec.hostnames.as_deref().unwrap_or_default(),
-                    l.hostname.as_deref(),
-                );
-                add_route(
-                    s,
-                    router,
-                    route,
-                    &hosts,
-                    order,
-                    u16::try_from(l.port).unwrap_or(80),
-                );
+            };
+            let Some(router) = routers.get_mut(&port) else {
+                continue;
+            };
+            let hosts = effective_hostnames(
+                route.spec.hostnames.as_deref().unwrap_or_default(),
+                l.hostname.as_deref(),
+            );
+            add_route(s, router, route, &hosts, order);
+        }
+    }
+    for route in s.tls_routes.values() {
+        for l in attached_listeners(s, gw, "TLSRoute", route.namespace(), route.name()) {
+            let Ok(port) = u16::try_from(l.port) else {
+                continue;
+            };
+            let Some((_, table)) = tls_ports.get_mut(&port) else {
+                continue;
+            };
+            let backends = stream_backends(s, "TLSRoute", route);
+            for h in effective_hostnames(&route.spec.hostnames, l.hostname.as_deref()) {
+                let slot = table.entry(h.as_deref());
+                if slot.is_empty() {
+                    *slot = backends.clone();
+                }
             }
         }
     }
+    for route in s.tcp_routes.values() {
+        for l in attached_listeners(s, gw, "TCPRoute", route.namespace(), route.name()) {
+            let Ok(port) = u16::try_from(l.port) else {
+                continue;
+            };
+            if let Some(t) = tcp_ports.get_mut(&port)
+                && t.backends.is_empty()
+            {
+                t.backends = stream_backends(s, "TCPRoute", route);
+            }
+        }
+    }
+
+    let client_tls = client_tls(s, &key);
     for (port, mut r) in routers {
         for list in r.exact.values_mut().chain(r.wildcard.values_mut()) {
-            list.sort_by_key(|a| a.rank);
+            list.sort_by_key(|e| e.rank);
         }
-        r.any.sort_by_key(|a| a.rank);
-        plan.http.insert(port, Arc::new(r));
+        r.any.sort_by_key(|e| e.rank);
+        let router = Arc::new(r);
+        match tls_ports.remove(&port) {
+            Some((certs, passthrough)) => {
+                let config = if certs.is_empty() {
+                    None
+                } else {
+                    match tls::server_config(CertStore { listeners: certs }, &client_tls) {
+                        Ok(c) => Some(Arc::new(c)),
+                        Err(e) => {
+                            plan.unserved
+                                .push((String::new(), port, format!("TLS settings: {e}")));
+                            None
+                        }
+                    }
+                };
+                plan.ports.insert(
+                    port,
+                    Listen::Tls(Arc::new(TlsPort {
+                        router,
+                        config,
+                        passthrough,
+                    })),
+                );
+            }
+            None => {
+                plan.ports.insert(port, Listen::Http(router));
+            }
+        }
+    }
+    for (port, (_, passthrough)) in tls_ports {
+        let router = Arc::new(Router {
+            port,
+            scheme: "https",
+            ..Router::default()
+        });
+        plan.ports.insert(
+            port,
+            Listen::Tls(Arc::new(TlsPort {
+                router,
+                config: None,
+                passthrough,
+            })),
+        );
+    }
+    for (port, t) in tcp_ports {
+        plan.ports.insert(port, Listen::Tcp(Arc::new(t)));
     }
     Ok(plan)
+}
+
+/// The listeners of Gateway `gw` that accepted route `kind ns/name`.
+fn attached_listeners<'a>(
+    s: &Snapshot,
+    gw: &'a Object<gateway_api::gateways::GatewaySpec>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Vec<&'a gateway_api::gateways::GatewayListeners> {
+    let rkey = ObjectKey::new(GATEWAY_GROUP, kind, ns, name);
+    let Some(st) = s.status.get(&rkey) else {
+        return Vec::new();
+    };
+    st.parents
+        .iter()
+        .filter(|p| {
+            p.parent_ref.kind == "Gateway"
+                && p.parent_ref.namespace == gw.namespace()
+                && p.parent_ref.name == gw.name()
+        })
+        .filter(|p| {
+            p.conditions
+                .iter()
+                .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True)
+        })
+        .flat_map(|p| p.listeners.iter())
+        .filter_map(|n| gw.spec.listeners.iter().find(|l| &l.name == n))
+        .collect()
+}
+
+/// The backends of a TLSRoute or TCPRoute: its first rule's (one rule is what these kinds use).
+fn stream_backends(
+    s: &Snapshot,
+    kind: &str,
+    route: &Object<model::kinds::routes::StreamRouteSpec>,
+) -> Vec<(u32, Arc<Backend>)> {
+    let Some(rule) = route.spec.rules.first() else {
+        return Vec::new();
+    };
+    rule.backend_refs
+        .iter()
+        .map(|b| {
+            let w = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
+            let backend = resolve(
+                s,
+                kind,
+                route.namespace(),
+                b.group.as_deref(),
+                b.kind.as_deref(),
+                b.namespace.as_deref(),
+                &b.name,
+                b.port,
+            );
+            (w, Arc::new(backend))
+        })
+        .collect()
+}
+
+/// The certificates of an HTTPS listener, parsed from its Secrets.
+fn listener_certs(
+    s: &Snapshot,
+    gw: &Object<gateway_api::gateways::GatewaySpec>,
+    l: &gateway_api::gateways::GatewayListeners,
+) -> Result<Vec<Cert>, String> {
+    let mut out = Vec::new();
+    for r in l
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificate_refs.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        let ns = r.namespace.as_deref().unwrap_or(gw.namespace());
+        let secret = get(&s.secrets, ns, &r.name)
+            .ok_or_else(|| format!("secret {ns}/{} not found", r.name))?;
+        let field = |k: &str| -> Option<Vec<u8>> {
+            secret
+                .spec
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|v| v.0.clone())
+                .or_else(|| {
+                    secret
+                        .spec
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(k))
+                        .map(|v| v.as_bytes().to_vec())
+                })
+        };
+        let (Some(crt), Some(key)) = (field("tls.crt"), field("tls.key")) else {
+            return Err(format!("secret {ns}/{} lacks tls.crt or tls.key", r.name));
+        };
+        out.push(Cert::from_pem(&crt, &key).map_err(|e| format!("secret {ns}/{}: {e}", r.name))?);
+    }
+    if out.is_empty() {
+        return Err("no usable certificate".into());
+    }
+    Ok(out)
+}
+
+/// TLS settings from the ClientTrafficPolicy that targets this Gateway.
+fn client_tls(s: &Snapshot, gw: &ObjectKey) -> ClientTls {
+    let mut out = ClientTls::default();
+    for p in s.client_traffic_policies.values() {
+        if !model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw) {
+            continue;
+        }
+        if let Some(t) = &p.spec.tls {
+            if let Some(v) = &t.min_version {
+                out.min_version = v.clone();
+            }
+            if !t.alpn_protocols.is_empty() {
+                out.alpn = t
+                    .alpn_protocols
+                    .iter()
+                    .map(|a| a.as_bytes().to_vec())
+                    .collect();
+            }
+        }
+    }
+    out
+}
+
+/// The drain timeout of the EnvoyProxy that parameterises a Gateway.
+fn drain_timeout(s: &Snapshot, gw: &Object<gateway_api::gateways::GatewaySpec>) -> Duration {
+    let from_infra = gw
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+        .filter(|p| p.kind == "EnvoyProxy")
+        .and_then(|p| get(&s.envoy_proxies, gw.namespace(), &p.name));
+    let from_class = get(&s.gateway_classes, "", &gw.spec.gateway_class_name)
+        .and_then(|c| c.spec.parameters_ref.as_ref())
+        .filter(|p| p.kind == "EnvoyProxy")
+        .and_then(|p| {
+            get(
+                &s.envoy_proxies,
+                p.namespace.as_deref().unwrap_or_default(),
+                &p.name,
+            )
+        });
+    from_infra
+        .or(from_class)
+        .and_then(|p| p.spec.shutdown.as_ref())
+        .and_then(|sh| sh.drain_timeout.as_deref())
+        .and_then(|d| parse_duration(d).ok())
+        .unwrap_or(DRAIN_TIMEOUT_DEFAULT)
 }
 
 /// The hostnames a route serves on a listener: its hostnames intersected with the listener's
@@ -325,7 +666,6 @@ fn add_route(
     route: &Object<gateway_api::httproutes::HttpRouteSpec>,
     hosts: &[Option<String>],
     order: usize,
-    listener_port: u16,
 ) {
     let route_name = format!("{}/{}", route.namespace(), route.name());
     let default_rule = [HttpRouteRules::default()];
@@ -345,15 +685,7 @@ fn add_route(
                 PathMatch::Prefix(p) => Some(p.clone()),
                 _ => None,
             };
-            let action = Arc::new(action(
-                s,
-                route,
-                ri,
-                rule,
-                matched_prefix,
-                &route_name,
-                listener_port,
-            ));
+            let action = Arc::new(action(s, route, ri, rule, matched_prefix, &route_name));
             let headers: Vec<(http::HeaderName, ValueMatch)> = m
                 .headers
                 .iter()
@@ -482,7 +814,6 @@ fn action(
     rule: &HttpRouteRules,
     matched_prefix: Option<String>,
     route_name: &str,
-    listener_port: u16,
 ) -> Action {
     let mut a = Action {
         route: route_name.to_string(),
@@ -491,14 +822,15 @@ fn action(
         ..Action::default()
     };
     for f in rule.filters.iter().flatten() {
-        apply_filter(s, route, f, &mut a, listener_port);
+        apply_filter(s, route, f, &mut a);
     }
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     for b in refs {
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
         let backend = resolve(
             s,
-            route,
+            "HTTPRoute",
+            route.namespace(),
             b.group.as_deref(),
             b.kind.as_deref(),
             b.namespace.as_deref(),
@@ -528,9 +860,7 @@ fn apply_filter(
     route: &Object<gateway_api::httproutes::HttpRouteSpec>,
     f: &HttpRouteRulesFilters,
     a: &mut Action,
-    listener_port: u16,
 ) {
-    let _ = listener_port;
     match f.r#type {
         F::RequestHeaderModifier => {
             if let Some(m) = &f.request_header_modifier {
@@ -592,7 +922,8 @@ fn apply_filter(
                 let b = &m.backend_ref;
                 a.mirrors.push(Arc::new(resolve(
                     s,
-                    route,
+                    "HTTPRoute",
+                    route.namespace(),
                     b.group.as_deref(),
                     b.kind.as_deref(),
                     b.namespace.as_deref(),
@@ -621,16 +952,18 @@ fn edits<'a>(
 }
 
 /// Resolves a backendRef to its endpoints, or says why it cannot be used.
+#[allow(clippy::too_many_arguments)]
 fn resolve(
     s: &Snapshot,
-    route: &Object<gateway_api::httproutes::HttpRouteSpec>,
+    route_kind: &str,
+    route_ns: &str,
     group: Option<&str>,
     kind: Option<&str>,
     namespace: Option<&str>,
     name: &str,
     port: Option<i32>,
 ) -> Backend {
-    let ns = namespace.unwrap_or(route.namespace());
+    let ns = namespace.unwrap_or(route_ns);
     let group = group.unwrap_or("");
     let kind = kind.unwrap_or("Service");
     let label = format!(
@@ -642,10 +975,10 @@ fn resolve(
         endpoints: Vec::new(),
         invalid: Some(why),
     };
-    if ns != route.namespace()
+    if ns != route_ns
         && !model::validate::granted(
             s,
-            (GATEWAY_GROUP, "HTTPRoute", route.namespace()),
+            (GATEWAY_GROUP, route_kind, route_ns),
             (group, kind, ns, name),
         )
     {

@@ -27,7 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::plan::{Action, Backend, HeaderEdits, PathRewrite, Plan, Redirect, Router};
+use crate::plan::{Action, Backend, HeaderEdits, Listen, PathRewrite, Plan, Redirect};
+use crate::sni;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -52,11 +53,14 @@ pub struct Bind {
 }
 
 struct State {
-    routers: ArcSwap<BTreeMap<u16, Arc<Router>>>,
+    ports: ArcSwap<BTreeMap<u16, Listen>>,
     client: Client<HttpConnector, Body>,
     ejected: std::sync::Mutex<BTreeMap<SocketAddr, Instant>>,
     metrics: Arc<Metrics>,
     next: AtomicU64,
+    /// Watches every connection so that a drain can close idle keep-alives and wait for
+    /// requests in flight. Taken out when draining.
+    graceful: std::sync::Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>,
 }
 
 /// A running gateway.
@@ -98,11 +102,14 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
         .build(connector);
     let state = Arc::new(State {
-        routers: ArcSwap::from_pointee(plan.http.clone()),
+        ports: ArcSwap::from_pointee(plan.ports.clone()),
         client,
         ejected: std::sync::Mutex::new(BTreeMap::new()),
         metrics,
         next: AtomicU64::new(0),
+        graceful: std::sync::Mutex::new(
+            Some(hyper_util::server::graceful::GracefulShutdown::new()),
+        ),
     });
     let ip = bind
         .ip
@@ -111,7 +118,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
     let (shutdown, _) = watch::channel(false);
     let mut bound = BTreeMap::new();
     let mut tasks = Vec::new();
-    for &port in plan.http.keys() {
+    for &port in plan.ports.keys() {
         let actual = bind.port_map.get(&port).copied().unwrap_or(port);
         let addr = SocketAddr::new(ip, actual);
         let listener = TcpListener::bind(addr).await.map_err(|source| {
@@ -144,16 +151,16 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
 impl Running {
     /// Swaps in the routers of a new plan. Requests in flight finish on the old ones.
     pub fn update(&self, plan: &Plan) {
-        let mut next = plan.http.clone();
+        let mut next = plan.ports.clone();
         // Ports that are not bound cannot serve until restart; keep what is bound.
         next.retain(|p, _| self.bound.contains_key(p));
-        for p in plan.http.keys().filter(|p| !self.bound.contains_key(p)) {
+        for p in plan.ports.keys().filter(|p| !self.bound.contains_key(p)) {
             tracing::warn!(
                 listener_port = p,
                 "new listener port needs a restart to be bound"
             );
         }
-        self.state.routers.store(Arc::new(next));
+        self.state.ports.store(Arc::new(next));
         self.state.metrics.reloads.inc();
     }
 
@@ -162,6 +169,21 @@ impl Running {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Drains: stops accepting, closes idle keep-alive connections, lets requests in flight
+    /// finish, and returns when all connections are closed or `timeout` has passed. Returns
+    /// whether every connection closed in time.
+    pub async fn drain(self, timeout: Duration) -> bool {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let graceful = self.state.graceful.lock().ok().and_then(|mut g| g.take());
+        match graceful {
+            Some(g) => tokio::time::timeout(timeout, g.shutdown()).await.is_ok(),
+            None => true,
         }
     }
 }
@@ -189,27 +211,202 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let watcher = state
+            .graceful
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|g| g.watcher()));
+        let Some(watcher) = watcher else { return };
+        let listen = state.ports.load().get(&port).cloned();
+        let Some(listen) = listen else { continue };
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, port, peer, req).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .max_buf_size(REQUEST_HEADER_BYTES_MAX.max(8192))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30));
-            builder
-                .http2()
-                .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            match listen {
+                Listen::Http(_) => serve_http(state, port, peer, "http", stream, watcher).await,
+                Listen::Tls(t) => serve_tls(state, port, peer, &t, stream, watcher).await,
+                Listen::Tcp(t) => {
+                    if let Some(b) =
+                        pick_weighted(&t.backends, state.next.fetch_add(1, Ordering::Relaxed))
+                    {
+                        tcp_proxy(&state, b, stream, Bytes::new()).await;
+                    }
+                }
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one connection (plain or TLS).
+async fn serve_http<S>(
+    state: Arc<State>,
+    port: u16,
+    peer: SocketAddr,
+    scheme: &'static str,
+    stream: S,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, port, peer, scheme, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(REQUEST_HEADER_BYTES_MAX.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, %peer, "connection ended with an error");
+    }
+}
+
+/// A TLS port: reads the ClientHello's SNI; a TLSRoute for it gets the connection passed
+/// through untouched, anything else is terminated and served as HTTPS.
+async fn serve_tls(
+    state: Arc<State>,
+    port: u16,
+    peer: SocketAddr,
+    t: &crate::plan::TlsPort,
+    mut stream: tokio::net::TcpStream,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(2048);
+    let deadline = tokio::time::Instant::now() + CLIENT_HELLO_TIMEOUT;
+    let sni = loop {
+        match sni::parse(&buf) {
+            sni::Hello::Incomplete if buf.len() < sni::CLIENT_HELLO_BYTES_MAX => {}
+            sni::Hello::Found(name) => break name,
+            _ => {
+                state.metrics.tls_handshake_errors.inc();
+                return;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    };
+    if let Some(backends) = sni
+        .as_deref()
+        .and_then(|n| t.passthrough.get(n))
+        .or_else(|| {
+            if sni.is_none() {
+                t.passthrough.any.as_ref()
+            } else {
+                None
+            }
+        })
+    {
+        if let Some(b) = pick_weighted(backends, state.next.fetch_add(1, Ordering::Relaxed)) {
+            let b = b.clone();
+            tcp_proxy(&state, &b, stream, Bytes::from(buf)).await;
+        }
+        return;
+    }
+    let Some(config) = t.config.clone() else {
+        // Passthrough-only port and no route for this name.
+        state.metrics.tls_handshake_errors.inc();
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let prefixed = Prefixed {
+        prefix: Bytes::from(buf),
+        inner: stream,
+    };
+    match tokio::time::timeout(CLIENT_HELLO_TIMEOUT, acceptor.accept(prefixed)).await {
+        Ok(Ok(tls)) => serve_http(state, port, peer, "https", tls, watcher).await,
+        _ => {
+            state.metrics.tls_handshake_errors.inc();
+        }
+    }
+}
+
+/// Time a client has to send its ClientHello and finish the handshake.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to an endpoint of `backend` (skipping ones that refuse) and copies bytes both
+/// ways; `first` is what was already read from the client.
+async fn tcp_proxy(
+    state: &State,
+    backend: &Backend,
+    mut client: tokio::net::TcpStream,
+    first: Bytes,
+) {
+    use tokio::io::AsyncWriteExt;
+    if backend.endpoints.is_empty() {
+        return;
+    }
+    let n = backend.endpoints.len();
+    let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
+    for i in 0..n.min(CONNECT_ATTEMPTS_MAX) {
+        let ep = backend.endpoints[(start + i) % n];
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(ep)).await
+        {
+            Ok(Ok(mut up)) => {
+                let _ = up.set_nodelay(true);
+                if up.write_all(&first).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                return;
+            }
+            _ => {
+                state.metrics.upstream_connect_failures.inc();
+            }
+        }
+    }
+}
+
+/// A stream that yields some already-read bytes before reading from the inner stream.
+struct Prefixed {
+    prefix: Bytes,
+    inner: tokio::net::TcpStream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 
@@ -288,14 +485,18 @@ async fn handle(
     state: &State,
     port: u16,
     peer: SocketAddr,
+    scheme: &'static str,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let routers = state.routers.load();
-    let Some(router) = routers.get(&port).cloned() else {
+    let router = state
+        .ports
+        .load()
+        .get(&port)
+        .and_then(|l| l.router().cloned());
+    let Some(router) = router else {
         return local(StatusCode::NOT_FOUND, "no listener on this port");
     };
-    drop(routers);
     let host = request_host(&req);
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
@@ -315,6 +516,7 @@ async fn handle(
         state,
         &action,
         router.port,
+        scheme,
         peer,
         req,
         &host,
@@ -334,6 +536,7 @@ async fn respond(
     state: &State,
     action: &Action,
     listener_port: u16,
+    scheme: &'static str,
     peer: SocketAddr,
     req: Request<Incoming>,
     host: &str,
@@ -348,7 +551,7 @@ async fn respond(
             host,
             path,
             query,
-            req.uri().scheme_str(),
+            Some(scheme),
         );
         let mut resp = Response::new(full(Bytes::new()));
         *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
@@ -414,7 +617,7 @@ async fn respond(
     {
         parts.headers.insert(header::HOST, v);
     }
-    append_forwarded(&mut parts.headers, peer);
+    append_forwarded(&mut parts.headers, peer, scheme);
     edit_headers(&mut parts.headers, &action.request_headers, peer);
     let path_and_query = match query {
         Some(q) => format!("{new_path}?{q}"),
@@ -585,7 +788,7 @@ fn pick_weighted(backends: &[(u32, Arc<Backend>)], seq: u64) -> Option<&Arc<Back
     None
 }
 
-fn append_forwarded(h: &mut HeaderMap, peer: SocketAddr) {
+fn append_forwarded(h: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
     let ip = peer.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -595,7 +798,7 @@ fn append_forwarded(h: &mut HeaderMap, peer: SocketAddr) {
         h.insert("x-forwarded-for", v);
     }
     if !h.contains_key("x-forwarded-proto") {
-        h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     }
 }
 

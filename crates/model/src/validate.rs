@@ -1854,6 +1854,19 @@ fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
     }
 }
 
+/// The objects a policy in namespace `ns` applies to, through targetRefs and targetSelectors.
+pub fn policy_targets<S: Policy>(s: &Snapshot, ns: &str, spec: &S) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = spec
+        .target_refs()
+        .into_iter()
+        .filter_map(|t| target_key(s, ns, t))
+        .collect();
+    for sel in spec.target_selectors() {
+        out.extend(select_targets(s, ns, &sel.kind, &sel.selector()));
+    }
+    out
+}
+
 fn target_key(s: &Snapshot, ns: &str, t: &TargetRef) -> Option<ObjectKey> {
     let group = if t.group.is_empty() {
         GATEWAY_GROUP

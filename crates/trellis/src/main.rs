@@ -4,6 +4,7 @@
 //! library crates. Only this crate installs a tracing subscriber.
 
 mod check;
+mod gateway;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,10 @@ impl SourceArgs {
 enum Command {
     /// Load manifests, resolve references and print every object's conditions.
     Check(check::Args),
+    /// Serve one Gateway (HTTP listeners today), reloading when the manifests change.
+    Gateway(gateway::Args),
+    /// A JSON echo server (the backend of tests, benchmarks and the lab).
+    Echo(gateway::EchoArgs),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +82,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check(args) => check::run(&args),
+        Command::Gateway(args) => gateway::run(&args),
+        Command::Echo(args) => gateway::echo(&args),
     };
     match result {
         Ok(code) => code,

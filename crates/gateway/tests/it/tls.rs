@@ -1,0 +1,184 @@
+//! TLS listeners with real peers: curl terminates HTTPS against trellis (HTTP/1.1 and HTTP/2
+//! by ALPN, certificate chosen by SNI); a TLSRoute passes TLS through untouched to an
+//! `openssl s_server`; a TCPRoute carries plain bytes.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use crate::harness;
+
+/// Kills a child process when dropped, also when the test fails.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn indent(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn curl(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_passthrough_and_tcp_with_real_peers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // The gateway's certificate, and a different one for the passthrough backend.
+    let gw_cert =
+        rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).expect("cert");
+    let be_cert =
+        rcgen::generate_simple_self_signed(vec!["nas.example.com".to_string()]).expect("cert");
+    let gw_ca = dir.path().join("gw.pem");
+    let be_ca = dir.path().join("be.pem");
+    std::fs::write(&gw_ca, gw_cert.cert.pem()).expect("write");
+    std::fs::write(&be_ca, be_cert.cert.pem()).expect("write");
+    std::fs::write(
+        dir.path().join("be.key"),
+        be_cert.signing_key.serialize_pem(),
+    )
+    .expect("write");
+
+    // A real TLS server behind the passthrough listener.
+    let s_port = free_port();
+    let _s_server = Kill(
+        Command::new("openssl")
+            .args([
+                "s_server",
+                "-quiet",
+                "-www",
+                "-accept",
+                &s_port.to_string(),
+                "-cert",
+            ])
+            .arg(&be_ca)
+            .arg("-key")
+            .arg(dir.path().join("be.key"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("openssl s_server starts"),
+    );
+
+    // Wait (bounded) until openssl accepts connections.
+    let ready = (0..100).any(|_| {
+        std::net::TcpStream::connect(("127.0.0.1", s_port)).is_ok() || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(ready, "openssl s_server did not start");
+
+    let backends = harness::start_backends().await;
+    let manifests = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: site-tls, namespace: gateway-conformance-infra}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: trellis\n  listeners:\n\
+         \x20   - {{name: https, protocol: HTTPS, port: 443, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {{certificateRefs: [{{name: site-tls}}]}}}}\n\
+         \x20   - {{name: passthrough, protocol: TLS, port: 443, hostname: \"*.example.com\", tls: {{mode: Passthrough}}, allowedRoutes: {{namespaces: {{from: All}}}}}}\n\
+         \x20   - {{name: ssh, protocol: TCP, port: 2222, allowedRoutes: {{namespaces: {{from: All}}}}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: app, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge, sectionName: https}}]\n  hostnames: [app.example.com]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: nas, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: https, port: 443}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: nas, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: nas}}}}\naddressType: IPv4\nports: [{{name: https, port: {s_port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {{name: nas, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge, sectionName: passthrough}}]\n  hostnames: [nas.example.com]\n  rules: [{{backendRefs: [{{name: nas, port: 443}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: ssh, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge, sectionName: ssh}}]\n  rules: [{{backendRefs: [{{name: infra-backend-v2, port: 8080}}]}}]\n",
+        indent(&gw_cert.cert.pem()),
+        indent(&gw_cert.signing_key.serialize_pem())
+    );
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &manifests),
+        ],
+    );
+    let plan =
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("compiles");
+    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: [(443, 0), (2222, 0)].into(),
+    };
+    let running = gateway::start(&plan, &bind, Arc::default())
+        .await
+        .expect("starts");
+    let tls_port = running.bound[&443].port();
+    let tcp_port = running.bound[&2222].port();
+    let resolve = move |h: &str| format!("{h}:{tls_port}:127.0.0.1");
+    let ca = gw_ca.display().to_string();
+
+    let task = tokio::task::spawn_blocking(move || {
+        // HTTPS terminated by trellis, HTTP/1.1 and HTTP/2 chosen by ALPN.
+        for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+            let (code, out, err) = curl(&[
+                flag,
+                "--cacert",
+                &ca,
+                "--resolve",
+                &resolve("app.example.com"),
+                "-w",
+                "\n%{http_version}",
+                &format!("https://app.example.com:{tls_port}/hello"),
+            ]);
+            assert_eq!(code, 0, "{err}");
+            let (body, v) = out.rsplit_once('\n').expect("version line");
+            assert_eq!(v, version, "negotiated HTTP version");
+            let seen: serde_json::Value = serde_json::from_str(body).expect("echo json");
+            assert_eq!(seen["backend"], "infra-backend-v1");
+            assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+        }
+        // An unknown name on the HTTPS listener: 404 from trellis, certificate still valid.
+        let (code, out, _) = curl(&[
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve("other.example.com"),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("https://other.example.com:{tls_port}/"),
+        ]);
+        assert_eq!((code, out.as_str()), (0, "404"));
+        // Passthrough: the backend's own certificate is what curl sees.
+        let be = be_ca.display().to_string();
+        let (code, out, err) = curl(&[
+            "--cacert",
+            &be,
+            "--resolve",
+            &resolve("nas.example.com"),
+            &format!("https://nas.example.com:{tls_port}/"),
+        ]);
+        assert_eq!(code, 0, "passthrough to openssl s_server failed: {err}");
+        assert!(out.contains("s_server") || out.contains("Ciphers"), "{out}");
+        // Plain TCP.
+        let (code, out, err) = curl(&[&format!("http://127.0.0.1:{tcp_port}/over-tcp")]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("infra-backend-v2") && out.contains("/over-tcp"),
+            "{out}"
+        );
+    });
+    task.await.expect("checks pass");
+    running.stop().await;
+}

@@ -1,0 +1,201 @@
+//! `trellis gateway`: serve one Gateway of the manifests, reloading on change, draining on
+//! SIGTERM. `trellis echo`: the JSON echo server.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use model::ObjectKey;
+use store::watch::{Update, Watch};
+
+use crate::SourceArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The Gateway to serve, as NAMESPACE/NAME.
+    #[arg(long)]
+    pub gateway: String,
+    /// Address to bind instead of the Gateway's own (spec.addresses, LB-IPAM), e.g. 127.0.0.1.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// Listener ports to bind elsewhere, e.g. 80=8080,443=8443 (0 picks a free port).
+    #[arg(long, value_delimiter = ',')]
+    pub port_map: Vec<String>,
+    /// Admin endpoint (/healthz, /ready, /status, /metrics).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Overrides the EnvoyProxy's shutdown.drainTimeout (e.g. 30s).
+    #[arg(long)]
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Name the server reports as `backend`.
+    #[arg(long, default_value = "echo")]
+    pub name: String,
+    /// Namespace the server reports.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn parse_port_map(items: &[String]) -> anyhow::Result<BTreeMap<u16, u16>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (a, b) = item
+            .split_once('=')
+            .with_context(|| format!("--port-map {item:?}: write LISTENER=BIND, e.g. 80=8080"))?;
+        let a: u16 = a
+            .trim()
+            .parse()
+            .with_context(|| format!("--port-map {item:?}: {a:?} is not a port"))?;
+        let b: u16 = b
+            .trim()
+            .parse()
+            .with_context(|| format!("--port-map {item:?}: {b:?} is not a port"))?;
+        out.insert(a, b);
+    }
+    Ok(out)
+}
+
+/// The Gateway's status as `trellis check -o json` shows it, plus what this process serves.
+fn status_doc(
+    load: &store::Load,
+    key: &ObjectKey,
+    plan: Option<&gateway::Plan>,
+    bound: &BTreeMap<u16, SocketAddr>,
+    error: Option<&str>,
+) -> serde_json::Value {
+    let status = load.snapshot.status.get(key);
+    serde_json::json!({
+        "gateway": key.ns_name(),
+        "status": status,
+        "bound": bound.iter().map(|(p, a)| (p.to_string(), a.to_string())).collect::<BTreeMap<_, _>>(),
+        "routes": plan.map(|p| p.ports.iter().filter_map(|(port, l)| Some((port.to_string(), l.router()?.len()))).collect::<BTreeMap<_, _>>()),
+        "unserved": plan.map(|p| p.unserved.iter().map(|(n, port, why)| serde_json::json!({"listener": n, "port": port, "reason": why})).collect::<Vec<_>>()),
+        "lastError": error,
+    })
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let (ns, name) = args
+        .gateway
+        .split_once('/')
+        .context("--gateway takes NAMESPACE/NAME, e.g. network/envoy-external")?;
+    let (ns, name) = (ns.to_string(), name.to_string());
+    let key = ObjectKey::new(model::validate::GATEWAY_GROUP, "Gateway", &ns, &name);
+    let port_map = parse_port_map(&args.port_map)?;
+    let drain_override = match &args.drain_timeout {
+        Some(d) => Some(
+            model::validate::parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("--drain-timeout {d:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    let opts = args.source.options()?;
+    let watch =
+        Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+    let first = watch.current();
+    for d in first
+        .snapshot
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == model::Severity::Error)
+    {
+        eprintln!("{d}");
+    }
+    let plan = gateway::compile(&first.snapshot, &ns, &name).map_err(|e| {
+        anyhow::anyhow!("{e}\n(run `trellis check -f ...` to see every object's conditions)")
+    })?;
+    for (l, port, why) in &plan.unserved {
+        eprintln!("warning: listener {l} (port {port}) is not served: {why}");
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let metrics = Arc::new(gateway::metrics::Metrics::default());
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let bind = gateway::Bind { ip: args.bind, port_map };
+        let running = gateway::start(&plan, &bind, metrics.clone()).await?;
+        for (p, a) in &running.bound {
+            eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");
+        }
+        let status = Arc::new(ArcSwap::from_pointee(status_doc(&first, &key, Some(&plan), &running.bound, None)));
+        if let Some(addr) = args.admin {
+            let a = gateway::admin::start(addr, Arc::new(registry), status.clone()).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
+            eprintln!("admin on http://{a} (/healthz /ready /status /metrics)");
+        }
+        let mut drain_timeout = drain_override.unwrap_or(plan.drain_timeout);
+
+        // Snapshot updates arrive on a std channel; hand them to the runtime.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Update>(16);
+        std::thread::spawn(move || {
+            while let Ok(u) = watch.updates.recv() {
+                if tx.blocking_send(u).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                u = rx.recv() => match u {
+                    Some(Update::Applied(load)) => match gateway::compile(&load.snapshot, &ns, &name) {
+                        Ok(p) => {
+                            running.update(&p);
+                            drain_timeout = drain_override.unwrap_or(p.drain_timeout);
+                            status.store(Arc::new(status_doc(&load, &key, Some(&p), &running.bound, None)));
+                            eprintln!("reloaded: {} route entries", p.ports.values().filter_map(|l| l.router()).map(|r| r.len()).sum::<usize>());
+                        }
+                        Err(e) => {
+                            eprintln!("reload rejected, still serving the previous routes: {e}");
+                            status.store(Arc::new(status_doc(&load, &key, None, &running.bound, Some(&e.to_string()))));
+                        }
+                    },
+                    Some(Update::Rejected { errors, .. }) => {
+                        for e in &errors {
+                            eprintln!("reload rejected, still serving the previous routes: {e}");
+                        }
+                    }
+                    None => bail!("the manifest watcher stopped"),
+                },
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+        }
+        eprintln!("draining (up to {drain_timeout:?})");
+        let clean = running.drain(drain_timeout).await;
+        eprintln!("{}", if clean { "drained" } else { "drain timeout reached; closing remaining connections" });
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn echo(args: &EchoArgs) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let e = gateway::echo::start(args.listen, &args.namespace, &args.name)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        eprintln!("echo {}/{} on http://{}", args.namespace, args.name, e.addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
