@@ -6,6 +6,8 @@
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
 //! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
 
+mod bench_gateway;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -18,10 +20,24 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
-        Some("bench") => bench(),
+        Some("bench") => match args.get(1).map(String::as_str) {
+            None | Some("load") => bench(),
+            Some("gateway") => {
+                let rounds = std::env::var("ROUNDS")
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(3);
+                let secs = std::env::var("SECONDS")
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(10);
+                bench_gateway::run(&root, rounds, secs)
+            }
+            Some(other) => bail!("unknown benchmark {other:?} (load, gateway)"),
+        },
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|fuzz [seconds]>");
+            eprintln!("usage: cargo xtask <test|demo|bench [load|gateway]|fuzz [seconds]>");
             bail!("unknown or missing xtask command")
         }
     }
@@ -35,7 +51,7 @@ fn root() -> PathBuf {
 }
 
 /// Runs a command, echoing it first; fails with the command line when it fails.
-fn run(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
     eprintln!("==> {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)

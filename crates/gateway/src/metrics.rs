@@ -17,6 +17,10 @@ pub struct RouteLabels {
     pub code_class: String,
 }
 
+/// A route's request counters by status class, looked up once and kept with the route.
+#[derive(Clone, Debug)]
+pub struct RouteCounters(pub [Counter; 5]);
+
 /// Counters and histograms of one gateway process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +31,7 @@ pub struct Metrics {
     pub upstream_connect_failures: Counter,
     pub mirror_failures: Counter,
     pub tls_handshake_errors: Counter,
+    pub retries: Counter,
 }
 
 impl Default for Metrics {
@@ -39,24 +44,35 @@ impl Default for Metrics {
             upstream_connect_failures: Counter::default(),
             mirror_failures: Counter::default(),
             tls_handshake_errors: Counter::default(),
+            retries: Counter::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts a request by route and status class. Looks the route's counters up each time:
+    /// for the rare path (no route matched); matched routes cache theirs ([`RouteCounters`]).
     pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
-        let class = match status {
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+        let c = self.route_counters(route);
+        self.observe(&c, status, elapsed);
+    }
+
+    /// The counters of one route, one per status class (shared with the family).
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        let get = |class: &str| {
+            self.requests
+                .get_or_create(&RouteLabels {
+                    route: route.to_string(),
+                    code_class: class.to_string(),
+                })
+                .clone()
         };
-        self.requests
-            .get_or_create(&RouteLabels {
-                route: route.to_string(),
-                code_class: class.to_string(),
-            })
-            .inc();
+        RouteCounters([get("1xx"), get("2xx"), get("3xx"), get("4xx"), get("5xx")])
+    }
+
+    pub fn observe(&self, c: &RouteCounters, status: u16, elapsed: Duration) {
+        let i = usize::from((status / 100).clamp(1, 5) - 1);
+        c.0[i].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
 
@@ -97,6 +113,11 @@ impl Metrics {
             "ssl_handshake_errors",
             "TLS connections that failed before or during the handshake",
             self.tls_handshake_errors.clone(),
+        );
+        r.register(
+            "upstream_rq_retry",
+            "Requests sent upstream again",
+            self.retries.clone(),
         );
     }
 }

@@ -15,6 +15,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gateway_api::httproutes::{
@@ -29,6 +30,7 @@ use model::validate::{GATEWAY_GROUP, gateway_address, hostname_intersection, par
 use model::{ObjectKey, Status};
 
 use crate::tls::{self, Cert, CertStore, ClientTls, ListenerCerts};
+use model::kinds::envoy::BackendTrafficPolicySpec;
 
 /// Everything one Gateway serves.
 #[derive(Debug)]
@@ -237,6 +239,10 @@ pub struct Action {
     pub timeout_backend: Option<Duration>,
     /// The path prefix the rule matched, for ReplacePrefixMatch.
     pub matched_prefix: Option<String>,
+    /// Retries from the BackendTrafficPolicy of the route (or of its Gateway).
+    pub retry: Option<Retry>,
+    /// This route's request counters, fetched from the metrics on first use.
+    pub counters: std::sync::OnceLock<crate::metrics::RouteCounters>,
 }
 
 #[derive(Debug, Default)]
@@ -273,12 +279,85 @@ pub enum PathRewrite {
     Prefix(String),
 }
 
+/// One upstream endpoint, with its passive-ejection state (kept until the next plan).
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Milliseconds (of [`now_ms`]) until which the endpoint is skipped.
+    ejected_until_ms: AtomicU64,
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr) -> Upstream {
+        Upstream {
+            addr,
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+    pub fn is_ejected(&self, now_ms: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
+    }
+    pub fn eject(&self, until_ms: u64) {
+        self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the process started (a monotonic clock for ejection deadlines).
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    u64::try_from(
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// A retry policy (BackendTrafficPolicy `retry`), with Envoy Gateway's defaults.
+#[derive(Clone, Debug)]
+pub struct Retry {
+    pub num_retries: u32,
+    pub reset: bool,
+    pub connect_failure: bool,
+    pub five_xx: bool,
+    pub gateway_error: bool,
+    pub status_codes: Vec<u16>,
+    pub base: Duration,
+    pub max: Duration,
+    pub per_try: Option<Duration>,
+}
+
+impl Retry {
+    /// Whether a response status asks for another try.
+    pub fn on_status(&self, code: u16) -> bool {
+        (self.five_xx && code >= 500)
+            || (self.gateway_error && matches!(code, 502..=504))
+            || self.status_codes.contains(&code)
+    }
+
+    /// Exponential backoff from `base`, capped at `max`, with jitter.
+    pub fn backoff(&self, attempt: usize) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << attempt.min(16));
+        let cap = exp.min(self.max);
+        // Jitter: a cheap hash of the attempt and the clock, within [cap/2, cap].
+        let nanos = u64::from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0),
+        );
+        let half = cap / 2;
+        half + Duration::from_nanos(nanos % u64::try_from(half.as_nanos()).unwrap_or(1).max(1))
+    }
+}
+
 /// A backend of a rule: its endpoints, or why it cannot be used.
 #[derive(Debug)]
 pub struct Backend {
     /// `namespace/name:port`.
     pub name: String,
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Upstream>,
     /// Set when the reference does not resolve: requests picked for it get a 500.
     pub invalid: Option<String>,
 }
@@ -405,7 +484,15 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 route.spec.hostnames.as_deref().unwrap_or_default(),
                 l.hostname.as_deref(),
             );
-            add_route(s, router, route, &hosts, order);
+            let rkey = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", route.namespace(), route.name());
+            add_route(
+                s,
+                router,
+                route,
+                &hosts,
+                order,
+                backend_policy(s, &rkey, &key),
+            );
         }
     }
     for route in s.tls_routes.values() {
@@ -666,6 +753,7 @@ fn add_route(
     route: &Object<gateway_api::httproutes::HttpRouteSpec>,
     hosts: &[Option<String>],
     order: usize,
+    policy: Option<&BackendTrafficPolicySpec>,
 ) {
     let route_name = format!("{}/{}", route.namespace(), route.name());
     let default_rule = [HttpRouteRules::default()];
@@ -685,7 +773,15 @@ fn add_route(
                 PathMatch::Prefix(p) => Some(p.clone()),
                 _ => None,
             };
-            let action = Arc::new(action(s, route, ri, rule, matched_prefix, &route_name));
+            let action = Arc::new(action(
+                s,
+                route,
+                ri,
+                rule,
+                matched_prefix,
+                &route_name,
+                policy,
+            ));
             let headers: Vec<(http::HeaderName, ValueMatch)> = m
                 .headers
                 .iter()
@@ -814,6 +910,7 @@ fn action(
     rule: &HttpRouteRules,
     matched_prefix: Option<String>,
     route_name: &str,
+    policy: Option<&BackendTrafficPolicySpec>,
 ) -> Action {
     let mut a = Action {
         route: route_name.to_string(),
@@ -852,7 +949,84 @@ fn action(
             .and_then(|v| parse_duration(v).ok())
             .filter(|d| !d.is_zero());
     }
+    if let Some(p) = policy {
+        if a.timeout_request.is_none() {
+            a.timeout_request = p
+                .timeout
+                .as_ref()
+                .and_then(|t| t.http.as_ref())
+                .and_then(|h| h.request_timeout.as_deref())
+                .and_then(|v| parse_duration(v).ok())
+                .filter(|d| !d.is_zero());
+        }
+        a.retry = p.retry.as_ref().map(retry_policy);
+    }
     a
+}
+
+/// Envoy Gateway's retry semantics: 2 retries, 25 ms base backoff, max 10x base; without
+/// `retryOn`, retry resets, refused connections and 503s.
+fn retry_policy(r: &model::kinds::envoy::Retry) -> Retry {
+    let base = r
+        .per_retry
+        .as_ref()
+        .and_then(|p| p.back_off.as_ref())
+        .and_then(|b| b.base_interval.as_deref())
+        .and_then(|v| parse_duration(v).ok())
+        .unwrap_or(Duration::from_millis(25));
+    let max = r
+        .per_retry
+        .as_ref()
+        .and_then(|p| p.back_off.as_ref())
+        .and_then(|b| b.max_interval.as_deref())
+        .and_then(|v| parse_duration(v).ok())
+        .unwrap_or(base * 10);
+    let (triggers, codes) = match &r.retry_on {
+        Some(on) => (on.triggers.clone(), on.http_status_codes.clone()),
+        None => (
+            vec![
+                "reset".into(),
+                "connect-failure".into(),
+                "retriable-status-codes".into(),
+            ],
+            vec![503],
+        ),
+    };
+    let has = |t: &str| triggers.iter().any(|x| x == t);
+    Retry {
+        num_retries: r.num_retries.unwrap_or(2),
+        reset: has("reset") || has("reset-before-request") || has("refused-stream"),
+        connect_failure: has("connect-failure"),
+        five_xx: has("5xx"),
+        gateway_error: has("gateway-error"),
+        status_codes: if has("retriable-status-codes") {
+            codes
+        } else {
+            Vec::new()
+        },
+        base,
+        max,
+        per_try: r
+            .per_retry
+            .as_ref()
+            .and_then(|p| p.timeout.as_deref())
+            .and_then(|v| parse_duration(v).ok()),
+    }
+}
+
+/// The BackendTrafficPolicy that applies to a route: its own, else its Gateway's.
+fn backend_policy<'a>(
+    s: &'a Snapshot,
+    route: &ObjectKey,
+    gateway: &ObjectKey,
+) -> Option<&'a BackendTrafficPolicySpec> {
+    let find = |target: &ObjectKey| {
+        s.backend_traffic_policies
+            .values()
+            .find(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(target))
+            .map(|p| &p.spec)
+    };
+    find(route).or_else(|| find(gateway))
 }
 
 fn apply_filter(
@@ -997,7 +1171,7 @@ fn resolve(
                     endpoints: eps
                         .iter()
                         .filter(|e| e.ready)
-                        .map(|e: &Endpoint| SocketAddr::new(e.ip, e.port))
+                        .map(|e: &Endpoint| Upstream::new(SocketAddr::new(e.ip, e.port)))
                         .collect(),
                     invalid: None,
                 },
@@ -1013,7 +1187,12 @@ fn resolve(
                     .endpoints
                     .iter()
                     .filter_map(|e| e.ip.as_ref())
-                    .filter_map(|ip| Some(SocketAddr::new(ip.address.parse().ok()?, ip.port)))
+                    .filter_map(|ip| {
+                        Some(Upstream::new(SocketAddr::new(
+                            ip.address.parse().ok()?,
+                            ip.port,
+                        )))
+                    })
                     .collect(),
                 invalid: None,
             },

@@ -27,7 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-use crate::plan::{Action, Backend, HeaderEdits, Listen, PathRewrite, Plan, Redirect};
+use crate::plan::{
+    Action, Backend, HeaderEdits, Listen, PathRewrite, Plan, Redirect, Retry, Upstream,
+};
 use crate::sni;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -55,7 +57,6 @@ pub struct Bind {
 struct State {
     ports: ArcSwap<BTreeMap<u16, Listen>>,
     client: Client<HttpConnector, Body>,
-    ejected: std::sync::Mutex<BTreeMap<SocketAddr, Instant>>,
     metrics: Arc<Metrics>,
     next: AtomicU64,
     /// Watches every connection so that a drain can close idle keep-alives and wait for
@@ -104,7 +105,6 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
     let state = Arc::new(State {
         ports: ArcSwap::from_pointee(plan.ports.clone()),
         client,
-        ejected: std::sync::Mutex::new(BTreeMap::new()),
         metrics,
         next: AtomicU64::new(0),
         graceful: std::sync::Mutex::new(
@@ -348,7 +348,7 @@ async fn tcp_proxy(
     let n = backend.endpoints.len();
     let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
     for i in 0..n.min(CONNECT_ATTEMPTS_MAX) {
-        let ep = backend.endpoints[(start + i) % n];
+        let ep = backend.endpoints[(start + i) % n].addr;
         match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(ep)).await
         {
             Ok(Ok(mut up)) => {
@@ -525,9 +525,12 @@ async fn handle(
     )
     .await;
     edit_headers(resp.headers_mut(), &action.response_headers, peer);
+    let counters = action
+        .counters
+        .get_or_init(|| state.metrics.route_counters(&action.route));
     state
         .metrics
-        .request(&action.route, resp.status().as_u16(), started.elapsed());
+        .observe(counters, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -640,6 +643,7 @@ async fn respond(
         replayable,
         &path_and_query,
         action.timeout_backend,
+        action.retry.as_ref(),
     );
     let result = match action.timeout_request {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -657,8 +661,11 @@ async fn respond(
     }
 }
 
-/// Sends to one endpoint after another (skipping ejected ones) until one accepts the
-/// connection. Only connection failures are retried here: the request was not sent.
+/// Sends the request upstream: to one endpoint after another (skipping ejected ones) when
+/// connections are refused, and again when the route's retry policy says so. A request is
+/// sent again only when it can be: its body was empty, and for anything but a refused
+/// connection its method is idempotent.
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     state: &State,
     backend: &Backend,
@@ -667,27 +674,40 @@ async fn forward(
     replayable: bool,
     path_and_query: &str,
     per_try: Option<Duration>,
+    retry: Option<&Retry>,
 ) -> Result<Response<Incoming>, Response<Body>> {
     let n = backend.endpoints.len();
     let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
-    let now = Instant::now();
-    let order: Vec<SocketAddr> = {
-        let ejected = state.ejected.lock().map(|e| e.clone()).unwrap_or_default();
-        let mut healthy: Vec<SocketAddr> = (0..n)
-            .map(|i| backend.endpoints[(start + i) % n])
-            .filter(|a| ejected.get(a).is_none_or(|until| *until <= now))
+    let now = crate::plan::now_ms();
+    let mut order: Vec<&Upstream> = (0..n)
+        .map(|i| &backend.endpoints[(start + i) % n])
+        .filter(|u| !u.is_ejected(now))
+        .collect();
+    if order.is_empty() {
+        // Everything is ejected: try anyway rather than fail without trying.
+        order = (0..n)
+            .map(|i| &backend.endpoints[(start + i) % n])
             .collect();
-        if healthy.is_empty() {
-            // Everything is ejected: try anyway rather than fail without trying.
-            healthy = (0..n).map(|i| backend.endpoints[(start + i) % n]).collect();
-        }
-        healthy.truncate(CONNECT_ATTEMPTS_MAX);
-        healthy
-    };
+    }
+    let idempotent = matches!(
+        parts.method,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    );
+    let per_try = retry.and_then(|r| r.per_try).or(per_try);
+    let mut retries_left = retry.map_or(0, |r| r.num_retries);
+    let mut connect_failures = 0usize;
     let mut body = Some(body);
     let mut last_err = String::new();
-    for ep in &order {
-        let uri: Uri = match format!("http://{ep}{path_and_query}").parse() {
+    let mut attempt = 0usize;
+    loop {
+        let ep = order[attempt % order.len()];
+        attempt += 1;
+        let uri: Uri = match format!("http://{}{path_and_query}", ep.addr).parse() {
             Ok(u) => u,
             Err(_) => {
                 return Err(local(
@@ -696,7 +716,6 @@ async fn forward(
                 ));
             }
         };
-        // A connect failure loses the body; only an empty body can be sent again.
         let Some(b) = body.take() else { break };
         let mut req = Request::from_parts(parts.clone(), b);
         *req.uri_mut() = uri;
@@ -712,29 +731,66 @@ async fn forward(
             },
             None => state.client.request(req).await,
         };
+        let again = || {
+            if replayable {
+                Some(full(Bytes::new()))
+            } else {
+                None
+            }
+        };
         match sent {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => {
+                let code = resp.status().as_u16();
+                let retriable = retry.is_some_and(|r| r.on_status(code))
+                    && idempotent
+                    && replayable
+                    && retries_left > 0;
+                if !retriable {
+                    return Ok(resp);
+                }
+                retries_left -= 1;
+                state.metrics.retries.inc();
+                last_err = format!("{}: status {code}", ep.addr);
+                drop(resp);
+                body = again();
+            }
             Err(e) if e.is_connect() => {
                 state.metrics.upstream_connect_failures.inc();
-                if let Ok(mut ej) = state.ejected.lock() {
-                    ej.insert(*ep, Instant::now() + Duration::from_millis(EJECT_MS));
+                ep.eject(crate::plan::now_ms() + EJECT_MS);
+                last_err = format!("{}: {e}", ep.addr);
+                connect_failures += 1;
+                // The request was not sent: trying another endpoint is always safe.
+                let by_policy = retry.is_some_and(|r| r.connect_failure) && retries_left > 0;
+                if by_policy {
+                    retries_left -= 1;
+                    state.metrics.retries.inc();
+                } else if connect_failures >= CONNECT_ATTEMPTS_MAX.min(order.len()) {
+                    break;
                 }
-                last_err = format!("{ep}: {e}");
-                if replayable {
-                    body = Some(full(Bytes::new()));
-                }
+                body = again();
             }
             Err(e) => {
-                return Err(local(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("upstream {ep} failed: {e}"),
-                ));
+                last_err = format!("{}: {e}", ep.addr);
+                let retriable =
+                    retry.is_some_and(|r| r.reset) && idempotent && replayable && retries_left > 0;
+                if !retriable {
+                    return Err(local(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("upstream {} failed: {e}", ep.addr),
+                    ));
+                }
+                retries_left -= 1;
+                state.metrics.retries.inc();
+                body = again();
             }
+        }
+        if let Some(r) = retry {
+            tokio::time::sleep(r.backoff(attempt)).await;
         }
     }
     Err(local(
         StatusCode::SERVICE_UNAVAILABLE,
-        &format!("upstream connect error: {last_err}"),
+        &format!("upstream connect error or retries exhausted: {last_err}"),
     ))
 }
 
@@ -745,7 +801,7 @@ fn mirror(
     parts: &http::request::Parts,
     path_and_query: &str,
 ) {
-    let Some(ep) = backend.endpoints.first().copied() else {
+    let Some(ep) = backend.endpoints.first().map(|u| u.addr) else {
         return;
     };
     let Ok(uri) = format!("http://{ep}{path_and_query}").parse::<Uri>() else {

@@ -47,9 +47,18 @@ pub struct EchoArgs {
     pub namespace: String,
 }
 
+/// The async runtime: one thread per CPU this process may run on (taskset and cgroup limits
+/// count); on one CPU, a single-threaded runtime, which skips cross-thread wake-ups.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let cpus = std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1);
+    let mut b = if cpus <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all()
         .build()
         .context("cannot start the async runtime")
 }

@@ -3,5 +3,6 @@
 
 mod conformance;
 mod harness;
+mod policies;
 mod reload;
 mod tls;

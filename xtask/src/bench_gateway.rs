@@ -1,0 +1,502 @@
+//! `cargo xtask bench gateway`: trellis's gateway side by side with nginx and haproxy.
+//!
+//! The method of `../shared/peer-baselines/http`: every server (the backend nginx and each
+//! proxy) pinned to CPU 0, wrk pinned to CPU 1, `wrk -t1 -c64 -d<D>s --latency`, rounds
+//! interleaved, the median reported; proxy CPU time per request from /proc over each run.
+//! Everything listens on 127.0.0.1. Writes `target/bench/gateway.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const BACKEND_PORT: u16 = 18081;
+const NGINX_PORT: u16 = 18080;
+const NGINX_TLS_PORT: u16 = 18443;
+const HAPROXY_PORT: u16 = 18082;
+const TRELLIS_PORT: u16 = 18090;
+const TRELLIS_TLS_PORT: u16 = 18490;
+
+/// A server we started; killed (with its process group) when dropped.
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(name: &'static str, dir: &Path, cmd: &[&str]) -> Result<Server> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .args(cmd)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Server { child })
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 20 s")
+}
+
+/// utime+stime of a process and its descendants, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    let mut stack = vec![pid];
+    let all: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|p| {
+                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+                    let rest = stat.rsplit_once(')')?.1;
+                    let f: Vec<&str> = rest.split_whitespace().collect();
+                    let ppid = f.get(1)?.parse().ok()?;
+                    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+                    Some((p, ppid, cpu))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    while let Some(p) = stack.pop() {
+        for (q, ppid, cpu) in &all {
+            if *q == p {
+                total += cpu;
+            }
+            if *ppid == p {
+                stack.push(*q);
+            }
+        }
+    }
+    total as f64 / tick
+}
+
+#[derive(Clone, Debug, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: f64,
+    non2xx: u64,
+    proxy_us_per_req: f64,
+}
+
+fn to_ms(s: &str) -> f64 {
+    let num: String = s
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match &s[num.len()..] {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(url: &str, headers: &[&str], secs: u32) -> Result<Run> {
+    let mut cmd = Command::new("taskset");
+    cmd.args([
+        "-c",
+        "1",
+        "wrk",
+        "-t1",
+        "-c64",
+        &format!("-d{secs}s"),
+        "--latency",
+    ]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    let out = cmd.arg(url).output().context("wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let grab = |key: &str| -> Option<String> {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .map(|l| l.trim_start()[key.len()..].trim().to_string())
+    };
+    let rps = grab("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("wrk output: {text}"))?;
+    let p50 = grab("50%").map(|v| to_ms(&v)).unwrap_or(f64::NAN);
+    let p99 = grab("99%").map(|v| to_ms(&v)).unwrap_or(f64::NAN);
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let non2xx = grab("Non-2xx or 3xx responses:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Run {
+        rps,
+        p50_ms: p50,
+        p99_ms: p99,
+        requests,
+        non2xx,
+        proxy_us_per_req: 0.0,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn ensure_tools() -> Result<()> {
+    let missing: Vec<&str> = [
+        ("nginx", "nginx-light"),
+        ("haproxy", "haproxy"),
+        ("wrk", "wrk"),
+        ("openssl", "openssl"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    })
+    .map(|(_, pkg)| pkg)
+    .collect();
+    if !missing.is_empty() {
+        eprintln!("==> apt-get install {}", missing.join(" "));
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+        if !ok {
+            bail!(
+                "could not install {} (run as root, or install them by hand)",
+                missing.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_configs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::create_dir_all(dir.join("www"))?;
+    // A 10 KiB JSON document, as the baseline's data.json.
+    let mut json = String::from("{\"endpoints\":[");
+    let mut i = 0;
+    while json.len() < 10_180 {
+        if i > 0 {
+            json.push(',');
+        }
+        let _ = write!(
+            json,
+            "{{\"ip\":\"10.69.{}.{}\",\"port\":8080,\"ready\":true,\"node\":\"node-{}\"}}",
+            i / 250,
+            i % 250,
+            i % 3
+        );
+        i += 1;
+    }
+    json.push_str("]}");
+    while json.len() < 10_240 {
+        json.insert(json.len() - 2, ' ');
+    }
+    std::fs::write(dir.join("www/data.json"), &json)?;
+    let d = dir.display();
+    let temp = |tag: &str| {
+        format!(
+            "client_body_temp_path {d}/tmp/cb{tag}; proxy_temp_path {d}/tmp/pt{tag}; fastcgi_temp_path {d}/tmp/ft{tag}; uwsgi_temp_path {d}/tmp/ut{tag}; scgi_temp_path {d}/tmp/st{tag};"
+        )
+    };
+    std::fs::write(
+        dir.join("backend.conf"),
+        format!(
+            "daemon off; master_process on; worker_processes 1; pid {d}/tmp/backend.pid; error_log {d}/backend_error.log warn;\n\
+             events {{ worker_connections 4096; multi_accept on; }}\n\
+             http {{ access_log off; default_type text/plain; types {{ application/json json; }} sendfile on; tcp_nopush on; tcp_nodelay on;\n\
+             keepalive_timeout 300s; keepalive_requests 10000000; open_file_cache max=100 inactive=60s; open_file_cache_valid 60s; {}\n\
+             server {{ listen 127.0.0.1:{BACKEND_PORT} backlog=4096; root {d}/www;\n\
+             location = /small {{ return 200 \"{}\\n\"; }} location = /data.json {{ }} }} }}\n",
+            temp("b"),
+            "x".repeat(99)
+        ),
+    )?;
+    std::fs::write(
+        dir.join("nginx_proxy.conf"),
+        format!(
+            "daemon off; master_process on; worker_processes 1; pid {d}/tmp/proxy.pid; error_log {d}/proxy_error.log warn;\n\
+             events {{ worker_connections 4096; multi_accept on; }}\n\
+             http {{ access_log off; default_type text/plain; tcp_nodelay on; keepalive_timeout 300s; keepalive_requests 10000000; {}\n\
+             upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; keepalive_requests 10000000; keepalive_timeout 300s; }}\n\
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on;\n\
+             server {{ listen 127.0.0.1:{NGINX_PORT} backlog=4096; location / {{ proxy_pass http://be; }} }}\n\
+             server {{ listen 127.0.0.1:{NGINX_TLS_PORT} ssl http2 backlog=4096; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
+             ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; location / {{ proxy_pass http://be; }} }} }}\n",
+            temp("p")
+        ),
+    )?;
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        format!(
+            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
+             frontend f\n  bind 127.0.0.1:{HAPROXY_PORT}\n  default_backend b\nbackend b\n  server s1 127.0.0.1:{BACKEND_PORT}\n"
+        ),
+    )?;
+    if !dir.join("cert.pem").exists() {
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=bench.example",
+                "-addext",
+                "subjectAltName=DNS:bench.example,IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("openssl could not make the benchmark certificate");
+        }
+    }
+    let indent = |p: &str| -> Result<String> {
+        Ok(std::fs::read_to_string(dir.join(p))?
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect())
+    };
+    let gw = dir.join("manifests");
+    std::fs::create_dir_all(&gw)?;
+    std::fs::write(
+        gw.join("bench.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {{name: bench-tls, namespace: bench}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: bench}}\nspec:\n  gatewayClassName: trellis\n  listeners:\n\
+             \x20   - {{name: http, protocol: HTTP, port: 80}}\n    - {{name: https, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: bench-tls}}]}}}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: be, namespace: bench}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: be, namespace: bench, labels: {{kubernetes.io/service-name: be}}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: all, namespace: bench}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules: [{{backendRefs: [{{name: be, port: 80}}]}}]\n",
+            indent("cert.pem")?,
+            indent("key.pem")?
+        ),
+    )?;
+    Ok(())
+}
+
+pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
+    ensure_tools()?;
+    crate::run("cargo", &["build", "--release", "--package", "trellis"])?;
+    let dir: PathBuf = root.join("target/bench/gateway");
+    write_configs(&dir)?;
+    let d = dir.display().to_string();
+    let trellis = root.join("target/release/trellis").display().to_string();
+    let backend = start(
+        "backend",
+        &dir,
+        &["nginx", "-p", &d, "-c", &format!("{d}/backend.conf")],
+    )?;
+    let nginx = start(
+        "nginx",
+        &dir,
+        &["nginx", "-p", &d, "-c", &format!("{d}/nginx_proxy.conf")],
+    )?;
+    let haproxy = start(
+        "haproxy",
+        &dir,
+        &["haproxy", "-db", "-f", &format!("{d}/haproxy.cfg")],
+    )?;
+    let gw = start(
+        "trellis",
+        &dir,
+        &[
+            &trellis,
+            "gateway",
+            "-f",
+            &format!("{d}/manifests"),
+            "--gateway",
+            "bench/edge",
+            "--bind",
+            "127.0.0.1",
+            "--port-map",
+            &format!("80={TRELLIS_PORT},443={TRELLIS_TLS_PORT}"),
+        ],
+    )?;
+    for p in [
+        BACKEND_PORT,
+        NGINX_PORT,
+        NGINX_TLS_PORT,
+        HAPROXY_PORT,
+        TRELLIS_PORT,
+        TRELLIS_TLS_PORT,
+    ] {
+        wait_port(p)?;
+    }
+    let pid = |s: &Server| s.child.id();
+    let scenarios: Vec<(&str, String, &Server)> = vec![
+        (
+            "nginx-small",
+            format!("http://127.0.0.1:{NGINX_PORT}/small"),
+            &nginx,
+        ),
+        (
+            "haproxy-small",
+            format!("http://127.0.0.1:{HAPROXY_PORT}/small"),
+            &haproxy,
+        ),
+        (
+            "trellis-small",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
+            &gw,
+        ),
+        (
+            "nginx-json10k",
+            format!("http://127.0.0.1:{NGINX_PORT}/data.json"),
+            &nginx,
+        ),
+        (
+            "haproxy-json10k",
+            format!("http://127.0.0.1:{HAPROXY_PORT}/data.json"),
+            &haproxy,
+        ),
+        (
+            "trellis-json10k",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/data.json"),
+            &gw,
+        ),
+        (
+            "nginx-tls-small",
+            format!("https://127.0.0.1:{NGINX_TLS_PORT}/small"),
+            &nginx,
+        ),
+        (
+            "trellis-tls-small",
+            format!("https://127.0.0.1:{TRELLIS_TLS_PORT}/small"),
+            &gw,
+        ),
+    ];
+    // Every proxy must answer 200 before anything is measured.
+    for (name, url, _) in &scenarios {
+        let w = wrk(url, &[], 1)?;
+        if w.non2xx > 0 || w.requests == 0.0 {
+            bail!(
+                "{name}: {url} does not answer 200 (non-2xx {}, requests {})",
+                w.non2xx,
+                w.requests
+            );
+        }
+    }
+    let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (name, url, server) in &scenarios {
+            let c0 = cpu_secs(pid(server));
+            let mut r = wrk(url, &[], secs)?;
+            let c1 = cpu_secs(pid(server));
+            r.proxy_us_per_req = if r.requests > 0.0 {
+                (c1 - c0) / r.requests * 1e6
+            } else {
+                f64::NAN
+            };
+            eprintln!(
+                "round {round} {name:<18} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  proxy {:.1} µs/req  non-2xx {}",
+                r.rps, r.p50_ms, r.p99_ms, r.proxy_us_per_req, r.non2xx
+            );
+            results.entry(name).or_default().push(r);
+        }
+    }
+    let med = |name: &str, f: fn(&Run) -> f64| {
+        median(
+            results
+                .get(name)
+                .map(|v| v.iter().map(f).collect())
+                .unwrap_or_default(),
+        )
+    };
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "| scenario | req/s (median) | p50 ms | p99 ms | proxy CPU µs/req |\n|---|---:|---:|---:|---:|"
+    );
+    for (name, _, _) in &scenarios {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            med(name, |r| r.rps),
+            med(name, |r| r.p50_ms),
+            med(name, |r| r.p99_ms),
+            med(name, |r| r.proxy_us_per_req)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| comparison | trellis / peer (req/s) | trellis / peer (CPU µs/req, lower is better) |\n|---|---:|---:|"
+    );
+    for (t, p) in [
+        ("trellis-small", "nginx-small"),
+        ("trellis-small", "haproxy-small"),
+        ("trellis-json10k", "nginx-json10k"),
+        ("trellis-json10k", "haproxy-json10k"),
+        ("trellis-tls-small", "nginx-tls-small"),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {t} vs {p} | {:.2} | {:.2} |",
+            med(t, |r| r.rps) / med(p, |r| r.rps),
+            med(t, |r| r.proxy_us_per_req) / med(p, |r| r.proxy_us_per_req)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n{rounds} interleaved rounds of `taskset -c 1 wrk -t1 -c64 -d{secs}s --latency URL`; proxies and the backend nginx on CPU 0."
+    );
+    std::fs::write(dir.join("gateway.md"), &md)?;
+    println!("\n{md}");
+    println!("(written to {})", dir.join("gateway.md").display());
+    drop((gw, haproxy, nginx, backend));
+    Ok(())
+}
