@@ -11,6 +11,7 @@
 //! unserved listeners by the plan rather than silently ignored.
 
 pub mod admin;
+pub mod compress;
 pub mod echo;
 pub mod metrics;
 pub mod plan;

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub mirror_failures: Counter,
     pub tls_handshake_errors: Counter,
     pub retries: Counter,
+    pub compressed: Counter,
 }
 
 impl Default for Metrics {
@@ -45,6 +46,7 @@ impl Default for Metrics {
             mirror_failures: Counter::default(),
             tls_handshake_errors: Counter::default(),
             retries: Counter::default(),
+            compressed: Counter::default(),
         }
     }
 }

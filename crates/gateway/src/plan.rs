@@ -241,6 +241,8 @@ pub struct Action {
     pub matched_prefix: Option<String>,
     /// Retries from the BackendTrafficPolicy of the route (or of its Gateway).
     pub retry: Option<Retry>,
+    /// Response encodings offered, in the policy's order of preference.
+    pub compress: Vec<crate::compress::Encoding>,
     /// This route's request counters, fetched from the metrics on first use.
     pub counters: std::sync::OnceLock<crate::metrics::RouteCounters>,
 }
@@ -960,6 +962,11 @@ fn action(
                 .filter(|d| !d.is_zero());
         }
         a.retry = p.retry.as_ref().map(retry_policy);
+        a.compress = p
+            .compressor
+            .iter()
+            .filter_map(|c| crate::compress::Encoding::from_policy(&c.type_))
+            .collect();
     }
     a
 }

@@ -32,7 +32,13 @@ use crate::plan::{
 };
 use crate::sni;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Errors of response and upstream request bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+fn box_incoming(b: Incoming) -> Body {
+    b.map_err(|e| Box::new(e) as BoxError).boxed()
+}
 
 /// How long an endpoint that refused a connection is skipped.
 pub const EJECT_MS: u64 = 5_000;
@@ -634,7 +640,9 @@ async fn respond(
     }
 
     let replayable = hyper::body::Body::is_end_stream(&body);
-    let body: Body = body.boxed();
+    let body: Body = box_incoming(body);
+    let encoding = crate::compress::negotiate(&parts.headers, &action.compress);
+    let method = parts.method.clone();
     let attempt = forward(
         state,
         backend,
@@ -655,7 +663,13 @@ async fn respond(
     match result {
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
-            resp.map(BodyExt::boxed)
+            match encoding {
+                Some(e) if crate::compress::compressible(&method, &resp) => {
+                    state.metrics.compressed.inc();
+                    crate::compress::compress(e, resp)
+                }
+                _ => resp.map(box_incoming),
+            }
         }
         Err(e) => e,
     }

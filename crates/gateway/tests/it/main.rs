@@ -1,6 +1,7 @@
 //! Integration tests of the gateway: Gateway API conformance cases as data files
 //! (`tests/conformance/*.yaml`), served by the real proxy to real echo backends over TCP.
 
+mod compression;
 mod conformance;
 mod harness;
 mod policies;

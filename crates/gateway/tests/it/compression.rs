@@ -1,0 +1,104 @@
+//! BackendTrafficPolicy compression against curl, which decodes zstd, brotli and gzip.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::harness;
+
+/// `curl -sS -D- URL` with extra arguments; returns (headers, body).
+fn curl(args: &[&str]) -> (String, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "/dev/stderr"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stderr).to_ascii_lowercase(),
+        out.stdout,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressor_policy_with_curl() {
+    let backends = harness::start_backends().await;
+    let manifests = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: gateway-conformance-infra}\n\
+         spec:\n  parentRefs: [{name: same-namespace}]\n  rules:\n    - backendRefs: [{name: infra-backend-v1, port: 8080}]\n---\n\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: p, namespace: gateway-conformance-infra}\n\
+         spec:\n  targetSelectors: [{group: gateway.networking.k8s.io, kind: Gateway}]\n  compressor: [{type: Zstd, zstd: {}}, {type: Brotli, brotli: {}}, {type: Gzip, gzip: {}}]\n";
+    let dir = tempfile::tempdir().expect("tmp");
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", manifests),
+        ],
+    );
+    let plan = gateway::compile(
+        &load.snapshot,
+        "gateway-conformance-infra",
+        "same-namespace",
+    )
+    .expect("compiles");
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: [(80, 0)].into(),
+    };
+    let running = gateway::start(&plan, &bind, Arc::default())
+        .await
+        .expect("starts");
+    let url = format!("http://{}/data?size=20000", running.bound[&80]);
+    tokio::task::spawn_blocking(move || {
+        for (accept, want) in [
+            ("zstd", "zstd"),
+            ("br", "br"),
+            ("gzip", "gzip"),
+            ("gzip;q=0.5, br;q=0.9", "br"),
+            ("gzip, deflate, br, zstd", "zstd"),
+        ] {
+            let (headers, body) = curl(&[
+                "--compressed",
+                "-H",
+                &format!("Accept-Encoding: {accept}"),
+                &url,
+            ]);
+            assert!(
+                headers.contains(&format!("content-encoding: {want}\r\n")),
+                "{accept}: {headers}"
+            );
+            assert!(headers.contains("vary: accept-encoding"), "{headers}");
+            assert!(!headers.contains("content-length"), "{headers}");
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).expect("decoded body is the JSON");
+            assert_eq!(v["backend"], "infra-backend-v1");
+            // What crossed the wire is much smaller than the 20 KB body.
+            let (_, raw) = curl(&["-H", &format!("Accept-Encoding: {want}"), &url]);
+            assert!(
+                raw.len() < body.len() / 4,
+                "{want}: {} of {} bytes",
+                raw.len(),
+                body.len()
+            );
+        }
+        // Refused or absent encodings, and bodiless answers, stay as they are.
+        for args in [
+            vec!["-H", "Accept-Encoding: gzip;q=0"],
+            vec!["-H", "Accept-Encoding: identity"],
+            vec![],
+        ] {
+            let mut a = args.clone();
+            a.push(&url);
+            let (headers, _) = curl(&a);
+            assert!(!headers.contains("content-encoding"), "{headers}");
+        }
+        let (headers, _) = curl(&["-I", "-H", "Accept-Encoding: gzip", &url]);
+        assert!(!headers.contains("content-encoding"), "HEAD: {headers}");
+    })
+    .await
+    .expect("checks pass");
+    running.stop().await;
+}
