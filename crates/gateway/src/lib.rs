@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod compress;
 pub mod echo;
+pub mod lua;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;

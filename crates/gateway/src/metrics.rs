@@ -33,6 +33,7 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     pub retries: Counter,
     pub compressed: Counter,
+    pub lua_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Default for Metrics {
             tls_handshake_errors: Counter::default(),
             retries: Counter::default(),
             compressed: Counter::default(),
+            lua_errors: Counter::default(),
         }
     }
 }

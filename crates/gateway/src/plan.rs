@@ -32,6 +32,8 @@ use model::{ObjectKey, Status};
 use crate::tls::{self, Cert, CertStore, ClientTls, ListenerCerts};
 use model::kinds::envoy::BackendTrafficPolicySpec;
 
+use crate::lua::LuaFilter;
+
 /// Everything one Gateway serves.
 #[derive(Debug)]
 pub struct Plan {
@@ -42,6 +44,8 @@ pub struct Plan {
     pub ports: BTreeMap<u16, Listen>,
     /// Listeners trellis does not serve yet (HTTPS, TLS, TCP, UDP), with the reason.
     pub unserved: Vec<(String, u16, String)>,
+    /// Policies that could not be compiled (a Lua script that does not load), with why.
+    pub problems: Vec<(ObjectKey, String)>,
     /// How long a drain may take: the EnvoyProxy's `shutdown.drainTimeout` (from the Gateway's
     /// infrastructure parametersRef, else its GatewayClass's), else [`DRAIN_TIMEOUT_DEFAULT`].
     pub drain_timeout: Duration,
@@ -241,6 +245,8 @@ pub struct Action {
     pub matched_prefix: Option<String>,
     /// Retries from the BackendTrafficPolicy of the route (or of its Gateway).
     pub retry: Option<Retry>,
+    /// Lua filters (EnvoyExtensionPolicy of the route, else of its Gateway), in order.
+    pub lua: Vec<Arc<LuaFilter>>,
     /// Response encodings offered, in the policy's order of preference.
     pub compress: Vec<crate::compress::Encoding>,
     /// This route's request counters, fetched from the metrics on first use.
@@ -395,6 +401,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         address,
         ports: BTreeMap::new(),
         unserved: Vec::new(),
+        problems: Vec::new(),
         drain_timeout: drain_timeout(s, gw),
     };
 
@@ -472,6 +479,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         }
     }
 
+    let lua = lua_filters(s, &mut plan.problems);
     let mut order = 0usize;
     for route in s.http_routes.values() {
         order += 1;
@@ -487,14 +495,15 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 l.hostname.as_deref(),
             );
             let rkey = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", route.namespace(), route.name());
-            add_route(
-                s,
-                router,
-                route,
-                &hosts,
-                order,
-                backend_policy(s, &rkey, &key),
-            );
+            let policies = Policies {
+                backend: backend_policy(s, &rkey, &key),
+                lua: lua
+                    .get(&rkey)
+                    .or_else(|| lua.get(&key))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            add_route(s, router, route, &hosts, order, &policies);
         }
     }
     for route in s.tls_routes.values() {
@@ -755,7 +764,7 @@ fn add_route(
     route: &Object<gateway_api::httproutes::HttpRouteSpec>,
     hosts: &[Option<String>],
     order: usize,
-    policy: Option<&BackendTrafficPolicySpec>,
+    policies: &Policies<'_>,
 ) {
     let route_name = format!("{}/{}", route.namespace(), route.name());
     let default_rule = [HttpRouteRules::default()];
@@ -782,7 +791,7 @@ fn add_route(
                 rule,
                 matched_prefix,
                 &route_name,
-                policy,
+                policies,
             ));
             let headers: Vec<(http::HeaderName, ValueMatch)> = m
                 .headers
@@ -912,7 +921,7 @@ fn action(
     rule: &HttpRouteRules,
     matched_prefix: Option<String>,
     route_name: &str,
-    policy: Option<&BackendTrafficPolicySpec>,
+    policies: &Policies<'_>,
 ) -> Action {
     let mut a = Action {
         route: route_name.to_string(),
@@ -951,7 +960,8 @@ fn action(
             .and_then(|v| parse_duration(v).ok())
             .filter(|d| !d.is_zero());
     }
-    if let Some(p) = policy {
+    a.lua = policies.lua.clone();
+    if let Some(p) = policies.backend {
         if a.timeout_request.is_none() {
             a.timeout_request = p
                 .timeout
@@ -1019,6 +1029,51 @@ fn retry_policy(r: &model::kinds::envoy::Retry) -> Retry {
             .and_then(|p| p.timeout.as_deref())
             .and_then(|v| parse_duration(v).ok()),
     }
+}
+
+/// The policies that shape one route's actions.
+struct Policies<'a> {
+    backend: Option<&'a BackendTrafficPolicySpec>,
+    lua: Vec<Arc<LuaFilter>>,
+}
+
+/// Loads the Lua scripts of every EnvoyExtensionPolicy, by the objects they target. A script
+/// that does not load is a problem of its policy and is left out.
+fn lua_filters(
+    s: &Snapshot,
+    problems: &mut Vec<(ObjectKey, String)>,
+) -> BTreeMap<ObjectKey, Vec<Arc<LuaFilter>>> {
+    let mut out: BTreeMap<ObjectKey, Vec<Arc<LuaFilter>>> = BTreeMap::new();
+    for p in s.envoy_extension_policies.values() {
+        let pkey = ObjectKey::new(
+            model::validate::ENVOY_GROUP,
+            "EnvoyExtensionPolicy",
+            p.namespace(),
+            p.name(),
+        );
+        let mut filters = Vec::new();
+        for (i, l) in p.spec.lua.iter().enumerate() {
+            let source = match (&l.inline, &l.value_ref) {
+                (Some(src), _) if l.type_ == "Inline" => Ok(src.clone()),
+                (_, Some(r)) => model::validate::lua_source(s, p.namespace(), r),
+                _ => Err(format!("spec.lua[{i}] has no script")),
+            };
+            let loaded = source.and_then(|src| {
+                LuaFilter::load(&format!("{}/{}[{i}]", p.namespace(), p.name()), &src)
+            });
+            match loaded {
+                Ok(f) => filters.push(Arc::new(f)),
+                Err(e) => problems.push((
+                    pkey.clone(),
+                    format!("spec.lua[{i}]: the script does not load: {e}"),
+                )),
+            }
+        }
+        for t in model::validate::policy_targets(s, p.namespace(), &p.spec) {
+            out.entry(t).or_insert_with(|| filters.clone());
+        }
+    }
+    out
 }
 
 /// The BackendTrafficPolicy that applies to a route: its own, else its Gateway's.

@@ -518,6 +518,22 @@ async fn handle(
         return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
     };
     let action = entry.action.clone();
+    let counters = action
+        .counters
+        .get_or_init(|| state.metrics.route_counters(&action.route));
+    let (req, path, query) = if action.lua.iter().any(|f| f.has_request()) {
+        match lua_request(state, &action, req, &path, query.as_deref(), scheme, peer) {
+            Ok(x) => x,
+            Err(reply) => {
+                state
+                    .metrics
+                    .observe(counters, reply.status().as_u16(), started.elapsed());
+                return reply;
+            }
+        }
+    } else {
+        (req, path, query)
+    };
     let mut resp = respond(
         state,
         &action,
@@ -530,14 +546,136 @@ async fn handle(
         query.as_deref(),
     )
     .await;
+    if action.lua.iter().any(|f| f.has_response()) {
+        lua_response(state, &action, &mut resp, peer);
+    }
     edit_headers(resp.headers_mut(), &action.response_headers, peer);
-    let counters = action
-        .counters
-        .get_or_init(|| state.metrics.route_counters(&action.route));
     state
         .metrics
         .observe(counters, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+type Split = (Request<Incoming>, String, Option<String>);
+
+/// Runs the route's Lua `envoy_on_request` functions. Returns the request to go on with
+/// (headers, path and authority as the scripts left them), or the reply to send instead: the
+/// script's `respond`, or a 500 when a script fails (as Envoy does).
+#[allow(clippy::result_large_err)]
+fn lua_request(
+    state: &State,
+    action: &Action,
+    req: Request<Incoming>,
+    path: &str,
+    query: Option<&str>,
+    scheme: &str,
+    peer: SocketAddr,
+) -> Result<Split, Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    let path_and_query = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut msg = crate::lua::Message {
+        headers: std::mem::take(&mut parts.headers),
+        pseudo: vec![
+            (":method", parts.method.to_string()),
+            (":path", path_and_query.clone()),
+            (":authority", authority.clone()),
+            (":scheme", scheme.to_string()),
+        ],
+        protocol: format!("{:?}", parts.version),
+        sni: None,
+        remote: peer.to_string(),
+    };
+    for f in action.lua.iter().filter(|f| f.has_request()) {
+        match f.run(false, &mut msg) {
+            Ok(out) => {
+                if let Some(r) = out.respond {
+                    let mut resp = Response::new(full(r.body));
+                    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::OK);
+                    for (k, v) in r.headers {
+                        if let (Ok(k), Ok(v)) = (
+                            HeaderName::from_bytes(k.as_bytes()),
+                            HeaderValue::from_str(&v),
+                        ) {
+                            resp.headers_mut().append(k, v);
+                        }
+                    }
+                    return Err(resp);
+                }
+            }
+            Err(e) => {
+                state.metrics.lua_errors.inc();
+                tracing::warn!(script = %f.name, error = %e, "lua script failed");
+                return Err(local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "lua script failed",
+                ));
+            }
+        }
+    }
+    parts.headers = msg.headers;
+    let get = |n: &str| {
+        msg.pseudo
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let new_pq = get(":path");
+    let new_authority = get(":authority");
+    if new_authority != authority {
+        if let Ok(v) = HeaderValue::from_str(&new_authority) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    if let Ok(m) = http::Method::from_bytes(get(":method").as_bytes()) {
+        parts.method = m;
+    }
+    let (p, q) = match new_pq.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (new_pq, None),
+    };
+    Ok((Request::from_parts(parts, body), p, q))
+}
+
+/// Runs the route's Lua `envoy_on_response` functions on the response headers.
+fn lua_response(state: &State, action: &Action, resp: &mut Response<Body>, peer: SocketAddr) {
+    let mut msg = crate::lua::Message {
+        headers: std::mem::take(resp.headers_mut()),
+        pseudo: vec![(":status", resp.status().as_u16().to_string())],
+        protocol: String::new(),
+        sni: None,
+        remote: peer.to_string(),
+    };
+    for f in action.lua.iter().filter(|f| f.has_response()) {
+        if let Err(e) = f.run(true, &mut msg) {
+            state.metrics.lua_errors.inc();
+            tracing::warn!(script = %f.name, error = %e, "lua script failed on the response");
+        }
+    }
+    if let Some(code) = msg
+        .pseudo
+        .first()
+        .and_then(|(_, v)| v.parse::<u16>().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+    {
+        *resp.status_mut() = code;
+    }
+    *resp.headers_mut() = msg.headers;
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -4,6 +4,7 @@
 mod compression;
 mod conformance;
 mod harness;
+mod lua;
 mod policies;
 mod reload;
 mod tls;

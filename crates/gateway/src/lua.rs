@@ -1,0 +1,298 @@
+//! Lua filters (EnvoyExtensionPolicy `lua`) with the part of Envoy's stream API that real
+//! scripts use: `envoy_on_request(handle)` / `envoy_on_response(handle)`,
+//! `handle:headers()` with `get`, `add`, `replace`, `remove` (pseudo-headers `:path`,
+//! `:authority`, `:method`, `:scheme`, `:status`), `handle:respond(headers, body)`,
+//! `handle:logTrace/logDebug/logInfo/logWarn/logErr/logCritical`, and
+//! `handle:streamInfo()` with `protocol()`, `requestedServerName()` and
+//! `downstreamRemoteAddress()`.
+//!
+//! Sandbox: the `string`, `table`, `math` and `utf8` libraries only (no io, os, require,
+//! load, dofile); memory bounded by [`MEMORY_BYTES_MAX`] and each call by
+//! [`INSTRUCTIONS_MAX`]. This is Lua 5.4, not LuaJIT as in Envoy: scripts written for both
+//! (as the corpus's is) behave the same; LuaJIT's `bit`/`ffi` modules are not there, and
+//! the sandbox bounds can only be enforced on the reference interpreter.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use mlua::{
+    Function, HookTriggers, Lua, LuaOptions, StdLib, Table, UserData, UserDataMethods, VmState,
+};
+
+/// Memory one script's interpreter may use.
+pub const MEMORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Instructions one call may run (a runaway loop is stopped and the request gets a 500).
+pub const INSTRUCTIONS_MAX: u64 = 10_000_000;
+const HOOK_EVERY: u32 = 10_000;
+
+/// A loaded script.
+#[derive(Debug)]
+pub struct LuaFilter {
+    /// `namespace/name` of the policy, for logs.
+    pub name: String,
+    lua: Mutex<Lua>,
+    has_request: bool,
+    has_response: bool,
+    budget: std::sync::Arc<AtomicU64>,
+}
+
+/// What the script did to a request.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// `handle:respond(...)` was called: answer with this instead of forwarding.
+    pub respond: Option<LocalReply>,
+}
+
+#[derive(Debug)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// The request or response a script sees: headers plus pseudo-headers.
+#[derive(Debug, Default)]
+pub struct Message {
+    pub headers: HeaderMap,
+    /// `:method`, `:path`, `:authority`, `:scheme` on requests; `:status` on responses.
+    pub pseudo: Vec<(&'static str, String)>,
+    pub protocol: String,
+    pub sni: Option<String>,
+    pub remote: String,
+}
+
+impl Message {
+    fn get(&self, name: &str) -> Option<String> {
+        if name.starts_with(':') {
+            return self
+                .pseudo
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone());
+        }
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+
+    fn set_pseudo(&mut self, name: &str, value: String) -> bool {
+        match self.pseudo.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => {
+                slot.1 = value;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+struct Handle<'a> {
+    msg: &'a mut Message,
+    reply: &'a Mutex<Option<LocalReply>>,
+    script: &'a str,
+}
+
+impl UserData for Handle<'_> {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        // `handle:headers()` returns the handle itself: the header methods are on it, so the
+        // usual `handle:headers():get(...)` works without a second borrow of the message.
+        methods.add_function("headers", |_, ud: mlua::AnyUserData| Ok(ud));
+        methods.add_method_mut(
+            "respond",
+            |_, this, (headers, body): (Table, Option<String>)| {
+                let mut status = 200;
+                let mut out = Vec::new();
+                for pair in headers.pairs::<String, String>() {
+                    let (k, v) = pair?;
+                    if k == ":status" {
+                        status = v.parse().unwrap_or(200);
+                    } else {
+                        out.push((k, v));
+                    }
+                }
+                if let Ok(mut r) = this.reply.lock() {
+                    *r = Some(LocalReply {
+                        status,
+                        headers: out,
+                        body: body.unwrap_or_default(),
+                    });
+                }
+                Ok(())
+            },
+        );
+        for (name, level) in [
+            ("logTrace", 0),
+            ("logDebug", 1),
+            ("logInfo", 2),
+            ("logWarn", 3),
+            ("logErr", 4),
+            ("logCritical", 4),
+        ] {
+            methods.add_method(name, move |_, this, msg: String| {
+                match level {
+                    0 | 1 => tracing::debug!(script = this.script, "{msg}"),
+                    2 => tracing::info!(script = this.script, "{msg}"),
+                    3 => tracing::warn!(script = this.script, "{msg}"),
+                    _ => tracing::error!(script = this.script, "{msg}"),
+                }
+                Ok(())
+            });
+        }
+        methods.add_method("streamInfo", |lua, this, ()| {
+            let t = lua.create_table()?;
+            t.set("protocol_", this.msg.protocol.clone())?;
+            t.set("sni_", this.msg.sni.clone())?;
+            t.set("remote_", this.msg.remote.clone())?;
+            let proto = lua.create_function(|_, t: Table| t.get::<Option<String>>("protocol_"))?;
+            let sni = lua.create_function(|_, t: Table| t.get::<Option<String>>("sni_"))?;
+            let remote = lua.create_function(|_, t: Table| t.get::<Option<String>>("remote_"))?;
+            t.set("protocol", proto)?;
+            t.set("requestedServerName", sni)?;
+            t.set("downstreamRemoteAddress", remote)?;
+            Ok(t)
+        });
+        methods.add_method_mut("get", |_, this, name: String| {
+            Ok(this.msg.get(&name.to_ascii_lowercase()))
+        });
+        methods.add_method_mut("add", |_, this, (name, value): (String, String)| {
+            edit(this.msg, &name, Some(&value), true);
+            Ok(())
+        });
+        methods.add_method_mut("replace", |_, this, (name, value): (String, String)| {
+            edit(this.msg, &name, Some(&value), false);
+            Ok(())
+        });
+        methods.add_method_mut("remove", |_, this, name: String| {
+            edit(this.msg, &name, None, false);
+            Ok(())
+        });
+    }
+}
+
+fn edit(msg: &mut Message, name: &str, value: Option<&str>, append: bool) {
+    let name = name.to_ascii_lowercase();
+    if name.starts_with(':') {
+        if let Some(v) = value {
+            msg.set_pseudo(&name, v.to_string());
+        }
+        return;
+    }
+    let Ok(n) = HeaderName::from_bytes(name.as_bytes()) else {
+        return;
+    };
+    match value {
+        None => {
+            msg.headers.remove(&n);
+        }
+        Some(v) => {
+            let Ok(v) = HeaderValue::from_str(v) else {
+                return;
+            };
+            if append {
+                msg.headers.append(n, v);
+            } else {
+                msg.headers.insert(n, v);
+            }
+        }
+    }
+}
+
+impl LuaFilter {
+    /// Loads a script into a fresh sandbox. Errors say what is wrong, with the line.
+    pub fn load(name: &str, source: &str) -> Result<LuaFilter, String> {
+        let lua = Lua::new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8,
+            LuaOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        lua.set_memory_limit(MEMORY_BYTES_MAX)
+            .map_err(|e| e.to_string())?;
+        let budget = std::sync::Arc::new(AtomicU64::new(INSTRUCTIONS_MAX));
+        let b = budget.clone();
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| {
+                let left = b.fetch_sub(u64::from(HOOK_EVERY), Ordering::Relaxed);
+                if left <= u64::from(HOOK_EVERY) {
+                    return Err(mlua::Error::RuntimeError(format!(
+                        "script ran more than {INSTRUCTIONS_MAX} instructions"
+                    )));
+                }
+                Ok(VmState::Continue)
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        lua.load(source)
+            .set_name(name)
+            .exec()
+            .map_err(|e| first_line(&e.to_string()))?;
+        let g = lua.globals();
+        let has_request = g
+            .get::<Option<Function>>("envoy_on_request")
+            .map_err(|e| e.to_string())?
+            .is_some();
+        let has_response = g
+            .get::<Option<Function>>("envoy_on_response")
+            .map_err(|e| e.to_string())?
+            .is_some();
+        if !has_request && !has_response {
+            return Err("the script defines neither envoy_on_request nor envoy_on_response".into());
+        }
+        Ok(LuaFilter {
+            name: name.to_string(),
+            lua: Mutex::new(lua),
+            has_request,
+            has_response,
+            budget,
+        })
+    }
+
+    pub fn has_request(&self) -> bool {
+        self.has_request
+    }
+
+    pub fn has_response(&self) -> bool {
+        self.has_response
+    }
+
+    /// Runs `envoy_on_request` or `envoy_on_response` on a message.
+    pub fn run(&self, response: bool, msg: &mut Message) -> Result<Outcome, String> {
+        let func_name = if response {
+            "envoy_on_response"
+        } else {
+            "envoy_on_request"
+        };
+        let lua = self
+            .lua
+            .lock()
+            .map_err(|_| "script state poisoned by an earlier panic".to_string())?;
+        let f: Function = match lua
+            .globals()
+            .get::<Option<Function>>(func_name)
+            .map_err(|e| e.to_string())?
+        {
+            Some(f) => f,
+            None => return Ok(Outcome::default()),
+        };
+        self.budget.store(INSTRUCTIONS_MAX, Ordering::Relaxed);
+        let reply = Mutex::new(None);
+        let result = lua.scope(|scope| {
+            let handle = scope.create_userdata(Handle {
+                msg: &mut *msg,
+                reply: &reply,
+                script: &self.name,
+            })?;
+            f.call::<()>(&handle)
+        });
+        result.map_err(|e| first_line(&e.to_string()))?;
+        Ok(Outcome {
+            respond: reply.into_inner().unwrap_or(None),
+        })
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or(s).to_string()
+}
