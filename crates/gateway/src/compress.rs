@@ -194,10 +194,9 @@ pub fn compress(e: Encoding, resp: Response<hyper::body::Incoming>) -> Response<
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.starts_with("W/"))
         .map(str::to_string)
+        && let Ok(v) = HeaderValue::from_str(&format!("W/{etag}"))
     {
-        if let Ok(v) = HeaderValue::from_str(&format!("W/{etag}")) {
-            h.insert(header::ETAG, v);
-        }
+        h.insert(header::ETAG, v);
     }
     Response::from_parts(parts, stream)
 }

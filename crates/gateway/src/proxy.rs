@@ -637,10 +637,10 @@ fn lua_request(
     };
     let new_pq = get(":path");
     let new_authority = get(":authority");
-    if new_authority != authority {
-        if let Ok(v) = HeaderValue::from_str(&new_authority) {
-            parts.headers.insert(header::HOST, v);
-        }
+    if new_authority != authority
+        && let Ok(v) = HeaderValue::from_str(&new_authority)
+    {
+        parts.headers.insert(header::HOST, v);
     }
     if let Ok(m) = http::Method::from_bytes(get(":method").as_bytes()) {
         parts.method = m;
