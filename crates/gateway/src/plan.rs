@@ -153,6 +153,8 @@ pub struct Router {
     pub port: u16,
     /// "http" or "https": the scheme clients used.
     pub scheme: &'static str,
+    /// How to find the client's address (ClientTrafficPolicy `clientIPDetection`).
+    pub client_ip: Option<Arc<ClientIp>>,
     /// Exact hostnames.
     pub exact: BTreeMap<String, Vec<Entry>>,
     /// Wildcard suffixes (`example.com` for `*.example.com`).
@@ -537,7 +539,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     }
 
     let client_tls = client_tls(s, &key);
+    let client_ip = client_ip(s, &key).map(Arc::new);
     for (port, mut r) in routers {
+        r.client_ip = client_ip.clone();
         for list in r.exact.values_mut().chain(r.wildcard.values_mut()) {
             list.sort_by_key(|e| e.rank);
         }
@@ -691,6 +695,18 @@ fn listener_certs(
         return Err("no usable certificate".into());
     }
     Ok(out)
+}
+
+/// Client address detection from the ClientTrafficPolicy that targets this Gateway.
+fn client_ip(s: &Snapshot, gw: &ObjectKey) -> Option<ClientIp> {
+    s.client_traffic_policies
+        .values()
+        .filter(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw))
+        .find_map(|p| p.spec.client_ip_detection.as_ref()?.x_forwarded_for.as_ref())
+        .map(|x| ClientIp {
+            trusted: x.trusted_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+            num_trusted_hops: x.num_trusted_hops,
+        })
 }
 
 /// TLS settings from the ClientTrafficPolicy that targets this Gateway.
@@ -1263,7 +1279,51 @@ fn resolve(
     }
 }
 
+/// ClientTrafficPolicy `clientIPDetection.xForwardedFor`, with Envoy's semantics: when the
+/// peer is trusted, the client is the right-most X-Forwarded-For address that is not
+/// trusted (or, with `numTrustedHops`, the address that many hops from the right).
+#[derive(Debug, Default)]
+pub struct ClientIp {
+    pub trusted: Vec<ipnet::IpNet>,
+    pub num_trusted_hops: Option<u32>,
+}
+
+impl ClientIp {
+    pub fn client(&self, peer: SocketAddr, headers: &http::HeaderMap) -> SocketAddr {
+        let xff: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+            .collect();
+        if let Some(hops) = self.num_trusted_hops {
+            let hops = usize::try_from(hops).unwrap_or(usize::MAX);
+            return match xff.len().checked_sub(hops.max(1)) {
+                Some(i) => SocketAddr::new(xff[i], 0),
+                None => peer,
+            };
+        }
+        let trusted = |ip: &IpAddr| self.trusted.iter().any(|n| n.contains(ip));
+        if !trusted(&peer.ip()) {
+            return peer;
+        }
+        match xff.iter().rev().find(|ip| !trusted(ip)).or(xff.first()) {
+            Some(ip) => SocketAddr::new(*ip, 0),
+            None => peer,
+        }
+    }
+}
+
 impl Router {
+    /// The client's address for a request arriving from `peer`.
+    pub fn client_address(&self, peer: SocketAddr, headers: &http::HeaderMap) -> SocketAddr {
+        match &self.client_ip {
+            Some(c) => c.client(peer, headers),
+            None => peer,
+        }
+    }
+
     /// The entries for a request host (without port), most specific group first, no fallback.
     pub fn group(&self, host: &str) -> &[Entry] {
         if let Some(e) = self.exact.get(host) {
@@ -1389,6 +1449,20 @@ mod tests {
         assert_eq!(query_value(Some("a=1&c"), "c").as_deref(), Some(""));
         assert_eq!(query_value(Some("a=%zz"), "a").as_deref(), Some("%zz"));
         assert_eq!(query_value(None, "a"), None);
+    }
+
+    #[test]
+    fn client_address_from_trusted_forwarded_for() {
+        let c = ClientIp { trusted: vec!["10.69.0.0/16".parse().expect("cidr")], num_trusted_hops: None };
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.7, 10.69.1.5".parse().expect("value"));
+        let tunnel: SocketAddr = "10.69.3.3:5000".parse().expect("addr");
+        let outsider: SocketAddr = "198.51.100.1:5000".parse().expect("addr");
+        assert_eq!(c.client(tunnel, &h).ip().to_string(), "203.0.113.7");
+        // An untrusted peer cannot claim another address.
+        assert_eq!(c.client(outsider, &h), outsider);
+        let hops = ClientIp { trusted: Vec::new(), num_trusted_hops: Some(1) };
+        assert_eq!(hops.client(outsider, &h).ip().to_string(), "10.69.1.5");
     }
 
     #[test]

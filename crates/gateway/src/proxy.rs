@@ -518,11 +518,13 @@ async fn handle(
         return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
     };
     let action = entry.action.clone();
+    // The client as the ClientTrafficPolicy defines it (X-Forwarded-For from trusted peers).
+    let client = router.client_address(peer, req.headers());
     let counters = action
         .counters
         .get_or_init(|| state.metrics.route_counters(&action.route));
     let (req, path, query) = if action.lua.iter().any(|f| f.has_request()) {
-        match lua_request(state, &action, req, &path, query.as_deref(), scheme, peer) {
+        match lua_request(state, &action, req, &path, query.as_deref(), scheme, client) {
             Ok(x) => x,
             Err(reply) => {
                 state
@@ -540,6 +542,7 @@ async fn handle(
         router.port,
         scheme,
         peer,
+        client,
         req,
         &host,
         &path,
@@ -547,9 +550,9 @@ async fn handle(
     )
     .await;
     if action.lua.iter().any(|f| f.has_response()) {
-        lua_response(state, &action, &mut resp, peer);
+        lua_response(state, &action, &mut resp, client);
     }
-    edit_headers(resp.headers_mut(), &action.response_headers, peer);
+    edit_headers(resp.headers_mut(), &action.response_headers, client);
     state
         .metrics
         .observe(counters, resp.status().as_u16(), started.elapsed());
@@ -685,6 +688,7 @@ async fn respond(
     listener_port: u16,
     scheme: &'static str,
     peer: SocketAddr,
+    client: SocketAddr,
     req: Request<Incoming>,
     host: &str,
     path: &str,
@@ -765,7 +769,7 @@ async fn respond(
         parts.headers.insert(header::HOST, v);
     }
     append_forwarded(&mut parts.headers, peer, scheme);
-    edit_headers(&mut parts.headers, &action.request_headers, peer);
+    edit_headers(&mut parts.headers, &action.request_headers, client);
     let path_and_query = match query {
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,

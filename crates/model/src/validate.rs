@@ -1549,6 +1549,16 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     format!("{m:?} is not TerminateConnection or TerminateStream"),
                 );
             }
+            if spec.http3.is_some() {
+                // Parsed and kept, but there is no HTTP/3 listener yet: say so, without
+                // making the policy invalid (everything else in it applies).
+                status.set(Condition::new(
+                    "Supported",
+                    Status::False,
+                    reason::UNSUPPORTED,
+                    "spec.http3: HTTP/3 (QUIC) listeners are not served yet; the rest of the policy applies",
+                ));
+            }
             if let Some(tls) = &spec.tls {
                 for (field, v) in [
                     ("minVersion", &tls.min_version),

@@ -30,7 +30,8 @@ pub enum Output {
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let opts = args.source.options()?;
-    let load = store::load(&args.source.paths, &opts);
+    let mut load = store::load(&args.source.paths, &opts);
+    crate::gateway::add_compile_conditions(&mut load.snapshot);
     let report = Report::new(&load);
     let out = match args.output {
         Output::Table => table(&load, &report),

@@ -82,6 +82,28 @@ fn parse_port_map(items: &[String]) -> anyhow::Result<BTreeMap<u16, u16>> {
     Ok(out)
 }
 
+/// Adds what only compiling the Gateways can find (a Lua script that does not load) to the
+/// statuses of the objects at fault, so that `trellis check` reports it too.
+pub fn add_compile_conditions(s: &mut model::Snapshot) {
+    let keys: Vec<(String, String)> = s.gateways.keys().cloned().collect();
+    let mut found: Vec<(ObjectKey, String)> = Vec::new();
+    for (ns, name) in keys {
+        if let Ok(plan) = gateway::compile(s, &ns, &name) {
+            for p in plan.problems {
+                if !found.contains(&p) {
+                    found.push(p);
+                }
+            }
+        }
+    }
+    for (key, msg) in found {
+        let st = s.status.entry(key).or_default();
+        let (path, text) = msg.split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or((String::new(), msg.clone()));
+        st.problem(path, text);
+        st.set(model::Condition::new(model::object::cond::ACCEPTED, model::Status::False, model::object::cond::reason::INVALID, msg));
+    }
+}
+
 /// The Gateway's status as `trellis check -o json` shows it, plus what this process serves.
 fn status_doc(
     load: &store::Load,
