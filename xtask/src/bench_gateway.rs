@@ -271,7 +271,7 @@ fn write_configs(dir: &Path) -> Result<()> {
     std::fs::write(
         dir.join("haproxy.cfg"),
         format!(
-            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
+            "global\n  nbthread 1\n  maxconn 4000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  http-reuse always\n\
              frontend f\n  bind 127.0.0.1:{HAPROXY_PORT}\n  default_backend b\nbackend b\n  server s1 127.0.0.1:{BACKEND_PORT}\n"
         ),
     )?;

@@ -702,9 +702,19 @@ fn client_ip(s: &Snapshot, gw: &ObjectKey) -> Option<ClientIp> {
     s.client_traffic_policies
         .values()
         .filter(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw))
-        .find_map(|p| p.spec.client_ip_detection.as_ref()?.x_forwarded_for.as_ref())
+        .find_map(|p| {
+            p.spec
+                .client_ip_detection
+                .as_ref()?
+                .x_forwarded_for
+                .as_ref()
+        })
         .map(|x| ClientIp {
-            trusted: x.trusted_cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+            trusted: x
+                .trusted_cidrs
+                .iter()
+                .filter_map(|c| c.parse().ok())
+                .collect(),
             num_trusted_hops: x.num_trusted_hops,
         })
 }
@@ -1453,15 +1463,24 @@ mod tests {
 
     #[test]
     fn client_address_from_trusted_forwarded_for() {
-        let c = ClientIp { trusted: vec!["10.69.0.0/16".parse().expect("cidr")], num_trusted_hops: None };
+        let c = ClientIp {
+            trusted: vec!["10.69.0.0/16".parse().expect("cidr")],
+            num_trusted_hops: None,
+        };
         let mut h = http::HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.7, 10.69.1.5".parse().expect("value"));
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.7, 10.69.1.5".parse().expect("value"),
+        );
         let tunnel: SocketAddr = "10.69.3.3:5000".parse().expect("addr");
         let outsider: SocketAddr = "198.51.100.1:5000".parse().expect("addr");
         assert_eq!(c.client(tunnel, &h).ip().to_string(), "203.0.113.7");
         // An untrusted peer cannot claim another address.
         assert_eq!(c.client(outsider, &h), outsider);
-        let hops = ClientIp { trusted: Vec::new(), num_trusted_hops: Some(1) };
+        let hops = ClientIp {
+            trusted: Vec::new(),
+            num_trusted_hops: Some(1),
+        };
         assert_eq!(hops.client(outsider, &h).ip().to_string(), "10.69.1.5");
     }
 

@@ -98,9 +98,17 @@ pub fn add_compile_conditions(s: &mut model::Snapshot) {
     }
     for (key, msg) in found {
         let st = s.status.entry(key).or_default();
-        let (path, text) = msg.split_once(": ").map(|(a, b)| (a.to_string(), b.to_string())).unwrap_or((String::new(), msg.clone()));
+        let (path, text) = msg
+            .split_once(": ")
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .unwrap_or((String::new(), msg.clone()));
         st.problem(path, text);
-        st.set(model::Condition::new(model::object::cond::ACCEPTED, model::Status::False, model::object::cond::reason::INVALID, msg));
+        st.set(model::Condition::new(
+            model::object::cond::ACCEPTED,
+            model::Status::False,
+            model::object::cond::reason::INVALID,
+            msg,
+        ));
     }
 }
 

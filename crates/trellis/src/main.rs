@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+// The proxy allocates per request (headers, URIs, bodies); glibc's malloc showed up as about a
+// tenth of the gateway's CPU time in `perf record`, mimalloc as much less.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "trellis",
