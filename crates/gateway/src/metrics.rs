@@ -34,6 +34,8 @@ pub struct Metrics {
     pub retries: Counter,
     pub compressed: Counter,
     pub lua_errors: Counter,
+    pub ext_auth_denied: Counter,
+    pub ext_auth_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -49,6 +51,8 @@ impl Default for Metrics {
             retries: Counter::default(),
             compressed: Counter::default(),
             lua_errors: Counter::default(),
+            ext_auth_denied: Counter::default(),
+            ext_auth_errors: Counter::default(),
         }
     }
 }
@@ -122,6 +126,26 @@ impl Metrics {
             "upstream_rq_retry",
             "Requests sent upstream again",
             self.retries.clone(),
+        );
+        r.register(
+            "compressor_compressed",
+            "Responses compressed",
+            self.compressed.clone(),
+        );
+        r.register(
+            "lua_errors",
+            "Lua script failures (the request got a 500)",
+            self.lua_errors.clone(),
+        );
+        r.register(
+            "ext_authz_denied",
+            "Requests the authorization service denied",
+            self.ext_auth_denied.clone(),
+        );
+        r.register(
+            "ext_authz_error",
+            "Requests whose authorization service could not be asked",
+            self.ext_auth_errors.clone(),
         );
     }
 }

@@ -247,6 +247,8 @@ pub struct Action {
     pub matched_prefix: Option<String>,
     /// Retries from the BackendTrafficPolicy of the route (or of its Gateway).
     pub retry: Option<Retry>,
+    /// External authorization (SecurityPolicy of the route, else of its Gateway).
+    pub ext_auth: Option<Arc<ExtAuth>>,
     /// Lua filters (EnvoyExtensionPolicy of the route, else of its Gateway), in order.
     pub lua: Vec<Arc<LuaFilter>>,
     /// Response encodings offered, in the policy's order of preference.
@@ -482,6 +484,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     }
 
     let lua = lua_filters(s, &mut plan.problems);
+    let auth = ext_auths(s, &mut plan.problems);
     let mut order = 0usize;
     for route in s.http_routes.values() {
         order += 1;
@@ -504,6 +507,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                     .or_else(|| lua.get(&key))
                     .cloned()
                     .unwrap_or_default(),
+                ext_auth: auth.get(&rkey).or_else(|| auth.get(&key)).cloned(),
             };
             add_route(s, router, route, &hosts, order, &policies);
         }
@@ -987,6 +991,7 @@ fn action(
             .filter(|d| !d.is_zero());
     }
     a.lua = policies.lua.clone();
+    a.ext_auth = policies.ext_auth.clone();
     if let Some(p) = policies.backend {
         if a.timeout_request.is_none() {
             a.timeout_request = p
@@ -1061,6 +1066,78 @@ fn retry_policy(r: &model::kinds::envoy::Retry) -> Retry {
 struct Policies<'a> {
     backend: Option<&'a BackendTrafficPolicySpec>,
     lua: Vec<Arc<LuaFilter>>,
+    ext_auth: Option<Arc<ExtAuth>>,
+}
+
+/// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
+#[derive(Debug)]
+pub struct ExtAuth {
+    pub backend: Arc<Backend>,
+    /// Prefixed to the request's path for the check request.
+    pub path: String,
+    pub headers_to_auth: Vec<http::HeaderName>,
+    pub headers_to_backend: Vec<http::HeaderName>,
+    pub fail_open: bool,
+}
+
+/// External authorization of every SecurityPolicy, by the objects they target.
+fn ext_auths(
+    s: &Snapshot,
+    problems: &mut Vec<(ObjectKey, String)>,
+) -> BTreeMap<ObjectKey, Arc<ExtAuth>> {
+    let mut out = BTreeMap::new();
+    for p in s.security_policies.values() {
+        let Some(ea) = &p.spec.ext_auth else { continue };
+        let pkey = ObjectKey::new(
+            model::validate::ENVOY_GROUP,
+            "SecurityPolicy",
+            p.namespace(),
+            p.name(),
+        );
+        let Some(http) = &ea.http else {
+            problems.push((
+                pkey,
+                "spec.extAuth.grpc: gRPC external authorization is not served yet".into(),
+            ));
+            continue;
+        };
+        let Some(b) = http.backend_refs.first().or(http.backend_ref.as_ref()) else {
+            continue;
+        };
+        let backend = Arc::new(resolve(
+            s,
+            "SecurityPolicy",
+            p.namespace(),
+            b.group.as_deref(),
+            b.kind.as_deref(),
+            b.namespace.as_deref(),
+            &b.name,
+            b.port,
+        ));
+        let names = |v: &[String]| {
+            v.iter()
+                .filter_map(|h| {
+                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
+                })
+                .collect::<Vec<_>>()
+        };
+        let auth = Arc::new(ExtAuth {
+            backend,
+            path: http
+                .path
+                .clone()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string(),
+            headers_to_auth: names(&ea.headers_to_ext_auth),
+            headers_to_backend: names(&http.headers_to_backend),
+            fail_open: ea.fail_open.unwrap_or(false),
+        });
+        for t in model::validate::policy_targets(s, p.namespace(), &p.spec) {
+            out.entry(t).or_insert_with(|| auth.clone());
+        }
+    }
+    out
 }
 
 /// Loads the Lua scripts of every EnvoyExtensionPolicy, by the objects they target. A script
@@ -1226,6 +1303,12 @@ fn resolve(
     port: Option<i32>,
 ) -> Backend {
     let ns = namespace.unwrap_or(route_ns);
+    // The referring kind's group, for ReferenceGrants: routes, or Envoy Gateway's policies.
+    let from_group = if route_kind.ends_with("Route") {
+        GATEWAY_GROUP
+    } else {
+        model::validate::ENVOY_GROUP
+    };
     let group = group.unwrap_or("");
     let kind = kind.unwrap_or("Service");
     let label = format!(
@@ -1240,7 +1323,7 @@ fn resolve(
     if ns != route_ns
         && !model::validate::granted(
             s,
-            (GATEWAY_GROUP, route_kind, route_ns),
+            (from_group, route_kind, route_ns),
             (group, kind, ns, name),
         )
     {

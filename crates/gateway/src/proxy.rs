@@ -523,6 +523,21 @@ async fn handle(
     let counters = action
         .counters
         .get_or_init(|| state.metrics.route_counters(&action.route));
+    // External authorization runs first (Envoy Gateway's filter order), then Lua.
+    let req = match &action.ext_auth {
+        Some(auth) => {
+            match check_ext_auth(state, auth, req, &path, query.as_deref(), scheme, client).await {
+                Ok(r) => r,
+                Err(reply) => {
+                    state
+                        .metrics
+                        .observe(counters, reply.status().as_u16(), started.elapsed());
+                    return reply;
+                }
+            }
+        }
+        None => req,
+    };
     let (req, path, query) = if action.lua.iter().any(|f| f.has_request()) {
         match lua_request(state, &action, req, &path, query.as_deref(), scheme, client) {
             Ok(x) => x,
@@ -560,6 +575,107 @@ async fn handle(
 }
 
 type Split = (Request<Incoming>, String, Option<String>);
+
+/// How long the authorization service may take (Envoy's ext_authz default).
+pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the SecurityPolicy's authorization service about a request, as Envoy's HTTP
+/// ext_authz does: same method, the policy's path prefixed to the request's path, the
+/// request's Host and Authorization plus `headersToExtAuth`, no body. A 2xx allows the
+/// request and copies `headersToBackend` from the answer onto it; any other answer goes
+/// back to the client as it is (an Authentik login redirect, say). When the service cannot
+/// be asked: 403, or the request goes on with `failOpen`.
+#[allow(clippy::result_large_err)]
+async fn check_ext_auth(
+    state: &State,
+    auth: &crate::plan::ExtAuth,
+    mut req: Request<Incoming>,
+    path: &str,
+    query: Option<&str>,
+    scheme: &'static str,
+    client: SocketAddr,
+) -> Result<Request<Incoming>, Response<Body>> {
+    let unavailable = |why: String| {
+        state.metrics.ext_auth_errors.inc();
+        tracing::warn!(error = %why, "external authorization unavailable");
+        why
+    };
+    let ep = auth
+        .backend
+        .endpoints
+        .iter()
+        .find(|u| !u.is_ejected(crate::plan::now_ms()))
+        .or(auth.backend.endpoints.first());
+    let outcome: Result<Response<Incoming>, String> = match (&auth.backend.invalid, ep) {
+        (Some(why), _) => Err(unavailable(why.clone())),
+        (None, None) => Err(unavailable(format!(
+            "no endpoint for {}",
+            auth.backend.name
+        ))),
+        (None, Some(ep)) => {
+            let pq = match query {
+                Some(q) => format!("{}{path}?{q}", auth.path),
+                None => format!("{}{path}", auth.path),
+            };
+            let mut check = Request::builder()
+                .method(req.method().clone())
+                .uri(format!("http://{}{pq}", ep.addr));
+            let h = req.headers();
+            for name in [header::HOST, header::AUTHORIZATION]
+                .iter()
+                .chain(auth.headers_to_auth.iter())
+            {
+                for v in h.get_all(name) {
+                    check = check.header(name, v);
+                }
+            }
+            // Envoy sets X-Forwarded-Proto on every request before its filters run.
+            if !h.contains_key("x-forwarded-proto") {
+                check = check.header("x-forwarded-proto", scheme);
+            }
+            check = check.header("x-forwarded-for", client.ip().to_string());
+            match check.body(full(Bytes::new())) {
+                Err(e) => Err(unavailable(e.to_string())),
+                Ok(check) => {
+                    match tokio::time::timeout(EXT_AUTH_TIMEOUT, state.client.request(check)).await
+                    {
+                        Ok(Ok(resp)) => Ok(resp),
+                        Ok(Err(e)) => Err(unavailable(format!("{}: {e}", ep.addr))),
+                        Err(_) => Err(unavailable(format!(
+                            "{}: no answer within {EXT_AUTH_TIMEOUT:?}",
+                            ep.addr
+                        ))),
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(resp) if resp.status().is_success() => {
+            for name in &auth.headers_to_backend {
+                let values: Vec<HeaderValue> =
+                    resp.headers().get_all(name).iter().cloned().collect();
+                if !values.is_empty() {
+                    req.headers_mut().remove(name);
+                    for v in values {
+                        req.headers_mut().append(name.clone(), v);
+                    }
+                }
+            }
+            Ok(req)
+        }
+        Ok(mut resp) => {
+            state.metrics.ext_auth_denied.inc();
+            strip_hop_by_hop(resp.headers_mut());
+            Err(resp.map(box_incoming))
+        }
+        Err(_) if auth.fail_open => Ok(req),
+        Err(_) => Err(local(
+            StatusCode::FORBIDDEN,
+            "external authorization is unavailable",
+        )),
+    }
+}
 
 /// Runs the route's Lua `envoy_on_request` functions. Returns the request to go on with
 /// (headers, path and authority as the scripts left them), or the reply to send instead: the

@@ -3,6 +3,7 @@
 
 mod compression;
 mod conformance;
+mod ext_auth;
 mod harness;
 mod lua;
 mod policies;

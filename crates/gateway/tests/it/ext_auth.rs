@@ -1,0 +1,206 @@
+//! SecurityPolicy extAuth over HTTP, against a forward-auth service in the shape of
+//! Authentik's Envoy outpost: a login redirect when there is no session, identity headers
+//! for the backend when there is one.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::harness;
+
+/// Starts the auth service; returns its address and the paths it was asked about.
+async fn auth_service() -> (std::net::SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let log = log.clone();
+                        async move {
+                            let cookie = req
+                                .headers()
+                                .get("cookie")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_string();
+                            log.lock().expect("log").push((
+                                req.uri().to_string(),
+                                req.headers()
+                                    .get("x-forwarded-proto")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string(),
+                            ));
+                            let r = if cookie.contains("session=good") {
+                                http::Response::builder()
+                                    .status(200)
+                                    .header("x-authentik-username", "alice")
+                                    .header("x-not-forwarded", "secret")
+                                    .body(Full::new(Bytes::new()))
+                            } else {
+                                http::Response::builder()
+                                    .status(302)
+                                    .header("location", "https://auth.example.com/login")
+                                    .body(Full::new(Bytes::from_static(b"login")))
+                            };
+                            Ok::<_, Infallible>(r.expect("response"))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+async fn get(
+    addr: std::net::SocketAddr,
+    host: &str,
+    cookie: Option<&str>,
+) -> (u16, http::HeaderMap, String) {
+    let mut b =
+        http::Request::get(format!("http://{addr}/app/x?y=1")).header(http::header::HOST, host);
+    if let Some(c) = cookie {
+        b = b.header("cookie", c);
+    }
+    let resp = harness::client()
+        .request(b.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("answer");
+    let (parts, body) = resp.into_parts();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&body.collect().await.expect("body").to_bytes()).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_auth_allows_denies_and_fails_closed_or_open() {
+    let backends = harness::start_backends().await;
+    let (auth_addr, asked) = auth_service().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut manifests = format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: security}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: authentik-server, namespace: security}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: ak, namespace: security, labels: {{kubernetes.io/service-name: authentik-server}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: down, namespace: security}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: down, namespace: security, labels: {{kubernetes.io/service-name: down}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {dead}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: from-infra, namespace: security}}\n\
+         spec:\n  from: [{{group: gateway.envoyproxy.io, kind: SecurityPolicy, namespace: gateway-conformance-infra}}]\n  to: [{{group: \"\", kind: Service}}]\n---\n",
+        auth_addr.port()
+    );
+    for (name, service, fail_open) in [
+        ("guarded", "authentik-server", false),
+        ("closed", "down", false),
+        ("open", "down", true),
+    ] {
+        manifests.push_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [{name}.example.com]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n\
+             apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]\n  extAuth:\n    failOpen: {fail_open}\n    headersToExtAuth: [X-Forwarded-Proto, cookie]\n\
+             \x20   http:\n      backendRefs: [{{name: {service}, namespace: security, port: 80}}]\n      path: /outpost.goauthentik.io/auth/envoy\n      headersToBackend: [X-authentik-username, Set-Cookie]\n---\n"
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &manifests),
+        ],
+    );
+    let plan = gateway::compile(
+        &load.snapshot,
+        "gateway-conformance-infra",
+        "same-namespace",
+    )
+    .expect("compiles");
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: [(80, 0)].into(),
+    };
+    let running = gateway::start(&plan, &bind, metrics.clone())
+        .await
+        .expect("starts");
+    let addr = running.bound[&80];
+    let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
+
+    // No session: the auth service's redirect goes back to the client; the backend is not asked.
+    let (status, headers, body) = get(addr, "guarded.example.com", None).await;
+    assert_eq!((status, body.as_str()), (302, "login"));
+    assert_eq!(
+        headers.get("location").map(|v| v.to_str().unwrap_or("")),
+        Some("https://auth.example.com/login")
+    );
+    assert!(echo.seen().is_empty());
+    // The check went to the policy's path with the request's path and query appended.
+    assert_eq!(
+        asked.lock().expect("log")[0],
+        (
+            "/outpost.goauthentik.io/auth/envoy/app/x?y=1".to_string(),
+            "http".to_string()
+        )
+    );
+
+    // A session: allowed; the backend gets the identity header, not the others.
+    let (status, _, body) = get(addr, "guarded.example.com", Some("session=good")).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+    assert_eq!(seen["headers"]["x-authentik-username"], "alice");
+    assert!(seen["headers"]["x-not-forwarded"].is_null());
+
+    // The auth service is down: closed answers 403, open lets the request through.
+    assert_eq!(
+        get(addr, "closed.example.com", Some("session=good"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(get(addr, "open.example.com", None).await.0, 200);
+
+    // Every counter is exported.
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    for name in [
+        "trellis_gateway_rq_total",
+        "trellis_gateway_ext_authz_denied_total",
+        "trellis_gateway_ext_authz_error_total",
+        "trellis_gateway_lua_errors_total",
+        "trellis_gateway_compressor_compressed_total",
+        "trellis_gateway_upstream_rq_retry_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        text.contains("trellis_gateway_ext_authz_denied_total 1"),
+        "{text}"
+    );
+    running.stop().await;
+}
