@@ -365,6 +365,8 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             "127.0.0.1",
             "--port-map",
             &format!("80={TRELLIS_PORT},443={TRELLIS_TLS_PORT}"),
+            "--access-log",
+            "off",
         ],
     )?;
     for p in [

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub lua_errors: Counter,
     pub ext_auth_denied: Counter,
     pub ext_auth_errors: Counter,
+    pub access_log_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -53,6 +54,7 @@ impl Default for Metrics {
             lua_errors: Counter::default(),
             ext_auth_denied: Counter::default(),
             ext_auth_errors: Counter::default(),
+            access_log_dropped: Counter::default(),
         }
     }
 }
@@ -146,6 +148,11 @@ impl Metrics {
             "ext_authz_error",
             "Requests whose authorization service could not be asked",
             self.ext_auth_errors.clone(),
+        );
+        r.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind",
+            self.access_log_dropped.clone(),
         );
     }
 }

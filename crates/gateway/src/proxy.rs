@@ -58,12 +58,40 @@ pub struct Bind {
     /// Listener port -> port to bind (0 for any free port), for running without root or
     /// several gateways on one host.
     pub port_map: BTreeMap<u16, u16>,
+    /// Where access log lines go (one JSON object per request), if anywhere.
+    pub access_log: Option<AccessLog>,
+}
+
+/// Access log lines queued for a writer thread, so that a slow stdout never slows requests;
+/// when [`ACCESS_LOG_QUEUED_MAX`] lines wait, new ones are dropped and counted.
+#[derive(Clone, Debug)]
+pub struct AccessLog(std::sync::mpsc::SyncSender<String>);
+
+pub const ACCESS_LOG_QUEUED_MAX: usize = 16 * 1024;
+
+impl AccessLog {
+    /// Starts a thread writing lines to `out`.
+    pub fn to_writer(mut out: impl std::io::Write + Send + 'static) -> AccessLog {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<String>(ACCESS_LOG_QUEUED_MAX);
+        std::thread::spawn(move || {
+            while let Ok(line) = rx.recv() {
+                let _ = writeln!(out, "{line}");
+                // Write whatever else is waiting, then flush once.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+            }
+        });
+        AccessLog(tx)
+    }
 }
 
 struct State {
     ports: ArcSwap<BTreeMap<u16, Listen>>,
     client: Client<HttpConnector, Body>,
     metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
     next: AtomicU64,
     /// Watches every connection so that a drain can close idle keep-alives and wait for
     /// requests in flight. Taken out when draining.
@@ -112,6 +140,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         ports: ArcSwap::from_pointee(plan.ports.clone()),
         client,
         metrics,
+        access_log: bind.access_log.clone(),
         next: AtomicU64::new(0),
         graceful: std::sync::Mutex::new(
             Some(hyper_util::server::graceful::GracefulShutdown::new()),
@@ -518,6 +547,10 @@ async fn handle(
         return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
     };
     let action = entry.action.clone();
+    let log_fields = state
+        .access_log
+        .as_ref()
+        .map(|_| LogFields::of(&req, &host));
     // The client as the ClientTrafficPolicy defines it (X-Forwarded-For from trusted peers).
     let client = router.client_address(peer, req.headers());
     let counters = action
@@ -568,6 +601,17 @@ async fn handle(
         lua_response(state, &action, &mut resp, client);
     }
     edit_headers(resp.headers_mut(), &action.response_headers, client);
+    if let Some(log) = &state.access_log {
+        access_log_line(
+            state,
+            log,
+            &action.route,
+            &log_fields,
+            &resp,
+            started,
+            client,
+        );
+    }
     state
         .metrics
         .observe(counters, resp.status().as_u16(), started.elapsed());
@@ -575,6 +619,99 @@ async fn handle(
 }
 
 type Split = (Request<Incoming>, String, Option<String>);
+
+/// What the access log needs of a request, taken before the request is consumed.
+struct LogFields {
+    start_time: String,
+    method: String,
+    path: String,
+    protocol: String,
+    authority: String,
+    user_agent: Option<String>,
+    forwarded_for: Option<String>,
+    request_id: Option<String>,
+}
+
+impl LogFields {
+    fn of(req: &Request<Incoming>, host: &str) -> LogFields {
+        let h = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        LogFields {
+            start_time: rfc3339_now(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            protocol: format!("{:?}", req.version()),
+            authority: host.to_string(),
+            user_agent: h("user-agent"),
+            forwarded_for: h("x-forwarded-for"),
+            request_id: h("x-request-id"),
+        }
+    }
+}
+
+/// One JSON access log line with Envoy's default fields.
+fn access_log_line(
+    state: &State,
+    log: &AccessLog,
+    route: &str,
+    f: &Option<LogFields>,
+    resp: &Response<Body>,
+    started: Instant,
+    client: SocketAddr,
+) {
+    let Some(f) = f else { return };
+    let line = serde_json::json!({
+        "start_time": f.start_time,
+        "method": f.method,
+        "x-envoy-origin-path": f.path,
+        "protocol": f.protocol,
+        "response_code": resp.status().as_u16(),
+        "duration": started.elapsed().as_millis() as u64,
+        "x-forwarded-for": f.forwarded_for,
+        "user-agent": f.user_agent,
+        "x-request-id": f.request_id,
+        ":authority": f.authority,
+        "downstream_remote_address": client.to_string(),
+        "route_name": route,
+    });
+    if log.0.try_send(line.to_string()).is_err() {
+        state.metrics.access_log_dropped.inc();
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds, without a date library.
+fn rfc3339_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
 
 /// How long the authorization service may take (Envoy's ext_authz default).
 pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);

@@ -32,6 +32,15 @@ pub struct Args {
     /// Overrides the EnvoyProxy's shutdown.drainTimeout (e.g. 30s).
     #[arg(long)]
     pub drain_timeout: Option<String>,
+    /// Access log: one JSON line per request on stdout, or off.
+    #[arg(long, value_enum, default_value = "stdout")]
+    pub access_log: AccessLogTo,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AccessLogTo {
+    Stdout,
+    Off,
 }
 
 #[derive(Debug, clap::Args)]
@@ -169,7 +178,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let metrics = Arc::new(gateway::metrics::Metrics::default());
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
-        let bind = gateway::Bind { ip: args.bind, port_map };
+        let access_log = match args.access_log {
+            AccessLogTo::Stdout => Some(gateway::proxy::AccessLog::to_writer(std::io::BufWriter::new(std::io::stdout()))),
+            AccessLogTo::Off => None,
+        };
+        let bind = gateway::Bind { ip: args.bind, port_map, access_log };
         let running = gateway::start(&plan, &bind, metrics.clone()).await?;
         for (p, a) in &running.bound {
             eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");
@@ -210,6 +223,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                         for e in &errors {
                             eprintln!("reload rejected, still serving the previous routes: {e}");
                         }
+                        let mut doc = (**status.load()).clone();
+                        doc["lastError"] = serde_json::Value::String(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"));
+                        status.store(Arc::new(doc));
                     }
                     None => bail!("the manifest watcher stopped"),
                 },

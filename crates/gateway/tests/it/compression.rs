@@ -47,6 +47,7 @@ async fn compressor_policy_with_curl() {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(80, 0)].into(),
+        ..Default::default()
     };
     let running = gateway::start(&plan, &bind, Arc::default())
         .await

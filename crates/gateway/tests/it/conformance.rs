@@ -163,6 +163,7 @@ async fn run_case(path: &Path) -> Vec<String> {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: plan.ports.keys().map(|p| (*p, 0)).collect(),
+        ..Default::default()
     };
     let running = gateway::start(&plan, &bind, Arc::default())
         .await

@@ -143,6 +143,7 @@ async fn ext_auth_allows_denies_and_fails_closed_or_open() {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(80, 0)].into(),
+        ..Default::default()
     };
     let running = gateway::start(&plan, &bind, metrics.clone())
         .await

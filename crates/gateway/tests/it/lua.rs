@@ -88,6 +88,7 @@ async fn corpus_lua_filter_and_failing_scripts() {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(80, 0)].into(),
+        ..Default::default()
     };
     let running = gateway::start(&plan, &bind, Arc::default())
         .await

@@ -60,6 +60,7 @@ async fn retries_timeouts_and_ejection() {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(80, 0)].into(),
+        ..Default::default()
     };
     let running = gateway::start(&plan, &bind, Arc::default())
         .await

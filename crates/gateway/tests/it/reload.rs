@@ -36,6 +36,7 @@ async fn swapping_plans_under_load_fails_no_request() {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(80, 0)].into(),
+        ..Default::default()
     };
     let running = Arc::new(
         gateway::start(&plans[0], &bind, Arc::default())

@@ -118,6 +118,7 @@ async fn https_passthrough_and_tcp_with_real_peers() {
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(443, 0), (2222, 0)].into(),
+        ..Default::default()
     };
     let running = gateway::start(&plan, &bind, Arc::default())
         .await

@@ -170,3 +170,192 @@ fn corpus_loads_and_flags_outside_references() {
     assert_eq!(v["summary"]["errors"], 0);
     assert_eq!(v["skipped"]["helm.toolkit.fluxcd.io/HelmRelease"], 10);
 }
+
+/// A child process killed when dropped (also when a test fails).
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn curl_headers(url: &str, host: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-H",
+            &format!("Host: {host}"),
+            url,
+        ])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+}
+
+/// Retries `f` until it returns Some, for at most `secs` (readiness of another process).
+fn within<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn gateway_serves_reloads_keeps_last_good_and_drains() {
+    let t = tempfile::tempdir().expect("tmp");
+    let echo_port = free_port();
+    let gw_port = free_port();
+    let admin_port = free_port();
+    let _echo = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "echo",
+                "--listen",
+                &format!("127.0.0.1:{echo_port}"),
+                "--name",
+                "web",
+                "--namespace",
+                "apps",
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("echo starts"),
+    );
+    let route = |extra: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [web.example.com]\n\
+             \x20 rules:\n    - backendRefs: [{{name: web, port: 80}}]\n{extra}"
+        )
+    };
+    std::fs::write(
+        t.path().join("base.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: trellis\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: {echo_port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(t.path().join("route.yaml"), route("")).expect("write");
+    let mut gw = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "gateway",
+                "-f",
+                &t.path().display().to_string(),
+                "--gateway",
+                "apps/gw",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--port-map",
+                &format!("80={gw_port}"),
+                "--admin",
+                &format!("127.0.0.1:{admin_port}"),
+                "--drain-timeout",
+                "5s",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway starts"),
+    );
+    let url = format!("http://127.0.0.1:{gw_port}/hello");
+    let first = within(20, || {
+        curl_headers(&url, "web.example.com").filter(|h| h.starts_with("http/1.1 200"))
+    })
+    .expect("gateway answers 200");
+    assert!(!first.contains("x-version"));
+
+    // A change to the route is picked up without a restart.
+    std::fs::write(t.path().join("route.yaml"), route("      filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-version, value: \"2\"}]}}]\n")).expect("write");
+    within(20, || {
+        curl_headers(&url, "web.example.com").filter(|h| h.contains("x-version: 2"))
+    })
+    .expect("reloaded route");
+
+    // A broken edit is rejected; the last good routes keep serving.
+    std::fs::write(
+        t.path().join("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: [\n",
+    )
+    .expect("write");
+    let status_url = format!("http://127.0.0.1:{admin_port}/status");
+    within(20, || {
+        Command::new("curl")
+            .args(["-s", &status_url])
+            .output()
+            .ok()
+            .filter(|o| String::from_utf8_lossy(&o.stdout).contains("route.yaml:4:1: error"))
+    })
+    .expect("/status reports the rejected edit");
+    let after = curl_headers(&url, "web.example.com").expect("still serving");
+    assert!(
+        after.starts_with("http/1.1 200") && after.contains("x-version: 2"),
+        "{after}"
+    );
+
+    // SIGTERM drains and exits cleanly; the access log has a JSON line per request.
+    let pid = gw.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = within(20, || gw.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    gw.0.stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    gw.0.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read");
+    assert!(
+        stderr.contains("reload rejected, still serving the previous routes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("drained"), "{stderr}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("\"route_name\":\"apps/web\""))
+        .expect("an access log line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+    assert_eq!(v["response_code"], 200);
+    assert_eq!(v[":authority"], "web.example.com");
+}
