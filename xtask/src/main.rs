@@ -80,8 +80,25 @@ fn ensure_components() -> Result<()> {
     Ok(())
 }
 
+/// The real peers the tests talk to: curl (HTTP/1.1, HTTP/2, TLS, compression) and openssl
+/// (`s_server` as a TLS passthrough backend). Installed from Debian when missing.
+fn ensure_test_peers() -> Result<()> {
+    let missing: Vec<&str> = [("curl", "curl"), ("openssl", "openssl")]
+        .into_iter()
+        .filter(|(bin, _)| !has(bin, &["--version"]) && !has(bin, &["version"]))
+        .map(|(_, pkg)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        let mut args = vec!["install", "-y", "-q"];
+        args.extend(&missing);
+        run("apt-get", &args).context("the tests need curl and openssl; install them (apt-get install curl openssl)")?;
+    }
+    Ok(())
+}
+
 fn test() -> Result<()> {
     ensure_components()?;
+    ensure_test_peers()?;
     run("cargo", &["fmt", "--all", "--", "--check"])?;
     run(
         "cargo",
