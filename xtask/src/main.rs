@@ -91,7 +91,9 @@ fn ensure_test_peers() -> Result<()> {
     if !missing.is_empty() {
         let mut args = vec!["install", "-y", "-q"];
         args.extend(&missing);
-        run("apt-get", &args).context("the tests need curl and openssl; install them (apt-get install curl openssl)")?;
+        run("apt-get", &args).context(
+            "the tests need curl and openssl; install them (apt-get install curl openssl)",
+        )?;
     }
     Ok(())
 }

@@ -1113,6 +1113,9 @@ async fn forward(
     let mut body = Some(body);
     let mut last_err = String::new();
     let mut attempt = 0usize;
+    // Keep a copy of the request head only when another try is possible at all.
+    let may_retry = replayable && (order.len() > 1 || retry.is_some());
+    let mut parts = Some(parts);
     loop {
         let ep = order[attempt % order.len()];
         attempt += 1;
@@ -1126,7 +1129,13 @@ async fn forward(
             }
         };
         let Some(b) = body.take() else { break };
-        let mut req = Request::from_parts(parts.clone(), b);
+        let head = if may_retry {
+            parts.clone()
+        } else {
+            parts.take()
+        };
+        let Some(head) = head else { break };
+        let mut req = Request::from_parts(head, b);
         *req.uri_mut() = uri;
         let sent = match per_try {
             Some(t) => match tokio::time::timeout(t, state.client.request(req)).await {
