@@ -80,12 +80,13 @@ fn ensure_components() -> Result<()> {
     Ok(())
 }
 
-/// The real peers the tests talk to: curl (HTTP/1.1, HTTP/2, TLS, compression) and openssl
-/// (`s_server` as a TLS passthrough backend). Installed from Debian when missing.
+/// The real peers the tests talk to: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl
+/// (`s_server` as a TLS passthrough backend) and dig (DNS). Installed from Debian when
+/// missing.
 fn ensure_test_peers() -> Result<()> {
-    let missing: Vec<&str> = [("curl", "curl"), ("openssl", "openssl")]
+    let missing: Vec<&str> = [("curl", "curl"), ("openssl", "openssl"), ("dig", "dnsutils")]
         .into_iter()
-        .filter(|(bin, _)| !has(bin, &["--version"]) && !has(bin, &["version"]))
+        .filter(|(bin, _)| !has(bin, &["--version"]) && !has(bin, &["version"]) && !has(bin, &["-v"]))
         .map(|(_, pkg)| pkg)
         .collect();
     if !missing.is_empty() {

@@ -58,7 +58,7 @@ pub struct EchoArgs {
 
 /// The async runtime: one thread per CPU this process may run on (taskset and cgroup limits
 /// count); on one CPU, a single-threaded runtime, which skips cross-thread wake-ups.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1);

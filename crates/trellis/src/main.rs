@@ -4,6 +4,7 @@
 //! library crates. Only this crate installs a tracing subscriber.
 
 mod check;
+mod dns;
 mod gateway;
 
 use std::path::PathBuf;
@@ -74,6 +75,8 @@ enum Command {
     Gateway(gateway::Args),
     /// A JSON echo server (the backend of tests, benchmarks and the lab).
     Echo(gateway::EchoArgs),
+    /// Serve the cluster DNS zone (cluster.local) of the manifests.
+    Dns(dns::Args),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Gateway(args) => gateway::run(&args),
         Command::Echo(args) => gateway::echo(&args),
+        Command::Dns(args) => dns::run(&args),
     };
     match result {
         Ok(code) => code,

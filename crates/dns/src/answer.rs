@@ -1,0 +1,137 @@
+//! Answering one query from a zone: pure, no I/O.
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+use crate::zone::Zone;
+
+/// The UDP payload size we advertise and use when the client asks for more (the DNS flag
+/// day 2020 value: no fragmentation).
+pub const EDNS_PAYLOAD_MAX: u16 = 1232;
+/// Without EDNS0, a UDP answer fits 512 bytes or is truncated.
+pub const UDP_PLAIN_MAX: usize = 512;
+/// CNAMEs followed inside the zone before giving up (a loop guard).
+const CNAME_CHAIN_MAX: usize = 8;
+
+/// How the query arrived: over UDP answers are bounded by the payload size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// Parses a query and returns the wire response, or `None` when the bytes are not a query
+/// we can even answer with an error (too short to hold an ID).
+pub fn respond(zone: &Zone, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let req = match Message::from_vec(packet) {
+        Ok(m) => m,
+        Err(_) => {
+            // FORMERR needs the ID; answer only when there is one.
+            if packet.len() < 12 {
+                return None;
+            }
+            let id = u16::from_be_bytes([packet[0], packet[1]]);
+            let mut m = Message::new(id, MessageType::Response, OpCode::Query);
+            m.metadata.response_code = ResponseCode::FormErr;
+            return m.to_vec().ok();
+        }
+    };
+    if req.metadata.message_type != MessageType::Query {
+        return None;
+    }
+    let resp = answer(zone, &req);
+    let limit = match transport {
+        Transport::Tcp => usize::from(u16::MAX),
+        Transport::Udp => match &req.edns {
+            Some(e) => usize::from(e.max_payload().clamp(512, EDNS_PAYLOAD_MAX)),
+            None => UDP_PLAIN_MAX,
+        },
+    };
+    let bytes = resp.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    // Too big for UDP: the header and question only, with TC set, so the client retries
+    // over TCP.
+    let mut t = resp;
+    t.answers.clear();
+    t.authorities.clear();
+    t.additionals.clear();
+    t.metadata.truncation = true;
+    t.to_vec().ok()
+}
+
+/// The response to a parsed query.
+pub fn answer(zone: &Zone, req: &Message) -> Message {
+    let mut m = Message::new(req.metadata.id, MessageType::Response, req.metadata.op_code);
+    m.metadata.recursion_desired = req.metadata.recursion_desired;
+    m.queries = req.queries.clone();
+    if req.edns.is_some() {
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD_MAX);
+        m.set_edns(e);
+    }
+    if req.metadata.op_code != OpCode::Query {
+        m.metadata.response_code = ResponseCode::NotImp;
+        return m;
+    }
+    let [q] = req.queries.as_slice() else {
+        m.metadata.response_code = ResponseCode::FormErr;
+        return m;
+    };
+    let qname = q.name().to_lowercase().to_ascii();
+    let qname = if qname.ends_with('.') { qname } else { format!("{qname}.") };
+    if !zone.contains(&qname) {
+        // Not ours; forwarding is not implemented yet.
+        m.metadata.response_code = ResponseCode::Refused;
+        return m;
+    }
+    m.metadata.authoritative = true;
+    let qtype = q.query_type();
+    let mut name = qname.clone();
+    // The client sees the name it asked for, in its own case.
+    let mut owner = q.name().clone();
+    for _ in 0..CNAME_CHAIN_MAX {
+        let found = records(zone, &name, qtype);
+        if !found.is_empty() {
+            m.answers.extend(found.into_iter().map(|r| Record::from_rdata(owner.clone(), zone.ttl, r)));
+            return m;
+        }
+        // A CNAME answers any other type; follow it while it stays in the zone.
+        let cname = zone.records.get(&(name.clone(), RecordType::CNAME)).and_then(|v| v.first()).cloned();
+        match cname {
+            Some(RData::CNAME(c)) if qtype != RecordType::CNAME => {
+                m.answers.push(Record::from_rdata(owner.clone(), zone.ttl, RData::CNAME(c.clone())));
+                let target = c.0.to_lowercase().to_ascii();
+                if !zone.contains(&target) {
+                    return m;
+                }
+                owner = c.0.clone();
+                name = target;
+            }
+            _ => break,
+        }
+    }
+    if !m.answers.is_empty() {
+        return m;
+    }
+    // Nothing of this type: NODATA when the name exists, NXDOMAIN when it does not; the SOA
+    // in the authority section lets resolvers cache the negative answer.
+    if !zone.names.contains(&name) {
+        m.metadata.response_code = ResponseCode::NXDomain;
+    }
+    if let (Some(soa), Ok(origin)) = (&zone.soa, Name::from_ascii(&zone.origin)) {
+        m.authorities.push(Record::from_rdata(origin, zone.ttl.min(soa.minimum()), RData::SOA(soa.clone())));
+    }
+    m
+}
+
+fn records(zone: &Zone, name: &str, qtype: RecordType) -> Vec<RData> {
+    if qtype == RecordType::ANY {
+        return zone.records.range((name.to_string(), RecordType::Unknown(0))..).take_while(|((n, _), _)| n == name).flat_map(|(_, v)| v.clone()).collect();
+    }
+    if qtype == RecordType::SOA && name == zone.origin {
+        return zone.soa.clone().map(RData::SOA).into_iter().collect();
+    }
+    zone.records.get(&(name.to_string(), qtype)).cloned().unwrap_or_default()
+}

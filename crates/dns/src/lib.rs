@@ -1,0 +1,16 @@
+//! Cluster DNS: the `cluster.local` zone of a snapshot, served over UDP and TCP.
+//!
+//! - [`zone`]: `compile(&Snapshot, &ZoneConfig) -> Zone` — pure: the records the Kubernetes
+//!   DNS specification (schema 1.1.0) asks for.
+//! - [`answer`]: one query in, one response out, no I/O (NXDOMAIN versus NODATA, CNAME
+//!   chasing inside the zone, EDNS0 sizes and truncation).
+//! - [`server`]: UDP and TCP listeners that answer from the current zone; `update` swaps
+//!   a new zone in.
+//!
+//! Not here yet: split-horizon views, forwarding and caching, rewrite rules, record sync.
+
+pub mod answer;
+pub mod server;
+pub mod zone;
+
+pub use zone::{Zone, ZoneConfig, compile};

@@ -1,0 +1,70 @@
+//! `trellis dns`: serve the cluster zone of the manifests, reloading on change.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use store::watch::{Update, Watch};
+
+use crate::SourceArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// UDP and TCP address to answer on.
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    pub listen: SocketAddr,
+    /// The cluster domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub domain: String,
+    /// TTL of the zone's records, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub ttl: u32,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let opts = args.source.options()?;
+    let cfg = dns::ZoneConfig { domain: args.domain.clone(), ttl: args.ttl };
+    let watch = Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+    let first = watch.current();
+    for d in first.snapshot.diagnostics.iter().filter(|d| d.severity == model::Severity::Error) {
+        eprintln!("{d}");
+    }
+    let zone = dns::compile(&first.snapshot, &cfg);
+    crate::gateway::runtime()?.block_on(async move {
+        let running = dns::server::start(args.listen, zone).await.with_context(|| {
+            format!("cannot listen on {} (ports below 1024 need root; try --listen 127.0.0.1:5353)", args.listen)
+        })?;
+        eprintln!("dns: zone {} on udp/tcp {}", cfg.domain, running.udp);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Update>(16);
+        std::thread::spawn(move || {
+            while let Ok(u) = watch.updates.recv() {
+                if tx.blocking_send(u).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                u = rx.recv() => match u {
+                    Some(Update::Applied(load)) => {
+                        let z = dns::compile(&load.snapshot, &cfg);
+                        eprintln!("reloaded: {} names", z.names.len());
+                        running.update(z);
+                    }
+                    Some(Update::Rejected { errors, .. }) => {
+                        for e in &errors {
+                            eprintln!("reload rejected, still serving the previous zone: {e}");
+                        }
+                    }
+                    None => anyhow::bail!("the manifest watcher stopped"),
+                },
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
