@@ -84,11 +84,15 @@ fn ensure_components() -> Result<()> {
 /// (`s_server` as a TLS passthrough backend) and dig (DNS). Installed from Debian when
 /// missing.
 fn ensure_test_peers() -> Result<()> {
-    let missing: Vec<&str> = [("curl", "curl"), ("openssl", "openssl"), ("dig", "dnsutils")]
-        .into_iter()
-        .filter(|(bin, _)| !has(bin, &["--version"]) && !has(bin, &["version"]) && !has(bin, &["-v"]))
-        .map(|(_, pkg)| pkg)
-        .collect();
+    let missing: Vec<&str> = [
+        ("curl", "curl"),
+        ("openssl", "openssl"),
+        ("dig", "dnsutils"),
+    ]
+    .into_iter()
+    .filter(|(bin, _)| !has(bin, &["--version"]) && !has(bin, &["version"]) && !has(bin, &["-v"]))
+    .map(|(_, pkg)| pkg)
+    .collect();
     if !missing.is_empty() {
         let mut args = vec!["install", "-y", "-q"];
         args.extend(&missing);

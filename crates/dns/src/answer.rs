@@ -80,7 +80,11 @@ pub fn answer(zone: &Zone, req: &Message) -> Message {
         return m;
     };
     let qname = q.name().to_lowercase().to_ascii();
-    let qname = if qname.ends_with('.') { qname } else { format!("{qname}.") };
+    let qname = if qname.ends_with('.') {
+        qname
+    } else {
+        format!("{qname}.")
+    };
     if !zone.contains(&qname) {
         // Not ours; forwarding is not implemented yet.
         m.metadata.response_code = ResponseCode::Refused;
@@ -94,14 +98,26 @@ pub fn answer(zone: &Zone, req: &Message) -> Message {
     for _ in 0..CNAME_CHAIN_MAX {
         let found = records(zone, &name, qtype);
         if !found.is_empty() {
-            m.answers.extend(found.into_iter().map(|r| Record::from_rdata(owner.clone(), zone.ttl, r)));
+            m.answers.extend(
+                found
+                    .into_iter()
+                    .map(|r| Record::from_rdata(owner.clone(), zone.ttl, r)),
+            );
             return m;
         }
         // A CNAME answers any other type; follow it while it stays in the zone.
-        let cname = zone.records.get(&(name.clone(), RecordType::CNAME)).and_then(|v| v.first()).cloned();
+        let cname = zone
+            .records
+            .get(&(name.clone(), RecordType::CNAME))
+            .and_then(|v| v.first())
+            .cloned();
         match cname {
             Some(RData::CNAME(c)) if qtype != RecordType::CNAME => {
-                m.answers.push(Record::from_rdata(owner.clone(), zone.ttl, RData::CNAME(c.clone())));
+                m.answers.push(Record::from_rdata(
+                    owner.clone(),
+                    zone.ttl,
+                    RData::CNAME(c.clone()),
+                ));
                 let target = c.0.to_lowercase().to_ascii();
                 if !zone.contains(&target) {
                     return m;
@@ -121,17 +137,68 @@ pub fn answer(zone: &Zone, req: &Message) -> Message {
         m.metadata.response_code = ResponseCode::NXDomain;
     }
     if let (Some(soa), Ok(origin)) = (&zone.soa, Name::from_ascii(&zone.origin)) {
-        m.authorities.push(Record::from_rdata(origin, zone.ttl.min(soa.minimum()), RData::SOA(soa.clone())));
+        m.authorities.push(Record::from_rdata(
+            origin,
+            zone.ttl.min(soa.minimum),
+            RData::SOA(soa.clone()),
+        ));
     }
     m
 }
 
 fn records(zone: &Zone, name: &str, qtype: RecordType) -> Vec<RData> {
     if qtype == RecordType::ANY {
-        return zone.records.range((name.to_string(), RecordType::Unknown(0))..).take_while(|((n, _), _)| n == name).flat_map(|(_, v)| v.clone()).collect();
+        return zone
+            .records
+            .range((name.to_string(), RecordType::Unknown(0))..)
+            .take_while(|((n, _), _)| n == name)
+            .flat_map(|(_, v)| v.clone())
+            .collect();
     }
     if qtype == RecordType::SOA && name == zone.origin {
         return zone.soa.clone().map(RData::SOA).into_iter().collect();
     }
-    zone.records.get(&(name.to_string(), qtype)).cloned().unwrap_or_default()
+    zone.records
+        .get(&(name.to_string(), qtype))
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arbitrary_packets_never_panic() {
+        let zone = Zone {
+            origin: "cluster.local.".into(),
+            ttl: 5,
+            ..Zone::default()
+        };
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for len in 0..3000usize {
+            let bytes: Vec<u8> = (0..len % 600)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            for t in [Transport::Udp, Transport::Tcp] {
+                let _ = respond(&zone, &bytes, t);
+            }
+        }
+    }
+
+    #[test]
+    fn formerr_keeps_the_id() {
+        let zone = Zone::default();
+        let mut junk = vec![0xAB, 0xCD];
+        junk.extend_from_slice(&[0xFF; 20]);
+        let out = respond(&zone, &junk, Transport::Udp).expect("an answer");
+        let m = Message::from_vec(&out).expect("valid response");
+        assert_eq!(m.metadata.id, 0xABCD);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
 }

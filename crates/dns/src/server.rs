@@ -41,7 +41,9 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
-            let Ok((n, peer)) = udp.recv_from(&mut buf).await else { continue };
+            let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
+                continue;
+            };
             let current = z.load();
             if let Some(out) = respond(&current, &buf[..n], Transport::Udp) {
                 let _ = udp.send_to(&out, peer).await;
@@ -51,7 +53,9 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
     let z = zone.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = tcp.accept().await else { continue };
+            let Ok((mut stream, _)) = tcp.accept().await else {
+                continue;
+            };
             let z = z.clone();
             tokio::spawn(async move {
                 // Each message is preceded by its length (RFC 1035 4.2.2); several may follow.
@@ -66,8 +70,12 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
                         return;
                     }
                     let current = z.load();
-                    let Some(out) = respond(&current, &msg, Transport::Tcp) else { return };
-                    let Ok(n) = u16::try_from(out.len()) else { return };
+                    let Some(out) = respond(&current, &msg, Transport::Tcp) else {
+                        return;
+                    };
+                    let Ok(n) = u16::try_from(out.len()) else {
+                        return;
+                    };
                     let mut framed = n.to_be_bytes().to_vec();
                     framed.extend_from_slice(&out);
                     if stream.write_all(&framed).await.is_err() {
@@ -77,5 +85,9 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
             });
         }
     });
-    Ok(Running { zone, udp: udp_addr, tcp: tcp_addr })
+    Ok(Running {
+        zone,
+        udp: udp_addr,
+        tcp: tcp_addr,
+    })
 }

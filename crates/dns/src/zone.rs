@@ -36,7 +36,10 @@ pub struct ZoneConfig {
 
 impl Default for ZoneConfig {
     fn default() -> Self {
-        ZoneConfig { domain: "cluster.local".into(), ttl: 30 }
+        ZoneConfig {
+            domain: "cluster.local".into(),
+            ttl: 30,
+        }
     }
 }
 
@@ -83,9 +86,13 @@ impl Zone {
         }
     }
 
-    /// Whether a lowercase name (with trailing dot) is inside the zone.
+    /// Whether a lowercase name (with trailing dot) is answered here: the cluster zone, and
+    /// the reverse zones (as CoreDNS's kubernetes plugin serves `in-addr.arpa ip6.arpa`).
     pub fn contains(&self, name: &str) -> bool {
-        name == self.origin || name.ends_with(&format!(".{}", self.origin))
+        name == self.origin
+            || name.ends_with(&format!(".{}", self.origin))
+            || name.ends_with(".in-addr.arpa.")
+            || name.ends_with(".ip6.arpa.")
     }
 }
 
@@ -126,13 +133,28 @@ fn dashed(ip: IpAddr) -> String {
 /// Compiles the zone of a snapshot. Pure.
 pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
     let origin = format!("{}.", cfg.domain.trim_end_matches('.').to_ascii_lowercase());
-    let mut z = Zone { origin: origin.clone(), ttl: cfg.ttl, ..Zone::default() };
+    let mut z = Zone {
+        origin: origin.clone(),
+        ttl: cfg.ttl,
+        ..Zone::default()
+    };
     let ns_name = format!("ns.dns.{origin}");
     if let (Some(mname), Some(rname)) = (name(&ns_name), name(&format!("hostmaster.{origin}"))) {
-        z.soa = Some(SOA::new(mname.clone(), rname, 1, 7200, 1800, 86400, cfg.ttl));
+        z.soa = Some(SOA::new(
+            mname.clone(),
+            rname,
+            1,
+            7200,
+            1800,
+            86400,
+            cfg.ttl,
+        ));
         z.add(&origin, RData::NS(NS(mname)));
     }
-    z.add(&format!("dns-version.{origin}"), RData::TXT(TXT::new(vec!["1.1.0".into()])));
+    z.add(
+        &format!("dns-version.{origin}"),
+        RData::TXT(TXT::new(vec!["1.1.0".into()])),
+    );
     z.exists(&format!("svc.{origin}"));
     z.exists(&format!("pod.{origin}"));
 
@@ -140,9 +162,15 @@ pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
         let ns = svc.namespace();
         let fqdn = format!("{}.{ns}.svc.{origin}", svc.name());
         z.exists(&fqdn);
-        let Some(spec) = svc.spec.spec.as_ref() else { continue };
+        let Some(spec) = svc.spec.spec.as_ref() else {
+            continue;
+        };
         if spec.type_.as_deref() == Some("ExternalName") {
-            if let Some(target) = spec.external_name.as_deref().and_then(|t| name(&format!("{}.", t.trim_end_matches('.')))) {
+            if let Some(target) = spec
+                .external_name
+                .as_deref()
+                .and_then(|t| name(&format!("{}.", t.trim_end_matches('.'))))
+            {
                 z.add(&fqdn, RData::CNAME(CNAME(target)));
             }
             continue;
@@ -153,7 +181,12 @@ pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
             // Ready endpoints of every port, each address once.
             let mut eps = Vec::new();
             for p in &ports {
-                eps.extend(service_endpoints(s, ns, svc.name(), p.port).unwrap_or_default().into_iter().filter(|e| e.ready));
+                eps.extend(
+                    service_endpoints(s, ns, svc.name(), p.port)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|e| e.ready),
+                );
             }
             if ports.is_empty() {
                 eps.extend(service_endpoints(s, ns, svc.name(), 0).unwrap_or_default());
@@ -171,11 +204,21 @@ pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
                     }
                 }
             }
-            for p in ports.iter().filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty())) {
+            for p in ports
+                .iter()
+                .filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
+            {
                 let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
                 let srv = format!("_{}._{proto}.{fqdn}", p.name.as_deref().unwrap_or_default());
-                for e in service_endpoints(s, ns, svc.name(), p.port).unwrap_or_default().into_iter().filter(|e| e.ready) {
-                    let target = format!("{}.{fqdn}", e.hostname.clone().unwrap_or_else(|| dashed(e.ip)));
+                for e in service_endpoints(s, ns, svc.name(), p.port)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.ready)
+                {
+                    let target = format!(
+                        "{}.{fqdn}",
+                        e.hostname.clone().unwrap_or_else(|| dashed(e.ip))
+                    );
                     z.add(&target, addr_rdata(e.ip));
                     if let Some(t) = name(&target) {
                         z.add(&srv, RData::SRV(SRV::new(0, 100, e.port, t)));
@@ -197,7 +240,10 @@ pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
                 z.add(&reverse_name(*ip), RData::PTR(PTR(n)));
             }
         }
-        for p in ports.iter().filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty())) {
+        for p in ports
+            .iter()
+            .filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
+        {
             let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
             let srv = format!("_{}._{proto}.{fqdn}", p.name.as_deref().unwrap_or_default());
             if let (Some(t), Ok(port)) = (name(&fqdn), u16::try_from(p.port)) {
@@ -206,8 +252,19 @@ pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
         }
     }
     for pod in s.pods.values() {
-        let Some(ip) = pod.spec.status.as_ref().and_then(|st| st.pod_ip.as_ref()).and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
-        z.add(&format!("{}.{}.pod.{origin}", dashed(ip), pod.namespace()), addr_rdata(ip));
+        let Some(ip) = pod
+            .spec
+            .status
+            .as_ref()
+            .and_then(|st| st.pod_ip.as_ref())
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+        else {
+            continue;
+        };
+        z.add(
+            &format!("{}.{}.pod.{origin}", dashed(ip), pod.namespace()),
+            addr_rdata(ip),
+        );
     }
     z
 }

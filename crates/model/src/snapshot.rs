@@ -261,14 +261,9 @@ fn decode_typed<T: DeserializeOwned>(
     key: &ObjectKey,
 ) -> Result<T, Vec<(String, String)>> {
     let (value, prefix) = match shape {
-        Shape::Whole => {
-            let mut v = doc.value.clone();
-            if let Some(map) = v.as_object_mut() {
-                // Status is written by controllers, never read from manifests.
-                map.remove("status");
-            }
-            (v, "")
-        }
+        // Status is kept: a Pod's podIP or a Service's load-balancer address in manifests
+        // (or from the API server) is what the cluster has.
+        Shape::Whole => (doc.value.clone(), ""),
         Shape::Spec => (
             doc.value
                 .get("spec")

@@ -25,17 +25,31 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let opts = args.source.options()?;
-    let cfg = dns::ZoneConfig { domain: args.domain.clone(), ttl: args.ttl };
-    let watch = Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+    let cfg = dns::ZoneConfig {
+        domain: args.domain.clone(),
+        ttl: args.ttl,
+    };
+    let watch =
+        Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
     let first = watch.current();
-    for d in first.snapshot.diagnostics.iter().filter(|d| d.severity == model::Severity::Error) {
+    for d in first
+        .snapshot
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == model::Severity::Error)
+    {
         eprintln!("{d}");
     }
     let zone = dns::compile(&first.snapshot, &cfg);
     crate::gateway::runtime()?.block_on(async move {
-        let running = dns::server::start(args.listen, zone).await.with_context(|| {
-            format!("cannot listen on {} (ports below 1024 need root; try --listen 127.0.0.1:5353)", args.listen)
-        })?;
+        let running = dns::server::start(args.listen, zone)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (ports below 1024 need root; try --listen 127.0.0.1:5353)",
+                    args.listen
+                )
+            })?;
         eprintln!("dns: zone {} on udp/tcp {}", cfg.domain, running.udp);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Update>(16);
         std::thread::spawn(move || {

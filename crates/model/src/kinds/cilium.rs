@@ -15,6 +15,9 @@ pub struct NetworkPolicyDoc {
     pub spec: Option<PolicyRule>,
     #[serde(default)]
     pub specs: Vec<PolicyRule>,
+    /// Written by Cilium; kept as it is.
+    #[serde(default)]
+    pub status: Option<Value>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
