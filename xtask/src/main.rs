@@ -125,11 +125,55 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// A process started by the demo, stopped when dropped.
+struct Bg(std::process::Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_tcp(port: u16) -> Result<()> {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+/// Shows a command and what it printed.
+fn show(program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("\n$ {program} {}", args.join(" "));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Metrics: only the request counters that moved.
+    let lines: Vec<&str> = if args.iter().any(|a| a.ends_with("/metrics")) {
+        text.lines()
+            .filter(|l| l.starts_with("trellis_gateway_rq_total") && !l.ends_with(" 0"))
+            .collect()
+    } else {
+        text.lines().collect()
+    };
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
 fn demo() -> Result<()> {
     run("cargo", &["build", "--package", "trellis"])?;
     let bin = root().join("target/debug/trellis");
     let bin = bin.to_str().context("utf-8 path")?;
-    eprintln!("\n==> the example home lab (examples/home-lab), with its Flux variables");
+    eprintln!("\n==> 1. check: the example home lab (examples/home-lab), with its Flux variables");
     run(
         bin,
         &[
@@ -140,16 +184,161 @@ fn demo() -> Result<()> {
             "examples/home-lab/vars.yaml",
         ],
     )?;
-    eprintln!("\n==> a real cluster's network manifests (testdata/home-ops), unchanged");
+    eprintln!("\n==> 2. check: a real cluster's network manifests (testdata/home-ops), unchanged");
     eprintln!(
         "    (exit code 1 is expected: it refers to Services and Secrets that its HelmReleases create)"
     );
     let status = Command::new(bin)
         .args(["check", "-f", "testdata/home-ops/kubernetes"])
+        .stdout(std::process::Stdio::null())
         .status()?;
     if status.code() == Some(2) {
         bail!("the corpus could not be read");
     }
+    eprintln!(
+        "    trellis check -f testdata/home-ops/kubernetes exited {}",
+        status.code().unwrap_or(-1)
+    );
+
+    eprintln!("\n==> 3. serve: an echo backend, the internal gateway and cluster DNS, on loopback");
+    let overlay = root().join("target/demo");
+    std::fs::create_dir_all(&overlay)?;
+    // Where the echo pods would be: one echo server on loopback stands in for them.
+    std::fs::write(
+        overlay.join("echo-endpoints.yaml"),
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: echo-demo\n  namespace: apps\n  labels: {kubernetes.io/service-name: echo}\naddressType: IPv4\nports: [{name: http, port: 18081}]\nendpoints: [{addresses: [127.0.0.1]}]\n",
+    )?;
+    let overlay_s = overlay.to_str().context("utf-8 path")?.to_string();
+    let _echo = Bg(Command::new(bin)
+        .args([
+            "echo",
+            "--listen",
+            "127.0.0.1:18081",
+            "--name",
+            "echo",
+            "--namespace",
+            "apps",
+        ])
+        .spawn()?);
+    let _gw = Bg(Command::new(bin)
+        .args([
+            "gateway",
+            "-f",
+            "examples/home-lab",
+            "-f",
+            &overlay_s,
+            "--vars",
+            "examples/home-lab/vars.yaml",
+            "--gateway",
+            "network/envoy-internal",
+        ])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port-map",
+            "80=18080,443=18443",
+            "--admin",
+            "127.0.0.1:19901",
+            "--access-log",
+            "off",
+        ])
+        .spawn()?);
+    let _dns = Bg(Command::new(bin)
+        .args([
+            "dns",
+            "-f",
+            "examples/home-lab",
+            "--vars",
+            "examples/home-lab/vars.yaml",
+            "--listen",
+            "127.0.0.1:15353",
+        ])
+        .spawn()?);
+    for p in [18081, 18080, 18443, 19901, 15353] {
+        wait_tcp(p)?;
+    }
+    let resolve = "echo.home.example:18443:127.0.0.1";
+    show(
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            "-H",
+            "Host: echo.home.example",
+            "http://127.0.0.1:18080/",
+        ],
+    )?;
+    show(
+        "curl",
+        &[
+            "-sS",
+            "-k",
+            "--http2",
+            "--resolve",
+            resolve,
+            "https://echo.home.example:18443/hello?from=demo",
+        ],
+    )?;
+    show(
+        "curl",
+        &[
+            "-sS",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} for a crawler's User-Agent (the Lua filter)\n",
+            "-A",
+            "GPTBot/1.0",
+            "--resolve",
+            resolve,
+            "https://echo.home.example:18443/",
+        ],
+    )?;
+    show(
+        "curl",
+        &[
+            "-sS",
+            "-k",
+            "--compressed",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download} bytes on the wire, compressed\n",
+            "-H",
+            "Accept-Encoding: zstd",
+            "--resolve",
+            resolve,
+            "https://echo.home.example:18443/big?size=20000",
+        ],
+    )?;
+    if has("dig", &["-v"]) {
+        show(
+            "dig",
+            &[
+                "@127.0.0.1",
+                "-p",
+                "15353",
+                "+short",
+                "echo.apps.svc.cluster.local",
+                "A",
+            ],
+        )?;
+        show(
+            "dig",
+            &[
+                "@127.0.0.1",
+                "-p",
+                "15353",
+                "+short",
+                "_http._tcp.echo.apps.svc.cluster.local",
+                "SRV",
+            ],
+        )?;
+    }
+    show("curl", &["-sS", "http://127.0.0.1:19901/metrics"])?;
+    eprintln!("\n==> done. Everything ran on 127.0.0.1; the processes are stopped now.");
+    eprintln!("    Next: `trellis gateway --help`, `trellis dns --help`, README.md.");
     Ok(())
 }
 
