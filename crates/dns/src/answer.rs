@@ -136,7 +136,11 @@ pub fn answer(zone: &Zone, req: &Message) -> Message {
     if !zone.names.contains(&name) {
         m.metadata.response_code = ResponseCode::NXDomain;
     }
-    if let (Some(soa), Ok(origin)) = (&zone.soa, Name::from_ascii(&zone.origin)) {
+    let apex = zone
+        .apex(&name)
+        .or(zone.origins.first().map(String::as_str))
+        .unwrap_or(".");
+    if let (Some(soa), Ok(origin)) = (&zone.soa, Name::from_ascii(apex)) {
         m.authorities.push(Record::from_rdata(
             origin,
             zone.ttl.min(soa.minimum),
@@ -155,7 +159,7 @@ fn records(zone: &Zone, name: &str, qtype: RecordType) -> Vec<RData> {
             .flat_map(|(_, v)| v.clone())
             .collect();
     }
-    if qtype == RecordType::SOA && name == zone.origin {
+    if qtype == RecordType::SOA && zone.origins.iter().any(|o| o == name) {
         return zone.soa.clone().map(RData::SOA).into_iter().collect();
     }
     zone.records
@@ -171,7 +175,7 @@ mod tests {
     #[test]
     fn arbitrary_packets_never_panic() {
         let zone = Zone {
-            origin: "cluster.local.".into(),
+            origins: vec!["cluster.local.".into()],
             ttl: 5,
             ..Zone::default()
         };

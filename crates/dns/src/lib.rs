@@ -7,10 +7,14 @@
 //! - [`server`]: UDP and TCP listeners that answer from the current zone; `update` swaps
 //!   a new zone in.
 //!
-//! Not here yet: split-horizon views, forwarding and caching, rewrite rules, record sync.
+//! - [`views`]: split-horizon views (`DNSView`), one zone per view, chosen by client address.
+//!
+//! Not here yet: forwarding and caching, rewrite rules, record sync.
 
 pub mod answer;
 pub mod server;
+pub mod views;
 pub mod zone;
 
+pub use views::{Views, compile_views};
 pub use zone::{Zone, ZoneConfig, compile};

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::answer::{Transport, respond};
-use crate::zone::Zone;
+use crate::views::Views;
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -17,27 +17,27 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// A running DNS server.
 #[derive(Debug)]
 pub struct Running {
-    zone: Arc<ArcSwap<Zone>>,
+    views: Arc<ArcSwap<Views>>,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
 }
 
 impl Running {
-    /// Swaps in a new zone; queries in flight finish on the old one.
-    pub fn update(&self, zone: Zone) {
-        self.zone.store(Arc::new(zone));
+    /// Swaps in new views; queries in flight finish on the old ones.
+    pub fn update(&self, views: Views) {
+        self.views.store(Arc::new(views));
     }
 }
 
 /// Binds UDP and TCP on `addr` (the same port for both; port 0 picks one for UDP and uses
 /// it for TCP too).
-pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
+pub async fn start(addr: SocketAddr, views: Views) -> std::io::Result<Running> {
     let udp = UdpSocket::bind(addr).await?;
     let udp_addr = udp.local_addr()?;
     let tcp = TcpListener::bind(SocketAddr::new(addr.ip(), udp_addr.port())).await?;
     let tcp_addr = tcp.local_addr()?;
-    let zone = Arc::new(ArcSwap::from_pointee(zone));
-    let z = zone.clone();
+    let views = Arc::new(ArcSwap::from_pointee(views));
+    let z = views.clone();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -45,15 +45,16 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
                 continue;
             };
             let current = z.load();
-            if let Some(out) = respond(&current, &buf[..n], Transport::Udp) {
+            let (_, zone) = current.for_client(peer.ip());
+            if let Some(out) = respond(zone, &buf[..n], Transport::Udp) {
                 let _ = udp.send_to(&out, peer).await;
             }
         }
     });
-    let z = zone.clone();
+    let z = views.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = tcp.accept().await else {
+            let Ok((mut stream, peer)) = tcp.accept().await else {
                 continue;
             };
             let z = z.clone();
@@ -70,7 +71,8 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
                         return;
                     }
                     let current = z.load();
-                    let Some(out) = respond(&current, &msg, Transport::Tcp) else {
+                    let (_, zone) = current.for_client(peer.ip());
+                    let Some(out) = respond(zone, &msg, Transport::Tcp) else {
                         return;
                     };
                     let Ok(n) = u16::try_from(out.len()) else {
@@ -86,7 +88,7 @@ pub async fn start(addr: SocketAddr, zone: Zone) -> std::io::Result<Running> {
         }
     });
     Ok(Running {
-        zone,
+        views,
         udp: udp_addr,
         tcp: tcp_addr,
     })

@@ -46,8 +46,8 @@ impl Default for ZoneConfig {
 /// The records of the zone, by lowercase name (with trailing dot) and type.
 #[derive(Clone, Debug, Default)]
 pub struct Zone {
-    /// `cluster.local.`
-    pub origin: String,
+    /// The zones answered, lowercase with trailing dot (`cluster.local.` first).
+    pub origins: Vec<String>,
     pub ttl: u32,
     pub records: BTreeMap<(String, RecordType), Vec<RData>>,
     /// Every name that exists, records or not (empty non-terminals included).
@@ -66,33 +66,44 @@ impl Zone {
         self.exists(&name);
     }
 
-    /// Marks a name and all its ancestors inside the zone as existing.
-    fn exists(&mut self, name: &str) {
+    /// Marks a name and all its ancestors up to its zone's apex as existing.
+    pub(crate) fn exists(&mut self, name: &str) {
+        let Some(apex) = self.apex(name).map(str::to_string) else {
+            self.names.insert(name.to_string());
+            return;
+        };
         let mut n = name.to_string();
         loop {
-            if !self.names.insert(n.clone()) && n != name {
-                return;
-            }
-            if n == self.origin {
+            self.names.insert(n.clone());
+            if n == apex {
                 return;
             }
             match n.find('.') {
                 Some(i) if i + 1 < n.len() => n = n[i + 1..].to_string(),
                 _ => return,
             }
-            if !n.ends_with(&self.origin) {
-                return;
-            }
         }
     }
 
-    /// Whether a lowercase name (with trailing dot) is answered here: the cluster zone, and
-    /// the reverse zones (as CoreDNS's kubernetes plugin serves `in-addr.arpa ip6.arpa`).
+    /// The zone apex a lowercase name (with trailing dot) falls under, if any.
+    pub fn apex(&self, name: &str) -> Option<&str> {
+        self.origins
+            .iter()
+            .filter(|o| name == o.as_str() || name.ends_with(&format!(".{o}")))
+            .max_by_key(|o| o.len())
+            .map(String::as_str)
+    }
+
+    /// Whether a lowercase name (with trailing dot) is answered here: the zones, and the
+    /// reverse zones (as CoreDNS's kubernetes plugin serves `in-addr.arpa ip6.arpa`).
     pub fn contains(&self, name: &str) -> bool {
-        name == self.origin
-            || name.ends_with(&format!(".{}", self.origin))
+        self.apex(name).is_some()
             || name.ends_with(".in-addr.arpa.")
             || name.ends_with(".ip6.arpa.")
+    }
+
+    pub(crate) fn add_record(&mut self, name: &str, rdata: RData) {
+        self.add(name, rdata);
     }
 }
 
@@ -134,7 +145,7 @@ fn dashed(ip: IpAddr) -> String {
 pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
     let origin = format!("{}.", cfg.domain.trim_end_matches('.').to_ascii_lowercase());
     let mut z = Zone {
-        origin: origin.clone(),
+        origins: vec![origin.clone()],
         ttl: cfg.ttl,
         ..Zone::default()
     };

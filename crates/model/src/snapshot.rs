@@ -23,7 +23,7 @@ use crate::kinds::envoy::{
     BackendSpec, BackendTrafficPolicySpec, ClientTrafficPolicySpec, EnvoyExtensionPolicySpec,
     EnvoyProxySpec, SecurityPolicySpec,
 };
-use crate::kinds::misc::{DnsEndpointSpec, NetworkAttachmentSpec, ScaledObjectSpec};
+use crate::kinds::misc::{DnsEndpointSpec, DnsViewSpec, NetworkAttachmentSpec, ScaledObjectSpec};
 use crate::kinds::routes::StreamRouteSpec;
 use crate::object::{Condition, Meta, ObjectKey, ObjectStatus, Source, Status, cond};
 use crate::yaml::Pos;
@@ -226,6 +226,7 @@ kinds! {
     dns_endpoints: DnsEndpointSpec = "externaldns.k8s.io" / "DNSEndpoint" ["v1alpha1"] namespaced Spec;
     network_attachments: NetworkAttachmentSpec = "k8s.cni.cncf.io" / "NetworkAttachmentDefinition" ["v1"] namespaced Spec;
     scaled_objects: ScaledObjectSpec = "keda.sh" / "ScaledObject" ["v1alpha1"] namespaced Spec;
+    dns_views: DnsViewSpec = "trellis.dev" / "DNSView" ["v1alpha1"] cluster Spec;
 }
 
 /// Looks a kind up in the table, BGP kinds included.

@@ -2478,6 +2478,55 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
             }
         }
     }
+    for v in s.dns_views.values() {
+        let status = st.entry(key_of(v, "trellis.dev", "DNSView")).or_default();
+        if v.spec.clients.is_empty() {
+            problem(
+                status,
+                "spec.clients",
+                "a view needs at least one client network (0.0.0.0/0 for everyone)",
+            );
+        }
+        for (i, c) in v.spec.clients.iter().enumerate() {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                problem(
+                    status,
+                    format!("spec.clients[{i}]"),
+                    format!("{c:?} is not a CIDR"),
+                );
+            }
+        }
+        for (i, z) in v.spec.zones.iter().enumerate() {
+            if let Err(e) = check_hostname(z.trim_end_matches('.')) {
+                problem(
+                    status,
+                    format!("spec.zones[{i}]"),
+                    format!("zone {z:?}: {e}"),
+                );
+            }
+        }
+        let mut missing = None;
+        for (i, g) in v.spec.gateways.iter().enumerate() {
+            if !matches!(g.answer.as_str(), "Address" | "Target") {
+                problem(
+                    status,
+                    format!("spec.gateways[{i}].answer"),
+                    format!("answer {:?} is not Address or Target", g.answer),
+                );
+            }
+            if get(&s.gateways, &g.namespace, &g.name).is_none() {
+                missing.get_or_insert(unresolved(
+                    status,
+                    format!("spec.gateways[{i}]"),
+                    format!("gateway {}/{} not found", g.namespace, g.name),
+                ));
+            }
+        }
+        match missing {
+            None => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
+            Some(m) => status.set(bad(cond::RESOLVED_REFS, reason::BACKEND_NOT_FOUND, m)),
+        }
+    }
     for so in s.scaled_objects.values() {
         let status = st.entry(key_of(so, "keda.sh", "ScaledObject")).or_default();
         if let (Some(min), Some(max)) = (so.spec.min_replica_count, so.spec.max_replica_count)

@@ -40,9 +40,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     {
         eprintln!("{d}");
     }
-    let zone = dns::compile(&first.snapshot, &cfg);
+    let views = dns::compile_views(&first.snapshot, &cfg);
     crate::gateway::runtime()?.block_on(async move {
-        let running = dns::server::start(args.listen, zone)
+        let running = dns::server::start(args.listen, views)
             .await
             .with_context(|| {
                 format!(
@@ -64,9 +64,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 u = rx.recv() => match u {
                     Some(Update::Applied(load)) => {
-                        let z = dns::compile(&load.snapshot, &cfg);
-                        eprintln!("reloaded: {} names", z.names.len());
-                        running.update(z);
+                        let v = dns::compile_views(&load.snapshot, &cfg);
+                        eprintln!("reloaded: {} views", v.views.len());
+                        running.update(v);
                     }
                     Some(Update::Rejected { errors, .. }) => {
                         for e in &errors {

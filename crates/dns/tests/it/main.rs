@@ -1,4 +1,7 @@
-//! The cluster zone served over UDP and TCP, queried with dig (a real resolver client).
+//! The cluster zone served over UDP and TCP, queried with dig (a real resolver client), and
+//! split-horizon views (with a property test of the no-leak guarantee in `props.rs`).
+
+mod props;
 
 use std::process::Command;
 
@@ -74,9 +77,15 @@ async fn cluster_zone_with_dig() {
         load.snapshot.diagnostics
     );
     let zone = dns::compile(&load.snapshot, &dns::ZoneConfig::default());
-    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), zone)
-        .await
-        .expect("starts");
+    let running = dns::server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        dns::Views {
+            views: Vec::new(),
+            default: zone,
+        },
+    )
+    .await
+    .expect("starts");
     let port = running.udp.port();
     tokio::task::spawn_blocking(move || {
         assert_eq!(
@@ -171,6 +180,77 @@ async fn cluster_zone_with_dig() {
             .map(str::to_string)
             .collect();
         assert_eq!(edns.len(), 60);
+    })
+    .await
+    .expect("checks pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_horizon_views_with_dig() {
+    let t = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        t.path().join("m.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: trellis}\nspec: {controllerName: trellis.dev/gateway-controller}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: internal\n  namespace: net\nspec:\n  gatewayClassName: trellis\n  addresses: [{type: IPAddress, value: 10.10.30.25}]\n  listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: external\n  namespace: net\n  annotations: {external-dns.alpha.kubernetes.io/target: external.example.com}\nspec:\n  gatewayClassName: trellis\n  addresses: [{type: IPAddress, value: 10.10.30.26}]\n  listeners: [{name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: wiki, namespace: net}\nspec: {parentRefs: [{name: internal}], hostnames: [wiki.example.com]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: blog, namespace: net}\nspec: {parentRefs: [{name: external}, {name: internal}], hostnames: [blog.example.com]}\n---\n\
+         apiVersion: externaldns.k8s.io/v1alpha1\nkind: DNSEndpoint\nmetadata: {name: tunnel, namespace: net}\nspec: {endpoints: [{dnsName: external.example.com, recordType: CNAME, targets: [abc.cfargotunnel.com]}]}\n---\n\
+         apiVersion: trellis.dev/v1alpha1\nkind: DNSView\nmetadata: {name: lan}\nspec:\n  order: 1\n  clients: [127.0.0.1/32]\n  zones: [example.com]\n  cluster: true\n  gateways: [{name: internal, namespace: net}, {name: external, namespace: net}]\n---\n\
+         apiVersion: trellis.dev/v1alpha1\nkind: DNSView\nmetadata: {name: public}\nspec:\n  order: 2\n  clients: [0.0.0.0/0]\n  zones: [example.com]\n  dnsEndpoints: true\n  gateways: [{name: external, namespace: net, answer: Target}]\n",
+    )
+    .expect("write");
+    let load = store::load(
+        &[t.path().to_path_buf()],
+        &store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    );
+    assert!(!load.snapshot.has_problems(), "{:#?}", load.snapshot.status);
+    let views = dns::compile_views(&load.snapshot, &dns::ZoneConfig::default());
+    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views)
+        .await
+        .expect("starts");
+    let port = running.udp.port();
+    tokio::task::spawn_blocking(move || {
+        let from = |src: &str, name: &str| -> (String, Vec<String>) {
+            let out = dig(port, &["-b", src, name, "A"]);
+            let status = out
+                .split("status: ")
+                .nth(1)
+                .and_then(|s| s.split(',').next())
+                .unwrap_or("?")
+                .to_string();
+            let mut short: Vec<String> = dig(port, &["-b", src, "+short", name, "A"])
+                .lines()
+                .map(str::to_string)
+                .collect();
+            short.sort();
+            (status, short)
+        };
+        // Inside: the gateways' own addresses, and the cluster zone.
+        assert_eq!(from("127.0.0.1", "wiki.example.com").1, ["10.10.30.25"]);
+        assert_eq!(
+            from("127.0.0.1", "blog.example.com").1,
+            ["10.10.30.25", "10.10.30.26"]
+        );
+        assert_eq!(from("127.0.0.1", "dns-version.cluster.local").0, "NOERROR");
+        // Outside: the public target, the tunnel record, and nothing for inside-only names.
+        assert_eq!(
+            from("127.0.0.2", "blog.example.com").1,
+            ["abc.cfargotunnel.com.", "external.example.com."]
+        );
+        assert_eq!(
+            from("127.0.0.2", "wiki.example.com"),
+            ("NXDOMAIN".to_string(), Vec::new()),
+            "an inside-only name never leaks"
+        );
+        assert_eq!(
+            from("127.0.0.2", "web.apps.svc.cluster.local").0,
+            "REFUSED",
+            "the cluster zone is inside only"
+        );
     })
     .await
     .expect("checks pass");

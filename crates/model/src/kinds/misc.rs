@@ -118,3 +118,44 @@ pub struct Trigger {
     #[serde(default)]
     pub use_cached_metrics: Option<bool>,
 }
+
+/// trellis's own kind (`trellis.dev/v1alpha1` `DNSView`): one view of split-horizon DNS.
+/// Views are tried in ascending `order`; the first whose `clients` contain the querier's
+/// address answers. A view is authoritative for its `zones`: a name under them that the view
+/// does not publish is NXDOMAIN there, whatever other views publish (the no-leak rule).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsViewSpec {
+    #[serde(default)]
+    pub order: i32,
+    /// Client networks, as CIDRs (`0.0.0.0/0` and `::/0` for everyone).
+    pub clients: Vec<String>,
+    /// Domains the view answers for.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// Gateways whose routes' hostnames the view publishes, and with which answer.
+    #[serde(default)]
+    pub gateways: Vec<ViewGateway>,
+    /// Publish the records of DNSEndpoints that fall under the view's zones.
+    #[serde(default)]
+    pub dns_endpoints: bool,
+    /// Also answer the cluster zone (`cluster.local`).
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ViewGateway {
+    pub name: String,
+    pub namespace: String,
+    /// `Address`: the Gateway's own address (spec.addresses or its LoadBalancer address).
+    /// `Target`: its `external-dns.alpha.kubernetes.io/target` annotation, as ExternalDNS
+    /// would publish (an address gives A/AAAA, a name gives a CNAME).
+    #[serde(default = "default_answer")]
+    pub answer: String,
+}
+
+fn default_answer() -> String {
+    "Address".into()
+}
