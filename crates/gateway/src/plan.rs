@@ -31,6 +31,7 @@ use model::{ObjectKey, Status};
 
 use crate::tls::{self, Cert, CertStore, ClientTls, ListenerCerts};
 use model::kinds::envoy::BackendTrafficPolicySpec;
+use model::object::same_shape;
 
 use crate::lua::LuaFilter;
 
@@ -1203,22 +1204,12 @@ fn apply_filter(
     match f.r#type {
         F::RequestHeaderModifier => {
             if let Some(m) = &f.request_header_modifier {
-                edits(
-                    &mut a.request_headers,
-                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.remove.iter().flatten(),
-                );
+                edits(&mut a.request_headers, &same_shape(m));
             }
         }
         F::ResponseHeaderModifier => {
             if let Some(m) = &f.response_header_modifier {
-                edits(
-                    &mut a.response_headers,
-                    m.set.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.add.iter().flatten().map(|h| (&h.name, &h.value)),
-                    m.remove.iter().flatten(),
-                );
+                edits(&mut a.response_headers, &same_shape(m));
             }
         }
         F::RequestRedirect => {
@@ -1276,18 +1267,36 @@ fn apply_filter(
     }
 }
 
-fn edits<'a>(
-    out: &mut HeaderEdits,
-    set: impl Iterator<Item = (&'a String, &'a String)>,
-    add: impl Iterator<Item = (&'a String, &'a String)>,
-    remove: impl Iterator<Item = &'a String>,
-) {
+/// A header modifier filter, whichever generated type it came in.
+#[derive(Debug, Default, serde::Deserialize)]
+struct HeaderModifier {
+    #[serde(default)]
+    set: Vec<NameValue>,
+    #[serde(default)]
+    add: Vec<NameValue>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct NameValue {
+    name: String,
+    value: String,
+}
+
+fn edits(out: &mut HeaderEdits, m: &HeaderModifier) {
     let name = |n: &str| http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok();
-    out.set
-        .extend(set.filter_map(|(n, v)| Some((name(n)?, v.clone()))));
-    out.add
-        .extend(add.filter_map(|(n, v)| Some((name(n)?, v.clone()))));
-    out.remove.extend(remove.filter_map(|n| name(n)));
+    out.set.extend(
+        m.set
+            .iter()
+            .filter_map(|h| Some((name(&h.name)?, h.value.clone()))),
+    );
+    out.add.extend(
+        m.add
+            .iter()
+            .filter_map(|h| Some((name(&h.name)?, h.value.clone()))),
+    );
+    out.remove.extend(m.remove.iter().filter_map(|n| name(n)));
 }
 
 /// Resolves a backendRef to its endpoints, or says why it cannot be used.

@@ -280,3 +280,14 @@ pub fn set_condition(list: &mut Vec<Condition>, c: Condition) {
 pub fn serialize_path<S: serde::Serializer>(p: &Arc<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&p.display().to_string())
 }
+
+/// Converts a value to another type with the same fields, through JSON: the gateway-api
+/// crate generates one type per kind for the same shape (`HttpRouteParentRefs`,
+/// `GrpcRouteParentRefs`, header modifiers of rules and of backendRefs); components read
+/// them through one type of ours. Falls back to the default if the shapes differ.
+pub fn same_shape<T: Serialize, U: serde::de::DeserializeOwned + Default>(t: &T) -> U {
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
+}

@@ -19,6 +19,7 @@ use gateway_api::gateways::{
 use crate::kinds::LabelSelector;
 use crate::kinds::envoy::{Policy, TargetRef};
 use crate::kinds::routes::{BackendRef, ParentRef};
+use crate::object::same_shape;
 use crate::object::{
     Condition, ListenerStatus, ObjectKey, ObjectStatus, ParentRefOut, ParentStatus, RouteGroupKind,
     Status, cond, cond::reason,
@@ -708,14 +709,7 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
             for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
                 backends.push((
                     format!("spec.rules[{i}].backendRefs[{j}]"),
-                    BackendRef {
-                        group: b.group.clone(),
-                        kind: b.kind.clone(),
-                        name: b.name.clone(),
-                        namespace: b.namespace.clone(),
-                        port: b.port,
-                        weight: b.weight,
-                    },
+                    same_shape::<_, BackendRef>(b),
                 ));
             }
             for (j, f) in rule.filters.iter().flatten().enumerate() {
@@ -723,14 +717,7 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
                     let b = &m.backend_ref;
                     backends.push((
                         format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef"),
-                        BackendRef {
-                            group: b.group.clone(),
-                            kind: b.kind.clone(),
-                            name: b.name.clone(),
-                            namespace: b.namespace.clone(),
-                            port: b.port,
-                            weight: None,
-                        },
+                        same_shape::<_, BackendRef>(b),
                     ));
                 }
             }
@@ -745,14 +732,7 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
                 .parent_refs
                 .iter()
                 .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.clone(),
-                    kind: p.kind.clone(),
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                })
+                .map(same_shape::<_, ParentRef>)
                 .collect(),
             backends,
         });
@@ -764,14 +744,7 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
             for (j, b) in rule.backend_refs.iter().flatten().enumerate() {
                 backends.push((
                     format!("spec.rules[{i}].backendRefs[{j}]"),
-                    BackendRef {
-                        group: b.group.clone(),
-                        kind: b.kind.clone(),
-                        name: b.name.clone(),
-                        namespace: b.namespace.clone(),
-                        port: b.port,
-                        weight: b.weight,
-                    },
+                    same_shape::<_, BackendRef>(b),
                 ));
             }
         }
@@ -785,14 +758,7 @@ fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
                 .parent_refs
                 .iter()
                 .flatten()
-                .map(|p| ParentRef {
-                    group: p.group.clone(),
-                    kind: p.kind.clone(),
-                    name: p.name.clone(),
-                    namespace: p.namespace.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                })
+                .map(same_shape::<_, ParentRef>)
                 .collect(),
             backends,
         });

@@ -51,14 +51,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 )
             })?;
         eprintln!("dns: zone {} on udp/tcp {}", cfg.domain, running.udp);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Update>(16);
-        std::thread::spawn(move || {
-            while let Ok(u) = watch.updates.recv() {
-                if tx.blocking_send(u).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut rx = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {

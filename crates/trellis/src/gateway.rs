@@ -195,14 +195,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut drain_timeout = drain_override.unwrap_or(plan.drain_timeout);
 
         // Snapshot updates arrive on a std channel; hand them to the runtime.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Update>(16);
-        std::thread::spawn(move || {
-            while let Ok(u) = watch.updates.recv() {
-                if tx.blocking_send(u).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut rx = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {

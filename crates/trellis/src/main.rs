@@ -67,6 +67,22 @@ impl SourceArgs {
     }
 }
 
+/// Hands a watcher's updates (a std channel fed by a thread) to the async runtime. The
+/// watcher moves into the thread, which keeps it watching for as long as updates are read.
+pub fn forward_updates(
+    watch: store::watch::Watch,
+) -> tokio::sync::mpsc::Receiver<store::watch::Update> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        while let Ok(u) = watch.updates.recv() {
+            if tx.blocking_send(u).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load manifests, resolve references and print every object's conditions.

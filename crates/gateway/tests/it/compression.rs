@@ -30,28 +30,7 @@ async fn compressor_policy_with_curl() {
          spec:\n  parentRefs: [{name: same-namespace}]\n  rules:\n    - backendRefs: [{name: infra-backend-v1, port: 8080}]\n---\n\
          apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: p, namespace: gateway-conformance-infra}\n\
          spec:\n  targetSelectors: [{group: gateway.networking.k8s.io, kind: Gateway}]\n  compressor: [{type: Zstd, zstd: {}}, {type: Brotli, brotli: {}}, {type: Gzip, gzip: {}}]\n";
-    let dir = tempfile::tempdir().expect("tmp");
-    let load = harness::load(
-        dir.path(),
-        &[
-            ("base.yaml", &harness::base_manifests(&backends)),
-            ("case.yaml", manifests),
-        ],
-    );
-    let plan = gateway::compile(
-        &load.snapshot,
-        "gateway-conformance-infra",
-        "same-namespace",
-    )
-    .expect("compiles");
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: [(80, 0)].into(),
-        ..Default::default()
-    };
-    let running = gateway::start(&plan, &bind, Arc::default())
-        .await
-        .expect("starts");
+    let (_, running) = harness::serve(&backends, &manifests, Arc::default()).await;
     let url = format!("http://{}/data?size=20000", running.bound[&80]);
     tokio::task::spawn_blocking(move || {
         for (accept, want) in [

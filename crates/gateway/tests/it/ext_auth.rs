@@ -124,30 +124,9 @@ async fn ext_auth_allows_denies_and_fails_closed_or_open() {
              \x20   http:\n      backendRefs: [{{name: {service}, namespace: security, port: 80}}]\n      path: /outpost.goauthentik.io/auth/envoy\n      headersToBackend: [X-authentik-username, Set-Cookie]\n---\n"
         ));
     }
-    let dir = tempfile::tempdir().expect("tmp");
-    let load = harness::load(
-        dir.path(),
-        &[
-            ("base.yaml", &harness::base_manifests(&backends)),
-            ("case.yaml", &manifests),
-        ],
-    );
-    let plan = gateway::compile(
-        &load.snapshot,
-        "gateway-conformance-infra",
-        "same-namespace",
-    )
-    .expect("compiles");
-    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
     let metrics = Arc::new(gateway::metrics::Metrics::default());
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: [(80, 0)].into(),
-        ..Default::default()
-    };
-    let running = gateway::start(&plan, &bind, metrics.clone())
-        .await
-        .expect("starts");
+    let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
     let addr = running.bound[&80];
     let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
 

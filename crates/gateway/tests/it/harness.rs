@@ -94,3 +94,33 @@ pub fn client() -> hyper_util::client::legacy::Client<
 > {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
 }
+
+/// Loads the base manifests plus `manifests`, compiles Gateway `same-namespace` and serves
+/// its port 80 on a free loopback port.
+pub async fn serve(
+    backends: &Backends,
+    manifests: &str,
+    metrics: std::sync::Arc<gateway::metrics::Metrics>,
+) -> (gateway::Plan, gateway::Running) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let load = load(
+        dir.path(),
+        &[
+            ("base.yaml", &base_manifests(backends)),
+            ("case.yaml", manifests),
+        ],
+    );
+    let plan = gateway::compile(
+        &load.snapshot,
+        "gateway-conformance-infra",
+        "same-namespace",
+    )
+    .expect("compiles");
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: [(80, 0)].into(),
+        ..Default::default()
+    };
+    let running = gateway::start(&plan, &bind, metrics).await.expect("starts");
+    (plan, running)
+}

@@ -62,20 +62,7 @@ async fn corpus_lua_filter_and_failing_scripts() {
         .replace("wiki.cloudjur.com", "spins-wiki.example.com"),
     );
     manifests.push_str(&policy("resp", "resp-lua", "function envoy_on_response(h)\n  h:headers():add(\"x-lua\", h:headers():get(\":status\"))\nend\n").replace("wiki.cloudjur.com", "resp-wiki.example.com"));
-    let dir = tempfile::tempdir().expect("tmp");
-    let load = harness::load(
-        dir.path(),
-        &[
-            ("base.yaml", &harness::base_manifests(&backends)),
-            ("case.yaml", &manifests),
-        ],
-    );
-    let plan = gateway::compile(
-        &load.snapshot,
-        "gateway-conformance-infra",
-        "same-namespace",
-    )
-    .expect("compiles");
+    let (plan, running) = harness::serve(&backends, &manifests, Arc::default()).await;
     // The script with a syntax error is reported against its policy, with the line.
     assert_eq!(plan.problems.len(), 1, "{:?}", plan.problems);
     let (key, why) = &plan.problems[0];
@@ -85,14 +72,6 @@ async fn corpus_lua_filter_and_failing_scripts() {
         "{why}"
     );
 
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: [(80, 0)].into(),
-        ..Default::default()
-    };
-    let running = gateway::start(&plan, &bind, Arc::default())
-        .await
-        .expect("starts");
     let addr = running.bound[&80];
     let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
 

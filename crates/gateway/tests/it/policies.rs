@@ -43,28 +43,7 @@ async fn retries_timeouts_and_ejection() {
          \x20 timeout: {{http: {{requestTimeout: 1s}}}}\n",
         live = live.addr.port()
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let load = harness::load(
-        dir.path(),
-        &[
-            ("base.yaml", &harness::base_manifests(&backends)),
-            ("case.yaml", &manifests),
-        ],
-    );
-    let plan = gateway::compile(
-        &load.snapshot,
-        "gateway-conformance-infra",
-        "same-namespace",
-    )
-    .expect("compiles");
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: [(80, 0)].into(),
-        ..Default::default()
-    };
-    let running = gateway::start(&plan, &bind, Arc::default())
-        .await
-        .expect("starts");
+    let (_, running) = harness::serve(&backends, &manifests, Arc::default()).await;
     let addr = running.bound[&80];
 
     // One endpoint refuses connections: every request still succeeds (the request was not
