@@ -30,7 +30,7 @@ async fn compressor_policy_with_curl() {
          spec:\n  parentRefs: [{name: same-namespace}]\n  rules:\n    - backendRefs: [{name: infra-backend-v1, port: 8080}]\n---\n\
          apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: p, namespace: gateway-conformance-infra}\n\
          spec:\n  targetSelectors: [{group: gateway.networking.k8s.io, kind: Gateway}]\n  compressor: [{type: Zstd, zstd: {}}, {type: Brotli, brotli: {}}, {type: Gzip, gzip: {}}]\n";
-    let (_, running) = harness::serve(&backends, &manifests, Arc::default()).await;
+    let (_, running) = harness::serve(&backends, manifests, Arc::default()).await;
     let url = format!("http://{}/data?size=20000", running.bound[&80]);
     tokio::task::spawn_blocking(move || {
         for (accept, want) in [
