@@ -31,6 +31,7 @@ use model::{ObjectKey, Status};
 
 use crate::tls::{self, Cert, CertStore, ClientTls, ListenerCerts};
 use model::kinds::envoy::BackendTrafficPolicySpec;
+use model::kinds::routes::BackendRef;
 use model::object::same_shape;
 
 use crate::lua::LuaFilter;
@@ -643,16 +644,7 @@ fn stream_backends(
         .iter()
         .map(|b| {
             let w = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            let backend = resolve(
-                s,
-                kind,
-                route.namespace(),
-                b.group.as_deref(),
-                b.kind.as_deref(),
-                b.namespace.as_deref(),
-                &b.name,
-                b.port,
-            );
+            let backend = resolve(s, kind, route.namespace(), b);
             (w, Arc::new(backend))
         })
         .collect()
@@ -966,16 +958,7 @@ fn action(
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     for b in refs {
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-        let backend = resolve(
-            s,
-            "HTTPRoute",
-            route.namespace(),
-            b.group.as_deref(),
-            b.kind.as_deref(),
-            b.namespace.as_deref(),
-            &b.name,
-            b.port,
-        );
+        let backend = resolve(s, "HTTPRoute", route.namespace(), &same_shape(b));
         a.backends.push((weight, Arc::new(backend)));
     }
     a.all_invalid = !refs.is_empty() && a.backends.iter().all(|(_, b)| b.invalid.is_some());
@@ -1105,16 +1088,7 @@ fn ext_auths(
         let Some(b) = http.backend_refs.first().or(http.backend_ref.as_ref()) else {
             continue;
         };
-        let backend = Arc::new(resolve(
-            s,
-            "SecurityPolicy",
-            p.namespace(),
-            b.group.as_deref(),
-            b.kind.as_deref(),
-            b.namespace.as_deref(),
-            &b.name,
-            b.port,
-        ));
+        let backend = Arc::new(resolve(s, "SecurityPolicy", p.namespace(), b));
         let names = |v: &[String]| {
             v.iter()
                 .filter_map(|h| {
@@ -1254,11 +1228,7 @@ fn apply_filter(
                     s,
                     "HTTPRoute",
                     route.namespace(),
-                    b.group.as_deref(),
-                    b.kind.as_deref(),
-                    b.namespace.as_deref(),
-                    &b.name,
-                    b.port,
+                    &same_shape(b),
                 )));
             }
         }
@@ -1300,17 +1270,14 @@ fn edits(out: &mut HeaderEdits, m: &HeaderModifier) {
 }
 
 /// Resolves a backendRef to its endpoints, or says why it cannot be used.
-#[allow(clippy::too_many_arguments)]
-fn resolve(
-    s: &Snapshot,
-    route_kind: &str,
-    route_ns: &str,
-    group: Option<&str>,
-    kind: Option<&str>,
-    namespace: Option<&str>,
-    name: &str,
-    port: Option<i32>,
-) -> Backend {
+fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Backend {
+    let (group, kind, namespace, name, port) = (
+        b.group.as_deref(),
+        b.kind.as_deref(),
+        b.namespace.as_deref(),
+        b.name.as_str(),
+        b.port,
+    );
     let ns = namespace.unwrap_or(route_ns);
     // The referring kind's group, for ReferenceGrants: routes, or Envoy Gateway's policies.
     let from_group = if route_kind.ends_with("Route") {
