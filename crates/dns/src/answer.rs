@@ -20,26 +20,33 @@ pub enum Transport {
     Tcp,
 }
 
-/// Parses a query and returns the wire response, or `None` when the bytes are not a query
-/// we can even answer with an error (too short to hold an ID).
-pub fn respond(zone: &Zone, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
-    let req = match Message::from_vec(packet) {
-        Ok(m) => m,
+/// Parses a query. `Err(Some(bytes))` is the FORMERR to send back; `Err(None)` means the
+/// bytes are not a query that can be answered at all (too short to hold an ID, or a
+/// response).
+pub fn parse(packet: &[u8]) -> Result<Message, Option<Vec<u8>>> {
+    match Message::from_vec(packet) {
+        Ok(m) if m.metadata.message_type == MessageType::Query => Ok(m),
+        Ok(_) => Err(None),
         Err(_) => {
-            // FORMERR needs the ID; answer only when there is one.
             if packet.len() < 12 {
-                return None;
+                return Err(None);
             }
             let id = u16::from_be_bytes([packet[0], packet[1]]);
             let mut m = Message::new(id, MessageType::Response, OpCode::Query);
             m.metadata.response_code = ResponseCode::FormErr;
-            return m.to_vec().ok();
+            Err(m.to_vec().ok())
         }
-    };
-    if req.metadata.message_type != MessageType::Query {
-        return None;
     }
-    let resp = answer(zone, &req);
+}
+
+/// Encodes a response for the transport the query came on: over UDP bounded by the client's
+/// EDNS0 payload size (or 512 bytes without EDNS0), truncated with TC set when too big.
+pub fn encode(mut resp: Message, req: &Message, transport: Transport) -> Option<Vec<u8>> {
+    if req.edns.is_some() && resp.edns.is_none() {
+        let mut e = Edns::new();
+        e.set_max_payload(EDNS_PAYLOAD_MAX);
+        resp.set_edns(e);
+    }
     let limit = match transport {
         Transport::Tcp => usize::from(u16::MAX),
         Transport::Udp => match &req.edns {
@@ -51,14 +58,31 @@ pub fn respond(zone: &Zone, packet: &[u8], transport: Transport) -> Option<Vec<u
     if bytes.len() <= limit {
         return Some(bytes);
     }
-    // Too big for UDP: the header and question only, with TC set, so the client retries
-    // over TCP.
-    let mut t = resp;
-    t.answers.clear();
-    t.authorities.clear();
-    t.additionals.clear();
-    t.metadata.truncation = true;
-    t.to_vec().ok()
+    // Too big: the header and question only, with TC set, so the client retries over TCP.
+    resp.answers.clear();
+    resp.authorities.clear();
+    resp.additionals.clear();
+    resp.metadata.truncation = true;
+    resp.to_vec().ok()
+}
+
+/// Whether a query is for a name this zone answers (else it is forwarded, or refused).
+pub fn is_local(zone: &Zone, req: &Message) -> bool {
+    req.queries.first().is_none_or(|q| {
+        let n = q.name().to_lowercase().to_ascii();
+        let n = if n.ends_with('.') { n } else { format!("{n}.") };
+        zone.contains(&n)
+    })
+}
+
+/// Parses a query and returns the wire response from the zone alone (names outside it are
+/// REFUSED), or `None` when there is nothing to answer.
+pub fn respond(zone: &Zone, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    let req = match parse(packet) {
+        Ok(r) => r,
+        Err(reply) => return reply,
+    };
+    encode(answer(zone, &req), &req, transport)
 }
 
 /// The response to a parsed query.

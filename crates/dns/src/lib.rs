@@ -9,9 +9,12 @@
 //!
 //! - [`views`]: split-horizon views (`DNSView`), one zone per view, chosen by client address.
 //!
-//! Not here yet: forwarding and caching, rewrite rules, record sync.
+//! - [`forward`]: everything else goes to upstream servers, through a cache.
+//!
+//! Not here yet: rewrite rules, record sync.
 
 pub mod answer;
+pub mod forward;
 pub mod server;
 pub mod views;
 pub mod zone;

@@ -1,4 +1,4 @@
-//! UDP and TCP listeners answering from the current zone.
+//! UDP and TCP listeners answering from the current views, forwarding the rest.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +8,8 @@ use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-use crate::answer::{Transport, respond};
+use crate::answer::{Transport, answer, encode, is_local, parse};
+use crate::forward::Forwarder;
 use crate::views::Views;
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
@@ -29,35 +30,71 @@ impl Running {
     }
 }
 
+/// One query, answered: from the querier's view, else by the forwarder, else REFUSED.
+async fn reply(
+    views: &ArcSwap<Views>,
+    fwd: Option<&Arc<Forwarder>>,
+    packet: &[u8],
+    peer: SocketAddr,
+    t: Transport,
+) -> Option<Vec<u8>> {
+    let req = match parse(packet) {
+        Ok(r) => r,
+        Err(formerr) => return formerr,
+    };
+    // Answer locally while holding the views; forward (which awaits) after letting go.
+    let local = {
+        let current = views.load();
+        let (_, zone) = current.for_client(peer.ip());
+        match fwd {
+            Some(_) if !is_local(zone, &req) => None,
+            _ => Some(answer(zone, &req)),
+        }
+    };
+    let resp = match (local, fwd) {
+        (Some(r), _) => r,
+        (None, Some(f)) => f.resolve(&req).await,
+        (None, None) => return None,
+    };
+    encode(resp, &req, t)
+}
+
 /// Binds UDP and TCP on `addr` (the same port for both; port 0 picks one for UDP and uses
 /// it for TCP too).
-pub async fn start(addr: SocketAddr, views: Views) -> std::io::Result<Running> {
-    let udp = UdpSocket::bind(addr).await?;
+pub async fn start(
+    addr: SocketAddr,
+    views: Views,
+    forwarder: Option<Arc<Forwarder>>,
+) -> std::io::Result<Running> {
+    let udp = Arc::new(UdpSocket::bind(addr).await?);
     let udp_addr = udp.local_addr()?;
     let tcp = TcpListener::bind(SocketAddr::new(addr.ip(), udp_addr.port())).await?;
     let tcp_addr = tcp.local_addr()?;
     let views = Arc::new(ArcSwap::from_pointee(views));
-    let z = views.clone();
+    let (z, f) = (views.clone(), forwarder.clone());
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
             let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
-            let current = z.load();
-            let (_, zone) = current.for_client(peer.ip());
-            if let Some(out) = respond(zone, &buf[..n], Transport::Udp) {
-                let _ = udp.send_to(&out, peer).await;
-            }
+            let packet = buf[..n].to_vec();
+            let (z, f, udp) = (z.clone(), f.clone(), udp.clone());
+            // Each query in its own task: a forwarded one may wait on an upstream.
+            tokio::spawn(async move {
+                if let Some(out) = reply(&z, f.as_ref(), &packet, peer, Transport::Udp).await {
+                    let _ = udp.send_to(&out, peer).await;
+                }
+            });
         }
     });
-    let z = views.clone();
+    let (z, f) = (views.clone(), forwarder);
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, peer)) = tcp.accept().await else {
                 continue;
             };
-            let z = z.clone();
+            let (z, f) = (z.clone(), f.clone());
             tokio::spawn(async move {
                 // Each message is preceded by its length (RFC 1035 4.2.2); several may follow.
                 loop {
@@ -70,9 +107,7 @@ pub async fn start(addr: SocketAddr, views: Views) -> std::io::Result<Running> {
                     if stream.read_exact(&mut msg).await.is_err() {
                         return;
                     }
-                    let current = z.load();
-                    let (_, zone) = current.for_client(peer.ip());
-                    let Some(out) = respond(zone, &msg, Transport::Tcp) else {
+                    let Some(out) = reply(&z, f.as_ref(), &msg, peer, Transport::Tcp).await else {
                         return;
                     };
                     let Ok(n) = u16::try_from(out.len()) else {

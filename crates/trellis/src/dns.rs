@@ -21,6 +21,37 @@ pub struct Args {
     /// TTL of the zone's records, in seconds.
     #[arg(long, default_value_t = 30)]
     pub ttl: u32,
+    /// Forward names outside every zone to these servers (ADDR or ADDR:PORT, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub forward: Vec<String>,
+    /// Forward to the nameservers of this resolv.conf (as CoreDNS's `forward . /etc/resolv.conf`).
+    #[arg(long)]
+    pub forward_resolv_conf: Option<std::path::PathBuf>,
+}
+
+fn forwarder(args: &Args) -> anyhow::Result<Option<std::sync::Arc<dns::forward::Forwarder>>> {
+    let mut upstreams = Vec::new();
+    for f in &args.forward {
+        let addr = f.parse::<SocketAddr>().or_else(|_| {
+            f.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        });
+        upstreams.push(addr.map_err(|_| {
+            anyhow::anyhow!("--forward {f:?}: write an address, e.g. 192.168.1.1 or 127.0.0.1:5301")
+        })?);
+    }
+    if let Some(p) = &args.forward_resolv_conf {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        upstreams.extend(dns::forward::parse_resolv_conf(&text));
+    }
+    if upstreams.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(std::sync::Arc::new(dns::forward::Forwarder::new(
+        upstreams,
+        Some(args.listen),
+    )?)))
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -41,8 +72,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("{d}");
     }
     let views = dns::compile_views(&first.snapshot, &cfg);
+    let fwd = forwarder(args)?;
     crate::gateway::runtime()?.block_on(async move {
-        let running = dns::server::start(args.listen, views)
+        let running = dns::server::start(args.listen, views, fwd)
             .await
             .with_context(|| {
                 format!(

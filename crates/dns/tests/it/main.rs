@@ -83,6 +83,7 @@ async fn cluster_zone_with_dig() {
             views: Vec::new(),
             default: zone,
         },
+        None,
     )
     .await
     .expect("starts");
@@ -209,7 +210,7 @@ async fn split_horizon_views_with_dig() {
     );
     assert!(!load.snapshot.has_problems(), "{:#?}", load.snapshot.status);
     let views = dns::compile_views(&load.snapshot, &dns::ZoneConfig::default());
-    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views)
+    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views, None)
         .await
         .expect("starts");
     let port = running.udp.port();
@@ -251,6 +252,113 @@ async fn split_horizon_views_with_dig() {
             "REFUSED",
             "the cluster zone is inside only"
         );
+    })
+    .await
+    .expect("checks pass");
+}
+
+/// Stops knotd when dropped.
+struct Knot(std::process::Child);
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_to_knot_and_serves_from_cache_when_it_is_gone() {
+    let t = tempfile::tempdir().expect("tmp");
+    let d = t.path();
+    let knot_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    std::fs::create_dir_all(d.join("zones")).expect("mkdir");
+    std::fs::write(
+        d.join("zones/example.test.zone"),
+        "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ NS ns\nns A 127.0.0.1\nwww A 192.0.2.10\nmail AAAA 2001:db8::25\n",
+    )
+    .expect("zone");
+    std::fs::write(
+        d.join("knot.conf"),
+        format!(
+            "server:\n  rundir: \"{r}\"\n  listen: 127.0.0.1@{knot_port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+             log:\n  - target: stderr\n    any: error\ndatabase:\n  storage: \"{r}/db\"\ntemplate:\n  - id: default\n    storage: \"{r}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: example.test\n",
+            r = d.display()
+        ),
+    )
+    .expect("conf");
+    let knot = Knot(
+        Command::new("knotd")
+            .arg("-c")
+            .arg(d.join("knot.conf"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("knotd runs (apt-get install knot)"),
+    );
+    // Knot answers once its zone is loaded.
+    let ready = (0..100).any(|_| {
+        let ok = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &knot_port.to_string(),
+                "+short",
+                "+time=1",
+                "+tries=1",
+                "www.example.test",
+            ])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.10"));
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        ok
+    });
+    assert!(ready, "knotd did not come up");
+
+    let zone = dns::compile(&model::Snapshot::default(), &dns::ZoneConfig::default());
+    let fwd = std::sync::Arc::new(
+        dns::forward::Forwarder::new(
+            vec![format!("127.0.0.1:{knot_port}").parse().expect("addr")],
+            None,
+        )
+        .expect("forwarder"),
+    );
+    let running = dns::server::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        dns::Views {
+            views: Vec::new(),
+            default: zone,
+        },
+        Some(fwd.clone()),
+    )
+    .await
+    .expect("starts");
+    let port = running.udp.port();
+    tokio::task::spawn_blocking(move || {
+        // Cluster names are still answered locally; the rest goes to Knot.
+        assert_eq!(
+            status(port, "dns-version.cluster.local", "TXT").0,
+            "NOERROR"
+        );
+        assert_eq!(short(port, "www.example.test", "A"), ["192.0.2.10"]);
+        assert_eq!(short(port, "mail.example.test", "AAAA"), ["2001:db8::25"]);
+        assert_eq!(status(port, "nope.example.test", "A").0, "NXDOMAIN");
+        assert_eq!(
+            dig(port, &["+tcp", "+short", "www.example.test", "A"]).trim(),
+            "192.0.2.10"
+        );
+        assert!(fwd.cached() >= 3, "answers are cached");
+        // Knot goes away: cached answers (positive and negative) still come back.
+        drop(knot);
+        assert_eq!(short(port, "www.example.test", "A"), ["192.0.2.10"]);
+        assert_eq!(status(port, "nope.example.test", "A").0, "NXDOMAIN");
+        // A name never asked before has nowhere to come from.
+        assert_eq!(status(port, "new.example.test", "A").0, "SERVFAIL");
     })
     .await
     .expect("checks pass");

@@ -1,0 +1,331 @@
+//! Forwarding names outside every zone to upstream servers, with a cache.
+//!
+//! - Upstreams: a list, or the `nameserver` lines of a resolv.conf (CoreDNS's
+//!   `forward . /etc/resolv.conf`). Tried in order; a failed or timed-out one is skipped.
+//! - Each query goes out from a fresh socket (a random source port) with a random ID, and an
+//!   answer counts only when its ID and question match. A truncated answer is asked again
+//!   over TCP.
+//! - Cache: positive answers for their smallest TTL, negative ones (NXDOMAIN, NODATA) for the
+//!   SOA minimum, both capped by [`CACHE_TTL_MAX`]; [`CACHE_ENTRIES_MAX`] entries; an entry
+//!   asked for again in the last tenth of its life is refreshed in the background (prefetch);
+//!   when every upstream fails, an expired entry up to [`STALE_MAX`] old is served
+//!   (serve-stale, with a 30 s TTL).
+//! - Loops: an upstream that is this server's own address is refused at start-up.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+pub const CACHE_ENTRIES_MAX: usize = 10_000;
+pub const CACHE_TTL_MAX: Duration = Duration::from_secs(3600);
+pub const STALE_MAX: Duration = Duration::from_secs(86_400);
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// TTL given to an answer served stale.
+pub const STALE_TTL: u32 = 30;
+
+/// Why forwarding could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no upstream servers (give --forward ADDR or a resolv.conf with nameserver lines)")]
+    NoUpstreams,
+    #[error("upstream {0} is this server itself: queries would loop")]
+    Loop(SocketAddr),
+    #[error("cannot read {0}: {1}")]
+    ResolvConf(String, std::io::Error),
+}
+
+/// The `nameserver` addresses of a resolv.conf, on port 53.
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+struct Entry {
+    response: Message,
+    stored: Instant,
+    ttl: Duration,
+    refreshing: bool,
+}
+
+/// A forwarder with its cache.
+pub struct Forwarder {
+    upstreams: Vec<SocketAddr>,
+    cache: Mutex<HashMap<(String, RecordType), Entry>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_u16() -> u16 {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    (h.finish() & 0xffff) as u16
+}
+
+/// Seconds an answer may be cached for.
+fn cache_ttl(m: &Message) -> Duration {
+    let ttl = if m.answers.is_empty() {
+        m.authorities
+            .iter()
+            .find_map(|r| match &r.data {
+                RData::SOA(soa) => Some(soa.minimum.min(r.ttl)),
+                _ => None,
+            })
+            .unwrap_or(0)
+    } else {
+        m.answers.iter().map(|r| r.ttl).min().unwrap_or(0)
+    };
+    Duration::from_secs(u64::from(ttl)).min(CACHE_TTL_MAX)
+}
+
+impl Forwarder {
+    /// `own` is the address this server answers on, to refuse forwarding to itself.
+    pub fn new(
+        upstreams: Vec<SocketAddr>,
+        own: Option<SocketAddr>,
+    ) -> Result<Forwarder, ForwardError> {
+        if upstreams.is_empty() {
+            return Err(ForwardError::NoUpstreams);
+        }
+        if let Some(own) = own
+            && let Some(u) = upstreams.iter().find(|u| {
+                **u == own
+                    || (u.port() == own.port()
+                        && (u.ip().is_loopback() || u.ip().is_unspecified())
+                        && own.ip().is_unspecified())
+            })
+        {
+            return Err(ForwardError::Loop(*u));
+        }
+        Ok(Forwarder {
+            upstreams,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Answers a query that no zone holds: from the cache, else from an upstream, else stale.
+    pub async fn resolve(self: &std::sync::Arc<Self>, req: &Message) -> Message {
+        let mut out = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+        out.metadata.recursion_desired = req.metadata.recursion_desired;
+        out.metadata.recursion_available = true;
+        out.queries = req.queries.clone();
+        let Some(q) = req.queries.first() else {
+            out.metadata.response_code = ResponseCode::FormErr;
+            return out;
+        };
+        let key = (q.name().to_lowercase().to_ascii(), q.query_type());
+        let now = Instant::now();
+        let (fresh, prefetch) = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            match cache.get_mut(&key) {
+                Some(e) if now.duration_since(e.stored) < e.ttl => {
+                    let left = e.ttl - now.duration_since(e.stored);
+                    let prefetch = left < e.ttl / 10 && !e.refreshing;
+                    if prefetch {
+                        e.refreshing = true;
+                    }
+                    (
+                        Some(aged(&e.response, now.duration_since(e.stored))),
+                        prefetch,
+                    )
+                }
+                _ => (None, false),
+            }
+        };
+        if let Some(r) = fresh {
+            if prefetch {
+                let me = self.clone();
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let _ = me.ask_upstreams(&q).await;
+                });
+            }
+            return finish(out, r);
+        }
+        match self.ask_upstreams(q).await {
+            Some(r) => finish(out, r),
+            None => {
+                let stale = {
+                    let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    cache
+                        .get(&key)
+                        .filter(|e| now.duration_since(e.stored) < e.ttl + STALE_MAX)
+                        .map(|e| e.response.clone())
+                };
+                match stale {
+                    Some(mut r) => {
+                        for rec in r.answers.iter_mut().chain(r.authorities.iter_mut()) {
+                            rec.ttl = STALE_TTL;
+                        }
+                        finish(out, r)
+                    }
+                    None => {
+                        out.metadata.response_code = ResponseCode::ServFail;
+                        out
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the upstreams in order; caches and returns the first answer.
+    async fn ask_upstreams(&self, q: &Query) -> Option<Message> {
+        for u in &self.upstreams {
+            if let Some(r) = ask(*u, q).await {
+                let key = (q.name().to_lowercase().to_ascii(), q.query_type());
+                let ttl = cache_ttl(&r);
+                if r.metadata.response_code == ResponseCode::NoError
+                    || r.metadata.response_code == ResponseCode::NXDomain
+                {
+                    let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                    if cache.len() >= CACHE_ENTRIES_MAX {
+                        // Drop the entry closest to expiry to make room.
+                        let now = Instant::now();
+                        if let Some(k) = cache
+                            .iter()
+                            .min_by_key(|(_, e)| (e.stored + e.ttl).saturating_duration_since(now))
+                            .map(|(k, _)| k.clone())
+                        {
+                            cache.remove(&k);
+                        }
+                    }
+                    cache.insert(
+                        key,
+                        Entry {
+                            response: r.clone(),
+                            stored: Instant::now(),
+                            ttl,
+                            refreshing: false,
+                        },
+                    );
+                }
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Number of cached answers.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+}
+
+/// The cached answer with TTLs lowered by its age.
+fn aged(r: &Message, age: Duration) -> Message {
+    let mut r = r.clone();
+    let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+    for rec in r.answers.iter_mut().chain(r.authorities.iter_mut()) {
+        rec.ttl = rec.ttl.saturating_sub(age);
+    }
+    r
+}
+
+fn finish(mut out: Message, upstream: Message) -> Message {
+    out.metadata.response_code = upstream.metadata.response_code;
+    out.answers = upstream.answers;
+    out.authorities = upstream.authorities;
+    out.additionals = upstream.additionals;
+    out
+}
+
+/// One query to one upstream: UDP from a fresh socket, TCP when truncated.
+async fn ask(upstream: SocketAddr, q: &Query) -> Option<Message> {
+    let id = random_u16();
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.queries.push(q.clone());
+    let bytes = m.to_vec().ok()?;
+    let bind: SocketAddr = if upstream.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let sock = UdpSocket::bind(bind).await.ok()?;
+    sock.connect(upstream).await.ok()?;
+    sock.send(&bytes).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
+    let r = loop {
+        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        // Anything that is not the answer to this question is ignored (spoofing, stragglers).
+        if let Ok(r) = Message::from_vec(&buf[..n])
+            && r.metadata.id == id
+            && r.queries.first() == Some(q)
+        {
+            break r;
+        }
+    };
+    if !r.metadata.truncation {
+        return Some(r);
+    }
+    let mut stream = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(upstream))
+        .await
+        .ok()?
+        .ok()?;
+    let mut framed = u16::try_from(bytes.len()).ok()?.to_be_bytes().to_vec();
+    framed.extend_from_slice(&bytes);
+    stream.write_all(&framed).await.ok()?;
+    let mut len = [0u8; 2];
+    tokio::time::timeout(UPSTREAM_TIMEOUT, stream.read_exact(&mut len))
+        .await
+        .ok()?
+        .ok()?;
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    tokio::time::timeout(UPSTREAM_TIMEOUT, stream.read_exact(&mut body))
+        .await
+        .ok()?
+        .ok()?;
+    Message::from_vec(&body)
+        .ok()
+        .filter(|r| r.metadata.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let t = "# comment\nnameserver 10.0.0.1\nsearch x\nnameserver ::1\nnameserver bogus\n";
+        assert_eq!(
+            parse_resolv_conf(t),
+            vec![
+                "10.0.0.1:53".parse::<SocketAddr>().expect("a"),
+                "[::1]:53".parse().expect("b")
+            ]
+        );
+    }
+
+    #[test]
+    fn loops_and_empty_lists_are_refused() {
+        let own: SocketAddr = "127.0.0.1:5353".parse().expect("addr");
+        assert!(matches!(
+            Forwarder::new(vec![own], Some(own)),
+            Err(ForwardError::Loop(_))
+        ));
+        assert!(matches!(
+            Forwarder::new(Vec::new(), None),
+            Err(ForwardError::NoUpstreams)
+        ));
+        assert!(Forwarder::new(vec!["127.0.0.1:53".parse().expect("addr")], Some(own)).is_ok());
+    }
+}
