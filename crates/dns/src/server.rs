@@ -38,25 +38,42 @@ async fn reply(
     peer: SocketAddr,
     t: Transport,
 ) -> Option<Vec<u8>> {
-    let req = match parse(packet) {
+    let original = match parse(packet) {
         Ok(r) => r,
         Err(formerr) => return formerr,
     };
+    // A rewrite rule changes the name looked up; the client still sees its own name.
+    let rewritten = original.queries.first().and_then(|q| {
+        let to = views.load().rewrite(&q.name().to_lowercase().to_ascii())?;
+        let mut r = original.clone();
+        r.queries[0].set_name(hickory_proto::rr::Name::from_ascii(&to).ok()?);
+        Some(r)
+    });
+    let req = rewritten.as_ref().unwrap_or(&original);
     // Answer locally while holding the views; forward (which awaits) after letting go.
     let local = {
         let current = views.load();
         let (_, zone) = current.for_client(peer.ip());
         match fwd {
-            Some(_) if !is_local(zone, &req) => None,
-            _ => Some(answer(zone, &req)),
+            Some(_) if !is_local(zone, req) => None,
+            _ => Some(answer(zone, req)),
         }
     };
-    let resp = match (local, fwd) {
+    let mut resp = match (local, fwd) {
         (Some(r), _) => r,
-        (None, Some(f)) => f.resolve(&req).await,
+        (None, Some(f)) => f.resolve(req).await,
         (None, None) => return None,
     };
-    encode(resp, &req, t)
+    if let (Some(rw), Some(q)) = (&rewritten, original.queries.first()) {
+        let looked_up = rw.queries[0].name().to_lowercase();
+        for rec in resp.answers.iter_mut() {
+            if rec.name.to_lowercase() == looked_up {
+                rec.name = q.name().clone();
+            }
+        }
+        resp.queries = original.queries.clone();
+    }
+    encode(resp, &original, t)
 }
 
 /// Binds UDP and TCP on `addr` (the same port for both; port 0 picks one for UDP and uses

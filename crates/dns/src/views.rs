@@ -37,6 +37,15 @@ pub struct View {
 pub struct Views {
     pub views: Vec<View>,
     pub default: Zone,
+    /// Rewrite rules (DNSRewrite), applied to every query first; the first match wins.
+    pub rewrites: Vec<model::validate::RewriteRule>,
+}
+
+impl Views {
+    /// The name to look up instead of `name` (lowercase, trailing dot), if a rule says so.
+    pub fn rewrite(&self, name: &str) -> Option<String> {
+        self.rewrites.iter().find_map(|r| r.apply(name))
+    }
 }
 
 impl Views {
@@ -158,9 +167,22 @@ pub fn compile_views(s: &Snapshot, cfg: &ZoneConfig) -> Views {
             zone,
         });
     }
+    let mut rewrites: Vec<_> = s.dns_rewrites.values().collect();
+    rewrites.sort_by(|a, b| {
+        a.spec
+            .order
+            .cmp(&b.spec.order)
+            .then_with(|| a.name().cmp(b.name()))
+    });
+    let rewrites = rewrites
+        .iter()
+        .flat_map(|r| r.spec.rules.iter())
+        .filter_map(|r| model::validate::parse_rewrite(r).ok())
+        .collect();
     Views {
         views,
         default: cluster,
+        rewrites,
     }
 }
 

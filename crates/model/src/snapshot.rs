@@ -23,7 +23,9 @@ use crate::kinds::envoy::{
     BackendSpec, BackendTrafficPolicySpec, ClientTrafficPolicySpec, EnvoyExtensionPolicySpec,
     EnvoyProxySpec, SecurityPolicySpec,
 };
-use crate::kinds::misc::{DnsEndpointSpec, DnsViewSpec, NetworkAttachmentSpec, ScaledObjectSpec};
+use crate::kinds::misc::{
+    DnsEndpointSpec, DnsRewriteSpec, DnsViewSpec, NetworkAttachmentSpec, ScaledObjectSpec,
+};
 use crate::kinds::routes::StreamRouteSpec;
 use crate::object::{Condition, Meta, ObjectKey, ObjectStatus, Source, Status, cond};
 use crate::yaml::Pos;
@@ -227,6 +229,7 @@ kinds! {
     network_attachments: NetworkAttachmentSpec = "k8s.cni.cncf.io" / "NetworkAttachmentDefinition" ["v1"] namespaced Spec;
     scaled_objects: ScaledObjectSpec = "keda.sh" / "ScaledObject" ["v1alpha1"] namespaced Spec;
     dns_views: DnsViewSpec = "trellis.dev" / "DNSView" ["v1alpha1"] cluster Spec;
+    dns_rewrites: DnsRewriteSpec = "trellis.dev" / "DNSRewrite" ["v1alpha1"] cluster Spec;
 }
 
 /// Looks a kind up in the table, BGP kinds included.

@@ -2289,6 +2289,84 @@ fn ports(status: &mut ObjectStatus, base: &str, rules: &[crate::kinds::cilium::P
 // ---------------------------------------------------------------------------------------------
 // DNSEndpoint, NetworkAttachmentDefinition, ScaledObject
 
+/// One CoreDNS rewrite rule, parsed.
+#[derive(Clone, Debug)]
+pub enum RewriteRule {
+    Exact {
+        from: String,
+        to: String,
+    },
+    Regex {
+        re: regex::Regex,
+        replacement: String,
+    },
+}
+
+impl RewriteRule {
+    /// The rewritten name (lowercase, trailing dot), if the rule matches.
+    pub fn apply(&self, name: &str) -> Option<String> {
+        let dotted = |n: &str| {
+            if n.ends_with('.') {
+                n.to_string()
+            } else {
+                format!("{n}.")
+            }
+        };
+        match self {
+            RewriteRule::Exact { from, to } => (dotted(&from.to_ascii_lowercase()) == name)
+                .then(|| dotted(&to.to_ascii_lowercase())),
+            RewriteRule::Regex { re, replacement } => {
+                let caps = re.captures(name)?;
+                let mut out = replacement.clone();
+                for i in (1..caps.len()).rev() {
+                    out = out.replace(&format!("{{{i}}}"), caps.get(i).map_or("", |m| m.as_str()));
+                }
+                Some(dotted(&out.to_ascii_lowercase()))
+            }
+        }
+    }
+}
+
+/// Parses `name exact FROM TO` or `name regex RE REPL` (an `answer auto` after it is accepted:
+/// answers always carry the client's own name).
+pub fn parse_rewrite(rule: &str) -> Result<RewriteRule, String> {
+    let words: Vec<&str> = rule.split_whitespace().collect();
+    let (head, tail) = words.split_at(words.len().min(4));
+    if !(tail.is_empty()
+        || tail == ["answer", "auto"]
+        || tail == ["answer", "name"]
+        || tail.first() == Some(&"answer"))
+    {
+        return Err(format!(
+            "rule {rule:?}: unexpected {:?} after the rule",
+            tail.join(" ")
+        ));
+    }
+    match head {
+        ["name", "exact", from, to] => Ok(RewriteRule::Exact {
+            from: from.to_string(),
+            to: to.to_string(),
+        }),
+        ["name", "regex", re, repl] => regex::Regex::new(&format!("(?i){re}"))
+            .map(|re| RewriteRule::Regex {
+                re,
+                replacement: repl.to_string(),
+            })
+            .map_err(|e| {
+                format!(
+                    "rule {rule:?}: regex does not compile: {}",
+                    first_line(&e.to_string())
+                )
+            }),
+        ["name", kind, ..] => Err(format!(
+            "rule {rule:?}: name {kind} rewrites are not supported (exact and regex are)"
+        )),
+        _ => Err(format!(
+            "rule {rule:?}: write `name exact FROM TO` or `name regex REGEX REPLACEMENT`"
+        )),
+    }
+}
+
 /// CNI plugins a NetworkAttachmentDefinition may name: the reference plugins.
 pub const CNI_PLUGINS: &[&str] = &[
     "macvlan",
@@ -2491,6 +2569,16 @@ fn misc(s: &Snapshot, st: &mut Statuses) {
         match missing {
             None => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
             Some(m) => status.set(bad(cond::RESOLVED_REFS, reason::BACKEND_NOT_FOUND, m)),
+        }
+    }
+    for r in s.dns_rewrites.values() {
+        let status = st
+            .entry(key_of(r, "trellis.dev", "DNSRewrite"))
+            .or_default();
+        for (i, rule) in r.spec.rules.iter().enumerate() {
+            if let Err(e) = parse_rewrite(rule) {
+                problem(status, format!("spec.rules[{i}]"), e);
+            }
         }
     }
     for so in s.scaled_objects.values() {

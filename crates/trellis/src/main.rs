@@ -74,6 +74,9 @@ pub fn forward_updates(
 ) -> tokio::sync::mpsc::Receiver<store::watch::Update> {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     std::thread::spawn(move || {
+        // Take the whole watch (a closure would capture only the `updates` field and drop
+        // the file watcher with the rest).
+        let watch = watch;
         while let Ok(u) = watch.updates.recv() {
             if tx.blocking_send(u).is_err() {
                 break;

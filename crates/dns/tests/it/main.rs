@@ -82,6 +82,7 @@ async fn cluster_zone_with_dig() {
         dns::Views {
             views: Vec::new(),
             default: zone,
+            rewrites: Vec::new(),
         },
         None,
     )
@@ -333,6 +334,7 @@ async fn forwards_to_knot_and_serves_from_cache_when_it_is_gone() {
         dns::Views {
             views: Vec::new(),
             default: zone,
+            rewrites: Vec::new(),
         },
         Some(fwd.clone()),
     )
@@ -359,6 +361,58 @@ async fn forwards_to_knot_and_serves_from_cache_when_it_is_gone() {
         assert_eq!(status(port, "nope.example.test", "A").0, "NXDOMAIN");
         // A name never asked before has nowhere to come from.
         assert_eq!(status(port, "new.example.test", "A").0, "SERVFAIL");
+    })
+    .await
+    .expect("checks pass");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corpus_rewrite_rules_with_dig() {
+    let t = tempfile::tempdir().expect("tmp");
+    // The rules as the corpus's CoreDNS HelmRelease writes them.
+    std::fs::write(
+        t.path().join("m.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: envoy-external, namespace: network}\nspec: {clusterIP: 10.96.0.30, ports: [{name: https, port: 443}]}\n---\n\
+         apiVersion: trellis.dev/v1alpha1\nkind: DNSRewrite\nmetadata: {name: gateways}\nspec:\n  rules:\n\
+         \x20   - name exact auth.cloudjur.com. envoy-external.network.svc.cluster.local.\n\
+         \x20   - |-\n      name regex ^auth\\.cloudjur\\.com\\..*\\.cluster\\.local\\.$ envoy-external.network.svc.cluster.local.\n      answer auto\n",
+    )
+    .expect("write");
+    let load = store::load(
+        &[t.path().to_path_buf()],
+        &store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    );
+    assert!(!load.snapshot.has_problems(), "{:#?}", load.snapshot.status);
+    let views = dns::compile_views(&load.snapshot, &dns::ZoneConfig::default());
+    assert_eq!(views.rewrites.len(), 2);
+    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views, None)
+        .await
+        .expect("starts");
+    let port = running.udp.port();
+    tokio::task::spawn_blocking(move || {
+        for name in [
+            "auth.cloudjur.com",
+            "AUTH.cloudjur.com",
+            "auth.cloudjur.com.apps.svc.cluster.local",
+        ] {
+            let out = dig(port, &["+noall", "+answer", name, "A"]);
+            let line = out.lines().next().unwrap_or("");
+            // The client sees the name it asked for, with the rewritten name's address.
+            assert!(
+                line.to_ascii_lowercase()
+                    .starts_with(&format!("{}.", name.to_ascii_lowercase())),
+                "{name}: {out}"
+            );
+            assert!(line.ends_with("10.96.0.30"), "{name}: {out}");
+        }
+        assert_eq!(
+            status(port, "other.cloudjur.com", "A").0,
+            "REFUSED",
+            "no rule, no zone, no upstream"
+        );
     })
     .await
     .expect("checks pass");

@@ -159,3 +159,16 @@ pub struct ViewGateway {
 fn default_answer() -> String {
     "Address".into()
 }
+
+/// trellis's own kind (`trellis.dev/v1alpha1` `DNSRewrite`): CoreDNS `rewrite` rules, written
+/// as CoreDNS writes them, applied to every query before it is answered or forwarded.
+/// Supported: `name exact FROM TO` and `name regex REGEX REPLACEMENT` (with `{1}`-style
+/// groups), optionally followed by `answer auto` (on the same line or the next); the first
+/// matching rule wins, as with CoreDNS's `stop`. Clients always see the name they asked for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsRewriteSpec {
+    #[serde(default)]
+    pub order: i32,
+    pub rules: Vec<String>,
+}

@@ -181,14 +181,6 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 fn curl_headers(url: &str, host: &str) -> Option<String> {
     let out = Command::new("curl")
         .args([
@@ -224,27 +216,55 @@ fn within<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
+/// Reads a process's stderr until a line contains `needle`; returns the text after the last
+/// `http://` on that line (the address the process says it bound).
+fn bound_addr(
+    lines: &mut impl Iterator<Item = std::io::Result<String>>,
+    needle: &str,
+    seen: &mut String,
+) -> String {
+    for line in lines.by_ref() {
+        let line = line.expect("stderr is text");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains(needle) {
+            return line
+                .rsplit("http://")
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+        }
+    }
+    panic!("the process ended without printing {needle:?}:\n{seen}");
+}
+
 #[test]
 fn gateway_serves_reloads_keeps_last_good_and_drains() {
+    use std::io::{BufRead, Read};
     let t = tempfile::tempdir().expect("tmp");
-    let echo_port = free_port();
-    let gw_port = free_port();
-    let admin_port = free_port();
-    let _echo = Proc(
+    // Every process picks its own port and says which: no port can be taken in between.
+    let mut echo = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args([
                 "echo",
                 "--listen",
-                &format!("127.0.0.1:{echo_port}"),
+                "127.0.0.1:0",
                 "--name",
                 "web",
                 "--namespace",
                 "apps",
             ])
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("echo starts"),
     );
+    let mut echo_err = std::io::BufReader::new(echo.0.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    let echo_addr = bound_addr(&mut echo_err, "echo apps/web on", &mut log);
+    let echo_port = echo_addr.rsplit(':').next().expect("port").to_string();
     let route = |extra: &str| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [web.example.com]\n\
@@ -276,9 +296,9 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
             ])
             .args([
                 "--port-map",
-                &format!("80={gw_port}"),
+                "80=0",
                 "--admin",
-                &format!("127.0.0.1:{admin_port}"),
+                "127.0.0.1:0",
                 "--drain-timeout",
                 "5s",
             ])
@@ -287,7 +307,19 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
             .spawn()
             .expect("gateway starts"),
     );
-    let url = format!("http://127.0.0.1:{gw_port}/hello");
+    let mut gw_err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
+    let gw_addr = bound_addr(&mut gw_err, "listener port 80 on", &mut log);
+    let admin_addr = bound_addr(&mut gw_err, "admin on", &mut log);
+    // The rest of the gateway's stderr, collected as it comes.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in gw_err.map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let url = format!("http://{gw_addr}/hello");
     let first = within(20, || {
         curl_headers(&url, "web.example.com").filter(|h| h.starts_with("http/1.1 200"))
     })
@@ -307,7 +339,7 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: [\n",
     )
     .expect("write");
-    let status_url = format!("http://127.0.0.1:{admin_port}/status");
+    let status_url = format!("http://{admin_addr}/status");
     within(20, || {
         Command::new("curl")
             .args(["-s", &status_url])
@@ -333,18 +365,12 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
     );
     let status = within(20, || gw.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
+    let stderr: String = rx.iter().collect::<Vec<_>>().join("\n");
     let mut stdout = String::new();
-    let mut stderr = String::new();
-    use std::io::Read as _;
     gw.0.stdout
         .take()
         .expect("stdout")
         .read_to_string(&mut stdout)
-        .expect("read");
-    gw.0.stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
         .expect("read");
     assert!(
         stderr.contains("reload rejected, still serving the previous routes"),
