@@ -61,6 +61,7 @@ struct Entry {
 pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     cache: Mutex<HashMap<(String, RecordType), Entry>>,
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -115,7 +116,14 @@ impl Forwarder {
         Ok(Forwarder {
             upstreams,
             cache: Mutex::new(HashMap::new()),
+            metrics: None,
         })
+    }
+
+    /// Counts cache hits and misses and upstream latency in `m`.
+    pub fn with_metrics(mut self, m: std::sync::Arc<crate::metrics::Metrics>) -> Forwarder {
+        self.metrics = Some(m);
+        self
     }
 
     /// Answers a query that no zone holds: from the cache, else from an upstream, else stale.
@@ -147,6 +155,13 @@ impl Forwarder {
                 _ => (None, false),
             }
         };
+        if let Some(m) = &self.metrics {
+            if fresh.is_some() {
+                m.cache_hits.inc();
+            } else {
+                m.cache_misses.inc();
+            }
+        }
         if let Some(r) = fresh {
             if prefetch {
                 let me = self.clone();
@@ -186,7 +201,12 @@ impl Forwarder {
     /// Asks the upstreams in order; caches and returns the first answer.
     async fn ask_upstreams(&self, q: &Query) -> Option<Message> {
         for u in &self.upstreams {
-            if let Some(r) = ask(*u, q).await {
+            let started = Instant::now();
+            let answer = ask(*u, q).await;
+            if let Some(m) = &self.metrics {
+                m.observe_forward(started.elapsed());
+            }
+            if let Some(r) = answer {
                 let key = (q.name().to_lowercase().to_ascii(), q.query_type());
                 let ttl = cache_ttl(&r);
                 if r.metadata.response_code == ResponseCode::NoError

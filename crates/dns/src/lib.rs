@@ -15,6 +15,7 @@
 
 pub mod answer;
 pub mod forward;
+pub mod metrics;
 pub mod server;
 pub mod views;
 pub mod zone;

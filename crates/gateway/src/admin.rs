@@ -35,7 +35,7 @@ pub async fn start(
                         let (registry, status) = (registry.clone(), status.clone());
                         async move {
                             let (code, ctype, body) = match req.uri().path() {
-                                "/healthz" | "/ready" => {
+                                "/healthz" | "/health" | "/ready" => {
                                     (StatusCode::OK, "text/plain", "ok\n".to_string())
                                 }
                                 "/status" => (
@@ -63,7 +63,8 @@ pub async fn start(
                                 _ => (
                                     StatusCode::NOT_FOUND,
                                     "text/plain",
-                                    "try /healthz, /ready, /status or /metrics\n".to_string(),
+                                    "try /healthz (or /health), /ready, /status or /metrics\n"
+                                        .to_string(),
                                 ),
                             };
                             let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -1,10 +1,14 @@
-//! `trellis dns`: serve the cluster zone of the manifests, reloading on change.
+//! `trellis dns`: serve the cluster zone and the views of the manifests, forward the rest,
+//! reload on change.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
-use store::watch::{Update, Watch};
+use arc_swap::ArcSwap;
+use store::watch::Update;
+use store::watch::Watch;
 
 use crate::SourceArgs;
 
@@ -27,9 +31,18 @@ pub struct Args {
     /// Forward to the nameservers of this resolv.conf (as CoreDNS's `forward . /etc/resolv.conf`).
     #[arg(long)]
     pub forward_resolv_conf: Option<std::path::PathBuf>,
+    /// Admin endpoint: /health, /ready, /status, /metrics (CoreDNS's metric names).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Log every query on stdout (CoreDNS's `log` plugin).
+    #[arg(long)]
+    pub query_log: bool,
+    /// After SIGTERM, keep answering this long before exiting (CoreDNS's health `lameduck`).
+    #[arg(long, default_value = "0s")]
+    pub lameduck: String,
 }
 
-fn forwarder(args: &Args) -> anyhow::Result<Option<std::sync::Arc<dns::forward::Forwarder>>> {
+fn forwarder(args: &Args) -> anyhow::Result<Option<dns::forward::Forwarder>> {
     let mut upstreams = Vec::new();
     for f in &args.forward {
         let addr = f.parse::<SocketAddr>().or_else(|_| {
@@ -48,10 +61,18 @@ fn forwarder(args: &Args) -> anyhow::Result<Option<std::sync::Arc<dns::forward::
     if upstreams.is_empty() {
         return Ok(None);
     }
-    Ok(Some(std::sync::Arc::new(dns::forward::Forwarder::new(
+    Ok(Some(dns::forward::Forwarder::new(
         upstreams,
         Some(args.listen),
-    )?)))
+    )?))
+}
+
+fn status_of(v: &dns::Views) -> serde_json::Value {
+    serde_json::json!({
+        "views": v.views.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
+        "clusterNames": v.default.names.len(),
+        "rewrites": v.rewrites.len(),
+    })
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
@@ -60,6 +81,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         domain: args.domain.clone(),
         ttl: args.ttl,
     };
+    let lameduck = model::validate::parse_duration(&args.lameduck)
+        .map_err(|e| anyhow::anyhow!("--lameduck {:?}: {e}", args.lameduck))?;
     let watch =
         Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
     let first = watch.current();
@@ -72,9 +95,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("{d}");
     }
     let views = dns::compile_views(&first.snapshot, &cfg);
-    let fwd = forwarder(args)?;
+    let metrics = Arc::new(dns::metrics::Metrics::default());
+    let fwd = forwarder(args)?.map(|f| Arc::new(f.with_metrics(metrics.clone())));
+    let ops = dns::server::Ops {
+        metrics: Some(metrics.clone()),
+        query_log: args.query_log,
+    };
+    let status = Arc::new(ArcSwap::from_pointee(status_of(&views)));
     crate::gateway::runtime()?.block_on(async move {
-        let running = dns::server::start(args.listen, views, fwd)
+        let running = dns::server::start_with(args.listen, views, fwd, ops)
             .await
             .with_context(|| {
                 format!(
@@ -83,6 +112,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 )
             })?;
         eprintln!("dns: zone {} on udp/tcp {}", cfg.domain, running.udp);
+        if let Some(addr) = args.admin {
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            let a = gateway::admin::start(addr, Arc::new(registry), status.clone())
+                .await
+                .with_context(|| format!("cannot bind the admin address {addr}"))?;
+            eprintln!("admin on http://{a} (/health /ready /status /metrics)");
+        }
         let mut rx = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
@@ -91,6 +128,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     Some(Update::Applied(load)) => {
                         let v = dns::compile_views(&load.snapshot, &cfg);
                         eprintln!("reloaded: {} views", v.views.len());
+                        status.store(Arc::new(status_of(&v)));
                         running.update(v);
                     }
                     Some(Update::Rejected { errors, .. }) => {
@@ -103,6 +141,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
             }
+        }
+        if !lameduck.is_zero() {
+            eprintln!("lameduck: answering for {lameduck:?} more");
+            tokio::time::sleep(lameduck).await;
         }
         Ok(ExitCode::SUCCESS)
     })

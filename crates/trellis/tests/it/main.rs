@@ -385,3 +385,88 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
     assert_eq!(v["response_code"], 200);
     assert_eq!(v[":authority"], "web.example.com");
 }
+
+#[test]
+fn dns_serves_the_example_views_with_metrics_and_query_log() {
+    use std::io::{BufRead, Read};
+    let mut dns = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "dns",
+                "-f",
+                &example(),
+                "--vars",
+                &example_vars(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--query-log",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("dns starts"),
+    );
+    let mut err = std::io::BufReader::new(dns.0.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    let mut line = String::new();
+    for l in err.by_ref() {
+        line = l.expect("text");
+        log.push_str(&line);
+        if line.contains("on udp/tcp") {
+            break;
+        }
+    }
+    let addr = line.rsplit(' ').next().expect("address").to_string();
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    let admin = bound_addr(&mut err, "admin on", &mut log);
+    let dig = |args: &[&str]| {
+        let out = Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+short", "+time=2", "+tries=1"])
+            .args(args)
+            .output()
+            .expect("dig runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // 127.0.0.1 is in the example's LAN view: gateways answer with their own addresses.
+    assert_eq!(dig(&["echo.home.example", "A"]), "10.10.30.25");
+    assert_eq!(dig(&["echo-ext.home.example", "A"]), "10.10.30.26");
+    assert_eq!(dig(&["echo.apps.svc.cluster.local", "A"]), "10.96.0.50");
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{admin}{path}")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("/health").trim(), "ok");
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("coredns_dns_requests_total{proto=\"udp\",view=\"lan\",qtype=\"A\"} 3"),
+        "{metrics}"
+    );
+    assert!(get("/status").contains("\"lan\""));
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &dns.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let status = within(20, || dns.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
+    assert!(status.success());
+    let mut stdout = String::new();
+    dns.0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut stdout)
+        .expect("read");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("[INFO] 127.0.0.1:")
+            && l.contains("\"A IN echo.home.example. udp")
+            && l.contains("NOERROR")),
+        "{stdout}"
+    );
+}

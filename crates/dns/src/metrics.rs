@@ -1,0 +1,86 @@
+//! DNS metrics, with CoreDNS's names so its dashboards and alerts keep working.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub proto: String,
+    pub view: String,
+    /// The query's record type (CoreDNS's `type` label).
+    pub qtype: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub rcode: String,
+    pub view: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub forward_duration: Histogram,
+    pub request_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            forward_duration: Histogram::new(exponential_buckets(0.00025, 2.0, 16)),
+            request_duration: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("coredns");
+        r.register(
+            "dns_requests",
+            "DNS requests by transport, record type and view",
+            self.requests.clone(),
+        );
+        r.register(
+            "dns_responses",
+            "DNS responses by rcode and view",
+            self.responses.clone(),
+        );
+        r.register(
+            "cache_hits",
+            "Forwarded queries answered from the cache",
+            self.cache_hits.clone(),
+        );
+        r.register(
+            "cache_misses",
+            "Forwarded queries not in the cache",
+            self.cache_misses.clone(),
+        );
+        r.register(
+            "forward_request_duration_seconds",
+            "Time upstreams took to answer",
+            self.forward_duration.clone(),
+        );
+        r.register(
+            "dns_request_duration_seconds",
+            "Time to answer a query",
+            self.request_duration.clone(),
+        );
+    }
+
+    pub fn observe_forward(&self, d: Duration) {
+        self.forward_duration.observe(d.as_secs_f64());
+    }
+}
