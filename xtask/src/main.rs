@@ -6,6 +6,7 @@
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
 //! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
 
+mod bench_dns;
 mod bench_gateway;
 
 use std::path::{Path, PathBuf};
@@ -33,11 +34,22 @@ fn main() -> Result<()> {
                     .unwrap_or(10);
                 bench_gateway::run(&root, rounds, secs)
             }
-            Some(other) => bail!("unknown benchmark {other:?} (load, gateway)"),
+            Some("dns") => {
+                let rounds = std::env::var("ROUNDS")
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(3);
+                let secs = std::env::var("SECONDS")
+                    .ok()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(10);
+                bench_dns::run(&root, rounds, secs)
+            }
+            Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns)"),
         },
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench [load|gateway]|fuzz [seconds]>");
+            eprintln!("usage: cargo xtask <test|demo|bench [load|gateway|dns]|fuzz [seconds]>");
             bail!("unknown or missing xtask command")
         }
     }

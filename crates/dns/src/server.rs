@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hickory_proto::op::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -52,6 +53,122 @@ pub struct Ops {
     pub query_log: bool,
 }
 
+/// A parsed query, answered from the querier's view when the view holds its name.
+struct Pending {
+    original: Message,
+    /// The query as a rewrite rule changed it.
+    rewritten: Option<Message>,
+    view: String,
+    started: std::time::Instant,
+    /// The answer from the view; `None` when the name is for the forwarder.
+    local: Option<Message>,
+}
+
+impl Pending {
+    fn req(&self) -> &Message {
+        self.rewritten.as_ref().unwrap_or(&self.original)
+    }
+}
+
+/// Parses a query, applies rewrites and answers it from the view when it can. `Err` carries
+/// the FORMERR to send back (or nothing to send).
+fn prepare(
+    views: &ArcSwap<Views>,
+    forwarding: bool,
+    packet: &[u8],
+    peer: SocketAddr,
+) -> Result<Pending, Option<Vec<u8>>> {
+    let started = std::time::Instant::now();
+    let original = parse(packet)?;
+    let current = views.load();
+    // A rewrite rule changes the name looked up; the client still sees its own name.
+    let rewritten = original.queries.first().and_then(|q| {
+        let to = current.rewrite(&q.name().to_lowercase().to_ascii())?;
+        let mut r = original.clone();
+        r.queries[0].set_name(hickory_proto::rr::Name::from_ascii(&to).ok()?);
+        Some(r)
+    });
+    let (name, zone) = current.for_client(peer.ip());
+    let req = rewritten.as_ref().unwrap_or(&original);
+    let local = if forwarding && !is_local(zone, req) {
+        None
+    } else {
+        Some(answer(zone, req))
+    };
+    Ok(Pending {
+        view: name.to_string(),
+        original,
+        rewritten,
+        started,
+        local,
+    })
+}
+
+/// Puts the client's own name back, counts, logs and encodes the response.
+fn finish(
+    p: &Pending,
+    mut resp: Message,
+    ops: &Ops,
+    packet_len: usize,
+    peer: SocketAddr,
+    t: Transport,
+) -> Option<Vec<u8>> {
+    if let (Some(rw), Some(q)) = (&p.rewritten, p.original.queries.first()) {
+        let looked_up = rw.queries[0].name().to_lowercase();
+        for rec in resp.answers.iter_mut() {
+            if rec.name.to_lowercase() == looked_up {
+                rec.name = q.name().clone();
+            }
+        }
+        resp.queries = p.original.queries.clone();
+    }
+    let proto = match t {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
+    let rcode = rcode_name(resp.metadata.response_code);
+    let qtype = p
+        .original
+        .queries
+        .first()
+        .map(|q| q.query_type().to_string())
+        .unwrap_or_default();
+    if let Some(m) = &ops.metrics {
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                proto: proto.into(),
+                view: p.view.clone(),
+                qtype: qtype.clone(),
+            })
+            .inc();
+        m.responses
+            .get_or_create(&crate::metrics::ResponseLabels {
+                rcode: rcode.clone(),
+                view: p.view.clone(),
+            })
+            .inc();
+        m.request_duration
+            .observe(p.started.elapsed().as_secs_f64());
+    }
+    let out = encode(resp, &p.original, t);
+    if ops.query_log {
+        let qname = p
+            .original
+            .queries
+            .first()
+            .map(|q| q.name().to_ascii())
+            .unwrap_or_default();
+        println!(
+            "[INFO] {peer} - {} \"{qtype} IN {qname} {proto} {packet_len}\" {rcode} {} {:.6}s view={}",
+            p.original.metadata.id,
+            out.as_ref().map_or(0, Vec::len),
+            p.started.elapsed().as_secs_f64(),
+            if p.view.is_empty() { "-" } else { &p.view },
+        );
+    }
+    out
+}
+
 /// One query, answered: from the querier's view, else by the forwarder, else REFUSED.
 async fn reply(
     views: &ArcSwap<Views>,
@@ -61,81 +178,16 @@ async fn reply(
     peer: SocketAddr,
     t: Transport,
 ) -> Option<Vec<u8>> {
-    let started = std::time::Instant::now();
-    let original = match parse(packet) {
-        Ok(r) => r,
+    let mut p = match prepare(views, fwd.is_some(), packet, peer) {
+        Ok(p) => p,
         Err(formerr) => return formerr,
     };
-    // A rewrite rule changes the name looked up; the client still sees its own name.
-    let rewritten = original.queries.first().and_then(|q| {
-        let to = views.load().rewrite(&q.name().to_lowercase().to_ascii())?;
-        let mut r = original.clone();
-        r.queries[0].set_name(hickory_proto::rr::Name::from_ascii(&to).ok()?);
-        Some(r)
-    });
-    let req = rewritten.as_ref().unwrap_or(&original);
-    // Answer locally while holding the views; forward (which awaits) after letting go.
-    let (view, local) = {
-        let current = views.load();
-        let (name, zone) = current.for_client(peer.ip());
-        let local = match fwd {
-            Some(_) if !is_local(zone, req) => None,
-            _ => Some(answer(zone, req)),
-        };
-        (name.to_string(), local)
-    };
-    let mut resp = match (local, fwd) {
+    let resp = match (p.local.take(), fwd) {
         (Some(r), _) => r,
-        (None, Some(f)) => f.resolve(req).await,
+        (None, Some(f)) => f.resolve(p.req()).await,
         (None, None) => return None,
     };
-    if let (Some(rw), Some(q)) = (&rewritten, original.queries.first()) {
-        let looked_up = rw.queries[0].name().to_lowercase();
-        for rec in resp.answers.iter_mut() {
-            if rec.name.to_lowercase() == looked_up {
-                rec.name = q.name().clone();
-            }
-        }
-        resp.queries = original.queries.clone();
-    }
-    let proto = match t {
-        Transport::Udp => "udp",
-        Transport::Tcp => "tcp",
-    };
-    let (qname, qtype) = original
-        .queries
-        .first()
-        .map(|q| (q.name().to_ascii(), q.query_type().to_string()))
-        .unwrap_or_default();
-    let rcode = rcode_name(resp.metadata.response_code);
-    if let Some(m) = &ops.metrics {
-        m.requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                proto: proto.into(),
-                view: view.clone(),
-                qtype: qtype.clone(),
-            })
-            .inc();
-        m.responses
-            .get_or_create(&crate::metrics::ResponseLabels {
-                rcode: rcode.clone(),
-                view: view.clone(),
-            })
-            .inc();
-        m.request_duration.observe(started.elapsed().as_secs_f64());
-    }
-    let out = encode(resp, &original, t);
-    if ops.query_log {
-        println!(
-            "[INFO] {peer} - {} \"{qtype} IN {qname} {proto} {}\" {rcode} {} {:.6}s view={}",
-            original.metadata.id,
-            packet.len(),
-            out.as_ref().map_or(0, Vec::len),
-            started.elapsed().as_secs_f64(),
-            if view.is_empty() { "-" } else { &view },
-        );
-    }
-    out
+    finish(&p, resp, ops, packet.len(), peer, t)
 }
 
 /// Binds UDP and TCP on `addr` (the same port for both; port 0 picks one for UDP and uses
@@ -167,14 +219,31 @@ pub async fn start_with(
             let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
-            let packet = buf[..n].to_vec();
-            let (z, f, o, udp) = (z.clone(), f.clone(), o.clone(), udp.clone());
-            // Each query in its own task: a forwarded one may wait on an upstream.
-            tokio::spawn(async move {
-                if let Some(out) = reply(&z, f.as_ref(), &o, &packet, peer, Transport::Udp).await {
-                    let _ = udp.send_to(&out, peer).await;
+            // Answered from a view: right here, no task. Forwarded: in its own task, as it
+            // waits on an upstream.
+            match prepare(&z, f.is_some(), &buf[..n], peer) {
+                Err(Some(formerr)) => {
+                    let _ = udp.send_to(&formerr, peer).await;
                 }
-            });
+                Err(None) => {}
+                Ok(mut p) => match (p.local.take(), &f) {
+                    (Some(r), _) => {
+                        if let Some(out) = finish(&p, r, &o, n, peer, Transport::Udp) {
+                            let _ = udp.send_to(&out, peer).await;
+                        }
+                    }
+                    (None, Some(fwd)) => {
+                        let (fwd, o, udp) = (fwd.clone(), o.clone(), udp.clone());
+                        tokio::spawn(async move {
+                            let r = fwd.resolve(p.req()).await;
+                            if let Some(out) = finish(&p, r, &o, n, peer, Transport::Udp) {
+                                let _ = udp.send_to(&out, peer).await;
+                            }
+                        });
+                    }
+                    (None, None) => {}
+                },
+            }
         }
     });
     let (z, f, o) = (views.clone(), forwarder, ops);

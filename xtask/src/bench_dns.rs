@@ -1,0 +1,228 @@
+//! `cargo xtask bench dns`: trellis's cluster DNS against Knot DNS on the same 1,000 names.
+//!
+//! The method of `../shared/peer-baselines/dns`: each server pinned to CPU 0, dnsperf pinned to
+//! CPU 1 (`dnsperf -c 10 -T 1 -q 100 -l <D>`), 100,000 queries for random names of a
+//! 1,000-name zone, rounds interleaved, the median; server CPU time per query from /proc.
+//! Knot serves the names as a zone file; trellis serves them as 1,000 ClusterIP Services of
+//! the cluster zone. Writes `target/bench/dns/dns.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+const KNOT_PORT: u16 = 15301;
+const TRELLIS_PORT: u16 = 15302;
+const NAMES: usize = 1000;
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<String> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn dnsperf(port: u16, queries: &Path, secs: u32) -> Result<(f64, f64, f64)> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "dnsperf",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-d",
+        ])
+        .arg(queries)
+        .args(["-c", "10", "-T", "1", "-l", &secs.to_string(), "-q", "100"])
+        .output()
+        .context("dnsperf")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |key: &str| -> Option<f64> {
+        let line = text.lines().find(|l| l.trim_start().starts_with(key))?;
+        line.split(':')
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let qps = field("Queries per second").with_context(|| format!("dnsperf output: {text}"))?;
+    let completed = field("Queries completed").unwrap_or(0.0);
+    let avg_latency_s = field("Average Latency (s)").unwrap_or(f64::NAN);
+    Ok((qps, completed, avg_latency_s))
+}
+
+pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
+    for (bin, pkg) in [("dnsperf", "dnsperf"), ("knotd", "knot")] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {bin}")])
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            crate::run("apt-get", &["install", "-y", "-q", pkg])?;
+        }
+    }
+    crate::run("cargo", &["build", "--release", "--package", "trellis"])?;
+    let dir = root.join("target/bench/dns");
+    std::fs::create_dir_all(dir.join("zones"))?;
+    std::fs::create_dir_all(dir.join("manifests"))?;
+    let mut zone = String::from(
+        "$ORIGIN cluster.local.\n$TTL 30\n@ SOA ns.dns hostmaster 1 7200 1800 86400 30\n@ NS ns.dns\nns.dns A 127.0.0.1\n",
+    );
+    let mut manifests = String::new();
+    for i in 0..NAMES {
+        let ip = format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250);
+        let _ = writeln!(zone, "svc{i}.bench.svc A {ip}");
+        let _ = write!(
+            manifests,
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: bench}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n"
+        );
+    }
+    std::fs::write(dir.join("zones/cluster.local.zone"), zone)?;
+    std::fs::write(dir.join("manifests/services.yaml"), manifests)?;
+    // 100,000 random names (a fixed LCG, so every run asks the same).
+    let mut q = String::new();
+    let mut x: u64 = 42;
+    for _ in 0..100_000 {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let _ = writeln!(
+            q,
+            "svc{}.bench.svc.cluster.local A",
+            (x >> 33) as usize % NAMES
+        );
+    }
+    let queries = dir.join("queries.txt");
+    std::fs::write(&queries, q)?;
+    let d = dir.display();
+    std::fs::write(
+        dir.join("knot.conf"),
+        format!(
+            "server:\n  rundir: \"{d}\"\n  listen: 127.0.0.1@{KNOT_PORT}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\nlog:\n  - target: stderr\n    any: error\n\
+             database:\n  storage: \"{d}/db\"\ntemplate:\n  - id: default\n    storage: \"{d}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: cluster.local\n"
+        ),
+    )?;
+    let knot = Server(
+        Command::new("taskset")
+            .args(["-c", "0", "knotd", "-c"])
+            .arg(dir.join("knot.conf"))
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let trellis = root.join("target/release/trellis");
+    let tr = Server(
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(&trellis)
+            .args([
+                "dns",
+                "-f",
+                &format!("{d}/manifests"),
+                "--listen",
+                &format!("127.0.0.1:{TRELLIS_PORT}"),
+            ])
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    // Both must answer a name correctly before anything is measured.
+    for port in [KNOT_PORT, TRELLIS_PORT] {
+        let ok = (0..100).any(|_| {
+            let out = Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    "svc7.bench.svc.cluster.local",
+                ])
+                .output();
+            let good = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "10.96.10.8");
+            if !good {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            good
+        });
+        if !ok {
+            bail!(
+                "the server on port {port} does not answer svc7.bench.svc.cluster.local with 10.96.10.8"
+            );
+        }
+    }
+    let servers = [
+        ("knot", KNOT_PORT, knot.0.id()),
+        ("trellis", TRELLIS_PORT, tr.0.id()),
+    ];
+    for (_, port, _) in &servers {
+        dnsperf(*port, &queries, 2)?;
+    }
+    let mut results: BTreeMap<&str, Vec<(f64, f64, f64)>> = BTreeMap::new();
+    for round in 0..rounds {
+        for (name, port, pid) in &servers {
+            let c0 = cpu_secs(*pid);
+            let (qps, completed, lat) = dnsperf(*port, &queries, secs)?;
+            let cpu_us = (cpu_secs(*pid) - c0) / completed * 1e6;
+            eprintln!(
+                "round {round} {name:<8} {qps:>10.0} q/s  avg latency {:.0} µs  server {cpu_us:.2} µs/query",
+                lat * 1e6
+            );
+            results.entry(name).or_default().push((qps, lat, cpu_us));
+        }
+    }
+    let med = |v: &[(f64, f64, f64)], f: fn(&(f64, f64, f64)) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let mut md = String::from(
+        "| server | queries/s (median) | avg latency µs | server CPU µs/query |\n|---|---:|---:|---:|\n",
+    );
+    for (name, v) in &results {
+        let _ = writeln!(
+            md,
+            "| {name} | {:.0} | {:.0} | {:.2} |",
+            med(v, |r| r.0),
+            med(v, |r| r.1 * 1e6),
+            med(v, |r| r.2)
+        );
+    }
+    let (k, t) = (&results["knot"], &results["trellis"]);
+    let _ = writeln!(
+        md,
+        "\ntrellis / knot: {:.2}× queries/s, {:.2}× CPU per query (lower is better).",
+        med(t, |r| r.0) / med(k, |r| r.0),
+        med(t, |r| r.2) / med(k, |r| r.2)
+    );
+    let _ = writeln!(
+        md,
+        "\n{rounds} interleaved rounds of `taskset -c 1 dnsperf -s 127.0.0.1 -p PORT -d queries.txt -c 10 -T 1 -l {secs} -q 100`; servers on CPU 0."
+    );
+    std::fs::write(dir.join("dns.md"), &md)?;
+    println!("\n{md}\n(written to {})", dir.join("dns.md").display());
+    Ok(())
+}
