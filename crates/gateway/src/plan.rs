@@ -249,6 +249,8 @@ pub struct Action {
     pub matched_prefix: Option<String>,
     /// Retries from the BackendTrafficPolicy of the route (or of its Gateway).
     pub retry: Option<Retry>,
+    /// Speak HTTP/2 (prior knowledge) to the backends: GRPCRoute.
+    pub h2_upstream: bool,
     /// External authorization (SecurityPolicy of the route, else of its Gateway).
     pub ext_auth: Option<Arc<ExtAuth>>,
     /// Lua filters (EnvoyExtensionPolicy of the route, else of its Gateway), in order.
@@ -487,10 +489,19 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
 
     let lua = lua_filters(s, &mut plan.problems);
     let auth = ext_auths(s, &mut plan.problems);
+    // GRPCRoutes are HTTPRoutes whose matches are on `/service/method` and whose backends
+    // speak HTTP/2.
+    let grpc: Vec<Object<gateway_api::httproutes::HttpRouteSpec>> =
+        s.grpc_routes.values().map(grpc_as_http).collect();
+    let routes = s
+        .http_routes
+        .values()
+        .map(|r| ("HTTPRoute", r))
+        .chain(grpc.iter().map(|r| ("GRPCRoute", r)));
     let mut order = 0usize;
-    for route in s.http_routes.values() {
+    for (kind, route) in routes {
         order += 1;
-        for l in attached_listeners(s, gw, "HTTPRoute", route.namespace(), route.name()) {
+        for l in attached_listeners(s, gw, kind, route.namespace(), route.name()) {
             let Ok(port) = u16::try_from(l.port) else {
                 continue;
             };
@@ -501,8 +512,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 route.spec.hostnames.as_deref().unwrap_or_default(),
                 l.hostname.as_deref(),
             );
-            let rkey = ObjectKey::new(GATEWAY_GROUP, "HTTPRoute", route.namespace(), route.name());
+            let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
             let policies = Policies {
+                kind,
                 backend: backend_policy(s, &rkey, &key),
                 lua: lua
                     .get(&rkey)
@@ -958,7 +970,7 @@ fn action(
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     for b in refs {
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-        let backend = resolve(s, "HTTPRoute", route.namespace(), &same_shape(b));
+        let backend = resolve(s, policies.kind, route.namespace(), &same_shape(b));
         a.backends.push((weight, Arc::new(backend)));
     }
     a.all_invalid = !refs.is_empty() && a.backends.iter().all(|(_, b)| b.invalid.is_some());
@@ -975,6 +987,7 @@ fn action(
             .filter(|d| !d.is_zero());
     }
     a.lua = policies.lua.clone();
+    a.h2_upstream = policies.kind == "GRPCRoute";
     a.ext_auth = policies.ext_auth.clone();
     if let Some(p) = policies.backend {
         if a.timeout_request.is_none() {
@@ -1046,8 +1059,64 @@ fn retry_policy(r: &model::kinds::envoy::Retry) -> Retry {
     }
 }
 
+/// A GRPCRoute as the HTTPRoute it is equivalent to: each method match becomes a path match
+/// on `/service/method` (Exact, a `/service` prefix, or a regular expression), everything else
+/// (hostnames, parents, header matches, filters, backendRefs) has the same shape.
+fn grpc_as_http(
+    g: &Object<gateway_api::grpcroutes::GrpcRouteSpec>,
+) -> Object<gateway_api::httproutes::HttpRouteSpec> {
+    let mut v = serde_json::to_value(&g.spec).unwrap_or_default();
+    for rule in v
+        .get_mut("rules")
+        .and_then(|r| r.as_array_mut())
+        .into_iter()
+        .flatten()
+    {
+        for m in rule
+            .get_mut("matches")
+            .and_then(|m| m.as_array_mut())
+            .into_iter()
+            .flatten()
+        {
+            let Some(obj) = m.as_object_mut() else {
+                continue;
+            };
+            let Some(method) = obj.remove("method") else {
+                continue;
+            };
+            let service = method.get("service").and_then(|x| x.as_str());
+            let name = method.get("method").and_then(|x| x.as_str());
+            let regex = method.get("type").and_then(|x| x.as_str()) == Some("RegularExpression");
+            let path = match (regex, service, name) {
+                (false, Some(svc), Some(m)) => {
+                    serde_json::json!({"type": "Exact", "value": format!("/{svc}/{m}")})
+                }
+                (false, Some(svc), None) => {
+                    serde_json::json!({"type": "PathPrefix", "value": format!("/{svc}")})
+                }
+                (false, None, Some(m)) => {
+                    serde_json::json!({"type": "RegularExpression", "value": format!("/[^/]+/{}", regex::escape(m))})
+                }
+                (true, svc, m) => {
+                    serde_json::json!({"type": "RegularExpression", "value": format!("/{}/{}", svc.unwrap_or("[^/]+"), m.unwrap_or("[^/]+"))})
+                }
+                (false, None, None) => serde_json::json!({"type": "PathPrefix", "value": "/"}),
+            };
+            obj.insert("path".into(), path);
+        }
+    }
+    Object {
+        api_version: g.api_version.clone(),
+        meta: g.meta.clone(),
+        spec: serde_json::from_value(v).unwrap_or_default(),
+        source: g.source.clone(),
+    }
+}
+
 /// The policies that shape one route's actions.
 struct Policies<'a> {
+    /// HTTPRoute or GRPCRoute (GRPCRoute backends are spoken to in HTTP/2).
+    kind: &'static str,
     backend: Option<&'a BackendTrafficPolicySpec>,
     lua: Vec<Arc<LuaFilter>>,
     ext_auth: Option<Arc<ExtAuth>>,

@@ -90,6 +90,8 @@ impl AccessLog {
 struct State {
     ports: ArcSwap<BTreeMap<u16, Listen>>,
     client: Client<HttpConnector, Body>,
+    /// HTTP/2 with prior knowledge, for GRPCRoute backends.
+    client_h2: Client<HttpConnector, Body>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
     next: AtomicU64,
@@ -135,10 +137,15 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
+        .build(connector.clone());
+    let client_h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(90))
         .build(connector);
     let state = Arc::new(State {
         ports: ArcSwap::from_pointee(plan.ports.clone()),
         client,
+        client_h2,
         metrics,
         access_log: bind.access_log.clone(),
         next: AtomicU64::new(0),
@@ -1027,8 +1034,18 @@ async fn respond(
         Some(q) => format!("{new_path}?{q}"),
         None => new_path,
     };
-    // Upstream connections are HTTP/1.1 whatever the client spoke.
-    parts.version = http::Version::HTTP_11;
+    // Upstream connections are HTTP/1.1 whatever the client spoke; HTTP/2 for GRPCRoutes.
+    parts.version = if action.h2_upstream {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    if action.h2_upstream {
+        // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 
     for m in &action.mirrors {
         mirror(state, m, &parts, &path_and_query);
@@ -1047,6 +1064,11 @@ async fn respond(
         &path_and_query,
         action.timeout_backend,
         action.retry.as_ref(),
+        if action.h2_upstream {
+            &state.client_h2
+        } else {
+            &state.client
+        },
     );
     let result = match action.timeout_request {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -1084,6 +1106,7 @@ async fn forward(
     path_and_query: &str,
     per_try: Option<Duration>,
     retry: Option<&Retry>,
+    client: &Client<HttpConnector, Body>,
 ) -> Result<Response<Incoming>, Response<Body>> {
     let n = backend.endpoints.len();
     let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
@@ -1138,7 +1161,7 @@ async fn forward(
         let mut req = Request::from_parts(head, b);
         *req.uri_mut() = uri;
         let sent = match per_try {
-            Some(t) => match tokio::time::timeout(t, state.client.request(req)).await {
+            Some(t) => match tokio::time::timeout(t, client.request(req)).await {
                 Ok(r) => r,
                 Err(_) => {
                     return Err(local(
@@ -1147,7 +1170,7 @@ async fn forward(
                     ));
                 }
             },
-            None => state.client.request(req).await,
+            None => client.request(req).await,
         };
         let again = || {
             if replayable {

@@ -4,6 +4,7 @@
 mod compression;
 mod conformance;
 mod ext_auth;
+mod grpc;
 mod harness;
 mod lua;
 mod policies;
