@@ -93,8 +93,8 @@ fn ensure_components() -> Result<()> {
 }
 
 /// The real peers the tests talk to: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl
-/// (`s_server` as a TLS passthrough backend), dig (DNS) and Knot DNS (the upstream of the
-/// forwarding tests). Installed from Debian when missing.
+/// (`s_server` as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the
+/// forwarding tests) and h2load (load during reloads). Installed from Debian when missing.
 fn ensure_test_peers() -> Result<()> {
     let missing: Vec<&str> = [
         ("curl", "curl"),

@@ -470,3 +470,127 @@ fn dns_serves_the_example_views_with_metrics_and_query_log() {
         "{stdout}"
     );
 }
+
+#[test]
+fn h2load_sees_no_failure_while_the_route_table_changes_50_times() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().expect("tmp");
+    let mut echo = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "echo",
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                "web",
+                "--namespace",
+                "apps",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("echo starts"),
+    );
+    let mut log = String::new();
+    let mut echo_err = std::io::BufReader::new(echo.0.stderr.take().expect("stderr")).lines();
+    let echo_port = bound_addr(&mut echo_err, "echo apps/web on", &mut log)
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let route = |i: usize| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n\
+             \x20 rules:\n    - filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-generation, value: \"{i}\"}}]}}}}]\n      backendRefs: [{{name: web, port: 80}}]\n"
+        )
+    };
+    std::fs::write(
+        t.path().join("base.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: trellis\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: {echo_port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+        ),
+    )
+    .expect("write");
+    std::fs::write(t.path().join("route.yaml"), route(0)).expect("write");
+    let mut gw = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "gateway",
+                "-f",
+                &t.path().display().to_string(),
+                "--gateway",
+                "apps/gw",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--port-map",
+                "80=0",
+                "--admin",
+                "127.0.0.1:0",
+                "--access-log",
+                "off",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway starts"),
+    );
+    let mut gw_err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
+    let gw_addr = bound_addr(&mut gw_err, "listener port 80 on", &mut log);
+    let admin = bound_addr(&mut gw_err, "admin on", &mut log);
+    std::thread::spawn(move || for _ in gw_err.map_while(Result::ok) {});
+    let reloads = || -> u64 {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{admin}/metrics")])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("trellis_gateway_reloads_total "))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // h2load (HTTP/2 prior knowledge) for as long as the 50 changes take.
+    let mut h2load = Command::new("h2load")
+        .args([
+            "-D",
+            "20",
+            "-c",
+            "8",
+            "-m",
+            "4",
+            &format!("http://{gw_addr}/"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("h2load runs (apt-get install nghttp2-client)");
+    for i in 1..=50 {
+        std::fs::write(t.path().join("route.yaml"), route(i)).expect("write");
+        // Each change is applied before the next is written (reloads are counted).
+        within(20, || (reloads() >= i as u64).then_some(())).expect("the change was applied");
+    }
+    assert!(
+        h2load.try_wait().expect("h2load state").is_none(),
+        "the load ended before the 50 changes did: raise -D"
+    );
+    let out = h2load.wait_with_output().expect("h2load finishes");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .unwrap_or_default()
+        .to_string();
+    // "requests: N total, N started, N done, N succeeded, 0 failed, 0 errored, 0 timeout"
+    assert!(line.contains(" 0 failed, 0 errored, 0 timeout"), "{text}");
+    let succeeded: u64 = line
+        .split(", ")
+        .find(|p| p.ends_with("succeeded"))
+        .and_then(|p| p.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(succeeded > 1000, "{text}");
+    assert_eq!(reloads(), 50);
+    drop(gw);
+}
