@@ -11,12 +11,15 @@
 //!
 //! - [`forward`]: everything else goes to upstream servers, through a cache.
 //!
-//! Not here yet: rewrite rules, record sync.
+//! - [`sync`]: record sync planning with ExternalDNS's semantics (desired records, TXT registry, plan).
+//!
+//! Not here yet: sync providers.
 
 pub mod answer;
 pub mod forward;
 pub mod metrics;
 pub mod server;
+pub mod sync;
 pub mod views;
 pub mod zone;
 

@@ -6,6 +6,7 @@
 mod check;
 mod dns;
 mod gateway;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -96,6 +97,8 @@ enum Command {
     Echo(gateway::EchoArgs),
     /// Serve the cluster DNS zone (cluster.local) of the manifests.
     Dns(dns::Args),
+    /// Plan DNS records for the manifests' routes, Services and DNSEndpoints (ExternalDNS's semantics).
+    Sync(sync::Args),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&args),
         Command::Echo(args) => gateway::echo(&args),
         Command::Dns(args) => dns::run(&args),
+        Command::Sync(args) => sync::run(&args),
     };
     match result {
         Ok(code) => code,

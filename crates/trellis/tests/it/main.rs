@@ -594,3 +594,54 @@ fn h2load_sees_no_failure_while_the_route_table_changes_50_times() {
     assert_eq!(reloads(), 50);
     drop(gw);
 }
+
+#[test]
+fn sync_dry_run_plans_the_example_records_with_ownership() {
+    let out = trellis(&[
+        "sync",
+        "-f",
+        &example(),
+        "--vars",
+        &example_vars(),
+        "--dry-run",
+        "--owner-id",
+        "home",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // The internal gateway's routes get its address, the external gateway's its target, as
+    // ExternalDNS publishes them; the DNSEndpoint is published as written.
+    for line in [
+        "CREATE echo.home.example A 10.10.30.25  (httproute/apps/echo-internal)",
+        "CREATE echo-ext.home.example CNAME external.home.example  (httproute/apps/echo-external)",
+        "CREATE external.home.example CNAME 00000000-0000-4000-8000-000000000000.cfargotunnel.com  (crd/network/external)",
+        "CREATE a-echo.home.example TXT \"heritage=external-dns,external-dns/owner=home,external-dns/resource=httproute/apps/echo-internal\"",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?} in\n{stdout}"
+        );
+    }
+    let only_external = trellis(&[
+        "sync",
+        "-f",
+        &example(),
+        "--vars",
+        &example_vars(),
+        "--dry-run",
+        "--gateway-name",
+        "network/envoy-external",
+    ]);
+    assert!(
+        !text(&only_external.stdout).contains("10.10.30.25"),
+        "{}",
+        text(&only_external.stdout)
+    );
+    let no_dry_run = trellis(&["sync", "-f", &example()]);
+    assert_eq!(no_dry_run.status.code(), Some(2));
+    assert!(
+        text(&no_dry_run.stderr).contains("run with --dry-run"),
+        "{}",
+        text(&no_dry_run.stderr)
+    );
+}

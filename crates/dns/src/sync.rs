@@ -1,0 +1,407 @@
+//! Record sync with ExternalDNS's semantics: what records the snapshot wants published, and
+//! the plan (creates, updates, deletes) that brings a provider's records there without ever
+//! touching records this owner does not own.
+//!
+//! Pure: [`desired`] reads the snapshot, [`plan`] compares desired records with the
+//! provider's current records and ownership TXT records. Providers (webhook, rfc2136,
+//! Cloudflare) are not written yet; `trellis sync --dry-run` prints the plan against an
+//! empty provider.
+//!
+//! Sources, as ExternalDNS's: `gateway-httproute`, `gateway-grpcroute`, `gateway-tlsroute`
+//! (hostnames of routes a Gateway accepted; targets from the Gateway's
+//! `external-dns.alpha.kubernetes.io/target` annotation, else its address), `service`
+//! (LoadBalancer Services with the hostname annotation), `crd` (DNSEndpoint). Both the
+//! `external-dns.alpha.kubernetes.io/` and `external-dns.kubernetes.io/` annotation prefixes
+//! are read; `controller: none` skips an object.
+//!
+//! Registry: a TXT record beside each managed record, named `<prefix><type>-<name>` (the
+//! record type in lowercase, ExternalDNS's "new format"), holding
+//! `heritage=external-dns,external-dns/owner=<owner>,external-dns/resource=<resource>`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use model::Snapshot;
+use model::object::cond;
+use model::validate::{GATEWAY_GROUP, gateway_address};
+
+/// One DNS record set, as ExternalDNS's `Endpoint`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// Lowercase, without trailing dot.
+    pub name: String,
+    pub record_type: String,
+    pub targets: BTreeSet<String>,
+    pub ttl: Option<u32>,
+    /// `httproute/ns/name`, `service/ns/name`, `crd/ns/name`.
+    pub resource: String,
+}
+
+/// What to publish and how to decide ownership.
+#[derive(Clone, Debug, Default)]
+pub struct SyncConfig {
+    pub owner_id: String,
+    pub txt_prefix: String,
+    /// Only names under these domains (all when empty).
+    pub domain_filters: Vec<String>,
+    /// Only routes of these Gateways (`ns/name`; all when empty).
+    pub gateways: Vec<String>,
+    /// Delete records this owner no longer wants (`sync`), or never delete (`upsert-only`).
+    pub upsert_only: bool,
+}
+
+/// The changes to make.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub create: Vec<Endpoint>,
+    pub update_old: Vec<Endpoint>,
+    pub update_new: Vec<Endpoint>,
+    pub delete: Vec<Endpoint>,
+    /// Wanted names that exist but belong to someone else: left alone.
+    pub conflicts: Vec<(Endpoint, String)>,
+}
+
+fn annotation<'a>(a: &'a BTreeMap<String, String>, key: &str) -> Option<&'a String> {
+    a.get(&format!("external-dns.alpha.kubernetes.io/{key}"))
+        .or_else(|| a.get(&format!("external-dns.kubernetes.io/{key}")))
+}
+
+fn record_type(target: &str) -> &'static str {
+    match target.parse::<IpAddr>() {
+        Ok(IpAddr::V4(_)) => "A",
+        Ok(IpAddr::V6(_)) => "AAAA",
+        Err(_) => "CNAME",
+    }
+}
+
+fn norm(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl SyncConfig {
+    fn wants(&self, name: &str) -> bool {
+        self.domain_filters.is_empty()
+            || self
+                .domain_filters
+                .iter()
+                .any(|d| name == norm(d) || name.ends_with(&format!(".{}", norm(d))))
+    }
+
+    /// The TXT registry record name for a record.
+    pub fn txt_name(&self, e: &Endpoint) -> String {
+        format!(
+            "{}{}-{}",
+            self.txt_prefix,
+            e.record_type.to_ascii_lowercase(),
+            e.name
+        )
+    }
+
+    /// The TXT registry record content for a record.
+    pub fn txt_value(&self, e: &Endpoint) -> String {
+        format!(
+            "heritage=external-dns,external-dns/owner={},external-dns/resource={}",
+            self.owner_id, e.resource
+        )
+    }
+}
+
+/// The records the snapshot wants published.
+pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
+    let mut out: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
+    let mut add = |name: &str, targets: Vec<String>, ttl: Option<u32>, resource: String| {
+        let name = norm(name);
+        if name.is_empty() || name.starts_with('*') || !cfg.wants(&name) {
+            return;
+        }
+        for t in targets {
+            let ty = record_type(&t).to_string();
+            let e = out
+                .entry((name.clone(), ty.clone()))
+                .or_insert_with(|| Endpoint {
+                    name: name.clone(),
+                    record_type: ty,
+                    targets: BTreeSet::new(),
+                    ttl,
+                    resource: resource.clone(),
+                });
+            e.targets.insert(if e.record_type == "CNAME" {
+                norm(&t)
+            } else {
+                t
+            });
+        }
+    };
+    let accepted = |kind: &str, ns: &str, name: &str, gw_ns: &str, gw: &str| {
+        let key = model::ObjectKey::new(GATEWAY_GROUP, kind, ns, name);
+        s.status.get(&key).is_some_and(|st| {
+            st.parents.iter().any(|p| {
+                p.parent_ref.namespace == gw_ns
+                    && p.parent_ref.name == gw
+                    && p.conditions
+                        .iter()
+                        .any(|c| c.type_ == cond::ACCEPTED && c.status == model::Status::True)
+            })
+        })
+    };
+    for gw in s.gateways.values() {
+        let gkey = format!("{}/{}", gw.namespace(), gw.name());
+        if !cfg.gateways.is_empty() && !cfg.gateways.contains(&gkey) {
+            continue;
+        }
+        let targets: Vec<String> = match annotation(&gw.meta.annotations, "target") {
+            Some(t) => t
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect(),
+            None => gateway_address(gw).into_iter().collect(),
+        };
+        if targets.is_empty() {
+            continue;
+        }
+        let routes = s
+            .http_routes
+            .values()
+            .map(|r| {
+                (
+                    "HTTPRoute",
+                    "httproute",
+                    r.namespace(),
+                    r.name(),
+                    &r.meta,
+                    r.spec.hostnames.clone().unwrap_or_default(),
+                )
+            })
+            .chain(s.grpc_routes.values().map(|r| {
+                (
+                    "GRPCRoute",
+                    "grpcroute",
+                    r.namespace(),
+                    r.name(),
+                    &r.meta,
+                    r.spec.hostnames.clone().unwrap_or_default(),
+                )
+            }))
+            .chain(s.tls_routes.values().map(|r| {
+                (
+                    "TLSRoute",
+                    "tlsroute",
+                    r.namespace(),
+                    r.name(),
+                    &r.meta,
+                    r.spec.hostnames.clone(),
+                )
+            }));
+        for (kind, label, ns, name, meta, hostnames) in routes {
+            if annotation(&meta.annotations, "controller").is_some_and(|c| c == "none")
+                || !accepted(kind, ns, name, gw.namespace(), gw.name())
+            {
+                continue;
+            }
+            let ttl = annotation(&meta.annotations, "ttl").and_then(|t| t.parse().ok());
+            for h in hostnames {
+                add(&h, targets.clone(), ttl, format!("{label}/{ns}/{name}"));
+            }
+        }
+    }
+    for svc in s.services.values() {
+        let a = &svc.meta.annotations;
+        let is_lb = svc.spec.spec.as_ref().and_then(|x| x.type_.as_deref()) == Some("LoadBalancer");
+        let (Some(hosts), true) = (annotation(a, "hostname"), is_lb) else {
+            continue;
+        };
+        if annotation(a, "controller").is_some_and(|c| c == "none") {
+            continue;
+        }
+        let targets: Vec<String> = match annotation(a, "target") {
+            Some(t) => vec![t.clone()],
+            None => a
+                .get("lbipam.cilium.io/ips")
+                .map(|ips| ips.split(',').map(|x| x.trim().to_string()).collect())
+                .unwrap_or_default(),
+        };
+        let ttl = annotation(a, "ttl").and_then(|t| t.parse().ok());
+        for h in hosts.split(',') {
+            add(
+                h.trim(),
+                targets.clone(),
+                ttl,
+                format!("service/{}/{}", svc.namespace(), svc.name()),
+            );
+        }
+    }
+    let mut records = out.into_values().collect::<Vec<_>>();
+    for d in s.dns_endpoints.values() {
+        for e in &d.spec.endpoints {
+            let name = norm(&e.dns_name);
+            if !cfg.wants(&name) {
+                continue;
+            }
+            let targets = e
+                .targets
+                .iter()
+                .map(|t| {
+                    if e.record_type == "CNAME" {
+                        norm(t)
+                    } else {
+                        t.clone()
+                    }
+                })
+                .collect();
+            records.push(Endpoint {
+                name,
+                record_type: e.record_type.clone(),
+                targets,
+                ttl: e.record_ttl,
+                resource: format!("crd/{}/{}", d.namespace(), d.name()),
+            });
+        }
+    }
+    records.sort();
+    records
+}
+
+/// The plan from the provider's `current` records (TXT registry records included).
+pub fn plan(desired: &[Endpoint], current: &[Endpoint], cfg: &SyncConfig) -> Plan {
+    let owner = format!("external-dns/owner={}", cfg.owner_id);
+    let txt: BTreeMap<&str, &Endpoint> = current
+        .iter()
+        .filter(|e| e.record_type == "TXT")
+        .map(|e| (e.name.as_str(), e))
+        .collect();
+    let owned = |e: &Endpoint| {
+        txt.get(cfg.txt_name(e).as_str()).is_some_and(|t| {
+            t.targets
+                .iter()
+                .any(|v| v.trim_matches('"').split(',').any(|kv| kv == owner))
+        })
+    };
+    let by_key: BTreeMap<(&str, &str), &Endpoint> = current
+        .iter()
+        .filter(|e| e.record_type != "TXT")
+        .map(|e| ((e.name.as_str(), e.record_type.as_str()), e))
+        .collect();
+    let mut p = Plan::default();
+    for d in desired {
+        match by_key.get(&(d.name.as_str(), d.record_type.as_str())) {
+            None => p.create.push(d.clone()),
+            Some(c) if !owned(c) => p.conflicts.push((
+                d.clone(),
+                format!(
+                    "{} {} exists and is not owned by {}",
+                    d.record_type, d.name, cfg.owner_id
+                ),
+            )),
+            Some(c) if c.targets != d.targets || (d.ttl.is_some() && c.ttl != d.ttl) => {
+                p.update_old.push((*c).clone());
+                p.update_new.push(d.clone());
+            }
+            Some(_) => {}
+        }
+    }
+    if !cfg.upsert_only {
+        let wanted: BTreeSet<(&str, &str)> = desired
+            .iter()
+            .map(|d| (d.name.as_str(), d.record_type.as_str()))
+            .collect();
+        for c in current.iter().filter(|c| c.record_type != "TXT") {
+            if owned(c) && !wanted.contains(&(c.name.as_str(), c.record_type.as_str())) {
+                p.delete.push(c.clone());
+            }
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(name: &str, ty: &str, targets: &[&str], resource: &str) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            record_type: ty.into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            ttl: None,
+            resource: resource.into(),
+        }
+    }
+
+    fn owned_txt(cfg: &SyncConfig, e: &Endpoint, owner: &str) -> Endpoint {
+        ep(
+            &cfg.txt_name(e),
+            "TXT",
+            &[&format!(
+                "\"heritage=external-dns,external-dns/owner={owner},external-dns/resource={}\"",
+                e.resource
+            )],
+            "",
+        )
+    }
+
+    #[test]
+    fn creates_updates_deletes_and_leaves_others_alone() {
+        let cfg = SyncConfig {
+            owner_id: "trellis".into(),
+            ..SyncConfig::default()
+        };
+        let want_new = ep(
+            "new.example.com",
+            "CNAME",
+            &["external.example.com"],
+            "httproute/a/new",
+        );
+        let want_changed = ep("moved.example.com", "A", &["10.0.0.2"], "httproute/a/moved");
+        let want_same = ep("same.example.com", "A", &["10.0.0.3"], "httproute/a/same");
+        let want_theirs = ep(
+            "theirs.example.com",
+            "A",
+            &["10.0.0.4"],
+            "httproute/a/theirs",
+        );
+        let cur_changed = ep("moved.example.com", "A", &["10.0.0.1"], "httproute/a/moved");
+        let cur_same = want_same.clone();
+        let cur_theirs = ep("theirs.example.com", "A", &["192.0.2.1"], "");
+        let cur_gone = ep("gone.example.com", "A", &["10.0.0.9"], "httproute/a/gone");
+        let cur_unowned = ep("manual.example.com", "A", &["10.0.0.8"], "");
+        let current = vec![
+            cur_changed.clone(),
+            owned_txt(&cfg, &cur_changed, "trellis"),
+            cur_same.clone(),
+            owned_txt(&cfg, &cur_same, "trellis"),
+            cur_theirs.clone(),
+            owned_txt(&cfg, &cur_theirs, "someone-else"),
+            cur_gone.clone(),
+            owned_txt(&cfg, &cur_gone, "trellis"),
+            cur_unowned,
+        ];
+        let p = plan(
+            &[
+                want_new.clone(),
+                want_changed.clone(),
+                want_same,
+                want_theirs,
+            ],
+            &current,
+            &cfg,
+        );
+        assert_eq!(p.create, vec![want_new]);
+        assert_eq!(
+            (p.update_old, p.update_new),
+            (vec![cur_changed], vec![want_changed])
+        );
+        assert_eq!(p.delete, vec![cur_gone.clone()]);
+        assert_eq!(p.conflicts.len(), 1);
+        let upsert = plan(
+            &[],
+            &current,
+            &SyncConfig {
+                upsert_only: true,
+                ..cfg.clone()
+            },
+        );
+        assert!(upsert.delete.is_empty(), "upsert-only never deletes");
+        assert_eq!(cfg.txt_name(&cur_gone), "a-gone.example.com");
+    }
+}
