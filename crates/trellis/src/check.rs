@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use model::snapshot::{Severity, full_api_version};
+use model::snapshot::Severity;
 use model::{ObjectKey, ObjectStatus, Snapshot};
 use serde::Serialize;
 
@@ -48,6 +48,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+static EMPTY: std::sync::LazyLock<ObjectStatus> = std::sync::LazyLock::new(ObjectStatus::default);
 
 /// The machine-readable report: one document, every object in Kubernetes status shape.
 #[derive(Debug, Serialize)]
@@ -106,12 +108,12 @@ struct Summary {
 impl<'a> Report<'a> {
     fn new(load: &'a store::Load) -> Report<'a> {
         let s = &load.snapshot;
-        let empty: &'static ObjectStatus = Box::leak(Box::default());
         let objects: Vec<ObjectReport<'a>> = s
             .entries
             .iter()
             .map(|(key, entry)| {
-                let status = s.status.get(key).unwrap_or(empty);
+                // Validation gives every loaded object a status.
+                let status = s.status.get(key).unwrap_or(&EMPTY);
                 ObjectReport {
                     api_version: &entry.api_version,
                     kind: &key.kind,
@@ -329,6 +331,5 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
         sm.warnings,
         sm.errors
     );
-    let _ = full_api_version;
     out
 }
