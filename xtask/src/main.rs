@@ -24,27 +24,9 @@ fn main() -> Result<()> {
         Some("bench") => match args.get(1).map(String::as_str) {
             None | Some("load") => bench(),
             Some("gateway") => {
-                let rounds = std::env::var("ROUNDS")
-                    .ok()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(3);
-                let secs = std::env::var("SECONDS")
-                    .ok()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(10);
-                bench_gateway::run(&root, rounds, secs)
+                bench_gateway::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 10))
             }
-            Some("dns") => {
-                let rounds = std::env::var("ROUNDS")
-                    .ok()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(3);
-                let secs = std::env::var("SECONDS")
-                    .ok()
-                    .and_then(|r| r.parse().ok())
-                    .unwrap_or(10);
-                bench_dns::run(&root, rounds, secs)
-            }
+            Some("dns") => bench_dns::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 10)),
             Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns)"),
         },
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
@@ -53,6 +35,14 @@ fn main() -> Result<()> {
             bail!("unknown or missing xtask command")
         }
     }
+}
+
+/// A number from the environment (`ROUNDS=1 SECONDS=5 cargo xtask bench gateway`).
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn root() -> PathBuf {

@@ -241,11 +241,11 @@ fn bound_addr(
     panic!("the process ended without printing {needle:?}:\n{seen}");
 }
 
-#[test]
-fn gateway_serves_reloads_keeps_last_good_and_drains() {
-    use std::io::{BufRead, Read};
-    let t = tempfile::tempdir().expect("tmp");
-    // Every process picks its own port and says which: no port can be taken in between.
+/// Starts `trellis echo` on a free port and writes the GatewayClass, a Gateway `apps/gw` with
+/// an HTTP listener on 80, and Service `apps/web` whose EndpointSlice points at the echo
+/// server, into `dir/base.yaml`.
+fn echo_and_base(dir: &Path, log: &mut String) -> Proc {
+    use std::io::BufRead;
     let mut echo = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args([
@@ -261,27 +261,36 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
             .spawn()
             .expect("echo starts"),
     );
-    let mut echo_err = std::io::BufReader::new(echo.0.stderr.take().expect("stderr")).lines();
+    let mut err = std::io::BufReader::new(echo.0.stderr.take().expect("stderr")).lines();
+    let addr = bound_addr(&mut err, "echo apps/web on", log);
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    std::fs::write(
+        dir.join("base.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: trellis\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+        ),
+    )
+    .expect("write");
+    echo
+}
+
+#[test]
+fn gateway_serves_reloads_keeps_last_good_and_drains() {
+    use std::io::{BufRead, Read};
+    let t = tempfile::tempdir().expect("tmp");
+    // Every process picks its own port and says which: no port can be taken in between.
     let mut log = String::new();
-    let echo_addr = bound_addr(&mut echo_err, "echo apps/web on", &mut log);
-    let echo_port = echo_addr.rsplit(':').next().expect("port").to_string();
+    let _echo = echo_and_base(t.path(), &mut log);
     let route = |extra: &str| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [web.example.com]\n\
              \x20 rules:\n    - backendRefs: [{{name: web, port: 80}}]\n{extra}"
         )
     };
-    std::fs::write(
-        t.path().join("base.yaml"),
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
-             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: trellis\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
-             ports: [{{name: http, port: {echo_port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
-        ),
-    )
-    .expect("write");
     std::fs::write(t.path().join("route.yaml"), route("")).expect("write");
     let mut gw = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
@@ -475,45 +484,14 @@ fn dns_serves_the_example_views_with_metrics_and_query_log() {
 fn h2load_sees_no_failure_while_the_route_table_changes_50_times() {
     use std::io::BufRead;
     let t = tempfile::tempdir().expect("tmp");
-    let mut echo = Proc(
-        Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "echo",
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                "web",
-                "--namespace",
-                "apps",
-            ])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("echo starts"),
-    );
     let mut log = String::new();
-    let mut echo_err = std::io::BufReader::new(echo.0.stderr.take().expect("stderr")).lines();
-    let echo_port = bound_addr(&mut echo_err, "echo apps/web on", &mut log)
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .to_string();
+    let _echo = echo_and_base(t.path(), &mut log);
     let route = |i: usize| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n\
              \x20 rules:\n    - filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-generation, value: \"{i}\"}}]}}}}]\n      backendRefs: [{{name: web, port: 80}}]\n"
         )
     };
-    std::fs::write(
-        t.path().join("base.yaml"),
-        format!(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
-             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: trellis\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n---\n\
-             apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
-             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: apps, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\n\
-             ports: [{{name: http, port: {echo_port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
-        ),
-    )
-    .expect("write");
     std::fs::write(t.path().join("route.yaml"), route(0)).expect("write");
     let mut gw = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
