@@ -244,7 +244,7 @@ fn bound_addr(
 /// Starts `trellis echo` on a free port and writes the GatewayClass, a Gateway `apps/gw` with
 /// an HTTP listener on 80, and Service `apps/web` whose EndpointSlice points at the echo
 /// server, into `dir/base.yaml`.
-fn echo_and_base(dir: &Path, log: &mut String) -> Proc {
+fn echo_and_base(dir: &Path, log: &mut String) -> (Proc, u16) {
     use std::io::BufRead;
     let mut echo = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
@@ -275,7 +275,7 @@ fn echo_and_base(dir: &Path, log: &mut String) -> Proc {
         ),
     )
     .expect("write");
-    echo
+    (echo, port.parse().expect("port"))
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
     let t = tempfile::tempdir().expect("tmp");
     // Every process picks its own port and says which: no port can be taken in between.
     let mut log = String::new();
-    let _echo = echo_and_base(t.path(), &mut log);
+    let (_echo, _) = echo_and_base(t.path(), &mut log);
     let route = |extra: &str| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  hostnames: [web.example.com]\n\
@@ -485,7 +485,7 @@ fn h2load_sees_no_failure_while_the_route_table_changes_50_times() {
     use std::io::BufRead;
     let t = tempfile::tempdir().expect("tmp");
     let mut log = String::new();
-    let _echo = echo_and_base(t.path(), &mut log);
+    let (_echo, _) = echo_and_base(t.path(), &mut log);
     let route = |i: usize| {
         format!(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n\
@@ -622,4 +622,101 @@ fn sync_dry_run_plans_the_example_records_with_ownership() {
         "{}",
         text(&no_dry_run.stderr)
     );
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().expect("tmp");
+    let mut log = String::new();
+    let (_echo, echo_port) = echo_and_base(t.path(), &mut log);
+    std::fs::write(
+        t.path().join("route.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]\n",
+    )
+    .expect("write");
+    let mut gw = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "gateway",
+                "-f",
+                &t.path().display().to_string(),
+                "--gateway",
+                "apps/gw",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args([
+                "--port-map",
+                "80=0",
+                "--access-log",
+                "off",
+                "--drain-timeout",
+                "20s",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway starts"),
+    );
+    let mut err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
+    let addr = bound_addr(&mut err, "listener port 80 on", &mut log);
+    // Five slow requests (the backend waits 2 s) are in flight when SIGTERM arrives.
+    let slow: Vec<std::process::Child> = (0..5)
+        .map(|i| {
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("http://{addr}/slow/{i}?delay=2s"),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("curl")
+        })
+        .collect();
+    // Wait until all five are being served: five connections from the gateway to the backend.
+    let upstream = || {
+        let out = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( dport = :{echo_port} )"),
+            ])
+            .output()
+            .expect("ss runs");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    within(10, || (upstream() >= 5).then_some(())).expect("the five requests reached the backend");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &gw.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    // New connections are refused once draining starts.
+    let refused = within(10, || {
+        std::net::TcpStream::connect(addr.as_str())
+            .is_err()
+            .then_some(())
+    });
+    assert!(refused.is_some(), "still accepting after SIGTERM");
+    for c in slow {
+        let out = c.wait_with_output().expect("curl finishes");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "an in-flight request failed during the drain"
+        );
+    }
+    let status = within(20, || gw.0.try_wait().ok().flatten()).expect("exits after the drain");
+    assert!(status.success());
+    let rest: Vec<String> = err.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "drained"), "{rest:?}");
 }
