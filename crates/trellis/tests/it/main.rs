@@ -278,9 +278,42 @@ fn echo_and_base(dir: &Path, log: &mut String) -> (Proc, u16) {
     (echo, port.parse().expect("port"))
 }
 
+/// Starts `trellis gateway` for Gateway `apps/gw` of `dir` on free loopback ports, with
+/// `extra` flags; stdout is piped. Returns the process and its stderr lines.
+fn spawn_gateway(
+    dir: &Path,
+    extra: &[&str],
+) -> (
+    Proc,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    use std::io::BufRead;
+    let mut gw = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "gateway",
+                "-f",
+                &dir.display().to_string(),
+                "--gateway",
+                "apps/gw",
+                "--bind",
+                "127.0.0.1",
+                "--port-map",
+                "80=0",
+            ])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("gateway starts"),
+    );
+    let err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
+    (gw, err)
+}
+
 #[test]
 fn gateway_serves_reloads_keeps_last_good_and_drains() {
-    use std::io::{BufRead, Read};
+    use std::io::Read;
     let t = tempfile::tempdir().expect("tmp");
     // Every process picks its own port and says which: no port can be taken in between.
     let mut log = String::new();
@@ -292,31 +325,10 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
         )
     };
     std::fs::write(t.path().join("route.yaml"), route("")).expect("write");
-    let mut gw = Proc(
-        Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "gateway",
-                "-f",
-                &t.path().display().to_string(),
-                "--gateway",
-                "apps/gw",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--port-map",
-                "80=0",
-                "--admin",
-                "127.0.0.1:0",
-                "--drain-timeout",
-                "5s",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("gateway starts"),
+    let (mut gw, mut gw_err) = spawn_gateway(
+        t.path(),
+        &["--admin", "127.0.0.1:0", "--drain-timeout", "5s"],
     );
-    let mut gw_err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
     let gw_addr = bound_addr(&mut gw_err, "listener port 80 on", &mut log);
     let admin_addr = bound_addr(&mut gw_err, "admin on", &mut log);
     // The rest of the gateway's stderr, collected as it comes.
@@ -482,7 +494,6 @@ fn dns_serves_the_example_views_with_metrics_and_query_log() {
 
 #[test]
 fn h2load_sees_no_failure_while_the_route_table_changes_50_times() {
-    use std::io::BufRead;
     let t = tempfile::tempdir().expect("tmp");
     let mut log = String::new();
     let (_echo, _) = echo_and_base(t.path(), &mut log);
@@ -493,30 +504,8 @@ fn h2load_sees_no_failure_while_the_route_table_changes_50_times() {
         )
     };
     std::fs::write(t.path().join("route.yaml"), route(0)).expect("write");
-    let mut gw = Proc(
-        Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "gateway",
-                "-f",
-                &t.path().display().to_string(),
-                "--gateway",
-                "apps/gw",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--port-map",
-                "80=0",
-                "--admin",
-                "127.0.0.1:0",
-                "--access-log",
-                "off",
-            ])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("gateway starts"),
-    );
-    let mut gw_err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
+    let (gw, mut gw_err) =
+        spawn_gateway(t.path(), &["--admin", "127.0.0.1:0", "--access-log", "off"]);
     let gw_addr = bound_addr(&mut gw_err, "listener port 80 on", &mut log);
     let admin = bound_addr(&mut gw_err, "admin on", &mut log);
     std::thread::spawn(move || for _ in gw_err.map_while(Result::ok) {});
@@ -626,7 +615,6 @@ fn sync_dry_run_plans_the_example_records_with_ownership() {
 
 #[test]
 fn sigterm_lets_requests_in_flight_finish() {
-    use std::io::BufRead;
     let t = tempfile::tempdir().expect("tmp");
     let mut log = String::new();
     let (_echo, echo_port) = echo_and_base(t.path(), &mut log);
@@ -635,30 +623,8 @@ fn sigterm_lets_requests_in_flight_finish() {
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: web, port: 80}]}]\n",
     )
     .expect("write");
-    let mut gw = Proc(
-        Command::new(env!("CARGO_BIN_EXE_trellis"))
-            .args([
-                "gateway",
-                "-f",
-                &t.path().display().to_string(),
-                "--gateway",
-                "apps/gw",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .args([
-                "--port-map",
-                "80=0",
-                "--access-log",
-                "off",
-                "--drain-timeout",
-                "20s",
-            ])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("gateway starts"),
-    );
-    let mut err = std::io::BufReader::new(gw.0.stderr.take().expect("stderr")).lines();
+    let (mut gw, mut err) =
+        spawn_gateway(t.path(), &["--access-log", "off", "--drain-timeout", "20s"]);
     let addr = bound_addr(&mut err, "listener port 80 on", &mut log);
     // Five slow requests (the backend waits 2 s) are in flight when SIGTERM arrives.
     let slow: Vec<std::process::Child> = (0..5)
