@@ -13,33 +13,11 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+use crate::proc::{Bg, cpu_secs};
+
 const KNOT_PORT: u16 = 15301;
 const TRELLIS_PORT: u16 = 15302;
 const NAMES: usize = 1000;
-
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let f: Vec<String> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
-}
 
 fn dnsperf(port: u16, queries: &Path, secs: u32) -> Result<(f64, f64, f64)> {
     let out = Command::new("taskset")
@@ -126,28 +104,24 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
              database:\n  storage: \"{d}/db\"\ntemplate:\n  - id: default\n    storage: \"{d}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: cluster.local\n"
         ),
     )?;
-    let knot = Server(
-        Command::new("taskset")
-            .args(["-c", "0", "knotd", "-c"])
-            .arg(dir.join("knot.conf"))
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let knot = Bg(Command::new("taskset")
+        .args(["-c", "0", "knotd", "-c"])
+        .arg(dir.join("knot.conf"))
+        .stderr(Stdio::null())
+        .spawn()?);
     let trellis = root.join("target/release/trellis");
-    let tr = Server(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(&trellis)
-            .args([
-                "dns",
-                "-f",
-                &format!("{d}/manifests"),
-                "--listen",
-                &format!("127.0.0.1:{TRELLIS_PORT}"),
-            ])
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
+    let tr = Bg(Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&trellis)
+        .args([
+            "dns",
+            "-f",
+            &format!("{d}/manifests"),
+            "--listen",
+            &format!("127.0.0.1:{TRELLIS_PORT}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()?);
     // Both must answer a name correctly before anything is measured.
     for port in [KNOT_PORT, TRELLIS_PORT] {
         let ok = (0..100).any(|_| {

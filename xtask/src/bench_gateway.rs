@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
+
+use crate::proc::{Bg, cpu_secs, wait_tcp};
 
 const BACKEND_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18080;
@@ -20,30 +21,7 @@ const HAPROXY_PORT: u16 = 18082;
 const TRELLIS_PORT: u16 = 18090;
 const TRELLIS_TLS_PORT: u16 = 18490;
 
-/// A server we started; killed (with its process group) when dropped.
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(name: &'static str, dir: &Path, cmd: &[&str]) -> Result<Server> {
+fn start(name: &'static str, dir: &Path, cmd: &[&str]) -> Result<Bg> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let child = Command::new("taskset")
         .args(["-c", "0"])
@@ -52,50 +30,7 @@ fn start(name: &'static str, dir: &Path, cmd: &[&str]) -> Result<Server> {
         .stderr(log)
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
-    Ok(Server { child })
-}
-
-fn wait_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("nothing listens on 127.0.0.1:{port} after 20 s")
-}
-
-/// utime+stime of a process and its descendants, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let tick = 100.0; // USER_HZ on Linux
-    let mut total = 0u64;
-    let mut stack = vec![pid];
-    let all: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-                .filter_map(|p| {
-                    let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
-                    let rest = stat.rsplit_once(')')?.1;
-                    let f: Vec<&str> = rest.split_whitespace().collect();
-                    let ppid = f.get(1)?.parse().ok()?;
-                    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-                    Some((p, ppid, cpu))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    while let Some(p) = stack.pop() {
-        for (q, ppid, cpu) in &all {
-            if *q == p {
-                total += cpu;
-            }
-            if *ppid == p {
-                stack.push(*q);
-            }
-        }
-    }
-    total as f64 / tick
+    Ok(Bg(child))
 }
 
 #[derive(Clone, Debug, Default)]
@@ -377,10 +312,10 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         TRELLIS_PORT,
         TRELLIS_TLS_PORT,
     ] {
-        wait_port(p)?;
+        wait_tcp(p)?;
     }
-    let pid = |s: &Server| s.child.id();
-    let scenarios: Vec<(&str, String, &Server)> = vec![
+    let pid = |s: &Bg| s.0.id();
+    let scenarios: Vec<(&str, String, &Bg)> = vec![
         (
             "nginx-small",
             format!("http://127.0.0.1:{NGINX_PORT}/small"),

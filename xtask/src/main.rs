@@ -8,11 +8,14 @@
 
 mod bench_dns;
 mod bench_gateway;
+mod proc;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+use crate::proc::{Bg, wait_tcp};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -125,28 +128,6 @@ fn test() -> Result<()> {
     run("cargo", &["test", "--workspace", "--doc"])?;
     eprintln!("==> all tests passed");
     Ok(())
-}
-
-/// A process started by the demo, stopped when dropped.
-struct Bg(std::process::Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_tcp(port: u16) -> Result<()> {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    bail!("nothing listens on 127.0.0.1:{port}")
 }
 
 /// Shows a command and what it printed.

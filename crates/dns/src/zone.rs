@@ -263,13 +263,7 @@ pub fn compile(s: &Snapshot, cfg: &ZoneConfig) -> Zone {
         }
     }
     for pod in s.pods.values() {
-        let Some(ip) = pod
-            .spec
-            .status
-            .as_ref()
-            .and_then(|st| st.pod_ip.as_ref())
-            .and_then(|ip| ip.parse::<IpAddr>().ok())
-        else {
+        let Some(ip) = model::endpoints::pod_ip(pod) else {
             continue;
         };
         z.add(

@@ -116,15 +116,7 @@ pub fn service_endpoints(
             if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                 continue;
             }
-            let Some(ip) = pod
-                .spec
-                .status
-                .as_ref()
-                .and_then(|st| st.pod_ip.as_ref())
-                .and_then(|ip| ip.parse::<IpAddr>().ok())
-            else {
-                continue;
-            };
+            let Some(ip) = pod_ip(pod) else { continue };
             let target = target_port(sp.target_port.as_ref(), pod, sp.port);
             let ready = pod
                 .spec
@@ -148,6 +140,11 @@ pub fn service_endpoints(
     out.sort();
     out.dedup();
     Ok(out)
+}
+
+/// A pod's address, from its status.
+pub fn pod_ip(pod: &crate::snapshot::Object<k8s_openapi::api::core::v1::Pod>) -> Option<IpAddr> {
+    pod.spec.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
 }
 
 /// A Service's targetPort on one pod: a number, or a container port name.

@@ -514,23 +514,33 @@ impl Loader<'_> {
         }
         let mut index = PosIndex::default();
         index.0.insert(String::new(), pos);
-        self.raws.push(RawObject {
-            value: obj,
-            source: Source {
+        self.push_raw(
+            obj,
+            Source {
                 file: Arc::new(kpath.to_path_buf()),
                 pos,
                 index: Arc::new(index),
             },
-            default_namespace: ctx
-                .namespace
-                .clone()
-                .or_else(|| Some(self.opts.default_namespace.clone())),
-        });
+            ctx,
+        );
     }
 
     fn ignored(&self, path: &Path) -> bool {
         let c = canonical(path);
         self.opts.ignore.iter().any(|i| canonical(i) == c)
+    }
+
+    /// Adds a document, with the namespace inferred for where it was found.
+    fn push_raw(&mut self, value: serde_json::Value, source: Source, ctx: &Ctx) {
+        let default_namespace = ctx
+            .namespace
+            .clone()
+            .or_else(|| Some(self.opts.default_namespace.clone()));
+        self.raws.push(RawObject {
+            value,
+            source,
+            default_namespace,
+        });
     }
 
     fn note_file(&mut self, path: &Path) {
@@ -661,18 +671,15 @@ impl Loader<'_> {
             self.report_undefined(&doc, &file, undefined);
             let mut index = PosIndex::default();
             let value = doc.to_json(&mut index);
-            self.raws.push(RawObject {
+            self.push_raw(
                 value,
-                source: Source {
+                Source {
                     file: file.clone(),
                     pos,
                     index: Arc::new(index),
                 },
-                default_namespace: ctx
-                    .namespace
-                    .clone()
-                    .or_else(|| Some(self.opts.default_namespace.clone())),
-            });
+                ctx,
+            );
         }
     }
 
