@@ -1,0 +1,1 @@
+//! The kernel boundary: eBPF programs in C (`bpf/`), their loader (aya) and typed maps.

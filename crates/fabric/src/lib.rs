@@ -1,0 +1,1 @@
+//! The node agent: Services and endpoints compiled to datapath map contents, Maglev tables.

@@ -1,0 +1,1 @@
+//! The lab: a cluster built from network namespaces on one machine.
