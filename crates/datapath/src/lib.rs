@@ -1,1 +1,378 @@
-//! The kernel boundary: eBPF programs in C (`bpf/`), their loader (aya) and typed maps.
+//! The kernel boundary: the eBPF programs in C (`bpf/`), their loader (aya) and typed maps.
+//!
+//! One node's datapath lives under a pin directory (`/sys/fs/bpf/trellis/<node>/`): the maps
+//! (pinned by name, so a restarted agent finds the same connection-tracking entries) and the
+//! four programs (`from_pod`, `to_pod`, `from_netdev`, `to_netdev`), pinned so the CNI plugin
+//! can attach them to a new pod's veth without loading anything itself.
+//!
+//! What is not here: deciding what goes into the maps. The fabric compiles Services into
+//! [`Desired`] contents; [`Maps::sync`] makes the kernel maps equal to them by the smallest
+//! change. `aya` is used only in this crate.
+
+pub mod abi;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, Array};
+use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+pub use abi::{Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
+
+/// The compiled load-balancer object (built by build.rs with clang -target bpf).
+pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
+
+/// The programs, by the hook they run at.
+pub const PROG_FROM_POD: &str = "from_pod";
+pub const PROG_TO_POD: &str = "to_pod";
+pub const PROG_FROM_NETDEV: &str = "from_netdev";
+pub const PROG_TO_NETDEV: &str = "to_netdev";
+const PROGRAMS: [&str; 4] = [PROG_FROM_POD, PROG_TO_POD, PROG_FROM_NETDEV, PROG_TO_NETDEV];
+
+/// Where trellis pins a node's maps and programs.
+pub fn pin_dir(node: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/trellis").join(node)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bpffs is not mounted at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf): {0}")]
+    NoBpffs(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {iface}: {what}: {detail}")]
+    Attach {
+        iface: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {name} would exceed its bound of {max} entries ({wanted} wanted)")]
+    Full {
+        name: &'static str,
+        max: usize,
+        wanted: usize,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (a fresh VM or netns test box).
+pub fn ensure_bpffs() -> Result<(), Error> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(io("reading mounts"))?;
+    if mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+        return Ok(());
+    }
+    let out = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+        .output()
+        .map_err(io("running mount"))?;
+    if !out.status.success() {
+        return Err(Error::NoBpffs(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    Ok(())
+}
+
+/// Loads the programs and maps of one node, pinning both under `pin_dir`. Maps already pinned
+/// there (a previous run of the agent) are reused with their contents; programs are replaced.
+pub fn load(pin_dir: &Path) -> Result<(), Error> {
+    ensure_bpffs()?;
+    std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
+    let mut ebpf: Ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(LB_OBJECT)?;
+    for name in PROGRAMS {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or_else(|| Error::Attach {
+                iface: "-".into(),
+                what: "program missing from the object",
+                detail: name.into(),
+            })?
+            .try_into()
+            .map_err(|source| Error::Program { name: name.into(), source })?;
+        prog.load().map_err(|source| Error::Program { name: name.into(), source })?;
+        let path = prog_pin(pin_dir, name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(format!("removing {}", path.display()))(e)),
+        }
+        prog.pin(&path).map_err(|e| Error::Attach {
+            iface: "-".into(),
+            what: "pinning program",
+            detail: format!("{}: {e}", path.display()),
+        })?;
+    }
+    tracing::debug!(pin_dir = %pin_dir.display(), "datapath loaded");
+    Ok(())
+}
+
+fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("prog_{name}"))
+}
+
+/// Attaches the pinned program `name` to `iface` at `hook`, replacing an earlier trellis
+/// program there. Classic tc (netlink) filters, so the attachment outlives this process.
+fn attach(pin_dir: &Path, iface: &str, hook: TcAttachType, name: &str) -> Result<(), Error> {
+    if let Err(e) = tc::qdisc_add_clsact(iface) {
+        let text = e.to_string();
+        if !text.contains("exists") && !text.contains("File exists") {
+            return Err(Error::Attach { iface: iface.into(), what: "adding clsact", detail: text });
+        }
+    }
+    // Detaching what is not there is fine: a first attach.
+    let _ = tc::qdisc_detach_program(iface, hook, name);
+    let mut prog = SchedClassifier::from_pin(prog_pin(pin_dir, name))
+        .map_err(|source| Error::Program { name: name.into(), source })?;
+    let id = prog
+        .attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
+        .map_err(|source| Error::Program { name: name.into(), source })?;
+    let link = prog.take_link(id).map_err(|source| Error::Program { name: name.into(), source })?;
+    // The filter stays in the kernel; dropping the link would detach it.
+    std::mem::forget(link);
+    tracing::debug!(iface, program = name, "attached tc program");
+    Ok(())
+}
+
+/// Attaches the pod programs to a pod's host-side veth (called by the CNI plugin).
+pub fn attach_endpoint(pin_dir: &Path, host_iface: &str) -> Result<(), Error> {
+    attach(pin_dir, host_iface, TcAttachType::Ingress, PROG_FROM_POD)?;
+    attach(pin_dir, host_iface, TcAttachType::Egress, PROG_TO_POD)
+}
+
+/// Attaches the node-device programs to the node's LAN interface.
+pub fn attach_netdev(pin_dir: &Path, iface: &str) -> Result<(), Error> {
+    attach(pin_dir, iface, TcAttachType::Ingress, PROG_FROM_NETDEV)?;
+    attach(pin_dir, iface, TcAttachType::Egress, PROG_TO_NETDEV)
+}
+
+/// Removes a node's pins (maps and programs). Attached filters go with their interfaces.
+pub fn unpin(pin_dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(format!("removing {}", pin_dir.display()))(e)),
+    }
+}
+
+/// What the service maps should hold: the fabric's plan turned into map entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub services: BTreeMap<Lb4Key, Lb4Service>,
+    pub backends: BTreeMap<u32, Lb4Backend>,
+    pub maglev: BTreeMap<MaglevKey, u32>,
+    pub config: Option<NodeConfig>,
+}
+
+/// How many entries a sync wrote and removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub written: usize,
+    pub removed: usize,
+}
+
+type ServicesMap = BpfHashMap<MapData, [u8; Lb4Key::SIZE], [u8; Lb4Service::SIZE]>;
+type BackendsMap = BpfHashMap<MapData, u32, [u8; Lb4Backend::SIZE]>;
+type MaglevMap = BpfHashMap<MapData, [u8; MaglevKey::SIZE], u32>;
+
+/// Handles on one node's pinned maps.
+pub struct Maps {
+    services: ServicesMap,
+    backends: BackendsMap,
+    maglev: MaglevMap,
+    config: Array<MapData, [u8; NodeConfig::SIZE]>,
+    stats: PerCpuArray<MapData, u64>,
+    nat: BpfHashMap<MapData, [u8; 16], [u8; 32]>,
+}
+
+impl std::fmt::Debug for Maps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Maps")
+    }
+}
+
+fn open(pin_dir: &Path, name: &'static str) -> Result<Map, Error> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|source| Error::Map { name, source })?;
+    let info = data.info().map_err(|source| Error::Map { name, source })?;
+    use aya::maps::MapType;
+    Ok(match info.map_type().map_err(|source| Error::Map { name, source })? {
+        MapType::Hash => Map::HashMap(data),
+        MapType::LruHash => Map::LruHashMap(data),
+        MapType::Array => Map::Array(data),
+        MapType::PerCpuArray => Map::PerCpuArray(data),
+        _ => Map::Unsupported(data),
+    })
+}
+
+macro_rules! typed {
+    ($pin:expr, $name:literal) => {
+        open($pin, $name)?
+            .try_into()
+            .map_err(|source| Error::Map { name: $name, source })?
+    };
+}
+
+impl Maps {
+    /// Opens the maps pinned under `pin_dir` (after [`load`]). Key and value sizes are checked
+    /// against the pinned maps by aya.
+    pub fn open(pin_dir: &Path) -> Result<Maps, Error> {
+        Ok(Maps {
+            services: typed!(pin_dir, "lb4_services"),
+            backends: typed!(pin_dir, "lb4_backends"),
+            maglev: typed!(pin_dir, "lb4_maglev"),
+            config: typed!(pin_dir, "node_config"),
+            stats: typed!(pin_dir, "stats"),
+            nat: typed!(pin_dir, "nat4"),
+        })
+    }
+
+    /// Makes the maps hold exactly `want`, touching only entries that differ. Order keeps the
+    /// datapath consistent for packets in flight: backends and Maglev entries are written
+    /// before the services that point at them, and services are removed before their backends.
+    pub fn sync(&mut self, want: &Desired) -> Result<SyncStats, Error> {
+        for (name, max, wanted) in [
+            ("lb4_services", abi::LB4_SERVICES_MAX, want.services.len()),
+            ("lb4_backends", abi::LB4_BACKENDS_MAX, want.backends.len()),
+            ("lb4_maglev", abi::LB4_MAGLEV_MAX, want.maglev.len()),
+        ] {
+            if wanted > max {
+                return Err(Error::Full { name, max, wanted });
+            }
+        }
+        let mut stats = SyncStats::default();
+        if let Some(cfg) = &want.config {
+            self.config
+                .set(0, cfg.to_bytes(), 0)
+                .map_err(|source| Error::Map { name: "node_config", source })?;
+        }
+        // Backends: write new/changed.
+        let have_backends = read_all(&self.backends, "lb4_backends")?;
+        for (id, b) in &want.backends {
+            let bytes = b.to_bytes();
+            if have_backends.get(id) != Some(&bytes) {
+                self.backends
+                    .insert(id, bytes, 0)
+                    .map_err(|source| Error::Map { name: "lb4_backends", source })?;
+                stats.written += 1;
+            }
+        }
+        // Maglev entries: write new/changed.
+        let have_maglev = read_all(&self.maglev, "lb4_maglev")?;
+        for (k, v) in &want.maglev {
+            let kb = k.to_bytes();
+            if have_maglev.get(&kb) != Some(v) {
+                self.maglev
+                    .insert(kb, v, 0)
+                    .map_err(|source| Error::Map { name: "lb4_maglev", source })?;
+                stats.written += 1;
+            }
+        }
+        // Services: backend slots before masters, so a master never counts a missing slot.
+        let have_services = read_all(&self.services, "lb4_services")?;
+        let mut ordered: Vec<(&Lb4Key, &Lb4Service)> = want.services.iter().collect();
+        ordered.sort_by_key(|(k, _)| (k.slot == 0, **k));
+        for (k, v) in ordered {
+            let kb = k.to_bytes();
+            let vb = v.to_bytes();
+            if have_services.get(&kb) != Some(&vb) {
+                self.services
+                    .insert(kb, vb, 0)
+                    .map_err(|source| Error::Map { name: "lb4_services", source })?;
+                stats.written += 1;
+            }
+        }
+        // Removals: masters first, then slots, Maglev entries and backends.
+        let want_services: std::collections::BTreeSet<[u8; Lb4Key::SIZE]> =
+            want.services.keys().map(Lb4Key::to_bytes).collect();
+        let mut stale: Vec<[u8; Lb4Key::SIZE]> =
+            have_services.keys().filter(|k| !want_services.contains(*k)).copied().collect();
+        stale.sort_by_key(|k| Lb4Key::from_bytes(k).slot != 0);
+        for k in stale {
+            remove(&mut self.services, &k, "lb4_services")?;
+            stats.removed += 1;
+        }
+        let want_maglev: std::collections::BTreeSet<[u8; MaglevKey::SIZE]> =
+            want.maglev.keys().map(MaglevKey::to_bytes).collect();
+        for k in have_maglev.keys().filter(|k| !want_maglev.contains(*k)) {
+            remove(&mut self.maglev, k, "lb4_maglev")?;
+            stats.removed += 1;
+        }
+        for id in have_backends.keys().filter(|id| !want.backends.contains_key(id)) {
+            remove(&mut self.backends, id, "lb4_backends")?;
+            stats.removed += 1;
+        }
+        Ok(stats)
+    }
+
+    /// The datapath's counters, summed over CPUs, by name (`abi::STAT_NAMES`).
+    pub fn stats(&self) -> Result<Vec<(&'static str, u64)>, Error> {
+        let mut out = Vec::new();
+        for (i, name) in abi::STAT_NAMES.iter().enumerate() {
+            let values = self
+                .stats
+                .get(&(i as u32), 0)
+                .map_err(|source| Error::Map { name: "stats", source })?;
+            out.push((*name, values.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Number of connection-tracking entries (two per connection).
+    pub fn nat_entries(&self) -> usize {
+        self.nat.keys().filter(Result::is_ok).count()
+    }
+
+    /// The services map as it is in the kernel (for `lab status` and tests).
+    pub fn services(&self) -> Result<BTreeMap<Lb4Key, Lb4Service>, Error> {
+        Ok(read_all(&self.services, "lb4_services")?
+            .iter()
+            .map(|(k, v)| (Lb4Key::from_bytes(k), Lb4Service::from_bytes(v)))
+            .collect())
+    }
+}
+
+fn read_all<K, V>(
+    map: &BpfHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<BTreeMap<K, V>, Error>
+where
+    K: aya::Pod + Ord,
+    V: aya::Pod,
+{
+    map.iter()
+        .collect::<Result<BTreeMap<K, V>, _>>()
+        .map_err(|source| Error::Map { name, source })
+}
+
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut BpfHashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), Error> {
+    match map.remove(key) {
+        Ok(()) => Ok(()),
+        // Gone already (an LRU eviction or a concurrent writer): the goal is reached.
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(Error::Map { name, source }),
+    }
+}

@@ -1,0 +1,522 @@
+/* Service load balancing, connection tracking with NAT, and pod masquerade, as tc programs.
+ *
+ *   from_pod     ingress of a pod's host-side veth (packets leaving the pod)
+ *   to_pod       egress of a pod's host-side veth (packets entering the pod)
+ *   from_netdev  ingress of the node's LAN device
+ *   to_netdev    egress of the node's LAN device
+ *
+ * A new connection to a frontend (ClusterIP, NodePort, LoadBalancer address) picks a backend
+ * (random for traffic from pods, Maglev for traffic from outside, a remembered one under
+ * sessionAffinity) and installs two NAT entries: the forward tuple and the reply tuple. Every
+ * later packet of the connection is rewritten from those entries, so a connection stays on its
+ * backend while the service's backends change. Traffic from outside to a backend on another
+ * node is also SNATed to the node address so its replies return here (no DSR yet).
+ *
+ * What is not here: policy decisions (the agent compiles them into the maps), IPv6, ICMP
+ * error translation. Frontends without backends are not in the maps at all: the node's
+ * routing answers them (an unreachable route for the service CIDR, RST for node ports).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "trellis.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB4_SERVICES_MAX);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb4_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB4_BACKENDS_MAX);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb4_backends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB4_MAGLEV_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb4_maglev_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb4_maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, NAT4_MAX);
+	__type(key, struct nat4_key);
+	__type(value, struct nat4_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} nat4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, AFFINITY4_MAX);
+	__type(key, struct affinity4_key);
+	__type(value, struct affinity4_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} affinity4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, INBOUND4_MAX);
+	__type(key, struct inbound4_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inbound4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} node_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+struct tuple {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u16 l4off;
+};
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
+#define IP_OFF 14 /* after the Ethernet header */
+#define IP_CSUM_OFF (IP_OFF + 10)
+#define IP_SRC_OFF (IP_OFF + 12)
+#define IP_DST_OFF (IP_OFF + 16)
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &which);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline struct node_config *config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&node_config, &zero);
+}
+
+/* Reads the IPv4 TCP/UDP tuple; returns 0 when the packet is one we act on. */
+static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + IP_OFF;
+	__u16 ports[2];
+
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
+		return -1;
+	/* Later fragments carry no ports: leave them to the stack. */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return -1;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return -1;
+	t->saddr = ip->saddr;
+	t->daddr = ip->daddr;
+	t->proto = ip->protocol;
+	t->l4off = IP_OFF + ip->ihl * 4;
+	if (bpf_skb_load_bytes(skb, t->l4off, ports, sizeof(ports)) < 0)
+		return -1;
+	t->sport = ports[0];
+	t->dport = ports[1];
+	t->tcp_flags = 0;
+	if (t->proto == IPPROTO_TCP &&
+	    bpf_skb_load_bytes(skb, t->l4off + 13, &t->tcp_flags, 1) < 0)
+		return -1;
+	return 0;
+}
+
+static __always_inline int is_syn(const struct tuple *t)
+{
+	return t->proto == IPPROTO_TCP && (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* Rewrites addresses and ports to `to`, fixing the IP and L4 checksums incrementally. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct tuple *t,
+				   const struct nat4_entry *to)
+{
+	__u32 csum_off = t->l4off + (t->proto == IPPROTO_TCP ? 16 : 6);
+	__u64 l4flags = t->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (to->saddr != t->saddr) {
+		if (bpf_l4_csum_replace(skb, csum_off, t->saddr, to->saddr,
+					BPF_F_PSEUDO_HDR | l4flags | 4) < 0 ||
+		    bpf_l3_csum_replace(skb, IP_CSUM_OFF, t->saddr, to->saddr, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, IP_SRC_OFF, &to->saddr, 4, 0) < 0)
+			return -1;
+	}
+	if (to->daddr != t->daddr) {
+		if (bpf_l4_csum_replace(skb, csum_off, t->daddr, to->daddr,
+					BPF_F_PSEUDO_HDR | l4flags | 4) < 0 ||
+		    bpf_l3_csum_replace(skb, IP_CSUM_OFF, t->daddr, to->daddr, 4) < 0 ||
+		    bpf_skb_store_bytes(skb, IP_DST_OFF, &to->daddr, 4, 0) < 0)
+			return -1;
+	}
+	if (to->sport != t->sport) {
+		if (bpf_l4_csum_replace(skb, csum_off, t->sport, to->sport, l4flags | 2) < 0 ||
+		    bpf_skb_store_bytes(skb, t->l4off, &to->sport, 2, 0) < 0)
+			return -1;
+	}
+	if (to->dport != t->dport) {
+		if (bpf_l4_csum_replace(skb, csum_off, t->dport, to->dport, l4flags | 2) < 0 ||
+		    bpf_skb_store_bytes(skb, t->l4off + 2, &to->dport, 2, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+static __always_inline void key_of(struct nat4_key *k, const struct tuple *t, __u8 dir)
+{
+	k->saddr = t->saddr;
+	k->daddr = t->daddr;
+	k->sport = t->sport;
+	k->dport = t->dport;
+	k->proto = t->proto;
+	k->dir = dir;
+	k->pad = 0;
+}
+
+/* Applies an existing entry of direction `dir`. Returns the entry's flags + 1 when it did, 0
+ * when there is none (or, for a fresh SYN, none whose backend still exists). */
+static __always_inline int nat_apply(struct __sk_buff *skb, const struct tuple *t, __u8 dir)
+{
+	struct nat4_key k;
+	struct nat4_entry *e;
+
+	key_of(&k, t, dir);
+	e = bpf_map_lookup_elem(&nat4, &k);
+	if (!e)
+		return 0;
+	/* A new connection reusing a tuple keeps its old backend only if it still exists. */
+	if (dir == NAT_DIR_FWD && e->backend_id && is_syn(t) &&
+	    !bpf_map_lookup_elem(&lb4_backends, &e->backend_id))
+		return 0;
+	e->last_seen_ns = bpf_ktime_get_ns();
+	if (rewrite(skb, t, e) < 0)
+		return -1;
+	count(STAT_NAT_HIT);
+	return (int)e->flags + 1;
+}
+
+static __always_inline __u32 hash_tuple(const struct tuple *t)
+{
+	/* A 32-bit mix over the 5-tuple; only needs to spread flows over the Maglev table. */
+	__u32 h = t->saddr * 0x9e3779b1u;
+	h ^= t->daddr + 0x7f4a7c15u + (h << 6) + (h >> 2);
+	h ^= (((__u32)t->sport << 16) | t->dport) + 0x85ebca6bu + (h << 6) + (h >> 2);
+	h ^= t->proto;
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	h ^= h >> 16;
+	return h;
+}
+
+/* Picks a backend for a new connection to the frontend `key` (slot 0 entry `svc`). */
+static __always_inline struct lb4_backend *select_backend(const struct tuple *t,
+							   struct lb4_key *key,
+							   const struct lb4_service *svc, int external,
+							   __u32 *backend_id)
+{
+	struct lb4_backend *b;
+	__u64 now = bpf_ktime_get_ns();
+	struct affinity4_key ak = { .client = t->saddr, .frontend_id = svc->id };
+	__u32 id = 0;
+
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct affinity4_value *av = bpf_map_lookup_elem(&affinity4, &ak);
+		if (av && now - av->last_seen_ns < (__u64)svc->affinity_timeout_s * 1000000000ull &&
+		    bpf_map_lookup_elem(&lb4_backends, &av->backend_id))
+			id = av->backend_id;
+	}
+	if (!id && external && (svc->flags & SVC_F_EXTERNAL)) {
+		struct node_config *cfg = config();
+		if (cfg && cfg->maglev_m) {
+			struct lb4_maglev_key mk = { .frontend_id = svc->id,
+						     .index = hash_tuple(t) % cfg->maglev_m };
+			__u32 *m = bpf_map_lookup_elem(&lb4_maglev, &mk);
+			if (m)
+				id = *m;
+		}
+	}
+	if (!id) {
+		struct lb4_service *slot;
+		key->slot = (bpf_get_prandom_u32() % svc->count) + 1;
+		slot = bpf_map_lookup_elem(&lb4_services, key);
+		key->slot = 0;
+		if (!slot)
+			return 0;
+		id = slot->id;
+	}
+	b = bpf_map_lookup_elem(&lb4_backends, &id);
+	if (!b)
+		return 0;
+	if (svc->flags & SVC_F_AFFINITY) {
+		struct affinity4_value av = { .backend_id = id, .last_seen_ns = now };
+		bpf_map_update_elem(&affinity4, &ak, &av, BPF_ANY);
+	}
+	*backend_id = id;
+	return b;
+}
+
+/* Installs the forward and reply entries of a new connection and rewrites this packet.
+ * `snat` (non-zero: the node address) also rewrites the source, probing for a free port. */
+static __always_inline int nat_new(struct __sk_buff *skb, const struct tuple *t,
+				   const struct lb4_backend *b, __u32 backend_id, __u32 snat,
+				   __u32 flags)
+{
+	struct nat4_key fk, rk;
+	struct nat4_entry fwd = {}, rev = {};
+	__u64 now = bpf_ktime_get_ns();
+	__u16 port = t->sport;
+	int i;
+
+	fwd.saddr = snat ? snat : t->saddr;
+	fwd.daddr = b->addr;
+	fwd.dport = b->port;
+	fwd.backend_id = backend_id;
+	fwd.flags = flags;
+	fwd.last_seen_ns = now;
+
+	rk.saddr = b->addr;
+	rk.daddr = fwd.saddr;
+	rk.sport = b->port;
+	rk.proto = t->proto;
+	rk.dir = NAT_DIR_REPLY;
+	rk.pad = 0;
+	rev.saddr = t->daddr;
+	rev.daddr = t->saddr;
+	rev.sport = t->dport;
+	rev.dport = t->sport;
+	rev.backend_id = backend_id;
+	rev.flags = flags;
+	rev.last_seen_ns = now;
+
+	for (i = 0; i < NAT_PORT_TRIES; i++) {
+		struct nat4_entry *other;
+		rk.dport = port;
+		other = bpf_map_lookup_elem(&nat4, &rk);
+		/* Free, or taken by this very connection (a retransmitted SYN). */
+		if (!other || (other->daddr == t->saddr && other->dport == t->sport))
+			break;
+		if (!snat) {
+			i = NAT_PORT_TRIES;
+			break;
+		}
+		port = bpf_htons(bpf_ntohs(port) + 1 + (bpf_get_prandom_u32() & 0x3ff));
+		if (bpf_ntohs(port) < 1024)
+			port = bpf_htons(bpf_ntohs(port) + 1024);
+	}
+	if (i == NAT_PORT_TRIES) {
+		count(STAT_NAT_FULL);
+		return -1;
+	}
+	fwd.sport = port;
+	key_of(&fk, t, NAT_DIR_FWD);
+	if (bpf_map_update_elem(&nat4, &rk, &rev, BPF_ANY) < 0 ||
+	    bpf_map_update_elem(&nat4, &fk, &fwd, BPF_ANY) < 0) {
+		count(STAT_NAT_FULL);
+		return -1;
+	}
+	return rewrite(skb, t, &fwd);
+}
+
+/* The frontend a packet is addressed to, or 0. */
+static __always_inline struct lb4_service *frontend(const struct tuple *t, struct lb4_key *key)
+{
+	struct lb4_service *svc;
+
+	key->addr = t->daddr;
+	key->port = t->dport;
+	key->proto = t->proto;
+	key->pad = 0;
+	key->slot = 0;
+	key->pad2 = 0;
+	svc = bpf_map_lookup_elem(&lb4_services, key);
+	if (svc && svc->count == 0)
+		return 0;
+	return svc;
+}
+
+static __always_inline int redirect_out(struct __sk_buff *skb)
+{
+	/* The source is one of ours (SNAT) or the packet turns around on the same device: send it
+	 * through the FIB and the neighbour table directly, bypassing the input path (which would
+	 * drop a packet arriving with a local source address). */
+	return bpf_redirect_neigh(skb->ifindex, 0, 0, 0);
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	struct tuple t;
+	struct lb4_key key;
+	struct lb4_service *svc;
+	struct lb4_backend *b;
+	__u32 backend_id = 0;
+	int r;
+
+	count(STAT_PACKETS);
+	if (parse(skb, &t) < 0)
+		return TC_ACT_OK;
+	r = nat_apply(skb, &t, NAT_DIR_FWD);
+	if (r < 0)
+		return TC_ACT_SHOT;
+	if (r > 0)
+		return TC_ACT_OK;
+	svc = frontend(&t, &key);
+	if (!svc)
+		return TC_ACT_OK;
+	b = select_backend(&t, &key, svc, 0, &backend_id);
+	if (!b) {
+		count(STAT_NO_BACKEND);
+		return TC_ACT_OK;
+	}
+	count(STAT_SERVICE_NEW);
+	if (nat_new(skb, &t, b, backend_id, 0, 0) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	struct tuple t;
+	struct node_config *cfg;
+	int r;
+
+	count(STAT_PACKETS);
+	if (parse(skb, &t) < 0)
+		return TC_ACT_OK;
+	r = nat_apply(skb, &t, NAT_DIR_REPLY);
+	if (r < 0)
+		return TC_ACT_SHOT;
+	if (r > 0)
+		return TC_ACT_OK;
+	/* A connection from outside the cluster to this pod: remember it so the pod's replies
+	 * leave unmasqueraded. */
+	cfg = config();
+	if (cfg && (t.saddr & cfg->cluster_cidr_mask) != cfg->cluster_cidr_addr) {
+		struct inbound4_key ik = { .pod = t.daddr, .remote = t.saddr, .pod_port = t.dport,
+					   .remote_port = t.sport, .proto = t.proto };
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&inbound4, &ik, &now, BPF_ANY);
+	}
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int from_netdev(struct __sk_buff *skb)
+{
+	struct tuple t;
+	struct lb4_key key;
+	struct lb4_service *svc;
+	struct lb4_backend *b;
+	struct node_config *cfg;
+	__u32 backend_id = 0;
+	int r;
+
+	count(STAT_PACKETS);
+	if (parse(skb, &t) < 0)
+		return TC_ACT_OK;
+	r = nat_apply(skb, &t, NAT_DIR_REPLY);
+	if (r == 0)
+		r = nat_apply(skb, &t, NAT_DIR_FWD);
+	if (r < 0)
+		return TC_ACT_SHOT;
+	if (r > 0)
+		return ((r - 1) & NAT_F_REDIRECT) ? redirect_out(skb) : TC_ACT_OK;
+	svc = frontend(&t, &key);
+	if (!svc)
+		return TC_ACT_OK;
+	b = select_backend(&t, &key, svc, 1, &backend_id);
+	if (!b) {
+		count(STAT_NO_BACKEND);
+		return TC_ACT_OK;
+	}
+	count(STAT_SERVICE_NEW);
+	if (b->flags & BACKEND_F_LOCAL) {
+		if (nat_new(skb, &t, b, backend_id, 0, 0) < 0)
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
+	}
+	cfg = config();
+	if (!cfg || !cfg->node_ip)
+		return TC_ACT_SHOT;
+	if (nat_new(skb, &t, b, backend_id, cfg->node_ip, NAT_F_SNAT | NAT_F_REDIRECT) < 0)
+		return TC_ACT_SHOT;
+	return redirect_out(skb);
+}
+
+SEC("classifier")
+int to_netdev(struct __sk_buff *skb)
+{
+	struct tuple t;
+	struct node_config *cfg;
+	int r;
+
+	count(STAT_PACKETS);
+	if (parse(skb, &t) < 0)
+		return TC_ACT_OK;
+	r = nat_apply(skb, &t, NAT_DIR_REPLY);
+	if (r == 0)
+		r = nat_apply(skb, &t, NAT_DIR_FWD);
+	if (r < 0)
+		return TC_ACT_SHOT;
+	if (r > 0)
+		return TC_ACT_OK;
+	/* Masquerade: a pod's new connection to outside the native routing CIDR leaves with the
+	 * node's address. Replies of connections opened from outside are left alone. */
+	cfg = config();
+	if (!cfg || !(cfg->flags & NODE_F_MASQUERADE) || !cfg->node_ip)
+		return TC_ACT_OK;
+	if ((t.saddr & cfg->cluster_cidr_mask) != cfg->cluster_cidr_addr ||
+	    (t.daddr & cfg->cluster_cidr_mask) == cfg->cluster_cidr_addr)
+		return TC_ACT_OK;
+	if (t.proto == IPPROTO_TCP && !is_syn(&t))
+		return TC_ACT_OK;
+	{
+		struct inbound4_key ik = { .pod = t.saddr, .remote = t.daddr, .pod_port = t.sport,
+					   .remote_port = t.dport, .proto = t.proto };
+		if (bpf_map_lookup_elem(&inbound4, &ik))
+			return TC_ACT_OK;
+	}
+	{
+		struct lb4_backend remote = { .addr = t.daddr, .port = t.dport, .proto = t.proto };
+		count(STAT_MASQ_NEW);
+		if (nat_new(skb, &t, &remote, 0, cfg->node_ip, NAT_F_SNAT | NAT_F_MASQ) < 0)
+			return TC_ACT_SHOT;
+	}
+	return TC_ACT_OK;
+}

@@ -1,0 +1,137 @@
+/* The datapath ABI: map keys, values and constants shared by the eBPF programs and the Rust
+ * loader (crates/datapath/src/abi.rs mirrors every struct here, with size asserts, and a test
+ * checks the sizes against the BTF of the compiled object).
+ *
+ * Byte order: addresses and ports are kept in network byte order, exactly as they sit in the
+ * packet, so the programs never convert; the Rust side converts when it writes.
+ * Every struct is laid out without implicit padding (explicit pad fields instead).
+ */
+#ifndef TRELLIS_H
+#define TRELLIS_H
+
+#include <linux/types.h>
+
+/* Bounds of every map (named, one place). */
+#define LB4_SERVICES_MAX 65536   /* frontend slots: masters + backend slots */
+#define LB4_BACKENDS_MAX 65536
+#define LB4_MAGLEV_MAX 1048576   /* (frontend, index) entries over all external frontends */
+#define NAT4_MAX 262144          /* connection-tracking / NAT entries (two per connection) */
+#define AFFINITY4_MAX 65536
+#define INBOUND4_MAX 65536       /* connections opened towards local pods from outside */
+#define NAT_PORT_TRIES 8         /* SNAT source-port probes before giving up */
+
+/* A frontend (address, port, protocol). slot 0 is the service's master entry; slots
+ * 1..count name its backends (Cilium's layout). */
+struct lb4_key {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+	__u16 slot;
+	__u16 pad2;
+};
+
+#define SVC_F_EXTERNAL 0x01   /* reached from outside the cluster: Maglev selection */
+#define SVC_F_AFFINITY 0x02   /* sessionAffinity: ClientIP */
+
+/* Master (slot 0): id = frontend id, count = number of backend slots.
+ * Backend slot (1..count): id = backend id, count unused. */
+struct lb4_service {
+	__u32 id;
+	__u16 count;
+	__u8 flags;
+	__u8 pad;
+	__u32 affinity_timeout_s;
+};
+
+#define BACKEND_F_LOCAL 0x01  /* the backend is a pod on this node */
+
+struct lb4_backend {
+	__u32 addr;
+	__u16 port;
+	__u8 proto;
+	__u8 flags;
+};
+
+struct lb4_maglev_key {
+	__u32 frontend_id;
+	__u32 index;
+};
+
+/* Connection tracking with NAT: a key per direction of a connection. */
+#define NAT_DIR_FWD 0
+#define NAT_DIR_REPLY 1
+
+struct nat4_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+#define NAT_F_REDIRECT 0x01   /* after rewriting, send out through the FIB (source is ours) */
+#define NAT_F_SNAT 0x02       /* source was rewritten to the node address */
+#define NAT_F_MASQ 0x04       /* pod egress masquerade */
+
+/* The packet is rewritten to this tuple. */
+struct nat4_entry {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u32 backend_id;
+	__u32 flags;
+	__u32 pad;
+	__u64 last_seen_ns;
+};
+
+struct affinity4_key {
+	__u32 client;
+	__u32 frontend_id;
+};
+
+struct affinity4_value {
+	__u32 backend_id;
+	__u32 pad;
+	__u64 last_seen_ns;
+};
+
+/* A connection opened from outside the cluster towards a local pod; its replies are not
+ * masqueraded. Keyed as the pod's reply would be seen. */
+struct inbound4_key {
+	__u32 pod;
+	__u32 remote;
+	__u16 pod_port;
+	__u16 remote_port;
+	__u8 proto;
+	__u8 pad;
+	__u16 pad2;
+};
+
+/* One entry (index 0) of per-node settings, written by the agent. */
+struct node_config {
+	__u32 node_ip;
+	__u32 cluster_cidr_addr;  /* native routing CIDR: no masquerade inside it */
+	__u32 cluster_cidr_mask;
+	__u32 maglev_m;
+	__u32 flags;
+	__u32 pad;
+};
+
+#define NODE_F_MASQUERADE 0x01
+
+/* Counters, index by enum stat; per-CPU array. */
+enum stat {
+	STAT_PACKETS = 0,
+	STAT_SERVICE_NEW,       /* new connection to a service frontend */
+	STAT_NAT_HIT,           /* packet rewritten from an existing entry */
+	STAT_NO_BACKEND,        /* frontend found but no backend slot / backend entry */
+	STAT_NAT_FULL,          /* no free SNAT port or NAT map update failed */
+	STAT_MASQ_NEW,
+	STAT_MAX,
+};
+
+#endif

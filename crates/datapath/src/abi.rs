@@ -1,0 +1,232 @@
+//! Rust mirrors of the map keys and values in `bpf/trellis.h`.
+//!
+//! The kernel sees bytes; these types encode themselves into exactly the bytes the C structs
+//! hold (native byte order for counters and ids, network byte order for addresses and ports,
+//! explicit zero padding), so no `unsafe` cast is needed. `SIZE` of each type is asserted
+//! against the C layout by a test that reads the compiled object's BTF.
+
+use std::net::Ipv4Addr;
+
+/// Bounds of the maps, as in `trellis.h`.
+pub const LB4_SERVICES_MAX: usize = 65536;
+pub const LB4_BACKENDS_MAX: usize = 65536;
+pub const LB4_MAGLEV_MAX: usize = 1_048_576;
+
+pub const SVC_F_EXTERNAL: u8 = 0x01;
+pub const SVC_F_AFFINITY: u8 = 0x02;
+pub const BACKEND_F_LOCAL: u8 = 0x01;
+pub const NODE_F_MASQUERADE: u32 = 0x01;
+
+/// IP protocol numbers as the maps hold them.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// The counters of the `stats` per-CPU array, in index order.
+pub const STAT_NAMES: [&str; 6] = [
+    "packets",
+    "service_new",
+    "nat_hit",
+    "no_backend",
+    "nat_full",
+    "masq_new",
+];
+
+fn ip_bytes(ip: Ipv4Addr) -> [u8; 4] {
+    ip.octets()
+}
+
+fn ip_from(b: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// `struct lb4_key`: a frontend address, port and protocol; slot 0 is the master entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Key {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub slot: u16,
+}
+
+impl Lb4Key {
+    pub const SIZE: usize = 12;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&ip_bytes(self.addr));
+        b[4..6].copy_from_slice(&self.port.to_be_bytes());
+        b[6] = self.proto;
+        b[8..10].copy_from_slice(&self.slot.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            addr: ip_from(&b[0..4]),
+            port: u16::from_be_bytes([b[4], b[5]]),
+            proto: b[6],
+            slot: u16::from_ne_bytes([b[8], b[9]]),
+        }
+    }
+}
+
+/// `struct lb4_service`: the master entry (id = frontend id, count = backend slots) or a
+/// backend slot (id = backend id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Service {
+    pub id: u32,
+    pub count: u16,
+    pub flags: u8,
+    pub affinity_timeout_s: u32,
+}
+
+impl Lb4Service {
+    pub const SIZE: usize = 12;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.id.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.count.to_ne_bytes());
+        b[6] = self.flags;
+        b[8..12].copy_from_slice(&self.affinity_timeout_s.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            count: u16::from_ne_bytes([b[4], b[5]]),
+            flags: b[6],
+            affinity_timeout_s: u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        }
+    }
+}
+
+/// `struct lb4_backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lb4Backend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+}
+
+impl Lb4Backend {
+    pub const SIZE: usize = 8;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&ip_bytes(self.addr));
+        b[4..6].copy_from_slice(&self.port.to_be_bytes());
+        b[6] = self.proto;
+        b[7] = self.flags;
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            addr: ip_from(&b[0..4]),
+            port: u16::from_be_bytes([b[4], b[5]]),
+            proto: b[6],
+            flags: b[7],
+        }
+    }
+}
+
+/// `struct lb4_maglev_key`: one entry of a frontend's Maglev table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MaglevKey {
+    pub frontend_id: u32,
+    pub index: u32,
+}
+
+impl MaglevKey {
+    pub const SIZE: usize = 8;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.frontend_id.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.index.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            frontend_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            index: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        }
+    }
+}
+
+/// `struct node_config`: index 0 of the `node_config` array.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub node_ip: Ipv4Addr,
+    /// The native routing CIDR (no masquerade inside it), as address and prefix length.
+    pub cluster_cidr: (Ipv4Addr, u8),
+    pub maglev_m: u32,
+    pub flags: u32,
+}
+
+impl NodeConfig {
+    pub const SIZE: usize = 24;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        let prefix = u32::from(self.cluster_cidr.1.min(32));
+        let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        let addr = u32::from(self.cluster_cidr.0) & mask;
+        b[0..4].copy_from_slice(&ip_bytes(self.node_ip));
+        b[4..8].copy_from_slice(&addr.to_be_bytes());
+        b[8..12].copy_from_slice(&mask.to_be_bytes());
+        b[12..16].copy_from_slice(&self.maglev_m.to_ne_bytes());
+        b[16..20].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
+/// Sizes of the structs the programs share with us, by C name (checked against BTF).
+pub const STRUCT_SIZES: [(&str, usize); 9] = [
+    ("lb4_key", Lb4Key::SIZE),
+    ("lb4_service", Lb4Service::SIZE),
+    ("lb4_backend", Lb4Backend::SIZE),
+    ("lb4_maglev_key", MaglevKey::SIZE),
+    ("nat4_key", 16),
+    ("nat4_entry", 32),
+    ("affinity4_key", 8),
+    ("affinity4_value", 16),
+    ("node_config", NodeConfig::SIZE),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_use_network_order_for_wire_fields() {
+        let k = Lb4Key { addr: Ipv4Addr::new(10, 96, 0, 10), port: 53, proto: PROTO_UDP, slot: 3 };
+        let b = k.to_bytes();
+        assert_eq!(&b[0..4], &[10, 96, 0, 10]);
+        assert_eq!(&b[4..6], &[0, 53]);
+        assert_eq!(Lb4Key::from_bytes(&b), k);
+        let s = Lb4Service { id: 7, count: 2, flags: SVC_F_AFFINITY, affinity_timeout_s: 10800 };
+        assert_eq!(Lb4Service::from_bytes(&s.to_bytes()), s);
+        let be = Lb4Backend { addr: Ipv4Addr::new(10, 69, 1, 5), port: 8080, proto: 6, flags: 1 };
+        assert_eq!(Lb4Backend::from_bytes(&be.to_bytes()), be);
+        let m = MaglevKey { frontend_id: 1, index: 16380 };
+        assert_eq!(MaglevKey::from_bytes(&m.to_bytes()), m);
+    }
+
+    #[test]
+    fn node_config_masks_the_cidr() {
+        let c = NodeConfig {
+            node_ip: Ipv4Addr::new(10, 10, 30, 11),
+            cluster_cidr: (Ipv4Addr::new(10, 69, 3, 0), 16),
+            maglev_m: 16381,
+            flags: NODE_F_MASQUERADE,
+        };
+        let b = c.to_bytes();
+        assert_eq!(&b[4..8], &[10, 69, 0, 0]);
+        assert_eq!(&b[8..12], &[255, 255, 0, 0]);
+    }
+}
