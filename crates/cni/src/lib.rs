@@ -1,1 +1,438 @@
-//! The CNI plugin (spec 1.0/1.1): pod veths, IPAM from the node's pod CIDR, routes.
+//! trellis's CNI plugin (spec 1.0, plus 1.1's STATUS and GC): pod veths, IPAM from the node's
+//! pod CIDR, routes. The binary `trellis-cni` is a thin shell over [`execute`].
+//!
+//! Addressing is Calico's, with no bridge in the node: the pod's interface gets `IP/32`, a
+//! `169.254.1.1 dev eth0 scope link` route and a default route via 169.254.1.1; the host end
+//! of the veth (`lxc` + 11 hex digits, as Cilium names them) has `proxy_arp=1` and
+//! `forwarding=1` (proxy ARP only answers on interfaces that forward) and the node gets
+//! `IP/32 dev lxc… scope link`. The node therefore needs a route to 169.254.1.1 out of some
+//! other interface (any default route does) for proxy ARP to answer.
+//!
+//! Kernel changes go through rtnetlink (`rtnetlink`/`netlink-packet-route`), not `ip`: the
+//! plugin then needs no tools in `CNI_PATH`, errors carry the kernel's errno, and the
+//! container end of the veth is created directly inside the pod's namespace under its final
+//! name (one `RTM_NEWLINK` with the peer's `IFLA_NET_NS_FD`), so no temporary name ever has
+//! to be free in the node's namespace.
+//!
+//! Modules: [`conf`] (stdin and environment), [`result`] (the result JSON), [`error`] (error
+//! codes), [`ipam`] (allocation on disk), [`link`] (netlink).
+//!
+//! Not here: the eBPF datapath. [`attach_datapath`] is the one seam where it plugs in.
+
+pub mod conf;
+pub mod error;
+pub mod ipam;
+pub mod link;
+pub mod result;
+
+use std::fs::File;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+
+pub use conf::{
+    Attachment, CmdArgs, Command, Datapath, LATEST_VERSION, NetConf, SUPPORTED_VERSIONS,
+};
+pub use error::{Error, ErrorReply};
+pub use ipam::Pool;
+pub use result::{CniResult, Dns, Interface, IpConfig, Route, VersionInfo};
+
+use link::GATEWAY;
+
+/// The host end's name: `lxc` + the first 11 hex digits of a 64-bit FNV-1a hash of
+/// `containerID/ifname`, 14 characters (the kernel allows 15). Stable, so DEL finds it again
+/// without any state.
+pub fn host_ifname(container_id: &str, ifname: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("lxc{:011x}", hash >> 20)
+}
+
+/// Hooks the host end of a new pod veth into trellis's eBPF datapath.
+///
+/// Seam for the datapath crate: when the config names a datapath, the real call is
+/// `datapath::attach_endpoint(pin_dir, host_ifname)`. Until it is wired, this only logs.
+pub fn attach_datapath(conf: &NetConf, host_ifname: &str) -> Result<(), Error> {
+    if let Some(dp) = &conf.datapath {
+        tracing::debug!(
+            iface = host_ifname,
+            pin_dir = %dp.pin_dir.display(),
+            "attaching is done by the datapath crate"
+        );
+    }
+    Ok(())
+}
+
+fn open_netns(args: &CmdArgs) -> Result<File, Error> {
+    let path = args.netns.as_ref().ok_or(Error::InvalidEnv {
+        var: "CNI_NETNS",
+        why: "missing".into(),
+    })?;
+    File::open(path).map_err(|e| {
+        if link::is_gone(&e) {
+            Error::UnknownContainer {
+                container_id: args.container_id.clone(),
+                why: format!("network namespace {} does not exist", path.display()),
+            }
+        } else {
+            Error::io(format!("opening network namespace {}", path.display()), e)
+        }
+    })
+}
+
+fn pool(conf: &NetConf) -> Result<Pool, Error> {
+    Pool::open(&conf.state_dir, &conf.name, conf.pool_cidr())
+}
+
+/// ADD: allocates an address, creates and configures the veth pair, returns the result.
+/// On failure everything done so far is undone.
+pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
+    let netns = open_netns(args)?;
+    let pool = pool(conf)?;
+    let ip = pool.allocate(&args.container_id, &args.ifname)?;
+    let host = host_ifname(&args.container_id, &args.ifname);
+    match add_links(conf, args, &netns, &host, ip) {
+        Ok(result) => Ok(result),
+        Err(err) => {
+            // Undo; the original error is what the runtime needs to see.
+            if let Err(e) = with_netlink_host(async |h| link::delete_link(&h, &host).await) {
+                tracing::warn!(iface = %host, error = %e, "rollback: deleting veth failed");
+            }
+            if let Err(e) = pool.release(&args.container_id, &args.ifname) {
+                tracing::warn!(%ip, error = %e, "rollback: releasing address failed");
+            }
+            Err(err)
+        }
+    }
+}
+
+fn with_netlink_host<T: Send>(
+    f: impl AsyncFnOnce(rtnetlink::Handle) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    link::with_netlink(None, f)
+}
+
+fn add_links(
+    conf: &NetConf,
+    args: &CmdArgs,
+    netns: &File,
+    host: &str,
+    ip: std::net::Ipv4Addr,
+) -> Result<CniResult, Error> {
+    let mtu = conf.mtu();
+    let pod_addr = Ipv4Net::new(ip, 32).expect("32 is a valid IPv4 prefix");
+    let host_link = with_netlink_host(async |h| {
+        if link::get_link(&h, host).await?.is_some() {
+            return Err(Error::io(
+                format!(
+                    "host interface {host} for container {} {}",
+                    args.container_id, args.ifname
+                ),
+                std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            ));
+        }
+        link::create_veth(&h, host, &args.ifname, netns, mtu).await?;
+        let l = link::get_link(&h, host).await?.ok_or_else(|| {
+            Error::io(
+                format!("veth {host} vanished after creation"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
+        link::set_ipv4_conf(host, "proxy_arp", "1")?;
+        link::set_ipv4_conf(host, "forwarding", "1")?;
+        link::set_up(&h, l.index, host).await?;
+        link::add_route(&h, pod_addr, None, l.index, &format!("{pod_addr} dev {host}")).await?;
+        Ok(l)
+    })?;
+    let ifname = &args.ifname;
+    let pod_link = with_netlink_ns(netns, async |h| {
+        let l = link::get_link(&h, ifname).await?.ok_or_else(|| Error::UnknownContainer {
+            container_id: args.container_id.clone(),
+            why: format!("{ifname} missing in its namespace right after creation"),
+        })?;
+        link::set_up(&h, l.index, ifname).await?;
+        link::add_address(&h, l.index, pod_addr, ifname).await?;
+        let gw_net = Ipv4Net::new(GATEWAY, 32).expect("32 is a valid IPv4 prefix");
+        link::add_route(&h, gw_net, None, l.index, &format!("{GATEWAY} dev {ifname}")).await?;
+        link::add_route(
+            &h,
+            Ipv4Net::default(),
+            Some(GATEWAY),
+            l.index,
+            &format!("default via {GATEWAY}"),
+        )
+        .await?;
+        Ok(l)
+    })?;
+    attach_datapath(conf, host)?;
+    tracing::debug!(container_id = %args.container_id, %ip, iface = host, "pod attached");
+    Ok(build_result(conf, args, &host_link, &pod_link, pod_addr))
+}
+
+fn with_netlink_ns<T: Send>(
+    netns: &File,
+    f: impl AsyncFnOnce(rtnetlink::Handle) -> Result<T, Error> + Send,
+) -> Result<T, Error> {
+    link::with_netlink(Some(netns), f)
+}
+
+fn build_result(
+    conf: &NetConf,
+    args: &CmdArgs,
+    host: &link::LinkInfo,
+    pod: &link::LinkInfo,
+    addr: Ipv4Net,
+) -> CniResult {
+    let legacy = conf.cni_version.starts_with("0.");
+    CniResult {
+        cni_version: conf.cni_version.clone(),
+        interfaces: vec![
+            Interface {
+                name: host.name.clone(),
+                mac: host.mac.clone(),
+                sandbox: None,
+            },
+            Interface {
+                name: pod.name.clone(),
+                mac: pod.mac.clone(),
+                sandbox: args.netns.as_ref().map(|p| p.display().to_string()),
+            },
+        ],
+        ips: vec![IpConfig {
+            version: legacy.then(|| "4".to_string()),
+            address: IpNet::V4(addr),
+            gateway: Some(IpAddr::V4(GATEWAY)),
+            interface: Some(1),
+        }],
+        routes: vec![
+            Route {
+                dst: IpNet::V4(Ipv4Net::new(GATEWAY, 32).expect("32 is a valid IPv4 prefix")),
+                gw: None,
+            },
+            Route {
+                dst: IpNet::V4(Ipv4Net::default()),
+                gw: Some(IpAddr::V4(GATEWAY)),
+            },
+        ],
+        dns: Dns::default(),
+    }
+}
+
+/// DEL: deletes the host veth (which takes the container end with it) and releases the
+/// address. A missing namespace, interface or allocation is success: DEL is idempotent.
+pub fn del(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
+    let host = host_ifname(&args.container_id, &args.ifname);
+    with_netlink_host(async |h| link::delete_link(&h, &host).await)?;
+    pool(conf)?.release(&args.container_id, &args.ifname)?;
+    Ok(())
+}
+
+/// CHECK: the container interface exists in the namespace with every address and route of
+/// `prevResult`, the host end exists and is up, and IPAM still holds the address. Every
+/// mismatch is reported at once (code 101).
+pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
+    let prev = conf.prev_result()?.ok_or_else(|| Error::InvalidConfig {
+        problems: vec!["prevResult: CHECK needs the result of ADD".into()],
+    })?;
+    let netns = open_netns(args)?;
+    let mut problems = Vec::new();
+    let ifname = &args.ifname;
+    let pod_index = prev
+        .interfaces
+        .iter()
+        .position(|i| &i.name == ifname && i.sandbox.is_some());
+    let (pod_link, addrs, routes) = with_netlink_ns(&netns, async |h| {
+        let Some(l) = link::get_link(&h, ifname).await? else {
+            return Ok((None, Vec::new(), Vec::new()));
+        };
+        let addrs = link::addresses(&h, l.index).await?;
+        let routes = link::main_routes(&h).await?;
+        Ok((Some(l), addrs, routes))
+    })?;
+    match &pod_link {
+        None => problems.push(format!("interface {ifname} does not exist in the namespace")),
+        Some(l) => {
+            if !l.up {
+                problems.push(format!("interface {ifname} is down"));
+            }
+            if let Some(want) = pod_index.map(|i| &prev.interfaces[i].mac)
+                && !want.is_empty()
+                && !want.eq_ignore_ascii_case(&l.mac)
+            {
+                problems.push(format!("{ifname} has mac {}, prevResult says {want}", l.mac));
+            }
+        }
+    }
+    let pool_ips: Vec<_> = pool(conf)?
+        .allocations()?
+        .into_iter()
+        .filter(|a| a.container_id == args.container_id && &a.ifname == ifname)
+        .map(|a| a.ip)
+        .collect();
+    for ip in &prev.ips {
+        if ip.interface.is_some() && ip.interface != pod_index {
+            continue;
+        }
+        let Some(want) = link::v4(&ip.address) else {
+            problems.push(format!("address {}: IPv6 is not managed by trellis", ip.address));
+            continue;
+        };
+        if pod_link.is_some() && !addrs.contains(&want) {
+            problems.push(format!("address {want} is not on {ifname}"));
+        }
+        if !pool_ips.contains(&want.addr()) {
+            problems.push(format!("address {} is not allocated to this container", want.addr()));
+        }
+    }
+    for r in &prev.routes {
+        let Some(dst) = link::v4(&r.dst) else { continue };
+        let gw = match r.gw {
+            Some(IpAddr::V4(g)) => Some(g),
+            _ => None,
+        };
+        let present = routes.iter().any(|have| {
+            have.dst == dst
+                && have.gateway == gw
+                && (pod_link.is_none() || have.oif == pod_link.as_ref().map(|l| l.index))
+        });
+        if !present {
+            let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
+            problems.push(format!("route {dst}{via} dev {ifname} is missing"));
+        }
+    }
+    let host = host_ifname(&args.container_id, ifname);
+    match with_netlink_host(async |h| link::get_link(&h, &host).await)? {
+        None => problems.push(format!("host interface {host} does not exist")),
+        Some(l) if !l.up => problems.push(format!("host interface {host} is down")),
+        Some(_) => {}
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::CheckFailed {
+            container_id: args.container_id.clone(),
+            ifname: ifname.clone(),
+            problems,
+        })
+    }
+}
+
+/// STATUS (spec 1.1): ready when the state directory is writable and the pool has a free
+/// address; code 50 otherwise.
+pub fn status(conf: &NetConf) -> Result<(), Error> {
+    let not_available = |why: String| Error::NotAvailable { why };
+    let pool = pool(conf).map_err(|e| not_available(e.to_string()))?;
+    let probe = pool.dir().join(format!(".status-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            not_available(format!("state directory {} is not writable: {e}", pool.dir().display()))
+        })?;
+    let free = pool.free().map_err(|e| not_available(e.to_string()))?;
+    if free == 0 {
+        return Err(not_available(format!(
+            "network {}: no free address left in {}",
+            conf.name,
+            conf.pool_cidr()
+        )));
+    }
+    Ok(())
+}
+
+/// GC (spec 1.1): releases every allocation not in `cni.dev/valid-attachments` and deletes
+/// the host veths those attachments left behind.
+pub fn gc(conf: &NetConf) -> Result<Vec<ipam::Allocation>, Error> {
+    let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+    let released = pool(conf)?.gc(valid)?;
+    let stale: Vec<String> = released
+        .iter()
+        .map(|a| host_ifname(&a.container_id, &a.ifname))
+        .collect();
+    if !stale.is_empty() {
+        with_netlink_host(async |h| {
+            for name in &stale {
+                link::delete_link(&h, name).await?;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(released)
+}
+
+/// One invocation, as the binary runs it: `command` and `env` are `CNI_COMMAND` and the
+/// environment, `stdin` the network configuration. Returns the JSON to print on success, or
+/// the spec's error JSON on failure.
+pub fn execute(
+    command: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+    stdin: &[u8],
+) -> Result<serde_json::Value, ErrorReply> {
+    let fail = |version: &str, e: Error| ErrorReply::new(version, &e);
+    let Some(command) = command.and_then(Command::parse) else {
+        let e = Error::InvalidEnv {
+            var: "CNI_COMMAND",
+            why: format!(
+                "{:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION",
+                command.unwrap_or("")
+            ),
+        };
+        return Err(fail(LATEST_VERSION, e));
+    };
+    if command == Command::Version {
+        return Ok(to_json(&VersionInfo::current()));
+    }
+    let conf = NetConf::parse(stdin).map_err(|e| fail(LATEST_VERSION, e))?;
+    let version = conf.cni_version.clone();
+    let outcome = (|| -> Result<serde_json::Value, Error> {
+        match command {
+            Command::Status => status(&conf).map(|()| serde_json::Value::Null),
+            Command::Gc => gc(&conf).map(|_| serde_json::Value::Null),
+            _ => {
+                let args = CmdArgs::from_env(command, &env)?;
+                match command {
+                    Command::Add => add(&conf, &args).map(|r| to_json(&r)),
+                    Command::Del => del(&conf, &args).map(|()| serde_json::Value::Null),
+                    _ => check(&conf, &args).map(|()| serde_json::Value::Null),
+                }
+            }
+        }
+    })();
+    outcome.map_err(|e| fail(&version, e))
+}
+
+fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(v).expect("result types serialize to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ifname_is_cilium_shaped_and_stable() {
+        let a = host_ifname("0123456789abcdef", "eth0");
+        assert_eq!(a.len(), 14);
+        assert!(a.starts_with("lxc"));
+        assert!(a[3..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, host_ifname("0123456789abcdef", "eth0"));
+        assert_ne!(a, host_ifname("0123456789abcdef", "eth1"));
+        assert_ne!(a, host_ifname("0123456789abcdeg", "eth0"));
+    }
+
+    #[test]
+    fn execute_reports_errors_as_spec_json() {
+        let no_env = |_: &str| None;
+        let e = execute(Some("ADD"), no_env, b"{").expect_err("bad json");
+        assert_eq!((e.code, e.cni_version.as_str()), (6, LATEST_VERSION));
+        let e = execute(None, no_env, b"{}").expect_err("no command");
+        assert_eq!(e.code, 4);
+        let conf = br#"{"cniVersion":"0.4.0","name":"n","type":"trellis-cni","podCIDR":"10.1.0.0/24","stateDir":"/tmp/x"}"#;
+        let e = execute(Some("ADD"), no_env, conf).expect_err("no env");
+        assert_eq!((e.code, e.cni_version.as_str()), (4, "0.4.0"));
+        let v = execute(Some("VERSION"), no_env, b"").expect("version");
+        assert_eq!(v["cniVersion"], "1.1.0");
+    }
+}
