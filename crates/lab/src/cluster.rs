@@ -1,0 +1,619 @@
+//! The lab supervisor: builds the topology, plays the API server (schedules pods, assigns
+//! cluster IPs and node ports, publishes Pod objects), runs one `trellis agent` per node and
+//! one workload per pod, and follows manifest changes until it is told to stop.
+//!
+//! Topology (all namespaces named `<prefix>…`, `trellis-` by default):
+//!
+//! ```text
+//!   client (10.10.30.100) ──┐
+//!   node-1 (10.10.30.11) ───┤ br0 in <prefix>lan (10.10.30.0/24)
+//!   node-N (10.10.30.1N) ───┘
+//!   node-i: pods in 10.69.i.0/24 behind lxc… veths (trellis-cni), routes to the other nodes'
+//!           pod CIDRs via their LAN addresses (native routing, no encapsulation)
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ipnet::Ipv4Net;
+
+use crate::netns;
+use crate::schedule::{self, PodPlan};
+use crate::state::{
+    ASSIGNMENTS_FILE, ClientState, LabState, NodeState, PODS_FILE, PodState, ServiceRow,
+    write_atomic,
+};
+
+/// The lab's address plan (the seed's: LAN 10.10.30.0/24, pods 10.69.0.0/16, services
+/// 10.96.0.0/12).
+pub const LAN_CIDR: &str = "10.10.30.0/24";
+pub const NODE_HOST_FIRST: u8 = 11;
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 30, 100);
+/// Nothing answers here: the nodes' default route, so proxy ARP has a route to answer for.
+pub const LAN_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 30, 1);
+pub const CLUSTER_CIDR: &str = "10.69.0.0/16";
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// More nodes than this is not a lab any more.
+pub const NODES_MAX: usize = 9;
+/// The sub-directory of the state dir whose manifests the lab publishes (Pod objects).
+pub const CLUSTER_DIR: &str = "cluster";
+
+/// How to build a lab.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// "" for the default lab (`trellis-…` names); tests use unique names.
+    pub name: String,
+    pub manifests: Vec<PathBuf>,
+    pub options: store::Options,
+    pub nodes: usize,
+    pub state_dir: PathBuf,
+    /// The trellis binary (agents and workloads run it).
+    pub trellis_bin: PathBuf,
+    /// The CNI plugin binary.
+    pub cni_bin: PathBuf,
+}
+
+impl LabConfig {
+    pub fn prefix(&self) -> String {
+        prefix_of(&self.name)
+    }
+}
+
+pub fn prefix_of(name: &str) -> String {
+    if name.is_empty() { "trellis-".into() } else { format!("trellis-{name}-") }
+}
+
+/// What the supervisor's main loop reacts to.
+enum Event {
+    Manifests(std::sync::Arc<store::Load>),
+    Stop,
+}
+
+struct Running {
+    state: LabState,
+    agents: BTreeMap<String, Child>,
+    workloads: BTreeMap<(String, String), Child>,
+    assignments: fabric::Assignments,
+}
+
+/// Runs the lab until SIGTERM/SIGINT, then tears everything down. Writes `ready` on stdout
+/// once the lab is up (what `lab up` waits for).
+pub fn supervise(cfg: &LabConfig) -> Result<()> {
+    // Signals are taken by a thread with sigwait, so block them before any thread starts.
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.thread_block().context("blocking signals")?;
+    let (tx, rx) = mpsc::channel::<Event>();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if signals.wait().is_ok() {
+                let _ = tx.send(Event::Stop);
+            }
+        });
+    }
+
+    if cfg.nodes == 0 || cfg.nodes > NODES_MAX {
+        bail!("--nodes must be 1..={NODES_MAX}");
+    }
+    std::fs::create_dir_all(cfg.state_dir.join(CLUSTER_DIR))
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    let mut run = Running {
+        state: initial_state(cfg),
+        agents: BTreeMap::new(),
+        workloads: BTreeMap::new(),
+        assignments: read_assignments(&cfg.state_dir),
+    };
+    run.state.write(&cfg.state_dir)?;
+    let result = bring_up(cfg, &mut run, &tx);
+    match result {
+        Ok(()) => {
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            while let Ok(ev) = rx.recv() {
+                match ev {
+                    Event::Stop => break,
+                    Event::Manifests(load) => {
+                        if let Err(e) = reconcile(cfg, &mut run, &load.snapshot) {
+                            eprintln!("reconcile: {e:#}");
+                        }
+                    }
+                }
+            }
+            teardown(cfg, &mut run);
+            Ok(())
+        }
+        Err(e) => {
+            teardown(cfg, &mut run);
+            Err(e)
+        }
+    }
+}
+
+fn initial_state(cfg: &LabConfig) -> LabState {
+    let prefix = cfg.prefix();
+    let lan: Ipv4Net = LAN_CIDR.parse().expect("constant CIDR");
+    let nodes = (1..=cfg.nodes)
+        .map(|i| {
+            let netns = format!("{prefix}node-{i}");
+            NodeState {
+                name: format!("node-{i}"),
+                lan_ip: Ipv4Addr::new(10, 10, 30, NODE_HOST_FIRST + (i as u8) - 1),
+                pod_cidr: Ipv4Net::new(Ipv4Addr::new(10, 69, i as u8, 0), 24)
+                    .expect("constant prefix"),
+                pin_dir: datapath_pin_dir(&netns),
+                netns,
+                agent_pid: None,
+            }
+        })
+        .collect();
+    LabState {
+        name: cfg.name.clone(),
+        prefix: prefix.clone(),
+        manifests: cfg.manifests.clone(),
+        supervisor_pid: std::process::id(),
+        lan_netns: format!("{prefix}lan"),
+        lan_cidr: lan,
+        client: ClientState { netns: format!("{prefix}client"), ip: CLIENT_IP },
+        nodes,
+        pods: Vec::new(),
+        services: Vec::new(),
+        ready: false,
+    }
+}
+
+/// Where a node's maps and programs are pinned.
+pub fn datapath_pin_dir(node_netns: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/trellis").join(node_netns)
+}
+
+fn bring_up(
+    cfg: &LabConfig,
+    run: &mut Running,
+    tx: &mpsc::Sender<Event>,
+) -> Result<()> {
+    build_network(&run.state)?;
+    let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
+    write_pods(&cfg.state_dir, &[])?;
+    let first = store::load(&cfg.manifests, &cfg.options);
+    run.assignments = fabric::assign(
+        &first.snapshot,
+        &run.assignments,
+        SERVICE_CIDR.parse().expect("constant CIDR"),
+        fabric::assign::NODE_PORT_RANGE_DEFAULT,
+    );
+    write_atomic(
+        &cfg.state_dir.join(ASSIGNMENTS_FILE),
+        &serde_json::to_vec_pretty(&run.assignments)?,
+    )?;
+    for i in 0..run.state.nodes.len() {
+        let node = run.state.nodes[i].clone();
+        let child = start_agent(cfg, &run.state, &node, &cluster_dir)?;
+        run.state.nodes[i].agent_pid = Some(child.id());
+        run.agents.insert(node.name.clone(), child);
+    }
+    run.state.write(&cfg.state_dir)?;
+    reconcile(cfg, run, &first.snapshot)?;
+    run.state.ready = true;
+    run.state.write(&cfg.state_dir)?;
+    // From now on, follow the user's manifests. The watch moves into the thread that forwards
+    // its updates (dropping it would stop watching).
+    let watch = store::watch::Watch::start(cfg.manifests.clone(), cfg.options.clone())
+        .context("watching the manifests")?;
+    let forward = tx.clone();
+    std::thread::spawn(move || {
+        let watch = watch;
+        while let Ok(u) = watch.updates.recv() {
+            if let store::watch::Update::Applied(load) = u
+                && forward.send(Event::Manifests(load)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn build_network(s: &LabState) -> Result<()> {
+    let lan = &s.lan_netns;
+    netns::add(lan)?;
+    netns::ip_in(lan, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(lan, &["link", "set", "br0", "up"])?;
+    let prefix_len = s.lan_cidr.prefix_len();
+    let attach = |ns: &str, port: &str, ip: Ipv4Addr| -> Result<()> {
+        netns::add(ns)?;
+        netns::ip_in(lan, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        netns::ip_in(lan, &["link", "set", port, "master", "br0", "up"])?;
+        netns::ip_in(ns, &["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
+        netns::ip_in(ns, &["link", "set", "eth0", "up"])
+    };
+    attach(&s.client.netns, "client", s.client.ip)?;
+    for (i, n) in s.nodes.iter().enumerate() {
+        attach(&n.netns, &format!("node{}", i + 1), n.lan_ip)?;
+        netns::sysctl_in(
+            &n.netns,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv4.conf.eth0.rp_filter=0",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.eth0.send_redirects=0",
+            ],
+        )?;
+        netns::ip_in(&n.netns, &["route", "add", "default", "via", &LAN_GATEWAY.to_string()])?;
+        // Services without backends are refused (ICMP unreachable), never black-holed.
+        netns::ip_in(&n.netns, &["route", "add", "unreachable", SERVICE_CIDR])?;
+        // autoDirectNodeRoutes: every other node's pod CIDR via its LAN address.
+        for other in s.nodes.iter().filter(|o| o.name != n.name) {
+            netns::ip_in(
+                &n.netns,
+                &["route", "add", &other.pod_cidr.to_string(), "via", &other.lan_ip.to_string()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The agent's configuration file (what `trellis agent --config` reads).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct AgentConfig {
+    pub node: String,
+    pub node_ips: BTreeMap<String, Ipv4Addr>,
+    pub pod_cidr: Ipv4Net,
+    pub cluster_cidr: Ipv4Net,
+    pub lan_interface: String,
+    pub pin_dir: PathBuf,
+    /// The user's manifests plus the lab's published objects.
+    pub manifests: Vec<PathBuf>,
+    pub assignments: Option<PathBuf>,
+    pub masquerade: bool,
+}
+
+fn start_agent(cfg: &LabConfig, s: &LabState, node: &NodeState, cluster_dir: &Path) -> Result<Child> {
+    let mut manifests = cfg.manifests.clone();
+    manifests.push(cluster_dir.to_path_buf());
+    let conf = AgentConfig {
+        node: node.name.clone(),
+        node_ips: s.nodes.iter().map(|n| (n.name.clone(), n.lan_ip)).collect(),
+        pod_cidr: node.pod_cidr,
+        cluster_cidr: CLUSTER_CIDR.parse().expect("constant CIDR"),
+        lan_interface: "eth0".into(),
+        pin_dir: node.pin_dir.clone(),
+        manifests,
+        assignments: Some(cfg.state_dir.join(ASSIGNMENTS_FILE)),
+        masquerade: true,
+    };
+    let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
+    write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;
+    let log = log_file(cfg, &format!("agent-{}", node.name))?;
+    let mut child = netns::command_in(&node.netns, &cfg.trellis_bin.to_string_lossy())
+        .args(["agent", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting the agent of {}", node.name))?;
+    wait_ready(&mut child, &format!("agent of {}", node.name), &cfg.state_dir)?;
+    Ok(child)
+}
+
+fn log_file(cfg: &LabConfig, name: &str) -> Result<std::fs::File> {
+    let dir = cfg.state_dir.join("logs");
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(format!("{name}.log"));
+    std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))
+}
+
+/// Reads the child's stdout until it says `ready` (it then keeps running) or ends (an error,
+/// whose details are in its log).
+fn wait_ready(child: &mut Child, what: &str, state_dir: &Path) -> Result<()> {
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.trim() == "ready" => break,
+            Some(Ok(_)) => continue,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("{what} exited before it was ready; see the logs in {}/logs", state_dir.display());
+            }
+        }
+    }
+    // Keep draining (and ignoring) later output so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(())
+}
+
+fn read_assignments(state_dir: &Path) -> fabric::Assignments {
+    std::fs::read(state_dir.join(ASSIGNMENTS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Makes the running pods match the manifests, republishes Pod objects and service rows.
+fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> Result<()> {
+    let previous = run.assignments.clone();
+    run.assignments = fabric::assign(
+        snapshot,
+        &previous,
+        SERVICE_CIDR.parse().expect("constant CIDR"),
+        fabric::assign::NODE_PORT_RANGE_DEFAULT,
+    );
+    if run.assignments != previous {
+        write_atomic(
+            &cfg.state_dir.join(ASSIGNMENTS_FILE),
+            &serde_json::to_vec_pretty(&run.assignments)?,
+        )?;
+    }
+    let node_names: Vec<String> = run.state.nodes.iter().map(|n| n.name.clone()).collect();
+    let running: Vec<PodPlan> = run.state.pods.iter().map(|p| p.plan.clone()).collect();
+    let want = schedule::desired_pods(snapshot, &node_names, &running);
+    let want_keys: std::collections::BTreeSet<(String, String)> =
+        want.iter().map(PodPlan::key).collect();
+    // Stop pods no longer wanted (scale down, deleted, changed node).
+    let (keep, gone): (Vec<PodState>, Vec<PodState>) = std::mem::take(&mut run.state.pods)
+        .into_iter()
+        .partition(|p| want_keys.contains(&p.plan.key()) && want.contains(&p.plan));
+    run.state.pods = keep;
+    for p in gone {
+        stop_pod(cfg, run, &p);
+    }
+    for plan in want {
+        if run.state.pods.iter().any(|p| p.plan.key() == plan.key()) {
+            continue;
+        }
+        let pod = start_pod(cfg, run, plan)?;
+        run.state.pods.push(pod);
+        run.state.write(&cfg.state_dir)?;
+    }
+    run.state.pods.sort_by_key(|p| p.plan.key());
+    write_pods(&cfg.state_dir, &run.state.pods_objects())?;
+    run.state.services = service_rows(cfg, &run.assignments);
+    run.state.write(&cfg.state_dir)
+}
+
+impl LabState {
+    fn pods_objects(&self) -> Vec<serde_json::Value> {
+        self.pods
+            .iter()
+            .filter_map(|p| {
+                let ip = p.ip?;
+                let host = self.nodes.iter().find(|n| n.name == p.plan.node)?.lan_ip;
+                Some(schedule::pod_object(&p.plan, &ip.to_string(), &host.to_string()))
+            })
+            .collect()
+    }
+}
+
+/// Publishes the Pod objects as a manifest file agents and DNS read.
+fn write_pods(state_dir: &Path, pods: &[serde_json::Value]) -> Result<()> {
+    let mut text = String::from("# Pods the trellis lab runs (written by the lab; do not edit)\n");
+    for p in pods {
+        text.push_str("---\n");
+        text.push_str(&serde_json::to_string(p)?);
+        text.push('\n');
+    }
+    let tmp = state_dir.join("pods.yaml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, state_dir.join(CLUSTER_DIR).join(PODS_FILE))?;
+    Ok(())
+}
+
+fn cni_config(cfg: &LabConfig, node: &NodeState) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "trellis",
+        "type": "trellis-cni",
+        "podCIDR": node.pod_cidr.to_string(),
+        "stateDir": cfg.state_dir.join("cni").join(&node.name),
+        "datapath": { "pinDir": node.pin_dir },
+    })
+    .to_string()
+}
+
+/// Runs the CNI plugin the way a container runtime does: env + config on stdin, in the node.
+fn cni(cfg: &LabConfig, node: &NodeState, command: &str, container_id: &str, pod_netns: &str) -> Result<serde_json::Value> {
+    let mut child = netns::command_in(&node.netns, &cfg.cni_bin.to_string_lossy())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container_id)
+        .env("CNI_NETNS", Path::new(netns::NETNS_DIR).join(pod_netns))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", cfg.cni_bin.display()))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("CNI plugin stdin"))?
+        .write_all(cni_config(cfg, node).as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "CNI {command} for {container_id} on {}: {} {}",
+            node.name,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Null);
+    }
+    serde_json::from_str(&text).with_context(|| format!("CNI {command} result: {text}"))
+}
+
+fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodState> {
+    let node = run
+        .state
+        .nodes
+        .iter()
+        .find(|n| n.name == plan.node)
+        .cloned()
+        .ok_or_else(|| anyhow!("pod {} scheduled to unknown node {}", plan.name, plan.node))?;
+    let pod_netns = format!("{}pod-{}-{}", run.state.prefix, plan.namespace, plan.name);
+    let container_id = format!("{}-{}", plan.namespace, plan.name);
+    netns::add(&pod_netns)?;
+    let mut pod = PodState {
+        plan: plan.clone(),
+        netns: pod_netns.clone(),
+        container_id: container_id.clone(),
+        ip: None,
+        pid: None,
+        ready: false,
+    };
+    let result = cni(cfg, &node, "ADD", &container_id, &pod_netns)?;
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse::<Ipv4Addr>().ok())
+        .ok_or_else(|| anyhow!("CNI ADD gave no address: {result}"))?;
+    pod.ip = Some(ip);
+    let ports: Vec<String> = plan
+        .ports()
+        .iter()
+        .filter(|(_, _, proto)| proto == "TCP")
+        .map(|(_, port, _)| port.to_string())
+        .collect();
+    let log = log_file(cfg, &format!("pod-{}-{}", plan.namespace, plan.name))?;
+    let mut child = netns::command_in(&pod_netns, &cfg.trellis_bin.to_string_lossy())
+        .args(["lab", "echo", "--pod", &plan.name, "--namespace", &plan.namespace])
+        .args(["--node", &plan.node, "--ports", &ports.join(",")])
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting the workload of {}", plan.name))?;
+    wait_ready(&mut child, &format!("pod {}/{}", plan.namespace, plan.name), &cfg.state_dir)?;
+    pod.pid = Some(child.id());
+    pod.ready = true;
+    run.workloads.insert(plan.key(), child);
+    Ok(pod)
+}
+
+fn stop_pod(cfg: &LabConfig, run: &mut Running, p: &PodState) {
+    if let Some(mut child) = run.workloads.remove(&p.plan.key()) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(node) = run.state.nodes.iter().find(|n| n.name == p.plan.node)
+        && let Err(e) = cni(cfg, node, "DEL", &p.container_id, &p.netns)
+    {
+        eprintln!("{e:#}");
+    }
+    if let Err(e) = netns::delete(&p.netns) {
+        eprintln!("{e:#}");
+    }
+}
+
+/// Stops every process and removes every namespace and pin of the lab.
+fn teardown(cfg: &LabConfig, run: &mut Running) {
+    for (_, mut c) in std::mem::take(&mut run.workloads) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for (_, mut c) in std::mem::take(&mut run.agents) {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    remove_everything(&run.state.prefix, &run.state.nodes.iter().map(|n| n.pin_dir.clone()).collect::<Vec<_>>());
+    let _ = std::fs::remove_dir_all(cfg.state_dir.join("cni"));
+}
+
+/// Deletes every namespace whose name starts with `prefix` (pods first, then nodes, client and
+/// LAN) and the given pin directories. Works without a supervisor (after a crash).
+pub fn remove_everything(prefix: &str, pins: &[PathBuf]) {
+    let mut all = netns::list(prefix);
+    // Pods before the nodes whose veths they hold.
+    all.sort_by_key(|n| !n.starts_with(&format!("{prefix}pod-")));
+    for ns in all {
+        if let Err(e) = netns::delete(&ns) {
+            eprintln!("{e:#}");
+        }
+    }
+    for p in pins {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+fn service_rows(cfg: &LabConfig, assignments: &fabric::Assignments) -> Vec<ServiceRow> {
+    let mut roots = cfg.manifests.clone();
+    roots.push(cfg.state_dir.join(CLUSTER_DIR));
+    let load = store::load(&roots, &cfg.options);
+    let s = &load.snapshot;
+    let mut rows = Vec::new();
+    for svc in s.services.values() {
+        let Some(spec) = &svc.spec.spec else { continue };
+        let (ns, name) = (svc.namespace(), svc.name());
+        let type_ = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
+        let cluster_ip = spec
+            .cluster_ip
+            .as_deref()
+            .and_then(|ip| ip.parse().ok())
+            .or_else(|| assignments.cluster_ip(ns, name));
+        let mut node_ports = Vec::new();
+        let mut endpoints = Vec::new();
+        for p in spec.ports.iter().flatten() {
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            let np = p
+                .node_port
+                .and_then(|n| u16::try_from(n).ok())
+                .or_else(|| assignments.node_port(ns, name, p.port as u16, &proto));
+            if let Some(np) = np.filter(|_| type_ == "NodePort" || type_ == "LoadBalancer") {
+                node_ports.push(format!("{}:{np}/{proto}", p.port));
+            }
+            for e in model::endpoints::service_endpoints(s, ns, name, p.port).unwrap_or_default() {
+                if e.ready {
+                    endpoints.push(format!("{}:{}", e.ip, e.port));
+                }
+            }
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        let mut load_balancer: Vec<String> = svc
+            .spec
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.clone())
+            .collect();
+        if load_balancer.is_empty()
+            && let Some(a) = svc.spec.metadata.annotations.as_ref().and_then(|a| a.get("lbipam.cilium.io/ips"))
+        {
+            load_balancer = a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        rows.push(ServiceRow {
+            namespace: ns.into(),
+            name: name.into(),
+            type_,
+            cluster_ip,
+            node_ports,
+            load_balancer,
+            endpoints,
+        });
+    }
+    rows
+}
+
+/// Pretty `Command` for messages.
+pub fn describe(c: &Command) -> String {
+    let mut s = c.get_program().to_string_lossy().to_string();
+    for a in c.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
