@@ -237,7 +237,9 @@ impl CmdArgs {
         if ifname.len() > IFNAME_LEN_MAX
             || ifname == "."
             || ifname == ".."
-            || ifname.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+            || ifname
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace())
         {
             return Err(Error::InvalidEnv {
                 var: "CNI_IFNAME",
@@ -302,14 +304,21 @@ mod tests {
     fn codes_for_bad_input() {
         assert_eq!(conf("{not json").expect_err("bad").code(), 6);
         assert_eq!(
-            conf(&GOOD.replace("1.0.0", "9.9.9")).expect_err("bad").code(),
+            conf(&GOOD.replace("1.0.0", "9.9.9"))
+                .expect_err("bad")
+                .code(),
             1
         );
         assert_eq!(
-            conf(&GOOD.replace("10.69.1.0/24", "fd00::/64")).expect_err("bad").code(),
+            conf(&GOOD.replace("10.69.1.0/24", "fd00::/64"))
+                .expect_err("bad")
+                .code(),
             2
         );
-        assert_eq!(conf(r#"{"cniVersion":"1.0.0"}"#).expect_err("bad").code(), 7);
+        assert_eq!(
+            conf(r#"{"cniVersion":"1.0.0"}"#).expect_err("bad").code(),
+            7
+        );
     }
 
     #[test]
@@ -357,7 +366,9 @@ mod tests {
             ("CNI_IFNAME", "a-very-long-interface"),
         ]);
         assert_eq!(
-            CmdArgs::from_env(Command::Del, long).expect_err("len").code(),
+            CmdArgs::from_env(Command::Del, long)
+                .expect_err("len")
+                .code(),
             4
         );
     }

@@ -45,7 +45,10 @@ pub enum Error {
     #[error("plugin cannot serve ADD: {why}")]
     NotAvailable { why: String },
     #[error("network {network}: no free address left in {cidr}")]
-    PoolExhausted { network: String, cidr: ipnet::Ipv4Net },
+    PoolExhausted {
+        network: String,
+        cidr: ipnet::Ipv4Net,
+    },
     #[error("container {container_id} interface {ifname}: {}", problems.join("; "))]
     CheckFailed {
         container_id: String,

@@ -61,15 +61,16 @@ pub fn pool_range(cidr: Ipv4Net) -> Option<(u32, u32)> {
 
 /// Candidates in round-robin order: from the address after `last_reserved` to the end of the
 /// range, then from the start up to and including `last_reserved`.
-pub fn candidates(cidr: Ipv4Net, last_reserved: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> {
+pub fn candidates(
+    cidr: Ipv4Net,
+    last_reserved: Option<Ipv4Addr>,
+) -> impl Iterator<Item = Ipv4Addr> {
     let (first, last) = pool_range(cidr).unwrap_or((1, 0));
     let start = match last_reserved.map(u32::from) {
         Some(l) if (first..last).contains(&l) => l + 1,
         _ => first,
     };
-    (start..=last)
-        .chain(first..start)
-        .map(Ipv4Addr::from)
+    (start..=last).chain(first..start).map(Ipv4Addr::from)
 }
 
 impl Pool {
@@ -254,7 +255,9 @@ impl Pool {
             .iter()
             .filter(|a| (first..=last).contains(&u32::from(a.ip)))
             .count();
-        Ok(self.size().saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)))
+        Ok(self
+            .size()
+            .saturating_sub(u32::try_from(used).unwrap_or(u32::MAX)))
     }
 }
 
@@ -271,7 +274,10 @@ mod tests {
         let (first, last) = pool_range(net("10.69.1.0/24")).expect("non-empty");
         assert_eq!(Ipv4Addr::from(first), Ipv4Addr::new(10, 69, 1, 2));
         assert_eq!(Ipv4Addr::from(last), Ipv4Addr::new(10, 69, 1, 254));
-        assert_eq!(pool_range(net("10.0.0.0/30")), Some((0x0a00_0002, 0x0a00_0002)));
+        assert_eq!(
+            pool_range(net("10.0.0.0/30")),
+            Some((0x0a00_0002, 0x0a00_0002))
+        );
         assert_eq!(pool_range(net("10.0.0.0/31")), None);
     }
 

@@ -144,19 +144,35 @@ fn add_links(
         link::set_ipv4_conf(host, "proxy_arp", "1")?;
         link::set_ipv4_conf(host, "forwarding", "1")?;
         link::set_up(&h, l.index, host).await?;
-        link::add_route(&h, pod_addr, None, l.index, &format!("{pod_addr} dev {host}")).await?;
+        link::add_route(
+            &h,
+            pod_addr,
+            None,
+            l.index,
+            &format!("{pod_addr} dev {host}"),
+        )
+        .await?;
         Ok(l)
     })?;
     let ifname = &args.ifname;
     let pod_link = with_netlink_ns(netns, async |h| {
-        let l = link::get_link(&h, ifname).await?.ok_or_else(|| Error::UnknownContainer {
-            container_id: args.container_id.clone(),
-            why: format!("{ifname} missing in its namespace right after creation"),
-        })?;
+        let l = link::get_link(&h, ifname)
+            .await?
+            .ok_or_else(|| Error::UnknownContainer {
+                container_id: args.container_id.clone(),
+                why: format!("{ifname} missing in its namespace right after creation"),
+            })?;
         link::set_up(&h, l.index, ifname).await?;
         link::add_address(&h, l.index, pod_addr, ifname).await?;
         let gw_net = Ipv4Net::new(GATEWAY, 32).expect("32 is a valid IPv4 prefix");
-        link::add_route(&h, gw_net, None, l.index, &format!("{GATEWAY} dev {ifname}")).await?;
+        link::add_route(
+            &h,
+            gw_net,
+            None,
+            l.index,
+            &format!("{GATEWAY} dev {ifname}"),
+        )
+        .await?;
         link::add_route(
             &h,
             Ipv4Net::default(),
@@ -253,7 +269,9 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
         Ok((Some(l), addrs, routes))
     })?;
     match &pod_link {
-        None => problems.push(format!("interface {ifname} does not exist in the namespace")),
+        None => problems.push(format!(
+            "interface {ifname} does not exist in the namespace"
+        )),
         Some(l) => {
             if !l.up {
                 problems.push(format!("interface {ifname} is down"));
@@ -262,7 +280,10 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
                 && !want.is_empty()
                 && !want.eq_ignore_ascii_case(&l.mac)
             {
-                problems.push(format!("{ifname} has mac {}, prevResult says {want}", l.mac));
+                problems.push(format!(
+                    "{ifname} has mac {}, prevResult says {want}",
+                    l.mac
+                ));
             }
         }
     }
@@ -277,18 +298,26 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
             continue;
         }
         let Some(want) = link::v4(&ip.address) else {
-            problems.push(format!("address {}: IPv6 is not managed by trellis", ip.address));
+            problems.push(format!(
+                "address {}: IPv6 is not managed by trellis",
+                ip.address
+            ));
             continue;
         };
         if pod_link.is_some() && !addrs.contains(&want) {
             problems.push(format!("address {want} is not on {ifname}"));
         }
         if !pool_ips.contains(&want.addr()) {
-            problems.push(format!("address {} is not allocated to this container", want.addr()));
+            problems.push(format!(
+                "address {} is not allocated to this container",
+                want.addr()
+            ));
         }
     }
     for r in &prev.routes {
-        let Some(dst) = link::v4(&r.dst) else { continue };
+        let Some(dst) = link::v4(&r.dst) else {
+            continue;
+        };
         let gw = match r.gw {
             Some(IpAddr::V4(g)) => Some(g),
             _ => None,
@@ -325,11 +354,16 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
 pub fn status(conf: &NetConf) -> Result<(), Error> {
     let not_available = |why: String| Error::NotAvailable { why };
     let pool = pool(conf).map_err(|e| not_available(e.to_string()))?;
-    let probe = pool.dir().join(format!(".status-probe-{}", std::process::id()));
+    let probe = pool
+        .dir()
+        .join(format!(".status-probe-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))
         .map_err(|e| {
-            not_available(format!("state directory {} is not writable: {e}", pool.dir().display()))
+            not_available(format!(
+                "state directory {} is not writable: {e}",
+                pool.dir().display()
+            ))
         })?;
     let free = pool.free().map_err(|e| not_available(e.to_string()))?;
     if free == 0 {

@@ -100,7 +100,14 @@ fn link_info(msg: &LinkMessage) -> LinkInfo {
 
 /// The link called `name`, or `None` when there is none.
 pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkInfo>, Error> {
-    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(Some(msg)) => Ok(Some(link_info(&msg))),
         Ok(None) => Ok(None),
         Err(e) => {
