@@ -1,1 +1,46 @@
-//! Flows (Hubble schema), the flow buffer, filters, the Observer gRPC API and metrics.
+//! Flows: what every trellis component saw, kept in a bounded buffer, filtered and served
+//! over Hubble's Observer gRPC API.
+//!
+//! - [`proto`]: the prost messages and tonic service generated from `proto/` (a subset of
+//!   Hubble's `flow`, `observer` and `relay` packages, same names and numbers).
+//! - [`hub`]: the flow buffer. Producers hold a [`Flows`] handle and [`Flows::push`] never
+//!   waits: a full queue is counted as lost, never silently. [`Observer`] owns the buffer.
+//! - [`filter`]: Hubble's `FlowFilter` semantics (whitelist / blacklist).
+//! - [`format`]: the one-line summary, `compact`, `table` and JSON output.
+//! - [`metrics`]: Hubble's metric names (`hubble_flows_processed_total`, ...).
+//! - [`server`]: the tonic service (GetFlows, GetNodes, ServerStatus) and [`serve`].
+//!
+//! Not here: how a component's events become flows. Engines never depend on each other, so
+//! the gateway and DNS report requests and queries in their own types, and the binary turns
+//! them into [`proto::flow::Flow`]s. A datapath ring buffer reader does the same: it builds
+//! flows, calls [`Flows::push`], and reports what the kernel lost with [`Flows::lost`].
+
+pub mod filter;
+pub mod format;
+pub mod hub;
+pub mod metrics;
+pub mod server;
+pub mod time;
+
+pub use filter::{FilterError, FilterSet};
+pub use hub::{Config, Flows, Observer};
+pub use server::{serve, spawn};
+
+/// Generated code: prost messages, the tonic client and server.
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    pub mod flow {
+        tonic::include_proto!("flow");
+    }
+    pub mod relay {
+        tonic::include_proto!("relay");
+    }
+    pub mod observer {
+        tonic::include_proto!("observer");
+    }
+
+    /// The compiled descriptors of the three packages (for protobuf JSON).
+    pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+}
+
+pub use proto::flow::Flow;
