@@ -154,6 +154,11 @@ impl NetConf {
         }
     }
 
+    /// Whether the config's `cniVersion` is at least `min` (both `major.minor.patch`).
+    pub fn version_at_least(&self, min: &str) -> bool {
+        version_tuple(&self.cni_version) >= version_tuple(min)
+    }
+
     pub fn mtu(&self) -> u32 {
         self.mtu.unwrap_or(MTU_DEFAULT)
     }
@@ -165,6 +170,22 @@ impl NetConf {
             .map(|v| serde_json::from_value(v.clone()).map_err(Error::Decode))
             .transpose()
     }
+}
+
+fn version_tuple(v: &str) -> (u32, u32, u32) {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
+/// The `cniVersion` of a config that may not parse, if it names one this plugin speaks; error
+/// replies carry it, as the spec asks.
+pub fn peek_version(bytes: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let version = v.get("cniVersion")?.as_str()?;
+    SUPPORTED_VERSIONS
+        .contains(&version)
+        .then(|| version.to_string())
 }
 
 /// `CNI_COMMAND`.
@@ -332,6 +353,20 @@ mod tests {
             panic!("expected InvalidConfig");
         };
         assert_eq!(problems.len(), 4, "{problems:?}");
+    }
+
+    #[test]
+    fn versions_compare_numerically() {
+        let mut c = conf(GOOD).expect("valid");
+        assert!(c.version_at_least("0.4.0") && c.version_at_least("1.0.0"));
+        assert!(!c.version_at_least("1.1.0"));
+        c.cni_version = "0.3.1".into();
+        assert!(!c.version_at_least("0.4.0"));
+        assert_eq!(peek_version(br#"{"cniVersion":"0.4.0","bad":"#), None);
+        assert_eq!(
+            peek_version(br#"{"cniVersion":"0.4.0"}"#).as_deref(),
+            Some("0.4.0")
+        );
     }
 
     #[test]

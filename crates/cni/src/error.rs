@@ -18,6 +18,12 @@ pub const CODE_CHECK_FAILED: u32 = 101;
 pub enum Error {
     #[error("incompatible CNI version {version:?}: this plugin speaks {}", crate::SUPPORTED_VERSIONS.join(", "))]
     IncompatibleVersion { version: String },
+    #[error("{command} needs cniVersion {min} or later; the config says {version}")]
+    CommandNeedsVersion {
+        command: &'static str,
+        version: String,
+        min: &'static str,
+    },
     #[error("unsupported field {field}: {why}")]
     UnsupportedField { field: String, why: String },
     #[error("container {container_id}: {why}")]
@@ -61,7 +67,7 @@ impl Error {
     /// The CNI error code (spec "Error" section, plus trellis's ≥100).
     pub fn code(&self) -> u32 {
         match self {
-            Error::IncompatibleVersion { .. } => 1,
+            Error::IncompatibleVersion { .. } | Error::CommandNeedsVersion { .. } => 1,
             Error::UnsupportedField { .. } => 2,
             Error::UnknownContainer { .. } => 3,
             Error::InvalidEnv { .. } => 4,
@@ -78,7 +84,9 @@ impl Error {
     /// The short `msg` of the error JSON; the full text goes to `details`.
     pub fn msg(&self) -> &'static str {
         match self {
-            Error::IncompatibleVersion { .. } => "Incompatible CNI version",
+            Error::IncompatibleVersion { .. } | Error::CommandNeedsVersion { .. } => {
+                "Incompatible CNI version"
+            }
             Error::UnsupportedField { .. } => "Unsupported field in network configuration",
             Error::UnknownContainer { .. } => "Container unknown or does not exist",
             Error::InvalidEnv { .. } => "Invalid necessary environment variables",

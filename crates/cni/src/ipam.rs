@@ -40,6 +40,15 @@ pub struct Allocation {
     pub ifname: String,
 }
 
+/// What [`Pool::allocate`] handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    /// The pair already held this address before the call (an ADD repeated without DEL);
+    /// undoing this call must then not release it.
+    pub reused: bool,
+}
+
 /// The allocations of one network on this node.
 #[derive(Debug, Clone)]
 pub struct Pool {
@@ -166,14 +175,17 @@ impl Pool {
 
     /// Reserves an address for `(container_id, ifname)`. If that pair already holds one (an
     /// ADD retried after a crash), it gets the same address back.
-    pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Ipv4Addr, Error> {
+    pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Lease, Error> {
         let _lock = self.lock()?;
         let taken = self.read_all()?;
         if let Some(a) = taken
             .iter()
             .find(|a| a.container_id == container_id && a.ifname == ifname)
         {
-            return Ok(a.ip);
+            return Ok(Lease {
+                ip: a.ip,
+                reused: true,
+            });
         }
         let last_path = self.dir.join(LAST_RESERVED_FILE);
         let last_reserved = fs::read_to_string(&last_path)
@@ -188,7 +200,7 @@ impl Pool {
         self.write_atomically(&ip.to_string(), &format!("{container_id}\n{ifname}\n"))?;
         self.write_atomically(LAST_RESERVED_FILE, &format!("{ip}\n"))?;
         tracing::debug!(network = %self.network, %ip, container_id, ifname, "allocated address");
-        Ok(ip)
+        Ok(Lease { ip, reused: false })
     }
 
     fn write_atomically(&self, name: &str, contents: &str) -> Result<(), Error> {
@@ -304,13 +316,15 @@ mod tests {
         let pool = Pool::open(dir.path(), "n", net("10.0.0.0/29")).expect("open");
         assert_eq!(pool.size(), 5);
         let a = pool.allocate("c1", "eth0").expect("a");
-        assert_eq!(pool.allocate("c1", "eth0").expect("same"), a);
-        let b = pool.allocate("c2", "eth0").expect("b");
+        assert!(!a.reused);
+        let again = pool.allocate("c1", "eth0").expect("same");
+        assert_eq!((again.ip, again.reused), (a.ip, true));
+        let (a, b) = (a.ip, pool.allocate("c2", "eth0").expect("b").ip);
         assert_ne!(a, b);
         assert_eq!(pool.release("c1", "eth0").expect("rel"), vec![a]);
         assert!(pool.release("c1", "eth0").expect("rel").is_empty());
         // Round robin: the released address is not the next one handed out.
-        let c = pool.allocate("c3", "eth0").expect("c");
+        let c = pool.allocate("c3", "eth0").expect("c").ip;
         assert_ne!(c, a);
         for i in 4..=6 {
             pool.allocate(&format!("c{i}"), "eth0").expect("fill");

@@ -89,20 +89,27 @@ fn pool(conf: &NetConf) -> Result<Pool, Error> {
 
 /// ADD: allocates an address, creates and configures the veth pair, returns the result.
 /// On failure everything done so far is undone.
+/// Undo touches only what this call made: an ADD repeated for a live attachment fails
+/// without harming it.
 pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
     let netns = open_netns(args)?;
     let pool = pool(conf)?;
-    let ip = pool.allocate(&args.container_id, &args.ifname)?;
+    let lease = pool.allocate(&args.container_id, &args.ifname)?;
     let host = host_ifname(&args.container_id, &args.ifname);
-    match add_links(conf, args, &netns, &host, ip) {
+    let mut created = false;
+    match add_links(conf, args, &netns, &host, lease.ip, &mut created) {
         Ok(result) => Ok(result),
         Err(err) => {
             // Undo; the original error is what the runtime needs to see.
-            if let Err(e) = with_netlink_host(async |h| link::delete_link(&h, &host).await) {
+            if created
+                && let Err(e) = with_netlink_host(async |h| link::delete_link(&h, &host).await)
+            {
                 tracing::warn!(iface = %host, error = %e, "rollback: deleting veth failed");
             }
-            if let Err(e) = pool.release(&args.container_id, &args.ifname) {
-                tracing::warn!(%ip, error = %e, "rollback: releasing address failed");
+            if !lease.reused
+                && let Err(e) = pool.release(&args.container_id, &args.ifname)
+            {
+                tracing::warn!(ip = %lease.ip, error = %e, "rollback: releasing address failed");
             }
             Err(err)
         }
@@ -121,6 +128,7 @@ fn add_links(
     netns: &File,
     host: &str,
     ip: std::net::Ipv4Addr,
+    created: &mut bool,
 ) -> Result<CniResult, Error> {
     let mtu = conf.mtu();
     let pod_addr = Ipv4Net::new(ip, 32).expect("32 is a valid IPv4 prefix");
@@ -135,6 +143,7 @@ fn add_links(
             ));
         }
         link::create_veth(&h, host, &args.ifname, netns, mtu).await?;
+        *created = true;
         let l = link::get_link(&h, host).await?.ok_or_else(|| {
             Error::io(
                 format!("veth {host} vanished after creation"),
@@ -379,7 +388,15 @@ pub fn status(conf: &NetConf) -> Result<(), Error> {
 /// GC (spec 1.1): releases every allocation not in `cni.dev/valid-attachments` and deletes
 /// the host veths those attachments left behind.
 pub fn gc(conf: &NetConf) -> Result<Vec<ipam::Allocation>, Error> {
-    let valid = conf.valid_attachments.as_deref().unwrap_or_default();
+    // Absent is not "none are valid": a caller that forgot the list must not wipe the pool.
+    let valid = conf
+        .valid_attachments
+        .as_deref()
+        .ok_or_else(|| Error::InvalidConfig {
+            problems: vec![
+                "cni.dev/valid-attachments: GC needs the list of valid attachments".into(),
+            ],
+        })?;
     let released = pool(conf)?.gc(valid)?;
     let stale: Vec<String> = released
         .iter()
@@ -418,9 +435,28 @@ pub fn execute(
     if command == Command::Version {
         return Ok(to_json(&VersionInfo::current()));
     }
-    let conf = NetConf::parse(stdin).map_err(|e| fail(LATEST_VERSION, e))?;
+    let conf = NetConf::parse(stdin).map_err(|e| {
+        let version = conf::peek_version(stdin);
+        fail(version.as_deref().unwrap_or(LATEST_VERSION), e)
+    })?;
     let version = conf.cni_version.clone();
     let outcome = (|| -> Result<serde_json::Value, Error> {
+        // As libcni's skel: CHECK came with 0.4.0, STATUS and GC with 1.1.0.
+        let needs = match command {
+            Command::Check => Some(("CHECK", "0.4.0")),
+            Command::Status => Some(("STATUS", "1.1.0")),
+            Command::Gc => Some(("GC", "1.1.0")),
+            _ => None,
+        };
+        if let Some((command, min)) = needs
+            && !conf.version_at_least(min)
+        {
+            return Err(Error::CommandNeedsVersion {
+                command,
+                version: conf.cni_version.clone(),
+                min,
+            });
+        }
         match command {
             Command::Status => status(&conf).map(|()| serde_json::Value::Null),
             Command::Gc => gc(&conf).map(|_| serde_json::Value::Null),

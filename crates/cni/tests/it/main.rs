@@ -78,9 +78,52 @@ fn add_gives_an_address_and_the_pod_reaches_the_node() {
     assert_eq!(String::from_utf8_lossy(&proxy_arp.stdout).trim(), "1");
 
     assert!(
-        support::ping_from(&pod, NODE_IP),
+        support::ping_from(&pod.path(), NODE_IP, 5),
         "pod {ip} got no ICMP echo reply from the node {NODE_IP}"
     );
+    // The probe can fail: an address nobody holds does not answer.
+    assert!(!support::ping_from(
+        &pod.path(),
+        Ipv4Addr::new(10, 69, 1, 250),
+        1
+    ));
+}
+
+#[test]
+fn add_into_a_proc_pid_netns_and_del_after_the_process_is_gone() {
+    let node = Node::new();
+    let mut sandbox = support::ProcNetns::new();
+    let r = node.add_path("c-proc", &sandbox.path());
+    assert_eq!(
+        r["interfaces"][1]["sandbox"],
+        sandbox.path().display().to_string()
+    );
+    let ip = pod_ip(&r);
+    assert!(
+        support::ping_from(&sandbox.path(), NODE_IP, 5),
+        "pod {ip} in {} cannot reach the node",
+        sandbox.path().display()
+    );
+    sandbox.kill();
+    node.run("DEL", &node.conf(), Some(("c-proc", &sandbox.path())))
+        .ok();
+    assert!(!node.ipam_dir().join(ip.to_string()).exists());
+    // The veth went with the namespace; DEL did not trip over that.
+    assert!(!node.links().contains(&host_ifname(&r)), "{}", node.links());
+}
+
+#[test]
+fn a_repeated_add_fails_without_harming_the_live_attachment() {
+    let node = Node::new();
+    let pod = Netns::new();
+    let r = node.add("c-twice", &pod);
+    let again = node.run("ADD", &node.conf(), Some(("c-twice", &pod.path())));
+    assert_eq!(again.err_code(), 5, "{}", again.stdout);
+    let mut conf = node.conf();
+    conf["prevResult"] = r.clone();
+    node.run("CHECK", &conf, Some(("c-twice", &pod.path())))
+        .ok();
+    assert!(node.ipam_dir().join(pod_ip(&r).to_string()).exists());
 }
 
 #[test]
@@ -315,6 +358,16 @@ fn gc_releases_what_is_not_valid() {
     let mut conf = node.conf();
     conf["cniVersion"] = json!("1.1.0");
     conf["cni.dev/valid-attachments"] = json!([{"containerID": "c-gc-keep", "ifname": "eth0"}]);
+    // Without the list GC refuses rather than releasing everything.
+    let mut no_list = conf.clone();
+    no_list
+        .as_object_mut()
+        .expect("object")
+        .remove("cni.dev/valid-attachments");
+    assert_eq!(node.run("GC", &no_list, None).err_code(), 7);
+    assert!(node.ipam_dir().join(ip2.to_string()).exists());
+    // GC and STATUS came with 1.1.0.
+    assert_eq!(node.run("GC", &node.conf(), None).err_code(), 1);
     node.run("GC", &conf, None).ok();
     assert!(node.ipam_dir().join(ip1.to_string()).exists());
     assert!(!node.ipam_dir().join(ip2.to_string()).exists());

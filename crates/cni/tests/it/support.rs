@@ -164,8 +164,12 @@ impl Node {
     }
 
     pub fn add(&self, container_id: &str, pod: &Netns) -> Value {
-        let r = self.run("ADD", &self.conf(), Some((container_id, &pod.path())));
-        r.ok()
+        self.add_path(container_id, &pod.path())
+    }
+
+    pub fn add_path(&self, container_id: &str, netns: &Path) -> Value {
+        self.run("ADD", &self.conf(), Some((container_id, netns)))
+            .ok()
     }
 
     /// The node namespace's links, one per line.
@@ -233,14 +237,62 @@ pub fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Reply {
     }
 }
 
-/// Sends ICMP echo requests from inside `netns` to `dst` until one is answered (a few tries,
-/// the first may wait for ARP). Returns whether a reply came.
-pub fn ping_from(netns: &Netns, dst: Ipv4Addr) -> bool {
+/// A process (`sleep`) in a network namespace of its own, reachable only as
+/// `/proc/PID/ns/net`, as a container runtime's sandbox is. Killed on drop.
+pub struct ProcNetns {
+    child: std::process::Child,
+}
+
+impl ProcNetns {
+    pub fn new() -> ProcNetns {
+        require_root();
+        let child = Command::new("unshare")
+            .args(["--net", "sleep", "600"])
+            .spawn()
+            .expect("spawn unshare --net sleep");
+        let p = ProcNetns { child };
+        // unshare(2) runs before exec; wait until the process is in a namespace of its own.
+        let ours = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+        for _ in 0..500 {
+            let comm = std::fs::read_to_string(format!("/proc/{}/comm", p.child.id()));
+            let ns = std::fs::read_link(p.path());
+            if comm.is_ok_and(|c| c.trim() == "sleep") && ns.is_ok_and(|ns| ns != ours) {
+                return p;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!(
+            "unshare --net did not give pid {} its own netns",
+            p.child.id()
+        );
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/net", self.child.id()))
+    }
+
+    /// Ends the process: its namespace is gone with it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProcNetns {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends up to `tries` ICMP echo requests from inside the namespace at `netns` to `dst`,
+/// waiting up to a second for each reply (the first may wait for ARP). Returns whether a reply
+/// came.
+pub fn ping_from(netns: &Path, dst: Ipv4Addr, tries: u16) -> bool {
     use nix::sys::socket::{
         AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recvfrom, sendto,
         setsockopt, socket, sockopt,
     };
-    let ns = File::open(netns.path()).expect("open netns");
+    let ns = File::open(netns).expect("open netns");
     std::thread::scope(|s| {
         s.spawn(|| {
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -255,7 +307,7 @@ pub fn ping_from(netns: &Netns, dst: Ipv4Addr) -> bool {
             setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).expect("SO_RCVTIMEO");
             let id: u16 = (std::process::id() & 0xffff) as u16;
             let to = SockaddrIn::from(std::net::SocketAddrV4::new(dst, 0));
-            for seq in 1..=5u16 {
+            for seq in 1..=tries {
                 let mut pkt = vec![8, 0, 0, 0];
                 pkt.extend_from_slice(&id.to_be_bytes());
                 pkt.extend_from_slice(&seq.to_be_bytes());
