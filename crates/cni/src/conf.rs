@@ -19,6 +19,9 @@ pub const MTU_DEFAULT: u32 = 1500;
 /// Largest pool prefix with a usable address: /30 leaves one after network, router and
 /// broadcast.
 pub const POOL_PREFIX_LEN_MAX: u8 = 30;
+/// Smallest pool prefix: a node's pod CIDR is a /24 or so; a /16 (65,533 addresses) bounds
+/// the round-robin scan of one ADD.
+pub const POOL_PREFIX_LEN_MIN: u8 = 16;
 
 /// The network configuration (one plugin's entry, as the runtime passes it on stdin).
 /// Unknown fields are accepted and ignored, as the spec asks.
@@ -39,6 +42,11 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     #[serde(default)]
     pub datapath: Option<Datapath>,
+    /// Optional. trellis-cni is its own IPAM: a section with no `type` or `"type":"trellis"`
+    /// is accepted (and otherwise ignored); any other type asks for delegation, which is
+    /// refused (code 2) rather than silently not done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipam: Option<serde_json::Value>,
     /// Set by the runtime for CHECK and DEL (and by chained plugins' callers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev_result: Option<serde_json::Value>,
@@ -97,6 +105,19 @@ impl NetConf {
                 why: format!("{net}: IPv6 pools are not supported yet"),
             });
         }
+        if let Some(kind) = conf
+            .ipam
+            .as_ref()
+            .and_then(|i| i.get("type"))
+            .filter(|t| t.as_str() != Some("trellis"))
+        {
+            return Err(Error::UnsupportedField {
+                field: "ipam.type".into(),
+                why: format!(
+                    "{kind}: trellis-cni allocates from podCIDR itself and delegates to no IPAM plugin"
+                ),
+            });
+        }
         let problems = conf.problems();
         if !problems.is_empty() {
             return Err(Error::InvalidConfig { problems });
@@ -120,6 +141,12 @@ impl NetConf {
         if self.pod_cidr.prefix_len() > POOL_PREFIX_LEN_MAX {
             problems.push(format!(
                 "podCIDR: {} is too small; the prefix must be /{POOL_PREFIX_LEN_MAX} or shorter",
+                self.pod_cidr
+            ));
+        }
+        if self.pod_cidr.prefix_len() < POOL_PREFIX_LEN_MIN {
+            problems.push(format!(
+                "podCIDR: {} is too large; the prefix must be /{POOL_PREFIX_LEN_MIN} or longer",
                 self.pod_cidr
             ));
         }
@@ -242,13 +269,18 @@ impl CmdArgs {
             var: "CNI_CONTAINERID",
             why: "missing".into(),
         })?;
-        if !container_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        // Spec: "Must start with an alphanumeric character, optionally followed by any
+        // combination of one or more alphanumeric characters, underscore, dot or hyphen."
+        if !container_id.starts_with(|c: char| c.is_ascii_alphanumeric())
+            || !container_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
         {
             return Err(Error::InvalidEnv {
                 var: "CNI_CONTAINERID",
-                why: format!("{container_id:?} must be letters, digits, '_', '.', '-'"),
+                why: format!(
+                    "{container_id:?} must start with a letter or digit, then letters, digits, '_', '.', '-'"
+                ),
             });
         }
         let ifname = get("CNI_IFNAME").ok_or(Error::InvalidEnv {
@@ -340,6 +372,16 @@ mod tests {
             conf(r#"{"cniVersion":"1.0.0"}"#).expect_err("bad").code(),
             7
         );
+        assert_eq!(
+            conf(&GOOD.replace("10.69.1.0/24", "10.0.0.0/8"))
+                .expect_err("big")
+                .code(),
+            7
+        );
+        let delegated = GOOD.replace("\"mtu\"", r#""ipam":{"type":"host-local"},"mtu""#);
+        assert_eq!(conf(&delegated).expect_err("ipam").code(), 2);
+        let own = GOOD.replace("\"mtu\"", r#""ipam":{"type":"trellis"},"mtu""#);
+        assert!(conf(&own).is_ok());
     }
 
     #[test]

@@ -92,13 +92,17 @@ fn pool(conf: &NetConf) -> Result<Pool, Error> {
 /// Undo touches only what this call made: an ADD repeated for a live attachment fails
 /// without harming it.
 pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
+    let prev = conf.prev_result()?;
     let netns = open_netns(args)?;
     let pool = pool(conf)?;
     let lease = pool.allocate(&args.container_id, &args.ifname)?;
     let host = host_ifname(&args.container_id, &args.ifname);
     let mut created = false;
     match add_links(conf, args, &netns, &host, lease.ip, &mut created) {
-        Ok(result) => Ok(result),
+        Ok(ours) => Ok(match prev {
+            Some(prev) => prev.chain(ours),
+            None => ours,
+        }),
         Err(err) => {
             // Undo; the original error is what the runtime needs to see.
             if created
@@ -211,18 +215,21 @@ fn build_result(
     pod: &link::LinkInfo,
     addr: Ipv4Net,
 ) -> CniResult {
-    let legacy = conf.cni_version.starts_with("0.");
+    let legacy = !conf.version_at_least("1.0.0");
+    let mtu = |l: &link::LinkInfo| conf.version_at_least("1.1.0").then_some(l.mtu);
     CniResult {
         cni_version: conf.cni_version.clone(),
         interfaces: vec![
             Interface {
                 name: host.name.clone(),
                 mac: host.mac.clone(),
+                mtu: mtu(host),
                 sandbox: None,
             },
             Interface {
                 name: pod.name.clone(),
                 mac: pod.mac.clone(),
+                mtu: mtu(pod),
                 sandbox: args.netns.as_ref().map(|p| p.display().to_string()),
             },
         ],
@@ -255,9 +262,10 @@ pub fn del(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
     Ok(())
 }
 
-/// CHECK: the container interface exists in the namespace with every address and route of
-/// `prevResult`, the host end exists and is up, and IPAM still holds the address. Every
-/// mismatch is reported at once (code 101).
+/// CHECK: the container interface exists in the namespace, up, with every address of
+/// `prevResult` on it and the routes this plugin created (those listed in `prevResult`); the
+/// host end exists and is up; IPAM still holds the address. Every mismatch is reported at
+/// once (code 101).
 pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
     let prev = conf.prev_result()?.ok_or_else(|| Error::InvalidConfig {
         problems: vec!["prevResult: CHECK needs the result of ADD".into()],
@@ -323,7 +331,13 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
             ));
         }
     }
-    for r in &prev.routes {
+    // Only the routes this plugin creates: a later plugin in the chain may add its own.
+    let gateway_net = IpNet::V4(Ipv4Net::new(GATEWAY, 32).expect("32 is a valid IPv4 prefix"));
+    let ours = |r: &&Route| {
+        (r.dst == gateway_net && r.gw.is_none())
+            || (r.dst == IpNet::V4(Ipv4Net::default()) && r.gw == Some(IpAddr::V4(GATEWAY)))
+    };
+    for r in prev.routes.iter().filter(ours) {
         let Some(dst) = link::v4(&r.dst) else {
             continue;
         };
@@ -440,6 +454,13 @@ pub fn execute(
         fail(version.as_deref().unwrap_or(LATEST_VERSION), e)
     })?;
     let version = conf.cni_version.clone();
+    let _span = tracing::info_span!(
+        "cni",
+        command = ?command,
+        network = %conf.name,
+        container_id = env("CNI_CONTAINERID").unwrap_or_default()
+    )
+    .entered();
     let outcome = (|| -> Result<serde_json::Value, Error> {
         // As libcni's skel: CHECK came with 0.4.0, STATUS and GC with 1.1.0.
         let needs = match command {

@@ -26,6 +26,9 @@ pub struct Interface {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mac: String,
+    /// Spec 1.1; set only in 1.1.0 results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
     /// The netns path for interfaces inside the container; absent for host interfaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
@@ -63,6 +66,27 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
+impl CniResult {
+    /// `self` (a `prevResult` from an earlier plugin in the chain) followed by `ours`: the
+    /// spec's "Plugins provided a prevResult ... must output it as their result, with any
+    /// possible modifications made by that plugin included". Our `ips[].interface` indices
+    /// are shifted past the earlier interfaces.
+    pub fn chain(mut self, ours: CniResult) -> CniResult {
+        let offset = self.interfaces.len();
+        self.cni_version = ours.cni_version;
+        self.interfaces.extend(ours.interfaces);
+        self.ips.extend(ours.ips.into_iter().map(|mut ip| {
+            ip.interface = ip.interface.map(|i| i + offset);
+            ip
+        }));
+        self.routes.extend(ours.routes);
+        if self.dns == Dns::default() {
+            self.dns = ours.dns;
+        }
+        self
+    }
+}
+
 /// The reply to VERSION.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -92,6 +116,22 @@ mod tests {
         let text = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"lxc0123456789a","mac":"aa:bb:cc:dd:ee:ff"},{"name":"eth0","mac":"11:22:33:44:55:66","sandbox":"/var/run/netns/p"}],"ips":[{"address":"10.69.1.5/32","gateway":"169.254.1.1","interface":1}],"routes":[{"dst":"0.0.0.0/0","gw":"169.254.1.1"}],"dns":{}}"#;
         let r: CniResult = serde_json::from_str(text).expect("valid");
         assert_eq!(serde_json::to_string(&r).expect("serializes"), text);
+    }
+
+    #[test]
+    fn chaining_keeps_the_earlier_result_and_shifts_our_indices() {
+        let earlier: CniResult = serde_json::from_str(
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"x"}],"ips":[],"dns":{"nameservers":["10.0.0.10"]}}"#,
+        )
+        .expect("valid");
+        let ours: CniResult = serde_json::from_str(
+            r#"{"cniVersion":"1.0.0","interfaces":[{"name":"lxc1"},{"name":"eth0","sandbox":"/p"}],"ips":[{"address":"10.69.1.5/32","interface":1}]}"#,
+        )
+        .expect("valid");
+        let both = earlier.chain(ours);
+        assert_eq!(both.interfaces.len(), 3);
+        assert_eq!(both.ips[0].interface, Some(2));
+        assert_eq!(both.dns.nameservers, ["10.0.0.10"]);
     }
 
     #[test]
