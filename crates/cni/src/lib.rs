@@ -447,7 +447,12 @@ pub fn execute(
         return Err(fail(LATEST_VERSION, e));
     };
     if command == Command::Version {
-        return Ok(to_json(&VersionInfo::current()));
+        // Spec §5 Version: "cniVersion: The value of cniVersion specified on input".
+        let mut info = VersionInfo::current();
+        if let Some(v) = conf::peek_version(stdin) {
+            info.cni_version = v;
+        }
+        return Ok(to_json(&info));
     }
     let conf = NetConf::parse(stdin).map_err(|e| {
         let version = conf::peek_version(stdin);
@@ -525,5 +530,7 @@ mod tests {
         assert_eq!((e.code, e.cni_version.as_str()), (4, "0.4.0"));
         let v = execute(Some("VERSION"), no_env, b"").expect("version");
         assert_eq!(v["cniVersion"], "1.1.0");
+        let v = execute(Some("VERSION"), no_env, br#"{"cniVersion":"0.4.0"}"#).expect("version");
+        assert_eq!(v["cniVersion"], "0.4.0");
     }
 }

@@ -2,7 +2,7 @@
 //! configuration from stdin, prints the result (or the spec's error JSON, exiting 1) on
 //! stdout. Logs go to stderr, filtered by `TRELLIS_CNI_LOG` (default `warn`).
 
-use std::io::{Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 /// Largest network configuration read from stdin; a runtime's is a few KiB.
@@ -18,8 +18,8 @@ fn main() -> ExitCode {
         .init();
     let command = std::env::var("CNI_COMMAND").ok();
     let mut stdin = Vec::new();
-    // VERSION needs no configuration; reading stdin there would hang on a terminal.
-    let read = if command.as_deref() == Some("VERSION") {
+    // VERSION works without input; reading stdin from a terminal would hang.
+    let read = if command.as_deref() == Some("VERSION") && std::io::stdin().is_terminal() {
         Ok(0)
     } else {
         std::io::stdin()

@@ -1,6 +1,7 @@
 //! Integration tests for `trellis-cni`: the real binary, real namespaces and veths, as root.
 //! They fail (never skip) when not run as root.
 
+mod conformance;
 mod support;
 
 use std::net::Ipv4Addr;
@@ -54,6 +55,10 @@ fn add_gives_an_address_and_the_pod_reaches_the_node() {
             .is_some_and(|m| m.len() == 17)
     );
     assert!(r["interfaces"][0].get("sandbox").is_none());
+    assert!(
+        r["interfaces"][0].get("mtu").is_none(),
+        "mtu is a 1.1.0 field"
+    );
     assert_eq!(r["dns"], json!({}));
 
     // Kernel state matches: /32 on eth0, routes, MTU, proxy ARP on the host end.
@@ -258,12 +263,9 @@ fn check_passes_then_fails_once_the_address_is_gone() {
 #[test]
 fn version_lists_what_we_speak() {
     let node = Node::new();
-    let v = node
-        .run_env(
-            &[("CNI_COMMAND", "VERSION".into())],
-            br#"{"cniVersion":"1.0.0"}"#,
-        )
-        .ok();
+    // No input (a runtime probing): the newest version. With input, the spec's echo is
+    // checked by the conformance cases.
+    let v = node.run_env(&[("CNI_COMMAND", "VERSION".into())], b"").ok();
     assert_eq!(
         v,
         json!({"cniVersion":"1.1.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]})
@@ -329,6 +331,8 @@ fn exhaustion_has_its_own_code_and_status_reports_it() {
     node.run("STATUS", &conf, None).ok();
     let r = node.run("ADD", &conf, Some(("c-full-1", &p1.path()))).ok();
     assert_eq!(pod_ip(&r), Ipv4Addr::new(10, 69, 1, 2));
+    // 1.1.0 results carry the interfaces' MTU.
+    assert_eq!(r["interfaces"][1]["mtu"], 1400, "{r}");
     let reply = node.run("ADD", &conf, Some(("c-full-2", &p2.path())));
     assert_eq!(reply.err_code(), u64::from(cni::error::CODE_POOL_EXHAUSTED));
     assert!(!node.links().contains(&cni::host_ifname("c-full-2", "eth0")));
@@ -421,6 +425,10 @@ fn bandwidth_plugin_chains_after_us() {
         qdiscs.contains("ingress"),
         "no ingress qdisc on {host}: {qdiscs}"
     );
+    // CHECK with the chain's final result (which now lists bandwidth's ifb too) still passes.
+    let mut conf = node.conf();
+    conf["prevResult"] = out;
+    node.run("CHECK", &conf, Some(("c-bw", &pod.path()))).ok();
 }
 
 /// A second, independent caller: a stdlib-only Python driver that follows the spec, so not
