@@ -52,17 +52,7 @@ fn dnsperf(port: u16, queries: &Path, secs: u32) -> Result<(f64, f64, f64)> {
 }
 
 pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
-    for (bin, pkg) in [("dnsperf", "dnsperf"), ("knotd", "knot")] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            crate::run("apt-get", &["install", "-y", "-q", pkg])?;
-        }
-    }
+    crate::ensure_packages(&[("/usr/bin/dnsperf", "dnsperf"), ("/usr/sbin/knotd", "knot")])?;
     crate::run("cargo", &["build", "--release", "--package", "trellis"])?;
     let dir = root.join("target/bench/dns");
     std::fs::create_dir_all(dir.join("zones"))?;

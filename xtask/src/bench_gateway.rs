@@ -111,39 +111,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("nginx", "nginx-light"),
-        ("haproxy", "haproxy"),
-        ("wrk", "wrk"),
-        ("openssl", "openssl"),
-    ]
-    .into_iter()
-    .filter(|(bin, _)| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {bin}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-    })
-    .map(|(_, pkg)| pkg)
-    .collect();
-    if !missing.is_empty() {
-        eprintln!("==> apt-get install {}", missing.join(" "));
-        let ok = Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()?
-            .success();
-        if !ok {
-            bail!(
-                "could not install {} (run as root, or install them by hand)",
-                missing.join(" ")
-            );
-        }
-    }
-    Ok(())
+    crate::ensure_packages(&[
+        ("/usr/sbin/nginx", "nginx-light"),
+        ("/usr/sbin/haproxy", "haproxy"),
+        ("/usr/bin/wrk", "wrk"),
+        ("/usr/bin/openssl", "openssl"),
+    ])
 }
 
 fn write_configs(dir: &Path) -> Result<()> {

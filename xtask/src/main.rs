@@ -57,9 +57,15 @@ fn root() -> PathBuf {
 
 /// Runs a command, echoing it first; fails with the command line when it fails.
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
+    run_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+pub(crate) fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     eprintln!("==> {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("cannot start {program}"))?;
     if !status.success() {
@@ -85,27 +91,50 @@ fn ensure_components() -> Result<()> {
     Ok(())
 }
 
-/// The real peers the tests talk to: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl
-/// (`s_server` as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the
-/// forwarding tests) and h2load (load during reloads). Installed from Debian when missing.
-fn ensure_test_peers() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("curl", "curl"),
-        ("openssl", "openssl"),
-        ("dig", "dnsutils"),
-    ]
-    .into_iter()
-    .filter(|(bin, _)| !has(bin, &["--version"]) && !has(bin, &["version"]) && !has(bin, &["-v"]))
-    .map(|(_, pkg)| pkg)
-    .collect();
-    if !missing.is_empty() {
-        let mut args = vec!["install", "-y", "-q"];
-        args.extend(&missing);
-        run("apt-get", &args).context(
-            "the tests need curl and openssl; install them (apt-get install curl openssl)",
-        )?;
+/// The real peers and tools the tests use, each probed by a file it installs and installed
+/// from Debian when missing: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl (`s_server`
+/// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests),
+/// h2load (load during reloads), clang-19 and libbpf's headers (the eBPF programs), the
+/// reference CNI plugins (chaining tests), iproute2 and procps (the lab's namespaces).
+pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
+    ("/usr/bin/curl", "curl"),
+    ("/usr/bin/openssl", "openssl"),
+    ("/usr/bin/dig", "dnsutils"),
+    ("/usr/sbin/knotd", "knot"),
+    ("/usr/bin/h2load", "nghttp2-client"),
+    ("/usr/bin/clang-19", "clang-19"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    ("/usr/lib/cni/bandwidth", "containernetworking-plugins"),
+    ("/usr/sbin/ip", "iproute2"),
+    ("/usr/sbin/sysctl", "procps"),
+];
+
+/// Installs the Debian packages whose probe file is missing.
+pub(crate) fn ensure_packages(list: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = list
+        .iter()
+        .filter(|(probe, _)| !Path::new(probe).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !has("apt-get", &["--version"]) {
+        bail!("missing {} and no apt-get to install them", missing.join(" "));
+    }
+    let mut args = vec!["install", "-y", "-q"];
+    args.extend(&missing);
+    if run_env("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")]).is_err() {
+        // A fresh machine may have no package lists yet.
+        run("apt-get", &["update", "-q"])?;
+        run_env("apt-get", &args, &[("DEBIAN_FRONTEND", "noninteractive")])
+            .with_context(|| format!("cannot install {}", missing.join(" ")))?;
     }
     Ok(())
+}
+
+fn ensure_test_peers() -> Result<()> {
+    ensure_packages(TEST_PEERS)
 }
 
 fn test() -> Result<()> {
