@@ -450,3 +450,63 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[ -~]{0,20}".prop_map(serde_json::Value::from),
+            Just(serde_json::Value::from("10.69.1.0/24")),
+            Just(serde_json::Value::from("1.0.0")),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map(
+                    prop_oneof![
+                        Just("cniVersion".to_string()),
+                        Just("name".to_string()),
+                        Just("podCIDR".to_string()),
+                        Just("stateDir".to_string()),
+                        Just("mtu".to_string()),
+                        Just("ipam".to_string()),
+                        Just("prevResult".to_string()),
+                        "[a-z]{1,6}",
+                    ],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Bad input is data: any bytes give a config or an error with a spec code, never a
+        /// panic.
+        #[test]
+        fn parse_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = NetConf::parse(&bytes) {
+                prop_assert!([1, 2, 6, 7].contains(&e.code()));
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_on_json(v in json_value()) {
+            let bytes = serde_json::to_vec(&v).expect("serializes");
+            if let Ok(c) = NetConf::parse(&bytes) {
+                // What parses is usable: the pool is non-empty and bounded.
+                let size = crate::ipam::pool_range(c.pool_cidr()).map(|(a, b)| b - a + 1);
+                prop_assert!(size.is_some_and(|n| n <= 65_534));
+                let _ = c.prev_result();
+            }
+        }
+    }
+}

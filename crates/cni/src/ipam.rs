@@ -55,6 +55,7 @@ pub struct Pool {
     network: String,
     cidr: Ipv4Net,
     dir: PathBuf,
+    lock_wait: Duration,
 }
 
 /// The first and last allocatable address of `cidr`, or `None` when it has none.
@@ -92,7 +93,14 @@ impl Pool {
             network: network.to_string(),
             cidr: cidr.trunc(),
             dir,
+            lock_wait: Duration::from_millis(LOCK_WAIT_MS_MAX),
         })
+    }
+
+    /// Overrides how long to wait for the lock (default [`LOCK_WAIT_MS_MAX`]).
+    pub fn with_lock_wait(mut self, wait: Duration) -> Pool {
+        self.lock_wait = wait;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -112,7 +120,7 @@ impl Pool {
             .write(true)
             .open(&path)
             .map_err(|e| Error::io(format!("opening IPAM lock {}", path.display()), e))?;
-        let deadline = Instant::now() + Duration::from_millis(LOCK_WAIT_MS_MAX);
+        let deadline = Instant::now() + self.lock_wait;
         loop {
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(lock),
@@ -123,8 +131,9 @@ impl Pool {
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                     return Err(Error::TryAgain {
                         what: format!(
-                            "IPAM lock {} still held by another invocation after {LOCK_WAIT_MS_MAX} ms",
-                            path.display()
+                            "IPAM lock {} still held by another invocation after {} ms",
+                            path.display(),
+                            self.lock_wait.as_millis()
                         ),
                     });
                 }
@@ -242,20 +251,24 @@ impl Pool {
     }
 
     /// GC: releases every allocation whose `(containerID, ifname)` is not in `valid`, and
-    /// returns what it released.
-    pub fn gc(&self, valid: &[Attachment]) -> Result<Vec<Allocation>, Error> {
+    /// returns what it released. A failed removal does not stop the others (spec: "continue
+    /// removing as many resources as possible"); the failures are returned alongside.
+    pub fn gc(&self, valid: &[Attachment]) -> Result<(Vec<Allocation>, Vec<Error>), Error> {
         let _lock = self.lock()?;
         let mut released = Vec::new();
+        let mut failed = Vec::new();
         for a in self.read_all()? {
             let kept = valid
                 .iter()
                 .any(|v| v.container_id == a.container_id && v.ifname == a.ifname);
             if !kept {
-                self.remove(&a)?;
-                released.push(a);
+                match self.remove(&a) {
+                    Ok(()) => released.push(a),
+                    Err(e) => failed.push(e),
+                }
             }
         }
-        Ok(released)
+        Ok((released, failed))
     }
 
     /// How many addresses are still free.
@@ -336,9 +349,51 @@ mod tests {
             container_id: "c2".into(),
             ifname: "eth0".into(),
         }];
-        assert_eq!(pool.gc(&keep).expect("gc").len(), 4);
+        let (released, failed) = pool.gc(&keep).expect("gc");
+        assert_eq!((released.len(), failed.len()), (4, 0));
         let left = pool.allocations().expect("list");
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].container_id, "c2");
+    }
+
+    #[test]
+    fn concurrent_allocations_from_separate_handles_never_collide() {
+        // flock locks belong to the open file description, so separate Pool handles in one
+        // process contend exactly like separate plugin processes.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|t| {
+                    let dir = dir.path();
+                    s.spawn(move || {
+                        let pool = Pool::open(dir, "n", net("10.0.0.0/24")).expect("open");
+                        (0..20)
+                            .map(|i| pool.allocate(&format!("t{t}-c{i}"), "eth0").expect("ip").ip)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        let mut unique = ips.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 160);
+    }
+
+    #[test]
+    fn a_held_lock_is_code_11_after_the_wait() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::open(dir.path(), "n", net("10.0.0.0/24"))
+            .expect("open")
+            .with_lock_wait(Duration::from_millis(30));
+        let held = pool.lock().expect("first lock");
+        let err = pool.allocate("c", "eth0").expect_err("locked");
+        assert_eq!(err.code(), 11, "{err}");
+        drop(held);
+        assert!(pool.allocate("c", "eth0").is_ok());
     }
 }

@@ -411,20 +411,41 @@ pub fn gc(conf: &NetConf) -> Result<Vec<ipam::Allocation>, Error> {
                 "cni.dev/valid-attachments: GC needs the list of valid attachments".into(),
             ],
         })?;
-    let released = pool(conf)?.gc(valid)?;
+    let (released, mut failed) = pool(conf)?.gc(valid)?;
     let stale: Vec<String> = released
         .iter()
         .map(|a| host_ifname(&a.container_id, &a.ifname))
         .collect();
     if !stale.is_empty() {
-        with_netlink_host(async |h| {
+        let deleted = with_netlink_host(async |h| {
+            let mut errors = Vec::new();
             for name in &stale {
-                link::delete_link(&h, name).await?;
+                if let Err(e) = link::delete_link(&h, name).await {
+                    errors.push(e);
+                }
             }
-            Ok(())
-        })?;
+            Ok(errors)
+        });
+        match deleted {
+            Ok(errors) => failed.extend(errors),
+            Err(e) => failed.push(e),
+        }
     }
-    Ok(released)
+    match failed.len() {
+        0 => Ok(released),
+        1 => Err(failed.remove(0)),
+        _ => Err(Error::Io {
+            what: format!(
+                "GC: {}",
+                failed
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            source: std::io::Error::other(format!("{} resources not removed", failed.len())),
+        }),
+    }
 }
 
 /// One invocation, as the binary runs it: `command` and `env` are `CNI_COMMAND` and the

@@ -464,3 +464,27 @@ fn python_driver_runs_add_check_del() {
         node.links()
     );
 }
+
+/// A failed ADD undoes its allocation and leaves no veth: here the pod already has an eth0.
+#[test]
+fn a_failed_add_leaves_nothing_behind() {
+    let node = Node::new();
+    let pod = Netns::new();
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "other0",
+    ]);
+    let reply = node.run("ADD", &node.conf(), Some(("c-clash", &pod.path())));
+    assert_eq!(reply.err_code(), 5);
+    let details = reply.json()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(details.contains("eth0"), "{details}");
+    assert!(!node.links().contains("lxc"), "{}", node.links());
+    let held = std::fs::read_dir(node.ipam_dir())
+        .expect("ipam dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+        .count();
+    assert_eq!(held, 0, "the address was not released");
+}
