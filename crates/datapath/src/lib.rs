@@ -342,6 +342,14 @@ impl Maps {
         self.nat.keys().filter(Result::is_ok).count()
     }
 
+    /// The backends map as it is in the kernel, by backend id.
+    pub fn backends(&self) -> Result<BTreeMap<u32, Lb4Backend>, Error> {
+        Ok(read_all(&self.backends, "lb4_backends")?
+            .iter()
+            .map(|(id, b)| (*id, Lb4Backend::from_bytes(b)))
+            .collect())
+    }
+
     /// The services map as it is in the kernel (for `lab status` and tests).
     pub fn services(&self) -> Result<BTreeMap<Lb4Key, Lb4Service>, Error> {
         Ok(read_all(&self.services, "lb4_services")?
