@@ -87,10 +87,10 @@ fn pool(conf: &NetConf) -> Result<Pool, Error> {
     Pool::open(&conf.state_dir, &conf.name, conf.pool_cidr())
 }
 
-/// ADD: allocates an address, creates and configures the veth pair, returns the result.
-/// On failure everything done so far is undone.
-/// Undo touches only what this call made: an ADD repeated for a live attachment fails
-/// without harming it.
+/// ADD: allocates an address, creates and configures the veth pair, returns the result
+/// (appended to `prevResult` when chained after another plugin). On failure what this call
+/// made is undone, and only that: an ADD repeated for a live attachment fails without
+/// harming it.
 pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
     let prev = conf.prev_result()?;
     let netns = open_netns(args)?;
@@ -372,8 +372,9 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
     }
 }
 
-/// STATUS (spec 1.1): ready when the state directory is writable and the pool has a free
-/// address; code 50 otherwise.
+/// STATUS (spec 1.1): ready when the state directory is writable, the pool has a free
+/// address and the node can route to 169.254.1.1 (without such a route proxy ARP stays
+/// silent and no pod could reach its gateway); code 50 otherwise.
 pub fn status(conf: &NetConf) -> Result<(), Error> {
     let not_available = |why: String| Error::NotAvailable { why };
     let pool = pool(conf).map_err(|e| not_available(e.to_string()))?;
@@ -394,6 +395,14 @@ pub fn status(conf: &NetConf) -> Result<(), Error> {
             "network {}: no free address left in {}",
             conf.name,
             conf.pool_cidr()
+        )));
+    }
+    let routable = with_netlink_host(async |h| link::has_route_to(&h, GATEWAY).await)
+        .map_err(|e| not_available(e.to_string()))?;
+    if !routable {
+        return Err(not_available(format!(
+            "the node has no route to {GATEWAY} (a default route will do), so proxy ARP on pod \
+             veths cannot answer for the pods' gateway"
         )));
     }
     Ok(())

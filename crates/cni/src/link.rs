@@ -27,6 +27,8 @@ const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
 const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
 const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
+const ENETUNREACH: i32 = nix::errno::Errno::ENETUNREACH as i32;
+const EHOSTUNREACH: i32 = nix::errno::Errno::EHOSTUNREACH as i32;
 
 /// A link as the result reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +285,23 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<RouteEntry>, Error> {
         }
     }
     Ok(out)
+}
+
+/// Whether the caller's namespace can route to `dst` (`ip route get DST`).
+pub async fn has_route_to(h: &Handle, dst: Ipv4Addr) -> Result<bool, Error> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst, 32)
+        .build();
+    match h.route().get(msg).execute().try_next().await {
+        Ok(found) => Ok(found.is_some()),
+        Err(e) => {
+            let err = Error::netlink(format!("looking up the route to {dst}"), e);
+            match err.errno() {
+                Some(ENETUNREACH) | Some(EHOSTUNREACH) => Ok(false),
+                _ => Err(err),
+            }
+        }
+    }
 }
 
 /// Writes one `net.ipv4.conf.<ifname>.<key>` sysctl of the caller's namespace.

@@ -342,6 +342,18 @@ fn exhaustion_has_its_own_code_and_status_reports_it() {
 }
 
 #[test]
+fn status_fails_when_the_node_cannot_route_to_the_pod_gateway() {
+    let node = Node::new();
+    let mut conf = node.conf();
+    conf["cniVersion"] = json!("1.1.0");
+    node.run("STATUS", &conf, None).ok();
+    node.ns.ip(&["route", "del", "default"]);
+    let reply = node.run("STATUS", &conf, None);
+    assert_eq!(reply.err_code(), 50);
+    assert!(reply.stdout.contains("169.254.1.1"), "{}", reply.stdout);
+}
+
+#[test]
 fn status_fails_when_the_state_dir_is_not_writable() {
     let node = Node::new();
     let file = node.state.path().join("not-a-dir");
