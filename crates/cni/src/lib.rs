@@ -529,6 +529,55 @@ pub fn execute(
     outcome.map_err(|e| fail(&version, e))
 }
 
+/// Largest network configuration read from stdin; a runtime's is a few KiB.
+pub const STDIN_BYTES_MAX: u64 = 1 << 20;
+
+/// The whole plugin process: reads `CNI_COMMAND` and the rest of the environment, the
+/// configuration from stdin, runs [`execute`], prints the result or the spec's error JSON on
+/// stdout and returns the exit status (1 on error). Installs no tracing subscriber.
+pub fn plugin_main() -> std::process::ExitCode {
+    use std::io::{IsTerminal, Read, Write};
+    let command = std::env::var("CNI_COMMAND").ok();
+    let mut stdin = Vec::new();
+    // VERSION works without input; reading stdin from a terminal would hang.
+    let read = if command.as_deref() == Some("VERSION") && std::io::stdin().is_terminal() {
+        Ok(0)
+    } else {
+        std::io::stdin()
+            .take(STDIN_BYTES_MAX + 1)
+            .read_to_end(&mut stdin)
+    };
+    let outcome = match read {
+        Ok(n) if n as u64 > STDIN_BYTES_MAX => Err(ErrorReply::new(
+            LATEST_VERSION,
+            &Error::InvalidConfig {
+                problems: vec![format!(
+                    "the configuration on stdin is larger than {STDIN_BYTES_MAX} bytes"
+                )],
+            },
+        )),
+        Ok(_) => execute(command.as_deref(), |k| std::env::var(k).ok(), &stdin),
+        Err(e) => Err(ErrorReply::new(
+            LATEST_VERSION,
+            &Error::io("reading the network configuration from stdin", e),
+        )),
+    };
+    let (json, code) = match outcome {
+        Ok(serde_json::Value::Null) => return std::process::ExitCode::SUCCESS,
+        Ok(v) => (v.to_string(), std::process::ExitCode::SUCCESS),
+        Err(reply) => {
+            tracing::error!(code = reply.code, details = %reply.details, "{}", reply.msg);
+            (
+                serde_json::to_string(&reply).expect("error reply serializes"),
+                std::process::ExitCode::FAILURE,
+            )
+        }
+    };
+    // Nothing useful to do if stdout is closed; the exit status still tells.
+    let _ = writeln!(std::io::stdout().lock(), "{json}");
+    code
+}
+
 fn to_json(v: &impl serde::Serialize) -> serde_json::Value {
     serde_json::to_value(v).expect("result types serialize to JSON")
 }

@@ -42,6 +42,9 @@ struct Expect {
     no_allocation: bool,
     #[serde(default)]
     result_keeps_prev: bool,
+    /// JSON pointer -> expected value in stdout; `"$NETNS"` stands for the pod's netns path.
+    #[serde(default)]
+    pointers: BTreeMap<String, Value>,
 }
 
 fn run_case(i: usize, case: &Case) -> Result<(), String> {
@@ -128,6 +131,15 @@ fn run_case(i: usize, case: &Case) -> Result<(), String> {
             .unwrap_or(0);
         if held != 0 {
             return fail(format!("{held} IPAM files left behind"));
+        }
+    }
+    for (pointer, expected) in &want.pointers {
+        let expected = match expected.as_str() {
+            Some("$NETNS") => Value::from(pod.path().display().to_string()),
+            _ => expected.clone(),
+        };
+        if json.pointer(pointer) != Some(&expected) {
+            return fail(format!("expected {pointer} = {expected}"));
         }
     }
     if want.result_keeps_prev {
