@@ -12,6 +12,8 @@ use std::io;
 pub const CODE_POOL_EXHAUSTED: u32 = 100;
 /// Code for a CHECK whose container does not match the `prevResult`.
 pub const CODE_CHECK_FAILED: u32 = 101;
+/// Code for a pod veth the eBPF datapath could not be attached to.
+pub const CODE_DATAPATH: u32 = 102;
 
 /// Why a command failed. `code()` gives the CNI error code.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,13 @@ pub enum Error {
         network: String,
         cidr: ipnet::Ipv4Net,
     },
+    /// For [`crate::attach_datapath`]: `datapath::attach_endpoint` failed on `iface`.
+    #[error("attaching the datapath to {iface} (pins in {pin_dir}): {why}")]
+    Datapath {
+        iface: String,
+        pin_dir: String,
+        why: String,
+    },
     #[error("container {container_id} interface {ifname}: {}", problems.join("; "))]
     CheckFailed {
         container_id: String,
@@ -78,6 +87,7 @@ impl Error {
             Error::NotAvailable { .. } => 50,
             Error::PoolExhausted { .. } => CODE_POOL_EXHAUSTED,
             Error::CheckFailed { .. } => CODE_CHECK_FAILED,
+            Error::Datapath { .. } => CODE_DATAPATH,
         }
     }
 
@@ -97,6 +107,7 @@ impl Error {
             Error::NotAvailable { .. } => "Plugin not available",
             Error::PoolExhausted { .. } => "IP pool exhausted",
             Error::CheckFailed { .. } => "Container does not match prevResult",
+            Error::Datapath { .. } => "Datapath attach failed",
         }
     }
 

@@ -54,7 +54,8 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 /// Hooks the host end of a new pod veth into trellis's eBPF datapath.
 ///
 /// Seam for the datapath crate: when the config names a datapath, the real call is
-/// `datapath::attach_endpoint(pin_dir, host_ifname)`. Until it is wired, this only logs.
+/// `datapath::attach_endpoint(pin_dir, host_ifname)`, its error mapped to
+/// [`Error::Datapath`] (code 102; ADD then rolls back). Until it is wired, this only logs.
 pub fn attach_datapath(conf: &NetConf, host_ifname: &str) -> Result<(), Error> {
     if let Some(dp) = &conf.datapath {
         tracing::debug!(

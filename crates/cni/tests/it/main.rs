@@ -131,6 +131,19 @@ fn a_repeated_add_fails_without_harming_the_live_attachment() {
     assert!(node.ipam_dir().join(pod_ip(&r).to_string()).exists());
 }
 
+/// The `datapath` section is accepted and ADD still works. `attach_datapath` only logs
+/// today; once it calls `datapath::attach_endpoint`, this test needs real pins in `pinDir`.
+#[test]
+fn add_with_a_datapath_section() {
+    let node = Node::new();
+    let pod = Netns::new();
+    let mut conf = node.conf();
+    conf["datapath"] = json!({"pinDir": "/sys/fs/bpf/trellis/cni-test"});
+    let r = node.run("ADD", &conf, Some(("c-dp", &pod.path()))).ok();
+    pod_ip(&r);
+    node.run("DEL", &conf, Some(("c-dp", &pod.path()))).ok();
+}
+
 #[test]
 fn concurrent_adds_never_share_an_address() {
     let node = Node::new();

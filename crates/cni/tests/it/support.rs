@@ -132,7 +132,6 @@ impl Node {
             "podCIDR": POD_CIDR,
             "stateDir": self.state.path(),
             "mtu": 1400,
-            "datapath": {"pinDir": "/sys/fs/bpf/trellis/test"},
         })
     }
 
