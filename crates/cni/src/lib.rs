@@ -17,6 +17,20 @@
 //! Modules: [`conf`] (stdin and environment), [`result`] (the result JSON), [`error`] (error
 //! codes), [`ipam`] (allocation on disk), [`link`] (netlink).
 //!
+//! Error codes: the spec's 1–7 and 11, 50 for STATUS, and trellis's own
+//! [`error::CODE_POOL_EXHAUSTED`] (100), [`error::CODE_CHECK_FAILED`] (101) and
+//! [`error::CODE_DATAPATH`] (102). An exhausted pool is 100, not 11: only a DEL frees an
+//! address, which a retrying runtime cannot bring about. 11 is kept for its meaning, a
+//! transient condition: the IPAM lock still held after [`ipam::LOCK_WAIT_MS_MAX`].
+//!
+//! Limits: config on stdin ≤ [`STDIN_BYTES_MAX`]; pool prefix between
+//! /[`conf::POOL_PREFIX_LEN_MIN`] and /[`conf::POOL_PREFIX_LEN_MAX`]; interface names ≤
+//! [`conf::IFNAME_LEN_MAX`]; IPAM lock wait ≤ [`ipam::LOCK_WAIT_MS_MAX`] ms.
+//!
+//! Public entry points: [`plugin_main`] (the whole process), [`execute`] (one invocation,
+//! I/O-free apart from the kernel and the state dir), and [`add`], [`del`], [`check`],
+//! [`status`], [`gc`] on a parsed [`NetConf`] and [`CmdArgs`].
+//!
 //! Not here: the eBPF datapath. [`attach_datapath`] is the one seam where it plugs in.
 
 pub mod conf;

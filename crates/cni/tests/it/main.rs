@@ -513,3 +513,15 @@ fn a_failed_add_leaves_nothing_behind() {
         .count();
     assert_eq!(held, 0, "the address was not released");
 }
+
+/// Two pods on one node reach each other through the node (proxy ARP on both host ends,
+/// forwarding between them), with no bridge.
+#[test]
+fn pods_on_one_node_reach_each_other() {
+    let node = Node::new();
+    let (a, b) = (Netns::new(), Netns::new());
+    let ip_a = pod_ip(&node.add("c-pair-a", &a));
+    let ip_b = pod_ip(&node.add("c-pair-b", &b));
+    assert!(support::ping_from(&a.path(), ip_b, 5), "{ip_a} -> {ip_b}");
+    assert!(support::ping_from(&b.path(), ip_a, 5), "{ip_b} -> {ip_a}");
+}
