@@ -370,11 +370,36 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
             problems.push(format!("route {dst}{via} dev {ifname} is missing"));
         }
     }
+    // The node side is not in the result, but without it the pod is unreachable (spec:
+    // "should return an error if it is aware of a condition where the container is generally
+    // unreachable").
     let host = host_ifname(&args.container_id, ifname);
-    match with_netlink_host(async |h| link::get_link(&h, &host).await)? {
+    let (host_link, node_routes) = with_netlink_host(async |h| {
+        let l = link::get_link(&h, &host).await?;
+        Ok((l, link::main_routes(&h).await?))
+    })?;
+    match &host_link {
         None => problems.push(format!("host interface {host} does not exist")),
-        Some(l) if !l.up => problems.push(format!("host interface {host} is down")),
-        Some(_) => {}
+        Some(l) => {
+            if !l.up {
+                problems.push(format!("host interface {host} is down"));
+            }
+            for ip in &pool_ips {
+                let dst = Ipv4Net::new(*ip, 32).expect("32 is a valid IPv4 prefix");
+                if !node_routes
+                    .iter()
+                    .any(|r| r.dst == dst && r.oif == Some(l.index))
+                {
+                    problems.push(format!("node route {dst} dev {host} is missing"));
+                }
+            }
+            for key in ["proxy_arp", "forwarding"] {
+                let path = format!("/proc/sys/net/ipv4/conf/{host}/{key}");
+                if !std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+                    problems.push(format!("{path} is not 1"));
+                }
+            }
+        }
     }
     if problems.is_empty() {
         Ok(())

@@ -4,9 +4,10 @@
 
 Usage: cni_driver.py PLUGIN NETNS_PATH STATE_DIR
 
-Runs, in the current network namespace (the "node"): VERSION, ADD, CHECK with prevResult,
-DEL with prevResult, DEL again (must be idempotent), and an ADD with an unsupported
-cniVersion (must be error code 1). Validates each reply's shape. Prints one JSON line
+Runs, in the current network namespace (the "node"): VERSION, STATUS (1.1), ADD, CHECK with
+prevResult, GC (1.1) listing the attachment as valid (must keep it: CHECK again), DEL with
+prevResult, DEL again (must be idempotent), CHECK after DEL (must fail), and an ADD with an
+unsupported cniVersion (must be error code 1). Validates each reply's shape. Prints one JSON line
 {"ok": true, "steps": [...]} on success; exits non-zero with the reason otherwise.
 """
 
@@ -95,6 +96,12 @@ def main():
         fail("VERSION", f"exit {code}, reply {v}")
     steps.append("VERSION")
 
+    v11 = dict(conf, cniVersion="1.1.0")
+    code, out = call(plugin, "STATUS", v11, netns, "STATUS")
+    if code != 0 or out is not None:
+        fail("STATUS", f"exit {code}, output {out}")
+    steps.append("STATUS")
+
     code, res = call(plugin, "ADD", conf, netns, "ADD")
     if code != 0:
         fail("ADD", f"exit {code}: {res}")
@@ -106,6 +113,15 @@ def main():
     if code != 0 or out is not None:
         fail("CHECK", f"exit {code}, output {out}")
     steps.append("CHECK")
+
+    valid = [{"containerID": CONTAINER_ID, "ifname": IFNAME}]
+    code, out = call(plugin, "GC", dict(v11, **{"cni.dev/valid-attachments": valid}), netns, "GC")
+    if code != 0 or out is not None:
+        fail("GC", f"exit {code}, output {out}")
+    code, out = call(plugin, "CHECK", with_prev, netns, "CHECK after GC")
+    if code != 0:
+        fail("CHECK after GC", f"GC removed a valid attachment: exit {code}: {out}")
+    steps.append("GC keeps the valid attachment")
 
     code, out = call(plugin, "DEL", with_prev, netns, "DEL")
     if code != 0 or out is not None:

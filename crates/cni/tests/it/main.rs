@@ -268,6 +268,46 @@ fn check_passes_then_fails_once_the_address_is_gone() {
             .as_str()
             .is_some_and(|d| d.contains(&ip.to_string()))
     );
+    // The node side counts too: a missing node route or proxy ARP is a failed CHECK.
+    pod.ip(&["address", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    pod.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    node.run("CHECK", &conf, Some(("c-check", &pod.path())))
+        .ok();
+    let host = cni::host_ifname("c-check", "eth0");
+    node.ns
+        .ip(&["route", "del", &format!("{ip}/32"), "dev", &host]);
+    node.ns.exec(&[
+        "sh",
+        "-c",
+        &format!("echo 0 > /proc/sys/net/ipv4/conf/{host}/proxy_arp"),
+    ]);
+    let reply = node.run("CHECK", &conf, Some(("c-check", &pod.path())));
+    assert_eq!(reply.err_code(), u64::from(cni::error::CODE_CHECK_FAILED));
+    let details = reply.json()["details"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        details.contains("node route") && details.contains("proxy_arp"),
+        "{details}"
+    );
     // CHECK without prevResult is a config error.
     let reply = node.run("CHECK", &node.conf(), Some(("c-check", &pod.path())));
     assert_eq!(reply.err_code(), 7);
