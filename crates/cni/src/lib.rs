@@ -1,5 +1,5 @@
 //! trellis's CNI plugin (spec 1.0, plus 1.1's STATUS and GC): pod veths, IPAM from the node's
-//! pod CIDR, routes. The binary `trellis-cni` is a thin shell over [`execute`].
+//! pod CIDR, routes. The binary `trellis-cni` is a thin shell over [`plugin_main`].
 //!
 //! Addressing is Calico's, with no bridge in the node: the pod's interface gets `IP/32`, a
 //! `169.254.1.1 dev eth0 scope link` route and a default route via 169.254.1.1; the host end
@@ -27,8 +27,8 @@
 //! /[`conf::POOL_PREFIX_LEN_MIN`] and /[`conf::POOL_PREFIX_LEN_MAX`]; interface names ≤
 //! [`conf::IFNAME_LEN_MAX`]; IPAM lock wait ≤ [`ipam::LOCK_WAIT_MS_MAX`] ms.
 //!
-//! Public entry points: [`plugin_main`] (the whole process), [`execute`] (one invocation,
-//! I/O-free apart from the kernel and the state dir), and [`add`], [`del`], [`check`],
+//! Public entry points: [`plugin_main`] (the whole process), [`execute`] (one invocation
+//! with the environment, stdin and stdout passed in rather than taken from the process), and [`add`], [`del`], [`check`],
 //! [`status`], [`gc`] on a parsed [`NetConf`] and [`CmdArgs`].
 //!
 //! Not here: the eBPF datapath. [`attach_datapath`] is the one seam where it plugs in.
@@ -278,9 +278,9 @@ pub fn del(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
 }
 
 /// CHECK: the container interface exists in the namespace, up, with every address of
-/// `prevResult` on it and the routes this plugin created (those listed in `prevResult`); the
-/// host end exists and is up; IPAM still holds the address. Every mismatch is reported at
-/// once (code 101).
+/// `prevResult` on it and the routes this plugin created (those listed in `prevResult`); IPAM
+/// still holds the address; the host end exists and is up, with its node route, `proxy_arp`
+/// and `forwarding`. Every mismatch is reported at once (code 101).
 pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
     let prev = conf.prev_result()?.ok_or_else(|| Error::InvalidConfig {
         problems: vec!["prevResult: CHECK needs the result of ADD".into()],
