@@ -592,3 +592,48 @@ fn add_del_cycles_leak_nothing() {
     assert!(held.is_empty(), "left in IPAM: {held:?}");
     assert!(!node.links().contains("lxc"), "{}", node.links());
 }
+
+/// Chaining: the reference `portmap` plugin maps a node port to our pod, and a TCP
+/// connection to the node's port reaches a server inside the pod.
+#[test]
+fn portmap_plugin_chains_after_us_and_traffic_flows() {
+    let portmap = "/usr/lib/cni/portmap";
+    assert!(
+        std::path::Path::new(portmap).exists(),
+        "{portmap} missing: install Debian's containernetworking-plugins"
+    );
+    let node = Node::new();
+    let pod = Netns::new();
+    let r = node.add("c-pm", &pod);
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "trellis",
+        "type": "portmap",
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": r,
+    });
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.ns.name, portmap])
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "c-pm")
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni");
+    let out = run_with_stdin(cmd, conf.to_string().as_bytes()).ok();
+    assert_eq!(out["ips"], r["ips"], "portmap must pass our result through");
+    let server = support::serve_once(&pod.path(), 80, "hello from the pod");
+    let got = support::in_netns(&node.ns.path(), || {
+        use std::io::Read;
+        let addr = std::net::SocketAddr::from((NODE_IP, 8080));
+        let mut conn =
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+                .expect("connect to the node port");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("read timeout");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("read");
+        text
+    });
+    server.join().expect("server thread");
+    assert_eq!(got, "hello from the pod");
+}

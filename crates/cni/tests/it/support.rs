@@ -345,3 +345,45 @@ fn checksum(bytes: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// Runs `f` on a thread that has joined the network namespace at `netns`.
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> T {
+    let ns = File::open(netns).expect("open netns");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    })
+}
+
+/// A TCP server inside `netns` on `port` that answers one connection with `greeting`.
+/// Returns once it is listening; the server thread ends after that one connection or 10 s.
+pub fn serve_once(netns: &Path, port: u16, greeting: &'static str) -> std::thread::JoinHandle<()> {
+    let ns = File::open(netns).expect("open netns");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port)).expect("bind in pod");
+        listener.set_nonblocking(true).expect("nonblocking");
+        ready_tx.send(()).expect("ready");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    use std::io::Write;
+                    let _ = conn.write_all(greeting.as_bytes());
+                    return;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    });
+    ready_rx.recv().expect("server ready");
+    handle
+}
