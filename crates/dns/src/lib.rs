@@ -11,6 +11,8 @@
 //!
 //! - [`forward`]: everything else goes to upstream servers, through a cache.
 //!
+//! - [`record`]: one [`record::QueryRecord`] per answered query for an observer (flows).
+//!
 //! - [`sync`]: record sync planning with ExternalDNS's semantics (desired records, TXT registry, plan).
 //!
 //! Not here yet: sync providers.
@@ -18,6 +20,7 @@
 pub mod answer;
 pub mod forward;
 pub mod metrics;
+pub mod record;
 pub mod server;
 pub mod sync;
 pub mod views;

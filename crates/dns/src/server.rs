@@ -51,6 +51,8 @@ pub struct Ops {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// One line per query on stdout, in the shape of CoreDNS's `log` plugin.
     pub query_log: bool,
+    /// Told about every answered query (the binary makes flows of them), if anyone.
+    pub observer: Option<crate::record::Observer>,
 }
 
 /// A parsed query, answered from the querier's view when the view holds its name.
@@ -60,8 +62,11 @@ struct Pending {
     rewritten: Option<Message>,
     view: String,
     started: std::time::Instant,
+    started_at: std::time::SystemTime,
     /// The answer from the view; `None` when the name is for the forwarder.
     local: Option<Message>,
+    /// Whether `local` was set (it is taken before the response is finished).
+    answered_locally: bool,
 }
 
 impl Pending {
@@ -100,8 +105,61 @@ fn prepare(
         original,
         rewritten,
         started,
+        started_at: std::time::SystemTime::now(),
+        answered_locally: local.is_some(),
         local,
     })
+}
+
+/// The record of one answered query, for an observer.
+fn record(
+    p: &Pending,
+    resp: &Message,
+    peer: SocketAddr,
+    server: SocketAddr,
+    transport: &'static str,
+) -> crate::record::QueryRecord {
+    use hickory_proto::rr::RData;
+    let mut ips = Vec::new();
+    let mut cnames = Vec::new();
+    for r in &resp.answers {
+        match &r.data {
+            RData::A(a) => ips.push(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => ips.push(std::net::IpAddr::V6(a.0)),
+            RData::CNAME(c) => cnames.push(c.0.to_ascii()),
+            _ => {}
+        }
+    }
+    crate::record::QueryRecord {
+        started: p.started_at,
+        latency: p.started.elapsed(),
+        client: peer,
+        server,
+        transport,
+        view: p.view.clone(),
+        query: p
+            .original
+            .queries
+            .first()
+            .map(|q| q.name().to_ascii())
+            .unwrap_or_default(),
+        qtypes: p
+            .original
+            .queries
+            .iter()
+            .map(|q| q.query_type().to_string())
+            .collect(),
+        rcode: u16::from(resp.metadata.response_code),
+        ips,
+        cnames,
+        rrtypes: resp
+            .answers
+            .iter()
+            .map(|r| r.record_type().to_string())
+            .collect(),
+        ttl: resp.answers.iter().map(|r| r.ttl).min().unwrap_or(0),
+        forwarded: !p.answered_locally,
+    }
 }
 
 /// Puts the client's own name back, counts, logs and encodes the response.
@@ -111,6 +169,7 @@ fn finish(
     ops: &Ops,
     packet_len: usize,
     peer: SocketAddr,
+    server: SocketAddr,
     t: Transport,
 ) -> Option<Vec<u8>> {
     if let (Some(rw), Some(q)) = (&p.rewritten, p.original.queries.first()) {
@@ -150,6 +209,9 @@ fn finish(
         m.request_duration
             .observe(p.started.elapsed().as_secs_f64());
     }
+    if let Some(o) = &ops.observer {
+        o.0.query(record(p, &resp, peer, server, proto));
+    }
     let out = encode(resp, &p.original, t);
     if ops.query_log {
         let qname = p
@@ -176,6 +238,7 @@ async fn reply(
     ops: &Ops,
     packet: &[u8],
     peer: SocketAddr,
+    server: SocketAddr,
     t: Transport,
 ) -> Option<Vec<u8>> {
     let mut p = match prepare(views, fwd.is_some(), packet, peer) {
@@ -187,7 +250,7 @@ async fn reply(
         (None, Some(f)) => f.resolve(p.req()).await,
         (None, None) => return None,
     };
-    finish(&p, resp, ops, packet.len(), peer, t)
+    finish(&p, resp, ops, packet.len(), peer, server, t)
 }
 
 /// Binds UDP and TCP on `addr` (the same port for both; port 0 picks one for UDP and uses
@@ -228,7 +291,7 @@ pub async fn start_with(
                 Err(None) => {}
                 Ok(mut p) => match (p.local.take(), &f) {
                     (Some(r), _) => {
-                        if let Some(out) = finish(&p, r, &o, n, peer, Transport::Udp) {
+                        if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp) {
                             let _ = udp.send_to(&out, peer).await;
                         }
                     }
@@ -236,7 +299,7 @@ pub async fn start_with(
                         let (fwd, o, udp) = (fwd.clone(), o.clone(), udp.clone());
                         tokio::spawn(async move {
                             let r = fwd.resolve(p.req()).await;
-                            if let Some(out) = finish(&p, r, &o, n, peer, Transport::Udp) {
+                            if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp) {
                                 let _ = udp.send_to(&out, peer).await;
                             }
                         });
@@ -265,7 +328,7 @@ pub async fn start_with(
                     if stream.read_exact(&mut msg).await.is_err() {
                         return;
                     }
-                    let Some(out) = reply(&z, f.as_ref(), &o, &msg, peer, Transport::Tcp).await
+                    let Some(out) = reply(&z, f.as_ref(), &o, &msg, peer, tcp_addr, Transport::Tcp).await
                     else {
                         return;
                     };

@@ -5,6 +5,7 @@
 //!   swaps a new plan in atomically.
 //! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
 //! - [`admin`]: `/healthz`, `/status`, `/metrics`.
+//! - [`record`]: one [`record::RequestRecord`] per request for an observer (flows).
 //!
 //! Not here yet: TLS listeners (HTTPS, passthrough), TCP/UDP routes, GRPCRoute, Envoy Gateway
 //! policies (compression, retries, Lua, ext-auth), access logs. They are reported as
@@ -17,6 +18,7 @@ pub mod lua;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;
+pub mod record;
 pub mod sni;
 pub mod tls;
 

@@ -60,6 +60,8 @@ pub struct Bind {
     pub port_map: BTreeMap<u16, u16>,
     /// Where access log lines go (one JSON object per request), if anywhere.
     pub access_log: Option<AccessLog>,
+    /// Who is told about every HTTP request (the binary makes flows of them), if anyone.
+    pub observer: Option<crate::record::Observer>,
 }
 
 /// Access log lines queued for a writer thread, so that a slow stdout never slows requests;
@@ -94,6 +96,7 @@ struct State {
     client_h2: Client<HttpConnector, Body>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
+    observer: Option<crate::record::Observer>,
     next: AtomicU64,
     /// Watches every connection so that a drain can close idle keep-alives and wait for
     /// requests in flight. Taken out when draining.
@@ -148,6 +151,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         client_h2,
         metrics,
         access_log: bind.access_log.clone(),
+        observer: bind.observer.clone(),
         next: AtomicU64::new(0),
         graceful: std::sync::Mutex::new(
             Some(hyper_util::server::graceful::GracefulShutdown::new()),
@@ -530,6 +534,59 @@ async fn handle(
     scheme: &'static str,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let Some(observer) = &state.observer else {
+        return handle_inner(state, port, peer, scheme, req).await;
+    };
+    // Observed: keep what the record needs before the request is consumed.
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    let method = req.method().clone();
+    let version = req.version();
+    let host = request_host(&req);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let resp = handle_inner(state, port, peer, scheme, req).await;
+    let seen = resp.extensions().get::<crate::record::Seen>();
+    let record = crate::record::RequestRecord {
+        started: started_at,
+        latency: started.elapsed(),
+        method: &method,
+        version,
+        scheme,
+        host: &host,
+        path_and_query: &target,
+        status: resp.status().as_u16(),
+        client: seen.and_then(|s| s.client).unwrap_or(peer),
+        peer,
+        listener_port: port,
+        route: seen.and_then(|s| s.action.as_deref()).map(|a| a.route.as_str()),
+        backend: seen.and_then(|s| s.backend.as_deref()).map(|b| b.name.as_str()),
+        upstream: seen.and_then(|s| s.upstream),
+    };
+    observer.0.request(&record);
+    resp
+}
+
+/// Notes the route and client of an observed request on its response.
+fn seen(state: &State, resp: &mut Response<Body>, action: &Arc<Action>, client: SocketAddr) {
+    if state.observer.is_some() {
+        let s = resp
+            .extensions_mut()
+            .get_or_insert_default::<crate::record::Seen>();
+        s.action = Some(action.clone());
+        s.client = Some(client);
+    }
+}
+
+async fn handle_inner(
+    state: &State,
+    port: u16,
+    peer: SocketAddr,
+    scheme: &'static str,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let router = state
         .ports
@@ -568,10 +625,11 @@ async fn handle(
         Some(auth) => {
             match check_ext_auth(state, auth, req, &path, query.as_deref(), scheme, client).await {
                 Ok(r) => r,
-                Err(reply) => {
+                Err(mut reply) => {
                     state
                         .metrics
                         .observe(counters, reply.status().as_u16(), started.elapsed());
+                    seen(state, &mut reply, &action, client);
                     return reply;
                 }
             }
@@ -581,10 +639,11 @@ async fn handle(
     let (req, path, query) = if action.lua.iter().any(|f| f.has_request()) {
         match lua_request(state, &action, req, &path, query.as_deref(), scheme, client) {
             Ok(x) => x,
-            Err(reply) => {
+            Err(mut reply) => {
                 state
                     .metrics
                     .observe(counters, reply.status().as_u16(), started.elapsed());
+                seen(state, &mut reply, &action, client);
                 return reply;
             }
         }
@@ -622,6 +681,7 @@ async fn handle(
     state
         .metrics
         .observe(counters, resp.status().as_u16(), started.elapsed());
+    seen(state, &mut resp, &action, client);
     resp
 }
 
@@ -1080,6 +1140,11 @@ async fn respond(
     match result {
         Ok(mut resp) => {
             strip_hop_by_hop(resp.headers_mut());
+            if state.observer.is_some() {
+                resp.extensions_mut()
+                    .get_or_insert_default::<crate::record::Seen>()
+                    .backend = Some(backend.clone());
+            }
             match encoding {
                 Some(e) if crate::compress::compressible(&method, &resp) => {
                     state.metrics.compressed.inc();
@@ -1187,6 +1252,12 @@ async fn forward(
                     && replayable
                     && retries_left > 0;
                 if !retriable {
+                    let mut resp = resp;
+                    if state.observer.is_some() {
+                        resp.extensions_mut()
+                            .get_or_insert_default::<crate::record::Seen>()
+                            .upstream = Some(ep.addr);
+                    }
                     return Ok(resp);
                 }
                 retries_left -= 1;

@@ -1,0 +1,74 @@
+//! What the gateway tells an observer about each HTTP request it answered: one
+//! [`RequestRecord`] per request, handed to the [`RequestObserver`] of the [`crate::Bind`].
+//!
+//! The gateway does not know what a flow is (engines do not depend on each other); the binary
+//! turns records into flows. The record borrows from the request, so observing costs the
+//! gateway nothing it would not compute anyway, and nothing at all when no observer is set.
+//! The observer runs on the request's task: it must not block (queue, count, return).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::plan::{Action, Backend};
+
+/// One request, after its response headers.
+#[derive(Debug)]
+pub struct RequestRecord<'a> {
+    /// When the request headers were read.
+    pub started: SystemTime,
+    /// From request headers to response headers.
+    pub latency: Duration,
+    pub method: &'a http::Method,
+    pub version: http::Version,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The request host, lower case, without port.
+    pub host: &'a str,
+    /// Path and query as the client sent them.
+    pub path_and_query: &'a str,
+    pub status: u16,
+    /// The client after X-Forwarded-For handling (the ClientTrafficPolicy's trusted hops).
+    pub client: SocketAddr,
+    /// The connection's peer (the client, or the last proxy in front of the gateway).
+    pub peer: SocketAddr,
+    /// The Gateway listener port the request came in on.
+    pub listener_port: u16,
+    /// `namespace/name` of the route that matched; `None` when none did.
+    pub route: Option<&'a str>,
+    /// `namespace/name:port` of the backend picked; `None` when nothing was forwarded.
+    pub backend: Option<&'a str>,
+    /// The endpoint that answered; `None` when the gateway answered itself.
+    pub upstream: Option<SocketAddr>,
+}
+
+/// Receives a record per request.
+pub trait RequestObserver: Send + Sync {
+    fn request(&self, record: &RequestRecord<'_>);
+}
+
+impl<F: Fn(&RequestRecord<'_>) + Send + Sync> RequestObserver for F {
+    fn request(&self, record: &RequestRecord<'_>) {
+        self(record)
+    }
+}
+
+/// A shareable observer, for [`crate::Bind`].
+#[derive(Clone)]
+pub struct Observer(pub Arc<dyn RequestObserver>);
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observer")
+    }
+}
+
+/// What the request's handling learned, carried to the end in the response's extensions
+/// (set only when an observer is present).
+#[derive(Clone, Default)]
+pub(crate) struct Seen {
+    pub action: Option<Arc<Action>>,
+    pub client: Option<SocketAddr>,
+    pub backend: Option<Arc<Backend>>,
+    pub upstream: Option<SocketAddr>,
+}
