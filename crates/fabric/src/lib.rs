@@ -1,1 +1,19 @@
-//! The node agent: Services and endpoints compiled to datapath map contents, Maglev tables.
+//! The node agent's pure core: Services and their endpoints compiled to what the datapath
+//! programs, and the Maglev tables behind external traffic.
+//!
+//! - [`maglev`]: Maglev lookup tables (Cilium's table sizes, a seeded stable hash).
+//! - [`plan`]: `compile(&Snapshot, &FabricConfig, assignments) -> ServicePlan`, a sorted map of
+//!   frontends (address, port, protocol) to backends, and the diff between two plans.
+//! - [`assign`]: cluster IPs and node ports for Services whose manifests leave them out, kept
+//!   stable across calls.
+//!
+//! Nothing here touches the kernel: the plan is plain data (`Ipv4Addr`, `u16`, protocol
+//! numbers, `u32` table entries), and turning it into BPF map entries is `datapath`'s job.
+
+pub mod assign;
+pub mod maglev;
+pub mod plan;
+
+pub use assign::{Assignments, assign};
+pub use maglev::{MaglevBackend, MaglevError, maglev_table};
+pub use plan::{FabricConfig, ServicePlan, compile};
