@@ -107,6 +107,8 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/lib/cni/bandwidth", "containernetworking-plugins"),
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/sbin/sysctl", "procps"),
+    ("/usr/sbin/iptables", "iptables"),
+    ("/usr/bin/nsenter", "util-linux"),
 ];
 
 /// Installs the Debian packages whose probe file is missing.

@@ -31,7 +31,7 @@
 //! with the environment, stdin and stdout passed in rather than taken from the process), and [`add`], [`del`], [`check`],
 //! [`status`], [`gc`] on a parsed [`NetConf`] and [`CmdArgs`].
 //!
-//! Not here: the eBPF datapath. [`attach_datapath`] is the one seam where it plugs in.
+//! Not here: the eBPF datapath. [`attach_datapath`] attaches the programs the node agent pinned.
 
 pub mod conf;
 pub mod error;
@@ -65,20 +65,18 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
     format!("lxc{:011x}", hash >> 20)
 }
 
-/// Hooks the host end of a new pod veth into trellis's eBPF datapath.
-///
-/// Seam for the datapath crate: when the config names a datapath, the real call is
-/// `datapath::attach_endpoint(pin_dir, host_ifname)`, its error mapped to
-/// [`Error::Datapath`] (code 102; ADD then rolls back). Until it is wired, this only logs.
+/// Hooks the host end of a new pod veth into trellis's eBPF datapath: the node agent has
+/// loaded and pinned the programs under `datapath.pinDir`; this attaches them (tc ingress and
+/// egress) to the veth. Without a `datapath` section the pod gets plain routing only.
 pub fn attach_datapath(conf: &NetConf, host_ifname: &str) -> Result<(), Error> {
-    if let Some(dp) = &conf.datapath {
-        tracing::debug!(
-            iface = host_ifname,
-            pin_dir = %dp.pin_dir.display(),
-            "attaching is done by the datapath crate"
-        );
-    }
-    Ok(())
+    let Some(dp) = &conf.datapath else {
+        return Ok(());
+    };
+    datapath::attach_endpoint(&dp.pin_dir, host_ifname).map_err(|e| Error::Datapath {
+        iface: host_ifname.to_string(),
+        pin_dir: dp.pin_dir.display().to_string(),
+        why: e.to_string(),
+    })
 }
 
 fn open_netns(args: &CmdArgs) -> Result<File, Error> {

@@ -136,7 +136,9 @@ fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {
 fn attach(pin_dir: &Path, iface: &str, hook: TcAttachType, name: &str) -> Result<(), Error> {
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         let text = e.to_string();
-        if !text.contains("exists") && !text.contains("File exists") {
+        // EEXIST (the kernel's text for it here: "Exclusivity flag on, cannot modify"): a
+        // clsact qdisc is already there, which is what we want.
+        if !text.contains("exists") && !text.contains("Exclusivity flag on") {
             return Err(Error::Attach { iface: iface.into(), what: "adding clsact", detail: text });
         }
     }

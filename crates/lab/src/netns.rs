@@ -79,10 +79,12 @@ pub fn list(prefix: &str) -> Vec<String> {
     out
 }
 
-/// A command that runs `program` inside the namespace.
+/// A command that runs `program` inside the namespace. `nsenter --net` switches only the
+/// network namespace: `ip netns exec` would also remount /sys, hiding the bpffs at
+/// /sys/fs/bpf where the agents pin the datapath (bpffs mounts do not share pins).
 pub fn command_in(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={NETNS_DIR}/{ns}")).arg(program);
     c
 }
 

@@ -152,8 +152,11 @@ impl Node {
     }
 
     pub fn run_env(&self, env: &[(&str, String)], stdin: &[u8]) -> Reply {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.ns.name, PLUGIN])
+        // nsenter switches only the network namespace; `ip netns exec` would also remount /sys
+        // and hide the bpffs the datapath's pins live on (as a container runtime would not).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.ns.name))
+            .arg(PLUGIN)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default());
         for (k, v) in env {
