@@ -17,3 +17,35 @@ pub mod plan;
 pub use assign::{Assignments, assign};
 pub use maglev::{MaglevBackend, MaglevError, maglev_table};
 pub use plan::{FabricConfig, ServicePlan, compile};
+
+/// Snapshots from YAML text for the unit tests, read the way `store` reads a file.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use model::snapshot::{RawObject, Snapshot};
+    use model::yaml::{PosIndex, parse_documents};
+
+    pub fn snapshot(text: &str) -> Snapshot {
+        let raws = parse_documents(text)
+            .expect("fixture YAML parses")
+            .into_iter()
+            .map(|d| {
+                let mut index = PosIndex::default();
+                let value = d.to_json(&mut index);
+                RawObject {
+                    value,
+                    source: model::Source {
+                        file: Arc::new("fixture.yaml".into()),
+                        pos: d.pos,
+                        index: Arc::new(index),
+                    },
+                    default_namespace: Some("apps".into()),
+                }
+            })
+            .collect();
+        let s = Snapshot::build(raws, Vec::new());
+        assert!(!s.has_errors(), "fixture loads: {:?}", s.diagnostics);
+        s
+    }
+}

@@ -274,6 +274,56 @@ impl ServicePlan {
     }
 }
 
+/// One line per frontend, sorted, for `trellis explain` and tests:
+/// `10.96.0.20:80/TCP ClusterIP apps/web:http -> 10.69.1.10:8080 (n1, local)`.
+impl fmt::Display for ServicePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (key, fe) in &self.frontends {
+            write!(f, "{key} {}", kind_name(fe.kind))?;
+            if let Some(n) = &fe.node {
+                write!(f, "@{n}")?;
+            }
+            write!(f, " {}/{}", fe.namespace, fe.service)?;
+            if !fe.port_name.is_empty() {
+                write!(f, ":{}", fe.port_name)?;
+            }
+            if let Some(t) = fe.affinity_timeout_s {
+                write!(f, " affinity={t}s")?;
+            }
+            if fe.traffic_policy_local {
+                f.write_str(" policy=Local")?;
+            }
+            f.write_str(" ->")?;
+            if fe.backends.is_empty() {
+                f.write_str(" (none: refuse)")?;
+            }
+            for (i, b) in fe.backends.iter().enumerate() {
+                let sep = if i == 0 { " " } else { ", " };
+                write!(f, "{sep}{}:{}", b.ip, b.port)?;
+                match (&b.node, b.is_local) {
+                    (Some(n), true) => write!(f, " ({n}, local)")?,
+                    (Some(n), false) => write!(f, " ({n})")?,
+                    (None, _) => {}
+                }
+            }
+            if !fe.maglev.is_empty() {
+                write!(f, " maglev={}", fe.maglev.len())?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+fn kind_name(kind: FrontendKind) -> &'static str {
+    match kind {
+        FrontendKind::ClusterIp => "ClusterIP",
+        FrontendKind::NodePort => "NodePort",
+        FrontendKind::LoadBalancer => "LoadBalancer",
+        FrontendKind::ExternalIp => "ExternalIP",
+    }
+}
+
 /// A Service's type, `ClusterIP` when unset.
 pub(crate) fn service_type(spec: &ServiceSpec) -> &str {
     spec.type_.as_deref().unwrap_or("ClusterIP")
@@ -469,18 +519,20 @@ fn compile_service(
             ));
             continue;
         };
-        let endpoints = match model::endpoints::service_endpoints(snapshot, ns, name, sp.port) {
-            Ok(e) => e,
-            Err(e) => {
-                plan.problem(Problem::new(
-                    ns,
-                    name,
-                    format!("spec.ports[{i}]"),
-                    e.to_string(),
-                ));
-                continue;
-            }
-        };
+        let endpoints =
+            match model::endpoints::service_port_endpoints(snapshot, ns, name, sp.port, proto_name)
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    plan.problem(Problem::new(
+                        ns,
+                        name,
+                        format!("spec.ports[{i}]"),
+                        e.to_string(),
+                    ));
+                    continue;
+                }
+            };
         let mut backends: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
         for e in endpoints {
             let IpAddr::V4(ip) = e.ip else { continue };
@@ -779,4 +831,376 @@ fn lb_addresses(
         ));
     }
     ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::snapshot;
+
+    /// Three web pods (one not ready) on two nodes, each container port named `http`.
+    const PODS: &str = "
+apiVersion: v1
+kind: Pod
+metadata: {name: web-a, labels: {app: web}}
+spec: {nodeName: n1, containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.69.1.10, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-b, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.69.2.10, conditions: [{type: Ready, status: 'True'}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-c, labels: {app: web}}
+spec: {nodeName: n2, containers: [{name: c, image: x, ports: [{name: http, containerPort: 8080}]}]}
+status: {podIP: 10.69.2.11, conditions: [{type: Ready, status: 'False'}]}
+";
+
+    fn cfg() -> FabricConfig {
+        FabricConfig::new(
+            "n1",
+            [
+                ("n1".to_string(), Ipv4Addr::new(10, 10, 30, 11)),
+                ("n2".to_string(), Ipv4Addr::new(10, 10, 30, 12)),
+            ]
+            .into(),
+        )
+    }
+
+    fn plan(services: &str) -> ServicePlan {
+        compile(&snapshot(&format!("{PODS}---\n{services}")), &cfg(), None)
+    }
+
+    #[test]
+    fn cluster_ip_with_a_named_target_port() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "10.96.0.20:80/TCP ClusterIP apps/web:http -> 10.69.1.10:8080 (n1, local), \
+             10.69.2.10:8080 (n2)\n"
+        );
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        let fe = p.frontends.values().next().expect("one frontend");
+        assert_eq!(fe.scope, Scope::Internal);
+        assert!(
+            fe.maglev.is_empty(),
+            "in-cluster traffic is not balanced by Maglev"
+        );
+    }
+
+    #[test]
+    fn node_port_on_every_node_with_external_traffic_policy_local() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.21
+  externalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "\
+10.10.30.11:30080/TCP NodePort@n1 apps/web policy=Local -> 10.69.1.10:8080 (n1, local) maglev=16381
+10.10.30.12:30080/TCP NodePort@n2 apps/web policy=Local -> 10.69.2.10:8080 (n2) maglev=16381
+10.96.0.21:80/TCP ClusterIP apps/web -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2)
+"
+        );
+        let fe = &p.frontends[&FrontendKey {
+            ip: Ipv4Addr::new(10, 10, 30, 11),
+            port: 30080,
+            protocol: PROTO_TCP,
+        }];
+        assert_eq!(fe.scope, Scope::External);
+        assert!(
+            fe.maglev.iter().all(|&i| i == 0),
+            "one local backend takes every slot"
+        );
+    }
+
+    #[test]
+    fn load_balancer_from_the_lbipam_annotation_with_client_ip_affinity() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: web, annotations: {lbipam.cilium.io/ips: '10.10.30.26, 10.10.30.27'}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.22
+  loadBalancerIP: 10.10.30.99
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30081}]
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "\
+10.10.30.11:30081/TCP NodePort@n1 apps/web:http affinity=600s -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2) maglev=16381
+10.10.30.12:30081/TCP NodePort@n2 apps/web:http affinity=600s -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2) maglev=16381
+10.10.30.26:80/TCP LoadBalancer apps/web:http affinity=600s -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2) maglev=16381
+10.10.30.27:80/TCP LoadBalancer apps/web:http affinity=600s -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2) maglev=16381
+10.96.0.22:80/TCP ClusterIP apps/web:http affinity=600s -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2)
+"
+        );
+        // Frontends with the same backends share one table.
+        let tables: Vec<_> = p
+            .frontends
+            .values()
+            .filter(|f| !f.maglev.is_empty())
+            .collect();
+        assert!(
+            tables
+                .windows(2)
+                .all(|w| Arc::ptr_eq(&w[0].maglev, &w[1].maglev))
+        );
+    }
+
+    #[test]
+    fn load_balancer_from_status_with_default_affinity_and_no_node_ports() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: web, annotations: {lbipam.cilium.io/ips: 10.10.30.26}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.23
+  allocateLoadBalancerNodePorts: false
+  externalTrafficPolicy: Local
+  sessionAffinity: ClientIP
+  externalIPs: [192.0.2.7]
+  selector: {app: web}
+  ports: [{port: 53, targetPort: 8080, protocol: UDP}]
+status:
+  loadBalancer: {ingress: [{ip: 10.10.30.40}]}
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "\
+10.10.30.40:53/UDP LoadBalancer apps/web affinity=10800s policy=Local -> 10.69.1.10:8080 (n1, local) maglev=16381
+10.96.0.23:53/UDP ClusterIP apps/web affinity=10800s -> 10.69.1.10:8080 (n1, local), 10.69.2.10:8080 (n2)
+192.0.2.7:53/UDP ExternalIP apps/web affinity=10800s policy=Local -> 10.69.1.10:8080 (n1, local) maglev=16381
+"
+        );
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_and_a_service_without_endpoints() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.24
+  internalTrafficPolicy: Local
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.25
+  selector: {app: nobody}
+  ports: [{port: 80, nodePort: 30090}]
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "\
+10.10.30.11:30090/TCP NodePort@n1 apps/nobody -> (none: refuse)
+10.10.30.12:30090/TCP NodePort@n2 apps/nobody -> (none: refuse)
+10.96.0.24:80/TCP ClusterIP apps/web policy=Local -> 10.69.1.10:8080 (n1, local)
+10.96.0.25:80/TCP ClusterIP apps/nobody -> (none: refuse)
+"
+        );
+    }
+
+    #[test]
+    fn endpoint_slices_exclude_not_ready_and_terminating_endpoints() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  clusterIP: 10.96.0.30
+  ports: [{name: pg, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-1, labels: {kubernetes.io/service-name: db}}
+addressType: IPv4
+ports: [{name: pg, port: 5433}]
+endpoints:
+  - {addresses: [10.69.1.20], nodeName: n1, conditions: {ready: true}}
+  - {addresses: [10.69.2.20], nodeName: n2}
+  - {addresses: [10.69.2.21], nodeName: n2, conditions: {ready: false}}
+  - {addresses: [10.69.2.22], nodeName: n2, conditions: {ready: false, serving: true, terminating: true}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: db-2, labels: {kubernetes.io/service-name: db}}
+addressType: IPv6
+ports: [{name: pg, port: 5433}]
+endpoints:
+  - {addresses: ['fd00::1'], nodeName: n1}
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "10.96.0.30:5432/TCP ClusterIP apps/db:pg -> 10.69.1.20:5433 (n1, local), \
+             10.69.2.20:5433 (n2)\n"
+        );
+    }
+
+    #[test]
+    fn skipped_kinds_and_reported_problems() {
+        let p = plan(
+            "
+apiVersion: v1
+kind: Service
+metadata: {name: headless}
+spec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext}
+spec: {type: ExternalName, externalName: example.org}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: pending}
+spec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: twin}
+spec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: twin2}
+spec: {clusterIP: 10.96.0.40, ports: [{port: 80}]}
+",
+        );
+        assert_eq!(
+            p.to_string(),
+            "10.96.0.40:80/TCP ClusterIP apps/twin -> (none: refuse)\n"
+        );
+        let problems: Vec<String> = p.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "service apps/pending: spec.clusterIP: no cluster IP in the manifest and none assigned",
+                "service apps/pending: status.loadBalancer: no LoadBalancer address yet (status, lbipam.cilium.io/ips or spec.loadBalancerIP)",
+                "service apps/pending: spec.ports[0].nodePort: no node port in the manifest and none assigned",
+                "service apps/twin2: spec.ports: frontend 10.96.0.40:80/TCP is already served by service apps/twin",
+            ]
+        );
+    }
+
+    #[test]
+    fn same_port_number_for_tcp_and_udp() {
+        let p = compile(
+            &snapshot(
+                "
+apiVersion: v1
+kind: Pod
+metadata: {name: coredns-a, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  nodeName: n2
+  containers:
+    - name: coredns
+      image: x
+      ports: [{name: dns, containerPort: 5353, protocol: UDP}, {name: dns-tcp, containerPort: 5354}]
+status: {podIP: 10.69.2.53}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {k8s-app: kube-dns}
+  ports:
+    - {name: dns, port: 53, protocol: UDP, targetPort: dns}
+    - {name: dns-tcp, port: 53, protocol: TCP, targetPort: dns-tcp}
+",
+            ),
+            &cfg(),
+            None,
+        );
+        assert_eq!(
+            p.to_string(),
+            "\
+10.96.0.10:53/TCP ClusterIP kube-system/kube-dns:dns-tcp -> 10.69.2.53:5354 (n2)
+10.96.0.10:53/UDP ClusterIP kube-system/kube-dns:dns -> 10.69.2.53:5353 (n2)
+"
+        );
+    }
+
+    #[test]
+    fn diff_lists_added_changed_and_removed_frontends() {
+        let svc = |name: &str, ip: &str, selector: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\n\
+                 spec: {{clusterIP: {ip}, selector: {{app: {selector}}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n"
+            )
+        };
+        let old = plan(&(svc("a", "10.96.0.1", "web") + &svc("b", "10.96.0.2", "web")));
+        let new = plan(&(svc("b", "10.96.0.2", "nobody") + &svc("c", "10.96.0.3", "web")));
+        let key = |last| FrontendKey {
+            ip: Ipv4Addr::new(10, 96, 0, last),
+            port: 80,
+            protocol: PROTO_TCP,
+        };
+        assert_eq!(
+            ServicePlan::diff(&old, &new),
+            PlanDiff {
+                added: vec![key(3)],
+                changed: vec![key(2)],
+                removed: vec![key(1)],
+            }
+        );
+        assert!(ServicePlan::diff(&new, &new).is_empty());
+        // Deterministic: compiling twice gives equal plans.
+        assert_eq!(
+            old,
+            plan(&(svc("a", "10.96.0.1", "web") + &svc("b", "10.96.0.2", "web")))
+        );
+    }
+
+    #[test]
+    fn a_bad_table_size_falls_back_to_the_default() {
+        let mut c = cfg();
+        c.maglev_m = 1000;
+        let p = compile(&snapshot(PODS), &c, None);
+        assert_eq!(p.maglev_m, maglev::M_DEFAULT);
+        assert_eq!(p.problems.len(), 1);
+    }
 }

@@ -37,12 +37,36 @@ pub enum EndpointsError {
     },
 }
 
-/// The endpoints behind port `port` of Service `namespace/name`, sorted.
+/// The endpoints behind port `port` of Service `namespace/name`, sorted. When the Service
+/// lists the port for several protocols, the first one's.
 pub fn service_endpoints(
     s: &Snapshot,
     namespace: &str,
     name: &str,
     port: i32,
+) -> Result<Vec<Endpoint>, EndpointsError> {
+    port_endpoints(s, namespace, name, port, None)
+}
+
+/// The endpoints behind port `port`/`protocol` (`TCP`, `UDP`, `SCTP`) of Service
+/// `namespace/name`, sorted: for Services such as cluster DNS that list one port number for
+/// two protocols, each with its own targetPort.
+pub fn service_port_endpoints(
+    s: &Snapshot,
+    namespace: &str,
+    name: &str,
+    port: i32,
+    protocol: &str,
+) -> Result<Vec<Endpoint>, EndpointsError> {
+    port_endpoints(s, namespace, name, port, Some(protocol))
+}
+
+fn port_endpoints(
+    s: &Snapshot,
+    namespace: &str,
+    name: &str,
+    port: i32,
+    protocol: Option<&str>,
 ) -> Result<Vec<Endpoint>, EndpointsError> {
     let svc = get(&s.services, namespace, name)
         .ok_or_else(|| EndpointsError::NoService(namespace.into(), name.into()))?;
@@ -50,7 +74,10 @@ pub fn service_endpoints(
     let ports = spec.ports.unwrap_or_default();
     let sp = ports
         .iter()
-        .find(|p| p.port == port)
+        .find(|p| {
+            p.port == port
+                && protocol.is_none_or(|want| p.protocol.as_deref().unwrap_or("TCP") == want)
+        })
         .ok_or_else(|| EndpointsError::NoPort {
             namespace: namespace.into(),
             name: name.into(),
