@@ -286,3 +286,249 @@ fn probe_port(key: &str, range: &RangeInclusive<u16>, free: impl Fn(u16) -> bool
         .filter_map(|i| u16::try_from(first + (start + i) % size).ok())
         .find(|&p| free(p))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{FabricConfig, compile};
+    use crate::testing::snapshot;
+
+    fn cidr() -> Ipv4Net {
+        "10.96.0.0/12".parse().expect("cidr")
+    }
+
+    fn svc(ns: &str, name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n---\n"
+        )
+    }
+
+    fn fixture() -> String {
+        [
+            svc("default", "kubernetes", "{ports: [{port: 443}]}"),
+            svc(
+                "kube-system",
+                "kube-dns",
+                "{ports: [{port: 53, protocol: UDP}, {port: 53}]}",
+            ),
+            svc("apps", "web", "{ports: [{port: 80}]}"),
+            svc(
+                "apps",
+                "fixed",
+                "{clusterIP: 10.96.0.50, ports: [{port: 80}]}",
+            ),
+            svc(
+                "apps",
+                "np",
+                "{type: NodePort, ports: [{port: 80}, {port: 81, nodePort: 30081}]}",
+            ),
+            svc(
+                "apps",
+                "lb",
+                "{type: LoadBalancer, allocateLoadBalancerNodePorts: false, ports: [{port: 80}]}",
+            ),
+            svc("apps", "headless", "{clusterIP: None, ports: [{port: 80}]}"),
+            svc(
+                "apps",
+                "ext",
+                "{type: ExternalName, externalName: example.org}",
+            ),
+        ]
+        .concat()
+    }
+
+    fn assigned(text: &str, previous: &Assignments) -> Assignments {
+        assign(&snapshot(text), previous, cidr(), NODE_PORT_RANGE_DEFAULT)
+    }
+
+    #[test]
+    fn well_known_addresses_go_to_their_owners_and_the_rest_is_unique() {
+        let a = assigned(&fixture(), &Assignments::default());
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        assert_eq!(
+            a.cluster_ip("default", "kubernetes"),
+            Some(Ipv4Addr::new(10, 96, 0, 1))
+        );
+        assert_eq!(
+            a.cluster_ip("kube-system", "kube-dns"),
+            Some(Ipv4Addr::new(10, 96, 0, 10))
+        );
+        assert_eq!(
+            a.cluster_ip("apps", "fixed"),
+            None,
+            "written in the manifest"
+        );
+        assert_eq!(a.cluster_ip("apps", "headless"), None);
+        assert_eq!(a.cluster_ip("apps", "ext"), None);
+        let ips: Vec<Ipv4Addr> = a.services.values().filter_map(|s| s.cluster_ip).collect();
+        assert_eq!(ips.len(), 5, "kubernetes, kube-dns, web, np, lb: {a:?}");
+        let unique: BTreeSet<_> = ips.iter().collect();
+        assert_eq!(unique.len(), ips.len());
+        assert!(ips.iter().all(|ip| cidr().contains(ip)));
+        assert!(!ips.contains(&Ipv4Addr::new(10, 96, 0, 50)));
+
+        let np = a.node_port("apps", "np", 80, "TCP").expect("assigned");
+        assert!(NODE_PORT_RANGE_DEFAULT.contains(&np) && np != 30081);
+        assert_eq!(
+            a.node_port("apps", "np", 81, "TCP"),
+            None,
+            "written in the manifest"
+        );
+        assert_eq!(
+            a.node_port("apps", "lb", 80, "TCP"),
+            None,
+            "allocateLoadBalancerNodePorts"
+        );
+    }
+
+    #[test]
+    fn assignments_are_stable_across_calls_and_persist() {
+        let a = assigned(&fixture(), &Assignments::default());
+        assert_eq!(assigned(&fixture(), &a), a);
+        // The same manifests without the previous state give the same values too.
+        assert_eq!(assigned(&fixture(), &Assignments::default()), a);
+
+        let json = serde_json::to_string(&a).expect("serializes");
+        let back: Assignments = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, a);
+        assert!(json.contains(r#""apps/np":{"cluster_ip":"#), "{json}");
+        assert!(json.contains(r#""node_ports":{"80/TCP":"#), "{json}");
+    }
+
+    #[test]
+    fn previous_assignments_are_kept_and_manifests_win() {
+        let a = assigned(&fixture(), &Assignments::default());
+        let web = a.cluster_ip("apps", "web").expect("assigned");
+        let np = a.node_port("apps", "np", 80, "TCP").expect("assigned");
+
+        // A previous state that differs from what hashing would pick is kept as it is.
+        let mut previous = a.clone();
+        let moved = Ipv4Addr::new(10, 96, 7, 7);
+        previous
+            .services
+            .get_mut("apps/web")
+            .expect("web")
+            .cluster_ip = Some(moved);
+        assert_eq!(
+            assigned(&fixture(), &previous).cluster_ip("apps", "web"),
+            Some(moved)
+        );
+
+        // A new Service whose manifest writes web's address and np's node port takes them;
+        // web and np get new values, and nothing is handed out twice.
+        let text = fixture()
+            + &svc(
+                "apps",
+                "claims",
+                &format!(
+                    "{{type: NodePort, clusterIP: {web}, ports: [{{port: 80, nodePort: {np}}}]}}"
+                ),
+            );
+        let b = assigned(&text, &a);
+        assert!(b.problems.is_empty(), "{:?}", b.problems);
+        let web2 = b.cluster_ip("apps", "web").expect("reassigned");
+        assert_ne!(web2, web);
+        assert_ne!(b.node_port("apps", "np", 80, "TCP"), Some(np));
+        assert_eq!(b.cluster_ip("apps", "np"), a.cluster_ip("apps", "np"));
+
+        // A Service that goes away frees its values.
+        let c = assigned(&svc("apps", "web", "{ports: [{port: 80}]}"), &b);
+        assert_eq!(c.services.keys().collect::<Vec<_>>(), ["apps/web"]);
+    }
+
+    #[test]
+    fn previous_values_outside_the_range_or_reserved_are_replaced() {
+        let mut previous = Assignments::default();
+        previous.services.insert(
+            "apps/web".into(),
+            ServiceAssignment {
+                cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 10)),
+                node_ports: BTreeMap::new(),
+            },
+        );
+        previous.services.insert(
+            "apps/np".into(),
+            ServiceAssignment {
+                cluster_ip: Some(Ipv4Addr::new(192, 168, 0, 1)),
+                node_ports: [("80/TCP".to_string(), 8080)].into(),
+            },
+        );
+        let a = assigned(&fixture(), &previous);
+        assert_ne!(
+            a.cluster_ip("apps", "web"),
+            Some(Ipv4Addr::new(10, 96, 0, 10))
+        );
+        assert_eq!(
+            a.cluster_ip("kube-system", "kube-dns"),
+            Some(Ipv4Addr::new(10, 96, 0, 10))
+        );
+        assert!(cidr().contains(&a.cluster_ip("apps", "np").expect("assigned")));
+        assert_ne!(a.node_port("apps", "np", 80, "TCP"), Some(8080));
+    }
+
+    #[test]
+    fn an_exhausted_range_is_a_problem_not_a_panic() {
+        let text = [
+            svc("apps", "a", "{type: NodePort, ports: [{port: 80}]}"),
+            svc("apps", "b", "{type: NodePort, ports: [{port: 80}]}"),
+            svc("apps", "c", "{type: NodePort, ports: [{port: 80}]}"),
+        ]
+        .concat();
+        // A /30 leaves one address: not the network, not .1 (kubernetes), not the broadcast.
+        // Two node ports for three Services.
+        let a = assign(
+            &snapshot(&text),
+            &Assignments::default(),
+            "10.96.0.0/30".parse().expect("cidr"),
+            30000..=30001,
+        );
+        let ips = a
+            .services
+            .values()
+            .filter(|s| s.cluster_ip.is_some())
+            .count();
+        let ports = a
+            .services
+            .values()
+            .map(|s| s.node_ports.len())
+            .sum::<usize>();
+        assert_eq!((ips, ports), (1, 2));
+        assert_eq!(a.problems.len(), 3, "{:?}", a.problems);
+    }
+
+    #[test]
+    fn compile_uses_the_assignments() {
+        let s = snapshot(&fixture());
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        let cfg = FabricConfig::new(
+            "n1",
+            [("n1".to_string(), Ipv4Addr::new(10, 10, 30, 11))].into(),
+        );
+        let without = compile(&s, &cfg, None);
+        let with = compile(&s, &cfg, Some(&a));
+        // Without assignments only what the manifests write: apps/fixed and np's port 81.
+        assert_eq!(without.frontends.len(), 2, "{without}");
+        let web = a.cluster_ip("apps", "web").expect("assigned");
+        let np = a.node_port("apps", "np", 80, "TCP").expect("assigned");
+        let text = with.to_string();
+        assert!(
+            text.contains(&format!("{web}:80/TCP ClusterIP apps/web ")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("10.10.30.11:{np}/TCP NodePort@n1 apps/np ")),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.10.30.11:30081/TCP NodePort@n1 apps/np "),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.96.0.10:53/UDP ClusterIP kube-system/kube-dns "),
+            "{text}"
+        );
+        // The LB has no address yet; the kubernetes Service has no endpoints. Nothing else
+        // is reported.
+        assert_eq!(with.problems.len(), 1, "{:?}", with.problems);
+    }
+}

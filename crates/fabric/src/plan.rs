@@ -380,7 +380,11 @@ pub fn compile(
         ));
         plan.maglev_m = maglev::M_DEFAULT;
     }
-    let mut tables = Tables::default();
+    let mut tables = Tables {
+        m: plan.maglev_m,
+        seed: cfg.maglev_seed,
+        built: HashMap::new(),
+    };
     let mut services = 0usize;
     for svc in snapshot.services.values() {
         let Some(spec) = &svc.spec.spec else { continue };
@@ -423,9 +427,15 @@ pub fn compile(
     plan
 }
 
-/// Maglev tables by (protocol, backend addresses): frontends with the same backends share one.
-#[derive(Default)]
-struct Tables(HashMap<(u8, Vec<(Ipv4Addr, u16)>), Arc<[u32]>>);
+/// What makes two tables equal: the protocol and the backends' addresses, in order.
+type TableKey = (u8, Vec<(Ipv4Addr, u16)>);
+
+/// The Maglev tables of one compile: frontends with the same backends share one.
+struct Tables {
+    m: u32,
+    seed: u32,
+    built: HashMap<TableKey, Arc<[u32]>>,
+}
 
 impl Tables {
     /// The table for `backends`, which the caller has cut to at most `m` entries.
@@ -433,8 +443,6 @@ impl Tables {
         &mut self,
         protocol: u8,
         backends: &[Backend],
-        m: u32,
-        seed: u32,
     ) -> Result<Arc<[u32]>, maglev::MaglevError> {
         if backends.is_empty() {
             return Ok(Arc::from(Vec::new()));
@@ -443,15 +451,15 @@ impl Tables {
             protocol,
             backends.iter().map(|b| (b.ip, b.port)).collect::<Vec<_>>(),
         );
-        if let Some(t) = self.0.get(&key) {
+        if let Some(t) = self.built.get(&key) {
             return Ok(t.clone());
         }
         let mb: Vec<MaglevBackend> = backends
             .iter()
             .map(|b| MaglevBackend::new(maglev::backend_key(b.ip, b.port, protocol)))
             .collect();
-        let t: Arc<[u32]> = Arc::from(maglev::maglev_table(&mb, m, seed)?);
-        self.0.insert(key, t.clone());
+        let t: Arc<[u32]> = Arc::from(maglev::maglev_table(&mb, self.m, self.seed)?);
+        self.built.insert(key, t.clone());
         Ok(t)
     }
 }
@@ -576,7 +584,6 @@ fn compile_service(
             add(
                 plan,
                 tables,
-                cfg,
                 &ctx,
                 (ip, port),
                 FrontendKind::ClusterIp,
@@ -597,7 +604,6 @@ fn compile_service(
                         add(
                             plan,
                             tables,
-                            cfg,
                             &ctx,
                             (nip, np),
                             FrontendKind::NodePort,
@@ -624,7 +630,6 @@ fn compile_service(
             add(
                 plan,
                 tables,
-                cfg,
                 &ctx,
                 (ip, port),
                 FrontendKind::LoadBalancer,
@@ -636,7 +641,6 @@ fn compile_service(
             add(
                 plan,
                 tables,
-                cfg,
                 &ctx,
                 (ip, port),
                 FrontendKind::ExternalIp,
@@ -648,11 +652,9 @@ fn compile_service(
 }
 
 /// Adds one frontend. `local_to`: the traffic policy is Local, keep only that node's backends.
-#[allow(clippy::too_many_arguments)]
 fn add(
     plan: &mut ServicePlan,
     tables: &mut Tables,
-    cfg: &FabricConfig,
     ctx: &PortContext<'_>,
     (ip, port): (Ipv4Addr, u16),
     kind: FrontendKind,
@@ -702,7 +704,7 @@ fn add(
             )));
             backends.truncate(m as usize);
         }
-        match tables.get(ctx.protocol, &backends, m, cfg.maglev_seed) {
+        match tables.get(ctx.protocol, &backends) {
             Ok(t) => maglev_table = t,
             Err(e) => {
                 // Unreachable with the checks above; without a table the frontend refuses.
