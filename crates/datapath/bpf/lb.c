@@ -377,6 +377,24 @@ static __always_inline int redirect_out(struct __sk_buff *skb)
 	return bpf_redirect_neigh(skb->ifindex, 0, 0, 0);
 }
 
+/* Sends a packet that came from a pod straight back into it: swap the Ethernet addresses (it
+ * was addressed to the node's end of the veth) and redirect to the veth's egress. */
+static __always_inline int turn_around(struct __sk_buff *skb)
+{
+	__u8 macs[12], swapped[12];
+	int i;
+
+	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) < 0)
+		return TC_ACT_SHOT;
+	for (i = 0; i < 6; i++) {
+		swapped[i] = macs[i + 6];
+		swapped[i + 6] = macs[i];
+	}
+	if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -390,6 +408,14 @@ int from_pod(struct __sk_buff *skb)
 	count(STAT_PACKETS);
 	if (parse(skb, &t) < 0)
 		return TC_ACT_OK;
+	/* The reply of a pod that reached itself through a service: translate it back and hand
+	 * it straight back to the pod. */
+	if (t.daddr == bpf_htonl(HAIRPIN_IP4)) {
+		r = nat_apply(skb, &t, NAT_DIR_REPLY);
+		if (r < 0)
+			return TC_ACT_SHOT;
+		return r > 0 ? turn_around(skb) : TC_ACT_OK;
+	}
 	r = nat_apply(skb, &t, NAT_DIR_FWD);
 	if (r < 0)
 		return TC_ACT_SHOT;
@@ -404,7 +430,8 @@ int from_pod(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 	count(STAT_SERVICE_NEW);
-	if (nat_new(skb, &t, b, backend_id, 0, 0) < 0)
+	if (nat_new(skb, &t, b, backend_id, b->addr == t.saddr ? bpf_htonl(HAIRPIN_IP4) : 0,
+		    b->addr == t.saddr ? NAT_F_SNAT : 0) < 0)
 		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

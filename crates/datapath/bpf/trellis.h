@@ -20,6 +20,10 @@
 #define INBOUND4_MAX 65536       /* connections opened towards local pods from outside */
 #define NAT_PORT_TRIES 8         /* SNAT source-port probes before giving up */
 
+/* A pod reaching itself through a service is SNATed to this address (Cilium uses the same
+ * link-local one), so its reply leaves the pod and can be reverse-translated. */
+#define HAIRPIN_IP4 0xa9fe2a01   /* 169.254.42.1, host byte order */
+
 /* A frontend (address, port, protocol). slot 0 is the service's master entry; slots
  * 1..count name its backends (Cilium's layout). */
 struct lb4_key {
