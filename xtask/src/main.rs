@@ -136,7 +136,31 @@ pub(crate) fn ensure_packages(list: &[(&str, &str)]) -> Result<()> {
 }
 
 fn ensure_test_peers() -> Result<()> {
-    ensure_packages(TEST_PEERS)
+    ensure_packages(TEST_PEERS)?;
+    ensure_python_packages(TEST_PYTHON_PACKAGES)
+}
+
+/// Python packages the tests use, each probed by importing a module and installed with pip
+/// when missing: grpcio and grpcio-tools (a Hubble API client generated from trellis's
+/// protos, reading the observer as a program in another language would).
+pub(crate) const TEST_PYTHON_PACKAGES: &[(&str, &str)] =
+    &[("grpc", "grpcio"), ("grpc_tools", "grpcio-tools")];
+
+/// Installs the Python packages whose module does not import.
+pub(crate) fn ensure_python_packages(list: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = list
+        .iter()
+        .filter(|(module, _)| !has("python3", &["-c", &format!("import {module}")]))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["-m", "pip", "install", "-q"];
+    args.extend(&missing);
+    // Debian's own python3 refuses pip installs unless told that this is intended.
+    run_env("python3", &args, &[("PIP_BREAK_SYSTEM_PACKAGES", "1")])
+        .with_context(|| format!("cannot install the Python packages {}", missing.join(" ")))
 }
 
 fn test() -> Result<()> {

@@ -299,7 +299,8 @@ pub async fn start_with(
                         let (fwd, o, udp) = (fwd.clone(), o.clone(), udp.clone());
                         tokio::spawn(async move {
                             let r = fwd.resolve(p.req()).await;
-                            if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp) {
+                            if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp)
+                            {
                                 let _ = udp.send_to(&out, peer).await;
                             }
                         });
@@ -328,7 +329,8 @@ pub async fn start_with(
                     if stream.read_exact(&mut msg).await.is_err() {
                         return;
                     }
-                    let Some(out) = reply(&z, f.as_ref(), &o, &msg, peer, tcp_addr, Transport::Tcp).await
+                    let Some(out) =
+                        reply(&z, f.as_ref(), &o, &msg, peer, tcp_addr, Transport::Tcp).await
                     else {
                         return;
                     };

@@ -541,7 +541,7 @@ async fn handle(
     let started = Instant::now();
     let started_at = SystemTime::now();
     let method = req.method().clone();
-    let version = req.version();
+    let version = crate::record::version_text(req.version());
     let host = request_host(&req);
     let target = req
         .uri()
@@ -561,8 +561,12 @@ async fn handle(
         client: seen.and_then(|s| s.client).unwrap_or(peer),
         peer,
         listener_port: port,
-        route: seen.and_then(|s| s.action.as_deref()).map(|a| a.route.as_str()),
-        backend: seen.and_then(|s| s.backend.as_deref()).map(|b| b.name.as_str()),
+        route: seen
+            .and_then(|s| s.action.as_deref())
+            .map(|a| a.route.as_str()),
+        backend: seen
+            .and_then(|s| s.backend.as_deref())
+            .map(|b| b.name.as_str()),
         upstream: seen.and_then(|s| s.upstream),
     };
     observer.0.request(&record);

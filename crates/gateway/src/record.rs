@@ -20,7 +20,8 @@ pub struct RequestRecord<'a> {
     /// From request headers to response headers.
     pub latency: Duration,
     pub method: &'a http::Method,
-    pub version: http::Version,
+    /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`, as Hubble writes them.
+    pub version: &'static str,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// The request host, lower case, without port.
@@ -71,4 +72,15 @@ pub(crate) struct Seen {
     pub client: Option<SocketAddr>,
     pub backend: Option<Arc<Backend>>,
     pub upstream: Option<SocketAddr>,
+}
+
+/// An HTTP version as Hubble writes it.
+pub fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
 }

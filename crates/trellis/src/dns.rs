@@ -40,6 +40,8 @@ pub struct Args {
     /// After SIGTERM, keep answering this long before exiting (CoreDNS's health `lameduck`).
     #[arg(long, default_value = "0s")]
     pub lameduck: String,
+    #[command(flatten)]
+    pub observe: crate::observe::ServeArgs,
 }
 
 fn forwarder(args: &Args) -> anyhow::Result<Option<dns::forward::Forwarder>> {
@@ -97,12 +99,22 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let views = dns::compile_views(&first.snapshot, &cfg);
     let metrics = Arc::new(dns::metrics::Metrics::default());
     let fwd = forwarder(args)?.map(|f| Arc::new(f.with_metrics(metrics.clone())));
-    let ops = dns::server::Ops {
+    let mut ops = dns::server::Ops {
         metrics: Some(metrics.clone()),
         query_log: args.query_log,
+        observer: None,
     };
     let status = Arc::new(ArcSwap::from_pointee(status_of(&views)));
     crate::gateway::runtime()?.block_on(async move {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        // Flows: one per query, when --observe-listen is set.
+        let flows = crate::observe::start(&args.observe, &mut registry).await?;
+        let pods = Arc::new(crate::observe::Pods::default());
+        if let Some(o) = &flows {
+            pods.update(&first.snapshot);
+            ops.observer = Some(crate::observe::dns_observer(o.flows(), pods.clone()));
+        }
         let running = dns::server::start_with(args.listen, views, fwd, ops)
             .await
             .with_context(|| {
@@ -113,8 +125,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             })?;
         eprintln!("dns: zone {} on udp/tcp {}", cfg.domain, running.udp);
         if let Some(addr) = args.admin {
-            let mut registry = prometheus_client::registry::Registry::default();
-            metrics.register(&mut registry);
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone())
                 .await
                 .with_context(|| format!("cannot bind the admin address {addr}"))?;
@@ -127,6 +137,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 u = rx.recv() => match u {
                     Some(Update::Applied(load)) => {
                         let v = dns::compile_views(&load.snapshot, &cfg);
+                        if flows.is_some() {
+                            pods.update(&load.snapshot);
+                        }
                         eprintln!("reloaded: {} views", v.views.len());
                         status.store(Arc::new(status_of(&v)));
                         running.update(v);

@@ -35,6 +35,8 @@ pub struct Args {
     /// Access log: one JSON line per request on stdout, or off.
     #[arg(long, value_enum, default_value = "stdout")]
     pub access_log: AccessLogTo,
+    #[command(flatten)]
+    pub observe: crate::observe::ServeArgs,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -182,7 +184,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             AccessLogTo::Stdout => Some(gateway::proxy::AccessLog::to_writer(std::io::BufWriter::new(std::io::stdout()))),
             AccessLogTo::Off => None,
         };
-        let bind = gateway::Bind { ip: args.bind, port_map, access_log };
+        // Flows: one per request, when --observe-listen is set.
+        let flows = crate::observe::start(&args.observe, &mut registry).await?;
+        let pods = Arc::new(crate::observe::Pods::default());
+        let observer = flows.as_ref().map(|o| {
+            pods.update(&first.snapshot);
+            crate::observe::gateway_observer(o.flows(), pods.clone())
+        });
+        let bind = gateway::Bind { ip: args.bind, port_map, access_log, observer };
         let running = gateway::start(&plan, &bind, metrics.clone()).await?;
         for (p, a) in &running.bound {
             eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");
@@ -203,6 +212,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     Some(Update::Applied(load)) => match gateway::compile(&load.snapshot, &ns, &name) {
                         Ok(p) => {
                             running.update(&p);
+                            if flows.is_some() {
+                                pods.update(&load.snapshot);
+                            }
                             drain_timeout = drain_override.unwrap_or(p.drain_timeout);
                             status.store(Arc::new(status_doc(&load, &key, Some(&p), &running.bound, None)));
                             eprintln!("reloaded: {} route entries", p.ports.values().filter_map(|l| l.router()).map(|r| r.len()).sum::<usize>());

@@ -6,6 +6,7 @@
 mod check;
 mod dns;
 mod gateway;
+mod observe;
 mod sync;
 
 use std::path::PathBuf;
@@ -97,6 +98,8 @@ enum Command {
     Echo(gateway::EchoArgs),
     /// Serve the cluster DNS zone (cluster.local) of the manifests.
     Dns(dns::Args),
+    /// Print flows from an observer API (Hubble's gRPC), like `hubble observe`.
+    Observe(Box<observe::Args>),
     /// Plan DNS records for the manifests' routes, Services and DNSEndpoints (ExternalDNS's semantics).
     Sync(sync::Args),
 }
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => gateway::run(&args),
         Command::Echo(args) => gateway::echo(&args),
         Command::Dns(args) => dns::run(&args),
+        Command::Observe(args) => observe::run(&args),
         Command::Sync(args) => sync::run(&args),
     };
     match result {

@@ -1,4 +1,5 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
+mod observe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

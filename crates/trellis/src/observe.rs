@@ -1,0 +1,624 @@
+//! Flows in the binary: the `--observe-listen` flags of `trellis gateway` and `trellis dns`,
+//! the records of those engines turned into Hubble flows, and `trellis observe` (a client
+//! modelled on `hubble observe`).
+//!
+//! Engines do not know about flows; here a gateway request record or a DNS query record
+//! becomes a `flow::Flow`, with pods (namespace, name, labels, workload) looked up by IP in
+//! the current snapshot.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use observe::proto::flow::{
+    self, CiliumEventType, Endpoint, EventTypeFilter, Flow, FlowFilter, FlowType, Ip, IpVersion,
+    L7FlowType, Layer4, Layer7, Service, TrafficDirection, Verdict, Workload, layer4, layer7,
+};
+use observe::proto::observer::{
+    GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
+    observer_client::ObserverClient,
+};
+
+/// Cilium's monitor message type of L7 (proxy access log) events.
+const EVENT_L7: i32 = 129;
+const EVENT_DROP: i32 = 1;
+const EVENT_TRACE: i32 = 4;
+const EVENT_POLICY_VERDICT: i32 = 5;
+
+/// Flags of the components that produce flows.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Serve Hubble's Observer gRPC API (GetFlows, ServerStatus, GetNodes) here, e.g.
+    /// 127.0.0.1:4245. Flows are recorded only when this is set.
+    #[arg(long)]
+    pub observe_listen: Option<SocketAddr>,
+    /// Flows kept for readers (the ring buffer; older flows are overwritten).
+    #[arg(long, default_value_t = observe::hub::FLOWS_MAX_DEFAULT)]
+    pub flows_max: usize,
+    /// The node name flows carry (default: the host name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Starts the flow buffer and its API when `--observe-listen` is set; registers the Hubble
+/// metrics into `registry`. Needs the runtime.
+pub async fn start(
+    args: &ServeArgs,
+    registry: &mut prometheus_client::registry::Registry,
+) -> anyhow::Result<Option<observe::Observer>> {
+    let Some(addr) = args.observe_listen else {
+        return Ok(None);
+    };
+    let obs = observe::Observer::start(&observe::Config {
+        flows_max: args.flows_max,
+        node_name: args.node_name.clone().unwrap_or_else(host_name),
+        ..Default::default()
+    });
+    obs.register(registry);
+    let bound = observe::spawn(addr, &obs)
+        .await
+        .with_context(|| format!("cannot bind the observer address {addr}"))?;
+    eprintln!("observer API (Hubble gRPC) on http://{bound}");
+    Ok(Some(obs))
+}
+
+/// A pod as flows show it.
+#[derive(Clone, Debug, Default)]
+struct PodInfo {
+    namespace: String,
+    name: String,
+    labels: Vec<String>,
+    workloads: Vec<Workload>,
+}
+
+/// Pods by IP, from the current snapshot (swapped on reload).
+#[derive(Debug, Default)]
+pub struct Pods(ArcSwap<HashMap<IpAddr, PodInfo>>);
+
+impl Pods {
+    pub fn update(&self, s: &model::Snapshot) {
+        let mut by_ip = HashMap::new();
+        for pod in s.pods.values() {
+            let Some(ip) = model::endpoints::pod_ip(pod) else {
+                continue;
+            };
+            let workloads = pod
+                .spec
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|o| Workload {
+                    name: o.name.clone(),
+                    kind: o.kind.clone(),
+                })
+                .collect();
+            by_ip.insert(
+                ip,
+                PodInfo {
+                    namespace: pod.meta.namespace.clone().unwrap_or_default(),
+                    name: pod.meta.name.clone(),
+                    labels: pod
+                        .meta
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("k8s:{k}={v}"))
+                        .collect(),
+                    workloads,
+                },
+            );
+        }
+        self.0.store(Arc::new(by_ip));
+    }
+
+    /// The endpoint of an address: its pod, else the world outside the cluster.
+    fn endpoint(&self, ip: IpAddr) -> Endpoint {
+        match self.0.load().get(&ip) {
+            Some(p) => Endpoint {
+                namespace: p.namespace.clone(),
+                pod_name: p.name.clone(),
+                labels: p.labels.clone(),
+                workloads: p.workloads.clone(),
+                ..Default::default()
+            },
+            None if ip.is_loopback() => Endpoint {
+                labels: vec!["reserved:host".into()],
+                ..Default::default()
+            },
+            None => Endpoint {
+                labels: vec!["reserved:world".into()],
+                ..Default::default()
+            },
+        }
+    }
+}
+
+fn ip_version(ip: IpAddr) -> i32 {
+    match ip {
+        IpAddr::V4(_) => IpVersion::IPv4 as i32,
+        IpAddr::V6(_) => IpVersion::IPv6 as i32,
+    }
+}
+
+/// One gateway request as an L7 flow: the client (after X-Forwarded-For) to the endpoint
+/// that answered, with the route in the summary.
+pub fn gateway_flow(r: &gateway::record::RequestRecord<'_>, pods: &Pods) -> Flow {
+    let client = r.client;
+    let dst_ip = r.upstream.map(|u| u.ip());
+    let dst_port = r
+        .upstream
+        .map_or(u32::from(r.listener_port), |u| u32::from(u.port()));
+    let service = r.backend.and_then(|b| {
+        let (ns, rest) = b.split_once('/')?;
+        let name = rest.rsplit_once(':').map_or(rest, |(n, _)| n);
+        Some(Service {
+            name: name.to_string(),
+            namespace: ns.to_string(),
+        })
+    });
+    let mut destination = match dst_ip {
+        Some(ip) => pods.endpoint(ip),
+        None => Endpoint {
+            labels: vec!["reserved:host".into()],
+            ..Default::default()
+        },
+    };
+    if destination.namespace.is_empty()
+        && let Some(s) = &service
+    {
+        destination.namespace.clone_from(&s.namespace);
+    }
+    let mut f = Flow {
+        time: Some(observe::time::from_system(r.started)),
+        verdict: Verdict::Forwarded as i32,
+        ip: Some(Ip {
+            source: client.ip().to_string(),
+            destination: dst_ip.map(|i| i.to_string()).unwrap_or_default(),
+            ip_version: ip_version(client.ip()),
+            encrypted: r.scheme == "https",
+        }),
+        l4: Some(Layer4 {
+            protocol: Some(layer4::Protocol::Tcp(flow::Tcp {
+                source_port: u32::from(client.port()),
+                destination_port: dst_port,
+                flags: None,
+            })),
+        }),
+        source: Some(pods.endpoint(client.ip())),
+        destination: Some(destination),
+        r#type: FlowType::L7 as i32,
+        destination_names: vec![r.host.to_string()],
+        l7: Some(Layer7 {
+            r#type: L7FlowType::Response as i32,
+            latency_ns: u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX),
+            record: Some(layer7::Record::Http(flow::Http {
+                code: u32::from(r.status),
+                method: r.method.as_str().to_string(),
+                url: format!("{}://{}{}", r.scheme, r.host, r.path_and_query),
+                protocol: r.version.to_string(),
+                headers: Vec::new(),
+            })),
+        }),
+        event_type: Some(CiliumEventType {
+            r#type: EVENT_L7,
+            sub_type: 0,
+        }),
+        destination_service: service,
+        traffic_direction: TrafficDirection::Ingress as i32,
+        is_reply: Some(false),
+        proxy_port: u32::from(r.listener_port),
+        ..Default::default()
+    };
+    f.summary = match (r.route, r.backend) {
+        (Some(route), Some(b)) => {
+            format!("{} route {route} backend {b}", observe::format::summary(&f))
+        }
+        (Some(route), None) => format!("{} route {route}", observe::format::summary(&f)),
+        _ => format!("{} no route", observe::format::summary(&f)),
+    };
+    f
+}
+
+/// One DNS query as an L7 DNS flow: the client to the server, with the view in the summary.
+pub fn dns_flow(r: &dns::record::QueryRecord, pods: &Pods) -> Flow {
+    let ports = (u32::from(r.client.port()), u32::from(r.server.port()));
+    let l4 = if r.transport == "tcp" {
+        layer4::Protocol::Tcp(flow::Tcp {
+            source_port: ports.0,
+            destination_port: ports.1,
+            flags: None,
+        })
+    } else {
+        layer4::Protocol::Udp(flow::Udp {
+            source_port: ports.0,
+            destination_port: ports.1,
+        })
+    };
+    let mut f = Flow {
+        time: Some(observe::time::from_system(r.started)),
+        verdict: Verdict::Forwarded as i32,
+        ip: Some(Ip {
+            source: r.client.ip().to_string(),
+            destination: r.server.ip().to_string(),
+            ip_version: ip_version(r.client.ip()),
+            encrypted: false,
+        }),
+        l4: Some(Layer4 { protocol: Some(l4) }),
+        source: Some(pods.endpoint(r.client.ip())),
+        destination: Some(pods.endpoint(r.server.ip())),
+        r#type: FlowType::L7 as i32,
+        l7: Some(Layer7 {
+            r#type: L7FlowType::Response as i32,
+            latency_ns: u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX),
+            record: Some(layer7::Record::Dns(flow::Dns {
+                query: r.query.clone(),
+                ips: r.ips.iter().map(ToString::to_string).collect(),
+                ttl: r.ttl,
+                cnames: r.cnames.clone(),
+                observation_source: if r.forwarded { "forwarder" } else { "zone" }.into(),
+                rcode: u32::from(r.rcode),
+                qtypes: r.qtypes.clone(),
+                rrtypes: r.rrtypes.clone(),
+            })),
+        }),
+        event_type: Some(CiliumEventType {
+            r#type: EVENT_L7,
+            sub_type: 0,
+        }),
+        traffic_direction: TrafficDirection::Egress as i32,
+        is_reply: Some(false),
+        ..Default::default()
+    };
+    let view = if r.view.is_empty() { "-" } else { &r.view };
+    f.summary = format!("{} view {view}", observe::format::summary(&f));
+    f
+}
+
+/// The gateway's observer: every request becomes a flow pushed into `flows`.
+pub fn gateway_observer(flows: observe::Flows, pods: Arc<Pods>) -> gateway::record::Observer {
+    gateway::record::Observer(Arc::new(move |r: &gateway::record::RequestRecord<'_>| {
+        flows.push(gateway_flow(r, &pods))
+    }))
+}
+
+/// The DNS server's observer: every answered query becomes a flow pushed into `flows`.
+pub fn dns_observer(flows: observe::Flows, pods: Arc<Pods>) -> dns::record::Observer {
+    dns::record::Observer(Arc::new(move |r: dns::record::QueryRecord| {
+        flows.push(dns_flow(&r, &pods))
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// `trellis observe`
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Compact,
+    Json,
+    Table,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventKind {
+    L7,
+    Dns,
+    Drop,
+    Trace,
+    PolicyVerdict,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The observer API of a trellis process (its --observe-listen), or Hubble's.
+    #[arg(long, default_value = "127.0.0.1:4245")]
+    pub server: String,
+    /// Keep printing new flows as they come.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// The last N stored flows (default 20 unless --follow, --since or --all).
+    #[arg(long)]
+    pub last: Option<u64>,
+    /// The first N stored flows.
+    #[arg(long, conflicts_with_all = ["last", "follow"])]
+    pub first: Option<u64>,
+    /// Every stored flow.
+    #[arg(long, conflicts_with_all = ["last", "first"])]
+    pub all: bool,
+    /// Flows since this time: RFC 3339 or a duration ago (5m, 1h30m).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Flows until this time: RFC 3339 or a duration ago.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Flows from or to pods of this namespace (qualifies --pod names without one).
+    #[arg(short, long)]
+    pub namespace: Vec<String>,
+    /// Flows from or to this pod: [NAMESPACE/]NAME-PREFIX.
+    #[arg(long)]
+    pub pod: Vec<String>,
+    #[arg(long)]
+    pub from_pod: Vec<String>,
+    #[arg(long)]
+    pub to_pod: Vec<String>,
+    #[arg(long)]
+    pub from_namespace: Vec<String>,
+    #[arg(long)]
+    pub to_namespace: Vec<String>,
+    /// Flows from or to this address or CIDR.
+    #[arg(long)]
+    pub ip: Vec<String>,
+    #[arg(long)]
+    pub from_ip: Vec<String>,
+    #[arg(long)]
+    pub to_ip: Vec<String>,
+    /// Flows from or to endpoints with these labels (a selector: app=web,tier!=db).
+    #[arg(short, long)]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub from_label: Vec<String>,
+    #[arg(long)]
+    pub to_label: Vec<String>,
+    /// Flows from or to this port.
+    #[arg(long)]
+    pub port: Vec<String>,
+    #[arg(long)]
+    pub from_port: Vec<String>,
+    #[arg(long)]
+    pub to_port: Vec<String>,
+    /// FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED.
+    #[arg(long)]
+    pub verdict: Vec<String>,
+    /// tcp, udp, icmp, http, dns, ...
+    #[arg(long)]
+    pub protocol: Vec<String>,
+    /// A status (404) or a prefix (5+).
+    #[arg(long)]
+    pub http_status: Vec<String>,
+    #[arg(long)]
+    pub http_method: Vec<String>,
+    /// A regular expression on the URL path.
+    #[arg(long)]
+    pub http_path: Vec<String>,
+    /// A regular expression on DNS query names.
+    #[arg(long)]
+    pub dns_query: Vec<String>,
+    /// Event types.
+    #[arg(short = 't', long = "type", value_enum)]
+    pub r#type: Vec<EventKind>,
+    /// Node name patterns (`*` matches anything).
+    #[arg(long)]
+    pub node_name: Vec<String>,
+    #[arg(short, long, value_enum, default_value = "compact")]
+    pub output: Output,
+    /// Print the server's status (flows stored, seen, lost) instead of flows.
+    #[arg(long)]
+    pub status: bool,
+}
+
+fn verdicts(names: &[String]) -> anyhow::Result<Vec<i32>> {
+    names
+        .iter()
+        .map(|n| {
+            Verdict::from_str_name(&n.to_ascii_uppercase())
+                .map(|v| v as i32)
+                .with_context(|| {
+                    format!("--verdict {n:?}: not a verdict (FORWARDED, DROPPED, ...)")
+                })
+        })
+        .collect()
+}
+
+/// `--pod` names with the `--namespace`s they lack.
+fn qualify(pods: &[String], namespaces: &[String]) -> Vec<String> {
+    pods.iter()
+        .flat_map(|p| {
+            if p.contains('/') || namespaces.is_empty() {
+                vec![p.clone()]
+            } else {
+                namespaces.iter().map(|n| format!("{n}/{p}")).collect()
+            }
+        })
+        .collect()
+}
+
+/// The whitelist for the flags, as `hubble observe` builds it: flags with a direction and
+/// the rest go into one filter; a flag without one (`--pod`, `--ip`, `--label`, `--port`,
+/// `--namespace`) makes two, one matching it as the source and one as the destination.
+pub fn whitelist(a: &Args) -> anyhow::Result<Vec<FlowFilter>> {
+    let mut base = FlowFilter {
+        source_pod: qualify(&a.from_pod, &a.namespace),
+        destination_pod: qualify(&a.to_pod, &a.namespace),
+        source_ip: a.from_ip.clone(),
+        destination_ip: a.to_ip.clone(),
+        source_label: a.from_label.clone(),
+        destination_label: a.to_label.clone(),
+        source_port: a.from_port.clone(),
+        destination_port: a.to_port.clone(),
+        verdict: verdicts(&a.verdict)?,
+        protocol: a.protocol.clone(),
+        http_status_code: a.http_status.clone(),
+        http_method: a.http_method.clone(),
+        http_path: a.http_path.clone(),
+        dns_query: a.dns_query.clone(),
+        node_name: a.node_name.clone(),
+        ..Default::default()
+    };
+    base.source_pod
+        .extend(a.from_namespace.iter().map(|n| format!("{n}/")));
+    base.destination_pod
+        .extend(a.to_namespace.iter().map(|n| format!("{n}/")));
+    for t in &a.r#type {
+        let (r#type, sub) = match t {
+            EventKind::L7 | EventKind::Dns => (EVENT_L7, None),
+            EventKind::Drop => (EVENT_DROP, None),
+            EventKind::Trace => (EVENT_TRACE, None),
+            EventKind::PolicyVerdict => (EVENT_POLICY_VERDICT, None::<i32>),
+        };
+        let f = EventTypeFilter {
+            r#type,
+            match_sub_type: sub.is_some(),
+            sub_type: sub.unwrap_or(0),
+        };
+        if !base.event_type.contains(&f) {
+            base.event_type.push(f);
+        }
+    }
+    // `--type dns` is the L7 events that are DNS; with `--type l7` too, all L7 events.
+    if a.r#type.contains(&EventKind::Dns) && !a.r#type.contains(&EventKind::L7) {
+        base.protocol.push("dns".into());
+    }
+    // Pods named without --namespace, or namespaces alone, match either side.
+    let either_pods: Vec<String> = if a.pod.is_empty() {
+        a.namespace
+            .iter()
+            .filter(|_| a.from_pod.is_empty() && a.to_pod.is_empty())
+            .map(|n| format!("{n}/"))
+            .collect()
+    } else {
+        qualify(&a.pod, &a.namespace)
+    };
+    let either =
+        !either_pods.is_empty() || !a.ip.is_empty() || !a.label.is_empty() || !a.port.is_empty();
+    if !either {
+        return Ok(if base == FlowFilter::default() {
+            Vec::new()
+        } else {
+            vec![base]
+        });
+    }
+    let mut from = base.clone();
+    from.source_pod.extend(either_pods.iter().cloned());
+    from.source_ip.extend(a.ip.iter().cloned());
+    from.source_label.extend(a.label.iter().cloned());
+    from.source_port.extend(a.port.iter().cloned());
+    let mut to = base;
+    to.destination_pod.extend(either_pods);
+    to.destination_ip.extend(a.ip.iter().cloned());
+    to.destination_label.extend(a.label.iter().cloned());
+    to.destination_port.extend(a.port.iter().cloned());
+    Ok(vec![from, to])
+}
+
+/// The GetFlows request for the flags.
+pub fn request(a: &Args, now: SystemTime) -> anyhow::Result<GetFlowsRequest> {
+    let time = |flag: &str, v: &Option<String>| -> anyhow::Result<_> {
+        v.as_deref()
+            .map(|t| observe::time::parse(t, now).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+            .transpose()
+    };
+    let since = time("since", &a.since)?;
+    let until = time("until", &a.until)?;
+    let number = match (a.first, a.last) {
+        (Some(n), _) | (None, Some(n)) => n,
+        // hubble's default: the last 20, unless following or reading a time range.
+        (None, None) if a.follow || a.all || since.is_some() || until.is_some() => 0,
+        (None, None) => 20,
+    };
+    Ok(GetFlowsRequest {
+        number,
+        first: a.first.is_some(),
+        follow: a.follow,
+        whitelist: whitelist(a)?,
+        blacklist: Vec::new(),
+        since,
+        until,
+    })
+}
+
+/// A gRPC error as a person reads it: what failed, the server's message and the code.
+fn rpc_error(what: &str, s: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{what} failed: {} ({:?})", s.message(), s.code())
+}
+
+fn endpoint_uri(server: &str) -> String {
+    if server.contains("://") {
+        server.to_string()
+    } else {
+        format!("http://{server}")
+    }
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let req = request(args, SystemTime::now())?;
+    let json = observe::format::Json::new().context("cannot read the flow descriptors")?;
+    crate::gateway::runtime()?.block_on(async move {
+        let uri = endpoint_uri(&args.server);
+        let channel = tonic::transport::Endpoint::from_shared(uri.clone())
+            .with_context(|| format!("--server {:?} is not an address", args.server))?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to the observer at {uri}"))?;
+        let mut client = ObserverClient::new(channel);
+        if args.status {
+            let s = client
+                .server_status(ServerStatusRequest {})
+                .await
+                .map_err(|s| rpc_error("ServerStatus", &s))?
+                .into_inner();
+            match args.output {
+                Output::Json => println!(
+                    "{}",
+                    json.encode("observer.ServerStatusResponse", &s)
+                        .map_err(anyhow::Error::msg)?
+                ),
+                _ => println!(
+                    "Current/Max Flows: {}/{}\nFlows seen: {}\nLost events: {}\nUptime: {}s\nVersion: {}",
+                    s.num_flows,
+                    s.max_flows,
+                    s.seen_flows,
+                    s.lost_events,
+                    s.uptime_ns / 1_000_000_000,
+                    s.version
+                ),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut stream = client
+            .get_flows(req)
+            .await
+            .map_err(|s| rpc_error("GetFlows", &s))?
+            .into_inner();
+        if args.output == Output::Table {
+            println!("{}", observe::format::table_header());
+        }
+        loop {
+            let next = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::signal::ctrl_c() => break,
+            };
+            let Some(resp) = next.map_err(|s| rpc_error("the flow stream", &s))? else {
+                break;
+            };
+            let line = match args.output {
+                Output::Json => {
+                    let v = json
+                        .encode("observer.GetFlowsResponse", &resp)
+                        .map_err(anyhow::Error::msg)?;
+                    Some(v.to_string())
+                }
+                Output::Compact => observe::format::response_line(&resp, false),
+                Output::Table => observe::format::response_line(&resp, true),
+            };
+            if let Some(l) = line {
+                println!("{l}");
+            }
+            if let Some(ResponseTypes::LostEvents(l)) = &resp.response_types
+                && args.output == Output::Json
+            {
+                eprintln!("{}", observe::format::lost_text(l));
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
