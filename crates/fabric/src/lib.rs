@@ -14,9 +14,12 @@ pub mod assign;
 pub mod maglev;
 pub mod plan;
 
-pub use assign::{Assignments, assign};
+pub use assign::{Assignments, ServiceAssignment, assign};
 pub use maglev::{MaglevBackend, MaglevError, maglev_table};
-pub use plan::{FabricConfig, ServicePlan, compile};
+pub use plan::{
+    Backend, FabricConfig, Frontend, FrontendKey, FrontendKind, PlanDiff, Problem, Scope,
+    ServicePlan, compile,
+};
 
 /// Snapshots from YAML text for the unit tests, read the way `store` reads a file.
 #[cfg(test)]
