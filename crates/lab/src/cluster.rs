@@ -74,8 +74,23 @@ enum Event {
     Stop,
 }
 
+/// What each agent last reported applied: `synced N` on its stdout, N being the generation of
+/// the published objects (a ConfigMap the lab writes with them).
+#[derive(Default)]
+struct Synced {
+    by_node: std::sync::Mutex<BTreeMap<String, u64>>,
+    changed: std::sync::Condvar,
+}
+
+/// How long a reconcile waits for every agent to apply the new objects.
+pub const AGENT_SYNC_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// The ConfigMap carrying the generation of the lab's published objects.
+pub const GENERATION_CONFIGMAP: (&str, &str) = ("kube-system", "trellis-lab");
+
 struct Running {
     state: LabState,
+    synced: std::sync::Arc<Synced>,
+    generation: u64,
     agents: BTreeMap<String, Child>,
     workloads: BTreeMap<(String, String), Child>,
     assignments: fabric::Assignments,
@@ -106,6 +121,8 @@ pub fn supervise(cfg: &LabConfig) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let mut run = Running {
         state: initial_state(cfg),
+        synced: Default::default(),
+        generation: 0,
         agents: BTreeMap::new(),
         workloads: BTreeMap::new(),
         assignments: read_assignments(&cfg.state_dir),
@@ -180,7 +197,7 @@ fn bring_up(
 ) -> Result<()> {
     build_network(&run.state)?;
     let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
-    write_pods(&cfg.state_dir, &[])?;
+    write_pods(&cfg.state_dir, &[], 0)?;
     let first = store::load(&cfg.manifests, &cfg.options);
     run.assignments = fabric::assign(
         &first.snapshot,
@@ -194,7 +211,7 @@ fn bring_up(
     )?;
     for i in 0..run.state.nodes.len() {
         let node = run.state.nodes[i].clone();
-        let child = start_agent(cfg, &run.state, &node, &cluster_dir)?;
+        let child = start_agent(cfg, &run.state, &node, &cluster_dir, run.synced.clone())?;
         run.state.nodes[i].agent_pid = Some(child.id());
         run.agents.insert(node.name.clone(), child);
     }
@@ -276,7 +293,13 @@ pub struct AgentConfig {
     pub masquerade: bool,
 }
 
-fn start_agent(cfg: &LabConfig, s: &LabState, node: &NodeState, cluster_dir: &Path) -> Result<Child> {
+fn start_agent(
+    cfg: &LabConfig,
+    s: &LabState,
+    node: &NodeState,
+    cluster_dir: &Path,
+    synced: std::sync::Arc<Synced>,
+) -> Result<Child> {
     let mut manifests = cfg.manifests.clone();
     manifests.push(cluster_dir.to_path_buf());
     let conf = AgentConfig {
@@ -300,7 +323,19 @@ fn start_agent(cfg: &LabConfig, s: &LabState, node: &NodeState, cluster_dir: &Pa
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting the agent of {}", node.name))?;
-    wait_ready(&mut child, &format!("agent of {}", node.name), &cfg.state_dir)?;
+    let lines = wait_ready(&mut child, &format!("agent of {}", node.name), &cfg.state_dir)?;
+    let name = node.name.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Some(g) = line.strip_prefix("synced ").and_then(|g| g.trim().parse::<u64>().ok())
+            {
+                if let Ok(mut m) = synced.by_node.lock() {
+                    m.insert(name.clone(), g);
+                }
+                synced.changed.notify_all();
+            }
+        }
+    });
     Ok(child)
 }
 
@@ -312,8 +347,12 @@ fn log_file(cfg: &LabConfig, name: &str) -> Result<std::fs::File> {
 }
 
 /// Reads the child's stdout until it says `ready` (it then keeps running) or ends (an error,
-/// whose details are in its log).
-fn wait_ready(child: &mut Child, what: &str, state_dir: &Path) -> Result<()> {
+/// whose details are in its log). Returns the rest of its output.
+fn wait_ready(
+    child: &mut Child,
+    what: &str,
+    state_dir: &Path,
+) -> Result<std::io::Lines<BufReader<std::process::ChildStdout>>> {
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     loop {
@@ -327,9 +366,12 @@ fn wait_ready(child: &mut Child, what: &str, state_dir: &Path) -> Result<()> {
             }
         }
     }
-    // Keep draining (and ignoring) later output so the child never blocks on a full pipe.
+    Ok(lines)
+}
+
+/// Keeps draining (and ignoring) a child's later output so it never blocks on a full pipe.
+fn drain(lines: std::io::Lines<BufReader<std::process::ChildStdout>>) {
     std::thread::spawn(move || for _ in lines {});
-    Ok(())
 }
 
 fn read_assignments(state_dir: &Path) -> fabric::Assignments {
@@ -373,10 +415,11 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
         }
         let pod = start_pod(cfg, run, plan)?;
         run.state.pods.push(pod);
-        run.state.write(&cfg.state_dir)?;
     }
     run.state.pods.sort_by_key(|p| p.plan.key());
-    write_pods(&cfg.state_dir, &run.state.pods_objects())?;
+    run.generation += 1;
+    write_pods(&cfg.state_dir, &run.state.pods_objects(), run.generation)?;
+    wait_synced(run)?;
     run.state.services = service_rows(cfg, &run.assignments);
     run.state.write(&cfg.state_dir)
 }
@@ -394,10 +437,44 @@ impl LabState {
     }
 }
 
-/// Publishes the Pod objects as a manifest file agents and DNS read.
-fn write_pods(state_dir: &Path, pods: &[serde_json::Value]) -> Result<()> {
+/// Waits until every agent applied the current generation (bounded by [`AGENT_SYNC_MAX`]).
+fn wait_synced(run: &Running) -> Result<()> {
+    let deadline = std::time::Instant::now() + AGENT_SYNC_MAX;
+    let mut m = run.synced.by_node.lock().map_err(|_| anyhow!("sync state poisoned"))?;
+    loop {
+        let behind: Vec<&str> = run
+            .state
+            .nodes
+            .iter()
+            .filter(|n| m.get(&n.name).copied().unwrap_or(0) < run.generation)
+            .map(|n| n.name.as_str())
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            bail!("agents {} did not apply generation {} in time", behind.join(", "), run.generation);
+        }
+        m = run
+            .synced
+            .changed
+            .wait_timeout(m, deadline - now)
+            .map_err(|_| anyhow!("sync state poisoned"))?
+            .0;
+    }
+}
+
+/// Publishes the Pod objects (and the generation ConfigMap) as a manifest file agents read.
+fn write_pods(state_dir: &Path, pods: &[serde_json::Value], generation: u64) -> Result<()> {
     let mut text = String::from("# Pods the trellis lab runs (written by the lab; do not edit)\n");
-    for p in pods {
+    let marker = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": GENERATION_CONFIGMAP.1, "namespace": GENERATION_CONFIGMAP.0 },
+        "data": { "generation": generation.to_string() },
+    });
+    for p in pods.iter().chain([&marker]) {
         text.push_str("---\n");
         text.push_str(&serde_json::to_string(p)?);
         text.push('\n');
@@ -494,7 +571,7 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting the workload of {}", plan.name))?;
-    wait_ready(&mut child, &format!("pod {}/{}", plan.namespace, plan.name), &cfg.state_dir)?;
+    drain(wait_ready(&mut child, &format!("pod {}/{}", plan.namespace, plan.name), &cfg.state_dir)?);
     pod.pid = Some(child.id());
     pod.ready = true;
     run.workloads.insert(plan.key(), child);

@@ -1,0 +1,197 @@
+//! `trellis agent`: one node's agent. Loads the eBPF datapath (pinned under the node's pin
+//! directory), attaches it to the LAN interface, and keeps the service maps equal to
+//! `fabric::compile` of the manifests, applying each change by diff.
+//!
+//! Restart-safe: maps are pinned, so a new agent finds the connection-tracking entries and
+//! the frontend and backend ids the previous one wrote, and established connections keep
+//! their backends.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use datapath::abi::{BACKEND_F_LOCAL, NODE_F_MASQUERADE, SVC_F_AFFINITY, SVC_F_EXTERNAL};
+use datapath::{Desired, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
+use fabric::ServicePlan;
+use fabric::plan::Scope;
+use lab::cluster::AgentConfig;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The agent's configuration (JSON; the lab writes one per node).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+/// Stable ids for frontends and backends, so a sync rewrites only what changed and a restarted
+/// agent keeps the ids connection-tracking and affinity entries refer to.
+#[derive(Debug, Default)]
+pub struct Ids {
+    frontends: BTreeMap<(Ipv4Addr, u16, u8), u32>,
+    backends: BTreeMap<(Ipv4Addr, u16, u8), u32>,
+    next_frontend: u32,
+    next_backend: u32,
+}
+
+impl Ids {
+    /// Recovers the ids from maps a previous agent left.
+    pub fn recover(maps: &datapath::Maps) -> Result<Ids> {
+        let mut ids = Ids::default();
+        for (k, v) in maps.services()? {
+            if k.slot == 0 {
+                ids.frontends.insert((k.addr, k.port, k.proto), v.id);
+            }
+        }
+        for (id, b) in maps.backends()? {
+            ids.backends.insert((b.addr, b.port, b.proto), id);
+        }
+        ids.next_frontend = ids.frontends.values().max().copied().unwrap_or(0);
+        ids.next_backend = ids.backends.values().max().copied().unwrap_or(0);
+        Ok(ids)
+    }
+
+    fn frontend(&mut self, key: (Ipv4Addr, u16, u8)) -> u32 {
+        *self.frontends.entry(key).or_insert_with(|| {
+            self.next_frontend += 1;
+            self.next_frontend
+        })
+    }
+
+    fn backend(&mut self, key: (Ipv4Addr, u16, u8)) -> u32 {
+        *self.backends.entry(key).or_insert_with(|| {
+            self.next_backend += 1;
+            self.next_backend
+        })
+    }
+}
+
+/// Turns the fabric's plan into map contents. Frontends without backends are left out: the
+/// node's routing then refuses them (unreachable route, or RST from the node's own stack).
+pub fn desired(plan: &ServicePlan, ids: &mut Ids, config: Option<NodeConfig>) -> Desired {
+    let mut d = Desired { config, ..Desired::default() };
+    for (fk, fe) in &plan.frontends {
+        if fe.backends.is_empty() {
+            continue;
+        }
+        let fid = ids.frontend((fk.ip, fk.port, fk.protocol));
+        let mut flags = 0;
+        if fe.scope == Scope::External {
+            flags |= SVC_F_EXTERNAL;
+        }
+        if fe.affinity_timeout_s.is_some() {
+            flags |= SVC_F_AFFINITY;
+        }
+        let mut bids = Vec::with_capacity(fe.backends.len());
+        for (i, b) in fe.backends.iter().enumerate() {
+            let bid = ids.backend((b.ip, b.port, fk.protocol));
+            bids.push(bid);
+            d.backends.insert(
+                bid,
+                Lb4Backend {
+                    addr: b.ip,
+                    port: b.port,
+                    proto: fk.protocol,
+                    flags: if b.is_local { BACKEND_F_LOCAL } else { 0 },
+                },
+            );
+            d.services.insert(
+                Lb4Key { addr: fk.ip, port: fk.port, proto: fk.protocol, slot: (i + 1) as u16 },
+                Lb4Service { id: bid, count: 0, flags: 0, affinity_timeout_s: 0 },
+            );
+        }
+        d.services.insert(
+            Lb4Key { addr: fk.ip, port: fk.port, proto: fk.protocol, slot: 0 },
+            Lb4Service {
+                id: fid,
+                count: fe.backends.len() as u16,
+                flags,
+                affinity_timeout_s: fe.affinity_timeout_s.unwrap_or(0),
+            },
+        );
+        for (index, &bi) in fe.maglev.iter().enumerate() {
+            if let Some(&bid) = bids.get(bi as usize) {
+                d.maglev.insert(MaglevKey { frontend_id: fid, index: index as u32 }, bid);
+            }
+        }
+    }
+    d
+}
+
+pub fn run(args: &Args) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read {}", args.config.display()))?;
+    let conf: AgentConfig = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an agent configuration", args.config.display()))?;
+    let node_ip = *conf
+        .node_ips
+        .get(&conf.node)
+        .with_context(|| format!("node {} has no address in node_ips", conf.node))?;
+    datapath::load(&conf.pin_dir).context("loading the datapath")?;
+    datapath::attach_netdev(&conf.pin_dir, &conf.lan_interface)
+        .with_context(|| format!("attaching to {}", conf.lan_interface))?;
+    let mut maps = datapath::Maps::open(&conf.pin_dir)?;
+    let mut ids = Ids::recover(&maps)?;
+    let fabric_cfg = fabric::FabricConfig::new(conf.node.clone(), conf.node_ips.clone());
+    let node_config = NodeConfig {
+        node_ip,
+        cluster_cidr: (conf.cluster_cidr.network(), conf.cluster_cidr.prefix_len()),
+        maglev_m: fabric_cfg.maglev_m,
+        flags: if conf.masquerade { NODE_F_MASQUERADE } else { 0 },
+    };
+    let opts = store::Options { default_namespace: "default".into(), ..Default::default() };
+    let watch = store::watch::Watch::start(conf.manifests.clone(), opts)
+        .context("watching the manifests")?;
+    let mut apply = |snapshot: &model::Snapshot| -> Result<()> {
+        let assignments = conf
+            .assignments
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice::<fabric::Assignments>(&b).ok());
+        let plan = fabric::compile(snapshot, &fabric_cfg, assignments.as_ref());
+        for p in &plan.problems {
+            tracing::warn!(problem = %p, "service not fully programmed");
+        }
+        let want = desired(&plan, &mut ids, Some(node_config));
+        let stats = maps.sync(&want)?;
+        // The lab waits for this line to know the published objects are in the maps.
+        let generation = model::snapshot::get(
+            &snapshot.config_maps,
+            lab::cluster::GENERATION_CONFIGMAP.0,
+            lab::cluster::GENERATION_CONFIGMAP.1,
+        )
+        .and_then(|c| c.spec.data.as_ref()?.get("generation").cloned());
+        if let Some(g) = generation {
+            println!("synced {g}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        }
+        eprintln!(
+            "node {}: {} frontends, {} backends; {} entries written, {} removed",
+            conf.node,
+            plan.frontends.len(),
+            want.backends.len(),
+            stats.written,
+            stats.removed
+        );
+        Ok(())
+    };
+    apply(&watch.current().snapshot)?;
+    println!("ready");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    while let Ok(update) = watch.updates.recv() {
+        match update {
+            store::watch::Update::Applied(load) => {
+                if let Err(e) = apply(&load.snapshot) {
+                    eprintln!("sync failed (the maps keep their previous contents): {e:#}");
+                }
+            }
+            store::watch::Update::Rejected { errors, .. } => {
+                eprintln!("manifests rejected ({} errors); keeping the current maps", errors.len());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

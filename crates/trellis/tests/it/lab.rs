@@ -1,0 +1,326 @@
+//! The lab end to end, as root, in network namespaces this test creates (named
+//! `trellis-t<pid>-…`) and removes again, also when an assertion fails: pod networking across
+//! nodes, the eBPF service load balancer (ClusterIP, NodePort, LoadBalancer address, refusal
+//! without endpoints), scaling under a live connection, agent restart, and `lab down`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn trellis_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_trellis")
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the lab tests need root (network namespaces, eBPF): run them as root"
+    );
+}
+
+/// A running lab; `lab down` on drop.
+struct Lab {
+    name: String,
+    state_dir: PathBuf,
+}
+
+impl Lab {
+    fn up(manifests: &Path, name: &str, state_dir: &Path) -> Lab {
+        let lab = Lab { name: name.to_string(), state_dir: state_dir.to_path_buf() };
+        let out = Command::new(trellis_bin())
+            .args(["lab", "up", "--nodes", "3", "--name", name, "--state-dir"])
+            .arg(state_dir)
+            .arg("-f")
+            .arg(manifests)
+            .output()
+            .expect("trellis lab up runs");
+        assert!(
+            out.status.success(),
+            "lab up failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        lab
+    }
+
+    fn cmd(&self, sub: &str) -> Command {
+        let mut c = Command::new(trellis_bin());
+        c.args(["lab", sub, "--name", &self.name, "--state-dir"]).arg(&self.state_dir);
+        c
+    }
+
+    fn state(&self) -> serde_json::Value {
+        let out = self.cmd("status").arg("--json").output().expect("lab status runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+    }
+
+    /// Runs a command in a lab namespace; (exit code, stdout).
+    fn exec(&self, who: &str, argv: &[&str]) -> (i32, String) {
+        let out = self.cmd("exec").arg(who).arg("--").args(argv).output().expect("lab exec runs");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// curl from a lab namespace; the echo's JSON answer, or the curl exit code.
+    fn curl(&self, who: &str, url: &str) -> Result<serde_json::Value, i32> {
+        let (code, body) = self.exec(who, &["curl", "-sS", "--max-time", "5", url]);
+        if code != 0 {
+            return Err(code);
+        }
+        Ok(serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON from {url}: {body}")))
+    }
+
+    fn netns(&self, part: &str) -> String {
+        format!("trellis-{}-{part}", self.name)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = self.cmd("down").output();
+        if let Ok(o) = out
+            && !o.status.success()
+        {
+            eprintln!("lab down: {}", String::from_utf8_lossy(&o.stderr));
+        }
+    }
+}
+
+/// Connects from inside a namespace (the socket stays in it), from a thread that enters it.
+fn connect_in(netns: &str, addr: SocketAddr) -> TcpStream {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns file");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect")
+    })
+    .join()
+    .expect("connect thread")
+}
+
+/// One keep-alive HTTP/1.1 request on an open connection; the echo's `backend` (pod name).
+fn request(conn: &mut TcpStream) -> String {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    conn.write_all(b"GET /hold HTTP/1.1\r\nHost: lab\r\n\r\n").expect("write");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("header line");
+        assert!(!line.is_empty(), "connection closed");
+        let l = line.trim().to_ascii_lowercase();
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().expect("length");
+        }
+        if l.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).expect("body");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+    v["backend"].as_str().expect("backend").to_string()
+}
+
+/// Waits (bounded) until the lab reports `n` ready pods.
+fn wait_pods(lab: &Lab, n: usize) {
+    let start = Instant::now();
+    loop {
+        let s = lab.state();
+        let ready = s["pods"].as_array().map(|p| p.iter().filter(|p| p["ready"] == true).count());
+        if ready == Some(n) && s["pods"].as_array().map(Vec::len) == Some(n) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "never reached {n} pods: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+const MANIFESTS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo, namespace: default}
+spec:
+  replicas: REPLICAS
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers:
+      - name: echo
+        image: ghcr.io/mendhak/http-https-echo:31
+        ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: default}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo-np, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-lb
+  namespace: default
+  annotations: {lbipam.cilium.io/ips: 10.10.30.50}
+spec:
+  type: LoadBalancer
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: nobody, namespace: default}
+spec:
+  selector: {app: nothing-matches}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+fn write_manifests(dir: &Path, replicas: u32) {
+    let text = MANIFESTS.replace("REPLICAS", &replicas.to_string());
+    let tmp = dir.join("apps.yaml.tmp");
+    std::fs::write(&tmp, text).expect("write manifests");
+    std::fs::rename(&tmp, dir.join("apps.yaml")).expect("rename manifests");
+}
+
+#[test]
+fn lab_pods_services_scaling_agent_restart_and_down() {
+    require_root();
+    let name = format!("t{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    write_manifests(&manifests, 3);
+    let state_dir = dir.path().join("state");
+    let lab = Lab::up(&manifests, &name, &state_dir);
+
+    let s = lab.state();
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(3), "{s}");
+    let pods: Vec<(String, String, String)> = s["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .map(|p| {
+            (
+                p["plan"]["name"].as_str().expect("name").to_string(),
+                p["plan"]["node"].as_str().expect("node").to_string(),
+                p["ip"].as_str().expect("ip").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(pods.len(), 3, "{s}");
+    let nodes: std::collections::BTreeSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "pods spread over the nodes: {pods:?}");
+    let service = |n: &str| -> serde_json::Value {
+        s["services"]
+            .as_array()
+            .expect("services")
+            .iter()
+            .find(|r| r["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("service {n} in status: {s}"))
+    };
+    let cluster_ip = service("echo")["cluster_ip"].as_str().expect("cluster ip").to_string();
+    assert!(cluster_ip.starts_with("10.9") || cluster_ip.starts_with("10.10"), "{cluster_ip}");
+
+    // Pod to pod: across nodes and on the same node (a pod to itself through its node).
+    let (a, b) = (&pods[0], &pods[1]);
+    let v = lab.curl(&format!("default/{}", a.0), &format!("http://{}:8080/x", b.2)).expect("pod to pod");
+    assert_eq!(v["backend"], b.0.as_str());
+    assert_eq!(v["source"].as_str().map(|s| s.starts_with(&format!("{}:", a.2))), Some(true), "{v}");
+    // Node to pod.
+    let v = lab.curl(&a.1, &format!("http://{}:8080/", b.2)).expect("node to pod");
+    assert_eq!(v["backend"], b.0.as_str());
+
+    // Pod to ClusterIP reaches backends on every node.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let v = lab.curl(&format!("default/{}", a.0), &format!("http://{cluster_ip}/")).expect("clusterip");
+        seen.insert(v["backend"].as_str().expect("backend").to_string());
+    }
+    assert_eq!(seen.len(), 3, "every backend answers through the ClusterIP: {seen:?}");
+
+    // The LAN client to the NodePort on every node.
+    for n in s["nodes"].as_array().expect("nodes") {
+        let ip = n["lan_ip"].as_str().expect("lan ip");
+        let v = lab.curl("client", &format!("http://{ip}:30080/np")).expect("nodeport");
+        assert_eq!(v["path"], "/np");
+    }
+
+    // A LoadBalancer address (routed to node-1 until L2 announcements exist): from the client
+    // and from a pod.
+    let (code, _) = lab.exec("client", &["ip", "route", "add", "10.10.30.50/32", "via", "10.10.30.11"]);
+    assert_eq!(code, 0);
+    lab.curl("client", "http://10.10.30.50/lb").expect("LB from client");
+    lab.curl(&format!("default/{}", a.0), "http://10.10.30.50/lb").expect("LB from pod");
+
+    // A Service without endpoints is refused, not black-holed: curl fails to connect (7),
+    // it does not time out (28).
+    let nobody = service("nobody")["cluster_ip"].as_str().expect("nobody ip").to_string();
+    let err = lab.curl(&format!("default/{}", a.0), &format!("http://{nobody}/")).expect_err("refused");
+    assert_eq!(err, 7, "connection refused/unreachable, not a timeout");
+
+    // A long-lived connection through the NodePort keeps its backend while the Deployment
+    // scales up and down (the original pods survive the scale-down).
+    let mut conn = connect_in(&lab.netns("client"), "10.10.30.11:30080".parse().expect("addr"));
+    let first = request(&mut conn);
+    write_manifests(&manifests, 5);
+    wait_pods(&lab, 5);
+    assert_eq!(request(&mut conn), first, "scale-up moved the connection");
+    write_manifests(&manifests, 3);
+    wait_pods(&lab, 3);
+    assert_eq!(request(&mut conn), first, "scale-down moved the connection");
+
+    // Restart node-1's agent: pinned maps keep the connection on its backend.
+    let s = lab.state();
+    let pid = s["nodes"][0]["agent_pid"].as_u64().expect("agent pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill agent");
+    let config = state_dir.join("agent-node-1.json");
+    let mut agent = Command::new("ip")
+        .args(["netns", "exec", &lab.netns("node-1"), trellis_bin(), "agent", "--config"])
+        .arg(&config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("agent restarts");
+    let ready = BufReader::new(agent.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ready");
+    assert!(ready, "the restarted agent never said ready");
+    assert_eq!(request(&mut conn), first, "agent restart moved the connection");
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // Down removes every namespace and pin.
+    drop(conn);
+    let prefix = format!("trellis-{name}-");
+    drop(lab);
+    let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let pins: Vec<String> = std::fs::read_dir("/sys/fs/bpf/trellis")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(pins.is_empty(), "pins left behind: {pins:?}");
+}
