@@ -3,10 +3,12 @@
 //! Subcommands live in their own modules; each parses its flags with clap and calls into the
 //! library crates. Only this crate installs a tracing subscriber.
 
+mod agent;
 mod check;
 mod dns;
 mod gateway;
 mod observe;
+mod lab;
 mod sync;
 
 use std::path::PathBuf;
@@ -100,6 +102,10 @@ enum Command {
     Dns(dns::Args),
     /// Print flows from an observer API (Hubble's gRPC), like `hubble observe`.
     Observe(Box<observe::Args>),
+    /// A cluster from network namespaces on this machine: up, status, exec, down.
+    Lab(lab::Args),
+    /// One node's agent: the eBPF datapath kept equal to the manifests' Services.
+    Agent(agent::Args),
     /// Plan DNS records for the manifests' routes, Services and DNSEndpoints (ExternalDNS's semantics).
     Sync(sync::Args),
 }
@@ -120,6 +126,8 @@ fn main() -> ExitCode {
         Command::Dns(args) => dns::run(&args),
         Command::Observe(args) => observe::run(&args),
         Command::Sync(args) => sync::run(&args),
+        Command::Lab(args) => lab::run(&args),
+        Command::Agent(args) => agent::run(&args),
     };
     match result {
         Ok(code) => code,
