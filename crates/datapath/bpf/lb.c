@@ -207,15 +207,17 @@ static __always_inline void key_of(struct nat4_key *k, const struct tuple *t, __
 }
 
 /* Applies an existing entry of direction `dir`. Returns the entry's flags + 1 when it did, 0
- * when there is none (or, for a fresh SYN, none whose backend still exists). */
-static __always_inline int nat_apply(struct __sk_buff *skb, const struct tuple *t, __u8 dir)
+ * when there is none (or, for a fresh SYN, none whose backend still exists), or when the entry
+ * has one of `skip` flags (it belongs to another hook). */
+static __always_inline int nat_apply(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+				     __u32 skip)
 {
 	struct nat4_key k;
 	struct nat4_entry *e;
 
 	key_of(&k, t, dir);
 	e = bpf_map_lookup_elem(&nat4, &k);
-	if (!e)
+	if (!e || (e->flags & skip))
 		return 0;
 	/* A new connection reusing a tuple keeps its old backend only if it still exists. */
 	if (dir == NAT_DIR_FWD && e->backend_id && is_syn(t) &&
@@ -411,12 +413,14 @@ int from_pod(struct __sk_buff *skb)
 	/* The reply of a pod that reached itself through a service: translate it back and hand
 	 * it straight back to the pod. */
 	if (t.daddr == bpf_htonl(HAIRPIN_IP4)) {
-		r = nat_apply(skb, &t, NAT_DIR_REPLY);
+		r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
 		if (r < 0)
 			return TC_ACT_SHOT;
 		return r > 0 ? turn_around(skb) : TC_ACT_OK;
 	}
-	r = nat_apply(skb, &t, NAT_DIR_FWD);
+	/* Masquerade entries are applied where the packet leaves the node (to_netdev): applied
+	 * here, the node's own address as source would make the packet a martian. */
+	r = nat_apply(skb, &t, NAT_DIR_FWD, NAT_F_MASQ);
 	if (r < 0)
 		return TC_ACT_SHOT;
 	if (r > 0)
@@ -446,7 +450,7 @@ int to_pod(struct __sk_buff *skb)
 	count(STAT_PACKETS);
 	if (parse(skb, &t) < 0)
 		return TC_ACT_OK;
-	r = nat_apply(skb, &t, NAT_DIR_REPLY);
+	r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
 	if (r < 0)
 		return TC_ACT_SHOT;
 	if (r > 0)
@@ -477,9 +481,9 @@ int from_netdev(struct __sk_buff *skb)
 	count(STAT_PACKETS);
 	if (parse(skb, &t) < 0)
 		return TC_ACT_OK;
-	r = nat_apply(skb, &t, NAT_DIR_REPLY);
+	r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
 	if (r == 0)
-		r = nat_apply(skb, &t, NAT_DIR_FWD);
+		r = nat_apply(skb, &t, NAT_DIR_FWD, 0);
 	if (r < 0)
 		return TC_ACT_SHOT;
 	if (r > 0)
@@ -516,9 +520,9 @@ int to_netdev(struct __sk_buff *skb)
 	count(STAT_PACKETS);
 	if (parse(skb, &t) < 0)
 		return TC_ACT_OK;
-	r = nat_apply(skb, &t, NAT_DIR_REPLY);
+	r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
 	if (r == 0)
-		r = nat_apply(skb, &t, NAT_DIR_FWD);
+		r = nat_apply(skb, &t, NAT_DIR_FWD, 0);
 	if (r < 0)
 		return TC_ACT_SHOT;
 	if (r > 0)

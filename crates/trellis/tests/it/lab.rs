@@ -265,6 +265,35 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
     lab.curl("client", "http://10.10.30.50/lb").expect("LB from client");
     lab.curl(&format!("default/{}", a.0), "http://10.10.30.50/lb").expect("LB from pod");
 
+    // Masquerade: a pod reaching a LAN host outside the native routing CIDR is seen there with
+    // its node's address (bpf.masquerade).
+    let mut lan_host = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", lab.netns("client")))
+        .args([trellis_bin(), "lab", "echo", "--pod", "lan-host", "--ports", "9090"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("LAN host echo starts");
+    let up = BufReader::new(lan_host.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ready");
+    assert!(up, "LAN host echo did not start");
+    let node_ip = |node: &str| -> String {
+        s["nodes"].as_array().expect("nodes").iter().find(|n| n["name"] == node).expect("node")
+            ["lan_ip"]
+            .as_str()
+            .expect("ip")
+            .to_string()
+    };
+    let v = lab.curl(&format!("default/{}", a.0), "http://10.10.30.100:9090/masq").expect("pod to LAN");
+    let _ = lan_host.kill();
+    let _ = lan_host.wait();
+    assert_eq!(
+        v["source"].as_str().and_then(|s| s.split(':').next()),
+        Some(node_ip(&a.1).as_str()),
+        "{v}"
+    );
+
     // A Service without endpoints is refused, not black-holed: curl fails to connect (7),
     // it does not time out (28).
     let nobody = service("nobody")["cluster_ip"].as_str().expect("nobody ip").to_string();
