@@ -3,7 +3,7 @@
 //!
 //! This is what kube-proxy, or Cilium's kube-proxy replacement, would program, written as plain
 //! sorted data so that two plans diff cheaply ([`ServicePlan::diff`]) and a plan prints well.
-//! Endpoints come from [`model::endpoints::service_endpoints`], like everywhere else, so the
+//! Endpoints come from [`model::endpoints`] (its index), like everywhere else, so the
 //! gateway, DNS and the fabric agree on what backs a Service port.
 //!
 //! What a frontend gets, per Service port:
@@ -34,6 +34,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use model::Snapshot;
+use model::endpoints::EndpointIndex;
 use model::k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
@@ -385,6 +386,7 @@ pub fn compile(
         seed: cfg.maglev_seed,
         built: HashMap::new(),
     };
+    let endpoints = EndpointIndex::new(snapshot);
     let mut services = 0usize;
     for svc in snapshot.services.values() {
         let Some(spec) = &svc.spec.spec else { continue };
@@ -415,7 +417,7 @@ pub fn compile(
             continue;
         }
         compile_service(
-            snapshot,
+            &endpoints,
             cfg,
             assignments,
             svc,
@@ -465,7 +467,7 @@ impl Tables {
 }
 
 fn compile_service(
-    snapshot: &Snapshot,
+    endpoints: &EndpointIndex<'_>,
     cfg: &FabricConfig,
     assignments: Option<&Assignments>,
     svc: &model::Object<Service>,
@@ -527,20 +529,18 @@ fn compile_service(
             ));
             continue;
         };
-        let endpoints =
-            match model::endpoints::service_port_endpoints(snapshot, ns, name, sp.port, proto_name)
-            {
-                Ok(e) => e,
-                Err(e) => {
-                    plan.problem(Problem::new(
-                        ns,
-                        name,
-                        format!("spec.ports[{i}]"),
-                        e.to_string(),
-                    ));
-                    continue;
-                }
-            };
+        let endpoints = match endpoints.service_port_endpoints(ns, name, sp.port, proto_name) {
+            Ok(e) => e,
+            Err(e) => {
+                plan.problem(Problem::new(
+                    ns,
+                    name,
+                    format!("spec.ports[{i}]"),
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
         let mut backends: BTreeMap<(Ipv4Addr, u16), Backend> = BTreeMap::new();
         for e in endpoints {
             let IpAddr::V4(ip) = e.ip else { continue };
