@@ -30,9 +30,10 @@ fn snapshot(services: usize) -> model::Snapshot {
             ));
         }
     }
-    let raws = parse_documents(&text)
-        .expect("generated YAML parses")
-        .into_iter()
+    // One parse per Service and its pods: the YAML reader bounds the nodes per file.
+    let raws = text
+        .split_inclusive("---\n")
+        .flat_map(|doc| parse_documents(doc).expect("generated YAML parses"))
         .map(|d| {
             let mut index = PosIndex::default();
             let value = d.to_json(&mut index);
