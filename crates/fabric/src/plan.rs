@@ -164,6 +164,14 @@ pub struct Frontend {
     pub maglev: Arc<[u32]>,
 }
 
+impl Frontend {
+    /// Whether `node`'s datapath serves this frontend: node ports on their own node's address,
+    /// everything else on every node.
+    pub fn served_by(&self, node: &str) -> bool {
+        self.node.as_deref().is_none_or(|n| n == node)
+    }
+}
+
 /// Something in the manifests the plan could not honour, naming the Service and field.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Problem {
@@ -936,6 +944,13 @@ spec:
             fe.maglev.iter().all(|&i| i == 0),
             "one local backend takes every slot"
         );
+        let served: Vec<String> = p
+            .frontends
+            .iter()
+            .filter(|(_, f)| f.served_by("n1"))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(served, ["10.10.30.11:30080/TCP", "10.96.0.21:80/TCP"]);
     }
 
     #[test]
