@@ -19,13 +19,16 @@
 //!
 //! Nothing is ever handed out twice. Only values the allocator chose are stored; those from
 //! manifests are read from the snapshot each time.
+//!
+//! LoadBalancer addresses come from [`crate::lbipam`] in the same call and are stored here
+//! too (`load_balancer_ips`), with a condition per Service that is recomputed, not stored.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
 use ipnet::Ipv4Net;
-use model::Snapshot;
+use model::{Condition, Snapshot};
 use serde::{Deserialize, Serialize};
 
 use crate::maglev::hash64;
@@ -49,6 +52,10 @@ pub struct Assignments {
     /// What could not be assigned (range exhausted, conflicting manifests). Not persisted.
     #[serde(skip)]
     pub problems: Vec<Problem>,
+    /// LB-IPAM's `cilium.io/IPAMRequestSatisfied` condition for every Service it is
+    /// responsible for, by `namespace/name`. Not persisted: recomputed by every [`assign`].
+    #[serde(skip)]
+    pub load_balancer_conditions: BTreeMap<String, Condition>,
 }
 
 /// The values assigned to one Service.
@@ -59,6 +66,9 @@ pub struct ServiceAssignment {
     /// By service port, `port/PROTOCOL` (`80/TCP`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_ports: BTreeMap<String, u16>,
+    /// LoadBalancer addresses from LB-IPAM ([`crate::lbipam`]), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancer_ips: Vec<Ipv4Addr>,
 }
 
 impl Assignments {
@@ -74,6 +84,19 @@ impl Assignments {
             .node_ports
             .get(&port_key(port, protocol))
             .copied()
+    }
+
+    /// The LoadBalancer addresses LB-IPAM assigned to a Service (empty when none).
+    pub fn load_balancer_ips(&self, namespace: &str, name: &str) -> &[Ipv4Addr] {
+        self.services
+            .get(&service_key(namespace, name))
+            .map_or(&[], |s| s.load_balancer_ips.as_slice())
+    }
+
+    /// LB-IPAM's condition on a Service, when LB-IPAM is responsible for it.
+    pub fn load_balancer_condition(&self, namespace: &str, name: &str) -> Option<&Condition> {
+        self.load_balancer_conditions
+            .get(&service_key(namespace, name))
     }
 }
 
@@ -259,8 +282,15 @@ pub fn assign(
             }
         }
     }
-    out.services
-        .retain(|_, a| a.cluster_ip.is_some() || !a.node_ports.is_empty());
+    let lb = crate::lbipam::allocate_snapshot(snapshot, previous);
+    for (key, ips) in lb.ips {
+        out.services.entry(key).or_default().load_balancer_ips = ips;
+    }
+    out.load_balancer_conditions = lb.conditions;
+    out.problems.extend(lb.problems);
+    out.services.retain(|_, a| {
+        a.cluster_ip.is_some() || !a.node_ports.is_empty() || !a.load_balancer_ips.is_empty()
+    });
     out
 }
 
@@ -443,7 +473,7 @@ mod tests {
             "apps/web".into(),
             ServiceAssignment {
                 cluster_ip: Some(Ipv4Addr::new(10, 96, 0, 10)),
-                node_ports: BTreeMap::new(),
+                ..ServiceAssignment::default()
             },
         );
         previous.services.insert(
@@ -451,6 +481,7 @@ mod tests {
             ServiceAssignment {
                 cluster_ip: Some(Ipv4Addr::new(192, 168, 0, 1)),
                 node_ports: [("80/TCP".to_string(), 8080)].into(),
+                ..ServiceAssignment::default()
             },
         );
         let a = assigned(&fixture(), &previous);

@@ -6,11 +6,14 @@
 //!   frontends (address, port, protocol) to backends, and the diff between two plans.
 //! - [`assign`]: cluster IPs and node ports for Services whose manifests leave them out, kept
 //!   stable across calls.
+//! - [`lbipam`]: LoadBalancer addresses from CiliumLoadBalancerIPPools (Cilium's LB-IPAM),
+//!   computed inside [`assign()`] and kept in the same [`Assignments`].
 //!
 //! Nothing here touches the kernel: the plan is plain data (`Ipv4Addr`, `u16`, protocol
 //! numbers, `u32` table entries), and turning it into BPF map entries is `datapath`'s job.
 
 pub mod assign;
+pub mod lbipam;
 pub mod maglev;
 pub mod plan;
 

@@ -13,8 +13,12 @@
 //!   ([`Scope::External`]). Each node's datapath programs its own address; the others are in
 //!   the plan so that it shows the whole cluster's view and so every node computes the same
 //!   tables;
-//! - LoadBalancer Services: the addresses in `status.loadBalancer.ingress`, else the
-//!   `lbipam.cilium.io/ips` annotation, else `spec.loadBalancerIP`, on the service port;
+//! - LoadBalancer Services: the addresses in `status.loadBalancer.ingress` (what a cluster
+//!   reports wins), else those LB-IPAM assigned ([`crate::lbipam`], through the assignments),
+//!   on the service port. `lbipam.cilium.io/ips` and `spec.loadBalancerIP` are requests to
+//!   LB-IPAM: a refused request gives no frontend, and a problem. Only when there are no
+//!   assignments or no pool (LB-IPAM dormant, the addresses owned by something else) are they
+//!   taken as written;
 //! - `spec.externalIPs`, on the service port.
 //!
 //! Backends are the ready endpoints (all of them with `publishNotReadyAddresses`); a frontend
@@ -395,6 +399,7 @@ pub fn compile(
         built: HashMap::new(),
     };
     let endpoints = EndpointIndex::new(snapshot);
+    let lbipam_active = crate::lbipam::active(snapshot);
     let mut services = 0usize;
     for svc in snapshot.services.values() {
         let Some(spec) = &svc.spec.spec else { continue };
@@ -428,6 +433,7 @@ pub fn compile(
             &endpoints,
             cfg,
             assignments,
+            lbipam_active,
             svc,
             spec,
             &mut tables,
@@ -478,6 +484,7 @@ fn compile_service(
     endpoints: &EndpointIndex<'_>,
     cfg: &FabricConfig,
     assignments: Option<&Assignments>,
+    lbipam_active: bool,
     svc: &model::Object<Service>,
     spec: &ServiceSpec,
     tables: &mut Tables,
@@ -505,7 +512,8 @@ fn compile_service(
     let itp_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
     let lb_ips = if ty == "LoadBalancer" {
-        lb_addresses(svc, spec, plan)
+        let assigned = assignments.filter(|_| lbipam_active);
+        lb_addresses(svc, spec, assigned, plan)
     } else {
         Vec::new()
     };
@@ -789,11 +797,13 @@ fn affinity(spec: &ServiceSpec, ns: &str, name: &str, plan: &mut ServicePlan) ->
     }
 }
 
-/// A LoadBalancer Service's addresses: its status, else what it asks LB-IPAM for, else
+/// A LoadBalancer Service's addresses: its status, else what LB-IPAM assigned when `assigned`
+/// is given, else (LB-IPAM not running) what it asks for, annotation before
 /// `spec.loadBalancerIP`. Sorted, without duplicates.
 fn lb_addresses(
     svc: &model::Object<Service>,
     spec: &ServiceSpec,
+    assigned: Option<&Assignments>,
     plan: &mut ServicePlan,
 ) -> Vec<Ipv4Addr> {
     let (ns, name) = (svc.namespace(), svc.name());
@@ -811,6 +821,27 @@ fn lb_addresses(
             Some((format!("status.loadBalancer.ingress[{i}].ip"), ip))
         })
         .collect();
+    if status.is_empty()
+        && let Some(a) = assigned
+    {
+        let ips = a.load_balancer_ips(ns, name).to_vec();
+        match a.load_balancer_condition(ns, name) {
+            Some(c) if c.status == model::Status::False => plan.problem(Problem::new(
+                ns,
+                name,
+                format!("status.conditions[{}]", c.type_),
+                format!("{}: {}", c.reason, c.message),
+            )),
+            None if ips.is_empty() => plan.problem(Problem::new(
+                ns,
+                name,
+                "status.loadBalancer",
+                "no LoadBalancer address: no CiliumLoadBalancerIPPool serves this service".into(),
+            )),
+            _ => {}
+        }
+        return ips;
+    }
     let texts: Vec<(String, &str)> = if !status.is_empty() {
         status
     } else if let Some(a) = svc.meta.annotations.get(LBIPAM_IPS_ANNOTATION) {

@@ -1,0 +1,935 @@
+//! LB-IPAM: addresses for LoadBalancer Services from `CiliumLoadBalancerIPPool`s, handed out
+//! the way Cilium's operator does it, as a pure function of the snapshot and the previous
+//! allocations.
+//!
+//! [`crate::assign::assign`] calls [`allocate_snapshot`] and stores the result in
+//! [`Assignments`]: the addresses in `ServiceAssignment::load_balancer_ips` (persisted, so
+//! allocations survive restarts) and one condition per Service in
+//! `Assignments::load_balancer_conditions` (recomputed on every call, not persisted).
+//!
+//! The rules, with the Cilium 1.18 facts they follow (docs `network/lb-ipam`, the pool CRD's
+//! field descriptions and `operator/pkg/lbipam`):
+//!
+//! - **Dormant without pools.** With no pool in the snapshot nothing is allocated and no
+//!   condition is set ("LB IPAM is always enabled but dormant").
+//! - **Which Services.** `type: LoadBalancer` with no `spec.loadBalancerClass` or one of
+//!   [`LB_CLASSES`]; any other class is ignored entirely, without a condition. IPv4 only: IPv6
+//!   requests are skipped, and a single-stack IPv6 Service is left alone.
+//! - **Pools.** Ordered by name; blocks in the order written, a CIDR or an inclusive
+//!   `start`/`stop` range (`stop` defaults to `start`). A pool's `serviceSelector` matches the
+//!   Service's labels plus `io.kubernetes.service.namespace` and `io.kubernetes.service.name`;
+//!   no selector matches every Service.
+//! - **allowFirstLastIPs.** Only `"No"` reserves anything: the first and last address of each
+//!   CIDR block (network and broadcast), and only for blocks of more than two addresses (a /31
+//!   or /32 stays whole). Unset means `Yes` since Cilium 1.16 (the CRD: "if set to `Yes` or
+//!   undefined means that the first and last IPs of each CIDR will be allocatable"; the docs'
+//!   "will not assign these by default" predates that change). Ranges never reserve anything.
+//! - **Disabled pools** hand out nothing new and do not accept requests (a request into one is
+//!   `no_pool`, as in Cilium, whose lookup skips disabled ranges), but existing allocations are
+//!   kept ("doesn't remove existing allocations"). A pool whose blocks overlap its own or those
+//!   of a pool earlier by name is *conflicting* and treated as disabled. Cilium marks the newer
+//!   pool by creation time; manifests have no creation time, so the name decides.
+//! - **Requests.** `spec.loadBalancerIP` and the comma-separated `lbipam.cilium.io/ips`
+//!   (or the older `io.cilium/lb-ipam-ips`), together. A requested address must lie in an
+//!   enabled pool that selects the Service and must be free (or shareable), else the condition
+//!   says why and the address is not assigned. Requested addresses are granted even when they
+//!   are not the pool's first free one, and a Service that requests addresses gets only those.
+//! - **Without a request**, a Service gets the first free address of the first enabled pool
+//!   (by name) that selects it: `no_pool` when none selects it, `out_of_ips` when all that do
+//!   are full.
+//! - **Order and stability.** Services are handled in namespace/name order, in three passes:
+//!   every previous allocation that is still valid (the address still lies in a pool that
+//!   selects the Service, is still requested if the Service requests addresses, and is not
+//!   taken by an incompatible Service kept before it), then the requests, then the rest.
+//!   So a previous allocation is kept even when a Service that sorts earlier would now get it.
+//!   Addresses in `status.loadBalancer.ingress` are imported like previous allocations when
+//!   they lie in an enabled pool that selects the Service (Cilium's `stripOrImportIngresses`).
+//! - **Sharing.** Never one address for two Services, except Services with the same
+//!   `lbipam.cilium.io/sharing-key` (or `io.cilium/lb-ipam-sharing-key`) that are compatible:
+//!   in one namespace, or both listing the other's namespace (or `*`) in
+//!   `lbipam.cilium.io/sharing-cross-namespace`; no port+protocol in common; the same
+//!   `externalTrafficPolicy`; and with `Local`, the same non-empty pod selector. A Service
+//!   without a request shares the first compatible address of its key; when none is, it gets a
+//!   new one. A Service that requests a taken address it may not share gets
+//!   `already_allocated` (no sharing key) or `already_allocated_incompatible_service`.
+//! - **Conditions** have Cilium's shape: type [`REQUEST_SATISFIED_CONDITION`] (Cilium 1.18
+//!   writes `cilium.io/IPAMRequestSatisfied`; the docs' example still shows the pre-1.16
+//!   `io.cilium/lb-ipam-request-satisfied`), status True with reason `satisfied`, or False
+//!   with `no_pool`, `pool_selector_mismatch`, `already_allocated`,
+//!   `already_allocated_incompatible_service` or `out_of_ips`. As in Cilium, when several
+//!   requests fail the last failure is the condition; every failure is also a [`Problem`].
+//!
+//! Envoy Gateway creates a LoadBalancer Service per Gateway, copying the Gateway's
+//! `spec.infrastructure.annotations` (where the corpus asks for its addresses) onto it.
+//! [`gateway_requests`] synthesizes those Services' requests so the gateways get their
+//! addresses here too; see [`gateway_service_name`] for where to look them up.
+//!
+//! Not here: IPv6, pool status counts, writing `status.loadBalancer` back (callers read
+//! [`Assignments::load_balancer_ips`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use model::k8s_openapi::api::core::v1::Service;
+use model::kinds::LabelSelector;
+use model::snapshot::get;
+use model::{Condition, Object, Snapshot, Status};
+use model::k8s_openapi::serde_json::Value;
+
+use crate::assign::Assignments;
+use crate::maglev::hash64;
+use crate::plan::{Problem, protocol_name, protocol_number, service_type};
+
+/// The annotation with the addresses a Service requests, comma-separated.
+pub const IPS_ANNOTATION: &str = crate::plan::LBIPAM_IPS_ANNOTATION;
+/// The older spelling of [`IPS_ANNOTATION`], still read by Cilium.
+pub const IPS_ANNOTATION_LEGACY: &str = "io.cilium/lb-ipam-ips";
+/// Services with the same value may share addresses.
+pub const SHARING_KEY_ANNOTATION: &str = "lbipam.cilium.io/sharing-key";
+pub const SHARING_KEY_ANNOTATION_LEGACY: &str = "io.cilium/lb-ipam-sharing-key";
+/// The namespaces (comma-separated, or `*`) a Service may share its addresses with.
+pub const SHARING_CROSS_NAMESPACE_ANNOTATION: &str = "lbipam.cilium.io/sharing-cross-namespace";
+pub const SHARING_CROSS_NAMESPACE_ANNOTATION_LEGACY: &str =
+    "io.cilium/lb-ipam-sharing-cross-namespace";
+/// The condition type Cilium 1.18 sets on the Services it is responsible for.
+pub const REQUEST_SATISFIED_CONDITION: &str = "cilium.io/IPAMRequestSatisfied";
+/// The `spec.loadBalancerClass` values LB-IPAM serves besides none.
+pub const LB_CLASSES: &[&str] = &["io.cilium/bgp-control-plane", "io.cilium/l2-announcer"];
+/// Labels every Service carries for pool selectors, besides its own.
+pub const SERVICE_NAMESPACE_LABEL: &str = "io.kubernetes.service.namespace";
+pub const SERVICE_NAME_LABEL: &str = "io.kubernetes.service.name";
+/// The labels Envoy Gateway puts on the resources it creates for a Gateway.
+pub const OWNING_GATEWAY_NAME_LABEL: &str = "gateway.envoyproxy.io/owning-gateway-name";
+pub const OWNING_GATEWAY_NAMESPACE_LABEL: &str = "gateway.envoyproxy.io/owning-gateway-namespace";
+
+/// The condition reasons, Cilium's strings.
+pub mod reason {
+    pub const SATISFIED: &str = "satisfied";
+    pub const NO_POOL: &str = "no_pool";
+    pub const POOL_SELECTOR_MISMATCH: &str = "pool_selector_mismatch";
+    pub const ALREADY_ALLOCATED: &str = "already_allocated";
+    pub const ALREADY_ALLOCATED_INCOMPATIBLE: &str = "already_allocated_incompatible_service";
+    pub const OUT_OF_IPS: &str = "out_of_ips";
+}
+
+/// The longest name prefix of a synthesized gateway Service, before its hash (Envoy Gateway's
+/// limit, which keeps the name within Kubernetes' 63 characters).
+const GATEWAY_SERVICE_PREFIX_MAX: usize = 48;
+
+/// One LoadBalancer Service as LB-IPAM sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LbRequest {
+    pub namespace: String,
+    pub name: String,
+    /// The Service's labels plus [`SERVICE_NAMESPACE_LABEL`] and [`SERVICE_NAME_LABEL`].
+    pub labels: BTreeMap<String, String>,
+    /// Requested IPv4 addresses, in the order written, without duplicates.
+    pub requested: Vec<Ipv4Addr>,
+    /// The field the requests come from, for problems.
+    pub request_field: String,
+    pub sharing_key: Option<String>,
+    pub sharing_cross_namespace: Vec<String>,
+    /// Service ports as (port, IP protocol number).
+    pub ports: BTreeSet<(u16, u8)>,
+    pub external_traffic_policy_local: bool,
+    /// The pod selector (`spec.selector`).
+    pub selector: BTreeMap<String, String>,
+    /// IPv4 addresses in `status.loadBalancer.ingress`.
+    pub status: Vec<Ipv4Addr>,
+}
+
+impl LbRequest {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One address block of a pool, as `u32` bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Block {
+    /// The block as written, for messages.
+    pub text: String,
+    /// Every address of the block.
+    pub span: (u32, u32),
+    /// What may be handed out: the span without its first and last address when they are
+    /// reserved.
+    pub usable: (u32, u32),
+}
+
+/// A `CiliumLoadBalancerIPPool`, parsed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pool {
+    pub name: String,
+    /// IPv4 blocks; IPv6 and malformed ones (which validation reports) are left out.
+    pub blocks: Vec<Block>,
+    pub selector: Option<LabelSelector>,
+    pub disabled: bool,
+    /// Why the pool conflicts with another, if it does; a conflicting pool allocates nothing.
+    pub conflict: Option<String>,
+}
+
+impl Pool {
+    fn enabled(&self) -> bool {
+        !self.disabled && self.conflict.is_none()
+    }
+
+    fn selects(&self, r: &LbRequest) -> bool {
+        self.selector.as_ref().is_none_or(|s| s.matches(&r.labels))
+    }
+}
+
+/// What LB-IPAM decided, by `namespace/name`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    /// The addresses of each Service that has any, sorted.
+    pub ips: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// One condition for every Service LB-IPAM is responsible for.
+    pub conditions: BTreeMap<String, Condition>,
+    /// Every refused request and unparsable address.
+    pub problems: Vec<Problem>,
+}
+
+/// Whether LB-IPAM is active: the snapshot has at least one pool.
+pub fn active(snapshot: &Snapshot) -> bool {
+    !snapshot.lb_ip_pools.is_empty()
+}
+
+/// Pools, requests and allocation for a snapshot, keeping `previous` where valid.
+pub fn allocate_snapshot(snapshot: &Snapshot, previous: &Assignments) -> Allocation {
+    if !active(snapshot) {
+        return Allocation::default();
+    }
+    let (requests, problems) = requests(snapshot);
+    let mut out = allocate(&pools(snapshot), &requests, previous);
+    out.problems.splice(0..0, problems);
+    out
+}
+
+/// The snapshot's pools, sorted by name, with conflicts marked.
+pub fn pools(snapshot: &Snapshot) -> Vec<Pool> {
+    let mut pools: Vec<Pool> = snapshot
+        .lb_ip_pools
+        .values()
+        .map(|p| {
+            let reserve_first_last = p.spec.allow_first_last_ips.as_deref() == Some("No");
+            Pool {
+                name: p.name().to_string(),
+                blocks: p
+                    .spec
+                    .blocks
+                    .iter()
+                    .filter_map(|b| parse_block(b, reserve_first_last))
+                    .collect(),
+                selector: p.spec.service_selector.clone(),
+                disabled: p.spec.disabled,
+                conflict: None,
+            }
+        })
+        .collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    for i in 0..pools.len() {
+        let overlap = |a: &Block, b: &Block| a.span.0 <= b.span.1 && b.span.0 <= a.span.1;
+        let own = &pools[i].blocks;
+        let mut conflict = own.iter().enumerate().find_map(|(j, a)| {
+            own[j + 1..].iter().find(|b| overlap(a, b)).map(|b| {
+                format!("range '{}' overlaps range '{}' of the same pool", a.text, b.text)
+            })
+        });
+        if conflict.is_none() {
+            conflict = pools[..i]
+                .iter()
+                .filter(|p| p.conflict.is_none())
+                .find_map(|p| {
+                    own.iter().find_map(|a| {
+                        p.blocks.iter().find(|b| overlap(a, b)).map(|b| {
+                            format!(
+                                "range '{}' overlaps range '{}' from IP Pool '{}'",
+                                a.text, b.text, p.name
+                            )
+                        })
+                    })
+                });
+        }
+        pools[i].conflict = conflict;
+    }
+    pools
+}
+
+fn parse_block(b: &model::kinds::cilium::IpBlock, reserve_first_last: bool) -> Option<Block> {
+    let (text, first, last, cidr) = match (&b.cidr, &b.start) {
+        (Some(c), None) => match c.trim().parse::<IpNet>().ok()? {
+            IpNet::V4(net) => (
+                c.clone(),
+                u32::from(net.network()),
+                u32::from(net.broadcast()),
+                true,
+            ),
+            IpNet::V6(_) => return None,
+        },
+        (None, Some(start)) => {
+            let stop = b.stop.as_deref().unwrap_or(start);
+            let (IpAddr::V4(s), IpAddr::V4(e)) = (
+                start.trim().parse::<IpAddr>().ok()?,
+                stop.trim().parse::<IpAddr>().ok()?,
+            ) else {
+                return None;
+            };
+            (format!("{s} - {e}"), u32::from(s), u32::from(e), false)
+        }
+        _ => return None,
+    };
+    if first > last {
+        return None;
+    }
+    // Reserving the ends of a block of one or two addresses would leave nothing.
+    let usable = if cidr && reserve_first_last && last - first >= 2 {
+        (first + 1, last - 1)
+    } else {
+        (first, last)
+    };
+    Some(Block {
+        text,
+        span: (first, last),
+        usable,
+    })
+}
+
+/// The requests of every Service LB-IPAM is responsible for and of every Gateway whose
+/// Service is not in the snapshot, sorted by namespace/name, with the problems found reading
+/// them.
+pub fn requests(snapshot: &Snapshot) -> (Vec<LbRequest>, Vec<Problem>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for svc in snapshot.services.values() {
+        if let Some((r, p)) = service_request(svc) {
+            out.push(r);
+            problems.extend(p);
+        }
+    }
+    for (r, p) in gateway_requests(snapshot) {
+        out.push(r);
+        problems.extend(p);
+    }
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    (out, problems)
+}
+
+/// The request of one Service, or `None` when LB-IPAM is not responsible for it.
+pub fn service_request(svc: &Object<Service>) -> Option<(LbRequest, Vec<Problem>)> {
+    let spec = svc.spec.spec.as_ref()?;
+    if service_type(spec) != "LoadBalancer" {
+        return None;
+    }
+    if let Some(class) = spec.load_balancer_class.as_deref()
+        && !LB_CLASSES.contains(&class)
+    {
+        return None;
+    }
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    let dual = matches!(
+        spec.ip_family_policy.as_deref(),
+        Some("PreferDualStack" | "RequireDualStack")
+    );
+    if families.first().map(String::as_str) == Some("IPv6") && !dual {
+        return None;
+    }
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            let port = u16::try_from(p.port).ok()?;
+            Some((port, protocol_number(p.protocol.as_deref().unwrap_or("TCP"))?))
+        })
+        .collect();
+    let status = svc
+        .spec
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| match i.ip.as_deref()?.trim().parse() {
+            Ok(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        })
+        .collect();
+    Some(build(Source {
+        namespace: svc.namespace(),
+        name: svc.name(),
+        labels: &svc.meta.labels,
+        annotations: &svc.meta.annotations,
+        annotations_field: "metadata.annotations",
+        load_balancer_ip: spec
+            .load_balancer_ip
+            .as_deref()
+            .map(|ip| ("spec.loadBalancerIP".to_string(), ip)),
+        addresses: Vec::new(),
+        ports,
+        external_traffic_policy_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        selector: spec.selector.clone().unwrap_or_default(),
+        status,
+    }))
+}
+
+/// What a request is built from, for Services and synthesized gateway Services alike.
+struct Source<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+    annotations: &'a BTreeMap<String, String>,
+    /// Where `annotations` live, for problems.
+    annotations_field: &'a str,
+    load_balancer_ip: Option<(String, &'a str)>,
+    /// Further requested addresses with their fields (a Gateway's `spec.addresses`).
+    addresses: Vec<(String, &'a str)>,
+    ports: BTreeSet<(u16, u8)>,
+    external_traffic_policy_local: bool,
+    selector: BTreeMap<String, String>,
+    status: Vec<Ipv4Addr>,
+}
+
+fn annotation<'a>(annotations: &'a BTreeMap<String, String>, keys: [&str; 2]) -> Option<(&'a str, &'a str)> {
+    keys.into_iter().find_map(|k| {
+        annotations
+            .get_key_value(k)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .filter(|(_, v)| !v.trim().is_empty())
+    })
+}
+
+fn build(src: Source<'_>) -> (LbRequest, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut labels = src.labels.clone();
+    labels.insert(SERVICE_NAMESPACE_LABEL.into(), src.namespace.into());
+    labels.insert(SERVICE_NAME_LABEL.into(), src.name.into());
+    let mut texts: Vec<(String, &str)> = Vec::new();
+    texts.extend(src.load_balancer_ip.filter(|(_, t)| !t.trim().is_empty()));
+    let mut request_field = texts.first().map(|(f, _)| f.clone());
+    if let Some((key, value)) =
+        annotation(src.annotations, [IPS_ANNOTATION, IPS_ANNOTATION_LEGACY])
+    {
+        let field = format!("{}[{key}]", src.annotations_field);
+        request_field = Some(field.clone());
+        texts.extend(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(|t| (field.clone(), t)),
+        );
+    }
+    if request_field.is_none() {
+        request_field = src.addresses.first().map(|(f, _)| f.clone());
+    }
+    texts.extend(src.addresses);
+    let mut requested = Vec::new();
+    for (field, text) in texts {
+        match text.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => {
+                if !requested.contains(&ip) {
+                    requested.push(ip);
+                }
+            }
+            Ok(IpAddr::V6(_)) => {} // IPv4 only
+            Err(_) => problems.push(Problem::new(
+                src.namespace,
+                src.name,
+                field,
+                format!("{text:?} is not an IP address; not requested"),
+            )),
+        }
+    }
+    let sharing_key = annotation(
+        src.annotations,
+        [SHARING_KEY_ANNOTATION, SHARING_KEY_ANNOTATION_LEGACY],
+    )
+    .map(|(_, v)| v.to_string());
+    let sharing_cross_namespace = annotation(
+        src.annotations,
+        [
+            SHARING_CROSS_NAMESPACE_ANNOTATION,
+            SHARING_CROSS_NAMESPACE_ANNOTATION_LEGACY,
+        ],
+    )
+    .map(|(_, v)| {
+        v.split(',')
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    })
+    .unwrap_or_default();
+    let request = LbRequest {
+        namespace: src.namespace.into(),
+        name: src.name.into(),
+        labels,
+        requested,
+        request_field: request_field.unwrap_or_else(|| "status.loadBalancer".into()),
+        sharing_key,
+        sharing_cross_namespace,
+        ports: src.ports,
+        external_traffic_policy_local: src.external_traffic_policy_local,
+        selector: src.selector,
+        status: src.status,
+    };
+    (request, problems)
+}
+
+/// The name under which a Gateway's synthesized LoadBalancer Service is allocated, in the
+/// Gateway's namespace: `envoy-<namespace>-<name>-<hash>`, Envoy Gateway's shape (its prefix
+/// cut at 48 characters, then 8 hex digits). The hash is this crate's stable hash of
+/// `namespace/name`, not Envoy Gateway's SHA-256, so the name is stable but not the one a
+/// cluster running Envoy Gateway shows. Look gateways' addresses up with
+/// `assignments.load_balancer_ips(namespace, &gateway_service_name(namespace, name))`.
+pub fn gateway_service_name(namespace: &str, name: &str) -> String {
+    let mut prefix = format!("envoy-{namespace}-{name}");
+    if prefix.len() > GATEWAY_SERVICE_PREFIX_MAX {
+        let mut cut = GATEWAY_SERVICE_PREFIX_MAX;
+        while !prefix.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        prefix.truncate(cut);
+    }
+    let hash = hash64(format!("{namespace}/{name}").as_bytes(), 0) >> 32;
+    format!("{prefix}-{hash:08x}")
+}
+
+/// The LoadBalancer Service requests Envoy Gateway would create for the Gateways trellis
+/// serves (GatewayClass controller in [`model::validate::CONTROLLER_NAMES`]), named by
+/// [`gateway_service_name`]. What Envoy Gateway puts on that Service and LB-IPAM reads:
+///
+/// - annotations: the EnvoyProxy's `provider.kubernetes.envoyService.annotations`, then the
+///   Gateway's `spec.infrastructure.annotations` over them;
+/// - labels: the owning-gateway labels, `app.kubernetes.io/{name: envoy, component: proxy,
+///   managed-by: envoy-gateway}`, the EnvoyProxy's service labels and the infrastructure's;
+/// - `loadBalancerIP` and `loadBalancerClass` from the EnvoyProxy's service, and each
+///   `IPAddress` in the Gateway's `spec.addresses` as a request;
+/// - ports: the listeners' ports (UDP listeners UDP, the rest TCP);
+/// - `externalTrafficPolicy`: the EnvoyProxy's, else `Local` (Envoy Gateway's default), and
+///   the proxy pods' labels as selector.
+///
+/// The EnvoyProxy is the Gateway's `infrastructure.parametersRef`, else its class's. A Gateway
+/// whose EnvoyProxy makes the Service something else than a LoadBalancer, or gives it a class
+/// LB-IPAM does not serve, gets nothing; so does one whose Service is in the snapshot already
+/// (a Service with the owning-gateway labels), which is then allocated as itself.
+pub fn gateway_requests(snapshot: &Snapshot) -> Vec<(LbRequest, Vec<Problem>)> {
+    let mut out = Vec::new();
+    for gw in snapshot.gateways.values() {
+        let (ns, name) = (gw.namespace(), gw.name());
+        let Some(class) = get(&snapshot.gateway_classes, "", &gw.spec.gateway_class_name) else {
+            continue;
+        };
+        if !model::validate::CONTROLLER_NAMES.contains(&class.spec.controller_name.as_str()) {
+            continue;
+        }
+        let owned = snapshot.services.values().any(|s| {
+            s.meta.labels.get(OWNING_GATEWAY_NAME_LABEL).map(String::as_str) == Some(name)
+                && s.meta.labels.get(OWNING_GATEWAY_NAMESPACE_LABEL).map(String::as_str)
+                    == Some(ns)
+        });
+        if owned {
+            continue;
+        }
+        let infra = gw.spec.infrastructure.as_ref();
+        let proxy = infra
+            .and_then(|i| i.parameters_ref.as_ref())
+            .filter(|p| p.kind == "EnvoyProxy")
+            .and_then(|p| get(&snapshot.envoy_proxies, ns, &p.name))
+            .or_else(|| {
+                let p = class
+                    .spec
+                    .parameters_ref
+                    .as_ref()
+                    .filter(|p| p.kind == "EnvoyProxy")?;
+                get(
+                    &snapshot.envoy_proxies,
+                    p.namespace.as_deref().unwrap_or_default(),
+                    &p.name,
+                )
+            });
+        let envoy_service = proxy
+            .and_then(|p| p.spec.provider.as_ref())
+            .and_then(|p| p.pointer("/kubernetes/envoyService"));
+        let field = |k: &str| envoy_service.and_then(|s| s.get(k)).and_then(Value::as_str);
+        if field("type").unwrap_or("LoadBalancer") != "LoadBalancer" {
+            continue;
+        }
+        if let Some(class) = field("loadBalancerClass")
+            && !LB_CLASSES.contains(&class)
+        {
+            continue;
+        }
+        let string_map = |v: Option<&Value>| -> BTreeMap<String, String> {
+            v.and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        };
+        let mut annotations = string_map(envoy_service.and_then(|s| s.get("annotations")));
+        annotations.extend(infra.and_then(|i| i.annotations.clone()).unwrap_or_default());
+        let selector: BTreeMap<String, String> = [
+            ("app.kubernetes.io/name", "envoy"),
+            ("app.kubernetes.io/component", "proxy"),
+            ("app.kubernetes.io/managed-by", "envoy-gateway"),
+            (OWNING_GATEWAY_NAME_LABEL, name),
+            (OWNING_GATEWAY_NAMESPACE_LABEL, ns),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut labels = selector.clone();
+        labels.extend(string_map(envoy_service.and_then(|s| s.get("labels"))));
+        labels.extend(infra.and_then(|i| i.labels.clone()).unwrap_or_default());
+        let ports = gw
+            .spec
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let proto = if l.protocol == "UDP" { "UDP" } else { "TCP" };
+                Some((u16::try_from(l.port).ok()?, protocol_number(proto)?))
+            })
+            .collect();
+        let addresses = gw
+            .spec
+            .addresses
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, a)| a.r#type.as_deref().is_none_or(|t| t == "IPAddress"))
+            .filter_map(|(i, a)| Some((format!("spec.addresses[{i}].value"), a.value.as_deref()?)))
+            .collect();
+        let service_name = gateway_service_name(ns, name);
+        let (mut request, mut problems) = build(Source {
+            namespace: ns,
+            name: &service_name,
+            labels: &labels,
+            annotations: &annotations,
+            annotations_field: "spec.infrastructure.annotations",
+            load_balancer_ip: field("loadBalancerIP").map(|ip| {
+                (
+                    "EnvoyProxy spec.provider.kubernetes.envoyService.loadBalancerIP".to_string(),
+                    ip,
+                )
+            }),
+            addresses,
+            ports,
+            external_traffic_policy_local: field("externalTrafficPolicy").unwrap_or("Local")
+                == "Local",
+            selector,
+            status: Vec::new(),
+        });
+        // Problems name the Gateway, whose manifest holds the fields.
+        for p in &mut problems {
+            p.name = format!("{name} (gateway)");
+        }
+        request.request_field = format!("gateway {name}: {}", request.request_field);
+        out.push((request, problems));
+    }
+    out
+}
+
+/// Why a request for an address was refused: a Cilium reason and a message.
+type Refusal = (&'static str, String);
+
+/// Whether `a` and `b` may share an address, or why not (Cilium's `isCompatible`).
+fn compatible(a: &LbRequest, b: &LbRequest) -> Result<(), String> {
+    if a.sharing_key.is_none() || a.sharing_key != b.sharing_key {
+        return Err("different sharing key".into());
+    }
+    let allows = |r: &LbRequest, ns: &str| {
+        r.sharing_cross_namespace
+            .iter()
+            .any(|n| n == ns || n == "*")
+    };
+    if a.namespace != b.namespace && !(allows(a, &b.namespace) && allows(b, &a.namespace)) {
+        return Err("different and not permitted namespace".into());
+    }
+    if let Some((port, proto)) = a.ports.intersection(&b.ports).next() {
+        return Err(format!(
+            "same port and protocol ({port}/{})",
+            protocol_name(*proto)
+        ));
+    }
+    if a.external_traffic_policy_local != b.external_traffic_policy_local {
+        return Err("different ExternalTrafficPolicy".into());
+    }
+    if a.external_traffic_policy_local
+        && (a.selector.is_empty() || b.selector.is_empty() || a.selector != b.selector)
+    {
+        return Err("ExternalTrafficPolicy Local but selecting different sets of pods".into());
+    }
+    Ok(())
+}
+
+/// The allocator's working state: who holds which address.
+struct State<'a> {
+    pools: &'a [Pool],
+    reqs: Vec<&'a LbRequest>,
+    held: Vec<Vec<u32>>,
+    owners: BTreeMap<u32, Vec<usize>>,
+    failures: Vec<Option<Refusal>>,
+    problems: Vec<Problem>,
+}
+
+/// Which addresses a lookup accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Keeping an address: any pool that selects the Service, disabled ones too, anywhere in
+    /// its blocks (an address reserved after it was handed out is not taken back).
+    Keep,
+    /// A new address: enabled pools only, reserved addresses excluded.
+    New,
+}
+
+impl<'a> State<'a> {
+    /// A pool that selects request `i` and holds address `a`.
+    fn pool_for(&self, i: usize, a: u32, mode: Mode) -> Option<&'a Pool> {
+        self.pools.iter().find(|p| {
+            p.selects(self.reqs[i])
+                && (mode == Mode::Keep || p.enabled())
+                && p.blocks.iter().any(|b| {
+                    let (s, e) = if mode == Mode::Keep { b.span } else { b.usable };
+                    (s..=e).contains(&a)
+                })
+        })
+    }
+
+    /// Whether request `i` may take address `a`, alone or sharing it.
+    fn shareable(&self, i: usize, a: u32) -> Result<(), Refusal> {
+        let Some(holders) = self.owners.get(&a).filter(|h| !h.is_empty()) else {
+            return Ok(());
+        };
+        let ip = Ipv4Addr::from(a);
+        let first = self.reqs[holders[0]].key();
+        if self.reqs[i].sharing_key.is_none() {
+            return Err((
+                reason::ALREADY_ALLOCATED,
+                format!("The IP '{ip}' is already allocated to another service ({first})"),
+            ));
+        }
+        for &h in holders {
+            if let Err(why) = compatible(self.reqs[h], self.reqs[i]) {
+                return Err((
+                    reason::ALREADY_ALLOCATED_INCOMPATIBLE,
+                    format!(
+                        "The IP '{ip}' is already allocated to an incompatible service ({}). Reason: {why}",
+                        self.reqs[h].key()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, i: usize, a: u32) {
+        self.owners.entry(a).or_default().push(i);
+        self.held[i].push(a);
+    }
+
+    fn fail(&mut self, i: usize, field: &str, (reason, message): Refusal) {
+        let r = self.reqs[i];
+        self.problems.push(Problem::new(
+            &r.namespace,
+            &r.name,
+            field,
+            format!("{reason}: {message}"),
+        ));
+        self.failures[i] = Some((reason, message));
+    }
+
+    /// Where a requested address may come from, or why it may not.
+    fn requested_pool(&self, i: usize, a: u32) -> Result<(), Refusal> {
+        let ip = Ipv4Addr::from(a);
+        let containing: Vec<(&Pool, &Block)> = self
+            .pools
+            .iter()
+            .filter(|p| p.enabled())
+            .flat_map(|p| p.blocks.iter().map(move |b| (p, b)))
+            .filter(|(_, b)| (b.span.0..=b.span.1).contains(&a))
+            .collect();
+        if containing.is_empty() {
+            return Err((
+                reason::NO_POOL,
+                format!("No enabled pool exists with a CIDR containing '{ip}'"),
+            ));
+        }
+        let Some((pool, block)) = containing
+            .iter()
+            .find(|(p, _)| p.selects(self.reqs[i]))
+        else {
+            return Err((
+                reason::POOL_SELECTOR_MISMATCH,
+                format!("The pool with the CIDR containing '{ip}', doesn't select this service"),
+            ));
+        };
+        if !(block.usable.0..=block.usable.1).contains(&a) {
+            return Err((
+                reason::ALREADY_ALLOCATED,
+                format!(
+                    "The IP '{ip}' is the first or last address of '{}' in pool '{}', reserved by allowFirstLastIPs: No",
+                    block.text, pool.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The first address of `usable` that nobody holds.
+    fn first_free(&self, (s, e): (u32, u32)) -> Option<u32> {
+        let mut next = s;
+        for (&a, holders) in self.owners.range(s..=e) {
+            if holders.is_empty() {
+                continue;
+            }
+            if a > next {
+                break;
+            }
+            next = a.checked_add(1)?;
+        }
+        (next <= e).then_some(next)
+    }
+}
+
+/// Allocates addresses for `requests` from `pools`, keeping `previous` where still valid. See
+/// the module documentation for the rules. Nothing is allocated without pools.
+pub fn allocate(pools: &[Pool], requests: &[LbRequest], previous: &Assignments) -> Allocation {
+    if pools.is_empty() {
+        return Allocation::default();
+    }
+    let mut reqs: Vec<&LbRequest> = requests.iter().collect();
+    reqs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    reqs.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    let n = reqs.len();
+    let mut st = State {
+        pools,
+        reqs,
+        held: vec![Vec::new(); n],
+        owners: BTreeMap::new(),
+        failures: vec![None; n],
+        problems: Vec::new(),
+    };
+
+    // 1. What each Service held before (or its status says it holds), while still valid.
+    for i in 0..n {
+        let r = st.reqs[i];
+        let previous_ips = previous.load_balancer_ips(&r.namespace, &r.name);
+        let candidates = previous_ips
+            .iter()
+            .map(|&ip| (ip, Mode::Keep))
+            .chain(r.status.iter().map(|&ip| (ip, Mode::New)));
+        for (ip, mode) in candidates {
+            let a = u32::from(ip);
+            let wanted = if r.requested.is_empty() {
+                st.held[i].is_empty() // one address of the family, as Cilium gives
+            } else {
+                r.requested.contains(&ip)
+            };
+            if wanted
+                && !st.held[i].contains(&a)
+                && st.pool_for(i, a, mode).is_some()
+                && st.shareable(i, a).is_ok()
+            {
+                st.take(i, a);
+            }
+        }
+    }
+
+    // 2. Requested addresses.
+    for i in 0..n {
+        let r = st.reqs[i];
+        for &ip in &r.requested {
+            let a = u32::from(ip);
+            if st.held[i].contains(&a) {
+                continue;
+            }
+            match st.requested_pool(i, a).and_then(|()| st.shareable(i, a)) {
+                Ok(()) => st.take(i, a),
+                Err(refusal) => st.fail(i, &r.request_field, refusal),
+            }
+        }
+    }
+
+    // 3. Everyone else: an address of the sharing key, else the first free one.
+    for i in 0..n {
+        let r = st.reqs[i];
+        if !r.requested.is_empty() || !st.held[i].is_empty() {
+            continue;
+        }
+        if let Some(key) = &r.sharing_key {
+            let shared = st
+                .owners
+                .iter()
+                .filter(|(_, hs)| hs.iter().any(|&h| st.reqs[h].sharing_key.as_ref() == Some(key)))
+                .map(|(&a, _)| a)
+                .find(|&a| st.pool_for(i, a, Mode::Keep).is_some() && st.shareable(i, a).is_ok());
+            if let Some(a) = shared {
+                st.take(i, a);
+                continue;
+            }
+        }
+        let mut matched = false;
+        let mut found = None;
+        for p in pools.iter().filter(|p| p.enabled() && p.selects(r)) {
+            matched = true;
+            found = p.blocks.iter().find_map(|b| st.first_free(b.usable));
+            if found.is_some() {
+                break;
+            }
+        }
+        match found {
+            Some(a) => st.take(i, a),
+            None if matched => st.fail(
+                i,
+                "status.loadBalancer",
+                (
+                    reason::OUT_OF_IPS,
+                    "All enabled CiliumLoadBalancerIPPools that match this service ran out of allocatable IPs".into(),
+                ),
+            ),
+            None => st.fail(
+                i,
+                "status.loadBalancer",
+                (
+                    reason::NO_POOL,
+                    "There are no enabled CiliumLoadBalancerIPPools that match this service".into(),
+                ),
+            ),
+        }
+    }
+
+    let mut out = Allocation {
+        problems: std::mem::take(&mut st.problems),
+        ..Allocation::default()
+    };
+    for (i, r) in st.reqs.iter().enumerate() {
+        let key = r.key();
+        let mut ips: Vec<Ipv4Addr> = st.held[i].iter().map(|&a| Ipv4Addr::from(a)).collect();
+        ips.sort();
+        let condition = match st.failures[i].take() {
+            Some((reason, message)) => Condition {
+                type_: REQUEST_SATISFIED_CONDITION.into(),
+                status: Status::False,
+                reason: reason.into(),
+                message: format!("service {key}: {message}"),
+            },
+            None => Condition {
+                type_: REQUEST_SATISFIED_CONDITION.into(),
+                status: Status::True,
+                reason: reason::SATISFIED.into(),
+                message: format!(
+                    "service {key}: {}",
+                    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            },
+        };
+        out.conditions.insert(key.clone(), condition);
+        if !ips.is_empty() {
+            out.ips.insert(key, ips);
+        }
+    }
+    out
+}
