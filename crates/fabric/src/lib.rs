@@ -13,6 +13,7 @@
 //! numbers, `u32` table entries), and turning it into BPF map entries is `datapath`'s job.
 
 pub mod assign;
+pub mod l2;
 pub mod lbipam;
 pub mod maglev;
 pub mod plan;

@@ -291,6 +291,12 @@ pub struct AgentConfig {
     pub manifests: Vec<PathBuf>,
     pub assignments: Option<PathBuf>,
     pub masquerade: bool,
+    /// Where L2-announcement leases live (the embedded state store); none: no announcing.
+    #[serde(default)]
+    pub leases: Option<PathBuf>,
+    /// This node's labels (policies' nodeSelector).
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, String>,
 }
 
 fn start_agent(
@@ -312,6 +318,11 @@ fn start_agent(
         manifests,
         assignments: Some(cfg.state_dir.join(ASSIGNMENTS_FILE)),
         masquerade: true,
+        leases: Some(cfg.state_dir.join("leases")),
+        node_labels: BTreeMap::from([
+            ("kubernetes.io/hostname".to_string(), node.name.clone()),
+            ("kubernetes.io/os".to_string(), "linux".to_string()),
+        ]),
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;

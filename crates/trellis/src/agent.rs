@@ -143,13 +143,25 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let opts = store::Options { default_namespace: "default".into(), ..Default::default() };
     let watch = store::watch::Watch::start(conf.manifests.clone(), opts)
         .context("watching the manifests")?;
-    let mut apply = |snapshot: &model::Snapshot| -> Result<()> {
+    let mut announcer = match &conf.leases {
+        Some(dir) => Some(
+            fabric::l2::Announcer::new(dir, &conf.node, &conf.lan_interface)
+                .with_context(|| format!("opening the lease store {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let mut announce: Vec<fabric::l2::Announcement> = Vec::new();
+    let mut apply = |snapshot: &model::Snapshot,
+                     announce: &mut Vec<fabric::l2::Announcement>|
+     -> Result<()> {
         let assignments = conf
             .assignments
             .as_ref()
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice::<fabric::Assignments>(&b).ok());
         let plan = fabric::compile(snapshot, &fabric_cfg, assignments.as_ref());
+        *announce =
+            fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
         for p in &plan.problems {
             tracing::warn!(problem = %p, "service not fully programmed");
         }
@@ -177,21 +189,38 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         );
         Ok(())
     };
-    apply(&watch.current().snapshot)?;
+    apply(&watch.current().snapshot, &mut announce)?;
     println!("ready");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
-    while let Ok(update) = watch.updates.recv() {
-        match update {
-            store::watch::Update::Applied(load) => {
-                if let Err(e) = apply(&load.snapshot) {
+    loop {
+        // Wake for manifest changes and for lease renewals, whichever comes first.
+        match watch.updates.recv_timeout(fabric::l2::RENEW) {
+            Ok(store::watch::Update::Applied(load)) => {
+                if let Err(e) = apply(&load.snapshot, &mut announce) {
                     eprintln!("sync failed (the maps keep their previous contents): {e:#}");
                 }
             }
-            store::watch::Update::Rejected { errors, .. } => {
+            Ok(store::watch::Update::Rejected { errors, .. }) => {
                 eprintln!("manifests rejected ({} errors); keeping the current maps", errors.len());
             }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        if let Some(a) = announcer.as_mut()
+            && a.due()
+        {
+            for t in a.tick(&announce) {
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0);
+                eprintln!("node {}: announcing {} ({}), took over at {ms} ms", conf.node, t.ip, t.lease);
+            }
+        }
+    }
+    if let Some(a) = announcer.as_mut() {
+        a.release_all();
     }
     Ok(ExitCode::SUCCESS)
 }
