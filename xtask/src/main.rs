@@ -6,6 +6,7 @@
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
 //! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
 
+mod bench_datapath;
 mod bench_dns;
 mod bench_gateway;
 mod proc;
@@ -30,11 +31,14 @@ fn main() -> Result<()> {
                 bench_gateway::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 10))
             }
             Some("dns") => bench_dns::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 10)),
-            Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns)"),
+            Some("datapath") => {
+                bench_datapath::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 2))
+            }
+            Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns, datapath)"),
         },
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench [load|gateway|dns]|fuzz [seconds]>");
+            eprintln!("usage: cargo xtask <test|demo|bench [load|gateway|dns|datapath]|fuzz [seconds]>");
             bail!("unknown or missing xtask command")
         }
     }
@@ -109,6 +113,8 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/sbin/sysctl", "procps"),
     ("/usr/sbin/iptables", "iptables"),
     ("/usr/bin/nsenter", "util-linux"),
+    ("/usr/sbin/arping", "arping"),
+    ("/usr/bin/tshark", "tshark"),
 ];
 
 /// Installs the Debian packages whose probe file is missing.

@@ -13,7 +13,7 @@ fn trellis_bin() -> &'static str {
     env!("CARGO_BIN_EXE_trellis")
 }
 
-fn require_root() {
+pub(crate) fn require_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "the lab tests need root (network namespaces, eBPF): run them as root"
@@ -21,13 +21,13 @@ fn require_root() {
 }
 
 /// A running lab; `lab down` on drop.
-struct Lab {
+pub(crate) struct Lab {
     name: String,
     state_dir: PathBuf,
 }
 
 impl Lab {
-    fn up(manifests: &Path, name: &str, state_dir: &Path) -> Lab {
+    pub(crate) fn up(manifests: &Path, name: &str, state_dir: &Path) -> Lab {
         let lab = Lab { name: name.to_string(), state_dir: state_dir.to_path_buf() };
         let out = Command::new(trellis_bin())
             .args(["lab", "up", "--nodes", "3", "--name", name, "--state-dir"])
@@ -51,20 +51,20 @@ impl Lab {
         c
     }
 
-    fn state(&self) -> serde_json::Value {
+    pub(crate) fn state(&self) -> serde_json::Value {
         let out = self.cmd("status").arg("--json").output().expect("lab status runs");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
     /// Runs a command in a lab namespace; (exit code, stdout).
-    fn exec(&self, who: &str, argv: &[&str]) -> (i32, String) {
+    pub(crate) fn exec(&self, who: &str, argv: &[&str]) -> (i32, String) {
         let out = self.cmd("exec").arg(who).arg("--").args(argv).output().expect("lab exec runs");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// curl from a lab namespace; the echo's JSON answer, or the curl exit code.
-    fn curl(&self, who: &str, url: &str) -> Result<serde_json::Value, i32> {
+    pub(crate) fn curl(&self, who: &str, url: &str) -> Result<serde_json::Value, i32> {
         let (code, body) = self.exec(who, &["curl", "-sS", "--max-time", "5", url]);
         if code != 0 {
             return Err(code);
@@ -72,7 +72,7 @@ impl Lab {
         Ok(serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON from {url}: {body}")))
     }
 
-    fn netns(&self, part: &str) -> String {
+    pub(crate) fn netns(&self, part: &str) -> String {
         format!("trellis-{}-{part}", self.name)
     }
 }
@@ -181,6 +181,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: sticky, namespace: default}
+spec:
+  selector: {app: echo}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: nobody, namespace: default}
 spec:
   selector: {app: nothing-matches}
@@ -250,6 +258,15 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         seen.insert(v["backend"].as_str().expect("backend").to_string());
     }
     assert_eq!(seen.len(), 3, "every backend answers through the ClusterIP: {seen:?}");
+
+    // sessionAffinity: ClientIP keeps one client on one backend across connections.
+    let sticky = service("sticky")["cluster_ip"].as_str().expect("sticky ip").to_string();
+    let mut stuck = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let v = lab.curl(&format!("default/{}", a.0), &format!("http://{sticky}/")).expect("sticky");
+        stuck.insert(v["backend"].as_str().expect("backend").to_string());
+    }
+    assert_eq!(stuck.len(), 1, "affinity: {stuck:?}");
 
     // The LAN client to the NodePort on every node.
     for n in s["nodes"].as_array().expect("nodes") {

@@ -1,4 +1,7 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
+
+mod l2;
+mod lab;
 mod observe;
 
 use std::path::{Path, PathBuf};

@@ -341,3 +341,151 @@ fn a_dig_becomes_a_dns_flow() {
     assert_eq!(compact.lines().count(), 1, "{compact}");
     assert!(compact.contains("dns-response FORWARDED"), "{compact}");
 }
+
+/// Metric names as the exposition shows them, from `# TYPE` lines (so families without
+/// samples yet count): counters with `_total`, histograms with their three series.
+fn exported_names(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut parts = rest.split_whitespace();
+        let (Some(name), Some(kind)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                names.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for s in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{name}{s}"));
+                }
+            }
+            _ => {
+                names.insert(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// Names of trellis's metric families (`trellis_`, `coredns_`, `hubble_`, `cilium_` ...)
+/// in a PromQL expression.
+fn queried_names(expr: &str) -> Vec<String> {
+    let bytes = expr.as_bytes();
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if word(bytes[i]) && (i == 0 || !word(bytes[i - 1])) {
+            let start = i;
+            while i < bytes.len() && word(bytes[i]) {
+                i += 1;
+            }
+            let w = &expr[start..i];
+            // Label names and values inside {...} are not metric names.
+            let inside_braces = expr[..start].matches('{').count() > expr[..start].matches('}').count();
+            let quoted = expr[..start].matches('"').count() % 2 == 1;
+            if !inside_braces
+                && !quoted
+                && ["trellis_", "coredns_", "hubble_", "cilium_"]
+                    .iter()
+                    .any(|p| w.starts_with(p))
+            {
+                out.push(w.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_query_only_metrics_trellis_exports() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().expect("tmp");
+    let mut log = String::new();
+    let (_echo, _) = echo_and_base(t.path(), &mut log);
+    let (_gw, mut gw_err) = spawn_gateway(
+        t.path(),
+        &["--observe-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+    );
+    bound_addr(&mut gw_err, "observer API", &mut log);
+    let gw_admin = bound_addr(&mut gw_err, "admin on", &mut log);
+    drain(gw_err);
+    let mut dns = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "dns",
+                "-f",
+                &example(),
+                "--vars",
+                &example_vars(),
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--observe-listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("dns starts"),
+    );
+    let mut dns_err = std::io::BufReader::new(dns.0.stderr.take().expect("stderr")).lines();
+    let dns_admin = bound_addr(&mut dns_err, "admin on", &mut log);
+    drain(dns_err);
+    let mut exported = std::collections::BTreeSet::new();
+    for admin in [gw_admin, dns_admin] {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{admin}/metrics")])
+            .output()
+            .expect("curl");
+        exported.extend(exported_names(&String::from_utf8_lossy(&out.stdout)));
+    }
+    assert!(exported.contains("hubble_flows_processed_total"), "{exported:?}");
+    assert!(exported.contains("coredns_dns_requests_total"), "{exported:?}");
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/dashboards");
+    let mut seen = Vec::new();
+    let mut problems = Vec::new();
+    for name in ["gateway.json", "dns.json", "fabric.json"] {
+        let text = std::fs::read_to_string(dir.join(name)).expect("dashboard exists");
+        let d: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+        let uid = d["uid"].as_str().expect("uid").to_string();
+        assert!(!seen.contains(&uid), "{name}: uid {uid} used twice");
+        seen.push(uid);
+        let panels = d["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty(), "{name}: no panels");
+        for p in panels {
+            let targets = p["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{name}: panel {} has no query", p["title"]);
+            for t in targets {
+                let expr = t["expr"].as_str().expect("expr");
+                let names = queried_names(expr);
+                if names.is_empty() {
+                    problems.push(format!("{name}: {:?} queries no trellis metric", p["title"]));
+                }
+                for m in names {
+                    if !exported.contains(&m) {
+                        problems.push(format!("{name}: panel {}: {m} is not exported", p["title"]));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn metric_names_in_queries() {
+    assert_eq!(
+        queried_names(
+            "sum by (le) (rate(hubble_drop_total{reason=\"x\",instance=~\"trellis_a\"}[5m])) / trellis_gateway_rq_total"
+        ),
+        vec!["hubble_drop_total", "trellis_gateway_rq_total"]
+    );
+}

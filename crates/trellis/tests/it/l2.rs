@@ -1,0 +1,181 @@
+//! L2 announcements in the lab, as root: the LAN client's arping sees exactly one MAC for a
+//! LoadBalancer address; killing the holder's agent, and separately taking the holder's LAN
+//! link down, moves the address to another node (tshark on the LAN bridge sees the new
+//! holder's gratuitous ARP) and the client's next connections succeed. The failover times are
+//! printed, not asserted (speed lives in benchmarks).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::lab::Lab;
+
+const MANIFESTS: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: web, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  annotations: {lbipam.cilium.io/ips: 10.10.30.25}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumLoadBalancerIPPool
+metadata: {name: pool}
+spec:
+  blocks: [{start: 10.10.30.20, stop: 10.10.30.40}]
+---
+apiVersion: cilium.io/v2alpha1
+kind: CiliumL2AnnouncementPolicy
+metadata: {name: policy}
+spec:
+  loadBalancerIPs: true
+  interfaces: ["^eth.*"]
+  nodeSelector:
+    matchLabels: {kubernetes.io/os: linux}
+"#;
+
+const VIP: &str = "10.10.30.25";
+
+/// The MACs that answer ARP for the VIP from the client (three probes).
+fn arp_macs(lab: &Lab) -> std::collections::BTreeSet<String> {
+    let (_, out) = lab.exec("client", &["arping", "-c", "3", "-i", "eth0", VIP]);
+    out.lines()
+        .filter_map(|l| l.split(" from ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The node (name) whose LAN interface holds the VIP now, if exactly one does.
+fn holder(lab: &Lab, nodes: usize) -> Option<String> {
+    let holders: Vec<String> = (1..=nodes)
+        .map(|i| format!("node-{i}"))
+        .filter(|n| {
+            let (_, out) = lab.exec(n, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+            out.contains(&format!("{VIP}/32"))
+        })
+        .collect();
+    (holders.len() == 1).then(|| holders[0].clone())
+}
+
+fn mac_of(lab: &Lab, node: &str) -> String {
+    let (_, link) = lab.exec(node, &["ip", "-o", "link", "show", "dev", "eth0"]);
+    link.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string()
+}
+
+/// Waits (bounded) for another node than `old` to hold the VIP and for the client to reach it;
+/// returns the new holder and the time it took since `since`.
+fn wait_failover(lab: &Lab, old: &str, since: Instant) -> (String, Duration) {
+    loop {
+        assert!(since.elapsed() < Duration::from_secs(30), "no failover from {old}");
+        if let Some(h) = holder(lab, 3).filter(|h| h != old)
+            && lab.curl("client", &format!("http://{VIP}/after-failover")).is_ok()
+        {
+            return (h, since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// tshark on the LAN bridge, printing ARP sender MAC, sender IP and target IP per frame.
+fn capture_arp(lab: &Lab) -> std::process::Child {
+    let mut c = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", lab.netns("lan")))
+        .args(["tshark", "-l", "-n", "-i", "br0", "-f", "arp", "-T", "fields"])
+        .args(["-e", "arp.src.hw_mac", "-e", "arp.src.proto_ipv4", "-e", "arp.dst.proto_ipv4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tshark starts (apt-get install tshark)");
+    // tshark says "Capturing on 'br0'" on stderr once it listens.
+    let err = c.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(err).lines();
+    assert!(
+        lines.any(|l| l.map(|l| l.contains("Capturing on")).unwrap_or(false)),
+        "tshark did not start capturing"
+    );
+    std::thread::spawn(move || for _ in lines {});
+    c
+}
+
+fn gratuitous_from(capture: std::process::Child) -> Vec<String> {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(capture.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let out = capture.wait_with_output().expect("tshark output");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f.len() == 3 && f[1] == VIP && f[2] == VIP).then(|| f[0].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
+    super::lab::require_root();
+    let name = format!("a{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    std::fs::write(manifests.join("lb.yaml"), MANIFESTS).expect("manifests");
+    let lab = Lab::up(&manifests, &name, &dir.path().join("state"));
+
+    // Exactly one MAC answers for the address, and it is the holder's.
+    let first = (0..100)
+        .find_map(|_| {
+            let h = holder(&lab, 3);
+            if h.is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            h
+        })
+        .expect("a node announces the address");
+    let macs = arp_macs(&lab);
+    assert_eq!(macs.len(), 1, "{macs:?}");
+    assert!(macs.contains(&mac_of(&lab, &first)), "{macs:?} vs {first}");
+    lab.curl("client", &format!("http://{VIP}/")).expect("the LB address answers");
+
+    // 1. Kill the holder's agent.
+    let capture = capture_arp(&lab);
+    let s = lab.state();
+    let idx: usize = first.trim_start_matches("node-").parse().expect("node index");
+    let pid = s["nodes"][idx - 1]["agent_pid"].as_u64().expect("agent pid") as i32;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the agent");
+    let (second, took) = wait_failover(&lab, &first, t0);
+    eprintln!("failover after killing the agent of {first}: {second} holds {VIP} after {took:?}");
+    let garps = gratuitous_from(capture);
+    assert!(garps.contains(&mac_of(&lab, &second)), "no gratuitous ARP from {second}: {garps:?}");
+    // Once the old address's lifetime ran out, one MAC again.
+    let start = Instant::now();
+    while arp_macs(&lab).len() != 1 {
+        assert!(start.elapsed() < Duration::from_secs(10), "two nodes keep answering");
+    }
+
+    // 2. Take the new holder's LAN link down.
+    let t1 = Instant::now();
+    let (code, _) = lab.exec(&second, &["ip", "link", "set", "eth0", "down"]);
+    assert_eq!(code, 0);
+    let (third, took) = wait_failover(&lab, &second, t1);
+    eprintln!("failover after {second}'s LAN link went down: {third} holds {VIP} after {took:?}");
+    lab.exec(&second, &["ip", "link", "set", "eth0", "up"]);
+}
