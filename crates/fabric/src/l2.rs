@@ -25,7 +25,7 @@ use crate::plan::{FrontendKind, ServicePlan};
 /// Lease settings tuned for a LAN (Cilium's defaults are 15 s / 2 s / 5 s): a holder renews
 /// every [`RENEW`]; others take over [`LEASE_DURATION`] after its last renewal. The address
 /// lifetime on the interface is [`ADDRESS_LIFETIME_S`], refreshed at every renewal.
-pub const LEASE_DURATION: Duration = Duration::from_millis(1200);
+pub const LEASE_DURATION: Duration = Duration::from_millis(1000);
 pub const RENEW: Duration = Duration::from_millis(200);
 pub const ADDRESS_LIFETIME_S: u32 = 1;
 

@@ -83,8 +83,10 @@ fn mac_of(lab: &Lab, node: &str) -> String {
 fn wait_failover(lab: &Lab, old: &str, since: Instant) -> (String, Duration) {
     loop {
         assert!(since.elapsed() < Duration::from_secs(30), "no failover from {old}");
+        // A short timeout per probe: one probe still sent to the old holder must not hide
+        // the moment the new one answers.
         if let Some(h) = holder(lab, 3).filter(|h| h != old)
-            && lab.curl("client", &format!("http://{VIP}/after-failover")).is_ok()
+            && lab.exec("client", &["curl", "-sf", "-m", "0.3", &format!("http://{VIP}/after")]).0 == 0
         {
             return (h, since.elapsed());
         }
