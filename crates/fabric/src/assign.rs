@@ -21,16 +21,18 @@
 //! manifests are read from the snapshot each time.
 //!
 //! LoadBalancer addresses come from [`crate::lbipam`] in the same call and are stored here
-//! too (`load_balancer_ips`), with a condition per Service that is recomputed, not stored.
+//! too (`load_balancer_ips`), with LB-IPAM's condition per Service (stored as well, so that an
+//! agent that only reads the file can say why a Service has no address).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::ops::RangeInclusive;
 
 use ipnet::Ipv4Net;
-use model::{Condition, Snapshot};
+use model::Snapshot;
 use serde::{Deserialize, Serialize};
 
+use crate::lbipam::RequestCondition;
 use crate::maglev::hash64;
 use crate::plan::{Problem, protocol_number, service_type};
 
@@ -52,10 +54,11 @@ pub struct Assignments {
     /// What could not be assigned (range exhausted, conflicting manifests). Not persisted.
     #[serde(skip)]
     pub problems: Vec<Problem>,
-    /// LB-IPAM's `cilium.io/IPAMRequestSatisfied` condition for every Service it is
-    /// responsible for, by `namespace/name`. Not persisted: recomputed by every [`assign`].
-    #[serde(skip)]
-    pub load_balancer_conditions: BTreeMap<String, Condition>,
+    /// LB-IPAM's verdict (Cilium's `cilium.io/IPAMRequestSatisfied` condition) on every
+    /// Service it is responsible for, by `namespace/name`. Recomputed by every [`assign`];
+    /// persisted for readers that do not run it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub load_balancer_conditions: BTreeMap<String, RequestCondition>,
 }
 
 /// The values assigned to one Service.
@@ -94,7 +97,11 @@ impl Assignments {
     }
 
     /// LB-IPAM's condition on a Service, when LB-IPAM is responsible for it.
-    pub fn load_balancer_condition(&self, namespace: &str, name: &str) -> Option<&Condition> {
+    pub fn load_balancer_condition(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<&RequestCondition> {
         self.load_balancer_conditions
             .get(&service_key(namespace, name))
     }

@@ -72,10 +72,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
 use model::k8s_openapi::api::core::v1::Service;
+use model::k8s_openapi::serde_json::Value;
 use model::kinds::LabelSelector;
 use model::snapshot::get;
 use model::{Condition, Object, Snapshot, Status};
-use model::k8s_openapi::serde_json::Value;
+use serde::{Deserialize, Serialize};
 
 use crate::assign::Assignments;
 use crate::maglev::hash64;
@@ -179,13 +180,41 @@ impl Pool {
     }
 }
 
+/// LB-IPAM's verdict on one Service: Cilium's [`REQUEST_SATISFIED_CONDITION`] without the
+/// timestamps, in a form that persists with the assignments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCondition {
+    /// The condition's status: True when every request was met.
+    pub satisfied: bool,
+    /// One of [`reason`].
+    pub reason: String,
+    /// Names the Service and its addresses, or what was refused and why.
+    pub message: String,
+}
+
+impl RequestCondition {
+    /// The condition as it would sit in the Service's `status.conditions`.
+    pub fn condition(&self) -> Condition {
+        Condition {
+            type_: REQUEST_SATISFIED_CONDITION.into(),
+            status: if self.satisfied {
+                Status::True
+            } else {
+                Status::False
+            },
+            reason: self.reason.clone(),
+            message: self.message.clone(),
+        }
+    }
+}
+
 /// What LB-IPAM decided, by `namespace/name`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocation {
     /// The addresses of each Service that has any, sorted.
     pub ips: BTreeMap<String, Vec<Ipv4Addr>>,
     /// One condition for every Service LB-IPAM is responsible for.
-    pub conditions: BTreeMap<String, Condition>,
+    pub conditions: BTreeMap<String, RequestCondition>,
     /// Every refused request and unparsable address.
     pub problems: Vec<Problem>,
 }
@@ -233,7 +262,10 @@ pub fn pools(snapshot: &Snapshot) -> Vec<Pool> {
         let own = &pools[i].blocks;
         let mut conflict = own.iter().enumerate().find_map(|(j, a)| {
             own[j + 1..].iter().find(|b| overlap(a, b)).map(|b| {
-                format!("range '{}' overlaps range '{}' of the same pool", a.text, b.text)
+                format!(
+                    "range '{}' overlaps range '{}' of the same pool",
+                    a.text, b.text
+                )
             })
         });
         if conflict.is_none() {
@@ -341,7 +373,10 @@ pub fn service_request(svc: &Object<Service>) -> Option<(LbRequest, Vec<Problem>
         .flatten()
         .filter_map(|p| {
             let port = u16::try_from(p.port).ok()?;
-            Some((port, protocol_number(p.protocol.as_deref().unwrap_or("TCP"))?))
+            Some((
+                port,
+                protocol_number(p.protocol.as_deref().unwrap_or("TCP"))?,
+            ))
         })
         .collect();
     let status = svc
@@ -392,7 +427,10 @@ struct Source<'a> {
     status: Vec<Ipv4Addr>,
 }
 
-fn annotation<'a>(annotations: &'a BTreeMap<String, String>, keys: [&str; 2]) -> Option<(&'a str, &'a str)> {
+fn annotation<'a>(
+    annotations: &'a BTreeMap<String, String>,
+    keys: [&str; 2],
+) -> Option<(&'a str, &'a str)> {
     keys.into_iter().find_map(|k| {
         annotations
             .get_key_value(k)
@@ -409,8 +447,7 @@ fn build(src: Source<'_>) -> (LbRequest, Vec<Problem>) {
     let mut texts: Vec<(String, &str)> = Vec::new();
     texts.extend(src.load_balancer_ip.filter(|(_, t)| !t.trim().is_empty()));
     let mut request_field = texts.first().map(|(f, _)| f.clone());
-    if let Some((key, value)) =
-        annotation(src.annotations, [IPS_ANNOTATION, IPS_ANNOTATION_LEGACY])
+    if let Some((key, value)) = annotation(src.annotations, [IPS_ANNOTATION, IPS_ANNOTATION_LEGACY])
     {
         let field = format!("{}[{key}]", src.annotations_field);
         request_field = Some(field.clone());
@@ -526,8 +563,15 @@ pub fn gateway_requests(snapshot: &Snapshot) -> Vec<(LbRequest, Vec<Problem>)> {
             continue;
         }
         let owned = snapshot.services.values().any(|s| {
-            s.meta.labels.get(OWNING_GATEWAY_NAME_LABEL).map(String::as_str) == Some(name)
-                && s.meta.labels.get(OWNING_GATEWAY_NAMESPACE_LABEL).map(String::as_str)
+            s.meta
+                .labels
+                .get(OWNING_GATEWAY_NAME_LABEL)
+                .map(String::as_str)
+                == Some(name)
+                && s.meta
+                    .labels
+                    .get(OWNING_GATEWAY_NAMESPACE_LABEL)
+                    .map(String::as_str)
                     == Some(ns)
         });
         if owned {
@@ -570,7 +614,11 @@ pub fn gateway_requests(snapshot: &Snapshot) -> Vec<(LbRequest, Vec<Problem>)> {
                 .collect()
         };
         let mut annotations = string_map(envoy_service.and_then(|s| s.get("annotations")));
-        annotations.extend(infra.and_then(|i| i.annotations.clone()).unwrap_or_default());
+        annotations.extend(
+            infra
+                .and_then(|i| i.annotations.clone())
+                .unwrap_or_default(),
+        );
         let selector: BTreeMap<String, String> = [
             ("app.kubernetes.io/name", "envoy"),
             ("app.kubernetes.io/component", "proxy"),
@@ -757,10 +805,7 @@ impl<'a> State<'a> {
                 format!("No enabled pool exists with a CIDR containing '{ip}'"),
             ));
         }
-        let Some((pool, block)) = containing
-            .iter()
-            .find(|(p, _)| p.selects(self.reqs[i]))
-        else {
+        let Some((pool, block)) = containing.iter().find(|(p, _)| p.selects(self.reqs[i])) else {
             return Err((
                 reason::POOL_SELECTOR_MISMATCH,
                 format!("The pool with the CIDR containing '{ip}', doesn't select this service"),
@@ -863,7 +908,10 @@ pub fn allocate(pools: &[Pool], requests: &[LbRequest], previous: &Assignments) 
             let shared = st
                 .owners
                 .iter()
-                .filter(|(_, hs)| hs.iter().any(|&h| st.reqs[h].sharing_key.as_ref() == Some(key)))
+                .filter(|(_, hs)| {
+                    hs.iter()
+                        .any(|&h| st.reqs[h].sharing_key.as_ref() == Some(key))
+                })
                 .map(|(&a, _)| a)
                 .find(|&a| st.pool_for(i, a, Mode::Keep).is_some() && st.shareable(i, a).is_ok());
             if let Some(a) = shared {
@@ -910,19 +958,20 @@ pub fn allocate(pools: &[Pool], requests: &[LbRequest], previous: &Assignments) 
         let mut ips: Vec<Ipv4Addr> = st.held[i].iter().map(|&a| Ipv4Addr::from(a)).collect();
         ips.sort();
         let condition = match st.failures[i].take() {
-            Some((reason, message)) => Condition {
-                type_: REQUEST_SATISFIED_CONDITION.into(),
-                status: Status::False,
+            Some((reason, message)) => RequestCondition {
+                satisfied: false,
                 reason: reason.into(),
                 message: format!("service {key}: {message}"),
             },
-            None => Condition {
-                type_: REQUEST_SATISFIED_CONDITION.into(),
-                status: Status::True,
+            None => RequestCondition {
+                satisfied: true,
                 reason: reason::SATISFIED.into(),
                 message: format!(
                     "service {key}: {}",
-                    ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    ips.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             },
         };
@@ -932,4 +981,702 @@ pub fn allocate(pools: &[Pool], requests: &[LbRequest], previous: &Assignments) 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use ipnet::Ipv4Net;
+
+    use super::*;
+    use crate::assign::{NODE_PORT_RANGE_DEFAULT, assign};
+    use crate::plan::{FabricConfig, compile};
+    use crate::testing::snapshot;
+
+    fn pool(name: &str, spec: &str) -> String {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata: {{name: {name}}}\nspec: {spec}\n---\n"
+        )
+    }
+
+    /// A LoadBalancer Service; `meta` and `spec` are extra flow-mapping entries.
+    fn lb(ns: &str, name: &str, meta: &str, spec: &str) -> String {
+        let spec = if spec.contains("ports:") {
+            spec.to_string()
+        } else {
+            format!("ports: [{{port: 80}}], {spec}")
+        };
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}, {meta}}}\n\
+             spec: {{type: LoadBalancer, allocateLoadBalancerNodePorts: false, {spec}}}\n---\n"
+        )
+    }
+
+    fn cidr() -> Ipv4Net {
+        "10.96.0.0/12".parse().expect("cidr")
+    }
+
+    fn run(text: &str, previous: &Assignments) -> Assignments {
+        assign(&snapshot(text), previous, cidr(), NODE_PORT_RANGE_DEFAULT)
+    }
+
+    fn ips(a: &Assignments, key: &str) -> Vec<String> {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        a.load_balancer_ips(ns, name)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// `True satisfied` or `False <reason>`.
+    fn cond(a: &Assignments, key: &str) -> String {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        a.load_balancer_condition(ns, name)
+            .map(|c| {
+                let c = c.condition();
+                assert_eq!(c.type_, REQUEST_SATISFIED_CONDITION);
+                format!("{} {}", c.status, c.reason)
+            })
+            .unwrap_or_else(|| "none".into())
+    }
+
+    fn message(a: &Assignments, key: &str) -> String {
+        let (ns, name) = key.split_once('/').expect("ns/name");
+        a.load_balancer_condition(ns, name)
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn cidr_blocks_reserve_first_and_last_only_when_told() {
+        let services = [
+            lb("apps", "a", "", ""),
+            lb("apps", "b", "", ""),
+            lb("apps", "c", "", ""),
+        ]
+        .concat();
+        // "No": the network and broadcast addresses of the /30 are not handed out.
+        let a = run(
+            &(pool(
+                "p",
+                "{allowFirstLastIPs: 'No', blocks: [{cidr: 10.0.0.0/30}]}",
+            ) + &services),
+            &Assignments::default(),
+        );
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.1"]);
+        assert_eq!(ips(&a, "apps/b"), ["10.0.0.2"]);
+        assert_eq!(ips(&a, "apps/c"), Vec::<String>::new());
+        assert_eq!(cond(&a, "apps/a"), "True satisfied");
+        assert_eq!(message(&a, "apps/a"), "service apps/a: 10.0.0.1");
+        assert_eq!(cond(&a, "apps/c"), "False out_of_ips");
+        assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
+
+        // Unset is "Yes" (Cilium >= 1.16): every address of the block.
+        for spec in [
+            "{blocks: [{cidr: 10.0.0.0/30}]}",
+            "{allowFirstLastIPs: 'Yes', blocks: [{cidr: 10.0.0.0/30}]}",
+        ] {
+            let a = run(&(pool("p", spec) + &services), &Assignments::default());
+            assert_eq!(ips(&a, "apps/a"), ["10.0.0.0"], "{spec}");
+            assert_eq!(ips(&a, "apps/c"), ["10.0.0.2"], "{spec}");
+        }
+
+        // A /31 keeps both addresses even with "No".
+        let a = run(
+            &(pool(
+                "p",
+                "{allowFirstLastIPs: 'No', blocks: [{cidr: 10.0.0.0/31}]}",
+            ) + &services),
+            &Assignments::default(),
+        );
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.0"]);
+        assert_eq!(ips(&a, "apps/b"), ["10.0.0.1"]);
+
+        // Requesting a reserved address is refused, saying why.
+        let a = run(
+            &(pool(
+                "p",
+                "{allowFirstLastIPs: 'No', blocks: [{cidr: 10.0.0.0/24}]}",
+            ) + &lb(
+                "apps",
+                "net",
+                "annotations: {lbipam.cilium.io/ips: 10.0.0.255}",
+                "",
+            )),
+            &Assignments::default(),
+        );
+        assert_eq!(cond(&a, "apps/net"), "False already_allocated");
+        assert!(
+            message(&a, "apps/net").contains("reserved by allowFirstLastIPs: No"),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn ranges_are_inclusive_and_never_reserve() {
+        let text = pool(
+            "p",
+            "{allowFirstLastIPs: 'No', blocks: [{start: 10.0.0.10, stop: 10.0.0.11}, {start: 10.0.0.20}]}",
+        ) + &[
+            lb("apps", "a", "", ""),
+            lb("apps", "b", "", ""),
+            lb("apps", "c", "", ""),
+            lb("apps", "d", "", ""),
+        ]
+        .concat();
+        let a = run(&text, &Assignments::default());
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.10"]);
+        assert_eq!(ips(&a, "apps/b"), ["10.0.0.11"]);
+        assert_eq!(ips(&a, "apps/c"), ["10.0.0.20"], "stop defaults to start");
+        assert_eq!(cond(&a, "apps/d"), "False out_of_ips");
+    }
+
+    #[test]
+    fn service_selectors_pick_the_pool() {
+        let text = [
+            pool(
+                "blue",
+                "{blocks: [{cidr: 10.0.1.0/24}], serviceSelector: {matchExpressions: [{key: color, operator: In, values: [blue, cyan]}]}}",
+            ),
+            pool(
+                "red",
+                "{blocks: [{cidr: 10.0.2.0/24}], serviceSelector: {matchLabels: {color: red}}}",
+            ),
+            pool(
+                "tenant",
+                "{blocks: [{cidr: 10.0.3.0/24}], serviceSelector: {matchLabels: {io.kubernetes.service.namespace: tenant-a}}}",
+            ),
+            lb("apps", "cyan", "labels: {color: cyan}", ""),
+            lb("apps", "red", "labels: {color: red}", ""),
+            lb("tenant-a", "x", "", ""),
+            lb("apps", "plain", "", ""),
+            lb(
+                "apps",
+                "wrong",
+                "labels: {color: red}, annotations: {lbipam.cilium.io/ips: 10.0.1.9}",
+                "",
+            ),
+            lb(
+                "apps",
+                "nowhere",
+                "labels: {color: red}, annotations: {lbipam.cilium.io/ips: 192.0.2.1}",
+                "",
+            ),
+        ]
+        .concat();
+        let a = run(&text, &Assignments::default());
+        assert_eq!(ips(&a, "apps/cyan"), ["10.0.1.0"]);
+        assert_eq!(ips(&a, "apps/red"), ["10.0.2.0"]);
+        assert_eq!(ips(&a, "tenant-a/x"), ["10.0.3.0"]);
+        assert_eq!(cond(&a, "apps/plain"), "False no_pool");
+        assert_eq!(
+            message(&a, "apps/plain"),
+            "service apps/plain: There are no enabled CiliumLoadBalancerIPPools that match this service"
+        );
+        assert_eq!(cond(&a, "apps/wrong"), "False pool_selector_mismatch");
+        assert_eq!(ips(&a, "apps/wrong"), Vec::<String>::new());
+        assert_eq!(cond(&a, "apps/nowhere"), "False no_pool");
+    }
+
+    #[test]
+    fn disabled_pools_keep_what_they_gave_and_give_nothing_new() {
+        let text = |disabled: bool| {
+            [
+                pool(
+                    "a",
+                    &format!("{{disabled: {disabled}, blocks: [{{cidr: 10.0.0.0/24}}]}}"),
+                ),
+                pool("b", "{blocks: [{cidr: 10.1.0.0/24}]}"),
+                lb("apps", "old", "", ""),
+                lb("apps", "new", "", ""),
+                lb(
+                    "apps",
+                    "asks",
+                    "annotations: {lbipam.cilium.io/ips: 10.0.0.7}",
+                    "",
+                ),
+            ]
+            .concat()
+        };
+        let before = run(&text(false), &Assignments::default());
+        assert_eq!(ips(&before, "apps/old"), ["10.0.0.1"]);
+        assert_eq!(ips(&before, "apps/asks"), ["10.0.0.7"]);
+        let mut previous = before.clone();
+        previous.services.remove("apps/new");
+        previous.services.remove("apps/asks");
+
+        let after = run(&text(true), &previous);
+        assert_eq!(ips(&after, "apps/old"), ["10.0.0.1"], "kept");
+        assert_eq!(cond(&after, "apps/old"), "True satisfied");
+        assert_eq!(
+            ips(&after, "apps/new"),
+            ["10.1.0.0"],
+            "from the enabled pool"
+        );
+        assert_eq!(cond(&after, "apps/asks"), "False no_pool");
+        assert_eq!(ips(&after, "apps/asks"), Vec::<String>::new());
+
+        // A pool overlapping one earlier by name conflicts and hands out nothing.
+        let text = [
+            pool(
+                "a",
+                "{blocks: [{cidr: 10.0.0.0/24}], serviceSelector: {matchLabels: {x: y}}}",
+            ),
+            pool("b", "{blocks: [{start: 10.0.0.200, stop: 10.0.1.5}]}"),
+            lb("apps", "s", "", ""),
+        ]
+        .concat();
+        let s = snapshot(&text);
+        let pools = pools(&s);
+        assert_eq!(pools[0].conflict, None);
+        assert_eq!(
+            pools[1].conflict.as_deref(),
+            Some("range '10.0.0.200 - 10.0.1.5' overlaps range '10.0.0.0/24' from IP Pool 'a'")
+        );
+        assert_eq!(
+            cond(&run(&text, &Assignments::default()), "apps/s"),
+            "False no_pool"
+        );
+    }
+
+    #[test]
+    fn requests_through_both_annotations_and_load_balancer_ip() {
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb(
+                "apps",
+                "new",
+                "annotations: {lbipam.cilium.io/ips: '10.0.0.20, 10.0.0.21'}",
+                "",
+            ),
+            lb(
+                "apps",
+                "legacy",
+                "annotations: {io.cilium/lb-ipam-ips: 10.0.0.30}",
+                "",
+            ),
+            lb("apps", "field", "", "loadBalancerIP: 10.0.0.40"),
+            lb(
+                "apps",
+                "both",
+                "annotations: {lbipam.cilium.io/ips: 10.0.0.50}",
+                "loadBalancerIP: 10.0.0.51",
+            ),
+            lb(
+                "apps",
+                "bad",
+                "annotations: {lbipam.cilium.io/ips: 'nope, 10.0.0.60, fd00::1'}",
+                "",
+            ),
+            lb("apps", "generic", "", ""),
+        ]
+        .concat();
+        let a = run(&text, &Assignments::default());
+        assert_eq!(ips(&a, "apps/new"), ["10.0.0.20", "10.0.0.21"]);
+        assert_eq!(
+            message(&a, "apps/new"),
+            "service apps/new: 10.0.0.20, 10.0.0.21"
+        );
+        assert_eq!(ips(&a, "apps/legacy"), ["10.0.0.30"]);
+        assert_eq!(ips(&a, "apps/field"), ["10.0.0.40"]);
+        assert_eq!(ips(&a, "apps/both"), ["10.0.0.50", "10.0.0.51"]);
+        assert_eq!(
+            ips(&a, "apps/bad"),
+            ["10.0.0.60"],
+            "IPv6 skipped, junk reported"
+        );
+        assert_eq!(cond(&a, "apps/bad"), "True satisfied");
+        assert_eq!(ips(&a, "apps/generic"), ["10.0.0.0"]);
+        let problems: Vec<String> = a.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "service apps/bad: metadata.annotations[lbipam.cilium.io/ips]: \"nope\" is not an IP address; not requested"
+            ]
+        );
+    }
+
+    #[test]
+    fn sharing_keys_share_when_ports_do_not_collide() {
+        let key = |k: &str| format!("annotations: {{lbipam.cilium.io/sharing-key: {k}}}");
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb("apps", "a", &key("k"), "ports: [{port: 80}]"),
+            lb("apps", "b", &key("k"), "ports: [{port: 443}]"),
+            lb("apps", "c", &key("k"), "ports: [{port: 80}]"),
+            lb("apps", "d", &key("k"), "ports: [{port: 80, protocol: UDP}]"),
+            lb(
+                "apps",
+                "e",
+                "annotations: {io.cilium/lb-ipam-sharing-key: k}",
+                "ports: [{port: 8080}]",
+            ),
+            lb("apps", "f", &key("other"), "ports: [{port: 9090}]"),
+            lb("apps", "g", "", "ports: [{port: 9091}]"),
+            lb(
+                "apps",
+                "l",
+                &key("k"),
+                "externalTrafficPolicy: Local, ports: [{port: 7002}]",
+            ),
+        ]
+        .concat();
+        let a = run(&text, &Assignments::default());
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.0"]);
+        assert_eq!(ips(&a, "apps/b"), ["10.0.0.0"], "no port in common");
+        assert_eq!(ips(&a, "apps/c"), ["10.0.0.1"], "80/TCP collides with a");
+        assert_eq!(ips(&a, "apps/d"), ["10.0.0.0"], "80/UDP is another port");
+        assert_eq!(ips(&a, "apps/e"), ["10.0.0.0"], "the older annotation");
+        assert_eq!(ips(&a, "apps/f"), ["10.0.0.2"], "another key");
+        assert_eq!(ips(&a, "apps/g"), ["10.0.0.3"], "no key");
+        assert_eq!(
+            ips(&a, "apps/l"),
+            ["10.0.0.4"],
+            "another externalTrafficPolicy"
+        );
+        assert_eq!(run(&text, &a), a, "stable");
+
+        // Services added later that request the shared address: incompatible, without a
+        // key, compatible.
+        let more = text + &[
+            lb(
+                "apps",
+                "h",
+                "annotations: {lbipam.cilium.io/sharing-key: k, lbipam.cilium.io/ips: 10.0.0.0}",
+                "ports: [{port: 443}]",
+            ),
+            lb(
+                "apps",
+                "i",
+                "annotations: {lbipam.cilium.io/ips: 10.0.0.0}",
+                "ports: [{port: 7000}]",
+            ),
+            lb(
+                "apps",
+                "j",
+                "annotations: {lbipam.cilium.io/sharing-key: k, lbipam.cilium.io/ips: 10.0.0.0}",
+                "ports: [{port: 7001}]",
+            ),
+        ]
+        .concat();
+        let a = run(&more, &a);
+        assert_eq!(ips(&a, "apps/b"), ["10.0.0.0"]);
+        assert_eq!(ips(&a, "apps/h"), Vec::<String>::new());
+        assert_eq!(
+            cond(&a, "apps/h"),
+            "False already_allocated_incompatible_service"
+        );
+        assert_eq!(
+            message(&a, "apps/h"),
+            "service apps/h: The IP '10.0.0.0' is already allocated to an incompatible service \
+             (apps/b). Reason: same port and protocol (443/TCP)"
+        );
+        assert_eq!(cond(&a, "apps/i"), "False already_allocated");
+        assert_eq!(
+            message(&a, "apps/i"),
+            "service apps/i: The IP '10.0.0.0' is already allocated to another service (apps/a)"
+        );
+        assert_eq!(ips(&a, "apps/j"), ["10.0.0.0"]);
+        assert_eq!(cond(&a, "apps/j"), "True satisfied");
+        assert_eq!(run(&more, &a), a, "stable");
+    }
+
+    #[test]
+    fn sharing_across_namespaces_needs_both_sides() {
+        let meta = |cross: &str| {
+            format!(
+                "annotations: {{lbipam.cilium.io/sharing-key: k, lbipam.cilium.io/sharing-cross-namespace: '{cross}'}}"
+            )
+        };
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb("ns1", "a", &meta("ns2, ns4"), "ports: [{port: 80}]"),
+            lb("ns2", "b", &meta("ns1"), "ports: [{port: 81}]"),
+            lb("ns3", "c", &meta("*"), "ports: [{port: 82}]"),
+            lb(
+                "ns4",
+                "d",
+                "annotations: {lbipam.cilium.io/sharing-key: k}",
+                "ports: [{port: 83}]",
+            ),
+            lb("ns5", "e", &meta("*"), "ports: [{port: 84}]"),
+        ]
+        .concat();
+        let a = run(&text, &Assignments::default());
+        assert_eq!(ips(&a, "ns1/a"), ["10.0.0.0"]);
+        assert_eq!(ips(&a, "ns2/b"), ["10.0.0.0"], "both allow it");
+        assert_eq!(ips(&a, "ns3/c"), ["10.0.0.1"], "ns1 does not allow ns3");
+        assert_eq!(ips(&a, "ns4/d"), ["10.0.0.2"], "ns4 allows nobody");
+        assert_eq!(ips(&a, "ns5/e"), ["10.0.0.1"], "both say *");
+    }
+
+    #[test]
+    fn conflicting_requests_go_to_the_first_by_name() {
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb(
+                "apps",
+                "b",
+                "annotations: {lbipam.cilium.io/ips: 10.0.0.5}",
+                "selector: {app: web}",
+            ),
+            lb(
+                "apps",
+                "a",
+                "",
+                "loadBalancerIP: 10.0.0.5, selector: {app: web}",
+            ),
+        ]
+        .concat();
+        let s = snapshot(&text);
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.5"]);
+        assert_eq!(cond(&a, "apps/a"), "True satisfied");
+        assert_eq!(ips(&a, "apps/b"), Vec::<String>::new());
+        assert_eq!(cond(&a, "apps/b"), "False already_allocated");
+
+        // The plan serves the address for a only, and says why b has none.
+        let cfg = FabricConfig::new("n1", [("n1".into(), Ipv4Addr::new(10, 10, 30, 11))].into());
+        let plan = compile(&s, &cfg, Some(&a));
+        let lb_lines: Vec<String> = plan
+            .to_string()
+            .lines()
+            .filter(|l| l.contains("LoadBalancer"))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            lb_lines,
+            ["10.0.0.5:80/TCP LoadBalancer apps/a -> (none: refuse)"]
+        );
+        let problems: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+        assert!(
+            problems.contains(
+                &"service apps/b: status.conditions[cilium.io/IPAMRequestSatisfied]: already_allocated: \
+                  service apps/b: The IP '10.0.0.5' is already allocated to another service (apps/a)"
+                    .to_string()
+            ),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn exhaustion_is_a_condition_and_others_are_unaffected() {
+        let text = [
+            pool("small", "{blocks: [{start: 10.0.0.1, stop: 10.0.0.2}]}"),
+            pool(
+                "vip",
+                "{blocks: [{cidr: 10.9.0.0/30}], serviceSelector: {matchLabels: {vip: 'yes'}}}",
+            ),
+            lb("apps", "a", "", ""),
+            lb("apps", "b", "", ""),
+            lb("apps", "c", "", ""),
+            lb("apps", "d", "", ""),
+            lb("apps", "v", "labels: {vip: 'yes'}", ""),
+        ]
+        .concat();
+        let a = run(&text, &Assignments::default());
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.1"]);
+        assert_eq!(ips(&a, "apps/b"), ["10.0.0.2"]);
+        assert_eq!(cond(&a, "apps/c"), "False out_of_ips");
+        assert_eq!(cond(&a, "apps/d"), "False out_of_ips");
+        assert_eq!(
+            ips(&a, "apps/v"),
+            ["10.9.0.0"],
+            "its own pool, first of two matching"
+        );
+        assert_eq!(a.problems.len(), 2, "{:?}", a.problems);
+    }
+
+    #[test]
+    fn allocations_are_stable_and_persist() {
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb("apps", "zeta", "", ""),
+        ]
+        .concat();
+        let first = run(&text, &Assignments::default());
+        assert_eq!(ips(&first, "apps/zeta"), ["10.0.0.0"]);
+        assert_eq!(run(&text, &first), first, "the same again");
+
+        // Persisted through JSON, conditions too.
+        let json = serde_json::to_string(&first).expect("serializes");
+        assert!(
+            json.contains(r#""load_balancer_ips":["10.0.0.0"]"#),
+            "{json}"
+        );
+        let back: Assignments = serde_json::from_str(&json).expect("deserializes");
+        assert_eq!(back, first);
+        assert!(
+            json.contains(r#""load_balancer_conditions":{"apps/zeta":{"satisfied":true,"reason":"satisfied","message":"service apps/zeta: 10.0.0.0"}}"#),
+            "{json}"
+        );
+
+        // A Service that sorts earlier does not take zeta's address, with the previous state
+        // from disk; without it, the name order decides.
+        let more = text.clone() + &lb("apps", "alpha", "", "");
+        let a = run(&more, &back);
+        assert_eq!(ips(&a, "apps/zeta"), ["10.0.0.0"]);
+        assert_eq!(ips(&a, "apps/alpha"), ["10.0.0.1"]);
+        assert_eq!(run(&more, &a), a);
+        let fresh = run(&more, &Assignments::default());
+        assert_eq!(ips(&fresh, "apps/alpha"), ["10.0.0.0"]);
+
+        // An address a Service no longer asks for, or that left its pool, is given up.
+        let mut stale = a.clone();
+        stale
+            .services
+            .get_mut("apps/zeta")
+            .expect("zeta")
+            .load_balancer_ips = vec![Ipv4Addr::new(192, 0, 2, 1)];
+        assert_eq!(ips(&run(&more, &stale), "apps/zeta"), ["10.0.0.0"]);
+        let asks = text
+            + &lb(
+                "apps",
+                "alpha",
+                "annotations: {lbipam.cilium.io/ips: 10.0.0.9}",
+                "",
+            );
+        let b = run(&asks, &a);
+        assert_eq!(ips(&b, "apps/alpha"), ["10.0.0.9"]);
+    }
+
+    #[test]
+    fn status_wins_and_the_rest_comes_from_lbipam() {
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb("apps", "web", "", "selector: {app: web}"),
+            format!(
+                "{}status: {{loadBalancer: {{ingress: [{{ip: 10.0.0.77}}]}}}}\n---\n",
+                lb("apps", "reported", "", "selector: {app: web}").trim_end_matches("---\n")
+            ),
+            lb("apps", "other", "", "loadBalancerClass: example.com/lb"),
+        ]
+        .concat();
+        let s = snapshot(&text);
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        assert_eq!(
+            ips(&a, "apps/reported"),
+            ["10.0.0.77"],
+            "imported from status"
+        );
+        assert_eq!(ips(&a, "apps/web"), ["10.0.0.0"]);
+        assert_eq!(cond(&a, "apps/other"), "none", "another class: ignored");
+        let cfg = FabricConfig::new("n1", [("n1".into(), Ipv4Addr::new(10, 10, 30, 11))].into());
+        let text = compile(&s, &cfg, Some(&a)).to_string();
+        assert!(
+            text.contains("10.0.0.0:80/TCP LoadBalancer apps/web "),
+            "{text}"
+        );
+        assert!(
+            text.contains("10.0.0.77:80/TCP LoadBalancer apps/reported "),
+            "{text}"
+        );
+        assert!(!text.contains("LoadBalancer apps/other"), "{text}");
+
+        // Without pools LB-IPAM is dormant: nothing assigned, requests taken as written.
+        let text = lb(
+            "apps",
+            "asks",
+            "annotations: {lbipam.cilium.io/ips: 10.0.0.5}",
+            "",
+        );
+        let s = snapshot(&text);
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        assert!(a.load_balancer_conditions.is_empty());
+        assert!(a.services.values().all(|s| s.load_balancer_ips.is_empty()));
+        let plan = compile(&s, &cfg, Some(&a)).to_string();
+        assert!(
+            plan.contains("10.0.0.5:80/TCP LoadBalancer apps/asks "),
+            "{plan}"
+        );
+    }
+
+    #[test]
+    fn gateway_service_names_follow_envoy_gateway_and_are_stable() {
+        let n = gateway_service_name("network", "envoy-internal");
+        assert!(n.starts_with("envoy-network-envoy-internal-"), "{n}");
+        assert_eq!(n.len(), "envoy-network-envoy-internal-".len() + 8);
+        assert_eq!(n, gateway_service_name("network", "envoy-internal"));
+        assert_ne!(n, gateway_service_name("network", "envoy-external"));
+        let long =
+            gateway_service_name("a-very-long-namespace-name", "and-a-very-long-gateway-name");
+        assert_eq!(long.len(), 48 + 1 + 8, "{long}");
+    }
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    #[test]
+    fn the_home_lab_gateways_get_their_addresses_from_the_pool() {
+        let dir = repo().join("examples/home-lab");
+        let vars_file = dir.join("vars.yaml");
+        let vars = model::subst::parse_vars(
+            &std::fs::read_to_string(&vars_file).expect("vars.yaml reads"),
+        )
+        .expect("vars parse");
+        let load = store::load(
+            &[dir],
+            &store::Options {
+                vars,
+                default_namespace: "default".into(),
+                ignore: vec![vars_file],
+                ..Default::default()
+            },
+        );
+        assert!(
+            !load.snapshot.has_errors(),
+            "{:?}",
+            load.snapshot.diagnostics
+        );
+        let s = load.snapshot;
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        let gateways: Vec<(String, Vec<String>, String)> = s
+            .gateways
+            .values()
+            .map(|gw| {
+                let svc = gateway_service_name(gw.namespace(), gw.name());
+                let key = format!("{}/{svc}", gw.namespace());
+                (gw.name().to_string(), ips(&a, &key), cond(&a, &key))
+            })
+            .collect();
+        assert_eq!(
+            gateways,
+            [
+                (
+                    "envoy-external".to_string(),
+                    vec!["10.10.30.26".to_string()],
+                    "True satisfied".to_string()
+                ),
+                (
+                    "envoy-internal".to_string(),
+                    vec!["10.10.30.25".to_string()],
+                    "True satisfied".to_string()
+                ),
+            ]
+        );
+        assert_eq!(assign(&s, &a, cidr(), NODE_PORT_RANGE_DEFAULT), a, "stable");
+
+        // The synthesized request: listeners' ports, Local from the EnvoyProxy, the
+        // infrastructure annotation as the request.
+        let (req, problems) = gateway_requests(&s)
+            .into_iter()
+            .find(|(r, _)| r.name.contains("envoy-internal"))
+            .expect("internal gateway");
+        assert!(problems.is_empty());
+        assert_eq!(req.requested, [Ipv4Addr::new(10, 10, 30, 25)]);
+        assert_eq!(
+            req.ports.iter().copied().collect::<Vec<_>>(),
+            [(80, 6), (443, 6)]
+        );
+        assert!(req.external_traffic_policy_local);
+        assert_eq!(
+            req.labels
+                .get(OWNING_GATEWAY_NAME_LABEL)
+                .map(String::as_str),
+            Some("envoy-internal")
+        );
+    }
 }

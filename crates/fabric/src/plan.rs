@@ -435,7 +435,6 @@ pub fn compile(
             assignments,
             lbipam_active,
             svc,
-            spec,
             &mut tables,
             &mut plan,
         );
@@ -486,10 +485,10 @@ fn compile_service(
     assignments: Option<&Assignments>,
     lbipam_active: bool,
     svc: &model::Object<Service>,
-    spec: &ServiceSpec,
     tables: &mut Tables,
     plan: &mut ServicePlan,
 ) {
+    let Some(spec) = &svc.spec.spec else { return };
     let (ns, name) = (svc.namespace(), svc.name());
     let ty = service_type(spec);
     let cluster_ip = match spec.cluster_ip.as_deref().unwrap_or("") {
@@ -826,17 +825,20 @@ fn lb_addresses(
     {
         let ips = a.load_balancer_ips(ns, name).to_vec();
         match a.load_balancer_condition(ns, name) {
-            Some(c) if c.status == model::Status::False => plan.problem(Problem::new(
+            Some(c) if !c.satisfied => plan.problem(Problem::new(
                 ns,
                 name,
-                format!("status.conditions[{}]", c.type_),
+                format!(
+                    "status.conditions[{}]",
+                    crate::lbipam::REQUEST_SATISFIED_CONDITION
+                ),
                 format!("{}: {}", c.reason, c.message),
             )),
             None if ips.is_empty() => plan.problem(Problem::new(
                 ns,
                 name,
                 "status.loadBalancer",
-                "no LoadBalancer address: no CiliumLoadBalancerIPPool serves this service".into(),
+                "no LoadBalancer address: none in status and none from LB-IPAM".into(),
             )),
             _ => {}
         }
