@@ -114,6 +114,10 @@ pub mod reason {
     pub const OUT_OF_IPS: &str = "out_of_ips";
 }
 
+/// LoadBalancer Services one allocation handles (the plan's bound on Services); the rest, by
+/// namespace/name, get nothing and one problem says so.
+pub const REQUESTS_MAX: usize = crate::plan::SERVICES_MAX;
+
 /// The longest name prefix of a synthesized gateway Service, before its hash (Envoy Gateway's
 /// limit, which keeps the name within Kubernetes' 63 characters).
 const GATEWAY_SERVICE_PREFIX_MAX: usize = 48;
@@ -554,27 +558,27 @@ pub fn gateway_service_name(namespace: &str, name: &str) -> String {
 /// (a Service with the owning-gateway labels), which is then allocated as itself.
 pub fn gateway_requests(snapshot: &Snapshot) -> Vec<(LbRequest, Vec<Problem>)> {
     let mut out = Vec::new();
+    // Gateways whose Envoy Gateway Service is in the snapshot, by (namespace, name).
+    let owned: BTreeSet<(&str, &str)> = snapshot
+        .services
+        .values()
+        .filter_map(|s| {
+            let label = |k: &str| s.meta.labels.get(k).map(String::as_str);
+            Some((
+                label(OWNING_GATEWAY_NAMESPACE_LABEL)?,
+                label(OWNING_GATEWAY_NAME_LABEL)?,
+            ))
+        })
+        .collect();
     for gw in snapshot.gateways.values() {
         let (ns, name) = (gw.namespace(), gw.name());
+        if owned.contains(&(ns, name)) {
+            continue;
+        }
         let Some(class) = get(&snapshot.gateway_classes, "", &gw.spec.gateway_class_name) else {
             continue;
         };
         if !model::validate::CONTROLLER_NAMES.contains(&class.spec.controller_name.as_str()) {
-            continue;
-        }
-        let owned = snapshot.services.values().any(|s| {
-            s.meta
-                .labels
-                .get(OWNING_GATEWAY_NAME_LABEL)
-                .map(String::as_str)
-                == Some(name)
-                && s.meta
-                    .labels
-                    .get(OWNING_GATEWAY_NAMESPACE_LABEL)
-                    .map(String::as_str)
-                    == Some(ns)
-        });
-        if owned {
             continue;
         }
         let infra = gw.spec.infrastructure.as_ref();
@@ -719,6 +723,11 @@ struct State<'a> {
     reqs: Vec<&'a LbRequest>,
     held: Vec<Vec<u32>>,
     owners: BTreeMap<u32, Vec<usize>>,
+    /// The addresses held by Services with each sharing key.
+    by_key: BTreeMap<&'a str, BTreeSet<u32>>,
+    /// By usable range: every address below this one is held (addresses are only taken
+    /// during one allocation, never given back), so the search for a free one starts here.
+    cursor: BTreeMap<(u32, u32), u32>,
     failures: Vec<Option<Refusal>>,
     problems: Vec<Problem>,
 }
@@ -776,6 +785,9 @@ impl<'a> State<'a> {
     fn take(&mut self, i: usize, a: u32) {
         self.owners.entry(a).or_default().push(i);
         self.held[i].push(a);
+        if let Some(key) = &self.reqs[i].sharing_key {
+            self.by_key.entry(key.as_str()).or_default().insert(a);
+        }
     }
 
     fn fail(&mut self, i: usize, field: &str, (reason, message): Refusal) {
@@ -824,9 +836,12 @@ impl<'a> State<'a> {
     }
 
     /// The first address of `usable` that nobody holds.
-    fn first_free(&self, (s, e): (u32, u32)) -> Option<u32> {
-        let mut next = s;
-        for (&a, holders) in self.owners.range(s..=e) {
+    fn first_free(&mut self, (s, e): (u32, u32)) -> Option<u32> {
+        let mut next = self.cursor.get(&(s, e)).copied().unwrap_or(s);
+        if next > e {
+            return None;
+        }
+        for (&a, holders) in self.owners.range(next..=e) {
             if holders.is_empty() {
                 continue;
             }
@@ -835,6 +850,7 @@ impl<'a> State<'a> {
             }
             next = a.checked_add(1)?;
         }
+        self.cursor.insert((s, e), next);
         (next <= e).then_some(next)
     }
 }
@@ -848,14 +864,29 @@ pub fn allocate(pools: &[Pool], requests: &[LbRequest], previous: &Assignments) 
     let mut reqs: Vec<&LbRequest> = requests.iter().collect();
     reqs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     reqs.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    let mut problems = Vec::new();
+    if let Some(first) = reqs.get(REQUESTS_MAX) {
+        problems.push(Problem::new(
+            &first.namespace,
+            &first.name,
+            "",
+            format!(
+                "more than {REQUESTS_MAX} LoadBalancer services: this one and the {} after it get no address",
+                reqs.len() - REQUESTS_MAX - 1
+            ),
+        ));
+        reqs.truncate(REQUESTS_MAX);
+    }
     let n = reqs.len();
     let mut st = State {
         pools,
         reqs,
         held: vec![Vec::new(); n],
         owners: BTreeMap::new(),
+        by_key: BTreeMap::new(),
+        cursor: BTreeMap::new(),
         failures: vec![None; n],
-        problems: Vec::new(),
+        problems,
     };
 
     // 1. What each Service held before (or its status says it holds), while still valid.
@@ -906,13 +937,11 @@ pub fn allocate(pools: &[Pool], requests: &[LbRequest], previous: &Assignments) 
         }
         if let Some(key) = &r.sharing_key {
             let shared = st
-                .owners
-                .iter()
-                .filter(|(_, hs)| {
-                    hs.iter()
-                        .any(|&h| st.reqs[h].sharing_key.as_ref() == Some(key))
-                })
-                .map(|(&a, _)| a)
+                .by_key
+                .get(key.as_str())
+                .into_iter()
+                .flatten()
+                .copied()
                 .find(|&a| st.pool_for(i, a, Mode::Keep).is_some() && st.shareable(i, a).is_ok());
             if let Some(a) = shared {
                 st.take(i, a);
@@ -1602,6 +1631,78 @@ mod tests {
         let long =
             gateway_service_name("a-very-long-namespace-name", "and-a-very-long-gateway-name");
         assert_eq!(long.len(), 48 + 1 + 8, "{long}");
+    }
+
+    #[test]
+    fn gateways_get_a_synthesized_request_unless_their_service_exists() {
+        let gw = |name: &str, infra: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: {name}, namespace: net}}\n\
+                 spec: {{gatewayClassName: eg, infrastructure: {{{infra}}}, \
+                 listeners: [{{name: dns, protocol: UDP, port: 53}}, {{name: web, protocol: HTTP, port: 80}}]}}\n---\n"
+            )
+        };
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: eg}\n\
+             spec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}\n---\n"
+                .to_string(),
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyProxy\n\
+             metadata: {name: cluster-ip, namespace: net}\n\
+             spec: {provider: {type: Kubernetes, kubernetes: {envoyService: {type: ClusterIP}}}}\n---\n"
+                .to_string(),
+            gw("a", "annotations: {lbipam.cilium.io/ips: 10.0.0.9}"),
+            gw("b", ""),
+            gw(
+                "c",
+                "parametersRef: {group: gateway.envoyproxy.io, kind: EnvoyProxy, name: cluster-ip}",
+            ),
+            lb(
+                "envoy-gateway-system",
+                "envoy-net-b-12345678",
+                "labels: {gateway.envoyproxy.io/owning-gateway-name: b, \
+                 gateway.envoyproxy.io/owning-gateway-namespace: net}",
+                "",
+            ),
+        ]
+        .concat();
+        let s = snapshot(&text);
+        let reqs = gateway_requests(&s);
+        let names: Vec<&str> = reqs.iter().map(|(r, _)| r.name.as_str()).collect();
+        assert_eq!(names, [gateway_service_name("net", "a")]);
+        let a = &reqs[0].0;
+        assert_eq!(
+            a.ports.iter().copied().collect::<Vec<_>>(),
+            [(53, 17), (80, 6)]
+        );
+        assert!(a.external_traffic_policy_local, "Envoy Gateway's default");
+        let out = run(&text, &Assignments::default());
+        assert_eq!(
+            ips(&out, &format!("net/{}", gateway_service_name("net", "a"))),
+            ["10.0.0.9"]
+        );
+        assert_eq!(
+            ips(&out, "envoy-gateway-system/envoy-net-b-12345678"),
+            ["10.0.0.0"]
+        );
+    }
+
+    #[test]
+    fn thousands_of_services_get_distinct_addresses() {
+        let mut text = pool("p", "{blocks: [{cidr: 10.0.0.0/20}]}");
+        for i in 0..3000 {
+            text += &lb("apps", &format!("s{i:04}"), "", "");
+        }
+        let a = run(&text, &Assignments::default());
+        let all: BTreeSet<Ipv4Addr> = a
+            .services
+            .values()
+            .flat_map(|s| s.load_balancer_ips.iter().copied())
+            .collect();
+        assert_eq!(all.len(), 3000);
+        assert_eq!(ips(&a, "apps/s2999"), ["10.0.11.183"]);
+        assert_eq!(run(&text, &a), a);
     }
 
     fn repo() -> PathBuf {
