@@ -4,8 +4,9 @@
 //!
 //! [`crate::assign::assign`] calls [`allocate_snapshot`] and stores the result in
 //! [`Assignments`]: the addresses in `ServiceAssignment::load_balancer_ips` (persisted, so
-//! allocations survive restarts) and one condition per Service in
-//! `Assignments::load_balancer_conditions` (recomputed on every call, not persisted).
+//! allocations survive restarts) and one [`RequestCondition`] per Service in
+//! `Assignments::load_balancer_conditions` (recomputed on every call, persisted too so that a
+//! reader of the file, such as a node agent, can say why a Service has no address).
 //!
 //! The rules, with the Cilium 1.18 facts they follow (docs `network/lb-ipam`, the pool CRD's
 //! field descriptions and `operator/pkg/lbipam`):
@@ -37,7 +38,8 @@
 //! - **Without a request**, a Service gets the first free address of the first enabled pool
 //!   (by name) that selects it: `no_pool` when none selects it, `out_of_ips` when all that do
 //!   are full.
-//! - **Order and stability.** Services are handled in namespace/name order, in three passes:
+//! - **Order and stability.** Cilium serves Services in event order; a pure function has
+//!   none, so Services are handled in namespace/name order, in three passes:
 //!   every previous allocation that is still valid (the address still lies in a pool that
 //!   selects the Service, is still requested if the Service requests addresses, and is not
 //!   taken by an incompatible Service kept before it), then the requests, then the rest.
@@ -47,7 +49,8 @@
 //! - **Sharing.** Never one address for two Services, except Services with the same
 //!   `lbipam.cilium.io/sharing-key` (or `io.cilium/lb-ipam-sharing-key`) that are compatible:
 //!   in one namespace, or both listing the other's namespace (or `*`) in
-//!   `lbipam.cilium.io/sharing-cross-namespace`; no port+protocol in common; the same
+//!   `lbipam.cilium.io/sharing-cross-namespace`; no port+protocol in common (the current
+//!   operator's rule; older releases compared port numbers alone); the same
 //!   `externalTrafficPolicy`; and with `Local`, the same non-empty pod selector. A Service
 //!   without a request shares the first compatible address of its key; when none is, it gets a
 //!   new one. A Service that requests a taken address it may not share gets
