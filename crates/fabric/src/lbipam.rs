@@ -541,6 +541,15 @@ pub fn gateway_service_name(namespace: &str, name: &str) -> String {
     format!("{prefix}-{hash:08x}")
 }
 
+/// The addresses LB-IPAM assigned to a Gateway's synthesized Service (empty when none).
+pub fn gateway_load_balancer_ips<'a>(
+    assignments: &'a Assignments,
+    namespace: &str,
+    name: &str,
+) -> &'a [Ipv4Addr] {
+    assignments.load_balancer_ips(namespace, &gateway_service_name(namespace, name))
+}
+
 /// The LoadBalancer Service requests Envoy Gateway would create for the Gateways trellis
 /// serves (GatewayClass controller in [`model::validate::CONTROLLER_NAMES`]), named by
 /// [`gateway_service_name`]. What Envoy Gateway puts on that Service and LB-IPAM reads:
@@ -1713,6 +1722,53 @@ mod tests {
     }
 
     #[test]
+    fn the_corpus_gets_the_addresses_it_asks_for() {
+        let dir = repo().join("testdata/home-ops/kubernetes");
+        let load = store::load(
+            &[dir],
+            &store::Options {
+                default_namespace: "default".into(),
+                ..Default::default()
+            },
+        );
+        let s = load.snapshot;
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        assert!(a.problems.is_empty(), "{:?}", a.problems);
+        let mut got: Vec<(String, Vec<String>)> = a
+            .load_balancer_conditions
+            .iter()
+            .map(|(k, c)| {
+                assert!(c.satisfied, "{k}: {c:?}");
+                (k.clone(), ips(&a, k))
+            })
+            .collect();
+        // The gateways' synthesized Services, under their Gateways' names.
+        for gw in s.gateways.values() {
+            let key = format!(
+                "{}/{}",
+                gw.namespace(),
+                gateway_service_name(gw.namespace(), gw.name())
+            );
+            for g in &mut got {
+                if g.0 == key {
+                    g.0 = format!("{}/{} (gateway)", gw.namespace(), gw.name());
+                }
+            }
+        }
+        got.sort();
+        let want: Vec<(String, Vec<String>)> = [
+            ("database/postgres-lb", "10.10.30.11"),
+            ("kube-system/kube-api", "10.10.30.30"),
+            ("network/envoy-external (gateway)", "10.10.30.26"),
+            ("network/envoy-internal (gateway)", "10.10.30.25"),
+        ]
+        .into_iter()
+        .map(|(k, ip)| (k.to_string(), vec![ip.to_string()]))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn the_home_lab_gateways_get_their_addresses_from_the_pool() {
         let dir = repo().join("examples/home-lab");
         let vars_file = dir.join("vars.yaml");
@@ -1743,7 +1799,11 @@ mod tests {
             .map(|gw| {
                 let svc = gateway_service_name(gw.namespace(), gw.name());
                 let key = format!("{}/{svc}", gw.namespace());
-                (gw.name().to_string(), ips(&a, &key), cond(&a, &key))
+                let ips: Vec<String> = gateway_load_balancer_ips(&a, gw.namespace(), gw.name())
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                (gw.name().to_string(), ips, cond(&a, &key))
             })
             .collect();
         assert_eq!(
