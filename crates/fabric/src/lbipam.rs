@@ -1502,6 +1502,40 @@ mod tests {
     }
 
     #[test]
+    fn a_partly_refused_request_serves_what_was_granted() {
+        let text = [
+            pool("p", "{blocks: [{cidr: 10.0.0.0/24}]}"),
+            lb(
+                "apps",
+                "a",
+                "annotations: {lbipam.cilium.io/ips: '10.0.0.5, 192.0.2.9'}",
+                "",
+            ),
+        ]
+        .concat();
+        let s = snapshot(&text);
+        let a = assign(&s, &Assignments::default(), cidr(), NODE_PORT_RANGE_DEFAULT);
+        assert_eq!(ips(&a, "apps/a"), ["10.0.0.5"]);
+        assert_eq!(cond(&a, "apps/a"), "False no_pool");
+        let cfg = FabricConfig::new("n1", [("n1".into(), Ipv4Addr::new(10, 10, 30, 11))].into());
+        let plan = compile(&s, &cfg, Some(&a));
+        let text = plan.to_string();
+        assert!(
+            text.contains("10.0.0.5:80/TCP LoadBalancer apps/a "),
+            "{text}"
+        );
+        assert!(!text.contains("192.0.2.9"), "{text}");
+        let problems: Vec<String> = plan.problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "service apps/a: status.conditions[cilium.io/IPAMRequestSatisfied]: no_pool: \
+              service apps/a: No enabled pool exists with a CIDR containing '192.0.2.9'"
+            ]
+        );
+    }
+
+    #[test]
     fn exhaustion_is_a_condition_and_others_are_unaffected() {
         let text = [
             pool("small", "{blocks: [{start: 10.0.0.1, stop: 10.0.0.2}]}"),
