@@ -209,8 +209,8 @@ static __always_inline void key_of(struct nat4_key *k, const struct tuple *t, __
 /* Applies an existing entry of direction `dir`. Returns the entry's flags + 1 when it did, 0
  * when there is none (or, for a fresh SYN, none whose backend still exists), or when the entry
  * has one of `skip` flags (it belongs to another hook). */
-static __always_inline int nat_apply(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
-				     __u32 skip)
+static __always_inline int nat_apply_tunnel(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+					    __u32 skip, __u32 *tunnel)
 {
 	struct nat4_key k;
 	struct nat4_entry *e;
@@ -224,10 +224,18 @@ static __always_inline int nat_apply(struct __sk_buff *skb, const struct tuple *
 	    !bpf_map_lookup_elem(&lb4_backends, &e->backend_id))
 		return 0;
 	e->last_seen_ns = bpf_ktime_get_ns();
+	if (tunnel)
+		*tunnel = e->tunnel;
 	if (rewrite(skb, t, e) < 0)
 		return -1;
 	count(STAT_NAT_HIT);
 	return (int)e->flags + 1;
+}
+
+static __always_inline int nat_apply(struct __sk_buff *skb, const struct tuple *t, __u8 dir,
+				     __u32 skip)
+{
+	return nat_apply_tunnel(skb, t, dir, skip, 0);
 }
 
 static __always_inline __u32 hash_tuple(const struct tuple *t)
@@ -379,6 +387,53 @@ static __always_inline int redirect_out(struct __sk_buff *skb)
 	return bpf_redirect_neigh(skb->ifindex, 0, 0, 0);
 }
 
+/* DSR: wraps the packet, unchanged, in an outer IPv4 header to the backend's node and sends
+ * it there; that node unwraps it and delivers it to the backend, whose replies leave that node
+ * with the service address as source, straight to the client. */
+static __always_inline int dsr_encap(struct __sk_buff *skb, __u32 node_ip, __u32 tunnel)
+{
+	struct iphdr outer = {};
+	__u16 inner_len;
+	__u64 csum;
+
+	if (bpf_skb_load_bytes(skb, IP_OFF + 2, &inner_len, 2) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_adjust_room(skb, sizeof(struct iphdr), BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4) < 0)
+		return TC_ACT_SHOT;
+	outer.version = 4;
+	outer.ihl = 5;
+	outer.ttl = 64;
+	outer.protocol = IPPROTO_IPIP;
+	outer.tot_len = bpf_htons(bpf_ntohs(inner_len) + sizeof(struct iphdr));
+	outer.saddr = node_ip;
+	outer.daddr = tunnel;
+	csum = bpf_csum_diff(0, 0, (__be32 *)&outer, sizeof(outer), 0);
+	csum = (csum & 0xffff) + (csum >> 16);
+	csum = (csum & 0xffff) + (csum >> 16);
+	outer.check = ~csum;
+	if (bpf_skb_store_bytes(skb, IP_OFF, &outer, sizeof(outer), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect_neigh(skb->ifindex, 0, 0, 0);
+}
+
+/* Unwraps an IP-in-IP packet addressed to this node: 1 when it did. */
+static __always_inline int dsr_decap(struct __sk_buff *skb, __u32 node_ip)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + IP_OFF;
+
+	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return 0;
+	if (ip->protocol != IPPROTO_IPIP || ip->daddr != node_ip || ip->ihl != 5)
+		return 0;
+	if (bpf_skb_adjust_room(skb, -(__s32)sizeof(struct iphdr), BPF_ADJ_ROOM_MAC, 0) < 0)
+		return -1;
+	return 1;
+}
+
 /* Sends a packet that came from a pod straight back into it: swap the Ethernet addresses (it
  * was addressed to the node's end of the veth) and redirect to the veth's egress. */
 static __always_inline int turn_around(struct __sk_buff *skb)
@@ -475,19 +530,30 @@ int from_netdev(struct __sk_buff *skb)
 	struct lb4_service *svc;
 	struct lb4_backend *b;
 	struct node_config *cfg;
-	__u32 backend_id = 0;
-	int r;
+	__u32 backend_id = 0, tunnel = 0;
+	int r, decapped;
 
 	count(STAT_PACKETS);
+	cfg = config();
+	if (!cfg)
+		return TC_ACT_OK;
+	/* A DSR packet from the node that received it: unwrap, then treat the inner packet as if
+	 * it had arrived here (it is for a local backend). */
+	decapped = dsr_decap(skb, cfg->node_ip);
+	if (decapped < 0)
+		return TC_ACT_SHOT;
 	if (parse(skb, &t) < 0)
 		return TC_ACT_OK;
 	r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
 	if (r == 0)
-		r = nat_apply(skb, &t, NAT_DIR_FWD, 0);
+		r = nat_apply_tunnel(skb, &t, NAT_DIR_FWD, 0, &tunnel);
 	if (r < 0)
 		return TC_ACT_SHOT;
-	if (r > 0)
+	if (r > 0) {
+		if ((r - 1) & NAT_F_DSR)
+			return dsr_encap(skb, cfg->node_ip, tunnel);
 		return ((r - 1) & NAT_F_REDIRECT) ? redirect_out(skb) : TC_ACT_OK;
+	}
 	svc = frontend(&t, &key);
 	if (!svc)
 		return TC_ACT_OK;
@@ -502,9 +568,26 @@ int from_netdev(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		return TC_ACT_OK;
 	}
-	cfg = config();
-	if (!cfg || !cfg->node_ip)
+	/* Unwrapped here but the backend is elsewhere (tables differ for a moment): never bounce
+	 * a DSR packet on. */
+	if (decapped || !cfg->node_ip)
 		return TC_ACT_SHOT;
+	if ((cfg->flags & NODE_F_DSR) && b->node_ip &&
+	    (t.proto == IPPROTO_TCP || !(cfg->flags & NODE_F_DSR_TCP_ONLY))) {
+		/* Remember the backend's node for the connection's later packets; the packet
+		 * itself is not rewritten here. */
+		struct nat4_key fk;
+		struct nat4_entry fwd = { .saddr = t.saddr, .daddr = t.daddr, .sport = t.sport,
+					  .dport = t.dport, .backend_id = backend_id,
+					  .flags = NAT_F_DSR, .tunnel = b->node_ip,
+					  .last_seen_ns = bpf_ktime_get_ns() };
+		key_of(&fk, &t, NAT_DIR_FWD);
+		if (bpf_map_update_elem(&nat4, &fk, &fwd, BPF_ANY) < 0) {
+			count(STAT_NAT_FULL);
+			return TC_ACT_SHOT;
+		}
+		return dsr_encap(skb, cfg->node_ip, b->node_ip);
+	}
 	if (nat_new(skb, &t, b, backend_id, cfg->node_ip, NAT_F_SNAT | NAT_F_REDIRECT) < 0)
 		return TC_ACT_SHOT;
 	return redirect_out(skb);

@@ -55,6 +55,7 @@ struct lb4_backend {
 	__u16 port;
 	__u8 proto;
 	__u8 flags;
+	__u32 node_ip;  /* the LAN address of the backend's node (DSR tunnels to it) */
 };
 
 struct lb4_maglev_key {
@@ -79,6 +80,7 @@ struct nat4_key {
 #define NAT_F_REDIRECT 0x01   /* after rewriting, send out through the FIB (source is ours) */
 #define NAT_F_SNAT 0x02       /* source was rewritten to the node address */
 #define NAT_F_MASQ 0x04       /* pod egress masquerade */
+#define NAT_F_DSR 0x08        /* forwarded to the backend's node in IP-in-IP; replies go direct */
 
 /* The packet is rewritten to this tuple. */
 struct nat4_entry {
@@ -88,7 +90,7 @@ struct nat4_entry {
 	__u16 dport;
 	__u32 backend_id;
 	__u32 flags;
-	__u32 pad;
+	__u32 tunnel;   /* NAT_F_DSR: the outer destination (the backend's node) */
 	__u64 last_seen_ns;
 };
 
@@ -126,6 +128,8 @@ struct node_config {
 };
 
 #define NODE_F_MASQUERADE 0x01
+#define NODE_F_DSR 0x02         /* loadBalancer.mode dsr: external traffic to remote backends */
+#define NODE_F_DSR_TCP_ONLY 0x04 /* hybrid: DSR for TCP, SNAT for UDP */
 
 /* Counters, index by enum stat; per-CPU array. */
 enum stat {

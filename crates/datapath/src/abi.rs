@@ -16,6 +16,8 @@ pub const SVC_F_EXTERNAL: u8 = 0x01;
 pub const SVC_F_AFFINITY: u8 = 0x02;
 pub const BACKEND_F_LOCAL: u8 = 0x01;
 pub const NODE_F_MASQUERADE: u32 = 0x01;
+pub const NODE_F_DSR: u32 = 0x02;
+pub const NODE_F_DSR_TCP_ONLY: u32 = 0x04;
 
 /// IP protocol numbers as the maps hold them.
 pub const PROTO_TCP: u8 = 6;
@@ -109,10 +111,12 @@ pub struct Lb4Backend {
     pub port: u16,
     pub proto: u8,
     pub flags: u8,
+    /// The LAN address of the backend's node (unspecified when unknown): DSR tunnels to it.
+    pub node_ip: Ipv4Addr,
 }
 
 impl Lb4Backend {
-    pub const SIZE: usize = 8;
+    pub const SIZE: usize = 12;
 
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -120,6 +124,7 @@ impl Lb4Backend {
         b[4..6].copy_from_slice(&self.port.to_be_bytes());
         b[6] = self.proto;
         b[7] = self.flags;
+        b[8..12].copy_from_slice(&ip_bytes(self.node_ip));
         b
     }
 
@@ -129,6 +134,7 @@ impl Lb4Backend {
             port: u16::from_be_bytes([b[4], b[5]]),
             proto: b[6],
             flags: b[7],
+            node_ip: ip_from(&b[8..12]),
         }
     }
 }
@@ -211,7 +217,13 @@ mod tests {
         assert_eq!(Lb4Key::from_bytes(&b), k);
         let s = Lb4Service { id: 7, count: 2, flags: SVC_F_AFFINITY, affinity_timeout_s: 10800 };
         assert_eq!(Lb4Service::from_bytes(&s.to_bytes()), s);
-        let be = Lb4Backend { addr: Ipv4Addr::new(10, 69, 1, 5), port: 8080, proto: 6, flags: 1 };
+        let be = Lb4Backend {
+            addr: Ipv4Addr::new(10, 69, 1, 5),
+            port: 8080,
+            proto: 6,
+            flags: 1,
+            node_ip: Ipv4Addr::new(10, 10, 30, 11),
+        };
         assert_eq!(Lb4Backend::from_bytes(&be.to_bytes()), be);
         let m = MaglevKey { frontend_id: 1, index: 16380 };
         assert_eq!(MaglevKey::from_bytes(&m.to_bytes()), m);

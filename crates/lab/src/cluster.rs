@@ -38,6 +38,8 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 30, 100);
 pub const LAN_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 30, 1);
 pub const CLUSTER_CIDR: &str = "10.69.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// The nodes' LAN MTU: room for DSR's outer header on top of the client's 1500.
+pub const NODE_LAN_MTU: u32 = 1600;
 /// More nodes than this is not a lab any more.
 pub const NODES_MAX: usize = 9;
 /// The sub-directory of the state dir whose manifests the lab publishes (Pod objects).
@@ -56,6 +58,8 @@ pub struct LabConfig {
     pub trellis_bin: PathBuf,
     /// The CNI plugin binary.
     pub cni_bin: PathBuf,
+    /// `snat`, `dsr` (the corpus's Cilium setting) or `hybrid`.
+    pub load_balancer_mode: String,
 }
 
 impl LabConfig {
@@ -243,16 +247,18 @@ fn build_network(s: &LabState) -> Result<()> {
     netns::ip_in(lan, &["link", "add", "br0", "type", "bridge"])?;
     netns::ip_in(lan, &["link", "set", "br0", "up"])?;
     let prefix_len = s.lan_cidr.prefix_len();
-    let attach = |ns: &str, port: &str, ip: Ipv4Addr| -> Result<()> {
+    // Nodes' LAN links carry DSR's IP-in-IP (20 bytes more than the client's 1500).
+    let attach = |ns: &str, port: &str, ip: Ipv4Addr, mtu: u32| -> Result<()> {
         netns::add(ns)?;
-        netns::ip_in(lan, &["link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+        let mtu = mtu.to_string();
+        netns::ip_in(lan, &["link", "add", port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", ns])?;
         netns::ip_in(lan, &["link", "set", port, "master", "br0", "up"])?;
         netns::ip_in(ns, &["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
         netns::ip_in(ns, &["link", "set", "eth0", "up"])
     };
-    attach(&s.client.netns, "client", s.client.ip)?;
+    attach(&s.client.netns, "client", s.client.ip, 1500)?;
     for (i, n) in s.nodes.iter().enumerate() {
-        attach(&n.netns, &format!("node{}", i + 1), n.lan_ip)?;
+        attach(&n.netns, &format!("node{}", i + 1), n.lan_ip, NODE_LAN_MTU)?;
         netns::sysctl_in(
             &n.netns,
             &[
@@ -297,6 +303,13 @@ pub struct AgentConfig {
     /// This node's labels (policies' nodeSelector).
     #[serde(default)]
     pub node_labels: BTreeMap<String, String>,
+    /// Cilium's `loadBalancer.mode`: `snat`, `dsr` or `hybrid` (DSR for TCP, SNAT for UDP).
+    #[serde(default = "default_lb_mode")]
+    pub load_balancer_mode: String,
+}
+
+fn default_lb_mode() -> String {
+    "snat".into()
 }
 
 fn start_agent(
@@ -306,8 +319,7 @@ fn start_agent(
     cluster_dir: &Path,
     synced: std::sync::Arc<Synced>,
 ) -> Result<Child> {
-    let mut manifests = cfg.manifests.clone();
-    manifests.push(cluster_dir.to_path_buf());
+    let manifests = cluster_roots(cfg, cluster_dir);
     let conf = AgentConfig {
         node: node.name.clone(),
         node_ips: s.nodes.iter().map(|n| (n.name.clone(), n.lan_ip)).collect(),
@@ -323,6 +335,7 @@ fn start_agent(
             ("kubernetes.io/hostname".to_string(), node.name.clone()),
             ("kubernetes.io/os".to_string(), "linux".to_string()),
         ]),
+        load_balancer_mode: cfg.load_balancer_mode.clone(),
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;
@@ -634,9 +647,17 @@ pub fn remove_everything(prefix: &str, pins: &[PathBuf]) {
     }
 }
 
+/// What the lab's components read: the lab's published objects first (a Pod the manifests
+/// also define is served in its running form, with its address: the first definition wins),
+/// then the user's manifests.
+pub fn cluster_roots(cfg: &LabConfig, cluster_dir: &Path) -> Vec<PathBuf> {
+    let mut roots = vec![cluster_dir.to_path_buf()];
+    roots.extend(cfg.manifests.iter().cloned());
+    roots
+}
+
 fn service_rows(cfg: &LabConfig, assignments: &fabric::Assignments) -> Vec<ServiceRow> {
-    let mut roots = cfg.manifests.clone();
-    roots.push(cfg.state_dir.join(CLUSTER_DIR));
+    let roots = cluster_roots(cfg, &cfg.state_dir.join(CLUSTER_DIR));
     let load = store::load(&roots, &cfg.options);
     let s = &load.snapshot;
     let mut rows = Vec::new();
@@ -678,10 +699,9 @@ fn service_rows(cfg: &LabConfig, assignments: &fabric::Assignments) -> Vec<Servi
             .flatten()
             .filter_map(|i| i.ip.clone())
             .collect();
-        if load_balancer.is_empty()
-            && let Some(a) = svc.spec.metadata.annotations.as_ref().and_then(|a| a.get("lbipam.cilium.io/ips"))
-        {
-            load_balancer = a.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        if load_balancer.is_empty() {
+            load_balancer =
+                assignments.load_balancer_ips(ns, name).iter().map(|ip| ip.to_string()).collect();
         }
         rows.push(ServiceRow {
             namespace: ns.into(),

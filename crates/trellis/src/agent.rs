@@ -12,7 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use datapath::abi::{BACKEND_F_LOCAL, NODE_F_MASQUERADE, SVC_F_AFFINITY, SVC_F_EXTERNAL};
+use datapath::abi::{
+    BACKEND_F_LOCAL, NODE_F_DSR, NODE_F_DSR_TCP_ONLY, NODE_F_MASQUERADE, SVC_F_AFFINITY,
+    SVC_F_EXTERNAL,
+};
 use datapath::{Desired, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
 use fabric::ServicePlan;
 use fabric::plan::Scope;
@@ -69,7 +72,12 @@ impl Ids {
 
 /// Turns the fabric's plan into map contents. Frontends without backends are left out: the
 /// node's routing then refuses them (unreachable route, or RST from the node's own stack).
-pub fn desired(plan: &ServicePlan, ids: &mut Ids, config: Option<NodeConfig>) -> Desired {
+pub fn desired(
+    plan: &ServicePlan,
+    ids: &mut Ids,
+    config: Option<NodeConfig>,
+    node_ips: &BTreeMap<String, Ipv4Addr>,
+) -> Desired {
     let mut d = Desired { config, ..Desired::default() };
     for (fk, fe) in &plan.frontends {
         if fe.backends.is_empty() {
@@ -94,6 +102,12 @@ pub fn desired(plan: &ServicePlan, ids: &mut Ids, config: Option<NodeConfig>) ->
                     port: b.port,
                     proto: fk.protocol,
                     flags: if b.is_local { BACKEND_F_LOCAL } else { 0 },
+                    node_ip: b
+                        .node
+                        .as_ref()
+                        .and_then(|n| node_ips.get(n))
+                        .copied()
+                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
                 },
             );
             d.services.insert(
@@ -138,8 +152,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         node_ip,
         cluster_cidr: (conf.cluster_cidr.network(), conf.cluster_cidr.prefix_len()),
         maglev_m: fabric_cfg.maglev_m,
-        flags: if conf.masquerade { NODE_F_MASQUERADE } else { 0 },
+        flags: (if conf.masquerade { NODE_F_MASQUERADE } else { 0 })
+            | match conf.load_balancer_mode.as_str() {
+                "dsr" => NODE_F_DSR,
+                "hybrid" => NODE_F_DSR | NODE_F_DSR_TCP_ONLY,
+                _ => 0,
+            },
     };
+    if !matches!(conf.load_balancer_mode.as_str(), "snat" | "dsr" | "hybrid") {
+        anyhow::bail!("loadBalancer mode {:?}: snat, dsr or hybrid", conf.load_balancer_mode);
+    }
     let opts = store::Options { default_namespace: "default".into(), ..Default::default() };
     let watch = store::watch::Watch::start(conf.manifests.clone(), opts)
         .context("watching the manifests")?;
@@ -165,7 +187,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         for p in &plan.problems {
             tracing::warn!(problem = %p, "service not fully programmed");
         }
-        let want = desired(&plan, &mut ids, Some(node_config));
+        let want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
         let stats = maps.sync(&want)?;
         // The lab waits for this line to know the published objects are in the maps.
         let generation = model::snapshot::get(

@@ -27,6 +27,18 @@ pub struct LabFlags {
     pub name: String,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct UpFlags {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Cilium's loadBalancer.mode for traffic from outside to a backend on another node:
+    /// `dsr` (the corpus's setting: IP-in-IP to the backend's node, replies go direct),
+    /// `snat`, or `hybrid` (DSR for TCP, SNAT for UDP).
+    #[arg(long, default_value = "dsr", value_parser = ["dsr", "snat", "hybrid"])]
+    pub lb_mode: String,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum LabCommand {
     /// Build the cluster and return once it is ready (a supervisor keeps running).
@@ -35,9 +47,23 @@ pub enum LabCommand {
         source: SourceArgs,
         #[command(flatten)]
         lab: LabFlags,
-        /// Number of nodes.
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
+        #[command(flatten)]
+        up: UpFlags,
+    },
+    /// Bring up examples/home-lab, drive traffic from the LAN client and from pods, print what
+    /// happened and where to look; Ctrl-C tears it down.
+    Demo {
+        /// The manifests (the example home lab unless given).
+        #[arg(short = 'f', long = "filename", default_value = "examples/home-lab")]
+        path: PathBuf,
+        /// Flux variables (the example's vars.yaml unless given).
+        #[arg(long, default_value = "examples/home-lab/vars.yaml")]
+        vars: PathBuf,
+        #[command(flatten)]
+        lab: LabFlags,
+        /// Tear down right after the traffic instead of waiting for Ctrl-C.
+        #[arg(long)]
+        no_wait: bool,
     },
     /// Stop the lab and remove every namespace, link, route and BPF pin it made.
     Down {
@@ -74,6 +100,13 @@ pub enum LabCommand {
         #[arg(long, default_value = "8080")]
         ports: String,
     },
+    /// A TCP request/response load tool for `cargo xtask bench datapath` (netperf's TCP_RR and
+    /// TCP_CRR: one byte each way, one transaction outstanding).
+    #[command(hide = true)]
+    Tcprr {
+        #[command(subcommand)]
+        role: TcprrRole,
+    },
     /// The supervisor (started by `lab up`; not for direct use).
     #[command(hide = true)]
     Supervise {
@@ -81,8 +114,8 @@ pub enum LabCommand {
         source: SourceArgs,
         #[command(flatten)]
         lab: LabFlags,
-        #[arg(long, default_value_t = 3)]
-        nodes: usize,
+        #[command(flatten)]
+        up: UpFlags,
     },
 }
 
@@ -105,35 +138,105 @@ fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn config(source: &SourceArgs, lab: &LabFlags, nodes: usize) -> Result<lab::LabConfig> {
+fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabConfig> {
     Ok(lab::LabConfig {
         name: lab.name.clone(),
         manifests: source.paths.iter().map(|p| std::path::absolute(p).unwrap_or(p.clone())).collect(),
         options: source.options()?,
-        nodes,
+        nodes: up.nodes,
+        load_balancer_mode: up.lb_mode.clone(),
         state_dir: lab.state_dir.clone(),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
         cni_bin: sibling_binary("trellis-cni", "TRELLIS_CNI")?,
     })
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum TcprrRole {
+    /// Echo one-byte messages on PORT (prints `ready` once listening).
+    Server { port: u16 },
+    /// Run transactions against ADDR for SECONDS; prints `transactions/s mean_us errors`.
+    Client {
+        addr: SocketAddr,
+        /// `rr`: one connection; `crr`: a new connection per transaction.
+        mode: String,
+        seconds: f64,
+    },
+}
+
+/// Upper bound of a tcprr client run, whatever it is asked for.
+const TCPRR_SECONDS_MAX: f64 = 60.0;
+
+fn tcprr(role: &TcprrRole) -> Result<ExitCode> {
+    use std::io::{Read as _, Write as _};
+    match role {
+        TcprrRole::Server { port } => {
+            crate::gateway::runtime()?.block_on(async {
+                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                let l = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port)).await?;
+                println!("ready");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+                loop {
+                    let (mut c, _) = l.accept().await?;
+                    let _ = c.set_nodelay(true);
+                    tokio::spawn(async move {
+                        let mut b = [0u8; 64];
+                        while let Ok(n) = c.read(&mut b).await {
+                            if n == 0 || c.write_all(&b[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            })
+        }
+        TcprrRole::Client { addr, mode, seconds } => {
+            let crr = match mode.as_str() {
+                "rr" => false,
+                "crr" => true,
+                other => bail!("mode {other:?}: rr or crr"),
+            };
+            let dur = std::time::Duration::from_secs_f64(seconds.clamp(0.1, TCPRR_SECONDS_MAX));
+            let dial = || -> std::io::Result<std::net::TcpStream> {
+                let s = std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(2))?;
+                s.set_nodelay(true)?;
+                Ok(s)
+            };
+            let start = std::time::Instant::now();
+            let (mut n, mut errors) = (0u64, 0u64);
+            let mut conn: Option<std::net::TcpStream> = None;
+            let mut b = [b'x'];
+            while start.elapsed() < dur {
+                let mut s = match conn.take() {
+                    Some(s) => s,
+                    None => match dial() {
+                        Ok(s) => s,
+                        Err(_) => {
+                            errors += 1;
+                            continue;
+                        }
+                    },
+                };
+                if s.write_all(&b).is_err() || s.read_exact(&mut b).is_err() {
+                    errors += 1;
+                    continue;
+                }
+                n += 1;
+                if !crr {
+                    conn = Some(s);
+                }
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("{:.0} {:.2} {errors}", n as f64 / secs, secs * 1e6 / n.max(1) as f64);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
     match &args.command {
-        LabCommand::Up { source, lab, nodes } => {
-            require_root()?;
-            let cfg = config(source, lab, *nodes)?;
-            let mut cmd = Command::new(&cfg.trellis_bin);
-            cmd.arg("lab").arg("supervise");
-            for p in &cfg.manifests {
-                cmd.arg("-f").arg(p);
-            }
-            if let Some(v) = &source.vars {
-                cmd.arg("--vars").arg(v);
-            }
-            cmd.arg("--state-dir").arg(&lab.state_dir).arg("--name").arg(&lab.name);
-            cmd.arg("--nodes").arg(nodes.to_string());
-            eprintln!("building a {nodes}-node lab (state in {}) ...", lab.state_dir.display());
-            let state = lab::up(&cfg, cmd)?;
+        LabCommand::Up { source, lab, up: flags } => {
+            let state = up(source, lab, flags)?;
             print!("{}", lab::status_text(&state));
             eprintln!(
                 "\nlab is up. Try: trellis lab exec client -- curl -s http://{}:<nodePort>/\n\
@@ -143,9 +246,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Supervise { source, lab, nodes } => {
+        LabCommand::Demo { path, vars, lab, no_wait } => demo(path, vars, lab, *no_wait),
+        LabCommand::Supervise { source, lab, up } => {
             require_root()?;
-            lab::supervise(&config(source, lab, *nodes)?)?;
+            lab::supervise(&config(source, lab, up)?)?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down { lab } => {
@@ -171,7 +275,140 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
         }
         LabCommand::Echo { pod, namespace, node, ports } => echo(pod, namespace, node, ports),
+        LabCommand::Tcprr { role } => tcprr(role),
     }
+}
+
+/// `lab up`: starts the supervisor and waits until the lab is ready.
+fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabState> {
+    require_root()?;
+    let cfg = config(source, lab, flags)?;
+    let nodes = flags.nodes;
+    let mut cmd = Command::new(&cfg.trellis_bin);
+    cmd.arg("lab").arg("supervise");
+    for p in &cfg.manifests {
+        cmd.arg("-f").arg(p);
+    }
+    if let Some(v) = &source.vars {
+        cmd.arg("--vars").arg(std::path::absolute(v).unwrap_or(v.clone()));
+    }
+    cmd.arg("--state-dir").arg(&lab.state_dir).arg("--name").arg(&lab.name);
+    cmd.arg("--nodes").arg(nodes.to_string()).arg("--lb-mode").arg(&flags.lb_mode);
+    eprintln!("building a {nodes}-node lab (state in {}) ...", lab.state_dir.display());
+    lab::up(&cfg, cmd)
+}
+
+/// The address the demo gives the internal gateway on node-1 (the example's
+/// `lbipam.cilium.io/ips` for envoy-internal), until L2 announcements place it.
+const DEMO_GATEWAY_IP: &str = "10.10.30.25";
+
+fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no_wait: bool) -> Result<ExitCode> {
+    if !path.exists() {
+        bail!("{} not found: run the demo from the repository root, or pass -f DIR", path.display());
+    }
+    let source = SourceArgs {
+        paths: vec![path.to_path_buf()],
+        vars: vars.exists().then(|| vars.to_path_buf()),
+        strict_vars: false,
+        default_namespace: "default".into(),
+    };
+    let state = up(&source, lab_flags, &UpFlags { nodes: 3, lb_mode: "dsr".into() })?;
+    // From here on, tear down whatever happens.
+    struct Down<'a>(&'a LabFlags);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            eprintln!("\n==> tearing the lab down");
+            if let Err(e) = lab::down(&self.0.state_dir, &self.0.name) {
+                eprintln!("lab down: {e:#}");
+            }
+        }
+    }
+    let _down = Down(lab_flags);
+    println!("\n==> 1. the lab: 3 nodes on a LAN bridge, pods behind trellis-cni and the eBPF datapath\n");
+    print!("{}", lab::status_text(&state));
+    let run = |who: &str, argv: &[&str]| -> String {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        match lab::exec_command(&state, who, &argv).and_then(|mut c| Ok(c.output()?)) {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("error: {e:#}"),
+        }
+    };
+    let node_of = |pod: &str| {
+        state.pods.iter().find(|p| p.plan.name == pod).map(|p| p.plan.node.clone()).unwrap_or_default()
+    };
+    let Some(first) = state.pods.first() else {
+        bail!("the manifests run no pods");
+    };
+    let from = format!("{}/{}", first.plan.namespace, first.plan.name);
+    let echo = state.services.iter().find(|s| s.name == "echo" && s.cluster_ip.is_some());
+    if let Some(svc) = echo {
+        let ip = svc.cluster_ip.map(|i| i.to_string()).unwrap_or_default();
+        println!(
+            "\n==> 2. from pod {from} (on {}): six requests to Service echo at {ip} (ClusterIP, eBPF DNAT)\n",
+            first.plan.node
+        );
+        for _ in 0..6 {
+            let body = run(&from, &["curl", "-s", "--max-time", "3", &format!("http://{ip}/demo")]);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let backend = v["backend"].as_str().unwrap_or("(no answer)");
+            println!("   answered by {backend:<16} on {:<7} (it saw the client as {})", node_of(backend), v["source"].as_str().unwrap_or("?"));
+        }
+    }
+    // The internal gateway on node-1, on its LoadBalancer address, routing to the pods.
+    let node1 = state.nodes.first().map(|n| n.netns.clone()).unwrap_or_default();
+    lab::netns::ip_in(&node1, &["addr", "add", &format!("{DEMO_GATEWAY_IP}/32"), "dev", "eth0"])?;
+    let cluster_dir = lab_flags.state_dir.join(lab::cluster::CLUSTER_DIR);
+    let mut gw = lab::netns::command_in(&node1, &std::env::current_exe()?.to_string_lossy());
+    gw.args(["gateway", "--gateway", "network/envoy-internal", "--bind", DEMO_GATEWAY_IP, "--access-log", "off"])
+        .arg("-f")
+        .arg(&cluster_dir)
+        .arg("-f")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(v) = &source.vars {
+        gw.arg("--vars").arg(v);
+    }
+    let mut gw = gw.spawn().context("starting the internal gateway")?;
+    println!(
+        "\n==> 3. from the LAN client (10.10.30.100): HTTPS to the internal gateway at {DEMO_GATEWAY_IP} on node-1\n"
+    );
+    let host = "echo.home.example";
+    for i in 0..40 {
+        let body = run(
+            "client",
+            &["curl", "-sk", "--max-time", "2", "--resolve", &format!("{host}:443:{DEMO_GATEWAY_IP}"), &format!("https://{host}/from-the-lan")],
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if let Some(backend) = v["backend"].as_str() {
+            println!("   https://{host}/from-the-lan -> gateway -> {backend} on {}", node_of(backend));
+            if i > 2 {
+                break;
+            }
+        } else {
+            // The gateway may still be starting.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let _ = gw.kill();
+    let _ = gw.wait();
+    let name = name_flag(lab_flags);
+    println!(
+        "\n==> where to look\n   trellis lab status{name}                          nodes, pods, services\n   \
+         trellis lab exec{name} client -- curl -s http://<node ip>:<nodePort>/\n   \
+         trellis lab exec{name} node-1 -- tc filter show dev eth0 ingress   the eBPF programs\n   \
+         logs: {}/logs",
+        lab_flags.state_dir.display()
+    );
+    if !no_wait {
+        println!("\nThe lab stays up; press Ctrl-C to tear it down.");
+        let mut signals = nix::sys::signal::SigSet::empty();
+        signals.add(nix::sys::signal::Signal::SIGINT);
+        signals.add(nix::sys::signal::Signal::SIGTERM);
+        signals.thread_block().context("blocking signals")?;
+        let _ = signals.wait();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn name_flag(lab: &LabFlags) -> String {

@@ -6,17 +6,15 @@
 //! becomes a `flow::Flow`, with pods (namespace, name, labels, workload) looked up by IP in
 //! the current snapshot.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use observe::proto::flow::{
     self, CiliumEventType, Endpoint, EventTypeFilter, Flow, FlowFilter, FlowType, Ip, IpVersion,
-    L7FlowType, Layer4, Layer7, Service, TrafficDirection, Verdict, Workload, layer4, layer7,
+    L7FlowType, Layer4, Layer7, Service, TrafficDirection, Verdict, layer4, layer7,
 };
 use observe::proto::observer::{
     GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
@@ -72,76 +70,8 @@ pub async fn start(
     Ok(Some(obs))
 }
 
-/// A pod as flows show it.
-#[derive(Clone, Debug, Default)]
-struct PodInfo {
-    namespace: String,
-    name: String,
-    labels: Vec<String>,
-    workloads: Vec<Workload>,
-}
-
-/// Pods by IP, from the current snapshot (swapped on reload).
-#[derive(Debug, Default)]
-pub struct Pods(ArcSwap<HashMap<IpAddr, PodInfo>>);
-
-impl Pods {
-    pub fn update(&self, s: &model::Snapshot) {
-        let mut by_ip = HashMap::new();
-        for pod in s.pods.values() {
-            let Some(ip) = model::endpoints::pod_ip(pod) else {
-                continue;
-            };
-            let workloads = pod
-                .spec
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .map(|o| Workload {
-                    name: o.name.clone(),
-                    kind: o.kind.clone(),
-                })
-                .collect();
-            by_ip.insert(
-                ip,
-                PodInfo {
-                    namespace: pod.meta.namespace.clone().unwrap_or_default(),
-                    name: pod.meta.name.clone(),
-                    labels: pod
-                        .meta
-                        .labels
-                        .iter()
-                        .map(|(k, v)| format!("k8s:{k}={v}"))
-                        .collect(),
-                    workloads,
-                },
-            );
-        }
-        self.0.store(Arc::new(by_ip));
-    }
-
-    /// The endpoint of an address: its pod, else the world outside the cluster.
-    fn endpoint(&self, ip: IpAddr) -> Endpoint {
-        match self.0.load().get(&ip) {
-            Some(p) => Endpoint {
-                namespace: p.namespace.clone(),
-                pod_name: p.name.clone(),
-                labels: p.labels.clone(),
-                workloads: p.workloads.clone(),
-                ..Default::default()
-            },
-            None if ip.is_loopback() => Endpoint {
-                labels: vec!["reserved:host".into()],
-                ..Default::default()
-            },
-            None => Endpoint {
-                labels: vec!["reserved:world".into()],
-                ..Default::default()
-            },
-        }
-    }
-}
+/// Pods by IP, for naming flow endpoints (swapped on reload).
+pub type Pods = observe::endpoints::Endpoints;
 
 fn ip_version(ip: IpAddr) -> i32 {
     match ip {
@@ -185,7 +115,7 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord<'_>, pods: &Pods) -> Flow
             source: client.ip().to_string(),
             destination: dst_ip.map(|i| i.to_string()).unwrap_or_default(),
             ip_version: ip_version(client.ip()),
-            encrypted: r.scheme == "https",
+            encrypted: false,
         }),
         l4: Some(Layer4 {
             protocol: Some(layer4::Protocol::Tcp(flow::Tcp {
@@ -219,13 +149,19 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord<'_>, pods: &Pods) -> Flow
         proxy_port: u32::from(r.listener_port),
         ..Default::default()
     };
-    f.summary = match (r.route, r.backend) {
-        (Some(route), Some(b)) => {
-            format!("{} route {route} backend {b}", observe::format::summary(&f))
+    let mut summary = observe::format::summary(&f);
+    match r.route {
+        Some(route) => {
+            summary.push_str(" route ");
+            summary.push_str(route);
         }
-        (Some(route), None) => format!("{} route {route}", observe::format::summary(&f)),
-        _ => format!("{} no route", observe::format::summary(&f)),
-    };
+        None => summary.push_str(" no route"),
+    }
+    if let Some(b) = r.backend {
+        summary.push_str(" backend ");
+        summary.push_str(b);
+    }
+    f.summary = summary;
     f
 }
 
@@ -279,8 +215,10 @@ pub fn dns_flow(r: &dns::record::QueryRecord, pods: &Pods) -> Flow {
         is_reply: Some(false),
         ..Default::default()
     };
-    let view = if r.view.is_empty() { "-" } else { &r.view };
-    f.summary = format!("{} view {view}", observe::format::summary(&f));
+    let mut summary = observe::format::summary(&f);
+    summary.push_str(" view ");
+    summary.push_str(if r.view.is_empty() { "-" } else { &r.view });
+    f.summary = summary;
     f
 }
 

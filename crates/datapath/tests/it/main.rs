@@ -87,7 +87,13 @@ fn the_verifier_accepts_the_programs_and_maps_survive_a_reload() {
     let key = datapath::Lb4Key { addr: "10.96.0.10".parse().expect("ip"), port: 53, proto: 17, slot: 0 };
     want.backends.insert(
         1,
-        datapath::Lb4Backend { addr: "10.69.1.5".parse().expect("ip"), port: 53, proto: 17, flags: 0 },
+        datapath::Lb4Backend {
+            addr: "10.69.1.5".parse().expect("ip"),
+            port: 53,
+            proto: 17,
+            flags: 0,
+            node_ip: "10.10.30.11".parse().expect("ip"),
+        },
     );
     want.services.insert(key, datapath::Lb4Service { id: 1, count: 1, flags: 0, affinity_timeout_s: 0 });
     want.services.insert(

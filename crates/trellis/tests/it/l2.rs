@@ -23,10 +23,40 @@ spec:
       containers: [{name: web, image: web, ports: [{containerPort: 8080}]}]
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: solo, namespace: default, labels: {app: solo}}
+spec:
+  nodeName: node-3
+  containers: [{name: solo, image: solo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: solo
+  namespace: default
+  labels: {l2: node-1}
+  annotations: {lbipam.cilium.io/ips: 10.10.30.26}
+spec:
+  type: LoadBalancer
+  selector: {app: solo}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: cilium.io/v2alpha1
+kind: CiliumL2AnnouncementPolicy
+metadata: {name: node-1-only}
+spec:
+  loadBalancerIPs: true
+  serviceSelector:
+    matchLabels: {l2: node-1}
+  nodeSelector:
+    matchLabels: {kubernetes.io/hostname: node-1}
+---
+apiVersion: v1
 kind: Service
 metadata:
   name: web
   namespace: default
+  labels: {l2: any}
   annotations: {lbipam.cilium.io/ips: 10.10.30.25}
 spec:
   type: LoadBalancer
@@ -44,6 +74,8 @@ kind: CiliumL2AnnouncementPolicy
 metadata: {name: policy}
 spec:
   loadBalancerIPs: true
+  serviceSelector:
+    matchLabels: {l2: any}
   interfaces: ["^eth.*"]
   nodeSelector:
     matchLabels: {kubernetes.io/os: linux}
@@ -154,6 +186,50 @@ fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
     assert_eq!(macs.len(), 1, "{macs:?}");
     assert!(macs.contains(&mac_of(&lab, &first)), "{macs:?} vs {first}");
     lab.curl("client", &format!("http://{VIP}/")).expect("the LB address answers");
+
+    // DSR: node-1 announces 10.10.30.26 but its only backend runs on node-3. Requests enter
+    // node-1 and are tunnelled to node-3; the replies leave node-3 with the service address, so
+    // a capture on node-1 sees none of them while the client gets every answer.
+    let dsr_vip = "10.10.30.26";
+    let start = Instant::now();
+    while !lab.exec("node-1", &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).1.contains(dsr_vip) {
+        assert!(start.elapsed() < Duration::from_secs(10), "node-1 never announced {dsr_vip}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let replies_on = |node: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", lab.netns(node)))
+            .args(["tshark", "-l", "-n", "-i", "eth0", "-f", &format!("tcp and src host {dsr_vip}")])
+            .args(["-T", "fields", "-e", "ip.src"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tshark")
+    };
+    let wait_capturing = |c: &mut std::process::Child| {
+        let mut lines = BufReader::new(c.stderr.take().expect("stderr")).lines();
+        assert!(lines.any(|l| l.map(|l| l.contains("Capturing on")).unwrap_or(false)));
+        std::thread::spawn(move || for _ in lines {});
+    };
+    let mut on_receiver = replies_on("node-1");
+    let mut on_backend = replies_on("node-3");
+    wait_capturing(&mut on_receiver);
+    wait_capturing(&mut on_backend);
+    for _ in 0..5 {
+        let v = lab.curl("client", &format!("http://{dsr_vip}/dsr")).expect("DSR answer");
+        assert_eq!(v["backend"], "solo");
+    }
+    let count = |c: std::process::Child| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let out = c.wait_with_output().expect("tshark output");
+        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+    };
+    let (receiver, backend) = (count(on_receiver), count(on_backend));
+    assert_eq!(receiver, 0, "the receiving node sent replies: not DSR");
+    assert!(backend >= 5, "the backend's node sent {backend} replies from {dsr_vip}");
 
     // 1. Kill the holder's agent.
     let capture = capture_arp(&lab);
