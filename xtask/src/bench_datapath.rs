@@ -1,0 +1,461 @@
+//! `cargo xtask bench datapath`: the cost of service load balancing in the lab topology.
+//!
+//! A client pod on node-1 talks to a server pod on node-2 (across the LAN, native routing)
+//! with `trellis lab tcprr` (one byte each way; `rr` = one connection, `crr` = a new connection
+//! per transaction). Side by side, in interleaved rounds, in one run:
+//!
+//! - `direct`: the server pod's IP;
+//! - `trellis`: the Service's ClusterIP through the eBPF datapath;
+//! - `ipt-nft` / `ipt-legacy`: the same service as kube-proxy's iptables mode builds it (a
+//!   KUBE-SERVICES chain with every other service's rule ahead of the measured one, then the
+//!   service and endpoint chains with DNAT), in node-1;
+//! - `nft-vmap`: kube-proxy's nftables mode shape (a verdict map on address . port).
+//!
+//! at 10 and at 10,000 Services (the same count installed in every variant). Writes
+//! `target/bench/datapath.md`. Server on CPU 0, client on CPU 1, as in the peer baselines.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::proc::Bg;
+
+const LAB_NAME: &str = "bench";
+/// The address the iptables/nftables variants serve the service on (not in the maps).
+const KP_VIP: &str = "10.97.255.10";
+const SERVER_PORT: u16 = 5001;
+
+fn manifests(services: usize) -> String {
+    let mut m = String::from(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: rr-client, namespace: default}\n\
+         spec:\n  selector: {matchLabels: {app: rr-client}}\n  template:\n    metadata: {labels: {app: rr-client}}\n    \
+         spec: {containers: [{name: c, image: tcprr}]}\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: rr-server, namespace: default}\n\
+         spec:\n  selector: {matchLabels: {app: rr-server}}\n  template:\n    metadata: {labels: {app: rr-server}}\n    \
+         spec: {containers: [{name: s, image: tcprr}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: rr, namespace: default}\n\
+         spec: {selector: {app: rr-server}, ports: [{port: 80, targetPort: 5001}]}\n",
+    );
+    for i in 1..services {
+        m.push_str(&format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: filler-{i}, namespace: default}}\n\
+             spec: {{selector: {{app: rr-server}}, ports: [{{port: 80, targetPort: 5001}}]}}\n"
+        ));
+    }
+    m
+}
+
+/// kube-proxy's iptables-mode shape: `services - 1` non-matching rules ahead of the match.
+fn iptables_rules(services: usize, backend: &str) -> String {
+    let mut r = String::from(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-SVC-RR - [0:0]\n:KUBE-SEP-RR - [0:0]\n\
+         -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    for i in 1..services {
+        r.push_str(&format!(
+            "-A KUBE-SERVICES -d 10.98.{}.{}/32 -p tcp -m comment --comment \"default/filler-{i} cluster IP\" -m tcp --dport 80 -j KUBE-SVC-RR\n",
+            i / 250,
+            i % 250 + 1
+        ));
+    }
+    r.push_str(&format!(
+        "-A KUBE-SERVICES -d {KP_VIP}/32 -p tcp -m comment --comment \"default/rr cluster IP\" -m tcp --dport 80 -j KUBE-SVC-RR\n\
+         -A KUBE-SVC-RR -j KUBE-SEP-RR\n-A KUBE-SEP-RR -p tcp -m tcp -j DNAT --to-destination {backend}:{SERVER_PORT}\nCOMMIT\n"
+    ));
+    r
+}
+
+/// kube-proxy's nftables-mode shape: one verdict map lookup on address . port.
+fn nft_rules(services: usize, backend: &str) -> String {
+    let mut r = format!(
+        "table ip kube-proxy {{\n  chain svc-rr {{ meta l4proto tcp dnat to {backend}:{SERVER_PORT}; }}\n  \
+         map service-ips {{ type ipv4_addr . inet_service : verdict; elements = {{\n"
+    );
+    for i in 1..services {
+        r.push_str(&format!("    10.98.{}.{} . 80 : jump svc-rr,\n", i / 250, i % 250 + 1));
+    }
+    r.push_str(&format!(
+        "    {KP_VIP} . 80 : jump svc-rr }}\n  }}\n  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; ip daddr . tcp dport vmap @service-ips; }}\n}}\n"
+    ));
+    r
+}
+
+struct Lab<'a> {
+    bin: &'a str,
+    state_dir: String,
+}
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.bin)
+            .args(["lab", "down", "--name", LAB_NAME, "--state-dir", &self.state_dir])
+            .status();
+    }
+}
+
+fn netns(part: &str) -> String {
+    format!("trellis-{LAB_NAME}-{part}")
+}
+
+fn sh_in(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/var/run/netns/{ns}")).arg(program).args(args);
+    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = c.spawn().with_context(|| format!("running {program} in {ns}"))?;
+    if let Some(text) = stdin {
+        use std::io::Write as _;
+        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{program} {} in {ns} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn flush_kube_proxy(node: &str) {
+    let _ = sh_in(node, "iptables-nft", &["-t", "nat", "-F"], None);
+    let _ = sh_in(node, "iptables-nft", &["-t", "nat", "-X"], None);
+    let _ = sh_in(node, "iptables-legacy", &["-t", "nat", "-F"], None);
+    let _ = sh_in(node, "iptables-legacy", &["-t", "nat", "-X"], None);
+    let _ = sh_in(node, "nft", &["flush", "ruleset"], None);
+}
+
+/// One tcprr client run: transactions/s.
+fn measure(bin: &str, client_ns: &str, target: &str, mode: &str, secs: u32) -> Result<f64> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{client_ns}"))
+        .args(["taskset", "-c", "1", bin, "lab", "tcprr", "client", target, mode, &secs.to_string()])
+        .output()
+        .context("running the tcprr client")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = text
+        .split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .with_context(|| format!("tcprr client said {text:?} {}", String::from_utf8_lossy(&out.stderr)))?;
+    let errors = text.split_whitespace().nth(2).unwrap_or("0");
+    if errors != "0" {
+        eprintln!("    ({errors} failed transactions against {target})");
+    }
+    Ok(tps)
+}
+
+pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
+    crate::ensure_packages(crate::TEST_PEERS)?;
+    crate::ensure_packages(&[("/usr/sbin/iptables-legacy", "iptables"), ("/usr/sbin/nft", "nftables")])?;
+    crate::run("cargo", &["build", "--release", "--package", "trellis", "--package", "cni"])?;
+    let bin_path = root.join("target/release/trellis");
+    let bin = bin_path.to_str().context("utf-8 path")?;
+    let dir = root.join("target/bench/datapath");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests"))?;
+    let mut results: BTreeMap<(usize, String, String), Vec<f64>> = BTreeMap::new();
+    for services in [10usize, 10_000] {
+        eprintln!("\n==> lab with {services} services");
+        std::fs::write(dir.join("manifests/bench.yaml"), manifests(services))?;
+        let state_dir = dir.join("state").display().to_string();
+        let started = std::time::Instant::now();
+        let up = Command::new(bin)
+            .args(["lab", "up", "--nodes", "2", "--name", LAB_NAME, "--state-dir", &state_dir, "-f"])
+            .arg(dir.join("manifests"))
+            .stdout(Stdio::null())
+            .status()?;
+        let lab = Lab { bin, state_dir: state_dir.clone() };
+        if !up.success() {
+            bail!("lab up failed (see {state_dir}/logs)");
+        }
+        eprintln!("    up in {:.1} s", started.elapsed().as_secs_f64());
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&state_dir).join("state.json"))?)?;
+        let pod = |app: &str| -> Result<(String, String)> {
+            let p = state["pods"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["plan"]["name"].as_str().is_some_and(|n| n.starts_with(app)))
+                .with_context(|| format!("no {app} pod"))?;
+            Ok((
+                p["netns"].as_str().context("netns")?.to_string(),
+                p["ip"].as_str().context("ip")?.to_string(),
+            ))
+        };
+        let (client_ns, _) = pod("rr-client")?;
+        let (server_ns, server_ip) = pod("rr-server")?;
+        let cluster_ip = state["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "rr")
+            .and_then(|s| s["cluster_ip"].as_str())
+            .context("rr has no cluster IP")?
+            .to_string();
+        // Client: wide port range and TIME_WAIT reuse, as netperf CRR runs need.
+        sh_in(&client_ns, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"], None)?;
+        let mut server = Bg(Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{server_ns}"))
+            .args(["taskset", "-c", "0", bin, "lab", "tcprr", "server", &SERVER_PORT.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?);
+        let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.trim() == "ready");
+        if !ready {
+            bail!("tcprr server did not start");
+        }
+        let node1 = netns("node-1");
+        flush_kube_proxy(&node1);
+        let ipt = iptables_rules(services, &server_ip);
+        let nft = nft_rules(services, &server_ip);
+        let variants: [(&str, String); 5] = [
+            ("direct", format!("{server_ip}:{SERVER_PORT}")),
+            ("trellis", format!("{cluster_ip}:80")),
+            ("ipt-nft", format!("{KP_VIP}:80")),
+            ("ipt-legacy", format!("{KP_VIP}:80")),
+            ("nft-vmap", format!("{KP_VIP}:80")),
+        ];
+        for round in 0..rounds {
+            for (name, target) in &variants {
+                match *name {
+                    "ipt-nft" => sh_in(&node1, "iptables-nft-restore", &[], Some(&ipt))?,
+                    "ipt-legacy" => sh_in(&node1, "iptables-legacy-restore", &[], Some(&ipt))?,
+                    "nft-vmap" => sh_in(&node1, "nft", &["-f", "-"], Some(&nft))?,
+                    _ => {}
+                }
+                for mode in ["rr", "crr"] {
+                    let tps = measure(bin, &client_ns, target, mode, secs)?;
+                    eprintln!("    round {} {services:>5} services {name:<11} {mode:<3} {tps:>9.0}/s", round + 1);
+                    results.entry((services, name.to_string(), mode.to_string())).or_default().push(tps);
+                }
+                flush_kube_proxy(&node1);
+            }
+        }
+        drop(server);
+        drop(lab);
+    }
+    let mut md = format!(
+        "| services | variant | RR tps (median) | vs direct | CRR tps (median) | vs direct |\n|---:|---|---:|---:|---:|---:|\n"
+    );
+    let med = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for services in [10usize, 10_000] {
+        let direct_rr = med(&results[&(services, "direct".into(), "rr".into())]);
+        let direct_crr = med(&results[&(services, "direct".into(), "crr".into())]);
+        for name in ["direct", "trellis", "ipt-nft", "ipt-legacy", "nft-vmap"] {
+            let rr = med(&results[&(services, name.into(), "rr".into())]);
+            let crr = med(&results[&(services, name.into(), "crr".into())]);
+            md.push_str(&format!(
+                "| {services} | {name} | {rr:.0} | {:.2}× | {crr:.0} | {:.2}× |\n",
+                rr / direct_rr,
+                crr / direct_crr
+            ));
+        }
+    }
+    md.push('\n');
+    md.push_str(&run_lb(root, rounds, secs, crate::env_or("TRIALS", 20))?);
+    println!("\n{md}");
+    std::fs::write(root.join("target/bench/datapath.md"), &md)?;
+    eprintln!("(written to target/bench/datapath.md; {rounds} rounds of {secs} s per cell)");
+    Ok(())
+}
+
+/// The LoadBalancer part (Fabric II): a LAN client to an announced address whose only
+/// backend runs on another node than the announcing one, in `snat` and in `dsr` mode —
+/// request/response rates and iperf3 throughput — and the L2 failover time over `trials`.
+const LB_VIP: &str = "10.10.30.27";
+const FAILOVER_VIP: &str = "10.10.30.28";
+
+fn lb_manifests() -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: rr-server, namespace: default, labels: {{app: rr-server}}}}\n\
+         spec: {{nodeName: node-3, containers: [{{name: s, image: tcprr, ports: [{{containerPort: 8080}}]}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: rr-lb, namespace: default, labels: {{l2: node-1}}, annotations: {{lbipam.cilium.io/ips: {LB_VIP}}}}}\n\
+         spec: {{type: LoadBalancer, selector: {{app: rr-server}}, ports: [{{name: rr, port: 80, targetPort: {SERVER_PORT}}}, {{name: iperf, port: 5201, targetPort: 5201}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: failover, namespace: default, labels: {{l2: any}}, annotations: {{lbipam.cilium.io/ips: {FAILOVER_VIP}}}}}\n\
+         spec: {{type: LoadBalancer, selector: {{app: rr-server}}, ports: [{{port: 80, targetPort: {SERVER_PORT}}}]}}\n---\n\
+         apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata: {{name: pool}}\nspec: {{blocks: [{{start: 10.10.30.20, stop: 10.10.30.40}}]}}\n---\n\
+         apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {{name: node-1}}\n\
+         spec: {{loadBalancerIPs: true, serviceSelector: {{matchLabels: {{l2: node-1}}}}, nodeSelector: {{matchLabels: {{kubernetes.io/hostname: node-1}}}}}}\n---\n\
+         apiVersion: cilium.io/v2alpha1\nkind: CiliumL2AnnouncementPolicy\nmetadata: {{name: any}}\n\
+         spec: {{loadBalancerIPs: true, serviceSelector: {{matchLabels: {{l2: any}}}}}}\n"
+    )
+}
+
+fn holder_of(vip: &str) -> Option<usize> {
+    let held: Vec<usize> = (1..=3)
+        .filter(|i| {
+            Command::new("ip")
+                .args(["-n", &netns(&format!("node-{i}")), "-4", "-o", "addr", "show", "dev", "eth0"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{vip}/32")))
+        })
+        .collect();
+    (held.len() == 1).then(|| held[0])
+}
+
+fn client_connects(vip: &str) -> bool {
+    Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", netns("client")))
+        .args(["timeout", "0.3", "bash", "-c", &format!("exec 3<>/dev/tcp/{vip}/80")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn iperf(client_ns: &str, secs: u32) -> Result<f64> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{client_ns}"))
+        .args(["taskset", "-c", "1", "iperf3", "-c", LB_VIP, "-p", "5201", "-J", "-t", &secs.to_string()])
+        .output()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no throughput")
+}
+
+pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<String> {
+    crate::ensure_packages(&[("/usr/bin/iperf3", "iperf3")])?;
+    let bin_path = root.join("target/release/trellis");
+    let bin = bin_path.to_str().context("utf-8 path")?;
+    let dir = root.join("target/bench/datapath-lb");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("manifests"))?;
+    std::fs::write(dir.join("manifests/lb.yaml"), lb_manifests())?;
+    let mut results: BTreeMap<(String, &str), Vec<f64>> = BTreeMap::new();
+    let mut failovers: Vec<f64> = Vec::new();
+    for mode in ["snat", "dsr"] {
+        eprintln!("\n==> LoadBalancer address in {mode} mode");
+        let state_dir = dir.join("state").display().to_string();
+        let up = Command::new(bin)
+            .args(["lab", "up", "--nodes", "3", "--lb-mode", mode, "--name", LAB_NAME])
+            .args(["--state-dir", &state_dir, "-f"])
+            .arg(dir.join("manifests"))
+            .stdout(Stdio::null())
+            .status()?;
+        let lab = Lab { bin, state_dir: state_dir.clone() };
+        if !up.success() {
+            bail!("lab up failed (see {state_dir}/logs)");
+        }
+        let server_ns = netns("pod-default-rr-server");
+        let mut server = Bg(Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{server_ns}"))
+            .args(["taskset", "-c", "0", bin, "lab", "tcprr", "server", &SERVER_PORT.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?);
+        let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.trim() == "ready");
+        if !ready {
+            bail!("tcprr server did not start");
+        }
+        let _iperf_server = Bg(Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{server_ns}"))
+            .args(["taskset", "-c", "0", "iperf3", "-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?);
+        // Wait (bounded) for node-1 to announce the address and the server to answer.
+        let start = std::time::Instant::now();
+        while holder_of(LB_VIP) != Some(1) || !client_connects(LB_VIP) {
+            if start.elapsed() > std::time::Duration::from_secs(20) {
+                bail!("{LB_VIP} is not reachable through node-1");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let client_ns = netns("client");
+        sh_in(&client_ns, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"], None)?;
+        let target = format!("{LB_VIP}:80");
+        for round in 0..rounds {
+            for m in ["rr", "crr"] {
+                let tps = measure(bin, &client_ns, &target, m, secs)?;
+                eprintln!("    round {} {mode:<4} {m:<3} {tps:>9.0}/s", round + 1);
+                results.entry((mode.to_string(), m)).or_default().push(tps);
+            }
+            let bps = iperf(&client_ns, secs)?;
+            eprintln!("    round {} {mode:<4} iperf3 {:>7.2} Gbit/s", round + 1, bps / 1e9);
+            results.entry((mode.to_string(), "iperf")).or_default().push(bps);
+        }
+        if mode == "dsr" {
+            // Failover: kill the holder's agent, time until the client connects through the new
+            // holder, restart the killed agent, repeat.
+            // Agents this loop restarted, by node index.
+            let mut restarted: BTreeMap<usize, Bg> = BTreeMap::new();
+            for trial in 0..trials {
+                let start = std::time::Instant::now();
+                let old = loop {
+                    if let Some(h) = holder_of(FAILOVER_VIP) {
+                        break h;
+                    }
+                    if start.elapsed() > std::time::Duration::from_secs(20) {
+                        bail!("nobody announces {FAILOVER_VIP}");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                };
+                let state: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(Path::new(&state_dir).join("state.json"))?)?;
+                let pid = match restarted.get(&old) {
+                    Some(b) => b.0.id(),
+                    None => state["nodes"][old - 1]["agent_pid"].as_u64().context("agent pid")? as u32,
+                };
+                let t0 = std::time::Instant::now();
+                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                loop {
+                    if holder_of(FAILOVER_VIP).is_some_and(|h| h != old) && client_connects(FAILOVER_VIP) {
+                        break;
+                    }
+                    if t0.elapsed() > std::time::Duration::from_secs(30) {
+                        bail!("no failover from node-{old}");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let took = t0.elapsed().as_secs_f64();
+                eprintln!("    failover {} from node-{old}: {took:.2} s", trial + 1);
+                failovers.push(took);
+                // Bring the killed agent back.
+                let mut agent = Command::new("nsenter")
+                    .arg(format!("--net=/var/run/netns/{}", netns(&format!("node-{old}"))))
+                    .args([bin, "agent", "--config"])
+                    .arg(Path::new(&state_dir).join(format!("agent-node-{old}.json")))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()?;
+                let out = agent.stdout.take().context("agent stdout")?;
+                let mut lines = BufReader::new(out).lines();
+                if !lines.any(|l| l.map(|l| l.trim() == "ready").unwrap_or(false)) {
+                    bail!("restarted agent of node-{old} did not get ready");
+                }
+                std::thread::spawn(move || for _ in lines {});
+                restarted.insert(old, Bg(agent));
+            }
+        }
+        drop(server);
+        drop(lab);
+    }
+    let med = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut md = String::from(
+        "| LAN client → LB address → backend on another node | snat | dsr | dsr / snat |\n|---|---:|---:|---:|\n",
+    );
+    for (what, label, scale) in [("rr", "RR tps", 1.0), ("crr", "CRR tps", 1.0), ("iperf", "iperf3 Gbit/s", 1e-9)] {
+        let s = med(&results[&("snat".to_string(), what)]) * scale;
+        let d = med(&results[&("dsr".to_string(), what)]) * scale;
+        md.push_str(&format!("| {label} | {s:.2} | {d:.2} | {:.2}× |\n", d / s));
+    }
+    if !failovers.is_empty() {
+        let worst = failovers.iter().copied().fold(0.0, f64::max);
+        md.push_str(&format!(
+            "\nL2 failover (kill the holder's agent → the client connects through the new holder), {} trials: median {:.2} s, worst {worst:.2} s\n",
+            failovers.len(),
+            med(&failovers)
+        ));
+    }
+    Ok(md)
+}
