@@ -1,8 +1,8 @@
 //! `cargo xtask`: everything that is more than one cargo command.
 //!
 //! - `test`: what CI runs: formatting, clippy with warnings denied, every test.
-//! - `demo`: builds trellis and runs the main job (for now `trellis check` on the example
-//!   and on the home-ops corpus).
+//! - `demo`: builds trellis and runs `trellis lab demo` (root); `demo loopback` checks the
+//!   example and the corpus and serves them on loopback without root.
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
 //! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
 
@@ -24,7 +24,11 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root).context("cd to the repository root")?;
     match args.first().map(String::as_str) {
         Some("test") => test(),
-        Some("demo") => demo(),
+        Some("demo") => match args.iter().skip(1).find(|a| !a.starts_with("--")).map(String::as_str) {
+            None | Some("lab") => demo_lab(args.iter().any(|a| a == "--no-wait")),
+            Some("loopback") => demo(),
+            Some(other) => bail!("unknown demo {other:?} (lab, loopback)"),
+        },
         Some("bench") => match args.get(1).map(String::as_str) {
             None | Some("load") => bench(),
             Some("gateway") => {
@@ -38,7 +42,7 @@ fn main() -> Result<()> {
         },
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench [load|gateway|dns|datapath]|fuzz [seconds]>");
+            eprintln!("usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [seconds]>");
             bail!("unknown or missing xtask command")
         }
     }
@@ -213,6 +217,31 @@ fn show(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The main demo: `trellis lab demo` — a 3-node lab from network namespaces running the
+/// example home lab (needs root: namespaces and eBPF).
+fn demo_lab(no_wait: bool) -> Result<()> {
+    if !has("id", &["-u"]) || Command::new("id").arg("-u").output()?.stdout != b"0\n" {
+        bail!(
+            "the lab demo builds network namespaces and loads eBPF programs: run it as root \
+             (or `cargo xtask demo loopback` for the unprivileged one)"
+        );
+    }
+    ensure_packages(TEST_PEERS)?;
+    run("cargo", &["build", "--package", "trellis", "--package", "cni"])?;
+    let bin = root().join("target/debug/trellis");
+    let mut c = Command::new(&bin);
+    c.args(["lab", "demo"]);
+    if no_wait {
+        c.arg("--no-wait");
+    }
+    let status = c.status().context("running trellis lab demo")?;
+    if !status.success() {
+        bail!("trellis lab demo failed ({status})");
+    }
+    Ok(())
+}
+
+/// The unprivileged demo: check the manifests and serve them on loopback.
 fn demo() -> Result<()> {
     run("cargo", &["build", "--package", "trellis"])?;
     let bin = root().join("target/debug/trellis");
