@@ -16,7 +16,12 @@ fn main() {
         .collect();
     let clang = candidates
         .iter()
-        .find(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
         .unwrap_or_else(|| {
             panic!(
                 "no clang found (tried {candidates:?}); the eBPF programs need it: \
@@ -28,7 +33,16 @@ fn main() {
         let src = format!("bpf/{prog}.c");
         let obj = out.join(format!("{prog}.o"));
         let output = Command::new(clang)
-            .args(["-O2", "-g", "-Wall", "-Werror", "-target", "bpf", "-I", &arch_include])
+            .args([
+                "-O2",
+                "-g",
+                "-Wall",
+                "-Werror",
+                "-target",
+                "bpf",
+                "-I",
+                &arch_include,
+            ])
             .args(["-c", &src, "-o"])
             .arg(&obj)
             .output()

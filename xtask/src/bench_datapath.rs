@@ -75,7 +75,11 @@ fn nft_rules(services: usize, backend: &str) -> String {
          map service-ips {{ type ipv4_addr . inet_service : verdict; elements = {{\n"
     );
     for i in 1..services {
-        r.push_str(&format!("    10.98.{}.{} . 80 : jump svc-rr,\n", i / 250, i % 250 + 1));
+        r.push_str(&format!(
+            "    10.98.{}.{} . 80 : jump svc-rr,\n",
+            i / 250,
+            i % 250 + 1
+        ));
     }
     r.push_str(&format!(
         "    {KP_VIP} . 80 : jump svc-rr }}\n  }}\n  chain prerouting {{ type nat hook prerouting priority dstnat; policy accept; ip daddr . tcp dport vmap @service-ips; }}\n}}\n"
@@ -91,7 +95,14 @@ struct Lab<'a> {
 impl Drop for Lab<'_> {
     fn drop(&mut self) {
         let _ = Command::new(self.bin)
-            .args(["lab", "down", "--name", LAB_NAME, "--state-dir", &self.state_dir])
+            .args([
+                "lab",
+                "down",
+                "--name",
+                LAB_NAME,
+                "--state-dir",
+                &self.state_dir,
+            ])
             .status();
     }
 }
@@ -102,12 +113,24 @@ fn netns(part: &str) -> String {
 
 fn sh_in(ns: &str, program: &str, args: &[&str], stdin: Option<&str>) -> Result<()> {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/var/run/netns/{ns}")).arg(program).args(args);
-    c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
-    let mut child = c.spawn().with_context(|| format!("running {program} in {ns}"))?;
+    c.arg(format!("--net=/var/run/netns/{ns}"))
+        .arg(program)
+        .args(args);
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("running {program} in {ns}"))?;
     if let Some(text) = stdin {
         use std::io::Write as _;
-        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(text.as_bytes())?;
     }
     let status = child.wait()?;
     if !status.success() {
@@ -128,7 +151,18 @@ fn flush_kube_proxy(node: &str) {
 fn measure(bin: &str, client_ns: &str, target: &str, mode: &str, secs: u32) -> Result<f64> {
     let out = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{client_ns}"))
-        .args(["taskset", "-c", "1", bin, "lab", "tcprr", "client", target, mode, &secs.to_string()])
+        .args([
+            "taskset",
+            "-c",
+            "1",
+            bin,
+            "lab",
+            "tcprr",
+            "client",
+            target,
+            mode,
+            &secs.to_string(),
+        ])
         .output()
         .context("running the tcprr client")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -136,7 +170,12 @@ fn measure(bin: &str, client_ns: &str, target: &str, mode: &str, secs: u32) -> R
         .split_whitespace()
         .next()
         .and_then(|t| t.parse().ok())
-        .with_context(|| format!("tcprr client said {text:?} {}", String::from_utf8_lossy(&out.stderr)))?;
+        .with_context(|| {
+            format!(
+                "tcprr client said {text:?} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
     let errors = text.split_whitespace().nth(2).unwrap_or("0");
     if errors != "0" {
         eprintln!("    ({errors} failed transactions against {target})");
@@ -146,8 +185,21 @@ fn measure(bin: &str, client_ns: &str, target: &str, mode: &str, secs: u32) -> R
 
 pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     crate::ensure_packages(crate::TEST_PEERS)?;
-    crate::ensure_packages(&[("/usr/sbin/iptables-legacy", "iptables"), ("/usr/sbin/nft", "nftables")])?;
-    crate::run("cargo", &["build", "--release", "--package", "trellis", "--package", "cni"])?;
+    crate::ensure_packages(&[
+        ("/usr/sbin/iptables-legacy", "iptables"),
+        ("/usr/sbin/nft", "nftables"),
+    ])?;
+    crate::run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "trellis",
+            "--package",
+            "cni",
+        ],
+    )?;
     let bin_path = root.join("target/release/trellis");
     let bin = bin_path.to_str().context("utf-8 path")?;
     let dir = root.join("target/bench/datapath");
@@ -160,11 +212,24 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         let state_dir = dir.join("state").display().to_string();
         let started = std::time::Instant::now();
         let up = Command::new(bin)
-            .args(["lab", "up", "--nodes", "2", "--name", LAB_NAME, "--state-dir", &state_dir, "-f"])
+            .args([
+                "lab",
+                "up",
+                "--nodes",
+                "2",
+                "--name",
+                LAB_NAME,
+                "--state-dir",
+                &state_dir,
+                "-f",
+            ])
             .arg(dir.join("manifests"))
             .stdout(Stdio::null())
             .status()?;
-        let lab = Lab { bin, state_dir: state_dir.clone() };
+        let lab = Lab {
+            bin,
+            state_dir: state_dir.clone(),
+        };
         if !up.success() {
             bail!("lab up failed (see {state_dir}/logs)");
         }
@@ -176,7 +241,11 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|p| p["plan"]["name"].as_str().is_some_and(|n| n.starts_with(app)))
+                .find(|p| {
+                    p["plan"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(app))
+                })
                 .with_context(|| format!("no {app} pod"))?;
             Ok((
                 p["netns"].as_str().context("netns")?.to_string(),
@@ -194,10 +263,28 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             .context("rr has no cluster IP")?
             .to_string();
         // Client: wide port range and TIME_WAIT reuse, as netperf CRR runs need.
-        sh_in(&client_ns, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"], None)?;
+        sh_in(
+            &client_ns,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_local_port_range=1024 65535",
+                "net.ipv4.tcp_tw_reuse=1",
+            ],
+            None,
+        )?;
         let mut server = Bg(Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{server_ns}"))
-            .args(["taskset", "-c", "0", bin, "lab", "tcprr", "server", &SERVER_PORT.to_string()])
+            .args([
+                "taskset",
+                "-c",
+                "0",
+                bin,
+                "lab",
+                "tcprr",
+                "server",
+                &SERVER_PORT.to_string(),
+            ])
             .stdout(Stdio::piped())
             .spawn()?);
         let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
@@ -228,8 +315,14 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
                 }
                 for mode in ["rr", "crr"] {
                     let tps = measure(bin, &client_ns, target, mode, secs)?;
-                    eprintln!("    round {} {services:>5} services {name:<11} {mode:<3} {tps:>9.0}/s", round + 1);
-                    results.entry((services, name.to_string(), mode.to_string())).or_default().push(tps);
+                    eprintln!(
+                        "    round {} {services:>5} services {name:<11} {mode:<3} {tps:>9.0}/s",
+                        round + 1
+                    );
+                    results
+                        .entry((services, name.to_string(), mode.to_string()))
+                        .or_default()
+                        .push(tps);
                 }
                 flush_kube_proxy(&node1);
             }
@@ -292,7 +385,16 @@ fn holder_of(vip: &str) -> Option<usize> {
     let held: Vec<usize> = (1..=3)
         .filter(|i| {
             Command::new("ip")
-                .args(["-n", &netns(&format!("node-{i}")), "-4", "-o", "addr", "show", "dev", "eth0"])
+                .args([
+                    "-n",
+                    &netns(&format!("node-{i}")),
+                    "-4",
+                    "-o",
+                    "addr",
+                    "show",
+                    "dev",
+                    "eth0",
+                ])
                 .output()
                 .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{vip}/32")))
         })
@@ -303,7 +405,13 @@ fn holder_of(vip: &str) -> Option<usize> {
 fn client_connects(vip: &str) -> bool {
     Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", netns("client")))
-        .args(["timeout", "0.3", "bash", "-c", &format!("exec 3<>/dev/tcp/{vip}/80")])
+        .args([
+            "timeout",
+            "0.3",
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{vip}/80"),
+        ])
         .status()
         .is_ok_and(|s| s.success())
 }
@@ -311,10 +419,24 @@ fn client_connects(vip: &str) -> bool {
 fn iperf(client_ns: &str, secs: u32) -> Result<f64> {
     let out = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{client_ns}"))
-        .args(["taskset", "-c", "1", "iperf3", "-c", LB_VIP, "-p", "5201", "-J", "-t", &secs.to_string()])
+        .args([
+            "taskset",
+            "-c",
+            "1",
+            "iperf3",
+            "-c",
+            LB_VIP,
+            "-p",
+            "5201",
+            "-J",
+            "-t",
+            &secs.to_string(),
+        ])
         .output()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
-    v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no throughput")
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 gave no throughput")
 }
 
 pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<String> {
@@ -331,19 +453,40 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
         eprintln!("\n==> LoadBalancer address in {mode} mode");
         let state_dir = dir.join("state").display().to_string();
         let up = Command::new(bin)
-            .args(["lab", "up", "--nodes", "3", "--lb-mode", mode, "--name", LAB_NAME])
+            .args([
+                "lab",
+                "up",
+                "--nodes",
+                "3",
+                "--lb-mode",
+                mode,
+                "--name",
+                LAB_NAME,
+            ])
             .args(["--state-dir", &state_dir, "-f"])
             .arg(dir.join("manifests"))
             .stdout(Stdio::null())
             .status()?;
-        let lab = Lab { bin, state_dir: state_dir.clone() };
+        let lab = Lab {
+            bin,
+            state_dir: state_dir.clone(),
+        };
         if !up.success() {
             bail!("lab up failed (see {state_dir}/logs)");
         }
         let server_ns = netns("pod-default-rr-server");
         let mut server = Bg(Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{server_ns}"))
-            .args(["taskset", "-c", "0", bin, "lab", "tcprr", "server", &SERVER_PORT.to_string()])
+            .args([
+                "taskset",
+                "-c",
+                "0",
+                bin,
+                "lab",
+                "tcprr",
+                "server",
+                &SERVER_PORT.to_string(),
+            ])
             .stdout(Stdio::piped())
             .spawn()?);
         let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
@@ -368,7 +511,16 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let client_ns = netns("client");
-        sh_in(&client_ns, "sysctl", &["-qw", "net.ipv4.ip_local_port_range=1024 65535", "net.ipv4.tcp_tw_reuse=1"], None)?;
+        sh_in(
+            &client_ns,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_local_port_range=1024 65535",
+                "net.ipv4.tcp_tw_reuse=1",
+            ],
+            None,
+        )?;
         let target = format!("{LB_VIP}:80");
         for round in 0..rounds {
             for m in ["rr", "crr"] {
@@ -377,8 +529,15 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
                 results.entry((mode.to_string(), m)).or_default().push(tps);
             }
             let bps = iperf(&client_ns, secs)?;
-            eprintln!("    round {} {mode:<4} iperf3 {:>7.2} Gbit/s", round + 1, bps / 1e9);
-            results.entry((mode.to_string(), "iperf")).or_default().push(bps);
+            eprintln!(
+                "    round {} {mode:<4} iperf3 {:>7.2} Gbit/s",
+                round + 1,
+                bps / 1e9
+            );
+            results
+                .entry((mode.to_string(), "iperf"))
+                .or_default()
+                .push(bps);
         }
         if mode == "dsr" {
             // Failover: kill the holder's agent, time until the client connects through the new
@@ -396,16 +555,23 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
                     }
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 };
-                let state: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(Path::new(&state_dir).join("state.json"))?)?;
+                let state: serde_json::Value = serde_json::from_slice(&std::fs::read(
+                    Path::new(&state_dir).join("state.json"),
+                )?)?;
                 let pid = match restarted.get(&old) {
                     Some(b) => b.0.id(),
-                    None => state["nodes"][old - 1]["agent_pid"].as_u64().context("agent pid")? as u32,
+                    None => state["nodes"][old - 1]["agent_pid"]
+                        .as_u64()
+                        .context("agent pid")? as u32,
                 };
                 let t0 = std::time::Instant::now();
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
                 loop {
-                    if holder_of(FAILOVER_VIP).is_some_and(|h| h != old) && client_connects(FAILOVER_VIP) {
+                    if holder_of(FAILOVER_VIP).is_some_and(|h| h != old)
+                        && client_connects(FAILOVER_VIP)
+                    {
                         break;
                     }
                     if t0.elapsed() > std::time::Duration::from_secs(30) {
@@ -418,7 +584,10 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
                 failovers.push(took);
                 // Bring the killed agent back.
                 let mut agent = Command::new("nsenter")
-                    .arg(format!("--net=/var/run/netns/{}", netns(&format!("node-{old}"))))
+                    .arg(format!(
+                        "--net=/var/run/netns/{}",
+                        netns(&format!("node-{old}"))
+                    ))
                     .args([bin, "agent", "--config"])
                     .arg(Path::new(&state_dir).join(format!("agent-node-{old}.json")))
                     .stdout(Stdio::piped())
@@ -444,7 +613,11 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
     let mut md = String::from(
         "| LAN client → LB address → backend on another node | snat | dsr | dsr / snat |\n|---|---:|---:|---:|\n",
     );
-    for (what, label, scale) in [("rr", "RR tps", 1.0), ("crr", "CRR tps", 1.0), ("iperf", "iperf3 Gbit/s", 1e-9)] {
+    for (what, label, scale) in [
+        ("rr", "RR tps", 1.0),
+        ("crr", "CRR tps", 1.0),
+        ("iperf", "iperf3 Gbit/s", 1e-9),
+    ] {
         let s = med(&results[&("snat".to_string(), what)]) * scale;
         let d = med(&results[&("dsr".to_string(), what)]) * scale;
         md.push_str(&format!("| {label} | {s:.2} | {d:.2} | {:.2}× |\n", d / s));

@@ -24,7 +24,12 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root).context("cd to the repository root")?;
     match args.first().map(String::as_str) {
         Some("test") => test(),
-        Some("demo") => match args.iter().skip(1).find(|a| !a.starts_with("--")).map(String::as_str) {
+        Some("demo") => match args
+            .iter()
+            .skip(1)
+            .find(|a| !a.starts_with("--"))
+            .map(String::as_str)
+        {
             None | Some("lab") => demo_lab(args.iter().any(|a| a == "--no-wait")),
             Some("loopback") => demo(),
             Some(other) => bail!("unknown demo {other:?} (lab, loopback)"),
@@ -42,7 +47,9 @@ fn main() -> Result<()> {
         },
         Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [seconds]>");
+            eprintln!(
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [seconds]>"
+            );
             bail!("unknown or missing xtask command")
         }
     }
@@ -132,7 +139,10 @@ pub(crate) fn ensure_packages(list: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     if !has("apt-get", &["--version"]) {
-        bail!("missing {} and no apt-get to install them", missing.join(" "));
+        bail!(
+            "missing {} and no apt-get to install them",
+            missing.join(" ")
+        );
     }
     let mut args = vec!["install", "-y", "-q"];
     args.extend(&missing);
@@ -227,7 +237,10 @@ fn demo_lab(no_wait: bool) -> Result<()> {
         );
     }
     ensure_packages(TEST_PEERS)?;
-    run("cargo", &["build", "--package", "trellis", "--package", "cni"])?;
+    run(
+        "cargo",
+        &["build", "--package", "trellis", "--package", "cni"],
+    )?;
     let bin = root().join("target/debug/trellis");
     let mut c = Command::new(&bin);
     c.args(["lab", "demo"]);

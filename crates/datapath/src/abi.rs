@@ -180,7 +180,11 @@ impl NodeConfig {
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
         let prefix = u32::from(self.cluster_cidr.1.min(32));
-        let mask: u32 = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+        let mask: u32 = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
         let addr = u32::from(self.cluster_cidr.0) & mask;
         b[0..4].copy_from_slice(&ip_bytes(self.node_ip));
         b[4..8].copy_from_slice(&addr.to_be_bytes());
@@ -210,12 +214,22 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_use_network_order_for_wire_fields() {
-        let k = Lb4Key { addr: Ipv4Addr::new(10, 96, 0, 10), port: 53, proto: PROTO_UDP, slot: 3 };
+        let k = Lb4Key {
+            addr: Ipv4Addr::new(10, 96, 0, 10),
+            port: 53,
+            proto: PROTO_UDP,
+            slot: 3,
+        };
         let b = k.to_bytes();
         assert_eq!(&b[0..4], &[10, 96, 0, 10]);
         assert_eq!(&b[4..6], &[0, 53]);
         assert_eq!(Lb4Key::from_bytes(&b), k);
-        let s = Lb4Service { id: 7, count: 2, flags: SVC_F_AFFINITY, affinity_timeout_s: 10800 };
+        let s = Lb4Service {
+            id: 7,
+            count: 2,
+            flags: SVC_F_AFFINITY,
+            affinity_timeout_s: 10800,
+        };
         assert_eq!(Lb4Service::from_bytes(&s.to_bytes()), s);
         let be = Lb4Backend {
             addr: Ipv4Addr::new(10, 69, 1, 5),
@@ -225,7 +239,10 @@ mod tests {
             node_ip: Ipv4Addr::new(10, 10, 30, 11),
         };
         assert_eq!(Lb4Backend::from_bytes(&be.to_bytes()), be);
-        let m = MaglevKey { frontend_id: 1, index: 16380 };
+        let m = MaglevKey {
+            frontend_id: 1,
+            index: 16380,
+        };
         assert_eq!(MaglevKey::from_bytes(&m.to_bytes()), m);
     }
 

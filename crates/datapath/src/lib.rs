@@ -14,7 +14,7 @@ pub mod abi;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, Array};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
@@ -81,7 +81,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there (a fresh VM or netns test box).
 pub fn ensure_bpffs() -> Result<(), Error> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(io("reading mounts"))?;
-    if mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
+    if mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
         return Ok(());
     }
     let out = std::process::Command::new("mount")
@@ -89,7 +92,9 @@ pub fn ensure_bpffs() -> Result<(), Error> {
         .output()
         .map_err(io("running mount"))?;
     if !out.status.success() {
-        return Err(Error::NoBpffs(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        return Err(Error::NoBpffs(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
     }
     Ok(())
 }
@@ -99,7 +104,9 @@ pub fn ensure_bpffs() -> Result<(), Error> {
 pub fn load(pin_dir: &Path) -> Result<(), Error> {
     ensure_bpffs()?;
     std::fs::create_dir_all(pin_dir).map_err(io(format!("creating {}", pin_dir.display())))?;
-    let mut ebpf: Ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(LB_OBJECT)?;
+    let mut ebpf: Ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(LB_OBJECT)?;
     for name in PROGRAMS {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -109,8 +116,14 @@ pub fn load(pin_dir: &Path) -> Result<(), Error> {
                 detail: name.into(),
             })?
             .try_into()
-            .map_err(|source| Error::Program { name: name.into(), source })?;
-        prog.load().map_err(|source| Error::Program { name: name.into(), source })?;
+            .map_err(|source| Error::Program {
+                name: name.into(),
+                source,
+            })?;
+        prog.load().map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })?;
         let path = prog_pin(pin_dir, name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -139,17 +152,30 @@ fn attach(pin_dir: &Path, iface: &str, hook: TcAttachType, name: &str) -> Result
         // EEXIST (the kernel's text for it here: "Exclusivity flag on, cannot modify"): a
         // clsact qdisc is already there, which is what we want.
         if !text.contains("exists") && !text.contains("Exclusivity flag on") {
-            return Err(Error::Attach { iface: iface.into(), what: "adding clsact", detail: text });
+            return Err(Error::Attach {
+                iface: iface.into(),
+                what: "adding clsact",
+                detail: text,
+            });
         }
     }
     // Detaching what is not there is fine: a first attach.
     let _ = tc::qdisc_detach_program(iface, hook, name);
-    let mut prog = SchedClassifier::from_pin(prog_pin(pin_dir, name))
-        .map_err(|source| Error::Program { name: name.into(), source })?;
+    let mut prog =
+        SchedClassifier::from_pin(prog_pin(pin_dir, name)).map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })?;
     let id = prog
         .attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
-        .map_err(|source| Error::Program { name: name.into(), source })?;
-    let link = prog.take_link(id).map_err(|source| Error::Program { name: name.into(), source })?;
+        .map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })?;
+    let link = prog.take_link(id).map_err(|source| Error::Program {
+        name: name.into(),
+        source,
+    })?;
     // The filter stays in the kernel; dropping the link would detach it.
     std::mem::forget(link);
     tracing::debug!(iface, program = name, "attached tc program");
@@ -214,23 +240,30 @@ impl std::fmt::Debug for Maps {
 }
 
 fn open(pin_dir: &Path, name: &'static str) -> Result<Map, Error> {
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(|source| Error::Map { name, source })?;
+    let data =
+        MapData::from_pin(pin_dir.join(name)).map_err(|source| Error::Map { name, source })?;
     let info = data.info().map_err(|source| Error::Map { name, source })?;
     use aya::maps::MapType;
-    Ok(match info.map_type().map_err(|source| Error::Map { name, source })? {
-        MapType::Hash => Map::HashMap(data),
-        MapType::LruHash => Map::LruHashMap(data),
-        MapType::Array => Map::Array(data),
-        MapType::PerCpuArray => Map::PerCpuArray(data),
-        _ => Map::Unsupported(data),
-    })
+    Ok(
+        match info
+            .map_type()
+            .map_err(|source| Error::Map { name, source })?
+        {
+            MapType::Hash => Map::HashMap(data),
+            MapType::LruHash => Map::LruHashMap(data),
+            MapType::Array => Map::Array(data),
+            MapType::PerCpuArray => Map::PerCpuArray(data),
+            _ => Map::Unsupported(data),
+        },
+    )
 }
 
 macro_rules! typed {
     ($pin:expr, $name:literal) => {
-        open($pin, $name)?
-            .try_into()
-            .map_err(|source| Error::Map { name: $name, source })?
+        open($pin, $name)?.try_into().map_err(|source| Error::Map {
+            name: $name,
+            source,
+        })?
     };
 }
 
@@ -265,7 +298,10 @@ impl Maps {
         if let Some(cfg) = &want.config {
             self.config
                 .set(0, cfg.to_bytes(), 0)
-                .map_err(|source| Error::Map { name: "node_config", source })?;
+                .map_err(|source| Error::Map {
+                    name: "node_config",
+                    source,
+                })?;
         }
         // Backends: write new/changed.
         let have_backends = read_all(&self.backends, "lb4_backends")?;
@@ -274,7 +310,10 @@ impl Maps {
             if have_backends.get(id) != Some(&bytes) {
                 self.backends
                     .insert(id, bytes, 0)
-                    .map_err(|source| Error::Map { name: "lb4_backends", source })?;
+                    .map_err(|source| Error::Map {
+                        name: "lb4_backends",
+                        source,
+                    })?;
                 stats.written += 1;
             }
         }
@@ -283,9 +322,10 @@ impl Maps {
         for (k, v) in &want.maglev {
             let kb = k.to_bytes();
             if have_maglev.get(&kb) != Some(v) {
-                self.maglev
-                    .insert(kb, v, 0)
-                    .map_err(|source| Error::Map { name: "lb4_maglev", source })?;
+                self.maglev.insert(kb, v, 0).map_err(|source| Error::Map {
+                    name: "lb4_maglev",
+                    source,
+                })?;
                 stats.written += 1;
             }
         }
@@ -299,15 +339,21 @@ impl Maps {
             if have_services.get(&kb) != Some(&vb) {
                 self.services
                     .insert(kb, vb, 0)
-                    .map_err(|source| Error::Map { name: "lb4_services", source })?;
+                    .map_err(|source| Error::Map {
+                        name: "lb4_services",
+                        source,
+                    })?;
                 stats.written += 1;
             }
         }
         // Removals: masters first, then slots, Maglev entries and backends.
         let want_services: std::collections::BTreeSet<[u8; Lb4Key::SIZE]> =
             want.services.keys().map(Lb4Key::to_bytes).collect();
-        let mut stale: Vec<[u8; Lb4Key::SIZE]> =
-            have_services.keys().filter(|k| !want_services.contains(*k)).copied().collect();
+        let mut stale: Vec<[u8; Lb4Key::SIZE]> = have_services
+            .keys()
+            .filter(|k| !want_services.contains(*k))
+            .copied()
+            .collect();
         stale.sort_by_key(|k| Lb4Key::from_bytes(k).slot != 0);
         for k in stale {
             remove(&mut self.services, &k, "lb4_services")?;
@@ -319,7 +365,10 @@ impl Maps {
             remove(&mut self.maglev, k, "lb4_maglev")?;
             stats.removed += 1;
         }
-        for id in have_backends.keys().filter(|id| !want.backends.contains_key(id)) {
+        for id in have_backends
+            .keys()
+            .filter(|id| !want.backends.contains_key(id))
+        {
             remove(&mut self.backends, id, "lb4_backends")?;
             stats.removed += 1;
         }
@@ -333,7 +382,10 @@ impl Maps {
             let values = self
                 .stats
                 .get(&(i as u32), 0)
-                .map_err(|source| Error::Map { name: "stats", source })?;
+                .map_err(|source| Error::Map {
+                    name: "stats",
+                    source,
+                })?;
             out.push((*name, values.iter().sum()));
         }
         Ok(out)

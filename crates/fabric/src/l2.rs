@@ -49,17 +49,24 @@ pub fn announcements(
         .l2_announcement_policies
         .values()
         .filter(|p| {
-            p.spec.node_selector.as_ref().is_none_or(|s| s.matches(node_labels))
+            p.spec
+                .node_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(node_labels))
                 && (p.spec.interfaces.is_empty()
                     || p.spec.interfaces.iter().any(|re| {
-                        regex::Regex::new(&format!("^(?:{re})$")).is_ok_and(|r| r.is_match(interface))
+                        regex::Regex::new(&format!("^(?:{re})$"))
+                            .is_ok_and(|r| r.is_match(interface))
                             || regex::Regex::new(re).is_ok_and(|r| r.is_match(interface))
                     }))
         })
         .collect();
     let mut by_service: BTreeMap<(String, String), BTreeSet<Ipv4Addr>> = BTreeMap::new();
     for (key, fe) in &plan.frontends {
-        if !matches!(fe.kind, FrontendKind::LoadBalancer | FrontendKind::ExternalIp) {
+        if !matches!(
+            fe.kind,
+            FrontendKind::LoadBalancer | FrontendKind::ExternalIp
+        ) {
             continue;
         }
         let wanted_kind = |p: &model::kinds::cilium::L2AnnouncementPolicySpec| match fe.kind {
@@ -73,16 +80,25 @@ pub fn announcements(
         let labels = model::snapshot::get(&snapshot.services, &fe.namespace, &fe.service)
             .map(|s| s.meta.labels.clone())
             .unwrap_or_default();
-        if policies
-            .iter()
-            .any(|p| wanted_kind(&p.spec) && p.spec.service_selector.as_ref().is_none_or(|s| s.matches(&labels)))
-        {
-            by_service.entry((fe.namespace.clone(), fe.service.clone())).or_default().insert(key.ip);
+        if policies.iter().any(|p| {
+            wanted_kind(&p.spec)
+                && p.spec
+                    .service_selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(&labels))
+        }) {
+            by_service
+                .entry((fe.namespace.clone(), fe.service.clone()))
+                .or_default()
+                .insert(key.ip);
         }
     }
     by_service
         .into_iter()
-        .map(|((ns, name), ips)| Announcement { lease: format!("l2announce-{ns}-{name}"), ips })
+        .map(|((ns, name), ips)| Announcement {
+            lease: format!("l2announce-{ns}-{name}"),
+            ips,
+        })
         .collect()
 }
 
@@ -129,7 +145,10 @@ impl Announcer {
         let mut taken = Vec::new();
         if link_up {
             for a in want {
-                match self.leases.acquire_or_renew(&a.lease, &self.node, LEASE_DURATION) {
+                match self
+                    .leases
+                    .acquire_or_renew(&a.lease, &self.node, LEASE_DURATION)
+                {
                     Ok(true) => {
                         for ip in &a.ips {
                             now_held.insert(*ip, a.lease.clone());
@@ -149,7 +168,10 @@ impl Announcer {
                 if let Err(e) = gratuitous_arp(&self.interface, *ip) {
                     tracing::warn!(%ip, error = %e, "gratuitous ARP");
                 }
-                taken.push(Takeover { lease: lease.clone(), ip: *ip });
+                taken.push(Takeover {
+                    lease: lease.clone(),
+                    ip: *ip,
+                });
             }
         }
         let wanted: BTreeSet<&String> = want.iter().map(|a| &a.lease).collect();
@@ -194,7 +216,15 @@ fn ip(args: &[&str]) -> std::io::Result<String> {
 fn set_address(interface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
     let lft = ADDRESS_LIFETIME_S.to_string();
     ip(&[
-        "addr", "replace", &format!("{addr}/32"), "dev", interface, "valid_lft", &lft, "preferred_lft", &lft,
+        "addr",
+        "replace",
+        &format!("{addr}/32"),
+        "dev",
+        interface,
+        "valid_lft",
+        &lft,
+        "preferred_lft",
+        &lft,
     ])
     .map(|_| ())
 }
@@ -204,7 +234,8 @@ fn remove_address(interface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
 }
 
 fn link_is_up(interface: &str) -> bool {
-    ip(&["-o", "link", "show", "dev", interface]).is_ok_and(|s| s.contains("LOWER_UP") && s.contains(",UP"))
+    ip(&["-o", "link", "show", "dev", interface])
+        .is_ok_and(|s| s.contains("LOWER_UP") && s.contains(",UP"))
 }
 
 /// The gratuitous ARP frame for `addr` from `mac`: a broadcast ARP request whose sender and
@@ -237,11 +268,21 @@ fn gratuitous_arp(interface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
         .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
         .ok_or_else(|| std::io::Error::other(format!("no link address for {interface}")))?;
     let mac = link.addr().ok_or_else(|| std::io::Error::other("no MAC"))?;
-    let fd = socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::EthAll)
-        .map_err(std::io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::EthAll,
+    )
+    .map_err(std::io::Error::from)?;
     let frame = gratuitous_arp_frame(mac, addr);
-    sendto(std::os::fd::AsRawFd::as_raw_fd(&fd), &frame, &link, nix::sys::socket::MsgFlags::empty())
-        .map_err(std::io::Error::from)?;
+    sendto(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &frame,
+        &link,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map_err(std::io::Error::from)?;
     Ok(())
 }
 

@@ -69,7 +69,11 @@ impl LabConfig {
 }
 
 pub fn prefix_of(name: &str) -> String {
-    if name.is_empty() { "trellis-".into() } else { format!("trellis-{name}-") }
+    if name.is_empty() {
+        "trellis-".into()
+    } else {
+        format!("trellis-{name}-")
+    }
 }
 
 /// What the supervisor's main loop reacts to.
@@ -181,7 +185,10 @@ fn initial_state(cfg: &LabConfig) -> LabState {
         supervisor_pid: std::process::id(),
         lan_netns: format!("{prefix}lan"),
         lan_cidr: lan,
-        client: ClientState { netns: format!("{prefix}client"), ip: CLIENT_IP },
+        client: ClientState {
+            netns: format!("{prefix}client"),
+            ip: CLIENT_IP,
+        },
         nodes,
         pods: Vec::new(),
         services: Vec::new(),
@@ -194,11 +201,7 @@ pub fn datapath_pin_dir(node_netns: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/trellis").join(node_netns)
 }
 
-fn bring_up(
-    cfg: &LabConfig,
-    run: &mut Running,
-    tx: &mpsc::Sender<Event>,
-) -> Result<()> {
+fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Result<()> {
     build_network(&run.state)?;
     let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
     write_pods(&cfg.state_dir, &[], 0)?;
@@ -251,9 +254,18 @@ fn build_network(s: &LabState) -> Result<()> {
     let attach = |ns: &str, port: &str, ip: Ipv4Addr, mtu: u32| -> Result<()> {
         netns::add(ns)?;
         let mtu = mtu.to_string();
-        netns::ip_in(lan, &["link", "add", port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", ns])?;
+        netns::ip_in(
+            lan,
+            &[
+                "link", "add", port, "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+                &mtu, "netns", ns,
+            ],
+        )?;
         netns::ip_in(lan, &["link", "set", port, "master", "br0", "up"])?;
-        netns::ip_in(ns, &["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"])?;
+        netns::ip_in(
+            ns,
+            &["addr", "add", &format!("{ip}/{prefix_len}"), "dev", "eth0"],
+        )?;
         netns::ip_in(ns, &["link", "set", "eth0", "up"])
     };
     attach(&s.client.netns, "client", s.client.ip, 1500)?;
@@ -270,14 +282,23 @@ fn build_network(s: &LabState) -> Result<()> {
                 "net.ipv4.conf.eth0.send_redirects=0",
             ],
         )?;
-        netns::ip_in(&n.netns, &["route", "add", "default", "via", &LAN_GATEWAY.to_string()])?;
+        netns::ip_in(
+            &n.netns,
+            &["route", "add", "default", "via", &LAN_GATEWAY.to_string()],
+        )?;
         // Services without backends are refused (ICMP unreachable), never black-holed.
         netns::ip_in(&n.netns, &["route", "add", "unreachable", SERVICE_CIDR])?;
         // autoDirectNodeRoutes: every other node's pod CIDR via its LAN address.
         for other in s.nodes.iter().filter(|o| o.name != n.name) {
             netns::ip_in(
                 &n.netns,
-                &["route", "add", &other.pod_cidr.to_string(), "via", &other.lan_ip.to_string()],
+                &[
+                    "route",
+                    "add",
+                    &other.pod_cidr.to_string(),
+                    "via",
+                    &other.lan_ip.to_string(),
+                ],
             )?;
         }
     }
@@ -347,11 +368,17 @@ fn start_agent(
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting the agent of {}", node.name))?;
-    let lines = wait_ready(&mut child, &format!("agent of {}", node.name), &cfg.state_dir)?;
+    let lines = wait_ready(
+        &mut child,
+        &format!("agent of {}", node.name),
+        &cfg.state_dir,
+    )?;
     let name = node.name.clone();
     std::thread::spawn(move || {
         for line in lines.map_while(Result::ok) {
-            if let Some(g) = line.strip_prefix("synced ").and_then(|g| g.trim().parse::<u64>().ok())
+            if let Some(g) = line
+                .strip_prefix("synced ")
+                .and_then(|g| g.trim().parse::<u64>().ok())
             {
                 if let Ok(mut m) = synced.by_node.lock() {
                     m.insert(name.clone(), g);
@@ -377,7 +404,10 @@ fn wait_ready(
     what: &str,
     state_dir: &Path,
 ) -> Result<std::io::Lines<BufReader<std::process::ChildStdout>>> {
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("{what}: no stdout"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("{what}: no stdout"))?;
     let mut lines = BufReader::new(stdout).lines();
     loop {
         match lines.next() {
@@ -386,7 +416,10 @@ fn wait_ready(
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{what} exited before it was ready; see the logs in {}/logs", state_dir.display());
+                bail!(
+                    "{what} exited before it was ready; see the logs in {}/logs",
+                    state_dir.display()
+                );
             }
         }
     }
@@ -455,7 +488,11 @@ impl LabState {
             .filter_map(|p| {
                 let ip = p.ip?;
                 let host = self.nodes.iter().find(|n| n.name == p.plan.node)?.lan_ip;
-                Some(schedule::pod_object(&p.plan, &ip.to_string(), &host.to_string()))
+                Some(schedule::pod_object(
+                    &p.plan,
+                    &ip.to_string(),
+                    &host.to_string(),
+                ))
             })
             .collect()
     }
@@ -464,7 +501,11 @@ impl LabState {
 /// Waits until every agent applied the current generation (bounded by [`AGENT_SYNC_MAX`]).
 fn wait_synced(run: &Running) -> Result<()> {
     let deadline = std::time::Instant::now() + AGENT_SYNC_MAX;
-    let mut m = run.synced.by_node.lock().map_err(|_| anyhow!("sync state poisoned"))?;
+    let mut m = run
+        .synced
+        .by_node
+        .lock()
+        .map_err(|_| anyhow!("sync state poisoned"))?;
     loop {
         let behind: Vec<&str> = run
             .state
@@ -478,7 +519,11 @@ fn wait_synced(run: &Running) -> Result<()> {
         }
         let now = std::time::Instant::now();
         if now >= deadline {
-            bail!("agents {} did not apply generation {} in time", behind.join(", "), run.generation);
+            bail!(
+                "agents {} did not apply generation {} in time",
+                behind.join(", "),
+                run.generation
+            );
         }
         m = run
             .synced
@@ -522,7 +567,13 @@ fn cni_config(cfg: &LabConfig, node: &NodeState) -> String {
 }
 
 /// Runs the CNI plugin the way a container runtime does: env + config on stdin, in the node.
-fn cni(cfg: &LabConfig, node: &NodeState, command: &str, container_id: &str, pod_netns: &str) -> Result<serde_json::Value> {
+fn cni(
+    cfg: &LabConfig,
+    node: &NodeState,
+    command: &str,
+    container_id: &str,
+    pod_netns: &str,
+) -> Result<serde_json::Value> {
     let mut child = netns::command_in(&node.netns, &cfg.cni_bin.to_string_lossy())
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", container_id)
@@ -589,13 +640,24 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
         .collect();
     let log = log_file(cfg, &format!("pod-{}-{}", plan.namespace, plan.name))?;
     let mut child = netns::command_in(&pod_netns, &cfg.trellis_bin.to_string_lossy())
-        .args(["lab", "echo", "--pod", &plan.name, "--namespace", &plan.namespace])
+        .args([
+            "lab",
+            "echo",
+            "--pod",
+            &plan.name,
+            "--namespace",
+            &plan.namespace,
+        ])
         .args(["--node", &plan.node, "--ports", &ports.join(",")])
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting the workload of {}", plan.name))?;
-    drain(wait_ready(&mut child, &format!("pod {}/{}", plan.namespace, plan.name), &cfg.state_dir)?);
+    drain(wait_ready(
+        &mut child,
+        &format!("pod {}/{}", plan.namespace, plan.name),
+        &cfg.state_dir,
+    )?);
     pod.pid = Some(child.id());
     pod.ready = true;
     run.workloads.insert(plan.key(), child);
@@ -627,7 +689,14 @@ fn teardown(cfg: &LabConfig, run: &mut Running) {
         let _ = c.kill();
         let _ = c.wait();
     }
-    remove_everything(&run.state.prefix, &run.state.nodes.iter().map(|n| n.pin_dir.clone()).collect::<Vec<_>>());
+    remove_everything(
+        &run.state.prefix,
+        &run.state
+            .nodes
+            .iter()
+            .map(|n| n.pin_dir.clone())
+            .collect::<Vec<_>>(),
+    );
     let _ = std::fs::remove_dir_all(cfg.state_dir.join("cni"));
 }
 
@@ -700,8 +769,11 @@ fn service_rows(cfg: &LabConfig, assignments: &fabric::Assignments) -> Vec<Servi
             .filter_map(|i| i.ip.clone())
             .collect();
         if load_balancer.is_empty() {
-            load_balancer =
-                assignments.load_balancer_ips(ns, name).iter().map(|ip| ip.to_string()).collect();
+            load_balancer = assignments
+                .load_balancer_ips(ns, name)
+                .iter()
+                .map(|ip| ip.to_string())
+                .collect();
         }
         rows.push(ServiceRow {
             namespace: ns.into(),

@@ -39,7 +39,10 @@ pub fn up(cfg: &LabConfig, mut supervise: Command) -> Result<LabState> {
     if let Ok(s) = LabState::read(&cfg.state_dir)
         && alive(s.supervisor_pid)
     {
-        bail!("a lab is already up (supervisor pid {}); run `trellis lab down` first", s.supervisor_pid);
+        bail!(
+            "a lab is already up (supervisor pid {}); run `trellis lab down` first",
+            s.supervisor_pid
+        );
     }
     let leftovers = netns::list(&cfg.prefix());
     if !leftovers.is_empty() {
@@ -77,7 +80,11 @@ pub fn up(cfg: &LabConfig, mut supervise: Command) -> Result<LabState> {
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("the lab did not come up:\n{}\n(full log: {})", tail.join("\n"), log_path.display());
+        bail!(
+            "the lab did not come up:\n{}\n(full log: {})",
+            tail.join("\n"),
+            log_path.display()
+        );
     }
     LabState::read(&cfg.state_dir)
 }
@@ -131,11 +138,21 @@ pub fn status_text(s: &LabState) -> String {
             n.name,
             n.lan_ip.to_string(),
             n.pod_cidr.to_string(),
-            n.agent_pid.map(|p| format!("pid {p}")).unwrap_or_else(|| "-".into())
+            n.agent_pid
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
-    let _ = writeln!(out, "client    {:<14} (namespace {})", s.client.ip.to_string(), s.client.netns);
-    let _ = writeln!(out, "\nNAMESPACE    POD                      NODE      IP           READY");
+    let _ = writeln!(
+        out,
+        "client    {:<14} (namespace {})",
+        s.client.ip.to_string(),
+        s.client.netns
+    );
+    let _ = writeln!(
+        out,
+        "\nNAMESPACE    POD                      NODE      IP           READY"
+    );
     for p in &s.pods {
         let _ = writeln!(
             out,
@@ -147,7 +164,10 @@ pub fn status_text(s: &LabState) -> String {
             p.ready
         );
     }
-    let _ = writeln!(out, "\nNAMESPACE    SERVICE              TYPE          CLUSTER-IP     NODE-PORTS         ENDPOINTS");
+    let _ = writeln!(
+        out,
+        "\nNAMESPACE    SERVICE              TYPE          CLUSTER-IP     NODE-PORTS         ENDPOINTS"
+    );
     for r in &s.services {
         let mut ports = r.node_ports.join(",");
         if !r.load_balancer.is_empty() {
@@ -159,9 +179,15 @@ pub fn status_text(s: &LabState) -> String {
             r.namespace,
             r.name,
             r.type_,
-            r.cluster_ip.map(|i| i.to_string()).unwrap_or_else(|| "None".into()),
+            r.cluster_ip
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "None".into()),
             if ports.is_empty() { "-".into() } else { ports },
-            if r.endpoints.is_empty() { "<none>".into() } else { r.endpoints.join(",") }
+            if r.endpoints.is_empty() {
+                "<none>".into()
+            } else {
+                r.endpoints.join(",")
+            }
         );
     }
     out
@@ -172,8 +198,15 @@ pub fn exec_command(s: &LabState, name: &str, argv: &[String]) -> Result<Command
     let Some(ns) = s.netns_of(name) else {
         let mut names: Vec<String> = s.nodes.iter().map(|n| n.name.clone()).collect();
         names.push("client".into());
-        names.extend(s.pods.iter().map(|p| format!("{}/{}", p.plan.namespace, p.plan.name)));
-        bail!("no node, pod or client called {name:?}; there are: {}", names.join(", "));
+        names.extend(
+            s.pods
+                .iter()
+                .map(|p| format!("{}/{}", p.plan.namespace, p.plan.name)),
+        );
+        bail!(
+            "no node, pod or client called {name:?}; there are: {}",
+            names.join(", ")
+        );
     };
     let Some((program, args)) = argv.split_first() else {
         bail!("no command given (trellis lab exec NAME -- CMD ...)");

@@ -14,9 +14,16 @@ pub const NETNS_DIR: &str = "/var/run/netns";
 
 /// Runs `ip ARGS`, failing with its stderr.
 pub fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("cannot run ip (apt-get install iproute2)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run ip (apt-get install iproute2)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -96,7 +103,10 @@ pub fn sysctl_in(ns: &str, settings: &[&str]) -> Result<()> {
         .output()
         .context("cannot run sysctl (apt-get install procps)")?;
     if !out.status.success() {
-        bail!("sysctl in {ns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "sysctl in {ns}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }

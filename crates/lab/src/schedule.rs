@@ -32,7 +32,10 @@ impl PodPlan {
         let mut out = Vec::new();
         for c in self.spec["containers"].as_array().into_iter().flatten() {
             for p in c["ports"].as_array().into_iter().flatten() {
-                if let Some(port) = p["containerPort"].as_u64().and_then(|n| u16::try_from(n).ok()) {
+                if let Some(port) = p["containerPort"]
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                {
                     out.push((
                         p["name"].as_str().unwrap_or_default().to_string(),
                         port,
@@ -104,10 +107,19 @@ pub fn desired_pods(snapshot: &Snapshot, nodes: &[String], running: &[PodPlan]) 
             ordinal: 0,
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             labels: p.spec.metadata.labels.clone().unwrap_or_default(),
-            spec: spec.and_then(|s| serde_json::to_value(s).ok()).unwrap_or_default(),
+            spec: spec
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or_default(),
         });
     }
-    wanted.sort_by(|a, b| (&a.namespace, &a.owner, a.ordinal, &a.name).cmp(&(&b.namespace, &b.owner, b.ordinal, &b.name)));
+    wanted.sort_by(|a, b| {
+        (&a.namespace, &a.owner, a.ordinal, &a.name).cmp(&(
+            &b.namespace,
+            &b.owner,
+            b.ordinal,
+            &b.name,
+        ))
+    });
     wanted.truncate(PODS_MAX);
 
     let node_set: BTreeSet<&String> = nodes.iter().collect();
@@ -126,7 +138,10 @@ pub fn desired_pods(snapshot: &Snapshot, nodes: &[String], running: &[PodPlan]) 
         }
     }
     for w in wanted.iter_mut().filter(|w| w.node.is_empty()) {
-        let Some((node, n)) = load.iter_mut().min_by_key(|(name, n)| (**n, (**name).clone())) else {
+        let Some((node, n)) = load
+            .iter_mut()
+            .min_by_key(|(name, n)| (**n, (**name).clone()))
+        else {
             break;
         };
         w.node = (*node).clone();
@@ -192,8 +207,14 @@ mod tests {
         let on: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
         assert_eq!(pods.len(), 3);
         assert_eq!(on.len(), 3, "{pods:?}");
-        assert_eq!(pods[0].ports(), vec![("http".to_string(), 8080, "TCP".to_string())]);
-        assert!(pods.iter().all(|p| p.name.starts_with("echo-") && p.name.len() == 10));
+        assert_eq!(
+            pods[0].ports(),
+            vec![("http".to_string(), 8080, "TCP".to_string())]
+        );
+        assert!(
+            pods.iter()
+                .all(|p| p.name.starts_with("echo-") && p.name.len() == 10)
+        );
     }
 
     #[test]

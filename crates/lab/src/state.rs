@@ -81,7 +81,10 @@ impl LabState {
     pub fn read(state_dir: &Path) -> Result<LabState> {
         let p = Self::path(state_dir);
         let text = std::fs::read_to_string(&p).with_context(|| {
-            format!("no lab state at {} (is a lab up? `trellis lab up -f DIR`)", p.display())
+            format!(
+                "no lab state at {} (is a lab up? `trellis lab up -f DIR`)",
+                p.display()
+            )
         })?;
         serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))
     }
@@ -99,7 +102,11 @@ impl LabState {
         if name == "lan" {
             return Some(self.lan_netns.clone());
         }
-        if let Some(n) = self.nodes.iter().find(|n| n.name == name || n.netns == name) {
+        if let Some(n) = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name || n.netns == name)
+        {
             return Some(n.netns.clone());
         }
         self.pods

@@ -39,7 +39,10 @@ pub struct Leases {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn invalid(msg: String) -> std::io::Error {
@@ -49,21 +52,31 @@ fn invalid(msg: String) -> std::io::Error {
 impl Leases {
     pub fn open(dir: &Path) -> std::io::Result<Leases> {
         std::fs::create_dir_all(dir)?;
-        Ok(Leases { dir: dir.to_path_buf() })
+        Ok(Leases {
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn path(&self, name: &str) -> std::io::Result<PathBuf> {
         if name.is_empty()
             || name.len() > LEASE_NAME_MAX
-            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         {
-            return Err(invalid(format!("lease name {name:?}: use [A-Za-z0-9._-], at most {LEASE_NAME_MAX}")));
+            return Err(invalid(format!(
+                "lease name {name:?}: use [A-Za-z0-9._-], at most {LEASE_NAME_MAX}"
+            )));
         }
         Ok(self.dir.join(format!("{name}.json")))
     }
 
     fn lock(&self) -> std::io::Result<Flock<File>> {
-        let f = File::options().create(true).truncate(false).write(true).open(self.dir.join("lock"))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("lock"))?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))
     }
 
@@ -78,13 +91,22 @@ impl Leases {
 
     /// Takes the lease for `holder` if it is free, expired or already `holder`'s (then it is
     /// renewed). Returns whether `holder` holds it now.
-    pub fn acquire_or_renew(&self, name: &str, holder: &str, duration: Duration) -> std::io::Result<bool> {
+    pub fn acquire_or_renew(
+        &self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> std::io::Result<bool> {
         let path = self.path(name)?;
         let _lock = self.lock()?;
         let now = now_ms();
         let current = self.get(name)?;
         let next = match current {
-            Some(l) if l.holder == holder => Lease { renew_ms: now, duration_ms: duration.as_millis() as u64, ..l },
+            Some(l) if l.holder == holder => Lease {
+                renew_ms: now,
+                duration_ms: duration.as_millis() as u64,
+                ..l
+            },
             Some(l) if !l.expired_at(now) => return Ok(false),
             Some(l) => Lease {
                 holder: holder.to_string(),
@@ -102,7 +124,10 @@ impl Leases {
             },
         };
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&next).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(&next).map_err(std::io::Error::other)?,
+        )?;
         std::fs::rename(&tmp, &path)?;
         Ok(true)
     }
@@ -133,17 +158,44 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let leases = Leases::open(dir.path()).expect("open");
         let long = Duration::from_secs(60);
-        assert!(leases.acquire_or_renew("l2-svc", "node-1", long).expect("acquire"));
-        assert!(!leases.acquire_or_renew("l2-svc", "node-2", long).expect("held"));
-        assert!(leases.acquire_or_renew("l2-svc", "node-1", long).expect("renew"));
+        assert!(
+            leases
+                .acquire_or_renew("l2-svc", "node-1", long)
+                .expect("acquire")
+        );
+        assert!(
+            !leases
+                .acquire_or_renew("l2-svc", "node-2", long)
+                .expect("held")
+        );
+        assert!(
+            leases
+                .acquire_or_renew("l2-svc", "node-1", long)
+                .expect("renew")
+        );
         leases.release("l2-svc", "node-1").expect("release");
-        assert!(leases.acquire_or_renew("l2-svc", "node-2", long).expect("free now"));
+        assert!(
+            leases
+                .acquire_or_renew("l2-svc", "node-2", long)
+                .expect("free now")
+        );
         let l = leases.get("l2-svc").expect("get").expect("exists");
         assert_eq!((l.holder.as_str(), l.transitions), ("node-2", 1));
         // An expired lease is taken over.
-        assert!(leases.acquire_or_renew("short", "node-1", Duration::ZERO).expect("acquire"));
+        assert!(
+            leases
+                .acquire_or_renew("short", "node-1", Duration::ZERO)
+                .expect("acquire")
+        );
         std::thread::sleep(Duration::from_millis(5));
-        assert!(leases.acquire_or_renew("short", "node-3", long).expect("expired"));
-        assert!(leases.acquire_or_renew("../etc", "x", long).is_err(), "names are checked");
+        assert!(
+            leases
+                .acquire_or_renew("short", "node-3", long)
+                .expect("expired")
+        );
+        assert!(
+            leases.acquire_or_renew("../etc", "x", long).is_err(),
+            "names are checked"
+        );
     }
 }

@@ -78,7 +78,10 @@ pub fn desired(
     config: Option<NodeConfig>,
     node_ips: &BTreeMap<String, Ipv4Addr>,
 ) -> Desired {
-    let mut d = Desired { config, ..Desired::default() };
+    let mut d = Desired {
+        config,
+        ..Desired::default()
+    };
     for (fk, fe) in &plan.frontends {
         if fe.backends.is_empty() {
             continue;
@@ -111,12 +114,27 @@ pub fn desired(
                 },
             );
             d.services.insert(
-                Lb4Key { addr: fk.ip, port: fk.port, proto: fk.protocol, slot: (i + 1) as u16 },
-                Lb4Service { id: bid, count: 0, flags: 0, affinity_timeout_s: 0 },
+                Lb4Key {
+                    addr: fk.ip,
+                    port: fk.port,
+                    proto: fk.protocol,
+                    slot: (i + 1) as u16,
+                },
+                Lb4Service {
+                    id: bid,
+                    count: 0,
+                    flags: 0,
+                    affinity_timeout_s: 0,
+                },
             );
         }
         d.services.insert(
-            Lb4Key { addr: fk.ip, port: fk.port, proto: fk.protocol, slot: 0 },
+            Lb4Key {
+                addr: fk.ip,
+                port: fk.port,
+                proto: fk.protocol,
+                slot: 0,
+            },
             Lb4Service {
                 id: fid,
                 count: fe.backends.len() as u16,
@@ -126,7 +144,13 @@ pub fn desired(
         );
         for (index, &bi) in fe.maglev.iter().enumerate() {
             if let Some(&bid) = bids.get(bi as usize) {
-                d.maglev.insert(MaglevKey { frontend_id: fid, index: index as u32 }, bid);
+                d.maglev.insert(
+                    MaglevKey {
+                        frontend_id: fid,
+                        index: index as u32,
+                    },
+                    bid,
+                );
             }
         }
     }
@@ -152,17 +176,26 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         node_ip,
         cluster_cidr: (conf.cluster_cidr.network(), conf.cluster_cidr.prefix_len()),
         maglev_m: fabric_cfg.maglev_m,
-        flags: (if conf.masquerade { NODE_F_MASQUERADE } else { 0 })
-            | match conf.load_balancer_mode.as_str() {
-                "dsr" => NODE_F_DSR,
-                "hybrid" => NODE_F_DSR | NODE_F_DSR_TCP_ONLY,
-                _ => 0,
-            },
+        flags: (if conf.masquerade {
+            NODE_F_MASQUERADE
+        } else {
+            0
+        }) | match conf.load_balancer_mode.as_str() {
+            "dsr" => NODE_F_DSR,
+            "hybrid" => NODE_F_DSR | NODE_F_DSR_TCP_ONLY,
+            _ => 0,
+        },
     };
     if !matches!(conf.load_balancer_mode.as_str(), "snat" | "dsr" | "hybrid") {
-        anyhow::bail!("loadBalancer mode {:?}: snat, dsr or hybrid", conf.load_balancer_mode);
+        anyhow::bail!(
+            "loadBalancer mode {:?}: snat, dsr or hybrid",
+            conf.load_balancer_mode
+        );
     }
-    let opts = store::Options { default_namespace: "default".into(), ..Default::default() };
+    let opts = store::Options {
+        default_namespace: "default".into(),
+        ..Default::default()
+    };
     let watch = store::watch::Watch::start(conf.manifests.clone(), opts)
         .context("watching the manifests")?;
     let mut announcer = match &conf.leases {
@@ -173,44 +206,43 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         None => None,
     };
     let mut announce: Vec<fabric::l2::Announcement> = Vec::new();
-    let mut apply = |snapshot: &model::Snapshot,
-                     announce: &mut Vec<fabric::l2::Announcement>|
-     -> Result<()> {
-        let assignments = conf
-            .assignments
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice::<fabric::Assignments>(&b).ok());
-        let plan = fabric::compile(snapshot, &fabric_cfg, assignments.as_ref());
-        *announce =
-            fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
-        for p in &plan.problems {
-            tracing::warn!(problem = %p, "service not fully programmed");
-        }
-        let want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
-        let stats = maps.sync(&want)?;
-        // The lab waits for this line to know the published objects are in the maps.
-        let generation = model::snapshot::get(
-            &snapshot.config_maps,
-            lab::cluster::GENERATION_CONFIGMAP.0,
-            lab::cluster::GENERATION_CONFIGMAP.1,
-        )
-        .and_then(|c| c.spec.data.as_ref()?.get("generation").cloned());
-        if let Some(g) = generation {
-            println!("synced {g}");
-            use std::io::Write as _;
-            let _ = std::io::stdout().flush();
-        }
-        eprintln!(
-            "node {}: {} frontends, {} backends; {} entries written, {} removed",
-            conf.node,
-            plan.frontends.len(),
-            want.backends.len(),
-            stats.written,
-            stats.removed
-        );
-        Ok(())
-    };
+    let mut apply =
+        |snapshot: &model::Snapshot, announce: &mut Vec<fabric::l2::Announcement>| -> Result<()> {
+            let assignments = conf
+                .assignments
+                .as_ref()
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|b| serde_json::from_slice::<fabric::Assignments>(&b).ok());
+            let plan = fabric::compile(snapshot, &fabric_cfg, assignments.as_ref());
+            *announce =
+                fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
+            for p in &plan.problems {
+                tracing::warn!(problem = %p, "service not fully programmed");
+            }
+            let want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
+            let stats = maps.sync(&want)?;
+            // The lab waits for this line to know the published objects are in the maps.
+            let generation = model::snapshot::get(
+                &snapshot.config_maps,
+                lab::cluster::GENERATION_CONFIGMAP.0,
+                lab::cluster::GENERATION_CONFIGMAP.1,
+            )
+            .and_then(|c| c.spec.data.as_ref()?.get("generation").cloned());
+            if let Some(g) = generation {
+                println!("synced {g}");
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
+            }
+            eprintln!(
+                "node {}: {} frontends, {} backends; {} entries written, {} removed",
+                conf.node,
+                plan.frontends.len(),
+                want.backends.len(),
+                stats.written,
+                stats.removed
+            );
+            Ok(())
+        };
     apply(&watch.current().snapshot, &mut announce)?;
     println!("ready");
     use std::io::Write as _;
@@ -224,7 +256,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 }
             }
             Ok(store::watch::Update::Rejected { errors, .. }) => {
-                eprintln!("manifests rejected ({} errors); keeping the current maps", errors.len());
+                eprintln!(
+                    "manifests rejected ({} errors); keeping the current maps",
+                    errors.len()
+                );
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -237,7 +272,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_millis())
                     .unwrap_or(0);
-                eprintln!("node {}: announcing {} ({}), took over at {ms} ms", conf.node, t.ip, t.lease);
+                eprintln!(
+                    "node {}: announcing {} ({}), took over at {ms} ms",
+                    conf.node, t.ip, t.lease
+                );
             }
         }
     }

@@ -133,7 +133,11 @@ fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
     let me = std::env::current_exe().context("locating the trellis binary")?;
     let p = me.with_file_name(name);
     if !p.exists() {
-        bail!("{} not found next to {} (build it: cargo build -p cni), or set {env}", name, me.display());
+        bail!(
+            "{} not found next to {} (build it: cargo build -p cni), or set {env}",
+            name,
+            me.display()
+        );
     }
     Ok(p)
 }
@@ -141,7 +145,11 @@ fn sibling_binary(name: &str, env: &str) -> Result<PathBuf> {
 fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabConfig> {
     Ok(lab::LabConfig {
         name: lab.name.clone(),
-        manifests: source.paths.iter().map(|p| std::path::absolute(p).unwrap_or(p.clone())).collect(),
+        manifests: source
+            .paths
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or(p.clone()))
+            .collect(),
         options: source.options()?,
         nodes: up.nodes,
         load_balancer_mode: up.lb_mode.clone(),
@@ -170,27 +178,29 @@ const TCPRR_SECONDS_MAX: f64 = 60.0;
 fn tcprr(role: &TcprrRole) -> Result<ExitCode> {
     use std::io::{Read as _, Write as _};
     match role {
-        TcprrRole::Server { port } => {
-            crate::gateway::runtime()?.block_on(async {
-                use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-                let l = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port)).await?;
-                println!("ready");
-                let _ = std::io::Write::flush(&mut std::io::stdout());
-                loop {
-                    let (mut c, _) = l.accept().await?;
-                    let _ = c.set_nodelay(true);
-                    tokio::spawn(async move {
-                        let mut b = [0u8; 64];
-                        while let Ok(n) = c.read(&mut b).await {
-                            if n == 0 || c.write_all(&b[..n]).await.is_err() {
-                                break;
-                            }
+        TcprrRole::Server { port } => crate::gateway::runtime()?.block_on(async {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let l = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, *port)).await?;
+            println!("ready");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            loop {
+                let (mut c, _) = l.accept().await?;
+                let _ = c.set_nodelay(true);
+                tokio::spawn(async move {
+                    let mut b = [0u8; 64];
+                    while let Ok(n) = c.read(&mut b).await {
+                        if n == 0 || c.write_all(&b[..n]).await.is_err() {
+                            break;
                         }
-                    });
-                }
-            })
-        }
-        TcprrRole::Client { addr, mode, seconds } => {
+                    }
+                });
+            }
+        }),
+        TcprrRole::Client {
+            addr,
+            mode,
+            seconds,
+        } => {
             let crr = match mode.as_str() {
                 "rr" => false,
                 "crr" => true,
@@ -198,7 +208,8 @@ fn tcprr(role: &TcprrRole) -> Result<ExitCode> {
             };
             let dur = std::time::Duration::from_secs_f64(seconds.clamp(0.1, TCPRR_SECONDS_MAX));
             let dial = || -> std::io::Result<std::net::TcpStream> {
-                let s = std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(2))?;
+                let s =
+                    std::net::TcpStream::connect_timeout(addr, std::time::Duration::from_secs(2))?;
                 s.set_nodelay(true)?;
                 Ok(s)
             };
@@ -227,7 +238,11 @@ fn tcprr(role: &TcprrRole) -> Result<ExitCode> {
                 }
             }
             let secs = start.elapsed().as_secs_f64();
-            println!("{:.0} {:.2} {errors}", n as f64 / secs, secs * 1e6 / n.max(1) as f64);
+            println!(
+                "{:.0} {:.2} {errors}",
+                n as f64 / secs,
+                secs * 1e6 / n.max(1) as f64
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -235,18 +250,31 @@ fn tcprr(role: &TcprrRole) -> Result<ExitCode> {
 
 pub fn run(args: &Args) -> Result<ExitCode> {
     match &args.command {
-        LabCommand::Up { source, lab, up: flags } => {
+        LabCommand::Up {
+            source,
+            lab,
+            up: flags,
+        } => {
             let state = up(source, lab, flags)?;
             print!("{}", lab::status_text(&state));
             eprintln!(
                 "\nlab is up. Try: trellis lab exec client -- curl -s http://{}:<nodePort>/\n\
                  stop it with: trellis lab down{}",
-                state.nodes.first().map(|n| n.lan_ip).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                state
+                    .nodes
+                    .first()
+                    .map(|n| n.lan_ip)
+                    .unwrap_or(Ipv4Addr::UNSPECIFIED),
                 name_flag(lab)
             );
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Demo { path, vars, lab, no_wait } => demo(path, vars, lab, *no_wait),
+        LabCommand::Demo {
+            path,
+            vars,
+            lab,
+            no_wait,
+        } => demo(path, vars, lab, *no_wait),
         LabCommand::Supervise { source, lab, up } => {
             require_root()?;
             lab::supervise(&config(source, lab, up)?)?;
@@ -272,9 +300,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             let status = lab::exec_command(&state, target, argv)?
                 .status()
                 .context("running the command")?;
-            Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8))
+            Ok(ExitCode::from(
+                status.code().unwrap_or(1).clamp(0, 255) as u8
+            ))
         }
-        LabCommand::Echo { pod, namespace, node, ports } => echo(pod, namespace, node, ports),
+        LabCommand::Echo {
+            pod,
+            namespace,
+            node,
+            ports,
+        } => echo(pod, namespace, node, ports),
         LabCommand::Tcprr { role } => tcprr(role),
     }
 }
@@ -290,11 +325,21 @@ fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabSt
         cmd.arg("-f").arg(p);
     }
     if let Some(v) = &source.vars {
-        cmd.arg("--vars").arg(std::path::absolute(v).unwrap_or(v.clone()));
+        cmd.arg("--vars")
+            .arg(std::path::absolute(v).unwrap_or(v.clone()));
     }
-    cmd.arg("--state-dir").arg(&lab.state_dir).arg("--name").arg(&lab.name);
-    cmd.arg("--nodes").arg(nodes.to_string()).arg("--lb-mode").arg(&flags.lb_mode);
-    eprintln!("building a {nodes}-node lab (state in {}) ...", lab.state_dir.display());
+    cmd.arg("--state-dir")
+        .arg(&lab.state_dir)
+        .arg("--name")
+        .arg(&lab.name);
+    cmd.arg("--nodes")
+        .arg(nodes.to_string())
+        .arg("--lb-mode")
+        .arg(&flags.lb_mode);
+    eprintln!(
+        "building a {nodes}-node lab (state in {}) ...",
+        lab.state_dir.display()
+    );
     lab::up(&cfg, cmd)
 }
 
@@ -302,9 +347,17 @@ fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabSt
 /// `lbipam.cilium.io/ips` for envoy-internal), until L2 announcements place it.
 const DEMO_GATEWAY_IP: &str = "10.10.30.25";
 
-fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no_wait: bool) -> Result<ExitCode> {
+fn demo(
+    path: &std::path::Path,
+    vars: &std::path::Path,
+    lab_flags: &LabFlags,
+    no_wait: bool,
+) -> Result<ExitCode> {
     if !path.exists() {
-        bail!("{} not found: run the demo from the repository root, or pass -f DIR", path.display());
+        bail!(
+            "{} not found: run the demo from the repository root, or pass -f DIR",
+            path.display()
+        );
     }
     let source = SourceArgs {
         paths: vec![path.to_path_buf()],
@@ -312,7 +365,14 @@ fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no
         strict_vars: false,
         default_namespace: "default".into(),
     };
-    let state = up(&source, lab_flags, &UpFlags { nodes: 3, lb_mode: "dsr".into() })?;
+    let state = up(
+        &source,
+        lab_flags,
+        &UpFlags {
+            nodes: 3,
+            lb_mode: "dsr".into(),
+        },
+    )?;
     // From here on, tear down whatever happens.
     struct Down<'a>(&'a LabFlags);
     impl Drop for Down<'_> {
@@ -324,7 +384,9 @@ fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no
         }
     }
     let _down = Down(lab_flags);
-    println!("\n==> 1. the lab: 3 nodes on a LAN bridge, pods behind trellis-cni and the eBPF datapath\n");
+    println!(
+        "\n==> 1. the lab: 3 nodes on a LAN bridge, pods behind trellis-cni and the eBPF datapath\n"
+    );
     print!("{}", lab::status_text(&state));
     let run = |who: &str, argv: &[&str]| -> String {
         let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
@@ -334,13 +396,21 @@ fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no
         }
     };
     let node_of = |pod: &str| {
-        state.pods.iter().find(|p| p.plan.name == pod).map(|p| p.plan.node.clone()).unwrap_or_default()
+        state
+            .pods
+            .iter()
+            .find(|p| p.plan.name == pod)
+            .map(|p| p.plan.node.clone())
+            .unwrap_or_default()
     };
     let Some(first) = state.pods.first() else {
         bail!("the manifests run no pods");
     };
     let from = format!("{}/{}", first.plan.namespace, first.plan.name);
-    let echo = state.services.iter().find(|s| s.name == "echo" && s.cluster_ip.is_some());
+    let echo = state
+        .services
+        .iter()
+        .find(|s| s.name == "echo" && s.cluster_ip.is_some());
     if let Some(svc) = echo {
         let ip = svc.cluster_ip.map(|i| i.to_string()).unwrap_or_default();
         println!(
@@ -348,24 +418,58 @@ fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no
             first.plan.node
         );
         for _ in 0..6 {
-            let body = run(&from, &["curl", "-s", "--max-time", "3", &format!("http://{ip}/demo")]);
+            let body = run(
+                &from,
+                &[
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "3",
+                    &format!("http://{ip}/demo"),
+                ],
+            );
             let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             let backend = v["backend"].as_str().unwrap_or("(no answer)");
-            println!("   answered by {backend:<16} on {:<7} (it saw the client as {})", node_of(backend), v["source"].as_str().unwrap_or("?"));
+            println!(
+                "   answered by {backend:<16} on {:<7} (it saw the client as {})",
+                node_of(backend),
+                v["source"].as_str().unwrap_or("?")
+            );
         }
     }
     // The internal gateway on node-1, on its LoadBalancer address, routing to the pods.
-    let node1 = state.nodes.first().map(|n| n.netns.clone()).unwrap_or_default();
-    lab::netns::ip_in(&node1, &["addr", "add", &format!("{DEMO_GATEWAY_IP}/32"), "dev", "eth0"])?;
+    let node1 = state
+        .nodes
+        .first()
+        .map(|n| n.netns.clone())
+        .unwrap_or_default();
+    lab::netns::ip_in(
+        &node1,
+        &[
+            "addr",
+            "add",
+            &format!("{DEMO_GATEWAY_IP}/32"),
+            "dev",
+            "eth0",
+        ],
+    )?;
     let cluster_dir = lab_flags.state_dir.join(lab::cluster::CLUSTER_DIR);
     let mut gw = lab::netns::command_in(&node1, &std::env::current_exe()?.to_string_lossy());
-    gw.args(["gateway", "--gateway", "network/envoy-internal", "--bind", DEMO_GATEWAY_IP, "--access-log", "off"])
-        .arg("-f")
-        .arg(&cluster_dir)
-        .arg("-f")
-        .arg(path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    gw.args([
+        "gateway",
+        "--gateway",
+        "network/envoy-internal",
+        "--bind",
+        DEMO_GATEWAY_IP,
+        "--access-log",
+        "off",
+    ])
+    .arg("-f")
+    .arg(&cluster_dir)
+    .arg("-f")
+    .arg(path)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     if let Some(v) = &source.vars {
         gw.arg("--vars").arg(v);
     }
@@ -377,11 +481,22 @@ fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no
     for i in 0..40 {
         let body = run(
             "client",
-            &["curl", "-sk", "--max-time", "2", "--resolve", &format!("{host}:443:{DEMO_GATEWAY_IP}"), &format!("https://{host}/from-the-lan")],
+            &[
+                "curl",
+                "-sk",
+                "--max-time",
+                "2",
+                "--resolve",
+                &format!("{host}:443:{DEMO_GATEWAY_IP}"),
+                &format!("https://{host}/from-the-lan"),
+            ],
         );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         if let Some(backend) = v["backend"].as_str() {
-            println!("   https://{host}/from-the-lan -> gateway -> {backend} on {}", node_of(backend));
+            println!(
+                "   https://{host}/from-the-lan -> gateway -> {backend} on {}",
+                node_of(backend)
+            );
             if i > 2 {
                 break;
             }
@@ -412,7 +527,11 @@ fn demo(path: &std::path::Path, vars: &std::path::Path, lab_flags: &LabFlags, no
 }
 
 fn name_flag(lab: &LabFlags) -> String {
-    if lab.name.is_empty() { String::new() } else { format!(" --name {}", lab.name) }
+    if lab.name.is_empty() {
+        String::new()
+    } else {
+        format!(" --name {}", lab.name)
+    }
 }
 
 fn echo(pod: &str, namespace: &str, node: &str, ports: &str) -> Result<ExitCode> {
@@ -432,7 +551,10 @@ fn echo(pod: &str, namespace: &str, node: &str, ports: &str) -> Result<ExitCode>
                 .with_context(|| format!("cannot listen on {addr}"))?;
             servers.push(e);
         }
-        eprintln!("pod {namespace}/{pod} on {node}: echo on {} port(s)", servers.len());
+        eprintln!(
+            "pod {namespace}/{pod} on {node}: echo on {} port(s)",
+            servers.len()
+        );
         println!("ready");
         use std::io::Write as _;
         let _ = std::io::stdout().flush();

@@ -145,24 +145,35 @@ fn add_with_a_datapath_section() {
             let _ = datapath::unpin(&self.0);
         }
     }
-    let pins = Pins(datapath::pin_dir(&format!("cni-test-{}", std::process::id())));
+    let pins = Pins(datapath::pin_dir(&format!(
+        "cni-test-{}",
+        std::process::id()
+    )));
     datapath::load(&pins.0).expect("datapath loads");
     conf["datapath"] = json!({ "pinDir": pins.0 });
     let r = node.run("ADD", &conf, Some(("c-dp", &pod.path()))).ok();
     pod_ip(&r);
     // Both programs sit on the host end of the veth.
-    let host = r["interfaces"][0]["name"].as_str().expect("host interface").to_string();
+    let host = r["interfaces"][0]["name"]
+        .as_str()
+        .expect("host interface")
+        .to_string();
     for hook in ["ingress", "egress"] {
         let out = node.ns.exec(&["tc", "filter", "show", "dev", &host, hook]);
         let out = String::from_utf8_lossy(&out.stdout);
-        assert!(out.contains("from_pod") || out.contains("to_pod"), "{hook}: {out}");
+        assert!(
+            out.contains("from_pod") || out.contains("to_pod"),
+            "{hook}: {out}"
+        );
     }
     node.run("DEL", &conf, Some(("c-dp", &pod.path()))).ok();
     // A pin directory without programs is an ADD error with trellis's code 102.
     let mut bad = node.conf();
     bad["datapath"] = json!({ "pinDir": "/sys/fs/bpf/trellis/does-not-exist" });
     let pod2 = Netns::new();
-    let code = node.run("ADD", &bad, Some(("c-dp2", &pod2.path()))).err_code();
+    let code = node
+        .run("ADD", &bad, Some(("c-dp2", &pod2.path())))
+        .err_code();
     assert_eq!(code, 102);
 }
 

@@ -25,16 +25,16 @@ fn btf_struct_sizes(btf: &[u8]) -> BTreeMap<String, usize> {
         let vlen = (info & 0xffff) as usize;
         at += 12;
         at += match kind {
-            1 => 4,                 // INT
-            3 => 12,                // ARRAY
-            4 | 5 => 12 * vlen,     // STRUCT, UNION
-            6 => 8 * vlen,          // ENUM
-            13 => 8 * vlen,         // FUNC_PROTO
-            14 => 4,                // VAR
-            15 => 12 * vlen,        // DATASEC
-            17 => 4,                // DECL_TAG
-            19 => 12 * vlen,        // ENUM64
-            _ => 0,                 // PTR, FWD, TYPEDEF, qualifiers, FUNC, FLOAT, TYPE_TAG
+            1 => 4,             // INT
+            3 => 12,            // ARRAY
+            4 | 5 => 12 * vlen, // STRUCT, UNION
+            6 => 8 * vlen,      // ENUM
+            13 => 8 * vlen,     // FUNC_PROTO
+            14 => 4,            // VAR
+            15 => 12 * vlen,    // DATASEC
+            17 => 4,            // DECL_TAG
+            19 => 12 * vlen,    // ENUM64
+            _ => 0,             // PTR, FWD, TYPEDEF, qualifiers, FUNC, FLOAT, TYPE_TAG
         };
         if kind == 4 {
             out.insert(name(name_off), size as usize);
@@ -47,10 +47,19 @@ fn btf_struct_sizes(btf: &[u8]) -> BTreeMap<String, usize> {
 fn abi_mirrors_match_the_btf_of_the_compiled_object() {
     use object::{Object as _, ObjectSection as _};
     let file = object::File::parse(datapath::LB_OBJECT).expect("an ELF object");
-    let btf = file.section_by_name(".BTF").expect(".BTF section").data().expect("BTF data");
+    let btf = file
+        .section_by_name(".BTF")
+        .expect(".BTF section")
+        .data()
+        .expect("BTF data");
     let sizes = btf_struct_sizes(btf);
     for (name, size) in datapath::abi::STRUCT_SIZES {
-        assert_eq!(sizes.get(name), Some(&size), "struct {name}: BTF says {:?}", sizes.get(name));
+        assert_eq!(
+            sizes.get(name),
+            Some(&size),
+            "struct {name}: BTF says {:?}",
+            sizes.get(name)
+        );
     }
 }
 
@@ -58,8 +67,10 @@ fn abi_mirrors_match_the_btf_of_the_compiled_object() {
 fn the_object_holds_the_four_programs() {
     use object::{Object as _, ObjectSymbol as _};
     let file = object::File::parse(datapath::LB_OBJECT).expect("an ELF object");
-    let names: Vec<String> =
-        file.symbols().filter_map(|s| s.name().ok().map(str::to_string)).collect();
+    let names: Vec<String> = file
+        .symbols()
+        .filter_map(|s| s.name().ok().map(str::to_string))
+        .collect();
     for p in ["from_pod", "to_pod", "from_netdev", "to_netdev"] {
         assert!(names.iter().any(|n| n == p), "{p} missing: {names:?}");
     }
@@ -84,7 +95,12 @@ fn the_verifier_accepts_the_programs_and_maps_survive_a_reload() {
     datapath::load(&pins.0).expect("programs load (verifier log above on failure)");
     let mut maps = datapath::Maps::open(&pins.0).expect("maps open");
     let mut want = datapath::Desired::default();
-    let key = datapath::Lb4Key { addr: "10.96.0.10".parse().expect("ip"), port: 53, proto: 17, slot: 0 };
+    let key = datapath::Lb4Key {
+        addr: "10.96.0.10".parse().expect("ip"),
+        port: 53,
+        proto: 17,
+        slot: 0,
+    };
     want.backends.insert(
         1,
         datapath::Lb4Backend {
@@ -95,20 +111,39 @@ fn the_verifier_accepts_the_programs_and_maps_survive_a_reload() {
             node_ip: "10.10.30.11".parse().expect("ip"),
         },
     );
-    want.services.insert(key, datapath::Lb4Service { id: 1, count: 1, flags: 0, affinity_timeout_s: 0 });
+    want.services.insert(
+        key,
+        datapath::Lb4Service {
+            id: 1,
+            count: 1,
+            flags: 0,
+            affinity_timeout_s: 0,
+        },
+    );
     want.services.insert(
         datapath::Lb4Key { slot: 1, ..key },
-        datapath::Lb4Service { id: 1, count: 0, flags: 0, affinity_timeout_s: 0 },
+        datapath::Lb4Service {
+            id: 1,
+            count: 0,
+            flags: 0,
+            affinity_timeout_s: 0,
+        },
     );
     let first = maps.sync(&want).expect("sync");
     assert_eq!(first.written, 3);
-    assert_eq!(maps.sync(&want).expect("sync").written, 0, "an equal sync writes nothing");
+    assert_eq!(
+        maps.sync(&want).expect("sync").written,
+        0,
+        "an equal sync writes nothing"
+    );
     // A second load (an agent restart) keeps the pinned maps and their contents.
     datapath::load(&pins.0).expect("reload");
     let maps = datapath::Maps::open(&pins.0).expect("maps reopen");
     assert_eq!(maps.services().expect("services").len(), 2);
     let mut empty = datapath::Maps::open(&pins.0).expect("maps");
-    let gone = empty.sync(&datapath::Desired::default()).expect("sync to empty");
+    let gone = empty
+        .sync(&datapath::Desired::default())
+        .expect("sync to empty");
     assert_eq!(gone.removed, 3);
 }
 

@@ -107,18 +107,31 @@ fn holder(lab: &Lab, nodes: usize) -> Option<String> {
 
 fn mac_of(lab: &Lab, node: &str) -> String {
     let (_, link) = lab.exec(node, &["ip", "-o", "link", "show", "dev", "eth0"]);
-    link.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or("").to_string()
+    link.split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// Waits (bounded) for another node than `old` to hold the VIP and for the client to reach it;
 /// returns the new holder and the time it took since `since`.
 fn wait_failover(lab: &Lab, old: &str, since: Instant) -> (String, Duration) {
     loop {
-        assert!(since.elapsed() < Duration::from_secs(30), "no failover from {old}");
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "no failover from {old}"
+        );
         // A short timeout per probe: one probe still sent to the old holder must not hide
         // the moment the new one answers.
         if let Some(h) = holder(lab, 3).filter(|h| h != old)
-            && lab.exec("client", &["curl", "-sf", "-m", "0.3", &format!("http://{VIP}/after")]).0 == 0
+            && lab
+                .exec(
+                    "client",
+                    &["curl", "-sf", "-m", "0.3", &format!("http://{VIP}/after")],
+                )
+                .0
+                == 0
         {
             return (h, since.elapsed());
         }
@@ -130,8 +143,17 @@ fn wait_failover(lab: &Lab, old: &str, since: Instant) -> (String, Duration) {
 fn capture_arp(lab: &Lab) -> std::process::Child {
     let mut c = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.netns("lan")))
-        .args(["tshark", "-l", "-n", "-i", "br0", "-f", "arp", "-T", "fields"])
-        .args(["-e", "arp.src.hw_mac", "-e", "arp.src.proto_ipv4", "-e", "arp.dst.proto_ipv4"])
+        .args([
+            "tshark", "-l", "-n", "-i", "br0", "-f", "arp", "-T", "fields",
+        ])
+        .args([
+            "-e",
+            "arp.src.hw_mac",
+            "-e",
+            "arp.src.proto_ipv4",
+            "-e",
+            "arp.dst.proto_ipv4",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -185,21 +207,37 @@ fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
     let macs = arp_macs(&lab);
     assert_eq!(macs.len(), 1, "{macs:?}");
     assert!(macs.contains(&mac_of(&lab, &first)), "{macs:?} vs {first}");
-    lab.curl("client", &format!("http://{VIP}/")).expect("the LB address answers");
+    lab.curl("client", &format!("http://{VIP}/"))
+        .expect("the LB address answers");
 
     // DSR: node-1 announces 10.10.30.26 but its only backend runs on node-3. Requests enter
     // node-1 and are tunnelled to node-3; the replies leave node-3 with the service address, so
     // a capture on node-1 sees none of them while the client gets every answer.
     let dsr_vip = "10.10.30.26";
     let start = Instant::now();
-    while !lab.exec("node-1", &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).1.contains(dsr_vip) {
-        assert!(start.elapsed() < Duration::from_secs(10), "node-1 never announced {dsr_vip}");
+    while !lab
+        .exec("node-1", &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .1
+        .contains(dsr_vip)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "node-1 never announced {dsr_vip}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let replies_on = |node: &str| {
         Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", lab.netns(node)))
-            .args(["tshark", "-l", "-n", "-i", "eth0", "-f", &format!("tcp and src host {dsr_vip}")])
+            .args([
+                "tshark",
+                "-l",
+                "-n",
+                "-i",
+                "eth0",
+                "-f",
+                &format!("tcp and src host {dsr_vip}"),
+            ])
             .args(["-T", "fields", "-e", "ip.src"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -216,7 +254,9 @@ fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
     wait_capturing(&mut on_receiver);
     wait_capturing(&mut on_backend);
     for _ in 0..5 {
-        let v = lab.curl("client", &format!("http://{dsr_vip}/dsr")).expect("DSR answer");
+        let v = lab
+            .curl("client", &format!("http://{dsr_vip}/dsr"))
+            .expect("DSR answer");
         assert_eq!(v["backend"], "solo");
     }
     let count = |c: std::process::Child| {
@@ -225,28 +265,48 @@ fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
             nix::sys::signal::Signal::SIGINT,
         );
         let out = c.wait_with_output().expect("tshark output");
-        String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).count()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
     };
     let (receiver, backend) = (count(on_receiver), count(on_backend));
     assert_eq!(receiver, 0, "the receiving node sent replies: not DSR");
-    assert!(backend >= 5, "the backend's node sent {backend} replies from {dsr_vip}");
+    assert!(
+        backend >= 5,
+        "the backend's node sent {backend} replies from {dsr_vip}"
+    );
 
     // 1. Kill the holder's agent.
     let capture = capture_arp(&lab);
     let s = lab.state();
-    let idx: usize = first.trim_start_matches("node-").parse().expect("node index");
-    let pid = s["nodes"][idx - 1]["agent_pid"].as_u64().expect("agent pid") as i32;
+    let idx: usize = first
+        .trim_start_matches("node-")
+        .parse()
+        .expect("node index");
+    let pid = s["nodes"][idx - 1]["agent_pid"]
+        .as_u64()
+        .expect("agent pid") as i32;
     let t0 = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill the agent");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the agent");
     let (second, took) = wait_failover(&lab, &first, t0);
     eprintln!("failover after killing the agent of {first}: {second} holds {VIP} after {took:?}");
     let garps = gratuitous_from(capture);
-    assert!(garps.contains(&mac_of(&lab, &second)), "no gratuitous ARP from {second}: {garps:?}");
+    assert!(
+        garps.contains(&mac_of(&lab, &second)),
+        "no gratuitous ARP from {second}: {garps:?}"
+    );
     // Once the old address's lifetime ran out, one MAC again.
     let start = Instant::now();
     while arp_macs(&lab).len() != 1 {
-        assert!(start.elapsed() < Duration::from_secs(10), "two nodes keep answering");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "two nodes keep answering"
+        );
     }
 
     // 2. Take the new holder's LAN link down.

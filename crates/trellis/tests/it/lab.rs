@@ -28,7 +28,10 @@ pub(crate) struct Lab {
 
 impl Lab {
     pub(crate) fn up(manifests: &Path, name: &str, state_dir: &Path) -> Lab {
-        let lab = Lab { name: name.to_string(), state_dir: state_dir.to_path_buf() };
+        let lab = Lab {
+            name: name.to_string(),
+            state_dir: state_dir.to_path_buf(),
+        };
         let out = Command::new(trellis_bin())
             .args(["lab", "up", "--nodes", "3", "--name", name, "--state-dir"])
             .arg(state_dir)
@@ -47,20 +50,38 @@ impl Lab {
 
     fn cmd(&self, sub: &str) -> Command {
         let mut c = Command::new(trellis_bin());
-        c.args(["lab", sub, "--name", &self.name, "--state-dir"]).arg(&self.state_dir);
+        c.args(["lab", sub, "--name", &self.name, "--state-dir"])
+            .arg(&self.state_dir);
         c
     }
 
     pub(crate) fn state(&self) -> serde_json::Value {
-        let out = self.cmd("status").arg("--json").output().expect("lab status runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .cmd("status")
+            .arg("--json")
+            .output()
+            .expect("lab status runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).expect("status --json is JSON")
     }
 
     /// Runs a command in a lab namespace; (exit code, stdout).
     pub(crate) fn exec(&self, who: &str, argv: &[&str]) -> (i32, String) {
-        let out = self.cmd("exec").arg(who).arg("--").args(argv).output().expect("lab exec runs");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = self
+            .cmd("exec")
+            .arg(who)
+            .arg("--")
+            .args(argv)
+            .output()
+            .expect("lab exec runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// curl from a lab namespace; the echo's JSON answer, or the curl exit code.
@@ -102,8 +123,10 @@ fn connect_in(netns: &str, addr: SocketAddr) -> TcpStream {
 
 /// One keep-alive HTTP/1.1 request on an open connection; the echo's `backend` (pod name).
 fn request(conn: &mut TcpStream) -> String {
-    conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-    conn.write_all(b"GET /hold HTTP/1.1\r\nHost: lab\r\n\r\n").expect("write");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    conn.write_all(b"GET /hold HTTP/1.1\r\nHost: lab\r\n\r\n")
+        .expect("write");
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut len = 0usize;
     loop {
@@ -129,11 +152,16 @@ fn wait_pods(lab: &Lab, n: usize) {
     let start = Instant::now();
     loop {
         let s = lab.state();
-        let ready = s["pods"].as_array().map(|p| p.iter().filter(|p| p["ready"] == true).count());
+        let ready = s["pods"]
+            .as_array()
+            .map(|p| p.iter().filter(|p| p["ready"] == true).count());
         if ready == Some(n) && s["pods"].as_array().map(Vec::len) == Some(n) {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "never reached {n} pods: {s}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never reached {n} pods: {s}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -239,31 +267,64 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
             .cloned()
             .unwrap_or_else(|| panic!("service {n} in status: {s}"))
     };
-    let cluster_ip = service("echo")["cluster_ip"].as_str().expect("cluster ip").to_string();
-    assert!(cluster_ip.starts_with("10.9") || cluster_ip.starts_with("10.10"), "{cluster_ip}");
+    let cluster_ip = service("echo")["cluster_ip"]
+        .as_str()
+        .expect("cluster ip")
+        .to_string();
+    assert!(
+        cluster_ip.starts_with("10.9") || cluster_ip.starts_with("10.10"),
+        "{cluster_ip}"
+    );
 
     // Pod to pod: across nodes and on the same node (a pod to itself through its node).
     let (a, b) = (&pods[0], &pods[1]);
-    let v = lab.curl(&format!("default/{}", a.0), &format!("http://{}:8080/x", b.2)).expect("pod to pod");
+    let v = lab
+        .curl(
+            &format!("default/{}", a.0),
+            &format!("http://{}:8080/x", b.2),
+        )
+        .expect("pod to pod");
     assert_eq!(v["backend"], b.0.as_str());
-    assert_eq!(v["source"].as_str().map(|s| s.starts_with(&format!("{}:", a.2))), Some(true), "{v}");
+    assert_eq!(
+        v["source"]
+            .as_str()
+            .map(|s| s.starts_with(&format!("{}:", a.2))),
+        Some(true),
+        "{v}"
+    );
     // Node to pod.
-    let v = lab.curl(&a.1, &format!("http://{}:8080/", b.2)).expect("node to pod");
+    let v = lab
+        .curl(&a.1, &format!("http://{}:8080/", b.2))
+        .expect("node to pod");
     assert_eq!(v["backend"], b.0.as_str());
 
     // Pod to ClusterIP reaches backends on every node.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
-        let v = lab.curl(&format!("default/{}", a.0), &format!("http://{cluster_ip}/")).expect("clusterip");
+        let v = lab
+            .curl(
+                &format!("default/{}", a.0),
+                &format!("http://{cluster_ip}/"),
+            )
+            .expect("clusterip");
         seen.insert(v["backend"].as_str().expect("backend").to_string());
     }
-    assert_eq!(seen.len(), 3, "every backend answers through the ClusterIP: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        3,
+        "every backend answers through the ClusterIP: {seen:?}"
+    );
 
     // sessionAffinity: ClientIP keeps one client on one backend across connections.
-    let sticky = service("sticky")["cluster_ip"].as_str().expect("sticky ip").to_string();
+    let sticky = service("sticky")["cluster_ip"]
+        .as_str()
+        .expect("sticky ip")
+        .to_string();
     let mut stuck = std::collections::BTreeSet::new();
     for _ in 0..10 {
-        let v = lab.curl(&format!("default/{}", a.0), &format!("http://{sticky}/")).expect("sticky");
+        let v = lab
+            .curl(&format!("default/{}", a.0), &format!("http://{sticky}/"))
+            .expect("sticky");
         stuck.insert(v["backend"].as_str().expect("backend").to_string());
     }
     assert_eq!(stuck.len(), 1, "affinity: {stuck:?}");
@@ -271,22 +332,37 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
     // The LAN client to the NodePort on every node.
     for n in s["nodes"].as_array().expect("nodes") {
         let ip = n["lan_ip"].as_str().expect("lan ip");
-        let v = lab.curl("client", &format!("http://{ip}:30080/np")).expect("nodeport");
+        let v = lab
+            .curl("client", &format!("http://{ip}:30080/np"))
+            .expect("nodeport");
         assert_eq!(v["path"], "/np");
     }
 
     // A LoadBalancer address (routed to node-1 until L2 announcements exist): from the client
     // and from a pod.
-    let (code, _) = lab.exec("client", &["ip", "route", "add", "10.10.30.50/32", "via", "10.10.30.11"]);
+    let (code, _) = lab.exec(
+        "client",
+        &["ip", "route", "add", "10.10.30.50/32", "via", "10.10.30.11"],
+    );
     assert_eq!(code, 0);
-    lab.curl("client", "http://10.10.30.50/lb").expect("LB from client");
-    lab.curl(&format!("default/{}", a.0), "http://10.10.30.50/lb").expect("LB from pod");
+    lab.curl("client", "http://10.10.30.50/lb")
+        .expect("LB from client");
+    lab.curl(&format!("default/{}", a.0), "http://10.10.30.50/lb")
+        .expect("LB from pod");
 
     // Masquerade: a pod reaching a LAN host outside the native routing CIDR is seen there with
     // its node's address (bpf.masquerade).
     let mut lan_host = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.netns("client")))
-        .args([trellis_bin(), "lab", "echo", "--pod", "lan-host", "--ports", "9090"])
+        .args([
+            trellis_bin(),
+            "lab",
+            "echo",
+            "--pod",
+            "lan-host",
+            "--ports",
+            "9090",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("LAN host echo starts");
@@ -296,13 +372,19 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         .any(|l| l.trim() == "ready");
     assert!(up, "LAN host echo did not start");
     let node_ip = |node: &str| -> String {
-        s["nodes"].as_array().expect("nodes").iter().find(|n| n["name"] == node).expect("node")
-            ["lan_ip"]
+        s["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == node)
+            .expect("node")["lan_ip"]
             .as_str()
             .expect("ip")
             .to_string()
     };
-    let v = lab.curl(&format!("default/{}", a.0), "http://10.10.30.100:9090/masq").expect("pod to LAN");
+    let v = lab
+        .curl(&format!("default/{}", a.0), "http://10.10.30.100:9090/masq")
+        .expect("pod to LAN");
     let _ = lan_host.kill();
     let _ = lan_host.wait();
     assert_eq!(
@@ -313,13 +395,21 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
 
     // A Service without endpoints is refused, not black-holed: curl fails to connect (7),
     // it does not time out (28).
-    let nobody = service("nobody")["cluster_ip"].as_str().expect("nobody ip").to_string();
-    let err = lab.curl(&format!("default/{}", a.0), &format!("http://{nobody}/")).expect_err("refused");
+    let nobody = service("nobody")["cluster_ip"]
+        .as_str()
+        .expect("nobody ip")
+        .to_string();
+    let err = lab
+        .curl(&format!("default/{}", a.0), &format!("http://{nobody}/"))
+        .expect_err("refused");
     assert_eq!(err, 7, "connection refused/unreachable, not a timeout");
 
     // A long-lived connection through the NodePort keeps its backend while the Deployment
     // scales up and down (the original pods survive the scale-down).
-    let mut conn = connect_in(&lab.netns("client"), "10.10.30.11:30080".parse().expect("addr"));
+    let mut conn = connect_in(
+        &lab.netns("client"),
+        "10.10.30.11:30080".parse().expect("addr"),
+    );
     let first = request(&mut conn);
     write_manifests(&manifests, 5);
     wait_pods(&lab, 5);
@@ -331,11 +421,21 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
     // Restart node-1's agent: pinned maps keep the connection on its backend.
     let s = lab.state();
     let pid = s["nodes"][0]["agent_pid"].as_u64().expect("agent pid") as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
-        .expect("kill agent");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill agent");
     let config = state_dir.join("agent-node-1.json");
     let mut agent = Command::new("ip")
-        .args(["netns", "exec", &lab.netns("node-1"), trellis_bin(), "agent", "--config"])
+        .args([
+            "netns",
+            "exec",
+            &lab.netns("node-1"),
+            trellis_bin(),
+            "agent",
+            "--config",
+        ])
         .arg(&config)
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -345,7 +445,11 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         .map_while(Result::ok)
         .any(|l| l.trim() == "ready");
     assert!(ready, "the restarted agent never said ready");
-    assert_eq!(request(&mut conn), first, "agent restart moved the connection");
+    assert_eq!(
+        request(&mut conn),
+        first,
+        "agent restart moved the connection"
+    );
     let _ = agent.kill();
     let _ = agent.wait();
 
