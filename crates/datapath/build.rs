@@ -29,7 +29,9 @@ fn main() {
             )
         });
     let arch_include = format!("/usr/include/{}-linux-gnu", std::env::consts::ARCH);
-    for prog in ["lb"] {
+    // One program file today; more (policy, flows) join this list.
+    const PROGRAMS: &[&str] = &["lb"];
+    for prog in PROGRAMS {
         let src = format!("bpf/{prog}.c");
         let obj = out.join(format!("{prog}.o"));
         let output = Command::new(clang)

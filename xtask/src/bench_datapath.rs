@@ -330,8 +330,8 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         drop(server);
         drop(lab);
     }
-    let mut md = format!(
-        "| services | variant | RR tps (median) | vs direct | CRR tps (median) | vs direct |\n|---:|---|---:|---:|---:|---:|\n"
+    let mut md = String::from(
+        "| services | variant | RR tps (median) | vs direct | CRR tps (median) | vs direct |\n|---:|---|---:|---:|---:|---:|\n",
     );
     let med = |v: &Vec<f64>| {
         let mut v = v.clone();
