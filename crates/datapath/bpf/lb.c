@@ -93,6 +93,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* Only the ring buffer carries flow_event values, and a ring buffer has no value type: this
+ * variable puts the struct into the object's BTF so its layout can be checked from Rust. It is
+ * in a section of its own, not .bss, so no data map is made for it. */
+struct flow_event trellis_abi_flow_event SEC(".trellis.abi");
+
 struct tuple {
 	__u32 saddr;
 	__u32 daddr;
@@ -115,6 +126,32 @@ static __always_inline void count(__u32 which)
 	__u64 *v = bpf_map_lookup_elem(&stats, &which);
 	if (v)
 		*v += 1;
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
+				 __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count(STAT_EVENTS_LOST);
+		return;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->saddr = t->saddr;
+	e->daddr = t->daddr;
+	e->sport = t->sport;
+	e->dport = t->dport;
+	e->proto = t->proto;
+	e->kind = kind;
+	e->tcp_flags = t->tcp_flags;
+	e->point = point;
+	e->reason = reason;
+	e->ifindex = skb->ifindex;
+	e->nat_daddr = nat_daddr;
+	e->nat_dport = nat_dport;
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
 }
 
 static __always_inline struct node_config *config(void)
@@ -219,6 +256,20 @@ static __always_inline int nat_apply_tunnel(struct __sk_buff *skb, const struct 
 	e = bpf_map_lookup_elem(&nat4, &k);
 	if (!e || (e->flags & skip))
 		return 0;
+	/* A SYN-ACK answers a new connection: it belongs to this entry only if that connection's
+	 * SYN went through the forward entry just now. Otherwise the entry is left over from an
+	 * earlier connection on the same ports (closed, its client port reused by a connection
+	 * that is not translated at all) and is dropped, not applied. */
+	if (dir == NAT_DIR_REPLY && t->proto == IPPROTO_TCP &&
+	    (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
+		struct nat4_key fk = { .saddr = e->daddr, .daddr = e->saddr, .sport = e->dport,
+				       .dport = e->sport, .proto = t->proto, .dir = NAT_DIR_FWD };
+		struct nat4_entry *f = bpf_map_lookup_elem(&nat4, &fk);
+		if (!f || bpf_ktime_get_ns() - f->last_seen_ns > SYN_ACK_WINDOW_NS) {
+			bpf_map_delete_elem(&nat4, &k);
+			return 0;
+		}
+	}
 	/* A new connection reusing a tuple keeps its old backend only if it still exists. */
 	if (dir == NAT_DIR_FWD && e->backend_id && is_syn(t) &&
 	    !bpf_map_lookup_elem(&lb4_backends, &e->backend_id))
@@ -486,12 +537,16 @@ int from_pod(struct __sk_buff *skb)
 	b = select_backend(&t, &key, svc, 0, &backend_id);
 	if (!b) {
 		count(STAT_NO_BACKEND);
+		emit(skb, &t, EVENT_DROP, POINT_FROM_POD, DROP_NO_SERVICE, 0, 0);
 		return TC_ACT_OK;
 	}
 	count(STAT_SERVICE_NEW);
 	if (nat_new(skb, &t, b, backend_id, b->addr == t.saddr ? bpf_htonl(HAIRPIN_IP4) : 0,
-		    b->addr == t.saddr ? NAT_F_SNAT : 0) < 0)
+		    b->addr == t.saddr ? NAT_F_SNAT : 0) < 0) {
+		emit(skb, &t, EVENT_DROP, POINT_FROM_POD, DROP_NAT_FAILED, 0, 0);
 		return TC_ACT_SHOT;
+	}
+	emit(skb, &t, EVENT_TRACE, POINT_FROM_POD, 0, b->addr, b->port);
 	return TC_ACT_OK;
 }
 
@@ -560,18 +615,25 @@ int from_netdev(struct __sk_buff *skb)
 	b = select_backend(&t, &key, svc, 1, &backend_id);
 	if (!b) {
 		count(STAT_NO_BACKEND);
+		emit(skb, &t, EVENT_DROP, POINT_FROM_NETDEV, DROP_NO_SERVICE, 0, 0);
 		return TC_ACT_OK;
 	}
 	count(STAT_SERVICE_NEW);
+	if (!decapped)
+		emit(skb, &t, EVENT_TRACE, POINT_FROM_NETDEV, 0, b->addr, b->port);
 	if (b->flags & BACKEND_F_LOCAL) {
-		if (nat_new(skb, &t, b, backend_id, 0, 0) < 0)
+		if (nat_new(skb, &t, b, backend_id, 0, 0) < 0) {
+			emit(skb, &t, EVENT_DROP, POINT_FROM_NETDEV, DROP_NAT_FAILED, 0, 0);
 			return TC_ACT_SHOT;
+		}
 		return TC_ACT_OK;
 	}
 	/* Unwrapped here but the backend is elsewhere (tables differ for a moment): never bounce
 	 * a DSR packet on. */
-	if (decapped || !cfg->node_ip)
+	if (decapped || !cfg->node_ip) {
+		emit(skb, &t, EVENT_DROP, POINT_FROM_NETDEV, DROP_DSR_LOOP, 0, 0);
 		return TC_ACT_SHOT;
+	}
 	if ((cfg->flags & NODE_F_DSR) && b->node_ip &&
 	    (t.proto == IPPROTO_TCP || !(cfg->flags & NODE_F_DSR_TCP_ONLY))) {
 		/* Remember the backend's node for the connection's later packets; the packet
@@ -629,8 +691,11 @@ int to_netdev(struct __sk_buff *skb)
 	{
 		struct lb4_backend remote = { .addr = t.daddr, .port = t.dport, .proto = t.proto };
 		count(STAT_MASQ_NEW);
-		if (nat_new(skb, &t, &remote, 0, cfg->node_ip, NAT_F_SNAT | NAT_F_MASQ) < 0)
+		if (nat_new(skb, &t, &remote, 0, cfg->node_ip, NAT_F_SNAT | NAT_F_MASQ) < 0) {
+			emit(skb, &t, EVENT_DROP, POINT_TO_NETDEV, DROP_NAT_FAILED, 0, 0);
 			return TC_ACT_SHOT;
+		}
+		emit(skb, &t, EVENT_TRACE, POINT_TO_NETDEV, 0, 0, 0);
 	}
 	return TC_ACT_OK;
 }

@@ -19,6 +19,9 @@
 #define AFFINITY4_MAX 65536
 #define INBOUND4_MAX 65536       /* connections opened towards local pods from outside */
 #define NAT_PORT_TRIES 8         /* SNAT source-port probes before giving up */
+/* A SYN-ACK applies a reply entry only if the connection's SYN used the forward entry within
+ * this window (SYN retransmissions included). */
+#define SYN_ACK_WINDOW_NS (10ull * 1000000000ull)
 
 /* A pod reaching itself through a service is SNATed to this address (Cilium uses the same
  * link-local one), so its reply leaves the pod and can be reverse-translated. */
@@ -131,6 +134,36 @@ struct node_config {
 #define NODE_F_DSR 0x02         /* loadBalancer.mode dsr: external traffic to remote backends */
 #define NODE_F_DSR_TCP_ONLY 0x04 /* hybrid: DSR for TCP, SNAT for UDP */
 
+/* Flow events for observe: new service connections, masquerade decisions and drops, one
+ * record each in a ring buffer the agent reads. */
+#define EVENTS_RING_BYTES (256 * 1024)
+#define EVENT_DROP 1           /* Cilium monitor type: drop */
+#define EVENT_TRACE 4          /* Cilium monitor type: trace */
+#define POINT_FROM_POD 1       /* where: the hook that saw the packet */
+#define POINT_TO_POD 2
+#define POINT_FROM_NETDEV 3
+#define POINT_TO_NETDEV 4
+#define DROP_NAT_FAILED 132    /* Hubble's reason numbers where one fits: 132 = CT_NO_MAP_FOUND-ish */
+#define DROP_NO_SERVICE 158    /* SERVICE_BACKEND_NOT_FOUND */
+#define DROP_DSR_LOOP 181      /* unwrapped DSR packet whose backend is not local */
+
+struct flow_event {
+	__u64 time_ns;     /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 kind;         /* EVENT_* */
+	__u8 tcp_flags;
+	__u8 point;        /* POINT_* */
+	__u32 reason;      /* drop reason, 0 for traces */
+	__u32 ifindex;
+	__u32 nat_daddr;   /* the backend a new service connection went to (0: none) */
+	__u16 nat_dport;
+	__u16 pad;
+};
+
 /* Counters, index by enum stat; per-CPU array. */
 enum stat {
 	STAT_PACKETS = 0,
@@ -139,6 +172,7 @@ enum stat {
 	STAT_NO_BACKEND,        /* frontend found but no backend slot / backend entry */
 	STAT_NAT_FULL,          /* no free SNAT port or NAT map update failed */
 	STAT_MASQ_NEW,
+	STAT_EVENTS_LOST,       /* the ring buffer was full: the event is counted, not sent */
 	STAT_MAX,
 };
 

@@ -24,14 +24,24 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// The counters of the `stats` per-CPU array, in index order.
-pub const STAT_NAMES: [&str; 6] = [
+pub const STAT_NAMES: [&str; 7] = [
     "packets",
     "service_new",
     "nat_hit",
     "no_backend",
     "nat_full",
     "masq_new",
+    "events_lost",
 ];
+
+/// `flow_event.kind`: Cilium's monitor message types.
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_TRACE: u8 = 4;
+/// `flow_event.point`: the hook that saw the packet.
+pub const POINT_FROM_POD: u8 = 1;
+pub const POINT_TO_POD: u8 = 2;
+pub const POINT_FROM_NETDEV: u8 = 3;
+pub const POINT_TO_NETDEV: u8 = 4;
 
 fn ip_bytes(ip: Ipv4Addr) -> [u8; 4] {
     ip.octets()
@@ -196,7 +206,8 @@ impl NodeConfig {
 }
 
 /// Sizes of the structs the programs share with us, by C name (checked against BTF).
-pub const STRUCT_SIZES: [(&str, usize); 9] = [
+pub const STRUCT_SIZES: [(&str, usize); 10] = [
+    ("flow_event", 40),
     ("lb4_key", Lb4Key::SIZE),
     ("lb4_service", Lb4Service::SIZE),
     ("lb4_backend", Lb4Backend::SIZE),

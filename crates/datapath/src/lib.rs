@@ -253,6 +253,7 @@ fn open(pin_dir: &Path, name: &'static str) -> Result<Map, Error> {
             MapType::LruHash => Map::LruHashMap(data),
             MapType::Array => Map::Array(data),
             MapType::PerCpuArray => Map::PerCpuArray(data),
+            MapType::RingBuf => Map::RingBuf(data),
             _ => Map::Unsupported(data),
         },
     )
@@ -436,5 +437,88 @@ fn remove<K: aya::Pod, V: aya::Pod>(
         // Gone already (an LRU eviction or a concurrent writer): the goal is reached.
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(source) => Err(Error::Map { name, source }),
+    }
+}
+
+/// One record of the `events` ring buffer (`struct flow_event`): a new service connection, a
+/// masquerade decision, or a drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEvent {
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub time_ns: u64,
+    pub saddr: std::net::Ipv4Addr,
+    pub daddr: std::net::Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    /// `EVENT_DROP` (1) or `EVENT_TRACE` (4), Cilium's monitor types.
+    pub kind: u8,
+    pub tcp_flags: u8,
+    /// `abi::POINT_*`: the hook that saw the packet.
+    pub point: u8,
+    pub reason: u32,
+    pub ifindex: u32,
+    /// Where a new service connection went (backend address and port).
+    pub translated: Option<(std::net::Ipv4Addr, u16)>,
+}
+
+impl FlowEvent {
+    pub const SIZE: usize = 40;
+
+    /// Decodes one record; `None` when it is too short (never from our programs).
+    pub fn from_bytes(b: &[u8]) -> Option<FlowEvent> {
+        if b.len() < Self::SIZE {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let ip_at = |o: usize| std::net::Ipv4Addr::new(b[o], b[o + 1], b[o + 2], b[o + 3]);
+        let nat = ip_at(32);
+        Some(FlowEvent {
+            time_ns: u64::from_ne_bytes(b[0..8].try_into().ok()?),
+            saddr: ip_at(8),
+            daddr: ip_at(12),
+            sport: u16::from_be_bytes([b[16], b[17]]),
+            dport: u16::from_be_bytes([b[18], b[19]]),
+            proto: b[20],
+            kind: b[21],
+            tcp_flags: b[22],
+            point: b[23],
+            reason: u32_at(24),
+            ifindex: u32_at(28),
+            translated: (!nat.is_unspecified()).then(|| (nat, u16::from_be_bytes([b[36], b[37]]))),
+        })
+    }
+}
+
+/// The reader of a node's `events` ring buffer.
+pub struct Events {
+    ring: aya::maps::RingBuf<MapData>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Events")
+    }
+}
+
+impl Events {
+    pub fn open(pin_dir: &Path) -> Result<Events, Error> {
+        Ok(Events {
+            ring: typed!(pin_dir, "events"),
+        })
+    }
+
+    /// The next record, if one is queued (never waits).
+    pub fn next_event(&mut self) -> Option<FlowEvent> {
+        let item = self.ring.next()?;
+        FlowEvent::from_bytes(&item)
+    }
+
+    /// Waits until records are queued or `timeout` passes.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        use std::os::fd::AsFd as _;
+        let fd = nix::poll::PollFd::new(self.ring.as_fd(), nix::poll::PollFlags::POLLIN);
+        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        let _ = nix::poll::poll(&mut [fd], nix::poll::PollTimeout::from(ms));
     }
 }

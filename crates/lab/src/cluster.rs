@@ -38,6 +38,8 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 10, 30, 100);
 pub const LAN_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 10, 30, 1);
 pub const CLUSTER_CIDR: &str = "10.69.0.0/16";
 pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+/// Each agent serves Hubble's Observer API on its node's LAN address at this port (Hubble's).
+pub const OBSERVE_PORT: u16 = 4244;
 /// The nodes' LAN MTU: room for DSR's outer header on top of the client's 1500.
 pub const NODE_LAN_MTU: u32 = 1600;
 /// More nodes than this is not a lab any more.
@@ -324,6 +326,9 @@ pub struct AgentConfig {
     /// This node's labels (policies' nodeSelector).
     #[serde(default)]
     pub node_labels: BTreeMap<String, String>,
+    /// Where the agent serves Hubble's Observer API with the datapath's flows.
+    #[serde(default)]
+    pub observe_listen: Option<std::net::SocketAddr>,
     /// Cilium's `loadBalancer.mode`: `snat`, `dsr` or `hybrid` (DSR for TCP, SNAT for UDP).
     #[serde(default = "default_lb_mode")]
     pub load_balancer_mode: String,
@@ -357,6 +362,7 @@ fn start_agent(
             ("kubernetes.io/os".to_string(), "linux".to_string()),
         ]),
         load_balancer_mode: cfg.load_balancer_mode.clone(),
+        observe_listen: Some(std::net::SocketAddr::from((node.lan_ip, OBSERVE_PORT))),
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;

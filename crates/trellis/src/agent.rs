@@ -26,6 +26,133 @@ pub struct Args {
     /// The agent's configuration (JSON; the lab writes one per node).
     #[arg(long)]
     pub config: PathBuf,
+    /// Serve Hubble's Observer API with the datapath's flows (new service connections,
+    /// masquerade decisions, drops) here; overrides the configuration's `observe_listen`.
+    #[arg(long)]
+    pub observe_listen: Option<std::net::SocketAddr>,
+}
+
+/// Turns a datapath record into the event observe makes a flow of.
+fn packet_event(ev: &datapath::FlowEvent, boot: &Clock) -> observe::packet::PacketEvent {
+    use datapath::abi::{EVENT_DROP, POINT_FROM_NETDEV, POINT_FROM_POD, POINT_TO_POD};
+    use observe::packet::{EventKind, L4};
+    use observe::proto::flow::{TraceObservationPoint as Point, Verdict};
+    let drop = ev.kind == EVENT_DROP;
+    let l4 = match ev.proto {
+        6 => L4::Tcp {
+            source_port: ev.sport,
+            destination_port: ev.dport,
+            flags: ev.tcp_flags,
+        },
+        17 => L4::Udp {
+            source_port: ev.sport,
+            destination_port: ev.dport,
+        },
+        other => L4::Other(other),
+    };
+    observe::packet::PacketEvent {
+        time: boot.system_time(ev.time_ns),
+        kind: if drop {
+            EventKind::Drop
+        } else {
+            EventKind::Trace
+        },
+        source: std::net::IpAddr::V4(ev.saddr),
+        destination: std::net::IpAddr::V4(ev.daddr),
+        l4,
+        verdict: if drop {
+            Verdict::Dropped
+        } else if ev.translated.is_some() {
+            Verdict::Translated
+        } else {
+            Verdict::Forwarded
+        },
+        drop_reason: ev.reason,
+        observation_point: match ev.point {
+            POINT_FROM_POD => Point::FromEndpoint,
+            POINT_TO_POD => Point::ToEndpoint,
+            POINT_FROM_NETDEV => Point::FromNetwork,
+            _ => Point::ToNetwork,
+        },
+        is_reply: Some(false),
+        ifindex: ev.ifindex,
+        ifname: String::new(),
+    }
+}
+
+/// Converts CLOCK_MONOTONIC nanoseconds (the kernel's event times) to wall-clock time.
+struct Clock {
+    wall: std::time::SystemTime,
+    mono_ns: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+            .unwrap_or(0);
+        Clock {
+            wall: std::time::SystemTime::now(),
+            mono_ns: mono,
+        }
+    }
+
+    fn system_time(&self, mono_ns: u64) -> std::time::SystemTime {
+        let back = std::time::Duration::from_nanos(self.mono_ns.saturating_sub(mono_ns));
+        self.wall.checked_sub(back).unwrap_or(self.wall)
+    }
+}
+
+/// Starts the observer API on its own runtime thread and a thread that moves datapath
+/// records into it. Returns the bound address.
+fn start_observer(
+    addr: std::net::SocketAddr,
+    node: &str,
+    pin_dir: &std::path::Path,
+    pods: std::sync::Arc<observe::endpoints::Endpoints>,
+) -> Result<std::net::SocketAddr> {
+    let mut events = datapath::Events::open(pin_dir)?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let node = node.to_string();
+    std::thread::Builder::new()
+        .name("observer".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("observer runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let obs = observe::Observer::start(&observe::Config {
+                    node_name: node,
+                    ..Default::default()
+                });
+                let bound = observe::spawn(addr, &obs).await;
+                let flows = obs.flows();
+                let _ = tx.send(bound.map(|b| (b, flows)).map_err(anyhow::Error::from));
+                // Keep the observer (and the server task) alive for the process's lifetime.
+                let _keep = obs;
+                std::future::pending::<()>().await;
+            });
+        })?;
+    let (bound, flows) = rx.recv().context("observer thread ended")??;
+    std::thread::Builder::new()
+        .name("datapath-events".into())
+        .spawn(move || {
+            loop {
+                events.wait(std::time::Duration::from_secs(1));
+                let clock = Clock::now();
+                while let Some(ev) = events.next_event() {
+                    flows.push(observe::packet::flow(&packet_event(&ev, &clock), &pods));
+                }
+            }
+        })?;
+    Ok(bound)
 }
 
 /// Stable ids for frontends and backends, so a sync rewrites only what changed and a restarted
@@ -170,6 +297,12 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     datapath::attach_netdev(&conf.pin_dir, &conf.lan_interface)
         .with_context(|| format!("attaching to {}", conf.lan_interface))?;
     let mut maps = datapath::Maps::open(&conf.pin_dir)?;
+    let pods = std::sync::Arc::new(observe::endpoints::Endpoints::default());
+    if let Some(addr) = args.observe_listen.or(conf.observe_listen) {
+        let bound = start_observer(addr, &conf.node, &conf.pin_dir, pods.clone())
+            .with_context(|| format!("serving the observer API on {addr}"))?;
+        eprintln!("node {}: observer API (Hubble gRPC) on {bound}", conf.node);
+    }
     let mut ids = Ids::recover(&maps)?;
     let fabric_cfg = fabric::FabricConfig::new(conf.node.clone(), conf.node_ips.clone());
     let node_config = NodeConfig {
@@ -213,6 +346,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 .as_ref()
                 .and_then(|p| std::fs::read(p).ok())
                 .and_then(|b| serde_json::from_slice::<fabric::Assignments>(&b).ok());
+            pods.update(snapshot);
             let plan = fabric::compile(snapshot, &fabric_cfg, assignments.as_ref());
             *announce =
                 fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);

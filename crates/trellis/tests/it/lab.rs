@@ -315,6 +315,48 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         "every backend answers through the ClusterIP: {seen:?}"
     );
 
+    // The datapath reported those connections as flows: Hubble's API on the pod's node (the
+    // agent serves it on the node's LAN address), read with `trellis observe` from the client.
+    let lan_ip_of = |node: &str| -> String {
+        s["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == node)
+            .expect("node")["lan_ip"]
+            .as_str()
+            .expect("ip")
+            .to_string()
+    };
+    let server = format!("{}:4244", lan_ip_of(&a.1));
+    let (code, out) = lab.exec(
+        "client",
+        &[
+            trellis_bin(),
+            "observe",
+            "--server",
+            &server,
+            "--last",
+            "200",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let translated = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["flow"]["verdict"] == "TRANSLATED"
+                && v["flow"]["IP"]["destination"] == cluster_ip.as_str()
+                && v["flow"]["source"]["pod_name"] == a.0.as_str()
+        })
+        .count();
+    assert!(
+        translated >= 40,
+        "{translated} service flows from the datapath:\n{out}"
+    );
+
     // sessionAffinity: ClientIP keeps one client on one backend across connections.
     let sticky = service("sticky")["cluster_ip"]
         .as_str()
