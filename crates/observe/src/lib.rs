@@ -9,16 +9,21 @@
 //! - [`format`]: the one-line summary, `compact`, `table` and JSON output.
 //! - [`metrics`]: Hubble's metric names (`hubble_flows_processed_total`, ...).
 //! - [`server`]: the tonic service (GetFlows, GetNodes, ServerStatus) and [`serve`].
+//! - [`endpoints`]: pods by IP from the snapshot, so every producer names endpoints alike.
+//! - [`packet`]: L3/L4 flows from decoded datapath events ([`packet::PacketEvent`]).
 //!
 //! Not here: how a component's events become flows. Engines never depend on each other, so
 //! the gateway and DNS report requests and queries in their own types, and the binary turns
-//! them into [`proto::flow::Flow`]s. A datapath ring buffer reader does the same: it builds
-//! flows, calls [`Flows::push`], and reports what the kernel lost with [`Flows::lost`].
+//! them into [`proto::flow::Flow`]s. A datapath ring buffer reader decodes each record into a
+//! [`packet::PacketEvent`], calls [`Flows::push`] with [`packet::flow`] of it, and reports what
+//! the kernel lost with [`Flows::lost`] (`PERF_EVENT_RING_BUFFER`).
 
+pub mod endpoints;
 pub mod filter;
 pub mod format;
 pub mod hub;
 pub mod metrics;
+pub mod packet;
 pub mod server;
 pub mod time;
 

@@ -31,7 +31,7 @@ pub struct LostLabels {
 pub struct HttpLabels {
     pub method: &'static str,
     pub protocol: &'static str,
-    pub status: String,
+    pub status: u16,
     pub reporter: &'static str,
 }
 
@@ -197,7 +197,7 @@ impl Metrics {
                     .get_or_create(&HttpLabels {
                         method,
                         protocol,
-                        status: h.code.min(999).to_string(),
+                        status: u16::try_from(h.code.min(999)).unwrap_or(0),
                         reporter: "server",
                     })
                     .inc();
@@ -289,3 +289,50 @@ pub const EXPORTED: &[&str] = &[
     "hubble_dns_responses_total",
     "hubble_drop_total",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::flow::{Dns, Http, Layer7};
+
+    /// [`EXPORTED`] is exactly what the registry shows once every kind of flow went by.
+    #[test]
+    fn exported_lists_every_series_name() {
+        let m = Metrics::default();
+        let l7 = |record| Flow {
+            verdict: Verdict::Forwarded as i32,
+            r#type: FlowType::L7 as i32,
+            l7: Some(Layer7 {
+                r#type: 2,
+                latency_ns: 1000,
+                record: Some(record),
+            }),
+            ..Default::default()
+        };
+        m.flow(&l7(layer7::Record::Http(Http {
+            code: 200,
+            method: "GET".into(),
+            ..Default::default()
+        })));
+        m.flow(&l7(layer7::Record::Dns(Dns::default())));
+        m.flow(&Flow {
+            verdict: Verdict::Dropped as i32,
+            ..Default::default()
+        });
+        m.lost(LostEventSource::ObserverEventsQueue, 1);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encodes");
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut want = EXPORTED.to_vec();
+        want.sort_unstable();
+        assert_eq!(names, want);
+    }
+}

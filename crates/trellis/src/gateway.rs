@@ -201,6 +201,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone()).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
             eprintln!("admin on http://{a} (/healthz /ready /status /metrics)");
         }
+        // Whoever started us (the lab, as a kubelet would probe) learns the listeners are up.
+        println!("ready");
+        {
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        }
         let mut drain_timeout = drain_override.unwrap_or(plan.drain_timeout);
 
         // Snapshot updates arrive on a std channel; hand them to the runtime.

@@ -7,8 +7,8 @@ mod agent;
 mod check;
 mod dns;
 mod gateway;
-mod observe;
 mod lab;
+mod observe;
 mod sync;
 
 use std::path::PathBuf;
