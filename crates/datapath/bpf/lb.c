@@ -270,11 +270,14 @@ static __always_inline int nat_apply_tunnel(struct __sk_buff *skb, const struct 
 			return 0;
 		}
 	}
-	/* A new connection reusing a tuple keeps its old backend only if it still exists. */
-	if (dir == NAT_DIR_FWD && e->backend_id && is_syn(t) &&
-	    !bpf_map_lookup_elem(&lb4_backends, &e->backend_id))
+	/* A SYN opens a new connection: it is balanced afresh and gets both entries again (the
+	 * reply entry of an earlier connection on the same ports may be gone). */
+	if (dir == NAT_DIR_FWD && is_syn(t))
 		return 0;
-	e->last_seen_ns = bpf_ktime_get_ns();
+	/* A forward entry's time is its connection's SYN (set when it is made; what a SYN-ACK is
+	 * checked against); a reply entry's is its last packet. */
+	if (dir == NAT_DIR_REPLY)
+		e->last_seen_ns = bpf_ktime_get_ns();
 	if (tunnel)
 		*tunnel = e->tunnel;
 	if (rewrite(skb, t, e) < 0)

@@ -19,9 +19,10 @@
 #define AFFINITY4_MAX 65536
 #define INBOUND4_MAX 65536       /* connections opened towards local pods from outside */
 #define NAT_PORT_TRIES 8         /* SNAT source-port probes before giving up */
-/* A SYN-ACK applies a reply entry only if the connection's SYN used the forward entry within
- * this window (SYN retransmissions included). */
-#define SYN_ACK_WINDOW_NS (10ull * 1000000000ull)
+/* A SYN-ACK applies a reply entry only if the connection's last SYN used the forward entry
+ * within this window (a retransmitted SYN renews it). Ports are reused far later than this
+ * except under heavy connection churn, where TIME_WAIT reuse needs a second at least. */
+#define SYN_ACK_WINDOW_NS (1000000000ull)
 
 /* A pod reaching itself through a service is SNATed to this address (Cilium uses the same
  * link-local one), so its reply leaves the pod and can be reverse-translated. */
@@ -94,7 +95,7 @@ struct nat4_entry {
 	__u32 backend_id;
 	__u32 flags;
 	__u32 tunnel;   /* NAT_F_DSR: the outer destination (the backend's node) */
-	__u64 last_seen_ns;
+	__u64 last_seen_ns;  /* forward entries: the last SYN; reply entries: the last packet */
 };
 
 struct affinity4_key {

@@ -62,6 +62,8 @@ pub struct LabConfig {
     pub cni_bin: PathBuf,
     /// `snat`, `dsr` (the corpus's Cilium setting) or `hybrid`.
     pub load_balancer_mode: String,
+    /// The Flux variables file, handed to the gateways' proxies.
+    pub vars: Option<PathBuf>,
 }
 
 impl LabConfig {
@@ -99,6 +101,9 @@ pub const GENERATION_CONFIGMAP: (&str, &str) = ("kube-system", "trellis-lab");
 
 struct Running {
     state: LabState,
+    /// The LoadBalancer Services Envoy Gateway would create for the Gateways, published with
+    /// the pods (their proxies run as lab pods).
+    gateway_services: Vec<serde_json::Value>,
     synced: std::sync::Arc<Synced>,
     generation: u64,
     agents: BTreeMap<String, Child>,
@@ -131,6 +136,7 @@ pub fn supervise(cfg: &LabConfig) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     let mut run = Running {
         state: initial_state(cfg),
+        gateway_services: Vec::new(),
         synced: Default::default(),
         generation: 0,
         agents: BTreeMap::new(),
@@ -461,7 +467,9 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
     }
     let node_names: Vec<String> = run.state.nodes.iter().map(|n| n.name.clone()).collect();
     let running: Vec<PodPlan> = run.state.pods.iter().map(|p| p.plan.clone()).collect();
-    let want = schedule::desired_pods(snapshot, &node_names, &running);
+    let (gateway_pods, gateway_services) = gateway_workloads(snapshot);
+    run.gateway_services = gateway_services;
+    let want = schedule::desired_pods(snapshot, gateway_pods, &node_names, &running);
     let want_keys: std::collections::BTreeSet<(String, String)> =
         want.iter().map(PodPlan::key).collect();
     // Stop pods no longer wanted (scale down, deleted, changed node).
@@ -481,7 +489,9 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
     }
     run.state.pods.sort_by_key(|p| p.plan.key());
     run.generation += 1;
-    write_pods(&cfg.state_dir, &run.state.pods_objects(), run.generation)?;
+    let mut objects = run.state.pods_objects();
+    objects.extend(run.gateway_services.iter().cloned());
+    write_pods(&cfg.state_dir, &objects, run.generation)?;
     wait_synced(run)?;
     run.state.services = service_rows(cfg, &run.assignments);
     run.state.write(&cfg.state_dir)
@@ -538,6 +548,86 @@ fn wait_synced(run: &Running) -> Result<()> {
             .map_err(|_| anyhow!("sync state poisoned"))?
             .0;
     }
+}
+
+/// A pod whose owner starts with this runs a Gateway's proxy (`Gateway/<namespace>/<name>`).
+pub const GATEWAY_OWNER_PREFIX: &str = "Gateway/";
+
+/// What Envoy Gateway would run for each Gateway trellis serves: one proxy pod, and the
+/// LoadBalancer Service in front of it (named, labelled and annotated as LB-IPAM expects, so
+/// the Gateway gets the address its manifests ask for, e.g. 10.10.30.25).
+fn gateway_workloads(snapshot: &model::Snapshot) -> (Vec<PodPlan>, Vec<serde_json::Value>) {
+    let mut pods = Vec::new();
+    let mut services = Vec::new();
+    for (req, _problems) in fabric::lbipam::gateway_requests(snapshot) {
+        let Some(gateway) = req.labels.get(fabric::lbipam::OWNING_GATEWAY_NAME_LABEL).cloned()
+        else {
+            continue;
+        };
+        let gw_ns = req
+            .labels
+            .get(fabric::lbipam::OWNING_GATEWAY_NAMESPACE_LABEL)
+            .cloned()
+            .unwrap_or_else(|| req.namespace.clone());
+        let ports: Vec<serde_json::Value> = req
+            .ports
+            .iter()
+            .map(|(port, proto)| {
+                let protocol = if *proto == 17 { "UDP" } else { "TCP" };
+                serde_json::json!({
+                    "name": format!("{}-{port}", protocol.to_lowercase()),
+                    "port": port,
+                    "targetPort": port,
+                    "protocol": protocol,
+                })
+            })
+            .collect();
+        let container_ports: Vec<serde_json::Value> = req
+            .ports
+            .iter()
+            .map(|(port, proto)| {
+                serde_json::json!({"containerPort": port, "protocol": if *proto == 17 { "UDP" } else { "TCP" }})
+            })
+            .collect();
+        // Labels as written on the Service (without LB-IPAM's synthetic namespace/name keys).
+        let labels: BTreeMap<String, String> = req
+            .labels
+            .iter()
+            .filter(|(k, _)| !k.starts_with("io.kubernetes.service."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut annotations = serde_json::Map::new();
+        if !req.requested.is_empty() {
+            let ips: Vec<String> = req.requested.iter().map(ToString::to_string).collect();
+            annotations.insert("lbipam.cilium.io/ips".into(), ips.join(",").into());
+        }
+        services.push(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": req.name,
+                "namespace": req.namespace,
+                "labels": labels,
+                "annotations": annotations,
+            },
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": req.selector,
+                "ports": ports,
+                "externalTrafficPolicy": if req.external_traffic_policy_local { "Local" } else { "Cluster" },
+            },
+        }));
+        pods.push(PodPlan {
+            namespace: req.namespace.clone(),
+            name: format!("{}-proxy", req.name),
+            owner: format!("{GATEWAY_OWNER_PREFIX}{gw_ns}/{gateway}"),
+            ordinal: 0,
+            node: String::new(),
+            labels: req.selector.clone(),
+            spec: serde_json::json!({ "containers": [ { "name": "envoy", "image": "trellis", "ports": container_ports } ] }),
+        });
+    }
+    (pods, services)
 }
 
 /// Publishes the Pod objects (and the generation ConfigMap) as a manifest file agents read.
@@ -645,16 +735,22 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
         .map(|(_, port, _)| port.to_string())
         .collect();
     let log = log_file(cfg, &format!("pod-{}-{}", plan.namespace, plan.name))?;
-    let mut child = netns::command_in(&pod_netns, &cfg.trellis_bin.to_string_lossy())
-        .args([
-            "lab",
-            "echo",
-            "--pod",
-            &plan.name,
-            "--namespace",
-            &plan.namespace,
-        ])
-        .args(["--node", &plan.node, "--ports", &ports.join(",")])
+    let mut command = netns::command_in(&pod_netns, &cfg.trellis_bin.to_string_lossy());
+    if let Some(gateway) = plan.owner.strip_prefix(GATEWAY_OWNER_PREFIX) {
+        // A Gateway's proxy: `trellis gateway`, as Envoy Gateway runs one Envoy per Gateway.
+        command.args(["gateway", "--gateway", gateway, "--bind", "0.0.0.0", "--access-log", "off"]);
+        for root in cluster_roots(cfg, &cfg.state_dir.join(CLUSTER_DIR)) {
+            command.arg("-f").arg(root);
+        }
+        if let Some(v) = &cfg.vars {
+            command.arg("--vars").arg(v);
+        }
+    } else {
+        command
+            .args(["lab", "echo", "--pod", &plan.name, "--namespace", &plan.namespace])
+            .args(["--node", &plan.node, "--ports", &ports.join(",")]);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(log)
         .spawn()

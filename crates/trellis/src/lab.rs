@@ -153,6 +153,7 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
         options: source.options()?,
         nodes: up.nodes,
         load_balancer_mode: up.lb_mode.clone(),
+        vars: source.vars.as_ref().map(|v| std::path::absolute(v).unwrap_or(v.clone())),
         state_dir: lab.state_dir.clone(),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
         cni_bin: sibling_binary("trellis-cni", "TRELLIS_CNI")?,
