@@ -153,7 +153,10 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
         options: source.options()?,
         nodes: up.nodes,
         load_balancer_mode: up.lb_mode.clone(),
-        vars: source.vars.as_ref().map(|v| std::path::absolute(v).unwrap_or(v.clone())),
+        vars: source
+            .vars
+            .as_ref()
+            .map(|v| std::path::absolute(v).unwrap_or(v.clone())),
         state_dir: lab.state_dir.clone(),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
         cni_bin: sibling_binary("trellis-cni", "TRELLIS_CNI")?,
@@ -344,8 +347,7 @@ fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabSt
     lab::up(&cfg, cmd)
 }
 
-/// The address the demo gives the internal gateway on node-1 (the example's
-/// `lbipam.cilium.io/ips` for envoy-internal), until L2 announcements place it.
+/// The example's internal gateway address (its `lbipam.cilium.io/ips`).
 const DEMO_GATEWAY_IP: &str = "10.10.30.25";
 
 fn demo(
@@ -438,81 +440,60 @@ fn demo(
             );
         }
     }
-    // The internal gateway on node-1, on its LoadBalancer address, routing to the pods.
-    let node1 = state
-        .nodes
-        .first()
-        .map(|n| n.netns.clone())
-        .unwrap_or_default();
-    lab::netns::ip_in(
-        &node1,
-        &[
-            "addr",
-            "add",
-            &format!("{DEMO_GATEWAY_IP}/32"),
-            "dev",
-            "eth0",
-        ],
-    )?;
-    let cluster_dir = lab_flags.state_dir.join(lab::cluster::CLUSTER_DIR);
-    let mut gw = lab::netns::command_in(&node1, &std::env::current_exe()?.to_string_lossy());
-    gw.args([
-        "gateway",
-        "--gateway",
-        "network/envoy-internal",
-        "--bind",
-        DEMO_GATEWAY_IP,
-        "--access-log",
-        "off",
-    ])
-    .arg("-f")
-    .arg(&cluster_dir)
-    .arg("-f")
-    .arg(path)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    if let Some(v) = &source.vars {
-        gw.arg("--vars").arg(v);
+    // The internal gateway: its proxy runs as a pod, LB-IPAM gave its Service the address the
+    // manifests ask for, and the node running the proxy announces it on the LAN.
+    let holder = |ip: &str| {
+        state.nodes.iter().find(|n| {
+            lab::netns::command_in(&n.netns, "ip")
+                .args(["-4", "-o", "addr", "show", "dev", "eth0"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{ip}/32")))
+        })
+    };
+    let announced = (0..100).find_map(|_| {
+        let h = holder(DEMO_GATEWAY_IP);
+        if h.is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        h
+    });
+    match announced {
+        Some(n) => println!(
+            "\n==> 3. from the LAN client (10.10.30.100): HTTPS to the internal gateway at {DEMO_GATEWAY_IP}\n   \
+             (LB-IPAM address, announced by ARP from {} where its proxy pod runs)\n",
+            n.name
+        ),
+        None => println!("\n==> 3. {DEMO_GATEWAY_IP} was not announced (see the agents' logs)\n"),
     }
-    let mut gw = gw.spawn().context("starting the internal gateway")?;
-    println!(
-        "\n==> 3. from the LAN client (10.10.30.100): HTTPS to the internal gateway at {DEMO_GATEWAY_IP} on node-1\n"
-    );
     let host = "echo.home.example";
-    for i in 0..40 {
+    for _ in 0..3 {
         let body = run(
             "client",
             &[
                 "curl",
                 "-sk",
                 "--max-time",
-                "2",
+                "3",
                 "--resolve",
                 &format!("{host}:443:{DEMO_GATEWAY_IP}"),
                 &format!("https://{host}/from-the-lan"),
             ],
         );
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        if let Some(backend) = v["backend"].as_str() {
-            println!(
+        match v["backend"].as_str() {
+            Some(backend) => println!(
                 "   https://{host}/from-the-lan -> gateway -> {backend} on {}",
                 node_of(backend)
-            );
-            if i > 2 {
-                break;
-            }
-        } else {
-            // The gateway may still be starting.
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            ),
+            None => println!("   https://{host}/from-the-lan -> no answer ({body})"),
         }
     }
-    let _ = gw.kill();
-    let _ = gw.wait();
     let name = name_flag(lab_flags);
     println!(
         "\n==> where to look\n   trellis lab status{name}                          nodes, pods, services\n   \
          trellis lab exec{name} client -- curl -s http://<node ip>:<nodePort>/\n   \
          trellis lab exec{name} node-1 -- tc filter show dev eth0 ingress   the eBPF programs\n   \
+         trellis lab exec{name} client -- trellis observe --server 10.10.30.11:4244 --last 20   flows\n   \
          logs: {}/logs",
         lab_flags.state_dir.display()
     );

@@ -317,3 +317,62 @@ fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
     eprintln!("failover after {second}'s LAN link went down: {third} holds {VIP} after {took:?}");
     lab.exec(&second, &["ip", "link", "set", "eth0", "up"]);
 }
+
+/// The example home lab: the gateways' proxies run as pods, LB-IPAM gives their Services the
+/// corpus's addresses (10.10.30.25 internal, 10.10.30.26 external), the nodes running them
+/// announce those on the LAN, and the client reaches the echo app through each gateway.
+#[test]
+fn example_gateways_get_the_corpus_addresses_and_answer_on_the_lan() {
+    super::lab::require_root();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lab = Lab::up_with_vars(
+        &repo.join("examples/home-lab"),
+        Some(&repo.join("examples/home-lab/vars.yaml")),
+        &format!("g{}", std::process::id()),
+        &dir.path().join("state"),
+    );
+    for (vip, host) in [
+        ("10.10.30.25", "echo.home.example"),
+        ("10.10.30.26", "echo-ext.home.example"),
+    ] {
+        let start = Instant::now();
+        let answer = loop {
+            let (code, body) = lab.exec(
+                "client",
+                &[
+                    "curl",
+                    "-sk",
+                    "-m",
+                    "2",
+                    "--resolve",
+                    &format!("{host}:443:{vip}"),
+                    &format!("https://{host}/via-{vip}"),
+                ],
+            );
+            if code == 0 && body.contains("\"backend\"") {
+                break body;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{host} at {vip}: curl {code} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let v: serde_json::Value = serde_json::from_str(&answer).expect("echo JSON");
+        assert!(
+            v["backend"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("echo-")),
+            "{v}"
+        );
+        // Exactly one node answers ARP for the address.
+        let (_, arp) = lab.exec("client", &["arping", "-c", "2", "-i", "eth0", vip]);
+        let macs: std::collections::BTreeSet<&str> = arp
+            .lines()
+            .filter_map(|l| l.split(" from ").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .collect();
+        assert_eq!(macs.len(), 1, "{vip}: {arp}");
+    }
+}

@@ -28,17 +28,28 @@ pub(crate) struct Lab {
 
 impl Lab {
     pub(crate) fn up(manifests: &Path, name: &str, state_dir: &Path) -> Lab {
+        Lab::up_with_vars(manifests, None, name, state_dir)
+    }
+
+    pub(crate) fn up_with_vars(
+        manifests: &Path,
+        vars: Option<&Path>,
+        name: &str,
+        state_dir: &Path,
+    ) -> Lab {
         let lab = Lab {
             name: name.to_string(),
             state_dir: state_dir.to_path_buf(),
         };
-        let out = Command::new(trellis_bin())
-            .args(["lab", "up", "--nodes", "3", "--name", name, "--state-dir"])
+        let mut cmd = Command::new(trellis_bin());
+        cmd.args(["lab", "up", "--nodes", "3", "--name", name, "--state-dir"])
             .arg(state_dir)
             .arg("-f")
-            .arg(manifests)
-            .output()
-            .expect("trellis lab up runs");
+            .arg(manifests);
+        if let Some(v) = vars {
+            cmd.arg("--vars").arg(v);
+        }
+        let out = cmd.output().expect("trellis lab up runs");
         assert!(
             out.status.success(),
             "lab up failed:\n{}\n{}",
