@@ -3,7 +3,8 @@
 //! (by where), and the CPU time per flow; fails when a flow went missing without being
 //! counted.
 //!
-//! `cargo run --release -p observe --example pipeline -- RATE SECS` (default 100000 5).
+//! `cargo run --release -p observe --example pipeline -- RATE SECS [READERS]` (default
+//! 100000 5 1; with 0 readers it measures what producing and buffering alone cost).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -69,12 +70,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let rate: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let readers: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(1);
     let obs = observe::Observer::start(&observe::Config::default());
     let addr = observe::spawn("127.0.0.1:0".parse()?, &obs).await?;
     let mut client = ObserverClient::connect(format!("http://{addr}")).await?;
     let mut stream = client
         .get_flows(GetFlowsRequest {
             follow: true,
+            // With no reader wanted, a stream that selects nothing.
+            whitelist: if readers == 0 {
+                vec![observe::proto::flow::FlowFilter {
+                    uuid: vec!["none".into()],
+                    ..Default::default()
+                }]
+            } else {
+                Vec::new()
+            },
             ..Default::default()
         })
         .await?

@@ -29,6 +29,10 @@ pub const FLOWS_MAX_DEFAULT: usize = 4095;
 pub const QUEUED_FLOWS_MAX_DEFAULT: usize = 16 * 1024;
 /// Flows the buffer task takes from the queue in one go (one lock of the ring).
 const INGEST_BATCH_MAX: usize = 256;
+/// After a short batch the buffer task sleeps this long, so that producers' pushes do not
+/// each wake it: flows reach readers up to this much later, and a busy proxy pays for a
+/// wake-up per interval instead of per request.
+pub const INGEST_INTERVAL_MS: u64 = 10;
 
 /// How big the buffer and its queue are, and the name flows carry.
 #[derive(Clone, Debug)]
@@ -287,7 +291,11 @@ impl Observer {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(INGEST_BATCH_MAX);
             while rx.recv_many(&mut batch, INGEST_BATCH_MAX).await > 0 {
+                let full = batch.len() == INGEST_BATCH_MAX;
                 h.ingest(batch.drain(..));
+                if !full {
+                    tokio::time::sleep(std::time::Duration::from_millis(INGEST_INTERVAL_MS)).await;
+                }
             }
         });
         Observer {
