@@ -141,14 +141,33 @@ fn start_observer(
             });
         })?;
     let (bound, flows) = rx.recv().context("observer thread ended")??;
+    // What the programs could not queue (ring full) is counted in their stats; report it as
+    // lost, as Hubble does for its perf ring.
+    let counters = datapath::Maps::open(pin_dir)?;
+    let lost_in_kernel = move || {
+        counters
+            .stats()
+            .ok()
+            .and_then(|s| s.iter().find(|(n, _)| *n == "events_lost").map(|(_, v)| *v))
+            .unwrap_or(0)
+    };
     std::thread::Builder::new()
         .name("datapath-events".into())
         .spawn(move || {
+            let mut lost_reported = lost_in_kernel();
             loop {
                 events.wait(std::time::Duration::from_secs(1));
                 let clock = Clock::now();
                 while let Some(ev) = events.next_event() {
                     flows.push(observe::packet::flow(&packet_event(&ev, &clock), &pods));
+                }
+                let lost = lost_in_kernel();
+                if lost > lost_reported {
+                    flows.lost(
+                        observe::proto::flow::LostEventSource::PerfEventRingBuffer,
+                        lost - lost_reported,
+                    );
+                    lost_reported = lost;
                 }
             }
         })?;

@@ -157,7 +157,8 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
             .vars
             .as_ref()
             .map(|v| std::path::absolute(v).unwrap_or(v.clone())),
-        state_dir: lab.state_dir.clone(),
+        // Absolute: the CNI plugin and the agents run elsewhere (CNI requires it).
+        state_dir: std::path::absolute(&lab.state_dir).unwrap_or(lab.state_dir.clone()),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
         cni_bin: sibling_binary("trellis-cni", "TRELLIS_CNI")?,
     })
