@@ -218,7 +218,10 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         .into_iter()
         .flat_map(|n| GROUPS.iter().enumerate().map(move |g| (n, g)))
     {
-        eprintln!("\n==> lab with {services} services: {}", variants_of_group.join(", "));
+        eprintln!(
+            "\n==> lab with {services} services: {}",
+            variants_of_group.join(", ")
+        );
         std::fs::write(dir.join("manifests/bench.yaml"), manifests(services))?;
         let state_dir = dir.join("state").display().to_string();
         let started = std::time::Instant::now();

@@ -560,7 +560,10 @@ fn gateway_workloads(snapshot: &model::Snapshot) -> (Vec<PodPlan>, Vec<serde_jso
     let mut pods = Vec::new();
     let mut services = Vec::new();
     for (req, _problems) in fabric::lbipam::gateway_requests(snapshot) {
-        let Some(gateway) = req.labels.get(fabric::lbipam::OWNING_GATEWAY_NAME_LABEL).cloned()
+        let Some(gateway) = req
+            .labels
+            .get(fabric::lbipam::OWNING_GATEWAY_NAME_LABEL)
+            .cloned()
         else {
             continue;
         };
@@ -738,7 +741,15 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
     let mut command = netns::command_in(&pod_netns, &cfg.trellis_bin.to_string_lossy());
     if let Some(gateway) = plan.owner.strip_prefix(GATEWAY_OWNER_PREFIX) {
         // A Gateway's proxy: `trellis gateway`, as Envoy Gateway runs one Envoy per Gateway.
-        command.args(["gateway", "--gateway", gateway, "--bind", "0.0.0.0", "--access-log", "off"]);
+        command.args([
+            "gateway",
+            "--gateway",
+            gateway,
+            "--bind",
+            "0.0.0.0",
+            "--access-log",
+            "off",
+        ]);
         for root in cluster_roots(cfg, &cfg.state_dir.join(CLUSTER_DIR)) {
             command.arg("-f").arg(root);
         }
@@ -747,7 +758,14 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
         }
     } else {
         command
-            .args(["lab", "echo", "--pod", &plan.name, "--namespace", &plan.namespace])
+            .args([
+                "lab",
+                "echo",
+                "--pod",
+                &plan.name,
+                "--namespace",
+                &plan.namespace,
+            ])
             .args(["--node", &plan.node, "--ports", &ports.join(",")]);
     }
     let mut child = command
