@@ -382,9 +382,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             )
             .and_then(|c| c.spec.data.as_ref()?.get("generation").cloned());
             if let Some(g) = generation {
-                println!("synced {g}");
+                // Whoever reads this may be gone (a restarted agent's reader): never fail on it.
                 use std::io::Write as _;
-                let _ = std::io::stdout().flush();
+                let mut out = std::io::stdout();
+                let _ = writeln!(out, "synced {g}").and_then(|()| out.flush());
             }
             eprintln!(
                 "node {}: {} frontends, {} backends; {} entries written, {} removed",
