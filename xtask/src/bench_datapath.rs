@@ -29,8 +29,11 @@ const KP_VIP: &str = "10.97.255.10";
 const SERVER_PORT: u16 = 5001;
 /// Variants measured in one lab together (each group in a fresh lab, each against its own
 /// `direct`): netfilter state must not leak from one variant into another.
-const GROUPS: [&[&str]; 3] = [
+/// `trellis` runs with the datapath's flow export off (`lab up --no-flows`), `trellis+flows`
+/// with it on (flow events to each node's Hubble API), in a lab of its own.
+const GROUPS: [&[&str]; 4] = [
     &["direct", "trellis"],
+    &["direct", "trellis+flows"],
     &["direct", "ipt-nft", "nft-vmap"],
     &["direct", "ipt-legacy"],
 ];
@@ -225,6 +228,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         std::fs::write(dir.join("manifests/bench.yaml"), manifests(services))?;
         let state_dir = dir.join("state").display().to_string();
         let started = std::time::Instant::now();
+        let flows = variants_of_group.contains(&"trellis+flows");
         let up = Command::new(bin)
             .args([
                 "lab",
@@ -238,6 +242,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
                 "-f",
             ])
             .arg(dir.join("manifests"))
+            .args(if flows { None } else { Some("--no-flows") })
             .stdout(Stdio::null())
             .status()?;
         let lab = Lab {
@@ -314,7 +319,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         let nft = nft_rules(services, &server_ip);
         let target_of = |name: &str| match name {
             "direct" => format!("{server_ip}:{SERVER_PORT}"),
-            "trellis" => format!("{cluster_ip}:80"),
+            "trellis" | "trellis+flows" => format!("{cluster_ip}:80"),
             _ => format!("{KP_VIP}:80"),
         };
         // iptables-legacy's nat table stays registered in the namespace once loaded (and keeps
@@ -490,6 +495,7 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
                 "3",
                 "--lb-mode",
                 mode,
+                "--no-flows",
                 "--name",
                 LAB_NAME,
             ])

@@ -131,8 +131,14 @@ static __always_inline void count(__u32 which)
 static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
 				 __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport)
 {
-	struct flow_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct flow_event *e;
+	__u32 zero = 0;
+	struct node_config *cfg = bpf_map_lookup_elem(&node_config, &zero);
 
+	/* Nobody reads flows: no events (and no cost). */
+	if (!cfg || !(cfg->flags & NODE_F_EVENTS))
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(STAT_EVENTS_LOST);
 		return;

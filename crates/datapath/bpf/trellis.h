@@ -134,6 +134,7 @@ struct node_config {
 #define NODE_F_MASQUERADE 0x01
 #define NODE_F_DSR 0x02         /* loadBalancer.mode dsr: external traffic to remote backends */
 #define NODE_F_DSR_TCP_ONLY 0x04 /* hybrid: DSR for TCP, SNAT for UDP */
+#define NODE_F_EVENTS 0x08      /* someone reads the flow events: emit them */
 
 /* Flow events for observe: new service connections, masquerade decisions and drops, one
  * record each in a ring buffer the agent reads. */

@@ -18,6 +18,7 @@ pub const BACKEND_F_LOCAL: u8 = 0x01;
 pub const NODE_F_MASQUERADE: u32 = 0x01;
 pub const NODE_F_DSR: u32 = 0x02;
 pub const NODE_F_DSR_TCP_ONLY: u32 = 0x04;
+pub const NODE_F_EVENTS: u32 = 0x08;
 
 /// IP protocol numbers as the maps hold them.
 pub const PROTO_TCP: u8 = 6;

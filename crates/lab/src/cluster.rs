@@ -64,6 +64,8 @@ pub struct LabConfig {
     pub load_balancer_mode: String,
     /// The Flux variables file, handed to the gateways' proxies.
     pub vars: Option<PathBuf>,
+    /// Agents serve the datapath's flows (Hubble's API on each node, port 4244).
+    pub flows: bool,
 }
 
 impl LabConfig {
@@ -368,7 +370,9 @@ fn start_agent(
             ("kubernetes.io/os".to_string(), "linux".to_string()),
         ]),
         load_balancer_mode: cfg.load_balancer_mode.clone(),
-        observe_listen: Some(std::net::SocketAddr::from((node.lan_ip, OBSERVE_PORT))),
+        observe_listen: cfg
+            .flows
+            .then(|| std::net::SocketAddr::from((node.lan_ip, OBSERVE_PORT))),
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;

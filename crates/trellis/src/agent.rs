@@ -332,6 +332,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             NODE_F_MASQUERADE
         } else {
             0
+        }) | (if args.observe_listen.or(conf.observe_listen).is_some() {
+            datapath::abi::NODE_F_EVENTS
+        } else {
+            0
         }) | match conf.load_balancer_mode.as_str() {
             "dsr" => NODE_F_DSR,
             "hybrid" => NODE_F_DSR | NODE_F_DSR_TCP_ONLY,

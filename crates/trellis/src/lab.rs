@@ -37,6 +37,9 @@ pub struct UpFlags {
     /// `snat`, or `hybrid` (DSR for TCP, SNAT for UDP).
     #[arg(long, default_value = "dsr", value_parser = ["dsr", "snat", "hybrid"])]
     pub lb_mode: String,
+    /// Do not export the datapath's flows (no Hubble API on the nodes, no flow events).
+    #[arg(long)]
+    pub no_flows: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -157,6 +160,7 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
             .vars
             .as_ref()
             .map(|v| std::path::absolute(v).unwrap_or(v.clone())),
+        flows: !up.no_flows,
         // Absolute: the CNI plugin and the agents run elsewhere (CNI requires it).
         state_dir: std::path::absolute(&lab.state_dir).unwrap_or(lab.state_dir.clone()),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
@@ -341,6 +345,9 @@ fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabSt
         .arg(nodes.to_string())
         .arg("--lb-mode")
         .arg(&flags.lb_mode);
+    if flags.no_flows {
+        cmd.arg("--no-flows");
+    }
     eprintln!(
         "building a {nodes}-node lab (state in {}) ...",
         lab.state_dir.display()
@@ -375,6 +382,7 @@ fn demo(
         &UpFlags {
             nodes: 3,
             lb_mode: "dsr".into(),
+            no_flows: false,
         },
     )?;
     // From here on, tear down whatever happens.
