@@ -157,6 +157,38 @@ fn flush_kube_proxy(node: &str) {
     let _ = sh_in(node, "nft", &["flush", "ruleset"], None);
 }
 
+/// `trellis lab tcprr server` in a pod's namespace on CPU 0, once it listens.
+fn start_tcprr_server(bin: &str, server_ns: &str) -> Result<Bg> {
+    let mut server = Bg(Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{server_ns}"))
+        .args(["taskset", "-c", "0", bin, "lab", "tcprr", "server"])
+        .arg(SERVER_PORT.to_string())
+        .stdout(Stdio::piped())
+        .spawn()?);
+    let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ready");
+    if !ready {
+        bail!("tcprr server did not start");
+    }
+    Ok(server)
+}
+
+/// The client's wide port range and TIME_WAIT reuse, as netperf CRR runs need.
+fn tune_client(client_ns: &str) -> Result<()> {
+    sh_in(
+        client_ns,
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.ip_local_port_range=1024 65535",
+            "net.ipv4.tcp_tw_reuse=1",
+        ],
+        None,
+    )
+}
+
 /// One tcprr client run: transactions/s.
 fn measure(bin: &str, client_ns: &str, target: &str, mode: &str, secs: u32) -> Result<f64> {
     let out = Command::new("nsenter")
@@ -281,38 +313,8 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             .and_then(|s| s["cluster_ip"].as_str())
             .context("rr has no cluster IP")?
             .to_string();
-        // Client: wide port range and TIME_WAIT reuse, as netperf CRR runs need.
-        sh_in(
-            &client_ns,
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65535",
-                "net.ipv4.tcp_tw_reuse=1",
-            ],
-            None,
-        )?;
-        let mut server = Bg(Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{server_ns}"))
-            .args([
-                "taskset",
-                "-c",
-                "0",
-                bin,
-                "lab",
-                "tcprr",
-                "server",
-                &SERVER_PORT.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()?);
-        let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.trim() == "ready");
-        if !ready {
-            bail!("tcprr server did not start");
-        }
+        tune_client(&client_ns)?;
+        let server = start_tcprr_server(bin, &server_ns)?;
         let node1 = netns("node-1");
         flush_kube_proxy(&node1);
         let ipt = iptables_rules(services, &server_ip);
@@ -511,27 +513,7 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
             bail!("lab up failed (see {state_dir}/logs)");
         }
         let server_ns = netns("pod-default-rr-server");
-        let mut server = Bg(Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{server_ns}"))
-            .args([
-                "taskset",
-                "-c",
-                "0",
-                bin,
-                "lab",
-                "tcprr",
-                "server",
-                &SERVER_PORT.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()?);
-        let ready = BufReader::new(server.0.stdout.take().context("server stdout")?)
-            .lines()
-            .map_while(Result::ok)
-            .any(|l| l.trim() == "ready");
-        if !ready {
-            bail!("tcprr server did not start");
-        }
+        let server = start_tcprr_server(bin, &server_ns)?;
         let _iperf_server = Bg(Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{server_ns}"))
             .args(["taskset", "-c", "0", "iperf3", "-s", "-p", "5201"])
@@ -547,16 +529,7 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         let client_ns = netns("client");
-        sh_in(
-            &client_ns,
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65535",
-                "net.ipv4.tcp_tw_reuse=1",
-            ],
-            None,
-        )?;
+        tune_client(&client_ns)?;
         let target = format!("{LB_VIP}:80");
         for round in 0..rounds {
             for m in ["rr", "crr"] {

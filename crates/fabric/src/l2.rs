@@ -54,10 +54,9 @@ pub fn announcements(
                 .as_ref()
                 .is_none_or(|s| s.matches(node_labels))
                 && (p.spec.interfaces.is_empty()
+                    // A search, as Go's regexp.MatchString does: an anchored match implies it.
                     || p.spec.interfaces.iter().any(|re| {
-                        regex::Regex::new(&format!("^(?:{re})$"))
-                            .is_ok_and(|r| r.is_match(interface))
-                            || regex::Regex::new(re).is_ok_and(|r| r.is_match(interface))
+                        regex::Regex::new(re).is_ok_and(|r| r.is_match(interface))
                     }))
         })
         .collect();

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -910,14 +910,4 @@ fn service_rows(cfg: &LabConfig, assignments: &fabric::Assignments) -> Vec<Servi
         });
     }
     rows
-}
-
-/// Pretty `Command` for messages.
-pub fn describe(c: &Command) -> String {
-    let mut s = c.get_program().to_string_lossy().to_string();
-    for a in c.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
 }

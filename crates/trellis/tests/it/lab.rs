@@ -120,6 +120,14 @@ impl Drop for Lab {
     }
 }
 
+/// Reads a child's stdout until it prints `ready` (true) or closes it (false).
+fn says_ready(child: &mut std::process::Child) -> bool {
+    BufReader::new(child.stdout.take().expect("stdout piped"))
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.trim() == "ready")
+}
+
 /// Connects from inside a namespace (the socket stays in it), from a thread that enters it.
 fn connect_in(netns: &str, addr: SocketAddr) -> TcpStream {
     let path = format!("/var/run/netns/{netns}");
@@ -419,11 +427,7 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("LAN host echo starts");
-    let up = BufReader::new(lan_host.stdout.take().expect("stdout"))
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.trim() == "ready");
-    assert!(up, "LAN host echo did not start");
+    assert!(says_ready(&mut lan_host), "LAN host echo did not start");
     let node_ip = |node: &str| -> String {
         s["nodes"]
             .as_array()
@@ -493,11 +497,10 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("agent restarts");
-    let ready = BufReader::new(agent.stdout.take().expect("stdout"))
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.trim() == "ready");
-    assert!(ready, "the restarted agent never said ready");
+    assert!(
+        says_ready(&mut agent),
+        "the restarted agent never said ready"
+    );
     assert_eq!(
         request(&mut conn),
         first,

@@ -56,12 +56,7 @@ fn a_request_through_the_gateway_becomes_a_flow_over_grpc_in_observe_and_in_pyth
     let t = tempfile::tempdir().expect("tmp");
     let mut log = String::new();
     let (_echo, echo_port) = echo_and_base(t.path(), &mut log);
-    std::fs::write(
-        t.path().join("route.yaml"),
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps}\n\
-         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [web.example.com]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n",
-    )
-    .expect("write");
+    write_web_route(t.path(), "[web.example.com]");
     let (_gw, mut err) = spawn_gateway(
         t.path(),
         &[
@@ -218,12 +213,7 @@ fn follow_streams_new_flows() {
     let t = tempfile::tempdir().expect("tmp");
     let mut log = String::new();
     let (_echo, _) = echo_and_base(t.path(), &mut log);
-    std::fs::write(
-        t.path().join("route.yaml"),
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps}\n\
-         spec:\n  parentRefs: [{name: gw}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n",
-    )
-    .expect("write");
+    write_web_route(t.path(), "");
     let (_gw, mut err) = spawn_gateway(
         t.path(),
         &["--observe-listen", "127.0.0.1:0", "--access-log", "off"],
@@ -410,12 +400,7 @@ fn dashboards_query_only_metrics_trellis_exports() {
     let t = tempfile::tempdir().expect("tmp");
     let mut log = String::new();
     let (_echo, _) = echo_and_base(t.path(), &mut log);
-    std::fs::write(
-        t.path().join("route.yaml"),
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps}\n\
-         spec:\n  parentRefs: [{name: gw}]\n  rules:\n    - backendRefs: [{name: web, port: 80}]\n",
-    )
-    .expect("write");
+    write_web_route(t.path(), "");
     let (_gw, mut gw_err) = spawn_gateway(
         t.path(),
         &["--observe-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
@@ -539,4 +524,22 @@ fn metric_names_in_queries() {
         ),
         vec!["hubble_drop_total", "trellis_gateway_rq_total"]
     );
+}
+
+/// The HTTPRoute `apps/web` on gateway `gw` to Service `web:80`, with `hostnames` (YAML flow
+/// list, or "" for none).
+fn write_web_route(dir: &std::path::Path, hostnames: &str) {
+    let hostnames = if hostnames.is_empty() {
+        String::new()
+    } else {
+        format!("  hostnames: {hostnames}\n")
+    };
+    std::fs::write(
+        dir.join("route.yaml"),
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: web, namespace: apps}}\n\
+             spec:\n  parentRefs: [{{name: gw}}]\n{hostnames}  rules:\n    - backendRefs: [{{name: web, port: 80}}]\n"
+        ),
+    )
+    .expect("write the route");
 }
