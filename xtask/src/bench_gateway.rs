@@ -3,7 +3,10 @@
 //! The method of `../shared/peer-baselines/http`: every server (the backend nginx and each
 //! proxy) pinned to CPU 0, wrk pinned to CPU 1, `wrk -t1 -c64 -d<D>s --latency`, rounds
 //! interleaved, the median reported; proxy CPU time per request from /proc over each run.
-//! Everything listens on 127.0.0.1. Writes `target/bench/gateway.md`.
+//! Everything listens on 127.0.0.1. Writes `target/bench/gateway.md`. A second trellis
+//! gateway records a flow per request (`--observe-listen`, nobody reading), for the cost of
+//! flows (`trellis-flows-small` against `trellis-small`). `ONLY=a,b` runs just those
+//! scenarios.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,6 +23,10 @@ const NGINX_TLS_PORT: u16 = 18443;
 const HAPROXY_PORT: u16 = 18082;
 const TRELLIS_PORT: u16 = 18090;
 const TRELLIS_TLS_PORT: u16 = 18490;
+/// The same gateway recording a flow per request (`--observe-listen`), for the cost of flows.
+const TRELLIS_FLOWS_PORT: u16 = 18091;
+const TRELLIS_FLOWS_TLS_PORT: u16 = 18491;
+const TRELLIS_FLOWS_OBSERVE_PORT: u16 = 18245;
 
 fn start(name: &'static str, dir: &Path, cmd: &[&str]) -> Result<Bg> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -259,23 +266,33 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         &dir,
         &["haproxy", "-db", "-f", &format!("{d}/haproxy.cfg")],
     )?;
-    let gw = start(
-        "trellis",
-        &dir,
-        &[
-            &trellis,
+    let manifests = format!("{d}/manifests");
+    let gateway = |name: &'static str, http: u16, https: u16, extra: &[&str]| {
+        let port_map = format!("80={http},443={https}");
+        let mut cmd = vec![
+            trellis.as_str(),
             "gateway",
             "-f",
-            &format!("{d}/manifests"),
+            &manifests,
             "--gateway",
             "bench/edge",
             "--bind",
             "127.0.0.1",
             "--port-map",
-            &format!("80={TRELLIS_PORT},443={TRELLIS_TLS_PORT}"),
+            &port_map,
             "--access-log",
             "off",
-        ],
+        ];
+        cmd.extend_from_slice(extra);
+        start(name, &dir, &cmd)
+    };
+    let gw = gateway("trellis", TRELLIS_PORT, TRELLIS_TLS_PORT, &[])?;
+    let observe = format!("127.0.0.1:{TRELLIS_FLOWS_OBSERVE_PORT}");
+    let gw_flows = gateway(
+        "trellis-flows",
+        TRELLIS_FLOWS_PORT,
+        TRELLIS_FLOWS_TLS_PORT,
+        &["--observe-listen", &observe],
     )?;
     for p in [
         BACKEND_PORT,
@@ -284,6 +301,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         HAPROXY_PORT,
         TRELLIS_PORT,
         TRELLIS_TLS_PORT,
+        TRELLIS_FLOWS_PORT,
     ] {
         wait_tcp(p)?;
     }
@@ -303,6 +321,11 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             "trellis-small",
             format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
             &gw,
+        ),
+        (
+            "trellis-flows-small",
+            format!("http://127.0.0.1:{TRELLIS_FLOWS_PORT}/small"),
+            &gw_flows,
         ),
         (
             "nginx-json10k",
@@ -330,6 +353,12 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             &gw,
         ),
     ];
+    // ONLY=trellis-small,nginx-small runs just those (quick comparisons).
+    let only = std::env::var("ONLY").unwrap_or_default();
+    let scenarios: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(name, _, _)| only.is_empty() || only.split(',').any(|o| o == *name))
+        .collect();
     // Every proxy must answer 200 before anything is measured.
     for (name, url, _) in &scenarios {
         let w = wrk(url, &[], 1)?;
@@ -392,7 +421,11 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         ("trellis-json10k", "nginx-json10k"),
         ("trellis-json10k", "haproxy-json10k"),
         ("trellis-tls-small", "nginx-tls-small"),
+        ("trellis-flows-small", "trellis-small"),
     ] {
+        if !results.contains_key(t) || !results.contains_key(p) {
+            continue;
+        }
         let _ = writeln!(
             md,
             "| {t} vs {p} | {:.2} | {:.2} |",
@@ -407,6 +440,6 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     std::fs::write(dir.join("gateway.md"), &md)?;
     println!("\n{md}");
     println!("(written to {})", dir.join("gateway.md").display());
-    drop((gw, haproxy, nginx, backend));
+    drop((gw, gw_flows, haproxy, nginx, backend));
     Ok(())
 }

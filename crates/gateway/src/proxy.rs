@@ -547,29 +547,27 @@ async fn handle(
         .uri()
         .path_and_query()
         .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
-    let resp = handle_inner(state, port, peer, scheme, req).await;
-    let seen = resp.extensions().get::<crate::record::Seen>();
-    let record = crate::record::RequestRecord {
+    let mut resp = handle_inner(state, port, peer, scheme, req).await;
+    let seen = resp
+        .extensions_mut()
+        .remove::<crate::record::Seen>()
+        .unwrap_or_default();
+    observer.0.request(crate::record::RequestRecord {
         started: started_at,
         latency: started.elapsed(),
-        method: &method,
+        method,
         version,
         scheme,
-        host: &host,
-        path_and_query: &target,
+        host,
+        path_and_query: target,
         status: resp.status().as_u16(),
-        client: seen.and_then(|s| s.client).unwrap_or(peer),
+        client: seen.client.unwrap_or(peer),
         peer,
         listener_port: port,
-        route: seen
-            .and_then(|s| s.action.as_deref())
-            .map(|a| a.route.as_str()),
-        backend: seen
-            .and_then(|s| s.backend.as_deref())
-            .map(|b| b.name.as_str()),
-        upstream: seen.and_then(|s| s.upstream),
-    };
-    observer.0.request(&record);
+        action: seen.action,
+        backend: seen.backend,
+        upstream: seen.upstream,
+    });
     resp
 }
 

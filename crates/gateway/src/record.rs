@@ -2,9 +2,10 @@
 //! [`RequestRecord`] per request, handed to the [`RequestObserver`] of the [`crate::Bind`].
 //!
 //! The gateway does not know what a flow is (engines do not depend on each other); the binary
-//! turns records into flows. The record borrows from the request, so observing costs the
-//! gateway nothing it would not compute anyway, and nothing at all when no observer is set.
-//! The observer runs on the request's task: it must not block (queue, count, return).
+//! turns records into flows. The record owns what the request's handling had already
+//! computed (the host and target strings, the matched route and backend), so an observer can
+//! keep it without copying, and nothing is recorded at all when no observer is set. The
+//! observer runs on the request's task: it must not block (queue, count, return).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,20 +15,20 @@ use crate::plan::{Action, Backend};
 
 /// One request, after its response headers.
 #[derive(Debug)]
-pub struct RequestRecord<'a> {
+pub struct RequestRecord {
     /// When the request headers were read.
     pub started: SystemTime,
     /// From request headers to response headers.
     pub latency: Duration,
-    pub method: &'a http::Method,
+    pub method: http::Method,
     /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`, as Hubble writes them.
     pub version: &'static str,
     /// `http` or `https`.
     pub scheme: &'static str,
     /// The request host, lower case, without port.
-    pub host: &'a str,
+    pub host: String,
     /// Path and query as the client sent them.
-    pub path_and_query: &'a str,
+    pub path_and_query: String,
     pub status: u16,
     /// The client after X-Forwarded-For handling (the ClientTrafficPolicy's trusted hops).
     pub client: SocketAddr,
@@ -35,21 +36,31 @@ pub struct RequestRecord<'a> {
     pub peer: SocketAddr,
     /// The Gateway listener port the request came in on.
     pub listener_port: u16,
-    /// `namespace/name` of the route that matched; `None` when none did.
-    pub route: Option<&'a str>,
-    /// `namespace/name:port` of the backend picked; `None` when nothing was forwarded.
-    pub backend: Option<&'a str>,
+    pub(crate) action: Option<Arc<Action>>,
+    pub(crate) backend: Option<Arc<Backend>>,
     /// The endpoint that answered; `None` when the gateway answered itself.
     pub upstream: Option<SocketAddr>,
 }
 
-/// Receives a record per request.
-pub trait RequestObserver: Send + Sync {
-    fn request(&self, record: &RequestRecord<'_>);
+impl RequestRecord {
+    /// `namespace/name` of the route that matched; `None` when none did.
+    pub fn route(&self) -> Option<&str> {
+        self.action.as_deref().map(|a| a.route.as_str())
+    }
+
+    /// `namespace/name:port` of the backend picked; `None` when nothing was forwarded.
+    pub fn backend(&self) -> Option<&str> {
+        self.backend.as_deref().map(|b| b.name.as_str())
+    }
 }
 
-impl<F: Fn(&RequestRecord<'_>) + Send + Sync> RequestObserver for F {
-    fn request(&self, record: &RequestRecord<'_>) {
+/// Receives a record per request.
+pub trait RequestObserver: Send + Sync {
+    fn request(&self, record: RequestRecord);
+}
+
+impl<F: Fn(RequestRecord) + Send + Sync> RequestObserver for F {
+    fn request(&self, record: RequestRecord) {
         self(record)
     }
 }

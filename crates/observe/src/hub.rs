@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
@@ -53,12 +53,46 @@ impl Default for Config {
     }
 }
 
+/// A flow kept in a producer's own terms and built only when a reader asks for it: a busy
+/// producer pays for a copy of what it saw (and the metrics), not for the flow. The gateway's
+/// requests are recorded this way; a flow nobody reads is never built.
+pub trait Record: Send + Sync + 'static {
+    /// When it happened.
+    fn time(&self) -> prost_types::Timestamp;
+    /// The flow; the buffer fills in `node_name` when it is empty.
+    fn build(&self) -> Flow;
+    /// Counts it in the Hubble metrics as [`Metrics::flow`] counts the built flow.
+    fn count(&self, metrics: &Metrics);
+}
+
+/// A [`Record`] in the ring, with its flow once built.
+pub struct Recorded {
+    record: Box<dyn Record>,
+    time: prost_types::Timestamp,
+    node_name: Arc<str>,
+    flow: OnceLock<Flow>,
+}
+
+impl Recorded {
+    /// The flow, built on first use.
+    pub fn flow(&self) -> &Flow {
+        self.flow.get_or_init(|| {
+            let mut f = self.record.build();
+            if f.node_name.is_empty() {
+                f.node_name = self.node_name.to_string();
+            }
+            f.time.get_or_insert(self.time);
+            f
+        })
+    }
+}
+
 /// One entry of the ring.
 // Entries live behind an Arc already; boxing the flow would be a second allocation each.
 #[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     Flow(Flow),
+    Recorded(Recorded),
     Lost(LostEvent, prost_types::Timestamp),
 }
 
@@ -66,9 +100,57 @@ impl Event {
     pub fn time(&self) -> Option<&prost_types::Timestamp> {
         match self {
             Event::Flow(f) => f.time.as_ref(),
+            Event::Recorded(r) => Some(&r.time),
             Event::Lost(_, t) => Some(t),
         }
     }
+
+    /// The flow of a flow entry (building a recorded one), `None` for a loss.
+    pub fn flow(&self) -> Option<&Flow> {
+        match self {
+            Event::Flow(f) => Some(f),
+            Event::Recorded(r) => Some(r.flow()),
+            Event::Lost(..) => None,
+        }
+    }
+}
+
+/// A recorded entry clones as the flow it stands for.
+impl Clone for Event {
+    fn clone(&self) -> Self {
+        match self {
+            Event::Flow(f) => Event::Flow(f.clone()),
+            Event::Recorded(r) => Event::Flow(r.flow().clone()),
+            Event::Lost(l, t) => Event::Lost(*l, *t),
+        }
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Event::Lost(a, s), Event::Lost(b, t)) => a == b && s == t,
+            (Event::Lost(..), _) | (_, Event::Lost(..)) => false,
+            _ => self.flow() == other.flow(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Lost(l, t) => f.debug_tuple("Lost").field(l).field(t).finish(),
+            _ => f.debug_tuple("Flow").field(&self.flow()).finish(),
+        }
+    }
+}
+
+/// What producers put into the queue.
+// A queue slot holds the flow itself; boxing it would be one more allocation per flow.
+#[allow(clippy::large_enum_variant)]
+enum Pending {
+    Flow(Flow),
+    Record(Box<dyn Record>),
 }
 
 struct Ring {
@@ -106,6 +188,8 @@ pub(crate) struct Hub {
     pub(crate) metrics: Metrics,
     started: Instant,
     pub(crate) node_name: String,
+    /// The same, shared by recorded entries.
+    node: Arc<str>,
 }
 
 impl Hub {
@@ -123,6 +207,7 @@ impl Hub {
             metrics: Metrics::default(),
             started: Instant::now(),
             node_name: config.node_name.clone(),
+            node: Arc::from(config.node_name.as_str()),
         }
     }
 
@@ -146,6 +231,10 @@ impl Hub {
     /// Takes flows into the ring (counting them first), with a `LostEvent` entry ahead of
     /// them for whatever was lost since the last call.
     pub(crate) fn ingest(&self, flows: impl IntoIterator<Item = Flow>) {
+        self.ingest_pending(flows.into_iter().map(Pending::Flow));
+    }
+
+    fn ingest_pending(&self, flows: impl IntoIterator<Item = Pending>) {
         let now = crate::time::now();
         let mut batch: Vec<Arc<Event>> = Vec::new();
         for (i, pending) in self.lost_pending.iter().enumerate() {
@@ -163,22 +252,35 @@ impl Hub {
                 )));
             }
         }
-        for mut f in flows {
-            if f.time.is_none() {
-                f.time = Some(now);
-            }
-            if f.node_name.is_empty() {
-                f.node_name.clone_from(&self.node_name);
-            }
-            self.metrics.flow(&f);
-            batch.push(Arc::new(Event::Flow(f)));
+        for p in flows {
+            batch.push(Arc::new(match p {
+                Pending::Flow(mut f) => {
+                    if f.time.is_none() {
+                        f.time = Some(now);
+                    }
+                    if f.node_name.is_empty() {
+                        f.node_name.clone_from(&self.node_name);
+                    }
+                    self.metrics.flow(&f);
+                    Event::Flow(f)
+                }
+                Pending::Record(record) => {
+                    record.count(&self.metrics);
+                    Event::Recorded(Recorded {
+                        time: record.time(),
+                        record,
+                        node_name: self.node.clone(),
+                        flow: OnceLock::new(),
+                    })
+                }
+            }));
         }
         if batch.is_empty() {
             return;
         }
         let flows = batch
             .iter()
-            .filter(|e| matches!(***e, Event::Flow(_)))
+            .filter(|e| !matches!(***e, Event::Lost(..)))
             .count();
         let next = {
             let mut ring = self.lock();
@@ -235,7 +337,7 @@ impl Hub {
 /// What producers hold: cheap to clone, [`Flows::push`] never waits.
 #[derive(Clone)]
 pub struct Flows {
-    tx: mpsc::Sender<Flow>,
+    tx: mpsc::Sender<Pending>,
     hub: Arc<Hub>,
 }
 
@@ -249,7 +351,15 @@ impl Flows {
     /// Queues a flow for the buffer; when the queue is full the flow is dropped and counted
     /// (`OBSERVER_EVENTS_QUEUE`). Callable from any thread, inside a runtime or not.
     pub fn push(&self, flow: Flow) {
-        if self.tx.try_send(flow).is_err() {
+        if self.tx.try_send(Pending::Flow(flow)).is_err() {
+            self.hub.lost(LostEventSource::ObserverEventsQueue, 1);
+        }
+    }
+
+    /// Queues a record whose flow is built only when read (see [`Record`]); a full queue
+    /// counts as for [`Flows::push`].
+    pub fn record(&self, record: impl Record) {
+        if self.tx.try_send(Pending::Record(Box::new(record))).is_err() {
             self.hub.lost(LostEventSource::ObserverEventsQueue, 1);
         }
     }
@@ -286,13 +396,13 @@ impl Observer {
     /// Creates the buffer and starts the task that fills it (needs a tokio runtime).
     pub fn start(config: &Config) -> Observer {
         let hub = Arc::new(Hub::new(config));
-        let (tx, mut rx) = mpsc::channel::<Flow>(config.queued_flows_max.max(1));
+        let (tx, mut rx) = mpsc::channel::<Pending>(config.queued_flows_max.max(1));
         let h = hub.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(INGEST_BATCH_MAX);
             while rx.recv_many(&mut batch, INGEST_BATCH_MAX).await > 0 {
                 let full = batch.len() == INGEST_BATCH_MAX;
-                h.ingest(batch.drain(..));
+                h.ingest_pending(batch.drain(..));
                 if !full {
                     tokio::time::sleep(std::time::Duration::from_millis(INGEST_INTERVAL_MS)).await;
                 }
@@ -366,14 +476,68 @@ mod tests {
         assert_eq!((got.len(), missed, cursor), (4, 2, 9));
         let ports: Vec<u32> = got
             .iter()
-            .map(|e| match &**e {
-                Event::Flow(f) => f.proxy_port,
-                Event::Lost(..) => u32::MAX,
-            })
+            .map(|e| e.flow().map_or(u32::MAX, |f| f.proxy_port))
             .collect();
         assert_eq!(ports, vec![5, 6, 7, 8]);
         let s = hub.status();
         assert_eq!((s.num_flows, s.max_flows, s.seen_flows), (4, 4, 9));
+    }
+
+    /// A record whose builds are counted.
+    struct Counted(Arc<AtomicU64>);
+
+    impl Record for Counted {
+        fn time(&self) -> prost_types::Timestamp {
+            prost_types::Timestamp {
+                seconds: 7,
+                nanos: 0,
+            }
+        }
+        fn build(&self) -> Flow {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            flow(42)
+        }
+        fn count(&self, m: &Metrics) {
+            m.processed("L7", "HTTP", Verdict::Forwarded);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_is_counted_on_arrival_and_built_once_when_read() {
+        let obs = Observer::start(&Config {
+            node_name: "n1".into(),
+            ..Config::default()
+        });
+        let builds = Arc::new(AtomicU64::new(0));
+        obs.flows().record(Counted(builds.clone()));
+        let mut tip = obs.hub.subscribe();
+        while *tip.borrow_and_update() < 1 {
+            tip.changed().await.expect("hub alive");
+        }
+        assert_eq!(
+            builds.load(Ordering::Relaxed),
+            0,
+            "not built before a reader"
+        );
+        assert_eq!(obs.status().seen_flows, 1);
+        let mut text = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        obs.register(&mut registry);
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        assert!(
+            text.contains(
+                "hubble_flows_processed_total{type=\"L7\",subtype=\"HTTP\",verdict=\"FORWARDED\"} 1"
+            ),
+            "{text}"
+        );
+        let (entries, _) = obs.hub.snapshot();
+        for _ in 0..3 {
+            let f = entries[0].flow().expect("a flow");
+            assert_eq!((f.proxy_port, f.node_name.as_str()), (42, "n1"));
+            assert_eq!(f.time.map(|t| t.seconds), Some(7));
+        }
+        assert_eq!(builds.load(Ordering::Relaxed), 1, "built once");
+        assert!(matches!(obs.entries()[0], Event::Flow(_)));
     }
 
     #[tokio::test]
@@ -401,7 +565,7 @@ mod tests {
             .iter()
             .filter_map(|e| match e {
                 Event::Lost(l, _) => Some((l.source, l.num_events_lost)),
-                Event::Flow(_) => None,
+                _ => None,
             })
             .collect();
         assert_eq!(

@@ -28,7 +28,7 @@ pub mod server;
 pub mod time;
 
 pub use filter::{FilterError, FilterSet};
-pub use hub::{Config, Flows, Observer};
+pub use hub::{Config, Flows, Observer, Record};
 pub use server::{serve, spawn};
 
 /// Generated code: prost messages, the tonic client and server.

@@ -165,13 +165,7 @@ impl Metrics {
     pub fn flow(&self, f: &Flow) {
         let verdict = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
         let (r#type, subtype) = flow_type_label(f);
-        self.flows_processed
-            .get_or_create(&FlowLabels {
-                r#type,
-                subtype,
-                verdict: verdict.as_str_name(),
-            })
-            .inc();
+        self.processed(r#type, subtype, verdict);
         if verdict == Verdict::Dropped {
             let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc)
                 .map_or("other", |r| r.as_str_name());
@@ -185,28 +179,7 @@ impl Metrics {
         let Some(l7) = &f.l7 else { return };
         match &l7.record {
             Some(layer7::Record::Http(h)) => {
-                let method = method_label(&h.method);
-                let protocol = match h.protocol.as_str() {
-                    "HTTP/1.0" => "HTTP/1.0",
-                    "HTTP/1.1" => "HTTP/1.1",
-                    "HTTP/2" | "HTTP/2.0" => "HTTP/2",
-                    "HTTP/3" => "HTTP/3",
-                    _ => "other",
-                };
-                self.http_requests
-                    .get_or_create(&HttpLabels {
-                        method,
-                        protocol,
-                        status: u16::try_from(h.code.min(999)).unwrap_or(0),
-                        reporter: "server",
-                    })
-                    .inc();
-                self.http_duration
-                    .get_or_create(&HttpDurationLabels {
-                        method,
-                        reporter: "server",
-                    })
-                    .observe(l7.latency_ns as f64 / 1e9);
+                self.http(&h.method, &h.protocol, h.code, l7.latency_ns);
             }
             Some(layer7::Record::Dns(d)) => {
                 let labels = DnsLabels {
@@ -225,6 +198,43 @@ impl Metrics {
             }
             None => {}
         }
+    }
+
+    /// Counts one flow in `hubble_flows_processed_total`.
+    pub fn processed(&self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
+        self.flows_processed
+            .get_or_create(&FlowLabels {
+                r#type,
+                subtype,
+                verdict: verdict.as_str_name(),
+            })
+            .inc();
+    }
+
+    /// Counts one HTTP exchange (`hubble_http_requests_total` and its duration).
+    pub fn http(&self, method: &str, protocol: &str, code: u32, latency_ns: u64) {
+        let method = method_label(method);
+        let protocol = match protocol {
+            "HTTP/1.0" => "HTTP/1.0",
+            "HTTP/1.1" => "HTTP/1.1",
+            "HTTP/2" | "HTTP/2.0" => "HTTP/2",
+            "HTTP/3" => "HTTP/3",
+            _ => "other",
+        };
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                method,
+                protocol,
+                status: u16::try_from(code.min(999)).unwrap_or(0),
+                reporter: "server",
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&HttpDurationLabels {
+                method,
+                reporter: "server",
+            })
+            .observe(latency_ns as f64 / 1e9);
     }
 
     /// Counts events lost at `source`.

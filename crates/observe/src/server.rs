@@ -85,17 +85,18 @@ pub async fn spawn(addr: SocketAddr, observer: &Observer) -> std::io::Result<Soc
 }
 
 fn response(hub: &Hub, e: &Event) -> GetFlowsResponse {
-    match e {
-        Event::Flow(f) => GetFlowsResponse {
+    match (e, e.flow()) {
+        (_, Some(f)) => GetFlowsResponse {
             node_name: f.node_name.clone(),
             time: f.time,
             response_types: Some(ResponseTypes::Flow(f.clone())),
         },
-        Event::Lost(l, t) => GetFlowsResponse {
+        (Event::Lost(l, t), None) => GetFlowsResponse {
             node_name: hub.node_name.clone(),
             time: Some(*t),
             response_types: Some(ResponseTypes::LostEvents(*l)),
         },
+        (_, None) => GetFlowsResponse::default(),
     }
 }
 
@@ -114,11 +115,8 @@ impl Selection {
         if self.since.is_some_and(|s| t < s) || self.until.is_some_and(|u| t > u) {
             return false;
         }
-        match e {
-            Event::Flow(f) => self.filters.matches(f),
-            // Losses are always shown: they say the stream is incomplete.
-            Event::Lost(..) => true,
-        }
+        // Losses are always shown: they say the stream is incomplete.
+        e.flow().is_none_or(|f| self.filters.matches(f))
     }
 }
 

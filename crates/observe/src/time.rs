@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prost_types::Timestamp;
+pub use prost_types::Timestamp;
 
 /// Now, as a protobuf timestamp.
 pub fn now() -> Timestamp {

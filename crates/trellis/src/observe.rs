@@ -82,13 +82,13 @@ fn ip_version(ip: IpAddr) -> i32 {
 
 /// One gateway request as an L7 flow: the client (after X-Forwarded-For) to the endpoint
 /// that answered, with the route in the summary.
-pub fn gateway_flow(r: &gateway::record::RequestRecord<'_>, pods: &Pods) -> Flow {
+pub fn gateway_flow(r: &gateway::record::RequestRecord, pods: &Pods) -> Flow {
     let client = r.client;
     let dst_ip = r.upstream.map(|u| u.ip());
     let dst_port = r
         .upstream
         .map_or(u32::from(r.listener_port), |u| u32::from(u.port()));
-    let service = r.backend.and_then(|b| {
+    let service = r.backend().and_then(|b| {
         let (ns, rest) = b.split_once('/')?;
         let name = rest.rsplit_once(':').map_or(rest, |(n, _)| n);
         Some(Service {
@@ -150,14 +150,14 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord<'_>, pods: &Pods) -> Flow
         ..Default::default()
     };
     let mut summary = observe::format::summary(&f);
-    match r.route {
+    match r.route() {
         Some(route) => {
             summary.push_str(" route ");
             summary.push_str(route);
         }
         None => summary.push_str(" no route"),
     }
-    if let Some(b) = r.backend {
+    if let Some(b) = r.backend() {
         summary.push_str(" backend ");
         summary.push_str(b);
     }
@@ -224,9 +224,36 @@ pub fn dns_flow(r: &dns::record::QueryRecord, pods: &Pods) -> Flow {
 
 /// The gateway's observer: every request becomes a flow pushed into `flows`.
 pub fn gateway_observer(flows: observe::Flows, pods: Arc<Pods>) -> gateway::record::Observer {
-    gateway::record::Observer(Arc::new(move |r: &gateway::record::RequestRecord<'_>| {
-        flows.push(gateway_flow(r, &pods))
+    gateway::record::Observer(Arc::new(move |record: gateway::record::RequestRecord| {
+        flows.record(GatewayRequest {
+            record,
+            pods: pods.clone(),
+        });
     }))
+}
+
+/// A gateway request kept as the gateway recorded it; its flow is built when read (pods
+/// are named from the table of that moment).
+struct GatewayRequest {
+    record: gateway::record::RequestRecord,
+    pods: Arc<Pods>,
+}
+
+impl observe::Record for GatewayRequest {
+    fn time(&self) -> observe::time::Timestamp {
+        observe::time::from_system(self.record.started)
+    }
+
+    fn build(&self) -> Flow {
+        gateway_flow(&self.record, &self.pods)
+    }
+
+    fn count(&self, m: &observe::metrics::Metrics) {
+        let r = &self.record;
+        m.processed("L7", "HTTP", Verdict::Forwarded);
+        let latency = u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX);
+        m.http(r.method.as_str(), r.version, u32::from(r.status), latency);
+    }
 }
 
 /// The DNS server's observer: every answered query becomes a flow pushed into `flows`.
