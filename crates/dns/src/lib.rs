@@ -21,6 +21,7 @@ pub mod answer;
 pub mod forward;
 pub mod metrics;
 pub mod record;
+pub mod replay;
 pub mod server;
 pub mod sync;
 pub mod views;

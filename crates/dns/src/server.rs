@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::answer::{Transport, answer, encode, is_local, parse};
 use crate::forward::Forwarder;
+use crate::replay::Replay;
 use crate::views::Views;
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
@@ -32,7 +33,7 @@ impl Running {
 }
 
 /// An rcode as dig and CoreDNS write it.
-fn rcode_name(r: hickory_proto::op::ResponseCode) -> String {
+pub(crate) fn rcode_name(r: hickory_proto::op::ResponseCode) -> String {
     use hickory_proto::op::ResponseCode as R;
     match r {
         R::NoError => "NOERROR".into(),
@@ -78,14 +79,13 @@ impl Pending {
 /// Parses a query, applies rewrites and answers it from the view when it can. `Err` carries
 /// the FORMERR to send back (or nothing to send).
 fn prepare(
-    views: &ArcSwap<Views>,
+    current: &Views,
     forwarding: bool,
     packet: &[u8],
     peer: SocketAddr,
 ) -> Result<Pending, Option<Vec<u8>>> {
     let started = std::time::Instant::now();
     let original = parse(packet)?;
-    let current = views.load();
     // A rewrite rule changes the name looked up; the client still sees its own name.
     let rewritten = original.queries.first().and_then(|q| {
         let to = current.rewrite(&q.name().to_lowercase().to_ascii())?;
@@ -241,7 +241,7 @@ async fn reply(
     server: SocketAddr,
     t: Transport,
 ) -> Option<Vec<u8>> {
-    let mut p = match prepare(views, fwd.is_some(), packet, peer) {
+    let mut p = match prepare(&views.load(), fwd.is_some(), packet, peer) {
         Ok(p) => p,
         Err(formerr) => return formerr,
     };
@@ -278,13 +278,28 @@ pub async fn start_with(
     let (z, f, o) = (views.clone(), forwarder.clone(), ops.clone());
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
+        // Answers from the views are replayed unless each query must be seen (query log,
+        // flows).
+        let mut replay = (o.observer.is_none() && !o.query_log).then(Replay::default);
         loop {
             let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
                 continue;
             };
+            let packet = &buf[..n];
+            let current = z.load_full();
+            if let Some(r) = replay.as_mut() {
+                let started = std::time::Instant::now();
+                if r.answer(&current, current.for_client(peer.ip()).0, packet) {
+                    if let Some(m) = &o.metrics {
+                        m.request_duration.observe(started.elapsed().as_secs_f64());
+                    }
+                    let _ = udp.send_to(r.response(), peer).await;
+                    continue;
+                }
+            }
             // Answered from a view: right here, no task. Forwarded: in its own task, as it
             // waits on an upstream.
-            match prepare(&z, f.is_some(), &buf[..n], peer) {
+            match prepare(&current, f.is_some(), packet, peer) {
                 Err(Some(formerr)) => {
                     let _ = udp.send_to(&formerr, peer).await;
                 }
@@ -292,6 +307,9 @@ pub async fn start_with(
                 Ok(mut p) => match (p.local.take(), &f) {
                     (Some(r), _) => {
                         if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp) {
+                            if let Some(r) = replay.as_mut() {
+                                r.insert(&current, &p.view, packet, &out, o.metrics.as_deref());
+                            }
                             let _ = udp.send_to(&out, peer).await;
                         }
                     }
