@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::{Proc, bound_addr, curl_headers, echo_and_base, example, example_vars, spawn_gateway};
 
-fn observe(server: &str, args: &[&str]) -> String {
+pub(super) fn observe(server: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
         .args(["observe", "--server", server])
         .args(args)
@@ -28,7 +28,7 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 }
 
 /// Keeps reading a child's stderr so it never blocks on a full pipe.
-fn drain(lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static) {
+pub(super) fn drain(lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static) {
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
 }
 
@@ -528,7 +528,7 @@ fn metric_names_in_queries() {
 
 /// The HTTPRoute `apps/web` on gateway `gw` to Service `web:80`, with `hostnames` (YAML flow
 /// list, or "" for none).
-fn write_web_route(dir: &std::path::Path, hostnames: &str) {
+pub(super) fn write_web_route(dir: &std::path::Path, hostnames: &str) {
     let hostnames = if hostnames.is_empty() {
         String::new()
     } else {
