@@ -219,33 +219,15 @@ mod tests {
     #[test]
     fn flows_become_nodes_and_edges_counted_per_verdict() {
         let web = || pod("apps", "web-5d8f-abcde", Some("web-5d8f"));
+        let through_web =
+            |verdict| flow(reserved_ep("world"), web(), Some(("apps", "web")), verdict);
         let flows = [
-            // Three requests from the world through Service apps/web to its pod.
-            flow(
-                reserved_ep("world"),
-                web(),
-                Some(("apps", "web")),
-                Verdict::Forwarded,
-            ),
-            flow(
-                reserved_ep("world"),
-                web(),
-                Some(("apps", "web")),
-                Verdict::Forwarded,
-            ),
-            flow(
-                reserved_ep("world"),
-                web(),
-                Some(("apps", "web")),
-                Verdict::Forwarded,
-            ),
-            // One dropped on the way.
-            flow(
-                reserved_ep("world"),
-                web(),
-                Some(("apps", "web")),
-                Verdict::Dropped,
-            ),
+            // Three requests from the world through Service apps/web to its pod, and one
+            // dropped on the way.
+            through_web(Verdict::Forwarded),
+            through_web(Verdict::Forwarded),
+            through_web(Verdict::Forwarded),
+            through_web(Verdict::Dropped),
             // The gateway's answer without a route: host to host, no Service.
             flow(
                 reserved_ep("host"),

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{Value, json};
 
-use super::observe::{drain, observe, write_web_route};
-use super::{bound_addr, curl_headers, echo_and_base, spawn_gateway, within};
+use super::observe::{drain, flow_gateway, observe};
+use super::{bound_addr, curl_headers, within};
 
 /// A chromedriver with one browser session; both end when this is dropped (the session is
 /// deleted, which closes the browser, then chromedriver's process group is killed).
@@ -239,12 +239,8 @@ fn screenshot_path(name: &str) -> PathBuf {
 
 #[test]
 fn requests_through_the_gateway_show_in_the_browser_as_rows_and_map_edges() {
-    let t = tempfile::tempdir().expect("tmp");
-    let mut log = String::new();
-    let (_echo, _) = echo_and_base(t.path(), &mut log);
-    write_web_route(t.path(), "[web.example.com]");
-    let (_gw, mut err) = spawn_gateway(
-        t.path(),
+    let setup = flow_gateway(
+        "[web.example.com]",
         &[
             "--observe-listen",
             "127.0.0.1:0",
@@ -255,11 +251,9 @@ fn requests_through_the_gateway_show_in_the_browser_as_rows_and_map_edges() {
             "--access-log",
             "off",
         ],
+        &["observer API", "flow UI on", "listener port 80 on"],
     );
-    let server = bound_addr(&mut err, "observer API", &mut log);
-    let ui = bound_addr(&mut err, "flow UI on", &mut log);
-    let gw = bound_addr(&mut err, "listener port 80 on", &mut log);
-    drain(err);
+    let [server, ui, gw] = setup.addrs();
 
     // Three answered requests and one that no route takes (404).
     let url = format!("http://{gw}/hello");
@@ -392,4 +386,61 @@ fn requests_through_the_gateway_show_in_the_browser_as_rows_and_map_edges() {
     let shot = screenshot_path("ui-flows-refused-filter.png");
     browser.screenshot(&shot);
     println!("screenshot: {}", shot.display());
+}
+
+/// `trellis observe --ui-listen` serves the UI over another process's flows, read with
+/// GetFlows: its map counts what the gateway saw.
+#[test]
+fn observe_serves_the_ui_over_a_remote_servers_flows() {
+    use std::io::BufRead;
+    let setup = flow_gateway(
+        "[web.example.com]",
+        &["--observe-listen", "127.0.0.1:0", "--access-log", "off"],
+        &["observer API", "listener port 80 on"],
+    );
+    let [server, gw] = setup.addrs();
+    let mut log = String::new();
+    let url = format!("http://{gw}/hello");
+    within(20, || {
+        curl_headers(&url, "web.example.com").filter(|h| h.starts_with("http/1.1 200"))
+    })
+    .expect("the gateway answers");
+    let mut relay = super::Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["observe", "--server", &server, "--ui-listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis observe starts"),
+    );
+    let mut relay_err = std::io::BufReader::new(relay.0.stderr.take().expect("stderr")).lines();
+    let ui = bound_addr(&mut relay_err, "flow UI on", &mut log);
+    drain(relay_err);
+    // A request after the relay started reaches it too (it follows).
+    let h = curl_headers(&url, "web.example.com").expect("answers");
+    assert!(h.starts_with("http/1.1 200"), "{h}");
+    let map_url = format!("http://{ui}/api/map?http-status=200");
+    let map = within(20, || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &map_url])
+            .output()
+            .ok()?;
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (flows_of(&v["edges"], "host", "service:apps/web") == Some(2)).then_some(v)
+    })
+    .expect("the relay's map counts both requests");
+    assert_eq!(map["flows"], 2, "{map}");
+    let bad = Command::new("curl")
+        .args([
+            "-sS",
+            "-w",
+            "%{http_code}",
+            &format!("http://{ui}/api/map?verdict=maybe"),
+        ])
+        .output()
+        .expect("curl");
+    let bad = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        bad.contains("not a verdict") && bad.ends_with("400"),
+        "{bad}"
+    );
 }
