@@ -367,6 +367,23 @@ fn requests_through_the_gateway_show_in_the_browser_as_rows_and_map_edges() {
         )
     });
 
+    // Paused, the page holds new flows back and counts them; resumed, it shows them.
+    browser.click("#pause");
+    let h = curl_headers(&format!("http://{gw}/paused"), "other.example.com").expect("answers");
+    assert!(h.starts_with("http/1.1 404"), "{h}");
+    let count = "return document.getElementById('flow-count').textContent;";
+    within(30, || {
+        (browser.script(count) == json!("2 shown, 1 new while paused")).then_some(())
+    })
+    .unwrap_or_else(|| panic!("no held flow counted: {}", browser.script(count)));
+    assert_eq!(
+        browser.script(PAGE_STATE)["rows"].as_array().map(Vec::len),
+        Some(2),
+        "rows added while paused"
+    );
+    browser.click("#pause");
+    assert_eq!(browser.script(count), json!("3 shown"));
+
     // A filter the server refuses is shown, not swallowed.
     browser.type_into("input[name='http-status']", "x");
     browser.click("#apply");
