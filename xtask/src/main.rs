@@ -110,7 +110,8 @@ fn ensure_components() -> Result<()> {
 /// from Debian when missing: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl (`s_server`
 /// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests),
 /// h2load (load during reloads), clang-19 and libbpf's headers (the eBPF programs), the
-/// reference CNI plugins (chaining tests), iproute2 and procps (the lab's namespaces).
+/// reference CNI plugins (chaining tests), iproute2 and procps (the lab's namespaces),
+/// Chromium and chromedriver (the flow UI in a browser).
 pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/curl", "curl"),
     ("/usr/bin/openssl", "openssl"),
@@ -126,6 +127,9 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/nsenter", "util-linux"),
     ("/usr/sbin/arping", "arping"),
     ("/usr/bin/tshark", "tshark"),
+    // The flow UI's browser test: headless Chromium driven over WebDriver.
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/chromedriver", "chromium-driver"),
 ];
 
 /// Installs the Debian packages whose probe file is missing.

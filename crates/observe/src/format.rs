@@ -201,19 +201,39 @@ pub fn table_header() -> String {
     )
 }
 
+/// The columns of a flow in a table (`-o table`, the web UI's flow table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub time: String,
+    pub source: String,
+    pub destination: String,
+    pub r#type: String,
+    pub verdict: &'static str,
+    pub summary: String,
+}
+
+pub fn row(f: &Flow) -> Row {
+    let (source, destination) = addresses(f);
+    Row {
+        time: f
+            .time
+            .as_ref()
+            .map(crate::time::compact)
+            .unwrap_or_default(),
+        source,
+        destination,
+        r#type: type_text(f),
+        verdict: verdict_text(f),
+        summary: summary_or_computed(f),
+    }
+}
+
 /// One row of `-o table` (fixed columns, so rows line up while streaming).
 pub fn table_row(f: &Flow) -> String {
-    let time = f
-        .time
-        .as_ref()
-        .map(crate::time::compact)
-        .unwrap_or_default();
-    let (src, dst) = addresses(f);
+    let r = row(f);
     format!(
-        "{time:<21} {src:<36} {dst:<36} {:<14} {:<10} {}",
-        type_text(f),
-        verdict_text(f),
-        summary_or_computed(f)
+        "{:<21} {:<36} {:<36} {:<14} {:<10} {}",
+        r.time, r.source, r.destination, r.r#type, r.verdict, r.summary
     )
 }
 

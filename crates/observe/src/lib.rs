@@ -9,6 +9,11 @@
 //! - [`format`]: the one-line summary, `compact`, `table` and JSON output.
 //! - [`metrics`]: Hubble's metric names (`hubble_flows_processed_total`, ...).
 //! - [`server`]: the tonic service (GetFlows, GetNodes, ServerStatus) and [`serve`].
+//! - [`query`]: the filter flags of `hubble observe` and the whitelist they make; the CLI
+//!   takes them as flags, the web UI as query-string keys.
+//! - [`map`]: the service map (workloads, Services, reserved identities; edges counted per
+//!   verdict) aggregated from flows.
+//! - [`ui`]: the web UI (one embedded page) and its JSON / Server-Sent-Events API.
 //! - [`endpoints`]: pods by IP from the snapshot, so every producer names endpoints alike.
 //! - [`packet`]: L3/L4 flows from decoded datapath events ([`packet::PacketEvent`]).
 //!
@@ -22,10 +27,13 @@ pub mod endpoints;
 pub mod filter;
 pub mod format;
 pub mod hub;
+pub mod map;
 pub mod metrics;
 pub mod packet;
+pub mod query;
 pub mod server;
 pub mod time;
+pub mod ui;
 
 pub use filter::{FilterError, FilterSet};
 pub use hub::{Config, Flows, Observer, Record};

@@ -180,17 +180,11 @@ async fn stream_flows(hub: Arc<Hub>, req: GetFlowsRequest, sel: Selection, tx: T
     }
 }
 
-type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl crate::proto::observer::observer_server::Observer for Service {
-    type GetFlowsStream = FlowStream;
-
-    async fn get_flows(
-        &self,
-        request: Request<GetFlowsRequest>,
-    ) -> Result<Response<FlowStream>, Status> {
-        let req = request.into_inner();
+impl Service {
+    /// Starts a GetFlows stream: checks the request, takes one of the [`STREAMS_MAX`]
+    /// streams, and returns what the stream sends (the gRPC service and the web UI both read
+    /// flows through here).
+    pub fn open(&self, req: GetFlowsRequest) -> Result<FlowReceiver, Status> {
         if req.first && req.follow {
             return Err(Status::invalid_argument(
                 "first cannot be combined with follow",
@@ -216,6 +210,24 @@ impl crate::proto::observer::observer_server::Observer for Service {
             stream_flows(hub, req, sel, tx).await;
             drop(permit);
         });
+        Ok(rx)
+    }
+}
+
+/// The responses of one GetFlows stream, as [`Service::open`] returns them.
+pub type FlowReceiver = mpsc::Receiver<Result<GetFlowsResponse, Status>>;
+
+type FlowStream = Pin<Box<dyn Stream<Item = Result<GetFlowsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl crate::proto::observer::observer_server::Observer for Service {
+    type GetFlowsStream = FlowStream;
+
+    async fn get_flows(
+        &self,
+        request: Request<GetFlowsRequest>,
+    ) -> Result<Response<FlowStream>, Status> {
+        let rx = self.open(request.into_inner())?;
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         });

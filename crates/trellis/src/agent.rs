@@ -30,6 +30,9 @@ pub struct Args {
     /// masquerade decisions, drops) here; overrides the configuration's `observe_listen`.
     #[arg(long)]
     pub observe_listen: Option<std::net::SocketAddr>,
+    /// Serve the flow web UI (live flow table, service map) of the datapath's flows here.
+    #[arg(long)]
+    pub ui_listen: Option<std::net::SocketAddr>,
 }
 
 /// Turns a datapath record into the event observe makes a flow of.
@@ -103,14 +106,15 @@ impl Clock {
     }
 }
 
-/// Starts the observer API on its own runtime thread and a thread that moves datapath
-/// records into it. Returns the bound address.
+/// Starts the observer API and UI (where asked) on their own runtime thread and a thread
+/// that moves datapath records into the buffer.
 fn start_observer(
-    addr: std::net::SocketAddr,
+    observe_listen: Option<std::net::SocketAddr>,
+    ui_listen: Option<std::net::SocketAddr>,
     node: &str,
     pin_dir: &std::path::Path,
     pods: std::sync::Arc<observe::endpoints::Endpoints>,
-) -> Result<std::net::SocketAddr> {
+) -> Result<()> {
     let mut events = datapath::Events::open(pin_dir)?;
     let (tx, rx) = std::sync::mpsc::channel();
     let node = node.to_string();
@@ -132,15 +136,15 @@ fn start_observer(
                     node_name: node,
                     ..Default::default()
                 });
-                let bound = observe::spawn(addr, &obs).await;
+                let served = crate::observe::serve(&obs, observe_listen, ui_listen).await;
                 let flows = obs.flows();
-                let _ = tx.send(bound.map(|b| (b, flows)).map_err(anyhow::Error::from));
+                let _ = tx.send(served.map(|()| flows));
                 // Keep the observer (and the server task) alive for the process's lifetime.
                 let _keep = obs;
                 std::future::pending::<()>().await;
             });
         })?;
-    let (bound, flows) = rx.recv().context("observer thread ended")??;
+    let flows = rx.recv().context("observer thread ended")??;
     // What the programs could not queue (ring full) is counted in their stats; report it as
     // lost, as Hubble does for its perf ring.
     let counters = datapath::Maps::open(pin_dir)?;
@@ -171,7 +175,7 @@ fn start_observer(
                 }
             }
         })?;
-    Ok(bound)
+    Ok(())
 }
 
 /// Stable ids for frontends and backends, so a sync rewrites only what changed and a restarted
@@ -317,10 +321,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .with_context(|| format!("attaching to {}", conf.lan_interface))?;
     let mut maps = datapath::Maps::open(&conf.pin_dir)?;
     let pods = std::sync::Arc::new(observe::endpoints::Endpoints::default());
-    if let Some(addr) = args.observe_listen.or(conf.observe_listen) {
-        let bound = start_observer(addr, &conf.node, &conf.pin_dir, pods.clone())
-            .with_context(|| format!("serving the observer API on {addr}"))?;
-        eprintln!("node {}: observer API (Hubble gRPC) on {bound}", conf.node);
+    let observe_listen = args.observe_listen.or(conf.observe_listen);
+    if observe_listen.is_some() || args.ui_listen.is_some() {
+        start_observer(
+            observe_listen,
+            args.ui_listen,
+            &conf.node,
+            &conf.pin_dir,
+            pods.clone(),
+        )
+        .with_context(|| format!("node {}: serving flows", conf.node))?;
     }
     let mut ids = Ids::recover(&maps)?;
     let fabric_cfg = fabric::FabricConfig::new(conf.node.clone(), conf.node_ips.clone());
@@ -332,7 +342,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             NODE_F_MASQUERADE
         } else {
             0
-        }) | (if args.observe_listen.or(conf.observe_listen).is_some() {
+        }) | (if observe_listen.is_some() || args.ui_listen.is_some() {
             datapath::abi::NODE_F_EVENTS
         } else {
             0

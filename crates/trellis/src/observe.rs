@@ -13,27 +13,24 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use observe::proto::flow::{
-    self, CiliumEventType, Endpoint, EventTypeFilter, Flow, FlowFilter, FlowType, Ip, IpVersion,
-    L7FlowType, Layer4, Layer7, Service, TrafficDirection, Verdict, layer4, layer7,
+    self, CiliumEventType, Endpoint, Flow, FlowType, Ip, IpVersion, L7FlowType, Layer4, Layer7,
+    Service, TrafficDirection, Verdict, layer4, layer7,
 };
 use observe::proto::observer::{
     GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
     observer_client::ObserverClient,
 };
 
-/// Cilium's monitor message type of L7 (proxy access log) events.
-const EVENT_L7: i32 = 129;
-const EVENT_DROP: i32 = 1;
-const EVENT_TRACE: i32 = 4;
-const EVENT_POLICY_VERDICT: i32 = 5;
-
 /// Flags of the components that produce flows.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
     /// Serve Hubble's Observer gRPC API (GetFlows, ServerStatus, GetNodes) here, e.g.
-    /// 127.0.0.1:4245. Flows are recorded only when this is set.
+    /// 127.0.0.1:4245. Flows are recorded only when this or --ui-listen is set.
     #[arg(long)]
     pub observe_listen: Option<SocketAddr>,
+    /// Serve the flow web UI (live flow table, service map) here, e.g. 127.0.0.1:4246.
+    #[arg(long)]
+    pub ui_listen: Option<SocketAddr>,
     /// Flows kept for readers (the ring buffer; older flows are overwritten).
     #[arg(long, default_value_t = observe::hub::FLOWS_MAX_DEFAULT)]
     pub flows_max: usize,
@@ -48,26 +45,44 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
-/// Starts the flow buffer and its API when `--observe-listen` is set; registers the Hubble
-/// metrics into `registry`. Needs the runtime.
+/// Starts the flow buffer, its API and its UI when `--observe-listen` or `--ui-listen` is
+/// set; registers the Hubble metrics into `registry`. Needs the runtime.
 pub async fn start(
     args: &ServeArgs,
     registry: &mut prometheus_client::registry::Registry,
 ) -> anyhow::Result<Option<observe::Observer>> {
-    let Some(addr) = args.observe_listen else {
+    if args.observe_listen.is_none() && args.ui_listen.is_none() {
         return Ok(None);
-    };
+    }
     let obs = observe::Observer::start(&observe::Config {
         flows_max: args.flows_max,
         node_name: args.node_name.clone().unwrap_or_else(host_name),
         ..Default::default()
     });
     obs.register(registry);
-    let bound = observe::spawn(addr, &obs)
-        .await
-        .with_context(|| format!("cannot bind the observer address {addr}"))?;
-    eprintln!("observer API (Hubble gRPC) on http://{bound}");
+    serve(&obs, args.observe_listen, args.ui_listen).await?;
     Ok(Some(obs))
+}
+
+/// Serves the Observer gRPC API and the web UI of `obs` where asked, and says where.
+pub async fn serve(
+    obs: &observe::Observer,
+    observe_listen: Option<SocketAddr>,
+    ui_listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    if let Some(addr) = observe_listen {
+        let bound = observe::spawn(addr, obs)
+            .await
+            .with_context(|| format!("cannot bind the observer address {addr}"))?;
+        eprintln!("observer API (Hubble gRPC) on http://{bound}");
+    }
+    if let Some(addr) = ui_listen {
+        let bound = observe::ui::spawn(addr, obs)
+            .await
+            .with_context(|| format!("cannot bind the UI address {addr}"))?;
+        eprintln!("flow UI on http://{bound} (/ /api/flows /api/map /api/status)");
+    }
+    Ok(())
 }
 
 /// Pods by IP, for naming flow endpoints (swapped on reload).
@@ -140,7 +155,7 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord, pods: &Pods) -> Flow {
             })),
         }),
         event_type: Some(CiliumEventType {
-            r#type: EVENT_L7,
+            r#type: observe::query::EVENT_L7,
             sub_type: 0,
         }),
         destination_service: service,
@@ -208,7 +223,7 @@ pub fn dns_flow(r: &dns::record::QueryRecord, pods: &Pods) -> Flow {
             })),
         }),
         event_type: Some(CiliumEventType {
-            r#type: EVENT_L7,
+            r#type: observe::query::EVENT_L7,
             sub_type: 0,
         }),
         traffic_direction: TrafficDirection::Egress as i32,
@@ -273,15 +288,6 @@ pub enum Output {
     Table,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EventKind {
-    L7,
-    Dns,
-    Drop,
-    Trace,
-    PolicyVerdict,
-}
-
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The observer API of a trellis process (its --observe-listen), or Hubble's.
@@ -305,173 +311,18 @@ pub struct Args {
     /// Flows until this time: RFC 3339 or a duration ago.
     #[arg(long)]
     pub until: Option<String>,
-    /// Flows from or to pods of this namespace (qualifies --pod names without one).
-    #[arg(short, long)]
-    pub namespace: Vec<String>,
-    /// Flows from or to this pod: [NAMESPACE/]NAME-PREFIX.
-    #[arg(long)]
-    pub pod: Vec<String>,
-    #[arg(long)]
-    pub from_pod: Vec<String>,
-    #[arg(long)]
-    pub to_pod: Vec<String>,
-    #[arg(long)]
-    pub from_namespace: Vec<String>,
-    #[arg(long)]
-    pub to_namespace: Vec<String>,
-    /// Flows from or to this address or CIDR.
-    #[arg(long)]
-    pub ip: Vec<String>,
-    #[arg(long)]
-    pub from_ip: Vec<String>,
-    #[arg(long)]
-    pub to_ip: Vec<String>,
-    /// Flows from or to endpoints with these labels (a selector: app=web,tier!=db).
-    #[arg(short, long)]
-    pub label: Vec<String>,
-    #[arg(long)]
-    pub from_label: Vec<String>,
-    #[arg(long)]
-    pub to_label: Vec<String>,
-    /// Flows from or to this port.
-    #[arg(long)]
-    pub port: Vec<String>,
-    #[arg(long)]
-    pub from_port: Vec<String>,
-    #[arg(long)]
-    pub to_port: Vec<String>,
-    /// FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED.
-    #[arg(long)]
-    pub verdict: Vec<String>,
-    /// tcp, udp, icmp, http, dns, ...
-    #[arg(long)]
-    pub protocol: Vec<String>,
-    /// A status (404) or a prefix (5+).
-    #[arg(long)]
-    pub http_status: Vec<String>,
-    #[arg(long)]
-    pub http_method: Vec<String>,
-    /// A regular expression on the URL path.
-    #[arg(long)]
-    pub http_path: Vec<String>,
-    /// A regular expression on DNS query names.
-    #[arg(long)]
-    pub dns_query: Vec<String>,
-    /// Event types.
-    #[arg(short = 't', long = "type", value_enum)]
-    pub r#type: Vec<EventKind>,
-    /// Node name patterns (`*` matches anything).
-    #[arg(long)]
-    pub node_name: Vec<String>,
+    /// The filters (the same flags as the UI's query-string keys).
+    #[command(flatten)]
+    pub query: observe::query::Query,
     #[arg(short, long, value_enum, default_value = "compact")]
     pub output: Output,
     /// Print the server's status (flows stored, seen, lost) instead of flows.
     #[arg(long)]
     pub status: bool,
-}
-
-fn verdicts(names: &[String]) -> anyhow::Result<Vec<i32>> {
-    names
-        .iter()
-        .map(|n| {
-            Verdict::from_str_name(&n.to_ascii_uppercase())
-                .map(|v| v as i32)
-                .with_context(|| {
-                    format!("--verdict {n:?}: not a verdict (FORWARDED, DROPPED, ...)")
-                })
-        })
-        .collect()
-}
-
-/// `--pod` names with the `--namespace`s they lack.
-fn qualify(pods: &[String], namespaces: &[String]) -> Vec<String> {
-    pods.iter()
-        .flat_map(|p| {
-            if p.contains('/') || namespaces.is_empty() {
-                vec![p.clone()]
-            } else {
-                namespaces.iter().map(|n| format!("{n}/{p}")).collect()
-            }
-        })
-        .collect()
-}
-
-/// The whitelist for the flags, as `hubble observe` builds it: flags with a direction and
-/// the rest go into one filter; a flag without one (`--pod`, `--ip`, `--label`, `--port`,
-/// `--namespace`) makes two, one matching it as the source and one as the destination.
-pub fn whitelist(a: &Args) -> anyhow::Result<Vec<FlowFilter>> {
-    let mut base = FlowFilter {
-        source_pod: qualify(&a.from_pod, &a.namespace),
-        destination_pod: qualify(&a.to_pod, &a.namespace),
-        source_ip: a.from_ip.clone(),
-        destination_ip: a.to_ip.clone(),
-        source_label: a.from_label.clone(),
-        destination_label: a.to_label.clone(),
-        source_port: a.from_port.clone(),
-        destination_port: a.to_port.clone(),
-        verdict: verdicts(&a.verdict)?,
-        protocol: a.protocol.clone(),
-        http_status_code: a.http_status.clone(),
-        http_method: a.http_method.clone(),
-        http_path: a.http_path.clone(),
-        dns_query: a.dns_query.clone(),
-        node_name: a.node_name.clone(),
-        ..Default::default()
-    };
-    base.source_pod
-        .extend(a.from_namespace.iter().map(|n| format!("{n}/")));
-    base.destination_pod
-        .extend(a.to_namespace.iter().map(|n| format!("{n}/")));
-    for t in &a.r#type {
-        let (r#type, sub) = match t {
-            EventKind::L7 | EventKind::Dns => (EVENT_L7, None),
-            EventKind::Drop => (EVENT_DROP, None),
-            EventKind::Trace => (EVENT_TRACE, None),
-            EventKind::PolicyVerdict => (EVENT_POLICY_VERDICT, None::<i32>),
-        };
-        let f = EventTypeFilter {
-            r#type,
-            match_sub_type: sub.is_some(),
-            sub_type: sub.unwrap_or(0),
-        };
-        if !base.event_type.contains(&f) {
-            base.event_type.push(f);
-        }
-    }
-    // `--type dns` is the L7 events that are DNS; with `--type l7` too, all L7 events.
-    if a.r#type.contains(&EventKind::Dns) && !a.r#type.contains(&EventKind::L7) {
-        base.protocol.push("dns".into());
-    }
-    // Pods named without --namespace, or namespaces alone, match either side.
-    let either_pods: Vec<String> = if a.pod.is_empty() {
-        a.namespace
-            .iter()
-            .filter(|_| a.from_pod.is_empty() && a.to_pod.is_empty())
-            .map(|n| format!("{n}/"))
-            .collect()
-    } else {
-        qualify(&a.pod, &a.namespace)
-    };
-    let either =
-        !either_pods.is_empty() || !a.ip.is_empty() || !a.label.is_empty() || !a.port.is_empty();
-    if !either {
-        return Ok(if base == FlowFilter::default() {
-            Vec::new()
-        } else {
-            vec![base]
-        });
-    }
-    let mut from = base.clone();
-    from.source_pod.extend(either_pods.iter().cloned());
-    from.source_ip.extend(a.ip.iter().cloned());
-    from.source_label.extend(a.label.iter().cloned());
-    from.source_port.extend(a.port.iter().cloned());
-    let mut to = base;
-    to.destination_pod.extend(either_pods);
-    to.destination_ip.extend(a.ip.iter().cloned());
-    to.destination_label.extend(a.label.iter().cloned());
-    to.destination_port.extend(a.port.iter().cloned());
-    Ok(vec![from, to])
+    /// Serve the flow web UI here with the server's flows (those passing the filters), read
+    /// into a local buffer, instead of printing them; runs until interrupted.
+    #[arg(long, conflicts_with_all = ["status", "first", "all"])]
+    pub ui_listen: Option<SocketAddr>,
 }
 
 /// The GetFlows request for the flags.
@@ -493,7 +344,7 @@ pub fn request(a: &Args, now: SystemTime) -> anyhow::Result<GetFlowsRequest> {
         number,
         first: a.first.is_some(),
         follow: a.follow,
-        whitelist: whitelist(a)?,
+        whitelist: a.query.whitelist()?,
         blacklist: Vec::new(),
         since,
         until,
@@ -513,6 +364,49 @@ fn endpoint_uri(server: &str) -> String {
     }
 }
 
+/// `trellis observe --ui-listen`: follows the server's flows into a local buffer and serves
+/// the web UI on it. What the server reports lost stays counted as lost here.
+async fn relay(
+    client: &mut ObserverClient<tonic::transport::Channel>,
+    mut req: GetFlowsRequest,
+    args: &Args,
+    addr: SocketAddr,
+) -> anyhow::Result<ExitCode> {
+    let flows_max = observe::hub::FLOWS_MAX_DEFAULT;
+    req.follow = true;
+    req.number = args.last.unwrap_or(flows_max as u64);
+    let obs = observe::Observer::start(&observe::Config {
+        flows_max,
+        node_name: args.server.clone(),
+        ..Default::default()
+    });
+    let flows = obs.flows();
+    let mut stream = client
+        .get_flows(req)
+        .await
+        .map_err(|s| rpc_error("GetFlows", &s))?
+        .into_inner();
+    serve(&obs, None, Some(addr)).await?;
+    loop {
+        let next = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        };
+        let Some(resp) = next.map_err(|s| rpc_error("the flow stream", &s))? else {
+            anyhow::bail!("the server ended the flow stream");
+        };
+        match resp.response_types {
+            Some(ResponseTypes::Flow(f)) => flows.push(f),
+            Some(ResponseTypes::LostEvents(l)) => flows.lost(
+                flow::LostEventSource::try_from(l.source)
+                    .unwrap_or(flow::LostEventSource::UnknownLostEventSource),
+                l.num_events_lost,
+            ),
+            _ => {}
+        }
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let req = request(args, SystemTime::now())?;
     let json = observe::format::Json::new().context("cannot read the flow descriptors")?;
@@ -525,6 +419,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot connect to the observer at {uri}"))?;
         let mut client = ObserverClient::new(channel);
+        if let Some(addr) = args.ui_listen {
+            return relay(&mut client, req, args, addr).await;
+        }
         if args.status {
             let s = client
                 .server_status(ServerStatusRequest {})

@@ -3,6 +3,7 @@
 mod l2;
 mod lab;
 mod observe;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

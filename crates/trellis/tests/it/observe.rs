@@ -7,7 +7,7 @@ use std::process::Command;
 
 use super::{Proc, bound_addr, curl_headers, echo_and_base, example, example_vars, spawn_gateway};
 
-fn observe(server: &str, args: &[&str]) -> String {
+pub(super) fn observe(server: &str, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
         .args(["observe", "--server", server])
         .args(args)
@@ -28,7 +28,7 @@ fn json_lines(text: &str) -> Vec<serde_json::Value> {
 }
 
 /// Keeps reading a child's stderr so it never blocks on a full pipe.
-fn drain(lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static) {
+pub(super) fn drain(lines: impl Iterator<Item = std::io::Result<String>> + Send + 'static) {
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
 }
 
@@ -53,12 +53,8 @@ fn python_client(server: &str) -> serde_json::Value {
 
 #[test]
 fn a_request_through_the_gateway_becomes_a_flow_over_grpc_in_observe_and_in_python() {
-    let t = tempfile::tempdir().expect("tmp");
-    let mut log = String::new();
-    let (_echo, echo_port) = echo_and_base(t.path(), &mut log);
-    write_web_route(t.path(), "[web.example.com]");
-    let (_gw, mut err) = spawn_gateway(
-        t.path(),
+    let setup = flow_gateway(
+        "[web.example.com]",
         &[
             "--observe-listen",
             "127.0.0.1:0",
@@ -69,11 +65,10 @@ fn a_request_through_the_gateway_becomes_a_flow_over_grpc_in_observe_and_in_pyth
             "--access-log",
             "off",
         ],
+        &["observer API", "listener port 80 on", "admin on"],
     );
-    let server = bound_addr(&mut err, "observer API", &mut log);
-    let gw = bound_addr(&mut err, "listener port 80 on", &mut log);
-    let admin = bound_addr(&mut err, "admin on", &mut log);
-    drain(err);
+    let [server, gw, admin] = setup.addrs();
+    let echo_port = setup.echo_port;
 
     let url = format!("http://{gw}/hello?x=1");
     let headers = super::within(20, || curl_headers(&url, "web.example.com")).expect("answers");
@@ -210,17 +205,12 @@ fn a_request_through_the_gateway_becomes_a_flow_over_grpc_in_observe_and_in_pyth
 #[test]
 fn follow_streams_new_flows() {
     use std::io::BufRead;
-    let t = tempfile::tempdir().expect("tmp");
-    let mut log = String::new();
-    let (_echo, _) = echo_and_base(t.path(), &mut log);
-    write_web_route(t.path(), "");
-    let (_gw, mut err) = spawn_gateway(
-        t.path(),
+    let setup = flow_gateway(
+        "",
         &["--observe-listen", "127.0.0.1:0", "--access-log", "off"],
+        &["observer API", "listener port 80 on"],
     );
-    let server = bound_addr(&mut err, "observer API", &mut log);
-    let gw = bound_addr(&mut err, "listener port 80 on", &mut log);
-    drain(err);
+    let [server, gw] = setup.addrs();
     let mut follower = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args([
@@ -397,18 +387,13 @@ fn queried_names(expr: &str) -> Vec<String> {
 #[test]
 fn dashboards_query_only_metrics_trellis_exports() {
     use std::io::BufRead;
-    let t = tempfile::tempdir().expect("tmp");
-    let mut log = String::new();
-    let (_echo, _) = echo_and_base(t.path(), &mut log);
-    write_web_route(t.path(), "");
-    let (_gw, mut gw_err) = spawn_gateway(
-        t.path(),
+    let setup = flow_gateway(
+        "",
         &["--observe-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        &["observer API", "listener port 80 on", "admin on"],
     );
-    bound_addr(&mut gw_err, "observer API", &mut log);
-    let gw = bound_addr(&mut gw_err, "listener port 80 on", &mut log);
-    let gw_admin = bound_addr(&mut gw_err, "admin on", &mut log);
-    drain(gw_err);
+    let [_, gw, gw_admin] = setup.addrs();
+    let mut log = String::new();
     let mut dns = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args([
@@ -526,9 +511,48 @@ fn metric_names_in_queries() {
     );
 }
 
+/// What the flow tests run: `trellis echo` as Service `apps/web`, the HTTPRoute `apps/web`
+/// with `hostnames` (as [`write_web_route`] takes them), and `trellis gateway` with `flags`.
+/// [`FlowGateway::addrs`] are the addresses the gateway names on the first stderr line containing each
+/// needle, in the order it prints them. Everything ends when this is dropped.
+pub(super) struct FlowGateway {
+    bound: Vec<String>,
+    pub(super) echo_port: u16,
+    _gw: Proc,
+    _echo: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl FlowGateway {
+    /// The bound addresses, one per needle.
+    pub(super) fn addrs<const N: usize>(&self) -> [String; N] {
+        <[String; N]>::try_from(self.bound.clone()).expect("as many addresses as needles")
+    }
+}
+
+pub(super) fn flow_gateway(hostnames: &str, flags: &[&str], needles: &[&str]) -> FlowGateway {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = String::new();
+    let (echo, echo_port) = echo_and_base(dir.path(), &mut log);
+    write_web_route(dir.path(), hostnames);
+    let (gw, mut err) = spawn_gateway(dir.path(), flags);
+    let bound = needles
+        .iter()
+        .map(|n| bound_addr(&mut err, n, &mut log))
+        .collect();
+    drain(err);
+    FlowGateway {
+        bound,
+        echo_port,
+        _gw: gw,
+        _echo: echo,
+        _dir: dir,
+    }
+}
+
 /// The HTTPRoute `apps/web` on gateway `gw` to Service `web:80`, with `hostnames` (YAML flow
 /// list, or "" for none).
-fn write_web_route(dir: &std::path::Path, hostnames: &str) {
+pub(super) fn write_web_route(dir: &std::path::Path, hostnames: &str) {
     let hostnames = if hostnames.is_empty() {
         String::new()
     } else {
