@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::hub::{Event, Observer};
+use crate::hub::Observer;
 use crate::map::ServiceMap;
 use crate::proto::observer::{GetFlowsRequest, get_flows_response::ResponseTypes};
 use crate::query::Query;
@@ -104,10 +104,7 @@ fn service_map(observer: &Observer, query: Option<&str>) -> Response<Body> {
     let (entries, _) = observer.hub.snapshot();
     let map: ServiceMap = entries
         .iter()
-        .filter_map(|e| match &**e {
-            Event::Flow(f) if filters.matches(f) => Some(f),
-            _ => None,
-        })
+        .filter_map(|e| e.flow().filter(|f| filters.matches(f)))
         .collect();
     json(StatusCode::OK, &map.to_json())
 }
