@@ -4,7 +4,12 @@
 //! CPU 1 (`dnsperf -c 10 -T 1 -q 100 -l <D>`), 100,000 queries for random names of a
 //! 1,000-name zone, rounds interleaved, the median; server CPU time per query from /proc.
 //! Knot serves the names as a zone file; trellis serves them as 1,000 ClusterIP Services of
-//! the cluster zone. Writes `target/bench/dns/dns.md`.
+//! the cluster zone.
+//!
+//! Cached forwarding: Knot also serves a zone `fwd.lab` of 1,000 names (TTL 3600); Unbound
+//! (a stub zone pointing at Knot, one thread, no validation) and trellis (`--forward` to
+//! Knot) answer them from their caches, warmed by a first pass. Writes
+//! `target/bench/dns/dns.md`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,6 +22,8 @@ use crate::proc::{Bg, cpu_secs};
 
 const KNOT_PORT: u16 = 15301;
 const TRELLIS_PORT: u16 = 15302;
+const UNBOUND_PORT: u16 = 15303;
+const TRELLIS_FWD_PORT: u16 = 15304;
 const NAMES: usize = 1000;
 
 fn dnsperf(port: u16, queries: &Path, secs: u32) -> Result<(f64, f64, f64)> {
@@ -52,7 +59,11 @@ fn dnsperf(port: u16, queries: &Path, secs: u32) -> Result<(f64, f64, f64)> {
 }
 
 pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
-    crate::ensure_packages(&[("/usr/bin/dnsperf", "dnsperf"), ("/usr/sbin/knotd", "knot")])?;
+    crate::ensure_packages(&[
+        ("/usr/bin/dnsperf", "dnsperf"),
+        ("/usr/sbin/knotd", "knot"),
+        ("/usr/sbin/unbound", "unbound"),
+    ])?;
     crate::run("cargo", &["build", "--release", "--package", "trellis"])?;
     let dir = root.join("target/bench/dns");
     std::fs::create_dir_all(dir.join("zones"))?;
@@ -61,37 +72,49 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         "$ORIGIN cluster.local.\n$TTL 30\n@ SOA ns.dns hostmaster 1 7200 1800 86400 30\n@ NS ns.dns\nns.dns A 127.0.0.1\n",
     );
     let mut manifests = String::new();
+    let mut fwd_zone = String::from(
+        "$ORIGIN fwd.lab.\n$TTL 3600\n@ SOA ns hostmaster 1 7200 1800 86400 3600\n@ NS ns\nns A 127.0.0.1\n",
+    );
     for i in 0..NAMES {
         let ip = format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250);
         let _ = writeln!(zone, "svc{i}.bench.svc A {ip}");
+        let _ = writeln!(fwd_zone, "host{i} A {ip}");
         let _ = write!(
             manifests,
             "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}, namespace: bench}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n---\n"
         );
     }
     std::fs::write(dir.join("zones/cluster.local.zone"), zone)?;
+    std::fs::write(dir.join("zones/fwd.lab.zone"), fwd_zone)?;
     std::fs::write(dir.join("manifests/services.yaml"), manifests)?;
     // 100,000 random names (a fixed LCG, so every run asks the same).
-    let mut q = String::new();
+    let (mut q, mut fq) = (String::new(), String::new());
     let mut x: u64 = 42;
     for _ in 0..100_000 {
         x = x
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1_442_695_040_888_963_407);
-        let _ = writeln!(
-            q,
-            "svc{}.bench.svc.cluster.local A",
-            (x >> 33) as usize % NAMES
-        );
+        let i = (x >> 33) as usize % NAMES;
+        let _ = writeln!(q, "svc{i}.bench.svc.cluster.local A");
+        let _ = writeln!(fq, "host{i}.fwd.lab A");
     }
     let queries = dir.join("queries.txt");
     std::fs::write(&queries, q)?;
+    let fwd_queries = dir.join("queries-forwarded.txt");
+    std::fs::write(&fwd_queries, fq)?;
+    std::fs::write(
+        dir.join("unbound.conf"),
+        format!(
+            "server:\n  num-threads: 1\n  interface: 127.0.0.1@{UNBOUND_PORT}\n  port: {UNBOUND_PORT}\n  do-ip6: no\n  chroot: \"\"\n  username: \"\"\n             directory: \"{d}\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 0\n  access-control: 127.0.0.0/8 allow\n             so-reuseport: no\n  minimal-responses: yes\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n             msg-cache-size: 64m\n  rrset-cache-size: 64m\n             stub-zone:\n  name: \"fwd.lab\"\n  stub-addr: 127.0.0.1@{KNOT_PORT}\nremote-control:\n  control-enable: no\n",
+            d = dir.display()
+        ),
+    )?;
     let d = dir.display();
     std::fs::write(
         dir.join("knot.conf"),
         format!(
             "server:\n  rundir: \"{d}\"\n  listen: 127.0.0.1@{KNOT_PORT}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\nlog:\n  - target: stderr\n    any: error\n\
-             database:\n  storage: \"{d}/db\"\ntemplate:\n  - id: default\n    storage: \"{d}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: cluster.local\n"
+             database:\n  storage: \"{d}/db\"\ntemplate:\n  - id: default\n    storage: \"{d}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: cluster.local\n  - domain: fwd.lab\n"
         ),
     )?;
     let knot = Bg(Command::new("taskset")
@@ -112,8 +135,32 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         ])
         .stderr(Stdio::null())
         .spawn()?);
-    // Both must answer a name correctly before anything is measured.
-    for port in [KNOT_PORT, TRELLIS_PORT] {
+    let unbound = Bg(Command::new("taskset")
+        .args(["-c", "0", "unbound", "-d", "-c"])
+        .arg(dir.join("unbound.conf"))
+        .stderr(Stdio::null())
+        .spawn()?);
+    let tr_fwd = Bg(Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&trellis)
+        .args([
+            "dns",
+            "-f",
+            &format!("{d}/manifests"),
+            "--listen",
+            &format!("127.0.0.1:{TRELLIS_FWD_PORT}"),
+            "--forward",
+            &format!("127.0.0.1:{KNOT_PORT}"),
+        ])
+        .stderr(Stdio::null())
+        .spawn()?);
+    // Every server must answer a name correctly before anything is measured.
+    for (port, name) in [
+        (KNOT_PORT, "svc7.bench.svc.cluster.local"),
+        (TRELLIS_PORT, "svc7.bench.svc.cluster.local"),
+        (UNBOUND_PORT, "host7.fwd.lab"),
+        (TRELLIS_FWD_PORT, "host7.fwd.lab"),
+    ] {
         let ok = (0..100).any(|_| {
             let out = Command::new("dig")
                 .args([
@@ -123,7 +170,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
                     "+short",
                     "+time=1",
                     "+tries=1",
-                    "svc7.bench.svc.cluster.local",
+                    name,
                 ])
                 .output();
             let good = out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "10.96.10.8");
@@ -133,23 +180,29 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             good
         });
         if !ok {
-            bail!(
-                "the server on port {port} does not answer svc7.bench.svc.cluster.local with 10.96.10.8"
-            );
+            bail!("the server on port {port} does not answer {name} with 10.96.10.8");
         }
     }
     let servers = [
-        ("knot", KNOT_PORT, knot.0.id()),
-        ("trellis", TRELLIS_PORT, tr.0.id()),
+        ("knot", KNOT_PORT, knot.0.id(), &queries),
+        ("trellis", TRELLIS_PORT, tr.0.id(), &queries),
+        ("unbound-cached", UNBOUND_PORT, unbound.0.id(), &fwd_queries),
+        (
+            "trellis-cached",
+            TRELLIS_FWD_PORT,
+            tr_fwd.0.id(),
+            &fwd_queries,
+        ),
     ];
-    for (_, port, _) in &servers {
-        dnsperf(*port, &queries, 2)?;
+    // A first pass warms the caches.
+    for (_, port, _, queries) in &servers {
+        dnsperf(*port, queries, 2)?;
     }
     let mut results: BTreeMap<&str, Vec<(f64, f64, f64)>> = BTreeMap::new();
     for round in 0..rounds {
-        for (name, port, pid) in &servers {
+        for (name, port, pid, queries) in &servers {
             let c0 = cpu_secs(*pid);
-            let (qps, completed, lat) = dnsperf(*port, &queries, secs)?;
+            let (qps, completed, lat) = dnsperf(*port, queries, secs)?;
             let cpu_us = (cpu_secs(*pid) - c0) / completed * 1e6;
             eprintln!(
                 "round {round} {name:<8} {qps:>10.0} q/s  avg latency {:.0} µs  server {cpu_us:.2} µs/query",
@@ -175,13 +228,18 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             med(v, |r| r.2)
         );
     }
-    let (k, t) = (&results["knot"], &results["trellis"]);
-    let _ = writeln!(
-        md,
-        "\ntrellis / knot: {:.2}× queries/s, {:.2}× CPU per query (lower is better).",
-        med(t, |r| r.0) / med(k, |r| r.0),
-        med(t, |r| r.2) / med(k, |r| r.2)
-    );
+    for (t, p, what) in [
+        ("trellis", "knot", "authoritative cluster names"),
+        ("trellis-cached", "unbound-cached", "cached forwarded names"),
+    ] {
+        let (t, p) = (&results[t], &results[p]);
+        let _ = writeln!(
+            md,
+            "\n{what}: trellis {:.2}× queries/s, {:.2}× CPU per query (lower is better).",
+            med(t, |r| r.0) / med(p, |r| r.0),
+            med(t, |r| r.2) / med(p, |r| r.2)
+        );
+    }
     let _ = writeln!(
         md,
         "\n{rounds} interleaved rounds of `taskset -c 1 dnsperf -s 127.0.0.1 -p PORT -d queries.txt -c 10 -T 1 -l {secs} -q 100`; servers on CPU 0."

@@ -127,51 +127,51 @@ impl Forwarder {
     }
 
     /// Answers a query that no zone holds: from the cache, else from an upstream, else stale.
-    pub async fn resolve(self: &std::sync::Arc<Self>, req: &Message) -> Message {
-        let mut out = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
-        out.metadata.recursion_desired = req.metadata.recursion_desired;
-        out.metadata.recursion_available = true;
-        out.queries = req.queries.clone();
-        let Some(q) = req.queries.first() else {
-            out.metadata.response_code = ResponseCode::FormErr;
-            return out;
-        };
+    /// The answer from the cache when it holds a fresh one (counted as a hit; a popular name
+    /// close to expiry is refreshed in the background). Needs the runtime.
+    pub fn from_cache(self: &std::sync::Arc<Self>, req: &Message) -> Option<Message> {
+        let q = req.queries.first()?;
         let key = (q.name().to_lowercase().to_ascii(), q.query_type());
         let now = Instant::now();
         let (fresh, prefetch) = {
             let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            match cache.get_mut(&key) {
-                Some(e) if now.duration_since(e.stored) < e.ttl => {
-                    let left = e.ttl - now.duration_since(e.stored);
-                    let prefetch = left < e.ttl / 10 && !e.refreshing;
-                    if prefetch {
-                        e.refreshing = true;
-                    }
-                    (
-                        Some(aged(&e.response, now.duration_since(e.stored))),
-                        prefetch,
-                    )
-                }
-                _ => (None, false),
+            let e = cache
+                .get_mut(&key)
+                .filter(|e| now.duration_since(e.stored) < e.ttl)?;
+            let left = e.ttl - now.duration_since(e.stored);
+            let prefetch = left < e.ttl / 10 && !e.refreshing;
+            if prefetch {
+                e.refreshing = true;
             }
+            (aged(&e.response, now.duration_since(e.stored)), prefetch)
         };
         if let Some(m) = &self.metrics {
-            if fresh.is_some() {
-                m.cache_hits.inc();
-            } else {
-                m.cache_misses.inc();
-            }
+            m.cache_hits.inc();
         }
-        if let Some(r) = fresh {
-            if prefetch {
-                let me = self.clone();
-                let q = q.clone();
-                tokio::spawn(async move {
-                    let _ = me.ask_upstreams(&q).await;
-                });
-            }
-            return finish(out, r);
+        if prefetch {
+            let me = self.clone();
+            let q = q.clone();
+            tokio::spawn(async move {
+                let _ = me.ask_upstreams(&q).await;
+            });
         }
+        Some(finish(reply_to(req), fresh))
+    }
+
+    pub async fn resolve(self: &std::sync::Arc<Self>, req: &Message) -> Message {
+        if let Some(r) = self.from_cache(req) {
+            return r;
+        }
+        let mut out = reply_to(req);
+        let Some(q) = req.queries.first() else {
+            out.metadata.response_code = ResponseCode::FormErr;
+            return out;
+        };
+        if let Some(m) = &self.metrics {
+            m.cache_misses.inc();
+        }
+        let key = (q.name().to_lowercase().to_ascii(), q.query_type());
+        let now = Instant::now();
         match self.ask_upstreams(q).await {
             Some(r) => finish(out, r),
             None => {
@@ -254,6 +254,15 @@ fn aged(r: &Message, age: Duration) -> Message {
         rec.ttl = rec.ttl.saturating_sub(age);
     }
     r
+}
+
+/// The response header and question for `req`.
+fn reply_to(req: &Message) -> Message {
+    let mut out = Message::new(req.metadata.id, MessageType::Response, OpCode::Query);
+    out.metadata.recursion_desired = req.metadata.recursion_desired;
+    out.metadata.recursion_available = true;
+    out.queries = req.queries.clone();
+    out
 }
 
 fn finish(mut out: Message, upstream: Message) -> Message {

@@ -6,11 +6,16 @@
 //! flags, the counts, the question and any EDNS record must match byte for byte, so whatever
 //! a response depends on (RD, the EDNS payload size that decides truncation, the DO bit) is
 //! part of it. Only plain queries (opcode QUERY, one question, no compression in the name)
-//! are replayed; anything else, and every answer from the forwarder, takes the full path.
-//! Entries are dropped all at once when the views are swapped or [`ENTRIES_MAX`] is reached.
+//! are replayed; anything else takes the full path.
+//!
+//! Answers from the forwarder's cache are replayed too, with their TTLs lowered by their age
+//! as the cache would, until 90 % of the smallest TTL has passed (then the query goes to the
+//! forwarder again, which prefetches popular names before they expire). Entries are dropped
+//! all at once when the views are swapped or [`ENTRIES_MAX`] is reached.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 
@@ -25,8 +30,27 @@ const HEADER: usize = 12;
 
 struct Entry {
     response: Box<[u8]>,
-    /// `coredns_dns_requests_total` and `coredns_dns_responses_total` of this answer.
-    counters: Option<(Counter, Counter)>,
+    /// `coredns_dns_requests_total` and `coredns_dns_responses_total` of this answer (and
+    /// `coredns_cache_hits_total` for a cached one).
+    counters: Vec<Counter>,
+    /// For an answer from the cache: when it was kept, for how long, and its TTL fields.
+    aging: Option<Aging>,
+}
+
+struct Aging {
+    stored: Instant,
+    fresh_for: Duration,
+    /// Offset and value of each TTL in the answer and authority sections.
+    ttls: Vec<(usize, u32)>,
+}
+
+/// Where an answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The view's zone: the same until the views change.
+    Zone,
+    /// The forwarder's cache: TTLs count down.
+    Cache,
 }
 
 /// The responses one listener sent, by query.
@@ -61,6 +85,46 @@ fn name_len(q: &[u8]) -> Option<usize> {
         }
         i += 1 + l;
     }
+}
+
+/// The end of the name starting at `i` (labels, or a compression pointer).
+fn skip_name(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let l = *b.get(i)?;
+        match l {
+            0 => return Some(i + 1),
+            l if l & 0xc0 == 0xc0 => return Some(i + 2),
+            l if l > 63 => return None,
+            l => i += 1 + usize::from(l),
+        }
+    }
+}
+
+/// Offset and value of the TTL of every record in the answer and authority sections of a
+/// wire message; `None` when it does not parse.
+fn ttl_fields(b: &[u8]) -> Option<Vec<(usize, u32)>> {
+    let count = |i: usize| {
+        Some(usize::from(u16::from_be_bytes([
+            *b.get(i)?,
+            *b.get(i + 1)?,
+        ])))
+    };
+    let (qd, an, ns) = (count(4)?, count(6)?, count(8)?);
+    let mut i = HEADER;
+    for _ in 0..qd {
+        i = skip_name(b, i)? + 4;
+    }
+    let mut out = Vec::with_capacity(an + ns);
+    for _ in 0..an + ns {
+        i = skip_name(b, i)?;
+        let fixed = b.get(i..i + 10)?;
+        out.push((
+            i + 4,
+            u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]),
+        ));
+        i += 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+    }
+    (i <= b.len()).then_some(out)
 }
 
 impl Replay {
@@ -112,14 +176,26 @@ impl Replay {
         let Some(entry) = self.entries.get(self.key.as_slice()) else {
             return false;
         };
-        if let Some((req, resp)) = &entry.counters {
-            req.inc();
-            resp.inc();
+        let age = entry.aging.as_ref().map(|a| a.stored.elapsed());
+        if let (Some(a), Some(age)) = (&entry.aging, age)
+            && age >= a.fresh_for
+        {
+            self.entries.remove(self.key.as_slice());
+            return false;
+        }
+        for c in &entry.counters {
+            c.inc();
         }
         self.out.clear();
         self.out.extend_from_slice(&entry.response);
         self.out[..2].copy_from_slice(&packet[..2]);
         self.out[HEADER..HEADER + len].copy_from_slice(&packet[HEADER..HEADER + len]);
+        if let (Some(a), Some(age)) = (&entry.aging, age) {
+            let age = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+            for &(at, ttl) in &a.ttls {
+                self.out[at..at + 4].copy_from_slice(&ttl.saturating_sub(age).to_be_bytes());
+            }
+        }
         true
     }
 
@@ -135,6 +211,7 @@ impl Replay {
         view: &str,
         packet: &[u8],
         response: &[u8],
+        source: Source,
         metrics: Option<&Metrics>,
     ) {
         self.check_views(views);
@@ -149,13 +226,31 @@ impl Replay {
         {
             return;
         }
+        let aging = match source {
+            Source::Zone => None,
+            Source::Cache => {
+                let Some(ttls) = ttl_fields(response) else {
+                    return;
+                };
+                // Without a TTL there is no telling how long the answer stays fresh.
+                let Some(min) = ttls.iter().map(|&(_, t)| t).min().filter(|&t| t > 0) else {
+                    return;
+                };
+                Some(Aging {
+                    stored: Instant::now(),
+                    fresh_for: Duration::from_secs(u64::from(min)) * 9 / 10,
+                    ttls,
+                })
+            }
+        };
         if self.entries.len() >= ENTRIES_MAX {
             self.entries.clear();
         }
-        let counters = metrics.map(|m| {
+        let mut counters = Vec::new();
+        if let Some(m) = metrics {
             let qtype = u16::from_be_bytes([packet[q.end], packet[q.end + 1]]);
             let rcode = hickory_proto::op::ResponseCode::from(0, response[3] & 0x0f);
-            (
+            counters.push(
                 m.requests
                     .get_or_create(&RequestLabels {
                         proto: "udp".into(),
@@ -163,19 +258,25 @@ impl Replay {
                         qtype: hickory_proto::rr::RecordType::from(qtype).to_string(),
                     })
                     .clone(),
+            );
+            counters.push(
                 m.responses
                     .get_or_create(&ResponseLabels {
                         rcode: crate::server::rcode_name(rcode),
                         view: view.to_string(),
                     })
                     .clone(),
-            )
-        });
+            );
+            if source == Source::Cache {
+                counters.push(m.cache_hits.clone());
+            }
+        }
         self.entries.insert(
             self.key.as_slice().into(),
             Entry {
                 response: response.into(),
                 counters,
+                aging,
             },
         );
     }
@@ -209,7 +310,7 @@ mod tests {
         let mut r = Replay::default();
         let first = query(1, "web.apps.svc.cluster.local.");
         assert!(!r.answer(&views, "", &first));
-        r.insert(&views, "", &first, &response_to(&first), None);
+        r.insert(&views, "", &first, &response_to(&first), Source::Zone, None);
         let again = query(0xbeef, "WEB.apps.svc.Cluster.local.");
         assert!(r.answer(&views, "", &again));
         assert_eq!(r.response(), response_to(&again));
@@ -220,20 +321,65 @@ mod tests {
     }
 
     #[test]
+    fn a_cached_answer_is_replayed_with_its_ttls_and_never_without_one() {
+        use hickory_proto::rr::{RData, Record, rdata::A};
+        let views = Arc::new(Views::default());
+        let mut r = Replay::default();
+        let q = query(1, "example.org.");
+        let mut m = Message::from_vec(&q).expect("parses");
+        m.metadata.message_type = MessageType::Response;
+        let name = Name::from_ascii("example.org.").expect("name");
+        m.answers.push(Record::from_rdata(
+            name.clone(),
+            300,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
+        m.answers
+            .push(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 2))));
+        let resp = m.to_vec().expect("encodes");
+        let fields = ttl_fields(&resp).expect("walks");
+        assert_eq!(
+            fields.iter().map(|f| f.1).collect::<Vec<_>>(),
+            vec![300, 60]
+        );
+        r.insert(&views, "", &q, &resp, Source::Cache, None);
+        assert!(r.answer(&views, "", &query(9, "example.org.")));
+        let again = Message::from_vec(r.response()).expect("parses");
+        assert_eq!(
+            again.answers.iter().map(|a| a.ttl).collect::<Vec<_>>(),
+            vec![300, 60]
+        );
+        assert_eq!(again.metadata.id, 9);
+        // A cached answer without records (no TTL) is not kept.
+        let other = query(1, "empty.org.");
+        let mut e2 = Message::from_vec(&other).expect("parses");
+        e2.metadata.message_type = MessageType::Response;
+        r.insert(
+            &views,
+            "",
+            &other,
+            &e2.to_vec().expect("encodes"),
+            Source::Cache,
+            None,
+        );
+        assert!(!r.answer(&views, "", &other));
+    }
+
+    #[test]
     fn only_plain_queries_are_kept() {
         let views = Arc::new(Views::default());
         let mut r = Replay::default();
         let mut q = query(1, "a.b.");
         q[2] |= 0x80; // a response, not a query
-        r.insert(&views, "", &q, &response_to(&q), None);
+        r.insert(&views, "", &q, &response_to(&q), Source::Zone, None);
         // A response that does not echo the question is not kept either.
         let q = query(1, "a.b.");
-        r.insert(&views, "", &q, &q[..HEADER], None);
+        r.insert(&views, "", &q, &q[..HEADER], Source::Zone, None);
         assert!(r.entries.is_empty());
         // Garbage never panics.
         for n in 0..64u8 {
             let junk: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
-            r.insert(&views, "", &junk, &junk, None);
+            r.insert(&views, "", &junk, &junk, Source::Cache, None);
             let _ = r.answer(&views, "", &junk);
         }
     }

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, UdpSocket};
 
 use crate::answer::{Transport, answer, encode, is_local, parse};
 use crate::forward::Forwarder;
-use crate::replay::Replay;
+use crate::replay::{Replay, Source};
 use crate::views::Views;
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
@@ -308,12 +308,25 @@ pub async fn start_with(
                     (Some(r), _) => {
                         if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp) {
                             if let Some(r) = replay.as_mut() {
-                                r.insert(&current, &p.view, packet, &out, o.metrics.as_deref());
+                                let m = o.metrics.as_deref();
+                                r.insert(&current, &p.view, packet, &out, Source::Zone, m);
                             }
                             let _ = udp.send_to(&out, peer).await;
                         }
                     }
                     (None, Some(fwd)) => {
+                        // A cache hit is answered here, and replayed from then on.
+                        if let Some(r) = fwd.from_cache(p.req()) {
+                            if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp)
+                            {
+                                if let Some(r) = replay.as_mut() {
+                                    let m = o.metrics.as_deref();
+                                    r.insert(&current, &p.view, packet, &out, Source::Cache, m);
+                                }
+                                let _ = udp.send_to(&out, peer).await;
+                            }
+                            continue;
+                        }
                         let (fwd, o, udp) = (fwd.clone(), o.clone(), udp.clone());
                         tokio::spawn(async move {
                             let r = fwd.resolve(p.req()).await;

@@ -355,6 +355,27 @@ async fn forwards_to_knot_and_serves_from_cache_when_it_is_gone() {
             "192.0.2.10"
         );
         assert!(fwd.cached() >= 3, "answers are cached");
+        // Asked again and again (from the second cache hit on, the listener replays its
+        // answer), in any case: the same answer, with the asker's name case and ID, TTLs
+        // from Knot's 300 down. The same for a name of the cluster zone.
+        for name in ["www.example.test", "WWW.Example.TEST", "www.example.TEST"] {
+            let out = dig(port, &["+noall", "+question", "+answer", name, "A"]);
+            assert!(out.contains(&format!(";{name}.")), "{out}");
+            let ttl: u32 = out
+                .lines()
+                .find(|l| l.contains("192.0.2.10"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("an A record with a TTL: {out}"));
+            assert!((200..=300).contains(&ttl), "{out}");
+        }
+        for name in ["dns-version.cluster.local", "DNS-version.Cluster.local"] {
+            for _ in 0..3 {
+                let out = dig(port, &["+noall", "+question", "+answer", name, "TXT"]);
+                assert!(out.contains(&format!(";{name}.")), "{out}");
+                assert!(out.contains("\"1.1.0\""), "{out}");
+            }
+        }
         // Knot goes away: cached answers (positive and negative) still come back.
         drop(knot);
         assert_eq!(short(port, "www.example.test", "A"), ["192.0.2.10"]);
