@@ -13,6 +13,10 @@ use crate::answer::{Transport, answer, encode, is_local, parse};
 use crate::forward::Forwarder;
 use crate::replay::{Replay, Source};
 use crate::views::Views;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use tokio::io::Interest;
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -253,6 +257,138 @@ async fn reply(
     finish(&p, resp, ops, packet.len(), peer, server, t)
 }
 
+/// Datagrams taken from the socket (and answers sent) per system call.
+const BATCH: usize = 32;
+/// The largest query read (EDNS0 allows 4096 bytes and more; a query is far smaller).
+const DATAGRAM_MAX: usize = 4096;
+
+/// The UDP side of a server: datagrams are read and answered in batches (`recvmmsg`,
+/// `sendmmsg`), answers from the views and the cache straight away, forwarded queries each
+/// in its own task.
+struct UdpListener {
+    udp: Arc<UdpSocket>,
+    addr: SocketAddr,
+    views: Arc<ArcSwap<Views>>,
+    fwd: Option<Arc<Forwarder>>,
+    ops: Ops,
+    replay: Option<Replay>,
+}
+
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    a.as_sockaddr_in()
+        .map(|v4| SocketAddr::V4((*v4).into()))
+        .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+}
+
+impl UdpListener {
+    async fn run(mut self) {
+        let fd = self.udp.as_raw_fd();
+        let mut bufs = vec![[0u8; DATAGRAM_MAX]; BATCH];
+        let mut outs: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
+        loop {
+            if self.udp.readable().await.is_err() {
+                continue;
+            }
+            let got = self.udp.try_io(Interest::READABLE, || {
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                    bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+                // (The headers hold raw pointers, so they cannot live across an await.)
+                let mut rx = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+                let res = recvmmsg(fd, &mut rx, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)?;
+                Ok(res
+                    .filter_map(|m| Some((m.bytes, m.address?)))
+                    .collect::<Vec<_>>())
+            });
+            let Ok(got) = got else {
+                continue;
+            };
+            outs.clear();
+            for (buf, (n, from)) in bufs.iter().zip(got) {
+                let Some(peer) = socket_addr(&from) else {
+                    continue;
+                };
+                if let Some(out) = self.datagram(&buf[..n.min(DATAGRAM_MAX)], peer) {
+                    outs.push((out, from));
+                }
+            }
+            self.send(fd, &outs).await;
+        }
+    }
+
+    /// Sends the answers of a batch, in one call when the socket takes them all.
+    async fn send(&self, fd: std::os::fd::RawFd, outs: &[(Vec<u8>, SockaddrStorage)]) {
+        if outs.is_empty() {
+            return;
+        }
+        let sent = self
+            .udp
+            .try_io(Interest::WRITABLE, || {
+                let iovs: Vec<[IoSlice<'_>; 1]> =
+                    outs.iter().map(|(o, _)| [IoSlice::new(o)]).collect();
+                let addrs: Vec<Option<SockaddrStorage>> = outs.iter().map(|o| Some(o.1)).collect();
+                let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(outs.len(), None);
+                Ok(sendmmsg(fd, &mut tx, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT)?.count())
+            })
+            .unwrap_or(0);
+        // What the socket did not take (its buffer full) waits for room, one by one.
+        for (out, to) in &outs[sent..] {
+            if let Some(peer) = socket_addr(to) {
+                let _ = self.udp.send_to(out, peer).await;
+            }
+        }
+    }
+
+    /// One datagram: the answer to send now, if any (forwarded queries answer later, from
+    /// their own task).
+    fn datagram(&mut self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+        let current = self.views.load_full();
+        let (o, n) = (&self.ops, packet.len());
+        if let Some(r) = self.replay.as_mut() {
+            let started = std::time::Instant::now();
+            if r.answer(&current, current.for_client(peer.ip()).0, packet) {
+                if let Some(m) = &o.metrics {
+                    m.request_duration.observe(started.elapsed().as_secs_f64());
+                }
+                return Some(r.response().to_vec());
+            }
+        }
+        let mut p = match prepare(&current, self.fwd.is_some(), packet, peer) {
+            Ok(p) => p,
+            Err(formerr) => return formerr,
+        };
+        let (resp, source) = match (p.local.take(), &self.fwd) {
+            (Some(r), _) => (r, Source::Zone),
+            (None, Some(fwd)) => match fwd.from_cache(p.req()) {
+                // A cache hit is answered here, and replayed from then on.
+                Some(r) => (r, Source::Cache),
+                None => {
+                    let (fwd, o, udp, addr) = (fwd.clone(), o.clone(), self.udp.clone(), self.addr);
+                    tokio::spawn(async move {
+                        let r = fwd.resolve(p.req()).await;
+                        if let Some(out) = finish(&p, r, &o, n, peer, addr, Transport::Udp) {
+                            let _ = udp.send_to(&out, peer).await;
+                        }
+                    });
+                    return None;
+                }
+            },
+            (None, None) => return None,
+        };
+        let out = finish(&p, resp, o, n, peer, self.addr, Transport::Udp)?;
+        if let Some(r) = self.replay.as_mut() {
+            r.insert(
+                &current,
+                &p.view,
+                packet,
+                &out,
+                source,
+                o.metrics.as_deref(),
+            );
+        }
+        Some(out)
+    }
+}
+
 /// Binds UDP and TCP on `addr` (the same port for both; port 0 picks one for UDP and uses
 /// it for TCP too).
 pub async fn start(
@@ -275,72 +411,17 @@ pub async fn start_with(
     let tcp = TcpListener::bind(SocketAddr::new(addr.ip(), udp_addr.port())).await?;
     let tcp_addr = tcp.local_addr()?;
     let views = Arc::new(ArcSwap::from_pointee(views));
-    let (z, f, o) = (views.clone(), forwarder.clone(), ops.clone());
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
+    let listener = UdpListener {
+        udp,
+        addr: udp_addr,
+        views: views.clone(),
+        fwd: forwarder.clone(),
         // Answers from the views are replayed unless each query must be seen (query log,
         // flows).
-        let mut replay = (o.observer.is_none() && !o.query_log).then(Replay::default);
-        loop {
-            let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
-                continue;
-            };
-            let packet = &buf[..n];
-            let current = z.load_full();
-            if let Some(r) = replay.as_mut() {
-                let started = std::time::Instant::now();
-                if r.answer(&current, current.for_client(peer.ip()).0, packet) {
-                    if let Some(m) = &o.metrics {
-                        m.request_duration.observe(started.elapsed().as_secs_f64());
-                    }
-                    let _ = udp.send_to(r.response(), peer).await;
-                    continue;
-                }
-            }
-            // Answered from a view: right here, no task. Forwarded: in its own task, as it
-            // waits on an upstream.
-            match prepare(&current, f.is_some(), packet, peer) {
-                Err(Some(formerr)) => {
-                    let _ = udp.send_to(&formerr, peer).await;
-                }
-                Err(None) => {}
-                Ok(mut p) => match (p.local.take(), &f) {
-                    (Some(r), _) => {
-                        if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp) {
-                            if let Some(r) = replay.as_mut() {
-                                let m = o.metrics.as_deref();
-                                r.insert(&current, &p.view, packet, &out, Source::Zone, m);
-                            }
-                            let _ = udp.send_to(&out, peer).await;
-                        }
-                    }
-                    (None, Some(fwd)) => {
-                        // A cache hit is answered here, and replayed from then on.
-                        if let Some(r) = fwd.from_cache(p.req()) {
-                            if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp)
-                            {
-                                if let Some(r) = replay.as_mut() {
-                                    let m = o.metrics.as_deref();
-                                    r.insert(&current, &p.view, packet, &out, Source::Cache, m);
-                                }
-                                let _ = udp.send_to(&out, peer).await;
-                            }
-                            continue;
-                        }
-                        let (fwd, o, udp) = (fwd.clone(), o.clone(), udp.clone());
-                        tokio::spawn(async move {
-                            let r = fwd.resolve(p.req()).await;
-                            if let Some(out) = finish(&p, r, &o, n, peer, udp_addr, Transport::Udp)
-                            {
-                                let _ = udp.send_to(&out, peer).await;
-                            }
-                        });
-                    }
-                    (None, None) => {}
-                },
-            }
-        }
-    });
+        replay: (ops.observer.is_none() && !ops.query_log).then(Replay::default),
+        ops: ops.clone(),
+    };
+    tokio::spawn(listener.run());
     let (z, f, o) = (views.clone(), forwarder, ops);
     tokio::spawn(async move {
         loop {
