@@ -108,7 +108,8 @@ fn ensure_components() -> Result<()> {
 
 /// The real peers and tools the tests use, each probed by a file it installs and installed
 /// from Debian when missing: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl (`s_server`
-/// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests),
+/// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests and
+/// the primary that record sync updates) and kdig (which checks what sync wrote),
 /// h2load (load during reloads), clang-19 and libbpf's headers (the eBPF programs), the
 /// reference CNI plugins (chaining tests), iproute2 and procps (the lab's namespaces).
 pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
@@ -116,6 +117,7 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/openssl", "openssl"),
     ("/usr/bin/dig", "dnsutils"),
     ("/usr/sbin/knotd", "knot"),
+    ("/usr/bin/kdig", "knot-dnsutils"),
     ("/usr/bin/h2load", "nghttp2-client"),
     ("/usr/bin/clang-19", "clang-19"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
