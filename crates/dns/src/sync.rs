@@ -3,9 +3,11 @@
 //! touching records this owner does not own.
 //!
 //! Pure: [`desired`] reads the snapshot, [`plan`] compares desired records with the
-//! provider's current records and ownership TXT records. Providers (webhook, rfc2136,
-//! Cloudflare) are not written yet; `trellis sync --dry-run` prints the plan against an
-//! empty provider.
+//! provider's current records and ownership TXT records, [`Plan::changes`] adds the TXT
+//! records a provider is asked to write. The providers (I/O) are the submodules:
+//! [`provider`] (the trait and its errors), [`webhook`] (ExternalDNS's webhook protocol, client
+//! and server), [`rfc2136`] (DNS UPDATE with TSIG), [`cloudflare`] (the v4 API), [`dynamic`]
+//! (the zone `trellis dns` serves), over [`http`]. The loop is `trellis sync`.
 //!
 //! Sources, as ExternalDNS's: `gateway-httproute`, `gateway-grpcroute`, `gateway-tlsroute`
 //! (hostnames of routes a Gateway accepted; targets from the Gateway's
@@ -45,6 +47,25 @@ pub struct Endpoint {
     /// ExternalDNS's `providerSpecific` properties, by name (Cloudflare's
     /// `external-dns.alpha.kubernetes.io/cloudflare-proxied`).
     pub provider_specific: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// A record set without TTL or provider-specific properties.
+    pub fn new<T: Into<String>>(
+        name: &str,
+        record_type: &str,
+        targets: impl IntoIterator<Item = T>,
+        resource: &str,
+    ) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            record_type: record_type.into(),
+            targets: targets.into_iter().map(Into::into).collect(),
+            ttl: None,
+            resource: resource.into(),
+            provider_specific: BTreeMap::new(),
+        }
+    }
 }
 
 /// The provider-specific property that says whether Cloudflare proxies a record, as
@@ -430,14 +451,7 @@ mod tests {
     use super::*;
 
     fn ep(name: &str, ty: &str, targets: &[&str], resource: &str) -> Endpoint {
-        Endpoint {
-            name: name.into(),
-            record_type: ty.into(),
-            targets: targets.iter().map(|t| t.to_string()).collect(),
-            ttl: None,
-            resource: resource.into(),
-            provider_specific: BTreeMap::new(),
-        }
+        Endpoint::new(name, ty, targets.iter().copied(), resource)
     }
 
     fn owned_txt(cfg: &SyncConfig, e: &Endpoint, owner: &str) -> Endpoint {

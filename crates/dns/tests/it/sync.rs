@@ -14,14 +14,20 @@ use dns::sync::{Changes, Endpoint, SyncConfig, plan};
 use crate::knot::Knot;
 
 fn ep(name: &str, ty: &str, targets: &[&str], resource: &str) -> Endpoint {
-    Endpoint {
-        name: name.into(),
-        record_type: ty.into(),
-        targets: targets.iter().map(|t| t.to_string()).collect(),
-        ttl: None,
-        resource: resource.into(),
-        provider_specific: BTreeMap::new(),
-    }
+    Endpoint::new(name, ty, targets.iter().copied(), resource)
+}
+
+/// Asks the provider to create one record and expects a permanent refusal.
+async fn create_is_refused(p: &dyn Provider, name: &str) -> Failure {
+    let failed = p
+        .apply(&Changes {
+            create: vec![ep(name, "A", &["10.0.0.9"], "")],
+            ..Changes::default()
+        })
+        .await;
+    assert_eq!(failed.len(), 1);
+    assert!(!failed[0].error.is_retryable(), "{}", failed[0]);
+    failed[0].clone()
 }
 
 fn cfg() -> SyncConfig {
@@ -129,18 +135,11 @@ async fn webhook_round_trip_client_against_server() {
     assert!(got.contains_key(&("a-app.example.test".into(), "TXT".into())));
 
     // 4xx: a record outside the zone, a create of a record that exists: permanent.
-    let refused = client
-        .apply(&Changes {
-            create: vec![ep("x.other.test", "A", &["10.0.0.9"], "")],
-            ..Changes::default()
-        })
-        .await;
-    assert_eq!(refused.len(), 1);
-    assert!(!refused[0].error.is_retryable(), "{}", refused[0]);
+    let refused = create_is_refused(&client, "x.other.test").await;
     assert!(
-        refused[0].error.to_string().contains("HTTP 400"),
+        refused.error.to_string().contains("HTTP 400"),
         "{}",
-        refused[0]
+        refused
     );
 }
 
@@ -325,14 +324,7 @@ async fn rfc2136_to_knot_with_ownership_checked_by_kdig() {
         ..key
     };
     let p = dns::sync::rfc2136::Rfc2136::new(server, "example.test", Some(&bad)).expect("provider");
-    let failed = p
-        .apply(&Changes {
-            create: vec![ep("x.example.test", "A", &["10.0.0.9"], "")],
-            ..Changes::default()
-        })
-        .await;
-    assert_eq!(failed.len(), 1);
-    assert!(!failed[0].error.is_retryable(), "{}", failed[0]);
+    create_is_refused(&p, "x.example.test").await;
     assert!(kdig("x.example.test", "A").await.is_empty());
 }
 
