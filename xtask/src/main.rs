@@ -4,7 +4,8 @@
 //! - `demo`: builds trellis and runs `trellis lab demo` (root); `demo loopback` checks the
 //!   example and the corpus and serves them on loopback without root.
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
-//! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
+//! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target (`load` by default, or `dns_packet`)
+//!   for a bounded time (installs cargo-fuzz if needed).
 
 mod bench_datapath;
 mod bench_dns;
@@ -45,10 +46,16 @@ fn main() -> Result<()> {
             }
             Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns, datapath)"),
         },
-        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
+        // `fuzz [SECONDS]` runs `load`, as before; `fuzz TARGET [SECONDS]` runs TARGET.
+        Some("fuzz") => match args.get(1).map(String::as_str) {
+            Some(t) if !t.chars().all(|c| c.is_ascii_digit()) => {
+                fuzz(t, args.get(2).map(String::as_str).unwrap_or("60"))
+            }
+            seconds => fuzz("load", seconds.unwrap_or("60")),
+        },
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [load|dns_packet] [seconds]>"
             );
             bail!("unknown or missing xtask command")
         }
@@ -108,7 +115,8 @@ fn ensure_components() -> Result<()> {
 
 /// The real peers and tools the tests use, each probed by a file it installs and installed
 /// from Debian when missing: curl (HTTP/1.1, HTTP/2, TLS, compression), openssl (`s_server`
-/// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests),
+/// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests and
+/// the primary that record sync updates) and kdig (which checks what sync wrote),
 /// h2load (load during reloads), clang-19 and libbpf's headers (the eBPF programs), the
 /// reference CNI plugins (chaining tests), iproute2 and procps (the lab's namespaces),
 /// Chromium and chromedriver (the flow UI in a browser).
@@ -117,6 +125,7 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/openssl", "openssl"),
     ("/usr/bin/dig", "dnsutils"),
     ("/usr/sbin/knotd", "knot"),
+    ("/usr/bin/kdig", "knot-dnsutils"),
     ("/usr/bin/h2load", "nghttp2-client"),
     ("/usr/bin/clang-19", "clang-19"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
@@ -458,9 +467,22 @@ fn bench() -> Result<()> {
         );
         Ok(())
     };
+    run(
+        "cargo",
+        &[
+            "bench",
+            "--package",
+            "dns",
+            "--bench",
+            "sync_plan",
+            "--",
+            "--noplot",
+        ],
+    )?;
     println!("\nbenchmark      mean         target");
     report("load_corpus", 50.0)?;
     report("load_example", 50.0)?;
+    report("sync_plan_10k", 100.0)?;
     Ok(())
 }
 
@@ -477,27 +499,36 @@ fn mean_ns(text: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-fn fuzz(seconds: &str) -> Result<()> {
+/// The cargo-fuzz targets in `fuzz/`.
+const FUZZ_TARGETS: &[&str] = &["load", "dns_packet"];
+
+fn fuzz(target: &str, seconds: &str) -> Result<()> {
+    if !FUZZ_TARGETS.contains(&target) {
+        bail!(
+            "unknown fuzz target {target:?} ({})",
+            FUZZ_TARGETS.join(", ")
+        );
+    }
     if !has("cargo", &["fuzz", "--version"]) {
         run("cargo", &["install", "cargo-fuzz", "--locked"])?;
     }
     // cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
     let max_time = format!("-max_total_time={seconds}");
-    eprintln!("==> cargo fuzz run load (bounded to {seconds} s)");
+    eprintln!("==> cargo fuzz run {target} (bounded to {seconds} s)");
+    // A packet may not make the server allocate much: libFuzzer fails any single allocation
+    // above this.
+    let malloc_limit = "-malloc_limit_mb=64";
+    let mut flags = vec![max_time.as_str()];
+    if target == "dns_packet" {
+        flags.push(malloc_limit);
+    }
     let status = Command::new("cargo")
-        .args([
-            "fuzz",
-            "run",
-            "--sanitizer",
-            "none",
-            "load",
-            "--",
-            &max_time,
-        ])
+        .args(["fuzz", "run", "--sanitizer", "none", target, "--"])
+        .args(&flags)
         .env("RUSTC_BOOTSTRAP", "1")
         .status()?;
     if !status.success() {
-        bail!("fuzzing found a failure (see fuzz/artifacts/load)");
+        bail!("fuzzing found a failure (see fuzz/artifacts/{target})");
     }
     Ok(())
 }

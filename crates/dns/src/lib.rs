@@ -13,9 +13,8 @@
 //!
 //! - [`record`]: one [`record::QueryRecord`] per answered query for an observer (flows).
 //!
-//! - [`sync`]: record sync planning with ExternalDNS's semantics (desired records, TXT registry, plan).
-//!
-//! Not here yet: sync providers.
+//! - [`sync`]: record sync with ExternalDNS's semantics (desired records, TXT registry, plan)
+//!   and its providers (webhook, rfc2136, Cloudflare, the in-process zone).
 
 pub mod answer;
 pub mod forward;

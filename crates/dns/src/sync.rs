@@ -3,9 +3,11 @@
 //! touching records this owner does not own.
 //!
 //! Pure: [`desired`] reads the snapshot, [`plan`] compares desired records with the
-//! provider's current records and ownership TXT records. Providers (webhook, rfc2136,
-//! Cloudflare) are not written yet; `trellis sync --dry-run` prints the plan against an
-//! empty provider.
+//! provider's current records and ownership TXT records, [`Plan::changes`] adds the TXT
+//! records a provider is asked to write. The providers (I/O) are the submodules:
+//! [`provider`] (the trait and its errors), [`webhook`] (ExternalDNS's webhook protocol, client
+//! and server), [`rfc2136`] (DNS UPDATE with TSIG), [`cloudflare`] (the v4 API), [`dynamic`]
+//! (the zone `trellis dns` serves), over [`http`]. The loop is `trellis sync`.
 //!
 //! Sources, as ExternalDNS's: `gateway-httproute`, `gateway-grpcroute`, `gateway-tlsroute`
 //! (hostnames of routes a Gateway accepted; targets from the Gateway's
@@ -17,6 +19,13 @@
 //! Registry: a TXT record beside each managed record, named `<prefix><type>-<name>` (the
 //! record type in lowercase, ExternalDNS's "new format"), holding
 //! `heritage=external-dns,external-dns/owner=<owner>,external-dns/resource=<resource>`.
+
+pub mod cloudflare;
+pub mod dynamic;
+pub mod http;
+pub mod provider;
+pub mod rfc2136;
+pub mod webhook;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -35,7 +44,33 @@ pub struct Endpoint {
     pub ttl: Option<u32>,
     /// `httproute/ns/name`, `service/ns/name`, `crd/ns/name`.
     pub resource: String,
+    /// ExternalDNS's `providerSpecific` properties, by name (Cloudflare's
+    /// `external-dns.alpha.kubernetes.io/cloudflare-proxied`).
+    pub provider_specific: BTreeMap<String, String>,
 }
+
+impl Endpoint {
+    /// A record set without TTL or provider-specific properties.
+    pub fn new<T: Into<String>>(
+        name: &str,
+        record_type: &str,
+        targets: impl IntoIterator<Item = T>,
+        resource: &str,
+    ) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            record_type: record_type.into(),
+            targets: targets.into_iter().map(Into::into).collect(),
+            ttl: None,
+            resource: resource.into(),
+            provider_specific: BTreeMap::new(),
+        }
+    }
+}
+
+/// The provider-specific property that says whether Cloudflare proxies a record, as
+/// ExternalDNS names it (also the annotation that sets it).
+pub const CLOUDFLARE_PROXIED: &str = "external-dns.alpha.kubernetes.io/cloudflare-proxied";
 
 /// What to publish and how to decide ownership.
 #[derive(Clone, Debug, Default)]
@@ -50,7 +85,7 @@ pub struct SyncConfig {
     pub upsert_only: bool,
 }
 
-/// The changes to make.
+/// The changes to make to the records; [`Plan::changes`] adds the registry's TXT records.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub create: Vec<Endpoint>,
@@ -61,9 +96,63 @@ pub struct Plan {
     pub conflicts: Vec<(Endpoint, String)>,
 }
 
+/// What a provider is asked to do: ExternalDNS's `plan.Changes`, registry TXT records
+/// included. `update_old[i]` is replaced by `update_new[i]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub create: Vec<Endpoint>,
+    pub update_old: Vec<Endpoint>,
+    pub update_new: Vec<Endpoint>,
+    pub delete: Vec<Endpoint>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty()
+            && self.update_old.is_empty()
+            && self.update_new.is_empty()
+            && self.delete.is_empty()
+    }
+
+    /// Every change, as `(action, endpoint)`, updates by their new value.
+    pub fn each(&self) -> impl Iterator<Item = (&'static str, &Endpoint)> {
+        self.create
+            .iter()
+            .map(|e| ("create", e))
+            .chain(self.update_new.iter().map(|e| ("update", e)))
+            .chain(self.delete.iter().map(|e| ("delete", e)))
+    }
+}
+
+impl Plan {
+    /// The provider's changes: each created record with its ownership TXT record, each
+    /// deleted record with its TXT record; an updated record keeps its TXT record, which is
+    /// rewritten only when the owning resource changed.
+    pub fn changes(&self, cfg: &SyncConfig) -> Changes {
+        let txt = |e: &Endpoint| cfg.txt_record(e);
+        let mut c = Changes {
+            create: self.create.clone(),
+            update_old: self.update_old.clone(),
+            update_new: self.update_new.clone(),
+            delete: self.delete.clone(),
+        };
+        c.create.extend(self.create.iter().map(txt));
+        c.delete.extend(self.delete.iter().map(txt));
+        c
+    }
+}
+
 fn annotation<'a>(a: &'a BTreeMap<String, String>, key: &str) -> Option<&'a String> {
     a.get(&format!("external-dns.alpha.kubernetes.io/{key}"))
         .or_else(|| a.get(&format!("external-dns.kubernetes.io/{key}")))
+}
+
+/// The provider-specific properties an object's annotations ask for.
+fn provider_specific(a: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    annotation(a, "cloudflare-proxied")
+        .map(|v| (CLOUDFLARE_PROXIED.to_string(), v.clone()))
+        .into_iter()
+        .collect()
 }
 
 fn record_type(target: &str) -> &'static str {
@@ -79,7 +168,8 @@ fn norm(name: &str) -> String {
 }
 
 impl SyncConfig {
-    fn wants(&self, name: &str) -> bool {
+    /// Whether a lowercase name (without trailing dot) is under the domain filter.
+    pub fn wants(&self, name: &str) -> bool {
         self.domain_filters.is_empty()
             || self
                 .domain_filters
@@ -104,12 +194,29 @@ impl SyncConfig {
             self.owner_id, e.resource
         )
     }
+
+    /// The TXT registry record of a record, its value in double quotes as ExternalDNS writes
+    /// it to providers.
+    pub fn txt_record(&self, e: &Endpoint) -> Endpoint {
+        Endpoint {
+            name: self.txt_name(e),
+            record_type: "TXT".into(),
+            targets: BTreeSet::from([format!("\"{}\"", self.txt_value(e))]),
+            ttl: e.ttl,
+            resource: e.resource.clone(),
+            provider_specific: BTreeMap::new(),
+        }
+    }
 }
 
 /// The records the snapshot wants published.
 pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
     let mut out: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
-    let mut add = |name: &str, targets: Vec<String>, ttl: Option<u32>, resource: String| {
+    let mut add = |name: &str,
+                   targets: Vec<String>,
+                   ttl: Option<u32>,
+                   resource: String,
+                   specific: &BTreeMap<String, String>| {
         let name = norm(name);
         if name.is_empty() || name.starts_with('*') || !cfg.wants(&name) {
             return;
@@ -124,6 +231,7 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
                     targets: BTreeSet::new(),
                     ttl,
                     resource: resource.clone(),
+                    provider_specific: specific.clone(),
                 });
             e.targets.insert(if e.record_type == "CNAME" {
                 norm(&t)
@@ -200,8 +308,15 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
                 continue;
             }
             let ttl = annotation(&meta.annotations, "ttl").and_then(|t| t.parse().ok());
+            let specific = provider_specific(&meta.annotations);
             for h in hostnames {
-                add(&h, targets.clone(), ttl, format!("{label}/{ns}/{name}"));
+                add(
+                    &h,
+                    targets.clone(),
+                    ttl,
+                    format!("{label}/{ns}/{name}"),
+                    &specific,
+                );
             }
         }
     }
@@ -222,12 +337,14 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
                 .unwrap_or_default(),
         };
         let ttl = annotation(a, "ttl").and_then(|t| t.parse().ok());
+        let specific = provider_specific(a);
         for h in hosts.split(',') {
             add(
                 h.trim(),
                 targets.clone(),
                 ttl,
                 format!("service/{}/{}", svc.namespace(), svc.name()),
+                &specific,
             );
         }
     }
@@ -255,6 +372,11 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
                 targets,
                 ttl: e.record_ttl,
                 resource: format!("crd/{}/{}", d.namespace(), d.name()),
+                provider_specific: e
+                    .provider_specific
+                    .iter()
+                    .map(|p| (p.name.clone(), p.value.clone()))
+                    .collect(),
             });
         }
     }
@@ -267,7 +389,7 @@ pub fn plan(desired: &[Endpoint], current: &[Endpoint], cfg: &SyncConfig) -> Pla
     let owner = format!("external-dns/owner={}", cfg.owner_id);
     let txt: BTreeMap<&str, &Endpoint> = current
         .iter()
-        .filter(|e| e.record_type == "TXT")
+        .filter(|e| e.record_type == "TXT" && cfg.wants(&e.name))
         .map(|e| (e.name.as_str(), e))
         .collect();
     let owned = |e: &Endpoint| {
@@ -277,8 +399,12 @@ pub fn plan(desired: &[Endpoint], current: &[Endpoint], cfg: &SyncConfig) -> Pla
                 .any(|v| v.trim_matches('"').split(',').any(|kv| kv == owner))
         })
     };
+    // Records outside the domain filter are not ours to look at (ExternalDNS filters the
+    // provider's records the same way).
+    let current: Vec<&Endpoint> = current.iter().filter(|e| cfg.wants(&e.name)).collect();
     let by_key: BTreeMap<(&str, &str), &Endpoint> = current
         .iter()
+        .copied()
         .filter(|e| e.record_type != "TXT")
         .map(|e| ((e.name.as_str(), e.record_type.as_str()), e))
         .collect();
@@ -293,7 +419,13 @@ pub fn plan(desired: &[Endpoint], current: &[Endpoint], cfg: &SyncConfig) -> Pla
                     d.record_type, d.name, cfg.owner_id
                 ),
             )),
-            Some(c) if c.targets != d.targets || (d.ttl.is_some() && c.ttl != d.ttl) => {
+            Some(c)
+                if c.targets != d.targets
+                    || (d.ttl.is_some() && c.ttl != d.ttl)
+                    || d.provider_specific
+                        .iter()
+                        .any(|(k, v)| c.provider_specific.get(k) != Some(v)) =>
+            {
                 p.update_old.push((*c).clone());
                 p.update_new.push(d.clone());
             }
@@ -307,7 +439,7 @@ pub fn plan(desired: &[Endpoint], current: &[Endpoint], cfg: &SyncConfig) -> Pla
             .collect();
         for c in current.iter().filter(|c| c.record_type != "TXT") {
             if owned(c) && !wanted.contains(&(c.name.as_str(), c.record_type.as_str())) {
-                p.delete.push(c.clone());
+                p.delete.push((*c).clone());
             }
         }
     }
@@ -319,13 +451,7 @@ mod tests {
     use super::*;
 
     fn ep(name: &str, ty: &str, targets: &[&str], resource: &str) -> Endpoint {
-        Endpoint {
-            name: name.into(),
-            record_type: ty.into(),
-            targets: targets.iter().map(|t| t.to_string()).collect(),
-            ttl: None,
-            resource: resource.into(),
-        }
+        Endpoint::new(name, ty, targets.iter().copied(), resource)
     }
 
     fn owned_txt(cfg: &SyncConfig, e: &Endpoint, owner: &str) -> Endpoint {

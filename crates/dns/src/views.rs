@@ -72,6 +72,25 @@ fn rdata_for(target: &str) -> Option<RData> {
     }
 }
 
+/// The record data of one target of an ExternalDNS endpoint, for the types a zone serves
+/// (A, AAAA, CNAME, TXT; a TXT value's surrounding double quotes are zone-file syntax, not
+/// data).
+pub(crate) fn endpoint_rdata(record_type: &str, target: &str) -> Option<RData> {
+    match record_type {
+        "A" | "AAAA" | "CNAME" => {
+            rdata_for(target).filter(|r| r.record_type().to_string() == record_type)
+        }
+        "TXT" => {
+            let v = target
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(target);
+            Some(RData::TXT(TXT::new(vec![v.to_string()])))
+        }
+        _ => None,
+    }
+}
+
 /// Compiles every view of the snapshot. Pure.
 pub fn compile_views(s: &Snapshot, cfg: &ZoneConfig) -> Views {
     let cluster = compile(s, cfg);
@@ -144,12 +163,7 @@ pub fn compile_views(s: &Snapshot, cfg: &ZoneConfig) -> Views {
                         continue;
                     }
                     for t in &e.targets {
-                        let rd = match e.record_type.as_str() {
-                            "A" | "AAAA" | "CNAME" => rdata_for(t),
-                            "TXT" => Some(RData::TXT(TXT::new(vec![t.clone()]))),
-                            _ => None,
-                        };
-                        if let Some(rd) = rd {
+                        if let Some(rd) = endpoint_rdata(&e.record_type, t) {
                             zone.add_record(&n, rd);
                         }
                     }

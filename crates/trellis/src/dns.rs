@@ -42,6 +42,27 @@ pub struct Args {
     pub lameduck: String,
     #[command(flatten)]
     pub observe: crate::observe::ServeArgs,
+    /// Also serve these zones from a record set that a sync provider writes (the `trellis`
+    /// provider), in every view (repeatable).
+    #[arg(long = "dynamic-zone")]
+    pub dynamic_zones: Vec<String>,
+    /// Serve ExternalDNS's webhook provider API for the dynamic zones on this address, so
+    /// ExternalDNS (or `trellis sync --provider webhook`) can write them.
+    #[arg(long, requires = "dynamic_zones")]
+    pub webhook_listen: Option<SocketAddr>,
+}
+
+/// The views of a snapshot, with the dynamic records merged in.
+fn views_of(
+    s: &model::Snapshot,
+    cfg: &dns::ZoneConfig,
+    dynamic: Option<&dns::sync::dynamic::Dynamic>,
+) -> dns::Views {
+    let mut v = dns::compile_views(s, cfg);
+    if let Some(d) = dynamic {
+        d.merge_into(&mut v);
+    }
+    v
 }
 
 fn forwarder(args: &Args) -> anyhow::Result<Option<dns::forward::Forwarder>> {
@@ -96,7 +117,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     {
         eprintln!("{d}");
     }
-    let views = dns::compile_views(&first.snapshot, &cfg);
+    let dynamic = (!args.dynamic_zones.is_empty())
+        .then(|| Arc::new(dns::sync::dynamic::Dynamic::new(&args.dynamic_zones)));
+    let views = views_of(&first.snapshot, &cfg, dynamic.as_deref());
     let metrics = Arc::new(dns::metrics::Metrics::default());
     let fwd = forwarder(args)?.map(|f| Arc::new(f.with_metrics(metrics.clone())));
     let mut ops = dns::server::Ops {
@@ -130,13 +153,26 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot bind the admin address {addr}"))?;
             eprintln!("admin on http://{a} (/health /ready /status /metrics)");
         }
+        let _webhook = match (&args.webhook_listen, &dynamic) {
+            (Some(addr), Some(d)) => {
+                let served = dns::sync::webhook::serve(*addr, d.clone())
+                    .await
+                    .with_context(|| format!("cannot bind the webhook address {addr}"))?;
+                eprintln!("webhook provider on http://{}", served.addr);
+                Some(served)
+            }
+            _ => None,
+        };
+        let mut dynamic_changes = dynamic.as_ref().map(|d| d.subscribe());
+        let mut last = first.clone();
         let mut rx = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 u = rx.recv() => match u {
                     Some(Update::Applied(load)) => {
-                        let v = dns::compile_views(&load.snapshot, &cfg);
+                        let v = views_of(&load.snapshot, &cfg, dynamic.as_deref());
+                        last = load.clone();
                         if flows.is_some() {
                             pods.update(&load.snapshot);
                         }
@@ -151,6 +187,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     }
                     None => anyhow::bail!("the manifest watcher stopped"),
                 },
+                Some(Ok(())) = async {
+                    match dynamic_changes.as_mut() {
+                        Some(c) => Some(c.changed().await),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    running.update(views_of(&last.snapshot, &cfg, dynamic.as_deref()));
+                }
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
             }

@@ -1,7 +1,9 @@
 //! The cluster zone served over UDP and TCP, queried with dig (a real resolver client), and
 //! split-horizon views (with a property test of the no-leak guarantee in `props.rs`).
 
+mod knot;
 mod props;
+mod sync;
 
 use std::process::Command;
 
@@ -258,69 +260,16 @@ async fn split_horizon_views_with_dig() {
     .expect("checks pass");
 }
 
-/// Stops knotd when dropped.
-struct Knot(std::process::Child);
-
-impl Drop for Knot {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_to_knot_and_serves_from_cache_when_it_is_gone() {
-    let t = tempfile::tempdir().expect("tmp");
-    let d = t.path();
-    let knot_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
-    std::fs::create_dir_all(d.join("zones")).expect("mkdir");
-    std::fs::write(
-        d.join("zones/example.test.zone"),
+    let knot = knot::Knot::start(
+        "example.test",
         "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ NS ns\nns A 127.0.0.1\nwww A 192.0.2.10\nmail AAAA 2001:db8::25\n",
-    )
-    .expect("zone");
-    std::fs::write(
-        d.join("knot.conf"),
-        format!(
-            "server:\n  rundir: \"{r}\"\n  listen: 127.0.0.1@{knot_port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
-             log:\n  - target: stderr\n    any: error\ndatabase:\n  storage: \"{r}/db\"\ntemplate:\n  - id: default\n    storage: \"{r}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: example.test\n",
-            r = d.display()
-        ),
-    )
-    .expect("conf");
-    let knot = Knot(
-        Command::new("knotd")
-            .arg("-c")
-            .arg(d.join("knot.conf"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("knotd runs (apt-get install knot)"),
+        false,
+        "www.example.test",
+        "192.0.2.10",
     );
-    // Knot answers once its zone is loaded.
-    let ready = (0..100).any(|_| {
-        let ok = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &knot_port.to_string(),
-                "+short",
-                "+time=1",
-                "+tries=1",
-                "www.example.test",
-            ])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.10"));
-        if !ok {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        ok
-    });
-    assert!(ready, "knotd did not come up");
-
+    let knot_port = knot.port;
     let zone = dns::compile(&model::Snapshot::default(), &dns::ZoneConfig::default());
     let fwd = std::sync::Arc::new(
         dns::forward::Forwarder::new(

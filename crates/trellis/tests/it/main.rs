@@ -1,8 +1,12 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
 
+/// The Knot DNS helper of the dns crate's tests: one way to run Knot in tests.
+#[path = "../../../dns/tests/it/knot.rs"]
+mod knot;
 mod l2;
 mod lab;
 mod observe;
+mod sync;
 mod ui;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,213 @@
+//! The HTTP the providers speak: a one-request-per-connection HTTP/1.1 client (plain, or TLS
+//! with the system's CA bundle) and a small server loop, both over hyper. Bodies are bounded
+//! both ways ([`BODY_BYTES_MAX`]) and every request has a deadline ([`REQUEST_TIMEOUT`]).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::provider::{BoxFuture, Error};
+
+/// The largest body read (a 10,000-record listing is about 2 MB of JSON).
+pub const BODY_BYTES_MAX: usize = 64 << 20;
+/// Connect, send and read the whole answer within this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where Debian and most distributions keep the system's CA certificates.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// One answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends requests to `http://` URLs, and to `https://` ones when built with CA roots.
+#[derive(Clone, Default)]
+pub struct Client {
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client that trusts the CA certificates of a PEM bundle (for `https://` URLs).
+    pub fn with_roots(pem: &Path) -> Result<Client, Error> {
+        use rustls_pki_types::CertificateDer;
+        use rustls_pki_types::pem::PemObject;
+        let bad = |e: String| Error::Permanent(format!("CA bundle {}: {e}", pem.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(pem).map_err(|e| bad(e.to_string()))? {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            // A bundle may hold certificates rustls cannot use; the rest still count.
+            let _ = roots.add(cert);
+        }
+        if roots.is_empty() {
+            return Err(bad("no usable certificate".into()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Client {
+            tls: Some(Arc::new(cfg)),
+        })
+    }
+
+    /// Sends one request and reads the whole answer. Connection failures and timeouts are
+    /// retryable; a status is returned as it came (callers classify it).
+    pub async fn send(&self, mut req: http::Request<Bytes>) -> Result<Response, Error> {
+        let uri = req.uri().clone();
+        let what = format!("{} {uri}", req.method());
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(Error::Permanent(format!("{what}: not an http(s) URL"))),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::Permanent(format!("{what}: no host")))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if !req.headers().contains_key(http::header::HOST) {
+            let value = match uri.port() {
+                Some(p) => format!("{}:{p}", uri.host().unwrap_or_default()),
+                None => uri.host().unwrap_or_default().to_string(),
+            };
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        // HTTP/1.1 sends the path, not the absolute URI.
+        if let Some(pq) = uri.path_and_query() {
+            *req.uri_mut() = pq.as_str().parse().unwrap_or_default();
+        }
+        let exchange = async {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| Error::Retryable(format!("{what}: {e}")))?;
+            if !https {
+                return exchange(tcp, req, &what).await;
+            }
+            let cfg = self.tls.clone().ok_or_else(|| {
+                Error::Permanent(format!("{what}: https needs a CA bundle (none loaded)"))
+            })?;
+            let name = rustls_pki_types::ServerName::try_from(host.clone())
+                .map_err(|e| Error::Permanent(format!("{what}: {e}")))?;
+            let tls = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| Error::Retryable(format!("{what}: TLS: {e}")))?;
+            exchange(tls, req, &what).await
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| Error::Retryable(format!("{what}: no answer in {REQUEST_TIMEOUT:?}")))?
+    }
+}
+
+async fn exchange<S>(io: S, req: http::Request<Bytes>, what: &str) -> Result<Response, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let failed = |e: &dyn std::fmt::Display| Error::Retryable(format!("{what}: {e}"));
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| failed(&e))?;
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(req.map(Full::new))
+        .await
+        .map_err(|e| failed(&e))?;
+    let (parts, body) = resp.into_parts();
+    let body = Limited::new(body, BODY_BYTES_MAX)
+        .collect()
+        .await
+        .map_err(|e| failed(&e))?
+        .to_bytes();
+    Ok(Response {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Handles one request (its body read whole, bounded) and returns the response.
+pub type Handler =
+    Arc<dyn Fn(http::Request<Bytes>) -> BoxFuture<'static, http::Response<Bytes>> + Send + Sync>;
+
+/// A running server; dropping it stops accepting.
+#[derive(Debug)]
+pub struct Serving {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A response with a status, a content type and a body.
+pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> http::Response<Bytes> {
+    let mut r = http::Response::new(body.into());
+    *r.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Serves HTTP/1.1 on `addr` with `handler` until the returned value is dropped.
+pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Serving> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let handler = handler.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let resp = match Limited::new(body, BODY_BYTES_MAX).collect().await {
+                                Ok(b) => {
+                                    handler(http::Request::from_parts(parts, b.to_bytes())).await
+                                }
+                                Err(e) => respond(413, "text/plain", format!("{e}\n")),
+                            };
+                            Ok::<_, std::convert::Infallible>(resp.map(Full::new))
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(Serving { addr, task })
+}

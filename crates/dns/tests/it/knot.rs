@@ -1,0 +1,112 @@
+//! A real Knot DNS for tests: one zone from a zone file, on a free loopback port, stopped
+//! (and its files removed) when dropped. Shared with the `trellis` binary's tests.
+
+use std::process::Command;
+
+/// A TSIG key Knot accepts updates and transfers with (`hmac-sha256`).
+pub const TSIG_NAME: &str = "trellis-sync";
+/// 32 random bytes, base64 (fixed: it only guards a loopback test server).
+pub const TSIG_SECRET: &str = "Sx0Oc9Z1iJ8Jq0l0bYh8m7yqv6cJx4cJm3N2Q6iQKk0=";
+
+/// A running knotd; killed when dropped.
+pub struct Knot {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Knot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Knot {
+    /// Serves `zone` from `zone_text` (a zone file); with `updates`, accepts DNS UPDATE and
+    /// AXFR signed with [`TSIG_NAME`]. Returns once Knot answers `probe` (a name in the zone)
+    /// with `expect` in the answer.
+    pub fn start(zone: &str, zone_text: &str, updates: bool, probe: &str, expect: &str) -> Knot {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        std::fs::create_dir_all(d.join("zones")).expect("mkdir");
+        std::fs::write(d.join(format!("zones/{zone}.zone")), zone_text).expect("zone");
+        let (keys, zone_acl) = if updates {
+            (
+                format!(
+                    "key:\n  - id: {TSIG_NAME}\n    algorithm: hmac-sha256\n    secret: {TSIG_SECRET}\n\
+                     acl:\n  - id: sync\n    key: {TSIG_NAME}\n    action: [update, transfer]\n"
+                ),
+                "\n    acl: sync",
+            )
+        } else {
+            (String::new(), "")
+        };
+        std::fs::write(
+            d.join("knot.conf"),
+            format!(
+                "server:\n  rundir: \"{r}\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+                 log:\n  - target: stderr\n    any: error\ndatabase:\n  storage: \"{r}/db\"\n{keys}template:\n  - id: default\n    storage: \"{r}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: {zone}{zone_acl}\n",
+                r = d.display()
+            ),
+        )
+        .expect("conf");
+        let knot = Knot {
+            child: Command::new("knotd")
+                .arg("-c")
+                .arg(d.join("knot.conf"))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("knotd runs (apt-get install knot)"),
+            port,
+            _dir: dir,
+        };
+        // Knot answers once its zone is loaded.
+        let ready = (0..100).any(|_| {
+            let ok = Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    probe,
+                ])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(expect));
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            ok
+        });
+        assert!(ready, "knotd did not come up");
+        knot
+    }
+
+    /// `kdig @knot +short NAME TYPE`, sorted lines.
+    pub fn kdig(&self, name: &str, rtype: &str) -> Vec<String> {
+        let out = Command::new("kdig")
+            .args([
+                &format!("@127.0.0.1:{}", self.port),
+                "+short",
+                "+time=2",
+                "+retry=0",
+                name,
+                rtype,
+            ])
+            .output()
+            .expect("kdig runs (apt-get install knot-dnsutils)");
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        v.sort();
+        v
+    }
+}

@@ -1,0 +1,599 @@
+//! Record sync against real peers: the webhook protocol (trellis's client against trellis's
+//! server, the server backed by the zone `trellis dns` answers), rfc2136 to Knot DNS with the
+//! records and ownership TXT records checked by kdig, and the Cloudflare client against a
+//! local server that checks every request against the documented v4 API.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use dns::sync::provider::{BoxFuture, Error, Failure, Provider};
+use dns::sync::webhook::{MEDIA_TYPE, WebhookProvider};
+use dns::sync::{Changes, Endpoint, SyncConfig, plan};
+
+use crate::knot::Knot;
+
+fn ep(name: &str, ty: &str, targets: &[&str], resource: &str) -> Endpoint {
+    Endpoint::new(name, ty, targets.iter().copied(), resource)
+}
+
+/// Asks the provider to create one record and expects a permanent refusal.
+async fn create_is_refused(p: &dyn Provider, name: &str) -> Failure {
+    let failed = p
+        .apply(&Changes {
+            create: vec![ep(name, "A", &["10.0.0.9"], "")],
+            ..Changes::default()
+        })
+        .await;
+    assert_eq!(failed.len(), 1);
+    assert!(!failed[0].error.is_retryable(), "{}", failed[0]);
+    failed[0].clone()
+}
+
+fn cfg() -> SyncConfig {
+    SyncConfig {
+        owner_id: "trellis".into(),
+        ..SyncConfig::default()
+    }
+}
+
+/// Plans `desired` against the provider and applies the changes; returns the failures.
+async fn sync(p: &dyn Provider, desired: &[Endpoint], cfg: &SyncConfig) -> Vec<Failure> {
+    let current = p.records().await.expect("records");
+    let changes = plan(desired, &current, cfg).changes(cfg);
+    p.apply(&changes).await
+}
+
+fn by_key(list: Vec<Endpoint>) -> BTreeMap<(String, String), BTreeSet<String>> {
+    list.into_iter()
+        .map(|e| ((e.name, e.record_type), e.targets))
+        .collect()
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_round_trip_client_against_server() {
+    let zone = Arc::new(dns::sync::dynamic::Dynamic::new(&["example.test".into()]));
+    let server = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), zone.clone())
+        .await
+        .expect("serves");
+    let base = format!("http://{}", server.addr);
+    let client = WebhookProvider::connect(&base, Default::default())
+        .await
+        .expect("negotiates");
+    assert_eq!(
+        client.negotiated().include,
+        ["example.test"],
+        "GET / is the domain filter"
+    );
+
+    let cfg = cfg();
+    let app = ep("app.example.test", "A", &["10.0.0.1"], "crd/t/app");
+    let www = ep(
+        "www.example.test",
+        "CNAME",
+        &["app.example.test"],
+        "crd/t/www",
+    );
+    assert!(
+        sync(&client, &[app.clone(), www.clone()], &cfg)
+            .await
+            .is_empty()
+    );
+    let got = by_key(client.records().await.expect("records"));
+    assert_eq!(
+        got[&("app.example.test".into(), "A".into())],
+        set(&["10.0.0.1"])
+    );
+    assert_eq!(
+        got[&("a-app.example.test".into(), "TXT".into())],
+        set(&[
+            "\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource=crd/t/app\""
+        ]),
+        "the ownership TXT record travelled with it"
+    );
+
+    // The records are in the zone trellis dns answers.
+    let mut views = dns::Views::default();
+    zone.merge_into(&mut views);
+    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views, None)
+        .await
+        .expect("dns");
+    let port = running.udp.port();
+    let answers = tokio::task::spawn_blocking(move || {
+        (
+            crate::short(port, "app.example.test", "A"),
+            crate::short(port, "a-app.example.test", "TXT"),
+        )
+    })
+    .await
+    .expect("dig");
+    assert_eq!(answers.0, ["10.0.0.1"]);
+    assert_eq!(
+        answers.1,
+        ["\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource=crd/t/app\""]
+    );
+
+    // Update one, drop the other: updateOld/updateNew and delete, TXT record included.
+    let moved = ep(
+        "app.example.test",
+        "A",
+        &["10.0.0.2", "10.0.0.3"],
+        "crd/t/app",
+    );
+    assert!(sync(&client, &[moved], &cfg).await.is_empty());
+    let got = by_key(client.records().await.expect("records"));
+    assert_eq!(
+        got[&("app.example.test".into(), "A".into())],
+        set(&["10.0.0.2", "10.0.0.3"])
+    );
+    assert!(!got.contains_key(&("www.example.test".into(), "CNAME".into())));
+    assert!(!got.contains_key(&("cname-www.example.test".into(), "TXT".into())));
+    assert!(got.contains_key(&("a-app.example.test".into(), "TXT".into())));
+
+    // 4xx: a record outside the zone, a create of a record that exists: permanent.
+    let refused = create_is_refused(&client, "x.other.test").await;
+    assert!(
+        refused.error.to_string().contains("HTTP 400"),
+        "{}",
+        refused
+    );
+}
+
+/// A provider whose every call fails as a server error would.
+struct Failing;
+
+impl Provider for Failing {
+    fn records(&self) -> BoxFuture<'_, Result<Vec<Endpoint>, Error>> {
+        Box::pin(async { Err(Error::Retryable("backend down".into())) })
+    }
+    fn apply<'a>(&'a self, changes: &'a Changes) -> BoxFuture<'a, Vec<Failure>> {
+        Box::pin(async move {
+            dns::sync::provider::all_failed(changes, &Error::Retryable("backend down".into()))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_5xx_is_retryable_and_the_protocol_is_checked() {
+    let server = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(Failing))
+        .await
+        .expect("serves");
+    let base = format!("http://{}", server.addr);
+    let client = WebhookProvider::connect(&base, Default::default())
+        .await
+        .expect("negotiates");
+    assert!(
+        client.negotiated().include.is_empty(),
+        "no filter: all domains"
+    );
+    let err = client.records().await.expect_err("500");
+    assert!(err.is_retryable(), "{err}");
+    let failed = client
+        .apply(&Changes {
+            create: vec![ep("a.example.test", "A", &["10.0.0.1"], "")],
+            delete: vec![ep("b.example.test", "A", &["10.0.0.2"], "")],
+            ..Changes::default()
+        })
+        .await;
+    assert_eq!(failed.len(), 2, "every change of the batch is reported");
+    assert!(failed.iter().all(|f| f.error.is_retryable()));
+
+    // The wire: media type on answers, 415 for another body type, Go's field casing read.
+    let http = dns::sync::http::Client::default();
+    let send = |method: &str, path: &str, ctype: &str, body: &str| {
+        let mut req = http::Request::new(Bytes::from(body.to_string()));
+        *req.method_mut() = method.parse().expect("method");
+        *req.uri_mut() = format!("{base}{path}").parse().expect("uri");
+        req.headers_mut()
+            .insert("accept", http::HeaderValue::from_static(MEDIA_TYPE));
+        req.headers_mut()
+            .insert("content-type", ctype.parse().expect("ctype"));
+        http.send(req)
+    };
+    let root = send("GET", "/", MEDIA_TYPE, "").await.expect("GET /");
+    assert_eq!(root.status, 200);
+    assert_eq!(root.headers["content-type"], MEDIA_TYPE);
+    assert_eq!(
+        send("POST", "/records", "application/json", "{}")
+            .await
+            .expect("post")
+            .status,
+        415
+    );
+    assert_eq!(
+        send("GET", "/healthz", "", "")
+            .await
+            .expect("healthz")
+            .status,
+        200
+    );
+    let zone = Arc::new(dns::sync::dynamic::Dynamic::new(&["example.test".into()]));
+    let server2 = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), zone.clone())
+        .await
+        .expect("serves");
+    let base2 = format!("http://{}", server2.addr);
+    let mut req = http::Request::new(Bytes::from(
+        r#"{"Create":[{"dnsName":"go.example.test","targets":["10.0.0.7"],"recordType":"A","recordTTL":60,"labels":{"owner":"x"},"providerSpecific":[{"name":"n","value":"v"}]}]}"#,
+    ));
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = format!("{base2}/records").parse().expect("uri");
+    req.headers_mut()
+        .insert("content-type", http::HeaderValue::from_static(MEDIA_TYPE));
+    assert_eq!(http.send(req).await.expect("post").status, 204);
+    let got = zone.records().await.expect("records");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].ttl, got[0].provider_specific["n"].as_str()),
+        (Some(60), "v")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc2136_to_knot_with_ownership_checked_by_kdig() {
+    let knot = tokio::task::spawn_blocking(|| {
+        Knot::start(
+            "example.test",
+            "$ORIGIN example.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ NS ns\nns A 127.0.0.1\nmanual A 192.0.2.99\n",
+            true,
+            "manual.example.test",
+            "192.0.2.99",
+        )
+    })
+    .await
+    .expect("knot");
+    let key = dns::sync::rfc2136::TsigKey {
+        name: crate::knot::TSIG_NAME.into(),
+        algorithm: "hmac-sha256".into(),
+        secret: crate::knot::TSIG_SECRET.into(),
+    };
+    let server = format!("127.0.0.1:{}", knot.port).parse().expect("addr");
+    let p = dns::sync::rfc2136::Rfc2136::new(server, "example.test", Some(&key)).expect("provider");
+    let cfg = SyncConfig {
+        txt_prefix: "k8s.".into(),
+        ..cfg()
+    };
+    let app = ep(
+        "app.example.test",
+        "A",
+        &["10.0.0.1", "10.0.0.2"],
+        "httproute/apps/app",
+    );
+    let www = ep(
+        "www.example.test",
+        "CNAME",
+        &["app.example.test"],
+        "crd/apps/www",
+    );
+    let manual = ep("manual.example.test", "A", &["10.0.0.5"], "crd/apps/manual");
+    let failures = sync(&p, &[app.clone(), www.clone(), manual], &cfg).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let k = Arc::new(knot);
+    let kdig = |name: &'static str, ty: &'static str| {
+        let k = k.clone();
+        async move {
+            tokio::task::spawn_blocking(move || k.kdig(name, ty))
+                .await
+                .expect("kdig")
+        }
+    };
+    assert_eq!(
+        kdig("app.example.test", "A").await,
+        ["10.0.0.1", "10.0.0.2"]
+    );
+    assert_eq!(
+        kdig("www.example.test", "CNAME").await,
+        ["app.example.test."]
+    );
+    assert_eq!(
+        kdig("k8s.a-app.example.test", "TXT").await,
+        [
+            "\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource=httproute/apps/app\""
+        ]
+    );
+    assert_eq!(
+        kdig("k8s.cname-www.example.test", "TXT").await,
+        ["\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource=crd/apps/www\""]
+    );
+    assert_eq!(
+        kdig("manual.example.test", "A").await,
+        ["192.0.2.99"],
+        "a record trellis does not own stays untouched"
+    );
+    assert!(kdig("k8s.a-manual.example.test", "TXT").await.is_empty());
+
+    // Read back by AXFR: nothing left to do.
+    let current = p.records().await.expect("axfr");
+    let again = plan(&[app.clone(), www.clone()], &current, &cfg);
+    assert!(again.changes(&cfg).is_empty(), "{again:?}");
+
+    // Move one, drop the other.
+    let moved = ep("app.example.test", "A", &["10.0.0.3"], "httproute/apps/app");
+    assert!(sync(&p, &[moved], &cfg).await.is_empty());
+    assert_eq!(kdig("app.example.test", "A").await, ["10.0.0.3"]);
+    assert!(kdig("www.example.test", "CNAME").await.is_empty());
+    assert!(kdig("k8s.cname-www.example.test", "TXT").await.is_empty());
+    assert_eq!(kdig("manual.example.test", "A").await, ["192.0.2.99"]);
+
+    // A wrong key is refused by Knot: permanent, and reported per record.
+    let bad = dns::sync::rfc2136::TsigKey {
+        secret: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+        ..key
+    };
+    let p = dns::sync::rfc2136::Rfc2136::new(server, "example.test", Some(&bad)).expect("provider");
+    create_is_refused(&p, "x.example.test").await;
+    assert!(kdig("x.example.test", "A").await.is_empty());
+}
+
+/// A stand-in for api.cloudflare.com that checks every request against the v4 API's
+/// documentation (method, path, query, bearer token, JSON body fields) and keeps records.
+#[derive(Default)]
+struct MockCloudflare {
+    records: BTreeMap<String, serde_json::Value>,
+    next_id: u32,
+    /// Requests that do not match the documented API.
+    violations: Vec<String>,
+    /// Requests seen, as `METHOD path?query`.
+    seen: Vec<String>,
+    rate_limited_once: bool,
+}
+
+const TOKEN: &str = "test-token";
+
+fn cf_answer(
+    status: u16,
+    result: serde_json::Value,
+    info: Option<serde_json::Value>,
+) -> http::Response<Bytes> {
+    let mut body = serde_json::json!({"success": status < 300, "errors": [], "messages": [], "result": result});
+    if let Some(i) = info {
+        body["result_info"] = i;
+    }
+    dns::sync::http::respond(status, "application/json", body.to_string())
+}
+
+impl MockCloudflare {
+    fn handle(&mut self, req: &http::Request<Bytes>) -> http::Response<Bytes> {
+        let path = req.uri().path().to_string();
+        let query: BTreeMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.seen.push(format!("{} {}", req.method(), req.uri()));
+        if req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {TOKEN}"))
+        {
+            self.violations
+                .push(format!("no bearer token: {}", req.uri()));
+            return cf_answer(403, serde_json::Value::Null, None);
+        }
+        let page = |q: &BTreeMap<String, String>| -> Option<(usize, usize)> {
+            Some((
+                q.get("page")?.parse().ok()?,
+                q.get("per_page")?.parse().ok()?,
+            ))
+        };
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (req.method().as_str(), segs.as_slice()) {
+            ("GET", ["zones"]) => {
+                if query.get("name").map(String::as_str) != Some("example.com")
+                    || page(&query).is_none()
+                {
+                    self.violations.push(format!("zones lookup: {query:?}"));
+                }
+                cf_answer(
+                    200,
+                    serde_json::json!([{"id": "z1", "name": "example.com"}]),
+                    Some(
+                        serde_json::json!({"page": 1, "per_page": 2, "total_pages": 1, "count": 1, "total_count": 1}),
+                    ),
+                )
+            }
+            ("GET", ["zones", "z1", "dns_records"]) => {
+                let Some((p, per)) = page(&query) else {
+                    self.violations
+                        .push(format!("listing without page/per_page: {query:?}"));
+                    return cf_answer(400, serde_json::Value::Null, None);
+                };
+                let all: Vec<_> = self.records.values().cloned().collect();
+                let pages = all.len().div_ceil(per).max(1);
+                let items: Vec<_> = all.into_iter().skip((p - 1) * per).take(per).collect();
+                let count = items.len();
+                cf_answer(
+                    200,
+                    serde_json::Value::Array(items),
+                    Some(
+                        serde_json::json!({"page": p, "per_page": per, "total_pages": pages, "count": count, "total_count": self.records.len()}),
+                    ),
+                )
+            }
+            ("POST", ["zones", "z1", "dns_records"])
+            | ("PUT", ["zones", "z1", "dns_records", _]) => {
+                if !self.rate_limited_once {
+                    self.rate_limited_once = true;
+                    let mut r = cf_answer(429, serde_json::Value::Null, None);
+                    r.headers_mut()
+                        .insert("retry-after", http::HeaderValue::from_static("1"));
+                    return r;
+                }
+                if req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    != Some("application/json")
+                {
+                    self.violations.push("body without application/json".into());
+                }
+                let Ok(mut body) = serde_json::from_slice::<serde_json::Value>(req.body()) else {
+                    self.violations.push("body is not JSON".into());
+                    return cf_answer(400, serde_json::Value::Null, None);
+                };
+                let fields_ok = body["type"].is_string()
+                    && body["name"].is_string()
+                    && body["content"].is_string()
+                    && body["ttl"].is_u64()
+                    && body["proxied"].is_boolean()
+                    && body.get("id").is_none();
+                if !fields_ok {
+                    self.violations.push(format!("record body: {body}"));
+                    return cf_answer(400, serde_json::Value::Null, None);
+                }
+                let id = match segs.as_slice() {
+                    [_, _, _, id] if self.records.contains_key(*id) => id.to_string(),
+                    [_, _, _, id] => {
+                        self.violations.push(format!("PUT of unknown record {id}"));
+                        return cf_answer(404, serde_json::Value::Null, None);
+                    }
+                    _ => {
+                        self.next_id += 1;
+                        format!("r{}", self.next_id)
+                    }
+                };
+                body["id"] = id.clone().into();
+                self.records.insert(id, body.clone());
+                cf_answer(200, body, None)
+            }
+            ("DELETE", ["zones", "z1", "dns_records", id]) => match self.records.remove(*id) {
+                Some(_) => cf_answer(200, serde_json::json!({"id": id}), None),
+                None => {
+                    self.violations
+                        .push(format!("DELETE of unknown record {id}"));
+                    cf_answer(404, serde_json::Value::Null, None)
+                }
+            },
+            _ => {
+                self.violations
+                    .push(format!("not in the API: {} {path}", req.method()));
+                cf_answer(404, serde_json::Value::Null, None)
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_against_a_server_checking_the_documented_api() {
+    let mock = Arc::new(Mutex::new(MockCloudflare::default()));
+    // A record someone else made, not owned by trellis.
+    mock.lock().expect("mock").records.insert(
+        "manual".into(),
+        serde_json::json!({"id": "manual", "type": "A", "name": "manual.example.com", "content": "192.0.2.1", "ttl": 300, "proxied": false}),
+    );
+    let m = mock.clone();
+    let handler: dns::sync::http::Handler = Arc::new(move |req| {
+        let resp = m.lock().expect("mock").handle(&req);
+        Box::pin(async move { resp })
+    });
+    let server = dns::sync::http::serve("127.0.0.1:0".parse().expect("addr"), handler)
+        .await
+        .expect("mock serves");
+    let p = dns::sync::cloudflare::Cloudflare::new(
+        dns::sync::cloudflare::Config {
+            base: format!("http://{}", server.addr),
+            token: TOKEN.into(),
+            zone_ids: Vec::new(),
+            domains: vec!["example.com".into()],
+            per_page: 2,
+            proxied_default: true,
+        },
+        Default::default(),
+    );
+    let cfg = cfg();
+    let web = ep(
+        "web.example.com",
+        "A",
+        &["203.0.113.1", "203.0.113.2"],
+        "httproute/a/web",
+    );
+    let mut direct = ep("ssh.example.com", "A", &["203.0.113.3"], "httproute/a/ssh");
+    direct
+        .provider_specific
+        .insert(dns::sync::CLOUDFLARE_PROXIED.into(), "false".into());
+    let manual = ep("manual.example.com", "A", &["203.0.113.9"], "crd/a/manual");
+    let desired = p
+        .adjust_endpoints(vec![web.clone(), direct.clone(), manual])
+        .await
+        .expect("adjust");
+    let failures = sync(&p, &desired, &cfg).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    {
+        let m = mock.lock().expect("mock");
+        assert!(m.violations.is_empty(), "{:?}", m.violations);
+        assert!(m.rate_limited_once, "the 429 was waited out");
+        let recs: BTreeSet<(String, String, String, bool)> = m
+            .records
+            .values()
+            .map(|r| {
+                (
+                    r["type"].as_str().unwrap_or_default().to_string(),
+                    r["name"].as_str().unwrap_or_default().to_string(),
+                    r["content"].as_str().unwrap_or_default().to_string(),
+                    r["proxied"].as_bool().unwrap_or_default(),
+                )
+            })
+            .collect();
+        for want in [
+            ("A", "web.example.com", "203.0.113.1", true),
+            ("A", "web.example.com", "203.0.113.2", true),
+            ("A", "ssh.example.com", "203.0.113.3", false),
+            ("A", "manual.example.com", "192.0.2.1", false),
+            (
+                "TXT",
+                "a-web.example.com",
+                "\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource=httproute/a/web\"",
+                false,
+            ),
+        ] {
+            let want = (
+                want.0.to_string(),
+                want.1.to_string(),
+                want.2.to_string(),
+                want.3,
+            );
+            assert!(recs.contains(&want), "missing {want:?} in {recs:?}");
+        }
+        // 7 records at 2 a page: the listing read every page.
+        assert!(m.seen.iter().any(|s| s.contains("page=2")), "{:?}", m.seen);
+    }
+    // Nothing left to do; then one target goes and proxying changes.
+    let desired = p
+        .adjust_endpoints(vec![web.clone(), direct.clone()])
+        .await
+        .expect("adjust");
+    let current = p.records().await.expect("records");
+    let again = plan(&desired, &current, &cfg);
+    assert!(again.changes(&cfg).is_empty(), "{again:?}");
+    let mut web2 = ep("web.example.com", "A", &["203.0.113.1"], "httproute/a/web");
+    web2.provider_specific
+        .insert(dns::sync::CLOUDFLARE_PROXIED.into(), "false".into());
+    let desired = p
+        .adjust_endpoints(vec![web2, direct])
+        .await
+        .expect("adjust");
+    assert!(sync(&p, &desired, &cfg).await.is_empty());
+    let m = mock.lock().expect("mock");
+    assert!(m.violations.is_empty(), "{:?}", m.violations);
+    let web: Vec<_> = m
+        .records
+        .values()
+        .filter(|r| r["name"] == "web.example.com")
+        .collect();
+    assert_eq!(web.len(), 1, "{web:?}");
+    assert_eq!(
+        (web[0]["content"].as_str(), web[0]["proxied"].as_bool()),
+        (Some("203.0.113.1"), Some(false))
+    );
+    assert!(
+        m.seen.iter().any(|s| s.starts_with("DELETE "))
+            && m.seen.iter().any(|s| s.starts_with("PUT "))
+    );
+}

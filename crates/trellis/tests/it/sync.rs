@@ -1,0 +1,121 @@
+//! `trellis sync` end to end: the binary publishes the manifests' records to a real Knot DNS
+//! over rfc2136 (TSIG), once and then in its loop as the manifests change.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use crate::knot::{Knot, TSIG_NAME, TSIG_SECRET};
+use crate::{Proc, within};
+
+fn endpoint(name: &str, host: &str, ip: &str) -> String {
+    format!(
+        "apiVersion: externaldns.k8s.io/v1alpha1\nkind: DNSEndpoint\nmetadata: {{name: {name}, namespace: net}}\n\
+         spec: {{endpoints: [{{dnsName: {host}, recordType: A, targets: [{ip}]}}]}}\n"
+    )
+}
+
+#[test]
+fn sync_publishes_to_knot_over_rfc2136_once_and_on_change() {
+    let knot = Knot::start(
+        "home.test",
+        "$ORIGIN home.test.\n$TTL 300\n@ SOA ns hostmaster 1 3600 600 86400 60\n@ NS ns\nns A 127.0.0.1\nmanual A 192.0.2.99\n",
+        true,
+        "manual.home.test",
+        "192.0.2.99",
+    );
+    let t = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        t.path().join("a.yaml"),
+        endpoint("a", "app.home.test", "10.0.0.1"),
+    )
+    .expect("write");
+    // Someone else's record under a name the manifests also want: left alone.
+    std::fs::write(
+        t.path().join("m.yaml"),
+        endpoint("m", "manual.home.test", "10.0.0.2"),
+    )
+    .expect("write");
+    let port = knot.port.to_string();
+    let dir = t.path().display().to_string();
+    let args = [
+        "sync",
+        "-f",
+        &dir,
+        "--provider",
+        "rfc2136",
+        "--rfc2136-port",
+        &port,
+        "--rfc2136-zone",
+        "home.test",
+        "--rfc2136-tsig-keyname",
+        TSIG_NAME,
+        "--txt-owner-id",
+        "home",
+        "--txt-prefix",
+        "k8s.",
+    ];
+    let once = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(args)
+        .arg("--once")
+        .env("RFC2136_TSIG_SECRET", TSIG_SECRET)
+        .output()
+        .expect("trellis sync runs");
+    let stderr = String::from_utf8_lossy(&once.stderr);
+    assert_eq!(once.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("sync: 2 changes, 0 failed"), "{stderr}");
+    assert!(
+        stderr.contains("left alone: A manual.home.test exists and is not owned by home"),
+        "{stderr}"
+    );
+    assert_eq!(knot.kdig("app.home.test", "A"), ["10.0.0.1"]);
+    assert_eq!(
+        knot.kdig("k8s.a-app.home.test", "TXT"),
+        ["\"heritage=external-dns,external-dns/owner=home,external-dns/resource=crd/net/a\""]
+    );
+    assert_eq!(knot.kdig("manual.home.test", "A"), ["192.0.2.99"]);
+
+    // The loop: a manifest change is published without a restart.
+    let mut sync = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(args)
+            .args(["--interval", "1h", "--min-event-sync-interval", "0s"])
+            .env("RFC2136_TSIG_SECRET", TSIG_SECRET)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis sync starts"),
+    );
+    let mut lines = std::io::BufReader::new(sync.0.stderr.take().expect("stderr")).lines();
+    let first = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with("sync: ") && l.contains("changes"))
+        .expect("a first reconcile");
+    assert_eq!(first, "sync: 0 changes, 0 failed", "already in sync");
+    std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+    std::fs::write(
+        t.path().join("a.yaml"),
+        endpoint("a", "app.home.test", "10.0.0.3"),
+    )
+    .expect("write");
+    std::fs::write(
+        t.path().join("b.yaml"),
+        endpoint("b", "new.home.test", "10.0.0.4"),
+    )
+    .expect("write");
+    within(20, || {
+        (knot.kdig("new.home.test", "A") == ["10.0.0.4"]).then_some(())
+    })
+    .expect("the new record was published");
+    within(20, || {
+        (knot.kdig("app.home.test", "A") == ["10.0.0.3"]).then_some(())
+    })
+    .expect("the changed record was updated");
+    // Removing the manifest deletes the record and its ownership record (policy sync).
+    std::fs::remove_file(t.path().join("b.yaml")).expect("rm");
+    within(20, || {
+        knot.kdig("new.home.test", "A").is_empty().then_some(())
+    })
+    .expect("the record was deleted");
+    assert!(knot.kdig("k8s.a-new.home.test", "TXT").is_empty());
+    assert_eq!(knot.kdig("manual.home.test", "A"), ["192.0.2.99"]);
+}
