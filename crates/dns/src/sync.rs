@@ -9,9 +9,10 @@
 //! and server), [`rfc2136`] (DNS UPDATE with TSIG), [`cloudflare`] (the v4 API), [`dynamic`]
 //! (the zone `trellis dns` serves), over [`http`]. The loop is `trellis sync`.
 //!
-//! Sources, as ExternalDNS's: `gateway-httproute`, `gateway-grpcroute`, `gateway-tlsroute`
-//! (hostnames of routes a Gateway accepted; targets from the Gateway's
-//! `external-dns.alpha.kubernetes.io/target` annotation, else its address), `service`
+//! Sources, as ExternalDNS's: `gateway-httproute`, `gateway-grpcroute`, `gateway-tlsroute`,
+//! `gateway-tcproute`, `gateway-udproute` (hostnames of routes a Gateway accepted, plus the
+//! route's hostname annotation, the only names a TCP or UDP route has; targets from the
+//! Gateway's `external-dns.alpha.kubernetes.io/target` annotation, else its address), `service`
 //! (LoadBalancer Services with the hostname annotation), `crd` (DNSEndpoint). Both the
 //! `external-dns.alpha.kubernetes.io/` and `external-dns.kubernetes.io/` annotation prefixes
 //! are read; `controller: none` skips an object.
@@ -291,16 +292,26 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
                     r.spec.hostnames.clone().unwrap_or_default(),
                 )
             }))
-            .chain(s.tls_routes.values().map(|r| {
-                (
-                    "TLSRoute",
-                    "tlsroute",
-                    r.namespace(),
-                    r.name(),
-                    &r.meta,
-                    r.spec.hostnames.clone(),
-                )
-            }));
+            .chain(
+                [
+                    ("TLSRoute", "tlsroute", &s.tls_routes),
+                    ("TCPRoute", "tcproute", &s.tcp_routes),
+                    ("UDPRoute", "udproute", &s.udp_routes),
+                ]
+                .into_iter()
+                .flat_map(|(kind, label, routes)| {
+                    routes.values().map(move |r| {
+                        (
+                            kind,
+                            label,
+                            r.namespace(),
+                            r.name(),
+                            &r.meta,
+                            r.spec.hostnames.clone(),
+                        )
+                    })
+                }),
+            );
         for (kind, label, ns, name, meta, hostnames) in routes {
             if annotation(&meta.annotations, "controller").is_some_and(|c| c == "none")
                 || !accepted(kind, ns, name, gw.namespace(), gw.name())
@@ -309,7 +320,13 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
             }
             let ttl = annotation(&meta.annotations, "ttl").and_then(|t| t.parse().ok());
             let specific = provider_specific(&meta.annotations);
-            for h in hostnames {
+            // The hostname annotation adds names (the only names a TCPRoute or UDPRoute has).
+            let annotated = annotation(&meta.annotations, "hostname")
+                .into_iter()
+                .flat_map(|h| h.split(','))
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty());
+            for h in hostnames.into_iter().chain(annotated) {
                 add(
                     &h,
                     targets.clone(),

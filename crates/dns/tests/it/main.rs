@@ -387,3 +387,69 @@ async fn corpus_rewrite_rules_with_dig() {
     .await
     .expect("checks pass");
 }
+
+/// ExternalDNS's gateway sources: route hostnames and the hostname annotation (the only names
+/// of TCP and UDP routes), targets from the Gateway, routes the Gateway did not accept and
+/// `controller: none` left out.
+#[test]
+fn sync_sources_from_routes() {
+    let t = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        t.path().join("m.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: eg}\nspec: {controllerName: gateway.envoyproxy.io/gatewayclass-controller}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: net, annotations: {external-dns.alpha.kubernetes.io/target: edge.example.com}}\n\
+         spec:\n  gatewayClassName: eg\n  addresses: [{type: IPAddress, value: 10.10.30.25}]\n  listeners:\n\
+         \x20   - {name: http, protocol: HTTP, port: 80, allowedRoutes: {namespaces: {from: All}}}\n\
+         \x20   - {name: tcp, protocol: TCP, port: 2222, allowedRoutes: {namespaces: {from: All}}}\n\
+         \x20   - {name: udp, protocol: UDP, port: 3478, allowedRoutes: {namespaces: {from: All}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: apps, annotations: {external-dns.alpha.kubernetes.io/hostname: extra.example.com}}\n\
+         spec: {parentRefs: [{name: edge, namespace: net, sectionName: http}], hostnames: [web.example.com]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: redirect, namespace: apps, annotations: {external-dns.alpha.kubernetes.io/controller: none}}\n\
+         spec: {parentRefs: [{name: edge, namespace: net, sectionName: http}], hostnames: [skip.example.com]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: git, namespace: apps, annotations: {external-dns.kubernetes.io/hostname: git.example.com}}\n\
+         spec: {parentRefs: [{name: edge, namespace: net, sectionName: tcp}], rules: [{backendRefs: [{name: git, port: 22}]}]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: UDPRoute\nmetadata: {name: turn, namespace: apps, annotations: {external-dns.alpha.kubernetes.io/hostname: turn.example.com}}\n\
+         spec: {parentRefs: [{name: edge, namespace: net, sectionName: udp}], rules: [{backendRefs: [{name: turn, port: 3478}]}]}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: stray, namespace: apps}\n\
+         spec: {parentRefs: [{name: nowhere, namespace: net}], hostnames: [stray.example.com]}\n",
+    )
+    .expect("write");
+    let load = store::load(
+        &[t.path().to_path_buf()],
+        &store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    );
+    let got: Vec<(String, String, Vec<String>, String)> =
+        dns::sync::desired(&load.snapshot, &dns::sync::SyncConfig::default())
+            .into_iter()
+            .map(|e| {
+                (
+                    e.name,
+                    e.record_type,
+                    e.targets.into_iter().collect(),
+                    e.resource,
+                )
+            })
+            .collect();
+    let cname = |n: &str, r: &str| {
+        (
+            n.to_string(),
+            "CNAME".to_string(),
+            vec!["edge.example.com".to_string()],
+            r.to_string(),
+        )
+    };
+    assert_eq!(
+        got,
+        vec![
+            cname("extra.example.com", "httproute/apps/web"),
+            cname("git.example.com", "tcproute/apps/git"),
+            cname("turn.example.com", "udproute/apps/turn"),
+            cname("web.example.com", "httproute/apps/web"),
+        ],
+        "{:?}",
+        load.snapshot.diagnostics
+    );
+}
