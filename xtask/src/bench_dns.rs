@@ -117,43 +117,39 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
              database:\n  storage: \"{d}/db\"\ntemplate:\n  - id: default\n    storage: \"{d}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: cluster.local\n  - domain: fwd.lab\n"
         ),
     )?;
-    let knot = Bg(Command::new("taskset")
-        .args(["-c", "0", "knotd", "-c"])
-        .arg(dir.join("knot.conf"))
-        .stderr(Stdio::null())
-        .spawn()?);
+    // Every server on CPU 0, its stderr dropped.
+    let on_cpu0 = |program: &Path, args: &[&str]| -> Result<Bg> {
+        Ok(Bg(Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(program)
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()?))
+    };
+    let conf = |name: &str| dir.join(name).display().to_string();
+    let knot = on_cpu0(Path::new("knotd"), &["-c", &conf("knot.conf")])?;
+    let unbound = on_cpu0(Path::new("unbound"), &["-d", "-c", &conf("unbound.conf")])?;
     let trellis = root.join("target/release/trellis");
-    let tr = Bg(Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(&trellis)
-        .args([
+    let manifests = format!("{d}/manifests");
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let (tr_listen, fwd_listen, knot_addr) = (
+        listen(TRELLIS_PORT),
+        listen(TRELLIS_FWD_PORT),
+        listen(KNOT_PORT),
+    );
+    let tr = on_cpu0(&trellis, &["dns", "-f", &manifests, "--listen", &tr_listen])?;
+    let tr_fwd = on_cpu0(
+        &trellis,
+        &[
             "dns",
             "-f",
-            &format!("{d}/manifests"),
+            &manifests,
             "--listen",
-            &format!("127.0.0.1:{TRELLIS_PORT}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()?);
-    let unbound = Bg(Command::new("taskset")
-        .args(["-c", "0", "unbound", "-d", "-c"])
-        .arg(dir.join("unbound.conf"))
-        .stderr(Stdio::null())
-        .spawn()?);
-    let tr_fwd = Bg(Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(&trellis)
-        .args([
-            "dns",
-            "-f",
-            &format!("{d}/manifests"),
-            "--listen",
-            &format!("127.0.0.1:{TRELLIS_FWD_PORT}"),
+            &fwd_listen,
             "--forward",
-            &format!("127.0.0.1:{KNOT_PORT}"),
-        ])
-        .stderr(Stdio::null())
-        .spawn()?);
+            &knot_addr,
+        ],
+    )?;
     // Every server must answer a name correctly before anything is measured.
     for (port, name) in [
         (KNOT_PORT, "svc7.bench.svc.cluster.local"),
