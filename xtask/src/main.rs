@@ -4,7 +4,8 @@
 //! - `demo`: builds trellis and runs `trellis lab demo` (root); `demo loopback` checks the
 //!   example and the corpus and serves them on loopback without root.
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
-//! - `fuzz`: runs the cargo-fuzz target for a bounded time (installs cargo-fuzz if needed).
+//! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target (default `load`) for a bounded time
+//!   (installs cargo-fuzz if needed).
 
 mod bench_datapath;
 mod bench_dns;
@@ -45,10 +46,20 @@ fn main() -> Result<()> {
             }
             Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns, datapath)"),
         },
-        Some("fuzz") => fuzz(args.get(1).map(String::as_str).unwrap_or("60")),
+        Some("fuzz") => {
+            // `fuzz [TARGET] [SECONDS]`: a first argument that is a number is the time.
+            let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+            let (target, seconds) = match rest.as_slice() {
+                [] => ("load", "60"),
+                [s] if s.parse::<u64>().is_ok() => ("load", *s),
+                [t] => (*t, "60"),
+                [t, s, ..] => (*t, *s),
+            };
+            fuzz(target, seconds)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [target] [seconds]>"
             );
             bail!("unknown or missing xtask command")
         }
@@ -477,27 +488,27 @@ fn mean_ns(text: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-fn fuzz(seconds: &str) -> Result<()> {
+fn fuzz(target: &str, seconds: &str) -> Result<()> {
     if !has("cargo", &["fuzz", "--version"]) {
         run("cargo", &["install", "cargo-fuzz", "--locked"])?;
     }
     // cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
     let max_time = format!("-max_total_time={seconds}");
-    eprintln!("==> cargo fuzz run load (bounded to {seconds} s)");
+    eprintln!("==> cargo fuzz run {target} (bounded to {seconds} s)");
     let status = Command::new("cargo")
         .args([
             "fuzz",
             "run",
             "--sanitizer",
             "none",
-            "load",
+            target,
             "--",
             &max_time,
         ])
         .env("RUSTC_BOOTSTRAP", "1")
         .status()?;
     if !status.success() {
-        bail!("fuzzing found a failure (see fuzz/artifacts/load)");
+        bail!("fuzzing found a failure (see fuzz/artifacts/{target})");
     }
     Ok(())
 }

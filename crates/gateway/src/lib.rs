@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod record;
 pub mod sni;
 pub mod tls;
+pub mod udp;
 
 pub use plan::{CompileError, Plan, compile};
 pub use proxy::{Bind, Running, start};

@@ -196,6 +196,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         for (p, a) in &running.bound {
             eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");
         }
+        for (p, a) in &running.bound_udp {
+            eprintln!("gateway {ns}/{name}: listener port {p} on udp {a}");
+        }
         let status = Arc::new(ArcSwap::from_pointee(status_doc(&first, &key, Some(&plan), &running.bound, None)));
         if let Some(addr) = args.admin {
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone()).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
