@@ -6,6 +6,7 @@ mod conformance;
 mod ext_auth;
 mod grpc;
 mod harness;
+mod http2;
 mod keepalive;
 mod lua;
 mod policies;
