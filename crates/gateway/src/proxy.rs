@@ -308,6 +308,16 @@ impl Running {
         self.state.ports.store(Arc::new(next));
         let mut udp = plan.udp_ports.clone();
         udp.retain(|p, _| self.bound_udp.contains_key(p));
+        for p in plan
+            .udp_ports
+            .keys()
+            .filter(|p| !self.bound_udp.contains_key(p))
+        {
+            tracing::warn!(
+                listener_port = p,
+                "new UDP listener port needs a restart to be bound"
+            );
+        }
         self.state.udp_ports.store(Arc::new(udp));
         self.state
             .client_keepalive
