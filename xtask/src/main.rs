@@ -4,8 +4,8 @@
 //! - `demo`: builds trellis and runs `trellis lab demo` (root); `demo loopback` checks the
 //!   example and the corpus and serves them on loopback without root.
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
-//! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target (`load` by default, or `dns_packet`)
-//!   for a bounded time (installs cargo-fuzz if needed).
+//! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target (`load` by default, `dns_packet`,
+//!   `gateway_route`) for a bounded time (installs cargo-fuzz if needed).
 
 mod bench_datapath;
 mod bench_dns;
@@ -46,16 +46,20 @@ fn main() -> Result<()> {
             }
             Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns, datapath)"),
         },
-        // `fuzz [SECONDS]` runs `load`, as before; `fuzz TARGET [SECONDS]` runs TARGET.
-        Some("fuzz") => match args.get(1).map(String::as_str) {
-            Some(t) if !t.chars().all(|c| c.is_ascii_digit()) => {
-                fuzz(t, args.get(2).map(String::as_str).unwrap_or("60"))
-            }
-            seconds => fuzz("load", seconds.unwrap_or("60")),
-        },
+        Some("fuzz") => {
+            // `fuzz [TARGET] [SECONDS]`: a first argument that is a number is the time.
+            let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+            let (target, seconds) = match rest.as_slice() {
+                [] => ("load", "60"),
+                [s] if s.parse::<u64>().is_ok() => ("load", *s),
+                [t] => (*t, "60"),
+                [t, s, ..] => (*t, *s),
+            };
+            fuzz(target, seconds)
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [load|dns_packet] [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [target] [seconds]>"
             );
             bail!("unknown or missing xtask command")
         }
@@ -500,7 +504,7 @@ fn mean_ns(text: &str) -> Option<f64> {
 }
 
 /// The cargo-fuzz targets in `fuzz/`.
-const FUZZ_TARGETS: &[&str] = &["load", "dns_packet"];
+const FUZZ_TARGETS: &[&str] = &["load", "dns_packet", "gateway_route"];
 
 fn fuzz(target: &str, seconds: &str) -> Result<()> {
     if !FUZZ_TARGETS.contains(&target) {

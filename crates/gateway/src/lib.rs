@@ -6,10 +6,10 @@
 //! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
 //! - [`admin`]: `/healthz`, `/status`, `/metrics`.
 //! - [`record`]: one [`record::RequestRecord`] per request for an observer (flows).
+//! - [`udp`]: UDP listeners (UDPRoute), one upstream socket per client address.
 //!
-//! Not here yet: TLS listeners (HTTPS, passthrough), TCP/UDP routes, GRPCRoute, Envoy Gateway
-//! policies (compression, retries, Lua, ext-auth), access logs. They are reported as
-//! unserved listeners by the plan rather than silently ignored.
+//! Listeners the plan cannot serve (TLS with mode Terminate, unknown protocols) are reported
+//! as unserved rather than silently ignored.
 
 pub mod admin;
 pub mod compress;
@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod record;
 pub mod sni;
 pub mod tls;
+pub mod udp;
 
 pub use plan::{CompileError, Plan, compile};
 pub use proxy::{Bind, Running, start};

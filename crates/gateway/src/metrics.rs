@@ -37,6 +37,10 @@ pub struct Metrics {
     pub ext_auth_denied: Counter,
     pub ext_auth_errors: Counter,
     pub access_log_dropped: Counter,
+    pub keepalive_pools_exhausted: Counter,
+    pub udp_sessions: Counter,
+    pub udp_sessions_overflow: Counter,
+    pub udp_no_route: Counter,
 }
 
 impl Default for Metrics {
@@ -55,6 +59,10 @@ impl Default for Metrics {
             ext_auth_denied: Counter::default(),
             ext_auth_errors: Counter::default(),
             access_log_dropped: Counter::default(),
+            keepalive_pools_exhausted: Counter::default(),
+            udp_sessions: Counter::default(),
+            udp_sessions_overflow: Counter::default(),
+            udp_no_route: Counter::default(),
         }
     }
 }
@@ -153,6 +161,26 @@ impl Metrics {
             "access_log_dropped",
             "Access log lines dropped because the writer fell behind",
             self.access_log_dropped.clone(),
+        );
+        r.register(
+            "keepalive_pools_exhausted",
+            "Upstream connections made without keep-alive because every keep-alive pool was taken",
+            self.keepalive_pools_exhausted.clone(),
+        );
+        r.register(
+            "udp_downstream_sess",
+            "UDP sessions (client address to upstream socket) started",
+            self.udp_sessions.clone(),
+        );
+        r.register(
+            "udp_sess_overflow",
+            "UDP datagrams dropped because a listener had its maximum of sessions",
+            self.udp_sessions_overflow.clone(),
+        );
+        r.register(
+            "udp_downstream_sess_no_route",
+            "UDP datagrams dropped because the listener had no usable backend",
+            self.udp_no_route.clone(),
         );
     }
 }

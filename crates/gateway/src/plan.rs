@@ -44,13 +44,49 @@ pub struct Plan {
     pub address: Option<IpAddr>,
     /// What each listener port serves.
     pub ports: BTreeMap<u16, Listen>,
-    /// Listeners trellis does not serve yet (HTTPS, TLS, TCP, UDP), with the reason.
+    /// UDP listener ports (UDPRoute backends). Apart from `ports`: a Gateway may have a TCP
+    /// and a UDP listener on the same port number.
+    pub udp_ports: BTreeMap<u16, Arc<StreamPort>>,
+    /// Listeners trellis does not serve (TLS with mode Terminate, unknown protocols), with
+    /// the reason.
     pub unserved: Vec<(String, u16, String)>,
     /// Policies that could not be compiled (a Lua script that does not load), with why.
     pub problems: Vec<(ObjectKey, String)>,
     /// How long a drain may take: the EnvoyProxy's `shutdown.drainTimeout` (from the Gateway's
     /// infrastructure parametersRef, else its GatewayClass's), else [`DRAIN_TIMEOUT_DEFAULT`].
     pub drain_timeout: Duration,
+    /// Keep-alive probing of accepted client connections (ClientTrafficPolicy `tcpKeepalive`).
+    pub client_keepalive: Option<Keepalive>,
+}
+
+/// TCP keep-alive probing of a connection (Envoy Gateway's `tcpKeepalive`). A field the policy
+/// leaves out takes Envoy Gateway's default, which is Linux's: 7200 s idle, 75 s apart, 9
+/// probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Keepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub probes: u32,
+}
+
+impl Keepalive {
+    pub fn from_policy(k: &model::kinds::envoy::TcpKeepalive) -> Keepalive {
+        let duration = |v: &Option<String>, default: u64| {
+            v.as_deref()
+                .and_then(|v| parse_duration(v).ok())
+                // The kernel takes whole seconds, at least one.
+                .map(|d| d.max(Duration::from_secs(1)))
+                .unwrap_or(Duration::from_secs(default))
+        };
+        Keepalive {
+            idle: duration(&k.idle_time, 7200),
+            interval: duration(&k.interval, 75),
+            probes: k.probes.unwrap_or(9).max(1),
+        }
+    }
 }
 
 /// Backends with their weights.
@@ -64,7 +100,7 @@ pub enum Listen {
     /// TLS: passthrough by SNI to TLSRoute backends, else terminated and routed as HTTPS.
     Tls(Arc<TlsPort>),
     /// Plain TCP to a TCPRoute's backends.
-    Tcp(Arc<TcpPort>),
+    Tcp(Arc<StreamPort>),
 }
 
 impl Listen {
@@ -88,8 +124,9 @@ pub struct TlsPort {
     pub passthrough: HostTable<Vec<(u32, Arc<Backend>)>>,
 }
 
+/// The backends of a TCP or UDP listener port: the first attached route's.
 #[derive(Debug, Default)]
-pub struct TcpPort {
+pub struct StreamPort {
     pub backends: Vec<(u32, Arc<Backend>)>,
 }
 
@@ -376,6 +413,9 @@ pub struct Backend {
     pub endpoints: Vec<Upstream>,
     /// Set when the reference does not resolve: requests picked for it get a 500.
     pub invalid: Option<String>,
+    /// Keep-alive probing of upstream connections (the route's BackendTrafficPolicy
+    /// `tcpKeepalive`).
+    pub keepalive: Option<Keepalive>,
 }
 
 /// Why a Gateway cannot be compiled.
@@ -408,9 +448,11 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         gateway: key.clone(),
         address,
         ports: BTreeMap::new(),
+        udp_ports: BTreeMap::new(),
         unserved: Vec::new(),
         problems: Vec::new(),
         drain_timeout: drain_timeout(s, gw),
+        client_keepalive: None,
     };
 
     // Which listeners are usable (accepted, not conflicted) and which routes attached to them.
@@ -431,7 +473,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     // Listener ports by family.
     let mut routers: BTreeMap<u16, Router> = BTreeMap::new();
     let mut tls_ports: BTreeMap<u16, (Vec<ListenerCerts>, HostTable<Weighted>)> = BTreeMap::new();
-    let mut tcp_ports: BTreeMap<u16, TcpPort> = BTreeMap::new();
+    let mut tcp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
+    let mut udp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
     for l in &gw.spec.listeners {
         let Ok(port) = u16::try_from(l.port) else {
             continue;
@@ -471,6 +514,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             }
             ("TCP", _) => {
                 tcp_ports.entry(port).or_default();
+            }
+            ("UDP", _) => {
+                udp_ports.entry(port).or_default();
             }
             (other, _) => {
                 let extra = if other == "TLS" {
@@ -534,7 +580,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             let Some((_, table)) = tls_ports.get_mut(&port) else {
                 continue;
             };
-            let backends = stream_backends(s, "TLSRoute", route);
+            let backends = stream_backends(s, &key, "TLSRoute", route);
             for h in effective_hostnames(&route.spec.hostnames, l.hostname.as_deref()) {
                 let slot = table.entry(h.as_deref());
                 if slot.is_empty() {
@@ -543,20 +589,31 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             }
         }
     }
-    for route in s.tcp_routes.values() {
-        for l in attached_listeners(s, gw, "TCPRoute", route.namespace(), route.name()) {
-            let Ok(port) = u16::try_from(l.port) else {
-                continue;
-            };
-            if let Some(t) = tcp_ports.get_mut(&port)
-                && t.backends.is_empty()
-            {
-                t.backends = stream_backends(s, "TCPRoute", route);
+    for (kind, routes, ports) in [
+        ("TCPRoute", &s.tcp_routes, &mut tcp_ports),
+        ("UDPRoute", &s.udp_routes, &mut udp_ports),
+    ] {
+        for route in routes.values() {
+            for l in attached_listeners(s, gw, kind, route.namespace(), route.name()) {
+                let Ok(port) = u16::try_from(l.port) else {
+                    continue;
+                };
+                if let Some(t) = ports.get_mut(&port)
+                    && t.backends.is_empty()
+                {
+                    t.backends = stream_backends(s, &key, kind, route);
+                }
             }
         }
     }
 
     let client_tls = client_tls(s, &key);
+    plan.client_keepalive = s
+        .client_traffic_policies
+        .values()
+        .filter(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(&key))
+        .find_map(|p| p.spec.tcp_keepalive.as_ref())
+        .map(Keepalive::from_policy);
     let client_ip = client_ip(s, &key).map(Arc::new);
     for (port, mut r) in routers {
         r.client_ip = client_ip.clone();
@@ -611,6 +668,10 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     for (port, t) in tcp_ports {
         plan.ports.insert(port, Listen::Tcp(Arc::new(t)));
     }
+    plan.udp_ports = udp_ports
+        .into_iter()
+        .map(|(port, t)| (port, Arc::new(t)))
+        .collect();
     Ok(plan)
 }
 
@@ -643,20 +704,25 @@ fn attached_listeners<'a>(
         .collect()
 }
 
-/// The backends of a TLSRoute or TCPRoute: its first rule's (one rule is what these kinds use).
+/// The backends of a TLSRoute, TCPRoute or UDPRoute: its first rule's (one rule is what these
+/// kinds use), with the route's (else the Gateway's) BackendTrafficPolicy keep-alive.
 fn stream_backends(
     s: &Snapshot,
+    gateway: &ObjectKey,
     kind: &str,
     route: &Object<model::kinds::routes::StreamRouteSpec>,
 ) -> Vec<(u32, Arc<Backend>)> {
     let Some(rule) = route.spec.rules.first() else {
         return Vec::new();
     };
+    let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
+    let keepalive = backend_policy(s, &rkey, gateway).and_then(upstream_keepalive);
     rule.backend_refs
         .iter()
         .map(|b| {
             let w = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-            let backend = resolve(s, kind, route.namespace(), b);
+            let mut backend = resolve(s, kind, route.namespace(), b);
+            backend.keepalive = keepalive;
             (w, Arc::new(backend))
         })
         .collect()
@@ -970,7 +1036,8 @@ fn action(
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     for b in refs {
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
-        let backend = resolve(s, policies.kind, route.namespace(), &same_shape(b));
+        let mut backend = resolve(s, policies.kind, route.namespace(), &same_shape(b));
+        backend.keepalive = policies.backend.and_then(upstream_keepalive);
         a.backends.push((weight, Arc::new(backend)));
     }
     a.all_invalid = !refs.is_empty() && a.backends.iter().all(|(_, b)| b.invalid.is_some());
@@ -1223,6 +1290,11 @@ fn lua_filters(
     out
 }
 
+/// The upstream keep-alive a BackendTrafficPolicy asks for.
+fn upstream_keepalive(p: &BackendTrafficPolicySpec) -> Option<Keepalive> {
+    p.tcp_keepalive.as_ref().map(Keepalive::from_policy)
+}
+
 /// The BackendTrafficPolicy that applies to a route: its own, else its Gateway's.
 fn backend_policy<'a>(
     s: &'a Snapshot,
@@ -1364,6 +1436,7 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
         name: label.clone(),
         endpoints: Vec::new(),
         invalid: Some(why),
+        keepalive: None,
     };
     if ns != route_ns
         && !model::validate::granted(
@@ -1390,6 +1463,7 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
                         .map(|e: &Endpoint| Upstream::new(SocketAddr::new(e.ip, e.port)))
                         .collect(),
                     invalid: None,
+                    keepalive: None,
                 },
                 Err(e) => invalid(e.to_string()),
             }
@@ -1411,6 +1485,7 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
                     })
                     .collect(),
                 invalid: None,
+                keepalive: None,
             },
         },
         _ => invalid(format!("backendRef kind {group}/{kind} is not supported")),

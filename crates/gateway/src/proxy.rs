@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::plan::{
-    Action, Backend, HeaderEdits, Listen, PathRewrite, Plan, Redirect, Retry, Upstream,
+    Action, Backend, HeaderEdits, Keepalive, Listen, PathRewrite, Plan, Redirect, Retry, Upstream,
 };
 use crate::sni;
 
@@ -49,6 +49,9 @@ pub const CONNECT_ATTEMPTS_MAX: usize = 3;
 pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
 /// Request headers larger than this are answered 431 by hyper.
 pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Upstream connection pools with keep-alive settings of their own (one per distinct
+/// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
+pub const KEEPALIVE_POOLS_MAX: usize = 32;
 
 /// How to bind the Gateway's listeners.
 #[derive(Clone, Debug, Default)]
@@ -91,9 +94,16 @@ impl AccessLog {
 
 struct State {
     ports: ArcSwap<BTreeMap<u16, Listen>>,
+    /// What each UDP listener serves (the UDP loops read it for every new session).
+    udp_ports: Arc<ArcSwap<BTreeMap<u16, Arc<crate::plan::StreamPort>>>>,
+    /// Keep-alive probing of accepted connections (ClientTrafficPolicy).
+    client_keepalive: arc_swap::ArcSwapOption<Keepalive>,
     client: Client<HttpConnector, Body>,
     /// HTTP/2 with prior knowledge, for GRPCRoute backends.
     client_h2: Client<HttpConnector, Body>,
+    /// Pools for backends with keep-alive probing, by (HTTP/2, settings); at most
+    /// [`KEEPALIVE_POOLS_MAX`].
+    keepalive_clients: std::sync::Mutex<BTreeMap<(bool, Keepalive), Client<HttpConnector, Body>>>,
     metrics: Arc<Metrics>,
     access_log: Option<AccessLog>,
     observer: Option<crate::record::Observer>,
@@ -108,6 +118,8 @@ pub struct Running {
     state: Arc<State>,
     /// Listener port -> the address it is bound to.
     pub bound: BTreeMap<u16, SocketAddr>,
+    /// UDP listener port -> the address it is bound to.
+    pub bound_udp: BTreeMap<u16, SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -132,23 +144,75 @@ pub enum StartError {
     },
 }
 
-/// Binds every HTTP listener of the plan and starts serving.
-pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Running, StartError> {
+/// An upstream connection pool: HTTP/1.1 or HTTP/2 with prior knowledge, with keep-alive
+/// probing on its connections or without.
+fn upstream_client(h2: bool, keepalive: Option<Keepalive>) -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX)
-        .build(connector.clone());
-    let client_h2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(connector);
+    if let Some(k) = keepalive {
+        connector.set_keepalive(Some(k.idle));
+        connector.set_keepalive_interval(Some(k.interval));
+        connector.set_keepalive_retries(Some(k.probes));
+    }
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.pool_idle_timeout(Duration::from_secs(90));
+    if h2 {
+        builder.http2_only(true);
+    } else {
+        builder.pool_max_idle_per_host(POOL_IDLE_PER_HOST_MAX);
+    }
+    builder.build(connector)
+}
+
+/// Turns on keep-alive probing of a connection with the given settings.
+pub fn set_keepalive(stream: &tokio::net::TcpStream, k: &Keepalive) -> std::io::Result<()> {
+    let params = socket2::TcpKeepalive::new()
+        .with_time(k.idle)
+        .with_interval(k.interval)
+        .with_retries(k.probes);
+    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
+}
+
+impl State {
+    /// The pool for a backend: the shared ones, or one with the backend's keep-alive.
+    fn client_for(&self, h2: bool, backend: &Backend) -> Client<HttpConnector, Body> {
+        let shared = || {
+            if h2 {
+                self.client_h2.clone()
+            } else {
+                self.client.clone()
+            }
+        };
+        let Some(k) = backend.keepalive else {
+            return shared();
+        };
+        let Ok(mut pools) = self.keepalive_clients.lock() else {
+            return shared();
+        };
+        if let Some(c) = pools.get(&(h2, k)) {
+            return c.clone();
+        }
+        if pools.len() >= KEEPALIVE_POOLS_MAX {
+            self.metrics.keepalive_pools_exhausted.inc();
+            return shared();
+        }
+        pools
+            .entry((h2, k))
+            .or_insert_with(|| upstream_client(h2, Some(k)))
+            .clone()
+    }
+}
+
+/// Binds every HTTP listener of the plan and starts serving.
+pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Running, StartError> {
     let state = Arc::new(State {
         ports: ArcSwap::from_pointee(plan.ports.clone()),
-        client,
-        client_h2,
+        udp_ports: Arc::new(ArcSwap::from_pointee(plan.udp_ports.clone())),
+        client_keepalive: arc_swap::ArcSwapOption::from_pointee(plan.client_keepalive),
+        client: upstream_client(false, None),
+        client_h2: upstream_client(true, None),
+        keepalive_clients: std::sync::Mutex::new(BTreeMap::new()),
         metrics,
         access_log: bind.access_log.clone(),
         observer: bind.observer.clone(),
@@ -167,15 +231,9 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
     for &port in plan.ports.keys() {
         let actual = bind.port_map.get(&port).copied().unwrap_or(port);
         let addr = SocketAddr::new(ip, actual);
-        let listener = TcpListener::bind(addr).await.map_err(|source| {
-            let hint = match source.kind() {
-                std::io::ErrorKind::PermissionDenied => format!("; ports below 1024 need root: run as root or map the port, e.g. --port-map {port}=8{port:03}"),
-                std::io::ErrorKind::AddrNotAvailable => "; the address is not on this host: pass --bind 0.0.0.0 or the host's address".to_string(),
-                std::io::ErrorKind::AddrInUse => format!("; something else listens there: stop it or map the port, e.g. --port-map {port}=8{port:03}"),
-                _ => String::new(),
-            };
-            StartError::Bind { addr, port, source, hint }
-        })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| bind_error(addr, port, source))?;
         let local = listener.local_addr().unwrap_or(addr);
         tracing::info!(listener_port = port, addr = %local, "listening");
         bound.insert(port, local);
@@ -186,12 +244,53 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
             shutdown.subscribe(),
         )));
     }
+    let mut bound_udp = BTreeMap::new();
+    for &port in plan.udp_ports.keys() {
+        let actual = bind.port_map.get(&port).copied().unwrap_or(port);
+        let addr = SocketAddr::new(ip, actual);
+        let socket = tokio::net::UdpSocket::bind(addr)
+            .await
+            .map_err(|source| bind_error(addr, port, source))?;
+        let local = socket.local_addr().unwrap_or(addr);
+        tracing::info!(listener_port = port, addr = %local, "listening (UDP)");
+        bound_udp.insert(port, local);
+        tasks.push(tokio::spawn(crate::udp::serve(
+            socket,
+            port,
+            state.udp_ports.clone(),
+            state.metrics.clone(),
+            shutdown.subscribe(),
+        )));
+    }
     Ok(Running {
         state,
         bound,
+        bound_udp,
         shutdown,
         tasks,
     })
+}
+
+fn bind_error(addr: SocketAddr, port: u16, source: std::io::Error) -> StartError {
+    let hint = match source.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "; ports below 1024 need root: run as root or map the port, e.g. --port-map {port}=8{port:03}"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            "; the address is not on this host: pass --bind 0.0.0.0 or the host's address"
+                .to_string()
+        }
+        std::io::ErrorKind::AddrInUse => format!(
+            "; something else listens there: stop it or map the port, e.g. --port-map {port}=8{port:03}"
+        ),
+        _ => String::new(),
+    };
+    StartError::Bind {
+        addr,
+        port,
+        source,
+        hint,
+    }
 }
 
 impl Running {
@@ -207,6 +306,22 @@ impl Running {
             );
         }
         self.state.ports.store(Arc::new(next));
+        let mut udp = plan.udp_ports.clone();
+        udp.retain(|p, _| self.bound_udp.contains_key(p));
+        for p in plan
+            .udp_ports
+            .keys()
+            .filter(|p| !self.bound_udp.contains_key(p))
+        {
+            tracing::warn!(
+                listener_port = p,
+                "new UDP listener port needs a restart to be bound"
+            );
+        }
+        self.state.udp_ports.store(Arc::new(udp));
+        self.state
+            .client_keepalive
+            .store(plan.client_keepalive.map(Arc::new));
         self.state.metrics.reloads.inc();
     }
 
@@ -256,6 +371,11 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(k) = state.client_keepalive.load().as_deref()
+            && let Err(e) = set_keepalive(&stream, k)
+        {
+            tracing::debug!(error = %e, %peer, "cannot set keep-alive on a client connection");
+        }
         let state = state.clone();
         let watcher = state
             .graceful
@@ -399,6 +519,11 @@ async fn tcp_proxy(
         {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
+                if let Some(k) = &backend.keepalive
+                    && let Err(e) = set_keepalive(&up, k)
+                {
+                    tracing::debug!(error = %e, upstream = %ep, "cannot set keep-alive");
+                }
                 if up.write_all(&first).await.is_err() {
                     return;
                 }
@@ -501,7 +626,7 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The request's host without port, lowercased.
-fn request_host(req: &Request<Incoming>) -> String {
+fn request_host<B>(req: &Request<B>) -> String {
     let raw = req
         .uri()
         .authority()
@@ -1017,17 +1142,10 @@ async fn respond(
     query: Option<&str>,
 ) -> Response<Body> {
     if let Some(r) = &action.redirect {
-        let location = redirect_location(
-            r,
-            action.matched_prefix.as_deref(),
-            listener_port,
-            host,
-            path,
-            query,
-            Some(scheme),
-        );
+        let (status, location) =
+            redirect_reply(r, action, listener_port, scheme, host, path, query);
         let mut resp = Response::new(full(Bytes::new()));
-        *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+        *resp.status_mut() = status;
         if let Ok(v) = HeaderValue::from_str(&location) {
             resp.headers_mut().insert(header::LOCATION, v);
         }
@@ -1070,44 +1188,8 @@ async fn respond(
         );
     }
 
-    // Build the upstream request.
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let mut new_path = path.to_string();
-    if let Some(rw) = &action.rewrite {
-        if let Some(h) = &rw.hostname
-            && let Ok(v) = HeaderValue::from_str(h)
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        if let Some(p) = &rw.path {
-            new_path = rewrite_path(p, action.matched_prefix.as_deref(), path);
-        }
-    }
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(a) = parts.uri.authority()
-        && let Ok(v) = HeaderValue::from_str(a.as_str())
-    {
-        parts.headers.insert(header::HOST, v);
-    }
-    append_forwarded(&mut parts.headers, peer, scheme);
-    edit_headers(&mut parts.headers, &action.request_headers, client);
-    let path_and_query = match query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
-    };
-    // Upstream connections are HTTP/1.1 whatever the client spoke; HTTP/2 for GRPCRoutes.
-    parts.version = if action.h2_upstream {
-        http::Version::HTTP_2
-    } else {
-        http::Version::HTTP_11
-    };
-    if action.h2_upstream {
-        // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
+    let path_and_query = upstream_head(action, &mut parts, scheme, peer, client, path, query);
 
     for m in &action.mirrors {
         mirror(state, m, &parts, &path_and_query);
@@ -1117,6 +1199,7 @@ async fn respond(
     let body: Body = box_incoming(body);
     let encoding = crate::compress::negotiate(&parts.headers, &action.compress);
     let method = parts.method.clone();
+    let client = state.client_for(action.h2_upstream, backend);
     let attempt = forward(
         state,
         backend,
@@ -1126,11 +1209,7 @@ async fn respond(
         &path_and_query,
         action.timeout_backend,
         action.retry.as_ref(),
-        if action.h2_upstream {
-            &state.client_h2
-        } else {
-            &state.client
-        },
+        &client,
     );
     let result = match action.timeout_request {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -1156,6 +1235,149 @@ async fn respond(
             }
         }
         Err(e) => e,
+    }
+}
+
+/// The status and Location of a RequestRedirect.
+fn redirect_reply(
+    r: &Redirect,
+    action: &Action,
+    listener_port: u16,
+    scheme: &'static str,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+) -> (StatusCode, String) {
+    let location = redirect_location(
+        r,
+        action.matched_prefix.as_deref(),
+        listener_port,
+        host,
+        path,
+        query,
+        Some(scheme),
+    );
+    (
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND),
+        location,
+    )
+}
+
+/// Turns a client's request head into the upstream one, as the rule's filters say: hop-by-hop
+/// headers dropped, URLRewrite applied, Host kept, X-Forwarded-* appended, the header
+/// modifier applied, the upstream HTTP version set. Returns the upstream path and query.
+fn upstream_head(
+    action: &Action,
+    parts: &mut http::request::Parts,
+    scheme: &'static str,
+    peer: SocketAddr,
+    client: SocketAddr,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    strip_hop_by_hop(&mut parts.headers);
+    let mut new_path = path.to_string();
+    if let Some(rw) = &action.rewrite {
+        if let Some(h) = &rw.hostname
+            && let Ok(v) = HeaderValue::from_str(h)
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        if let Some(p) = &rw.path {
+            new_path = rewrite_path(p, action.matched_prefix.as_deref(), path);
+        }
+    }
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+        && let Ok(v) = HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(header::HOST, v);
+    }
+    append_forwarded(&mut parts.headers, peer, scheme);
+    edit_headers(&mut parts.headers, &action.request_headers, client);
+    // Upstream connections are HTTP/1.1 whatever the client spoke; HTTP/2 for GRPCRoutes.
+    parts.version = if action.h2_upstream {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    if action.h2_upstream {
+        // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    match query {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    }
+}
+
+/// What routing and the request filters make of a request, before any I/O.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No rule matches: 404.
+    NoRoute,
+    /// A RequestRedirect answers.
+    Redirect {
+        status: StatusCode,
+        location: String,
+    },
+    /// The request goes upstream (unless the rule's backends are unusable) with this path and
+    /// query; the request head was edited into the upstream one.
+    Forward {
+        route: String,
+        rule: usize,
+        path_and_query: String,
+    },
+}
+
+/// Routes a request head through `router` and applies the matched rule's request filters
+/// (header modifiers, redirect, URL rewrite), as a request from `peer` would be served; Lua,
+/// external authorization and everything upstream are left out. Pure: the fuzz target and
+/// the property tests drive the proxy's routing through it.
+pub fn decide(router: &crate::plan::Router, peer: SocketAddr, req: &mut Request<()>) -> Decision {
+    let host = request_host(req);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let Some(entry) = router.find(
+        &host,
+        req.method().as_str(),
+        &path,
+        query.as_deref(),
+        req.headers(),
+    ) else {
+        return Decision::NoRoute;
+    };
+    let action = &entry.action;
+    if let Some(r) = &action.redirect {
+        let (status, location) = redirect_reply(
+            r,
+            action,
+            router.port,
+            router.scheme,
+            &host,
+            &path,
+            query.as_deref(),
+        );
+        return Decision::Redirect { status, location };
+    }
+    let client = router.client_address(peer, req.headers());
+    let (mut parts, ()) = std::mem::take(req).into_parts();
+    let path_and_query = upstream_head(
+        action,
+        &mut parts,
+        router.scheme,
+        peer,
+        client,
+        &path,
+        query.as_deref(),
+    );
+    *req = Request::from_parts(parts, ());
+    Decision::Forward {
+        route: action.route.clone(),
+        rule: action.rule,
+        path_and_query,
     }
 }
 
@@ -1339,7 +1561,7 @@ fn mirror(
 }
 
 /// Picks a backend by weight; `seq` spreads picks evenly and deterministically.
-fn pick_weighted(backends: &[(u32, Arc<Backend>)], seq: u64) -> Option<&Arc<Backend>> {
+pub(crate) fn pick_weighted(backends: &[(u32, Arc<Backend>)], seq: u64) -> Option<&Arc<Backend>> {
     let total: u64 = backends.iter().map(|(w, _)| u64::from(*w)).sum();
     if total == 0 {
         return None;
@@ -1540,6 +1762,29 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn keepalive_settings_reach_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let k = Keepalive {
+            idle: Duration::from_secs(1234),
+            interval: Duration::from_secs(17),
+            probes: 4,
+        };
+        set_keepalive(&stream, &k).expect("set");
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"), k.idle);
+        assert_eq!(
+            sock.tcp_keepalive_interval().expect("TCP_KEEPINTVL"),
+            k.interval
+        );
+        assert_eq!(sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 4);
+    }
+
     #[test]
     fn weights_are_followed() {
         let b = |n: &str| {
@@ -1547,6 +1792,7 @@ mod tests {
                 name: n.into(),
                 endpoints: Vec::new(),
                 invalid: None,
+                keepalive: None,
             })
         };
         let set = vec![(70, b("a")), (30, b("b")), (0, b("c"))];

@@ -1515,14 +1515,31 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     format!("{m:?} is not TerminateConnection or TerminateStream"),
                 );
             }
+            // Fields that are parsed and kept but cannot be served as asked: say so in one
+            // Supported condition, without making the policy invalid (the rest applies).
+            let mut unsupported = Vec::new();
             if spec.http3.is_some() {
-                // Parsed and kept, but there is no HTTP/3 listener yet: say so, without
-                // making the policy invalid (everything else in it applies).
+                unsupported.push("spec.http3: HTTP/3 (QUIC) listeners are not served yet");
+            }
+            if spec
+                .http2
+                .as_ref()
+                .and_then(|h| h.on_invalid_message.as_deref())
+                == Some("TerminateConnection")
+            {
+                // The HTTP/2 server (h2 under hyper) resets just the stream of a malformed
+                // request and offers no hook to close the connection instead.
+                unsupported.push(
+                    "spec.http2.onInvalidMessage: TerminateConnection is not served: an invalid \
+                     HTTP/2 message resets only its stream (TerminateStream)",
+                );
+            }
+            if !unsupported.is_empty() {
                 status.set(Condition::new(
                     "Supported",
                     Status::False,
                     reason::UNSUPPORTED,
-                    "spec.http3: HTTP/3 (QUIC) listeners are not served yet; the rest of the policy applies",
+                    format!("{}; the rest of the policy applies", unsupported.join("; ")),
                 ));
             }
             if let Some(tls) = &spec.tls {

@@ -129,6 +129,7 @@ fn status_doc(
     key: &ObjectKey,
     plan: Option<&gateway::Plan>,
     bound: &BTreeMap<u16, SocketAddr>,
+    bound_udp: &BTreeMap<u16, SocketAddr>,
     error: Option<&str>,
 ) -> serde_json::Value {
     let status = load.snapshot.status.get(key);
@@ -136,6 +137,7 @@ fn status_doc(
         "gateway": key.ns_name(),
         "status": status,
         "bound": bound.iter().map(|(p, a)| (p.to_string(), a.to_string())).collect::<BTreeMap<_, _>>(),
+        "boundUdp": bound_udp.iter().map(|(p, a)| (p.to_string(), a.to_string())).collect::<BTreeMap<_, _>>(),
         "routes": plan.map(|p| p.ports.iter().filter_map(|(port, l)| Some((port.to_string(), l.router()?.len()))).collect::<BTreeMap<_, _>>()),
         "unserved": plan.map(|p| p.unserved.iter().map(|(n, port, why)| serde_json::json!({"listener": n, "port": port, "reason": why})).collect::<Vec<_>>()),
         "lastError": error,
@@ -196,7 +198,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         for (p, a) in &running.bound {
             eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");
         }
-        let status = Arc::new(ArcSwap::from_pointee(status_doc(&first, &key, Some(&plan), &running.bound, None)));
+        for (p, a) in &running.bound_udp {
+            eprintln!("gateway {ns}/{name}: listener port {p} on udp {a}");
+        }
+        let status = Arc::new(ArcSwap::from_pointee(status_doc(&first, &key, Some(&plan), &running.bound, &running.bound_udp, None)));
         if let Some(addr) = args.admin {
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone()).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
             eprintln!("admin on http://{a} (/healthz /ready /status /metrics)");
@@ -222,12 +227,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                                 pods.update(&load.snapshot);
                             }
                             drain_timeout = drain_override.unwrap_or(p.drain_timeout);
-                            status.store(Arc::new(status_doc(&load, &key, Some(&p), &running.bound, None)));
+                            status.store(Arc::new(status_doc(&load, &key, Some(&p), &running.bound, &running.bound_udp, None)));
                             eprintln!("reloaded: {} route entries", p.ports.values().filter_map(|l| l.router()).map(|r| r.len()).sum::<usize>());
                         }
                         Err(e) => {
                             eprintln!("reload rejected, still serving the previous routes: {e}");
-                            status.store(Arc::new(status_doc(&load, &key, None, &running.bound, Some(&e.to_string()))));
+                            status.store(Arc::new(status_doc(&load, &key, None, &running.bound, &running.bound_udp, Some(&e.to_string()))));
                         }
                     },
                     Some(Update::Rejected { errors, .. }) => {

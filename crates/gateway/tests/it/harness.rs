@@ -16,6 +16,16 @@ pub const BACKENDS: &[(&str, &str)] = &[
     ("gateway-conformance-web-backend", "web-backend"),
 ];
 
+/// Kills a child process when dropped, also when the test fails.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Started echo backends by `namespace/name`.
 pub struct Backends(pub BTreeMap<String, Echo>);
 

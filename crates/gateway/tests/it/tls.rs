@@ -2,20 +2,10 @@
 //! by ALPN, certificate chosen by SNI); a TLSRoute passes TLS through untouched to an
 //! `openssl s_server`; a TCPRoute carries plain bytes.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use crate::harness;
-
-/// Kills a child process when dropped, also when the test fails.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::harness::{self, Kill};
 
 fn indent(pem: &str) -> String {
     pem.lines().map(|l| format!("    {l}\n")).collect()
