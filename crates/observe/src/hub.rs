@@ -1,7 +1,7 @@
 //! The flow buffer of one process and the handle producers push into.
 //!
 //! ```text
-//! producers --Flows::push (try_send, never waits)--> queue (QUEUED_FLOWS_MAX)
+//! producers --Flows::push / Flows::record (a lock, a Vec push, never waits)--> queue
 //!    --> one task: metrics, then the ring (Config::flows_max, oldest overwritten)
 //!    --> readers (GetFlows) copy out by sequence number
 //! ```
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
@@ -27,11 +27,9 @@ use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 pub const FLOWS_MAX_DEFAULT: usize = 4095;
 /// Flows waiting between producers and the buffer before new ones are counted as lost.
 pub const QUEUED_FLOWS_MAX_DEFAULT: usize = 16 * 1024;
-/// Flows the buffer task takes from the queue in one go (one lock of the ring).
-const INGEST_BATCH_MAX: usize = 256;
-/// After a short batch the buffer task sleeps this long, so that producers' pushes do not
-/// each wake it: flows reach readers up to this much later, and a busy proxy pays for a
-/// wake-up per interval instead of per request.
+/// The buffer task takes the queue this long after the first flow in it, so that producers'
+/// pushes do not each wake it: flows reach readers up to this much later, and a busy proxy
+/// pays for a wake-up per interval instead of per request.
 pub const INGEST_INTERVAL_MS: u64 = 10;
 
 /// How big the buffer and its queue are, and the name flows carry.
@@ -145,12 +143,25 @@ impl std::fmt::Debug for Event {
     }
 }
 
-/// What producers put into the queue.
-// A queue slot holds the flow itself; boxing it would be one more allocation per flow.
-#[allow(clippy::large_enum_variant)]
+/// What producers put into the queue (two words: a record or a built flow, boxed).
 enum Pending {
-    Flow(Flow),
+    Flow(Box<Flow>),
     Record(Box<dyn Record>),
+}
+
+/// Flows waiting for the buffer task: producers push under a short lock and wake the task
+/// only when the queue was empty.
+struct Queue {
+    pending: Mutex<Vec<Pending>>,
+    max: usize,
+    wake: tokio::sync::Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
+        // Every change is one push or one swap, so a poisoned lock is still consistent.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Ring {
@@ -231,7 +242,7 @@ impl Hub {
     /// Takes flows into the ring (counting them first), with a `LostEvent` entry ahead of
     /// them for whatever was lost since the last call.
     pub(crate) fn ingest(&self, flows: impl IntoIterator<Item = Flow>) {
-        self.ingest_pending(flows.into_iter().map(Pending::Flow));
+        self.ingest_pending(flows.into_iter().map(|f| Pending::Flow(Box::new(f))));
     }
 
     fn ingest_pending(&self, flows: impl IntoIterator<Item = Pending>) {
@@ -254,7 +265,8 @@ impl Hub {
         }
         for p in flows {
             batch.push(Arc::new(match p {
-                Pending::Flow(mut f) => {
+                Pending::Flow(f) => {
+                    let mut f = *f;
                     if f.time.is_none() {
                         f.time = Some(now);
                     }
@@ -337,7 +349,7 @@ impl Hub {
 /// What producers hold: cheap to clone, [`Flows::push`] never waits.
 #[derive(Clone)]
 pub struct Flows {
-    tx: mpsc::Sender<Pending>,
+    queue: Arc<Queue>,
     hub: Arc<Hub>,
 }
 
@@ -351,17 +363,28 @@ impl Flows {
     /// Queues a flow for the buffer; when the queue is full the flow is dropped and counted
     /// (`OBSERVER_EVENTS_QUEUE`). Callable from any thread, inside a runtime or not.
     pub fn push(&self, flow: Flow) {
-        if self.tx.try_send(Pending::Flow(flow)).is_err() {
+        self.enqueue(Pending::Flow(Box::new(flow)));
+    }
+
+    fn enqueue(&self, p: Pending) {
+        let mut q = self.queue.lock();
+        if q.len() >= self.queue.max {
+            drop(q);
             self.hub.lost(LostEventSource::ObserverEventsQueue, 1);
+            return;
+        }
+        let first = q.is_empty();
+        q.push(p);
+        drop(q);
+        if first {
+            self.queue.wake.notify_one();
         }
     }
 
     /// Queues a record whose flow is built only when read (see [`Record`]); a full queue
     /// counts as for [`Flows::push`].
     pub fn record(&self, record: impl Record) {
-        if self.tx.try_send(Pending::Record(Box::new(record))).is_err() {
-            self.hub.lost(LostEventSource::ObserverEventsQueue, 1);
-        }
+        self.enqueue(Pending::Record(Box::new(record)));
     }
 
     /// Reports events lost before they became flows, e.g. `PERF_EVENT_RING_BUFFER` for
@@ -396,21 +419,25 @@ impl Observer {
     /// Creates the buffer and starts the task that fills it (needs a tokio runtime).
     pub fn start(config: &Config) -> Observer {
         let hub = Arc::new(Hub::new(config));
-        let (tx, mut rx) = mpsc::channel::<Pending>(config.queued_flows_max.max(1));
-        let h = hub.clone();
+        let queue = Arc::new(Queue {
+            pending: Mutex::new(Vec::new()),
+            max: config.queued_flows_max.max(1),
+            wake: tokio::sync::Notify::new(),
+        });
+        let (h, q) = (hub.clone(), queue.clone());
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(INGEST_BATCH_MAX);
-            while rx.recv_many(&mut batch, INGEST_BATCH_MAX).await > 0 {
-                let full = batch.len() == INGEST_BATCH_MAX;
+            let mut batch = Vec::new();
+            loop {
+                // A permit is kept when nobody waits, so a wake-up is never missed.
+                q.wake.notified().await;
+                tokio::time::sleep(std::time::Duration::from_millis(INGEST_INTERVAL_MS)).await;
+                std::mem::swap(&mut batch, &mut *q.lock());
                 h.ingest_pending(batch.drain(..));
-                if !full {
-                    tokio::time::sleep(std::time::Duration::from_millis(INGEST_INTERVAL_MS)).await;
-                }
             }
         });
         Observer {
             flows: Flows {
-                tx,
+                queue,
                 hub: hub.clone(),
             },
             hub,

@@ -7,6 +7,8 @@
 //! themselves, so every producer is counted the same way. Label values come from fixed
 //! lists (methods, record types, rcodes) so a client cannot grow the label space.
 
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -66,6 +68,10 @@ pub struct Metrics {
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_responses: Family<DnsLabels, Counter>,
     pub drops: Family<DropLabels, Counter>,
+    /// The series the last flow and the last HTTP exchange were counted in: most repeat them,
+    /// and then counting is an atomic add instead of a hashed lookup.
+    last_processed: Mutex<Option<(FlowLabels, Counter)>>,
+    last_http: Mutex<Option<(HttpLabels, Counter, Histogram)>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -83,6 +89,8 @@ impl Default for Metrics {
             dns_queries: Family::default(),
             dns_responses: Family::default(),
             drops: Family::default(),
+            last_processed: Mutex::new(None),
+            last_http: Mutex::new(None),
         }
     }
 }
@@ -202,13 +210,25 @@ impl Metrics {
 
     /// Counts one flow in `hubble_flows_processed_total`.
     pub fn processed(&self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
-        self.flows_processed
-            .get_or_create(&FlowLabels {
-                r#type,
-                subtype,
-                verdict: verdict.as_str_name(),
-            })
-            .inc();
+        let labels = FlowLabels {
+            r#type,
+            subtype,
+            verdict: verdict.as_str_name(),
+        };
+        let mut last = self
+            .last_processed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((l, c)) if *l == labels => {
+                c.inc();
+            }
+            _ => {
+                let c = self.flows_processed.get_or_create(&labels).clone();
+                c.inc();
+                *last = Some((labels, c));
+            }
+        }
     }
 
     /// Counts one HTTP exchange (`hubble_http_requests_total` and its duration).
@@ -221,20 +241,28 @@ impl Metrics {
             "HTTP/3" => "HTTP/3",
             _ => "other",
         };
-        self.http_requests
-            .get_or_create(&HttpLabels {
-                method,
-                protocol,
-                status: u16::try_from(code.min(999)).unwrap_or(0),
-                reporter: "server",
-            })
-            .inc();
-        self.http_duration
-            .get_or_create(&HttpDurationLabels {
-                method,
-                reporter: "server",
-            })
-            .observe(latency_ns as f64 / 1e9);
+        let labels = HttpLabels {
+            method,
+            protocol,
+            status: u16::try_from(code.min(999)).unwrap_or(0),
+            reporter: "server",
+        };
+        let mut last = self.last_http.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref().is_none_or(|(l, ..)| *l != labels) {
+            let requests = self.http_requests.get_or_create(&labels).clone();
+            let duration = self
+                .http_duration
+                .get_or_create(&HttpDurationLabels {
+                    method,
+                    reporter: "server",
+                })
+                .clone();
+            *last = Some((labels, requests, duration));
+        }
+        if let Some((_, requests, duration)) = &*last {
+            requests.inc();
+            duration.observe(latency_ns as f64 / 1e9);
+        }
     }
 
     /// Counts events lost at `source`.
