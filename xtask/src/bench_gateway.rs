@@ -372,7 +372,13 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     }
     let mut results: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     for round in 0..rounds {
-        for (name, url, server) in &scenarios {
+        // Every other round runs the scenarios in reverse, so that none always runs first.
+        let order: Vec<_> = if round % 2 == 0 {
+            scenarios.iter().collect()
+        } else {
+            scenarios.iter().rev().collect()
+        };
+        for (name, url, server) in order {
             let c0 = cpu_secs(pid(server));
             let mut r = wrk(url, &[], secs)?;
             let c1 = cpu_secs(pid(server));

@@ -68,7 +68,7 @@ pub struct Recorded {
     record: Box<dyn Record>,
     time: prost_types::Timestamp,
     node_name: Arc<str>,
-    flow: OnceLock<Flow>,
+    flow: OnceLock<Box<Flow>>,
 }
 
 impl Recorded {
@@ -80,16 +80,15 @@ impl Recorded {
                 f.node_name = self.node_name.to_string();
             }
             f.time.get_or_insert(self.time);
-            f
+            Box::new(f)
         })
     }
 }
 
-/// One entry of the ring.
-// Entries live behind an Arc already; boxing the flow would be a second allocation each.
-#[allow(clippy::large_enum_variant)]
+/// One entry of the ring. Flows are boxed so that an entry is small: the ring of a busy
+/// producer is thousands of records, mostly never built.
 pub enum Event {
-    Flow(Flow),
+    Flow(Box<Flow>),
     Recorded(Recorded),
     Lost(LostEvent, prost_types::Timestamp),
 }
@@ -118,7 +117,7 @@ impl Clone for Event {
     fn clone(&self) -> Self {
         match self {
             Event::Flow(f) => Event::Flow(f.clone()),
-            Event::Recorded(r) => Event::Flow(r.flow().clone()),
+            Event::Recorded(r) => Event::Flow(Box::new(r.flow().clone())),
             Event::Lost(l, t) => Event::Lost(*l, *t),
         }
     }
@@ -265,8 +264,7 @@ impl Hub {
         }
         for p in flows {
             batch.push(Arc::new(match p {
-                Pending::Flow(f) => {
-                    let mut f = *f;
+                Pending::Flow(mut f) => {
                     if f.time.is_none() {
                         f.time = Some(now);
                     }
