@@ -127,8 +127,8 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             .spawn()?))
     };
     let conf = |name: &str| dir.join(name).display().to_string();
-    let knot = on_cpu0(Path::new("knotd"), &["-c", &conf("knot.conf")])?;
-    let unbound = on_cpu0(Path::new("unbound"), &["-d", "-c", &conf("unbound.conf")])?;
+    let mut knot = on_cpu0(Path::new("knotd"), &["-c", &conf("knot.conf")])?;
+    let mut unbound = on_cpu0(Path::new("unbound"), &["-d", "-c", &conf("unbound.conf")])?;
     let trellis = root.join("target/release/trellis");
     let manifests = format!("{d}/manifests");
     let listen = |port: u16| format!("127.0.0.1:{port}");
@@ -137,8 +137,8 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         listen(TRELLIS_FWD_PORT),
         listen(KNOT_PORT),
     );
-    let tr = on_cpu0(&trellis, &["dns", "-f", &manifests, "--listen", &tr_listen])?;
-    let tr_fwd = on_cpu0(
+    let mut tr = on_cpu0(&trellis, &["dns", "-f", &manifests, "--listen", &tr_listen])?;
+    let mut tr_fwd = on_cpu0(
         &trellis,
         &[
             "dns",
@@ -178,6 +178,14 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         if !ok {
             bail!("the server on port {port} does not answer {name} with 10.96.10.8");
         }
+    }
+    for (name, bg) in [
+        ("knot", &mut knot),
+        ("unbound", &mut unbound),
+        ("trellis", &mut tr),
+        ("trellis --forward", &mut tr_fwd),
+    ] {
+        bg.still_running(name)?;
     }
     let servers = [
         ("knot", KNOT_PORT, knot.0.id(), &queries),

@@ -251,17 +251,17 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     write_configs(&dir)?;
     let d = dir.display().to_string();
     let trellis = root.join("target/release/trellis").display().to_string();
-    let backend = start(
+    let mut backend = start(
         "backend",
         &dir,
         &["nginx", "-p", &d, "-c", &format!("{d}/backend.conf")],
     )?;
-    let nginx = start(
+    let mut nginx = start(
         "nginx",
         &dir,
         &["nginx", "-p", &d, "-c", &format!("{d}/nginx_proxy.conf")],
     )?;
-    let haproxy = start(
+    let mut haproxy = start(
         "haproxy",
         &dir,
         &["haproxy", "-db", "-f", &format!("{d}/haproxy.cfg")],
@@ -286,9 +286,9 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         cmd.extend_from_slice(extra);
         start(name, &dir, &cmd)
     };
-    let gw = gateway("trellis", TRELLIS_PORT, TRELLIS_TLS_PORT, &[])?;
+    let mut gw = gateway("trellis", TRELLIS_PORT, TRELLIS_TLS_PORT, &[])?;
     let observe = format!("127.0.0.1:{TRELLIS_FLOWS_OBSERVE_PORT}");
-    let gw_flows = gateway(
+    let mut gw_flows = gateway(
         "trellis-flows",
         TRELLIS_FLOWS_PORT,
         TRELLIS_FLOWS_TLS_PORT,
@@ -304,6 +304,15 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         TRELLIS_FLOWS_PORT,
     ] {
         wait_tcp(p)?;
+    }
+    for (name, bg) in [
+        ("backend nginx", &mut backend),
+        ("nginx", &mut nginx),
+        ("haproxy", &mut haproxy),
+        ("trellis", &mut gw),
+        ("trellis with flows", &mut gw_flows),
+    ] {
+        bg.still_running(name)?;
     }
     let pid = |s: &Bg| s.0.id();
     let scenarios: Vec<(&str, String, &Bg)> = vec![

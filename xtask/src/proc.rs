@@ -26,6 +26,21 @@ impl Drop for Bg {
     }
 }
 
+impl Bg {
+    /// Fails when the process has exited: what answers on its port is then someone else (a
+    /// server left over from an earlier run), and measuring it would be measuring the wrong
+    /// thing.
+    pub fn still_running(&mut self, name: &str) -> Result<()> {
+        match self.0.try_wait() {
+            Ok(None) => Ok(()),
+            _ => bail!(
+                "{name} exited right after starting (its port taken by a process left over from \
+                 an earlier run? `ss -ltnp` shows who listens)"
+            ),
+        }
+    }
+}
+
 /// Waits (at most 20 s) until something accepts TCP connections on 127.0.0.1:`port`.
 pub fn wait_tcp(port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
