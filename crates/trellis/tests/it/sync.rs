@@ -119,3 +119,114 @@ fn sync_publishes_to_knot_over_rfc2136_once_and_on_change() {
     assert!(knot.kdig("k8s.a-new.home.test", "TXT").is_empty());
     assert_eq!(knot.kdig("manual.home.test", "A"), ["192.0.2.99"]);
 }
+
+/// ExternalDNS's webhook between two trellis processes: `trellis sync --provider webhook`
+/// writes the manifests' records into the zone `trellis dns --dynamic-zone` serves, and dig
+/// sees them there with their ownership records, asked again and again (answers replayed)
+/// and after a change (the replayed answers dropped with the old zone).
+#[test]
+fn sync_drives_trellis_dns_over_the_webhook() {
+    let (records, served) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    std::fs::write(
+        records.path().join("a.yaml"),
+        endpoint("a", "app.home.test", "10.0.0.1"),
+    )
+    .expect("write");
+    std::fs::write(
+        served.path().join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\nspec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}\n",
+    )
+    .expect("write");
+    let served_dir = served.path().display().to_string();
+    let mut dns = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "dns",
+                "-f",
+                &served_dir,
+                "--listen",
+                "127.0.0.1:0",
+                "--dynamic-zone",
+                "home.test",
+                "--webhook-listen",
+                "127.0.0.1:0",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis dns starts"),
+    );
+    let mut err = std::io::BufReader::new(dns.0.stderr.take().expect("stderr")).lines();
+    let mut log = String::new();
+    let udp = err
+        .by_ref()
+        .map_while(Result::ok)
+        .inspect(|l| log.push_str(l))
+        .find(|l| l.contains("on udp/tcp"))
+        .and_then(|l| l.rsplit(':').next().map(str::to_string))
+        .unwrap_or_else(|| panic!("trellis dns says where it listens: {log}"));
+    let webhook = crate::bound_addr(&mut err, "webhook provider on", &mut log);
+    std::thread::spawn(move || for _ in err.map_while(Result::ok) {});
+    let dig = |name: &str, ty: &str| {
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &udp,
+                "+short",
+                "+time=2",
+                "+tries=1",
+                name,
+                ty,
+            ])
+            .output()
+            .expect("dig runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let records_dir = records.path().display().to_string();
+    let url = format!("http://{webhook}");
+    let sync_once = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args([
+                "sync",
+                "-f",
+                &records_dir,
+                "--provider",
+                "webhook",
+                "--webhook-provider-url",
+                &url,
+                "--txt-owner-id",
+                "home",
+                "--once",
+            ])
+            .output()
+            .expect("trellis sync runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+    let first = sync_once();
+    assert!(first.contains("0 failed"), "{first}");
+    for _ in 0..3 {
+        assert_eq!(dig("app.home.test", "A"), "10.0.0.1");
+    }
+    assert_eq!(
+        dig("a-app.home.test", "TXT"),
+        "\"heritage=external-dns,external-dns/owner=home,external-dns/resource=crd/net/a\""
+    );
+    // The cluster zone is still served beside the dynamic one.
+    assert_eq!(dig("web.apps.svc.cluster.local", "A"), "10.96.0.20");
+    // A change goes through the webhook into the zone; no stale answer is replayed.
+    std::fs::write(
+        records.path().join("a.yaml"),
+        endpoint("a", "app.home.test", "10.0.0.2"),
+    )
+    .expect("write");
+    sync_once();
+    within(10, || {
+        (dig("app.home.test", "A") == "10.0.0.2").then_some(())
+    })
+    .expect("the changed record is served");
+}
