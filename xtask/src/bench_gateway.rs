@@ -5,8 +5,9 @@
 //! interleaved, the median reported; proxy CPU time per request from /proc over each run.
 //! Everything listens on 127.0.0.1. Writes `target/bench/gateway.md`. A second trellis
 //! gateway records a flow per request (`--observe-listen`, nobody reading), for the cost of
-//! flows (`trellis-flows-small` against `trellis-small`). `ONLY=a,b` runs just those
-//! scenarios.
+//! flows (`trellis-flows-small` against `trellis-small`). Last, the memory per idle keep-alive
+//! client connection of each proxy. `ONLY=a,b` runs just those scenarios (`idle` for the
+//! memory).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,7 +16,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
-use crate::proc::{Bg, cpu_secs, wait_tcp};
+use crate::proc::{Bg, cpu_secs, rss_kib, wait_tcp};
 
 const BACKEND_PORT: u16 = 18081;
 const NGINX_PORT: u16 = 18080;
@@ -106,6 +107,33 @@ fn wrk(url: &str, headers: &[&str], secs: u32) -> Result<Run> {
         non2xx,
         proxy_us_per_req: 0.0,
     })
+}
+
+/// Connections opened for the idle-memory measurement.
+const IDLE_CONNECTIONS: usize = 2000;
+
+/// Memory per idle keep-alive client connection: the server's resident memory before and
+/// after `IDLE_CONNECTIONS` clients each made one request and stayed connected, divided by
+/// their number (KiB).
+fn idle_kib_per_connection(port: u16, pid: u32) -> Result<f64> {
+    use std::io::{Read, Write};
+    let before = rss_kib(pid);
+    let mut conns = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        c.write_all(b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf)?;
+        if !buf[..n].starts_with(b"HTTP/1.1 200") {
+            bail!("port {port}: no 200 on an idle-memory connection");
+        }
+        conns.push(c);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = rss_kib(pid);
+    drop(conns);
+    Ok((after - before) / IDLE_CONNECTIONS as f64)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -452,6 +480,26 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         md,
         "\n{rounds} interleaved rounds of `taskset -c 1 wrk -t1 -c64 -d{secs}s --latency URL`; proxies and the backend nginx on CPU 0."
     );
+    // ONLY=idle measures just this.
+    if only.is_empty() || only.split(',').any(|o| o == "idle") {
+        let _ = writeln!(
+            md,
+            "\n| server | memory per idle keep-alive client connection (KiB) |\n|---|---:|"
+        );
+        for (name, port, server) in [
+            ("nginx", NGINX_PORT, &nginx),
+            ("haproxy", HAPROXY_PORT, &haproxy),
+            ("trellis", TRELLIS_PORT, &gw),
+        ] {
+            let kib = idle_kib_per_connection(port, pid(server))?;
+            eprintln!("idle connections: {name} {kib:.1} KiB each");
+            let _ = writeln!(md, "| {name} | {kib:.1} |");
+        }
+        let _ = writeln!(
+            md,
+            "\n{IDLE_CONNECTIONS} clients each make one request and stay connected; resident memory of the proxy's processes after minus before, divided by {IDLE_CONNECTIONS}."
+        );
+    }
     std::fs::write(dir.join("gateway.md"), &md)?;
     println!("\n{md}");
     println!("(written to {})", dir.join("gateway.md").display());

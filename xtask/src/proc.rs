@@ -53,9 +53,9 @@ pub fn wait_tcp(port: u16) -> Result<()> {
     bail!("nothing listens on 127.0.0.1:{port} after 20 s")
 }
 
-/// utime+stime of a process and its descendants, in seconds (from /proc).
-pub fn cpu_secs(pid: u32) -> f64 {
-    let tick = 100.0; // USER_HZ on Linux
+/// A process and its descendants, each with one figure from its `/proc/PID/stat` fields
+/// (after the name; `f[1]` is the parent).
+fn tree_sum(pid: u32, figure: impl Fn(&[&str]) -> Option<u64>) -> u64 {
     let all: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
         .map(|d| {
             d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -64,8 +64,7 @@ pub fn cpu_secs(pid: u32) -> f64 {
                     let rest = stat.rsplit_once(')')?.1;
                     let f: Vec<&str> = rest.split_whitespace().collect();
                     let ppid = f.get(1)?.parse().ok()?;
-                    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-                    Some((p, ppid, cpu))
+                    Some((p, ppid, figure(&f)?))
                 })
                 .collect()
         })
@@ -73,14 +72,28 @@ pub fn cpu_secs(pid: u32) -> f64 {
     let mut total = 0u64;
     let mut stack = vec![pid];
     while let Some(p) = stack.pop() {
-        for (q, ppid, cpu) in &all {
+        for (q, ppid, x) in &all {
             if *q == p {
-                total += cpu;
+                total += x;
             }
             if *ppid == p {
                 stack.push(*q);
             }
         }
     }
-    total as f64 / tick
+    total
+}
+
+/// utime+stime of a process and its descendants, in seconds (from /proc).
+pub fn cpu_secs(pid: u32) -> f64 {
+    let tick = 100.0; // USER_HZ on Linux
+    let cpu = |f: &[&str]| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
+    tree_sum(pid, cpu) as f64 / tick
+}
+
+/// Resident memory of a process and its descendants, KiB (rss pages from /proc).
+pub fn rss_kib(pid: u32) -> f64 {
+    let page_kib = 4; // x86-64 pages
+    let rss = |f: &[&str]| f.get(21)?.parse::<u64>().ok();
+    (tree_sum(pid, rss) * page_kib) as f64
 }

@@ -412,9 +412,12 @@ async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // The request's future is boxed: the connection keeps room for its service's future
+    // inline, and this one is large (routing, retries, compression), so an idle keep-alive
+    // connection would carry it for nothing.
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(&state, port, peer, scheme, req).await) }
+        Box::pin(async move { Ok::<_, Infallible>(handle(&state, port, peer, scheme, req).await) })
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
