@@ -26,6 +26,17 @@ fn write_manifests(dir: &std::path::Path) {
     std::fs::write(dir.join("m.yaml"), m).expect("write");
 }
 
+/// The manifests of `dir`, loaded as `trellis` loads them.
+fn load_dir(dir: &std::path::Path) -> store::Load {
+    store::load(
+        &[dir.to_path_buf()],
+        &store::Options {
+            default_namespace: "default".into(),
+            ..Default::default()
+        },
+    )
+}
+
 /// `dig @127.0.0.1 -p PORT ARGS...`, returning stdout.
 fn dig(port: u16, args: &[&str]) -> String {
     let out = Command::new("dig")
@@ -66,13 +77,7 @@ fn status(port: u16, name: &str, ty: &str) -> (String, usize) {
 async fn cluster_zone_with_dig() {
     let t = tempfile::tempdir().expect("tmp");
     write_manifests(t.path());
-    let load = store::load(
-        &[t.path().to_path_buf()],
-        &store::Options {
-            default_namespace: "default".into(),
-            ..Default::default()
-        },
-    );
+    let load = load_dir(t.path());
     assert!(
         !load.snapshot.has_errors(),
         "{:?}",
@@ -204,13 +209,7 @@ async fn split_horizon_views_with_dig() {
          apiVersion: trellis.dev/v1alpha1\nkind: DNSView\nmetadata: {name: public}\nspec:\n  order: 2\n  clients: [0.0.0.0/0]\n  zones: [example.com]\n  dnsEndpoints: true\n  gateways: [{name: external, namespace: net, answer: Target}]\n",
     )
     .expect("write");
-    let load = store::load(
-        &[t.path().to_path_buf()],
-        &store::Options {
-            default_namespace: "default".into(),
-            ..Default::default()
-        },
-    );
+    let load = load_dir(t.path());
     assert!(!load.snapshot.has_problems(), "{:#?}", load.snapshot.status);
     let views = dns::compile_views(&load.snapshot, &dns::ZoneConfig::default());
     let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views, None)
@@ -348,13 +347,7 @@ async fn corpus_rewrite_rules_with_dig() {
          \x20   - |-\n      name regex ^auth\\.cloudjur\\.com\\..*\\.cluster\\.local\\.$ envoy-external.network.svc.cluster.local.\n      answer auto\n",
     )
     .expect("write");
-    let load = store::load(
-        &[t.path().to_path_buf()],
-        &store::Options {
-            default_namespace: "default".into(),
-            ..Default::default()
-        },
-    );
+    let load = load_dir(t.path());
     assert!(!load.snapshot.has_problems(), "{:#?}", load.snapshot.status);
     let views = dns::compile_views(&load.snapshot, &dns::ZoneConfig::default());
     assert_eq!(views.rewrites.len(), 2);
@@ -414,13 +407,7 @@ fn sync_sources_from_routes() {
          spec: {parentRefs: [{name: nowhere, namespace: net}], hostnames: [stray.example.com]}\n",
     )
     .expect("write");
-    let load = store::load(
-        &[t.path().to_path_buf()],
-        &store::Options {
-            default_namespace: "default".into(),
-            ..Default::default()
-        },
-    );
+    let load = load_dir(t.path());
     let got: Vec<(String, String, Vec<String>, String)> =
         dns::sync::desired(&load.snapshot, &dns::sync::SyncConfig::default())
             .into_iter()
