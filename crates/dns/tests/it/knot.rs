@@ -29,11 +29,6 @@ impl Knot {
     pub fn start(zone: &str, zone_text: &str, updates: bool, probe: &str, expect: &str) -> Knot {
         let dir = tempfile::tempdir().expect("tmp");
         let d = dir.path();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .expect("bind")
-            .local_addr()
-            .expect("addr")
-            .port();
         std::fs::create_dir_all(d.join("zones")).expect("mkdir");
         std::fs::write(d.join(format!("zones/{zone}.zone")), zone_text).expect("zone");
         let (keys, zone_acl) = if updates {
@@ -47,46 +42,62 @@ impl Knot {
         } else {
             (String::new(), "")
         };
-        std::fs::write(
-            d.join("knot.conf"),
-            format!(
-                "server:\n  rundir: \"{r}\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
-                 log:\n  - target: stderr\n    any: error\ndatabase:\n  storage: \"{r}/db\"\n{keys}template:\n  - id: default\n    storage: \"{r}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: {zone}{zone_acl}\n",
-                r = d.display()
-            ),
-        )
-        .expect("conf");
-        let knot = Knot {
-            child: Command::new("knotd")
+        // The free port is found by binding it and letting it go, so another process can take
+        // it before knotd binds it (UDP and TCP): knotd then exits, and it starts again on
+        // another port. A loaded machine (CI runs every test at once) may take seconds to
+        // start it.
+        for _attempt in 0..5 {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .expect("bind")
+                .local_addr()
+                .expect("addr")
+                .port();
+            std::fs::write(
+                d.join("knot.conf"),
+                format!(
+                    "server:\n  rundir: \"{r}\"\n  listen: 127.0.0.1@{port}\n  udp-workers: 1\n  tcp-workers: 1\n  background-workers: 1\n\
+                     log:\n  - target: stderr\n    any: error\ndatabase:\n  storage: \"{r}/db\"\n{keys}template:\n  - id: default\n    storage: \"{r}/zones\"\n    file: \"%s.zone\"\n    zonefile-sync: -1\n    journal-content: none\nzone:\n  - domain: {zone}{zone_acl}\n",
+                    r = d.display()
+                ),
+            )
+            .expect("conf");
+            let mut child = Command::new("knotd")
                 .arg("-c")
                 .arg(d.join("knot.conf"))
                 .stderr(std::process::Stdio::null())
                 .spawn()
-                .expect("knotd runs (apt-get install knot)"),
-            port,
-            _dir: dir,
-        };
-        // Knot answers once its zone is loaded.
-        let ready = (0..100).any(|_| {
-            let ok = Command::new("dig")
-                .args([
-                    "@127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "+short",
-                    "+time=1",
-                    "+tries=1",
-                    probe,
-                ])
-                .output()
-                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(expect));
-            if !ok {
+                .expect("knotd runs (apt-get install knot)");
+            // Knot answers once its zone is loaded.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while std::time::Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    break;
+                }
+                let answered = Command::new("dig")
+                    .args([
+                        "@127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "+short",
+                        "+time=1",
+                        "+tries=1",
+                        probe,
+                    ])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(expect));
+                if answered {
+                    return Knot {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            ok
-        });
-        assert!(ready, "knotd did not come up");
-        knot
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("knotd did not come up (5 attempts on fresh ports, 30 s each)");
     }
 
     /// `kdig @knot +short NAME TYPE`, sorted lines.
