@@ -61,10 +61,11 @@ impl Knot {
                 ),
             )
             .expect("conf");
+            let log = std::fs::File::create(d.join("knotd.log")).expect("log file");
             let mut child = Command::new("knotd")
                 .arg("-c")
                 .arg(d.join("knot.conf"))
-                .stderr(std::process::Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("knotd runs (apt-get install knot)");
             // Knot answers once its zone is loaded.
@@ -97,7 +98,10 @@ impl Knot {
             let _ = child.kill();
             let _ = child.wait();
         }
-        panic!("knotd did not come up (5 attempts on fresh ports, 30 s each)");
+        let log = std::fs::read_to_string(d.join("knotd.log")).unwrap_or_default();
+        panic!(
+            "knotd did not come up (5 attempts on fresh ports, 30 s each); its last words:\n{log}"
+        );
     }
 
     /// `kdig @knot +short NAME TYPE`, sorted lines.
