@@ -341,7 +341,7 @@ impl UdpListener {
     /// One datagram: the answer to send now, if any (forwarded queries answer later, from
     /// their own task).
     fn datagram(&mut self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
-        let current = self.views.load_full();
+        let current = self.views.load();
         let (o, n) = (&self.ops, packet.len());
         if let Some(r) = self.replay.as_mut() {
             let started = std::time::Instant::now();

@@ -428,17 +428,6 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         .spawn()
         .expect("LAN host echo starts");
     assert!(says_ready(&mut lan_host), "LAN host echo did not start");
-    let node_ip = |node: &str| -> String {
-        s["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .find(|n| n["name"] == node)
-            .expect("node")["lan_ip"]
-            .as_str()
-            .expect("ip")
-            .to_string()
-    };
     let v = lab
         .curl(&format!("default/{}", a.0), "http://10.10.30.100:9090/masq")
         .expect("pod to LAN");
@@ -446,7 +435,7 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
     let _ = lan_host.wait();
     assert_eq!(
         v["source"].as_str().and_then(|s| s.split(':').next()),
-        Some(node_ip(&a.1).as_str()),
+        Some(lan_ip_of(&a.1).as_str()),
         "{v}"
     );
 
