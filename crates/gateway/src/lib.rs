@@ -2,7 +2,8 @@
 //!
 //! - [`plan`]: `compile(&Snapshot, ns, name) -> Plan` — pure: listeners, routers, actions.
 //! - [`proxy`]: binds the listeners and serves requests from the current plan; `update`
-//!   swaps a new plan in atomically.
+//!   swaps a new plan in atomically. Plain HTTP/1.1 forwarding takes trellis's own path
+//!   (`h1`), everything else hyper's.
 //! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
 //! - [`admin`]: `/healthz`, `/status`, `/metrics`.
 //! - [`record`]: one [`record::RequestRecord`] per request for an observer (flows).
@@ -14,6 +15,7 @@
 pub mod admin;
 pub mod compress;
 pub mod echo;
+mod h1;
 pub mod lua;
 pub mod metrics;
 pub mod plan;

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub udp_sessions: Counter,
     pub udp_sessions_overflow: Counter,
     pub udp_no_route: Counter,
+    /// Requests on trellis's own HTTP/1 path (the rest are served by hyper).
+    pub h1_fast: Counter,
+    /// Connections the own HTTP/1 path handed to hyper (a request it does not serve itself).
+    pub h1_handoffs: Counter,
 }
 
 impl Default for Metrics {
@@ -63,6 +67,8 @@ impl Default for Metrics {
             udp_sessions: Counter::default(),
             udp_sessions_overflow: Counter::default(),
             udp_no_route: Counter::default(),
+            h1_fast: Counter::default(),
+            h1_handoffs: Counter::default(),
         }
     }
 }
@@ -181,6 +187,16 @@ impl Metrics {
             "udp_downstream_sess_no_route",
             "UDP datagrams dropped because the listener had no usable backend",
             self.udp_no_route.clone(),
+        );
+        r.register(
+            "h1_fast_rq",
+            "Requests proxied by trellis's own HTTP/1 keep-alive path",
+            self.h1_fast.clone(),
+        );
+        r.register(
+            "h1_handoffs",
+            "Connections handed from the own HTTP/1 path to the general one (hyper)",
+            self.h1_handoffs.clone(),
         );
     }
 }

@@ -1501,15 +1501,41 @@ pub struct ClientIp {
     pub num_trusted_hops: Option<u32>,
 }
 
-impl ClientIp {
-    pub fn client(&self, peer: SocketAddr, headers: &http::HeaderMap) -> SocketAddr {
-        let xff: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
+/// Request headers as routing reads them: hyper's header map, or the headers trellis's own
+/// HTTP/1 path parsed in place.
+pub trait HeaderSource {
+    /// Calls `f` with each value of header `name` that is text, until `f` returns true;
+    /// returns whether it did.
+    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool;
+}
+
+impl HeaderSource for http::HeaderMap {
+    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.get_all(name)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse::<IpAddr>().ok())
-            .collect();
+            .any(|v| v.to_str().is_ok_and(&mut *f))
+    }
+}
+
+impl HeaderSource for [httparse::Header<'_>] {
+    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.iter().any(|h| {
+            h.name.eq_ignore_ascii_case(name.as_str())
+                && std::str::from_utf8(h.value).is_ok_and(&mut *f)
+        })
+    }
+}
+
+impl ClientIp {
+    pub fn client(&self, peer: SocketAddr, headers: &(impl HeaderSource + ?Sized)) -> SocketAddr {
+        let mut xff: Vec<IpAddr> = Vec::new();
+        headers.any_value(
+            &http::HeaderName::from_static("x-forwarded-for"),
+            &mut |v| {
+                xff.extend(v.split(',').filter_map(|a| a.trim().parse::<IpAddr>().ok()));
+                false
+            },
+        );
         if let Some(hops) = self.num_trusted_hops {
             let hops = usize::try_from(hops).unwrap_or(usize::MAX);
             return match xff.len().checked_sub(hops.max(1)) {
@@ -1530,7 +1556,11 @@ impl ClientIp {
 
 impl Router {
     /// The client's address for a request arriving from `peer`.
-    pub fn client_address(&self, peer: SocketAddr, headers: &http::HeaderMap) -> SocketAddr {
+    pub fn client_address(
+        &self,
+        peer: SocketAddr,
+        headers: &(impl HeaderSource + ?Sized),
+    ) -> SocketAddr {
         match &self.client_ip {
             Some(c) => c.client(peer, headers),
             None => peer,
@@ -1559,18 +1589,15 @@ impl Router {
         method: &str,
         path: &str,
         query: Option<&str>,
-        headers: &http::HeaderMap,
+        headers: &(impl HeaderSource + ?Sized),
     ) -> Option<&Entry> {
         let group = self.group(host);
         group.iter().find(|e| {
             e.path.matches(path)
                 && e.method.as_deref().is_none_or(|m| m == method)
-                && e.headers.iter().all(|(n, vm)| {
-                    headers
-                        .get_all(n)
-                        .iter()
-                        .any(|v| v.to_str().is_ok_and(|v| vm.matches(v)))
-                })
+                && e.headers
+                    .iter()
+                    .all(|(n, vm)| headers.any_value(n, &mut |v| vm.matches(v)))
                 && e.query
                     .iter()
                     .all(|(n, vm)| query_value(query, n).is_some_and(|v| vm.matches(&v)))

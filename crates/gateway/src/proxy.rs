@@ -49,6 +49,8 @@ pub const CONNECT_ATTEMPTS_MAX: usize = 3;
 pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
 /// Request headers larger than this are answered 431 by hyper.
 pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Time a client has to send a whole request head once it started one.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upstream connection pools with keep-alive settings of their own (one per distinct
 /// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
 pub const KEEPALIVE_POOLS_MAX: usize = 32;
@@ -92,8 +94,8 @@ impl AccessLog {
     }
 }
 
-struct State {
-    ports: ArcSwap<BTreeMap<u16, Listen>>,
+pub(crate) struct State {
+    pub(crate) ports: ArcSwap<BTreeMap<u16, Listen>>,
     /// What each UDP listener serves (the UDP loops read it for every new session).
     udp_ports: Arc<ArcSwap<BTreeMap<u16, Arc<crate::plan::StreamPort>>>>,
     /// Keep-alive probing of accepted connections (ClientTrafficPolicy).
@@ -104,13 +106,32 @@ struct State {
     /// Pools for backends with keep-alive probing, by (HTTP/2, settings); at most
     /// [`KEEPALIVE_POOLS_MAX`].
     keepalive_clients: std::sync::Mutex<BTreeMap<(bool, Keepalive), Client<HttpConnector, Body>>>,
-    metrics: Arc<Metrics>,
-    access_log: Option<AccessLog>,
-    observer: Option<crate::record::Observer>,
-    next: AtomicU64,
-    /// Watches every connection so that a drain can close idle keep-alives and wait for
-    /// requests in flight. Taken out when draining.
-    graceful: std::sync::Mutex<Option<hyper_util::server::graceful::GracefulShutdown>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) observer: Option<crate::record::Observer>,
+    pub(crate) next: AtomicU64,
+    /// Idle upstream connections of the own HTTP/1 path.
+    pub(crate) h1_pool: crate::h1::Pool,
+    /// Set once when draining: connections close when idle and after the request in flight.
+    draining: watch::Sender<bool>,
+    /// HTTP connections open (plain and TLS), for a drain to wait on.
+    open: watch::Sender<usize>,
+}
+
+/// Counts an HTTP connection as open for as long as it lives.
+struct OpenConnection(Arc<State>);
+
+impl OpenConnection {
+    fn new(state: &Arc<State>) -> OpenConnection {
+        state.open.send_modify(|n| *n += 1);
+        OpenConnection(state.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 /// A running gateway.
@@ -217,9 +238,9 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         access_log: bind.access_log.clone(),
         observer: bind.observer.clone(),
         next: AtomicU64::new(0),
-        graceful: std::sync::Mutex::new(
-            Some(hyper_util::server::graceful::GracefulShutdown::new()),
-        ),
+        h1_pool: crate::h1::Pool::default(),
+        draining: watch::channel(false).0,
+        open: watch::channel(0).0,
     });
     let ip = bind
         .ip
@@ -341,11 +362,11 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
-        let graceful = self.state.graceful.lock().ok().and_then(|mut g| g.take());
-        match graceful {
-            Some(g) => tokio::time::timeout(timeout, g.shutdown()).await.is_ok(),
-            None => true,
-        }
+        let _ = self.state.draining.send(true);
+        let mut open = self.state.open.subscribe();
+        tokio::time::timeout(timeout, open.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
     }
 }
 
@@ -377,18 +398,19 @@ async fn accept_loop(
             tracing::debug!(error = %e, %peer, "cannot set keep-alive on a client connection");
         }
         let state = state.clone();
-        let watcher = state
-            .graceful
-            .lock()
-            .ok()
-            .and_then(|g| g.as_ref().map(|g| g.watcher()));
-        let Some(watcher) = watcher else { return };
         let listen = state.ports.load().get(&port).cloned();
         let Some(listen) = listen else { continue };
         tokio::spawn(async move {
+            let drain = state.draining.subscribe();
             match listen {
-                Listen::Http(_) => serve_http(state, port, peer, "http", stream, watcher).await,
-                Listen::Tls(t) => serve_tls(state, port, peer, &t, stream, watcher).await,
+                Listen::Http(_) => {
+                    let _open = OpenConnection::new(&state);
+                    crate::h1::serve(state, port, peer, stream, drain).await;
+                }
+                Listen::Tls(t) => {
+                    let _open = OpenConnection::new(&state);
+                    serve_tls(state, port, peer, &t, stream, drain).await;
+                }
                 Listen::Tcp(t) => {
                     if let Some(b) =
                         pick_weighted(&t.backends, state.next.fetch_add(1, Ordering::Relaxed))
@@ -401,14 +423,14 @@ async fn accept_loop(
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one connection (plain or TLS).
-async fn serve_http<S>(
+/// Serves HTTP/1.1 and HTTP/2 on one connection (plain or TLS) with hyper: the general path.
+pub(crate) async fn serve_http<S>(
     state: Arc<State>,
     port: u16,
     peer: SocketAddr,
     scheme: &'static str,
     stream: S,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut drain: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -424,14 +446,28 @@ async fn serve_http<S>(
         .http1()
         .max_buf_size(REQUEST_HEADER_BYTES_MAX.max(8192))
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
         .http2()
         .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    // A drain lets the request in flight finish and closes the connection after it.
+    if *drain.borrow_and_update() {
+        conn.as_mut().graceful_shutdown();
+    }
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = drain.changed() => None,
+    };
+    let ended = match ended {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
@@ -444,7 +480,7 @@ async fn serve_tls(
     peer: SocketAddr,
     t: &crate::plan::TlsPort,
     mut stream: tokio::net::TcpStream,
-    watcher: hyper_util::server::graceful::Watcher,
+    drain: watch::Receiver<bool>,
 ) {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(2048);
@@ -492,7 +528,7 @@ async fn serve_tls(
         inner: stream,
     };
     match tokio::time::timeout(CLIENT_HELLO_TIMEOUT, acceptor.accept(prefixed)).await {
-        Ok(Ok(tls)) => serve_http(state, port, peer, "https", tls, watcher).await,
+        Ok(Ok(tls)) => serve_http(state, port, peer, "https", tls, drain).await,
         _ => {
             state.metrics.tls_handshake_errors.inc();
         }
@@ -541,9 +577,9 @@ async fn tcp_proxy(
 }
 
 /// A stream that yields some already-read bytes before reading from the inner stream.
-struct Prefixed {
-    prefix: Bytes,
-    inner: tokio::net::TcpStream,
+pub(crate) struct Prefixed {
+    pub(crate) prefix: Bytes,
+    pub(crate) inner: tokio::net::TcpStream,
 }
 
 impl tokio::io::AsyncRead for Prefixed {
@@ -601,7 +637,7 @@ fn local(status: StatusCode, why: &str) -> Response<Body> {
     r
 }
 
-const HOP_BY_HOP: &[&str] = &[
+pub(crate) const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -630,29 +666,31 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 
 /// The request's host without port, lowercased.
 fn request_host<B>(req: &Request<B>) -> String {
-    let raw = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
+    let raw = match req.uri().authority() {
+        Some(a) => a.host(),
+        None => req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default(),
+    };
+    host_without_port(raw).into_owned()
+}
+
+/// A Host value without its port, lower case (borrowed when it already is).
+pub(crate) fn host_without_port(raw: &str) -> std::borrow::Cow<'_, str> {
     let host = if raw.starts_with('[') {
-        raw.split(']')
-            .next()
-            .map(|h| format!("{h}]"))
-            .unwrap_or(raw.clone())
+        raw.find(']').map_or(raw, |i| &raw[..=i])
     } else {
         raw.rsplit_once(':')
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-            .map(|(h, _)| h.to_string())
-            .unwrap_or(raw.clone())
+            .map_or(raw, |(h, _)| h)
     };
-    host.to_ascii_lowercase()
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    }
 }
 
 async fn handle(
@@ -803,7 +841,7 @@ async fn handle_inner(
             log,
             &action.route,
             &log_fields,
-            &resp,
+            resp.status().as_u16(),
             started,
             client,
         );
@@ -818,7 +856,7 @@ async fn handle_inner(
 type Split = (Request<Incoming>, String, Option<String>);
 
 /// What the access log needs of a request, taken before the request is consumed.
-struct LogFields {
+pub(crate) struct LogFields {
     start_time: String,
     method: String,
     path: String,
@@ -831,36 +869,48 @@ struct LogFields {
 
 impl LogFields {
     fn of(req: &Request<Incoming>, host: &str) -> LogFields {
-        let h = |n: &str| {
-            req.headers()
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
+        LogFields::new(
+            req.method().as_str(),
+            req.uri().path_and_query().map_or("", |p| p.as_str()),
+            &format!("{:?}", req.version()),
+            host,
+            |n| {
+                req.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            },
+        )
+    }
+
+    /// From a request's parts; `header` gives the first value of a header.
+    pub(crate) fn new(
+        method: &str,
+        path_and_query: &str,
+        protocol: &str,
+        host: &str,
+        header: impl Fn(&str) -> Option<String>,
+    ) -> LogFields {
         LogFields {
             start_time: rfc3339_now(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
-            protocol: format!("{:?}", req.version()),
+            method: method.to_string(),
+            path: path_and_query.to_string(),
+            protocol: protocol.to_string(),
             authority: host.to_string(),
-            user_agent: h("user-agent"),
-            forwarded_for: h("x-forwarded-for"),
-            request_id: h("x-request-id"),
+            user_agent: header("user-agent"),
+            forwarded_for: header("x-forwarded-for"),
+            request_id: header("x-request-id"),
         }
     }
 }
 
 /// One JSON access log line with Envoy's default fields.
-fn access_log_line(
+pub(crate) fn access_log_line(
     state: &State,
     log: &AccessLog,
     route: &str,
     f: &Option<LogFields>,
-    resp: &Response<Body>,
+    status: u16,
     started: Instant,
     client: SocketAddr,
 ) {
@@ -870,7 +920,7 @@ fn access_log_line(
         "method": f.method,
         "x-envoy-origin-path": f.path,
         "protocol": f.protocol,
-        "response_code": resp.status().as_u16(),
+        "response_code": status,
         "duration": started.elapsed().as_millis() as u64,
         "x-forwarded-for": f.forwarded_for,
         "user-agent": f.user_agent,
@@ -1598,7 +1648,7 @@ fn append_forwarded(h: &mut HeaderMap, peer: SocketAddr, scheme: &'static str) {
 }
 
 /// Expands the Envoy command operators that header values in real manifests use.
-fn expand_value(v: &str, peer: SocketAddr) -> String {
+pub(crate) fn expand_value(v: &str, peer: SocketAddr) -> String {
     if !v.contains('%') {
         return v.to_string();
     }

@@ -40,7 +40,7 @@ pub async fn start_backends() -> Backends {
     Backends(out)
 }
 
-fn service(ns: &str, name: &str, addr: SocketAddr) -> String {
+pub fn service(ns: &str, name: &str, addr: SocketAddr) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {name}}}\n\

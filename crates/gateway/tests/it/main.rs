@@ -5,6 +5,7 @@ mod compression;
 mod conformance;
 mod ext_auth;
 mod grpc;
+mod h1;
 mod harness;
 mod http2;
 mod keepalive;

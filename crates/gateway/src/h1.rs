@@ -1,0 +1,1010 @@
+//! trellis's own HTTP/1.1 path for plain keep-alive proxying.
+//!
+//! Most requests through a gateway are plain: HTTP/1.1, a small body or none, a rule that
+//! only forwards (optionally editing headers). For those, one task per client connection
+//! parses the request in place (httparse), routes it with the same [`Router`] as everything
+//! else, writes the upstream request head and body in one write, takes an upstream connection
+//! from a pool of raw keep-alive sockets, and passes the response through with its own framing
+//! (length, chunked or until close) without re-encoding it. Buffers exist only while a request
+//! is being served: an idle keep-alive connection holds its socket and nothing else.
+//!
+//! Anything else — HTTP/1.0, HTTP/2 prior knowledge, chunked or large request bodies,
+//! `Expect`, upgrades, a malformed or oversized head, no route, and rules with redirects,
+//! rewrites, mirrors, timeouts, retries, Lua, external authorization, compression or an
+//! unusable backend — is handed to the general path (hyper) together with the bytes already
+//! read, and the connection stays there. So every rule and error behaves exactly as the
+//! general path defines it; this path only makes the common case cheap.
+
+use std::collections::BTreeMap;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, BytesMut};
+use futures_util::FutureExt;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Router, Upstream};
+use crate::proxy::{
+    CONNECT_ATTEMPTS_MAX, EJECT_MS, HEADER_READ_TIMEOUT, HOP_BY_HOP, LogFields,
+    POOL_IDLE_PER_HOST_MAX, Prefixed, REQUEST_HEADER_BYTES_MAX, State, expand_value,
+    host_without_port, pick_weighted,
+};
+
+/// Bytes read from a client at a time.
+const CLIENT_READ_BYTES: usize = 8 * 1024;
+/// Bytes read from an upstream at a time.
+const UPSTREAM_READ_BYTES: usize = 16 * 1024;
+/// Request bodies up to this size are served here (buffered whole, so a stale upstream
+/// connection can be retried); larger ones go to the general path, which streams them.
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+/// A response head larger than this is a bad gateway.
+const RESPONSE_HEADER_BYTES_MAX: usize = 64 * 1024;
+/// Headers parsed per request or response; more go to the general path (requests) or are a
+/// bad gateway (responses).
+const HEADERS_MAX: usize = 100;
+/// An idle upstream connection older than this is closed instead of reused (upstreams
+/// commonly close idle keep-alives after 60 s or more).
+const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
+/// Time to connect to an endpoint.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Idle upstream connections by endpoint and keep-alive setting.
+#[derive(Default)]
+pub(crate) struct Pool(std::sync::Mutex<PoolMap>);
+
+type PoolMap = BTreeMap<(SocketAddr, Option<Keepalive>), Vec<(TcpStream, Instant)>>;
+
+impl Pool {
+    /// An idle connection to `addr` that is still usable, if any.
+    fn take(&self, addr: SocketAddr, keepalive: Option<Keepalive>) -> Option<TcpStream> {
+        let mut map = self.0.lock().ok()?;
+        let idle = map.get_mut(&(addr, keepalive))?;
+        while let Some((s, since)) = idle.pop() {
+            // Readable while idle means the upstream closed it (or sent garbage).
+            if since.elapsed() < POOL_IDLE_MAX && s.readable().now_or_never().is_none() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, keepalive: Option<Keepalive>, s: TcpStream) {
+        if let Ok(mut map) = self.0.lock() {
+            let idle = map.entry((addr, keepalive)).or_default();
+            if idle.len() < POOL_IDLE_PER_HOST_MAX {
+                idle.push((s, Instant::now()));
+            }
+        }
+    }
+}
+
+/// Serves a plain-text client connection until it closes, or hands it to the general path.
+pub(crate) async fn serve(
+    state: Arc<State>,
+    port: u16,
+    peer: SocketAddr,
+    mut stream: TcpStream,
+    mut drain: watch::Receiver<bool>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        // Until a whole request (head and body) is buffered.
+        let mut deadline = None;
+        let ex = loop {
+            if !buf.is_empty() {
+                let ports = state.ports.load();
+                let Some(router) = ports.get(&port).and_then(|l| l.router()) else {
+                    return;
+                };
+                match prepare(&state, router, peer, &buf) {
+                    Prep::More => {}
+                    Prep::Forward(ex) => break ex,
+                    Prep::HandOff => {
+                        drop(ports);
+                        state.metrics.h1_handoffs.inc();
+                        let io = Prefixed {
+                            prefix: buf.freeze(),
+                            inner: stream,
+                        };
+                        crate::proxy::serve_http(state, port, peer, "http", io, drain).await;
+                        return;
+                    }
+                }
+            }
+            let read = if buf.is_empty() {
+                // Idle: give the buffer back, wait for the next request or a drain.
+                buf = BytesMut::new();
+                tokio::select! {
+                    biased;
+                    r = stream.readable() => if r.is_err() { return },
+                    _ = drain.changed() => return,
+                }
+                read_some(&stream, &mut buf, CLIENT_READ_BYTES).await
+            } else {
+                // Part of a request: the rest must come within the header read timeout.
+                let d = *deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
+                tokio::time::timeout_at(d, read_some(&stream, &mut buf, CLIENT_READ_BYTES))
+                    .await
+                    .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return;
+            }
+        };
+        buf.advance(ex.len);
+        let closing = drain.has_changed().unwrap_or(true);
+        let done = exchange(&state, &mut stream, &ex, closing).await;
+        finish(&state, port, peer, &ex, &done);
+        if !done.keep_alive {
+            return;
+        }
+    }
+}
+
+/// What [`prepare`] made of the buffered bytes. (Moved once per request; boxing the large
+/// variant would cost an allocation per request instead.)
+#[allow(clippy::large_enum_variant)]
+enum Prep {
+    /// Not all of the request is here yet.
+    More,
+    /// Not a request this path serves: the general path takes the connection.
+    HandOff,
+    Forward(Exchange),
+}
+
+/// A request ready to go upstream.
+struct Exchange {
+    /// Bytes of the client's buffer the request took (head and body).
+    len: usize,
+    /// The upstream request, head and body.
+    upstream: Vec<u8>,
+    action: Arc<Action>,
+    backend: Arc<Backend>,
+    head_request: bool,
+    idempotent: bool,
+    /// The client asked to close after this request.
+    close: bool,
+    /// The client after X-Forwarded-For handling.
+    client: SocketAddr,
+    started: Instant,
+    /// Kept only when an observer or the access log wants it.
+    seen: Option<Seen>,
+}
+
+/// What the record and the access log need of a request.
+struct Seen {
+    at: SystemTime,
+    method: http::Method,
+    host: String,
+    target: String,
+    log: Option<LogFields>,
+}
+
+/// Parses a request at the start of `buf`, routes it and writes the upstream request.
+fn prepare(state: &State, router: &Router, peer: SocketAddr, buf: &[u8]) -> Prep {
+    let started = Instant::now();
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < REQUEST_HEADER_BYTES_MAX => return Prep::More,
+        _ => return Prep::HandOff,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Prep::HandOff;
+    };
+    if !target.starts_with('/') {
+        return Prep::HandOff;
+    }
+    let headers: &[httparse::Header<'_>] = req.headers;
+    let mut host = None;
+    let mut length = None;
+    let mut close = false;
+    for h in headers {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return Prep::HandOff;
+            }
+            host = std::str::from_utf8(h.value).ok();
+        } else if name.eq_ignore_ascii_case("content-length") {
+            match (content_length(h.value), length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Prep::HandOff,
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"upgrade") {
+                    return Prep::HandOff;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("expect")
+            || name.eq_ignore_ascii_case("upgrade")
+        {
+            return Prep::HandOff;
+        }
+    }
+    let body = length.unwrap_or(0);
+    if body > REQUEST_BODY_BYTES_MAX {
+        return Prep::HandOff;
+    }
+    let len = head_len + body;
+    if buf.len() < len {
+        return Prep::More;
+    }
+    let Some(host) = host.map(host_without_port) else {
+        return Prep::HandOff;
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let Some(entry) = router.find(&host, method, path, query, headers) else {
+        return Prep::HandOff;
+    };
+    let action = &entry.action;
+    if !plain(action, headers) {
+        return Prep::HandOff;
+    }
+    let seq = state.next.fetch_add(1, Ordering::Relaxed);
+    let Some(backend) = pick_weighted(&action.backends, seq) else {
+        return Prep::HandOff;
+    };
+    if backend.invalid.is_some() || backend.endpoints.is_empty() {
+        return Prep::HandOff;
+    }
+    let client = router.client_address(peer, headers);
+
+    let mut up = Vec::with_capacity(len + 128);
+    up.extend_from_slice(method.as_bytes());
+    up.push(b' ');
+    up.extend_from_slice(target.as_bytes());
+    up.extend_from_slice(b" HTTP/1.1\r\n");
+    let edits = &action.request_headers;
+    let named = connection_named(headers);
+    let mut forwarded_for: Option<&[u8]> = None;
+    let mut has_proto = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
+            // The first value is kept and the peer appended to it, as the general path does.
+            forwarded_for.get_or_insert(h.value);
+            continue;
+        }
+        has_proto |= h.name.eq_ignore_ascii_case("x-forwarded-proto");
+        if is_hop_by_hop(h.name, &named) || edited(edits, h.name) {
+            continue;
+        }
+        header_line(&mut up, h.name.as_bytes(), h.value);
+    }
+    if !edited(edits, "x-forwarded-for") {
+        up.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prev) = forwarded_for {
+            up.extend_from_slice(prev);
+            up.extend_from_slice(b", ");
+        }
+        up.extend_from_slice(peer.ip().to_string().as_bytes());
+        up.extend_from_slice(b"\r\n");
+    }
+    if !has_proto && !edited(edits, "x-forwarded-proto") {
+        up.extend_from_slice(b"x-forwarded-proto: http\r\n");
+    }
+    write_edits(&mut up, edits, client);
+    up.extend_from_slice(b"\r\n");
+    up.extend_from_slice(&buf[head_len..len]);
+
+    let seen = (state.observer.is_some() || state.access_log.is_some()).then(|| {
+        let log = state.access_log.as_ref().map(|_| {
+            LogFields::new(method, target, "HTTP/1.1", &host, |n| {
+                headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(n))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .map(str::to_string)
+            })
+        });
+        Seen {
+            at: SystemTime::now(),
+            method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
+            host: host.into_owned(),
+            target: target.to_string(),
+            log,
+        }
+    });
+    Prep::Forward(Exchange {
+        len,
+        upstream: up,
+        action: action.clone(),
+        backend: backend.clone(),
+        head_request: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
+        close,
+        client,
+        started,
+        seen,
+    })
+}
+
+/// Whether a rule only forwards (with header edits at most), for a request with these
+/// headers: everything else is the general path's.
+fn plain(a: &Action, headers: &[httparse::Header<'_>]) -> bool {
+    a.redirect.is_none()
+        && a.rewrite.is_none()
+        && a.mirrors.is_empty()
+        && !a.all_invalid
+        && a.timeout_request.is_none()
+        && a.timeout_backend.is_none()
+        && a.retry.is_none()
+        && !a.h2_upstream
+        && a.ext_auth.is_none()
+        && a.lua.is_empty()
+        && (a.compress.is_empty()
+            || !headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("accept-encoding")))
+}
+
+/// A Content-Length value: digits only.
+fn content_length(v: &[u8]) -> Option<usize> {
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The comma-separated tokens of a header value, trimmed.
+fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|b| *b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// Header names a Connection header lists (hop-by-hop for this message).
+fn connection_named<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a [u8]> {
+    let mut named = Vec::new();
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("connection") {
+            named.extend(tokens(h.value).filter(|t| !t.is_empty()));
+        }
+    }
+    named
+}
+
+fn is_hop_by_hop(name: &str, named: &[&[u8]]) -> bool {
+    HOP_BY_HOP.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+}
+
+/// Whether a header modifier sets or removes `name` (the original values are dropped).
+fn edited(e: &HeaderEdits, name: &str) -> bool {
+    e.set
+        .iter()
+        .any(|(n, _)| name.eq_ignore_ascii_case(n.as_str()))
+        || e.remove
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n.as_str()))
+}
+
+fn write_edits(out: &mut Vec<u8>, e: &HeaderEdits, client: SocketAddr) {
+    for (n, v) in e.set.iter().chain(&e.add) {
+        let v = expand_value(v, client);
+        // The same rule as the general path: values that are not valid header values are
+        // skipped.
+        if http::HeaderValue::from_str(&v).is_ok() {
+            header_line(out, n.as_str().as_bytes(), v.as_bytes());
+        }
+    }
+}
+
+fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response's body ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes; the client connection closes after it.
+    Close,
+}
+
+/// A response head, parsed and rewritten for the client.
+struct Head {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The upstream connection cannot be reused.
+    upstream_close: bool,
+    /// The client connection closes after this response.
+    client_close: bool,
+    /// The head for the client.
+    bytes: Vec<u8>,
+}
+
+enum Parsed {
+    More,
+    /// A 1xx response of this many bytes, dropped (the client sent no `Expect`).
+    Informational(usize),
+    Head(Head),
+}
+
+/// Parses the upstream's response head and writes the client's.
+fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(ub) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if ub.len() < RESPONSE_HEADER_BYTES_MAX => {
+            return Ok(Parsed::More);
+        }
+        Ok(httparse::Status::Partial) => return Err("response head too large"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err("malformed response head");
+    };
+    if status == 101 {
+        return Err("unexpected protocol switch");
+    }
+    if (100..200).contains(&status) {
+        return Ok(Parsed::Informational(len));
+    }
+    let headers: &[httparse::Header<'_>] = resp.headers;
+    let mut chunked = None;
+    let mut length = None;
+    let mut upstream_close = version == 0;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = Some(
+                tokens(h.value)
+                    .last()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
+            );
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            match (content_length(h.value), length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Err("invalid content-length in response"),
+            }
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for t in tokens(h.value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    upstream_close = true;
+                } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
+                    upstream_close = false;
+                }
+            }
+        }
+    }
+    let framing = if ex.head_request || status == 204 || status == 304 {
+        Framing::None
+    } else {
+        match (chunked, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n as u64),
+            (None, None) => Framing::Close,
+        }
+    };
+    let client_close = ex.close || closing || framing == Framing::Close;
+    let mut out = Vec::with_capacity(len + 64);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let named = connection_named(headers);
+    let edits = &ex.action.response_headers;
+    for h in headers {
+        let keep_te =
+            framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
+        if !keep_te && (is_hop_by_hop(h.name, &named) || edited(edits, h.name)) {
+            continue;
+        }
+        header_line(&mut out, h.name.as_bytes(), h.value);
+    }
+    write_edits(&mut out, edits, ex.client);
+    if client_close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Parsed::Head(Head {
+        len,
+        status,
+        framing,
+        upstream_close: upstream_close || framing == Framing::Close,
+        client_close,
+        bytes: out,
+    }))
+}
+
+/// How an exchange ended.
+struct Done {
+    status: u16,
+    /// From the request head to the response head.
+    latency: Duration,
+    /// The endpoint that answered; `None` when the gateway answered itself.
+    upstream: Option<SocketAddr>,
+    /// The client connection can serve another request.
+    keep_alive: bool,
+}
+
+/// Sends the request upstream and the response to the client.
+async fn exchange(state: &State, client: &mut TcpStream, ex: &Exchange, closing: bool) -> Done {
+    let local = |status: u16, keep_alive: bool| Done {
+        status,
+        latency: ex.started.elapsed(),
+        upstream: None,
+        keep_alive,
+    };
+    let backend = &ex.backend;
+    let mut fresh_only = false;
+    let mut last_err = String::new();
+    'attempt: loop {
+        let Some((ep, mut up, reused)) = connect(state, backend, fresh_only, &mut last_err).await
+        else {
+            let why = format!("upstream connect error or retries exhausted: {last_err}");
+            let keep = answer(client, 503, &why, ex.close || closing).await;
+            return local(503, keep);
+        };
+        let failed = |e: &dyn std::fmt::Display| format!("upstream {} failed: {e}", ep.addr);
+        if let Err(e) = up.write_all(&ex.upstream).await {
+            if reused {
+                // A pooled connection the upstream had closed: nothing was received.
+                fresh_only = true;
+                continue 'attempt;
+            }
+            let keep = answer(client, 502, &failed(&e), ex.close || closing).await;
+            return local(502, keep);
+        }
+        let mut ub = BytesMut::new();
+        let head = loop {
+            let read = read_some(&up, &mut ub, UPSTREAM_READ_BYTES).await;
+            let why = match read {
+                Ok(0) => "connection closed before the response".to_string(),
+                Err(e) => e.to_string(),
+                Ok(_) => match response_head(&ub, ex, closing) {
+                    Ok(Parsed::Head(h)) => break h,
+                    Ok(Parsed::More) => continue,
+                    Ok(Parsed::Informational(n)) => {
+                        ub.advance(n);
+                        if ub.is_empty() {
+                            continue;
+                        }
+                        match response_head(&ub, ex, closing) {
+                            Ok(Parsed::Head(h)) => break h,
+                            Ok(_) => continue,
+                            Err(e) => e.to_string(),
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                },
+            };
+            if reused && ub.is_empty() && ex.idempotent {
+                // Closed while the request was on its way: safe to send again.
+                fresh_only = true;
+                continue 'attempt;
+            }
+            let keep = answer(client, 502, &failed(&why), ex.close || closing).await;
+            return local(502, keep);
+        };
+        let latency = ex.started.elapsed();
+        let body = &ub[head.len..];
+        let sent = pass_body(client, &mut up, &head, body).await;
+        let (complete, extra) = match sent {
+            Ok(extra) => (true, extra),
+            Err(_) => (false, true),
+        };
+        if complete && !extra && !head.upstream_close {
+            state.h1_pool.put(ep.addr, backend.keepalive, up);
+        }
+        return Done {
+            status: head.status,
+            latency,
+            upstream: Some(ep.addr),
+            keep_alive: complete && !head.client_close,
+        };
+    }
+}
+
+/// An upstream connection for `backend`: a pooled one unless `fresh_only`, else a new one,
+/// trying the next endpoint when one refuses (and ejecting it for a while). Returns the
+/// endpoint, the connection, and whether it was pooled.
+async fn connect<'a>(
+    state: &State,
+    backend: &'a Backend,
+    fresh_only: bool,
+    last_err: &mut String,
+) -> Option<(&'a Upstream, TcpStream, bool)> {
+    let n = backend.endpoints.len();
+    let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
+    let now = crate::plan::now_ms();
+    let mut order: Vec<usize> = (0..n)
+        .map(|i| (start + i) % n)
+        .filter(|&i| !backend.endpoints[i].is_ejected(now))
+        .collect();
+    if order.is_empty() {
+        // Everything ejected: try anyway rather than fail without trying.
+        order = (0..n).map(|i| (start + i) % n).collect();
+    }
+    for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
+        let ep = &backend.endpoints[i];
+        if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {
+            return Some((ep, s, true));
+        }
+        let made = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
+        match made {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                if let Some(k) = &backend.keepalive
+                    && let Err(e) = crate::proxy::set_keepalive(&s, k)
+                {
+                    tracing::debug!(error = %e, upstream = %ep.addr, "cannot set keep-alive");
+                }
+                return Some((ep, s, false));
+            }
+            Ok(Err(e)) => *last_err = format!("{}: {e}", ep.addr),
+            Err(_) => *last_err = format!("{}: connect timed out", ep.addr),
+        }
+        state.metrics.upstream_connect_failures.inc();
+        ep.eject(crate::plan::now_ms() + EJECT_MS);
+    }
+    None
+}
+
+/// Writes the response head and body to the client. Returns whether the upstream sent bytes
+/// past the response's end (then its connection is not reused); an error when either side
+/// failed before the end.
+async fn pass_body(
+    client: &mut TcpStream,
+    up: &mut TcpStream,
+    head: &Head,
+    first: &[u8],
+) -> io::Result<bool> {
+    match head.framing {
+        Framing::None => {
+            client.write_all(&head.bytes).await?;
+            Ok(!first.is_empty())
+        }
+        Framing::Length(n) => {
+            let have = first.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            write_two(client, &head.bytes, &first[..have]).await?;
+            let mut rest = n - have as u64;
+            let extra = first.len() > have;
+            let mut ub = BytesMut::new();
+            while rest > 0 {
+                ub.clear();
+                let want = usize::try_from(rest).unwrap_or(usize::MAX).min(64 * 1024);
+                let got = read_some(up, &mut ub, want).await?;
+                if got == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                let take = got.min(usize::try_from(rest).unwrap_or(usize::MAX));
+                client.write_all(&ub[..take]).await?;
+                rest -= take as u64;
+                if got > take {
+                    return Ok(true);
+                }
+            }
+            Ok(extra)
+        }
+        Framing::Chunked => {
+            let mut chunks = Chunked::default();
+            let end = chunks.feed(first).map_err(invalid_chunk)?;
+            write_two(client, &head.bytes, &first[..end.unwrap_or(first.len())]).await?;
+            if let Some(end) = end {
+                return Ok(end < first.len());
+            }
+            let mut ub = BytesMut::new();
+            loop {
+                ub.clear();
+                if read_some(up, &mut ub, 64 * 1024).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                let end = chunks.feed(&ub).map_err(invalid_chunk)?;
+                client.write_all(&ub[..end.unwrap_or(ub.len())]).await?;
+                if let Some(end) = end {
+                    return Ok(end < ub.len());
+                }
+            }
+        }
+        Framing::Close => {
+            write_two(client, &head.bytes, first).await?;
+            let mut ub = BytesMut::new();
+            loop {
+                ub.clear();
+                if read_some(up, &mut ub, 64 * 1024).await? == 0 {
+                    return Ok(false);
+                }
+                client.write_all(&ub).await?;
+            }
+        }
+    }
+}
+
+fn invalid_chunk(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// Counts, logs and records a finished exchange.
+fn finish(state: &State, port: u16, peer: SocketAddr, ex: &Exchange, done: &Done) {
+    state.metrics.h1_fast.inc();
+    let counters = ex
+        .action
+        .counters
+        .get_or_init(|| state.metrics.route_counters(&ex.action.route));
+    state.metrics.observe(counters, done.status, done.latency);
+    let Some(seen) = &ex.seen else { return };
+    if let Some(log) = &state.access_log {
+        crate::proxy::access_log_line(
+            state,
+            log,
+            &ex.action.route,
+            &seen.log,
+            done.status,
+            ex.started,
+            ex.client,
+        );
+    }
+    if let Some(observer) = &state.observer {
+        let upstream = done.upstream;
+        observer.0.request(crate::record::RequestRecord {
+            started: seen.at,
+            latency: done.latency,
+            method: seen.method.clone(),
+            version: "HTTP/1.1",
+            scheme: "http",
+            host: seen.host.clone(),
+            path_and_query: seen.target.clone(),
+            status: done.status,
+            client: ex.client,
+            peer,
+            listener_port: port,
+            action: Some(ex.action.clone()),
+            backend: upstream.map(|_| ex.backend.clone()),
+            upstream,
+        });
+    }
+}
+
+/// Answers the client itself (the upstream failed); returns whether the connection stays.
+async fn answer(client: &mut TcpStream, status: u16, why: &str, close: bool) -> bool {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let body = format!("{why}\n");
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+    write_two(client, head.as_bytes(), body.as_bytes())
+        .await
+        .is_ok()
+        && !close
+}
+
+/// Reads what the socket has into `buf` (grown by `want` first). A read shorter than the
+/// room it had means the socket is drained, so its readiness is cleared: the next wait goes
+/// to the poller instead of costing a read that would block.
+async fn read_some(s: &TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
+    buf.reserve(want);
+    loop {
+        s.readable().await?;
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        let r = s.try_io(Interest::READABLE, || {
+            let n = s.try_read_buf(buf)?;
+            got = Some(n);
+            if n > 0 && n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
+            }
+        });
+        match (r, got) {
+            (Ok(n), _) | (Err(_), Some(n)) => return Ok(n),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {}
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
+/// Writes `a` then `b`, in one system call when the socket takes both.
+async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = s
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    s.write_all(b).await
+}
+
+/// Finds the end of a chunked body as its bytes pass by (RFC 9112 §7.1), without changing
+/// them.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    /// Size of the chunk being read.
+    size: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk size's hex digits.
+    #[default]
+    Size,
+    /// After the size: extensions until CR.
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// At the start of a trailer line (or of the final CRLF).
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+impl Chunked {
+    /// Feeds the next bytes of the body; returns the offset just past the body's end when it
+    /// is in `data`.
+    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, &'static str> {
+        use ChunkState as S;
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            match self.state {
+                S::Size => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(u64::from(d)))
+                            .ok_or("chunk size too large")?;
+                    }
+                    None if b == b'\r' => self.state = S::SizeLf,
+                    None if b == b';' || b == b' ' || b == b'\t' => self.state = S::Extension,
+                    None => return Err("invalid chunk size"),
+                },
+                S::Extension => {
+                    if b == b'\r' {
+                        self.state = S::SizeLf;
+                    }
+                }
+                S::SizeLf => {
+                    if b != b'\n' {
+                        return Err("invalid chunk size line");
+                    }
+                    self.state = if self.size == 0 {
+                        S::TrailerStart
+                    } else {
+                        S::Data
+                    };
+                }
+                S::Data => {
+                    let take = usize::try_from(self.size)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len() - i);
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = S::DataCr;
+                    }
+                    continue;
+                }
+                S::DataCr => {
+                    if b != b'\r' {
+                        return Err("chunk data too long");
+                    }
+                    self.state = S::DataLf;
+                }
+                S::DataLf => {
+                    if b != b'\n' {
+                        return Err("chunk data too long");
+                    }
+                    self.state = S::Size;
+                }
+                S::TrailerStart => {
+                    self.state = if b == b'\r' { S::EndLf } else { S::TrailerLine };
+                }
+                S::TrailerLine => {
+                    if b == b'\r' {
+                        self.state = S::TrailerLf;
+                    }
+                }
+                S::TrailerLf => {
+                    if b != b'\n' {
+                        return Err("invalid trailer line");
+                    }
+                    self.state = S::TrailerStart;
+                }
+                S::EndLf => {
+                    if b != b'\n' {
+                        return Err("invalid end of chunked body");
+                    }
+                    return Ok(Some(i + 1));
+                }
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn end_of(parts: &[&[u8]]) -> Option<(usize, usize)> {
+        let mut c = Chunked::default();
+        for (k, p) in parts.iter().enumerate() {
+            if let Some(end) = c.feed(p).expect("valid chunked body") {
+                return Some((k, end));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn chunked_end_is_found_across_reads() {
+        let body: &[u8] = b"5\r\nhello\r\n1;ext=1\r\n!\r\n0\r\n\r\nNEXT";
+        assert_eq!(end_of(&[body]), Some((0, body.len() - 4)));
+        // Split at every byte boundary: the end is found in the right piece, at the right place.
+        for cut in 1..body.len() - 4 {
+            let (a, b) = body.split_at(cut);
+            assert_eq!(
+                end_of(&[a, b]),
+                Some((1, body.len() - 4 - cut)),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(end_of(&[b"5\r\nhel"]), None);
+    }
+
+    #[test]
+    fn chunked_trailers_and_errors() {
+        let t: &[u8] = b"0\r\nx-checksum: 1\r\nx-other: 2\r\n\r\n";
+        assert_eq!(end_of(&[t]), Some((0, t.len())));
+        assert!(Chunked::default().feed(b"zz\r\n").is_err());
+        assert!(Chunked::default().feed(b"2\r\nabc\r\n").is_err());
+        assert!(Chunked::default().feed(b"fffffffffffffffff0\r\n").is_err());
+    }
+
+    #[test]
+    fn content_length_is_digits_only() {
+        assert_eq!(content_length(b"42"), Some(42));
+        assert_eq!(content_length(b"+42"), None);
+        assert_eq!(content_length(b""), None);
+        assert_eq!(content_length(b"4 2"), None);
+    }
+}

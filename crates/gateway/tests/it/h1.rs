@@ -1,0 +1,337 @@
+//! The gateway's own HTTP/1.1 path: framing passed through as the upstream sent it, pipelining,
+//! stale pooled connections, upstream failures, and the hand-off of everything else to the
+//! general path. Clients are raw sockets (so the bytes on the wire are what is checked),
+//! upstreams are the echo server or a scripted one that answers exactly what a test says.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gateway::metrics::Metrics;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::harness;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A route for `host` to Service `scripted` (the scripted upstream) and one for `echo.test` to
+/// the echo backend.
+fn manifests(upstream: std::net::SocketAddr) -> String {
+    format!(
+        "{}\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: scripted, namespace: gateway-conformance-infra}}\n\
+         spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [scripted.test]\n  rules:\n    - backendRefs: [{{name: scripted, port: 8080}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: echo, namespace: gateway-conformance-infra}}\n\
+         spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [echo.test]\n  rules:\n    - backendRefs: [{{name: infra-backend-v1, port: 8080}}]\n",
+        harness::service("gateway-conformance-infra", "scripted", upstream)
+    )
+}
+
+/// An upstream that answers the n-th request it reads (over all connections) with
+/// `script(n, request)`: the bytes to send, and whether to close the connection after them.
+async fn scripted(
+    script: impl Fn(usize, &str) -> (Vec<u8>, bool) + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let script = Arc::new(script);
+    let count = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let script = script.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = find(&buf, b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let req = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+                    buf.drain(..end + 4);
+                    let n = count.fetch_add(1, Ordering::SeqCst);
+                    let (reply, close) = script(n, &req);
+                    if s.write_all(&reply).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn gateway(
+    upstream: std::net::SocketAddr,
+) -> (harness::Backends, gateway::Running, Arc<Metrics>) {
+    let backends = harness::start_backends().await;
+    let metrics = Arc::new(Metrics::default());
+    let (_, running) = harness::serve(&backends, &manifests(upstream), metrics.clone()).await;
+    (backends, running, metrics)
+}
+
+/// Reads from `s` until `done(bytes so far)` or the connection closes; panics after [`WAIT`].
+async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 8192];
+        while !done(&got) {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the gateway answers in time");
+    got
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn connect(r: &gateway::Running) -> TcpStream {
+    TcpStream::connect(r.bound[&80]).await.expect("connect")
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_forwarded_headers() {
+    let up = scripted(|_, _| (Vec::new(), true)).await;
+    let (_b, r, m) = gateway(up).await;
+    let mut c = connect(&r).await;
+    c.write_all(
+        b"GET /first?x=1 HTTP/1.1\r\nHost: echo.test\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n\
+          POST /second HTTP/1.1\r\nHost: Echo.Test:80\r\nContent-Length: 5\r\nConnection: keep-alive, x-drop\r\nX-Drop: 1\r\n\r\nhello",
+    )
+    .await
+    .expect("write");
+    let got = read_until(&mut c, |b| text(b).matches("\"backend\"").count() == 2).await;
+    let t = text(&got);
+    let first = t.find("/first").expect("first answered");
+    let second = t.find("/second").expect("second answered");
+    assert!(first < second, "answers in request order: {t}");
+    assert!(
+        t.contains("10.0.0.9, 127.0.0.1"),
+        "X-Forwarded-For appended: {t}"
+    );
+    assert!(t.contains("x-forwarded-proto"), "{t}");
+    assert!(
+        !t.contains("x-drop"),
+        "headers named by Connection are dropped: {t}"
+    );
+    assert_eq!(m.h1_fast.get(), 2);
+    assert_eq!(m.h1_handoffs.get(), 0);
+}
+
+#[tokio::test]
+async fn chunked_close_delimited_head_and_informational_responses_pass_through() {
+    let up = scripted(|_, req| {
+        let path = req.split(' ').nth(1).unwrap_or_default().to_string();
+        let reply: &[u8] = match path.as_str() {
+            "/chunked" => {
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-sum\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"
+            }
+            "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+            "/nocontent" => b"HTTP/1.1 204 No Content\r\n\r\n",
+            "/early" => {
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            }
+            _ => b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end",
+        };
+        (reply.to_vec(), path == "/close")
+    })
+    .await;
+    let (_b, r, m) = gateway(up).await;
+    let mut c = connect(&r).await;
+    let ask = |method: &str, path: &str| {
+        format!("{method} {path} HTTP/1.1\r\nHost: scripted.test\r\n\r\n").into_bytes()
+    };
+
+    c.write_all(&ask("GET", "/chunked")).await.expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"x-sum: 11\r\n\r\n")).await);
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(
+        got.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n"),
+        "body as sent: {got}"
+    );
+
+    c.write_all(&ask("HEAD", "/head")).await.expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"\r\n\r\n")).await);
+    assert!(got.contains("Content-Length: 5"), "{got}");
+
+    c.write_all(&ask("GET", "/nocontent")).await.expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"\r\n\r\n")).await);
+    assert!(got.starts_with("HTTP/1.1 204"), "{got}");
+
+    c.write_all(&ask("GET", "/early")).await.expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"ok")).await);
+    assert!(
+        got.starts_with("HTTP/1.1 200 OK"),
+        "the 103 is not passed on: {got}"
+    );
+
+    // A body that ends when the upstream closes: the client connection closes after it.
+    c.write_all(&ask("GET", "/close")).await.expect("write");
+    let got = text(&read_until(&mut c, |_| false).await);
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nuntil the end"), "{got}");
+    assert_eq!(m.h1_fast.get(), 5);
+    assert_eq!(m.h1_handoffs.get(), 0);
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_dropped_is_retried_only_when_safe() {
+    // Every connection answers its first request, then reads the next one and closes without
+    // an answer (as an upstream whose keep-alive timer ran out at that moment).
+    let dropper = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let dropper_addr = dropper.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = dropper.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut answered = 0;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = find(&buf, b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if answered == 1 {
+                            return; // drop the connection with the request unanswered
+                        }
+                        answered += 1;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    let (_b, r, m) = gateway(dropper_addr).await;
+    let mut c = connect(&r).await;
+    let ask = |method: &str| {
+        format!("{method} /x HTTP/1.1\r\nHost: scripted.test\r\nContent-Length: 0\r\n\r\n")
+            .into_bytes()
+    };
+    c.write_all(&ask("GET")).await.expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"ok")).await);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    // The pooled connection is dropped on the next request: a GET is sent again.
+    c.write_all(&ask("GET")).await.expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"ok")).await);
+    assert!(
+        got.starts_with("HTTP/1.1 200"),
+        "retried on a new connection: {got}"
+    );
+    // A POST might have been acted on: it is not sent twice, the client gets a 502.
+    c.write_all(&ask("POST")).await.expect("write");
+    let got = text(
+        &read_until(&mut c, |b| {
+            b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()
+        })
+        .await,
+    );
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    assert!(
+        got.contains("connection closed before the response"),
+        "{got}"
+    );
+    assert_eq!(m.h1_handoffs.get(), 0);
+}
+
+#[tokio::test]
+async fn a_malformed_or_missing_upstream_is_a_clear_error() {
+    let up = scripted(|_, _| (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), true)).await;
+    let (_b, r, m) = gateway(up).await;
+    let mut c = connect(&r).await;
+    c.write_all(b"GET / HTTP/1.1\r\nHost: scripted.test\r\n\r\n")
+        .await
+        .expect("write");
+    let got = text(
+        &read_until(&mut c, |b| {
+            b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()
+        })
+        .await,
+    );
+    assert!(got.starts_with("HTTP/1.1 502 Bad Gateway"), "{got}");
+    assert!(got.contains("malformed response head"), "{got}");
+    assert_eq!(m.h1_fast.get(), 1);
+
+    // An upstream that refuses connections: 503 naming it, and the client connection stays.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gone = closed.local_addr().expect("addr");
+    drop(closed);
+    let (_b2, r2, m2) = gateway(gone).await;
+    let mut c = connect(&r2).await;
+    for _ in 0..2 {
+        c.write_all(b"GET / HTTP/1.1\r\nHost: scripted.test\r\n\r\n")
+            .await
+            .expect("write");
+        let got = text(
+            &read_until(&mut c, |b| {
+                b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()
+            })
+            .await,
+        );
+        assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+        assert!(got.contains(&gone.to_string()), "{got}");
+    }
+    assert!(m2.upstream_connect_failures.get() >= 2);
+}
+
+#[tokio::test]
+async fn what_the_own_path_does_not_serve_is_handed_over_and_served() {
+    let up = scripted(|_, _| (Vec::new(), true)).await;
+    let (b, r, m) = gateway(up).await;
+    // HTTP/1.0: the general path serves it.
+    let mut c = connect(&r).await;
+    c.write_all(b"GET /ten HTTP/1.0\r\nHost: echo.test\r\n\r\n")
+        .await
+        .expect("write");
+    let got = text(&read_until(&mut c, |_| false).await);
+    assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+    assert_eq!(m.h1_handoffs.get(), 1);
+    // A chunked request body, after a request the own path served on the same connection.
+    let mut c = connect(&r).await;
+    c.write_all(
+        b"GET /plain HTTP/1.1\r\nHost: echo.test\r\n\r\n\
+          POST /chunky HTTP/1.1\r\nHost: echo.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let got = text(&read_until(&mut c, |b| text(b).matches("\"backend\"").count() == 2).await);
+    assert!(got.contains("/plain") && got.contains("/chunky"), "{got}");
+    assert_eq!(m.h1_handoffs.get(), 2);
+    let echo = &b.0["gateway-conformance-infra/infra-backend-v1"];
+    assert!(
+        echo.seen()
+            .iter()
+            .any(|s| s.path == "/chunky" && s.method == "POST")
+    );
+    // A client that asks to close gets `connection: close` and the connection ends.
+    let mut c = connect(&r).await;
+    c.write_all(b"GET /bye HTTP/1.1\r\nHost: echo.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let got = text(&read_until(&mut c, |_| false).await);
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.contains("/bye"), "{got}");
+}
