@@ -399,6 +399,30 @@ pub async fn start(
     start_with(addr, views, forwarder, Ops::default()).await
 }
 
+/// Times a free UDP port is tried for TCP too when `addr` asks for any port.
+const ANY_PORT_ATTEMPTS: usize = 16;
+
+/// A UDP socket and a TCP listener on the same port. For port 0 the UDP socket picks the
+/// port, and when that port is taken for TCP another one is tried.
+async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut attempt = 0;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e)
+                if addr.port() == 0
+                    && e.kind() == std::io::ErrorKind::AddrInUse
+                    && attempt + 1 < ANY_PORT_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// [`start`], recording metrics and the query log as `ops` says.
 pub async fn start_with(
     addr: SocketAddr,
@@ -406,9 +430,9 @@ pub async fn start_with(
     forwarder: Option<Arc<Forwarder>>,
     ops: Ops,
 ) -> std::io::Result<Running> {
-    let udp = Arc::new(UdpSocket::bind(addr).await?);
+    let (udp, tcp) = bind_pair(addr).await?;
+    let udp = Arc::new(udp);
     let udp_addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(SocketAddr::new(addr.ip(), udp_addr.port())).await?;
     let tcp_addr = tcp.local_addr()?;
     let views = Arc::new(ArcSwap::from_pointee(views));
     let listener = UdpListener {
