@@ -16,7 +16,7 @@
 //! general path defines it; this path only makes the common case cheap.
 
 use std::collections::BTreeMap;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -140,8 +140,9 @@ pub(crate) async fn serve(
         buf.advance(ex.len);
         let closing = drain.has_changed().unwrap_or(true);
         let done = exchange(&state, &mut stream, &ex, closing).await;
-        finish(&state, port, peer, &ex, &done);
-        if !done.keep_alive {
+        let keep_alive = done.keep_alive;
+        finish(&state, port, peer, ex, &done);
+        if !keep_alive {
             return;
         }
     }
@@ -292,7 +293,7 @@ fn prepare(state: &State, router: &Router, peer: SocketAddr, buf: &[u8]) -> Prep
             up.extend_from_slice(prev);
             up.extend_from_slice(b", ");
         }
-        up.extend_from_slice(peer.ip().to_string().as_bytes());
+        let _ = write!(up, "{}", peer.ip());
         up.extend_from_slice(b"\r\n");
     }
     if !has_proto && !edited(edits, "x-forwarded-proto") {
@@ -506,8 +507,7 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
     let client_close = ex.close || closing || framing == Framing::Close;
     let mut out = Vec::with_capacity(len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.to_string().as_bytes());
-    out.push(b' ');
+    let _ = write!(out, "{status} ");
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let named = connection_named(headers);
@@ -744,14 +744,14 @@ fn invalid_chunk(why: &'static str) -> io::Error {
 }
 
 /// Counts, logs and records a finished exchange.
-fn finish(state: &State, port: u16, peer: SocketAddr, ex: &Exchange, done: &Done) {
+fn finish(state: &State, port: u16, peer: SocketAddr, ex: Exchange, done: &Done) {
     state.metrics.h1_fast.inc();
     let counters = ex
         .action
         .counters
         .get_or_init(|| state.metrics.route_counters(&ex.action.route));
     state.metrics.observe(counters, done.status, done.latency);
-    let Some(seen) = &ex.seen else { return };
+    let Some(seen) = ex.seen else { return };
     if let Some(log) = &state.access_log {
         crate::proxy::access_log_line(
             state,
@@ -768,17 +768,17 @@ fn finish(state: &State, port: u16, peer: SocketAddr, ex: &Exchange, done: &Done
         observer.0.request(crate::record::RequestRecord {
             started: seen.at,
             latency: done.latency,
-            method: seen.method.clone(),
+            method: seen.method,
             version: "HTTP/1.1",
             scheme: "http",
-            host: seen.host.clone(),
-            path_and_query: seen.target.clone(),
+            host: seen.host,
+            path_and_query: seen.target,
             status: done.status,
             client: ex.client,
             peer,
             listener_port: port,
-            action: Some(ex.action.clone()),
-            backend: upstream.map(|_| ex.backend.clone()),
+            action: Some(ex.action),
+            backend: upstream.map(|_| ex.backend),
             upstream,
         });
     }
