@@ -16,6 +16,7 @@
 //! general path defines it; this path only makes the common case cheap.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use futures_util::FutureExt;
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -47,9 +47,6 @@ const RESPONSE_HEADER_BYTES_MAX: usize = 64 * 1024;
 /// Headers parsed per request or response; more go to the general path (requests) or are a
 /// bad gateway (responses).
 const HEADERS_MAX: usize = 100;
-/// An idle upstream connection older than this is closed instead of reused (upstreams
-/// commonly close idle keep-alives after 60 s or more).
-const POOL_IDLE_MAX: Duration = Duration::from_secs(30);
 /// Time to connect to an endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -57,16 +54,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub(crate) struct Pool(std::sync::Mutex<PoolMap>);
 
-type PoolMap = BTreeMap<(SocketAddr, Option<Keepalive>), Vec<(TcpStream, Instant)>>;
+type PoolMap = BTreeMap<(SocketAddr, Option<Keepalive>), Vec<TcpStream>>;
 
 impl Pool {
     /// An idle connection to `addr` that is still usable, if any.
     fn take(&self, addr: SocketAddr, keepalive: Option<Keepalive>) -> Option<TcpStream> {
         let mut map = self.0.lock().ok()?;
         let idle = map.get_mut(&(addr, keepalive))?;
-        while let Some((s, since)) = idle.pop() {
-            // Readable while idle means the upstream closed it (or sent garbage).
-            if since.elapsed() < POOL_IDLE_MAX && s.readable().now_or_never().is_none() {
+        while let Some(s) = idle.pop() {
+            // Readable while idle means the upstream closed it (or sent garbage). (A noop
+            // waker: the next real wait replaces it.)
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if s.poll_read_ready(&mut cx).is_pending() {
                 return Some(s);
             }
         }
@@ -77,7 +76,7 @@ impl Pool {
         if let Ok(mut map) = self.0.lock() {
             let idle = map.entry((addr, keepalive)).or_default();
             if idle.len() < POOL_IDLE_PER_HOST_MAX {
-                idle.push((s, Instant::now()));
+                idle.push(s);
             }
         }
     }
@@ -89,9 +88,17 @@ pub(crate) async fn serve(
     port: u16,
     peer: SocketAddr,
     mut stream: TcpStream,
-    mut drain: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
+    if *drain.borrow() {
+        // Accepted just as the drain began.
+        return;
+    }
     let mut buf = BytesMut::new();
+    // One wait for the drain for the connection's life (registered once, not per request).
+    let mut drain_wait = drain.clone();
+    let drained = drain_wait.changed();
+    tokio::pin!(drained);
     loop {
         // Until a whole request (head and body) is buffered.
         let mut deadline = None;
@@ -121,8 +128,8 @@ pub(crate) async fn serve(
                 buf = BytesMut::new();
                 tokio::select! {
                     biased;
-                    r = stream.readable() => if r.is_err() { return },
-                    _ = drain.changed() => return,
+                    r = poll_fn(|cx| stream.poll_read_ready(cx)) => if r.is_err() { return },
+                    _ = &mut drained => return,
                 }
                 read_some(&stream, &mut buf, CLIENT_READ_BYTES).await
             } else {
@@ -246,8 +253,8 @@ fn prepare(state: &State, router: &Router, peer: SocketAddr, buf: &[u8]) -> Prep
     let Some(host) = host.map(host_without_port) else {
         return Prep::HandOff;
     };
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
     };
     let Some(entry) = router.find(&host, method, path, query, headers) else {
@@ -293,7 +300,7 @@ fn prepare(state: &State, router: &Router, peer: SocketAddr, buf: &[u8]) -> Prep
             up.extend_from_slice(prev);
             up.extend_from_slice(b", ");
         }
-        let _ = write!(up, "{}", peer.ip());
+        push_ip(&mut up, peer.ip());
         up.extend_from_slice(b"\r\n");
     }
     if !has_proto && !edited(edits, "x-forwarded-proto") {
@@ -409,6 +416,37 @@ fn write_edits(out: &mut Vec<u8>, e: &HeaderEdits, client: SocketAddr) {
     }
 }
 
+/// Writes a number in decimal without the formatting machinery.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -507,7 +545,8 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
     let client_close = ex.close || closing || framing == Framing::Close;
     let mut out = Vec::with_capacity(len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
-    let _ = write!(out, "{status} ");
+    push_decimal(&mut out, u64::from(status));
+    out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let named = connection_named(headers);
@@ -809,7 +848,8 @@ async fn answer(client: &mut TcpStream, status: u16, why: &str, close: bool) -> 
 async fn read_some(s: &TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
     buf.reserve(want);
     loop {
-        s.readable().await?;
+        // The socket's own reader slot, not a list of waiters: one task reads each socket.
+        poll_fn(|cx| s.poll_read_ready(cx)).await?;
         let room = buf.capacity() - buf.len();
         let mut got = None;
         let r = s.try_io(Interest::READABLE, || {
@@ -998,6 +1038,21 @@ mod tests {
         assert!(Chunked::default().feed(b"zz\r\n").is_err());
         assert!(Chunked::default().feed(b"2\r\nabc\r\n").is_err());
         assert!(Chunked::default().feed(b"fffffffffffffffff0\r\n").is_err());
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_would() {
+        for n in [0u64, 7, 10, 204, 65535, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for ip in ["10.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "fe80::1:2"] {
+            let ip: std::net::IpAddr = ip.parse().expect("ip");
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
     }
 
     #[test]
