@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -83,11 +83,41 @@ impl Pool {
 }
 
 /// Serves a plain-text client connection until it closes, or hands it to the general path.
-pub(crate) async fn serve(
+/// A client connection: plain TCP, or TLS over it.
+pub(crate) trait Client: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits for the next request's first bytes and reads them into `buf` (empty while
+    /// idle, so that a plain idle connection holds no buffer).
+    fn read_idle(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+    /// Reads more of a request into `buf`.
+    fn read_more(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+impl Client for TcpStream {
+    async fn read_idle(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read_ready(cx)).await?;
+        read_some(self, buf, CLIENT_READ_BYTES).await
+    }
+    async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        read_some(self, buf, CLIENT_READ_BYTES).await
+    }
+}
+
+impl Client for tokio_rustls::server::TlsStream<Prefixed<TcpStream>> {
+    async fn read_idle(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.read_more(buf).await
+    }
+    async fn read_more(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        buf.reserve(CLIENT_READ_BYTES);
+        self.read_buf(buf).await
+    }
+}
+
+pub(crate) async fn serve<S: Client>(
     state: Arc<State>,
     port: u16,
     peer: SocketAddr,
-    mut stream: TcpStream,
+    scheme: &'static str,
+    mut stream: S,
     drain: watch::Receiver<bool>,
 ) {
     if *drain.borrow() {
@@ -108,7 +138,7 @@ pub(crate) async fn serve(
                 let Some(router) = ports.get(&port).and_then(|l| l.router()) else {
                     return;
                 };
-                match prepare(&state, router, peer, &buf) {
+                match prepare(&state, router, peer, scheme, &buf) {
                     Prep::More => {}
                     Prep::Forward(ex) => break ex,
                     Prep::HandOff => {
@@ -118,7 +148,7 @@ pub(crate) async fn serve(
                             prefix: buf.freeze(),
                             inner: stream,
                         };
-                        crate::proxy::serve_http(state, port, peer, "http", io, drain).await;
+                        crate::proxy::serve_http(state, port, peer, scheme, io, drain).await;
                         return;
                     }
                 }
@@ -128,15 +158,14 @@ pub(crate) async fn serve(
                 buf = BytesMut::new();
                 tokio::select! {
                     biased;
-                    r = poll_fn(|cx| stream.poll_read_ready(cx)) => if r.is_err() { return },
+                    r = stream.read_idle(&mut buf) => r,
                     _ = &mut drained => return,
                 }
-                read_some(&stream, &mut buf, CLIENT_READ_BYTES).await
             } else {
                 // Part of a request: the rest must come within the header read timeout.
                 let d = *deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + HEADER_READ_TIMEOUT);
-                tokio::time::timeout_at(d, read_some(&stream, &mut buf, CLIENT_READ_BYTES))
+                tokio::time::timeout_at(d, stream.read_more(&mut buf))
                     .await
                     .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
             };
@@ -148,7 +177,7 @@ pub(crate) async fn serve(
         let closing = drain.has_changed().unwrap_or(true);
         let done = exchange(&state, &mut stream, &ex, closing).await;
         let keep_alive = done.keep_alive;
-        finish(&state, port, peer, ex, &done);
+        finish(&state, port, peer, scheme, ex, &done);
         if !keep_alive {
             return;
         }
@@ -195,7 +224,13 @@ struct Seen {
 }
 
 /// Parses a request at the start of `buf`, routes it and writes the upstream request.
-fn prepare(state: &State, router: &Router, peer: SocketAddr, buf: &[u8]) -> Prep {
+fn prepare(
+    state: &State,
+    router: &Router,
+    peer: SocketAddr,
+    scheme: &'static str,
+    buf: &[u8],
+) -> Prep {
     let started = Instant::now();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
@@ -304,7 +339,7 @@ fn prepare(state: &State, router: &Router, peer: SocketAddr, buf: &[u8]) -> Prep
         up.extend_from_slice(b"\r\n");
     }
     if !has_proto && !edited(edits, "x-forwarded-proto") {
-        up.extend_from_slice(b"x-forwarded-proto: http\r\n");
+        header_line(&mut up, b"x-forwarded-proto", scheme.as_bytes());
     }
     write_edits(&mut up, edits, client);
     up.extend_from_slice(b"\r\n");
@@ -586,7 +621,7 @@ struct Done {
 }
 
 /// Sends the request upstream and the response to the client.
-async fn exchange(state: &State, client: &mut TcpStream, ex: &Exchange, closing: bool) -> Done {
+async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closing: bool) -> Done {
     let local = |status: u16, keep_alive: bool| Done {
         status,
         latency: ex.started.elapsed(),
@@ -712,7 +747,7 @@ async fn connect<'a>(
 /// past the response's end (then its connection is not reused); an error when either side
 /// failed before the end.
 async fn pass_body(
-    client: &mut TcpStream,
+    client: &mut impl Client,
     up: &mut TcpStream,
     head: &Head,
     first: &[u8],
@@ -783,7 +818,14 @@ fn invalid_chunk(why: &'static str) -> io::Error {
 }
 
 /// Counts, logs and records a finished exchange.
-fn finish(state: &State, port: u16, peer: SocketAddr, ex: Exchange, done: &Done) {
+fn finish(
+    state: &State,
+    port: u16,
+    peer: SocketAddr,
+    scheme: &'static str,
+    ex: Exchange,
+    done: &Done,
+) {
     state.metrics.h1_fast.inc();
     let counters = ex
         .action
@@ -809,7 +851,7 @@ fn finish(state: &State, port: u16, peer: SocketAddr, ex: Exchange, done: &Done)
             latency: done.latency,
             method: seen.method,
             version: "HTTP/1.1",
-            scheme: "http",
+            scheme,
             host: seen.host,
             path_and_query: seen.target,
             status: done.status,
@@ -824,7 +866,7 @@ fn finish(state: &State, port: u16, peer: SocketAddr, ex: Exchange, done: &Done)
 }
 
 /// Answers the client itself (the upstream failed); returns whether the connection stays.
-async fn answer(client: &mut TcpStream, status: u16, why: &str, close: bool) -> bool {
+async fn answer(client: &mut impl Client, status: u16, why: &str, close: bool) -> bool {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -870,7 +912,11 @@ async fn read_some(s: &TcpStream, buf: &mut BytesMut, want: usize) -> io::Result
 }
 
 /// Writes `a` then `b`, in one system call when the socket takes both.
-async fn write_two(s: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_two(
+    s: &mut (impl AsyncWrite + Unpin),
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
     while !a.is_empty() {
         let n = s
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])

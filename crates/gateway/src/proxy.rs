@@ -405,7 +405,7 @@ async fn accept_loop(
             match listen {
                 Listen::Http(_) => {
                     let _open = OpenConnection::new(&state);
-                    crate::h1::serve(state, port, peer, stream, drain).await;
+                    crate::h1::serve(state, port, peer, "http", stream, drain).await;
                 }
                 Listen::Tls(t) => {
                     let _open = OpenConnection::new(&state);
@@ -528,7 +528,12 @@ async fn serve_tls(
         inner: stream,
     };
     match tokio::time::timeout(CLIENT_HELLO_TIMEOUT, acceptor.accept(prefixed)).await {
-        Ok(Ok(tls)) => serve_http(state, port, peer, "https", tls, drain).await,
+        // HTTP/2 goes to hyper; HTTP/1.1 to the own path (which hands over what it does not
+        // serve).
+        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            serve_http(state, port, peer, "https", tls, drain).await;
+        }
+        Ok(Ok(tls)) => crate::h1::serve(state, port, peer, "https", tls, drain).await,
         _ => {
             state.metrics.tls_handshake_errors.inc();
         }
@@ -577,12 +582,12 @@ async fn tcp_proxy(
 }
 
 /// A stream that yields some already-read bytes before reading from the inner stream.
-pub(crate) struct Prefixed {
+pub(crate) struct Prefixed<S> {
     pub(crate) prefix: Bytes,
-    pub(crate) inner: tokio::net::TcpStream,
+    pub(crate) inner: S,
 }
 
-impl tokio::io::AsyncRead for Prefixed {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<S> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -598,7 +603,7 @@ impl tokio::io::AsyncRead for Prefixed {
     }
 }
 
-impl tokio::io::AsyncWrite for Prefixed {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<S> {
     fn poll_write(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,

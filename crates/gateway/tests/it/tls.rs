@@ -110,7 +110,8 @@ async fn https_passthrough_and_tcp_with_real_peers() {
         port_map: [(443, 0), (2222, 0)].into(),
         ..Default::default()
     };
-    let running = gateway::start(&plan, &bind, Arc::default())
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let running = gateway::start(&plan, &bind, metrics.clone())
         .await
         .expect("starts");
     let tls_port = running.bound[&443].port();
@@ -119,8 +120,10 @@ async fn https_passthrough_and_tcp_with_real_peers() {
     let ca = gw_ca.display().to_string();
 
     let task = tokio::task::spawn_blocking(move || {
-        // HTTPS terminated by trellis, HTTP/1.1 and HTTP/2 chosen by ALPN.
+        // HTTPS terminated by trellis, HTTP/1.1 and HTTP/2 chosen by ALPN: HTTP/1.1 on the own
+        // path, HTTP/2 on hyper's.
         for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+            let fast_before = metrics.h1_fast.get();
             let (code, out, err) = curl(&[
                 flag,
                 "--cacert",
@@ -137,6 +140,12 @@ async fn https_passthrough_and_tcp_with_real_peers() {
             let seen: serde_json::Value = serde_json::from_str(body).expect("echo json");
             assert_eq!(seen["backend"], "infra-backend-v1");
             assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+            let fast = metrics.h1_fast.get() - fast_before;
+            assert_eq!(
+                fast,
+                u64::from(version == "1.1"),
+                "HTTP/{version} served by the own path"
+            );
         }
         // An unknown name on the HTTPS listener: 404 from trellis, certificate still valid.
         let (code, out, _) = curl(&[
