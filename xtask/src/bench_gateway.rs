@@ -65,7 +65,7 @@ fn to_ms(s: &str) -> f64 {
     }
 }
 
-fn wrk(url: &str, headers: &[&str], secs: u32) -> Result<Run> {
+fn wrk(url: &str, headers: &[String], secs: u32) -> Result<Run> {
     let mut cmd = Command::new("taskset");
     cmd.args([
         "-c",
@@ -154,6 +154,20 @@ fn ensure_tools() -> Result<()> {
     ])
 }
 
+/// The encoding a compression scenario asks for (named in the scenario).
+fn encoding_of(scenario: &str) -> Option<&'static str> {
+    ["gzip", "zstd", "br"]
+        .into_iter()
+        .find(|e| scenario.split('-').any(|part| part == *e))
+}
+
+fn accept_encoding(scenario: &str) -> Vec<String> {
+    encoding_of(scenario)
+        .map(|e| format!("Accept-Encoding: {e}"))
+        .into_iter()
+        .collect()
+}
+
 fn write_configs(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::create_dir_all(dir.join("www"))?;
@@ -178,6 +192,12 @@ fn write_configs(dir: &Path) -> Result<()> {
         json.insert(json.len() - 2, ' ');
     }
     std::fs::write(dir.join("www/data.json"), &json)?;
+    // A 20 KB one for compression: twice the same shape, so it compresses as real JSON does.
+    let mut big = json.clone();
+    big.truncate(big.len() - 2);
+    big.push(',');
+    big.push_str(&json["{\"endpoints\":[".len()..]);
+    std::fs::write(dir.join("www/data20k.json"), &big)?;
     let d = dir.display();
     let temp = |tag: &str| {
         format!(
@@ -205,6 +225,7 @@ fn write_configs(dir: &Path) -> Result<()> {
              http {{ access_log off; default_type text/plain; tcp_nodelay on; keepalive_timeout 300s; keepalive_requests 10000000; {}\n\
              upstream be {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 64; keepalive_requests 10000000; keepalive_timeout 300s; }}\n\
              proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering on;\n\
+             gzip on; gzip_proxied any; gzip_types application/json; gzip_min_length 30; gzip_vary on;\n\
              server {{ listen 127.0.0.1:{NGINX_PORT} backlog=4096; location / {{ proxy_pass http://be; }} }}\n\
              server {{ listen 127.0.0.1:{NGINX_TLS_PORT} ssl http2 backlog=4096; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
              ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m; location / {{ proxy_pass http://be; }} }} }}\n",
@@ -264,7 +285,9 @@ fn write_configs(dir: &Path) -> Result<()> {
              apiVersion: v1\nkind: Service\nmetadata: {{name: be, namespace: bench}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: be, namespace: bench, labels: {{kubernetes.io/service-name: be}}}}\naddressType: IPv4\n\
              ports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n\
-             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: all, namespace: bench}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules: [{{backendRefs: [{{name: be, port: 80}}]}}]\n",
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: all, namespace: bench}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules: [{{backendRefs: [{{name: be, port: 80}}]}}]\n---\n\
+             apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: compress, namespace: bench}}\nspec:\n\
+             \x20 targetSelectors: [{{group: gateway.networking.k8s.io, kind: Gateway}}]\n  compressor: [{{type: Zstd}}, {{type: Gzip}}]\n",
             indent("cert.pem")?,
             indent("key.pem")?
         ),
@@ -380,6 +403,21 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             &gw,
         ),
         (
+            "nginx-gzip-json20k",
+            format!("http://127.0.0.1:{NGINX_PORT}/data20k.json"),
+            &nginx,
+        ),
+        (
+            "trellis-gzip-json20k",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/data20k.json"),
+            &gw,
+        ),
+        (
+            "trellis-zstd-json20k",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/data20k.json"),
+            &gw,
+        ),
+        (
             "nginx-tls-small",
             format!("https://127.0.0.1:{NGINX_TLS_PORT}/small"),
             &nginx,
@@ -398,7 +436,19 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         .collect();
     // Every proxy must answer 200 before anything is measured.
     for (name, url, _) in &scenarios {
-        let w = wrk(url, &[], 1)?;
+        if let Some(encoding) = encoding_of(name) {
+            let out = Command::new("curl")
+                .args(["-s", "-D", "-", "-o", "/dev/null", "-H"])
+                .arg(format!("Accept-Encoding: {encoding}"))
+                .arg(url)
+                .output()
+                .context("curl")?;
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            if !head.contains(&format!("content-encoding: {encoding}")) {
+                bail!("{name}: {url} does not answer with {encoding}:\n{head}");
+            }
+        }
+        let w = wrk(url, &accept_encoding(name), 1)?;
         if w.non2xx > 0 || w.requests == 0.0 {
             bail!(
                 "{name}: {url} does not answer 200 (non-2xx {}, requests {})",
@@ -417,7 +467,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         };
         for (name, url, server) in order {
             let c0 = cpu_secs(pid(server));
-            let mut r = wrk(url, &[], secs)?;
+            let mut r = wrk(url, &accept_encoding(name), secs)?;
             let c1 = cpu_secs(pid(server));
             r.proxy_us_per_req = if r.requests > 0.0 {
                 (c1 - c0) / r.requests * 1e6
@@ -456,7 +506,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     }
     let _ = writeln!(
         md,
-        "\n| comparison | trellis / peer (req/s) | trellis / peer (CPU µs/req, lower is better) |\n|---|---:|---:|"
+        "\n| comparison | trellis / peer (req/s) | trellis / peer (CPU µs/req, lower is better) | paired rounds: median ratio req/s, CPU |\n|---|---:|---:|---:|"
     );
     for (t, p) in [
         ("trellis-small", "nginx-small"),
@@ -464,16 +514,31 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         ("trellis-json10k", "nginx-json10k"),
         ("trellis-json10k", "haproxy-json10k"),
         ("trellis-tls-small", "nginx-tls-small"),
+        ("trellis-gzip-json20k", "nginx-gzip-json20k"),
+        ("trellis-zstd-json20k", "nginx-gzip-json20k"),
         ("trellis-flows-small", "trellis-small"),
     ] {
         if !results.contains_key(t) || !results.contains_key(p) {
             continue;
         }
+        // The same round's runs side by side: this VM's speed drifts over minutes, so ratios
+        // within a round are steadier than ratios of medians.
+        let paired = |f: fn(&Run) -> f64| {
+            median(
+                results[t]
+                    .iter()
+                    .zip(&results[p])
+                    .map(|(a, b)| f(a) / f(b))
+                    .collect(),
+            )
+        };
         let _ = writeln!(
             md,
-            "| {t} vs {p} | {:.2} | {:.2} |",
+            "| {t} vs {p} | {:.2} | {:.2} | {:.3}, {:.3} |",
             med(t, |r| r.rps) / med(p, |r| r.rps),
-            med(t, |r| r.proxy_us_per_req) / med(p, |r| r.proxy_us_per_req)
+            med(t, |r| r.proxy_us_per_req) / med(p, |r| r.proxy_us_per_req),
+            paired(|r| r.rps),
+            paired(|r| r.proxy_us_per_req)
         );
     }
     let _ = writeln!(

@@ -12,11 +12,12 @@ use async_compression::Level;
 use async_compression::tokio::bufread::{BrotliEncoder, GzipEncoder, ZstdEncoder};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::plan::HeaderSource;
 use crate::proxy::{Body, BoxError};
 
 /// Envoy's default minimum length for compression.
@@ -72,13 +73,15 @@ impl Encoding {
 }
 
 /// Picks the encoding for a request, from the configured ones in preference order.
-pub fn negotiate(accept: &HeaderMap, configured: &[Encoding]) -> Option<Encoding> {
+pub fn negotiate(
+    request: &(impl HeaderSource + ?Sized),
+    configured: &[Encoding],
+) -> Option<Encoding> {
     if configured.is_empty() {
         return None;
     }
     let mut offers: Vec<(String, f32)> = Vec::new();
-    for v in accept.get_all(header::ACCEPT_ENCODING) {
-        let Ok(v) = v.to_str() else { continue };
+    request.any_value(&header::ACCEPT_ENCODING, &mut |v| {
         for item in v.split(',') {
             let mut parts = item.split(';');
             let token = parts.next().unwrap_or("").trim().to_ascii_lowercase();
@@ -95,7 +98,8 @@ pub fn negotiate(accept: &HeaderMap, configured: &[Encoding]) -> Option<Encoding
                 .unwrap_or(1.0);
             offers.push((token, q));
         }
-    }
+        false
+    });
     let q_of = |e: Encoding| -> f32 {
         offers
             .iter()
@@ -115,47 +119,106 @@ pub fn negotiate(accept: &HeaderMap, configured: &[Encoding]) -> Option<Encoding
 
 /// Whether a response may be compressed (see the module docs).
 pub fn compressible(method: &Method, resp: &Response<hyper::body::Incoming>) -> bool {
-    if *method == Method::HEAD {
-        return false;
-    }
-    let s = resp.status();
-    if s.is_informational()
+    compressible_head(*method == Method::HEAD, resp.status(), resp.headers())
+}
+
+/// [`compressible`] from a response's parts: whether the request was HEAD, the status, the
+/// headers.
+pub fn compressible_head(
+    head_request: bool,
+    s: StatusCode,
+    h: &(impl HeaderSource + ?Sized),
+) -> bool {
+    if head_request
+        || s.is_informational()
         || s == StatusCode::NO_CONTENT
         || s == StatusCode::NOT_MODIFIED
         || s == StatusCode::PARTIAL_CONTENT
     {
         return false;
     }
-    let h = resp.headers();
-    if h.get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity")
+    if h.any_value(&header::CONTENT_ENCODING, &mut |v| v != "identity")
+        || h.any_value(&header::CACHE_CONTROL, &mut |v| {
+            v.to_ascii_lowercase().contains("no-transform")
+        })
     {
         return false;
     }
-    if h.get_all(header::CACHE_CONTROL).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|v| v.to_ascii_lowercase().contains("no-transform"))
-    }) {
-        return false;
-    }
-    let ctype = h
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
+    let mut ctype = None;
+    h.any_value(&header::CONTENT_TYPE, &mut |v| {
+        ctype = Some(
             v.split(';')
                 .next()
                 .unwrap_or("")
                 .trim()
-                .to_ascii_lowercase()
-        });
+                .to_ascii_lowercase(),
+        );
+        true
+    });
     if !ctype.is_some_and(|c| CONTENT_TYPES.contains(&c.as_str())) {
         return false;
     }
-    let len = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let mut len = None;
+    h.any_value(&header::CONTENT_LENGTH, &mut |v| {
+        len = v.parse::<u64>().ok();
+        true
+    });
     len.is_none_or(|l| l >= MIN_CONTENT_LENGTH)
+}
+
+/// Compresses a whole body at once with a compressor kept per thread (no context set up per
+/// response); `None` for encodings without one (Brotli, which streams).
+pub fn one_shot(e: Encoding, body: &[u8]) -> Option<std::io::Result<Vec<u8>>> {
+    use std::cell::RefCell;
+    thread_local! {
+        static ZSTD: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+        static DEFLATE: RefCell<Option<flate2::Compress>> = const { RefCell::new(None) };
+    }
+    match e {
+        Encoding::Zstd => Some(ZSTD.with(|z| {
+            let mut z = z.borrow_mut();
+            let c = match &mut *z {
+                Some(c) => c,
+                None => z.insert(zstd::bulk::Compressor::new(1)?),
+            };
+            c.compress(body)
+        })),
+        Encoding::Gzip => Some(DEFLATE.with(|d| {
+            let mut d = d.borrow_mut();
+            let c =
+                d.get_or_insert_with(|| flate2::Compress::new(flate2::Compression::fast(), false));
+            c.reset();
+            gzip(c, body)
+        })),
+        Encoding::Brotli => None,
+    }
+}
+
+/// A gzip member (RFC 1952): the fixed header, raw deflate, CRC-32 and length.
+fn gzip(c: &mut flate2::Compress, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(body.len() / 2 + 64);
+    // No name, no time, "fast" (XFL 4), OS unknown.
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 4, 255]);
+    loop {
+        let before = c.total_in();
+        let consumed = usize::try_from(before).unwrap_or(usize::MAX);
+        out.reserve(4096);
+        let status = c
+            .compress_vec(
+                body.get(consumed..).unwrap_or_default(),
+                &mut out,
+                flate2::FlushCompress::Finish,
+            )
+            .map_err(std::io::Error::other)?;
+        if status == flate2::Status::StreamEnd {
+            break;
+        }
+    }
+    let mut crc = flate2::Crc::new();
+    crc.update(body);
+    out.extend_from_slice(&crc.sum().to_le_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    Ok(out)
 }
 
 /// Compresses a response body with `e`, streaming.
@@ -215,6 +278,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
 
     fn accept(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -226,6 +290,34 @@ mod tests {
     }
 
     const ALL: &[Encoding] = &[Encoding::Zstd, Encoding::Brotli, Encoding::Gzip];
+
+    #[test]
+    fn one_shot_bodies_decode_to_the_original() {
+        use std::io::Read;
+        let body: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| format!("{{\"n\":{i}}},").into_bytes())
+            .collect();
+        // Twice each: the kept contexts must start clean for the next response.
+        for _ in 0..2 {
+            let z = one_shot(Encoding::Zstd, &body)
+                .expect("zstd")
+                .expect("compresses");
+            assert_eq!(
+                zstd::bulk::decompress(&z, body.len()).expect("zstd decodes"),
+                body
+            );
+            let g = one_shot(Encoding::Gzip, &body)
+                .expect("gzip")
+                .expect("compresses");
+            assert!(g.len() < body.len() / 2);
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&g[..])
+                .read_to_end(&mut back)
+                .expect("gzip decodes");
+            assert_eq!(back, body);
+        }
+        assert!(one_shot(Encoding::Brotli, &body).is_none());
+    }
 
     #[test]
     fn q_values_and_order() {

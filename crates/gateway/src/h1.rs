@@ -21,13 +21,14 @@ use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::compress::Encoding;
 use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Router, Upstream};
 use crate::proxy::{
     CONNECT_ATTEMPTS_MAX, EJECT_MS, HEADER_READ_TIMEOUT, HOP_BY_HOP, LogFields,
@@ -37,6 +38,9 @@ use crate::proxy::{
 
 /// Bytes read from a client at a time.
 const CLIENT_READ_BYTES: usize = 8 * 1024;
+/// Response bodies up to this size are compressed (whole, with a kept context) when the
+/// client accepts an encoding of the rule's; larger ones pass through as they are.
+const COMPRESS_BODY_BYTES_MAX: u64 = 1024 * 1024;
 /// Bytes read from an upstream at a time.
 const UPSTREAM_READ_BYTES: usize = 16 * 1024;
 /// Request bodies up to this size are served here (buffered whole, so a stale upstream
@@ -210,16 +214,17 @@ struct Exchange {
     /// The client after X-Forwarded-For handling.
     client: SocketAddr,
     started: Instant,
+    /// The encoding the client accepts among the rule's compressors.
+    encoding: Option<Encoding>,
     /// Kept only when an observer or the access log wants it.
     seen: Option<Seen>,
 }
 
 /// What the record and the access log need of a request.
 struct Seen {
-    at: SystemTime,
     method: http::Method,
-    host: String,
-    target: String,
+    /// Host and target ([`crate::record::target`]).
+    text: (String, usize),
     log: Option<LogFields>,
 }
 
@@ -296,7 +301,12 @@ fn prepare(
         return Prep::HandOff;
     };
     let action = &entry.action;
-    if !plain(action, headers) {
+    if !plain(action) {
+        return Prep::HandOff;
+    }
+    let encoding = crate::compress::negotiate(headers, &action.compress);
+    if encoding.is_some_and(|e| e != Encoding::Zstd && e != Encoding::Gzip) {
+        // Brotli streams, on the general path.
         return Prep::HandOff;
     }
     let seq = state.next.fetch_add(1, Ordering::Relaxed);
@@ -356,10 +366,8 @@ fn prepare(
             })
         });
         Seen {
-            at: SystemTime::now(),
             method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-            host: host.into_owned(),
-            target: target.to_string(),
+            text: crate::record::target(&host, target),
             log,
         }
     });
@@ -376,13 +384,14 @@ fn prepare(
         close,
         client,
         started,
+        encoding,
         seen,
     })
 }
 
-/// Whether a rule only forwards (with header edits at most), for a request with these
-/// headers: everything else is the general path's.
-fn plain(a: &Action, headers: &[httparse::Header<'_>]) -> bool {
+/// Whether a rule only forwards (with header edits and compression at most): everything else
+/// is the general path's.
+fn plain(a: &Action) -> bool {
     a.redirect.is_none()
         && a.rewrite.is_none()
         && a.mirrors.is_empty()
@@ -393,10 +402,6 @@ fn plain(a: &Action, headers: &[httparse::Header<'_>]) -> bool {
         && !a.h2_upstream
         && a.ext_auth.is_none()
         && a.lua.is_empty()
-        && (a.compress.is_empty()
-            || !headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("accept-encoding")))
 }
 
 /// A Content-Length value: digits only.
@@ -508,8 +513,11 @@ struct Head {
     upstream_close: bool,
     /// The client connection closes after this response.
     client_close: bool,
-    /// The head for the client.
+    /// The head for the client; without its final empty line when compressing (the
+    /// compressed length goes after it).
     bytes: Vec<u8>,
+    /// The body is compressed whole with this encoding.
+    compress: Option<Encoding>,
 }
 
 enum Parsed {
@@ -578,6 +586,16 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
         }
     };
     let client_close = ex.close || closing || framing == Framing::Close;
+    // Compressed whole when its length is known and small enough to hold; larger or
+    // unframed bodies pass through as they are.
+    let compress = ex.encoding.filter(|_| {
+        matches!(framing, Framing::Length(n) if n <= COMPRESS_BODY_BYTES_MAX)
+            && crate::compress::compressible_head(
+                ex.head_request,
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK),
+                headers,
+            )
+    });
     let mut out = Vec::with_capacity(len + 64);
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(&mut out, u64::from(status));
@@ -586,11 +604,29 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
     out.extend_from_slice(b"\r\n");
     let named = connection_named(headers);
     let edits = &ex.action.response_headers;
+    let mut vary = false;
     for h in headers {
         let keep_te =
             framing == Framing::Chunked && h.name.eq_ignore_ascii_case("transfer-encoding");
         if !keep_te && (is_hop_by_hop(h.name, &named) || edited(edits, h.name)) {
             continue;
+        }
+        if compress.is_some() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                continue;
+            }
+            if h.name.eq_ignore_ascii_case("etag") && !h.value.starts_with(b"W/") {
+                // The compressed body is another representation: a strong tag turns weak.
+                out.extend_from_slice(b"etag: W/");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
+                continue;
+            }
+            vary |= h.name.eq_ignore_ascii_case("vary")
+                && h.value
+                    .to_ascii_lowercase()
+                    .windows(15)
+                    .any(|w| w == b"accept-encoding");
         }
         header_line(&mut out, h.name.as_bytes(), h.value);
     }
@@ -598,7 +634,14 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
     if client_close {
         out.extend_from_slice(b"connection: close\r\n");
     }
-    out.extend_from_slice(b"\r\n");
+    if let Some(e) = compress {
+        header_line(&mut out, b"content-encoding", e.token().as_bytes());
+        if !vary {
+            out.extend_from_slice(b"vary: Accept-Encoding\r\n");
+        }
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
     Ok(Parsed::Head(Head {
         len,
         status,
@@ -606,6 +649,7 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
         upstream_close: upstream_close || framing == Framing::Close,
         client_close,
         bytes: out,
+        compress,
     }))
 }
 
@@ -680,6 +724,9 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             return local(502, keep);
         };
         let latency = ex.started.elapsed();
+        if head.compress.is_some() {
+            state.metrics.compressed.inc();
+        }
         let body = &ub[head.len..];
         let sent = pass_body(client, &mut up, &head, body).await;
         let (complete, extra) = match sent {
@@ -756,6 +803,30 @@ async fn pass_body(
         Framing::None => {
             client.write_all(&head.bytes).await?;
             Ok(!first.is_empty())
+        }
+        Framing::Length(n) if head.compress.is_some() => {
+            let n = usize::try_from(n).unwrap_or(usize::MAX);
+            let mut body = BytesMut::with_capacity(n);
+            body.extend_from_slice(&first[..first.len().min(n)]);
+            let extra = first.len() > n;
+            while body.len() < n {
+                let want = n - body.len();
+                if read_some(up, &mut body, want).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            let extra = extra || body.len() > n;
+            body.truncate(n);
+            let e = head.compress.unwrap_or(Encoding::Gzip);
+            let packed = crate::compress::one_shot(e, &body)
+                .unwrap_or_else(|| Err(io::Error::other("no one-shot compressor")))?;
+            let mut h = Vec::with_capacity(head.bytes.len() + 32);
+            h.extend_from_slice(&head.bytes);
+            h.extend_from_slice(b"content-length: ");
+            push_decimal(&mut h, packed.len() as u64);
+            h.extend_from_slice(b"\r\n\r\n");
+            write_two(client, &h, &packed).await?;
+            Ok(extra)
         }
         Framing::Length(n) => {
             let have = first.len().min(usize::try_from(n).unwrap_or(usize::MAX));
@@ -847,13 +918,13 @@ fn finish(
     if let Some(observer) = &state.observer {
         let upstream = done.upstream;
         observer.0.request(crate::record::RequestRecord {
-            started: seen.at,
+            started: crate::record::wall_clock(ex.started),
             latency: done.latency,
             method: seen.method,
             version: "HTTP/1.1",
             scheme,
-            host: seen.host,
-            path_and_query: seen.target,
+            text: seen.text.0,
+            host_len: seen.text.1,
             status: done.status,
             client: ex.client,
             peer,

@@ -710,14 +710,13 @@ async fn handle(
     };
     // Observed: keep what the record needs before the request is consumed.
     let started = Instant::now();
-    let started_at = SystemTime::now();
+    let started_at = crate::record::wall_clock(started);
     let method = req.method().clone();
     let version = crate::record::version_text(req.version());
-    let host = request_host(&req);
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_string(), |p| p.as_str().to_string());
+    let (text, host_len) = crate::record::target(
+        &request_host(&req),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+    );
     let mut resp = handle_inner(state, port, peer, scheme, req).await;
     let seen = resp
         .extensions_mut()
@@ -729,8 +728,8 @@ async fn handle(
         method,
         version,
         scheme,
-        host,
-        path_and_query: target,
+        text,
+        host_len,
         status: resp.status().as_u16(),
         client: seen.client.unwrap_or(peer),
         peer,

@@ -25,10 +25,10 @@ pub struct RequestRecord {
     pub version: &'static str,
     /// `http` or `https`.
     pub scheme: &'static str,
-    /// The request host, lower case, without port.
-    pub host: String,
-    /// Path and query as the client sent them.
-    pub path_and_query: String,
+    /// The request host (lower case, without port) followed by the path and query as the
+    /// client sent them: one allocation for both.
+    pub(crate) text: String,
+    pub(crate) host_len: usize,
     pub status: u16,
     /// The client after X-Forwarded-For handling (the ClientTrafficPolicy's trusted hops).
     pub client: SocketAddr,
@@ -42,7 +42,25 @@ pub struct RequestRecord {
     pub upstream: Option<SocketAddr>,
 }
 
+/// The host and target of a request as a record keeps them (one string, the host's length).
+pub(crate) fn target(host: &str, path_and_query: &str) -> (String, usize) {
+    let mut text = String::with_capacity(host.len() + path_and_query.len());
+    text.push_str(host);
+    text.push_str(path_and_query);
+    (text, host.len())
+}
+
 impl RequestRecord {
+    /// The request host, lower case, without port.
+    pub fn host(&self) -> &str {
+        self.text.get(..self.host_len).unwrap_or_default()
+    }
+
+    /// Path and query as the client sent them.
+    pub fn path_and_query(&self) -> &str {
+        self.text.get(self.host_len..).unwrap_or_default()
+    }
+
     /// `namespace/name` of the route that matched; `None` when none did.
     pub fn route(&self) -> Option<&str> {
         self.action.as_deref().map(|a| a.route.as_str())
@@ -83,6 +101,35 @@ pub(crate) struct Seen {
     pub client: Option<SocketAddr>,
     pub backend: Option<Arc<Backend>>,
     pub upstream: Option<SocketAddr>,
+}
+
+/// The wall-clock time of a monotonic instant, without reading the wall clock per request:
+/// each thread keeps an anchor pair and renews it once a second (so clock adjustments are
+/// followed within a second).
+pub(crate) fn wall_clock(at: std::time::Instant) -> SystemTime {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static ANCHOR: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+    }
+    ANCHOR.with(|a| {
+        let (mono, wall) = match a.get() {
+            Some((mono, wall))
+                if at >= mono && at.duration_since(mono) < Duration::from_secs(1) =>
+            {
+                (mono, wall)
+            }
+            _ => {
+                let pair = (Instant::now(), SystemTime::now());
+                a.set(Some(pair));
+                pair
+            }
+        };
+        match at.checked_duration_since(mono) {
+            Some(d) => wall + d,
+            None => wall - mono.duration_since(at),
+        }
+    })
 }
 
 /// An HTTP version as Hubble writes it.

@@ -142,14 +142,14 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord, pods: &Pods) -> Flow {
         source: Some(pods.endpoint(client.ip())),
         destination: Some(destination),
         r#type: FlowType::L7 as i32,
-        destination_names: vec![r.host.to_string()],
+        destination_names: vec![r.host().to_string()],
         l7: Some(Layer7 {
             r#type: L7FlowType::Response as i32,
             latency_ns: u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX),
             record: Some(layer7::Record::Http(flow::Http {
                 code: u32::from(r.status),
                 method: r.method.as_str().to_string(),
-                url: format!("{}://{}{}", r.scheme, r.host, r.path_and_query),
+                url: format!("{}://{}{}", r.scheme, r.host(), r.path_and_query()),
                 protocol: r.version.to_string(),
                 headers: Vec::new(),
             })),
