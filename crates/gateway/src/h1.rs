@@ -69,8 +69,15 @@ impl Pool {
             // Readable while idle means the upstream closed it (or sent garbage). (A noop
             // waker: the next real wait replaces it.)
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            if s.poll_read_ready(&mut cx).is_pending() {
-                return Some(s);
+            match s.poll_read_ready(&mut cx) {
+                std::task::Poll::Pending => return Some(s),
+                // The readiness may be left from a read that filled its buffer exactly:
+                // look (and clear it) before giving up on the connection.
+                std::task::Poll::Ready(Ok(())) => match s.try_read(&mut [0u8; 1]) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
+                    _ => {}
+                },
+                std::task::Poll::Ready(Err(_)) => {}
             }
         }
         None
@@ -810,7 +817,9 @@ async fn pass_body(
             body.extend_from_slice(&first[..first.len().min(n)]);
             let extra = first.len() > n;
             while body.len() < n {
-                let want = n - body.len();
+                // One byte more than is left, so that reading what is left is a short read
+                // (which clears the socket's readiness).
+                let want = n - body.len() + 1;
                 if read_some(up, &mut body, want).await? == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -836,7 +845,7 @@ async fn pass_body(
             let mut ub = BytesMut::new();
             while rest > 0 {
                 ub.clear();
-                let want = usize::try_from(rest).unwrap_or(usize::MAX).min(64 * 1024);
+                let want = usize::try_from(rest).unwrap_or(usize::MAX).min(64 * 1024) + 1;
                 let got = read_some(up, &mut ub, want).await?;
                 if got == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());

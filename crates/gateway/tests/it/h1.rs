@@ -335,3 +335,71 @@ async fn what_the_own_path_does_not_serve_is_handed_over_and_served() {
     assert!(got.contains("connection: close\r\n"), "{got}");
     assert!(got.contains("/bye"), "{got}");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_after_bodies_of_any_size() {
+    // Bodies that take several reads, and ones that end exactly where a read ends.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = s.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = find(&buf, b"\r\n\r\n") {
+                        let head = text(&buf[..end]);
+                        buf.drain(..end + 4);
+                        let size: usize = head
+                            .split(' ')
+                            .nth(1)
+                            .and_then(|p| p.trim_start_matches('/').parse().ok())
+                            .unwrap_or(1);
+                        let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n");
+                        let mut out = reply.into_bytes();
+                        out.extend(std::iter::repeat_n(b'x', size));
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (_b, r, m) = gateway(addr).await;
+    let mut c = connect(&r).await;
+    for size in [
+        10,
+        16 * 1024,
+        16 * 1024 + 1,
+        40_000,
+        64 * 1024 + 16 * 1024,
+        200_000,
+    ] {
+        c.write_all(format!("GET /{size} HTTP/1.1\r\nHost: scripted.test\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let got = read_until(&mut c, |b| {
+            find(b, b"\r\n\r\n").is_some_and(|h| b.len() == h + 4 + size)
+        })
+        .await;
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{size}: {}",
+            text(&got[..40])
+        );
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for all"
+    );
+    assert_eq!(m.h1_fast.get(), 6);
+}
