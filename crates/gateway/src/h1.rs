@@ -405,7 +405,7 @@ fn plain(a: &Action) -> bool {
         && !a.all_invalid
         && a.timeout_request.is_none()
         && a.timeout_backend.is_none()
-        && a.retry.is_none()
+        && a.retry.as_ref().is_none_or(|r| r.per_try.is_none())
         && !a.h2_upstream
         && a.ext_auth.is_none()
         && a.lua.is_empty()
@@ -680,11 +680,29 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
         keep_alive,
     };
     let backend = &ex.backend;
+    let retry = ex.action.retry.as_ref();
+    let mut retries_left = retry.map_or(0, |r| r.num_retries);
+    // Another try by the route's retry policy, when `trigger` is one of its triggers: counts
+    // it and waits its backoff. The whole request is buffered, so it can always be resent.
+    let mut attempt = 0usize;
+    let mut again = async |triggered: bool| {
+        let Some(r) = retry.filter(|_| triggered && retries_left > 0) else {
+            return false;
+        };
+        retries_left -= 1;
+        attempt += 1;
+        state.metrics.retries.inc();
+        tokio::time::sleep(r.backoff(attempt)).await;
+        true
+    };
     let mut fresh_only = false;
     let mut last_err = String::new();
     'attempt: loop {
         let Some((ep, mut up, reused)) = connect(state, backend, fresh_only, &mut last_err).await
         else {
+            if again(retry.is_some_and(|r| r.connect_failure)).await {
+                continue 'attempt;
+            }
             let why = format!("upstream connect error or retries exhausted: {last_err}");
             let keep = answer(client, 503, &why, ex.close || closing).await;
             return local(503, keep);
@@ -694,6 +712,9 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             if reused {
                 // A pooled connection the upstream had closed: nothing was received.
                 fresh_only = true;
+                continue 'attempt;
+            }
+            if again(ex.idempotent && retry.is_some_and(|r| r.reset)).await {
                 continue 'attempt;
             }
             let keep = answer(client, 502, &failed(&e), ex.close || closing).await;
@@ -727,9 +748,17 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
                 fresh_only = true;
                 continue 'attempt;
             }
+            if again(ex.idempotent && retry.is_some_and(|r| r.reset)).await {
+                continue 'attempt;
+            }
             let keep = answer(client, 502, &failed(&why), ex.close || closing).await;
             return local(502, keep);
         };
+        // Nothing went to the client yet: an answer the policy retries is dropped (with its
+        // connection).
+        if again(ex.idempotent && retry.is_some_and(|r| r.on_status(head.status))).await {
+            continue 'attempt;
+        }
         let latency = ex.started.elapsed();
         if head.compress.is_some() {
             state.metrics.compressed.inc();

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use observe::metrics::Metrics;
+use observe::metrics::Batch;
 use observe::proto::flow::{Flow, Verdict};
 
 struct Request {
@@ -44,7 +44,7 @@ impl observe::Record for Request {
             ..Default::default()
         }
     }
-    fn count(&self, m: &Metrics) {
+    fn count(&self, m: &mut Batch<'_>) {
         m.processed("L7", "HTTP", Verdict::Forwarded);
         let latency = u64::try_from(self.latency.as_nanos()).unwrap_or(u64::MAX);
         m.http("GET", "HTTP/1.1", u32::from(self.status), latency);
@@ -53,6 +53,10 @@ impl observe::Record for Request {
 
 mod common;
 use common::cpu_secs;
+
+// The allocator the trellis binary uses, so that the cost is the one a gateway pays.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let n: u64 = std::env::args()

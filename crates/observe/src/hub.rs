@@ -59,8 +59,9 @@ pub trait Record: Send + Sync + 'static {
     fn time(&self) -> prost_types::Timestamp;
     /// The flow; the buffer fills in `node_name` when it is empty.
     fn build(&self) -> Flow;
-    /// Counts it in the Hubble metrics as [`Metrics::flow`] counts the built flow.
-    fn count(&self, metrics: &Metrics);
+    /// Counts it in the Hubble metrics as [`Metrics::flow`] counts the built flow (in a
+    /// batch of the records and flows taken in together).
+    fn count(&self, metrics: &mut crate::metrics::Batch<'_>);
 }
 
 /// A [`Record`] in the ring, with its flow once built.
@@ -262,6 +263,7 @@ impl Hub {
                 )));
             }
         }
+        let mut counts = self.metrics.batch();
         for p in flows {
             batch.push(Arc::new(match p {
                 Pending::Flow(mut f) => {
@@ -271,11 +273,11 @@ impl Hub {
                     if f.node_name.is_empty() {
                         f.node_name.clone_from(&self.node_name);
                     }
-                    self.metrics.flow(&f);
+                    counts.flow(&f);
                     Event::Flow(f)
                 }
                 Pending::Record(record) => {
-                    record.count(&self.metrics);
+                    record.count(&mut counts);
                     Event::Recorded(Recorded {
                         time: record.time(),
                         record,
@@ -285,6 +287,7 @@ impl Hub {
                 }
             }));
         }
+        drop(counts);
         if batch.is_empty() {
             return;
         }
@@ -522,7 +525,7 @@ mod tests {
             self.0.fetch_add(1, Ordering::Relaxed);
             flow(42)
         }
-        fn count(&self, m: &Metrics) {
+        fn count(&self, m: &mut crate::metrics::Batch<'_>) {
             m.processed("L7", "HTTP", Verdict::Forwarded);
         }
     }

@@ -95,6 +95,133 @@ impl Default for Metrics {
     }
 }
 
+/// See [`Metrics::batch`]; the counts are added when it is dropped.
+pub struct Batch<'a> {
+    metrics: &'a Metrics,
+    processed: std::sync::MutexGuard<'a, Option<(FlowLabels, Counter)>>,
+    /// Counts not yet added to the series in `processed`.
+    processed_n: u64,
+    http: std::sync::MutexGuard<'a, Option<(HttpLabels, Counter, Histogram)>>,
+    http_n: u64,
+}
+
+impl Batch<'_> {
+    /// [`Metrics::flow`].
+    pub fn flow(&mut self, f: &Flow) {
+        let verdict = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
+        let (r#type, subtype) = flow_type_label(f);
+        self.processed(r#type, subtype, verdict);
+        let m = self.metrics;
+        if verdict == Verdict::Dropped {
+            let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc)
+                .map_or("other", |r| r.as_str_name());
+            m.drops
+                .get_or_create(&DropLabels {
+                    reason,
+                    protocol: l4_label(f),
+                })
+                .inc();
+        }
+        let Some(l7) = &f.l7 else { return };
+        match &l7.record {
+            Some(layer7::Record::Http(h)) => {
+                self.http(&h.method, &h.protocol, h.code, l7.latency_ns);
+            }
+            Some(layer7::Record::Dns(d)) => {
+                let labels = DnsLabels {
+                    rcode: rcode_name(d.rcode),
+                    qtypes: d.qtypes.first().map_or("", |q| qtype_label(q)),
+                    ips_returned: match d.ips.len() {
+                        0 => "0",
+                        1 => "1",
+                        2 => "2",
+                        3 => "3",
+                        _ => "4+",
+                    },
+                };
+                m.dns_queries.get_or_create(&labels).inc();
+                m.dns_responses.get_or_create(&labels).inc();
+            }
+            None => {}
+        }
+    }
+
+    /// [`Metrics::processed`].
+    pub fn processed(&mut self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
+        let labels = FlowLabels {
+            r#type,
+            subtype,
+            verdict: verdict.as_str_name(),
+        };
+        if !matches!(&*self.processed, Some((l, _)) if *l == labels) {
+            self.flush_processed();
+            let c = self.metrics.flows_processed.get_or_create(&labels).clone();
+            *self.processed = Some((labels, c));
+        }
+        self.processed_n += 1;
+    }
+
+    /// [`Metrics::http`].
+    pub fn http(&mut self, method: &str, protocol: &str, code: u32, latency_ns: u64) {
+        let method = method_label(method);
+        let protocol = match protocol {
+            "HTTP/1.0" => "HTTP/1.0",
+            "HTTP/1.1" => "HTTP/1.1",
+            "HTTP/2" | "HTTP/2.0" => "HTTP/2",
+            "HTTP/3" => "HTTP/3",
+            _ => "other",
+        };
+        let labels = HttpLabels {
+            method,
+            protocol,
+            status: u16::try_from(code.min(999)).unwrap_or(0),
+            reporter: "server",
+        };
+        if !matches!(&*self.http, Some((l, ..)) if *l == labels) {
+            self.flush_http();
+            let m = self.metrics;
+            let requests = m.http_requests.get_or_create(&labels).clone();
+            let duration = m
+                .http_duration
+                .get_or_create(&HttpDurationLabels {
+                    method,
+                    reporter: "server",
+                })
+                .clone();
+            *self.http = Some((labels, requests, duration));
+        }
+        self.http_n += 1;
+        if let Some((_, _, duration)) = &*self.http {
+            duration.observe(latency_ns as f64 / 1e9);
+        }
+    }
+
+    fn flush_processed(&mut self) {
+        if let Some((_, c)) = &*self.processed
+            && self.processed_n > 0
+        {
+            c.inc_by(self.processed_n);
+        }
+        self.processed_n = 0;
+    }
+
+    fn flush_http(&mut self) {
+        if let Some((_, requests, _)) = &*self.http
+            && self.http_n > 0
+        {
+            requests.inc_by(self.http_n);
+        }
+        self.http_n = 0;
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        self.flush_processed();
+        self.flush_http();
+    }
+}
+
 /// Lost-event sources as Hubble labels them.
 pub fn lost_source_label(s: LostEventSource) -> &'static str {
     match s {
@@ -171,97 +298,31 @@ fn flow_type_label(f: &Flow) -> (&'static str, &'static str) {
 impl Metrics {
     /// Counts one flow entering the buffer.
     pub fn flow(&self, f: &Flow) {
-        let verdict = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
-        let (r#type, subtype) = flow_type_label(f);
-        self.processed(r#type, subtype, verdict);
-        if verdict == Verdict::Dropped {
-            let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc)
-                .map_or("other", |r| r.as_str_name());
-            self.drops
-                .get_or_create(&DropLabels {
-                    reason,
-                    protocol: l4_label(f),
-                })
-                .inc();
-        }
-        let Some(l7) = &f.l7 else { return };
-        match &l7.record {
-            Some(layer7::Record::Http(h)) => {
-                self.http(&h.method, &h.protocol, h.code, l7.latency_ns);
-            }
-            Some(layer7::Record::Dns(d)) => {
-                let labels = DnsLabels {
-                    rcode: rcode_name(d.rcode),
-                    qtypes: d.qtypes.first().map_or("", |q| qtype_label(q)),
-                    ips_returned: match d.ips.len() {
-                        0 => "0",
-                        1 => "1",
-                        2 => "2",
-                        3 => "3",
-                        _ => "4+",
-                    },
-                };
-                self.dns_queries.get_or_create(&labels).inc();
-                self.dns_responses.get_or_create(&labels).inc();
-            }
-            None => {}
-        }
+        self.batch().flow(f);
     }
 
     /// Counts one flow in `hubble_flows_processed_total`.
     pub fn processed(&self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
-        let labels = FlowLabels {
-            r#type,
-            subtype,
-            verdict: verdict.as_str_name(),
-        };
-        let mut last = self
-            .last_processed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match &*last {
-            Some((l, c)) if *l == labels => {
-                c.inc();
-            }
-            _ => {
-                let c = self.flows_processed.get_or_create(&labels).clone();
-                c.inc();
-                *last = Some((labels, c));
-            }
-        }
+        self.batch().processed(r#type, subtype, verdict);
     }
 
     /// Counts one HTTP exchange (`hubble_http_requests_total` and its duration).
     pub fn http(&self, method: &str, protocol: &str, code: u32, latency_ns: u64) {
-        let method = method_label(method);
-        let protocol = match protocol {
-            "HTTP/1.0" => "HTTP/1.0",
-            "HTTP/1.1" => "HTTP/1.1",
-            "HTTP/2" | "HTTP/2.0" => "HTTP/2",
-            "HTTP/3" => "HTTP/3",
-            _ => "other",
-        };
-        let labels = HttpLabels {
-            method,
-            protocol,
-            status: u16::try_from(code.min(999)).unwrap_or(0),
-            reporter: "server",
-        };
-        let mut last = self.last_http.lock().unwrap_or_else(|e| e.into_inner());
-        if last.as_ref().is_none_or(|(l, ..)| *l != labels) {
-            let requests = self.http_requests.get_or_create(&labels).clone();
-            let duration = self
-                .http_duration
-                .get_or_create(&HttpDurationLabels {
-                    method,
-                    reporter: "server",
-                })
-                .clone();
-            *last = Some((labels, requests, duration));
-        }
-        if let Some((_, requests, duration)) = &*last {
-            requests.inc();
-            duration.observe(latency_ns as f64 / 1e9);
+        self.batch().http(method, protocol, code, latency_ns);
+    }
+
+    /// Counting for many flows or records at once: the series last counted in are held for
+    /// the whole batch, and repeated counts are added once at its end.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            metrics: self,
+            processed: self
+                .last_processed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            processed_n: 0,
+            http: self.last_http.lock().unwrap_or_else(|e| e.into_inner()),
+            http_n: 0,
         }
     }
 

@@ -263,7 +263,7 @@ impl observe::Record for GatewayRequest {
         gateway_flow(&self.record, &self.pods)
     }
 
-    fn count(&self, m: &observe::metrics::Metrics) {
+    fn count(&self, m: &mut observe::metrics::Batch<'_>) {
         let r = &self.record;
         m.processed("L7", "HTTP", Verdict::Forwarded);
         let latency = u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX);

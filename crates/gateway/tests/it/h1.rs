@@ -73,9 +73,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 async fn gateway(
     upstream: std::net::SocketAddr,
 ) -> (harness::Backends, gateway::Running, Arc<Metrics>) {
+    gateway_with(upstream, "").await
+}
+
+/// [`gateway`] with more manifests (policies).
+async fn gateway_with(
+    upstream: std::net::SocketAddr,
+    more: &str,
+) -> (harness::Backends, gateway::Running, Arc<Metrics>) {
     let backends = harness::start_backends().await;
     let metrics = Arc::new(Metrics::default());
-    let (_, running) = harness::serve(&backends, &manifests(upstream), metrics.clone()).await;
+    let all = format!("{}---\n{more}", manifests(upstream));
+    let (_, running) = harness::serve(&backends, &all, metrics.clone()).await;
     (backends, running, metrics)
 }
 
@@ -402,4 +411,46 @@ async fn upstream_connections_are_reused_after_bodies_of_any_size() {
         "one upstream connection for all"
     );
     assert_eq!(m.h1_fast.get(), 6);
+}
+
+#[tokio::test]
+async fn the_retry_policy_resends_idempotent_requests_on_reset_and_5xx() {
+    // The corpus's Gateway-wide policy shape (retry on reset), with 5xx added.
+    let policy = "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: p, namespace: gateway-conformance-infra}\n\
+         spec:\n  targetSelectors: [{group: gateway.networking.k8s.io, kind: Gateway}]\n  retry:\n    numRetries: 2\n    retryOn: {triggers: [reset, 5xx]}\n    perRetry: {backOff: {baseInterval: 1ms, maxInterval: 2ms}}\n";
+    // Request 0: 503; 1: the connection drops unanswered; 2: 200; later ones: 503.
+    let unavailable = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let up = scripted(move |n, _| match n {
+        1 => (Vec::new(), true),
+        2 => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
+        _ => (unavailable.clone(), false),
+    })
+    .await;
+    let (_b, r, m) = gateway_with(up, policy).await;
+    let mut c = connect(&r).await;
+    c.write_all(b"GET /x HTTP/1.1\r\nHost: scripted.test\r\n\r\n")
+        .await
+        .expect("write");
+    let got = text(&read_until(&mut c, |b| b.ends_with(b"ok")).await);
+    assert!(got.starts_with("HTTP/1.1 200"), "third try answers: {got}");
+    assert_eq!(m.retries.get(), 2);
+    // A POST is not sent again: its 503 is the answer.
+    c.write_all(b"POST /y HTTP/1.1\r\nHost: scripted.test\r\nContent-Length: 1\r\n\r\nz")
+        .await
+        .expect("write");
+    let got = text(&read_until(&mut c, |b| find(b, b"\r\n\r\n").is_some()).await);
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert_eq!(m.retries.get(), 2);
+    // Retries run out: the last answer goes to the client.
+    c.write_all(b"GET /z HTTP/1.1\r\nHost: scripted.test\r\n\r\n")
+        .await
+        .expect("write");
+    let got = text(&read_until(&mut c, |b| find(b, b"\r\n\r\n").is_some()).await);
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert_eq!(m.retries.get(), 4);
+    assert_eq!(m.h1_fast.get(), 3);
+    assert_eq!(m.h1_handoffs.get(), 0);
 }
