@@ -1078,6 +1078,9 @@ impl Chunked {
         let mut i = 0;
         while i < data.len() {
             let b = data[i];
+            let expect = |want: u8, next: ChunkState, why: &'static str| {
+                if b == want { Ok(next) } else { Err(why) }
+            };
             match self.state {
                 S::Size => match (b as char).to_digit(16) {
                     Some(d) => {
@@ -1117,18 +1120,8 @@ impl Chunked {
                     }
                     continue;
                 }
-                S::DataCr => {
-                    if b != b'\r' {
-                        return Err("chunk data too long");
-                    }
-                    self.state = S::DataLf;
-                }
-                S::DataLf => {
-                    if b != b'\n' {
-                        return Err("chunk data too long");
-                    }
-                    self.state = S::Size;
-                }
+                S::DataCr => self.state = expect(b'\r', S::DataLf, "chunk data too long")?,
+                S::DataLf => self.state = expect(b'\n', S::Size, "chunk data too long")?,
                 S::TrailerStart => {
                     self.state = if b == b'\r' { S::EndLf } else { S::TrailerLine };
                 }
@@ -1138,15 +1131,10 @@ impl Chunked {
                     }
                 }
                 S::TrailerLf => {
-                    if b != b'\n' {
-                        return Err("invalid trailer line");
-                    }
-                    self.state = S::TrailerStart;
+                    self.state = expect(b'\n', S::TrailerStart, "invalid trailer line")?;
                 }
                 S::EndLf => {
-                    if b != b'\n' {
-                        return Err("invalid end of chunked body");
-                    }
+                    expect(b'\n', S::EndLf, "invalid end of chunked body")?;
                     return Ok(Some(i + 1));
                 }
             }

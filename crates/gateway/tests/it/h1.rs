@@ -105,6 +105,14 @@ async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> 
     got
 }
 
+/// Sends `request` and reads an answer the gateway made itself (a text body ending in a
+/// newline).
+async fn ask_local(c: &mut TcpStream, request: &[u8]) -> String {
+    c.write_all(request).await.expect("write");
+    let got = read_until(c, |b| b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()).await;
+    text(&got)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -251,13 +259,7 @@ async fn a_pooled_connection_the_upstream_dropped_is_retried_only_when_safe() {
         "retried on a new connection: {got}"
     );
     // A POST might have been acted on: it is not sent twice, the client gets a 502.
-    c.write_all(&ask("POST")).await.expect("write");
-    let got = text(
-        &read_until(&mut c, |b| {
-            b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()
-        })
-        .await,
-    );
+    let got = ask_local(&mut c, &ask("POST")).await;
     assert!(got.starts_with("HTTP/1.1 502"), "{got}");
     assert!(
         got.contains("connection closed before the response"),
@@ -271,15 +273,7 @@ async fn a_malformed_or_missing_upstream_is_a_clear_error() {
     let up = scripted(|_, _| (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), true)).await;
     let (_b, r, m) = gateway(up).await;
     let mut c = connect(&r).await;
-    c.write_all(b"GET / HTTP/1.1\r\nHost: scripted.test\r\n\r\n")
-        .await
-        .expect("write");
-    let got = text(
-        &read_until(&mut c, |b| {
-            b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()
-        })
-        .await,
-    );
+    let got = ask_local(&mut c, b"GET / HTTP/1.1\r\nHost: scripted.test\r\n\r\n").await;
     assert!(got.starts_with("HTTP/1.1 502 Bad Gateway"), "{got}");
     assert!(got.contains("malformed response head"), "{got}");
     assert_eq!(m.h1_fast.get(), 1);
@@ -291,15 +285,7 @@ async fn a_malformed_or_missing_upstream_is_a_clear_error() {
     let (_b2, r2, m2) = gateway(gone).await;
     let mut c = connect(&r2).await;
     for _ in 0..2 {
-        c.write_all(b"GET / HTTP/1.1\r\nHost: scripted.test\r\n\r\n")
-            .await
-            .expect("write");
-        let got = text(
-            &read_until(&mut c, |b| {
-                b.ends_with(b"\n") && find(b, b"\r\n\r\n").is_some()
-            })
-            .await,
-        );
+        let got = ask_local(&mut c, b"GET / HTTP/1.1\r\nHost: scripted.test\r\n\r\n").await;
         assert!(got.starts_with("HTTP/1.1 503"), "{got}");
         assert!(got.contains(&gone.to_string()), "{got}");
     }
