@@ -1174,6 +1174,35 @@ mod tests {
         assert_eq!(end_of(&[b"5\r\nhel"]), None);
     }
 
+    proptest::proptest! {
+        /// Any bytes, fed in any two pieces: no panic, and the same verdict (error, or the
+        /// end at the same offset, or not ended) as when fed whole.
+        #[test]
+        fn chunked_reader_does_not_depend_on_how_bytes_arrive(
+            data in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"0123456789abcdefABCDEF;\r\n x=".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..200,
+            ),
+            cut in 0usize..200,
+        ) {
+            let whole = Chunked::default().feed(&data);
+            let cut = cut.min(data.len());
+            let mut c = Chunked::default();
+            let split = match c.feed(&data[..cut]) {
+                Err(e) => Err(e),
+                Ok(Some(end)) => Ok(Some(end)),
+                Ok(None) => c.feed(&data[cut..]).map(|end| end.map(|e| e + cut)),
+            };
+            match (whole, split) {
+                (Err(_), Err(_)) => {}
+                (a, b) => proptest::prop_assert_eq!(a, b),
+            }
+        }
+    }
+
     #[test]
     fn chunked_trailers_and_errors() {
         let t: &[u8] = b"0\r\nx-checksum: 1\r\nx-other: 2\r\n\r\n";
