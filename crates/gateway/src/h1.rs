@@ -185,6 +185,8 @@ pub(crate) async fn serve<S: Client>(
             }
         };
         buf.advance(ex.len);
+        // Counted before the answer goes out, so that whoever got it sees the count.
+        state.metrics.h1_fast.inc();
         let closing = drain.has_changed().unwrap_or(true);
         let done = exchange(&state, &mut stream, &ex, closing).await;
         let keep_alive = done.keep_alive;
@@ -618,6 +620,11 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
         if !keep_te && (is_hop_by_hop(h.name, &named) || edited(edits, h.name)) {
             continue;
         }
+        if chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
+            // Transfer-Encoding decides the length; passing both on would let the next hop
+            // choose differently.
+            continue;
+        }
         if compress.is_some() {
             if h.name.eq_ignore_ascii_case("content-length") {
                 continue;
@@ -935,7 +942,6 @@ fn finish(
     ex: Exchange,
     done: &Done,
 ) {
-    state.metrics.h1_fast.inc();
     let counters = ex
         .action
         .counters
