@@ -386,10 +386,7 @@ fn prepare(
         action: action.clone(),
         backend: backend.clone(),
         head_request: method == "HEAD",
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-        ),
+        idempotent: crate::plan::idempotent(method),
         close,
         client,
         started,
@@ -797,17 +794,7 @@ async fn connect<'a>(
     fresh_only: bool,
     last_err: &mut String,
 ) -> Option<(&'a Upstream, TcpStream, bool)> {
-    let n = backend.endpoints.len();
-    let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
-    let now = crate::plan::now_ms();
-    let mut order: Vec<usize> = (0..n)
-        .map(|i| (start + i) % n)
-        .filter(|&i| !backend.endpoints[i].is_ejected(now))
-        .collect();
-    if order.is_empty() {
-        // Everything ejected: try anyway rather than fail without trying.
-        order = (0..n).map(|i| (start + i) % n).collect();
-    }
+    let order = backend.try_order(state.next.fetch_add(1, Ordering::Relaxed));
     for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
         let ep = &backend.endpoints[i];
         if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {

@@ -418,6 +418,37 @@ pub struct Backend {
     pub keepalive: Option<Keepalive>,
 }
 
+impl Backend {
+    /// Indices of the endpoints to try, in turn from `seq` (which spreads requests), skipping
+    /// ejected ones; all of them when every one is ejected (trying beats failing untried).
+    pub fn try_order(&self, seq: u64) -> Vec<usize> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let start = usize::try_from(seq).unwrap_or(0) % n;
+        let now = now_ms();
+        let turn = (0..n).map(|i| (start + i) % n);
+        let order: Vec<usize> = turn
+            .clone()
+            .filter(|&i| !self.endpoints[i].is_ejected(now))
+            .collect();
+        if order.is_empty() {
+            turn.collect()
+        } else {
+            order
+        }
+    }
+}
+
+/// Whether a request method may be sent again (RFC 9110's idempotent methods).
+pub fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
+}
+
 /// Why a Gateway cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {

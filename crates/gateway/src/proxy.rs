@@ -1454,28 +1454,12 @@ async fn forward(
     retry: Option<&Retry>,
     client: &Client<HttpConnector, Body>,
 ) -> Result<Response<Incoming>, Response<Body>> {
-    let n = backend.endpoints.len();
-    let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
-    let now = crate::plan::now_ms();
-    let mut order: Vec<&Upstream> = (0..n)
-        .map(|i| &backend.endpoints[(start + i) % n])
-        .filter(|u| !u.is_ejected(now))
+    let order: Vec<&Upstream> = backend
+        .try_order(state.next.fetch_add(1, Ordering::Relaxed))
+        .into_iter()
+        .map(|i| &backend.endpoints[i])
         .collect();
-    if order.is_empty() {
-        // Everything is ejected: try anyway rather than fail without trying.
-        order = (0..n)
-            .map(|i| &backend.endpoints[(start + i) % n])
-            .collect();
-    }
-    let idempotent = matches!(
-        parts.method,
-        http::Method::GET
-            | http::Method::HEAD
-            | http::Method::OPTIONS
-            | http::Method::PUT
-            | http::Method::DELETE
-            | http::Method::TRACE
-    );
+    let idempotent = crate::plan::idempotent(parts.method.as_str());
     let per_try = retry.and_then(|r| r.per_try).or(per_try);
     let mut retries_left = retry.map_or(0, |r| r.num_retries);
     let mut connect_failures = 0usize;

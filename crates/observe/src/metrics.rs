@@ -146,7 +146,7 @@ impl Batch<'_> {
         }
     }
 
-    /// [`Metrics::processed`].
+    /// Counts one flow in `hubble_flows_processed_total`.
     pub fn processed(&mut self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
         let labels = FlowLabels {
             r#type,
@@ -161,7 +161,7 @@ impl Batch<'_> {
         self.processed_n += 1;
     }
 
-    /// [`Metrics::http`].
+    /// Counts one HTTP exchange (`hubble_http_requests_total` and its duration).
     pub fn http(&mut self, method: &str, protocol: &str, code: u32, latency_ns: u64) {
         let method = method_label(method);
         let protocol = match protocol {
@@ -299,16 +299,6 @@ impl Metrics {
     /// Counts one flow entering the buffer.
     pub fn flow(&self, f: &Flow) {
         self.batch().flow(f);
-    }
-
-    /// Counts one flow in `hubble_flows_processed_total`.
-    pub fn processed(&self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
-        self.batch().processed(r#type, subtype, verdict);
-    }
-
-    /// Counts one HTTP exchange (`hubble_http_requests_total` and its duration).
-    pub fn http(&self, method: &str, protocol: &str, code: u32, latency_ns: u64) {
-        self.batch().http(method, protocol, code, latency_ns);
     }
 
     /// Counting for many flows or records at once: the series last counted in are held for

@@ -54,16 +54,22 @@ fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// A webhook server for `provider` on a free loopback port and a client that negotiated with
+/// it.
+async fn webhook_pair(provider: Arc<dyn Provider>) -> (dns::sync::http::Serving, WebhookProvider) {
+    let server = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), provider)
+        .await
+        .expect("serves");
+    let client = WebhookProvider::connect(&format!("http://{}", server.addr), Default::default())
+        .await
+        .expect("negotiates");
+    (server, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_round_trip_client_against_server() {
     let zone = Arc::new(dns::sync::dynamic::Dynamic::new(&["example.test".into()]));
-    let server = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), zone.clone())
-        .await
-        .expect("serves");
-    let base = format!("http://{}", server.addr);
-    let client = WebhookProvider::connect(&base, Default::default())
-        .await
-        .expect("negotiates");
+    let (_server, client) = webhook_pair(zone.clone()).await;
     assert_eq!(
         client.negotiated().include,
         ["example.test"],
@@ -159,13 +165,8 @@ impl Provider for Failing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_5xx_is_retryable_and_the_protocol_is_checked() {
-    let server = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), Arc::new(Failing))
-        .await
-        .expect("serves");
+    let (server, client) = webhook_pair(Arc::new(Failing)).await;
     let base = format!("http://{}", server.addr);
-    let client = WebhookProvider::connect(&base, Default::default())
-        .await
-        .expect("negotiates");
     assert!(
         client.negotiated().include.is_empty(),
         "no filter: all domains"
