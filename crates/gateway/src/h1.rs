@@ -136,6 +136,8 @@ pub(crate) async fn serve<S: Client>(
         return;
     }
     let mut buf = BytesMut::new();
+    // The text a record or log line keeps of each request, reused.
+    let mut spare = String::new();
     // One wait for the drain for the connection's life (registered once, not per request).
     let mut drain_wait = drain.clone();
     let drained = drain_wait.changed();
@@ -149,7 +151,7 @@ pub(crate) async fn serve<S: Client>(
                 let Some(router) = ports.get(&port).and_then(|l| l.router()) else {
                     return;
                 };
-                match prepare(&state, router, peer, scheme, &buf) {
+                match prepare(&state, router, peer, scheme, &buf, &mut spare) {
                     Prep::More => {}
                     Prep::Forward(ex) => break ex,
                     Prep::HandOff => {
@@ -190,7 +192,9 @@ pub(crate) async fn serve<S: Client>(
         let closing = drain.has_changed().unwrap_or(true);
         let done = exchange(&state, &mut stream, &ex, closing).await;
         let keep_alive = done.keep_alive;
-        finish(&state, port, peer, scheme, ex, &done);
+        if let Some(text) = finish(&state, port, peer, scheme, ex, &done) {
+            spare = text;
+        }
         if !keep_alive {
             return;
         }
@@ -231,10 +235,29 @@ struct Exchange {
 
 /// What the record and the access log need of a request.
 struct Seen {
-    method: http::Method,
-    /// Host and target ([`crate::record::target`]).
-    text: (String, usize),
+    /// Method, host and target, one after the other (the connection's buffer, reused).
+    text: String,
+    method_len: usize,
+    host_len: usize,
     log: Option<LogFields>,
+}
+
+impl Seen {
+    fn method(&self) -> &str {
+        self.text.get(..self.method_len).unwrap_or_default()
+    }
+
+    fn host(&self) -> &str {
+        self.text
+            .get(self.method_len..self.method_len + self.host_len)
+            .unwrap_or_default()
+    }
+
+    fn target(&self) -> &str {
+        self.text
+            .get(self.method_len + self.host_len..)
+            .unwrap_or_default()
+    }
 }
 
 /// Parses a request at the start of `buf`, routes it and writes the upstream request.
@@ -244,6 +267,7 @@ fn prepare(
     peer: SocketAddr,
     scheme: &'static str,
     buf: &[u8],
+    spare: &mut String,
 ) -> Prep {
     let started = Instant::now();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -374,9 +398,15 @@ fn prepare(
                     .map(str::to_string)
             })
         });
+        let mut text = std::mem::take(spare);
+        text.clear();
+        text.push_str(method);
+        text.push_str(&host);
+        text.push_str(target);
         Seen {
-            method: http::Method::from_bytes(method.as_bytes()).unwrap_or_default(),
-            text: crate::record::target(&host, target),
+            text,
+            method_len: method.len(),
+            host_len: host.len(),
             log,
         }
     });
@@ -920,7 +950,7 @@ fn invalid_chunk(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-/// Counts, logs and records a finished exchange.
+/// Counts, logs and records a finished exchange; gives back the text buffer for reuse.
 fn finish(
     state: &State,
     port: u16,
@@ -928,13 +958,13 @@ fn finish(
     scheme: &'static str,
     ex: Exchange,
     done: &Done,
-) {
+) -> Option<String> {
     let counters = ex
         .action
         .counters
         .get_or_init(|| state.metrics.route_counters(&ex.action.route));
     state.metrics.observe(counters, done.status, done.latency);
-    let Some(seen) = ex.seen else { return };
+    let seen = ex.seen?;
     if let Some(log) = &state.access_log {
         crate::proxy::access_log_line(
             state,
@@ -947,24 +977,24 @@ fn finish(
         );
     }
     if let Some(observer) = &state.observer {
-        let upstream = done.upstream;
-        observer.0.request(crate::record::RequestRecord {
+        observer.0.request(&crate::record::RequestRecord {
             started: crate::record::wall_clock(ex.started),
             latency: done.latency,
-            method: seen.method,
+            method: seen.method(),
             version: "HTTP/1.1",
             scheme,
-            text: seen.text.0,
-            host_len: seen.text.1,
+            host: seen.host(),
+            path_and_query: seen.target(),
             status: done.status,
             client: ex.client,
             peer,
             listener_port: port,
-            action: Some(ex.action),
-            backend: upstream.map(|_| ex.backend),
-            upstream,
+            route: Some(&ex.action.route),
+            backend: done.upstream.map(|_| ex.backend.name.as_str()),
+            upstream: done.upstream,
         });
     }
+    Some(seen.text)
 }
 
 /// Answers the client itself (the upstream failed); returns whether the connection stays.

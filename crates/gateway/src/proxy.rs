@@ -722,20 +722,20 @@ async fn handle(
         .extensions_mut()
         .remove::<crate::record::Seen>()
         .unwrap_or_default();
-    observer.0.request(crate::record::RequestRecord {
+    observer.0.request(&crate::record::RequestRecord {
         started: started_at,
         latency: started.elapsed(),
-        method,
+        method: method.as_str(),
         version,
         scheme,
-        text,
-        host_len,
+        host: text.get(..host_len).unwrap_or_default(),
+        path_and_query: text.get(host_len..).unwrap_or_default(),
         status: resp.status().as_u16(),
         client: seen.client.unwrap_or(peer),
         peer,
         listener_port: port,
-        action: seen.action,
-        backend: seen.backend,
+        route: seen.action.as_deref().map(|a| a.route.as_str()),
+        backend: seen.backend.as_deref().map(|b| b.name.as_str()),
         upstream: seen.upstream,
     });
     resp

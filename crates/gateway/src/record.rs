@@ -2,10 +2,10 @@
 //! [`RequestRecord`] per request, handed to the [`RequestObserver`] of the [`crate::Bind`].
 //!
 //! The gateway does not know what a flow is (engines do not depend on each other); the binary
-//! turns records into flows. The record owns what the request's handling had already
-//! computed (the host and target strings, the matched route and backend), so an observer can
-//! keep it without copying, and nothing is recorded at all when no observer is set. The
-//! observer runs on the request's task: it must not block (queue, count, return).
+//! turns records into flows. The record borrows what the request's handling had already
+//! computed (the host and target, the matched route and backend), and nothing is recorded at
+//! all when no observer is set. The observer runs on the request's task: it must not block
+//! (copy, queue, return).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,22 +13,23 @@ use std::time::{Duration, SystemTime};
 
 use crate::plan::{Action, Backend};
 
-/// One request, after its response headers.
-#[derive(Debug)]
-pub struct RequestRecord {
+/// One request, after its response headers. It borrows what the request's handling already
+/// holds; an observer copies what it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestRecord<'a> {
     /// When the request headers were read.
     pub started: SystemTime,
     /// From request headers to response headers.
     pub latency: Duration,
-    pub method: http::Method,
+    pub method: &'a str,
     /// `HTTP/1.0`, `HTTP/1.1`, `HTTP/2`, `HTTP/3`, as Hubble writes them.
-    pub version: &'static str,
+    pub version: &'a str,
     /// `http` or `https`.
-    pub scheme: &'static str,
-    /// The request host (lower case, without port) followed by the path and query as the
-    /// client sent them: one allocation for both.
-    pub(crate) text: String,
-    pub(crate) host_len: usize,
+    pub scheme: &'a str,
+    /// The request host, lower case, without port.
+    pub host: &'a str,
+    /// Path and query as the client sent them.
+    pub path_and_query: &'a str,
     pub status: u16,
     /// The client after X-Forwarded-For handling (the ClientTrafficPolicy's trusted hops).
     pub client: SocketAddr,
@@ -36,13 +37,16 @@ pub struct RequestRecord {
     pub peer: SocketAddr,
     /// The Gateway listener port the request came in on.
     pub listener_port: u16,
-    pub(crate) action: Option<Arc<Action>>,
-    pub(crate) backend: Option<Arc<Backend>>,
+    /// `namespace/name` of the route that matched; `None` when none did.
+    pub route: Option<&'a str>,
+    /// `namespace/name:port` of the backend picked; `None` when nothing was forwarded.
+    pub backend: Option<&'a str>,
     /// The endpoint that answered; `None` when the gateway answered itself.
     pub upstream: Option<SocketAddr>,
 }
 
-/// The host and target of a request as a record keeps them (one string, the host's length).
+/// The host and target of a request as the general path keeps them until the record (one
+/// string, the host's length).
 pub(crate) fn target(host: &str, path_and_query: &str) -> (String, usize) {
     let mut text = String::with_capacity(host.len() + path_and_query.len());
     text.push_str(host);
@@ -50,35 +54,13 @@ pub(crate) fn target(host: &str, path_and_query: &str) -> (String, usize) {
     (text, host.len())
 }
 
-impl RequestRecord {
-    /// The request host, lower case, without port.
-    pub fn host(&self) -> &str {
-        self.text.get(..self.host_len).unwrap_or_default()
-    }
-
-    /// Path and query as the client sent them.
-    pub fn path_and_query(&self) -> &str {
-        self.text.get(self.host_len..).unwrap_or_default()
-    }
-
-    /// `namespace/name` of the route that matched; `None` when none did.
-    pub fn route(&self) -> Option<&str> {
-        self.action.as_deref().map(|a| a.route.as_str())
-    }
-
-    /// `namespace/name:port` of the backend picked; `None` when nothing was forwarded.
-    pub fn backend(&self) -> Option<&str> {
-        self.backend.as_deref().map(|b| b.name.as_str())
-    }
-}
-
 /// Receives a record per request.
 pub trait RequestObserver: Send + Sync {
-    fn request(&self, record: RequestRecord);
+    fn request(&self, record: &RequestRecord<'_>);
 }
 
-impl<F: Fn(RequestRecord) + Send + Sync> RequestObserver for F {
-    fn request(&self, record: RequestRecord) {
+impl<F: Fn(&RequestRecord<'_>) + Send + Sync> RequestObserver for F {
+    fn request(&self, record: &RequestRecord<'_>) {
         self(record)
     }
 }

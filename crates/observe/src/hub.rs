@@ -1,10 +1,18 @@
-//! The flow buffer of one process and the handle producers push into.
+//! The flow buffer of one process and the handles producers push into.
 //!
 //! ```text
-//! producers --Flows::push / Flows::record (a lock, a Vec push, never waits)--> queue
+//! producers --Flows::push (a flow) / Recorder::record (a record's bytes)--> queue
+//!    (a short lock, a Vec push, never waits)
 //!    --> one task: metrics, then the ring (Config::flows_max, oldest overwritten)
-//!    --> readers (GetFlows) copy out by sequence number
+//!    --> readers (GetFlows) copy out by sequence number; records become flows there
 //! ```
+//!
+//! A busy producer (the gateway: one record per request) does not build flows: it writes
+//! what it saw as a few bytes in its own layout ([`crate::wire`]) and its [`RecordKind`] turns
+//! them into a flow when somebody reads it. The ring keeps those bytes back to back in one
+//! arena, so recording costs no allocation and the ring's memory is what the records hold
+//! (about 100 bytes for a request), not a graph of boxes: a buffer of thousands of records
+//! that nobody reads stays out of the producer's caches as far as it can.
 //!
 //! Nothing is lost silently. A full queue counts `OBSERVER_EVENTS_QUEUE`; a reader that falls
 //! so far behind that the ring overwrote what it had not read counts `HUBBLE_RING_BUFFER`
@@ -15,12 +23,12 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Batch, Metrics};
 use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 
 /// Flows kept for readers by default (Hubble's default ring size).
@@ -51,46 +59,20 @@ impl Default for Config {
     }
 }
 
-/// A flow kept in a producer's own terms and built only when a reader asks for it: a busy
-/// producer pays for a copy of what it saw (and the metrics), not for the flow. The gateway's
-/// requests are recorded this way; a flow nobody reads is never built.
-pub trait Record: Send + Sync + 'static {
-    /// When it happened.
-    fn time(&self) -> prost_types::Timestamp;
-    /// The flow; the buffer fills in `node_name` when it is empty.
-    fn build(&self) -> Flow;
-    /// Counts it in the Hubble metrics as [`Metrics::flow`] counts the built flow (in a
-    /// batch of the records and flows taken in together).
-    fn count(&self, metrics: &mut crate::metrics::Batch<'_>);
+/// A producer's record layout: what it wrote with a [`Recorder`] becomes a flow here, when a
+/// reader asks for it, and is counted here when it enters the buffer.
+pub trait RecordKind: Send + Sync + 'static {
+    /// The flow of a record (with its time); the buffer fills in `node_name` when empty.
+    /// Bytes this kind cannot read give a flow that says so, not a panic.
+    fn build(&self, bytes: &[u8]) -> Flow;
+    /// Counts the record in the Hubble metrics as [`Batch::flow`] counts the built flow.
+    fn count(&self, bytes: &[u8], metrics: &mut Batch<'_>);
 }
 
-/// A [`Record`] in the ring, with its flow once built.
-pub struct Recorded {
-    record: Box<dyn Record>,
-    time: prost_types::Timestamp,
-    node_name: Arc<str>,
-    flow: OnceLock<Box<Flow>>,
-}
-
-impl Recorded {
-    /// The flow, built on first use.
-    pub fn flow(&self) -> &Flow {
-        self.flow.get_or_init(|| {
-            let mut f = self.record.build();
-            if f.node_name.is_empty() {
-                f.node_name = self.node_name.to_string();
-            }
-            f.time.get_or_insert(self.time);
-            Box::new(f)
-        })
-    }
-}
-
-/// One entry of the ring. Flows are boxed so that an entry is small: the ring of a busy
-/// producer is thousands of records, mostly never built.
+/// What a reader gets: a flow, or how many were lost (and when that was noticed).
+#[derive(Clone, Debug, PartialEq)]
 pub enum Event {
-    Flow(Box<Flow>),
-    Recorded(Recorded),
+    Flow(Arc<Flow>),
     Lost(LostEvent, prost_types::Timestamp),
 }
 
@@ -98,81 +80,126 @@ impl Event {
     pub fn time(&self) -> Option<&prost_types::Timestamp> {
         match self {
             Event::Flow(f) => f.time.as_ref(),
-            Event::Recorded(r) => Some(&r.time),
             Event::Lost(_, t) => Some(t),
         }
     }
 
-    /// The flow of a flow entry (building a recorded one), `None` for a loss.
+    /// The flow of a flow entry, `None` for a loss.
     pub fn flow(&self) -> Option<&Flow> {
         match self {
             Event::Flow(f) => Some(f),
-            Event::Recorded(r) => Some(r.flow()),
             Event::Lost(..) => None,
         }
     }
 }
 
-/// A recorded entry clones as the flow it stands for.
-impl Clone for Event {
-    fn clone(&self) -> Self {
-        match self {
-            Event::Flow(f) => Event::Flow(f.clone()),
-            Event::Recorded(r) => Event::Flow(Box::new(r.flow().clone())),
-            Event::Lost(l, t) => Event::Lost(*l, *t),
-        }
-    }
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Event::Lost(a, s), Event::Lost(b, t)) => a == b && s == t,
-            (Event::Lost(..), _) | (_, Event::Lost(..)) => false,
-            _ => self.flow() == other.flow(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Event {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Event::Lost(l, t) => f.debug_tuple("Lost").field(l).field(t).finish(),
-            _ => f.debug_tuple("Flow").field(&self.flow()).finish(),
-        }
-    }
-}
-
-/// What producers put into the queue (two words: a record or a built flow, boxed).
-enum Pending {
+/// What producers put into the queue; a record's bytes are in [`Pending::bytes`] (from `at`,
+/// `len` of them: bytes a record writer left behind when it panicked belong to nobody).
+enum Item {
     Flow(Box<Flow>),
-    Record(Box<dyn Record>),
+    Record { kind: u16, at: u32, len: u32 },
+}
+
+#[derive(Default)]
+struct Pending {
+    items: Vec<Item>,
+    bytes: Vec<u8>,
 }
 
 /// Flows waiting for the buffer task: producers push under a short lock and wake the task
 /// only when the queue was empty.
 struct Queue {
-    pending: Mutex<Vec<Pending>>,
+    pending: Mutex<Pending>,
     max: usize,
     wake: tokio::sync::Notify,
 }
 
 impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pending>> {
-        // Every change is one push or one swap, so a poisoned lock is still consistent.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // Every change is a push of whole items, so a poisoned lock is still consistent.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
+/// One entry of the ring.
+enum Entry {
+    Flow(Arc<Flow>),
+    /// A record not read yet; its bytes are in the arena.
+    Record(u16),
+    Lost(Box<(LostEvent, prost_types::Timestamp)>),
+}
+
+struct Slot {
+    entry: Entry,
+    /// Where the record's bytes start in the arena (counted from the arena's first byte
+    /// ever) and how many there are; a record built into a flow keeps them until it leaves.
+    start: u64,
+    len: u32,
+}
+
 struct Ring {
-    entries: VecDeque<Arc<Event>>,
-    /// Sequence number of `entries[0]`; the next entry gets `first_seq + entries.len()`.
+    slots: VecDeque<Slot>,
+    /// Sequence number of `slots[0]`; the next entry gets `first_seq + slots.len()`.
     first_seq: u64,
+    /// The records' bytes, back to back in slot order.
+    arena: VecDeque<u8>,
+    /// The position of `arena[0]` in the arena's history.
+    arena_first: u64,
 }
 
 impl Ring {
     fn next_seq(&self) -> u64 {
-        self.first_seq + self.entries.len() as u64
+        self.first_seq + self.slots.len() as u64
+    }
+
+    /// Appends entries whose records' bytes are in `bytes` (one queue's worth, records at
+    /// the ranges their entries name), then drops the oldest entries beyond `max` and their
+    /// bytes.
+    fn append(
+        &mut self,
+        entries: impl IntoIterator<Item = (Entry, std::ops::Range<usize>)>,
+        bytes: &[u8],
+        max: usize,
+    ) {
+        let base = self.arena_first + self.arena.len() as u64;
+        self.arena.extend(bytes);
+        // Entries without bytes sit where the previous record ended (starts never go back).
+        let mut end = 0;
+        for (entry, range) in entries {
+            let start = if range.is_empty() { end } else { range.start };
+            end = end.max(range.end);
+            self.slots.push_back(Slot {
+                entry,
+                start: base + start as u64,
+                len: u32::try_from(range.len()).unwrap_or(u32::MAX),
+            });
+        }
+        let over = self.slots.len().saturating_sub(max);
+        if over > 0 {
+            self.slots.drain(..over);
+            self.first_seq += over as u64;
+        }
+        let first = self
+            .slots
+            .front()
+            .map_or(base + bytes.len() as u64, |s| s.start);
+        let gone = usize::try_from(first.saturating_sub(self.arena_first)).unwrap_or(usize::MAX);
+        self.arena.drain(..gone.min(self.arena.len()));
+        self.arena_first = first.max(self.arena_first);
+    }
+
+    /// Appends the bytes of `slot` to `out`.
+    fn copy_bytes(&self, slot: &Slot, out: &mut Vec<u8>) {
+        let from = usize::try_from(slot.start - self.arena_first).unwrap_or(usize::MAX);
+        let to = from.saturating_add(usize::try_from(slot.len).unwrap_or(usize::MAX));
+        let (a, b) = self.arena.as_slices();
+        let split = a.len();
+        if from < split {
+            out.extend_from_slice(&a[from..to.min(split)]);
+        }
+        if to > split {
+            out.extend_from_slice(&b[from.max(split) - split..to - split]);
+        }
     }
 }
 
@@ -191,6 +218,7 @@ pub struct Status {
 pub(crate) struct Hub {
     ring: Mutex<Ring>,
     flows_max: usize,
+    kinds: RwLock<Vec<Arc<dyn RecordKind>>>,
     seen: AtomicU64,
     /// Lost before the buffer, not yet written into the ring as a `LostEvent`, by source.
     lost_pending: [AtomicU64; 4],
@@ -199,18 +227,30 @@ pub(crate) struct Hub {
     pub(crate) metrics: Metrics,
     started: Instant,
     pub(crate) node_name: String,
-    /// The same, shared by recorded entries.
-    node: Arc<str>,
+}
+
+/// A read entry before its record is built.
+enum Raw {
+    Ready(Event),
+    Record {
+        seq: u64,
+        kind: u16,
+        bytes: std::ops::Range<usize>,
+    },
 }
 
 impl Hub {
     fn new(config: &Config) -> Hub {
+        let flows_max = config.flows_max.max(1);
         Hub {
             ring: Mutex::new(Ring {
-                entries: VecDeque::with_capacity(config.flows_max),
+                slots: VecDeque::with_capacity(flows_max),
                 first_seq: 0,
+                arena: VecDeque::new(),
+                arena_first: 0,
             }),
-            flows_max: config.flows_max.max(1),
+            flows_max,
+            kinds: RwLock::new(Vec::new()),
             seen: AtomicU64::new(0),
             lost_pending: Default::default(),
             lost_total: AtomicU64::new(0),
@@ -218,7 +258,6 @@ impl Hub {
             metrics: Metrics::default(),
             started: Instant::now(),
             node_name: config.node_name.clone(),
-            node: Arc::from(config.node_name.as_str()),
         }
     }
 
@@ -226,6 +265,10 @@ impl Hub {
         // A panic while holding the lock leaves a consistent ring (every change is one push
         // or pop), so a poisoned lock is still usable.
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kinds(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<dyn RecordKind>>> {
+        self.kinds.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts events lost before the buffer; the next ingest writes them into the ring.
@@ -242,93 +285,158 @@ impl Hub {
     /// Takes flows into the ring (counting them first), with a `LostEvent` entry ahead of
     /// them for whatever was lost since the last call.
     pub(crate) fn ingest(&self, flows: impl IntoIterator<Item = Flow>) {
-        self.ingest_pending(flows.into_iter().map(|f| Pending::Flow(Box::new(f))));
+        let mut p = Pending::default();
+        p.items
+            .extend(flows.into_iter().map(|f| Item::Flow(Box::new(f))));
+        self.ingest_pending(&mut p);
     }
 
-    fn ingest_pending(&self, flows: impl IntoIterator<Item = Pending>) {
+    /// Takes what producers queued into the ring and empties `p`.
+    fn ingest_pending(&self, p: &mut Pending) {
         let now = crate::time::now();
-        let mut batch: Vec<Arc<Event>> = Vec::new();
+        let mut lost = Vec::new();
         for (i, pending) in self.lost_pending.iter().enumerate() {
             let n = pending.swap(0, Ordering::Relaxed);
             if n > 0 {
                 let source = LostEventSource::try_from(i32::try_from(i).unwrap_or(0))
                     .unwrap_or(LostEventSource::UnknownLostEventSource);
-                batch.push(Arc::new(Event::Lost(
-                    LostEvent {
-                        source: source as i32,
-                        num_events_lost: n,
-                        cpu: None,
-                    },
-                    now,
-                )));
+                let event = LostEvent {
+                    source: source as i32,
+                    num_events_lost: n,
+                    cpu: None,
+                };
+                lost.push(Entry::Lost(Box::new((event, now))));
             }
         }
-        let mut counts = self.metrics.batch();
-        for p in flows {
-            batch.push(Arc::new(match p {
-                Pending::Flow(mut f) => {
-                    if f.time.is_none() {
-                        f.time = Some(now);
+        // Count first (off the ring's lock), completing the flows on the way.
+        let mut entries = Vec::with_capacity(p.items.len());
+        {
+            let kinds = self.kinds();
+            let mut counts = self.metrics.batch();
+            for item in p.items.drain(..) {
+                entries.push(match item {
+                    Item::Flow(mut f) => {
+                        if f.time.is_none() {
+                            f.time = Some(now);
+                        }
+                        if f.node_name.is_empty() {
+                            f.node_name.clone_from(&self.node_name);
+                        }
+                        counts.flow(&f);
+                        (Entry::Flow(Arc::new(*f)), 0..0)
                     }
-                    if f.node_name.is_empty() {
-                        f.node_name.clone_from(&self.node_name);
+                    Item::Record { kind, at, len } => {
+                        let at = usize::try_from(at).unwrap_or(usize::MAX);
+                        let range = at..at.saturating_add(usize::try_from(len).unwrap_or(0));
+                        match p.bytes.get(range.clone()) {
+                            Some(bytes) => {
+                                if let Some(k) = kinds.get(usize::from(kind)) {
+                                    k.count(bytes, &mut counts);
+                                }
+                                (Entry::Record(kind), range)
+                            }
+                            None => (Entry::Record(kind), 0..0),
+                        }
                     }
-                    counts.flow(&f);
-                    Event::Flow(f)
-                }
-                Pending::Record(record) => {
-                    record.count(&mut counts);
-                    Event::Recorded(Recorded {
-                        time: record.time(),
-                        record,
-                        node_name: self.node.clone(),
-                        flow: OnceLock::new(),
-                    })
-                }
-            }));
+                });
+            }
         }
-        drop(counts);
-        if batch.is_empty() {
+        if lost.is_empty() && entries.is_empty() {
+            p.bytes.clear();
             return;
         }
-        let flows = batch
-            .iter()
-            .filter(|e| !matches!(***e, Event::Lost(..)))
-            .count();
+        let flows = entries.len() as u64;
         let next = {
             let mut ring = self.lock();
-            for e in batch {
-                if ring.entries.len() == self.flows_max {
-                    ring.entries.pop_front();
-                    ring.first_seq += 1;
-                }
-                ring.entries.push_back(e);
-            }
+            let lost = lost.into_iter().map(|e| (e, 0..0));
+            ring.append(lost.chain(entries), &p.bytes, self.flows_max);
             ring.next_seq()
         };
-        self.seen.fetch_add(flows as u64, Ordering::Relaxed);
+        p.bytes.clear();
+        self.seen.fetch_add(flows, Ordering::Relaxed);
         self.tip.send_replace(next);
     }
 
     /// Everything in the ring now, and the sequence number after it.
-    pub(crate) fn snapshot(&self) -> (Vec<Arc<Event>>, u64) {
-        let ring = self.lock();
-        (ring.entries.iter().cloned().collect(), ring.next_seq())
+    pub(crate) fn snapshot(&self) -> (Vec<Event>, u64) {
+        let mut cursor = 0;
+        let (events, _) = self.read_from(&mut cursor, usize::MAX);
+        (events, cursor)
     }
 
     /// Up to `max` entries from `*cursor` on, advancing it; the second value is how many
-    /// entries the ring overwrote before they could be read.
-    pub(crate) fn read_from(&self, cursor: &mut u64, max: usize) -> (Vec<Arc<Event>>, u64) {
-        let ring = self.lock();
+    /// entries the ring overwrote before they could be read. Records are built into flows
+    /// outside the ring's lock, and kept built for the next reader.
+    pub(crate) fn read_from(&self, cursor: &mut u64, max: usize) -> (Vec<Event>, u64) {
+        let mut raw = Vec::new();
+        let mut bytes = Vec::new();
         let mut missed = 0;
-        if *cursor < ring.first_seq {
-            missed = ring.first_seq - *cursor;
-            *cursor = ring.first_seq;
+        {
+            let ring = self.lock();
+            if *cursor < ring.first_seq {
+                missed = ring.first_seq - *cursor;
+                *cursor = ring.first_seq;
+            }
+            let start = usize::try_from(*cursor - ring.first_seq).unwrap_or(usize::MAX);
+            for (i, slot) in ring.slots.iter().enumerate().skip(start).take(max) {
+                raw.push(match &slot.entry {
+                    Entry::Flow(f) => Raw::Ready(Event::Flow(f.clone())),
+                    Entry::Lost(l) => Raw::Ready(Event::Lost(l.0, l.1)),
+                    Entry::Record(kind) => {
+                        let from = bytes.len();
+                        ring.copy_bytes(slot, &mut bytes);
+                        Raw::Record {
+                            seq: ring.first_seq + i as u64,
+                            kind: *kind,
+                            bytes: from..bytes.len(),
+                        }
+                    }
+                });
+            }
+            *cursor += raw.len() as u64;
         }
-        let start = usize::try_from(*cursor - ring.first_seq).unwrap_or(usize::MAX);
-        let out: Vec<Arc<Event>> = ring.entries.iter().skip(start).take(max).cloned().collect();
-        *cursor += out.len() as u64;
-        (out, missed)
+        let mut built = Vec::new();
+        let events = {
+            let kinds = self.kinds();
+            raw.into_iter()
+                .map(|r| match r {
+                    Raw::Ready(e) => e,
+                    Raw::Record {
+                        seq,
+                        kind,
+                        bytes: range,
+                    } => {
+                        let mut f = kinds
+                            .get(usize::from(kind))
+                            .map(|k| k.build(bytes.get(range).unwrap_or_default()))
+                            .unwrap_or_default();
+                        if f.node_name.is_empty() {
+                            f.node_name.clone_from(&self.node_name);
+                        }
+                        let f = Arc::new(f);
+                        built.push((seq, f.clone()));
+                        Event::Flow(f)
+                    }
+                })
+                .collect()
+        };
+        if !built.is_empty() {
+            let mut ring = self.lock();
+            for (seq, f) in built {
+                let Some(i) = seq
+                    .checked_sub(ring.first_seq)
+                    .and_then(|i| usize::try_from(i).ok())
+                else {
+                    continue;
+                };
+                if let Some(slot) = ring.slots.get_mut(i)
+                    && matches!(slot.entry, Entry::Record(_))
+                {
+                    slot.entry = Entry::Flow(f);
+                }
+            }
+        }
+        (events, missed)
     }
 
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
@@ -336,7 +444,7 @@ impl Hub {
     }
 
     pub(crate) fn status(&self) -> Status {
-        let num = self.lock().entries.len() as u64;
+        let num = self.lock().slots.len() as u64;
         Status {
             num_flows: num,
             max_flows: self.flows_max as u64,
@@ -364,28 +472,28 @@ impl Flows {
     /// Queues a flow for the buffer; when the queue is full the flow is dropped and counted
     /// (`OBSERVER_EVENTS_QUEUE`). Callable from any thread, inside a runtime or not.
     pub fn push(&self, flow: Flow) {
-        self.enqueue(Pending::Flow(Box::new(flow)));
-    }
-
-    fn enqueue(&self, p: Pending) {
         let mut q = self.queue.lock();
-        if q.len() >= self.queue.max {
+        if q.items.len() >= self.queue.max {
             drop(q);
             self.hub.lost(LostEventSource::ObserverEventsQueue, 1);
             return;
         }
-        let first = q.is_empty();
-        q.push(p);
+        let first = q.items.is_empty();
+        q.items.push(Item::Flow(Box::new(flow)));
         drop(q);
         if first {
             self.queue.wake.notify_one();
         }
     }
 
-    /// Queues a record whose flow is built only when read (see [`Record`]); a full queue
-    /// counts as for [`Flows::push`].
-    pub fn record(&self, record: impl Record) {
-        self.enqueue(Pending::Record(Box::new(record)));
+    /// A producer's handle for records of `kind` (see [`RecordKind`]).
+    pub fn recorder(&self, kind: impl RecordKind) -> Recorder {
+        let mut kinds = self.hub.kinds.write().unwrap_or_else(|e| e.into_inner());
+        kinds.push(Arc::new(kind));
+        Recorder {
+            flows: self.clone(),
+            kind: u16::try_from(kinds.len() - 1).unwrap_or(u16::MAX),
+        }
     }
 
     /// Reports events lost before they became flows, e.g. `PERF_EVENT_RING_BUFFER` for
@@ -397,6 +505,47 @@ impl Flows {
     /// The node name flows get when they have none.
     pub fn node_name(&self) -> &str {
         &self.hub.node_name
+    }
+}
+
+/// Records of one [`RecordKind`] into a buffer: cheap to clone, never waits.
+#[derive(Clone, Debug)]
+pub struct Recorder {
+    flows: Flows,
+    kind: u16,
+}
+
+impl Recorder {
+    /// Queues one record: `write` appends its bytes (see [`crate::wire`]) to the queue, under
+    /// its lock, so it should do nothing else. A full queue counts the record as lost
+    /// (`OBSERVER_EVENTS_QUEUE`).
+    pub fn record(&self, write: impl FnOnce(&mut Vec<u8>)) {
+        let queue = &self.flows.queue;
+        let mut q = queue.lock();
+        if q.items.len() >= queue.max {
+            drop(q);
+            self.flows.hub.lost(LostEventSource::ObserverEventsQueue, 1);
+            return;
+        }
+        let first = q.items.is_empty();
+        let start = q.bytes.len();
+        write(&mut q.bytes);
+        let (Ok(at), Ok(len)) = (u32::try_from(start), u32::try_from(q.bytes.len() - start)) else {
+            // Beyond what a queue holds between two ingests: dropped and counted.
+            q.bytes.truncate(start);
+            drop(q);
+            self.flows.hub.lost(LostEventSource::ObserverEventsQueue, 1);
+            return;
+        };
+        q.items.push(Item::Record {
+            kind: self.kind,
+            at,
+            len,
+        });
+        drop(q);
+        if first {
+            queue.wake.notify_one();
+        }
     }
 }
 
@@ -421,19 +570,19 @@ impl Observer {
     pub fn start(config: &Config) -> Observer {
         let hub = Arc::new(Hub::new(config));
         let queue = Arc::new(Queue {
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             max: config.queued_flows_max.max(1),
             wake: tokio::sync::Notify::new(),
         });
         let (h, q) = (hub.clone(), queue.clone());
         tokio::spawn(async move {
-            let mut batch = Vec::new();
+            let mut batch = Pending::default();
             loop {
                 // A permit is kept when nobody waits, so a wake-up is never missed.
                 q.wake.notified().await;
                 tokio::time::sleep(std::time::Duration::from_millis(INGEST_INTERVAL_MS)).await;
                 std::mem::swap(&mut batch, &mut *q.lock());
-                h.ingest_pending(batch.drain(..));
+                h.ingest_pending(&mut batch);
             }
         });
         Observer {
@@ -466,12 +615,7 @@ impl Observer {
 
     /// The buffer's entries, oldest first (tests, replays).
     pub fn entries(&self) -> Vec<Event> {
-        self.hub
-            .snapshot()
-            .0
-            .into_iter()
-            .map(|e| (*e).clone())
-            .collect()
+        self.hub.snapshot().0
     }
 }
 
@@ -511,22 +655,34 @@ mod tests {
         assert_eq!((s.num_flows, s.max_flows, s.seen_flows), (4, 4, 9));
     }
 
-    /// A record whose builds are counted.
-    struct Counted(Arc<AtomicU64>);
+    /// Records of one number; builds are counted.
+    struct Numbered(Arc<AtomicU64>);
 
-    impl Record for Counted {
-        fn time(&self) -> prost_types::Timestamp {
-            prost_types::Timestamp {
+    impl RecordKind for Numbered {
+        fn build(&self, bytes: &[u8]) -> Flow {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            let mut r = crate::wire::Reader::new(bytes);
+            let mut f = flow(r.u32().unwrap_or(u32::MAX));
+            f.time = Some(prost_types::Timestamp {
                 seconds: 7,
                 nanos: 0,
-            }
+            });
+            f
         }
-        fn build(&self) -> Flow {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            flow(42)
-        }
-        fn count(&self, m: &mut crate::metrics::Batch<'_>) {
+        fn count(&self, _: &[u8], m: &mut crate::metrics::Batch<'_>) {
             m.processed("L7", "HTTP", Verdict::Forwarded);
+        }
+    }
+
+    fn numbered(obs: &Observer) -> (Recorder, Arc<AtomicU64>) {
+        let builds = Arc::new(AtomicU64::new(0));
+        (obs.flows().recorder(Numbered(builds.clone())), builds)
+    }
+
+    async fn until_seq(obs: &Observer, seq: u64) {
+        let mut tip = obs.hub.subscribe();
+        while *tip.borrow_and_update() < seq {
+            tip.changed().await.expect("hub alive");
         }
     }
 
@@ -536,12 +692,11 @@ mod tests {
             node_name: "n1".into(),
             ..Config::default()
         });
-        let builds = Arc::new(AtomicU64::new(0));
-        obs.flows().record(Counted(builds.clone()));
-        let mut tip = obs.hub.subscribe();
-        while *tip.borrow_and_update() < 1 {
-            tip.changed().await.expect("hub alive");
-        }
+        let (recorder, builds) = numbered(&obs);
+        recorder.record(|b| {
+            crate::wire::Writer(b).u32(42);
+        });
+        until_seq(&obs, 1).await;
         assert_eq!(
             builds.load(Ordering::Relaxed),
             0,
@@ -558,14 +713,56 @@ mod tests {
             ),
             "{text}"
         );
-        let (entries, _) = obs.hub.snapshot();
         for _ in 0..3 {
+            let entries = obs.entries();
             let f = entries[0].flow().expect("a flow");
             assert_eq!((f.proxy_port, f.node_name.as_str()), (42, "n1"));
             assert_eq!(f.time.map(|t| t.seconds), Some(7));
         }
         assert_eq!(builds.load(Ordering::Relaxed), 1, "built once");
-        assert!(matches!(obs.entries()[0], Event::Flow(_)));
+    }
+
+    #[tokio::test]
+    async fn records_and_flows_keep_their_order_and_the_arena_follows_the_ring() {
+        let obs = Observer::start(&Config {
+            flows_max: 5,
+            ..Config::default()
+        });
+        let (recorder, _) = numbered(&obs);
+        let flows = obs.flows();
+        // Records of different lengths between flows, more than the ring holds, over
+        // several ingests: the bytes of each record must stay its own.
+        let mut n = 0;
+        for round in 0..4 {
+            for i in 0..7u32 {
+                let v = round * 100 + i;
+                if i % 3 == 0 {
+                    flows.push(flow(v));
+                } else {
+                    recorder.record(|b| {
+                        crate::wire::Writer(b)
+                            .u32(v)
+                            .str(&"x".repeat(i as usize * 13));
+                    });
+                }
+                n += 1;
+            }
+            until_seq(&obs, n).await;
+            let ports: Vec<u32> = obs
+                .entries()
+                .iter()
+                .map(|e| e.flow().map_or(u32::MAX, |f| f.proxy_port))
+                .collect();
+            let want: Vec<u32> = (2..7).map(|i| round * 100 + i).collect();
+            assert_eq!(ports, want, "round {round}");
+        }
+        let ring = obs.hub.lock();
+        let held: u64 = ring.slots.iter().map(|s| u64::from(s.len)).sum();
+        assert_eq!(
+            held,
+            ring.arena.len() as u64,
+            "the arena holds the ring's bytes only"
+        );
     }
 
     #[tokio::test]
@@ -584,10 +781,7 @@ mod tests {
         flows.lost(LostEventSource::PerfEventRingBuffer, 5);
         assert_eq!(obs.status().lost_events, 17);
         // Let the ingest task run.
-        let mut tip = obs.hub.subscribe();
-        while *tip.borrow_and_update() < 10 {
-            tip.changed().await.expect("hub alive");
-        }
+        until_seq(&obs, 10).await;
         let entries = obs.entries();
         let lost: Vec<(i32, u64)> = entries
             .iter()

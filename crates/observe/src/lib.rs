@@ -5,6 +5,9 @@
 //!   Hubble's `flow`, `observer` and `relay` packages, same names and numbers).
 //! - [`hub`]: the flow buffer. Producers hold a [`Flows`] handle and [`Flows::push`] never
 //!   waits: a full queue is counted as lost, never silently. [`Observer`] owns the buffer.
+//!   A busy producer records bytes with a [`Recorder`] instead, built into flows only when
+//!   read by its [`RecordKind`].
+//! - [`wire`]: the byte layout helpers of such records.
 //! - [`filter`]: Hubble's `FlowFilter` semantics (whitelist / blacklist).
 //! - [`format`]: the one-line summary, `compact`, `table` and JSON output.
 //! - [`metrics`]: Hubble's metric names (`hubble_flows_processed_total`, ...).
@@ -34,9 +37,10 @@ pub mod query;
 pub mod server;
 pub mod time;
 pub mod ui;
+pub mod wire;
 
 pub use filter::{FilterError, FilterSet};
-pub use hub::{Config, Flows, Observer, Record};
+pub use hub::{Config, Flows, Observer, RecordKind, Recorder};
 pub use server::{serve, spawn};
 
 /// Generated code: prost messages, the tonic client and server.

@@ -7,12 +7,12 @@
 //! themselves, so every producer is counted the same way. Label values come from fixed
 //! lists (methods, record types, rcodes) so a client cannot grow the label space.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::proto::flow::{Flow, FlowType, LostEventSource, Verdict, layer4, layer7};
@@ -56,7 +56,108 @@ pub struct DropLabels {
     pub protocol: &'static str,
 }
 
-type HistogramFamily = Family<HttpDurationLabels, Histogram, fn() -> Histogram>;
+/// HTTP methods with a label of their own (the others are `other`), and the index a producer
+/// can count by ([`Batch::http_indexed`]).
+pub const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+/// HTTP versions as Hubble labels them (the others are `other`).
+pub const PROTOCOLS: [&str; 4] = ["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3"];
+
+/// The index of a method in [`METHODS`] (any case).
+pub fn method_index(m: &str) -> Option<u8> {
+    let i = METHODS.iter().position(|k| k.eq_ignore_ascii_case(m))?;
+    u8::try_from(i).ok()
+}
+
+/// The index of a version in [`PROTOCOLS`] (`HTTP/2.0` is `HTTP/2`).
+pub fn protocol_index(p: &str) -> Option<u8> {
+    let p = if p == "HTTP/2.0" { "HTTP/2" } else { p };
+    let i = PROTOCOLS.iter().position(|k| *k == p)?;
+    u8::try_from(i).ok()
+}
+
+/// Buckets of `hubble_http_request_duration_seconds`: 0.1 ms doubling up to ~13 s, then
+/// +Inf. (Hubble's start at 5 ms; a proxy on a LAN answers in less.)
+const DURATION_BUCKETS: usize = 18;
+const DURATION_FIRST_NS: u64 = 100_000;
+
+/// The bucket of a duration: the first whose bound is at least it.
+fn duration_bucket(ns: u64) -> usize {
+    // ns <= FIRST * 2^i  <=>  (ns - 1) / FIRST < 2^i.
+    let q = ns.saturating_sub(1) / DURATION_FIRST_NS;
+    usize::try_from(u64::BITS - q.leading_zeros())
+        .unwrap_or(DURATION_BUCKETS)
+        .min(DURATION_BUCKETS)
+}
+
+/// Observations of a duration histogram not yet added to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct DurationCounts {
+    sum_ns: u128,
+    count: u64,
+    /// Per bucket, not cumulative; the last is +Inf.
+    buckets: [u64; DURATION_BUCKETS + 1],
+}
+
+impl DurationCounts {
+    fn observe(&mut self, ns: u64) {
+        self.sum_ns += u128::from(ns);
+        self.count += 1;
+        self.buckets[duration_bucket(ns)] += 1;
+    }
+}
+
+/// A duration histogram counted in batches: observations are gathered by the [`Batch`] and
+/// added under one lock, instead of a lock per observation.
+#[derive(Clone, Debug, Default)]
+pub struct DurationHistogram(Arc<Mutex<DurationCounts>>);
+
+impl DurationHistogram {
+    fn add(&self, c: &DurationCounts) {
+        let mut h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        h.sum_ns += c.sum_ns;
+        h.count += c.count;
+        for (a, b) in h.buckets.iter_mut().zip(c.buckets) {
+            *a += b;
+        }
+    }
+
+    /// Count and sum (seconds) of what was observed.
+    pub fn totals(&self) -> (u64, f64) {
+        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        (h.count, h.sum_ns as f64 / 1e9)
+    }
+}
+
+impl TypedMetric for DurationHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for DurationHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let h = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bound = DURATION_FIRST_NS as f64 / 1e9;
+        let mut buckets = [(0.0, 0); DURATION_BUCKETS + 1];
+        for (i, (b, n)) in buckets.iter_mut().enumerate() {
+            *b = if i == DURATION_BUCKETS {
+                f64::INFINITY
+            } else {
+                bound
+            };
+            *n = h.buckets[i];
+            bound *= 2.0;
+        }
+        encoder.encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The series a batch counts HTTP exchanges in: labels, counter, histogram.
+type HttpSeries = (HttpLabels, Counter, DurationHistogram);
 
 /// The flow metrics of one process.
 #[derive(Debug)]
@@ -64,19 +165,14 @@ pub struct Metrics {
     pub flows_processed: Family<FlowLabels, Counter>,
     pub lost_events: Family<LostLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
-    pub http_duration: HistogramFamily,
+    pub http_duration: Family<HttpDurationLabels, DurationHistogram>,
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_responses: Family<DnsLabels, Counter>,
     pub drops: Family<DropLabels, Counter>,
     /// The series the last flow and the last HTTP exchange were counted in: most repeat them,
     /// and then counting is an atomic add instead of a hashed lookup.
     last_processed: Mutex<Option<(FlowLabels, Counter)>>,
-    last_http: Mutex<Option<(HttpLabels, Counter, Histogram)>>,
-}
-
-fn duration_histogram() -> Histogram {
-    // Hubble's buckets start at 5 ms; a proxy on a LAN answers in less, so start lower.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+    last_http: Mutex<Option<HttpSeries>>,
 }
 
 impl Default for Metrics {
@@ -85,7 +181,7 @@ impl Default for Metrics {
             flows_processed: Family::default(),
             lost_events: Family::default(),
             http_requests: Family::default(),
-            http_duration: Family::new_with_constructor(duration_histogram),
+            http_duration: Family::default(),
             dns_queries: Family::default(),
             dns_responses: Family::default(),
             drops: Family::default(),
@@ -101,8 +197,10 @@ pub struct Batch<'a> {
     processed: std::sync::MutexGuard<'a, Option<(FlowLabels, Counter)>>,
     /// Counts not yet added to the series in `processed`.
     processed_n: u64,
-    http: std::sync::MutexGuard<'a, Option<(HttpLabels, Counter, Histogram)>>,
-    http_n: u64,
+    http: std::sync::MutexGuard<'a, Option<HttpSeries>>,
+    /// The label indices of `http` (method, protocol, status).
+    http_key: Option<(Option<u8>, Option<u8>, u16)>,
+    durations: DurationCounts,
 }
 
 impl Batch<'_> {
@@ -163,22 +261,36 @@ impl Batch<'_> {
 
     /// Counts one HTTP exchange (`hubble_http_requests_total` and its duration).
     pub fn http(&mut self, method: &str, protocol: &str, code: u32, latency_ns: u64) {
-        let method = method_label(method);
-        let protocol = match protocol {
-            "HTTP/1.0" => "HTTP/1.0",
-            "HTTP/1.1" => "HTTP/1.1",
-            "HTTP/2" | "HTTP/2.0" => "HTTP/2",
-            "HTTP/3" => "HTTP/3",
-            _ => "other",
-        };
-        let labels = HttpLabels {
-            method,
-            protocol,
-            status: u16::try_from(code.min(999)).unwrap_or(0),
-            reporter: "server",
-        };
-        if !matches!(&*self.http, Some((l, ..)) if *l == labels) {
+        self.http_indexed(
+            method_index(method),
+            protocol_index(protocol),
+            code,
+            latency_ns,
+        );
+    }
+
+    /// [`Batch::http`] by [`method_index`] and [`protocol_index`] (`None`: `other`).
+    pub fn http_indexed(
+        &mut self,
+        method: Option<u8>,
+        protocol: Option<u8>,
+        code: u32,
+        latency_ns: u64,
+    ) {
+        let key = (method, protocol, u16::try_from(code.min(999)).unwrap_or(0));
+        if self.http_key != Some(key) {
             self.flush_http();
+            let label = |table: &[&'static str], i: Option<u8>| {
+                i.and_then(|i| table.get(usize::from(i)).copied())
+                    .unwrap_or("other")
+            };
+            let method = label(&METHODS, method);
+            let labels = HttpLabels {
+                method,
+                protocol: label(&PROTOCOLS, protocol),
+                status: key.2,
+                reporter: "server",
+            };
             let m = self.metrics;
             let requests = m.http_requests.get_or_create(&labels).clone();
             let duration = m
@@ -189,11 +301,9 @@ impl Batch<'_> {
                 })
                 .clone();
             *self.http = Some((labels, requests, duration));
+            self.http_key = Some(key);
         }
-        self.http_n += 1;
-        if let Some((_, _, duration)) = &*self.http {
-            duration.observe(latency_ns as f64 / 1e9);
-        }
+        self.durations.observe(latency_ns);
     }
 
     fn flush_processed(&mut self) {
@@ -206,12 +316,13 @@ impl Batch<'_> {
     }
 
     fn flush_http(&mut self) {
-        if let Some((_, requests, _)) = &*self.http
-            && self.http_n > 0
+        if let Some((_, requests, duration)) = &*self.http
+            && self.durations.count > 0
         {
-            requests.inc_by(self.http_n);
+            requests.inc_by(self.durations.count);
+            duration.add(&self.durations);
         }
-        self.http_n = 0;
+        self.durations = DurationCounts::default();
     }
 }
 
@@ -230,18 +341,6 @@ pub fn lost_source_label(s: LostEventSource) -> &'static str {
         LostEventSource::HubbleRingBuffer => "hubble_ring_buffer",
         LostEventSource::UnknownLostEventSource => "unknown",
     }
-}
-
-/// An HTTP method from the fixed list, else `other`.
-pub fn method_label(m: &str) -> &'static str {
-    const METHODS: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    METHODS
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(m))
-        .copied()
-        .unwrap_or("other")
 }
 
 fn qtype_label(q: &str) -> &'static str {
@@ -312,7 +411,8 @@ impl Metrics {
                 .unwrap_or_else(|e| e.into_inner()),
             processed_n: 0,
             http: self.last_http.lock().unwrap_or_else(|e| e.into_inner()),
-            http_n: 0,
+            http_key: None,
+            durations: DurationCounts::default(),
         }
     }
 
@@ -423,5 +523,54 @@ mod tests {
         let mut want = EXPORTED.to_vec();
         want.sort_unstable();
         assert_eq!(names, want);
+    }
+
+    #[test]
+    fn a_duration_lands_in_the_first_bucket_whose_bound_holds_it() {
+        let ms = 1_000_000;
+        for (ns, bucket) in [
+            (0, 0),
+            (100_000, 0),
+            (100_001, 1),
+            (200_000, 1),
+            (200_001, 2),
+            (3 * ms, 5),
+            (DURATION_FIRST_NS << 17, 17),
+            ((DURATION_FIRST_NS << 17) + 1, 18),
+            (u64::MAX, 18),
+        ] {
+            assert_eq!(duration_bucket(ns), bucket, "{ns} ns");
+        }
+    }
+
+    #[test]
+    fn batched_http_counts_add_up_in_the_text_exposition() {
+        let m = Metrics::default();
+        {
+            let mut b = m.batch();
+            b.http("GET", "HTTP/1.1", 200, 50_000);
+            b.http("get", "HTTP/1.1", 200, 300_000);
+            b.http("POST", "HTTP/2.0", 503, 2_000_000);
+            b.http("BREW", "HTTP/9", 200, 1);
+        }
+        // A second batch continues the same series.
+        m.batch().http("GET", "HTTP/1.1", 200, 150_000);
+        let mut r = Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encodes");
+        for line in [
+            r#"hubble_http_requests_total{method="GET",protocol="HTTP/1.1",status="200",reporter="server"} 3"#,
+            r#"hubble_http_requests_total{method="POST",protocol="HTTP/2",status="503",reporter="server"} 1"#,
+            r#"hubble_http_requests_total{method="other",protocol="other",status="200",reporter="server"} 1"#,
+            r#"hubble_http_request_duration_seconds_count{method="GET",reporter="server"} 3"#,
+            r#"hubble_http_request_duration_seconds_sum{method="GET",reporter="server"} 0.0005"#,
+            r#"hubble_http_request_duration_seconds_bucket{le="0.0001",method="GET",reporter="server"} 1"#,
+            r#"hubble_http_request_duration_seconds_bucket{le="0.0002",method="GET",reporter="server"} 2"#,
+            r#"hubble_http_request_duration_seconds_bucket{le="0.0004",method="GET",reporter="server"} 3"#,
+            r#"hubble_http_request_duration_seconds_bucket{le="+Inf",method="GET",reporter="server"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

@@ -126,7 +126,7 @@ async fn stream_flows(hub: Arc<Hub>, req: GetFlowsRequest, sel: Selection, tx: T
     // `follow` alone streams only new flows; with `number` or `since` the stored ones first.
     let replay = !req.follow || req.number > 0 || req.since.is_some();
     if replay {
-        let mut chosen: Vec<&Arc<Event>> = history.iter().filter(|e| sel.passes(e)).collect();
+        let mut chosen: Vec<&Event> = history.iter().filter(|e| sel.passes(e)).collect();
         let n = usize::try_from(req.number).unwrap_or(usize::MAX);
         if n > 0 && chosen.len() > n {
             if req.first {

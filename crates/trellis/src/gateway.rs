@@ -191,7 +191,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let pods = Arc::new(crate::observe::Pods::default());
         let observer = flows.as_ref().map(|o| {
             pods.update(&first.snapshot);
-            crate::observe::gateway_observer(o.flows(), pods.clone())
+            crate::observe::gateway_observer(&o.flows(), pods.clone())
         });
         let bind = gateway::Bind { ip: args.bind, port_map, access_log, observer };
         let running = gateway::start(&plan, &bind, metrics.clone()).await?;

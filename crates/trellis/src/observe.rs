@@ -103,7 +103,7 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord, pods: &Pods) -> Flow {
     let dst_port = r
         .upstream
         .map_or(u32::from(r.listener_port), |u| u32::from(u.port()));
-    let service = r.backend().and_then(|b| {
+    let service = r.backend.and_then(|b| {
         let (ns, rest) = b.split_once('/')?;
         let name = rest.rsplit_once(':').map_or(rest, |(n, _)| n);
         Some(Service {
@@ -142,14 +142,14 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord, pods: &Pods) -> Flow {
         source: Some(pods.endpoint(client.ip())),
         destination: Some(destination),
         r#type: FlowType::L7 as i32,
-        destination_names: vec![r.host().to_string()],
+        destination_names: vec![r.host.to_string()],
         l7: Some(Layer7 {
             r#type: L7FlowType::Response as i32,
             latency_ns: u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX),
             record: Some(layer7::Record::Http(flow::Http {
                 code: u32::from(r.status),
-                method: r.method.as_str().to_string(),
-                url: format!("{}://{}{}", r.scheme, r.host(), r.path_and_query()),
+                method: r.method.to_string(),
+                url: format!("{}://{}{}", r.scheme, r.host, r.path_and_query),
                 protocol: r.version.to_string(),
                 headers: Vec::new(),
             })),
@@ -165,14 +165,14 @@ pub fn gateway_flow(r: &gateway::record::RequestRecord, pods: &Pods) -> Flow {
         ..Default::default()
     };
     let mut summary = observe::format::summary(&f);
-    match r.route() {
+    match r.route {
         Some(route) => {
             summary.push_str(" route ");
             summary.push_str(route);
         }
         None => summary.push_str(" no route"),
     }
-    if let Some(b) = r.backend() {
+    if let Some(b) = r.backend {
         summary.push_str(" backend ");
         summary.push_str(b);
     }
@@ -237,37 +237,154 @@ pub fn dns_flow(r: &dns::record::QueryRecord, pods: &Pods) -> Flow {
     f
 }
 
-/// The gateway's observer: every request becomes a flow pushed into `flows`.
-pub fn gateway_observer(flows: observe::Flows, pods: Arc<Pods>) -> gateway::record::Observer {
-    gateway::record::Observer(Arc::new(move |record: gateway::record::RequestRecord| {
-        flows.record(GatewayRequest {
-            record,
-            pods: pods.clone(),
-        });
+/// The gateway's observer: every request is recorded into `flows` as a few bytes, built into
+/// a flow only when read (pods are named from the table of that moment).
+pub fn gateway_observer(flows: &observe::Flows, pods: Arc<Pods>) -> gateway::record::Observer {
+    let recorder = flows.recorder(GatewayRequests { pods });
+    gateway::record::Observer(Arc::new(move |r: &gateway::record::RequestRecord<'_>| {
+        recorder.record(|b| write_request(r, b));
     }))
 }
 
-/// A gateway request kept as the gateway recorded it; its flow is built when read (pods
-/// are named from the table of that moment).
-struct GatewayRequest {
-    record: gateway::record::RequestRecord,
+/// Nanoseconds since the epoch (0 before it).
+fn epoch_nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// Index byte of a method or version outside observe's tables: the text follows.
+const OTHER: u8 = u8::MAX;
+/// The fixed head of a gateway record.
+const HEAD: usize = 24;
+/// Flags (head byte 22): which optional parts follow.
+const HAS_PEER: u8 = 1;
+const HAS_UPSTREAM: u8 = 2;
+const HAS_ROUTE: u8 = 4;
+const HAS_BACKEND: u8 = 8;
+
+/// A gateway request record's bytes: a fixed head (what the metrics count, readable without
+/// walking the record: latency at 8, status at 16, method and version indices at 20 and 21,
+/// flags at 22), then the addresses and the texts. Written once per request, so it is kept
+/// short in code as well as in bytes: one array for the head, one loop for the texts.
+fn write_request(r: &gateway::record::RequestRecord<'_>, b: &mut Vec<u8>) {
+    let method = observe::metrics::method_index(r.method);
+    let version = observe::metrics::protocol_index(r.version);
+    // The peer is mostly the client itself.
+    let peer = (r.peer != r.client).then_some(r.peer);
+    let flag = |on: bool, f: u8| if on { f } else { 0 };
+    let mut head = [0u8; HEAD];
+    head[..8].copy_from_slice(&epoch_nanos(r.started).to_le_bytes());
+    let latency = u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX);
+    head[8..16].copy_from_slice(&latency.to_le_bytes());
+    head[16..18].copy_from_slice(&r.status.to_le_bytes());
+    head[18..20].copy_from_slice(&r.listener_port.to_le_bytes());
+    head[20] = method.unwrap_or(OTHER);
+    head[21] = version.unwrap_or(OTHER);
+    head[22] = flag(peer.is_some(), HAS_PEER)
+        | flag(r.upstream.is_some(), HAS_UPSTREAM)
+        | flag(r.route.is_some(), HAS_ROUTE)
+        | flag(r.backend.is_some(), HAS_BACKEND);
+    b.extend_from_slice(&head);
+    let mut w = observe::wire::Writer(b);
+    for a in [Some(r.client), peer, r.upstream].into_iter().flatten() {
+        w.addr(a);
+    }
+    let texts = [
+        method.is_none().then_some(r.method),
+        version.is_none().then_some(r.version),
+        Some(r.scheme),
+        Some(r.host),
+        Some(r.path_and_query),
+        r.route,
+        r.backend,
+    ];
+    for t in texts.into_iter().flatten() {
+        w.str(t);
+    }
+}
+
+/// Reads what [`write_request`] wrote.
+fn read_request(b: &[u8]) -> Option<gateway::record::RequestRecord<'_>> {
+    let (head, rest) = b.split_first_chunk::<HEAD>()?;
+    let mut h = observe::wire::Reader::new(head);
+    let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(h.u64()?);
+    let latency = std::time::Duration::from_nanos(h.u64()?);
+    let (status, listener_port) = (h.u16()?, h.u16()?);
+    let (method, version, flags) = (h.u8()?, h.u8()?, h.u8()?);
+    let mut r = observe::wire::Reader::new(rest);
+    let client = r.addr()?;
+    let peer = if flags & HAS_PEER != 0 {
+        r.addr()?
+    } else {
+        client
+    };
+    let upstream = if flags & HAS_UPSTREAM != 0 {
+        Some(r.addr()?)
+    } else {
+        None
+    };
+    let mut text = |i: u8, table: &[&'static str]| match i {
+        OTHER => r.str(),
+        i => table.get(usize::from(i)).copied(),
+    };
+    let method = text(method, &observe::metrics::METHODS)?;
+    let version = text(version, &observe::metrics::PROTOCOLS)?;
+    let (scheme, host, path_and_query) = (r.str()?, r.str()?, r.str()?);
+    let route = if flags & HAS_ROUTE != 0 {
+        Some(r.str()?)
+    } else {
+        None
+    };
+    let backend = if flags & HAS_BACKEND != 0 {
+        Some(r.str()?)
+    } else {
+        None
+    };
+    Some(gateway::record::RequestRecord {
+        started,
+        latency,
+        method,
+        version,
+        scheme,
+        host,
+        path_and_query,
+        status,
+        client,
+        peer,
+        listener_port,
+        route,
+        backend,
+        upstream,
+    })
+}
+
+/// The gateway's records: one per request.
+struct GatewayRequests {
     pods: Arc<Pods>,
 }
 
-impl observe::Record for GatewayRequest {
-    fn time(&self) -> observe::time::Timestamp {
-        observe::time::from_system(self.record.started)
+impl observe::RecordKind for GatewayRequests {
+    fn build(&self, bytes: &[u8]) -> Flow {
+        match read_request(bytes) {
+            Some(r) => gateway_flow(&r, &self.pods),
+            None => Flow {
+                summary: "unreadable gateway record".into(),
+                ..Default::default()
+            },
+        }
     }
 
-    fn build(&self) -> Flow {
-        gateway_flow(&self.record, &self.pods)
-    }
-
-    fn count(&self, m: &mut observe::metrics::Batch<'_>) {
-        let r = &self.record;
+    fn count(&self, bytes: &[u8], m: &mut observe::metrics::Batch<'_>) {
+        let Some(head) = bytes.first_chunk::<HEAD>() else {
+            return;
+        };
+        let mut r = observe::wire::Reader::new(&head[8..]);
+        let (Some(latency), Some(status)) = (r.u64(), r.u16()) else {
+            return;
+        };
+        let index = |i: u8| (i != OTHER).then_some(i);
         m.processed("L7", "HTTP", Verdict::Forwarded);
-        let latency = u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX);
-        m.http(r.method.as_str(), r.version, u32::from(r.status), latency);
+        m.http_indexed(index(head[20]), index(head[21]), u32::from(status), latency);
     }
 }
 
@@ -483,4 +600,95 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request<'a>(peer: &str, upstream: Option<&str>) -> gateway::record::RequestRecord<'a> {
+        gateway::record::RequestRecord {
+            started: SystemTime::UNIX_EPOCH + std::time::Duration::new(1_790_000_000, 123_456_789),
+            latency: std::time::Duration::from_micros(1234),
+            method: "PATCH",
+            version: "HTTP/2",
+            scheme: "https",
+            host: "wiki.example.com",
+            path_and_query: "/a/b?c=d&é",
+            status: 418,
+            client: "203.0.113.9:51000".parse().expect("addr"),
+            peer: peer.parse().expect("addr"),
+            listener_port: 443,
+            route: Some("apps/wiki"),
+            backend: upstream.map(|_| "apps/wiki:8080"),
+            upstream: upstream.map(|u| u.parse().expect("addr")),
+        }
+    }
+
+    #[test]
+    fn a_gateway_record_reads_back_as_written_and_cut_records_are_refused() {
+        let odd = gateway::record::RequestRecord {
+            method: "BREW",
+            version: "HTTP/0.9",
+            ..request("10.0.0.1:40000", None)
+        };
+        for r in [
+            request("203.0.113.9:51000", Some("[fd00::5]:8080")),
+            request("10.0.0.1:40000", None),
+            odd,
+        ] {
+            let mut b = Vec::new();
+            write_request(&r, &mut b);
+            assert_eq!(read_request(&b), Some(r));
+            for cut in 0..b.len() {
+                assert_eq!(read_request(&b[..cut]), None, "cut at {cut}");
+            }
+        }
+        let kind = GatewayRequests {
+            pods: Arc::new(Pods::default()),
+        };
+        let mut b = Vec::new();
+        write_request(&request("10.0.0.1:40000", Some("10.69.1.5:8080")), &mut b);
+        let f = observe::RecordKind::build(&kind, &b);
+        let http = match f.l7.and_then(|l| l.record) {
+            Some(layer7::Record::Http(h)) => h,
+            other => panic!("an HTTP flow: {other:?}"),
+        };
+        assert_eq!(http.url, "https://wiki.example.com/a/b?c=d&é");
+        assert_eq!((http.code, http.method.as_str()), (418, "PATCH"));
+        assert!(
+            f.summary
+                .ends_with("route apps/wiki backend apps/wiki:8080"),
+            "{}",
+            f.summary
+        );
+        assert_eq!(
+            f.time.map(|t| (t.seconds, t.nanos)),
+            Some((1_790_000_000, 123_456_789))
+        );
+        let bad = observe::RecordKind::build(&kind, &b[..10]);
+        assert_eq!(bad.summary, "unreadable gateway record");
+
+        // Counting reads the fixed head only; a cut head counts nothing.
+        let metrics = observe::metrics::Metrics::default();
+        {
+            let mut batch = metrics.batch();
+            observe::RecordKind::count(&kind, &b, &mut batch);
+            let mut b2 = Vec::new();
+            write_request(&odd, &mut b2);
+            observe::RecordKind::count(&kind, &b2, &mut batch);
+            observe::RecordKind::count(&kind, &b2[..21], &mut batch);
+        }
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        for line in [
+            r#"hubble_http_requests_total{method="PATCH",protocol="HTTP/2",status="418",reporter="server"} 1"#,
+            r#"hubble_http_requests_total{method="other",protocol="other",status="418",reporter="server"} 1"#,
+            r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="FORWARDED"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
 }
