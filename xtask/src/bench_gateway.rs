@@ -545,6 +545,41 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         md,
         "\n{rounds} interleaved rounds of `taskset -c 1 wrk -t1 -c64 -d{secs}s --latency URL`; proxies and the backend nginx on CPU 0."
     );
+    // The cost of flows once more, with both gateways loaded at the same time: whatever
+    // this VM's speed does during a round, it does to both, so the per-request CPU ratio
+    // is far steadier than between runs one after the other. ONLY=flows-together runs it.
+    if only.is_empty() || only.split(',').any(|o| o == "flows-together") {
+        let mut cpu_ratios = Vec::new();
+        let mut rps_ratios = Vec::new();
+        for round in 0..rounds {
+            let url = |port: u16| format!("http://127.0.0.1:{port}/small");
+            let (off_url, on_url) = (url(TRELLIS_PORT), url(TRELLIS_FLOWS_PORT));
+            let (c_off, c_on) = (cpu_secs(pid(&gw)), cpu_secs(pid(&gw_flows)));
+            let (off, on) = std::thread::scope(|s| {
+                let off = s.spawn(|| wrk(&off_url, &[], secs));
+                let on = wrk(&on_url, &[], secs);
+                (off.join().unwrap_or_else(|_| Err(anyhow::anyhow!("wrk thread"))), on)
+            });
+            let (off, on) = (off?, on?);
+            let per_req = |c0: f64, pid_of: &Bg, r: &Run| (cpu_secs(pid(pid_of)) - c0) / r.requests;
+            let (us_off, us_on) = (per_req(c_off, &gw, &off), per_req(c_on, &gw_flows, &on));
+            eprintln!(
+                "together round {round}: flows off {:.0} req/s {:.2} µs/req, on {:.0} req/s {:.2} µs/req",
+                off.rps,
+                us_off * 1e6,
+                on.rps,
+                us_on * 1e6
+            );
+            cpu_ratios.push(us_on / us_off);
+            rps_ratios.push(on.rps / off.rps);
+        }
+        let _ = writeln!(
+            md,
+            "\n| flows on against off, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {:.3} |\n| requests/s (the CPU is shared, so this follows the CPU ratio, with wrk's noise) | {:.3} |",
+            median(cpu_ratios),
+            median(rps_ratios)
+        );
+    }
     // ONLY=idle measures just this.
     if only.is_empty() || only.split(',').any(|o| o == "idle") {
         let _ = writeln!(
