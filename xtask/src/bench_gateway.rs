@@ -558,7 +558,11 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             let (off, on) = std::thread::scope(|s| {
                 let off = s.spawn(|| wrk(&off_url, &[], secs));
                 let on = wrk(&on_url, &[], secs);
-                (off.join().unwrap_or_else(|_| Err(anyhow::anyhow!("wrk thread"))), on)
+                (
+                    off.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("wrk thread"))),
+                    on,
+                )
             });
             let (off, on) = (off?, on?);
             let per_req = |c0: f64, pid_of: &Bg, r: &Run| (cpu_secs(pid(pid_of)) - c0) / r.requests;

@@ -65,12 +65,14 @@ pub const METHODS: [&str; 9] = [
 pub const PROTOCOLS: [&str; 4] = ["HTTP/1.0", "HTTP/1.1", "HTTP/2", "HTTP/3"];
 
 /// The index of a method in [`METHODS`] (any case).
+#[inline]
 pub fn method_index(m: &str) -> Option<u8> {
     let i = METHODS.iter().position(|k| k.eq_ignore_ascii_case(m))?;
     u8::try_from(i).ok()
 }
 
 /// The index of a version in [`PROTOCOLS`] (`HTTP/2.0` is `HTTP/2`).
+#[inline]
 pub fn protocol_index(p: &str) -> Option<u8> {
     let p = if p == "HTTP/2.0" { "HTTP/2" } else { p };
     let i = PROTOCOLS.iter().position(|k| *k == p)?;

@@ -286,8 +286,12 @@ fn write_request(r: &gateway::record::RequestRecord<'_>, b: &mut Vec<u8>) {
         | flag(r.backend.is_some(), HAS_BACKEND);
     b.extend_from_slice(&head);
     let mut w = observe::wire::Writer(b);
-    for a in [Some(r.client), peer, r.upstream].into_iter().flatten() {
-        w.addr(a);
+    w.addr(r.client);
+    if let Some(p) = peer {
+        w.addr(p);
+    }
+    if let Some(u) = r.upstream {
+        w.addr(u);
     }
     let texts = [
         method.is_none().then_some(r.method),
