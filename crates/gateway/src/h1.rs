@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -136,8 +137,6 @@ pub(crate) async fn serve<S: Client>(
         return;
     }
     let mut buf = BytesMut::new();
-    // The text a record or log line keeps of each request, reused.
-    let mut spare = String::new();
     // One wait for the drain for the connection's life (registered once, not per request).
     let mut drain_wait = drain.clone();
     let drained = drain_wait.changed();
@@ -151,7 +150,7 @@ pub(crate) async fn serve<S: Client>(
                 let Some(router) = ports.get(&port).and_then(|l| l.router()) else {
                     return;
                 };
-                match prepare(&state, router, peer, scheme, &buf, &mut spare) {
+                match prepare(&state, router, peer, scheme, &buf) {
                     Prep::More => {}
                     Prep::Forward(ex) => break ex,
                     Prep::HandOff => {
@@ -186,15 +185,15 @@ pub(crate) async fn serve<S: Client>(
                 return;
             }
         };
-        buf.advance(ex.len);
         // Counted before the answer goes out, so that whoever got it sees the count.
         state.metrics.h1_fast.inc();
         let closing = drain.has_changed().unwrap_or(true);
         let done = exchange(&state, &mut stream, &ex, closing).await;
         let keep_alive = done.keep_alive;
-        if let Some(text) = finish(&state, port, peer, scheme, ex, &done) {
-            spare = text;
-        }
+        // The request stays at the start of the buffer until its record is made.
+        let len = ex.len;
+        finish(&state, port, peer, scheme, ex, &done, &buf);
+        buf.advance(len);
         if !keep_alive {
             return;
         }
@@ -233,30 +232,37 @@ struct Exchange {
     seen: Option<Seen>,
 }
 
-/// What the record and the access log need of a request.
+/// What the record and the access log need of a request. The record's texts are where the
+/// request has them, in the client's buffer (kept until the exchange is finished), so
+/// nothing is copied for a record until the observer copies it.
 struct Seen {
-    /// Method, host and target, one after the other (the connection's buffer, reused).
-    text: String,
-    method_len: usize,
-    host_len: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    /// The host as routed: in the buffer, or made lower case (`Err`).
+    host: Result<Range<usize>, String>,
     log: Option<LogFields>,
 }
 
+/// Where `s`, a slice of `buf`, lies in it.
+fn place(buf: &[u8], s: &str) -> Option<Range<usize>> {
+    let start = s.as_ptr().addr().checked_sub(buf.as_ptr().addr())?;
+    let end = start.checked_add(s.len())?;
+    (end <= buf.len()).then_some(start..end)
+}
+
 impl Seen {
-    fn method(&self) -> &str {
-        self.text.get(..self.method_len).unwrap_or_default()
-    }
-
-    fn host(&self) -> &str {
-        self.text
-            .get(self.method_len..self.method_len + self.host_len)
-            .unwrap_or_default()
-    }
-
-    fn target(&self) -> &str {
-        self.text
-            .get(self.method_len + self.host_len..)
-            .unwrap_or_default()
+    /// The method, host and target of the request at the start of `buf`.
+    fn texts<'a>(&'a self, buf: &'a [u8]) -> (&'a str, &'a str, &'a str) {
+        let text = |r: &Range<usize>| {
+            buf.get(r.clone())
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default()
+        };
+        let host = match &self.host {
+            Ok(r) => text(r),
+            Err(h) => h.as_str(),
+        };
+        (text(&self.method), host, text(&self.target))
     }
 }
 
@@ -267,7 +273,6 @@ fn prepare(
     peer: SocketAddr,
     scheme: &'static str,
     buf: &[u8],
-    spare: &mut String,
 ) -> Prep {
     let started = Instant::now();
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
@@ -398,15 +403,14 @@ fn prepare(
                     .map(str::to_string)
             })
         });
-        let mut text = std::mem::take(spare);
-        text.clear();
-        text.push_str(method);
-        text.push_str(&host);
-        text.push_str(target);
+        let host = match &host {
+            std::borrow::Cow::Borrowed(h) => place(buf, h).ok_or_else(|| h.to_string()),
+            std::borrow::Cow::Owned(h) => Err(h.clone()),
+        };
         Seen {
-            text,
-            method_len: method.len(),
-            host_len: host.len(),
+            method: place(buf, method).unwrap_or_default(),
+            target: place(buf, target).unwrap_or_default(),
+            host,
             log,
         }
     });
@@ -950,7 +954,7 @@ fn invalid_chunk(why: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
-/// Counts, logs and records a finished exchange; gives back the text buffer for reuse.
+/// Counts, logs and records a finished exchange (its request at the start of `buf`).
 fn finish(
     state: &State,
     port: u16,
@@ -958,13 +962,14 @@ fn finish(
     scheme: &'static str,
     ex: Exchange,
     done: &Done,
-) -> Option<String> {
+    buf: &[u8],
+) {
     let counters = ex
         .action
         .counters
         .get_or_init(|| state.metrics.route_counters(&ex.action.route));
     state.metrics.observe(counters, done.status, done.latency);
-    let seen = ex.seen?;
+    let Some(seen) = ex.seen else { return };
     if let Some(log) = &state.access_log {
         crate::proxy::access_log_line(
             state,
@@ -977,14 +982,15 @@ fn finish(
         );
     }
     if let Some(observer) = &state.observer {
+        let (method, host, path_and_query) = seen.texts(buf);
         observer.0.request(&crate::record::RequestRecord {
             started: crate::record::wall_clock(ex.started),
             latency: done.latency,
-            method: seen.method(),
+            method,
             version: "HTTP/1.1",
             scheme,
-            host: seen.host(),
-            path_and_query: seen.target(),
+            host,
+            path_and_query,
             status: done.status,
             client: ex.client,
             peer,
@@ -994,7 +1000,6 @@ fn finish(
             upstream: done.upstream,
         });
     }
-    Some(seen.text)
 }
 
 /// Answers the client itself (the upstream failed); returns whether the connection stays.

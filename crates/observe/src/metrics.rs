@@ -253,7 +253,15 @@ impl Batch<'_> {
             subtype,
             verdict: verdict.as_str_name(),
         };
-        if !matches!(&*self.processed, Some((l, _)) if *l == labels) {
+        // Label values are static strings from fixed lists: the same value is the same
+        // pointer almost always, so compare those before the text.
+        let same = |a: &str, b: &str| std::ptr::eq(a, b) || a == b;
+        let held = |l: &FlowLabels| {
+            same(l.r#type, labels.r#type)
+                && same(l.subtype, labels.subtype)
+                && same(l.verdict, labels.verdict)
+        };
+        if !matches!(&*self.processed, Some((l, _)) if held(l)) {
             self.flush_processed();
             let c = self.metrics.flows_processed.get_or_create(&labels).clone();
             *self.processed = Some((labels, c));

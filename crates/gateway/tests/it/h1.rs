@@ -444,3 +444,65 @@ async fn the_retry_policy_resends_idempotent_requests_on_reset_and_5xx() {
     assert_eq!(m.h1_fast.get(), 3);
     assert_eq!(m.h1_handoffs.get(), 0);
 }
+
+/// What a test keeps of a request record.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    method: String,
+    host: String,
+    target: String,
+    status: u16,
+    route: Option<String>,
+    backend: Option<String>,
+}
+
+#[tokio::test]
+async fn records_name_what_each_pipelined_request_asked_for() {
+    let up = scripted(|_, _| (Vec::new(), true)).await;
+    let backends = harness::start_backends().await;
+    let metrics = Arc::new(Metrics::default());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    let observer =
+        gateway::record::Observer(Arc::new(move |r: &gateway::record::RequestRecord<'_>| {
+            keep.lock().expect("records").push(Seen {
+                method: r.method.to_string(),
+                host: r.host.to_string(),
+                target: r.path_and_query.to_string(),
+                status: r.status,
+                route: r.route.map(str::to_string),
+                backend: r.backend.map(str::to_string),
+            });
+        }));
+    let (_, r) =
+        harness::serve_observed(&backends, &manifests(up), metrics.clone(), Some(observer)).await;
+    let mut c = connect(&r).await;
+    // A host as written (lower case) and one the router lower-cases, back to back.
+    c.write_all(
+        b"GET /a?x=1 HTTP/1.1\r\nHost: echo.test\r\n\r\n\
+          PATCH /b/c HTTP/1.1\r\nHost: ECHO.Test:80\r\nContent-Length: 2\r\n\r\nhi\
+          GET /z HTTP/1.1\r\nHost: echo.test\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    read_until(&mut c, |b| text(b).matches("\"backend\"").count() == 3).await;
+    drop(c);
+    assert_eq!(metrics.h1_fast.get(), 3, "all on the own path");
+    let seen = seen.lock().expect("records");
+    let want = |method: &str, target: &str| Seen {
+        method: method.into(),
+        host: "echo.test".into(),
+        target: target.into(),
+        status: 200,
+        route: Some("gateway-conformance-infra/echo".into()),
+        backend: Some("gateway-conformance-infra/infra-backend-v1:8080".into()),
+    };
+    assert_eq!(
+        *seen,
+        vec![
+            want("GET", "/a?x=1"),
+            want("PATCH", "/b/c"),
+            want("GET", "/z")
+        ]
+    );
+}

@@ -112,6 +112,16 @@ pub async fn serve(
     manifests: &str,
     metrics: std::sync::Arc<gateway::metrics::Metrics>,
 ) -> (gateway::Plan, gateway::Running) {
+    serve_observed(backends, manifests, metrics, None).await
+}
+
+/// [`serve`] with a request observer.
+pub async fn serve_observed(
+    backends: &Backends,
+    manifests: &str,
+    metrics: std::sync::Arc<gateway::metrics::Metrics>,
+    observer: Option<gateway::record::Observer>,
+) -> (gateway::Plan, gateway::Running) {
     let dir = tempfile::tempdir().expect("tmp");
     let load = load(
         dir.path(),
@@ -129,6 +139,7 @@ pub async fn serve(
     let bind = gateway::Bind {
         ip: Some("127.0.0.1".parse().expect("ip")),
         port_map: [(80, 0)].into(),
+        observer,
         ..Default::default()
     };
     let running = gateway::start(&plan, &bind, metrics).await.expect("starts");
