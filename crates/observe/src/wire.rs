@@ -158,6 +158,17 @@ impl<'a> Reader<'a> {
         Some(Some(SocketAddr::new(ip, self.u16()?)))
     }
 
+    /// `read` when `on` (a part a flag says is there), else nothing; `None` when the part
+    /// should be there and cannot be read.
+    #[inline]
+    pub fn when<T>(
+        &mut self,
+        on: bool,
+        read: impl FnOnce(&mut Self) -> Option<T>,
+    ) -> Option<Option<T>> {
+        if on { read(self).map(Some) } else { Some(None) }
+    }
+
     /// Whether everything was read.
     #[inline]
     pub fn is_empty(&self) -> bool {

@@ -20,6 +20,7 @@ use observe::proto::observer::{
     GetFlowsRequest, ServerStatusRequest, get_flows_response::ResponseTypes,
     observer_client::ObserverClient,
 };
+use observe::wire::Reader;
 
 /// Flags of the components that produce flows.
 #[derive(Debug, Clone, clap::Args)]
@@ -315,18 +316,11 @@ fn read_request(b: &[u8]) -> Option<gateway::record::RequestRecord<'_>> {
     let latency = std::time::Duration::from_nanos(h.u64()?);
     let (status, listener_port) = (h.u16()?, h.u16()?);
     let (method, version, flags) = (h.u8()?, h.u8()?, h.u8()?);
-    let mut r = observe::wire::Reader::new(rest);
+    let mut r = Reader::new(rest);
+    let has = |f: u8| flags & f != 0;
     let client = r.addr()?;
-    let peer = if flags & HAS_PEER != 0 {
-        r.addr()?
-    } else {
-        client
-    };
-    let upstream = if flags & HAS_UPSTREAM != 0 {
-        Some(r.addr()?)
-    } else {
-        None
-    };
+    let peer = r.when(has(HAS_PEER), Reader::addr)?.unwrap_or(client);
+    let upstream = r.when(has(HAS_UPSTREAM), Reader::addr)?;
     let mut text = |i: u8, table: &[&'static str]| match i {
         OTHER => r.str(),
         i => table.get(usize::from(i)).copied(),
@@ -334,16 +328,8 @@ fn read_request(b: &[u8]) -> Option<gateway::record::RequestRecord<'_>> {
     let method = text(method, &observe::metrics::METHODS)?;
     let version = text(version, &observe::metrics::PROTOCOLS)?;
     let (scheme, host, path_and_query) = (r.str()?, r.str()?, r.str()?);
-    let route = if flags & HAS_ROUTE != 0 {
-        Some(r.str()?)
-    } else {
-        None
-    };
-    let backend = if flags & HAS_BACKEND != 0 {
-        Some(r.str()?)
-    } else {
-        None
-    };
+    let route = r.when(has(HAS_ROUTE), Reader::str)?;
+    let backend = r.when(has(HAS_BACKEND), Reader::str)?;
     Some(gateway::record::RequestRecord {
         started,
         latency,
