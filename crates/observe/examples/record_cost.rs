@@ -13,29 +13,35 @@ use observe::metrics::Batch;
 use observe::proto::flow::{Flow, Verdict};
 use observe::wire::{Reader, Writer};
 
-/// A request record as the gateway writes one: times, numbers, host and target, addresses,
-/// route and backend names.
+/// A request record laid out as the gateway's (`crates/trellis/src/observe.rs`): a 24-byte
+/// head (times, status, port, method and version indices, flags), the addresses, then the
+/// texts (scheme, host, target, route, backend).
 struct Requests;
 
 fn write(b: &mut Vec<u8>, i: u64, client: SocketAddr, upstream: SocketAddr) {
     let started = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    Writer(b)
-        .u64(started)
-        .u64(300_000)
-        .u16(200)
-        .u16(80)
-        .str("GET")
-        .str("HTTP/1.1")
-        .str("http")
-        .str("web.example.com")
-        .str(&format!("/items/{}", i % 1000))
-        .addr(client)
-        .opt_addr(None)
-        .opt_str(Some("apps/web"))
-        .opt_str(Some("apps/web:80"))
-        .opt_addr(Some(upstream));
+    let mut head = [0u8; 24];
+    head[..8].copy_from_slice(&started.to_le_bytes());
+    head[8..16].copy_from_slice(&300_000u64.to_le_bytes());
+    head[16..18].copy_from_slice(&200u16.to_le_bytes());
+    head[18..20].copy_from_slice(&80u16.to_le_bytes());
+    head[20] = observe::metrics::method_index("GET").unwrap_or(u8::MAX);
+    head[21] = observe::metrics::protocol_index("HTTP/1.1").unwrap_or(u8::MAX);
+    head[22] = 0b1110;
+    b.extend_from_slice(&head);
+    let mut w = Writer(b);
+    w.addr(client).addr(upstream);
+    for t in [
+        "http",
+        "web.example.com",
+        &format!("/items/{}", i % 1000),
+        "apps/web",
+        "apps/web:80",
+    ] {
+        w.str(t);
+    }
 }
 
 impl observe::RecordKind for Requests {
@@ -47,13 +53,13 @@ impl observe::RecordKind for Requests {
         }
     }
     fn count(&self, bytes: &[u8], m: &mut Batch<'_>) {
-        let mut r = Reader::new(bytes);
-        let (_, latency, status) = (r.u64(), r.u64().unwrap_or(0), r.u16().unwrap_or(0));
-        let _ = r.u16();
-        let method = r.str().unwrap_or_default();
-        let version = r.str().unwrap_or_default();
+        let Some(head) = bytes.first_chunk::<24>() else {
+            return;
+        };
+        let mut r = Reader::new(&head[8..]);
+        let (latency, status) = (r.u64().unwrap_or(0), r.u16().unwrap_or(0));
         m.processed("L7", "HTTP", Verdict::Forwarded);
-        m.http(method, version, u32::from(status), latency);
+        m.http_indexed(Some(head[20]), Some(head[21]), u32::from(status), latency);
     }
 }
 

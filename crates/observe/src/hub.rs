@@ -35,6 +35,12 @@ use crate::proto::flow::{Flow, LostEvent, LostEventSource};
 pub const FLOWS_MAX_DEFAULT: usize = 4095;
 /// Flows waiting between producers and the buffer before new ones are counted as lost.
 pub const QUEUED_FLOWS_MAX_DEFAULT: usize = 16 * 1024;
+/// Bytes of records waiting for the buffer before new ones are counted as lost (about 50,000
+/// gateway records: 10 ms of 5 million requests/s).
+pub const QUEUED_RECORD_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// A record longer than this is counted as lost (a gateway record holds at most the request
+/// head's texts, 64 KiB).
+pub const RECORD_BYTES_MAX: usize = 128 * 1024;
 /// The buffer task takes the queue this long after the first flow in it, so that producers'
 /// pushes do not each wake it: flows reach readers up to this much later, and a busy proxy
 /// pays for a wake-up per interval instead of per request.
@@ -97,7 +103,7 @@ impl Event {
 /// `len` of them: bytes a record writer left behind when it panicked belong to nobody).
 enum Item {
     Flow(Box<Flow>),
-    Record { kind: u16, at: u32, len: u32 },
+    Record { kind: u32, at: u32, len: u32 },
 }
 
 #[derive(Default)]
@@ -125,7 +131,7 @@ impl Queue {
 enum Entry {
     Flow(Arc<Flow>),
     /// A record not read yet; its bytes are in the arena.
-    Record(u16),
+    Record(u32),
     Lost(Box<(LostEvent, prost_types::Timestamp)>),
 }
 
@@ -188,18 +194,20 @@ impl Ring {
         self.arena_first = first.max(self.arena_first);
     }
 
-    /// Appends the bytes of `slot` to `out`.
+    /// Appends the bytes of `slot` to `out` (nothing when they are not all in the arena).
     fn copy_bytes(&self, slot: &Slot, out: &mut Vec<u8>) {
-        let from = usize::try_from(slot.start - self.arena_first).unwrap_or(usize::MAX);
+        let Some(from) = slot
+            .start
+            .checked_sub(self.arena_first)
+            .and_then(|f| usize::try_from(f).ok())
+        else {
+            return;
+        };
         let to = from.saturating_add(usize::try_from(slot.len).unwrap_or(usize::MAX));
-        let (a, b) = self.arena.as_slices();
-        let split = a.len();
-        if from < split {
-            out.extend_from_slice(&a[from..to.min(split)]);
+        if to > self.arena.len() {
+            return;
         }
-        if to > split {
-            out.extend_from_slice(&b[from.max(split) - split..to - split]);
-        }
+        out.extend(self.arena.range(from..to));
     }
 }
 
@@ -229,12 +237,17 @@ pub(crate) struct Hub {
     pub(crate) node_name: String,
 }
 
+/// The kind a record names.
+fn kind_of(kinds: &[Arc<dyn RecordKind>], kind: u32) -> Option<&Arc<dyn RecordKind>> {
+    kinds.get(usize::try_from(kind).ok()?)
+}
+
 /// A read entry before its record is built.
 enum Raw {
     Ready(Event),
     Record {
         seq: u64,
-        kind: u16,
+        kind: u32,
         bytes: std::ops::Range<usize>,
     },
 }
@@ -262,8 +275,9 @@ impl Hub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Ring> {
-        // A panic while holding the lock leaves a consistent ring (every change is one push
-        // or pop), so a poisoned lock is still usable.
+        // Nothing under this lock is expected to panic; if something did half way through an
+        // append, readers still cannot panic (`copy_bytes` checks every range), so a poisoned
+        // lock is used as it is.
         self.ring.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -330,7 +344,7 @@ impl Hub {
                         let range = at..at.saturating_add(usize::try_from(len).unwrap_or(0));
                         match p.bytes.get(range.clone()) {
                             Some(bytes) => {
-                                if let Some(k) = kinds.get(usize::from(kind)) {
+                                if let Some(k) = kind_of(&kinds, kind) {
                                     k.count(bytes, &mut counts);
                                 }
                                 (Entry::Record(kind), range)
@@ -406,8 +420,7 @@ impl Hub {
                         kind,
                         bytes: range,
                     } => {
-                        let mut f = kinds
-                            .get(usize::from(kind))
+                        let mut f = kind_of(&kinds, kind)
                             .map(|k| k.build(bytes.get(range).unwrap_or_default()))
                             .unwrap_or_default();
                         if f.node_name.is_empty() {
@@ -486,13 +499,14 @@ impl Flows {
         }
     }
 
-    /// A producer's handle for records of `kind` (see [`RecordKind`]).
+    /// A producer's handle for records of `kind` (see [`RecordKind`]): one per producer,
+    /// made once (every call registers a kind for the buffer's life).
     pub fn recorder(&self, kind: impl RecordKind) -> Recorder {
         let mut kinds = self.hub.kinds.write().unwrap_or_else(|e| e.into_inner());
         kinds.push(Arc::new(kind));
         Recorder {
             flows: self.clone(),
-            kind: u16::try_from(kinds.len() - 1).unwrap_or(u16::MAX),
+            kind: u32::try_from(kinds.len() - 1).unwrap_or(u32::MAX),
         }
     }
 
@@ -512,13 +526,13 @@ impl Flows {
 #[derive(Clone, Debug)]
 pub struct Recorder {
     flows: Flows,
-    kind: u16,
+    kind: u32,
 }
 
 impl Recorder {
     /// Queues one record: `write` appends its bytes (see [`crate::wire`]) to the queue, under
-    /// its lock, so it should do nothing else. A full queue counts the record as lost
-    /// (`OBSERVER_EVENTS_QUEUE`).
+    /// its lock, so it should do nothing else. A full queue, or a record longer than
+    /// [`RECORD_BYTES_MAX`], counts the record as lost (`OBSERVER_EVENTS_QUEUE`).
     pub fn record(&self, write: impl FnOnce(&mut Vec<u8>)) {
         let queue = &self.flows.queue;
         let mut q = queue.lock();
@@ -530,8 +544,13 @@ impl Recorder {
         let first = q.items.is_empty();
         let start = q.bytes.len();
         write(&mut q.bytes);
-        let (Ok(at), Ok(len)) = (u32::try_from(start), u32::try_from(q.bytes.len() - start)) else {
-            // Beyond what a queue holds between two ingests: dropped and counted.
+        let len = q.bytes.len() - start;
+        let (Ok(at), Ok(len32), true) = (
+            u32::try_from(start),
+            u32::try_from(len),
+            len <= RECORD_BYTES_MAX && q.bytes.len() <= QUEUED_RECORD_BYTES_MAX,
+        ) else {
+            // Too long, or beyond what the queue holds between two ingests: counted.
             q.bytes.truncate(start);
             drop(q);
             self.flows.hub.lost(LostEventSource::ObserverEventsQueue, 1);
@@ -540,7 +559,7 @@ impl Recorder {
         q.items.push(Item::Record {
             kind: self.kind,
             at,
-            len,
+            len: len32,
         });
         drop(q);
         if first {
@@ -763,6 +782,21 @@ mod tests {
             ring.arena.len() as u64,
             "the arena holds the ring's bytes only"
         );
+    }
+
+    #[tokio::test]
+    async fn a_record_too_long_is_counted_lost_and_the_next_one_is_whole() {
+        let obs = Observer::start(&Config::default());
+        let (recorder, _) = numbered(&obs);
+        recorder.record(|b| b.resize(RECORD_BYTES_MAX + 1, 7));
+        recorder.record(|b| {
+            crate::wire::Writer(b).u32(9);
+        });
+        assert_eq!(obs.status().lost_events, 1);
+        until_seq(&obs, 2).await;
+        let entries = obs.entries();
+        assert!(matches!(entries[0], Event::Lost(..)), "{entries:?}");
+        assert_eq!(entries[1].flow().map(|f| f.proxy_port), Some(9));
     }
 
     #[tokio::test]

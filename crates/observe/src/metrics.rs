@@ -124,12 +124,6 @@ impl DurationHistogram {
             *a += b;
         }
     }
-
-    /// Count and sum (seconds) of what was observed.
-    pub fn totals(&self) -> (u64, f64) {
-        let h = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        (h.count, h.sum_ns as f64 / 1e9)
-    }
 }
 
 impl TypedMetric for DurationHistogram {
@@ -158,8 +152,10 @@ impl EncodeMetric for DurationHistogram {
     }
 }
 
-/// The series a batch counts HTTP exchanges in: labels, counter, histogram.
-type HttpSeries = (HttpLabels, Counter, DurationHistogram);
+/// What picks an HTTP series: method and protocol indices (`None`: `other`), status.
+type HttpKey = (Option<u8>, Option<u8>, u16);
+/// The series a batch counts HTTP exchanges in: its key, counter, histogram.
+type HttpSeries = (HttpKey, Counter, DurationHistogram);
 
 /// The flow metrics of one process.
 #[derive(Debug)]
@@ -200,8 +196,6 @@ pub struct Batch<'a> {
     /// Counts not yet added to the series in `processed`.
     processed_n: u64,
     http: std::sync::MutexGuard<'a, Option<HttpSeries>>,
-    /// The label indices of `http` (method, protocol, status).
-    http_key: Option<(Option<u8>, Option<u8>, u16)>,
     durations: DurationCounts,
 }
 
@@ -288,7 +282,7 @@ impl Batch<'_> {
         latency_ns: u64,
     ) {
         let key = (method, protocol, u16::try_from(code.min(999)).unwrap_or(0));
-        if self.http_key != Some(key) {
+        if !matches!(&*self.http, Some((k, ..)) if *k == key) {
             self.flush_http();
             let label = |table: &[&'static str], i: Option<u8>| {
                 i.and_then(|i| table.get(usize::from(i)).copied())
@@ -310,8 +304,7 @@ impl Batch<'_> {
                     reporter: "server",
                 })
                 .clone();
-            *self.http = Some((labels, requests, duration));
-            self.http_key = Some(key);
+            *self.http = Some((key, requests, duration));
         }
         self.durations.observe(latency_ns);
     }
@@ -421,7 +414,6 @@ impl Metrics {
                 .unwrap_or_else(|e| e.into_inner()),
             processed_n: 0,
             http: self.last_http.lock().unwrap_or_else(|e| e.into_inner()),
-            http_key: None,
             durations: DurationCounts::default(),
         }
     }

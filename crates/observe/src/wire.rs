@@ -50,15 +50,6 @@ impl Writer<'_> {
         self
     }
 
-    /// A string or nothing (one byte more than [`Writer::str`]).
-    #[inline]
-    pub fn opt_str(&mut self, s: Option<&str>) -> &mut Self {
-        match s {
-            Some(s) => self.u8(1).str(s),
-            None => self.u8(0),
-        }
-    }
-
     /// An address: its family (4 or 6), the IP, the port.
     #[inline]
     pub fn addr(&mut self, a: SocketAddr) -> &mut Self {
@@ -73,15 +64,6 @@ impl Writer<'_> {
             }
         }
         self.u16(a.port())
-    }
-
-    /// An address or nothing (family 0).
-    #[inline]
-    pub fn opt_addr(&mut self, a: Option<SocketAddr>) -> &mut Self {
-        match a {
-            Some(a) => self.addr(a),
-            None => self.u8(0),
-        }
     }
 }
 
@@ -135,27 +117,13 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    pub fn opt_str(&mut self) -> Option<Option<&'a str>> {
-        match self.u8()? {
-            0 => Some(None),
-            _ => self.str().map(Some),
-        }
-    }
-
-    #[inline]
     pub fn addr(&mut self) -> Option<SocketAddr> {
-        self.opt_addr()?
-    }
-
-    #[inline]
-    pub fn opt_addr(&mut self) -> Option<Option<SocketAddr>> {
         let ip = match self.u8()? {
-            0 => return Some(None),
             4 => IpAddr::V4(Ipv4Addr::from(self.take::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.take::<16>()?)),
             _ => return None,
         };
-        Some(Some(SocketAddr::new(ip, self.u16()?)))
+        Some(SocketAddr::new(ip, self.u16()?))
     }
 
     /// `read` when `on` (a part a flag says is there), else nothing; `None` when the part
@@ -191,22 +159,19 @@ mod tests {
             .u32(70_000)
             .u64(u64::MAX - 1)
             .str("héllo")
-            .opt_str(None)
-            .opt_str(Some(""))
+            .str("")
             .addr(v6)
-            .opt_addr(None)
-            .opt_addr(Some(v4));
+            .addr(v4);
         let mut r = Reader::new(&buf);
         assert_eq!(r.u8(), Some(7));
         assert_eq!(r.u16(), Some(65_000));
         assert_eq!(r.u32(), Some(70_000));
         assert_eq!(r.u64(), Some(u64::MAX - 1));
         assert_eq!(r.str(), Some("héllo"));
-        assert_eq!(r.opt_str(), Some(None));
-        assert_eq!(r.opt_str(), Some(Some("")));
+        assert_eq!(r.when(true, Reader::str), Some(Some("")));
+        assert_eq!(r.when(false, Reader::addr), Some(None));
         assert_eq!(r.addr(), Some(v6));
-        assert_eq!(r.opt_addr(), Some(None));
-        assert_eq!(r.opt_addr(), Some(Some(v4)));
+        assert_eq!(r.addr(), Some(v4));
         assert!(r.is_empty());
         assert_eq!(r.u8(), None);
         // Every truncation of a valid record fails somewhere instead of panicking.
@@ -218,11 +183,9 @@ mod tests {
                 r.u32()?;
                 r.u64()?;
                 r.str()?;
-                r.opt_str()?;
-                r.opt_str()?;
+                r.str()?;
                 r.addr()?;
-                r.opt_addr()?;
-                r.opt_addr()
+                r.addr()
             })();
             assert_eq!(whole, None, "cut at {cut}");
         }

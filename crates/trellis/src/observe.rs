@@ -256,7 +256,7 @@ fn epoch_nanos(t: SystemTime) -> u64 {
 /// Index byte of a method or version outside observe's tables: the text follows.
 const OTHER: u8 = u8::MAX;
 /// The fixed head of a gateway record.
-const HEAD: usize = 24;
+const HEAD_BYTES: usize = 24;
 /// Flags (head byte 22): which optional parts follow.
 const HAS_PEER: u8 = 1;
 const HAS_UPSTREAM: u8 = 2;
@@ -268,12 +268,25 @@ const HAS_BACKEND: u8 = 8;
 /// flags at 22), then the addresses and the texts. Written once per request, so it is kept
 /// short in code as well as in bytes: one array for the head, one loop for the texts.
 fn write_request(r: &gateway::record::RequestRecord<'_>, b: &mut Vec<u8>) {
-    let method = observe::metrics::method_index(r.method);
-    let version = observe::metrics::protocol_index(r.version);
+    // An index stands for its text only when it is that text (a method sent in lower case
+    // is counted as its upper-case label, but recorded as sent).
+    let exact = |i: Option<u8>, table: &[&str], text: &str| {
+        i.filter(|&i| table.get(usize::from(i)) == Some(&text))
+    };
+    let method = exact(
+        observe::metrics::method_index(r.method),
+        &observe::metrics::METHODS,
+        r.method,
+    );
+    let version = exact(
+        observe::metrics::protocol_index(r.version),
+        &observe::metrics::PROTOCOLS,
+        r.version,
+    );
     // The peer is mostly the client itself.
     let peer = (r.peer != r.client).then_some(r.peer);
     let flag = |on: bool, f: u8| if on { f } else { 0 };
-    let mut head = [0u8; HEAD];
+    let mut head = [0u8; HEAD_BYTES];
     head[..8].copy_from_slice(&epoch_nanos(r.started).to_le_bytes());
     let latency = u64::try_from(r.latency.as_nanos()).unwrap_or(u64::MAX);
     head[8..16].copy_from_slice(&latency.to_le_bytes());
@@ -310,7 +323,7 @@ fn write_request(r: &gateway::record::RequestRecord<'_>, b: &mut Vec<u8>) {
 
 /// Reads what [`write_request`] wrote.
 fn read_request(b: &[u8]) -> Option<gateway::record::RequestRecord<'_>> {
-    let (head, rest) = b.split_first_chunk::<HEAD>()?;
+    let (head, rest) = b.split_first_chunk::<HEAD_BYTES>()?;
     let mut h = observe::wire::Reader::new(head);
     let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(h.u64()?);
     let latency = std::time::Duration::from_nanos(h.u64()?);
@@ -365,16 +378,27 @@ impl observe::RecordKind for GatewayRequests {
     }
 
     fn count(&self, bytes: &[u8], m: &mut observe::metrics::Batch<'_>) {
-        let Some(head) = bytes.first_chunk::<HEAD>() else {
+        let Some(head) = bytes.first_chunk::<HEAD_BYTES>() else {
             return;
         };
         let mut r = observe::wire::Reader::new(&head[8..]);
         let (Some(latency), Some(status)) = (r.u64(), r.u16()) else {
             return;
         };
-        let index = |i: u8| (i != OTHER).then_some(i);
+        // A method or version outside the tables (or not as the table writes it) is text in
+        // the record: read it then (rare), so `get` counts as `GET`.
+        let (method, version) = match (head[20], head[21]) {
+            (OTHER, _) | (_, OTHER) => match read_request(bytes) {
+                Some(r) => (
+                    observe::metrics::method_index(r.method),
+                    observe::metrics::protocol_index(r.version),
+                ),
+                None => return,
+            },
+            (m, v) => (Some(m), Some(v)),
+        };
         m.processed("L7", "HTTP", Verdict::Forwarded);
-        m.http_indexed(index(head[20]), index(head[21]), u32::from(status), latency);
+        m.http_indexed(method, version, u32::from(status), latency);
     }
 }
 
@@ -622,10 +646,15 @@ mod tests {
             version: "HTTP/0.9",
             ..request("10.0.0.1:40000", None)
         };
+        let lower = gateway::record::RequestRecord {
+            method: "patch",
+            ..request("10.0.0.1:40000", None)
+        };
         for r in [
             request("203.0.113.9:51000", Some("[fd00::5]:8080")),
             request("10.0.0.1:40000", None),
             odd,
+            lower,
         ] {
             let mut b = Vec::new();
             write_request(&r, &mut b);
@@ -668,17 +697,51 @@ mod tests {
             write_request(&odd, &mut b2);
             observe::RecordKind::count(&kind, &b2, &mut batch);
             observe::RecordKind::count(&kind, &b2[..21], &mut batch);
+            let mut b3 = Vec::new();
+            write_request(&lower, &mut b3);
+            observe::RecordKind::count(&kind, &b3, &mut batch);
         }
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
         for line in [
-            r#"hubble_http_requests_total{method="PATCH",protocol="HTTP/2",status="418",reporter="server"} 1"#,
+            r#"hubble_http_requests_total{method="PATCH",protocol="HTTP/2",status="418",reporter="server"} 2"#,
             r#"hubble_http_requests_total{method="other",protocol="other",status="418",reporter="server"} 1"#,
-            r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="FORWARDED"} 2"#,
+            r#"hubble_flows_processed_total{type="L7",subtype="HTTP",verdict="FORWARDED"} 3"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes: reading, counting and building never panic; anything written reads
+        /// back as written.
+        #[test]
+        fn records_read_back_and_odd_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            method in "[A-Za-z]{1,8}",
+            host in "[a-z0-9.-]{0,40}",
+            path in "/[ -~]{0,60}",
+            status in proptest::prelude::any::<u16>(),
+            route in proptest::option::of("[a-z/-]{1,20}"),
+        ) {
+            let kind = GatewayRequests { pods: Arc::new(Pods::default()) };
+            let metrics = observe::metrics::Metrics::default();
+            let _ = read_request(&bytes);
+            observe::RecordKind::count(&kind, &bytes, &mut metrics.batch());
+            let _ = observe::RecordKind::build(&kind, &bytes);
+            let r = gateway::record::RequestRecord {
+                method: &method,
+                host: &host,
+                path_and_query: &path,
+                status,
+                route: route.as_deref(),
+                ..request("10.0.0.1:40000", Some("10.69.0.3:80"))
+            };
+            let mut b = Vec::new();
+            write_request(&r, &mut b);
+            proptest::prop_assert_eq!(read_request(&b), Some(r));
         }
     }
 }
