@@ -543,8 +543,8 @@ async fn serve_tls(
 /// Time a client has to send its ClientHello and finish the handshake.
 pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Connects to an endpoint of `backend` (skipping ones that refuse) and copies bytes both
-/// ways; `first` is what was already read from the client.
+/// Connects to an endpoint of `backend` (skipping ejected ones, and ejecting one that
+/// refuses) and copies bytes both ways; `first` is what was already read from the client.
 async fn tcp_proxy(
     state: &State,
     backend: &Backend,
@@ -552,13 +552,10 @@ async fn tcp_proxy(
     first: Bytes,
 ) {
     use tokio::io::AsyncWriteExt;
-    if backend.endpoints.is_empty() {
-        return;
-    }
-    let n = backend.endpoints.len();
-    let start = usize::try_from(state.next.fetch_add(1, Ordering::Relaxed)).unwrap_or(0) % n;
-    for i in 0..n.min(CONNECT_ATTEMPTS_MAX) {
-        let ep = backend.endpoints[(start + i) % n].addr;
+    let order = backend.try_order(state.next.fetch_add(1, Ordering::Relaxed));
+    for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
+        let endpoint = &backend.endpoints[i];
+        let ep = endpoint.addr;
         match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(ep)).await
         {
             Ok(Ok(mut up)) => {
@@ -575,7 +572,9 @@ async fn tcp_proxy(
                 return;
             }
             _ => {
+                // Skipped by the next connections for a while, as on the HTTP paths.
                 state.metrics.upstream_connect_failures.inc();
+                endpoint.eject(crate::plan::now_ms() + EJECT_MS);
             }
         }
     }

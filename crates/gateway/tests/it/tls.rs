@@ -182,3 +182,68 @@ async fn https_passthrough_and_tcp_with_real_peers() {
     task.await.expect("checks pass");
     running.stop().await;
 }
+
+/// A TCPRoute's backend with an endpoint that refuses: every connection reaches the one that
+/// answers, and after the first refusal the refusing endpoint is skipped for a while (ejected,
+/// as the HTTP paths do) instead of being tried again by every other connection.
+#[tokio::test]
+async fn a_tcp_route_skips_an_endpoint_that_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = live.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = live.accept().await {
+            let _ = s.write_all(b"hello\n").await;
+        }
+    });
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    // 127.0.0.2 is loopback too, and nothing listens there on this port.
+    let manifests = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: trellis\n  listeners:\n\
+         \x20   - {{name: raw, protocol: TCP, port: 2222, allowedRoutes: {{namespaces: {{from: All}}}}}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: raw, port: 9000}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: pair, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\naddressType: IPv4\nports: [{{name: raw, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}, {{addresses: [127.0.0.2]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge, sectionName: raw}}]\n  rules: [{{backendRefs: [{{name: pair, port: 9000}}]}}]\n"
+    );
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &manifests),
+        ],
+    );
+    let plan =
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("compiles");
+    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: [(2222, 0)].into(),
+        ..Default::default()
+    };
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let running = gateway::start(&plan, &bind, metrics.clone())
+        .await
+        .expect("starts");
+    for i in 0..6 {
+        let mut c = tokio::net::TcpStream::connect(running.bound[&2222])
+            .await
+            .expect("connect");
+        let mut got = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            c.read_to_string(&mut got),
+        )
+        .await
+        .expect("answers in time")
+        .expect("reads");
+        assert_eq!(got, "hello\n", "connection {i}");
+    }
+    assert_eq!(
+        metrics.upstream_connect_failures.get(),
+        1,
+        "the refusing endpoint was tried once, then skipped"
+    );
+}
