@@ -159,9 +159,15 @@ impl Forwarder {
     }
 
     pub async fn resolve(self: &std::sync::Arc<Self>, req: &Message) -> Message {
-        if let Some(r) = self.from_cache(req) {
-            return r;
+        match self.from_cache(req) {
+            Some(r) => r,
+            None => self.resolve_missed(req).await,
         }
+    }
+
+    /// [`Forwarder::resolve`] for a query [`Forwarder::from_cache`] just did not answer:
+    /// asks the upstreams (a stale cached answer when none answers) without looking again.
+    pub async fn resolve_missed(&self, req: &Message) -> Message {
         let mut out = reply_to(req);
         let Some(q) = req.queries.first() else {
             out.metadata.response_code = ResponseCode::FormErr;

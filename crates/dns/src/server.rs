@@ -364,7 +364,7 @@ impl UdpListener {
                 None => {
                     let (fwd, o, udp, addr) = (fwd.clone(), o.clone(), self.udp.clone(), self.addr);
                     tokio::spawn(async move {
-                        let r = fwd.resolve(p.req()).await;
+                        let r = fwd.resolve_missed(p.req()).await;
                         if let Some(out) = finish(&p, r, &o, n, peer, addr, Transport::Udp) {
                             let _ = udp.send_to(&out, peer).await;
                         }
