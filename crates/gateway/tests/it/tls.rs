@@ -32,6 +32,36 @@ fn curl(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Serves the Gateway `edge` of `manifests` (beside the harness's base manifests) with its
+/// listener `ports` on free ports of 127.0.0.1.
+async fn start_edge(
+    dir: &std::path::Path,
+    backends: &harness::Backends,
+    manifests: &str,
+    ports: &[u16],
+) -> (gateway::Running, Arc<gateway::metrics::Metrics>) {
+    let load = harness::load(
+        dir,
+        &[
+            ("base.yaml", &harness::base_manifests(backends)),
+            ("case.yaml", manifests),
+        ],
+    );
+    let plan =
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("compiles");
+    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: ports.iter().map(|&p| (p, 0)).collect(),
+        ..Default::default()
+    };
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let running = gateway::start(&plan, &bind, metrics.clone())
+        .await
+        .expect("starts");
+    (running, metrics)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_passthrough_and_tcp_with_real_peers() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -95,25 +125,7 @@ async fn https_passthrough_and_tcp_with_real_peers() {
         indent(&gw_cert.cert.pem()),
         indent(&gw_cert.signing_key.serialize_pem())
     );
-    let load = harness::load(
-        dir.path(),
-        &[
-            ("base.yaml", &harness::base_manifests(&backends)),
-            ("case.yaml", &manifests),
-        ],
-    );
-    let plan =
-        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("compiles");
-    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: [(443, 0), (2222, 0)].into(),
-        ..Default::default()
-    };
-    let metrics = Arc::new(gateway::metrics::Metrics::default());
-    let running = gateway::start(&plan, &bind, metrics.clone())
-        .await
-        .expect("starts");
+    let (running, metrics) = start_edge(dir.path(), &backends, &manifests, &[443, 2222]).await;
     let tls_port = running.bound[&443].port();
     let tcp_port = running.bound[&2222].port();
     let resolve = move |h: &str| format!("{h}:{tls_port}:127.0.0.1");
@@ -208,25 +220,7 @@ async fn a_tcp_route_skips_an_endpoint_that_refused() {
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: pair, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\naddressType: IPv4\nports: [{{name: raw, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}, {{addresses: [127.0.0.2]}}]\n---\n\
          apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge, sectionName: raw}}]\n  rules: [{{backendRefs: [{{name: pair, port: 9000}}]}}]\n"
     );
-    let load = harness::load(
-        dir.path(),
-        &[
-            ("base.yaml", &harness::base_manifests(&backends)),
-            ("case.yaml", &manifests),
-        ],
-    );
-    let plan =
-        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("compiles");
-    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: [(2222, 0)].into(),
-        ..Default::default()
-    };
-    let metrics = Arc::new(gateway::metrics::Metrics::default());
-    let running = gateway::start(&plan, &bind, metrics.clone())
-        .await
-        .expect("starts");
+    let (running, metrics) = start_edge(dir.path(), &backends, &manifests, &[2222]).await;
     for i in 0..6 {
         let mut c = tokio::net::TcpStream::connect(running.bound[&2222])
             .await
