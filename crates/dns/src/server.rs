@@ -284,7 +284,10 @@ impl UdpListener {
     async fn run(mut self) {
         let fd = self.udp.as_raw_fd();
         let mut bufs = vec![[0u8; DATAGRAM_MAX]; BATCH];
-        let mut outs: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
+        // The answers of a batch, in buffers kept from batch to batch (a replayed answer is
+        // copied into one, not into a new allocation), and where each goes.
+        let mut answers: Vec<Vec<u8>> = vec![Vec::new(); BATCH];
+        let mut to: Vec<SockaddrStorage> = Vec::with_capacity(BATCH);
         loop {
             if self.udp.readable().await.is_err() {
                 continue;
@@ -302,45 +305,49 @@ impl UdpListener {
             let Ok(got) = got else {
                 continue;
             };
-            outs.clear();
+            to.clear();
             for (buf, (n, from)) in bufs.iter().zip(got) {
                 let Some(peer) = socket_addr(&from) else {
                     continue;
                 };
-                if let Some(out) = self.datagram(&buf[..n.min(DATAGRAM_MAX)], peer) {
-                    outs.push((out, from));
+                let Some(out) = answers.get_mut(to.len()) else {
+                    break;
+                };
+                if self.datagram(&buf[..n.min(DATAGRAM_MAX)], peer, out) {
+                    to.push(from);
                 }
             }
-            self.send(fd, &outs).await;
+            self.send(fd, &answers[..to.len()], &to).await;
         }
     }
 
-    /// Sends the answers of a batch, in one call when the socket takes them all.
-    async fn send(&self, fd: std::os::fd::RawFd, outs: &[(Vec<u8>, SockaddrStorage)]) {
-        if outs.is_empty() {
+    /// Sends the answers of a batch (`answers[i]` to `to[i]`), in one call when the socket
+    /// takes them all.
+    async fn send(&self, fd: std::os::fd::RawFd, answers: &[Vec<u8>], to: &[SockaddrStorage]) {
+        if answers.is_empty() {
             return;
         }
         let sent = self
             .udp
             .try_io(Interest::WRITABLE, || {
                 let iovs: Vec<[IoSlice<'_>; 1]> =
-                    outs.iter().map(|(o, _)| [IoSlice::new(o)]).collect();
-                let addrs: Vec<Option<SockaddrStorage>> = outs.iter().map(|o| Some(o.1)).collect();
-                let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(outs.len(), None);
+                    answers.iter().map(|o| [IoSlice::new(o)]).collect();
+                let addrs: Vec<Option<SockaddrStorage>> = to.iter().map(|t| Some(*t)).collect();
+                let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(answers.len(), None);
                 Ok(sendmmsg(fd, &mut tx, &iovs, &addrs, [], MsgFlags::MSG_DONTWAIT)?.count())
             })
             .unwrap_or(0);
         // What the socket did not take (its buffer full) waits for room, one by one.
-        for (out, to) in &outs[sent..] {
+        for (out, to) in answers.iter().zip(to).skip(sent) {
             if let Some(peer) = socket_addr(to) {
                 let _ = self.udp.send_to(out, peer).await;
             }
         }
     }
 
-    /// One datagram: the answer to send now, if any (forwarded queries answer later, from
-    /// their own task).
-    fn datagram(&mut self, packet: &[u8], peer: SocketAddr) -> Option<Vec<u8>> {
+    /// One datagram: whether there is an answer to send now, written into `out` (forwarded
+    /// queries answer later, from their own task).
+    fn datagram(&mut self, packet: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> bool {
         let current = self.views.load();
         let (o, n) = (&self.ops, packet.len());
         if let Some(r) = self.replay.as_mut() {
@@ -349,12 +356,14 @@ impl UdpListener {
                 if let Some(m) = &o.metrics {
                     m.request_duration.observe(started.elapsed().as_secs_f64());
                 }
-                return Some(r.response().to_vec());
+                out.clear();
+                out.extend_from_slice(r.response());
+                return true;
             }
         }
         let mut p = match prepare(&current, self.fwd.is_some(), packet, peer) {
             Ok(p) => p,
-            Err(formerr) => return formerr,
+            Err(formerr) => return formerr.map(|f| *out = f).is_some(),
         };
         let (resp, source) = match (p.local.take(), &self.fwd) {
             (Some(r), _) => (r, Source::Zone),
@@ -369,23 +378,26 @@ impl UdpListener {
                             let _ = udp.send_to(&out, peer).await;
                         }
                     });
-                    return None;
+                    return false;
                 }
             },
-            (None, None) => return None,
+            (None, None) => return false,
         };
-        let out = finish(&p, resp, o, n, peer, self.addr, Transport::Udp)?;
+        let Some(answer) = finish(&p, resp, o, n, peer, self.addr, Transport::Udp) else {
+            return false;
+        };
         if let Some(r) = self.replay.as_mut() {
             r.insert(
                 &current,
                 &p.view,
                 packet,
-                &out,
+                &answer,
                 source,
                 o.metrics.as_deref(),
             );
         }
-        Some(out)
+        *out = answer;
+        true
     }
 }
 
