@@ -440,7 +440,7 @@ fn plain(a: &Action) -> bool {
         && a.timeout_backend.is_none()
         && a.retry.as_ref().is_none_or(|r| r.per_try.is_none())
         && !a.h2_upstream
-        && a.ext_auth.is_none()
+        && a.security.is_none()
         && a.lua.is_empty()
 }
 

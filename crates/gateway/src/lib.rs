@@ -4,6 +4,7 @@
 //! - [`proxy`]: binds the listeners and serves requests from the current plan; `update`
 //!   swaps a new plan in atomically. Plain HTTP/1.1 forwarding takes trellis's own path
 //!   (`h1`), everything else hyper's.
+//! - [`auth`]: SecurityPolicies compiled (fail closed) and basic auth checked.
 //! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
 //! - [`admin`]: `/healthz`, `/status`, `/metrics`.
 //! - [`record`]: one [`record::RequestRecord`] per request for an observer (flows).
@@ -13,6 +14,7 @@
 //! as unserved rather than silently ignored.
 
 pub mod admin;
+pub mod auth;
 pub mod compress;
 pub mod echo;
 mod h1;

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub lua_errors: Counter,
     pub ext_auth_denied: Counter,
     pub ext_auth_errors: Counter,
+    /// Requests refused because the SecurityPolicy of their route cannot be enforced.
+    pub security_policy_refused: Counter,
+    pub basic_auth_denied: Counter,
     pub access_log_dropped: Counter,
     pub keepalive_pools_exhausted: Counter,
     pub udp_sessions: Counter,
@@ -62,6 +65,8 @@ impl Default for Metrics {
             lua_errors: Counter::default(),
             ext_auth_denied: Counter::default(),
             ext_auth_errors: Counter::default(),
+            security_policy_refused: Counter::default(),
+            basic_auth_denied: Counter::default(),
             access_log_dropped: Counter::default(),
             keepalive_pools_exhausted: Counter::default(),
             udp_sessions: Counter::default(),
@@ -162,6 +167,16 @@ impl Metrics {
             "ext_authz_error",
             "Requests whose authorization service could not be asked",
             self.ext_auth_errors.clone(),
+        );
+        r.register(
+            "security_policy_refused",
+            "Requests answered 500 because their SecurityPolicy cannot be enforced",
+            self.security_policy_refused.clone(),
+        );
+        r.register(
+            "basic_auth_denied",
+            "Requests basic authentication refused (401)",
+            self.basic_auth_denied.clone(),
         );
         r.register(
             "access_log_dropped",

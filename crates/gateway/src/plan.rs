@@ -288,8 +288,9 @@ pub struct Action {
     pub retry: Option<Retry>,
     /// Speak HTTP/2 (prior knowledge) to the backends: GRPCRoute.
     pub h2_upstream: bool,
-    /// External authorization (SecurityPolicy of the route, else of its Gateway).
-    pub ext_auth: Option<Arc<ExtAuth>>,
+    /// What the SecurityPolicy of the route (else of its Gateway) requires: checked before
+    /// anything else; a policy that cannot be enforced refuses every request (500).
+    pub security: Option<Arc<crate::auth::Security>>,
     /// Lua filters (EnvoyExtensionPolicy of the route, else of its Gateway), in order.
     pub lua: Vec<Arc<LuaFilter>>,
     /// Response encodings offered, in the policy's order of preference.
@@ -565,7 +566,11 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     }
 
     let lua = lua_filters(s, &mut plan.problems);
-    let auth = ext_auths(s, &mut plan.problems);
+    let auth = crate::auth::security_policies(
+        s,
+        &|ns, b| resolve(s, "SecurityPolicy", ns, b),
+        &mut plan.problems,
+    );
     // GRPCRoutes are HTTPRoutes whose matches are on `/service/method` and whose backends
     // speak HTTP/2.
     let grpc: Vec<Object<gateway_api::httproutes::HttpRouteSpec>> =
@@ -598,7 +603,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                     .or_else(|| lua.get(&key))
                     .cloned()
                     .unwrap_or_default(),
-                ext_auth: auth.get(&rkey).or_else(|| auth.get(&key)).cloned(),
+                security: auth.get(&rkey).or_else(|| auth.get(&key)).cloned(),
             };
             add_route(s, router, route, &hosts, order, &policies);
         }
@@ -1086,7 +1091,7 @@ fn action(
     }
     a.lua = policies.lua.clone();
     a.h2_upstream = policies.kind == "GRPCRoute";
-    a.ext_auth = policies.ext_auth.clone();
+    a.security = policies.security.clone();
     if let Some(p) = policies.backend {
         if a.timeout_request.is_none() {
             a.timeout_request = p
@@ -1217,69 +1222,7 @@ struct Policies<'a> {
     kind: &'static str,
     backend: Option<&'a BackendTrafficPolicySpec>,
     lua: Vec<Arc<LuaFilter>>,
-    ext_auth: Option<Arc<ExtAuth>>,
-}
-
-/// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
-#[derive(Debug)]
-pub struct ExtAuth {
-    pub backend: Arc<Backend>,
-    /// Prefixed to the request's path for the check request.
-    pub path: String,
-    pub headers_to_auth: Vec<http::HeaderName>,
-    pub headers_to_backend: Vec<http::HeaderName>,
-    pub fail_open: bool,
-}
-
-/// External authorization of every SecurityPolicy, by the objects they target.
-fn ext_auths(
-    s: &Snapshot,
-    problems: &mut Vec<(ObjectKey, String)>,
-) -> BTreeMap<ObjectKey, Arc<ExtAuth>> {
-    let mut out = BTreeMap::new();
-    for p in s.security_policies.values() {
-        let Some(ea) = &p.spec.ext_auth else { continue };
-        let pkey = ObjectKey::new(
-            model::validate::ENVOY_GROUP,
-            "SecurityPolicy",
-            p.namespace(),
-            p.name(),
-        );
-        let Some(http) = &ea.http else {
-            problems.push((
-                pkey,
-                "spec.extAuth.grpc: gRPC external authorization is not served yet".into(),
-            ));
-            continue;
-        };
-        let Some(b) = http.backend_refs.first().or(http.backend_ref.as_ref()) else {
-            continue;
-        };
-        let backend = Arc::new(resolve(s, "SecurityPolicy", p.namespace(), b));
-        let names = |v: &[String]| {
-            v.iter()
-                .filter_map(|h| {
-                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
-                })
-                .collect::<Vec<_>>()
-        };
-        let auth = Arc::new(ExtAuth {
-            backend,
-            path: http
-                .path
-                .clone()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_string(),
-            headers_to_auth: names(&ea.headers_to_ext_auth),
-            headers_to_backend: names(&http.headers_to_backend),
-            fail_open: ea.fail_open.unwrap_or(false),
-        });
-        for t in model::validate::policy_targets(s, p.namespace(), &p.spec) {
-            out.entry(t).or_insert_with(|| auth.clone());
-        }
-    }
-    out
+    security: Option<Arc<crate::auth::Security>>,
 }
 
 /// Loads the Lua scripts of every EnvoyExtensionPolicy, by the objects they target. A script

@@ -791,10 +791,12 @@ async fn handle_inner(
     let counters = action
         .counters
         .get_or_init(|| state.metrics.route_counters(&action.route));
-    // External authorization runs first (Envoy Gateway's filter order), then Lua.
-    let req = match &action.ext_auth {
-        Some(auth) => {
-            match check_ext_auth(state, auth, req, &path, query.as_deref(), scheme, client).await {
+    // The SecurityPolicy runs first (Envoy Gateway's filter order), then Lua.
+    let req = match &action.security {
+        Some(sec) => {
+            match authenticate(state, sec, req, &host, &path, query.as_deref(), scheme, client)
+                .await
+            {
                 Ok(r) => r,
                 Err(mut reply) => {
                     state
@@ -963,6 +965,55 @@ fn rfc3339_now() -> String {
     )
 }
 
+/// Applies a route's SecurityPolicy to a request, in Envoy Gateway's filter order (external
+/// authorization, then basic authentication). Returns the request to go on with, or the
+/// answer instead: 500 when the policy cannot be enforced, 401 for missing or wrong
+/// credentials, the authorization service's own answer when it denies.
+#[allow(clippy::result_large_err, clippy::too_many_arguments)]
+async fn authenticate(
+    state: &State,
+    sec: &crate::auth::Security,
+    mut req: Request<Incoming>,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    scheme: &'static str,
+    client: SocketAddr,
+) -> Result<Request<Incoming>, Response<Body>> {
+    if let Some(why) = &sec.refused {
+        state.metrics.security_policy_refused.inc();
+        tracing::debug!(policy = %sec.policy, reason = %why, "refused: security policy cannot be enforced");
+        return Err(local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the security policy of this route cannot be enforced",
+        ));
+    }
+    if let Some(ext) = &sec.ext {
+        req = check_ext_auth(state, ext, req, path, query, scheme, client).await?;
+    }
+    if let Some(basic) = &sec.basic {
+        match basic.check(req.headers()) {
+            Ok(user) => {
+                if let Some(h) = &basic.forward_username_header
+                    && let Ok(v) = HeaderValue::from_str(&user)
+                {
+                    req.headers_mut().insert(h.clone(), v);
+                }
+            }
+            Err(denied) => {
+                state.metrics.basic_auth_denied.inc();
+                let mut r = local(StatusCode::UNAUTHORIZED, denied.message());
+                // The realm names the host asked for, as Envoy's basic_auth does.
+                if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"http://{host}\"")) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                return Err(r);
+            }
+        }
+    }
+    Ok(req)
+}
+
 /// How long the authorization service may take (Envoy's ext_authz default).
 pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -975,7 +1026,7 @@ pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 #[allow(clippy::result_large_err)]
 async fn check_ext_auth(
     state: &State,
-    auth: &crate::plan::ExtAuth,
+    auth: &crate::auth::ExtAuth,
     mut req: Request<Incoming>,
     path: &str,
     query: Option<&str>,

@@ -295,7 +295,7 @@ fn decode_typed<T: DeserializeOwned>(
             file: doc.source.file.clone(),
             pos: doc.source.index.find(&full).unwrap_or(doc.source.pos),
             object: Some(key.clone()),
-            message: format!("unknown field `{full}` (ignored)"),
+            message: unknown_field_message(&full),
         });
     }
     result.map_err(|e| {
@@ -303,6 +303,12 @@ fn decode_typed<T: DeserializeOwned>(
         let path = if path == "." { String::new() } else { path };
         vec![(path, e.into_inner().to_string())]
     })
+}
+
+/// The warning for a field the typed spec does not model; [`Snapshot::unknown_fields`] reads
+/// the path back.
+fn unknown_field_message(path: &str) -> String {
+    format!("unknown field `{path}` (ignored)")
 }
 
 fn join_path(prefix: &str, path: &str) -> String {
@@ -531,6 +537,20 @@ impl Snapshot {
     /// The status of an object (empty if it has none).
     pub fn status_of(&self, key: &ObjectKey) -> Option<&ObjectStatus> {
         self.status.get(key)
+    }
+
+    /// The paths of the fields of an object that its typed spec does not model (each also a
+    /// warning). Kinds where an ignored field could weaken security (SecurityPolicy) refuse
+    /// the object instead of ignoring them.
+    pub fn unknown_fields<'a>(&'a self, key: &'a ObjectKey) -> impl Iterator<Item = &'a str> {
+        self.diagnostics.iter().filter_map(move |d| {
+            if d.object.as_ref() != Some(key) {
+                return None;
+            }
+            d.message
+                .strip_prefix("unknown field `")
+                .and_then(|m| m.strip_suffix("` (ignored)"))
+        })
     }
 
     /// Whether any document could not be read at all (exit code 2 in `trellis check`).

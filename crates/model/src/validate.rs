@@ -17,7 +17,7 @@ use gateway_api::gateways::{
 };
 
 use crate::kinds::LabelSelector;
-use crate::kinds::envoy::{Policy, TargetRef};
+use crate::kinds::envoy::{Policy, SecurityPolicySpec, TargetRef};
 use crate::kinds::routes::{BackendRef, ParentRef};
 use crate::object::same_shape;
 use crate::object::{
@@ -1625,6 +1625,39 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
         &s.security_policies,
         &|p, spec, status| {
             let from = (ENVOY_GROUP, "SecurityPolicy", p.namespace());
+            let key = key_of(p, ENVOY_GROUP, "SecurityPolicy");
+            for (path, what) in security_unenforced(spec) {
+                problem(
+                    status,
+                    path,
+                    format!(
+                        "{what} is not enforced by trellis yet: what this policy targets \
+                         answers 500 until it is (a route is never served without its \
+                         authentication)"
+                    ),
+                );
+            }
+            for f in s.unknown_fields(&key) {
+                problem(
+                    status,
+                    f,
+                    format!(
+                        "field `{f}` is not known to trellis: the policy is refused rather than \
+                         enforced without it, and what it targets answers 500"
+                    ),
+                );
+            }
+            if let Some(h) = spec.ext_auth.as_ref().and_then(|e| e.http.as_ref())
+                && h.backend_ref.is_none()
+                && h.backend_refs.is_empty()
+            {
+                problem(
+                    status,
+                    "spec.extAuth.http",
+                    "extAuth.http needs backendRef or backendRefs: without an authorization \
+                     service every request is refused (500)",
+                );
+            }
             let mut refs_bad: Option<(String, String)> = None;
             if let Some(ea) = &spec.ext_auth {
                 let backends: Vec<(String, &BackendRef)> =
@@ -1707,6 +1740,41 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
             }
         },
     );
+}
+
+/// The parts of a SecurityPolicy trellis does not enforce (yet), each with its field path and
+/// what it is. Validation makes each a problem (`Accepted=False`, reason Invalid), and the
+/// gateway answers 500 on whatever such a policy targets: a route is never served without the
+/// authentication its policy asks for.
+pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    if spec.oidc.is_some() {
+        out.push(("spec.oidc", "OIDC authentication"));
+    }
+    if spec.jwt.is_some() {
+        out.push(("spec.jwt", "JWT authentication"));
+    }
+    if spec.authorization.is_some() {
+        out.push(("spec.authorization", "authorization (client CIDR, JWT claim, header rules)"));
+    }
+    if spec.api_key_auth.is_some() {
+        out.push(("spec.apiKeyAuth", "API key authentication"));
+    }
+    if spec.cors.is_some() {
+        out.push(("spec.cors", "CORS"));
+    }
+    if let Some(ea) = &spec.ext_auth {
+        if ea.http.is_none() && ea.grpc.is_some() {
+            out.push(("spec.extAuth.grpc", "gRPC external authorization"));
+        }
+        if ea.body_to_ext_auth.is_some() {
+            out.push((
+                "spec.extAuth.bodyToExtAuth",
+                "sending the request body to the authorization service",
+            ));
+        }
+    }
+    out
 }
 
 /// Parses a Gateway API duration (GEP-2257: `1h`, `300s`, `500ms`, `0s`).

@@ -1,27 +1,8 @@
 //! BackendTrafficPolicy compression against curl, which decodes zstd, brotli and gzip.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use crate::harness;
-
-/// `curl -sS -D- URL` with extra arguments; returns (headers, body).
-fn curl(args: &[&str]) -> (String, Vec<u8>) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10", "-D", "/dev/stderr"])
-        .args(args)
-        .output()
-        .expect("curl runs");
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        String::from_utf8_lossy(&out.stderr).to_ascii_lowercase(),
-        out.stdout,
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressor_policy_with_curl() {
@@ -40,7 +21,7 @@ async fn compressor_policy_with_curl() {
             ("gzip;q=0.5, br;q=0.9", "br"),
             ("gzip, deflate, br, zstd", "zstd"),
         ] {
-            let (headers, body) = curl(&[
+            let (headers, body) = harness::curl(&[
                 "--compressed",
                 "-H",
                 &format!("Accept-Encoding: {accept}"),
@@ -55,7 +36,7 @@ async fn compressor_policy_with_curl() {
                 serde_json::from_slice(&body).expect("decoded body is the JSON");
             assert_eq!(v["backend"], "infra-backend-v1");
             // What crossed the wire is much smaller than the 20 KB body.
-            let (raw_headers, raw) = curl(&["-H", &format!("Accept-Encoding: {want}"), &url]);
+            let (raw_headers, raw) = harness::curl(&["-H", &format!("Accept-Encoding: {want}"), &url]);
             // The length is gone (streamed) or is the compressed one (compressed whole).
             if let Some(len) = raw_headers
                 .lines()
@@ -82,10 +63,10 @@ async fn compressor_policy_with_curl() {
         ] {
             let mut a = args.clone();
             a.push(&url);
-            let (headers, _) = curl(&a);
+            let (headers, _) = harness::curl(&a);
             assert!(!headers.contains("content-encoding"), "{headers}");
         }
-        let (headers, _) = curl(&["-I", "-H", "Accept-Encoding: gzip", &url]);
+        let (headers, _) = harness::curl(&["-I", "-H", "Accept-Encoding: gzip", &url]);
         assert!(!headers.contains("content-encoding"), "HEAD: {headers}");
     })
     .await

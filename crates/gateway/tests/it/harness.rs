@@ -145,3 +145,21 @@ pub async fn serve_observed(
     let running = gateway::start(&plan, &bind, metrics).await.expect("starts");
     (plan, running)
 }
+
+/// Runs curl (which must succeed); returns the response head in lower case and the body.
+pub fn curl(args: &[&str]) -> (String, Vec<u8>) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-D", "/dev/stderr"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stderr).to_ascii_lowercase(),
+        out.stdout,
+    )
+}

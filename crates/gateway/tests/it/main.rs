@@ -13,5 +13,6 @@ mod lua;
 mod policies;
 mod reload;
 mod routing;
+mod security;
 mod tls;
 mod udp;

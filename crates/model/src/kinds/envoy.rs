@@ -446,6 +446,8 @@ pub struct OidcProvider {
 #[serde(rename_all = "camelCase")]
 pub struct BasicAuth {
     pub users: LocalObjectRef,
+    #[serde(default)]
+    pub forward_username_header: Option<String>,
 }
 
 /// Envoy Gateway's `Backend`: endpoints outside the cluster's Services.

@@ -1,0 +1,415 @@
+//! What a SecurityPolicy asks of a request before it goes on: compiled from the snapshot
+//! ([`security_policies`], pure) and checked per request ([`BasicAuth::check`] here; external
+//! authorization needs I/O and is asked by the proxy).
+//!
+//! Fail closed. A policy trellis cannot enforce as written (a field it does not implement or
+//! does not know, a reference that does not resolve, credentials that do not parse) compiles
+//! to a [`Security`] with `refused` set, and every request to what it targets answers 500,
+//! as Envoy does for a route whose filter is invalid. Validation writes the same verdict as
+//! the policy's `Accepted=False` condition; this module reads that condition rather than
+//! deciding twice, and adds what only compiling finds (an `.htpasswd` line it cannot read).
+//!
+//! Types here hold credentials: their `Debug` shows names and counts, never hashes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use model::kinds::envoy::SecurityPolicySpec;
+use model::object::cond::{self, reason};
+use model::snapshot::{Object, Snapshot, get};
+use model::validate::ENVOY_GROUP;
+use model::{ObjectKey, Status};
+
+use crate::plan::Backend;
+
+/// The secret key holding the users of a basicAuth policy (Envoy Gateway's).
+pub const HTPASSWD_KEY: &str = ".htpasswd";
+
+/// Users of one basicAuth policy: at most this many (a bound on what one Secret loads).
+pub const BASIC_AUTH_USERS_MAX: usize = 10_000;
+
+/// What one SecurityPolicy requires of the requests to what it targets.
+pub struct Security {
+    /// `namespace/name` of the policy, for logs.
+    pub policy: String,
+    /// The policy cannot be enforced, and why: every request answers 500.
+    pub refused: Option<String>,
+    pub basic: Option<BasicAuth>,
+    pub ext: Option<ExtAuth>,
+}
+
+impl std::fmt::Debug for Security {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("policy", &self.policy)
+            .field("refused", &self.refused)
+            .field("basic", &self.basic)
+            .field("ext", &self.ext)
+            .finish()
+    }
+}
+
+/// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
+#[derive(Debug)]
+pub struct ExtAuth {
+    pub backend: Arc<Backend>,
+    /// Prefixed to the request's path for the check request.
+    pub path: String,
+    pub headers_to_auth: Vec<http::HeaderName>,
+    pub headers_to_backend: Vec<http::HeaderName>,
+    pub fail_open: bool,
+}
+
+/// SecurityPolicy `basicAuth`: users and the SHA-1 digests of their passwords, from the
+/// `.htpasswd` key of a Secret (`user:{SHA}base64`, the one format Envoy's basic_auth filter
+/// takes).
+pub struct BasicAuth {
+    users: BTreeMap<String, [u8; 20]>,
+    /// Where the authenticated user's name goes on the upstream request, if anywhere.
+    pub forward_username_header: Option<http::HeaderName>,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("users", &self.users.len())
+            .field("forward_username_header", &self.forward_username_header)
+            .finish()
+    }
+}
+
+/// Why a request was not let through by basic authentication (Envoy's messages).
+#[derive(Debug, PartialEq, Eq)]
+pub enum BasicDenied {
+    Missing,
+    Invalid,
+}
+
+impl BasicDenied {
+    pub fn message(&self) -> &'static str {
+        match self {
+            BasicDenied::Missing => "User authentication failed. Missing username and password.",
+            BasicDenied::Invalid => {
+                "User authentication failed. Invalid username/password combination."
+            }
+        }
+    }
+}
+
+impl BasicAuth {
+    /// Reads an `.htpasswd` text. Every line must be an entry Envoy takes; the first that is
+    /// not is the error (with its 1-based line number), so that a policy is never enforced
+    /// with fewer users than it names.
+    pub fn parse(text: &str) -> Result<BasicAuth, String> {
+        let mut users = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Some((user, hash)) = line.split_once(':') else {
+                return Err(format!("line {n}: not `user:{{SHA}}hash`"));
+            };
+            if user.is_empty() {
+                return Err(format!("line {n}: empty user name"));
+            }
+            let Some(b64) = hash.strip_prefix("{SHA}") else {
+                let what = if hash.starts_with("$2") {
+                    "bcrypt"
+                } else if hash.starts_with("$apr1$") {
+                    "APR1-MD5"
+                } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
+                    "crypt SHA-256/512"
+                } else {
+                    "this"
+                };
+                return Err(format!(
+                    "line {n}: user {user}: {what} hash format is not supported \
+                     (only {{SHA}}, as in Envoy's basic_auth: htpasswd -s)"
+                ));
+            };
+            let digest = data_encoding::BASE64
+                .decode(b64.trim().as_bytes())
+                .ok()
+                .and_then(|d| <[u8; 20]>::try_from(d).ok())
+                .ok_or_else(|| format!("line {n}: user {user}: {{SHA}} is not a base64 SHA-1"))?;
+            if users.insert(user.to_string(), digest).is_some() {
+                return Err(format!("line {n}: user {user} appears twice"));
+            }
+            if users.len() > BASIC_AUTH_USERS_MAX {
+                return Err(format!("more than {BASIC_AUTH_USERS_MAX} users"));
+            }
+        }
+        if users.is_empty() {
+            return Err("no users".into());
+        }
+        Ok(BasicAuth {
+            users,
+            forward_username_header: None,
+        })
+    }
+
+    /// Checks a request's `Authorization: Basic` credentials; returns the user name.
+    pub fn check<'h>(&self, headers: &'h http::HeaderMap) -> Result<String, BasicDenied> {
+        let Some(v) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(BasicDenied::Missing);
+        };
+        let v = v.as_bytes();
+        let creds = v
+            .get(..6)
+            .filter(|s| s.eq_ignore_ascii_case(b"basic "))
+            .and_then(|_| data_encoding::BASE64.decode(v[6..].trim_ascii()).ok())
+            .ok_or(BasicDenied::Missing)?;
+        let creds = String::from_utf8(creds).map_err(|_| BasicDenied::Invalid)?;
+        let (user, password) = creds.split_once(':').ok_or(BasicDenied::Invalid)?;
+        let digest = ring::digest::digest(
+            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+            password.as_bytes(),
+        );
+        // The same work whether the user exists or not.
+        let (known, want) = match self.users.get(user) {
+            Some(w) => (true, w),
+            None => (false, &[0u8; 20]),
+        };
+        let same = digest
+            .as_ref()
+            .iter()
+            .zip(want)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        if known && same {
+            Ok(user.to_string())
+        } else {
+            Err(BasicDenied::Invalid)
+        }
+    }
+}
+
+/// Whether validation refused a policy (its verdict, as `Accepted`/`ResolvedRefs`), and why.
+/// A policy that lost every target to an older one (Conflicted) or has none is not refused:
+/// it applies nowhere, and the targets keep the policy that owns them.
+fn refused_by_validation(s: &Snapshot, key: &ObjectKey) -> Option<String> {
+    let status = s.status.get(key)?;
+    status.conditions.iter().find_map(|c| {
+        let bad = c.status != Status::True
+            && match c.type_.as_str() {
+                cond::ACCEPTED => {
+                    c.reason != reason::CONFLICTED && c.reason != reason::TARGET_NOT_FOUND
+                }
+                cond::RESOLVED_REFS => true,
+                _ => false,
+            };
+        bad.then(|| format!("{} {}: {}", c.type_, c.reason, c.message))
+    })
+}
+
+/// The secret data of `key` in Secret `namespace/name`, from `data` or `stringData`.
+pub fn secret_field(s: &Snapshot, namespace: &str, name: &str, key: &str) -> Option<Vec<u8>> {
+    let secret = get(&s.secrets, namespace, name)?;
+    secret
+        .spec
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|v| v.0.clone())
+        .or_else(|| {
+            secret
+                .spec
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|v| v.as_bytes().to_vec())
+        })
+}
+
+/// Compiles one policy: refused when validation refused it, or when a part of it does not
+/// compile (that part's error is also pushed to `problems`).
+fn compile_one(
+    s: &Snapshot,
+    p: &Object<SecurityPolicySpec>,
+    key: &ObjectKey,
+    resolve: &dyn Fn(&model::kinds::routes::BackendRef) -> Backend,
+    problems: &mut Vec<(ObjectKey, String)>,
+) -> Security {
+    let mut sec = Security {
+        policy: key.ns_name(),
+        refused: refused_by_validation(s, key),
+        basic: None,
+        ext: None,
+    };
+    if sec.refused.is_some() {
+        return sec;
+    }
+    // Validation refuses these; kept here as well so that no path through compile can enforce
+    // a policy without them.
+    if let Some((path, what)) = model::validate::security_unenforced(&p.spec).first() {
+        sec.refused = Some(format!("{path}: {what} is not enforced by trellis yet"));
+        return sec;
+    }
+    let mut refuse = |why: String, sec: &mut Security| {
+        problems.push((key.clone(), why.clone()));
+        sec.refused = Some(why);
+    };
+    if let Some(b) = &p.spec.basic_auth {
+        let text = secret_field(s, p.namespace(), &b.users.name, HTPASSWD_KEY);
+        match text.map(String::from_utf8) {
+            None => refuse(
+                format!(
+                    "spec.basicAuth.users: secret {}/{} has no {HTPASSWD_KEY}",
+                    p.namespace(),
+                    b.users.name
+                ),
+                &mut sec,
+            ),
+            Some(Err(_)) => refuse(
+                format!(
+                    "spec.basicAuth.users: {HTPASSWD_KEY} of secret {}/{} is not UTF-8",
+                    p.namespace(),
+                    b.users.name
+                ),
+                &mut sec,
+            ),
+            Some(Ok(text)) => match BasicAuth::parse(&text) {
+                Err(e) => refuse(
+                    format!(
+                        "spec.basicAuth.users: {HTPASSWD_KEY} of secret {}/{}: {e}",
+                        p.namespace(),
+                        b.users.name
+                    ),
+                    &mut sec,
+                ),
+                Ok(mut basic) => {
+                    match b.forward_username_header.as_deref().map(|h| {
+                        http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                    }) {
+                        Some(Err(_)) => refuse(
+                            "spec.basicAuth.forwardUsernameHeader: not a header name".into(),
+                            &mut sec,
+                        ),
+                        Some(Ok(h)) => {
+                            basic.forward_username_header = Some(h);
+                            sec.basic = Some(basic);
+                        }
+                        None => sec.basic = Some(basic),
+                    }
+                }
+            },
+        }
+    }
+    if sec.refused.is_some() {
+        return sec;
+    }
+    if let Some(ea) = &p.spec.ext_auth {
+        let Some(http) = &ea.http else {
+            refuse("spec.extAuth: needs http".into(), &mut sec);
+            return sec;
+        };
+        let Some(b) = http.backend_refs.first().or(http.backend_ref.as_ref()) else {
+            refuse("spec.extAuth.http: no backendRef".into(), &mut sec);
+            return sec;
+        };
+        let backend = resolve(b);
+        if let Some(why) = &backend.invalid {
+            // An authorization service that is not there is not "unavailable" (where
+            // failOpen would apply): the policy is wrong.
+            refuse(format!("spec.extAuth.http: {why}"), &mut sec);
+            return sec;
+        }
+        let names = |v: &[String]| {
+            v.iter()
+                .filter_map(|h| {
+                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
+                })
+                .collect::<Vec<_>>()
+        };
+        sec.ext = Some(ExtAuth {
+            backend: Arc::new(backend),
+            path: http
+                .path
+                .clone()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string(),
+            headers_to_auth: names(&ea.headers_to_ext_auth),
+            headers_to_backend: names(&http.headers_to_backend),
+            fail_open: ea.fail_open.unwrap_or(false),
+        });
+    }
+    sec
+}
+
+/// Every SecurityPolicy compiled, by the objects it targets. Where two policies target the
+/// same object, the first in the snapshot's order keeps it (as validation decides Conflicted).
+pub fn security_policies(
+    s: &Snapshot,
+    resolve: &dyn Fn(&str, &model::kinds::routes::BackendRef) -> Backend,
+    problems: &mut Vec<(ObjectKey, String)>,
+) -> BTreeMap<ObjectKey, Arc<Security>> {
+    let mut out = BTreeMap::new();
+    for p in s.security_policies.values() {
+        let key = ObjectKey::new(ENVOY_GROUP, "SecurityPolicy", p.namespace(), p.name());
+        let targets = model::validate::policy_targets(s, p.namespace(), &p.spec);
+        if targets.is_empty() {
+            continue;
+        }
+        let sec = Arc::new(compile_one(
+            s,
+            p,
+            &key,
+            &|b| resolve(p.namespace(), b),
+            problems,
+        ));
+        if let Some(why) = &sec.refused {
+            tracing::warn!(policy = %key.ns_name(), reason = %why,
+                "security policy cannot be enforced: what it targets answers 500");
+        }
+        for t in targets {
+            out.entry(t).or_insert_with(|| sec.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(v: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            http::HeaderValue::from_str(v).expect("header"),
+        );
+        h
+    }
+
+    #[test]
+    fn htpasswd_sha_entries_check_and_others_are_refused() {
+        // `htpasswd -nbs alice secret`
+        let b = BasicAuth::parse("alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n\n").expect("parses");
+        let basic = |u: &str, p: &str| {
+            format!("Basic {}", data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes()))
+        };
+        assert_eq!(b.check(&header(&basic("alice", "secret"))), Ok("alice".into()));
+        assert_eq!(b.check(&header(&basic("alice", "Secret"))), Err(BasicDenied::Invalid));
+        assert_eq!(b.check(&header(&basic("bob", "secret"))), Err(BasicDenied::Invalid));
+        assert_eq!(b.check(&header("Bearer x")), Err(BasicDenied::Missing));
+        assert_eq!(b.check(&http::HeaderMap::new()), Err(BasicDenied::Missing));
+        assert_eq!(b.check(&header("Basic !!!")), Err(BasicDenied::Missing));
+        for (text, want) in [
+            ("bob:$2y$05$abc", "line 1: user bob: bcrypt"),
+            ("x", "line 1: not `user:{SHA}hash`"),
+            ("\nbob:$apr1$abc", "line 2: user bob: APR1-MD5"),
+            ("bob:{SHA}AAAA", "line 1: user bob: {SHA} is not a base64 SHA-1"),
+            ("", "no users"),
+            (
+                "a:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\na:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=",
+                "line 2: user a appears twice",
+            ),
+        ] {
+            let e = BasicAuth::parse(text).expect_err(text);
+            assert!(e.starts_with(want), "{text:?}: {e}");
+        }
+    }
+}

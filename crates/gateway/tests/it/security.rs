@@ -1,0 +1,211 @@
+//! SecurityPolicies fail closed: every policy trellis cannot enforce as written is
+//! `Accepted=False` (or `ResolvedRefs=False`) with the reason, and the route it guards answers
+//! 500 without the backend being asked, over HTTP/1.1 and HTTP/2 alike (curl). Basic
+//! authentication is enforced.
+
+use std::sync::Arc;
+
+use crate::harness;
+
+/// A route `name.example.com` to infra-backend-v1 guarded by a SecurityPolicy with `spec`
+/// (YAML lines indented by two).
+fn guarded(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+         spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [{name}.example.com]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]\n{spec}---\n"
+    )
+}
+
+/// Cases that must be refused: name, policy spec, what the condition's message must say.
+const REFUSED: &[(&str, &str, &str)] = &[
+    (
+        // The corpus's envoy-oidc component, with its variables filled in.
+        "oidc",
+        "  oidc:\n    provider: {issuer: 'https://auth.example.com/oauth2/openid/app'}\n    clientID: app\n    clientSecret: {name: app-oidc}\n    redirectURL: https://app.example.com/oauth2/callback\n    logoutPath: /logout\n",
+        "spec.oidc: OIDC authentication is not enforced",
+    ),
+    (
+        "jwt",
+        "  jwt:\n    providers: [{name: a, remoteJWKS: {uri: 'https://auth.example.com/jwks'}}]\n",
+        "spec.jwt: JWT authentication is not enforced",
+    ),
+    (
+        "authz",
+        "  authorization:\n    defaultAction: Deny\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.0/8]}}]\n",
+        "spec.authorization: authorization",
+    ),
+    (
+        "apikey",
+        "  apiKeyAuth:\n    credentialRefs: [{name: keys}]\n    extractFrom: [{headers: [x-api-key]}]\n",
+        "spec.apiKeyAuth: API key authentication is not enforced",
+    ),
+    (
+        "grpcauth",
+        "  extAuth:\n    grpc:\n      backendRefs: [{name: infra-backend-v2, port: 8080}]\n",
+        "spec.extAuth.grpc: gRPC external authorization is not enforced",
+    ),
+    (
+        "nobackend",
+        "  extAuth:\n    failOpen: true\n    http: {path: /auth}\n",
+        "spec.extAuth.http: extAuth.http needs backendRef",
+    ),
+    (
+        // An authorization service that does not exist is a wrong policy, not an unavailable
+        // service: failOpen does not apply.
+        "missingservice",
+        "  extAuth:\n    failOpen: true\n    http:\n      backendRefs: [{name: no-such-service, port: 80}]\n",
+        "no-such-service",
+    ),
+    (
+        "body",
+        "  extAuth:\n    bodyToExtAuth: {maxRequestBytes: 100}\n    http:\n      backendRefs: [{name: infra-backend-v2, port: 8080}]\n",
+        "spec.extAuth.bodyToExtAuth",
+    ),
+    (
+        // A field trellis does not know might narrow access: refused, not ignored.
+        "unknown",
+        "  basicAuth:\n    users: {name: users}\n    allowedNetworks: [10.0.0.0/8]\n",
+        "field `spec.basicAuth.allowedNetworks` is not known to trellis",
+    ),
+    (
+        "nosecret",
+        "  basicAuth:\n    users: {name: no-such-secret}\n",
+        "no-such-secret not found",
+    ),
+    (
+        // bcrypt is a format Envoy's basic_auth does not take either.
+        "bcrypt",
+        "  basicAuth:\n    users: {name: bcrypt-users}\n",
+        "bcrypt hash format is not supported",
+    ),
+];
+
+/// `htpasswd -nbs alice secret`
+const HTPASSWD: &str = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
+
+fn secrets() -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"{}\"\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: bcrypt-users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"bob:$2y$05$c4WoMPo3SXsafkva.HHa6uXQZWr7oboPiC2bT/r7q1BB8I2s0BRqC\\n\"\n---\n",
+        HTPASSWD.trim_end()
+    )
+}
+
+/// (status, response head, body) of one curl request through the gateway.
+fn request(addr: std::net::SocketAddr, host: &str, extra: &[&str]) -> (u16, String, String) {
+    let url = format!("http://{addr}/x");
+    let mut args = vec!["-H", host, url.as_str()];
+    args.extend(extra);
+    let (head, body) = harness::curl(&args);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_that_cannot_be_enforced_refuse_their_routes() {
+    let backends = harness::start_backends().await;
+    let mut manifests = secrets();
+    for (name, spec, _) in REFUSED {
+        manifests.push_str(&guarded(name, spec));
+    }
+    manifests.push_str(&guarded(
+        "basic",
+        "  basicAuth:\n    users: {name: users}\n    forwardUsernameHeader: x-user\n",
+    ));
+
+    // The verdict `trellis check` shows.
+    let dir = tempfile::tempdir().expect("tmp");
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &manifests),
+        ],
+    );
+    for (name, _, why) in REFUSED {
+        let key = model::ObjectKey::new(
+            "gateway.envoyproxy.io",
+            "SecurityPolicy",
+            "gateway-conformance-infra",
+            name,
+        );
+        let status = load.snapshot.status_of(&key).expect("status");
+        let refused = status.conditions.iter().any(|c| {
+            (c.type_ == "Accepted" || c.type_ == "ResolvedRefs")
+                && c.status == model::Status::False
+                && c.message.contains(why)
+        });
+        // bcrypt is found when compiling (the secret exists and resolves).
+        assert!(
+            refused || *name == "bcrypt",
+            "{name}: {:?}",
+            status.conditions
+        );
+    }
+    let basic_key = model::ObjectKey::new(
+        "gateway.envoyproxy.io",
+        "SecurityPolicy",
+        "gateway-conformance-infra",
+        "basic",
+    );
+    assert!(
+        !load.snapshot.status_of(&basic_key).expect("status").has_problem(),
+        "{:?}",
+        load.snapshot.status_of(&basic_key)
+    );
+
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
+    assert!(
+        plan.problems
+            .iter()
+            .any(|(k, m)| k.name == "bcrypt" && m.contains("bcrypt hash format")),
+        "{:?}",
+        plan.problems
+    );
+    let addr = running.bound[&80];
+    let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
+    tokio::task::spawn_blocking(move || {
+        for (name, _, _) in REFUSED {
+            let host = format!("Host: {name}.example.com");
+            for proto in ["--http1.1", "--http2-prior-knowledge"] {
+                // Credentials that would pass basic auth change nothing.
+                let (status, _, body) = request(addr, &host, &[proto, "-u", "alice:secret"]);
+                assert_eq!(status, 500, "{name} {proto}: {body}");
+            }
+        }
+        assert!(echo.seen().is_empty(), "a refused route reached its backend");
+
+        // Basic authentication: 401 with Envoy's challenge, then through with the user named.
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            let host = "Host: basic.example.com";
+            let (status, head, body) = request(addr, host, &[proto]);
+            assert_eq!(status, 401, "{proto}: {body}");
+            assert!(
+                head.contains("www-authenticate: basic realm=\"http://basic.example.com\""),
+                "{head}"
+            );
+            assert!(body.contains("Missing username and password"), "{body}");
+            let (status, _, body) = request(addr, host, &[proto, "-u", "alice:wrong"]);
+            assert_eq!((status, body.contains("Invalid username")), (401, true));
+            let (status, _, body) = request(addr, host, &[proto, "-u", "alice:secret"]);
+            assert_eq!(status, 200, "{proto}: {body}");
+            let seen: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+            assert_eq!(seen["headers"]["x-user"], "alice");
+        }
+    })
+    .await
+    .expect("requests");
+    assert_eq!(
+        metrics.security_policy_refused.get(),
+        u64::try_from(REFUSED.len() * 2).expect("fits")
+    );
+    running.stop().await;
+}
