@@ -163,10 +163,8 @@ impl BasicAuth {
             .ok_or(BasicDenied::Missing)?;
         let creds = String::from_utf8(creds).map_err(|_| BasicDenied::Invalid)?;
         let (user, password) = creds.split_once(':').ok_or(BasicDenied::Invalid)?;
-        let digest = ring::digest::digest(
-            &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-            password.as_bytes(),
-        );
+        let digest =
+            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes());
         // The same work whether the user exists or not.
         let (known, want) = match self.users.get(user) {
             Some(w) => (true, w),
@@ -189,7 +187,7 @@ impl BasicAuth {
 /// Whether validation refused a policy (its verdict, as `Accepted`/`ResolvedRefs`), and why.
 /// A policy that lost every target to an older one (Conflicted) or has none is not refused:
 /// it applies nowhere, and the targets keep the policy that owns them.
-fn refused_by_validation(s: &Snapshot, key: &ObjectKey) -> Option<String> {
+pub(crate) fn refused_by_validation(s: &Snapshot, key: &ObjectKey) -> Option<String> {
     let status = s.status.get(key)?;
     status.conditions.iter().find_map(|c| {
         let bad = c.status != Status::True
@@ -270,31 +268,33 @@ fn compile_one(
                 ),
                 &mut sec,
             ),
-            Some(Ok(text)) => match BasicAuth::parse(&text) {
-                Err(e) => refuse(
-                    format!(
-                        "spec.basicAuth.users: {HTPASSWD_KEY} of secret {}/{}: {e}",
-                        p.namespace(),
-                        b.users.name
-                    ),
-                    &mut sec,
-                ),
-                Ok(mut basic) => {
-                    match b.forward_username_header.as_deref().map(|h| {
-                        http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                    }) {
-                        Some(Err(_)) => refuse(
-                            "spec.basicAuth.forwardUsernameHeader: not a header name".into(),
-                            &mut sec,
+            Some(Ok(text)) => {
+                match BasicAuth::parse(&text) {
+                    Err(e) => refuse(
+                        format!(
+                            "spec.basicAuth.users: {HTPASSWD_KEY} of secret {}/{}: {e}",
+                            p.namespace(),
+                            b.users.name
                         ),
-                        Some(Ok(h)) => {
-                            basic.forward_username_header = Some(h);
-                            sec.basic = Some(basic);
+                        &mut sec,
+                    ),
+                    Ok(mut basic) => {
+                        match b.forward_username_header.as_deref().map(|h| {
+                            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
+                        }) {
+                            Some(Err(_)) => refuse(
+                                "spec.basicAuth.forwardUsernameHeader: not a header name".into(),
+                                &mut sec,
+                            ),
+                            Some(Ok(h)) => {
+                                basic.forward_username_header = Some(h);
+                                sec.basic = Some(basic);
+                            }
+                            None => sec.basic = Some(basic),
                         }
-                        None => sec.basic = Some(basic),
                     }
                 }
-            },
+            }
         }
     }
     if sec.refused.is_some() {
@@ -389,11 +389,23 @@ mod tests {
         // `htpasswd -nbs alice secret`
         let b = BasicAuth::parse("alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n\n").expect("parses");
         let basic = |u: &str, p: &str| {
-            format!("Basic {}", data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes()))
+            format!(
+                "Basic {}",
+                data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes())
+            )
         };
-        assert_eq!(b.check(&header(&basic("alice", "secret"))), Ok("alice".into()));
-        assert_eq!(b.check(&header(&basic("alice", "Secret"))), Err(BasicDenied::Invalid));
-        assert_eq!(b.check(&header(&basic("bob", "secret"))), Err(BasicDenied::Invalid));
+        assert_eq!(
+            b.check(&header(&basic("alice", "secret"))),
+            Ok("alice".into())
+        );
+        assert_eq!(
+            b.check(&header(&basic("alice", "Secret"))),
+            Err(BasicDenied::Invalid)
+        );
+        assert_eq!(
+            b.check(&header(&basic("bob", "secret"))),
+            Err(BasicDenied::Invalid)
+        );
         assert_eq!(b.check(&header("Bearer x")), Err(BasicDenied::Missing));
         assert_eq!(b.check(&http::HeaderMap::new()), Err(BasicDenied::Missing));
         assert_eq!(b.check(&header("Basic !!!")), Err(BasicDenied::Missing));
@@ -401,7 +413,10 @@ mod tests {
             ("bob:$2y$05$abc", "line 1: user bob: bcrypt"),
             ("x", "line 1: not `user:{SHA}hash`"),
             ("\nbob:$apr1$abc", "line 2: user bob: APR1-MD5"),
-            ("bob:{SHA}AAAA", "line 1: user bob: {SHA} is not a base64 SHA-1"),
+            (
+                "bob:{SHA}AAAA",
+                "line 1: user bob: {SHA} is not a base64 SHA-1",
+            ),
             ("", "no users"),
             (
                 "a:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\na:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=",

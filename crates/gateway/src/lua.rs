@@ -6,9 +6,15 @@
 //! `handle:streamInfo()` with `protocol()`, `requestedServerName()` and
 //! `downstreamRemoteAddress()`.
 //!
-//! Sandbox: the `string`, `table`, `math` and `utf8` libraries only (no io, os, require,
-//! load, dofile); memory bounded by [`MEMORY_BYTES_MAX`] and each call by
-//! [`INSTRUCTIONS_MAX`]. This is Lua 5.4, not LuaJIT as in Envoy: scripts written for both
+//! Sandbox: the `string`, `table`, `math` and `utf8` libraries only, and of the base library
+//! neither `load`, `loadfile`, `dofile`, `collectgarbage` nor `string.dump`: no file is read,
+//! no chunk is made at run time, and only text chunks load (Lua does not verify binary
+//! chunks). `print` writes to the gateway's log. Memory is bounded by [`MEMORY_BYTES_MAX`]
+//! (which also bounds `string.rep`), each call by [`INSTRUCTIONS_MAX`], and the pattern
+//! functions (`find`, `match`, `gmatch`, `gsub`), which run in C where the instruction count
+//! cannot stop them, refuse subjects over [`PATTERN_SUBJECT_BYTES_MAX`]. On a multi-threaded
+//! runtime a script runs with `block_in_place`, so a slow one holds its own thread, not a
+//! worker the proxy's other connections need. This is Lua 5.4, not LuaJIT as in Envoy: scripts written for both
 //! (as the corpus's is) behave the same; LuaJIT's `bit`/`ffi` modules are not there, and
 //! the sandbox bounds can only be enforced on the reference interpreter.
 
@@ -25,13 +31,38 @@ pub const MEMORY_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Instructions one call may run (a runaway loop is stopped and the request gets a 500).
 pub const INSTRUCTIONS_MAX: u64 = 10_000_000;
 const HOOK_EVERY: u32 = 10_000;
+/// The longest string the pattern functions take (a header value or path is far shorter).
+pub const PATTERN_SUBJECT_BYTES_MAX: usize = 64 * 1024;
+
+/// Base library functions a filter does not get: each reads files, makes code at run time
+/// (binary chunks among it) or reaches into the collector.
+const REMOVED_GLOBALS: &[&str] = &["load", "loadfile", "dofile", "collectgarbage", "require"];
+
+/// Runs before the script, in its state: the pattern functions with the subject bound.
+const PRELUDE: &str = r#"
+do
+  local max, err, type = ...
+  local function bounded(f, name)
+    return function(s, ...)
+      if type(s) == "string" and #s > max then
+        err("string." .. name .. ": subject longer than " .. max .. " bytes", 2)
+      end
+      return f(s, ...)
+    end
+  end
+  for _, name in ipairs({"find", "match", "gmatch", "gsub"}) do
+    string[name] = bounded(string[name], name)
+  end
+end
+"#;
 
 /// A loaded script.
 #[derive(Debug)]
 pub struct LuaFilter {
     /// `namespace/name` of the policy, for logs.
     pub name: String,
-    lua: Mutex<Lua>,
+    /// The interpreter, or why the policy's scripts cannot run (then every request fails).
+    lua: Result<Mutex<Lua>, String>,
     has_request: bool,
     has_response: bool,
     budget: std::sync::Arc<AtomicU64>,
@@ -224,8 +255,10 @@ impl LuaFilter {
             },
         )
         .map_err(|e| e.to_string())?;
+        sandbox(&lua, name).map_err(|e| e.to_string())?;
         lua.load(source)
             .set_name(name)
+            .set_mode(mlua::chunk::ChunkMode::Text)
             .exec()
             .map_err(|e| first_line(&e.to_string()))?;
         let g = lua.globals();
@@ -242,11 +275,24 @@ impl LuaFilter {
         }
         Ok(LuaFilter {
             name: name.to_string(),
-            lua: Mutex::new(lua),
+            lua: Ok(Mutex::new(lua)),
             has_request,
             has_response,
             budget,
         })
+    }
+
+    /// A filter standing for a policy whose scripts cannot run (one does not load, or the
+    /// policy is not accepted): every request it sees fails with `why` (a 500), so that a
+    /// route is never served without the filters its policy names.
+    pub fn refusing(name: &str, why: String) -> LuaFilter {
+        LuaFilter {
+            name: name.to_string(),
+            lua: Err(why),
+            has_request: true,
+            has_response: false,
+            budget: std::sync::Arc::default(),
+        }
     }
 
     pub fn has_request(&self) -> bool {
@@ -259,6 +305,16 @@ impl LuaFilter {
 
     /// Runs `envoy_on_request` or `envoy_on_response` on a message.
     pub fn run(&self, response: bool, msg: &mut Message) -> Result<Outcome, String> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(|| self.run_here(response, msg))
+        } else {
+            self.run_here(response, msg)
+        }
+    }
+
+    fn run_here(&self, response: bool, msg: &mut Message) -> Result<Outcome, String> {
         let func_name = if response {
             "envoy_on_response"
         } else {
@@ -266,6 +322,8 @@ impl LuaFilter {
         };
         let lua = self
             .lua
+            .as_ref()
+            .map_err(|why| format!("the policy's scripts cannot run: {why}"))?
             .lock()
             .map_err(|_| "script state poisoned by an earlier panic".to_string())?;
         let f: Function = match lua
@@ -293,6 +351,51 @@ impl LuaFilter {
     }
 }
 
+/// Closes the sandbox before the script runs: see the module documentation.
+fn sandbox(lua: &Lua, name: &str) -> mlua::Result<()> {
+    let g = lua.globals();
+    for f in REMOVED_GLOBALS {
+        g.raw_set(*f, mlua::Nil)?;
+    }
+    let string: Table = g.get("string")?;
+    string.raw_set("dump", mlua::Nil)?;
+    let script = name.to_string();
+    let print = lua.create_function(move |_, args: mlua::MultiValue| {
+        let line: Vec<String> = args
+            .iter()
+            .map(|v| v.to_string().unwrap_or_else(|_| "?".into()))
+            .collect();
+        tracing::info!(script = %script, "{}", line.join("\t"));
+        Ok(())
+    })?;
+    g.raw_set("print", print)?;
+    let error: Function = g.get("error")?;
+    let type_: Function = g.get("type")?;
+    lua.load(PRELUDE)
+        .set_name("sandbox")
+        .set_mode(mlua::chunk::ChunkMode::Text)
+        .call::<()>((PATTERN_SUBJECT_BYTES_MAX, error, type_))
+}
+
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_chunks_do_not_load() {
+        let lua = Lua::new();
+        let chunk = lua
+            .load("function envoy_on_request(h) end")
+            .into_function()
+            .expect("compiles")
+            .dump(false);
+        assert!(chunk.starts_with(b"\x1bLua"));
+        let e = LuaFilter::load("t/binary", &String::from_utf8_lossy(&chunk))
+            .expect_err("a binary chunk is refused");
+        assert!(e.contains("binary"), "{e}");
+    }
 }

@@ -1239,8 +1239,13 @@ fn lua_filters(
             p.namespace(),
             p.name(),
         );
+        let name = pkey.ns_name();
         let mut filters = Vec::new();
+        let mut refused = crate::auth::refused_by_validation(s, &pkey);
         for (i, l) in p.spec.lua.iter().enumerate() {
+            if refused.is_some() {
+                break;
+            }
             let source = match (&l.inline, &l.value_ref) {
                 (Some(src), _) if l.type_ == "Inline" => Ok(src.clone()),
                 (_, Some(r)) => model::validate::lua_source(s, p.namespace(), r),
@@ -1251,11 +1256,18 @@ fn lua_filters(
             });
             match loaded {
                 Ok(f) => filters.push(Arc::new(f)),
-                Err(e) => problems.push((
-                    pkey.clone(),
-                    format!("spec.lua[{i}]: the script does not load: {e}"),
-                )),
+                Err(e) => {
+                    let why = format!("spec.lua[{i}]: the script does not load: {e}");
+                    problems.push((pkey.clone(), why.clone()));
+                    refused = Some(why);
+                }
             }
+        }
+        // Fail closed: a route is not served without a filter its policy names.
+        if let Some(why) = refused {
+            tracing::warn!(policy = %name, reason = %why,
+                "extension policy cannot run: what it targets answers 500");
+            filters = vec![Arc::new(LuaFilter::refusing(&name, why))];
         }
         for t in model::validate::policy_targets(s, p.namespace(), &p.spec) {
             out.entry(t).or_insert_with(|| filters.clone());

@@ -794,8 +794,17 @@ async fn handle_inner(
     // The SecurityPolicy runs first (Envoy Gateway's filter order), then Lua.
     let req = match &action.security {
         Some(sec) => {
-            match authenticate(state, sec, req, &host, &path, query.as_deref(), scheme, client)
-                .await
+            match authenticate(
+                state,
+                sec,
+                req,
+                &host,
+                &path,
+                query.as_deref(),
+                scheme,
+                client,
+            )
+            .await
             {
                 Ok(r) => r,
                 Err(mut reply) => {

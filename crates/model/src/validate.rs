@@ -1755,7 +1755,10 @@ pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(&'static str, &'st
         out.push(("spec.jwt", "JWT authentication"));
     }
     if spec.authorization.is_some() {
-        out.push(("spec.authorization", "authorization (client CIDR, JWT claim, header rules)"));
+        out.push((
+            "spec.authorization",
+            "authorization (client CIDR, JWT claim, header rules)",
+        ));
     }
     if spec.api_key_auth.is_some() {
         out.push(("spec.apiKeyAuth", "API key authentication"));

@@ -50,6 +50,10 @@ pub struct Args {
     /// ExternalDNS (or `trellis sync --provider webhook`) can write them.
     #[arg(long, requires = "dynamic_zones")]
     pub webhook_listen: Option<SocketAddr>,
+    /// A file holding the bearer token the webhook API requires (else
+    /// `$TRELLIS_WEBHOOK_TOKEN`). Without a token the API is served on loopback only.
+    #[arg(long, requires = "webhook_listen")]
+    pub webhook_token_file: Option<std::path::PathBuf>,
 }
 
 /// The views of a snapshot, with the dynamic records merged in.
@@ -155,7 +159,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         let _webhook = match (&args.webhook_listen, &dynamic) {
             (Some(addr), Some(d)) => {
-                let served = dns::sync::webhook::serve(*addr, d.clone())
+                let token = crate::secret::read(
+                    args.webhook_token_file.as_deref(),
+                    "TRELLIS_WEBHOOK_TOKEN",
+                )?;
+                anyhow::ensure!(
+                    token.is_some() || addr.ip().is_loopback(),
+                    "--webhook-listen {addr} is reachable from other hosts: give the webhook API \
+                     a bearer token (--webhook-token-file FILE or $TRELLIS_WEBHOOK_TOKEN), or \
+                     listen on 127.0.0.1"
+                );
+                let access = token
+                    .as_deref()
+                    .map(dns::sync::webhook::Access::token)
+                    .unwrap_or_default();
+                let served = dns::sync::webhook::serve(*addr, d.clone(), access)
                     .await
                     .with_context(|| format!("cannot bind the webhook address {addr}"))?;
                 eprintln!("webhook provider on http://{}", served.addr);

@@ -9,6 +9,7 @@ mod dns;
 mod gateway;
 mod lab;
 mod observe;
+mod secret;
 mod sync;
 
 use std::path::PathBuf;

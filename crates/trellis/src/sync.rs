@@ -59,6 +59,10 @@ pub struct Args {
     /// The webhook provider (ExternalDNS's --webhook-provider-url).
     #[arg(long, default_value = "http://localhost:8888")]
     pub webhook_provider_url: String,
+    /// A file holding the bearer token to send to the webhook (else `$TRELLIS_WEBHOOK_TOKEN`;
+    /// a `trellis dns --webhook-listen` with a token asks for it).
+    #[arg(long)]
+    pub webhook_token_file: Option<std::path::PathBuf>,
     /// The primary server of the zone, for rfc2136.
     #[arg(long, default_value = "127.0.0.1")]
     pub rfc2136_host: String,
@@ -67,11 +71,13 @@ pub struct Args {
     /// The zone to update.
     #[arg(long)]
     pub rfc2136_zone: Option<String>,
-    /// TSIG key name (the secret comes from --rfc2136-tsig-secret or $RFC2136_TSIG_SECRET).
+    /// TSIG key name (the secret comes from --rfc2136-tsig-secret-file or
+    /// $RFC2136_TSIG_SECRET, never from a flag: flags show in `ps`).
     #[arg(long)]
     pub rfc2136_tsig_keyname: Option<String>,
+    /// A file holding the TSIG secret (base64).
     #[arg(long)]
-    pub rfc2136_tsig_secret: Option<String>,
+    pub rfc2136_tsig_secret_file: Option<std::path::PathBuf>,
     #[arg(long, default_value = "hmac-sha256")]
     pub rfc2136_tsig_secret_alg: String,
     /// Proxy records through Cloudflare unless they say otherwise (ExternalDNS's flag).
@@ -118,6 +124,10 @@ impl Args {
                 dns::sync::webhook::WebhookProvider::connect(
                     &self.webhook_provider_url,
                     self.client(),
+                    crate::secret::read(
+                        self.webhook_token_file.as_deref(),
+                        "TRELLIS_WEBHOOK_TOKEN",
+                    )?,
                 )
                 .await
                 .with_context(|| format!("webhook at {}", self.webhook_provider_url))?,
@@ -140,12 +150,13 @@ impl Args {
                     Some(name) => Some(dns::sync::rfc2136::TsigKey {
                         name: name.clone(),
                         algorithm: self.rfc2136_tsig_secret_alg.clone(),
-                        secret: match &self.rfc2136_tsig_secret {
-                            Some(s) => s.clone(),
-                            None => std::env::var("RFC2136_TSIG_SECRET").context(
-                                "--rfc2136-tsig-keyname needs --rfc2136-tsig-secret or $RFC2136_TSIG_SECRET",
-                            )?,
-                        },
+                        secret: crate::secret::read(
+                            self.rfc2136_tsig_secret_file.as_deref(),
+                            "RFC2136_TSIG_SECRET",
+                        )?
+                        .context(
+                            "--rfc2136-tsig-keyname needs --rfc2136-tsig-secret-file or $RFC2136_TSIG_SECRET",
+                        )?,
                     }),
                 };
                 Arc::new(dns::sync::rfc2136::Rfc2136::new(

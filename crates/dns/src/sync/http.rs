@@ -19,6 +19,17 @@ use super::provider::{BoxFuture, Error};
 pub const BODY_BYTES_MAX: usize = 64 << 20;
 /// Connect, send and read the whole answer within this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the server loop ([`serve`]) allows: its connections at once (more wait in the
+/// kernel's backlog), the time to send a request head, the time to send its body, and the
+/// largest body. Envoy's defaults where it has one (request headers 60 s is Envoy's
+/// `request_headers_timeout` off; 10 s is nginx's `client_header_timeout`).
+pub const SERVER_CONNECTIONS_MAX: usize = 64;
+pub const SERVER_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SERVER_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// ExternalDNS sends its changes of one loop in one request: a few thousand records.
+pub const SERVER_BODY_BYTES_MAX: usize = 8 << 20;
+/// How long accepting pauses after an error (EMFILE, ENFILE): the loop must not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Where Debian and most distributions keep the system's CA certificates.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -178,32 +189,55 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> http:
     r
 }
 
-/// Serves HTTP/1.1 on `addr` with `handler` until the returned value is dropped.
+/// Serves HTTP/1.1 on `addr` with `handler` until the returned value is dropped, within the
+/// `SERVER_*` bounds: a slow head or body is cut (408), a larger body refused (413).
 pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Serving> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(SERVER_CONNECTIONS_MAX));
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook server: accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
             };
             let handler = handler.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let handler = handler.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let resp = match Limited::new(body, BODY_BYTES_MAX).collect().await {
-                                Ok(b) => {
+                            let body = tokio::time::timeout(
+                                SERVER_BODY_TIMEOUT,
+                                Limited::new(body, SERVER_BODY_BYTES_MAX).collect(),
+                            )
+                            .await;
+                            let resp = match body {
+                                Ok(Ok(b)) => {
                                     handler(http::Request::from_parts(parts, b.to_bytes())).await
                                 }
-                                Err(e) => respond(413, "text/plain", format!("{e}\n")),
+                                Ok(Err(e)) => respond(413, "text/plain", format!("{e}\n")),
+                                Err(_) => respond(
+                                    408,
+                                    "text/plain",
+                                    format!("body not received within {SERVER_BODY_TIMEOUT:?}\n"),
+                                ),
                             };
                             Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                         }
                     });
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(SERVER_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
             });

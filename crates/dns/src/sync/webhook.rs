@@ -179,20 +179,35 @@ pub struct DomainFilter {
 
 /// The client end: a webhook provider at a base URL (ExternalDNS's `--webhook-provider-url`,
 /// `http://localhost:8888` for the sidecars).
-#[derive(Debug)]
 pub struct WebhookProvider {
     base: String,
     client: Client,
     filter: Mutex<DomainFilter>,
+    /// Sent as `Authorization: Bearer` when set (a `trellis dns` webhook asks for one).
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookProvider")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebhookProvider {
     /// Negotiates with the webhook (`GET /`) and keeps the domain filter it answers.
-    pub async fn connect(base: &str, client: Client) -> Result<WebhookProvider, Error> {
+    pub async fn connect(
+        base: &str,
+        client: Client,
+        token: Option<String>,
+    ) -> Result<WebhookProvider, Error> {
         let p = WebhookProvider {
             base: base.trim_end_matches('/').to_string(),
             client,
             filter: Mutex::new(DomainFilter::default()),
+            token: token.filter(|t| !t.trim().is_empty()),
         };
         let filter: DomainFilter = p.get_json("/").await?;
         *p.filter.lock().unwrap_or_else(|e| e.into_inner()) = filter;
@@ -221,6 +236,12 @@ impl WebhookProvider {
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(MEDIA_TYPE),
             );
+        }
+        if let Some(t) = &self.token
+            && let Ok(mut v) = http::HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+        {
+            v.set_sensitive(true);
+            h.insert(http::header::AUTHORIZATION, v);
         }
         req
     }
@@ -322,13 +343,115 @@ fn json(status: u16, value: &impl Serialize) -> http::Response<Bytes> {
     }
 }
 
+/// Who may use a webhook server.
+///
+/// - A bearer token, when set, is required on every request but `/healthz`
+///   (`Authorization: Bearer TOKEN`); compared in constant time.
+/// - The Host header must be an IP address or `localhost` (with the listen port, if any): a
+///   web page whose name was rebound to the server's address (DNS rebinding) sends its own
+///   name and is refused.
+#[derive(Clone, Default)]
+pub struct Access {
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+impl Access {
+    /// Requires `token` (trimmed; an empty one is no token).
+    pub fn token(token: &str) -> Access {
+        let t = token.trim();
+        Access {
+            token: (!t.is_empty()).then(|| t.to_string()),
+        }
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The refusal for a request, if it is refused.
+    fn check(&self, req: &http::Request<Bytes>, port: u16) -> Option<http::Response<Bytes>> {
+        let host = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !host_allowed(host, port) {
+            return Some(respond(
+                421,
+                "text/plain",
+                "Host must be an IP address or localhost\n",
+            ));
+        }
+        let Some(want) = &self.token else {
+            return None;
+        };
+        let got = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+                    .map(|_| v[7..].trim_ascii())
+            })
+            .unwrap_or_default();
+        let same = got.len() == want.len()
+            && got
+                .iter()
+                .zip(want.as_bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            None
+        } else {
+            let mut r = respond(401, "text/plain", "a bearer token is required\n");
+            r.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Some(r)
+        }
+    }
+}
+
+/// Whether a Host header names the server by address (or as localhost), on its port.
+fn host_allowed(host: &str, port: u16) -> bool {
+    let (name, p) = match host.rsplit_once(':') {
+        // `[v6]:port` or `v4:port` or `name:port`; a bare IPv6 literal has more colons.
+        Some((n, p)) if !n.contains(':') || n.ends_with(']') => (n, Some(p)),
+        _ => (host, None),
+    };
+    let port_ok = match p {
+        Some(p) => p.parse::<u16>().ok() == Some(port),
+        None => port == 80,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    port_ok && (name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok())
+}
+
 /// One webhook request, answered from `provider`.
-async fn handle(provider: Arc<dyn Provider>, req: http::Request<Bytes>) -> http::Response<Bytes> {
+async fn handle(
+    provider: Arc<dyn Provider>,
+    access: &Access,
+    port: u16,
+    req: http::Request<Bytes>,
+) -> http::Response<Bytes> {
     use http::Method;
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     if path == "/healthz" {
         return respond(200, "text/plain", "ok\n");
+    }
+    if let Some(refused) = access.check(&req, port) {
+        return refused;
     }
     if !accepts(req.headers().get(http::header::ACCEPT), true) {
         return respond(406, "text/plain", format!("accept {MEDIA_TYPE}\n"));
@@ -401,7 +524,41 @@ async fn handle(provider: Arc<dyn Provider>, req: http::Request<Bytes>) -> http:
 pub async fn serve(
     addr: std::net::SocketAddr,
     provider: Arc<dyn Provider>,
+    access: Access,
 ) -> std::io::Result<Serving> {
-    let handler: Handler = Arc::new(move |req| Box::pin(handle(provider.clone(), req)));
-    super::http::serve(addr, handler).await
+    // The port the Host header must carry: known only once bound (port 0 picks one).
+    let port = Arc::new(std::sync::OnceLock::new());
+    let bound = port.clone();
+    let access = Arc::new(access);
+    let handler: Handler = Arc::new(move |req| {
+        let provider = provider.clone();
+        let access = access.clone();
+        let port = port.get().copied().unwrap_or(0);
+        Box::pin(async move { handle(provider, &access, port, req).await })
+    });
+    let serving = super::http::serve(addr, handler).await?;
+    let _ = bound.set(serving.addr.port());
+    Ok(serving)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_by_address_only() {
+        for (host, ok) in [
+            ("127.0.0.1:8888", true),
+            ("localhost:8888", true),
+            ("[::1]:8888", true),
+            ("10.1.2.3:8888", true),
+            ("127.0.0.1:9999", false),
+            ("127.0.0.1", false),
+            ("attacker.example:8888", false),
+            ("", false),
+        ] {
+            assert_eq!(host_allowed(host, 8888), ok, "{host}");
+        }
+        assert!(host_allowed("localhost", 80));
+    }
 }

@@ -57,12 +57,17 @@ fn set(v: &[&str]) -> BTreeSet<String> {
 /// A webhook server for `provider` on a free loopback port and a client that negotiated with
 /// it.
 async fn webhook_pair(provider: Arc<dyn Provider>) -> (dns::sync::http::Serving, WebhookProvider) {
-    let server = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), provider)
-        .await
-        .expect("serves");
-    let client = WebhookProvider::connect(&format!("http://{}", server.addr), Default::default())
-        .await
-        .expect("negotiates");
+    let server = dns::sync::webhook::serve(
+        "127.0.0.1:0".parse().expect("addr"),
+        provider,
+        dns::sync::webhook::Access::default(),
+    )
+    .await
+    .expect("serves");
+    let client =
+        WebhookProvider::connect(&format!("http://{}", server.addr), Default::default(), None)
+            .await
+            .expect("negotiates");
     (server, client)
 }
 
@@ -213,9 +218,13 @@ async fn webhook_5xx_is_retryable_and_the_protocol_is_checked() {
         200
     );
     let zone = Arc::new(dns::sync::dynamic::Dynamic::new(&["example.test".into()]));
-    let server2 = dns::sync::webhook::serve("127.0.0.1:0".parse().expect("addr"), zone.clone())
-        .await
-        .expect("serves");
+    let server2 = dns::sync::webhook::serve(
+        "127.0.0.1:0".parse().expect("addr"),
+        zone.clone(),
+        dns::sync::webhook::Access::default(),
+    )
+    .await
+    .expect("serves");
     let base2 = format!("http://{}", server2.addr);
     let mut req = http::Request::new(Bytes::from(
         r#"{"Create":[{"dnsName":"go.example.test","targets":["10.0.0.7"],"recordType":"A","recordTTL":60,"labels":{"owner":"x"},"providerSpecific":[{"name":"n","value":"v"}]}]}"#,

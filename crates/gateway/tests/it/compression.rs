@@ -36,7 +36,8 @@ async fn compressor_policy_with_curl() {
                 serde_json::from_slice(&body).expect("decoded body is the JSON");
             assert_eq!(v["backend"], "infra-backend-v1");
             // What crossed the wire is much smaller than the 20 KB body.
-            let (raw_headers, raw) = harness::curl(&["-H", &format!("Accept-Encoding: {want}"), &url]);
+            let (raw_headers, raw) =
+                harness::curl(&["-H", &format!("Accept-Encoding: {want}"), &url]);
             // The length is gone (streamed) or is the compressed one (compressed whole).
             if let Some(len) = raw_headers
                 .lines()

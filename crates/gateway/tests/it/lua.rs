@@ -21,6 +21,21 @@ async fn send(addr: std::net::SocketAddr, host: &str, path: &str, ua: &str) -> (
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Reports which escapes a script can reach.
+const ESCAPES: &str = r#"function envoy_on_request(h)
+  local seen = {}
+  for _, n in ipairs({"load", "loadfile", "dofile", "collectgarbage", "require"}) do
+    seen[#seen + 1] = n .. "=" .. type(_G[n])
+  end
+  seen[#seen + 1] = "dump=" .. type(string.dump)
+  local ok, contents = pcall(dofile, "/etc/hostname")
+  seen[#seen + 1] = "leak=" .. tostring(ok)
+  seen[#seen + 1] = "bigfind=" .. tostring(pcall(string.find, string.rep("a", 70000), "b"))
+  seen[#seen + 1] = "smallfind=" .. tostring(("abc"):find("b") == 2)
+  h:respond({[":status"] = "200"}, table.concat(seen, " "))
+end
+"#;
+
 fn policy(name: &str, configmap: &str, script: &str) -> String {
     let indented: String = script.lines().map(|l| format!("    {l}\n")).collect();
     format!(
@@ -62,6 +77,18 @@ async fn corpus_lua_filter_and_failing_scripts() {
         .replace("wiki.cloudjur.com", "spins-wiki.example.com"),
     );
     manifests.push_str(&policy("resp", "resp-lua", "function envoy_on_response(h)\n  h:headers():add(\"x-lua\", h:headers():get(\":status\"))\nend\n").replace("wiki.cloudjur.com", "resp-wiki.example.com"));
+    manifests.push_str(
+        &policy("escapes", "escapes-lua", ESCAPES)
+            .replace("wiki.cloudjur.com", "escapes-wiki.example.com"),
+    );
+    manifests.push_str(
+        &policy(
+            "hog",
+            "hog-lua",
+            "function envoy_on_request(h)\n  local t = string.rep(\"x\", 64 * 1024 * 1024)\n  h:respond({[\":status\"] = \"200\"}, tostring(#t))\nend\n",
+        )
+        .replace("wiki.cloudjur.com", "hog-wiki.example.com"),
+    );
     let (plan, running) = harness::serve(&backends, &manifests, Arc::default()).await;
     // The script with a syntax error is reported against its policy, with the line.
     assert_eq!(plan.problems.len(), 1, "{:?}", plan.problems);
@@ -117,8 +144,20 @@ async fn corpus_lua_filter_and_failing_scripts() {
     // A script that fails at run time, or runs away, answers 500 for that request.
     assert_eq!(send(addr, "fails.example.com", "/", "curl/8").await.0, 500);
     assert_eq!(send(addr, "spins.example.com", "/", "curl/8").await.0, 500);
-    // The route whose script did not load still serves (without the script).
-    assert_eq!(send(addr, "broken.example.com", "/", "curl/8").await.0, 200);
+    // The route whose script did not load is not served without it (fail closed).
+    assert_eq!(send(addr, "broken.example.com", "/", "curl/8").await.0, 500);
+    // Each way out of the sandbox is closed.
+    assert_eq!(
+        send(addr, "escapes.example.com", "/", "curl/8").await,
+        (
+            200,
+            "load=nil loadfile=nil dofile=nil collectgarbage=nil require=nil dump=nil \
+             leak=false bigfind=false smallfind=true"
+                .to_string()
+        )
+    );
+    // The memory bound stops a script that asks for more (and only its request fails).
+    assert_eq!(send(addr, "hog.example.com", "/", "curl/8").await.0, 500);
     // envoy_on_response sees :status and can add headers.
     let req = http::Request::get(format!("http://{addr}/"))
         .header(http::header::HOST, "resp.example.com")

@@ -156,7 +156,11 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
         "basic",
     );
     assert!(
-        !load.snapshot.status_of(&basic_key).expect("status").has_problem(),
+        !load
+            .snapshot
+            .status_of(&basic_key)
+            .expect("status")
+            .has_problem(),
         "{:?}",
         load.snapshot.status_of(&basic_key)
     );
@@ -181,7 +185,10 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
                 assert_eq!(status, 500, "{name} {proto}: {body}");
             }
         }
-        assert!(echo.seen().is_empty(), "a refused route reached its backend");
+        assert!(
+            echo.seen().is_empty(),
+            "a refused route reached its backend"
+        );
 
         // Basic authentication: 401 with Envoy's challenge, then through with the user named.
         for proto in ["--http1.1", "--http2-prior-knowledge"] {

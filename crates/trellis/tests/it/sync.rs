@@ -157,6 +157,7 @@ fn sync_drives_trellis_dns_over_the_webhook() {
                 "--webhook-listen",
                 "127.0.0.1:0",
             ])
+            .env("TRELLIS_WEBHOOK_TOKEN", TOKEN)
             .stderr(Stdio::piped())
             .spawn()
             .expect("trellis dns starts"),
@@ -204,6 +205,7 @@ fn sync_drives_trellis_dns_over_the_webhook() {
                 "home",
                 "--once",
             ])
+            .env("TRELLIS_WEBHOOK_TOKEN", TOKEN)
             .output()
             .expect("trellis sync runs");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -232,4 +234,46 @@ fn sync_drives_trellis_dns_over_the_webhook() {
         (dig("app.home.test", "A") == "10.0.0.2").then_some(())
     })
     .expect("the changed record is served");
+
+    // Writes need the token; a page whose name was rebound to the address is refused.
+    let post = |extra: &[&str]| {
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/external.dns.webhook+json;version=1",
+            "--data",
+            r#"{"create":[{"dnsName":"evil.home.test","targets":["10.6.6.6"],"recordType":"A"}]}"#,
+        ];
+        args.extend(extra);
+        let records = format!("{url}/records");
+        args.push(&records);
+        let out = Command::new("curl")
+            .args(&args)
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post(&[]), "401");
+    assert_eq!(post(&["-H", "Authorization: Bearer wrong"]), "401");
+    let bearer = format!("Authorization: Bearer {TOKEN}");
+    assert_eq!(
+        post(&["-H", &bearer, "-H", "Host: rebound.example.com"]),
+        "421"
+    );
+    assert_eq!(dig("evil.home.test", "A"), "");
+    // The token and only the token lets a write in.
+    assert_eq!(post(&["-H", &bearer]), "204");
+    within(10, || {
+        (dig("evil.home.test", "A") == "10.6.6.6").then_some(())
+    })
+    .expect("the authorized write is served");
 }
+
+/// The webhook API's bearer token in the test (given through the environment, never a flag).
+const TOKEN: &str = "t0ken-for-the-test";
