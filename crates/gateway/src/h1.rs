@@ -168,9 +168,14 @@ pub(crate) async fn serve<S: Client>(
             let read = if buf.is_empty() {
                 // Idle: give the buffer back, wait for the next request or a drain.
                 buf = BytesMut::new();
+                // A connection that sends nothing (first request or next) is closed after
+                // the idle timeout rather than held forever.
                 tokio::select! {
                     biased;
-                    r = stream.read_idle(&mut buf) => r,
+                    r = tokio::time::timeout(
+                        crate::proxy::CLIENT_IDLE_TIMEOUT,
+                        stream.read_idle(&mut buf),
+                    ) => r.unwrap_or(Err(io::ErrorKind::TimedOut.into())),
                     _ = &mut drained => return,
                 }
             } else {

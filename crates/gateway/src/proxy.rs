@@ -51,6 +51,9 @@ pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
 pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
 /// Time a client has to send a whole request head once it started one.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client connection on the own HTTP/1 path may stay without a request, the first
+/// one included, before it is closed (Envoy's downstream `idle_timeout` default, 1 h).
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Upstream connection pools with keep-alive settings of their own (one per distinct
 /// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
 pub const KEEPALIVE_POOLS_MAX: usize = 32;

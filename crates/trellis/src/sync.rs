@@ -88,6 +88,10 @@ pub struct Args {
     /// The API's base URL (tests point it at a local server).
     #[arg(long, default_value = dns::sync::cloudflare::API_BASE)]
     pub cloudflare_api_url: String,
+    /// Let the Cloudflare token go over plain `http://` (a local test server only): without
+    /// it, an `http://` --cloudflare-api-url is refused.
+    #[arg(long, hide = true)]
+    pub cloudflare_allow_plain_http: bool,
     /// CA certificates for https providers.
     #[arg(long, default_value = dns::sync::http::CA_BUNDLE)]
     pub ca_file: std::path::PathBuf,
@@ -166,6 +170,13 @@ impl Args {
                 )?)
             }
             "cloudflare" => {
+                anyhow::ensure!(
+                    !self.cloudflare_api_url.starts_with("http://")
+                        || self.cloudflare_allow_plain_http,
+                    "--cloudflare-api-url {} is plain http: the API token would cross the \
+                     network readable; use https",
+                    self.cloudflare_api_url
+                );
                 let token = std::env::var("CF_API_TOKEN")
                     .context("the cloudflare provider needs $CF_API_TOKEN")?;
                 let cfg = dns::sync::cloudflare::Config {

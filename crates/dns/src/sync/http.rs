@@ -216,6 +216,20 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Servin
                         let handler = handler.clone();
                         async move {
                             let (parts, body) = req.into_parts();
+                            // A declared length over the cap is refused before any is read.
+                            let declared = parts
+                                .headers
+                                .get(http::header::CONTENT_LENGTH)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok());
+                            if declared.is_some_and(|n| n > SERVER_BODY_BYTES_MAX as u64) {
+                                let r = respond(
+                                    413,
+                                    "text/plain",
+                                    format!("body over {SERVER_BODY_BYTES_MAX} bytes\n"),
+                                );
+                                return Ok(r.map(Full::new));
+                            }
                             let body = tokio::time::timeout(
                                 SERVER_BODY_TIMEOUT,
                                 Limited::new(body, SERVER_BODY_BYTES_MAX).collect(),

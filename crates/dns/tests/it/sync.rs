@@ -242,6 +242,75 @@ async fn webhook_5xx_is_retryable_and_the_protocol_is_checked() {
     );
 }
 
+/// The webhook server's bounds: a client that never finishes its request head is cut off
+/// (it does not hold a connection slot forever), a body over the cap is refused before it is
+/// read, and with a token only the token gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_server_bounds_slow_and_large_requests_and_checks_the_token() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let zone = Arc::new(dns::sync::dynamic::Dynamic::new(&["example.test".into()]));
+    let server = dns::sync::webhook::serve(
+        "127.0.0.1:0".parse().expect("addr"),
+        zone,
+        dns::sync::webhook::Access::token("s3cret\n"),
+    )
+    .await
+    .expect("serves");
+
+    // A head that never ends: the server closes the connection (awaited, bounded).
+    let mut slow = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /records HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        dns::sync::http::SERVER_HEADER_TIMEOUT * 3,
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(_))),
+        "a slow head kept its connection: {closed:?}"
+    );
+
+    let raw = |head: String| async move {
+        let mut c = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        c.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = vec![0u8; 512];
+        let n = c.read(&mut answer).await.expect("read");
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let host = format!("127.0.0.1:{}", server.addr.port());
+    // A body over the cap is refused from its Content-Length, before any of it is sent.
+    let big = raw(format!(
+        "POST /records HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer s3cret\r\n\
+         Content-Type: {MEDIA_TYPE}\r\nContent-Length: {}\r\n\r\n",
+        dns::sync::http::SERVER_BODY_BYTES_MAX + 1
+    ))
+    .await;
+    assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    let get = |auth: &'static str| {
+        raw(format!(
+            "GET /records HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
+        ))
+    };
+    assert!(get("").await.starts_with("HTTP/1.1 401"));
+    assert!(
+        get("Authorization: Bearer s3cre\r\n")
+            .await
+            .starts_with("HTTP/1.1 401")
+    );
+    assert!(
+        get("Authorization: Bearer s3cret\r\n")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc2136_to_knot_with_ownership_checked_by_kdig() {
     let knot = tokio::task::spawn_blocking(|| {
