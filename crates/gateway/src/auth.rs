@@ -151,7 +151,7 @@ impl BasicAuth {
     }
 
     /// Checks a request's `Authorization: Basic` credentials; returns the user name.
-    pub fn check<'h>(&self, headers: &'h http::HeaderMap) -> Result<String, BasicDenied> {
+    pub fn check(&self, headers: &http::HeaderMap) -> Result<String, BasicDenied> {
         let Some(v) = headers.get(http::header::AUTHORIZATION) else {
             return Err(BasicDenied::Missing);
         };

@@ -779,24 +779,10 @@ fn listener_certs(
         .flatten()
     {
         let ns = r.namespace.as_deref().unwrap_or(gw.namespace());
-        let secret = get(&s.secrets, ns, &r.name)
-            .ok_or_else(|| format!("secret {ns}/{} not found", r.name))?;
-        let field = |k: &str| -> Option<Vec<u8>> {
-            secret
-                .spec
-                .data
-                .as_ref()
-                .and_then(|d| d.get(k))
-                .map(|v| v.0.clone())
-                .or_else(|| {
-                    secret
-                        .spec
-                        .string_data
-                        .as_ref()
-                        .and_then(|d| d.get(k))
-                        .map(|v| v.as_bytes().to_vec())
-                })
-        };
+        if get(&s.secrets, ns, &r.name).is_none() {
+            return Err(format!("secret {ns}/{} not found", r.name));
+        }
+        let field = |k: &str| crate::auth::secret_field(s, ns, &r.name, k);
         let (Some(crt), Some(key)) = (field("tls.crt"), field("tls.key")) else {
             return Err(format!("secret {ns}/{} lacks tls.crt or tls.key", r.name));
         };
