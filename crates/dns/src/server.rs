@@ -20,6 +20,11 @@ use tokio::io::Interest;
 
 /// TCP connections idle longer than this are closed (RFC 7766 suggests seconds).
 pub const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Once a message's length has come, the message must come within this, and an answer must
+/// be taken within it (CoreDNS's read and write timeouts, from miekg/dns: 2 s).
+pub const TCP_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long accepting pauses after an error (EMFILE, ENFILE), so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// A running DNS server.
 #[derive(Debug)]
@@ -461,8 +466,13 @@ pub async fn start_with(
     let (z, f, o) = (views.clone(), forwarder, ops);
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, peer)) = tcp.accept().await else {
-                continue;
+            let (mut stream, peer) = match tcp.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dns tcp: accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
             };
             let (z, f, o) = (z.clone(), f.clone(), o.clone());
             tokio::spawn(async move {
@@ -474,7 +484,9 @@ pub async fn start_with(
                         _ => return,
                     }
                     let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    if stream.read_exact(&mut msg).await.is_err() {
+                    let read =
+                        tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.read_exact(&mut msg));
+                    if !matches!(read.await, Ok(Ok(_))) {
                         return;
                     }
                     let Some(out) =
@@ -487,7 +499,9 @@ pub async fn start_with(
                     };
                     let mut framed = n.to_be_bytes().to_vec();
                     framed.extend_from_slice(&out);
-                    if stream.write_all(&framed).await.is_err() {
+                    let write =
+                        tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.write_all(&framed));
+                    if !matches!(write.await, Ok(Ok(()))) {
                         return;
                     }
                 }

@@ -15,6 +15,9 @@ use tokio::net::TcpListener;
 /// What `/status` shows; replaced on every reload.
 pub type StatusDoc = ArcSwap<serde_json::Value>;
 
+/// How long accepting pauses after an error (EMFILE, ENFILE), so the loop does not spin.
+pub const ACCEPT_ERROR_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves the admin endpoint until the process ends. Returns the bound address.
 pub async fn start(
     addr: SocketAddr,
@@ -25,8 +28,14 @@ pub async fn start(
     let local = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and the like: pause rather than spin on the error.
+                    tracing::warn!(error = %e, "admin: accept failed; pausing");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
             };
             let (registry, status) = (registry.clone(), status.clone());
             tokio::spawn(async move {

@@ -440,3 +440,25 @@ fn sync_sources_from_routes() {
         load.snapshot.diagnostics
     );
 }
+
+/// A TCP client that sends a message's length and then nothing is cut off after
+/// `TCP_MESSAGE_TIMEOUT`, not held for the connection's life (awaited, bounded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_message_that_never_comes_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let views = dns::compile_views(&model::Snapshot::default(), &dns::ZoneConfig::default());
+    let running = dns::server::start("127.0.0.1:0".parse().expect("addr"), views, None)
+        .await
+        .expect("starts");
+    let mut c = tokio::net::TcpStream::connect(running.tcp)
+        .await
+        .expect("connect");
+    // Promises 100 bytes and sends 3.
+    c.write_all(&[0, 100, 1, 2, 3]).await.expect("write");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(dns::server::TCP_IDLE, c.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the connection stayed open: {closed:?}"
+    );
+}
