@@ -30,6 +30,11 @@ pub struct Metrics {
     pub cache_misses: Counter,
     pub forward_duration: Histogram,
     pub request_duration: Histogram,
+    /// TCP connections closed because a message or its answer did not move within
+    /// `server::TCP_MESSAGE_TIMEOUT`.
+    pub tcp_timeouts: Counter,
+    /// Failed accepts on the TCP listener (each followed by `server::ACCEPT_ERROR_BACKOFF`).
+    pub tcp_accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -41,6 +46,8 @@ impl Default for Metrics {
             cache_misses: Counter::default(),
             forward_duration: Histogram::new(exponential_buckets(0.00025, 2.0, 16)),
             request_duration: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
+            tcp_timeouts: Counter::default(),
+            tcp_accept_errors: Counter::default(),
         }
     }
 }
@@ -77,6 +84,18 @@ impl Metrics {
             "dns_request_duration_seconds",
             "Time to answer a query",
             self.request_duration.clone(),
+        );
+        // Limits CoreDNS has no metric for: trellis's own names.
+        let t = registry.sub_registry_with_prefix("trellis_dns");
+        t.register(
+            "tcp_timeouts",
+            "TCP connections closed because a message or its answer did not move in time",
+            self.tcp_timeouts.clone(),
+        );
+        t.register(
+            "tcp_accept_errors",
+            "Failed accepts on the TCP listener",
+            self.tcp_accept_errors.clone(),
         );
     }
 

@@ -26,6 +26,13 @@ pub const TCP_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long accepting pauses after an error (EMFILE, ENFILE), so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Counts a TCP connection closed for a message or answer that did not move in time.
+fn timed_out(ops: &Ops) {
+    if let Some(m) = &ops.metrics {
+        m.tcp_timeouts.inc();
+    }
+}
+
 /// A running DNS server.
 #[derive(Debug)]
 pub struct Running {
@@ -469,6 +476,9 @@ pub async fn start_with(
             let (mut stream, peer) = match tcp.accept().await {
                 Ok(x) => x,
                 Err(e) => {
+                    if let Some(m) = &o.metrics {
+                        m.tcp_accept_errors.inc();
+                    }
                     tracing::warn!(error = %e, "dns tcp: accept failed; pausing");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
@@ -486,8 +496,10 @@ pub async fn start_with(
                     let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
                     let read =
                         tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.read_exact(&mut msg));
-                    if !matches!(read.await, Ok(Ok(_))) {
-                        return;
+                    match read.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => return timed_out(&o),
                     }
                     let Some(out) =
                         reply(&z, f.as_ref(), &o, &msg, peer, tcp_addr, Transport::Tcp).await
@@ -501,8 +513,10 @@ pub async fn start_with(
                     framed.extend_from_slice(&out);
                     let write =
                         tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.write_all(&framed));
-                    if !matches!(write.await, Ok(Ok(()))) {
-                        return;
+                    match write.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => return timed_out(&o),
                     }
                 }
             });

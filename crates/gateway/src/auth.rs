@@ -29,6 +29,7 @@ pub const HTPASSWD_KEY: &str = ".htpasswd";
 pub const BASIC_AUTH_USERS_MAX: usize = 10_000;
 
 /// What one SecurityPolicy requires of the requests to what it targets.
+#[derive(Debug)]
 pub struct Security {
     /// `namespace/name` of the policy, for logs.
     pub policy: String,
@@ -36,17 +37,6 @@ pub struct Security {
     pub refused: Option<String>,
     pub basic: Option<BasicAuth>,
     pub ext: Option<ExtAuth>,
-}
-
-impl std::fmt::Debug for Security {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Security")
-            .field("policy", &self.policy)
-            .field("refused", &self.refused)
-            .field("basic", &self.basic)
-            .field("ext", &self.ext)
-            .finish()
-    }
 }
 
 /// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
@@ -170,12 +160,7 @@ impl BasicAuth {
             Some(w) => (true, w),
             None => (false, &[0u8; 20]),
         };
-        let same = digest
-            .as_ref()
-            .iter()
-            .zip(want)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+        let same: bool = subtle::ConstantTimeEq::ct_eq(digest.as_ref(), want.as_slice()).into();
         if known && same {
             Ok(user.to_string())
         } else {
@@ -187,9 +172,16 @@ impl BasicAuth {
 /// Whether validation refused a policy (its verdict, as `Accepted`/`ResolvedRefs`), and why.
 /// A policy that lost every target to an older one (Conflicted) or has none is not refused:
 /// it applies nowhere, and the targets keep the policy that owns them.
+/// A policy without an `Accepted` condition was never validated: refused too.
 pub(crate) fn refused_by_validation(s: &Snapshot, key: &ObjectKey) -> Option<String> {
-    let status = s.status.get(key)?;
-    status.conditions.iter().find_map(|c| {
+    let status = s.status.get(key);
+    let conditions = status
+        .map(|st| st.conditions.as_slice())
+        .unwrap_or_default();
+    if !conditions.iter().any(|c| c.type_ == cond::ACCEPTED) {
+        return Some("not validated (no Accepted condition)".into());
+    }
+    conditions.iter().find_map(|c| {
         let bad = c.status != Status::True
             && match c.type_.as_str() {
                 cond::ACCEPTED => {
@@ -221,6 +213,64 @@ pub fn secret_field(s: &Snapshot, namespace: &str, name: &str, key: &str) -> Opt
         })
 }
 
+/// A header name from a policy (Envoy Gateway's are case-insensitive).
+fn header_name(h: &str) -> Option<http::HeaderName> {
+    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
+}
+
+/// The users of a `basicAuth`, from the `.htpasswd` key of its Secret.
+fn basic_auth(
+    s: &Snapshot,
+    ns: &str,
+    b: &model::kinds::envoy::BasicAuth,
+) -> Result<BasicAuth, String> {
+    let secret = format!("secret {ns}/{}", b.users.name);
+    let text = secret_field(s, ns, &b.users.name, HTPASSWD_KEY)
+        .ok_or_else(|| format!("spec.basicAuth.users: {secret} has no {HTPASSWD_KEY}"))?;
+    let text = String::from_utf8(text)
+        .map_err(|_| format!("spec.basicAuth.users: {HTPASSWD_KEY} of {secret} is not UTF-8"))?;
+    let mut basic = BasicAuth::parse(&text)
+        .map_err(|e| format!("spec.basicAuth.users: {HTPASSWD_KEY} of {secret}: {e}"))?;
+    if let Some(h) = &b.forward_username_header {
+        basic.forward_username_header = Some(header_name(h).ok_or_else(|| {
+            "spec.basicAuth.forwardUsernameHeader: not a header name".to_string()
+        })?);
+    }
+    Ok(basic)
+}
+
+/// The HTTP authorization service of an `extAuth`.
+fn ext_auth(
+    ea: &model::kinds::envoy::ExtAuth,
+    resolve: &dyn Fn(&model::kinds::routes::BackendRef) -> Backend,
+) -> Result<ExtAuth, String> {
+    let http = ea.http.as_ref().ok_or("spec.extAuth: needs http")?;
+    let b = http
+        .backend_refs
+        .first()
+        .or(http.backend_ref.as_ref())
+        .ok_or("spec.extAuth.http: no backendRef")?;
+    let backend = resolve(b);
+    if let Some(why) = &backend.invalid {
+        // An authorization service that is not there is not "unavailable" (where failOpen
+        // would apply): the policy is wrong.
+        return Err(format!("spec.extAuth.http: {why}"));
+    }
+    let names = |v: &[String]| v.iter().filter_map(|h| header_name(h)).collect::<Vec<_>>();
+    Ok(ExtAuth {
+        backend: Arc::new(backend),
+        path: http
+            .path
+            .clone()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string(),
+        headers_to_auth: names(&ea.headers_to_ext_auth),
+        headers_to_backend: names(&http.headers_to_backend),
+        fail_open: ea.fail_open.unwrap_or(false),
+    })
+}
+
 /// Compiles one policy: refused when validation refused it, or when a part of it does not
 /// compile (that part's error is also pushed to `problems`).
 fn compile_one(
@@ -239,102 +289,30 @@ fn compile_one(
     if sec.refused.is_some() {
         return sec;
     }
-    // Validation refuses these; kept here as well so that no path through compile can enforce
-    // a policy without them.
-    if let Some((path, what)) = model::validate::security_unenforced(&p.spec).first() {
-        sec.refused = Some(format!("{path}: {what} is not enforced by trellis yet"));
-        return sec;
-    }
-    let mut refuse = |why: String, sec: &mut Security| {
-        problems.push((key.clone(), why.clone()));
-        sec.refused = Some(why);
-    };
-    if let Some(b) = &p.spec.basic_auth {
-        let text = secret_field(s, p.namespace(), &b.users.name, HTPASSWD_KEY);
-        match text.map(String::from_utf8) {
-            None => refuse(
-                format!(
-                    "spec.basicAuth.users: secret {}/{} has no {HTPASSWD_KEY}",
-                    p.namespace(),
-                    b.users.name
-                ),
-                &mut sec,
-            ),
-            Some(Err(_)) => refuse(
-                format!(
-                    "spec.basicAuth.users: {HTPASSWD_KEY} of secret {}/{} is not UTF-8",
-                    p.namespace(),
-                    b.users.name
-                ),
-                &mut sec,
-            ),
-            Some(Ok(text)) => {
-                match BasicAuth::parse(&text) {
-                    Err(e) => refuse(
-                        format!(
-                            "spec.basicAuth.users: {HTPASSWD_KEY} of secret {}/{}: {e}",
-                            p.namespace(),
-                            b.users.name
-                        ),
-                        &mut sec,
-                    ),
-                    Ok(mut basic) => {
-                        match b.forward_username_header.as_deref().map(|h| {
-                            http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())
-                        }) {
-                            Some(Err(_)) => refuse(
-                                "spec.basicAuth.forwardUsernameHeader: not a header name".into(),
-                                &mut sec,
-                            ),
-                            Some(Ok(h)) => {
-                                basic.forward_username_header = Some(h);
-                                sec.basic = Some(basic);
-                            }
-                            None => sec.basic = Some(basic),
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if sec.refused.is_some() {
-        return sec;
-    }
-    if let Some(ea) = &p.spec.ext_auth {
-        let Some(http) = &ea.http else {
-            refuse("spec.extAuth: needs http".into(), &mut sec);
-            return sec;
-        };
-        let Some(b) = http.backend_refs.first().or(http.backend_ref.as_ref()) else {
-            refuse("spec.extAuth.http: no backendRef".into(), &mut sec);
-            return sec;
-        };
-        let backend = resolve(b);
-        if let Some(why) = &backend.invalid {
-            // An authorization service that is not there is not "unavailable" (where
-            // failOpen would apply): the policy is wrong.
-            refuse(format!("spec.extAuth.http: {why}"), &mut sec);
-            return sec;
-        }
-        let names = |v: &[String]| {
-            v.iter()
-                .filter_map(|h| {
-                    http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok()
-                })
-                .collect::<Vec<_>>()
-        };
-        sec.ext = Some(ExtAuth {
-            backend: Arc::new(backend),
-            path: http
-                .path
-                .clone()
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_string(),
-            headers_to_auth: names(&ea.headers_to_ext_auth),
-            headers_to_backend: names(&http.headers_to_backend),
-            fail_open: ea.fail_open.unwrap_or(false),
+    let parts = p
+        .spec
+        .basic_auth
+        .as_ref()
+        .map(|b| basic_auth(s, p.namespace(), b))
+        .transpose()
+        .and_then(|basic| {
+            let ext = p
+                .spec
+                .ext_auth
+                .as_ref()
+                .map(|ea| ext_auth(ea, resolve))
+                .transpose()?;
+            Ok((basic, ext))
         });
+    match parts {
+        Ok((basic, ext)) => {
+            sec.basic = basic;
+            sec.ext = ext;
+        }
+        Err(why) => {
+            problems.push((key.clone(), why.clone()));
+            sec.refused = Some(why);
+        }
     }
     sec
 }

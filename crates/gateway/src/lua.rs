@@ -7,16 +7,18 @@
 //! `downstreamRemoteAddress()`.
 //!
 //! Sandbox: the `string`, `table`, `math` and `utf8` libraries only, and of the base library
-//! neither `load`, `loadfile`, `dofile`, `collectgarbage` nor `string.dump`: no file is read,
-//! no chunk is made at run time, and only text chunks load (Lua does not verify binary
-//! chunks). `print` writes to the gateway's log. Memory is bounded by [`MEMORY_BYTES_MAX`]
-//! (which also bounds `string.rep`), each call by [`INSTRUCTIONS_MAX`], and the pattern
-//! functions (`find`, `match`, `gmatch`, `gsub`), which run in C where the instruction count
-//! cannot stop them, refuse subjects over [`PATTERN_SUBJECT_BYTES_MAX`]. On a multi-threaded
-//! runtime a script runs with `block_in_place`, so a slow one holds its own thread, not a
-//! worker the proxy's other connections need. This is Lua 5.4, not LuaJIT as in Envoy: scripts written for both
-//! (as the corpus's is) behave the same; LuaJIT's `bit`/`ffi` modules are not there, and
-//! the sandbox bounds can only be enforced on the reference interpreter.
+//! neither `load`, `loadfile`, `dofile`, `collectgarbage`, `require` nor `string.dump`: no
+//! file is read, no chunk is made at run time, and only text chunks load (Lua does not verify
+//! binary chunks). `print` writes to the gateway's log. Memory is bounded by
+//! [`MEMORY_BYTES_MAX`] (which also bounds `string.rep`), each call by [`INSTRUCTIONS_MAX`],
+//! and the pattern functions (`find`, `match`, `gmatch`, `gsub`), which run in C where the
+//! instruction count cannot stop them, refuse subjects over [`PATTERN_SUBJECT_BYTES_MAX`]. On
+//! a multi-threaded runtime a script runs with `block_in_place`, so a slow one holds its own
+//! thread, not a worker the proxy's other connections need.
+//!
+//! This is Lua 5.4, not LuaJIT as in Envoy: scripts written for both (as the corpus's is)
+//! behave the same; LuaJIT's `bit`/`ffi` modules are not there, and the sandbox bounds can
+//! only be enforced on the reference interpreter.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1229,6 +1229,7 @@ fn lua_filters(
         let mut filters = Vec::new();
         let mut refused = crate::auth::refused_by_validation(s, &pkey);
         for (i, l) in p.spec.lua.iter().enumerate() {
+            // One script that cannot run refuses the whole policy: the rest need not load.
             if refused.is_some() {
                 break;
             }

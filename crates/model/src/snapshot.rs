@@ -305,10 +305,12 @@ fn decode_typed<T: DeserializeOwned>(
     })
 }
 
-/// The warning for a field the typed spec does not model; [`Snapshot::unknown_fields`] reads
-/// the path back.
+/// The warning for a field the typed spec does not model is `UNKNOWN_FIELD.0`, the path,
+/// `UNKNOWN_FIELD.1`; [`Snapshot::unknown_fields`] reads the path back.
+const UNKNOWN_FIELD: (&str, &str) = ("unknown field `", "` (ignored)");
+
 fn unknown_field_message(path: &str) -> String {
-    format!("unknown field `{path}` (ignored)")
+    format!("{}{path}{}", UNKNOWN_FIELD.0, UNKNOWN_FIELD.1)
 }
 
 fn join_path(prefix: &str, path: &str) -> String {
@@ -548,8 +550,8 @@ impl Snapshot {
                 return None;
             }
             d.message
-                .strip_prefix("unknown field `")
-                .and_then(|m| m.strip_suffix("` (ignored)"))
+                .strip_prefix(UNKNOWN_FIELD.0)
+                .and_then(|m| m.strip_suffix(UNKNOWN_FIELD.1))
         })
     }
 

@@ -20,9 +20,8 @@ pub const BODY_BYTES_MAX: usize = 64 << 20;
 /// Connect, send and read the whole answer within this.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the server loop ([`serve`]) allows: its connections at once (more wait in the
-/// kernel's backlog), the time to send a request head, the time to send its body, and the
-/// largest body. Envoy's defaults where it has one (request headers 60 s is Envoy's
-/// `request_headers_timeout` off; 10 s is nginx's `client_header_timeout`).
+/// kernel's backlog), the time to send a request head (nginx's `client_header_timeout`,
+/// 10 s; Envoy has none by default), the time to send its body, and the largest body.
 pub const SERVER_CONNECTIONS_MAX: usize = 64;
 pub const SERVER_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SERVER_BODY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -192,7 +191,11 @@ pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> http:
 /// Serves HTTP/1.1 on `addr` with `handler` until the returned value is dropped, within the
 /// `SERVER_*` bounds: a slow head or body is cut (408), a larger body refused (413).
 pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Serving> {
-    let listener = TcpListener::bind(addr).await?;
+    serve_on(TcpListener::bind(addr).await?, handler)
+}
+
+/// [`serve`] on a listener already bound (for a handler that needs the bound address).
+pub fn serve_on(listener: TcpListener, handler: Handler) -> std::io::Result<Serving> {
     let addr = listener.local_addr()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(SERVER_CONNECTIONS_MAX));
     let task = tokio::spawn(async move {

@@ -372,10 +372,6 @@ impl Access {
         }
     }
 
-    pub fn has_token(&self) -> bool {
-        self.token.is_some()
-    }
-
     /// The refusal for a request, if it is refused.
     fn check(&self, req: &http::Request<Bytes>, port: u16) -> Option<http::Response<Bytes>> {
         let host = req
@@ -403,12 +399,7 @@ impl Access {
                     .map(|_| v[7..].trim_ascii())
             })
             .unwrap_or_default();
-        let same = got.len() == want.len()
-            && got
-                .iter()
-                .zip(want.as_bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
+        let same: bool = subtle::ConstantTimeEq::ct_eq(got, want.as_bytes()).into();
         if same {
             None
         } else {
@@ -526,19 +517,16 @@ pub async fn serve(
     provider: Arc<dyn Provider>,
     access: Access,
 ) -> std::io::Result<Serving> {
-    // The port the Host header must carry: known only once bound (port 0 picks one).
-    let port = Arc::new(std::sync::OnceLock::new());
-    let bound = port.clone();
+    // Bound first: the Host header must carry the bound port (port 0 picks one).
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let port = listener.local_addr()?.port();
     let access = Arc::new(access);
     let handler: Handler = Arc::new(move |req| {
         let provider = provider.clone();
         let access = access.clone();
-        let port = port.get().copied().unwrap_or(0);
         Box::pin(async move { handle(provider, &access, port, req).await })
     });
-    let serving = super::http::serve(addr, handler).await?;
-    let _ = bound.set(serving.addr.port());
-    Ok(serving)
+    super::http::serve_on(listener, handler)
 }
 
 #[cfg(test)]
