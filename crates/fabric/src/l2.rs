@@ -109,6 +109,8 @@ pub struct Announcer {
     interface: String,
     /// Addresses this node announces now, with the lease they belong to.
     held: BTreeMap<Ipv4Addr, String>,
+    /// Leases whose store failed at the last tick (logged once until they recover).
+    failing: BTreeSet<String>,
     last_tick: Option<Instant>,
 }
 
@@ -126,6 +128,7 @@ impl Announcer {
             node: node.to_string(),
             interface: interface.to_string(),
             held: BTreeMap::new(),
+            failing: BTreeSet::new(),
             last_tick: None,
         })
     }
@@ -154,7 +157,27 @@ impl Announcer {
                         }
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(lease = %a.lease, error = %e, "lease store"),
+                    // The lease cannot be read (a corrupt file) or written: nobody can take it
+                    // (they cannot read it either), so the node that held it keeps what it
+                    // announced, the last good state, rather than leaving the address dark.
+                    Err(e) => {
+                        let kept: Vec<Ipv4Addr> = self
+                            .held
+                            .iter()
+                            .filter(|(_, l)| **l == a.lease)
+                            .map(|(ip, _)| *ip)
+                            .collect();
+                        if self.failing.insert(a.lease.clone()) {
+                            tracing::error!(lease = %a.lease, error = %e, kept = kept.len(), "lease store: keeping the addresses held before");
+                        }
+                        for ip in kept {
+                            now_held.insert(ip, a.lease.clone());
+                        }
+                        continue;
+                    }
+                }
+                if self.failing.remove(&a.lease) {
+                    tracing::info!(lease = %a.lease, "lease store readable again");
                 }
             }
         }

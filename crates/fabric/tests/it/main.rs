@@ -1,6 +1,7 @@
 //! The fabric's pure compile on real manifest trees (the corpus and the home-lab example), and
 //! properties of the allocator and the Maglev table over generated inputs.
 
+mod l2;
 mod props;
 
 use std::net::Ipv4Addr;
