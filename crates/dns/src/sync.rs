@@ -23,7 +23,8 @@
 
 pub mod cloudflare;
 pub mod dynamic;
-pub mod http;
+/// The HTTP client and server of the providers and the webhook API.
+pub use httpkit as http;
 pub mod provider;
 pub mod rfc2136;
 pub mod webhook;

@@ -37,6 +37,7 @@ pub struct Security {
     pub refused: Option<String>,
     pub basic: Option<BasicAuth>,
     pub ext: Option<ExtAuth>,
+    pub jwt: Option<crate::jwt::Jwt>,
 }
 
 /// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
@@ -271,6 +272,78 @@ fn ext_auth(
     })
 }
 
+/// The providers of a `jwt`: local key sets read now, remote ones through the process's
+/// cache of each URI.
+fn jwt(s: &Snapshot, ns: &str, j: &model::kinds::envoy::Jwt) -> Result<crate::jwt::Jwt, String> {
+    use crate::jwt::{DEFAULT_PARAM, Jwks, Keys, Location, Provider, RemoteJwks};
+    let mut providers = Vec::new();
+    for (i, p) in j.providers.iter().enumerate() {
+        let at = format!("spec.jwt.providers[{i}]");
+        let keys = match (&p.remote_jwks, &p.local_jwks) {
+            (Some(r), None) => Keys::Remote(RemoteJwks::shared(&r.uri)),
+            (None, Some(l)) => {
+                let text = model::validate::local_jwks(s, ns, l)
+                    .map_err(|e| format!("{at}.localJWKS: {e}"))?;
+                Keys::Local(Arc::new(
+                    Jwks::parse(text.as_bytes()).map_err(|e| format!("{at}.localJWKS: {e}"))?,
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "{at}: needs exactly one of remoteJWKS and localJWKS"
+                ));
+            }
+        };
+        let mut claim_to_headers = Vec::new();
+        for (k, c) in p.claim_to_headers.iter().enumerate() {
+            let h = header_name(&c.header)
+                .ok_or_else(|| format!("{at}.claimToHeaders[{k}].header: not a header name"))?;
+            claim_to_headers.push((h, c.claim.clone()));
+        }
+        let locations = match &p.extract_from {
+            None => vec![
+                Location::Header {
+                    name: http::header::AUTHORIZATION,
+                    prefix: "Bearer ".into(),
+                },
+                Location::Param(DEFAULT_PARAM.into()),
+            ],
+            Some(x) => {
+                let mut l = Vec::new();
+                for (k, h) in x.headers.iter().enumerate() {
+                    l.push(Location::Header {
+                        name: header_name(&h.name).ok_or_else(|| {
+                            format!("{at}.extractFrom.headers[{k}].name: not a header name")
+                        })?,
+                        prefix: h.value_prefix.clone().unwrap_or_default(),
+                    });
+                }
+                l.extend(x.cookies.iter().cloned().map(Location::Cookie));
+                l.extend(x.params.iter().cloned().map(Location::Param));
+                if l.is_empty() {
+                    return Err(format!("{at}.extractFrom: names no place to look"));
+                }
+                l
+            }
+        };
+        providers.push(Provider {
+            name: p.name.clone(),
+            issuer: p.issuer.clone().filter(|i| !i.is_empty()),
+            audiences: p.audiences.clone(),
+            keys,
+            claim_to_headers,
+            locations,
+        });
+    }
+    if providers.is_empty() {
+        return Err("spec.jwt.providers: none".into());
+    }
+    Ok(crate::jwt::Jwt {
+        optional: j.optional.unwrap_or(false),
+        providers,
+    })
+}
+
 /// Compiles one policy: refused when validation refused it, or when a part of it does not
 /// compile (that part's error is also pushed to `problems`).
 fn compile_one(
@@ -285,6 +358,7 @@ fn compile_one(
         refused: refused_by_validation(s, key),
         basic: None,
         ext: None,
+        jwt: None,
     };
     if sec.refused.is_some() {
         return sec;
@@ -302,12 +376,19 @@ fn compile_one(
                 .as_ref()
                 .map(|ea| ext_auth(ea, resolve))
                 .transpose()?;
-            Ok((basic, ext))
+            let jwt = p
+                .spec
+                .jwt
+                .as_ref()
+                .map(|j| jwt(s, p.namespace(), j))
+                .transpose()?;
+            Ok((basic, ext, jwt))
         });
     match parts {
-        Ok((basic, ext)) => {
+        Ok((basic, ext, jwt)) => {
             sec.basic = basic;
             sec.ext = ext;
+            sec.jwt = jwt;
         }
         Err(why) => {
             problems.push((key.clone(), why.clone()));

@@ -4,7 +4,8 @@
 //! - [`proxy`]: binds the listeners and serves requests from the current plan; `update`
 //!   swaps a new plan in atomically. Plain HTTP/1.1 forwarding takes trellis's own path
 //!   (`h1`), everything else hyper's.
-//! - [`auth`]: SecurityPolicies compiled (fail closed) and basic auth checked.
+//! - [`auth`]: SecurityPolicies compiled (fail closed) and basic auth checked; [`jwt`]:
+//!   JWT verification and remote JWKS.
 //! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
 //! - [`admin`]: `/healthz`, `/status`, `/metrics`.
 //! - [`record`]: one [`record::RequestRecord`] per request for an observer (flows).
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod compress;
 pub mod echo;
 mod h1;
+pub mod jwt;
 pub mod lua;
 pub mod metrics;
 pub mod plan;

@@ -39,6 +39,7 @@ pub struct Metrics {
     /// Requests refused because the SecurityPolicy of their route cannot be enforced.
     pub security_policy_refused: Counter,
     pub basic_auth_denied: Counter,
+    pub jwt_denied: Counter,
     pub access_log_dropped: Counter,
     pub keepalive_pools_exhausted: Counter,
     pub udp_sessions: Counter,
@@ -67,6 +68,7 @@ impl Default for Metrics {
             ext_auth_errors: Counter::default(),
             security_policy_refused: Counter::default(),
             basic_auth_denied: Counter::default(),
+            jwt_denied: Counter::default(),
             access_log_dropped: Counter::default(),
             keepalive_pools_exhausted: Counter::default(),
             udp_sessions: Counter::default(),
@@ -177,6 +179,11 @@ impl Metrics {
             "basic_auth_denied",
             "Requests basic authentication refused (401)",
             self.basic_auth_denied.clone(),
+        );
+        r.register(
+            "jwt_denied",
+            "Requests JWT authentication refused (401)",
+            self.jwt_denied.clone(),
         );
         r.register(
             "access_log_dropped",

@@ -1235,7 +1235,7 @@ fn lua_filters(
             }
             let source = match (&l.inline, &l.value_ref) {
                 (Some(src), _) if l.type_ == "Inline" => Ok(src.clone()),
-                (_, Some(r)) => model::validate::lua_source(s, p.namespace(), r),
+                (_, Some(r)) => model::validate::config_map_value(s, p.namespace(), r, "lua"),
                 _ => Err(format!("spec.lua[{i}] has no script")),
             };
             let loaded = source.and_then(|src| {

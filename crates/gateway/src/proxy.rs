@@ -139,7 +139,7 @@ impl Drop for OpenConnection {
 
 /// A running gateway.
 pub struct Running {
-    state: Arc<State>,
+    pub(crate) state: Arc<State>,
     /// Listener port -> the address it is bound to.
     pub bound: BTreeMap<u16, SocketAddr>,
     /// UDP listener port -> the address it is bound to.
@@ -1017,6 +1017,24 @@ async fn authenticate(
                 let mut r = local(StatusCode::UNAUTHORIZED, denied.message());
                 // The realm names the host asked for, as Envoy's basic_auth does.
                 if let Ok(v) = HeaderValue::from_str(&format!("Basic realm=\"http://{host}\"")) {
+                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+                return Err(r);
+            }
+        }
+    }
+    if let Some(jwt) = &sec.jwt {
+        match jwt.check(req.headers(), query).await {
+            Ok(add) => {
+                for (h, v) in add {
+                    req.headers_mut().insert(h, v);
+                }
+            }
+            Err(denied) => {
+                state.metrics.jwt_denied.inc();
+                let mut r = local(StatusCode::UNAUTHORIZED, denied.message());
+                let realm = format!("{scheme}://{host}{path}");
+                if let Ok(v) = HeaderValue::from_str(&denied.www_authenticate(&realm)) {
                     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
                 return Err(r);

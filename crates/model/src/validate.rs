@@ -1581,7 +1581,7 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                 match (l.type_.as_str(), &l.inline, &l.value_ref) {
                     ("Inline", Some(_), _) => {}
                     ("ValueRef", _, Some(r)) => {
-                        if let Err(m) = lua_source(s, p.namespace(), r) {
+                        if let Err(m) = config_map_value(s, p.namespace(), r, "lua") {
                             unresolved(status, format!("{path}.valueRef"), m);
                             status.set(bad(
                                 cond::RESOLVED_REFS,
@@ -1646,6 +1646,11 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                          enforced without it, and what it targets answers 500"
                     ),
                 );
+            }
+            if let Some(jwt) = &spec.jwt {
+                for (path, m) in jwt_problems(s, p.namespace(), jwt) {
+                    problem(status, path, m);
+                }
             }
             if let Some(h) = spec.ext_auth.as_ref().and_then(|e| e.http.as_ref())
                 && h.backend_ref.is_none()
@@ -1746,38 +1751,126 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
 /// what it is. Validation makes each a problem (`Accepted=False`, reason Invalid), and the
 /// gateway answers 500 on whatever such a policy targets: a route is never served without the
 /// authentication its policy asks for.
-pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(&'static str, &'static str)> {
-    let mut out = Vec::new();
+pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = Vec::new();
+    let mut push = |path: &str, what| out.push((path.to_string(), what));
     if spec.oidc.is_some() {
-        out.push(("spec.oidc", "OIDC authentication"));
-    }
-    if spec.jwt.is_some() {
-        out.push(("spec.jwt", "JWT authentication"));
+        push("spec.oidc", "OIDC authentication");
     }
     if spec.authorization.is_some() {
-        out.push((
+        push(
             "spec.authorization",
             "authorization (client CIDR, JWT claim, header rules)",
-        ));
+        );
     }
     if spec.api_key_auth.is_some() {
-        out.push(("spec.apiKeyAuth", "API key authentication"));
+        push("spec.apiKeyAuth", "API key authentication");
     }
     if spec.cors.is_some() {
-        out.push(("spec.cors", "CORS"));
+        push("spec.cors", "CORS");
     }
     if let Some(ea) = &spec.ext_auth {
         if ea.http.is_none() && ea.grpc.is_some() {
-            out.push(("spec.extAuth.grpc", "gRPC external authorization"));
+            push("spec.extAuth.grpc", "gRPC external authorization");
         }
         if ea.body_to_ext_auth.is_some() {
-            out.push((
+            push(
                 "spec.extAuth.bodyToExtAuth",
                 "sending the request body to the authorization service",
-            ));
+            );
+        }
+    }
+    for (i, p) in spec.jwt.iter().flat_map(|j| j.providers.iter()).enumerate() {
+        let at = |f: &str| format!("spec.jwt.providers[{i}].{f}");
+        if p.recompute_route == Some(true) {
+            out.push((at("recomputeRoute"), "routing again on claim headers"));
+        }
+        if let Some(r) = &p.remote_jwks {
+            if r.backend_ref.is_some() || !r.backend_refs.is_empty() {
+                out.push((
+                    at("remoteJWKS.backendRefs"),
+                    "fetching a JWKS through a backend (the URI's host is asked directly)",
+                ));
+            }
+            if r.backend_settings.is_some() {
+                out.push((at("remoteJWKS.backendSettings"), "JWKS backend settings"));
+            }
         }
     }
     out
+}
+
+/// The most providers one `jwt` may list (Envoy Gateway's CRD bound).
+pub const JWT_PROVIDERS_MAX: usize = 4;
+
+/// What is wrong in the shape of a SecurityPolicy's `jwt` (path, message): no provider, a
+/// provider with no or two key sources, a JWKS that is not a JWKS, a URI that is not http(s).
+pub fn jwt_problems(
+    s: &Snapshot,
+    ns: &str,
+    jwt: &crate::kinds::envoy::Jwt,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if jwt.providers.is_empty() || jwt.providers.len() > JWT_PROVIDERS_MAX {
+        out.push((
+            "spec.jwt.providers".to_string(),
+            format!("needs 1 to {JWT_PROVIDERS_MAX} providers"),
+        ));
+    }
+    for (i, p) in jwt.providers.iter().enumerate() {
+        let at = |f: &str| format!("spec.jwt.providers[{i}]{f}");
+        if p.name.is_empty() {
+            out.push((at(".name"), "a provider needs a name".into()));
+        }
+        match (&p.remote_jwks, &p.local_jwks) {
+            (Some(_), Some(_)) | (None, None) => out.push((
+                at(""),
+                "exactly one of remoteJWKS and localJWKS is needed".into(),
+            )),
+            (Some(r), None) => {
+                if !(r.uri.starts_with("https://") || r.uri.starts_with("http://")) {
+                    out.push((
+                        at(".remoteJWKS.uri"),
+                        format!("{:?} is not an http(s) URI", r.uri),
+                    ));
+                }
+            }
+            (None, Some(l)) => {
+                if let Err(e) = local_jwks(s, ns, l) {
+                    out.push((at(".localJWKS"), e));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The JWKS text of a `localJWKS` (inline or from its ConfigMap), checked to be a JSON object
+/// with a `keys` array (what each key holds is read by the gateway).
+pub fn local_jwks(
+    s: &Snapshot,
+    ns: &str,
+    l: &crate::kinds::envoy::LocalJwks,
+) -> Result<String, String> {
+    let text = match (
+        l.type_.as_deref().unwrap_or("Inline"),
+        &l.inline,
+        &l.value_ref,
+    ) {
+        ("Inline", Some(t), None) => t.clone(),
+        ("ValueRef", None, Some(r)) => config_map_value(s, ns, r, "jwks")?,
+        (t, _, _) => {
+            return Err(format!(
+                "type {t:?} needs exactly its field (Inline: inline, ValueRef: valueRef)"
+            ));
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
+    if !v.get("keys").is_some_and(|k| k.is_array()) {
+        return Err("the JWKS has no `keys` array".into());
+    }
+    Ok(text)
 }
 
 /// Parses a Gateway API duration (GEP-2257: `1h`, `300s`, `500ms`, `0s`).
@@ -1794,11 +1887,13 @@ fn check_duration(status: &mut ObjectStatus, path: &str, v: &Option<String>) {
     }
 }
 
-/// The Lua source a `valueRef` names: the ConfigMap's `lua` key, else its only key.
-pub fn lua_source(
+/// The value a policy's `valueRef` names: the ConfigMap's `key` (`lua` for a Lua script,
+/// `jwks` for a JWKS), else its only key.
+pub fn config_map_value(
     s: &Snapshot,
     namespace: &str,
     r: &crate::kinds::envoy::LocalObjectRef,
+    key: &str,
 ) -> Result<String, String> {
     let kind = r.kind.as_deref().unwrap_or("ConfigMap");
     if kind != "ConfigMap" {
@@ -1810,7 +1905,7 @@ pub fn lua_source(
         return Err(format!("configmap {namespace}/{} not found", r.name));
     };
     let data = cm.spec.data.clone().unwrap_or_default();
-    if let Some(v) = data.get("lua") {
+    if let Some(v) = data.get(key) {
         return Ok(v.clone());
     }
     let mut values = data.values();
@@ -1818,7 +1913,7 @@ pub fn lua_source(
         (Some(v), None) => Ok(v.clone()),
         (None, _) => Err(format!("configmap {namespace}/{} has no data", r.name)),
         (Some(_), Some(_)) => Err(format!(
-            "configmap {namespace}/{} has several keys and none is named lua",
+            "configmap {namespace}/{} has several keys and none is named {key}",
             r.name
         )),
     }

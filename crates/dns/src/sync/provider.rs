@@ -6,40 +6,11 @@
 //! 429, timeouts, unreachable servers) or not ([`Error::Permanent`]: 4xx, refused updates,
 //! bad input), as ExternalDNS's webhook provider and kube-runtime's controllers decide.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use super::{Changes, Endpoint};
 
-/// A boxed future, so that providers can be chosen at run time (`dyn Provider`).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// Why a provider call failed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    /// Worth trying again on the next loop (server errors, rate limits, timeouts).
-    #[error("{0} (retryable)")]
-    Retryable(String),
-    /// Trying again will not help until something changes (client errors, refusals).
-    #[error("{0}")]
-    Permanent(String),
-}
-
-impl Error {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Retryable(_))
-    }
-
-    /// Classifies an HTTP status: 5xx and 429 are retryable, everything else permanent.
-    pub fn from_status(status: u16, what: impl std::fmt::Display) -> Error {
-        let msg = format!("{what}: HTTP {status}");
-        if status >= 500 || status == 429 {
-            Error::Retryable(msg)
-        } else {
-            Error::Permanent(msg)
-        }
-    }
-}
+/// Boxed futures (providers are chosen at run time, `dyn Provider`) and the errors of a
+/// provider call: those of the HTTP the providers speak.
+pub use httpkit::{BoxFuture, Error};
 
 /// One change that was not applied.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,6 +8,7 @@ mod grpc;
 mod h1;
 mod harness;
 mod http2;
+mod jwt;
 mod keepalive;
 mod lua;
 mod policies;

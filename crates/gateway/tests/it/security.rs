@@ -27,9 +27,20 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "spec.oidc: OIDC authentication is not enforced",
     ),
     (
-        "jwt",
-        "  jwt:\n    providers: [{name: a, remoteJWKS: {uri: 'https://auth.example.com/jwks'}}]\n",
-        "spec.jwt: JWT authentication is not enforced",
+        // JWT is enforced, but not a JWKS reached through a backend.
+        "jwtbackend",
+        "  jwt:\n    providers: [{name: a, remoteJWKS: {uri: 'https://auth.example.com/jwks', backendRefs: [{name: infra-backend-v2, port: 8080}]}}]\n",
+        "spec.jwt.providers[0].remoteJWKS.backendRefs: fetching a JWKS through a backend",
+    ),
+    (
+        "jwtrecompute",
+        "  jwt:\n    providers: [{name: a, recomputeRoute: true, claimToHeaders: [{header: x-a, claim: a}], remoteJWKS: {uri: 'https://auth.example.com/jwks'}}]\n",
+        "spec.jwt.providers[0].recomputeRoute",
+    ),
+    (
+        "jwtnokeys",
+        "  jwt:\n    providers: [{name: a, localJWKS: {type: Inline, inline: '{\"keys\": 1}'}}]\n",
+        "the JWKS has no `keys` array",
     ),
     (
         "authz",

@@ -366,7 +366,7 @@ pub struct SecurityPolicySpec {
     #[serde(default)]
     pub cors: Option<Value>,
     #[serde(default)]
-    pub jwt: Option<Value>,
+    pub jwt: Option<Jwt>,
     #[serde(default)]
     pub api_key_auth: Option<Value>,
     #[serde(default)]
@@ -448,6 +448,89 @@ pub struct BasicAuth {
     pub users: LocalObjectRef,
     #[serde(default)]
     pub forward_username_header: Option<String>,
+}
+
+/// SecurityPolicy `jwt`: a request needs a token that one of the providers verifies.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Jwt {
+    /// A request without a token goes on (one with a bad token is still refused).
+    #[serde(default)]
+    pub optional: Option<bool>,
+    #[serde(default)]
+    pub providers: Vec<JwtProvider>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    pub name: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(rename = "remoteJWKS", default)]
+    pub remote_jwks: Option<RemoteJwks>,
+    #[serde(rename = "localJWKS", default)]
+    pub local_jwks: Option<LocalJwks>,
+    #[serde(default)]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    #[serde(default)]
+    pub recompute_route: Option<bool>,
+    #[serde(default)]
+    pub extract_from: Option<JwtExtractor>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteJwks {
+    pub uri: String,
+    #[serde(default)]
+    pub backend_ref: Option<BackendRef>,
+    #[serde(default)]
+    pub backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    pub backend_settings: Option<Value>,
+}
+
+/// `localJWKS`: `type: Inline` with `inline`, or `type: ValueRef` naming a ConfigMap (its
+/// `jwks` key, else its first value).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalJwks {
+    #[serde(rename = "type", default)]
+    pub type_: Option<String>,
+    #[serde(default)]
+    pub inline: Option<String>,
+    #[serde(default)]
+    pub value_ref: Option<LocalObjectRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    pub header: String,
+    /// A claim name; `a.b.c` names a nested one.
+    pub claim: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtExtractor {
+    #[serde(default)]
+    pub headers: Vec<JwtHeaderExtractor>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
+    #[serde(default)]
+    pub params: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtHeaderExtractor {
+    pub name: String,
+    #[serde(default)]
+    pub value_prefix: Option<String>,
 }
 
 /// Envoy Gateway's `Backend`: endpoints outside the cluster's Services.

@@ -1,6 +1,8 @@
-//! The HTTP the providers speak: a one-request-per-connection HTTP/1.1 client (plain, or TLS
-//! with the system's CA bundle) and a small server loop, both over hyper. Bodies are bounded
-//! both ways ([`BODY_BYTES_MAX`]) and every request has a deadline ([`REQUEST_TIMEOUT`]).
+//! The small HTTP trellis's control plane speaks (record-sync providers and the webhook API,
+//! JWKS and OpenID endpoints of SecurityPolicies): a one-request-per-connection HTTP/1.1
+//! client (plain, or TLS with the system's CA bundle) and a small server loop, both over
+//! hyper. Bodies are bounded both ways ([`BODY_BYTES_MAX`]) and every request has a deadline
+//! ([`REQUEST_TIMEOUT`]). Errors say whether trying again can help ([`Error`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -13,7 +15,38 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::provider::{BoxFuture, Error};
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future (handlers and providers chosen at run time).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a request failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Worth trying again later (server errors, rate limits, timeouts, unreachable servers).
+    #[error("{0} (retryable)")]
+    Retryable(String),
+    /// Trying again will not help until something changes (client errors, refusals).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Retryable(_))
+    }
+
+    /// Classifies an HTTP status: 5xx and 429 are retryable, everything else permanent.
+    pub fn from_status(status: u16, what: impl std::fmt::Display) -> Error {
+        let msg = format!("{what}: HTTP {status}");
+        if status >= 500 || status == 429 {
+            Error::Retryable(msg)
+        } else {
+            Error::Permanent(msg)
+        }
+    }
+}
 
 /// The largest body read (a 10,000-record listing is about 2 MB of JSON).
 pub const BODY_BYTES_MAX: usize = 64 << 20;
@@ -206,7 +239,7 @@ pub fn serve_on(listener: TcpListener, handler: Handler) -> std::io::Result<Serv
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "webhook server: accept failed; pausing");
+                    tracing::warn!(error = %e, %addr, "http server: accept failed; pausing");
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
                 }
