@@ -26,7 +26,7 @@ use crate::netns;
 use crate::schedule::{self, PodPlan};
 use crate::state::{
     ASSIGNMENTS_FILE, ClientState, LabState, NodeState, PODS_FILE, PodState, ServiceRow,
-    write_atomic,
+    read_assignments, write_assignments, write_file,
 };
 
 /// The lab's address plan (the seed's: LAN 10.10.30.0/24, pods 10.69.0.0/16, services
@@ -116,6 +116,9 @@ struct Running {
 /// Runs the lab until SIGTERM/SIGINT, then tears everything down. Writes `ready` on stdout
 /// once the lab is up (what `lab up` waits for).
 pub fn supervise(cfg: &LabConfig) -> Result<()> {
+    // Before anything is built: over a corrupt file, the lab would hand every Service a new
+    // address and overwrite the old ones.
+    let assignments = prior_assignments(&cfg.state_dir)?;
     // Signals are taken by a thread with sigwait, so block them before any thread starts.
     let mut signals = nix::sys::signal::SigSet::empty();
     signals.add(nix::sys::signal::Signal::SIGTERM);
@@ -143,7 +146,7 @@ pub fn supervise(cfg: &LabConfig) -> Result<()> {
         generation: 0,
         agents: BTreeMap::new(),
         workloads: BTreeMap::new(),
-        assignments: read_assignments(&cfg.state_dir),
+        assignments,
     };
     run.state.write(&cfg.state_dir)?;
     let result = bring_up(cfg, &mut run, &tx);
@@ -222,10 +225,7 @@ fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Res
         SERVICE_CIDR.parse().expect("constant CIDR"),
         fabric::assign::NODE_PORT_RANGE_DEFAULT,
     );
-    write_atomic(
-        &cfg.state_dir.join(ASSIGNMENTS_FILE),
-        &serde_json::to_vec_pretty(&run.assignments)?,
-    )?;
+    write_assignments(&cfg.state_dir.join(ASSIGNMENTS_FILE), &run.assignments)?;
     for i in 0..run.state.nodes.len() {
         let node = run.state.nodes[i].clone();
         let child = start_agent(cfg, &run.state, &node, &cluster_dir, run.synced.clone())?;
@@ -375,7 +375,7 @@ fn start_agent(
             .then(|| std::net::SocketAddr::from((node.lan_ip, OBSERVE_PORT))),
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
-    write_atomic(&path, &serde_json::to_vec_pretty(&conf)?)?;
+    write_file(&path, &serde_json::to_vec_pretty(&conf)?)?;
     let log = log_file(cfg, &format!("agent-{}", node.name))?;
     let mut child = netns::command_in(&node.netns, &cfg.trellis_bin.to_string_lossy())
         .args(["agent", "--config"])
@@ -447,11 +447,20 @@ fn drain(lines: std::io::Lines<BufReader<std::process::ChildStdout>>) {
     std::thread::spawn(move || for _ in lines {});
 }
 
-fn read_assignments(state_dir: &Path) -> fabric::Assignments {
-    std::fs::read(state_dir.join(ASSIGNMENTS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+/// The assignments a previous run of this lab left (none: a fresh lab). A file that does not
+/// parse stops the supervisor with its path: it is the only record of the addresses clients
+/// may already use, so it is neither ignored nor overwritten.
+fn prior_assignments(state_dir: &Path) -> Result<fabric::Assignments> {
+    let path = state_dir.join(ASSIGNMENTS_FILE);
+    Ok(read_assignments(&path)
+        .with_context(|| {
+            format!(
+                "refusing to start the lab over {}: repair it, or remove it to assign every \
+                 address anew",
+                path.display()
+            )
+        })?
+        .unwrap_or_default())
 }
 
 /// Makes the running pods match the manifests, republishes Pod objects and service rows.
@@ -464,10 +473,7 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
         fabric::assign::NODE_PORT_RANGE_DEFAULT,
     );
     if run.assignments != previous {
-        write_atomic(
-            &cfg.state_dir.join(ASSIGNMENTS_FILE),
-            &serde_json::to_vec_pretty(&run.assignments)?,
-        )?;
+        write_assignments(&cfg.state_dir.join(ASSIGNMENTS_FILE), &run.assignments)?;
     }
     let node_names: Vec<String> = run.state.nodes.iter().map(|n| n.name.clone()).collect();
     let running: Vec<PodPlan> = run.state.pods.iter().map(|p| p.plan.clone()).collect();
@@ -651,10 +657,10 @@ fn write_pods(state_dir: &Path, pods: &[serde_json::Value], generation: u64) -> 
         text.push_str(&serde_json::to_string(p)?);
         text.push('\n');
     }
-    let tmp = state_dir.join("pods.yaml.tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, state_dir.join(CLUSTER_DIR).join(PODS_FILE))?;
-    Ok(())
+    write_file(
+        &state_dir.join(CLUSTER_DIR).join(PODS_FILE),
+        text.as_bytes(),
+    )
 }
 
 fn cni_config(cfg: &LabConfig, node: &NodeState) -> String {
@@ -910,4 +916,27 @@ fn service_rows(cfg: &LabConfig, assignments: &fabric::Assignments) -> Vec<Servi
         });
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: the supervisor read a torn assignments.json as "nothing assigned yet", handed
+    /// every Service a new address and wrote them over the file.
+    #[test]
+    fn the_supervisor_refuses_to_start_over_corrupt_assignments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            prior_assignments(dir.path()).expect("a fresh lab"),
+            fabric::Assignments::default()
+        );
+        let path = dir.path().join(ASSIGNMENTS_FILE);
+        let torn = b"{\"services\": {\"apps/web\": {\"cluster_ip\": \"10.96.";
+        std::fs::write(&path, torn).expect("tear");
+        let err = format!("{:#}", prior_assignments(dir.path()).expect_err("refused"));
+        assert!(err.contains("refusing to start"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&path).expect("read"), torn, "left as it was");
+    }
 }

@@ -1,5 +1,11 @@
 //! What a running lab looks like, written by its supervisor to `<state dir>/state.json` and
-//! read by `lab status`, `lab exec` and `lab down` (which must also work after a crash).
+//! read by `lab status`, `lab exec` and `lab down` (which must also work after a crash); and
+//! the cluster IP / node port / LoadBalancer assignments (`assignments.json`), written by the
+//! supervisor and read by it at start and by every agent.
+//!
+//! Every file here is written with [`store::durable::write`]. A file that is there but does
+//! not parse is an error naming it: the supervisor refuses to start over it (rather than hand
+//! every Service a new address) and an agent keeps the assignments it last read whole.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -89,9 +95,9 @@ impl LabState {
         serde_json::from_str(&text).with_context(|| format!("reading {}", p.display()))
     }
 
-    /// Writes atomically (rename), so readers never see half a file.
+    /// Writes durably ([`write_file`]), so readers never see half a file.
     pub fn write(&self, state_dir: &Path) -> Result<()> {
-        write_atomic(&Self::path(state_dir), &serde_json::to_vec_pretty(self)?)
+        write_file(&Self::path(state_dir), &serde_json::to_vec_pretty(self)?)
     }
 
     /// The namespace of a node, pod (`ns/name` or `name`) or `client`.
@@ -120,8 +126,128 @@ impl LabState {
     }
 }
 
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+/// Replaces `path` with `bytes` durably ([`store::durable::write`]: temp file, fsync, rename,
+/// fsync of the directory).
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    Ok(store::durable::write(path, bytes)?)
+}
+
+/// The assignments stored at `path`; `None` when there is no file. A file that does not parse
+/// is an error naming it.
+pub fn read_assignments(path: &Path) -> Result<Option<fabric::Assignments>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{}: not whole assignments JSON", path.display()))
+}
+
+pub fn write_assignments(path: &Path, assignments: &fabric::Assignments) -> Result<()> {
+    write_file(path, &serde_json::to_vec_pretty(assignments)?)
+}
+
+/// The assignments an agent compiles with: the file as last read whole. A file that went
+/// missing or bad after that leaves the last good assignments current (and is reported by
+/// [`AssignmentsView::refresh`]), so Services keep their addresses instead of dropping out of
+/// the maps.
+#[derive(Debug, Default)]
+pub struct AssignmentsView {
+    path: Option<PathBuf>,
+    last_good: Option<fabric::Assignments>,
+}
+
+impl AssignmentsView {
+    /// `None`: the agent runs without assignments (addresses only from manifests).
+    pub fn new(path: Option<PathBuf>) -> AssignmentsView {
+        AssignmentsView {
+            path,
+            last_good: None,
+        }
+    }
+
+    /// Reads the file again. On error (it names the file) the last good assignments stay.
+    pub fn refresh(&mut self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        match read_assignments(path)? {
+            Some(a) => self.last_good = Some(a),
+            None if self.last_good.is_some() => {
+                anyhow::bail!("{}: gone after it was read", path.display())
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    pub fn current(&self) -> Option<&fabric::Assignments> {
+        self.last_good.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assigned(ip: [u8; 4]) -> fabric::Assignments {
+        let mut a = fabric::Assignments::default();
+        a.services.insert(
+            "apps/web".into(),
+            fabric::ServiceAssignment {
+                cluster_ip: Some(ip.into()),
+                ..Default::default()
+            },
+        );
+        a
+    }
+
+    /// Before: a file that did not parse read as "no assignments" (the supervisor then handed
+    /// out every address anew, agents dropped every Service without one in its manifest).
+    #[test]
+    fn a_corrupt_assignments_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(ASSIGNMENTS_FILE);
+        assert!(read_assignments(&path).expect("no file yet").is_none());
+        write_assignments(&path, &assigned([10, 96, 0, 20])).expect("write");
+        assert_eq!(
+            read_assignments(&path).expect("read"),
+            Some(assigned([10, 96, 0, 20]))
+        );
+        for torn in [
+            &b"{\"services\": {\"apps/web\": {\"cluster_"[..],
+            b"",
+            b"null",
+        ] {
+            std::fs::write(&path, torn).expect("tear");
+            let err = read_assignments(&path).expect_err("torn");
+            assert!(
+                format!("{err:#}").contains(&path.display().to_string()),
+                "{err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_agent_keeps_the_last_good_assignments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(ASSIGNMENTS_FILE);
+        let mut view = AssignmentsView::new(Some(path.clone()));
+        view.refresh().expect("no file yet is fine");
+        assert!(view.current().is_none());
+        write_assignments(&path, &assigned([10, 96, 0, 20])).expect("write");
+        view.refresh().expect("read");
+        std::fs::write(&path, b"{\"services\": {").expect("tear");
+        let err = view.refresh().expect_err("torn");
+        assert!(format!("{err:#}").contains(&path.display().to_string()));
+        assert_eq!(view.current(), Some(&assigned([10, 96, 0, 20])));
+        std::fs::remove_file(&path).expect("remove");
+        view.refresh().expect_err("gone");
+        assert_eq!(view.current(), Some(&assigned([10, 96, 0, 20])));
+        write_assignments(&path, &assigned([10, 96, 0, 21])).expect("write");
+        view.refresh().expect("whole again");
+        assert_eq!(view.current(), Some(&assigned([10, 96, 0, 21])));
+    }
 }

@@ -35,6 +35,23 @@ pub struct Args {
     pub ui_listen: Option<std::net::SocketAddr>,
 }
 
+/// The node's plan for `snapshot` with the current assignments. When the file cannot be read
+/// whole, the error (with the file's path) is logged and the assignments last read whole are
+/// used, so no Service loses its address or drops out of the maps.
+fn compile_plan(
+    snapshot: &model::Snapshot,
+    cfg: &fabric::FabricConfig,
+    assignments: &mut lab::state::AssignmentsView,
+) -> ServicePlan {
+    if let Err(e) = assignments.refresh() {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "assignments not read; keeping the last good ones"
+        );
+    }
+    fabric::compile(snapshot, cfg, assignments.current())
+}
+
 /// Turns a datapath record into the event observe makes a flow of.
 fn packet_event(ev: &datapath::FlowEvent, boot: &Clock) -> observe::packet::PacketEvent {
     use datapath::abi::{EVENT_DROP, POINT_FROM_NETDEV, POINT_FROM_POD, POINT_TO_POD};
@@ -372,15 +389,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         None => None,
     };
     let mut announce: Vec<fabric::l2::Announcement> = Vec::new();
+    let mut assignments = lab::state::AssignmentsView::new(conf.assignments.clone());
+    // At start there is nothing good to fall back on: a file that does not read stops the
+    // agent, and the pinned maps keep what the previous agent programmed.
+    assignments
+        .refresh()
+        .with_context(|| format!("node {}: the assignments file", conf.node))?;
     let mut apply =
         |snapshot: &model::Snapshot, announce: &mut Vec<fabric::l2::Announcement>| -> Result<()> {
-            let assignments = conf
-                .assignments
-                .as_ref()
-                .and_then(|p| std::fs::read(p).ok())
-                .and_then(|b| serde_json::from_slice::<fabric::Assignments>(&b).ok());
             pods.update(snapshot);
-            let plan = fabric::compile(snapshot, &fabric_cfg, assignments.as_ref());
+            let plan = compile_plan(snapshot, &fabric_cfg, &mut assignments);
             *announce =
                 fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
             for p in &plan.problems {
@@ -451,4 +469,60 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         a.release_all();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Before: the agent read a torn assignments.json as "no assignments", so every Service
+    /// whose cluster IP the lab had assigned silently left the maps at the next sync.
+    #[test]
+    fn a_corrupt_assignments_file_keeps_services_in_the_plan() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let manifests = dir.path().join("m");
+        std::fs::create_dir(&manifests).expect("mkdir");
+        std::fs::write(
+            manifests.join("svc.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\n\
+             spec: {selector: {app: web}, ports: [{port: 80}]}\n",
+        )
+        .expect("manifest");
+        let load = store::load(&[manifests], &store::Options::default());
+        assert!(
+            !load.snapshot.has_errors(),
+            "{:?}",
+            load.snapshot.diagnostics
+        );
+        let cfg = fabric::FabricConfig::new(
+            "node-1",
+            BTreeMap::from([("node-1".to_string(), Ipv4Addr::new(10, 10, 30, 11))]),
+        );
+        let path = dir.path().join(lab::state::ASSIGNMENTS_FILE);
+        let assigned = fabric::assign(
+            &load.snapshot,
+            &fabric::Assignments::default(),
+            "10.96.0.0/12".parse().expect("cidr"),
+            fabric::assign::NODE_PORT_RANGE_DEFAULT,
+        );
+        let ip = assigned.cluster_ip("apps", "web").expect("assigned");
+        lab::state::write_assignments(&path, &assigned).expect("write");
+        let mut view = lab::state::AssignmentsView::new(Some(path.clone()));
+        let frontends =
+            |plan: &ServicePlan| -> Vec<Ipv4Addr> { plan.frontends.keys().map(|k| k.ip).collect() };
+        assert_eq!(
+            frontends(&compile_plan(&load.snapshot, &cfg, &mut view)),
+            [ip]
+        );
+        std::fs::write(&path, b"{\"services\": {\"apps/web\": {\"clu").expect("tear");
+        assert_eq!(
+            frontends(&compile_plan(&load.snapshot, &cfg, &mut view)),
+            [ip],
+            "the Service keeps its address"
+        );
+        assert!(
+            frontends(&fabric::compile(&load.snapshot, &cfg, None)).is_empty(),
+            "what reading the torn file as no assignments gave"
+        );
+    }
 }
