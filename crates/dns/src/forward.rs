@@ -279,6 +279,28 @@ fn finish(mut out: Message, upstream: Message) -> Message {
     out
 }
 
+/// The upstream's answer in `bytes` when it answers query `id` for `q`; anything else is
+/// ignored (spoofing, stragglers).
+fn upstream_answer(bytes: &[u8], id: u16, q: &Query) -> Option<Message> {
+    Message::from_vec(bytes)
+        .ok()
+        .filter(|r| r.metadata.id == id && r.queries.first() == Some(q))
+}
+
+/// What the forwarder makes of an upstream's answer `bytes` to `req`, sent upstream as query
+/// `id`: how long it would be cached, and the response a client gets from the cache `age`
+/// later; `None` when the answer is ignored. (Public for the fuzz targets only.)
+#[doc(hidden)]
+pub fn from_upstream(
+    req: &Message,
+    id: u16,
+    bytes: &[u8],
+    age: Duration,
+) -> Option<(Duration, Message)> {
+    let r = upstream_answer(bytes, id, req.queries.first()?)?;
+    Some((cache_ttl(&r), finish(reply_to(req), aged(&r, age))))
+}
+
 /// One query to one upstream: UDP from a fresh socket, TCP when truncated.
 async fn ask(upstream: SocketAddr, q: &Query) -> Option<Message> {
     let id = random_u16();
@@ -301,11 +323,7 @@ async fn ask(upstream: SocketAddr, q: &Query) -> Option<Message> {
             .await
             .ok()?
             .ok()?;
-        // Anything that is not the answer to this question is ignored (spoofing, stragglers).
-        if let Ok(r) = Message::from_vec(&buf[..n])
-            && r.metadata.id == id
-            && r.queries.first() == Some(q)
-        {
+        if let Some(r) = upstream_answer(&buf[..n], id, q) {
             break r;
         }
     };

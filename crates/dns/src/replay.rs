@@ -101,8 +101,9 @@ fn skip_name(b: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// Offset and value of the TTL of every record in the answer and authority sections of a
-/// wire message; `None` when it does not parse.
-fn ttl_fields(b: &[u8]) -> Option<Vec<(usize, u32)>> {
+/// wire message; `None` when it does not parse. (Public for the fuzz targets only.)
+#[doc(hidden)]
+pub fn ttl_fields(b: &[u8]) -> Option<Vec<(usize, u32)>> {
     let count = |i: usize| {
         Some(usize::from(u16::from_be_bytes([
             *b.get(i)?,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::answer::{Transport, answer, encode, is_local, parse};
@@ -269,6 +269,25 @@ async fn reply(
     finish(&p, resp, ops, packet.len(), peer, server, t)
 }
 
+/// The answer to one query from the views alone, as the listeners send it for a name a view
+/// holds (no forwarder, nothing counted); `None` when there is nothing to send, or when
+/// `forwarding` and the name is the forwarder's. (Public for the fuzz targets only.)
+#[doc(hidden)]
+pub fn answer_local(
+    views: &Views,
+    forwarding: bool,
+    packet: &[u8],
+    peer: SocketAddr,
+    t: Transport,
+) -> Option<Vec<u8>> {
+    let mut p = match prepare(views, forwarding, packet, peer) {
+        Ok(p) => p,
+        Err(formerr) => return formerr,
+    };
+    let resp = p.local.take()?;
+    finish(&p, resp, &Ops::default(), packet.len(), peer, peer, t)
+}
+
 /// Datagrams taken from the socket (and answers sent) per system call.
 const BATCH: usize = 32;
 /// The largest query read (EDNS0 allows 4096 bytes and more; a query is far smaller).
@@ -486,39 +505,7 @@ pub async fn start_with(
             };
             let (z, f, o) = (z.clone(), f.clone(), o.clone());
             tokio::spawn(async move {
-                // Each message is preceded by its length (RFC 1035 4.2.2); several may follow.
-                loop {
-                    let mut len = [0u8; 2];
-                    match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
-                        Ok(Ok(_)) => {}
-                        _ => return,
-                    }
-                    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    let read =
-                        tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.read_exact(&mut msg));
-                    match read.await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => return timed_out(&o),
-                    }
-                    let Some(out) =
-                        reply(&z, f.as_ref(), &o, &msg, peer, tcp_addr, Transport::Tcp).await
-                    else {
-                        return;
-                    };
-                    let Ok(n) = u16::try_from(out.len()) else {
-                        return;
-                    };
-                    let mut framed = n.to_be_bytes().to_vec();
-                    framed.extend_from_slice(&out);
-                    let write =
-                        tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.write_all(&framed));
-                    match write.await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => return,
-                        Err(_) => return timed_out(&o),
-                    }
-                }
+                tcp_connection(&mut stream, peer, tcp_addr, &z, f.as_ref(), &o).await;
             });
         }
     });
@@ -527,4 +514,45 @@ pub async fn start_with(
         udp: udp_addr,
         tcp: tcp_addr,
     })
+}
+
+/// One DNS-over-TCP connection: each message is preceded by its length (RFC 1035 4.2.2);
+/// several may follow. (Public for the fuzz targets only.)
+#[doc(hidden)]
+pub async fn tcp_connection(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    peer: SocketAddr,
+    server: SocketAddr,
+    views: &ArcSwap<Views>,
+    fwd: Option<&Arc<Forwarder>>,
+    ops: &Ops,
+) {
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        let read = tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.read_exact(&mut msg));
+        match read.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return timed_out(ops),
+        }
+        let Some(out) = reply(views, fwd, ops, &msg, peer, server, Transport::Tcp).await else {
+            return;
+        };
+        let Ok(n) = u16::try_from(out.len()) else {
+            return;
+        };
+        let mut framed = n.to_be_bytes().to_vec();
+        framed.extend_from_slice(&out);
+        let write = tokio::time::timeout(TCP_MESSAGE_TIMEOUT, stream.write_all(&framed));
+        match write.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return timed_out(ops),
+        }
+    }
 }

@@ -1177,6 +1177,53 @@ impl Chunked {
     }
 }
 
+/// The request parser and the chunked reader without sockets, for the fuzz targets in
+/// `fuzz/`. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{Chunked, Prep, prepare};
+
+    /// What the own path makes of the bytes a client sent.
+    #[derive(Debug)]
+    pub enum Request {
+        More,
+        HandOff,
+        /// Served here: the client bytes the request took, and the request sent upstream.
+        Forward {
+            len: usize,
+            upstream: Vec<u8>,
+        },
+    }
+
+    /// [`prepare`] of `buf` on a gateway started from a plan without listeners.
+    pub fn request(
+        gateway: &crate::Running,
+        router: &crate::plan::Router,
+        peer: std::net::SocketAddr,
+        buf: &[u8],
+    ) -> Request {
+        match prepare(&gateway.state, router, peer, "http", buf) {
+            Prep::More => Request::More,
+            Prep::HandOff => Request::HandOff,
+            Prep::Forward(ex) => Request::Forward {
+                len: ex.len,
+                upstream: ex.upstream,
+            },
+        }
+    }
+
+    /// Feeds `pieces` to one chunked reader: the piece and offset where the body ends.
+    pub fn chunked_end(pieces: &[&[u8]]) -> Result<Option<(usize, usize)>, &'static str> {
+        let mut c = Chunked::default();
+        for (k, p) in pieces.iter().enumerate() {
+            if let Some(end) = c.feed(p)? {
+                return Ok(Some((k, end)));
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,5 +29,7 @@ pub mod sni;
 pub mod tls;
 pub mod udp;
 
+#[doc(hidden)]
+pub use h1::fuzzing as h1_fuzzing;
 pub use plan::{CompileError, Plan, compile};
 pub use proxy::{Bind, Running, start};

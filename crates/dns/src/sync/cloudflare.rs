@@ -111,6 +111,37 @@ pub struct Cloudflare {
     seen: Mutex<Seen>,
 }
 
+/// Reads an answer other than a rate limit: the envelope's `result` and
+/// `result_info.total_pages`, or the error its status and `errors` say. (Public for the fuzz
+/// targets only.)
+#[doc(hidden)]
+pub fn answer<T: serde::de::DeserializeOwned>(
+    what: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<(Option<T>, u32), Error> {
+    let env: Option<Envelope<T>> = serde_json::from_slice(body).ok();
+    let detail = env
+        .as_ref()
+        .map(|e| {
+            e.errors
+                .iter()
+                .map(|m| format!("{} {}", m.code, m.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default();
+    if !(200..300).contains(&status) {
+        return Err(Error::from_status(status, format!("{what} ({detail})")));
+    }
+    let env = env.ok_or_else(|| Error::Permanent(format!("{what}: not an API answer")))?;
+    if !env.success {
+        return Err(Error::Permanent(format!("{what}: {detail}")));
+    }
+    let pages = env.result_info.map_or(1, |i| i.total_pages.max(1));
+    Ok((env.result, pages))
+}
+
 fn proxiable(record_type: &str) -> bool {
     matches!(record_type, "A" | "AAAA" | "CNAME")
 }
@@ -173,29 +204,7 @@ impl Cloudflare {
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
-            let env: Option<Envelope<T>> = serde_json::from_slice(&resp.body).ok();
-            let detail = env
-                .as_ref()
-                .map(|e| {
-                    e.errors
-                        .iter()
-                        .map(|m| format!("{} {}", m.code, m.message))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                })
-                .unwrap_or_default();
-            if !(200..300).contains(&resp.status) {
-                return Err(Error::from_status(
-                    resp.status,
-                    format!("{what} ({detail})"),
-                ));
-            }
-            let env = env.ok_or_else(|| Error::Permanent(format!("{what}: not an API answer")))?;
-            if !env.success {
-                return Err(Error::Permanent(format!("{what}: {detail}")));
-            }
-            let pages = env.result_info.map_or(1, |i| i.total_pages.max(1));
-            return Ok((env.result, pages));
+            return answer(&what, resp.status, &resp.body);
         }
         Err(Error::Retryable(format!(
             "{what}: still rate limited after {RATE_LIMIT_RETRIES_MAX} waits"

@@ -280,6 +280,61 @@ fn target_of(data: &RData) -> Option<String> {
     }
 }
 
+/// What a zone transfer read so far: the record sets trellis manages, by name and type.
+/// (Public for the fuzz targets only.)
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Transfer {
+    out: BTreeMap<(String, String), Endpoint>,
+    soas: usize,
+    count: usize,
+}
+
+impl Transfer {
+    /// Takes one answer of the transfer `what`; whether it was the last.
+    pub fn take(&mut self, what: &str, m: &Message) -> Result<bool, Error> {
+        if let Some(e) = rcode_error(what, m.metadata.response_code) {
+            return Err(e);
+        }
+        for r in &m.answers {
+            self.count += 1;
+            if self.count > TRANSFER_RECORDS_MAX {
+                return Err(Error::Permanent(format!(
+                    "{what}: more than {TRANSFER_RECORDS_MAX} records"
+                )));
+            }
+            if r.record_type() == RecordType::SOA {
+                self.soas += 1;
+                continue;
+            }
+            let Some(target) = target_of(&r.data) else {
+                continue;
+            };
+            let name = r.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+            let rtype = r.record_type().to_string();
+            self.out
+                .entry((name.clone(), rtype.clone()))
+                .or_insert_with(|| Endpoint {
+                    name,
+                    record_type: rtype,
+                    targets: Default::default(),
+                    ttl: Some(r.ttl),
+                    resource: String::new(),
+                    provider_specific: Default::default(),
+                })
+                .targets
+                .insert(target);
+        }
+        // The transfer ends with the SOA it began with.
+        Ok(self.soas >= 2)
+    }
+
+    /// The record sets read, by name and type.
+    pub fn endpoints(self) -> Vec<Endpoint> {
+        self.out.into_values().collect()
+    }
+}
+
 impl Provider for Rfc2136 {
     fn records(&self) -> BoxFuture<'_, Result<Vec<Endpoint>, Error>> {
         Box::pin(async move {
@@ -291,46 +346,11 @@ impl Provider for Rfc2136 {
                 .set_query_class(DNSClass::IN)
                 .set_query_type(RecordType::AXFR);
             axfr.add_query(q);
-            let mut out: BTreeMap<(String, String), Endpoint> = BTreeMap::new();
-            let (mut soas, mut count) = (0, 0usize);
             let what = format!("AXFR {} from {}", self.zone_text, self.server);
-            conn.exchange(self.signer.as_ref(), axfr, |m| {
-                if let Some(e) = rcode_error(&what, m.metadata.response_code) {
-                    return Err(e);
-                }
-                for r in &m.answers {
-                    count += 1;
-                    if count > TRANSFER_RECORDS_MAX {
-                        return Err(Error::Permanent(format!(
-                            "{what}: more than {TRANSFER_RECORDS_MAX} records"
-                        )));
-                    }
-                    if r.record_type() == RecordType::SOA {
-                        soas += 1;
-                        continue;
-                    }
-                    let Some(target) = target_of(&r.data) else {
-                        continue;
-                    };
-                    let name = r.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-                    let rtype = r.record_type().to_string();
-                    out.entry((name.clone(), rtype.clone()))
-                        .or_insert_with(|| Endpoint {
-                            name,
-                            record_type: rtype,
-                            targets: Default::default(),
-                            ttl: Some(r.ttl),
-                            resource: String::new(),
-                            provider_specific: Default::default(),
-                        })
-                        .targets
-                        .insert(target);
-                }
-                // The transfer ends with the SOA it began with.
-                Ok(soas >= 2)
-            })
-            .await?;
-            Ok(out.into_values().collect())
+            let mut transfer = Transfer::default();
+            conn.exchange(self.signer.as_ref(), axfr, |m| transfer.take(&what, m))
+                .await?;
+            Ok(transfer.endpoints())
         })
     }
 

@@ -428,8 +428,9 @@ fn host_allowed(host: &str, port: u16) -> bool {
     port_ok && (name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok())
 }
 
-/// One webhook request, answered from `provider`.
-async fn handle(
+/// One webhook request, answered from `provider`. (Public for the fuzz targets only.)
+#[doc(hidden)]
+pub async fn handle(
     provider: Arc<dyn Provider>,
     access: &Access,
     port: u16,
