@@ -4,10 +4,16 @@
 //! - `lock`: held with `flock(LOCK_EX)` for the whole of every allocate, release and GC, so
 //!   concurrent plugin invocations never hand out one address twice;
 //! - one file per allocated address, named by the address (`10.69.1.5`), holding
-//!   `<containerID>\n<ifname>\n`; written to a temporary name and renamed, so a crash leaves
-//!   either no file or a whole one;
+//!   `<containerID>\n<ifname>\n`;
 //! - `last_reserved_ip`: where the round-robin search resumes, so a just-released address is
 //!   not handed out again at once.
+//!
+//! Files are written and removed with [`store::durable`] (temp file, fsync, rename, fsync of
+//! the directory), so a crash leaves either no file or a whole one, and an allocation the
+//! plugin reported survives a crash of the machine. An allocation file that is not whole
+//! (edited, or damaged on disk) is an error naming it for every command: the pool cannot say
+//! who owns that address, so it neither hands it out nor releases it. A bad
+//! `last_reserved_ip` is only a hint lost: the search starts at the top, and it is logged.
 //!
 //! The pool is every address of the CIDR except the network address, the first host address
 //! (the node's router) and the broadcast address.
@@ -15,7 +21,7 @@
 //! Not here: anything about interfaces; IPv6.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,6 +73,16 @@ pub fn pool_range(cidr: Ipv4Net) -> Option<(u32, u32)> {
     let first = u32::from(cidr.network()) + 2;
     let last = u32::from(cidr.broadcast()) - 1;
     (first <= last).then_some((first, last))
+}
+
+/// `<containerID>\n<ifname>\n` (the final newline optional): both present, nothing else.
+fn parse_allocation(text: &str) -> Option<(String, String)> {
+    let mut lines = text.lines().map(str::trim);
+    let container_id = lines.next().filter(|l| !l.is_empty())?;
+    let ifname = lines.next().filter(|l| !l.is_empty())?;
+    lines
+        .all(str::is_empty)
+        .then(|| (container_id.to_string(), ifname.to_string()))
 }
 
 /// Candidates in round-robin order: from the address after `last_reserved` to the end of the
@@ -165,11 +181,20 @@ impl Pool {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io(format!("reading {}", entry.path().display()), e)),
             };
-            let mut lines = text.lines();
+            let Some((container_id, ifname)) = parse_allocation(&text) else {
+                return Err(Error::io(
+                    format!("IPAM allocation {}", entry.path().display()),
+                    std::io::Error::new(
+                        ErrorKind::InvalidData,
+                        "not `<containerID>\\n<ifname>\\n`; the owner of this address is \
+                         unknown: repair the file, or remove it if no pod uses the address",
+                    ),
+                ));
+            };
             out.push(Allocation {
                 ip,
-                container_id: lines.next().unwrap_or_default().trim().to_string(),
-                ifname: lines.next().unwrap_or_default().trim().to_string(),
+                container_id,
+                ifname,
             });
         }
         out.sort_by_key(|a| a.ip);
@@ -197,9 +222,17 @@ impl Pool {
             });
         }
         let last_path = self.dir.join(LAST_RESERVED_FILE);
-        let last_reserved = fs::read_to_string(&last_path)
-            .ok()
-            .and_then(|t| t.trim().parse::<Ipv4Addr>().ok());
+        let last_reserved = match fs::read_to_string(&last_path) {
+            Ok(t) => t.trim().parse::<Ipv4Addr>().ok().or_else(|| {
+                tracing::warn!(file = %last_path.display(), "not an address; the round-robin search starts at the top");
+                None
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(file = %last_path.display(), error = %e, "round-robin hint unreadable");
+                None
+            }
+        };
         let ip = candidates(self.cidr, last_reserved)
             .find(|ip| taken.binary_search_by_key(ip, |a| a.ip).is_err())
             .ok_or_else(|| Error::PoolExhausted {
@@ -214,14 +247,8 @@ impl Pool {
 
     fn write_atomically(&self, name: &str, contents: &str) -> Result<(), Error> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".tmp-{name}"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(contents.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        store::durable::write(&path, contents.as_bytes())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// Releases what `(container_id, ifname)` holds. Nothing held is not an error.
@@ -239,11 +266,9 @@ impl Pool {
 
     fn remove(&self, a: &Allocation) -> Result<(), Error> {
         let path = self.dir.join(a.ip.to_string());
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", path.display()), e))
-            }
-            _ => {
+        match store::durable::remove(&path) {
+            Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+            Ok(()) => {
                 tracing::debug!(network = %self.network, ip = %a.ip, container_id = %a.container_id, "released address");
                 Ok(())
             }
@@ -382,6 +407,44 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), 160);
+    }
+
+    /// Before: an allocation file that was not whole read as an allocation owned by nobody
+    /// (container ID ""), so the next GC removed it and the address went to a second pod.
+    #[test]
+    fn a_torn_allocation_is_an_error_naming_it_and_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pool = Pool::open(dir.path(), "n", net("10.0.0.0/29")).expect("open");
+        let ip = pool.allocate("c1", "eth0").expect("a").ip;
+        pool.allocate("c2", "eth0").expect("b");
+        let names: Vec<String> = fs::read_dir(pool.dir())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n != LOCK_FILE && n != LAST_RESERVED_FILE)
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+        let file = pool.dir().join(ip.to_string());
+        let keep = [Attachment {
+            container_id: "c2".into(),
+            ifname: "eth0".into(),
+        }];
+        for torn in ["", "c1\n", "c1\neth0\nmore\n"] {
+            fs::write(&file, torn).expect("tear");
+            let errors = [
+                pool.gc(&keep).expect_err("gc"),
+                pool.allocate("c3", "eth0").expect_err("allocate"),
+                pool.release("c2", "eth0").expect_err("release"),
+            ];
+            for err in errors {
+                assert!(
+                    err.to_string().contains(&file.display().to_string()),
+                    "{err}"
+                );
+            }
+            assert_eq!(fs::read_to_string(&file).expect("kept"), torn);
+        }
+        fs::write(&file, "c1\neth0").expect("whole, without the last newline");
+        assert_eq!(pool.allocations().expect("list").len(), 2);
     }
 
     #[test]
