@@ -38,6 +38,7 @@ pub struct Security {
     pub basic: Option<BasicAuth>,
     pub ext: Option<ExtAuth>,
     pub jwt: Option<crate::jwt::Jwt>,
+    pub oidc: Option<crate::oidc::Oidc>,
 }
 
 /// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
@@ -344,6 +345,34 @@ fn jwt(s: &Snapshot, ns: &str, j: &model::kinds::envoy::Jwt) -> Result<crate::jw
     })
 }
 
+/// An `oidc` with its client secret (the `client-secret` key of its Secret).
+fn oidc(
+    s: &Snapshot,
+    ns: &str,
+    policy: &str,
+    o: &model::kinds::envoy::Oidc,
+) -> Result<crate::oidc::Oidc, String> {
+    use crate::oidc::CLIENT_SECRET_KEY;
+    let r = o
+        .client_secret
+        .as_ref()
+        .ok_or("spec.oidc.clientSecret: needed")?;
+    let sns = r.namespace.as_deref().unwrap_or(ns);
+    let secret = secret_field(s, sns, &r.name, CLIENT_SECRET_KEY).ok_or_else(|| {
+        format!(
+            "spec.oidc.clientSecret: secret {sns}/{} has no {CLIENT_SECRET_KEY}",
+            r.name
+        )
+    })?;
+    let client_secret = String::from_utf8(secret)
+        .map_err(|_| format!("spec.oidc.clientSecret: {CLIENT_SECRET_KEY} is not UTF-8"))?;
+    crate::oidc::Oidc::new(crate::oidc::Settings {
+        policy,
+        spec: o,
+        client_secret: client_secret.trim_end_matches(['\n', '\r']).to_string(),
+    })
+}
+
 /// Compiles one policy: refused when validation refused it, or when a part of it does not
 /// compile (that part's error is also pushed to `problems`).
 fn compile_one(
@@ -359,6 +388,7 @@ fn compile_one(
         basic: None,
         ext: None,
         jwt: None,
+        oidc: None,
     };
     if sec.refused.is_some() {
         return sec;
@@ -382,13 +412,20 @@ fn compile_one(
                 .as_ref()
                 .map(|j| jwt(s, p.namespace(), j))
                 .transpose()?;
-            Ok((basic, ext, jwt))
+            let oidc = p
+                .spec
+                .oidc
+                .as_ref()
+                .map(|o| oidc(s, p.namespace(), &sec.policy, o))
+                .transpose()?;
+            Ok((basic, ext, jwt, oidc))
         });
     match parts {
-        Ok((basic, ext, jwt)) => {
+        Ok((basic, ext, jwt, oidc)) => {
             sec.basic = basic;
             sec.ext = ext;
             sec.jwt = jwt;
+            sec.oidc = oidc;
         }
         Err(why) => {
             problems.push((key.clone(), why.clone()));

@@ -398,6 +398,54 @@ pub struct Jwt {
     pub providers: Vec<Provider>,
 }
 
+/// Checks a token's claims at `now` (seconds since the epoch) in Envoy's order: issuer (when
+/// one is required), time (`exp`, `nbf`, with [`JWT_CLOCK_SKEW_SECS`]), audience (when some
+/// are required).
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    issuer: Option<&str>,
+    audiences: &[String],
+    now: u64,
+) -> Result<(), Denied> {
+    if let Some(want) = issuer
+        && claims.get("iss").and_then(Value::as_str) != Some(want)
+    {
+        return Err(Denied::UnknownIssuer);
+    }
+    let time = |name: &str| -> Result<Option<u64>, Denied> {
+        match claims.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .filter(|f| *f >= 0.0)
+                .map(|f| Some(f as u64))
+                .ok_or(Denied::BadFormat),
+        }
+    };
+    if let Some(exp) = time("exp")?
+        && now > exp.saturating_add(JWT_CLOCK_SKEW_SECS)
+    {
+        return Err(Denied::Expired);
+    }
+    if let Some(nbf) = time("nbf")?
+        && now.saturating_add(JWT_CLOCK_SKEW_SECS) < nbf
+    {
+        return Err(Denied::NotYetValid);
+    }
+    if !audiences.is_empty() {
+        let allowed = |a: &Value| a.as_str().is_some_and(|a| audiences.iter().any(|w| w == a));
+        let ok = match claims.get("aud") {
+            Some(Value::Array(list)) => list.iter().any(allowed),
+            Some(a) => allowed(a),
+            None => false,
+        };
+        if !ok {
+            return Err(Denied::AudienceNotAllowed);
+        }
+    }
+    Ok(())
+}
+
 /// The value of a claim as a header value: strings as they are, numbers and booleans printed;
 /// objects and arrays are not copied (as Envoy).
 fn claim_text(claims: &Map<String, Value>, path: &str) -> Option<String> {
@@ -423,45 +471,7 @@ impl Provider {
         jwks: &Jwks,
         now: u64,
     ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, Denied> {
-        if let Some(want) = &self.issuer
-            && t.claims.get("iss").and_then(Value::as_str) != Some(want.as_str())
-        {
-            return Err(Denied::UnknownIssuer);
-        }
-        let time = |name: &str| -> Result<Option<u64>, Denied> {
-            match t.claims.get(name) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_f64()
-                    .filter(|f| *f >= 0.0)
-                    .map(|f| Some(f as u64))
-                    .ok_or(Denied::BadFormat),
-            }
-        };
-        if let Some(exp) = time("exp")?
-            && now > exp.saturating_add(JWT_CLOCK_SKEW_SECS)
-        {
-            return Err(Denied::Expired);
-        }
-        if let Some(nbf) = time("nbf")?
-            && now.saturating_add(JWT_CLOCK_SKEW_SECS) < nbf
-        {
-            return Err(Denied::NotYetValid);
-        }
-        if !self.audiences.is_empty() {
-            let allowed = |a: &Value| {
-                a.as_str()
-                    .is_some_and(|a| self.audiences.iter().any(|w| w == a))
-            };
-            let ok = match t.claims.get("aud") {
-                Some(Value::Array(list)) => list.iter().any(allowed),
-                Some(a) => allowed(a),
-                None => false,
-            };
-            if !ok {
-                return Err(Denied::AudienceNotAllowed);
-            }
-        }
+        check_claims(&t.claims, self.issuer.as_deref(), &self.audiences, now)?;
         jwks.verify(t)?;
         Ok(self
             .claim_to_headers
@@ -490,18 +500,7 @@ impl Provider {
                         }
                     }
                 }
-                Location::Cookie(name) => {
-                    for v in headers.get_all(http::header::COOKIE) {
-                        let Ok(v) = v.to_str() else { continue };
-                        for pair in v.split(';') {
-                            if let Some((k, val)) = pair.trim().split_once('=')
-                                && k == name
-                            {
-                                out.push(val.trim_matches('"').to_string());
-                            }
-                        }
-                    }
-                }
+                Location::Cookie(name) => out.extend(cookies(headers, name)),
                 Location::Param(name) => {
                     for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
                         if k == name.as_str() {
@@ -516,6 +515,30 @@ impl Provider {
     }
 }
 
+/// Seconds since the Unix epoch (token times are in these).
+pub fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// The values of the cookies named `name` in a request's `Cookie` headers.
+pub fn cookies(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in headers.get_all(http::header::COOKIE) {
+        let Ok(v) = v.to_str() else { continue };
+        for pair in v.split(';') {
+            if let Some((k, val)) = pair.trim().split_once('=')
+                && k == name
+            {
+                out.push(val.trim_matches('"').to_string());
+            }
+        }
+    }
+    out
+}
+
 impl Jwt {
     /// Checks a request: the headers to add (claims) when a provider verifies its token.
     /// Providers are tried in order; the first that verifies a token lets the request on.
@@ -526,10 +549,7 @@ impl Jwt {
         headers: &http::HeaderMap,
         query: Option<&str>,
     ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, Denied> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
+        let now = epoch_secs();
         let mut first: Option<Denied> = None;
         for p in &self.providers {
             for token in p.tokens(headers, query) {
@@ -559,64 +579,94 @@ impl Jwt {
     }
 }
 
-/// A JWKS fetched from a URI and kept for [`JWKS_CACHE_DURATION`]; one per URI in the
-/// process ([`RemoteJwks::shared`]), so that a reload does not forget it.
-pub struct RemoteJwks {
+/// A document fetched from a URI, read by `parse`, and kept for [`JWKS_CACHE_DURATION`]: a
+/// JWKS ([`RemoteJwks`]) or an OpenID discovery document. One per URI in the process
+/// ([`RemoteJwks::shared`]), so that a reload does not forget it.
+pub struct Remote<T> {
     uri: String,
-    cached: Mutex<Cached>,
+    parse: fn(&[u8]) -> Result<T, String>,
+    cached: Mutex<Cached<T>>,
     /// Held while fetching: concurrent requests wait for one fetch instead of each making one.
     fetching: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
-struct Cached {
-    jwks: Option<(Arc<Jwks>, Instant)>,
+/// A remote JWKS.
+pub type RemoteJwks = Remote<Jwks>;
+
+struct Cached<T> {
+    value: Option<(Arc<T>, Instant)>,
     failed: Option<(String, Instant)>,
 }
 
-impl std::fmt::Debug for RemoteJwks {
+impl<T> std::fmt::Debug for Remote<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteJwks")
-            .field("uri", &self.uri)
-            .finish()
+        f.debug_struct("Remote").field("uri", &self.uri).finish()
     }
 }
 
-static REMOTE: LazyLock<Mutex<HashMap<String, Weak<RemoteJwks>>>> = LazyLock::new(Default::default);
+/// A process-wide set of [`Remote`]s by URI.
+pub type Registry<T> = LazyLock<Mutex<HashMap<String, Weak<Remote<T>>>>>;
 
-/// The client remote JWKS are fetched with: the system's CA bundle for `https://`.
+static JWKS: Registry<Jwks> = LazyLock::new(Default::default);
+
+/// The client remote documents are fetched with: the system's CA bundle for `https://`.
 static CLIENT: LazyLock<httpkit::Client> = LazyLock::new(|| {
     httpkit::Client::with_roots(std::path::Path::new(httpkit::CA_BUNDLE)).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "no CA bundle: remote JWKS over https cannot be fetched");
+        tracing::warn!(error = %e, "no CA bundle: remote JWKS and OpenID providers over https cannot be reached");
         httpkit::Client::default()
     })
 });
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// The client of [`Remote`] and of the OpenID token endpoint.
+pub fn client() -> &'static httpkit::Client {
+    &CLIENT
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl RemoteJwks {
-    /// The one cache of `uri` in this process.
+    /// The one cache of the JWKS at `uri` in this process.
     pub fn shared(uri: &str) -> Arc<RemoteJwks> {
-        let mut all = lock(&REMOTE);
+        Remote::in_registry(&JWKS, uri, Jwks::parse)
+    }
+}
+
+impl<T> Remote<T> {
+    /// The one cache of `uri` in `registry`.
+    pub fn in_registry(
+        registry: &Registry<T>,
+        uri: &str,
+        parse: fn(&[u8]) -> Result<T, String>,
+    ) -> Arc<Remote<T>> {
+        let mut all = lock(registry);
         if let Some(r) = all.get(uri).and_then(Weak::upgrade) {
             return r;
         }
         all.retain(|_, w| w.strong_count() > 0);
-        let r = Arc::new(RemoteJwks {
+        let r = Arc::new(Remote {
             uri: uri.to_string(),
-            cached: Mutex::new(Cached::default()),
+            parse,
+            cached: Mutex::new(Cached {
+                value: None,
+                failed: None,
+            }),
             fetching: tokio::sync::Mutex::new(()),
         });
         all.insert(uri.to_string(), Arc::downgrade(&r));
         r
     }
 
-    /// A fresh set, or the last good one when fetching fails; an error when there is none.
-    fn current(&self) -> Option<Result<Arc<Jwks>, String>> {
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// A fresh value, or the last good one when fetching failed lately; an error when there
+    /// is none.
+    fn current(&self) -> Option<Result<Arc<T>, String>> {
         let c = lock(&self.cached);
-        if let Some((j, at)) = &c.jwks
+        if let Some((j, at)) = &c.value
             && at.elapsed() < JWKS_CACHE_DURATION
         {
             return Some(Ok(j.clone()));
@@ -624,7 +674,7 @@ impl RemoteJwks {
         if let Some((why, at)) = &c.failed
             && at.elapsed() < JWKS_RETRY_INTERVAL
         {
-            return Some(match &c.jwks {
+            return Some(match &c.value {
                 Some((j, _)) => Ok(j.clone()),
                 None => Err(why.clone()),
             });
@@ -632,7 +682,7 @@ impl RemoteJwks {
         None
     }
 
-    pub async fn get(&self) -> Result<Arc<Jwks>, String> {
+    pub async fn get(&self) -> Result<Arc<T>, String> {
         if let Some(r) = self.current() {
             return r;
         }
@@ -645,15 +695,15 @@ impl RemoteJwks {
         match fetched {
             Ok(j) => {
                 let j = Arc::new(j);
-                c.jwks = Some((j.clone(), Instant::now()));
+                c.value = Some((j.clone(), Instant::now()));
                 c.failed = None;
                 Ok(j)
             }
             Err(why) => {
-                tracing::warn!(uri = %self.uri, error = %why, stale = c.jwks.is_some(),
-                    "remote JWKS fetch failed");
+                tracing::warn!(uri = %self.uri, error = %why, stale = c.value.is_some(),
+                    "remote fetch failed");
                 c.failed = Some((why.clone(), Instant::now()));
-                match &c.jwks {
+                match &c.value {
                     Some((j, _)) => Ok(j.clone()),
                     None => Err(why),
                 }
@@ -661,7 +711,7 @@ impl RemoteJwks {
         }
     }
 
-    async fn fetch(&self) -> Result<Jwks, String> {
+    async fn fetch(&self) -> Result<T, String> {
         let req = http::Request::get(&self.uri)
             .header(http::header::ACCEPT, "application/json")
             .body(bytes::Bytes::new())
@@ -673,7 +723,7 @@ impl RemoteJwks {
         if resp.status != 200 {
             return Err(format!("HTTP {}", resp.status));
         }
-        Jwks::parse(&resp.body)
+        (self.parse)(&resp.body)
     }
 }
 

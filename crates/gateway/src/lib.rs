@@ -5,7 +5,7 @@
 //!   swaps a new plan in atomically. Plain HTTP/1.1 forwarding takes trellis's own path
 //!   (`h1`), everything else hyper's.
 //! - [`auth`]: SecurityPolicies compiled (fail closed) and basic auth checked; [`jwt`]:
-//!   JWT verification and remote JWKS.
+//!   JWT verification and remote JWKS; [`oidc`]: the OpenID Connect login.
 //! - [`echo`]: the JSON echo server used as the backend in tests, benchmarks and the lab.
 //! - [`admin`]: `/healthz`, `/status`, `/metrics`.
 //! - [`record`]: one [`record::RequestRecord`] per request for an observer (flows).
@@ -22,6 +22,7 @@ mod h1;
 pub mod jwt;
 pub mod lua;
 pub mod metrics;
+pub mod oidc;
 pub mod plan;
 pub mod proxy;
 pub mod record;

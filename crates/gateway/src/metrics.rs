@@ -40,6 +40,7 @@ pub struct Metrics {
     pub security_policy_refused: Counter,
     pub basic_auth_denied: Counter,
     pub jwt_denied: Counter,
+    pub oidc_denied: Counter,
     pub access_log_dropped: Counter,
     pub keepalive_pools_exhausted: Counter,
     pub udp_sessions: Counter,
@@ -69,6 +70,7 @@ impl Default for Metrics {
             security_policy_refused: Counter::default(),
             basic_auth_denied: Counter::default(),
             jwt_denied: Counter::default(),
+            oidc_denied: Counter::default(),
             access_log_dropped: Counter::default(),
             keepalive_pools_exhausted: Counter::default(),
             udp_sessions: Counter::default(),
@@ -184,6 +186,11 @@ impl Metrics {
             "jwt_denied",
             "Requests JWT authentication refused (401)",
             self.jwt_denied.clone(),
+        );
+        r.register(
+            "oidc_denied",
+            "OpenID logins refused at the callback (401)",
+            self.oidc_denied.clone(),
         );
         r.register(
             "access_log_dropped",

@@ -1023,6 +1023,32 @@ async fn authenticate(
             }
         }
     }
+    if let Some(oidc) = &sec.oidc {
+        let authority = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or(host)
+            .to_string();
+        match oidc
+            .check(req.uri(), req.headers(), scheme, &authority)
+            .await
+        {
+            crate::oidc::Outcome::Pass(bearer) => {
+                oidc.strip_cookies(req.headers_mut());
+                if let Some(v) = bearer.and_then(|b| HeaderValue::from_str(&b).ok()) {
+                    req.headers_mut().insert(header::AUTHORIZATION, v);
+                }
+            }
+            crate::oidc::Outcome::Reply(r) => {
+                if r.status() == StatusCode::UNAUTHORIZED {
+                    state.metrics.oidc_denied.inc();
+                }
+                return Err(r.map(full));
+            }
+        }
+    }
     if let Some(jwt) = &sec.jwt {
         match jwt.check(req.headers(), query).await {
             Ok(add) => {

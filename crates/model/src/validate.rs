@@ -1698,6 +1698,20 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                 }
             }
             if let Some(o) = &spec.oidc {
+                if o.client_id.as_deref().unwrap_or_default().is_empty() {
+                    problem(
+                        status,
+                        "spec.oidc.clientID",
+                        "an OIDC client needs its clientID",
+                    );
+                }
+                if o.client_secret.is_none() {
+                    problem(
+                        status,
+                        "spec.oidc.clientSecret",
+                        "an OIDC client needs its clientSecret (a Secret with client-secret)",
+                    );
+                }
                 if let Some(cs) = &o.client_secret {
                     let ns = cs
                         .namespace
@@ -1754,9 +1768,6 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
 pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
     let mut push = |path: &str, what| out.push((path.to_string(), what));
-    if spec.oidc.is_some() {
-        push("spec.oidc", "OIDC authentication");
-    }
     if spec.authorization.is_some() {
         push(
             "spec.authorization",

@@ -11,6 +11,7 @@ mod http2;
 mod jwt;
 mod keepalive;
 mod lua;
+mod oidc;
 mod policies;
 mod reload;
 mod routing;

@@ -21,10 +21,11 @@ fn guarded(name: &str, spec: &str) -> String {
 /// Cases that must be refused: name, policy spec, what the condition's message must say.
 const REFUSED: &[(&str, &str, &str)] = &[
     (
-        // The corpus's envoy-oidc component, with its variables filled in.
+        // The corpus's envoy-oidc component, with its variables filled in, without its
+        // Secret (which the cluster's external-secrets would make).
         "oidc",
         "  oidc:\n    provider: {issuer: 'https://auth.example.com/oauth2/openid/app'}\n    clientID: app\n    clientSecret: {name: app-oidc}\n    redirectURL: https://app.example.com/oauth2/callback\n    logoutPath: /logout\n",
-        "spec.oidc: OIDC authentication is not enforced",
+        "secret gateway-conformance-infra/app-oidc not found",
     ),
     (
         // JWT is enforced, but not a JWKS reached through a backend.
@@ -41,6 +42,12 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "jwtnokeys",
         "  jwt:\n    providers: [{name: a, localJWKS: {type: Inline, inline: '{\"keys\": 1}'}}]\n",
         "the JWKS has no `keys` array",
+    ),
+    (
+        // A field of Envoy Gateway's OIDC that trellis does not implement yet.
+        "oidcdeny",
+        "  oidc:\n    provider: {issuer: 'https://auth.example.com'}\n    clientID: app\n    clientSecret: {name: users}\n    denyRedirect: {headers: [{name: accept, value: application/json}]}\n",
+        "field `spec.oidc.denyRedirect` is not known to trellis",
     ),
     (
         "authz",

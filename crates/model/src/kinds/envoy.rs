@@ -430,6 +430,9 @@ pub struct Oidc {
     pub cookie_domain: Option<String>,
     #[serde(default)]
     pub forward_access_token: Option<bool>,
+    /// Refresh the tokens with the refresh token when they expire (default true).
+    #[serde(default)]
+    pub refresh_token: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
