@@ -110,6 +110,16 @@ pub enum LabCommand {
         #[command(subcommand)]
         role: TcprrRole,
     },
+    /// The writer of the crash test: COUNT read-modify-writes of an assignments file, each
+    /// adding the Service `crash/svc-N` (N = how many there were), each followed by
+    /// `acked N+1` on stdout once the write returned; then waits for stdin to close.
+    #[command(hide = true)]
+    WriteAssignments {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        count: usize,
+    },
     /// The supervisor (started by `lab up`; not for direct use).
     #[command(hide = true)]
     Supervise {
@@ -320,7 +330,38 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ports,
         } => echo(pod, namespace, node, ports),
         LabCommand::Tcprr { role } => tcprr(role),
+        LabCommand::WriteAssignments { file, count } => write_assignments(file, *count),
     }
+}
+
+/// Where the crash test's Service number `n` lives: 10.96.0.100 + n.
+fn crash_service_ip(n: usize) -> Ipv4Addr {
+    let first = u32::from(Ipv4Addr::new(10, 96, 0, 100));
+    Ipv4Addr::from(first + u32::try_from(n).unwrap_or(u32::MAX - first))
+}
+
+/// `lab write-assignments`: the writer the crash test kills (see the subcommand's help).
+fn write_assignments(file: &std::path::Path, count: usize) -> Result<ExitCode> {
+    use std::io::{Read as _, Write as _};
+    let mut out = std::io::stdout().lock();
+    for _ in 0..count {
+        let mut a = lab::state::read_assignments(file)?.unwrap_or_default();
+        let n = a.services.len();
+        a.services.insert(
+            format!("crash/svc-{n}"),
+            fabric::ServiceAssignment {
+                cluster_ip: Some(crash_service_ip(n)),
+                ..Default::default()
+            },
+        );
+        lab::state::write_assignments(file, &a)?;
+        writeln!(out, "acked {}", n + 1)?;
+        out.flush()?;
+    }
+    // Stay until told (stdin closed), so a kill always meets a live process.
+    let mut rest = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut rest);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `lab up`: starts the supervisor and waits until the lab is ready.
