@@ -39,6 +39,186 @@ pub struct Security {
     pub ext: Option<ExtAuth>,
     pub jwt: Option<crate::jwt::Jwt>,
     pub oidc: Option<crate::oidc::Oidc>,
+    pub authorization: Option<Authorization>,
+}
+
+/// The body of a request authorization refused (Envoy's RBAC filter's).
+pub const FORBIDDEN: &str = "RBAC: access denied";
+
+/// SecurityPolicy `authorization`, compiled: the first rule that matches decides.
+#[derive(Debug)]
+pub struct Authorization {
+    pub rules: Vec<Rule>,
+    pub default_allow: bool,
+}
+
+/// One rule: it matches when every part it names matches.
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub allow: bool,
+    /// Empty: every method.
+    pub methods: Vec<http::Method>,
+    /// Empty: every client; else one must contain the client's address.
+    pub client_cidrs: Vec<ipnet::IpNet>,
+    pub jwt: Option<JwtRule>,
+    /// Every header must have one of its values.
+    pub headers: Vec<(http::HeaderName, Vec<String>)>,
+}
+
+/// The claims and scopes a rule asks of the token a named provider verified.
+#[derive(Debug)]
+pub struct JwtRule {
+    pub provider: String,
+    /// Dotted claim path, whether the claim is an array, the values one of which must match.
+    pub claims: Vec<(String, bool, Vec<String>)>,
+    pub scopes: Vec<String>,
+}
+
+impl JwtRule {
+    fn matches(&self, v: &crate::jwt::Verified) -> bool {
+        use serde_json::Value;
+        if v.provider != self.provider {
+            return false;
+        }
+        let claims_match = self.claims.iter().all(|(path, array, values)| {
+            match (crate::jwt::claim(&v.claims, path), array) {
+                (Some(Value::String(s)), false) => values.contains(s),
+                (Some(Value::Array(list)), true) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|s| values.iter().any(|w| w == s)),
+                _ => false,
+            }
+        });
+        let granted: Vec<&str> = v
+            .claims
+            .get("scope")
+            .and_then(Value::as_str)
+            .map(|s| s.split(' ').collect())
+            .unwrap_or_default();
+        claims_match && self.scopes.iter().all(|s| granted.contains(&s.as_str()))
+    }
+}
+
+impl Rule {
+    fn matches(
+        &self,
+        method: &http::Method,
+        client: std::net::IpAddr,
+        headers: &http::HeaderMap,
+        jwt: Option<&crate::jwt::Verified>,
+    ) -> bool {
+        (self.methods.is_empty() || self.methods.contains(method))
+            && (self.client_cidrs.is_empty()
+                || self.client_cidrs.iter().any(|c| c.contains(&client)))
+            && self
+                .jwt
+                .as_ref()
+                .is_none_or(|r| jwt.is_some_and(|v| r.matches(v)))
+            && self.headers.iter().all(|(name, values)| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .filter_map(|h| h.to_str().ok())
+                    .any(|h| values.iter().any(|w| w == h))
+            })
+    }
+}
+
+impl Authorization {
+    /// Whether a request may go on: `client` as the ClientTrafficPolicy detects it, `jwt`
+    /// the token the policy's `jwt` verified, if any.
+    pub fn allows(
+        &self,
+        method: &http::Method,
+        client: std::net::IpAddr,
+        headers: &http::HeaderMap,
+        jwt: Option<&crate::jwt::Verified>,
+    ) -> bool {
+        match self
+            .rules
+            .iter()
+            .find(|r| r.matches(method, client, headers, jwt))
+        {
+            Some(r) => {
+                tracing::debug!(rule = %r.name, allow = r.allow, "authorization rule matched");
+                r.allow
+            }
+            None => self.default_allow,
+        }
+    }
+}
+
+/// A SecurityPolicy's `authorization`, compiled (validation has checked its shape; what does
+/// not parse here refuses the policy).
+fn authorization(a: &model::kinds::envoy::Authorization) -> Result<Authorization, String> {
+    let mut rules = Vec::new();
+    for (i, r) in a.rules.iter().enumerate() {
+        let at = format!("spec.authorization.rules[{i}]");
+        let p = &r.principal;
+        let client_cidrs = p
+            .client_cidrs
+            .iter()
+            .map(|c| c.parse().map_err(|_| format!("{at}: {c:?} is not a CIDR")))
+            .collect::<Result<Vec<ipnet::IpNet>, _>>()?;
+        let methods = r
+            .operation
+            .iter()
+            .flat_map(|o| o.methods.iter())
+            .map(|m| {
+                model::validate::http_method(m)
+                    .and_then(|m| m.parse().ok())
+                    .ok_or_else(|| format!("{at}: {m:?} is not an HTTP method"))
+            })
+            .collect::<Result<Vec<http::Method>, _>>()?;
+        let headers = p
+            .headers
+            .iter()
+            .map(|h| {
+                header_name(&h.name)
+                    .map(|n| (n, h.values.clone()))
+                    .ok_or_else(|| format!("{at}: {:?} is not a header name", h.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if client_cidrs.is_empty() && p.jwt.is_none() && headers.is_empty() {
+            return Err(format!("{at}.principal: names nobody"));
+        }
+        rules.push(Rule {
+            name: r.name.clone().unwrap_or_else(|| format!("rule {i}")),
+            allow: match r.action.as_str() {
+                "Allow" => true,
+                "Deny" => false,
+                other => return Err(format!("{at}.action: {other:?}")),
+            },
+            methods,
+            client_cidrs,
+            jwt: p.jwt.as_ref().map(|j| JwtRule {
+                provider: j.provider.clone(),
+                claims: j
+                    .claims
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.name.clone(),
+                            c.value_type.as_deref() == Some("StringArray"),
+                            c.values.clone(),
+                        )
+                    })
+                    .collect(),
+                scopes: j.scopes.clone(),
+            }),
+            headers,
+        });
+    }
+    Ok(Authorization {
+        rules,
+        default_allow: match a.default_action.as_deref() {
+            None | Some("Deny") => false,
+            Some("Allow") => true,
+            Some(other) => return Err(format!("spec.authorization.defaultAction: {other:?}")),
+        },
+    })
 }
 
 /// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
@@ -389,6 +569,7 @@ fn compile_one(
         ext: None,
         jwt: None,
         oidc: None,
+        authorization: None,
     };
     if sec.refused.is_some() {
         return sec;
@@ -418,10 +599,17 @@ fn compile_one(
                 .as_ref()
                 .map(|o| oidc(s, p.namespace(), &sec.policy, o))
                 .transpose()?;
-            Ok((basic, ext, jwt, oidc))
+            let authz = p
+                .spec
+                .authorization
+                .as_ref()
+                .map(authorization)
+                .transpose()?;
+            Ok((basic, ext, jwt, oidc, authz))
         });
     match parts {
-        Ok((basic, ext, jwt, oidc)) => {
+        Ok((basic, ext, jwt, oidc, authz)) => {
+            sec.authorization = authz;
             sec.basic = basic;
             sec.ext = ext;
             sec.jwt = jwt;

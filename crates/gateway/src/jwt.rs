@@ -390,6 +390,16 @@ pub struct Provider {
     pub locations: Vec<Location>,
 }
 
+/// A token one provider verified.
+#[derive(Debug)]
+pub struct Verified {
+    /// The provider's name.
+    pub provider: String,
+    pub claims: Map<String, Value>,
+    /// The claims to copy into request headers.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
 /// A SecurityPolicy's `jwt`, compiled.
 #[derive(Debug)]
 pub struct Jwt {
@@ -446,15 +456,20 @@ pub fn check_claims(
     Ok(())
 }
 
-/// The value of a claim as a header value: strings as they are, numbers and booleans printed;
-/// objects and arrays are not copied (as Envoy).
-fn claim_text(claims: &Map<String, Value>, path: &str) -> Option<String> {
+/// A claim by its dotted path (`org.team`).
+pub fn claim<'c>(claims: &'c Map<String, Value>, path: &str) -> Option<&'c Value> {
     let mut parts = path.split('.');
     let mut v = claims.get(parts.next()?)?;
     for p in parts {
         v = v.get(p)?;
     }
-    match v {
+    Some(v)
+}
+
+/// The value of a claim as a header value: strings as they are, numbers and booleans printed;
+/// objects and arrays are not copied (as Envoy).
+fn claim_text(claims: &Map<String, Value>, path: &str) -> Option<String> {
+    match claim(claims, path)? {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Bool(b) => Some(b.to_string()),
@@ -548,23 +563,33 @@ impl Jwt {
         &self,
         headers: &http::HeaderMap,
         query: Option<&str>,
-    ) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, Denied> {
+    ) -> Result<Option<Verified>, Denied> {
         let now = epoch_secs();
         let mut first: Option<Denied> = None;
         for p in &self.providers {
             for token in p.tokens(headers, query) {
-                let outcome = match decode(&token) {
-                    Err(d) => Err(d),
-                    Ok(t) => match &p.keys {
-                        Keys::Local(jwks) => p.verify(&t, jwks, now),
-                        Keys::Remote(r) => match r.get().await {
-                            Ok(jwks) => p.verify(&t, &jwks, now),
-                            Err(_) => Err(Denied::JwksUnavailable),
-                        },
+                let t = match decode(&token) {
+                    Ok(t) => t,
+                    Err(d) => {
+                        first.get_or_insert(d);
+                        continue;
+                    }
+                };
+                let outcome = match &p.keys {
+                    Keys::Local(jwks) => p.verify(&t, jwks, now),
+                    Keys::Remote(r) => match r.get().await {
+                        Ok(jwks) => p.verify(&t, &jwks, now),
+                        Err(_) => Err(Denied::JwksUnavailable),
                     },
                 };
                 match outcome {
-                    Ok(add) => return Ok(add),
+                    Ok(headers) => {
+                        return Ok(Some(Verified {
+                            provider: p.name.clone(),
+                            claims: t.claims,
+                            headers,
+                        }));
+                    }
                     Err(d) => {
                         first.get_or_insert(d);
                     }
@@ -573,7 +598,7 @@ impl Jwt {
         }
         match first {
             Some(d) => Err(d),
-            None if self.optional => Ok(Vec::new()),
+            None if self.optional => Ok(None),
             None => Err(Denied::Missing),
         }
     }

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub basic_auth_denied: Counter,
     pub jwt_denied: Counter,
     pub oidc_denied: Counter,
+    pub authorization_denied: Counter,
     pub access_log_dropped: Counter,
     pub keepalive_pools_exhausted: Counter,
     pub udp_sessions: Counter,
@@ -71,6 +72,7 @@ impl Default for Metrics {
             basic_auth_denied: Counter::default(),
             jwt_denied: Counter::default(),
             oidc_denied: Counter::default(),
+            authorization_denied: Counter::default(),
             access_log_dropped: Counter::default(),
             keepalive_pools_exhausted: Counter::default(),
             udp_sessions: Counter::default(),
@@ -191,6 +193,11 @@ impl Metrics {
             "oidc_denied",
             "OpenID logins refused at the callback (401)",
             self.oidc_denied.clone(),
+        );
+        r.register(
+            "authorization_denied",
+            "Requests a SecurityPolicy's authorization rules refused (403)",
+            self.authorization_denied.clone(),
         );
         r.register(
             "access_log_dropped",

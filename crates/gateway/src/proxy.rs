@@ -1049,12 +1049,14 @@ async fn authenticate(
             }
         }
     }
+    let mut verified = None;
     if let Some(jwt) = &sec.jwt {
         match jwt.check(req.headers(), query).await {
-            Ok(add) => {
-                for (h, v) in add {
-                    req.headers_mut().insert(h, v);
+            Ok(v) => {
+                for (h, v) in v.iter().flat_map(|v| v.headers.iter()) {
+                    req.headers_mut().insert(h.clone(), v.clone());
                 }
+                verified = v;
             }
             Err(denied) => {
                 state.metrics.jwt_denied.inc();
@@ -1066,6 +1068,12 @@ async fn authenticate(
                 return Err(r);
             }
         }
+    }
+    if let Some(authz) = &sec.authorization
+        && !authz.allows(req.method(), client.ip(), req.headers(), verified.as_ref())
+    {
+        state.metrics.authorization_denied.inc();
+        return Err(local(StatusCode::FORBIDDEN, crate::auth::FORBIDDEN));
     }
     Ok(req)
 }

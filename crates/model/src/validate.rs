@@ -1652,6 +1652,11 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     problem(status, path, m);
                 }
             }
+            if let Some(a) = &spec.authorization {
+                for (path, m) in authorization_problems(spec, a) {
+                    problem(status, path, m);
+                }
+            }
             if let Some(h) = spec.ext_auth.as_ref().and_then(|e| e.http.as_ref())
                 && h.backend_ref.is_none()
                 && h.backend_refs.is_empty()
@@ -1768,12 +1773,6 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
 pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
     let mut push = |path: &str, what| out.push((path.to_string(), what));
-    if spec.authorization.is_some() {
-        push(
-            "spec.authorization",
-            "authorization (client CIDR, JWT claim, header rules)",
-        );
-    }
     if spec.api_key_auth.is_some() {
         push("spec.apiKeyAuth", "API key authentication");
     }
@@ -1809,6 +1808,102 @@ pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static s
         }
     }
     out
+}
+
+/// What is wrong in a SecurityPolicy's `authorization` (path, message): an action that is
+/// not Allow or Deny, a rule about nobody, a CIDR or method that does not parse, a JWT
+/// principal naming a provider the policy's `jwt` does not have.
+pub fn authorization_problems(
+    spec: &SecurityPolicySpec,
+    a: &crate::kinds::envoy::Authorization,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let action = |v: &str| matches!(v, "Allow" | "Deny");
+    if let Some(d) = &a.default_action
+        && !action(d)
+    {
+        out.push((
+            "spec.authorization.defaultAction".to_string(),
+            format!("{d:?} is not Allow or Deny"),
+        ));
+    }
+    for (i, r) in a.rules.iter().enumerate() {
+        let at = |f: &str| format!("spec.authorization.rules[{i}]{f}");
+        if !action(&r.action) {
+            out.push((
+                at(".action"),
+                format!("{:?} is not Allow or Deny", r.action),
+            ));
+        }
+        let p = &r.principal;
+        if p.client_cidrs.is_empty() && p.jwt.is_none() && p.headers.is_empty() {
+            out.push((
+                at(".principal"),
+                "needs clientCIDRs, jwt or headers".to_string(),
+            ));
+        }
+        for (k, c) in p.client_cidrs.iter().enumerate() {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                out.push((
+                    at(&format!(".principal.clientCIDRs[{k}]")),
+                    format!("{c:?} is not a CIDR"),
+                ));
+            }
+        }
+        for (k, m) in r
+            .operation
+            .iter()
+            .flat_map(|o| o.methods.iter())
+            .enumerate()
+        {
+            if http_method(m).is_none() {
+                out.push((
+                    at(&format!(".operation.methods[{k}]")),
+                    format!("{m:?} is not an HTTP method"),
+                ));
+            }
+        }
+        if let Some(j) = &p.jwt {
+            let known = spec
+                .jwt
+                .iter()
+                .flat_map(|x| x.providers.iter())
+                .any(|pr| pr.name == j.provider);
+            if !known {
+                out.push((
+                    at(".principal.jwt.provider"),
+                    format!(
+                        "provider {:?} is not one of this policy's jwt providers",
+                        j.provider
+                    ),
+                ));
+            }
+            if j.claims.is_empty() && j.scopes.is_empty() {
+                out.push((at(".principal.jwt"), "needs claims or scopes".to_string()));
+            }
+            for (k, c) in j.claims.iter().enumerate() {
+                if !matches!(
+                    c.value_type.as_deref(),
+                    None | Some("String" | "StringArray")
+                ) {
+                    out.push((
+                        at(&format!(".principal.jwt.claims[{k}].valueType")),
+                        "is not String or StringArray".to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The methods an authorization rule may name (the Gateway API's `HTTPMethod`).
+pub fn http_method(m: &str) -> Option<&'static str> {
+    [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ]
+    .into_iter()
+    .find(|x| *x == m)
 }
 
 /// The most providers one `jwt` may list (Envoy Gateway's CRD bound).

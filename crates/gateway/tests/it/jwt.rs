@@ -168,6 +168,7 @@ async fn jwt_tokens_signed_by_openssl_are_verified() {
         .expect("addr");
 
     let ec_set = serde_json::json!({"keys": [ec_jwk(&ec, "e1")]}).to_string();
+    let rsa_set = serde_json::json!({"keys": [rsa_jwk(&rsa, "r1")]}).to_string();
     let mut manifests = route(
         "rsa",
         &format!(
@@ -179,6 +180,20 @@ async fn jwt_tokens_signed_by_openssl_are_verified() {
         "ec",
         &format!(
             "    optional: true\n    providers:\n    - name: local\n      localJWKS: {{type: Inline, inline: '{ec_set}'}}\n      extractFrom: {{cookies: [tok]}}\n"
+        ),
+    ));
+    // Authorization after authentication: a DELETE from anywhere is refused, a token with
+    // the admin group and the read scope is allowed, so is a loopback client naming its team,
+    // nothing else.
+    manifests.push_str(&route(
+        "rbac",
+        &format!(
+            "    optional: true\n    providers:\n    - name: local\n      localJWKS: {{type: Inline, inline: '{rsa_set}'}}\n  \
+             authorization:\n    defaultAction: Deny\n    rules:\n    \
+             - {{name: no-deletes, action: Deny, operation: {{methods: [DELETE]}}, principal: {{clientCIDRs: [0.0.0.0/0]}}}}\n    \
+             - {{name: admins, action: Allow, principal: {{jwt: {{provider: local, scopes: [read], claims: [{{name: groups, valueType: StringArray, values: [admin]}}]}}}}}}\n    \
+             - {{name: team, action: Allow, principal: {{clientCIDRs: [127.0.0.0/8], headers: [{{name: X-Team, values: [net, dns]}}]}}}}\n    \
+             - {{name: elsewhere, action: Allow, principal: {{clientCIDRs: [10.0.0.0/8]}}}}\n"
         ),
     ));
     manifests.push_str(&route(
@@ -217,6 +232,20 @@ async fn jwt_tokens_signed_by_openssl_are_verified() {
         "ES256",
         "e1",
         &serde_json::json!({"sub": "bob", "exp": t - 3600}),
+    );
+    let admin = sign(
+        &rsa,
+        "RS256",
+        "r1",
+        &serde_json::json!({"sub": "carol", "exp": t + 600,
+        "groups": ["staff", "admin"], "scope": "read write"}),
+    );
+    let no_scope = sign(
+        &rsa,
+        "RS256",
+        "r1",
+        &serde_json::json!({"sub": "dan", "exp": t + 600,
+        "groups": ["admin"], "scope": "write"}),
     );
 
     let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
@@ -276,13 +305,33 @@ async fn jwt_tokens_signed_by_openssl_are_verified() {
             let (status, _, _) = request(addr, "ec", &[proto, "-H", &h]);
             assert_eq!(status, 200, "optional: a token elsewhere is no token");
 
+            // Authorization.
+            let h = bearer(&admin);
+            let weak = bearer(&no_scope);
+            for (what, extra, want) in [
+                ("admin", vec!["-H", h.as_str()], 200),
+                ("admin deleting", vec!["-H", h.as_str(), "-X", "DELETE"], 403),
+                ("no scope", vec!["-H", weak.as_str()], 403),
+                ("team header", vec!["-H", "x-team: dns"], 200),
+                ("another team", vec!["-H", "x-team: web"], 403),
+                ("nobody", vec![], 403),
+            ] {
+                let mut args = vec![proto];
+                args.extend(extra);
+                let (status, _, body) = request(addr, "rbac", &args);
+                assert_eq!(status, want, "{what} {proto}: {body}");
+                if want == 403 {
+                    assert_eq!(body.trim(), "RBAC: access denied");
+                }
+            }
+
             // A JWKS that cannot be fetched: every token refused.
             let h = bearer(&good);
             let (status, _, body) = request(addr, "down", &[proto, "-H", &h]);
             assert_eq!((status, body.trim()), (401, "Jwks remote fetch is failed"));
         }
         let reached = echo.seen().len();
-        assert_eq!(reached, 2 * 2 + 2 * 3, "only verified or optional requests reach the backend");
+        assert_eq!(reached, 2 * 2 + 2 * 3 + 2 * 2, "only verified or optional requests reach the backend");
     })
     .await
     .expect("requests");
@@ -292,5 +341,6 @@ async fn jwt_tokens_signed_by_openssl_are_verified() {
         "the JWKS is fetched once and cached"
     );
     assert_eq!(metrics.jwt_denied.get(), 2 * (1 + 6 + 1 + 1));
+    assert_eq!(metrics.authorization_denied.get(), 2 * 4);
     running.stop().await;
 }

@@ -51,8 +51,9 @@ const REFUSED: &[(&str, &str, &str)] = &[
     ),
     (
         "authz",
-        "  authorization:\n    defaultAction: Deny\n    rules: [{action: Allow, principal: {clientCIDRs: [10.0.0.0/8]}}]\n",
-        "spec.authorization: authorization",
+        // A rule about a token no provider of the policy verifies.
+        "  authorization:\n    defaultAction: Deny\n    rules: [{action: Allow, principal: {jwt: {provider: nobody, scopes: [read]}}}]\n",
+        "spec.authorization.rules[0].principal.jwt.provider: provider \"nobody\" is not one of this policy's jwt providers",
     ),
     (
         "apikey",

@@ -370,7 +370,80 @@ pub struct SecurityPolicySpec {
     #[serde(default)]
     pub api_key_auth: Option<Value>,
     #[serde(default)]
-    pub authorization: Option<Value>,
+    pub authorization: Option<Authorization>,
+}
+
+/// SecurityPolicy `authorization`: rules tried in order, the first that matches decides;
+/// none matching, `defaultAction` (Deny when absent).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRule>,
+    #[serde(default)]
+    pub default_action: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `Allow` or `Deny`.
+    pub action: String,
+    #[serde(default)]
+    pub operation: Option<AuthorizationOperation>,
+    #[serde(default)]
+    pub principal: Principal,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationOperation {
+    #[serde(default)]
+    pub methods: Vec<String>,
+}
+
+/// Who a rule is about: every part given must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Principal {
+    #[serde(rename = "clientCIDRs", default)]
+    pub client_cidrs: Vec<String>,
+    #[serde(default)]
+    pub jwt: Option<JwtPrincipal>,
+    #[serde(default)]
+    pub headers: Vec<AuthorizationHeaderMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtPrincipal {
+    /// A provider of the same policy's `jwt`.
+    pub provider: String,
+    #[serde(default)]
+    pub claims: Vec<JwtClaim>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtClaim {
+    pub name: String,
+    /// `String` (default) or `StringArray`.
+    #[serde(default)]
+    pub value_type: Option<String>,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationHeaderMatch {
+    pub name: String,
+    #[serde(default)]
+    pub values: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
