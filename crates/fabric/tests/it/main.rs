@@ -1,5 +1,6 @@
 //! The fabric's pure compile on real manifest trees (the corpus and the home-lab example), and
-//! properties of the allocator and the Maglev table over generated inputs.
+//! properties of the allocator and the Maglev table over generated inputs; `l2`: the
+//! announcer over a torn lease file, in a network namespace (root).
 
 mod l2;
 mod props;
