@@ -27,6 +27,9 @@ pub const CACHE_ENTRIES_MAX: usize = 10_000;
 pub const CACHE_TTL_MAX: Duration = Duration::from_secs(3600);
 pub const STALE_MAX: Duration = Duration::from_secs(86_400);
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+/// Queries asked of the upstreams at once (CoreDNS forward's `max_concurrent`, whose default
+/// this is); more are answered REFUSED at once, as CoreDNS does, and counted.
+pub const FORWARD_CONCURRENT_MAX: usize = 1000;
 /// TTL given to an answer served stale.
 pub const STALE_TTL: u32 = 30;
 
@@ -62,7 +65,12 @@ pub struct Forwarder {
     upstreams: Vec<SocketAddr>,
     cache: Mutex<HashMap<(String, RecordType), Entry>>,
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// One permit per query being asked of the upstreams.
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// A query's place among those asked of the upstreams at once ([`Forwarder::slot`]).
+pub type Slot = tokio::sync::OwnedSemaphorePermit;
 
 impl std::fmt::Debug for Forwarder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -117,7 +125,34 @@ impl Forwarder {
             upstreams,
             cache: Mutex::new(HashMap::new()),
             metrics: None,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_CONCURRENT_MAX)),
         })
+    }
+
+    /// At most `n` queries asked of the upstreams at once (instead of
+    /// [`FORWARD_CONCURRENT_MAX`]).
+    pub fn with_max_concurrent(mut self, n: usize) -> Forwarder {
+        self.slots = std::sync::Arc::new(tokio::sync::Semaphore::new(n));
+        self
+    }
+
+    /// A place for one more query to the upstreams, or `None` (counted) when
+    /// `max_concurrent` are under way: the query is then answered with [`Forwarder::refused`].
+    pub fn slot(&self) -> Option<Slot> {
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        if slot.is_none()
+            && let Some(m) = &self.metrics
+        {
+            m.forward_max_concurrent_rejects.inc();
+        }
+        slot
+    }
+
+    /// The answer to a query refused for want of a [`Slot`].
+    pub fn refused(req: &Message) -> Message {
+        let mut out = reply_to(req);
+        out.metadata.response_code = ResponseCode::Refused;
+        out
     }
 
     /// Counts cache hits and misses and upstream latency in `m`.
@@ -159,15 +194,19 @@ impl Forwarder {
     }
 
     pub async fn resolve(self: &std::sync::Arc<Self>, req: &Message) -> Message {
-        match self.from_cache(req) {
-            Some(r) => r,
-            None => self.resolve_missed(req).await,
+        if let Some(r) = self.from_cache(req) {
+            return r;
+        }
+        match self.slot() {
+            Some(slot) => self.resolve_missed(req, slot).await,
+            None => Forwarder::refused(req),
         }
     }
 
     /// [`Forwarder::resolve`] for a query [`Forwarder::from_cache`] just did not answer:
-    /// asks the upstreams (a stale cached answer when none answers) without looking again.
-    pub async fn resolve_missed(&self, req: &Message) -> Message {
+    /// asks the upstreams (a stale cached answer when none answers) without looking again,
+    /// holding its `slot` until then.
+    pub async fn resolve_missed(&self, req: &Message, _slot: Slot) -> Message {
         let mut out = reply_to(req);
         let Some(q) = req.queries.first() else {
             out.metadata.response_code = ResponseCode::FormErr;

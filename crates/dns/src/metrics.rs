@@ -35,6 +35,11 @@ pub struct Metrics {
     pub tcp_timeouts: Counter,
     /// Failed accepts on the TCP listener (each followed by `server::ACCEPT_ERROR_BACKOFF`).
     pub tcp_accept_errors: Counter,
+    /// Queries answered REFUSED because `forward::FORWARD_CONCURRENT_MAX` were being asked of
+    /// the upstreams (CoreDNS's `coredns_forward_max_concurrent_rejects_total`).
+    pub forward_max_concurrent_rejects: Counter,
+    /// TCP connections closed on arrival because `server::TCP_CONNECTIONS_MAX` were open.
+    pub tcp_connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -48,6 +53,8 @@ impl Default for Metrics {
             request_duration: Histogram::new(exponential_buckets(0.00001, 2.0, 20)),
             tcp_timeouts: Counter::default(),
             tcp_accept_errors: Counter::default(),
+            forward_max_concurrent_rejects: Counter::default(),
+            tcp_connections_refused: Counter::default(),
         }
     }
 }
@@ -85,6 +92,11 @@ impl Metrics {
             "Time to answer a query",
             self.request_duration.clone(),
         );
+        r.register(
+            "forward_max_concurrent_rejects",
+            "Queries refused because max_concurrent were being forwarded",
+            self.forward_max_concurrent_rejects.clone(),
+        );
         // Limits CoreDNS has no metric for: trellis's own names.
         let t = registry.sub_registry_with_prefix("trellis_dns");
         t.register(
@@ -96,6 +108,11 @@ impl Metrics {
             "tcp_accept_errors",
             "Failed accepts on the TCP listener",
             self.tcp_accept_errors.clone(),
+        );
+        t.register(
+            "tcp_connections_refused",
+            "TCP connections closed on arrival because the most allowed were open",
+            self.tcp_connections_refused.clone(),
         );
     }
 

@@ -23,6 +23,9 @@ pub const TCP_IDLE: Duration = Duration::from_secs(10);
 /// Once a message's length has come, the message must come within this, and an answer must
 /// be taken within it (CoreDNS's read and write timeouts, from miekg/dns: 2 s).
 pub const TCP_MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
+/// TCP connections open at once; one more is closed on arrival and counted
+/// (`trellis_dns_tcp_connections_refused_total`). `Ops::tcp_connections_max` lowers it.
+pub const TCP_CONNECTIONS_MAX: usize = 1024;
 /// How long accepting pauses after an error (EMFILE, ENFILE), so the loop does not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -70,6 +73,8 @@ pub struct Ops {
     pub query_log: bool,
     /// Told about every answered query (the binary makes flows of them), if anyone.
     pub observer: Option<crate::record::Observer>,
+    /// TCP connections open at once when not [`TCP_CONNECTIONS_MAX`].
+    pub tcp_connections_max: Option<usize>,
 }
 
 /// A parsed query, answered from the querier's view when the view holds its name.
@@ -402,9 +407,16 @@ impl UdpListener {
                 // A cache hit is answered here, and replayed from then on.
                 Some(r) => (r, Source::Cache),
                 None => {
+                    let Some(slot) = fwd.slot() else {
+                        // Too many forwarded at once: REFUSED now (never replayed).
+                        let r = Forwarder::refused(p.req());
+                        return finish(&p, r, o, n, peer, self.addr, Transport::Udp)
+                            .map(|a| *out = a)
+                            .is_some();
+                    };
                     let (fwd, o, udp, addr) = (fwd.clone(), o.clone(), self.udp.clone(), self.addr);
                     tokio::spawn(async move {
-                        let r = fwd.resolve_missed(p.req()).await;
+                        let r = fwd.resolve_missed(p.req(), slot).await;
                         if let Some(out) = finish(&p, r, &o, n, peer, addr, Transport::Udp) {
                             let _ = udp.send_to(&out, peer).await;
                         }
@@ -490,6 +502,9 @@ pub async fn start_with(
     };
     tokio::spawn(listener.run());
     let (z, f, o) = (views.clone(), forwarder, ops);
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        o.tcp_connections_max.unwrap_or(TCP_CONNECTIONS_MAX),
+    ));
     tokio::spawn(async move {
         loop {
             let (mut stream, peer) = match tcp.accept().await {
@@ -503,8 +518,16 @@ pub async fn start_with(
                     continue;
                 }
             };
+            let Ok(slot) = open.clone().try_acquire_owned() else {
+                if let Some(m) = &o.metrics {
+                    m.tcp_connections_refused.inc();
+                }
+                tracing::debug!(%peer, "dns tcp: connection limit reached; closing");
+                continue;
+            };
             let (z, f, o) = (z.clone(), f.clone(), o.clone());
             tokio::spawn(async move {
+                let _slot = slot;
                 tcp_connection(&mut stream, peer, tcp_addr, &z, f.as_ref(), &o).await;
             });
         }

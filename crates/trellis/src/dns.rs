@@ -130,6 +130,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         metrics: Some(metrics.clone()),
         query_log: args.query_log,
         observer: None,
+        tcp_connections_max: None,
     };
     let status = Arc::new(ArcSwap::from_pointee(status_of(&views)));
     crate::gateway::runtime()?.block_on(async move {

@@ -462,3 +462,97 @@ async fn tcp_message_that_never_comes_is_cut_off() {
         "the connection stayed open: {closed:?}"
     );
 }
+
+/// CoreDNS's `max_concurrent`: with two queries waiting on an upstream that never answers,
+/// a third is REFUSED at once and counted; and a TCP connection past the cap is closed on
+/// arrival and counted, while the ones open are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_and_tcp_connections_are_bounded() {
+    // An upstream that takes queries and never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let metrics = std::sync::Arc::new(dns::metrics::Metrics::default());
+    let fwd = std::sync::Arc::new(
+        dns::forward::Forwarder::new(vec![silent.local_addr().expect("addr")], None)
+            .expect("forwarder")
+            .with_metrics(metrics.clone())
+            .with_max_concurrent(2),
+    );
+    let zone = dns::compile(&model::Snapshot::default(), &dns::ZoneConfig::default());
+    let running = dns::server::start_with(
+        "127.0.0.1:0".parse().expect("addr"),
+        dns::Views {
+            views: Vec::new(),
+            default: zone,
+            rewrites: Vec::new(),
+        },
+        Some(fwd),
+        dns::server::Ops {
+            metrics: Some(metrics.clone()),
+            tcp_connections_max: Some(2),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("starts");
+    let port = running.udp.port();
+    let m = metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let waiting: Vec<_> = ["a.example.test", "b.example.test"]
+            .into_iter()
+            .map(|name| std::thread::spawn(move || dig(port, &["+time=5", name, "A"])))
+            .collect();
+        // Both have reached the upstream: two queries in flight.
+        let mut buf = [0u8; 512];
+        for _ in 0..2 {
+            silent.recv_from(&mut buf).expect("a forwarded query");
+        }
+        assert_eq!(status(port, "c.example.test", "A").0, "REFUSED");
+        assert_eq!(m.forward_max_concurrent_rejects.get(), 1);
+        for w in waiting {
+            let out = w.join().expect("dig");
+            assert!(
+                out.contains("status: SERVFAIL"),
+                "no upstream answered: {out}"
+            );
+        }
+        // With the slots back, the next one is forwarded again.
+        let again = std::thread::spawn(move || dig(port, &["+time=5", "d.example.test", "A"]));
+        silent.recv_from(&mut buf).expect("forwarded again");
+        assert!(again.join().expect("dig").contains("status: SERVFAIL"));
+
+        // TCP: two connections held open, a third closed on arrival.
+        use std::io::Read;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let held: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut third = std::net::TcpStream::connect(addr).expect("the kernel accepts");
+        third
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(third.read(&mut buf).expect("closed, not timed out"), 0);
+        assert_eq!(m.tcp_connections_refused.get(), 1);
+        drop(held);
+        // A connection ends in its own task: the slot comes back shortly after the close.
+        let served = (0..50).any(|_| {
+            let ok = dig(
+                port,
+                &["+tcp", "+short", "dns-version.cluster.local", "TXT"],
+            )
+            .contains("1.1.0");
+            if !ok {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            ok
+        });
+        assert!(
+            served,
+            "a TCP query is served again once connections closed"
+        );
+    })
+    .await
+    .expect("checks");
+}
