@@ -132,15 +132,16 @@ pub(crate) async fn serve<S: Client>(
     mut stream: S,
     drain: watch::Receiver<bool>,
 ) {
-    if *drain.borrow() {
-        // Accepted just as the drain began.
-        return;
-    }
     let mut buf = BytesMut::new();
     // One wait for the drain for the connection's life (registered once, not per request).
     let mut drain_wait = drain.clone();
     let drained = drain_wait.changed();
     tokio::pin!(drained);
+    // Whether the drain has been seen (the wait above completes once), and whether this
+    // connection has had an answer yet: one accepted as a drain begins still gets its first
+    // request answered, within `DRAIN_FIRST_REQUEST_GRACE`.
+    let mut drain_seen = *drain.borrow();
+    let mut served = false;
     loop {
         // Until a whole request (head and body) is buffered.
         let mut deadline = None;
@@ -170,13 +171,31 @@ pub(crate) async fn serve<S: Client>(
                 buf = BytesMut::new();
                 // A connection that sends nothing (first request or next) is closed after
                 // the idle timeout rather than held forever.
+                let idle = if drain_seen {
+                    if served {
+                        return;
+                    }
+                    crate::proxy::DRAIN_FIRST_REQUEST_GRACE
+                } else {
+                    crate::proxy::CLIENT_IDLE_TIMEOUT
+                };
                 tokio::select! {
                     biased;
-                    r = tokio::time::timeout(
-                        crate::proxy::CLIENT_IDLE_TIMEOUT,
-                        stream.read_idle(&mut buf),
-                    ) => r.unwrap_or(Err(io::ErrorKind::TimedOut.into())),
-                    _ = &mut drained => return,
+                    r = tokio::time::timeout(idle, stream.read_idle(&mut buf)) => {
+                        r.unwrap_or(Err(io::ErrorKind::TimedOut.into()))
+                    }
+                    _ = &mut drained, if !drain_seen => {
+                        drain_seen = true;
+                        if served {
+                            return;
+                        }
+                        tokio::time::timeout(
+                            crate::proxy::DRAIN_FIRST_REQUEST_GRACE,
+                            stream.read_idle(&mut buf),
+                        )
+                        .await
+                        .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
+                    }
                 }
             } else {
                 // Part of a request: the rest must come within the header read timeout.
@@ -192,9 +211,10 @@ pub(crate) async fn serve<S: Client>(
         };
         // Counted before the answer goes out, so that whoever got it sees the count.
         state.metrics.h1_fast.inc();
-        let closing = drain.has_changed().unwrap_or(true);
+        let closing = *drain.borrow();
         let done = exchange(&state, &mut stream, &ex, closing).await;
         let keep_alive = done.keep_alive;
+        served = true;
         // The request stays at the start of the buffer until its record is made.
         let len = ex.len;
         finish(&state, port, peer, scheme, ex, &done, &buf);

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub jwt_denied: Counter,
     pub oidc_denied: Counter,
     pub authorization_denied: Counter,
+    /// Client connections closed on arrival at `proxy::CLIENT_CONNECTIONS_MAX`.
+    pub connections_refused: Counter,
     pub access_log_dropped: Counter,
     pub keepalive_pools_exhausted: Counter,
     pub udp_sessions: Counter,
@@ -73,6 +75,7 @@ impl Default for Metrics {
             jwt_denied: Counter::default(),
             oidc_denied: Counter::default(),
             authorization_denied: Counter::default(),
+            connections_refused: Counter::default(),
             access_log_dropped: Counter::default(),
             keepalive_pools_exhausted: Counter::default(),
             udp_sessions: Counter::default(),
@@ -198,6 +201,11 @@ impl Metrics {
             "authorization_denied",
             "Requests a SecurityPolicy's authorization rules refused (403)",
             self.authorization_denied.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed on arrival because the most allowed were open",
+            self.connections_refused.clone(),
         );
         r.register(
             "access_log_dropped",

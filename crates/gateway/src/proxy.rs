@@ -54,6 +54,13 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a client connection on the own HTTP/1 path may stay without a request, the first
 /// one included, before it is closed (Envoy's downstream `idle_timeout` default, 1 h).
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Client connections (HTTP, TLS, TCPRoute) open at once on one gateway; one more is closed
+/// on arrival and counted (`connections_refused`). Envoy has no default limit (its overload
+/// manager's is opt-in); this bounds the file descriptors one gateway can be made to hold.
+pub const CLIENT_CONNECTIONS_MAX: usize = 16_384;
+/// When a drain starts, a connection that has not yet sent its first request gets this long
+/// to send it, and is answered (with `Connection: close`) rather than closed unanswered.
+pub const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// Upstream connection pools with keep-alive settings of their own (one per distinct
 /// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
 pub const KEEPALIVE_POOLS_MAX: usize = 32;
@@ -70,6 +77,8 @@ pub struct Bind {
     pub access_log: Option<AccessLog>,
     /// Who is told about every HTTP request (the binary makes flows of them), if anyone.
     pub observer: Option<crate::record::Observer>,
+    /// Client connections open at once when not [`CLIENT_CONNECTIONS_MAX`].
+    pub connections_max: Option<usize>,
 }
 
 /// Access log lines queued for a writer thread, so that a slow stdout never slows requests;
@@ -117,11 +126,13 @@ pub(crate) struct State {
     pub(crate) h1_pool: crate::h1::Pool,
     /// Set once when draining: connections close when idle and after the request in flight.
     draining: watch::Sender<bool>,
-    /// HTTP connections open (plain and TLS), for a drain to wait on.
+    /// Client connections open (HTTP, TLS, TCPRoute), for a drain to wait on and for the
+    /// connection limit.
     open: watch::Sender<usize>,
+    connections_max: usize,
 }
 
-/// Counts an HTTP connection as open for as long as it lives.
+/// Counts a client connection as open for as long as it lives.
 struct OpenConnection(Arc<State>);
 
 impl OpenConnection {
@@ -244,6 +255,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         h1_pool: crate::h1::Pool::default(),
         draining: watch::channel(false).0,
         open: watch::channel(0).0,
+        connections_max: bind.connections_max.unwrap_or(CLIENT_CONNECTIONS_MAX),
     });
     let ip = bind
         .ip
@@ -349,6 +361,11 @@ impl Running {
         self.state.metrics.reloads.inc();
     }
 
+    /// Client connections open now (HTTP, TLS, TCPRoute).
+    pub fn open_connections(&self) -> usize {
+        *self.state.open.borrow()
+    }
+
     /// Stops accepting; connections in flight finish on their own.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
@@ -394,6 +411,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        if *state.open.borrow() >= state.connections_max {
+            state.metrics.connections_refused.inc();
+            tracing::debug!(%peer, "connection limit reached; closing");
+            continue;
+        }
+        // Counted from here, before the connection's task runs, so that the next accept sees
+        // it (and a drain waits for it).
+        let open = OpenConnection::new(&state);
         let _ = stream.set_nodelay(true);
         if let Some(k) = state.client_keepalive.load().as_deref()
             && let Err(e) = set_keepalive(&stream, k)
@@ -404,16 +429,17 @@ async fn accept_loop(
         let listen = state.ports.load().get(&port).cloned();
         let Some(listen) = listen else { continue };
         tokio::spawn(async move {
+            let _open = open;
             let drain = state.draining.subscribe();
             match listen {
                 Listen::Http(_) => {
-                    let _open = OpenConnection::new(&state);
                     crate::h1::serve(state, port, peer, "http", stream, drain).await;
                 }
                 Listen::Tls(t) => {
-                    let _open = OpenConnection::new(&state);
                     serve_tls(state, port, peer, &t, stream, drain).await;
                 }
+                // Counted too: a drain waits for TCPRoute connections to end (up to its
+                // timeout) instead of cutting them.
                 Listen::Tcp(t) => {
                     if let Some(b) =
                         pick_weighted(&t.backends, state.next.fetch_add(1, Ordering::Relaxed))
@@ -437,11 +463,17 @@ pub(crate) async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Told when the first request arrives: a drain gives a connection without one
+    // `DRAIN_FIRST_REQUEST_GRACE` to send it.
+    let first = Arc::new(tokio::sync::Notify::new());
+    let arrived = first.clone();
     // The request's future is boxed: the connection keeps room for its service's future
     // inline, and this one is large (routing, retries, compression), so an idle keep-alive
     // connection would carry it for nothing.
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
+        // A stored permit when nobody waits yet: the drain's wait below sees it.
+        arrived.notify_one();
         Box::pin(async move { Ok::<_, Infallible>(handle(&state, port, peer, scheme, req).await) })
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -455,19 +487,33 @@ pub(crate) async fn serve_http<S>(
         .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    // A drain lets the request in flight finish and closes the connection after it.
-    if *drain.borrow_and_update() {
-        conn.as_mut().graceful_shutdown();
-    }
+    // A drain lets the request in flight finish and closes the connection after it; one that
+    // has not sent a request yet gets the grace to send its first.
+    let draining = async {
+        if !*drain.borrow_and_update() {
+            let _ = drain.changed().await;
+        }
+    };
     let ended = tokio::select! {
         r = conn.as_mut() => Some(r),
-        _ = drain.changed() => None,
+        _ = draining => None,
     };
     let ended = match ended {
         Some(r) => r,
         None => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            let grace = tokio::time::sleep(DRAIN_FIRST_REQUEST_GRACE);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = first.notified() => None,
+                _ = grace => None,
+            };
+            match ended {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
         }
     };
     if let Err(e) = ended {

@@ -193,7 +193,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             pods.update(&first.snapshot);
             crate::observe::gateway_observer(&o.flows(), pods.clone())
         });
-        let bind = gateway::Bind { ip: args.bind, port_map, access_log, observer };
+        let bind = gateway::Bind {
+            ip: args.bind,
+            port_map,
+            access_log,
+            observer,
+            connections_max: None,
+        };
         let running = gateway::start(&plan, &bind, metrics.clone()).await?;
         for (p, a) in &running.bound {
             eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");

@@ -97,6 +97,38 @@ pub fn load(dir: &Path, files: &[(&str, &str)]) -> store::Load {
     )
 }
 
+/// Loads the base manifests plus `manifests`, compiles Gateway `name` (which every listener
+/// of must be served) and binds `ports` on free loopback ports, with the rest of `bind`.
+pub async fn start_gateway(
+    dir: &Path,
+    backends: &Backends,
+    manifests: &str,
+    name: &str,
+    ports: &[u16],
+    bind: gateway::Bind,
+) -> (gateway::Running, std::sync::Arc<gateway::metrics::Metrics>) {
+    let load = load(
+        dir,
+        &[
+            ("base.yaml", &base_manifests(backends)),
+            ("case.yaml", manifests),
+        ],
+    );
+    let plan =
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", name).expect("compiles");
+    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: ports.iter().map(|&p| (p, 0)).collect(),
+        ..bind
+    };
+    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let running = gateway::start(&plan, &bind, metrics.clone())
+        .await
+        .expect("starts");
+    (running, metrics)
+}
+
 /// A plain HTTP/1.1 client for the tests.
 pub fn client() -> hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,

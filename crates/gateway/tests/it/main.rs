@@ -3,6 +3,7 @@
 
 mod compression;
 mod conformance;
+mod drain;
 mod ext_auth;
 mod grpc;
 mod h1;

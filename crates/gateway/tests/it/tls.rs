@@ -40,26 +40,15 @@ async fn start_edge(
     manifests: &str,
     ports: &[u16],
 ) -> (gateway::Running, Arc<gateway::metrics::Metrics>) {
-    let load = harness::load(
+    harness::start_gateway(
         dir,
-        &[
-            ("base.yaml", &harness::base_manifests(backends)),
-            ("case.yaml", manifests),
-        ],
-    );
-    let plan =
-        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("compiles");
-    assert!(plan.unserved.is_empty(), "{:?}", plan.unserved);
-    let bind = gateway::Bind {
-        ip: Some("127.0.0.1".parse().expect("ip")),
-        port_map: ports.iter().map(|&p| (p, 0)).collect(),
-        ..Default::default()
-    };
-    let metrics = Arc::new(gateway::metrics::Metrics::default());
-    let running = gateway::start(&plan, &bind, metrics.clone())
-        .await
-        .expect("starts");
-    (running, metrics)
+        backends,
+        manifests,
+        "edge",
+        ports,
+        gateway::Bind::default(),
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,192 @@
+//! Connection bounds and drains: one connection past the gateway's limit is closed on arrival
+//! and counted while the others are served; a drain answers the first request of a connection
+//! accepted just before it (own HTTP/1 path and HTTP/2 on hyper's), and waits for TCPRoute
+//! connections instead of cutting them.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+
+use crate::harness;
+
+/// Gateway `edge`: HTTP on 80 to infra-backend-v1, a TCPRoute on 2222 to infra-backend-v2.
+const MANIFESTS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: gateway-conformance-infra}\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n  - {name: http, protocol: HTTP, port: 80}\n  - {name: tcp, protocol: TCP, port: 2222}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: app, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: edge, sectionName: http}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: raw, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: edge, sectionName: tcp}]\n  rules: [{backendRefs: [{name: infra-backend-v2, port: 8080}]}]\n";
+
+const REQUEST: &[u8] = b"GET /x HTTP/1.1\r\nHost: app.example.com\r\n\r\n";
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    c
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length (the echo backend's); returns the head.
+fn response(c: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = c.read(&mut chunk).expect("read");
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return head.to_string();
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until `cond` holds: for states the gateway does not announce.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} did not happen in 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_past_the_limit_is_closed_and_the_rest_served() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let bind = gateway::Bind {
+        connections_max: Some(2),
+        ..Default::default()
+    };
+    let (running, metrics) =
+        harness::start_gateway(dir.path(), &backends, MANIFESTS, "edge", &[80, 2222], bind).await;
+    let http = running.bound[&80];
+    let tcp = running.bound[&2222];
+    let mut held = vec![connect(http), connect(tcp)];
+    until("two connections open", || running.open_connections() == 2).await;
+    let m = metrics.clone();
+    let held = tokio::task::spawn_blocking(move || {
+        for addr in [http, tcp] {
+            let mut extra = connect(addr);
+            let mut b = [0u8; 64];
+            assert_eq!(extra.read(&mut b).expect("closed, not timed out"), 0);
+        }
+        assert_eq!(m.connections_refused.get(), 2);
+        // The connections within the limit are served.
+        for c in &mut held {
+            c.write_all(REQUEST).expect("write");
+            assert!(response(c).starts_with("HTTP/1.1 200"));
+        }
+        held
+    })
+    .await
+    .expect("checks");
+    drop(held);
+    until("connections closed", || running.open_connections() == 0).await;
+    // Room again.
+    let mut c = connect(http);
+    let answered = tokio::task::spawn_blocking(move || {
+        c.write_all(REQUEST).expect("write");
+        response(&mut c)
+    })
+    .await
+    .expect("request");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_answers_late_first_requests_and_waits_for_tcp_routes() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        MANIFESTS,
+        "edge",
+        &[80, 2222],
+        gateway::Bind::default(),
+    )
+    .await;
+    let http = running.bound[&80];
+    // Accepted, nothing sent yet: one for the own HTTP/1 path, one that will speak HTTP/2.
+    let mut late_h1 = connect(http);
+    let late_h2 = tokio::net::TcpStream::connect(http).await.expect("connect");
+    // A TCPRoute connection with an exchange done.
+    let mut raw = connect(running.bound[&2222]);
+    let mut raw = tokio::task::spawn_blocking(move || {
+        raw.write_all(REQUEST).expect("write");
+        assert!(response(&mut raw).starts_with("HTTP/1.1 200"));
+        raw
+    })
+    .await
+    .expect("tcp route");
+    until("three connections open", || running.open_connections() == 3).await;
+
+    let drain = tokio::spawn(running.drain(Duration::from_secs(20)));
+    // The listener is closed first: the drain has begun.
+    until("the listener closed", || TcpStream::connect(http).is_err()).await;
+
+    // HTTP/2 with prior knowledge on the late connection (the own path hands it to hyper).
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(late_h2),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::get("http://app.example.com/h2")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request"),
+        )
+        .await
+        .expect("answered while draining");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await.expect("body");
+
+    let (raw, drain) = tokio::task::spawn_blocking(move || {
+        late_h1.write_all(REQUEST).expect("write");
+        let head = response(&mut late_h1);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: close"),
+            "{head}"
+        );
+        // The TCPRoute connection still carries bytes, and the drain waits for it.
+        raw.write_all(REQUEST).expect("write");
+        assert!(response(&mut raw).starts_with("HTTP/1.1 200"));
+        (raw, drain)
+    })
+    .await
+    .expect("late requests");
+    assert!(
+        !drain.is_finished(),
+        "the drain waits for the TCPRoute connection"
+    );
+    drop(raw);
+    drop(send);
+    assert!(
+        drain.await.expect("drain"),
+        "every connection closed within the drain timeout"
+    );
+}
