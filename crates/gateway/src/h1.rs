@@ -137,11 +137,10 @@ pub(crate) async fn serve<S: Client>(
     let mut drain_wait = drain.clone();
     let drained = drain_wait.changed();
     tokio::pin!(drained);
-    // Whether the drain has been seen (the wait above completes once), and whether this
-    // connection has had an answer yet: one accepted as a drain begins still gets its first
-    // request answered, within `DRAIN_FIRST_REQUEST_GRACE`.
+    // Whether the drain has been seen (the wait above completes once). Once it has, an idle
+    // connection gets `DRAIN_IDLE_GRACE` to send one more request, which is answered with
+    // `Connection: close`: a client that sent it as the drain began is not left unanswered.
     let mut drain_seen = *drain.borrow();
-    let mut served = false;
     loop {
         // Until a whole request (head and body) is buffered.
         let mut deadline = None;
@@ -172,10 +171,7 @@ pub(crate) async fn serve<S: Client>(
                 // A connection that sends nothing (first request or next) is closed after
                 // the idle timeout rather than held forever.
                 let idle = if drain_seen {
-                    if served {
-                        return;
-                    }
-                    crate::proxy::DRAIN_FIRST_REQUEST_GRACE
+                    crate::proxy::DRAIN_IDLE_GRACE
                 } else {
                     crate::proxy::CLIENT_IDLE_TIMEOUT
                 };
@@ -186,11 +182,8 @@ pub(crate) async fn serve<S: Client>(
                     }
                     _ = &mut drained, if !drain_seen => {
                         drain_seen = true;
-                        if served {
-                            return;
-                        }
                         tokio::time::timeout(
-                            crate::proxy::DRAIN_FIRST_REQUEST_GRACE,
+                            crate::proxy::DRAIN_IDLE_GRACE,
                             stream.read_idle(&mut buf),
                         )
                         .await
@@ -214,7 +207,6 @@ pub(crate) async fn serve<S: Client>(
         let closing = *drain.borrow();
         let done = exchange(&state, &mut stream, &ex, closing).await;
         let keep_alive = done.keep_alive;
-        served = true;
         // The request stays at the start of the buffer until its record is made.
         let len = ex.len;
         finish(&state, port, peer, scheme, ex, &done, &buf);

@@ -58,9 +58,10 @@ pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// on arrival and counted (`connections_refused`). Envoy has no default limit (its overload
 /// manager's is opt-in); this bounds the file descriptors one gateway can be made to hold.
 pub const CLIENT_CONNECTIONS_MAX: usize = 16_384;
-/// When a drain starts, a connection that has not yet sent its first request gets this long
-/// to send it, and is answered (with `Connection: close`) rather than closed unanswered.
-pub const DRAIN_FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+/// When a drain starts, an idle connection (new, or keep-alive between requests) gets this
+/// long to send one more request, which is answered (HTTP/1.1 with `Connection: close`,
+/// HTTP/2 then GOAWAY) rather than the connection closed under a request on its way.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// Upstream connection pools with keep-alive settings of their own (one per distinct
 /// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
 pub const KEEPALIVE_POOLS_MAX: usize = 32;
@@ -452,6 +453,34 @@ async fn accept_loop(
     }
 }
 
+/// Requests arriving on one connection, for a drain to wait for the next.
+#[derive(Default)]
+struct RequestSeen {
+    count: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl RequestSeen {
+    fn arrived(&self) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    /// Completes when a request arrives after this call.
+    async fn next(&self) {
+        let before = self.count.load(Ordering::Relaxed);
+        loop {
+            let wake = self.notify.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            if self.count.load(Ordering::Relaxed) != before {
+                return;
+            }
+            wake.await;
+        }
+    }
+}
+
 /// Serves HTTP/1.1 and HTTP/2 on one connection (plain or TLS) with hyper: the general path.
 pub(crate) async fn serve_http<S>(
     state: Arc<State>,
@@ -463,17 +492,16 @@ pub(crate) async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // Told when the first request arrives: a drain gives a connection without one
-    // `DRAIN_FIRST_REQUEST_GRACE` to send it.
-    let first = Arc::new(tokio::sync::Notify::new());
-    let arrived = first.clone();
+    // Told of every request: when a drain begins, the connection gets `DRAIN_IDLE_GRACE`
+    // for one more to arrive before it is shut down gracefully.
+    let requests = Arc::new(RequestSeen::default());
+    let seen = requests.clone();
     // The request's future is boxed: the connection keeps room for its service's future
     // inline, and this one is large (routing, retries, compression), so an idle keep-alive
     // connection would carry it for nothing.
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
-        // A stored permit when nobody waits yet: the drain's wait below sees it.
-        arrived.notify_one();
+        seen.arrived();
         Box::pin(async move { Ok::<_, Infallible>(handle(&state, port, peer, scheme, req).await) })
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -487,8 +515,8 @@ pub(crate) async fn serve_http<S>(
         .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    // A drain lets the request in flight finish and closes the connection after it; one that
-    // has not sent a request yet gets the grace to send its first.
+    // A drain lets the requests in flight finish and closes the connection after them, once
+    // one more request has come or the grace has passed.
     let draining = async {
         if !*drain.borrow_and_update() {
             let _ = drain.changed().await;
@@ -501,11 +529,11 @@ pub(crate) async fn serve_http<S>(
     let ended = match ended {
         Some(r) => r,
         None => {
-            let grace = tokio::time::sleep(DRAIN_FIRST_REQUEST_GRACE);
+            let next = requests.next();
             let ended = tokio::select! {
                 r = conn.as_mut() => Some(r),
-                _ = first.notified() => None,
-                _ = grace => None,
+                _ = next => None,
+                _ = tokio::time::sleep(DRAIN_IDLE_GRACE) => None,
             };
             match ended {
                 Some(r) => r,

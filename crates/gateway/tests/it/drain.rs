@@ -190,3 +190,144 @@ async fn a_drain_answers_late_first_requests_and_waits_for_tcp_routes() {
         "every connection closed within the drain timeout"
     );
 }
+
+/// Requests each load client sends at most (the loops are bounded in count as well as by the
+/// drain that ends them).
+const LOAD_REQUESTS_MAX: usize = 20_000;
+
+/// One HTTP/1.1 keep-alive client on the own path: requests until an answer says
+/// `Connection: close`. Returns (answered, failed): a request written whose answer did not
+/// come whole is a failure.
+fn h1_client(
+    addr: SocketAddr,
+    done: &std::sync::atomic::AtomicUsize,
+    max: usize,
+) -> (usize, usize) {
+    let mut c = connect(addr);
+    for n in 0..max {
+        if c.write_all(REQUEST).is_err() {
+            return (n, 1);
+        }
+        let head = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| response(&mut c)))
+        {
+            Ok(h) => h,
+            Err(_) => return (n, 1),
+        };
+        if !head.starts_with("HTTP/1.1 200") {
+            return (n, 1);
+        }
+        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if head.to_ascii_lowercase().contains("connection: close") {
+            return (n + 1, 0);
+        }
+    }
+    (max, 0)
+}
+
+/// A drain under load, as SIGTERM runs it: keep-alive HTTP/1.1 clients on the own path,
+/// HTTP/2 clients on hyper's and TCPRoute clients all keep sending while the gateway drains;
+/// not one request fails, every HTTP client is told to go (Connection: close, GOAWAY), and the
+/// drain ends when the last connection has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_under_load_fails_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        MANIFESTS,
+        "edge",
+        &[80, 2222],
+        gateway::Bind::default(),
+    )
+    .await;
+    let (http, tcp) = (running.bound[&80], running.bound[&2222]);
+    let done = Arc::new(AtomicUsize::new(0));
+
+    // Own HTTP/1.1 path and TCPRoute clients, on threads.
+    let mut threads = Vec::new();
+    for i in 0..6 {
+        // TCPRoute clients are never told to go: they stop after a few thousand requests.
+        let (done, addr, max) = match i {
+            0..4 => (done.clone(), http, LOAD_REQUESTS_MAX),
+            _ => (done.clone(), tcp, LOAD_REQUESTS_MAX / 10),
+        };
+        threads.push(std::thread::spawn(move || h1_client(addr, &done, max)));
+    }
+    // HTTP/2 clients, each with a few streams at a time.
+    let mut h2 = Vec::new();
+    for _ in 0..2 {
+        let done = done.clone();
+        h2.push(tokio::spawn(async move {
+            let io = tokio::net::TcpStream::connect(http).await.expect("connect");
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                hyper_util::rt::TokioIo::new(io),
+            )
+            .await
+            .expect("h2 handshake");
+            let conn = tokio::spawn(conn);
+            let (mut answered, mut failed) = (0usize, 0usize);
+            'load: for _ in 0..LOAD_REQUESTS_MAX / 4 {
+                let mut batch = Vec::new();
+                for _ in 0..4 {
+                    let mut s = send.clone();
+                    // Not ready: the server said GOAWAY; nothing more is sent, nothing failed.
+                    if s.ready().await.is_err() {
+                        break 'load;
+                    }
+                    batch.push(
+                        s.send_request(
+                            http::Request::get("http://app.example.com/h2")
+                                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                                .expect("request"),
+                        ),
+                    );
+                }
+                for r in batch {
+                    match r.await {
+                        Ok(resp) if resp.status() == 200 => {
+                            let _ = resp.into_body().collect().await;
+                            answered += 1;
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Refused before the server took it (past GOAWAY's last stream):
+                        // the client may send it elsewhere; not a failure.
+                        Err(e) if e.is_canceled() => {}
+                        Ok(_) | Err(_) => failed += 1,
+                    }
+                }
+            }
+            drop(send);
+            let _ = conn.await;
+            (answered, failed)
+        }));
+    }
+    // Under way: every client has been answered a few times.
+    until("load under way", || done.load(Ordering::Relaxed) >= 400).await;
+    let before = done.load(Ordering::Relaxed);
+    let drained = running.drain(Duration::from_secs(30)).await;
+
+    let mut answered = 0;
+    for t in threads {
+        let (a, f) = t.join().expect("client");
+        assert_eq!(
+            f, 0,
+            "an HTTP/1.1 or TCPRoute request failed over the drain"
+        );
+        answered += a;
+    }
+    for t in h2 {
+        let (a, f) = t.await.expect("h2 client");
+        assert_eq!(f, 0, "an HTTP/2 request failed over the drain");
+        answered += a;
+    }
+    assert!(drained, "every connection closed within the drain timeout");
+    assert!(
+        answered > before,
+        "requests were answered during the drain too"
+    );
+    eprintln!("drain under load: {answered} requests answered, {before} before the drain began");
+}
