@@ -1,12 +1,21 @@
-//! Hot reload: a new plan swapped in while requests flow changes routing without failing any.
+//! Hot reload: a new plan swapped in while requests flow, on both HTTP paths, changes routing
+//! without failing any.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
 use crate::harness;
 
+/// Requests one load client sends at most (the reloads end the load sooner).
+const REQUESTS_PER_CLIENT_MAX: usize = 20_000;
+
+/// Six clients (four HTTP/1.1 keep-alive on trellis's own path, two HTTP/2 on hyper's) keep
+/// requests in flight while fifty plans are swapped in, each swap made once requests were
+/// answered since the last and, as counted, while others were in flight: no request fails and
+/// every client sees both plans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_plans_under_load_fails_no_request() {
     let backends = harness::start_backends().await;
@@ -38,39 +47,97 @@ async fn swapping_plans_under_load_fails_no_request() {
         port_map: [(80, 0)].into(),
         ..Default::default()
     };
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
     let running = Arc::new(
-        gateway::start(&plans[0], &bind, Arc::default())
+        gateway::start(&plans[0], &bind, metrics.clone())
             .await
             .expect("starts"),
     );
     let addr = running.bound[&80];
-    let load_task = tokio::spawn(async move {
-        let client = harness::client();
-        let mut seen = std::collections::BTreeMap::<String, usize>::new();
-        let mut failed = 0;
-        for _ in 0..600 {
-            let req = http::Request::get(format!("http://{addr}/"))
-                .body(Full::new(Bytes::new()))
-                .expect("request");
-            match client.request(req).await {
-                Ok(r) if r.status() == 200 => {
-                    let body = r.into_body().collect().await.expect("body").to_bytes();
-                    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
-                    *seen
-                        .entry(v["backend"].as_str().unwrap_or("?").to_string())
-                        .or_default() += 1;
+    let fast_before = metrics.h1_fast.get();
+    // Requests in flight now, and answered so far, over both paths.
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for i in 0..6 {
+        let (in_flight, answered, stop) = (in_flight.clone(), answered.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            // Four HTTP/1.1 keep-alive clients (trellis's own path), two HTTP/2 ones (hyper's).
+            let h2 = i >= 4;
+            let client = if h2 {
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .http2_only(true)
+                    .build_http()
+            } else {
+                harness::client()
+            };
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            let mut failed = 0;
+            for _ in 0..REQUESTS_PER_CLIENT_MAX {
+                if stop.load(Ordering::Relaxed) {
+                    break;
                 }
-                _ => failed += 1,
+                // A short wait at the backend keeps each request in flight across swaps.
+                let req = http::Request::get(format!("http://{addr}/?delay=2ms"))
+                    .body(Full::new(Bytes::new()))
+                    .expect("request");
+                in_flight.fetch_add(1, Ordering::SeqCst);
+                let r = client.request(req).await;
+                let r = match r {
+                    Ok(r) if r.status() == 200 => {
+                        r.into_body().collect().await.ok().map(|b| b.to_bytes())
+                    }
+                    _ => None,
+                };
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                match r {
+                    Some(body) => {
+                        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+                        *seen
+                            .entry(v["backend"].as_str().unwrap_or("?").to_string())
+                            .or_default() += 1;
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    None => failed += 1,
+                }
             }
-        }
-        (seen, failed)
-    });
-    for i in 0..50 {
-        running.update(&plans[(i + 1) % 2]);
-        tokio::task::yield_now().await;
+            (h2, seen, failed)
+        }));
     }
-    let (seen, failed) = load_task.await.expect("load finished");
-    assert_eq!(failed, 0, "requests failed during reloads: {seen:?}");
+    // Fifty swaps, each with requests answered since the one before and some in flight at
+    // the moment it is made.
+    let mut overlapped = 0;
+    for i in 0..50 {
+        let mark = answered.load(Ordering::SeqCst);
+        for _ in 0..1000 {
+            if answered.load(Ordering::SeqCst) >= mark + 6 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        if in_flight.load(Ordering::SeqCst) > 0 {
+            overlapped += 1;
+        }
+        running.update(&plans[(i + 1) % 2]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let (h2, seen, failed) = c.await.expect("client");
+        assert_eq!(
+            failed, 0,
+            "requests failed during reloads (h2: {h2}): {seen:?}"
+        );
+        assert_eq!(seen.len(), 2, "both plans served (h2: {h2}): {seen:?}");
+    }
+    assert!(
+        overlapped >= 25,
+        "swaps made while requests were in flight: {overlapped} of 50"
+    );
+    assert!(
+        metrics.h1_fast.get() > fast_before,
+        "HTTP/1.1 requests took trellis's own path"
+    );
     // The last swap (i = 49) installed plan 0.
     let client = harness::client();
     let req = http::Request::get(format!("http://{addr}/"))
