@@ -9,8 +9,9 @@
 //! are replayed; anything else takes the full path.
 //!
 //! Answers from the forwarder's cache are replayed too, with their TTLs lowered by their age
-//! as the cache would, until 90 % of the smallest TTL has passed (then the query goes to the
-//! forwarder again, which prefetches popular names before they expire). Entries are dropped
+//! as the cache would, until 90 % of the smallest TTL has passed, and never within the last
+//! second of it (then the query goes to the forwarder again, which prefetches popular names
+//! before they expire, and serves the refreshed answer). Entries are dropped
 //! all at once when the views are swapped or [`ENTRIES_MAX`] is reached.
 
 use std::collections::HashMap;
@@ -51,6 +52,15 @@ pub enum Source {
     Zone,
     /// The forwarder's cache: TTLs count down.
     Cache,
+}
+
+/// How long an answer from the cache whose smallest TTL is `ttl_s` is replayed: 90 % of it,
+/// and never past `ttl_s - 1` seconds, because the cache ages TTLs in whole seconds, so the
+/// entry behind the answer may expire up to a second before the TTL says (replaying it longer
+/// would serve an answer the cache has dropped or refreshed). `None`: not replayed.
+fn fresh_for(ttl_s: u32) -> Option<Duration> {
+    let ttl = Duration::from_secs(u64::from(ttl_s));
+    Some((ttl * 9 / 10).min(ttl.checked_sub(Duration::from_secs(1))?)).filter(|d| !d.is_zero())
 }
 
 /// The responses one listener sent, by query.
@@ -237,9 +247,12 @@ impl Replay {
                 let Some(min) = ttls.iter().map(|&(_, t)| t).min().filter(|&t| t > 0) else {
                     return;
                 };
+                let Some(fresh_for) = fresh_for(min) else {
+                    return;
+                };
                 Some(Aging {
                     stored: Instant::now(),
-                    fresh_for: Duration::from_secs(u64::from(min)) * 9 / 10,
+                    fresh_for,
                     ttls,
                 })
             }
@@ -256,7 +269,10 @@ impl Replay {
                     .get_or_create(&RequestLabels {
                         proto: "udp".into(),
                         view: view.to_string(),
-                        qtype: hickory_proto::rr::RecordType::from(qtype).to_string(),
+                        qtype: crate::metrics::qtype_label(hickory_proto::rr::RecordType::from(
+                            qtype,
+                        ))
+                        .into(),
                     })
                     .clone(),
             );
@@ -364,6 +380,25 @@ mod tests {
             None,
         );
         assert!(!r.answer(&views, "", &other));
+    }
+
+    /// A cached answer showing TTL 1 may come from an entry with a few milliseconds left, so
+    /// it is not replayed at all; long TTLs keep their 90 %.
+    #[test]
+    fn a_cached_answer_is_never_replayed_past_what_its_ttl_can_promise() {
+        let cases = [0, 1, 2, 5, 9, 10, 300].map(|t| (t, fresh_for(t).map(|d| d.as_millis())));
+        assert_eq!(
+            cases,
+            [
+                (0, None),
+                (1, None),
+                (2, Some(1000)),
+                (5, Some(4000)),
+                (9, Some(8000)),
+                (10, Some(9000)),
+                (300, Some(270_000)),
+            ]
+        );
     }
 
     #[test]

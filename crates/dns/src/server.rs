@@ -218,7 +218,14 @@ fn finish(
             .get_or_create(&crate::metrics::RequestLabels {
                 proto: proto.into(),
                 view: p.view.clone(),
-                qtype: qtype.clone(),
+                qtype: crate::metrics::qtype_label(
+                    p.original
+                        .queries
+                        .first()
+                        .map(|q| q.query_type())
+                        .unwrap_or(hickory_proto::rr::RecordType::Unknown(0)),
+                )
+                .into(),
             })
             .inc();
         m.responses

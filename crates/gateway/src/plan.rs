@@ -827,6 +827,9 @@ fn client_tls(s: &Snapshot, gw: &ObjectKey) -> ClientTls {
             if let Some(v) = &t.min_version {
                 out.min_version = v.clone();
             }
+            if let Some(v) = &t.max_version {
+                out.max_version = v.clone();
+            }
             if !t.alpn_protocols.is_empty() {
                 out.alpn = t
                     .alpn_protocols

@@ -122,6 +122,8 @@ impl ResolvesServerCert for CertStore {
 pub struct ClientTls {
     /// "1.2" or "1.3" (rustls offers nothing older).
     pub min_version: String,
+    /// "1.2" or "1.3"/"Auto".
+    pub max_version: String,
     pub alpn: Vec<Vec<u8>>,
 }
 
@@ -129,6 +131,7 @@ impl Default for ClientTls {
     fn default() -> Self {
         ClientTls {
             min_version: "1.2".into(),
+            max_version: "1.3".into(),
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         }
     }
@@ -140,10 +143,13 @@ pub fn server_config(
     settings: &ClientTls,
 ) -> Result<rustls::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version.as_str() {
-        "1.3" => &[&rustls::version::TLS13],
-        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
-    };
+    let versions: &[&rustls::SupportedProtocolVersion] =
+        match (settings.min_version.as_str(), settings.max_version.as_str()) {
+            ("1.3", "1.2") => return Err("TLS minVersion 1.3 is above maxVersion 1.2".into()),
+            ("1.3", _) => &[&rustls::version::TLS13],
+            (_, "1.2") => &[&rustls::version::TLS12],
+            _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?

@@ -1557,6 +1557,22 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                         );
                     }
                 }
+                // TLS is rustls's: 1.2 and 1.3. An older minimum is met more strictly; an
+                // older maximum cannot be.
+                if let Some(v @ ("1.0" | "1.1")) = tls.max_version.as_deref() {
+                    problem(
+                        status,
+                        "spec.tls.maxVersion",
+                        format!(
+                            "TLS maxVersion {v} cannot be honoured: trellis speaks TLS 1.2 and 1.3 only"
+                        ),
+                    );
+                }
+                if tls.min_version.as_deref() == Some("1.3")
+                    && tls.max_version.as_deref() == Some("1.2")
+                {
+                    problem(status, "spec.tls", "minVersion 1.3 is above maxVersion 1.2");
+                }
                 for (i, a) in tls.alpn_protocols.iter().enumerate() {
                     if !matches!(a.as_str(), "h2" | "http/1.1" | "http/1.0") {
                         problem(

@@ -230,3 +230,67 @@ async fn a_tcp_route_skips_an_endpoint_that_refused() {
         "the refusing endpoint was tried once, then skipped"
     );
 }
+
+/// ClientTrafficPolicy `tls.maxVersion: "1.2"` is honoured: curl gets TLS 1.2 and a client
+/// that insists on TLS 1.3 is refused; without the policy TLS 1.3 is negotiated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_max_version_is_honoured() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).expect("cert");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).expect("write");
+    let backends = harness::start_backends().await;
+    let gateway = |name: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: trellis\n  listeners:\n\
+             \x20   - {{name: https, protocol: HTTPS, port: 443, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {{certificateRefs: [{{name: site-tls}}]}}}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: {name}}}]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n"
+        )
+    };
+    let manifests = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: site-tls, namespace: gateway-conformance-infra}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
+         {}{}\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: old-clients, namespace: gateway-conformance-infra}}\n\
+         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: capped}}]\n  tls: {{maxVersion: \"1.2\"}}\n",
+        indent(&cert.cert.pem()),
+        indent(&cert.signing_key.serialize_pem()),
+        gateway("capped"),
+        gateway("open"),
+    );
+    let mut ports = Vec::new();
+    let mut running = Vec::new();
+    for name in ["capped", "open"] {
+        let (r, _) = harness::start_gateway(
+            dir.path(),
+            &backends,
+            &manifests,
+            name,
+            &[443],
+            gateway::Bind::default(),
+        )
+        .await;
+        ports.push(r.bound[&443].port());
+        running.push(r);
+    }
+    let ca = ca.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        let version = |port: u16, extra: &[&str]| {
+            let resolve = format!("app.example.com:{port}:127.0.0.1");
+            let url = format!("https://app.example.com:{port}/");
+            let mut args = vec!["--cacert", &ca, "--resolve", &resolve, "-o", "/dev/null"];
+            args.extend(["-w", "%{ssl_version}", "-v", &url]);
+            args.extend(extra);
+            curl(&args)
+        };
+        let (code, _, err) = version(ports[0], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("TLSv1.2"), "capped at 1.2: {err}");
+        let (code, _, err) = version(ports[0], &["--tlsv1.3"]);
+        assert_ne!(code, 0, "a TLS 1.3-only client is refused: {err}");
+        let (code, _, err) = version(ports[1], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("TLSv1.3"), "no policy: 1.3: {err}");
+    })
+    .await
+    .expect("checks");
+}
