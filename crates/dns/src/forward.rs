@@ -7,9 +7,12 @@
 //!   over TCP.
 //! - Cache: positive answers for their smallest TTL, negative ones (NXDOMAIN, NODATA) for the
 //!   SOA minimum, both capped by [`CACHE_TTL_MAX`]; [`CACHE_ENTRIES_MAX`] entries; an entry
-//!   asked for again in the last tenth of its life is refreshed in the background (prefetch);
-//!   when every upstream fails, an expired entry up to [`STALE_MAX`] old is served
-//!   (serve-stale, with a 30 s TTL).
+//!   asked for again in the last tenth of its life is refreshed in the background (prefetch,
+//!   one of the `max_concurrent` places while it is asked);
+//! - Serve-stale (RFC 8767): when no upstream answers, or the one that does answers SERVFAIL
+//!   or REFUSED, an entry whose TTL ran out at most [`STALE_MAX`] ago (or the window given to
+//!   [`Forwarder::with_stale_max`]) is served with its TTLs set to [`STALE_TTL`] and counted
+//!   (`coredns_cache_served_stale_total`); beyond the window the answer is SERVFAIL.
 //! - Loops: an upstream that is this server's own address is refused at start-up.
 
 use std::collections::HashMap;
@@ -25,12 +28,14 @@ use tokio::net::{TcpStream, UdpSocket};
 
 pub const CACHE_ENTRIES_MAX: usize = 10_000;
 pub const CACHE_TTL_MAX: Duration = Duration::from_secs(3600);
+/// How long after its TTL ran out a cached answer may still be served stale (RFC 8767
+/// suggests one to three days).
 pub const STALE_MAX: Duration = Duration::from_secs(86_400);
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// Queries asked of the upstreams at once (CoreDNS forward's `max_concurrent`, whose default
 /// this is); more are answered REFUSED at once, as CoreDNS does, and counted.
 pub const FORWARD_CONCURRENT_MAX: usize = 1000;
-/// TTL given to an answer served stale.
+/// TTL given to an answer served stale (RFC 8767's recommended 30 s): what marks it stale.
 pub const STALE_TTL: u32 = 30;
 
 /// Why forwarding could not be set up.
@@ -67,6 +72,8 @@ pub struct Forwarder {
     metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// One permit per query being asked of the upstreams.
     slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// How long past its TTL an entry may be served stale.
+    stale_max: Duration,
 }
 
 /// A query's place among those asked of the upstreams at once ([`Forwarder::slot`]).
@@ -126,6 +133,7 @@ impl Forwarder {
             cache: Mutex::new(HashMap::new()),
             metrics: None,
             slots: std::sync::Arc::new(tokio::sync::Semaphore::new(FORWARD_CONCURRENT_MAX)),
+            stale_max: STALE_MAX,
         })
     }
 
@@ -133,6 +141,13 @@ impl Forwarder {
     /// [`FORWARD_CONCURRENT_MAX`]).
     pub fn with_max_concurrent(mut self, n: usize) -> Forwarder {
         self.slots = std::sync::Arc::new(tokio::sync::Semaphore::new(n));
+        self
+    }
+
+    /// Serves an expired entry for at most `window` past its TTL (instead of [`STALE_MAX`]);
+    /// `Duration::ZERO` turns serve-stale off.
+    pub fn with_stale_max(mut self, window: Duration) -> Forwarder {
+        self.stale_max = window;
         self
     }
 
@@ -174,8 +189,12 @@ impl Forwarder {
                 .get_mut(&key)
                 .filter(|e| now.duration_since(e.stored) < e.ttl)?;
             let left = e.ttl - now.duration_since(e.stored);
-            let prefetch = left < e.ttl / 10 && !e.refreshing;
-            if prefetch {
+            // A prefetch is a query to the upstreams like any other: it needs a place among
+            // the `max_concurrent`, and is left out (not counted) when there is none.
+            let prefetch = (left < e.ttl / 10 && !e.refreshing)
+                .then(|| self.slots.clone().try_acquire_owned().ok())
+                .flatten();
+            if prefetch.is_some() {
                 e.refreshing = true;
             }
             (aged(&e.response, now.duration_since(e.stored)), prefetch)
@@ -183,10 +202,11 @@ impl Forwarder {
         if let Some(m) = &self.metrics {
             m.cache_hits.inc();
         }
-        if prefetch {
+        if let Some(slot) = prefetch {
             let me = self.clone();
             let q = q.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let _ = me.ask_upstreams(&q).await;
             });
         }
@@ -217,30 +237,44 @@ impl Forwarder {
         }
         let key = (q.name().to_lowercase().to_ascii(), q.query_type());
         let now = Instant::now();
-        match self.ask_upstreams(q).await {
+        let answer = self.ask_upstreams(q).await;
+        // An upstream that answers SERVFAIL or REFUSED (a resolver whose authorities are
+        // gone) has failed as much as one that does not answer (RFC 8767, section 5).
+        let failed = answer.as_ref().is_none_or(|r| {
+            matches!(
+                r.metadata.response_code,
+                ResponseCode::ServFail | ResponseCode::Refused
+            )
+        });
+        if failed && let Some(stale) = self.stale(&key, now) {
+            if let Some(m) = &self.metrics {
+                m.cache_served_stale.inc();
+            }
+            return finish(out, stale);
+        }
+        match answer {
             Some(r) => finish(out, r),
             None => {
-                let stale = {
-                    let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                    cache
-                        .get(&key)
-                        .filter(|e| now.duration_since(e.stored) < e.ttl + STALE_MAX)
-                        .map(|e| e.response.clone())
-                };
-                match stale {
-                    Some(mut r) => {
-                        for rec in r.answers.iter_mut().chain(r.authorities.iter_mut()) {
-                            rec.ttl = STALE_TTL;
-                        }
-                        finish(out, r)
-                    }
-                    None => {
-                        out.metadata.response_code = ResponseCode::ServFail;
-                        out
-                    }
-                }
+                out.metadata.response_code = ResponseCode::ServFail;
+                out
             }
         }
+    }
+
+    /// The cached answer for `key` when its TTL ran out less than `stale_max` before `now`,
+    /// with every TTL set to [`STALE_TTL`].
+    fn stale(&self, key: &(String, RecordType), now: Instant) -> Option<Message> {
+        let mut r = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache
+                .get(key)
+                .filter(|e| now.duration_since(e.stored) < e.ttl + self.stale_max)
+                .map(|e| e.response.clone())?
+        };
+        for rec in r.answers.iter_mut().chain(r.authorities.iter_mut()) {
+            rec.ttl = STALE_TTL;
+        }
+        Some(r)
     }
 
     /// Asks the upstreams in order; caches and returns the first answer.

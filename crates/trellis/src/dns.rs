@@ -31,6 +31,10 @@ pub struct Args {
     /// Forward to the nameservers of this resolv.conf (as CoreDNS's `forward . /etc/resolv.conf`).
     #[arg(long)]
     pub forward_resolv_conf: Option<std::path::PathBuf>,
+    /// Serve a forwarded answer this long past its TTL when no upstream answers (RFC 8767,
+    /// CoreDNS cache's `serve_stale`); 0s turns it off.
+    #[arg(long, default_value = "24h")]
+    pub serve_stale: String,
     /// Admin endpoint: /health, /ready, /status, /metrics (CoreDNS's metric names).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
@@ -88,10 +92,11 @@ fn forwarder(args: &Args) -> anyhow::Result<Option<dns::forward::Forwarder>> {
     if upstreams.is_empty() {
         return Ok(None);
     }
-    Ok(Some(dns::forward::Forwarder::new(
-        upstreams,
-        Some(args.listen),
-    )?))
+    let stale = model::validate::parse_duration(&args.serve_stale)
+        .map_err(|e| anyhow::anyhow!("--serve-stale {:?}: {e}", args.serve_stale))?;
+    Ok(Some(
+        dns::forward::Forwarder::new(upstreams, Some(args.listen))?.with_stale_max(stale),
+    ))
 }
 
 fn status_of(v: &dns::Views) -> serde_json::Value {

@@ -3,6 +3,7 @@
 
 mod knot;
 mod props;
+mod stale;
 mod sync;
 
 use std::process::Command;
