@@ -11,16 +11,25 @@
 //!   cloudflare-proxied` provider-specific property, else the default (`--cloudflare-proxied`);
 //!   TXT records are never proxied; a proxied record's TTL is 1 (automatic).
 //! - Auth: `Authorization: Bearer <token>` (`CF_API_TOKEN`).
-//! - Rate limits: a 429 is waited out (its `Retry-After`, else an exponential backoff from
-//!   1 s), at most [`RATE_LIMIT_RETRIES_MAX`] times per request and [`BACKOFF_MAX`] each;
-//!   then the request fails as retryable and the next loop tries again. Never a crash loop.
+//! - Rate limits: a 429 is waited out (its `Retry-After`, in seconds or as an HTTP-date, else
+//!   an exponential backoff from 1 s), at most [`RATE_LIMIT_RETRIES_MAX`] times and
+//!   [`BACKOFF_MAX`] each; then the request fails as retryable, and so does every request
+//!   left in the same listing or apply without being sent: the next loop tries again. Never a
+//!   crash loop, and never [`RATE_LIMIT_RETRIES_MAX`] waits per change.
+//! - Partial failure: each record set is changed on its own, so some changes can be made and
+//!   others fail. Ownership is kept whole across that: a record is created only after its
+//!   registry TXT record was, and a TXT record is deleted only after the record it owns was
+//!   (a record left without its TXT record would belong to nobody, and no later run would
+//!   touch it again). What failed or was held back is returned as [`Failure`]s; the next run
+//!   lists the records again and plans only what is still missing.
 //!
 //! Cloudflare is not reachable from where trellis is tested: the tests run this client
 //! against a local server that checks every request against the documented API.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -109,6 +118,35 @@ pub struct Cloudflare {
     zones: Mutex<BTreeMap<String, String>>,
     /// From the last listing: record IDs for updates and deletes.
     seen: Mutex<Seen>,
+    /// A request of the current listing or apply used up its rate-limit waits: the rest fail
+    /// without being sent.
+    rate_limited: AtomicBool,
+}
+
+/// How long a 429's `Retry-After` asks to wait from `now` (RFC 9110, section 10.2.3):
+/// delay-seconds, or an HTTP-date in any of the three forms a recipient must accept (section
+/// 5.6.7); a date already past is no wait. `None` when the value is neither.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Whether `txt` is the registry TXT record of `record`: named `<prefix><type>-<name>`
+/// ([`super::SyncConfig::txt_name`]). The prefix is not known here, so a TXT record of
+/// another name that ends the same way also matches: holding back one change too many only
+/// leaves it to the next run.
+fn registry_of(txt: &Endpoint, record: &Endpoint) -> bool {
+    txt.record_type == "TXT"
+        && record.record_type != "TXT"
+        && txt.name.ends_with(&format!(
+            "{}-{}",
+            record.record_type.to_ascii_lowercase(),
+            record.name
+        ))
 }
 
 /// Reads an answer other than a rate limit: the envelope's `result` and
@@ -142,6 +180,23 @@ pub fn answer<T: serde::de::DeserializeOwned>(
     Ok((env.result, pages))
 }
 
+fn failure(action: &'static str, e: &Endpoint, error: Error) -> Failure {
+    Failure {
+        action,
+        endpoint: e.clone(),
+        error,
+    }
+}
+
+/// The error of a change held back because the change it depends on (`on`) failed.
+fn held_back(e: &Endpoint, what: &str, on: &Endpoint) -> Error {
+    Error::Retryable(format!(
+        "{} {} {what}: {} {} failed first, and a record must never be left without its \
+         ownership TXT record",
+        e.record_type, e.name, on.record_type, on.name
+    ))
+}
+
 fn proxiable(record_type: &str) -> bool {
     matches!(record_type, "A" | "AAAA" | "CNAME")
 }
@@ -153,6 +208,7 @@ impl Cloudflare {
             client,
             zones: Mutex::new(BTreeMap::new()),
             seen: Mutex::new(BTreeMap::new()),
+            rate_limited: AtomicBool::new(false),
         }
     }
 
@@ -171,6 +227,11 @@ impl Cloudflare {
             }
             None => Bytes::new(),
         };
+        if self.rate_limited.load(Ordering::Relaxed) {
+            return Err(Error::Retryable(format!(
+                "{what}: not sent, the API is rate limiting this run"
+            )));
+        }
         let mut backoff = Duration::from_secs(1);
         for attempt in 0..=RATE_LIMIT_RETRIES_MAX {
             let mut req = http::Request::new(body.clone());
@@ -195,8 +256,7 @@ impl Cloudflare {
                     .headers
                     .get(http::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs)
+                    .and_then(|v| retry_after(v, SystemTime::now()))
                     .unwrap_or(backoff)
                     .min(BACKOFF_MAX);
                 tracing::warn!(%what, wait_s = wait.as_secs(), "rate limited");
@@ -206,6 +266,7 @@ impl Cloudflare {
             }
             return answer(&what, resp.status, &resp.body);
         }
+        self.rate_limited.store(true, Ordering::Relaxed);
         Err(Error::Retryable(format!(
             "{what}: still rate limited after {RATE_LIMIT_RETRIES_MAX} waits"
         )))
@@ -337,6 +398,7 @@ impl Cloudflare {
 impl Provider for Cloudflare {
     fn records(&self) -> BoxFuture<'_, Result<Vec<Endpoint>, Error>> {
         Box::pin(async move {
+            self.rate_limited.store(false, Ordering::Relaxed);
             let zones = self.zones().await?;
             let mut seen: Seen = BTreeMap::new();
             for (zone_name, id) in &zones {
@@ -387,36 +449,55 @@ impl Provider for Cloudflare {
 
     fn apply<'a>(&'a self, changes: &'a Changes) -> BoxFuture<'a, Vec<Failure>> {
         Box::pin(async move {
-            let mut failures = Vec::new();
-            let mut fail = |action, e: &Endpoint, r: Result<(), Error>| {
-                if let Err(error) = r {
-                    failures.push(Failure {
-                        action,
-                        endpoint: e.clone(),
-                        error,
-                    });
+            self.rate_limited.store(false, Ordering::Relaxed);
+            let mut failures: Vec<Failure> = Vec::new();
+            let is_txt = |e: &&Endpoint| e.record_type == "TXT";
+            // Deletes: records first, then the TXT records of those that went.
+            let (txt, records): (Vec<&Endpoint>, Vec<&Endpoint>) =
+                changes.delete.iter().partition(is_txt);
+            for e in records {
+                if let Err(error) = self.set(&e.name, &e.record_type, None).await {
+                    failures.push(failure("delete", e, error));
                 }
-            };
-            for e in &changes.delete {
-                fail("delete", e, self.set(&e.name, &e.record_type, None).await);
+            }
+            for e in txt {
+                let r = match failures.iter().find(|f| registry_of(e, &f.endpoint)) {
+                    Some(f) => Err(held_back(e, "kept", &f.endpoint)),
+                    None => self.set(&e.name, &e.record_type, None).await,
+                };
+                if let Err(error) = r {
+                    failures.push(failure("delete", e, error));
+                }
             }
             for (old, e) in changes.update_old.iter().zip(&changes.update_new) {
                 if old.name != e.name || old.record_type != e.record_type {
                     let r = self.set(&old.name, &old.record_type, None).await;
-                    fail("update", e, r);
+                    if let Err(error) = r {
+                        failures.push(failure("update", e, error));
+                    }
                 }
-                fail(
-                    "update",
-                    e,
-                    self.set(&e.name, &e.record_type, Some(e)).await,
-                );
+                if let Err(error) = self.set(&e.name, &e.record_type, Some(e)).await {
+                    failures.push(failure("update", e, error));
+                }
             }
-            for e in &changes.create {
-                fail(
-                    "create",
-                    e,
-                    self.set(&e.name, &e.record_type, Some(e)).await,
-                );
+            // Creates: TXT records first, then the records whose TXT record was written.
+            let (txt, records): (Vec<&Endpoint>, Vec<&Endpoint>) =
+                changes.create.iter().partition(is_txt);
+            let mut txt_failed = Vec::new();
+            for e in txt {
+                if let Err(error) = self.set(&e.name, &e.record_type, Some(e)).await {
+                    txt_failed.push(e);
+                    failures.push(failure("create", e, error));
+                }
+            }
+            for e in records {
+                let r = match txt_failed.iter().find(|t| registry_of(t, e)) {
+                    Some(t) => Err(held_back(e, "not created", t)),
+                    None => self.set(&e.name, &e.record_type, Some(e)).await,
+                };
+                if let Err(error) = r {
+                    failures.push(failure("create", e, error));
+                }
             }
             failures
         })
@@ -445,5 +526,32 @@ impl Provider for Cloudflare {
 
     fn domain_filter(&self) -> Vec<String> {
         self.cfg.domains.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 9110, 10.2.3: delay-seconds or an HTTP-date, the date in each of the three forms
+    /// of 5.6.7 (the RFC's own example instant).
+    #[test]
+    fn retry_after_in_seconds_and_as_each_form_of_http_date() {
+        // Sun, 06 Nov 1994 08:49:37 GMT: 60 s before the first three dates.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let want = [
+            ("120", Some(120)),
+            (" 7 ", Some(7)),
+            ("Sun, 06 Nov 1994 08:50:37 GMT", Some(60)),
+            ("Sunday, 06-Nov-94 08:50:37 GMT", Some(60)),
+            ("Sun Nov  6 08:50:37 1994", Some(60)),
+            // Already past: no wait.
+            ("Sun, 06 Nov 1994 08:48:37 GMT", Some(0)),
+            ("soon", None),
+            ("-1", None),
+            ("", None),
+        ];
+        let got = want.map(|(v, _)| (v, retry_after(v, now).map(|d| d.as_secs())));
+        assert_eq!(got, want);
     }
 }

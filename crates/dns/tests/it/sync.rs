@@ -418,6 +418,14 @@ struct MockCloudflare {
     /// Requests seen, as `METHOD path?query`.
     seen: Vec<String>,
     rate_limited_once: bool,
+    /// The `Retry-After` of that one 429 (default `1`).
+    retry_after: Option<String>,
+    /// Every write (POST, PUT) answered 429 with `Retry-After: 0`.
+    always_rate_limited: bool,
+    /// When each write arrived (by the wall clock, as an HTTP-date counts).
+    writes_at: Vec<std::time::SystemTime>,
+    /// Changes answered 500, as (method, record name).
+    refused: BTreeSet<(String, String)>,
 }
 
 const TOKEN: &str = "test-token";
@@ -498,11 +506,19 @@ impl MockCloudflare {
             }
             ("POST", ["zones", "z1", "dns_records"])
             | ("PUT", ["zones", "z1", "dns_records", _]) => {
-                if !self.rate_limited_once {
+                self.writes_at.push(std::time::SystemTime::now());
+                if self.always_rate_limited || !self.rate_limited_once {
                     self.rate_limited_once = true;
+                    let after = match &self.retry_after {
+                        _ if self.always_rate_limited => "0".to_string(),
+                        Some(v) => v.clone(),
+                        None => "1".to_string(),
+                    };
                     let mut r = cf_answer(429, serde_json::Value::Null, None);
-                    r.headers_mut()
-                        .insert("retry-after", http::HeaderValue::from_static("1"));
+                    r.headers_mut().insert(
+                        "retry-after",
+                        http::HeaderValue::from_str(&after).expect("header value"),
+                    );
                     return r;
                 }
                 if req
@@ -517,6 +533,10 @@ impl MockCloudflare {
                     self.violations.push("body is not JSON".into());
                     return cf_answer(400, serde_json::Value::Null, None);
                 };
+                let name = body["name"].as_str().unwrap_or_default().to_string();
+                if self.refused.contains(&(req.method().to_string(), name)) {
+                    return cf_answer(500, serde_json::Value::Null, None);
+                }
                 let fields_ok = body["type"].is_string()
                     && body["name"].is_string()
                     && body["content"].is_string()
@@ -541,6 +561,14 @@ impl MockCloudflare {
                 body["id"] = id.clone().into();
                 self.records.insert(id, body.clone());
                 cf_answer(200, body, None)
+            }
+            ("DELETE", ["zones", "z1", "dns_records", id])
+                if self.records.get(*id).is_some_and(|r| {
+                    let name = r["name"].as_str().unwrap_or_default().to_string();
+                    self.refused.contains(&("DELETE".to_string(), name))
+                }) =>
+            {
+                cf_answer(500, serde_json::Value::Null, None)
             }
             ("DELETE", ["zones", "z1", "dns_records", id]) => match self.records.remove(*id) {
                 Some(_) => cf_answer(200, serde_json::json!({"id": id}), None),
@@ -674,5 +702,244 @@ async fn cloudflare_against_a_server_checking_the_documented_api() {
     assert!(
         m.seen.iter().any(|s| s.starts_with("DELETE "))
             && m.seen.iter().any(|s| s.starts_with("PUT "))
+    );
+}
+
+/// A Cloudflare client of `mock`, served on a free loopback port (the server stops when the
+/// first value is dropped).
+async fn cloudflare_of(
+    mock: &Arc<Mutex<MockCloudflare>>,
+) -> (dns::sync::http::Serving, dns::sync::cloudflare::Cloudflare) {
+    let m = mock.clone();
+    let handler: dns::sync::http::Handler = Arc::new(move |req| {
+        let resp = m.lock().expect("mock").handle(&req);
+        Box::pin(async move { resp })
+    });
+    let server = dns::sync::http::serve("127.0.0.1:0".parse().expect("addr"), handler)
+        .await
+        .expect("mock serves");
+    let p = dns::sync::cloudflare::Cloudflare::new(
+        dns::sync::cloudflare::Config {
+            base: format!("http://{}", server.addr),
+            token: TOKEN.into(),
+            zone_ids: Vec::new(),
+            domains: vec!["example.com".into()],
+            per_page: 100,
+            proxied_default: false,
+        },
+        Default::default(),
+    );
+    (server, p)
+}
+
+/// The mock's records as (type, name, content).
+fn cf_records(mock: &Arc<Mutex<MockCloudflare>>) -> BTreeSet<(String, String, String)> {
+    let m = mock.lock().expect("mock");
+    assert!(m.violations.is_empty(), "{:?}", m.violations);
+    m.records
+        .values()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (f("type"), f("name"), f("content"))
+        })
+        .collect()
+}
+
+fn owner_txt(resource: &str) -> String {
+    format!("\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource={resource}\"")
+}
+
+/// A 429 whose `Retry-After` is an HTTP-date (RFC 9110 allows it in place of seconds) is
+/// waited out until that date. Before: only seconds were read, and the request went again
+/// after the 1 s backoff, before the date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_waits_until_a_retry_after_date() {
+    use std::time::{Duration, SystemTime};
+    // A whole second (HTTP-dates have no fractions) at least two seconds away.
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970");
+    let date = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs() + 3);
+    let mock = Arc::new(Mutex::new(MockCloudflare {
+        retry_after: Some(httpdate::fmt_http_date(date)),
+        ..MockCloudflare::default()
+    }));
+    let (_server, p) = cloudflare_of(&mock).await;
+    let web = ep("web.example.com", "A", &["203.0.113.1"], "httproute/a/web");
+    let failures = sync(&p, &[web], &cfg()).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    let writes = mock.lock().expect("mock").writes_at.clone();
+    assert!(writes.len() >= 2, "{writes:?}");
+    assert!(
+        writes[1] >= date,
+        "the write after the 429 came {:?} before its Retry-After date",
+        date.duration_since(writes[1]).unwrap_or_default()
+    );
+    assert_eq!(
+        cf_records(&mock),
+        BTreeSet::from([
+            ("A".into(), "web.example.com".into(), "203.0.113.1".into()),
+            (
+                "TXT".into(),
+                "a-web.example.com".into(),
+                owner_txt("httproute/a/web")
+            ),
+        ])
+    );
+}
+
+/// An API that rate limits every write: the first change is tried RATE_LIMIT_RETRIES_MAX + 1
+/// times, then it and every other change of the run fail as retryable without another
+/// request; the next run, with the limit lifted, makes them all. Before: each change used up
+/// its own waits (here 4 × 6 requests; with real Retry-After values, minutes per change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_gives_up_after_the_retry_budget_and_the_next_run_catches_up() {
+    use dns::sync::cloudflare::RATE_LIMIT_RETRIES_MAX;
+    let mock = Arc::new(Mutex::new(MockCloudflare {
+        always_rate_limited: true,
+        ..MockCloudflare::default()
+    }));
+    let (_server, p) = cloudflare_of(&mock).await;
+    let desired = [
+        ep("web.example.com", "A", &["203.0.113.1"], "httproute/a/web"),
+        ep("ssh.example.com", "A", &["203.0.113.3"], "httproute/a/ssh"),
+    ];
+    let failures = sync(&p, &desired, &cfg()).await;
+    let writes = mock.lock().expect("mock").writes_at.len();
+    assert_eq!(writes, RATE_LIMIT_RETRIES_MAX as usize + 1);
+    let mut failed: Vec<(&str, &str, &str, bool)> = failures
+        .iter()
+        .map(|f| {
+            (
+                f.action,
+                f.endpoint.record_type.as_str(),
+                f.endpoint.name.as_str(),
+                f.error.is_retryable(),
+            )
+        })
+        .collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        [
+            ("create", "A", "ssh.example.com", true),
+            ("create", "A", "web.example.com", true),
+            ("create", "TXT", "a-ssh.example.com", true),
+            ("create", "TXT", "a-web.example.com", true),
+        ],
+        "{failures:#?}"
+    );
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.to_string().contains("still rate limited after")),
+        "{failures:#?}"
+    );
+    assert!(cf_records(&mock).is_empty());
+
+    mock.lock().expect("mock").always_rate_limited = false;
+    let failures = sync(&p, &desired, &cfg()).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(cf_records(&mock).len(), 4);
+}
+
+/// Some changes made, one failing: the failure is reported, the record whose ownership TXT
+/// record could not be written is held back (and, deleting, the TXT record of a record that
+/// could not be deleted is kept), and the next run makes exactly what is missing. Before: the
+/// record was created without its TXT record, and every later run left it alone as owned by
+/// someone else ("exists and is not owned"); deleting, the TXT record went and the record
+/// stayed, owned by nobody, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudflare_partial_failure_keeps_ownership_and_the_next_run_completes() {
+    let mock = Arc::new(Mutex::new(MockCloudflare {
+        rate_limited_once: true,
+        ..MockCloudflare::default()
+    }));
+    let (_server, p) = cloudflare_of(&mock).await;
+    let cfg = cfg();
+    let web = ep(
+        "web.example.com",
+        "A",
+        &["203.0.113.1", "203.0.113.2"],
+        "httproute/a/web",
+    );
+    let ssh = ep("ssh.example.com", "A", &["203.0.113.3"], "httproute/a/ssh");
+    let rec = |t: &str, n: &str, c: &str| (t.to_string(), n.to_string(), c.to_string());
+    let all = BTreeSet::from([
+        rec("A", "web.example.com", "203.0.113.1"),
+        rec("A", "web.example.com", "203.0.113.2"),
+        rec("TXT", "a-web.example.com", &owner_txt("httproute/a/web")),
+        rec("A", "ssh.example.com", "203.0.113.3"),
+        rec("TXT", "a-ssh.example.com", &owner_txt("httproute/a/ssh")),
+    ]);
+    let failed = |f: &[Failure]| {
+        let mut v: Vec<String> = f
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} {}",
+                    f.action, f.endpoint.record_type, f.endpoint.name
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+
+    // Creating: web's TXT record is refused.
+    mock.lock()
+        .expect("mock")
+        .refused
+        .insert(("POST".into(), "a-web.example.com".into()));
+    let failures = sync(&p, &[web.clone(), ssh.clone()], &cfg).await;
+    assert_eq!(
+        failed(&failures),
+        ["create A web.example.com", "create TXT a-web.example.com"],
+        "{failures:#?}"
+    );
+    assert!(failures.iter().all(|f| f.error.is_retryable()));
+    assert_eq!(
+        cf_records(&mock),
+        BTreeSet::from([
+            rec("A", "ssh.example.com", "203.0.113.3"),
+            rec("TXT", "a-ssh.example.com", &owner_txt("httproute/a/ssh")),
+        ]),
+        "ssh made, web not made without its owner"
+    );
+    // The next run: the refusal is gone, only web is planned, and made.
+    mock.lock().expect("mock").refused.clear();
+    let current = p.records().await.expect("records");
+    let next = plan(&[web.clone(), ssh.clone()], &current, &cfg);
+    assert!(next.conflicts.is_empty(), "{:?}", next.conflicts);
+    assert_eq!(
+        next.create
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web.example.com"]
+    );
+    assert!(sync(&p, &[web.clone(), ssh.clone()], &cfg).await.is_empty());
+    assert_eq!(cf_records(&mock), all);
+
+    // Deleting web: its record is refused; its TXT record stays with it.
+    mock.lock()
+        .expect("mock")
+        .refused
+        .insert(("DELETE".into(), "web.example.com".into()));
+    let failures = sync(&p, std::slice::from_ref(&ssh), &cfg).await;
+    assert_eq!(
+        failed(&failures),
+        ["delete A web.example.com", "delete TXT a-web.example.com"],
+        "{failures:#?}"
+    );
+    assert_eq!(cf_records(&mock), all, "web and its owner both kept");
+    mock.lock().expect("mock").refused.clear();
+    assert!(sync(&p, std::slice::from_ref(&ssh), &cfg).await.is_empty());
+    assert_eq!(
+        cf_records(&mock),
+        BTreeSet::from([
+            rec("A", "ssh.example.com", "203.0.113.3"),
+            rec("TXT", "a-ssh.example.com", &owner_txt("httproute/a/ssh")),
+        ])
     );
 }
