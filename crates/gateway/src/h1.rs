@@ -390,6 +390,11 @@ fn prepare(
         }
         has_proto |= h.name.eq_ignore_ascii_case("x-forwarded-proto");
         if is_hop_by_hop(h.name, &named) || edited(edits, h.name) {
+            // Never without the body's length: upstream the body would be read as the next
+            // request (smuggling). The general path frames the body itself.
+            if h.name.eq_ignore_ascii_case("content-length") {
+                return Prep::HandOff;
+            }
             continue;
         }
         header_line(&mut up, h.name.as_bytes(), h.value);

@@ -506,3 +506,39 @@ async fn records_name_what_each_pipelined_request_asked_for() {
         ]
     );
 }
+
+/// A request whose Connection header names its own Content-Length: hop-by-hop headers are
+/// dropped upstream, and on the own path the length went with them while the body was still
+/// sent, so the upstream read the body as a next request (smuggled past every route and
+/// filter, its answer left for whoever used the pooled connection next). The request must
+/// reach the upstream with its length. Found with the gateway_h1 fuzz target's invariant.
+#[tokio::test]
+async fn a_body_never_loses_its_length_upstream() {
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    let up = scripted(move |_, req| {
+        seen.lock().expect("heads").push(req.to_ascii_lowercase());
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), true)
+    })
+    .await;
+    let (_b, r, _m) = gateway(up).await;
+    let mut c = connect(&r).await;
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: scripted.test\r\n\r\n";
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nHost: scripted.test\r\nContent-Length: {}\r\n\
+         Connection: content-length\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    c.write_all(request.as_bytes()).await.expect("write");
+    let got = text(&read_until(&mut c, |b| find(b, b"\r\n\r\n").is_some()).await);
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let heads = heads.lock().expect("heads");
+    let post = heads
+        .iter()
+        .find(|h| h.starts_with("post /upload"))
+        .expect("the POST reached the upstream");
+    assert!(
+        post.contains(&format!("content-length: {}\r\n", smuggled.len())),
+        "the body's length went upstream with it: {post}"
+    );
+}
