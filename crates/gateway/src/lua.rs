@@ -40,16 +40,52 @@ pub const PATTERN_SUBJECT_BYTES_MAX: usize = 64 * 1024;
 /// (binary chunks among it) or reaches into the collector.
 const REMOVED_GLOBALS: &[&str] = &["load", "loadfile", "dofile", "collectgarbage", "require"];
 
-/// Runs before the script, in its state: the pattern functions with the subject bound.
+/// Pattern-matching steps counted as one instruction (a step is a character comparison).
+pub const PATTERN_STEPS_PER_INSTRUCTION: f64 = 10.0;
+
+/// The worst case, in matching steps, of a Lua pattern with `q` quantifiers (`*`, `+`, `-`,
+/// `?`) on a subject of `n` bytes: each quantifier can make the matcher try every length at
+/// every position, so `n^(q+1)/(q+1)!` (a pattern without any is one pass, `n`).
+pub fn pattern_steps(n: usize, q: usize) -> f64 {
+    let n = n.max(1) as f64;
+    let k = q.min(4) as i32 + 1;
+    let fact: f64 = (1..=k).map(f64::from).product();
+    n.powi(k) / fact
+}
+
+/// Runs before the script, in its state: the pattern functions with the subject bound, and
+/// each call's worst case charged to the script's instruction budget before it runs (a
+/// C function cannot be stopped once it runs: `("a"):rep(60000):find("a*b")` would take
+/// seconds).
 const PRELUDE: &str = r#"
 do
-  local max, err, type = ...
-  local function bounded(f, name)
-    return function(s, ...)
-      if type(s) == "string" and #s > max then
-        err("string." .. name .. ": subject longer than " .. max .. " bytes", 2)
+  local max, err, type, charge = ...
+  local byte = string.byte
+  local function quantifiers(p)
+    local q, i, n = 0, 1, #p
+    while i <= n do
+      local c = byte(p, i)
+      if c == 37 then
+        i = i + 2
+      else
+        if c == 42 or c == 43 or c == 45 or c == 63 then q = q + 1 end
+        i = i + 1
       end
-      return f(s, ...)
+    end
+    return q
+  end
+  local function bounded(f, name)
+    return function(s, p, a, b, ...)
+      if type(s) == "string" then
+        if #s > max then
+          err("string." .. name .. ": subject longer than " .. max .. " bytes", 2)
+        end
+        local q = 0
+        if type(p) == "string" and not (name == "find" and b) then q = quantifiers(p) end
+        local ok, why = charge(#s, q)
+        if not ok then err("string." .. name .. ": " .. why, 2) end
+      end
+      return f(s, p, a, b, ...)
     end
   end
   for _, name in ipairs({"find", "match", "gmatch", "gsub"}) do
@@ -257,7 +293,7 @@ impl LuaFilter {
             },
         )
         .map_err(|e| e.to_string())?;
-        sandbox(&lua, name).map_err(|e| e.to_string())?;
+        sandbox(&lua, name, budget.clone()).map_err(|e| e.to_string())?;
         lua.load(source)
             .set_name(name)
             .set_mode(mlua::chunk::ChunkMode::Text)
@@ -354,7 +390,7 @@ impl LuaFilter {
 }
 
 /// Closes the sandbox before the script runs: see the module documentation.
-fn sandbox(lua: &Lua, name: &str) -> mlua::Result<()> {
+fn sandbox(lua: &Lua, name: &str, budget: std::sync::Arc<AtomicU64>) -> mlua::Result<()> {
     let g = lua.globals();
     for f in REMOVED_GLOBALS {
         g.raw_set(*f, mlua::Nil)?;
@@ -373,10 +409,26 @@ fn sandbox(lua: &Lua, name: &str) -> mlua::Result<()> {
     g.raw_set("print", print)?;
     let error: Function = g.get("error")?;
     let type_: Function = g.get("type")?;
+    // Takes a pattern call's worst case from the budget, or says why it may not run.
+    let charge = lua.create_function(move |_, (n, q): (usize, usize)| {
+        let cost = (pattern_steps(n, q) / PATTERN_STEPS_PER_INSTRUCTION).ceil();
+        let left = budget.load(Ordering::Relaxed);
+        if cost >= left as f64 {
+            return Ok((
+                false,
+                Some(format!(
+                    "a pattern with {q} quantifiers on {n} bytes could run longer than \
+                     the script's budget of {INSTRUCTIONS_MAX} instructions"
+                )),
+            ));
+        }
+        budget.fetch_sub(cost as u64, Ordering::Relaxed);
+        Ok((true, None))
+    })?;
     lua.load(PRELUDE)
         .set_name("sandbox")
         .set_mode(mlua::chunk::ChunkMode::Text)
-        .call::<()>((PATTERN_SUBJECT_BYTES_MAX, error, type_))
+        .call::<()>((PATTERN_SUBJECT_BYTES_MAX, error, type_, charge))
 }
 
 fn first_line(s: &str) -> String {

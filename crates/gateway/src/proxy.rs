@@ -922,8 +922,14 @@ async fn handle_inner(
         query.as_deref(),
     )
     .await;
-    if action.lua.iter().any(|f| f.has_response()) {
-        lua_response(state, &action, &mut resp, client);
+    if action.lua.iter().any(|f| f.has_response())
+        && !lua_response(state, &action, &mut resp, client)
+    {
+        // A response its script did not pass is not sent as it came (fail closed).
+        resp = local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "a Lua script of this route failed on the response",
+        );
     }
     edit_headers(resp.headers_mut(), &action.response_headers, client);
     if let Some(log) = &state.access_log {
@@ -1347,8 +1353,14 @@ fn lua_request(
     Ok((Request::from_parts(parts, body), p, q))
 }
 
-/// Runs the route's Lua `envoy_on_response` functions on the response headers.
-fn lua_response(state: &State, action: &Action, resp: &mut Response<Body>, peer: SocketAddr) {
+/// Runs the route's Lua `envoy_on_response` functions on the response headers; false when
+/// one failed (the response must not go out as it is).
+fn lua_response(
+    state: &State,
+    action: &Action,
+    resp: &mut Response<Body>,
+    peer: SocketAddr,
+) -> bool {
     let mut msg = crate::lua::Message {
         headers: std::mem::take(resp.headers_mut()),
         pseudo: vec![(":status", resp.status().as_u16().to_string())],
@@ -1360,6 +1372,7 @@ fn lua_response(state: &State, action: &Action, resp: &mut Response<Body>, peer:
         if let Err(e) = f.run(true, &mut msg) {
             state.metrics.lua_errors.inc();
             tracing::warn!(script = %f.name, error = %e, "lua script failed on the response");
+            return false;
         }
     }
     if let Some(code) = msg
@@ -1371,6 +1384,7 @@ fn lua_response(state: &State, action: &Action, resp: &mut Response<Body>, peer:
         *resp.status_mut() = code;
     }
     *resp.headers_mut() = msg.headers;
+    true
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -28,35 +28,6 @@ fn connect(addr: SocketAddr) -> TcpStream {
     c
 }
 
-/// Reads one HTTP/1.1 response with a Content-Length (the echo backend's); returns the head.
-fn response(c: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = c.read(&mut chunk).expect("read");
-        assert!(
-            n > 0,
-            "closed before a whole answer: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .expect("content-length");
-            if body.len() >= len {
-                return head.to_string();
-            }
-        }
-    }
-}
-
 /// Waits (bounded) until `cond` holds: for states the gateway does not announce.
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     for _ in 0..500 {
@@ -93,7 +64,7 @@ async fn one_connection_past_the_limit_is_closed_and_the_rest_served() {
         // The connections within the limit are served.
         for c in &mut held {
             c.write_all(REQUEST).expect("write");
-            assert!(response(c).starts_with("HTTP/1.1 200"));
+            assert!(harness::read_response(c).starts_with("HTTP/1.1 200"));
         }
         held
     })
@@ -105,7 +76,7 @@ async fn one_connection_past_the_limit_is_closed_and_the_rest_served() {
     let mut c = connect(http);
     let answered = tokio::task::spawn_blocking(move || {
         c.write_all(REQUEST).expect("write");
-        response(&mut c)
+        harness::read_response(&mut c)
     })
     .await
     .expect("request");
@@ -134,7 +105,7 @@ async fn a_drain_answers_late_first_requests_and_waits_for_tcp_routes() {
     let mut raw = connect(running.bound[&2222]);
     let mut raw = tokio::task::spawn_blocking(move || {
         raw.write_all(REQUEST).expect("write");
-        assert!(response(&mut raw).starts_with("HTTP/1.1 200"));
+        assert!(harness::read_response(&mut raw).starts_with("HTTP/1.1 200"));
         raw
     })
     .await
@@ -166,7 +137,7 @@ async fn a_drain_answers_late_first_requests_and_waits_for_tcp_routes() {
 
     let (raw, drain) = tokio::task::spawn_blocking(move || {
         late_h1.write_all(REQUEST).expect("write");
-        let head = response(&mut late_h1);
+        let head = harness::read_response(&mut late_h1);
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(
             head.to_ascii_lowercase().contains("connection: close"),
@@ -174,7 +145,7 @@ async fn a_drain_answers_late_first_requests_and_waits_for_tcp_routes() {
         );
         // The TCPRoute connection still carries bytes, and the drain waits for it.
         raw.write_all(REQUEST).expect("write");
-        assert!(response(&mut raw).starts_with("HTTP/1.1 200"));
+        assert!(harness::read_response(&mut raw).starts_with("HTTP/1.1 200"));
         (raw, drain)
     })
     .await
@@ -208,8 +179,9 @@ fn h1_client(
         if c.write_all(REQUEST).is_err() {
             return (n, 1);
         }
-        let head = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| response(&mut c)))
-        {
+        let head = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            harness::read_response(&mut c)
+        })) {
             Ok(h) => h,
             Err(_) => return (n, 1),
         };

@@ -195,3 +195,33 @@ pub fn curl(args: &[&str]) -> (String, Vec<u8>) {
         out.stdout,
     )
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length (the echo backend's); returns the head.
+pub fn read_response(c: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = c.read(&mut chunk).expect("read");
+        assert!(
+            n > 0,
+            "closed before a whole answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return head.to_string();
+            }
+        }
+    }
+}
