@@ -30,6 +30,8 @@ pub struct View {
     pub name: String,
     pub clients: Vec<ipnet::IpNet>,
     pub zone: Zone,
+    /// Whether records of the dynamic zones (the webhook API's) are served here.
+    pub dynamic_records: bool,
 }
 
 /// All views, in the order they are tried, and the zone for everyone else.
@@ -179,6 +181,7 @@ pub fn compile_views(s: &Snapshot, cfg: &ZoneConfig) -> Views {
                 .filter_map(|c| c.parse().ok())
                 .collect(),
             zone,
+            dynamic_records: v.spec.dynamic_records,
         });
     }
     let mut rewrites: Vec<_> = s.dns_rewrites.values().collect();

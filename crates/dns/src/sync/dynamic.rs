@@ -1,8 +1,10 @@
 //! The `trellis` provider: a record set held in the process and served by `trellis dns`
 //! beside the records it compiles from the manifests.
 //!
-//! It serves the zones it was given (`--dynamic-zone`), in every view: records put here are
-//! published to every client, as a record pushed to any other DNS server would be. Changes
+//! It serves the zones it was given (`--dynamic-zone`) in the default zone (clients no view
+//! matches, every client when there are no views) and in the views that opt in with
+//! `dynamicRecords: true`: a record pushed by a sync client does not reach, say, the public
+//! view of a split horizon unless that view asks for it. Changes
 //! are checked (name under a zone, a type the server answers: A, AAAA, CNAME, TXT; targets
 //! that parse) and applied one by one; a create of a record that exists is refused, as
 //! ExternalDNS's in-memory provider does. Every applied change bumps a generation that the
@@ -48,11 +50,16 @@ impl Dynamic {
         self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds the zones and their records to every view and to the default zone.
+    /// Adds the zones and their records to the default zone and to the views that opt in.
     pub fn merge_into(&self, views: &mut Views) {
         let records = self.lock();
-        let zones =
-            std::iter::once(&mut views.default).chain(views.views.iter_mut().map(|v| &mut v.zone));
+        let zones = std::iter::once(&mut views.default).chain(
+            views
+                .views
+                .iter_mut()
+                .filter(|v| v.dynamic_records)
+                .map(|v| &mut v.zone),
+        );
         for zone in zones {
             for z in &self.zones {
                 let origin = format!("{z}.");

@@ -128,6 +128,40 @@ async fn webhook_round_trip_client_against_server() {
         ["\"heritage=external-dns,external-dns/owner=trellis,external-dns/resource=crd/t/app\""]
     );
 
+    // Split horizon: only the view that opts in (and clients no view matches) gets them.
+    let view = |name: &str, client: &str, dynamic_records: bool| dns::views::View {
+        name: name.into(),
+        clients: vec![client.parse().expect("cidr")],
+        zone: Default::default(),
+        dynamic_records,
+    };
+    let mut views = dns::Views {
+        views: vec![
+            view("lan", "127.0.0.2/32", true),
+            view("public", "127.0.0.3/32", false),
+        ],
+        ..Default::default()
+    };
+    zone.merge_into(&mut views);
+    let split = dns::server::start("127.0.0.1:0".parse().expect("addr"), views, None)
+        .await
+        .expect("dns");
+    let port = split.udp.port();
+    let by_client = tokio::task::spawn_blocking(move || {
+        ["127.0.0.2", "127.0.0.3", "127.0.0.1"].map(|from| {
+            crate::dig(port, &["-b", from, "+short", "app.example.test", "A"])
+                .trim()
+                .to_string()
+        })
+    })
+    .await
+    .expect("dig");
+    assert_eq!(
+        by_client,
+        ["10.0.0.1", "", "10.0.0.1"],
+        "lan, public, no view"
+    );
+
     // Update one, drop the other: updateOld/updateNew and delete, TXT record included.
     let moved = ep(
         "app.example.test",

@@ -142,6 +142,11 @@ pub struct DnsViewSpec {
     /// Also answer the cluster zone (`cluster.local`).
     #[serde(default)]
     pub cluster: bool,
+    /// Also answer the records written through `trellis dns`'s webhook API (its dynamic
+    /// zones). Off unless set: a record pushed by a sync client reaches only the views that
+    /// opt in (and the clients no view matches).
+    #[serde(default)]
+    pub dynamic_records: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
