@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -227,14 +228,62 @@ pub async fn serve(addr: SocketAddr, handler: Handler) -> std::io::Result<Servin
     serve_on(TcpListener::bind(addr).await?, handler)
 }
 
+/// How often the server loop's bounds were hit: bodies refused as too large, requests cut
+/// for a slow head or body, connections that waited for one of the
+/// [`SERVER_CONNECTIONS_MAX`] slots.
+#[derive(Clone, Debug, Default)]
+pub struct ServerCounters {
+    pub too_large: Counter,
+    pub timeouts: Counter,
+    pub connections_waited: Counter,
+}
+
+impl ServerCounters {
+    /// Registers the counters (`<prefix>_body_too_large_total`, `..._timeouts_total`,
+    /// `..._connections_waited_total`).
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "body_too_large",
+            "Requests refused because their body was over the cap (413)",
+            self.too_large.clone(),
+        );
+        r.register(
+            "timeouts",
+            "Requests cut because their head or body did not come in time",
+            self.timeouts.clone(),
+        );
+        r.register(
+            "connections_waited",
+            "Connections that waited because the most allowed were open",
+            self.connections_waited.clone(),
+        );
+    }
+}
+
 /// [`serve`] on a listener already bound (for a handler that needs the bound address).
 pub fn serve_on(listener: TcpListener, handler: Handler) -> std::io::Result<Serving> {
+    serve_counted(listener, handler, ServerCounters::default())
+}
+
+/// [`serve_on`], counting the bounds hit in `counters`.
+pub fn serve_counted(
+    listener: TcpListener,
+    handler: Handler,
+    counters: ServerCounters,
+) -> std::io::Result<Serving> {
     let addr = listener.local_addr()?;
     let slots = Arc::new(tokio::sync::Semaphore::new(SERVER_CONNECTIONS_MAX));
     let task = tokio::spawn(async move {
         loop {
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
+            let slot = match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    counters.connections_waited.inc();
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    slot
+                }
             };
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -245,11 +294,14 @@ pub fn serve_on(listener: TcpListener, handler: Handler) -> std::io::Result<Serv
                 }
             };
             let handler = handler.clone();
+            let counters = counters.clone();
             tokio::spawn(async move {
                 let _slot = slot;
+                let in_service = counters.clone();
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let handler = handler.clone();
+                        let counters = in_service.clone();
                         async move {
                             let (parts, body) = req.into_parts();
                             // A declared length over the cap is refused before any is read.
@@ -259,6 +311,7 @@ pub fn serve_on(listener: TcpListener, handler: Handler) -> std::io::Result<Serv
                                 .and_then(|v| v.to_str().ok())
                                 .and_then(|v| v.parse::<u64>().ok());
                             if declared.is_some_and(|n| n > SERVER_BODY_BYTES_MAX as u64) {
+                                counters.too_large.inc();
                                 let r = respond(
                                     413,
                                     "text/plain",
@@ -275,21 +328,32 @@ pub fn serve_on(listener: TcpListener, handler: Handler) -> std::io::Result<Serv
                                 Ok(Ok(b)) => {
                                     handler(http::Request::from_parts(parts, b.to_bytes())).await
                                 }
-                                Ok(Err(e)) => respond(413, "text/plain", format!("{e}\n")),
-                                Err(_) => respond(
-                                    408,
-                                    "text/plain",
-                                    format!("body not received within {SERVER_BODY_TIMEOUT:?}\n"),
-                                ),
+                                Ok(Err(e)) => {
+                                    counters.too_large.inc();
+                                    respond(413, "text/plain", format!("{e}\n"))
+                                }
+                                Err(_) => {
+                                    counters.timeouts.inc();
+                                    respond(
+                                        408,
+                                        "text/plain",
+                                        format!(
+                                            "body not received within {SERVER_BODY_TIMEOUT:?}\n"
+                                        ),
+                                    )
+                                }
                             };
                             Ok::<_, std::convert::Infallible>(resp.map(Full::new))
                         }
                     });
-                let _ = hyper::server::conn::http1::Builder::new()
+                let served = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(SERVER_HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
+                if served.is_err_and(|e| e.is_timeout()) {
+                    counters.timeouts.inc();
+                }
             });
         }
     });

@@ -518,6 +518,16 @@ pub async fn serve(
     provider: Arc<dyn Provider>,
     access: Access,
 ) -> std::io::Result<Serving> {
+    serve_counted(addr, provider, access, Default::default()).await
+}
+
+/// [`serve`], counting the server's bounds hit in `counters`.
+pub async fn serve_counted(
+    addr: std::net::SocketAddr,
+    provider: Arc<dyn Provider>,
+    access: Access,
+    counters: super::http::ServerCounters,
+) -> std::io::Result<Serving> {
     // Bound first: the Host header must carry the bound port (port 0 picks one).
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let port = listener.local_addr()?.port();
@@ -527,7 +537,7 @@ pub async fn serve(
         let access = access.clone();
         Box::pin(async move { handle(provider, &access, port, req).await })
     });
-    super::http::serve_on(listener, handler)
+    super::http::serve_counted(listener, handler, counters)
 }
 
 #[cfg(test)]

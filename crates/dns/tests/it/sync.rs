@@ -283,10 +283,12 @@ async fn webhook_5xx_is_retryable_and_the_protocol_is_checked() {
 async fn webhook_server_bounds_slow_and_large_requests_and_checks_the_token() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let zone = Arc::new(dns::sync::dynamic::Dynamic::new(&["example.test".into()]));
-    let server = dns::sync::webhook::serve(
+    let counters = dns::sync::http::ServerCounters::default();
+    let server = dns::sync::webhook::serve_counted(
         "127.0.0.1:0".parse().expect("addr"),
         zone,
         dns::sync::webhook::Access::token("s3cret\n"),
+        counters.clone(),
     )
     .await
     .expect("serves");
@@ -327,6 +329,8 @@ async fn webhook_server_bounds_slow_and_large_requests_and_checks_the_token() {
     ))
     .await;
     assert!(big.starts_with("HTTP/1.1 413"), "{big}");
+    // Each bound hit is counted.
+    assert_eq!((counters.timeouts.get(), counters.too_large.get()), (1, 1));
     let get = |auth: &'static str| {
         raw(format!(
             "GET /records HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n"
