@@ -173,7 +173,7 @@ pub(crate) async fn serve<S: Client>(
                 let idle = if drain_seen {
                     crate::proxy::DRAIN_IDLE_GRACE
                 } else {
-                    crate::proxy::CLIENT_IDLE_TIMEOUT
+                    state.client_idle_timeout
                 };
                 tokio::select! {
                     biased;

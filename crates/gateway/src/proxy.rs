@@ -51,8 +51,9 @@ pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
 pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
 /// Time a client has to send a whole request head once it started one.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client connection on the own HTTP/1 path may stay without a request, the first
-/// one included, before it is closed (Envoy's downstream `idle_timeout` default, 1 h).
+/// How long a client connection may stay without a request in flight, the first one included,
+/// before it is closed (gracefully: GOAWAY on HTTP/2), on both HTTP paths (Envoy's downstream
+/// `idle_timeout` default, 1 h). `Bind::idle_timeout` changes it.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Client connections (HTTP, TLS, TCPRoute) open at once on one gateway; one more is closed
 /// on arrival and counted (`connections_refused`). Envoy has no default limit (its overload
@@ -80,6 +81,8 @@ pub struct Bind {
     pub observer: Option<crate::record::Observer>,
     /// Client connections open at once when not [`CLIENT_CONNECTIONS_MAX`].
     pub connections_max: Option<usize>,
+    /// How long a client connection may be idle when not [`CLIENT_IDLE_TIMEOUT`].
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Access log lines queued for a writer thread, so that a slow stdout never slows requests;
@@ -131,6 +134,8 @@ pub(crate) struct State {
     /// connection limit.
     open: watch::Sender<usize>,
     connections_max: usize,
+    /// No request in flight for this long closes a client connection (both paths).
+    pub(crate) client_idle_timeout: Duration,
 }
 
 /// Counts a client connection as open for as long as it lives.
@@ -257,6 +262,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         draining: watch::channel(false).0,
         open: watch::channel(0).0,
         connections_max: bind.connections_max.unwrap_or(CLIENT_CONNECTIONS_MAX),
+        client_idle_timeout: bind.idle_timeout.unwrap_or(CLIENT_IDLE_TIMEOUT),
     });
     let ip = bind
         .ip
@@ -453,17 +459,43 @@ async fn accept_loop(
     }
 }
 
-/// Requests arriving on one connection, for a drain to wait for the next.
-#[derive(Default)]
+/// Requests on one connection: for a drain to wait for the next, and for the idle timeout
+/// (no request in flight for that long).
 struct RequestSeen {
     count: AtomicU64,
     notify: tokio::sync::Notify,
+    active: AtomicU64,
+    /// When the last request arrived or ended, in ms since `since`.
+    last_ms: AtomicU64,
+    since: Instant,
 }
 
 impl RequestSeen {
+    fn new() -> RequestSeen {
+        RequestSeen {
+            count: AtomicU64::new(0),
+            notify: tokio::sync::Notify::new(),
+            active: AtomicU64::new(0),
+            last_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
     fn arrived(&self) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.touch();
         self.count.fetch_add(1, Ordering::Relaxed);
         self.notify.notify_waiters();
+    }
+
+    fn ended(&self) {
+        self.touch();
+        self.active.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Completes when a request arrives after this call.
@@ -477,6 +509,18 @@ impl RequestSeen {
                 return;
             }
             wake.await;
+        }
+    }
+
+    /// Completes once no request has been in flight for `limit`.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = self.since.elapsed().saturating_sub(last);
+            if self.active.load(Ordering::Relaxed) == 0 && quiet >= limit {
+                return;
+            }
+            tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(1))).await;
         }
     }
 }
@@ -494,15 +538,21 @@ pub(crate) async fn serve_http<S>(
 {
     // Told of every request: when a drain begins, the connection gets `DRAIN_IDLE_GRACE`
     // for one more to arrive before it is shut down gracefully.
-    let requests = Arc::new(RequestSeen::default());
+    let requests = Arc::new(RequestSeen::new());
     let seen = requests.clone();
+    let idle_timeout = state.client_idle_timeout;
     // The request's future is boxed: the connection keeps room for its service's future
     // inline, and this one is large (routing, retries, compression), so an idle keep-alive
     // connection would carry it for nothing.
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
         seen.arrived();
-        Box::pin(async move { Ok::<_, Infallible>(handle(&state, port, peer, scheme, req).await) })
+        let seen = seen.clone();
+        Box::pin(async move {
+            let resp = handle(&state, port, peer, scheme, req).await;
+            seen.ended();
+            Ok::<_, Infallible>(resp)
+        })
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -522,13 +572,19 @@ pub(crate) async fn serve_http<S>(
             let _ = drain.changed().await;
         }
     };
+    // Stopped by a drain (true) or by the idle timeout (false).
     let ended = tokio::select! {
-        r = conn.as_mut() => Some(r),
-        _ = draining => None,
+        r = conn.as_mut() => Ok(r),
+        _ = draining => Err(true),
+        _ = requests.idle(idle_timeout) => Err(false),
     };
     let ended = match ended {
-        Some(r) => r,
-        None => {
+        Ok(r) => r,
+        Err(false) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        Err(true) => {
             let next = requests.next();
             let ended = tokio::select! {
                 r = conn.as_mut() => Some(r),

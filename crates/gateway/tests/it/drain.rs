@@ -303,3 +303,57 @@ async fn a_drain_under_load_fails_no_request() {
     );
     eprintln!("drain under load: {answered} requests answered, {before} before the drain began");
 }
+
+/// The idle timeout (Envoy's downstream `idle_timeout`, here shortened): a connection with no
+/// request in flight for that long is closed, on the own HTTP/1 path and on hyper's HTTP/2;
+/// a request that takes longer than the timeout is not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_and_slow_requests_are_not() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let bind = gateway::Bind {
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    let (running, _) =
+        harness::start_gateway(dir.path(), &backends, MANIFESTS, "edge", &[80, 2222], bind).await;
+    let http = running.bound[&80];
+    // HTTP/2: one request longer than the timeout, then nothing: the connection ends.
+    let io = tokio::net::TcpStream::connect(http).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::get("http://app.example.com/?delay=600ms")
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request"),
+        )
+        .await
+        .expect("a slow request is answered");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await.expect("body");
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the idle HTTP/2 connection is closed by the gateway")
+        .expect("task")
+        .expect("closed cleanly (GOAWAY)");
+    // HTTP/1.1 on the own path: answered, then closed once idle.
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut c = connect(http);
+        c.write_all(b"GET /?delay=600ms HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+            .expect("write");
+        let head = harness::read_response(&mut c);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut b = [0u8; 16];
+        c.read(&mut b).expect("closed, not timed out")
+    })
+    .await
+    .expect("h1");
+    assert_eq!(closed, 0);
+    running.stop().await;
+}
