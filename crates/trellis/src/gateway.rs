@@ -198,7 +198,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             port_map,
             access_log,
             observer,
-            connections_max: None,
+            ..Default::default()
         };
         let running = gateway::start(&plan, &bind, metrics.clone()).await?;
         for (p, a) in &running.bound {
