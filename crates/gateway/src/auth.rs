@@ -40,6 +40,58 @@ pub struct Security {
     pub jwt: Option<crate::jwt::Jwt>,
     pub oidc: Option<crate::oidc::Oidc>,
     pub authorization: Option<Authorization>,
+    pub api_keys: Option<ApiKeys>,
+}
+
+/// SecurityPolicy `apiKeyAuth`, compiled: the clients and their keys, where keys are looked
+/// for.
+pub struct ApiKeys {
+    /// (client ID, key).
+    keys: Vec<(String, Vec<u8>)>,
+    pub locations: Vec<crate::jwt::Location>,
+    pub forward_client_id_header: Option<http::HeaderName>,
+    pub sanitize: bool,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("clients", &self.keys.len())
+            .field("locations", &self.locations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The body of a request API key authentication refused.
+pub const API_KEY_DENIED: &str = "Client authentication failed.";
+
+impl ApiKeys {
+    /// The client whose key the request carries (every key compared in constant time, all of
+    /// them every time), or `None`.
+    pub fn check(&self, headers: &http::HeaderMap, query: Option<&str>) -> Option<String> {
+        let given = self
+            .locations
+            .iter()
+            .find_map(|l| l.values(headers, query).into_iter().next())?;
+        let mut found = None;
+        for (client, key) in &self.keys {
+            let same: bool = subtle::ConstantTimeEq::ct_eq(given.as_bytes(), key.as_slice()).into();
+            if same && found.is_none() {
+                found = Some(client.clone());
+            }
+        }
+        found
+    }
+
+    /// Takes the key out of the request's headers (cookies and parameters stay: the query is
+    /// forwarded as it came).
+    pub fn sanitize(&self, headers: &mut http::HeaderMap) {
+        for l in &self.locations {
+            if let crate::jwt::Location::Header { name, .. } = l {
+                headers.remove(name);
+            }
+        }
+    }
 }
 
 /// The body of a request authorization refused (Envoy's RBAC filter's).
@@ -148,6 +200,78 @@ impl Authorization {
             None => self.default_allow,
         }
     }
+}
+
+/// The clients and keys of an `apiKeyAuth`, from its Secrets.
+fn api_keys(
+    s: &Snapshot,
+    ns: &str,
+    k: &model::kinds::envoy::ApiKeyAuth,
+) -> Result<ApiKeys, String> {
+    use crate::jwt::Location;
+    let mut keys = Vec::new();
+    for (i, r) in k.credential_refs.iter().enumerate() {
+        let sns = r.namespace.as_deref().unwrap_or(ns);
+        let secret = get(&s.secrets, sns, &r.name).ok_or_else(|| {
+            format!(
+                "spec.apiKeyAuth.credentialRefs[{i}]: secret {sns}/{} not found",
+                r.name
+            )
+        })?;
+        let data = secret
+            .spec
+            .data
+            .iter()
+            .flatten()
+            .map(|(c, v)| (c.clone(), v.0.clone()));
+        let text = secret
+            .spec
+            .string_data
+            .iter()
+            .flatten()
+            .map(|(c, v)| (c.clone(), v.as_bytes().to_vec()));
+        for (client, key) in data.chain(text) {
+            if key.is_empty() {
+                return Err(format!(
+                    "spec.apiKeyAuth.credentialRefs[{i}]: client {client} has an empty key"
+                ));
+            }
+            keys.push((client, key));
+        }
+    }
+    if keys.is_empty() {
+        return Err("spec.apiKeyAuth.credentialRefs: no keys in the Secrets".into());
+    }
+    let mut locations = Vec::new();
+    for e in &k.extract_from {
+        for h in &e.headers {
+            locations.push(Location::Header {
+                name: header_name(h)
+                    .ok_or_else(|| format!("spec.apiKeyAuth.extractFrom: {h:?} is not a header"))?,
+                prefix: String::new(),
+            });
+        }
+        locations.extend(e.params.iter().cloned().map(Location::Param));
+        locations.extend(e.cookies.iter().cloned().map(Location::Cookie));
+    }
+    if locations.is_empty() {
+        return Err("spec.apiKeyAuth.extractFrom: no place to take the key from".into());
+    }
+    let forward_client_id_header = k
+        .forward_client_id_header
+        .as_deref()
+        .map(|h| {
+            header_name(h).ok_or_else(|| {
+                "spec.apiKeyAuth.forwardClientIDHeader: not a header name".to_string()
+            })
+        })
+        .transpose()?;
+    Ok(ApiKeys {
+        keys,
+        locations,
+        forward_client_id_header,
+        sanitize: k.sanitize.unwrap_or(false),
+    })
 }
 
 /// A SecurityPolicy's `authorization`, compiled (validation has checked its shape; what does
@@ -570,6 +694,7 @@ fn compile_one(
         jwt: None,
         oidc: None,
         authorization: None,
+        api_keys: None,
     };
     if sec.refused.is_some() {
         return sec;
@@ -605,11 +730,18 @@ fn compile_one(
                 .as_ref()
                 .map(authorization)
                 .transpose()?;
-            Ok((basic, ext, jwt, oidc, authz))
+            let keys = p
+                .spec
+                .api_key_auth
+                .as_ref()
+                .map(|k| api_keys(s, p.namespace(), k))
+                .transpose()?;
+            Ok((basic, ext, jwt, oidc, (authz, keys)))
         });
     match parts {
-        Ok((basic, ext, jwt, oidc, authz)) => {
+        Ok((basic, ext, jwt, oidc, (authz, keys))) => {
             sec.authorization = authz;
+            sec.api_keys = keys;
             sec.basic = basic;
             sec.ext = ext;
             sec.jwt = jwt;

@@ -371,6 +371,35 @@ pub enum Location {
     Param(String),
 }
 
+impl Location {
+    /// The values of a request here (empty ones left out).
+    pub fn values(&self, headers: &http::HeaderMap, query: Option<&str>) -> Vec<String> {
+        let mut out = Vec::new();
+        match self {
+            Location::Header { name, prefix } => {
+                for v in headers.get_all(name) {
+                    let Ok(v) = v.to_str() else { continue };
+                    let p = prefix.len();
+                    if v.len() >= p && v.is_char_boundary(p) && v[..p].eq_ignore_ascii_case(prefix)
+                    {
+                        out.push(v[p..].trim().to_string());
+                    }
+                }
+            }
+            Location::Cookie(name) => out.extend(cookies(headers, name)),
+            Location::Param(name) => {
+                for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+                    if k == name.as_str() {
+                        out.push(v.into_owned());
+                    }
+                }
+            }
+        }
+        out.retain(|t| !t.is_empty());
+        out
+    }
+}
+
 /// Where a provider's keys come from.
 #[derive(Debug)]
 pub enum Keys {
@@ -500,33 +529,10 @@ impl Provider {
 
     /// The tokens of a request at this provider's locations.
     pub fn tokens(&self, headers: &http::HeaderMap, query: Option<&str>) -> Vec<String> {
-        let mut out = Vec::new();
-        for l in &self.locations {
-            match l {
-                Location::Header { name, prefix } => {
-                    for v in headers.get_all(name) {
-                        let Ok(v) = v.to_str() else { continue };
-                        let p = prefix.len();
-                        if v.len() >= p
-                            && v.is_char_boundary(p)
-                            && v[..p].eq_ignore_ascii_case(prefix)
-                        {
-                            out.push(v[p..].trim().to_string());
-                        }
-                    }
-                }
-                Location::Cookie(name) => out.extend(cookies(headers, name)),
-                Location::Param(name) => {
-                    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
-                        if k == name.as_str() {
-                            out.push(v.into_owned());
-                        }
-                    }
-                }
-            }
-        }
-        out.retain(|t| !t.is_empty());
-        out
+        self.locations
+            .iter()
+            .flat_map(|l| l.values(headers, query))
+            .collect()
     }
 }
 

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub basic_auth_denied: Counter,
     pub jwt_denied: Counter,
     pub oidc_denied: Counter,
+    pub api_key_denied: Counter,
     pub authorization_denied: Counter,
     /// Client connections closed on arrival at `proxy::CLIENT_CONNECTIONS_MAX`.
     pub connections_refused: Counter,
@@ -74,6 +75,7 @@ impl Default for Metrics {
             basic_auth_denied: Counter::default(),
             jwt_denied: Counter::default(),
             oidc_denied: Counter::default(),
+            api_key_denied: Counter::default(),
             authorization_denied: Counter::default(),
             connections_refused: Counter::default(),
             access_log_dropped: Counter::default(),
@@ -196,6 +198,11 @@ impl Metrics {
             "oidc_denied",
             "OpenID logins refused at the callback (401)",
             self.oidc_denied.clone(),
+        );
+        r.register(
+            "api_key_denied",
+            "Requests API key authentication refused (401)",
+            self.api_key_denied.clone(),
         );
         r.register(
             "authorization_denied",

@@ -1159,6 +1159,24 @@ async fn authenticate(
             }
         }
     }
+    if let Some(keys) = &sec.api_keys {
+        match keys.check(req.headers(), query) {
+            Some(client) => {
+                if keys.sanitize {
+                    keys.sanitize(req.headers_mut());
+                }
+                if let Some(h) = &keys.forward_client_id_header
+                    && let Ok(v) = HeaderValue::from_str(&client)
+                {
+                    req.headers_mut().insert(h.clone(), v);
+                }
+            }
+            None => {
+                state.metrics.api_key_denied.inc();
+                return Err(local(StatusCode::UNAUTHORIZED, crate::auth::API_KEY_DENIED));
+            }
+        }
+    }
     if let Some(oidc) = &sec.oidc {
         let authority = req
             .headers()

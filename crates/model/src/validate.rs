@@ -1757,6 +1757,36 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     );
                 }
             }
+            if let Some(k) = &spec.api_key_auth {
+                if k.credential_refs.is_empty() {
+                    problem(
+                        status,
+                        "spec.apiKeyAuth.credentialRefs",
+                        "names no Secret of keys",
+                    );
+                }
+                let places = |e: &crate::kinds::envoy::ApiKeyExtractFrom| {
+                    e.headers.len() + e.params.len() + e.cookies.len()
+                };
+                if k.extract_from.iter().map(places).sum::<usize>() == 0 {
+                    problem(
+                        status,
+                        "spec.apiKeyAuth.extractFrom",
+                        "names no header, parameter or cookie to take the key from",
+                    );
+                }
+                for (i, r) in k.credential_refs.iter().enumerate() {
+                    let ns = r.namespace.as_deref().unwrap_or(p.namespace());
+                    if get(&s.secrets, ns, &r.name).is_none() {
+                        let m = unresolved(
+                            status,
+                            format!("spec.apiKeyAuth.credentialRefs[{i}]"),
+                            format!("secret {ns}/{} not found", r.name),
+                        );
+                        refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
+                    }
+                }
+            }
             if let Some(b) = &spec.basic_auth
                 && get(&s.secrets, p.namespace(), &b.users.name).is_none()
             {
@@ -1789,9 +1819,6 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
 pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
     let mut push = |path: &str, what| out.push((path.to_string(), what));
-    if spec.api_key_auth.is_some() {
-        push("spec.apiKeyAuth", "API key authentication");
-    }
     if spec.cors.is_some() {
         push("spec.cors", "CORS");
     }

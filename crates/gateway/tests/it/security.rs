@@ -58,7 +58,7 @@ const REFUSED: &[(&str, &str, &str)] = &[
     (
         "apikey",
         "  apiKeyAuth:\n    credentialRefs: [{name: keys}]\n    extractFrom: [{headers: [x-api-key]}]\n",
-        "spec.apiKeyAuth: API key authentication is not enforced",
+        "secret gateway-conformance-infra/keys not found",
     ),
     (
         "grpcauth",
@@ -107,6 +107,7 @@ const HTPASSWD: &str = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
 fn secrets() -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"{}\"\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: api-keys, namespace: gateway-conformance-infra}}\nstringData: {{client-a: key-of-a, client-b: key-of-b}}\n---\n\
          apiVersion: v1\nkind: Secret\nmetadata: {{name: bcrypt-users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"bob:$2y$05$c4WoMPo3SXsafkva.HHa6uXQZWr7oboPiC2bT/r7q1BB8I2s0BRqC\\n\"\n---\n",
         HTPASSWD.trim_end()
     )
@@ -134,6 +135,10 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
     for (name, spec, _) in REFUSED {
         manifests.push_str(&guarded(name, spec));
     }
+    manifests.push_str(&guarded(
+        "keyed",
+        "  apiKeyAuth:\n    credentialRefs: [{name: api-keys}]\n    extractFrom: [{headers: [x-api-key]}, {params: [key]}]\n    forwardClientIDHeader: x-client\n    sanitize: true\n",
+    ));
     manifests.push_str(&guarded(
         "basic",
         "  basicAuth:\n    users: {name: users}\n    forwardUsernameHeader: x-user\n",
@@ -208,6 +213,31 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
             echo.seen().is_empty(),
             "a refused route reached its backend"
         );
+
+        // API keys: from the header (taken off before the backend) or the parameter.
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            let host = "Host: keyed.example.com";
+            let (status, _, body) = request(addr, host, &[proto]);
+            assert_eq!(
+                (status, body.trim()),
+                (401, "Client authentication failed.")
+            );
+            let (status, _, _) = request(addr, host, &[proto, "-H", "x-api-key: key-of-c"]);
+            assert_eq!(status, 401, "a key nobody has");
+            let (status, _, body) = request(addr, host, &[proto, "-H", "x-api-key: key-of-b"]);
+            assert_eq!(status, 200, "{body}");
+            let seen: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+            assert_eq!(seen["headers"]["x-client"], "client-b");
+            assert!(
+                seen["headers"].get("x-api-key").is_none(),
+                "sanitized: {seen}"
+            );
+        }
+        let url = format!("http://{addr}/x?key=key-of-a");
+        let (head, body) = harness::curl(&["-H", "Host: keyed.example.com", &url]);
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let seen: serde_json::Value = serde_json::from_slice(&body).expect("echo json");
+        assert_eq!(seen["headers"]["x-client"], "client-a");
 
         // Basic authentication: 401 with Envoy's challenge, then through with the user named.
         for proto in ["--http1.1", "--http2-prior-knowledge"] {

@@ -368,9 +368,37 @@ pub struct SecurityPolicySpec {
     #[serde(default)]
     pub jwt: Option<Jwt>,
     #[serde(default)]
-    pub api_key_auth: Option<Value>,
+    pub api_key_auth: Option<ApiKeyAuth>,
     #[serde(default)]
     pub authorization: Option<Authorization>,
+}
+
+/// SecurityPolicy `apiKeyAuth`: a request needs one of the keys of the credential Secrets
+/// (each key of a Secret's data is a client ID, its value that client's API key).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyAuth {
+    #[serde(default)]
+    pub credential_refs: Vec<LocalObjectRef>,
+    #[serde(default)]
+    pub extract_from: Vec<ApiKeyExtractFrom>,
+    /// Where the authenticated client's ID goes on the upstream request.
+    #[serde(rename = "forwardClientIDHeader", default)]
+    pub forward_client_id_header: Option<String>,
+    /// Remove the key from the request before it goes upstream.
+    #[serde(default)]
+    pub sanitize: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyExtractFrom {
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default)]
+    pub params: Vec<String>,
+    #[serde(default)]
+    pub cookies: Vec<String>,
 }
 
 /// SecurityPolicy `authorization`: rules tried in order, the first that matches decides;
