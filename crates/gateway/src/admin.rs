@@ -1,5 +1,6 @@
 //! The admin endpoint: `/healthz`, `/ready`, `/status` (the Gateway's conditions and
 //! listeners as `trellis check -o json` shows them, plus what is bound), `/metrics`.
+//! `/ready` answers 503 while the status document has `"ready": false`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,9 +45,22 @@ pub async fn start(
                         let (registry, status) = (registry.clone(), status.clone());
                         async move {
                             let (code, ctype, body) = match req.uri().path() {
-                                "/healthz" | "/health" | "/ready" => {
+                                "/healthz" | "/health" => {
                                     (StatusCode::OK, "text/plain", "ok\n".to_string())
                                 }
+                                // Not ready while the status says so (`trellis up` until
+                                // every component has started); ready otherwise.
+                                "/ready"
+                                    if status.load().get("ready")
+                                        == Some(&serde_json::Value::Bool(false)) =>
+                                {
+                                    (
+                                        StatusCode::SERVICE_UNAVAILABLE,
+                                        "text/plain",
+                                        "not ready\n".to_string(),
+                                    )
+                                }
+                                "/ready" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
                                 "/status" => (
                                     StatusCode::OK,
                                     "application/json",

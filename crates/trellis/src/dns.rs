@@ -16,34 +16,11 @@ use crate::SourceArgs;
 pub struct Args {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// UDP and TCP address to answer on.
-    #[arg(long, default_value = "127.0.0.1:5353")]
-    pub listen: SocketAddr,
-    /// The cluster domain.
-    #[arg(long, default_value = "cluster.local")]
-    pub domain: String,
-    /// TTL of the zone's records, in seconds.
-    #[arg(long, default_value_t = 30)]
-    pub ttl: u32,
-    /// Forward names outside every zone to these servers (ADDR or ADDR:PORT, comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub forward: Vec<String>,
-    /// Forward to the nameservers of this resolv.conf (as CoreDNS's `forward . /etc/resolv.conf`).
-    #[arg(long)]
-    pub forward_resolv_conf: Option<std::path::PathBuf>,
-    /// Serve a forwarded answer this long past its TTL when no upstream answers (RFC 8767,
-    /// CoreDNS cache's `serve_stale`); 0s turns it off.
-    #[arg(long, default_value = "24h")]
-    pub serve_stale: String,
+    #[command(flatten)]
+    pub serve: Serve,
     /// Admin endpoint: /health, /ready, /status, /metrics (CoreDNS's metric names).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Log every query on stdout (CoreDNS's `log` plugin).
-    #[arg(long)]
-    pub query_log: bool,
-    /// After SIGTERM, keep answering this long before exiting (CoreDNS's health `lameduck`).
-    #[arg(long, default_value = "0s")]
-    pub lameduck: String,
     #[command(flatten)]
     pub observe: crate::observe::ServeArgs,
     /// Also serve these zones from a record set that a sync provider writes (the `trellis`
@@ -60,8 +37,138 @@ pub struct Args {
     pub webhook_token_file: Option<std::path::PathBuf>,
 }
 
+const LISTEN_DEFAULT: &str = "127.0.0.1:5353";
+const DOMAIN_DEFAULT: &str = "cluster.local";
+const TTL_DEFAULT: u32 = 30;
+const SERVE_STALE_DEFAULT: &str = "24h";
+const LAMEDUCK_DEFAULT: &str = "0s";
+
+/// How DNS is served: the flags of `trellis dns` and the `dns:` section of `trellis up`'s
+/// config (same names, camelCase there), with the defaults in one place.
+#[derive(Clone, Debug, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Serve {
+    /// UDP and TCP address to answer on.
+    #[arg(long, default_value = LISTEN_DEFAULT)]
+    pub listen: SocketAddr,
+    /// The cluster domain.
+    #[arg(long, default_value = DOMAIN_DEFAULT)]
+    pub domain: String,
+    /// TTL of the zone's records, in seconds.
+    #[arg(long, default_value_t = TTL_DEFAULT)]
+    pub ttl: u32,
+    /// Forward names outside every zone to these servers (ADDR or ADDR:PORT, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub forward: Vec<String>,
+    /// Forward to the nameservers of this resolv.conf (as CoreDNS's `forward . /etc/resolv.conf`).
+    #[arg(long)]
+    pub forward_resolv_conf: Option<std::path::PathBuf>,
+    /// Serve a forwarded answer this long past its TTL when no upstream answers (RFC 8767,
+    /// CoreDNS cache's `serve_stale`); 0s turns it off.
+    #[arg(long, default_value = SERVE_STALE_DEFAULT)]
+    pub serve_stale: String,
+    /// Log every query on stdout (CoreDNS's `log` plugin).
+    #[arg(long)]
+    pub query_log: bool,
+    /// After SIGTERM, keep answering this long before exiting (CoreDNS's health `lameduck`).
+    #[arg(long, default_value = LAMEDUCK_DEFAULT)]
+    pub lameduck: String,
+}
+
+impl Default for Serve {
+    fn default() -> Serve {
+        Serve {
+            listen: LISTEN_DEFAULT
+                .parse()
+                .expect("the default listen address is an address"),
+            domain: DOMAIN_DEFAULT.to_string(),
+            ttl: TTL_DEFAULT,
+            forward: Vec::new(),
+            forward_resolv_conf: None,
+            serve_stale: SERVE_STALE_DEFAULT.to_string(),
+            query_log: false,
+            lameduck: LAMEDUCK_DEFAULT.to_string(),
+        }
+    }
+}
+
+impl Serve {
+    pub fn zone_config(&self) -> dns::ZoneConfig {
+        dns::ZoneConfig {
+            domain: self.domain.clone(),
+            ttl: self.ttl,
+        }
+    }
+
+    pub fn lameduck(&self) -> anyhow::Result<std::time::Duration> {
+        model::validate::parse_duration(&self.lameduck)
+            .map_err(|e| anyhow::anyhow!("lameduck {:?}: {e}", self.lameduck))
+    }
+
+    /// The forwarder for names outside every zone, counted in `metrics`; `None` without
+    /// upstreams.
+    pub fn forwarder(
+        &self,
+        metrics: &Arc<dns::metrics::Metrics>,
+    ) -> anyhow::Result<Option<Arc<dns::forward::Forwarder>>> {
+        let mut upstreams = Vec::new();
+        for f in &self.forward {
+            let addr = f.parse::<SocketAddr>().or_else(|_| {
+                f.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            upstreams.push(addr.map_err(|_| {
+                anyhow::anyhow!(
+                    "forward {f:?}: write an address, e.g. 192.168.1.1 or 127.0.0.1:5301"
+                )
+            })?);
+        }
+        if let Some(p) = &self.forward_resolv_conf {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            upstreams.extend(dns::forward::parse_resolv_conf(&text));
+        }
+        if upstreams.is_empty() {
+            return Ok(None);
+        }
+        let stale = model::validate::parse_duration(&self.serve_stale)
+            .map_err(|e| anyhow::anyhow!("serve-stale {:?}: {e}", self.serve_stale))?;
+        Ok(Some(Arc::new(
+            dns::forward::Forwarder::new(upstreams, Some(self.listen))?
+                .with_stale_max(stale)
+                .with_metrics(metrics.clone()),
+        )))
+    }
+
+    /// Binds the UDP and TCP listeners and starts answering from `views`; says where.
+    pub async fn start(
+        &self,
+        views: dns::Views,
+        metrics: &Arc<dns::metrics::Metrics>,
+        observer: Option<dns::record::Observer>,
+    ) -> anyhow::Result<dns::server::Running> {
+        let fwd = self.forwarder(metrics)?;
+        let ops = dns::server::Ops {
+            metrics: Some(metrics.clone()),
+            query_log: self.query_log,
+            observer,
+            tcp_connections_max: None,
+        };
+        let running = dns::server::start_with(self.listen, views, fwd, ops)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (ports below 1024 need root; try 127.0.0.1:5353)",
+                    self.listen
+                )
+            })?;
+        eprintln!("dns: zone {} on udp/tcp {}", self.domain, running.udp);
+        Ok(running)
+    }
+}
+
 /// The views of a snapshot, with the dynamic records merged in.
-fn views_of(
+pub fn views_of(
     s: &model::Snapshot,
     cfg: &dns::ZoneConfig,
     dynamic: Option<&dns::sync::dynamic::Dynamic>,
@@ -73,33 +180,7 @@ fn views_of(
     v
 }
 
-fn forwarder(args: &Args) -> anyhow::Result<Option<dns::forward::Forwarder>> {
-    let mut upstreams = Vec::new();
-    for f in &args.forward {
-        let addr = f.parse::<SocketAddr>().or_else(|_| {
-            f.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, 53))
-        });
-        upstreams.push(addr.map_err(|_| {
-            anyhow::anyhow!("--forward {f:?}: write an address, e.g. 192.168.1.1 or 127.0.0.1:5301")
-        })?);
-    }
-    if let Some(p) = &args.forward_resolv_conf {
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-        upstreams.extend(dns::forward::parse_resolv_conf(&text));
-    }
-    if upstreams.is_empty() {
-        return Ok(None);
-    }
-    let stale = model::validate::parse_duration(&args.serve_stale)
-        .map_err(|e| anyhow::anyhow!("--serve-stale {:?}: {e}", args.serve_stale))?;
-    Ok(Some(
-        dns::forward::Forwarder::new(upstreams, Some(args.listen))?.with_stale_max(stale),
-    ))
-}
-
-fn status_of(v: &dns::Views) -> serde_json::Value {
+pub fn status_of(v: &dns::Views) -> serde_json::Value {
     serde_json::json!({
         "views": v.views.iter().map(|x| x.name.clone()).collect::<Vec<_>>(),
         "clusterNames": v.default.names.len(),
@@ -109,34 +190,16 @@ fn status_of(v: &dns::Views) -> serde_json::Value {
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let opts = args.source.options()?;
-    let cfg = dns::ZoneConfig {
-        domain: args.domain.clone(),
-        ttl: args.ttl,
-    };
-    let lameduck = model::validate::parse_duration(&args.lameduck)
-        .map_err(|e| anyhow::anyhow!("--lameduck {:?}: {e}", args.lameduck))?;
+    let cfg = args.serve.zone_config();
+    let lameduck = args.serve.lameduck()?;
     let watch =
         Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
     let first = watch.current();
-    for d in first
-        .snapshot
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == model::Severity::Error)
-    {
-        eprintln!("{d}");
-    }
+    crate::report_errors(&first.snapshot);
     let dynamic = (!args.dynamic_zones.is_empty())
         .then(|| Arc::new(dns::sync::dynamic::Dynamic::new(&args.dynamic_zones)));
     let views = views_of(&first.snapshot, &cfg, dynamic.as_deref());
     let metrics = Arc::new(dns::metrics::Metrics::default());
-    let fwd = forwarder(args)?.map(|f| Arc::new(f.with_metrics(metrics.clone())));
-    let mut ops = dns::server::Ops {
-        metrics: Some(metrics.clone()),
-        query_log: args.query_log,
-        observer: None,
-        tcp_connections_max: None,
-    };
     let status = Arc::new(ArcSwap::from_pointee(status_of(&views)));
     crate::gateway::runtime()?.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
@@ -144,19 +207,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         // Flows: one per query, when --observe-listen is set.
         let flows = crate::observe::start(&args.observe, &mut registry).await?;
         let pods = Arc::new(crate::observe::Pods::default());
-        if let Some(o) = &flows {
+        let observer = flows.as_ref().map(|o| {
             pods.update(&first.snapshot);
-            ops.observer = Some(crate::observe::dns_observer(o.flows(), pods.clone()));
-        }
-        let running = dns::server::start_with(args.listen, views, fwd, ops)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (ports below 1024 need root; try --listen 127.0.0.1:5353)",
-                    args.listen
-                )
-            })?;
-        eprintln!("dns: zone {} on udp/tcp {}", cfg.domain, running.udp);
+            crate::observe::dns_observer(o.flows(), pods.clone())
+        });
+        let running = args.serve.start(views, &metrics, observer).await?;
         if let Some(addr) = args.admin {
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone())
                 .await

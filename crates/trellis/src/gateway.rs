@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -39,10 +40,93 @@ pub struct Args {
     pub observe: crate::observe::ServeArgs,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AccessLogTo {
+    #[default]
     Stdout,
     Off,
+}
+
+impl AccessLogTo {
+    /// The access log writer (a thread writing stdout), if any.
+    pub fn start(self) -> Option<gateway::proxy::AccessLog> {
+        match self {
+            AccessLogTo::Stdout => Some(gateway::proxy::AccessLog::to_writer(
+                std::io::BufWriter::new(std::io::stdout()),
+            )),
+            AccessLogTo::Off => None,
+        }
+    }
+}
+
+/// A drain timeout flag or config value (`30s`, `1m`), named `what` in the error.
+pub fn parse_drain_timeout(what: &str, v: Option<&str>) -> anyhow::Result<Option<Duration>> {
+    v.map(|d| model::validate::parse_duration(d).map_err(|e| anyhow::anyhow!("{what} {d:?}: {e}")))
+        .transpose()
+}
+
+/// Compiles Gateway `key` (a Gateway's key) of a snapshot.
+pub fn compile(
+    s: &model::Snapshot,
+    key: &ObjectKey,
+) -> Result<gateway::Plan, gateway::CompileError> {
+    gateway::compile(s, &key.namespace, &key.name)
+}
+
+/// Binds a Gateway's listeners and says where each is (the lines tests and the lab wait for),
+/// and which listeners it does not serve.
+pub async fn start_gateway(
+    plan: &gateway::Plan,
+    bind: &gateway::Bind,
+    metrics: Arc<gateway::metrics::Metrics>,
+) -> anyhow::Result<gateway::Running> {
+    let gw = plan.gateway.ns_name();
+    for (l, port, why) in &plan.unserved {
+        eprintln!("warning: gateway {gw}: listener {l} (port {port}) is not served: {why}");
+    }
+    let running = gateway::start(plan, bind, metrics)
+        .await
+        .with_context(|| format!("gateway {gw}"))?;
+    for (p, a) in &running.bound {
+        eprintln!("gateway {gw}: listener port {p} on http://{a}");
+    }
+    for (p, a) in &running.bound_udp {
+        eprintln!("gateway {gw}: listener port {p} on udp {a}");
+    }
+    Ok(running)
+}
+
+/// Drains a running Gateway (see `Running::drain`) and says how it went; returns whether every
+/// connection closed in time.
+pub async fn drain_gateway(gw: &str, running: gateway::Running, timeout: Duration) -> bool {
+    eprintln!("gateway {gw}: draining (up to {timeout:?})");
+    let clean = running.drain(timeout).await;
+    if clean {
+        eprintln!("gateway {gw}: drained");
+    } else {
+        eprintln!("gateway {gw}: drain timeout reached; closing remaining connections");
+    }
+    clean
+}
+
+/// The number of route entries a plan serves, for reload lines.
+pub fn route_entries(p: &gateway::Plan) -> usize {
+    p.ports
+        .values()
+        .filter_map(|l| l.router())
+        .map(|r| r.len())
+        .sum()
 }
 
 #[derive(Debug, clap::Args)]
@@ -124,7 +208,7 @@ pub fn add_compile_conditions(s: &mut model::Snapshot) {
 }
 
 /// The Gateway's status as `trellis check -o json` shows it, plus what this process serves.
-fn status_doc(
+pub fn status_doc(
     load: &store::Load,
     key: &ObjectKey,
     plan: Option<&gateway::Plan>,
@@ -149,43 +233,22 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         .gateway
         .split_once('/')
         .context("--gateway takes NAMESPACE/NAME, e.g. network/envoy-external")?;
-    let (ns, name) = (ns.to_string(), name.to_string());
-    let key = ObjectKey::new(model::validate::GATEWAY_GROUP, "Gateway", &ns, &name);
+    let key = ObjectKey::new(model::validate::GATEWAY_GROUP, "Gateway", ns, name);
     let port_map = parse_port_map(&args.port_map)?;
-    let drain_override = match &args.drain_timeout {
-        Some(d) => Some(
-            model::validate::parse_duration(d)
-                .map_err(|e| anyhow::anyhow!("--drain-timeout {d:?}: {e}"))?,
-        ),
-        None => None,
-    };
+    let drain_override = parse_drain_timeout("--drain-timeout", args.drain_timeout.as_deref())?;
     let opts = args.source.options()?;
     let watch =
         Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
     let first = watch.current();
-    for d in first
-        .snapshot
-        .diagnostics
-        .iter()
-        .filter(|d| d.severity == model::Severity::Error)
-    {
-        eprintln!("{d}");
-    }
-    let plan = gateway::compile(&first.snapshot, &ns, &name).map_err(|e| {
+    crate::report_errors(&first.snapshot);
+    let plan = compile(&first.snapshot, &key).map_err(|e| {
         anyhow::anyhow!("{e}\n(run `trellis check -f ...` to see every object's conditions)")
     })?;
-    for (l, port, why) in &plan.unserved {
-        eprintln!("warning: listener {l} (port {port}) is not served: {why}");
-    }
     let rt = runtime()?;
     rt.block_on(async move {
         let metrics = Arc::new(gateway::metrics::Metrics::default());
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
-        let access_log = match args.access_log {
-            AccessLogTo::Stdout => Some(gateway::proxy::AccessLog::to_writer(std::io::BufWriter::new(std::io::stdout()))),
-            AccessLogTo::Off => None,
-        };
         // Flows: one per request, when --observe-listen is set.
         let flows = crate::observe::start(&args.observe, &mut registry).await?;
         let pods = Arc::new(crate::observe::Pods::default());
@@ -196,17 +259,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let bind = gateway::Bind {
             ip: args.bind,
             port_map,
-            access_log,
+            access_log: args.access_log.start(),
             observer,
             ..Default::default()
         };
-        let running = gateway::start(&plan, &bind, metrics.clone()).await?;
-        for (p, a) in &running.bound {
-            eprintln!("gateway {ns}/{name}: listener port {p} on http://{a}");
-        }
-        for (p, a) in &running.bound_udp {
-            eprintln!("gateway {ns}/{name}: listener port {p} on udp {a}");
-        }
+        let running = start_gateway(&plan, &bind, metrics.clone()).await?;
         let status = Arc::new(ArcSwap::from_pointee(status_doc(&first, &key, Some(&plan), &running.bound, &running.bound_udp, None)));
         if let Some(addr) = args.admin {
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone()).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
@@ -226,7 +283,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         loop {
             tokio::select! {
                 u = rx.recv() => match u {
-                    Some(Update::Applied(load)) => match gateway::compile(&load.snapshot, &ns, &name) {
+                    Some(Update::Applied(load)) => match compile(&load.snapshot, &key) {
                         Ok(p) => {
                             running.update(&p);
                             if flows.is_some() {
@@ -234,7 +291,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                             }
                             drain_timeout = drain_override.unwrap_or(p.drain_timeout);
                             status.store(Arc::new(status_doc(&load, &key, Some(&p), &running.bound, &running.bound_udp, None)));
-                            eprintln!("reloaded: {} route entries", p.ports.values().filter_map(|l| l.router()).map(|r| r.len()).sum::<usize>());
+                            eprintln!("reloaded: {} route entries", route_entries(&p));
                         }
                         Err(e) => {
                             eprintln!("reload rejected, still serving the previous routes: {e}");
@@ -255,9 +312,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => break,
             }
         }
-        eprintln!("draining (up to {drain_timeout:?})");
-        let clean = running.drain(drain_timeout).await;
-        eprintln!("{}", if clean { "drained" } else { "drain timeout reached; closing remaining connections" });
+        drain_gateway(&key.ns_name(), running, drain_timeout).await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -8,9 +8,11 @@ mod check;
 mod dns;
 mod gateway;
 mod lab;
+mod logging;
 mod observe;
 mod secret;
 mod sync;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +31,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "The network stack of a small cluster in one program"
 )]
 struct Cli {
+    /// Log lines as text or JSON (on stderr; the filter is $RUST_LOG, else $TRELLIS_LOG).
+    #[arg(long, global = true, value_enum, env = "TRELLIS_LOG_FORMAT")]
+    log_format: Option<logging::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -72,6 +77,18 @@ impl SourceArgs {
     }
 }
 
+/// Prints a load's errors (a manifest that does not parse, an undefined variable under
+/// `--strict-vars`), one a line, on stderr.
+pub fn report_errors(snapshot: &model::Snapshot) {
+    for d in snapshot
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == model::Severity::Error)
+    {
+        eprintln!("{d}");
+    }
+}
+
 /// Hands a watcher's updates (a std channel fed by a thread) to the async runtime. The
 /// watcher moves into the thread, which keeps it watching for as long as updates are read.
 pub fn forward_updates(
@@ -109,17 +126,17 @@ enum Command {
     Agent(agent::Args),
     /// Plan DNS records for the manifests' routes, Services and DNSEndpoints (ExternalDNS's semantics).
     Sync(sync::Args),
+    /// Run the single-host product in one process: every Gateway of the manifests, DNS, flows
+    /// and one admin endpoint, from one watch of the manifests and one config file.
+    Up(Box<up::Args>),
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRELLIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    // `up` installs the subscriber itself, after reading its config file (log format, level).
+    if !matches!(cli.command, Command::Up(_)) {
+        logging::init(cli.log_format.unwrap_or_default(), "warn");
+    }
     let result = match cli.command {
         Command::Check(args) => check::run(&args),
         Command::Gateway(args) => gateway::run(&args),
@@ -129,6 +146,7 @@ fn main() -> ExitCode {
         Command::Sync(args) => sync::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Agent(args) => agent::run(&args),
+        Command::Up(args) => up::run(&args, cli.log_format),
     };
     match result {
         Ok(code) => code,

@@ -22,8 +22,10 @@ use observe::proto::observer::{
 };
 use observe::wire::Reader;
 
-/// Flags of the components that produce flows.
-#[derive(Debug, Clone, clap::Args)]
+/// Flags of the components that produce flows (and the `observe:` section of `trellis up`'s
+/// config, same names in camelCase).
+#[derive(Debug, Clone, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct ServeArgs {
     /// Serve Hubble's Observer gRPC API (GetFlows, ServerStatus, GetNodes) here, e.g.
     /// 127.0.0.1:4245. Flows are recorded only when this or --ui-listen is set.
@@ -38,6 +40,17 @@ pub struct ServeArgs {
     /// The node name flows carry (default: the host name).
     #[arg(long)]
     pub node_name: Option<String>,
+}
+
+impl Default for ServeArgs {
+    fn default() -> ServeArgs {
+        ServeArgs {
+            observe_listen: None,
+            ui_listen: None,
+            flows_max: observe::hub::FLOWS_MAX_DEFAULT,
+            node_name: None,
+        }
+    }
 }
 
 fn host_name() -> String {
