@@ -4,8 +4,10 @@
 //! - `demo`: builds trellis and runs `trellis lab demo` (root); `demo loopback` checks the
 //!   example and the corpus and serves them on loopback without root.
 //! - `bench`: the criterion benchmarks in release, with a summary against the targets.
-//! - `fuzz [TARGET] [SECONDS]`: runs a cargo-fuzz target (`load` by default, `dns_packet`,
-//!   `gateway_route`) for a bounded time (installs cargo-fuzz if needed).
+//! - `fuzz [TARGET] [SECONDS]`: runs one cargo-fuzz target of [`FUZZ_TARGETS`] (`load` by
+//!   default) for a bounded time (installs cargo-fuzz if needed).
+//! - `fuzz-all [SECONDS]`: runs every fuzz target for that long, one after another, and prints
+//!   each one's executions and coverage; fails if any found a crash.
 
 mod bench_datapath;
 mod bench_dns;
@@ -57,9 +59,10 @@ fn main() -> Result<()> {
             };
             fuzz(target, seconds)
         }
+        Some("fuzz-all") => fuzz_all(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [target] [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [target] [seconds]|fuzz-all [seconds]>"
             );
             bail!("unknown or missing xtask command")
         }
@@ -222,6 +225,12 @@ fn test() -> Result<()> {
     run("cargo", &["test", "--workspace", "--all-targets"])?;
     // Doc tests are not covered by --all-targets.
     run("cargo", &["test", "--workspace", "--doc"])?;
+    // The fuzz targets are their own workspace: type-check them so that they cannot rot
+    // (running them is `fuzz-all`'s, not CI's).
+    run(
+        "cargo",
+        &["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"],
+    )?;
     eprintln!("==> all tests passed");
     Ok(())
 }
@@ -507,8 +516,55 @@ fn mean_ns(text: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-/// The cargo-fuzz targets in `fuzz/`.
-const FUZZ_TARGETS: &[&str] = &["load", "dns_packet", "gateway_route"];
+/// The cargo-fuzz targets in `fuzz/`, the one list of them (a test checks that
+/// `fuzz/Cargo.toml` declares exactly these).
+const FUZZ_TARGETS: &[&str] = &[
+    "load",
+    "dns_packet",
+    "gateway_route",
+    "dns_replay",
+    "dns_prepare",
+    "dns_tcp",
+    "dns_forwarded",
+    "dns_axfr",
+    "dns_webhook",
+    "dns_cloudflare",
+    "cni_config",
+    "observe_filter",
+    "gateway_h1",
+    "gateway_chunked",
+    "gateway_sni",
+    "gateway_basic_auth",
+];
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    if !has("cargo", &["fuzz", "--version"]) {
+        run("cargo", &["install", "cargo-fuzz", "--locked"])?;
+    }
+    Ok(())
+}
+
+/// Builds one fuzz target, or all of them, as `cargo fuzz run` would.
+fn fuzz_build(target: Option<&str>) -> Result<()> {
+    let mut args = vec!["fuzz", "build", "--sanitizer", "none"];
+    args.extend(target);
+    // cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+    run_env("cargo", &args, &[("RUSTC_BOOTSTRAP", "1")])
+}
+
+/// Where `cargo fuzz build` puts the targets: `fuzz/target/<host triple>/release/`.
+fn fuzz_bin_dir() -> Result<PathBuf> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("cannot run rustc -vV")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let host = text
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .context("rustc -vV names no host")?;
+    Ok(root().join("fuzz/target").join(host.trim()).join("release"))
+}
 
 fn fuzz(target: &str, seconds: &str) -> Result<()> {
     if !FUZZ_TARGETS.contains(&target) {
@@ -517,26 +573,152 @@ fn fuzz(target: &str, seconds: &str) -> Result<()> {
             FUZZ_TARGETS.join(", ")
         );
     }
-    if !has("cargo", &["fuzz", "--version"]) {
-        run("cargo", &["install", "cargo-fuzz", "--locked"])?;
-    }
-    // cargo-fuzz passes nightly-only flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
-    let max_time = format!("-max_total_time={seconds}");
-    eprintln!("==> cargo fuzz run {target} (bounded to {seconds} s)");
-    // A packet may not make the server allocate much: libFuzzer fails any single allocation
-    // above this.
-    let malloc_limit = "-malloc_limit_mb=64";
-    let mut flags = vec![max_time.as_str()];
-    if target == "dns_packet" {
-        flags.push(malloc_limit);
-    }
-    let status = Command::new("cargo")
-        .args(["fuzz", "run", "--sanitizer", "none", target, "--"])
-        .args(&flags)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .status()?;
-    if !status.success() {
+    ensure_cargo_fuzz()?;
+    fuzz_build(Some(target))?;
+    let run = fuzz_run(&fuzz_bin_dir()?, target, seconds)?;
+    if run.crashed {
         bail!("fuzzing found a failure (see fuzz/artifacts/{target})");
     }
     Ok(())
+}
+
+/// What one bounded fuzzing run reported.
+struct FuzzRun {
+    crashed: bool,
+    /// libFuzzer's last status line (`#N DONE cov: X ft: Y ...`), when it printed one.
+    status: Option<String>,
+}
+
+/// The value after `key` in a libFuzzer status line (`cov:` in `... cov: 812 ft: ...`).
+fn status_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == key)?;
+    words.next()
+}
+
+/// Runs one built target for `seconds` as `cargo fuzz run` does (corpus in
+/// `fuzz/corpus/TARGET`, crashes in `fuzz/artifacts/TARGET`), echoing libFuzzer's output and
+/// keeping its last status line. The binary is run directly so that every target of a
+/// `fuzz-all` runs the one build made before them.
+fn fuzz_run(bin_dir: &Path, target: &str, seconds: &str) -> Result<FuzzRun> {
+    use std::io::{BufRead, BufReader};
+    let corpus = root().join("fuzz/corpus").join(target);
+    let artifacts = root().join("fuzz/artifacts").join(target);
+    std::fs::create_dir_all(&corpus).context("creating the corpus directory")?;
+    std::fs::create_dir_all(&artifacts).context("creating the artifacts directory")?;
+    let mut flags = vec![
+        format!("-artifact_prefix={}/", artifacts.display()),
+        format!("-max_total_time={seconds}"),
+    ];
+    // A target's words (HTTP header names, record headers), when it has a dictionary.
+    let dict = root().join(format!("fuzz/dicts/{target}.dict"));
+    if dict.exists() {
+        flags.push(format!("-dict={}", dict.display()));
+    }
+    if target == "dns_packet" {
+        // A packet may not make the server allocate much: libFuzzer fails any single
+        // allocation above this.
+        flags.push("-malloc_limit_mb=64".into());
+    }
+    eprintln!("==> fuzz {target} (bounded to {seconds} s)");
+    let mut child = Command::new(bin_dir.join(target))
+        .args(&flags)
+        .arg(&corpus)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start fuzz target {target} (built?)"))?;
+    let mut status = None;
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines() {
+            let line = line.context("reading libFuzzer's output")?;
+            eprintln!("{line}");
+            // `#1234\tpulse  cov: ...`, `#5678\tDONE   cov: ...`: the last one counts.
+            if line.starts_with('#') && status_field(&line, "cov:").is_some() {
+                status = Some(line);
+            }
+        }
+    }
+    let exit = child.wait().context("waiting for the fuzz target")?;
+    Ok(FuzzRun {
+        crashed: !exit.success(),
+        status,
+    })
+}
+
+/// Runs every target for `seconds` each, one at a time, then prints a table of executions
+/// and coverage; fails when any target failed.
+fn fuzz_all(seconds: &str) -> Result<()> {
+    if seconds.parse::<u64>().is_err() {
+        bail!("fuzz-all SECONDS: {seconds:?} is not a number of seconds");
+    }
+    ensure_cargo_fuzz()?;
+    // One build of every target first; each run then starts at once.
+    fuzz_build(None)?;
+    let bin_dir = fuzz_bin_dir()?;
+    let mut rows = Vec::new();
+    for target in FUZZ_TARGETS {
+        rows.push((*target, fuzz_run(&bin_dir, target, seconds)?));
+    }
+    println!("\nfuzz target          executions  cov     ft      exec/s  result");
+    for (target, r) in &rows {
+        let line = r.status.as_deref().unwrap_or("");
+        let field = |k| status_field(line, k).unwrap_or("-");
+        let runs = line
+            .split_whitespace()
+            .next()
+            .map_or("-", |w| w.trim_start_matches('#'));
+        let result = if r.crashed {
+            format!("FAILED (fuzz/artifacts/{target}/)")
+        } else {
+            "ok".to_string()
+        };
+        println!(
+            "{target:<20} {runs:>10}  {:<7} {:<7} {:>6}  {result}",
+            field("cov:"),
+            field("ft:"),
+            field("exec/s:")
+        );
+    }
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|(_, r)| r.crashed)
+        .map(|(t, _)| *t)
+        .collect();
+    if !failed.is_empty() {
+        bail!("fuzzing found failures in {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fuzz/Cargo.toml` declares exactly the targets of [`FUZZ_TARGETS`], so that `fuzz-all`
+    /// runs every target that CI builds.
+    #[test]
+    fn fuzz_targets_are_the_fuzz_crates_binaries() {
+        let text =
+            std::fs::read_to_string(root().join("fuzz/Cargo.toml")).expect("fuzz/Cargo.toml");
+        let mut bins: Vec<&str> = text
+            .split("[[bin]]")
+            .skip(1)
+            .filter_map(|b| b.lines().find_map(|l| l.trim().strip_prefix("name = ")))
+            .map(|n| n.trim_matches('"'))
+            .collect();
+        let mut listed = FUZZ_TARGETS.to_vec();
+        bins.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(bins, listed);
+    }
+
+    #[test]
+    fn status_lines_are_read() {
+        let line =
+            "#52431\tDONE   cov: 1812 ft: 6406 corp: 614/77Kb lim: 4096 exec/s: 859 rss: 98Mb";
+        assert_eq!(status_field(line, "cov:"), Some("1812"));
+        assert_eq!(status_field(line, "ft:"), Some("6406"));
+        assert_eq!(status_field(line, "exec/s:"), Some("859"));
+        assert_eq!(status_field(line, "nope:"), None);
+    }
 }
