@@ -518,7 +518,10 @@ async fn a_body_never_loses_its_length_upstream() {
     let seen = heads.clone();
     let up = scripted(move |_, req| {
         seen.lock().expect("heads").push(req.to_ascii_lowercase());
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(), true)
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec(),
+            true,
+        )
     })
     .await;
     let (_b, r, _m) = gateway(up).await;
