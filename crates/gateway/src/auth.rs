@@ -41,6 +41,7 @@ pub struct Security {
     pub oidc: Option<crate::oidc::Oidc>,
     pub authorization: Option<Authorization>,
     pub api_keys: Option<ApiKeys>,
+    pub cors: Option<crate::cors::Cors>,
 }
 
 /// SecurityPolicy `apiKeyAuth`, compiled: the clients and their keys, where keys are looked
@@ -695,6 +696,7 @@ fn compile_one(
         oidc: None,
         authorization: None,
         api_keys: None,
+        cors: None,
     };
     if sec.refused.is_some() {
         return sec;
@@ -736,10 +738,17 @@ fn compile_one(
                 .as_ref()
                 .map(|k| api_keys(s, p.namespace(), k))
                 .transpose()?;
-            Ok((basic, ext, jwt, oidc, (authz, keys)))
+            let cors = p
+                .spec
+                .cors
+                .as_ref()
+                .map(crate::cors::Cors::new)
+                .transpose()?;
+            Ok((basic, ext, jwt, oidc, (authz, keys, cors)))
         });
     match parts {
-        Ok((basic, ext, jwt, oidc, (authz, keys))) => {
+        Ok((basic, ext, jwt, oidc, (authz, keys, cors))) => {
+            sec.cors = cors;
             sec.authorization = authz;
             sec.api_keys = keys;
             sec.basic = basic;

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod auth;
 pub mod compress;
+pub mod cors;
 pub mod echo;
 mod h1;
 pub mod jwt;

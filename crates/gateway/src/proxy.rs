@@ -924,6 +924,20 @@ async fn handle_inner(
     let counters = action
         .counters
         .get_or_init(|| state.metrics.route_counters(&action.route));
+    // CORS first: the origin is noted for the answer, a preflight answered here.
+    let cors = action.security.as_ref().and_then(|s| s.cors.as_ref());
+    let origin = cors.and_then(|c| c.allowed(req.headers()).cloned());
+    if let (Some(c), None) = (
+        cors,
+        action.security.as_ref().and_then(|s| s.refused.as_ref()),
+    ) && let Some(headers) = c.preflight(req.method(), req.headers())
+    {
+        let mut reply = Response::new(full(Bytes::new()));
+        *reply.headers_mut() = headers;
+        state.metrics.observe(counters, 200, started.elapsed());
+        seen(state, &mut reply, &action, client);
+        return reply;
+    }
     // The SecurityPolicy runs first (Envoy Gateway's filter order), then Lua.
     let req = match &action.security {
         Some(sec) => {
@@ -941,6 +955,9 @@ async fn handle_inner(
             {
                 Ok(r) => r,
                 Err(mut reply) => {
+                    if let (Some(c), Some(o)) = (cors, &origin) {
+                        c.decorate(o, reply.headers_mut());
+                    }
                     state
                         .metrics
                         .observe(counters, reply.status().as_u16(), started.elapsed());
@@ -986,6 +1003,9 @@ async fn handle_inner(
             StatusCode::INTERNAL_SERVER_ERROR,
             "a Lua script of this route failed on the response",
         );
+    }
+    if let (Some(c), Some(o)) = (cors, &origin) {
+        c.decorate(o, resp.headers_mut());
     }
     edit_headers(resp.headers_mut(), &action.response_headers, client);
     if let Some(log) = &state.access_log {

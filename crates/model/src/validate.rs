@@ -1757,6 +1757,12 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     );
                 }
             }
+            if let Some(c) = &spec.cors {
+                check_duration(status, "spec.cors.maxAge", &c.max_age);
+                if c.allow_origins.is_empty() {
+                    problem(status, "spec.cors.allowOrigins", "names no origin");
+                }
+            }
             if let Some(k) = &spec.api_key_auth {
                 if k.credential_refs.is_empty() {
                     problem(
@@ -1819,9 +1825,6 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
 pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
     let mut push = |path: &str, what| out.push((path.to_string(), what));
-    if spec.cors.is_some() {
-        push("spec.cors", "CORS");
-    }
     if let Some(ea) = &spec.ext_auth {
         if ea.http.is_none() && ea.grpc.is_some() {
             push("spec.extAuth.grpc", "gRPC external authorization");

@@ -136,6 +136,10 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
         manifests.push_str(&guarded(name, spec));
     }
     manifests.push_str(&guarded(
+        "corsy",
+        "  cors:\n    allowOrigins: ['https://*.example.com', 'https://app.test']\n    allowMethods: [GET, POST]\n    allowHeaders: [x-custom]\n    exposeHeaders: [x-total]\n    maxAge: 600s\n    allowCredentials: true\n  basicAuth:\n    users: {name: users}\n",
+    ));
+    manifests.push_str(&guarded(
         "keyed",
         "  apiKeyAuth:\n    credentialRefs: [{name: api-keys}]\n    extractFrom: [{headers: [x-api-key]}, {params: [key]}]\n    forwardClientIDHeader: x-client\n    sanitize: true\n",
     ));
@@ -213,6 +217,77 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
             echo.seen().is_empty(),
             "a refused route reached its backend"
         );
+
+        // CORS: a preflight from an allowed origin is answered here, before authentication;
+        // answers to an allowed origin carry its headers, others none.
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            let host = "Host: corsy.example.com";
+            let before = echo.seen().len();
+            let (status, head, _) = request(
+                addr,
+                host,
+                &[
+                    proto,
+                    "-X",
+                    "OPTIONS",
+                    "-H",
+                    "Origin: https://a.example.com",
+                    "-H",
+                    "Access-Control-Request-Method: POST",
+                ],
+            );
+            assert_eq!(status, 200, "{head}");
+            for h in [
+                "access-control-allow-origin: https://a.example.com",
+                "access-control-allow-methods: get, post",
+                "access-control-allow-headers: x-custom",
+                "access-control-max-age: 600",
+                "access-control-allow-credentials: true",
+            ] {
+                assert!(head.contains(h), "{h}: {head}");
+            }
+            assert_eq!(echo.seen().len(), before, "a preflight is not forwarded");
+            let (status, head, _) = request(
+                addr,
+                host,
+                &[
+                    proto,
+                    "-u",
+                    "alice:secret",
+                    "-H",
+                    "Origin: https://app.test",
+                ],
+            );
+            assert_eq!(status, 200);
+            assert!(
+                head.contains("access-control-allow-origin: https://app.test"),
+                "{head}"
+            );
+            assert!(
+                head.contains("access-control-expose-headers: x-total"),
+                "{head}"
+            );
+            let (status, head, _) = request(
+                addr,
+                host,
+                &[
+                    proto,
+                    "-u",
+                    "alice:secret",
+                    "-H",
+                    "Origin: https://evil.test",
+                ],
+            );
+            assert_eq!(status, 200);
+            assert!(!head.contains("access-control-"), "{head}");
+            let (status, head, _) =
+                request(addr, host, &[proto, "-H", "Origin: https://b.example.com"]);
+            assert_eq!(status, 401, "still authenticated");
+            assert!(
+                head.contains("access-control-allow-origin: https://b.example.com"),
+                "{head}"
+            );
+        }
 
         // API keys: from the header (taken off before the backend) or the parameter.
         for proto in ["--http1.1", "--http2-prior-knowledge"] {

@@ -364,13 +364,33 @@ pub struct SecurityPolicySpec {
     #[serde(default)]
     pub basic_auth: Option<BasicAuth>,
     #[serde(default)]
-    pub cors: Option<Value>,
+    pub cors: Option<Cors>,
     #[serde(default)]
     pub jwt: Option<Jwt>,
     #[serde(default)]
     pub api_key_auth: Option<ApiKeyAuth>,
     #[serde(default)]
     pub authorization: Option<Authorization>,
+}
+
+/// SecurityPolicy `cors`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// `*`, `scheme://host[:port]` or `scheme://*.domain[:port]`.
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// A Gateway API duration (`600s`).
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
 }
 
 /// SecurityPolicy `apiKeyAuth`: a request needs one of the keys of the credential Secrets
