@@ -511,7 +511,8 @@ async fn records_name_what_each_pipelined_request_asked_for() {
 /// dropped upstream, and on the own path the length went with them while the body was still
 /// sent, so the upstream read the body as a next request (smuggled past every route and
 /// filter, its answer left for whoever used the pooled connection next). The request must
-/// reach the upstream with its length. Found with the gateway_h1 fuzz target's invariant.
+/// reach the upstream with its length. Found while writing the gateway_h1 fuzz target, whose
+/// framing invariant checks it.
 #[tokio::test]
 async fn a_body_never_loses_its_length_upstream() {
     let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
