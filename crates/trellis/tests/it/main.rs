@@ -10,6 +10,7 @@ mod lab;
 mod observe;
 mod sync;
 mod ui;
+mod up;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,0 +1,486 @@
+//! `trellis up` on the example home lab, on loopback with ports the OS picks: both gateways
+//! answer curl, DNS answers dig, the admin endpoint shows every component, a broken edit
+//! leaves everything serving with `/status` saying why, and SIGTERM drains a request in flight
+//! before a clean exit.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use crate::{Proc, within};
+
+/// Copies a directory tree (the example, so that the test can break a file of it).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
+/// A process's stderr lines as they come, read by a thread.
+fn lines_of(child: &mut Proc) -> Receiver<String> {
+    use std::io::BufRead;
+    let err = child.0.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Reads lines until one contains `needle` (at most `secs`); every line read is added to
+/// `seen`. Returns that line.
+fn until(rx: &Receiver<String>, needle: &str, secs: u64, seen: &mut Vec<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "no line with {needle:?} within {secs} s:\n{}",
+                    seen.join("\n")
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the process ended before {needle:?}:\n{}", seen.join("\n"))
+            }
+        }
+    }
+}
+
+/// The address a line names: the first word after its last `http://`, else its last word.
+fn addr_in(line: &str) -> String {
+    match line.rsplit_once("http://") {
+        Some((_, tail)) => tail.split_whitespace().next().unwrap_or(tail),
+        None => line.split_whitespace().last().unwrap_or(line),
+    }
+    .to_string()
+}
+
+fn port_of(addr: &str) -> String {
+    addr.rsplit(':').next().expect("a port").to_string()
+}
+
+/// curl with the status code and headers on stdout (body discarded); `None` when curl fails.
+fn curl(args: &[&str]) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "5", "-D", "-", "-o", "/dev/null"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
+}
+
+fn get(url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
+fn status(admin: &str) -> serde_json::Value {
+    let (code, body) = get(&format!("http://{admin}/status"));
+    assert_eq!(code, "200", "{body}");
+    serde_json::from_str(&body).expect("/status is JSON")
+}
+
+fn dig(port: &str, name: &str) -> String {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            port,
+            "-b",
+            "127.0.0.1",
+            "+short",
+            "+time=2",
+            "+tries=1",
+        ])
+        .args([name, "A"])
+        .output()
+        .expect("dig runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
+    let t = tempfile::tempdir().expect("tmp");
+    let lab = t.path().join("home-lab");
+    copy_tree(&crate::repo().join("examples/home-lab"), &lab);
+    let mut seen = Vec::new();
+
+    // The echo pods: one echo server on a free port, named by an EndpointSlice beside the
+    // example; and a second one behind a route of its own, so that the test can see a request
+    // reach it (no other connection goes there).
+    let echo_server = |name: &str, seen: &mut Vec<String>| {
+        let mut p = Proc(
+            Command::new(env!("CARGO_BIN_EXE_trellis"))
+                .args([
+                    "echo",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--name",
+                    name,
+                    "--namespace",
+                    "apps",
+                ])
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("echo starts"),
+        );
+        let lines = lines_of(&mut p);
+        let port = port_of(&addr_in(&until(
+            &lines,
+            &format!("echo apps/{name} on"),
+            20,
+            seen,
+        )));
+        (p, port)
+    };
+    let (_echo, echo_port) = echo_server("echo", &mut seen);
+    let (_slow, slow_port) = echo_server("slow", &mut seen);
+    let overlay = t.path().join("local");
+    std::fs::create_dir_all(&overlay).expect("mkdir");
+    let endpoints = |service: &str, port: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {service}-local, namespace: apps, labels: {{kubernetes.io/service-name: {service}}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+        )
+    };
+    std::fs::write(
+        overlay.join("echo-endpoints.yaml"),
+        endpoints("echo", &echo_port),
+    )
+    .expect("write");
+    std::fs::write(
+        overlay.join("slow.yaml"),
+        format!(
+            "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: slow, namespace: apps}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: slow, namespace: apps}}\n\
+             spec:\n  hostnames: [slow.home.example]\n  parentRefs: [{{name: envoy-internal, namespace: network, sectionName: https}}]\n\
+             \x20 rules: [{{backendRefs: [{{name: slow, port: 80}}]}}]\n",
+            endpoints("slow", &slow_port)
+        ),
+    )
+    .expect("write");
+    // Every port chosen by the OS; the process says which.
+    let config = t.path().join("trellis.yaml");
+    std::fs::write(
+        &config,
+        "manifests: [home-lab, local]\nvars: home-lab/vars.yaml\n\
+         gateway: {bind: 127.0.0.1, accessLog: off, drainTimeout: 20s}\n\
+         gateways:\n  network/envoy-internal: {ports: {80: 0, 443: 0}}\n  network/envoy-external: {ports: {80: 0, 443: 0}}\n\
+         dns: {listen: '127.0.0.1:0'}\nobserve: {observeListen: '127.0.0.1:0'}\n",
+    )
+    .expect("write");
+    let mut up = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["up", "--admin", "127.0.0.1:0"])
+            .env("TRELLIS_CONFIG", &config)
+            .env("TRELLIS_LOG_FORMAT", "json")
+            .env_remove("RUST_LOG")
+            .env_remove("TRELLIS_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis up starts"),
+    );
+    let lines = lines_of(&mut up);
+    let admin = addr_in(&until(&lines, "admin on http://", 30, &mut seen));
+    let ext_https = addr_in(&until(
+        &lines,
+        "envoy-external: listener port 443 on",
+        30,
+        &mut seen,
+    ));
+    let int_http = addr_in(&until(
+        &lines,
+        "envoy-internal: listener port 80 on",
+        30,
+        &mut seen,
+    ));
+    let int_https = addr_in(&until(
+        &lines,
+        "envoy-internal: listener port 443 on",
+        30,
+        &mut seen,
+    ));
+    let dns_port = port_of(&addr_in(&until(
+        &lines,
+        "dns: zone cluster.local on",
+        30,
+        &mut seen,
+    )));
+    until(&lines, "ready: 2 gateways, dns on", 30, &mut seen);
+    // The log lines are JSON (--log-format through its variable).
+    let json_line = seen
+        .iter()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("a JSON log line:\n{}", seen.join("\n")));
+    let v: serde_json::Value = serde_json::from_str(json_line).expect("a JSON log line");
+    assert!(
+        v["level"].is_string() && v["fields"].is_object(),
+        "{json_line}"
+    );
+
+    // Both gateways answer, each with its own routes.
+    let internal = |path: &str| {
+        let port = port_of(&int_https);
+        curl(&[
+            "--resolve",
+            &format!("echo.home.example:{port}:127.0.0.1"),
+            &format!("https://echo.home.example:{port}{path}"),
+        ])
+    };
+    let h = internal("/hello").expect("internal gateway answers");
+    assert!(h.starts_with("http/2 200"), "{h}");
+    let port = port_of(&ext_https);
+    let h = curl(&[
+        "--resolve",
+        &format!("echo-ext.home.example:{port}:127.0.0.1"),
+        &format!("https://echo-ext.home.example:{port}/"),
+    ])
+    .expect("external gateway answers");
+    assert!(
+        h.starts_with("http/2 200") && h.contains("x-served-by: trellis"),
+        "{h}"
+    );
+    let h = curl(&[
+        "-H",
+        "Host: echo.home.example",
+        &format!("http://{int_http}/"),
+    ])
+    .expect("plain HTTP answers");
+    assert!(
+        h.starts_with("http/1.1 301") && h.contains("location: https://echo.home.example/"),
+        "{h}"
+    );
+
+    // DNS answers the LAN view (127.0.0.1 is one of its clients) and the cluster zone.
+    assert_eq!(dig(&dns_port, "echo.home.example"), "10.10.30.25");
+    assert_eq!(dig(&dns_port, "echo-ext.home.example"), "10.10.30.26");
+    assert_eq!(dig(&dns_port, "echo.apps.svc.cluster.local"), "10.96.0.50");
+
+    // One admin endpoint for everything.
+    let (code, _) = get(&format!("http://{admin}/ready"));
+    assert_eq!(code, "200");
+    let s = status(&admin);
+    assert_eq!(s["ready"], true, "{s:#}");
+    assert_eq!(s["manifests"]["generation"], 1, "{s:#}");
+    for gw in ["network/envoy-internal", "network/envoy-external"] {
+        let g = &s["components"]["gateways"][gw];
+        assert_eq!(g["started"], true, "{gw}: {g:#}");
+        assert_eq!(g["generation"], 1, "{gw}: {g:#}");
+        assert!(g["lastError"].is_null(), "{gw}: {g:#}");
+        assert_eq!(g["drainTimeoutSeconds"], 20.0, "{gw}: {g:#}");
+        assert!(
+            g["bound"]["443"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.0.1:")),
+            "{g:#}"
+        );
+    }
+    let d = &s["components"]["dns"];
+    assert_eq!(d["generation"], 1, "{d:#}");
+    assert_eq!(
+        d["addresses"]["udp"],
+        format!("127.0.0.1:{dns_port}"),
+        "{d:#}"
+    );
+    assert_eq!(d["views"], serde_json::json!(["lan", "public"]), "{d:#}");
+    assert_eq!(s["components"]["observe"]["started"], true, "{s:#}");
+    let (_, metrics) = get(&format!("http://{admin}/metrics"));
+    for family in [
+        "trellis_gateway_rq_total{route=\"apps/echo-internal\",code_class=\"2xx\"} 1",
+        "trellis_gateway_rq_total{route=\"apps/echo-external\",code_class=\"2xx\"} 1",
+        "coredns_dns_requests_total{proto=\"udp\",view=\"lan\",qtype=\"A\"} 3",
+        "hubble_flows_processed_total",
+    ] {
+        assert!(metrics.contains(family), "{family} not in:\n{metrics}");
+    }
+
+    // A broken edit: nothing changes what is served, and /status says why, per component.
+    let route = lab.join("apps/echo/httproute.yaml");
+    let good = std::fs::read_to_string(&route).expect("read");
+    std::fs::write(
+        &route,
+        format!("{good}\n---\nkind: HTTPRoute\nmetadata: {{name: [\n"),
+    )
+    .expect("write");
+    let s = within(20, || {
+        let s = status(&admin);
+        s["manifests"]["lastError"].is_string().then_some(s)
+    })
+    .expect("/status reports the rejected edit");
+    let why = s["manifests"]["lastError"].as_str().unwrap_or_default();
+    assert!(why.contains("httproute.yaml:"), "{why}");
+    assert_eq!(s["manifests"]["generation"], 2, "{s:#}");
+    for g in s["components"]["gateways"]
+        .as_object()
+        .expect("gateways")
+        .values()
+    {
+        assert_eq!(g["generation"], 1, "{g:#}");
+        assert!(
+            g["lastError"]
+                .as_str()
+                .is_some_and(|e| e.contains("httproute.yaml:")),
+            "{g:#}"
+        );
+    }
+    assert_eq!(s["components"]["dns"]["generation"], 1, "{s:#}");
+    assert_eq!(s["ready"], true);
+    let h = internal("/still").expect("still serving");
+    assert!(h.starts_with("http/2 200"), "{h}");
+    assert_eq!(dig(&dns_port, "echo.home.example"), "10.10.30.25");
+
+    // Repaired: every component takes the new generation and the errors clear.
+    std::fs::write(&route, &good).expect("write");
+    let s = within(20, || {
+        let s = status(&admin);
+        (s["components"]["dns"]["generation"] == 3).then_some(s)
+    })
+    .expect("the repaired manifests are applied");
+    assert!(s["manifests"]["lastError"].is_null(), "{s:#}");
+    for g in s["components"]["gateways"]
+        .as_object()
+        .expect("gateways")
+        .values()
+    {
+        assert_eq!(g["generation"], 3, "{g:#}");
+        assert!(g["lastError"].is_null(), "{g:#}");
+    }
+
+    // SIGTERM with a request in flight (the backend waits 2 s): it is answered, then every
+    // gateway reports drained and the process exits 0.
+    let port = port_of(&int_https);
+    let slow = Command::new("curl")
+        .args([
+            "-sSk",
+            "--max-time",
+            "20",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            &format!("slow.home.example:{port}:127.0.0.1"),
+            &format!("https://slow.home.example:{port}/slow?delay=2s"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let upstream = || {
+        let out = Command::new("ss")
+            .args([
+                "-Htn",
+                "state",
+                "established",
+                &format!("( dport = :{slow_port} )"),
+            ])
+            .output()
+            .expect("ss runs");
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    };
+    within(10, upstream).expect("the slow request reached the backend");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &up.0.id().to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let out = slow.wait_with_output().expect("curl finishes");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the request in flight failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exit = within(30, || up.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+    let rest: Vec<String> = lines.iter().collect();
+    for want in [
+        "gateway network/envoy-internal: drained",
+        "gateway network/envoy-external: drained",
+        "stopped",
+    ] {
+        assert!(
+            rest.iter().any(|l| l == want),
+            "{want:?} not in:\n{}",
+            rest.join("\n")
+        );
+    }
+}
+
+#[test]
+fn up_print_config_merges_defaults_file_and_flags() {
+    let t = tempfile::tempdir().expect("tmp");
+    let config = t.path().join("trellis.yaml");
+    std::fs::write(
+        &config,
+        "manifests: [lab]\ndns: {ttl: 5}\nlog: {level: debug}\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["up", "--print-config", "--config"])
+        .arg(&config)
+        .env("TRELLIS_ADMIN", "off")
+        .env("TRELLIS_STATE_DIR", "/tmp/trellis-state")
+        .output()
+        .expect("trellis runs");
+    let text = crate::text(&out.stdout);
+    assert!(out.status.success(), "{text}{}", crate::text(&out.stderr));
+    let doc = &model::yaml::parse_documents(&text).expect("YAML")[0];
+    let v = doc.to_json(&mut Default::default());
+    // From the file (a relative path taken from the file's directory), from the variables,
+    // and defaults for the rest.
+    assert_eq!(
+        v["manifests"][0],
+        t.path().join("lab").display().to_string(),
+        "{text}"
+    );
+    assert_eq!(v["dns"]["ttl"], 5, "{text}");
+    assert_eq!(v["dns"]["listen"], "127.0.0.1:5353", "{text}");
+    assert_eq!(v["log"]["level"], "debug", "{text}");
+    assert!(v["admin"].is_null(), "{text}");
+    assert_eq!(v["stateDir"], "/tmp/trellis-state", "{text}");
+
+    // A mistake in the file names the file, the place and the key.
+    std::fs::write(&config, "manifests: [lab]\ngateway:\n  drainTimout: 5s\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["up", "--print-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("trellis runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = crate::text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:3:3: gateway", config.display()))
+            && err.contains("unknown field `drainTimout`"),
+        "{err}"
+    );
+}
