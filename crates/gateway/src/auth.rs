@@ -346,15 +346,45 @@ fn authorization(a: &model::kinds::envoy::Authorization) -> Result<Authorization
     })
 }
 
-/// SecurityPolicy `extAuth` over HTTP (Envoy's ext_authz HTTP service).
+/// Envoy's ext_authz gRPC API, the part trellis speaks (`proto/ext_authz.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod ext_authz_proto {
+    tonic::include_proto!("envoy.service.auth.v3");
+}
+
+/// SecurityPolicy `extAuth` over HTTP or gRPC (Envoy's ext_authz services).
 #[derive(Debug)]
 pub struct ExtAuth {
+    /// `envoy.service.auth.v3.Authorization/Check` instead of an HTTP request.
+    pub grpc: Option<GrpcChannels>,
     pub backend: Arc<Backend>,
     /// Prefixed to the request's path for the check request.
     pub path: String,
     pub headers_to_auth: Vec<http::HeaderName>,
     pub headers_to_backend: Vec<http::HeaderName>,
     pub fail_open: bool,
+}
+
+/// One gRPC channel per authorization service endpoint, made on first use and kept (HTTP/2:
+/// one connection carries every check).
+#[derive(Debug, Default)]
+pub struct GrpcChannels(
+    std::sync::Mutex<BTreeMap<std::net::SocketAddr, tonic::transport::Channel>>,
+);
+
+impl GrpcChannels {
+    pub fn get(&self, addr: std::net::SocketAddr) -> Option<tonic::transport::Channel> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = all.get(&addr) {
+            return Some(c.clone());
+        }
+        let c = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy();
+        all.insert(addr, c.clone());
+        Some(c)
+    }
 }
 
 /// SecurityPolicy `basicAuth`: users and the SHA-1 digests of their passwords, from the
@@ -551,29 +581,40 @@ fn ext_auth(
     ea: &model::kinds::envoy::ExtAuth,
     resolve: &dyn Fn(&model::kinds::routes::BackendRef) -> Backend,
 ) -> Result<ExtAuth, String> {
-    let http = ea.http.as_ref().ok_or("spec.extAuth: needs http")?;
-    let b = http
-        .backend_refs
+    let (field, refs, grpc) = match (&ea.http, &ea.grpc) {
+        (Some(h), _) => (
+            "spec.extAuth.http",
+            (&h.backend_refs, &h.backend_ref),
+            false,
+        ),
+        (None, Some(g)) => ("spec.extAuth.grpc", (&g.backend_refs, &g.backend_ref), true),
+        (None, None) => return Err("spec.extAuth: needs http or grpc".into()),
+    };
+    let b = refs
+        .0
         .first()
-        .or(http.backend_ref.as_ref())
-        .ok_or("spec.extAuth.http: no backendRef")?;
+        .or(refs.1.as_ref())
+        .ok_or_else(|| format!("{field}: no backendRef"))?;
     let backend = resolve(b);
     if let Some(why) = &backend.invalid {
         // An authorization service that is not there is not "unavailable" (where failOpen
         // would apply): the policy is wrong.
-        return Err(format!("spec.extAuth.http: {why}"));
+        return Err(format!("{field}: {why}"));
     }
     let names = |v: &[String]| v.iter().filter_map(|h| header_name(h)).collect::<Vec<_>>();
+    let http = ea.http.as_ref();
     Ok(ExtAuth {
+        grpc: grpc.then(GrpcChannels::default),
         backend: Arc::new(backend),
         path: http
-            .path
-            .clone()
+            .and_then(|h| h.path.clone())
             .unwrap_or_default()
             .trim_end_matches('/')
             .to_string(),
         headers_to_auth: names(&ea.headers_to_ext_auth),
-        headers_to_backend: names(&http.headers_to_backend),
+        headers_to_backend: http
+            .map(|h| names(&h.headers_to_backend))
+            .unwrap_or_default(),
         fail_open: ea.fail_open.unwrap_or(false),
     })
 }

@@ -1255,6 +1255,159 @@ async fn authenticate(
 /// How long the authorization service may take (Envoy's ext_authz default).
 pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Asks a gRPC authorization service (`envoy.service.auth.v3.Authorization/Check`) about a
+/// request, as Envoy's ext_authz filter does: the request's method, path with query, host,
+/// scheme, protocol and headers (lower-case, repeated ones joined with `,`), the client's and
+/// the gateway's addresses. Status OK allows it, with the answer's header edits applied;
+/// anything else answers with the denial's status (403 when it names none), headers and body.
+/// When the service cannot be asked: 403, or the request goes on with `failOpen`.
+#[allow(clippy::result_large_err, clippy::too_many_arguments)]
+async fn check_grpc_auth(
+    state: &State,
+    auth: &crate::auth::ExtAuth,
+    channels: &crate::auth::GrpcChannels,
+    ep: Option<&crate::plan::Upstream>,
+    mut req: Request<Incoming>,
+    path: &str,
+    query: Option<&str>,
+    scheme: &'static str,
+    client: SocketAddr,
+) -> Result<Request<Incoming>, Response<Body>> {
+    use crate::auth::ext_authz_proto as pb;
+    let unavailable = |why: String| {
+        state.metrics.ext_auth_errors.inc();
+        tracing::warn!(error = %why, "external authorization unavailable");
+        if auth.fail_open {
+            Ok(())
+        } else {
+            Err(local(
+                StatusCode::FORBIDDEN,
+                "external authorization is unavailable",
+            ))
+        }
+    };
+    let channel = match (&auth.backend.invalid, ep) {
+        (Some(why), _) => return unavailable(why.clone()).map(|_| req),
+        (None, None) => {
+            return unavailable(format!("no endpoint for {}", auth.backend.name)).map(|_| req);
+        }
+        (None, Some(ep)) => match channels.get(ep.addr) {
+            Some(c) => c,
+            None => return unavailable(format!("{}: not a gRPC address", ep.addr)).map(|_| req),
+        },
+    };
+    let mut headers = std::collections::HashMap::<String, String>::new();
+    for (name, v) in req.headers() {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|e| {
+                e.push(',');
+                e.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or(req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or_default()
+        .to_string();
+    let peer = |a: SocketAddr| pb::attribute_context::Peer {
+        address: Some(pb::Address {
+            socket_address: Some(pb::SocketAddress {
+                address: a.ip().to_string(),
+                port_value: u32::from(a.port()),
+            }),
+        }),
+    };
+    let check = pb::CheckRequest {
+        attributes: Some(pb::AttributeContext {
+            source: Some(peer(client)),
+            destination: None,
+            request: Some(pb::attribute_context::Request {
+                http: Some(pb::attribute_context::HttpRequest {
+                    id: String::new(),
+                    method: req.method().as_str().to_string(),
+                    headers,
+                    path: match query {
+                        Some(q) => format!("{path}?{q}"),
+                        None => path.to_string(),
+                    },
+                    host,
+                    scheme: scheme.to_string(),
+                    size: -1,
+                    protocol: format!("{:?}", req.version()),
+                }),
+            }),
+            context_extensions: Default::default(),
+        }),
+    };
+    let mut client_ = pb::authorization_client::AuthorizationClient::new(channel);
+    let answer = match tokio::time::timeout(EXT_AUTH_TIMEOUT, client_.check(check)).await {
+        Ok(Ok(a)) => a.into_inner(),
+        Ok(Err(e)) => return unavailable(format!("{}: {e}", auth.backend.name)).map(|_| req),
+        Err(_) => {
+            return unavailable(format!(
+                "{}: no answer within {EXT_AUTH_TIMEOUT:?}",
+                auth.backend.name
+            ))
+            .map(|_| req);
+        }
+    };
+    let header_of = |o: &pb::HeaderValueOption| {
+        let h = o.header.as_ref()?;
+        let name = http::HeaderName::from_bytes(h.key.to_ascii_lowercase().as_bytes()).ok()?;
+        let value = if h.raw_value.is_empty() {
+            HeaderValue::from_str(&h.value).ok()?
+        } else {
+            HeaderValue::from_bytes(&h.raw_value).ok()?
+        };
+        Some((name, value, o.append.unwrap_or(false)))
+    };
+    let allowed = answer.status.as_ref().is_none_or(|s| s.code == 0);
+    if allowed {
+        if let Some(pb::check_response::HttpResponse::OkResponse(ok)) = &answer.http_response {
+            for (name, value, append) in ok.headers.iter().filter_map(header_of) {
+                if append {
+                    req.headers_mut().append(name, value);
+                } else {
+                    req.headers_mut().insert(name, value);
+                }
+            }
+            for name in &ok.headers_to_remove {
+                // The Host header may not be removed (the request would be malformed).
+                if let Ok(n) = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                    && n != header::HOST
+                {
+                    req.headers_mut().remove(n);
+                }
+            }
+        }
+        return Ok(req);
+    }
+    state.metrics.ext_auth_denied.inc();
+    let (status, headers, body) = match &answer.http_response {
+        Some(pb::check_response::HttpResponse::DeniedResponse(d)) => (
+            d.status
+                .as_ref()
+                .and_then(|s| u16::try_from(s.code).ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::FORBIDDEN),
+            d.headers.iter().filter_map(header_of).collect::<Vec<_>>(),
+            d.body.clone(),
+        ),
+        _ => (StatusCode::FORBIDDEN, Vec::new(), String::new()),
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    for (name, value, _) in headers {
+        resp.headers_mut().append(name, value);
+    }
+    Err(resp)
+}
+
 /// Asks the SecurityPolicy's authorization service about a request, as Envoy's HTTP
 /// ext_authz does: same method, the policy's path prefixed to the request's path, the
 /// request's Host and Authorization plus `headersToExtAuth`, no body. A 2xx allows the
@@ -1282,6 +1435,9 @@ async fn check_ext_auth(
         .iter()
         .find(|u| !u.is_ejected(crate::plan::now_ms()))
         .or(auth.backend.endpoints.first());
+    if let Some(channels) = &auth.grpc {
+        return check_grpc_auth(state, auth, channels, ep, req, path, query, scheme, client).await;
+    }
     let outcome: Result<Response<Incoming>, String> = match (&auth.backend.invalid, ep) {
         (Some(why), _) => Err(unavailable(why.clone())),
         (None, None) => Err(unavailable(format!(

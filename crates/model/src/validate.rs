@@ -1825,16 +1825,15 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
 pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
     let mut out: Vec<(String, &'static str)> = Vec::new();
     let mut push = |path: &str, what| out.push((path.to_string(), what));
-    if let Some(ea) = &spec.ext_auth {
-        if ea.http.is_none() && ea.grpc.is_some() {
-            push("spec.extAuth.grpc", "gRPC external authorization");
-        }
-        if ea.body_to_ext_auth.is_some() {
-            push(
-                "spec.extAuth.bodyToExtAuth",
-                "sending the request body to the authorization service",
-            );
-        }
+    if spec
+        .ext_auth
+        .as_ref()
+        .is_some_and(|ea| ea.body_to_ext_auth.is_some())
+    {
+        push(
+            "spec.extAuth.bodyToExtAuth",
+            "sending the request body to the authorization service",
+        );
     }
     for (i, p) in spec.jwt.iter().flat_map(|j| j.providers.iter()).enumerate() {
         let at = |f: &str| format!("spec.jwt.providers[{i}].{f}");

@@ -184,3 +184,128 @@ async fn ext_auth_allows_denies_and_fails_closed_or_open() {
     );
     running.stop().await;
 }
+
+/// The gRPC authorization server process (`tests/ext_authz_server.py`), killed when dropped.
+struct GrpcAuth(std::process::Child, u16);
+
+impl Drop for GrpcAuth {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn grpc_auth_server() -> GrpcAuth {
+    use std::io::BufRead;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ext_authz_server.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs (grpcio and grpcio-tools installed by cargo xtask test)");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the server prints its port");
+    let port = line.trim().parse().unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("the gRPC authorization server did not start (printed {line:?})")
+    });
+    GrpcAuth(child, port)
+}
+
+/// SecurityPolicy extAuth over gRPC (`envoy.service.auth.v3.Authorization/Check`) against a
+/// grpcio server: allowed requests reach the backend with the server's header edits, denials
+/// come back with the server's status, headers and body, and a server that is down refuses
+/// (or lets through with failOpen).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_ext_auth_allows_denies_and_fails_closed() {
+    let server = grpc_auth_server();
+    let backends = harness::start_backends().await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let mut manifests = harness::service(
+        "gateway-conformance-infra",
+        "authz",
+        std::net::SocketAddr::from(([127, 0, 0, 1], server.1)),
+    );
+    manifests.push_str(&harness::service(
+        "gateway-conformance-infra",
+        "authz-down",
+        dead,
+    ));
+    for (name, service, fail_open) in [("grpc", "authz", false), ("grpcdown", "authz-down", false)]
+    {
+        manifests.push_str(&format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [{name}.example.com]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n\
+             apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]\n  extAuth:\n    failOpen: {fail_open}\n\
+             \x20   grpc:\n      backendRefs: [{{name: {service}, port: 8080}}]\n---\n"
+        ));
+    }
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    let addr = running.bound[&80];
+    let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
+    tokio::task::spawn_blocking(move || {
+        let url = |p: &str| format!("http://{addr}{p}");
+        for proto in ["--http1.1", "--http2-prior-knowledge"] {
+            let (head, body) = harness::curl(&[
+                proto,
+                "-H",
+                "Host: grpc.example.com",
+                "-H",
+                "Authorization: Bearer good",
+                &url("/x?y=1"),
+            ]);
+            assert!(head.contains(" 200"), "{head}");
+            let seen: serde_json::Value = serde_json::from_slice(&body).expect("echo json");
+            assert_eq!(seen["headers"]["x-user"], "alice", "{seen}");
+            assert!(
+                seen["headers"].get("authorization").is_none(),
+                "removed: {seen}"
+            );
+            assert_eq!(
+                seen["headers"]["x-checked"], "GET /x?y=1 grpc.example.com 127.0.0.1",
+                "what the server was told"
+            );
+            let before = echo.seen().len();
+            let (head, body) =
+                harness::curl(&[proto, "-H", "Host: grpc.example.com", &url("/teapot")]);
+            assert!(
+                head.contains(" 418") && head.contains("x-why: tea"),
+                "{head}"
+            );
+            assert_eq!(String::from_utf8_lossy(&body), "short and stout");
+            let (head, body) = harness::curl(&[proto, "-H", "Host: grpc.example.com", &url("/x")]);
+            assert!(head.contains(" 401"), "{head}");
+            assert_eq!(String::from_utf8_lossy(&body), "no");
+            assert_eq!(
+                echo.seen().len(),
+                before,
+                "denied requests do not reach the backend"
+            );
+            let (head, _) = harness::curl(&[
+                proto,
+                "-H",
+                "Host: grpcdown.example.com",
+                "-H",
+                "Authorization: Bearer good",
+                &url("/x"),
+            ]);
+            assert!(
+                head.contains(" 403"),
+                "an unreachable service refuses: {head}"
+            );
+        }
+    })
+    .await
+    .expect("requests");
+    assert_eq!(metrics.ext_auth_denied.get(), 4);
+    running.stop().await;
+    drop(server);
+}

@@ -61,11 +61,6 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "secret gateway-conformance-infra/keys not found",
     ),
     (
-        "grpcauth",
-        "  extAuth:\n    grpc:\n      backendRefs: [{name: infra-backend-v2, port: 8080}]\n",
-        "spec.extAuth.grpc: gRPC external authorization is not enforced",
-    ),
-    (
         "nobackend",
         "  extAuth:\n    failOpen: true\n    http: {path: /auth}\n",
         "spec.extAuth.http: extAuth.http needs backendRef",
