@@ -742,65 +742,36 @@ fn compile_one(
     if sec.refused.is_some() {
         return sec;
     }
-    let parts = p
-        .spec
-        .basic_auth
-        .as_ref()
-        .map(|b| basic_auth(s, p.namespace(), b))
-        .transpose()
-        .and_then(|basic| {
-            let ext = p
-                .spec
-                .ext_auth
-                .as_ref()
-                .map(|ea| ext_auth(ea, resolve))
-                .transpose()?;
-            let jwt = p
-                .spec
-                .jwt
-                .as_ref()
-                .map(|j| jwt(s, p.namespace(), j))
-                .transpose()?;
-            let oidc = p
-                .spec
-                .oidc
-                .as_ref()
-                .map(|o| oidc(s, p.namespace(), &sec.policy, o))
-                .transpose()?;
-            let authz = p
-                .spec
-                .authorization
-                .as_ref()
-                .map(authorization)
-                .transpose()?;
-            let keys = p
-                .spec
-                .api_key_auth
-                .as_ref()
-                .map(|k| api_keys(s, p.namespace(), k))
-                .transpose()?;
-            let cors = p
-                .spec
-                .cors
-                .as_ref()
-                .map(crate::cors::Cors::new)
-                .transpose()?;
-            Ok((basic, ext, jwt, oidc, (authz, keys, cors)))
-        });
-    match parts {
-        Ok((basic, ext, jwt, oidc, (authz, keys, cors))) => {
-            sec.cors = cors;
-            sec.authorization = authz;
-            sec.api_keys = keys;
-            sec.basic = basic;
-            sec.ext = ext;
-            sec.jwt = jwt;
-            sec.oidc = oidc;
-        }
-        Err(why) => {
-            problems.push((key.clone(), why.clone()));
-            sec.refused = Some(why);
-        }
+    let (spec, ns, policy) = (&p.spec, p.namespace(), sec.policy.clone());
+    let compile = |sec: &mut Security| -> Result<(), String> {
+        sec.basic = spec
+            .basic_auth
+            .as_ref()
+            .map(|b| basic_auth(s, ns, b))
+            .transpose()?;
+        sec.ext = spec
+            .ext_auth
+            .as_ref()
+            .map(|e| ext_auth(e, resolve))
+            .transpose()?;
+        sec.jwt = spec.jwt.as_ref().map(|j| jwt(s, ns, j)).transpose()?;
+        sec.oidc = spec
+            .oidc
+            .as_ref()
+            .map(|o| oidc(s, ns, &policy, o))
+            .transpose()?;
+        sec.authorization = spec.authorization.as_ref().map(authorization).transpose()?;
+        sec.api_keys = spec
+            .api_key_auth
+            .as_ref()
+            .map(|k| api_keys(s, ns, k))
+            .transpose()?;
+        sec.cors = spec.cors.as_ref().map(crate::cors::Cors::new).transpose()?;
+        Ok(())
+    };
+    if let Err(why) = compile(&mut sec) {
+        problems.push((key.clone(), why.clone()));
+        sec.refused = Some(why);
     }
     sec
 }

@@ -1255,6 +1255,12 @@ async fn authenticate(
 /// How long the authorization service may take (Envoy's ext_authz default).
 pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Counts and logs an authorization service that could not be asked.
+fn ext_auth_unavailable(state: &State, why: &str) {
+    state.metrics.ext_auth_errors.inc();
+    tracing::warn!(error = %why, "external authorization unavailable");
+}
+
 /// Asks a gRPC authorization service (`envoy.service.auth.v3.Authorization/Check`) about a
 /// request, as Envoy's ext_authz filter does: the request's method, path with query, host,
 /// scheme, protocol and headers (lower-case, repeated ones joined with `,`), the client's and
@@ -1275,8 +1281,7 @@ async fn check_grpc_auth(
 ) -> Result<Request<Incoming>, Response<Body>> {
     use crate::auth::ext_authz_proto as pb;
     let unavailable = |why: String| {
-        state.metrics.ext_auth_errors.inc();
-        tracing::warn!(error = %why, "external authorization unavailable");
+        ext_auth_unavailable(state, &why);
         if auth.fail_open {
             Ok(())
         } else {
@@ -1425,8 +1430,7 @@ async fn check_ext_auth(
     client: SocketAddr,
 ) -> Result<Request<Incoming>, Response<Body>> {
     let unavailable = |why: String| {
-        state.metrics.ext_auth_errors.inc();
-        tracing::warn!(error = %why, "external authorization unavailable");
+        ext_auth_unavailable(state, &why);
         why
     };
     let ep = auth
