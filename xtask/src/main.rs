@@ -535,6 +535,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "gateway_chunked",
     "gateway_sni",
     "gateway_basic_auth",
+    "gateway_jwt",
 ];
 
 fn ensure_cargo_fuzz() -> Result<()> {
