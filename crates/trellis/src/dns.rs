@@ -204,6 +204,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     crate::gateway::runtime()?.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
+        let webhook_counters = dns::sync::http::ServerCounters::default();
+        webhook_counters.register(registry.sub_registry_with_prefix("trellis_dns_webhook"));
         // Flows: one per query, when --observe-listen is set.
         let flows = crate::observe::start(&args.observe, &mut registry).await?;
         let pods = Arc::new(crate::observe::Pods::default());
@@ -234,9 +236,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     .as_deref()
                     .map(dns::sync::webhook::Access::token)
                     .unwrap_or_default();
-                let served = dns::sync::webhook::serve(*addr, d.clone(), access)
-                    .await
-                    .with_context(|| format!("cannot bind the webhook address {addr}"))?;
+                let served =
+                    dns::sync::webhook::serve_counted(*addr, d.clone(), access, webhook_counters)
+                        .await
+                        .with_context(|| format!("cannot bind the webhook address {addr}"))?;
                 eprintln!("webhook provider on http://{}", served.addr);
                 Some(served)
             }
