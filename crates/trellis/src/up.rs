@@ -55,7 +55,7 @@ pub struct Args {
     pub admin: Option<String>,
     /// Print the effective config (defaults, then the file, then flags and variables) as YAML
     /// and exit.
-    #[arg(long)]
+    #[arg(long, env = "TRELLIS_PRINT_CONFIG")]
     pub print_config: bool,
 }
 
