@@ -484,3 +484,125 @@ fn up_print_config_merges_defaults_file_and_flags() {
         "{err}"
     );
 }
+
+#[test]
+fn up_starts_a_gateway_once_it_compiles_and_applies_sighup() {
+    let t = tempfile::tempdir().expect("tmp");
+    let dir = t.path().join("manifests");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let gateway = |class: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: trellis}}\nspec: {{controllerName: trellis.dev/gateway-controller}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\n\
+             spec:\n  gatewayClassName: {class}\n  listeners: [{{name: http, protocol: HTTP, port: 80}}]\n"
+        )
+    };
+    // The Gateway names a class nobody defines: it cannot be served yet.
+    std::fs::write(dir.join("gw.yaml"), gateway("missing")).expect("write");
+    let config = t.path().join("trellis.yaml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "manifests: [manifests]\nadmin: '127.0.0.1:0'\ndns: null\ngateway: {{bind: 127.0.0.1, accessLog: off}}\n\
+                 gateways:\n  apps/gw: {{ports: {{80: 0}}}}\n{extra}"
+            ),
+        )
+        .expect("write")
+    };
+    write_config("");
+    let mut up = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["up", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis up starts"),
+    );
+    let lines = lines_of(&mut up);
+    let mut seen = Vec::new();
+    let admin = addr_in(&until(&lines, "admin on http://", 30, &mut seen));
+    until(&lines, "gateway apps/gw: ", 30, &mut seen);
+    let (code, _) = get(&format!("http://{admin}/ready"));
+    assert_eq!(code, "503", "not ready while a Gateway is not served");
+    let s = status(&admin);
+    let g = &s["components"]["gateways"]["apps/gw"];
+    assert_eq!(s["ready"], false, "{s:#}");
+    assert_eq!(g["started"], false, "{g:#}");
+    assert!(g["generation"].is_null(), "{g:#}");
+    assert!(
+        g["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("not accepted")),
+        "{g:#}"
+    );
+    assert!(
+        s["components"]["dns"].is_null(),
+        "dns: null turns DNS off: {s:#}"
+    );
+
+    // Fixed: the Gateway starts from the new generation and the process becomes ready.
+    std::fs::write(dir.join("gw.yaml"), gateway("trellis")).expect("write");
+    until(
+        &lines,
+        "gateway apps/gw: listener port 80 on",
+        30,
+        &mut seen,
+    );
+    until(&lines, "ready: 1 gateways, dns off", 30, &mut seen);
+    let (code, _) = get(&format!("http://{admin}/ready"));
+    assert_eq!(code, "200");
+    let g = &status(&admin)["components"]["gateways"]["apps/gw"];
+    assert_eq!(g["started"], true, "{g:#}");
+    assert_eq!(g["generation"], 2, "{g:#}");
+    assert_eq!(g["drainTimeoutSeconds"], 60.0, "{g:#}");
+
+    // SIGHUP: the drain timeout applies at once; a new port map waits for a restart.
+    std::fs::write(
+        &config,
+        "manifests: [manifests]\nadmin: '127.0.0.1:0'\ndns: null\ngateway: {bind: 127.0.0.1, accessLog: off}\n\
+         gateways:\n  apps/gw: {ports: {80: 1}, drainTimeout: 7s}\n",
+    )
+    .expect("write");
+    let pid = up.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let line = until(&lines, "config: reloaded", 30, &mut seen);
+    assert!(
+        line.ends_with(
+            "applied [gateways.apps/gw.drainTimeout]; needs a restart [gateways.apps/gw.ports.80]"
+        ),
+        "{line}"
+    );
+    let s = status(&admin);
+    assert_eq!(
+        s["components"]["gateways"]["apps/gw"]["drainTimeoutSeconds"], 7.0,
+        "{s:#}"
+    );
+    assert_eq!(
+        s["config"]["restartNeeded"],
+        serde_json::json!(["gateways.apps/gw.ports.80"])
+    );
+
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    until(
+        &lines,
+        "gateway apps/gw: draining (up to 7s)",
+        30,
+        &mut seen,
+    );
+    let exit = within(30, || up.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit:?}");
+}
