@@ -186,6 +186,32 @@ fn corpus_loads_and_flags_outside_references() {
 /// A child process killed when dropped (also when a test fails).
 struct Proc(std::process::Child);
 
+impl Proc {
+    /// Sends a signal (`TERM`, `HUP`) with kill(1).
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.0.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{sig} {}", self.0.id());
+    }
+}
+
+/// TCP connections established to a local port (as `ss` sees them), e.g. a backend's.
+fn established_to(port: &str) -> usize {
+    let out = Command::new("ss")
+        .args([
+            "-Htn",
+            "state",
+            "established",
+            &format!("( dport = :{port} )"),
+        ])
+        .output()
+        .expect("ss runs");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -388,14 +414,7 @@ fn gateway_serves_reloads_keeps_last_good_and_drains() {
     );
 
     // SIGTERM drains and exits cleanly; the access log has a JSON line per request.
-    let pid = gw.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    gw.signal("TERM");
     let status = within(20, || gw.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     let stderr: String = rx.iter().collect::<Vec<_>>().join("\n");
@@ -480,13 +499,7 @@ fn dns_serves_the_example_views_with_metrics_and_query_log() {
         "{metrics}"
     );
     assert!(get("/status").contains("\"lan\""));
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &dns.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    dns.signal("TERM");
     let status = within(20, || dns.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
     assert!(status.success());
     let mut stdout = String::new();
@@ -658,26 +671,9 @@ fn sigterm_lets_requests_in_flight_finish() {
         })
         .collect();
     // Wait until all five are being served: five connections from the gateway to the backend.
-    let upstream = || {
-        let out = Command::new("ss")
-            .args([
-                "-Htn",
-                "state",
-                "established",
-                &format!("( dport = :{echo_port} )"),
-            ])
-            .output()
-            .expect("ss runs");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let upstream = || established_to(&echo_port.to_string());
     within(10, || (upstream() >= 5).then_some(())).expect("the five requests reached the backend");
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &gw.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    gw.signal("TERM");
     // New connections are refused once draining starts.
     let refused = within(10, || {
         std::net::TcpStream::connect(addr.as_str())

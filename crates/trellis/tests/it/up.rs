@@ -393,26 +393,9 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("curl");
-    let upstream = || {
-        let out = Command::new("ss")
-            .args([
-                "-Htn",
-                "state",
-                "established",
-                &format!("( dport = :{slow_port} )"),
-            ])
-            .output()
-            .expect("ss runs");
-        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
-    };
+    let upstream = || (crate::established_to(&slow_port) > 0).then_some(());
     within(10, upstream).expect("the slow request reached the backend");
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &up.0.id().to_string()])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    up.signal("TERM");
     let out = slow.wait_with_output().expect("curl finishes");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -565,14 +548,7 @@ fn up_starts_a_gateway_once_it_compiles_and_applies_sighup() {
          gateways:\n  apps/gw: {ports: {80: 1}, drainTimeout: 7s}\n",
     )
     .expect("write");
-    let pid = up.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    up.signal("HUP");
     let line = until(&lines, "config: reloaded", 30, &mut seen);
     assert!(
         line.ends_with(
@@ -590,13 +566,7 @@ fn up_starts_a_gateway_once_it_compiles_and_applies_sighup() {
         serde_json::json!(["gateways.apps/gw.ports.80"])
     );
 
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill")
-            .success()
-    );
+    up.signal("TERM");
     until(
         &lines,
         "gateway apps/gw: draining (up to 7s)",
