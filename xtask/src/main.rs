@@ -148,8 +148,14 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/chromedriver", "chromium-driver"),
     // The OpenID provider the gateway's OIDC test logs in against (Authlib on Flask, run
     // with Debian's python3).
-    ("/usr/lib/python3/dist-packages/authlib/__init__.py", "python3-authlib"),
-    ("/usr/lib/python3/dist-packages/flask/__init__.py", "python3-flask"),
+    (
+        "/usr/lib/python3/dist-packages/authlib/__init__.py",
+        "python3-authlib",
+    ),
+    (
+        "/usr/lib/python3/dist-packages/flask/__init__.py",
+        "python3-flask",
+    ),
 ];
 
 /// Installs the Debian packages whose probe file is missing.
