@@ -202,12 +202,22 @@ pub type Handler =
 #[derive(Debug)]
 pub struct Serving {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Keeps serving for the life of the runtime; returns the bound address.
+    pub fn detach(mut self) -> SocketAddr {
+        self.task = None;
+        self.addr
+    }
 }
 
 impl Drop for Serving {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -357,5 +367,8 @@ pub fn serve_counted(
             });
         }
     });
-    Ok(Serving { addr, task })
+    Ok(Serving {
+        addr,
+        task: Some(task),
+    })
 }
