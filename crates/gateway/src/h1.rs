@@ -30,30 +30,16 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::compress::Encoding;
+use crate::limits::{
+    CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, CONNECT_ATTEMPTS_MAX, DRAIN_IDLE_GRACE, EJECT_MS,
+    HEADER_READ_TIMEOUT, HEADERS_MAX, POOL_IDLE_PER_HOST_MAX, REQUEST_BODY_BYTES_MAX,
+    REQUEST_HEADER_BYTES_MAX, RESPONSE_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT,
+    UPSTREAM_READ_BYTES,
+};
 use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Router, Upstream};
 use crate::proxy::{
-    CONNECT_ATTEMPTS_MAX, EJECT_MS, HEADER_READ_TIMEOUT, HOP_BY_HOP, LogFields,
-    POOL_IDLE_PER_HOST_MAX, Prefixed, REQUEST_HEADER_BYTES_MAX, State, expand_value,
-    host_without_port, pick_weighted,
+    HOP_BY_HOP, LogFields, Prefixed, State, expand_value, host_without_port, pick_weighted,
 };
-
-/// Bytes read from a client at a time.
-const CLIENT_READ_BYTES: usize = 8 * 1024;
-/// Response bodies up to this size are compressed (whole, with a kept context) when the
-/// client accepts an encoding of the rule's; larger ones pass through as they are.
-const COMPRESS_BODY_BYTES_MAX: u64 = 1024 * 1024;
-/// Bytes read from an upstream at a time.
-const UPSTREAM_READ_BYTES: usize = 16 * 1024;
-/// Request bodies up to this size are served here (buffered whole, so a stale upstream
-/// connection can be retried); larger ones go to the general path, which streams them.
-pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
-/// A response head larger than this is a bad gateway.
-const RESPONSE_HEADER_BYTES_MAX: usize = 64 * 1024;
-/// Headers parsed per request or response; more go to the general path (requests) or are a
-/// bad gateway (responses).
-const HEADERS_MAX: usize = 100;
-/// Time to connect to an endpoint.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle upstream connections by endpoint and keep-alive setting.
 #[derive(Default)]
@@ -171,7 +157,7 @@ pub(crate) async fn serve<S: Client>(
                 // A connection that sends nothing (first request or next) is closed after
                 // the idle timeout rather than held forever.
                 let idle = if drain_seen {
-                    crate::proxy::DRAIN_IDLE_GRACE
+                    DRAIN_IDLE_GRACE
                 } else {
                     state.client_idle_timeout
                 };
@@ -183,7 +169,7 @@ pub(crate) async fn serve<S: Client>(
                     _ = &mut drained, if !drain_seen => {
                         drain_seen = true;
                         tokio::time::timeout(
-                            crate::proxy::DRAIN_IDLE_GRACE,
+                            DRAIN_IDLE_GRACE,
                             stream.read_idle(&mut buf),
                         )
                         .await
@@ -856,7 +842,8 @@ async fn connect<'a>(
         if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {
             return Some((ep, s, true));
         }
-        let made = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
+        let made =
+            tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
         match made {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);

@@ -21,6 +21,7 @@ pub mod cors;
 pub mod echo;
 mod h1;
 pub mod jwt;
+pub mod limits;
 pub mod lua;
 pub mod metrics;
 pub mod oidc;

@@ -43,7 +43,7 @@ pub struct Metrics {
     pub oidc_denied: Counter,
     pub api_key_denied: Counter,
     pub authorization_denied: Counter,
-    /// Client connections closed on arrival at `proxy::CLIENT_CONNECTIONS_MAX`.
+    /// Client connections closed on arrival at `limits::CLIENT_CONNECTIONS_MAX`.
     pub connections_refused: Counter,
     pub access_log_dropped: Counter,
     pub keepalive_pools_exhausted: Counter,

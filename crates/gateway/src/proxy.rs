@@ -26,6 +26,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::limits::{
+    ACCEPT_ERROR_BACKOFF, ACCESS_LOG_QUEUED_MAX, CLIENT_CONNECTIONS_MAX, CLIENT_HELLO_TIMEOUT,
+    CLIENT_IDLE_TIMEOUT, CONNECT_ATTEMPTS_MAX, DRAIN_IDLE_GRACE, EJECT_MS, EXT_AUTH_TIMEOUT,
+    HEADER_READ_TIMEOUT, KEEPALIVE_POOLS_MAX, POOL_IDLE_PER_HOST_MAX, REQUEST_HEADER_BYTES_MAX,
+    UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_POOL_IDLE_TIMEOUT,
+};
 use crate::metrics::Metrics;
 use crate::plan::{
     Action, Backend, HeaderEdits, Keepalive, Listen, PathRewrite, Plan, Redirect, Retry, Upstream,
@@ -39,33 +45,6 @@ pub type Body = BoxBody<Bytes, BoxError>;
 fn box_incoming(b: Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed()
 }
-
-/// How long an endpoint that refused a connection is skipped.
-pub const EJECT_MS: u64 = 5_000;
-/// Upstream attempts per request when endpoints refuse connections (the request is unsent,
-/// so trying another endpoint is always safe).
-pub const CONNECT_ATTEMPTS_MAX: usize = 3;
-/// Idle upstream connections kept per endpoint.
-pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
-/// Request headers larger than this are answered 431 by hyper.
-pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
-/// Time a client has to send a whole request head once it started one.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client connection may stay without a request in flight, the first one included,
-/// before it is closed (gracefully: GOAWAY on HTTP/2), on both HTTP paths (Envoy's downstream
-/// `idle_timeout` default, 1 h). `Bind::idle_timeout` changes it.
-pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Client connections (HTTP, TLS, TCPRoute) open at once on one gateway; one more is closed
-/// on arrival and counted (`connections_refused`). Envoy has no default limit (its overload
-/// manager's is opt-in); this bounds the file descriptors one gateway can be made to hold.
-pub const CLIENT_CONNECTIONS_MAX: usize = 16_384;
-/// When a drain starts, an idle connection (new, or keep-alive between requests) gets this
-/// long to send one more request, which is answered (HTTP/1.1 with `Connection: close`,
-/// HTTP/2 then GOAWAY) rather than the connection closed under a request on its way.
-pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
-/// Upstream connection pools with keep-alive settings of their own (one per distinct
-/// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
-pub const KEEPALIVE_POOLS_MAX: usize = 32;
 
 /// How to bind the Gateway's listeners.
 #[derive(Clone, Debug, Default)]
@@ -89,8 +68,6 @@ pub struct Bind {
 /// when [`ACCESS_LOG_QUEUED_MAX`] lines wait, new ones are dropped and counted.
 #[derive(Clone, Debug)]
 pub struct AccessLog(std::sync::mpsc::SyncSender<String>);
-
-pub const ACCESS_LOG_QUEUED_MAX: usize = 16 * 1024;
 
 impl AccessLog {
     /// Starts a thread writing lines to `out`.
@@ -190,14 +167,14 @@ pub enum StartError {
 fn upstream_client(h2: bool, keepalive: Option<Keepalive>) -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.set_connect_timeout(Some(UPSTREAM_CONNECT_TIMEOUT));
     if let Some(k) = keepalive {
         connector.set_keepalive(Some(k.idle));
         connector.set_keepalive_interval(Some(k.interval));
         connector.set_keepalive_retries(Some(k.probes));
     }
     let mut builder = Client::builder(TokioExecutor::new());
-    builder.pool_idle_timeout(Duration::from_secs(90));
+    builder.pool_idle_timeout(UPSTREAM_POOL_IDLE_TIMEOUT);
     if h2 {
         builder.http2_only(true);
     } else {
@@ -414,7 +391,7 @@ async fn accept_loop(
                 // Out of file descriptors and the like: count, back off a little, go on.
                 tracing::warn!(error = %e, "accept failed");
                 state.metrics.accept_errors.inc();
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                 continue;
             }
         };
@@ -673,9 +650,6 @@ async fn serve_tls(
     }
 }
 
-/// Time a client has to send its ClientHello and finish the handshake.
-pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Connects to an endpoint of `backend` (skipping ejected ones, and ejecting one that
 /// refuses) and copies bytes both ways; `first` is what was already read from the client.
 async fn tcp_proxy(
@@ -689,7 +663,8 @@ async fn tcp_proxy(
     for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
         let endpoint = &backend.endpoints[i];
         let ep = endpoint.addr;
-        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(ep)).await
+        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(ep))
+            .await
         {
             Ok(Ok(mut up)) => {
                 let _ = up.set_nodelay(true);
@@ -1251,9 +1226,6 @@ async fn authenticate(
     }
     Ok(req)
 }
-
-/// How long the authorization service may take (Envoy's ext_authz default).
-pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Counts and logs an authorization service that could not be asked.
 fn ext_auth_unavailable(state: &State, why: &str) {

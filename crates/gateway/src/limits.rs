@@ -1,0 +1,78 @@
+//! Every bound of the gateway, in one place, used by both HTTP paths (trellis's own HTTP/1
+//! path in `h1` and hyper's in `proxy`) and the L4 proxies: timeouts, pool sizes, body and
+//! header limits. A bound that differed between the paths is one constant here.
+
+use std::time::Duration;
+
+/// Time to open a connection to an upstream, on every path (HTTP/1 own and hyper, TCPRoute,
+/// TLS passthrough): Envoy's cluster `connect_timeout` default, 5 s.
+pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle pooled upstream connection (hyper's pools) is closed after this.
+pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long accepting pauses after an error (EMFILE, ENFILE): the loop must not spin.
+pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
+/// How long an endpoint that refused a connection is skipped.
+pub const EJECT_MS: u64 = 5_000;
+
+/// Upstream attempts per request when endpoints refuse connections (the request is unsent,
+/// so trying another endpoint is always safe).
+pub const CONNECT_ATTEMPTS_MAX: usize = 3;
+
+/// Idle upstream connections kept per endpoint.
+pub const POOL_IDLE_PER_HOST_MAX: usize = 256;
+
+/// Request headers larger than this are answered 431 by hyper.
+pub const REQUEST_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Time a client has to send a whole request head once it started one.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a client connection may stay without a request in flight, the first one included,
+/// before it is closed (gracefully: GOAWAY on HTTP/2), on both HTTP paths (Envoy's downstream
+/// `idle_timeout` default, 1 h). `Bind::idle_timeout` changes it.
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Client connections (HTTP, TLS, TCPRoute) open at once on one gateway; one more is closed
+/// on arrival and counted (`connections_refused`). Envoy has no default limit (its overload
+/// manager's is opt-in); this bounds the file descriptors one gateway can be made to hold.
+pub const CLIENT_CONNECTIONS_MAX: usize = 16_384;
+
+/// When a drain starts, an idle connection (new, or keep-alive between requests) gets this
+/// long to send one more request, which is answered (HTTP/1.1 with `Connection: close`,
+/// HTTP/2 then GOAWAY) rather than the connection closed under a request on its way.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// Upstream connection pools with keep-alive settings of their own (one per distinct
+/// BackendTrafficPolicy `tcpKeepalive`); past this, connections go without keep-alive.
+pub const KEEPALIVE_POOLS_MAX: usize = 32;
+
+/// Access log lines queued for the writer thread; past this, lines are dropped and counted.
+pub const ACCESS_LOG_QUEUED_MAX: usize = 16 * 1024;
+
+/// Time a client has to send its ClientHello and finish the handshake.
+pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the authorization service may take (Envoy's ext_authz default).
+pub const EXT_AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes read from a client at a time.
+pub const CLIENT_READ_BYTES: usize = 8 * 1024;
+
+/// Response bodies up to this size are compressed (whole, with a kept context) when the
+/// client accepts an encoding of the rule's; larger ones pass through as they are.
+pub const COMPRESS_BODY_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Bytes read from an upstream at a time.
+pub const UPSTREAM_READ_BYTES: usize = 16 * 1024;
+
+/// Request bodies up to this size are served here (buffered whole, so a stale upstream
+/// connection can be retried); larger ones go to the general path, which streams them.
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// A response head larger than this is a bad gateway.
+pub const RESPONSE_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// Headers parsed per request or response; more go to the general path (requests) or are a
+/// bad gateway (responses).
+pub const HEADERS_MAX: usize = 100;
