@@ -534,6 +534,9 @@ pub(crate) async fn serve_http<S>(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // A client that closes its sending side after its request still gets the answer
+        // (as on the own path).
+        .half_close(true)
         .max_buf_size(REQUEST_HEADER_BYTES_MAX.max(8192))
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);

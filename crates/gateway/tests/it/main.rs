@@ -3,6 +3,7 @@
 
 mod compression;
 mod conformance;
+mod differential;
 mod drain;
 mod ext_auth;
 mod grpc;
