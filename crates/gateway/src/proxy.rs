@@ -1230,6 +1230,27 @@ async fn authenticate(
     Ok(req)
 }
 
+/// Whether an upstream request failed because the client's own body did not parse: hyper
+/// reports a downstream body error (a bad chunk: invalid input) through the upstream request
+/// as a user error whose cause is a body error.
+fn client_body_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let (mut user, mut invalid) = (false, false);
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<hyper::Error>() {
+            user |= h.is_user() || h.is_parse();
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            invalid |= matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cause = c.source();
+    }
+    user && invalid
+}
+
 /// Counts and logs an authorization service that could not be asked.
 fn ext_auth_unavailable(state: &State, why: &str) {
     state.metrics.ext_auth_errors.inc();
@@ -1976,6 +1997,14 @@ async fn forward(
                     break;
                 }
                 body = again();
+            }
+            Err(e) if client_body_malformed(&e) => {
+                // The client's body did not parse (a bad chunk): the client's fault, not the
+                // upstream's; never retried.
+                return Err(local(
+                    StatusCode::BAD_REQUEST,
+                    "the request body is malformed",
+                ));
             }
             Err(e) => {
                 last_err = format!("{}: {e}", ep.addr);

@@ -129,5 +129,20 @@ async fn both_http1_paths_answer_every_request_alike() {
         "the paths answer differently:\n{}",
         differ.join("\n")
     );
+    // A body that does not parse is the client's error on both.
+    let bad = CASES
+        .iter()
+        .find(|(n, _)| *n == "bad chunk size")
+        .expect("case")
+        .1;
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(bad.replace("HOST", "hyper.test").as_bytes())
+        .await
+        .expect("write");
+    let _ = c.shutdown().await;
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     running.stop().await;
 }
