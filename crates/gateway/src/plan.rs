@@ -337,15 +337,35 @@ pub enum PathRewrite {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
-    /// Milliseconds (of [`now_ms`]) until which the endpoint is skipped.
-    ejected_until_ms: AtomicU64,
+    /// Milliseconds (of [`now_ms`]) until which the endpoint is skipped. Runtime state beside
+    /// the plan: shared by every plan's `Upstream` of the same address ([`ejection_of`]), so
+    /// that a reload does not forget that an endpoint is down.
+    ejected_until_ms: std::sync::Arc<AtomicU64>,
+}
+
+/// The ejection deadline of an address, one per address in the process while any plan
+/// holds it.
+fn ejection_of(addr: SocketAddr) -> std::sync::Arc<AtomicU64> {
+    use std::sync::{Arc, LazyLock, Mutex, Weak};
+    static ALL: LazyLock<Mutex<BTreeMap<SocketAddr, Weak<AtomicU64>>>> =
+        LazyLock::new(Default::default);
+    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = all.get(&addr).and_then(Weak::upgrade) {
+        return a;
+    }
+    if all.len() > 4096 {
+        all.retain(|_, w| w.strong_count() > 0);
+    }
+    let a = Arc::new(AtomicU64::new(0));
+    all.insert(addr, Arc::downgrade(&a));
+    a
 }
 
 impl Upstream {
     pub fn new(addr: SocketAddr) -> Upstream {
         Upstream {
             addr,
-            ejected_until_ms: AtomicU64::new(0),
+            ejected_until_ms: ejection_of(addr),
         }
     }
     pub fn is_ejected(&self, now_ms: u64) -> bool {

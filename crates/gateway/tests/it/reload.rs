@@ -154,3 +154,74 @@ async fn swapping_plans_under_load_fails_no_request() {
         .to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("infra-backend-v1"));
 }
+
+/// An endpoint found down stays skipped across a reload: the ejection is runtime state kept
+/// beside the plan, not in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_forget_an_endpoint_is_down() {
+    let backends = harness::start_backends().await;
+    let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].addr;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let slice = |name: &str, port: u16| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
+        )
+    };
+    let manifests = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n---\n{}{}\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: gateway-conformance-infra}}\n\
+         spec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n    - backendRefs: [{{name: pair, port: 8080}}]\n",
+        slice("pair-dead", dead),
+        slice("pair-live", echo.port()),
+    );
+    let metrics = Arc::new(gateway::metrics::Metrics::default());
+    let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
+    let addr = running.bound[&80];
+    let client = harness::client();
+    let get = || {
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        client.request(req)
+    };
+    // Until the dead endpoint has been tried once (round robin: within a few requests).
+    for _ in 0..20 {
+        assert_eq!(get().await.expect("answer").status(), 200);
+        if metrics.upstream_connect_failures.get() > 0 {
+            break;
+        }
+    }
+    assert_eq!(metrics.upstream_connect_failures.get(), 1);
+    // The same routes compiled again (new plan, new endpoints), swapped in: the dead endpoint
+    // is still skipped.
+    let dir = tempfile::tempdir().expect("tmp");
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &manifests),
+        ],
+    );
+    let again = gateway::compile(
+        &load.snapshot,
+        "gateway-conformance-infra",
+        "same-namespace",
+    )
+    .expect("compiles");
+    drop(plan);
+    running.update(&again);
+    for _ in 0..20 {
+        assert_eq!(get().await.expect("answer").status(), 200);
+    }
+    assert_eq!(
+        metrics.upstream_connect_failures.get(),
+        1,
+        "the reload forgot the endpoint was down"
+    );
+    running.stop().await;
+}
