@@ -836,7 +836,7 @@ async fn connect<'a>(
     fresh_only: bool,
     last_err: &mut String,
 ) -> Option<(&'a Upstream, TcpStream, bool)> {
-    let order = backend.try_order(state.next.fetch_add(1, Ordering::Relaxed));
+    let order = backend.next_order();
     for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
         let ep = &backend.endpoints[i];
         if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {

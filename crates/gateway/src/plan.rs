@@ -437,9 +437,19 @@ pub struct Backend {
     /// Keep-alive probing of upstream connections (the route's BackendTrafficPolicy
     /// `tcpKeepalive`).
     pub keepalive: Option<Keepalive>,
+    /// This backend's own round-robin turn: apart from the counter that picks among a rule's
+    /// backends, so that the two never move in step (with one shared counter advanced twice
+    /// per request, a backend with an even number of endpoints always started at the same
+    /// ones).
+    pub turn: AtomicU64,
 }
 
 impl Backend {
+    /// [`Backend::try_order`] at this backend's next turn.
+    pub fn next_order(&self) -> Vec<usize> {
+        self.try_order(self.turn.fetch_add(1, Ordering::Relaxed))
+    }
+
     /// Indices of the endpoints to try, in turn from `seq` (which spreads requests), skipping
     /// ejected ones; all of them when every one is ejected (trying beats failing untried).
     pub fn try_order(&self, seq: u64) -> Vec<usize> {
@@ -1433,6 +1443,7 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
         endpoints: Vec::new(),
         invalid: Some(why),
         keepalive: None,
+        turn: AtomicU64::new(0),
     };
     if ns != route_ns
         && !model::validate::granted(
@@ -1460,6 +1471,7 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
                         .collect(),
                     invalid: None,
                     keepalive: None,
+                    turn: AtomicU64::new(0),
                 },
                 Err(e) => invalid(e.to_string()),
             }
@@ -1482,6 +1494,7 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
                     .collect(),
                 invalid: None,
                 keepalive: None,
+                turn: AtomicU64::new(0),
             },
         },
         _ => invalid(format!("backendRef kind {group}/{kind} is not supported")),

@@ -662,7 +662,7 @@ async fn tcp_proxy(
     first: Bytes,
 ) {
     use tokio::io::AsyncWriteExt;
-    let order = backend.try_order(state.next.fetch_add(1, Ordering::Relaxed));
+    let order = backend.next_order();
     for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
         let endpoint = &backend.endpoints[i];
         let ep = endpoint.addr;
@@ -1907,7 +1907,7 @@ async fn forward(
     client: &Client<HttpConnector, Body>,
 ) -> Result<Response<Incoming>, Response<Body>> {
     let order: Vec<&Upstream> = backend
-        .try_order(state.next.fetch_add(1, Ordering::Relaxed))
+        .next_order()
         .into_iter()
         .map(|i| &backend.endpoints[i])
         .collect();
@@ -2294,6 +2294,7 @@ mod tests {
                 endpoints: Vec::new(),
                 invalid: None,
                 keepalive: None,
+                turn: Default::default(),
             })
         };
         let set = vec![(70, b("a")), (30, b("b")), (0, b("c"))];

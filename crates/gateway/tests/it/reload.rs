@@ -161,10 +161,17 @@ async fn swapping_plans_under_load_fails_no_request() {
 async fn a_reload_does_not_forget_an_endpoint_is_down() {
     let backends = harness::start_backends().await;
     let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].addr;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
+    // A port bound but not listening, held for the test: connections to it are refused, and
+    // no other test can take it meanwhile.
+    let held =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let dead = held
         .local_addr()
         .expect("addr")
+        .as_socket()
+        .expect("inet")
         .port();
     let slice = |name: &str, port: u16| {
         format!(
@@ -223,5 +230,41 @@ async fn a_reload_does_not_forget_an_endpoint_is_down() {
         1,
         "the reload forgot the endpoint was down"
     );
+    drop(held);
+    running.stop().await;
+}
+
+/// Round robin over a backend's endpoints: with two, both take requests (a shared counter
+/// advanced twice per request once sent every request to the same one first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_of_a_backend_takes_its_turn() {
+    let backends = harness::start_backends().await;
+    let (v1, v2) = (
+        backends.0["gateway-conformance-infra/infra-backend-v1"].clone(),
+        backends.0["gateway-conformance-infra/infra-backend-v2"].clone(),
+    );
+    let slice = |name: &str, port: u16| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
+        )
+    };
+    let manifests = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n---\n{}{}\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: gateway-conformance-infra}}\n\
+         spec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n    - backendRefs: [{{name: pair, port: 8080}}]\n",
+        slice("pair-a", v1.addr.port()),
+        slice("pair-b", v2.addr.port()),
+    );
+    let (_, running) = harness::serve(&backends, &manifests, Arc::default()).await;
+    let addr = running.bound[&80];
+    let client = harness::client();
+    for _ in 0..10 {
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        assert_eq!(client.request(req).await.expect("answer").status(), 200);
+    }
+    assert_eq!((v1.seen().len(), v2.seen().len()), (5, 5));
     running.stop().await;
 }
