@@ -27,7 +27,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(
     name = "trellis",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (",
+        env!("TRELLIS_COMMIT"),
+        ", built ",
+        env!("TRELLIS_BUILD_DATE"),
+        ")"
+    ),
     about = "The network stack of a small cluster in one program"
 )]
 struct Cli {

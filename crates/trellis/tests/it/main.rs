@@ -694,3 +694,27 @@ fn sigterm_lets_requests_in_flight_finish() {
     let rest: Vec<String> = err.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.ends_with(": drained")), "{rest:?}");
 }
+
+#[test]
+fn version_names_the_commit_and_build_date() {
+    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .arg("--version")
+        .output()
+        .expect("trellis runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert!(
+        text.starts_with(&format!(
+            "trellis {} ({head}, built 20",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+}
