@@ -136,6 +136,13 @@ enum Command {
     /// Run the single-host product in one process: every Gateway of the manifests, DNS, flows
     /// and one admin endpoint, from one watch of the manifests and one config file.
     Up(Box<up::Args>),
+    /// Print the completion script of a shell (`source <(trellis completions bash)`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `trellis man > trellis.1`.
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -154,6 +161,15 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab::run(&args),
         Command::Agent(args) => agent::run(&args),
         Command::Up(args) => up::run(&args, cli.log_format),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "trellis", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -697,10 +697,7 @@ fn sigterm_lets_requests_in_flight_finish() {
 
 #[test]
 fn version_names_the_commit_and_build_date() {
-    let out = Command::new(env!("CARGO_BIN_EXE_trellis"))
-        .arg("--version")
-        .output()
-        .expect("trellis runs");
+    let out = trellis(&["--version"]);
     let text = String::from_utf8_lossy(&out.stdout);
     let head = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
@@ -717,4 +714,28 @@ fn version_names_the_commit_and_build_date() {
         )),
         "{text}"
     );
+}
+
+#[test]
+fn completions_load_in_bash_and_the_man_page_renders() {
+    let script = text(&trellis(&["completions", "bash"]).stdout);
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("trellis.bash");
+    std::fs::write(&file, &script).expect("write");
+    let out = Command::new("bash")
+        .args([
+            "-c",
+            &format!("source {} && complete -p trellis", file.display()),
+        ])
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("-F _trellis trellis"),
+        "{}",
+        text(&out.stdout)
+    );
+    let man = text(&trellis(&["man"]).stdout);
+    assert!(man.contains(".TH trellis 1"), "{man}");
+    assert!(man.contains("up") && man.contains("gateway"), "{man}");
 }
