@@ -156,6 +156,8 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/flask/__init__.py",
         "python3-flask",
     ),
+    // Checks the systemd units in dist/.
+    ("/usr/bin/systemd-analyze", "systemd"),
 ];
 
 /// Installs the Debian packages whose probe file is missing.

@@ -739,3 +739,29 @@ fn completions_load_in_bash_and_the_man_page_renders() {
     assert!(man.contains(".TH trellis 1"), "{man}");
     assert!(man.contains("up") && man.contains("gateway"), "{man}");
 }
+
+/// The systemd units in `dist/` are valid as systemd reads them (`systemd-analyze verify`,
+/// with ExecStart pointed at the binary under test).
+#[test]
+fn systemd_units_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for unit in ["trellis.service", "trellis-agent.service"] {
+        let body = std::fs::read_to_string(repo().join("dist").join(unit)).expect("unit");
+        let path = dir.path().join(unit);
+        std::fs::write(
+            &path,
+            body.replace("/usr/bin/trellis", env!("CARGO_BIN_EXE_trellis")),
+        )
+        .expect("write");
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .expect("systemd-analyze runs (package systemd)");
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{unit}: {}",
+            text(&out.stderr)
+        );
+    }
+}
