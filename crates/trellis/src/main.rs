@@ -11,6 +11,7 @@ mod lab;
 mod logging;
 mod observe;
 mod secret;
+mod status;
 mod sync;
 mod up;
 
@@ -136,6 +137,8 @@ enum Command {
     /// Run the single-host product in one process: every Gateway of the manifests, DNS, flows
     /// and one admin endpoint, from one watch of the manifests and one config file.
     Up(Box<up::Args>),
+    /// Print the status of a running trellis from its admin endpoint (`up`, `gateway`, `dns`).
+    Status(status::Args),
     /// Print the completion script of a shell (`source <(trellis completions bash)`).
     Completions {
         #[arg(value_enum)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         Command::Lab(args) => lab::run(&args),
         Command::Agent(args) => agent::run(&args),
         Command::Up(args) => up::run(&args, cli.log_format),
+        Command::Status(args) => status::run(&args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "trellis", &mut std::io::stdout());

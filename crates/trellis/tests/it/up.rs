@@ -311,6 +311,24 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
     );
     assert_eq!(d["views"], serde_json::json!(["lan", "public"]), "{d:#}");
     assert_eq!(s["components"]["observe"]["started"], true, "{s:#}");
+    // The same from the command line: `trellis status` reads it and says it is healthy.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["status", "--admin", &admin])
+        .output()
+        .expect("trellis status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.starts_with("ready: true\nCOMPONENT")
+            && table.contains("gateway network/envoy-internal  true")
+            && table.contains("\ndns "),
+        "{table}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["status", "--admin", &admin, "-o", "yaml"])
+        .output()
+        .expect("trellis status -o yaml");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("components:"));
     let (_, metrics) = get(&format!("http://{admin}/metrics"));
     for family in [
         "trellis_gateway_rq_total{route=\"apps/echo-internal\",code_class=\"2xx\"} 1",
