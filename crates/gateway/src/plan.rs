@@ -646,7 +646,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             let Some((_, table)) = tls_ports.get_mut(&port) else {
                 continue;
             };
-            let backends = stream_backends(s, &key, "TLSRoute", route);
+            let backends = stream_backends(s, &key, "TLSRoute", route, &auth, &mut plan.problems);
             for h in effective_hostnames(&route.spec.hostnames, l.hostname.as_deref()) {
                 let slot = table.entry(h.as_deref());
                 if slot.is_empty() {
@@ -667,7 +667,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 if let Some(t) = ports.get_mut(&port)
                     && t.backends.is_empty()
                 {
-                    t.backends = stream_backends(s, &key, kind, route);
+                    t.backends = stream_backends(s, &key, kind, route, &auth, &mut plan.problems);
                 }
             }
         }
@@ -777,11 +777,38 @@ fn stream_backends(
     gateway: &ObjectKey,
     kind: &str,
     route: &Object<model::kinds::routes::StreamRouteSpec>,
+    auth: &BTreeMap<ObjectKey, Arc<crate::auth::Security>>,
+    problems: &mut Vec<(ObjectKey, String)>,
 ) -> Vec<(u32, Arc<Backend>)> {
     let Some(rule) = route.spec.rules.first() else {
         return Vec::new();
     };
     let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
+    // A SecurityPolicy on an L4 route asks for something this path does not do (there is no
+    // HTTP request to authenticate): its connections are refused, never carried without it.
+    if let Some(sec) = auth.get(&rkey) {
+        let why = format!(
+            "SecurityPolicy {} targets {kind} {}: not enforced on L4 routes, so its connections \
+             are refused",
+            sec.policy,
+            rkey.ns_name()
+        );
+        let (pns, pname) = sec.policy.split_once('/').unwrap_or(("", &sec.policy));
+        problems.push((
+            ObjectKey::new(model::validate::ENVOY_GROUP, "SecurityPolicy", pns, pname),
+            why.clone(),
+        ));
+        return vec![(
+            1,
+            Arc::new(Backend {
+                name: rkey.ns_name(),
+                endpoints: Vec::new(),
+                invalid: Some(why),
+                keepalive: None,
+                turn: AtomicU64::new(0),
+            }),
+        )];
+    }
     let keepalive = backend_policy(s, &rkey, gateway).and_then(upstream_keepalive);
     rule.backend_refs
         .iter()

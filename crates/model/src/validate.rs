@@ -1757,6 +1757,20 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     );
                 }
             }
+            for t in policy_targets(s, p.namespace(), spec) {
+                if matches!(t.kind.as_str(), "TCPRoute" | "TLSRoute" | "UDPRoute") {
+                    problem(
+                        status,
+                        "spec.targetRefs",
+                        format!(
+                            "{} {} is an L4 route: a SecurityPolicy is not enforced there, so \
+                             its connections are refused",
+                            t.kind,
+                            t.ns_name()
+                        ),
+                    );
+                }
+            }
             if let Some(c) = &spec.cors {
                 check_duration(status, "spec.cors.maxAge", &c.max_age);
                 if c.allow_origins.is_empty() {

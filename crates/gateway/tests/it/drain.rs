@@ -357,3 +357,40 @@ async fn idle_connections_are_closed_and_slow_requests_are_not() {
     assert_eq!(closed, 0);
     running.stop().await;
 }
+
+/// A SecurityPolicy on a TCPRoute is not something the L4 path can enforce: the route's
+/// connections are closed unanswered instead of carried without it (fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_policy_on_a_tcp_route_refuses_its_connections() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let manifests = format!(
+        "{MANIFESTS}---\napiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: raw-only-lan, namespace: gateway-conformance-infra}}\n\
+         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: TCPRoute, name: raw}}]\n  authorization:\n    defaultAction: Deny\n    rules: [{{action: Allow, principal: {{clientCIDRs: [10.0.0.0/8]}}}}]\n"
+    );
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        &manifests,
+        "edge",
+        &[80, 2222],
+        gateway::Bind::default(),
+    )
+    .await;
+    let (http, tcp) = (running.bound[&80], running.bound[&2222]);
+    let got = tokio::task::spawn_blocking(move || {
+        let mut c = connect(tcp);
+        let _ = c.write_all(REQUEST);
+        let mut b = [0u8; 64];
+        let n = c.read(&mut b).unwrap_or(0);
+        // The HTTP listener of the same Gateway is not affected.
+        let mut h = connect(http);
+        h.write_all(REQUEST).expect("write");
+        (n, harness::read_response(&mut h))
+    })
+    .await
+    .expect("client");
+    assert_eq!(got.0, 0, "the TCPRoute's connection carried bytes");
+    assert!(got.1.starts_with("HTTP/1.1 200"), "{}", got.1);
+    running.stop().await;
+}
