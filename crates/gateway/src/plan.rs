@@ -638,6 +638,22 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             add_route(s, router, route, &hosts, order, &policies);
         }
     }
+    // Routes a SecurityPolicy or an EnvoyExtensionPolicy targets, with the policy: on an L4
+    // route their connections are refused.
+    let key_of_policy = |kind: &str, filter_name: &str| {
+        // A script is named `ns/name[i]`.
+        let ns_name = filter_name.split('[').next().unwrap_or(filter_name);
+        let (ns, name) = ns_name.split_once('/').unwrap_or(("", ns_name));
+        ObjectKey::new(model::validate::ENVOY_GROUP, kind, ns, name)
+    };
+    let guarded: BTreeMap<ObjectKey, ObjectKey> = auth
+        .iter()
+        .map(|(t, sec)| (t.clone(), key_of_policy("SecurityPolicy", &sec.policy)))
+        .chain(lua.iter().filter_map(|(t, filters)| {
+            let f = filters.first()?;
+            Some((t.clone(), key_of_policy("EnvoyExtensionPolicy", &f.name)))
+        }))
+        .collect();
     for route in s.tls_routes.values() {
         for l in attached_listeners(s, gw, "TLSRoute", route.namespace(), route.name()) {
             let Ok(port) = u16::try_from(l.port) else {
@@ -646,7 +662,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             let Some((_, table)) = tls_ports.get_mut(&port) else {
                 continue;
             };
-            let backends = stream_backends(s, &key, "TLSRoute", route, &auth, &mut plan.problems);
+            let backends =
+                stream_backends(s, &key, "TLSRoute", route, &guarded, &mut plan.problems);
             for h in effective_hostnames(&route.spec.hostnames, l.hostname.as_deref()) {
                 let slot = table.entry(h.as_deref());
                 if slot.is_empty() {
@@ -667,7 +684,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 if let Some(t) = ports.get_mut(&port)
                     && t.backends.is_empty()
                 {
-                    t.backends = stream_backends(s, &key, kind, route, &auth, &mut plan.problems);
+                    t.backends =
+                        stream_backends(s, &key, kind, route, &guarded, &mut plan.problems);
                 }
             }
         }
@@ -777,27 +795,24 @@ fn stream_backends(
     gateway: &ObjectKey,
     kind: &str,
     route: &Object<model::kinds::routes::StreamRouteSpec>,
-    auth: &BTreeMap<ObjectKey, Arc<crate::auth::Security>>,
+    guarded: &BTreeMap<ObjectKey, ObjectKey>,
     problems: &mut Vec<(ObjectKey, String)>,
 ) -> Vec<(u32, Arc<Backend>)> {
     let Some(rule) = route.spec.rules.first() else {
         return Vec::new();
     };
     let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
-    // A SecurityPolicy on an L4 route asks for something this path does not do (there is no
-    // HTTP request to authenticate): its connections are refused, never carried without it.
-    if let Some(sec) = auth.get(&rkey) {
+    // A SecurityPolicy or EnvoyExtensionPolicy on an L4 route asks for something this path
+    // does not do (there is no HTTP request to authenticate or script): its connections are
+    // refused, never carried without it.
+    if let Some(policy) = guarded.get(&rkey) {
         let why = format!(
-            "SecurityPolicy {} targets {kind} {}: not enforced on L4 routes, so its connections \
-             are refused",
-            sec.policy,
+            "{} {} targets {kind} {}: not enforced on L4 routes, so its connections are refused",
+            policy.kind,
+            policy.ns_name(),
             rkey.ns_name()
         );
-        let (pns, pname) = sec.policy.split_once('/').unwrap_or(("", &sec.policy));
-        problems.push((
-            ObjectKey::new(model::validate::ENVOY_GROUP, "SecurityPolicy", pns, pname),
-            why.clone(),
-        ));
+        problems.push((policy.clone(), why.clone()));
         return vec![(
             1,
             Arc::new(Backend {

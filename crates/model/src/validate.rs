@@ -1624,6 +1624,7 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     }
                 }
             }
+            l4_targets_refused(s, p.namespace(), spec, status, "an EnvoyExtensionPolicy");
             if spec.wasm.is_some() || spec.ext_proc.is_some() {
                 problem(
                     status,
@@ -1757,20 +1758,7 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                     );
                 }
             }
-            for t in policy_targets(s, p.namespace(), spec) {
-                if matches!(t.kind.as_str(), "TCPRoute" | "TLSRoute" | "UDPRoute") {
-                    problem(
-                        status,
-                        "spec.targetRefs",
-                        format!(
-                            "{} {} is an L4 route: a SecurityPolicy is not enforced there, so \
-                             its connections are refused",
-                            t.kind,
-                            t.ns_name()
-                        ),
-                    );
-                }
-            }
+            l4_targets_refused(s, p.namespace(), spec, status, "a SecurityPolicy");
             if let Some(c) = &spec.cors {
                 check_duration(status, "spec.cors.maxAge", &c.max_age);
                 if c.allow_origins.is_empty() {
@@ -1867,6 +1855,31 @@ pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static s
         }
     }
     out
+}
+
+/// A policy that only HTTP requests can honour (a SecurityPolicy, an EnvoyExtensionPolicy)
+/// targeting an L4 route: a problem, and the gateway refuses the route's connections.
+fn l4_targets_refused<S: Policy>(
+    s: &Snapshot,
+    ns: &str,
+    spec: &S,
+    status: &mut ObjectStatus,
+    what: &str,
+) {
+    for t in policy_targets(s, ns, spec) {
+        if matches!(t.kind.as_str(), "TCPRoute" | "TLSRoute" | "UDPRoute") {
+            problem(
+                status,
+                "spec.targetRefs",
+                format!(
+                    "{} {} is an L4 route: {what} is not enforced there, so its connections \
+                     are refused",
+                    t.kind,
+                    t.ns_name()
+                ),
+            );
+        }
+    }
 }
 
 /// What is wrong in a SecurityPolicy's `authorization` (path, message): an action that is

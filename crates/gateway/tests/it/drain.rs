@@ -393,4 +393,36 @@ async fn a_security_policy_on_a_tcp_route_refuses_its_connections() {
     assert_eq!(got.0, 0, "the TCPRoute's connection carried bytes");
     assert!(got.1.starts_with("HTTP/1.1 200"), "{}", got.1);
     running.stop().await;
+
+    // The same for a Lua script (an EnvoyExtensionPolicy) on the TCPRoute.
+    let manifests = format!(
+        "{MANIFESTS}---\napiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\n\
+         metadata: {{name: raw-lua, namespace: gateway-conformance-infra}}\nspec:\n  \
+         targetRefs: [{{group: gateway.networking.k8s.io, kind: TCPRoute, name: raw}}]\n  \
+         lua:\n  - type: Inline\n    inline: |\n      function envoy_on_request(h) end\n"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        &manifests,
+        "edge",
+        &[80, 2222],
+        gateway::Bind::default(),
+    )
+    .await;
+    let tcp = running.bound[&2222];
+    let n = tokio::task::spawn_blocking(move || {
+        let mut c = connect(tcp);
+        let _ = c.write_all(REQUEST);
+        let mut b = [0u8; 64];
+        c.read(&mut b).unwrap_or(0)
+    })
+    .await
+    .expect("client");
+    assert_eq!(
+        n, 0,
+        "the TCPRoute's connection carried bytes past its script"
+    );
+    running.stop().await;
 }
