@@ -172,6 +172,22 @@ async fn exchange<S>(io: S, req: http::Request<Bytes>, what: &str) -> Result<Res
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    exchange_on(io, req, what, BODY_BYTES_MAX).await
+}
+
+/// One request on a connection the caller made (its own resolver, TLS settings, certificate
+/// checks: the health probes), reading at most `body_bytes_max` of the body. The request's
+/// URI is sent as it is (give the path) and it must carry its `Host`. No deadline here: the
+/// caller bounds the whole exchange.
+pub async fn exchange_on<S>(
+    io: S,
+    req: http::Request<Bytes>,
+    what: &str,
+    body_bytes_max: usize,
+) -> Result<Response, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let failed = |e: &dyn std::fmt::Display| Error::Retryable(format!("{what}: {e}"));
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
@@ -182,7 +198,7 @@ where
         .await
         .map_err(|e| failed(&e))?;
     let (parts, body) = resp.into_parts();
-    let body = Limited::new(body, BODY_BYTES_MAX)
+    let body = Limited::new(body, body_bytes_max)
         .collect()
         .await
         .map_err(|e| failed(&e))?

@@ -1,0 +1,22 @@
+//! Health: Gatus-compatible endpoints, probes and conditions.
+//!
+//! - [`condition`]: the conditions language, a pure parser and evaluator.
+//! - [`endpoints`]: the endpoints a snapshot declares (gatus-sidecar's annotation
+//!   conventions on HTTPRoutes and Services, inherited from Gateways, and Gatus `config.yaml`
+//!   in ConfigMaps labelled `gatus.io/enabled`), a pure function of `model::Snapshot`.
+//! - [`probe`]: one probe of one endpoint (http/https, tcp, dns, tls, starttls), the only
+//!   I/O here; [`run`] schedules them (intervals with jitter, bounded concurrency) and
+//!   [`metrics`] publishes results under Gatus's metric names.
+//!
+//! The KEDA scaler is not here yet.
+
+pub mod condition;
+pub mod endpoints;
+pub mod metrics;
+pub mod probe;
+pub mod run;
+mod x509;
+
+pub use condition::{Condition, Outcome, ParseError, Verdict};
+pub use endpoints::{Discovery, Endpoint, Kind, Problem, endpoints};
+pub use probe::{Probed, probe};
