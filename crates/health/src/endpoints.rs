@@ -370,35 +370,46 @@ pub fn endpoints(s: &Snapshot, d: &Discovery) -> Endpoints {
                 at: at.clone(),
                 message: format!("{file}: {message}"),
             };
-            let config = match template_of(text) {
-                Ok(c) => c,
-                Err(e) => {
-                    out.problems.push(problem(e));
-                    continue;
-                }
-            };
-            let Some(list) = config.get("endpoints") else {
-                continue;
-            };
-            let Value::Array(list) = list else {
-                out.problems.push(problem("endpoints: not a list".into()));
-                continue;
-            };
-            for (i, item) in list.iter().enumerate() {
-                let Value::Object(m) = item else {
-                    out.problems
-                        .push(problem(format!("endpoints[{i}]: not a map")));
-                    continue;
-                };
-                match gatus_endpoint(m, &key, d.interval) {
-                    Ok(Some(e)) => add(&mut out, e, at.clone()),
-                    Ok(None) => {}
-                    Err(e) => out.problems.push(problem(format!("endpoints[{i}].{e}"))),
-                }
+            let (list, problems) = parse_config(text, &key, d.interval);
+            out.problems.extend(problems.into_iter().map(problem));
+            for e in list {
+                add(&mut out, e, at.clone());
             }
         }
     }
     out
+}
+
+/// The endpoints of a Gatus `config.yaml` (its `endpoints:` list), and a message per entry
+/// that could not be taken (`endpoints[2].conditions[0] …: column 5: …`).
+pub fn parse_config(
+    text: &str,
+    object: &ObjectKey,
+    interval: Duration,
+) -> (Vec<Endpoint>, Vec<String>) {
+    let (mut list, mut problems) = (Vec::new(), Vec::new());
+    let config = match template_of(text) {
+        Ok(c) => c,
+        Err(e) => return (list, vec![e]),
+    };
+    match config.get("endpoints") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let Value::Object(m) = item else {
+                    problems.push(format!("endpoints[{i}]: not a map"));
+                    continue;
+                };
+                match gatus_endpoint(m, object, interval) {
+                    Ok(Some(e)) => list.push(e),
+                    Ok(None) => {}
+                    Err(e) => problems.push(format!("endpoints[{i}].{e}")),
+                }
+            }
+        }
+        Some(_) => problems.push("endpoints: not a list".into()),
+    }
+    (list, problems)
 }
 
 fn locate(source: &Source, path: &str) -> String {

@@ -363,7 +363,7 @@ fn join(base: &http::Uri, location: &str) -> String {
     }
 }
 
-fn network_target<'a>(e: &'a Endpoint, scheme: &str) -> Result<(String, u16), String> {
+fn network_target(e: &Endpoint, scheme: &str) -> Result<(String, u16), String> {
     let rest = e
         .url
         .strip_prefix(scheme)
