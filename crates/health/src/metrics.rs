@@ -83,6 +83,16 @@ impl Metrics {
         );
     }
 
+    /// Forgets every endpoint (after a reload, so endpoints that are gone are not reported).
+    pub fn clear(&self) {
+        self.results.clear();
+        self.codes.clear();
+        self.connected.clear();
+        self.duration.clear();
+        self.certificate_expiration.clear();
+        self.success.clear();
+    }
+
     /// Records one result, as Gatus does: a code only when there was one, the certificate
     /// gauge only when a certificate was seen.
     pub fn publish(&self, e: &Endpoint, p: &Probed) {

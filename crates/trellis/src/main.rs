@@ -7,6 +7,7 @@ mod agent;
 mod check;
 mod dns;
 mod gateway;
+mod health;
 mod lab;
 mod logging;
 mod observe;
@@ -137,6 +138,9 @@ enum Command {
     /// Run the single-host product in one process: every Gateway of the manifests, DNS, flows
     /// and one admin endpoint, from one watch of the manifests and one config file.
     Up(Box<up::Args>),
+    /// Probe the endpoints the manifests declare (Gatus's conditions, gatus-sidecar's
+    /// annotations), print the results and serve them as Gatus's metrics.
+    Health(health::Args),
     /// Print the status of a running trellis from its admin endpoint (`up`, `gateway`, `dns`).
     Status(status::Args),
     /// Print the completion script of a shell (`source <(trellis completions bash)`).
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => agent::run(&args),
         Command::Up(args) => up::run(&args, cli.log_format),
         Command::Status(args) => status::run(&args),
+        Command::Health(args) => health::run(&args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "trellis", &mut std::io::stdout());

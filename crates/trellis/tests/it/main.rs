@@ -1,6 +1,7 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
 
 mod crash;
+mod health;
 
 /// The Knot DNS helper of the dns crate's tests: one way to run Knot in tests.
 #[path = "../../../dns/tests/it/knot.rs"]

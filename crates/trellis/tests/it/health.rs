@@ -1,0 +1,206 @@
+//! `trellis health` against real peers: `trellis echo` (HTTP and TCP) and `trellis dns`
+//! (the cluster zone), endpoints from a ConfigMap labelled gatus.io/enabled; `--once` exit
+//! codes, and `--listen` serving Gatus's metrics as a KEDA trigger reads them.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::{Proc, bound_addr, echo_and_base, text, within};
+
+/// Starts `trellis dns` on base.yaml; its port.
+fn dns(dir: &Path, log: &mut String) -> (Proc, u16) {
+    let mut p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["dns", "-f"])
+            .arg(dir.join("base.yaml"))
+            .args(["--listen", "127.0.0.1:0"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("dns starts"),
+    );
+    let err = std::io::BufReader::new(p.0.stderr.take().expect("stderr")).lines();
+    for l in err {
+        let l = l.expect("text");
+        log.push_str(&l);
+        log.push('\n');
+        if l.contains("on udp/tcp") {
+            let port = l
+                .rsplit(':')
+                .next()
+                .expect("port")
+                .trim()
+                .parse()
+                .expect("port");
+            return (p, port);
+        }
+    }
+    panic!("trellis dns did not start:\n{log}");
+}
+
+/// The probes: the echo server over HTTP (group external) and TCP, and the cluster zone.
+fn probes(dir: &Path, echo: u16, dns: u16) {
+    std::fs::write(
+        dir.join("gatus.yaml"),
+        format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: probes
+  namespace: apps
+  labels: {{gatus.io/enabled: "true"}}
+data:
+  config.yaml: |
+    endpoints:
+      - name: echo
+        group: external
+        url: http://127.0.0.1:{echo}/
+        interval: 1s
+        client: {{timeout: 2s}}
+        conditions: ["[STATUS] == 200", "[BODY] == pat(*{{*)"]
+      - name: echo-tcp
+        group: internal
+        url: tcp://127.0.0.1:{echo}
+        interval: 1s
+        conditions: ["[CONNECTED] == true"]
+      - name: cluster-dns
+        group: internal
+        url: 127.0.0.1:{dns}
+        interval: 1s
+        dns: {{query-name: web.apps.svc.cluster.local, query-type: A}}
+        conditions: ["[DNS_RCODE] == NOERROR"]
+"#
+        ),
+    )
+    .expect("write");
+}
+
+#[test]
+fn health_once_passes_then_fails_when_the_backend_stops() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = String::new();
+    let (echo, echo_port) = echo_and_base(dir.path(), &mut log);
+    let (_dns, dns_port) = dns(dir.path(), &mut log);
+    probes(dir.path(), echo_port, dns_port);
+    let d = dir.path().display().to_string();
+    let out = crate::trellis(&["health", "-f", &d, "--once"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    for name in [
+        "external/echo ",
+        "internal/echo-tcp ",
+        "internal/cluster-dns ",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(name)),
+            "{name}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("rcode=NOERROR"), "{stdout}");
+
+    drop(echo);
+    let out = crate::trellis(&["health", "-f", &d, "--once"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("internal/echo-tcp ")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("condition: [CONNECTED] (false) == true"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("ok") && l.contains("internal/cluster-dns ")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn health_once_reports_a_condition_that_does_not_parse() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("x.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: p, namespace: a, labels: {gatus.io/enabled: \"true\"}}\n\
+         data:\n  config.yaml: |\n    endpoints:\n      - {name: x, url: 'tcp://127.0.0.1:1', conditions: ['[CONNECTED] = true']}\n",
+    )
+    .expect("write");
+    let out = crate::trellis(&["health", "-f", &dir.path().display().to_string(), "--once"]);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("x.yaml:5:3: ConfigMap a/p: config.yaml: endpoints[0].conditions[0] \"[CONNECTED] = true\": column 1: no comparison"),
+        "{stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an endpoint that cannot be made did not pass"
+    );
+}
+
+#[test]
+fn health_serves_gatus_metrics_that_follow_the_backend() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut log = String::new();
+    let (echo, echo_port) = echo_and_base(dir.path(), &mut log);
+    let (_dns, dns_port) = dns(dir.path(), &mut log);
+    probes(dir.path(), echo_port, dns_port);
+    let mut health = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["health", "-f"])
+            .arg(dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("health starts"),
+    );
+    let mut err = std::io::BufReader::new(health.0.stderr.take().expect("stderr")).lines();
+    let addr = bound_addr(&mut err, "metrics on", &mut log);
+    let metrics = || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", &format!("http://{addr}")])
+            .output()
+            .expect("curl");
+        text(&out.stdout)
+    };
+    let success = |v: u8| {
+        format!(
+            "gatus_results_endpoint_success{{key=\"external_echo\",group=\"external\",name=\"echo\",type=\"HTTP\"}} {v}"
+        )
+    };
+    let m = within(30, || Some(metrics()).filter(|m| m.contains(&success(1))))
+        .unwrap_or_else(|| panic!("no success for external/echo in 30 s:\n{}", metrics()));
+    assert!(
+        m.contains("gatus_results_total{key=\"external_echo\",group=\"external\",name=\"echo\",type=\"HTTP\",success=\"true\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatus_results_code_total{key=\"external_echo\",group=\"external\",name=\"echo\",type=\"HTTP\",code=\"200\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatus_results_duration_seconds{key=\"internal_cluster-dns\""),
+        "{m}"
+    );
+    assert!(
+        m.contains("gatus_results_code_total{key=\"internal_cluster-dns\",group=\"internal\",name=\"cluster-dns\",type=\"DNS\",code=\"NOERROR\"}"),
+        "{m}"
+    );
+    // The backend stops: the external group's success drops to 0, which is what the corpus's
+    // KEDA trigger (`1 - min(gatus_results_endpoint_success{group="external"})`) scales on.
+    drop(echo);
+    within(30, || Some(metrics()).filter(|m| m.contains(&success(0))))
+        .unwrap_or_else(|| panic!("external/echo still healthy after 30 s:\n{}", metrics()));
+}
