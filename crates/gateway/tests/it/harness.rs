@@ -225,3 +225,19 @@ pub fn read_response(c: &mut std::net::TcpStream) -> String {
         }
     }
 }
+
+/// (status, lowercased response head, body) of one curl request to `/x` through the gateway,
+/// with `host_header` (`Host: ...`) and `extra` curl arguments.
+pub fn request(addr: SocketAddr, host_header: &str, extra: &[&str]) -> (u16, String, String) {
+    let url = format!("http://{addr}/x");
+    let mut args = vec!["-H", host_header, url.as_str()];
+    args.extend(extra);
+    let (head, body) = curl(&args);
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    (status, head, String::from_utf8_lossy(&body).into_owned())
+}

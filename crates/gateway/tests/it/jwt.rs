@@ -126,20 +126,9 @@ fn route(name: &str, jwt: &str) -> String {
     )
 }
 
-/// (status, lowercased head, body) of one curl request through the gateway.
+/// One curl request through the gateway to `host.example.com`.
 fn request(addr: std::net::SocketAddr, host: &str, extra: &[&str]) -> (u16, String, String) {
-    let url = format!("http://{addr}/x");
-    let host = format!("Host: {host}.example.com");
-    let mut args = vec!["-H", host.as_str(), url.as_str()];
-    args.extend(extra);
-    let (head, body) = harness::curl(&args);
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, head, String::from_utf8_lossy(&body).into_owned())
+    harness::request(addr, &format!("Host: {host}.example.com"), extra)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,19 +173,7 @@ async fn a_reload_does_not_forget_an_endpoint_is_down() {
         .as_socket()
         .expect("inet")
         .port();
-    let slice = |name: &str, port: u16| {
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
-        )
-    };
-    let manifests = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n---\n{}{}\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: gateway-conformance-infra}}\n\
-         spec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n    - backendRefs: [{{name: pair, port: 8080}}]\n",
-        slice("pair-dead", dead),
-        slice("pair-live", echo.port()),
-    );
+    let manifests = pair_route(("pair-dead", dead), ("pair-live", echo.port()));
     let metrics = Arc::new(gateway::metrics::Metrics::default());
     let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
     let addr = running.bound[&80];
@@ -243,19 +231,7 @@ async fn every_endpoint_of_a_backend_takes_its_turn() {
         backends.0["gateway-conformance-infra/infra-backend-v1"].clone(),
         backends.0["gateway-conformance-infra/infra-backend-v2"].clone(),
     );
-    let slice = |name: &str, port: u16| {
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
-        )
-    };
-    let manifests = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n---\n{}{}\
-         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: gateway-conformance-infra}}\n\
-         spec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n    - backendRefs: [{{name: pair, port: 8080}}]\n",
-        slice("pair-a", v1.addr.port()),
-        slice("pair-b", v2.addr.port()),
-    );
+    let manifests = pair_route(("pair-a", v1.addr.port()), ("pair-b", v2.addr.port()));
     let (_, running) = harness::serve(&backends, &manifests, Arc::default()).await;
     let addr = running.bound[&80];
     let client = harness::client();
@@ -267,4 +243,21 @@ async fn every_endpoint_of_a_backend_takes_its_turn() {
     }
     assert_eq!((v1.seen().len(), v2.seen().len()), (5, 5));
     running.stop().await;
+}
+
+/// Service `pair` with one endpoint per (slice name, port) on 127.0.0.1, and a route to it.
+fn pair_route(a: (&str, u16), b: (&str, u16)) -> String {
+    let slice = |(name, port): (&str, u16)| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: gateway-conformance-infra, labels: {{kubernetes.io/service-name: pair}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n"
+        )
+    };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: pair, namespace: gateway-conformance-infra}}\nspec: {{ports: [{{name: http, port: 8080}}]}}\n---\n{}{}\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: gateway-conformance-infra}}\n\
+         spec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n    - backendRefs: [{{name: pair, port: 8080}}]\n",
+        slice(a),
+        slice(b),
+    )
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::harness;
+use crate::harness::{self, request};
 
 /// A route `name.example.com` to infra-backend-v1 guarded by a SecurityPolicy with `spec`
 /// (YAML lines indented by two).
@@ -106,21 +106,6 @@ fn secrets() -> String {
          apiVersion: v1\nkind: Secret\nmetadata: {{name: bcrypt-users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"bob:$2y$05$c4WoMPo3SXsafkva.HHa6uXQZWr7oboPiC2bT/r7q1BB8I2s0BRqC\\n\"\n---\n",
         HTPASSWD.trim_end()
     )
-}
-
-/// (status, response head, body) of one curl request through the gateway.
-fn request(addr: std::net::SocketAddr, host: &str, extra: &[&str]) -> (u16, String, String) {
-    let url = format!("http://{addr}/x");
-    let mut args = vec!["-H", host, url.as_str()];
-    args.extend(extra);
-    let (head, body) = harness::curl(&args);
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    (status, head, String::from_utf8_lossy(&body).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
