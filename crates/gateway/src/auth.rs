@@ -84,12 +84,16 @@ impl ApiKeys {
         found
     }
 
-    /// Takes the key out of the request's headers (cookies and parameters stay: the query is
-    /// forwarded as it came).
+    /// Takes the key out of the request's headers and cookies. (A key from a query parameter
+    /// cannot be taken out: validation refuses `sanitize` with `params`.)
     pub fn sanitize(&self, headers: &mut http::HeaderMap) {
         for l in &self.locations {
-            if let crate::jwt::Location::Header { name, .. } = l {
-                headers.remove(name);
+            match l {
+                crate::jwt::Location::Header { name, .. } => {
+                    headers.remove(name);
+                }
+                crate::jwt::Location::Cookie(name) => crate::jwt::remove_cookies(headers, &[name]),
+                crate::jwt::Location::Param(_) => {}
             }
         }
     }

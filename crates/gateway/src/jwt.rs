@@ -36,6 +36,9 @@ pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const JWKS_KEYS_MAX: usize = 64;
 /// The longest token looked at; a longer one is refused unread.
 pub const JWT_BYTES_MAX: usize = 16 << 10;
+/// Tokens looked at per request, over every provider (each may cost a signature check); a
+/// request carrying more is refused as malformed.
+pub const JWT_TOKENS_PER_REQUEST_MAX: usize = 8;
 /// Where a token is looked for when the provider does not say (Envoy's defaults).
 pub const DEFAULT_PARAM: &str = "access_token";
 
@@ -544,6 +547,26 @@ pub fn epoch_secs() -> u64 {
         .unwrap_or_default()
 }
 
+/// Removes the cookies named in `names` from a request's `Cookie` headers (the rest stay, in
+/// one header).
+pub fn remove_cookies(headers: &mut http::HeaderMap, names: &[&str]) {
+    let named = |pair: &str| names.contains(&pair.trim().split('=').next().unwrap_or_default());
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|p| !p.trim().is_empty() && !named(p))
+        .map(|p| p.trim().to_string())
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(http::header::COOKIE, v);
+    }
+}
+
 /// The values of the cookies named `name` in a request's `Cookie` headers.
 pub fn cookies(headers: &http::HeaderMap, name: &str) -> Vec<String> {
     let mut out = Vec::new();
@@ -572,8 +595,13 @@ impl Jwt {
     ) -> Result<Option<Verified>, Denied> {
         let now = epoch_secs();
         let mut first: Option<Denied> = None;
+        let mut looked_at = 0usize;
         for p in &self.providers {
             for token in p.tokens(headers, query) {
+                looked_at += 1;
+                if looked_at > JWT_TOKENS_PER_REQUEST_MAX {
+                    return Err(Denied::BadFormat);
+                }
                 let t = match decode(&token) {
                     Ok(t) => t,
                     Err(d) => {
@@ -893,5 +921,32 @@ mod tests {
         );
         h.insert(http::header::AUTHORIZATION, "Basic zzz".parse().expect("v"));
         assert_eq!(p.tokens(&h, None), vec!["bbb"]);
+    }
+
+    #[test]
+    fn a_request_with_too_many_tokens_is_refused_unchecked() {
+        let (mut p, _) = provider(r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#, None, &[]);
+        p.locations = vec![Location::Param(DEFAULT_PARAM.into())];
+        let jwt = Jwt {
+            optional: false,
+            providers: vec![p],
+        };
+        // Signed with another key: each costs a signature check, and fails it.
+        let token = hs_token(r#"{"alg":"HS256"}"#, r#"{"sub":"x"}"#, b"other");
+        let query = |n: usize| vec![format!("access_token={token}"); n].join("&");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let h = http::HeaderMap::new();
+        assert_eq!(
+            rt.block_on(jwt.check(&h, Some(&query(JWT_TOKENS_PER_REQUEST_MAX))))
+                .err(),
+            Some(Denied::BadSignature)
+        );
+        assert_eq!(
+            rt.block_on(jwt.check(&h, Some(&query(JWT_TOKENS_PER_REQUEST_MAX + 1))))
+                .err(),
+            Some(Denied::BadFormat)
+        );
     }
 }

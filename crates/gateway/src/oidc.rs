@@ -253,24 +253,7 @@ impl Oidc {
     /// Removes this policy's cookies from a request going upstream: the session is between
     /// the browser and the gateway.
     pub fn strip_cookies(&self, headers: &mut http::HeaderMap) {
-        let ours = |pair: &str| {
-            let name = pair.trim().split('=').next().unwrap_or_default();
-            name == self.session_cookie || name == self.login_cookie
-        };
-        let kept: Vec<String> = headers
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter(|p| !p.trim().is_empty() && !ours(p))
-            .map(|p| p.trim().to_string())
-            .collect();
-        headers.remove(http::header::COOKIE);
-        if !kept.is_empty()
-            && let Ok(v) = http::HeaderValue::from_str(&kept.join("; "))
-        {
-            headers.insert(http::header::COOKIE, v);
-        }
+        jwt::remove_cookies(headers, &[&self.session_cookie, &self.login_cookie]);
     }
 
     fn seal(&self, aad: &str, plain: &[u8]) -> String {

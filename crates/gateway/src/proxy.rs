@@ -440,6 +440,9 @@ async fn accept_loop(
 /// (no request in flight for that long).
 struct RequestSeen {
     count: AtomicU64,
+    /// Someone (a drain) waits in [`RequestSeen::next`]: only then is `notify` woken, so a
+    /// request does not take its lock.
+    watched: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
     active: AtomicU64,
     /// When the last request arrived or ended, in ms since `since`.
@@ -451,6 +454,7 @@ impl RequestSeen {
     fn new() -> RequestSeen {
         RequestSeen {
             count: AtomicU64::new(0),
+            watched: std::sync::atomic::AtomicBool::new(false),
             notify: tokio::sync::Notify::new(),
             active: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
@@ -466,8 +470,10 @@ impl RequestSeen {
     fn arrived(&self) {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.notify.notify_waiters();
+        self.count.fetch_add(1, Ordering::SeqCst);
+        if self.watched.load(Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
     }
 
     fn ended(&self) {
@@ -477,12 +483,13 @@ impl RequestSeen {
 
     /// Completes when a request arrives after this call.
     async fn next(&self) {
-        let before = self.count.load(Ordering::Relaxed);
+        let before = self.count.load(Ordering::SeqCst);
+        self.watched.store(true, Ordering::SeqCst);
         loop {
             let wake = self.notify.notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            if self.count.load(Ordering::Relaxed) != before {
+            if self.count.load(Ordering::SeqCst) != before {
                 return;
             }
             wake.await;

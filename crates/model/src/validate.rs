@@ -1776,6 +1776,14 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
                 let places = |e: &crate::kinds::envoy::ApiKeyExtractFrom| {
                     e.headers.len() + e.params.len() + e.cookies.len()
                 };
+                if k.sanitize == Some(true) && k.extract_from.iter().any(|e| !e.params.is_empty()) {
+                    problem(
+                        status,
+                        "spec.apiKeyAuth.sanitize",
+                        "sanitize cannot take a key out of a query parameter (the query goes \
+                         upstream as it came): refused rather than leak the key",
+                    );
+                }
                 if k.extract_from.iter().map(places).sum::<usize>() == 0 {
                     problem(
                         status,

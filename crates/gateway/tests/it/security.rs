@@ -56,6 +56,12 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "spec.authorization.rules[0].principal.jwt.provider: provider \"nobody\" is not one of this policy's jwt providers",
     ),
     (
+        // sanitize cannot take a key out of the query: refused rather than leaked upstream.
+        "keyleak",
+        "  apiKeyAuth:\n    credentialRefs: [{name: api-keys}]\n    extractFrom: [{params: [key]}]\n    sanitize: true\n",
+        "sanitize cannot take a key out of a query parameter",
+    ),
+    (
         "apikey",
         "  apiKeyAuth:\n    credentialRefs: [{name: keys}]\n    extractFrom: [{headers: [x-api-key]}]\n",
         "secret gateway-conformance-infra/keys not found",
@@ -121,7 +127,11 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
     ));
     manifests.push_str(&guarded(
         "keyed",
-        "  apiKeyAuth:\n    credentialRefs: [{name: api-keys}]\n    extractFrom: [{headers: [x-api-key]}, {params: [key]}]\n    forwardClientIDHeader: x-client\n    sanitize: true\n",
+        "  apiKeyAuth:\n    credentialRefs: [{name: api-keys}]\n    extractFrom: [{headers: [x-api-key]}]\n    forwardClientIDHeader: x-client\n    sanitize: true\n",
+    ));
+    manifests.push_str(&guarded(
+        "keyedparam",
+        "  apiKeyAuth:\n    credentialRefs: [{name: api-keys}]\n    extractFrom: [{params: [key]}]\n    forwardClientIDHeader: x-client\n",
     ));
     manifests.push_str(&guarded(
         "basic",
@@ -289,7 +299,7 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
             );
         }
         let url = format!("http://{addr}/x?key=key-of-a");
-        let (head, body) = harness::curl(&["-H", "Host: keyed.example.com", &url]);
+        let (head, body) = harness::curl(&["-H", "Host: keyedparam.example.com", &url]);
         assert!(head.starts_with("http/1.1 200"), "{head}");
         let seen: serde_json::Value = serde_json::from_slice(&body).expect("echo json");
         assert_eq!(seen["headers"]["x-client"], "client-a");
