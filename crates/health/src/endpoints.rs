@@ -499,7 +499,7 @@ fn sidecar_base(
         "interval".into(),
         Value::String(format!("{}s", d.interval.as_secs())),
     );
-    if template.contains_key("guarded") && !guard_host.is_empty() {
+    if template.get("guarded").and_then(Value::as_bool) == Some(true) && !guard_host.is_empty() {
         base.insert("url".into(), Value::String(GUARDED_RESOLVER.into()));
         base.insert(
             "dns".into(),

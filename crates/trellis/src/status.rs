@@ -45,14 +45,15 @@ fn rows(doc: &serde_json::Value) -> Vec<[String; 4]> {
     out
 }
 
-fn table(doc: &serde_json::Value) -> String {
+fn table(doc: &serde_json::Value, rows: Vec<[String; 4]>) -> String {
     let mut lines = vec![[
         "COMPONENT".to_string(),
         "STARTED".to_string(),
         "GENERATION".to_string(),
         "LAST ERROR".to_string(),
     ]];
-    lines.extend(rows(doc));
+    let empty = rows.is_empty();
+    lines.extend(rows);
     let widths: Vec<usize> = (0..3)
         .map(|i| lines.iter().map(|l| l[i].len()).max().unwrap_or(0))
         .collect();
@@ -74,7 +75,7 @@ fn table(doc: &serde_json::Value) -> String {
             w2 = widths[2]
         ));
     }
-    if rows(doc).is_empty() {
+    if empty {
         // A single gateway's or DNS's document: no components, print it whole.
         out.push_str(&format!("{doc:#}\n"));
     }
@@ -101,13 +102,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     };
     let doc: serde_json::Value = serde_json::from_slice(&resp.body)?;
+    let rows = rows(&doc);
+    let unhealthy =
+        doc["ready"] == serde_json::Value::Bool(false) || rows.iter().any(|r| r[3] != "-");
     match args.output {
         Output::Json => println!("{doc:#}"),
         Output::Yaml => print!("{}", serde_saphyr::to_string(&doc)?),
-        Output::Table => print!("{}", table(&doc)),
+        Output::Table => print!("{}", table(&doc, rows)),
     }
-    let unhealthy =
-        doc["ready"] == serde_json::Value::Bool(false) || rows(&doc).iter().any(|r| r[3] != "-");
     Ok(if unhealthy {
         ExitCode::from(1)
     } else {
