@@ -87,7 +87,8 @@ impl std::fmt::Debug for Forwarder {
     }
 }
 
-fn random_u16() -> u16 {
+/// A random 16-bit number (query IDs, ICMP echo identifiers).
+pub fn random_u16() -> u16 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Instant::now().elapsed().as_nanos());
     (h.finish() & 0xffff) as u16
@@ -355,9 +356,11 @@ fn finish(mut out: Message, upstream: Message) -> Message {
 /// The upstream's answer in `bytes` when it answers query `id` for `q`; anything else is
 /// ignored (spoofing, stragglers).
 fn upstream_answer(bytes: &[u8], id: u16, q: &Query) -> Option<Message> {
-    Message::from_vec(bytes)
-        .ok()
-        .filter(|r| r.metadata.id == id && r.queries.first() == Some(q))
+    Message::from_vec(bytes).ok().filter(|r| {
+        r.metadata.id == id
+            && r.metadata.message_type == MessageType::Response
+            && r.queries.first() == Some(q)
+    })
 }
 
 /// What the forwarder makes of an upstream's answer `bytes` to `req`, sent upstream as query
@@ -374,55 +377,99 @@ pub fn from_upstream(
     Some((cache_ttl(&r), finish(reply_to(req), aged(&r, age))))
 }
 
-/// One query to one upstream: UDP from a fresh socket, TCP when truncated.
+/// One query to one upstream: UDP from a fresh socket, TCP when truncated; `None` when no
+/// answer came within [`UPSTREAM_TIMEOUT`] per step.
 async fn ask(upstream: SocketAddr, q: &Query) -> Option<Message> {
+    exchange(upstream, q, Transport::Udp, UPSTREAM_TIMEOUT)
+        .await
+        .ok()
+}
+
+/// How [`exchange`] reaches the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP, then TCP when the answer is truncated.
+    Udp,
+    /// TCP only.
+    Tcp,
+}
+
+/// Why [`exchange`] got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("query {0}: {1}")]
+    Encode(String, String),
+    #[error("{0}: {1}")]
+    Io(SocketAddr, std::io::Error),
+    #[error("{0}: no answer within {1:?}")]
+    Timeout(SocketAddr, Duration),
+    #[error("{0}: the answer over TCP is not an answer to the query")]
+    Mismatch(SocketAddr),
+}
+
+/// One query (recursion desired, a random ID, from a fresh socket) to `upstream`. An answer
+/// counts only when its ID and question match; over UDP anything else is skipped until the
+/// step's `timeout` ends. Each step (UDP wait, TCP connect, TCP reads) gets `timeout`.
+pub async fn exchange(
+    upstream: SocketAddr,
+    q: &Query,
+    transport: Transport,
+    timeout: Duration,
+) -> Result<Message, ExchangeError> {
     let id = random_u16();
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.queries.push(q.clone());
-    let bytes = m.to_vec().ok()?;
-    let bind: SocketAddr = if upstream.is_ipv4() {
-        "0.0.0.0:0".parse().ok()?
-    } else {
-        "[::]:0".parse().ok()?
-    };
-    let sock = UdpSocket::bind(bind).await.ok()?;
-    sock.connect(upstream).await.ok()?;
-    sock.send(&bytes).await.ok()?;
-    let mut buf = vec![0u8; 4096];
-    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
-    let r = loop {
-        let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if let Some(r) = upstream_answer(&buf[..n], id, q) {
-            break r;
+    let bytes = m
+        .to_vec()
+        .map_err(|e| ExchangeError::Encode(q.name().to_ascii(), e.to_string()))?;
+    let io = |e| ExchangeError::Io(upstream, e);
+    let timed_out = |_| ExchangeError::Timeout(upstream, timeout);
+    if transport == Transport::Udp {
+        let bind: SocketAddr = if upstream.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let sock = UdpSocket::bind(bind).await.map_err(io)?;
+        sock.connect(upstream).await.map_err(io)?;
+        sock.send(&bytes).await.map_err(io)?;
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + timeout;
+        let r = loop {
+            let n = tokio::time::timeout_at(deadline, sock.recv(&mut buf))
+                .await
+                .map_err(timed_out)?
+                .map_err(io)?;
+            if let Some(r) = upstream_answer(&buf[..n], id, q) {
+                break r;
+            }
+        };
+        if !r.metadata.truncation {
+            return Ok(r);
         }
-    };
-    if !r.metadata.truncation {
-        return Some(r);
     }
-    let mut stream = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(upstream))
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(upstream))
         .await
-        .ok()?
-        .ok()?;
-    let mut framed = u16::try_from(bytes.len()).ok()?.to_be_bytes().to_vec();
+        .map_err(timed_out)?
+        .map_err(io)?;
+    let mut framed = u16::try_from(bytes.len())
+        .map_err(|_| ExchangeError::Encode(q.name().to_ascii(), "longer than 65535".into()))?
+        .to_be_bytes()
+        .to_vec();
     framed.extend_from_slice(&bytes);
-    stream.write_all(&framed).await.ok()?;
+    stream.write_all(&framed).await.map_err(io)?;
     let mut len = [0u8; 2];
-    tokio::time::timeout(UPSTREAM_TIMEOUT, stream.read_exact(&mut len))
+    tokio::time::timeout(timeout, stream.read_exact(&mut len))
         .await
-        .ok()?
-        .ok()?;
+        .map_err(timed_out)?
+        .map_err(io)?;
     let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    tokio::time::timeout(UPSTREAM_TIMEOUT, stream.read_exact(&mut body))
+    tokio::time::timeout(timeout, stream.read_exact(&mut body))
         .await
-        .ok()?
-        .ok()?;
-    Message::from_vec(&body)
-        .ok()
-        .filter(|r| r.metadata.id == id)
+        .map_err(timed_out)?
+        .map_err(io)?;
+    upstream_answer(&body, id, q).ok_or(ExchangeError::Mismatch(upstream))
 }
 
 #[cfg(test)]

@@ -50,6 +50,17 @@ pub struct Outcome {
     pub certificate_expiration_ms: i64,
     /// Why the probe could not be made or completed.
     pub errors: Vec<String>,
+    /// The body parsed as JSON, once for every condition that walks it.
+    json: std::sync::OnceLock<Option<serde_json::Value>>,
+}
+
+impl Outcome {
+    /// The body as JSON, parsed on first use; `None` when it is not JSON.
+    fn body_json(&self) -> Option<&serde_json::Value> {
+        self.json
+            .get_or_init(|| serde_json::from_slice(&self.body).ok())
+            .as_ref()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +108,6 @@ pub enum Placeholder {
     Body,
     Connected,
     CertificateExpiration,
-    DomainExpiration,
     DnsRcode,
 }
 
@@ -110,7 +120,6 @@ impl Placeholder {
             "BODY" => Placeholder::Body,
             "CONNECTED" => Placeholder::Connected,
             "CERTIFICATE_EXPIRATION" => Placeholder::CertificateExpiration,
-            "DOMAIN_EXPIRATION" => Placeholder::DomainExpiration,
             "DNS_RCODE" => Placeholder::DnsRcode,
             _ => return None,
         })
@@ -118,10 +127,7 @@ impl Placeholder {
 
     /// Whether the placeholder's value is a duration in milliseconds (shown as a duration).
     fn is_duration(self) -> bool {
-        matches!(
-            self,
-            Placeholder::CertificateExpiration | Placeholder::DomainExpiration
-        )
+        self == Placeholder::CertificateExpiration
     }
 }
 
@@ -213,19 +219,6 @@ impl Condition {
             op,
             left,
             right,
-        })
-    }
-
-    /// Whether the condition reads the body (probes may skip reading it otherwise).
-    pub fn uses_body(&self) -> bool {
-        [&self.left.1, &self.right.1].into_iter().any(|o| {
-            matches!(
-                o,
-                Operand::Value {
-                    placeholder: Placeholder::Body,
-                    ..
-                }
-            )
         })
     }
 
@@ -387,12 +380,23 @@ fn placeholder(
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphabetic() || c == '_') {
         return Ok(None);
     }
-    let Some(p) = Placeholder::from_name(&name.to_ascii_uppercase()) else {
+    let upper = name.to_ascii_uppercase();
+    if upper == "DOMAIN_EXPIRATION" {
+        // Gatus answers it with a WHOIS lookup; trellis makes none, and a condition it cannot
+        // evaluate must not pass or fail by a made-up value.
+        return Err((
+            base,
+            "[DOMAIN_EXPIRATION] needs a WHOIS lookup, which trellis does not make; remove the \
+             condition (the endpoint is left out until then)"
+                .into(),
+        ));
+    }
+    let Some(p) = Placeholder::from_name(&upper) else {
         return Err((
             base,
             format!(
                 "unknown placeholder [{name}]: expected [STATUS], [RESPONSE_TIME], [IP], [BODY], \
-                 [CONNECTED], [CERTIFICATE_EXPIRATION], [DOMAIN_EXPIRATION] or [DNS_RCODE]"
+                 [CONNECTED], [CERTIFICATE_EXPIRATION] or [DNS_RCODE]"
             ),
         ));
     };
@@ -473,9 +477,8 @@ fn resolve(o: &Operand, outcome: &Outcome) -> String {
         Placeholder::Ip => outcome.ip.clone(),
         Placeholder::Connected => outcome.connected.to_string(),
         Placeholder::CertificateExpiration => outcome.certificate_expiration_ms.to_string(),
-        Placeholder::DomainExpiration => "0".to_string(),
         Placeholder::DnsRcode => outcome.dns_rcode.clone(),
-        Placeholder::Body => return resolve_body(path, *func, &outcome.body),
+        Placeholder::Body => return resolve_body(path, *func, outcome),
     };
     match func {
         None => plain,
@@ -484,7 +487,8 @@ fn resolve(o: &Operand, outcome: &Outcome) -> String {
     }
 }
 
-fn resolve_body(path: &[Segment], func: Option<Func>, body: &[u8]) -> String {
+fn resolve_body(path: &[Segment], func: Option<Func>, outcome: &Outcome) -> String {
+    let body = &outcome.body;
     let text = String::from_utf8_lossy(body);
     if path.is_empty() {
         let trimmed = text.trim();
@@ -492,8 +496,8 @@ fn resolve_body(path: &[Segment], func: Option<Func>, body: &[u8]) -> String {
             None => trimmed.to_string(),
             Some(Func::Has) => (!trimmed.is_empty()).to_string(),
             // A JSON array counts its elements; anything else its bytes.
-            Some(Func::Len) => match serde_json::from_slice::<serde_json::Value>(body) {
-                Ok(serde_json::Value::Array(a)) => a.len().to_string(),
+            Some(Func::Len) => match outcome.body_json() {
+                Some(serde_json::Value::Array(a)) => a.len().to_string(),
                 _ => {
                     if body.first() == Some(&b'[') && body.last() == Some(&b']') {
                         trimmed.len().to_string()
@@ -504,9 +508,9 @@ fn resolve_body(path: &[Segment], func: Option<Func>, body: &[u8]) -> String {
             },
         };
     }
-    let found = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| walk(&v, path).map(|v| (show_json(v), json_len(v))));
+    let found = outcome
+        .body_json()
+        .and_then(|v| walk(v, path).map(|v| (show_json(v), json_len(v))));
     match (func, found) {
         (Some(Func::Has), found) => found.is_some().to_string(),
         (Some(Func::Len), Some((_, n))) => n.to_string(),

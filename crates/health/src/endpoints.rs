@@ -42,6 +42,56 @@ pub const GUARDED_RESOLVER: &str = "1.1.1.1";
 pub const ENDPOINTS_MAX: usize = 10_000;
 /// The shortest interval accepted (a typo like `1ms` would otherwise flood a target).
 pub const INTERVAL_MIN: Duration = Duration::from_secs(1);
+/// The longest `client.timeout` accepted: a probe holds one of the bounded probe slots for
+/// that long.
+pub const TIMEOUT_MAX: Duration = Duration::from_secs(300);
+
+/// The keys of a Gatus endpoint trellis probes by. Anything else changes what Gatus would
+/// probe (graphql, ssh, client.oauth2, client.proxy-url, ...) and is refused, so that an
+/// endpoint is never reported healthy by a probe other than the one written.
+const ENDPOINT_KEYS: &[&str] = &[
+    "enabled",
+    "name",
+    "group",
+    "url",
+    "method",
+    "conditions",
+    "interval",
+    "body",
+    "headers",
+    "dns",
+    "client",
+];
+/// Keys taken and not acted on: they change how Gatus shows or alerts on a result, never the
+/// result itself.
+const PRESENTATION_KEYS: &[&str] = &["ui", "alerts", "extra-labels", "maintenance-windows"];
+const CLIENT_KEYS: &[&str] = &["insecure", "ignore-redirect", "timeout", "dns-resolver"];
+const DNS_KEYS: &[&str] = &["query-type", "query-name"];
+
+/// The first key of `m` not in any of `known`, as an error naming `prefix.key`.
+fn unknown_key(m: &Map<String, Value>, prefix: &str, known: &[&[&str]]) -> Result<(), String> {
+    match m
+        .keys()
+        .find(|k| !known.iter().any(|list| list.contains(&k.as_str())))
+    {
+        None => Ok(()),
+        Some(k) => Err(format!(
+            "{prefix}{k}: not supported by trellis; the endpoint is left out rather than probed \
+             other than as written"
+        )),
+    }
+}
+
+/// A text field of a map; absent or null is "".
+fn text_field(m: &Map<String, Value>, prefix: &str, field: &str) -> Result<String, String> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        Some(Value::Bool(b)) => Ok(b.to_string()),
+        Some(_) => Err(format!("{prefix}{field}: expected text")),
+    }
+}
 
 /// Which objects make endpoints without opting in, and the sidecar's defaults.
 #[derive(Clone, Debug)]
@@ -125,7 +175,7 @@ impl Default for Client {
 }
 
 /// One endpoint to probe.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Endpoint {
     pub name: String,
     pub group: String,
@@ -551,17 +601,12 @@ fn gatus_endpoint(
     key: &ObjectKey,
     interval_default: Duration,
 ) -> Result<Option<Endpoint>, String> {
-    let string = |field: &str| -> Result<String, String> {
-        match m.get(field) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(Value::Number(n)) => Ok(n.to_string()),
-            Some(Value::Bool(b)) => Ok(b.to_string()),
-            Some(_) => Err(format!("{field}: expected text")),
-        }
-    };
-    if m.get("enabled") == Some(&Value::Bool(false)) {
-        return Ok(None);
+    unknown_key(m, "", &[ENDPOINT_KEYS, PRESENTATION_KEYS])?;
+    let string = |field: &str| text_field(m, "", field);
+    match m.get("enabled") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => return Ok(None),
+        Some(_) => return Err("enabled: expected true or false".into()),
     }
     let name = string("name")?;
     if name.is_empty() {
@@ -621,8 +666,9 @@ fn gatus_endpoint(
     let dns = match m.get("dns") {
         None | Some(Value::Null) => None,
         Some(Value::Object(d)) => {
-            let get = |f: &str| d.get(f).and_then(Value::as_str).unwrap_or("").to_string();
-            let (query_type, query_name) = (get("query-type").to_uppercase(), get("query-name"));
+            unknown_key(d, "dns.", &[DNS_KEYS])?;
+            let query_type = text_field(d, "dns.", "query-type")?.to_uppercase();
+            let query_name = text_field(d, "dns.", "query-name")?;
             if query_name.is_empty() {
                 return Err("dns.query-name: required".into());
             }
@@ -642,6 +688,7 @@ fn gatus_endpoint(
     match m.get("client") {
         None | Some(Value::Null) => {}
         Some(Value::Object(c)) => {
+            unknown_key(c, "client.", &[CLIENT_KEYS])?;
             let flag = |f: &str| -> Result<bool, String> {
                 match c.get(f) {
                     None | Some(Value::Null) => Ok(false),
@@ -651,14 +698,23 @@ fn gatus_endpoint(
             };
             client.insecure = flag("insecure")?;
             client.ignore_redirect = flag("ignore-redirect")?;
-            if let Some(t) = c.get("timeout").and_then(Value::as_str) {
-                let ms = parse_go_duration(t)
+            let t = text_field(c, "client.", "timeout")?;
+            if !t.is_empty() {
+                let timeout = parse_go_duration(&t)
                     .filter(|ms| *ms > 0)
+                    .map(|ms| Duration::from_millis(ms as u64))
                     .ok_or_else(|| format!("client.timeout: {t:?} is not a duration"))?;
-                client.timeout = Duration::from_millis(ms as u64);
+                if timeout > TIMEOUT_MAX {
+                    return Err(format!(
+                        "client.timeout: {t} is longer than the {}s trellis allows",
+                        TIMEOUT_MAX.as_secs()
+                    ));
+                }
+                client.timeout = timeout;
             }
-            if let Some(r) = c.get("dns-resolver").and_then(Value::as_str) {
-                client.dns_resolver = Some(parse_resolver(r).map_err(|e| {
+            let r = text_field(c, "client.", "dns-resolver")?;
+            if !r.is_empty() {
+                client.dns_resolver = Some(parse_resolver(&r).map_err(|e| {
                     format!(
                         "client.dns-resolver: {r:?}: {e} (expected udp://IP:PORT or tcp://IP:PORT)"
                     )
@@ -769,12 +825,51 @@ mod tests {
         assert_eq!(
             err("name: a\nurl: http://x\nconditions: ['[STATUS] == 200', '[STATSU] == 1']"),
             "conditions[1] \"[STATSU] == 1\": column 1: unknown placeholder [STATSU]: expected \
-             [STATUS], [RESPONSE_TIME], [IP], [BODY], [CONNECTED], [CERTIFICATE_EXPIRATION], \
-             [DOMAIN_EXPIRATION] or [DNS_RCODE]"
+             [STATUS], [RESPONSE_TIME], [IP], [BODY], [CONNECTED], [CERTIFICATE_EXPIRATION] or \
+             [DNS_RCODE]"
         );
         assert!(
             err("name: a\nurl: http://x\ninterval: often\nconditions: ['[STATUS] == 200']")
                 .starts_with("interval:")
+        );
+        // What would change the probe, and values of the wrong type, are refused, never
+        // ignored.
+        assert!(
+            err("name: a\nurl: http://x\ngraphql: true\nconditions: ['[STATUS] == 200']")
+                .starts_with("graphql: not supported")
+        );
+        assert!(
+            err("name: a\nurl: http://x\nclient: {proxy-url: 'http://p'}\nconditions: ['[STATUS] == 200']")
+                .starts_with("client.proxy-url: not supported")
+        );
+        assert!(
+            err("name: a\nurl: http://x\ndns: {query-name: x, query-type: A, qclass: CH}\nconditions: ['[STATUS] == 200']")
+                .starts_with("dns.qclass: not supported")
+        );
+        assert_eq!(
+            err("name: a\nurl: http://x\nclient: {timeout: [1]}\nconditions: ['[STATUS] == 200']"),
+            "client.timeout: expected text"
+        );
+        assert_eq!(
+            err("name: a\nurl: http://x\nclient: {timeout: 1h}\nconditions: ['[STATUS] == 200']"),
+            "client.timeout: 1h is longer than the 300s trellis allows"
+        );
+        assert_eq!(
+            err("name: a\nurl: http://x\nenabled: 'no'\nconditions: ['[STATUS] == 200']"),
+            "enabled: expected true or false"
+        );
+        assert!(
+            err("name: a\nurl: http://x\nconditions: ['[DOMAIN_EXPIRATION] > 720h']")
+                .contains("WHOIS")
+        );
+        // Display and alerting keys (the corpus's smtp-relay has both) change no result.
+        assert!(
+            one(
+                "name: a\nurl: tcp://x:1\nui: {hide-url: true}\nalerts: [{type: pushover}]\n\
+                 conditions: ['[CONNECTED] == true']"
+            )
+            .expect("valid")
+            .is_some()
         );
         assert!(
             one("name: a\nurl: http://x\nenabled: false\nconditions: ['[STATUS] == 200']")

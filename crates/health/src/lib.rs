@@ -12,6 +12,7 @@
 
 pub mod condition;
 pub mod endpoints;
+pub mod icmp;
 pub mod metrics;
 pub mod probe;
 pub mod run;

@@ -6,7 +6,9 @@
 //! `gatus_results_certificate_expiration_seconds` and `gatus_results_endpoint_success`
 //! (`{key,group,name,type}`). Register them in a registry prefixed `gatus`.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -27,6 +29,8 @@ pub struct Metrics {
     duration: Family<Labels, Gauge<f64, AtomicU64>>,
     certificate_expiration: Family<Labels, Gauge<f64, AtomicU64>>,
     success: Family<Labels, Gauge>,
+    /// The codes published per endpoint key, so that [`Metrics::forget`] finds their series.
+    codes_seen: Arc<Mutex<HashMap<String, BTreeSet<String>>>>,
 }
 
 fn labels(e: &Endpoint) -> Labels {
@@ -83,14 +87,25 @@ impl Metrics {
         );
     }
 
-    /// Forgets every endpoint (after a reload, so endpoints that are gone are not reported).
-    pub fn clear(&self) {
-        self.results.clear();
-        self.codes.clear();
-        self.connected.clear();
-        self.duration.clear();
-        self.certificate_expiration.clear();
-        self.success.clear();
+    /// Forgets one endpoint's series (it is gone, or changed and its results are stale).
+    pub fn forget(&self, e: &Endpoint) {
+        let l = labels(e);
+        for success in ["true", "false"] {
+            self.results.remove(&with(&l, "success", success.into()));
+        }
+        let codes = self
+            .codes_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&e.key())
+            .unwrap_or_default();
+        for code in codes {
+            self.codes.remove(&with(&l, "code", code));
+        }
+        self.connected.remove(&l);
+        self.duration.remove(&l);
+        self.certificate_expiration.remove(&l);
+        self.success.remove(&l);
     }
 
     /// Records one result, as Gatus does: a code only when there was one, the certificate
@@ -106,15 +121,19 @@ impl Metrics {
         if p.outcome.connected {
             self.connected.get_or_create(&l).inc();
         }
-        if !p.outcome.dns_rcode.is_empty() {
-            self.codes
-                .get_or_create(&with(&l, "code", p.outcome.dns_rcode.clone()))
-                .inc();
-        }
-        if p.outcome.status != 0 {
-            self.codes
-                .get_or_create(&with(&l, "code", p.outcome.status.to_string()))
-                .inc();
+        let code = if !p.outcome.dns_rcode.is_empty() {
+            Some(p.outcome.dns_rcode.clone())
+        } else {
+            (p.outcome.status != 0).then(|| p.outcome.status.to_string())
+        };
+        if let Some(code) = code {
+            self.codes_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(e.key())
+                .or_default()
+                .insert(code.clone());
+            self.codes.get_or_create(&with(&l, "code", code)).inc();
         }
         if p.outcome.certificate_expiration_ms != 0 {
             self.certificate_expiration

@@ -1,6 +1,6 @@
 //! One probe of one endpoint, as Gatus makes it: http/https (method, headers, body,
 //! redirects followed unless `client.ignore-redirect`, `client.insecure`, `client.timeout`,
-//! `client.dns-resolver`), tcp and udp (optionally a body sent and up to
+//! `client.dns-resolver`), icmp (one echo), tcp and udp (optionally a body sent and up to
 //! [`NETWORK_REPLY_BYTES_MAX`] read back), dns (one UDP query, the rcode and the last answer
 //! as the body), tls and starttls (SMTP) with the certificate's expiry. The whole probe runs
 //! within the endpoint's `client.timeout`.
@@ -13,13 +13,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::condition::{Outcome, Verdict};
-use crate::endpoints::{Endpoint, Kind, Resolver};
+use crate::endpoints::{Client, Endpoint, Kind};
 
 /// The largest HTTP body read; a larger one is an error (a health endpoint answers small).
 pub const BODY_BYTES_MAX: usize = 1 << 20;
@@ -30,8 +30,6 @@ pub const REDIRECTS_MAX: usize = 10;
 /// One SMTP reply line, and the lines of one reply.
 pub const SMTP_LINE_BYTES_MAX: usize = 1024;
 pub const SMTP_REPLY_LINES_MAX: usize = 100;
-/// A DNS answer read over UDP.
-pub const DNS_MESSAGE_BYTES_MAX: usize = 4096;
 /// Gatus's User-Agent, sent unless the endpoint sets one.
 pub const USER_AGENT: &str = "Gatus/1.0";
 
@@ -41,7 +39,6 @@ pub struct Probed {
     pub outcome: Outcome,
     pub verdicts: Vec<Verdict>,
     pub success: bool,
-    pub at: SystemTime,
 }
 
 /// TLS settings shared by every probe: one verifying configuration (the system's CA bundle,
@@ -62,24 +59,13 @@ impl Tls {
     /// Trusts the certificates of a PEM bundle (the system's is [`httpkit::CA_BUNDLE`]); a
     /// missing or empty bundle trusts nothing (verified probes then fail, insecure ones work).
     pub fn with_roots(pem: &std::path::Path) -> Tls {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        match CertificateDer::pem_file_iter(pem) {
-            Ok(certs) => {
-                for cert in certs.flatten() {
-                    // A bundle may hold certificates rustls cannot use; the rest still count.
-                    let _ = roots.add(cert);
-                }
-            }
-            Err(e) => tracing::warn!(bundle = %pem.display(), error = %e, "no CA certificates"),
-        }
+        let roots = httpkit::root_store(pem).unwrap_or_else(|e| {
+            tracing::warn!(bundle = %pem.display(), error = %e, "no CA certificates");
+            rustls::RootCertStore::empty()
+        });
+        let verified =
+            httpkit::client_config(roots).expect("ring supports the default protocol versions");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .expect("ring supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let insecure = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")
@@ -167,7 +153,7 @@ pub async fn probe(e: &Endpoint, tls: &Tls) -> Probed {
             Kind::Dns => dns(e, &mut o).await,
             Kind::Tls => tls_probe(e, tls, &mut o, false).await,
             Kind::StartTls => tls_probe(e, tls, &mut o, true).await,
-            Kind::Icmp => Err("icmp probes need a raw socket; not supported yet".into()),
+            Kind::Icmp => icmp(e, &mut o).await,
         }
     };
     let result = tokio::time::timeout(e.client.timeout, work).await;
@@ -188,13 +174,14 @@ pub async fn probe(e: &Endpoint, tls: &Tls) -> Probed {
         outcome: o,
         verdicts,
         success,
-        at: SystemTime::now(),
     }
 }
 
 /// `host:port` of a URL's authority (brackets allowed around IPv6), with a default port.
 fn host_port(authority: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
     let authority = authority.split('/').next().unwrap_or("");
+    // `user:pass@host:port`: the host is after the last `@`.
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (h, after) = rest.split_once(']').ok_or("unclosed [ in the address")?;
         (h.to_string(), after.strip_prefix(':'))
@@ -217,13 +204,13 @@ fn host_port(authority: &str, default_port: Option<u16>) -> Result<(String, u16)
 
 /// The address to reach: an IP as written, else resolved through `client.dns-resolver` or
 /// the system's resolver.
-async fn resolve(host: &str, port: u16, resolver: Option<&Resolver>) -> Result<SocketAddr, String> {
+async fn resolve(host: &str, port: u16, client: &Client) -> Result<SocketAddr, String> {
     let bare = host.trim_end_matches('.');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    if let Some(r) = resolver {
-        let answer = query(r.addr, r.tcp, host, RecordType::A)
+    if let Some(r) = &client.dns_resolver {
+        let answer = query(r.addr, r.tcp, host, RecordType::A, client.timeout)
             .await
             .map_err(|e| format!("resolving {host} at {}: {e}", r.addr))?;
         return answer
@@ -290,7 +277,7 @@ async fn http(e: &Endpoint, tls: &Tls, o: &mut Outcome, start: Instant) -> Resul
             .authority()
             .ok_or_else(|| format!("url {url:?}: no host"))?;
         let (host, port) = host_port(authority.as_str(), Some(if https { 443 } else { 80 }))?;
-        let addr = resolve(&host, port, e.client.dns_resolver.as_ref()).await?;
+        let addr = resolve(&host, port, &e.client).await?;
         o.ip = addr.ip().to_string();
         let mut req = http::Request::builder()
             .method(method.clone())
@@ -371,9 +358,33 @@ fn network_target(e: &Endpoint, scheme: &str) -> Result<(String, u16), String> {
     host_port(rest, None)
 }
 
+async fn icmp(e: &Endpoint, o: &mut Outcome) -> Result<(), String> {
+    let rest = e.url.trim_start_matches("icmp://");
+    let rest = rest.split('/').next().unwrap_or("");
+    let host = rest
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(rest);
+    if host.is_empty() {
+        return Err(format!("url {:?}: expected icmp://host", e.url));
+    }
+    let addr = resolve(host, 0, &e.client).await?;
+    o.ip = addr.ip().to_string();
+    // As Gatus: no reply is `[CONNECTED] == false`; a socket that cannot be had is an error.
+    match crate::icmp::echo(addr.ip()).await {
+        Ok(rtt) => {
+            o.duration = rtt;
+            o.connected = true;
+            Ok(())
+        }
+        Err(err) if err.starts_with("ICMP socket") => Err(err),
+        Err(_) => Ok(()),
+    }
+}
+
 async fn tcp(e: &Endpoint, o: &mut Outcome) -> Result<(), String> {
     let (host, port) = network_target(e, "tcp://")?;
-    let addr = resolve(&host, port, e.client.dns_resolver.as_ref()).await?;
+    let addr = resolve(&host, port, &e.client).await?;
     o.ip = addr.ip().to_string();
     // As Gatus: a refused connection is `[CONNECTED] == false`, not an error.
     let Ok(mut stream) = TcpStream::connect(addr).await else {
@@ -402,7 +413,7 @@ async fn tcp(e: &Endpoint, o: &mut Outcome) -> Result<(), String> {
 
 async fn udp(e: &Endpoint, o: &mut Outcome) -> Result<(), String> {
     let (host, port) = network_target(e, "udp://")?;
-    let addr = resolve(&host, port, e.client.dns_resolver.as_ref()).await?;
+    let addr = resolve(&host, port, &e.client).await?;
     o.ip = addr.ip().to_string();
     let bind: SocketAddr = if addr.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
@@ -432,7 +443,7 @@ async fn udp(e: &Endpoint, o: &mut Outcome) -> Result<(), String> {
 async fn tls_probe(e: &Endpoint, tls: &Tls, o: &mut Outcome, starttls: bool) -> Result<(), String> {
     let scheme = if starttls { "starttls://" } else { "tls://" };
     let (host, port) = network_target(e, scheme)?;
-    let addr = resolve(&host, port, e.client.dns_resolver.as_ref()).await?;
+    let addr = resolve(&host, port, &e.client).await?;
     o.ip = addr.ip().to_string();
     let mut tcp = connect(addr).await?;
     if starttls {
@@ -530,14 +541,14 @@ async fn smtp_reply(
 async fn dns(e: &Endpoint, o: &mut Outcome) -> Result<(), String> {
     let q = e.dns.as_ref().ok_or("dns endpoint without a dns section")?;
     let (host, port) = host_port(e.url.trim_start_matches("udp://"), Some(53))?;
-    let server = resolve(&host, port, e.client.dns_resolver.as_ref()).await?;
+    let server = resolve(&host, port, &e.client).await?;
     o.ip = server.ip().to_string();
     let rtype: RecordType = q
         .query_type
         .parse()
         .map_err(|_| format!("query type {:?}", q.query_type))?;
     let start = Instant::now();
-    let answer = query(server, false, &q.query_name, rtype).await?;
+    let answer = query(server, false, &q.query_name, rtype, e.client.timeout).await?;
     o.duration = start.elapsed();
     o.connected = true;
     o.dns_rcode = rcode_name(u16::from(answer.metadata.response_code));
@@ -594,19 +605,14 @@ fn rcode_name(code: u16) -> String {
     .to_string()
 }
 
-fn query_id() -> u16 {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    (nanos ^ (nanos >> 16)) as u16
-}
-
-/// One DNS query (recursion desired) to `server` over UDP or TCP; the caller bounds the time.
+/// One DNS query (recursion desired) to `server` over UDP (TCP when truncated) or TCP, each
+/// step bounded by `timeout` (the caller bounds the whole probe as well).
 async fn query(
     server: SocketAddr,
     tcp: bool,
     name: &str,
     rtype: RecordType,
+    timeout: std::time::Duration,
 ) -> Result<Message, String> {
     let fqdn = if name.ends_with('.') {
         name.to_string()
@@ -614,66 +620,14 @@ async fn query(
         format!("{name}.")
     };
     let name = Name::from_ascii(&fqdn).map_err(|e| format!("query name {fqdn:?}: {e}"))?;
-    let id = query_id();
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.queries.push(Query::query(name, rtype));
-    let bytes = m.to_vec().map_err(|e| format!("encoding the query: {e}"))?;
-    let matches =
-        |r: &Message| r.metadata.id == id && r.metadata.message_type == MessageType::Response;
-    if tcp {
-        let mut stream = connect(server).await?;
-        let len = u16::try_from(bytes.len()).map_err(|_| "query too long")?;
-        let mut framed = len.to_be_bytes().to_vec();
-        framed.extend_from_slice(&bytes);
-        stream
-            .write_all(&framed)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
-        let mut len = [0u8; 2];
-        stream
-            .read_exact(&mut len)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
-        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
-        stream
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
-        let r = Message::from_vec(&body).map_err(|e| format!("{server}: malformed answer: {e}"))?;
-        return if matches(&r) {
-            Ok(r)
-        } else {
-            Err(format!("{server}: answer to another query"))
-        };
-    }
-    let bind: SocketAddr = if server.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
+    let transport = if tcp {
+        dns::forward::Transport::Tcp
     } else {
-        SocketAddr::from(([0u16; 8], 0))
+        dns::forward::Transport::Udp
     };
-    let sock = UdpSocket::bind(bind)
+    dns::forward::exchange(server, &Query::query(name, rtype), transport, timeout)
         .await
-        .map_err(|e| format!("UDP socket: {e}"))?;
-    sock.connect(server)
-        .await
-        .map_err(|e| format!("{server}: {e}"))?;
-    sock.send(&bytes)
-        .await
-        .map_err(|e| format!("{server}: {e}"))?;
-    let mut buf = vec![0u8; DNS_MESSAGE_BYTES_MAX];
-    // Stray or forged datagrams are skipped; the caller's deadline ends the wait.
-    loop {
-        let n = sock
-            .recv(&mut buf)
-            .await
-            .map_err(|e| format!("{server}: {e}"))?;
-        if let Ok(r) = Message::from_vec(&buf[..n])
-            && matches(&r)
-        {
-            return Ok(r);
-        }
-    }
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -687,6 +641,10 @@ mod tests {
         assert_eq!(host_port("1.1.1.1", Some(53)), Ok(("1.1.1.1".into(), 53)));
         assert!(host_port("a", None).is_err());
         assert!(host_port(":80", None).is_err());
+        assert_eq!(
+            host_port("user:p@ss:w@a.example:8443/x", None),
+            Ok(("a.example".into(), 8443))
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! endpoints declared together do not probe together; at most `concurrency` probes at once
 //! (the rest wait for a slot, and the waits are counted).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,41 +43,94 @@ pub async fn once(endpoints: &[Endpoint], tls: &Tls, concurrency: usize) -> Vec<
 /// What a running schedule hands each result to.
 pub type OnResult = Arc<dyn Fn(&Endpoint, &Probed) + Send + Sync>;
 
-/// A running schedule; dropping it stops probing.
-#[derive(Debug)]
-pub struct Running {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+/// A running schedule: one task per endpoint, sharing the probe slots. [`Schedule::set`]
+/// changes the endpoints and leaves the unchanged ones probing on their own rhythm (a reload
+/// does not restart them); dropping the schedule stops probing.
+pub struct Schedule {
+    tasks: HashMap<String, (Endpoint, tokio::task::JoinHandle<()>)>,
+    slots: Arc<Semaphore>,
+    tls: Tls,
+    on_result: OnResult,
     /// Probes that had to wait for a slot.
     pub waited: Arc<AtomicU64>,
 }
 
-impl Drop for Running {
+impl std::fmt::Debug for Schedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schedule")
+            .field("endpoints", &self.tasks.len())
+            .finish()
+    }
+}
+
+impl Drop for Schedule {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in self.tasks.values() {
             t.abort();
         }
     }
 }
 
-/// Starts probing every endpoint on its interval.
-pub fn spawn(
-    endpoints: Vec<Endpoint>,
-    tls: Tls,
-    concurrency: usize,
-    on_result: OnResult,
-) -> Running {
-    let slots = Arc::new(Semaphore::new(concurrency.clamp(1, CONCURRENCY_MAX)));
-    let waited = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(endpoints.len());
-    for e in endpoints {
+impl Schedule {
+    /// A schedule with no endpoints yet; at most `concurrency` probes run at once.
+    pub fn new(tls: Tls, concurrency: usize, on_result: OnResult) -> Schedule {
+        Schedule {
+            tasks: HashMap::new(),
+            slots: Arc::new(Semaphore::new(concurrency.clamp(1, CONCURRENCY_MAX))),
+            tls,
+            on_result,
+            waited: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Probes exactly `endpoints` from now on: an endpoint whose definition is unchanged keeps
+    /// its task; a new or changed one starts; a changed or gone one stops. Returns the
+    /// endpoints stopped (their results are stale).
+    pub fn set(&mut self, endpoints: Vec<Endpoint>) -> Vec<Endpoint> {
+        let mut stopped = Vec::new();
+        let mut next = HashMap::with_capacity(endpoints.len());
+        for e in endpoints {
+            let key = e.key();
+            match self.tasks.remove(&key) {
+                Some((old, task)) if old == e => {
+                    next.insert(key, (old, task));
+                }
+                old => {
+                    if let Some((old, task)) = old {
+                        task.abort();
+                        stopped.push(old);
+                    }
+                    let task = self.start(e.clone());
+                    next.insert(key, (e, task));
+                }
+            }
+        }
+        for (_, (old, task)) in self.tasks.drain() {
+            task.abort();
+            stopped.push(old);
+        }
+        self.tasks = next;
+        stopped
+    }
+
+    /// How many endpoints are being probed.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    fn start(&self, e: Endpoint) -> tokio::task::JoinHandle<()> {
         let (tls, slots, waited, on_result) = (
-            tls.clone(),
-            slots.clone(),
-            waited.clone(),
-            on_result.clone(),
+            self.tls.clone(),
+            self.slots.clone(),
+            self.waited.clone(),
+            self.on_result.clone(),
         );
         let mut rng = Rng::seeded(&e.key());
-        tasks.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             tokio::time::sleep(e.interval.mul_f64(rng.unit())).await;
             loop {
                 let slot = match slots.clone().try_acquire_owned() {
@@ -96,9 +150,8 @@ pub fn spawn(
                 let jitter = (rng.unit() * 2.0 - 1.0) * JITTER_FRACTION;
                 tokio::time::sleep(e.interval.mul_f64(1.0 + jitter)).await;
             }
-        }));
+        })
     }
-    Running { tasks, waited }
 }
 
 /// splitmix64: enough randomness to spread probes, seeded per endpoint and per run.

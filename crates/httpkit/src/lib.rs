@@ -66,6 +66,31 @@ pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Where Debian and most distributions keep the system's CA certificates.
 pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
+/// The usable certificates of a PEM bundle; an error when it cannot be read or holds none
+/// rustls can use (a bundle may hold some it cannot; the rest still count).
+pub fn root_store(pem: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pem).map_err(|e| e.to_string())? {
+        let _ = roots.add(cert.map_err(|e| e.to_string())?);
+    }
+    if roots.is_empty() {
+        return Err("no usable certificate".into());
+    }
+    Ok(roots)
+}
+
+/// A TLS client configuration (ring, the safe default versions) trusting `roots`.
+pub fn client_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// One answer.
 #[derive(Debug)]
 pub struct Response {
@@ -91,24 +116,8 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client that trusts the CA certificates of a PEM bundle (for `https://` URLs).
     pub fn with_roots(pem: &Path) -> Result<Client, Error> {
-        use rustls_pki_types::CertificateDer;
-        use rustls_pki_types::pem::PemObject;
         let bad = |e: String| Error::Permanent(format!("CA bundle {}: {e}", pem.display()));
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(pem).map_err(|e| bad(e.to_string()))? {
-            let cert = cert.map_err(|e| bad(e.to_string()))?;
-            // A bundle may hold certificates rustls cannot use; the rest still count.
-            let _ = roots.add(cert);
-        }
-        if roots.is_empty() {
-            return Err(bad("no usable certificate".into()));
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let cfg = client_config(root_store(pem).map_err(bad)?).map_err(bad)?;
         Ok(Client {
             tls: Some(Arc::new(cfg)),
         })

@@ -160,27 +160,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }
             None => None,
         };
-        let start = |endpoints: Vec<Endpoint>| {
-            eprintln!("probing {} endpoints", endpoints.len());
-            let m = metrics.clone();
-            let on_result: health::run::OnResult = Arc::new(move |e: &Endpoint, p: &Probed| {
-                m.publish(e, p);
-                println!("{}", line(e, p));
-            });
-            health::run::spawn(endpoints, tls.clone(), args.concurrency, on_result)
+        let m = metrics.clone();
+        let on_result: health::run::OnResult = Arc::new(move |e: &Endpoint, p: &Probed| {
+            m.publish(e, p);
+            println!("{}", line(e, p));
+        });
+        let mut schedule = health::run::Schedule::new(tls.clone(), args.concurrency, on_result);
+        let mut set = |endpoints: Vec<Endpoint>| {
+            // Endpoints that are gone or changed stop being reported; the rest keep probing
+            // and keep their series.
+            for e in schedule.set(endpoints) {
+                metrics.forget(&e);
+            }
+            eprintln!("probing {} endpoints", schedule.len());
         };
-        let mut running = start(endpoints_of(&first.snapshot, &d).0);
+        set(endpoints_of(&first.snapshot, &d).0);
         let mut rx = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 u = rx.recv() => match u {
-                    Some(Update::Applied(load)) => {
-                        drop(running);
-                        // Endpoints that are gone stop being reported.
-                        metrics.clear();
-                        running = start(endpoints_of(&load.snapshot, &d).0);
-                    }
+                    Some(Update::Applied(load)) => set(endpoints_of(&load.snapshot, &d).0),
                     Some(Update::Rejected { errors, .. }) => {
                         for e in &errors {
                             eprintln!("reload rejected, still probing the previous endpoints: {e}");

@@ -19,6 +19,7 @@ fn outcome(v: &serde_json::Value) -> Outcome {
         dns_rcode: v["dns_rcode"].as_str().unwrap_or("").to_string(),
         certificate_expiration_ms: v["certificate_expiration_ms"].as_i64().unwrap_or(0),
         errors: Vec::new(),
+        ..Outcome::default()
     }
 }
 

@@ -315,8 +315,39 @@ async fn starttls_against_an_smtp_dialogue() {
 }
 
 #[tokio::test]
+async fn icmp_echo_on_loopback() {
+    // Loopback answers echoes for both families (the test runs as root: a raw socket, or the
+    // ping socket where ping_group_range allows it).
+    for host in ["127.0.0.1", "[::1]"] {
+        let e = one(&format!(
+            "endpoints:\n  - name: ping\n    url: icmp://{host}\n    conditions: ['[CONNECTED] == true']\n"
+        ));
+        let p = probe(&e, &tls()).await;
+        assert!(p.success, "{host}: {p:#?}");
+        assert_eq!(p.outcome.ip, host.trim_matches(['[', ']']));
+    }
+}
+
+#[tokio::test]
 async fn once_probes_every_endpoint_within_the_bound() {
-    let srv = http_server().await;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // A server that counts the requests it holds at once: each is held a moment so that
+    // probes beyond the bound would overlap and show.
+    let held = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let h = held.clone();
+    let handler: httpkit::Handler = Arc::new(move |_req: http::Request<Bytes>| {
+        let h = h.clone();
+        Box::pin(async move {
+            let now = h.0.fetch_add(1, Ordering::SeqCst) + 1;
+            h.1.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            h.0.fetch_sub(1, Ordering::SeqCst);
+            httpkit::respond(200, "text/plain", "ok")
+        })
+    });
+    let srv = httpkit::serve("127.0.0.1:0".parse().expect("addr"), handler)
+        .await
+        .expect("bind");
     let mut list = Vec::new();
     for i in 0..20 {
         let mut e = one(&format!(
@@ -329,4 +360,33 @@ async fn once_probes_every_endpoint_within_the_bound() {
     let results = health::run::once(&list, &tls(), 2).await;
     assert_eq!(results.len(), 20);
     assert!(results.iter().all(|p| p.success));
+    let most = held.1.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&most), "{most} probes at once, bound 2");
+}
+
+#[tokio::test]
+async fn a_schedule_keeps_unchanged_endpoints_across_a_change() {
+    let e = |name: &str, status: u16| {
+        one(&format!(
+            "endpoints:\n  - name: {name}\n    url: http://127.0.0.1:9/\n    interval: 1h\n    conditions: ['[STATUS] == {status}']\n"
+        ))
+    };
+    let on_result: health::run::OnResult = Arc::new(|_, _| {});
+    let mut s = health::run::Schedule::new(tls(), 2, on_result);
+    assert!(s.set(vec![e("a", 200), e("b", 200)]).is_empty());
+    // Same definitions plus one: nothing stops.
+    assert!(
+        s.set(vec![e("a", 200), e("b", 200), e("c", 200)])
+            .is_empty()
+    );
+    assert_eq!(s.len(), 3);
+    // `a` changes and `c` goes: both stop (their results are stale); `b` keeps probing.
+    let mut stopped: Vec<String> = s
+        .set(vec![e("a", 204), e("b", 200)])
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    stopped.sort();
+    assert_eq!(stopped, ["a", "c"]);
+    assert_eq!(s.len(), 2);
 }

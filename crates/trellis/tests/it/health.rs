@@ -180,18 +180,24 @@ fn health_serves_gatus_metrics_that_follow_the_backend() {
             "gatus_results_endpoint_success{{key=\"external_echo\",group=\"external\",name=\"echo\",type=\"HTTP\"}} {v}"
         )
     };
-    let m = within(30, || Some(metrics()).filter(|m| m.contains(&success(1))))
-        .unwrap_or_else(|| panic!("no success for external/echo in 30 s:\n{}", metrics()));
+    // Each endpoint reports on its own schedule: wait until the echo and the DNS probe have both
+    // reported once.
+    let dns_seen = "gatus_results_duration_seconds{key=\"internal_cluster-dns\"";
+    let m = within(30, || {
+        Some(metrics()).filter(|m| m.contains(&success(1)) && m.contains(dns_seen))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no result for external/echo and internal/cluster-dns in 30 s:\n{}",
+            metrics()
+        )
+    });
     assert!(
         m.contains("gatus_results_total{key=\"external_echo\",group=\"external\",name=\"echo\",type=\"HTTP\",success=\"true\"}"),
         "{m}"
     );
     assert!(
         m.contains("gatus_results_code_total{key=\"external_echo\",group=\"external\",name=\"echo\",type=\"HTTP\",code=\"200\"}"),
-        "{m}"
-    );
-    assert!(
-        m.contains("gatus_results_duration_seconds{key=\"internal_cluster-dns\""),
         "{m}"
     );
     assert!(
