@@ -57,6 +57,18 @@ pub struct NetConf {
         skip_serializing_if = "Option::is_none"
     )]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// Extra interfaces (Multus semantics): the pod's `k8s.v1.cni.cncf.io/networks`
+    /// resolved against its NetworkAttachmentDefinitions (see [`crate::multus`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::multus::Network>,
+    /// The cluster's pod and service ranges: kept on the primary interface when an
+    /// attachment takes the default route (`default-route`).
+    #[serde(
+        default,
+        rename = "clusterCIDRs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub cluster_cidrs: Vec<Ipv4Net>,
 }
 
 /// Where trellis's eBPF datapath keeps its pinned maps and programs for this node.

@@ -14,6 +14,8 @@ pub const CODE_POOL_EXHAUSTED: u32 = 100;
 pub const CODE_CHECK_FAILED: u32 = 101;
 /// Code for a pod veth the eBPF datapath could not be attached to.
 pub const CODE_DATAPATH: u32 = 102;
+/// Code for an attachment (a NetworkAttachmentDefinition's plugins) that failed.
+pub const CODE_ATTACHMENT: u32 = 103;
 
 /// Why a command failed. `code()` gives the CNI error code.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,9 @@ pub enum Error {
         pin_dir: String,
         why: String,
     },
+    /// An attachment's plugins failed; `network` is the NAD (`namespace/name`).
+    #[error("attachment {network}: {why}")]
+    Attachment { network: String, why: String },
     #[error("container {container_id} interface {ifname}: {}", problems.join("; "))]
     CheckFailed {
         container_id: String,
@@ -88,6 +93,7 @@ impl Error {
             Error::PoolExhausted { .. } => CODE_POOL_EXHAUSTED,
             Error::CheckFailed { .. } => CODE_CHECK_FAILED,
             Error::Datapath { .. } => CODE_DATAPATH,
+            Error::Attachment { .. } => CODE_ATTACHMENT,
         }
     }
 
@@ -108,6 +114,7 @@ impl Error {
             Error::PoolExhausted { .. } => "IP pool exhausted",
             Error::CheckFailed { .. } => "Container does not match prevResult",
             Error::Datapath { .. } => "Datapath attach failed",
+            Error::Attachment { .. } => "Network attachment failed",
         }
     }
 

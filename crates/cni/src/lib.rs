@@ -37,6 +37,7 @@ pub mod conf;
 pub mod error;
 pub mod ipam;
 pub mod link;
+pub mod multus;
 pub mod result;
 
 use std::fs::File;
@@ -111,25 +112,186 @@ pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
     let lease = pool.allocate(&args.container_id, &args.ifname)?;
     let host = host_ifname(&args.container_id, &args.ifname);
     let mut created = false;
-    match add_links(conf, args, &netns, &host, lease.ip, &mut created) {
-        Ok(ours) => Ok(match prev {
+    let added = add_links(conf, args, &netns, &host, lease.ip, &mut created).and_then(|ours| {
+        let mut result = match prev {
             Some(prev) => prev.chain(ours),
             None => ours,
-        }),
-        Err(err) => {
-            // Undo; the original error is what the runtime needs to see.
-            if created
-                && let Err(e) = with_netlink_host(async |h| link::delete_link(&h, &host).await)
-            {
-                tracing::warn!(iface = %host, error = %e, "rollback: deleting veth failed");
-            }
-            if !lease.reused
-                && let Err(e) = pool.release(&args.container_id, &args.ifname)
-            {
-                tracing::warn!(ip = %lease.ip, error = %e, "rollback: releasing address failed");
-            }
-            Err(err)
+        };
+        add_networks(conf, args, &netns, &mut result)?;
+        Ok(result)
+    });
+    if added.is_err() {
+        // Undo; the original error is what the runtime needs to see.
+        if created && let Err(e) = with_netlink_host(async |h| link::delete_link(&h, &host).await) {
+            tracing::warn!(iface = %host, error = %e, "rollback: deleting veth failed");
         }
+        if !lease.reused
+            && let Err(e) = pool.release(&args.container_id, &args.ifname)
+        {
+            tracing::warn!(ip = %lease.ip, error = %e, "rollback: releasing address failed");
+        }
+    }
+    added
+}
+
+/// The attachments of `conf.networks`, in order, after the primary network gave `primary`;
+/// recorded for DEL and CHECK with the pod's network-status. A failure DELs the attachments
+/// made so far (in reverse) and names the one that failed; the caller undoes the primary.
+/// When an attachment takes the default route, `primary` is changed to say so (its default
+/// route becomes the cluster's ranges), as Multus changes the result it caches.
+fn add_networks(
+    conf: &NetConf,
+    args: &CmdArgs,
+    netns: &File,
+    primary: &mut CniResult,
+) -> Result<(), Error> {
+    if conf.networks.is_empty() {
+        return Ok(());
+    }
+    let default_via = conf.networks.iter().find_map(|n| {
+        n.default_route.iter().find_map(|g| match g {
+            IpAddr::V4(v4) => Some((n, *v4)),
+            IpAddr::V6(_) => None,
+        })
+    });
+    if default_via.is_some() {
+        let default = IpNet::V4(Ipv4Net::default());
+        primary
+            .routes
+            .retain(|r| !(r.dst == default && r.gw == Some(IpAddr::V4(GATEWAY))));
+        primary
+            .routes
+            .extend(conf.cluster_cidrs.iter().map(|c| Route {
+                dst: IpNet::V4(*c),
+                gw: Some(IpAddr::V4(GATEWAY)),
+            }));
+    }
+    let failed = |network: &str, why: String| Error::Attachment {
+        network: network.to_string(),
+        why,
+    };
+    let inv = multus::Invocation {
+        container_id: &args.container_id,
+        netns: args.netns.as_deref(),
+        cni_path: &args.path,
+        cni_args: &args.args,
+    };
+    let mut record = multus::Record {
+        networks: conf.networks.clone(),
+        results: Vec::new(),
+        network_status: multus::network_status(&conf.name, &to_json(&*primary), true),
+    };
+    // Recorded before any plugin runs, so a DEL after a crash half-way still replays them.
+    multus::write_record(&conf.state_dir, &args.container_id, &record)
+        .map_err(|e| failed(&conf.networks[0].name, e))?;
+    // As Multus: DEL from the last one tried (the failed one included: a plugin may have left
+    // part of itself behind) back to the first, each with its ADD result where there is one.
+    let undo = |record: &multus::Record| {
+        let tried = (record.results.len() + 1).min(record.networks.len());
+        for (i, n) in record.networks[..tried].iter().enumerate().rev() {
+            if let Err(e) = inv.del(n, record.results.get(i)) {
+                tracing::warn!(network = %n.name, error = %e, "rollback: DEL failed");
+            }
+        }
+        let _ = multus::remove_record(&conf.state_dir, &args.container_id);
+    };
+    for n in &conf.networks {
+        match inv.add(n) {
+            Ok(r) => {
+                record
+                    .network_status
+                    .extend(multus::network_status(&n.name, &r, false));
+                record.results.push(r);
+            }
+            Err(e) => {
+                undo(&record);
+                return Err(failed(&n.name, e));
+            }
+        }
+    }
+    if let Some((n, gw)) = default_via
+        && let Err(e) = default_route(conf, args, netns, n, gw)
+    {
+        undo(&record);
+        return Err(failed(&n.name, e.to_string()));
+    }
+    multus::write_record(&conf.state_dir, &args.container_id, &record).map_err(|e| {
+        undo(&record);
+        failed(&conf.networks[0].name, e)
+    })
+}
+
+/// `default-route`: the pod's default goes through the attachment `n` (via `gw`), and the
+/// cluster's ranges stay on the primary interface.
+fn default_route(
+    conf: &NetConf,
+    args: &CmdArgs,
+    netns: &File,
+    n: &multus::Network,
+    gw: std::net::Ipv4Addr,
+) -> Result<(), Error> {
+    let primary = &args.ifname;
+    with_netlink_ns(netns, async |h| {
+        let eth = link::get_link(&h, primary).await?;
+        let net = link::get_link(&h, &n.interface).await?;
+        let (Some(eth), Some(net)) = (eth, net) else {
+            return Err(Error::UnknownContainer {
+                container_id: args.container_id.clone(),
+                why: format!("{primary} or {} missing in its namespace", n.interface),
+            });
+        };
+        for cidr in &conf.cluster_cidrs {
+            link::add_route(
+                &h,
+                *cidr,
+                Some(GATEWAY),
+                eth.index,
+                &format!("{cidr} via {GATEWAY} dev {primary}"),
+            )
+            .await?;
+        }
+        link::move_default_route(
+            &h,
+            gw,
+            net.index,
+            &format!("default via {gw} dev {}", n.interface),
+        )
+        .await
+    })
+}
+
+/// DEL of the attachments recorded for the container, in reverse. With the namespace gone
+/// (or not given) the interfaces went with it: plugin errors are then logged, not returned.
+fn del_networks(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
+    let record = multus::read_record(&conf.state_dir, &args.container_id)
+        .map_err(|e| Error::io(e, std::io::Error::from(std::io::ErrorKind::InvalidData)))?;
+    let Some(record) = record else {
+        return Ok(());
+    };
+    let netns = args.netns.as_deref().filter(|p| p.exists());
+    let inv = multus::Invocation {
+        container_id: &args.container_id,
+        netns,
+        cni_path: &args.path,
+        cni_args: &args.args,
+    };
+    let mut errors = Vec::new();
+    for (i, n) in record.networks.iter().enumerate().rev() {
+        if let Err(e) = inv.del(n, record.results.get(i)) {
+            if netns.is_some() {
+                errors.push(Error::Attachment {
+                    network: n.name.clone(),
+                    why: e,
+                });
+            } else {
+                tracing::debug!(network = %n.name, error = %e, "DEL without a namespace");
+            }
+        }
+    }
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => multus::remove_record(&conf.state_dir, &args.container_id)
+            .map_err(|e| Error::io(e, std::io::Error::from(std::io::ErrorKind::Other))),
     }
 }
 
@@ -269,6 +431,8 @@ fn build_result(
 /// DEL: deletes the host veth (which takes the container end with it) and releases the
 /// address. A missing namespace, interface or allocation is success: DEL is idempotent.
 pub fn del(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
+    // Attachments first: the reverse of ADD.
+    del_networks(conf, args)?;
     let host = host_ifname(&args.container_id, &args.ifname);
     with_netlink_host(async |h| link::delete_link(&h, &host).await)?;
     pool(conf)?.release(&args.container_id, &args.ifname)?;
@@ -398,6 +562,30 @@ pub fn check(conf: &NetConf, args: &CmdArgs) -> Result<(), Error> {
                 }
             }
         }
+    }
+    // The attachments, in order, each with its ADD result.
+    match multus::read_record(&conf.state_dir, &args.container_id) {
+        Ok(Some(record)) => {
+            let inv = multus::Invocation {
+                container_id: &args.container_id,
+                netns: args.netns.as_deref(),
+                cni_path: &args.path,
+                cni_args: &args.args,
+            };
+            if record.results.len() < record.networks.len() {
+                problems.push("the attachments' ADD did not complete".into());
+            }
+            for (n, r) in record.networks.iter().zip(&record.results) {
+                if let Err(e) = inv.check(n, r) {
+                    problems.push(format!("attachment {}: {e}", n.name));
+                }
+            }
+        }
+        Ok(None) if !conf.networks.is_empty() => {
+            problems.push("no record of the attachments ADD made".into());
+        }
+        Ok(None) => {}
+        Err(e) => problems.push(e),
     }
     if problems.is_empty() {
         Ok(())

@@ -252,6 +252,61 @@ pub async fn add_route(
     }
 }
 
+/// Moves the IPv4 default route of the main table to `via GW dev INDEX` (`onlink`: the
+/// gateway need not be on a connected route of the main table, which sbr empties): every
+/// other default route is deleted.
+pub async fn move_default_route(
+    h: &Handle,
+    gw: Ipv4Addr,
+    index: u32,
+    what: &str,
+) -> Result<(), Error> {
+    let mut stream = h
+        .route()
+        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+        .execute();
+    let mut defaults = Vec::new();
+    while let Some(msg) = stream
+        .try_next()
+        .await
+        .map_err(|e| Error::netlink("listing routes", e))?
+    {
+        let table = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(msg.header.table));
+        if table == u32::from(RouteHeader::RT_TABLE_MAIN)
+            && msg.header.destination_prefix_length == 0
+        {
+            defaults.push(msg);
+        }
+    }
+    for msg in defaults {
+        h.route()
+            .del(msg)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("deleting a default route for {what}"), e))?;
+    }
+    let mut msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(gw)
+        .output_interface(index)
+        .build();
+    msg.header
+        .flags
+        .insert(netlink_packet_route::route::RouteFlags::Onlink);
+    h.route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| Error::netlink(format!("adding {what}"), e))
+}
+
 /// The IPv4 routes of the main table.
 pub async fn main_routes(h: &Handle) -> Result<Vec<RouteEntry>, Error> {
     let mut stream = h

@@ -2,6 +2,7 @@
 //! They fail (never skip) when not run as root.
 
 mod conformance;
+mod multus;
 mod support;
 
 use std::net::Ipv4Addr;

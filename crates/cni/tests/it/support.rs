@@ -290,9 +290,15 @@ impl Drop for ProcNetns {
 /// waiting up to a second for each reply (the first may wait for ARP). Returns whether a reply
 /// came.
 pub fn ping_from(netns: &Path, dst: Ipv4Addr, tries: u16) -> bool {
+    ping(netns, None, dst, tries)
+}
+
+/// As [`ping_from`], with the echo sent from the address `src` (bound), so that source-based
+/// routing rules apply.
+pub fn ping(netns: &Path, src: Option<Ipv4Addr>, dst: Ipv4Addr, tries: u16) -> bool {
     use nix::sys::socket::{
-        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recvfrom, sendto,
-        setsockopt, socket, sockopt,
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, bind, recvfrom,
+        sendto, setsockopt, socket, sockopt,
     };
     let ns = File::open(netns).expect("open netns");
     std::thread::scope(|s| {
@@ -305,6 +311,10 @@ pub fn ping_from(netns: &Path, dst: Ipv4Addr, tries: u16) -> bool {
                 SockProtocol::Icmp,
             )
             .expect("raw icmp socket");
+            if let Some(src) = src {
+                let at = SockaddrIn::from(std::net::SocketAddrV4::new(src, 0));
+                bind(fd.as_raw_fd(), &at).unwrap_or_else(|e| panic!("bind {src}: {e}"));
+            }
             let timeout = nix::sys::time::TimeVal::new(1, 0);
             setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).expect("SO_RCVTIMEO");
             let id: u16 = (std::process::id() & 0xffff) as u16;

@@ -1,0 +1,780 @@
+//! Extra pod interfaces with Multus's semantics (the Network Plumbing WG's multi-network
+//! spec, v1.2), delegated to the CNI plugins a NetworkAttachmentDefinition names.
+//!
+//! - [`parse_networks`]: the pod annotation `k8s.v1.cni.cncf.io/networks`, as a comma list
+//!   (`[ns/]name[@ifname]`) or a JSON list of selections (`name`, `namespace`, `interface`,
+//!   `ips`, `mac`, `default-route`, `cni-args`). Keys trellis does not act on (port mappings,
+//!   bandwidth, device IDs) are refused, never ignored.
+//! - [`resolve`]: each selection with its NAD's `spec.config`, named `net1`, `net2`, … in
+//!   order unless it asks for a name (Multus counts the cluster network as index 0).
+//! - The resolved list travels in the network configuration's `networks` field (the lab and
+//!   a runtime's conf file put it there); ADD runs the primary network, then every
+//!   attachment in order: each conflist plugin by plugin, with `prevResult` chaining, the
+//!   list's `name` and `cniVersion`, `runtimeConfig` for the capabilities a plugin declares
+//!   (`ips`, `mac`), `args.cni` from `cni-args`, and `CNI_ARGS` with `IgnoreUnknown=1`,
+//!   `IP=` and `MAC=` as Multus sets them. A failure DELs what was added, in reverse, the
+//!   primary network included, and names the attachment.
+//! - What ADD made is kept in `<stateDir>/multus/<containerID>` (written durably) so that DEL
+//!   and CHECK replay it without the pod: DEL in reverse, each with its ADD result; CHECK in
+//!   order (skipped for configs older than 0.4.0 or with `disableCheck`, as libcni does).
+//! - `k8s.v1.cni.cncf.io/network-status`: [`network_status`] builds it as Multus does, and
+//!   the record keeps it for the caller that publishes the Pod.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::conf::IFNAME_LEN_MAX;
+use crate::result::CniResult;
+
+pub const ANNOTATION_NETWORKS: &str = "k8s.v1.cni.cncf.io/networks";
+pub const ANNOTATION_NETWORK_STATUS: &str = "k8s.v1.cni.cncf.io/network-status";
+/// The most attachments one pod may ask for.
+pub const NETWORKS_MAX: usize = 32;
+/// The largest output read from a delegate plugin.
+pub const DELEGATE_OUTPUT_BYTES_MAX: usize = 1 << 20;
+
+/// One element of the `networks` annotation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(
+        default,
+        alias = "interfaceRequest",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interface: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(
+        default,
+        rename = "default-route",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub default_route: Vec<IpAddr>,
+    #[serde(default, rename = "cni-args", skip_serializing_if = "Option::is_none")]
+    pub cni_args: Option<Map<String, Value>>,
+}
+
+/// A selection resolved: what the plugin runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// `<namespace>/<name>` of the NetworkAttachmentDefinition (the network-status name).
+    pub name: String,
+    /// The interface in the pod.
+    pub interface: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(
+        default,
+        rename = "default-route",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub default_route: Vec<IpAddr>,
+    #[serde(default, rename = "cni-args", skip_serializing_if = "Option::is_none")]
+    pub cni_args: Option<Map<String, Value>>,
+    /// The NAD's `spec.config`: one plugin's configuration or a conflist.
+    pub config: Value,
+}
+
+/// A DNS-1123 label, as Multus requires of names and namespaces.
+fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_mac(s: &str) -> bool {
+    let parts: Vec<&str> = s.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// An interface name a pod may ask for.
+fn check_ifname(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > IFNAME_LEN_MAX
+        || name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.chars().any(char::is_whitespace)
+    {
+        return Err(format!(
+            "interface {name:?}: 1 to {IFNAME_LEN_MAX} characters, no '/', ':' or spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// The annotation's selections, each with its namespace (the pod's when not given).
+pub fn parse_networks(text: &str, pod_namespace: &str) -> Result<Vec<Selection>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut list: Vec<Selection> = if text.contains(['[', '{', '"']) {
+        serde_json::from_str(text).map_err(|e| format!("not a JSON list of networks: {e}"))?
+    } else {
+        text.split(',')
+            .map(|item| {
+                let item = item.trim();
+                let (rest, ifname) = match item.split_once('@') {
+                    Some((r, i)) if !i.contains('@') => (r, Some(i.to_string())),
+                    Some(_) => return Err(format!("{item:?}: more than one '@'")),
+                    None => (item, None),
+                };
+                let (namespace, name) = match rest.split_once('/') {
+                    Some((n, m)) if !m.contains('/') => (n.to_string(), m.to_string()),
+                    Some(_) => return Err(format!("{item:?}: more than one '/'")),
+                    None => (String::new(), rest.to_string()),
+                };
+                Ok(Selection {
+                    name,
+                    namespace,
+                    interface: ifname,
+                    ..Selection::default()
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    if list.len() > NETWORKS_MAX {
+        return Err(format!(
+            "{} networks; at most {NETWORKS_MAX} per pod",
+            list.len()
+        ));
+    }
+    let mut gateways = (0, 0);
+    for (i, s) in list.iter_mut().enumerate() {
+        let at = |m: String| format!("networks[{i}] ({}): {m}", s.name);
+        if s.namespace.is_empty() {
+            s.namespace = pod_namespace.to_string();
+        }
+        if !is_label(&s.name) {
+            return Err(at("name: not a DNS-1123 label".into()));
+        }
+        if !is_label(&s.namespace) {
+            return Err(at(format!(
+                "namespace {:?}: not a DNS-1123 label",
+                s.namespace
+            )));
+        }
+        if let Some(ifname) = &s.interface {
+            check_ifname(ifname).map_err(at)?;
+        }
+        if let Some(mac) = &s.mac
+            && !is_mac(mac)
+        {
+            return Err(at(format!("mac {mac:?}: not a MAC address")));
+        }
+        for ip in &s.ips {
+            // The static IPAM plugin takes addresses with their prefix only.
+            if ip.parse::<IpNet>().is_err() {
+                return Err(at(format!(
+                    "ips: {ip:?} is not an address with its prefix (10.10.33.20/24)"
+                )));
+            }
+        }
+        for gw in &s.default_route {
+            if gw.is_ipv4() {
+                gateways.0 += 1;
+            } else {
+                gateways.1 += 1;
+            }
+        }
+    }
+    if gateways.0 > 1 || gateways.1 > 1 {
+        return Err(
+            "default-route: at most one IPv4 and one IPv6 gateway over all networks".into(),
+        );
+    }
+    Ok(list)
+}
+
+/// The selections with their NADs' configurations (`lookup(namespace, name)` gives a NAD's
+/// `spec.config`) and interface names: `net<i>` for the i-th (from 1) unless asked for.
+pub fn resolve(
+    selections: &[Selection],
+    lookup: impl Fn(&str, &str) -> Option<String>,
+) -> Result<Vec<Network>, String> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(selections.len());
+    for (i, s) in selections.iter().enumerate() {
+        let full = format!("{}/{}", s.namespace, s.name);
+        let text = lookup(&s.namespace, &s.name).ok_or_else(|| {
+            format!(
+                "cannot find a network-attachment-definition ({}) in namespace ({})",
+                s.name, s.namespace
+            )
+        })?;
+        let config: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("{full}: spec.config is not JSON: {e}"))?;
+        plugin_list(&config).map_err(|e| format!("{full}: spec.config: {e}"))?;
+        let interface = s.interface.clone().unwrap_or(format!("net{}", i + 1));
+        if !names.insert(interface.clone()) {
+            return Err(format!("{full}: interface {interface} is asked for twice"));
+        }
+        out.push(Network {
+            name: full,
+            interface,
+            ips: s.ips.clone(),
+            mac: s.mac.clone(),
+            default_route: s.default_route.clone(),
+            cni_args: s.cni_args.clone(),
+            config,
+        });
+    }
+    Ok(out)
+}
+
+/// A NAD's configuration as a plugin list: its `cniVersion`, `name`, plugins, and whether
+/// CHECK is disabled. A single configuration (it has `type`) is a list of one.
+pub fn plugin_list(config: &Value) -> Result<(String, String, Vec<Value>, bool), String> {
+    let obj = config.as_object().ok_or("not a JSON object")?;
+    let text = |k: &str| obj.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let version = text("cniVersion");
+    if version.is_empty() {
+        return Err("cniVersion: required".into());
+    }
+    let plugins = if obj.contains_key("type") {
+        vec![config.clone()]
+    } else {
+        match obj.get("plugins") {
+            Some(Value::Array(p)) if !p.is_empty() => p.clone(),
+            _ => return Err("neither a plugin (type) nor a list (plugins)".into()),
+        }
+    };
+    for (i, p) in plugins.iter().enumerate() {
+        let t = p.get("type").and_then(Value::as_str).unwrap_or("");
+        if t.is_empty() || t.contains('/') || t.starts_with('.') {
+            return Err(format!("plugins[{i}].type: {t:?} is not a plugin name"));
+        }
+    }
+    let disable_check = obj.get("disableCheck") == Some(&Value::Bool(true));
+    Ok((version, text("name"), plugins, disable_check))
+}
+
+/// Whether `version` (x.y.z) is at least `min`.
+fn at_least(version: &str, min: &str) -> bool {
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parse(version) >= parse(min)
+}
+
+/// Where a pod's attachments are recorded.
+pub fn record_path(state_dir: &Path, container_id: &str) -> PathBuf {
+    state_dir.join("multus").join(container_id)
+}
+
+/// What ADD made, for DEL, CHECK and the Pod's network-status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub networks: Vec<Network>,
+    /// Each network's final ADD result (as many as succeeded).
+    pub results: Vec<Value>,
+    /// The pod's `k8s.v1.cni.cncf.io/network-status`, primary network first.
+    pub network_status: Vec<Value>,
+}
+
+/// Reads a pod's record; `None` when there is none.
+pub fn read_record(state_dir: &Path, container_id: &str) -> Result<Option<Record>, String> {
+    let path = record_path(state_dir, container_id);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+pub(crate) fn write_record(state_dir: &Path, container_id: &str, r: &Record) -> Result<(), String> {
+    let path = record_path(state_dir, container_id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let bytes = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+    store::durable::write(&path, &bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub(crate) fn remove_record(state_dir: &Path, container_id: &str) -> Result<(), String> {
+    let path = record_path(state_dir, container_id);
+    match store::durable::remove(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// How the delegates are run: the runtime's parameters.
+pub struct Invocation<'a> {
+    pub container_id: &'a str,
+    /// The pod's netns; `None` on a DEL whose namespace is gone.
+    pub netns: Option<&'a Path>,
+    pub cni_path: &'a [PathBuf],
+    /// The runtime's `CNI_ARGS`, passed on.
+    pub cni_args: &'a [(String, String)],
+}
+
+impl Invocation<'_> {
+    fn find(&self, plugin: &str) -> Result<PathBuf, String> {
+        self.cni_path
+            .iter()
+            .map(|d| d.join(plugin))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "plugin {plugin:?} is not installed in CNI_PATH ({})",
+                    self.cni_path
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(":")
+                )
+            })
+    }
+
+    /// `CNI_ARGS` for `n`'s plugins: `IgnoreUnknown=1` (the reference plugins refuse unknown
+    /// keys otherwise), the runtime's, then `IP=` and `MAC=` from the selection.
+    fn args_for(&self, n: &Network) -> String {
+        let mut parts = vec!["IgnoreUnknown=1".to_string()];
+        for (k, v) in self.cni_args {
+            if k != "IgnoreUnknown" && k != "IP" && k != "MAC" {
+                parts.push(format!("{k}={v}"));
+            }
+        }
+        if !n.ips.is_empty() {
+            parts.push(format!("IP={}", n.ips.join(",")));
+        }
+        if let Some(mac) = &n.mac {
+            parts.push(format!("MAC={mac}"));
+        }
+        parts.join(";")
+    }
+
+    /// Runs one plugin; its JSON output on success, its error message otherwise.
+    fn exec(
+        &self,
+        n: &Network,
+        plugin: &str,
+        command: &str,
+        stdin: &Value,
+    ) -> Result<Value, String> {
+        use std::io::{Read, Write};
+        let bin = self.find(plugin)?;
+        let path = std::env::join_paths(self.cni_path).map_err(|e| e.to_string())?;
+        let netns = self
+            .netns
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        let mut child = Command::new(&bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", &n.interface)
+            .env("CNI_ARGS", self.args_for(n))
+            .env("CNI_PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let input = serde_json::to_vec(stdin).map_err(|e| e.to_string())?;
+        if let Some(mut i) = child.stdin.take() {
+            // A plugin that exits without reading is judged by its exit status below.
+            let _ = i.write_all(&input);
+        }
+        let mut out = Vec::new();
+        if let Some(o) = child.stdout.take() {
+            o.take(DELEGATE_OUTPUT_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| format!("reading {plugin}'s output: {e}"))?;
+        }
+        let mut err = String::new();
+        if let Some(e) = child.stderr.take() {
+            let _ = e.take(4096).read_to_string(&mut err);
+        }
+        let status = child
+            .wait()
+            .map_err(|e| format!("waiting for {plugin}: {e}"))?;
+        if out.len() > DELEGATE_OUTPUT_BYTES_MAX {
+            return Err(format!(
+                "{plugin} {command}: more than {DELEGATE_OUTPUT_BYTES_MAX} bytes of output"
+            ));
+        }
+        let json: Option<Value> = serde_json::from_slice(&out).ok();
+        if !status.success() {
+            let msg = json
+                .as_ref()
+                .and_then(|j| j.get("msg"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!("{}{}", String::from_utf8_lossy(&out).trim(), err.trim())
+                });
+            return Err(format!("{plugin} {command}: {msg}"));
+        }
+        Ok(json.unwrap_or(Value::Null))
+    }
+
+    /// One plugin's request: its entry with the list's `name` and `cniVersion`,
+    /// `runtimeConfig` for the capabilities it declares, `args.cni` from `cni-args`, and
+    /// `prevResult`.
+    fn request(n: &Network, plugin: &Value, list: (&str, &str), prev: Option<&Value>) -> Value {
+        let mut p = plugin.as_object().cloned().unwrap_or_default();
+        let (version, name) = list;
+        p.insert("cniVersion".into(), Value::String(version.into()));
+        if !name.is_empty() {
+            p.insert("name".into(), Value::String(name.into()));
+        } else if !p.contains_key("name") {
+            p.insert("name".into(), Value::String(n.name.clone()));
+        }
+        let caps = p
+            .get("capabilities")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut runtime = Map::new();
+        if caps.get("ips") == Some(&Value::Bool(true)) && !n.ips.is_empty() {
+            runtime.insert("ips".into(), serde_json::json!(n.ips));
+        }
+        if caps.get("mac") == Some(&Value::Bool(true))
+            && let Some(mac) = &n.mac
+        {
+            runtime.insert("mac".into(), Value::String(mac.clone()));
+        }
+        if !runtime.is_empty() {
+            p.insert("runtimeConfig".into(), Value::Object(runtime));
+        }
+        if let Some(extra) = &n.cni_args {
+            let args = p.entry("args").or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(args) = args {
+                let cni = args
+                    .entry("cni")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(cni) = cni {
+                    for (k, v) in extra {
+                        cni.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        match prev {
+            Some(r) => p.insert("prevResult".into(), r.clone()),
+            None => p.remove("prevResult"),
+        };
+        Value::Object(p)
+    }
+
+    /// ADD of one network, plugin by plugin; on a failure the plugins run so far (the failed
+    /// one included) are DELeted in reverse and the error returned.
+    pub fn add(&self, n: &Network) -> Result<Value, String> {
+        let (version, name, plugins, _) = plugin_list(&n.config)?;
+        let mut prev: Option<Value> = None;
+        for (i, plugin) in plugins.iter().enumerate() {
+            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+            let req = Self::request(n, plugin, (&version, &name), prev.as_ref());
+            match self.exec(n, kind, "ADD", &req) {
+                Ok(r) => prev = Some(r),
+                Err(e) => {
+                    let undo: Vec<&Value> = plugins[..=i].iter().collect();
+                    self.del_plugins(n, &undo, (&version, &name), prev.as_ref());
+                    return Err(e);
+                }
+            }
+        }
+        prev.ok_or_else(|| "the plugin list gave no result".into())
+    }
+
+    /// DEL of `plugins` in reverse, each with `result` as `prevResult` (from 0.4.0); every
+    /// plugin runs even when one fails; the errors are returned together.
+    fn del_plugins(
+        &self,
+        n: &Network,
+        plugins: &[&Value],
+        list: (&str, &str),
+        result: Option<&Value>,
+    ) -> Vec<String> {
+        let prev = result.filter(|_| at_least(list.0, "0.4.0"));
+        let mut errors = Vec::new();
+        for plugin in plugins.iter().rev() {
+            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+            let req = Self::request(n, plugin, list, prev);
+            if let Err(e) = self.exec(n, kind, "DEL", &req) {
+                errors.push(e);
+            }
+        }
+        errors
+    }
+
+    /// DEL of one network with its ADD result.
+    pub fn del(&self, n: &Network, result: Option<&Value>) -> Result<(), String> {
+        let (version, name, plugins, _) = plugin_list(&n.config)?;
+        let all: Vec<&Value> = plugins.iter().collect();
+        let errors = self.del_plugins(n, &all, (&version, &name), result);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join(" / "))
+        }
+    }
+
+    /// CHECK of one network, plugin by plugin in order, with its ADD result. Not run (and
+    /// not an error) below 0.4.0 or with `disableCheck`, as libcni.
+    pub fn check(&self, n: &Network, result: &Value) -> Result<(), String> {
+        let (version, name, plugins, disabled) = plugin_list(&n.config)?;
+        if disabled || !at_least(&version, "0.4.0") {
+            return Ok(());
+        }
+        for plugin in &plugins {
+            let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
+            let req = Self::request(n, plugin, (&version, &name), Some(result));
+            self.exec(n, kind, "CHECK", &req)?;
+        }
+        Ok(())
+    }
+}
+
+/// The network-status entries of one network's result, as Multus builds them: with exactly
+/// one interface, one entry with every address; otherwise one per interface inside the pod
+/// (addresses by their `interface` index, unindexed ones on the last). `gateway` lists the
+/// default routes' gateways; `default` marks the cluster network's interface.
+pub fn network_status(name: &str, result: &Value, primary: bool) -> Vec<Value> {
+    let Ok(r) = serde_json::from_value::<CniResult>(result.clone()) else {
+        return vec![serde_json::json!({"name": name, "dns": {}})];
+    };
+    let gateways: Vec<String> = r
+        .routes
+        .iter()
+        .filter(|rt| rt.dst.prefix_len() == 0)
+        .filter_map(|rt| rt.gw.map(|g| g.to_string()))
+        .collect();
+    let entry = |iface: Option<&crate::result::Interface>, ips: Vec<String>, default: bool| {
+        let mut m = Map::new();
+        m.insert("name".into(), Value::String(name.into()));
+        if let Some(i) = iface {
+            m.insert("interface".into(), Value::String(i.name.clone()));
+        }
+        if !ips.is_empty() {
+            m.insert("ips".into(), serde_json::json!(ips));
+        }
+        if let Some(i) = iface
+            && !i.mac.is_empty()
+        {
+            m.insert("mac".into(), Value::String(i.mac.clone()));
+        }
+        if default {
+            m.insert("default".into(), Value::Bool(true));
+        }
+        m.insert("dns".into(), Value::Object(Map::new()));
+        if !gateways.is_empty() {
+            m.insert("gateway".into(), serde_json::json!(gateways));
+        }
+        Value::Object(m)
+    };
+    if r.interfaces.len() <= 1 {
+        let ips = r
+            .ips
+            .iter()
+            .map(|ip| ip.address.addr().to_string())
+            .collect();
+        return vec![entry(r.interfaces.first(), ips, primary)];
+    }
+    let sandboxed: Vec<usize> = (0..r.interfaces.len())
+        .filter(|i| {
+            r.interfaces[*i]
+                .sandbox
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (k, idx) in sandboxed.iter().enumerate() {
+        let last = k + 1 == sandboxed.len();
+        let ips = r
+            .ips
+            .iter()
+            .filter(|ip| ip.interface == Some(*idx) || (last && ip.interface.is_none()))
+            .map(|ip| ip.address.addr().to_string())
+            .collect();
+        out.push(entry(Some(&r.interfaces[*idx]), ips, primary && k == 0));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_form() {
+        let l = parse_networks(" iot, network/multus-not@vlan32 ,x@n2", "home").expect("valid");
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            (l[0].namespace.as_str(), l[0].name.as_str()),
+            ("home", "iot")
+        );
+        assert_eq!(l[0].interface, None);
+        assert_eq!(l[1].namespace, "network");
+        assert_eq!(l[1].interface.as_deref(), Some("vlan32"));
+        assert_eq!(l[2].interface.as_deref(), Some("n2"));
+    }
+
+    #[test]
+    fn json_form() {
+        let l = parse_networks(
+            r#"[{"name":"multus-iot","namespace":"network","interface":"iot0",
+                "ips":["10.10.33.20/24"],"mac":"02:00:00:00:00:33",
+                "default-route":["10.10.33.1"],"cni-args":{"k":"v"}}]"#,
+            "home",
+        )
+        .expect("valid");
+        assert_eq!(l[0].ips, ["10.10.33.20/24"]);
+        assert_eq!(
+            l[0].default_route,
+            ["10.10.33.1".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(
+            l[0].cni_args.as_ref().and_then(|a| a.get("k")),
+            Some(&Value::from("v"))
+        );
+        // The deprecated key still names the interface.
+        let l = parse_networks(r#"[{"name":"a","interfaceRequest":"x1"}]"#, "ns").expect("valid");
+        assert_eq!(l[0].interface.as_deref(), Some("x1"));
+    }
+
+    #[test]
+    fn refused_with_the_reason() {
+        let err = |t: &str| parse_networks(t, "ns").expect_err(t);
+        assert!(err("a/b/c").contains("more than one '/'"));
+        assert!(err("a@b@c").contains("more than one '@'"));
+        assert!(err("Bad_Name").contains("DNS-1123"));
+        assert!(err("a@averyveryverylongname").contains("interface"));
+        assert!(err(r#"[{"name":"a","mac":"zz"}]"#).contains("mac"));
+        assert!(err(r#"[{"name":"a","ips":["10.0.0.1"]}]"#).contains("prefix"));
+        // What trellis would not act on is refused, not ignored.
+        assert!(err(r#"[{"name":"a","portMappings":[]}]"#).contains("portMappings"));
+        assert!(
+            err(r#"[{"name":"a","default-route":["10.0.0.1"]},{"name":"b","default-route":["10.0.1.1"]}]"#)
+                .contains("at most one")
+        );
+        assert!(parse_networks("  ", "ns").expect("empty").is_empty());
+    }
+
+    #[test]
+    fn resolve_names_interfaces_and_finds_nads() {
+        let sel =
+            parse_networks("network/iot,network/not@vlan32,network/trust", "home").expect("valid");
+        let conf =
+            r#"{"cniVersion":"0.3.1","name":"x","plugins":[{"type":"macvlan"},{"type":"sbr"}]}"#;
+        let nets = resolve(&sel, |_, _| Some(conf.to_string())).expect("resolved");
+        let names: Vec<&str> = nets.iter().map(|n| n.interface.as_str()).collect();
+        assert_eq!(names, ["net1", "vlan32", "net3"]);
+        assert_eq!(nets[0].name, "network/iot");
+        let missing = resolve(&sel, |_, name| (name != "not").then(|| conf.to_string()))
+            .expect_err("missing");
+        assert!(
+            missing.contains("(not) in namespace (network)"),
+            "{missing}"
+        );
+        let dup = parse_networks("a@x,b@x", "ns").expect("valid");
+        assert!(
+            resolve(&dup, |_, _| Some(conf.into()))
+                .expect_err("dup")
+                .contains("twice")
+        );
+        let bad = resolve(&sel, |_, _| Some(r#"{"cniVersion":"0.3.1"}"#.into())).expect_err("bad");
+        assert!(bad.contains("neither a plugin"), "{bad}");
+    }
+
+    #[test]
+    fn requests_carry_runtime_config_and_args() {
+        let n = Network {
+            name: "network/iot".into(),
+            interface: "net1".into(),
+            ips: vec!["10.10.33.20/24".into()],
+            mac: Some("02:00:00:00:00:01".into()),
+            default_route: Vec::new(),
+            cni_args: Some(
+                serde_json::json!({"a": 1})
+                    .as_object()
+                    .cloned()
+                    .expect("map"),
+            ),
+            config: Value::Null,
+        };
+        let plugin = serde_json::json!({"type": "macvlan", "capabilities": {"ips": true}});
+        let r = Invocation::request(&n, &plugin, ("0.3.1", "multus-iot"), None);
+        assert_eq!(r["cniVersion"], "0.3.1");
+        assert_eq!(r["name"], "multus-iot");
+        assert_eq!(
+            r["runtimeConfig"],
+            serde_json::json!({"ips": ["10.10.33.20/24"]})
+        );
+        assert_eq!(r["args"]["cni"]["a"], 1);
+        assert!(r.get("prevResult").is_none());
+        let inv = Invocation {
+            container_id: "c",
+            netns: None,
+            cni_path: &[],
+            cni_args: &[
+                ("K8S_POD_NAME".into(), "p".into()),
+                ("IgnoreUnknown".into(), "0".into()),
+            ],
+        };
+        assert_eq!(
+            inv.args_for(&n),
+            "IgnoreUnknown=1;K8S_POD_NAME=p;IP=10.10.33.20/24;MAC=02:00:00:00:00:01"
+        );
+    }
+
+    #[test]
+    fn status_as_multus_writes_it() {
+        let macvlan = serde_json::json!({
+            "cniVersion": "0.3.1",
+            "interfaces": [{"name": "net1", "mac": "02:aa:bb:cc:dd:ee", "sandbox": "/var/run/netns/p"}],
+            "ips": [{"version": "4", "address": "10.10.33.254/24", "gateway": "10.10.33.1", "interface": 0}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.10.33.1"}],
+            "dns": {}
+        });
+        assert_eq!(
+            network_status("network/multus-iot", &macvlan, false),
+            [
+                serde_json::json!({"name": "network/multus-iot", "interface": "net1",
+                "ips": ["10.10.33.254"], "mac": "02:aa:bb:cc:dd:ee", "dns": {},
+                "gateway": ["10.10.33.1"]})
+            ]
+        );
+        let primary = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "lxc0"}, {"name": "eth0", "mac": "02:01:02:03:04:05", "sandbox": "/x"}],
+            "ips": [{"address": "10.69.1.5/32", "gateway": "169.254.1.1", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]
+        });
+        assert_eq!(
+            network_status("trellis", &primary, true),
+            [
+                serde_json::json!({"name": "trellis", "interface": "eth0", "ips": ["10.69.1.5"],
+                "mac": "02:01:02:03:04:05", "default": true, "dns": {},
+                "gateway": ["169.254.1.1"]})
+            ]
+        );
+    }
+}
