@@ -6,6 +6,8 @@
 //! - A configuration that parses is valid (pool prefix, absolute paths, MTU range) and reads
 //!   back the same after being written; so does its `prevResult`.
 //! - A refused configuration makes every command fail with the error code `parse` gave.
+//! - Bytes that parse as a Multus networks annotation resolve to networks a configuration
+//!   accepts (or are refused).
 //! - Accepted environments hold what the spec allows (container ID, interface name, netns).
 #![no_main]
 
@@ -68,6 +70,17 @@ fuzz_target!(|input: (u8, Vec<(u8, String)>, Vec<u8>)| {
                     assert_eq!(failed.code, code);
                 }
             }
+        }
+    }
+    // The same bytes as a pod's `k8s.v1.cni.cncf.io/networks` annotation: what parses resolves
+    // to networks a configuration accepts, or is refused with a reason.
+    if let Ok(text) = std::str::from_utf8(&stdin)
+        && let Ok(selections) = cni::multus::parse_networks(text, "ns")
+    {
+        let nad = r#"{"cniVersion":"0.3.1","name":"n","plugins":[{"type":"macvlan"}]}"#;
+        if let Ok(networks) = cni::multus::resolve(&selections, |_, _| Some(nad.into())) {
+            assert_eq!(networks.len(), selections.len());
+            assert!(cni::multus::check_networks(&networks).is_empty());
         }
     }
     for command in [Command::Add, Command::Del, Command::Check] {

@@ -181,6 +181,7 @@ impl NetConf {
                 dp.pin_dir.display()
             ));
         }
+        problems.extend(crate::multus::check_networks(&self.networks));
         problems
     }
 

@@ -161,7 +161,6 @@ pub fn parse_networks(text: &str, pod_namespace: &str) -> Result<Vec<Selection>,
             list.len()
         ));
     }
-    let mut gateways = (0, 0);
     for (i, s) in list.iter_mut().enumerate() {
         let at = |m: String| format!("networks[{i}] ({}): {m}", s.name);
         if s.namespace.is_empty() {
@@ -192,18 +191,6 @@ pub fn parse_networks(text: &str, pod_namespace: &str) -> Result<Vec<Selection>,
                 )));
             }
         }
-        for gw in &s.default_route {
-            if gw.is_ipv4() {
-                gateways.0 += 1;
-            } else {
-                gateways.1 += 1;
-            }
-        }
-    }
-    if gateways.0 > 1 || gateways.1 > 1 {
-        return Err(
-            "default-route: at most one IPv4 and one IPv6 gateway over all networks".into(),
-        );
     }
     Ok(list)
 }
@@ -214,7 +201,6 @@ pub fn resolve(
     selections: &[Selection],
     lookup: impl Fn(&str, &str) -> Option<String>,
 ) -> Result<Vec<Network>, String> {
-    let mut names = BTreeSet::new();
     let mut out = Vec::with_capacity(selections.len());
     for (i, s) in selections.iter().enumerate() {
         let full = format!("{}/{}", s.namespace, s.name);
@@ -226,11 +212,7 @@ pub fn resolve(
         })?;
         let config: Value = serde_json::from_str(&text)
             .map_err(|e| format!("{full}: spec.config is not JSON: {e}"))?;
-        plugin_list(&config).map_err(|e| format!("{full}: spec.config: {e}"))?;
         let interface = s.interface.clone().unwrap_or(format!("net{}", i + 1));
-        if !names.insert(interface.clone()) {
-            return Err(format!("{full}: interface {interface} is asked for twice"));
-        }
         out.push(Network {
             name: full,
             interface,
@@ -241,7 +223,44 @@ pub fn resolve(
             config,
         });
     }
-    Ok(out)
+    match check_networks(&out).as_slice() {
+        [] => Ok(out),
+        problems => Err(problems.join("; ")),
+    }
+}
+
+/// What is wrong with a configuration's `networks` (as [`resolve`] makes them, or written by
+/// hand): bounds, interface names, plugin lists, at most one default route per family.
+pub fn check_networks(networks: &[Network]) -> Vec<String> {
+    let mut problems = Vec::new();
+    if networks.len() > NETWORKS_MAX {
+        problems.push(format!(
+            "networks: {}; at most {NETWORKS_MAX} per pod",
+            networks.len()
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let (mut v4, mut v6) = (0, 0);
+    for (i, n) in networks.iter().enumerate() {
+        let at = |m: String| format!("networks[{i}] ({}): {m}", n.name);
+        if let Err(e) = check_ifname(&n.interface) {
+            problems.push(at(e));
+        } else if !names.insert(n.interface.as_str()) {
+            problems.push(at(format!("interface {} is used twice", n.interface)));
+        }
+        if let Err(e) = plugin_list(&n.config) {
+            problems.push(at(format!("config: {e}")));
+        }
+        v4 += n.default_route.iter().filter(|g| g.is_ipv4()).count();
+        v6 += n.default_route.iter().filter(|g| g.is_ipv6()).count();
+    }
+    if v4 > 1 || v6 > 1 {
+        problems.push(
+            "networks: default-route: at most one IPv4 and one IPv6 gateway over all networks"
+                .into(),
+        );
+    }
+    problems
 }
 
 /// A NAD's configuration as a plugin list: its `cniVersion`, `name`, plugins, and whether
@@ -671,10 +690,6 @@ mod tests {
         assert!(err(r#"[{"name":"a","ips":["10.0.0.1"]}]"#).contains("prefix"));
         // What trellis would not act on is refused, not ignored.
         assert!(err(r#"[{"name":"a","portMappings":[]}]"#).contains("portMappings"));
-        assert!(
-            err(r#"[{"name":"a","default-route":["10.0.0.1"]},{"name":"b","default-route":["10.0.1.1"]}]"#)
-                .contains("at most one")
-        );
         assert!(parse_networks("  ", "ns").expect("empty").is_empty());
     }
 
@@ -702,6 +717,20 @@ mod tests {
         );
         let bad = resolve(&sel, |_, _| Some(r#"{"cniVersion":"0.3.1"}"#.into())).expect_err("bad");
         assert!(bad.contains("neither a plugin"), "{bad}");
+        let two = parse_networks(
+            r#"[{"name":"a","default-route":["10.0.0.1"]},{"name":"b","default-route":["10.0.1.1"]}]"#,
+            "ns",
+        )
+        .expect("each valid");
+        let two = resolve(&two, |_, _| Some(conf.into())).expect_err("two gateways");
+        assert!(two.contains("at most one"), "{two}");
+        // A configuration written by hand is held to the same.
+        let mut conf = serde_json::json!({"cniVersion": "1.0.0", "name": "t", "type": "x",
+            "podCIDR": "10.0.0.0/24", "stateDir": "/tmp/t"});
+        conf["networks"] = serde_json::json!([
+            {"name": "a/b", "interface": "n/1", "config": {"cniVersion": "1.0.0", "type": "m"}}]);
+        let e = crate::NetConf::parse(conf.to_string().as_bytes()).expect_err("bad ifname");
+        assert!(e.to_string().contains("networks[0] (a/b): interface"), "{e}");
     }
 
     #[test]

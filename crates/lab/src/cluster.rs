@@ -44,6 +44,53 @@ pub const OBSERVE_PORT: u16 = 4244;
 pub const NODE_LAN_MTU: u32 = 1600;
 /// More nodes than this is not a lab any more.
 pub const NODES_MAX: usize = 9;
+/// The isolated networks of the seed's home lab that pods join with Multus attachments: each
+/// is a bridge of its own (a LAN namespace `<prefix>vlan<id>`) with every node's `parent`
+/// interface on it and a device namespace (`<prefix><name>`, `trellis lab exec <name>`) at the
+/// router address, answering HTTP on port 80. The parents and addresses are the corpus
+/// NetworkAttachmentDefinitions'. Separate bridges stand in for VLAN tags: this kernel has no
+/// 802.1Q devices (see the README).
+pub const VLANS: &[Vlan] = &[
+    Vlan {
+        name: "vpn",
+        id: 31,
+        parent: "eth1",
+        router: Ipv4Addr::new(10, 10, 31, 1),
+    },
+    Vlan {
+        name: "not",
+        id: 32,
+        parent: "eth2",
+        router: Ipv4Addr::new(10, 10, 32, 1),
+    },
+    Vlan {
+        name: "iot",
+        id: 33,
+        parent: "eth3",
+        router: Ipv4Addr::new(10, 10, 33, 1),
+    },
+    Vlan {
+        name: "trust",
+        id: 10,
+        parent: "eth4",
+        router: Ipv4Addr::new(10, 10, 10, 1),
+    },
+];
+/// The prefix length of every [`VLANS`] network.
+pub const VLAN_PREFIX_LEN: u8 = 24;
+/// The port the VLAN devices answer HTTP on.
+pub const VLAN_DEVICE_PORT: u16 = 80;
+
+/// One of [`VLANS`].
+#[derive(Clone, Copy, Debug)]
+pub struct Vlan {
+    pub name: &'static str,
+    pub id: u16,
+    pub parent: &'static str,
+    /// The router's (and the device's) address on it.
+    pub router: Ipv4Addr,
+}
+
 /// The sub-directory of the state dir whose manifests the lab publishes (Pod objects).
 pub const CLUSTER_DIR: &str = "cluster";
 
@@ -216,6 +263,7 @@ pub fn datapath_pin_dir(node_netns: &str) -> PathBuf {
 
 fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Result<()> {
     build_network(&run.state)?;
+    start_vlan_devices(cfg, run)?;
     let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
     write_pods(&cfg.state_dir, &[], 0)?;
     let first = store::load(&cfg.manifests, &cfg.options);
@@ -311,6 +359,59 @@ fn build_network(s: &LabState) -> Result<()> {
                 ],
             )?;
         }
+    }
+    for v in VLANS {
+        let lan = format!("{}vlan{}", s.prefix, v.id);
+        netns::add(&lan)?;
+        netns::ip_in(&lan, &["link", "add", "br0", "type", "bridge"])?;
+        netns::ip_in(&lan, &["link", "set", "br0", "up"])?;
+        let device = format!("{}{}", s.prefix, v.name);
+        netns::add(&device)?;
+        netns::ip_in(
+            &lan,
+            &[
+                "link", "add", "device", "type", "veth", "peer", "name", "eth0", "netns", &device,
+            ],
+        )?;
+        netns::ip_in(&lan, &["link", "set", "device", "master", "br0", "up"])?;
+        let router = format!("{}/{VLAN_PREFIX_LEN}", v.router);
+        netns::ip_in(&device, &["addr", "add", &router, "dev", "eth0"])?;
+        netns::ip_in(&device, &["link", "set", "eth0", "up"])?;
+        for (i, n) in s.nodes.iter().enumerate() {
+            let port = format!("node{}", i + 1);
+            netns::ip_in(
+                &lan,
+                &[
+                    "link", "add", &port, "type", "veth", "peer", "name", v.parent, "netns",
+                    &n.netns,
+                ],
+            )?;
+            netns::ip_in(&lan, &["link", "set", &port, "master", "br0", "up"])?;
+            netns::ip_in(&n.netns, &["link", "set", v.parent, "up"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts each VLAN device's HTTP echo (`trellis lab echo` in its namespace).
+fn start_vlan_devices(cfg: &LabConfig, run: &mut Running) -> Result<()> {
+    for v in VLANS {
+        let device = format!("{}{}", run.state.prefix, v.name);
+        let log = log_file(cfg, &format!("vlan-{}", v.name))?;
+        let mut child = netns::command_in(&device, &cfg.trellis_bin.to_string_lossy())
+            .args(["lab", "echo", "--pod", v.name, "--namespace", "vlan"])
+            .args(["--node", v.name, "--ports", &VLAN_DEVICE_PORT.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting the {} device", v.name))?;
+        drain(wait_ready(
+            &mut child,
+            &format!("the {} device", v.name),
+            &cfg.state_dir,
+        )?);
+        run.workloads
+            .insert(("vlan".into(), v.name.to_string()), child);
     }
     Ok(())
 }
@@ -494,7 +595,7 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
         if run.state.pods.iter().any(|p| p.plan.key() == plan.key()) {
             continue;
         }
-        let pod = start_pod(cfg, run, plan)?;
+        let pod = start_pod(cfg, run, plan, snapshot)?;
         run.state.pods.push(pod);
     }
     run.state.pods.sort_by_key(|p| p.plan.key());
@@ -518,6 +619,7 @@ impl LabState {
                     &p.plan,
                     &ip.to_string(),
                     &host.to_string(),
+                    &p.network_status,
                 ))
             })
             .collect()
@@ -637,6 +739,7 @@ fn gateway_workloads(snapshot: &model::Snapshot) -> (Vec<PodPlan>, Vec<serde_jso
             ordinal: 0,
             node: String::new(),
             labels: req.selector.clone(),
+            annotations: BTreeMap::new(),
             spec: serde_json::json!({ "containers": [ { "name": "envoy", "image": "trellis", "ports": container_ports } ] }),
         });
     }
@@ -663,16 +766,44 @@ fn write_pods(state_dir: &Path, pods: &[serde_json::Value], generation: u64) -> 
     )
 }
 
-fn cni_config(cfg: &LabConfig, node: &NodeState) -> String {
+/// The node's network configuration; `networks`: the pod's attachments (for ADD).
+fn cni_config(cfg: &LabConfig, node: &NodeState, networks: &[cni::multus::Network]) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "trellis",
         "type": "trellis-cni",
         "podCIDR": node.pod_cidr.to_string(),
-        "stateDir": cfg.state_dir.join("cni").join(&node.name),
+        "stateDir": cni_state_dir(cfg, node),
         "datapath": { "pinDir": node.pin_dir },
+        "networks": networks,
+        "clusterCIDRs": [CLUSTER_CIDR, SERVICE_CIDR],
     })
     .to_string()
+}
+
+fn cni_state_dir(cfg: &LabConfig, node: &NodeState) -> PathBuf {
+    cfg.state_dir.join("cni").join(&node.name)
+}
+
+/// A pod's `k8s.v1.cni.cncf.io/networks` resolved against the NetworkAttachmentDefinitions.
+fn pod_networks(plan: &PodPlan, snapshot: &model::Snapshot) -> Result<Vec<cni::multus::Network>> {
+    let Some(text) = plan.annotations.get(cni::multus::ANNOTATION_NETWORKS) else {
+        return Ok(Vec::new());
+    };
+    let what = || {
+        format!(
+            "pod {}/{}: {}",
+            plan.namespace,
+            plan.name,
+            cni::multus::ANNOTATION_NETWORKS
+        )
+    };
+    let selections = cni::multus::parse_networks(text, &plan.namespace)
+        .map_err(|e| anyhow!("{}: {e}", what()))?;
+    cni::multus::resolve(&selections, |ns, name| {
+        model::snapshot::get(&snapshot.network_attachments, ns, name).map(|o| o.spec.config.clone())
+    })
+    .map_err(|e| anyhow!("{}: {e}", what()))
 }
 
 /// Runs the CNI plugin the way a container runtime does: env + config on stdin, in the node.
@@ -682,6 +813,7 @@ fn cni(
     command: &str,
     container_id: &str,
     pod_netns: &str,
+    networks: &[cni::multus::Network],
 ) -> Result<serde_json::Value> {
     let mut child = netns::command_in(&node.netns, &cfg.cni_bin.to_string_lossy())
         .env("CNI_COMMAND", command)
@@ -698,7 +830,7 @@ fn cni(
         .stdin
         .take()
         .ok_or_else(|| anyhow!("CNI plugin stdin"))?
-        .write_all(cni_config(cfg, node).as_bytes())?;
+        .write_all(cni_config(cfg, node, networks).as_bytes())?;
     let out = child.wait_with_output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -715,7 +847,12 @@ fn cni(
     serde_json::from_str(&text).with_context(|| format!("CNI {command} result: {text}"))
 }
 
-fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodState> {
+fn start_pod(
+    cfg: &LabConfig,
+    run: &mut Running,
+    plan: PodPlan,
+    snapshot: &model::Snapshot,
+) -> Result<PodState> {
     let node = run
         .state
         .nodes
@@ -725,6 +862,7 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
         .ok_or_else(|| anyhow!("pod {} scheduled to unknown node {}", plan.name, plan.node))?;
     let pod_netns = format!("{}pod-{}-{}", run.state.prefix, plan.namespace, plan.name);
     let container_id = format!("{}-{}", plan.namespace, plan.name);
+    let networks = pod_networks(&plan, snapshot)?;
     netns::add(&pod_netns)?;
     let mut pod = PodState {
         plan: plan.clone(),
@@ -733,8 +871,20 @@ fn start_pod(cfg: &LabConfig, run: &mut Running, plan: PodPlan) -> Result<PodSta
         ip: None,
         pid: None,
         ready: false,
+        network_status: Vec::new(),
     };
-    let result = cni(cfg, &node, "ADD", &container_id, &pod_netns)?;
+    let result = match cni(cfg, &node, "ADD", &container_id, &pod_netns, &networks) {
+        Ok(r) => r,
+        Err(e) => {
+            // ADD undid itself; the namespace is ours to remove.
+            let _ = netns::delete(&pod_netns);
+            return Err(e);
+        }
+    };
+    pod.network_status = match cni::multus::read_record(&cni_state_dir(cfg, &node), &container_id) {
+        Ok(Some(record)) => record.network_status,
+        _ => cni::multus::network_status("trellis", &result, true),
+    };
     let ip = result["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
@@ -800,7 +950,7 @@ fn stop_pod(cfg: &LabConfig, run: &mut Running, p: &PodState) {
         let _ = child.wait();
     }
     if let Some(node) = run.state.nodes.iter().find(|n| n.name == p.plan.node)
-        && let Err(e) = cni(cfg, node, "DEL", &p.container_id, &p.netns)
+        && let Err(e) = cni(cfg, node, "DEL", &p.container_id, &p.netns, &[])
     {
         eprintln!("{e:#}");
     }

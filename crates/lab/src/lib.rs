@@ -163,6 +163,26 @@ pub fn status_text(s: &LabState) -> String {
             p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             p.ready
         );
+        // Attachments (network-status after the cluster network), one line each.
+        for n in p.network_status.iter().skip(1) {
+            let field = |k: &str| n[k].as_str().unwrap_or("-").to_string();
+            let ips: Vec<&str> = n["ips"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|i| i.as_str()).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<10} {:<24} {:<16} {}",
+                field("interface"),
+                field("name"),
+                if ips.is_empty() {
+                    "-".into()
+                } else {
+                    ips.join(",")
+                },
+                field("mac"),
+            );
+        }
     }
     let _ = writeln!(
         out,

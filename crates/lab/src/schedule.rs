@@ -22,6 +22,9 @@ pub struct PodPlan {
     pub ordinal: u32,
     pub node: String,
     pub labels: BTreeMap<String, String>,
+    /// The pod's annotations (its template's): `k8s.v1.cni.cncf.io/networks` is acted on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
     /// The pod's spec from its template (containers, ports), as JSON.
     pub spec: serde_json::Value,
 }
@@ -87,6 +90,11 @@ pub fn desired_pods(
             .as_ref()
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
+        let annotations: BTreeMap<String, String> = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default();
         let pod_spec = template
             .spec
             .as_ref()
@@ -100,6 +108,7 @@ pub fn desired_pods(
                 ordinal,
                 node: String::new(),
                 labels: labels.clone(),
+                annotations: annotations.clone(),
                 spec: pod_spec.clone(),
             });
         }
@@ -113,6 +122,7 @@ pub fn desired_pods(
             ordinal: 0,
             node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
             labels: p.spec.metadata.labels.clone().unwrap_or_default(),
+            annotations: p.spec.metadata.annotations.clone().unwrap_or_default(),
             spec: spec
                 .and_then(|s| serde_json::to_value(s).ok())
                 .unwrap_or_default(),
@@ -158,12 +168,27 @@ pub fn desired_pods(
 }
 
 /// The Pod object the lab publishes for a running pod (what a kubelet would report).
-pub fn pod_object(p: &PodPlan, ip: &str, host_ip: &str) -> serde_json::Value {
+/// `network_status` is the pod's `k8s.v1.cni.cncf.io/network-status` (every interface, the
+/// cluster network first), as Multus publishes it; empty: not published.
+pub fn pod_object(
+    p: &PodPlan,
+    ip: &str,
+    host_ip: &str,
+    network_status: &[serde_json::Value],
+) -> serde_json::Value {
     let mut spec = p.spec.clone();
     if !spec.is_object() {
         spec = serde_json::json!({ "containers": [] });
     }
     spec["nodeName"] = serde_json::Value::String(p.node.clone());
+    let mut annotations = p.annotations.clone();
+    annotations.insert("trellis.dev/owner".into(), p.owner.clone());
+    if !network_status.is_empty() {
+        annotations.insert(
+            cni::multus::ANNOTATION_NETWORK_STATUS.into(),
+            serde_json::to_string_pretty(network_status).unwrap_or_default(),
+        );
+    }
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -171,7 +196,7 @@ pub fn pod_object(p: &PodPlan, ip: &str, host_ip: &str) -> serde_json::Value {
             "name": p.name,
             "namespace": p.namespace,
             "labels": p.labels,
-            "annotations": { "trellis.dev/owner": p.owner },
+            "annotations": annotations,
         },
         "spec": spec,
         "status": {
@@ -242,7 +267,7 @@ mod tests {
     #[test]
     fn pod_object_is_ready_and_placed() {
         let pods = desired_pods(&snapshot(&deployment(1)), Vec::new(), &nodes(), &[]);
-        let o = pod_object(&pods[0], "10.69.1.2", "10.10.30.11");
+        let o = pod_object(&pods[0], "10.69.1.2", "10.10.30.11", &[]);
         assert_eq!(o["spec"]["nodeName"], "node-1");
         assert_eq!(o["status"]["podIP"], "10.69.1.2");
         assert_eq!(o["metadata"]["labels"]["app"], "echo");

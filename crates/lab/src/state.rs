@@ -63,6 +63,9 @@ pub struct PodState {
     pub ip: Option<Ipv4Addr>,
     pub pid: Option<u32>,
     pub ready: bool,
+    /// Every interface as `k8s.v1.cni.cncf.io/network-status` lists it (cluster network first).
+    #[serde(default)]
+    pub network_status: Vec<serde_json::Value>,
 }
 
 /// One Service as `lab status` shows it.
@@ -107,6 +110,9 @@ impl LabState {
         }
         if name == "lan" {
             return Some(self.lan_netns.clone());
+        }
+        if crate::cluster::VLANS.iter().any(|v| v.name == name) {
+            return Some(format!("{}{name}", self.prefix));
         }
         if let Some(n) = self
             .nodes

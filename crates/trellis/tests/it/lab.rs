@@ -519,3 +519,162 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
         .collect();
     assert!(pins.is_empty(), "pins left behind: {pins:?}");
 }
+
+/// A pod that joins all four of the corpus's Multus networks (unchanged NADs from
+/// `testdata/home-ops`): IoT, No-Internet and Trust with their static addresses and `sbr`, VPN
+/// with an address from the annotation. Each network's device answers HTTP from the pod's own
+/// address on it; the IoT device reaches the pod's echo on its IoT address; the cluster's ranges
+/// stay on eth0; the Pod object and `lab status` carry the network-status.
+#[test]
+fn lab_pod_joins_the_corpus_multus_networks() {
+    require_root();
+    let name = format!("m{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    let nads = manifests.join("multus");
+    std::fs::create_dir_all(&nads).expect("mkdir");
+    let corpus = crate::repo().join("testdata/home-ops/kubernetes/apps/network/multus/config");
+    for f in std::fs::read_dir(&corpus).expect("corpus NADs") {
+        let f = f.expect("entry").path();
+        std::fs::copy(&f, nads.join(f.file_name().expect("name"))).expect("copy NAD");
+    }
+    // The corpus's kustomization leaves the namespace to its parent, as here.
+    std::fs::write(
+        manifests.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         namespace: network\nresources: [./multus]\n",
+    )
+    .expect("write kustomization");
+    let apps = dir.path().join("apps");
+    std::fs::create_dir_all(&apps).expect("mkdir");
+    std::fs::write(
+        apps.join("ha.yaml"),
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: ha, namespace: home}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: ha}}
+  template:
+    metadata:
+      labels: {app: ha}
+      annotations:
+        k8s.v1.cni.cncf.io/networks: |
+          [{"name": "multus-iot", "namespace": "network"},
+           {"name": "multus-not", "namespace": "network", "interface": "noinet"},
+           {"name": "multus-trust", "namespace": "network"},
+           {"name": "vpn", "namespace": "network", "ips": ["10.10.31.50/24"]}]
+    spec:
+      containers:
+      - name: app
+        image: ghcr.io/home-operations/home-assistant:2025.11.3
+        ports: [{name: http, containerPort: 8123}]
+"#,
+    )
+    .expect("write deployment");
+    // Both trees as one: a root kustomization over the two.
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).expect("mkdir");
+    std::fs::rename(&manifests, root.join("network")).expect("move");
+    std::fs::rename(&apps, root.join("apps")).expect("move");
+    std::fs::write(
+        root.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         resources: [./network, ./apps/ha.yaml]\n",
+    )
+    .expect("write root");
+    let lab = Lab::up(&root, &name, &dir.path().join("state"));
+    wait_pods(&lab, 1);
+    let state = lab.state();
+    let pod = &state["pods"][0];
+    let pod_name = pod["plan"]["name"].as_str().expect("pod name").to_string();
+    let status = pod["network_status"].as_array().expect("network_status");
+    let names: Vec<(&str, &str)> = status
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default(),
+                s["interface"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("trellis", "eth0"),
+            ("network/multus-iot", "net1"),
+            ("network/multus-not", "noinet"),
+            ("network/multus-trust", "net3"),
+            ("network/vpn", "net4"),
+        ],
+        "{pod}"
+    );
+    assert_eq!(status[4]["ips"], serde_json::json!(["10.10.31.50"]));
+
+    // Each device answers from the pod's address on its network (sbr's tables route them).
+    for (src, device) in [
+        ("10.10.33.254", "10.10.33.1"),
+        ("10.10.32.254", "10.10.32.1"),
+        ("10.10.10.254", "10.10.10.1"),
+        ("10.10.31.50", "10.10.31.1"),
+    ] {
+        let (code, body) = lab.exec(
+            &pod_name,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--interface",
+                src,
+                &format!("http://{device}/from-{src}"),
+            ],
+        );
+        assert_eq!(code, 0, "{src} -> {device}: {body}");
+        assert!(body.contains(&format!("from-{src}")), "{body}");
+    }
+    let (_, rules) = lab.exec(&pod_name, &["ip", "rule"]);
+    assert!(rules.contains("from 10.10.33.254 lookup 100"), "{rules}");
+    // The IoT device reaches the pod's own service on the pod's IoT address.
+    let (code, body) = lab.exec(
+        "iot",
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://10.10.33.254:8123/",
+        ],
+    );
+    assert_eq!(code, 0, "iot -> pod: {body}");
+    // Cluster ranges and the default stay on the cluster network; the VPN NAD's routes (the
+    // public ranges) go to the VPN router.
+    for (dst, dev) in [
+        ("10.96.0.10", "dev eth0"),
+        ("10.69.2.5", "dev eth0"),
+        ("10.11.0.1", "dev eth0"),
+        ("1.1.1.1", "via 10.10.31.1 dev net4"),
+    ] {
+        let (_, route) = lab.exec(&pod_name, &["ip", "route", "get", dst]);
+        assert!(route.contains(dev), "{dst}: {route}");
+    }
+
+    let pods = std::fs::read_to_string(dir.path().join("state/cluster/pods.yaml"))
+        .expect("published pods");
+    assert!(
+        pods.contains("k8s.v1.cni.cncf.io/network-status") && pods.contains("10.10.33.254"),
+        "{pods}"
+    );
+    let out = Command::new(trellis_bin())
+        .args(["lab", "status", "--name", &name, "--state-dir"])
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("lab status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("net1")
+            && text.contains("network/multus-iot")
+            && text.contains("10.10.33.254"),
+        "{text}"
+    );
+}
