@@ -267,8 +267,7 @@ pub struct CmdArgs {
     pub path: Vec<PathBuf>,
 }
 
-/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-pub const IFNAME_LEN_MAX: usize = 15;
+pub use model::multus::IFNAME_LEN_MAX;
 
 impl CmdArgs {
     /// Reads the environment through `env` (so tests need not touch the process's). Which
@@ -300,16 +299,10 @@ impl CmdArgs {
             var: "CNI_IFNAME",
             why: "missing".into(),
         })?;
-        if ifname.len() > IFNAME_LEN_MAX
-            || ifname == "."
-            || ifname == ".."
-            || ifname
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace())
-        {
+        if let Err(why) = crate::multus::check_ifname(&ifname) {
             return Err(Error::InvalidEnv {
                 var: "CNI_IFNAME",
-                why: format!("{ifname:?} is not a valid interface name"),
+                why,
             });
         }
         let netns = get("CNI_NETNS").map(PathBuf::from);

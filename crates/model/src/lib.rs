@@ -13,6 +13,7 @@
 
 pub mod endpoints;
 pub mod kinds;
+pub mod multus;
 pub mod object;
 pub mod snapshot;
 pub mod subst;

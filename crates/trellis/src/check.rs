@@ -19,7 +19,16 @@ pub struct Args {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+    /// Where the CNI plugins NetworkAttachmentDefinitions name are installed (colon-separated,
+    /// searched in order, as CNI_PATH): each must be there and speak the config's cniVersion.
+    #[arg(long = "cni-path", default_value = CNI_PATH_DEFAULT)]
+    pub cni_path: String,
 }
+
+/// Where container runtimes look for CNI plugins: the upstream directory, then Debian's.
+pub const CNI_PATH_DEFAULT: &str = "/opt/cni/bin:/usr/lib/cni";
+/// How long a plugin may take to answer VERSION.
+const CNI_VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Output {
@@ -32,6 +41,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let opts = args.source.options()?;
     let mut load = store::load(&args.source.paths, &opts);
     crate::gateway::add_compile_conditions(&mut load.snapshot);
+    add_cni_plugin_conditions(&mut load.snapshot, &args.cni_path);
     let report = Report::new(&load);
     let out = match args.output {
         Output::Table => table(&load, &report),
@@ -332,4 +342,143 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
         sm.errors
     );
     out
+}
+
+/// Every plugin a NetworkAttachmentDefinition names must be installed in `cni_path` and list
+/// the config's `cniVersion` among the versions it answers VERSION with; otherwise the NAD is
+/// not Accepted (a pod using it would fail at ADD), with the plugin's field path.
+pub fn add_cni_plugin_conditions(s: &mut Snapshot, cni_path: &str) {
+    let dirs: Vec<&std::path::Path> = cni_path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(std::path::Path::new)
+        .collect();
+    if !s.network_attachments.is_empty() && !dirs.iter().any(|d| d.is_dir()) {
+        // Not a machine pods run on: nothing to say about what is installed where they do.
+        eprintln!(
+            "note: no CNI plugin directory here ({cni_path}): the plugins the \
+             NetworkAttachmentDefinitions name were not checked (--cni-path)"
+        );
+        return;
+    }
+    let mut versions: BTreeMap<(String, String), Result<Vec<String>, String>> = BTreeMap::new();
+    let mut found: Vec<(ObjectKey, String, String)> = Vec::new();
+    for nad in s.network_attachments.values() {
+        let key = ObjectKey::new(
+            "k8s.cni.cncf.io",
+            "NetworkAttachmentDefinition",
+            nad.namespace(),
+            nad.name(),
+        );
+        let Ok(config) = serde_json::from_str::<serde_json::Value>(&nad.spec.config) else {
+            continue; // validation already said why
+        };
+        let version = config["cniVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let (plugins, list) = match config.get("plugins").and_then(|p| p.as_array()) {
+            Some(p) => (p.clone(), true),
+            None => (vec![config.clone()], false),
+        };
+        for (i, p) in plugins.iter().enumerate() {
+            let Some(ty) = p["type"].as_str().filter(|t| !t.contains('/')) else {
+                continue;
+            };
+            let path = if list {
+                format!("spec.config.plugins[{i}].type")
+            } else {
+                "spec.config.type".into()
+            };
+            let answer = versions
+                .entry((ty.to_string(), version.clone()))
+                .or_insert_with(|| plugin_versions(&dirs, ty, &version));
+            match answer {
+                Err(e) => found.push((key.clone(), path, e.clone())),
+                Ok(v) if !version.is_empty() && !v.contains(&version) => found.push((
+                    key.clone(),
+                    path,
+                    format!(
+                        "plugin {ty} does not speak cniVersion {version} (it speaks {})",
+                        v.join(", ")
+                    ),
+                )),
+                Ok(_) => {}
+            }
+        }
+    }
+    for (key, path, msg) in found {
+        let st = s.status.entry(key).or_default();
+        st.problem(path.clone(), msg.clone());
+        st.set(model::Condition::new(
+            model::object::cond::ACCEPTED,
+            model::Status::False,
+            model::object::cond::reason::INVALID,
+            format!("{path}: {msg}"),
+        ));
+    }
+}
+
+/// The versions plugin `ty` (the first found in `dirs`) answers CNI VERSION with.
+fn plugin_versions(
+    dirs: &[&std::path::Path],
+    ty: &str,
+    version: &str,
+) -> Result<Vec<String>, String> {
+    use std::io::Write as _;
+    let searched = || {
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let bin = dirs
+        .iter()
+        .map(|d| d.join(ty))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            format!(
+                "plugin {ty} is not installed (looked in {}; Debian's reference plugins: \
+                 apt-get install containernetworking-plugins)",
+                searched()
+            )
+        })?;
+    let mut child = std::process::Command::new(&bin)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(
+            serde_json::json!({ "cniVersion": version })
+                .to_string()
+                .as_bytes(),
+        );
+    }
+    let deadline = std::time::Instant::now() + CNI_VERSION_TIMEOUT;
+    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{} did not answer VERSION within {CNI_VERSION_TIMEOUT:?}",
+                bin.display()
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{} answered VERSION with no JSON: {e}", bin.display()))?;
+    Ok(reply["supportedVersions"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
 }

@@ -53,7 +53,10 @@ fn example_is_clean_and_exits_0() {
         text(&out.stderr)
     );
     assert!(
-        stdout.contains("Gateway                     network/envoy-external"),
+        stdout.lines().any(|l| {
+            let mut f = l.split_whitespace();
+            f.next() == Some("Gateway") && f.next() == Some("network/envoy-external")
+        }),
         "{stdout}"
     );
     assert!(
@@ -182,6 +185,114 @@ fn corpus_loads_and_flags_outside_references() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["summary"]["errors"], 0);
     assert_eq!(v["skipped"]["helm.toolkit.fluxcd.io/HelmRelease"], 10);
+}
+
+/// NetworkAttachmentDefinitions are checked against the plugins installed in `--cni-path`
+/// (here a directory with only Debian's macvlan in it) with each problem at its field path,
+/// and pods' `k8s.v1.cni.cncf.io/networks` must name NADs that exist.
+#[test]
+fn check_finds_what_would_fail_a_pods_attachments() {
+    let macvlan = Path::new("/usr/lib/cni/macvlan");
+    assert!(
+        macvlan.exists(),
+        "{} missing: install Debian's containernetworking-plugins",
+        macvlan.display()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::os::unix::fs::symlink(macvlan, bin.join("macvlan")).expect("symlink");
+    let nad = |name: &str, config: &str| {
+        format!(
+            "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\n\
+             metadata: {{name: {name}, namespace: network}}\nspec:\n  config: '{config}'\n---\n"
+        )
+    };
+    let mut yaml = nad(
+        "iot",
+        r#"{"cniVersion":"0.3.1","name":"iot","type":"macvlan","master":"eth3"}"#,
+    );
+    yaml += &nad(
+        "chained",
+        r#"{"cniVersion":"0.3.1","name":"c","plugins":[{"type":"macvlan"},{"type":"sbr"}]}"#,
+    );
+    yaml += &nad(
+        "newer",
+        r#"{"cniVersion":"1.1.0","name":"n","type":"macvlan","mode":"weird"}"#,
+    );
+    yaml += "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ha, namespace: home}\n\
+             spec:\n  selector: {matchLabels: {app: ha}}\n  template:\n    metadata:\n      \
+             labels: {app: ha}\n      annotations: {k8s.v1.cni.cncf.io/networks: \
+             \"network/iot, network/gone@x\"}\n    spec: {containers: [{name: a, image: b}]}\n";
+    std::fs::write(dir.path().join("m.yaml"), yaml).expect("write");
+    let out = trellis(&[
+        "check",
+        "-f",
+        &dir.path().join("m.yaml").display().to_string(),
+        "--cni-path",
+        &bin.display().to_string(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let object = |name: &str| {
+        v["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .find(|o| o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {v}"))
+            .clone()
+    };
+    let problems = |name: &str| -> Vec<(String, String)> {
+        object(name)["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .map(|p| {
+                (
+                    p["path"].as_str().unwrap_or_default().to_string(),
+                    p["message"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    };
+    let accepted = |name: &str| {
+        object(name)["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Accepted")
+            .map(|c| c["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert!(problems("iot").is_empty(), "{:?}", problems("iot"));
+    assert_eq!(accepted("iot").as_deref(), Some("True"));
+
+    let chained = problems("chained");
+    assert_eq!(chained.len(), 1, "{chained:?}");
+    assert_eq!(chained[0].0, "spec.config.plugins[1].type");
+    assert!(chained[0].1.contains("sbr is not installed"), "{chained:?}");
+    assert_eq!(accepted("chained").as_deref(), Some("False"));
+
+    let newer = problems("newer");
+    let paths: Vec<&str> = newer.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.contains(&"spec.config.cniVersion"), "{newer:?}");
+    assert!(paths.contains(&"spec.config.mode"), "{newer:?}");
+    assert!(
+        newer
+            .iter()
+            .any(|(p, m)| p == "spec.config.type" && m.contains("does not speak cniVersion 1.1.0")),
+        "the installed macvlan's VERSION answer: {newer:?}"
+    );
+
+    let ha = problems("ha");
+    assert_eq!(ha.len(), 1, "{ha:?}");
+    assert_eq!(
+        ha[0].0,
+        "spec.template.metadata.annotations[k8s.v1.cni.cncf.io/networks][1]"
+    );
+    assert!(ha[0].1.contains("network/gone not found"), "{ha:?}");
 }
 
 /// A child process killed when dropped (also when a test fails).
