@@ -125,7 +125,8 @@ fn ensure_components() -> Result<()> {
 /// as a TLS passthrough backend), dig (DNS), Knot DNS (the upstream of the forwarding tests and
 /// the primary that record sync updates) and kdig (which checks what sync wrote),
 /// h2load (load during reloads), clang-19 and libbpf's headers (the eBPF programs), the
-/// reference CNI plugins (chaining tests), iproute2 and procps (the lab's namespaces),
+/// reference CNI plugins (chaining tests), containerd, runc and busybox-static (`ctr run
+/// --cni`), iproute2 and procps (the lab's namespaces),
 /// Chromium and chromedriver (the flow UI in a browser).
 pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/curl", "curl"),
@@ -137,6 +138,11 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/clang-19", "clang-19"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
     ("/usr/lib/cni/bandwidth", "containernetworking-plugins"),
+    // A real container runtime calling trellis-cni: containerd's `ctr run --cni` with a
+    // busybox-static root filesystem (no image pull).
+    ("/usr/bin/containerd", "containerd"),
+    ("/usr/sbin/runc", "runc"),
+    ("/bin/busybox", "busybox-static"),
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/sbin/sysctl", "procps"),
     ("/usr/sbin/iptables", "iptables"),

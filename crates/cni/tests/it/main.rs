@@ -2,6 +2,7 @@
 //! They fail (never skip) when not run as root.
 
 mod conformance;
+mod ctr;
 mod multus;
 mod support;
 

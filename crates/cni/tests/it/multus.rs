@@ -16,7 +16,7 @@ use crate::support::{Netns, Node, ProcNetns, ping, ping_from};
 const BEYOND: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 
 /// The `spec.config` of a corpus NetworkAttachmentDefinition (a `config: |-` block).
-fn corpus_nad(file: &str) -> Value {
+pub(crate) fn corpus_nad(file: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata/home-ops/kubernetes/apps/network/multus/config")
         .join(file);
