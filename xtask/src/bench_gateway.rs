@@ -136,7 +136,7 @@ fn idle_kib_per_connection(port: u16, pid: u32) -> Result<f64> {
     Ok((after - before) / IDLE_CONNECTIONS as f64)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         f64::NAN

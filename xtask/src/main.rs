@@ -9,6 +9,7 @@
 //! - `fuzz-all [SECONDS]`: runs every fuzz target for that long, one after another, and prints
 //!   each one's executions and coverage; fails if any found a crash.
 
+mod bench_cni;
 mod bench_datapath;
 mod bench_dns;
 mod bench_gateway;
@@ -46,7 +47,10 @@ fn main() -> Result<()> {
             Some("datapath") => {
                 bench_datapath::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 2))
             }
-            Some(other) => bail!("unknown benchmark {other:?} (load, gateway, dns, datapath)"),
+            Some("cni") => bench_cni::run(&root, env_or("ITERATIONS", 50)),
+            Some(other) => {
+                bail!("unknown benchmark {other:?} (load, gateway, dns, datapath, cni)")
+            }
         },
         Some("fuzz") => {
             // `fuzz [TARGET] [SECONDS]`: a first argument that is a number is the time.
@@ -62,7 +66,7 @@ fn main() -> Result<()> {
         Some("fuzz-all") => fuzz_all(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath]|fuzz [target] [seconds]|fuzz-all [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni]|fuzz [target] [seconds]|fuzz-all [seconds]>"
             );
             bail!("unknown or missing xtask command")
         }
