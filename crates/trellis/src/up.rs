@@ -478,6 +478,34 @@ impl Up {
                     continue;
                 }
             };
+            // A port mapping for a port the Gateway has no listener on is a mistake in the
+            // config (a typo, or a listener renumbered in the manifests): said, never ignored.
+            let unmapped: Vec<String> = bind
+                .port_map
+                .keys()
+                .filter(|p| !plan.ports.contains_key(p) && !plan.udp_ports.contains_key(p))
+                .map(u16::to_string)
+                .collect();
+            let mut mapping_error = None;
+            if !unmapped.is_empty() {
+                let listeners: Vec<String> = plan
+                    .ports
+                    .keys()
+                    .chain(plan.udp_ports.keys())
+                    .map(u16::to_string)
+                    .collect();
+                let e = format!(
+                    "gateways.{name}.ports: {} is not a listener port of the Gateway (its \
+                     listeners: {})",
+                    unmapped.join(", "),
+                    listeners.join(", ")
+                );
+                if first {
+                    anyhow::bail!("{e}");
+                }
+                eprintln!("gateway {name}: {e}");
+                mapping_error = Some(e);
+            }
             let running = match slot.running.take() {
                 Some(r) => {
                     r.update(&plan);
@@ -510,7 +538,7 @@ impl Up {
             slot.running = Some(running);
             slot.plan_drain = plan.drain_timeout;
             slot.generation = Some(generation);
-            slot.last_error = None;
+            slot.last_error = mapping_error;
         }
         Ok(())
     }

@@ -610,3 +610,44 @@ fn up_starts_a_gateway_once_it_compiles_and_applies_sighup() {
     let exit = within(30, || up.0.try_wait().ok().flatten()).expect("exits after SIGTERM");
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A `gateways.X.ports` entry for a port the Gateway has no listener on stops `trellis up` at
+/// start with the config key and the Gateway's listener ports, instead of being ignored.
+#[test]
+fn up_refuses_a_port_mapping_without_a_listener() {
+    let t = tempfile::tempdir().expect("tmp");
+    let dir = t.path().join("manifests");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::write(
+        dir.join("gw.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: trellis}\n\
+         spec: {controllerName: trellis.dev/gateway-controller}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\n\
+         spec:\n  gatewayClassName: trellis\n  listeners: [{name: http, protocol: HTTP, port: 80}]\n",
+    )
+    .expect("write");
+    let config = t.path().join("trellis.yaml");
+    std::fs::write(
+        &config,
+        "manifests: [manifests]\nadmin: null\ndns: null\ngateway: {bind: 127.0.0.1, accessLog: off}\n\
+         gateways:\n  apps/gw: {ports: {80: 0, 8080: 0}}\n",
+    )
+    .expect("write");
+    // Bounded: a trellis up that ignored the mapping would serve until timeout ends it.
+    let out = Command::new("timeout")
+        .args(["30", env!("CARGO_BIN_EXE_trellis"), "up", "--config"])
+        .arg(&config)
+        .output()
+        .expect("trellis up runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && out.status.code() != Some(124),
+        "up must fail at start: {:?}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stderr.contains("gateways.apps/gw.ports: 8080 is not a listener port")
+            && stderr.contains("its listeners: 80"),
+        "{stderr}"
+    );
+}
