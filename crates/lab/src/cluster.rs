@@ -584,6 +584,8 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
     let want_keys: std::collections::BTreeSet<(String, String)> =
         want.iter().map(PodPlan::key).collect();
     // Stop pods no longer wanted (scale down, deleted, changed node).
+    // Pods that failed to start hold nothing: they are tried again.
+    run.state.pods.retain(|p| p.error.is_none());
     let (keep, gone): (Vec<PodState>, Vec<PodState>) = std::mem::take(&mut run.state.pods)
         .into_iter()
         .partition(|p| want_keys.contains(&p.plan.key()) && want.contains(&p.plan));
@@ -595,7 +597,22 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
         if run.state.pods.iter().any(|p| p.plan.key() == plan.key()) {
             continue;
         }
-        let pod = start_pod(cfg, run, plan, snapshot)?;
+        // One pod that cannot start (an attachment that does not resolve or fails) does not
+        // keep the others from starting; it is listed with its error.
+        let what = format!("pod {}/{}", plan.namespace, plan.name);
+        let pod = start_pod(cfg, run, plan.clone(), snapshot).unwrap_or_else(|e| {
+            eprintln!("{what}: {e:#}");
+            PodState {
+                plan,
+                netns: String::new(),
+                container_id: String::new(),
+                ip: None,
+                pid: None,
+                ready: false,
+                network_status: Vec::new(),
+                error: Some(format!("{e:#}")),
+            }
+        });
         run.state.pods.push(pod);
     }
     run.state.pods.sort_by_key(|p| p.plan.key());
@@ -872,6 +889,7 @@ fn start_pod(
         pid: None,
         ready: false,
         network_status: Vec::new(),
+        error: None,
     };
     let result = match cni(cfg, &node, "ADD", &container_id, &pod_netns, &networks) {
         Ok(r) => r,
@@ -885,12 +903,32 @@ fn start_pod(
         Ok(Some(record)) => record.network_status,
         _ => cni::multus::network_status("trellis", &result, true),
     };
-    let ip = result["ips"][0]["address"]
+    let started = result["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse::<Ipv4Addr>().ok())
-        .ok_or_else(|| anyhow!("CNI ADD gave no address: {result}"))?;
-    pod.ip = Some(ip);
+        .ok_or_else(|| anyhow!("CNI ADD gave no address: {result}"))
+        .and_then(|ip| {
+            pod.ip = Some(ip);
+            start_workload(cfg, &plan, &pod_netns)
+        });
+    match started {
+        Ok(child) => {
+            pod.pid = Some(child.id());
+            pod.ready = true;
+            run.workloads.insert(plan.key(), child);
+            Ok(pod)
+        }
+        Err(e) => {
+            // Nothing half-made stays behind: the next reconcile starts the pod anew.
+            stop_pod(cfg, run, &pod);
+            Err(e)
+        }
+    }
+}
+
+/// Starts the pod's workload in its namespace and waits until it says it is ready.
+fn start_workload(cfg: &LabConfig, plan: &PodPlan, pod_netns: &str) -> Result<Child> {
     let ports: Vec<String> = plan
         .ports()
         .iter()
@@ -898,7 +936,7 @@ fn start_pod(
         .map(|(_, port, _)| port.to_string())
         .collect();
     let log = log_file(cfg, &format!("pod-{}-{}", plan.namespace, plan.name))?;
-    let mut command = netns::command_in(&pod_netns, &cfg.trellis_bin.to_string_lossy());
+    let mut command = netns::command_in(pod_netns, &cfg.trellis_bin.to_string_lossy());
     if let Some(gateway) = plan.owner.strip_prefix(GATEWAY_OWNER_PREFIX) {
         // A Gateway's proxy: `trellis gateway`, as Envoy Gateway runs one Envoy per Gateway.
         command.args([
@@ -938,10 +976,7 @@ fn start_pod(
         &format!("pod {}/{}", plan.namespace, plan.name),
         &cfg.state_dir,
     )?);
-    pod.pid = Some(child.id());
-    pod.ready = true;
-    run.workloads.insert(plan.key(), child);
-    Ok(pod)
+    Ok(child)
 }
 
 fn stop_pod(cfg: &LabConfig, run: &mut Running, p: &PodState) {

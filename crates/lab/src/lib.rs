@@ -163,6 +163,9 @@ pub fn status_text(s: &LabState) -> String {
             p.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             p.ready
         );
+        if let Some(e) = &p.error {
+            let _ = writeln!(out, "  not started: {e}");
+        }
         // Attachments (network-status after the cluster network), one line each.
         for n in p.network_status.iter().skip(1) {
             let field = |k: &str| n[k].as_str().unwrap_or("-").to_string();

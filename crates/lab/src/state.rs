@@ -66,6 +66,9 @@ pub struct PodState {
     /// Every interface as `k8s.v1.cni.cncf.io/network-status` lists it (cluster network first).
     #[serde(default)]
     pub network_status: Vec<serde_json::Value>,
+    /// Why the pod could not start (it holds no namespace or address then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One Service as `lab status` shows it.

@@ -569,6 +569,19 @@ spec:
       - name: app
         image: ghcr.io/home-operations/home-assistant:2025.11.3
         ports: [{name: http, containerPort: 8123}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: broken, namespace: home}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: broken}}
+  template:
+    metadata:
+      labels: {app: broken}
+      annotations: {k8s.v1.cni.cncf.io/networks: network/nope}
+    spec:
+      containers: [{name: app, image: x, ports: [{containerPort: 80}]}]
 "#,
     )
     .expect("write deployment");
@@ -584,9 +597,31 @@ spec:
     )
     .expect("write root");
     let lab = Lab::up(&root, &name, &dir.path().join("state"));
-    wait_pods(&lab, 1);
-    let state = lab.state();
-    let pod = &state["pods"][0];
+    // A pod whose attachment names no NAD is listed with why; the other one starts.
+    let start = Instant::now();
+    let state = loop {
+        let s = lab.state();
+        let pods = s["pods"].as_array().cloned().unwrap_or_default();
+        if pods.len() == 2 && pods.iter().any(|p| p["ready"] == true) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let pods = state["pods"].as_array().expect("pods");
+    let broken = pods
+        .iter()
+        .find(|p| p["plan"]["namespace"] == "home" && p["ready"] == false)
+        .expect("the broken pod is listed");
+    assert!(
+        broken["error"].as_str().is_some_and(|e| e
+            .contains("cannot find a network-attachment-definition (nope) in namespace (network)")),
+        "{broken}"
+    );
+    let pod = pods
+        .iter()
+        .find(|p| p["ready"] == true)
+        .expect("the ha pod");
     let pod_name = pod["plan"]["name"].as_str().expect("pod name").to_string();
     let status = pod["network_status"].as_array().expect("network_status");
     let names: Vec<(&str, &str)> = status
@@ -677,4 +712,5 @@ spec:
             && text.contains("10.10.33.254"),
         "{text}"
     );
+    assert!(text.contains("not started: "), "{text}");
 }
