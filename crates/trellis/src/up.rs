@@ -634,11 +634,8 @@ impl Up {
         }
         self.cfg = cfg;
         self.config_error = None;
-        for k in &later {
-            if !self.restart_needed.contains(k) {
-                self.restart_needed.push(k.clone());
-            }
-        }
+        // Compared against what runs: a change taken back before a restart needs none.
+        self.restart_needed = later.clone();
         eprintln!(
             "config: reloaded{}: applied [{}]; needs a restart [{}]",
             self.config_file

@@ -599,6 +599,21 @@ fn up_starts_a_gateway_once_it_compiles_and_applies_sighup() {
         s["config"]["restartNeeded"],
         serde_json::json!(["gateways.apps/gw.ports.80"])
     );
+    // The port change taken back before any restart: nothing waits for one any more.
+    std::fs::write(
+        &config,
+        "manifests: [manifests]\nadmin: '127.0.0.1:0'\ndns: null\ngateway: {bind: 127.0.0.1, accessLog: off}\n\
+         gateways:\n  apps/gw: {ports: {80: 0}, drainTimeout: 7s}\n",
+    )
+    .expect("write");
+    up.signal("HUP");
+    let line = until(&lines, "config: reloaded", 30, &mut seen);
+    assert!(line.ends_with("applied []; needs a restart []"), "{line}");
+    crate::within(30, || {
+        let s = status(&admin);
+        (s["config"]["restartNeeded"] == serde_json::json!([])).then_some(s)
+    })
+    .expect("/status: no restart needed after the change was taken back");
 
     up.signal("TERM");
     until(
