@@ -16,6 +16,7 @@ pub mod icmp;
 pub mod metrics;
 pub mod probe;
 pub mod run;
+pub mod scale;
 mod x509;
 
 pub use condition::{Condition, Outcome, ParseError, Verdict};

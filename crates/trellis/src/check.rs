@@ -42,6 +42,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut load = store::load(&args.source.paths, &opts);
     crate::gateway::add_compile_conditions(&mut load.snapshot);
     add_cni_plugin_conditions(&mut load.snapshot, &args.cni_path);
+    add_scaler_conditions(&mut load.snapshot);
     let report = Report::new(&load);
     let out = match args.output {
         Output::Table => table(&load, &report),
@@ -481,4 +482,36 @@ fn plugin_versions(
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// Every ScaledObject must compile to a scaling policy (KEDA's and the HPA's rules,
+/// `health::scale`): a threshold that is not a number, a metric type trellis does not
+/// compute, a window out of bounds make it `Accepted=False` at the field.
+pub fn add_scaler_conditions(s: &mut Snapshot) {
+    let found: Vec<(ObjectKey, Vec<(String, String)>)> = s
+        .scaled_objects
+        .values()
+        .filter_map(|so| {
+            health::scale::Policy::from_spec(&so.spec).err().map(|p| {
+                (
+                    ObjectKey::new("keda.sh", "ScaledObject", so.namespace(), so.name()),
+                    p,
+                )
+            })
+        })
+        .collect();
+    for (key, problems) in found {
+        let st = s.status.entry(key).or_default();
+        for (path, msg) in problems {
+            if !st.problems.iter().any(|p| p.path == path) {
+                st.problem(path.clone(), msg.clone());
+            }
+            st.set(model::Condition::new(
+                model::object::cond::ACCEPTED,
+                model::Status::False,
+                model::object::cond::reason::INVALID,
+                format!("{path}: {msg}"),
+            ));
+        }
+    }
 }

@@ -295,6 +295,47 @@ fn check_finds_what_would_fail_a_pods_attachments() {
     assert!(ha[0].1.contains("network/gone not found"), "{ha:?}");
 }
 
+/// A ScaledObject trellis cannot compute (a Utilization target, a threshold that is not a
+/// number) is not Accepted, at the field; the corpus's ScaledObjects are.
+#[test]
+fn check_compiles_scaled_objects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("so.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: bad, namespace: home}\n\
+         spec:\n  scaleTargetRef: {name: ha}\n  triggers: [{type: prometheus, metricType: Utilization, \
+         metadata: {threshold: '1'}}, {type: prometheus, metadata: {threshold: x}}]\n",
+    )
+    .expect("write");
+    let out = trellis(&["check", "-f", &file.display().to_string(), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let o = &v["objects"][0];
+    let paths: Vec<&str> = o["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    assert!(paths.contains(&"spec.triggers[0].metricType"), "{o}");
+    assert!(
+        paths.contains(&"spec.triggers[1].metadata.threshold"),
+        "{o}"
+    );
+    let corpus = repo()
+        .join("testdata/home-ops/kubernetes/apps/network/envoy-gateway/app/scaledobject.yaml");
+    let out = trellis(&["check", "-f", &corpus.display().to_string(), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for o in v["objects"].as_array().expect("objects") {
+        let accepted = o["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .any(|c| c["type"] == "Accepted" && c["status"] == "True");
+        assert!(accepted, "{o}");
+    }
+}
+
 /// A child process killed when dropped (also when a test fails).
 struct Proc(std::process::Child);
 
