@@ -147,6 +147,8 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/containerd", "containerd"),
     ("/usr/sbin/runc", "runc"),
     ("/bin/busybox", "busybox-static"),
+    // The scaler's prometheus trigger queries a real Prometheus.
+    ("/usr/bin/prometheus", "prometheus"),
     ("/usr/sbin/ip", "iproute2"),
     ("/usr/sbin/sysctl", "procps"),
     ("/usr/sbin/iptables", "iptables"),

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod probe;
 pub mod run;
 pub mod scale;
+pub mod trigger;
 mod x509;
 
 pub use condition::{Condition, Outcome, ParseError, Verdict};

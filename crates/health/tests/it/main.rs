@@ -8,6 +8,7 @@ mod knot;
 
 mod corpus;
 mod probes;
+mod scale;
 
 use health::Endpoint;
 use health::endpoints::parse_config;
