@@ -409,15 +409,22 @@ pub fn add_cni_plugin_conditions(s: &mut Snapshot, cni_path: &str) {
         }
     }
     for (key, path, msg) in found {
-        let st = s.status.entry(key).or_default();
-        st.problem(path.clone(), msg.clone());
-        st.set(model::Condition::new(
-            model::object::cond::ACCEPTED,
-            model::Status::False,
-            model::object::cond::reason::INVALID,
-            format!("{path}: {msg}"),
-        ));
+        invalid(s, key, path, msg);
     }
+}
+
+/// A value found invalid after load: the problem at its path (once) and `Accepted=False`.
+fn invalid(s: &mut Snapshot, key: ObjectKey, path: String, msg: String) {
+    let st = s.status.entry(key).or_default();
+    if !st.problems.iter().any(|p| p.path == path) {
+        st.problem(path.clone(), msg.clone());
+    }
+    st.set(model::Condition::new(
+        model::object::cond::ACCEPTED,
+        model::Status::False,
+        model::object::cond::reason::INVALID,
+        format!("{path}: {msg}"),
+    ));
 }
 
 /// The versions plugin `ty` (the first found in `dirs`) answers CNI VERSION with.
@@ -501,17 +508,8 @@ pub fn add_scaler_conditions(s: &mut Snapshot) {
         })
         .collect();
     for (key, problems) in found {
-        let st = s.status.entry(key).or_default();
         for (path, msg) in problems {
-            if !st.problems.iter().any(|p| p.path == path) {
-                st.problem(path.clone(), msg.clone());
-            }
-            st.set(model::Condition::new(
-                model::object::cond::ACCEPTED,
-                model::Status::False,
-                model::object::cond::reason::INVALID,
-                format!("{path}: {msg}"),
-            ));
+            invalid(s, key.clone(), path, msg);
         }
     }
 }
