@@ -390,6 +390,8 @@ struct Up {
     config_error: Option<String>,
     restart_needed: Vec<String>,
     logging: Logging,
+    /// `--log-format` (or TRELLIS_LOG_FORMAT): wins over the file at every reload too.
+    log_format: Option<LogFormat>,
     /// Manifest generations: 1 is the first read, each change after it (applied or not) is one.
     generation: u64,
     manifests_error: Option<String>,
@@ -594,7 +596,12 @@ impl Up {
     /// else that changed is listed as waiting for a restart.
     fn reload_config(&mut self, args: &Args) {
         let next = match effective(args) {
-            Ok(c) => c,
+            Ok(mut c) => {
+                if let Some(f) = self.log_format {
+                    c.log.format = f;
+                }
+                c
+            }
             Err(e) => {
                 eprintln!("config: reload rejected, keeping the running config: {e:#}");
                 self.config_error = Some(format!("{e:#}"));
@@ -754,12 +761,16 @@ impl Up {
 }
 
 pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCode> {
-    let cfg = effective(args)?;
+    let mut cfg = effective(args)?;
+    // The flag (or TRELLIS_LOG_FORMAT) wins over the file, in what runs and what is printed.
+    if let Some(f) = log_format {
+        cfg.log.format = f;
+    }
     if args.print_config {
         print!("{}", serde_saphyr::to_string(&cfg)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let logging = crate::logging::init(log_format.unwrap_or(cfg.log.format), &cfg.log.level);
+    let logging = crate::logging::init(cfg.log.format, &cfg.log.level);
     let opts = cfg.source().options()?;
     let watch = Watch::start(cfg.manifests.clone(), opts).context("cannot watch the manifests")?;
     let first = watch.current();
@@ -792,6 +803,7 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
             config_error: None,
             restart_needed: Vec::new(),
             logging,
+            log_format,
             generation: 1,
             manifests_error: None,
             gateways: BTreeMap::new(),

@@ -455,6 +455,7 @@ fn up_print_config_merges_defaults_file_and_flags() {
         .arg(&config)
         .env("TRELLIS_ADMIN", "off")
         .env("TRELLIS_STATE_DIR", "/tmp/trellis-state")
+        .env("TRELLIS_LOG_FORMAT", "json")
         .output()
         .expect("trellis runs");
     let text = crate::text(&out.stdout);
@@ -471,6 +472,7 @@ fn up_print_config_merges_defaults_file_and_flags() {
     assert_eq!(v["dns"]["ttl"], 5, "{text}");
     assert_eq!(v["dns"]["listen"], "127.0.0.1:5353", "{text}");
     assert_eq!(v["log"]["level"], "debug", "{text}");
+    assert_eq!(v["log"]["format"], "json", "the flag's value: {text}");
     assert!(v["admin"].is_null(), "{text}");
     assert_eq!(v["stateDir"], "/tmp/trellis-state", "{text}");
 
