@@ -111,22 +111,34 @@ impl Policy {
                     continue;
                 }
             };
-            let threshold = match number(t.metadata.get("threshold")) {
+            if let Err((path, msg)) = crate::trigger::Trigger::from_spec(t) {
+                problems.push((at(&path), msg));
+                continue;
+            }
+            // metrics-api names its target `targetValue`, the others `threshold`.
+            let (key, activation_key) = match t.type_.as_str() {
+                "metrics-api" => ("targetValue", "activationTargetValue"),
+                _ => ("threshold", "activationThreshold"),
+            };
+            let threshold = match number(t.metadata.get(key)) {
                 Some(v) if v > 0.0 && v.is_finite() => v,
                 _ => {
                     problems.push((
-                        at("metadata.threshold"),
+                        at(&format!("metadata.{key}")),
                         "a number above 0 is required".into(),
                     ));
                     continue;
                 }
             };
-            let activation = match t.metadata.get("activationThreshold") {
+            let activation = match t.metadata.get(activation_key) {
                 None => 0.0,
                 v => match number(v) {
                     Some(a) if a.is_finite() => a,
                     _ => {
-                        problems.push((at("metadata.activationThreshold"), "not a number".into()));
+                        problems.push((
+                            at(&format!("metadata.{activation_key}")),
+                            "not a number".into(),
+                        ));
                         continue;
                     }
                 },
@@ -360,7 +372,7 @@ mod tests {
                 "fallback": {"failureThreshold": 2, "replicas": 1},
                 "advanced": {"restoreToOriginalReplicaCount": true,
                   "horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}}},
-                "triggers": [{"type": "prometheus", "metadata": {"query": "q", "threshold": "1"}}]}"#,
+                "triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090", "query": "q", "threshold": "1"}}]}"#,
         ))
         .expect("valid")
     }
@@ -406,7 +418,7 @@ mod tests {
         let p = Policy::from_spec(&spec(
             r#"{"scaleTargetRef": {"name": "x"}, "minReplicaCount": 1, "maxReplicaCount": 10,
                 "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}},
-                "triggers": [{"type": "prometheus", "metricType": "Value", "metadata": {"threshold": 100}}]}"#,
+                "triggers": [{"type": "prometheus", "metricType": "Value", "metadata": {"serverAddress": "http://p:9090", "query": "q", "threshold": 100}}]}"#,
         ))
         .expect("valid");
         let mut s = State::default();
@@ -437,7 +449,7 @@ mod tests {
     fn scale_to_zero_after_the_cooldown_and_activation() {
         let p = Policy::from_spec(&spec(
             r#"{"scaleTargetRef": {"name": "x"}, "cooldownPeriod": 60, "maxReplicaCount": 3,
-                "triggers": [{"type": "prometheus", "metadata": {"threshold": "10", "activationThreshold": "2"}}]}"#,
+                "triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090", "query": "q", "threshold": "10", "activationThreshold": "2"}}]}"#,
         ))
         .expect("valid");
         let mut s = State::default();
@@ -460,7 +472,7 @@ mod tests {
         let e = Policy::from_spec(&spec(
             r#"{"scaleTargetRef": {"name": "x"}, "minReplicaCount": 3, "maxReplicaCount": 2,
                 "fallback": {"failureThreshold": 0, "replicas": 1},
-                "triggers": [{"type": "prometheus", "metadata": {"threshold": "zero"}},
+                "triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090", "query": "q", "threshold": "zero"}},
                              {"type": "prometheus", "metricType": "Utilization", "metadata": {"threshold": 1}}]}"#,
         ))
         .expect_err("invalid");

@@ -150,7 +150,7 @@ async fn prometheus_trigger_drives_the_corpus_scaled_object() {
         "minReplicaCount": 1, "maxReplicaCount": 2,
         "fallback": {"failureThreshold": 2, "replicas": 1},
         "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 5}}}},
-        "triggers": [{"type": "prometheus", "metadata": {"threshold": "1"}}]
+        "triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://127.0.0.1:9", "query": "q", "threshold": "1"}}]
     })).expect("spec"))
     .expect("policy");
     let doubled = Prometheus {
@@ -175,4 +175,51 @@ async fn prometheus_trigger_drives_the_corpus_scaled_object() {
         (1, true),
         "{fallback:?}"
     );
+}
+
+/// KEDA's metrics-api trigger against an HTTP server: the number at `valueLocation`, an error
+/// (counted towards the fallback) for a missing field or a failing server.
+#[tokio::test]
+async fn metrics_api_trigger_reads_the_value_location() {
+    let answer = Arc::new(AtomicU64::new(200));
+    let a = answer.clone();
+    let handler: httpkit::Handler = Arc::new(move |_req: http::Request<Bytes>| {
+        let status = a.load(Ordering::SeqCst) as u16;
+        Box::pin(async move {
+            httpkit::respond(
+                status,
+                "application/json",
+                r#"{"components": {"worker": {"tasks": 7}}, "items": [{"value": "1.5"}]}"#,
+            )
+        })
+    });
+    let srv = httpkit::serve("127.0.0.1:0".parse().expect("addr"), handler)
+        .await
+        .expect("bind");
+    let trigger = |location: &str| {
+        let t: model::kinds::misc::Trigger = serde_json::from_value(serde_json::json!({
+            "type": "metrics-api",
+            "metadata": {"url": format!("http://{}/stats", srv.addr), "valueLocation": location,
+                         "targetValue": "5"}
+        }))
+        .expect("trigger");
+        health::trigger::Trigger::from_spec(&t).expect("valid")
+    };
+    let client = httpkit::Client::default();
+    assert_eq!(
+        trigger("components.worker.tasks").value(&client).await,
+        Ok(7.0)
+    );
+    assert_eq!(trigger("items.0.value").value(&client).await, Ok(1.5));
+    let e = trigger("components.nope")
+        .value(&client)
+        .await
+        .expect_err("missing");
+    assert!(e.contains("nothing at"), "{e}");
+    answer.store(503, Ordering::SeqCst);
+    let e = trigger("components.worker.tasks")
+        .value(&client)
+        .await
+        .expect_err("503");
+    assert!(e.contains("503"), "{e}");
 }

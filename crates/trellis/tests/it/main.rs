@@ -305,7 +305,7 @@ fn check_compiles_scaled_objects() {
         &file,
         "apiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata: {name: bad, namespace: home}\n\
          spec:\n  scaleTargetRef: {name: ha}\n  triggers: [{type: prometheus, metricType: Utilization, \
-         metadata: {threshold: '1'}}, {type: prometheus, metadata: {threshold: x}}]\n",
+         metadata: {threshold: '1'}}, {type: prometheus, metadata: {serverAddress: 'http://p:9090', query: up, threshold: x}}]\n",
     )
     .expect("write");
     let out = trellis(&["check", "-f", &file.display().to_string(), "-o", "json"]);
