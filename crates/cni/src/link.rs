@@ -13,7 +13,9 @@ use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteScope};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteScope,
+};
 use nix::sched::CloneFlags;
 use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -261,30 +263,10 @@ pub async fn move_default_route(
     index: u32,
     what: &str,
 ) -> Result<(), Error> {
-    let mut stream = h
-        .route()
-        .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-        .execute();
-    let mut defaults = Vec::new();
-    while let Some(msg) = stream
-        .try_next()
-        .await
-        .map_err(|e| Error::netlink("listing routes", e))?
-    {
-        let table = msg
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                RouteAttribute::Table(t) => Some(*t),
-                _ => None,
-            })
-            .unwrap_or(u32::from(msg.header.table));
-        if table == u32::from(RouteHeader::RT_TABLE_MAIN)
-            && msg.header.destination_prefix_length == 0
-        {
-            defaults.push(msg);
-        }
-    }
+    let defaults = main_table(h)
+        .await?
+        .into_iter()
+        .filter(|m| m.header.destination_prefix_length == 0);
     for msg in defaults {
         h.route()
             .del(msg)
@@ -307,8 +289,9 @@ pub async fn move_default_route(
         .map_err(|e| Error::netlink(format!("adding {what}"), e))
 }
 
-/// The IPv4 routes of the main table.
-pub async fn main_routes(h: &Handle) -> Result<Vec<RouteEntry>, Error> {
+/// The IPv4 route messages of the main table (the table attribute wins over the header's,
+/// which holds only 8 bits).
+async fn main_table(h: &Handle) -> Result<Vec<RouteMessage>, Error> {
     let mut stream = h
         .route()
         .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
@@ -319,21 +302,35 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<RouteEntry>, Error> {
         .await
         .map_err(|e| Error::netlink("listing routes", e))?
     {
-        let mut table = u32::from(msg.header.table);
+        let table = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(msg.header.table));
+        if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
+            out.push(msg);
+        }
+    }
+    Ok(out)
+}
+
+/// The IPv4 routes of the main table.
+pub async fn main_routes(h: &Handle) -> Result<Vec<RouteEntry>, Error> {
+    let mut out = Vec::new();
+    for msg in main_table(h).await? {
         let mut dst = Ipv4Addr::UNSPECIFIED;
         let mut gateway = None;
         let mut oif = None;
         for attr in &msg.attributes {
             match attr {
-                RouteAttribute::Table(t) => table = *t,
                 RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
                 RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
-        }
-        if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
-            continue;
         }
         if let Ok(dst) = Ipv4Net::new(dst, msg.header.destination_prefix_length) {
             out.push(RouteEntry { dst, gateway, oif });

@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -36,6 +37,96 @@ pub use model::multus::{
 };
 /// The largest output read from a delegate plugin.
 pub const DELEGATE_OUTPUT_BYTES_MAX: usize = 1 << 20;
+/// The most of a delegate's stderr kept for its error message.
+pub const DELEGATE_STDERR_BYTES_MAX: u64 = 4096;
+/// How long one delegate plugin call may take before it is killed and the call fails (a
+/// runtime's own CNI timeout is minutes; one plugin of a list gets this much).
+pub const DELEGATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The plugin `name` in the first of `dirs` that has it (CNI_PATH order).
+pub fn find_plugin<P: AsRef<Path>>(dirs: &[P], name: &str) -> Option<PathBuf> {
+    dirs.iter()
+        .map(|d| d.as_ref().join(name))
+        .find(|p| p.is_file())
+}
+
+/// How long the rest of a finished plugin's stderr is waited for.
+const DELEGATE_STDERR_WAIT: Duration = Duration::from_secs(1);
+
+/// What a plugin process answered.
+pub struct PluginOutput {
+    pub success: bool,
+    /// At most [`DELEGATE_OUTPUT_BYTES_MAX`] bytes.
+    pub stdout: Vec<u8>,
+    /// The start of its stderr ([`DELEGATE_STDERR_BYTES_MAX`]).
+    pub stderr: String,
+}
+
+/// Runs the plugin `bin` as a runtime does (the caller's environment plus `env`, `stdin` on
+/// its standard input), bounded: its output to [`DELEGATE_OUTPUT_BYTES_MAX`] (more is an
+/// error), its time to `timeout` (then it is killed and the call is an error).
+pub fn run_plugin(
+    bin: &Path,
+    env: &[(&str, &std::ffi::OsStr)],
+    stdin: &[u8],
+    timeout: Duration,
+) -> Result<PluginOutput, String> {
+    use std::io::{Read, Write};
+    let name = bin.display();
+    let mut child = Command::new(bin)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {name}: {e}"))?;
+    let (input, output, errors) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+    let stdin = stdin.to_vec();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Stdout and stderr are drained apart, so that a plugin filling one pipe never waits on
+    // the other; stdin is written first (a plugin that exits without reading is judged by
+    // its exit status).
+    std::thread::spawn(move || {
+        if let Some(mut i) = input {
+            let _ = i.write_all(&stdin);
+        }
+        let mut out = Vec::new();
+        let read = output.map_or(Ok(0), |o| {
+            o.take(DELEGATE_OUTPUT_BYTES_MAX as u64 + 1)
+                .read_to_end(&mut out)
+        });
+        let _ = tx.send(read.map(|_| out));
+    });
+    let (etx, erx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        if let Some(e) = errors {
+            let _ = e.take(DELEGATE_STDERR_BYTES_MAX).read_to_string(&mut err);
+        }
+        let _ = etx.send(err);
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(read) => read.map_err(|e| format!("reading {name}'s output: {e}")),
+        Err(_) => {
+            let _ = child.kill();
+            Err(format!("{name} did not finish within {timeout:?}; killed"))
+        }
+    };
+    let status = child.wait().map_err(|e| format!("waiting for {name}: {e}"));
+    // A process the plugin left behind may hold its stderr open: not waited for.
+    let stderr = erx.recv_timeout(DELEGATE_STDERR_WAIT).unwrap_or_default();
+    let (out, status) = (out?, status?);
+    if out.len() > DELEGATE_OUTPUT_BYTES_MAX {
+        return Err(format!(
+            "{name}: more than {DELEGATE_OUTPUT_BYTES_MAX} bytes of output"
+        ));
+    }
+    Ok(PluginOutput {
+        success: status.success(),
+        stdout: out,
+        stderr,
+    })
+}
 
 /// A selection resolved: what the plugin runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -220,20 +311,16 @@ pub struct Invocation<'a> {
 
 impl Invocation<'_> {
     fn find(&self, plugin: &str) -> Result<PathBuf, String> {
-        self.cni_path
-            .iter()
-            .map(|d| d.join(plugin))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                format!(
-                    "plugin {plugin:?} is not installed in CNI_PATH ({})",
-                    self.cni_path
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect::<Vec<_>>()
-                        .join(":")
-                )
-            })
+        find_plugin(self.cni_path, plugin).ok_or_else(|| {
+            format!(
+                "plugin {plugin:?} is not installed in CNI_PATH ({})",
+                self.cni_path
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":")
+            )
+        })
     }
 
     /// `CNI_ARGS` for `n`'s plugins: `IgnoreUnknown=1` (the reference plugins refuse unknown
@@ -262,57 +349,34 @@ impl Invocation<'_> {
         command: &str,
         stdin: &Value,
     ) -> Result<Value, String> {
-        use std::io::{Read, Write};
         let bin = self.find(plugin)?;
         let path = std::env::join_paths(self.cni_path).map_err(|e| e.to_string())?;
-        let netns = self
-            .netns
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        let mut child = Command::new(&bin)
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", self.container_id)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", &n.interface)
-            .env("CNI_ARGS", self.args_for(n))
-            .env("CNI_PATH", path)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let netns = self.netns.map(Path::as_os_str).unwrap_or_default();
+        let args = self.args_for(n);
         let input = serde_json::to_vec(stdin).map_err(|e| e.to_string())?;
-        if let Some(mut i) = child.stdin.take() {
-            // A plugin that exits without reading is judged by its exit status below.
-            let _ = i.write_all(&input);
-        }
-        let mut out = Vec::new();
-        if let Some(o) = child.stdout.take() {
-            o.take(DELEGATE_OUTPUT_BYTES_MAX as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| format!("reading {plugin}'s output: {e}"))?;
-        }
-        let mut err = String::new();
-        if let Some(e) = child.stderr.take() {
-            let _ = e.take(4096).read_to_string(&mut err);
-        }
-        let status = child
-            .wait()
-            .map_err(|e| format!("waiting for {plugin}: {e}"))?;
-        if out.len() > DELEGATE_OUTPUT_BYTES_MAX {
-            return Err(format!(
-                "{plugin} {command}: more than {DELEGATE_OUTPUT_BYTES_MAX} bytes of output"
-            ));
-        }
-        let json: Option<Value> = serde_json::from_slice(&out).ok();
-        if !status.success() {
+        let env: [(&str, &std::ffi::OsStr); 6] = [
+            ("CNI_COMMAND", command.as_ref()),
+            ("CNI_CONTAINERID", self.container_id.as_ref()),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", n.interface.as_ref()),
+            ("CNI_ARGS", args.as_ref()),
+            ("CNI_PATH", path.as_os_str()),
+        ];
+        let out = run_plugin(&bin, &env, &input, DELEGATE_TIMEOUT)
+            .map_err(|e| format!("{plugin} {command}: {e}"))?;
+        let json: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if !out.success {
             let msg = json
                 .as_ref()
                 .and_then(|j| j.get("msg"))
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| {
-                    format!("{}{}", String::from_utf8_lossy(&out).trim(), err.trim())
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&out.stdout).trim(),
+                        out.stderr.trim()
+                    )
                 });
             return Err(format!("{plugin} {command}: {msg}"));
         }
@@ -368,52 +432,33 @@ impl Invocation<'_> {
         Value::Object(p)
     }
 
-    /// ADD of one network, plugin by plugin; on a failure the plugins run so far (the failed
-    /// one included) are DELeted in reverse and the error returned.
+    /// ADD of one network, plugin by plugin with `prevResult` chained. On a failure the
+    /// error is returned; the caller DELs the network (as Multus does, the failed one
+    /// included).
     pub fn add(&self, n: &Network) -> Result<Value, String> {
         let (version, name, plugins, _) = plugin_list(&n.config)?;
         let mut prev: Option<Value> = None;
-        for (i, plugin) in plugins.iter().enumerate() {
+        for plugin in &plugins {
             let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
             let req = Self::request(n, plugin, (&version, &name), prev.as_ref());
-            match self.exec(n, kind, "ADD", &req) {
-                Ok(r) => prev = Some(r),
-                Err(e) => {
-                    let undo: Vec<&Value> = plugins[..=i].iter().collect();
-                    self.del_plugins(n, &undo, (&version, &name), prev.as_ref());
-                    return Err(e);
-                }
-            }
+            prev = Some(self.exec(n, kind, "ADD", &req)?);
         }
         prev.ok_or_else(|| "the plugin list gave no result".into())
     }
 
-    /// DEL of `plugins` in reverse, each with `result` as `prevResult` (from 0.4.0); every
-    /// plugin runs even when one fails; the errors are returned together.
-    fn del_plugins(
-        &self,
-        n: &Network,
-        plugins: &[&Value],
-        list: (&str, &str),
-        result: Option<&Value>,
-    ) -> Vec<String> {
-        let prev = result.filter(|_| at_least(list.0, "0.4.0"));
+    /// DEL of one network, its plugins in reverse, each with the ADD result as `prevResult`
+    /// (from 0.4.0); every plugin runs even when one fails; the errors are returned together.
+    pub fn del(&self, n: &Network, result: Option<&Value>) -> Result<(), String> {
+        let (version, name, plugins, _) = plugin_list(&n.config)?;
+        let prev = result.filter(|_| at_least(&version, "0.4.0"));
         let mut errors = Vec::new();
         for plugin in plugins.iter().rev() {
             let kind = plugin.get("type").and_then(Value::as_str).unwrap_or("");
-            let req = Self::request(n, plugin, list, prev);
+            let req = Self::request(n, plugin, (&version, &name), prev);
             if let Err(e) = self.exec(n, kind, "DEL", &req) {
                 errors.push(e);
             }
         }
-        errors
-    }
-
-    /// DEL of one network with its ADD result.
-    pub fn del(&self, n: &Network, result: Option<&Value>) -> Result<(), String> {
-        let (version, name, plugins, _) = plugin_list(&n.config)?;
-        let all: Vec<&Value> = plugins.iter().collect();
-        let errors = self.del_plugins(n, &all, (&version, &name), result);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -507,6 +552,29 @@ pub fn network_status(name: &str, result: &Value, primary: bool) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_runs_are_bounded_in_time_and_output() {
+        // A failing plugin is an answer (its exit status), not an error of the run.
+        let failed = run_plugin(Path::new("/bin/false"), &[], b"", Duration::from_secs(30));
+        assert!(failed.is_ok_and(|o| !o.success));
+        let hung = run_plugin(
+            Path::new("/bin/sh"),
+            &[("CNI_COMMAND", "ADD".as_ref())],
+            b"sleep 30\n",
+            Duration::from_millis(200),
+        )
+        .err()
+        .expect("killed");
+        assert!(hung.contains("did not finish"), "{hung}");
+        let flood = run_plugin(Path::new("/usr/bin/yes"), &[], b"", Duration::from_secs(30))
+            .err()
+            .expect("too much output");
+        assert!(flood.contains("bytes of output"), "{flood}");
+        let ok = run_plugin(Path::new("/bin/cat"), &[], b"{}", Duration::from_secs(30))
+            .expect("cat runs");
+        assert!(ok.success && ok.stdout == b"{}");
+    }
 
     #[test]
     fn comma_form() {

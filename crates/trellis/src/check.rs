@@ -433,52 +433,26 @@ fn plugin_versions(
     ty: &str,
     version: &str,
 ) -> Result<Vec<String>, String> {
-    use std::io::Write as _;
     let searched = || {
         dirs.iter()
             .map(|d| d.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let bin = dirs
-        .iter()
-        .map(|d| d.join(ty))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            format!(
-                "plugin {ty} is not installed (looked in {}; Debian's reference plugins: \
+    let bin = cni::multus::find_plugin(dirs, ty).ok_or_else(|| {
+        format!(
+            "plugin {ty} is not installed (looked in {}; Debian's reference plugins: \
                  apt-get install containernetworking-plugins)",
-                searched()
-            )
-        })?;
-    let mut child = std::process::Command::new(&bin)
-        .env_clear()
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("running {}: {e}", bin.display()))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(
-            serde_json::json!({ "cniVersion": version })
-                .to_string()
-                .as_bytes(),
-        );
-    }
-    let deadline = std::time::Instant::now() + CNI_VERSION_TIMEOUT;
-    while child.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "{} did not answer VERSION within {CNI_VERSION_TIMEOUT:?}",
-                bin.display()
-            ));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            searched()
+        )
+    })?;
+    let input = serde_json::json!({ "cniVersion": version }).to_string();
+    let out = cni::multus::run_plugin(
+        &bin,
+        &[("CNI_COMMAND", "VERSION".as_ref())],
+        input.as_bytes(),
+        CNI_VERSION_TIMEOUT,
+    )?;
     let reply: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("{} answered VERSION with no JSON: {e}", bin.display()))?;
     Ok(reply["supportedVersions"]
