@@ -17,6 +17,7 @@ pub mod l2;
 pub mod lbipam;
 pub mod maglev;
 pub mod plan;
+pub mod policy;
 
 pub use assign::{Assignments, ServiceAssignment, assign};
 pub use maglev::{MaglevBackend, MaglevError, maglev_table};

@@ -17,7 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::kinds::cilium::{
-    L2AnnouncementPolicySpec, LoadBalancerIpPoolSpec, NetworkPolicyDoc as CiliumPolicyDoc,
+    CidrGroupSpec, L2AnnouncementPolicySpec, LoadBalancerIpPoolSpec,
+    NetworkPolicyDoc as CiliumPolicyDoc,
 };
 use crate::kinds::envoy::{
     BackendSpec, BackendTrafficPolicySpec, ClientTrafficPolicySpec, EnvoyExtensionPolicySpec,
@@ -223,6 +224,7 @@ kinds! {
     envoy_backends: BackendSpec = "gateway.envoyproxy.io" / "Backend" ["v1alpha1"] namespaced Spec;
     cilium_network_policies: CiliumPolicyDoc = "cilium.io" / "CiliumNetworkPolicy" ["v2"] namespaced Whole;
     cilium_clusterwide_network_policies: CiliumPolicyDoc = "cilium.io" / "CiliumClusterwideNetworkPolicy" ["v2"] cluster Whole;
+    cidr_groups: CidrGroupSpec = "cilium.io" / "CiliumCIDRGroup" ["v2", "v2alpha1"] cluster Spec;
     lb_ip_pools: LoadBalancerIpPoolSpec = "cilium.io" / "CiliumLoadBalancerIPPool" ["v2", "v2alpha1"] cluster Spec;
     l2_announcement_policies: L2AnnouncementPolicySpec = "cilium.io" / "CiliumL2AnnouncementPolicy" ["v2alpha1"] cluster Spec;
     dns_endpoints: DnsEndpointSpec = "externaldns.k8s.io" / "DNSEndpoint" ["v1alpha1"] namespaced Spec;

@@ -2255,6 +2255,7 @@ fn select_targets(s: &Snapshot, ns: &str, kind: &str, sel: &LabelSelector) -> Ve
 // Core kinds
 
 fn core(s: &Snapshot, st: &mut Statuses) {
+    network_policies(s, st);
     for sec in s.secrets.values() {
         if sec.spec.type_.as_deref() == Some("kubernetes.io/tls")
             && let Some(p) = tls_secret_problem(&sec.spec)
@@ -2427,37 +2428,45 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                         problem(status, format!("{path}.{sub}"), m);
                     }
                 }
-                let ingress = r.ingress.iter().chain(&r.ingress_deny).enumerate();
-                for (i, ing) in ingress {
-                    let ip = format!("{rp}.ingress[{i}]");
-                    cidrs(status, &ip, "fromCIDR", &ing.from_cidr);
-                    for (j, c) in ing.from_cidr_set.iter().enumerate() {
-                        cidr_rule(
-                            status,
-                            &mut unresolved,
-                            &format!("{ip}.fromCIDRSet[{j}]"),
-                            c,
-                        );
-                    }
-                    entities(status, &ip, "fromEntities", &ing.from_entities);
-                    ports(status, &ip, &ing.to_ports);
-                }
-                for (i, eg) in r.egress.iter().chain(&r.egress_deny).enumerate() {
-                    let ep = format!("{rp}.egress[{i}]");
-                    cidrs(status, &ep, "toCIDR", &eg.to_cidr);
-                    for (j, c) in eg.to_cidr_set.iter().enumerate() {
-                        cidr_rule(status, &mut unresolved, &format!("{ep}.toCIDRSet[{j}]"), c);
-                    }
-                    entities(status, &ep, "toEntities", &eg.to_entities);
-                    ports(status, &ep, &eg.to_ports);
-                    for (j, f) in eg.to_fqdns.iter().enumerate() {
-                        if f.match_name.is_none() == f.match_pattern.is_none() {
-                            problem(
-                                status,
-                                format!("{ep}.toFQDNs[{j}]"),
-                                "toFQDNs entries need exactly one of matchName and matchPattern",
-                            );
+                for (field, deny, list) in [
+                    ("ingress", false, &r.ingress),
+                    ("ingressDeny", true, &r.ingress_deny),
+                ] {
+                    for (i, ing) in list.iter().enumerate() {
+                        let ip = format!("{rp}.{field}[{i}]");
+                        cidrs(status, &ip, "fromCIDR", &ing.from_cidr);
+                        for (j, c) in ing.from_cidr_set.iter().enumerate() {
+                            let at = format!("{ip}.fromCIDRSet[{j}]");
+                            cidr_rule(s, status, &mut unresolved, &at, c);
                         }
+                        entities(status, &ip, "fromEntities", &ing.from_entities);
+                        ports(status, &ip, &ing.to_ports);
+                        unenforced_rule(status, &ip, deny, &ing.unenforced_peers(), &ing.to_ports);
+                    }
+                }
+                for (field, deny, list) in [
+                    ("egress", false, &r.egress),
+                    ("egressDeny", true, &r.egress_deny),
+                ] {
+                    for (i, eg) in list.iter().enumerate() {
+                        let ep = format!("{rp}.{field}[{i}]");
+                        cidrs(status, &ep, "toCIDR", &eg.to_cidr);
+                        for (j, c) in eg.to_cidr_set.iter().enumerate() {
+                            let at = format!("{ep}.toCIDRSet[{j}]");
+                            cidr_rule(s, status, &mut unresolved, &at, c);
+                        }
+                        entities(status, &ep, "toEntities", &eg.to_entities);
+                        ports(status, &ep, &eg.to_ports);
+                        for (j, f) in eg.to_fqdns.iter().enumerate() {
+                            if f.match_name.is_none() == f.match_pattern.is_none() {
+                                problem(
+                                    status,
+                                    format!("{ep}.toFQDNs[{j}]"),
+                                    "toFQDNs entries need exactly one of matchName and matchPattern",
+                                );
+                            }
+                        }
+                        unenforced_rule(status, &ep, deny, &eg.unenforced_peers(), &eg.to_ports);
                     }
                 }
             }
@@ -2578,7 +2587,142 @@ fn cidrs(status: &mut ObjectStatus, base: &str, field: &str, list: &[String]) {
     }
 }
 
+/// Kubernetes NetworkPolicy: what the API server's validation would refuse (trellis has none
+/// in front of it), at field paths.
+fn network_policies(s: &Snapshot, st: &mut Statuses) {
+    for np in s.network_policies.values() {
+        let status = st
+            .entry(key_of(np, "networking.k8s.io", "NetworkPolicy"))
+            .or_default();
+        let Some(spec) = &np.spec.spec else {
+            continue;
+        };
+        for (i, t) in spec.policy_types.iter().flatten().enumerate() {
+            if t != "Ingress" && t != "Egress" {
+                problem(
+                    status,
+                    format!("spec.policyTypes[{i}]"),
+                    format!("{t:?} is not Ingress or Egress"),
+                );
+            }
+        }
+        let rules = spec
+            .ingress
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    format!("spec.ingress[{i}]"),
+                    "from",
+                    r.from.as_deref(),
+                    r.ports.as_deref(),
+                )
+            })
+            .chain(spec.egress.iter().flatten().enumerate().map(|(i, r)| {
+                (
+                    format!("spec.egress[{i}]"),
+                    "to",
+                    r.to.as_deref(),
+                    r.ports.as_deref(),
+                )
+            }))
+            .collect::<Vec<_>>();
+        for (base, field, peers, ports) in rules {
+            for (j, peer) in peers.unwrap_or_default().iter().enumerate() {
+                let at = format!("{base}.{field}[{j}]");
+                if let Some(b) = &peer.ip_block {
+                    if peer.pod_selector.is_some() || peer.namespace_selector.is_some() {
+                        problem(
+                            status,
+                            at.clone(),
+                            "ipBlock cannot be combined with podSelector or namespaceSelector",
+                        );
+                    }
+                    match b.cidr.parse::<ipnet::IpNet>() {
+                        Err(_) => {
+                            problem(
+                                status,
+                                format!("{at}.ipBlock.cidr"),
+                                format!("{:?} is not a CIDR", b.cidr),
+                            );
+                        }
+                        Ok(net) => {
+                            for (k, e) in b.except.iter().flatten().enumerate() {
+                                let inside = e
+                                    .parse::<ipnet::IpNet>()
+                                    .is_ok_and(|x| net.contains(&x) && x != net);
+                                if !inside {
+                                    problem(
+                                        status,
+                                        format!("{at}.ipBlock.except[{k}]"),
+                                        format!("{e:?} is not a CIDR strictly inside {net}"),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (j, p) in ports.unwrap_or_default().iter().enumerate() {
+                let at = format!("{base}.ports[{j}]");
+                if let Some(proto) = &p.protocol
+                    && !matches!(proto.as_str(), "TCP" | "UDP" | "SCTP")
+                {
+                    problem(
+                        status,
+                        format!("{at}.protocol"),
+                        format!("protocol {proto:?} is not TCP, UDP or SCTP"),
+                    );
+                }
+                use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+                match (&p.port, p.end_port) {
+                    (Some(IntOrString::Int(n)), end) => {
+                        if !(1..=65535).contains(n) {
+                            problem(
+                                status,
+                                format!("{at}.port"),
+                                format!("port {n} is not 1-65535"),
+                            );
+                        }
+                        if let Some(e) = end
+                            && (e < *n || e > 65535)
+                        {
+                            problem(
+                                status,
+                                format!("{at}.endPort"),
+                                format!("endPort {e} is not between port {n} and 65535"),
+                            );
+                        }
+                    }
+                    (Some(IntOrString::String(name)), end) => {
+                        if name.is_empty() || name.len() > 15 {
+                            problem(
+                                status,
+                                format!("{at}.port"),
+                                format!("port name {name:?} is not 1-15 characters"),
+                            );
+                        }
+                        if end.is_some() {
+                            problem(
+                                status,
+                                format!("{at}.endPort"),
+                                "endPort needs a numeric port",
+                            );
+                        }
+                    }
+                    (None, Some(_)) => {
+                        problem(status, format!("{at}.endPort"), "endPort needs a port");
+                    }
+                    (None, None) => {}
+                }
+            }
+        }
+    }
+}
+
 fn cidr_rule(
+    s: &Snapshot,
     status: &mut ObjectStatus,
     unresolved: &mut Vec<String>,
     path: &str,
@@ -2586,15 +2730,27 @@ fn cidr_rule(
 ) {
     match (&c.cidr, &c.cidr_group_ref, &c.cidr_group_selector) {
         (Some(cidr), None, None) => cidrs(status, path, "cidr", std::slice::from_ref(cidr)),
-        (None, Some(group), None) => {
-            // CiliumCIDRGroup is not a kind trellis loads yet: the reference cannot resolve.
-            unresolved.push(self::unresolved(
+        (None, Some(group), None) => match crate::snapshot::get(&s.cidr_groups, "", group) {
+            Some(g) => cidrs(
+                status,
+                &format!("{path}.cidrGroupRef({group})"),
+                "externalCIDRs",
+                &g.spec.external_cidrs,
+            ),
+            None => unresolved.push(self::unresolved(
                 status,
                 format!("{path}.cidrGroupRef"),
-                format!("CiliumCIDRGroup {group} not found"),
-            ));
+                format!(
+                    "CiliumCIDRGroup {group} not found: the rule selects no address until it \
+                     exists (an allow allows nothing, a deny denies every peer)"
+                ),
+            )),
+        },
+        (None, None, Some(sel)) => {
+            for (sub, m) in sel.problems() {
+                problem(status, format!("{path}.cidrGroupSelector.{sub}"), m);
+            }
         }
-        (None, None, Some(_)) => {}
         _ => {
             problem(
                 status,
@@ -2604,6 +2760,38 @@ fn cidr_rule(
         }
     }
     cidrs(status, path, "except", &c.except);
+}
+
+/// Marks the parts of a policy rule trellis does not enforce (fail closed: an allow rule with
+/// them allows nothing through them, a deny rule with them denies its ports to every peer).
+fn unenforced_rule(
+    status: &mut ObjectStatus,
+    base: &str,
+    deny: bool,
+    peers: &[(&'static str, &'static str)],
+    ports: &[crate::kinds::cilium::PortRule],
+) {
+    let effect = if deny {
+        "this deny rule denies its ports to every peer instead"
+    } else {
+        "the traffic it would allow is denied"
+    };
+    for (field, what) in peers {
+        problem(
+            status,
+            format!("{base}.{field}"),
+            format!("{what} is not enforced by trellis yet: {effect}"),
+        );
+    }
+    for (i, p) in ports.iter().enumerate() {
+        for (field, what) in p.unenforced() {
+            problem(
+                status,
+                format!("{base}.toPorts[{i}].{field}"),
+                format!("{what} are not enforced by trellis yet: {effect}"),
+            );
+        }
+    }
 }
 
 fn entities(status: &mut ObjectStatus, base: &str, field: &str, list: &[String]) {

@@ -140,6 +140,107 @@ pub struct PortRule {
     pub listener: Option<Value>,
 }
 
+/// Spec of a CiliumCIDRGroup: a named set of CIDRs that policies reference with
+/// `cidrGroupRef` (and select with `cidrGroupSelector` by the group's labels).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CidrGroupSpec {
+    #[serde(rename = "externalCIDRs", default)]
+    pub external_cidrs: Vec<String>,
+}
+
+/// What `rules.dns` may hold and still be enforced by a plain L4 allow: names restricted to
+/// nothing (every pattern is `*`). Anything narrower needs the DNS-aware egress that is not
+/// enforced yet.
+fn dns_rules_allow_any(rules: &Value) -> bool {
+    let Some(obj) = rules.as_object() else {
+        return false;
+    };
+    obj.iter().all(|(k, v)| {
+        k == "dns"
+            && v.as_array().is_some_and(|list| {
+                list.iter().all(|r| {
+                    r.as_object().is_some_and(|o| {
+                        o.len() == 1 && o.get("matchPattern").and_then(Value::as_str) == Some("*")
+                    })
+                })
+            })
+    })
+}
+
+impl PortRule {
+    /// The parts of this port rule trellis does not enforce, as (field, what): L7 rules (except
+    /// a DNS rule that allows every name), TLS interception, server names, listeners. An allow
+    /// rule with any of them allows nothing (fail closed).
+    pub fn unenforced(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if let Some(r) = &self.rules
+            && !dns_rules_allow_any(r)
+        {
+            out.push((
+                "rules",
+                "L7 rules (HTTP, Kafka, DNS names other than \"*\")",
+            ));
+        }
+        if !self.server_names.is_empty() {
+            out.push(("serverNames", "TLS server names"));
+        }
+        if self.terminating_tls.is_some() || self.originating_tls.is_some() {
+            out.push(("terminatingTLS", "TLS interception"));
+        }
+        if self.listener.is_some() {
+            out.push(("listener", "Envoy listeners"));
+        }
+        out
+    }
+}
+
+impl IngressRule {
+    /// Peer selectors trellis does not enforce, as (field, what).
+    pub fn unenforced_peers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if !self.from_requires.is_empty() {
+            out.push(("fromRequires", "fromRequires"));
+        }
+        if !self.from_nodes.is_empty() {
+            out.push(("fromNodes", "node selectors"));
+        }
+        if !self.from_groups.is_empty() {
+            out.push(("fromGroups", "cloud groups"));
+        }
+        if !self.icmps.is_empty() {
+            out.push(("icmps", "ICMP type rules"));
+        }
+        out
+    }
+}
+
+impl EgressRule {
+    /// Peer selectors trellis does not enforce, as (field, what).
+    pub fn unenforced_peers(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if !self.to_fqdns.is_empty() {
+            out.push(("toFQDNs", "DNS-aware egress (toFQDNs)"));
+        }
+        if !self.to_services.is_empty() {
+            out.push(("toServices", "toServices"));
+        }
+        if !self.to_requires.is_empty() {
+            out.push(("toRequires", "toRequires"));
+        }
+        if !self.to_nodes.is_empty() {
+            out.push(("toNodes", "node selectors"));
+        }
+        if !self.to_groups.is_empty() {
+            out.push(("toGroups", "cloud groups"));
+        }
+        if !self.icmps.is_empty() {
+            out.push(("icmps", "ICMP type rules"));
+        }
+        out
+    }
+}
+
 /// Cilium writes ports as strings ("443"), also names ("https"); numbers are accepted too.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

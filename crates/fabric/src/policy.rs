@@ -1,0 +1,1473 @@
+//! Network policy, compiled as Cilium's datapath consumes it: security identities, the ipcache
+//! (address or prefix to identity) and, per local endpoint and direction, policy entries keyed
+//! by (peer identity, protocol, port prefix) with wildcards.
+//!
+//! Pure: the same snapshot gives the same identities on every node, so a node reads a remote
+//! pod's identity from its address without asking anyone.
+//!
+//! - **Identities.** A pod's identity is the set of its labels plus the labels Cilium derives
+//!   (`io.kubernetes.pod.namespace`, `io.cilium.k8s.namespace.labels.*`,
+//!   `io.cilium.k8s.policy.serviceaccount`, `io.cilium.k8s.policy.cluster`); the pod name is
+//!   not part of it, so replicas share one. Numbers come from a hash of the label set in
+//!   Cilium's cluster-local range (256..65535), probed on collision in label-set order, so an
+//!   identity keeps its number while others come and go. Reserved identities use Cilium's
+//!   numbers; CIDR identities (one per prefix a policy names) carry Cilium's local-scope bit.
+//! - **Selection.** CiliumNetworkPolicy selectors match these labels (`k8s:`/`any:` prefixes
+//!   stripped, `reserved:<entity>` keys select a reserved identity) and are confined to the
+//!   policy's namespace unless they name `io.kubernetes.pod.namespace`; clusterwide ones are
+//!   not confined. CIDR rules select CIDR identities (never pods or nodes, as in Cilium), the
+//!   `world` entity selects the world and every CIDR identity.
+//! - **Default deny** as Cilium: an endpoint is enforced in a direction when a rule selecting
+//!   it has rules (allow or deny) in that direction, unless that rule says
+//!   `enableDefaultDeny.<direction>: false`; NetworkPolicy by its `policyTypes`. Traffic from
+//!   the local host is always allowed in (Cilium's allow-localhost).
+//! - **Deny wins.** The datapath looks up (endpoint, peer identity, ...) and (endpoint, any,
+//!   ...), longest port prefix each, and drops if either says deny; the compile removes allows
+//!   that a broader deny of the same identity covers, so the longest match never hides one.
+//! - **Fail closed.** What trellis does not enforce (the fields
+//!   `model::kinds::cilium::*::unenforced*` name; an unresolved CIDR group) allows nothing in
+//!   an allow rule and denies its ports to every peer in a deny rule; validation marks the
+//!   policy `Accepted=False` saying so.
+//!
+//! Not here yet: toFQDNs (allows nothing, see above), ICMP type rules, node selectors, IPv6.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
+use model::Snapshot;
+use model::k8s_openapi::api::networking::v1::{NetworkPolicyPeer, NetworkPolicyPort};
+use model::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use model::kinds::LabelSelector;
+use model::kinds::cilium::{CidrRule, PolicyRule, PortRule};
+use serde::Serialize;
+
+use crate::plan::{PROTO_SCTP, PROTO_TCP, PROTO_UDP, Problem};
+
+/// The wildcard identity in a policy key: any peer.
+pub const ID_ANY: u32 = 0;
+/// Cilium's reserved identities.
+pub const ID_HOST: u32 = 1;
+pub const ID_WORLD: u32 = 2;
+pub const ID_UNMANAGED: u32 = 3;
+pub const ID_HEALTH: u32 = 4;
+pub const ID_INIT: u32 = 5;
+pub const ID_REMOTE_NODE: u32 = 6;
+pub const ID_KUBE_APISERVER: u32 = 7;
+pub const ID_INGRESS: u32 = 8;
+/// First and number of endpoint identities (Cilium's cluster-local range).
+pub const ENDPOINT_ID_MIN: u32 = 256;
+pub const ENDPOINT_ID_SPACE: u32 = 65536 - 256;
+/// CIDR identities: Cilium's local-scope bit, then a hash of the prefix.
+pub const CIDR_ID_BASE: u32 = 1 << 24;
+pub const CIDR_ID_SPACE: u32 = 1 << 20;
+/// Distinct CIDR prefixes named by all policies.
+pub const CIDR_IDENTITIES_MAX: usize = 16384;
+/// Policy entries of one endpoint, both directions (Cilium's default policy map size).
+pub const ENTRIES_PER_ENDPOINT_MAX: usize = 16384;
+/// ipcache entries: pods, nodes, CIDR prefixes (the datapath's map bound).
+pub const IPCACHE_MAX: usize = 65536;
+/// The rule id of the implicit allow from the local host.
+pub const RULE_HOST: u32 = u32::MAX;
+
+/// Label keys Cilium derives for every pod.
+pub const LABEL_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+pub const LABEL_NAMESPACE_LABELS: &str = "io.cilium.k8s.namespace.labels.";
+pub const LABEL_SERVICE_ACCOUNT: &str = "io.cilium.k8s.policy.serviceaccount";
+pub const LABEL_CLUSTER: &str = "io.cilium.k8s.policy.cluster";
+
+/// Traffic direction, as the endpoint sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+/// One policy map key of an endpoint: the peer's identity ([`ID_ANY`]: any), the protocol (0:
+/// any, then `port_bits` is 0) and the first `port_bits` bits of the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PolicyKey {
+    pub direction: Direction,
+    pub identity: u32,
+    pub proto: u8,
+    pub port: u16,
+    pub port_bits: u8,
+}
+
+impl PolicyKey {
+    /// Whether every packet this key matches is matched by `self` (same identity and direction).
+    fn covers(&self, other: &PolicyKey) -> bool {
+        if self.direction != other.direction || self.identity != other.identity {
+            return false;
+        }
+        if self.proto == 0 {
+            return true;
+        }
+        if self.proto != other.proto || other.port_bits < self.port_bits {
+            return false;
+        }
+        let mask = if self.port_bits == 0 {
+            0
+        } else {
+            u16::MAX << (16 - u32::from(self.port_bits))
+        };
+        other.port & mask == self.port & mask
+    }
+}
+
+/// What a key says, and which rule said it (an index into [`PolicyPlan::rules`], or
+/// [`RULE_HOST`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub deny: bool,
+    pub rule: u32,
+}
+
+/// A local endpoint's policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EndpointPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub identity: u32,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+    pub entries: BTreeMap<PolicyKey, Verdict>,
+    /// The policies selecting this endpoint (`Kind ns/name`).
+    pub selected_by: BTreeSet<String>,
+}
+
+/// A policy rule, for naming it in flows and status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    /// `CiliumNetworkPolicy`, `CiliumClusterwideNetworkPolicy` or `NetworkPolicy`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// e.g. `spec.egress[2]`.
+    pub path: String,
+}
+
+impl std::fmt::Display for RuleRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{} {}: {}", self.kind, self.name, self.path)
+        } else {
+            write!(
+                f,
+                "{} {}/{}: {}",
+                self.kind, self.namespace, self.name, self.path
+            )
+        }
+    }
+}
+
+/// Everything one node's datapath enforces.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyPlan {
+    /// Identity number to its labels (endpoint identities) or prefix (CIDR identities).
+    pub identities: BTreeMap<u32, BTreeMap<String, String>>,
+    /// Prefix to identity (the datapath looks up the longest prefix).
+    pub ipcache: BTreeMap<Ipv4Net, u32>,
+    /// This node's endpoints by address.
+    pub endpoints: BTreeMap<Ipv4Addr, EndpointPolicy>,
+    pub rules: Vec<RuleRef>,
+    pub problems: Vec<Problem>,
+    /// A bound was exceeded: the plan must not be programmed (the last good one stays).
+    pub over_bound: Option<String>,
+}
+
+/// A pod the policies can select.
+#[derive(Clone, Debug)]
+struct Pod {
+    namespace: String,
+    name: String,
+    ip: Ipv4Addr,
+    node: String,
+    labels: BTreeMap<String, String>,
+    ports: Vec<(String, u16, u8)>,
+}
+
+/// A peer set: any peer, or these identities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Peers {
+    Any,
+    Set(BTreeSet<u32>),
+}
+
+/// A port item of a rule: protocol (0: TCP, UDP and SCTP), range, or a container port name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PortItem {
+    Range { proto: u8, lo: u16, hi: u16 },
+    Named { proto: u8, name: String },
+}
+
+/// Ports of a clause: all traffic (every protocol), or these items.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Ports {
+    All,
+    Items(Vec<PortItem>),
+}
+
+#[derive(Clone, Debug)]
+struct Clause {
+    deny: bool,
+    peers: Peers,
+    ports: Ports,
+    rule: u32,
+}
+
+/// One rule in a common form: who it selects, and per direction whether it turns on default
+/// deny and its clauses.
+struct Rule {
+    namespace: Option<String>,
+    subject: LabelSelector,
+    /// NetworkPolicy: the pod selector matches pod labels in `namespace` only.
+    label: String,
+    enforce: [bool; 2],
+    clauses: [Vec<Clause>; 2],
+}
+
+/// The identity labels of a pod (Cilium's derivation, without the source prefix).
+pub fn identity_labels(
+    snapshot: &Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    service_account: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut out = labels.clone();
+    out.insert(LABEL_NAMESPACE.into(), namespace.to_string());
+    for (k, v) in snapshot.namespace_labels(namespace) {
+        out.insert(format!("{LABEL_NAMESPACE_LABELS}{k}"), v);
+    }
+    out.insert(
+        LABEL_SERVICE_ACCOUNT.into(),
+        service_account.unwrap_or("default").to_string(),
+    );
+    out.insert(LABEL_CLUSTER.into(), "default".into());
+    out
+}
+
+/// Numbers for `keys` (sorted) in `base .. base + space`: a stable hash of each, probed
+/// forward on collision in key order.
+fn allocate<K: Ord + Clone>(keys: &[(K, Vec<u8>)], base: u32, space: u32) -> BTreeMap<K, u32> {
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for (k, bytes) in keys {
+        let mut n = (crate::maglev::hash64(bytes, 0x7e11_15) % u64::from(space)) as u32;
+        while !taken.insert(n) {
+            n = (n + 1) % space;
+        }
+        out.insert(k.clone(), base + n);
+    }
+    out
+}
+
+fn pods(snapshot: &Snapshot) -> Vec<Pod> {
+    let mut out = Vec::new();
+    for p in snapshot.pods.values() {
+        let spec = p.spec.spec.as_ref();
+        if spec.and_then(|s| s.host_network).unwrap_or(false) {
+            continue;
+        }
+        let Some(ip) = p
+            .spec
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        else {
+            continue;
+        };
+        let labels = p.spec.metadata.labels.clone().unwrap_or_default();
+        let labels = identity_labels(
+            snapshot,
+            p.namespace(),
+            &labels,
+            spec.and_then(|s| s.service_account_name.as_deref()),
+        );
+        let mut ports = Vec::new();
+        for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+            for cp in c.ports.iter().flatten() {
+                if let (Some(name), Ok(port)) = (&cp.name, u16::try_from(cp.container_port)) {
+                    ports.push((name.clone(), port, proto_number(cp.protocol.as_deref())));
+                }
+            }
+        }
+        out.push(Pod {
+            namespace: p.namespace().to_string(),
+            name: p.name().to_string(),
+            ip,
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            labels,
+            ports,
+        });
+    }
+    out
+}
+
+fn proto_number(p: Option<&str>) -> u8 {
+    match p.unwrap_or("TCP") {
+        "UDP" => PROTO_UDP,
+        "SCTP" => PROTO_SCTP,
+        "ANY" => 0,
+        _ => PROTO_TCP,
+    }
+}
+
+/// A Cilium selector with the source prefixes taken off its keys.
+fn normalize(sel: &LabelSelector) -> LabelSelector {
+    let strip = |k: &str| {
+        k.strip_prefix("k8s:")
+            .or_else(|| k.strip_prefix("any:"))
+            .unwrap_or(k)
+            .to_string()
+    };
+    let mut out = sel.clone();
+    out.match_labels = sel
+        .match_labels
+        .iter()
+        .map(|(k, v)| (strip(k), v.clone()))
+        .collect();
+    for e in &mut out.match_expressions {
+        e.key = strip(&e.key);
+    }
+    out
+}
+
+/// Confines a namespaced policy's peer selector to its namespace unless it names one.
+fn confine(sel: &LabelSelector, namespace: Option<&str>) -> LabelSelector {
+    let mut out = normalize(sel);
+    if let Some(ns) = namespace {
+        let names_ns = out.match_labels.contains_key(LABEL_NAMESPACE)
+            || out
+                .match_expressions
+                .iter()
+                .any(|e| e.key == LABEL_NAMESPACE);
+        if !names_ns {
+            out.match_labels
+                .insert(LABEL_NAMESPACE.into(), ns.to_string());
+        }
+    }
+    out
+}
+
+/// The identities and prefixes the compile selects from.
+struct Universe {
+    /// Endpoint identity -> labels.
+    endpoints: BTreeMap<u32, BTreeMap<String, String>>,
+    /// CIDR prefix -> identity.
+    cidrs: BTreeMap<Ipv4Net, u32>,
+}
+
+const RESERVED: &[(&str, u32)] = &[
+    ("host", ID_HOST),
+    ("world", ID_WORLD),
+    ("world-ipv4", ID_WORLD),
+    ("unmanaged", ID_UNMANAGED),
+    ("health", ID_HEALTH),
+    ("init", ID_INIT),
+    ("remote-node", ID_REMOTE_NODE),
+    ("kube-apiserver", ID_KUBE_APISERVER),
+    ("ingress", ID_INGRESS),
+];
+
+impl Universe {
+    fn select_endpoints(&self, sel: &LabelSelector) -> BTreeSet<u32> {
+        let mut out: BTreeSet<u32> = self
+            .endpoints
+            .iter()
+            .filter(|(_, labels)| sel.matches(labels))
+            .map(|(id, _)| *id)
+            .collect();
+        // `reserved:<entity>` keys select reserved identities.
+        for (k, _) in &sel.match_labels {
+            if let Some(entity) = k.strip_prefix("reserved:")
+                && sel.match_labels.len() == 1
+                && let Some((_, id)) = RESERVED.iter().find(|(n, _)| *n == entity)
+            {
+                out.insert(*id);
+            }
+        }
+        out
+    }
+
+    fn world(&self) -> BTreeSet<u32> {
+        let mut s: BTreeSet<u32> = self.cidrs.values().copied().collect();
+        s.insert(ID_WORLD);
+        s
+    }
+
+    fn entity(&self, name: &str) -> Peers {
+        let mut s = BTreeSet::new();
+        match name {
+            "all" => return Peers::Any,
+            "world" | "world-ipv4" => s = self.world(),
+            "cluster" => {
+                s.extend(self.endpoints.keys().copied());
+                s.extend([
+                    ID_HOST,
+                    ID_REMOTE_NODE,
+                    ID_HEALTH,
+                    ID_INIT,
+                    ID_INGRESS,
+                    ID_KUBE_APISERVER,
+                ]);
+            }
+            other => {
+                if let Some((_, id)) = RESERVED.iter().find(|(n, _)| *n == other) {
+                    s.insert(*id);
+                }
+            }
+        }
+        Peers::Set(s)
+    }
+
+    /// CIDR identities inside `net` and outside every `except`; the world with 0.0.0.0/0.
+    fn cidr(&self, net: Ipv4Net, except: &[Ipv4Net]) -> BTreeSet<u32> {
+        let mut s: BTreeSet<u32> = self
+            .cidrs
+            .iter()
+            .filter(|(p, _)| net.contains(*p) && !except.iter().any(|e| e.contains(*p)))
+            .map(|(_, id)| *id)
+            .collect();
+        if net.prefix_len() == 0 {
+            s.insert(ID_WORLD);
+        }
+        s
+    }
+}
+
+fn parse_net(s: &str) -> Option<Ipv4Net> {
+    match s.parse::<ipnet::IpNet>() {
+        Ok(ipnet::IpNet::V4(n)) => Some(n.trunc()),
+        Ok(ipnet::IpNet::V6(_)) => None,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(IpAddr::V4(a)) => Some(Ipv4Net::from(a)),
+            _ => None,
+        },
+    }
+}
+
+/// Every IPv4 prefix a policy names (CIDRs, excepts, CIDR groups' members).
+fn named_prefixes(snapshot: &Snapshot) -> BTreeSet<Ipv4Net> {
+    let mut out = BTreeSet::new();
+    let cidr_rule = |c: &CidrRule, out: &mut BTreeSet<Ipv4Net>| {
+        let group = c
+            .cidr_group_ref
+            .as_deref()
+            .and_then(|g| model::snapshot::get(&snapshot.cidr_groups, "", g))
+            .map(|g| g.spec.external_cidrs.clone())
+            .unwrap_or_default();
+        for s in c.cidr.iter().chain(&group).chain(&c.except) {
+            out.extend(parse_net(s));
+        }
+    };
+    for p in snapshot
+        .cilium_network_policies
+        .values()
+        .chain(snapshot.cilium_clusterwide_network_policies.values())
+    {
+        for r in p.spec.spec.iter().chain(&p.spec.specs) {
+            for i in r.ingress.iter().chain(&r.ingress_deny) {
+                for c in &i.from_cidr {
+                    out.extend(parse_net(c));
+                }
+                for c in &i.from_cidr_set {
+                    cidr_rule(c, &mut out);
+                }
+            }
+            for e in r.egress.iter().chain(&r.egress_deny) {
+                for c in &e.to_cidr {
+                    out.extend(parse_net(c));
+                }
+                for c in &e.to_cidr_set {
+                    cidr_rule(c, &mut out);
+                }
+            }
+        }
+    }
+    for np in snapshot.network_policies.values() {
+        let Some(spec) = &np.spec.spec else { continue };
+        let peers = spec
+            .ingress
+            .iter()
+            .flatten()
+            .flat_map(|r| r.from.iter().flatten())
+            .chain(
+                spec.egress
+                    .iter()
+                    .flatten()
+                    .flat_map(|r| r.to.iter().flatten()),
+            );
+        for peer in peers {
+            if let Some(b) = &peer.ip_block {
+                out.extend(parse_net(&b.cidr));
+                for e in b.except.iter().flatten() {
+                    out.extend(parse_net(e));
+                }
+            }
+        }
+    }
+    // 0.0.0.0/0 is the world itself, not a CIDR identity.
+    out.retain(|n| n.prefix_len() > 0);
+    out
+}
+
+/// Cilium port rules into port items; `None` when this port rule is not enforced.
+fn cilium_ports(rules: &[PortRule], deny: bool) -> Option<Ports> {
+    if rules.is_empty() {
+        return Some(Ports::All);
+    }
+    let mut items = Vec::new();
+    let mut any_rule = false;
+    for r in rules {
+        if !deny && !r.unenforced().is_empty() {
+            continue;
+        }
+        any_rule = true;
+        if r.ports.is_empty() {
+            return Some(Ports::All);
+        }
+        for p in &r.ports {
+            let proto = proto_number(p.protocol.as_deref());
+            let text = match &p.port {
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                _ => continue,
+            };
+            match text.parse::<u16>() {
+                Ok(lo) => {
+                    let hi = p
+                        .end_port
+                        .and_then(|e| u16::try_from(e).ok())
+                        .filter(|e| *e >= lo)
+                        .unwrap_or(lo);
+                    items.push(PortItem::Range { proto, lo, hi })
+                }
+                Err(_) => items.push(PortItem::Named { proto, name: text }),
+            }
+        }
+    }
+    any_rule.then_some(Ports::Items(items))
+}
+
+fn np_ports(ports: Option<&[NetworkPolicyPort]>) -> Ports {
+    let Some(ports) = ports.filter(|p| !p.is_empty()) else {
+        return Ports::All;
+    };
+    Ports::Items(
+        ports
+            .iter()
+            .map(|p| {
+                let proto = proto_number(p.protocol.as_deref());
+                match &p.port {
+                    None => PortItem::Range {
+                        proto,
+                        lo: 0,
+                        hi: 0,
+                    },
+                    Some(IntOrString::Int(n)) => {
+                        let lo = u16::try_from(*n).unwrap_or(0);
+                        let hi = p
+                            .end_port
+                            .and_then(|e| u16::try_from(e).ok())
+                            .filter(|e| *e >= lo)
+                            .unwrap_or(lo);
+                        PortItem::Range { proto, lo, hi }
+                    }
+                    Some(IntOrString::String(name)) => PortItem::Named {
+                        proto,
+                        name: name.clone(),
+                    },
+                }
+            })
+            .collect(),
+    )
+}
+
+fn selector_of(
+    k8s: &model::k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+) -> LabelSelector {
+    // The same JSON shape; an unknown operator (validation reports it) matches nothing.
+    serde_json::to_value(k8s)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_else(|| LabelSelector {
+            match_expressions: vec![model::kinds::LabelSelectorRequirement {
+                key: String::new(),
+                operator: "Invalid".into(),
+                values: Vec::new(),
+            }],
+            ..LabelSelector::default()
+        })
+}
+
+/// A NetworkPolicy peer's identities.
+fn np_peer(
+    u: &Universe,
+    snapshot: &Snapshot,
+    pods_ns: &BTreeMap<u32, String>,
+    ns: &str,
+    peer: &NetworkPolicyPeer,
+) -> BTreeSet<u32> {
+    if let Some(b) = &peer.ip_block {
+        let Some(net) = parse_net(&b.cidr) else {
+            return BTreeSet::new();
+        };
+        let except: Vec<Ipv4Net> = b
+            .except
+            .iter()
+            .flatten()
+            .filter_map(|e| parse_net(e))
+            .collect();
+        return u.cidr(net, &except);
+    }
+    let pod_sel = peer.pod_selector.as_ref().map(selector_of);
+    let ns_sel = peer.namespace_selector.as_ref().map(selector_of);
+    u.endpoints
+        .iter()
+        .filter(|(id, labels)| {
+            let Some(pod_ns) = pods_ns.get(id) else {
+                return false;
+            };
+            let ns_ok = match &ns_sel {
+                None => pod_ns == ns,
+                Some(sel) => sel.matches(&snapshot.namespace_labels(pod_ns)),
+            };
+            ns_ok && pod_sel.as_ref().is_none_or(|s| s.matches(labels))
+        })
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// Compiles every policy for the endpoints on `node` (all nodes' pods and node addresses
+/// enter the ipcache).
+pub fn compile(
+    snapshot: &Snapshot,
+    node: &str,
+    node_ips: &BTreeMap<String, Ipv4Addr>,
+) -> PolicyPlan {
+    let mut plan = PolicyPlan::default();
+    let pods = pods(snapshot);
+
+    // Identities.
+    let mut label_sets: BTreeMap<BTreeMap<String, String>, ()> = BTreeMap::new();
+    for p in &pods {
+        label_sets.insert(p.labels.clone(), ());
+    }
+    let keys: Vec<(BTreeMap<String, String>, Vec<u8>)> = label_sets
+        .keys()
+        .map(|l| {
+            let text: String = l.iter().map(|(k, v)| format!("{k}={v};")).collect();
+            (l.clone(), text.into_bytes())
+        })
+        .collect();
+    if keys.len() > ENDPOINT_ID_SPACE as usize {
+        plan.over_bound = Some(format!(
+            "{} distinct label sets, more than the {} endpoint identities",
+            keys.len(),
+            ENDPOINT_ID_SPACE
+        ));
+        return plan;
+    }
+    let ids = allocate(&keys, ENDPOINT_ID_MIN, ENDPOINT_ID_SPACE);
+    let prefixes = named_prefixes(snapshot);
+    if prefixes.len() > CIDR_IDENTITIES_MAX {
+        plan.over_bound = Some(format!(
+            "policies name {} CIDR prefixes, more than {CIDR_IDENTITIES_MAX}",
+            prefixes.len()
+        ));
+        return plan;
+    }
+    let prefix_keys: Vec<(Ipv4Net, Vec<u8>)> = prefixes
+        .iter()
+        .map(|n| (*n, n.to_string().into_bytes()))
+        .collect();
+    let universe = Universe {
+        endpoints: ids.iter().map(|(l, id)| (*id, l.clone())).collect(),
+        cidrs: allocate(&prefix_keys, CIDR_ID_BASE, CIDR_ID_SPACE),
+    };
+    let pods_ns: BTreeMap<u32, String> = universe
+        .endpoints
+        .iter()
+        .map(|(id, l)| (*id, l.get(LABEL_NAMESPACE).cloned().unwrap_or_default()))
+        .collect();
+    plan.identities = universe.endpoints.clone();
+    for (net, id) in &universe.cidrs {
+        plan.identities
+            .insert(*id, BTreeMap::from([("cidr".to_string(), net.to_string())]));
+    }
+
+    // The ipcache: the world, CIDR prefixes, nodes, pods (more specific wins in the LPM).
+    plan.ipcache.insert(Ipv4Net::default(), ID_WORLD);
+    for (net, id) in &universe.cidrs {
+        plan.ipcache.insert(*net, *id);
+    }
+    for (name, ip) in node_ips {
+        let id = if name == node {
+            ID_HOST
+        } else {
+            ID_REMOTE_NODE
+        };
+        plan.ipcache.insert(Ipv4Net::from(*ip), id);
+    }
+    let identity_of = |p: &Pod| ids.get(&p.labels).copied().unwrap_or(ID_WORLD);
+    for p in &pods {
+        plan.ipcache.insert(Ipv4Net::from(p.ip), identity_of(p));
+    }
+    if plan.ipcache.len() > IPCACHE_MAX {
+        plan.over_bound = Some(format!(
+            "{} ipcache entries, more than {IPCACHE_MAX}",
+            plan.ipcache.len()
+        ));
+        return plan;
+    }
+
+    let rules = rules(snapshot, &universe, &pods_ns, &mut plan);
+
+    // Named ports of peers, by identity (egress named ports resolve on the destination).
+    let mut named: BTreeMap<u32, Vec<(String, u16, u8)>> = BTreeMap::new();
+    for p in &pods {
+        named
+            .entry(identity_of(p))
+            .or_default()
+            .extend(p.ports.iter().cloned());
+    }
+
+    for p in pods.iter().filter(|p| p.node == node) {
+        let identity = identity_of(p);
+        let mut ep = EndpointPolicy {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            identity,
+            ..EndpointPolicy::default()
+        };
+        for r in &rules {
+            if r.namespace.as_deref().is_some_and(|ns| ns != p.namespace)
+                || !r.subject.matches(&p.labels)
+            {
+                continue;
+            }
+            ep.selected_by.insert(r.label.clone());
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let d = dir as usize;
+                if r.enforce[d] {
+                    match dir {
+                        Direction::Ingress => ep.ingress_enforced = true,
+                        Direction::Egress => ep.egress_enforced = true,
+                    }
+                }
+                for c in &r.clauses[d] {
+                    add_clause(&mut ep.entries, dir, c, |name, proto, peer| {
+                        let own = match dir {
+                            Direction::Ingress => p.ports.as_slice(),
+                            Direction::Egress => {
+                                named.get(&peer).map(Vec::as_slice).unwrap_or_default()
+                            }
+                        };
+                        let mut out: Vec<u16> = own
+                            .iter()
+                            .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
+                            .map(|(_, port, _)| *port)
+                            .collect();
+                        if dir == Direction::Egress && peer == ID_ANY {
+                            out = named
+                                .values()
+                                .flatten()
+                                .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
+                                .map(|(_, port, _)| *port)
+                                .collect();
+                        }
+                        out.sort_unstable();
+                        out.dedup();
+                        out
+                    });
+                }
+            }
+        }
+        if ep.ingress_enforced {
+            let host = PolicyKey {
+                direction: Direction::Ingress,
+                identity: ID_HOST,
+                proto: 0,
+                port: 0,
+                port_bits: 0,
+            };
+            ep.entries.entry(host).or_insert(Verdict {
+                deny: false,
+                rule: RULE_HOST,
+            });
+        }
+        prune_covered_allows(&mut ep.entries);
+        if ep.entries.len() > ENTRIES_PER_ENDPOINT_MAX {
+            plan.over_bound = Some(format!(
+                "pod {}/{} needs {} policy entries, more than {ENTRIES_PER_ENDPOINT_MAX}",
+                p.namespace,
+                p.name,
+                ep.entries.len()
+            ));
+            return plan;
+        }
+        plan.endpoints.insert(p.ip, ep);
+    }
+    plan
+}
+
+/// Adds a clause's keys; `named(name, proto, peer)` resolves a port name.
+fn add_clause(
+    entries: &mut BTreeMap<PolicyKey, Verdict>,
+    direction: Direction,
+    c: &Clause,
+    named: impl Fn(&str, u8, u32) -> Vec<u16>,
+) {
+    let peers: Vec<u32> = match &c.peers {
+        Peers::Any => vec![ID_ANY],
+        Peers::Set(s) => s.iter().copied().collect(),
+    };
+    let verdict = Verdict {
+        deny: c.deny,
+        rule: c.rule,
+    };
+    let mut put = |k: PolicyKey| {
+        let e = entries.entry(k).or_insert(verdict);
+        if verdict.deny && !e.deny {
+            *e = verdict;
+        }
+    };
+    for peer in peers {
+        let key = |proto: u8, port: u16, port_bits: u8| PolicyKey {
+            direction,
+            identity: peer,
+            proto,
+            port,
+            port_bits,
+        };
+        match &c.ports {
+            Ports::All => put(key(0, 0, 0)),
+            Ports::Items(items) => {
+                for item in items {
+                    let (proto, ranges): (u8, Vec<(u16, u16)>) = match item {
+                        PortItem::Range { proto, lo, hi } => (*proto, vec![(*lo, *hi)]),
+                        PortItem::Named { proto, name } => (
+                            *proto,
+                            named(name, *proto, peer)
+                                .into_iter()
+                                .map(|p| (p, p))
+                                .collect(),
+                        ),
+                    };
+                    let protos: &[u8] = if proto == 0 {
+                        &[PROTO_TCP, PROTO_UDP, PROTO_SCTP]
+                    } else {
+                        std::slice::from_ref(&proto)
+                    };
+                    for &pr in protos {
+                        for &(lo, hi) in &ranges {
+                            if lo == 0 {
+                                put(key(pr, 0, 0));
+                            } else {
+                                for (port, bits) in port_prefixes(lo, hi) {
+                                    put(key(pr, port, bits));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The fewest (port, prefix bits) covering `lo..=hi` exactly.
+pub fn port_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let mut start = u32::from(lo);
+    let end = u32::from(hi);
+    while start <= end {
+        // The largest aligned block starting at `start` that stays within `end`.
+        let mut size = if start == 0 {
+            1 << 16
+        } else {
+            start & start.wrapping_neg()
+        };
+        while start + size - 1 > end {
+            size >>= 1;
+        }
+        let bits = 16 - size.trailing_zeros() as u8;
+        out.push((start as u16, bits));
+        start += size;
+    }
+    out
+}
+
+/// Removes allows that a deny of the same identity covers (the datapath takes the longest
+/// match per lookup, which would otherwise pick the narrower allow).
+fn prune_covered_allows(entries: &mut BTreeMap<PolicyKey, Verdict>) {
+    let denies: Vec<PolicyKey> = entries
+        .iter()
+        .filter(|(_, v)| v.deny)
+        .map(|(k, _)| *k)
+        .collect();
+    entries.retain(|k, v| v.deny || !denies.iter().any(|d| d.covers(k)));
+}
+
+fn rules(
+    snapshot: &Snapshot,
+    u: &Universe,
+    pods_ns: &BTreeMap<u32, String>,
+    plan: &mut PolicyPlan,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (kind, clusterwide, coll) in [
+        (
+            "CiliumNetworkPolicy",
+            false,
+            &snapshot.cilium_network_policies,
+        ),
+        (
+            "CiliumClusterwideNetworkPolicy",
+            true,
+            &snapshot.cilium_clusterwide_network_policies,
+        ),
+    ] {
+        for p in coll.values() {
+            let ns = (!clusterwide).then(|| p.namespace().to_string());
+            let label = format!(
+                "{kind} {}",
+                if clusterwide {
+                    p.name().to_string()
+                } else {
+                    format!("{}/{}", p.namespace(), p.name())
+                }
+            );
+            let rules = p.spec.spec.iter().map(|r| ("spec".to_string(), r)).chain(
+                p.spec
+                    .specs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (format!("specs[{i}]"), r)),
+            );
+            for (path, r) in rules {
+                let Some(sel) = &r.endpoint_selector else {
+                    continue;
+                };
+                let mut rule = Rule {
+                    namespace: ns.clone(),
+                    subject: normalize(sel),
+                    label: label.clone(),
+                    enforce: [false; 2],
+                    clauses: [Vec::new(), Vec::new()],
+                };
+                let mut refer = |sub: String| {
+                    plan.rules.push(RuleRef {
+                        kind,
+                        namespace: ns.clone().unwrap_or_default(),
+                        name: p.name().to_string(),
+                        path: format!("{path}.{sub}"),
+                    });
+                    (plan.rules.len() - 1) as u32
+                };
+                cilium_rule(snapshot, u, ns.as_deref(), r, &mut rule, &mut refer);
+                if u.endpoints.values().all(|l| {
+                    ns.as_deref()
+                        .is_some_and(|n| l.get(LABEL_NAMESPACE).map(String::as_str) != Some(n))
+                        || !rule.subject.matches(l)
+                }) {
+                    plan.problems.push(Problem::new(
+                        p.namespace(),
+                        p.name(),
+                        format!("{path}.endpointSelector"),
+                        "selects no running pod".into(),
+                    ));
+                }
+                out.push(rule);
+            }
+        }
+    }
+    for np in snapshot.network_policies.values() {
+        let Some(spec) = &np.spec.spec else { continue };
+        let ns = np.namespace().to_string();
+        let has_egress = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let types: Vec<String> = spec.policy_types.clone().unwrap_or_else(|| {
+            let mut t = vec!["Ingress".to_string()];
+            if has_egress {
+                t.push("Egress".into());
+            }
+            t
+        });
+        let mut rule = Rule {
+            namespace: Some(ns.clone()),
+            subject: spec
+                .pod_selector
+                .as_ref()
+                .map(selector_of)
+                .unwrap_or_default(),
+            label: format!("NetworkPolicy {ns}/{}", np.name()),
+            enforce: [
+                types.iter().any(|t| t == "Ingress"),
+                types.iter().any(|t| t == "Egress"),
+            ],
+            clauses: [Vec::new(), Vec::new()],
+        };
+        let mut refer = |path: String| {
+            plan.rules.push(RuleRef {
+                kind: "NetworkPolicy",
+                namespace: ns.clone(),
+                name: np.name().to_string(),
+                path,
+            });
+            (plan.rules.len() - 1) as u32
+        };
+        let ingress = spec.ingress.iter().flatten().enumerate().map(|(i, r)| {
+            (
+                Direction::Ingress,
+                format!("spec.ingress[{i}]"),
+                r.from.as_deref(),
+                r.ports.as_deref(),
+            )
+        });
+        let egress = spec.egress.iter().flatten().enumerate().map(|(i, r)| {
+            (
+                Direction::Egress,
+                format!("spec.egress[{i}]"),
+                r.to.as_deref(),
+                r.ports.as_deref(),
+            )
+        });
+        for (dir, path, peers, ports) in ingress.chain(egress) {
+            if !rule.enforce[dir as usize] {
+                continue;
+            }
+            let peers = match peers.filter(|p| !p.is_empty()) {
+                None => Peers::Any,
+                Some(list) => Peers::Set(
+                    list.iter()
+                        .flat_map(|peer| np_peer(u, snapshot, pods_ns, &ns, peer))
+                        .collect(),
+                ),
+            };
+            let id = refer(path);
+            rule.clauses[dir as usize].push(Clause {
+                deny: false,
+                peers,
+                ports: np_ports(ports),
+                rule: id,
+            });
+        }
+        out.push(rule);
+    }
+    out
+}
+
+/// One Cilium rule's clauses and default-deny switches.
+fn cilium_rule(
+    snapshot: &Snapshot,
+    u: &Universe,
+    ns: Option<&str>,
+    r: &PolicyRule,
+    rule: &mut Rule,
+    refer: &mut dyn FnMut(String) -> u32,
+) {
+    let default_deny = r.enable_default_deny.as_ref();
+    rule.enforce[0] = (!r.ingress.is_empty() || !r.ingress_deny.is_empty())
+        && default_deny.and_then(|d| d.ingress) != Some(false);
+    rule.enforce[1] = (!r.egress.is_empty() || !r.egress_deny.is_empty())
+        && default_deny.and_then(|d| d.egress) != Some(false);
+    let cidr_set = |set: &[CidrRule], deny: bool| -> (BTreeSet<u32>, bool) {
+        // (identities, whether an unresolved group made a deny rule deny everyone)
+        let mut ids = BTreeSet::new();
+        let mut everyone = false;
+        for c in set {
+            let except: Vec<Ipv4Net> = c.except.iter().filter_map(|e| parse_net(e)).collect();
+            let nets: Vec<Ipv4Net> = match (&c.cidr, &c.cidr_group_ref) {
+                (Some(cidr), _) => parse_net(cidr).into_iter().collect(),
+                (None, Some(g)) => match model::snapshot::get(&snapshot.cidr_groups, "", g) {
+                    Some(group) => group
+                        .spec
+                        .external_cidrs
+                        .iter()
+                        .filter_map(|s| parse_net(s))
+                        .collect(),
+                    None => {
+                        everyone |= deny;
+                        Vec::new()
+                    }
+                },
+                // cidrGroupSelector: groups by their labels.
+                (None, None) => match &c.cidr_group_selector {
+                    Some(sel) => snapshot
+                        .cidr_groups
+                        .values()
+                        .filter(|g| sel.matches(&g.meta.labels))
+                        .flat_map(|g| g.spec.external_cidrs.iter().filter_map(|s| parse_net(s)))
+                        .collect(),
+                    None => Vec::new(),
+                },
+            };
+            for n in nets {
+                ids.extend(u.cidr(n, &except));
+            }
+        }
+        (ids, everyone)
+    };
+    for (d, deny, list) in [
+        (
+            0usize,
+            false,
+            r.ingress.iter().map(Side::Ingress).collect::<Vec<_>>(),
+        ),
+        (0, true, r.ingress_deny.iter().map(Side::Ingress).collect()),
+        (1, false, r.egress.iter().map(Side::Egress).collect()),
+        (1, true, r.egress_deny.iter().map(Side::Egress).collect()),
+    ] {
+        let field = match (d, deny) {
+            (0, false) => "ingress",
+            (0, true) => "ingressDeny",
+            (_, false) => "egress",
+            (_, true) => "egressDeny",
+        };
+        for (i, side) in list.into_iter().enumerate() {
+            let (selectors, entities, cidrs, cidr_sets, ports, unenforced) = side.parts();
+            let mut ids = BTreeSet::new();
+            let mut any_l3 = false;
+            let mut everyone = deny && !unenforced.is_empty();
+            for sel in selectors {
+                any_l3 = true;
+                ids.extend(u.select_endpoints(&confine(sel, ns)));
+            }
+            for e in entities {
+                any_l3 = true;
+                match u.entity(e) {
+                    Peers::Any => everyone = true,
+                    Peers::Set(s) => ids.extend(s),
+                }
+            }
+            for c in cidrs {
+                any_l3 = true;
+                if let Some(n) = parse_net(c) {
+                    ids.extend(u.cidr(n, &[]));
+                }
+            }
+            if !cidr_sets.is_empty() {
+                any_l3 = true;
+                let (s, all) = cidr_set(cidr_sets, deny);
+                ids.extend(s);
+                everyone |= all;
+            }
+            let Some(ports) = cilium_ports(ports, deny) else {
+                // Every port rule carries what trellis does not enforce: allows nothing.
+                continue;
+            };
+            if !any_l3 && unenforced.is_empty() && matches!(ports, Ports::All) {
+                // `{}`: turns default deny on, allows nothing.
+                continue;
+            }
+            let peers = if everyone || (!any_l3 && unenforced.is_empty()) {
+                Peers::Any
+            } else {
+                Peers::Set(ids)
+            };
+            let id = refer(format!("{field}[{i}]"));
+            rule.clauses[d].push(Clause {
+                deny,
+                peers,
+                ports,
+                rule: id,
+            });
+        }
+    }
+}
+
+/// An ingress or egress rule, read through one shape.
+enum Side<'a> {
+    Ingress(&'a model::kinds::cilium::IngressRule),
+    Egress(&'a model::kinds::cilium::EgressRule),
+}
+
+type Parts<'a> = (
+    &'a [LabelSelector],
+    &'a [String],
+    &'a [String],
+    &'a [CidrRule],
+    &'a [PortRule],
+    Vec<(&'static str, &'static str)>,
+);
+
+impl<'a> Side<'a> {
+    fn parts(&self) -> Parts<'a> {
+        match *self {
+            Side::Ingress(r) => (
+                &r.from_endpoints,
+                &r.from_entities,
+                &r.from_cidr,
+                &r.from_cidr_set,
+                &r.to_ports,
+                r.unenforced_peers(),
+            ),
+            Side::Egress(r) => (
+                &r.to_endpoints,
+                &r.to_entities,
+                &r.to_cidr,
+                &r.to_cidr_set,
+                &r.to_ports,
+                r.unenforced_peers(),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::snapshot;
+
+    fn pod(ns: &str, name: &str, ip: &str, node: &str, labels: &str) -> String {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: x, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
+             status: {{podIP: {ip}}}\n"
+        )
+    }
+
+    fn nodes() -> BTreeMap<String, Ipv4Addr> {
+        BTreeMap::from([
+            ("n1".to_string(), Ipv4Addr::new(10, 10, 30, 11)),
+            ("n2".to_string(), Ipv4Addr::new(10, 10, 30, 12)),
+        ])
+    }
+
+    fn key(direction: Direction, identity: u32, proto: u8, port: u16, port_bits: u8) -> PolicyKey {
+        PolicyKey {
+            direction,
+            identity,
+            proto,
+            port,
+            port_bits,
+        }
+    }
+
+    fn pods_and(policies: &str) -> Snapshot {
+        let mut text = String::new();
+        text += &pod("default", "web", "10.0.1.5", "n1", "{app: web}");
+        text += &pod("default", "client", "10.0.2.5", "n2", "{app: client}");
+        text += &pod("other", "client", "10.0.2.6", "n2", "{app: client}");
+        text += &pod(
+            "kube-system",
+            "dns",
+            "10.0.2.7",
+            "n2",
+            "{k8s-app: kube-dns}",
+        );
+        text += policies;
+        snapshot(&text)
+    }
+
+    #[test]
+    fn port_ranges_become_the_fewest_exact_prefixes() {
+        assert_eq!(port_prefixes(80, 80), [(80, 16)]);
+        assert_eq!(port_prefixes(8080, 8083), [(8080, 14)]);
+        assert_eq!(port_prefixes(1, 65535).len(), 16);
+        for (lo, hi) in [
+            (80u16, 90u16),
+            (1, 1024),
+            (32768, 60999),
+            (5, 5),
+            (65534, 65535),
+        ] {
+            let mut covered = BTreeSet::new();
+            for (p, bits) in port_prefixes(lo, hi) {
+                let size = 1u32 << (16 - u32::from(bits));
+                assert_eq!(u32::from(p) % size, 0, "aligned");
+                covered.extend(u32::from(p)..u32::from(p) + size);
+            }
+            assert_eq!(
+                covered,
+                (u32::from(lo)..=u32::from(hi)).collect(),
+                "{lo}-{hi}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_corpus_default_deny_and_dns_allow() {
+        let s = pods_and(include_str!(
+            "../../../../shared/corpus/home-ops/docs/security-improvements/network-policies/default-deny.yaml"
+        ));
+        let plan = compile(&s, "n1", &nodes());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        assert!(web.ingress_enforced && web.egress_enforced);
+        let egress: Vec<&PolicyKey> = web
+            .entries
+            .keys()
+            .filter(|k| k.direction == Direction::Egress)
+            .collect();
+        assert_eq!(
+            egress,
+            [
+                &key(Direction::Egress, ID_ANY, PROTO_TCP, 53, 16),
+                &key(Direction::Egress, ID_ANY, PROTO_UDP, 53, 16)
+            ]
+        );
+        // Ingress: only the host (the selected-by-label allow is for component=server pods).
+        let ingress: Vec<&PolicyKey> = web
+            .entries
+            .keys()
+            .filter(|k| k.direction == Direction::Ingress)
+            .collect();
+        assert_eq!(ingress, [&key(Direction::Ingress, ID_HOST, 0, 0, 0)]);
+        assert_eq!(
+            plan.ipcache[&"10.10.30.11/32".parse().expect("net")],
+            ID_HOST
+        );
+        assert_eq!(
+            plan.ipcache[&"10.10.30.12/32".parse().expect("net")],
+            ID_REMOTE_NODE
+        );
+        assert_eq!(plan.ipcache[&Ipv4Net::default()], ID_WORLD);
+        // Only n1's pods are endpoints of n1.
+        assert_eq!(plan.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn cilium_selectors_entities_fqdns_and_dns_rules() {
+        let s = pods_and(
+            r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {"k8s:app": web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: http, protocol: TCP}]}]
+  egress:
+  - toEntities: [world]
+  - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules: {dns: [{matchPattern: "*"}]}
+  - toFQDNs: [{matchName: vw.example.test}]
+  - toCIDR: [192.0.2.0/24]
+    toPorts: [{ports: [{port: "443"}], rules: {http: [{method: GET}]}}]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        let id = |ip: &str| plan.ipcache[&Ipv4Net::from(ip.parse::<Ipv4Addr>().expect("ip"))];
+        // The client in `default` only (confined to the policy's namespace), on the named port.
+        assert!(web.entries.contains_key(&key(
+            Direction::Ingress,
+            id("10.0.2.5"),
+            PROTO_TCP,
+            8080,
+            16
+        )));
+        assert_ne!(
+            id("10.0.2.5"),
+            id("10.0.2.6"),
+            "namespaces differ, identities differ"
+        );
+        assert!(!web.entries.keys().any(|k| k.identity == id("10.0.2.6")));
+        // World, and DNS to kube-dns on TCP/UDP/SCTP 53.
+        assert!(
+            web.entries
+                .contains_key(&key(Direction::Egress, ID_WORLD, 0, 0, 0))
+        );
+        for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP] {
+            assert!(web.entries.contains_key(&key(
+                Direction::Egress,
+                id("10.0.2.7"),
+                proto,
+                53,
+                16
+            )));
+        }
+        // toFQDNs and the HTTP-rule port allow nothing: no ANY key, no CIDR key on 443.
+        assert!(!web.entries.keys().any(|k| k.identity == ID_ANY));
+        let cidr = plan.ipcache[&"192.0.2.0/24".parse().expect("net")];
+        assert!(
+            !web.entries
+                .keys()
+                .any(|k| k.identity == cidr && k.port == 443)
+        );
+        // The world selects the CIDR identity too (it is part of the world).
+        assert!(
+            web.entries
+                .contains_key(&key(Direction::Egress, cidr, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn deny_wins_and_default_deny_can_be_switched_off() {
+        let s = pods_and(
+            r#"---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  enableDefaultDeny: {ingress: false}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80"}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client, io.kubernetes.pod.namespace: other}}]
+  egressDeny:
+  - toCIDRSet: [{cidrGroupRef: missing}]
+    toPorts: [{ports: [{port: "25"}]}]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        let other = plan.ipcache[&"10.0.2.6/32".parse().expect("net")];
+        assert!(!web.ingress_enforced, "enableDefaultDeny.ingress: false");
+        assert!(
+            web.egress_enforced,
+            "a deny rule turns egress default deny on"
+        );
+        // The deny of everything from `other/client` removed its narrower allow on port 80.
+        assert_eq!(
+            web.entries
+                .get(&key(Direction::Ingress, other, 0, 0, 0))
+                .map(|v| v.deny),
+            Some(true)
+        );
+        assert!(
+            !web.entries
+                .contains_key(&key(Direction::Ingress, other, PROTO_TCP, 80, 16))
+        );
+        // An unresolved CIDR group in a deny rule denies its port to everyone (fail closed).
+        assert_eq!(
+            web.entries
+                .get(&key(Direction::Egress, ID_ANY, PROTO_TCP, 25, 16))
+                .map(|v| v.deny),
+            Some(true)
+        );
+        assert!(
+            plan.rules
+                [web.entries[&key(Direction::Egress, ID_ANY, PROTO_TCP, 25, 16)].rule as usize]
+                .to_string()
+                .contains("egressDeny[0]")
+        );
+    }
+
+    #[test]
+    fn identities_stay_when_other_pods_come() {
+        let a = compile(&pods_and(""), "n1", &nodes());
+        let mut text = String::new();
+        for i in 0..50 {
+            text += &pod(
+                "default",
+                &format!("p{i}"),
+                &format!("10.0.3.{i}"),
+                "n2",
+                &format!("{{app: a{i}}}"),
+            );
+        }
+        let b = compile(&pods_and(&text), "n1", &nodes());
+        for ip in ["10.0.1.5/32", "10.0.2.5/32", "10.0.2.6/32"] {
+            let n: Ipv4Net = ip.parse().expect("net");
+            assert_eq!(a.ipcache[&n], b.ipcache[&n], "{ip}");
+        }
+    }
+}
