@@ -12,6 +12,10 @@
  * backend while the service's backends change. Traffic from outside to a backend on another
  * node is also SNATed to the node address so its replies return here (no DSR yet).
  *
+ * Network policy is enforced at the pod's veth: its egress in from_pod (after service
+ * translation, on the backend's address), its ingress in to_pod (before reply translation,
+ * on the addresses as they travel). The agent compiles the entries; this only looks them up.
+ *
  * What is not here: policy decisions (the agent compiles them into the maps), IPv6, ICMP
  * error translation. Frontends without backends are not in the maps at all: the node's
  * routing answers them (an unreachable route for the service CIDR, RST for node ports).
@@ -99,6 +103,40 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, IPCACHE4_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ipcache4_key);
+	__type(value, struct ipcache4_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, ENDPOINTS4_MAX);
+	__type(key, __u32);
+	__type(value, struct endpoint4);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, POLICY_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, POLICY_CT4_MAX);
+	__type(key, struct nat4_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_ct4 SEC(".maps");
+
 /* Only the ring buffer carries flow_event values, and a ring buffer has no value type: this
  * variable puts the struct into the object's BTF so its layout can be checked from Rust. It is
  * in a section of its own, not .bss, so no data map is made for it. */
@@ -128,8 +166,9 @@ static __always_inline void count(__u32 which)
 		*v += 1;
 }
 
-static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
-				 __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport)
+static __always_inline void emit_full(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
+				      __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport,
+				      __u32 rule, __u32 identity)
 {
 	struct flow_event *e;
 	__u32 zero = 0;
@@ -157,7 +196,15 @@ static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, _
 	e->nat_daddr = nat_daddr;
 	e->nat_dport = nat_dport;
 	e->pad = 0;
+	e->rule = rule;
+	e->identity = identity;
 	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
+				 __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport)
+{
+	emit_full(skb, t, kind, point, reason, nat_daddr, nat_dport, 0, 0);
 }
 
 static __always_inline struct node_config *config(void)
@@ -512,8 +559,7 @@ static __always_inline int turn_around(struct __sk_buff *skb)
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-SEC("classifier")
-int from_pod(struct __sk_buff *skb)
+static __always_inline int lb_from_pod(struct __sk_buff *skb)
 {
 	struct tuple t;
 	struct lb4_key key;
@@ -559,8 +605,7 @@ int from_pod(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-SEC("classifier")
-int to_pod(struct __sk_buff *skb)
+static __always_inline int lb_to_pod(struct __sk_buff *skb)
 {
 	struct tuple t;
 	struct node_config *cfg;
@@ -584,6 +629,172 @@ int to_pod(struct __sk_buff *skb)
 		bpf_map_update_elem(&inbound4, &ik, &now, BPF_ANY);
 	}
 	return TC_ACT_OK;
+}
+
+/* Reads the tuple policy needs from any IPv4 packet: ports for TCP, UDP and SCTP (0 for other
+ * protocols and later fragments). Returns 0 for IPv4, -1 for anything else. */
+static __always_inline int policy_parse(struct __sk_buff *skb, struct tuple *t)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + IP_OFF;
+	__u16 ports[2];
+
+	if ((void *)(ip + 1) > data_end)
+		return -1;
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
+		return -1;
+	t->saddr = ip->saddr;
+	t->daddr = ip->daddr;
+	t->proto = ip->protocol;
+	t->l4off = IP_OFF + ip->ihl * 4;
+	t->sport = 0;
+	t->dport = 0;
+	t->tcp_flags = 0;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	if (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP || t->proto == IPPROTO_SCTP) {
+		if (bpf_skb_load_bytes(skb, t->l4off, ports, sizeof(ports)) < 0)
+			return 0;
+		t->sport = ports[0];
+		t->dport = ports[1];
+	}
+	if (t->proto == IPPROTO_TCP)
+		bpf_skb_load_bytes(skb, t->l4off + 13, &t->tcp_flags, 1);
+	return 0;
+}
+
+static __always_inline __u32 ipcache_identity(__u32 addr)
+{
+	struct ipcache4_key k = { .prefixlen = 32, .addr = addr };
+	struct ipcache4_value *v = bpf_map_lookup_elem(&ipcache4, &k);
+
+	return v ? v->identity : ID_WORLD;
+}
+
+static __always_inline struct policy_value *policy_lookup(__u32 ep, __u32 identity, __u8 dir,
+							   const struct tuple *t)
+{
+	struct policy_key k = { .prefixlen = POLICY_KEY_FULL_BITS, .ep = ep, .identity = identity,
+				.dir = dir, .proto = t->proto, .dport = t->dport };
+
+	return bpf_map_lookup_elem(&policy4, &k);
+}
+
+/* 0 when the endpoint `ep` may exchange this packet with a peer of `identity`; otherwise
+ * -1, with the rule that denied (or RULE_DEFAULT_DENY) in `rule`. At most two lookups. */
+static __always_inline int policy_verdict(__u32 ep, __u32 identity, __u8 dir, const struct tuple *t,
+					  __u32 *rule)
+{
+	struct policy_value *exact = policy_lookup(ep, identity, dir, t);
+	struct policy_value *any = policy_lookup(ep, ID_ANY, dir, t);
+
+	if (exact && (exact->flags & POLICY_F_DENY)) {
+		*rule = exact->rule;
+		return -1;
+	}
+	if (any && (any->flags & POLICY_F_DENY)) {
+		*rule = any->rule;
+		return -1;
+	}
+	if (exact || any)
+		return 0;
+	*rule = RULE_DEFAULT_DENY;
+	return -1;
+}
+
+static __always_inline __u64 ct_lifetime(__u8 proto)
+{
+	return proto == IPPROTO_TCP ? POLICY_CT_TCP_NS : POLICY_CT_OTHER_NS;
+}
+
+/* Whether the packet answers a connection this node let through in direction `dir` (seen
+ * the other way round). A SYN opens a connection: never a reply. */
+static __always_inline int ct_is_reply(const struct tuple *t, __u8 dir, __u64 now)
+{
+	struct nat4_key k = { .saddr = t->daddr, .daddr = t->saddr, .sport = t->dport,
+			      .dport = t->sport, .proto = t->proto, .dir = dir };
+	__u64 *seen;
+
+	if (is_syn(t))
+		return 0;
+	seen = bpf_map_lookup_elem(&policy_ct4, &k);
+	if (!seen || now - *seen > ct_lifetime(t->proto))
+		return 0;
+	if (now - *seen > POLICY_CT_REFRESH_NS)
+		*seen = now;
+	return 1;
+}
+
+static __always_inline void ct_record(const struct tuple *t, __u8 dir, __u64 now)
+{
+	struct nat4_key k = { .saddr = t->saddr, .daddr = t->daddr, .sport = t->sport,
+			      .dport = t->dport, .proto = t->proto, .dir = dir };
+	__u64 *seen = bpf_map_lookup_elem(&policy_ct4, &k);
+
+	if (seen) {
+		if (now - *seen > POLICY_CT_REFRESH_NS)
+			*seen = now;
+		return;
+	}
+	if (bpf_map_update_elem(&policy_ct4, &k, &now, BPF_ANY) < 0)
+		count(STAT_POLICY_CT_FULL);
+}
+
+/* Policy for a packet at a local endpoint's veth: `dir` is the endpoint's direction, `ep` its
+ * address in the packet, `peer` the other side's. */
+static __always_inline int policy(struct __sk_buff *skb, __u8 dir)
+{
+	struct tuple t;
+	struct endpoint4 *ep;
+	__u32 ep_addr, peer, identity, rule = 0;
+	__u64 now;
+
+	if (policy_parse(skb, &t) < 0)
+		return TC_ACT_OK;
+	ep_addr = dir == POLICY_DIR_EGRESS ? t.saddr : t.daddr;
+	peer = dir == POLICY_DIR_EGRESS ? t.daddr : t.saddr;
+	ep = bpf_map_lookup_elem(&endpoints4, &ep_addr);
+	if (!ep)
+		return TC_ACT_OK;
+	now = bpf_ktime_get_ns();
+	/* The answer of a connection let through the other way: allowed. */
+	if (ct_is_reply(&t, dir == POLICY_DIR_EGRESS ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS, now))
+		return TC_ACT_OK;
+	if (ep->flags & (dir == POLICY_DIR_EGRESS ? EP_F_EGRESS : EP_F_INGRESS)) {
+		identity = ipcache_identity(peer);
+		if (policy_verdict(ep_addr, identity, dir, &t, &rule) < 0) {
+			count(STAT_POLICY_DROP);
+			emit_full(skb, &t, EVENT_DROP,
+				  dir == POLICY_DIR_EGRESS ? POINT_FROM_POD : POINT_TO_POD,
+				  DROP_POLICY, 0, 0, rule, identity);
+			return TC_ACT_SHOT;
+		}
+	}
+	ct_record(&t, dir, now);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int from_pod(struct __sk_buff *skb)
+{
+	int act = lb_from_pod(skb);
+
+	/* Redirected (a hairpin turned around) or dropped: policy has nothing to add. */
+	if (act != TC_ACT_OK)
+		return act;
+	return policy(skb, POLICY_DIR_EGRESS);
+}
+
+SEC("classifier")
+int to_pod(struct __sk_buff *skb)
+{
+	int act = policy(skb, POLICY_DIR_INGRESS);
+
+	if (act != TC_ACT_OK)
+		return act;
+	return lb_to_pod(skb);
 }
 
 SEC("classifier")

@@ -24,6 +24,61 @@
  * except under heavy connection churn, where TIME_WAIT reuse needs a second at least. */
 #define SYN_ACK_WINDOW_NS (1000000000ull)
 
+/* Network policy (Cilium's model): the ipcache maps an address to the identity of its
+ * longest prefix; each local endpoint has policy entries keyed by (endpoint, peer identity,
+ * direction, protocol, port prefix); a packet is looked up with its peer's identity and with
+ * the wildcard identity 0, and dropped if either says deny or neither allows. Replies of
+ * connections a hook let through are recognised from policy connection tracking. */
+#define IPCACHE4_MAX 65536
+#define POLICY_MAX 262144        /* entries over all local endpoints */
+#define ENDPOINTS4_MAX 4096      /* local endpoints */
+#define POLICY_CT4_MAX 262144    /* tracked connections, one entry per direction seen */
+#define POLICY_CT_TCP_NS (21600ull * 1000000000ull)  /* Cilium's TCP lifetime, 6 h */
+#define POLICY_CT_OTHER_NS (60ull * 1000000000ull)   /* UDP and the rest, 60 s */
+#define POLICY_CT_REFRESH_NS (1000000000ull)         /* a live entry is rewritten at most this often */
+#define ID_WORLD 2
+#define ID_ANY 0
+#define POLICY_DIR_INGRESS 0
+#define POLICY_DIR_EGRESS 1
+/* Bits of a policy key that are always matched: endpoint, identity and direction. */
+#define POLICY_KEY_FIXED_BITS 72
+#define POLICY_KEY_FULL_BITS 96
+#define POLICY_F_DENY 0x01
+#define RULE_DEFAULT_DENY 0xfffffffe   /* no rule allowed it (default deny) */
+
+struct ipcache4_key {
+	__u32 prefixlen;
+	__u32 addr;
+};
+
+struct ipcache4_value {
+	__u32 identity;
+	__u32 pad;
+};
+
+#define EP_F_INGRESS 0x01   /* ingress is enforced (default deny) */
+#define EP_F_EGRESS 0x02
+
+/* Keyed by the endpoint's address. */
+struct endpoint4 {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct policy_key {
+	__u32 prefixlen;
+	__u32 ep;        /* the endpoint's address, as in the packet */
+	__u32 identity;  /* the peer's identity, 0: any */
+	__u8 dir;
+	__u8 proto;      /* 0: any (then the port is not matched) */
+	__u16 dport;     /* network byte order: prefixes are over its bits */
+};
+
+struct policy_value {
+	__u32 rule;      /* the agent's rule index, for flows */
+	__u32 flags;
+};
+
 /* A pod reaching itself through a service is SNATed to this address (Cilium uses the same
  * link-local one), so its reply leaves the pod and can be reverse-translated. */
 #define HAIRPIN_IP4 0xa9fe2a01   /* 169.254.42.1, host byte order */
@@ -148,6 +203,7 @@ struct node_config {
 #define DROP_NAT_FAILED 132    /* Hubble's reason numbers where one fits: 132 = CT_NO_MAP_FOUND-ish */
 #define DROP_NO_SERVICE 158    /* SERVICE_BACKEND_NOT_FOUND */
 #define DROP_DSR_LOOP 181      /* unwrapped DSR packet whose backend is not local */
+#define DROP_POLICY 133        /* POLICY_DENIED */
 
 struct flow_event {
 	__u64 time_ns;     /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
@@ -164,6 +220,8 @@ struct flow_event {
 	__u32 nat_daddr;   /* the backend a new service connection went to (0: none) */
 	__u16 nat_dport;
 	__u16 pad;
+	__u32 rule;        /* policy drops: the rule that denied, or RULE_DEFAULT_DENY */
+	__u32 identity;    /* policy drops: the peer's identity */
 };
 
 /* Counters, index by enum stat; per-CPU array. */
@@ -175,6 +233,8 @@ enum stat {
 	STAT_NAT_FULL,          /* no free SNAT port or NAT map update failed */
 	STAT_MASQ_NEW,
 	STAT_EVENTS_LOST,       /* the ring buffer was full: the event is counted, not sent */
+	STAT_POLICY_DROP,       /* dropped by network policy */
+	STAT_POLICY_CT_FULL,    /* a policy connection-tracking entry could not be written */
 	STAT_MAX,
 };
 

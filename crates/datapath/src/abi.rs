@@ -25,7 +25,7 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// The counters of the `stats` per-CPU array, in index order.
-pub const STAT_NAMES: [&str; 7] = [
+pub const STAT_NAMES: [&str; 9] = [
     "packets",
     "service_new",
     "nat_hit",
@@ -33,7 +33,26 @@ pub const STAT_NAMES: [&str; 7] = [
     "nat_full",
     "masq_new",
     "events_lost",
+    "policy_drop",
+    "policy_ct_full",
 ];
+
+/// Policy map bounds, as in `trellis.h`.
+pub const IPCACHE4_MAX: usize = 65536;
+pub const POLICY_MAX: usize = 262_144;
+pub const ENDPOINTS4_MAX: usize = 4096;
+/// `endpoint4.flags`: the directions in default deny.
+pub const EP_F_INGRESS: u32 = 0x01;
+pub const EP_F_EGRESS: u32 = 0x02;
+pub const POLICY_DIR_INGRESS: u8 = 0;
+pub const POLICY_DIR_EGRESS: u8 = 1;
+pub const POLICY_F_DENY: u32 = 0x01;
+/// `flow_event.rule` of a drop no rule asked for (default deny).
+pub const RULE_DEFAULT_DENY: u32 = 0xffff_fffe;
+/// `flow_event.reason` of a policy drop (Hubble's POLICY_DENIED).
+pub const DROP_POLICY: u32 = 133;
+/// Bits of a policy key always matched (endpoint, identity, direction).
+pub const POLICY_KEY_FIXED_BITS: u32 = 72;
 
 /// `flow_event.kind`: Cilium's monitor message types.
 pub const EVENT_DROP: u8 = 1;
@@ -206,9 +225,85 @@ impl NodeConfig {
     }
 }
 
+/// `struct policy_key` without its prefix length: a local endpoint's entry for a peer identity
+/// (0: any), direction, protocol (0: any) and the first `port_bits` bits of the port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub ep: Ipv4Addr,
+    pub identity: u32,
+    pub dir: u8,
+    pub proto: u8,
+    pub port: u16,
+    pub port_bits: u8,
+}
+
+impl PolicyKey {
+    /// The LPM key's data (after the prefix length).
+    pub const DATA: usize = 12;
+
+    /// (prefix length, data) as the LPM trie takes them; the port is masked to its prefix.
+    pub fn to_lpm(&self) -> (u32, [u8; Self::DATA]) {
+        let mut b = [0u8; Self::DATA];
+        b[0..4].copy_from_slice(&ip_bytes(self.ep));
+        b[4..8].copy_from_slice(&self.identity.to_ne_bytes());
+        b[8] = self.dir;
+        let bits = u32::from(self.port_bits.min(16));
+        let prefix = if self.proto == 0 {
+            POLICY_KEY_FIXED_BITS
+        } else {
+            b[9] = self.proto;
+            let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+            b[10..12].copy_from_slice(&(self.port & mask).to_be_bytes());
+            POLICY_KEY_FIXED_BITS + 8 + bits
+        };
+        (prefix, b)
+    }
+}
+
+/// `struct policy_value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyValue {
+    pub rule: u32,
+    pub flags: u32,
+}
+
+impl PolicyValue {
+    pub const SIZE: usize = 8;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.rule.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
+/// `struct endpoint4`, keyed by the endpoint's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Endpoint4 {
+    pub identity: u32,
+    pub flags: u32,
+}
+
+impl Endpoint4 {
+    pub const SIZE: usize = 8;
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.identity.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        b
+    }
+}
+
 /// Sizes of the structs the programs share with us, by C name (checked against BTF).
-pub const STRUCT_SIZES: [(&str, usize); 10] = [
-    ("flow_event", 40),
+pub const STRUCT_SIZES: [(&str, usize); 15] = [
+    ("flow_event", 48),
+    ("ipcache4_key", 8),
+    ("ipcache4_value", 8),
+    ("endpoint4", Endpoint4::SIZE),
+    ("policy_key", 4 + PolicyKey::DATA),
+    ("policy_value", PolicyValue::SIZE),
     ("lb4_key", Lb4Key::SIZE),
     ("lb4_service", Lb4Service::SIZE),
     ("lb4_backend", Lb4Backend::SIZE),

@@ -14,11 +14,14 @@ pub mod abi;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
 use aya::programs::tc::{self, NlOptions, SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 
-pub use abi::{Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
+pub use abi::{
+    Endpoint4, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig, PolicyKey, PolicyValue,
+};
 
 /// The compiled load-balancer object (built by build.rs with clang -target bpf).
 pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
@@ -210,6 +213,18 @@ pub struct Desired {
     pub backends: BTreeMap<u32, Lb4Backend>,
     pub maglev: BTreeMap<MaglevKey, u32>,
     pub config: Option<NodeConfig>,
+    /// Network policy; `None` leaves the policy maps as they are (the last good policy).
+    pub policy: Option<PolicyDesired>,
+}
+
+/// What the policy maps should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PolicyDesired {
+    /// (prefix address, prefix length) to identity.
+    pub ipcache: BTreeMap<(std::net::Ipv4Addr, u8), u32>,
+    /// Local endpoints by address.
+    pub endpoints: BTreeMap<std::net::Ipv4Addr, Endpoint4>,
+    pub entries: BTreeMap<PolicyKey, PolicyValue>,
 }
 
 /// How many entries a sync wrote and removed.
@@ -231,6 +246,9 @@ pub struct Maps {
     config: Array<MapData, [u8; NodeConfig::SIZE]>,
     stats: PerCpuArray<MapData, u64>,
     nat: BpfHashMap<MapData, [u8; 16], [u8; 32]>,
+    ipcache: LpmTrie<MapData, [u8; 4], [u8; 8]>,
+    endpoints: BpfHashMap<MapData, [u8; 4], [u8; Endpoint4::SIZE]>,
+    policy: LpmTrie<MapData, [u8; PolicyKey::DATA], [u8; PolicyValue::SIZE]>,
 }
 
 impl std::fmt::Debug for Maps {
@@ -254,6 +272,7 @@ fn open(pin_dir: &Path, name: &'static str) -> Result<Map, Error> {
             MapType::Array => Map::Array(data),
             MapType::PerCpuArray => Map::PerCpuArray(data),
             MapType::RingBuf => Map::RingBuf(data),
+            MapType::LpmTrie => Map::LpmTrie(data),
             _ => Map::Unsupported(data),
         },
     )
@@ -279,7 +298,96 @@ impl Maps {
             config: typed!(pin_dir, "node_config"),
             stats: typed!(pin_dir, "stats"),
             nat: typed!(pin_dir, "nat4"),
+            ipcache: typed!(pin_dir, "ipcache4"),
+            endpoints: typed!(pin_dir, "endpoints4"),
+            policy: typed!(pin_dir, "policy4"),
         })
+    }
+
+    /// Makes the policy maps hold exactly `want`. Order keeps packets on the safe side: the
+    /// ipcache and new entries first, then the endpoints' enforcement flags, then removals, so
+    /// an endpoint is never enforced before its allows are in and a new deny is in before an
+    /// old allow goes.
+    fn sync_policy(&mut self, want: &PolicyDesired, stats: &mut SyncStats) -> Result<(), Error> {
+        for (name, max, wanted) in [
+            ("ipcache4", abi::IPCACHE4_MAX, want.ipcache.len()),
+            ("endpoints4", abi::ENDPOINTS4_MAX, want.endpoints.len()),
+            ("policy4", abi::POLICY_MAX, want.entries.len()),
+        ] {
+            if wanted > max {
+                return Err(Error::Full { name, max, wanted });
+            }
+        }
+        let err = |name: &'static str| move |source| Error::Map { name, source };
+        let have_ipcache: BTreeMap<(u32, [u8; 4]), [u8; 8]> = self
+            .ipcache
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect::<Result<_, _>>()
+            .map_err(err("ipcache4"))?;
+        let want_ipcache: BTreeMap<(u32, [u8; 4]), [u8; 8]> = want
+            .ipcache
+            .iter()
+            .map(|((addr, len), id)| {
+                let mut v = [0u8; 8];
+                v[0..4].copy_from_slice(&id.to_ne_bytes());
+                ((u32::from(*len), addr.octets()), v)
+            })
+            .collect();
+        for (k, v) in &want_ipcache {
+            if have_ipcache.get(k) != Some(v) {
+                self.ipcache
+                    .insert(&LpmKey::new(k.0, k.1), v, 0)
+                    .map_err(err("ipcache4"))?;
+                stats.written += 1;
+            }
+        }
+        let have_policy: BTreeMap<(u32, [u8; PolicyKey::DATA]), [u8; PolicyValue::SIZE]> = self
+            .policy
+            .iter()
+            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+            .collect::<Result<_, _>>()
+            .map_err(err("policy4"))?;
+        let want_policy: BTreeMap<(u32, [u8; PolicyKey::DATA]), [u8; PolicyValue::SIZE]> = want
+            .entries
+            .iter()
+            .map(|(k, v)| (k.to_lpm(), v.to_bytes()))
+            .collect();
+        for (k, v) in &want_policy {
+            if have_policy.get(k) != Some(v) {
+                self.policy
+                    .insert(&LpmKey::new(k.0, k.1), v, 0)
+                    .map_err(err("policy4"))?;
+                stats.written += 1;
+            }
+        }
+        let have_endpoints = read_all(&self.endpoints, "endpoints4")?;
+        for (addr, ep) in &want.endpoints {
+            let (k, v) = (addr.octets(), ep.to_bytes());
+            if have_endpoints.get(&k) != Some(&v) {
+                self.endpoints.insert(k, v, 0).map_err(err("endpoints4"))?;
+                stats.written += 1;
+            }
+        }
+        for k in have_endpoints.keys() {
+            if !want.endpoints.contains_key(&std::net::Ipv4Addr::from(*k)) {
+                remove(&mut self.endpoints, k, "endpoints4")?;
+                stats.removed += 1;
+            }
+        }
+        for k in have_policy.keys().filter(|k| !want_policy.contains_key(*k)) {
+            match self.policy.remove(&LpmKey::new(k.0, k.1)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
+                Err(source) => return Err(Error::Map { name: "policy4", source }),
+            }
+        }
+        for k in have_ipcache.keys().filter(|k| !want_ipcache.contains_key(*k)) {
+            match self.ipcache.remove(&LpmKey::new(k.0, k.1)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
+                Err(source) => return Err(Error::Map { name: "ipcache4", source }),
+            }
+        }
+        Ok(())
     }
 
     /// Makes the maps hold exactly `want`, touching only entries that differ. Order keeps the
@@ -296,6 +404,9 @@ impl Maps {
             }
         }
         let mut stats = SyncStats::default();
+        if let Some(p) = &want.policy {
+            self.sync_policy(p, &mut stats)?;
+        }
         if let Some(cfg) = &want.config {
             self.config
                 .set(0, cfg.to_bytes(), 0)
@@ -460,10 +571,14 @@ pub struct FlowEvent {
     pub ifindex: u32,
     /// Where a new service connection went (backend address and port).
     pub translated: Option<(std::net::Ipv4Addr, u16)>,
+    /// Policy drops: the rule that denied (`abi::RULE_DEFAULT_DENY`: none allowed it).
+    pub rule: u32,
+    /// Policy drops: the peer's identity.
+    pub identity: u32,
 }
 
 impl FlowEvent {
-    pub const SIZE: usize = 40;
+    pub const SIZE: usize = 48;
 
     /// Decodes one record; `None` when it is too short (never from our programs).
     pub fn from_bytes(b: &[u8]) -> Option<FlowEvent> {
@@ -486,6 +601,8 @@ impl FlowEvent {
             reason: u32_at(24),
             ifindex: u32_at(28),
             translated: (!nat.is_unspecified()).then(|| (nat, u16::from_be_bytes([b[36], b[37]]))),
+            rule: u32_at(40),
+            identity: u32_at(44),
         })
     }
 }

@@ -42,7 +42,7 @@ use model::kinds::LabelSelector;
 use model::kinds::cilium::{CidrRule, PolicyRule, PortRule};
 use serde::Serialize;
 
-use crate::plan::{PROTO_SCTP, PROTO_TCP, PROTO_UDP, Problem};
+use crate::plan::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 /// The wildcard identity in a policy key: any peer.
 pub const ID_ANY: u32 = 0;
@@ -171,7 +171,8 @@ pub struct PolicyPlan {
     /// This node's endpoints by address.
     pub endpoints: BTreeMap<Ipv4Addr, EndpointPolicy>,
     pub rules: Vec<RuleRef>,
-    pub problems: Vec<Problem>,
+    /// Warnings, each naming its policy and field (`Kind ns/name: path: message`).
+    pub problems: Vec<String>,
     /// A bound was exceeded: the plan must not be programmed (the last good one stays).
     pub over_bound: Option<String>,
 }
@@ -973,11 +974,8 @@ fn rules(
                         .is_some_and(|n| l.get(LABEL_NAMESPACE).map(String::as_str) != Some(n))
                         || !rule.subject.matches(l)
                 }) {
-                    plan.problems.push(Problem::new(
-                        p.namespace(),
-                        p.name(),
-                        format!("{path}.endpointSelector"),
-                        "selects no running pod".into(),
+                    plan.problems.push(format!(
+                        "{label}: {path}.endpointSelector: selects no running pod"
                     ));
                 }
                 out.push(rule);
@@ -1291,7 +1289,7 @@ mod tests {
     #[test]
     fn the_corpus_default_deny_and_dns_allow() {
         let s = pods_and(include_str!(
-            "../../../../shared/corpus/home-ops/docs/security-improvements/network-policies/default-deny.yaml"
+            "../../../testdata/home-ops/docs/security-improvements/network-policies/default-deny.yaml"
         ));
         let plan = compile(&s, "n1", &nodes());
         let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];

@@ -324,6 +324,63 @@ pub fn desired(
     d
 }
 
+/// Turns the fabric's policy plan into the policy maps' contents; `None` when the plan went over
+/// a bound (the maps then keep the last good policy, never a partial one).
+pub fn policy_desired(plan: &fabric::policy::PolicyPlan) -> Option<datapath::PolicyDesired> {
+    use fabric::policy::Direction;
+    if plan.over_bound.is_some() {
+        return None;
+    }
+    let mut d = datapath::PolicyDesired {
+        ipcache: plan
+            .ipcache
+            .iter()
+            .map(|(net, id)| ((net.network(), net.prefix_len()), *id))
+            .collect(),
+        ..Default::default()
+    };
+    for (ip, ep) in &plan.endpoints {
+        let mut flags = 0;
+        if ep.ingress_enforced {
+            flags |= datapath::abi::EP_F_INGRESS;
+        }
+        if ep.egress_enforced {
+            flags |= datapath::abi::EP_F_EGRESS;
+        }
+        d.endpoints.insert(
+            *ip,
+            datapath::Endpoint4 {
+                identity: ep.identity,
+                flags,
+            },
+        );
+        for (k, v) in &ep.entries {
+            d.entries.insert(
+                datapath::PolicyKey {
+                    ep: *ip,
+                    identity: k.identity,
+                    dir: match k.direction {
+                        Direction::Ingress => datapath::abi::POLICY_DIR_INGRESS,
+                        Direction::Egress => datapath::abi::POLICY_DIR_EGRESS,
+                    },
+                    proto: k.proto,
+                    port: k.port,
+                    port_bits: k.port_bits,
+                },
+                datapath::PolicyValue {
+                    rule: v.rule,
+                    flags: if v.deny {
+                        datapath::abi::POLICY_F_DENY
+                    } else {
+                        0
+                    },
+                },
+            );
+        }
+    }
+    Some(d)
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
@@ -404,7 +461,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             for p in &plan.problems {
                 tracing::warn!(problem = %p, "service not fully programmed");
             }
-            let want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
+            let mut want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
+            let policy = fabric::policy::compile(snapshot, &conf.node, &conf.node_ips);
+            for p in &policy.problems {
+                tracing::warn!(problem = %p, "network policy");
+            }
+            if let Some(why) = &policy.over_bound {
+                tracing::error!(
+                    error = %why,
+                    "network policy not programmed; the maps keep the last good policy"
+                );
+            }
+            want.policy = policy_desired(&policy);
             let stats = maps.sync(&want)?;
             // The lab waits for this line to know the published objects are in the maps.
             let generation = model::snapshot::get(
@@ -420,10 +488,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 let _ = writeln!(out, "synced {g}").and_then(|()| out.flush());
             }
             eprintln!(
-                "node {}: {} frontends, {} backends; {} entries written, {} removed",
+                "node {}: {} frontends, {} backends, {} policy entries for {} endpoints; \
+                 {} entries written, {} removed",
                 conf.node,
                 plan.frontends.len(),
                 want.backends.len(),
+                want.policy.as_ref().map_or(0, |p| p.entries.len()),
+                want.policy.as_ref().map_or(0, |p| p.endpoints.len()),
                 stats.written,
                 stats.removed
             );

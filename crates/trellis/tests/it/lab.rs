@@ -129,7 +129,7 @@ fn says_ready(child: &mut std::process::Child) -> bool {
 }
 
 /// Connects from inside a namespace (the socket stays in it), from a thread that enters it.
-fn connect_in(netns: &str, addr: SocketAddr) -> TcpStream {
+pub(crate) fn connect_in(netns: &str, addr: SocketAddr) -> TcpStream {
     let path = format!("/var/run/netns/{netns}");
     std::thread::spawn(move || {
         let f = std::fs::File::open(&path).expect("netns file");

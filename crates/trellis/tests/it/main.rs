@@ -9,6 +9,7 @@ mod knot;
 mod l2;
 mod lab;
 mod observe;
+mod policy;
 mod sync;
 mod ui;
 mod up;

@@ -1,0 +1,364 @@
+//! Network policy in the lab, with real packets: a connectivity matrix (every (from, to, port)
+//! expected allowed or denied, kept as data below), replies of allowed connections through
+//! enforced endpoints, the host's access, a world address by CIDR with `except`, a
+//! keep-alive connection that survives policy edits, and an edit that takes an allow away.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::lab::{Lab, require_root};
+
+const APPS: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: other, labels: {team: other}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: echo
+        ports: [{name: http, containerPort: 8080}, {name: admin, containerPort: 9090}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: db, namespace: default}
+spec:
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+      - name: db
+        image: echo
+        ports: [{name: pg, containerPort: 5432}, {name: other, containerPort: 6000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: default}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      containers: [{name: client, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: other}
+spec:
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      containers: [{name: client, image: echo, ports: [{containerPort: 8080}]}]
+"#;
+
+/// web: only default/client, only on the named port `http`.
+const WEB_POLICY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: http}]
+"#;
+
+const POLICIES: &str = r#"
+# db: web on any port; clients of namespaces labelled team=other on 5432-5440 (endPort);
+# nothing from default/client (deny over the allow by namespace).
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: web}}]
+  - fromEndpoints: [{matchLabels: {"k8s:app": client}, matchExpressions: [{key: io.kubernetes.pod.namespace, operator: Exists}]}]
+    toPorts: [{ports: [{port: "5432", endPort: 5440, protocol: TCP}]}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+---
+# other/client: the db, and the LAN except the client's /25 half, toFQDNs (not enforced yet:
+# allows nothing).
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client, namespace: other}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: default, app: db}}]
+  - toCIDRSet: [{cidr: 10.10.30.0/24, except: [10.10.30.192/26]}]
+    toPorts: [{ports: [{port: "8000"}]}]
+  - toFQDNs: [{matchName: web.default.svc.cluster.local}]
+"#;
+
+/// (from, to, port, allowed)
+const MATRIX: &[(&str, &str, u16, bool)] = &[
+    ("default/client", "web", 8080, true),
+    ("default/client", "web", 9090, false),
+    ("other/client", "web", 8080, false),
+    ("default/db", "web", 8080, false),
+    ("default/web", "db", 5432, true),
+    ("default/web", "db", 6000, true),
+    ("other/client", "db", 5432, true),
+    ("other/client", "db", 6000, false),
+    ("default/client", "db", 5432, false),
+    ("other/client", "lan-client", 8000, true),
+    ("other/client", "lan-client-2", 8000, false),
+    ("default/client", "lan-client", 8000, true),
+    ("default/web", "other/client", 8080, true),
+];
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write manifest");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename manifest");
+}
+
+/// Whether a TCP connection from `who` to `ip:port` is answered (curl; 2 s to connect).
+fn reaches(lab: &Lab, who: &str, ip: &str, port: u16) -> bool {
+    let (code, _) = lab.exec(
+        who,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--connect-timeout",
+            "2",
+            "--max-time",
+            "4",
+            &format!("http://{ip}:{port}/"),
+        ],
+    );
+    code == 0
+}
+
+/// Polls (bounded) until `who` reaching `ip:port` is `want`: policy edits reach the agents
+/// through their own watch.
+fn wait_reach(lab: &Lab, who: &str, ip: &str, port: u16, want: bool) {
+    let start = Instant::now();
+    while reaches(lab, who, ip, port) != want {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{who} -> {ip}:{port} never became {}",
+            if want { "allowed" } else { "denied" }
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A keep-alive HTTP request on `conn`; whether an answer came.
+fn ask(conn: &mut std::net::TcpStream) -> bool {
+    conn.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    if conn
+        .write_all(b"GET /keep HTTP/1.1\r\nHost: web\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return false;
+        }
+        let l = line.trim().to_ascii_lowercase();
+        if let Some(v) = l.strip_prefix("content-length:") {
+            len = v.trim().parse().expect("length");
+        }
+        if l.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    std::io::Read::read_exact(&mut reader, &mut body).is_ok()
+}
+
+/// A listener in the lab's client namespace (outside the cluster), killed on drop.
+struct LanServer(std::process::Child);
+
+impl Drop for LanServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn lab_enforces_network_policy() {
+    require_root();
+    let name = format!("p{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    write(&manifests, "apps.yaml", APPS);
+    write(&manifests, "web.yaml", WEB_POLICY);
+    write(&manifests, "policies.yaml", POLICIES);
+    let state_dir = dir.path().join("state");
+    let lab = Lab::up(&manifests, &name, &state_dir);
+
+    let s = lab.state();
+    let pod = |ns: &str, app: &str| -> (String, String) {
+        s["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["plan"]["namespace"] == ns && p["plan"]["labels"]["app"] == app)
+            .map(|p| {
+                (
+                    format!("{ns}/{}", p["plan"]["name"].as_str().expect("name")),
+                    p["ip"].as_str().expect("ip").to_string(),
+                )
+            })
+            .unwrap_or_else(|| panic!("pod {ns}/{app}: {s}"))
+    };
+    let who = |w: &str| -> String {
+        let (ns, app) = w.split_once('/').expect("ns/app");
+        pod(ns, app).0
+    };
+    let ip_of = |t: &str| -> String {
+        match t {
+            "lan-client" => "10.10.30.100".to_string(),
+            "lan-client-2" => "10.10.30.200".to_string(),
+            "web" | "db" => pod("default", t).1,
+            other => {
+                let (ns, app) = other.split_once('/').expect("ns/app");
+                pod(ns, app).1
+            }
+        }
+    };
+    let client_netns = lab.netns("client");
+    // A second address outside the cluster, inside the `except` of other/client's CIDR rule.
+    let added = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &client_netns,
+            "addr",
+            "add",
+            "10.10.30.200/24",
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .expect("ip runs");
+    assert!(added.success(), "adding 10.10.30.200 in {client_netns}");
+    let _server = LanServer(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{client_netns}"))
+            .args(["python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 http.server in the client namespace"),
+    );
+    // The server is up when the unrestricted node reaches it.
+    let node = s["nodes"][0]["name"].as_str().expect("node").to_string();
+    wait_reach(&lab, &node, "10.10.30.100", 8000, true);
+
+    let mut wrong = Vec::new();
+    for (from, to, port, allowed) in MATRIX {
+        let got = reaches(&lab, &who(from), &ip_of(to), *port);
+        if got != *allowed {
+            wrong.push(format!(
+                "{from} -> {to}:{port}: {} where {} was expected",
+                if got { "allowed" } else { "denied" },
+                if *allowed { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "connectivity matrix:\n{}",
+        wrong.join("\n")
+    );
+
+    // The pod's own node reaches it on any port (Cilium's allow-localhost); another node is a
+    // remote node, which the policy does not allow.
+    let web_node = s["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["plan"]["labels"]["app"] == "web")
+        .and_then(|p| p["plan"]["node"].as_str())
+        .expect("web's node")
+        .to_string();
+    let other_node = s["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .find(|n| *n != web_node)
+        .expect("another node")
+        .to_string();
+    assert!(
+        reaches(&lab, &web_node, &ip_of("web"), 9090),
+        "own node -> web:9090"
+    );
+    assert!(
+        !reaches(&lab, &other_node, &ip_of("web"), 9090),
+        "other node -> web:9090"
+    );
+
+    // A keep-alive connection from default/client to web stays up through policy edits that
+    // keep it allowed.
+    let web_ip: std::net::Ipv4Addr = ip_of("web").parse().expect("ip");
+    let client_pod_netns = {
+        let (_, pod_name) = who("default/client")
+            .split_once('/')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .expect("name");
+        let st = lab.state();
+        st["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["plan"]["name"] == pod_name.as_str())
+            .and_then(|p| p["netns"].as_str())
+            .expect("client netns")
+            .to_string()
+    };
+    let mut conn = crate::lab::connect_in(&client_pod_netns, SocketAddr::from((web_ip, 8080)));
+    assert!(ask(&mut conn), "first request on the kept connection");
+    for i in 0..6 {
+        // Each edit opens or closes the admin port (9090) to the client, and keeps 8080 open.
+        let open = i % 2 == 0;
+        let ports = if open {
+            "ports: [{port: http}, {port: admin}]"
+        } else {
+            "ports: [{port: http}]"
+        };
+        write(
+            &manifests,
+            "web.yaml",
+            &WEB_POLICY.replace("ports: [{port: http}]", ports),
+        );
+        wait_reach(&lab, &who("default/client"), &ip_of("web"), 9090, open);
+        assert!(ask(&mut conn), "kept connection after edit {i}");
+    }
+    // Taking the whole allow away: default/client is denied again, new connections and the kept
+    // one alike (policy is checked on every packet, as Cilium does).
+    write(
+        &manifests,
+        "web.yaml",
+        &WEB_POLICY.replace("ports: [{port: http}]", "ports: [{port: 1}]"),
+    );
+    wait_reach(&lab, &who("default/client"), &ip_of("web"), 8080, false);
+    assert!(
+        !ask(&mut conn),
+        "the kept connection is denied once its allow is gone"
+    );
+}
