@@ -313,6 +313,43 @@ fn lab_enforces_network_policy() {
         "other node -> web:9090"
     );
 
+    // The denied packets are flows on web's node: DROPPED with POLICY_DENIED, towards web.
+    let web_node_ip = s["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == web_node.as_str())
+        .and_then(|n| n["lan_ip"].as_str())
+        .expect("web node ip")
+        .to_string();
+    let (code, out) = lab.exec(
+        "client",
+        &[
+            env!("CARGO_BIN_EXE_trellis"),
+            "observe",
+            "--server",
+            &format!("{web_node_ip}:4244"),
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "1000",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let web_ip_text = ip_of("web");
+    let denied = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["flow"]["drop_reason_desc"] == "POLICY_DENIED"
+                && v["flow"]["IP"]["destination"] == web_ip_text.as_str()
+                && v["flow"]["l4"]["TCP"]["destination_port"] == 9090
+        })
+        .count();
+    assert!(denied > 0, "no POLICY_DENIED flow to web:9090 in:\n{out}");
+
     // A keep-alive connection from default/client to web stays up through policy edits that
     // keep it allowed.
     let web_ip: std::net::Ipv4Addr = ip_of("web").parse().expect("ip");
