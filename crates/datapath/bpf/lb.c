@@ -150,6 +150,7 @@ struct tuple {
 	__u8 proto;
 	__u8 tcp_flags;
 	__u16 l4off;
+	__u8 no_ports;
 };
 
 #define TCP_FLAG_SYN 0x02
@@ -213,8 +214,10 @@ static __always_inline struct node_config *config(void)
 	return bpf_map_lookup_elem(&node_config, &zero);
 }
 
-/* Reads the IPv4 TCP/UDP tuple; returns 0 when the packet is one we act on. */
-static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
+/* Reads the tuple of any IPv4 packet: ports for TCP, UDP and SCTP (0 for other protocols, and
+ * with `no_ports` set for later fragments or ports that cannot be read). Returns 0 for IPv4,
+ * -1 for anything else. Policy looks at every IPv4 packet. */
+static __always_inline int parse_any(struct __sk_buff *skb, struct tuple *t)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
@@ -226,22 +229,36 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 		return -1;
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
 		return -1;
-	/* Later fragments carry no ports: leave them to the stack. */
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return -1;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
-		return -1;
 	t->saddr = ip->saddr;
 	t->daddr = ip->daddr;
 	t->proto = ip->protocol;
 	t->l4off = IP_OFF + ip->ihl * 4;
-	if (bpf_skb_load_bytes(skb, t->l4off, ports, sizeof(ports)) < 0)
-		return -1;
-	t->sport = ports[0];
-	t->dport = ports[1];
+	t->sport = 0;
+	t->dport = 0;
 	t->tcp_flags = 0;
+	t->no_ports = 1;
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return 0;
+	if (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP || t->proto == IPPROTO_SCTP) {
+		if (bpf_skb_load_bytes(skb, t->l4off, ports, sizeof(ports)) < 0)
+			return 0;
+		t->sport = ports[0];
+		t->dport = ports[1];
+	}
 	if (t->proto == IPPROTO_TCP &&
 	    bpf_skb_load_bytes(skb, t->l4off + 13, &t->tcp_flags, 1) < 0)
+		return 0;
+	t->no_ports = 0;
+	return 0;
+}
+
+/* The TCP/UDP tuple the service part acts on; returns 0 when the packet is one (later
+ * fragments carry no ports and are left to the stack). */
+static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
+{
+	if (parse_any(skb, t) < 0 || t->no_ports)
+		return -1;
+	if (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP)
 		return -1;
 	return 0;
 }
@@ -631,40 +648,6 @@ static __always_inline int lb_to_pod(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* Reads the tuple policy needs from any IPv4 packet: ports for TCP, UDP and SCTP (0 for other
- * protocols and later fragments). Returns 0 for IPv4, -1 for anything else. */
-static __always_inline int policy_parse(struct __sk_buff *skb, struct tuple *t)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-	struct iphdr *ip = data + IP_OFF;
-	__u16 ports[2];
-
-	if ((void *)(ip + 1) > data_end)
-		return -1;
-	if (eth->h_proto != bpf_htons(ETH_P_IP) || ip->version != 4 || ip->ihl < 5)
-		return -1;
-	t->saddr = ip->saddr;
-	t->daddr = ip->daddr;
-	t->proto = ip->protocol;
-	t->l4off = IP_OFF + ip->ihl * 4;
-	t->sport = 0;
-	t->dport = 0;
-	t->tcp_flags = 0;
-	if (ip->frag_off & bpf_htons(0x1fff))
-		return 0;
-	if (t->proto == IPPROTO_TCP || t->proto == IPPROTO_UDP || t->proto == IPPROTO_SCTP) {
-		if (bpf_skb_load_bytes(skb, t->l4off, ports, sizeof(ports)) < 0)
-			return 0;
-		t->sport = ports[0];
-		t->dport = ports[1];
-	}
-	if (t->proto == IPPROTO_TCP)
-		bpf_skb_load_bytes(skb, t->l4off + 13, &t->tcp_flags, 1);
-	return 0;
-}
-
 static __always_inline __u32 ipcache_identity(__u32 addr)
 {
 	struct ipcache4_key k = { .prefixlen = 32, .addr = addr };
@@ -751,7 +734,7 @@ static __always_inline int policy(struct __sk_buff *skb, __u8 dir)
 	__u32 ep_addr, peer, identity, rule = 0;
 	__u64 now;
 
-	if (policy_parse(skb, &t) < 0)
+	if (parse_any(skb, &t) < 0)
 		return TC_ACT_OK;
 	ep_addr = dir == POLICY_DIR_EGRESS ? t.saddr : t.daddr;
 	peer = dir == POLICY_DIR_EGRESS ? t.daddr : t.saddr;

@@ -252,7 +252,11 @@ impl PolicyKey {
             POLICY_KEY_FIXED_BITS
         } else {
             b[9] = self.proto;
-            let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u16::MAX << (16 - bits)
+            };
             b[10..12].copy_from_slice(&(self.port & mask).to_be_bytes());
             POLICY_KEY_FIXED_BITS + 8 + bits
         };

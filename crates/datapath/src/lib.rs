@@ -378,13 +378,26 @@ impl Maps {
         for k in have_policy.keys().filter(|k| !want_policy.contains_key(*k)) {
             match self.policy.remove(&LpmKey::new(k.0, k.1)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
-                Err(source) => return Err(Error::Map { name: "policy4", source }),
+                Err(source) => {
+                    return Err(Error::Map {
+                        name: "policy4",
+                        source,
+                    });
+                }
             }
         }
-        for k in have_ipcache.keys().filter(|k| !want_ipcache.contains_key(*k)) {
+        for k in have_ipcache
+            .keys()
+            .filter(|k| !want_ipcache.contains_key(*k))
+        {
             match self.ipcache.remove(&LpmKey::new(k.0, k.1)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
-                Err(source) => return Err(Error::Map { name: "ipcache4", source }),
+                Err(source) => {
+                    return Err(Error::Map {
+                        name: "ipcache4",
+                        source,
+                    });
+                }
             }
         }
         Ok(())

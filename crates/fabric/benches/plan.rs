@@ -3,11 +3,9 @@
 
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use fabric::plan::{FabricConfig, compile};
-use model::yaml::{PosIndex, parse_documents};
 
 fn snapshot(services: usize) -> model::Snapshot {
     let mut text = String::new();
@@ -30,22 +28,11 @@ fn snapshot(services: usize) -> model::Snapshot {
             ));
         }
     }
-    // One parse per Service and its pods: the YAML reader bounds the nodes per file.
+    // One parse per document: the YAML reader bounds the nodes per file.
     let raws = text
         .split_inclusive("---\n")
-        .flat_map(|doc| parse_documents(doc).expect("generated YAML parses"))
-        .map(|d| {
-            let mut index = PosIndex::default();
-            let value = d.to_json(&mut index);
-            model::RawObject {
-                value,
-                source: model::Source {
-                    file: Arc::new("gen.yaml".into()),
-                    pos: d.pos,
-                    index: Arc::new(index),
-                },
-                default_namespace: Some("apps".into()),
-            }
+        .flat_map(|doc| {
+            model::RawObject::from_yaml(doc, "gen.yaml", "apps").expect("generated YAML parses")
         })
         .collect();
     model::Snapshot::build(raws, Vec::new())

@@ -29,29 +29,10 @@ pub use plan::{
 /// Snapshots from YAML text for the unit tests, read the way `store` reads a file.
 #[cfg(test)]
 pub(crate) mod testing {
-    use std::sync::Arc;
-
     use model::snapshot::{RawObject, Snapshot};
-    use model::yaml::{PosIndex, parse_documents};
 
     pub fn snapshot(text: &str) -> Snapshot {
-        let raws = parse_documents(text)
-            .expect("fixture YAML parses")
-            .into_iter()
-            .map(|d| {
-                let mut index = PosIndex::default();
-                let value = d.to_json(&mut index);
-                RawObject {
-                    value,
-                    source: model::Source {
-                        file: Arc::new("fixture.yaml".into()),
-                        pos: d.pos,
-                        index: Arc::new(index),
-                    },
-                    default_namespace: Some("apps".into()),
-                }
-            })
-            .collect();
+        let raws = RawObject::from_yaml(text, "fixture.yaml", "apps").expect("fixture YAML parses");
         let s = Snapshot::build(raws, Vec::new());
         assert!(!s.has_errors(), "fixture loads: {:?}", s.diagnostics);
         s

@@ -73,6 +73,34 @@ pub struct RawObject {
     pub default_namespace: Option<String>,
 }
 
+impl RawObject {
+    /// Every document of one YAML text, as a source hands them over (tests, benchmarks,
+    /// generated manifests): positions kept, `default_namespace` for documents naming none.
+    pub fn from_yaml(
+        text: &str,
+        file: &str,
+        default_namespace: &str,
+    ) -> Result<Vec<RawObject>, crate::yaml::SyntaxError> {
+        let file = std::sync::Arc::new(std::path::PathBuf::from(file));
+        Ok(crate::yaml::parse_documents(text)?
+            .into_iter()
+            .map(|d| {
+                let mut index = crate::yaml::PosIndex::default();
+                let value = d.to_json(&mut index);
+                RawObject {
+                    value,
+                    source: Source {
+                        file: file.clone(),
+                        pos: d.pos,
+                        index: std::sync::Arc::new(index),
+                    },
+                    default_namespace: Some(default_namespace.to_string()),
+                }
+            })
+            .collect())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

@@ -32,24 +32,8 @@ fn manifests(services: &[(u8, Option<u8>, Option<u8>, bool)]) -> String {
 }
 
 fn snapshot(text: &str) -> model::Snapshot {
-    use model::yaml::{PosIndex, parse_documents};
-    let raws = parse_documents(text)
-        .expect("generated YAML parses")
-        .into_iter()
-        .map(|d| {
-            let mut index = PosIndex::default();
-            let value = d.to_json(&mut index);
-            model::RawObject {
-                value,
-                source: model::Source {
-                    file: std::sync::Arc::new("gen.yaml".into()),
-                    pos: d.pos,
-                    index: std::sync::Arc::new(index),
-                },
-                default_namespace: Some("apps".into()),
-            }
-        })
-        .collect();
+    let raws =
+        model::RawObject::from_yaml(text, "gen.yaml", "apps").expect("generated YAML parses");
     model::Snapshot::build(raws, Vec::new())
 }
 

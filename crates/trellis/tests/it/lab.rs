@@ -142,28 +142,34 @@ pub(crate) fn connect_in(netns: &str, addr: SocketAddr) -> TcpStream {
 
 /// One keep-alive HTTP/1.1 request on an open connection; the echo's `backend` (pod name).
 fn request(conn: &mut TcpStream) -> String {
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let v = try_request(conn).expect("an answer on the kept connection");
+    v["backend"].as_str().expect("backend").to_string()
+}
+
+/// One keep-alive HTTP/1.1 request on an open connection: the echo's JSON answer, or `None`
+/// when none comes within 5 s or the connection is closed.
+pub(crate) fn try_request(conn: &mut TcpStream) -> Option<serde_json::Value> {
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     conn.write_all(b"GET /hold HTTP/1.1\r\nHost: lab\r\n\r\n")
-        .expect("write");
-    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+        .ok()?;
+    let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut len = 0usize;
     loop {
         let mut line = String::new();
-        reader.read_line(&mut line).expect("header line");
-        assert!(!line.is_empty(), "connection closed");
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
         let l = line.trim().to_ascii_lowercase();
         if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().expect("length");
+            len = v.trim().parse().ok()?;
         }
         if l.is_empty() {
             break;
         }
     }
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).expect("body");
-    let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
-    v["backend"].as_str().expect("backend").to_string()
+    reader.read_exact(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
 }
 
 /// Waits (bounded) until the lab reports `n` ready pods.

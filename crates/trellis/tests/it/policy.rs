@@ -3,7 +3,6 @@
 //! enforced endpoints, the host's access, a world address by CIDR with `except`, a
 //! keep-alive connection that survives policy edits, and an edit that takes an allow away.
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -161,31 +160,7 @@ fn wait_reach(lab: &Lab, who: &str, ip: &str, port: u16, want: bool) {
 
 /// A keep-alive HTTP request on `conn`; whether an answer came.
 fn ask(conn: &mut std::net::TcpStream) -> bool {
-    conn.set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout");
-    if conn
-        .write_all(b"GET /keep HTTP/1.1\r\nHost: web\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-    let mut len = 0usize;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return false;
-        }
-        let l = line.trim().to_ascii_lowercase();
-        if let Some(v) = l.strip_prefix("content-length:") {
-            len = v.trim().parse().expect("length");
-        }
-        if l.is_empty() {
-            break;
-        }
-    }
-    let mut body = vec![0u8; len];
-    std::io::Read::read_exact(&mut reader, &mut body).is_ok()
+    crate::lab::try_request(conn).is_some()
 }
 
 /// A listener in the lab's client namespace (outside the cluster), killed on drop.
