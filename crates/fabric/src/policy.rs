@@ -67,6 +67,8 @@ pub const CIDR_IDENTITIES_MAX: usize = 16384;
 pub const ENTRIES_PER_ENDPOINT_MAX: usize = 16384;
 /// ipcache entries: pods, nodes, CIDR prefixes (the datapath's map bound).
 pub const IPCACHE_MAX: usize = 65536;
+/// The seed of the identity hash (any fixed value: every node must use the same).
+const IDENTITY_HASH_SEED: u64 = 0x007e_1115;
 /// The rule id of the implicit allow from the local host.
 pub const RULE_HOST: u32 = u32::MAX;
 
@@ -254,7 +256,7 @@ fn allocate<K: Ord + Clone>(keys: &[(K, Vec<u8>)], base: u32, space: u32) -> BTr
     let mut taken = BTreeSet::new();
     let mut out = BTreeMap::new();
     for (k, bytes) in keys {
-        let mut n = (crate::maglev::hash64(bytes, 0x7e11_15) % u64::from(space)) as u32;
+        let mut n = (crate::maglev::hash64(bytes, IDENTITY_HASH_SEED) % u64::from(space)) as u32;
         while !taken.insert(n) {
             n = (n + 1) % space;
         }
@@ -381,7 +383,7 @@ impl Universe {
             .map(|(id, _)| *id)
             .collect();
         // `reserved:<entity>` keys select reserved identities.
-        for (k, _) in &sel.match_labels {
+        for k in sel.match_labels.keys() {
             if let Some(entity) = k.strip_prefix("reserved:")
                 && sel.match_labels.len() == 1
                 && let Some((_, id)) = RESERVED.iter().find(|(n, _)| *n == entity)
