@@ -308,7 +308,17 @@ impl Maps {
     /// ipcache and new entries first, then the endpoints' enforcement flags, then removals, so
     /// an endpoint is never enforced before its allows are in and a new deny is in before an
     /// old allow goes.
-    fn sync_policy(&mut self, want: &PolicyDesired, stats: &mut SyncStats) -> Result<(), Error> {
+    pub fn sync_policy(&mut self, want: &PolicyDesired) -> Result<SyncStats, Error> {
+        let mut stats = SyncStats::default();
+        self.sync_policy_into(want, &mut stats)?;
+        Ok(stats)
+    }
+
+    fn sync_policy_into(
+        &mut self,
+        want: &PolicyDesired,
+        stats: &mut SyncStats,
+    ) -> Result<(), Error> {
         for (name, max, wanted) in [
             ("ipcache4", abi::IPCACHE4_MAX, want.ipcache.len()),
             ("endpoints4", abi::ENDPOINTS4_MAX, want.endpoints.len()),
@@ -418,7 +428,7 @@ impl Maps {
         }
         let mut stats = SyncStats::default();
         if let Some(p) = &want.policy {
-            self.sync_policy(p, &mut stats)?;
+            self.sync_policy_into(p, &mut stats)?;
         }
         if let Some(cfg) = &want.config {
             self.config

@@ -65,6 +65,70 @@ pub(crate) fn rcode_name(r: hickory_proto::op::ResponseCode) -> String {
     }
 }
 
+/// Told of every answer with addresses before it goes out, and may hold it back: the fabric's
+/// toFQDNs makes the answered addresses reachable for the asking pod first, so the pod's
+/// first connection after the lookup is never dropped.
+pub trait Gate: Send + Sync {
+    /// `name` as the client asked it; `addrs` the A/AAAA records of the answer; `ttl` their
+    /// smallest TTL.
+    fn answered<'a>(
+        &'a self,
+        client: std::net::IpAddr,
+        name: &'a str,
+        addrs: Vec<std::net::IpAddr>,
+        ttl: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = GateVerdict> + Send + 'a>>;
+}
+
+/// What a [`Gate`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateVerdict {
+    /// Send the answer.
+    Pass,
+    /// Send REFUSED instead.
+    Refuse,
+}
+
+/// A shared [`Gate`].
+#[derive(Clone)]
+pub struct GateRef(pub Arc<dyn Gate>);
+
+impl std::fmt::Debug for GateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Gate")
+    }
+}
+
+/// Asks the gate, if there is one, about an answer with addresses.
+async fn gated(ops: &Ops, p: &Pending, resp: Message, peer: SocketAddr) -> Message {
+    let Some(gate) = &ops.gate else {
+        return resp;
+    };
+    let addrs: Vec<std::net::IpAddr> = resp
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    if addrs.is_empty() {
+        return resp;
+    }
+    let ttl = resp.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
+    let name = p
+        .original
+        .queries
+        .first()
+        .map(|q| q.name().to_ascii())
+        .unwrap_or_default();
+    match gate.0.answered(peer.ip(), &name, addrs, ttl).await {
+        GateVerdict::Pass => resp,
+        GateVerdict::Refuse => Forwarder::refused(p.req()),
+    }
+}
+
 /// What to record about the queries a server answers.
 #[derive(Clone, Debug, Default)]
 pub struct Ops {
@@ -75,6 +139,9 @@ pub struct Ops {
     pub observer: Option<crate::record::Observer>,
     /// TCP connections open at once when not [`TCP_CONNECTIONS_MAX`].
     pub tcp_connections_max: Option<usize>,
+    /// Sees every answer with addresses before it is sent (toFQDNs); with a gate, UDP
+    /// answers are not replayed from the listener's cache.
+    pub gate: Option<GateRef>,
 }
 
 /// A parsed query, answered from the querier's view when the view holds its name.
@@ -278,6 +345,7 @@ async fn reply(
         (None, Some(f)) => f.resolve(p.req()).await,
         (None, None) => return None,
     };
+    let resp = gated(ops, &p, resp, peer).await;
     finish(&p, resp, ops, packet.len(), peer, server, t)
 }
 
@@ -391,6 +459,19 @@ impl UdpListener {
     /// One datagram: whether there is an answer to send now, written into `out` (forwarded
     /// queries answer later, from their own task).
     fn datagram(&mut self, packet: &[u8], peer: SocketAddr, out: &mut Vec<u8>) -> bool {
+        if self.ops.gate.is_some() {
+            // The gate may wait (the fabric programs the answer's addresses first): every
+            // query is answered from a task of its own, as a forwarded one is.
+            let (views, fwd, ops) = (self.views.clone(), self.fwd.clone(), self.ops.clone());
+            let (udp, addr, packet) = (self.udp.clone(), self.addr, packet.to_vec());
+            tokio::spawn(async move {
+                let out = reply(&views, fwd.as_ref(), &ops, &packet, peer, addr, Transport::Udp);
+                if let Some(out) = out.await {
+                    let _ = udp.send_to(&out, peer).await;
+                }
+            });
+            return false;
+        }
         let current = self.views.load();
         let (o, n) = (&self.ops, packet.len());
         if let Some(r) = self.replay.as_mut() {
@@ -504,7 +585,8 @@ pub async fn start_with(
         fwd: forwarder.clone(),
         // Answers from the views are replayed unless each query must be seen (query log,
         // flows).
-        replay: (ops.observer.is_none() && !ops.query_log).then(Replay::default),
+        replay: (ops.observer.is_none() && !ops.query_log && ops.gate.is_none())
+            .then(Replay::default),
         ops: ops.clone(),
     };
     tokio::spawn(listener.run());

@@ -48,11 +48,11 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     for n in [1usize, 100, 10_000] {
         let s = snapshot(n);
-        let plan = fabric::policy::compile(&s, "n0", &nodes);
+        let plan = fabric::policy::compile(&s, "n0", &nodes, &Default::default());
         assert!(plan.over_bound.is_none(), "{:?}", plan.over_bound);
         assert_eq!(plan.endpoints.len(), 100);
         group.bench_function(format!("{n}_policies"), |b| {
-            b.iter(|| black_box(fabric::policy::compile(black_box(&s), "n0", &nodes)))
+            b.iter(|| black_box(fabric::policy::compile(black_box(&s), "n0", &nodes, &Default::default())))
         });
     }
     group.finish();

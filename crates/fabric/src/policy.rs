@@ -136,7 +136,73 @@ pub struct EndpointPolicy {
     pub entries: BTreeMap<PolicyKey, Verdict>,
     /// The policies selecting this endpoint (`Kind ns/name`).
     pub selected_by: BTreeSet<String>,
+    /// Its toFQDNs allows, for the addresses DNS will answer it.
+    pub fqdn: Vec<FqdnRule>,
 }
+
+/// A toFQDNs allow of one endpoint: the names it covers and the keys (identity 0, to be
+/// replaced by each learned address's) an address answered for one of them gets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FqdnRule {
+    pub names: Vec<FqdnPattern>,
+    pub keys: Vec<PolicyKey>,
+    pub rule: u32,
+}
+
+/// A toFQDNs selector: `matchName` (exact) or `matchPattern` (`*` is any run of name
+/// characters within one label; `*` alone is every name). Case and a final dot do not count.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum FqdnPattern {
+    Name(String),
+    Pattern(String),
+}
+
+fn fqdn_normal(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl FqdnPattern {
+    fn of(s: &model::kinds::cilium::FqdnSelector) -> Option<FqdnPattern> {
+        match (&s.match_name, &s.match_pattern) {
+            (Some(n), None) => Some(FqdnPattern::Name(fqdn_normal(n))),
+            (None, Some(p)) => Some(FqdnPattern::Pattern(fqdn_normal(p))),
+            _ => None,
+        }
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        let name = fqdn_normal(name);
+        match self {
+            FqdnPattern::Name(n) => *n == name,
+            FqdnPattern::Pattern(p) if p == "*" => true,
+            FqdnPattern::Pattern(p) => glob(p.as_bytes(), name.as_bytes()),
+        }
+    }
+}
+
+/// `*` matches any run of bytes other than `.`; everything else matches itself.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => {
+            let mut i = 0;
+            loop {
+                if glob(rest, &s[i..]) {
+                    return true;
+                }
+                if i == s.len() || s[i] == b'.' {
+                    return false;
+                }
+                i += 1;
+            }
+        }
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+/// The addresses DNS answered each endpoint: endpoint -> address -> the names it was
+/// answered for.
+pub type Learned = BTreeMap<Ipv4Addr, BTreeMap<Ipv4Addr, BTreeSet<String>>>;
 
 /// A policy rule, for naming it in flows and status.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -228,6 +294,8 @@ struct Rule {
     label: String,
     enforce: [bool; 2],
     clauses: [Vec<Clause>; 2],
+    /// toFQDNs allows (egress): the names, the ports, the rule.
+    fqdn: Vec<(Vec<FqdnPattern>, Ports, u32)>,
 }
 
 /// The identity labels of a pod (Cilium's derivation, without the source prefix).
@@ -649,6 +717,7 @@ pub fn compile(
     snapshot: &Snapshot,
     node: &str,
     node_ips: &BTreeMap<String, Ipv4Addr>,
+    learned: &Learned,
 ) -> PolicyPlan {
     let mut plan = PolicyPlan::default();
     let pods = pods(snapshot);
@@ -674,7 +743,9 @@ pub fn compile(
         return plan;
     }
     let ids = allocate(&keys, ENDPOINT_ID_MIN, ENDPOINT_ID_SPACE);
-    let prefixes = named_prefixes(snapshot);
+    let mut prefixes = named_prefixes(snapshot);
+    // Addresses DNS answered for toFQDNs are CIDR identities of their own (/32).
+    prefixes.extend(learned.values().flat_map(|m| m.keys()).map(|a| Ipv4Net::from(*a)));
     if prefixes.len() > CIDR_IDENTITIES_MAX {
         plan.over_bound = Some(format!(
             "policies name {} CIDR prefixes, more than {CIDR_IDENTITIES_MAX}",
@@ -752,6 +823,31 @@ pub fn compile(
                 continue;
             }
             ep.selected_by.insert(r.label.clone());
+            for (names, ports, rule) in &r.fqdn {
+                let mut keys = BTreeMap::new();
+                let clause = Clause {
+                    deny: false,
+                    peers: Peers::Any,
+                    ports: ports.clone(),
+                    rule: *rule,
+                };
+                add_clause(&mut keys, Direction::Egress, &clause, |name, proto, _| {
+                    let mut out: Vec<u16> = named
+                        .values()
+                        .flatten()
+                        .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
+                        .map(|(_, port, _)| *port)
+                        .collect();
+                    out.sort_unstable();
+                    out.dedup();
+                    out
+                });
+                ep.fqdn.push(FqdnRule {
+                    names: names.clone(),
+                    keys: keys.into_keys().collect(),
+                    rule: *rule,
+                });
+            }
             for dir in [Direction::Ingress, Direction::Egress] {
                 let d = dir as usize;
                 if r.enforce[d] {
@@ -800,6 +896,23 @@ pub fn compile(
                 deny: false,
                 rule: RULE_HOST,
             });
+        }
+        for (addr, names) in learned.get(&p.ip).into_iter().flatten() {
+            let Some(&identity) = universe.cidrs.get(&Ipv4Net::from(*addr)) else {
+                continue;
+            };
+            for f in &ep.fqdn {
+                if names.iter().any(|n| f.names.iter().any(|m| m.matches(n))) {
+                    for k in &f.keys {
+                        ep.entries
+                            .entry(PolicyKey { identity, ..*k })
+                            .or_insert(Verdict {
+                                deny: false,
+                                rule: f.rule,
+                            });
+                    }
+                }
+            }
         }
         prune_covered_allows(&mut ep.entries);
         if ep.entries.len() > ENTRIES_PER_ENDPOINT_MAX {
@@ -960,6 +1073,7 @@ fn rules(
                     label: label.clone(),
                     enforce: [false; 2],
                     clauses: [Vec::new(), Vec::new()],
+                    fqdn: Vec::new(),
                 };
                 let mut refer = |sub: String| {
                     plan.rules.push(RuleRef {
@@ -1008,6 +1122,7 @@ fn rules(
                 types.iter().any(|t| t == "Egress"),
             ],
             clauses: [Vec::new(), Vec::new()],
+            fqdn: Vec::new(),
         };
         let mut refer = |path: String| {
             plan.rules.push(RuleRef {
@@ -1127,9 +1242,15 @@ fn cilium_rule(
             (_, true) => "egressDeny",
         };
         for (i, side) in list.into_iter().enumerate() {
-            let (selectors, entities, cidrs, cidr_sets, ports, unenforced) = side.parts();
+            let (selectors, entities, cidrs, cidr_sets, ports, unenforced) = side.parts(deny);
             let mut ids = BTreeSet::new();
-            let mut any_l3 = false;
+            // toFQDNs selects peers too (the addresses DNS answers), so it is not "any peer".
+            let fqdns: Vec<FqdnPattern> = if deny {
+                Vec::new()
+            } else {
+                side.fqdns().iter().filter_map(FqdnPattern::of).collect()
+            };
+            let mut any_l3 = !side.fqdns().is_empty();
             let mut everyone = deny && !unenforced.is_empty();
             for sel in selectors {
                 any_l3 = true;
@@ -1168,6 +1289,9 @@ fn cilium_rule(
                 Peers::Set(ids)
             };
             let id = refer(format!("{field}[{i}]"));
+            if !fqdns.is_empty() {
+                rule.fqdn.push((fqdns, ports.clone(), id));
+            }
             rule.clauses[d].push(Clause {
                 deny,
                 peers,
@@ -1194,7 +1318,15 @@ type Parts<'a> = (
 );
 
 impl<'a> Side<'a> {
-    fn parts(&self) -> Parts<'a> {
+    /// The rule's toFQDNs selectors (none on ingress).
+    fn fqdns(&self) -> &'a [model::kinds::cilium::FqdnSelector] {
+        match *self {
+            Side::Ingress(_) => &[],
+            Side::Egress(r) => &r.to_fqdns,
+        }
+    }
+
+    fn parts(&self, deny: bool) -> Parts<'a> {
         match *self {
             Side::Ingress(r) => (
                 &r.from_endpoints,
@@ -1210,7 +1342,7 @@ impl<'a> Side<'a> {
                 &r.to_cidr,
                 &r.to_cidr_set,
                 &r.to_ports,
-                r.unenforced_peers(),
+                r.unenforced_peers(deny),
             ),
         }
     }
@@ -1293,7 +1425,7 @@ mod tests {
         let s = pods_and(include_str!(
             "../../../testdata/home-ops/docs/security-improvements/network-policies/default-deny.yaml"
         ));
-        let plan = compile(&s, "n1", &nodes());
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
         let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
         assert!(web.ingress_enforced && web.egress_enforced);
         let egress: Vec<&PolicyKey> = web
@@ -1351,7 +1483,7 @@ spec:
     toPorts: [{ports: [{port: "443"}], rules: {http: [{method: GET}]}}]
 "#,
         );
-        let plan = compile(&s, "n1", &nodes());
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
         let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
         let id = |ip: &str| plan.ipcache[&Ipv4Net::from(ip.parse::<Ipv4Addr>().expect("ip"))];
         // The client in `default` only (confined to the policy's namespace), on the named port.
@@ -1417,7 +1549,7 @@ spec:
     toPorts: [{ports: [{port: "25"}]}]
 "#,
         );
-        let plan = compile(&s, "n1", &nodes());
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
         let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
         let other = plan.ipcache[&"10.0.2.6/32".parse().expect("net")];
         assert!(!web.ingress_enforced, "enableDefaultDeny.ingress: false");
@@ -1453,7 +1585,7 @@ spec:
 
     #[test]
     fn identities_stay_when_other_pods_come() {
-        let a = compile(&pods_and(""), "n1", &nodes());
+        let a = compile(&pods_and(""), "n1", &nodes(), &Learned::default());
         let mut text = String::new();
         for i in 0..50 {
             text += &pod(
@@ -1464,7 +1596,7 @@ spec:
                 &format!("{{app: a{i}}}"),
             );
         }
-        let b = compile(&pods_and(&text), "n1", &nodes());
+        let b = compile(&pods_and(&text), "n1", &nodes(), &Learned::default());
         for ip in ["10.0.1.5/32", "10.0.2.5/32", "10.0.2.6/32"] {
             let n: Ipv4Net = ip.parse().expect("net");
             assert_eq!(a.ipcache[&n], b.ipcache[&n], "{ip}");

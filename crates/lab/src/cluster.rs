@@ -441,7 +441,19 @@ pub struct AgentConfig {
     /// Cilium's `loadBalancer.mode`: `snat`, `dsr` or `hybrid` (DSR for TCP, SNAT for UDP).
     #[serde(default = "default_lb_mode")]
     pub load_balancer_mode: String,
+    /// Where the agent hears which addresses DNS answered its pods (toFQDNs; `trellis dns
+    /// --policy-agents` writes to it); none: toFQDNs allows nothing.
+    #[serde(default)]
+    pub fqdn_socket: Option<PathBuf>,
+    /// The shortest time an address answered for toFQDNs stays allowed, in seconds (the
+    /// answer's TTL when longer).
+    #[serde(default)]
+    pub fqdn_min_ttl_s: Option<u64>,
 }
+
+/// Under the lab's state directory: the agents' toFQDNs sockets (`<node>.sock`), the
+/// directory `trellis dns --policy-agents` takes.
+pub const FQDN_DIR: &str = "fqdn";
 
 fn default_lb_mode() -> String {
     "snat".into()
@@ -474,6 +486,12 @@ fn start_agent(
         observe_listen: cfg
             .flows
             .then(|| std::net::SocketAddr::from((node.lan_ip, OBSERVE_PORT))),
+        fqdn_socket: Some(
+            cfg.state_dir
+                .join(FQDN_DIR)
+                .join(format!("{}.sock", node.name)),
+        ),
+        fqdn_min_ttl_s: None,
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_file(&path, &serde_json::to_vec_pretty(&conf)?)?;

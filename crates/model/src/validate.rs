@@ -2466,7 +2466,13 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                                 );
                             }
                         }
-                        unenforced_rule(status, &ep, deny, &eg.unenforced_peers(), &eg.to_ports);
+                        unenforced_rule(
+                            status,
+                            &ep,
+                            deny,
+                            &eg.unenforced_peers(deny),
+                            &eg.to_ports,
+                        );
                     }
                 }
             }

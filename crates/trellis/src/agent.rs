@@ -381,6 +381,20 @@ pub fn policy_desired(plan: &fabric::policy::PolicyPlan) -> Option<datapath::Pol
     Some(d)
 }
 
+/// What the agent's loop wakes for.
+enum Msg {
+    Watch(store::watch::Update),
+    WatchEnded,
+    /// A DNS answer for one of this node's pods (toFQDNs).
+    Answered(crate::fqdn::Request),
+}
+
+impl From<crate::fqdn::Request> for Msg {
+    fn from(r: crate::fqdn::Request) -> Msg {
+        Msg::Answered(r)
+    }
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
@@ -436,7 +450,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         default_namespace: "default".into(),
         ..Default::default()
     };
-    let watch = store::watch::Watch::start(conf.manifests.clone(), opts)
+    let mut watch = store::watch::Watch::start(conf.manifests.clone(), opts)
         .context("watching the manifests")?;
     let mut announcer = match &conf.leases {
         Some(dir) => Some(
@@ -452,74 +466,131 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     assignments
         .refresh()
         .with_context(|| format!("node {}: the assignments file", conf.node))?;
-    let mut apply =
-        |snapshot: &model::Snapshot, announce: &mut Vec<fabric::l2::Announcement>| -> Result<()> {
-            pods.update(snapshot);
-            let plan = compile_plan(snapshot, &fabric_cfg, &mut assignments);
-            *announce =
-                fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
-            for p in &plan.problems {
-                tracing::warn!(problem = %p, "service not fully programmed");
-            }
-            let mut want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
-            let policy = fabric::policy::compile(snapshot, &conf.node, &conf.node_ips);
-            for p in &policy.problems {
-                tracing::warn!(problem = %p, "network policy");
-            }
-            if let Some(why) = &policy.over_bound {
-                tracing::error!(
-                    error = %why,
-                    "network policy not programmed; the maps keep the last good policy"
-                );
-            }
-            want.policy = policy_desired(&policy);
-            let stats = maps.sync(&want)?;
-            // The lab waits for this line to know the published objects are in the maps.
-            let generation = model::snapshot::get(
-                &snapshot.config_maps,
-                lab::cluster::GENERATION_CONFIGMAP.0,
-                lab::cluster::GENERATION_CONFIGMAP.1,
-            )
-            .and_then(|c| c.spec.data.as_ref()?.get("generation").cloned());
-            if let Some(g) = generation {
-                // Whoever reads this may be gone (a restarted agent's reader): never fail on it.
-                use std::io::Write as _;
-                let mut out = std::io::stdout();
-                let _ = writeln!(out, "synced {g}").and_then(|()| out.flush());
-            }
-            eprintln!(
-                "node {}: {} frontends, {} backends, {} policy entries for {} endpoints; \
-                 {} entries written, {} removed",
-                conf.node,
-                plan.frontends.len(),
-                want.backends.len(),
-                want.policy.as_ref().map_or(0, |p| p.entries.len()),
-                want.policy.as_ref().map_or(0, |p| p.endpoints.len()),
-                stats.written,
-                stats.removed
+    // `full`: services, announcements and policy; otherwise only the policy (a DNS answer
+    // for toFQDNs, or one expiring). Returns the policy plan programmed (or kept).
+    let mut apply = |snapshot: &model::Snapshot,
+                     announce: &mut Vec<fabric::l2::Announcement>,
+                     learned: &fabric::policy::Learned,
+                     full: bool|
+     -> Result<fabric::policy::PolicyPlan> {
+        let policy = fabric::policy::compile(snapshot, &conf.node, &conf.node_ips, learned);
+        if let Some(why) = &policy.over_bound {
+            tracing::error!(
+                error = %why,
+                "network policy not programmed; the maps keep the last good policy"
             );
-            Ok(())
-        };
-    apply(&watch.current().snapshot, &mut announce)?;
+        }
+        if !full {
+            if let Some(p) = policy_desired(&policy) {
+                maps.sync_policy(&p)?;
+            }
+            return Ok(policy);
+        }
+        pods.update(snapshot);
+        let plan = compile_plan(snapshot, &fabric_cfg, &mut assignments);
+        *announce =
+            fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
+        for p in &plan.problems {
+            tracing::warn!(problem = %p, "service not fully programmed");
+        }
+        for p in &policy.problems {
+            tracing::warn!(problem = %p, "network policy");
+        }
+        let mut want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
+        want.policy = policy_desired(&policy);
+        let stats = maps.sync(&want)?;
+        // The lab waits for this line to know the published objects are in the maps.
+        let generation = model::snapshot::get(
+            &snapshot.config_maps,
+            lab::cluster::GENERATION_CONFIGMAP.0,
+            lab::cluster::GENERATION_CONFIGMAP.1,
+        )
+        .and_then(|c| c.spec.data.as_ref()?.get("generation").cloned());
+        if let Some(g) = generation {
+            // Whoever reads this may be gone (a restarted agent's reader): never fail on it.
+            use std::io::Write as _;
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "synced {g}").and_then(|()| out.flush());
+        }
+        eprintln!(
+            "node {}: {} frontends, {} backends, {} policy entries for {} endpoints; \
+             {} entries written, {} removed",
+            conf.node,
+            plan.frontends.len(),
+            want.backends.len(),
+            want.policy.as_ref().map_or(0, |p| p.entries.len()),
+            want.policy.as_ref().map_or(0, |p| p.endpoints.len()),
+            stats.written,
+            stats.removed
+        );
+        Ok(policy)
+    };
+    // One queue for manifest changes and DNS answers, so both apply in one place.
+    let (tx, msgs) = std::sync::mpsc::channel::<Msg>();
+    let updates = std::mem::replace(&mut watch.updates, std::sync::mpsc::channel().1);
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("watch".into())
+            .spawn(move || {
+                for u in updates {
+                    if tx.send(Msg::Watch(u)).is_err() {
+                        return;
+                    }
+                }
+                let _ = tx.send(Msg::WatchEnded);
+            })?;
+    }
+    if let Some(socket) = &conf.fqdn_socket {
+        crate::fqdn::serve(socket, tx.clone())
+            .with_context(|| format!("node {}: the toFQDNs socket", conf.node))?;
+    }
+    drop(tx);
+    let min_ttl = conf
+        .fqdn_min_ttl_s
+        .map(std::time::Duration::from_secs)
+        .unwrap_or(crate::fqdn::MIN_TTL_DEFAULT);
+    let mut cache = crate::fqdn::Cache::default();
+    let mut current = watch.current();
+    let mut policy = apply(&current.snapshot, &mut announce, &cache.learned(), true)?;
     println!("ready");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
     loop {
-        // Wake for manifest changes and for lease renewals, whichever comes first.
-        match watch.updates.recv_timeout(fabric::l2::RENEW) {
-            Ok(store::watch::Update::Applied(load)) => {
-                if let Err(e) = apply(&load.snapshot, &mut announce) {
-                    eprintln!("sync failed (the maps keep their previous contents): {e:#}");
+        // Wake for manifest changes, DNS answers and lease renewals, whichever comes first.
+        match msgs.recv_timeout(fabric::l2::RENEW) {
+            Ok(Msg::Watch(store::watch::Update::Applied(load))) => {
+                current = load;
+                match apply(&current.snapshot, &mut announce, &cache.learned(), true) {
+                    Ok(p) => policy = p,
+                    Err(e) => {
+                        eprintln!("sync failed (the maps keep their previous contents): {e:#}")
+                    }
                 }
             }
-            Ok(store::watch::Update::Rejected { errors, .. }) => {
+            Ok(Msg::Watch(store::watch::Update::Rejected { errors, .. })) => {
                 eprintln!(
                     "manifests rejected ({} errors); keeping the current maps",
                     errors.len()
                 );
             }
+            Ok(Msg::Answered((answer, done))) => {
+                if cache.learn(&policy, &answer, min_ttl) {
+                    match apply(&current.snapshot, &mut announce, &cache.learned(), false) {
+                        Ok(p) => policy = p,
+                        Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
+                    }
+                }
+                let _ = done.send(());
+            }
+            Ok(Msg::WatchEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if cache.expire(std::time::Instant::now()) {
+            match apply(&current.snapshot, &mut announce, &cache.learned(), false) {
+                Ok(p) => policy = p,
+                Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
+            }
         }
         if let Some(a) = announcer.as_mut()
             && a.due()

@@ -35,6 +35,11 @@ pub struct Args {
     /// `$TRELLIS_WEBHOOK_TOKEN`). Without a token the API is served on loopback only.
     #[arg(long, requires = "webhook_listen")]
     pub webhook_token_file: Option<std::path::PathBuf>,
+    /// toFQDNs network policy: before an answer with addresses goes to a pod, tell the agent
+    /// of the pod's node (its socket `DIR/<node>.sock`), which makes the addresses reachable
+    /// for that pod first.
+    #[arg(long, value_name = "DIR")]
+    pub policy_agents: Option<std::path::PathBuf>,
 }
 
 const LISTEN_DEFAULT: &str = "127.0.0.1:5353";
@@ -146,6 +151,7 @@ impl Serve {
         views: dns::Views,
         metrics: &Arc<dns::metrics::Metrics>,
         observer: Option<dns::record::Observer>,
+        gate: Option<dns::server::GateRef>,
     ) -> anyhow::Result<dns::server::Running> {
         let fwd = self.forwarder(metrics)?;
         let ops = dns::server::Ops {
@@ -153,6 +159,7 @@ impl Serve {
             query_log: self.query_log,
             observer,
             tcp_connections_max: None,
+            gate,
         };
         let running = dns::server::start_with(self.listen, views, fwd, ops)
             .await
@@ -213,7 +220,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             pods.update(&first.snapshot);
             crate::observe::dns_observer(o.flows(), pods.clone())
         });
-        let running = args.serve.start(views, &metrics, observer).await?;
+        let gate = args.policy_agents.clone().map(|dir| {
+            let g = Arc::new(crate::fqdn::Gate::new(dir));
+            g.update(&first.snapshot);
+            g
+        });
+        let running = args
+            .serve
+            .start(
+                views,
+                &metrics,
+                observer,
+                gate.clone()
+                    .map(|g| dns::server::GateRef(g as Arc<dyn dns::server::Gate>)),
+            )
+            .await?;
         if let Some(addr) = args.admin {
             let a = gateway::admin::start(addr, Arc::new(registry), status.clone())
                 .await
@@ -257,6 +278,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                         last = load.clone();
                         if flows.is_some() {
                             pods.update(&load.snapshot);
+                        }
+                        if let Some(g) = &gate {
+                            g.update(&load.snapshot);
                         }
                         eprintln!("reloaded: {} views", v.views.len());
                         status.store(Arc::new(status_of(&v)));

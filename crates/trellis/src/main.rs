@@ -6,6 +6,7 @@
 mod agent;
 mod check;
 mod dns;
+mod fqdn;
 mod gateway;
 mod health;
 mod lab;

@@ -834,7 +834,7 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
                 .flows
                 .as_ref()
                 .map(|o| crate::observe::dns_observer(o.flows(), up.pods.clone()));
-            let running = serve.start(v, &dns_metrics, observer).await?;
+            let running = serve.start(v, &dns_metrics, observer, None).await?;
             up.dns = Some(DnsSlot {
                 running,
                 cfg: zone,

@@ -216,11 +216,12 @@ impl IngressRule {
 }
 
 impl EgressRule {
-    /// Peer selectors trellis does not enforce, as (field, what).
-    pub fn unenforced_peers(&self) -> Vec<(&'static str, &'static str)> {
+    /// Peer selectors trellis does not enforce, as (field, what). `toFQDNs` is enforced in
+    /// allow rules (through trellis dns), not in deny rules.
+    pub fn unenforced_peers(&self, deny: bool) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
-        if !self.to_fqdns.is_empty() {
-            out.push(("toFQDNs", "DNS-aware egress (toFQDNs)"));
+        if deny && !self.to_fqdns.is_empty() {
+            out.push(("toFQDNs", "toFQDNs in a deny rule"));
         }
         if !self.to_services.is_empty() {
             out.push(("toServices", "toServices"));

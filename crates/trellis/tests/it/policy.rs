@@ -1,7 +1,9 @@
 //! Network policy in the lab, with real packets: a connectivity matrix (every (from, to, port)
 //! expected allowed or denied, kept as data below), replies of allowed connections through
 //! enforced endpoints, the host's access, a world address by CIDR with `except`, a
-//! keep-alive connection that survives policy edits, and an edit that takes an allow away.
+//! keep-alive connection that survives policy edits, an edit that takes an allow away, and
+//! toFQDNs through `trellis dns`: an address opens for a pod when DNS answers it a name the
+//! policy names, before the answer reaches the pod.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -59,7 +61,58 @@ spec:
     metadata: {labels: {app: client}}
     spec:
       containers: [{name: client, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: fqdn, namespace: fqdn}
+spec:
+  selector: {matchLabels: {app: fqdn}}
+  template:
+    metadata: {labels: {app: fqdn}}
+    spec:
+      containers: [{name: fqdn, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: trellis.dev/v1alpha1
+kind: DNSView
+metadata: {name: lab}
+spec:
+  clients: ["0.0.0.0/0"]
+  zones: [example.test]
+  dnsEndpoints: true
 "#;
+
+/// Addresses of the LAN client that DNS names (`a<i>.example.test` -> 10.10.30.<200 + i>).
+const FQDN_NAMES: u8 = 10;
+
+/// The fqdn pod: DNS to the nodes, and port 8000 of what DNS answered for *.example.test.
+const FQDN_POLICY: &str = r#"
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: fqdn, namespace: fqdn}
+spec:
+  endpointSelector: {matchLabels: {app: fqdn}}
+  egress:
+  - toEntities: [host, remote-node]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules: {dns: [{matchPattern: "*"}]}
+  - toFQDNs: [{matchPattern: "*.example.test"}]
+    toPorts: [{ports: [{port: "8000"}]}]
+"#;
+
+fn fqdn_records() -> String {
+    let mut t = String::from(
+        "apiVersion: externaldns.k8s.io/v1alpha1\nkind: DNSEndpoint\n\
+         metadata: {name: lan, namespace: default}\nspec:\n  endpoints:\n",
+    );
+    for i in 1..=FQDN_NAMES {
+        t.push_str(&format!(
+            "  - {{dnsName: a{i}.example.test, recordType: A, targets: [10.10.30.{}], recordTTL: 30}}\n",
+            200 + u32::from(i)
+        ));
+    }
+    t
+}
 
 /// web: only default/client, only on the named port `http`.
 const WEB_POLICY: &str = r#"
@@ -183,6 +236,8 @@ fn lab_enforces_network_policy() {
     write(&manifests, "apps.yaml", APPS);
     write(&manifests, "web.yaml", WEB_POLICY);
     write(&manifests, "policies.yaml", POLICIES);
+    write(&manifests, "fqdn.yaml", FQDN_POLICY);
+    write(&manifests, "records.yaml", &fqdn_records());
     let state_dir = dir.path().join("state");
     let lab = Lab::up(&manifests, &name, &state_dir);
 
@@ -231,6 +286,15 @@ fn lab_enforces_network_policy() {
         .status()
         .expect("ip runs");
     assert!(added.success(), "adding 10.10.30.200 in {client_netns}");
+    for i in 1..=FQDN_NAMES {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", &client_netns, "addr", "add"])
+            .arg(format!("10.10.30.{}/24", 200 + u32::from(i)))
+            .args(["dev", "eth0"])
+            .status()
+            .expect("ip runs");
+        assert!(ok.success());
+    }
     let _server = LanServer(
         std::process::Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{client_netns}"))
@@ -372,5 +436,115 @@ fn lab_enforces_network_policy() {
     assert!(
         !ask(&mut conn),
         "the kept connection is denied once its allow is gone"
+    );
+
+    // toFQDNs. trellis dns runs on the fqdn pod's node (its LAN address, as the cluster DNS),
+    // telling that node's agent what it answers before the pod gets it.
+    let (fqdn_pod, fqdn_node) = s["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .find(|p| p["plan"]["labels"]["app"] == "fqdn")
+        .map(|p| {
+            (
+                format!("fqdn/{}", p["plan"]["name"].as_str().expect("name")),
+                p["plan"]["node"].as_str().expect("node").to_string(),
+            )
+        })
+        .expect("fqdn pod");
+    let node_state = s["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .find(|n| n["name"] == fqdn_node.as_str())
+        .cloned()
+        .expect("fqdn node");
+    let dns_ip = node_state["lan_ip"].as_str().expect("lan ip").to_string();
+    let _dns = LanServer(
+        std::process::Command::new("nsenter")
+            .arg(format!(
+                "--net=/var/run/netns/{}",
+                node_state["netns"].as_str().expect("netns")
+            ))
+            .arg(env!("CARGO_BIN_EXE_trellis"))
+            .args(["dns", "-f"])
+            .arg(&manifests)
+            .arg("-f")
+            .arg(state_dir.join("cluster"))
+            .args(["--listen", &format!("{dns_ip}:53"), "--policy-agents"])
+            .arg(state_dir.join("fqdn"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("trellis dns starts"),
+    );
+    let dig = |name: &str| -> String {
+        let (_, out) = lab.exec(
+            &fqdn_pod,
+            &[
+                "dig",
+                "+short",
+                "+time=2",
+                "+tries=1",
+                &format!("@{dns_ip}"),
+                name,
+            ],
+        );
+        out.trim().to_string()
+    };
+    let start = Instant::now();
+    while dig("a1.example.test") != "10.10.30.201" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "trellis dns never answered"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Asked for a1 above; the others not yet: closed until asked, open on the very first
+    // connection after the answer (lookup and connection in one shell, back to back).
+    assert!(
+        reaches(&lab, &fqdn_pod, "10.10.30.201", 8000),
+        "a1 after its lookup"
+    );
+    let mut first_tries = Vec::new();
+    for i in 2..=FQDN_NAMES {
+        let addr = format!("10.10.30.{}", 200 + u32::from(i));
+        assert!(
+            !reaches(&lab, &fqdn_pod, &addr, 8000),
+            "{addr} before any lookup"
+        );
+        let script = format!(
+            "dig +short +time=2 +tries=1 @{dns_ip} a{i}.example.test >/dev/null && \
+             curl -sS -o /dev/null --connect-timeout 2 http://{addr}:8000/"
+        );
+        let (code, _) = lab.exec(&fqdn_pod, &["sh", "-c", &script]);
+        first_tries.push((addr, code));
+    }
+    let failed: Vec<_> = first_tries.iter().filter(|(_, c)| *c != 0).collect();
+    assert!(
+        failed.is_empty(),
+        "first connection after the lookup failed: {failed:?}"
+    );
+    // An address DNS never answered stays closed; the world rule of another pod does not
+    // leak to this one.
+    assert!(
+        !reaches(&lab, &fqdn_pod, "10.10.30.200", 8000),
+        "never answered"
+    );
+    // Other ports of an answered address stay closed (the rule names 8000), while the address
+    // does listen there.
+    let _other_port = LanServer(
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{client_netns}"))
+            .args(["python3", "-m", "http.server", "8080", "--bind", "0.0.0.0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("a second server in the client namespace"),
+    );
+    wait_reach(&lab, &node, "10.10.30.201", 8080, true);
+    assert!(
+        !reaches(&lab, &fqdn_pod, "10.10.30.201", 8080),
+        "port not in the rule"
     );
 }

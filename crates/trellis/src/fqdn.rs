@@ -1,0 +1,272 @@
+//! toFQDNs without a proxy: `trellis dns` tells the agent of the asking pod's node which
+//! addresses it answered for which name, over that agent's Unix socket, and sends the answer
+//! only once the agent has made those addresses reachable for the pod (or said it has nothing
+//! to do). So the pod's first connection after a lookup is never dropped.
+//!
+//! The protocol is one JSON object per line ([`Answered`]) and one line back (`pass`).
+//! A DNS server that cannot reach the agent still answers (the datapath then keeps the
+//! addresses closed: fail closed), and logs why.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+/// How long a DNS answer waits for the agent before it goes out anyway.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest request line the agent reads.
+const LINE_MAX: usize = 64 * 1024;
+/// Connections the agent serves at once (one per DNS server thread, normally a handful).
+const CONNECTIONS_MAX: usize = 64;
+
+/// One answer: `client` asked `name` and was answered `addrs`, valid for `ttl` seconds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    pub client: Ipv4Addr,
+    pub name: String,
+    pub addrs: Vec<Ipv4Addr>,
+    pub ttl: u32,
+}
+
+/// The socket of `node`'s agent under `dir`.
+pub fn socket_of(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("{node}.sock"))
+}
+
+/// The DNS side: finds the asking pod's node from the manifests and asks its agent.
+#[derive(Debug)]
+pub struct Gate {
+    agents: PathBuf,
+    nodes: ArcSwap<HashMap<Ipv4Addr, String>>,
+}
+
+impl Gate {
+    pub fn new(agents: PathBuf) -> Gate {
+        Gate {
+            agents,
+            nodes: ArcSwap::from_pointee(HashMap::new()),
+        }
+    }
+
+    /// Which node each pod runs on, from a snapshot's Pods.
+    pub fn update(&self, s: &model::Snapshot) {
+        let mut m = HashMap::new();
+        for p in s.pods.values() {
+            let node = p.spec.spec.as_ref().and_then(|s| s.node_name.clone());
+            let ip = p
+                .spec
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|s| s.parse::<Ipv4Addr>().ok());
+            if let (Some(node), Some(ip)) = (node, ip) {
+                m.insert(ip, node);
+            }
+        }
+        self.nodes.store(Arc::new(m));
+    }
+
+    async fn ask(&self, node: &str, a: &Answered) -> std::io::Result<String> {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let mut line = serde_json::to_vec(a)?;
+        line.push(b'\n');
+        let mut s = tokio::net::UnixStream::connect(socket_of(&self.agents, node)).await?;
+        s.write_all(&line).await?;
+        let mut reply = String::new();
+        tokio::io::BufReader::new(s).read_line(&mut reply).await?;
+        Ok(reply.trim().to_string())
+    }
+}
+
+impl dns::server::Gate for Gate {
+    fn answered<'a>(
+        &'a self,
+        client: IpAddr,
+        name: &'a str,
+        addrs: Vec<IpAddr>,
+        ttl: u32,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = dns::server::GateVerdict> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let IpAddr::V4(client) = client else {
+                return dns::server::GateVerdict::Pass;
+            };
+            let Some(node) = self.nodes.load().get(&client).cloned() else {
+                return dns::server::GateVerdict::Pass;
+            };
+            let a = Answered {
+                client,
+                name: name.to_string(),
+                addrs: addrs
+                    .into_iter()
+                    .filter_map(|a| match a {
+                        IpAddr::V4(v4) => Some(v4),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect(),
+                ttl,
+            };
+            match tokio::time::timeout(AGENT_TIMEOUT, self.ask(&node, &a)).await {
+                Ok(Ok(reply)) if reply == "refuse" => dns::server::GateVerdict::Refuse,
+                Ok(Ok(_)) => dns::server::GateVerdict::Pass,
+                Ok(Err(e)) => {
+                    tracing::warn!(%client, node, error = %e, "toFQDNs: the agent was not told");
+                    dns::server::GateVerdict::Pass
+                }
+                Err(_) => {
+                    tracing::warn!(%client, node, "toFQDNs: the agent did not answer in time");
+                    dns::server::GateVerdict::Pass
+                }
+            }
+        })
+    }
+}
+
+/// A request the agent's main loop handles: the answer, and where to say it is done.
+pub type Request = (Answered, std::sync::mpsc::SyncSender<()>);
+
+/// The agent side: serves `socket` from threads, handing each answer to `tx` and replying once
+/// the main loop has applied it.
+pub fn serve<T: From<Request> + Send + 'static>(
+    socket: &Path,
+    tx: std::sync::mpsc::Sender<T>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", socket.display())),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("fqdn".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                };
+                if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= CONNECTIONS_MAX {
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    continue;
+                }
+                let (tx, open) = (tx.clone(), open.clone());
+                let _ = std::thread::Builder::new()
+                    .name("fqdn-conn".into())
+                    .spawn(move || {
+                        connection(conn, &tx);
+                        open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    });
+            }
+        })?;
+    Ok(())
+}
+
+fn connection<T: From<Request>>(
+    conn: std::os::unix::net::UnixStream,
+    tx: &std::sync::mpsc::Sender<T>,
+) {
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(std::io::Read::take(conn, LINE_MAX as u64 * 1024));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(n) if n > LINE_MAX => return,
+            Ok(_) => {}
+        }
+        let Ok(a) = serde_json::from_str::<Answered>(&line) else {
+            let _ = out.write_all(b"error\n");
+            return;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        if tx.send(T::from((a, done_tx))).is_err() {
+            return;
+        }
+        let _ = done_rx.recv_timeout(AGENT_TIMEOUT);
+        if out.write_all(b"pass\n").is_err() {
+            return;
+        }
+    }
+}
+
+/// Addresses an agent keeps open for toFQDNs at most (over it, new ones stay closed).
+pub const CACHE_MAX: usize = 16384;
+/// How long an answered address stays open at least, when the agent's configuration does not
+/// say (the answer's TTL when longer).
+pub const MIN_TTL_DEFAULT: Duration = Duration::from_secs(60);
+
+/// The agent's record of what DNS answered its pods, each until it expires.
+#[derive(Debug, Default)]
+pub struct Cache(std::collections::BTreeMap<(Ipv4Addr, Ipv4Addr, String), std::time::Instant>);
+
+impl Cache {
+    /// Records an answer when a toFQDNs rule of the asking endpoint covers its name; whether
+    /// an address is new (the policy must be programmed again).
+    pub fn learn(
+        &mut self,
+        plan: &fabric::policy::PolicyPlan,
+        a: &Answered,
+        min_ttl: Duration,
+    ) -> bool {
+        let Some(ep) = plan.endpoints.get(&a.client) else {
+            return false;
+        };
+        if !ep
+            .fqdn
+            .iter()
+            .any(|f| f.names.iter().any(|m| m.matches(&a.name)))
+        {
+            return false;
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(u64::from(a.ttl)).max(min_ttl);
+        let name = a.name.trim_end_matches('.').to_ascii_lowercase();
+        let mut new = false;
+        for addr in &a.addrs {
+            let key = (a.client, *addr, name.clone());
+            if !self.0.contains_key(&key) && self.0.len() >= CACHE_MAX {
+                tracing::warn!(
+                    client = %a.client,
+                    name,
+                    "toFQDNs: {CACHE_MAX} answered addresses held; this one stays closed"
+                );
+                continue;
+            }
+            new |= self.0.insert(key, until).is_none();
+        }
+        new
+    }
+
+    /// Drops what expired before `now`; whether anything did.
+    pub fn expire(&mut self, now: std::time::Instant) -> bool {
+        let before = self.0.len();
+        self.0.retain(|_, until| *until > now);
+        self.0.len() != before
+    }
+
+    /// What the policy compile takes.
+    pub fn learned(&self) -> fabric::policy::Learned {
+        let mut out = fabric::policy::Learned::new();
+        for (ep, addr, name) in self.0.keys() {
+            out.entry(*ep)
+                .or_default()
+                .entry(*addr)
+                .or_default()
+                .insert(name.clone());
+        }
+        out
+    }
+}
