@@ -126,8 +126,8 @@ fn config_map_generator_feeds_the_lua_policy() {
 
 /// Every object with a problem, with the reason: all must be references to objects that the
 /// corpus does not hold (Services and Secrets made by HelmReleases and cert-manager), a
-/// variable the corpus does not define, a real conflict in the corpus, the unsupported BGP
-/// kinds, or a policy field trellis does not enforce yet (toFQDNs: refused, never passed).
+/// variable the corpus does not define, a real conflict in the corpus, or the unsupported BGP
+/// kinds.
 #[test]
 fn only_true_outside_references_are_flagged() {
     let s = load().snapshot;
@@ -141,9 +141,7 @@ fn only_true_outside_references_are_flagged() {
         "CiliumBGPAdvertisement l3-bgp-advertisement Accepted=False(Unsupported)",
         "CiliumBGPClusterConfig l3-bgp-cluster-config Accepted=False(Unsupported)",
         "CiliumBGPPeerConfig l3-bgp-peer-config Accepted=False(Unsupported)",
-        "CiliumNetworkPolicy dev/forgejo-runner Accepted=False(Invalid)",
         "CiliumNetworkPolicy dev/forgejo-runner ResolvedRefs=False(CIDRGroupNotFound)",
-        "CiliumNetworkPolicy external-secrets/external-secrets-to-bw-cli Accepted=False(Invalid)",
         "DNSEndpoint network/cloudflare-tunnel Accepted=False(Invalid)",
         "DNSEndpoint workadventure/coturn Conflicted=True(Duplicate)",
         "Gateway network/envoy-external ResolvedRefs=False(InvalidCertificateRef)",
