@@ -465,7 +465,15 @@ impl UdpListener {
             let (views, fwd, ops) = (self.views.clone(), self.fwd.clone(), self.ops.clone());
             let (udp, addr, packet) = (self.udp.clone(), self.addr, packet.to_vec());
             tokio::spawn(async move {
-                let out = reply(&views, fwd.as_ref(), &ops, &packet, peer, addr, Transport::Udp);
+                let out = reply(
+                    &views,
+                    fwd.as_ref(),
+                    &ops,
+                    &packet,
+                    peer,
+                    addr,
+                    Transport::Udp,
+                );
                 if let Some(out) = out.await {
                     let _ = udp.send_to(&out, peer).await;
                 }

@@ -52,7 +52,14 @@ fn bench(c: &mut Criterion) {
         assert!(plan.over_bound.is_none(), "{:?}", plan.over_bound);
         assert_eq!(plan.endpoints.len(), 100);
         group.bench_function(format!("{n}_policies"), |b| {
-            b.iter(|| black_box(fabric::policy::compile(black_box(&s), "n0", &nodes, &Default::default())))
+            b.iter(|| {
+                black_box(fabric::policy::compile(
+                    black_box(&s),
+                    "n0",
+                    &nodes,
+                    &Default::default(),
+                ))
+            })
         });
     }
     group.finish();

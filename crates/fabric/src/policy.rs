@@ -745,7 +745,12 @@ pub fn compile(
     let ids = allocate(&keys, ENDPOINT_ID_MIN, ENDPOINT_ID_SPACE);
     let mut prefixes = named_prefixes(snapshot);
     // Addresses DNS answered for toFQDNs are CIDR identities of their own (/32).
-    prefixes.extend(learned.values().flat_map(|m| m.keys()).map(|a| Ipv4Net::from(*a)));
+    prefixes.extend(
+        learned
+            .values()
+            .flat_map(|m| m.keys())
+            .map(|a| Ipv4Net::from(*a)),
+    );
     if prefixes.len() > CIDR_IDENTITIES_MAX {
         plan.over_bound = Some(format!(
             "policies name {} CIDR prefixes, more than {CIDR_IDENTITIES_MAX}",
