@@ -641,3 +641,169 @@ pub fn run_lb(root: &Path, rounds: usize, secs: u32, trials: usize) -> Result<St
     }
     Ok(md)
 }
+
+/// Names per DNSEndpoint object (the YAML reader bounds the nodes of one file).
+const FQDN_NAMES_PER_FILE: u32 = 100;
+
+/// The toFQDNs part: what telling the agent costs a DNS answer. A lab (2 nodes) with a pod
+/// whose policy opens `*.example.test` by name; on the pod's node two `trellis dns` serve
+/// `names` records: one with `--policy-agents` (port 53), one without (port 5354). From the
+/// pod, one lookup at a time (`trellis lab dnslat`): without the gate; with it, every name a
+/// first time (each answer opens an address: the agent compiles and syncs the policy before
+/// it is released) and a second time (already open). Returns the markdown table.
+pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
+    crate::ensure_packages(crate::TEST_PEERS)?;
+    crate::run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "trellis",
+            "--package",
+            "cni",
+        ],
+    )?;
+    let bin_path = root.join("target/release/trellis");
+    let bin = bin_path.to_str().context("utf-8 path")?;
+    let dir = root.join("target/bench/fqdn");
+    let _ = std::fs::remove_dir_all(&dir);
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("fqdn.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: fqdn, namespace: default}\n\
+         spec:\n  selector: {matchLabels: {app: fqdn}}\n  template:\n    metadata: {labels: {app: fqdn}}\n    \
+         spec: {containers: [{name: c, image: x}]}\n---\n\
+         apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: fqdn, namespace: default}\n\
+         spec:\n  endpointSelector: {matchLabels: {app: fqdn}}\n  egress:\n  \
+         - toEntities: [host, remote-node]\n    toPorts: [{ports: [{port: \"53\", protocol: ANY}, {port: \"5354\", protocol: ANY}]}]\n  \
+         - toFQDNs: [{matchPattern: \"*.example.test\"}]\n    toPorts: [{ports: [{port: \"443\"}]}]\n---\n\
+         apiVersion: trellis.dev/v1alpha1\nkind: DNSView\nmetadata: {name: bench}\n\
+         spec: {clients: [0.0.0.0/0], zones: [example.test], dnsEndpoints: true}\n",
+    )?;
+    let mut first = 1;
+    while first <= names + 1 {
+        let last = (first + FQDN_NAMES_PER_FILE - 1).min(names + 1);
+        let mut t = format!(
+            "apiVersion: externaldns.k8s.io/v1alpha1\nkind: DNSEndpoint\n\
+             metadata: {{name: names-{first}, namespace: default}}\nspec:\n  endpoints:\n"
+        );
+        for i in first..=last {
+            // Name `names + 1` is the readiness probe's, outside the measured range.
+            t.push_str(&format!(
+                "  - {{dnsName: a{i}.example.test, recordType: A, targets: [10.77.{}.{}], recordTTL: 300}}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        std::fs::write(manifests.join(format!("names-{first}.yaml")), t)?;
+        first = last + 1;
+    }
+    let state_dir = dir.join("state").display().to_string();
+    let up = Command::new(bin)
+        .args([
+            "lab",
+            "up",
+            "--nodes",
+            "2",
+            "--no-flows",
+            "--name",
+            LAB_NAME,
+            "--state-dir",
+            &state_dir,
+            "-f",
+        ])
+        .arg(&manifests)
+        .stdout(Stdio::null())
+        .status()?;
+    let _lab = Lab {
+        bin,
+        state_dir: state_dir.clone(),
+    };
+    if !up.success() {
+        bail!("lab up failed (see {state_dir}/logs)");
+    }
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(Path::new(&state_dir).join("state.json"))?)?;
+    let pod = state["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["plan"]["labels"]["app"] == "fqdn")
+        .context("no fqdn pod")?;
+    let pod_ns = pod["netns"].as_str().context("netns")?.to_string();
+    let node = state["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == pod["plan"]["node"])
+        .context("the pod's node")?;
+    let node_ns = node["netns"].as_str().context("node netns")?.to_string();
+    let ip = node["lan_ip"].as_str().context("node address")?.to_string();
+    let dns = |port: u16, gated: bool| -> Result<Bg> {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{node_ns}"))
+            .args(["taskset", "-c", "0", bin, "dns", "-f"])
+            .arg(&manifests)
+            .arg("-f")
+            .arg(Path::new(&state_dir).join("cluster"))
+            .args(["--listen", &format!("{ip}:{port}")]);
+        if gated {
+            c.arg("--policy-agents")
+                .arg(Path::new(&state_dir).join("fqdn"));
+        }
+        Ok(Bg(c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?))
+    };
+    let _gated = dns(53, true)?;
+    let _plain = dns(5354, false)?;
+    let lat = |port: u16, first: u32, count: u32| -> Result<(u64, u64, u64, u64)> {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{pod_ns}"))
+            .args(["taskset", "-c", "1", bin, "lab", "dnslat"])
+            .arg(format!("{ip}:{port}"))
+            .args(["a", "example.test", "--first"])
+            .arg(first.to_string())
+            .arg("--count")
+            .arg(count.to_string())
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        match v.as_slice() {
+            [p50, p99, max, errors] => Ok((*p50, *p99, *max, *errors)),
+            _ => bail!("dnslat said {text:?}"),
+        }
+    };
+    let started = std::time::Instant::now();
+    for port in [53, 5354] {
+        while lat(port, names + 1, 1)?.3 != 0 {
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                bail!("trellis dns on {ip}:{port} did not answer");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    let plain = lat(5354, 1, names)?;
+    let first_time = lat(53, 1, names)?;
+    let again = lat(53, 1, names)?;
+    let mut md = format!(
+        "| toFQDNs, {names} names, one lookup at a time | p50 µs | p99 µs | max µs | errors |\n\
+         |---|---:|---:|---:|---:|\n"
+    );
+    for (what, (p50, p99, max, errors)) in [
+        ("trellis dns without the gate", plain),
+        (
+            "with the gate, each name's first answer (opens an address)",
+            first_time,
+        ),
+        ("with the gate, each name again (already open)", again),
+    ] {
+        md.push_str(&format!("| {what} | {p50} | {p99} | {max} | {errors} |\n"));
+    }
+    println!("\n{md}");
+    std::fs::write(root.join("target/bench/fqdn.md"), &md)?;
+    Ok(md)
+}

@@ -110,6 +110,19 @@ pub enum LabCommand {
         #[command(subcommand)]
         role: TcprrRole,
     },
+    /// DNS lookup latency for `cargo xtask bench fqdn`: asks SERVER for the A record of
+    /// `<PREFIX><i>.<ZONE>`, i in FIRST..FIRST+COUNT, one at a time; prints
+    /// `p50_us p99_us max_us errors`.
+    #[command(hide = true)]
+    Dnslat {
+        server: SocketAddr,
+        prefix: String,
+        zone: String,
+        #[arg(long, default_value_t = 1)]
+        first: u32,
+        #[arg(long, default_value_t = 100)]
+        count: u32,
+    },
     /// The writer of the crash test: COUNT read-modify-writes of an assignments file, each
     /// adding the Service `crash/svc-N` (N = how many there were), each followed by
     /// `acked N+1` on stdout once the write returned; then waits for stdin to close.
@@ -189,6 +202,40 @@ pub enum TcprrRole {
         mode: String,
         seconds: f64,
     },
+}
+
+/// Upper bound of a dnslat run's lookups, whatever it is asked for.
+const DNSLAT_COUNT_MAX: u32 = 100_000;
+
+fn dnslat(
+    server: SocketAddr,
+    prefix: &str,
+    zone: &str,
+    first: u32,
+    count: u32,
+) -> Result<ExitCode> {
+    let count = count.min(DNSLAT_COUNT_MAX);
+    crate::gateway::runtime()?.block_on(async {
+        let mut lat: Vec<u128> = Vec::with_capacity(count as usize);
+        let mut errors = 0u32;
+        for i in first..first.saturating_add(count) {
+            let name = format!("{prefix}{i}.{zone}");
+            let start = std::time::Instant::now();
+            match dns::forward::lookup_a(server, &name, std::time::Duration::from_secs(2)).await {
+                Ok(a) if !a.is_empty() => lat.push(start.elapsed().as_micros()),
+                _ => errors += 1,
+            }
+        }
+        lat.sort_unstable();
+        let at = |q: f64| -> u128 {
+            if lat.is_empty() {
+                return 0;
+            }
+            lat[((lat.len() - 1) as f64 * q).round() as usize]
+        };
+        println!("{} {} {} {errors}", at(0.5), at(0.99), at(1.0));
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Upper bound of a tcprr client run, whatever it is asked for.
@@ -330,6 +377,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ports,
         } => echo(pod, namespace, node, ports),
         LabCommand::Tcprr { role } => tcprr(role),
+        LabCommand::Dnslat {
+            server,
+            prefix,
+            zone,
+            first,
+            count,
+        } => dnslat(*server, prefix, zone, *first, *count),
         LabCommand::WriteAssignments { file, count } => write_assignments(file, *count),
     }
 }
