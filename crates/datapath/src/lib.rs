@@ -308,14 +308,23 @@ impl Maps {
     /// ipcache and new entries first, then the endpoints' enforcement flags, then removals, so
     /// an endpoint is never enforced before its allows are in and a new deny is in before an
     /// old allow goes.
-    pub fn sync_policy(&mut self, want: &PolicyDesired) -> Result<SyncStats, Error> {
+    ///
+    /// `have`: what the maps hold, when the caller knows it (it programmed them last): the
+    /// diff is then made in memory, without reading the maps back (a DNS answer for toFQDNs
+    /// waits for this sync).
+    pub fn sync_policy(
+        &mut self,
+        have: Option<&PolicyDesired>,
+        want: &PolicyDesired,
+    ) -> Result<SyncStats, Error> {
         let mut stats = SyncStats::default();
-        self.sync_policy_into(want, &mut stats)?;
+        self.sync_policy_into(have, want, &mut stats)?;
         Ok(stats)
     }
 
     fn sync_policy_into(
         &mut self,
+        have: Option<&PolicyDesired>,
         want: &PolicyDesired,
         stats: &mut SyncStats,
     ) -> Result<(), Error> {
@@ -329,21 +338,16 @@ impl Maps {
             }
         }
         let err = |name: &'static str| move |source| Error::Map { name, source };
-        let have_ipcache: BTreeMap<(u32, [u8; 4]), [u8; 8]> = self
-            .ipcache
-            .iter()
-            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-            .collect::<Result<_, _>>()
-            .map_err(err("ipcache4"))?;
-        let want_ipcache: BTreeMap<(u32, [u8; 4]), [u8; 8]> = want
-            .ipcache
-            .iter()
-            .map(|((addr, len), id)| {
-                let mut v = [0u8; 8];
-                v[0..4].copy_from_slice(&id.to_ne_bytes());
-                ((u32::from(*len), addr.octets()), v)
-            })
-            .collect();
+        let have_ipcache = match have {
+            Some(h) => ipcache_bytes(h),
+            None => self
+                .ipcache
+                .iter()
+                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+                .collect::<Result<_, _>>()
+                .map_err(err("ipcache4"))?,
+        };
+        let want_ipcache = ipcache_bytes(want);
         for (k, v) in &want_ipcache {
             if have_ipcache.get(k) != Some(v) {
                 self.ipcache
@@ -352,17 +356,16 @@ impl Maps {
                 stats.written += 1;
             }
         }
-        let have_policy: BTreeMap<(u32, [u8; PolicyKey::DATA]), [u8; PolicyValue::SIZE]> = self
-            .policy
-            .iter()
-            .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-            .collect::<Result<_, _>>()
-            .map_err(err("policy4"))?;
-        let want_policy: BTreeMap<(u32, [u8; PolicyKey::DATA]), [u8; PolicyValue::SIZE]> = want
-            .entries
-            .iter()
-            .map(|(k, v)| (k.to_lpm(), v.to_bytes()))
-            .collect();
+        let have_policy = match have {
+            Some(h) => policy_bytes(h),
+            None => self
+                .policy
+                .iter()
+                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+                .collect::<Result<_, _>>()
+                .map_err(err("policy4"))?,
+        };
+        let want_policy = policy_bytes(want);
         for (k, v) in &want_policy {
             if have_policy.get(k) != Some(v) {
                 self.policy
@@ -371,7 +374,14 @@ impl Maps {
                 stats.written += 1;
             }
         }
-        let have_endpoints = read_all(&self.endpoints, "endpoints4")?;
+        let have_endpoints = match have {
+            Some(h) => h
+                .endpoints
+                .iter()
+                .map(|(a, e)| (a.octets(), e.to_bytes()))
+                .collect(),
+            None => read_all(&self.endpoints, "endpoints4")?,
+        };
         for (addr, ep) in &want.endpoints {
             let (k, v) = (addr.octets(), ep.to_bytes());
             if have_endpoints.get(&k) != Some(&v) {
@@ -428,7 +438,7 @@ impl Maps {
         }
         let mut stats = SyncStats::default();
         if let Some(p) = &want.policy {
-            self.sync_policy_into(p, &mut stats)?;
+            self.sync_policy_into(None, p, &mut stats)?;
         }
         if let Some(cfg) = &want.config {
             self.config
@@ -546,6 +556,29 @@ impl Maps {
             .map(|(k, v)| (Lb4Key::from_bytes(k), Lb4Service::from_bytes(v)))
             .collect())
     }
+}
+
+type IpcacheBytes = BTreeMap<(u32, [u8; 4]), [u8; 8]>;
+type PolicyBytes = BTreeMap<(u32, [u8; PolicyKey::DATA]), [u8; PolicyValue::SIZE]>;
+
+/// The ipcache entries of `p` as the map holds them.
+fn ipcache_bytes(p: &PolicyDesired) -> IpcacheBytes {
+    p.ipcache
+        .iter()
+        .map(|((addr, len), id)| {
+            let mut v = [0u8; 8];
+            v[0..4].copy_from_slice(&id.to_ne_bytes());
+            ((u32::from(*len), addr.octets()), v)
+        })
+        .collect()
+}
+
+/// The policy entries of `p` as the map holds them.
+fn policy_bytes(p: &PolicyDesired) -> PolicyBytes {
+    p.entries
+        .iter()
+        .map(|(k, v)| (k.to_lpm(), v.to_bytes()))
+        .collect()
 }
 
 fn read_all<K, V>(

@@ -466,6 +466,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     assignments
         .refresh()
         .with_context(|| format!("node {}: the assignments file", conf.node))?;
+    // The policy maps' contents as this agent last wrote them (None: unknown, read them back).
+    let mut programmed: Option<datapath::PolicyDesired> = None;
     // `full`: services, announcements and policy; otherwise only the policy (a DNS answer
     // for toFQDNs, or one expiring). Returns the policy plan programmed (or kept).
     let mut apply = |snapshot: &model::Snapshot,
@@ -482,7 +484,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
         if !full {
             if let Some(p) = policy_desired(&policy) {
-                maps.sync_policy(&p)?;
+                // What this agent programmed last is what the maps hold: diff in memory.
+                let have = programmed.take();
+                maps.sync_policy(have.as_ref(), &p)?;
+                programmed = Some(p);
             }
             return Ok(policy);
         }
@@ -498,7 +503,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         }
         let mut want = desired(&plan, &mut ids, Some(node_config), &conf.node_ips);
         want.policy = policy_desired(&policy);
+        programmed = None;
         let stats = maps.sync(&want)?;
+        if want.policy.is_some() {
+            programmed = want.policy.clone();
+        }
         // The lab waits for this line to know the published objects are in the maps.
         let generation = model::snapshot::get(
             &snapshot.config_maps,

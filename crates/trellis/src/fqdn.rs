@@ -38,11 +38,16 @@ pub fn socket_of(dir: &Path, node: &str) -> PathBuf {
     dir.join(format!("{node}.sock"))
 }
 
-/// The DNS side: finds the asking pod's node from the manifests and asks its agent.
+/// One kept connection to an agent (none until first used, or after an error).
+type AgentConn = Arc<tokio::sync::Mutex<Option<tokio::io::BufReader<tokio::net::UnixStream>>>>;
+
+/// The DNS side: finds the asking pod's node from the manifests and asks its agent, over one
+/// kept connection per agent.
 #[derive(Debug)]
 pub struct Gate {
     agents: PathBuf,
     nodes: ArcSwap<HashMap<Ipv4Addr, String>>,
+    conns: std::sync::Mutex<HashMap<String, AgentConn>>,
 }
 
 impl Gate {
@@ -50,6 +55,7 @@ impl Gate {
         Gate {
             agents,
             nodes: ArcSwap::from_pointee(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -71,15 +77,48 @@ impl Gate {
         self.nodes.store(Arc::new(m));
     }
 
+    /// Sends `a` to `node`'s agent and reads its reply, on the kept connection; a connection
+    /// that fails is dropped and the request tried once on a new one.
     async fn ask(&self, node: &str, a: &Answered) -> std::io::Result<String> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut line = serde_json::to_vec(a)?;
         line.push(b'\n');
-        let mut s = tokio::net::UnixStream::connect(socket_of(&self.agents, node)).await?;
-        s.write_all(&line).await?;
-        let mut reply = String::new();
-        tokio::io::BufReader::new(s).read_line(&mut reply).await?;
-        Ok(reply.trim().to_string())
+        let conn = {
+            let mut m = self
+                .conns
+                .lock()
+                .map_err(|_| std::io::Error::other("agent connections poisoned"))?;
+            m.entry(node.to_string()).or_default().clone()
+        };
+        let mut held = conn.lock().await;
+        let mut last = None;
+        for _ in 0..2 {
+            // Taken out while in use: a request abandoned half way (the DNS side's timeout)
+            // drops its connection rather than leave a reply unread for the next one.
+            let mut s = match held.take() {
+                Some(s) => s,
+                None => tokio::io::BufReader::new(
+                    tokio::net::UnixStream::connect(socket_of(&self.agents, node)).await?,
+                ),
+            };
+            let mut reply = String::new();
+            let sent = async {
+                s.get_mut().write_all(&line).await?;
+                if s.read_line(&mut reply).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+                }
+                Ok(())
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    *held = Some(s);
+                    return Ok(reply.trim().to_string());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
     }
 }
 
