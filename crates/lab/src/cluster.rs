@@ -113,6 +113,9 @@ pub struct LabConfig {
     pub vars: Option<PathBuf>,
     /// Agents serve the datapath's flows (Hubble's API on each node, port 4244).
     pub flows: bool,
+    /// toFQDNs: the shortest time an answered address stays open (the agents' default when
+    /// `None`).
+    pub fqdn_min_ttl_s: Option<u64>,
 }
 
 impl LabConfig {
@@ -491,7 +494,7 @@ fn start_agent(
                 .join(FQDN_DIR)
                 .join(format!("{}.sock", node.name)),
         ),
-        fqdn_min_ttl_s: None,
+        fqdn_min_ttl_s: cfg.fqdn_min_ttl_s,
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_file(&path, &serde_json::to_vec_pretty(&conf)?)?;

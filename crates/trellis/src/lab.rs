@@ -40,6 +40,10 @@ pub struct UpFlags {
     /// Do not export the datapath's flows (no Hubble API on the nodes, no flow events).
     #[arg(long)]
     pub no_flows: bool,
+    /// toFQDNs: the shortest time, in seconds, an address DNS answered stays open for the pod
+    /// (the answer's TTL when longer; 60 when not given).
+    #[arg(long, value_name = "SECONDS")]
+    pub fqdn_min_ttl: Option<u64>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -184,6 +188,7 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
             .as_ref()
             .map(|v| std::path::absolute(v).unwrap_or(v.clone())),
         flows: !up.no_flows,
+        fqdn_min_ttl_s: up.fqdn_min_ttl,
         // Absolute: the CNI plugin and the agents run elsewhere (CNI requires it).
         state_dir: std::path::absolute(&lab.state_dir).unwrap_or(lab.state_dir.clone()),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
@@ -443,6 +448,9 @@ fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabSt
     if flags.no_flows {
         cmd.arg("--no-flows");
     }
+    if let Some(t) = flags.fqdn_min_ttl {
+        cmd.arg("--fqdn-min-ttl").arg(t.to_string());
+    }
     eprintln!(
         "building a {nodes}-node lab (state in {}) ...",
         lab.state_dir.display()
@@ -478,6 +486,7 @@ fn demo(
             nodes: 3,
             lb_mode: "dsr".into(),
             no_flows: false,
+            fqdn_min_ttl: None,
         },
     )?;
     // From here on, tear down whatever happens.

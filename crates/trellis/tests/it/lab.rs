@@ -37,6 +37,17 @@ impl Lab {
         name: &str,
         state_dir: &Path,
     ) -> Lab {
+        Lab::up_with(manifests, vars, name, state_dir, &[])
+    }
+
+    /// `lab up` with more flags (`extra`).
+    pub(crate) fn up_with(
+        manifests: &Path,
+        vars: Option<&Path>,
+        name: &str,
+        state_dir: &Path,
+        extra: &[&str],
+    ) -> Lab {
         let lab = Lab {
             name: name.to_string(),
             state_dir: state_dir.to_path_buf(),
@@ -49,6 +60,7 @@ impl Lab {
         if let Some(v) = vars {
             cmd.arg("--vars").arg(v);
         }
+        cmd.args(extra);
         let out = cmd.output().expect("trellis lab up runs");
         assert!(
             out.status.success(),

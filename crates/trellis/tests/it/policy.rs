@@ -81,6 +81,9 @@ spec:
   dnsEndpoints: true
 "#;
 
+/// How long an answered address stays open at least (the lab's `--fqdn-min-ttl`).
+const FQDN_MIN_TTL_S: u64 = 3;
+
 /// Addresses of the LAN client that DNS names (`a<i>.example.test` -> 10.10.30.<200 + i>).
 const FQDN_NAMES: u8 = 10;
 
@@ -107,7 +110,7 @@ fn fqdn_records() -> String {
     );
     for i in 1..=FQDN_NAMES {
         t.push_str(&format!(
-            "  - {{dnsName: a{i}.example.test, recordType: A, targets: [10.10.30.{}], recordTTL: 30}}\n",
+            "  - {{dnsName: a{i}.example.test, recordType: A, targets: [10.10.30.{}], recordTTL: 1}}\n",
             200 + u32::from(i)
         ));
     }
@@ -239,7 +242,14 @@ fn lab_enforces_network_policy() {
     write(&manifests, "fqdn.yaml", FQDN_POLICY);
     write(&manifests, "records.yaml", &fqdn_records());
     let state_dir = dir.path().join("state");
-    let lab = Lab::up(&manifests, &name, &state_dir);
+    // Answered addresses stay open for max(TTL, 3 s): the records' TTL is 1.
+    let lab = Lab::up_with(
+        &manifests,
+        None,
+        &name,
+        &state_dir,
+        &["--fqdn-min-ttl", &FQDN_MIN_TTL_S.to_string()],
+    );
 
     let s = lab.state();
     let pod = |ns: &str, app: &str| -> (String, String) {
@@ -546,5 +556,19 @@ fn lab_enforces_network_policy() {
     assert!(
         !reaches(&lab, &fqdn_pod, "10.10.30.201", 8080),
         "port not in the rule"
+    );
+
+    // Not asked again, an address closes once its time is up (TTL 1 s, at least 3 s).
+    let addr = format!("10.10.30.{}", 200 + u32::from(FQDN_NAMES));
+    wait_reach(&lab, &fqdn_pod, &addr, 8000, false);
+    // Asked again, it opens again.
+    let script = format!(
+        "dig +short +time=2 +tries=1 @{dns_ip} a{FQDN_NAMES}.example.test >/dev/null && \
+         curl -sS -o /dev/null --connect-timeout 2 http://{addr}:8000/"
+    );
+    assert_eq!(
+        lab.exec(&fqdn_pod, &["sh", "-c", &script]).0,
+        0,
+        "asked again"
     );
 }
