@@ -225,12 +225,87 @@ fn measure(bin: &str, client_ns: &str, target: &str, mode: &str, secs: u32) -> R
     Ok(tps)
 }
 
-pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
-    crate::ensure_packages(crate::TEST_PEERS)?;
-    crate::ensure_packages(&[
-        ("/usr/sbin/iptables-legacy", "iptables"),
-        ("/usr/sbin/nft", "nftables"),
-    ])?;
+/// `trellis lab up` (2 nodes) on the manifests under `manifests`, state in `state_dir`; the lab
+/// (taken down when dropped) and its state.
+fn lab_up<'a>(
+    bin: &'a str,
+    manifests: &Path,
+    state_dir: &str,
+    flows: bool,
+) -> Result<(Lab<'a>, serde_json::Value)> {
+    let started = std::time::Instant::now();
+    let up = Command::new(bin)
+        .args([
+            "lab",
+            "up",
+            "--nodes",
+            "2",
+            "--name",
+            LAB_NAME,
+            "--state-dir",
+            state_dir,
+            "-f",
+        ])
+        .arg(manifests)
+        .args(if flows { None } else { Some("--no-flows") })
+        .stdout(Stdio::null())
+        .status()?;
+    let lab = Lab {
+        bin,
+        state_dir: state_dir.to_string(),
+    };
+    if !up.success() {
+        bail!("lab up failed (see {state_dir}/logs)");
+    }
+    eprintln!("    up in {:.1} s", started.elapsed().as_secs_f64());
+    let state = serde_json::from_slice(&std::fs::read(Path::new(state_dir).join("state.json"))?)?;
+    Ok((lab, state))
+}
+
+/// The netns and address of the first pod whose name starts with `app`.
+fn pod_of(state: &serde_json::Value, app: &str) -> Result<(String, String)> {
+    let p = state["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["plan"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(app))
+        })
+        .with_context(|| format!("no {app} pod"))?;
+    Ok((
+        p["netns"].as_str().context("netns")?.to_string(),
+        p["ip"].as_str().context("ip")?.to_string(),
+    ))
+}
+
+/// The most policy entries an agent of the lab reports having programmed (its log's last
+/// `… N policy entries …` line), so a benchmark shows the policies were in the maps.
+fn policy_entries(state_dir: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir(Path::new(state_dir).join("logs")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|text| {
+            text.lines().rev().find_map(|l| {
+                l.split(" policy entries")
+                    .next()
+                    .filter(|_| l.contains(" policy entries"))?
+                    .rsplit(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Builds the release binaries the benchmarks run (trellis and its CNI plugin).
+fn build_release(root: &Path) -> Result<String> {
     crate::run(
         "cargo",
         &[
@@ -242,8 +317,21 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             "cni",
         ],
     )?;
-    let bin_path = root.join("target/release/trellis");
-    let bin = bin_path.to_str().context("utf-8 path")?;
+    Ok(root
+        .join("target/release/trellis")
+        .to_str()
+        .context("utf-8 path")?
+        .to_string())
+}
+
+pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
+    crate::ensure_packages(crate::TEST_PEERS)?;
+    crate::ensure_packages(&[
+        ("/usr/sbin/iptables-legacy", "iptables"),
+        ("/usr/sbin/nft", "nftables"),
+    ])?;
+    let bin = build_release(root)?;
+    let bin = bin.as_str();
     let dir = root.join("target/bench/datapath");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("manifests"))?;
@@ -259,52 +347,10 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         );
         std::fs::write(dir.join("manifests/bench.yaml"), manifests(services))?;
         let state_dir = dir.join("state").display().to_string();
-        let started = std::time::Instant::now();
         let flows = variants_of_group.contains(&"trellis+flows");
-        let up = Command::new(bin)
-            .args([
-                "lab",
-                "up",
-                "--nodes",
-                "2",
-                "--name",
-                LAB_NAME,
-                "--state-dir",
-                &state_dir,
-                "-f",
-            ])
-            .arg(dir.join("manifests"))
-            .args(if flows { None } else { Some("--no-flows") })
-            .stdout(Stdio::null())
-            .status()?;
-        let lab = Lab {
-            bin,
-            state_dir: state_dir.clone(),
-        };
-        if !up.success() {
-            bail!("lab up failed (see {state_dir}/logs)");
-        }
-        eprintln!("    up in {:.1} s", started.elapsed().as_secs_f64());
-        let state: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(Path::new(&state_dir).join("state.json"))?)?;
-        let pod = |app: &str| -> Result<(String, String)> {
-            let p = state["pods"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| {
-                    p["plan"]["name"]
-                        .as_str()
-                        .is_some_and(|n| n.starts_with(app))
-                })
-                .with_context(|| format!("no {app} pod"))?;
-            Ok((
-                p["netns"].as_str().context("netns")?.to_string(),
-                p["ip"].as_str().context("ip")?.to_string(),
-            ))
-        };
-        let (client_ns, _) = pod("rr-client")?;
-        let (server_ns, server_ip) = pod("rr-server")?;
+        let (lab, state) = lab_up(bin, &dir.join("manifests"), &state_dir, flows)?;
+        let (client_ns, _) = pod_of(&state, "rr-client")?;
+        let (server_ns, server_ip) = pod_of(&state, "rr-server")?;
         let cluster_ip = state["services"]
             .as_array()
             .into_iter()
@@ -653,19 +699,8 @@ const FQDN_NAMES_PER_FILE: u32 = 100;
 /// it is released) and a second time (already open). Returns the markdown table.
 pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
     crate::ensure_packages(crate::TEST_PEERS)?;
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "trellis",
-            "--package",
-            "cni",
-        ],
-    )?;
-    let bin_path = root.join("target/release/trellis");
-    let bin = bin_path.to_str().context("utf-8 path")?;
+    let bin = build_release(root)?;
+    let bin = bin.as_str();
     let dir = root.join("target/bench/fqdn");
     let _ = std::fs::remove_dir_all(&dir);
     let manifests = dir.join("manifests");
@@ -701,31 +736,7 @@ pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
         first = last + 1;
     }
     let state_dir = dir.join("state").display().to_string();
-    let up = Command::new(bin)
-        .args([
-            "lab",
-            "up",
-            "--nodes",
-            "2",
-            "--no-flows",
-            "--name",
-            LAB_NAME,
-            "--state-dir",
-            &state_dir,
-            "-f",
-        ])
-        .arg(&manifests)
-        .stdout(Stdio::null())
-        .status()?;
-    let _lab = Lab {
-        bin,
-        state_dir: state_dir.clone(),
-    };
-    if !up.success() {
-        bail!("lab up failed (see {state_dir}/logs)");
-    }
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(Path::new(&state_dir).join("state.json"))?)?;
+    let (_lab, state) = lab_up(bin, &manifests, &state_dir, false)?;
     let pod = state["pods"]
         .as_array()
         .into_iter()
@@ -805,5 +816,99 @@ pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
     }
     println!("\n{md}");
     std::fs::write(root.join("target/bench/fqdn.md"), &md)?;
+    Ok(md)
+}
+
+/// The policy part: pod-to-pod request/response rates with 0, 1, 100 and 10,000
+/// CiliumNetworkPolicies selecting the server (one allows the client on the server's port;
+/// the others each allow a /32 outside the cluster, so the ipcache and the server's policy
+/// entries grow with them). Each count in a lab of its own, one after the other; `rounds`
+/// rounds of `secs` per mode. Returns the markdown table.
+pub fn run_policy(root: &Path, rounds: usize, secs: u32) -> Result<String> {
+    crate::ensure_packages(crate::TEST_PEERS)?;
+    let bin = build_release(root)?;
+    let bin = bin.as_str();
+    let dir = root.join("target/bench/policy");
+    let mut rows = Vec::new();
+    for n in [0usize, 1, 100, 10_000] {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("manifests"))?;
+        let mut m = manifests(1);
+        if n > 0 {
+            m.push_str(
+                "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+                 metadata: {name: rr, namespace: default}\nspec:\n  \
+                 endpointSelector: {matchLabels: {app: rr-server}}\n  ingress:\n  \
+                 - fromEndpoints: [{matchLabels: {app: rr-client}}]\n    \
+                 toPorts: [{ports: [{port: \"5001\"}]}]\n",
+            );
+        }
+        for i in 1..n {
+            m.push_str(&format!(
+                "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\n\
+                 metadata: {{name: p{i}, namespace: default}}\nspec:\n  \
+                 endpointSelector: {{matchLabels: {{app: rr-server}}}}\n  ingress:\n  \
+                 - fromCIDR: [172.16.{}.{}/32]\n    toPorts: [{{ports: [{{port: \"{}\"}}]}}]\n",
+                i / 250,
+                i % 250 + 1,
+                6000 + i % 1000
+            ));
+        }
+        // One file per 500 documents: the YAML reader bounds the nodes of one file.
+        for (k, chunk) in m
+            .split_inclusive("---\n")
+            .collect::<Vec<_>>()
+            .chunks(500)
+            .enumerate()
+        {
+            std::fs::write(
+                dir.join(format!("manifests/bench-{k}.yaml")),
+                chunk.concat(),
+            )?;
+        }
+        eprintln!("\n==> lab with {n} policies");
+        let state_dir = dir.join("state").display().to_string();
+        let (lab, state) = lab_up(bin, &dir.join("manifests"), &state_dir, false)?;
+        let (client_ns, _) = pod_of(&state, "rr-client")?;
+        let (server_ns, server_ip) = pod_of(&state, "rr-server")?;
+        let entries = policy_entries(&state_dir);
+        eprintln!("    policy entries programmed (largest node): {entries}");
+        tune_client(&client_ns)?;
+        let server = start_tcprr_server(bin, &server_ns)?;
+        let target = format!("{server_ip}:{SERVER_PORT}");
+        let mut rr = Vec::new();
+        let mut crr = Vec::new();
+        for round in 0..rounds {
+            for (mode, out) in [("rr", &mut rr), ("crr", &mut crr)] {
+                let tps = measure(bin, &client_ns, &target, mode, secs)?;
+                eprintln!(
+                    "    round {} {n:>5} policies {mode:<3} {tps:>9.0}/s",
+                    round + 1
+                );
+                out.push(tps);
+            }
+        }
+        drop(server);
+        drop(lab);
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        rows.push((n, entries, med(&mut rr), med(&mut crr)));
+    }
+    let (base_rr, base_crr) = (rows[0].2, rows[0].3);
+    let mut md = String::from(
+        "| policies on the server | policy entries | RR tps (median) | vs none | CRR tps (median) | vs none |\n\
+         |---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (n, entries, rr, crr) in &rows {
+        md.push_str(&format!(
+            "| {n} | {entries} | {rr:.0} | {:.2}× | {crr:.0} | {:.2}× |\n",
+            rr / base_rr,
+            crr / base_crr
+        ));
+    }
+    println!("\n{md}");
+    std::fs::write(root.join("target/bench/policy.md"), &md)?;
     Ok(md)
 }

@@ -49,8 +49,14 @@ fn main() -> Result<()> {
             }
             Some("cni") => bench_cni::run(&root, env_or("ITERATIONS", 50)),
             Some("fqdn") => bench_datapath::run_fqdn(&root, env_or("NAMES", 300)).map(|_| ()),
+            Some("policy") => {
+                bench_datapath::run_policy(&root, env_or("ROUNDS", 3), env_or("SECONDS", 2))
+                    .map(|_| ())
+            }
             Some(other) => {
-                bail!("unknown benchmark {other:?} (load, gateway, dns, datapath, cni, fqdn)")
+                bail!(
+                    "unknown benchmark {other:?} (load, gateway, dns, datapath, cni, fqdn, policy)"
+                )
             }
         },
         Some("fuzz") => {
@@ -67,7 +73,7 @@ fn main() -> Result<()> {
         Some("fuzz-all") => fuzz_all(args.get(1).map_or("60", String::as_str)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn]|fuzz [target] [seconds]|fuzz-all [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy]|fuzz [target] [seconds]|fuzz-all [seconds]>"
             );
             bail!("unknown or missing xtask command")
         }
