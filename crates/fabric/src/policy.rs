@@ -934,6 +934,29 @@ pub fn compile(
     plan
 }
 
+/// The policies (`Kind ns/name`) that select a pod with these labels in `namespace`, as
+/// `trellis check` lists them for Pods and Deployments' templates.
+pub fn selecting(
+    snapshot: &Snapshot,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    service_account: Option<&str>,
+) -> BTreeSet<String> {
+    let labels = identity_labels(snapshot, namespace, labels, service_account);
+    let none = Universe {
+        endpoints: BTreeMap::new(),
+        cidrs: BTreeMap::new(),
+    };
+    let mut scratch = PolicyPlan::default();
+    rules(snapshot, &none, &BTreeMap::new(), &mut scratch)
+        .into_iter()
+        .filter(|r| {
+            r.namespace.as_deref().is_none_or(|ns| ns == namespace) && r.subject.matches(&labels)
+        })
+        .map(|r| r.label)
+        .collect()
+}
+
 /// Adds a clause's keys; `named(name, proto, peer)` resolves a port name.
 fn add_clause(
     entries: &mut BTreeMap<PolicyKey, Verdict>,

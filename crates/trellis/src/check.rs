@@ -2,7 +2,7 @@
 //! 1 (an object is not Accepted, has unresolved references or conflicts) or 2 (input cannot be
 //! read).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
@@ -43,9 +43,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     crate::gateway::add_compile_conditions(&mut load.snapshot);
     add_cni_plugin_conditions(&mut load.snapshot, &args.cni_path);
     add_scaler_conditions(&mut load.snapshot);
-    let report = Report::new(&load);
+    let policies = workload_policies(&load.snapshot);
+    let report = Report::new(&load, &policies);
     let out = match args.output {
-        Output::Table => table(&load, &report),
+        Output::Table => table(&load, &report, &policies),
         Output::Json => serde_json::to_string_pretty(&report)? + "\n",
         Output::Yaml => serde_saphyr::to_string(&report)?,
     };
@@ -82,6 +83,9 @@ struct ObjectReport<'a> {
     conditions: Vec<model::Condition>,
     status: &'a ObjectStatus,
     problems: Vec<ProblemOut>,
+    /// Pods and Deployments: the network policies that select their pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network_policies: Option<&'a BTreeSet<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -117,7 +121,10 @@ struct Summary {
 }
 
 impl<'a> Report<'a> {
-    fn new(load: &'a store::Load) -> Report<'a> {
+    fn new(
+        load: &'a store::Load,
+        policies: &'a BTreeMap<ObjectKey, BTreeSet<String>>,
+    ) -> Report<'a> {
         let s = &load.snapshot;
         let objects: Vec<ObjectReport<'a>> = s
             .entries
@@ -148,6 +155,7 @@ impl<'a> Report<'a> {
                             location: entry.source.locate(&p.path),
                         })
                         .collect(),
+                    network_policies: policies.get(key),
                 }
             })
             .collect();
@@ -227,7 +235,11 @@ fn message_cell(status: &ObjectStatus) -> String {
     }
 }
 
-fn table(load: &store::Load, report: &Report<'_>) -> String {
+fn table(
+    load: &store::Load,
+    report: &Report<'_>,
+    policies: &BTreeMap<ObjectKey, BTreeSet<String>>,
+) -> String {
     let s: &Snapshot = &load.snapshot;
     let mut rows: Vec<[String; 4]> = vec![[
         "KIND".into(),
@@ -292,6 +304,13 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
             let _ = writeln!(out, "  {line}");
         }
     }
+    if policies.values().any(|p| !p.is_empty()) {
+        out.push_str("\nnetwork policy (the policies selecting each workload's pods):\n");
+        for (k, p) in policies.iter().filter(|(_, p)| !p.is_empty()) {
+            let names: Vec<&str> = p.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "  {k}: {}", names.join(", "));
+        }
+    }
     let (errors, warnings): (Vec<_>, Vec<_>) = s
         .diagnostics
         .iter()
@@ -342,6 +361,44 @@ fn table(load: &store::Load, report: &Report<'_>) -> String {
         sm.warnings,
         sm.errors
     );
+    out
+}
+
+/// For every Pod and Deployment (its pod template), the network policies selecting it.
+fn workload_policies(s: &Snapshot) -> BTreeMap<ObjectKey, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    if s.network_policies.is_empty()
+        && s.cilium_network_policies.is_empty()
+        && s.cilium_clusterwide_network_policies.is_empty()
+    {
+        return out;
+    }
+    for p in s.pods.values() {
+        let labels = p.spec.metadata.labels.clone().unwrap_or_default();
+        let sa = p
+            .spec
+            .spec
+            .as_ref()
+            .and_then(|x| x.service_account_name.as_deref());
+        out.insert(
+            ObjectKey::new("", "Pod", p.namespace(), p.name()),
+            fabric::policy::selecting(s, p.namespace(), &labels, sa),
+        );
+    }
+    for d in s.deployments.values() {
+        let template = d.spec.spec.as_ref().map(|x| &x.template);
+        let labels = template
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let sa = template
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|x| x.service_account_name.as_deref());
+        out.insert(
+            ObjectKey::new("apps", "Deployment", d.namespace(), d.name()),
+            fabric::policy::selecting(s, d.namespace(), &labels, sa),
+        );
+    }
     out
 }
 

@@ -337,6 +337,69 @@ fn check_compiles_scaled_objects() {
     }
 }
 
+/// `trellis check` lists, per Deployment and Pod, the network policies selecting its pods
+/// (namespaced ones only in their namespace, clusterwide ones everywhere), and says in the
+/// condition what a policy does not enforce.
+#[test]
+fn check_lists_the_policies_selecting_each_workload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("np.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n\
+         spec: {selector: {matchLabels: {app: web}}, template: {metadata: {labels: {app: web}}, \
+         spec: {containers: [{name: c, image: x}]}}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: other, labels: {app: web}}\n\
+         spec: {containers: [{name: c, image: x}]}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: web, namespace: shop}\n\
+         spec: {podSelector: {matchLabels: {app: web}}, policyTypes: [Ingress]}\n---\n\
+         apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: http}\n\
+         spec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress:\n  \
+         - toPorts: [{ports: [{port: '80'}], rules: {http: [{method: GET}]}}]\n",
+    )
+    .expect("write");
+    let out = trellis(&["check", "-f", &file.display().to_string(), "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let objects = v["objects"].as_array().expect("objects");
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("{kind} {name} in {v}"))
+    };
+    assert_eq!(
+        find("Deployment", "web")["networkPolicies"],
+        serde_json::json!([
+            "CiliumClusterwideNetworkPolicy http",
+            "NetworkPolicy shop/web"
+        ])
+    );
+    assert_eq!(
+        find("Pod", "web-1")["networkPolicies"],
+        serde_json::json!(["CiliumClusterwideNetworkPolicy http"])
+    );
+    let http = find("CiliumClusterwideNetworkPolicy", "http");
+    let problem = &http["problems"][0];
+    assert_eq!(
+        problem["path"], "spec.ingress[0].toPorts[0].rules",
+        "{http}"
+    );
+    assert!(
+        problem["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the traffic it would allow is denied")),
+        "{http}"
+    );
+    let table = trellis(&["check", "-f", &file.display().to_string()]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(
+            "Deployment shop/web: CiliumClusterwideNetworkPolicy http, NetworkPolicy shop/web"
+        ),
+        "{text}"
+    );
+}
+
 /// A child process killed when dropped (also when a test fails).
 struct Proc(std::process::Child);
 
