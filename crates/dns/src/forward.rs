@@ -472,6 +472,33 @@ pub async fn exchange(
     upstream_answer(&body, id, q).ok_or(ExchangeError::Mismatch(upstream))
 }
 
+/// The A records `upstream` answers for `name`: one query as [`exchange`] sends it (UDP, TCP
+/// when truncated). For tools that measure a server.
+pub async fn lookup_a(
+    upstream: SocketAddr,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<std::net::Ipv4Addr>, ExchangeError> {
+    let mut n = hickory_proto::rr::Name::from_ascii(name)
+        .map_err(|e| ExchangeError::Encode(name.to_string(), e.to_string()))?;
+    // A name given without its final dot is still absolute.
+    n.set_fqdn(true);
+    let m = exchange(
+        upstream,
+        &Query::query(n, RecordType::A),
+        Transport::Udp,
+        timeout,
+    )
+    .await?;
+    Ok(m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0),
+            _ => None,
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,31 +528,4 @@ mod tests {
         ));
         assert!(Forwarder::new(vec!["127.0.0.1:53".parse().expect("addr")], Some(own)).is_ok());
     }
-}
-
-/// The A records `upstream` answers for `name`: one query as [`exchange`] sends it (UDP, TCP
-/// when truncated). For tools that measure a server.
-pub async fn lookup_a(
-    upstream: SocketAddr,
-    name: &str,
-    timeout: Duration,
-) -> Result<Vec<std::net::Ipv4Addr>, ExchangeError> {
-    let mut n = hickory_proto::rr::Name::from_ascii(name)
-        .map_err(|e| ExchangeError::Encode(name.to_string(), e.to_string()))?;
-    // A name given without its final dot is still absolute.
-    n.set_fqdn(true);
-    let m = exchange(
-        upstream,
-        &Query::query(n, RecordType::A),
-        Transport::Udp,
-        timeout,
-    )
-    .await?;
-    Ok(m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0),
-            _ => None,
-        })
-        .collect())
 }
