@@ -837,15 +837,7 @@ pub fn compile(
                     rule: *rule,
                 };
                 add_clause(&mut keys, Direction::Egress, &clause, |name, proto, _| {
-                    let mut out: Vec<u16> = named
-                        .values()
-                        .flatten()
-                        .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
-                        .map(|(_, port, _)| *port)
-                        .collect();
-                    out.sort_unstable();
-                    out.dedup();
-                    out
+                    ports_named(named.values().flatten(), name, proto)
                 });
                 ep.fqdn.push(FqdnRule {
                     names: names.clone(),
@@ -862,29 +854,16 @@ pub fn compile(
                     }
                 }
                 for c in &r.clauses[d] {
-                    add_clause(&mut ep.entries, dir, c, |name, proto, peer| {
-                        let own = match dir {
-                            Direction::Ingress => p.ports.as_slice(),
-                            Direction::Egress => {
-                                named.get(&peer).map(Vec::as_slice).unwrap_or_default()
-                            }
-                        };
-                        let mut out: Vec<u16> = own
-                            .iter()
-                            .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
-                            .map(|(_, port, _)| *port)
-                            .collect();
-                        if dir == Direction::Egress && peer == ID_ANY {
-                            out = named
-                                .values()
-                                .flatten()
-                                .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
-                                .map(|(_, port, _)| *port)
-                                .collect();
+                    // A named port is the selected pod's on ingress, the peer's on egress (any
+                    // pod's for any peer).
+                    add_clause(&mut ep.entries, dir, c, |name, proto, peer| match dir {
+                        Direction::Ingress => ports_named(p.ports.iter(), name, proto),
+                        Direction::Egress if peer == ID_ANY => {
+                            ports_named(named.values().flatten(), name, proto)
                         }
-                        out.sort_unstable();
-                        out.dedup();
-                        out
+                        Direction::Egress => {
+                            ports_named(named.get(&peer).into_iter().flatten(), name, proto)
+                        }
                     });
                 }
             }
@@ -955,6 +934,22 @@ pub fn selecting(
         })
         .map(|r| r.label)
         .collect()
+}
+
+/// The numbers of the ports called `name` (protocol `proto`, 0: any) among `ports` (name,
+/// number, protocol), sorted, each once.
+fn ports_named<'a>(
+    ports: impl Iterator<Item = &'a (String, u16, u8)>,
+    name: &str,
+    proto: u8,
+) -> Vec<u16> {
+    let mut out: Vec<u16> = ports
+        .filter(|(n, _, pr)| n == name && (proto == 0 || *pr == proto))
+        .map(|(_, port, _)| *port)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Adds a clause's keys; `named(name, proto, peer)` resolves a port name.
