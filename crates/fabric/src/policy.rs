@@ -180,24 +180,42 @@ impl FqdnPattern {
     }
 }
 
-/// `*` matches any run of bytes other than `.`; everything else matches itself.
+/// `*` matches any run of bytes other than `.`; everything else matches itself. Label by
+/// label, each in time linear in its length times the pattern's (a name comes from a pod: no
+/// backtracking blow-up whatever the pattern).
 fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => {
-            let mut i = 0;
-            loop {
-                if glob(rest, &s[i..]) {
-                    return true;
-                }
-                if i == s.len() || s[i] == b'.' {
-                    return false;
-                }
-                i += 1;
-            }
+    let mut ps = p.split(|b| *b == b'.');
+    let mut ss = s.split(|b| *b == b'.');
+    loop {
+        match (ps.next(), ss.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if glob_label(p, s) => {}
+            _ => return false,
         }
-        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
     }
+}
+
+fn glob_label(p: &[u8], s: &[u8]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    // The last `*` seen and where in `s` it started matching.
+    let mut star: Option<(usize, usize)> = None;
+    while j < s.len() {
+        if p.get(i) == Some(&b'*') {
+            star = Some((i, j));
+            i += 1;
+        } else if p.get(i) == Some(&s[j]) {
+            i += 1;
+            j += 1;
+        } else if let Some((si, sj)) = star {
+            // Let that `*` take one more byte and try again after it.
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|b| *b == b'*')
 }
 
 /// The addresses DNS answered each endpoint: endpoint -> address -> the names it was

@@ -218,11 +218,12 @@ fn connection<T: From<Request>>(
     let Ok(mut out) = conn.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(std::io::Read::take(conn, LINE_MAX as u64 * 1024));
+    let mut reader = BufReader::new(conn);
     let mut line = String::new();
     loop {
         line.clear();
-        match reader.read_line(&mut line) {
+        // One line at most LINE_MAX bytes (a longer one ends the connection).
+        match std::io::Read::take(&mut reader, LINE_MAX as u64 + 1).read_line(&mut line) {
             Ok(0) | Err(_) => return,
             Ok(n) if n > LINE_MAX => return,
             Ok(_) => {}
@@ -307,5 +308,90 @@ impl Cache {
                 .insert(name.clone());
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan_with(names: &[&str]) -> fabric::policy::PolicyPlan {
+        let mut plan = fabric::policy::PolicyPlan::default();
+        plan.endpoints.insert(
+            Ipv4Addr::new(10, 0, 0, 5),
+            fabric::policy::EndpointPolicy {
+                fqdn: vec![fabric::policy::FqdnRule {
+                    names: names
+                        .iter()
+                        .map(|n| fabric::policy::FqdnPattern::Pattern((*n).into()))
+                        .collect(),
+                    keys: Vec::new(),
+                    rule: 0,
+                }],
+                ..Default::default()
+            },
+        );
+        plan
+    }
+
+    fn answered(client: [u8; 4], name: &str, addrs: &[[u8; 4]], ttl: u32) -> Answered {
+        Answered {
+            client: Ipv4Addr::from(client),
+            name: name.into(),
+            addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            ttl,
+        }
+    }
+
+    #[test]
+    fn the_cache_learns_what_a_rule_covers_and_forgets_it_in_time() {
+        let plan = plan_with(&["*.example.test"]);
+        let mut c = Cache::default();
+        let min = Duration::from_secs(5);
+        // Not an endpoint of this node, or a name no rule covers: nothing learned.
+        assert!(!c.learn(
+            &plan,
+            &answered([10, 0, 0, 9], "a.example.test", &[[1, 2, 3, 4]], 30),
+            min
+        ));
+        assert!(!c.learn(
+            &plan,
+            &answered([10, 0, 0, 5], "a.example.org", &[[1, 2, 3, 4]], 30),
+            min
+        ));
+        assert!(c.learned().is_empty());
+        // Covered: new, then known (no second sync), per endpoint, name as asked.
+        let a = answered(
+            [10, 0, 0, 5],
+            "A.Example.Test.",
+            &[[1, 2, 3, 4], [1, 2, 3, 5]],
+            1,
+        );
+        assert!(c.learn(&plan, &a, min));
+        assert!(!c.learn(&plan, &a, min));
+        let l = c.learned();
+        let ep = &l[&Ipv4Addr::new(10, 0, 0, 5)];
+        assert_eq!(ep.len(), 2);
+        assert!(ep[&Ipv4Addr::new(1, 2, 3, 4)].contains("a.example.test"));
+        // Kept for the minimum (the TTL of 1 s is shorter), then gone.
+        let now = std::time::Instant::now();
+        assert!(!c.expire(now + Duration::from_secs(4)));
+        assert!(c.expire(now + Duration::from_secs(6)));
+        assert!(c.learned().is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let plan = plan_with(&["*"]);
+        let mut c = Cache::default();
+        let addrs: Vec<[u8; 4]> = (0..CACHE_MAX as u32 + 10)
+            .map(|i| (0x0a00_0000 + i).to_be_bytes())
+            .collect();
+        c.learn(
+            &plan,
+            &answered([10, 0, 0, 5], "x.test", &addrs, 60),
+            MIN_TTL_DEFAULT,
+        );
+        assert_eq!(c.0.len(), CACHE_MAX);
     }
 }
