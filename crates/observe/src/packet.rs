@@ -71,6 +71,10 @@ pub struct PacketEvent {
     pub is_reply: Option<bool>,
     pub ifindex: u32,
     pub ifname: String,
+    /// Policy drops: the direction the local endpoint's policy was checked in.
+    pub direction: Option<crate::proto::flow::TrafficDirection>,
+    /// Policy drops: the security identity of the other side (0: not known).
+    pub peer_identity: u32,
 }
 
 /// The L3/L4 flow of a datapath event, endpoints named from `endpoints`.
@@ -114,6 +118,16 @@ pub fn flow(ev: &PacketEvent, endpoints: &Endpoints) -> Flow {
         L4::Other(_) => None,
     };
     let dropped = ev.verdict == Verdict::Dropped;
+    let mut source = endpoints.endpoint(ev.source);
+    let mut destination = endpoints.endpoint(ev.destination);
+    // The peer of a policy decision is the source on ingress, the destination on egress.
+    match ev.direction {
+        Some(crate::proto::flow::TrafficDirection::Ingress) => source.identity = ev.peer_identity,
+        Some(crate::proto::flow::TrafficDirection::Egress) => {
+            destination.identity = ev.peer_identity
+        }
+        _ => {}
+    }
     Flow {
         time: Some(crate::time::from_system(ev.time)),
         verdict: ev.verdict as i32,
@@ -130,8 +144,9 @@ pub fn flow(ev: &PacketEvent, endpoints: &Endpoints) -> Flow {
             encrypted: false,
         }),
         l4: l4.map(|p| Layer4 { protocol: Some(p) }),
-        source: Some(endpoints.endpoint(ev.source)),
-        destination: Some(endpoints.endpoint(ev.destination)),
+        source: Some(source),
+        destination: Some(destination),
+        traffic_direction: ev.direction.map_or(0, |d| d as i32),
         r#type: FlowType::L3L4 as i32,
         event_type: Some(CiliumEventType {
             r#type: ev.kind.monitor_type(),
@@ -174,11 +189,19 @@ mod tests {
             is_reply: Some(false),
             ifindex: 7,
             ifname: "lxc1".into(),
+            direction: Some(crate::proto::flow::TrafficDirection::Ingress),
+            peer_identity: 4242,
         };
         let f = flow(&ev, &Endpoints::default());
+        // The peer of an ingress drop is the source, with the identity the datapath found.
+        assert_eq!(
+            f.traffic_direction,
+            crate::proto::flow::TrafficDirection::Ingress as i32
+        );
+        assert_eq!(f.source.as_ref().map(|e| e.identity), Some(4242));
         assert_eq!(
             crate::format::compact(&f),
-            "Nov 26 10:35:54.000: 10.0.2.1:41000 (world) -> 10.0.0.5:80 (world) drop DROPPED \
+            "Nov 26 10:35:54.000: 10.0.2.1:41000 (ID:4242) -> 10.0.0.5:80 (world) drop DROPPED \
              (POLICY_DENIED)"
         );
         let drop_filter = crate::proto::flow::FlowFilter {

@@ -97,6 +97,14 @@ fn packet_event(ev: &datapath::FlowEvent, boot: &Clock) -> observe::packet::Pack
         is_reply: Some(false),
         ifindex: ev.ifindex,
         ifname: String::new(),
+        direction: (drop && ev.reason == datapath::abi::DROP_POLICY).then_some(
+            if ev.point == POINT_FROM_POD {
+                observe::proto::flow::TrafficDirection::Egress
+            } else {
+                observe::proto::flow::TrafficDirection::Ingress
+            },
+        ),
+        peer_identity: ev.identity,
     }
 }
 

@@ -398,6 +398,21 @@ fn lab_enforces_network_policy() {
         })
         .count();
     assert!(denied > 0, "no POLICY_DENIED flow to web:9090 in:\n{out}");
+    // Those drops say the direction (web's ingress) and the client's identity.
+    let described = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["flow"]["IP"]["destination"] == web_ip_text.as_str())
+        .any(|v| {
+            v["flow"]["traffic_direction"] == "INGRESS"
+                && v["flow"]["source"]["identity"]
+                    .as_u64()
+                    .is_some_and(|id| id >= 256)
+        });
+    assert!(
+        described,
+        "no INGRESS drop with the client's identity in:\n{out}"
+    );
 
     // A keep-alive connection from default/client to web stays up through policy edits that
     // keep it allowed.
