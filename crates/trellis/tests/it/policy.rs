@@ -450,6 +450,30 @@ fn lab_enforces_network_policy() {
         wait_reach(&lab, &who("default/client"), &ip_of("web"), 9090, open);
         assert!(ask(&mut conn), "kept connection after edit {i}");
     }
+    // Churn: 100 edits back to back (the agents see many of them, debounced), each keeping
+    // 8080 open to default/client: the kept connection and new connections keep working,
+    // and other/client stays denied throughout.
+    for i in 0..100u32 {
+        let ports = format!("ports: [{{port: http}}, {{port: {}}}]", 20000 + i);
+        write(
+            &manifests,
+            "web.yaml",
+            &WEB_POLICY.replace("ports: [{port: http}]", &ports),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        if i % 25 == 24 {
+            assert!(ask(&mut conn), "kept connection during churn, edit {i}");
+            assert!(
+                reaches(&lab, &who("default/client"), &ip_of("web"), 8080),
+                "new connection during churn, edit {i}"
+            );
+            assert!(
+                !reaches(&lab, &who("other/client"), &ip_of("web"), 8080),
+                "other/client during churn, edit {i}"
+            );
+        }
+    }
+    assert!(ask(&mut conn), "kept connection after the churn");
     // Taking the whole allow away: default/client is denied again, new connections and the kept
     // one alike (policy is checked on every packet, as Cilium does).
     write(
