@@ -340,40 +340,28 @@ impl Maps {
         let err = |name: &'static str| move |source| Error::Map { name, source };
         let have_ipcache = match have {
             Some(h) => ipcache_bytes(h),
-            None => self
-                .ipcache
-                .iter()
-                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-                .collect::<Result<_, _>>()
-                .map_err(err("ipcache4"))?,
+            None => lpm_read(&self.ipcache, "ipcache4")?,
         };
         let want_ipcache = ipcache_bytes(want);
-        for (k, v) in &want_ipcache {
-            if have_ipcache.get(k) != Some(v) {
-                self.ipcache
-                    .insert(&LpmKey::new(k.0, k.1), v, 0)
-                    .map_err(err("ipcache4"))?;
-                stats.written += 1;
-            }
-        }
+        lpm_write(
+            &mut self.ipcache,
+            &have_ipcache,
+            &want_ipcache,
+            "ipcache4",
+            stats,
+        )?;
         let have_policy = match have {
             Some(h) => policy_bytes(h),
-            None => self
-                .policy
-                .iter()
-                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-                .collect::<Result<_, _>>()
-                .map_err(err("policy4"))?,
+            None => lpm_read(&self.policy, "policy4")?,
         };
         let want_policy = policy_bytes(want);
-        for (k, v) in &want_policy {
-            if have_policy.get(k) != Some(v) {
-                self.policy
-                    .insert(&LpmKey::new(k.0, k.1), v, 0)
-                    .map_err(err("policy4"))?;
-                stats.written += 1;
-            }
-        }
+        lpm_write(
+            &mut self.policy,
+            &have_policy,
+            &want_policy,
+            "policy4",
+            stats,
+        )?;
         let have_endpoints = match have {
             Some(h) => h
                 .endpoints
@@ -395,31 +383,20 @@ impl Maps {
                 stats.removed += 1;
             }
         }
-        for k in have_policy.keys().filter(|k| !want_policy.contains_key(*k)) {
-            match self.policy.remove(&LpmKey::new(k.0, k.1)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
-                Err(source) => {
-                    return Err(Error::Map {
-                        name: "policy4",
-                        source,
-                    });
-                }
-            }
-        }
-        for k in have_ipcache
-            .keys()
-            .filter(|k| !want_ipcache.contains_key(*k))
-        {
-            match self.ipcache.remove(&LpmKey::new(k.0, k.1)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
-                Err(source) => {
-                    return Err(Error::Map {
-                        name: "ipcache4",
-                        source,
-                    });
-                }
-            }
-        }
+        lpm_remove_stale(
+            &mut self.policy,
+            &have_policy,
+            &want_policy,
+            "policy4",
+            stats,
+        )?;
+        lpm_remove_stale(
+            &mut self.ipcache,
+            &have_ipcache,
+            &want_ipcache,
+            "ipcache4",
+            stats,
+        )?;
         Ok(())
     }
 
@@ -558,8 +535,56 @@ impl Maps {
     }
 }
 
-type IpcacheBytes = BTreeMap<(u32, [u8; 4]), [u8; 8]>;
-type PolicyBytes = BTreeMap<(u32, [u8; PolicyKey::DATA]), [u8; PolicyValue::SIZE]>;
+/// An LPM map's entries: (prefix length, key data) to value.
+type LpmEntries<K, V> = BTreeMap<(u32, K), V>;
+
+fn lpm_read<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &LpmTrie<MapData, K, V>,
+    name: &'static str,
+) -> Result<LpmEntries<K, V>, Error> {
+    map.iter()
+        .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|source| Error::Map { name, source })
+}
+
+/// Writes the entries of `want` that `have` lacks or holds otherwise.
+fn lpm_write<K: aya::Pod + Ord, V: aya::Pod + PartialEq>(
+    map: &mut LpmTrie<MapData, K, V>,
+    have: &LpmEntries<K, V>,
+    want: &LpmEntries<K, V>,
+    name: &'static str,
+    stats: &mut SyncStats,
+) -> Result<(), Error> {
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            map.insert(&LpmKey::new(k.0, k.1), v, 0)
+                .map_err(|source| Error::Map { name, source })?;
+            stats.written += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the entries of `have` that `want` lacks (one already gone is fine).
+fn lpm_remove_stale<K: aya::Pod + Ord, V: aya::Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    have: &LpmEntries<K, V>,
+    want: &LpmEntries<K, V>,
+    name: &'static str,
+    stats: &mut SyncStats,
+) -> Result<(), Error> {
+    for k in have.keys().filter(|k| !want.contains_key(*k)) {
+        match map.remove(&LpmKey::new(k.0, k.1)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => stats.removed += 1,
+            Err(source) => return Err(Error::Map { name, source }),
+        }
+    }
+    Ok(())
+}
+
+type IpcacheBytes = LpmEntries<[u8; 4], [u8; 8]>;
+type PolicyBytes = LpmEntries<[u8; PolicyKey::DATA], [u8; PolicyValue::SIZE]>;
 
 /// The ipcache entries of `p` as the map holds them.
 fn ipcache_bytes(p: &PolicyDesired) -> IpcacheBytes {
