@@ -563,6 +563,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "gateway_sni",
     "gateway_basic_auth",
     "gateway_jwt",
+    "policy_compile",
 ];
 
 fn ensure_cargo_fuzz() -> Result<()> {

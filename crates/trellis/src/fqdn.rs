@@ -186,6 +186,10 @@ pub fn serve<T: From<Request> + Send + 'static>(
     }
     let listener = std::os::unix::net::UnixListener::bind(socket)
         .with_context(|| format!("binding {}", socket.display()))?;
+    // Whoever may write the socket may open addresses for pods: root only.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", socket.display()))?;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("fqdn".into())
