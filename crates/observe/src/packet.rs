@@ -75,6 +75,8 @@ pub struct PacketEvent {
     pub direction: Option<crate::proto::flow::TrafficDirection>,
     /// Policy drops: the security identity of the other side (0: not known).
     pub peer_identity: u32,
+    /// Policy drops: the rule that denied (`Kind ns/name: path`) or `default deny`.
+    pub denied_by: String,
 }
 
 /// The L3/L4 flow of a datapath event, endpoints named from `endpoints`.
@@ -147,6 +149,7 @@ pub fn flow(ev: &PacketEvent, endpoints: &Endpoints) -> Flow {
         source: Some(source),
         destination: Some(destination),
         traffic_direction: ev.direction.map_or(0, |d| d as i32),
+        trellis_denied_by: ev.denied_by.clone(),
         r#type: FlowType::L3L4 as i32,
         event_type: Some(CiliumEventType {
             r#type: ev.kind.monitor_type(),
@@ -191,6 +194,7 @@ mod tests {
             ifname: "lxc1".into(),
             direction: Some(crate::proto::flow::TrafficDirection::Ingress),
             peer_identity: 4242,
+            denied_by: "default deny".into(),
         };
         let f = flow(&ev, &Endpoints::default());
         // The peer of an ingress drop is the source, with the identity the datapath found.
@@ -199,6 +203,7 @@ mod tests {
             crate::proto::flow::TrafficDirection::Ingress as i32
         );
         assert_eq!(f.source.as_ref().map(|e| e.identity), Some(4242));
+        assert_eq!(f.trellis_denied_by, "default deny");
         assert_eq!(
             crate::format::compact(&f),
             "Nov 26 10:35:54.000: 10.0.2.1:41000 (ID:4242) -> 10.0.0.5:80 (world) drop DROPPED \

@@ -53,7 +53,14 @@ fn compile_plan(
 }
 
 /// Turns a datapath record into the event observe makes a flow of.
-fn packet_event(ev: &datapath::FlowEvent, boot: &Clock) -> observe::packet::PacketEvent {
+/// The policy rules of the plan last programmed, by the index the datapath reports in drops.
+pub type RuleNames = std::sync::Arc<arc_swap::ArcSwap<Vec<String>>>;
+
+fn packet_event(
+    ev: &datapath::FlowEvent,
+    boot: &Clock,
+    rules: &RuleNames,
+) -> observe::packet::PacketEvent {
     use datapath::abi::{EVENT_DROP, POINT_FROM_NETDEV, POINT_FROM_POD, POINT_TO_POD};
     use observe::packet::{EventKind, L4};
     use observe::proto::flow::{TraceObservationPoint as Point, Verdict};
@@ -105,6 +112,19 @@ fn packet_event(ev: &datapath::FlowEvent, boot: &Clock) -> observe::packet::Pack
             },
         ),
         peer_identity: ev.identity,
+        denied_by: if drop && ev.reason == datapath::abi::DROP_POLICY {
+            if ev.rule == datapath::abi::RULE_DEFAULT_DENY {
+                "default deny".to_string()
+            } else {
+                rules
+                    .load()
+                    .get(ev.rule as usize)
+                    .cloned()
+                    .unwrap_or_default()
+            }
+        } else {
+            String::new()
+        },
     }
 }
 
@@ -139,6 +159,7 @@ fn start_observer(
     node: &str,
     pin_dir: &std::path::Path,
     pods: std::sync::Arc<observe::endpoints::Endpoints>,
+    rules: RuleNames,
 ) -> Result<()> {
     let mut events = datapath::Events::open(pin_dir)?;
     let (tx, rx) = std::sync::mpsc::channel();
@@ -188,7 +209,10 @@ fn start_observer(
                 events.wait(std::time::Duration::from_secs(1));
                 let clock = Clock::now();
                 while let Some(ev) = events.next_event() {
-                    flows.push(observe::packet::flow(&packet_event(&ev, &clock), &pods));
+                    flows.push(observe::packet::flow(
+                        &packet_event(&ev, &clock, &rules),
+                        &pods,
+                    ));
                 }
                 let lost = lost_in_kernel();
                 if lost > lost_reported {
@@ -417,6 +441,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .with_context(|| format!("attaching to {}", conf.lan_interface))?;
     let mut maps = datapath::Maps::open(&conf.pin_dir)?;
     let pods = std::sync::Arc::new(observe::endpoints::Endpoints::default());
+    let rule_names = RuleNames::default();
     let observe_listen = args.observe_listen.or(conf.observe_listen);
     if observe_listen.is_some() || args.ui_listen.is_some() {
         start_observer(
@@ -425,6 +450,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             &conf.node,
             &conf.pin_dir,
             pods.clone(),
+            rule_names.clone(),
         )
         .with_context(|| format!("node {}: serving flows", conf.node))?;
     }
@@ -484,6 +510,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                      full: bool|
      -> Result<fabric::policy::PolicyPlan> {
         let policy = fabric::policy::compile(snapshot, &conf.node, &conf.node_ips, learned);
+        if policy.over_bound.is_none() {
+            rule_names.store(std::sync::Arc::new(
+                policy.rules.iter().map(ToString::to_string).collect(),
+            ));
+        }
         if let Some(why) = &policy.over_bound {
             tracing::error!(
                 error = %why,

@@ -219,6 +219,27 @@ fn ask(conn: &mut std::net::TcpStream) -> bool {
     crate::lab::try_request(conn).is_some()
 }
 
+/// The DROPPED flows a node's Observer API holds (its last 1,000), one JSON document a line.
+fn dropped_flows(lab: &Lab, node_ip: &str) -> String {
+    let (code, out) = lab.exec(
+        "client",
+        &[
+            env!("CARGO_BIN_EXE_trellis"),
+            "observe",
+            "--server",
+            &format!("{node_ip}:4244"),
+            "--verdict",
+            "DROPPED",
+            "--last",
+            "1000",
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    out
+}
+
 /// A listener in the lab's client namespace (outside the cluster), killed on drop.
 struct LanServer(std::process::Child);
 
@@ -371,22 +392,7 @@ fn lab_enforces_network_policy() {
         .and_then(|n| n["lan_ip"].as_str())
         .expect("web node ip")
         .to_string();
-    let (code, out) = lab.exec(
-        "client",
-        &[
-            env!("CARGO_BIN_EXE_trellis"),
-            "observe",
-            "--server",
-            &format!("{web_node_ip}:4244"),
-            "--verdict",
-            "DROPPED",
-            "--last",
-            "1000",
-            "-o",
-            "json",
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
+    let out = dropped_flows(&lab, &web_node_ip);
     let web_ip_text = ip_of("web");
     let denied = out
         .lines()
