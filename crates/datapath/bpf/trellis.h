@@ -202,7 +202,8 @@ struct node_config {
 #define POINT_TO_NETDEV 4
 #define DROP_NAT_FAILED 132    /* Hubble's reason numbers where one fits: 132 = CT_NO_MAP_FOUND-ish */
 #define DROP_NO_SERVICE 158    /* SERVICE_BACKEND_NOT_FOUND */
-#define DROP_DSR_LOOP 181      /* unwrapped DSR packet whose backend is not local */
+#define DROP_DSR_LOOP 195      /* unwrapped DSR packet whose backend is not local (a number
+                                * Hubble leaves unnamed: 181 is its POLICY_DENY) */
 #define DROP_POLICY 133        /* POLICY_DENIED */
 
 struct flow_event {
