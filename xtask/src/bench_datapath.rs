@@ -286,20 +286,15 @@ fn policy_entries(state_dir: &str) -> u64 {
     let Ok(dir) = std::fs::read_dir(Path::new(state_dir).join("logs")) else {
         return 0;
     };
+    // The agent logs `node N: … K policy entries for M endpoints; …`.
+    let entries_of = |line: &str| -> Option<u64> {
+        let (before, _) = line.split_once(" policy entries")?;
+        before.rsplit(' ').next()?.parse().ok()
+    };
     dir.filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|text| {
-            text.lines().rev().find_map(|l| {
-                l.split(" policy entries")
-                    .next()
-                    .filter(|_| l.contains(" policy entries"))?
-                    .rsplit(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        })
+        .filter_map(|text| text.lines().rev().find_map(entries_of))
         .max()
         .unwrap_or(0)
 }

@@ -742,7 +742,9 @@ static __always_inline int policy(struct __sk_buff *skb, __u8 dir)
 	if (!ep)
 		return TC_ACT_OK;
 	now = bpf_ktime_get_ns();
-	/* The answer of a connection let through the other way: allowed. */
+	/* The answer of a connection let through the other way: allowed, and not recorded as a
+	 * connection of this direction (its reverse would then pass the other way as a reply).
+	 * This lookup is needed even where this direction is not enforced. */
 	if (ct_is_reply(&t, dir == POLICY_DIR_EGRESS ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS, now))
 		return TC_ACT_OK;
 	if (ep->flags & (dir == POLICY_DIR_EGRESS ? EP_F_EGRESS : EP_F_INGRESS)) {

@@ -4,6 +4,8 @@
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use fabric::plan::{FabricConfig, compile};
 
@@ -28,14 +30,7 @@ fn snapshot(services: usize) -> model::Snapshot {
             ));
         }
     }
-    // One parse per document: the YAML reader bounds the nodes per file.
-    let raws = text
-        .split_inclusive("---\n")
-        .flat_map(|doc| {
-            model::RawObject::from_yaml(doc, "gen.yaml", "apps").expect("generated YAML parses")
-        })
-        .collect();
-    model::Snapshot::build(raws, Vec::new())
+    common::snapshot_of(&text)
 }
 
 fn bench(c: &mut Criterion) {

@@ -67,6 +67,10 @@ pub const CIDR_IDENTITIES_MAX: usize = 16384;
 pub const ENTRIES_PER_ENDPOINT_MAX: usize = 16384;
 /// ipcache entries: pods, nodes, CIDR prefixes (the datapath's map bound).
 pub const IPCACHE_MAX: usize = 65536;
+/// Policy entries of all of a node's endpoints together (the datapath's map bound).
+pub const ENTRIES_MAX: usize = 262_144;
+/// Endpoints of one node (the datapath's map bound).
+pub const ENDPOINTS_MAX: usize = 4096;
 /// The seed of the identity hash (any fixed value: every node must use the same).
 const IDENTITY_HASH_SEED: u64 = 0x007e_1115;
 /// The rule id of the implicit allow from the local host.
@@ -378,7 +382,8 @@ fn pods(snapshot: &Snapshot) -> Vec<Pod> {
         for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
             for cp in c.ports.iter().flatten() {
                 if let (Some(name), Ok(port)) = (&cp.name, u16::try_from(cp.container_port)) {
-                    ports.push((name.clone(), port, proto_number(cp.protocol.as_deref())));
+                    let proto = proto_number(cp.protocol.as_deref()).unwrap_or(PROTO_TCP);
+                    ports.push((name.clone(), port, proto));
                 }
             }
         }
@@ -394,12 +399,21 @@ fn pods(snapshot: &Snapshot) -> Vec<Pod> {
     out
 }
 
-fn proto_number(p: Option<&str>) -> u8 {
+/// IP protocol numbers the datapath sees.
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+
+/// A protocol name as policies and pods write it (TCP when absent; 0 for ANY); `None` for a
+/// name trellis does not know (validation reports it).
+fn proto_number(p: Option<&str>) -> Option<u8> {
     match p.unwrap_or("TCP") {
-        "UDP" => PROTO_UDP,
-        "SCTP" => PROTO_SCTP,
-        "ANY" => 0,
-        _ => PROTO_TCP,
+        "TCP" => Some(PROTO_TCP),
+        "UDP" => Some(PROTO_UDP),
+        "SCTP" => Some(PROTO_SCTP),
+        "ICMP" => Some(PROTO_ICMP),
+        "ICMPv6" => Some(PROTO_ICMPV6),
+        "ANY" => Some(0),
+        _ => None,
     }
 }
 
@@ -618,7 +632,22 @@ fn cilium_ports(rules: &[PortRule], deny: bool) -> Option<Ports> {
             return Some(Ports::All);
         }
         for p in &r.ports {
-            let proto = proto_number(p.protocol.as_deref());
+            // Fail closed on a protocol trellis does not know or cannot match ports of (ICMP
+            // carries none): an allow allows nothing through it, a deny denies every protocol
+            // (unknown) or the whole protocol (ICMP).
+            let proto = match (proto_number(p.protocol.as_deref()), deny) {
+                (Some(PROTO_ICMP | PROTO_ICMPV6), false) | (None, false) => continue,
+                (Some(pr @ (PROTO_ICMP | PROTO_ICMPV6)), true) => {
+                    items.push(PortItem::Range {
+                        proto: pr,
+                        lo: 0,
+                        hi: 0,
+                    });
+                    continue;
+                }
+                (Some(pr), _) => pr,
+                (None, true) => 0,
+            };
             let text = match &p.port {
                 serde_json::Value::Number(n) => n.to_string(),
                 serde_json::Value::String(s) => s.clone(),
@@ -644,19 +673,21 @@ fn np_ports(ports: Option<&[NetworkPolicyPort]>) -> Ports {
     let Some(ports) = ports.filter(|p| !p.is_empty()) else {
         return Ports::All;
     };
+    // NetworkPolicy only allows: a protocol trellis does not know, or a port number out of
+    // range (validation reports both), allows nothing rather than the whole protocol.
     Ports::Items(
         ports
             .iter()
-            .map(|p| {
-                let proto = proto_number(p.protocol.as_deref());
-                match &p.port {
+            .filter_map(|p| {
+                let proto = proto_number(p.protocol.as_deref())?;
+                Some(match &p.port {
                     None => PortItem::Range {
                         proto,
                         lo: 0,
                         hi: 0,
                     },
                     Some(IntOrString::Int(n)) => {
-                        let lo = u16::try_from(*n).unwrap_or(0);
+                        let lo = u16::try_from(*n).ok().filter(|n| *n > 0)?;
                         let hi = p
                             .end_port
                             .and_then(|e| u16::try_from(e).ok())
@@ -668,7 +699,7 @@ fn np_ports(ports: Option<&[NetworkPolicyPort]>) -> Ports {
                         proto,
                         name: name.clone(),
                     },
-                }
+                })
             })
             .collect(),
     )
@@ -928,30 +959,55 @@ pub fn compile(
         }
         plan.endpoints.insert(p.ip, ep);
     }
+    // Over a bound of the node's maps: refused here, whole, so the agent keeps the last good
+    // policy and its services still sync.
+    let entries: usize = plan.endpoints.values().map(|e| e.entries.len()).sum();
+    if entries > ENTRIES_MAX || plan.endpoints.len() > ENDPOINTS_MAX {
+        plan.over_bound = Some(format!(
+            "{} endpoints with {entries} policy entries, more than {ENDPOINTS_MAX} or {ENTRIES_MAX}",
+            plan.endpoints.len()
+        ));
+    }
     plan
 }
 
-/// The policies (`Kind ns/name`) that select a pod with these labels in `namespace`, as
-/// `trellis check` lists them for Pods and Deployments' templates.
-pub fn selecting(
-    snapshot: &Snapshot,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-    service_account: Option<&str>,
-) -> BTreeSet<String> {
-    let labels = identity_labels(snapshot, namespace, labels, service_account);
-    let none = Universe {
-        endpoints: BTreeMap::new(),
-        cidrs: BTreeMap::new(),
-    };
-    let mut scratch = PolicyPlan::default();
-    rules(snapshot, &none, &BTreeMap::new(), &mut scratch)
-        .into_iter()
-        .filter(|r| {
-            r.namespace.as_deref().is_none_or(|ns| ns == namespace) && r.subject.matches(&labels)
-        })
-        .map(|r| r.label)
-        .collect()
+/// Who each policy rule selects, for `trellis check`: the rules are read once, then asked
+/// for every workload.
+pub struct Selectors<'a> {
+    snapshot: &'a Snapshot,
+    rules: Vec<Rule>,
+}
+
+impl<'a> Selectors<'a> {
+    pub fn new(snapshot: &'a Snapshot) -> Selectors<'a> {
+        let none = Universe {
+            endpoints: BTreeMap::new(),
+            cidrs: BTreeMap::new(),
+        };
+        let mut scratch = PolicyPlan::default();
+        Selectors {
+            snapshot,
+            rules: rules(snapshot, &none, &BTreeMap::new(), &mut scratch),
+        }
+    }
+
+    /// The policies (`Kind ns/name`) that select a pod with these labels in `namespace`.
+    pub fn selecting(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+        service_account: Option<&str>,
+    ) -> BTreeSet<String> {
+        let labels = identity_labels(self.snapshot, namespace, labels, service_account);
+        self.rules
+            .iter()
+            .filter(|r| {
+                r.namespace.as_deref().is_none_or(|ns| ns == namespace)
+                    && r.subject.matches(&labels)
+            })
+            .map(|r| r.label.clone())
+            .collect()
+    }
 }
 
 /// The numbers of the ports called `name` (protocol `proto`, 0: any) among `ports` (name,
@@ -1622,6 +1678,49 @@ spec:
                 .to_string()
                 .contains("egressDeny[0]")
         );
+    }
+
+    /// A port or protocol trellis cannot match never becomes "the whole protocol".
+    #[test]
+    fn ports_it_cannot_match_allow_nothing() {
+        let s = pods_and(
+            r#"---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{ports: [{port: 70000}, {port: 80, protocol: QUIC}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress: [{toPorts: [{ports: [{port: "8", protocol: ICMP}]}]}]
+  egressDeny: [{toPorts: [{ports: [{port: "0", protocol: ICMP}, {port: "25", protocol: GRE}]}]}]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        let allows: Vec<&PolicyKey> = web
+            .entries
+            .iter()
+            .filter(|(k, v)| !v.deny && k.identity != ID_HOST)
+            .map(|(k, _)| k)
+            .collect();
+        assert!(allows.is_empty(), "{allows:?}");
+        // The deny covers all of ICMP, and port 25 of every protocol (GRE is not known).
+        let denies: BTreeSet<PolicyKey> = web
+            .entries
+            .iter()
+            .filter(|(_, v)| v.deny)
+            .map(|(k, _)| *k)
+            .collect();
+        assert!(denies.contains(&key(Direction::Egress, ID_ANY, PROTO_ICMP, 0, 0)));
+        for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP] {
+            assert!(denies.contains(&key(Direction::Egress, ID_ANY, proto, 25, 16)));
+        }
     }
 
     #[test]

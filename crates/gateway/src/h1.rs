@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::compress::Encoding;
 use crate::limits::{
-    CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, CONNECT_ATTEMPTS_MAX, DRAIN_IDLE_GRACE, EJECT_MS,
+    CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, CONNECT_ATTEMPTS_MAX, EJECT_MS,
     HEADER_READ_TIMEOUT, HEADERS_MAX, POOL_IDLE_PER_HOST_MAX, REQUEST_BODY_BYTES_MAX,
     REQUEST_HEADER_BYTES_MAX, RESPONSE_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT,
     UPSTREAM_READ_BYTES,
@@ -124,7 +124,7 @@ pub(crate) async fn serve<S: Client>(
     let drained = drain_wait.changed();
     tokio::pin!(drained);
     // Whether the drain has been seen (the wait above completes once). Once it has, an idle
-    // connection gets `DRAIN_IDLE_GRACE` to send one more request, which is answered with
+    // connection gets the drain's idle grace (`DRAIN_IDLE_GRACE`) to send one more request, which is answered with
     // `Connection: close`: a client that sent it as the drain began is not left unanswered.
     let mut drain_seen = *drain.borrow();
     loop {
@@ -157,7 +157,7 @@ pub(crate) async fn serve<S: Client>(
                 // A connection that sends nothing (first request or next) is closed after
                 // the idle timeout rather than held forever.
                 let idle = if drain_seen {
-                    DRAIN_IDLE_GRACE
+                    state.drain_idle_grace
                 } else {
                     state.client_idle_timeout
                 };
@@ -169,7 +169,7 @@ pub(crate) async fn serve<S: Client>(
                     _ = &mut drained, if !drain_seen => {
                         drain_seen = true;
                         tokio::time::timeout(
-                            DRAIN_IDLE_GRACE,
+                            state.drain_idle_grace,
                             stream.read_idle(&mut buf),
                         )
                         .await

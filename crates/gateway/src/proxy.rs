@@ -62,6 +62,9 @@ pub struct Bind {
     pub connections_max: Option<usize>,
     /// How long a client connection may be idle when not [`CLIENT_IDLE_TIMEOUT`].
     pub idle_timeout: Option<Duration>,
+    /// How long an idle connection gets, once a drain begins, for one more request, when not
+    /// [`DRAIN_IDLE_GRACE`].
+    pub drain_idle_grace: Option<Duration>,
 }
 
 /// Access log lines queued for a writer thread, so that a slow stdout never slows requests;
@@ -113,6 +116,7 @@ pub(crate) struct State {
     connections_max: usize,
     /// No request in flight for this long closes a client connection (both paths).
     pub(crate) client_idle_timeout: Duration,
+    pub(crate) drain_idle_grace: Duration,
 }
 
 /// Counts a client connection as open for as long as it lives.
@@ -240,6 +244,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         open: watch::channel(0).0,
         connections_max: bind.connections_max.unwrap_or(CLIENT_CONNECTIONS_MAX),
         client_idle_timeout: bind.idle_timeout.unwrap_or(CLIENT_IDLE_TIMEOUT),
+        drain_idle_grace: bind.drain_idle_grace.unwrap_or(DRAIN_IDLE_GRACE),
     });
     let ip = bind
         .ip
@@ -520,11 +525,12 @@ pub(crate) async fn serve_http<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    // Told of every request: when a drain begins, the connection gets `DRAIN_IDLE_GRACE`
+    // Told of every request: when a drain begins, the connection gets the drain's idle grace
     // for one more to arrive before it is shut down gracefully.
     let requests = Arc::new(RequestSeen::new());
     let seen = requests.clone();
     let idle_timeout = state.client_idle_timeout;
+    let grace = state.drain_idle_grace;
     // The request's future is boxed: the connection keeps room for its service's future
     // inline, and this one is large (routing, retries, compression), so an idle keep-alive
     // connection would carry it for nothing.
@@ -576,7 +582,7 @@ pub(crate) async fn serve_http<S>(
             let ended = tokio::select! {
                 r = conn.as_mut() => Some(r),
                 _ = next => None,
-                _ = tokio::time::sleep(DRAIN_IDLE_GRACE) => None,
+                _ = tokio::time::sleep(grace) => None,
             };
             match ended {
                 Some(r) => r,

@@ -2419,6 +2419,15 @@ fn cilium(s: &Snapshot, st: &mut Statuses) {
                         "a rule needs endpointSelector or nodeSelector",
                     );
                 }
+                if r.node_selector.is_some() {
+                    // A host policy: trellis enforces policy at pods' interfaces only.
+                    problem(
+                        status,
+                        format!("{rp}.nodeSelector"),
+                        "host policies (nodeSelector) are not enforced by trellis yet: the \
+                         node's own traffic is not restricted by this rule",
+                    );
+                }
                 for (path, sel) in r
                     .endpoint_selector
                     .iter()

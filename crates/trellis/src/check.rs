@@ -373,6 +373,7 @@ fn workload_policies(s: &Snapshot) -> BTreeMap<ObjectKey, BTreeSet<String>> {
     {
         return out;
     }
+    let selectors = fabric::policy::Selectors::new(s);
     for p in s.pods.values() {
         let labels = p.spec.metadata.labels.clone().unwrap_or_default();
         let sa = p
@@ -382,7 +383,7 @@ fn workload_policies(s: &Snapshot) -> BTreeMap<ObjectKey, BTreeSet<String>> {
             .and_then(|x| x.service_account_name.as_deref());
         out.insert(
             ObjectKey::new("", "Pod", p.namespace(), p.name()),
-            fabric::policy::selecting(s, p.namespace(), &labels, sa),
+            selectors.selecting(p.namespace(), &labels, sa),
         );
     }
     for d in s.deployments.values() {
@@ -396,7 +397,7 @@ fn workload_policies(s: &Snapshot) -> BTreeMap<ObjectKey, BTreeSet<String>> {
             .and_then(|x| x.service_account_name.as_deref());
         out.insert(
             ObjectKey::new("apps", "Deployment", d.namespace(), d.name()),
-            fabric::policy::selecting(s, d.namespace(), &labels, sa),
+            selectors.selecting(d.namespace(), &labels, sa),
         );
     }
     out

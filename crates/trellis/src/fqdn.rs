@@ -201,6 +201,9 @@ pub fn serve<T: From<Request> + Send + 'static>(
                 };
                 if open.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= CONNECTIONS_MAX {
                     open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    tracing::warn!(
+                        "toFQDNs socket: {CONNECTIONS_MAX} connections open; one more closed"
+                    );
                     continue;
                 }
                 let (tx, open) = (tx.clone(), open.clone());
