@@ -8,11 +8,16 @@
 //!   default) for a bounded time (installs cargo-fuzz if needed).
 //! - `fuzz-all [SECONDS]`: runs every fuzz target for that long, one after another, and prints
 //!   each one's executions and coverage; fails if any found a crash.
+//! - `dist [PROFILE]`: the Debian package (`target/deb/`), from the `dist` profile by default.
+//! - `install-test DEB`: installs a package in a namespace of its own and checks it serves
+//!   (`test` runs it on the package of the test build).
+//! - `ebpf`: refreshes the prebuilt eBPF object that builds without clang use.
 
 mod bench_cni;
 mod bench_datapath;
 mod bench_dns;
 mod bench_gateway;
+mod dist;
 mod proc;
 
 use std::path::{Path, PathBuf};
@@ -71,9 +76,20 @@ fn main() -> Result<()> {
             fuzz(target, seconds)
         }
         Some("fuzz-all") => fuzz_all(args.get(1).map_or("60", String::as_str)),
+        Some("dist") => dist::dist(&root, args.get(1).map_or("dist", String::as_str)).map(|_| ()),
+        Some("ebpf") => dist::ebpf(&root),
+        // The package install test on a package built before (`dist`).
+        Some("install-test") => dist::install_test(Path::new(
+            args.get(1)
+                .context("usage: cargo xtask install-test target/deb/FILE.deb")?,
+        )),
+        // The package install test's part inside its namespace (started by `install-test`).
+        Some("install-test-inner") => {
+            dist::install_test_inner(Path::new(args.get(1).context("the .deb")?))
+        }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy]|fuzz [target] [seconds]|fuzz-all [seconds]>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy]|fuzz [target] [seconds]|fuzz-all [seconds]|dist [profile]|ebpf>"
             );
             bail!("unknown or missing xtask command")
         }
@@ -112,6 +128,14 @@ pub(crate) fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Res
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Whether this runs as root (`id -u` is 0).
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
 }
 
 fn has(program: &str, args: &[&str]) -> bool {
@@ -258,6 +282,14 @@ fn test() -> Result<()> {
         "cargo",
         &["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"],
     )?;
+    // The package: built from the test build's binaries (stripped), installed with dpkg in a
+    // namespace of its own, its unit's command line run and checked to serve.
+    let deb = dist::dist(&root(), "dev")?;
+    if is_root() {
+        dist::install_test(&deb)?;
+    } else {
+        eprintln!("==> the package install test needs root (namespaces, mounts): not run");
+    }
     eprintln!("==> all tests passed");
     Ok(())
 }
@@ -287,7 +319,7 @@ fn show(program: &str, args: &[&str]) -> Result<()> {
 /// The main demo: `trellis lab demo` — a 3-node lab from network namespaces running the
 /// example home lab (needs root: namespaces and eBPF).
 fn demo_lab(no_wait: bool) -> Result<()> {
-    if !has("id", &["-u"]) || Command::new("id").arg("-u").output()?.stdout != b"0\n" {
+    if !is_root() {
         bail!(
             "the lab demo builds network namespaces and loads eBPF programs: run it as root \
              (or `cargo xtask demo loopback` for the unprivileged one)"

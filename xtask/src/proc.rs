@@ -11,6 +11,9 @@ pub struct Bg(pub Child);
 
 impl Drop for Bg {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();

@@ -23,8 +23,20 @@ pub use abi::{
     Endpoint4, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig, PolicyKey, PolicyValue,
 };
 
-/// The compiled load-balancer object (built by build.rs with clang -target bpf).
+/// The compiled load-balancer object (built by build.rs with clang -target bpf, or the
+/// committed `bpf/prebuilt/lb.o` where no clang is).
 pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
+
+/// Where [`LB_OBJECT`] came from: `clang` (compiled in this build) or `prebuilt`.
+pub const LB_ORIGIN: &str = env!("TRELLIS_BPF_ORIGIN");
+
+/// The hash of the sources in `bpf/` this build saw (`bpf/prebuilt/lb.o.source` records the
+/// one the prebuilt object was made from).
+pub const LB_SOURCE_HASH: &str = env!("TRELLIS_BPF_SOURCE_HASH");
+
+/// The first line of `clang --version` of the clang that compiled [`LB_OBJECT`]; empty when
+/// prebuilt.
+pub const LB_CLANG: &str = env!("TRELLIS_BPF_CLANG");
 
 /// The programs, by the hook they run at.
 pub const PROG_FROM_POD: &str = "from_pod";

@@ -60,16 +60,22 @@ fn answer(
     }
 }
 
-/// Serves the admin endpoint until the process ends. Returns the bound address.
+/// Serves the admin endpoint until the process ends. Returns the bound address. `more`
+/// answers the paths the admin endpoint does not know itself (a component's own API, such as
+/// health's Gatus-shaped `/api/v1/endpoints/...`).
 pub async fn start(
     addr: SocketAddr,
     registry: Arc<Registry>,
     status: Arc<StatusDoc>,
+    more: Option<httpkit::Handler>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let handler: httpkit::Handler = Arc::new(move |req| {
         let (code, ctype, body) = answer(req.uri().path(), &registry, &status);
-        Box::pin(async move { httpkit::respond(code.as_u16(), ctype, body) })
+        match &more {
+            Some(more) if code == StatusCode::NOT_FOUND => more(req),
+            _ => Box::pin(async move { httpkit::respond(code.as_u16(), ctype, body) }),
+        }
     });
     Ok(httpkit::serve_on(listener, handler)?.detach())
 }

@@ -1056,7 +1056,7 @@ impl LogFields {
         header: impl Fn(&str) -> Option<String>,
     ) -> LogFields {
         LogFields {
-            start_time: rfc3339_now(),
+            start_time: httpkit::rfc3339(SystemTime::now()),
             method: method.to_string(),
             path: path_and_query.to_string(),
             protocol: protocol.to_string(),
@@ -1096,32 +1096,6 @@ pub(crate) fn access_log_line(
     if log.0.try_send(line.to_string()).is_err() {
         state.metrics.access_log_dropped.inc();
     }
-}
-
-/// Now as RFC 3339 UTC with milliseconds, without a date library.
-fn rfc3339_now() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 /// Applies a route's SecurityPolicy to a request, in Envoy Gateway's filter order (external

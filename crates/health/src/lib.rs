@@ -5,8 +5,9 @@
 //!   conventions on HTTPRoutes and Services, inherited from Gateways, and Gatus `config.yaml`
 //!   in ConfigMaps labelled `gatus.io/enabled`), a pure function of `model::Snapshot`.
 //! - [`probe`]: one probe of one endpoint (http/https, tcp, dns, tls, starttls), the only
-//!   I/O here; [`run`] schedules them (intervals with jitter, bounded concurrency) and
-//!   [`metrics`] publishes results under Gatus's metric names.
+//!   I/O here; [`run`] schedules them (intervals with jitter, bounded concurrency),
+//!   [`metrics`] publishes results under Gatus's metric names and [`status`] keeps them for
+//!   Gatus's API (`/api/v1/endpoints/statuses`).
 //!
 //! The KEDA scaler is not here yet.
 
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod probe;
 pub mod run;
 pub mod scale;
+pub mod status;
 pub mod trigger;
 mod x509;
 

@@ -236,7 +236,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             )
             .await?;
         if let Some(addr) = args.admin {
-            let a = gateway::admin::start(addr, Arc::new(registry), status.clone())
+            let a = gateway::admin::start(addr, Arc::new(registry), status.clone(), None)
                 .await
                 .with_context(|| format!("cannot bind the admin address {addr}"))?;
             eprintln!("admin on http://{a} (/health /ready /status /metrics)");

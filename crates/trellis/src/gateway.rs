@@ -266,7 +266,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let running = start_gateway(&plan, &bind, metrics.clone()).await?;
         let status = Arc::new(ArcSwap::from_pointee(status_doc(&first, &key, Some(&plan), &running.bound, &running.bound_udp, None)));
         if let Some(addr) = args.admin {
-            let a = gateway::admin::start(addr, Arc::new(registry), status.clone()).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
+            let a = gateway::admin::start(addr, Arc::new(registry), status.clone(), None).await.with_context(|| format!("cannot bind the admin address {addr}"))?;
             eprintln!("admin on http://{a} (/healthz /ready /status /metrics)");
         }
         // Whoever started us (the lab, as a kubelet would probe) learns the listeners are up.

@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use health::probe::{Probed, Tls};
 use health::{Discovery, Endpoint};
 use store::watch::{Update, Watch};
@@ -25,10 +24,19 @@ pub struct Args {
     /// Probe every endpoint once, print the results, exit 0 if all passed and 1 otherwise.
     #[arg(long)]
     pub once: bool,
-    /// Serve /metrics (gatus_results_endpoint_success and the rest of Gatus's metrics) on
-    /// this address.
+    /// Serve /metrics (gatus_results_endpoint_success and the rest of Gatus's metrics),
+    /// Gatus's API (/api/v1/endpoints/statuses), /status and /ready on this address.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub probing: Probing,
+}
+
+/// How endpoints are found and probed: the flags of `trellis health` and the `health:`
+/// section of `trellis up`'s config (same names, camelCase there).
+#[derive(Clone, Debug, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Probing {
     /// Probes in flight at once.
     #[arg(long, default_value_t = health::run::CONCURRENCY_DEFAULT)]
     pub concurrency: usize,
@@ -48,22 +56,113 @@ pub struct Args {
     pub ca_bundle: PathBuf,
 }
 
-fn discovery(args: &Args) -> Discovery {
-    Discovery {
-        auto_httproute: !args.annotated_routes_only,
-        auto_service: args.auto_service,
-        cluster_domain: args.cluster_domain.clone(),
-        ..Discovery::default()
+impl Default for Probing {
+    fn default() -> Probing {
+        Probing {
+            concurrency: health::run::CONCURRENCY_DEFAULT,
+            auto_service: false,
+            annotated_routes_only: false,
+            cluster_domain: "cluster.local".to_string(),
+            ca_bundle: PathBuf::from(httpkit::CA_BUNDLE),
+        }
     }
 }
 
-/// The endpoints of a snapshot, and how many could not be made (each on stderr).
-fn endpoints_of(s: &model::Snapshot, d: &Discovery) -> (Vec<Endpoint>, usize) {
+impl Probing {
+    fn discovery(&self) -> Discovery {
+        Discovery {
+            auto_httproute: !self.annotated_routes_only,
+            auto_service: self.auto_service,
+            cluster_domain: self.cluster_domain.clone(),
+            ..Discovery::default()
+        }
+    }
+
+    /// The problems of these settings, each naming its key under `at`.
+    pub fn check(&self, at: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.concurrency == 0 || self.concurrency > health::run::CONCURRENCY_MAX {
+            out.push(format!(
+                "{at}.concurrency: {} is outside 1..={}",
+                self.concurrency,
+                health::run::CONCURRENCY_MAX
+            ));
+        }
+        out
+    }
+}
+
+/// Probing that goes on: the schedule, Gatus's metrics and the results kept for its API.
+pub struct Prober {
+    schedule: health::run::Schedule,
+    metrics: health::metrics::Metrics,
+    discovery: Discovery,
+    pub statuses: Arc<health::status::Statuses>,
+    /// Why endpoints of the last snapshot could not be made (each also logged).
+    pub problems: Vec<String>,
+}
+
+impl Prober {
+    /// Starts probing nothing yet (see [`Prober::set`]); Gatus's metrics join `registry`
+    /// under the `gatus` prefix. `print`: a line per result on stdout.
+    pub fn start(
+        p: &Probing,
+        registry: &mut prometheus_client::registry::Registry,
+        print: bool,
+    ) -> Prober {
+        let metrics = health::metrics::Metrics::default();
+        metrics.register(registry.sub_registry_with_prefix("gatus"));
+        let statuses = Arc::new(health::status::Statuses::default());
+        let (m, kept) = (metrics.clone(), statuses.clone());
+        let on_result: health::run::OnResult = Arc::new(move |e: &Endpoint, p: &Probed| {
+            m.publish(e, p);
+            kept.record(e, p, std::time::SystemTime::now());
+            if print {
+                println!("{}", line(e, p));
+            }
+        });
+        let tls = Tls::with_roots(&p.ca_bundle);
+        Prober {
+            schedule: health::run::Schedule::new(tls, p.concurrency, on_result),
+            metrics,
+            discovery: p.discovery(),
+            statuses,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Probes the endpoints `s` declares: those gone or changed stop being reported, the rest
+    /// keep probing and keep their series and results.
+    pub fn set(&mut self, s: &model::Snapshot) {
+        let (endpoints, problems) = endpoints_of(s, &self.discovery);
+        for e in self.schedule.set(endpoints) {
+            self.metrics.forget(&e);
+            self.statuses.forget(&e);
+        }
+        self.problems = problems;
+        eprintln!("health: probing {} endpoints", self.schedule.len());
+    }
+
+    /// What `/status` shows: endpoints probed, how many passed their last probe, problems.
+    pub fn status(&self) -> serde_json::Value {
+        let (reported, healthy) = self.statuses.counts();
+        serde_json::json!({
+            "endpoints": self.schedule.len(),
+            "reported": reported,
+            "healthy": healthy,
+            "problems": self.problems,
+        })
+    }
+}
+
+/// The endpoints of a snapshot, and why others could not be made (each on stderr).
+fn endpoints_of(s: &model::Snapshot, d: &Discovery) -> (Vec<Endpoint>, Vec<String>) {
     let found = health::endpoints(s, d);
-    for p in &found.problems {
+    let problems: Vec<String> = found.problems.iter().map(ToString::to_string).collect();
+    for p in &problems {
         eprintln!("{p}");
     }
-    (found.endpoints, found.problems.len())
+    (found.endpoints, problems)
 }
 
 /// One result as a line: verdict, endpoint, what was found, and why it failed.
@@ -93,19 +192,20 @@ fn line(e: &Endpoint, p: &Probed) -> String {
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let opts = args.source.options()?;
-    let d = discovery(args);
-    let tls = Tls::with_roots(&args.ca_bundle);
+    let problems = args.probing.check("--");
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
     if args.once {
         let load = store::load(&args.source.paths, &opts);
         crate::report_errors(&load.snapshot);
         if load.snapshot.has_errors() {
             return Ok(ExitCode::from(2));
         }
-        let (endpoints, problems) = endpoints_of(&load.snapshot, &d);
+        let (endpoints, problems) = endpoints_of(&load.snapshot, &args.probing.discovery());
+        let tls = Tls::with_roots(&args.probing.ca_bundle);
         return crate::gateway::runtime()?.block_on(async move {
-            let results = health::run::once(&endpoints, &tls, args.concurrency).await;
+            let results = health::run::once(&endpoints, &tls, args.probing.concurrency).await;
             // An endpoint that could not be made did not pass either.
-            let mut all = problems == 0;
+            let mut all = problems.is_empty();
             for (e, p) in endpoints.iter().zip(&results) {
                 println!("{}", line(e, p));
                 all &= p.success;
@@ -128,59 +228,30 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let first = watch.current();
     crate::report_errors(&first.snapshot);
     crate::gateway::runtime()?.block_on(async move {
-        let metrics = health::metrics::Metrics::default();
-        let mut registry = prometheus_client::registry::Registry::with_prefix("gatus");
-        metrics.register(&mut registry);
-        let registry = Arc::new(registry);
-        let _server = match args.listen {
-            Some(addr) => {
-                let registry = registry.clone();
-                let handler: httpkit::Handler = Arc::new(move |req: http::Request<Bytes>| {
-                    let registry = registry.clone();
-                    Box::pin(async move {
-                        if req.uri().path() != "/metrics" {
-                            return httpkit::respond(404, "text/plain", "not found\n");
-                        }
-                        let mut text = String::new();
-                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                            Ok(()) => httpkit::respond(
-                                200,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                text,
-                            ),
-                            Err(e) => httpkit::respond(500, "text/plain", format!("{e}\n")),
-                        }
-                    })
-                });
-                let s = httpkit::serve(addr, handler)
-                    .await
-                    .with_context(|| format!("cannot bind {addr}"))?;
-                eprintln!("metrics on http://{}/metrics", s.addr);
-                Some(s)
-            }
-            None => None,
-        };
-        let m = metrics.clone();
-        let on_result: health::run::OnResult = Arc::new(move |e: &Endpoint, p: &Probed| {
-            m.publish(e, p);
-            println!("{}", line(e, p));
-        });
-        let mut schedule = health::run::Schedule::new(tls.clone(), args.concurrency, on_result);
-        let mut set = |endpoints: Vec<Endpoint>| {
-            // Endpoints that are gone or changed stop being reported; the rest keep probing
-            // and keep their series.
-            for e in schedule.set(endpoints) {
-                metrics.forget(&e);
-            }
-            eprintln!("probing {} endpoints", schedule.len());
-        };
-        set(endpoints_of(&first.snapshot, &d).0);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut prober = Prober::start(&args.probing, &mut registry, true);
+        let status = Arc::new(arc_swap::ArcSwap::from_pointee(serde_json::Value::Null));
+        if let Some(addr) = args.listen {
+            let a = gateway::admin::start(
+                addr,
+                Arc::new(registry),
+                status.clone(),
+                Some(prober.statuses.handler()),
+            )
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+            eprintln!(
+                "Gatus's API on http://{a}/api/v1/endpoints/statuses, metrics on http://{a}/metrics"
+            );
+        }
+        prober.set(&first.snapshot);
+        status.store(Arc::new(prober.status()));
         let mut rx = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 u = rx.recv() => match u {
-                    Some(Update::Applied(load)) => set(endpoints_of(&load.snapshot, &d).0),
+                    Some(Update::Applied(load)) => prober.set(&load.snapshot),
                     Some(Update::Rejected { errors, .. }) => {
                         for e in &errors {
                             eprintln!("reload rejected, still probing the previous endpoints: {e}");
@@ -191,6 +262,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => break,
                 _ = term.recv() => break,
             }
+            status.store(Arc::new(prober.status()));
         }
         Ok(ExitCode::SUCCESS)
     })

@@ -63,6 +63,9 @@ pub struct Args {
 const ADMIN_DEFAULT: &str = "127.0.0.1:9901";
 /// Where state goes when the config says nothing (systemd's `StateDirectory=trellis`).
 const STATE_DIR_DEFAULT: &str = "/var/lib/trellis";
+/// How often `/status` takes in what changes without an event of the manifests or config
+/// (health results).
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
 /// The log filter when neither `RUST_LOG` nor `TRELLIS_LOG` is set and the config says nothing.
 const LOG_LEVEL_DEFAULT: &str = "info";
 
@@ -91,6 +94,9 @@ pub struct Config {
     pub dns: Option<crate::dns::Serve>,
     /// Flows: Hubble's Observer API and the web UI (off unless an address is given).
     pub observe: crate::observe::ServeArgs,
+    /// Health probes of the endpoints the manifests declare (Gatus); `null` (the default)
+    /// turns them off, `{}` on with the defaults.
+    pub health: Option<crate::health::Probing>,
 }
 
 impl Default for Config {
@@ -111,6 +117,7 @@ impl Default for Config {
             gateways: BTreeMap::new(),
             dns: Some(crate::dns::Serve::default()),
             observe: crate::observe::ServeArgs::default(),
+            health: None,
         }
     }
 }
@@ -187,6 +194,9 @@ impl Config {
         resolve(&mut cfg.state_dir);
         if let Some(d) = &mut cfg.dns {
             d.forward_resolv_conf.iter_mut().for_each(resolve);
+        }
+        if let Some(h) = &mut cfg.health {
+            resolve(&mut h.ca_bundle);
         }
         Ok(cfg)
     }
@@ -275,6 +285,9 @@ impl Config {
                         .map(|e| format!("{k}: {v:?}: {e}"))
                 }),
             );
+        }
+        if let Some(h) = &self.health {
+            out.extend(h.check("health"));
         }
         for (key, v) in durations {
             if let Some(v) = v
@@ -401,6 +414,7 @@ struct Up {
     access_log: Option<gateway::proxy::AccessLog>,
     flows: Option<observe::Observer>,
     pods: Arc<crate::observe::Pods>,
+    health: Option<crate::health::Prober>,
     status: Arc<gateway::admin::StatusDoc>,
 }
 
@@ -568,6 +582,9 @@ impl Up {
         }
         self.gateways_to(load, false).await?;
         self.dns_to(load);
+        if let Some(h) = &mut self.health {
+            h.set(&load.snapshot);
+        }
         Ok(())
     }
 
@@ -718,6 +735,12 @@ impl Up {
                 "gateways": gateways,
                 "dns": dns,
                 "observe": observe,
+                "health": self.health.as_ref().map(|h| {
+                    let mut doc = h.status();
+                    doc["started"] = true.into();
+                    doc["generation"] = self.generation.into();
+                    doc
+                }),
             },
         })));
     }
@@ -784,6 +807,10 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
             dns_metrics.register(&mut registry);
         }
         let flows = crate::observe::start(&cfg.observe, &mut registry).await?;
+        let health = cfg
+            .health
+            .as_ref()
+            .map(|p| crate::health::Prober::start(p, &mut registry, false));
         let pods = Arc::new(crate::observe::Pods::default());
         if flows.is_some() {
             pods.update(&first.snapshot);
@@ -791,10 +818,18 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
         let status = Arc::new(ArcSwap::from_pointee(serde_json::json!({"ready": false})));
         let registry = Arc::new(registry);
         if let Some(addr) = cfg.admin {
-            let a = gateway::admin::start(addr, registry.clone(), status.clone())
+            let api = health.as_ref().map(|h| h.statuses.handler());
+            let a = gateway::admin::start(addr, registry.clone(), status.clone(), api)
                 .await
                 .with_context(|| format!("cannot bind the admin address {addr}"))?;
-            eprintln!("admin on http://{a} (/healthz /ready /status /metrics)");
+            eprintln!(
+                "admin on http://{a} (/healthz /ready /status /metrics{})",
+                if health.is_some() {
+                    " /api/v1/endpoints/statuses"
+                } else {
+                    ""
+                }
+            );
         }
         let mut up = Up {
             access_log: cfg.gateway.access_log.start(),
@@ -811,8 +846,12 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
             metrics,
             flows,
             pods,
+            health,
             status,
         };
+        if let Some(h) = &mut up.health {
+            h.set(&first.snapshot);
+        }
         for name in up.cfg.gateways.keys() {
             if !first
                 .snapshot
@@ -855,9 +894,13 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // Probe results arrive on their own schedule: /status takes them in at this pace.
+        let mut refresh = tokio::time::interval(STATUS_REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let was_ready = up.ready();
             tokio::select! {
+                _ = refresh.tick(), if up.health.is_some() => {}
                 u = rx.recv() => match u {
                     Some(Update::Applied(load)) => up.applied(&load).await?,
                     Some(Update::Rejected { errors, .. }) => up.rejected(&errors),

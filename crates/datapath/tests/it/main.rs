@@ -76,6 +76,39 @@ fn the_object_holds_the_four_programs() {
     }
 }
 
+/// The committed object (what a build without clang uses) was made from the sources as they
+/// are, and is byte for byte what this build's clang makes of them when it is the clang that
+/// made it (the build is reproducible).
+#[test]
+fn the_prebuilt_object_is_the_build_of_the_sources() {
+    let pre = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/prebuilt");
+    let record = std::fs::read_to_string(pre.join("lb.o.source")).expect("lb.o.source");
+    let mut lines = record.lines();
+    let (hash, clang) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    assert_eq!(
+        hash,
+        datapath::LB_SOURCE_HASH,
+        "bpf/ changed since bpf/prebuilt/lb.o was made: run `cargo xtask ebpf` and commit it"
+    );
+    let committed = std::fs::read(pre.join("lb.o")).expect("lb.o");
+    match datapath::LB_ORIGIN {
+        "prebuilt" => assert_eq!(datapath::LB_OBJECT, committed.as_slice()),
+        "clang" if datapath::LB_CLANG == clang => assert!(
+            datapath::LB_OBJECT == committed.as_slice(),
+            "bpf/prebuilt/lb.o is not what {clang} makes of bpf/: run `cargo xtask ebpf`"
+        ),
+        // Another clang makes other bytes; the hash above still ties the object to bpf/.
+        "clang" => eprintln!(
+            "built by {:?}, the prebuilt object by {clang:?}: bytes not compared",
+            datapath::LB_CLANG
+        ),
+        other => panic!("unknown origin {other}"),
+    }
+}
+
 /// Removes a test's pin directory on drop, also when the test fails.
 struct Pins(std::path::PathBuf);
 

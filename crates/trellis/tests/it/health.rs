@@ -1,6 +1,7 @@
 //! `trellis health` against real peers: `trellis echo` (HTTP and TCP) and `trellis dns`
 //! (the cluster zone), endpoints from a ConfigMap labelled gatus.io/enabled; `--once` exit
-//! codes, and `--listen` serving Gatus's metrics as a KEDA trigger reads them.
+//! codes, and `--listen` serving Gatus's metrics as a KEDA trigger reads them and Gatus's API
+//! (`/api/v1/endpoints/statuses`) as its UI reads it.
 
 use std::io::BufRead;
 use std::path::Path;
@@ -204,9 +205,50 @@ fn health_serves_gatus_metrics_that_follow_the_backend() {
         m.contains("gatus_results_code_total{key=\"internal_cluster-dns\",group=\"internal\",name=\"cluster-dns\",type=\"DNS\",code=\"NOERROR\"}"),
         "{m}"
     );
+    // The same results through Gatus's API, as its UI and gatus-cli read them.
+    let base = addr.trim_end_matches("/metrics").to_string();
+    let api = |path: &str| -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", &format!("http://{base}{path}")])
+            .output()
+            .expect("curl");
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", text(&out.stdout)))
+    };
+    let all = api("/api/v1/endpoints/statuses");
+    let keys: Vec<&str> = all
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|s| s["key"].as_str())
+        .collect();
+    assert!(
+        keys.contains(&"external_echo") && keys.contains(&"internal_cluster-dns"),
+        "{all:#}"
+    );
+    let echo_status = api("/api/v1/endpoints/external_echo/statuses");
+    let first = &echo_status["results"][0];
+    assert_eq!(first["status"], 200, "{echo_status:#}");
+    assert_eq!(first["hostname"], "127.0.0.1", "{echo_status:#}");
+    assert_eq!(first["success"], true, "{echo_status:#}");
+    assert_eq!(
+        first["conditionResults"][0]["condition"], "[STATUS] (200) == 200",
+        "{echo_status:#}"
+    );
+    assert_eq!(
+        echo_status["events"][1]["type"], "HEALTHY",
+        "{echo_status:#}"
+    );
     // The backend stops: the external group's success drops to 0, which is what the corpus's
     // KEDA trigger (`1 - min(gatus_results_endpoint_success{group="external"})`) scales on.
     drop(echo);
     within(30, || Some(metrics()).filter(|m| m.contains(&success(0))))
         .unwrap_or_else(|| panic!("external/echo still healthy after 30 s:\n{}", metrics()));
+    let echo_status = api("/api/v1/endpoints/external_echo/statuses");
+    let events = echo_status["events"].as_array().expect("events");
+    assert_eq!(
+        events.last().map(|e| &e["type"]),
+        Some(&serde_json::json!("UNHEALTHY")),
+        "{echo_status:#}"
+    );
 }

@@ -185,6 +185,15 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         ),
     )
     .expect("write");
+    // A Gatus endpoint beside the example: health probes run inside `up` too.
+    std::fs::write(
+        overlay.join("gatus.yaml"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: probes, namespace: apps, labels: {{gatus.io/enabled: 'true'}}}}\n\
+             data:\n  config.yaml: |\n    endpoints:\n      - {{name: echo-probe, group: internal, url: 'http://127.0.0.1:{echo_port}/', interval: 1s, conditions: ['[STATUS] == 200']}}\n"
+        ),
+    )
+    .expect("write");
     // Every port chosen by the OS; the process says which.
     let config = t.path().join("trellis.yaml");
     std::fs::write(
@@ -192,7 +201,8 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         "manifests: [home-lab, local]\nvars: home-lab/vars.yaml\n\
          gateway: {bind: 127.0.0.1, accessLog: off, drainTimeout: 20s}\n\
          gateways:\n  network/envoy-internal: {ports: {80: 0, 443: 0}}\n  network/envoy-external: {ports: {80: 0, 443: 0}}\n\
-         dns: {listen: '127.0.0.1:0'}\nobserve: {observeListen: '127.0.0.1:0'}\n",
+         dns: {listen: '127.0.0.1:0'}\nobserve: {observeListen: '127.0.0.1:0'}\n\
+         health: {annotatedRoutesOnly: true}\n",
     )
     .expect("write");
     let mut up = Proc(
@@ -329,8 +339,22 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         .output()
         .expect("trellis status -o yaml");
     assert!(String::from_utf8_lossy(&out.stdout).contains("components:"));
+    // Health: the probe's results in /status, Gatus's API and Gatus's metrics.
+    let s = within(20, || {
+        let s = status(&admin);
+        (s["components"]["health"]["healthy"] == 1).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("the probe never passed: {:#}", status(&admin)));
+    assert_eq!(s["components"]["health"]["endpoints"], 1, "{s:#}");
+    let (code, body) = get(&format!(
+        "http://{admin}/api/v1/endpoints/internal_echo-probe/statuses"
+    ));
+    assert_eq!(code, "200", "{body}");
+    let probe: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(probe["results"][0]["status"], 200, "{probe:#}");
     let (_, metrics) = get(&format!("http://{admin}/metrics"));
     for family in [
+        "gatus_results_endpoint_success{key=\"internal_echo-probe\",group=\"internal\",name=\"echo-probe\",type=\"HTTP\"} 1",
         "trellis_gateway_rq_total{route=\"apps/echo-internal\",code_class=\"2xx\"} 1",
         "trellis_gateway_rq_total{route=\"apps/echo-external\",code_class=\"2xx\"} 1",
         "coredns_dns_requests_total{proto=\"udp\",view=\"lan\",qtype=\"A\"} 3",
