@@ -8,6 +8,7 @@
 //! `--once` runs one reconcile and exits 0, or 1 when a change failed; `--dry-run` prints the
 //! plan and changes nothing.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,13 +24,29 @@ use crate::SourceArgs;
 pub struct Args {
     #[command(flatten)]
     pub source: SourceArgs,
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the plan instead of applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Reconcile once and exit (0 when every change was applied, 1 when one failed).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Where records go and how: the flags of `trellis sync` and each entry of the `sync:`
+/// section of `trellis up`'s config (same names, camelCase there). Secrets come from files
+/// or the environment, never from here.
+#[derive(Clone, Debug, PartialEq, clap::Args, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Target {
     /// Where records go: webhook, rfc2136, cloudflare (none: only --dry-run, against an empty
     /// provider).
     #[arg(long)]
     pub provider: Option<String>,
     /// The owner ID of the TXT registry (ExternalDNS's --txt-owner-id).
-    #[arg(long = "txt-owner-id", alias = "owner-id", default_value = "default")]
-    pub owner_id: String,
+    #[arg(long = "txt-owner-id", alias = "owner-id", default_value = OWNER_ID_DEFAULT)]
+    pub txt_owner_id: String,
     /// Prefix of the TXT registry records (ExternalDNS's --txt-prefix).
     #[arg(long, default_value = "")]
     pub txt_prefix: String,
@@ -39,32 +56,26 @@ pub struct Args {
     /// Only routes of this Gateway, NAME or NAMESPACE/NAME (repeatable; ExternalDNS's
     /// --gateway-name).
     #[arg(long = "gateway-name")]
-    pub gateways: Vec<String>,
+    pub gateway_names: Vec<String>,
     /// `sync` deletes records this owner no longer wants; `upsert-only` never deletes.
-    #[arg(long, default_value = "sync")]
+    #[arg(long, default_value = POLICY_DEFAULT)]
     pub policy: String,
-    /// Print the plan instead of applying it.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Reconcile once and exit (0 when every change was applied, 1 when one failed).
-    #[arg(long)]
-    pub once: bool,
     /// Reconcile at least this often (ExternalDNS's --interval).
-    #[arg(long, default_value = "1m")]
+    #[arg(long, default_value = INTERVAL_DEFAULT)]
     pub interval: String,
     /// After a manifest change, wait at least this long since the last run (ExternalDNS's
     /// --min-event-sync-interval): the loop's rate limit.
-    #[arg(long, default_value = "5s")]
+    #[arg(long, default_value = MIN_EVENT_SYNC_INTERVAL_DEFAULT)]
     pub min_event_sync_interval: String,
     /// The webhook provider (ExternalDNS's --webhook-provider-url).
-    #[arg(long, default_value = "http://localhost:8888")]
+    #[arg(long, default_value = WEBHOOK_URL_DEFAULT)]
     pub webhook_provider_url: String,
     /// A file holding the bearer token to send to the webhook (else `$TRELLIS_WEBHOOK_TOKEN`;
     /// a `trellis dns --webhook-listen` with a token asks for it).
     #[arg(long)]
-    pub webhook_token_file: Option<std::path::PathBuf>,
+    pub webhook_token_file: Option<PathBuf>,
     /// The primary server of the zone, for rfc2136.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = RFC2136_HOST_DEFAULT)]
     pub rfc2136_host: String,
     #[arg(long, default_value_t = 53)]
     pub rfc2136_port: u16,
@@ -77,9 +88,12 @@ pub struct Args {
     pub rfc2136_tsig_keyname: Option<String>,
     /// A file holding the TSIG secret (base64).
     #[arg(long)]
-    pub rfc2136_tsig_secret_file: Option<std::path::PathBuf>,
-    #[arg(long, default_value = "hmac-sha256")]
+    pub rfc2136_tsig_secret_file: Option<PathBuf>,
+    #[arg(long, default_value = TSIG_ALG_DEFAULT)]
     pub rfc2136_tsig_secret_alg: String,
+    /// A file holding the Cloudflare API token (else `$CF_API_TOKEN`).
+    #[arg(long)]
+    pub cloudflare_api_token_file: Option<PathBuf>,
     /// Proxy records through Cloudflare unless they say otherwise (ExternalDNS's flag).
     #[arg(long)]
     pub cloudflare_proxied: bool,
@@ -94,27 +108,97 @@ pub struct Args {
     pub cloudflare_allow_plain_http: bool,
     /// CA certificates for https providers.
     #[arg(long, default_value = dns::sync::http::CA_BUNDLE)]
-    pub ca_file: std::path::PathBuf,
+    pub ca_file: PathBuf,
+}
+
+const OWNER_ID_DEFAULT: &str = "default";
+const POLICY_DEFAULT: &str = "sync";
+const INTERVAL_DEFAULT: &str = "1m";
+const MIN_EVENT_SYNC_INTERVAL_DEFAULT: &str = "5s";
+const WEBHOOK_URL_DEFAULT: &str = "http://localhost:8888";
+const RFC2136_HOST_DEFAULT: &str = "127.0.0.1";
+const TSIG_ALG_DEFAULT: &str = "hmac-sha256";
+/// The providers a target can name.
+const PROVIDERS: &[&str] = &["webhook", "rfc2136", "cloudflare"];
+
+impl Default for Target {
+    fn default() -> Target {
+        Target {
+            provider: None,
+            txt_owner_id: OWNER_ID_DEFAULT.to_string(),
+            txt_prefix: String::new(),
+            domain_filters: Vec::new(),
+            gateway_names: Vec::new(),
+            policy: POLICY_DEFAULT.to_string(),
+            interval: INTERVAL_DEFAULT.to_string(),
+            min_event_sync_interval: MIN_EVENT_SYNC_INTERVAL_DEFAULT.to_string(),
+            webhook_provider_url: WEBHOOK_URL_DEFAULT.to_string(),
+            webhook_token_file: None,
+            rfc2136_host: RFC2136_HOST_DEFAULT.to_string(),
+            rfc2136_port: 53,
+            rfc2136_zone: None,
+            rfc2136_tsig_keyname: None,
+            rfc2136_tsig_secret_file: None,
+            rfc2136_tsig_secret_alg: TSIG_ALG_DEFAULT.to_string(),
+            cloudflare_api_token_file: None,
+            cloudflare_proxied: false,
+            cloudflare_dns_records_per_page: dns::sync::cloudflare::PER_PAGE_DEFAULT,
+            cloudflare_api_url: dns::sync::cloudflare::API_BASE.to_string(),
+            cloudflare_allow_plain_http: false,
+            ca_file: PathBuf::from(dns::sync::http::CA_BUNDLE),
+        }
+    }
 }
 
 fn duration(flag: &str, v: &str) -> anyhow::Result<Duration> {
-    model::validate::parse_duration(v).map_err(|e| anyhow::anyhow!("--{flag} {v:?}: {e}"))
+    model::validate::parse_duration(v).map_err(|e| anyhow::anyhow!("{flag} {v:?}: {e}"))
 }
 
-impl Args {
+impl Target {
     fn config(&self) -> anyhow::Result<SyncConfig> {
         let upsert_only = match self.policy.as_str() {
             "sync" => false,
             "upsert-only" => true,
-            other => anyhow::bail!("--policy {other:?}: use sync or upsert-only"),
+            other => anyhow::bail!("policy {other:?}: use sync or upsert-only"),
         };
         Ok(SyncConfig {
-            owner_id: self.owner_id.clone(),
+            owner_id: self.txt_owner_id.clone(),
             txt_prefix: self.txt_prefix.clone(),
             domain_filters: self.domain_filters.clone(),
-            gateways: self.gateways.clone(),
+            gateways: self.gateway_names.clone(),
             upsert_only,
         })
+    }
+
+    /// Every problem of a target of `trellis up` at once, each naming its key under `at`.
+    pub fn check(&self, at: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        match self.provider.as_deref() {
+            None => out.push(format!(
+                "{at}.provider: required ({})",
+                PROVIDERS.join(", ")
+            )),
+            Some(p) if !PROVIDERS.contains(&p) => out.push(format!(
+                "{at}.provider: {p:?}: use {}",
+                PROVIDERS.join(", ")
+            )),
+            Some("rfc2136") if self.rfc2136_zone.is_none() => out.push(format!(
+                "{at}.rfc2136Zone: required by the rfc2136 provider"
+            )),
+            Some(_) => {}
+        }
+        if let Err(e) = self.config() {
+            out.push(format!("{at}.{e}"));
+        }
+        for (key, v) in [
+            ("interval", &self.interval),
+            ("minEventSyncInterval", &self.min_event_sync_interval),
+        ] {
+            if let Err(e) = model::validate::parse_duration(v) {
+                out.push(format!("{at}.{key}: {v:?}: {e}"));
+            }
+        }
+        out
     }
 
     fn client(&self) -> dns::sync::http::Client {
@@ -177,8 +261,13 @@ impl Args {
                      network readable; use https",
                     self.cloudflare_api_url
                 );
-                let token = std::env::var("CF_API_TOKEN")
-                    .context("the cloudflare provider needs $CF_API_TOKEN")?;
+                let token = crate::secret::read(
+                    self.cloudflare_api_token_file.as_deref(),
+                    "CF_API_TOKEN",
+                )?
+                .context(
+                    "the cloudflare provider needs --cloudflare-api-token-file or $CF_API_TOKEN",
+                )?;
                 let cfg = dns::sync::cloudflare::Config {
                     base: self.cloudflare_api_url.trim_end_matches('/').to_string(),
                     token,
@@ -295,66 +384,159 @@ async fn reconcile(
     })
 }
 
+/// What one run of the loop did, for `/status` and the log.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub at: std::time::SystemTime,
+    /// The changes planned, and how many of them the provider refused.
+    pub changes: usize,
+    pub failed: usize,
+    /// Why the run could not reconcile at all (the provider unreachable, a refused login).
+    pub error: Option<String>,
+}
+
+impl Report {
+    /// The `/status` entry of a target.
+    pub fn doc(&self, provider: &str) -> serde_json::Value {
+        serde_json::json!({
+            "provider": provider,
+            "lastRun": httpkit::rfc3339(self.at),
+            "changes": self.changes,
+            "failed": self.failed,
+            "lastError": self.error,
+        })
+    }
+}
+
+/// Keeps one target in step with the latest manifests until `latest` closes: a run at once,
+/// after every change (no sooner than `minEventSyncInterval` after the last run: the rate
+/// limit) and every `interval`. A provider that cannot be reached is tried again at the next
+/// run; each run is reported.
+pub async fn keep(
+    target: Target,
+    mut latest: tokio::sync::watch::Receiver<Arc<store::Load>>,
+    report: impl Fn(Report) + Send,
+) -> anyhow::Result<()> {
+    let cfg = target.config()?;
+    let interval = duration("interval", &target.interval)?;
+    let min_gap = duration("minEventSyncInterval", &target.min_event_sync_interval)?;
+    let name = target
+        .provider
+        .clone()
+        .context("a provider is required (webhook, rfc2136, cloudflare)")?;
+    let mut provider: Option<Arc<dyn Provider>> = None;
+    loop {
+        let started = tokio::time::Instant::now();
+        let at = std::time::SystemTime::now();
+        if provider.is_none() {
+            match target.provider(&name).await {
+                Ok(p) => provider = Some(p),
+                Err(e) => report(Report {
+                    at,
+                    changes: 0,
+                    failed: 0,
+                    error: Some(format!("{e:#}")),
+                }),
+            }
+        }
+        if let Some(p) = &provider {
+            let load = latest.borrow_and_update().clone();
+            report(
+                match reconcile(Some(p.as_ref()), &load.snapshot, &cfg, false).await {
+                    Ok(o) => Report {
+                        at,
+                        changes: o.planned,
+                        failed: o.failed,
+                        error: None,
+                    },
+                    Err(e) => Report {
+                        at,
+                        changes: 0,
+                        failed: 0,
+                        error: Some(e.to_string()),
+                    },
+                },
+            );
+        }
+        // Wait for a manifest change or the interval, whichever comes first.
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() {
+                return Ok(());
+            },
+            _ = tokio::time::sleep_until(started + interval) => {}
+        }
+        // The rate limit: runs are at least min_gap apart, however often files change.
+        tokio::time::sleep_until(started + min_gap).await;
+    }
+}
+
+impl Report {
+    /// The log line of a run (`sync NAME: ...` for a named target).
+    pub fn log(&self, name: Option<&str>) {
+        let who = name.map_or_else(|| "sync".to_string(), |n| format!("sync {n}"));
+        match &self.error {
+            None => eprintln!("{who}: {} changes, {} failed", self.changes, self.failed),
+            Some(e) => eprintln!("{who}: cannot reconcile: {e}"),
+        }
+    }
+}
+
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let cfg = args.config()?;
-    if args.provider.is_none() && !args.dry_run {
+    let target = &args.target;
+    let cfg = target.config()?;
+    if target.provider.is_none() && !args.dry_run {
         anyhow::bail!(
             "--provider is required (webhook, rfc2136, cloudflare); or run with --dry-run to see the plan"
         );
     }
-    let interval = duration("interval", &args.interval)?;
-    let min_gap = duration("min-event-sync-interval", &args.min_event_sync_interval)?;
+    duration("--interval", &target.interval)?;
+    duration("--min-event-sync-interval", &target.min_event_sync_interval)?;
     let opts = args.source.options()?;
-    let once = args.once || args.dry_run;
     crate::gateway::runtime()?.block_on(async move {
-        let provider = match &args.provider {
-            Some(name) => Some(args.provider(name).await?),
-            None => None,
-        };
-        let (mut load, mut updates) = if once {
-            (Arc::new(store::load(&args.source.paths, &opts)), None)
-        } else {
-            let watch = Watch::start(args.source.paths.clone(), opts)
-                .context("cannot watch the manifests")?;
-            (watch.current(), Some(crate::forward_updates(watch)))
-        };
-        if load.snapshot.has_errors() {
-            for d in load
-                .snapshot
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == model::Severity::Error)
-            {
-                eprintln!("{d}");
-            }
-            if once {
+        if args.once || args.dry_run {
+            let load = store::load(&args.source.paths, &opts);
+            if load.snapshot.has_errors() {
+                crate::report_errors(&load.snapshot);
                 return Ok(ExitCode::from(2));
             }
+            let provider = match &target.provider {
+                Some(name) => Some(target.provider(name).await?),
+                None => None,
+            };
+            let outcome = reconcile(provider.as_deref(), &load.snapshot, &cfg, args.dry_run).await;
+            return Ok(match outcome {
+                Ok(o) => {
+                    if !args.dry_run {
+                        eprintln!("sync: {} changes, {} failed", o.planned, o.failed);
+                    }
+                    if o.failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("sync: cannot reconcile: {e}");
+                    ExitCode::from(1)
+                }
+            });
         }
+        let watch =
+            Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+        let first = watch.current();
+        crate::report_errors(&first.snapshot);
+        let (tx, rx) = tokio::sync::watch::channel(first);
+        let mut updates = crate::forward_updates(watch);
+        let keeping = keep(target.clone(), rx, |r| r.log(None));
+        tokio::pin!(keeping);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
-            let started = tokio::time::Instant::now();
-            let outcome = reconcile(provider.as_deref(), &load.snapshot, &cfg, args.dry_run).await;
-            match &outcome {
-                Ok(o) if !args.dry_run => {
-                    eprintln!("sync: {} changes, {} failed", o.planned, o.failed)
-                }
-                Ok(_) => {}
-                Err(e) => eprintln!("sync: cannot reconcile: {e}"),
-            }
-            if once {
-                return Ok(match outcome {
-                    Ok(o) if o.failed == 0 => ExitCode::SUCCESS,
-                    _ => ExitCode::from(1),
-                });
-            }
-            let Some(rx) = updates.as_mut() else {
-                return Ok(ExitCode::SUCCESS);
-            };
-            // Wait for a manifest change or the interval, whichever comes first.
             tokio::select! {
-                u = rx.recv() => match u {
-                    Some(Update::Applied(new)) => load = new,
+                r = &mut keeping => return r.map(|()| ExitCode::SUCCESS),
+                u = updates.recv() => match u {
+                    Some(Update::Applied(new)) => {
+                        let _ = tx.send(new);
+                    }
                     Some(Update::Rejected { errors, .. }) => {
                         for e in &errors {
                             eprintln!("reload rejected, keeping the previous manifests: {e}");
@@ -362,12 +544,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     }
                     None => anyhow::bail!("the manifest watcher stopped"),
                 },
-                _ = tokio::time::sleep_until(started + interval) => {}
                 _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
                 _ = term.recv() => return Ok(ExitCode::SUCCESS),
             }
-            // The rate limit: runs are at least min_gap apart, however often files change.
-            tokio::time::sleep_until(started + min_gap).await;
         }
     })
 }

@@ -1,15 +1,16 @@
 //! `trellis up`: the single-host product in one process and one runtime.
 //!
 //! One watch of the manifests feeds every component: each Gateway of the manifests (bound on
-//! the address and port map its config entry gives), DNS with its views and rewrites, and
-//! flows when the config asks for them. A change that does not read cleanly, or that one
+//! the address and port map its config entry gives), DNS with its views and rewrites, and,
+//! when the config asks for them, flows, health probes and record sync targets. A change that does not read cleanly, or that one
 //! component cannot compile, leaves that component (or all of them) on its last good plan, and
 //! `/status` on the one admin endpoint says which generation each serves and why not a newer
 //! one. SIGTERM drains every Gateway within its drain timeout while DNS answers out its
 //! lameduck; SIGHUP re-reads the config file and applies what needs no new socket.
 //!
 //! What lives elsewhere: starting, updating and draining one Gateway (`crate::gateway`), DNS's
-//! settings and listeners (`crate::dns::Serve`), flows (`crate::observe`). This module only
+//! settings and listeners (`crate::dns::Serve`), flows (`crate::observe`), probing
+//! (`crate::health::Prober`), a sync target's loop (`crate::sync::keep`). This module only
 //! reads the config, composes them and keeps the status. The config's keys and defaults are
 //! documented in docs/up.md; [`Config`] is their one definition.
 
@@ -97,6 +98,9 @@ pub struct Config {
     /// Health probes of the endpoints the manifests declare (Gatus); `null` (the default)
     /// turns them off, `{}` on with the defaults.
     pub health: Option<crate::health::Probing>,
+    /// Record sync (ExternalDNS): one entry per target, by a name of the operator's choice
+    /// (`cloudflare`, `adguard`...); none by default.
+    pub sync: BTreeMap<String, crate::sync::Target>,
 }
 
 impl Default for Config {
@@ -118,6 +122,7 @@ impl Default for Config {
             dns: Some(crate::dns::Serve::default()),
             observe: crate::observe::ServeArgs::default(),
             health: None,
+            sync: BTreeMap::new(),
         }
     }
 }
@@ -197,6 +202,12 @@ impl Config {
         }
         if let Some(h) = &mut cfg.health {
             resolve(&mut h.ca_bundle);
+        }
+        for t in cfg.sync.values_mut() {
+            resolve(&mut t.ca_file);
+            t.webhook_token_file.iter_mut().for_each(resolve);
+            t.rfc2136_tsig_secret_file.iter_mut().for_each(resolve);
+            t.cloudflare_api_token_file.iter_mut().for_each(resolve);
         }
         Ok(cfg)
     }
@@ -288,6 +299,9 @@ impl Config {
         }
         if let Some(h) = &self.health {
             out.extend(h.check("health"));
+        }
+        for (name, t) in &self.sync {
+            out.extend(t.check(&format!("sync.{name}")));
         }
         for (key, v) in durations {
             if let Some(v) = v
@@ -415,6 +429,10 @@ struct Up {
     flows: Option<observe::Observer>,
     pods: Arc<crate::observe::Pods>,
     health: Option<crate::health::Prober>,
+    /// The latest manifests, for the sync targets' loops (none without targets).
+    sync_latest: Option<tokio::sync::watch::Sender<Arc<store::Load>>>,
+    /// Each sync target's last run, as `/status` shows it.
+    sync_status: Arc<std::sync::Mutex<BTreeMap<String, serde_json::Value>>>,
     status: Arc<gateway::admin::StatusDoc>,
 }
 
@@ -573,8 +591,38 @@ impl Up {
         }
     }
 
+    /// Starts one loop per sync target on the latest manifests.
+    fn start_sync(&mut self, first: &Arc<store::Load>) {
+        if self.cfg.sync.is_empty() {
+            return;
+        }
+        let (tx, rx) = tokio::sync::watch::channel(first.clone());
+        for (name, target) in &self.cfg.sync {
+            let (name, target, rx) = (name.clone(), target.clone(), rx.clone());
+            let status = self.sync_status.clone();
+            let provider = target.provider.clone().unwrap_or_default();
+            status.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                name.clone(),
+                serde_json::json!({"provider": provider, "lastRun": null}),
+            );
+            tokio::spawn(async move {
+                let report = |r: crate::sync::Report| {
+                    r.log(Some(&name));
+                    status
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.clone(), r.doc(&provider));
+                };
+                if let Err(e) = crate::sync::keep(target, rx, report).await {
+                    eprintln!("sync {name}: stopped: {e:#}");
+                }
+            });
+        }
+        self.sync_latest = Some(tx);
+    }
+
     /// A change was read cleanly: every component to its new plan.
-    async fn applied(&mut self, load: &store::Load) -> anyhow::Result<()> {
+    async fn applied(&mut self, load: &Arc<store::Load>) -> anyhow::Result<()> {
         self.generation += 1;
         self.manifests_error = None;
         if self.flows.is_some() {
@@ -584,6 +632,9 @@ impl Up {
         self.dns_to(load);
         if let Some(h) = &mut self.health {
             h.set(&load.snapshot);
+        }
+        if let Some(tx) = &self.sync_latest {
+            let _ = tx.send(load.clone());
         }
         Ok(())
     }
@@ -735,6 +786,16 @@ impl Up {
                 "gateways": gateways,
                 "dns": dns,
                 "observe": observe,
+                "sync": (!self.cfg.sync.is_empty()).then(|| {
+                    serde_json::Value::Object(
+                        self.sync_status
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect(),
+                    )
+                }),
                 "health": self.health.as_ref().map(|h| {
                     let mut doc = h.status();
                     doc["started"] = true.into();
@@ -847,8 +908,11 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
             flows,
             pods,
             health,
+            sync_latest: None,
+            sync_status: Arc::default(),
             status,
         };
+        up.start_sync(&first);
         if let Some(h) = &mut up.health {
             h.set(&first.snapshot);
         }
@@ -900,7 +964,7 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
         loop {
             let was_ready = up.ready();
             tokio::select! {
-                _ = refresh.tick(), if up.health.is_some() => {}
+                _ = refresh.tick(), if up.health.is_some() || up.sync_latest.is_some() => {}
                 u = rx.recv() => match u {
                     Some(Update::Applied(load)) => up.applied(&load).await?,
                     Some(Update::Rejected { errors, .. }) => up.rejected(&errors),
@@ -954,6 +1018,34 @@ mod tests {
         assert_eq!(dns.listen.port(), 15353);
         assert_eq!(dns.domain, "cluster.local");
         assert_eq!(c.state_dir, PathBuf::from(STATE_DIR_DEFAULT));
+    }
+
+    #[test]
+    fn sync_and_health_entries_are_checked_by_key() {
+        let c = Config::parse(
+            "manifests: [x]\nhealth: {concurrency: 0}\nsync:\n  a: {policy: all}\n  b: {provider: rfc2136, interval: soon}\n  c: {provider: webhook}\n",
+        )
+        .expect("parses");
+        let problems = c.check();
+        for want in [
+            "health.concurrency: 0 is outside",
+            "sync.a.provider: required",
+            "sync.a.policy \"all\"",
+            "sync.b.rfc2136Zone: required",
+            "sync.b.interval: \"soon\"",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want:?} not in {problems:#?}"
+            );
+        }
+        assert!(
+            !problems.iter().any(|p| p.starts_with("sync.c")),
+            "{problems:#?}"
+        );
+        let e =
+            Config::parse("sync:\n  a: {webhookToken: x}\n").expect_err("no secrets in the file");
+        assert!(e.contains("unknown field `webhookToken`"), "{e}");
     }
 
     #[test]

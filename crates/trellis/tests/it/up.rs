@@ -194,6 +194,36 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         ),
     )
     .expect("write");
+    // A record sync target: `trellis dns` serving home.example as a dynamic zone behind
+    // ExternalDNS's webhook (as AdGuard or Unbound would be, behind their webhook providers).
+    let records = t.path().join("records");
+    std::fs::create_dir_all(&records).expect("mkdir");
+    std::fs::write(
+        records.join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\nspec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}\n",
+    )
+    .expect("write");
+    std::fs::write(t.path().join("webhook-token"), "up-test-token\n").expect("write");
+    let mut target = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(["dns", "-f"])
+            .arg(&records)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--dynamic-zone",
+                "home.example",
+                "--webhook-listen",
+                "127.0.0.1:0",
+            ])
+            .env("TRELLIS_WEBHOOK_TOKEN", "up-test-token")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("trellis dns starts"),
+    );
+    let target_lines = lines_of(&mut target);
+    let target_dns = port_of(&addr_in(&until(&target_lines, "on udp/tcp", 20, &mut seen)));
+    let webhook = addr_in(&until(&target_lines, "webhook provider on", 20, &mut seen));
     // Every port chosen by the OS; the process says which.
     let config = t.path().join("trellis.yaml");
     std::fs::write(
@@ -202,7 +232,13 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
          gateway: {bind: 127.0.0.1, accessLog: off, drainTimeout: 20s}\n\
          gateways:\n  network/envoy-internal: {ports: {80: 0, 443: 0}}\n  network/envoy-external: {ports: {80: 0, 443: 0}}\n\
          dns: {listen: '127.0.0.1:0'}\nobserve: {observeListen: '127.0.0.1:0'}\n\
-         health: {annotatedRoutesOnly: true}\n",
+         health: {annotatedRoutesOnly: true}\n"
+            .to_string()
+            + &format!(
+                "sync:\n  lan: {{provider: webhook, webhookProviderUrl: 'http://{webhook}', \
+                 webhookTokenFile: webhook-token, txtOwnerId: up, domainFilters: [home.example], \
+                 gatewayNames: [network/envoy-internal]}}\n"
+            ),
     )
     .expect("write");
     let mut up = Proc(
@@ -339,6 +375,22 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         .output()
         .expect("trellis status -o yaml");
     assert!(String::from_utf8_lossy(&out.stdout).contains("components:"));
+    // Sync: the internal gateway's routes are in the target zone, owned by `up`.
+    let s = within(20, || {
+        let s = status(&admin);
+        s["components"]["sync"]["lan"]["lastRun"]
+            .is_string()
+            .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("sync never ran: {:#}", status(&admin)));
+    let lan = &s["components"]["sync"]["lan"];
+    assert!(lan["lastError"].is_null(), "{s:#}");
+    assert_eq!(lan["failed"], 0, "{s:#}");
+    assert_eq!(dig(&target_dns, "echo.home.example"), "10.10.30.25");
+    assert_eq!(dig(&target_dns, "api.home.example"), "10.10.30.25");
+    // Only the internal gateway's routes (gatewayNames).
+    assert_eq!(dig(&target_dns, "echo-ext.home.example"), "");
+
     // Health: the probe's results in /status, Gatus's API and Gatus's metrics.
     let s = within(20, || {
         let s = status(&admin);
