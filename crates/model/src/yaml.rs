@@ -84,11 +84,20 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                 line: u32::try_from(e.marker().line()).unwrap_or(u32::MAX),
                 col: u32::try_from(e.marker().col() + 1).unwrap_or(u32::MAX),
             },
-            message: e.info().to_string(),
+            message: format!("{}{}", e.info(), b.open_flow(text)),
         })?;
         b.event(event, &span)?;
     }
     Ok(b.docs)
+}
+
+/// The character at a position (1-based line and column).
+fn char_at(text: &str, pos: Pos) -> Option<char> {
+    let line = text
+        .split('\n')
+        .nth(usize::try_from(pos.line).ok()?.checked_sub(1)?)?;
+    line.chars()
+        .nth(usize::try_from(pos.col).ok()?.checked_sub(1)?)
 }
 
 enum Frame {
@@ -113,6 +122,27 @@ struct Builder {
 }
 
 impl Builder {
+    /// Where the innermost flow collection still open started, as the tail of a syntax
+    /// error's message (` (in the flow sequence that started at 4:9)`): the error is often
+    /// found far from the bracket that was never closed.
+    fn open_flow(&self, text: &str) -> String {
+        self.stack
+            .iter()
+            .rev()
+            .find_map(|f| {
+                let pos = match f {
+                    Frame::Seq { pos, .. } | Frame::Map { pos, .. } => *pos,
+                };
+                let what = match char_at(text, pos)? {
+                    '[' => "flow sequence",
+                    '{' => "flow mapping",
+                    _ => return None,
+                };
+                Some(format!(" (in the {what} that started at {pos})"))
+            })
+            .unwrap_or_default()
+    }
+
     fn event(&mut self, event: Event<'_>, span: &Span) -> Result<(), SyntaxError> {
         let pos = Pos::from_span(span);
         match event {
@@ -513,6 +543,21 @@ mod tests {
     fn syntax_error_has_line_and_column() {
         let err = parse_documents("a: 1\nb: [1, 2\n").expect_err("unterminated");
         assert_eq!(err.pos.line, 3);
+        // Both places: where the error was found, and where the open bracket is.
+        assert!(
+            err.message
+                .ends_with("(in the flow sequence that started at 2:4)"),
+            "{err}"
+        );
+        let err = parse_documents("metadata:\n  labels: {a: 1,\n    b: [x]\nspec: 1\n")
+            .expect_err("unterminated");
+        assert!(
+            err.message
+                .ends_with("(in the flow mapping that started at 2:11)"),
+            "{err}"
+        );
+        let err = parse_documents("a: 'x\n").expect_err("unterminated quote");
+        assert!(!err.message.contains("started at"), "{err}");
         let err = parse_documents("a: 1\na: 2\n").expect_err("duplicate");
         assert_eq!(err.to_string(), "2:1: duplicate key `a`");
     }

@@ -81,8 +81,10 @@ pub enum LabCommand {
     Status {
         #[command(flatten)]
         lab: LabFlags,
-        /// Print the state as JSON.
-        #[arg(long)]
+        /// Output format (`--json` is `-o json`).
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: crate::check::Output,
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Run a command in the namespace of a node, a pod or the client.
@@ -357,12 +359,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             eprintln!("lab down: namespaces, links, routes and BPF pins removed");
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Status { lab, json } => {
+        LabCommand::Status { lab, output, json } => {
+            use crate::check::Output;
             let state = lab::LabState::read(&lab.state_dir)?;
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&state)?);
-            } else {
-                print!("{}", lab::status_text(&state));
+            match (output, json) {
+                (_, true) | (Output::Json, _) => {
+                    println!("{}", serde_json::to_string_pretty(&state)?)
+                }
+                (Output::Yaml, false) => print!("{}", serde_saphyr::to_string(&state)?),
+                (Output::Table, false) => print!("{}", lab::status_text(&state)),
             }
             Ok(ExitCode::SUCCESS)
         }

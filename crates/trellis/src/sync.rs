@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use dns::sync::provider::{Error, Provider};
+use dns::sync::provider::Provider;
 use dns::sync::{Changes, SyncConfig};
 use store::watch::{Update, Watch};
 
@@ -29,6 +29,9 @@ pub struct Args {
     /// Print the plan instead of applying it.
     #[arg(long)]
     pub dry_run: bool,
+    /// How --dry-run prints the plan.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: crate::check::Output,
     /// Reconcile once and exit (0 when every change was applied, 1 when one failed).
     #[arg(long)]
     pub once: bool,
@@ -292,7 +295,35 @@ fn targets(e: &dns::sync::Endpoint) -> String {
     e.targets.iter().cloned().collect::<Vec<_>>().join(",")
 }
 
-fn print_changes(c: &Changes) {
+/// The plan as a document (`-o json|yaml`): what each change does to which record set.
+fn changes_doc(c: &Changes) -> serde_json::Value {
+    let set = |e: &dns::sync::Endpoint| {
+        serde_json::json!({
+            "name": e.name, "type": e.record_type, "targets": e.targets, "ttl": e.ttl,
+            "resource": e.resource,
+        })
+    };
+    serde_json::json!({
+        "create": c.create.iter().map(set).collect::<Vec<_>>(),
+        "update": c.update_old.iter().zip(&c.update_new)
+            .map(|(old, new)| serde_json::json!({"from": set(old), "to": set(new)}))
+            .collect::<Vec<_>>(),
+        "delete": c.delete.iter().map(set).collect::<Vec<_>>(),
+    })
+}
+
+fn print_changes(c: &Changes, output: crate::check::Output) -> anyhow::Result<()> {
+    match output {
+        crate::check::Output::Json => {
+            println!("{:#}", changes_doc(c));
+            return Ok(());
+        }
+        crate::check::Output::Yaml => {
+            print!("{}", serde_saphyr::to_string(&changes_doc(c))?);
+            return Ok(());
+        }
+        crate::check::Output::Table => {}
+    }
     let line = |verb: &str, e: &dns::sync::Endpoint| {
         let from = if e.resource.is_empty() || e.record_type == "TXT" {
             String::new()
@@ -316,6 +347,7 @@ fn print_changes(c: &Changes) {
     for e in &c.delete {
         line("DELETE", e);
     }
+    Ok(())
 }
 
 /// What one reconcile did.
@@ -330,8 +362,8 @@ async fn reconcile(
     provider: Option<&dyn Provider>,
     snapshot: &model::Snapshot,
     cfg: &SyncConfig,
-    dry_run: bool,
-) -> Result<Outcome, Error> {
+    dry_run: Option<crate::check::Output>,
+) -> anyhow::Result<Outcome> {
     let mut desired = dns::sync::desired(snapshot, cfg);
     let (current, filter) = match provider {
         Some(p) => {
@@ -355,8 +387,8 @@ async fn reconcile(
     }
     let changes = plan.changes(cfg);
     let planned = changes.each().count();
-    if dry_run {
-        print_changes(&changes);
+    if let Some(output) = dry_run {
+        print_changes(&changes, output)?;
         eprintln!(
             "plan: {} to create, {} to update, {} to delete (dry run{})",
             plan.create.len(),
@@ -442,7 +474,7 @@ pub async fn keep(
         if let Some(p) = &provider {
             let load = latest.borrow_and_update().clone();
             report(
-                match reconcile(Some(p.as_ref()), &load.snapshot, &cfg, false).await {
+                match reconcile(Some(p.as_ref()), &load.snapshot, &cfg, None).await {
                     Ok(o) => Report {
                         at,
                         changes: o.planned,
@@ -453,7 +485,7 @@ pub async fn keep(
                         at,
                         changes: 0,
                         failed: 0,
-                        error: Some(e.to_string()),
+                        error: Some(format!("{e:#}")),
                     },
                 },
             );
@@ -503,7 +535,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 Some(name) => Some(target.provider(name).await?),
                 None => None,
             };
-            let outcome = reconcile(provider.as_deref(), &load.snapshot, &cfg, args.dry_run).await;
+            let outcome = reconcile(
+                provider.as_deref(),
+                &load.snapshot,
+                &cfg,
+                args.dry_run.then_some(args.output),
+            )
+            .await;
             return Ok(match outcome {
                 Ok(o) => {
                     if !args.dry_run {

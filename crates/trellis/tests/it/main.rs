@@ -846,6 +846,26 @@ fn sync_dry_run_plans_the_example_records_with_ownership() {
         "{}",
         text(&only_external.stdout)
     );
+    // The same plan as a document.
+    let json = trellis(&[
+        "sync",
+        "-f",
+        &example(),
+        "--vars",
+        &example_vars(),
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert!(
+        plan["create"].as_array().expect("create").iter().any(|c| c
+            == &serde_json::json!({"name": "echo.home.example", "type": "A",
+                "targets": ["10.10.30.25"], "ttl": null,
+                "resource": "httproute/apps/echo-internal"})),
+        "{plan:#}"
+    );
+    assert_eq!(plan["delete"], serde_json::json!([]));
     let no_dry_run = trellis(&["sync", "-f", &example()]);
     assert_eq!(no_dry_run.status.code(), Some(2));
     assert!(
