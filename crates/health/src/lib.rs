@@ -9,7 +9,9 @@
 //!   [`metrics`] publishes results under Gatus's metric names and [`status`] keeps them for
 //!   Gatus's API (`/api/v1/endpoints/statuses`).
 //!
-//! The KEDA scaler is not here yet.
+//! - [`scale`]: KEDA's ScaledObject over the HPA algorithm, pure; [`trigger`] reads the
+//!   prometheus and metrics-api triggers; [`scaler`] runs a task per ScaledObject and hands
+//!   its decisions to whoever applies them.
 
 pub mod condition;
 pub mod endpoints;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod probe;
 pub mod run;
 pub mod scale;
+pub mod scaler;
 pub mod status;
 pub mod trigger;
 mod x509;

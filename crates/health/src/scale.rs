@@ -17,8 +17,9 @@
 //! - **Fallback** (KEDA): after `failureThreshold` consecutive polls with a failing trigger,
 //!   the target gets `fallback.replicas` until a poll succeeds again.
 //!
-//! Not yet: HPA scaling policies (`Pods`/`Percent` per period), `Utilization` targets, pause
-//! annotations, fallback `behavior` other than the static count.
+//! Pause annotations are the running scaler's ([`crate::scaler`]). Not yet: HPA scaling
+//! policies (`Pods`/`Percent` per period), `Utilization` targets, fallback `behavior` other
+//! than the static count.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -25,8 +25,8 @@ use ipnet::Ipv4Net;
 use crate::netns;
 use crate::schedule::{self, PodPlan};
 use crate::state::{
-    ASSIGNMENTS_FILE, ClientState, LabState, NodeState, PODS_FILE, PodState, ServiceRow,
-    read_assignments, write_assignments, write_file,
+    ASSIGNMENTS_FILE, ClientState, LabState, NodeState, PODS_FILE, PodState, ScalingRow,
+    ServiceRow, read_assignments, write_assignments, write_file,
 };
 
 /// The lab's address plan (the seed's: LAN 10.10.30.0/24, pods 10.69.0.0/16, services
@@ -135,6 +135,8 @@ pub fn prefix_of(name: &str) -> String {
 /// What the supervisor's main loop reacts to.
 enum Event {
     Manifests(std::sync::Arc<store::Load>),
+    /// A ScaledObject's decision (from the scaler's thread).
+    Scaled(Box<(health::scaler::Scaled, health::scaler::Report)>),
     Stop,
 }
 
@@ -161,7 +163,20 @@ struct Running {
     agents: BTreeMap<String, Child>,
     workloads: BTreeMap<(String, String), Child>,
     assignments: fabric::Assignments,
+    /// The manifests the pods were last made to match.
+    snapshot: std::sync::Arc<store::Load>,
+    /// Replica counts the scaler set (they win over the Deployments' own).
+    scaled: schedule::Replicas,
+    /// The scaler's thread takes each new set of ScaledObjects here.
+    scaler: Option<mpsc::Sender<ScalerInput>>,
+    /// Per ScaledObject: the target to give back its own count when the ScaledObject goes
+    /// (`restoreToOriginalReplicaCount`), or `None` to keep the scaled count.
+    scaled_restore: BTreeMap<String, Option<(String, String)>>,
 }
+
+/// What the scaler's thread needs of a manifest change: the ScaledObjects, and the replica
+/// count each one's target has now (where a new one starts from).
+type ScalerInput = (Vec<health::scaler::Scaled>, BTreeMap<String, u32>);
 
 /// Runs the lab until SIGTERM/SIGINT, then tears everything down. Writes `ready` on stdout
 /// once the lab is up (what `lab up` waits for).
@@ -197,6 +212,10 @@ pub fn supervise(cfg: &LabConfig) -> Result<()> {
         agents: BTreeMap::new(),
         workloads: BTreeMap::new(),
         assignments,
+        snapshot: Default::default(),
+        scaled: schedule::Replicas::new(),
+        scaler: None,
+        scaled_restore: BTreeMap::new(),
     };
     run.state.write(&cfg.state_dir)?;
     let result = bring_up(cfg, &mut run, &tx);
@@ -208,8 +227,17 @@ pub fn supervise(cfg: &LabConfig) -> Result<()> {
                 match ev {
                     Event::Stop => break,
                     Event::Manifests(load) => {
+                        run.snapshot = load.clone();
+                        forget_gone_scaled(&mut run);
                         if let Err(e) = reconcile(cfg, &mut run, &load.snapshot) {
                             eprintln!("reconcile: {e:#}");
+                        }
+                        feed_scaler(&run);
+                    }
+                    Event::Scaled(d) => {
+                        let (scaled, report) = *d;
+                        if let Err(e) = apply_scaled(cfg, &mut run, &scaled, &report) {
+                            eprintln!("scale {}: {e:#}", scaled.key());
                         }
                     }
                 }
@@ -255,6 +283,7 @@ fn initial_state(cfg: &LabConfig) -> LabState {
         nodes,
         pods: Vec::new(),
         services: Vec::new(),
+        scaling: Vec::new(),
         ready: false,
     }
 }
@@ -284,9 +313,13 @@ fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Res
         run.agents.insert(node.name.clone(), child);
     }
     run.state.write(&cfg.state_dir)?;
+    run.snapshot = std::sync::Arc::new(first);
+    let first = run.snapshot.clone();
     reconcile(cfg, run, &first.snapshot)?;
     run.state.ready = true;
     run.state.write(&cfg.state_dir)?;
+    run.scaler = Some(start_scaler(tx.clone())?);
+    feed_scaler(run);
     // From now on, follow the user's manifests. The watch moves into the thread that forwards
     // its updates (dropping it would stop watching).
     let watch = store::watch::Watch::start(cfg.manifests.clone(), cfg.options.clone())
@@ -599,9 +632,9 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
     }
     let node_names: Vec<String> = run.state.nodes.iter().map(|n| n.name.clone()).collect();
     let running: Vec<PodPlan> = run.state.pods.iter().map(|p| p.plan.clone()).collect();
-    let (gateway_pods, gateway_services) = gateway_workloads(snapshot);
+    let (gateway_pods, gateway_services) = gateway_workloads(snapshot, &run.scaled);
     run.gateway_services = gateway_services;
-    let want = schedule::desired_pods(snapshot, gateway_pods, &node_names, &running);
+    let want = schedule::desired_pods(snapshot, gateway_pods, &node_names, &running, &run.scaled);
     let want_keys: std::collections::BTreeSet<(String, String)> =
         want.iter().map(PodPlan::key).collect();
     // Stop pods no longer wanted (scale down, deleted, changed node).
@@ -706,7 +739,10 @@ pub const GATEWAY_OWNER_PREFIX: &str = "Gateway/";
 /// What Envoy Gateway would run for each Gateway trellis serves: one proxy pod, and the
 /// LoadBalancer Service in front of it (named, labelled and annotated as LB-IPAM expects, so
 /// the Gateway gets the address its manifests ask for, e.g. 10.10.30.25).
-fn gateway_workloads(snapshot: &model::Snapshot) -> (Vec<PodPlan>, Vec<serde_json::Value>) {
+fn gateway_workloads(
+    snapshot: &model::Snapshot,
+    scaled: &schedule::Replicas,
+) -> (Vec<PodPlan>, Vec<serde_json::Value>) {
     let mut pods = Vec::new();
     let mut services = Vec::new();
     for (req, _problems) in fabric::lbipam::gateway_requests(snapshot) {
@@ -770,18 +806,187 @@ fn gateway_workloads(snapshot: &model::Snapshot) -> (Vec<PodPlan>, Vec<serde_jso
                 "externalTrafficPolicy": if req.external_traffic_policy_local { "Local" } else { "Cluster" },
             },
         }));
-        pods.push(PodPlan {
-            namespace: req.namespace.clone(),
-            name: format!("{}-proxy", req.name),
-            owner: format!("{GATEWAY_OWNER_PREFIX}{gw_ns}/{gateway}"),
-            ordinal: 0,
-            node: String::new(),
-            labels: req.selector.clone(),
-            annotations: BTreeMap::new(),
-            spec: serde_json::json!({ "containers": [ { "name": "envoy", "image": "trellis", "ports": container_ports } ] }),
-        });
+        // One proxy unless a ScaledObject scales the Gateway's Deployment (named as the
+        // Gateway, in its namespace).
+        let replicas = scaled
+            .get(&(gw_ns.clone(), gateway.clone()))
+            .copied()
+            .unwrap_or(1);
+        for ordinal in 0..replicas {
+            pods.push(PodPlan {
+                namespace: req.namespace.clone(),
+                name: match ordinal {
+                    0 => format!("{}-proxy", req.name),
+                    n => format!("{}-proxy-{n}", req.name),
+                },
+                owner: format!("{GATEWAY_OWNER_PREFIX}{gw_ns}/{gateway}"),
+                ordinal,
+                node: String::new(),
+                labels: req.selector.clone(),
+                annotations: BTreeMap::new(),
+                spec: serde_json::json!({ "containers": [ { "name": "envoy", "image": "trellis", "ports": container_ports } ] }),
+            });
+        }
     }
     (pods, services)
+}
+
+/// The replica count a ScaledObject's target has by its own manifests: a Deployment's
+/// `spec.replicas`, or 1 for a Gateway's proxy; `None` when the namespace has neither.
+fn target_replicas(snapshot: &model::Snapshot, s: &health::scaler::Scaled) -> Option<u32> {
+    if s.target_kind != "Deployment" {
+        return None;
+    }
+    let key = (s.namespace.clone(), s.target.clone());
+    if let Some(d) = snapshot.deployments.get(&key) {
+        return Some(schedule::spec_replicas(
+            &d.spec.spec.clone().unwrap_or_default(),
+        ));
+    }
+    snapshot.gateways.contains_key(&key).then_some(1)
+}
+
+/// Runs the scaler (a task per ScaledObject, `health::scaler`) on a thread of its own; its
+/// decisions come back as [`Event::Scaled`].
+fn start_scaler(tx: mpsc::Sender<Event>) -> Result<mpsc::Sender<ScalerInput>> {
+    let (input, rx) = mpsc::channel::<ScalerInput>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("the scaler's runtime")?;
+    std::thread::spawn(move || {
+        let on_report: health::scaler::OnReport = std::sync::Arc::new(move |s, r| {
+            let _ = tx.send(Event::Scaled(Box::new((s.clone(), r.clone()))));
+        });
+        let client = httpkit::Client::with_roots(Path::new(httpkit::CA_BUNDLE)).unwrap_or_default();
+        runtime.block_on(async move {
+            let mut scaler = health::scaler::Scaler::new(client, on_report);
+            // The std channel is read off the runtime's thread, so tasks keep running.
+            let (atx, mut arx) = tokio::sync::mpsc::unbounded_channel::<ScalerInput>();
+            std::thread::spawn(move || {
+                while let Ok(i) = rx.recv() {
+                    if atx.send(i).is_err() {
+                        break;
+                    }
+                }
+            });
+            while let Some((all, current)) = arx.recv().await {
+                scaler.set(all, |s| current.get(&s.key()).copied().unwrap_or(1));
+            }
+        });
+    });
+    Ok(input)
+}
+
+/// Hands the scaler the ScaledObjects of the current manifests.
+fn feed_scaler(run: &Running) {
+    let Some(scaler) = &run.scaler else { return };
+    let all = health::scaler::Scaled::all(&run.snapshot.snapshot);
+    let current = all
+        .iter()
+        .map(|s| (s.key(), current_replicas(run, s).unwrap_or(1)))
+        .collect();
+    let _ = scaler.send((all, current));
+}
+
+/// The replicas a ScaledObject's target has now: what the scaler set, else its own.
+fn current_replicas(run: &Running, s: &health::scaler::Scaled) -> Option<u32> {
+    let own = target_replicas(&run.snapshot.snapshot, s)?;
+    Some(
+        run.scaled
+            .get(&(s.namespace.clone(), s.target.clone()))
+            .copied()
+            .unwrap_or(own),
+    )
+}
+
+/// A ScaledObject gone from the manifests: its row goes; its target goes back to its own
+/// count when `restoreToOriginalReplicaCount` said so, else keeps the count it was scaled to
+/// (KEDA's rule).
+fn forget_gone_scaled(run: &mut Running) {
+    let now: Vec<health::scaler::Scaled> = health::scaler::Scaled::all(&run.snapshot.snapshot);
+    let gone: Vec<String> = run
+        .state
+        .scaling
+        .iter()
+        .map(|r| r.scaled_object.clone())
+        .filter(|k| !now.iter().any(|s| &s.key() == k))
+        .collect();
+    for key in gone {
+        run.state.scaling.retain(|r| r.scaled_object != key);
+        if let Some(restore) = run.scaled_restore.remove(&key)
+            && let Some(target) = restore
+        {
+            run.scaled.remove(&target);
+        }
+    }
+}
+
+/// Applies a ScaledObject's decision: its row in the lab's state, and the target's replicas
+/// (the pods follow at once).
+fn apply_scaled(
+    cfg: &LabConfig,
+    run: &mut Running,
+    s: &health::scaler::Scaled,
+    r: &health::scaler::Report,
+) -> Result<()> {
+    let target_key = (s.namespace.clone(), s.target.clone());
+    let mut row = ScalingRow {
+        scaled_object: s.key(),
+        target: format!("{} {}/{}", s.target_kind, s.namespace, s.target),
+        replicas: current_replicas(run, s),
+        ready: r.ready,
+        active: r.active,
+        fallback: r.fallback,
+        paused: r.paused,
+        reason: r.reason.clone(),
+    };
+    let mut rescale = None;
+    if row.replicas.is_none() {
+        row.ready = false;
+        row.reason = format!(
+            "scaleTargetRef: no Deployment (or Gateway) {:?} in namespace {:?}; only Deployments are scaled",
+            s.target, s.namespace
+        );
+    } else if let Some(n) = r.replicas.filter(|_| r.ready)
+        && row.replicas != Some(n)
+    {
+        rescale = Some(n);
+        row.replicas = Some(n);
+    }
+    run.scaled_restore
+        .insert(s.key(), s.restores_original().then(|| target_key.clone()));
+    let changed_row = run
+        .state
+        .scaling
+        .iter()
+        .find(|x| x.scaled_object == row.scaled_object)
+        != Some(&row);
+    if changed_row {
+        eprintln!(
+            "scale {} -> {}: {} ({})",
+            row.scaled_object,
+            row.target,
+            row.replicas.map_or("-".into(), |n| n.to_string()),
+            row.reason
+        );
+    }
+    run.state
+        .scaling
+        .retain(|x| x.scaled_object != row.scaled_object);
+    run.state.scaling.push(row);
+    run.state
+        .scaling
+        .sort_by(|a, b| a.scaled_object.cmp(&b.scaled_object));
+    match rescale {
+        Some(n) => {
+            run.scaled.insert(target_key, n);
+            let load = run.snapshot.clone();
+            reconcile(cfg, run, &load.snapshot)
+        }
+        None if changed_row => run.state.write(&cfg.state_dir),
+        None => Ok(()),
+    }
 }
 
 /// Publishes the Pod objects (and the generation ConfigMap) as a manifest file agents read.

@@ -187,6 +187,36 @@ pub fn status_text(s: &LabState) -> String {
             );
         }
     }
+    if !s.scaling.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nSCALEDOBJECT                 TARGET                               REPLICAS CONDITIONS"
+        );
+        for r in &s.scaling {
+            let conditions: Vec<&str> = [
+                (r.ready, "Ready"),
+                (r.active, "Active"),
+                (r.fallback, "Fallback"),
+                (r.paused, "Paused"),
+            ]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+            let _ = writeln!(
+                out,
+                "{:<28} {:<36} {:<8} {}\n  {}",
+                r.scaled_object,
+                r.target,
+                r.replicas.map_or("-".to_string(), |n| n.to_string()),
+                if conditions.is_empty() {
+                    "-".to_string()
+                } else {
+                    conditions.join(",")
+                },
+                r.reason
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "\nNAMESPACE    SERVICE              TYPE          CLUSTER-IP     NODE-PORTS         ENDPOINTS"

@@ -74,16 +74,29 @@ fn suffix(namespace: &str, deployment: &str, ordinal: u32) -> String {
 /// The pods the manifests ask for, keeping every running pod that is still wanted on its node.
 /// New pods go to the node with the fewest pods (ties: the first node).
 /// `extra` are pods the lab itself adds (the gateways' proxies), placed like the rest.
+/// Replica counts a scaler set, by (namespace, Deployment name); they win over the
+/// Deployment's own `spec.replicas` (a Gateway's name stands for its proxy's Deployment).
+pub type Replicas = BTreeMap<(String, String), u32>;
+
+/// A Deployment's own replica count (1 unless written).
+pub fn spec_replicas(spec: &k8s_openapi::api::apps::v1::DeploymentSpec) -> u32 {
+    u32::try_from(spec.replicas.unwrap_or(1).max(0)).unwrap_or(0)
+}
+
 pub fn desired_pods(
     snapshot: &Snapshot,
     extra: Vec<PodPlan>,
     nodes: &[String],
     running: &[PodPlan],
+    scaled: &Replicas,
 ) -> Vec<PodPlan> {
     let mut wanted: Vec<PodPlan> = extra;
     for d in snapshot.deployments.values() {
         let spec = d.spec.spec.clone().unwrap_or_default();
-        let replicas = spec.replicas.unwrap_or(1).max(0) as u32;
+        let replicas = scaled
+            .get(&(d.namespace().to_string(), d.name().to_string()))
+            .copied()
+            .unwrap_or_else(|| spec_replicas(&spec));
         let template = spec.template;
         let labels: BTreeMap<String, String> = template
             .metadata
@@ -234,7 +247,13 @@ mod tests {
 
     #[test]
     fn replicas_spread_over_nodes() {
-        let pods = desired_pods(&snapshot(&deployment(3)), Vec::new(), &nodes(), &[]);
+        let pods = desired_pods(
+            &snapshot(&deployment(3)),
+            Vec::new(),
+            &nodes(),
+            &[],
+            &Replicas::new(),
+        );
         let on: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
         assert_eq!(pods.len(), 3);
         assert_eq!(on.len(), 3, "{pods:?}");
@@ -250,13 +269,31 @@ mod tests {
 
     #[test]
     fn scaling_keeps_running_pods_in_place() {
-        let three = desired_pods(&snapshot(&deployment(3)), Vec::new(), &nodes(), &[]);
-        let five = desired_pods(&snapshot(&deployment(5)), Vec::new(), &nodes(), &three);
+        let three = desired_pods(
+            &snapshot(&deployment(3)),
+            Vec::new(),
+            &nodes(),
+            &[],
+            &Replicas::new(),
+        );
+        let five = desired_pods(
+            &snapshot(&deployment(5)),
+            Vec::new(),
+            &nodes(),
+            &three,
+            &Replicas::new(),
+        );
         assert_eq!(five.len(), 5);
         for p in &three {
             assert!(five.contains(p), "{p:?} moved or vanished");
         }
-        let two = desired_pods(&snapshot(&deployment(2)), Vec::new(), &nodes(), &five);
+        let two = desired_pods(
+            &snapshot(&deployment(2)),
+            Vec::new(),
+            &nodes(),
+            &five,
+            &Replicas::new(),
+        );
         assert_eq!(two.len(), 2);
         assert!(two.iter().all(|p| p.ordinal < 2));
         for p in &two {
@@ -266,7 +303,13 @@ mod tests {
 
     #[test]
     fn pod_object_is_ready_and_placed() {
-        let pods = desired_pods(&snapshot(&deployment(1)), Vec::new(), &nodes(), &[]);
+        let pods = desired_pods(
+            &snapshot(&deployment(1)),
+            Vec::new(),
+            &nodes(),
+            &[],
+            &Replicas::new(),
+        );
         let o = pod_object(&pods[0], "10.69.1.2", "10.10.30.11", &[]);
         assert_eq!(o["spec"]["nodeName"], "node-1");
         assert_eq!(o["status"]["podIP"], "10.69.1.2");

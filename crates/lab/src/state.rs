@@ -35,8 +35,28 @@ pub struct LabState {
     pub nodes: Vec<NodeState>,
     pub pods: Vec<PodState>,
     pub services: Vec<ServiceRow>,
+    /// The ScaledObjects the lab's scaler runs, and what each decided.
+    #[serde(default)]
+    pub scaling: Vec<ScalingRow>,
     /// The supervisor finished bringing the lab up.
     pub ready: bool,
+}
+
+/// One ScaledObject as `lab status` shows it: its target, the replicas it set, KEDA's
+/// conditions and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScalingRow {
+    /// `namespace/name` of the ScaledObject.
+    pub scaled_object: String,
+    /// `Deployment namespace/name` (a Gateway's proxy when no Deployment has the name).
+    pub target: String,
+    /// The target's replicas now (`None`: not found).
+    pub replicas: Option<u32>,
+    pub ready: bool,
+    pub active: bool,
+    pub fallback: bool,
+    pub paused: bool,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -57,7 +57,7 @@ pub struct Excluded {
 }
 
 /// The result of reading a tree.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Load {
     pub snapshot: Snapshot,
     /// Every file read (served or excluded), for the watcher and the summary.

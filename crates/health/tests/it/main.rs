@@ -8,6 +8,7 @@ mod knot;
 
 mod corpus;
 mod probes;
+mod prometheus;
 mod scale;
 
 use health::Endpoint;

@@ -3,8 +3,6 @@
 //! query follows the probe result, the scaler's decisions follow the value, and with
 //! Prometheus stopped the fallback holds after the failure threshold.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,27 +11,8 @@ use bytes::Bytes;
 use health::scale::{Policy, State, step};
 use health::trigger::Prometheus;
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 /// How long Prometheus may take to start and to show a scraped change (1 s scrapes).
 const WAIT_MAX: Duration = Duration::from_secs(60);
-
-/// Prometheus, killed on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Polls `f` until it gives `Some`, for at most [`WAIT_MAX`].
 async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -52,10 +31,6 @@ async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
 
 #[tokio::test]
 async fn prometheus_trigger_drives_the_corpus_scaled_object() {
-    assert!(
-        std::path::Path::new(PROMETHEUS).exists(),
-        "{PROMETHEUS} missing: apt-get install prometheus"
-    );
     // The probe result Gatus's metric reports: 1 healthy, 0 failing.
     let success = Arc::new(AtomicU64::new(1));
     let s = success.clone();
@@ -76,31 +51,7 @@ async fn prometheus_trigger_drives_the_corpus_scaled_object() {
     let metrics = httpkit::serve("127.0.0.1:0".parse().expect("addr"), handler)
         .await
         .expect("bind metrics");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n  - job_name: gatus\n    static_configs: [{{targets: ['{}']}}]\n",
-            metrics.addr
-        ),
-    )
-    .expect("write config");
-    let port = free_port();
-    let server = Server(
-        Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus starts"),
-    );
+    let mut server = crate::prometheus::Prometheus::start(&[metrics.addr.to_string()]);
     // The corpus's trigger, pointed at this Prometheus.
     let corpus = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
         "../../testdata/home-ops/kubernetes/apps/network/envoy-gateway/app/scaledobject.yaml",
@@ -116,7 +67,7 @@ async fn prometheus_trigger_drives_the_corpus_scaled_object() {
         r#"1 - min(gatus_results_endpoint_success{group="external"})"#
     );
     let trigger = Prometheus {
-        server: format!("http://127.0.0.1:{port}"),
+        server: format!("http://{}", server.addr),
         query,
         ignore_null: false,
     };
@@ -163,7 +114,7 @@ async fn prometheus_trigger_drives_the_corpus_scaled_object() {
     let up = step(&policy, &mut state, now, 1, &[v]);
     assert_eq!(up.replicas, 2, "{up:?}");
     // Prometheus gone: kept at the first failure, the fallback at the second.
-    drop(server);
+    server.stop();
     let v = doubled.value(&client).await;
     assert!(v.is_err(), "{v:?}");
     let kept = step(&policy, &mut state, now + Duration::from_secs(1), 2, &[v]);

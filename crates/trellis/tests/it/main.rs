@@ -10,6 +10,7 @@ mod l2;
 mod lab;
 mod observe;
 mod policy;
+mod scale;
 mod sync;
 mod ui;
 mod up;
