@@ -120,7 +120,9 @@ impl Condition {
     pub fn is_problem(&self) -> bool {
         match self.type_.as_str() {
             cond::CONFLICTED => self.status == Status::True,
-            cond::ACCEPTED | cond::RESOLVED_REFS => self.status != Status::True,
+            cond::ACCEPTED | cond::RESOLVED_REFS | cond::HEALTH_ENDPOINTS_ACCEPTED => {
+                self.status != Status::True
+            }
             _ => false,
         }
     }
@@ -129,6 +131,9 @@ impl Condition {
 /// Condition types and reasons, with the Gateway API's spellings where it has one.
 pub mod cond {
     pub const ACCEPTED: &str = "Accepted";
+    /// trellis's own: the health endpoints an object declares (a gatus-sidecar annotation, a
+    /// Gatus ConfigMap) can all be probed. The object itself is still served when False.
+    pub const HEALTH_ENDPOINTS_ACCEPTED: &str = "HealthEndpointsAccepted";
     pub const RESOLVED_REFS: &str = "ResolvedRefs";
     pub const PROGRAMMED: &str = "Programmed";
     pub const CONFLICTED: &str = "Conflicted";

@@ -43,6 +43,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     crate::gateway::add_compile_conditions(&mut load.snapshot);
     add_cni_plugin_conditions(&mut load.snapshot, &args.cni_path);
     add_scaler_conditions(&mut load.snapshot);
+    add_health_conditions(&mut load.snapshot);
     let policies = workload_policies(&load.snapshot);
     let report = Report::new(&load, &policies);
     let out = match args.output {
@@ -526,6 +527,37 @@ fn plugin_versions(
 /// Every ScaledObject must compile to a scaling policy (KEDA's and the HPA's rules,
 /// `health::scale`): a threshold that is not a number, a metric type trellis does not
 /// compute, a window out of bounds make it `Accepted=False` at the field.
+/// A health endpoint (a gatus-sidecar annotation, a Gatus ConfigMap entry) that cannot be
+/// made is a `HealthEndpointsAccepted=False` condition on the object that declares it, with
+/// the field and the place in the file. Not `Accepted`: the object itself (a route, a
+/// Service) is still served; only its probe is not.
+pub fn add_health_conditions(s: &mut Snapshot) {
+    let found = health::endpoints(s, &health::Discovery::default()).problems;
+    for p in found {
+        let st = s.status.entry(p.object.clone()).or_default();
+        let (path, msg) = p
+            .message
+            .split_once(": ")
+            .map_or((String::new(), p.message.clone()), |(a, b)| {
+                (a.to_string(), b.to_string())
+            });
+        let path = if path.is_empty() {
+            p.at.clone()
+        } else {
+            format!("{path} ({})", p.at)
+        };
+        if !st.problems.iter().any(|x| x.path == path) {
+            st.problem(path.clone(), msg.clone());
+        }
+        st.set(model::Condition::new(
+            model::object::cond::HEALTH_ENDPOINTS_ACCEPTED,
+            model::Status::False,
+            model::object::cond::reason::INVALID,
+            format!("{path}: {msg}"),
+        ));
+    }
+}
+
 pub fn add_scaler_conditions(s: &mut Snapshot) {
     let found: Vec<(ObjectKey, Vec<(String, String)>)> = s
         .scaled_objects

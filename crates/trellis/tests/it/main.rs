@@ -299,6 +299,49 @@ fn check_finds_what_would_fail_a_pods_attachments() {
 
 /// A ScaledObject trellis cannot compute (a Utilization target, a threshold that is not a
 /// number) is not Accepted, at the field; the corpus's ScaledObjects are.
+/// A Gatus condition that does not parse is a False condition on the object that declares it
+/// (with the field and the place in the file), found by `trellis check` before anything
+/// probes; the object itself stays accepted.
+#[test]
+fn check_marks_a_health_endpoint_that_cannot_be_made() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("x.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: p, namespace: a, labels: {gatus.io/enabled: \"true\"}}\n\
+         data:\n  config.yaml: |\n    endpoints:\n      - {name: x, url: 'tcp://127.0.0.1:1', conditions: ['[CONNECTED] = true']}\n",
+    )
+    .expect("write");
+    let out = trellis(&[
+        "check",
+        "-f",
+        &dir.path().display().to_string(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let conditions = &doc["objects"][0]["conditions"];
+    let find = |t: &str| {
+        conditions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(find("Accepted")["status"], "True", "{conditions:#}");
+    let health = find("HealthEndpointsAccepted");
+    assert_eq!(health["status"], "False", "{conditions:#}");
+    let msg = health["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("x.yaml:5:3")
+            && msg.contains("endpoints[0].conditions[0]")
+            && msg.contains("no comparison"),
+        "{msg}"
+    );
+}
+
 #[test]
 fn check_compiles_scaled_objects() {
     let dir = tempfile::tempdir().expect("tempdir");
