@@ -17,9 +17,13 @@
 //! - **Fallback** (KEDA): after `failureThreshold` consecutive polls with a failing trigger,
 //!   the target gets `fallback.replicas` until a poll succeeds again.
 //!
-//! Pause annotations are the running scaler's ([`crate::scaler`]). Not yet: HPA scaling
-//! policies (`Pods`/`Percent` per period), `Utilization` targets, fallback `behavior` other
-//! than the static count.
+//! - **Rate** (HPA `behavior.scaleUp/scaleDown.policies` and `selectPolicy`): a change is
+//!   limited to what the policies allow over their periods, counted from the replicas at the
+//!   start of each period (the HPA's defaults: up by 4 pods or 100 %, whichever is more, per
+//!   15 s; down by 100 % per 15 s); `selectPolicy: Disabled` turns a direction off.
+//!
+//! Pause annotations are the running scaler's ([`crate::scaler`]). Not yet: `Utilization`
+//! targets, fallback `behavior` other than the static count.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -34,6 +38,10 @@ pub const MAX_REPLICAS_DEFAULT: u32 = 100;
 /// The HPA's defaults.
 pub const SCALE_DOWN_WINDOW_DEFAULT: Duration = Duration::from_secs(300);
 pub const TOLERANCE: f64 = 0.1;
+/// The HPA's default rate rules (`behavior` without `policies`).
+pub const RATE_PERIOD_DEFAULT: Duration = Duration::from_secs(15);
+/// The longest period a rate policy may have (the HPA's bound: 30 minutes).
+pub const RATE_PERIOD_MAX: Duration = Duration::from_secs(1800);
 /// The most replicas trellis will set, whatever a ScaledObject asks.
 pub const REPLICAS_MAX: u32 = 10_000;
 /// The longest stabilization window taken (the HPA's own bound: one hour).
@@ -43,6 +51,136 @@ pub const WINDOW_MAX: Duration = Duration::from_secs(3600);
 pub enum MetricType {
     AverageValue,
     Value,
+}
+
+/// Which policy's limit wins when several are given (`selectPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Select {
+    /// The one that allows the largest change (the default).
+    Max,
+    /// The one that allows the smallest change.
+    Min,
+    /// No scaling in this direction.
+    Disabled,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RateKind {
+    Pods,
+    Percent,
+}
+
+/// One HPA scaling policy: at most `value` pods (or percent) per `period`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rate {
+    pub kind: RateKind,
+    pub value: u32,
+    pub period: Duration,
+}
+
+/// The rate rules of one direction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    pub select: Select,
+    pub policies: Vec<Rate>,
+}
+
+impl Rules {
+    /// The HPA's defaults for scaling up: 4 pods or 100 % per 15 s, whichever is more.
+    pub fn up_default() -> Rules {
+        Rules {
+            select: Select::Max,
+            policies: vec![
+                Rate {
+                    kind: RateKind::Percent,
+                    value: 100,
+                    period: RATE_PERIOD_DEFAULT,
+                },
+                Rate {
+                    kind: RateKind::Pods,
+                    value: 4,
+                    period: RATE_PERIOD_DEFAULT,
+                },
+            ],
+        }
+    }
+
+    /// The HPA's defaults for scaling down: 100 % per 15 s.
+    pub fn down_default() -> Rules {
+        Rules {
+            select: Select::Max,
+            policies: vec![Rate {
+                kind: RateKind::Percent,
+                value: 100,
+                period: RATE_PERIOD_DEFAULT,
+            }],
+        }
+    }
+
+    /// `behavior.<dir>`'s `selectPolicy` and `policies` over `default`; problems at `at`.
+    fn read(v: &Value, at: &str, default: Rules, problems: &mut Vec<(String, String)>) -> Rules {
+        let select = match &v["selectPolicy"] {
+            Value::Null => default.select,
+            Value::String(s) if s == "Max" => Select::Max,
+            Value::String(s) if s == "Min" => Select::Min,
+            Value::String(s) if s == "Disabled" => Select::Disabled,
+            other => {
+                problems.push((
+                    format!("{at}.selectPolicy"),
+                    format!("{other}: Max, Min or Disabled"),
+                ));
+                default.select
+            }
+        };
+        let policies = match &v["policies"] {
+            Value::Null => default.policies,
+            Value::Array(list) if !list.is_empty() => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, p)| {
+                    let here = format!("{at}.policies[{i}]");
+                    let kind = match p["type"].as_str() {
+                        Some("Pods") => RateKind::Pods,
+                        Some("Percent") => RateKind::Percent,
+                        _ => {
+                            problems.push((format!("{here}.type"), "Pods or Percent".into()));
+                            return None;
+                        }
+                    };
+                    let value = match p["value"].as_u64().and_then(|v| u32::try_from(v).ok()) {
+                        Some(v) if v > 0 => v,
+                        _ => {
+                            problems.push((format!("{here}.value"), "a number above 0".into()));
+                            return None;
+                        }
+                    };
+                    let period = match p["periodSeconds"].as_u64().map(Duration::from_secs) {
+                        Some(d) if !d.is_zero() && d <= RATE_PERIOD_MAX => d,
+                        _ => {
+                            problems.push((
+                                format!("{here}.periodSeconds"),
+                                format!("1 to {} seconds", RATE_PERIOD_MAX.as_secs()),
+                            ));
+                            return None;
+                        }
+                    };
+                    Some(Rate {
+                        kind,
+                        value,
+                        period,
+                    })
+                })
+                .collect(),
+            _ => {
+                problems.push((
+                    format!("{at}.policies"),
+                    "a list of at least one policy".into(),
+                ));
+                default.policies
+            }
+        };
+        Rules { select, policies }
+    }
 }
 
 /// One trigger's target.
@@ -66,6 +204,8 @@ pub struct Policy {
     pub targets: Vec<Target>,
     pub down_window: Duration,
     pub up_window: Duration,
+    pub up_rules: Rules,
+    pub down_rules: Rules,
     pub restore_original: bool,
 }
 
@@ -176,6 +316,19 @@ impl Policy {
             };
         let down_window = window("scaleDown", SCALE_DOWN_WINDOW_DEFAULT, &mut problems);
         let up_window = window("scaleUp", Duration::ZERO, &mut problems);
+        let at = "spec.advanced.horizontalPodAutoscalerConfig.behavior";
+        let up_rules = Rules::read(
+            &behavior["scaleUp"],
+            &format!("{at}.scaleUp"),
+            Rules::up_default(),
+            &mut problems,
+        );
+        let down_rules = Rules::read(
+            &behavior["scaleDown"],
+            &format!("{at}.scaleDown"),
+            Rules::down_default(),
+            &mut problems,
+        );
         let fallback = spec
             .fallback
             .as_ref()
@@ -211,6 +364,8 @@ impl Policy {
             targets,
             down_window,
             up_window,
+            up_rules,
+            down_rules,
             restore_original: advanced["restoreToOriginalReplicaCount"] == Value::Bool(true),
         })
     }
@@ -220,6 +375,8 @@ impl Policy {
 #[derive(Clone, Debug, Default)]
 pub struct State {
     recommendations: VecDeque<(Instant, u32)>,
+    /// The changes made (+ up, - down), for the rate policies' periods.
+    changes: VecDeque<(Instant, i64)>,
     failures: u32,
     last_active: Option<Instant>,
 }
@@ -323,11 +480,19 @@ pub fn step(
     let up = within(policy.up_window).fold(desired, u32::min);
     let down = within(policy.down_window).fold(desired, u32::max);
     state.recommendations.push_back((now, desired));
-    let replicas = current.max(up).min(down);
+    let stabilized = current.max(up).min(down);
+    let replicas = rate_limited(policy, state, now, current, stabilized);
+    if replicas != current {
+        state
+            .changes
+            .push_back((now, i64::from(replicas) - i64::from(current)));
+    }
     let reason = if replicas == desired {
         format!("desired {desired} from the triggers")
-    } else {
+    } else if replicas == stabilized {
         format!("{replicas}: desired {desired}, held by the stabilization window")
+    } else {
+        format!("{replicas}: desired {desired}, limited by the scaling policies")
     };
     Decision {
         replicas,
@@ -335,6 +500,68 @@ pub fn step(
         fallback: false,
         reason,
     }
+}
+
+/// The HPA's rate rules on a change from `current` to `want`: each policy allows a change
+/// over its period counted from the replicas at the period's start; `selectPolicy` picks the
+/// largest or smallest allowance, or none.
+fn rate_limited(policy: &Policy, state: &mut State, now: Instant, current: u32, want: u32) -> u32 {
+    let longest = policy
+        .up_rules
+        .policies
+        .iter()
+        .chain(&policy.down_rules.policies)
+        .map(|r| r.period)
+        .max()
+        .unwrap_or(RATE_PERIOD_DEFAULT);
+    while state
+        .changes
+        .front()
+        .is_some_and(|(t, _)| now.duration_since(*t) >= longest)
+    {
+        state.changes.pop_front();
+    }
+    let (current, want_i) = (i64::from(current), i64::from(want));
+    let rules = match want_i.cmp(&current) {
+        std::cmp::Ordering::Equal => return want,
+        std::cmp::Ordering::Greater => &policy.up_rules,
+        std::cmp::Ordering::Less => &policy.down_rules,
+    };
+    let up = want_i > current;
+    if rules.select == Select::Disabled || rules.policies.is_empty() {
+        return u32::try_from(current).unwrap_or(want);
+    }
+    let allowances = rules.policies.iter().map(|r| {
+        let (added, removed) = state
+            .changes
+            .iter()
+            .filter(|(t, _)| now.duration_since(*t) < r.period)
+            .fold(
+                (0i64, 0i64),
+                |(a, d), (_, c)| {
+                    if *c > 0 { (a + c, d) } else { (a, d - c) }
+                },
+            );
+        let start = (current - added + removed).max(0) as f64;
+        let v = f64::from(r.value);
+        match (r.kind, up) {
+            (RateKind::Pods, true) => start + v,
+            (RateKind::Percent, true) => (start * (1.0 + v / 100.0)).ceil(),
+            (RateKind::Pods, false) => start - v,
+            (RateKind::Percent, false) => (start * (1.0 - v / 100.0)).floor(),
+        }
+    });
+    // Up, Max picks the highest limit; down, Max picks the lowest (the largest change).
+    let limit = match (rules.select, up) {
+        (Select::Max, true) | (Select::Min, false) => allowances.fold(f64::MIN, f64::max),
+        _ => allowances.fold(f64::MAX, f64::min),
+    } as i64;
+    let out = if up {
+        want_i.min(limit.max(current))
+    } else {
+        want_i.max(limit.min(current))
+    };
+    u32::try_from(out.clamp(0, i64::from(REPLICAS_MAX))).unwrap_or(want)
 }
 
 /// The HPA's replica count for one external metric target.
@@ -466,6 +693,73 @@ mod tests {
         assert_ne!(d.replicas, 0, "{d:?}");
         let d = step(&p, &mut s, t0 + Duration::from_secs(62), 3, &[Ok(0.0)]);
         assert_eq!(d.replicas, 0, "{d:?}");
+    }
+
+    #[test]
+    fn the_hpa_default_rate_and_policies_from_behavior() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let with = |behavior: &str| {
+            Policy::from_spec(&spec(&format!(
+                r#"{{"scaleTargetRef": {{"name": "x"}}, "minReplicaCount": 1, "maxReplicaCount": 50,
+                    "advanced": {{"horizontalPodAutoscalerConfig": {{"behavior": {behavior}}}}},
+                    "triggers": [{{"type": "prometheus", "metadata": {{"serverAddress": "http://p:9090", "query": "q", "threshold": "1"}}}}]}}"#
+            )))
+            .expect("valid")
+        };
+        // The defaults: up by max(4 pods, 100 %) per 15 s. From 1 towards 20: 5, then 10 once
+        // the period has passed, 20 after another.
+        let p = with(r#"{"scaleDown": {"stabilizationWindowSeconds": 0}}"#);
+        assert_eq!(p.up_rules, Rules::up_default());
+        let mut s = State::default();
+        let d = step(&p, &mut s, at(0), 1, &[Ok(20.0)]);
+        assert_eq!(d.replicas, 5, "{d:?}");
+        assert!(
+            d.reason.contains("limited by the scaling policies"),
+            "{d:?}"
+        );
+        assert_eq!(step(&p, &mut s, at(5), 5, &[Ok(20.0)]).replicas, 5);
+        assert_eq!(step(&p, &mut s, at(15), 5, &[Ok(20.0)]).replicas, 10);
+        assert_eq!(step(&p, &mut s, at(30), 10, &[Ok(20.0)]).replicas, 20);
+        // Down by 100 %: at once to what is wanted.
+        assert_eq!(step(&p, &mut s, at(31), 20, &[Ok(2.0)]).replicas, 2);
+
+        // One pod per minute up (Min of two policies), down disabled.
+        let p = with(
+            r#"{"scaleUp": {"selectPolicy": "Min", "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}, {"type": "Percent", "value": 200, "periodSeconds": 60}]},
+                "scaleDown": {"stabilizationWindowSeconds": 0, "selectPolicy": "Disabled"}}"#,
+        );
+        let mut s = State::default();
+        assert_eq!(step(&p, &mut s, at(0), 2, &[Ok(6.0)]).replicas, 3);
+        assert_eq!(step(&p, &mut s, at(30), 3, &[Ok(6.0)]).replicas, 3);
+        assert_eq!(step(&p, &mut s, at(60), 3, &[Ok(6.0)]).replicas, 4);
+        assert_eq!(step(&p, &mut s, at(61), 4, &[Ok(1.0)]).replicas, 4);
+
+        // Down by half per 10 s.
+        let p = with(
+            r#"{"scaleDown": {"stabilizationWindowSeconds": 0, "policies": [{"type": "Percent", "value": 50, "periodSeconds": 10}]}}"#,
+        );
+        let mut s = State::default();
+        assert_eq!(step(&p, &mut s, at(0), 8, &[Ok(1.0)]).replicas, 4);
+        assert_eq!(step(&p, &mut s, at(5), 4, &[Ok(1.0)]).replicas, 4);
+        assert_eq!(step(&p, &mut s, at(10), 4, &[Ok(1.0)]).replicas, 2);
+
+        // Refused with their fields.
+        let e = Policy::from_spec(&spec(
+            r#"{"scaleTargetRef": {"name": "x"},
+                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleUp": {"selectPolicy": "Most", "policies": [{"type": "Pod", "value": 0, "periodSeconds": 4000}]}, "scaleDown": {"policies": []}}}},
+                "triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090", "query": "q", "threshold": "1"}}]}"#,
+        ))
+        .expect_err("invalid");
+        let paths: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+        let b = "spec.advanced.horizontalPodAutoscalerConfig.behavior";
+        for want in [
+            format!("{b}.scaleUp.selectPolicy"),
+            format!("{b}.scaleUp.policies[0].type"),
+            format!("{b}.scaleDown.policies"),
+        ] {
+            assert!(paths.contains(&want.as_str()), "{want} not in {e:?}");
+        }
     }
 
     #[test]
