@@ -199,6 +199,11 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/flask/__init__.py",
         "python3-flask",
     ),
+    // A real SMTP server offering STARTTLS for the starttls:// probe.
+    (
+        "/usr/lib/python3/dist-packages/aiosmtpd/__init__.py",
+        "python3-aiosmtpd",
+    ),
     // Checks the systemd units in dist/.
     ("/usr/bin/systemd-analyze", "systemd"),
 ];

@@ -314,6 +314,81 @@ async fn starttls_against_an_smtp_dialogue() {
     assert!(p.success, "{p:#?}");
 }
 
+/// The corpus's smtp-relay probe (`starttls://`, `[CONNECTED] == true`) against a real SMTP
+/// server: Debian's aiosmtpd offering STARTTLS with a certificate made here; the same server
+/// without STARTTLS, and a port nobody listens on, fail.
+#[tokio::test]
+async fn starttls_against_aiosmtpd() {
+    const PYTHON: &str = "/usr/bin/python3";
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.not_after = rcgen::date_time_ymd(2031, 5, 6);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.pem()).expect("write");
+    std::fs::write(&key_pem, key.serialize_pem()).expect("write");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port()
+    };
+    // aiosmtpd, killed on drop; started with or without STARTTLS.
+    struct Smtp(std::process::Child);
+    impl Drop for Smtp {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let smtp = |port: u16, tls: bool| {
+        let mut c = std::process::Command::new(PYTHON);
+        c.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")]);
+        if tls {
+            c.arg("--tlscert")
+                .arg(&cert_pem)
+                .arg("--tlskey")
+                .arg(&key_pem);
+        }
+        Smtp(
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("aiosmtpd starts (apt-get install python3-aiosmtpd)"),
+        )
+    };
+    let wait = async |port: u16| {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("aiosmtpd did not listen on {port}");
+    };
+    let endpoint = |port: u16| {
+        one(&format!(
+            "endpoints:\n  - name: smtp-relay\n    url: starttls://localhost:{port}\n    client: {{insecure: true, timeout: 5s}}\n    conditions: ['[CONNECTED] == true', '[CERTIFICATE_EXPIRATION] > 48h']\n"
+        ))
+    };
+    let (with_tls, without) = (free(), free());
+    let _a = smtp(with_tls, true);
+    let _b = smtp(without, false);
+    wait(with_tls).await;
+    wait(without).await;
+    let p = probe(&endpoint(with_tls), &tls()).await;
+    assert!(p.success, "{p:#?}");
+    let p = probe(&endpoint(without), &tls()).await;
+    assert!(!p.success, "no STARTTLS offered: {p:#?}");
+    let p = probe(&endpoint(free()), &tls()).await;
+    assert!(!p.success && !p.outcome.connected, "refused: {p:#?}");
+}
+
 #[tokio::test]
 async fn icmp_echo_on_loopback() {
     // Loopback answers echoes for both families (the test runs as root: a raw socket, or the
