@@ -299,33 +299,13 @@ fn policy_entries(state_dir: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Builds the release binaries the benchmarks run (trellis and its CNI plugin).
-fn build_release(root: &Path) -> Result<String> {
-    crate::run(
-        "cargo",
-        &[
-            "build",
-            "--release",
-            "--package",
-            "trellis",
-            "--package",
-            "cni",
-        ],
-    )?;
-    Ok(root
-        .join("target/release/trellis")
-        .to_str()
-        .context("utf-8 path")?
-        .to_string())
-}
-
 pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     crate::ensure_packages(crate::TEST_PEERS)?;
     crate::ensure_packages(&[
         ("/usr/sbin/iptables-legacy", "iptables"),
         ("/usr/sbin/nft", "nftables"),
     ])?;
-    let bin = build_release(root)?;
+    let bin = crate::build_release(root)?;
     let bin = bin.as_str();
     let dir = root.join("target/bench/datapath");
     let _ = std::fs::remove_dir_all(&dir);
@@ -694,7 +674,7 @@ const FQDN_NAMES_PER_FILE: u32 = 100;
 /// it is released) and a second time (already open). Returns the markdown table.
 pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
     crate::ensure_packages(crate::TEST_PEERS)?;
-    let bin = build_release(root)?;
+    let bin = crate::build_release(root)?;
     let bin = bin.as_str();
     let dir = root.join("target/bench/fqdn");
     let _ = std::fs::remove_dir_all(&dir);
@@ -821,7 +801,7 @@ pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
 /// rounds of `secs` per mode. Returns the markdown table.
 pub fn run_policy(root: &Path, rounds: usize, secs: u32) -> Result<String> {
     crate::ensure_packages(crate::TEST_PEERS)?;
-    let bin = build_release(root)?;
+    let bin = crate::build_release(root)?;
     let bin = bin.as_str();
     let dir = root.join("target/bench/policy");
     let mut rows = Vec::new();

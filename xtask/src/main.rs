@@ -17,6 +17,7 @@ mod bench_cni;
 mod bench_datapath;
 mod bench_dns;
 mod bench_gateway;
+mod bench_up;
 mod dist;
 mod proc;
 
@@ -53,6 +54,10 @@ fn main() -> Result<()> {
                 bench_datapath::run(&root, env_or("ROUNDS", 3), env_or("SECONDS", 2))
             }
             Some("cni") => bench_cni::run(&root, env_or("ITERATIONS", 50)),
+            Some("up") => bench_up::run_up(&root, env_or("ROUNDS", 5)),
+            Some("health") => {
+                bench_up::run_health(&root, env_or("ENDPOINTS", 1000), env_or("SECONDS", 30))
+            }
             Some("fqdn") => bench_datapath::run_fqdn(&root, env_or("NAMES", 300)).map(|_| ()),
             Some("policy") => {
                 bench_datapath::run_policy(&root, env_or("ROUNDS", 3), env_or("SECONDS", 2))
@@ -60,7 +65,7 @@ fn main() -> Result<()> {
             }
             Some(other) => {
                 bail!(
-                    "unknown benchmark {other:?} (load, gateway, dns, datapath, cni, fqdn, policy)"
+                    "unknown benchmark {other:?} (load, gateway, dns, datapath, cni, fqdn, policy, up, health)"
                 )
             }
         },
@@ -89,7 +94,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy]|fuzz [target] [seconds]|fuzz-all [seconds]|dist [profile]|ebpf>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy|up|health]|fuzz [target] [seconds]|fuzz-all [seconds]|dist [profile]|ebpf>"
             );
             bail!("unknown or missing xtask command")
         }
@@ -128,6 +133,26 @@ pub(crate) fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Res
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// Builds the release binaries the benchmarks run (trellis and its CNI plugin).
+pub(crate) fn build_release(root: &Path) -> Result<String> {
+    crate::run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--package",
+            "trellis",
+            "--package",
+            "cni",
+        ],
+    )?;
+    Ok(root
+        .join("target/release/trellis")
+        .to_str()
+        .context("utf-8 path")?
+        .to_string())
 }
 
 /// Whether this runs as root (`id -u` is 0).
