@@ -26,11 +26,17 @@ const PUBLISHED: &[(&str, f64)] = &[
     ("CoreDNS", 70.0),
 ];
 
-/// The config `up` runs with: every Gateway of the example and the corpus on loopback with
-/// ports the OS picks, DNS and admin likewise.
-const UP_CONFIG: &str = "admin: 127.0.0.1:0\ngateway: {bind: 127.0.0.1, accessLog: off}\n\
-gateways:\n  network/envoy-internal: {ports: {80: 0, 443: 0, 22: 0}}\n  network/envoy-external: {ports: {80: 0, 443: 0, 22: 0}}\n\
-dns: {listen: '127.0.0.1:0'}\n";
+/// The config `up` runs with: every Gateway on loopback with ports the OS picks (`ports`:
+/// the listener ports of the manifests' Gateways), DNS and admin likewise.
+fn up_config(ports: &[u16]) -> String {
+    let map: Vec<String> = ports.iter().map(|p| format!("{p}: 0")).collect();
+    let map = map.join(", ");
+    format!(
+        "admin: 127.0.0.1:0\ngateway: {{bind: 127.0.0.1, accessLog: off}}\n\
+         gateways:\n  network/envoy-internal: {{ports: {{{map}}}}}\n  network/envoy-external: {{ports: {{{map}}}}}\n\
+         dns: {{listen: '127.0.0.1:0'}}\n"
+    )
+}
 
 /// One start of `trellis up`: (milliseconds to `ready:`, RSS KiB after 2 s idle).
 fn up_once(bin: &str, config: &Path, args: &[&str]) -> Result<(f64, f64)> {
@@ -84,14 +90,13 @@ pub fn run_up(root: &Path, rounds: usize) -> Result<()> {
     let bin = crate::build_release(root)?;
     let dir = root.join("target/bench/up");
     std::fs::create_dir_all(&dir)?;
-    let config = dir.join("trellis.yaml");
-    std::fs::write(&config, UP_CONFIG)?;
     let example = root.join("examples/home-lab");
     let example_vars = example.join("vars.yaml");
     let corpus = root.join("testdata/home-ops/kubernetes");
-    let cases: [(&str, Vec<String>); 2] = [
+    let cases: [(&str, &[u16], Vec<String>); 2] = [
         (
             "example",
+            &[80, 443],
             vec![
                 "-f".into(),
                 example.display().to_string(),
@@ -99,11 +104,17 @@ pub fn run_up(root: &Path, rounds: usize) -> Result<()> {
                 example_vars.display().to_string(),
             ],
         ),
-        ("corpus", vec!["-f".into(), corpus.display().to_string()]),
+        (
+            "corpus",
+            &[80, 443, 22],
+            vec!["-f".into(), corpus.display().to_string()],
+        ),
     ];
     let mut rows = Vec::new();
-    for (name, args) in &cases {
+    for (name, ports, args) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let config = dir.join(format!("trellis-{name}.yaml"));
+        std::fs::write(&config, up_config(ports))?;
         let (mut ms, mut kib) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let (m, k) = up_once(&bin, &config, &args)?;
@@ -127,23 +138,27 @@ pub fn run_up(root: &Path, rounds: usize) -> Result<()> {
         dir.join("nginx.conf"),
         format!(
             "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\nevents {{}}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
+             http {{ access_log off; client_body_temp_path {d}/nginx-tmp; proxy_temp_path {d}/nginx-tmp; fastcgi_temp_path {d}/nginx-tmp; uwsgi_temp_path {d}/nginx-tmp; scgi_temp_path {d}/nginx-tmp;\n  \
              server {{ listen 127.0.0.1:{nginx_port}; return 200; }} }}\n"
         ),
     )?;
-    std::fs::create_dir_all(dir.join("zones"))?;
+    // Knot in a directory of its own (nginx hands its temporary directories to its worker's
+    // user).
+    let kd = dir.join("knot");
+    std::fs::create_dir_all(kd.join("zones"))?;
     std::fs::write(
-        dir.join("zones/cluster.local.zone"),
+        kd.join("zones/cluster.local.zone"),
         "$ORIGIN cluster.local.\n$TTL 30\n@ SOA ns.dns hostmaster 1 7200 1800 86400 30\n@ NS ns.dns\nns.dns A 127.0.0.1\n",
     )?;
     let knot_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
+    let k = kd.display();
     std::fs::write(
-        dir.join("knot.conf"),
+        kd.join("knot.conf"),
         format!(
-            "server:\n  rundir: \"{d}\"\n  listen: 127.0.0.1@{knot_port}\nlog:\n  - target: stderr\n    any: error\n\
-             database:\n  storage: \"{d}/db\"\ntemplate:\n  - id: default\n    storage: \"{d}/zones\"\n    file: \"%s.zone\"\nzone:\n  - domain: cluster.local\n"
+            "server:\n  rundir: \"{k}\"\n  listen: 127.0.0.1@{knot_port}\nlog:\n  - target: stderr\n    any: error\n\
+             database:\n  storage: \"{k}/db\"\ntemplate:\n  - id: default\n    storage: \"{k}/zones\"\n    file: \"%s.zone\"\nzone:\n  - domain: cluster.local\n"
         ),
     )?;
     let nginx = idle_rss(Command::new("nginx").args([
@@ -152,7 +167,7 @@ pub fn run_up(root: &Path, rounds: usize) -> Result<()> {
         "-g",
         "daemon off;",
     ]))? / 1024.0;
-    let knot = idle_rss(Command::new("knotd").args(["-c", &format!("{d}/knot.conf")]))? / 1024.0;
+    let knot = idle_rss(Command::new("knotd").args(["-c", &format!("{k}/knot.conf")]))? / 1024.0;
 
     println!("\n## trellis up: start-up and idle memory (median of {rounds})\n");
     println!("| manifests | start-up to ready | RSS idle |");
