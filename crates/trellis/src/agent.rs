@@ -184,7 +184,7 @@ fn start_observer(
                 });
                 let served = crate::observe::serve(&obs, observe_listen, ui_listen).await;
                 let flows = obs.flows();
-                let _ = tx.send(served.map(|()| flows));
+                let _ = tx.send(served.map(|_| flows));
                 // Keep the observer (and the server task) alive for the process's lifetime.
                 let _keep = obs;
                 std::future::pending::<()>().await;

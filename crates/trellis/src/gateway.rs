@@ -250,7 +250,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         // Flows: one per request, when --observe-listen is set.
-        let flows = crate::observe::start(&args.observe, &mut registry).await?;
+        let flows = crate::observe::start(&args.observe, &mut registry)
+            .await?
+            .map(|(o, _)| o);
         let pods = Arc::new(crate::observe::Pods::default());
         let observer = flows.as_ref().map(|o| {
             pods.update(&first.snapshot);

@@ -59,12 +59,19 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
+/// Where the flow API and UI were bound (the ports the OS picked for `:0`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bound {
+    pub observer: Option<SocketAddr>,
+    pub ui: Option<SocketAddr>,
+}
+
 /// Starts the flow buffer, its API and its UI when `--observe-listen` or `--ui-listen` is
 /// set; registers the Hubble metrics into `registry`. Needs the runtime.
 pub async fn start(
     args: &ServeArgs,
     registry: &mut prometheus_client::registry::Registry,
-) -> anyhow::Result<Option<observe::Observer>> {
+) -> anyhow::Result<Option<(observe::Observer, Bound)>> {
     if args.observe_listen.is_none() && args.ui_listen.is_none() {
         return Ok(None);
     }
@@ -74,8 +81,8 @@ pub async fn start(
         ..Default::default()
     });
     obs.register(registry);
-    serve(&obs, args.observe_listen, args.ui_listen).await?;
-    Ok(Some(obs))
+    let bound = serve(&obs, args.observe_listen, args.ui_listen).await?;
+    Ok(Some((obs, bound)))
 }
 
 /// Serves the Observer gRPC API and the web UI of `obs` where asked, and says where.
@@ -83,20 +90,23 @@ pub async fn serve(
     obs: &observe::Observer,
     observe_listen: Option<SocketAddr>,
     ui_listen: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Bound> {
+    let mut out = Bound::default();
     if let Some(addr) = observe_listen {
         let bound = observe::spawn(addr, obs)
             .await
             .with_context(|| format!("cannot bind the observer address {addr}"))?;
         eprintln!("observer API (Hubble gRPC) on http://{bound}");
+        out.observer = Some(bound);
     }
     if let Some(addr) = ui_listen {
         let bound = observe::ui::spawn(addr, obs)
             .await
             .with_context(|| format!("cannot bind the UI address {addr}"))?;
         eprintln!("flow UI on http://{bound} (/ /api/flows /api/map /api/status)");
+        out.ui = Some(bound);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Pods by IP, for naming flow endpoints (swapped on reload).

@@ -427,6 +427,8 @@ struct Up {
     metrics: Arc<gateway::metrics::Metrics>,
     access_log: Option<gateway::proxy::AccessLog>,
     flows: Option<observe::Observer>,
+    /// Where the flow API and UI are bound.
+    flows_bound: crate::observe::Bound,
     pods: Arc<crate::observe::Pods>,
     health: Option<crate::health::Prober>,
     /// The latest manifests, for the sync targets' loops (none without targets).
@@ -765,8 +767,8 @@ impl Up {
             serde_json::json!({
                 "started": true,
                 "addresses": {
-                    "observer": self.cfg.observe.observe_listen.map(|a| a.to_string()),
-                    "ui": self.cfg.observe.ui_listen.map(|a| a.to_string()),
+                    "observer": self.flows_bound.observer.map(|a| a.to_string()),
+                    "ui": self.flows_bound.ui.map(|a| a.to_string()),
                 },
             })
         });
@@ -867,7 +869,10 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
         if cfg.dns.is_some() {
             dns_metrics.register(&mut registry);
         }
-        let flows = crate::observe::start(&cfg.observe, &mut registry).await?;
+        let (flows, flows_bound) = match crate::observe::start(&cfg.observe, &mut registry).await? {
+            Some((o, b)) => (Some(o), b),
+            None => (None, crate::observe::Bound::default()),
+        };
         let health = cfg
             .health
             .as_ref()
@@ -906,6 +911,7 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
             dns: None,
             metrics,
             flows,
+            flows_bound,
             pods,
             health,
             sync_latest: None,

@@ -357,6 +357,27 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
     );
     assert_eq!(d["views"], serde_json::json!(["lan", "public"]), "{d:#}");
     assert_eq!(s["components"]["observe"]["started"], true, "{s:#}");
+    // Flows readable with `trellis observe` from the address /status gives (the one bound).
+    let observer = s["components"]["observe"]["addresses"]["observer"]
+        .as_str()
+        .expect("the observer's address")
+        .to_string();
+    assert!(!observer.ends_with(":0"), "{observer}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .args(["observe", "--server", &observer, "--all", "-o", "json"])
+        .output()
+        .expect("trellis observe");
+    let flows = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        flows.contains("https://echo.home.example/hello")
+            && flows.contains("\"dns\":{\"query\":\"echo.home.example.\""),
+        "a request and a query among the flows:\n{flows}"
+    );
     // The same from the command line: `trellis status` reads it and says it is healthy.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_trellis"))
         .args(["status", "--admin", &admin])
