@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
@@ -340,9 +341,12 @@ async fn reply(
         Ok(p) => p,
         Err(formerr) => return formerr,
     };
+    // One span per query that is not answered from the replay cache (debug level: free when
+    // not logged).
+    let span = tracing::debug_span!("query", %peer, transport = ?t, id = p.req().metadata.id);
     let resp = match (p.local.take(), fwd) {
         (Some(r), _) => r,
-        (None, Some(f)) => f.resolve(p.req()).await,
+        (None, Some(f)) => f.resolve(p.req()).instrument(span).await,
         (None, None) => return None,
     };
     let resp = gated(ops, &p, resp, peer).await;

@@ -23,6 +23,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
@@ -191,7 +192,17 @@ pub(crate) async fn serve<S: Client>(
         // Counted before the answer goes out, so that whoever got it sees the count.
         state.metrics.h1_fast.inc();
         let closing = *drain.borrow();
-        let done = exchange(&state, &mut stream, &ex, closing).await;
+        // One span per request (at debug level: free when not logged).
+        let span = tracing::debug_span!(
+            "request",
+            client = %ex.client,
+            route = %ex.action.route,
+            backend = %ex.backend.name,
+            path = "h1",
+        );
+        let done = exchange(&state, &mut stream, &ex, closing)
+            .instrument(span)
+            .await;
         let keep_alive = done.keep_alive;
         // The request stays at the start of the buffer until its record is made.
         let len = ex.len;

@@ -12,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument as _;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -828,8 +829,19 @@ async fn handle(
     scheme: &'static str,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    // One span per request (at debug level: free when not logged).
+    let span = tracing::debug_span!(
+        "request",
+        %peer,
+        port,
+        method = %req.method(),
+        uri = %req.uri(),
+        path = "hyper",
+    );
     let Some(observer) = &state.observer else {
-        return handle_inner(state, port, peer, scheme, req).await;
+        return handle_inner(state, port, peer, scheme, req)
+            .instrument(span)
+            .await;
     };
     // Observed: keep what the record needs before the request is consumed.
     let started = Instant::now();
@@ -840,7 +852,9 @@ async fn handle(
         &request_host(&req),
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
     );
-    let mut resp = handle_inner(state, port, peer, scheme, req).await;
+    let mut resp = handle_inner(state, port, peer, scheme, req)
+        .instrument(span)
+        .await;
     let seen = resp
         .extensions_mut()
         .remove::<crate::record::Seen>()

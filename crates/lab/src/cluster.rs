@@ -620,6 +620,7 @@ fn prior_assignments(state_dir: &Path) -> Result<fabric::Assignments> {
 
 /// Makes the running pods match the manifests, republishes Pod objects and service rows.
 fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> Result<()> {
+    let _span = tracing::info_span!("reconcile", generation = run.generation + 1).entered();
     let previous = run.assignments.clone();
     run.assignments = fabric::assign(
         snapshot,

@@ -17,6 +17,7 @@ use anyhow::Context;
 use dns::sync::provider::Provider;
 use dns::sync::{Changes, SyncConfig};
 use store::watch::{Update, Watch};
+use tracing::Instrument as _;
 
 use crate::SourceArgs;
 
@@ -473,22 +474,24 @@ pub async fn keep(
         }
         if let Some(p) = &provider {
             let load = latest.borrow_and_update().clone();
-            report(
-                match reconcile(Some(p.as_ref()), &load.snapshot, &cfg, None).await {
-                    Ok(o) => Report {
-                        at,
-                        changes: o.planned,
-                        failed: o.failed,
-                        error: None,
-                    },
-                    Err(e) => Report {
-                        at,
-                        changes: 0,
-                        failed: 0,
-                        error: Some(format!("{e:#}")),
-                    },
+            let span = tracing::info_span!("reconcile", provider = %name, owner = %cfg.owner_id);
+            let outcome = reconcile(Some(p.as_ref()), &load.snapshot, &cfg, None)
+                .instrument(span)
+                .await;
+            report(match outcome {
+                Ok(o) => Report {
+                    at,
+                    changes: o.planned,
+                    failed: o.failed,
+                    error: None,
                 },
-            );
+                Err(e) => Report {
+                    at,
+                    changes: 0,
+                    failed: 0,
+                    error: Some(format!("{e:#}")),
+                },
+            });
         }
         // Wait for a manifest change or the interval, whichever comes first.
         tokio::select! {

@@ -26,6 +26,7 @@ use arc_swap::ArcSwap;
 use model::ObjectKey;
 use serde::{Deserialize, Serialize};
 use store::watch::{Update, Watch};
+use tracing::Instrument as _;
 
 use crate::gateway::AccessLogTo;
 use crate::logging::{LogFormat, Logging};
@@ -972,7 +973,10 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
             tokio::select! {
                 _ = refresh.tick(), if up.health.is_some() || up.sync_latest.is_some() => {}
                 u = rx.recv() => match u {
-                    Some(Update::Applied(load)) => up.applied(&load).await?,
+                    Some(Update::Applied(load)) => {
+                        let span = tracing::info_span!("reconcile", generation = up.generation + 1);
+                        up.applied(&load).instrument(span).await?
+                    }
                     Some(Update::Rejected { errors, .. }) => up.rejected(&errors),
                     None => anyhow::bail!("the manifest watcher stopped"),
                 },
