@@ -229,6 +229,9 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
         "/usr/lib/python3/dist-packages/aiosmtpd/__init__.py",
         "python3-aiosmtpd",
     ),
+    // The state backend's etcd (a 3-member cluster on loopback) and etcdctl (compaction).
+    ("/usr/bin/etcd", "etcd-server"),
+    ("/usr/bin/etcdctl", "etcd-client"),
     // Checks the systemd units in dist/.
     ("/usr/bin/systemd-analyze", "systemd"),
 ];

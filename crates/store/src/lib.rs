@@ -11,6 +11,7 @@
 pub mod dir;
 pub mod durable;
 pub mod lease;
+pub mod state;
 pub mod watch;
 
 pub use dir::{Excluded, Load, Options, load};

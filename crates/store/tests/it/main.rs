@@ -5,5 +5,6 @@
 
 mod cases;
 mod corpus;
+mod state;
 mod tree;
 mod watch;

@@ -1,0 +1,360 @@
+//! The state seam against its backends: one conformance run (create-if-absent, swap,
+//! delete, leases, watches) on the in-process backend and on a real 3-member etcd cluster
+//! (Debian's etcd 3.4, started here on loopback); then what only a cluster can show: 100
+//! races for one key through two members (exactly one winner each), pod CIDRs claimed at
+//! once by three nodes, a registration that expires with its lease, a watch whose history
+//! was compacted, one member down (still served) and two down (unavailable), then back
+//! (served again, without anything done by hand).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store::state::alloc;
+use store::state::etcd::Etcd;
+use store::state::memory::Memory;
+use store::state::{Backend, Error, Event};
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// Waits for the next batch of a watch (at most 20 s).
+async fn next(w: &mut store::state::Watch) -> Result<Vec<Event>, Error> {
+    tokio::time::timeout(Duration::from_secs(20), w.events.recv())
+        .await
+        .expect("a watch event within 20 s")
+        .expect("the watch is open")
+}
+
+/// What every backend must do the same way.
+async fn conformance(b: &dyn Backend, root: &str) {
+    let k = |s: &str| format!("{root}{s}");
+    let start = b.list(root).await.expect("list");
+    assert!(start.kvs.is_empty(), "{start:?}");
+    let mut watch = b.watch(root, start.revision).await.expect("watch");
+
+    // Create-if-absent: once.
+    assert!(b.create(&k("a"), b"1", None).await.expect("create"));
+    assert!(!b.create(&k("a"), b"2", None).await.expect("exists"));
+    let a = b.get(&k("a")).await.expect("get").expect("a");
+    assert_eq!(a.value, b"1");
+    // Swap: only from the revision read.
+    assert!(
+        !b.swap(&k("a"), a.mod_revision + 100, b"3", None)
+            .await
+            .expect("stale")
+    );
+    assert!(
+        b.swap(&k("a"), a.mod_revision, b"3", None)
+            .await
+            .expect("swap")
+    );
+    assert!(
+        !b.swap(&k("a"), a.mod_revision, b"4", None)
+            .await
+            .expect("again stale")
+    );
+    assert!(
+        !b.swap(&k("new"), 5, b"x", None)
+            .await
+            .expect("absent, not at 5")
+    );
+    assert!(
+        b.swap(&k("new"), 0, b"x", None)
+            .await
+            .expect("absent is revision 0")
+    );
+    // Delete: only from the revision read.
+    let a = b.get(&k("a")).await.expect("get").expect("a");
+    assert!(
+        !b.delete(&k("a"), a.mod_revision - 1)
+            .await
+            .expect("stale delete")
+    );
+    assert!(b.delete(&k("a"), a.mod_revision).await.expect("delete"));
+    assert_eq!(b.get(&k("a")).await.expect("get"), None);
+    // A value too large never leaves.
+    let big = vec![0u8; store::state::VALUE_BYTES_MAX + 1];
+    assert!(matches!(
+        b.create(&k("big"), &big, None).await,
+        Err(Error::Refused(_))
+    ));
+    // Listing: the prefix only, in key order.
+    let l = b.list(root).await.expect("list");
+    let keys: Vec<&str> = l.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, [k("new")]);
+    assert!(b.list(&k("zzz")).await.expect("list").kvs.is_empty());
+
+    // The watch saw every change in order.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.extend(next(&mut watch).await.expect("events"));
+    }
+    let shape: Vec<String> = seen
+        .iter()
+        .map(|e| match e {
+            Event::Put(kv) => format!(
+                "put {} {}",
+                &kv.key[root.len()..],
+                String::from_utf8_lossy(&kv.value)
+            ),
+            Event::Delete { key, .. } => format!("delete {}", &key[root.len()..]),
+        })
+        .collect();
+    assert_eq!(shape, ["put a 1", "put a 3", "put new x", "delete a"]);
+
+    // Leases: keys on a revoked lease go; a lease that does not exist is refused.
+    let lease = b.grant(Duration::from_secs(30)).await.expect("grant");
+    assert!(
+        b.create(&k("leased"), b"l", Some(lease))
+            .await
+            .expect("leased")
+    );
+    assert!(b.keep_alive(lease).await.expect("keep alive").is_some());
+    b.revoke(lease).await.expect("revoke");
+    assert_eq!(b.get(&k("leased")).await.expect("get"), None);
+    assert_eq!(b.keep_alive(lease).await.expect("gone lease"), None);
+    assert!(matches!(
+        b.create(&k("orphan"), b"o", Some(lease)).await,
+        Err(Error::Refused(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_memory_backend_conforms() {
+    conformance(&Memory::default(), "/t/").await;
+}
+
+/// One etcd member: its command line, so that it can be stopped and started again with its
+/// data.
+struct Member {
+    args: Vec<String>,
+    client: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn start(&mut self) {
+        self.child = Some(
+            Command::new(ETCD)
+                .args(&self.args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("etcd starts (apt-get install etcd-server)"),
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A 3-member etcd cluster on loopback, stopped (and its data removed) on drop.
+struct Cluster {
+    members: Vec<Member>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.stop();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        assert!(
+            std::path::Path::new(ETCD).exists(),
+            "{ETCD} missing: apt-get install etcd-server"
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members: Vec<Member> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| Member {
+                client: format!("127.0.0.1:{client}"),
+                args: vec![
+                    format!("--name=m{i}"),
+                    format!("--data-dir={}", dir.path().join(format!("m{i}")).display()),
+                    format!("--listen-client-urls=http://127.0.0.1:{client}"),
+                    format!("--advertise-client-urls=http://127.0.0.1:{client}"),
+                    format!("--listen-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"),
+                    format!("--initial-cluster={}", initial.join(",")),
+                    "--initial-cluster-state=new".into(),
+                    format!(
+                        "--initial-cluster-token=trellis-test-{}",
+                        std::process::id()
+                    ),
+                    // Fast elections, so that the tests do not wait on defaults.
+                    "--heartbeat-interval=50".into(),
+                    "--election-timeout=500".into(),
+                    "--log-level=error".into(),
+                    "--logger=zap".into(),
+                ],
+                child: None,
+            })
+            .collect();
+        for m in &mut members {
+            m.start();
+        }
+        Cluster { members, _dir: dir }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+}
+
+/// Retries `f` until it succeeds (at most `secs`); the backend coming up or back.
+async fn until_ok<T>(secs: u64, mut f: impl AsyncFnMut() -> Result<T, Error>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("still failing after {secs} s: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_conforms_and_survives_a_member_but_not_two() {
+    let mut cluster = Cluster::start();
+    let eps = cluster.endpoints();
+    let b = Arc::new(
+        Etcd::connect(&eps, Duration::from_secs(3))
+            .await
+            .expect("client"),
+    );
+    until_ok(30, async || b.list("/").await).await;
+    conformance(b.as_ref(), "/conformance/").await;
+
+    // 100 races for one key, through two different members: exactly one winner each time.
+    let one = Etcd::connect(&eps[..1], Duration::from_secs(3))
+        .await
+        .expect("client");
+    let two = Etcd::connect(&eps[1..2], Duration::from_secs(3))
+        .await
+        .expect("client");
+    for i in 0..100 {
+        let item = format!("10.10.30.{}", i % 250);
+        let kind = format!("race{i}");
+        let (a, c) = tokio::join!(
+            alloc::claim(&one, &kind, &item, "network/a"),
+            alloc::claim(&two, &kind, &item, "network/b"),
+        );
+        let (a, c) = (a.expect("a"), c.expect("b"));
+        assert!(a ^ c, "round {i}: a {a}, b {c}");
+    }
+
+    // Three nodes claim pod CIDRs at once: three distinct ones, each stable.
+    let pool: ipnet::Ipv4Net = "10.69.0.0/16".parse().expect("pool");
+    let (x, y, z) = tokio::join!(
+        alloc::claim_pod_cidr(&one, "node-1", pool, 24),
+        alloc::claim_pod_cidr(&two, "node-2", pool, 24),
+        alloc::claim_pod_cidr(b.as_ref(), "node-3", pool, 24),
+    );
+    let cidrs = [x.expect("1"), y.expect("2"), z.expect("3")];
+    assert!(
+        cidrs[0] != cidrs[1] && cidrs[1] != cidrs[2] && cidrs[0] != cidrs[2],
+        "{cidrs:?}"
+    );
+    assert_eq!(
+        alloc::claim_pod_cidr(&two, "node-1", pool, 24).await,
+        Ok(cidrs[0])
+    );
+
+    // A registration that is not renewed goes with its lease (the watch says when).
+    let before = b.list("/trellis/v1/nodes/").await.expect("list");
+    let mut w = b
+        .watch("/trellis/v1/nodes/", before.revision)
+        .await
+        .expect("watch");
+    let reg = alloc::register_node(b.as_ref(), "node-9", b"{}", Duration::from_secs(2))
+        .await
+        .expect("register");
+    assert!(matches!(
+        next(&mut w).await.expect("put")[..],
+        [Event::Put(_)]
+    ));
+    assert!(
+        alloc::register_node(&one, "node-9", b"{}", Duration::from_secs(2))
+            .await
+            .is_err(),
+        "the name is taken while the first agent lives"
+    );
+    let gone = next(&mut w).await.expect("expiry");
+    assert!(
+        matches!(&gone[..], [Event::Delete { key, .. }] if key.ends_with("/node-9")),
+        "{gone:?}"
+    );
+    assert!(!reg.renew(b.as_ref()).await.expect("renew after expiry"));
+
+    // A watch from a compacted revision is told to list again.
+    let r = b.list("/").await.expect("list").revision;
+    b.create("/compact/x", b"1", None).await.expect("put");
+    let out = Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &eps.join(","),
+            "compact",
+            &(r + 1).to_string(),
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .expect("etcdctl (apt-get install etcd-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (etcd creates the watch, then cancels it with the compaction: the first answer.)
+    match b.watch("/compact/", r - 1).await {
+        Err(Error::Compacted(_)) => {}
+        Ok(mut w) => {
+            let first = next(&mut w).await;
+            assert!(matches!(first, Err(Error::Compacted(_))), "{first:?}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+
+    // One member down: still served.
+    cluster.members[0].stop();
+    until_ok(30, async || b.create("/quorum/one-down", b"1", None).await).await;
+    // Two down: no quorum; every call is unavailable, nothing is decided.
+    cluster.members[1].stop();
+    let e = b
+        .create("/quorum/two-down", b"1", None)
+        .await
+        .expect_err("no quorum");
+    assert!(matches!(e, Error::Unavailable(_)), "{e}");
+    // Back: served again without anything done by hand. (The write that timed out may or may
+    // not have been committed: a caller reads before it decides, as the claims do.)
+    cluster.members[0].start();
+    cluster.members[1].start();
+    until_ok(60, async || b.create("/quorum/back", b"1", None).await).await;
+    assert!(b.get("/quorum/one-down").await.expect("get").is_some());
+}
