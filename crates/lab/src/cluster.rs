@@ -25,8 +25,8 @@ use ipnet::Ipv4Net;
 use crate::netns;
 use crate::schedule::{self, PodPlan};
 use crate::state::{
-    ASSIGNMENTS_FILE, ClientState, LabState, NodeState, PODS_FILE, PodState, ScalingRow,
-    ServiceRow, read_assignments, write_assignments, write_file,
+    ASSIGNMENTS_FILE, ClientState, EtcdMember, LabState, NodeState, PODS_FILE, PodState,
+    ScalingRow, ServiceRow, read_assignments, write_assignments, write_file,
 };
 
 /// The lab's address plan (the seed's: LAN 10.10.30.0/24, pods 10.69.0.0/16, services
@@ -116,6 +116,9 @@ pub struct LabConfig {
     /// toFQDNs: the shortest time an answered address stays open (the agents' default when
     /// `None`).
     pub fqdn_min_ttl_s: Option<u64>,
+    /// The nodes share state through a 3-member etcd on the LAN (one member per node, the
+    /// first three nodes) instead of this machine's files only.
+    pub etcd: bool,
 }
 
 impl LabConfig {
@@ -284,6 +287,7 @@ fn initial_state(cfg: &LabConfig) -> LabState {
         pods: Vec::new(),
         services: Vec::new(),
         scaling: Vec::new(),
+        etcd: Vec::new(),
         ready: false,
     }
 }
@@ -297,6 +301,9 @@ fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Res
     build_network(&run.state)?;
     start_vlan_devices(cfg, run)?;
     let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
+    if cfg.etcd {
+        start_etcd(cfg, run)?;
+    }
     write_pods(&cfg.state_dir, &[], 0)?;
     let first = store::load(&cfg.manifests, &cfg.options);
     run.assignments = fabric::assign(
@@ -336,6 +343,79 @@ fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Res
         }
     });
     Ok(())
+}
+
+/// etcd's client and peer ports on a node's LAN address.
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+/// How long the etcd cluster may take to elect a leader and answer.
+const ETCD_READY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Starts one etcd member in each of the first three nodes' namespaces, on their LAN
+/// addresses, and waits until the cluster answers (`etcdctl endpoint health` from a node).
+/// The members die with their namespaces (`lab down`).
+fn start_etcd(cfg: &LabConfig, run: &mut Running) -> Result<()> {
+    let members: Vec<NodeState> = run.state.nodes.iter().take(3).cloned().collect();
+    let initial: Vec<String> = members
+        .iter()
+        .map(|n| format!("{}=http://{}:{ETCD_PEER_PORT}", n.name, n.lan_ip))
+        .collect();
+    for n in &members {
+        let client = format!("{}:{ETCD_CLIENT_PORT}", n.lan_ip);
+        let log = log_file(cfg, &format!("etcd-{}", n.name))?;
+        let child = netns::command_in(&n.netns, "etcd")
+            .args([
+                &format!("--name={}", n.name),
+                &format!(
+                    "--data-dir={}",
+                    cfg.state_dir.join("etcd").join(&n.name).display()
+                ),
+                &format!("--listen-client-urls=http://{client}"),
+                &format!("--advertise-client-urls=http://{client}"),
+                &format!("--listen-peer-urls=http://{}:{ETCD_PEER_PORT}", n.lan_ip),
+                &format!(
+                    "--initial-advertise-peer-urls=http://{}:{ETCD_PEER_PORT}",
+                    n.lan_ip
+                ),
+                &format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=new",
+                &format!("--initial-cluster-token={}etcd", cfg.prefix()),
+                "--log-level=warn",
+                "--logger=zap",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| {
+                format!("starting etcd on {} (apt-get install etcd-server)", n.name)
+            })?;
+        run.state.etcd.push(EtcdMember {
+            node: n.name.clone(),
+            client,
+            pid: child.id(),
+        });
+    }
+    let endpoints: Vec<String> = run.state.etcd.iter().map(|m| m.client.clone()).collect();
+    let deadline = std::time::Instant::now() + ETCD_READY_MAX;
+    loop {
+        let ok = netns::command_in(&members[0].netns, "etcdctl")
+            .args(["--endpoints", &endpoints.join(","), "endpoint", "health"])
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "the lab's etcd did not answer within {ETCD_READY_MAX:?} (logs: {})",
+                cfg.state_dir.join("logs").display()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn build_network(s: &LabState) -> Result<()> {
@@ -485,6 +565,10 @@ pub struct AgentConfig {
     /// answer's TTL when longer).
     #[serde(default)]
     pub fqdn_min_ttl_s: Option<u64>,
+    /// The shared state backend (`etcd://HOST:PORT,...`): the agent registers its node there
+    /// and claims its pod CIDR; none: the lab's files only.
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 /// Under the lab's state directory: the agents' toFQDNs sockets (`<node>.sock`), the
@@ -528,6 +612,16 @@ fn start_agent(
                 .join(format!("{}.sock", node.name)),
         ),
         fqdn_min_ttl_s: cfg.fqdn_min_ttl_s,
+        state: (!s.etcd.is_empty()).then(|| {
+            format!(
+                "etcd://{}",
+                s.etcd
+                    .iter()
+                    .map(|m| m.client.clone())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        }),
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_file(&path, &serde_json::to_vec_pretty(&conf)?)?;

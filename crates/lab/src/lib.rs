@@ -187,6 +187,13 @@ pub fn status_text(s: &LabState) -> String {
             );
         }
     }
+    for m in &s.etcd {
+        let _ = writeln!(
+            out,
+            "etcd      {:<14} member on {} (pid {})",
+            m.client, m.node, m.pid
+        );
+    }
     if !s.scaling.is_empty() {
         let _ = writeln!(
             out,

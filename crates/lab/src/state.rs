@@ -38,8 +38,20 @@ pub struct LabState {
     /// The ScaledObjects the lab's scaler runs, and what each decided.
     #[serde(default)]
     pub scaling: Vec<ScalingRow>,
+    /// The etcd members (`lab up --state etcd`); none with the embedded state.
+    #[serde(default)]
+    pub etcd: Vec<EtcdMember>,
     /// The supervisor finished bringing the lab up.
     pub ready: bool,
+}
+
+/// One etcd member of the lab.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EtcdMember {
+    pub node: String,
+    /// `ip:port` its clients use (on the LAN).
+    pub client: String,
+    pub pid: u32,
 }
 
 /// One ScaledObject as `lab status` shows it: its target, the replicas it set, KEDA's

@@ -436,6 +436,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .node_ips
         .get(&conf.node)
         .with_context(|| format!("node {} has no address in node_ips", conf.node))?;
+    if let Some(state) = &conf.state {
+        let info = serde_json::json!({"lanIp": node_ip, "podCidr": conf.pod_cidr, "labels": conf.node_labels});
+        crate::registry::start(state, &conf.node, info, conf.pod_cidr)
+            .with_context(|| format!("node {}: the state backend {state}", conf.node))?;
+    }
     datapath::load(&conf.pin_dir).context("loading the datapath")?;
     datapath::attach_netdev(&conf.pin_dir, &conf.lan_interface)
         .with_context(|| format!("attaching to {}", conf.lan_interface))?;

@@ -44,6 +44,11 @@ pub struct UpFlags {
     /// (the answer's TTL when longer; 60 when not given).
     #[arg(long, value_name = "SECONDS")]
     pub fqdn_min_ttl: Option<u64>,
+    /// Where the nodes share state: `embedded` (files on this machine) or `etcd` (a
+    /// 3-member etcd cluster on the lab's LAN, one member per node; the agents register
+    /// their nodes and claim their pod CIDRs there).
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
+    pub state: String,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -191,6 +196,7 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
             .map(|v| std::path::absolute(v).unwrap_or(v.clone())),
         flows: !up.no_flows,
         fqdn_min_ttl_s: up.fqdn_min_ttl,
+        etcd: up.state == "etcd",
         // Absolute: the CNI plugin and the agents run elsewhere (CNI requires it).
         state_dir: std::path::absolute(&lab.state_dir).unwrap_or(lab.state_dir.clone()),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,
@@ -456,6 +462,7 @@ fn up(source: &SourceArgs, lab: &LabFlags, flags: &UpFlags) -> Result<lab::LabSt
     if let Some(t) = flags.fqdn_min_ttl {
         cmd.arg("--fqdn-min-ttl").arg(t.to_string());
     }
+    cmd.arg("--state").arg(&flags.state);
     eprintln!(
         "building a {nodes}-node lab (state in {}) ...",
         lab.state_dir.display()
@@ -492,6 +499,7 @@ fn demo(
             lb_mode: "dsr".into(),
             no_flows: false,
             fqdn_min_ttl: None,
+            state: "embedded".into(),
         },
     )?;
     // From here on, tear down whatever happens.

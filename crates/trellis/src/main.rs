@@ -12,6 +12,7 @@ mod health;
 mod lab;
 mod logging;
 mod observe;
+mod registry;
 mod secret;
 mod status;
 mod sync;

@@ -140,6 +140,19 @@ pub async fn claim_pod_cidr(
     )))
 }
 
+/// Claims a pod CIDR chosen elsewhere (the lab's plan, a node's config) for `node`:
+/// `Ok(true)` when it is the node's (now or already), `Ok(false)` when another node has it.
+pub async fn own_pod_cidr(b: &dyn Backend, node: &str, cidr: Ipv4Net) -> Result<bool, Error> {
+    check_name("node", node)?;
+    let k = key(&["podcidr", &cidr.to_string().replace('/', "_")]);
+    if b.create(&k, node.as_bytes(), None).await? {
+        return Ok(true);
+    }
+    Ok(b.get(&k)
+        .await?
+        .is_some_and(|kv| kv.value == node.as_bytes()))
+}
+
 /// Claims `item` of `kind` (an LB address, a node port) for `owner`: `Ok(true)` when it is
 /// the owner's (now or already), `Ok(false)` when another owner has it.
 pub async fn claim(b: &dyn Backend, kind: &str, item: &str, owner: &str) -> Result<bool, Error> {

@@ -732,3 +732,101 @@ spec:
     );
     assert!(text.contains("not started: "), "{text}");
 }
+
+/// The lab on a 3-member etcd on its LAN (`lab up --state etcd`): every agent registers its
+/// node and claims its pod CIDR there; the services work as on the embedded state; with one
+/// member killed the cluster still answers; with two killed (no quorum) the agents say the
+/// backend is unavailable and the datapath keeps forwarding with its maps.
+#[test]
+fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
+    require_root();
+    let name = format!("e{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    write_manifests(&manifests, 2);
+    let state_dir = dir.path().join("state");
+    let lab = Lab::up_with(&manifests, None, &name, &state_dir, &["--state", "etcd"]);
+    let s = lab.state();
+    let members: Vec<(String, u32)> = s["etcd"]
+        .as_array()
+        .expect("etcd members")
+        .iter()
+        .map(|m| {
+            (
+                m["client"].as_str().expect("client").to_string(),
+                m["pid"].as_u64().expect("pid") as u32,
+            )
+        })
+        .collect();
+    assert_eq!(members.len(), 3, "{s}");
+    let endpoints = members
+        .iter()
+        .map(|m| m.0.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcdctl = |args: &[&str]| {
+        let mut argv = vec!["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &endpoints];
+        argv.extend(["--command-timeout", "3s"]);
+        argv.extend(args);
+        lab.exec("node-1", &argv)
+    };
+    // Every node registered on its lease, every pod CIDR claimed by its node.
+    let want = |keys: &str| {
+        (1..=3).all(|i| keys.contains(&format!("/trellis/v1/nodes/node-{i}")))
+            && keys.matches("/trellis/v1/podcidr/10.69.").count() == 3
+    };
+    let start = Instant::now();
+    let keys = loop {
+        let (_, keys) = etcdctl(&["get", "--prefix", "/trellis/v1/", "--keys-only"]);
+        if want(&keys) {
+            break keys;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "registrations missing:\n{keys}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (_, owner) = etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/trellis/v1/podcidr/10.69.1.0_24",
+    ]);
+    assert_eq!(owner.trim(), "node-1", "{keys}");
+    // Services as on the embedded state.
+    lab.curl("client", "http://10.10.30.11:30080/")
+        .expect("the NodePort answers");
+
+    let kill = |pid: u32| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    // One member down: the cluster still answers.
+    kill(members[2].1);
+    let (code, _) = etcdctl(&["put", "/probe/one-down", "1"]);
+    assert_eq!(code, 0, "a write with one member down");
+    // Two down: no quorum. The agents say so; the datapath keeps forwarding.
+    kill(members[1].1);
+    let (code, _) = etcdctl(&["put", "/probe/two-down", "1"]);
+    assert_ne!(code, 0, "a write without quorum");
+    let log = state_dir.join("logs/agent-node-1.log");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("state backend unavailable") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the agent never said the backend is unavailable:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for _ in 0..5 {
+        lab.curl("client", "http://10.10.30.12:30080/")
+            .expect("forwarding without the state backend");
+    }
+}
