@@ -17,6 +17,7 @@ mod bench_cni;
 mod bench_datapath;
 mod bench_dns;
 mod bench_gateway;
+mod bench_state;
 mod bench_up;
 mod dist;
 mod proc;
@@ -55,6 +56,7 @@ fn main() -> Result<()> {
             }
             Some("cni") => bench_cni::run(&root, env_or("ITERATIONS", 50)),
             Some("up") => bench_up::run_up(&root, env_or("ROUNDS", 5)),
+            Some("state") => bench_state::run(&root, env_or("CLAIMS", 1000)),
             Some("health") => {
                 bench_up::run_health(&root, env_or("ENDPOINTS", 1000), env_or("SECONDS", 30))
             }
@@ -65,7 +67,7 @@ fn main() -> Result<()> {
             }
             Some(other) => {
                 bail!(
-                    "unknown benchmark {other:?} (load, gateway, dns, datapath, cni, fqdn, policy, up, health)"
+                    "unknown benchmark {other:?} (load, gateway, dns, datapath, cni, fqdn, policy, up, health, state)"
                 )
             }
         },
@@ -94,7 +96,7 @@ fn main() -> Result<()> {
         }
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy|up|health]|fuzz [target] [seconds]|fuzz-all [seconds]|dist [profile]|ebpf>"
+                "usage: cargo xtask <test|demo [lab|loopback] [--no-wait]|bench [load|gateway|dns|datapath|cni|fqdn|policy|up|health|state]|fuzz [target] [seconds]|fuzz-all [seconds]|dist [profile]|ebpf>"
             );
             bail!("unknown or missing xtask command")
         }

@@ -14,6 +14,7 @@ mod logging;
 mod observe;
 mod registry;
 mod secret;
+mod state;
 mod status;
 mod sync;
 mod up;
@@ -145,6 +146,9 @@ enum Command {
     Health(health::Args),
     /// Print the status of a running trellis from its admin endpoint (`up`, `gateway`, `dns`).
     Status(status::Args),
+    /// What the nodes share in the state backend (`--state etcd://...`): list it, or
+    /// measure the claim latency.
+    State(state::Args),
     /// Print the completion script of a shell (`source <(trellis completions bash)`).
     Completions {
         #[arg(value_enum)]
@@ -167,6 +171,7 @@ fn main() -> ExitCode {
         Command::Dns(args) => dns::run(&args),
         Command::Observe(args) => observe::run(&args),
         Command::Sync(args) => sync::run(&args),
+        Command::State(args) => state::run(&args),
         Command::Lab(args) => lab::run(&args),
         Command::Agent(args) => agent::run(&args),
         Command::Up(args) => up::run(&args, cli.log_format),

@@ -5,6 +5,7 @@
 
 mod cases;
 mod corpus;
+mod etcd_cluster;
 mod state;
 mod tree;
 mod watch;

@@ -794,6 +794,25 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
         "/trellis/v1/podcidr/10.69.1.0_24",
     ]);
     assert_eq!(owner.trim(), "node-1", "{keys}");
+    // The same through `trellis state ls`.
+    let state = format!("etcd://{endpoints}");
+    let (code, listed) = lab.exec(
+        "node-1",
+        &[
+            env!("CARGO_BIN_EXE_trellis"),
+            "state",
+            "--state",
+            &state,
+            "ls",
+        ],
+    );
+    assert_eq!(code, 0, "{listed}");
+    assert!(
+        listed.contains("nodes/node-2")
+            && listed.contains("podcidr/10.69.1.0_24")
+            && listed.contains(" node-1"),
+        "{listed}"
+    );
     // Services as on the embedded state.
     lab.curl("client", "http://10.10.30.11:30080/")
         .expect("the NodePort answers");

@@ -1,0 +1,59 @@
+//! `cargo xtask bench state`: the claim latency of the state seam on a 3-member etcd (Debian's,
+//! on loopback) against the in-process backend, with `trellis state bench` (release build).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+
+#[path = "../../crates/store/tests/it/etcd_cluster.rs"]
+mod etcd_cluster;
+
+fn bench(bin: &str, state: &str, claims: usize) -> Result<String> {
+    let out = Command::new(bin)
+        .args([
+            "state",
+            "--state",
+            state,
+            "bench",
+            "--claims",
+            &claims.to_string(),
+        ])
+        .output()
+        .context("trellis state bench")?;
+    ensure!(
+        out.status.success(),
+        "trellis state bench on {state}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn run(root: &Path, claims: usize) -> Result<()> {
+    crate::ensure_packages(&[("/usr/bin/etcd", "etcd-server")])?;
+    let bin = crate::build_release(root)?;
+    let cluster = etcd_cluster::Cluster::start();
+    let state = format!("etcd://{}", cluster.endpoints().join(","));
+    // The cluster answers once it has a leader.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while Command::new(&bin)
+        .args(["state", "--state", &state, "ls"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "etcd did not answer in 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let etcd = bench(&bin, &state, claims)?;
+    let memory = bench(&bin, "memory", claims)?;
+    println!("\n## State backend: claim latency, {claims} claims one after another\n");
+    println!("| backend | result |");
+    println!("|---|---|");
+    println!("| etcd, 3 members on loopback | {etcd} |");
+    println!("| in-process | {memory} |");
+    Ok(())
+}
