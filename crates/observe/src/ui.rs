@@ -8,6 +8,7 @@
 //! | `/api/flows?FILTERS` | Server-Sent Events: the last [`REPLAY_FLOWS_MAX`] flows that pass, then new ones (`event: flow`, `event: lost`) |
 //! | `/api/map?FILTERS` | the service map of the flows in the buffer that pass ([`crate::map`]) |
 //! | `/api/status` | node name, flows stored / seen, events lost |
+//! | `/api/v1/endpoints/...` | health probe results in Gatus's API, where the process probes (`spawn`'s `health`); 404 elsewhere |
 //!
 //! FILTERS are the flags of `trellis observe` as query-string keys ([`crate::query`]), so
 //! `?http-status=5%2B&from-pod=apps/` is `--http-status 5+ --from-pod apps/`. The flow
@@ -191,10 +192,14 @@ fn flows(service: &Service, query: Option<&str>) -> Response<Body> {
     r
 }
 
+/// Where the page reads health results (Gatus's API), when the process probes.
+pub type Health = Option<httpkit::Handler>;
+
 async fn handle(
     req: http::Request<hyper::body::Incoming>,
     observer: Observer,
     service: Service,
+    health: Health,
 ) -> Result<Response<Body>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(full(
@@ -211,6 +216,25 @@ async fn handle(
         "/api/status" => status(&observer),
         "/api/map" => service_map(&observer, query),
         "/api/flows" => flows(&service, query),
+        p if p.starts_with("/api/v1/endpoints/") => match &health {
+            Some(h) => {
+                let mut inner = http::Request::new(Bytes::new());
+                *inner.uri_mut() = req.uri().clone();
+                let answer = h(inner).await;
+                let status = answer.status();
+                let ctype = if status.is_success() {
+                    "application/json"
+                } else {
+                    "text/plain"
+                };
+                full(status, ctype, answer.into_body())
+            }
+            None => full(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "no health probes in this process\n",
+            ),
+        },
         _ => full(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -220,7 +244,11 @@ async fn handle(
 }
 
 /// Binds `addr` and serves the UI there in a task; returns the bound address.
-pub async fn spawn(addr: SocketAddr, observer: &Observer) -> std::io::Result<SocketAddr> {
+pub async fn spawn(
+    addr: SocketAddr,
+    observer: &Observer,
+    health: Health,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let observer = observer.clone();
@@ -237,10 +265,10 @@ pub async fn spawn(addr: SocketAddr, observer: &Observer) -> std::io::Result<Soc
                     continue;
                 }
             };
-            let (observer, service) = (observer.clone(), service.clone());
+            let (observer, service, health) = (observer.clone(), service.clone(), health.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
-                    handle(req, observer.clone(), service.clone())
+                    handle(req, observer.clone(), service.clone(), health.clone())
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)

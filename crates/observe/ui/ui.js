@@ -239,7 +239,60 @@ $("clear").addEventListener("click", () => {
   connect();
 });
 
+// Health probe results (Gatus's API, /api/v1/endpoints/statuses) where the process probes;
+// the section stays hidden where it does not (404).
+const HEALTH_MS = 5000;
+async function health() {
+  let list;
+  try {
+    const r = await fetch("api/v1/endpoints/statuses?pageSize=20");
+    if (!r.ok) {
+      $("health-section").hidden = true;
+      return;
+    }
+    list = await r.json();
+  } catch (_) {
+    return;
+  }
+  $("health-section").hidden = false;
+  const body = $("health-rows");
+  body.replaceChildren();
+  let healthy = 0;
+  for (const ep of list) {
+    const results = ep.results || [];
+    const last = results[results.length - 1];
+    if (last && last.success) healthy++;
+    const tr = document.createElement("tr");
+    tr.dataset.key = ep.key;
+    tr.className = last && last.success ? "healthy" : "unhealthy";
+    cell(tr, ep.group || "");
+    cell(tr, ep.name || "");
+    const bars = document.createElement("td");
+    for (const r of results) {
+      const b = document.createElement("span");
+      b.className = "result " + (r.success ? "ok" : "fail");
+      const conds = (r.conditionResults || [])
+        .map((c) => (c.success ? "✓ " : "✗ ") + c.condition)
+        .join("\n");
+      b.title = r.timestamp + "\n" + conds + (r.errors ? "\n" + r.errors.join("\n") : "");
+      bars.appendChild(b);
+    }
+    tr.appendChild(bars);
+    let text = "-";
+    if (last) {
+      text = (last.success ? "ok" : "FAIL") + (last.status ? " " + last.status : "") +
+        " " + Math.round(last.duration / 1e6) + " ms";
+      if (last.errors) text += " " + last.errors.join("; ");
+    }
+    cell(tr, text);
+    body.appendChild(tr);
+  }
+  $("health-count").textContent = healthy + " of " + list.length + " healthy";
+}
+
 fillForm();
 connect();
 refresh();
 setInterval(refresh, REFRESH_MS);
+health();
+setInterval(health, HEALTH_MS);

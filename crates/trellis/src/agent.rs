@@ -182,7 +182,7 @@ fn start_observer(
                     node_name: node,
                     ..Default::default()
                 });
-                let served = crate::observe::serve(&obs, observe_listen, ui_listen).await;
+                let served = crate::observe::serve(&obs, observe_listen, ui_listen, None).await;
                 let flows = obs.flows();
                 let _ = tx.send(served.map(|_| flows));
                 // Keep the observer (and the server task) alive for the process's lifetime.

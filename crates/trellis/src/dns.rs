@@ -214,7 +214,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let webhook_counters = dns::sync::http::ServerCounters::default();
         webhook_counters.register(registry.sub_registry_with_prefix("trellis_dns_webhook"));
         // Flows: one per query, when --observe-listen is set.
-        let flows = crate::observe::start(&args.observe, &mut registry)
+        let flows = crate::observe::start(&args.observe, &mut registry, None)
             .await?
             .map(|(o, _)| o);
         let pods = Arc::new(crate::observe::Pods::default());

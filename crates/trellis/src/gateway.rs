@@ -250,7 +250,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         // Flows: one per request, when --observe-listen is set.
-        let flows = crate::observe::start(&args.observe, &mut registry)
+        let flows = crate::observe::start(&args.observe, &mut registry, None)
             .await?
             .map(|(o, _)| o);
         let pods = Arc::new(crate::observe::Pods::default());

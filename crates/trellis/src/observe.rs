@@ -71,6 +71,7 @@ pub struct Bound {
 pub async fn start(
     args: &ServeArgs,
     registry: &mut prometheus_client::registry::Registry,
+    health: observe::ui::Health,
 ) -> anyhow::Result<Option<(observe::Observer, Bound)>> {
     if args.observe_listen.is_none() && args.ui_listen.is_none() {
         return Ok(None);
@@ -81,15 +82,17 @@ pub async fn start(
         ..Default::default()
     });
     obs.register(registry);
-    let bound = serve(&obs, args.observe_listen, args.ui_listen).await?;
+    let bound = serve(&obs, args.observe_listen, args.ui_listen, health).await?;
     Ok(Some((obs, bound)))
 }
 
-/// Serves the Observer gRPC API and the web UI of `obs` where asked, and says where.
+/// Serves the Observer gRPC API and the web UI of `obs` where asked, and says where. The UI
+/// shows health results when `health` is given.
 pub async fn serve(
     obs: &observe::Observer,
     observe_listen: Option<SocketAddr>,
     ui_listen: Option<SocketAddr>,
+    health: observe::ui::Health,
 ) -> anyhow::Result<Bound> {
     let mut out = Bound::default();
     if let Some(addr) = observe_listen {
@@ -100,7 +103,7 @@ pub async fn serve(
         out.observer = Some(bound);
     }
     if let Some(addr) = ui_listen {
-        let bound = observe::ui::spawn(addr, obs)
+        let bound = observe::ui::spawn(addr, obs, health)
             .await
             .with_context(|| format!("cannot bind the UI address {addr}"))?;
         eprintln!("flow UI on http://{bound} (/ /api/flows /api/map /api/status)");
@@ -540,7 +543,7 @@ async fn relay(
         .await
         .map_err(|s| rpc_error("GetFlows", &s))?
         .into_inner();
-    serve(&obs, None, Some(addr)).await?;
+    serve(&obs, None, Some(addr), None).await?;
     loop {
         let next = tokio::select! {
             m = stream.message() => m,

@@ -870,14 +870,16 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
         if cfg.dns.is_some() {
             dns_metrics.register(&mut registry);
         }
-        let (flows, flows_bound) = match crate::observe::start(&cfg.observe, &mut registry).await? {
-            Some((o, b)) => (Some(o), b),
-            None => (None, crate::observe::Bound::default()),
-        };
         let health = cfg
             .health
             .as_ref()
             .map(|p| crate::health::Prober::start(p, &mut registry, false));
+        let api = health.as_ref().map(|h| h.statuses.handler());
+        let (flows, flows_bound) =
+            match crate::observe::start(&cfg.observe, &mut registry, api.clone()).await? {
+                Some((o, b)) => (Some(o), b),
+                None => (None, crate::observe::Bound::default()),
+            };
         let pods = Arc::new(crate::observe::Pods::default());
         if flows.is_some() {
             pods.update(&first.snapshot);
@@ -885,7 +887,6 @@ pub fn run(args: &Args, log_format: Option<LogFormat>) -> anyhow::Result<ExitCod
         let status = Arc::new(ArcSwap::from_pointee(serde_json::json!({"ready": false})));
         let registry = Arc::new(registry);
         if let Some(addr) = cfg.admin {
-            let api = health.as_ref().map(|h| h.statuses.handler());
             let a = gateway::admin::start(addr, registry.clone(), status.clone(), api)
                 .await
                 .with_context(|| format!("cannot bind the admin address {addr}"))?;

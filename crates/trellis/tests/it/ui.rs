@@ -13,7 +13,7 @@ use super::{bound_addr, curl_headers, within};
 
 /// A chromedriver with one browser session; both end when this is dropped (the session is
 /// deleted, which closes the browser, then chromedriver's process group is killed).
-struct Browser {
+pub(crate) struct Browser {
     driver: Child,
     base: String,
     session: String,
@@ -78,7 +78,7 @@ fn webdriver(method: &str, url: &str, body: Option<&Value>) -> Result<Value, Str
 
 impl Browser {
     /// Starts chromedriver on a port it picks and opens a headless Chromium session.
-    fn start() -> Browser {
+    pub(crate) fn start() -> Browser {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
         let mut driver = Command::new("chromedriver")
@@ -147,12 +147,12 @@ impl Browser {
         webdriver(method, &url, body).unwrap_or_else(|e| panic!("WebDriver: {e}"))
     }
 
-    fn goto(&self, url: &str) {
+    pub(crate) fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(&json!({"url": url})));
     }
 
     /// Runs `body` (a function body) in the page; its return value.
-    fn script(&self, body: &str) -> Value {
+    pub(crate) fn script(&self, body: &str) -> Value {
         self.call(
             "POST",
             "/execute/sync",

@@ -231,7 +231,7 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
         "manifests: [home-lab, local]\nvars: home-lab/vars.yaml\n\
          gateway: {bind: 127.0.0.1, accessLog: off, drainTimeout: 20s}\n\
          gateways:\n  network/envoy-internal: {ports: {80: 0, 443: 0}}\n  network/envoy-external: {ports: {80: 0, 443: 0}}\n\
-         dns: {listen: '127.0.0.1:0'}\nobserve: {observeListen: '127.0.0.1:0'}\n\
+         dns: {listen: '127.0.0.1:0'}\nobserve: {observeListen: '127.0.0.1:0', uiListen: '127.0.0.1:0'}\n\
          health: {annotatedRoutesOnly: true}\n"
             .to_string()
             + &format!(
@@ -425,6 +425,28 @@ fn up_serves_the_example_keeps_last_good_on_a_broken_edit_and_drains() {
     assert_eq!(code, "200", "{body}");
     let probe: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(probe["results"][0]["status"], 200, "{probe:#}");
+    // The same results on the flow UI's page, in a browser: the endpoint's row turns healthy.
+    let ui = s["components"]["observe"]["addresses"]["ui"]
+        .as_str()
+        .expect("the UI's address")
+        .to_string();
+    let (code, body) = get(&format!(
+        "http://{ui}/api/v1/endpoints/internal_echo-probe/statuses"
+    ));
+    assert_eq!(code, "200", "{body}");
+    let browser = crate::ui::Browser::start();
+    browser.goto(&format!("http://{ui}/"));
+    let row = within(20, || {
+        let v = browser.script(
+            "const r = document.querySelector('#health-rows tr[data-key=\"internal_echo-probe\"]'); \
+             return r ? [r.className, document.getElementById('health-section').hidden, r.querySelectorAll('.result.ok').length] : null;",
+        );
+        (v[0] == "healthy").then_some(v)
+    })
+    .unwrap_or_else(|| panic!("no healthy row for the probe on the page"));
+    assert_eq!(row[1], false, "the health section is shown: {row}");
+    assert!(row[2].as_u64().is_some_and(|n| n >= 1), "{row}");
+    drop(browser);
     let (_, metrics) = get(&format!("http://{admin}/metrics"));
     for family in [
         "gatus_results_endpoint_success{key=\"internal_echo-probe\",group=\"internal\",name=\"echo-probe\",type=\"HTTP\"} 1",
