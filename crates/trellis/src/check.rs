@@ -474,12 +474,17 @@ pub fn add_cni_plugin_conditions(s: &mut Snapshot, cni_path: &str) {
 
 /// A value found invalid after load: the problem at its path (once) and `Accepted=False`.
 fn invalid(s: &mut Snapshot, key: ObjectKey, path: String, msg: String) {
+    invalid_as(s, key, model::object::cond::ACCEPTED, path, msg);
+}
+
+/// The problem at its path (once) and the condition `type_` False, reason Invalid.
+fn invalid_as(s: &mut Snapshot, key: ObjectKey, type_: &str, path: String, msg: String) {
     let st = s.status.entry(key).or_default();
     if !st.problems.iter().any(|p| p.path == path) {
         st.problem(path.clone(), msg.clone());
     }
     st.set(model::Condition::new(
-        model::object::cond::ACCEPTED,
+        type_,
         model::Status::False,
         model::object::cond::reason::INVALID,
         format!("{path}: {msg}"),
@@ -524,9 +529,6 @@ fn plugin_versions(
         .unwrap_or_default())
 }
 
-/// Every ScaledObject must compile to a scaling policy (KEDA's and the HPA's rules,
-/// `health::scale`): a threshold that is not a number, a metric type trellis does not
-/// compute, a window out of bounds make it `Accepted=False` at the field.
 /// A health endpoint (a gatus-sidecar annotation, a Gatus ConfigMap entry) that cannot be
 /// made is a `HealthEndpointsAccepted=False` condition on the object that declares it, with
 /// the field and the place in the file. Not `Accepted`: the object itself (a route, a
@@ -534,7 +536,6 @@ fn plugin_versions(
 pub fn add_health_conditions(s: &mut Snapshot) {
     let found = health::endpoints(s, &health::Discovery::default()).problems;
     for p in found {
-        let st = s.status.entry(p.object.clone()).or_default();
         let (path, msg) = p
             .message
             .split_once(": ")
@@ -546,18 +547,19 @@ pub fn add_health_conditions(s: &mut Snapshot) {
         } else {
             format!("{path} ({})", p.at)
         };
-        if !st.problems.iter().any(|x| x.path == path) {
-            st.problem(path.clone(), msg.clone());
-        }
-        st.set(model::Condition::new(
+        invalid_as(
+            s,
+            p.object.clone(),
             model::object::cond::HEALTH_ENDPOINTS_ACCEPTED,
-            model::Status::False,
-            model::object::cond::reason::INVALID,
-            format!("{path}: {msg}"),
-        ));
+            path,
+            msg,
+        );
     }
 }
 
+/// Every ScaledObject must compile to a scaling policy (KEDA's and the HPA's rules,
+/// `health::scale`): a threshold that is not a number, a metric type trellis does not
+/// compute, a window out of bounds make it `Accepted=False` at the field.
 pub fn add_scaler_conditions(s: &mut Snapshot) {
     let found: Vec<(ObjectKey, Vec<(String, String)>)> = s
         .scaled_objects
