@@ -3,7 +3,8 @@
 //! a lease; the new holder sends a gratuitous ARP when it takes over.
 //!
 //! [`announcements`] is pure: which addresses this node may announce, under which lease.
-//! [`Announcer`] does it: leases in the state store ([`store::lease`]), the address on the LAN
+//! [`Announcer`] does it: leases in the state store ([`store::lease`] on one machine,
+//! [`store::state::leases`] in the shared backend), the address on the LAN
 //! interface with a kernel lifetime (so a holder whose agent dies stops answering on its own
 //! when the lifetime runs out, without anyone cleaning up), and the gratuitous ARP through a
 //! raw packet socket. The kernel answers ARP for an address it holds; traffic to it then
@@ -104,7 +105,7 @@ pub fn announcements(
 /// The announcing side, one per node agent.
 #[derive(Debug)]
 pub struct Announcer {
-    leases: store::lease::Leases,
+    leases: Box<dyn store::lease::LeaseStore>,
     node: String,
     interface: String,
     /// Addresses this node announces now, with the lease they belong to.
@@ -122,15 +123,29 @@ pub struct Takeover {
 }
 
 impl Announcer {
+    /// With the leases of the embedded state store in `lease_dir` (one machine).
     pub fn new(lease_dir: &Path, node: &str, interface: &str) -> std::io::Result<Announcer> {
-        Ok(Announcer {
-            leases: store::lease::Leases::open(lease_dir)?,
+        Ok(Announcer::with_leases(
+            Box::new(store::lease::Leases::open(lease_dir)?),
+            node,
+            interface,
+        ))
+    }
+
+    /// With leases from any store (the shared state backend across machines).
+    pub fn with_leases(
+        leases: Box<dyn store::lease::LeaseStore>,
+        node: &str,
+        interface: &str,
+    ) -> Announcer {
+        Announcer {
+            leases,
             node: node.to_string(),
             interface: interface.to_string(),
             held: BTreeMap::new(),
             failing: BTreeSet::new(),
             last_tick: None,
-        })
+        }
     }
 
     /// Whether a renewal is due.

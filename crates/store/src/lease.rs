@@ -60,6 +60,36 @@ impl Lease {
     }
 }
 
+/// What elects one holder per name: the files of this module on one machine, or the shared
+/// state backend across machines ([`crate::state::leases::StateLeases`]).
+pub trait LeaseStore: Send + std::fmt::Debug {
+    /// Takes the lease for `holder` if it is free, expired or already `holder`'s (then it is
+    /// renewed). Returns whether `holder` holds it now.
+    fn acquire_or_renew(
+        &mut self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> std::io::Result<bool>;
+    /// Gives the lease up if `holder` has it (so another may take it at once).
+    fn release(&mut self, name: &str, holder: &str) -> std::io::Result<()>;
+}
+
+impl LeaseStore for Leases {
+    fn acquire_or_renew(
+        &mut self,
+        name: &str,
+        holder: &str,
+        duration: Duration,
+    ) -> std::io::Result<bool> {
+        Leases::acquire_or_renew(self, name, holder, duration)
+    }
+
+    fn release(&mut self, name: &str, holder: &str) -> std::io::Result<()> {
+        Leases::release(self, name, holder)
+    }
+}
+
 #[derive(Debug)]
 pub struct Leases {
     dir: PathBuf,

@@ -7,6 +7,7 @@
 //!   Cilium's kvstore mode and Calico's etcd datastore keep their state.
 //! - [`alloc`]: what lives there and how it is claimed: the node registry on leases, pod
 //!   CIDRs and addresses by create-if-absent (never two owners).
+//! - [`leases`]: one holder per name (L2 announcements) on backend leases.
 //!
 //! A backend error is an [`Error`] with its cause, never an empty answer: a caller that cannot
 //! read the state keeps what it has (the datapath keeps forwarding with its last maps) and
@@ -14,6 +15,7 @@
 
 pub mod alloc;
 pub mod etcd;
+pub mod leases;
 pub mod memory;
 
 use std::future::Future;

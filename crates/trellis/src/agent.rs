@@ -491,12 +491,24 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     };
     let mut watch = store::watch::Watch::start(conf.manifests.clone(), opts)
         .context("watching the manifests")?;
-    let mut announcer = match &conf.leases {
-        Some(dir) => Some(
+    let mut announcer = match (&conf.state, &conf.leases) {
+        // The shared state backend elects holders across machines.
+        (Some(state), Some(_)) => {
+            let location: store::state::Location =
+                state.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let leases = store::state::leases::StateLeases::open(&location)
+                .with_context(|| format!("opening the lease store {state}"))?;
+            Some(fabric::l2::Announcer::with_leases(
+                Box::new(leases),
+                &conf.node,
+                &conf.lan_interface,
+            ))
+        }
+        (None, Some(dir)) => Some(
             fabric::l2::Announcer::new(dir, &conf.node, &conf.lan_interface)
                 .with_context(|| format!("opening the lease store {}", dir.display()))?,
         ),
-        None => None,
+        (_, None) => None,
     };
     let mut announce: Vec<fabric::l2::Announcement> = Vec::new();
     let mut assignments = lab::state::AssignmentsView::new(conf.assignments.clone());

@@ -337,13 +337,25 @@ fn saw_gratuitous_arp(
 
 #[test]
 fn one_node_answers_arp_and_another_takes_over_when_the_holder_fails() {
+    failover("a", &[]);
+}
+
+/// The same with the leases in the lab's 3-member etcd (`lab up --state etcd`): a lease is a
+/// key on an etcd lease, so the failover waits for etcd's lease to run out (its minimum TTL,
+/// longer than the embedded store's 1 s).
+#[test]
+fn l2_failover_with_the_leases_in_etcd() {
+    failover("b", &["--state", "etcd"]);
+}
+
+fn failover(tag: &str, extra: &[&str]) {
     super::lab::require_root();
-    let name = format!("a{}", std::process::id());
+    let name = format!("{tag}{}", std::process::id());
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests).expect("mkdir");
     std::fs::write(manifests.join("lb.yaml"), MANIFESTS).expect("manifests");
-    let lab = Lab::up(&manifests, &name, &dir.path().join("state"));
+    let lab = Lab::up_with(&manifests, None, &name, &dir.path().join("state"), extra);
 
     // Exactly one MAC answers for the address, and it is the holder's.
     let first = (0..100)
