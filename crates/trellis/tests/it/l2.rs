@@ -481,7 +481,16 @@ fn failover(tag: &str, extra: &[&str]) {
         prober.longest_gap(t1),
     );
     one_mac_answers(&lab, &third);
-    lab.exec(&second, &["ip", "link", "set", "eth0", "up"]);
+    // 3. The partitioned node rejoins: it does not announce the address again beside the
+    // holder (it gave it up when its link went down and finds the lease taken).
+    let (code, _) = lab.exec(&second, &["ip", "link", "set", "eth0", "up"]);
+    assert_eq!(code, 0);
+    one_mac_answers(&lab, &third);
+    assert_eq!(
+        holder(&lab, 3).as_deref(),
+        Some(third.as_str()),
+        "the holder after {second} rejoined"
+    );
 }
 
 /// The example home lab: the gateways' proxies run as pods, LB-IPAM gives their Services the
