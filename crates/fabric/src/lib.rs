@@ -12,6 +12,7 @@
 //! Nothing here touches the kernel: the plan is plain data (`Ipv4Addr`, `u16`, protocol
 //! numbers, `u32` table entries), and turning it into BPF map entries is `datapath`'s job.
 
+pub mod agent;
 pub mod assign;
 pub mod l2;
 pub mod lbipam;

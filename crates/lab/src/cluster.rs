@@ -22,6 +22,8 @@ use std::sync::mpsc;
 use anyhow::{Context, Result, anyhow, bail};
 use ipnet::Ipv4Net;
 
+pub use fabric::agent::AgentConfig;
+
 use crate::netns;
 use crate::schedule::{self, PodPlan};
 use crate::state::{
@@ -532,52 +534,9 @@ fn start_vlan_devices(cfg: &LabConfig, run: &mut Running) -> Result<()> {
     Ok(())
 }
 
-/// The agent's configuration file (what `trellis agent --config` reads).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct AgentConfig {
-    pub node: String,
-    pub node_ips: BTreeMap<String, Ipv4Addr>,
-    pub pod_cidr: Ipv4Net,
-    pub cluster_cidr: Ipv4Net,
-    pub lan_interface: String,
-    pub pin_dir: PathBuf,
-    /// The user's manifests plus the lab's published objects.
-    pub manifests: Vec<PathBuf>,
-    pub assignments: Option<PathBuf>,
-    pub masquerade: bool,
-    /// Where L2-announcement leases live (the embedded state store); none: no announcing.
-    #[serde(default)]
-    pub leases: Option<PathBuf>,
-    /// This node's labels (policies' nodeSelector).
-    #[serde(default)]
-    pub node_labels: BTreeMap<String, String>,
-    /// Where the agent serves Hubble's Observer API with the datapath's flows.
-    #[serde(default)]
-    pub observe_listen: Option<std::net::SocketAddr>,
-    /// Cilium's `loadBalancer.mode`: `snat`, `dsr` or `hybrid` (DSR for TCP, SNAT for UDP).
-    #[serde(default = "default_lb_mode")]
-    pub load_balancer_mode: String,
-    /// Where the agent hears which addresses DNS answered its pods (toFQDNs; `trellis dns
-    /// --policy-agents` writes to it); none: toFQDNs allows nothing.
-    #[serde(default)]
-    pub fqdn_socket: Option<PathBuf>,
-    /// The shortest time an address answered for toFQDNs stays allowed, in seconds (the
-    /// answer's TTL when longer).
-    #[serde(default)]
-    pub fqdn_min_ttl_s: Option<u64>,
-    /// The shared state backend (`etcd://HOST:PORT,...`): the agent registers its node there
-    /// and claims its pod CIDR; none: the lab's files only.
-    #[serde(default)]
-    pub state: Option<String>,
-}
-
 /// Under the lab's state directory: the agents' toFQDNs sockets (`<node>.sock`), the
 /// directory `trellis dns --policy-agents` takes.
 pub const FQDN_DIR: &str = "fqdn";
-
-fn default_lb_mode() -> String {
-    "snat".into()
-}
 
 fn start_agent(
     cfg: &LabConfig,

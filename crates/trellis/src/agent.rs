@@ -18,8 +18,8 @@ use datapath::abi::{
 };
 use datapath::{Desired, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
 use fabric::ServicePlan;
+use fabric::agent::AgentConfig;
 use fabric::plan::Scope;
-use lab::cluster::AgentConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
