@@ -174,10 +174,17 @@ fn lab_scales_a_gateway_from_a_failing_probe_through_prometheus() {
 
     // The backend stops: the probe fails, the query reads 1, the proxy goes to 2, and the
     // Gateway's LoadBalancer Service has both.
+    let stopped = Instant::now();
     drop(backend);
     let s = until_state(&lab, "two proxies", |s| {
         row(s)["replicas"] == 2 && proxies(s) == 2
     });
+    // Reported, not asserted: the scaler's decision time after the metric changed, with 1 s
+    // probes, 1 s scrapes and 1 s polls (plus starting a proxy pod).
+    eprintln!(
+        "bench scale: backend stopped -> 2 proxies ready after {:.1} s",
+        stopped.elapsed().as_secs_f64()
+    );
     assert_eq!(row(&s)["active"], true, "{:#}", row(&s));
     let lb = s["services"]
         .as_array()
@@ -203,11 +210,16 @@ fn lab_scales_a_gateway_from_a_failing_probe_through_prometheus() {
         "{text}"
     );
 
-    // It comes back: after the scale-down stabilization window, one proxy again.
+    // It comes back: after the scale-down stabilization window (5 s), one proxy again.
+    let back = Instant::now();
     let _backend = echo(port);
     until_state(&lab, "back to one proxy", |s| {
         row(s)["replicas"] == 1 && proxies(s) == 1
     });
+    eprintln!(
+        "bench scale: backend back -> 1 proxy after {:.1} s (5 s window)",
+        back.elapsed().as_secs_f64()
+    );
 
     // Prometheus stops: after two failed polls, the fallback count (2) holds.
     prom.stop();
