@@ -382,6 +382,11 @@ fn start_etcd(cfg: &LabConfig, run: &mut Running) -> Result<()> {
                 &format!("--initial-cluster={}", initial.join(",")),
                 "--initial-cluster-state=new",
                 &format!("--initial-cluster-token={}etcd", cfg.prefix()),
+                // Slower heartbeats than etcd's defaults (100 ms / 1 s): the lab shares two
+                // cores with everything else, and a busy member missing heartbeats would set
+                // off elections, each of which extends every lease.
+                "--heartbeat-interval=300",
+                "--election-timeout=3000",
                 "--log-level=warn",
                 "--logger=zap",
             ])

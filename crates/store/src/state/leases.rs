@@ -81,17 +81,22 @@ impl LeaseStore for StateLeases {
             {
                 return Ok(Some(id));
             }
-            let id = b.grant(duration).await?;
-            if b.create(&k, holder.as_bytes(), Some(id)).await? {
-                return Ok(Some(id));
-            }
-            let _ = b.revoke(id).await;
-            // Ours from before a restart: adopt the backend lease under it.
+            // A read first: while another node holds the lease (the common case for all but
+            // one node), nothing is written.
             match b.get(&k).await? {
+                // Ours from before a restart: adopt the backend lease under it.
                 Some(kv) if kv.value == holder.as_bytes() && kv.lease != 0 => {
                     Ok(b.keep_alive(kv.lease).await?.map(|_| kv.lease))
                 }
-                _ => Ok(None),
+                Some(_) => Ok(None),
+                None => {
+                    let id = b.grant(duration).await?;
+                    if b.create(&k, holder.as_bytes(), Some(id)).await? {
+                        return Ok(Some(id));
+                    }
+                    let _ = b.revoke(id).await;
+                    Ok(None)
+                }
             }
         });
         match got.map_err(io)? {
