@@ -37,8 +37,9 @@ pub struct Scaled {
     pub target: String,
     /// The compiled policy and triggers, or why not (`field: message`, each).
     pub compiled: Result<(Policy, Vec<Trigger>), Vec<String>>,
-    /// `Some(n)`: paused at n replicas; `Some(None)` via [`Scaled::paused`].
+    /// `autoscaling.keda.sh/paused-replicas`: held at this count.
     paused_replicas: Option<u32>,
+    /// `autoscaling.keda.sh/paused: "true"`: held where it is.
     paused: bool,
     /// The annotations' problems (a paused-replicas that is not a number).
     annotation_problem: Option<String>,
@@ -164,15 +165,12 @@ impl Scaler {
     /// (where a new task starts). Returns the ScaledObjects that are gone.
     pub fn set(&mut self, scaled: Vec<Scaled>, current: impl Fn(&Scaled) -> u32) -> Vec<Scaled> {
         let keys: Vec<String> = scaled.iter().map(Scaled::key).collect();
-        let gone: Vec<Scaled> = self
-            .tasks
-            .keys()
-            .filter(|k| !keys.contains(k))
-            .cloned()
-            .collect::<Vec<_>>()
+        let (gone, kept): (BTreeMap<String, Task>, _) = std::mem::take(&mut self.tasks)
             .into_iter()
-            .filter_map(|k| self.tasks.remove(&k).map(|t| t.scaled.clone()))
-            .collect();
+            .partition(|(k, _)| !keys.contains(k));
+        self.tasks = kept;
+        // Dropping a gone task stops it.
+        let gone: Vec<Scaled> = gone.into_values().map(|t| t.scaled.clone()).collect();
         for s in scaled {
             let key = s.key();
             let start_from = match self.tasks.get(&key) {

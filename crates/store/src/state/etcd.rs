@@ -143,6 +143,26 @@ impl Etcd {
             .unwrap_or_else(|| Error::Unavailable(format!("no answer within {:?}", self.timeout))))
     }
 
+    /// One Range call.
+    async fn range(&self, req: pb::RangeRequest) -> Result<pb::RangeResponse, Error> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { KvClient::new(ch).range(req).await }
+        })
+        .await
+    }
+
+    /// One Txn call; whether its comparisons held (and its success ops were applied).
+    async fn txn(&self, req: pb::TxnRequest) -> Result<bool, Error> {
+        let r = self
+            .call(|ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).txn(req).await }
+            })
+            .await?;
+        Ok(r.succeeded)
+    }
+
     async fn txn_put(
         &self,
         key: &str,
@@ -164,13 +184,7 @@ impl Etcd {
             success: vec![put],
             failure: Vec::new(),
         };
-        let r = self
-            .call(|ch| {
-                let req = req.clone();
-                async move { KvClient::new(ch).txn(req).await }
-            })
-            .await?;
-        Ok(r.succeeded)
+        self.txn(req).await
     }
 }
 
@@ -201,12 +215,7 @@ impl Backend for Etcd {
                 key: key.as_bytes().to_vec(),
                 ..Default::default()
             };
-            let r = self
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { KvClient::new(ch).range(req).await }
-                })
-                .await?;
+            let r = self.range(req).await?;
             Ok(r.kvs.into_iter().next().map(kv))
         })
     }
@@ -218,12 +227,7 @@ impl Backend for Etcd {
                 range_end: range_end(prefix),
                 ..Default::default()
             };
-            let r = self
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { KvClient::new(ch).range(req).await }
-                })
-                .await?;
+            let r = self.range(req).await?;
             Ok(Listing {
                 revision: r.header.map_or(0, |h| h.revision),
                 kvs: r.kvs.into_iter().map(kv).collect(),
@@ -272,13 +276,7 @@ impl Backend for Etcd {
                 success: vec![del],
                 failure: Vec::new(),
             };
-            let r = self
-                .call(|ch| {
-                    let req = req.clone();
-                    async move { KvClient::new(ch).txn(req).await }
-                })
-                .await?;
-            Ok(r.succeeded)
+            self.txn(req).await
         })
     }
 
