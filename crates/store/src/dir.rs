@@ -63,6 +63,16 @@ pub struct Load {
     /// Every file read (served or excluded), for the watcher and the summary.
     pub files: Vec<PathBuf>,
     pub excluded: Vec<Excluded>,
+    /// What the API server holds of each object beyond its spec (generation, status), for
+    /// the status writer. Empty for a directory.
+    pub observed: BTreeMap<model::ObjectKey, Observed>,
+}
+
+/// An object's generation and its status as the API server has them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    pub generation: Option<i64>,
+    pub status: serde_json::Value,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +171,7 @@ pub fn load(roots: &[PathBuf], opts: &Options) -> Load {
         snapshot: Snapshot::build(raws, diags),
         files,
         excluded,
+        observed: BTreeMap::new(),
     }
 }
 

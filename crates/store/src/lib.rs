@@ -5,13 +5,15 @@
 //! - [`lease`]: leases in the embedded state store (leader election per announced address).
 //! - [`durable`]: the one way state files are written (temp file, fsync, rename, fsync dir).
 //!
-//! The Kubernetes source (kube-rs watchers) and the state store arrive with the issues that
-//! need them; they will produce the same `RawObject`s so that everything downstream is shared.
+//! - [`kubernetes`]: the same snapshots from the API server (kube-rs watchers), status
+//!   written back with server-side apply, a Lease-elected writer.
+//! - [`state`]: the shared state seam (memory, etcd).
 
 pub mod dir;
 pub mod durable;
+pub mod kubernetes;
 pub mod lease;
 pub mod state;
 pub mod watch;
 
-pub use dir::{Excluded, Load, Options, load};
+pub use dir::{Excluded, Load, Observed, Options, load};

@@ -5,7 +5,7 @@
 //! current. Components hold [`Watch::current`] and swap plans when an `Applied` arrives.
 
 use std::path::PathBuf;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,7 +36,64 @@ pub enum Update {
 pub struct Watch {
     current: Arc<Mutex<Arc<Load>>>,
     pub updates: Receiver<Update>,
-    _watcher: notify::RecommendedWatcher,
+    /// What keeps the source running (the file watcher, or the API watchers' thread).
+    _source: Box<dyn std::any::Any + Send>,
+}
+
+/// Where a source other than the file watcher hands its loads (see [`Watch::from_source`]).
+#[derive(Clone)]
+pub struct Publisher {
+    current: Arc<Mutex<Arc<Load>>>,
+    tx: SyncSender<Update>,
+}
+
+impl Publisher {
+    /// Publishes a load as the directory watcher does: applied when it has no errors, else
+    /// rejected with the last good load still current. False once the watch is gone.
+    pub fn publish(&self, next: Load) -> bool {
+        publish(next, &self.current, &self.tx)
+    }
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").finish_non_exhaustive()
+    }
+}
+
+/// The one rule of every source: a load with errors is rejected and the last good one keeps
+/// serving; a clean load becomes current. False when nobody holds the watch any more.
+fn publish(next: Load, shared: &Mutex<Arc<Load>>, tx: &SyncSender<Update>) -> bool {
+    let update = if next.snapshot.has_errors() {
+        let errors = next
+            .snapshot
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .cloned()
+            .collect::<Vec<_>>();
+        for e in &errors {
+            tracing::warn!(error = %e, "manifest change rejected; serving the last good snapshot");
+        }
+        let serving = shared.lock().map(|c| c.clone());
+        match serving {
+            Ok(serving) => Update::Rejected { errors, serving },
+            Err(_) => return false,
+        }
+    } else {
+        let next = Arc::new(next);
+        match shared.lock() {
+            Ok(mut c) => *c = next.clone(),
+            Err(_) => return false,
+        }
+        tracing::info!(objects = next.snapshot.entries.len(), "manifests reloaded");
+        Update::Applied(next)
+    };
+    // A full queue means nobody is reading updates; the current load is kept.
+    match tx.try_send(update) {
+        Ok(()) | Err(mpsc::TrySendError::Full(_)) => true,
+        Err(mpsc::TrySendError::Disconnected(_)) => false,
+    }
 }
 
 impl std::fmt::Debug for Watch {
@@ -77,42 +134,37 @@ impl Watch {
                             Err(RecvTimeoutError::Disconnected) => return,
                         }
                     }
-                    let next = load(&roots, &opts);
-                    let update = if next.snapshot.has_errors() {
-                        let errors = next
-                            .snapshot
-                            .diagnostics
-                            .iter()
-                            .filter(|d| d.severity == Severity::Error)
-                            .cloned()
-                            .collect::<Vec<_>>();
-                        for e in &errors {
-                            tracing::warn!(error = %e, "manifest change rejected; serving the last good snapshot");
-                        }
-                        let serving = shared.lock().map(|c| c.clone());
-                        match serving {
-                            Ok(serving) => Update::Rejected { errors, serving },
-                            Err(_) => return,
-                        }
-                    } else {
-                        let next = Arc::new(next);
-                        match shared.lock() {
-                            Ok(mut c) => *c = next.clone(),
-                            Err(_) => return,
-                        }
-                        tracing::info!(objects = next.snapshot.entries.len(), "manifests reloaded");
-                        Update::Applied(next)
-                    };
-                    // A full queue means nobody is reading updates; the current load is kept.
-                    let _ = update_tx.try_send(update);
+                    if !publish(load(&roots, &opts), &shared, &update_tx) {
+                        return;
+                    }
                 }
             })
             .map_err(|e| notify::Error::generic(&e.to_string()))?;
         Ok(Watch {
             current,
             updates,
-            _watcher: watcher,
+            _source: Box::new(watcher),
         })
+    }
+
+    /// A watch fed by another source (the Kubernetes API): `first` is current, and the source
+    /// hands each later load to [`publish`] with the returned sender. `keep` lives as long as
+    /// the watch (dropping it stops the source).
+    pub fn from_source(first: Load, keep: Box<dyn std::any::Any + Send>) -> (Watch, Publisher) {
+        let current = Arc::new(Mutex::new(Arc::new(first)));
+        let (tx, updates) = mpsc::sync_channel(UPDATES_QUEUED_MAX);
+        let publisher = Publisher {
+            current: current.clone(),
+            tx,
+        };
+        (
+            Watch {
+                current,
+                updates,
+                _source: keep,
+            },
+            publisher,
+        )
     }
 
     /// The newest load that read cleanly (or the first load).

@@ -6,6 +6,8 @@
 mod cases;
 mod corpus;
 mod etcd_cluster;
+mod fake_api;
+mod kube_api;
 mod state;
 mod tree;
 mod watch;

@@ -1,0 +1,493 @@
+//! The Kubernetes source: one kube-rs watcher per kind of the kind table, feeding the same
+//! [`model::Snapshot::build`] as the directory source, so everything downstream is shared.
+//!
+//! - Every kind trellis reads ([`model::snapshot::KINDS`], BGP kinds left out) is listed and
+//!   watched cluster-wide, at the newest version the API server serves; a kind whose CRD is
+//!   not installed (404 at every version) counts as empty and is looked for again every
+//!   [`ABSENT_RECHECK`].
+//! - A watch that expires (410 Gone) re-lists: kube's watcher starts over with `Init`, and
+//!   the objects not listed again are dropped when `InitDone` arrives.
+//! - The first snapshot is published once every kind has listed (or is absent); a kind that
+//!   cannot be listed (RBAC, an unreachable server) is named in the error after
+//!   [`FIRST_SYNC_TIMEOUT`]. Later changes arrive as [`crate::watch::Update`]s, debounced
+//!   by [`crate::watch::DEBOUNCE_MS`], under the same rule as files: a snapshot with errors
+//!   is rejected and the last good one keeps serving.
+//! - Memory: `metadata.managedFields` and the last-applied annotation are dropped as events
+//!   arrive; they are the largest part of most objects and trellis reads neither.
+//!
+//! [`status`] writes conditions back with server-side apply; [`leader`] elects the one
+//! writer with a coordination.k8s.io Lease.
+
+pub mod leader;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher;
+use model::object::{ObjectKey, Source};
+use model::snapshot::{KINDS, KindInfo, RawObject};
+use tokio::sync::mpsc;
+
+use crate::dir::{Load, Observed};
+use crate::watch::{DEBOUNCE_MS, Watch};
+
+/// How long the first complete listing may take before the source gives up and says which
+/// kinds did not list.
+pub const FIRST_SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often a kind whose CRD is not installed is looked for again.
+pub const ABSENT_RECHECK: Duration = Duration::from_secs(60);
+/// The longest pause between retries of a failing list or watch (kube's own backoff starts
+/// at 800 ms; this caps ours the same way).
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Events queued between the watchers and the snapshot builder.
+const EVENTS_QUEUED_MAX: usize = 1024;
+/// Kinds whose resource name is not the regular plural of the kind.
+const PLURALS: &[(&str, &str)] = &[(
+    "NetworkAttachmentDefinition",
+    "network-attachment-definitions",
+)];
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// A kind of the table at one served version, as the API addresses it.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub info: KindInfo,
+    pub api: ApiResource,
+}
+
+impl Resource {
+    pub fn new(info: KindInfo, version: &str) -> Resource {
+        let gvk = GroupVersionKind::gvk(info.group, version, info.kind);
+        let api = match PLURALS.iter().find(|(k, _)| *k == info.kind) {
+            Some((_, plural)) => ApiResource::from_gvk_with_plural(&gvk, plural),
+            None => ApiResource::from_gvk(&gvk),
+        };
+        Resource { info, api }
+    }
+
+    /// The collection's path (`/api/v1/services`, `/apis/gateway.networking.k8s.io/v1/...`).
+    pub fn collection_path(&self, namespace: Option<&str>) -> String {
+        let base = if self.api.group.is_empty() {
+            format!("/api/{}", self.api.version)
+        } else {
+            format!("/apis/{}/{}", self.api.group, self.api.version)
+        };
+        match namespace {
+            Some(ns) if self.info.namespaced => {
+                format!("{base}/namespaces/{ns}/{}", self.api.plural)
+            }
+            _ => format!("{base}/{}", self.api.plural),
+        }
+    }
+
+    /// One object's path: where a diagnostic about it points (`kubectl get --raw PATH`).
+    pub fn object_path(&self, namespace: Option<&str>, name: &str) -> String {
+        format!("{}/{name}", self.collection_path(namespace))
+    }
+}
+
+/// Every kind the source watches, at each version it may be served at (newest first).
+pub fn kinds() -> Vec<KindInfo> {
+    KINDS.to_vec()
+}
+
+/// Why the first listing did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Client(#[source] kube::Error),
+    #[error(
+        "the Kubernetes API did not list every kind within {:?}; not listed: {}",
+        FIRST_SYNC_TIMEOUT,
+        .0.join("; ")
+    )]
+    FirstSync(Vec<String>),
+    #[error("cannot start the Kubernetes source: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// What a kind's watcher tells the builder.
+#[derive(Debug)]
+enum Msg {
+    Event(usize, Resource, watcher::Event<DynamicObject>),
+    /// No version of the kind is served (its CRD is not installed).
+    Absent(usize),
+    /// The kind cannot be listed or watched now, and why (kept for the first-sync error).
+    Failing(usize, String),
+}
+
+/// Starts watching the API with the client from the environment (in-cluster service account,
+/// or the kubeconfig, as `kubectl` finds it) and returns once every kind has listed, with
+/// the first snapshot current. The watchers run on a thread of their own until the watch
+/// drops.
+pub fn watch(opts: &crate::Options) -> Result<Watch, Error> {
+    watch_with(
+        || async { kube::Client::try_default().await },
+        opts,
+        FIRST_SYNC_TIMEOUT,
+    )
+}
+
+/// [`watch`] with the client `connect` makes (on the source's own runtime, where kube's
+/// request buffer must run) and a bound on the first listing.
+pub fn watch_with<F, Fut>(
+    connect: F,
+    opts: &crate::Options,
+    first_sync: Duration,
+) -> Result<Watch, Error>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<kube::Client, kube::Error>>,
+{
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<Watch, Error>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = opts.clone();
+    std::thread::Builder::new()
+        .name("trellis-kube".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = first_tx.send(Err(Error::Runtime(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let client = match connect().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = first_tx.send(Err(Error::Client(e)));
+                        return;
+                    }
+                };
+                tokio::select! {
+                    _ = run(client, opts, first_sync, first_tx, stop_tx) => {}
+                    // The Watch holds the sender: dropping it stops the watchers.
+                    _ = stop_rx => {}
+                }
+            });
+        })
+        .map_err(Error::Runtime)?;
+    match first_rx.recv() {
+        Ok(r) => r,
+        Err(_) => Err(Error::FirstSync(vec!["the source stopped".into()])),
+    }
+}
+
+/// The builder: merges the kinds' events into one object map and publishes loads.
+async fn run(
+    client: kube::Client,
+    opts: crate::Options,
+    first_sync: Duration,
+    first_tx: std::sync::mpsc::Sender<Result<Watch, Error>>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+) {
+    let kinds = kinds();
+    let (tx, mut rx) = mpsc::channel::<Msg>(EVENTS_QUEUED_MAX);
+    for (i, info) in kinds.iter().enumerate() {
+        tokio::spawn(watch_kind(client.clone(), i, *info, tx.clone()));
+    }
+    drop(tx);
+    let mut state = State::new(kinds.len());
+    let deadline = tokio::time::Instant::now() + first_sync;
+    // First: until every kind is synced.
+    while !state.all_synced() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(msg)) => {
+                state.apply(msg);
+            }
+            Ok(None) => return,
+            Err(_) => {
+                let missing = state.not_synced(&kinds);
+                let _ = first_tx.send(Err(Error::FirstSync(missing)));
+                return;
+            }
+        }
+    }
+    let (watch, publisher) = Watch::from_source(state.load(&opts), Box::new(stop_tx));
+    if first_tx.send(Ok(watch)).is_err() {
+        return;
+    }
+    // Then: each burst of changes is one load.
+    while let Some(msg) = rx.recv().await {
+        let mut changed = state.apply(msg);
+        let until = tokio::time::Instant::now() + Duration::from_millis(DEBOUNCE_MS);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(until, rx.recv()).await {
+            changed |= state.apply(msg);
+        }
+        if changed && state.all_synced() && !publisher.publish(state.load(&opts)) {
+            return;
+        }
+    }
+}
+
+/// One kind's watcher, across the versions it may be served at.
+async fn watch_kind(client: kube::Client, index: usize, info: KindInfo, tx: mpsc::Sender<Msg>) {
+    loop {
+        for version in info.versions {
+            let resource = Resource::new(info, version);
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.api);
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut pause = Duration::from_millis(800);
+            let mut not_served = false;
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(ev) => {
+                        pause = Duration::from_millis(800);
+                        if tx
+                            .send(Msg::Event(index, resource.clone(), ev))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(watcher::Error::InitialListFailed(kube::Error::Api(s)))
+                        if s.code == 404 =>
+                    {
+                        not_served = true;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(kind = info.kind, version, error = %e, retry_in = ?pause, "Kubernetes watch failed");
+                        if tx
+                            .send(Msg::Failing(index, format!("{} {version}: {e}", info.kind)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        // The watcher starts over (a 410 re-lists) when polled again.
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(RETRY_MAX);
+                    }
+                }
+            }
+            if !not_served {
+                return;
+            }
+        }
+        tracing::debug!(
+            kind = info.kind,
+            "not served by this API server (CRD not installed)"
+        );
+        if tx.send(Msg::Absent(index)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(ABSENT_RECHECK).await;
+    }
+}
+
+/// The objects the watchers have seen, per kind.
+struct State {
+    kinds: Vec<KindState>,
+}
+
+#[derive(Default)]
+struct KindState {
+    objects: BTreeMap<(String, String), (Resource, serde_json::Value)>,
+    /// Objects of a re-list in progress (between Init and InitDone).
+    listing: Option<BTreeMap<(String, String), (Resource, serde_json::Value)>>,
+    synced: bool,
+    failing: Option<String>,
+}
+
+impl State {
+    fn new(n: usize) -> State {
+        State {
+            kinds: (0..n).map(|_| KindState::default()).collect(),
+        }
+    }
+
+    fn all_synced(&self) -> bool {
+        self.kinds.iter().all(|k| k.synced)
+    }
+
+    fn not_synced(&self, infos: &[KindInfo]) -> Vec<String> {
+        self.kinds
+            .iter()
+            .zip(infos)
+            .filter(|(k, _)| !k.synced)
+            .map(|(k, i)| match &k.failing {
+                Some(why) => why.clone(),
+                None => format!("{} (no answer)", i.kind),
+            })
+            .collect()
+    }
+
+    /// Applies one message; true when the served objects changed.
+    fn apply(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Failing(i, why) => {
+                self.kinds[i].failing = Some(why);
+                false
+            }
+            Msg::Absent(i) => {
+                let k = &mut self.kinds[i];
+                let changed = !k.objects.is_empty() || !k.synced;
+                k.objects.clear();
+                k.listing = None;
+                k.synced = true;
+                changed
+            }
+            Msg::Event(i, resource, ev) => {
+                let k = &mut self.kinds[i];
+                k.failing = None;
+                match ev {
+                    watcher::Event::Init => {
+                        k.listing = Some(BTreeMap::new());
+                        false
+                    }
+                    watcher::Event::InitApply(o) => {
+                        let (key, value) = keyed(&resource, o);
+                        k.listing
+                            .get_or_insert_default()
+                            .insert(key, (resource, value));
+                        false
+                    }
+                    watcher::Event::InitDone => {
+                        let listed = k.listing.take().unwrap_or_default();
+                        let changed = !k.synced || !same(&k.objects, &listed);
+                        k.objects = listed;
+                        k.synced = true;
+                        changed
+                    }
+                    watcher::Event::Apply(o) => {
+                        let (key, value) = keyed(&resource, o);
+                        let old = k.objects.insert(key, (resource, value.clone()));
+                        old.map(|(_, v)| v) != Some(value)
+                    }
+                    watcher::Event::Delete(o) => {
+                        let (key, _) = keyed(&resource, o);
+                        k.objects.remove(&key).is_some()
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every object as a raw document, in a stable order, built into a snapshot.
+    fn load(&self, opts: &crate::Options) -> Load {
+        let mut raws = Vec::new();
+        let mut observed = BTreeMap::new();
+        for k in &self.kinds {
+            for ((ns, name), (resource, value)) in &k.objects {
+                observed.insert(
+                    ObjectKey::new(resource.info.group, resource.info.kind, ns, name),
+                    Observed {
+                        generation: value
+                            .pointer("/metadata/generation")
+                            .and_then(serde_json::Value::as_i64),
+                        status: value.get("status").cloned().unwrap_or_default(),
+                    },
+                );
+                let ns = (!ns.is_empty()).then_some(ns.as_str());
+                raws.push(RawObject {
+                    value: value.clone(),
+                    source: Source {
+                        file: Arc::new(PathBuf::from(resource.object_path(ns, name))),
+                        ..Source::default()
+                    },
+                    default_namespace: Some(opts.default_namespace.clone())
+                        .filter(|n| !n.is_empty()),
+                });
+            }
+        }
+        Load {
+            snapshot: model::Snapshot::build(raws, Vec::new()),
+            files: Vec::new(),
+            excluded: Vec::new(),
+            observed,
+        }
+    }
+}
+
+fn same(
+    a: &BTreeMap<(String, String), (Resource, serde_json::Value)>,
+    b: &BTreeMap<(String, String), (Resource, serde_json::Value)>,
+) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|((ka, (_, va)), (kb, (_, vb)))| ka == kb && va == vb)
+}
+
+/// An object's key and its document as the snapshot reads it: apiVersion and kind set (list
+/// items carry neither), the fields nobody reads dropped.
+fn keyed(resource: &Resource, mut o: DynamicObject) -> ((String, String), serde_json::Value) {
+    o.metadata.managed_fields = None;
+    if let Some(a) = o.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    let key = (
+        o.metadata.namespace.clone().unwrap_or_default(),
+        o.metadata.name.clone().unwrap_or_default(),
+    );
+    let mut value = serde_json::to_value(&o).unwrap_or(serde_json::Value::Null);
+    if let Some(m) = value.as_object_mut() {
+        m.insert(
+            "apiVersion".into(),
+            serde_json::Value::String(resource.api.api_version.clone()),
+        );
+        m.insert(
+            "kind".into(),
+            serde_json::Value::String(resource.api.kind.clone()),
+        );
+    }
+    (key, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_the_plural_the_api_serves() {
+        let plural = |kind: &str| {
+            let info = KINDS.iter().find(|k| k.kind == kind).unwrap();
+            Resource::new(*info, info.versions[0]).api.plural
+        };
+        for (kind, want) in [
+            ("Endpoints", "endpoints"),
+            ("EndpointSlice", "endpointslices"),
+            ("NetworkPolicy", "networkpolicies"),
+            ("GatewayClass", "gatewayclasses"),
+            ("HTTPRoute", "httproutes"),
+            ("EnvoyProxy", "envoyproxies"),
+            ("BackendTrafficPolicy", "backendtrafficpolicies"),
+            ("CiliumLoadBalancerIPPool", "ciliumloadbalancerippools"),
+            ("CiliumCIDRGroup", "ciliumcidrgroups"),
+            ("DNSEndpoint", "dnsendpoints"),
+            (
+                "NetworkAttachmentDefinition",
+                "network-attachment-definitions",
+            ),
+            ("ScaledObject", "scaledobjects"),
+        ] {
+            assert_eq!(plural(kind), want, "{kind}");
+        }
+    }
+
+    #[test]
+    fn paths_are_the_api_servers() {
+        let info = *KINDS.iter().find(|k| k.kind == "HTTPRoute").unwrap();
+        let r = Resource::new(info, "v1");
+        assert_eq!(
+            r.object_path(Some("network"), "echo"),
+            "/apis/gateway.networking.k8s.io/v1/namespaces/network/httproutes/echo"
+        );
+        let info = *KINDS.iter().find(|k| k.kind == "Namespace").unwrap();
+        assert_eq!(
+            Resource::new(info, "v1").collection_path(None),
+            "/api/v1/namespaces"
+        );
+    }
+}

@@ -1,0 +1,348 @@
+//! Status written back to the API server: the conditions validation decided, as the Gateway
+//! API and Envoy Gateway shape them, applied with server-side apply under trellis's field
+//! manager.
+//!
+//! [`patches`] is pure: from a load (the snapshot and what the API server holds of each
+//! object) it gives the status documents that differ from what is there. A condition whose
+//! status did not change keeps its `lastTransitionTime`, so writing the same snapshot twice
+//! gives no patch the second time (our own writes come back as watch events and must not
+//! start a loop).
+//!
+//! Written today: GatewayClass and Gateway (conditions, listeners) of the classes trellis
+//! serves; routes (one `parents` entry per parent Gateway of those classes); Envoy Gateway
+//! policies (`ancestors`, one per targeted Gateway or route). Only the elected leader calls
+//! [`apply`].
+
+use kube::api::{Api, DynamicObject, Patch as KubePatch, PatchParams};
+use model::object::{Condition, ObjectKey, ObjectStatus};
+use model::snapshot::{Snapshot, kind_info};
+use model::validate::{CONTROLLER_NAMES, policy_targets};
+use serde_json::{Value, json};
+
+use super::Resource;
+use crate::dir::{Load, Observed};
+
+/// The field manager of every status trellis writes.
+pub const FIELD_MANAGER: &str = "trellis";
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+const ROUTE_KINDS: &[&str] = &["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute"];
+
+/// One object's status document to apply.
+#[derive(Clone, Debug)]
+pub struct Patch {
+    pub resource: Resource,
+    pub key: ObjectKey,
+    /// `{apiVersion, kind, metadata: {name, namespace}, status}`: a server-side apply body.
+    pub body: Value,
+}
+
+/// The patches a load asks for, `now` (RFC 3339) as the transition time of changed
+/// conditions.
+pub fn patches(load: &Load, now: &str) -> Vec<Patch> {
+    let s = &load.snapshot;
+    let mut out = Vec::new();
+    let no_status = Observed::default();
+    for (key, status) in &s.status {
+        let Some(version) = served_version(s, key) else {
+            continue;
+        };
+        let Some(info) = kind_info(&key.group, &key.kind) else {
+            continue;
+        };
+        let observed = load.observed.get(key).unwrap_or(&no_status);
+        let generation = observed.generation;
+        let old = &observed.status;
+        let desired = match (key.group.as_str(), key.kind.as_str()) {
+            (GATEWAY_GROUP, "GatewayClass") if class_is_ours(s, &key.name) => {
+                json!({ "conditions": conditions(&status.conditions, old.get("conditions"), generation, now) })
+            }
+            (GATEWAY_GROUP, "Gateway") if gateway_is_ours(s, &key.namespace, &key.name) => {
+                gateway_status(status, old, generation, now)
+            }
+            (GATEWAY_GROUP, kind) if ROUTE_KINDS.contains(&kind) => {
+                match route_status(s, status, old, generation, now) {
+                    Some(v) => v,
+                    None => continue,
+                }
+            }
+            (model::validate::ENVOY_GROUP, _) => {
+                match policy_status(s, key, status, old, generation, now) {
+                    Some(v) => v,
+                    None => continue,
+                }
+            }
+            _ => continue,
+        };
+        if unchanged(old, &desired) {
+            continue;
+        }
+        let resource = Resource::new(info, version);
+        let mut metadata = json!({ "name": key.name });
+        if !key.namespace.is_empty() {
+            metadata["namespace"] = json!(key.namespace);
+        }
+        out.push(Patch {
+            body: json!({
+                "apiVersion": resource.api.api_version,
+                "kind": resource.api.kind,
+                "metadata": metadata,
+                "status": desired,
+            }),
+            resource,
+            key: key.clone(),
+        });
+    }
+    out
+}
+
+/// Applies each patch to the status subresource; the first error is returned after every
+/// patch was tried (one object the server refuses does not hold the others back).
+pub async fn apply(client: &kube::Client, patches: &[Patch]) -> Result<usize, kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut first_error = None;
+    let mut written = 0;
+    for p in patches {
+        let api: Api<DynamicObject> = if p.key.namespace.is_empty() {
+            Api::all_with(client.clone(), &p.resource.api)
+        } else {
+            Api::namespaced_with(client.clone(), &p.key.namespace, &p.resource.api)
+        };
+        match api
+            .patch_status(&p.key.name, &params, &KubePatch::Apply(&p.body))
+            .await
+        {
+            Ok(_) => written += 1,
+            Err(e) => {
+                tracing::warn!(object = %p.key, error = %e, "cannot write status");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(written),
+    }
+}
+
+fn served_version<'a>(s: &'a Snapshot, key: &ObjectKey) -> Option<&'a str> {
+    let api_version = &s.entries.get(key)?.api_version;
+    Some(api_version.rsplit('/').next().unwrap_or(api_version))
+}
+
+fn class_is_ours(s: &Snapshot, name: &str) -> bool {
+    s.gateway_classes
+        .get(&(String::new(), name.to_string()))
+        .is_some_and(|c| CONTROLLER_NAMES.contains(&c.spec.controller_name.as_str()))
+}
+
+fn gateway_is_ours(s: &Snapshot, ns: &str, name: &str) -> bool {
+    s.gateways
+        .get(&(ns.to_string(), name.to_string()))
+        .is_some_and(|g| class_is_ours(s, &g.spec.gateway_class_name))
+}
+
+fn controller_of(s: &Snapshot, ns: &str, gateway: &str) -> Option<String> {
+    let g = s.gateways.get(&(ns.to_string(), gateway.to_string()))?;
+    let c = s
+        .gateway_classes
+        .get(&(String::new(), g.spec.gateway_class_name.clone()))?;
+    CONTROLLER_NAMES
+        .contains(&c.spec.controller_name.as_str())
+        .then(|| c.spec.controller_name.clone())
+}
+
+fn gateway_status(st: &ObjectStatus, old: &Value, generation: Option<i64>, now: &str) -> Value {
+    let old_listeners = old.get("listeners").and_then(Value::as_array);
+    let listeners: Vec<Value> = st
+        .listeners
+        .iter()
+        .map(|l| {
+            let old_conds = old_listeners
+                .and_then(|ls| ls.iter().find(|o| o.get("name") == Some(&json!(l.name))))
+                .and_then(|o| o.get("conditions"));
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": l.supported_kinds,
+                "conditions": conditions(&l.conditions, old_conds, generation, now),
+            })
+        })
+        .collect();
+    json!({
+        "conditions": conditions(&st.conditions, old.get("conditions"), generation, now),
+        "listeners": listeners,
+    })
+}
+
+fn route_status(
+    s: &Snapshot,
+    st: &ObjectStatus,
+    old: &Value,
+    generation: Option<i64>,
+    now: &str,
+) -> Option<Value> {
+    let old_parents = old.get("parents").and_then(Value::as_array);
+    let parents: Vec<Value> = st
+        .parents
+        .iter()
+        .filter(|p| p.parent_ref.kind == "Gateway")
+        .filter_map(|p| {
+            let controller = controller_of(s, &p.parent_ref.namespace, &p.parent_ref.name)?;
+            let mut parent_ref = json!({
+                "group": GATEWAY_GROUP,
+                "kind": "Gateway",
+                "namespace": p.parent_ref.namespace,
+                "name": p.parent_ref.name,
+            });
+            if let Some(section) = &p.parent_ref.section_name {
+                parent_ref["sectionName"] = json!(section);
+            }
+            if let Some(port) = p.parent_ref.port {
+                parent_ref["port"] = json!(port);
+            }
+            let old_conds = old_parents
+                .and_then(|ps| ps.iter().find(|o| o.get("parentRef") == Some(&parent_ref)))
+                .and_then(|o| o.get("conditions"));
+            Some(json!({
+                "parentRef": parent_ref,
+                "controllerName": controller,
+                "conditions": conditions(&p.conditions, old_conds, generation, now),
+            }))
+        })
+        .collect();
+    (!parents.is_empty()).then(|| json!({ "parents": parents }))
+}
+
+/// A policy's status as Envoy Gateway writes it: one ancestor per targeted Gateway (a route
+/// target stands for its parent Gateways), each with the policy's conditions.
+fn policy_status(
+    s: &Snapshot,
+    key: &ObjectKey,
+    st: &ObjectStatus,
+    old: &Value,
+    generation: Option<i64>,
+    now: &str,
+) -> Option<Value> {
+    let k = (key.namespace.clone(), key.name.clone());
+    let targets = match key.kind.as_str() {
+        "ClientTrafficPolicy" => {
+            policy_targets(s, &key.namespace, &s.client_traffic_policies.get(&k)?.spec)
+        }
+        "BackendTrafficPolicy" => {
+            policy_targets(s, &key.namespace, &s.backend_traffic_policies.get(&k)?.spec)
+        }
+        "SecurityPolicy" => policy_targets(s, &key.namespace, &s.security_policies.get(&k)?.spec),
+        "EnvoyExtensionPolicy" => {
+            policy_targets(s, &key.namespace, &s.envoy_extension_policies.get(&k)?.spec)
+        }
+        _ => return None,
+    };
+    let mut gateways = Vec::new();
+    for t in targets {
+        if t.kind == "Gateway" {
+            gateways.push((t.namespace.clone(), t.name.clone()));
+        } else if let Some(rs) = s.status.get(&t) {
+            gateways.extend(
+                rs.parents
+                    .iter()
+                    .filter(|p| p.parent_ref.kind == "Gateway")
+                    .map(|p| (p.parent_ref.namespace.clone(), p.parent_ref.name.clone())),
+            );
+        }
+    }
+    gateways.sort();
+    gateways.dedup();
+    let old_ancestors = old.get("ancestors").and_then(Value::as_array);
+    let ancestors: Vec<Value> = gateways
+        .into_iter()
+        .filter_map(|(ns, name)| {
+            let controller = controller_of(s, &ns, &name)?;
+            let ancestor_ref = json!({
+                "group": GATEWAY_GROUP,
+                "kind": "Gateway",
+                "namespace": ns,
+                "name": name,
+            });
+            let old_conds = old_ancestors
+                .and_then(|a| {
+                    a.iter()
+                        .find(|o| o.get("ancestorRef") == Some(&ancestor_ref))
+                })
+                .and_then(|o| o.get("conditions"));
+            Some(json!({
+                "ancestorRef": ancestor_ref,
+                "controllerName": controller,
+                "conditions": conditions(&st.conditions, old_conds, generation, now),
+            }))
+        })
+        .collect();
+    (!ancestors.is_empty()).then(|| json!({ "ancestors": ancestors }))
+}
+
+/// `metav1.Condition`s: the transition time kept from the old condition of the same type
+/// when its status is the same, else `now`.
+fn conditions(new: &[Condition], old: Option<&Value>, generation: Option<i64>, now: &str) -> Value {
+    let old = old.and_then(Value::as_array);
+    Value::Array(
+        new.iter()
+            .map(|c| {
+                let status = c.status.to_string();
+                let since = old
+                    .and_then(|o| {
+                        o.iter().find(|o| {
+                            o.get("type") == Some(&json!(c.type_))
+                                && o.get("status") == Some(&json!(status))
+                        })
+                    })
+                    .and_then(|o| o.get("lastTransitionTime"))
+                    .and_then(Value::as_str)
+                    .unwrap_or(now);
+                let mut v = json!({
+                    "type": c.type_,
+                    "status": status,
+                    "reason": c.reason,
+                    "message": c.message,
+                    "lastTransitionTime": since,
+                });
+                if let Some(g) = generation {
+                    v["observedGeneration"] = json!(g);
+                }
+                v
+            })
+            .collect(),
+    )
+}
+
+/// Whether every field trellis writes already has the value it would write.
+fn unchanged(old: &Value, desired: &Value) -> bool {
+    desired
+        .as_object()
+        .is_some_and(|d| d.iter().all(|(k, v)| old.get(k) == Some(v)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unchanged_condition_keeps_its_transition_time() {
+        let c = [Condition::new(
+            "Accepted",
+            model::Status::True,
+            "Accepted",
+            "ok",
+        )];
+        let first = conditions(&c, None, Some(3), "2026-01-01T00:00:00Z");
+        let again = conditions(&c, Some(&first), Some(3), "2026-02-02T00:00:00Z");
+        assert_eq!(first, again);
+        let flipped = [Condition::new(
+            "Accepted",
+            model::Status::False,
+            "Invalid",
+            "no",
+        )];
+        let later = conditions(&flipped, Some(&first), Some(4), "2026-02-02T00:00:00Z");
+        assert_eq!(later[0]["lastTransitionTime"], "2026-02-02T00:00:00Z");
+        assert_eq!(later[0]["observedGeneration"], 4);
+    }
+}

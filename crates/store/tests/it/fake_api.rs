@@ -1,0 +1,421 @@
+//! A Kubernetes API server stand-in behind a `tower-test` mock service, as kube-rs recommends
+//! for testing controllers (no API server can be installed on this machine). It checks every
+//! request it gets: a request it does not expect is recorded and fails the test.
+//!
+//! It serves lists and watches of the collections a test registers (404 for every other
+//! collection, as for a CRD that is not installed), answers each watch with the events queued
+//! for its collection (a watch with none waits until some arrive), applies status patches
+//! (server-side apply with trellis's field manager only) and keeps Leases with
+//! resourceVersion checks (409 on a stale write).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock::{self, SendResponse};
+
+/// One request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub content_type: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Collection {
+    /// By `namespace/name` (or `name`).
+    items: BTreeMap<String, Value>,
+    events: VecDeque<Value>,
+    parked: Vec<SendResponse<Response<Body>>>,
+}
+
+#[derive(Default)]
+struct ApiState {
+    collections: BTreeMap<String, Collection>,
+    /// Collections answering 403 to every list (a missing RBAC rule).
+    forbidden: Vec<String>,
+    leases: BTreeMap<String, Value>,
+    revision: u64,
+    seen: Vec<Seen>,
+    unexpected: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<ApiState>>,
+}
+
+impl FakeApi {
+    /// The fake and a client connector for `store::kubernetes::watch_with` (the client must
+    /// be made on the source's runtime). `serve` must be spawned on a runtime that stays up.
+    pub fn new() -> (
+        FakeApi,
+        mock::Mock<Request<Body>, Response<Body>>,
+        mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        (
+            FakeApi {
+                state: Arc::new(Mutex::new(ApiState::default())),
+            },
+            service,
+            handle,
+        )
+    }
+
+    pub async fn serve(self, mut handle: mock::Handle<Request<Body>, Response<Body>>) {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap_or_default();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let seen = Seen {
+                method: parts.method.clone(),
+                path: parts.uri.path().to_string(),
+                query: parts.uri.query().unwrap_or("").to_string(),
+                content_type: parts
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body,
+            };
+            self.answer(seen, send);
+        }
+    }
+
+    /// Registers a collection (`/apis/g/v/plural` or `/api/v1/plural`) with its objects.
+    pub fn serve_collection(&self, path: &str, items: Vec<Value>) {
+        let mut st = self.state.lock().unwrap();
+        let mut c = Collection::default();
+        for mut item in items {
+            st.revision += 1;
+            item["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+            item["metadata"]["generation"] = json!(1);
+            c.items.insert(item_key(&item), item);
+        }
+        st.collections.insert(path.to_string(), c);
+    }
+
+    pub fn forbid(&self, path: &str) {
+        self.state.lock().unwrap().forbidden.push(path.to_string());
+    }
+
+    /// Adds or changes an object and sends the watch event.
+    pub fn apply(&self, path: &str, mut item: Value) {
+        let mut st = self.state.lock().unwrap();
+        st.revision += 1;
+        let rv = st.revision;
+        let c = st
+            .collections
+            .get_mut(path)
+            .expect("a registered collection");
+        let key = item_key(&item);
+        let kind = if c.items.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        item["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let generation = c
+            .items
+            .get(&key)
+            .and_then(|o| o.pointer("/metadata/generation").and_then(Value::as_i64))
+            .unwrap_or(0)
+            + 1;
+        item["metadata"]["generation"] = json!(generation);
+        c.items.insert(key, item.clone());
+        c.events.push_back(json!({ "type": kind, "object": item }));
+        flush(c);
+    }
+
+    pub fn delete(&self, path: &str, key: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.revision += 1;
+        let rv = st.revision;
+        let c = st
+            .collections
+            .get_mut(path)
+            .expect("a registered collection");
+        let mut item = c.items.remove(key).expect("an object to delete");
+        item["metadata"]["resourceVersion"] = json!(rv.to_string());
+        c.events
+            .push_back(json!({ "type": "DELETED", "object": item }));
+        flush(c);
+    }
+
+    /// Changes the collection without telling the watch (as during a long disconnect).
+    pub fn change_silently(&self, path: &str, remove: &str, add: Value) {
+        let mut st = self.state.lock().unwrap();
+        st.revision += 1;
+        let rv = st.revision;
+        let c = st
+            .collections
+            .get_mut(path)
+            .expect("a registered collection");
+        c.items.remove(remove);
+        let mut add = add;
+        add["metadata"]["resourceVersion"] = json!(rv.to_string());
+        c.items.insert(item_key(&add), add);
+    }
+
+    /// Ends the collection's watch with 410 Gone, as an API server does once the watch's
+    /// revision is compacted.
+    pub fn expire(&self, path: &str) {
+        let mut st = self.state.lock().unwrap();
+        let c = st
+            .collections
+            .get_mut(path)
+            .expect("a registered collection");
+        c.events.push_back(json!({
+            "type": "ERROR",
+            "object": {
+                "kind": "Status", "apiVersion": "v1", "metadata": {},
+                "status": "Failure", "reason": "Expired", "code": 410,
+                "message": "too old resource version",
+            }
+        }));
+        flush(c);
+    }
+
+    pub fn object(&self, path: &str, key: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .collections
+            .get(path)?
+            .items
+            .get(key)
+            .cloned()
+    }
+
+    pub fn lease(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().leases.get(name).cloned()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.lock().unwrap().seen.clone()
+    }
+
+    pub fn unexpected(&self) -> Vec<String> {
+        self.state.lock().unwrap().unexpected.clone()
+    }
+
+    fn answer(&self, seen: Seen, send: SendResponse<Response<Body>>) {
+        let mut st = self.state.lock().unwrap();
+        st.seen.push(seen.clone());
+        let path = seen.path.as_str();
+        if path.starts_with("/apis/coordination.k8s.io/v1/namespaces/") {
+            let r = lease(&mut st, &seen);
+            send.send_response(r);
+            return;
+        }
+        if seen.method == Method::PATCH && path.ends_with("/status") {
+            let r = status_patch(&mut st, &seen);
+            send.send_response(r);
+            return;
+        }
+        if seen.method != Method::GET {
+            st.unexpected.push(format!("{} {path}", seen.method));
+            send.send_response(status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "unexpected",
+            ));
+            return;
+        }
+        if st.forbidden.iter().any(|p| p == path) {
+            send.send_response(status(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                "secrets is forbidden: User cannot list resource",
+            ));
+            return;
+        }
+        let revision = st.revision;
+        let Some(c) = st.collections.get_mut(path) else {
+            // Every kind trellis reads is asked for; anything else is unexpected.
+            if !(path.starts_with("/api/v1/") || path.starts_with("/apis/")) {
+                st.unexpected.push(format!("GET {path}"));
+            }
+            send.send_response(status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            ));
+            return;
+        };
+        if seen.query.split('&').any(|q| q == "watch=true") {
+            c.parked.push(send);
+            flush(c);
+        } else {
+            let items: Vec<Value> = c.items.values().cloned().collect();
+            send.send_response(ok(json!({
+                "kind": "List", "apiVersion": "v1",
+                "metadata": { "resourceVersion": revision.to_string() },
+                "items": items,
+            })));
+        }
+    }
+}
+
+fn item_key(item: &Value) -> String {
+    let name = item["metadata"]["name"].as_str().unwrap_or_default();
+    match item["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Answers parked watches with the queued events (one batch, then the stream ends and the
+/// watcher starts the next watch from the last revision it saw).
+fn flush(c: &mut Collection) {
+    if c.events.is_empty() {
+        return;
+    }
+    let Some(send) = c.parked.pop() else {
+        return;
+    };
+    let mut body = Vec::new();
+    for e in c.events.drain(..) {
+        body.extend_from_slice(e.to_string().as_bytes());
+        body.push(b'\n');
+    }
+    send.send_response(
+        Response::builder()
+            .status(200)
+            .body(Body::from(body))
+            .unwrap(),
+    );
+}
+
+fn ok(v: Value) -> Response<Body> {
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(Body::from(v.to_string().into_bytes()))
+        .unwrap()
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    let v = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "reason": reason, "message": message, "code": code.as_u16(),
+    });
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(v.to_string().into_bytes()))
+        .unwrap()
+}
+
+/// Server-side apply of a status: only with trellis's field manager and force, only the
+/// apply content type, only to an object that exists; the status replaces the stored one
+/// and the change goes out on the watch.
+fn status_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
+    let query: Vec<&str> = seen.query.split('&').collect();
+    let apply_type = seen.content_type.as_deref() == Some("application/apply-patch+yaml");
+    if !query.contains(&"fieldManager=trellis") || !query.contains(&"force=true") || !apply_type {
+        st.unexpected.push(format!(
+            "PATCH {} ?{} ({:?})",
+            seen.path, seen.query, seen.content_type
+        ));
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "not a server-side apply by trellis",
+        );
+    }
+    let object_path = seen.path.trim_end_matches("/status");
+    let (collection, key) = split_object_path(object_path);
+    st.revision += 1;
+    let rv = st.revision;
+    let Some(c) = st.collections.get_mut(&collection) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such collection");
+    };
+    let Some(item) = c.items.get_mut(&key) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+    };
+    item["status"] = seen.body["status"].clone();
+    item["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let item = item.clone();
+    c.events
+        .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
+    flush(c);
+    ok(item)
+}
+
+/// `/apis/g/v/namespaces/ns/plural/name` to the cluster-wide collection and `ns/name`;
+/// `/apis/g/v/plural/name` to the collection and `name`.
+fn split_object_path(path: &str) -> (String, String) {
+    let parts: Vec<&str> = path.split('/').collect();
+    if let Some(i) = parts.iter().position(|p| *p == "namespaces")
+        && parts.len() == i + 4
+    {
+        let mut collection = parts[..i].join("/");
+        collection.push('/');
+        collection.push_str(parts[i + 2]);
+        return (collection, format!("{}/{}", parts[i + 1], parts[i + 3]));
+    }
+    let (name, rest) = parts.split_last().unwrap();
+    (rest.join("/"), name.to_string())
+}
+
+/// Leases with optimistic concurrency: create is 409 when one exists, replace is 409 when
+/// the resourceVersion sent is not the stored one.
+fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
+    let name = seen.path.rsplit('/').next().unwrap_or_default().to_string();
+    match seen.method {
+        Method::GET => match st.leases.get(&name) {
+            Some(l) => ok(l.clone()),
+            None => status(StatusCode::NOT_FOUND, "NotFound", "leases not found"),
+        },
+        Method::POST => {
+            let name = seen.body["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if st.leases.contains_key(&name) {
+                return status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    "leases already exists",
+                );
+            }
+            st.revision += 1;
+            let mut l = seen.body.clone();
+            l["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+            st.leases.insert(name, l.clone());
+            ok(l)
+        }
+        Method::PUT => {
+            let Some(stored) = st.leases.get(&name) else {
+                return status(StatusCode::NOT_FOUND, "NotFound", "leases not found");
+            };
+            if stored["metadata"]["resourceVersion"] != seen.body["metadata"]["resourceVersion"] {
+                return status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "the object has been modified",
+                );
+            }
+            st.revision += 1;
+            let mut l = seen.body.clone();
+            l["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+            st.leases.insert(name, l.clone());
+            ok(l)
+        }
+        _ => {
+            st.unexpected.push(format!("{} {}", seen.method, seen.path));
+            status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "unexpected",
+            )
+        }
+    }
+}
