@@ -38,8 +38,7 @@ pub enum Output {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let opts = args.source.options()?;
-    let mut load = store::load(&args.source.paths, &opts);
+    let mut load = args.source.load()?;
     crate::gateway::add_compile_conditions(&mut load.snapshot);
     add_cni_plugin_conditions(&mut load.snapshot, &args.cni_path);
     add_scaler_conditions(&mut load.snapshot);

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use store::watch::Update;
-use store::watch::Watch;
 
 use crate::SourceArgs;
 
@@ -196,11 +195,9 @@ pub fn status_of(v: &dns::Views) -> serde_json::Value {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let opts = args.source.options()?;
     let cfg = args.serve.zone_config();
     let lameduck = args.serve.lameduck()?;
-    let watch =
-        Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+    let watch = args.source.watch()?;
     let first = watch.current();
     crate::report_errors(&first.snapshot);
     let dynamic = (!args.dynamic_zones.is_empty())

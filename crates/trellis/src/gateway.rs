@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use model::ObjectKey;
-use store::watch::{Update, Watch};
+use store::watch::Update;
 
 use crate::SourceArgs;
 
@@ -236,9 +236,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let key = ObjectKey::new(model::validate::GATEWAY_GROUP, "Gateway", ns, name);
     let port_map = parse_port_map(&args.port_map)?;
     let drain_override = parse_drain_timeout("--drain-timeout", args.drain_timeout.as_deref())?;
-    let opts = args.source.options()?;
-    let watch =
-        Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+    let watch = args.source.watch()?;
     let first = watch.current();
     crate::report_errors(&first.snapshot);
     let plan = compile(&first.snapshot, &key).map_err(|e| {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use health::probe::{Probed, Tls};
 use health::{Discovery, Endpoint};
-use store::watch::{Update, Watch};
+use store::watch::Update;
 
 use crate::SourceArgs;
 
@@ -191,11 +191,10 @@ fn line(e: &Endpoint, p: &Probed) -> String {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let opts = args.source.options()?;
     let problems = args.probing.check("--");
     anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
     if args.once {
-        let load = store::load(&args.source.paths, &opts);
+        let load = args.source.load()?;
         crate::report_errors(&load.snapshot);
         if load.snapshot.has_errors() {
             return Ok(ExitCode::from(2));
@@ -223,8 +222,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let watch =
-        Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+    let watch = args.source.watch()?;
     let first = watch.current();
     crate::report_errors(&first.snapshot);
     crate::gateway::runtime()?.block_on(async move {

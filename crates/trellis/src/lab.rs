@@ -485,12 +485,10 @@ fn demo(
             path.display()
         );
     }
-    let source = SourceArgs {
-        paths: vec![path.to_path_buf()],
-        vars: vars.exists().then(|| vars.to_path_buf()),
-        strict_vars: false,
-        default_namespace: "default".into(),
-    };
+    let source = SourceArgs::dirs(
+        vec![path.to_path_buf()],
+        vars.exists().then(|| vars.to_path_buf()),
+    );
     let state = up(
         &source,
         lab_flags,

@@ -12,6 +12,7 @@ mod health;
 mod lab;
 mod logging;
 mod observe;
+mod operator;
 mod registry;
 mod secret;
 mod state;
@@ -53,9 +54,13 @@ struct Cli {
 /// Flags every command that reads manifests shares.
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
+    /// Where manifests come from: `dir` (the -f paths) or `kube` (the Kubernetes API server,
+    /// found as kubectl finds it: the in-cluster service account, else the kubeconfig).
+    #[arg(long = "source", value_enum, default_value_t = Origin::Dir)]
+    pub origin: Origin,
     /// A manifest directory or file (repeatable). Directories are read with kustomize and Flux
     /// semantics (kustomization.yaml, ks.yaml targetNamespace, configMapGenerator).
-    #[arg(short = 'f', long = "filename", required = true)]
+    #[arg(short = 'f', long = "filename")]
     pub paths: Vec<PathBuf>,
     /// Flux post-build variables: a YAML map (NAME: value) or env-style lines (NAME=value).
     #[arg(long)]
@@ -68,7 +73,61 @@ pub struct SourceArgs {
     pub default_namespace: String,
 }
 
+/// Where a command reads its manifests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Origin {
+    /// Directories and files (`-f`), re-read when they change.
+    #[default]
+    Dir,
+    /// The Kubernetes API server, watched.
+    Kube,
+}
+
 impl SourceArgs {
+    /// The manifests' source as a directory source: `-f` paths.
+    pub fn dirs(paths: Vec<PathBuf>, vars: Option<PathBuf>) -> SourceArgs {
+        SourceArgs {
+            origin: Origin::Dir,
+            paths,
+            vars,
+            strict_vars: false,
+            default_namespace: "default".into(),
+        }
+    }
+
+    /// Starts watching the manifests: the directories, or the API server.
+    pub fn watch(&self) -> anyhow::Result<store::watch::Watch> {
+        use anyhow::Context as _;
+        let opts = self.options()?;
+        match self.origin {
+            Origin::Dir => store::watch::Watch::start(self.paths.clone(), opts)
+                .context("cannot watch the manifests"),
+            Origin::Kube => store::kubernetes::watch(&opts)
+                .context("cannot read the manifests from the Kubernetes API"),
+        }
+    }
+
+    /// Reads the manifests once.
+    pub fn load(&self) -> anyhow::Result<store::Load> {
+        let opts = self.options()?;
+        match self.origin {
+            Origin::Dir => Ok(store::load(&self.paths, &opts)),
+            Origin::Kube => {
+                let watch = self.watch()?;
+                let load = watch.current();
+                drop(watch);
+                Ok(
+                    std::sync::Arc::try_unwrap(load).unwrap_or_else(|shared| store::Load {
+                        snapshot: shared.snapshot.clone(),
+                        files: shared.files.clone(),
+                        excluded: shared.excluded.clone(),
+                        observed: shared.observed.clone(),
+                    }),
+                )
+            }
+        }
+    }
+
     pub fn options(&self) -> anyhow::Result<store::Options> {
         use anyhow::Context as _;
         let vars = match &self.vars {
@@ -80,6 +139,10 @@ impl SourceArgs {
                     .map_err(|e| anyhow::anyhow!("vars file {}: {e}", p.display()))?
             }
         };
+        anyhow::ensure!(
+            self.origin == Origin::Kube || !self.paths.is_empty(),
+            "no manifests: give -f DIR (a manifest directory or file), or --source kube to read them from the Kubernetes API"
+        );
         Ok(store::Options {
             vars,
             strict_vars: self.strict_vars,
@@ -146,6 +209,8 @@ enum Command {
     Health(health::Args),
     /// Print the status of a running trellis from its admin endpoint (`up`, `gateway`, `dns`).
     Status(status::Args),
+    /// Kubernetes mode: the Lease-elected writer of every object's status conditions.
+    Operator(operator::Args),
     /// What the nodes share in the state backend (`--state etcd://...`): list it, or
     /// measure the claim latency.
     State(state::Args),
@@ -177,6 +242,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(&args, cli.log_format),
         Command::Status(args) => status::run(&args),
         Command::Health(args) => health::run(&args),
+        Command::Operator(args) => operator::run(&args),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "trellis", &mut std::io::stdout());

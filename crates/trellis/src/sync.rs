@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use dns::sync::provider::Provider;
 use dns::sync::{Changes, SyncConfig};
-use store::watch::{Update, Watch};
+use store::watch::Update;
 use tracing::Instrument as _;
 
 use crate::SourceArgs;
@@ -526,10 +526,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     duration("--interval", &target.interval)?;
     duration("--min-event-sync-interval", &target.min_event_sync_interval)?;
-    let opts = args.source.options()?;
     crate::gateway::runtime()?.block_on(async move {
         if args.once || args.dry_run {
-            let load = store::load(&args.source.paths, &opts);
+            let load = args.source.load()?;
             if load.snapshot.has_errors() {
                 crate::report_errors(&load.snapshot);
                 return Ok(ExitCode::from(2));
@@ -562,8 +561,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 }
             });
         }
-        let watch =
-            Watch::start(args.source.paths.clone(), opts).context("cannot watch the manifests")?;
+        let watch = args.source.watch()?;
         let first = watch.current();
         crate::report_errors(&first.snapshot);
         let (tx, rx) = tokio::sync::watch::channel(first);

@@ -316,6 +316,7 @@ impl Config {
 
     fn source(&self) -> crate::SourceArgs {
         crate::SourceArgs {
+            origin: crate::Origin::Dir,
             paths: self.manifests.clone(),
             vars: self.vars.clone(),
             strict_vars: self.strict_vars,

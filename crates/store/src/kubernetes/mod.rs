@@ -99,20 +99,25 @@ pub fn kinds() -> Vec<KindInfo> {
 /// Why the first listing did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Client(#[source] kube::Error),
+    /// kube's own message already carries its causes, so it is the whole message here.
+    #[error(
+        "cannot reach the Kubernetes API (in a pod: a service account; elsewhere: $KUBECONFIG or ~/.kube/config): {0}"
+    )]
+    Client(kube::Error),
     #[error(
         "the Kubernetes API did not list every kind within {:?}; not listed: {}",
         FIRST_SYNC_TIMEOUT,
         .0.join("; ")
     )]
     FirstSync(Vec<String>),
-    #[error("cannot start the Kubernetes source: {0}")]
+    #[error("cannot start the Kubernetes source")]
     Runtime(#[source] std::io::Error),
 }
 
-/// What a kind's watcher tells the builder.
+/// What a kind's watcher tells the builder. (An event is most messages and is moved once;
+/// boxing it would cost an allocation per event for nothing.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Msg {
     Event(usize, Resource, watcher::Event<DynamicObject>),
     /// No version of the kind is served (its CRD is not installed).
@@ -452,7 +457,10 @@ mod tests {
     #[test]
     fn every_kind_has_the_plural_the_api_serves() {
         let plural = |kind: &str| {
-            let info = KINDS.iter().find(|k| k.kind == kind).unwrap();
+            let info = KINDS
+                .iter()
+                .find(|k| k.kind == kind)
+                .expect("a kind of the table");
             Resource::new(*info, info.versions[0]).api.plural
         };
         for (kind, want) in [
@@ -478,13 +486,19 @@ mod tests {
 
     #[test]
     fn paths_are_the_api_servers() {
-        let info = *KINDS.iter().find(|k| k.kind == "HTTPRoute").unwrap();
+        let info = *KINDS
+            .iter()
+            .find(|k| k.kind == "HTTPRoute")
+            .expect("HTTPRoute");
         let r = Resource::new(info, "v1");
         assert_eq!(
             r.object_path(Some("network"), "echo"),
             "/apis/gateway.networking.k8s.io/v1/namespaces/network/httproutes/echo"
         );
-        let info = *KINDS.iter().find(|k| k.kind == "Namespace").unwrap();
+        let info = *KINDS
+            .iter()
+            .find(|k| k.kind == "Namespace")
+            .expect("Namespace");
         assert_eq!(
             Resource::new(info, "v1").collection_path(None),
             "/api/v1/namespaces"

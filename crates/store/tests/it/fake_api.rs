@@ -14,7 +14,12 @@ use std::sync::{Arc, Mutex};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};
-use tower_test::mock::{self, SendResponse};
+use tower_test::mock::{self, Mock, SendResponse};
+
+/// The client side of the fake (a tower Service kube's Client is built on).
+pub type ApiMock = Mock<Request<Body>, Response<Body>>;
+/// The server side: what [`FakeApi::serve`] answers from.
+pub type ApiHandle = mock::Handle<Request<Body>, Response<Body>>;
 
 /// One request as the fake saw it.
 #[derive(Clone, Debug)]
@@ -53,11 +58,7 @@ pub struct FakeApi {
 impl FakeApi {
     /// The fake and a client connector for `store::kubernetes::watch_with` (the client must
     /// be made on the source's runtime). `serve` must be spawned on a runtime that stays up.
-    pub fn new() -> (
-        FakeApi,
-        mock::Mock<Request<Body>, Response<Body>>,
-        mock::Handle<Request<Body>, Response<Body>>,
-    ) {
+    pub fn new() -> (FakeApi, ApiMock, ApiHandle) {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         (
             FakeApi {
@@ -68,7 +69,7 @@ impl FakeApi {
         )
     }
 
-    pub async fn serve(self, mut handle: mock::Handle<Request<Body>, Response<Body>>) {
+    pub async fn serve(self, mut handle: ApiHandle) {
         while let Some((req, send)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
             let bytes = body.collect_bytes().await.unwrap_or_default();
@@ -88,9 +89,74 @@ impl FakeApi {
         }
     }
 
+    /// (Used by the binary's tests, which include this file.)
+    #[allow(dead_code)]
+    /// Serves the fake over HTTP on loopback as well, for a process that finds it through a
+    /// kubeconfig (the `trellis` binary). Each request goes through `mock`, so the same checks
+    /// apply. Must run on the runtime that serves the fake.
+    pub async fn listen_http(mock: ApiMock) -> std::net::SocketAddr {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mock = mock.clone();
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let mock = mock.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map_err(|e| std::io::Error::other(e.to_string()))?
+                                    .to_bytes();
+                                let answer = mock
+                                    .oneshot(Request::from_parts(parts, Body::from(bytes)))
+                                    .await
+                                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                                let (parts, body) = answer.into_parts();
+                                let bytes = body
+                                    .collect_bytes()
+                                    .await
+                                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                                Ok::<_, std::io::Error>(Response::from_parts(
+                                    parts,
+                                    http_body_util::Full::new(bytes),
+                                ))
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[allow(dead_code)]
+    /// A kubeconfig naming the fake's HTTP address (no credentials: the fake asks for none).
+    pub fn kubeconfig(addr: std::net::SocketAddr) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: \"http://{addr}\"}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: default}}}}]\n"
+        )
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, ApiState> {
+        self.state.lock().expect("the fake's state")
+    }
+
     /// Registers a collection (`/apis/g/v/plural` or `/api/v1/plural`) with its objects.
     pub fn serve_collection(&self, path: &str, items: Vec<Value>) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.st();
         let mut c = Collection::default();
         for mut item in items {
             st.revision += 1;
@@ -102,12 +168,12 @@ impl FakeApi {
     }
 
     pub fn forbid(&self, path: &str) {
-        self.state.lock().unwrap().forbidden.push(path.to_string());
+        self.st().forbidden.push(path.to_string());
     }
 
     /// Adds or changes an object and sends the watch event.
     pub fn apply(&self, path: &str, mut item: Value) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.st();
         st.revision += 1;
         let rv = st.revision;
         let c = st
@@ -134,7 +200,7 @@ impl FakeApi {
     }
 
     pub fn delete(&self, path: &str, key: &str) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.st();
         st.revision += 1;
         let rv = st.revision;
         let c = st
@@ -150,7 +216,7 @@ impl FakeApi {
 
     /// Changes the collection without telling the watch (as during a long disconnect).
     pub fn change_silently(&self, path: &str, remove: &str, add: Value) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.st();
         st.revision += 1;
         let rv = st.revision;
         let c = st
@@ -166,7 +232,7 @@ impl FakeApi {
     /// Ends the collection's watch with 410 Gone, as an API server does once the watch's
     /// revision is compacted.
     pub fn expire(&self, path: &str) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.st();
         let c = st
             .collections
             .get_mut(path)
@@ -183,30 +249,23 @@ impl FakeApi {
     }
 
     pub fn object(&self, path: &str, key: &str) -> Option<Value> {
-        self.state
-            .lock()
-            .unwrap()
-            .collections
-            .get(path)?
-            .items
-            .get(key)
-            .cloned()
+        self.st().collections.get(path)?.items.get(key).cloned()
     }
 
     pub fn lease(&self, name: &str) -> Option<Value> {
-        self.state.lock().unwrap().leases.get(name).cloned()
+        self.st().leases.get(name).cloned()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.state.lock().unwrap().seen.clone()
+        self.st().seen.clone()
     }
 
     pub fn unexpected(&self) -> Vec<String> {
-        self.state.lock().unwrap().unexpected.clone()
+        self.st().unexpected.clone()
     }
 
     fn answer(&self, seen: Seen, send: SendResponse<Response<Body>>) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.st();
         st.seen.push(seen.clone());
         let path = seen.path.as_str();
         if path.starts_with("/apis/coordination.k8s.io/v1/namespaces/") {
@@ -289,7 +348,7 @@ fn flush(c: &mut Collection) {
         Response::builder()
             .status(200)
             .body(Body::from(body))
-            .unwrap(),
+            .expect("a response"),
     );
 }
 
@@ -298,7 +357,7 @@ fn ok(v: Value) -> Response<Body> {
         .status(200)
         .header("content-type", "application/json")
         .body(Body::from(v.to_string().into_bytes()))
-        .unwrap()
+        .expect("a response")
 }
 
 fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
@@ -310,7 +369,7 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response<Body> {
         .status(code)
         .header("content-type", "application/json")
         .body(Body::from(v.to_string().into_bytes()))
-        .unwrap()
+        .expect("a response")
 }
 
 /// Server-side apply of a status: only with trellis's field manager and force, only the
@@ -361,7 +420,7 @@ fn split_object_path(path: &str) -> (String, String) {
         collection.push_str(parts[i + 2]);
         return (collection, format!("{}/{}", parts[i + 1], parts[i + 3]));
     }
-    let (name, rest) = parts.split_last().unwrap();
+    let (name, rest) = parts.split_last().expect("a path");
     (rest.join("/"), name.to_string())
 }
 

@@ -60,10 +60,7 @@ fn cluster() -> (FakeApi, Served) {
     (fake, served)
 }
 
-type Mock =
-    tower_test::mock::Mock<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
-type Handle =
-    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+use crate::fake_api::{ApiHandle as Handle, ApiMock as Mock};
 
 /// The runtime serving the fake, and clients of it.
 struct Served {
@@ -77,7 +74,7 @@ impl Served {
             .worker_threads(1)
             .enable_all()
             .build()
-            .unwrap();
+            .expect("test setup");
         rt.spawn(fake.clone().serve(handle));
         Served { rt, mock }
     }
@@ -99,11 +96,9 @@ impl Served {
 }
 
 fn next_applied(watch: &Watch) -> std::sync::Arc<store::Load> {
-    loop {
-        match watch.updates.recv_timeout(WAIT).expect("an update") {
-            Update::Applied(l) => return l,
-            Update::Rejected { errors, .. } => panic!("rejected: {errors:?}"),
-        }
+    match watch.updates.recv_timeout(WAIT).expect("an update") {
+        Update::Applied(l) => l,
+        Update::Rejected { errors, .. } => panic!("rejected: {errors:?}"),
     }
 }
 
@@ -255,14 +250,16 @@ fn status_is_applied_once_and_not_again_for_the_same_snapshot() {
     assert_eq!(parent["parentRef"]["name"], "external");
     let accepted = parent["conditions"]
         .as_array()
-        .unwrap()
+        .expect("test setup")
         .iter()
         .find(|c| c["type"] == "Accepted")
-        .unwrap();
+        .expect("test setup");
     assert_eq!(accepted["status"], "True");
     assert_eq!(accepted["observedGeneration"], 1);
     assert_eq!(accepted["lastTransitionTime"], "2026-12-07T00:00:00Z");
-    let gw = fake.object(GATEWAYS, "default/external").unwrap();
+    let gw = fake
+        .object(GATEWAYS, "default/external")
+        .expect("test setup");
     assert_eq!(gw["status"]["listeners"][0]["attachedRoutes"], 1);
 
     // Our own writes come back as watch events; the same snapshot asks for nothing more,
@@ -288,7 +285,7 @@ fn one_candidate_holds_the_lease_and_another_takes_it_only_once_it_expired() {
         .enable_all()
         .start_paused(true)
         .build()
-        .unwrap();
+        .expect("test setup");
     rt.block_on(async {
         tokio::spawn(fake.clone().serve(handle));
         let client = Client::new(mock, "default");
@@ -306,51 +303,58 @@ fn one_candidate_holds_the_lease_and_another_takes_it_only_once_it_expired() {
             Duration::from_secs(15),
         );
         assert_eq!(
-            a.round().await.unwrap(),
+            a.round().await.expect("test setup"),
             Role::Leader,
             "a creates the Lease"
         );
-        let held = fake.lease("trellis-operator").unwrap();
+        let held = fake.lease("trellis-operator").expect("test setup");
         assert_eq!(held["spec"]["holderIdentity"], "node-a");
         assert_eq!(held["spec"]["leaseDurationSeconds"], 15);
         assert_eq!(
-            b.round().await.unwrap(),
+            b.round().await.expect("test setup"),
             Role::Follower {
                 holder: Some("node-a".into())
             }
         );
-        assert_eq!(a.round().await.unwrap(), Role::Leader, "a renews");
-        let renewed = fake.lease("trellis-operator").unwrap();
+        assert_eq!(
+            a.round().await.expect("test setup"),
+            Role::Leader,
+            "a renews"
+        );
+        let renewed = fake.lease("trellis-operator").expect("test setup");
         assert_ne!(
             held["metadata"]["resourceVersion"],
             renewed["metadata"]["resourceVersion"]
         );
         // b sees a new record (the renewal): its clock starts again.
-        assert!(matches!(b.round().await.unwrap(), Role::Follower { .. }));
+        assert!(matches!(
+            b.round().await.expect("test setup"),
+            Role::Follower { .. }
+        ));
         tokio::time::advance(Duration::from_secs(14)).await;
         assert!(
-            matches!(b.round().await.unwrap(), Role::Follower { .. }),
+            matches!(b.round().await.expect("test setup"), Role::Follower { .. }),
             "not yet expired"
         );
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(
-            b.round().await.unwrap(),
+            b.round().await.expect("test setup"),
             Role::Leader,
             "b takes the expired Lease"
         );
-        let taken = fake.lease("trellis-operator").unwrap();
+        let taken = fake.lease("trellis-operator").expect("test setup");
         assert_eq!(taken["spec"]["holderIdentity"], "node-b");
         assert_eq!(taken["spec"]["leaseTransitions"], 1);
         assert_eq!(
-            a.round().await.unwrap(),
+            a.round().await.expect("test setup"),
             Role::Follower {
                 holder: Some("node-b".into())
             },
             "a has lost it"
         );
         // Releasing hands it over without a wait.
-        b.release().await.unwrap();
-        assert_eq!(a.round().await.unwrap(), Role::Leader);
+        b.release().await.expect("test setup");
+        assert_eq!(a.round().await.expect("test setup"), Role::Leader);
     });
     assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }

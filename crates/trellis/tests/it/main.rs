@@ -1,7 +1,13 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
 
 mod crash;
+/// The mock Kubernetes API of the store crate's tests, served over HTTP for the binary.
+/// (Parts of it serve only the store tests.)
+#[allow(dead_code)]
+#[path = "../../../store/tests/it/fake_api.rs"]
+mod fake_api;
 mod health;
+mod kube_mode;
 
 /// The Knot DNS helper of the dns crate's tests: one way to run Knot in tests.
 #[path = "../../../dns/tests/it/knot.rs"]
@@ -540,10 +546,8 @@ fn bound_addr(
     panic!("the process ended without printing {needle:?}:\n{seen}");
 }
 
-/// Starts `trellis echo` on a free port and writes the GatewayClass, a Gateway `apps/gw` with
-/// an HTTP listener on 80, and Service `apps/web` whose EndpointSlice points at the echo
-/// server, into `dir/base.yaml`.
-fn echo_and_base(dir: &Path, log: &mut String) -> (Proc, u16) {
+/// Starts `trellis echo` (as `apps/web`) on a free port.
+fn start_echo(log: &mut String) -> (Proc, u16) {
     use std::io::BufRead;
     let mut echo = Proc(
         Command::new(env!("CARGO_BIN_EXE_trellis"))
@@ -562,7 +566,15 @@ fn echo_and_base(dir: &Path, log: &mut String) -> (Proc, u16) {
     );
     let mut err = std::io::BufReader::new(echo.0.stderr.take().expect("stderr")).lines();
     let addr = bound_addr(&mut err, "echo apps/web on", log);
-    let port = addr.rsplit(':').next().expect("port").to_string();
+    let port = addr.rsplit(':').next().expect("port");
+    (echo, port.parse().expect("port"))
+}
+
+/// Starts `trellis echo` on a free port and writes the GatewayClass, a Gateway `apps/gw` with
+/// an HTTP listener on 80, and Service `apps/web` whose EndpointSlice points at the echo
+/// server, into `dir/base.yaml`.
+fn echo_and_base(dir: &Path, log: &mut String) -> (Proc, u16) {
+    let (echo, port) = start_echo(log);
     std::fs::write(
         dir.join("base.yaml"),
         format!(
@@ -574,7 +586,7 @@ fn echo_and_base(dir: &Path, log: &mut String) -> (Proc, u16) {
         ),
     )
     .expect("write");
-    (echo, port.parse().expect("port"))
+    (echo, port)
 }
 
 /// Starts `trellis gateway` for Gateway `apps/gw` of `dir` on free loopback ports, with

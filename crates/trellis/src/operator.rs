@@ -1,0 +1,160 @@
+//! `trellis operator`: the one cluster-wide writer in Kubernetes mode (Cilium's operator and
+//! Envoy Gateway's controller play this part). Every replica reads every object through the
+//! API; the replica holding the `trellis-operator` Lease writes the conditions validation
+//! decided back as status (Gateway API and Envoy Gateway policy status, server-side apply
+//! under the `trellis` field manager). The others wait to take the Lease over.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use store::kubernetes::{leader, status};
+use store::watch::Update;
+
+use crate::{Origin, SourceArgs};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Namespace of the Lease. Default: $POD_NAMESPACE, else trellis-system.
+    #[arg(long)]
+    pub lease_namespace: Option<String>,
+    #[arg(long, default_value = "trellis-operator")]
+    pub lease_name: String,
+    /// This replica's name in the Lease. Default: $POD_NAME, else the host name.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// The admin endpoint: /healthz, /ready, /status (leadership, writes), /metrics.
+    #[arg(long, default_value = "0.0.0.0:9963")]
+    pub admin: SocketAddr,
+}
+
+/// A failed status write is tried again after this long (the next change also retries).
+const RETRY_WRITE: Duration = Duration::from_secs(5);
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.source.origin == Origin::Kube,
+        "the operator writes status to the Kubernetes API: run it with --source kube"
+    );
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "trellis-system".into());
+    let identity = match args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+    {
+        Some(i) => i,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("no --identity, no $POD_NAME and no host name")?
+            .trim()
+            .to_string(),
+    };
+    let watch = args.source.watch()?;
+    crate::report_errors(&watch.current().snapshot);
+    crate::gateway::runtime()?.block_on(async move {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach the Kubernetes API")?;
+        let doc = Arc::new(arc_swap::ArcSwap::from_pointee(serde_json::json!({
+            "ready": true, "leader": false, "identity": identity,
+        })));
+        let a = gateway::admin::start(
+            args.admin,
+            Arc::new(prometheus_client::registry::Registry::default()),
+            doc.clone(),
+            None,
+        )
+        .await
+        .with_context(|| format!("cannot bind {}", args.admin))?;
+        eprintln!("operator {identity}: admin on http://{a}/status");
+        let elector = Arc::new(leader::Elector::new(
+            kube::Api::namespaced(client.clone(), &namespace),
+            &args.lease_name,
+            &identity,
+            leader::LEASE_DURATION,
+        ));
+        let (lead_tx, mut lead_rx) = tokio::sync::watch::channel(false);
+        let keeper = {
+            let elector = elector.clone();
+            tokio::spawn(async move {
+                leader::keep(&elector, leader::RETRY_PERIOD, leader::RENEW_DEADLINE, lead_tx)
+                    .await
+            })
+        };
+        let mut current = watch.current();
+        let mut updates = crate::forward_updates(watch);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut pending = true;
+        let mut written = 0u64;
+        let mut last_error: Option<String> = None;
+        loop {
+            let leading = *lead_rx.borrow();
+            if leading && pending {
+                let patches = status::patches(&current, &httpkit::rfc3339(std::time::SystemTime::now()));
+                match status::apply(&client, &patches).await {
+                    Ok(n) => {
+                        written += n as u64;
+                        last_error = None;
+                        pending = false;
+                    }
+                    Err(e) => last_error = Some(e.to_string()),
+                }
+            }
+            doc.store(Arc::new(serde_json::json!({
+                "ready": true,
+                "leader": leading,
+                "identity": identity,
+                "lease": format!("{namespace}/{}", args.lease_name),
+                "objects": current.snapshot.entries.len(),
+                "statusWrites": written,
+                "lastError": last_error,
+            })));
+            let retry = async {
+                if pending && leading {
+                    tokio::time::sleep(RETRY_WRITE).await
+                } else {
+                    std::future::pending::<()>().await
+                }
+            };
+            tokio::select! {
+                u = updates.recv() => match u {
+                    Some(Update::Applied(load)) => {
+                        current = load;
+                        pending = true;
+                    }
+                    Some(Update::Rejected { errors, .. }) => {
+                        for e in &errors {
+                            eprintln!("change rejected, the last good snapshot's status stays: {e}");
+                        }
+                    }
+                    None => anyhow::bail!("the Kubernetes source stopped"),
+                },
+                changed = lead_rx.changed() => {
+                    if changed.is_err() {
+                        anyhow::bail!("the Lease keeper stopped");
+                    }
+                    if *lead_rx.borrow() {
+                        eprintln!("operator {identity}: leading ({namespace}/{})", args.lease_name);
+                        // A new leader writes everything that differs.
+                        pending = true;
+                    }
+                }
+                _ = retry => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
+        }
+        keeper.abort();
+        if let Err(e) = elector.release().await {
+            eprintln!("cannot release the Lease: {e}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

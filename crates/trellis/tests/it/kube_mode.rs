@@ -1,0 +1,187 @@
+//! Kubernetes mode with the real binary: `trellis gateway --source kube` serves what the API
+//! server holds and follows its watch; `trellis operator --source kube` takes the Lease,
+//! writes status back, and gives the Lease up on SIGTERM. The API server is the store crate's
+//! mock (`fake_api.rs`) served over HTTP on loopback and found through a kubeconfig: no
+//! Kubernetes API server can be installed on this machine.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::fake_api::FakeApi;
+use crate::{Proc, bound_addr, curl_headers, start_echo, within};
+
+const CLASSES: &str = "/apis/gateway.networking.k8s.io/v1/gatewayclasses";
+const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const SERVICES: &str = "/api/v1/services";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+
+fn route(extra_filters: Value) -> Value {
+    json!({
+        "metadata": { "name": "web", "namespace": "apps" },
+        "spec": {
+            "parentRefs": [{ "name": "gw" }],
+            "hostnames": ["web.example.com"],
+            "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }], "filters": extra_filters }],
+        },
+    })
+}
+
+/// The API: a class, Gateway `apps/gw`, Service `apps/web` with its EndpointSlice on the echo
+/// server, and HTTPRoute `apps/web`. Returns the fake, the runtime serving it, and a
+/// kubeconfig file for it.
+fn api(echo_port: u16, dir: &std::path::Path) -> (FakeApi, tokio::runtime::Runtime, String) {
+    let (fake, mock, handle) = FakeApi::new();
+    fake.serve_collection(
+        CLASSES,
+        vec![json!({ "metadata": { "name": "trellis" },
+                     "spec": { "controllerName": "trellis.dev/gateway-controller" } })],
+    );
+    fake.serve_collection(
+        GATEWAYS,
+        vec![json!({ "metadata": { "name": "gw", "namespace": "apps" },
+                     "spec": { "gatewayClassName": "trellis",
+                               "listeners": [{ "name": "http", "port": 80, "protocol": "HTTP" }] } })],
+    );
+    fake.serve_collection(
+        SERVICES,
+        vec![json!({ "metadata": { "name": "web", "namespace": "apps" },
+                     "spec": { "ports": [{ "name": "http", "port": 80 }] } })],
+    );
+    fake.serve_collection(
+        SLICES,
+        vec![json!({ "metadata": { "name": "web", "namespace": "apps",
+                                   "labels": { "kubernetes.io/service-name": "web" } },
+                     "addressType": "IPv4",
+                     "ports": [{ "name": "http", "port": echo_port }],
+                     "endpoints": [{ "addresses": ["127.0.0.1"] }] })],
+    );
+    fake.serve_collection(ROUTES, vec![route(json!([]))]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.spawn(fake.clone().serve(handle));
+    let addr = rt.block_on(FakeApi::listen_http(mock));
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, FakeApi::kubeconfig(addr)).expect("write kubeconfig");
+    (fake, rt, kubeconfig.display().to_string())
+}
+
+fn spawn(
+    kubeconfig: &str,
+    args: &[&str],
+) -> (
+    Proc,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    use std::io::BufRead;
+    let mut p = Proc(
+        Command::new(env!("CARGO_BIN_EXE_trellis"))
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("trellis starts"),
+    );
+    let err = std::io::BufReader::new(p.0.stderr.take().expect("stderr")).lines();
+    (p, err)
+}
+
+#[test]
+fn gateway_and_operator_run_from_the_kubernetes_api() {
+    let t = tempfile::tempdir().expect("tmp");
+    let mut log = String::new();
+    let (_echo, echo_port) = start_echo(&mut log);
+    let (fake, _rt, kubeconfig) = api(echo_port, t.path());
+
+    // The gateway serves the route it read from the API.
+    let (_gw, mut gw_err) = spawn(
+        &kubeconfig,
+        &[
+            "gateway",
+            "--source",
+            "kube",
+            "--gateway",
+            "apps/gw",
+            "--bind",
+            "127.0.0.1",
+            "--port-map",
+            "80=0",
+            "--access-log",
+            "off",
+        ],
+    );
+    let gw_addr = bound_addr(&mut gw_err, "listener port 80 on", &mut log);
+    std::thread::spawn(move || for _ in gw_err.by_ref() {});
+    let url = format!("http://{gw_addr}/hello");
+    within(20, || {
+        curl_headers(&url, "web.example.com").filter(|h| h.starts_with("http/1.1 200"))
+    })
+    .unwrap_or_else(|| panic!("the gateway serves the API's route\n{log}"));
+
+    // A change in the API reaches it through the watch.
+    fake.apply(
+        ROUTES,
+        route(json!([{ "type": "ResponseHeaderModifier",
+                       "responseHeaderModifier": { "add": [{ "name": "x-version", "value": "2" }] } }])),
+    );
+    within(20, || {
+        curl_headers(&url, "web.example.com").filter(|h| h.contains("x-version: 2"))
+    })
+    .expect("the route change is served");
+
+    // The operator takes the Lease and writes the conditions back.
+    let (op, mut op_err) = spawn(
+        &kubeconfig,
+        &[
+            "operator",
+            "--source",
+            "kube",
+            "--admin",
+            "127.0.0.1:0",
+            "--identity",
+            "op-a",
+            "--lease-namespace",
+            "trellis-system",
+        ],
+    );
+    let admin = bound_addr(&mut op_err, "admin on", &mut log);
+    std::thread::spawn(move || for _ in op_err.by_ref() {});
+    let parent = within(20, || {
+        fake.object(ROUTES, "apps/web")
+            .and_then(|r| r.pointer("/status/parents/0").cloned())
+    })
+    .expect("the route's status is written");
+    assert_eq!(parent["controllerName"], "trellis.dev/gateway-controller");
+    assert_eq!(parent["parentRef"]["name"], "gw");
+    let gw = within(20, || {
+        fake.object(GATEWAYS, "apps/gw")
+            .filter(|g| g.pointer("/status/listeners/0/attachedRoutes") == Some(&json!(1)))
+    })
+    .expect("the Gateway's listener status is written");
+    assert_eq!(gw["status"]["listeners"][0]["name"], "http");
+    assert_eq!(
+        fake.lease("trellis-operator").expect("a Lease")["spec"]["holderIdentity"],
+        "op-a"
+    );
+    let status = Command::new("curl")
+        .args(["-s", &format!("http://{admin}")])
+        .output()
+        .expect("curl");
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["leader"], true, "{status}");
+
+    // SIGTERM: the operator gives the Lease up so another replica need not wait it out.
+    op.signal("TERM");
+    let mut op = op;
+    let exit = within(20, || op.0.try_wait().ok().flatten()).expect("the operator exits");
+    assert!(exit.success(), "{exit:?}");
+    let lease = fake.lease("trellis-operator").expect("a Lease");
+    assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
