@@ -550,6 +550,42 @@ pub fn gateway_load_balancer_ips<'a>(
     assignments.load_balancer_ips(namespace, &gateway_service_name(namespace, name))
 }
 
+/// Each served Gateway's addresses in an allocation, by (namespace, name): those of its own
+/// LoadBalancer Service when the snapshot has one (the owning-gateway labels), else those of
+/// the Service [`gateway_requests`] synthesized for it.
+pub fn gateway_addresses(
+    snapshot: &Snapshot,
+    allocation: &Allocation,
+) -> BTreeMap<(String, String), Vec<Ipv4Addr>> {
+    let mut out = BTreeMap::new();
+    for svc in snapshot.services.values() {
+        let label = |k: &str| svc.meta.labels.get(k).cloned();
+        if let (Some(ns), Some(name)) = (
+            label(OWNING_GATEWAY_NAMESPACE_LABEL),
+            label(OWNING_GATEWAY_NAME_LABEL),
+        ) && let Some(ips) = allocation
+            .ips
+            .get(&format!("{}/{}", svc.namespace(), svc.name()))
+        {
+            out.insert((ns, name), ips.clone());
+        }
+    }
+    for gw in snapshot.gateways.values() {
+        let (ns, name) = (gw.namespace(), gw.name());
+        let key = (ns.to_string(), name.to_string());
+        if out.contains_key(&key) {
+            continue;
+        }
+        if let Some(ips) = allocation
+            .ips
+            .get(&format!("{ns}/{}", gateway_service_name(ns, name)))
+        {
+            out.insert(key, ips.clone());
+        }
+    }
+    out
+}
+
 /// The LoadBalancer Service requests Envoy Gateway would create for the Gateways trellis
 /// serves (GatewayClass controller in [`model::validate::CONTROLLER_NAMES`]), named by
 /// [`gateway_service_name`]. What Envoy Gateway puts on that Service and LB-IPAM reads:

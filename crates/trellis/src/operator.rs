@@ -97,7 +97,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         loop {
             let leading = *lead_rx.borrow();
             if leading && pending {
-                let patches = status::patches(&current, &httpkit::rfc3339(std::time::SystemTime::now()));
+                let patches = status::patches(
+                    &current,
+                    &load_balancers(&current),
+                    &httpkit::rfc3339(std::time::SystemTime::now()),
+                );
                 match status::apply(&client, &patches).await {
                     Ok(n) => {
                         written += n as u64;
@@ -157,4 +161,63 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// LB-IPAM for the status writer, as Cilium's operator runs it: the addresses Services hold
+/// in `status.loadBalancer.ingress` are kept (the allocation imports them), and so are the
+/// addresses a Gateway without a Service of its own shows in `status.addresses` (its
+/// synthesized Service exists only there).
+fn load_balancers(load: &store::Load) -> status::LoadBalancers {
+    use fabric::lbipam;
+    let s = &load.snapshot;
+    let mut previous = fabric::Assignments::default();
+    for gw in s.gateways.values() {
+        let key = model::ObjectKey::new(
+            model::validate::GATEWAY_GROUP,
+            "Gateway",
+            gw.namespace(),
+            gw.name(),
+        );
+        let Some(observed) = load.observed.get(&key) else {
+            continue;
+        };
+        let ips: Vec<std::net::Ipv4Addr> = observed
+            .status
+            .get("addresses")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.get("value")?.as_str()?.parse().ok())
+            .collect();
+        if !ips.is_empty() {
+            previous.services.insert(
+                format!(
+                    "{}/{}",
+                    gw.namespace(),
+                    lbipam::gateway_service_name(gw.namespace(), gw.name())
+                ),
+                fabric::ServiceAssignment {
+                    load_balancer_ips: ips,
+                    ..Default::default()
+                },
+            );
+        }
+    }
+    let allocation = lbipam::allocate_snapshot(s, &previous);
+    let v4 = |ips: &[std::net::Ipv4Addr]| ips.iter().copied().map(std::net::IpAddr::V4).collect();
+    status::LoadBalancers {
+        services: allocation
+            .conditions
+            .iter()
+            .filter_map(|(key, c)| {
+                let (ns, name) = key.split_once('/')?;
+                let ips = allocation.ips.get(key).map(|i| v4(i)).unwrap_or_default();
+                Some(((ns.to_string(), name.to_string()), (ips, c.condition())))
+            })
+            .collect(),
+        gateways: lbipam::gateway_addresses(s, &allocation)
+            .into_iter()
+            .map(|(k, ips)| (k, v4(&ips)))
+            .collect(),
+    }
 }

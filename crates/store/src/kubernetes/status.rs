@@ -13,6 +13,9 @@
 //! policies (`ancestors`, one per targeted Gateway or route). Only the elected leader calls
 //! [`apply`].
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use kube::api::{Api, DynamicObject, Patch as KubePatch, PatchParams};
 use model::object::{Condition, ObjectKey, ObjectStatus};
 use model::snapshot::{Snapshot, kind_info};
@@ -36,19 +39,45 @@ pub struct Patch {
     pub body: Value,
 }
 
+/// What LB-IPAM decided (the operator computes it with `fabric::lbipam`), for the status
+/// writer: each LoadBalancer Service's addresses and its `cilium.io/IPAMRequestSatisfied`
+/// condition, and each Gateway's addresses, by (namespace, name).
+#[derive(Clone, Debug, Default)]
+pub struct LoadBalancers {
+    pub services: BTreeMap<(String, String), (Vec<IpAddr>, Condition)>,
+    pub gateways: BTreeMap<(String, String), Vec<IpAddr>>,
+}
+
 /// The patches a load asks for, `now` (RFC 3339) as the transition time of changed
 /// conditions.
-pub fn patches(load: &Load, now: &str) -> Vec<Patch> {
+pub fn patches(load: &Load, lbs: &LoadBalancers, now: &str) -> Vec<Patch> {
     let s = &load.snapshot;
     let mut out = Vec::new();
     let no_status = Observed::default();
+    for ((ns, name), (ips, condition)) in &lbs.services {
+        let key = ObjectKey::new("", "Service", ns, name);
+        if !s.services.contains_key(&(ns.clone(), name.clone())) {
+            continue;
+        }
+        let observed = load.observed.get(&key).unwrap_or(&no_status);
+        let ingress: Vec<Value> = ips
+            .iter()
+            .map(|ip| json!({ "ip": ip.to_string() }))
+            .collect();
+        let desired = json!({
+            "loadBalancer": { "ingress": ingress },
+            "conditions": conditions(
+                std::slice::from_ref(condition),
+                observed.status.get("conditions"),
+                observed.generation,
+                now,
+            ),
+        });
+        if let Some(p) = patch(s, &key, &observed.status, desired) {
+            out.push(p);
+        }
+    }
     for (key, status) in &s.status {
-        let Some(version) = served_version(s, key) else {
-            continue;
-        };
-        let Some(info) = kind_info(&key.group, &key.kind) else {
-            continue;
-        };
         let observed = load.observed.get(key).unwrap_or(&no_status);
         let generation = observed.generation;
         let old = &observed.status;
@@ -57,7 +86,12 @@ pub fn patches(load: &Load, now: &str) -> Vec<Patch> {
                 json!({ "conditions": conditions(&status.conditions, old.get("conditions"), generation, now) })
             }
             (GATEWAY_GROUP, "Gateway") if gateway_is_ours(s, &key.namespace, &key.name) => {
-                gateway_status(status, old, generation, now)
+                let addresses = lbs
+                    .gateways
+                    .get(&(key.namespace.clone(), key.name.clone()))
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                gateway_status(status, addresses, old, generation, now)
             }
             (GATEWAY_GROUP, kind) if ROUTE_KINDS.contains(&kind) => {
                 match route_status(s, status, old, generation, now) {
@@ -73,26 +107,34 @@ pub fn patches(load: &Load, now: &str) -> Vec<Patch> {
             }
             _ => continue,
         };
-        if unchanged(old, &desired) {
-            continue;
+        if let Some(p) = patch(s, key, old, desired) {
+            out.push(p);
         }
-        let resource = Resource::new(info, version);
-        let mut metadata = json!({ "name": key.name });
-        if !key.namespace.is_empty() {
-            metadata["namespace"] = json!(key.namespace);
-        }
-        out.push(Patch {
-            body: json!({
-                "apiVersion": resource.api.api_version,
-                "kind": resource.api.kind,
-                "metadata": metadata,
-                "status": desired,
-            }),
-            resource,
-            key: key.clone(),
-        });
     }
     out
+}
+
+/// The apply body for one object's status, or None when it already says all of `desired`.
+fn patch(s: &Snapshot, key: &ObjectKey, old: &Value, desired: Value) -> Option<Patch> {
+    if unchanged(old, &desired) {
+        return None;
+    }
+    let info = kind_info(&key.group, &key.kind)?;
+    let resource = Resource::new(info, served_version(s, key)?);
+    let mut metadata = json!({ "name": key.name });
+    if !key.namespace.is_empty() {
+        metadata["namespace"] = json!(key.namespace);
+    }
+    Some(Patch {
+        body: json!({
+            "apiVersion": resource.api.api_version,
+            "kind": resource.api.kind,
+            "metadata": metadata,
+            "status": desired,
+        }),
+        resource,
+        key: key.clone(),
+    })
 }
 
 /// Applies each patch to the status subresource; the first error is returned after every
@@ -151,7 +193,13 @@ fn controller_of(s: &Snapshot, ns: &str, gateway: &str) -> Option<String> {
         .then(|| c.spec.controller_name.clone())
 }
 
-fn gateway_status(st: &ObjectStatus, old: &Value, generation: Option<i64>, now: &str) -> Value {
+fn gateway_status(
+    st: &ObjectStatus,
+    addresses: &[IpAddr],
+    old: &Value,
+    generation: Option<i64>,
+    now: &str,
+) -> Value {
     let old_listeners = old.get("listeners").and_then(Value::as_array);
     let listeners: Vec<Value> = st
         .listeners
@@ -168,10 +216,17 @@ fn gateway_status(st: &ObjectStatus, old: &Value, generation: Option<i64>, now: 
             })
         })
         .collect();
-    json!({
+    let mut out = json!({
         "conditions": conditions(&st.conditions, old.get("conditions"), generation, now),
         "listeners": listeners,
-    })
+    });
+    if !addresses.is_empty() {
+        out["addresses"] = addresses
+            .iter()
+            .map(|a| json!({ "type": "IPAddress", "value": a.to_string() }))
+            .collect();
+    }
+    out
 }
 
 fn route_status(

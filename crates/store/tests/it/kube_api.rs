@@ -224,7 +224,7 @@ fn status_is_applied_once_and_not_again_for_the_same_snapshot() {
     let (fake, served) = cluster();
     let watch = served.watch(WAIT).expect("first sync");
     let first = watch.current();
-    let patches = status::patches(&first, "2026-12-07T00:00:00Z");
+    let patches = status::patches(&first, &Default::default(), "2026-12-07T00:00:00Z");
     let mut kinds: Vec<&str> = patches.iter().map(|p| p.key.kind.as_str()).collect();
     kinds.sort();
     assert_eq!(kinds, ["Gateway", "GatewayClass", "HTTPRoute"]);
@@ -274,7 +274,7 @@ fn status_is_applied_once_and_not_again_for_the_same_snapshot() {
             .filter(|o| !o.status.is_null())
             .count();
     }
-    assert!(status::patches(&after, "2026-12-08T00:00:00Z").is_empty());
+    assert!(status::patches(&after, &Default::default(), "2026-12-08T00:00:00Z").is_empty());
     assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }
 

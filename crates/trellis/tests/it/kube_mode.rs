@@ -16,6 +16,7 @@ const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
 const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const POOLS: &str = "/apis/cilium.io/v2/ciliumloadbalancerippools";
 
 fn route(extra_filters: Value) -> Value {
     json!({
@@ -46,8 +47,17 @@ fn api(echo_port: u16, dir: &std::path::Path) -> (FakeApi, tokio::runtime::Runti
     );
     fake.serve_collection(
         SERVICES,
-        vec![json!({ "metadata": { "name": "web", "namespace": "apps" },
-                     "spec": { "ports": [{ "name": "http", "port": 80 }] } })],
+        vec![
+            json!({ "metadata": { "name": "web", "namespace": "apps" },
+                    "spec": { "ports": [{ "name": "http", "port": 80 }] } }),
+            json!({ "metadata": { "name": "lb", "namespace": "apps" },
+                    "spec": { "type": "LoadBalancer", "ports": [{ "name": "http", "port": 80 }] } }),
+        ],
+    );
+    fake.serve_collection(
+        POOLS,
+        vec![json!({ "metadata": { "name": "lan" },
+                     "spec": { "blocks": [{ "start": "10.10.30.25", "stop": "10.10.30.30" }] } })],
     );
     fake.serve_collection(
         SLICES,
@@ -165,6 +175,26 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
     })
     .expect("the Gateway's listener status is written");
     assert_eq!(gw["status"]["listeners"][0]["name"], "http");
+    // LB-IPAM: the LoadBalancer Service and the Gateway get addresses of the pool, the
+    // Service with Cilium's condition.
+    let lb = within(20, || {
+        fake.object(SERVICES, "apps/lb")
+            .and_then(|s| s.pointer("/status/loadBalancer/ingress/0/ip").cloned())
+    })
+    .expect("the Service's address is written");
+    let svc = fake.object(SERVICES, "apps/lb").expect("the Service");
+    let cond = &svc["status"]["conditions"][0];
+    assert_eq!(cond["type"], "cilium.io/IPAMRequestSatisfied", "{svc}");
+    assert_eq!(cond["status"], "True", "{svc}");
+    let gw_ip = gw
+        .pointer("/status/addresses/0/value")
+        .cloned()
+        .unwrap_or_else(|| panic!("the Gateway's address: {gw}"));
+    let pool: Vec<Value> = (25..=30).map(|i| json!(format!("10.10.30.{i}"))).collect();
+    assert!(
+        pool.contains(&lb) && pool.contains(&gw_ip) && lb != gw_ip,
+        "{lb} {gw_ip}"
+    );
     assert_eq!(
         fake.lease("trellis-operator").expect("a Lease")["spec"]["holderIdentity"],
         "op-a"
