@@ -236,6 +236,8 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/bin/etcdctl", "etcd-client"),
     // Checks the systemd units in dist/.
     ("/usr/bin/systemd-analyze", "systemd"),
+    // Renders deploy/kubernetes (`kubectl kustomize`, no cluster needed).
+    ("/usr/bin/kubectl", "kubectl"),
 ];
 
 /// Installs the Debian packages whose probe file is missing.

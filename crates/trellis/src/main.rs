@@ -211,6 +211,8 @@ enum Command {
     Status(status::Args),
     /// Kubernetes mode: the Lease-elected writer of every object's status conditions.
     Operator(operator::Args),
+    /// Print the CustomResourceDefinitions of trellis's own kinds (DNSView, DNSRewrite).
+    Crds,
     /// What the nodes share in the state backend (`--state etcd://...`): list it, or
     /// measure the claim latency.
     State(state::Args),
@@ -243,6 +245,10 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(&args),
         Command::Health(args) => health::run(&args),
         Command::Operator(args) => operator::run(&args),
+        Command::Crds => {
+            print!("{}", store::kubernetes::crd::yaml());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "trellis", &mut std::io::stdout());
@@ -259,5 +265,56 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    /// Every container of the Kubernetes manifests runs a command line this binary accepts.
+    #[test]
+    fn the_deploy_manifests_command_lines_parse() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
+        let mut files = vec![];
+        let mut dirs = vec![root];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("deploy/kubernetes") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "yaml") {
+                    files.push(p);
+                }
+            }
+        }
+        let mut checked = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("read");
+            let docs =
+                model::RawObject::from_yaml(&text, &f.display().to_string(), "").expect("YAML");
+            for d in docs {
+                let containers = d
+                    .value
+                    .pointer("/spec/template/spec/containers")
+                    .and_then(serde_json::Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for c in containers {
+                    let args: Vec<String> = c["args"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str().map(str::to_string))
+                        .collect();
+                    let line = std::iter::once("trellis".to_string()).chain(args.clone());
+                    if let Err(e) = super::Cli::try_parse_from(line) {
+                        panic!("{}: {args:?}: {e}", f.display());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 6, "{checked} containers");
     }
 }

@@ -123,7 +123,7 @@ pub struct Trigger {
 /// Views are tried in ascending `order`; the first whose `clients` contain the querier's
 /// address answers. A view is authoritative for its `zones`: a name under them that the view
 /// does not publish is NXDOMAIN there, whatever other views publish (the no-leak rule).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsViewSpec {
     #[serde(default)]
@@ -149,7 +149,7 @@ pub struct DnsViewSpec {
     pub dynamic_records: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ViewGateway {
     pub name: String,
@@ -170,7 +170,7 @@ fn default_answer() -> String {
 /// Supported: `name exact FROM TO` and `name regex REGEX REPLACEMENT` (with `{1}`-style
 /// groups), optionally followed by `answer auto` (on the same line or the next); the first
 /// matching rule wins, as with CoreDNS's `stop`. Clients always see the name they asked for.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DnsRewriteSpec {
     #[serde(default)]

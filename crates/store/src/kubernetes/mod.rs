@@ -18,6 +18,7 @@
 //! [`status`] writes conditions back with server-side apply; [`leader`] elects the one
 //! writer with a coordination.k8s.io Lease.
 
+pub mod crd;
 pub mod leader;
 pub mod status;
 

@@ -1,6 +1,7 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
 
 mod crash;
+mod deploy;
 /// The mock Kubernetes API of the store crate's tests, served over HTTP for the binary.
 /// (Parts of it serve only the store tests.)
 #[allow(dead_code)]
