@@ -586,6 +586,8 @@ fn start_agent(
                     .join(",")
             )
         }),
+        source: None,
+        cni_install: None,
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_file(&path, &serde_json::to_vec_pretty(&conf)?)?;

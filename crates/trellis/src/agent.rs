@@ -427,10 +427,70 @@ impl From<crate::fqdn::Request> for Msg {
     }
 }
 
+/// Puts `trellis-cni` and this node's network configuration where the container runtime
+/// looks (each file written whole: temp file, fsync, rename).
+fn install_cni(conf: &AgentConfig, install: &fabric::agent::CniInstall) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let plugin = std::fs::read(&install.plugin)
+        .with_context(|| format!("cannot read {}", install.plugin.display()))?;
+    let bin = install.bin_dir.join("trellis-cni");
+    store::durable::write(&bin, &plugin)
+        .with_context(|| format!("cannot write {}", bin.display()))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let net = cni::conf::NetConf {
+        cni_version: "1.0.0".into(),
+        name: "trellis".into(),
+        plugin_type: "trellis-cni".into(),
+        pod_cidr: ipnet::IpNet::V4(conf.pod_cidr),
+        state_dir: install.state_dir.clone(),
+        mtu: None,
+        datapath: Some(cni::conf::Datapath {
+            pin_dir: conf.pin_dir.clone(),
+        }),
+        ipam: None,
+        prev_result: None,
+        valid_attachments: None,
+        networks: Vec::new(),
+        cluster_cidrs: install.cluster_cidrs.clone(),
+    };
+    let file = install.conf_dir.join("05-trellis.conf");
+    store::durable::write(&file, serde_json::to_string_pretty(&net)?.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    tracing::info!(plugin = %bin.display(), config = %file.display(), "CNI plugin installed");
+    Ok(())
+}
+
 pub fn run(args: &Args) -> Result<ExitCode> {
     let text = std::fs::read_to_string(&args.config)
         .with_context(|| format!("cannot read {}", args.config.display()))?;
-    let conf: AgentConfig = serde_json::from_str(&text)
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an agent configuration", args.config.display()))?;
+    let opts = store::Options {
+        default_namespace: "default".into(),
+        ..Default::default()
+    };
+    // On Kubernetes the manifests come from the API, and so does what the file leaves out
+    // (this node's name, addresses, pod range).
+    let from_api = match value.get("source").and_then(serde_json::Value::as_str) {
+        None => None,
+        Some("kube") => {
+            let watch = store::kubernetes::watch(&opts)
+                .context("cannot read the manifests from the Kubernetes API")?;
+            let node_env = std::env::var("NODE_NAME").ok();
+            fabric::agent::complete_from_nodes(
+                &mut value,
+                &watch.current().snapshot,
+                node_env.as_deref(),
+            )
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
+            Some(watch)
+        }
+        Some(other) => anyhow::bail!(
+            "{}: source {other:?}: only \"kube\" (or none: the manifests' paths)",
+            args.config.display()
+        ),
+    };
+    let conf: AgentConfig = serde_json::from_value(value)
         .with_context(|| format!("{} is not an agent configuration", args.config.display()))?;
     let node_ip = *conf
         .node_ips
@@ -485,12 +545,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             conf.load_balancer_mode
         );
     }
-    let opts = store::Options {
-        default_namespace: "default".into(),
-        ..Default::default()
+    if let Some(install) = &conf.cni_install {
+        install_cni(&conf, install)
+            .with_context(|| format!("node {}: installing the CNI plugin", conf.node))?;
+    }
+    let mut watch = match from_api {
+        Some(w) => w,
+        None => store::watch::Watch::start(conf.manifests.clone(), opts)
+            .context("watching the manifests")?,
     };
-    let mut watch = store::watch::Watch::start(conf.manifests.clone(), opts)
-        .context("watching the manifests")?;
     let mut announcer = match (&conf.state, &conf.leases) {
         // The shared state backend elects holders across machines.
         (Some(state), Some(_)) => {

@@ -94,12 +94,10 @@ impl FakeApi {
     /// Serves the fake over HTTP on loopback as well, for a process that finds it through a
     /// kubeconfig (the `trellis` binary). Each request goes through `mock`, so the same checks
     /// apply. Must run on the runtime that serves the fake.
-    pub async fn listen_http(mock: ApiMock) -> std::net::SocketAddr {
+    pub async fn listen_http(mock: ApiMock, ip: std::net::IpAddr) -> std::net::SocketAddr {
         use http_body_util::BodyExt as _;
         use tower::ServiceExt as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {

@@ -5,8 +5,8 @@
 
 use std::process::Command;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -70,6 +70,39 @@ fn the_manifests_render_and_every_object_is_its_kubernetes_type() {
                     }
                     let psc = pod.security_context.expect("pod securityContext");
                     assert_eq!(psc.run_as_non_root, Some(true));
+                }
+                "DaemonSet" => {
+                    let ds = strictly::<DaemonSet>(d);
+                    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+                    // The agent: named capabilities, never privileged.
+                    for c in &pod.containers {
+                        let sc = c.security_context.as_ref().expect("securityContext");
+                        assert_eq!(sc.privileged, Some(false), "{}", c.name);
+                        let caps = sc.capabilities.as_ref().expect("capabilities");
+                        assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
+                    }
+                }
+                "ConfigMap" => {
+                    let cm = strictly::<ConfigMap>(d);
+                    // The agent's configuration reads as one.
+                    if let Some(text) = cm.data.as_ref().and_then(|m| m.get("agent.json")) {
+                        let mut v: Value = serde_json::from_str(text).expect("agent.json is JSON");
+                        assert_eq!(v["source"], "kube");
+                        // Completed from a Node, it is an agent configuration.
+                        let node = model::RawObject::from_yaml(
+                            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\nspec: {podCIDR: 10.69.1.0/24}\n\
+                             status: {addresses: [{type: InternalIP, address: 192.168.1.11}]}\n",
+                            "node.yaml",
+                            "",
+                        )
+                        .expect("node");
+                        let nodes = model::Snapshot::build(node, vec![]);
+                        fabric::agent::complete_from_nodes(&mut v, &nodes, Some("n1"))
+                            .expect("completes");
+                        let c: fabric::agent::AgentConfig =
+                            serde_json::from_value(v).expect("an agent configuration");
+                        assert!(c.cni_install.is_some());
+                    }
                 }
                 "Service" => drop(strictly::<Service>(d)),
                 "PodDisruptionBudget" => drop(strictly::<PodDisruptionBudget>(d)),

@@ -74,7 +74,7 @@ fn api(echo_port: u16, dir: &std::path::Path) -> (FakeApi, tokio::runtime::Runti
         .build()
         .expect("runtime");
     rt.spawn(fake.clone().serve(handle));
-    let addr = rt.block_on(FakeApi::listen_http(mock));
+    let addr = rt.block_on(FakeApi::listen_http(mock, [127, 0, 0, 1].into()));
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, FakeApi::kubeconfig(addr)).expect("write kubeconfig");
     (fake, rt, kubeconfig.display().to_string())
@@ -213,5 +213,187 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
     assert!(exit.success(), "{exit:?}");
     let lease = fake.lease("trellis-operator").expect("a Lease");
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+/// A network namespace with a veth to the host, deleted (with its link) on drop.
+struct NodeNetns {
+    name: String,
+}
+
+impl NodeNetns {
+    /// `host_ip`/30 on the host side, `node_ip`/30 on `eth0` inside.
+    fn new(name: &str, host_ip: &str, node_ip: &str) -> NodeNetns {
+        let n = NodeNetns {
+            name: name.to_string(),
+        };
+        let host_if = format!("{name}h");
+        let run = |args: &[&str]| {
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip runs")
+                .success();
+            assert!(ok, "ip {args:?}");
+        };
+        run(&["netns", "add", name]);
+        run(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", name,
+        ]);
+        run(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        run(&["link", "set", &host_if, "up"]);
+        run(&[
+            "-n",
+            name,
+            "addr",
+            "add",
+            &format!("{node_ip}/30"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", name, "link", "set", "eth0", "up"]);
+        run(&["-n", name, "link", "set", "lo", "up"]);
+        n
+    }
+}
+
+impl Drop for NodeNetns {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Removes a pin directory on drop.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = datapath::unpin(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node agent on Kubernetes: its config names no node, address or range; it reads them
+/// from its Node, installs the CNI plugin with the Node's pod range, and programs the
+/// Services it reads from the API into its eBPF maps, following the watch.
+#[test]
+fn an_agent_takes_its_node_and_services_from_the_api() {
+    crate::lab::require_root();
+    let id = std::process::id();
+    let name = format!("tk{}", id % 100_000);
+    let net = format!("10.250.{}", id % 250);
+    let (host_ip, node_ip) = (format!("{net}.1"), format!("{net}.2"));
+    let _ns = NodeNetns::new(&name, &host_ip, &node_ip);
+    let pins = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/trellis/{name}"
+    )));
+    let t = tempfile::tempdir().expect("tmp");
+
+    let (fake, mock, handle) = FakeApi::new();
+    fake.serve_collection(
+        "/api/v1/nodes",
+        vec![
+            json!({ "metadata": { "name": "kn1", "labels": { "kubernetes.io/hostname": "kn1" } },
+                     "spec": { "podCIDR": "10.69.7.0/24" },
+                     "status": { "addresses": [{ "type": "InternalIP", "address": node_ip }] } }),
+        ],
+    );
+    let service = |name: &str, ip: &str| {
+        json!({ "metadata": { "name": name, "namespace": "default" },
+                "spec": { "clusterIP": ip, "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] } })
+    };
+    fake.serve_collection(SERVICES, vec![service("web", "10.96.0.50")]);
+    let slice = |name: &str, ip: &str| {
+        json!({ "metadata": { "name": name, "namespace": "default",
+                              "labels": { "kubernetes.io/service-name": name } },
+                "addressType": "IPv4", "ports": [{ "name": "http", "port": 8080 }],
+                "endpoints": [{ "addresses": [ip], "conditions": { "ready": true } }] })
+    };
+    fake.serve_collection(SLICES, vec![slice("web", "10.69.7.5")]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.spawn(fake.clone().serve(handle));
+    let addr = rt.block_on(FakeApi::listen_http(mock, host_ip.parse().expect("ip")));
+    let kubeconfig = t.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, FakeApi::kubeconfig(addr)).expect("kubeconfig");
+
+    let (bin_dir, conf_dir) = (t.path().join("bin"), t.path().join("net.d"));
+    std::fs::create_dir_all(&bin_dir).expect("mkdir");
+    std::fs::create_dir_all(&conf_dir).expect("mkdir");
+    // The plugin to install: any file stands in for trellis-cni here (the copy is checked).
+    let plugin = env!("CARGO_BIN_EXE_trellis");
+    let config = t.path().join("agent.json");
+    std::fs::write(
+        &config,
+        json!({
+            "source": "kube", "cluster_cidr": "10.69.0.0/16", "lan_interface": "eth0",
+            "pin_dir": pins.0, "assignments": null, "masquerade": true,
+            "cni_install": { "plugin": plugin, "bin_dir": bin_dir, "conf_dir": conf_dir,
+                             "state_dir": t.path().join("cni-state"),
+                             "cluster_cidrs": ["10.69.0.0/16", "10.96.0.0/12"] },
+        })
+        .to_string(),
+    )
+    .expect("config");
+    let mut agent = Proc(
+        // nsenter, not `ip netns exec`: the agent must see the host's bpffs, where the test
+        // reads its maps (ip netns exec mounts a sysfs of its own).
+        Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{name}"))
+            .args([env!("CARGO_BIN_EXE_trellis"), "agent", "--config"])
+            .arg(&config)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("NODE_NAME", "kn1")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(t.path().join("agent.log")).expect("log"))
+            .spawn()
+            .expect("agent starts"),
+    );
+    {
+        use std::io::BufRead;
+        let out = std::io::BufReader::new(agent.0.stdout.take().expect("stdout"));
+        assert!(
+            out.lines()
+                .map_while(Result::ok)
+                .any(|l| l.trim() == "ready"),
+            "the agent never said ready"
+        );
+    }
+    // The CNI plugin and this node's configuration, with the Node's pod range.
+    assert_eq!(
+        std::fs::read(bin_dir.join("trellis-cni")).expect("plugin installed"),
+        std::fs::read(plugin).expect("plugin")
+    );
+    let conf: Value = serde_json::from_slice(
+        &std::fs::read(conf_dir.join("05-trellis.conf")).expect("config installed"),
+    )
+    .expect("JSON");
+    assert_eq!(conf["podCIDR"], "10.69.7.0/24");
+    assert_eq!(conf["type"], "trellis-cni");
+
+    // The API's Service is in the maps; one added later follows through the watch.
+    let has = |ip: &str| {
+        let maps = datapath::Maps::open(&pins.0).ok()?;
+        let ip: std::net::Ipv4Addr = ip.parse().ok()?;
+        maps.services()
+            .ok()?
+            .keys()
+            .any(|k| k.addr == ip && k.port == 80)
+            .then_some(())
+    };
+    let log = || std::fs::read_to_string(t.path().join("agent.log")).unwrap_or_default();
+    within(20, || has("10.96.0.50"))
+        .unwrap_or_else(|| panic!("the Service from the API is programmed\n{}", log()));
+    fake.apply(SERVICES, service("shop", "10.96.0.51"));
+    fake.apply(SLICES, slice("shop", "10.69.7.6"));
+    within(20, || has("10.96.0.51"))
+        .unwrap_or_else(|| panic!("a Service added in the API is programmed\n{}", log()));
     assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }
