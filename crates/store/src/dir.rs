@@ -121,6 +121,31 @@ struct GeneratorOptions {
 
 /// Reads every root (directory or file) into one snapshot.
 pub fn load(roots: &[PathBuf], opts: &Options) -> Load {
+    let Documents {
+        raws,
+        diagnostics,
+        files,
+        excluded,
+    } = documents(roots, opts);
+    Load {
+        snapshot: Snapshot::build(raws, diagnostics),
+        files,
+        excluded,
+        observed: BTreeMap::new(),
+    }
+}
+
+/// What a tree holds before typing: every document with where it was written.
+#[derive(Debug, Default)]
+pub struct Documents {
+    pub raws: Vec<RawObject>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub files: Vec<PathBuf>,
+    pub excluded: Vec<Excluded>,
+}
+
+/// Reads every root (directory or file) into its documents (what [`load`] types).
+pub fn documents(roots: &[PathBuf], opts: &Options) -> Documents {
     let mut l = Loader {
         opts,
         raws: Vec::new(),
@@ -167,11 +192,11 @@ pub fn load(roots: &[PathBuf], opts: &Options) -> Load {
             objects: 1,
         });
     }
-    Load {
-        snapshot: Snapshot::build(raws, diags),
+    Documents {
+        raws,
+        diagnostics: diags,
         files,
         excluded,
-        observed: BTreeMap::new(),
     }
 }
 

@@ -555,6 +555,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .context("watching the manifests")?,
     };
     let mut announcer = match (&conf.state, &conf.leases) {
+        // On Kubernetes: coordination.k8s.io Leases with Cilium's names and timings, in the
+        // agent's namespace.
+        _ if conf.source.as_deref() == Some("kube") => {
+            let namespace =
+                std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "trellis-system".into());
+            let leases = store::kubernetes::leases::KubeLeases::open(&namespace)
+                .with_context(|| format!("opening the Lease API in {namespace}"))?;
+            Some(fabric::l2::Announcer::with_leases(
+                Box::new(leases),
+                &conf.node,
+                &conf.lan_interface,
+            ))
+        }
         // The shared state backend elects holders across machines.
         (Some(state), Some(_)) => {
             let location: store::state::Location =

@@ -20,6 +20,7 @@
 
 pub mod crd;
 pub mod leader;
+pub mod leases;
 pub mod status;
 
 use std::collections::BTreeMap;

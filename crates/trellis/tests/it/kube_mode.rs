@@ -277,8 +277,9 @@ impl Drop for Pins {
 }
 
 /// A node agent on Kubernetes: its config names no node, address or range; it reads them
-/// from its Node, installs the CNI plugin with the Node's pod range, and programs the
-/// Services it reads from the API into its eBPF maps, following the watch.
+/// from its Node, installs the CNI plugin with the Node's pod range, programs the Services it
+/// reads from the API into its eBPF maps (following the watch), and announces a
+/// LoadBalancer address under Cilium's coordination Lease.
 #[test]
 fn an_agent_takes_its_node_and_services_from_the_api() {
     crate::lab::require_root();
@@ -305,14 +306,27 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
         json!({ "metadata": { "name": name, "namespace": "default" },
                 "spec": { "clusterIP": ip, "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] } })
     };
-    fake.serve_collection(SERVICES, vec![service("web", "10.96.0.50")]);
+    // A LoadBalancer Service with the address the operator gave it, and Cilium's L2 policy.
+    let lb_ip = format!("{net}.3");
+    let mut lb = service("lb", "10.96.0.60");
+    lb["spec"]["type"] = json!("LoadBalancer");
+    lb["status"] = json!({ "loadBalancer": { "ingress": [{ "ip": lb_ip }] } });
+    fake.serve_collection(SERVICES, vec![service("web", "10.96.0.50"), lb]);
+    fake.serve_collection(
+        "/apis/cilium.io/v2alpha1/ciliuml2announcementpolicies",
+        vec![json!({ "metadata": { "name": "lan" },
+                     "spec": { "loadBalancerIPs": true, "interfaces": ["^eth0$"] } })],
+    );
     let slice = |name: &str, ip: &str| {
         json!({ "metadata": { "name": name, "namespace": "default",
                               "labels": { "kubernetes.io/service-name": name } },
                 "addressType": "IPv4", "ports": [{ "name": "http", "port": 8080 }],
                 "endpoints": [{ "addresses": [ip], "conditions": { "ready": true } }] })
     };
-    fake.serve_collection(SLICES, vec![slice("web", "10.69.7.5")]);
+    fake.serve_collection(
+        SLICES,
+        vec![slice("web", "10.69.7.5"), slice("lb", "10.69.7.7")],
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -350,6 +364,7 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
             .arg(&config)
             .env("KUBECONFIG", &kubeconfig)
             .env("NODE_NAME", "kn1")
+            .env("POD_NAMESPACE", "trellis-system")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(t.path().join("agent.log")).expect("log"))
@@ -391,6 +406,23 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
     let log = || std::fs::read_to_string(t.path().join("agent.log")).unwrap_or_default();
     within(20, || has("10.96.0.50"))
         .unwrap_or_else(|| panic!("the Service from the API is programmed\n{}", log()));
+    // The LoadBalancer address: this node takes Cilium's Lease for it and answers for it.
+    let lease = within(20, || {
+        fake.lease("cilium-l2announce-default-lb")
+            .filter(|l| l["spec"]["holderIdentity"] == "kn1")
+    })
+    .unwrap_or_else(|| panic!("the L2 Lease is taken\n{}", log()));
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 15, "{lease}");
+    within(20, || {
+        let out = Command::new("ip")
+            .args(["-n", &name, "-4", "addr", "show", "dev", "eth0"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("{lb_ip}/"))
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("{lb_ip} is announced on eth0\n{}", log()));
     fake.apply(SERVICES, service("shop", "10.96.0.51"));
     fake.apply(SLICES, slice("shop", "10.69.7.6"));
     within(20, || has("10.96.0.51"))

@@ -8,6 +8,7 @@ mod deploy;
 #[path = "../../../store/tests/it/fake_api.rs"]
 mod fake_api;
 mod health;
+mod kube_equivalence;
 mod kube_mode;
 
 /// The Knot DNS helper of the dns crate's tests: one way to run Knot in tests.
