@@ -129,6 +129,69 @@ pub struct Report {
     pub reason: String,
 }
 
+impl Report {
+    /// KEDA's conditions on the ScaledObject (its types and reasons; the message is the
+    /// report's reason on Ready, the others say what holds).
+    pub fn conditions(&self) -> Vec<model::Condition> {
+        use model::{Condition, Status};
+        let status = |b: bool| if b { Status::True } else { Status::False };
+        vec![
+            Condition::new(
+                "Ready",
+                status(self.ready),
+                if self.ready {
+                    "ScaledObjectReady"
+                } else {
+                    "ScaledObjectCheckFailed"
+                },
+                self.reason.clone(),
+            ),
+            Condition::new(
+                "Active",
+                status(self.active),
+                if self.active {
+                    "ScalerActive"
+                } else {
+                    "ScalerNotActive"
+                },
+                if self.active {
+                    "Scaling is performed because triggers are active"
+                } else {
+                    "Scaling is not performed because triggers are not active"
+                },
+            ),
+            Condition::new(
+                "Fallback",
+                status(self.fallback),
+                if self.fallback {
+                    "FallbackExists"
+                } else {
+                    "NoFallbackFound"
+                },
+                if self.fallback {
+                    "At least one trigger is falling back on this scaled object"
+                } else {
+                    "No fallbacks are active on this scaled object"
+                },
+            ),
+            Condition::new(
+                "Paused",
+                status(self.paused),
+                if self.paused {
+                    "ScaledObjectPaused"
+                } else {
+                    "ScaledObjectUnpaused"
+                },
+                if self.paused {
+                    "ScaledObject is paused"
+                } else {
+                    "ScaledObject is not paused"
+                },
+            ),
+        ]
+    }
+}
+
 /// Decisions go to this callback, from the tasks' threads.
 pub type OnReport = Arc<dyn Fn(&Scaled, &Report) + Send + Sync>;
 

@@ -88,6 +88,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     .await
             })
         };
+        // KEDA's part: the ScaledObjects run here while this replica leads.
+        let (report_tx, mut reports) =
+            tokio::sync::mpsc::unbounded_channel::<(health::scaler::Scaled, health::scaler::Report)>();
+        let mut scaler = health::scaler::Scaler::new(
+            httpkit::Client::with_roots(std::path::Path::new(httpkit::CA_BUNDLE)).unwrap_or_default(),
+            Arc::new(move |s, r| {
+                let _ = report_tx.send((s.clone(), r.clone()));
+            }),
+        );
         let mut current = watch.current();
         let mut updates = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -96,6 +105,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut last_error: Option<String> = None;
         loop {
             let leading = *lead_rx.borrow();
+            if leading {
+                let snapshot = &current.snapshot;
+                scaler.set(health::scaler::Scaled::all(snapshot), |s| replicas(snapshot, s));
+            } else {
+                scaler.set(Vec::new(), |_| 0);
+            }
             if leading && pending {
                 let patches = status::patches(
                     &current,
@@ -148,6 +163,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                         eprintln!("operator {identity}: leading ({namespace}/{})", args.lease_name);
                         // A new leader writes everything that differs.
                         pending = true;
+                    }
+                }
+                Some((scaled, report)) = reports.recv() => {
+                    if *lead_rx.borrow() {
+                        scaled_status(&client, &current, &scaled, &report).await;
                     }
                 }
                 _ = retry => {}
@@ -219,5 +239,54 @@ fn load_balancers(load: &store::Load) -> status::LoadBalancers {
             .into_iter()
             .map(|(k, ips)| (k, v4(&ips)))
             .collect(),
+    }
+}
+
+/// A target's replicas in the snapshot (1 when it has none: the API's default).
+fn replicas(snapshot: &model::Snapshot, s: &health::scaler::Scaled) -> u32 {
+    snapshot
+        .deployments
+        .get(&(s.namespace.clone(), s.target.clone()))
+        .and_then(|d| d.spec.spec.as_ref()?.replicas)
+        .map_or(1, |n| n.max(0) as u32)
+}
+
+/// Applies a ScaledObject's decision (the target's scale) and writes KEDA's conditions.
+async fn scaled_status(
+    client: &kube::Client,
+    load: &store::Load,
+    scaled: &health::scaler::Scaled,
+    report: &health::scaler::Report,
+) {
+    if let Some(n) = report.replicas
+        && (scaled.target_kind != "Deployment" || replicas(&load.snapshot, scaled) != n)
+    {
+        match status::scale(
+            client,
+            &scaled.target_kind,
+            &scaled.namespace,
+            &scaled.target,
+            n,
+        )
+        .await
+        {
+            Ok(()) => eprintln!(
+                "scaled {} {}/{} to {n} ({})",
+                scaled.target_kind, scaled.namespace, scaled.target, report.reason
+            ),
+            Err(e) => eprintln!(
+                "cannot scale {} {}/{}: {e}",
+                scaled.target_kind, scaled.namespace, scaled.target
+            ),
+        }
+    }
+    if let Some(p) =
+        status::scaled_object(load, &scaled.namespace, &scaled.name, &report.conditions())
+        && let Err(e) = status::apply(client, &[p]).await
+    {
+        eprintln!(
+            "cannot write the status of ScaledObject {}: {e}",
+            scaled.key()
+        );
     }
 }

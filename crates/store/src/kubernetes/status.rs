@@ -137,6 +137,55 @@ fn patch(s: &Snapshot, key: &ObjectKey, old: &Value, desired: Value) -> Option<P
     })
 }
 
+/// A ScaledObject's status as KEDA writes it: its conditions, without timestamps (KEDA's
+/// schema has none). None when it already says so.
+pub fn scaled_object(
+    load: &Load,
+    namespace: &str,
+    name: &str,
+    conds: &[Condition],
+) -> Option<Patch> {
+    let key = ObjectKey::new("keda.sh", "ScaledObject", namespace, name);
+    let no_status = Observed::default();
+    let observed = load.observed.get(&key).unwrap_or(&no_status);
+    let conditions: Vec<Value> = conds
+        .iter()
+        .map(|c| {
+            json!({ "type": c.type_, "status": c.status.to_string(), "reason": c.reason, "message": c.message })
+        })
+        .collect();
+    patch(
+        &load.snapshot,
+        &key,
+        &observed.status,
+        json!({ "conditions": conditions }),
+    )
+}
+
+/// Sets a workload's replicas through its `scale` subresource (what KEDA's HPA does).
+/// `kind` is an `apps/v1` kind (Deployment, StatefulSet).
+pub async fn scale(
+    client: &kube::Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    replicas: u32,
+) -> Result<(), kube::Error> {
+    let gvk = kube::api::GroupVersionKind::gvk("apps", "v1", kind);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::api::ApiResource::from_gvk(&gvk),
+    );
+    api.patch_scale(
+        name,
+        &PatchParams::default(),
+        &KubePatch::Merge(json!({ "spec": { "replicas": replicas } })),
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Applies each patch to the status subresource; the first error is returned after every
 /// patch was tried (one object the server refuses does not hold the others back).
 pub async fn apply(client: &kube::Client, patches: &[Patch]) -> Result<usize, kube::Error> {

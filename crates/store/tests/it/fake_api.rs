@@ -271,6 +271,11 @@ impl FakeApi {
             send.send_response(r);
             return;
         }
+        if seen.method == Method::PATCH && path.ends_with("/scale") {
+            let r = scale_patch(&mut st, &seen);
+            send.send_response(r);
+            return;
+        }
         if seen.method == Method::PATCH && path.ends_with("/status") {
             let r = status_patch(&mut st, &seen);
             send.send_response(r);
@@ -404,6 +409,49 @@ fn status_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
         .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
     flush(c);
     ok(item)
+}
+
+/// A merge patch of `spec.replicas` on a workload's scale subresource: the workload's
+/// `spec.replicas` changes (and goes out on the watch); the answer is an autoscaling/v1 Scale.
+fn scale_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
+    let merge = seen.content_type.as_deref() == Some("application/merge-patch+json");
+    let Some(replicas) = seen.body.pointer("/spec/replicas").and_then(Value::as_i64) else {
+        st.unexpected
+            .push(format!("PATCH {} without spec.replicas", seen.path));
+        return status(StatusCode::BAD_REQUEST, "BadRequest", "no spec.replicas");
+    };
+    if !merge {
+        st.unexpected
+            .push(format!("PATCH {} as {:?}", seen.path, seen.content_type));
+        return status(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "merge patch only",
+        );
+    }
+    let (collection, key) = split_object_path(seen.path.trim_end_matches("/scale"));
+    st.revision += 1;
+    let rv = st.revision;
+    let Some(item) = st
+        .collections
+        .get_mut(&collection)
+        .and_then(|c| c.items.get_mut(&key))
+    else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such workload");
+    };
+    item["spec"]["replicas"] = json!(replicas);
+    item["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let item = item.clone();
+    if let Some(c) = st.collections.get_mut(&collection) {
+        c.events
+            .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
+        flush(c);
+    }
+    ok(json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": { "name": item["metadata"]["name"], "namespace": item["metadata"]["namespace"] },
+        "spec": { "replicas": replicas }, "status": { "replicas": replicas },
+    }))
 }
 
 /// `/apis/g/v/namespaces/ns/plural/name` to the cluster-wide collection and `ns/name`;

@@ -17,6 +17,30 @@ const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const POOLS: &str = "/apis/cilium.io/v2/ciliumloadbalancerippools";
+const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+const SCALED_OBJECTS: &str = "/apis/keda.sh/v1alpha1/scaledobjects";
+
+/// A metrics endpoint answering `{"queue": {"depth": 5}}` to every request (KEDA's
+/// metrics-api trigger reads it), for as long as the test runs.
+fn metrics_server() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let body = r#"{"queue": {"depth": 5}}"#;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
 
 fn route(extra_filters: Value) -> Value {
     json!({
@@ -68,6 +92,23 @@ fn api(echo_port: u16, dir: &std::path::Path) -> (FakeApi, tokio::runtime::Runti
                      "endpoints": [{ "addresses": ["127.0.0.1"] }] })],
     );
     fake.serve_collection(ROUTES, vec![route(json!([]))]);
+    fake.serve_collection(
+        DEPLOYMENTS,
+        vec![json!({ "metadata": { "name": "web", "namespace": "apps" },
+                     "spec": { "replicas": 1, "selector": { "matchLabels": { "app": "web" } },
+                               "template": { "metadata": { "labels": { "app": "web" } },
+                                             "spec": { "containers": [{ "name": "web", "image": "web" }] } } } })],
+    );
+    let metrics = metrics_server();
+    fake.serve_collection(
+        SCALED_OBJECTS,
+        vec![json!({ "metadata": { "name": "web", "namespace": "apps" },
+                     "spec": { "scaleTargetRef": { "name": "web" }, "minReplicaCount": 1,
+                               "maxReplicaCount": 4, "pollingInterval": 1,
+                               "triggers": [{ "type": "metrics-api", "metadata": {
+                                   "url": format!("http://127.0.0.1:{metrics}/metrics"),
+                                   "valueLocation": "queue.depth", "targetValue": "2" } }] } })],
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -199,6 +240,31 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
         fake.lease("trellis-operator").expect("a Lease")["spec"]["holderIdentity"],
         "op-a"
     );
+    // KEDA's part: the metric (5 against a target of 2 per replica) scales the Deployment to
+    // 3 through its scale subresource, and the ScaledObject says why.
+    within(30, || {
+        fake.object(DEPLOYMENTS, "apps/web")
+            .filter(|d| d["spec"]["replicas"] == 3)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the Deployment is scaled: {:?}",
+            fake.object(DEPLOYMENTS, "apps/web")
+        )
+    });
+    let so = within(20, || {
+        fake.object(SCALED_OBJECTS, "apps/web")
+            .filter(|o| o.pointer("/status/conditions/1/status") == Some(&json!("True")))
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "KEDA's conditions: {:?}",
+            fake.object(SCALED_OBJECTS, "apps/web")
+        )
+    });
+    assert_eq!(so["status"]["conditions"][0]["type"], "Ready", "{so}");
+    assert_eq!(so["status"]["conditions"][0]["status"], "True", "{so}");
+    assert_eq!(so["status"]["conditions"][1]["type"], "Active", "{so}");
     let status = Command::new("curl")
         .args(["-s", &format!("http://{admin}")])
         .output()
