@@ -550,6 +550,57 @@ pub fn gateway_load_balancer_ips<'a>(
     assignments.load_balancer_ips(namespace, &gateway_service_name(namespace, name))
 }
 
+/// A pool's status as Cilium's operator writes it: `cilium.io/PoolConflict` (True, with the
+/// reason, when the pool conflicts with another) and the address counts `cilium.io/IPsTotal`,
+/// `cilium.io/IPsAvailable` and `cilium.io/IPsUsed` (status Unknown, the count as message).
+pub fn pool_conditions(pool: &Pool, allocation: &Allocation) -> Vec<Condition> {
+    let total: u64 = pool
+        .blocks
+        .iter()
+        .map(|b| {
+            u64::from(b.usable.1.saturating_sub(b.usable.0)) + u64::from(b.usable.1 >= b.usable.0)
+        })
+        .sum();
+    let used: BTreeSet<Ipv4Addr> = allocation
+        .ips
+        .values()
+        .flatten()
+        .copied()
+        .filter(|ip| {
+            let n = u32::from(*ip);
+            pool.blocks
+                .iter()
+                .any(|b| b.usable.0 <= n && n <= b.usable.1)
+        })
+        .collect();
+    let used = used.len() as u64;
+    let count = |type_: &str, n: u64| Condition {
+        type_: type_.into(),
+        status: Status::Unknown,
+        reason: "noreason".into(),
+        message: n.to_string(),
+    };
+    vec![
+        match &pool.conflict {
+            Some(why) => Condition {
+                type_: "cilium.io/PoolConflict".into(),
+                status: Status::True,
+                reason: "cidr_overlap".into(),
+                message: why.clone(),
+            },
+            None => Condition {
+                type_: "cilium.io/PoolConflict".into(),
+                status: Status::False,
+                reason: "resolved".into(),
+                message: String::new(),
+            },
+        },
+        count("cilium.io/IPsTotal", total),
+        count("cilium.io/IPsAvailable", total.saturating_sub(used)),
+        count("cilium.io/IPsUsed", used),
+    ]
+}
+
 /// Each served Gateway's addresses in an allocation, by (namespace, name): those of its own
 /// LoadBalancer Service when the snapshot has one (the owning-gateway labels), else those of
 /// the Service [`gateway_requests`] synthesized for it.

@@ -239,6 +239,10 @@ fn load_balancers(load: &store::Load) -> status::LoadBalancers {
             .into_iter()
             .map(|(k, ips)| (k, v4(&ips)))
             .collect(),
+        pools: lbipam::pools(s)
+            .iter()
+            .map(|p| (p.name.clone(), lbipam::pool_conditions(p, &allocation)))
+            .collect(),
     }
 }
 

@@ -10,8 +10,9 @@
 //!
 //! Written today: GatewayClass and Gateway (conditions, listeners) of the classes trellis
 //! serves; routes (one `parents` entry per parent Gateway of those classes); Envoy Gateway
-//! policies (`ancestors`, one per targeted Gateway or route). Only the elected leader calls
-//! [`apply`].
+//! policies (`ancestors`, one per targeted Gateway or route); LB-IPAM's Service addresses and
+//! pool conditions ([`LoadBalancers`]); KEDA's ScaledObject conditions ([`scaled_object`]).
+//! Only the elected leader calls [`apply`].
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -46,6 +47,8 @@ pub struct Patch {
 pub struct LoadBalancers {
     pub services: BTreeMap<(String, String), (Vec<IpAddr>, Condition)>,
     pub gateways: BTreeMap<(String, String), Vec<IpAddr>>,
+    /// Each CiliumLoadBalancerIPPool's conditions (conflict, address counts), by name.
+    pub pools: BTreeMap<String, Vec<Condition>>,
 }
 
 /// The patches a load asks for, `now` (RFC 3339) as the transition time of changed
@@ -72,6 +75,16 @@ pub fn patches(load: &Load, lbs: &LoadBalancers, now: &str) -> Vec<Patch> {
                 observed.generation,
                 now,
             ),
+        });
+        if let Some(p) = patch(s, &key, &observed.status, desired) {
+            out.push(p);
+        }
+    }
+    for (name, conds) in &lbs.pools {
+        let key = ObjectKey::new("cilium.io", "CiliumLoadBalancerIPPool", "", name);
+        let observed = load.observed.get(&key).unwrap_or(&no_status);
+        let desired = json!({
+            "conditions": conditions(conds, observed.status.get("conditions"), observed.generation, now),
         });
         if let Some(p) = patch(s, &key, &observed.status, desired) {
             out.push(p);
