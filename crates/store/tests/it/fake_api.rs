@@ -69,6 +69,17 @@ impl FakeApi {
         )
     }
 
+    /// A runtime of its own answering `handle` (it must outlive every client of the fake).
+    pub fn start(&self, handle: ApiHandle) -> tokio::runtime::Runtime {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("the fake's runtime");
+        rt.spawn(self.clone().serve(handle));
+        rt
+    }
+
     pub async fn serve(self, mut handle: ApiHandle) {
         while let Some((req, send)) = handle.next_request().await {
             let (parts, body) = req.into_parts();
@@ -491,11 +502,7 @@ fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
                     "leases already exists",
                 );
             }
-            st.revision += 1;
-            let mut l = seen.body.clone();
-            l["metadata"]["resourceVersion"] = json!(st.revision.to_string());
-            st.leases.insert(name, l.clone());
-            ok(l)
+            store_lease(st, name, seen)
         }
         Method::PUT => {
             let Some(stored) = st.leases.get(&name) else {
@@ -508,11 +515,7 @@ fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
                     "the object has been modified",
                 );
             }
-            st.revision += 1;
-            let mut l = seen.body.clone();
-            l["metadata"]["resourceVersion"] = json!(st.revision.to_string());
-            st.leases.insert(name, l.clone());
-            ok(l)
+            store_lease(st, name, seen)
         }
         _ => {
             st.unexpected.push(format!("{} {}", seen.method, seen.path));
@@ -523,4 +526,13 @@ fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
             )
         }
     }
+}
+
+/// Stores the Lease sent, at a new revision, and answers with it.
+fn store_lease(st: &mut ApiState, name: String, seen: &Seen) -> Response<Body> {
+    st.revision += 1;
+    let mut l = seen.body.clone();
+    l["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+    st.leases.insert(name, l.clone());
+    ok(l)
 }

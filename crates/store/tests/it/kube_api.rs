@@ -70,13 +70,10 @@ struct Served {
 
 impl Served {
     fn start(fake: &FakeApi, mock: Mock, handle: Handle) -> Served {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("test setup");
-        rt.spawn(fake.clone().serve(handle));
-        Served { rt, mock }
+        Served {
+            rt: fake.start(handle),
+            mock,
+        }
     }
 
     /// The source, with its client made on the source's own runtime.

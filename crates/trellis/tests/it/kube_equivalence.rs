@@ -148,12 +148,7 @@ fn equivalent(root: &std::path::Path, opts: &store::Options, at_least: usize) {
     for (path, items) in collections {
         fake.serve_collection(&path, items);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.spawn(fake.clone().serve(handle));
+    let _rt = fake.start(handle);
     let watch = store::kubernetes::watch_with(
         move || async move { Ok(kube::Client::new(mock, "default")) },
         &store::Options::default(),

@@ -109,12 +109,7 @@ fn api(echo_port: u16, dir: &std::path::Path) -> (FakeApi, tokio::runtime::Runti
                                    "url": format!("http://127.0.0.1:{metrics}/metrics"),
                                    "valueLocation": "queue.depth", "targetValue": "2" } }] } })],
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.spawn(fake.clone().serve(handle));
+    let rt = fake.start(handle);
     let addr = rt.block_on(FakeApi::listen_http(mock, [127, 0, 0, 1].into()));
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, FakeApi::kubeconfig(addr)).expect("write kubeconfig");
@@ -393,12 +388,7 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
         SLICES,
         vec![slice("web", "10.69.7.5"), slice("lb", "10.69.7.7")],
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.spawn(fake.clone().serve(handle));
+    let rt = fake.start(handle);
     let addr = rt.block_on(FakeApi::listen_http(mock, host_ip.parse().expect("ip")));
     let kubeconfig = t.path().join("kubeconfig");
     std::fs::write(&kubeconfig, FakeApi::kubeconfig(addr)).expect("kubeconfig");
