@@ -11,7 +11,8 @@
 //! Written today: GatewayClass and Gateway (conditions, listeners) of the classes trellis
 //! serves; routes (one `parents` entry per parent Gateway of those classes); Envoy Gateway
 //! policies (`ancestors`, one per targeted Gateway or route); LB-IPAM's Service addresses and
-//! pool conditions ([`LoadBalancers`]); KEDA's ScaledObject conditions ([`scaled_object`]).
+//! pool conditions ([`LoadBalancers`]); KEDA's ScaledObject conditions ([`scaled_object`]);
+//! Cilium's `Valid` condition on CiliumNetworkPolicies and CiliumClusterwideNetworkPolicies.
 //! Only the elected leader calls [`apply`].
 
 use std::collections::BTreeMap;
@@ -109,6 +110,33 @@ pub fn patches(load: &Load, lbs: &LoadBalancers, now: &str) -> Vec<Patch> {
             (GATEWAY_GROUP, kind) if ROUTE_KINDS.contains(&kind) => {
                 match route_status(s, status, old, generation, now) {
                     Some(v) => v,
+                    None => continue,
+                }
+            }
+            ("cilium.io", "CiliumNetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                // Cilium's `Valid` condition, from whether trellis accepted the policy (a
+                // policy it cannot enforce is refused, never half applied).
+                let valid = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == model::object::cond::ACCEPTED)
+                    .map(|c| {
+                        let ok = c.status == model::Status::True;
+                        Condition::new(
+                            "Valid",
+                            c.status,
+                            if ok { "PolicyValid" } else { "PolicyInvalid" },
+                            if ok {
+                                "Policy validation succeeded".to_string()
+                            } else {
+                                c.message.clone()
+                            },
+                        )
+                    });
+                match valid {
+                    Some(v) => {
+                        json!({ "conditions": conditions(&[v], old.get("conditions"), generation, now) })
+                    }
                     None => continue,
                 }
             }

@@ -355,3 +355,45 @@ fn one_candidate_holds_the_lease_and_another_takes_it_only_once_it_expired() {
     });
     assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }
+
+#[test]
+fn cilium_policies_get_ciliums_valid_condition() {
+    let (fake, served) = cluster();
+    fake.serve_collection(
+        "/apis/cilium.io/v2/ciliumnetworkpolicies",
+        vec![
+            json!({ "metadata": { "name": "ok", "namespace": "default" },
+                    "spec": { "endpointSelector": { "matchLabels": { "app": "web" } },
+                              "ingress": [{ "fromEndpoints": [{ "matchLabels": { "app": "client" } }] }] } }),
+            // An L7 rule trellis does not enforce: refused, so not Valid.
+            json!({ "metadata": { "name": "l7", "namespace": "default" },
+                    "spec": { "endpointSelector": {},
+                              "ingress": [{ "toPorts": [{ "ports": [{ "port": "80", "protocol": "TCP" }],
+                                                          "rules": { "http": [{ "method": "GET" }] } }] }] } }),
+        ],
+    );
+    let watch = served.watch(WAIT).expect("first sync");
+    let patches = status::patches(
+        &watch.current(),
+        &Default::default(),
+        "2026-12-07T00:00:00Z",
+    );
+    let valid = |name: &str| {
+        let p = patches
+            .iter()
+            .find(|p| p.key.kind == "CiliumNetworkPolicy" && p.key.name == name)
+            .unwrap_or_else(|| panic!("a patch for {name}"));
+        p.body["status"]["conditions"][0].clone()
+    };
+    assert_eq!(valid("ok")["type"], "Valid");
+    assert_eq!(valid("ok")["status"], "True");
+    assert_eq!(valid("l7")["status"], "False");
+    assert!(
+        valid("l7")["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("L7 rules"),
+        "{}",
+        valid("l7")
+    );
+}
