@@ -69,6 +69,14 @@ pub struct NetConf {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// On Kubernetes: the node agent's socket, which resolves a pod's attachments and writes
+    /// its network-status (see [`crate::agent`]).
+    #[serde(
+        default,
+        rename = "agentSocket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Where trellis's eBPF datapath keeps its pinned maps and programs for this node.

@@ -33,6 +33,7 @@
 //!
 //! Not here: the eBPF datapath. [`attach_datapath`] attaches the programs the node agent pinned.
 
+pub mod agent;
 pub mod conf;
 pub mod error;
 pub mod ipam;
@@ -132,6 +133,39 @@ pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
         }
     }
     added
+}
+
+/// ADD as a Kubernetes node runs it: with `agentSocket` and a pod named in `CNI_ARGS`, the
+/// pod's attachments come from the agent ([`agent`]) and its network-status goes back to the
+/// agent for the Pod. Otherwise (the lab, a runtime without the agent) plain [`add`].
+fn add_for_pod(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
+    let (Some(socket), Some((namespace, name))) = (&conf.agent_socket, agent::pod_of(args))
+    else {
+        return add(conf, args);
+    };
+    let mut conf = conf.clone();
+    if conf.networks.is_empty() {
+        let req = agent::Request::Networks {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        conf.networks = agent::ask(socket, &req)?.networks;
+    }
+    let result = add(&conf, args)?;
+    let network_status = match multus::read_record(&conf.state_dir, &args.container_id) {
+        Ok(Some(record)) if !conf.networks.is_empty() => record.network_status,
+        _ => multus::network_status(&conf.name, &to_json(&result), true),
+    };
+    let req = agent::Request::Status {
+        namespace,
+        name,
+        network_status,
+    };
+    // The pod runs either way; Multus too only logs a status it cannot write.
+    if let Err(e) = agent::ask(socket, &req) {
+        tracing::warn!(error = %e, "network-status not handed to the agent");
+    }
+    Ok(result)
 }
 
 /// The attachments of `conf.networks`, in order, after the primary network gave `primary`;
@@ -745,7 +779,7 @@ pub fn execute(
             _ => {
                 let args = CmdArgs::from_env(command, &env)?;
                 match command {
-                    Command::Add => add(&conf, &args).map(|r| to_json(&r)),
+                    Command::Add => add_for_pod(&conf, &args).map(|r| to_json(&r)),
                     Command::Del => del(&conf, &args).map(|()| serde_json::Value::Null),
                     _ => check(&conf, &args).map(|()| serde_json::Value::Null),
                 }
