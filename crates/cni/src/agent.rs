@@ -101,7 +101,10 @@ mod tests {
             network_status: vec![serde_json::json!({"name": "trellis"})],
         };
         let text = serde_json::to_string(&r).expect("serializes");
-        assert!(text.contains(r#""op":"status""#) && text.contains("networkStatus"), "{text}");
+        assert!(
+            text.contains(r#""op":"status""#) && text.contains("networkStatus"),
+            "{text}"
+        );
         assert_eq!(serde_json::from_str::<Request>(&text).expect("reads"), r);
         let args = CmdArgs {
             container_id: "c".into(),
@@ -116,6 +119,12 @@ mod tests {
         };
         assert_eq!(pod_of(&args), Some(("home".into(), "ha".into())));
         let e = ask(Path::new("/nonexistent/agent.sock"), &r).expect_err("no agent");
-        assert_eq!(e.code(), Error::TryAgain { what: String::new() }.code());
+        assert_eq!(
+            e.code(),
+            Error::TryAgain {
+                what: String::new()
+            }
+            .code()
+        );
     }
 }

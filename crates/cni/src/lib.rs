@@ -139,8 +139,7 @@ pub fn add(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
 /// pod's attachments come from the agent ([`agent`]) and its network-status goes back to the
 /// agent for the Pod. Otherwise (the lab, a runtime without the agent) plain [`add`].
 fn add_for_pod(conf: &NetConf, args: &CmdArgs) -> Result<CniResult, Error> {
-    let (Some(socket), Some((namespace, name))) = (&conf.agent_socket, agent::pod_of(args))
-    else {
+    let (Some(socket), Some((namespace, name))) = (&conf.agent_socket, agent::pod_of(args)) else {
         return add(conf, args);
     };
     let mut conf = conf.clone();

@@ -154,6 +154,23 @@ pub struct Network {
 
 /// The selections with their NADs' configurations (`lookup(namespace, name)` gives a NAD's
 /// `spec.config`) and interface names: `net<i>` for the i-th (from 1) unless asked for.
+/// A pod's attachments: its `k8s.v1.cni.cncf.io/networks` annotation (none: no
+/// attachments) resolved with `lookup` (a NAD's `spec.config` by namespace and name). The
+/// error names the pod and the annotation.
+pub fn pod_networks(
+    namespace: &str,
+    name: &str,
+    annotations: &std::collections::BTreeMap<String, String>,
+    lookup: impl Fn(&str, &str) -> Option<String>,
+) -> Result<Vec<Network>, String> {
+    let Some(text) = annotations.get(ANNOTATION_NETWORKS) else {
+        return Ok(Vec::new());
+    };
+    let what = |e: String| format!("pod {namespace}/{name}: {ANNOTATION_NETWORKS}: {e}");
+    let selections = parse_networks(text, namespace).map_err(|e| what(e.to_string()))?;
+    resolve(&selections, lookup).map_err(what)
+}
+
 pub fn resolve(
     selections: &[Selection],
     lookup: impl Fn(&str, &str) -> Option<String>,
@@ -393,7 +410,10 @@ impl Invocation<'_> {
         if !name.is_empty() {
             p.insert("name".into(), Value::String(name.into()));
         } else if !p.contains_key("name") {
-            p.insert("name".into(), Value::String(n.name.clone()));
+            // As Multus: a configuration without a name takes its NAD's (not the namespaced
+            // key, whose '/' plugins refuse in a network name).
+            let nad = n.name.rsplit('/').next().unwrap_or(&n.name);
+            p.insert("name".into(), Value::String(nad.into()));
         }
         let caps = p
             .get("capabilities")

@@ -71,6 +71,10 @@ pub struct CniInstall {
     /// Ranges kept on the pod's primary interface (pods and Services).
     #[serde(default)]
     pub cluster_cidrs: Vec<Ipv4Net>,
+    /// Where the agent answers the plugin (a pod's Multus attachments, its network-status);
+    /// written into the network configuration as `agentSocket`. None: no attachments.
+    #[serde(default)]
+    pub agent_socket: Option<PathBuf>,
 }
 
 /// Fills what a Kubernetes node's agent configuration leaves out from the API's Node objects

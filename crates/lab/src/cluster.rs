@@ -1091,23 +1091,16 @@ fn cni_state_dir(cfg: &LabConfig, node: &NodeState) -> PathBuf {
 
 /// A pod's `k8s.v1.cni.cncf.io/networks` resolved against the NetworkAttachmentDefinitions.
 fn pod_networks(plan: &PodPlan, snapshot: &model::Snapshot) -> Result<Vec<cni::multus::Network>> {
-    let Some(text) = plan.annotations.get(cni::multus::ANNOTATION_NETWORKS) else {
-        return Ok(Vec::new());
-    };
-    let what = || {
-        format!(
-            "pod {}/{}: {}",
-            plan.namespace,
-            plan.name,
-            cni::multus::ANNOTATION_NETWORKS
-        )
-    };
-    let selections = cni::multus::parse_networks(text, &plan.namespace)
-        .map_err(|e| anyhow!("{}: {e}", what()))?;
-    cni::multus::resolve(&selections, |ns, name| {
-        model::snapshot::get(&snapshot.network_attachments, ns, name).map(|o| o.spec.config.clone())
-    })
-    .map_err(|e| anyhow!("{}: {e}", what()))
+    cni::multus::pod_networks(
+        &plan.namespace,
+        &plan.name,
+        &plan.annotations,
+        |ns, name| {
+            model::snapshot::get(&snapshot.network_attachments, ns, name)
+                .map(|o| o.spec.config.clone())
+        },
+    )
+    .map_err(|e| anyhow!(e))
 }
 
 /// Runs the CNI plugin the way a container runtime does: env + config on stdin, in the node.

@@ -46,6 +46,9 @@ pub struct Options {
     pub default_namespace: String,
     /// Files inside the tree that are not manifests (the vars file itself).
     pub ignore: Vec<PathBuf>,
+    /// Kinds the Kubernetes source does not watch (a component that needs no Secrets is not
+    /// granted them); they count as absent.
+    pub skip_kinds: Vec<String>,
 }
 
 /// A file that was read but is not served, and why.

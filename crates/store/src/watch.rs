@@ -40,6 +40,25 @@ pub struct Watch {
     _source: Box<dyn std::any::Any + Send>,
 }
 
+/// A watch's current load, readable from another thread ([`Watch::current_handle`]).
+#[derive(Clone)]
+pub struct Current(Arc<Mutex<Arc<Load>>>);
+
+impl Current {
+    pub fn get(&self) -> Arc<Load> {
+        match self.0.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current").finish_non_exhaustive()
+    }
+}
+
 /// Where a source other than the file watcher hands its loads (see [`Watch::from_source`]).
 #[derive(Clone)]
 pub struct Publisher {
@@ -165,6 +184,11 @@ impl Watch {
             },
             publisher,
         )
+    }
+
+    /// A handle on the current load for another thread (it follows the watch).
+    pub fn current_handle(&self) -> Current {
+        Current(self.current.clone())
     }
 
     /// The newest load that read cleanly (or the first load).

@@ -452,12 +452,165 @@ fn install_cni(conf: &AgentConfig, install: &fabric::agent::CniInstall) -> Resul
         valid_attachments: None,
         networks: Vec::new(),
         cluster_cidrs: install.cluster_cidrs.clone(),
+        agent_socket: install.agent_socket.clone(),
     };
     let file = install.conf_dir.join("05-trellis.conf");
     store::durable::write(&file, serde_json::to_string_pretty(&net)?.as_bytes())
         .with_context(|| format!("cannot write {}", file.display()))?;
     tracing::info!(plugin = %bin.display(), config = %file.display(), "CNI plugin installed");
     Ok(())
+}
+
+/// Connections to the CNI socket served at once (a node starts few pods at a time).
+const CNI_CONNECTIONS_MAX: usize = 64;
+
+/// Answers the CNI plugin on Kubernetes ([`cni::agent`]): a pod's attachments from its
+/// annotation and the NADs in the API (waiting up to [`cni::agent::POD_WAIT`] for a pod the
+/// watch has not brought yet), and its network-status written on the Pod. The socket is
+/// mode 0600 (root's plugin is the only client).
+fn serve_cni(socket: &std::path::Path, current: store::watch::Current) -> Result<()> {
+    use std::io::{BufRead, Read as _, Write};
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = rt
+        .block_on(kube::Client::try_default())
+        .context("the Kubernetes API (for pods' network-status)")?;
+    let writer = std::sync::Arc::new(std::sync::Mutex::new((rt, client)));
+    let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("cni-socket".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    continue;
+                };
+                if open.load(std::sync::atomic::Ordering::Relaxed) >= CNI_CONNECTIONS_MAX {
+                    tracing::warn!(
+                        "CNI socket: {CNI_CONNECTIONS_MAX} connections open, refusing one"
+                    );
+                    continue;
+                }
+                open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (current, writer, open) = (current.clone(), writer.clone(), open.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(cni::agent::TIMEOUT));
+                    let mut line = String::new();
+                    let reply = match std::io::BufReader::new(&conn)
+                        .take(cni::agent::LINE_BYTES_MAX)
+                        .read_line(&mut line)
+                        .map_err(|e| e.to_string())
+                        .and_then(|_| {
+                            serde_json::from_str::<cni::agent::Request>(&line)
+                                .map_err(|e| e.to_string())
+                        }) {
+                        Ok(req) => answer_cni(req, &current, &writer),
+                        Err(e) => cni::agent::Reply {
+                            error: Some(format!("not a request: {e}")),
+                            ..Default::default()
+                        },
+                    };
+                    if let Ok(mut text) = serde_json::to_string(&reply) {
+                        text.push('\n');
+                        let _ = conn.write_all(text.as_bytes());
+                    }
+                    open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                });
+            }
+        })?;
+    Ok(())
+}
+
+type PodWriter = std::sync::Arc<std::sync::Mutex<(tokio::runtime::Runtime, kube::Client)>>;
+
+fn answer_cni(
+    req: cni::agent::Request,
+    current: &store::watch::Current,
+    writer: &PodWriter,
+) -> cni::agent::Reply {
+    let fail = |e: String| cni::agent::Reply {
+        error: Some(e),
+        ..Default::default()
+    };
+    match req {
+        cni::agent::Request::Networks { namespace, name } => {
+            // The kubelet runs the plugin once the Pod exists; the watch may be a moment
+            // behind.
+            let deadline = std::time::Instant::now() + cni::agent::POD_WAIT;
+            let load = loop {
+                let load = current.get();
+                if load
+                    .snapshot
+                    .pods
+                    .contains_key(&(namespace.clone(), name.clone()))
+                    || std::time::Instant::now() >= deadline
+                {
+                    break load;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            };
+            let s = &load.snapshot;
+            let Some(pod) = s.pods.get(&(namespace.clone(), name.clone())) else {
+                return fail(format!("pod {namespace}/{name} is not in the API (yet)"));
+            };
+            match cni::multus::pod_networks(&namespace, &name, &pod.meta.annotations, |ns, n| {
+                model::snapshot::get(&s.network_attachments, ns, n).map(|o| o.spec.config.clone())
+            }) {
+                Ok(networks) => cni::agent::Reply {
+                    networks,
+                    error: None,
+                },
+                Err(e) => fail(e),
+            }
+        }
+        cni::agent::Request::Status {
+            namespace,
+            name,
+            network_status,
+        } => {
+            let text = match serde_json::to_string_pretty(&network_status) {
+                Ok(t) => t,
+                Err(e) => return fail(e.to_string()),
+            };
+            let patch = serde_json::json!({ "metadata": { "annotations": {
+                cni::multus::ANNOTATION_NETWORK_STATUS: text } } });
+            let guard = match writer.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let (rt, client) = &*guard;
+            let api: kube::Api<model::k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client.clone(), &namespace);
+            let done = rt.block_on(async {
+                tokio::time::timeout(
+                    cni::agent::TIMEOUT,
+                    api.patch(
+                        &name,
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    ),
+                )
+                .await
+            });
+            match done {
+                Ok(Ok(_)) => cni::agent::Reply::default(),
+                Ok(Err(e)) => fail(format!(
+                    "writing pod {namespace}/{name}'s network-status: {e}"
+                )),
+                Err(_) => fail(format!(
+                    "writing pod {namespace}/{name}'s network-status: no answer"
+                )),
+            }
+        }
+    }
 }
 
 pub fn run(args: &Args) -> Result<ExitCode> {
@@ -467,6 +620,8 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .with_context(|| format!("{} is not an agent configuration", args.config.display()))?;
     let opts = store::Options {
         default_namespace: "default".into(),
+        // The datapath reads no Secret: on Kubernetes the agent is not granted them.
+        skip_kinds: vec!["Secret".into()],
         ..Default::default()
     };
     // On Kubernetes the manifests come from the API, and so does what the file leaves out
@@ -548,6 +703,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     if let Some(install) = &conf.cni_install {
         install_cni(&conf, install)
             .with_context(|| format!("node {}: installing the CNI plugin", conf.node))?;
+    }
+    if let (Some(w), Some(socket)) = (
+        &from_api,
+        conf.cni_install
+            .as_ref()
+            .and_then(|i| i.agent_socket.as_ref()),
+    ) {
+        serve_cni(socket, w.current_handle())
+            .with_context(|| format!("serving the CNI plugin on {}", socket.display()))?;
     }
     let mut watch = match from_api {
         Some(w) => w,

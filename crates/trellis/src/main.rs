@@ -71,6 +71,10 @@ pub struct SourceArgs {
     /// Namespace for namespaced objects that nothing else places.
     #[arg(long, default_value = "default")]
     pub default_namespace: String,
+    /// With --source kube: a kind not to watch (repeatable; e.g. Secret for a component that
+    /// reads none, so its service account needs no access to them).
+    #[arg(long = "skip-kind")]
+    pub skip_kinds: Vec<String>,
 }
 
 /// Where a command reads its manifests.
@@ -92,6 +96,7 @@ impl SourceArgs {
             vars,
             strict_vars: false,
             default_namespace: "default".into(),
+            skip_kinds: Vec::new(),
         }
     }
 
@@ -139,6 +144,17 @@ impl SourceArgs {
                     .map_err(|e| anyhow::anyhow!("vars file {}: {e}", p.display()))?
             }
         };
+        for k in &self.skip_kinds {
+            anyhow::ensure!(
+                model::snapshot::KINDS.iter().any(|i| i.kind == k),
+                "--skip-kind {k}: not a kind trellis reads ({})",
+                model::snapshot::KINDS
+                    .iter()
+                    .map(|i| i.kind)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         anyhow::ensure!(
             self.origin == Origin::Kube || !self.paths.is_empty(),
             "no manifests: give -f DIR (a manifest directory or file), or --source kube to read them from the Kubernetes API"
@@ -148,6 +164,7 @@ impl SourceArgs {
             strict_vars: self.strict_vars,
             default_namespace: self.default_namespace.clone(),
             ignore: self.vars.iter().cloned().collect(),
+            skip_kinds: self.skip_kinds.clone(),
         })
     }
 }

@@ -317,6 +317,7 @@ impl Config {
     fn source(&self) -> crate::SourceArgs {
         crate::SourceArgs {
             origin: crate::Origin::Dir,
+            skip_kinds: Vec::new(),
             paths: self.manifests.clone(),
             vars: self.vars.clone(),
             strict_vars: self.strict_vars,

@@ -170,9 +170,16 @@ pub async fn keep(
 ) {
     let mut last_renewed: Option<Instant> = None;
     loop {
-        let leader = match elector.round().await {
+        // A round that hangs (a half-open connection) must not keep a stale leader leading:
+        // each is bounded, and the deadline counts from the last renewal.
+        let started = Instant::now();
+        let round = match tokio::time::timeout(renew_deadline, elector.round()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {renew_deadline:?}")),
+        };
+        let leader = match round {
             Ok(Role::Leader) => {
-                last_renewed = Some(Instant::now());
+                last_renewed = Some(started);
                 true
             }
             Ok(Role::Follower { holder }) => {

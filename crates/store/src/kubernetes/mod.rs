@@ -197,7 +197,10 @@ async fn run(
     first_tx: std::sync::mpsc::Sender<Result<Watch, Error>>,
     stop_tx: tokio::sync::oneshot::Sender<()>,
 ) {
-    let kinds = kinds();
+    let kinds: Vec<KindInfo> = kinds()
+        .into_iter()
+        .filter(|k| !opts.skip_kinds.iter().any(|s| s == k.kind))
+        .collect();
     let (tx, mut rx) = mpsc::channel::<Msg>(EVENTS_QUEUED_MAX);
     for (i, info) in kinds.iter().enumerate() {
         tokio::spawn(watch_kind(client.clone(), i, *info, tx.clone()));
@@ -257,9 +260,13 @@ async fn watch_kind(client: kube::Client, index: usize, info: KindInfo, tx: mpsc
                             return;
                         }
                     }
-                    Err(watcher::Error::InitialListFailed(kube::Error::Api(s)))
-                        if s.code == 404 =>
-                    {
+                    // Not served at this version (also when a CRD or version goes away
+                    // while the watch reconnects): look again from the newest version, and
+                    // let the objects go when no version serves the kind.
+                    Err(
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                        | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+                    ) if s.code == 404 => {
                         not_served = true;
                         break;
                     }

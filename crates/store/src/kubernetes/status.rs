@@ -310,7 +310,13 @@ fn gateway_status(
         "conditions": conditions(&st.conditions, old.get("conditions"), generation, now),
         "listeners": listeners,
     });
-    if !addresses.is_empty() {
+    // Written when there are addresses, and as an empty list once to take back addresses
+    // shown before.
+    let shown = old
+        .get("addresses")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    if !addresses.is_empty() || shown {
         out["addresses"] = addresses
             .iter()
             .map(|a| json!({ "type": "IPAddress", "value": a.to_string() }))
@@ -355,7 +361,33 @@ fn route_status(
             }))
         })
         .collect();
-    (!parents.is_empty()).then(|| json!({ "parents": parents }))
+    merged(old_parents, parents).map(|p| json!({ "parents": p }))
+}
+
+/// Whether a status entry (`parents[i]`, `ancestors[i]`) is one trellis writes.
+fn is_ours(entry: &Value) -> bool {
+    entry
+        .get("controllerName")
+        .and_then(Value::as_str)
+        .is_some_and(|c| CONTROLLER_NAMES.contains(&c))
+}
+
+/// A per-controller list (route `parents`, policy `ancestors`) as trellis writes it: the
+/// entries of other controllers kept as they are (these lists are atomic, so an apply
+/// replaces them whole), then trellis's own. None when trellis has no entry to write and
+/// none to take back.
+fn merged(old: Option<&Vec<Value>>, ours: Vec<Value>) -> Option<Vec<Value>> {
+    let old = old.map(Vec::as_slice).unwrap_or_default();
+    if ours.is_empty() && !old.iter().any(is_ours) {
+        return None;
+    }
+    Some(
+        old.iter()
+            .filter(|e| !is_ours(e))
+            .cloned()
+            .chain(ours)
+            .collect(),
+    )
 }
 
 /// A policy's status as Envoy Gateway writes it: one ancestor per targeted Gateway (a route
@@ -421,7 +453,7 @@ fn policy_status(
             }))
         })
         .collect();
-    (!ancestors.is_empty()).then(|| json!({ "ancestors": ancestors }))
+    merged(old_ancestors, ancestors).map(|a| json!({ "ancestors": a }))
 }
 
 /// `metav1.Condition`s: the transition time kept from the old condition of the same type

@@ -68,6 +68,7 @@ fn run_case(path: &Path) -> Vec<String> {
         strict_vars: case.strict,
         default_namespace: "default".into(),
         ignore: Vec::new(),
+        skip_kinds: Vec::new(),
     };
     let load = store::load(&[path.to_path_buf()], &opts);
     let s = &load.snapshot;

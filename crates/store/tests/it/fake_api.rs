@@ -261,8 +261,12 @@ impl FakeApi {
         self.st().collections.get(path)?.items.get(key).cloned()
     }
 
-    pub fn lease(&self, name: &str) -> Option<Value> {
-        self.st().leases.get(name).cloned()
+    /// The Lease `namespace/name`.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.st()
+            .leases
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -284,6 +288,14 @@ impl FakeApi {
         }
         if seen.method == Method::PATCH && path.ends_with("/scale") {
             let r = scale_patch(&mut st, &seen);
+            send.send_response(r);
+            return;
+        }
+        if seen.method == Method::PATCH
+            && !path.ends_with("/status")
+            && seen.content_type.as_deref() == Some("application/merge-patch+json")
+        {
+            let r = merge_patch(&mut st, &seen);
             send.send_response(r);
             return;
         }
@@ -422,6 +434,41 @@ fn status_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
     ok(item)
 }
 
+/// A JSON merge patch (RFC 7386) of an object (the agent writing a pod's annotation); the
+/// change goes out on the watch.
+fn merge_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target.as_object_mut(), patch.as_object()) {
+            (Some(t), Some(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            _ => *target = patch.clone(),
+        }
+    }
+    let (collection, key) = split_object_path(&seen.path);
+    st.revision += 1;
+    let rv = st.revision;
+    let Some(c) = st.collections.get_mut(&collection) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such collection");
+    };
+    let Some(item) = c.items.get_mut(&key) else {
+        return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
+    };
+    merge(item, &seen.body);
+    item["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let item = item.clone();
+    c.events
+        .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
+    flush(c);
+    ok(item)
+}
+
 /// A merge patch of `spec.replicas` on a workload's scale subresource: the workload's
 /// `spec.replicas` changes (and goes out on the watch); the answer is an autoscaling/v1 Scale.
 fn scale_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
@@ -484,17 +531,20 @@ fn split_object_path(path: &str) -> (String, String) {
 /// Leases with optimistic concurrency: create is 409 when one exists, replace is 409 when
 /// the resourceVersion sent is not the stored one.
 fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
-    let name = seen.path.rsplit('/').next().unwrap_or_default().to_string();
+    // Keyed `namespace/name`: `/apis/coordination.k8s.io/v1/namespaces/NS/leases[/NAME]`.
+    let parts: Vec<&str> = seen.path.split('/').collect();
+    let namespace = parts.get(5).copied().unwrap_or_default();
+    let name = format!("{namespace}/{}", parts.get(7).copied().unwrap_or_default());
     match seen.method {
         Method::GET => match st.leases.get(&name) {
             Some(l) => ok(l.clone()),
             None => status(StatusCode::NOT_FOUND, "NotFound", "leases not found"),
         },
         Method::POST => {
-            let name = seen.body["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let name = format!(
+                "{namespace}/{}",
+                seen.body["metadata"]["name"].as_str().unwrap_or_default()
+            );
             if st.leases.contains_key(&name) {
                 return status(
                     StatusCode::CONFLICT,

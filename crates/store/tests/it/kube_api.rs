@@ -185,6 +185,15 @@ fn an_expired_watch_lists_again_and_forgets_what_is_gone() {
 #[test]
 fn a_kind_is_read_at_the_newest_version_the_server_serves() {
     let (fake, served) = cluster();
+    // Served at v1 too: the newest version is the one read.
+    fake.serve_collection(
+        "/apis/gateway.networking.k8s.io/v1/tlsroutes",
+        vec![
+            json!({ "metadata": { "name": "tls-v1", "namespace": "default" },
+                     "spec": { "parentRefs": [{ "name": "external" }],
+                               "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }] }] } }),
+        ],
+    );
     fake.serve_collection(
         TLS_ROUTES_OLD,
         vec![
@@ -197,8 +206,70 @@ fn a_kind_is_read_at_the_newest_version_the_server_serves() {
     let l = watch.current();
     assert_eq!(l.snapshot.tls_routes.len(), 1);
     assert_eq!(
+        l.snapshot.entries[&key("TLSRoute", "tls-v1")].api_version,
+        "gateway.networking.k8s.io/v1"
+    );
+}
+
+#[test]
+fn a_kind_served_only_at_an_older_version_is_read_there() {
+    let (fake, served) = cluster();
+    fake.serve_collection(
+        TLS_ROUTES_OLD,
+        vec![
+            json!({ "metadata": { "name": "tls", "namespace": "default" },
+                     "spec": { "parentRefs": [{ "name": "external" }],
+                               "rules": [{ "backendRefs": [{ "name": "web", "port": 80 }] }] } }),
+        ],
+    );
+    let watch = served.watch(WAIT).expect("first sync");
+    let l = watch.current();
+    assert_eq!(
         l.snapshot.entries[&key("TLSRoute", "tls")].api_version,
         "gateway.networking.k8s.io/v1alpha2"
+    );
+}
+
+/// Route parents are one atomic list: another controller's entry is kept as it is, and a
+/// route that no longer names a trellis Gateway gets its entry taken back.
+#[test]
+fn another_controllers_route_status_is_kept() {
+    let (fake, served) = cluster();
+    let mut other = route("mixed", "mixed.example.com", "web");
+    other["status"] = json!({ "parents": [{
+        "parentRef": { "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "elsewhere" },
+        "controllerName": "example.com/other", "conditions": [] }] });
+    let mut gone = route("gone", "gone.example.com", "web");
+    gone["spec"]["parentRefs"] = json!([{ "name": "elsewhere" }]);
+    gone["status"] = json!({ "parents": [{
+        "parentRef": { "group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "default", "name": "external" },
+        "controllerName": "trellis.dev/gateway-controller", "conditions": [] }] });
+    fake.serve_collection(
+        ROUTES,
+        vec![route("web", "web.example.com", "web"), other, gone],
+    );
+    let watch = served.watch(WAIT).expect("first sync");
+    let patches = status::patches(
+        &watch.current(),
+        &Default::default(),
+        "2026-12-07T00:00:00Z",
+    );
+    let parents = |name: &str| {
+        patches
+            .iter()
+            .find(|p| p.key.kind == "HTTPRoute" && p.key.name == name)
+            .map(|p| p.body["status"]["parents"].clone())
+    };
+    let mixed = parents("mixed").expect("a patch for mixed");
+    assert_eq!(mixed[0]["controllerName"], "example.com/other", "{mixed}");
+    assert_eq!(
+        mixed[1]["controllerName"], "trellis.dev/gateway-controller",
+        "{mixed}"
+    );
+    assert_eq!(
+        parents("gone"),
+        Some(json!([])),
+        "trellis's stale entry is taken back"
     );
 }
 
@@ -304,7 +375,9 @@ fn one_candidate_holds_the_lease_and_another_takes_it_only_once_it_expired() {
             Role::Leader,
             "a creates the Lease"
         );
-        let held = fake.lease("trellis-operator").expect("test setup");
+        let held = fake
+            .lease("kube-system", "trellis-operator")
+            .expect("test setup");
         assert_eq!(held["spec"]["holderIdentity"], "node-a");
         assert_eq!(held["spec"]["leaseDurationSeconds"], 15);
         assert_eq!(
@@ -318,7 +391,9 @@ fn one_candidate_holds_the_lease_and_another_takes_it_only_once_it_expired() {
             Role::Leader,
             "a renews"
         );
-        let renewed = fake.lease("trellis-operator").expect("test setup");
+        let renewed = fake
+            .lease("kube-system", "trellis-operator")
+            .expect("test setup");
         assert_ne!(
             held["metadata"]["resourceVersion"],
             renewed["metadata"]["resourceVersion"]
@@ -339,7 +414,9 @@ fn one_candidate_holds_the_lease_and_another_takes_it_only_once_it_expired() {
             Role::Leader,
             "b takes the expired Lease"
         );
-        let taken = fake.lease("trellis-operator").expect("test setup");
+        let taken = fake
+            .lease("kube-system", "trellis-operator")
+            .expect("test setup");
         assert_eq!(taken["spec"]["holderIdentity"], "node-b");
         assert_eq!(taken["spec"]["leaseTransitions"], 1);
         assert_eq!(

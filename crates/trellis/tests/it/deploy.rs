@@ -74,10 +74,21 @@ fn the_manifests_render_and_every_object_is_its_kubernetes_type() {
                 "DaemonSet" => {
                     let ds = strictly::<DaemonSet>(d);
                     let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
-                    // The agent: named capabilities, never privileged.
+                    // The agent: named capabilities, never privileged (so no Bidirectional
+                    // mount propagation, which the API server allows privileged containers
+                    // only).
                     for c in &pod.containers {
                         let sc = c.security_context.as_ref().expect("securityContext");
                         assert_eq!(sc.privileged, Some(false), "{}", c.name);
+                        for m in c.volume_mounts.iter().flatten() {
+                            assert_ne!(
+                                m.mount_propagation.as_deref(),
+                                Some("Bidirectional"),
+                                "{}: {}",
+                                c.name,
+                                m.mount_path
+                            );
+                        }
                         let caps = sc.capabilities.as_ref().expect("capabilities");
                         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
                     }
@@ -127,19 +138,22 @@ fn the_manifests_render_and_every_object_is_its_kubernetes_type() {
 #[test]
 fn the_reader_role_lists_exactly_the_kinds_trellis_watches() {
     let docs = documents(&render("deploy/kubernetes"));
-    let role = docs
-        .iter()
-        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "trellis-reader")
-        .expect("trellis-reader");
-    let role: ClusterRole = strictly(role);
     let mut granted = std::collections::BTreeSet::new();
-    for r in role.rules.unwrap_or_default() {
-        let mut verbs = r.verbs.clone();
-        verbs.sort();
-        assert_eq!(verbs, ["get", "list", "watch"], "{r:?}");
-        for g in r.api_groups.unwrap_or_default() {
-            for res in r.resources.clone().unwrap_or_default() {
-                granted.insert((g.clone(), res));
+    let roles = docs.iter().filter(|d| {
+        d["kind"] == "ClusterRole"
+            && (d["metadata"]["name"] == "trellis-reader"
+                || d["metadata"]["name"] == "trellis-secrets-reader")
+    });
+    for role in roles {
+        let role: ClusterRole = strictly(role);
+        for r in role.rules.unwrap_or_default() {
+            let mut verbs = r.verbs.clone();
+            verbs.sort();
+            assert_eq!(verbs, ["get", "list", "watch"], "{r:?}");
+            for g in r.api_groups.unwrap_or_default() {
+                for res in r.resources.clone().unwrap_or_default() {
+                    assert!(granted.insert((g.clone(), res)), "granted twice");
+                }
             }
         }
     }

@@ -18,6 +18,8 @@ const SERVICES: &str = "/api/v1/services";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const POOLS: &str = "/apis/cilium.io/v2/ciliumloadbalancerippools";
 const DEPLOYMENTS: &str = "/apis/apps/v1/deployments";
+const PODS: &str = "/api/v1/pods";
+const NADS: &str = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions";
 const SCALED_OBJECTS: &str = "/apis/keda.sh/v1alpha1/scaledobjects";
 
 /// A metrics endpoint answering `{"queue": {"depth": 5}}` to every request (KEDA's
@@ -232,7 +234,8 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
         "{lb} {gw_ip}"
     );
     assert_eq!(
-        fake.lease("trellis-operator").expect("a Lease")["spec"]["holderIdentity"],
+        fake.lease("trellis-system", "trellis-operator")
+            .expect("a Lease")["spec"]["holderIdentity"],
         "op-a"
     );
     // KEDA's part: the metric (5 against a target of 2 per replica) scales the Deployment to
@@ -272,7 +275,9 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
     let mut op = op;
     let exit = within(20, || op.0.try_wait().ok().flatten()).expect("the operator exits");
     assert!(exit.success(), "{exit:?}");
-    let lease = fake.lease("trellis-operator").expect("a Lease");
+    let lease = fake
+        .lease("trellis-system", "trellis-operator")
+        .expect("a Lease");
     assert!(lease["spec"]["holderIdentity"].is_null(), "{lease}");
     assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }
@@ -324,6 +329,27 @@ impl Drop for NodeNetns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+    }
+}
+
+/// A pod's network namespace, deleted on drop.
+struct PodNetns(String);
+
+impl PodNetns {
+    fn new(name: &str) -> PodNetns {
+        let ok = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip runs")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        PodNetns(name.to_string())
+    }
+}
+
+impl Drop for PodNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }
 
@@ -388,6 +414,21 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
         SLICES,
         vec![slice("web", "10.69.7.5"), slice("lb", "10.69.7.7")],
     );
+    // A pod with a Multus attachment: macvlan on the node's eth0 with a static address.
+    fake.serve_collection(
+        PODS,
+        vec![json!({ "metadata": { "name": "p1", "namespace": "default",
+                                   "annotations": { "k8s.v1.cni.cncf.io/networks": "mv" } },
+                     "spec": { "nodeName": "kn1", "containers": [{ "name": "c", "image": "c" }] } })],
+    );
+    fake.serve_collection(
+        NADS,
+        vec![json!({ "metadata": { "name": "mv", "namespace": "default" },
+                     "spec": { "config": json!({ "cniVersion": "0.3.1", "type": "macvlan",
+                         "master": "eth0", "mode": "bridge",
+                         "ipam": { "type": "static", "addresses": [{ "address": "192.168.77.10/24" }] } })
+                         .to_string() } })],
+    );
     let rt = fake.start(handle);
     let addr = rt.block_on(FakeApi::listen_http(mock, host_ip.parse().expect("ip")));
     let kubeconfig = t.path().join("kubeconfig");
@@ -396,8 +437,13 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
     let (bin_dir, conf_dir) = (t.path().join("bin"), t.path().join("net.d"));
     std::fs::create_dir_all(&bin_dir).expect("mkdir");
     std::fs::create_dir_all(&conf_dir).expect("mkdir");
-    // The plugin to install: any file stands in for trellis-cni here (the copy is checked).
-    let plugin = env!("CARGO_BIN_EXE_trellis");
+    // The plugin to install: trellis-cni, built beside trellis by the workspace build.
+    let plugin = std::path::Path::new(env!("CARGO_BIN_EXE_trellis")).with_file_name("trellis-cni");
+    assert!(
+        plugin.exists(),
+        "{} is missing: build the workspace (cargo build -p cni)",
+        plugin.display()
+    );
     let config = t.path().join("agent.json");
     std::fs::write(
         &config,
@@ -406,6 +452,7 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
             "pin_dir": pins.0, "assignments": null, "masquerade": true,
             "cni_install": { "plugin": plugin, "bin_dir": bin_dir, "conf_dir": conf_dir,
                              "state_dir": t.path().join("cni-state"),
+                             "agent_socket": t.path().join("agent.sock"),
                              "cluster_cidrs": ["10.69.0.0/16", "10.96.0.0/12"] },
         })
         .to_string(),
@@ -440,7 +487,7 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
     // The CNI plugin and this node's configuration, with the Node's pod range.
     assert_eq!(
         std::fs::read(bin_dir.join("trellis-cni")).expect("plugin installed"),
-        std::fs::read(plugin).expect("plugin")
+        std::fs::read(&plugin).expect("plugin")
     );
     let conf: Value = serde_json::from_slice(
         &std::fs::read(conf_dir.join("05-trellis.conf")).expect("config installed"),
@@ -464,7 +511,7 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
         .unwrap_or_else(|| panic!("the Service from the API is programmed\n{}", log()));
     // The LoadBalancer address: this node takes Cilium's Lease for it and answers for it.
     let lease = within(20, || {
-        fake.lease("cilium-l2announce-default-lb")
+        fake.lease("trellis-system", "cilium-l2announce-default-lb")
             .filter(|l| l["spec"]["holderIdentity"] == "kn1")
     })
     .unwrap_or_else(|| panic!("the L2 Lease is taken\n{}", log()));
@@ -479,6 +526,68 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
             .then_some(())
     })
     .unwrap_or_else(|| panic!("{lb_ip} is announced on eth0\n{}", log()));
+    // The runtime starts the pod: the plugin asks the agent for the pod's attachments, makes
+    // them, and the agent writes the pod's network-status.
+    let pod_ns = PodNetns::new(&format!("tp{}", id % 100_000));
+    let cni = |command: &str| {
+        use std::io::Write;
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{name}"))
+            .arg(bin_dir.join("trellis-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "c1")
+            .env("CNI_NETNS", format!("/var/run/netns/{}", pod_ns.0))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", format!("{}:/usr/lib/cni", bin_dir.display()))
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p1",
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("trellis-cni runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(&std::fs::read(conf_dir.join("05-trellis.conf")).expect("conf"))
+            .expect("config on stdin");
+        let out = child.wait_with_output().expect("trellis-cni ends");
+        assert!(
+            out.status.success(),
+            "{command}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log()
+        );
+    };
+    cni("ADD");
+    let net1 = Command::new("ip")
+        .args(["-n", &pod_ns.0, "-4", "addr", "show", "dev", "net1"])
+        .output()
+        .expect("ip");
+    assert!(
+        String::from_utf8_lossy(&net1.stdout).contains("192.168.77.10/24"),
+        "{}",
+        String::from_utf8_lossy(&net1.stdout)
+    );
+    let status = within(20, || {
+        fake.object(PODS, "default/p1").and_then(|p| {
+            p.pointer("/metadata/annotations/k8s.v1.cni.cncf.io~1network-status")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    })
+    .unwrap_or_else(|| panic!("the pod's network-status is written\n{}", log()));
+    let status: Value = serde_json::from_str(&status).expect("network-status is JSON");
+    assert_eq!(status[0]["interface"], "eth0", "{status}");
+    assert_eq!(status[1]["interface"], "net1", "{status}");
+    assert_eq!(status[1]["name"], "default/mv", "{status}");
+    assert_eq!(status[1]["ips"][0], "192.168.77.10", "{status}");
+    cni("DEL");
+
     fake.apply(SERVICES, service("shop", "10.96.0.51"));
     fake.apply(SLICES, slice("shop", "10.69.7.6"));
     within(20, || has("10.96.0.51"))
