@@ -34,21 +34,60 @@ pub enum Update {
 
 /// A running watch. Dropping it stops watching.
 pub struct Watch {
-    current: Arc<Mutex<Arc<Load>>>,
+    current: Arc<Shared>,
     pub updates: Receiver<Update>,
     /// What keeps the source running (the file watcher, or the API watchers' thread).
     _source: Box<dyn std::any::Any + Send>,
 }
 
+/// The current load and a signal for its changes.
+struct Shared {
+    load: Mutex<Arc<Load>>,
+    changed: std::sync::Condvar,
+}
+
+impl Shared {
+    fn new(first: Arc<Load>) -> Arc<Shared> {
+        Arc::new(Shared {
+            load: Mutex::new(first),
+            changed: std::sync::Condvar::new(),
+        })
+    }
+
+    fn get(&self) -> Arc<Load> {
+        match self.load.lock() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+}
+
 /// A watch's current load, readable from another thread ([`Watch::current_handle`]).
 #[derive(Clone)]
-pub struct Current(Arc<Mutex<Arc<Load>>>);
+pub struct Current(Arc<Shared>);
 
 impl Current {
     pub fn get(&self) -> Arc<Load> {
-        match self.0.lock() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+        self.0.get()
+    }
+
+    /// The current load once `ready` says so of it, or the current load when `timeout` has
+    /// passed first (woken by each change, no polling).
+    pub fn wait_for(&self, ready: impl Fn(&Load) -> bool, timeout: Duration) -> Arc<Load> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut guard = match self.0.load.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        loop {
+            let now = std::time::Instant::now();
+            if ready(&guard) || now >= deadline {
+                return guard.clone();
+            }
+            guard = match self.0.changed.wait_timeout(guard, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
         }
     }
 }
@@ -62,7 +101,7 @@ impl std::fmt::Debug for Current {
 /// Where a source other than the file watcher hands its loads (see [`Watch::from_source`]).
 #[derive(Clone)]
 pub struct Publisher {
-    current: Arc<Mutex<Arc<Load>>>,
+    current: Arc<Shared>,
     tx: SyncSender<Update>,
 }
 
@@ -82,7 +121,7 @@ impl std::fmt::Debug for Publisher {
 
 /// The one rule of every source: a load with errors is rejected and the last good one keeps
 /// serving; a clean load becomes current. False when nobody holds the watch any more.
-fn publish(next: Load, shared: &Mutex<Arc<Load>>, tx: &SyncSender<Update>) -> bool {
+fn publish(next: Load, shared: &Shared, tx: &SyncSender<Update>) -> bool {
     let update = if next.snapshot.has_errors() {
         let errors = next
             .snapshot
@@ -94,17 +133,18 @@ fn publish(next: Load, shared: &Mutex<Arc<Load>>, tx: &SyncSender<Update>) -> bo
         for e in &errors {
             tracing::warn!(error = %e, "manifest change rejected; serving the last good snapshot");
         }
-        let serving = shared.lock().map(|c| c.clone());
+        let serving = shared.load.lock().map(|c| c.clone());
         match serving {
             Ok(serving) => Update::Rejected { errors, serving },
             Err(_) => return false,
         }
     } else {
         let next = Arc::new(next);
-        match shared.lock() {
+        match shared.load.lock() {
             Ok(mut c) => *c = next.clone(),
             Err(_) => return false,
         }
+        shared.changed.notify_all();
         tracing::info!(objects = next.snapshot.entries.len(), "manifests reloaded");
         Update::Applied(next)
     };
@@ -126,7 +166,7 @@ impl Watch {
     /// errors (there is nothing better to serve); later loads with errors are rejected.
     pub fn start(roots: Vec<PathBuf>, opts: Options) -> notify::Result<Watch> {
         let first = Arc::new(load(&roots, &opts));
-        let current = Arc::new(Mutex::new(first));
+        let current = Shared::new(first);
         let (event_tx, event_rx) = mpsc::channel::<()>();
         let mut watcher =
             notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -170,7 +210,7 @@ impl Watch {
     /// hands each later load to [`publish`] with the returned sender. `keep` lives as long as
     /// the watch (dropping it stops the source).
     pub fn from_source(first: Load, keep: Box<dyn std::any::Any + Send>) -> (Watch, Publisher) {
-        let current = Arc::new(Mutex::new(Arc::new(first)));
+        let current = Shared::new(Arc::new(first));
         let (tx, updates) = mpsc::sync_channel(UPDATES_QUEUED_MAX);
         let publisher = Publisher {
             current: current.clone(),
@@ -193,9 +233,6 @@ impl Watch {
 
     /// The newest load that read cleanly (or the first load).
     pub fn current(&self) -> Arc<Load> {
-        match self.current.lock() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.current.get()
     }
 }

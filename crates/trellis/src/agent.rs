@@ -543,20 +543,10 @@ fn answer_cni(
     match req {
         cni::agent::Request::Networks { namespace, name } => {
             // The kubelet runs the plugin once the Pod exists; the watch may be a moment
-            // behind.
-            let deadline = std::time::Instant::now() + cni::agent::POD_WAIT;
-            let load = loop {
-                let load = current.get();
-                if load
-                    .snapshot
-                    .pods
-                    .contains_key(&(namespace.clone(), name.clone()))
-                    || std::time::Instant::now() >= deadline
-                {
-                    break load;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            };
+            // behind: wait for the snapshot that has it.
+            let key = (namespace.clone(), name.clone());
+            let load =
+                current.wait_for(|l| l.snapshot.pods.contains_key(&key), cni::agent::POD_WAIT);
             let s = &load.snapshot;
             let Some(pod) = s.pods.get(&(namespace.clone(), name.clone())) else {
                 return fail(format!("pod {namespace}/{name} is not in the API (yet)"));

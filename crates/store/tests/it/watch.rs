@@ -76,3 +76,32 @@ fn applies_good_changes_and_keeps_the_last_good_load_on_errors() {
         other => panic!("expected Applied, got {other:?}"),
     }
 }
+
+/// A reader on another thread waits for the load it needs, woken by the change.
+#[test]
+fn a_reader_waits_for_the_load_it_needs() {
+    let (watch, publisher) = store::watch::Watch::from_source(store::Load::default(), Box::new(()));
+    let current = watch.current_handle();
+    let waiter = std::thread::spawn(move || {
+        current.wait_for(
+            |l| !l.snapshot.entries.is_empty(),
+            std::time::Duration::from_secs(30),
+        )
+    });
+    let raws = model::RawObject::from_yaml(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n",
+        "ns.yaml",
+        "",
+    )
+    .expect("yaml");
+    assert!(publisher.publish(store::Load {
+        snapshot: model::Snapshot::build(raws, vec![]),
+        ..Default::default()
+    }));
+    let got = waiter.join().expect("the reader");
+    assert_eq!(got.snapshot.entries.len(), 1);
+    // A condition never met: the current load once the time is up.
+    let current = watch.current_handle();
+    let l = current.wait_for(|_| false, std::time::Duration::from_millis(10));
+    assert_eq!(l.snapshot.entries.len(), 1);
+}
