@@ -415,23 +415,34 @@ fn status_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
             "not a server-side apply by trellis",
         );
     }
-    let object_path = seen.path.trim_end_matches("/status");
-    let (collection, key) = split_object_path(object_path);
+    let (collection, key) = split_object_path(seen.path.trim_end_matches("/status"));
+    let status = seen.body["status"].clone();
+    modify(st, &collection, &key, |item| item["status"] = status).map_or_else(not_found, ok)
+}
+
+/// Changes one stored object at a new revision and sends the change on its watch; the
+/// object as changed, or None when there is no such object (a 404: [`not_found`]).
+fn modify(
+    st: &mut ApiState,
+    collection: &str,
+    key: &str,
+    change: impl FnOnce(&mut Value),
+) -> Option<Value> {
     st.revision += 1;
     let rv = st.revision;
-    let Some(c) = st.collections.get_mut(&collection) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", "no such collection");
-    };
-    let Some(item) = c.items.get_mut(&key) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
-    };
-    item["status"] = seen.body["status"].clone();
+    let c = st.collections.get_mut(collection)?;
+    let item = c.items.get_mut(key)?;
+    change(item);
     item["metadata"]["resourceVersion"] = json!(rv.to_string());
     let item = item.clone();
     c.events
         .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
     flush(c);
-    ok(item)
+    Some(item)
+}
+
+fn not_found() -> Response<Body> {
+    status(StatusCode::NOT_FOUND, "NotFound", "no such object")
 }
 
 /// A JSON merge patch (RFC 7386) of an object (the agent writing a pod's annotation); the
@@ -452,21 +463,7 @@ fn merge_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
         }
     }
     let (collection, key) = split_object_path(&seen.path);
-    st.revision += 1;
-    let rv = st.revision;
-    let Some(c) = st.collections.get_mut(&collection) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", "no such collection");
-    };
-    let Some(item) = c.items.get_mut(&key) else {
-        return status(StatusCode::NOT_FOUND, "NotFound", "no such object");
-    };
-    merge(item, &seen.body);
-    item["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let item = item.clone();
-    c.events
-        .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
-    flush(c);
-    ok(item)
+    modify(st, &collection, &key, |item| merge(item, &seen.body)).map_or_else(not_found, ok)
 }
 
 /// A merge patch of `spec.replicas` on a workload's scale subresource: the workload's
@@ -488,23 +485,11 @@ fn scale_patch(st: &mut ApiState, seen: &Seen) -> Response<Body> {
         );
     }
     let (collection, key) = split_object_path(seen.path.trim_end_matches("/scale"));
-    st.revision += 1;
-    let rv = st.revision;
-    let Some(item) = st
-        .collections
-        .get_mut(&collection)
-        .and_then(|c| c.items.get_mut(&key))
-    else {
-        return status(StatusCode::NOT_FOUND, "NotFound", "no such workload");
+    let Some(item) = modify(st, &collection, &key, |item| {
+        item["spec"]["replicas"] = json!(replicas)
+    }) else {
+        return not_found();
     };
-    item["spec"]["replicas"] = json!(replicas);
-    item["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let item = item.clone();
-    if let Some(c) = st.collections.get_mut(&collection) {
-        c.events
-            .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
-        flush(c);
-    }
     ok(json!({
         "apiVersion": "autoscaling/v1", "kind": "Scale",
         "metadata": { "name": item["metadata"]["name"], "namespace": item["metadata"]["namespace"] },
