@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// file leaves out is read from the Node objects ([`complete_from_nodes`]).
     #[serde(default)]
     pub source: Option<String>,
+    /// The admin endpoint (/healthz, /ready, /status, /metrics); `trellis agent --admin` wins.
+    #[serde(default)]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Install the CNI plugin and this node's network configuration at start (a DaemonSet's
     /// job on Kubernetes).
     #[serde(default)]

@@ -588,6 +588,7 @@ fn start_agent(
         }),
         source: None,
         cni_install: None,
+        admin_listen: None,
     };
     let path = cfg.state_dir.join(format!("agent-{}.json", node.name));
     write_file(&path, &serde_json::to_vec_pretty(&conf)?)?;

@@ -33,6 +33,49 @@ pub struct Args {
     /// Serve the flow web UI (live flow table, service map) of the datapath's flows here.
     #[arg(long)]
     pub ui_listen: Option<std::net::SocketAddr>,
+    /// The admin endpoint: /healthz, /ready (once the maps hold the first snapshot), /status
+    /// (what is programmed, the last sync error), /metrics. Overrides the configuration's
+    /// `admin_listen`.
+    #[arg(long)]
+    pub admin: Option<std::net::SocketAddr>,
+}
+
+/// Serves the agent's admin endpoint on a thread of its own; `doc` is its /status.
+fn start_admin(
+    addr: std::net::SocketAddr,
+    doc: std::sync::Arc<gateway::admin::StatusDoc>,
+) -> Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(anyhow::anyhow!("admin runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let registry =
+                    std::sync::Arc::new(prometheus_client::registry::Registry::default());
+                match gateway::admin::start(addr, registry, doc, None).await {
+                    Ok(a) => {
+                        let _ = tx.send(Ok(a));
+                        std::future::pending::<()>().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::anyhow!("cannot bind {addr}: {e}")));
+                    }
+                }
+            });
+        })?;
+    let bound = rx.recv().context("the admin thread stopped")??;
+    eprintln!("admin on http://{bound}/status");
+    Ok(())
 }
 
 /// The node's plan for `snapshot` with the current assignments. When the file cannot be read
@@ -690,6 +733,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             conf.load_balancer_mode
         );
     }
+    let admin_doc = std::sync::Arc::new(gateway::admin::StatusDoc::from_pointee(
+        serde_json::json!({ "ready": false, "node": conf.node }),
+    ));
+    if let Some(addr) = args.admin.or(conf.admin_listen) {
+        start_admin(addr, admin_doc.clone())
+            .with_context(|| format!("node {}: the admin endpoint", conf.node))?;
+    }
     if let Some(install) = &conf.cni_install {
         install_cni(&conf, install)
             .with_context(|| format!("node {}: installing the CNI plugin", conf.node))?;
@@ -807,6 +857,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             let mut out = std::io::stdout();
             let _ = writeln!(out, "synced {g}").and_then(|()| out.flush());
         }
+        admin_doc.store(std::sync::Arc::new(serde_json::json!({
+            "ready": true,
+            "node": conf.node,
+            "frontends": plan.frontends.len(),
+            "backends": want.backends.len(),
+            "policyEntries": want.policy.as_ref().map_or(0, |p| p.entries.len()),
+            "problems": plan.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })));
         eprintln!(
             "node {}: {} frontends, {} backends, {} policy entries for {} endpoints; \
              {} entries written, {} removed",
@@ -859,7 +917,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 match apply(&current.snapshot, &mut announce, &cache.learned(), true) {
                     Ok(p) => policy = p,
                     Err(e) => {
-                        eprintln!("sync failed (the maps keep their previous contents): {e:#}")
+                        eprintln!("sync failed (the maps keep their previous contents): {e:#}");
+                        let mut doc = (**admin_doc.load()).clone();
+                        doc["lastError"] = serde_json::json!(format!("{e:#}"));
+                        admin_doc.store(std::sync::Arc::new(doc));
                     }
                 }
             }

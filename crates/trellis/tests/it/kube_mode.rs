@@ -450,6 +450,7 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
         json!({
             "source": "kube", "cluster_cidr": "10.69.0.0/16", "lan_interface": "eth0",
             "pin_dir": pins.0, "assignments": null, "masquerade": true,
+            "admin_listen": format!("{node_ip}:19091"),
             "cni_install": { "plugin": plugin, "bin_dir": bin_dir, "conf_dir": conf_dir,
                              "state_dir": t.path().join("cni-state"),
                              "agent_socket": t.path().join("agent.sock"),
@@ -484,6 +485,31 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
             "the agent never said ready"
         );
     }
+    let log = || std::fs::read_to_string(t.path().join("agent.log")).unwrap_or_default();
+    // The admin endpoint says ready once the maps hold the API's snapshot.
+    let status = within(20, || {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{node_ip}:19091/status")])
+            .output()
+            .ok()?;
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .filter(|v| v["ready"] == true)
+    })
+    .unwrap_or_else(|| panic!("the agent's /status says ready\n{}", log()));
+    assert_eq!(status["node"], "kn1", "{status}");
+    let ready = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{node_ip}:19091/ready"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "200");
     // The CNI plugin and this node's configuration, with the Node's pod range.
     assert_eq!(
         std::fs::read(bin_dir.join("trellis-cni")).expect("plugin installed"),
@@ -506,7 +532,6 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
             .any(|k| k.addr == ip && k.port == 80)
             .then_some(())
     };
-    let log = || std::fs::read_to_string(t.path().join("agent.log")).unwrap_or_default();
     within(20, || has("10.96.0.50"))
         .unwrap_or_else(|| panic!("the Service from the API is programmed\n{}", log()));
     // The LoadBalancer address: this node takes Cilium's Lease for it and answers for it.
