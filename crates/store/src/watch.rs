@@ -38,6 +38,8 @@ pub struct Watch {
     pub updates: Receiver<Update>,
     /// What keeps the source running (the file watcher, or the API watchers' thread).
     _source: Box<dyn std::any::Any + Send>,
+    /// The Kubernetes source's counters (none for a directory).
+    source_metrics: Option<Arc<crate::kubernetes::metrics::SourceMetrics>>,
 }
 
 /// The current load and a signal for its changes.
@@ -203,6 +205,7 @@ impl Watch {
             current,
             updates,
             _source: Box::new(watcher),
+            source_metrics: None,
         })
     }
 
@@ -221,9 +224,27 @@ impl Watch {
                 current,
                 updates,
                 _source: keep,
+                source_metrics: None,
             },
             publisher,
         )
+    }
+
+    /// The watch with its source's counters (see [`Watch::register_metrics`]).
+    pub fn with_source_metrics(
+        mut self,
+        m: Arc<crate::kubernetes::metrics::SourceMetrics>,
+    ) -> Watch {
+        self.source_metrics = Some(m);
+        self
+    }
+
+    /// Adds the source's counters to `registry` (the Kubernetes source has some; a
+    /// directory none).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(m) = &self.source_metrics {
+            m.register(registry);
+        }
     }
 
     /// A handle on the current load for another thread (it follows the watch).

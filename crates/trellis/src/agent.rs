@@ -44,6 +44,7 @@ pub struct Args {
 fn start_admin(
     addr: std::net::SocketAddr,
     doc: std::sync::Arc<gateway::admin::StatusDoc>,
+    registry: prometheus_client::registry::Registry,
 ) -> Result<()> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
@@ -60,9 +61,7 @@ fn start_admin(
                 }
             };
             rt.block_on(async move {
-                let registry =
-                    std::sync::Arc::new(prometheus_client::registry::Registry::default());
-                match gateway::admin::start(addr, registry, doc, None).await {
+                match gateway::admin::start(addr, std::sync::Arc::new(registry), doc, None).await {
                     Ok(a) => {
                         let _ = tx.send(Ok(a));
                         std::future::pending::<()>().await;
@@ -737,7 +736,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         serde_json::json!({ "ready": false, "node": conf.node }),
     ));
     if let Some(addr) = args.admin.or(conf.admin_listen) {
-        start_admin(addr, admin_doc.clone())
+        let mut registry = prometheus_client::registry::Registry::default();
+        if let Some(w) = &from_api {
+            w.register_metrics(&mut registry);
+        }
+        start_admin(addr, admin_doc.clone(), registry)
             .with_context(|| format!("node {}: the admin endpoint", conf.node))?;
     }
     if let Some(install) = &conf.cni_install {

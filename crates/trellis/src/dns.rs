@@ -208,6 +208,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     crate::gateway::runtime()?.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
+        watch.register_metrics(&mut registry);
         let webhook_counters = dns::sync::http::ServerCounters::default();
         webhook_counters.register(registry.sub_registry_with_prefix("trellis_dns_webhook"));
         // Flows: one per query, when --observe-listen is set.

@@ -247,6 +247,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let metrics = Arc::new(gateway::metrics::Metrics::default());
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
+        watch.register_metrics(&mut registry);
         // Flows: one per request, when --observe-listen is set.
         let flows = crate::observe::start(&args.observe, &mut registry, None)
             .await?

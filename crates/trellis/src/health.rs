@@ -227,6 +227,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     crate::report_errors(&first.snapshot);
     crate::gateway::runtime()?.block_on(async move {
         let mut registry = prometheus_client::registry::Registry::default();
+        watch.register_metrics(&mut registry);
         let mut prober = Prober::start(&args.probing, &mut registry, true);
         let status = Arc::new(arc_swap::ArcSwap::from_pointee(serde_json::Value::Null));
         if let Some(addr) = args.listen {

@@ -65,9 +65,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let doc = Arc::new(arc_swap::ArcSwap::from_pointee(serde_json::json!({
             "ready": true, "leader": false, "identity": identity,
         })));
+        let mut registry = prometheus_client::registry::Registry::default();
+        watch.register_metrics(&mut registry);
         let a = gateway::admin::start(
             args.admin,
-            Arc::new(prometheus_client::registry::Registry::default()),
+            Arc::new(registry),
             doc.clone(),
             None,
         )

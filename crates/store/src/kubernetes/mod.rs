@@ -21,6 +21,7 @@
 pub mod crd;
 pub mod leader;
 pub mod leases;
+pub mod metrics;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -206,7 +207,8 @@ async fn run(
         tokio::spawn(watch_kind(client.clone(), i, *info, tx.clone()));
     }
     drop(tx);
-    let mut state = State::new(kinds.len());
+    let metrics = Arc::new(metrics::SourceMetrics::default());
+    let mut state = State::new(&kinds, metrics.clone());
     let deadline = tokio::time::Instant::now() + first_sync;
     // First: until every kind is synced.
     while !state.all_synced() {
@@ -223,18 +225,29 @@ async fn run(
         }
     }
     let (watch, publisher) = Watch::from_source(state.load(&opts), Box::new(stop_tx));
+    let watch = watch.with_source_metrics(metrics.clone());
     if first_tx.send(Ok(watch)).is_err() {
         return;
     }
     // Then: each burst of changes is one load.
     while let Some(msg) = rx.recv().await {
+        let first_event = tokio::time::Instant::now();
         let mut changed = state.apply(msg);
-        let until = tokio::time::Instant::now() + Duration::from_millis(DEBOUNCE_MS);
+        let until = first_event + Duration::from_millis(DEBOUNCE_MS);
         while let Ok(Some(msg)) = tokio::time::timeout_at(until, rx.recv()).await {
             changed |= state.apply(msg);
         }
-        if changed && state.all_synced() && !publisher.publish(state.load(&opts)) {
-            return;
+        if changed && state.all_synced() {
+            let load = state.load(&opts);
+            if load.snapshot.has_errors() {
+                metrics.snapshots_rejected.inc();
+            }
+            if !publisher.publish(load) {
+                return;
+            }
+            metrics
+                .snapshot_lag
+                .observe(first_event.elapsed().as_secs_f64());
         }
     }
 }
@@ -303,6 +316,8 @@ async fn watch_kind(client: kube::Client, index: usize, info: KindInfo, tx: mpsc
 /// The objects the watchers have seen, per kind.
 struct State {
     kinds: Vec<KindState>,
+    names: Vec<&'static str>,
+    metrics: Arc<metrics::SourceMetrics>,
 }
 
 #[derive(Default)]
@@ -315,10 +330,19 @@ struct KindState {
 }
 
 impl State {
-    fn new(n: usize) -> State {
+    fn new(kinds: &[KindInfo], metrics: Arc<metrics::SourceMetrics>) -> State {
         State {
-            kinds: (0..n).map(|_| KindState::default()).collect(),
+            kinds: kinds.iter().map(|_| KindState::default()).collect(),
+            names: kinds.iter().map(|k| k.kind).collect(),
+            metrics,
         }
+    }
+
+    fn count(&self, i: usize) {
+        self.metrics
+            .objects
+            .get_or_create(&metrics::SourceMetrics::kind(self.names[i]))
+            .set(self.kinds[i].objects.len() as i64);
     }
 
     fn all_synced(&self) -> bool {
@@ -339,6 +363,28 @@ impl State {
 
     /// Applies one message; true when the served objects changed.
     fn apply(&mut self, msg: Msg) -> bool {
+        let i = match &msg {
+            Msg::Event(i, ..) | Msg::Absent(i) | Msg::Failing(i, _) => *i,
+        };
+        let label = metrics::SourceMetrics::kind(self.names[i]);
+        match &msg {
+            Msg::Failing(..) => {
+                self.metrics.watch_errors.get_or_create(&label).inc();
+            }
+            Msg::Event(_, _, watcher::Event::Init) if self.kinds[i].synced => {
+                self.metrics.relists.get_or_create(&label).inc();
+            }
+            Msg::Event(..) => {
+                self.metrics.events.get_or_create(&label).inc();
+            }
+            Msg::Absent(_) => {}
+        }
+        let changed = self.apply_msg(msg);
+        self.count(i);
+        changed
+    }
+
+    fn apply_msg(&mut self, msg: Msg) -> bool {
         match msg {
             Msg::Failing(i, why) => {
                 self.kinds[i].failing = Some(why);

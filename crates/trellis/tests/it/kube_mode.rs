@@ -269,6 +269,28 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
         .expect("curl");
     let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
     assert_eq!(status["leader"], true, "{status}");
+    // The source's metrics: objects per kind, and the lag of the snapshots its own status
+    // writes brought back.
+    let base = admin.trim_end_matches("/status");
+    let metrics = within(20, || {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://{base}/metrics")])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .any(|l| l.starts_with("trellis_kube_snapshot_lag_seconds_count") && !l.ends_with(" 0"))
+            .then_some(text)
+    })
+    .expect("snapshot lag observed");
+    assert!(
+        metrics.contains("trellis_kube_objects{kind=\"HTTPRoute\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("trellis_kube_events_total{kind=\"HTTPRoute\"}"),
+        "{metrics}"
+    );
 
     // SIGTERM: the operator gives the Lease up so another replica need not wait it out.
     op.signal("TERM");
