@@ -32,9 +32,7 @@ impl Default for SourceMetrics {
             relists: Family::default(),
             watch_errors: Family::default(),
             objects: Family::default(),
-            snapshot_lag: Histogram::new(
-                [0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0].into_iter(),
-            ),
+            snapshot_lag: Histogram::new([0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0]),
             snapshots_rejected: Counter::default(),
         }
     }
