@@ -60,7 +60,7 @@ pub struct Excluded {
 }
 
 /// The result of reading a tree.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Load {
     pub snapshot: Snapshot,
     /// Every file read (served or excluded), for the watcher and the summary.

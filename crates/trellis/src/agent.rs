@@ -40,15 +40,18 @@ pub struct Args {
     pub admin: Option<std::net::SocketAddr>,
 }
 
-/// Serves the agent's admin endpoint on a thread of its own; `doc` is its /status.
-fn start_admin(
-    addr: std::net::SocketAddr,
-    doc: std::sync::Arc<gateway::admin::StatusDoc>,
-    registry: prometheus_client::registry::Registry,
-) -> Result<()> {
+/// Runs `start` on a current-thread runtime of a thread of its own and returns what it gives
+/// once started; the runtime, and what `start` keeps (its second value) and left running on
+/// it, live for the process's lifetime.
+fn on_own_runtime<T, F, Fut>(name: &str, start: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(T, Box<dyn std::any::Any>)>>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
-        .name("admin".into())
+        .name(name.into())
         .spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -56,23 +59,40 @@ fn start_admin(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("admin runtime: {e}")));
+                    let _ = tx.send(Err(anyhow::anyhow!("runtime: {e}")));
                     return;
                 }
             };
             rt.block_on(async move {
-                match gateway::admin::start(addr, std::sync::Arc::new(registry), doc, None).await {
-                    Ok(a) => {
-                        let _ = tx.send(Ok(a));
+                match start().await {
+                    Ok((v, keep)) => {
+                        let _ = tx.send(Ok(v));
+                        let _keep = keep;
                         std::future::pending::<()>().await;
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(anyhow::anyhow!("cannot bind {addr}: {e}")));
+                        let _ = tx.send(Err(e));
                     }
                 }
             });
         })?;
-    let bound = rx.recv().context("the admin thread stopped")??;
+    rx.recv()
+        .with_context(|| format!("the {name} thread ended"))?
+        .with_context(|| format!("the {name} thread"))
+}
+
+/// Serves the agent's admin endpoint on a thread of its own; `doc` is its /status.
+fn start_admin(
+    addr: std::net::SocketAddr,
+    doc: std::sync::Arc<gateway::admin::StatusDoc>,
+    registry: prometheus_client::registry::Registry,
+) -> Result<()> {
+    let bound = on_own_runtime("admin", move || async move {
+        let a = gateway::admin::start(addr, std::sync::Arc::new(registry), doc, None)
+            .await
+            .with_context(|| format!("cannot bind {addr}"))?;
+        Ok((a, Box::new(()) as Box<dyn std::any::Any>))
+    })?;
     eprintln!("admin on http://{bound}/status");
     Ok(())
 }
@@ -204,35 +224,17 @@ fn start_observer(
     rules: RuleNames,
 ) -> Result<()> {
     let mut events = datapath::Events::open(pin_dir)?;
-    let (tx, rx) = std::sync::mpsc::channel();
     let node = node.to_string();
-    std::thread::Builder::new()
-        .name("observer".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(anyhow::anyhow!("observer runtime: {e}")));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let obs = observe::Observer::start(&observe::Config {
-                    node_name: node,
-                    ..Default::default()
-                });
-                let served = crate::observe::serve(&obs, observe_listen, ui_listen, None).await;
-                let flows = obs.flows();
-                let _ = tx.send(served.map(|_| flows));
-                // Keep the observer (and the server task) alive for the process's lifetime.
-                let _keep = obs;
-                std::future::pending::<()>().await;
-            });
-        })?;
-    let flows = rx.recv().context("observer thread ended")??;
+    let flows = on_own_runtime("observer", move || async move {
+        let obs = observe::Observer::start(&observe::Config {
+            node_name: node,
+            ..Default::default()
+        });
+        crate::observe::serve(&obs, observe_listen, ui_listen, None).await?;
+        let flows = obs.flows();
+        // The observer (and the server task) stays alive for the process's lifetime.
+        Ok((flows, Box::new(obs) as Box<dyn std::any::Any>))
+    })?;
     // What the programs could not queue (ring full) is counted in their stats; report it as
     // lost, as Hubble does for its perf ring.
     let counters = datapath::Maps::open(pin_dir)?;

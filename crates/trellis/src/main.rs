@@ -118,17 +118,8 @@ impl SourceArgs {
         match self.origin {
             Origin::Dir => Ok(store::load(&self.paths, &opts)),
             Origin::Kube => {
-                let watch = self.watch()?;
-                let load = watch.current();
-                drop(watch);
-                Ok(
-                    std::sync::Arc::try_unwrap(load).unwrap_or_else(|shared| store::Load {
-                        snapshot: shared.snapshot.clone(),
-                        files: shared.files.clone(),
-                        excluded: shared.excluded.clone(),
-                        observed: shared.observed.clone(),
-                    }),
-                )
+                let load = self.watch()?.current();
+                Ok(std::sync::Arc::unwrap_or_clone(load))
             }
         }
     }
@@ -144,6 +135,10 @@ impl SourceArgs {
                     .map_err(|e| anyhow::anyhow!("vars file {}: {e}", p.display()))?
             }
         };
+        anyhow::ensure!(
+            self.skip_kinds.is_empty() || self.origin == Origin::Kube,
+            "--skip-kind applies to --source kube only (a directory source reads what it holds)"
+        );
         for k in &self.skip_kinds {
             anyhow::ensure!(
                 model::snapshot::KINDS.iter().any(|i| i.kind == k),

@@ -100,6 +100,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             }),
         );
         let mut current = watch.current();
+        let mut scaler_fed: Option<(Arc<store::Load>, bool)> = None;
         let mut updates = crate::forward_updates(watch);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut pending = true;
@@ -107,11 +108,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let mut last_error: Option<String> = None;
         loop {
             let leading = *lead_rx.borrow();
-            if leading {
-                let snapshot = &current.snapshot;
-                scaler.set(health::scaler::Scaled::all(snapshot), |s| replicas(snapshot, s));
-            } else {
-                scaler.set(Vec::new(), |_| 0);
+            // The ScaledObjects are handed over again only when the snapshot or the
+            // leadership changed (not on each of their own reports).
+            let fed = scaler_fed
+                .as_ref()
+                .is_some_and(|(l, was)| Arc::ptr_eq(l, &current) && *was == leading);
+            if !fed {
+                if leading {
+                    let snapshot = &current.snapshot;
+                    scaler.set(health::scaler::Scaled::all(snapshot), |s| replicas(snapshot, s));
+                } else {
+                    scaler.set(Vec::new(), |_| 0);
+                }
+                scaler_fed = Some((current.clone(), leading));
             }
             if leading && pending {
                 let patches = status::patches(

@@ -94,11 +94,6 @@ impl Resource {
     }
 }
 
-/// Every kind the source watches, at each version it may be served at (newest first).
-pub fn kinds() -> Vec<KindInfo> {
-    KINDS.to_vec()
-}
-
 /// Why the first listing did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -198,8 +193,9 @@ async fn run(
     first_tx: std::sync::mpsc::Sender<Result<Watch, Error>>,
     stop_tx: tokio::sync::oneshot::Sender<()>,
 ) {
-    let kinds: Vec<KindInfo> = kinds()
-        .into_iter()
+    let kinds: Vec<KindInfo> = KINDS
+        .iter()
+        .copied()
         .filter(|k| !opts.skip_kinds.iter().any(|s| s == k.kind))
         .collect();
     let (tx, mut rx) = mpsc::channel::<Msg>(EVENTS_QUEUED_MAX);
