@@ -485,10 +485,11 @@ fn demo(
             path.display()
         );
     }
-    let source = SourceArgs::dirs(
-        vec![path.to_path_buf()],
-        vars.exists().then(|| vars.to_path_buf()),
-    );
+    // Step 4's chain is started first: its ScaledObject names the Prometheus it reads.
+    let mut scaling = DemoScaling::start(&lab_flags.state_dir.join("demo-scaling"))?;
+    let mut dirs = vec![path.to_path_buf()];
+    dirs.extend(scaling.as_ref().map(|s| s.overlay.clone()));
+    let source = SourceArgs::dirs(dirs, vars.exists().then(|| vars.to_path_buf()));
     let state = up(
         &source,
         lab_flags,
@@ -612,6 +613,12 @@ fn demo(
             None => println!("   https://{host}/from-the-lan -> no answer ({body})"),
         }
     }
+    match scaling.as_mut() {
+        Some(scaling) => scaling.show(&lab_flags.state_dir),
+        None => println!(
+            "\n==> 4. scaling skipped: it needs Debian's prometheus (apt-get install prometheus)"
+        ),
+    }
     let name = name_flag(lab_flags);
     println!(
         "\n==> where to look\n   trellis lab status{name}                          nodes, pods, services\n   \
@@ -630,6 +637,222 @@ fn demo(
         let _ = signals.wait();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The demo's scaling chain, as the seed runs it: `trellis health` probes an "external site"
+/// (an echo server on loopback) every second as Gatus would, Debian's Prometheus scrapes its
+/// Gatus metrics, and a ScaledObject on the internal Gateway's proxy reads the corpus's query
+/// from that Prometheus through KEDA's prometheus trigger. Every process is killed and the
+/// directory removed on drop.
+struct DemoScaling {
+    dir: PathBuf,
+    overlay: PathBuf,
+    site_port: u16,
+    site: Option<std::process::Child>,
+    others: Vec<std::process::Child>,
+}
+
+/// The corpus's query (apps/network/envoy-gateway/app/scaledobject.yaml).
+const DEMO_SCALING_QUERY: &str = r#"1 - min(gatus_results_endpoint_success{group="external"})"#;
+const DEMO_PROMETHEUS: &str = "/usr/bin/prometheus";
+/// The longest the demo waits for the scaler to act.
+const DEMO_SCALING_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+
+impl Drop for DemoScaling {
+    fn drop(&mut self) {
+        for c in self.site.iter_mut().chain(self.others.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+impl DemoScaling {
+    /// Starts the site, health and Prometheus, and writes the ScaledObject into an overlay
+    /// directory for the lab's manifests. None when Prometheus is not installed.
+    fn start(dir: &std::path::Path) -> Result<Option<DemoScaling>> {
+        use std::io::BufRead as _;
+        if !std::path::Path::new(DEMO_PROMETHEUS).exists() {
+            return Ok(None);
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        let (probes, overlay) = (dir.join("probes"), dir.join("manifests"));
+        std::fs::create_dir_all(&probes)?;
+        std::fs::create_dir_all(&overlay)?;
+        let mut me = DemoScaling {
+            dir: dir.to_path_buf(),
+            overlay,
+            site_port: free_port()?,
+            site: None,
+            others: Vec::new(),
+        };
+        me.start_site()?;
+        std::fs::write(
+            probes.join("gatus.yaml"),
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: probes, namespace: demo, labels: {{gatus.io/enabled: 'true'}}}}\n\
+                 data:\n  config.yaml: |\n    endpoints:\n      - {{name: site, group: external, url: 'http://127.0.0.1:{}/', interval: 1s, client: {{timeout: 1s}}, conditions: ['[STATUS] == 200']}}\n",
+                me.site_port
+            ),
+        )?;
+        let mut health = Command::new(std::env::current_exe()?)
+            .args(["health", "-f"])
+            .arg(&probes)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting trellis health")?;
+        let stderr = health.stderr.take().context("health's stderr")?;
+        me.others.push(health);
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let metrics = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_once("metrics on http://")
+                    .and_then(|(_, a)| a.strip_suffix("/metrics").map(str::to_string))
+            })
+            .context("trellis health did not say where its metrics are")?;
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: gatus\n    static_configs: [{{targets: ['{metrics}']}}]\n"
+            ),
+        )?;
+        let prometheus = format!("127.0.0.1:{}", free_port()?);
+        me.others.push(
+            Command::new(DEMO_PROMETHEUS)
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("tsdb").display()
+                ))
+                .arg(format!("--web.listen-address={prometheus}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting prometheus")?,
+        );
+        // The corpus's ScaledObject for envoy-internal, but for the server address, a 1 s
+        // poll and threshold 0.5: with the corpus's threshold 1 a failing probe asks for
+        // ceil(1 / 1) = 1 replica, so it never scales (see the README's health section).
+        std::fs::write(
+            me.overlay.join("scaledobject.yaml"),
+            format!(
+                r#"apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata: {{name: envoy-internal, namespace: network}}
+spec:
+  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: envoy-internal}}
+  pollingInterval: 1
+  cooldownPeriod: 5
+  minReplicaCount: 1
+  maxReplicaCount: 2
+  fallback: {{failureThreshold: 2, replicas: 2}}
+  advanced:
+    restoreToOriginalReplicaCount: true
+    horizontalPodAutoscalerConfig: {{behavior: {{scaleDown: {{stabilizationWindowSeconds: 5}}}}}}
+  triggers:
+    - type: prometheus
+      metadata:
+        serverAddress: http://{prometheus}
+        query: {DEMO_SCALING_QUERY}
+        threshold: "0.5"
+"#
+            ),
+        )?;
+        Ok(Some(me))
+    }
+
+    fn start_site(&mut self) -> Result<()> {
+        self.site = Some(
+            Command::new(std::env::current_exe()?)
+                .args(["echo", "--listen", &format!("127.0.0.1:{}", self.site_port)])
+                .args(["--name", "site", "--namespace", "demo"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting the demo's external site")?,
+        );
+        Ok(())
+    }
+
+    /// Step 4: the site stops, the proxy goes to two replicas; it comes back, one again.
+    fn show(&mut self, state_dir: &std::path::Path) {
+        println!(
+            "\n==> 4. scaling from a failing probe: trellis health probes an external site every second,\n   \
+             Prometheus scrapes it, and a ScaledObject on envoy-internal's proxy asks Prometheus for\n   \
+             {DEMO_SCALING_QUERY}\n"
+        );
+        let proxies = |s: &lab::LabState| {
+            let row = s
+                .scaling
+                .iter()
+                .find(|r| r.scaled_object == "network/envoy-internal");
+            let ready = s
+                .pods
+                .iter()
+                .filter(|p| p.plan.owner == "Gateway/network/envoy-internal" && p.ready)
+                .count();
+            (
+                row.and_then(|r| r.replicas),
+                ready,
+                row.map(|r| r.reason.clone()),
+            )
+        };
+        let wait = |want: u32| -> Option<std::time::Duration> {
+            let start = std::time::Instant::now();
+            while start.elapsed() < DEMO_SCALING_WAIT {
+                if let Ok(s) = lab::LabState::read(state_dir)
+                    && let (Some(r), ready, _) = proxies(&s)
+                    && r == want
+                    && ready == want as usize
+                {
+                    return Some(start.elapsed());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            None
+        };
+        let said = |want: u32, what: &str| match wait(want) {
+            Some(t) => println!(
+                "   {what}: {want} proxy pod(s) ready after {:.1} s",
+                t.as_secs_f64()
+            ),
+            None => {
+                let why = lab::LabState::read(state_dir)
+                    .map(|s| format!("{:?}", proxies(&s)))
+                    .unwrap_or_else(|e| e.to_string());
+                println!(
+                    "   {what}: not {want} proxy pod(s) within {DEMO_SCALING_WAIT:?} (replicas, ready, reason: {why})"
+                );
+            }
+        };
+        said(1, "the site answers");
+        if let Some(mut c) = self.site.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        println!("   the external site stops...");
+        said(2, "the probe fails, the query reads 1");
+        if let Err(e) = self.start_site() {
+            println!("   cannot start the site again: {e:#}");
+            return;
+        }
+        println!("   the site is back...");
+        said(1, "after the 5 s stabilization window");
+    }
 }
 
 fn name_flag(lab: &LabFlags) -> String {
