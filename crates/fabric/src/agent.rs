@@ -78,6 +78,15 @@ pub struct CniInstall {
     /// written into the network configuration as `agentSocket`. None: no attachments.
     #[serde(default)]
     pub agent_socket: Option<PathBuf>,
+    /// Multus's `defaultNetworks`: NetworkAttachmentDefinitions (`namespace/name`, or a bare
+    /// name in kube-system as Multus looks them up) attached to every pod before the ones its
+    /// annotation asks for.
+    #[serde(default)]
+    pub default_networks: Vec<String>,
+    /// Namespaces whose pods get no default networks (Multus's `systemNamespaces`; none
+    /// given: kube-system).
+    #[serde(default)]
+    pub system_namespaces: Option<Vec<String>>,
 }
 
 /// Fills what a Kubernetes node's agent configuration leaves out from the API's Node objects

@@ -1096,6 +1096,7 @@ fn pod_networks(plan: &PodPlan, snapshot: &model::Snapshot) -> Result<Vec<cni::m
         &plan.namespace,
         &plan.name,
         &plan.annotations,
+        &cni::multus::Defaults::default(),
         |ns, name| {
             model::snapshot::get(&snapshot.network_attachments, ns, name)
                 .map(|o| o.spec.config.clone())

@@ -49,6 +49,8 @@ pub struct Options {
     /// Kinds the Kubernetes source does not watch (a component that needs no Secrets is not
     /// granted them); they count as absent.
     pub skip_kinds: Vec<String>,
+    /// How much of each kind the Kubernetes source holds (see [`crate::kubernetes`]).
+    pub kind_bound: crate::kubernetes::KindBound,
 }
 
 /// A file that was read but is not served, and why.

@@ -512,7 +512,13 @@ const CNI_CONNECTIONS_MAX: usize = 64;
 /// annotation and the NADs in the API (waiting up to [`cni::agent::POD_WAIT`] for a pod the
 /// watch has not brought yet), and its network-status written on the Pod. The socket is
 /// mode 0600 (root's plugin is the only client).
-fn serve_cni(socket: &std::path::Path, current: store::watch::Current) -> Result<()> {
+fn serve_cni(
+    socket: &std::path::Path,
+    current: store::watch::Current,
+    refused: prometheus_client::metrics::counter::Counter,
+    defaults: cni::multus::Defaults,
+) -> Result<()> {
+    let defaults = std::sync::Arc::new(defaults);
     use std::io::{BufRead, Read as _, Write};
     use std::os::unix::fs::PermissionsExt as _;
     if let Some(dir) = socket.parent() {
@@ -538,13 +544,19 @@ fn serve_cni(socket: &std::path::Path, current: store::watch::Current) -> Result
                     continue;
                 };
                 if open.load(std::sync::atomic::Ordering::Relaxed) >= CNI_CONNECTIONS_MAX {
+                    refused.inc();
                     tracing::warn!(
                         "CNI socket: {CNI_CONNECTIONS_MAX} connections open, refusing one"
                     );
                     continue;
                 }
                 open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let (current, writer, open) = (current.clone(), writer.clone(), open.clone());
+                let (current, writer, open, defaults) = (
+                    current.clone(),
+                    writer.clone(),
+                    open.clone(),
+                    defaults.clone(),
+                );
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(cni::agent::TIMEOUT));
                     let mut line = String::new();
@@ -556,7 +568,7 @@ fn serve_cni(socket: &std::path::Path, current: store::watch::Current) -> Result
                             serde_json::from_str::<cni::agent::Request>(&line)
                                 .map_err(|e| e.to_string())
                         }) {
-                        Ok(req) => answer_cni(req, &current, &writer),
+                        Ok(req) => answer_cni(req, &current, &writer, &defaults),
                         Err(e) => cni::agent::Reply {
                             error: Some(format!("not a request: {e}")),
                             ..Default::default()
@@ -579,6 +591,7 @@ fn answer_cni(
     req: cni::agent::Request,
     current: &store::watch::Current,
     writer: &PodWriter,
+    defaults: &cni::multus::Defaults,
 ) -> cni::agent::Reply {
     let fail = |e: String| cni::agent::Reply {
         error: Some(e),
@@ -595,9 +608,16 @@ fn answer_cni(
             let Some(pod) = s.pods.get(&(namespace.clone(), name.clone())) else {
                 return fail(format!("pod {namespace}/{name} is not in the API (yet)"));
             };
-            match cni::multus::pod_networks(&namespace, &name, &pod.meta.annotations, |ns, n| {
-                model::snapshot::get(&s.network_attachments, ns, n).map(|o| o.spec.config.clone())
-            }) {
+            match cni::multus::pod_networks(
+                &namespace,
+                &name,
+                &pod.meta.annotations,
+                defaults,
+                |ns, n| {
+                    model::snapshot::get(&s.network_attachments, ns, n)
+                        .map(|o| o.spec.config.clone())
+                },
+            ) {
                 Ok(networks) => cni::agent::Reply {
                     networks,
                     error: None,
@@ -737,11 +757,18 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     let admin_doc = std::sync::Arc::new(gateway::admin::StatusDoc::from_pointee(
         serde_json::json!({ "ready": false, "node": conf.node }),
     ));
+    // Connections the CNI socket refused at its cap (on /metrics when the admin endpoint is on).
+    let cni_refused = prometheus_client::metrics::counter::Counter::<u64>::default();
     if let Some(addr) = args.admin.or(conf.admin_listen) {
         let mut registry = prometheus_client::registry::Registry::default();
         if let Some(w) = &from_api {
             w.register_metrics(&mut registry);
         }
+        registry.register(
+            "trellis_agent_cni_connections_refused",
+            "Connections of the CNI plugin refused at the socket's cap (CNI_CONNECTIONS_MAX)",
+            cni_refused.clone(),
+        );
         start_admin(addr, admin_doc.clone(), registry)
             .with_context(|| format!("node {}: the admin endpoint", conf.node))?;
     }
@@ -755,7 +782,17 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .as_ref()
             .and_then(|i| i.agent_socket.as_ref()),
     ) {
-        serve_cni(socket, w.current_handle())
+        let defaults = conf
+            .cni_install
+            .as_ref()
+            .map(|i| {
+                cni::multus::Defaults::parse(&i.default_networks, i.system_namespaces.as_deref())
+            })
+            .transpose()
+            .map_err(anyhow::Error::msg)
+            .context("cni_install")?
+            .unwrap_or_default();
+        serve_cni(socket, w.current_handle(), cni_refused, defaults)
             .with_context(|| format!("serving the CNI plugin on {}", socket.display()))?;
     }
     let mut watch = match from_api {

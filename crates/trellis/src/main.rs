@@ -160,6 +160,7 @@ impl SourceArgs {
             default_namespace: self.default_namespace.clone(),
             ignore: self.vars.iter().cloned().collect(),
             skip_kinds: self.skip_kinds.clone(),
+            ..Default::default()
         })
     }
 }

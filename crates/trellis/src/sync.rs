@@ -36,6 +36,10 @@ pub struct Args {
     /// Reconcile once and exit (0 when every change was applied, 1 when one failed).
     #[arg(long)]
     pub once: bool,
+    /// Serve `/ready` (200 once a run reconciled without error, 503 before and while the
+    /// provider fails), `/status` (the last run) and `/metrics` here, e.g. 127.0.0.1:19003.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 /// Where records go and how: the flags of `trellis sync` and each entry of the `sync:`
@@ -564,9 +568,29 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let watch = args.source.watch()?;
         let first = watch.current();
         crate::report_errors(&first.snapshot);
+        let status = Arc::new(arc_swap::ArcSwap::from_pointee(serde_json::json!({
+            "ready": false,
+            "lastRun": null,
+        })));
+        if let Some(addr) = args.admin {
+            let mut registry = prometheus_client::registry::Registry::default();
+            watch.register_metrics(&mut registry);
+            let a = gateway::admin::start(addr, Arc::new(registry), status.clone(), None)
+                .await
+                .with_context(|| format!("cannot bind the admin endpoint {addr}"))?;
+            eprintln!("sync: admin endpoint on http://{a}/ (/ready, /status, /metrics)");
+        }
         let (tx, rx) = tokio::sync::watch::channel(first);
         let mut updates = crate::forward_updates(watch);
-        let keeping = keep(target.clone(), rx, |r| r.log(None));
+        let provider = target.provider.clone().unwrap_or_default();
+        let keeping = keep(target.clone(), rx, |r| {
+            // The status first: the log line says the run is over.
+            status.store(Arc::new(serde_json::json!({
+                "ready": r.error.is_none(),
+                "lastRun": r.doc(&provider),
+            })));
+            r.log(None);
+        });
         tokio::pin!(keeping);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

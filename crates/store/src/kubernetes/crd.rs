@@ -52,7 +52,11 @@ fn definition<T: JsonSchema>(kind: &str, plural: &str, description: &str) -> Val
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": { "name": format!("{plural}.{GROUP}") },
+        // The label the kustomize base and the Helm chart put on everything they ship.
+        "metadata": {
+            "name": format!("{plural}.{GROUP}"),
+            "labels": { "app.kubernetes.io/part-of": "trellis" },
+        },
         "spec": {
             "group": GROUP,
             "names": {

@@ -20,6 +20,8 @@ pub struct SourceMetrics {
     pub relists: Family<KindLabel, Counter>,
     pub watch_errors: Family<KindLabel, Counter>,
     pub objects: Family<KindLabel, Gauge>,
+    /// Objects named but not held: the kind is past its bound and no snapshot is served.
+    pub objects_over_bound: Family<KindLabel, Gauge>,
     /// Seconds from the first event of a change to its snapshot being published.
     pub snapshot_lag: Histogram,
     pub snapshots_rejected: Counter,
@@ -32,6 +34,7 @@ impl Default for SourceMetrics {
             relists: Family::default(),
             watch_errors: Family::default(),
             objects: Family::default(),
+            objects_over_bound: Family::default(),
             snapshot_lag: Histogram::new([0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0]),
             snapshots_rejected: Counter::default(),
         }
@@ -58,6 +61,11 @@ impl SourceMetrics {
             self.watch_errors.clone(),
         );
         r.register("objects", "Objects held, by kind", self.objects.clone());
+        r.register(
+            "objects_over_bound",
+            "Objects past the kind's bound, named but not held (no snapshot is served while any are)",
+            self.objects_over_bound.clone(),
+        );
         r.register(
             "snapshot_lag_seconds",
             "From a change's first watch event to the snapshot serving it",

@@ -13,7 +13,12 @@
 //!   by [`crate::watch::DEBOUNCE_MS`], under the same rule as files: a snapshot with errors
 //!   is rejected and the last good one keeps serving.
 //! - Memory: `metadata.managedFields` and the last-applied annotation are dropped as events
-//!   arrive; they are the largest part of most objects and trellis reads neither.
+//!   arrive; they are the largest part of most objects and trellis reads neither. Each kind
+//!   holds at most [`KindBound`] (objects and bytes). Past it, the rest of the kind's objects
+//!   are counted by name only, and the snapshot carries an error naming the kind, so it is
+//!   rejected and the last good one keeps serving (dropping objects would serve a policy
+//!   without some of its rules: fail open). Once the kind is back within its bound it is
+//!   listed again.
 //!
 //! [`status`] writes conditions back with server-side apply; [`leader`] elects the one
 //! writer with a coordination.k8s.io Lease.
@@ -49,6 +54,28 @@ pub const ABSENT_RECHECK: Duration = Duration::from_secs(60);
 pub const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Events queued between the watchers and the snapshot builder.
 const EVENTS_QUEUED_MAX: usize = 1024;
+/// Objects of one kind the source holds, by default. A 5,000-node cluster runs about 150,000
+/// pods, far past what trellis is for; a small cluster has hundreds of objects per kind.
+pub const KIND_OBJECTS_MAX: usize = 50_000;
+/// Bytes (as JSON) of one kind's objects the source holds, by default. The API server
+/// bounds each object (etcd's 1.5 MiB request limit), not their sum.
+pub const KIND_BYTES_MAX: usize = 256 << 20;
+
+/// How much of one kind the source holds before the kind counts as over its bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KindBound {
+    pub objects: usize,
+    pub bytes: usize,
+}
+
+impl Default for KindBound {
+    fn default() -> Self {
+        KindBound {
+            objects: KIND_OBJECTS_MAX,
+            bytes: KIND_BYTES_MAX,
+        }
+    }
+}
 /// Kinds whose resource name is not the regular plural of the kind.
 const PLURALS: &[(&str, &str)] = &[(
     "NetworkAttachmentDefinition",
@@ -199,12 +226,19 @@ async fn run(
         .filter(|k| !opts.skip_kinds.iter().any(|s| s == k.kind))
         .collect();
     let (tx, mut rx) = mpsc::channel::<Msg>(EVENTS_QUEUED_MAX);
+    let relists: Vec<Arc<tokio::sync::Notify>> = kinds.iter().map(|_| Arc::default()).collect();
     for (i, info) in kinds.iter().enumerate() {
-        tokio::spawn(watch_kind(client.clone(), i, *info, tx.clone()));
+        tokio::spawn(watch_kind(
+            client.clone(),
+            i,
+            *info,
+            tx.clone(),
+            relists[i].clone(),
+        ));
     }
     drop(tx);
     let metrics = Arc::new(metrics::SourceMetrics::default());
-    let mut state = State::new(&kinds, metrics.clone());
+    let mut state = State::new(&kinds, opts.kind_bound, metrics.clone(), relists);
     let deadline = tokio::time::Instant::now() + first_sync;
     // First: until every kind is synced.
     while !state.all_synced() {
@@ -214,7 +248,7 @@ async fn run(
             }
             Ok(None) => return,
             Err(_) => {
-                let missing = state.not_synced(&kinds);
+                let missing = state.not_synced();
                 let _ = first_tx.send(Err(Error::FirstSync(missing)));
                 return;
             }
@@ -248,16 +282,33 @@ async fn run(
     }
 }
 
-/// One kind's watcher, across the versions it may be served at.
-async fn watch_kind(client: kube::Client, index: usize, info: KindInfo, tx: mpsc::Sender<Msg>) {
+/// One kind's watcher, across the versions it may be served at. `relist` starts the watch
+/// over (a fresh list) at the version it is on.
+async fn watch_kind(
+    client: kube::Client,
+    index: usize,
+    info: KindInfo,
+    tx: mpsc::Sender<Msg>,
+    relist: Arc<tokio::sync::Notify>,
+) {
     loop {
         for version in info.versions {
             let resource = Resource::new(info, version);
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource.api);
-            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
             let mut pause = Duration::from_millis(800);
             let mut not_served = false;
-            while let Some(ev) = stream.next().await {
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => match ev {
+                        Some(ev) => ev,
+                        None => break,
+                    },
+                    () = relist.notified() => {
+                        stream = watcher(api.clone(), watcher::Config::default()).boxed();
+                        continue;
+                    }
+                };
                 match ev {
                     Ok(ev) => {
                         pause = Duration::from_millis(800);
@@ -312,43 +363,135 @@ async fn watch_kind(client: kube::Client, index: usize, info: KindInfo, tx: mpsc
 /// The objects the watchers have seen, per kind.
 struct State {
     kinds: Vec<KindState>,
-    names: Vec<&'static str>,
+    infos: Vec<KindInfo>,
+    bound: KindBound,
     metrics: Arc<metrics::SourceMetrics>,
+    /// Per kind: starts its watch over (a fresh list).
+    relists: Vec<Arc<tokio::sync::Notify>>,
+}
+
+type Key = (String, String);
+
+/// One object as held: the version it came at, its document, and its size as JSON.
+#[derive(Debug)]
+struct Held {
+    resource: Resource,
+    value: serde_json::Value,
+    bytes: usize,
+}
+
+/// A kind's objects, within its bound: the ones past it are named, not held.
+#[derive(Debug, Default)]
+struct Objects {
+    held: BTreeMap<Key, Held>,
+    bytes: usize,
+    over: std::collections::BTreeSet<Key>,
+}
+
+impl Objects {
+    /// Holds `value` under `key`, or only names it when the kind's bound has no room; true
+    /// when what the kind holds changed.
+    fn insert(
+        &mut self,
+        key: Key,
+        resource: Resource,
+        value: serde_json::Value,
+        bound: KindBound,
+    ) -> bool {
+        let bytes = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+        let old = self.held.remove(&key);
+        if let Some(o) = &old {
+            self.bytes -= o.bytes;
+        }
+        let fits = self.held.len() < bound.objects
+            && self
+                .bytes
+                .checked_add(bytes)
+                .is_some_and(|b| b <= bound.bytes);
+        if !fits {
+            return self.over.insert(key) | old.is_some();
+        }
+        let named = self.over.remove(&key);
+        let changed = named || old.is_none_or(|o| o.value != value);
+        self.bytes += bytes;
+        self.held.insert(
+            key,
+            Held {
+                resource,
+                value,
+                bytes,
+            },
+        );
+        changed
+    }
+
+    fn remove(&mut self, key: &Key) -> bool {
+        match self.held.remove(key) {
+            Some(o) => {
+                self.bytes -= o.bytes;
+                true
+            }
+            None => self.over.remove(key),
+        }
+    }
+
+    fn same(&self, other: &Objects) -> bool {
+        self.over == other.over
+            && self.held.len() == other.held.len()
+            && self
+                .held
+                .iter()
+                .zip(&other.held)
+                .all(|((ka, a), (kb, b))| ka == kb && a.value == b.value)
+    }
 }
 
 #[derive(Default)]
 struct KindState {
-    objects: BTreeMap<(String, String), (Resource, serde_json::Value)>,
+    objects: Objects,
     /// Objects of a re-list in progress (between Init and InitDone).
-    listing: Option<BTreeMap<(String, String), (Resource, serde_json::Value)>>,
+    listing: Option<Objects>,
     synced: bool,
     failing: Option<String>,
 }
 
 impl State {
-    fn new(kinds: &[KindInfo], metrics: Arc<metrics::SourceMetrics>) -> State {
+    fn new(
+        kinds: &[KindInfo],
+        bound: KindBound,
+        metrics: Arc<metrics::SourceMetrics>,
+        relists: Vec<Arc<tokio::sync::Notify>>,
+    ) -> State {
         State {
             kinds: kinds.iter().map(|_| KindState::default()).collect(),
-            names: kinds.iter().map(|k| k.kind).collect(),
+            infos: kinds.to_vec(),
+            bound,
             metrics,
+            relists,
         }
     }
 
     fn count(&self, i: usize) {
+        let label = metrics::SourceMetrics::kind(self.infos[i].kind);
+        let o = &self.kinds[i].objects;
         self.metrics
             .objects
-            .get_or_create(&metrics::SourceMetrics::kind(self.names[i]))
-            .set(self.kinds[i].objects.len() as i64);
+            .get_or_create(&label)
+            .set(o.held.len() as i64);
+        self.metrics
+            .objects_over_bound
+            .get_or_create(&label)
+            .set(o.over.len() as i64);
     }
 
     fn all_synced(&self) -> bool {
         self.kinds.iter().all(|k| k.synced)
     }
 
-    fn not_synced(&self, infos: &[KindInfo]) -> Vec<String> {
+    fn not_synced(&self) -> Vec<String> {
         self.kinds
             .iter()
-            .zip(infos)
+            .zip(&self.infos)
             .filter(|(k, _)| !k.synced)
             .map(|(k, i)| match &k.failing {
                 Some(why) => why.clone(),
@@ -362,7 +505,7 @@ impl State {
         let i = match &msg {
             Msg::Event(i, ..) | Msg::Absent(i) | Msg::Failing(i, _) => *i,
         };
-        let label = metrics::SourceMetrics::kind(self.names[i]);
+        let label = metrics::SourceMetrics::kind(self.infos[i].kind);
         match &msg {
             Msg::Failing(..) => {
                 self.metrics.watch_errors.get_or_create(&label).inc();
@@ -381,6 +524,7 @@ impl State {
     }
 
     fn apply_msg(&mut self, msg: Msg) -> bool {
+        let bound = self.bound;
         match msg {
             Msg::Failing(i, why) => {
                 self.kinds[i].failing = Some(why);
@@ -388,8 +532,8 @@ impl State {
             }
             Msg::Absent(i) => {
                 let k = &mut self.kinds[i];
-                let changed = !k.objects.is_empty() || !k.synced;
-                k.objects.clear();
+                let changed = !k.objects.held.is_empty() || !k.objects.over.is_empty() || !k.synced;
+                k.objects = Objects::default();
                 k.listing = None;
                 k.synced = true;
                 changed
@@ -399,43 +543,72 @@ impl State {
                 k.failing = None;
                 match ev {
                     watcher::Event::Init => {
-                        k.listing = Some(BTreeMap::new());
+                        k.listing = Some(Objects::default());
                         false
                     }
                     watcher::Event::InitApply(o) => {
                         let (key, value) = keyed(&resource, o);
                         k.listing
                             .get_or_insert_default()
-                            .insert(key, (resource, value));
+                            .insert(key, resource, value, bound);
                         false
                     }
                     watcher::Event::InitDone => {
                         let listed = k.listing.take().unwrap_or_default();
-                        let changed = !k.synced || !same(&k.objects, &listed);
+                        let changed = !k.synced || !k.objects.same(&listed);
                         k.objects = listed;
                         k.synced = true;
                         changed
                     }
                     watcher::Event::Apply(o) => {
                         let (key, value) = keyed(&resource, o);
-                        let old = k.objects.insert(key, (resource, value.clone()));
-                        old.map(|(_, v)| v) != Some(value)
+                        k.objects.insert(key, resource, value, bound)
                     }
                     watcher::Event::Delete(o) => {
                         let (key, _) = keyed(&resource, o);
-                        k.objects.remove(&key).is_some()
+                        let changed = k.objects.remove(&key);
+                        // Past its bound the kind's objects were named, not kept: only a
+                        // fresh list can bring the ones not held once there is room.
+                        if changed && !k.objects.over.is_empty() {
+                            self.relists[i].notify_one();
+                        }
+                        changed
                     }
                 }
             }
         }
     }
 
-    /// Every object as a raw document, in a stable order, built into a snapshot.
+    /// Every object as a raw document, in a stable order, built into a snapshot; a kind
+    /// past its bound is an error.
     fn load(&self, opts: &crate::Options) -> Load {
         let mut raws = Vec::new();
         let mut observed = BTreeMap::new();
-        for k in &self.kinds {
-            for ((ns, name), (resource, value)) in &k.objects {
+        let mut diagnostics = Vec::new();
+        for (k, info) in self.kinds.iter().zip(&self.infos) {
+            if !k.objects.over.is_empty() {
+                let path = info
+                    .versions
+                    .first()
+                    .map(|v| Resource::new(*info, v).collection_path(None));
+                diagnostics.push(model::Diagnostic {
+                    severity: model::Severity::Error,
+                    file: Arc::new(PathBuf::from(path.unwrap_or_default())),
+                    pos: model::yaml::Pos::default(),
+                    object: None,
+                    message: format!(
+                        "{} {} objects are past trellis's bound of {} objects or {} MiB per kind, so this snapshot is not served and the last good one keeps serving; remove objects, or raise the bound",
+                        k.objects.held.len() + k.objects.over.len(),
+                        info.kind,
+                        self.bound.objects,
+                        self.bound.bytes >> 20,
+                    ),
+                });
+            }
+            for ((ns, name), held) in &k.objects.held {
+                let Held {
+                    resource, value, ..
+                } = held;
                 observed.insert(
                     ObjectKey::new(resource.info.group, resource.info.kind, ns, name),
                     Observed {
@@ -458,22 +631,12 @@ impl State {
             }
         }
         Load {
-            snapshot: model::Snapshot::build(raws, Vec::new()),
+            snapshot: model::Snapshot::build(raws, diagnostics),
             files: Vec::new(),
             excluded: Vec::new(),
             observed,
         }
     }
-}
-
-fn same(
-    a: &BTreeMap<(String, String), (Resource, serde_json::Value)>,
-    b: &BTreeMap<(String, String), (Resource, serde_json::Value)>,
-) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b)
-            .all(|((ka, (_, va)), (kb, (_, vb)))| ka == kb && va == vb)
 }
 
 /// An object's key and its document as the snapshot reads it: apiVersion and kind set (list

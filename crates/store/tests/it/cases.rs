@@ -67,8 +67,7 @@ fn run_case(path: &Path) -> Vec<String> {
         vars: case.vars.iter().cloned().collect(),
         strict_vars: case.strict,
         default_namespace: "default".into(),
-        ignore: Vec::new(),
-        skip_kinds: Vec::new(),
+        ..Default::default()
     };
     let load = store::load(&[path.to_path_buf()], &opts);
     let s = &load.snapshot;

@@ -78,10 +78,18 @@ impl Served {
 
     /// The source, with its client made on the source's own runtime.
     fn watch(&self, first_sync: Duration) -> Result<Watch, kubernetes::Error> {
+        self.watch_with(first_sync, &store::Options::default())
+    }
+
+    fn watch_with(
+        &self,
+        first_sync: Duration,
+        opts: &store::Options,
+    ) -> Result<Watch, kubernetes::Error> {
         let mock = self.mock.clone();
         kubernetes::watch_with(
             move || async move { Ok(Client::new(mock, "default")) },
-            &store::Options::default(),
+            opts,
             first_sync,
         )
     }
@@ -179,6 +187,63 @@ fn an_expired_watch_lists_again_and_forgets_what_is_gone() {
         .filter(|r| r.path == ROUTES && !r.query.contains("watch=true"))
         .count();
     assert_eq!(lists_after, lists_before + 1, "one re-list after 410");
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
+}
+
+#[test]
+fn a_kind_past_its_bound_is_not_served_until_it_is_back_within_it() {
+    let (fake, served) = cluster();
+    fake.apply(ROUTES, route("shop", "shop.example.com", "web"));
+    let opts = store::Options {
+        kind_bound: kubernetes::KindBound {
+            objects: 2,
+            bytes: kubernetes::KIND_BYTES_MAX,
+        },
+        ..Default::default()
+    };
+    let watch = served.watch_with(WAIT, &opts).expect("first sync");
+    assert_eq!(watch.current().snapshot.http_routes.len(), 2);
+    let lists = || {
+        fake.seen()
+            .iter()
+            .filter(|r| r.path == ROUTES && !r.query.contains("watch=true"))
+            .count()
+    };
+    let lists_before = lists();
+
+    // A third route: the kind is past its bound, the snapshot is refused and names it, and
+    // the two routes keep serving.
+    fake.apply(ROUTES, route("blog", "blog.example.com", "web"));
+    match watch.updates.recv_timeout(WAIT).expect("an update") {
+        Update::Rejected { errors, .. } => assert!(
+            errors.iter().any(|e| e
+                .message
+                .contains("3 HTTPRoute objects are past trellis's bound of 2")),
+            "{errors:?}"
+        ),
+        Update::Applied(l) => panic!("served past the bound: {:?}", l.snapshot.http_routes.keys()),
+    }
+    assert_eq!(watch.current().snapshot.http_routes.len(), 2);
+
+    // One goes: the kind is listed again and both that remain are served, the one that was
+    // only named among them.
+    fake.delete(ROUTES, "default/web");
+    let applied = (0..10)
+        .find_map(
+            |_| match watch.updates.recv_timeout(WAIT).expect("an update") {
+                Update::Applied(l) => Some(l),
+                Update::Rejected { .. } => None,
+            },
+        )
+        .expect("served again");
+    let routes: Vec<String> = applied
+        .snapshot
+        .http_routes
+        .keys()
+        .map(|(_, n)| n.clone())
+        .collect();
+    assert_eq!(routes, ["blog", "shop"]);
+    assert_eq!(lists(), lists_before + 1, "one list to take the kind back");
     assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }
 

@@ -1,7 +1,9 @@
 //! The Kubernetes manifests in `deploy/kubernetes`: they render with kustomize (Debian's
 //! kubectl, no cluster), every object is its Kubernetes type with no field the type does not
 //! have, `trellis check` reads the output cleanly, the reader role lists exactly the kinds
-//! trellis watches, and the CRDs are what `trellis crds` prints.
+//! trellis watches, and the CRDs are what `trellis crds` prints. The Helm chart in
+//! `deploy/helm/trellis`, rendered by Helm itself (`cargo xtask test` puts Helm 3.17.3 in
+//! `target/tools/helm`), gives the same objects.
 
 use std::process::Command;
 
@@ -67,6 +69,8 @@ fn the_manifests_render_and_every_object_is_its_kubernetes_type() {
                         let caps = sc.capabilities.as_ref().expect("capabilities");
                         assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
                         assert!(caps.add.is_none(), "{}", c.name);
+                        // ... and says when it is ready.
+                        assert!(c.readiness_probe.is_some(), "{}: no readinessProbe", c.name);
                     }
                     let psc = pod.security_context.expect("pod securityContext");
                     assert_eq!(psc.run_as_non_root, Some(true));
@@ -171,11 +175,128 @@ fn the_reader_role_lists_exactly_the_kinds_trellis_watches() {
 fn the_crds_are_what_trellis_crds_prints() {
     let out = trellis(&["crds"]);
     assert!(out.status.success());
-    let committed =
-        std::fs::read_to_string(repo().join("deploy/kubernetes/crds.yaml")).expect("crds.yaml");
-    assert_eq!(
-        committed,
-        text(&out.stdout),
-        "deploy/kubernetes/crds.yaml is stale: run `trellis crds > deploy/kubernetes/crds.yaml`"
+    for file in [
+        "deploy/kubernetes/crds.yaml",
+        "deploy/helm/trellis/crds/trellis.dev.yaml",
+    ] {
+        let committed = std::fs::read_to_string(repo().join(file)).expect("the CRDs");
+        assert_eq!(
+            committed,
+            text(&out.stdout),
+            "{file} is stale: run `trellis crds > {file}`"
+        );
+    }
+}
+
+/// `helm template` with `args` (the chart's defaults when empty).
+fn helm_template(args: &[&str]) -> String {
+    let helm = repo().join("target/tools/helm");
+    let chart = repo().join("deploy/helm/trellis");
+    let out = Command::new(&helm)
+        .args(["template", "trellis", &chart.display().to_string()])
+        .args(["--namespace", "trellis-system", "--include-crds"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (cargo xtask test installs Helm there)",
+                helm.display()
+            )
+        });
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Objects keyed by apiVersion, kind, namespace and name; a key twice fails.
+fn by_key(docs: Vec<Value>) -> std::collections::BTreeMap<String, Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for d in docs {
+        let key = format!(
+            "{} {} {}/{}",
+            d["apiVersion"].as_str().unwrap_or_default(),
+            d["kind"].as_str().unwrap_or_default(),
+            d["metadata"]["namespace"].as_str().unwrap_or_default(),
+            d["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        assert!(out.insert(key.clone(), d).is_none(), "{key} twice");
+    }
+    out
+}
+
+#[test]
+fn the_helm_chart_renders_the_kustomize_objects() {
+    let mut kustomized = documents(&render("deploy/kubernetes"));
+    kustomized.extend(documents(&render("deploy/kubernetes/gateways")));
+    let kustomized = by_key(kustomized);
+    let charted = by_key(documents(&helm_template(&[])));
+    let only = |a: &std::collections::BTreeMap<String, Value>,
+                b: &std::collections::BTreeMap<String, Value>| {
+        a.keys()
+            .filter(|k| !b.contains_key(*k))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        only(&kustomized, &charted).is_empty() && only(&charted, &kustomized).is_empty(),
+        "only kustomize: {:?}; only the chart: {:?}",
+        only(&kustomized, &charted),
+        only(&charted, &kustomized)
     );
+    for (key, k) in &kustomized {
+        assert_eq!(
+            &charted[key], k,
+            "{key} differs between the chart and kustomize"
+        );
+    }
+
+    // Values change what they say: another namespace, image, DNS address and gateway set;
+    // a component turned off takes its objects with it.
+    let other = by_key(documents(&helm_template(&[
+        "--namespace",
+        "edge",
+        "--set",
+        "image.tag=9.9.9",
+        "--set",
+        "dns.clusterIP=10.96.0.53",
+        "--set",
+        "sync.enabled=false",
+        "--set",
+        "gateways[0].name=public,gateways[0].namespace=web,gateways[0].ports[0].name=https,gateways[0].ports[0].port=443",
+    ])));
+    let dns = &other["v1 Service edge/trellis-dns"];
+    assert_eq!(dns["spec"]["clusterIP"], "10.96.0.53", "{dns}");
+    assert!(
+        other.keys().all(|k| !k.contains("trellis-system")),
+        "{:?}",
+        other.keys()
+    );
+    assert!(
+        !other.keys().any(|k| k.contains("trellis-sync")),
+        "{:?}",
+        other.keys()
+    );
+    let proxy = &other["apps/v1 Deployment web/public"];
+    assert_eq!(
+        proxy["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/trellis-dev/trellis:9.9.9"
+    );
+    assert!(!other.keys().any(|k| k.contains("envoy-external")));
+    for d in other.values() {
+        let kind = d["kind"].as_str().unwrap_or_default();
+        if kind == "Deployment" {
+            drop(strictly::<Deployment>(d));
+        }
+    }
+    // A gateway without ports is refused with the field.
+    let out = Command::new(repo().join("target/tools/helm"))
+        .args([
+            "template",
+            "t",
+            &repo().join("deploy/helm/trellis").display().to_string(),
+        ])
+        .args(["--set", "gateways[0].name=x"])
+        .output()
+        .expect("helm runs");
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("ports"), "{}", text(&out.stderr));
 }

@@ -634,6 +634,27 @@ fn an_agent_takes_its_node_and_services_from_the_api() {
     assert_eq!(status[1]["name"], "default/mv", "{status}");
     assert_eq!(status[1]["ips"][0], "192.168.77.10", "{status}");
     cni("DEL");
+    // The socket's cap: 64 connections that send nothing hold it; more are closed on arrival
+    // and counted on the admin endpoint.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..66)
+        .map(|_| {
+            std::os::unix::net::UnixStream::connect(t.path().join("agent.sock"))
+                .expect("connect to the agent's socket")
+        })
+        .collect();
+    within(20, || {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{node_ip}:19091/metrics")])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("trellis_agent_cni_connections_refused_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .filter(|n| *n >= 1)
+    })
+    .unwrap_or_else(|| panic!("refused connections are counted\n{}", log()));
+    drop(held);
 
     fake.apply(SERVICES, service("shop", "10.96.0.51"));
     fake.apply(SLICES, slice("shop", "10.69.7.6"));

@@ -510,6 +510,17 @@ fn curl_headers(url: &str, host: &str) -> Option<String> {
 }
 
 /// Retries `f` until it returns Some, for at most `secs` (readiness of another process).
+/// GET by curl: the status code and the body.
+fn get(url: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
 fn within<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {

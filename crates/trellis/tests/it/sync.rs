@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::process::{Command, Stdio};
 
 use crate::knot::{Knot, TSIG_NAME, TSIG_SECRET};
-use crate::{Proc, within};
+use crate::{Proc, get, within};
 
 fn endpoint(name: &str, host: &str, ip: &str) -> String {
     format!(
@@ -79,18 +79,39 @@ fn sync_publishes_to_knot_over_rfc2136_once_and_on_change() {
         Command::new(env!("CARGO_BIN_EXE_trellis"))
             .args(args)
             .args(["--interval", "1h", "--min-event-sync-interval", "0s"])
+            .args(["--admin", "127.0.0.1:0"])
             .env("RFC2136_TSIG_SECRET", TSIG_SECRET)
             .stderr(Stdio::piped())
             .spawn()
             .expect("trellis sync starts"),
     );
     let mut lines = std::io::BufReader::new(sync.0.stderr.take().expect("stderr")).lines();
+    let admin = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("sync: admin endpoint on http://")
+                .and_then(|a| a.split_once('/'))
+                .map(|(a, _)| a.to_string())
+        })
+        .expect("the admin endpoint's address");
     let first = lines
         .by_ref()
         .map_while(Result::ok)
         .find(|l| l.starts_with("sync: ") && l.contains("changes"))
         .expect("a first reconcile");
     assert_eq!(first, "sync: 0 changes, 0 failed", "already in sync");
+    // Ready once a run reconciled; /status says what the last run did.
+    let (code, body) = get(&format!("http://{admin}/ready"));
+    assert_eq!(code, "200", "{body}");
+    let (code, body) = get(&format!("http://{admin}/status"));
+    assert_eq!(code, "200", "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    assert_eq!(status["lastRun"]["provider"], "rfc2136", "{status}");
+    assert_eq!(status["lastRun"]["changes"], 0, "{status}");
+    assert!(status["lastRun"]["lastError"].is_null(), "{status}");
+    let (code, body) = get(&format!("http://{admin}/metrics"));
+    assert_eq!(code, "200", "{body}");
     std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
     std::fs::write(
         t.path().join("a.yaml"),

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use crate::{Proc, within};
+use crate::{Proc, get, within};
 
 /// Copies a directory tree (the example, so that the test can break a file of it).
 fn copy_tree(from: &Path, to: &Path) {
@@ -88,16 +88,6 @@ fn curl(args: &[&str]) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
-}
-
-fn get(url: &str) -> (String, String) {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "5", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
-    (code.to_string(), body.to_string())
 }
 
 fn status(admin: &str) -> serde_json::Value {
