@@ -43,7 +43,8 @@ pub struct AgentConfig {
     /// answer's TTL when longer).
     #[serde(default)]
     pub fqdn_min_ttl_s: Option<u64>,
-    /// The shared state backend (`etcd://HOST:PORT,...`): the agent registers its node there
+    /// The shared state backend (`etcd://HOST:PORT,...` or `kube://NAMESPACE`): the agent
+    /// registers its node there
     /// and claims its pod CIDR; none: the lab's files only.
     #[serde(default)]
     pub state: Option<String>,

@@ -5,6 +5,9 @@
 //! - [`memory::Memory`]: one process (tests, `trellis up` on one host).
 //! - [`etcd::Etcd`]: etcd's v3 API over gRPC (`--state etcd://host:2379,host:2379`), as
 //!   Cilium's kvstore mode and Calico's etcd datastore keep their state.
+//! - [`kube::Kube`]: the Kubernetes API (`--state kube://NAMESPACE`): ConfigMaps and
+//!   coordination Leases of one namespace with the API server's optimistic concurrency, as
+//!   Calico's Kubernetes datastore keeps its IPAM in the API.
 //! - [`alloc`]: what lives there and how it is claimed: the node registry on leases, pod
 //!   CIDRs and addresses by create-if-absent (never two owners).
 //! - [`leases`]: one holder per name (L2 announcements) on backend leases.
@@ -15,6 +18,7 @@
 
 pub mod alloc;
 pub mod etcd;
+pub mod kube;
 pub mod leases;
 pub mod memory;
 
@@ -131,11 +135,14 @@ fn ttl_secs(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX)
 }
 
-/// Where a backend lives, from `--state`: `memory` or `etcd://host:port,host:port,...`.
+/// Where a backend lives, from `--state`: `memory`, `etcd://host:port,host:port,...` or
+/// `kube://NAMESPACE`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Memory,
     Etcd(Vec<String>),
+    /// The namespace of the Kubernetes API (the client as kubectl finds it).
+    Kube(String),
 }
 
 impl std::str::FromStr for Location {
@@ -145,9 +152,23 @@ impl std::str::FromStr for Location {
         if s == "memory" {
             return Ok(Location::Memory);
         }
+        if let Some(ns) = s.strip_prefix("kube://") {
+            let ok = !ns.is_empty()
+                && ns.len() <= 63
+                && ns
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            return if ok {
+                Ok(Location::Kube(ns.to_string()))
+            } else {
+                Err(format!(
+                    "--state {s:?}: write `kube://NAMESPACE` (a namespace name)"
+                ))
+            };
+        }
         let Some(rest) = s.strip_prefix("etcd://") else {
             return Err(format!(
-                "--state {s:?}: write `memory` or `etcd://HOST:PORT[,HOST:PORT...]`"
+                "--state {s:?}: write `memory`, `etcd://HOST:PORT[,HOST:PORT...]` or `kube://NAMESPACE`"
             ));
         };
         let endpoints: Vec<String> = rest
@@ -176,6 +197,9 @@ pub async fn open(location: &Location) -> Result<std::sync::Arc<dyn Backend>, Er
         Location::Etcd(endpoints) => std::sync::Arc::new(
             etcd::Etcd::connect(endpoints, etcd::REQUEST_TIMEOUT_DEFAULT).await?,
         ),
+        Location::Kube(namespace) => {
+            std::sync::Arc::new(self::kube::Kube::connect(namespace).await?)
+        }
     })
 }
 
@@ -194,6 +218,12 @@ mod tests {
             ]))
         );
         assert!("etcd://".parse::<Location>().is_err());
+        assert_eq!(
+            "kube://trellis-system".parse(),
+            Ok(Location::Kube("trellis-system".into()))
+        );
+        assert!("kube://".parse::<Location>().is_err());
+        assert!("kube://Not_A_Name".parse::<Location>().is_err());
         assert!("consul://x".parse::<Location>().is_err());
     }
 }

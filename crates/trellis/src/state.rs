@@ -11,8 +11,9 @@ use store::state::{Backend, Location, alloc};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The state backend: `etcd://HOST:PORT[,HOST:PORT...]` (or `memory`, which holds nothing
-    /// another process wrote).
+    /// The state backend: `etcd://HOST:PORT[,HOST:PORT...]`, `kube://NAMESPACE` (the
+    /// Kubernetes API, found as kubectl finds it), or `memory` (which holds nothing another
+    /// process wrote).
     #[arg(long, env = "TRELLIS_STATE")]
     pub state: String,
     #[command(subcommand)]

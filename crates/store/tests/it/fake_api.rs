@@ -5,8 +5,10 @@
 //! It serves lists and watches of the collections a test registers (404 for every other
 //! collection, as for a CRD that is not installed), answers each watch with the events queued
 //! for its collection (a watch with none waits until some arrive), applies status patches
-//! (server-side apply with trellis's field manager only) and keeps Leases with
-//! resourceVersion checks (409 on a stale write).
+//! (server-side apply with trellis's field manager only), keeps Leases with resourceVersion
+//! checks (409 on a stale write), and keeps the ConfigMaps of a namespace as the state
+//! backend writes them (create, replace and delete with resourceVersion preconditions, list
+//! and watch by label).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -286,6 +288,10 @@ impl FakeApi {
             send.send_response(r);
             return;
         }
+        if path.starts_with("/api/v1/namespaces/") && path.split('/').nth(5) == Some("configmaps") {
+            configmap(&mut st, &seen, send);
+            return;
+        }
         if seen.method == Method::PATCH && path.ends_with("/scale") {
             let r = scale_patch(&mut st, &seen);
             send.send_response(r);
@@ -539,6 +545,10 @@ fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
             }
             store_lease(st, name, seen)
         }
+        Method::DELETE => match st.leases.remove(&name) {
+            Some(l) => ok(l),
+            None => status(StatusCode::NOT_FOUND, "NotFound", "leases not found"),
+        },
         Method::PUT => {
             let Some(stored) = st.leases.get(&name) else {
                 return status(StatusCode::NOT_FOUND, "NotFound", "leases not found");
@@ -570,4 +580,163 @@ fn store_lease(st: &mut ApiState, name: String, seen: &Seen) -> Response<Body> {
     l["metadata"]["resourceVersion"] = json!(st.revision.to_string());
     st.leases.insert(name, l.clone());
     ok(l)
+}
+
+/// The collection the namespaced ConfigMap paths share (so a watch sees every change).
+const CONFIGMAPS: &str = "/api/v1/configmaps";
+
+/// A query parameter, percent-decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?;
+    let mut out = Vec::new();
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'%' => {
+                let hex: String = bytes.by_ref().take(2).map(char::from).collect();
+                out.push(u8::from_str_radix(&hex, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Whether `item` has every `key=value` of a label selector.
+fn selected(item: &Value, selector: Option<&str>) -> bool {
+    selector.is_none_or(|sel| {
+        sel.split(',').filter(|t| !t.is_empty()).all(|term| {
+            let (k, v) = term.split_once('=').unwrap_or((term, ""));
+            item["metadata"]["labels"][k].as_str() == Some(v)
+        })
+    })
+}
+
+/// ConfigMaps of a namespace, as the state backend uses them: POST (409 when the name is
+/// taken), GET, PUT only with the stored resourceVersion (409 otherwise), DELETE only when a
+/// resourceVersion precondition matches (409 otherwise), list and watch by label selector.
+/// Every change goes out on the watch.
+fn configmap(st: &mut ApiState, seen: &Seen, send: SendResponse<Response<Body>>) {
+    // /api/v1/namespaces/NS/configmaps[/NAME]
+    let parts: Vec<&str> = seen.path.split('/').collect();
+    let namespace = parts[4].to_string();
+    let name = parts.get(6).map(|n| (*n).to_string());
+    let revision = st.revision;
+    let c = st.collections.entry(CONFIGMAPS.to_string()).or_default();
+    let conflict = || {
+        status(
+            StatusCode::CONFLICT,
+            "Conflict",
+            "the object has been modified",
+        )
+    };
+    let missing = || status(StatusCode::NOT_FOUND, "NotFound", "configmaps not found");
+    let answer = match (&seen.method, name) {
+        (&Method::GET, None) => {
+            let selector = query_param(&seen.query, "labelSelector");
+            if query_param(&seen.query, "watch").as_deref() == Some("true") {
+                c.parked.push(send);
+                flush(c);
+                return;
+            }
+            let items: Vec<Value> = c
+                .items
+                .values()
+                .filter(|i| i["metadata"]["namespace"] == namespace.as_str())
+                .filter(|i| selected(i, selector.as_deref()))
+                .cloned()
+                .collect();
+            ok(json!({
+                "kind": "ConfigMapList", "apiVersion": "v1",
+                "metadata": { "resourceVersion": revision.to_string() },
+                "items": items,
+            }))
+        }
+        (&Method::GET, Some(n)) => match c.items.get(&format!("{namespace}/{n}")) {
+            Some(i) => ok(i.clone()),
+            None => missing(),
+        },
+        (&Method::POST, None) => {
+            let mut item = seen.body.clone();
+            item["metadata"]["namespace"] = json!(namespace);
+            let key = item_key(&item);
+            if c.items.contains_key(&key) {
+                status(
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    "configmaps already exists",
+                )
+            } else {
+                st.revision += 1;
+                item["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+                let c = st.collections.entry(CONFIGMAPS.to_string()).or_default();
+                c.items.insert(key, item.clone());
+                c.events
+                    .push_back(json!({ "type": "ADDED", "object": item.clone() }));
+                flush(c);
+                ok(item)
+            }
+        }
+        (&Method::PUT, Some(n)) => {
+            let key = format!("{namespace}/{n}");
+            match c.items.get(&key) {
+                None => missing(),
+                Some(stored)
+                    if stored["metadata"]["resourceVersion"]
+                        != seen.body["metadata"]["resourceVersion"] =>
+                {
+                    conflict()
+                }
+                Some(_) => {
+                    st.revision += 1;
+                    let mut item = seen.body.clone();
+                    item["metadata"]["namespace"] = json!(namespace);
+                    item["metadata"]["resourceVersion"] = json!(st.revision.to_string());
+                    let c = st.collections.entry(CONFIGMAPS.to_string()).or_default();
+                    c.items.insert(key, item.clone());
+                    c.events
+                        .push_back(json!({ "type": "MODIFIED", "object": item.clone() }));
+                    flush(c);
+                    ok(item)
+                }
+            }
+        }
+        (&Method::DELETE, Some(n)) => {
+            let key = format!("{namespace}/{n}");
+            let precondition = seen.body.pointer("/preconditions/resourceVersion").cloned();
+            match c.items.get(&key) {
+                None => missing(),
+                Some(stored)
+                    if precondition
+                        .as_ref()
+                        .is_some_and(|p| *p != stored["metadata"]["resourceVersion"]) =>
+                {
+                    conflict()
+                }
+                Some(_) => {
+                    st.revision += 1;
+                    let rv = st.revision;
+                    let c = st.collections.entry(CONFIGMAPS.to_string()).or_default();
+                    let mut item = c.items.remove(&key).expect("checked above");
+                    item["metadata"]["resourceVersion"] = json!(rv.to_string());
+                    c.events
+                        .push_back(json!({ "type": "DELETED", "object": item.clone() }));
+                    flush(c);
+                    ok(item)
+                }
+            }
+        }
+        _ => {
+            st.unexpected.push(format!("{} {}", seen.method, seen.path));
+            status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "unexpected",
+            )
+        }
+    };
+    send.send_response(answer);
 }

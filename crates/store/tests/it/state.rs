@@ -4,7 +4,9 @@
 //! races for one key through two members (exactly one winner each), pod CIDRs claimed at
 //! once by three nodes, a registration that expires with its lease, a watch whose history
 //! was compacted, one member down (still served) and two down (unavailable), then back
-//! (served again, without anything done by hand).
+//! (served again, without anything done by hand). The Kubernetes backend runs the same
+//! conformance against the mock API server (no API server can run here), with races, pod
+//! CIDR claims and a registration whose Lease runs out.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -12,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use store::state::alloc;
 use store::state::etcd::Etcd;
+use store::state::kube::Kube;
 use store::state::memory::Memory;
 use store::state::{Backend, Error, Event};
 
 use crate::etcd_cluster::Cluster;
+use crate::fake_api::FakeApi;
 
 /// Waits for the next batch of a watch (at most 20 s).
 async fn next(w: &mut store::state::Watch) -> Result<Vec<Event>, Error> {
@@ -256,4 +260,67 @@ async fn etcd_conforms_and_survives_a_member_but_not_two() {
     cluster.members[1].start();
     until_ok(60, async || b.create("/quorum/back", b"1", None).await).await;
     assert!(b.get("/quorum/one-down").await.expect("get").is_some());
+}
+
+#[test]
+fn the_kubernetes_backend_conforms_and_its_leases_run_out() {
+    let (fake, mock, handle) = FakeApi::new();
+    let rt = fake.start(handle);
+    let client = {
+        let _g = rt.enter();
+        kube::Client::new(mock, "default")
+    };
+    let b = Kube::new(client, "trellis-system");
+    rt.block_on(async {
+        conformance(&b, "/conformance/").await;
+
+        // Races for one key: exactly one winner each time.
+        for i in 0..20 {
+            let (kind, item) = (format!("race{i}"), format!("10.10.30.{i}"));
+            let (x, y) = tokio::join!(
+                alloc::claim(&b, &kind, &item, "network/a"),
+                alloc::claim(&b, &kind, &item, "network/b"),
+            );
+            let (x, y) = (x.expect("a"), y.expect("b"));
+            assert!(x ^ y, "round {i}: a {x}, b {y}");
+        }
+        // Three nodes claim pod CIDRs at once: three distinct ones, each stable.
+        let pool: ipnet::Ipv4Net = "10.69.0.0/16".parse().expect("pool");
+        let (x, y, z) = tokio::join!(
+            alloc::claim_pod_cidr(&b, "node-1", pool, 24),
+            alloc::claim_pod_cidr(&b, "node-2", pool, 24),
+            alloc::claim_pod_cidr(&b, "node-3", pool, 24),
+        );
+        let cidrs = [x.expect("1"), y.expect("2"), z.expect("3")];
+        assert!(
+            cidrs[0] != cidrs[1] && cidrs[1] != cidrs[2] && cidrs[0] != cidrs[2],
+            "{cidrs:?}"
+        );
+        assert_eq!(
+            alloc::claim_pod_cidr(&b, "node-1", pool, 24).await,
+            Ok(cidrs[0])
+        );
+
+        // A registration that is not renewed goes with its Lease: the name is taken while
+        // the Lease lives, and free once it ran out (Kubernetes keeps the objects; the
+        // reader that finds the Lease past its time takes them away).
+        let reg = alloc::register_node(&b, "node-9", b"{}", Duration::from_secs(1))
+            .await
+            .expect("register");
+        assert!(
+            alloc::register_node(&b, "node-9", b"{}", Duration::from_secs(1))
+                .await
+                .is_err(),
+            "the name is taken while the first agent lives"
+        );
+        // Past renewTime + leaseDurationSeconds (no event says so: the Lease's time is all).
+        tokio::time::sleep(Duration::from_millis(2_100)).await;
+        assert!(!reg.renew(&b).await.expect("renew after expiry"));
+        let nodes = alloc::nodes(&b).await.expect("nodes");
+        assert!(!nodes.iter().any(|(n, _)| n == "node-9"), "{nodes:?}");
+        alloc::register_node(&b, "node-9", b"{}", Duration::from_secs(30))
+            .await
+            .expect("the name is free again");
+    });
+    assert!(fake.unexpected().is_empty(), "{:?}", fake.unexpected());
 }
