@@ -17,8 +17,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The program files; more (policy, flows) join this list.
-const PROGRAMS: &[&str] = &["lb"];
+/// The program files: `lb` (services, policy, flows) and `vlan` (802.1Q trunks).
+const PROGRAMS: &[&str] = &["lb", "vlan"];
 
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -346,16 +346,22 @@ pub fn ebpf(root: &Path) -> Result<()> {
     let out_dir = PathBuf::from(script["out_dir"].as_str().context("out_dir")?);
     let pre = root.join("crates/datapath/bpf/prebuilt");
     std::fs::create_dir_all(&pre)?;
-    copy(&out_dir.join("lb.o"), &pre.join("lb.o"), 0o644)?;
-    write(
-        &pre.join("lb.o.source"),
-        &format!(
-            "{}\n{}\n",
-            env("TRELLIS_BPF_SOURCE_HASH")?,
-            env("TRELLIS_BPF_CLANG")?
-        ),
-        0o644,
-    )?;
+    for prog in ["lb", "vlan"] {
+        copy(
+            &out_dir.join(format!("{prog}.o")),
+            &pre.join(format!("{prog}.o")),
+            0o644,
+        )?;
+        write(
+            &pre.join(format!("{prog}.o.source")),
+            &format!(
+                "{}\n{}\n",
+                env("TRELLIS_BPF_SOURCE_HASH")?,
+                env("TRELLIS_BPF_CLANG")?
+            ),
+            0o644,
+        )?;
+    }
     eprintln!("==> {} refreshed; commit it", pre.display());
     Ok(())
 }

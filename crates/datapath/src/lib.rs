@@ -10,6 +10,7 @@
 //! change. `aya` is used only in this crate.
 
 pub mod abi;
+pub mod vlan;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -27,7 +28,11 @@ pub use abi::{
 /// committed `bpf/prebuilt/lb.o` where no clang is).
 pub static LB_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
 
-/// Where [`LB_OBJECT`] came from: `clang` (compiled in this build) or `prebuilt`.
+/// The 802.1Q trunk programs (`bpf/vlan.c`; see [`vlan`]), built as [`LB_OBJECT`] is.
+pub static VLAN_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vlan.o"));
+
+/// Where [`LB_OBJECT`] (and [`VLAN_OBJECT`]) came from: `clang` (compiled in this build) or
+/// `prebuilt`.
 pub const LB_ORIGIN: &str = env!("TRELLIS_BPF_ORIGIN");
 
 /// The hash of the sources in `bpf/` this build saw (`bpf/prebuilt/lb.o.source` records the
@@ -162,6 +167,22 @@ fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {
 /// Attaches the pinned program `name` to `iface` at `hook`, replacing an earlier trellis
 /// program there. Classic tc (netlink) filters, so the attachment outlives this process.
 fn attach(pin_dir: &Path, iface: &str, hook: TcAttachType, name: &str) -> Result<(), Error> {
+    let mut prog =
+        SchedClassifier::from_pin(prog_pin(pin_dir, name)).map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })?;
+    attach_loaded(&mut prog, iface, hook, name)
+}
+
+/// Attaches a loaded program to `iface` at `hook` (a clsact qdisc added if none), replacing
+/// an earlier one of that name there; the filter stays in the kernel after this process.
+fn attach_loaded(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    hook: TcAttachType,
+    name: &str,
+) -> Result<(), Error> {
     if let Err(e) = tc::qdisc_add_clsact(iface) {
         let text = e.to_string();
         // EEXIST (the kernel's text for it here: "Exclusivity flag on, cannot modify"): a
@@ -176,11 +197,6 @@ fn attach(pin_dir: &Path, iface: &str, hook: TcAttachType, name: &str) -> Result
     }
     // Detaching what is not there is fine: a first attach.
     let _ = tc::qdisc_detach_program(iface, hook, name);
-    let mut prog =
-        SchedClassifier::from_pin(prog_pin(pin_dir, name)).map_err(|source| Error::Program {
-            name: name.into(),
-            source,
-        })?;
     let id = prog
         .attach_with_options(iface, hook, TcAttachOptions::Netlink(NlOptions::default()))
         .map_err(|source| Error::Program {

@@ -80,32 +80,35 @@ fn the_object_holds_the_four_programs() {
 /// are, and is byte for byte what this build's clang makes of them when it is the clang that
 /// made it (the build is reproducible).
 #[test]
-fn the_prebuilt_object_is_the_build_of_the_sources() {
+fn the_prebuilt_objects_are_the_build_of_the_sources() {
     let pre = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bpf/prebuilt");
-    let record = std::fs::read_to_string(pre.join("lb.o.source")).expect("lb.o.source");
-    let mut lines = record.lines();
-    let (hash, clang) = (
-        lines.next().unwrap_or_default(),
-        lines.next().unwrap_or_default(),
-    );
-    assert_eq!(
-        hash,
-        datapath::LB_SOURCE_HASH,
-        "bpf/ changed since bpf/prebuilt/lb.o was made: run `cargo xtask ebpf` and commit it"
-    );
-    let committed = std::fs::read(pre.join("lb.o")).expect("lb.o");
-    match datapath::LB_ORIGIN {
-        "prebuilt" => assert_eq!(datapath::LB_OBJECT, committed.as_slice()),
-        "clang" if datapath::LB_CLANG == clang => assert!(
-            datapath::LB_OBJECT == committed.as_slice(),
-            "bpf/prebuilt/lb.o is not what {clang} makes of bpf/: run `cargo xtask ebpf`"
-        ),
-        // Another clang makes other bytes; the hash above still ties the object to bpf/.
-        "clang" => eprintln!(
-            "built by {:?}, the prebuilt object by {clang:?}: bytes not compared",
-            datapath::LB_CLANG
-        ),
-        other => panic!("unknown origin {other}"),
+    for (name, built) in [("lb", datapath::LB_OBJECT), ("vlan", datapath::VLAN_OBJECT)] {
+        let record = std::fs::read_to_string(pre.join(format!("{name}.o.source")))
+            .expect("the object's .source record");
+        let mut lines = record.lines();
+        let (hash, clang) = (
+            lines.next().unwrap_or_default(),
+            lines.next().unwrap_or_default(),
+        );
+        assert_eq!(
+            hash,
+            datapath::LB_SOURCE_HASH,
+            "bpf/ changed since bpf/prebuilt/{name}.o was made: run `cargo xtask ebpf` and commit it"
+        );
+        let committed = std::fs::read(pre.join(format!("{name}.o"))).expect("the object");
+        match datapath::LB_ORIGIN {
+            "prebuilt" => assert_eq!(built, committed.as_slice()),
+            "clang" if datapath::LB_CLANG == clang => assert!(
+                built == committed.as_slice(),
+                "bpf/prebuilt/{name}.o is not what {clang} makes of bpf/: run `cargo xtask ebpf`"
+            ),
+            // Another clang makes other bytes; the hash above still ties the object to bpf/.
+            "clang" => eprintln!(
+                "built by {:?}, the prebuilt object by {clang:?}: bytes not compared",
+                datapath::LB_CLANG
+            ),
+            other => panic!("unknown origin {other}"),
+        }
     }
 }
 
@@ -189,4 +192,199 @@ fn nix_is_root() -> bool {
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
         .unwrap_or(false)
+}
+
+/// Network namespaces of one test, removed on drop (their links go with them).
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn new(names: &[&str]) -> Namespaces {
+        let id = std::process::id() % 100_000;
+        let all: Vec<String> = names.iter().map(|n| format!("tv{id}{n}")).collect();
+        let me = Namespaces(all);
+        for n in &me.0 {
+            ip(&["netns", "add", n]);
+        }
+        me
+    }
+
+    fn name(&self, short: &str) -> &str {
+        self.0
+            .iter()
+            .find(|n| n.ends_with(short))
+            .expect("a namespace of this test")
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip runs");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `f` in the network namespace `ns` (on a thread of its own: setns moves one thread).
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("the netns");
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("the netns thread")
+    })
+}
+
+/// Two echoes by busybox's ping (Debian's busybox-static; no iputils here).
+fn ping(ns: &str, to: &str) -> bool {
+    std::process::Command::new("ip")
+        .args([
+            "netns", "exec", ns, "busybox", "ping", "-c", "2", "-W", "1", to,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("ping runs")
+        .success()
+}
+
+/// A node's VLAN parent reaches a device of its VLAN over a trunk bridge shared with another
+/// VLAN's device, with the 802.1Q tag on the trunk (tshark sees it); the other VLAN's device,
+/// on the same subnet and bridge, is not reached.
+#[test]
+fn vlan_tags_ride_a_shared_trunk_and_keep_vlans_apart() {
+    assert!(
+        nix_is_root(),
+        "tc programs need root: run the tests as root"
+    );
+    let ns = Namespaces::new(&["node", "trunk", "dev33", "dev34"]);
+    let (node, trunk) = (ns.name("node"), ns.name("trunk"));
+    let (dev33, dev34) = (ns.name("dev33"), ns.name("dev34"));
+    ip(&["-n", trunk, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", trunk, "link", "set", "br0", "up"]);
+    // The node: its trunk to the bridge, and VLAN 33's parent (eth3) with its peer (vl33).
+    ip(&[
+        "-n", trunk, "link", "add", "n1", "type", "veth", "peer", "name", "trunk0", "netns", node,
+    ]);
+    ip(&[
+        "-n", node, "link", "add", "eth3", "type", "veth", "peer", "name", "vl33",
+    ]);
+    // Devices on access ports of VLANs 33 and 34, both at addresses of one subnet.
+    for (dev, port, addr) in [
+        (dev33, "d33", "10.10.33.1/24"),
+        (dev34, "d34", "10.10.33.3/24"),
+    ] {
+        ip(&[
+            "-n", trunk, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", dev,
+        ]);
+        ip(&["-n", dev, "addr", "add", addr, "dev", "eth0"]);
+        ip(&["-n", dev, "link", "set", "eth0", "up"]);
+    }
+    for port in ["n1", "d33", "d34"] {
+        ip(&["-n", trunk, "link", "set", port, "master", "br0", "up"]);
+    }
+    ip(&["-n", node, "addr", "add", "10.10.33.2/24", "dev", "eth3"]);
+    for l in ["eth3", "vl33", "trunk0"] {
+        ip(&["-n", node, "link", "set", l, "up"]);
+    }
+    use datapath::vlan::{Port, attach};
+    in_netns(node, || {
+        attach(&[
+            Port::Access {
+                iface: "vl33".into(),
+                vid: 33,
+                redirect: Some("trunk0".into()),
+            },
+            Port::Trunk {
+                iface: "trunk0".into(),
+                vlans: vec![(33, "vl33".into())],
+            },
+        ])
+    })
+    .expect("the node's ports");
+    in_netns(trunk, || {
+        attach(&[
+            Port::Access {
+                iface: "d33".into(),
+                vid: 33,
+                redirect: None,
+            },
+            Port::Access {
+                iface: "d34".into(),
+                vid: 34,
+                redirect: None,
+            },
+        ])
+    })
+    .expect("the devices' access ports");
+
+    // A capture on the node's port of the trunk, running before the traffic starts.
+    let mut tshark = std::process::Command::new("ip")
+        // (Frames the node sends: the trunk also floods VLAN 34's broadcasts towards it.)
+        .args(["netns", "exec", trunk, "tshark", "-l", "-n", "-i", "n1", "-f", "inbound"])
+        .args([
+            "-a",
+            "duration:30",
+            "-T",
+            "fields",
+            "-e",
+            "vlan.id",
+            "-e",
+            "eth.type",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tshark (apt-get install tshark)");
+    let mut err = std::io::BufReader::new(tshark.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut err, &mut line).expect("tshark's stderr");
+        assert!(n > 0, "tshark ended before capturing");
+        if line.contains("Capturing on") {
+            break;
+        }
+    }
+    assert!(
+        ping(node, "10.10.33.1"),
+        "VLAN 33's device answers over the trunk"
+    );
+    assert!(
+        !ping(node, "10.10.33.3"),
+        "VLAN 34's device is not reached from VLAN 33"
+    );
+    // (`ip netns exec` execs tshark: the child is tshark, which writes out and ends on SIGINT.)
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(tshark.id()).expect("a pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT to tshark");
+    let out = tshark.wait_with_output().expect("tshark ends");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    let ids: std::collections::BTreeSet<&str> = seen
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or_default())
+        .collect();
+    assert!(
+        ids.contains("33"),
+        "no frame tagged 33 on the trunk:\n{seen}"
+    );
+    assert!(
+        !ids.iter().any(|id| !id.is_empty() && *id != "33"),
+        "what the node tags is VLAN 33's:\n{seen}"
+    );
 }
