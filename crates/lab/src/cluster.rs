@@ -46,12 +46,11 @@ pub const OBSERVE_PORT: u16 = 4244;
 pub const NODE_LAN_MTU: u32 = 1600;
 /// More nodes than this is not a lab any more.
 pub const NODES_MAX: usize = 9;
-/// The isolated networks of the seed's home lab that pods join with Multus attachments: each
-/// is a bridge of its own (a LAN namespace `<prefix>vlan<id>`) with every node's `parent`
-/// interface on it and a device namespace (`<prefix><name>`, `trellis lab exec <name>`) at the
-/// router address, answering HTTP on port 80. The parents and addresses are the corpus
-/// NetworkAttachmentDefinitions'. Separate bridges stand in for VLAN tags: this kernel has no
-/// 802.1Q devices (see the README).
+/// The isolated networks of the seed's home lab that pods join with Multus attachments: VLANs
+/// on one trunk bridge (see `vlan_trunk`), every node's `parent` interface on its VLAN and a
+/// device namespace (`<prefix><name>`, `trellis lab exec <name>`) at the router address on an
+/// access port, answering HTTP on port 80. The parents and addresses are the corpus
+/// NetworkAttachmentDefinitions'; the VLAN ids are the third octets of their subnets.
 pub const VLANS: &[Vlan] = &[
     Vlan {
         name: "vpn",
@@ -483,35 +482,79 @@ fn build_network(s: &LabState) -> Result<()> {
             )?;
         }
     }
+    vlan_trunk(s)
+}
+
+/// The VLAN networks on one trunk, as a switch carries them: a bridge (namespace
+/// `<prefix>trunk`) with a port per node (`n<i>`, the node's `trunk0`) and an access port per
+/// device (`d<id>`, the device's `eth0`). 802.1Q tags are pushed and popped by tc programs
+/// (`datapath::vlan`; this kernel has no VLAN devices): on a node, each VLAN's parent
+/// (`eth1`…`eth4`, what the NADs name) is a veth whose peer (`vl<id>`) tags what the pods send
+/// and hands it to `trunk0`, and `trunk0` hands each tagged frame to its VLAN's peer untagged;
+/// a device's access port tags what the device sends and lets only its VLAN's frames out.
+fn vlan_trunk(s: &LabState) -> Result<()> {
+    let trunk = format!("{}trunk", s.prefix);
+    netns::add(&trunk)?;
+    netns::ip_in(&trunk, &["link", "add", "br0", "type", "bridge"])?;
+    netns::ip_in(&trunk, &["link", "set", "br0", "up"])?;
+    let mut device_ports = Vec::new();
     for v in VLANS {
-        let lan = format!("{}vlan{}", s.prefix, v.id);
-        netns::add(&lan)?;
-        netns::ip_in(&lan, &["link", "add", "br0", "type", "bridge"])?;
-        netns::ip_in(&lan, &["link", "set", "br0", "up"])?;
         let device = format!("{}{}", s.prefix, v.name);
+        let port = format!("d{}", v.id);
         netns::add(&device)?;
         netns::ip_in(
-            &lan,
+            &trunk,
             &[
-                "link", "add", "device", "type", "veth", "peer", "name", "eth0", "netns", &device,
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &device,
             ],
         )?;
-        netns::ip_in(&lan, &["link", "set", "device", "master", "br0", "up"])?;
+        netns::ip_in(&trunk, &["link", "set", &port, "master", "br0", "up"])?;
         let router = format!("{}/{VLAN_PREFIX_LEN}", v.router);
         netns::ip_in(&device, &["addr", "add", &router, "dev", "eth0"])?;
         netns::ip_in(&device, &["link", "set", "eth0", "up"])?;
-        for (i, n) in s.nodes.iter().enumerate() {
-            let port = format!("node{}", i + 1);
+        device_ports.push(datapath::vlan::Port::Access {
+            iface: port,
+            vid: v.id,
+            redirect: None,
+        });
+    }
+    netns::run_in(&trunk, || datapath::vlan::attach(&device_ports))?
+        .with_context(|| format!("{trunk}: the devices' access ports"))?;
+    for (i, n) in s.nodes.iter().enumerate() {
+        let port = format!("n{}", i + 1);
+        netns::ip_in(
+            &trunk,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "trunk0", "netns", &n.netns,
+            ],
+        )?;
+        netns::ip_in(&trunk, &["link", "set", &port, "master", "br0", "up"])?;
+        netns::ip_in(&n.netns, &["link", "set", "trunk0", "up"])?;
+        let mut ports = Vec::new();
+        let mut vlans = Vec::new();
+        for v in VLANS {
+            let peer = format!("vl{}", v.id);
             netns::ip_in(
-                &lan,
+                &n.netns,
                 &[
-                    "link", "add", &port, "type", "veth", "peer", "name", v.parent, "netns",
-                    &n.netns,
+                    "link", "add", v.parent, "type", "veth", "peer", "name", &peer,
                 ],
             )?;
-            netns::ip_in(&lan, &["link", "set", &port, "master", "br0", "up"])?;
+            netns::ip_in(&n.netns, &["link", "set", &peer, "up"])?;
             netns::ip_in(&n.netns, &["link", "set", v.parent, "up"])?;
+            ports.push(datapath::vlan::Port::Access {
+                iface: peer.clone(),
+                vid: v.id,
+                redirect: Some("trunk0".into()),
+            });
+            vlans.push((v.id, peer));
         }
+        ports.push(datapath::vlan::Port::Trunk {
+            iface: "trunk0".into(),
+            vlans,
+        });
+        netns::run_in(&n.netns, || datapath::vlan::attach(&ports))?
+            .with_context(|| format!("{}: the node's VLAN ports", n.name))?;
     }
     Ok(())
 }

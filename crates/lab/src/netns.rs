@@ -95,6 +95,22 @@ pub fn command_in(ns: &str, program: &str) -> Command {
     c
 }
 
+/// Runs `f` inside the namespace, on a thread of its own (`setns(2)` moves only the calling
+/// thread): for work done through the kernel's APIs there rather than a command.
+pub fn run_in<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = format!("{NETNS_DIR}/{ns}");
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot open {path}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("cannot enter {ns}"))?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread working in {ns} panicked"))?
+    })
+}
+
 /// Sets sysctls inside a namespace (`net.ipv4.ip_forward=1`, ...).
 pub fn sysctl_in(ns: &str, settings: &[&str]) -> Result<()> {
     let out = command_in(ns, "sysctl")

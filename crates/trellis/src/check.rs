@@ -23,6 +23,11 @@ pub struct Args {
     /// searched in order, as CNI_PATH): each must be there and speak the config's cniVersion.
     #[arg(long = "cni-path", default_value = CNI_PATH_DEFAULT)]
     pub cni_path: String,
+    /// The network interfaces the nodes have (comma-separated, e.g. eth0,eth3): a
+    /// NetworkAttachmentDefinition whose plugin's `master` (macvlan, ipvlan) or `device`
+    /// (host-device) is none of them is refused. Not given: not checked.
+    #[arg(long = "node-interfaces", value_delimiter = ',')]
+    pub node_interfaces: Vec<String>,
 }
 
 /// Where container runtimes look for CNI plugins: the upstream directory, then Debian's.
@@ -41,6 +46,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut load = args.source.load()?;
     crate::gateway::add_compile_conditions(&mut load.snapshot);
     add_cni_plugin_conditions(&mut load.snapshot, &args.cni_path);
+    if !args.node_interfaces.is_empty() {
+        add_master_conditions(&mut load.snapshot, &args.node_interfaces);
+    }
     add_scaler_conditions(&mut load.snapshot);
     add_health_conditions(&mut load.snapshot);
     let policies = workload_policies(&load.snapshot);
@@ -463,6 +471,57 @@ pub fn add_cni_plugin_conditions(s: &mut Snapshot, cni_path: &str) {
                     ),
                 )),
                 Ok(_) => {}
+            }
+        }
+    }
+    for (key, path, msg) in found {
+        invalid(s, key, path, msg);
+    }
+}
+
+/// Every interface a NetworkAttachmentDefinition's plugins attach to (`master` of macvlan and
+/// ipvlan, `device` of host-device) must be one the nodes have; otherwise the NAD is not
+/// Accepted (a pod using it would fail at ADD), at the field.
+pub fn add_master_conditions(s: &mut Snapshot, interfaces: &[String]) {
+    let mut found = Vec::new();
+    for nad in s.network_attachments.values() {
+        let Ok(config) = serde_json::from_str::<serde_json::Value>(&nad.spec.config) else {
+            continue; // validation already said why
+        };
+        let (plugins, list) = match config.get("plugins").and_then(|p| p.as_array()) {
+            Some(p) => (p.clone(), true),
+            None => (vec![config.clone()], false),
+        };
+        for (i, p) in plugins.iter().enumerate() {
+            for field in ["master", "device"] {
+                let Some(iface) = p[field].as_str() else {
+                    continue;
+                };
+                if field == "device" && p["type"] != "host-device" {
+                    continue;
+                }
+                if interfaces.iter().any(|i| i == iface) {
+                    continue;
+                }
+                let path = if list {
+                    format!("spec.config.plugins[{i}].{field}")
+                } else {
+                    format!("spec.config.{field}")
+                };
+                let key = ObjectKey::new(
+                    "k8s.cni.cncf.io",
+                    "NetworkAttachmentDefinition",
+                    nad.namespace(),
+                    nad.name(),
+                );
+                found.push((
+                    key,
+                    path,
+                    format!(
+                        "no node has interface {iface} (the nodes have {})",
+                        interfaces.join(", ")
+                    ),
+                ));
             }
         }
     }

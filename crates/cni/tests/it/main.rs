@@ -1,6 +1,8 @@
 //! Integration tests for `trellis-cni`: the real binary, real namespaces and veths, as root.
 //! They fail (never skip) when not run as root.
 
+#[path = "../../../datapath/tests/it/capture.rs"]
+mod capture;
 mod conformance;
 mod ctr;
 mod multus;

@@ -116,7 +116,32 @@ fn corpus_iot_attachment_with_source_based_routing() {
     );
 
     let src = Ipv4Addr::new(10, 10, 33, 254);
-    assert!(ping(&pod.path(), Some(src), BEYOND, 5), "{src} -> {BEYOND}");
+    // A capture in the pod on both its interfaces: the echo to a host beyond the router and
+    // its reply cross net1 (sbr's table), none crosses eth0 (where the pod's default is).
+    let mut cap = crate::capture::Capture::start(
+        &pod.path().display().to_string(),
+        &["net1", "eth0"],
+        "icmp",
+        &["frame.interface_name", "ip.src", "ip.dst"],
+    );
+    // Three rounds of an echo and a second for the capture (a quiet link's frames can
+    // reach tshark only when it stops: see `capture`).
+    let reply = format!("net1\t{BEYOND}\t{src}");
+    for _ in 0..3 {
+        assert!(ping(&pod.path(), Some(src), BEYOND, 5), "{src} -> {BEYOND}");
+        if cap.wait_for(std::time::Duration::from_secs(1), |l| l == reply) {
+            break;
+        }
+    }
+    let (seen, said) = cap.stop();
+    assert!(
+        seen.contains(&format!("net1\t{src}\t{BEYOND}")) && seen.contains(&reply),
+        "the echo and its reply on net1: {seen:?} ({said})"
+    );
+    assert!(
+        !seen.iter().any(|l| l.starts_with("eth0")),
+        "nothing of it on eth0: {seen:?}"
+    );
     // sbr moved even the connected route into table 100: the router too is reached from net1's
     // address.
     let router = Ipv4Addr::new(10, 10, 33, 1);

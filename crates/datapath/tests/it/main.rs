@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+mod capture;
+
 /// Struct name -> size, from a raw `.BTF` section (header, type section, string section).
 fn btf_struct_sizes(btf: &[u8]) -> BTreeMap<String, usize> {
     let u32_at = |off: usize| u32::from_le_bytes(btf[off..off + 4].try_into().expect("4 bytes"));
@@ -334,34 +336,14 @@ fn vlan_tags_ride_a_shared_trunk_and_keep_vlans_apart() {
     })
     .expect("the devices' access ports");
 
-    // A capture on the node's port of the trunk, running before the traffic starts.
-    let mut tshark = std::process::Command::new("ip")
-        // (Frames the node sends: the trunk also floods VLAN 34's broadcasts towards it.)
-        .args(["netns", "exec", trunk, "tshark", "-l", "-n", "-i", "n1", "-f", "inbound"])
-        .args([
-            "-a",
-            "duration:30",
-            "-T",
-            "fields",
-            "-e",
-            "vlan.id",
-            "-e",
-            "eth.type",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("tshark (apt-get install tshark)");
-    let mut err = std::io::BufReader::new(tshark.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = std::io::BufRead::read_line(&mut err, &mut line).expect("tshark's stderr");
-        assert!(n > 0, "tshark ended before capturing");
-        if line.contains("Capturing on") {
-            break;
-        }
-    }
+    // A capture of what the node sends into the trunk (the trunk also floods VLAN 34's
+    // broadcasts towards it), running before the traffic starts.
+    let mut cap = capture::Capture::start(
+        &format!("/var/run/netns/{trunk}"),
+        &["n1"],
+        "inbound",
+        &["vlan.id", "eth.type"],
+    );
     assert!(
         ping(node, "10.10.33.1"),
         "VLAN 33's device answers over the trunk"
@@ -370,11 +352,11 @@ fn vlan_tags_ride_a_shared_trunk_and_keep_vlans_apart() {
         !ping(node, "10.10.33.3"),
         "VLAN 34's device is not reached from VLAN 33"
     );
-    // (`ip netns exec` execs tshark: the child is tshark, which writes out and ends on SIGINT.)
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(tshark.id()).expect("a pid"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT to tshark");
-    let out = tshark.wait_with_output().expect("tshark ends");
-    let seen = String::from_utf8_lossy(&out.stdout);
+    cap.wait_for(std::time::Duration::from_secs(20), |l| {
+        l.starts_with("33\t")
+    });
+    let (seen, _) = cap.stop();
+    let seen = seen.join("\n");
     let ids: std::collections::BTreeSet<&str> = seen
         .lines()
         .map(|l| l.split('\t').next().unwrap_or_default())

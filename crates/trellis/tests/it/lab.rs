@@ -664,7 +664,34 @@ spec:
     );
     assert_eq!(status[4]["ips"], serde_json::json!(["10.10.31.50"]));
 
-    // Each device answers from the pod's address on its network (sbr's tables route them).
+    // Each device answers from the pod's address on its network (sbr's tables route them),
+    // over the one trunk: a capture of what the nodes send into it shows each network's
+    // 802.1Q tag.
+    let mut cap = crate::capture::Capture::start(
+        &format!("/var/run/netns/{}", lab.netns("trunk")),
+        &["n1", "n2", "n3"],
+        "inbound",
+        &["vlan.id", "ip.src"],
+    );
+    // dumpcap may still be opening the three ports when it says it started: the IoT device
+    // is asked until the capture shows a frame (bounded), then every network is.
+    for _ in 0..50 {
+        lab.exec(
+            &pod_name,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "--interface",
+                "10.10.33.254",
+                "http://10.10.33.1/",
+            ],
+        );
+        if cap.wait_for(Duration::from_millis(200), |_| true) {
+            break;
+        }
+    }
     for (src, device) in [
         ("10.10.33.254", "10.10.33.1"),
         ("10.10.32.254", "10.10.32.1"),
@@ -685,6 +712,25 @@ spec:
         );
         assert_eq!(code, 0, "{src} -> {device}: {body}");
         assert!(body.contains(&format!("from-{src}")), "{body}");
+    }
+    let tagged = [
+        ("33", "10.10.33.254"),
+        ("32", "10.10.32.254"),
+        ("10", "10.10.10.254"),
+        ("31", "10.10.31.50"),
+    ];
+    for (vid, src) in tagged {
+        let frame = format!("{vid}\t{src}");
+        cap.wait_for(Duration::from_secs(20), |l| l == frame);
+    }
+    let (seen, said) = cap.stop();
+    for (vid, src) in tagged {
+        let frame = format!("{vid}\t{src}");
+        assert!(
+            seen.contains(&frame),
+            "no frame from {src} tagged {vid} on the trunk:\n{}\ntshark: {said}",
+            seen.join("\n")
+        );
     }
     let (_, rules) = lab.exec(&pod_name, &["ip", "rule"]);
     assert!(rules.contains("from 10.10.33.254 lookup 100"), "{rules}");

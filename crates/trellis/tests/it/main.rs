@@ -1,5 +1,7 @@
 //! Black-box tests of the `trellis` binary: exit codes, output formats, error messages.
 
+#[path = "../../../datapath/tests/it/capture.rs"]
+mod capture;
 mod crash;
 mod deploy;
 /// The mock Kubernetes API of the store crate's tests, served over HTTP for the binary.
@@ -303,6 +305,32 @@ fn check_finds_what_would_fail_a_pods_attachments() {
         "spec.template.metadata.annotations[k8s.v1.cni.cncf.io/networks][1]"
     );
     assert!(ha[0].1.contains("network/gone not found"), "{ha:?}");
+
+    // With the nodes' interfaces given, a master none of them has is refused at its field.
+    let out = trellis(&[
+        "check",
+        "-f",
+        &dir.path().join("m.yaml").display().to_string(),
+        "--cni-path",
+        &bin.display().to_string(),
+        "--node-interfaces",
+        "eth0,eth1",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let iot = v["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["metadata"]["name"] == "iot")
+        .expect("iot")
+        .clone();
+    assert_eq!(iot["problems"][0]["path"], "spec.config.master", "{iot}");
+    assert_eq!(
+        iot["problems"][0]["message"], "no node has interface eth3 (the nodes have eth0, eth1)",
+        "{iot}"
+    );
 }
 
 /// A ScaledObject trellis cannot compute (a Utilization target, a threshold that is not a
