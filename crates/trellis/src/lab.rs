@@ -486,7 +486,11 @@ fn demo(
         );
     }
     // Step 4's chain is started first: its ScaledObject names the Prometheus it reads.
-    let mut scaling = DemoScaling::start(&lab_flags.state_dir.join("demo-scaling"))?;
+    let scaling = DemoScaling::start(
+        &lab_flags
+            .state_dir
+            .join(format!("demo-scaling-{}", std::process::id())),
+    )?;
     let mut dirs = vec![path.to_path_buf()];
     dirs.extend(scaling.as_ref().map(|s| s.overlay.clone()));
     let source = SourceArgs::dirs(dirs, vars.exists().then(|| vars.to_path_buf()));
@@ -501,17 +505,19 @@ fn demo(
             state: "embedded".into(),
         },
     )?;
-    // From here on, tear down whatever happens.
-    struct Down<'a>(&'a LabFlags);
+    // From here on, tear down whatever happens: the scaling chain first (its Prometheus
+    // writes under the state directory), then the lab.
+    struct Down<'a>(&'a LabFlags, Option<DemoScaling>);
     impl Drop for Down<'_> {
         fn drop(&mut self) {
+            drop(self.1.take());
             eprintln!("\n==> tearing the lab down");
             if let Err(e) = lab::down(&self.0.state_dir, &self.0.name) {
                 eprintln!("lab down: {e:#}");
             }
         }
     }
-    let _down = Down(lab_flags);
+    let mut down = Down(lab_flags, scaling);
     println!(
         "\n==> 1. the lab: 3 nodes on a LAN bridge, pods behind trellis-cni and the eBPF datapath\n"
     );
@@ -613,7 +619,7 @@ fn demo(
             None => println!("   https://{host}/from-the-lan -> no answer ({body})"),
         }
     }
-    match scaling.as_mut() {
+    match down.1.as_mut() {
         Some(scaling) => scaling.show(&lab_flags.state_dir),
         None => println!(
             "\n==> 4. scaling skipped: it needs Debian's prometheus (apt-get install prometheus)"
@@ -712,16 +718,25 @@ impl DemoScaling {
             .context("starting trellis health")?;
         let stderr = health.stderr.take().context("health's stderr")?;
         me.others.push(health);
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let metrics = lines
-            .by_ref()
-            .map_while(Result::ok)
-            .find_map(|l| {
-                l.split_once("metrics on http://")
-                    .and_then(|(_, a)| a.strip_suffix("/metrics").map(str::to_string))
-            })
+        // Its address from its log (read on a thread of its own, so a health that says
+        // nothing cannot hold the demo up past the bound).
+        let (tx, said) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(a) = l
+                    .split_once("metrics on http://")
+                    .and_then(|(_, a)| a.strip_suffix("/metrics"))
+                {
+                    let _ = tx.send(a.to_string());
+                }
+            }
+        });
+        let metrics = said
+            .recv_timeout(DEMO_SCALING_WAIT)
             .context("trellis health did not say where its metrics are")?;
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,

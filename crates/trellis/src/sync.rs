@@ -36,8 +36,9 @@ pub struct Args {
     /// Reconcile once and exit (0 when every change was applied, 1 when one failed).
     #[arg(long)]
     pub once: bool,
-    /// Serve `/ready` (200 once a run reconciled without error, 503 before and while the
-    /// provider fails), `/status` (the last run) and `/metrics` here, e.g. 127.0.0.1:19003.
+    /// Serve `/ready` (200 once a run applied every change, 503 before, while the provider
+    /// cannot be reached and while it refuses a change), `/status` (the last run) and
+    /// `/metrics` here, e.g. 127.0.0.1:19003.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
 }
@@ -586,7 +587,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let keeping = keep(target.clone(), rx, |r| {
             // The status first: the log line says the run is over.
             status.store(Arc::new(serde_json::json!({
-                "ready": r.error.is_none(),
+                // As --once's exit code: a change the provider refused is not in sync.
+                "ready": r.error.is_none() && r.failed == 0,
                 "lastRun": r.doc(&provider),
             })));
             r.log(None);

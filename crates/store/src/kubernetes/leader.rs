@@ -4,6 +4,7 @@
 //! (so clock skew between nodes does not matter); every write carries the resourceVersion it
 //! read, so two candidates never both win (the API server answers 409 to the second).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -28,6 +29,55 @@ pub enum Role {
     },
 }
 
+/// When each Lease record was first seen as it is, on this process's monotonic clock: a
+/// record that has stood unchanged for its `leaseDurationSeconds` has expired, whatever the
+/// clocks of the machines that wrote it say (client-go's rule).
+#[derive(Debug)]
+pub struct Observations<K: Ord> {
+    seen: Mutex<BTreeMap<K, (LeaseSpec, Instant)>>,
+}
+
+impl<K: Ord> Default for Observations<K> {
+    fn default() -> Self {
+        Observations {
+            seen: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl<K: Ord> Observations<K> {
+    /// Whether the Lease `key`'s record `spec` has stood unchanged for its duration (`default`
+    /// when it has none) since this process first saw it so. A record seen for the first time
+    /// has not.
+    pub fn expired(&self, key: K, spec: &LeaseSpec, default: Duration) -> bool {
+        let mut seen = match self.seen.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let now = Instant::now();
+        let since = match seen.get(&key) {
+            Some((s, at)) if s == spec => *at,
+            _ => {
+                seen.insert(key, (spec.clone(), now));
+                now
+            }
+        };
+        let duration = spec
+            .lease_duration_seconds
+            .map(|s| Duration::from_secs(s.max(0) as u64))
+            .unwrap_or(default);
+        now.duration_since(since) >= duration
+    }
+
+    /// Forgets a Lease that is gone.
+    pub fn forget(&self, key: &K) {
+        match self.seen.lock() {
+            Ok(mut g) => g.remove(key),
+            Err(p) => p.into_inner().remove(key),
+        };
+    }
+}
+
 /// One candidate for one Lease.
 #[derive(Debug)]
 pub struct Elector {
@@ -36,7 +86,7 @@ pub struct Elector {
     identity: String,
     duration: Duration,
     /// The other holder's record as last seen, and when it was first seen so.
-    observed: Mutex<Option<(LeaseSpec, Instant)>>,
+    observed: Observations<()>,
 }
 
 impl Elector {
@@ -46,7 +96,7 @@ impl Elector {
             name: name.to_string(),
             identity: identity.to_string(),
             duration,
-            observed: Mutex::new(None),
+            observed: Observations::default(),
         }
     }
 
@@ -130,23 +180,7 @@ impl Elector {
     /// Whether another holder's record has stood unchanged for its whole duration, measured
     /// on this process's clock from when this record was first seen.
     fn expired(&self, spec: &LeaseSpec) -> bool {
-        let mut seen = match self.observed.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let now = Instant::now();
-        let since = match seen.as_ref() {
-            Some((s, at)) if s == spec => *at,
-            _ => {
-                *seen = Some((spec.clone(), now));
-                now
-            }
-        };
-        let duration = spec
-            .lease_duration_seconds
-            .map(|s| Duration::from_secs(s.max(0) as u64))
-            .unwrap_or(self.duration);
-        now.duration_since(since) >= duration
+        self.observed.expired((), spec, self.duration)
     }
 
     fn write(&self, r: Result<Lease, kube::Error>) -> Result<Role, kube::Error> {

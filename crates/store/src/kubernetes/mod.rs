@@ -380,12 +380,16 @@ struct Held {
     bytes: usize,
 }
 
-/// A kind's objects, within its bound: the ones past it are named, not held.
+/// A kind's objects, within its bound: the ones past it are named (with their size), not
+/// held; past as many names again, not even named.
 #[derive(Debug, Default)]
 struct Objects {
     held: BTreeMap<Key, Held>,
     bytes: usize,
-    over: std::collections::BTreeSet<Key>,
+    over: BTreeMap<Key, usize>,
+    over_bytes: usize,
+    /// Objects past the bound that are not even named: only a fresh list can count them.
+    uncounted: bool,
 }
 
 impl Objects {
@@ -403,16 +407,25 @@ impl Objects {
         if let Some(o) = &old {
             self.bytes -= o.bytes;
         }
+        let was_over = self.over.remove(&key);
+        if let Some(b) = was_over {
+            self.over_bytes -= b;
+        }
         let fits = self.held.len() < bound.objects
             && self
                 .bytes
                 .checked_add(bytes)
                 .is_some_and(|b| b <= bound.bytes);
         if !fits {
-            return self.over.insert(key) | old.is_some();
+            if self.over.len() < bound.objects {
+                self.over.insert(key, bytes);
+                self.over_bytes = self.over_bytes.saturating_add(bytes);
+            } else {
+                self.uncounted = true;
+            }
+            return true;
         }
-        let named = self.over.remove(&key);
-        let changed = named || old.is_none_or(|o| o.value != value);
+        let changed = was_over.is_some() || old.is_none_or(|o| o.value != value);
         self.bytes += bytes;
         self.held.insert(
             key,
@@ -426,17 +439,32 @@ impl Objects {
     }
 
     fn remove(&mut self, key: &Key) -> bool {
-        match self.held.remove(key) {
-            Some(o) => {
-                self.bytes -= o.bytes;
-                true
-            }
-            None => self.over.remove(key),
+        if let Some(o) = self.held.remove(key) {
+            self.bytes -= o.bytes;
+            return true;
         }
+        if let Some(b) = self.over.remove(key) {
+            self.over_bytes -= b;
+            return true;
+        }
+        // Perhaps one that was not even named.
+        self.uncounted
+    }
+
+    fn is_over(&self) -> bool {
+        !self.over.is_empty() || self.uncounted
+    }
+
+    /// Whether every object named would now be held: a fresh list would serve the kind.
+    fn room(&self, bound: KindBound) -> bool {
+        !self.uncounted
+            && self.held.len() + self.over.len() <= bound.objects
+            && self.bytes.saturating_add(self.over_bytes) <= bound.bytes
     }
 
     fn same(&self, other: &Objects) -> bool {
         self.over == other.over
+            && self.uncounted == other.uncounted
             && self.held.len() == other.held.len()
             && self
                 .held
@@ -449,8 +477,11 @@ impl Objects {
 #[derive(Default)]
 struct KindState {
     objects: Objects,
-    /// Objects of a re-list in progress (between Init and InitDone).
+    /// Objects of a re-list in progress (between Init and InitDone). While it runs the kind
+    /// holds up to twice its bound.
     listing: Option<Objects>,
+    /// A re-list was asked for (the kind is back within its bound) and has not ended.
+    relisting: bool,
     synced: bool,
     failing: Option<String>,
 }
@@ -532,9 +563,10 @@ impl State {
             }
             Msg::Absent(i) => {
                 let k = &mut self.kinds[i];
-                let changed = !k.objects.held.is_empty() || !k.objects.over.is_empty() || !k.synced;
+                let changed = !k.objects.held.is_empty() || k.objects.is_over() || !k.synced;
                 k.objects = Objects::default();
                 k.listing = None;
+                k.relisting = false;
                 k.synced = true;
                 changed
             }
@@ -558,24 +590,34 @@ impl State {
                         let changed = !k.synced || !k.objects.same(&listed);
                         k.objects = listed;
                         k.synced = true;
+                        k.relisting = false;
                         changed
                     }
                     watcher::Event::Apply(o) => {
                         let (key, value) = keyed(&resource, o);
-                        k.objects.insert(key, resource, value, bound)
+                        let changed = k.objects.insert(key, resource, value, bound);
+                        self.relist_when_room(i, false);
+                        changed
                     }
                     watcher::Event::Delete(o) => {
                         let (key, _) = keyed(&resource, o);
                         let changed = k.objects.remove(&key);
-                        // Past its bound the kind's objects were named, not kept: only a
-                        // fresh list can bring the ones not held once there is room.
-                        if changed && !k.objects.over.is_empty() {
-                            self.relists[i].notify_one();
-                        }
+                        self.relist_when_room(i, changed);
                         changed
                     }
                 }
             }
+        }
+    }
+
+    /// Past its bound a kind's objects were named, not held: once they would all be held
+    /// (or, when some were not even named, after a delete), one fresh list brings them.
+    fn relist_when_room(&mut self, i: usize, deleted: bool) {
+        let k = &mut self.kinds[i];
+        let o = &k.objects;
+        if o.is_over() && !k.relisting && (o.room(self.bound) || (o.uncounted && deleted)) {
+            k.relisting = true;
+            self.relists[i].notify_one();
         }
     }
 
@@ -586,18 +628,19 @@ impl State {
         let mut observed = BTreeMap::new();
         let mut diagnostics = Vec::new();
         for (k, info) in self.kinds.iter().zip(&self.infos) {
-            if !k.objects.over.is_empty() {
+            if k.objects.is_over() {
                 let path = info
                     .versions
                     .first()
                     .map(|v| Resource::new(*info, v).collection_path(None));
+                let more = if k.objects.uncounted { " or more" } else { "" };
                 diagnostics.push(model::Diagnostic {
                     severity: model::Severity::Error,
                     file: Arc::new(PathBuf::from(path.unwrap_or_default())),
                     pos: model::yaml::Pos::default(),
                     object: None,
                     message: format!(
-                        "{} {} objects are past trellis's bound of {} objects or {} MiB per kind, so this snapshot is not served and the last good one keeps serving; remove objects, or raise the bound",
+                        "{}{more} {} objects are past trellis's bound of {} objects or {} MiB per kind (KIND_OBJECTS_MAX, KIND_BYTES_MAX), so this snapshot is not served and the last good one keeps serving; remove objects of this kind",
                         k.objects.held.len() + k.objects.over.len(),
                         info.kind,
                         self.bound.objects,
@@ -667,6 +710,48 @@ fn keyed(resource: &Resource, mut o: DynamicObject) -> ((String, String), serde_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_past_its_bound_names_what_it_does_not_hold_and_knows_when_there_is_room() {
+        let info = KINDS[0];
+        let r = || Resource::new(info, info.versions[0]);
+        let key = |n: &str| (String::new(), n.to_string());
+        let doc = |n: &str, pad: usize| serde_json::json!({ "metadata": { "name": n }, "pad": "x".repeat(pad) });
+        // By count: two held, the third named.
+        let bound = KindBound {
+            objects: 2,
+            bytes: 10_000,
+        };
+        let mut o = Objects::default();
+        for n in ["a", "b", "c"] {
+            assert!(o.insert(key(n), r(), doc(n, 10), bound));
+        }
+        assert_eq!((o.held.len(), o.over.len()), (2, 1));
+        assert!(o.is_over() && !o.room(bound));
+        assert!(o.remove(&key("a")));
+        assert!(o.room(bound), "one gone: a fresh list would hold both");
+        // By size: a large object is named; once a held one shrinks there is room.
+        let bound = KindBound {
+            objects: 10,
+            bytes: 2_000,
+        };
+        let mut o = Objects::default();
+        assert!(o.insert(key("a"), r(), doc("a", 1_000), bound));
+        assert!(o.insert(key("b"), r(), doc("b", 1_500), bound));
+        assert!(o.is_over() && !o.room(bound));
+        assert!(o.insert(key("a"), r(), doc("a", 10), bound));
+        assert!(o.room(bound), "a shrank: both fit");
+        // Past as many names again: not even named, and only a list can say when.
+        let bound = KindBound {
+            objects: 1,
+            bytes: 10_000,
+        };
+        let mut o = Objects::default();
+        for n in ["a", "b", "c"] {
+            o.insert(key(n), r(), doc(n, 1), bound);
+        }
+        assert!(o.uncounted && o.is_over() && !o.room(bound));
+    }
 
     #[test]
     fn every_kind_has_the_plural_the_api_serves() {

@@ -8,11 +8,14 @@
 //!   resourceVersion read (409: changed), and a conditional delete a DELETE with a
 //!   resourceVersion precondition.
 //! - A lease is a coordination.k8s.io Lease `trellis-state-<id>` (`leaseDurationSeconds`,
-//!   `renewTime`); a key written on it carries the label `trellis.dev/state-lease=<id>`.
-//!   Kubernetes removes nothing when a Lease runs out, so whoever reads a key on a lease that
-//!   is gone or past its `renewTime` plus duration treats it as absent and deletes it with
-//!   the lease (etcd drops such keys itself). Expiry is judged on the reader's wall clock, as
-//!   client-go's leader election does with the same fields.
+//!   renewed by writing `renewTime`); a key written on it carries the label
+//!   `trellis.dev/state-lease=<id>`. Kubernetes removes nothing when a Lease runs out, so a
+//!   reader that finds a key on a Lease that is gone, or whose record it has seen unchanged
+//!   for `leaseDurationSeconds` on its own monotonic clock (client-go's rule, so clock skew
+//!   between machines does not matter; [`Observations`]), treats the key as absent
+//!   and deletes the Lease (only as it saw it), then its keys (only as it saw them); etcd
+//!   drops such keys itself. A reader that first sees a Lease long dead waits one duration
+//!   from then. A watch sees those keys go when some reader deletes them, not at expiry.
 //! - A watch is the API's watch of those ConfigMaps from a listing's resourceVersion; 410
 //!   Gone is [`Error::Compacted`].
 //!
@@ -38,6 +41,7 @@ use super::{
     Backend, BoxFuture, Error, Event, Kv, LeaseId, Listing, Watch, WatchSender, check_value,
     ttl_secs,
 };
+use crate::kubernetes::leader::Observations;
 
 /// The label every state object carries, and its value (the layout's version).
 pub const LABEL: &str = "trellis.dev/state";
@@ -57,6 +61,8 @@ const WATCH_QUEUE: usize = 256;
 pub struct Kube {
     client: ::kube::Client,
     namespace: String,
+    /// Each Lease's record as this process last saw it, and since when.
+    observed: std::sync::Arc<Observations<LeaseId>>,
 }
 
 impl Kube {
@@ -64,6 +70,7 @@ impl Kube {
         Kube {
             client,
             namespace: namespace.to_string(),
+            observed: std::sync::Arc::default(),
         }
     }
 
@@ -99,50 +106,104 @@ impl Kube {
             .filter_map(kv)
             .filter(|kv| kv.key.starts_with(prefix))
             .collect();
-        let mut alive = BTreeMap::new();
-        for kv in &kvs {
-            if kv.lease != 0 && !alive.contains_key(&kv.lease) {
-                alive.insert(kv.lease, self.lease_alive(kv.lease).await?);
+        // Every Lease at once (one more round trip), when a key is on one.
+        let mut leases = BTreeMap::new();
+        if kvs.iter().any(|kv| kv.lease != 0) {
+            let list = timed(
+                self.leases()
+                    .list(&ListParams::default().labels(&format!("{LABEL}={LABEL_VALUE}"))),
+            )
+            .await?;
+            for l in list.items {
+                if let Some(id) = l
+                    .metadata
+                    .name
+                    .as_deref()
+                    .and_then(|n| n.strip_prefix(NAME_PREFIX))
+                    .and_then(|id| id.parse::<LeaseId>().ok())
+                {
+                    leases.insert(id, l);
+                }
             }
         }
-        for (lease, _) in alive.iter().filter(|(_, a)| !**a) {
-            self.reap(*lease).await?;
+        let mut alive = BTreeMap::new();
+        let ids: std::collections::BTreeSet<LeaseId> =
+            kvs.iter().map(|kv| kv.lease).filter(|l| *l != 0).collect();
+        for id in ids {
+            let lease = leases.get(&id);
+            let live = self.alive(id, lease);
+            if !live {
+                self.reap(id, lease).await?;
+            }
+            alive.insert(id, live);
         }
         kvs.retain(|kv| kv.lease == 0 || alive.get(&kv.lease).copied().unwrap_or(false));
         kvs.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(Listing { kvs, revision })
     }
 
-    /// True when the lease exists and has not run out.
-    async fn lease_alive(&self, lease: LeaseId) -> Result<bool, Error> {
-        Ok(
-            match timed(self.leases().get_opt(&lease_name(lease))).await? {
-                Some(l) => l
-                    .spec
-                    .as_ref()
-                    .is_some_and(|s| !expired(s, Timestamp::now())),
-                None => false,
-            },
-        )
+    /// Whether the Lease (as read; None: there is none) has not run out by this process's
+    /// observation of it.
+    fn alive(&self, id: LeaseId, lease: Option<&Lease>) -> bool {
+        match lease.and_then(|l| l.spec.as_ref()) {
+            Some(spec) => !self.observed.expired(id, spec, Duration::from_secs(1)),
+            None => {
+                self.observed.forget(&id);
+                false
+            }
+        }
     }
 
-    /// Deletes a lease's keys, then the lease.
-    async fn reap(&self, lease: LeaseId) -> Result<(), Error> {
+    /// [`Self::alive`] with the Lease read now.
+    async fn lease_alive(&self, id: LeaseId) -> Result<bool, Error> {
+        let lease = timed(self.leases().get_opt(&lease_name(id))).await?;
+        Ok(self.alive(id, lease.as_ref()))
+    }
+
+    /// Takes away a Lease that ran out, as it was read (a Lease renewed since stays, and so
+    /// do its keys), then its keys, each as listed (one written again since stays).
+    async fn reap(&self, id: LeaseId, seen: Option<&Lease>) -> Result<(), Error> {
+        if let Some(l) = seen {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: l.metadata.resource_version.clone(),
+                    uid: l.metadata.uid.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            if !written(self.leases().delete(&lease_name(id), &params)).await?
+                && self.lease_alive(id).await?
+            {
+                // Renewed meanwhile: it lives on.
+                return Ok(());
+            }
+        }
+        self.observed.forget(&id);
+        self.delete_keys_of(id).await
+    }
+
+    /// Deletes the keys on a Lease that is gone, each only as listed.
+    async fn delete_keys_of(&self, id: LeaseId) -> Result<(), Error> {
         let list = timed(
             self.maps()
-                .list(&ListParams::default().labels(&format!("{LEASE_LABEL}={lease}"))),
+                .list(&ListParams::default().labels(&format!("{LEASE_LABEL}={id}"))),
         )
         .await?;
         for m in list.items {
-            if let Some(name) = m.metadata.name {
-                gone_ok(self.maps().delete(&name, &DeleteParams::default())).await?;
-            }
+            let Some(name) = m.metadata.name.clone() else {
+                continue;
+            };
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    resource_version: m.metadata.resource_version.clone(),
+                    uid: m.metadata.uid.clone(),
+                }),
+                ..DeleteParams::default()
+            };
+            // Gone or written again since: not ours to delete.
+            written(self.maps().delete(&name, &params)).await?;
         }
-        gone_ok(
-            self.leases()
-                .delete(&lease_name(lease), &DeleteParams::default()),
-        )
-        .await
+        Ok(())
     }
 
     /// The object for `key`, written on `lease`.
@@ -243,19 +304,6 @@ fn kv(m: &ConfigMap) -> Option<Kv> {
     })
 }
 
-/// Past `renewTime` plus `leaseDurationSeconds` at `now` (a Lease with neither has run out).
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let (Some(renewed), Some(secs)) = (&spec.renew_time, spec.lease_duration_seconds) else {
-        return true;
-    };
-    renewed
-        .0
-        .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
-            secs,
-        )))
-        .is_ok_and(|until| until < now)
-}
-
 /// What the API answered: the object, or the status code and message it refused with.
 enum Answer<T> {
     Done(T),
@@ -312,9 +360,12 @@ impl Backend for Kube {
             let Some(kv) = kv(&m) else {
                 return Ok(None);
             };
-            if kv.lease != 0 && !self.lease_alive(kv.lease).await? {
-                self.reap(kv.lease).await?;
-                return Ok(None);
+            if kv.lease != 0 {
+                let lease = timed(self.leases().get_opt(&lease_name(kv.lease))).await?;
+                if !self.alive(kv.lease, lease.as_ref()) {
+                    self.reap(kv.lease, lease.as_ref()).await?;
+                    return Ok(None);
+                }
             }
             Ok(Some(kv))
         })
@@ -415,15 +466,15 @@ impl Backend for Kube {
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<Option<Duration>, Error>> {
         Box::pin(async move {
             let Some(mut l) = timed(self.leases().get_opt(&lease_name(lease))).await? else {
+                self.observed.forget(&lease);
                 return Ok(None);
             };
-            let now = Timestamp::now();
-            let spec = l.spec.get_or_insert_default();
-            if expired(spec, now) {
-                self.reap(lease).await?;
+            if !self.alive(lease, Some(&l)) {
+                self.reap(lease, Some(&l)).await?;
                 return Ok(None);
             }
-            spec.renew_time = Some(MicroTime(now));
+            let spec = l.spec.get_or_insert_default();
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
             let ttl = spec.lease_duration_seconds.unwrap_or(1);
             // The resourceVersion read travels with the write: a Lease changed meanwhile
             // (deleted by a reaper and made again) is not renewed blindly.
@@ -438,7 +489,15 @@ impl Backend for Kube {
     }
 
     fn revoke(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(self.reap(lease))
+        Box::pin(async move {
+            gone_ok(
+                self.leases()
+                    .delete(&lease_name(lease), &DeleteParams::default()),
+            )
+            .await?;
+            self.observed.forget(&lease);
+            self.delete_keys_of(lease).await
+        })
     }
 
     fn watch<'a>(&'a self, prefix: &'a str, after: i64) -> BoxFuture<'a, Result<Watch, Error>> {
@@ -547,19 +606,5 @@ mod tests {
         assert!(name_of(&"k".repeat(KEY_BYTES_MAX + 1)).len() > 253);
         assert_eq!(key_of("trellis-state-0"), None);
         assert_eq!(key_of("other"), None);
-    }
-
-    #[test]
-    fn a_lease_runs_out_after_its_duration_from_its_renewal() {
-        let renewed = Timestamp::from_second(1_000).expect("time");
-        let spec = LeaseSpec {
-            renew_time: Some(MicroTime(renewed)),
-            lease_duration_seconds: Some(15),
-            ..LeaseSpec::default()
-        };
-        let at = |s| Timestamp::from_second(s).expect("time");
-        assert!(!expired(&spec, at(1_015)));
-        assert!(expired(&spec, at(1_016)));
-        assert!(expired(&LeaseSpec::default(), at(0)));
     }
 }

@@ -519,8 +519,8 @@ fn split_object_path(path: &str) -> (String, String) {
     (rest.join("/"), name.to_string())
 }
 
-/// Leases with optimistic concurrency: create is 409 when one exists, replace is 409 when
-/// the resourceVersion sent is not the stored one.
+/// Leases with optimistic concurrency: create is 409 when one exists, replace and a delete
+/// with a precondition are 409 when the resourceVersion sent is not the stored one.
 fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
     // Keyed `namespace/name`: `/apis/coordination.k8s.io/v1/namespaces/NS/leases[/NAME]`.
     let parts: Vec<&str> = seen.path.split('/').collect();
@@ -545,9 +545,22 @@ fn lease(st: &mut ApiState, seen: &Seen) -> Response<Body> {
             }
             store_lease(st, name, seen)
         }
-        Method::DELETE => match st.leases.remove(&name) {
-            Some(l) => ok(l),
+        // Only as the caller last read it, when it says so (a resourceVersion precondition).
+        Method::DELETE => match st.leases.get(&name) {
             None => status(StatusCode::NOT_FOUND, "NotFound", "leases not found"),
+            Some(l)
+                if seen
+                    .body
+                    .pointer("/preconditions/resourceVersion")
+                    .is_some_and(|rv| *rv != l["metadata"]["resourceVersion"]) =>
+            {
+                status(
+                    StatusCode::CONFLICT,
+                    "Conflict",
+                    "the object has been modified",
+                )
+            }
+            Some(_) => ok(st.leases.remove(&name).expect("checked above")),
         },
         Method::PUT => {
             let Some(stored) = st.leases.get(&name) else {

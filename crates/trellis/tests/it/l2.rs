@@ -271,68 +271,29 @@ fn one_mac_answers(lab: &Lab, holder: &str) {
 }
 
 /// tshark on the LAN bridge, printing ARP sender MAC, sender IP and target IP per frame.
-fn capture_arp(lab: &Lab) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut c = Command::new("nsenter")
-        .arg(format!("--net=/var/run/netns/{}", lab.netns("lan")))
-        .args([
-            "tshark", "-l", "-n", "-i", "br0", "-f", "arp", "-T", "fields",
-        ])
-        .args([
-            "-e",
-            "arp.src.hw_mac",
-            "-e",
-            "arp.src.proto_ipv4",
-            "-e",
-            "arp.dst.proto_ipv4",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tshark starts (apt-get install tshark)");
-    // tshark says "Capturing on 'br0'" on stderr once it listens.
-    let err = c.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(err).lines();
-    assert!(
-        lines.any(|l| l.map(|l| l.contains("Capturing on")).unwrap_or(false)),
-        "tshark did not start capturing"
-    );
-    std::thread::spawn(move || for _ in lines {});
-    // Frames as tshark prints them, as they come.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = c.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    (c, rx)
+fn capture_arp(lab: &Lab) -> crate::capture::Capture {
+    crate::capture::Capture::start(
+        &format!("/var/run/netns/{}", lab.netns("lan")),
+        &["br0"],
+        "arp",
+        &["arp.src.hw_mac", "arp.src.proto_ipv4", "arp.dst.proto_ipv4"],
+    )
 }
 
-/// Waits (bounded) for a gratuitous ARP for the VIP from `mac`; stops the capture.
-fn saw_gratuitous_arp(
-    mut capture: std::process::Child,
-    frames: &std::sync::mpsc::Receiver<String>,
-    mac: &str,
-) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Ok(l) = frames.recv_timeout(left) else {
-            break;
-        };
-        let f: Vec<&str> = l.split('\t').collect();
-        if f.len() == 3 && f[1] == VIP && f[2] == VIP {
-            seen.push(f[0].to_string());
-            if f[0] == mac {
-                break;
-            }
-        }
-    }
-    let _ = capture.kill();
-    let _ = capture.wait();
-    seen
+/// The sender of a gratuitous ARP for the VIP, from a frame's line.
+fn gratuitous(line: &str) -> Option<String> {
+    let f: Vec<&str> = line.split('\t').collect();
+    (f.len() == 3 && f[1] == VIP && f[2] == VIP).then(|| f[0].to_string())
+}
+
+/// Waits (bounded) for a gratuitous ARP for the VIP from `mac`; stops the capture; the
+/// senders of every gratuitous ARP it saw.
+fn saw_gratuitous_arp(mut capture: crate::capture::Capture, mac: &str) -> Vec<String> {
+    capture.wait_for(Duration::from_secs(20), |l| {
+        gratuitous(l).as_deref() == Some(mac)
+    });
+    let (lines, _) = capture.stop();
+    lines.iter().filter_map(|l| gratuitous(l)).collect()
 }
 
 #[test]
@@ -438,7 +399,7 @@ fn failover(tag: &str, extra: &[&str]) {
     );
 
     // 1. Kill the holder's agent.
-    let (capture, frames) = capture_arp(&lab);
+    let capture = capture_arp(&lab);
     let prober = Prober::start(&lab);
     let s = lab.state();
     let idx: usize = first
@@ -461,7 +422,7 @@ fn failover(tag: &str, extra: &[&str]) {
         prober.longest_gap(t0),
     );
     let new_mac = mac_of(&lab, &second);
-    let garps = saw_gratuitous_arp(capture, &frames, &new_mac);
+    let garps = saw_gratuitous_arp(capture, &new_mac);
     assert!(
         garps.contains(&new_mac),
         "no gratuitous ARP from {second}: {garps:?}"

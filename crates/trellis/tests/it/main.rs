@@ -537,7 +537,6 @@ fn curl_headers(url: &str, host: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).to_ascii_lowercase())
 }
 
-/// Retries `f` until it returns Some, for at most `secs` (readiness of another process).
 /// GET by curl: the status code and the body.
 fn get(url: &str) -> (String, String) {
     let out = Command::new("curl")
@@ -549,6 +548,7 @@ fn get(url: &str) -> (String, String) {
     (code.to_string(), body.to_string())
 }
 
+/// Retries `f` until it returns Some, for at most `secs` (readiness of another process).
 fn within<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
