@@ -9,13 +9,17 @@
 //! - [`lbipam`]: LoadBalancer addresses from CiliumLoadBalancerIPPools (Cilium's LB-IPAM),
 //!   computed inside [`assign()`] and kept in the same [`Assignments`].
 //!
+//! - [`lower`]: the plans lowered to the eBPF maps' contents (`datapath::Desired`), with
+//!   frontend and backend ids kept stable across syncs and agent restarts.
+//!
 //! Nothing here touches the kernel: the plan is plain data (`Ipv4Addr`, `u16`, protocol
-//! numbers, `u32` table entries), and turning it into BPF map entries is `datapath`'s job.
+//! numbers, `u32` table entries), and reading and writing the maps is `datapath`'s job.
 
 pub mod agent;
 pub mod assign;
 pub mod l2;
 pub mod lbipam;
+pub mod lower;
 pub mod maglev;
 pub mod plan;
 pub mod policy;

@@ -6,20 +6,15 @@
 //! the frontend and backend ids the previous one wrote, and established connections keep
 //! their backends.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use datapath::abi::{
-    BACKEND_F_LOCAL, NODE_F_DSR, NODE_F_DSR_TCP_ONLY, NODE_F_MASQUERADE, SVC_F_AFFINITY,
-    SVC_F_EXTERNAL,
-};
-use datapath::{Desired, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
+use datapath::NodeConfig;
+use datapath::abi::{NODE_F_DSR, NODE_F_DSR_TCP_ONLY, NODE_F_MASQUERADE};
 use fabric::ServicePlan;
 use fabric::agent::AgentConfig;
-use fabric::plan::Scope;
+use fabric::lower::{Ids, desired, policy_desired};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -269,192 +264,6 @@ fn start_observer(
             }
         })?;
     Ok(())
-}
-
-/// Stable ids for frontends and backends, so a sync rewrites only what changed and a restarted
-/// agent keeps the ids connection-tracking and affinity entries refer to.
-#[derive(Debug, Default)]
-pub struct Ids {
-    frontends: BTreeMap<(Ipv4Addr, u16, u8), u32>,
-    backends: BTreeMap<(Ipv4Addr, u16, u8), u32>,
-    next_frontend: u32,
-    next_backend: u32,
-}
-
-impl Ids {
-    /// Recovers the ids from maps a previous agent left.
-    pub fn recover(maps: &datapath::Maps) -> Result<Ids> {
-        let mut ids = Ids::default();
-        for (k, v) in maps.services()? {
-            if k.slot == 0 {
-                ids.frontends.insert((k.addr, k.port, k.proto), v.id);
-            }
-        }
-        for (id, b) in maps.backends()? {
-            ids.backends.insert((b.addr, b.port, b.proto), id);
-        }
-        ids.next_frontend = ids.frontends.values().max().copied().unwrap_or(0);
-        ids.next_backend = ids.backends.values().max().copied().unwrap_or(0);
-        Ok(ids)
-    }
-
-    fn frontend(&mut self, key: (Ipv4Addr, u16, u8)) -> u32 {
-        *self.frontends.entry(key).or_insert_with(|| {
-            self.next_frontend += 1;
-            self.next_frontend
-        })
-    }
-
-    fn backend(&mut self, key: (Ipv4Addr, u16, u8)) -> u32 {
-        *self.backends.entry(key).or_insert_with(|| {
-            self.next_backend += 1;
-            self.next_backend
-        })
-    }
-}
-
-/// Turns the fabric's plan into map contents. Frontends without backends are left out: the
-/// node's routing then refuses them (unreachable route, or RST from the node's own stack).
-pub fn desired(
-    plan: &ServicePlan,
-    ids: &mut Ids,
-    config: Option<NodeConfig>,
-    node_ips: &BTreeMap<String, Ipv4Addr>,
-) -> Desired {
-    let mut d = Desired {
-        config,
-        ..Desired::default()
-    };
-    for (fk, fe) in &plan.frontends {
-        if fe.backends.is_empty() {
-            continue;
-        }
-        let fid = ids.frontend((fk.ip, fk.port, fk.protocol));
-        let mut flags = 0;
-        if fe.scope == Scope::External {
-            flags |= SVC_F_EXTERNAL;
-        }
-        if fe.affinity_timeout_s.is_some() {
-            flags |= SVC_F_AFFINITY;
-        }
-        let mut bids = Vec::with_capacity(fe.backends.len());
-        for (i, b) in fe.backends.iter().enumerate() {
-            let bid = ids.backend((b.ip, b.port, fk.protocol));
-            bids.push(bid);
-            d.backends.insert(
-                bid,
-                Lb4Backend {
-                    addr: b.ip,
-                    port: b.port,
-                    proto: fk.protocol,
-                    flags: if b.is_local { BACKEND_F_LOCAL } else { 0 },
-                    node_ip: b
-                        .node
-                        .as_ref()
-                        .and_then(|n| node_ips.get(n))
-                        .copied()
-                        .unwrap_or(Ipv4Addr::UNSPECIFIED),
-                },
-            );
-            d.services.insert(
-                Lb4Key {
-                    addr: fk.ip,
-                    port: fk.port,
-                    proto: fk.protocol,
-                    slot: (i + 1) as u16,
-                },
-                Lb4Service {
-                    id: bid,
-                    count: 0,
-                    flags: 0,
-                    affinity_timeout_s: 0,
-                },
-            );
-        }
-        d.services.insert(
-            Lb4Key {
-                addr: fk.ip,
-                port: fk.port,
-                proto: fk.protocol,
-                slot: 0,
-            },
-            Lb4Service {
-                id: fid,
-                count: fe.backends.len() as u16,
-                flags,
-                affinity_timeout_s: fe.affinity_timeout_s.unwrap_or(0),
-            },
-        );
-        for (index, &bi) in fe.maglev.iter().enumerate() {
-            if let Some(&bid) = bids.get(bi as usize) {
-                d.maglev.insert(
-                    MaglevKey {
-                        frontend_id: fid,
-                        index: index as u32,
-                    },
-                    bid,
-                );
-            }
-        }
-    }
-    d
-}
-
-/// Turns the fabric's policy plan into the policy maps' contents; `None` when the plan went over
-/// a bound (the maps then keep the last good policy, never a partial one).
-pub fn policy_desired(plan: &fabric::policy::PolicyPlan) -> Option<datapath::PolicyDesired> {
-    use fabric::policy::Direction;
-    if plan.over_bound.is_some() {
-        return None;
-    }
-    let mut d = datapath::PolicyDesired {
-        ipcache: plan
-            .ipcache
-            .iter()
-            .map(|(net, id)| ((net.network(), net.prefix_len()), *id))
-            .collect(),
-        ..Default::default()
-    };
-    for (ip, ep) in &plan.endpoints {
-        let mut flags = 0;
-        if ep.ingress_enforced {
-            flags |= datapath::abi::EP_F_INGRESS;
-        }
-        if ep.egress_enforced {
-            flags |= datapath::abi::EP_F_EGRESS;
-        }
-        d.endpoints.insert(
-            *ip,
-            datapath::Endpoint4 {
-                identity: ep.identity,
-                flags,
-            },
-        );
-        for (k, v) in &ep.entries {
-            d.entries.insert(
-                datapath::PolicyKey {
-                    ep: *ip,
-                    identity: k.identity,
-                    dir: match k.direction {
-                        Direction::Ingress => datapath::abi::POLICY_DIR_INGRESS,
-                        Direction::Egress => datapath::abi::POLICY_DIR_EGRESS,
-                    },
-                    proto: k.proto,
-                    port: k.port,
-                    port_bits: k.port_bits,
-                },
-                datapath::PolicyValue {
-                    rule: v.rule,
-                    flags: if v.deny {
-                        datapath::abi::POLICY_F_DENY
-                    } else {
-                        0
-                    },
-                },
-            );
-        }
-    }
-    Some(d)
 }
 
 /// What the agent's loop wakes for.
@@ -728,7 +537,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         )
         .with_context(|| format!("node {}: serving flows", conf.node))?;
     }
-    let mut ids = Ids::recover(&maps)?;
+    let mut ids = Ids::recover(maps.services()?, maps.backends()?);
     let fabric_cfg = fabric::FabricConfig::new(conf.node.clone(), conf.node_ips.clone());
     let node_config = NodeConfig {
         node_ip,
@@ -1013,6 +822,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     /// Before: the agent read a torn assignments.json as "no assignments", so every Service
