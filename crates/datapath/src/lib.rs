@@ -10,6 +10,7 @@
 //! change. `aya` is used only in this crate.
 
 pub mod abi;
+pub mod link;
 pub mod vlan;
 
 use std::collections::BTreeMap;

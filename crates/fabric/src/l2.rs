@@ -16,7 +16,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use model::Snapshot;
@@ -106,6 +105,8 @@ pub fn announcements(
 #[derive(Debug)]
 pub struct Announcer {
     leases: Box<dyn store::lease::LeaseStore>,
+    /// The node's links, through netlink in the namespace the announcer was made in.
+    links: datapath::link::Netlink,
     node: String,
     interface: String,
     /// Addresses this node announces now, with the lease they belong to.
@@ -125,27 +126,29 @@ pub struct Takeover {
 impl Announcer {
     /// With the leases of the embedded state store in `lease_dir` (one machine).
     pub fn new(lease_dir: &Path, node: &str, interface: &str) -> std::io::Result<Announcer> {
-        Ok(Announcer::with_leases(
+        Announcer::with_leases(
             Box::new(store::lease::Leases::open(lease_dir)?),
             node,
             interface,
-        ))
+        )
     }
 
     /// With leases from any store (the shared state backend across machines).
+    /// (Opens the netlink connection in the calling thread's network namespace.)
     pub fn with_leases(
         leases: Box<dyn store::lease::LeaseStore>,
         node: &str,
         interface: &str,
-    ) -> Announcer {
-        Announcer {
+    ) -> std::io::Result<Announcer> {
+        Ok(Announcer {
             leases,
+            links: datapath::link::Netlink::open()?,
             node: node.to_string(),
             interface: interface.to_string(),
             held: BTreeMap::new(),
             failing: BTreeSet::new(),
             last_tick: None,
-        }
+        })
     }
 
     /// Whether a renewal is due.
@@ -157,7 +160,7 @@ impl Announcer {
     /// With the LAN link down nothing is renewed, so another node takes over.
     pub fn tick(&mut self, want: &[Announcement]) -> Vec<Takeover> {
         self.last_tick = Some(Instant::now());
-        let link_up = link_is_up(&self.interface);
+        let link_up = self.links.link_is_up(&self.interface);
         let mut now_held: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
         let mut taken = Vec::new();
         if link_up {
@@ -197,12 +200,13 @@ impl Announcer {
             }
         }
         for (ip, lease) in &now_held {
-            if let Err(e) = set_address(&self.interface, *ip) {
+            let lifetime = Duration::from_secs(u64::from(ADDRESS_LIFETIME_S));
+            if let Err(e) = self.links.set_address(&self.interface, *ip, lifetime) {
                 tracing::warn!(%ip, error = %e, "cannot add the announced address");
                 continue;
             }
             if !self.held.contains_key(ip) {
-                if let Err(e) = gratuitous_arp(&self.interface, *ip) {
+                if let Err(e) = datapath::link::gratuitous_arp(&self.interface, *ip) {
                     tracing::warn!(%ip, error = %e, "gratuitous ARP");
                 }
                 taken.push(Takeover {
@@ -214,7 +218,7 @@ impl Announcer {
         let wanted: BTreeSet<&String> = want.iter().map(|a| &a.lease).collect();
         for (ip, lease) in std::mem::take(&mut self.held) {
             if !now_held.contains_key(&ip) {
-                let _ = remove_address(&self.interface, ip);
+                let _ = self.links.remove_address(&self.interface, ip);
                 if !wanted.contains(&lease) {
                     let _ = self.leases.release(&lease, &self.node);
                 }
@@ -227,112 +231,12 @@ impl Announcer {
     /// Gives everything up (agent shutdown): addresses removed, leases released.
     pub fn release_all(&mut self) {
         for (ip, lease) in std::mem::take(&mut self.held) {
-            let _ = remove_address(&self.interface, ip);
+            let _ = self.links.remove_address(&self.interface, ip);
             let _ = self.leases.release(&lease, &self.node);
         }
     }
 
     pub fn held(&self) -> impl Iterator<Item = &Ipv4Addr> {
         self.held.keys()
-    }
-}
-
-fn ip(args: &[&str]) -> std::io::Result<String> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        return Err(std::io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Adds (or refreshes the lifetime of) `ip/32` on the interface.
-fn set_address(interface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
-    let lft = ADDRESS_LIFETIME_S.to_string();
-    ip(&[
-        "addr",
-        "replace",
-        &format!("{addr}/32"),
-        "dev",
-        interface,
-        "valid_lft",
-        &lft,
-        "preferred_lft",
-        &lft,
-    ])
-    .map(|_| ())
-}
-
-fn remove_address(interface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
-    ip(&["addr", "del", &format!("{addr}/32"), "dev", interface]).map(|_| ())
-}
-
-fn link_is_up(interface: &str) -> bool {
-    ip(&["-o", "link", "show", "dev", interface])
-        .is_ok_and(|s| s.contains("LOWER_UP") && s.contains(",UP"))
-}
-
-/// The gratuitous ARP frame for `addr` from `mac`: a broadcast ARP request whose sender and
-/// target address are both `addr` (RFC 5227's announcement).
-pub fn gratuitous_arp_frame(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
-    let mut f = [0u8; 42];
-    f[0..6].copy_from_slice(&[0xff; 6]);
-    f[6..12].copy_from_slice(&mac);
-    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    f[14..16].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
-    f[16..18].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
-    f[18] = 6;
-    f[19] = 4;
-    f[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
-    f[22..28].copy_from_slice(&mac);
-    f[28..32].copy_from_slice(&addr.octets());
-    f[32..38].copy_from_slice(&[0; 6]);
-    f[38..42].copy_from_slice(&addr.octets());
-    f
-}
-
-/// Sends one gratuitous ARP for `addr` out of `interface` through an AF_PACKET socket.
-fn gratuitous_arp(interface: &str, addr: Ipv4Addr) -> std::io::Result<()> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, sendto, socket};
-    // The interface's link-layer address from getifaddrs: it carries the ifindex the send
-    // needs, and the MAC for the frame.
-    let link = nix::ifaddrs::getifaddrs()
-        .map_err(std::io::Error::from)?
-        .filter(|i| i.interface_name == interface)
-        .find_map(|i| i.address.and_then(|a| a.as_link_addr().copied()))
-        .ok_or_else(|| std::io::Error::other(format!("no link address for {interface}")))?;
-    let mac = link.addr().ok_or_else(|| std::io::Error::other("no MAC"))?;
-    let fd = socket(
-        AddressFamily::Packet,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::EthAll,
-    )
-    .map_err(std::io::Error::from)?;
-    let frame = gratuitous_arp_frame(mac, addr);
-    sendto(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &frame,
-        &link,
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .map_err(std::io::Error::from)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gratuitous_arp_frame_layout() {
-        let f = gratuitous_arp_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 10, 30, 25));
-        assert_eq!(&f[0..6], &[0xff; 6]);
-        assert_eq!(&f[12..14], &[0x08, 0x06]);
-        assert_eq!(&f[28..32], &[10, 10, 30, 25]);
-        assert_eq!(&f[38..42], &[10, 10, 30, 25]);
     }
 }

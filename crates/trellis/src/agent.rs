@@ -617,11 +617,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "trellis-system".into());
             let leases = store::kubernetes::leases::KubeLeases::open(&namespace)
                 .with_context(|| format!("opening the Lease API in {namespace}"))?;
-            Some(fabric::l2::Announcer::with_leases(
-                Box::new(leases),
-                &conf.node,
-                &conf.lan_interface,
-            ))
+            Some(
+                fabric::l2::Announcer::with_leases(
+                    Box::new(leases),
+                    &conf.node,
+                    &conf.lan_interface,
+                )
+                .context("netlink (for the announced addresses)")?,
+            )
         }
         // The shared state backend elects holders across machines.
         (Some(state), Some(_)) => {
@@ -629,11 +632,14 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 state.parse().map_err(|e: String| anyhow::anyhow!(e))?;
             let leases = store::state::leases::StateLeases::open(&location)
                 .with_context(|| format!("opening the lease store {state}"))?;
-            Some(fabric::l2::Announcer::with_leases(
-                Box::new(leases),
-                &conf.node,
-                &conf.lan_interface,
-            ))
+            Some(
+                fabric::l2::Announcer::with_leases(
+                    Box::new(leases),
+                    &conf.node,
+                    &conf.lan_interface,
+                )
+                .context("netlink (for the announced addresses)")?,
+            )
         }
         (None, Some(dir)) => Some(
             fabric::l2::Announcer::new(dir, &conf.node, &conf.lan_interface)

@@ -370,3 +370,52 @@ fn vlan_tags_ride_a_shared_trunk_and_keep_vlans_apart() {
         "what the node tags is VLAN 33's:\n{seen}"
     );
 }
+
+/// The announcer's link calls through netlink: an address added with a lifetime (and gone by
+/// itself once it ran out), removed, and the link's state with and without a carrier.
+#[test]
+fn addresses_and_link_state_through_netlink() {
+    assert!(nix_is_root(), "network namespaces need root");
+    let ns = Namespaces::new(&["links"]);
+    let n = ns.name("links");
+    ip(&[
+        "-n", n, "link", "add", "lan0", "type", "veth", "peer", "name", "lan1",
+    ]);
+    ip(&["-n", n, "link", "set", "lan0", "up"]);
+    in_netns(n, || {
+        use datapath::link::Netlink;
+        let addr: std::net::Ipv4Addr = "10.10.30.25".parse().expect("ip");
+        let links = Netlink::open().expect("netlink");
+        assert!(!links.link_is_up("lan0"), "no carrier while lan1 is down");
+        assert!(!links.link_is_up("nope"));
+        ip(&["link", "set", "lan1", "up"]);
+        assert!(links.link_is_up("lan0"));
+        links
+            .set_address("lan0", addr, std::time::Duration::from_secs(30))
+            .expect("add");
+        // Again: a refresh of its lifetime, not an error.
+        links
+            .set_address("lan0", addr, std::time::Duration::from_secs(30))
+            .expect("refresh");
+        assert_eq!(links.addresses("lan0").expect("list"), [addr]);
+        let shown = std::process::Command::new("ip")
+            .args(["-o", "addr", "show", "dev", "lan0"])
+            .output()
+            .expect("ip");
+        let shown = String::from_utf8_lossy(&shown.stdout);
+        assert!(
+            shown.contains("10.10.30.25/32") && shown.contains("valid_lft 30sec"),
+            "{shown}"
+        );
+        links.remove_address("lan0", addr).expect("remove");
+        links
+            .remove_address("lan0", addr)
+            .expect("removing what is gone");
+        assert!(links.addresses("lan0").expect("list").is_empty());
+        assert!(
+            links
+                .set_address("nope", addr, std::time::Duration::from_secs(1))
+                .is_err()
+        );
+    });
+}
