@@ -129,18 +129,7 @@ pub fn load(pin_dir: &Path) -> Result<(), Error> {
         .default_map_pin_directory(pin_dir)
         .load(LB_OBJECT)?;
     for name in PROGRAMS {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(name)
-            .ok_or_else(|| Error::Attach {
-                iface: "-".into(),
-                what: "program missing from the object",
-                detail: name.into(),
-            })?
-            .try_into()
-            .map_err(|source| Error::Program {
-                name: name.into(),
-                source,
-            })?;
+        let prog = classifier(&mut ebpf, name)?;
         prog.load().map_err(|source| Error::Program {
             name: name.into(),
             source,
@@ -159,6 +148,21 @@ pub fn load(pin_dir: &Path) -> Result<(), Error> {
     }
     tracing::debug!(pin_dir = %pin_dir.display(), "datapath loaded");
     Ok(())
+}
+
+/// The tc program `name` of a loaded object.
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| Error::Attach {
+            iface: "-".into(),
+            what: "program missing from the object",
+            detail: name.into(),
+        })?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name: name.into(),
+            source,
+        })
 }
 
 fn prog_pin(pin_dir: &Path, name: &str) -> PathBuf {

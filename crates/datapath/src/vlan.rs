@@ -14,10 +14,9 @@
 
 use aya::EbpfLoader;
 use aya::maps::HashMap as BpfHashMap;
-use aya::programs::tc::SchedClassifier;
 use aya::programs::tc::TcAttachType;
 
-use crate::{Error, VLAN_OBJECT, attach_loaded};
+use crate::{Error, VLAN_OBJECT, attach_loaded, classifier};
 
 /// The largest VLAN id (802.1Q's 12 bits; 4095 is reserved).
 pub const VID_MAX: u16 = 4094;
@@ -131,18 +130,4 @@ where
         detail: name.into(),
     })?;
     T::try_from(map).map_err(|source| Error::Map { name, source })
-}
-
-fn classifier<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut SchedClassifier, Error> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| Error::Attach {
-            iface: "-".into(),
-            what: "program missing from the object",
-            detail: name.into(),
-        })?
-        .try_into()
-        .map_err(|source| Error::Program {
-            name: name.into(),
-            source,
-        })
 }

@@ -609,43 +609,38 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         None => store::watch::Watch::start(conf.manifests.clone(), opts)
             .context("watching the manifests")?,
     };
-    let mut announcer = match (&conf.state, &conf.leases) {
-        // On Kubernetes: coordination.k8s.io Leases with Cilium's names and timings, in the
-        // agent's namespace.
+    // Who elects the holder of each announced address: coordination.k8s.io Leases with
+    // Cilium's names and timings in the agent's namespace (Kubernetes), the shared state
+    // backend (several machines), or lease files (one machine).
+    let leases: Option<Box<dyn store::lease::LeaseStore>> = match (&conf.state, &conf.leases) {
         _ if conf.source.as_deref() == Some("kube") => {
             let namespace =
                 std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "trellis-system".into());
-            let leases = store::kubernetes::leases::KubeLeases::open(&namespace)
-                .with_context(|| format!("opening the Lease API in {namespace}"))?;
-            Some(
-                fabric::l2::Announcer::with_leases(
-                    Box::new(leases),
-                    &conf.node,
-                    &conf.lan_interface,
-                )
-                .context("netlink (for the announced addresses)")?,
-            )
+            Some(Box::new(
+                store::kubernetes::leases::KubeLeases::open(&namespace)
+                    .with_context(|| format!("opening the Lease API in {namespace}"))?,
+            ))
         }
-        // The shared state backend elects holders across machines.
         (Some(state), Some(_)) => {
             let location: store::state::Location =
                 state.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let leases = store::state::leases::StateLeases::open(&location)
-                .with_context(|| format!("opening the lease store {state}"))?;
-            Some(
-                fabric::l2::Announcer::with_leases(
-                    Box::new(leases),
-                    &conf.node,
-                    &conf.lan_interface,
-                )
-                .context("netlink (for the announced addresses)")?,
-            )
+            Some(Box::new(
+                store::state::leases::StateLeases::open(&location)
+                    .with_context(|| format!("opening the lease store {state}"))?,
+            ))
         }
-        (None, Some(dir)) => Some(
-            fabric::l2::Announcer::new(dir, &conf.node, &conf.lan_interface)
+        (None, Some(dir)) => Some(Box::new(
+            store::lease::Leases::open(dir)
                 .with_context(|| format!("opening the lease store {}", dir.display()))?,
-        ),
+        )),
         (_, None) => None,
+    };
+    let mut announcer = match leases {
+        Some(leases) => Some(
+            fabric::l2::Announcer::with_leases(leases, &conf.node, &conf.lan_interface)
+                .context("netlink (for the announced addresses)")?,
+        ),
+        None => None,
     };
     let mut announce: Vec<fabric::l2::Announcement> = Vec::new();
     let mut assignments = lab::state::AssignmentsView::new(conf.assignments.clone());

@@ -673,32 +673,8 @@ spec:
         "inbound",
         &["vlan.id", "ip.src"],
     );
-    // dumpcap may still be opening the three ports when it says it started: the IoT device
-    // is asked until the capture shows a frame (bounded), then every network is.
-    for _ in 0..50 {
+    let curl_from = |src: &str, device: &str| {
         lab.exec(
-            &pod_name,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "5",
-                "--interface",
-                "10.10.33.254",
-                "http://10.10.33.1/",
-            ],
-        );
-        if cap.wait_for(Duration::from_millis(200), |_| true) {
-            break;
-        }
-    }
-    for (src, device) in [
-        ("10.10.33.254", "10.10.33.1"),
-        ("10.10.32.254", "10.10.32.1"),
-        ("10.10.10.254", "10.10.10.1"),
-        ("10.10.31.50", "10.10.31.1"),
-    ] {
-        let (code, body) = lab.exec(
             &pod_name,
             &[
                 "curl",
@@ -709,7 +685,23 @@ spec:
                 src,
                 &format!("http://{device}/from-{src}"),
             ],
-        );
+        )
+    };
+    // dumpcap may still be opening the three ports when it says it started: the IoT device
+    // is asked until the capture shows a frame (bounded), then every network is.
+    for _ in 0..50 {
+        curl_from("10.10.33.254", "10.10.33.1");
+        if cap.wait_for(Duration::from_millis(200), |_| true) {
+            break;
+        }
+    }
+    for (src, device) in [
+        ("10.10.33.254", "10.10.33.1"),
+        ("10.10.32.254", "10.10.32.1"),
+        ("10.10.10.254", "10.10.10.1"),
+        ("10.10.31.50", "10.10.31.1"),
+    ] {
+        let (code, body) = curl_from(src, device);
         assert_eq!(code, 0, "{src} -> {device}: {body}");
         assert!(body.contains(&format!("from-{src}")), "{body}");
     }
