@@ -16,11 +16,19 @@ pub struct AgentConfig {
     pub node_ips: BTreeMap<String, Ipv4Addr>,
     pub pod_cidr: Ipv4Net,
     pub cluster_cidr: Ipv4Net,
+    /// Where cluster IPs are assigned from when the assignments are the agents' own (`state`
+    /// set, no `assignments` file); none: kubeadm's 10.96.0.0/12.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_cidr: Option<Ipv4Net>,
     pub lan_interface: String,
     pub pin_dir: PathBuf,
     /// The manifests to serve (the lab adds its published objects).
     #[serde(default)]
     pub manifests: Vec<PathBuf>,
+    /// A file of assignments another process decides (the one-host lab's supervisor). None
+    /// with `state`: the agents assign cluster IPs, node ports and LB-IPAM addresses
+    /// themselves, in the backend's one document (`fabric::shared`).
+    #[serde(default)]
     pub assignments: Option<PathBuf>,
     pub masquerade: bool,
     /// Where L2-announcement leases live (the embedded state store); none: no announcing.
@@ -49,7 +57,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub state: Option<String>,
     /// `kube`: the manifests come from the Kubernetes API (not `manifests`), and what the
-    /// file leaves out is read from the Node objects ([`complete_from_nodes`]).
+    /// file leaves out is read from the Node objects ([`complete_from_nodes`]). `state`: the
+    /// generation published in the state backend (`trellis state publish`), the same on
+    /// every node.
     #[serde(default)]
     pub source: Option<String>,
     /// The admin endpoint (/healthz, /ready, /status, /metrics); `trellis agent --admin` wins.

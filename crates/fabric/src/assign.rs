@@ -39,6 +39,9 @@ use crate::plan::{Problem, protocol_number, service_type};
 /// The node port range the API server uses by default (`--service-node-port-range`).
 pub const NODE_PORT_RANGE_DEFAULT: RangeInclusive<u16> = 30000..=32767;
 
+/// The service CIDR kubeadm gives a cluster (`--service-cidr`), the agents' default.
+pub const SERVICE_CIDR_DEFAULT: &str = "10.96.0.0/12";
+
 /// Where the cluster DNS Service's address sits in the service CIDR (kubeadm's convention).
 const DNS_HOST_INDEX: u32 = 10;
 

@@ -9,6 +9,8 @@
 //! - [`lbipam`]: LoadBalancer addresses from CiliumLoadBalancerIPPools (Cilium's LB-IPAM),
 //!   computed inside [`assign()`] and kept in the same [`Assignments`].
 //!
+//! - [`shared`]: the assignments kept in the state backend, updated by compare-and-swap by
+//!   every agent with the same function.
 //! - [`lower`]: the plans lowered to the eBPF maps' contents (`datapath::Desired`), with
 //!   frontend and backend ids kept stable across syncs and agent restarts.
 //!
@@ -23,6 +25,7 @@ pub mod lower;
 pub mod maglev;
 pub mod plan;
 pub mod policy;
+pub mod shared;
 
 pub use assign::{Assignments, ServiceAssignment, assign};
 pub use maglev::{MaglevBackend, MaglevError, maglev_table};

@@ -167,6 +167,9 @@ struct Running {
     agents: BTreeMap<String, Child>,
     workloads: BTreeMap<(String, String), Child>,
     assignments: fabric::Assignments,
+    /// The lab's etcd, where the objects are published and the assignments kept
+    /// (`--state etcd`); none: files on this machine.
+    shared: Option<crate::shared::Shared>,
     /// The manifests the pods were last made to match.
     snapshot: std::sync::Arc<store::Load>,
     /// Replica counts the scaler set (they win over the Deployments' own).
@@ -216,6 +219,7 @@ pub fn supervise(cfg: &LabConfig) -> Result<()> {
         agents: BTreeMap::new(),
         workloads: BTreeMap::new(),
         assignments,
+        shared: None,
         snapshot: Default::default(),
         scaled: schedule::Replicas::new(),
         scaler: None,
@@ -304,16 +308,30 @@ fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Res
     let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
     if cfg.etcd {
         start_etcd(cfg, run)?;
+        let endpoints: Vec<String> = run.state.etcd.iter().map(|m| m.client.clone()).collect();
+        run.shared = Some(crate::shared::Shared::start(
+            &run.state.client.netns,
+            &endpoints,
+        )?);
     }
     write_pods(&cfg.state_dir, &[], 0)?;
     let first = store::load(&cfg.manifests, &cfg.options);
-    run.assignments = fabric::assign(
-        &first.snapshot,
-        &run.assignments,
-        SERVICE_CIDR.parse().expect("constant CIDR"),
-        fabric::assign::NODE_PORT_RANGE_DEFAULT,
-    );
-    write_assignments(&cfg.state_dir.join(ASSIGNMENTS_FILE), &run.assignments)?;
+    if let Some(shared) = &run.shared {
+        // The agents read the first generation from etcd, and assign from it themselves.
+        run.assignments = shared.publish_and_assign(
+            &cluster_roots(cfg, &cluster_dir),
+            &cfg.options,
+            SERVICE_CIDR.parse().expect("constant CIDR"),
+        )?;
+    } else {
+        run.assignments = fabric::assign(
+            &first.snapshot,
+            &run.assignments,
+            SERVICE_CIDR.parse().expect("constant CIDR"),
+            fabric::assign::NODE_PORT_RANGE_DEFAULT,
+        );
+        write_assignments(&cfg.state_dir.join(ASSIGNMENTS_FILE), &run.assignments)?;
+    }
     for i in 0..run.state.nodes.len() {
         let node = run.state.nodes[i].clone();
         let child = start_agent(cfg, &run.state, &node, &cluster_dir, run.synced.clone())?;
@@ -593,7 +611,14 @@ fn start_agent(
     cluster_dir: &Path,
     synced: std::sync::Arc<Synced>,
 ) -> Result<Child> {
-    let manifests = cluster_roots(cfg, cluster_dir);
+    // On etcd the agents read the published generation and keep the assignments there;
+    // nothing on this machine's disk is shared with them.
+    let on_etcd = !s.etcd.is_empty();
+    let manifests = if on_etcd {
+        Vec::new()
+    } else {
+        cluster_roots(cfg, cluster_dir)
+    };
     let conf = AgentConfig {
         node: node.name.clone(),
         node_ips: s.nodes.iter().map(|n| (n.name.clone(), n.lan_ip)).collect(),
@@ -602,7 +627,8 @@ fn start_agent(
         lan_interface: "eth0".into(),
         pin_dir: node.pin_dir.clone(),
         manifests,
-        assignments: Some(cfg.state_dir.join(ASSIGNMENTS_FILE)),
+        assignments: (!on_etcd).then(|| cfg.state_dir.join(ASSIGNMENTS_FILE)),
+        service_cidr: Some(SERVICE_CIDR.parse().expect("constant CIDR")),
         masquerade: true,
         leases: Some(cfg.state_dir.join("leases")),
         node_labels: BTreeMap::from([
@@ -629,7 +655,7 @@ fn start_agent(
                     .join(",")
             )
         }),
-        source: None,
+        source: on_etcd.then(|| "state".to_string()),
         cni_install: None,
         admin_listen: None,
     };
@@ -725,15 +751,19 @@ fn prior_assignments(state_dir: &Path) -> Result<fabric::Assignments> {
 /// Makes the running pods match the manifests, republishes Pod objects and service rows.
 fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> Result<()> {
     let _span = tracing::info_span!("reconcile", generation = run.generation + 1).entered();
-    let previous = run.assignments.clone();
-    run.assignments = fabric::assign(
-        snapshot,
-        &previous,
-        SERVICE_CIDR.parse().expect("constant CIDR"),
-        fabric::assign::NODE_PORT_RANGE_DEFAULT,
-    );
-    if run.assignments != previous {
-        write_assignments(&cfg.state_dir.join(ASSIGNMENTS_FILE), &run.assignments)?;
+    // With etcd the assignments are decided once the objects are published (below), by the
+    // same update the agents run.
+    if run.shared.is_none() {
+        let previous = run.assignments.clone();
+        run.assignments = fabric::assign(
+            snapshot,
+            &previous,
+            SERVICE_CIDR.parse().expect("constant CIDR"),
+            fabric::assign::NODE_PORT_RANGE_DEFAULT,
+        );
+        if run.assignments != previous {
+            write_assignments(&cfg.state_dir.join(ASSIGNMENTS_FILE), &run.assignments)?;
+        }
     }
     let node_names: Vec<String> = run.state.nodes.iter().map(|n| n.name.clone()).collect();
     let running: Vec<PodPlan> = run.state.pods.iter().map(|p| p.plan.clone()).collect();
@@ -779,6 +809,13 @@ fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> 
     let mut objects = run.state.pods_objects();
     objects.extend(run.gateway_services.iter().cloned());
     write_pods(&cfg.state_dir, &objects, run.generation)?;
+    if let Some(shared) = &run.shared {
+        run.assignments = shared.publish_and_assign(
+            &cluster_roots(cfg, &cfg.state_dir.join(CLUSTER_DIR)),
+            &cfg.options,
+            SERVICE_CIDR.parse().expect("constant CIDR"),
+        )?;
+    }
     wait_synced(run)?;
     run.state.services = service_rows(cfg, &run.assignments);
     run.state.write(&cfg.state_dir)

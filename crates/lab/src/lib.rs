@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod netns;
 pub mod schedule;
+pub mod shared;
 pub mod state;
 
 use std::io::{BufRead, BufReader};

@@ -71,6 +71,9 @@ pub struct Load {
     /// What the API server holds of each object beyond its spec (generation, status), for
     /// the status writer. Empty for a directory.
     pub observed: BTreeMap<model::ObjectKey, Observed>,
+    /// The generation a shared source published ([`crate::state::manifests`]); none for a
+    /// directory or the Kubernetes API.
+    pub generation: Option<u64>,
 }
 
 /// An object's generation and its status as the API server has them.
@@ -137,6 +140,7 @@ pub fn load(roots: &[PathBuf], opts: &Options) -> Load {
         files,
         excluded,
         observed: BTreeMap::new(),
+        generation: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`alloc`]: what lives there and how it is claimed: the node registry on leases, pod
 //!   CIDRs and addresses by create-if-absent (never two owners).
 //! - [`leases`]: one holder per name (L2 announcements) on backend leases.
+//! - [`manifests`]: the objects every node serves, published in whole generations.
 //!
 //! A backend error is an [`Error`] with its cause, never an empty answer: a caller that cannot
 //! read the state keeps what it has (the datapath keeps forwarding with its last maps) and
@@ -20,6 +21,7 @@ pub mod alloc;
 pub mod etcd;
 pub mod kube;
 pub mod leases;
+pub mod manifests;
 pub mod memory;
 
 use std::future::Future;

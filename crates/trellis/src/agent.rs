@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use datapath::NodeConfig;
 use datapath::abi::{NODE_F_DSR, NODE_F_DSR_TCP_ONLY, NODE_F_MASQUERADE};
-use fabric::ServicePlan;
 use fabric::agent::AgentConfig;
 use fabric::lower::{Ids, desired, policy_desired};
 
@@ -92,21 +91,130 @@ fn start_admin(
     Ok(())
 }
 
-/// The node's plan for `snapshot` with the current assignments. When the file cannot be read
-/// whole, the error (with the file's path) is logged and the assignments last read whole are
-/// used, so no Service loses its address or drops out of the maps.
-fn compile_plan(
-    snapshot: &model::Snapshot,
-    cfg: &fabric::FabricConfig,
-    assignments: &mut lab::state::AssignmentsView,
-) -> ServicePlan {
-    if let Err(e) = assignments.refresh() {
-        tracing::error!(
-            error = format!("{e:#}"),
-            "assignments not read; keeping the last good ones"
-        );
+/// Where an agent's assignments (cluster IPs, node ports, LB-IPAM addresses) come from.
+enum Assigned {
+    /// A file another process decides (the one-host lab's supervisor), as last read whole.
+    File(lab::state::AssignmentsView),
+    /// The state backend's one document, which this agent keeps up to date itself
+    /// (`fabric::shared`) on its own runtime.
+    Shared {
+        rt: tokio::runtime::Runtime,
+        backend: std::sync::Arc<dyn store::state::Backend>,
+        service_cidr: ipnet::Ipv4Net,
+        /// The assignments last read or written (none before the first).
+        last: Option<fabric::Assignments>,
+        /// The trouble last said (each is said once).
+        said: Option<String>,
+    },
+}
+
+impl Assigned {
+    fn open(conf: &AgentConfig) -> Result<Assigned> {
+        let state = match (&conf.assignments, &conf.state) {
+            (None, Some(state)) => state,
+            (file, _) => {
+                return Ok(Assigned::File(lab::state::AssignmentsView::new(
+                    file.clone(),
+                )));
+            }
+        };
+        let location: store::state::Location =
+            state.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let backend = rt
+            .block_on(store::state::open(&location))
+            .with_context(|| format!("opening the state backend {state}"))?;
+        let service_cidr = match conf.service_cidr {
+            Some(c) => c,
+            None => fabric::assign::SERVICE_CIDR_DEFAULT
+                .parse()
+                .expect("constant CIDR"),
+        };
+        Ok(Assigned::Shared {
+            rt,
+            backend,
+            service_cidr,
+            last: None,
+            said: None,
+        })
     }
-    fabric::compile(snapshot, cfg, assignments.current())
+
+    /// Reads what there is before the first plan. A file that does not read stops the agent;
+    /// a backend that does not answer is waited for (saying so once), because compiling
+    /// without assignments would drop every Service that has no address in its manifests;
+    /// the pinned maps keep what the previous agent programmed meanwhile.
+    fn first(&mut self, snapshot: &model::Snapshot, generation: Option<u64>) -> Result<()> {
+        match self {
+            Assigned::File(view) => view.refresh().context("the assignments file"),
+            Assigned::Shared { .. } => {
+                while self.refresh(snapshot, generation).is_none() {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The assignments for `snapshot` (of published `generation`, when the source has them).
+    /// Whatever cannot be read is logged and the last good assignments are used, so no
+    /// Service loses its address or drops out of the maps.
+    fn refresh(
+        &mut self,
+        snapshot: &model::Snapshot,
+        generation: Option<u64>,
+    ) -> Option<&fabric::Assignments> {
+        match self {
+            Assigned::File(view) => {
+                if let Err(e) = view.refresh() {
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "assignments not read; keeping the last good ones"
+                    );
+                }
+                view.current()
+            }
+            Assigned::Shared {
+                rt,
+                backend,
+                service_cidr,
+                last,
+                said,
+            } => {
+                let r = rt.block_on(fabric::shared::update(
+                    backend.as_ref(),
+                    snapshot,
+                    generation.unwrap_or(0),
+                    *service_cidr,
+                    fabric::assign::NODE_PORT_RANGE_DEFAULT,
+                ));
+                match r {
+                    Ok((a, outcome)) => {
+                        if said.take().is_some() {
+                            tracing::info!("state backend: assignments read again");
+                        }
+                        if outcome == fabric::shared::Outcome::Wrote {
+                            tracing::info!(
+                                generation,
+                                services = a.services.len(),
+                                "assignments written to the state backend"
+                            );
+                        }
+                        *last = Some(a);
+                    }
+                    Err(e) => {
+                        let what = e.to_string();
+                        if said.as_deref() != Some(&what) {
+                            tracing::warn!(error = %what, "state backend unavailable for the assignments; keeping the last good ones");
+                            *said = Some(what);
+                        }
+                    }
+                }
+                last.as_ref()
+            }
+        }
+    }
 }
 
 /// Turns a datapath record into the event observe makes a flow of.
@@ -503,8 +611,10 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", args.config.display()))?;
             Some(watch)
         }
+        // The published generation: watched once the backend is known (below).
+        Some("state") => None,
         Some(other) => anyhow::bail!(
-            "{}: source {other:?}: only \"kube\" (or none: the manifests' paths)",
+            "{}: source {other:?}: \"kube\", \"state\" (or none: the manifests' paths)",
             args.config.display()
         ),
     };
@@ -604,9 +714,21 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         serve_cni(socket, w.current_handle(), cni_refused, defaults)
             .with_context(|| format!("serving the CNI plugin on {}", socket.display()))?;
     }
-    let mut watch = match from_api {
-        Some(w) => w,
-        None => store::watch::Watch::start(conf.manifests.clone(), opts)
+    let mut watch = match (from_api, conf.source.as_deref()) {
+        (Some(w), _) => w,
+        (None, Some("state")) => {
+            let state = conf.state.as_deref().with_context(|| {
+                format!(
+                    "{}: source \"state\" needs `state` (the backend to read the manifests from)",
+                    args.config.display()
+                )
+            })?;
+            let location: store::state::Location =
+                state.parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            store::state::manifests::watch(&location, &opts)
+                .with_context(|| format!("reading the published manifests from {state}"))?
+        }
+        (None, _) => store::watch::Watch::start(conf.manifests.clone(), opts)
             .context("watching the manifests")?,
     };
     // Who elects the holder of each announced address: coordination.k8s.io Leases with
@@ -643,17 +765,19 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         None => None,
     };
     let mut announce: Vec<fabric::l2::Announcement> = Vec::new();
-    let mut assignments = lab::state::AssignmentsView::new(conf.assignments.clone());
-    // At start there is nothing good to fall back on: a file that does not read stops the
-    // agent, and the pinned maps keep what the previous agent programmed.
-    assignments
-        .refresh()
-        .with_context(|| format!("node {}: the assignments file", conf.node))?;
+    let mut assignments = Assigned::open(&conf)?;
+    {
+        let first = watch.current();
+        assignments
+            .first(&first.snapshot, first.generation)
+            .with_context(|| format!("node {}: the assignments", conf.node))?;
+    }
     // The policy maps' contents as this agent last wrote them (None: unknown, read them back).
     let mut programmed: Option<datapath::PolicyDesired> = None;
     // `full`: services, announcements and policy; otherwise only the policy (a DNS answer
     // for toFQDNs, or one expiring). Returns the policy plan programmed (or kept).
     let mut apply = |snapshot: &model::Snapshot,
+                     generation: Option<u64>,
                      announce: &mut Vec<fabric::l2::Announcement>,
                      learned: &fabric::policy::Learned,
                      full: bool|
@@ -680,7 +804,11 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             return Ok(policy);
         }
         pods.update(snapshot);
-        let plan = compile_plan(snapshot, &fabric_cfg, &mut assignments);
+        let plan = fabric::compile(
+            snapshot,
+            &fabric_cfg,
+            assignments.refresh(snapshot, generation),
+        );
         *announce =
             fabric::l2::announcements(snapshot, &plan, &conf.node_labels, &conf.lan_interface);
         for p in &plan.problems {
@@ -757,7 +885,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .unwrap_or(crate::fqdn::MIN_TTL_DEFAULT);
     let mut cache = crate::fqdn::Cache::default();
     let mut current = watch.current();
-    let mut policy = apply(&current.snapshot, &mut announce, &cache.learned(), true)?;
+    let mut policy = apply(
+        &current.snapshot,
+        current.generation,
+        &mut announce,
+        &cache.learned(),
+        true,
+    )?;
     println!("ready");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
@@ -766,7 +900,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         match msgs.recv_timeout(fabric::l2::RENEW) {
             Ok(Msg::Watch(store::watch::Update::Applied(load))) => {
                 current = load;
-                match apply(&current.snapshot, &mut announce, &cache.learned(), true) {
+                match apply(
+                    &current.snapshot,
+                    current.generation,
+                    &mut announce,
+                    &cache.learned(),
+                    true,
+                ) {
                     Ok(p) => policy = p,
                     Err(e) => {
                         eprintln!("sync failed (the maps keep their previous contents): {e:#}");
@@ -784,7 +924,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             }
             Ok(Msg::Answered((answer, done))) => {
                 if cache.learn(&policy, &answer, min_ttl) {
-                    match apply(&current.snapshot, &mut announce, &cache.learned(), false) {
+                    match apply(
+                        &current.snapshot,
+                        current.generation,
+                        &mut announce,
+                        &cache.learned(),
+                        false,
+                    ) {
                         Ok(p) => policy = p,
                         Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
                     }
@@ -795,7 +941,13 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         if cache.expire(std::time::Instant::now()) {
-            match apply(&current.snapshot, &mut announce, &cache.learned(), false) {
+            match apply(
+                &current.snapshot,
+                current.generation,
+                &mut announce,
+                &cache.learned(),
+                false,
+            ) {
                 Ok(p) => policy = p,
                 Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
             }
@@ -827,6 +979,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use fabric::ServicePlan;
 
     /// Before: the agent read a torn assignments.json as "no assignments", so every Service
     /// whose cluster IP the lab had assigned silently left the maps at the next sync.
@@ -860,16 +1013,16 @@ mod tests {
         );
         let ip = assigned.cluster_ip("apps", "web").expect("assigned");
         lab::state::write_assignments(&path, &assigned).expect("write");
-        let mut view = lab::state::AssignmentsView::new(Some(path.clone()));
+        let mut view = Assigned::File(lab::state::AssignmentsView::new(Some(path.clone())));
         let frontends =
             |plan: &ServicePlan| -> Vec<Ipv4Addr> { plan.frontends.keys().map(|k| k.ip).collect() };
-        assert_eq!(
-            frontends(&compile_plan(&load.snapshot, &cfg, &mut view)),
-            [ip]
-        );
+        let mut plan = |view: &mut Assigned| {
+            fabric::compile(&load.snapshot, &cfg, view.refresh(&load.snapshot, None))
+        };
+        assert_eq!(frontends(&plan(&mut view)), [ip]);
         std::fs::write(&path, b"{\"services\": {\"apps/web\": {\"clu").expect("tear");
         assert_eq!(
-            frontends(&compile_plan(&load.snapshot, &cfg, &mut view)),
+            frontends(&plan(&mut view)),
             [ip],
             "the Service keeps its address"
         );
@@ -877,5 +1030,56 @@ mod tests {
             frontends(&fabric::compile(&load.snapshot, &cfg, None)).is_empty(),
             "what reading the torn file as no assignments gave"
         );
+    }
+
+    /// With `state` and no file, the agent keeps the backend's document itself: it writes the
+    /// first assignments, and a document that stops reading (here: garbled) leaves the last
+    /// good ones in the plan.
+    #[test]
+    fn shared_assignments_are_written_and_a_bad_document_keeps_the_last_good() {
+        let conf: AgentConfig = serde_json::from_value(serde_json::json!({
+            "node": "node-1", "node_ips": {"node-1": "10.10.30.11"}, "pod_cidr": "10.69.1.0/24",
+            "cluster_cidr": "10.69.0.0/16", "lan_interface": "eth0", "pin_dir": "/nonexistent",
+            "masquerade": true, "state": "memory", "service_cidr": "10.100.0.0/16"}))
+        .expect("config");
+        let snapshot = model::Snapshot::build(
+            model::RawObject::from_yaml(
+                "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: apps}\n\
+                 spec: {selector: {app: web}, ports: [{port: 80}]}\n",
+                "svc.yaml",
+                "",
+            )
+            .expect("yaml"),
+            vec![],
+        );
+        let mut a = Assigned::open(&conf).expect("open");
+        a.first(&snapshot, Some(1)).expect("first");
+        let ip = a
+            .refresh(&snapshot, Some(1))
+            .and_then(|a| a.cluster_ip("apps", "web"))
+            .expect("assigned");
+        assert!(
+            "10.100.0.0/16"
+                .parse::<ipnet::Ipv4Net>()
+                .expect("cidr")
+                .contains(&ip),
+            "{ip} from the configured service CIDR"
+        );
+        let Assigned::Shared { rt, backend, .. } = &a else {
+            panic!("state and no file: shared");
+        };
+        let (doc, rev) = rt
+            .block_on(fabric::shared::read(backend.as_ref()))
+            .expect("read")
+            .expect("written");
+        assert_eq!(doc.generation, 1);
+        assert!(
+            rt.block_on(backend.swap(&fabric::shared::key(), rev, b"garbled", None))
+                .expect("swap")
+        );
+        let kept = a
+            .refresh(&snapshot, Some(2))
+            .and_then(|a| a.cluster_ip("apps", "web"));
+        assert_eq!(kept, Some(ip), "the last good assignments stay");
     }
 }

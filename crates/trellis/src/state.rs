@@ -1,6 +1,7 @@
 //! `trellis state`: what the nodes share, read from the state backend (`--state
 //! etcd://HOST:PORT,...`, or `TRELLIS_STATE`): `ls` lists the registered nodes, the pod CIDRs
-//! and the claims with their owners; `bench` measures the claim latency (create-if-absent
+//! and the claims with their owners; `publish` makes a manifest tree the generation every
+//! agent with `source: state` serves; `bench` measures the claim latency (create-if-absent
 //! transactions, one at a time) and removes what it wrote.
 
 use std::process::ExitCode;
@@ -27,6 +28,13 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: crate::check::Output,
     },
+    /// Publish manifests as the next generation every agent with `source: state` serves (the
+    /// objects as trellis reads them, Secrets left out). A tree with errors is not published:
+    /// the errors are printed and the current generation keeps serving.
+    Publish {
+        #[command(flatten)]
+        source: crate::SourceArgs,
+    },
     /// Claim latency: N claims (create-if-absent), one after another, under a prefix of their
     /// own that is removed afterwards; prints p50, p99 and the rate.
     Bench {
@@ -34,6 +42,9 @@ pub enum Command {
         claims: usize,
     },
 }
+
+/// Longer values are listed by their size (manifest chunks, the assignments).
+const LS_VALUE_MAX: usize = 512;
 
 /// The bench's keys live under this kind (removed at the end).
 const BENCH_KIND: &str = "bench";
@@ -47,6 +58,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         match &args.command {
             Command::Ls { output } => ls(b.as_ref(), *output).await,
             Command::Bench { claims } => bench(b.as_ref(), *claims).await,
+            Command::Publish { source } => publish(b.as_ref(), source).await,
         }
     })
 }
@@ -62,7 +74,11 @@ async fn ls(b: &dyn Backend, output: crate::check::Output) -> anyhow::Result<Exi
         .map(|kv| {
             (
                 kv.key[alloc::ROOT.len()..].to_string(),
-                String::from_utf8_lossy(&kv.value).into_owned(),
+                if kv.value.len() > LS_VALUE_MAX {
+                    format!("({} bytes)", kv.value.len())
+                } else {
+                    String::from_utf8_lossy(&kv.value).into_owned()
+                },
             )
         })
         .collect();
@@ -85,6 +101,40 @@ async fn ls(b: &dyn Backend, output: crate::check::Output) -> anyhow::Result<Exi
                 print!("{}", serde_saphyr::to_string(&doc)?);
             }
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn publish(b: &dyn Backend, source: &crate::SourceArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        source.origin == crate::Origin::Dir,
+        "publish reads directories (-f): the Kubernetes API is its own source"
+    );
+    let opts = source.options()?;
+    let raws = match store::state::manifests::documents(&source.paths, &opts) {
+        Ok(r) => r,
+        Err(errors) => {
+            for d in &errors {
+                eprintln!("{d}");
+            }
+            eprintln!(
+                "not published: {} errors; the current generation keeps serving",
+                errors.len()
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let p = store::state::manifests::publish(b, &raws)
+        .await
+        .context("publishing the manifests")?;
+    if p.changed {
+        println!(
+            "published generation {} ({} objects)",
+            p.generation,
+            raws.len()
+        );
+    } else {
+        println!("generation {} already holds these objects", p.generation);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -678,6 +678,7 @@ impl State {
             files: Vec::new(),
             excluded: Vec::new(),
             observed,
+            generation: None,
         }
     }
 }

@@ -1,0 +1,485 @@
+//! The manifests every node serves, kept in the state backend so that every agent compiles the
+//! same generation (`trellis state publish`, the lab's supervisor), and read back as a
+//! [`crate::watch::Watch`] (an agent's `source: state`).
+//!
+//! A generation is the objects as the publisher's loader read them (Kustomizations, Flux
+//! substitutions and generators already applied), in chunks of at most [`CHUNK_BYTES`] (etcd
+//! refuses requests over 1.5 MiB), under `manifests/chunks/<generation>/`, and one head key
+//! `manifests/current` naming the generation. A publish writes the new chunks first, then
+//! swaps the head at the revision it read (so two publishers never interleave), then deletes
+//! the previous generation's chunks. A reader reads the head, then its chunks; a chunk gone
+//! under it (a publish in between) makes it read the head again. Readers therefore only see
+//! whole generations, and the generation number only grows.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::snapshot::RawObject;
+use serde::{Deserialize, Serialize};
+
+use super::{Backend, Error, Location, alloc::ROOT};
+use crate::dir::{Load, Options};
+
+/// The largest chunk written (half of trellis's value bound: a chunk is JSON text).
+pub const CHUNK_BYTES: usize = 512 * 1024;
+/// The most chunks a generation may have (256 MiB of objects).
+pub const CHUNKS_MAX: usize = 512;
+/// How many times a publish or a read starts over when another publish overtakes it.
+const ATTEMPTS_MAX: usize = 8;
+/// How long a watcher waits before trying an unreachable backend again.
+const RETRY: Duration = Duration::from_secs(1);
+
+fn head_key() -> String {
+    format!("{ROOT}manifests/current")
+}
+
+fn chunks_prefix(generation: u64) -> String {
+    format!("{ROOT}manifests/chunks/{generation}/")
+}
+
+/// What `manifests/current` says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Head {
+    pub generation: u64,
+    pub chunks: usize,
+    pub objects: usize,
+    /// A digest of the chunks (a publish of the same objects changes nothing).
+    pub digest: String,
+}
+
+/// One object as published: its document and where it was written.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Published {
+    value: serde_json::Value,
+    file: String,
+    line: u32,
+    col: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_namespace: Option<String>,
+}
+
+/// The outcome of a publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Publish {
+    pub generation: u64,
+    /// False when the backend already held these objects (nothing was written).
+    pub changed: bool,
+}
+
+/// Kinds never published: the nodes' datapath reads no Secret, and the state backend is not
+/// a secret store.
+pub const UNPUBLISHED_KINDS: [&str; 1] = ["Secret"];
+
+fn published(r: &RawObject) -> bool {
+    let kind = r.value.get("kind").and_then(serde_json::Value::as_str);
+    !kind.is_some_and(|k| UNPUBLISHED_KINDS.contains(&k))
+}
+
+/// The documents of `roots` as a publisher hands them over; every error when the tree does
+/// not load cleanly (nothing is published then, and the last generation keeps serving).
+pub fn documents(
+    roots: &[PathBuf],
+    opts: &Options,
+) -> Result<Vec<RawObject>, Vec<model::Diagnostic>> {
+    let docs = crate::dir::documents(roots, opts);
+    let checked = model::Snapshot::build(docs.raws.clone(), docs.diagnostics);
+    if checked.has_errors() {
+        return Err(checked
+            .diagnostics
+            .into_iter()
+            .filter(|d| d.severity == model::Severity::Error)
+            .collect());
+    }
+    Ok(docs.raws)
+}
+
+/// The objects packed into chunks of at most [`CHUNK_BYTES`] (one object larger than that is
+/// refused with where it was written), without [`UNPUBLISHED_KINDS`].
+fn pack(raws: &[RawObject]) -> Result<Vec<Vec<u8>>, Error> {
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut cur = b"[".to_vec();
+    for r in raws.iter().filter(|r| published(r)) {
+        let p = Published {
+            value: r.value.clone(),
+            file: r.source.file.display().to_string(),
+            line: r.source.pos.line,
+            col: r.source.pos.col,
+            default_namespace: r.default_namespace.clone(),
+        };
+        let one = serde_json::to_vec(&p).map_err(|e| Error::Refused(e.to_string()))?;
+        if one.len() + 2 > CHUNK_BYTES {
+            return Err(Error::Refused(format!(
+                "{}:{}: an object of {} bytes is over the bound of {CHUNK_BYTES} bytes per chunk",
+                p.file,
+                p.line,
+                one.len()
+            )));
+        }
+        if cur.len() + one.len() + 2 > CHUNK_BYTES {
+            cur.push(b']');
+            chunks.push(std::mem::replace(&mut cur, b"[".to_vec()));
+        }
+        if cur.len() > 1 {
+            cur.push(b',');
+        }
+        cur.extend_from_slice(&one);
+    }
+    cur.push(b']');
+    chunks.push(cur);
+    if chunks.len() > CHUNKS_MAX {
+        return Err(Error::Refused(format!(
+            "{} chunks of objects are over the bound of {CHUNKS_MAX} (CHUNKS_MAX)",
+            chunks.len()
+        )));
+    }
+    Ok(chunks)
+}
+
+fn digest(chunks: &[Vec<u8>]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    chunks.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// The head and its revision (none: nothing published yet).
+async fn head(b: &dyn Backend) -> Result<Option<(Head, i64)>, Error> {
+    let Some(kv) = b.get(&head_key()).await? else {
+        return Ok(None);
+    };
+    let h: Head = serde_json::from_slice(&kv.value)
+        .map_err(|e| Error::Refused(format!("{}: not a manifests head: {e}", kv.key)))?;
+    Ok(Some((h, kv.mod_revision)))
+}
+
+/// Writes `value` at `key` whatever is there.
+async fn put(b: &dyn Backend, key: &str, value: &[u8]) -> Result<(), Error> {
+    for _ in 0..ATTEMPTS_MAX {
+        let rev = b.get(key).await?.map_or(0, |kv| kv.mod_revision);
+        if b.swap(key, rev, value, None).await? {
+            return Ok(());
+        }
+    }
+    Err(Error::Refused(format!("{key}: changed under every write")))
+}
+
+/// Deletes every key under `prefix` (as listed; a key written again since stays).
+async fn delete_prefix(b: &dyn Backend, prefix: &str) -> Result<(), Error> {
+    for kv in b.list(prefix).await?.kvs {
+        b.delete(&kv.key, kv.mod_revision).await?;
+    }
+    Ok(())
+}
+
+/// Publishes `raws` as the next generation, unless the backend already holds them.
+pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Error> {
+    let chunks = pack(raws)?;
+    let digest = digest(&chunks);
+    for _ in 0..ATTEMPTS_MAX {
+        let current = head(b).await?;
+        if let Some((h, _)) = &current
+            && h.digest == digest
+        {
+            return Ok(Publish {
+                generation: h.generation,
+                changed: false,
+            });
+        }
+        let (previous, rev) = current.map_or((0, 0), |(h, rev)| (h.generation, rev));
+        let generation = previous + 1;
+        let prefix = chunks_prefix(generation);
+        for (i, c) in chunks.iter().enumerate() {
+            put(b, &format!("{prefix}{i:05}"), c).await?;
+        }
+        let next = Head {
+            generation,
+            chunks: chunks.len(),
+            objects: raws.iter().filter(|r| published(r)).count(),
+            digest: digest.clone(),
+        };
+        let text = serde_json::to_vec(&next).map_err(|e| Error::Refused(e.to_string()))?;
+        if b.swap(&head_key(), rev, &text, None).await? {
+            if previous > 0 {
+                delete_prefix(b, &chunks_prefix(previous)).await?;
+            }
+            return Ok(Publish {
+                generation,
+                changed: true,
+            });
+        }
+        // Another publisher went first: take our chunks back and start over from its head.
+        delete_prefix(b, &prefix).await?;
+    }
+    Err(Error::Refused(format!(
+        "{}: other publishers overtook {ATTEMPTS_MAX} attempts",
+        head_key()
+    )))
+}
+
+/// A generation as read: its number, the head's revision (where a watch starts) and its
+/// objects.
+#[derive(Debug)]
+pub struct Generation {
+    pub generation: u64,
+    pub revision: i64,
+    pub raws: Vec<RawObject>,
+}
+
+/// Reads the current generation (none: nothing published yet).
+pub async fn read(b: &dyn Backend) -> Result<Option<Generation>, Error> {
+    for _ in 0..ATTEMPTS_MAX {
+        let Some((h, revision)) = head(b).await? else {
+            return Ok(None);
+        };
+        let prefix = chunks_prefix(h.generation);
+        let listed = b.list(&prefix).await?;
+        if listed.kvs.len() != h.chunks {
+            // A publish replaced this generation while we read: read the new head.
+            continue;
+        }
+        let mut raws = Vec::with_capacity(h.objects);
+        for kv in &listed.kvs {
+            let objects: Vec<Published> = serde_json::from_slice(&kv.value)
+                .map_err(|e| Error::Refused(format!("{}: not a chunk of objects: {e}", kv.key)))?;
+            raws.extend(objects.into_iter().map(|p| RawObject {
+                value: p.value,
+                source: model::Source {
+                    file: Arc::new(PathBuf::from(p.file)),
+                    pos: model::yaml::Pos {
+                        line: p.line,
+                        col: p.col,
+                    },
+                    ..model::Source::default()
+                },
+                default_namespace: p.default_namespace,
+            }));
+        }
+        return Ok(Some(Generation {
+            generation: h.generation,
+            revision,
+            raws,
+        }));
+    }
+    Err(Error::Refused(format!(
+        "{}: publishes overtook {ATTEMPTS_MAX} reads",
+        head_key()
+    )))
+}
+
+/// A generation built into a load (the same objects give the same snapshot on every node),
+/// without the kinds `opts` skips.
+fn load(mut g: Generation, opts: &Options) -> Load {
+    g.raws.retain(|r| {
+        let kind = r.value.get("kind").and_then(serde_json::Value::as_str);
+        !kind.is_some_and(|k| opts.skip_kinds.iter().any(|s| s == k))
+    });
+    let files: BTreeSet<PathBuf> = g
+        .raws
+        .iter()
+        .map(|r| r.source.file.as_ref().clone())
+        .collect();
+    Load {
+        snapshot: model::Snapshot::build(g.raws, Vec::new()),
+        files: files.into_iter().collect(),
+        excluded: Vec::new(),
+        observed: Default::default(),
+        generation: Some(g.generation),
+    }
+}
+
+/// Watches the published manifests in the backend `location` names: returns once the first
+/// generation is read (waiting, and saying so once, while nothing is published or the backend
+/// cannot be reached), then publishes each new generation to the watch. An unreachable
+/// backend keeps the current generation serving; a compacted history lists again.
+pub fn watch(location: &Location, opts: &Options) -> Result<crate::watch::Watch, Error> {
+    let opts = opts.clone();
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<crate::watch::Watch, Error>>();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let location = location.clone();
+    std::thread::Builder::new()
+        .name("trellis-state".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = first_tx.send(Err(Error::Unavailable(e.to_string())));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                tokio::select! {
+                    _ = follow(location, opts, first_tx, stop_tx) => {}
+                    _ = stop_rx => {}
+                }
+            });
+        })
+        .map_err(|e| Error::Unavailable(e.to_string()))?;
+    first_rx
+        .recv()
+        .unwrap_or_else(|_| Err(Error::Unavailable("the state source stopped".into())))
+}
+
+/// Says each kind of trouble once, and when it is over.
+#[derive(Default)]
+struct Said(Option<String>);
+
+impl Said {
+    fn say(&mut self, what: Option<String>) {
+        if what == self.0 {
+            return;
+        }
+        match &what {
+            Some(w) => tracing::warn!(problem = %w, "published manifests"),
+            None => tracing::info!("published manifests: read again"),
+        }
+        self.0 = what;
+    }
+}
+
+async fn follow(
+    location: Location,
+    opts: Options,
+    first_tx: std::sync::mpsc::Sender<Result<crate::watch::Watch, Error>>,
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut said = Said::default();
+    let b = loop {
+        match super::open(&location).await {
+            Ok(b) => break b,
+            Err(e) => {
+                said.say(Some(e.to_string()));
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
+    // The first generation: waited for.
+    let first = loop {
+        match read(b.as_ref()).await {
+            Ok(Some(g)) => break g,
+            Ok(None) => said.say(Some(
+                "none published yet (publish them with `trellis state publish`); waiting".into(),
+            )),
+            Err(e) => said.say(Some(e.to_string())),
+        }
+        tokio::time::sleep(RETRY).await;
+    };
+    said.say(None);
+    let mut generation = first.generation;
+    let mut revision = first.revision;
+    let (watch, publisher) =
+        crate::watch::Watch::from_source(load(first, &opts), Box::new(stop_tx));
+    if first_tx.send(Ok(watch)).is_err() {
+        return;
+    }
+    loop {
+        // Watch the head from the revision read; any change (or a lost watch) reads again.
+        let ended = match b.watch(&head_key(), revision).await {
+            Ok(mut w) => w.events.recv().await,
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(Err(e)) = &ended
+            && !matches!(e, Error::Compacted(_))
+        {
+            said.say(Some(e.to_string()));
+            tokio::time::sleep(RETRY).await;
+        }
+        match read(b.as_ref()).await {
+            Ok(Some(g)) => {
+                said.say(None);
+                revision = g.revision;
+                if g.generation != generation {
+                    generation = g.generation;
+                    if !publisher.publish(load(g, &opts)) {
+                        return;
+                    }
+                }
+            }
+            // Removed: keep serving what we have (an empty cluster is never inferred).
+            Ok(None) => said.say(Some(
+                "the published manifests are gone; keeping the last generation".into(),
+            )),
+            Err(e) => {
+                said.say(Some(e.to_string()));
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::memory::Memory;
+    use super::*;
+
+    fn raws(n: usize, pad: usize) -> Vec<RawObject> {
+        (0..n)
+            .map(|i| {
+                let text = format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\ndata:\n  pad: {}\n",
+                    "x".repeat(pad)
+                );
+                RawObject::from_yaml(&text, &format!("m/c{i}.yaml"), "apps")
+                    .expect("yaml")
+                    .remove(0)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_generation_reads_back_whole_across_chunks_and_only_grows() {
+        let b = Memory::default();
+        assert!(read(&b).await.expect("read").is_none());
+        // ~3 MiB: several chunks.
+        let many = raws(300, 10_000);
+        let p = publish(&b, &many).await.expect("publish");
+        assert_eq!(
+            p,
+            Publish {
+                generation: 1,
+                changed: true
+            }
+        );
+        let g = read(&b).await.expect("read").expect("published");
+        assert_eq!(g.generation, 1);
+        assert_eq!(g.raws.len(), 300);
+        assert_eq!(g.raws[299].value["metadata"]["name"], "c299");
+        assert_eq!(g.raws[7].source.file.display().to_string(), "m/c7.yaml");
+        assert_eq!(g.raws[7].default_namespace.as_deref(), Some("apps"));
+        let chunks = b.list(&chunks_prefix(1)).await.expect("list").kvs.len();
+        assert!(chunks > 4, "{chunks} chunks");
+        // The same objects again: nothing written.
+        let again = publish(&b, &many).await.expect("again");
+        assert!(!again.changed);
+        // Fewer: generation 2, and generation 1's chunks are gone.
+        let p = publish(&b, &many[..10]).await.expect("fewer");
+        assert_eq!(p.generation, 2);
+        assert!(
+            b.list(&chunks_prefix(1))
+                .await
+                .expect("list")
+                .kvs
+                .is_empty()
+        );
+        let l = load(
+            read(&b).await.expect("read").expect("some"),
+            &Options::default(),
+        );
+        assert_eq!(l.generation, Some(2));
+        assert_eq!(l.snapshot.config_maps.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn an_object_over_the_chunk_bound_is_refused_with_its_file() {
+        let b = Memory::default();
+        let e = publish(&b, &raws(1, CHUNK_BYTES)).await.expect_err("big");
+        assert!(e.to_string().contains("m/c0.yaml:1"), "{e}");
+        assert!(read(&b).await.expect("read").is_none(), "nothing published");
+    }
+}
