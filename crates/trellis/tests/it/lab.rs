@@ -855,6 +855,73 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     lab.curl("client", "http://10.10.30.11:30080/")
         .expect("the NodePort answers");
 
+    // Nothing shared through this machine's files: the agents serve the generation published
+    // in etcd and keep the assignments there themselves.
+    assert!(
+        !state_dir.join("assignments.json").exists(),
+        "no assignments file on etcd"
+    );
+    let conf: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state_dir.join("agent-node-1.json")).expect("agent config"),
+    )
+    .expect("json");
+    assert_eq!(conf["source"], "state", "{conf}");
+    assert_eq!(conf["manifests"], serde_json::json!([]), "{conf}");
+    assert!(conf["assignments"].is_null(), "{conf}");
+    let (_, head) = etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/trellis/v1/manifests/current",
+    ]);
+    let head: serde_json::Value = serde_json::from_str(head.trim()).expect("a manifests head");
+    let (_, doc) = etcdctl(&["get", "--print-value-only", "/trellis/v1/assignments"]);
+    let doc: serde_json::Value = serde_json::from_str(doc.trim()).expect("an assignments doc");
+    assert_eq!(doc["generation"], head["generation"], "{doc}\n{head}");
+    // The cluster IP the document holds is the one the lab lists, and the agents forward it.
+    let cluster_ip = doc["assignments"]["services"]["default/echo"]["cluster_ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("echo's cluster IP in {doc}"))
+        .to_string();
+    let listed = s["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|r| r["name"] == "echo")
+        .map(|r| r["cluster_ip"].clone());
+    assert_eq!(listed, Some(serde_json::json!(cluster_ip)), "{s}");
+    let pod = format!(
+        "default/{}",
+        s["pods"][0]["plan"]["name"].as_str().expect("a pod")
+    );
+    let backends = |want: usize| {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..60 {
+            let v = lab
+                .curl(&pod, &format!("http://{cluster_ip}/"))
+                .expect("the cluster IP from etcd's document");
+            seen.insert(v["backend"].as_str().expect("backend").to_string());
+            if seen.len() == want {
+                break;
+            }
+        }
+        seen
+    };
+    assert_eq!(backends(2).len(), 2);
+    // A manifest change reaches the agents as a new generation in etcd.
+    write_manifests(&manifests, 3);
+    wait_pods(&lab, 3);
+    assert_eq!(backends(3).len(), 3, "the third pod through every agent");
+    let (_, head2) = etcdctl(&[
+        "get",
+        "--print-value-only",
+        "/trellis/v1/manifests/current",
+    ]);
+    let head2: serde_json::Value = serde_json::from_str(head2.trim()).expect("a manifests head");
+    assert!(
+        head2["generation"].as_u64() > head["generation"].as_u64(),
+        "{head} then {head2}"
+    );
+
     let kill = |pid: u32| {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
