@@ -1,9 +1,11 @@
 //! The fabric's pure compile on real manifest trees (the corpus and the home-lab example), and
 //! properties of the allocator and the Maglev table over generated inputs; `l2`: the
-//! announcer over a torn lease file, in a network namespace (root).
+//! announcer over a torn lease file, in a network namespace (root); `shared`: agents racing
+//! for the assignments on a real 3-member etcd.
 
 mod l2;
 mod props;
+mod shared;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
