@@ -1,5 +1,6 @@
 //! `cargo xtask bench state`: the claim latency of the state seam on a 3-member etcd (Debian's,
-//! on loopback) against the in-process backend, with `trellis state bench` (release build).
+//! on loopback) against the in-process backend, and agents on published manifests (start to
+//! synced, a change fanned out to every agent), with `trellis state bench` (release build).
 
 use std::path::Path;
 use std::process::Command;
@@ -9,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 #[path = "../../crates/store/tests/it/etcd_cluster.rs"]
 mod etcd_cluster;
 
-fn bench(bin: &str, state: &str, claims: usize) -> Result<String> {
+fn bench(bin: &str, state: &str, claims: usize, services: usize) -> Result<String> {
     let out = Command::new(bin)
         .args([
             "state",
@@ -18,6 +19,8 @@ fn bench(bin: &str, state: &str, claims: usize) -> Result<String> {
             "bench",
             "--claims",
             &claims.to_string(),
+            "--services",
+            &services.to_string(),
         ])
         .output()
         .context("trellis state bench")?;
@@ -29,7 +32,7 @@ fn bench(bin: &str, state: &str, claims: usize) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-pub fn run(root: &Path, claims: usize) -> Result<()> {
+pub fn run(root: &Path, claims: usize, services: usize) -> Result<()> {
     crate::ensure_packages(&[("/usr/bin/etcd", "etcd-server")])?;
     let bin = crate::build_release(root)?;
     let cluster = etcd_cluster::Cluster::start();
@@ -48,9 +51,23 @@ pub fn run(root: &Path, claims: usize) -> Result<()> {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let etcd = bench(&bin, &state, claims)?;
-    let memory = bench(&bin, "memory", claims)?;
+    let etcd = bench(&bin, &state, claims, 0)?;
+    let memory = bench(&bin, "memory", claims, 0)?;
     println!("\n## State backend: claim latency, {claims} claims one after another\n");
+    println!("| backend | result |");
+    println!("|---|---|");
+    println!("| etcd, 3 members on loopback | {etcd} |");
+    println!("| in-process | {memory} |");
+    let etcd = bench(&bin, &state, 0, services)?;
+    let memory = bench(&bin, "memory", 0, services)?;
+    println!(
+        "\n## Agents on published manifests: {services} LoadBalancer Services (two pods each), 3 agents\n"
+    );
+    println!(
+        "Each agent reads the generation, brings the shared assignments up to it (compare-and-swap), \
+         compiles its plan and lowers it to map entries (no kernel writes). A change is timed from \
+         the publish to the last agent's plan.\n"
+    );
     println!("| backend | result |");
     println!("|---|---|");
     println!("| etcd, 3 members on loopback | {etcd} |");

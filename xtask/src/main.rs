@@ -56,7 +56,9 @@ fn main() -> Result<()> {
             }
             Some("cni") => bench_cni::run(&root, env_or("ITERATIONS", 50)),
             Some("up") => bench_up::run_up(&root, env_or("ROUNDS", 5)),
-            Some("state") => bench_state::run(&root, env_or("CLAIMS", 1000)),
+            Some("state") => {
+                bench_state::run(&root, env_or("CLAIMS", 1000), env_or("SERVICES", 1000))
+            }
             Some("health") => {
                 bench_up::run_health(&root, env_or("ENDPOINTS", 1000), env_or("SECONDS", 30))
             }

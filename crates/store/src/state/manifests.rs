@@ -146,14 +146,18 @@ fn digest(chunks: &[Vec<u8>]) -> String {
     format!("{:016x}", h.finish())
 }
 
-/// The head and its revision (none: nothing published yet).
-async fn head(b: &dyn Backend) -> Result<Option<(Head, i64)>, Error> {
-    let Some(kv) = b.get(&head_key()).await? else {
+/// The head, the revision it was last written at (where a swap compares) and the store's
+/// revision it was read at (where a watch starts: never compacted away while the head stays
+/// unchanged); none: nothing published yet.
+async fn head(b: &dyn Backend) -> Result<Option<(Head, i64, i64)>, Error> {
+    let key = head_key();
+    let listing = b.list(&key).await?;
+    let Some(kv) = listing.kvs.into_iter().find(|kv| kv.key == key) else {
         return Ok(None);
     };
     let h: Head = serde_json::from_slice(&kv.value)
         .map_err(|e| Error::Refused(format!("{}: not a manifests head: {e}", kv.key)))?;
-    Ok(Some((h, kv.mod_revision)))
+    Ok(Some((h, kv.mod_revision, listing.revision)))
 }
 
 /// Writes `value` at `key` whatever is there.
@@ -181,7 +185,7 @@ pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Err
     let digest = digest(&chunks);
     for _ in 0..ATTEMPTS_MAX {
         let current = head(b).await?;
-        if let Some((h, _)) = &current
+        if let Some((h, _, _)) = &current
             && h.digest == digest
         {
             return Ok(Publish {
@@ -189,7 +193,7 @@ pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Err
                 changed: false,
             });
         }
-        let (previous, rev) = current.map_or((0, 0), |(h, rev)| (h.generation, rev));
+        let (previous, rev) = current.map_or((0, 0), |(h, rev, _)| (h.generation, rev));
         let generation = previous + 1;
         let prefix = chunks_prefix(generation);
         for (i, c) in chunks.iter().enumerate() {
@@ -220,8 +224,8 @@ pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Err
     )))
 }
 
-/// A generation as read: its number, the head's revision (where a watch starts) and its
-/// objects.
+/// A generation as read: its number, the store's revision it was read at (where a watch
+/// starts) and its objects.
 #[derive(Debug)]
 pub struct Generation {
     pub generation: u64,
@@ -232,7 +236,7 @@ pub struct Generation {
 /// Reads the current generation (none: nothing published yet).
 pub async fn read(b: &dyn Backend) -> Result<Option<Generation>, Error> {
     for _ in 0..ATTEMPTS_MAX {
-        let Some((h, revision)) = head(b).await? else {
+        let Some((h, _, revision)) = head(b).await? else {
             return Ok(None);
         };
         let prefix = chunks_prefix(h.generation);
@@ -296,10 +300,29 @@ fn load(mut g: Generation, opts: &Options) -> Load {
 /// cannot be reached), then publishes each new generation to the watch. An unreachable
 /// backend keeps the current generation serving; a compacted history lists again.
 pub fn watch(location: &Location, opts: &Options) -> Result<crate::watch::Watch, Error> {
+    let location = location.clone();
+    watch_with(
+        move || {
+            let location = location.clone();
+            async move { super::open(&location).await }
+        },
+        opts,
+    )
+}
+
+/// The backend an opener gives (tried again while it fails).
+pub type Opened = Result<Arc<dyn Backend>, Error>;
+
+/// [`watch`] on the backend `open` gives (a benchmark's shared in-process backend), on a
+/// thread and runtime of its own.
+pub fn watch_with<F, Fut>(open: F, opts: &Options) -> Result<crate::watch::Watch, Error>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Opened> + Send,
+{
     let opts = opts.clone();
     let (first_tx, first_rx) = std::sync::mpsc::channel::<Result<crate::watch::Watch, Error>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let location = location.clone();
     std::thread::Builder::new()
         .name("trellis-state".into())
         .spawn(move || {
@@ -315,7 +338,7 @@ pub fn watch(location: &Location, opts: &Options) -> Result<crate::watch::Watch,
             };
             rt.block_on(async move {
                 tokio::select! {
-                    _ = follow(location, opts, first_tx, stop_tx) => {}
+                    _ = follow(open, opts, first_tx, stop_tx) => {}
                     _ = stop_rx => {}
                 }
             });
@@ -343,15 +366,18 @@ impl Said {
     }
 }
 
-async fn follow(
-    location: Location,
+async fn follow<F, Fut>(
+    open: F,
     opts: Options,
     first_tx: std::sync::mpsc::Sender<Result<crate::watch::Watch, Error>>,
     stop_tx: tokio::sync::oneshot::Sender<()>,
-) {
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Opened>,
+{
     let mut said = Said::default();
     let b = loop {
-        match super::open(&location).await {
+        match open().await {
             Ok(b) => break b,
             Err(e) => {
                 said.say(Some(e.to_string()));

@@ -868,11 +868,7 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     assert_eq!(conf["source"], "state", "{conf}");
     assert_eq!(conf["manifests"], serde_json::json!([]), "{conf}");
     assert!(conf["assignments"].is_null(), "{conf}");
-    let (_, head) = etcdctl(&[
-        "get",
-        "--print-value-only",
-        "/trellis/v1/manifests/current",
-    ]);
+    let (_, head) = etcdctl(&["get", "--print-value-only", "/trellis/v1/manifests/current"]);
     let head: serde_json::Value = serde_json::from_str(head.trim()).expect("a manifests head");
     let (_, doc) = etcdctl(&["get", "--print-value-only", "/trellis/v1/assignments"]);
     let doc: serde_json::Value = serde_json::from_str(doc.trim()).expect("an assignments doc");
@@ -911,11 +907,7 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     write_manifests(&manifests, 3);
     wait_pods(&lab, 3);
     assert_eq!(backends(3).len(), 3, "the third pod through every agent");
-    let (_, head2) = etcdctl(&[
-        "get",
-        "--print-value-only",
-        "/trellis/v1/manifests/current",
-    ]);
+    let (_, head2) = etcdctl(&["get", "--print-value-only", "/trellis/v1/manifests/current"]);
     let head2: serde_json::Value = serde_json::from_str(head2.trim()).expect("a manifests head");
     assert!(
         head2["generation"].as_u64() > head["generation"].as_u64(),
