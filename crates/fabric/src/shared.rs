@@ -31,7 +31,7 @@ pub fn key() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Document {
-    /// The manifests generation the assignments were computed for (0: unknown).
+    /// The manifests generation the assignments were computed for.
     pub generation: u64,
     pub assignments: Assignments,
 }
@@ -61,8 +61,8 @@ pub async fn read(b: &dyn Backend) -> Result<Option<(Document, i64)>, Error> {
     Ok(Some((doc, kv.mod_revision)))
 }
 
-/// Brings the document up to `snapshot` (of manifests `generation`) and returns the
-/// assignments to compile with, and what this call did.
+/// Brings the document up to `snapshot` (of published manifests `generation`, at least 1) and
+/// returns the assignments to compile with, and what this call did.
 pub async fn update(
     b: &dyn Backend,
     snapshot: &Snapshot,
@@ -70,6 +70,13 @@ pub async fn update(
     service_cidr: Ipv4Net,
     node_ports: RangeInclusive<u16>,
 ) -> Result<(Assignments, Outcome), Error> {
+    if generation == 0 {
+        // Writers without a generation cannot tell whose snapshot is newer.
+        return Err(Error::Refused(format!(
+            "{}: only writers on a published manifests generation update it",
+            key()
+        )));
+    }
     for _ in 0..ATTEMPTS_MAX {
         let (doc, revision) = read(b).await?.unwrap_or_default();
         if doc.generation > generation {
@@ -153,6 +160,17 @@ mod tests {
         assert_eq!(stale, a2);
         let (doc, _) = read(&b).await.expect("read").expect("doc");
         assert_eq!(doc.generation, 2);
+        // A writer without a published generation is refused.
+        let e = update(
+            &b,
+            &two,
+            0,
+            CIDR.parse().expect("cidr"),
+            crate::assign::NODE_PORT_RANGE_DEFAULT,
+        )
+        .await
+        .expect_err("no generation");
+        assert!(e.to_string().contains("published"), "{e}");
         assert!(doc.assignments.cluster_ip("apps", "c").is_some());
     }
 

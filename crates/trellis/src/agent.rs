@@ -110,9 +110,11 @@ enum Assigned {
 
 impl Assigned {
     fn open(conf: &AgentConfig) -> Result<Assigned> {
-        let state = match (&conf.assignments, &conf.state) {
-            (None, Some(state)) => state,
-            (file, _) => {
+        // Only agents that serve a published generation write the shared document: writers
+        // must agree on what generation they compile, or one would drop Services another has.
+        let state = match (&conf.assignments, &conf.state, conf.source.as_deref()) {
+            (None, Some(state), Some("state")) => state,
+            (file, _, _) => {
                 return Ok(Assigned::File(lab::state::AssignmentsView::new(
                     file.clone(),
                 )));
@@ -1016,7 +1018,7 @@ mod tests {
         let mut view = Assigned::File(lab::state::AssignmentsView::new(Some(path.clone())));
         let frontends =
             |plan: &ServicePlan| -> Vec<Ipv4Addr> { plan.frontends.keys().map(|k| k.ip).collect() };
-        let mut plan = |view: &mut Assigned| {
+        let plan = |view: &mut Assigned| {
             fabric::compile(&load.snapshot, &cfg, view.refresh(&load.snapshot, None))
         };
         assert_eq!(frontends(&plan(&mut view)), [ip]);
@@ -1040,7 +1042,8 @@ mod tests {
         let conf: AgentConfig = serde_json::from_value(serde_json::json!({
             "node": "node-1", "node_ips": {"node-1": "10.10.30.11"}, "pod_cidr": "10.69.1.0/24",
             "cluster_cidr": "10.69.0.0/16", "lan_interface": "eth0", "pin_dir": "/nonexistent",
-            "masquerade": true, "state": "memory", "service_cidr": "10.100.0.0/16"}))
+            "masquerade": true, "state": "memory", "source": "state",
+            "service_cidr": "10.100.0.0/16"}))
         .expect("config");
         let snapshot = model::Snapshot::build(
             model::RawObject::from_yaml(

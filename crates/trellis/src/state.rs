@@ -302,7 +302,7 @@ async fn bench_agents(
 ) -> anyhow::Result<()> {
     use store::state::manifests;
     anyhow::ensure!(
-        manifests::read(b.as_ref()).await?.is_none()
+        manifests::read(b.as_ref()).await?.is_err()
             && fabric::shared::read(b.as_ref()).await?.is_none(),
         "this backend holds published manifests or assignments: the agents' bench writes both; \
          run it on an empty backend"
@@ -319,7 +319,7 @@ async fn bench_agents(
             let b = opener.open().await?;
             let g = manifests::read(b.as_ref())
                 .await?
-                .context("published manifests")?;
+                .map_err(|_| anyhow::anyhow!("no published manifests"))?;
             let snapshot = model::Snapshot::build(g.raws, Vec::new());
             let n = agent_sync(b.as_ref(), &format!("node-{i}"), &snapshot, g.generation).await?;
             anyhow::Ok((n, t.elapsed()))

@@ -50,7 +50,7 @@ async fn connect(endpoint: &str) -> Etcd {
     }
 }
 
-/// 100 generations; each is written by two agents at once through two members, while a third
+/// 100 generations after the first; each is written by two agents at once through two members, while a third
 /// still on the previous generation writes too. Exactly one of the two wins each time, both
 /// compile with the same assignments, the stale one never overwrites, and no value is ever
 /// handed out twice or taken back from its Service.
@@ -66,8 +66,13 @@ async fn racing_agents_never_give_a_value_twice() {
     let cidr: ipnet::Ipv4Net = "10.96.0.0/16".parse().expect("cidr");
     let ports = fabric::assign::NODE_PORT_RANGE_DEFAULT;
     let mut given: BTreeMap<String, (Ipv4Addr, u16, Ipv4Addr)> = BTreeMap::new();
-    let mut previous = generation(0);
-    for g in 1..=100usize {
+    // Generation 1 by one writer, so that every racing round has a stale writer (generations
+    // start at 1).
+    let mut previous = generation(1);
+    update(&a, &previous, 1, cidr, ports.clone())
+        .await
+        .expect("generation 1");
+    for g in 2..=101usize {
         let snapshot = generation(g);
         let number = g as u64;
         let (ra, rb, rc) = tokio::join!(
@@ -79,6 +84,12 @@ async fn racing_agents_never_give_a_value_twice() {
         let wrote = [&oa, &ob].iter().filter(|o| ***o == Outcome::Wrote).count();
         assert_eq!(wrote, 1, "generation {g}: {oa:?}, {ob:?}");
         assert_ne!(oc, Outcome::Wrote, "generation {g}: the stale writer wrote");
+        // And once more after both: it takes the newer document.
+        let (late, oc) = update(&c, &previous, number - 1, cidr, ports.clone())
+            .await
+            .expect("c late");
+        assert_eq!(oc, Outcome::Newer(number), "generation {g}");
+        assert_eq!(late, aa);
         assert_eq!(aa, ab, "generation {g}: two agents, two answers");
         let (doc, _) = fabric::shared::read(&a)
             .await
@@ -101,6 +112,7 @@ async fn racing_agents_never_give_a_value_twice() {
         let distinct = |f: &dyn Fn(&(Ipv4Addr, u16, Ipv4Addr)) -> String| {
             given.values().map(f).collect::<BTreeSet<_>>().len()
         };
+        assert_eq!(given.len(), g);
         assert_eq!(distinct(&|v| v.0.to_string()), g, "a cluster IP twice");
         assert_eq!(distinct(&|v| v.1.to_string()), g, "a node port twice");
         assert_eq!(distinct(&|v| v.2.to_string()), g, "an LB address twice");

@@ -394,7 +394,12 @@ impl Backend for Etcd {
                             return;
                         }
                     }
-                    match stream.message().await {
+                    // A watcher that went away ends the stream now, not at the next event.
+                    let message = tokio::select! {
+                        m = stream.message() => m,
+                        () = tx.closed() => return,
+                    };
+                    match message {
                         Ok(Some(r)) if r.compact_revision > 0 => {
                             let _ = tx.send(Err(Error::Compacted(r.compact_revision))).await;
                             return;

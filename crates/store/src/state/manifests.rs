@@ -4,12 +4,15 @@
 //!
 //! A generation is the objects as the publisher's loader read them (Kustomizations, Flux
 //! substitutions and generators already applied), in chunks of at most [`CHUNK_BYTES`] (etcd
-//! refuses requests over 1.5 MiB), under `manifests/chunks/<generation>/`, and one head key
-//! `manifests/current` naming the generation. A publish writes the new chunks first, then
-//! swaps the head at the revision it read (so two publishers never interleave), then deletes
-//! the previous generation's chunks. A reader reads the head, then its chunks; a chunk gone
-//! under it (a publish in between) makes it read the head again. Readers therefore only see
-//! whole generations, and the generation number only grows.
+//! refuses requests over 1.5 MiB), under a prefix of the publish attempt's own
+//! (`manifests/chunks/<generation>-<nonce>/`, each chunk created only if absent), and one head
+//! key `manifests/current` naming the generation, its prefix, its chunk count and their
+//! digest. A publish writes its chunks first, then swaps the head at the revision it read (so
+//! two publishers never interleave; the loser deletes only its own chunks), then deletes every
+//! other chunk. A reader reads the head, then its chunks, and checks their count and digest;
+//! chunks gone under it (a publish in between) make it read the head again. Readers therefore
+//! only see whole generations, and the generation number only grows (a first publish, or one
+//! after the head was removed, starts from the store's revision).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -35,8 +38,22 @@ fn head_key() -> String {
     format!("{ROOT}manifests/current")
 }
 
+fn chunks_root() -> String {
+    format!("{ROOT}manifests/chunks/")
+}
+
+/// A publish attempt's own chunk prefix: its generation and a nonce no other attempt has.
 fn chunks_prefix(generation: u64) -> String {
-    format!("{ROOT}manifests/chunks/{generation}/")
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{}{generation}-{:016x}/", chunks_root(), h.finish())
 }
 
 /// What `manifests/current` says.
@@ -44,6 +61,8 @@ fn chunks_prefix(generation: u64) -> String {
 #[serde(rename_all = "camelCase")]
 pub struct Head {
     pub generation: u64,
+    /// Where its chunks are (`chunk_prefix` + `00000`, `00001`, ...).
+    pub chunk_prefix: String,
     pub chunks: usize,
     pub objects: usize,
     /// A digest of the chunks (a publish of the same objects changes nothing).
@@ -139,42 +158,59 @@ fn pack(raws: &[RawObject]) -> Result<Vec<Vec<u8>>, Error> {
     Ok(chunks)
 }
 
+/// FNV-1a over the chunks, each followed by its length: the same in every trellis version.
 fn digest(chunks: &[Vec<u8>]) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    chunks.hash(&mut h);
-    format!("{:016x}", h.finish())
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in chunks {
+        for b in c.iter().chain(&(c.len() as u64).to_le_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
 }
 
-/// The head, the revision it was last written at (where a swap compares) and the store's
-/// revision it was read at (where a watch starts: never compacted away while the head stays
-/// unchanged); none: nothing published yet.
-async fn head(b: &dyn Backend) -> Result<Option<(Head, i64, i64)>, Error> {
+/// What the head key holds when read.
+struct HeadRead {
+    /// None: nothing published (or the head was removed).
+    head: Option<Head>,
+    /// The revision the head was last written at (where a swap compares; 0: absent).
+    mod_revision: i64,
+    /// The store's revision at the read (where a watch starts: never compacted away while
+    /// the head stays unchanged; it only grows).
+    revision: i64,
+}
+
+async fn head(b: &dyn Backend) -> Result<HeadRead, Error> {
     let key = head_key();
     let listing = b.list(&key).await?;
     let Some(kv) = listing.kvs.into_iter().find(|kv| kv.key == key) else {
-        return Ok(None);
+        return Ok(HeadRead {
+            head: None,
+            mod_revision: 0,
+            revision: listing.revision,
+        });
     };
     let h: Head = serde_json::from_slice(&kv.value)
         .map_err(|e| Error::Refused(format!("{}: not a manifests head: {e}", kv.key)))?;
-    Ok(Some((h, kv.mod_revision, listing.revision)))
+    Ok(HeadRead {
+        head: Some(h),
+        mod_revision: kv.mod_revision,
+        revision: listing.revision,
+    })
 }
 
-/// Writes `value` at `key` whatever is there.
-async fn put(b: &dyn Backend, key: &str, value: &[u8]) -> Result<(), Error> {
-    for _ in 0..ATTEMPTS_MAX {
-        let rev = b.get(key).await?.map_or(0, |kv| kv.mod_revision);
-        if b.swap(key, rev, value, None).await? {
-            return Ok(());
-        }
-    }
-    Err(Error::Refused(format!("{key}: changed under every write")))
-}
-
-/// Deletes every key under `prefix` (as listed; a key written again since stays).
-async fn delete_prefix(b: &dyn Backend, prefix: &str) -> Result<(), Error> {
+/// Deletes every key under `prefix` that `keep` does not say to keep (as listed; a key written
+/// again since stays).
+async fn delete_under(
+    b: &dyn Backend,
+    prefix: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<(), Error> {
     for kv in b.list(prefix).await?.kvs {
-        b.delete(&kv.key, kv.mod_revision).await?;
+        if !keep(&kv.key) {
+            b.delete(&kv.key, kv.mod_revision).await?;
+        }
     }
     Ok(())
 }
@@ -185,7 +221,7 @@ pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Err
     let digest = digest(&chunks);
     for _ in 0..ATTEMPTS_MAX {
         let current = head(b).await?;
-        if let Some((h, _, _)) = &current
+        if let Some(h) = &current.head
             && h.digest == digest
         {
             return Ok(Publish {
@@ -193,22 +229,34 @@ pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Err
                 changed: false,
             });
         }
-        let (previous, rev) = current.map_or((0, 0), |(h, rev, _)| (h.generation, rev));
-        let generation = previous + 1;
+        // The number only grows: after the head, or from the store's revision without one.
+        let generation = match &current.head {
+            Some(h) => h.generation + 1,
+            None => u64::try_from(current.revision).unwrap_or(0) + 1,
+        };
         let prefix = chunks_prefix(generation);
         for (i, c) in chunks.iter().enumerate() {
-            put(b, &format!("{prefix}{i:05}"), c).await?;
+            let key = format!("{prefix}{i:05}");
+            if !b.create(&key, c, None).await? {
+                return Err(Error::Refused(format!("{key}: already written")));
+            }
         }
         let next = Head {
             generation,
+            chunk_prefix: prefix.clone(),
             chunks: chunks.len(),
             objects: raws.iter().filter(|r| published(r)).count(),
             digest: digest.clone(),
         };
         let text = serde_json::to_vec(&next).map_err(|e| Error::Refused(e.to_string()))?;
-        if b.swap(&head_key(), rev, &text, None).await? {
-            if previous > 0 {
-                delete_prefix(b, &chunks_prefix(previous)).await?;
+        if b.swap(&head_key(), current.mod_revision, &text, None)
+            .await?
+        {
+            // Published. Every other chunk (the previous generation's, and any left by an
+            // attempt that failed part-way) goes; failing that only leaves garbage for the
+            // next publish.
+            if let Err(e) = delete_under(b, &chunks_root(), |k| k.starts_with(&prefix)).await {
+                tracing::warn!(error = %e, "published; the previous generations' chunks stay until the next publish");
             }
             return Ok(Publish {
                 generation,
@@ -216,7 +264,7 @@ pub async fn publish(b: &dyn Backend, raws: &[RawObject]) -> Result<Publish, Err
             });
         }
         // Another publisher went first: take our chunks back and start over from its head.
-        delete_prefix(b, &prefix).await?;
+        delete_under(b, &prefix, |_| false).await?;
     }
     Err(Error::Refused(format!(
         "{}: other publishers overtook {ATTEMPTS_MAX} attempts",
@@ -233,22 +281,42 @@ pub struct Generation {
     pub raws: Vec<RawObject>,
 }
 
-/// Reads the current generation (none: nothing published yet).
-pub async fn read(b: &dyn Backend) -> Result<Option<Generation>, Error> {
+/// Reads the current generation: `Err(revision)` when nothing is published (the store's
+/// revision, where a watch for the first publish starts).
+pub async fn read(b: &dyn Backend) -> Result<Result<Generation, i64>, Error> {
     for _ in 0..ATTEMPTS_MAX {
-        let Some((h, _, revision)) = head(b).await? else {
-            return Ok(None);
+        let current = head(b).await?;
+        let Some(h) = current.head else {
+            return Ok(Err(current.revision));
         };
-        let prefix = chunks_prefix(h.generation);
-        let listed = b.list(&prefix).await?;
-        if listed.kvs.len() != h.chunks {
+        if !h.chunk_prefix.starts_with(&chunks_root()) {
+            return Err(Error::Refused(format!(
+                "{}: chunks at {:?}, outside {}",
+                head_key(),
+                h.chunk_prefix,
+                chunks_root()
+            )));
+        }
+        let listed = b.list(&h.chunk_prefix).await?;
+        let names_ok = listed.kvs.len() == h.chunks
+            && listed
+                .kvs
+                .iter()
+                .enumerate()
+                .all(|(i, kv)| kv.key == format!("{}{i:05}", h.chunk_prefix));
+        let values: Vec<Vec<u8>> = listed.kvs.into_iter().map(|kv| kv.value).collect();
+        if !names_ok || digest(&values) != h.digest {
             // A publish replaced this generation while we read: read the new head.
             continue;
         }
-        let mut raws = Vec::with_capacity(h.objects);
-        for kv in &listed.kvs {
-            let objects: Vec<Published> = serde_json::from_slice(&kv.value)
-                .map_err(|e| Error::Refused(format!("{}: not a chunk of objects: {e}", kv.key)))?;
+        let mut raws = Vec::new();
+        for (i, value) in values.iter().enumerate() {
+            let objects: Vec<Published> = serde_json::from_slice(value).map_err(|e| {
+                Error::Refused(format!(
+                    "{}{i:05}: not a chunk of objects: {e}",
+                    h.chunk_prefix
+                ))
+            })?;
             raws.extend(objects.into_iter().map(|p| RawObject {
                 value: p.value,
                 source: model::Source {
@@ -262,14 +330,14 @@ pub async fn read(b: &dyn Backend) -> Result<Option<Generation>, Error> {
                 default_namespace: p.default_namespace,
             }));
         }
-        return Ok(Some(Generation {
+        return Ok(Ok(Generation {
             generation: h.generation,
-            revision,
+            revision: current.revision,
             raws,
         }));
     }
     Err(Error::Refused(format!(
-        "{}: publishes overtook {ATTEMPTS_MAX} reads",
+        "{}: its chunks did not match it in {ATTEMPTS_MAX} reads (publishes overtaking each read, or chunks lost)",
         head_key()
     )))
 }
@@ -388,8 +456,8 @@ async fn follow<F, Fut>(
     // The first generation: waited for.
     let first = loop {
         match read(b.as_ref()).await {
-            Ok(Some(g)) => break g,
-            Ok(None) => said.say(Some(
+            Ok(Ok(g)) => break g,
+            Ok(Err(_)) => said.say(Some(
                 "none published yet (publish them with `trellis state publish`); waiting".into(),
             )),
             Err(e) => said.say(Some(e.to_string())),
@@ -417,7 +485,7 @@ async fn follow<F, Fut>(
             tokio::time::sleep(RETRY).await;
         }
         match read(b.as_ref()).await {
-            Ok(Some(g)) => {
+            Ok(Ok(g)) => {
                 said.say(None);
                 revision = g.revision;
                 if g.generation != generation {
@@ -428,9 +496,12 @@ async fn follow<F, Fut>(
                 }
             }
             // Removed: keep serving what we have (an empty cluster is never inferred).
-            Ok(None) => said.say(Some(
-                "the published manifests are gone; keeping the last generation".into(),
-            )),
+            Ok(Err(now)) => {
+                said.say(Some(
+                    "the published manifests are gone; keeping the last generation".into(),
+                ));
+                revision = now;
+            }
             Err(e) => {
                 said.say(Some(e.to_string()));
                 tokio::time::sleep(RETRY).await;
@@ -461,7 +532,7 @@ mod tests {
     #[tokio::test]
     async fn a_generation_reads_back_whole_across_chunks_and_only_grows() {
         let b = Memory::default();
-        assert!(read(&b).await.expect("read").is_none());
+        assert!(read(&b).await.expect("read").is_err());
         // ~3 MiB: several chunks.
         let many = raws(300, 10_000);
         let p = publish(&b, &many).await.expect("publish");
@@ -473,12 +544,18 @@ mod tests {
             }
         );
         let g = read(&b).await.expect("read").expect("published");
+        let first_prefix = head(&b)
+            .await
+            .expect("head")
+            .head
+            .expect("a head")
+            .chunk_prefix;
         assert_eq!(g.generation, 1);
         assert_eq!(g.raws.len(), 300);
         assert_eq!(g.raws[299].value["metadata"]["name"], "c299");
         assert_eq!(g.raws[7].source.file.display().to_string(), "m/c7.yaml");
         assert_eq!(g.raws[7].default_namespace.as_deref(), Some("apps"));
-        let chunks = b.list(&chunks_prefix(1)).await.expect("list").kvs.len();
+        let chunks = b.list(&first_prefix).await.expect("list").kvs.len();
         assert!(chunks > 4, "{chunks} chunks");
         // The same objects again: nothing written.
         let again = publish(&b, &many).await.expect("again");
@@ -486,19 +563,27 @@ mod tests {
         // Fewer: generation 2, and generation 1's chunks are gone.
         let p = publish(&b, &many[..10]).await.expect("fewer");
         assert_eq!(p.generation, 2);
+        assert!(b.list(&first_prefix).await.expect("list").kvs.is_empty());
+        // Only the current generation's chunks are left.
+        let left = b.list(&chunks_root()).await.expect("list").kvs;
+        assert_eq!(left.len(), 1, "one chunk of 10 objects");
+        // A head that names chunks that are not all there (a garbled store) is an error, not a
+        // generation.
         assert!(
-            b.list(&chunks_prefix(1))
+            b.delete(&left[0].key, left[0].mod_revision)
                 .await
-                .expect("list")
-                .kvs
-                .is_empty()
+                .expect("delete")
         );
+        let e = read(&b).await.expect_err("chunks missing");
+        assert!(e.to_string().contains("did not match"), "{e}");
+        let p = publish(&b, &many[..20]).await.expect("republish");
+        assert_eq!(p.generation, 3);
         let l = load(
             read(&b).await.expect("read").expect("some"),
             &Options::default(),
         );
-        assert_eq!(l.generation, Some(2));
-        assert_eq!(l.snapshot.config_maps.len(), 10);
+        assert_eq!(l.generation, Some(3));
+        assert_eq!(l.snapshot.config_maps.len(), 20, "repaired by the next publish");
     }
 
     #[tokio::test]
@@ -506,6 +591,6 @@ mod tests {
         let b = Memory::default();
         let e = publish(&b, &raws(1, CHUNK_BYTES)).await.expect_err("big");
         assert!(e.to_string().contains("m/c0.yaml:1"), "{e}");
-        assert!(read(&b).await.expect("read").is_none(), "nothing published");
+        assert!(read(&b).await.expect("read").is_err(), "nothing published");
     }
 }

@@ -772,9 +772,11 @@ spec:
 }
 
 /// The lab on a 3-member etcd on its LAN (`lab up --state etcd`): every agent registers its
-/// node and claims its pod CIDR there; the services work as on the embedded state; with one
-/// member killed the cluster still answers; with two killed (no quorum) the agents say the
-/// backend is unavailable and the datapath keeps forwarding with its maps.
+/// node and claims its pod CIDR there; the agents serve the generation the supervisor
+/// published there and the assignments document they keep there; with one member killed the
+/// cluster still answers and a manifest change still reaches every agent; with two killed (no
+/// quorum) the agents say the backend is unavailable and the datapath keeps forwarding with
+/// its maps.
 #[test]
 fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     require_root();
@@ -872,7 +874,8 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     let head: serde_json::Value = serde_json::from_str(head.trim()).expect("a manifests head");
     let (_, doc) = etcdctl(&["get", "--print-value-only", "/trellis/v1/assignments"]);
     let doc: serde_json::Value = serde_json::from_str(doc.trim()).expect("an assignments doc");
-    assert_eq!(doc["generation"], head["generation"], "{doc}\n{head}");
+    let published = head["generation"].as_u64().expect("a generation");
+    assert_eq!(doc["generation"].as_u64(), Some(published), "{doc}\n{head}");
     // The cluster IP the document holds is the one the lab lists, and the agents forward it.
     let cluster_ip = doc["assignments"]["services"]["default/echo"]["cluster_ip"]
         .as_str()
@@ -903,16 +906,6 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
         seen
     };
     assert_eq!(backends(2).len(), 2);
-    // A manifest change reaches the agents as a new generation in etcd.
-    write_manifests(&manifests, 3);
-    wait_pods(&lab, 3);
-    assert_eq!(backends(3).len(), 3, "the third pod through every agent");
-    let (_, head2) = etcdctl(&["get", "--print-value-only", "/trellis/v1/manifests/current"]);
-    let head2: serde_json::Value = serde_json::from_str(head2.trim()).expect("a manifests head");
-    assert!(
-        head2["generation"].as_u64() > head["generation"].as_u64(),
-        "{head} then {head2}"
-    );
 
     let kill = |pid: u32| {
         let _ = nix::sys::signal::kill(
@@ -931,6 +924,17 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // With one member dead the lab runs on: a manifest change is published as a new
+    // generation, assigned and served by every agent.
+    write_manifests(&manifests, 3);
+    wait_pods(&lab, 3);
+    assert_eq!(backends(3).len(), 3, "the third pod through every agent");
+    let (_, head2) = etcdctl(&["get", "--print-value-only", "/trellis/v1/manifests/current"]);
+    let head2: serde_json::Value = serde_json::from_str(head2.trim()).expect("a manifests head");
+    assert!(
+        head2["generation"].as_u64().expect("a generation") > published,
+        "{head} then {head2}"
+    );
     // Two down: no quorum. The agents say so; the datapath keeps forwarding.
     kill(members[1].1);
     let (code, _) = etcdctl(&["put", "/probe/two-down", "1"]);
