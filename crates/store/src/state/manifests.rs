@@ -583,7 +583,11 @@ mod tests {
             &Options::default(),
         );
         assert_eq!(l.generation, Some(3));
-        assert_eq!(l.snapshot.config_maps.len(), 20, "repaired by the next publish");
+        assert_eq!(
+            l.snapshot.config_maps.len(),
+            20,
+            "repaired by the next publish"
+        );
     }
 
     #[tokio::test]
