@@ -1,5 +1,5 @@
 //! `cargo xtask bench state`: the claim latency of the state seam on a 3-member etcd (Debian's,
-//! on loopback) against the in-process backend, and agents on published manifests (start to
+//! on loopback) against the one-host file backend and the in-process one, and agents on published manifests (start to
 //! synced, a change fanned out to every agent), with `trellis state bench` (release build).
 
 use std::path::Path;
@@ -51,14 +51,20 @@ pub fn run(root: &Path, claims: usize, services: usize) -> Result<()> {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // The embedded backend: the file backend in a directory of its own.
+    let dir = tempfile::tempdir().context("a directory for the file backend")?;
+    let file = format!("file://{}", dir.path().join("state").display());
     let etcd = bench(&bin, &state, claims, 0)?;
+    let embedded = bench(&bin, &file, claims, 0)?;
     let memory = bench(&bin, "memory", claims, 0)?;
     println!("\n## State backend: claim latency, {claims} claims one after another\n");
     println!("| backend | result |");
     println!("|---|---|");
     println!("| etcd, 3 members on loopback | {etcd} |");
+    println!("| file (one host, fsync per change) | {embedded} |");
     println!("| in-process | {memory} |");
     let etcd = bench(&bin, &state, 0, services)?;
+    let embedded = bench(&bin, &file, 0, services)?;
     let memory = bench(&bin, "memory", 0, services)?;
     println!(
         "\n## Agents on published manifests: {services} LoadBalancer Services (two pods each), 3 agents\n"
@@ -71,6 +77,7 @@ pub fn run(root: &Path, claims: usize, services: usize) -> Result<()> {
     println!("| backend | result |");
     println!("|---|---|");
     println!("| etcd, 3 members on loopback | {etcd} |");
+    println!("| file (one host) | {embedded} |");
     println!("| in-process | {memory} |");
     Ok(())
 }

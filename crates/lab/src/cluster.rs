@@ -117,10 +117,25 @@ pub struct LabConfig {
     /// toFQDNs: the shortest time an answered address stays open (the agents' default when
     /// `None`).
     pub fqdn_min_ttl_s: Option<u64>,
-    /// The nodes share state through a 3-member etcd on the LAN (one member per node, the
-    /// first three nodes) instead of this machine's files only.
-    pub etcd: bool,
+    /// Where the nodes share state.
+    pub sharing: Sharing,
 }
+
+/// Where a lab's nodes share state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sharing {
+    /// This machine's files: the supervisor's assignments.json, the lease files.
+    #[default]
+    Embedded,
+    /// The state seam's file backend (`<state>/shared`): the supervisor publishes the
+    /// objects there and the agents assign and elect there, as on etcd.
+    File,
+    /// A 3-member etcd on the LAN (one member per node, the first three nodes).
+    Etcd,
+}
+
+/// Under the lab's state directory: the file backend's directory (`--state file`).
+pub const SHARED_DIR: &str = "shared";
 
 impl LabConfig {
     pub fn prefix(&self) -> String {
@@ -293,6 +308,7 @@ fn initial_state(cfg: &LabConfig) -> LabState {
         services: Vec::new(),
         scaling: Vec::new(),
         etcd: Vec::new(),
+        shared: None,
         ready: false,
     }
 }
@@ -306,18 +322,27 @@ fn bring_up(cfg: &LabConfig, run: &mut Running, tx: &mpsc::Sender<Event>) -> Res
     build_network(&run.state)?;
     start_vlan_devices(cfg, run)?;
     let cluster_dir = cfg.state_dir.join(CLUSTER_DIR);
-    if cfg.etcd {
-        start_etcd(cfg, run)?;
-        let endpoints: Vec<String> = run.state.etcd.iter().map(|m| m.client.clone()).collect();
+    let location = match cfg.sharing {
+        Sharing::Embedded => None,
+        Sharing::File => Some(store::state::Location::File(cfg.state_dir.join(SHARED_DIR))),
+        Sharing::Etcd => {
+            start_etcd(cfg, run)?;
+            Some(store::state::Location::Etcd(
+                run.state.etcd.iter().map(|m| m.client.clone()).collect(),
+            ))
+        }
+    };
+    if let Some(location) = location {
+        run.state.shared = Some(location.to_string());
         run.shared = Some(crate::shared::Shared::start(
             &run.state.client.netns,
-            &endpoints,
+            location,
         )?);
     }
     write_pods(&cfg.state_dir, &[], 0)?;
     let first = store::load(&cfg.manifests, &cfg.options);
     if let Some(shared) = &run.shared {
-        // The agents read the first generation from etcd, and assign from it themselves.
+        // The agents read the first generation there, and assign from it themselves.
         run.assignments = shared.publish_and_assign(
             &cluster_roots(cfg, &cluster_dir),
             &cfg.options,
@@ -611,10 +636,10 @@ fn start_agent(
     cluster_dir: &Path,
     synced: std::sync::Arc<Synced>,
 ) -> Result<Child> {
-    // On etcd the agents read the published generation and keep the assignments there;
-    // nothing on this machine's disk is shared with them.
-    let on_etcd = !s.etcd.is_empty();
-    let manifests = if on_etcd {
+    // With shared state the agents read the published generation and keep the assignments
+    // there; on etcd nothing on this machine's disk is shared with them.
+    let on_shared = s.shared.is_some();
+    let manifests = if on_shared {
         Vec::new()
     } else {
         cluster_roots(cfg, cluster_dir)
@@ -627,7 +652,7 @@ fn start_agent(
         lan_interface: "eth0".into(),
         pin_dir: node.pin_dir.clone(),
         manifests,
-        assignments: (!on_etcd).then(|| cfg.state_dir.join(ASSIGNMENTS_FILE)),
+        assignments: (!on_shared).then(|| cfg.state_dir.join(ASSIGNMENTS_FILE)),
         service_cidr: Some(SERVICE_CIDR.parse().expect("constant CIDR")),
         masquerade: true,
         leases: Some(cfg.state_dir.join("leases")),
@@ -645,17 +670,8 @@ fn start_agent(
                 .join(format!("{}.sock", node.name)),
         ),
         fqdn_min_ttl_s: cfg.fqdn_min_ttl_s,
-        state: (!s.etcd.is_empty()).then(|| {
-            format!(
-                "etcd://{}",
-                s.etcd
-                    .iter()
-                    .map(|m| m.client.clone())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        }),
-        source: on_etcd.then(|| "state".to_string()),
+        state: s.shared.clone(),
+        source: on_shared.then(|| "state".to_string()),
         cni_install: None,
         admin_listen: None,
     };
@@ -751,8 +767,8 @@ fn prior_assignments(state_dir: &Path) -> Result<fabric::Assignments> {
 /// Makes the running pods match the manifests, republishes Pod objects and service rows.
 fn reconcile(cfg: &LabConfig, run: &mut Running, snapshot: &model::Snapshot) -> Result<()> {
     let _span = tracing::info_span!("reconcile", generation = run.generation + 1).entered();
-    // With etcd the assignments are decided once the objects are published (below), by the
-    // same update the agents run.
+    // With shared state the assignments are decided once the objects are published (below),
+    // by the same update the agents run.
     if run.shared.is_none() {
         let previous = run.assignments.clone();
         run.assignments = fabric::assign(

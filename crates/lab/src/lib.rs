@@ -195,6 +195,12 @@ pub fn status_text(s: &LabState) -> String {
             m.client, m.node, m.pid
         );
     }
+    if let Some(shared) = &s.shared {
+        let _ = writeln!(
+            out,
+            "state     {shared} (trellis state --state {shared} ls)"
+        );
+    }
     if !s.scaling.is_empty() {
         let _ = writeln!(
             out,

@@ -1,8 +1,9 @@
-//! The supervisor's side of the lab's etcd (`lab up --state etcd`): it publishes the objects
-//! the agents serve (the user's manifests and the lab's pods, one generation per reconcile)
-//! and keeps the assignments document with the same function the agents use. The etcd
-//! members listen on the LAN, so the connection lives on a thread inside a namespace on the
-//! LAN (the client's), with a runtime of its own; each call is a job run there.
+//! The supervisor's side of the lab's shared state (`lab up --state etcd` or `--state file`):
+//! it publishes the objects the agents serve (the user's manifests and the lab's pods, one
+//! generation per reconcile) and keeps the assignments document with the same function the
+//! agents use. The etcd members listen on the LAN, so the connection lives on a thread inside
+//! a namespace on the LAN (the client's), with a runtime of its own; each call is a job run
+//! there.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -12,18 +13,17 @@ use store::state::{Backend, Location};
 
 type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &dyn Backend) + Send>;
 
-/// A connection to the lab's etcd from inside the LAN.
+/// A connection to the lab's shared state from inside the LAN.
 pub struct Shared {
     jobs: mpsc::Sender<Job>,
 }
 
 impl Shared {
-    /// Connects from the namespace `netns` to `endpoints`.
-    pub fn start(netns: &str, endpoints: &[String]) -> Result<Shared> {
+    /// Connects from the namespace `netns` to the backend at `location`.
+    pub fn start(netns: &str, location: Location) -> Result<Shared> {
         let path = PathBuf::from(crate::netns::NETNS_DIR).join(netns);
         let file = std::fs::File::open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        let location = Location::Etcd(endpoints.to_vec());
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let netns = netns.to_string();
@@ -38,7 +38,7 @@ impl Shared {
                         .build()?;
                     let b = rt
                         .block_on(store::state::open(&location))
-                        .context("connecting to the lab's etcd")?;
+                        .context("opening the lab's shared state")?;
                     anyhow::Ok((rt, b))
                 })();
                 let (rt, b) = match opened {
@@ -110,6 +110,6 @@ impl Shared {
                 Ok::<_, store::state::Error>(a)
             })
         })?
-        .context("the lab's etcd")
+        .context("the lab's shared state")
     }
 }

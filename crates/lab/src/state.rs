@@ -41,6 +41,10 @@ pub struct LabState {
     /// The etcd members (`lab up --state etcd`); none with the embedded state.
     #[serde(default)]
     pub etcd: Vec<EtcdMember>,
+    /// The state backend the agents share (`--state` as an agent takes it: `etcd://...` or
+    /// `file:///...`); none: the embedded files (assignments.json, lease files).
+    #[serde(default)]
+    pub shared: Option<String>,
     /// The supervisor finished bringing the lab up.
     pub ready: bool,
 }

@@ -45,6 +45,32 @@ pub struct Lease {
     pub boot_id: String,
 }
 
+/// This boot's id (read once; empty when the kernel does not say, so that leases of this
+/// process still work, only not across a reboot's files).
+fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string(BOOT_ID_PATH)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// `CLOCK_BOOTTIME` in milliseconds.
+fn boottime_ms() -> std::io::Result<u64> {
+    let t = clock_gettime(ClockId::CLOCK_BOOTTIME).map_err(std::io::Error::from)?;
+    Ok(u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+        + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000)
+}
+
+/// The lease clock now: `CLOCK_BOOTTIME` milliseconds of this boot.
+pub fn boot_clock() -> Now {
+    Now {
+        boot_id: boot_id().to_string(),
+        ms: boottime_ms().unwrap_or(0),
+    }
+}
+
 /// A reading of the lease clock.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Now {
@@ -115,12 +141,9 @@ impl Leases {
 
     /// The lease clock now.
     pub fn now(&self) -> std::io::Result<Now> {
-        let t = clock_gettime(ClockId::CLOCK_BOOTTIME).map_err(std::io::Error::from)?;
-        let ms = u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
-            + u64::try_from(t.tv_nsec()).unwrap_or(0) / 1_000_000;
         Ok(Now {
             boot_id: self.boot_id.clone(),
-            ms,
+            ms: boottime_ms()?,
         })
     }
 

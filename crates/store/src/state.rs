@@ -3,6 +3,8 @@
 //! revision), so that allocation logic is written once and runs on any backend.
 //!
 //! - [`memory::Memory`]: one process (tests, `trellis up` on one host).
+//! - [`file::Files`]: the processes of one host (`--state file:///DIR`): one file under a
+//!   `flock`, written durably at every change; both keep [`space::Space`].
 //! - [`etcd::Etcd`]: etcd's v3 API over gRPC (`--state etcd://host:2379,host:2379`), as
 //!   Cilium's kvstore mode and Calico's etcd datastore keep their state.
 //! - [`kube::Kube`]: the Kubernetes API (`--state kube://NAMESPACE`): ConfigMaps and
@@ -19,10 +21,12 @@
 
 pub mod alloc;
 pub mod etcd;
+pub mod file;
 pub mod kube;
 pub mod leases;
 pub mod manifests;
 pub mod memory;
+pub mod space;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -38,9 +42,10 @@ pub type LeaseId = i64;
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 
 /// One key and its value, with the revision of its last change.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Kv {
     pub key: String,
+    #[serde(with = "space::text_or_bytes")]
     pub value: Vec<u8>,
     /// The store's revision when the key was last written.
     pub mod_revision: i64,
@@ -56,7 +61,7 @@ pub struct Listing {
 }
 
 /// A change seen by a watch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     Put(Kv),
     Delete { key: String, revision: i64 },
@@ -142,6 +147,8 @@ fn ttl_secs(ttl: Duration) -> i64 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Location {
     Memory,
+    /// A directory of this host, shared by its processes.
+    File(std::path::PathBuf),
     Etcd(Vec<String>),
     /// The namespace of the Kubernetes API (the client as kubectl finds it).
     Kube(String),
@@ -153,6 +160,15 @@ impl std::str::FromStr for Location {
     fn from_str(s: &str) -> Result<Location, String> {
         if s == "memory" {
             return Ok(Location::Memory);
+        }
+        if let Some(dir) = s.strip_prefix("file://") {
+            return if dir.starts_with('/') {
+                Ok(Location::File(dir.into()))
+            } else {
+                Err(format!(
+                    "--state {s:?}: write `file:///ABSOLUTE/DIRECTORY` (three slashes)"
+                ))
+            };
         }
         if let Some(ns) = s.strip_prefix("kube://") {
             let ok = !ns.is_empty()
@@ -170,7 +186,7 @@ impl std::str::FromStr for Location {
         }
         let Some(rest) = s.strip_prefix("etcd://") else {
             return Err(format!(
-                "--state {s:?}: write `memory`, `etcd://HOST:PORT[,HOST:PORT...]` or `kube://NAMESPACE`"
+                "--state {s:?}: write `memory`, `file:///DIR`, `etcd://HOST:PORT[,HOST:PORT...]` or `kube://NAMESPACE`"
             ));
         };
         let endpoints: Vec<String> = rest
@@ -192,10 +208,23 @@ impl std::str::FromStr for Location {
     }
 }
 
+impl std::fmt::Display for Location {
+    /// As `--state` takes it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Memory => write!(f, "memory"),
+            Location::File(dir) => write!(f, "file://{}", dir.display()),
+            Location::Etcd(endpoints) => write!(f, "etcd://{}", endpoints.join(",")),
+            Location::Kube(namespace) => write!(f, "kube://{namespace}"),
+        }
+    }
+}
+
 /// Opens the backend a location names.
 pub async fn open(location: &Location) -> Result<std::sync::Arc<dyn Backend>, Error> {
     Ok(match location {
         Location::Memory => std::sync::Arc::new(memory::Memory::default()),
+        Location::File(dir) => std::sync::Arc::new(file::Files::open(dir)?),
         Location::Etcd(endpoints) => std::sync::Arc::new(
             etcd::Etcd::connect(endpoints, etcd::REQUEST_TIMEOUT_DEFAULT).await?,
         ),
@@ -227,5 +256,14 @@ mod tests {
         assert!("kube://".parse::<Location>().is_err());
         assert!("kube://Not_A_Name".parse::<Location>().is_err());
         assert!("consul://x".parse::<Location>().is_err());
+        assert_eq!(
+            "file:///var/lib/trellis/state".parse(),
+            Ok(Location::File("/var/lib/trellis/state".into()))
+        );
+        assert!("file://relative".parse::<Location>().is_err());
+        for text in ["memory", "file:///s", "etcd://a:1,b:2", "kube://ns"] {
+            let l: Location = text.parse().expect("parses");
+            assert_eq!(l.to_string(), text);
+        }
     }
 }

@@ -44,10 +44,12 @@ pub struct UpFlags {
     /// (the answer's TTL when longer; 60 when not given).
     #[arg(long, value_name = "SECONDS")]
     pub fqdn_min_ttl: Option<u64>,
-    /// Where the nodes share state: `embedded` (files on this machine) or `etcd` (a
-    /// 3-member etcd cluster on the lab's LAN, one member per node; the agents register
-    /// their nodes and claim their pod CIDRs there).
-    #[arg(long, default_value = "embedded", value_parser = ["embedded", "etcd"])]
+    /// Where the nodes share state: `embedded` (files on this machine), `file` (the state
+    /// seam's file backend under the lab's state directory) or `etcd` (a 3-member etcd
+    /// cluster on the lab's LAN, one member per node). With `file` or `etcd` the supervisor
+    /// publishes the objects there, and the agents register their nodes, claim their pod
+    /// CIDRs, assign addresses and elect L2 holders there.
+    #[arg(long, default_value = "embedded", value_parser = ["embedded", "file", "etcd"])]
     pub state: String,
 }
 
@@ -196,7 +198,11 @@ fn config(source: &SourceArgs, lab: &LabFlags, up: &UpFlags) -> Result<lab::LabC
             .map(|v| std::path::absolute(v).unwrap_or(v.clone())),
         flows: !up.no_flows,
         fqdn_min_ttl_s: up.fqdn_min_ttl,
-        etcd: up.state == "etcd",
+        sharing: match up.state.as_str() {
+            "etcd" => lab::cluster::Sharing::Etcd,
+            "file" => lab::cluster::Sharing::File,
+            _ => lab::cluster::Sharing::Embedded,
+        },
         // Absolute: the CNI plugin and the agents run elsewhere (CNI requires it).
         state_dir: std::path::absolute(&lab.state_dir).unwrap_or(lab.state_dir.clone()),
         trellis_bin: std::env::current_exe().context("locating the trellis binary")?,

@@ -1,6 +1,6 @@
 //! `trellis state`: what the nodes share, read from the state backend (`--state
 //! etcd://HOST:PORT,...`, or `TRELLIS_STATE`): `ls` lists the registered nodes, the pod CIDRs
-//! and the claims with their owners; `publish` makes a manifest tree the generation every
+//! and the claims with their owners; `get` prints one value; `publish` makes a manifest tree the generation every
 //! agent with `source: state` serves; `bench` measures the claim latency (create-if-absent
 //! transactions, one at a time) and removes what it wrote.
 
@@ -28,6 +28,9 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: crate::check::Output,
     },
+    /// Print one key's value as stored (a key without a leading `/` is under /trellis/v1/, as
+    /// `ls` shows it); exit 1 when there is none.
+    Get { key: String },
     /// Publish manifests as the next generation every agent with `source: state` serves (the
     /// objects as trellis reads them, Secrets left out). A tree with errors is not published:
     /// the errors are printed and the current generation keeps serving.
@@ -70,6 +73,24 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("opening {}", args.state))?;
         match &args.command {
             Command::Ls { output } => ls(b.as_ref(), *output).await,
+            Command::Get { key } => {
+                let key = if key.starts_with('/') {
+                    key.clone()
+                } else {
+                    format!("{}{key}", alloc::ROOT)
+                };
+                match b.get(&key).await.context("reading the state backend")? {
+                    Some(kv) => {
+                        use std::io::Write as _;
+                        std::io::stdout().write_all(&kv.value)?;
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    None => {
+                        eprintln!("{key}: no such key");
+                        Ok(ExitCode::from(1))
+                    }
+                }
+            }
             Command::Bench {
                 claims,
                 services,

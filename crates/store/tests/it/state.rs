@@ -1,5 +1,6 @@
 //! The state seam against its backends: one conformance run (create-if-absent, swap,
-//! delete, leases, watches) on the in-process backend and on a real 3-member etcd cluster
+//! delete, leases, watches) on the in-process backend, the one-host file backend (also raced
+//! between two instances as two processes would) and on a real 3-member etcd cluster
 //! (Debian's etcd 3.4, started here on loopback); then what only a cluster can show: 100
 //! races for one key through two members (exactly one winner each), pod CIDRs claimed at
 //! once by three nodes, a registration that expires with its lease, a watch whose history
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use store::state::alloc;
 use store::state::etcd::Etcd;
+use store::state::file::Files;
 use store::state::kube::Kube;
 use store::state::memory::Memory;
 use store::state::{Backend, Error, Event};
@@ -126,6 +128,87 @@ async fn conformance(b: &dyn Backend, root: &str) {
 #[tokio::test]
 async fn the_memory_backend_conforms() {
     conformance(&Memory::default(), "/t/").await;
+}
+
+/// The one-host backend: the same conformance; two instances on one directory (as two
+/// processes: each its own lock file description and cache) racing 100 times for one key with
+/// exactly one winner each; a key on a lease that runs out, seen gone by the other instance's
+/// watch; what was written read back by a fresh instance; a file that does not parse refused
+/// with its path and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_backend_conforms_and_is_shared_between_processes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let one = Files::open(dir.path()).expect("open");
+    conformance(&one, "/t/").await;
+
+    // Races: two threads, each with its own instance, released together each round.
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let racer = |owner: &'static str| {
+        let dir = dir.path().to_path_buf();
+        let barrier = barrier.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let b = Files::open(&dir).expect("open");
+            (0..100)
+                .map(|i| {
+                    barrier.wait();
+                    rt.block_on(alloc::claim(&b, &format!("race{i}"), "10.10.30.50", owner))
+                        .expect("claim")
+                })
+                .collect::<Vec<bool>>()
+        })
+    };
+    let (a, c) = (racer("network/a"), racer("network/b"));
+    let (a, c) = (a.join().expect("a"), c.join().expect("b"));
+    for i in 0..100 {
+        assert!(a[i] ^ c[i], "round {i}: a {}, b {}", a[i], c[i]);
+    }
+
+    // A lease that runs out: gone for the other instance's watch.
+    let two = Files::open(dir.path()).expect("open");
+    let start = two.list("/lease/").await.expect("list");
+    let mut watch = two.watch("/lease/", start.revision).await.expect("watch");
+    let lease = one.grant(Duration::from_secs(1)).await.expect("grant");
+    assert!(
+        one.create("/lease/k", b"v", Some(lease))
+            .await
+            .expect("create")
+    );
+    let mut seen = Vec::new();
+    while !seen.iter().any(|e| matches!(e, Event::Delete { .. })) {
+        seen.extend(next(&mut watch).await.expect("events"));
+    }
+    assert!(
+        matches!(&seen[0], Event::Put(kv) if kv.key == "/lease/k"),
+        "{seen:?}"
+    );
+    assert_eq!(one.get("/lease/k").await.expect("get"), None);
+
+    // Durable: a fresh instance reads what was written.
+    let fresh = Files::open(dir.path()).expect("open");
+    let owner = fresh
+        .get("/trellis/v1/claims/race7/10.10.30.50")
+        .await
+        .expect("get")
+        .expect("race 7's claim");
+    assert!(owner.value == b"network/a" || owner.value == b"network/b");
+
+    // A torn file: refused with its path, not overwritten.
+    drop((one, two, fresh));
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, b"{\"revision\": 3, \"kvs\"").expect("tear");
+    let e = Files::open(dir.path()).err().expect("refused");
+    assert!(
+        e.to_string().contains("state.json") && e.to_string().contains("not a trellis state file"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        b"{\"revision\": 3, \"kvs\""
+    );
 }
 
 /// Retries `f` until it succeeds (at most `secs`); the backend coming up or back.

@@ -309,6 +309,12 @@ fn l2_failover_with_the_leases_in_etcd() {
     failover("b", &["--state", "etcd"]);
 }
 
+/// The same with the leases in the state seam's file backend (`lab up --state file`).
+#[test]
+fn l2_failover_with_the_leases_in_the_file_backend() {
+    failover("c", &["--state", "file"]);
+}
+
 fn failover(tag: &str, extra: &[&str]) {
     super::lab::require_root();
     let name = format!("{tag}{}", std::process::id());

@@ -857,55 +857,15 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     lab.curl("client", "http://10.10.30.11:30080/")
         .expect("the NodePort answers");
 
-    // Nothing shared through this machine's files: the agents serve the generation published
-    // in etcd and keep the assignments there themselves.
-    assert!(
-        !state_dir.join("assignments.json").exists(),
-        "no assignments file on etcd"
-    );
-    let conf: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(state_dir.join("agent-node-1.json")).expect("agent config"),
-    )
-    .expect("json");
-    assert_eq!(conf["source"], "state", "{conf}");
-    assert_eq!(conf["manifests"], serde_json::json!([]), "{conf}");
-    assert!(conf["assignments"].is_null(), "{conf}");
-    let (_, head) = etcdctl(&["get", "--print-value-only", "/trellis/v1/manifests/current"]);
-    let head: serde_json::Value = serde_json::from_str(head.trim()).expect("a manifests head");
-    let (_, doc) = etcdctl(&["get", "--print-value-only", "/trellis/v1/assignments"]);
-    let doc: serde_json::Value = serde_json::from_str(doc.trim()).expect("an assignments doc");
-    let published = head["generation"].as_u64().expect("a generation");
-    assert_eq!(doc["generation"].as_u64(), Some(published), "{doc}\n{head}");
-    // The cluster IP the document holds is the one the lab lists, and the agents forward it.
-    let cluster_ip = doc["assignments"]["services"]["default/echo"]["cluster_ip"]
-        .as_str()
-        .unwrap_or_else(|| panic!("echo's cluster IP in {doc}"))
-        .to_string();
-    let listed = s["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|r| r["name"] == "echo")
-        .map(|r| r["cluster_ip"].clone());
-    assert_eq!(listed, Some(serde_json::json!(cluster_ip)), "{s}");
-    let pod = format!(
-        "default/{}",
-        s["pods"][0]["plan"]["name"].as_str().expect("a pod")
-    );
-    let backends = |want: usize| {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..60 {
-            let v = lab
-                .curl(&pod, &format!("http://{cluster_ip}/"))
-                .expect("the cluster IP from etcd's document");
-            seen.insert(v["backend"].as_str().expect("backend").to_string());
-            if seen.len() == want {
-                break;
-            }
-        }
-        seen
+    let get = |key: &str| {
+        let (code, value) = lab.exec(
+            "node-1",
+            &[trellis_bin(), "state", "--state", &state, "get", key],
+        );
+        assert_eq!(code, 0, "{key}: {value}");
+        value
     };
-    assert_eq!(backends(2).len(), 2);
+    let published = serves_from_shared_state(&lab, &state_dir, &get);
 
     let kill = |pid: u32| {
         let _ = nix::sys::signal::kill(
@@ -926,15 +886,7 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     }
     // With one member dead the lab runs on: a manifest change is published as a new
     // generation, assigned and served by every agent.
-    write_manifests(&manifests, 3);
-    wait_pods(&lab, 3);
-    assert_eq!(backends(3).len(), 3, "the third pod through every agent");
-    let (_, head2) = etcdctl(&["get", "--print-value-only", "/trellis/v1/manifests/current"]);
-    let head2: serde_json::Value = serde_json::from_str(head2.trim()).expect("a manifests head");
-    assert!(
-        head2["generation"].as_u64().expect("a generation") > published,
-        "{head} then {head2}"
-    );
+    a_change_reaches_every_agent(&lab, &manifests, &get, published);
     // Two down: no quorum. The agents say so; the datapath keeps forwarding.
     kill(members[1].1);
     let (code, _) = etcdctl(&["put", "/probe/two-down", "1"]);
@@ -956,4 +908,143 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
         lab.curl("client", "http://10.10.30.12:30080/")
             .expect("forwarding without the state backend");
     }
+}
+
+/// What a lab on shared state (`--state file` or `etcd`) shows: no assignments file on this
+/// machine; agents on `source: state` with no manifest paths; the assignments document at the
+/// published generation, its cluster IP the one the lab lists, reached from a pod through
+/// every node's agent. `get` reads a key of the backend. Returns the published generation.
+fn serves_from_shared_state(lab: &Lab, state_dir: &Path, get: &dyn Fn(&str) -> String) -> u64 {
+    assert!(
+        !state_dir.join("assignments.json").exists(),
+        "no assignments file with shared state"
+    );
+    let conf: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state_dir.join("agent-node-1.json")).expect("agent config"),
+    )
+    .expect("json");
+    assert_eq!(conf["source"], "state", "{conf}");
+    assert_eq!(conf["manifests"], serde_json::json!([]), "{conf}");
+    assert!(conf["assignments"].is_null(), "{conf}");
+    let head: serde_json::Value =
+        serde_json::from_str(get("manifests/current").trim()).expect("a manifests head");
+    let doc: serde_json::Value =
+        serde_json::from_str(get("assignments").trim()).expect("an assignments document");
+    let published = head["generation"].as_u64().expect("a generation");
+    assert_eq!(doc["generation"].as_u64(), Some(published), "{doc}\n{head}");
+    let cluster_ip = doc["assignments"]["services"]["default/echo"]["cluster_ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("echo's cluster IP in {doc}"))
+        .to_string();
+    let s = lab.state();
+    let listed = s["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|r| r["name"] == "echo")
+        .map(|r| r["cluster_ip"].clone());
+    assert_eq!(listed, Some(serde_json::json!(cluster_ip)), "{s}");
+    let pods = s["pods"].as_array().map_or(0, Vec::len);
+    assert_eq!(cluster_backends(lab, pods).len(), pods, "{s}");
+    published
+}
+
+/// The backends a pod reaches through echo's cluster IP (until `want` answered, bounded).
+fn cluster_backends(lab: &Lab, want: usize) -> std::collections::BTreeSet<String> {
+    let s = lab.state();
+    let cluster_ip = s["services"]
+        .as_array()
+        .expect("services")
+        .iter()
+        .find(|r| r["name"] == "echo")
+        .and_then(|r| r["cluster_ip"].as_str())
+        .expect("echo's cluster IP")
+        .to_string();
+    let pod = format!(
+        "default/{}",
+        s["pods"][0]["plan"]["name"].as_str().expect("a pod")
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let v = lab
+            .curl(&pod, &format!("http://{cluster_ip}/"))
+            .expect("the cluster IP the shared document holds");
+        seen.insert(v["backend"].as_str().expect("backend").to_string());
+        if seen.len() == want {
+            break;
+        }
+    }
+    seen
+}
+
+/// A manifest change (a third replica) is published as a newer generation than `published`
+/// and reaches every agent.
+fn a_change_reaches_every_agent(
+    lab: &Lab,
+    manifests: &Path,
+    get: &dyn Fn(&str) -> String,
+    published: u64,
+) {
+    write_manifests(manifests, 3);
+    wait_pods(lab, 3);
+    assert_eq!(
+        cluster_backends(lab, 3).len(),
+        3,
+        "the third pod through every agent"
+    );
+    let head: serde_json::Value =
+        serde_json::from_str(get("manifests/current").trim()).expect("a manifests head");
+    assert!(
+        head["generation"].as_u64().expect("a generation") > published,
+        "{head} after generation {published}"
+    );
+}
+
+/// The lab on the state seam's file backend (`lab up --state file`): the same as on etcd, on
+/// one machine: registrations and pod CIDRs, the published generation, the agents' shared
+/// assignments, a manifest change.
+#[test]
+fn lab_runs_on_the_file_backend() {
+    require_root();
+    let name = format!("f{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    write_manifests(&manifests, 2);
+    let state_dir = dir.path().join("state");
+    let lab = Lab::up_with(&manifests, None, &name, &state_dir, &["--state", "file"]);
+    let s = lab.state();
+    let state = s["shared"].as_str().expect("shared state").to_string();
+    assert!(state.starts_with("file:///"), "{s}");
+    let ls = || {
+        let (code, out) = lab.exec("node-1", &[trellis_bin(), "state", "--state", &state, "ls"]);
+        assert_eq!(code, 0, "{out}");
+        out
+    };
+    let start = Instant::now();
+    loop {
+        let listed = ls();
+        let ok = (1..=3).all(|i| listed.contains(&format!("nodes/node-{i}")))
+            && listed.matches("podcidr/10.69.").count() == 3;
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "registrations missing:\n{listed}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.curl("client", "http://10.10.30.11:30080/")
+        .expect("the NodePort answers");
+    let get = |key: &str| {
+        let (code, value) = lab.exec(
+            "node-1",
+            &[trellis_bin(), "state", "--state", &state, "get", key],
+        );
+        assert_eq!(code, 0, "{key}: {value}");
+        value
+    };
+    let published = serves_from_shared_state(&lab, &state_dir, &get);
+    a_change_reaches_every_agent(&lab, &manifests, &get, published);
 }
