@@ -10,7 +10,14 @@ use anyhow::{Context, Result, ensure};
 #[path = "../../crates/store/tests/it/etcd_cluster.rs"]
 mod etcd_cluster;
 
-fn bench(bin: &str, state: &str, claims: usize, services: usize) -> Result<String> {
+/// `trellis state bench` on `state`: `claims` claims, then (`services` > 0) agents on that
+/// many Services of `type_`, with `changes` changes.
+fn bench(
+    bin: &str,
+    state: &str,
+    claims: usize,
+    (services, type_, changes): (usize, &str, usize),
+) -> Result<String> {
     let out = Command::new(bin)
         .args([
             "state",
@@ -21,6 +28,10 @@ fn bench(bin: &str, state: &str, claims: usize, services: usize) -> Result<Strin
             &claims.to_string(),
             "--services",
             &services.to_string(),
+            "--service-type",
+            type_,
+            "--changes",
+            &changes.to_string(),
         ])
         .output()
         .context("trellis state bench")?;
@@ -54,30 +65,35 @@ pub fn run(root: &Path, claims: usize, services: usize) -> Result<()> {
     // The embedded backend: the file backend in a directory of its own.
     let dir = tempfile::tempdir().context("a directory for the file backend")?;
     let file = format!("file://{}", dir.path().join("state").display());
-    let etcd = bench(&bin, &state, claims, 0)?;
-    let embedded = bench(&bin, &file, claims, 0)?;
-    let memory = bench(&bin, "memory", claims, 0)?;
+    let none = (0, "ClusterIP", 0);
+    let etcd = bench(&bin, &state, claims, none)?;
+    let embedded = bench(&bin, &file, claims, none)?;
+    let memory = bench(&bin, "memory", claims, none)?;
     println!("\n## State backend: claim latency, {claims} claims one after another\n");
     println!("| backend | result |");
     println!("|---|---|");
     println!("| etcd, 3 members on loopback | {etcd} |");
     println!("| file (one host, fsync per change) | {embedded} |");
     println!("| in-process | {memory} |");
-    let etcd = bench(&bin, &state, 0, services)?;
-    let embedded = bench(&bin, &file, 0, services)?;
-    let memory = bench(&bin, "memory", 0, services)?;
-    println!(
-        "\n## Agents on published manifests: {services} LoadBalancer Services (two pods each), 3 agents\n"
-    );
+    println!("\n## Agents on published manifests: {services} Services (two pods each), 3 agents\n");
     println!(
         "Each agent reads the generation, brings the shared assignments up to it (compare-and-swap), \
          compiles its plan and lowers it to map entries (no kernel writes). A change is timed from \
          the publish to the last agent's plan.\n"
     );
-    println!("| backend | result |");
-    println!("|---|---|");
-    println!("| etcd, 3 members on loopback | {etcd} |");
-    println!("| file (one host) | {embedded} |");
-    println!("| in-process | {memory} |");
+    println!("| Services | backend | result |");
+    println!("|---|---|---|");
+    // ClusterIP: no external frontends. LoadBalancer: an LB address each and Maglev tables
+    // for every external frontend (fewer changes: each costs seconds).
+    for (type_, changes) in [("ClusterIP", 20), ("LoadBalancer", 3)] {
+        for (name, at) in [
+            ("etcd, 3 members on loopback", state.as_str()),
+            ("file (one host)", file.as_str()),
+            ("in-process", "memory"),
+        ] {
+            let r = bench(&bin, at, 0, (services, type_, changes))?;
+            println!("| {type_} | {name} | {r} |");
+        }
+    }
     Ok(())
 }

@@ -55,6 +55,10 @@ pub enum Command {
         /// Manifest changes fanned out.
         #[arg(long, default_value_t = 20)]
         changes: usize,
+        /// The Services' type: `LoadBalancer` (an LB-IPAM address each, and Maglev tables
+        /// for their external frontends) or `ClusterIP`.
+        #[arg(long, default_value = "LoadBalancer", value_parser = ["LoadBalancer", "ClusterIP"])]
+        service_type: String,
     },
 }
 
@@ -96,6 +100,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 services,
                 agents,
                 changes,
+                service_type,
             } => {
                 let code = if *claims > 0 {
                     bench(b.as_ref(), *claims).await?
@@ -108,7 +113,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                         Location::Memory => Opener::Same(b.clone()),
                         other => Opener::Open(other.clone()),
                     };
-                    bench_agents(b.clone(), opener, *services, *agents, *changes).await?;
+                    bench_agents(
+                        b.clone(),
+                        opener,
+                        (*services, service_type),
+                        *agents,
+                        *changes,
+                    )
+                    .await?;
                 }
                 Ok(code)
             }
@@ -241,9 +253,9 @@ impl Opener {
     }
 }
 
-/// `n` LoadBalancer Services with two pods each, and the pool they draw from; `round`
+/// `n` Services of `type_` with two pods each, and the pool LoadBalancers draw from; `round`
 /// changes one Service.
-fn bench_objects(n: usize, round: usize) -> anyhow::Result<Vec<model::RawObject>> {
+fn bench_objects((n, type_): (usize, &str), round: usize) -> anyhow::Result<Vec<model::RawObject>> {
     let mut text = String::from(
         "apiVersion: cilium.io/v2\nkind: CiliumLoadBalancerIPPool\nmetadata: {name: bench}\n\
          spec: {blocks: [{cidr: 10.20.0.0/16}]}\n",
@@ -252,7 +264,7 @@ fn bench_objects(n: usize, round: usize) -> anyhow::Result<Vec<model::RawObject>
         let port = if i == 0 { 80 + round } else { 80 };
         text.push_str(&format!(
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: bench}}\n\
-             spec: {{type: LoadBalancer, selector: {{app: s{i}}}, ports: [{{port: {port}, targetPort: 8080}}]}}\n"
+             spec: {{type: {type_}, selector: {{app: s{i}}}, ports: [{{port: {port}, targetPort: 8080}}]}}\n"
         ));
         // Two ready pods behind each, on two nodes.
         for (j, node) in ["node-0", "node-1"].iter().enumerate() {
@@ -288,10 +300,11 @@ async fn agent_sync(
         fabric::assign::NODE_PORT_RANGE_DEFAULT,
     )
     .await?;
-    let ips = std::collections::BTreeMap::from([(
-        node.to_string(),
-        std::net::Ipv4Addr::new(192, 0, 2, 1),
-    )]);
+    let ips = std::collections::BTreeMap::from([
+        ("node-0".to_string(), std::net::Ipv4Addr::new(192, 0, 2, 1)),
+        ("node-1".to_string(), std::net::Ipv4Addr::new(192, 0, 2, 2)),
+        (node.to_string(), std::net::Ipv4Addr::new(192, 0, 2, 3)),
+    ]);
     let cfg = fabric::FabricConfig::new(node, ips.clone());
     let plan = fabric::compile(snapshot, &cfg, Some(&assigned));
     let mut ids = fabric::lower::Ids::default();
@@ -317,7 +330,7 @@ fn ms(d: Duration) -> String {
 async fn bench_agents(
     b: std::sync::Arc<dyn Backend>,
     opener: Opener,
-    services: usize,
+    services: (usize, &str),
     agents: usize,
     changes: usize,
 ) -> anyhow::Result<()> {
@@ -331,24 +344,35 @@ async fn bench_agents(
     let t = Instant::now();
     let first = manifests::publish(b.as_ref(), &bench_objects(services, 0)?).await?;
     let publish = t.elapsed();
-    // Start to synced: every agent at once, each on its own connection.
+    // Start to synced: every agent at once, each on a thread, a runtime and a connection of
+    // its own, as separate processes would be (its CPU work never holds up another's
+    // requests).
     let t = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..agents {
         let opener = opener.clone();
-        tasks.push(tokio::spawn(async move {
-            let b = opener.open().await?;
-            let g = manifests::read(b.as_ref())
-                .await?
-                .map_err(|_| anyhow::anyhow!("no published manifests"))?;
-            let snapshot = model::Snapshot::build(g.raws, Vec::new());
-            let n = agent_sync(b.as_ref(), &format!("node-{i}"), &snapshot, g.generation).await?;
-            anyhow::Ok((n, t.elapsed()))
+        tasks.push(std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let b = opener.open().await?;
+                let g = manifests::read(b.as_ref())
+                    .await?
+                    .map_err(|_| anyhow::anyhow!("no published manifests"))?;
+                let snapshot = model::Snapshot::build(g.raws, Vec::new());
+                let n =
+                    agent_sync(b.as_ref(), &format!("node-{i}"), &snapshot, g.generation).await?;
+                anyhow::Ok((n, t.elapsed()))
+            })
         }));
     }
     let mut started = Vec::new();
     for task in tasks {
-        started.push(task.await??);
+        started.push(
+            task.join()
+                .map_err(|_| anyhow::anyhow!("an agent thread panicked"))??,
+        );
     }
     let synced = started.iter().map(|s| s.1).max().unwrap_or_default();
     let frontends = started.first().map_or(0, |s| s.0);
@@ -421,8 +445,10 @@ async fn bench_agents(
         b.delete(&kv.key, kv.mod_revision).await?;
     }
     println!(
-        "agents {agents}, services {services} ({frontends} frontends each): publish {} (generation {}), \
+        "agents {agents}, {} {} Services ({frontends} frontends each): publish {} (generation {}), \
          start to synced {} (last agent), change to every agent synced p50 {} max {} over {changes} changes",
+        services.0,
+        services.1,
         ms(publish),
         first.generation,
         ms(synced),

@@ -780,13 +780,7 @@ spec:
 #[test]
 fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     require_root();
-    let name = format!("e{}", std::process::id());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("mkdir");
-    write_manifests(&manifests, 2);
-    let state_dir = dir.path().join("state");
-    let lab = Lab::up_with(&manifests, None, &name, &state_dir, &["--state", "etcd"]);
+    let (_dir, manifests, state_dir, lab) = lab_with_state("e", "etcd");
     let s = lab.state();
     let members: Vec<(String, u32)> = s["etcd"]
         .as_array()
@@ -857,14 +851,7 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
     lab.curl("client", "http://10.10.30.11:30080/")
         .expect("the NodePort answers");
 
-    let get = |key: &str| {
-        let (code, value) = lab.exec(
-            "node-1",
-            &[trellis_bin(), "state", "--state", &state, "get", key],
-        );
-        assert_eq!(code, 0, "{key}: {value}");
-        value
-    };
+    let get = |key: &str| state_get(&lab, &state, key);
     let published = serves_from_shared_state(&lab, &state_dir, &get);
 
     let kill = |pid: u32| {
@@ -908,6 +895,29 @@ fn lab_runs_on_etcd_and_keeps_forwarding_without_quorum() {
         lab.curl("client", "http://10.10.30.12:30080/")
             .expect("forwarding without the state backend");
     }
+}
+
+/// A lab of two echo replicas on shared state (`--state file` or `etcd`), its name tagged:
+/// the temporary directory, the manifests directory, the state directory, the lab.
+fn lab_with_state(tag: &str, state: &str) -> (tempfile::TempDir, PathBuf, PathBuf, Lab) {
+    let name = format!("{tag}{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).expect("mkdir");
+    write_manifests(&manifests, 2);
+    let state_dir = dir.path().join("state");
+    let lab = Lab::up_with(&manifests, None, &name, &state_dir, &["--state", state]);
+    (dir, manifests, state_dir, lab)
+}
+
+/// A key's value in the backend `state`, read with `trellis state get` on node-1.
+fn state_get(lab: &Lab, state: &str, key: &str) -> String {
+    let (code, value) = lab.exec(
+        "node-1",
+        &[trellis_bin(), "state", "--state", state, "get", key],
+    );
+    assert_eq!(code, 0, "{key}: {value}");
+    value
 }
 
 /// What a lab on shared state (`--state file` or `etcd`) shows: no assignments file on this
@@ -1006,13 +1016,7 @@ fn a_change_reaches_every_agent(
 #[test]
 fn lab_runs_on_the_file_backend() {
     require_root();
-    let name = format!("f{}", std::process::id());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests).expect("mkdir");
-    write_manifests(&manifests, 2);
-    let state_dir = dir.path().join("state");
-    let lab = Lab::up_with(&manifests, None, &name, &state_dir, &["--state", "file"]);
+    let (_dir, manifests, state_dir, lab) = lab_with_state("f", "file");
     let s = lab.state();
     let state = s["shared"].as_str().expect("shared state").to_string();
     assert!(state.starts_with("file:///"), "{s}");
@@ -1037,14 +1041,7 @@ fn lab_runs_on_the_file_backend() {
     }
     lab.curl("client", "http://10.10.30.11:30080/")
         .expect("the NodePort answers");
-    let get = |key: &str| {
-        let (code, value) = lab.exec(
-            "node-1",
-            &[trellis_bin(), "state", "--state", &state, "get", key],
-        );
-        assert_eq!(code, 0, "{key}: {value}");
-        value
-    };
+    let get = |key: &str| state_get(&lab, &state, key);
     let published = serves_from_shared_state(&lab, &state_dir, &get);
     a_change_reaches_every_agent(&lab, &manifests, &get, published);
 }
