@@ -53,7 +53,7 @@ struct {
 	__uint(max_entries, LB4_MAGLEV_MAX);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct lb4_maglev_key);
-	__type(value, __u32);
+	__type(value, struct lb4_maglev_chunk);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb4_maglev SEC(".maps");
 
@@ -397,11 +397,12 @@ static __always_inline struct lb4_backend *select_backend(const struct tuple *t,
 	if (!id && external && (svc->flags & SVC_F_EXTERNAL)) {
 		struct node_config *cfg = config();
 		if (cfg && cfg->maglev_m) {
+			__u32 slot = hash_tuple(t) % cfg->maglev_m;
 			struct lb4_maglev_key mk = { .frontend_id = svc->id,
-						     .index = hash_tuple(t) % cfg->maglev_m };
-			__u32 *m = bpf_map_lookup_elem(&lb4_maglev, &mk);
-			if (m)
-				id = *m;
+						     .chunk = slot / LB4_MAGLEV_CHUNK };
+			struct lb4_maglev_chunk *c = bpf_map_lookup_elem(&lb4_maglev, &mk);
+			if (c)
+				id = c->backend_id[slot & (LB4_MAGLEV_CHUNK - 1)];
 		}
 	}
 	if (!id) {

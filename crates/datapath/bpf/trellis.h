@@ -14,7 +14,8 @@
 /* Bounds of every map (named, one place). */
 #define LB4_SERVICES_MAX 65536   /* frontend slots: masters + backend slots */
 #define LB4_BACKENDS_MAX 65536
-#define LB4_MAGLEV_MAX 1048576   /* (frontend, index) entries over all external frontends */
+#define LB4_MAGLEV_CHUNK 1024    /* slots of a Maglev table per entry (a power of two) */
+#define LB4_MAGLEV_MAX 65536     /* chunks over all external frontends (4 KiB each, as used) */
 #define NAT4_MAX 262144          /* connection-tracking / NAT entries (two per connection) */
 #define AFFINITY4_MAX 65536
 #define INBOUND4_MAX 65536       /* connections opened towards local pods from outside */
@@ -117,9 +118,16 @@ struct lb4_backend {
 	__u32 node_ip;  /* the LAN address of the backend's node (DSR tunnels to it) */
 };
 
+/* A frontend's Maglev table in chunks of LB4_MAGLEV_CHUNK slots: slot i is in chunk
+ * i / LB4_MAGLEV_CHUNK at i % LB4_MAGLEV_CHUNK. One entry per chunk, not per slot: a table of
+ * M = 16381 is 16 entries, not 16381. A slot holding 0 falls back to the random choice. */
 struct lb4_maglev_key {
 	__u32 frontend_id;
-	__u32 index;
+	__u32 chunk;
+};
+
+struct lb4_maglev_chunk {
+	__u32 backend_id[LB4_MAGLEV_CHUNK];
 };
 
 /* Connection tracking with NAT: a key per direction of a connection. */

@@ -10,7 +10,10 @@ use std::net::Ipv4Addr;
 /// Bounds of the maps, as in `trellis.h`.
 pub const LB4_SERVICES_MAX: usize = 65536;
 pub const LB4_BACKENDS_MAX: usize = 65536;
-pub const LB4_MAGLEV_MAX: usize = 1_048_576;
+/// Slots of a frontend's Maglev table per map entry.
+pub const LB4_MAGLEV_CHUNK: usize = 1024;
+/// Maglev chunks over all external frontends (4 KiB each, allocated as used).
+pub const LB4_MAGLEV_MAX: usize = 65536;
 
 pub const SVC_F_EXTERNAL: u8 = 0x01;
 pub const SVC_F_AFFINITY: u8 = 0x02;
@@ -169,12 +172,17 @@ impl Lb4Backend {
     }
 }
 
-/// `struct lb4_maglev_key`: one entry of a frontend's Maglev table.
+/// `struct lb4_maglev_key`: one chunk of a frontend's Maglev table (slots
+/// `chunk * LB4_MAGLEV_CHUNK ..`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MaglevKey {
     pub frontend_id: u32,
-    pub index: u32,
+    pub chunk: u32,
 }
+
+/// `struct lb4_maglev_chunk`: the backend id of each slot of a chunk (0: none, the random
+/// choice then).
+pub type MaglevChunk = [u32; LB4_MAGLEV_CHUNK];
 
 impl MaglevKey {
     pub const SIZE: usize = 8;
@@ -182,14 +190,14 @@ impl MaglevKey {
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
         b[0..4].copy_from_slice(&self.frontend_id.to_ne_bytes());
-        b[4..8].copy_from_slice(&self.index.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.chunk.to_ne_bytes());
         b
     }
 
     pub fn from_bytes(b: &[u8; Self::SIZE]) -> Self {
         Self {
             frontend_id: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-            index: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            chunk: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
         }
     }
 }
@@ -301,7 +309,7 @@ impl Endpoint4 {
 }
 
 /// Sizes of the structs the programs share with us, by C name (checked against BTF).
-pub const STRUCT_SIZES: [(&str, usize); 15] = [
+pub const STRUCT_SIZES: [(&str, usize); 16] = [
     ("flow_event", 48),
     ("ipcache4_key", 8),
     ("ipcache4_value", 8),
@@ -312,6 +320,7 @@ pub const STRUCT_SIZES: [(&str, usize); 15] = [
     ("lb4_service", Lb4Service::SIZE),
     ("lb4_backend", Lb4Backend::SIZE),
     ("lb4_maglev_key", MaglevKey::SIZE),
+    ("lb4_maglev_chunk", 4 * LB4_MAGLEV_CHUNK),
     ("nat4_key", 16),
     ("nat4_entry", 32),
     ("affinity4_key", 8),
@@ -352,7 +361,7 @@ mod tests {
         assert_eq!(Lb4Backend::from_bytes(&be.to_bytes()), be);
         let m = MaglevKey {
             frontend_id: 1,
-            index: 16380,
+            chunk: 15,
         };
         assert_eq!(MaglevKey::from_bytes(&m.to_bytes()), m);
     }

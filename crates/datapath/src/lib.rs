@@ -244,7 +244,8 @@ pub fn unpin(pin_dir: &Path) -> Result<(), Error> {
 pub struct Desired {
     pub services: BTreeMap<Lb4Key, Lb4Service>,
     pub backends: BTreeMap<u32, Lb4Backend>,
-    pub maglev: BTreeMap<MaglevKey, u32>,
+    /// Each external frontend's Maglev table, by chunk.
+    pub maglev: BTreeMap<MaglevKey, Box<abi::MaglevChunk>>,
     pub config: Option<NodeConfig>,
     /// Network policy; `None` leaves the policy maps as they are (the last good policy).
     pub policy: Option<PolicyDesired>,
@@ -269,7 +270,7 @@ pub struct SyncStats {
 
 type ServicesMap = BpfHashMap<MapData, [u8; Lb4Key::SIZE], [u8; Lb4Service::SIZE]>;
 type BackendsMap = BpfHashMap<MapData, u32, [u8; Lb4Backend::SIZE]>;
-type MaglevMap = BpfHashMap<MapData, [u8; MaglevKey::SIZE], u32>;
+type MaglevMap = BpfHashMap<MapData, [u8; MaglevKey::SIZE], abi::MaglevChunk>;
 
 /// Handles on one node's pinned maps.
 pub struct Maps {
@@ -472,15 +473,17 @@ impl Maps {
                 stats.written += 1;
             }
         }
-        // Maglev entries: write new/changed.
+        // Maglev chunks: write new/changed.
         let have_maglev = read_all(&self.maglev, "lb4_maglev")?;
         for (k, v) in &want.maglev {
             let kb = k.to_bytes();
-            if have_maglev.get(&kb) != Some(v) {
-                self.maglev.insert(kb, v, 0).map_err(|source| Error::Map {
-                    name: "lb4_maglev",
-                    source,
-                })?;
+            if have_maglev.get(&kb) != Some(&**v) {
+                self.maglev
+                    .insert(kb, **v, 0)
+                    .map_err(|source| Error::Map {
+                        name: "lb4_maglev",
+                        source,
+                    })?;
                 stats.written += 1;
             }
         }

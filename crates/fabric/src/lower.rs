@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use datapath::abi::{BACKEND_F_LOCAL, SVC_F_AFFINITY, SVC_F_EXTERNAL};
+use datapath::abi::{
+    BACKEND_F_LOCAL, LB4_MAGLEV_CHUNK, MaglevChunk, SVC_F_AFFINITY, SVC_F_EXTERNAL,
+};
 use datapath::{Desired, Lb4Backend, Lb4Key, Lb4Service, MaglevKey, NodeConfig};
 
 use crate::ServicePlan;
@@ -128,16 +130,18 @@ pub fn desired(
                 affinity_timeout_s: fe.affinity_timeout_s.unwrap_or(0),
             },
         );
-        for (index, &bi) in fe.maglev.iter().enumerate() {
-            if let Some(&bid) = bids.get(bi as usize) {
-                d.maglev.insert(
-                    MaglevKey {
-                        frontend_id: fid,
-                        index: index as u32,
-                    },
-                    bid,
-                );
+        for (chunk, slots) in fe.maglev.chunks(LB4_MAGLEV_CHUNK).enumerate() {
+            let mut c: Box<MaglevChunk> = Box::new([0; LB4_MAGLEV_CHUNK]);
+            for (slot, &bi) in c.iter_mut().zip(slots) {
+                *slot = bids.get(bi as usize).copied().unwrap_or(0);
             }
+            d.maglev.insert(
+                MaglevKey {
+                    frontend_id: fid,
+                    chunk: chunk as u32,
+                },
+                c,
+            );
         }
     }
     d
@@ -278,7 +282,21 @@ mod tests {
             local.node_ip,
             "10.10.30.12".parse::<Ipv4Addr>().expect("ip")
         );
-        assert_eq!(d.maglev.len(), 3, "the external frontend's table");
+        assert_eq!(
+            d.maglev.len(),
+            1,
+            "the external frontend's table: one chunk"
+        );
+        let table = d.maglev.values().next().expect("a chunk");
+        let bid = table[0];
+        assert!(
+            bid != 0 && table[..3] == [bid; 3],
+            "three slots of its one backend"
+        );
+        assert!(
+            table[3..].iter().all(|&b| b == 0),
+            "the rest of the chunk empty"
+        );
         // The same plan again: the same ids, so a sync rewrites nothing.
         let again = desired(&plan, &mut ids, None, &node_ips);
         assert_eq!(again.services, d.services);
