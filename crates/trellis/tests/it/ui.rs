@@ -78,32 +78,49 @@ fn webdriver(method: &str, url: &str, body: Option<&Value>) -> Result<Value, Str
 
 impl Browser {
     /// Starts chromedriver on a port it picks and opens a headless Chromium session.
+    /// chromedriver's own choice of port can collide on a busy machine ("IPv4 port not
+    /// available. Exiting..."): that start is tried again, a few times.
     pub(crate) fn start() -> Browser {
         use std::io::BufRead;
         use std::os::unix::process::CommandExt;
-        let mut driver = Command::new("chromedriver")
-            .arg("--port=0")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start chromedriver ({e}): run `cargo xtask test`, which installs \
-                     the Debian packages chromium and chromium-driver"
-                )
-            });
-        let mut out = std::io::BufReader::new(driver.stdout.take().expect("stdout")).lines();
-        let mut seen = String::new();
-        let port = loop {
-            let Some(Ok(line)) = out.next() else {
-                let _ = driver.kill();
-                panic!("chromedriver ended without saying its port:\n{seen}");
+        const STARTS_MAX: usize = 5;
+        let mut attempt = 0;
+        let (mut driver, port, out) = loop {
+            attempt += 1;
+            let mut driver = Command::new("chromedriver")
+                .arg("--port=0")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot start chromedriver ({e}): run `cargo xtask test`, which installs \
+                         the Debian packages chromium and chromium-driver"
+                    )
+                });
+            let mut out = std::io::BufReader::new(driver.stdout.take().expect("stdout")).lines();
+            let mut seen = String::new();
+            let port = loop {
+                let Some(Ok(line)) = out.next() else {
+                    break None;
+                };
+                seen.push_str(&line);
+                seen.push('\n');
+                if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                    break Some(rest.trim_end_matches('.').to_string());
+                }
             };
-            seen.push_str(&line);
-            seen.push('\n');
-            if let Some(rest) = line.split("started successfully on port ").nth(1) {
-                break rest.trim_end_matches('.').to_string();
+            match port {
+                Some(port) => break (driver, port, out),
+                None => {
+                    let _ = driver.kill();
+                    let _ = driver.wait();
+                    assert!(
+                        seen.contains("port not available") && attempt < STARTS_MAX,
+                        "chromedriver ended without saying its port (start {attempt}):\n{seen}"
+                    );
+                }
             }
         };
         drain(out);
