@@ -110,6 +110,94 @@ fn wrk(url: &str, headers: &[String], secs: u32) -> Result<Run> {
 }
 
 /// Connections opened for the idle-memory measurement.
+/// HTTP/2 load on a TLS port: `h2load -D<secs> -c64 -m1 -t1` on CPU 1.
+fn h2load(port: u16, secs: u32) -> Result<Run> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            "1",
+            "h2load",
+            &format!("-D{secs}"),
+            "-c64",
+            "-m1",
+            "-t1",
+        ])
+        .arg(format!("https://127.0.0.1:{port}/small"))
+        .output()
+        .context("h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = |start: &str| text.lines().find(|l| l.trim_start().starts_with(start));
+    // "finished in 10.00s, 41234.50 req/s, 5.10MB/s"
+    let rps = line("finished in")
+        .and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok())
+        .with_context(|| format!("h2load output: {text}"))?;
+    // "requests: N total, N started, N done, N succeeded, ..."
+    let requests = line("requests:")
+        .and_then(|l| {
+            l.split(", ")
+                .find(|p| p.ends_with(" succeeded"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    // "status codes: N 2xx, N 3xx, N 4xx, N 5xx"
+    let non2xx = line("status codes:")
+        .map(|l| {
+            l.split(", ")
+                .filter(|p| p.ends_with(" 4xx") || p.ends_with(" 5xx"))
+                .filter_map(|p| p.split_whitespace().rev().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    // "time for request:  min  max  mean  sd  +/- sd"
+    let mean = line("time for request:")
+        .and_then(|l| l.split_whitespace().nth(5))
+        .map(to_ms)
+        .unwrap_or(f64::NAN);
+    Ok(Run {
+        rps,
+        p50_ms: mean,
+        p99_ms: f64::NAN,
+        requests,
+        non2xx,
+        proxy_us_per_req: 0.0,
+    })
+}
+
+/// HTTP/3 load on a TLS port's UDP side: `trellis bench-h3` on CPU 1, 64 connections.
+fn h3load(trellis: &str, port: u16, cert: &str, secs: u32) -> Result<Run> {
+    let out = Command::new("taskset")
+        .args(["-c", "1", trellis, "bench-h3", "--connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--cacert", cert, "--connections", "64", "--seconds"])
+        .arg(secs.to_string())
+        .output()
+        .context("trellis bench-h3")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "trellis bench-h3 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // "requests N seconds S rps R p50_ms P p99_ms Q non2xx E"
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let field = |key: &str| -> Option<f64> {
+        let i = words.iter().position(|w| *w == key)?;
+        words.get(i + 1)?.parse().ok()
+    };
+    Ok(Run {
+        rps: field("rps").with_context(|| format!("bench-h3 output: {text}"))?,
+        p50_ms: field("p50_ms").unwrap_or(f64::NAN),
+        p99_ms: field("p99_ms").unwrap_or(f64::NAN),
+        requests: field("requests").unwrap_or(0.0),
+        non2xx: field("non2xx").unwrap_or(0.0) as u64,
+        proxy_us_per_req: 0.0,
+    })
+}
+
 const IDLE_CONNECTIONS: usize = 2000;
 
 /// Memory per idle keep-alive client connection: the server's resident memory before and
@@ -151,6 +239,7 @@ fn ensure_tools() -> Result<()> {
         ("/usr/sbin/haproxy", "haproxy"),
         ("/usr/bin/wrk", "wrk"),
         ("/usr/bin/openssl", "openssl"),
+        ("/usr/bin/h2load", "nghttp2-client"),
     ])
 }
 
@@ -287,7 +376,9 @@ fn write_configs(dir: &Path) -> Result<()> {
              ports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n---\n\
              apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: all, namespace: bench}}\nspec:\n  parentRefs: [{{name: edge}}]\n  rules: [{{backendRefs: [{{name: be, port: 80}}]}}]\n---\n\
              apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: compress, namespace: bench}}\nspec:\n\
-             \x20 targetSelectors: [{{group: gateway.networking.k8s.io, kind: Gateway}}]\n  compressor: [{{type: Zstd}}, {{type: Gzip}}]\n",
+             \x20 targetSelectors: [{{group: gateway.networking.k8s.io, kind: Gateway}}]\n  compressor: [{{type: Zstd}}, {{type: Gzip}}]\n---\n\
+             apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: quic, namespace: bench}}\nspec:\n\
+             \x20 targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]\n  http3: {{}}\n",
             indent("cert.pem")?,
             indent("key.pem")?
         ),
@@ -582,6 +673,75 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             "\n| flows on against off, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {:.3} |\n| requests/s (the CPU is shared, so this follows the CPU ratio, with wrk's noise) | {:.3} |",
             median(cpu_ratios),
             median(rps_ratios)
+        );
+    }
+    // HTTP/2 (h2load) on the TLS ports of nginx and trellis, and HTTP/3 on trellis's (nginx
+    // 1.22 has no QUIC; Debian has no HTTP/3 load generator, so `trellis bench-h3` is the
+    // client). ONLY=h2h3 runs just this.
+    if only.is_empty() || only.split(',').any(|o| o == "h2h3") {
+        let cert = format!("{d}/cert.pem");
+        let cases: [(&str, &Bg); 3] = [
+            ("nginx-h2-small", &nginx),
+            ("trellis-h2-small", &gw),
+            ("trellis-h3-small", &gw),
+        ];
+        let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
+        for round in 0..rounds {
+            let order: Vec<_> = if round % 2 == 0 {
+                cases.iter().collect()
+            } else {
+                cases.iter().rev().collect()
+            };
+            for (name, server) in order {
+                let c0 = cpu_secs(pid(server));
+                let mut r = match *name {
+                    "nginx-h2-small" => h2load(NGINX_TLS_PORT, secs)?,
+                    "trellis-h2-small" => h2load(TRELLIS_TLS_PORT, secs)?,
+                    _ => h3load(&trellis, TRELLIS_TLS_PORT, &cert, secs)?,
+                };
+                let c1 = cpu_secs(pid(server));
+                r.proxy_us_per_req = (c1 - c0) / r.requests * 1e6;
+                eprintln!(
+                    "round {round} {name:<18} {:>9.0} req/s  p50 {:.2} ms  proxy {:.1} µs/req  non-2xx {}",
+                    r.rps, r.p50_ms, r.proxy_us_per_req, r.non2xx
+                );
+                runs.entry(name).or_default().push(r);
+            }
+        }
+        let med = |name: &str, f: fn(&Run) -> f64| {
+            median(
+                runs.get(name)
+                    .map(|v| v.iter().map(f).collect())
+                    .unwrap_or_default(),
+            )
+        };
+        let _ = writeln!(
+            md,
+            "\n| HTTP/2 and HTTP/3 over TLS | req/s (median) | p50 ms | proxy CPU µs/req |\n|---|---:|---:|---:|"
+        );
+        for (name, _) in &cases {
+            let _ = writeln!(
+                md,
+                "| {name} | {:.0} | {:.2} | {:.1} |",
+                med(name, |r| r.rps),
+                med(name, |r| r.p50_ms),
+                med(name, |r| r.proxy_us_per_req)
+            );
+        }
+        for (t, p) in [
+            ("trellis-h2-small", "nginx-h2-small"),
+            ("trellis-h3-small", "trellis-h2-small"),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {t} / {p} | {:.2} | | {:.2} |",
+                med(t, |r| r.rps) / med(p, |r| r.rps),
+                med(t, |r| r.proxy_us_per_req) / med(p, |r| r.proxy_us_per_req)
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\n{rounds} interleaved rounds on CPU 1 of `h2load -D{secs} -c64 -m1 -t1` (HTTP/2, one request in flight per connection, as wrk) and `trellis bench-h3 --connections 64 --seconds {secs}` (HTTP/3, the same model); p50 of h2load is its mean."
         );
     }
     // ONLY=idle measures just this.

@@ -244,6 +244,8 @@ struct Exchange {
     encoding: Option<Encoding>,
     /// Kept only when an observer or the access log wants it.
     seen: Option<Seen>,
+    /// The port's `alt-svc` when it also serves HTTP/3.
+    alt_svc: Option<http::HeaderValue>,
 }
 
 /// What the record and the access log need of a request. The record's texts are where the
@@ -445,6 +447,7 @@ fn prepare(
         started,
         encoding,
         seen,
+        alt_svc: router.alt_svc.clone(),
     })
 }
 
@@ -670,6 +673,10 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
         if !keep_te && (is_hop_by_hop(h.name, &named) || edited(edits, h.name)) {
             continue;
         }
+        if ex.alt_svc.is_some() && h.name.eq_ignore_ascii_case("alt-svc") {
+            // The gateway's own takes its place, as on the general path.
+            continue;
+        }
         if chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
             // Transfer-Encoding decides the length; passing both on would let the next hop
             // choose differently.
@@ -695,6 +702,9 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
         header_line(&mut out, h.name.as_bytes(), h.value);
     }
     write_edits(&mut out, edits, ex.client);
+    if let Some(v) = &ex.alt_svc {
+        header_line(&mut out, b"alt-svc", v.as_bytes());
+    }
     if client_close {
         out.extend_from_slice(b"connection: close\r\n");
     }

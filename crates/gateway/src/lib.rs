@@ -20,6 +20,7 @@ pub mod compress;
 pub mod cors;
 pub mod echo;
 mod h1;
+pub mod h3;
 pub mod jwt;
 pub mod limits;
 pub mod lua;

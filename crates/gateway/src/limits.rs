@@ -76,3 +76,6 @@ pub const RESPONSE_HEADER_BYTES_MAX: usize = 64 * 1024;
 /// Headers parsed per request or response; more go to the general path (requests) or are a
 /// bad gateway (responses).
 pub const HEADERS_MAX: usize = 100;
+
+/// HTTP/3 requests one QUIC connection may have open at once (HTTP/2's usual 100).
+pub const HTTP3_STREAMS_MAX: u32 = 100;

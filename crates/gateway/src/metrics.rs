@@ -54,6 +54,8 @@ pub struct Metrics {
     pub h1_fast: Counter,
     /// Connections the own HTTP/1 path handed to hyper (a request it does not serve itself).
     pub h1_handoffs: Counter,
+    /// QUIC connections accepted for HTTP/3.
+    pub http3_connections: Counter,
 }
 
 impl Default for Metrics {
@@ -85,6 +87,7 @@ impl Default for Metrics {
             udp_no_route: Counter::default(),
             h1_fast: Counter::default(),
             h1_handoffs: Counter::default(),
+            http3_connections: Counter::default(),
         }
     }
 }
@@ -248,6 +251,11 @@ impl Metrics {
             "h1_handoffs",
             "Connections handed from the own HTTP/1 path to the general one (hyper)",
             self.h1_handoffs.clone(),
+        );
+        r.register(
+            "http3_connections",
+            "QUIC connections accepted for HTTP/3 (ClientTrafficPolicy http3)",
+            self.http3_connections.clone(),
         );
     }
 }

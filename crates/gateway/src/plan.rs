@@ -122,6 +122,8 @@ pub struct TlsPort {
     pub config: Option<Arc<rustls::ServerConfig>>,
     /// TLSRoute backends by SNI.
     pub passthrough: HostTable<Vec<(u32, Arc<Backend>)>>,
+    /// QUIC settings when the port also serves HTTP/3 on UDP (ClientTrafficPolicy `http3`).
+    pub http3: Option<quinn::ServerConfig>,
 }
 
 /// The backends of a TCP or UDP listener port: the first attached route's.
@@ -200,6 +202,8 @@ pub struct Router {
     pub wildcard: BTreeMap<String, Vec<Entry>>,
     /// Routes without a hostname on a listener without a hostname.
     pub any: Vec<Entry>,
+    /// The `alt-svc` that HTTP/1 and HTTP/2 answers carry when the port also serves HTTP/3.
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 /// Precedence of a match, smaller first: path kind (exact, regex, prefix), longer path,
@@ -699,13 +703,13 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         .find_map(|p| p.spec.tcp_keepalive.as_ref())
         .map(Keepalive::from_policy);
     let client_ip = client_ip(s, &key).map(Arc::new);
+    let http3 = http3_policy(s, &key);
     for (port, mut r) in routers {
         r.client_ip = client_ip.clone();
         for list in r.exact.values_mut().chain(r.wildcard.values_mut()) {
             list.sort_by_key(|e| e.rank);
         }
         r.any.sort_by_key(|e| e.rank);
-        let router = Arc::new(r);
         match tls_ports.remove(&port) {
             Some((certs, passthrough)) => {
                 let config = if certs.is_empty() {
@@ -720,17 +724,36 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                         }
                     }
                 };
+                // HTTP/3 on the port's UDP side when the ClientTrafficPolicy asks for it and
+                // the port terminates TLS (QUIC carries its own TLS 1.3 handshake).
+                let quic = match (&http3, &config) {
+                    (Some(policy), Some(c)) => match crate::h3::server_config(c) {
+                        Ok(q) => Some(q),
+                        Err(e) => {
+                            plan.problems.push((
+                                policy.clone(),
+                                format!("spec.http3: not served on port {port}: {e}"),
+                            ));
+                            None
+                        }
+                    },
+                    _ => None,
+                };
+                if quic.is_some() {
+                    r.alt_svc = Some(crate::h3::alt_svc(port));
+                }
                 plan.ports.insert(
                     port,
                     Listen::Tls(Arc::new(TlsPort {
-                        router,
+                        router: Arc::new(r),
                         config,
                         passthrough,
+                        http3: quic,
                     })),
                 );
             }
             None => {
-                plan.ports.insert(port, Listen::Http(router));
+                plan.ports.insert(port, Listen::Http(Arc::new(r)));
             }
         }
     }
@@ -746,6 +769,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 router,
                 config: None,
                 passthrough,
+                http3: None,
             })),
         );
     }
@@ -885,6 +909,22 @@ fn client_ip(s: &Snapshot, gw: &ObjectKey) -> Option<ClientIp> {
                 .filter_map(|c| c.parse().ok())
                 .collect(),
             num_trusted_hops: x.num_trusted_hops,
+        })
+}
+
+/// The ClientTrafficPolicy that asks for HTTP/3 on this Gateway, if one does.
+fn http3_policy(s: &Snapshot, gw: &ObjectKey) -> Option<ObjectKey> {
+    s.client_traffic_policies
+        .values()
+        .filter(|p| p.spec.http3.is_some())
+        .find(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw))
+        .map(|p| {
+            ObjectKey::new(
+                model::validate::ENVOY_GROUP,
+                "ClientTrafficPolicy",
+                p.namespace(),
+                p.name(),
+            )
         })
 }
 

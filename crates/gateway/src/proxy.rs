@@ -110,21 +110,21 @@ pub(crate) struct State {
     /// Idle upstream connections of the own HTTP/1 path.
     pub(crate) h1_pool: crate::h1::Pool,
     /// Set once when draining: connections close when idle and after the request in flight.
-    draining: watch::Sender<bool>,
-    /// Client connections open (HTTP, TLS, TCPRoute), for a drain to wait on and for the
-    /// connection limit.
-    open: watch::Sender<usize>,
-    connections_max: usize,
+    pub(crate) draining: watch::Sender<bool>,
+    /// Client connections open (HTTP, TLS, TCPRoute, QUIC), for a drain to wait on and for
+    /// the connection limit.
+    pub(crate) open: watch::Sender<usize>,
+    pub(crate) connections_max: usize,
     /// No request in flight for this long closes a client connection (both paths).
     pub(crate) client_idle_timeout: Duration,
     pub(crate) drain_idle_grace: Duration,
 }
 
 /// Counts a client connection as open for as long as it lives.
-struct OpenConnection(Arc<State>);
+pub(crate) struct OpenConnection(Arc<State>);
 
 impl OpenConnection {
-    fn new(state: &Arc<State>) -> OpenConnection {
+    pub(crate) fn new(state: &Arc<State>) -> OpenConnection {
         state.open.send_modify(|n| *n += 1);
         OpenConnection(state.clone())
     }
@@ -143,6 +143,8 @@ pub struct Running {
     pub bound: BTreeMap<u16, SocketAddr>,
     /// UDP listener port -> the address it is bound to.
     pub bound_udp: BTreeMap<u16, SocketAddr>,
+    /// HTTPS listener port -> its HTTP/3 endpoint (on the same address as the TCP side).
+    quic: BTreeMap<u16, quinn::Endpoint>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -253,6 +255,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         .unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let (shutdown, _) = watch::channel(false);
     let mut bound = BTreeMap::new();
+    let mut quic = BTreeMap::new();
     let mut tasks = Vec::new();
     for &port in plan.ports.keys() {
         let actual = bind.port_map.get(&port).copied().unwrap_or(port);
@@ -269,6 +272,27 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
             state.clone(),
             shutdown.subscribe(),
         )));
+        // HTTP/3 on the same port number, over UDP.
+        if let Some(Listen::Tls(t)) = plan.ports.get(&port)
+            && let Some(config) = &t.http3
+        {
+            let endpoint = std::net::UdpSocket::bind(local)
+                .and_then(|socket| {
+                    crate::h3::endpoint(
+                        socket,
+                        crate::h3::with_bounds(config.clone(), state.client_idle_timeout),
+                    )
+                })
+                .map_err(|source| bind_error(local, port, source))?;
+            tracing::info!(listener_port = port, addr = %local, "listening (HTTP/3)");
+            quic.insert(port, endpoint.clone());
+            tasks.push(tokio::spawn(crate::h3::serve(
+                endpoint,
+                port,
+                state.clone(),
+                shutdown.subscribe(),
+            )));
+        }
     }
     let mut bound_udp = BTreeMap::new();
     for &port in plan.udp_ports.keys() {
@@ -292,6 +316,7 @@ pub async fn start(plan: &Plan, bind: &Bind, metrics: Arc<Metrics>) -> Result<Ru
         state,
         bound,
         bound_udp,
+        quic,
         shutdown,
         tasks,
     })
@@ -331,6 +356,24 @@ impl Running {
                 "new listener port needs a restart to be bound"
             );
         }
+        // HTTP/3: new connections get the new certificates; a port that no longer asks for
+        // it refuses new ones. A port that newly asks needs a restart to bind its UDP side.
+        for (port, l) in &next {
+            let wanted = match l {
+                Listen::Tls(t) => t.http3.clone(),
+                _ => None,
+            };
+            match (self.quic.get(port), wanted) {
+                (Some(ep), w) => ep.set_server_config(
+                    w.map(|c| crate::h3::with_bounds(c, self.state.client_idle_timeout)),
+                ),
+                (None, Some(_)) => tracing::warn!(
+                    listener_port = port,
+                    "HTTP/3 on this port needs a restart to bind its UDP side"
+                ),
+                (None, None) => {}
+            }
+        }
         self.state.ports.store(Arc::new(next));
         let mut udp = plan.udp_ports.clone();
         udp.retain(|p, _| self.bound_udp.contains_key(p));
@@ -351,7 +394,15 @@ impl Running {
         self.state.metrics.reloads.inc();
     }
 
-    /// Client connections open now (HTTP, TLS, TCPRoute).
+    /// The addresses HTTP/3 is served on, by listener port.
+    pub fn bound_http3(&self) -> BTreeMap<u16, SocketAddr> {
+        self.quic
+            .iter()
+            .filter_map(|(p, e)| Some((*p, e.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// Client connections open now (HTTP, TLS, TCPRoute, QUIC).
     pub fn open_connections(&self) -> usize {
         *self.state.open.borrow()
     }
@@ -540,7 +591,7 @@ pub(crate) async fn serve_http<S>(
         seen.arrived();
         let seen = seen.clone();
         Box::pin(async move {
-            let resp = handle(&state, port, peer, scheme, req).await;
+            let resp = handle(&state, port, peer, scheme, req.map(box_incoming)).await;
             seen.ended();
             Ok::<_, Infallible>(resp)
         })
@@ -776,7 +827,7 @@ pub(crate) const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers named by Connection are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -822,12 +873,12 @@ pub(crate) fn host_without_port(raw: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-async fn handle(
+pub(crate) async fn handle(
     state: &State,
     port: u16,
     peer: SocketAddr,
     scheme: &'static str,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Response<Body> {
     // One span per request (at debug level: free when not logged).
     let span = tracing::debug_span!(
@@ -838,10 +889,24 @@ async fn handle(
         uri = %req.uri(),
         path = "hyper",
     );
+    let router = state
+        .ports
+        .load()
+        .get(&port)
+        .and_then(|l| l.router().cloned());
+    // HTTP/1 and HTTP/2 answers on a port that also serves HTTP/3 say so.
+    let alt_svc = router
+        .as_ref()
+        .and_then(|r| r.alt_svc.clone())
+        .filter(|_| req.version() != http::Version::HTTP_3);
     let Some(observer) = &state.observer else {
-        return handle_inner(state, port, peer, scheme, req)
+        let mut resp = handle_inner(state, router, peer, scheme, req)
             .instrument(span)
             .await;
+        if let Some(v) = alt_svc {
+            resp.headers_mut().insert(header::ALT_SVC, v);
+        }
+        return resp;
     };
     // Observed: keep what the record needs before the request is consumed.
     let started = Instant::now();
@@ -852,9 +917,12 @@ async fn handle(
         &request_host(&req),
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
     );
-    let mut resp = handle_inner(state, port, peer, scheme, req)
+    let mut resp = handle_inner(state, router, peer, scheme, req)
         .instrument(span)
         .await;
+    if let Some(v) = alt_svc {
+        resp.headers_mut().insert(header::ALT_SVC, v);
+    }
     let seen = resp
         .extensions_mut()
         .remove::<crate::record::Seen>()
@@ -891,17 +959,12 @@ fn seen(state: &State, resp: &mut Response<Body>, action: &Arc<Action>, client: 
 
 async fn handle_inner(
     state: &State,
-    port: u16,
+    router: Option<Arc<crate::plan::Router>>,
     peer: SocketAddr,
     scheme: &'static str,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
-    let router = state
-        .ports
-        .load()
-        .get(&port)
-        .and_then(|l| l.router().cloned());
     let Some(router) = router else {
         return local(StatusCode::NOT_FOUND, "no listener on this port");
     };
@@ -1031,7 +1094,7 @@ async fn handle_inner(
     resp
 }
 
-type Split = (Request<Incoming>, String, Option<String>);
+type Split = (Request<Body>, String, Option<String>);
 
 /// What the access log needs of a request, taken before the request is consumed.
 pub(crate) struct LogFields {
@@ -1046,7 +1109,7 @@ pub(crate) struct LogFields {
 }
 
 impl LogFields {
-    fn of(req: &Request<Incoming>, host: &str) -> LogFields {
+    fn of(req: &Request<Body>, host: &str) -> LogFields {
         LogFields::new(
             req.method().as_str(),
             req.uri().path_and_query().map_or("", |p| p.as_str()),
@@ -1120,13 +1183,13 @@ pub(crate) fn access_log_line(
 async fn authenticate(
     state: &State,
     sec: &crate::auth::Security,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     host: &str,
     path: &str,
     query: Option<&str>,
     scheme: &'static str,
     client: SocketAddr,
-) -> Result<Request<Incoming>, Response<Body>> {
+) -> Result<Request<Body>, Response<Body>> {
     if let Some(why) = &sec.refused {
         state.metrics.security_policy_refused.inc();
         tracing::debug!(policy = %sec.policy, reason = %why, "refused: security policy cannot be enforced");
@@ -1270,12 +1333,12 @@ async fn check_grpc_auth(
     auth: &crate::auth::ExtAuth,
     channels: &crate::auth::GrpcChannels,
     ep: Option<&crate::plan::Upstream>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     path: &str,
     query: Option<&str>,
     scheme: &'static str,
     client: SocketAddr,
-) -> Result<Request<Incoming>, Response<Body>> {
+) -> Result<Request<Body>, Response<Body>> {
     use crate::auth::ext_authz_proto as pb;
     let unavailable = |why: String| {
         ext_auth_unavailable(state, &why);
@@ -1420,12 +1483,12 @@ async fn check_grpc_auth(
 async fn check_ext_auth(
     state: &State,
     auth: &crate::auth::ExtAuth,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     path: &str,
     query: Option<&str>,
     scheme: &'static str,
     client: SocketAddr,
-) -> Result<Request<Incoming>, Response<Body>> {
+) -> Result<Request<Body>, Response<Body>> {
     let unavailable = |why: String| {
         ext_auth_unavailable(state, &why);
         why
@@ -1517,7 +1580,7 @@ async fn check_ext_auth(
 fn lua_request(
     state: &State,
     action: &Action,
-    req: Request<Incoming>,
+    req: Request<Body>,
     path: &str,
     query: Option<&str>,
     scheme: &str,
@@ -1646,7 +1709,7 @@ async fn respond(
     scheme: &'static str,
     peer: SocketAddr,
     client: SocketAddr,
-    req: Request<Incoming>,
+    req: Request<Body>,
     host: &str,
     path: &str,
     query: Option<&str>,
@@ -1706,7 +1769,6 @@ async fn respond(
     }
 
     let replayable = hyper::body::Body::is_end_stream(&body);
-    let body: Body = box_incoming(body);
     let encoding = crate::compress::negotiate(&parts.headers, &action.compress);
     let method = parts.method.clone();
     let client = state.client_for(action.h2_upstream, backend);

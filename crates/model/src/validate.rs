@@ -1518,9 +1518,6 @@ fn policies(s: &Snapshot, st: &mut Statuses) {
             // Fields that are parsed and kept but cannot be served as asked: say so in one
             // Supported condition, without making the policy invalid (the rest applies).
             let mut unsupported = Vec::new();
-            if spec.http3.is_some() {
-                unsupported.push("spec.http3: HTTP/3 (QUIC) listeners are not served yet");
-            }
             if spec
                 .http2
                 .as_ref()

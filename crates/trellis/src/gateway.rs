@@ -332,3 +332,99 @@ pub fn echo(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+#[derive(Debug, clap::Args)]
+pub struct BenchH3Args {
+    /// Address of the HTTP/3 listener (its UDP port).
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Name to ask for (SNI and `:authority`).
+    #[arg(long, default_value = "bench.example")]
+    pub host: String,
+    /// The PEM certificate (or CA) to trust.
+    #[arg(long)]
+    pub cacert: std::path::PathBuf,
+    /// Path to request.
+    #[arg(long, default_value = "/small")]
+    pub path: String,
+    /// QUIC connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// How long to send requests for, in seconds (at most 600).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// The longest `trellis bench-h3` runs.
+const BENCH_H3_SECONDS_MAX: u64 = 600;
+
+/// `trellis bench-h3`: HTTP/3 requests one at a time on each of `--connections` QUIC
+/// connections for `--seconds` (wrk's model: `-c` connections, one request in flight on
+/// each); prints `requests N seconds S rps R p50_ms P p99_ms Q non2xx E` on one line. For
+/// `cargo xtask bench gateway`, since Debian has no HTTP/3 load generator.
+pub fn bench_h3(args: &BenchH3Args) -> anyhow::Result<ExitCode> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(&args.cacert)
+        .with_context(|| format!("cannot read {}", args.cacert.display()))?;
+    let roots: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{} holds no PEM certificate", args.cacert.display()))?;
+    let seconds = args.seconds.clamp(1, BENCH_H3_SECONDS_MAX);
+    runtime()?.block_on(async {
+        let mut clients = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections.max(1) {
+            let c = gateway::h3::Client::connect(
+                args.connect,
+                &args.host,
+                &roots,
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", args.connect))?;
+            clients.push(c);
+        }
+        let started = std::time::Instant::now();
+        let until = started + std::time::Duration::from_secs(seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for c in clients {
+            let uri = c.uri(&args.path);
+            tasks.spawn(async move {
+                let mut latencies = Vec::new();
+                let mut non2xx = 0u64;
+                while std::time::Instant::now() < until {
+                    let req = http::Request::get(&uri)
+                        .body(bytes::Bytes::new())
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let t = std::time::Instant::now();
+                    let resp = c.request(req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    latencies.push(t.elapsed());
+                    if !resp.status().is_success() {
+                        non2xx += 1;
+                    }
+                }
+                Ok::<_, anyhow::Error>((latencies, non2xx))
+            });
+        }
+        let mut all = Vec::new();
+        let mut non2xx = 0;
+        while let Some(r) = tasks.join_next().await {
+            let (l, n) = r.context("a load task failed")??;
+            all.extend(l);
+            non2xx += n;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.sort();
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "requests {} seconds {elapsed:.3} rps {:.1} p50_ms {:.3} p99_ms {:.3} non2xx {non2xx}",
+            all.len(),
+            all.len() as f64 / elapsed,
+            pct(0.5),
+            pct(0.99)
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}

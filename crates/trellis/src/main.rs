@@ -204,6 +204,9 @@ enum Command {
     Gateway(gateway::Args),
     /// A JSON echo server (the backend of tests, benchmarks and the lab).
     Echo(gateway::EchoArgs),
+    /// HTTP/3 load against a gateway (for `cargo xtask bench gateway`).
+    #[command(hide = true)]
+    BenchH3(gateway::BenchH3Args),
     /// Serve the cluster DNS zone (cluster.local) of the manifests.
     Dns(dns::Args),
     /// Print flows from an observer API (Hubble's gRPC), like `hubble observe`.
@@ -248,6 +251,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(&args),
         Command::Gateway(args) => gateway::run(&args),
         Command::Echo(args) => gateway::echo(&args),
+        Command::BenchH3(args) => gateway::bench_h3(&args),
         Command::Dns(args) => dns::run(&args),
         Command::Observe(args) => observe::run(&args),
         Command::Sync(args) => sync::run(&args),

@@ -10,6 +10,7 @@ mod grpc;
 mod h1;
 mod harness;
 mod http2;
+mod http3;
 mod jwt;
 mod keepalive;
 mod lua;
