@@ -328,7 +328,15 @@ fn write_configs(dir: &Path) -> Result<()> {
              frontend f\n  bind 127.0.0.1:{HAPROXY_PORT}\n  default_backend b\nbackend b\n  server s1 127.0.0.1:{BACKEND_PORT}\n"
         ),
     )?;
-    if !dir.join("cert.pem").exists() {
+    // Made again when missing or when made before it was a leaf (as a CA).
+    let leaf = std::fs::read_to_string(dir.join("cert.pem")).is_ok_and(|_| {
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "basicConstraints", "-in"])
+            .arg(dir.join("cert.pem"))
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("CA:FALSE"))
+    });
+    if !leaf {
         let ok = Command::new("openssl")
             .args([
                 "req",
@@ -344,6 +352,9 @@ fn write_configs(dir: &Path) -> Result<()> {
                 "/CN=bench.example",
                 "-addext",
                 "subjectAltName=DNS:bench.example,IP:127.0.0.1",
+                // A leaf, not a CA: webpki (the HTTP/3 client's) refuses a CA as a server's.
+                "-addext",
+                "basicConstraints=critical,CA:FALSE",
             ])
             .arg("-keyout")
             .arg(dir.join("key.pem"))

@@ -147,7 +147,12 @@ pub(crate) async fn serve<S: Client>(
                             prefix: buf.freeze(),
                             inner: stream,
                         };
-                        crate::proxy::serve_http(state, port, peer, scheme, io, drain).await;
+                        // Boxed: inline, every connection of this path would carry room
+                        // for hyper's connection.
+                        Box::pin(crate::proxy::serve_http(
+                            state, port, peer, scheme, io, drain,
+                        ))
+                        .await;
                         return;
                     }
                 }
@@ -200,9 +205,9 @@ pub(crate) async fn serve<S: Client>(
             backend = %ex.backend.name,
             path = "h1",
         );
-        let done = exchange(&state, &mut stream, &ex, closing)
-            .instrument(span)
-            .await;
+        // Boxed per request: inline, an idle connection would carry room for the
+        // exchange's state (retries, body passing) between its requests.
+        let done = Box::pin(exchange(&state, &mut stream, &ex, closing).instrument(span)).await;
         let keep_alive = done.keep_alive;
         // The request stays at the start of the buffer until its record is made.
         let len = ex.len;

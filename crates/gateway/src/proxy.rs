@@ -472,12 +472,14 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _open = open;
             let drain = state.draining.subscribe();
+            // Each kind's future is boxed on its own: inline, every connection would carry
+            // room for the largest (TLS's), whatever it serves.
             match listen {
                 Listen::Http(_) => {
-                    crate::h1::serve(state, port, peer, "http", stream, drain).await;
+                    Box::pin(crate::h1::serve(state, port, peer, "http", stream, drain)).await;
                 }
                 Listen::Tls(t) => {
-                    serve_tls(state, port, peer, &t, stream, drain).await;
+                    Box::pin(serve_tls(state, port, peer, &t, stream, drain)).await;
                 }
                 // Counted too: a drain waits for TCPRoute connections to end (up to its
                 // timeout) instead of cutting them.
@@ -672,9 +674,11 @@ async fn serve_tls(
                 return;
             }
         }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+        // Straight into the buffer: a read array here would live in every TLS connection's
+        // future for its whole life.
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
     };
@@ -709,9 +713,9 @@ async fn serve_tls(
         // HTTP/2 goes to hyper; HTTP/1.1 to the own path (which hands over what it does not
         // serve).
         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-            serve_http(state, port, peer, "https", tls, drain).await;
+            Box::pin(serve_http(state, port, peer, "https", tls, drain)).await;
         }
-        Ok(Ok(tls)) => crate::h1::serve(state, port, peer, "https", tls, drain).await,
+        Ok(Ok(tls)) => Box::pin(crate::h1::serve(state, port, peer, "https", tls, drain)).await,
         _ => {
             state.metrics.tls_handshake_errors.inc();
         }
