@@ -20,7 +20,7 @@ use model::snapshot::{Object, Snapshot, get};
 use model::validate::ENVOY_GROUP;
 use model::{ObjectKey, Status};
 
-use crate::plan::Backend;
+use crate::backend::Backend;
 
 /// The secret key holding the users of a basicAuth policy (Envoy Gateway's).
 pub const HTPASSWD_KEY: &str = ".htpasswd";

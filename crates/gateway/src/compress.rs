@@ -17,8 +17,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::plan::HeaderSource;
-use crate::proxy::{Body, BoxError};
+use crate::body::{Body, BoxError};
+use crate::headers::HeaderSource;
 
 /// Envoy's default minimum length for compression.
 pub const MIN_CONTENT_LENGTH: u64 = 30;

@@ -15,7 +15,6 @@
 //! read, and the connection stays there. So every rule and error behaves exactly as the
 //! general path defines it; this path only makes the common case cheap.
 
-use std::collections::BTreeMap;
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
 use std::net::SocketAddr;
@@ -30,56 +29,17 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::backend::pick_weighted;
+use crate::backend::{Backend, Upstream};
 use crate::compress::Encoding;
 use crate::limits::{
     CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, CONNECT_ATTEMPTS_MAX, EJECT_MS,
-    HEADER_READ_TIMEOUT, HEADERS_MAX, POOL_IDLE_PER_HOST_MAX, REQUEST_BODY_BYTES_MAX,
-    REQUEST_HEADER_BYTES_MAX, RESPONSE_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT,
-    UPSTREAM_READ_BYTES,
+    HEADER_READ_TIMEOUT, HEADERS_MAX, REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX,
+    RESPONSE_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_READ_BYTES,
 };
-use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Router, Upstream};
-use crate::proxy::{
-    HOP_BY_HOP, LogFields, Prefixed, State, expand_value, host_without_port, pick_weighted,
-};
+use crate::plan::{Action, HeaderEdits, Router};
 
-/// Idle upstream connections by endpoint and keep-alive setting.
-#[derive(Default)]
-pub(crate) struct Pool(std::sync::Mutex<PoolMap>);
-
-type PoolMap = BTreeMap<(SocketAddr, Option<Keepalive>), Vec<TcpStream>>;
-
-impl Pool {
-    /// An idle connection to `addr` that is still usable, if any.
-    fn take(&self, addr: SocketAddr, keepalive: Option<Keepalive>) -> Option<TcpStream> {
-        let mut map = self.0.lock().ok()?;
-        let idle = map.get_mut(&(addr, keepalive))?;
-        while let Some(s) = idle.pop() {
-            // Readable while idle means the upstream closed it (or sent garbage). (A noop
-            // waker: the next real wait replaces it.)
-            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            match s.poll_read_ready(&mut cx) {
-                std::task::Poll::Pending => return Some(s),
-                // The readiness may be left from a read that filled its buffer exactly:
-                // look (and clear it) before giving up on the connection.
-                std::task::Poll::Ready(Ok(())) => match s.try_read(&mut [0u8; 1]) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(s),
-                    _ => {}
-                },
-                std::task::Poll::Ready(Err(_)) => {}
-            }
-        }
-        None
-    }
-
-    fn put(&self, addr: SocketAddr, keepalive: Option<Keepalive>, s: TcpStream) {
-        if let Ok(mut map) = self.0.lock() {
-            let idle = map.entry((addr, keepalive)).or_default();
-            if idle.len() < POOL_IDLE_PER_HOST_MAX {
-                idle.push(s);
-            }
-        }
-    }
-}
+use crate::proxy::{HOP_BY_HOP, LogFields, Prefixed, State, expand_value, host_without_port};
 
 /// Serves a plain-text client connection until it closes, or hands it to the general path.
 /// A client connection: plain TCP, or TLS over it.

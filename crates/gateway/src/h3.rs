@@ -11,40 +11,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
-use http::{HeaderValue, Response};
+use http::Response;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::watch;
 
+use crate::body::{Body, BoxError};
 use crate::limits::{
     CLIENT_HELLO_TIMEOUT, HEADER_READ_TIMEOUT, HTTP3_STREAMS_MAX, REQUEST_BODY_BYTES_MAX,
     REQUEST_HEADER_BYTES_MAX,
 };
-use crate::proxy::{Body, BoxError, OpenConnection, State};
 
-/// How long a client may remember that a port serves HTTP/3 (Envoy's `alt-svc` max age).
-pub const ALT_SVC_MAX_AGE_SECS: u32 = 86_400;
+use crate::proxy::{OpenConnection, State};
 
 type SendStream = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvStream = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
-
-/// The `alt-svc` value HTTP/1 and HTTP/2 answers carry on a listener port serving HTTP/3.
-pub fn alt_svc(port: u16) -> HeaderValue {
-    HeaderValue::from_str(&format!("h3=\":{port}\"; ma={ALT_SVC_MAX_AGE_SECS}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("clear"))
-}
-
-/// QUIC settings from a port's TLS settings: the same certificates and versions, ALPN `h3`,
-/// no 0-RTT (its early data could be replayed).
-pub fn server_config(tls: &rustls::ServerConfig) -> Result<quinn::ServerConfig, String> {
-    let mut tls = tls.clone();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    tls.max_early_data_size = 0;
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|e| format!("QUIC needs TLS 1.3: {e}"))?;
-    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
-}
 
 /// The plan's QUIC settings with the process's bounds (idle timeout, streams at once).
 pub(crate) fn with_bounds(

@@ -15,7 +15,7 @@ use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use gateway_api::httproutes::{
@@ -34,6 +34,8 @@ use model::kinds::envoy::BackendTrafficPolicySpec;
 use model::kinds::routes::BackendRef;
 use model::object::same_shape;
 
+pub use crate::backend::{Backend, Keepalive, Retry, Upstream, idempotent, now_ms};
+pub use crate::headers::HeaderSource;
 use crate::lua::LuaFilter;
 
 /// Everything one Gateway serves.
@@ -57,36 +59,6 @@ pub struct Plan {
     pub drain_timeout: Duration,
     /// Keep-alive probing of accepted client connections (ClientTrafficPolicy `tcpKeepalive`).
     pub client_keepalive: Option<Keepalive>,
-}
-
-/// TCP keep-alive probing of a connection (Envoy Gateway's `tcpKeepalive`). A field the policy
-/// leaves out takes Envoy Gateway's default, which is Linux's: 7200 s idle, 75 s apart, 9
-/// probes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Keepalive {
-    /// Idle time before the first probe.
-    pub idle: Duration,
-    /// Time between probes.
-    pub interval: Duration,
-    /// Unanswered probes before the connection is dropped.
-    pub probes: u32,
-}
-
-impl Keepalive {
-    pub fn from_policy(k: &model::kinds::envoy::TcpKeepalive) -> Keepalive {
-        let duration = |v: &Option<String>, default: u64| {
-            v.as_deref()
-                .and_then(|v| parse_duration(v).ok())
-                // The kernel takes whole seconds, at least one.
-                .map(|d| d.max(Duration::from_secs(1)))
-                .unwrap_or(Duration::from_secs(default))
-        };
-        Keepalive {
-            idle: duration(&k.idle_time, 7200),
-            interval: duration(&k.interval, 75),
-            probes: k.probes.unwrap_or(9).max(1),
-        }
-    }
 }
 
 /// Backends with their weights.
@@ -337,153 +309,6 @@ pub enum PathRewrite {
     Prefix(String),
 }
 
-/// One upstream endpoint, with its passive-ejection state (kept until the next plan).
-#[derive(Debug)]
-pub struct Upstream {
-    pub addr: SocketAddr,
-    /// Milliseconds (of [`now_ms`]) until which the endpoint is skipped. Runtime state beside
-    /// the plan: shared by every plan's `Upstream` of the same address ([`ejection_of`]), so
-    /// that a reload does not forget that an endpoint is down.
-    ejected_until_ms: std::sync::Arc<AtomicU64>,
-}
-
-/// The ejection deadline of an address, one per address in the process while any plan
-/// holds it.
-fn ejection_of(addr: SocketAddr) -> std::sync::Arc<AtomicU64> {
-    use std::sync::{Arc, LazyLock, Mutex, Weak};
-    static ALL: LazyLock<Mutex<BTreeMap<SocketAddr, Weak<AtomicU64>>>> =
-        LazyLock::new(Default::default);
-    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(a) = all.get(&addr).and_then(Weak::upgrade) {
-        return a;
-    }
-    if all.len() > 4096 {
-        all.retain(|_, w| w.strong_count() > 0);
-    }
-    let a = Arc::new(AtomicU64::new(0));
-    all.insert(addr, Arc::downgrade(&a));
-    a
-}
-
-impl Upstream {
-    pub fn new(addr: SocketAddr) -> Upstream {
-        Upstream {
-            addr,
-            ejected_until_ms: ejection_of(addr),
-        }
-    }
-    pub fn is_ejected(&self, now_ms: u64) -> bool {
-        self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
-    }
-    pub fn eject(&self, until_ms: u64) {
-        self.ejected_until_ms.store(until_ms, Ordering::Relaxed);
-    }
-}
-
-/// Milliseconds since the process started (a monotonic clock for ejection deadlines).
-pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    u64::try_from(
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis(),
-    )
-    .unwrap_or(u64::MAX)
-}
-
-/// A retry policy (BackendTrafficPolicy `retry`), with Envoy Gateway's defaults.
-#[derive(Clone, Debug)]
-pub struct Retry {
-    pub num_retries: u32,
-    pub reset: bool,
-    pub connect_failure: bool,
-    pub five_xx: bool,
-    pub gateway_error: bool,
-    pub status_codes: Vec<u16>,
-    pub base: Duration,
-    pub max: Duration,
-    pub per_try: Option<Duration>,
-}
-
-impl Retry {
-    /// Whether a response status asks for another try.
-    pub fn on_status(&self, code: u16) -> bool {
-        (self.five_xx && code >= 500)
-            || (self.gateway_error && matches!(code, 502..=504))
-            || self.status_codes.contains(&code)
-    }
-
-    /// Exponential backoff from `base`, capped at `max`, with jitter.
-    pub fn backoff(&self, attempt: usize) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << attempt.min(16));
-        let cap = exp.min(self.max);
-        // Jitter: a cheap hash of the attempt and the clock, within [cap/2, cap].
-        let nanos = u64::from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0),
-        );
-        let half = cap / 2;
-        half + Duration::from_nanos(nanos % u64::try_from(half.as_nanos()).unwrap_or(1).max(1))
-    }
-}
-
-/// A backend of a rule: its endpoints, or why it cannot be used.
-#[derive(Debug)]
-pub struct Backend {
-    /// `namespace/name:port`.
-    pub name: String,
-    pub endpoints: Vec<Upstream>,
-    /// Set when the reference does not resolve: requests picked for it get a 500.
-    pub invalid: Option<String>,
-    /// Keep-alive probing of upstream connections (the route's BackendTrafficPolicy
-    /// `tcpKeepalive`).
-    pub keepalive: Option<Keepalive>,
-    /// This backend's own round-robin turn: apart from the counter that picks among a rule's
-    /// backends, so that the two never move in step (with one shared counter advanced twice
-    /// per request, a backend with an even number of endpoints always started at the same
-    /// ones).
-    pub turn: AtomicU64,
-}
-
-impl Backend {
-    /// [`Backend::try_order`] at this backend's next turn.
-    pub fn next_order(&self) -> Vec<usize> {
-        self.try_order(self.turn.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Indices of the endpoints to try, in turn from `seq` (which spreads requests), skipping
-    /// ejected ones; all of them when every one is ejected (trying beats failing untried).
-    pub fn try_order(&self, seq: u64) -> Vec<usize> {
-        let n = self.endpoints.len();
-        if n == 0 {
-            return Vec::new();
-        }
-        let start = usize::try_from(seq).unwrap_or(0) % n;
-        let now = now_ms();
-        let turn = (0..n).map(|i| (start + i) % n);
-        let order: Vec<usize> = turn
-            .clone()
-            .filter(|&i| !self.endpoints[i].is_ejected(now))
-            .collect();
-        if order.is_empty() {
-            turn.collect()
-        } else {
-            order
-        }
-    }
-}
-
-/// Whether a request method may be sent again (RFC 9110's idempotent methods).
-pub fn idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    )
-}
-
 /// Why a Gateway cannot be compiled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
@@ -727,7 +552,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 // HTTP/3 on the port's UDP side when the ClientTrafficPolicy asks for it and
                 // the port terminates TLS (QUIC carries its own TLS 1.3 handshake).
                 let quic = match (&http3, &config) {
-                    (Some(policy), Some(c)) => match crate::h3::server_config(c) {
+                    (Some(policy), Some(c)) => match tls::quic_server_config(c) {
                         Ok(q) => Some(q),
                         Err(e) => {
                             plan.problems.push((
@@ -740,7 +565,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                     _ => None,
                 };
                 if quic.is_some() {
-                    r.alt_svc = Some(crate::h3::alt_svc(port));
+                    r.alt_svc = Some(alt_svc(port));
                 }
                 plan.ports.insert(
                     port,
@@ -910,6 +735,15 @@ fn client_ip(s: &Snapshot, gw: &ObjectKey) -> Option<ClientIp> {
                 .collect(),
             num_trusted_hops: x.num_trusted_hops,
         })
+}
+
+/// How long a client may remember that a port serves HTTP/3 (Envoy's `alt-svc` max age).
+pub const ALT_SVC_MAX_AGE_SECS: u32 = 86_400;
+
+/// The `alt-svc` value HTTP/1 and HTTP/2 answers carry on a listener port serving HTTP/3.
+pub fn alt_svc(port: u16) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma={ALT_SVC_MAX_AGE_SECS}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("clear"))
 }
 
 /// The ClientTrafficPolicy that asks for HTTP/3 on this Gateway, if one does.
@@ -1590,31 +1424,6 @@ fn resolve(s: &Snapshot, route_kind: &str, route_ns: &str, b: &BackendRef) -> Ba
 pub struct ClientIp {
     pub trusted: Vec<ipnet::IpNet>,
     pub num_trusted_hops: Option<u32>,
-}
-
-/// Request headers as routing reads them: hyper's header map, or the headers trellis's own
-/// HTTP/1 path parsed in place.
-pub trait HeaderSource {
-    /// Calls `f` with each value of header `name` that is text, until `f` returns true;
-    /// returns whether it did.
-    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool;
-}
-
-impl HeaderSource for http::HeaderMap {
-    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool {
-        self.get_all(name)
-            .iter()
-            .any(|v| v.to_str().is_ok_and(&mut *f))
-    }
-}
-
-impl HeaderSource for [httparse::Header<'_>] {
-    fn any_value(&self, name: &http::HeaderName, f: &mut dyn FnMut(&str) -> bool) -> bool {
-        self.iter().any(|h| {
-            h.name.eq_ignore_ascii_case(name.as_str())
-                && std::str::from_utf8(h.value).is_ok_and(&mut *f)
-        })
-    }
 }
 
 impl ClientIp {

@@ -158,3 +158,14 @@ pub fn server_config(
     cfg.alpn_protocols = settings.alpn.clone();
     Ok(cfg)
 }
+
+/// QUIC settings from a port's TLS settings: the same certificates and versions, ALPN `h3`,
+/// no 0-RTT (its early data could be replayed).
+pub fn quic_server_config(tls: &rustls::ServerConfig) -> Result<quinn::ServerConfig, String> {
+    let mut tls = tls.clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| format!("QUIC needs TLS 1.3: {e}"))?;
+    Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}

@@ -119,7 +119,7 @@ pub(crate) async fn serve(
 
 /// An endpoint for a new session: a backend by weight, then one of its endpoints.
 fn endpoint(port: &StreamPort, seq: u64) -> Option<SocketAddr> {
-    let backend = crate::proxy::pick_weighted(&port.backends, seq)?;
+    let backend = crate::backend::pick_weighted(&port.backends, seq)?;
     if backend.invalid.is_some() || backend.endpoints.is_empty() {
         return None;
     }
