@@ -250,3 +250,30 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_followed() {
+        let b = |n: &str| {
+            Arc::new(Backend {
+                name: n.into(),
+                endpoints: Vec::new(),
+                invalid: None,
+                keepalive: None,
+                turn: Default::default(),
+            })
+        };
+        let set = vec![(70, b("a")), (30, b("b")), (0, b("c"))];
+        let mut counts = BTreeMap::new();
+        for i in 0..10_000 {
+            *counts
+                .entry(pick_weighted(&set, i).expect("weights").name.clone())
+                .or_insert(0) += 1;
+        }
+        assert!((6_800..7_200).contains(&counts["a"]), "{counts:?}");
+        assert!(!counts.contains_key("c"));
+    }
+}

@@ -29,9 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::backend::pick_weighted;
 use crate::backend::{Backend, Upstream};
 use crate::compress::Encoding;
+use crate::decide;
 use crate::limits::{
     CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, CONNECT_ATTEMPTS_MAX, EJECT_MS,
     HEADER_READ_TIMEOUT, HEADERS_MAX, REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX,
@@ -316,26 +316,32 @@ fn prepare(
         Some(i) => (&target[..i], Some(&target[i + 1..])),
         None => (target, None),
     };
-    let Some(entry) = router.find(&host, method, path, query, headers) else {
+    let head = decide::Head {
+        method,
+        host: &host,
+        path,
+        query,
+        headers,
+    };
+    // The rule, and whether anything but forwarding runs for it: then the general path
+    // serves the request (and decides it the same way).
+    let Some(routed) = decide::route(router, peer, &head).filter(decide::Routed::only_forwards)
+    else {
         return Prep::HandOff;
     };
-    let action = &entry.action;
-    if !plain(action) {
-        return Prep::HandOff;
-    }
-    let encoding = crate::compress::negotiate(headers, &action.compress);
-    if encoding.is_some_and(|e| e != Encoding::Zstd && e != Encoding::Gzip) {
-        // Brotli streams, on the general path.
-        return Prep::HandOff;
-    }
     let seq = state.next.fetch_add(1, Ordering::Relaxed);
-    let Some(backend) = pick_weighted(&action.backends, seq) else {
-        return Prep::HandOff;
+    let (backend, encoding) = match decide::answer(router, &routed.action, &head, scheme, seq) {
+        // Brotli streams, on the general path.
+        decide::Answer::Forward {
+            backend, encoding, ..
+        } if encoding.is_none_or(|e| e == Encoding::Zstd || e == Encoding::Gzip) => {
+            (backend, encoding)
+        }
+        // Answered by the gateway itself: on the general path, where every local answer is made.
+        _ => return Prep::HandOff,
     };
-    if backend.invalid.is_some() || backend.endpoints.is_empty() {
-        return Prep::HandOff;
-    }
-    let client = router.client_address(peer, headers);
+    let client = routed.client;
+    let action = &*routed.action;
 
     let mut up = Vec::with_capacity(len + 128);
     up.extend_from_slice(method.as_bytes());
@@ -403,8 +409,8 @@ fn prepare(
     Prep::Forward(Exchange {
         len,
         upstream: up,
-        action: action.clone(),
-        backend: backend.clone(),
+        action: routed.action,
+        backend,
         head_request: method == "HEAD",
         idempotent: crate::plan::idempotent(method),
         close,
@@ -414,21 +420,6 @@ fn prepare(
         seen,
         alt_svc: router.alt_svc.clone(),
     })
-}
-
-/// Whether a rule only forwards (with header edits and compression at most): everything else
-/// is the general path's.
-fn plain(a: &Action) -> bool {
-    a.redirect.is_none()
-        && a.rewrite.is_none()
-        && a.mirrors.is_empty()
-        && !a.all_invalid
-        && a.timeout_request.is_none()
-        && a.timeout_backend.is_none()
-        && a.retry.as_ref().is_none_or(|r| r.per_try.is_none())
-        && !a.h2_upstream
-        && a.security.is_none()
-        && a.lua.is_empty()
 }
 
 /// A Content-Length value: digits only.

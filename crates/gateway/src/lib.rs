@@ -20,6 +20,7 @@ pub mod backend;
 pub mod body;
 pub mod compress;
 pub mod cors;
+pub mod decide;
 pub mod echo;
 mod h1;
 pub mod h3;

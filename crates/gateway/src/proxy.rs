@@ -25,7 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
-use crate::backend::pick_weighted;
+use crate::decide;
 use crate::limits::{
     ACCESS_LOG_QUEUED_MAX, CLIENT_CONNECTIONS_MAX, CLIENT_IDLE_TIMEOUT, CONNECT_ATTEMPTS_MAX,
     DRAIN_IDLE_GRACE, EJECT_MS, EXT_AUTH_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_POOLS_MAX,
@@ -33,9 +33,7 @@ use crate::limits::{
     UPSTREAM_POOL_IDLE_TIMEOUT,
 };
 use crate::metrics::Metrics;
-use crate::plan::{
-    Action, Backend, HeaderEdits, Keepalive, Listen, PathRewrite, Plan, Redirect, Retry, Upstream,
-};
+use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Listen, Plan, Retry, Upstream};
 
 pub use crate::body::{Body, BoxError};
 use crate::body::{boxed_incoming as box_incoming, full};
@@ -578,24 +576,21 @@ async fn handle_inner(
     let host = request_host(&req);
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let found = router.find(
-        &host,
-        req.method().as_str(),
-        &path,
-        query.as_deref(),
-        req.headers(),
-    );
-    let Some(entry) = found else {
+    let head = decide::Head {
+        method: req.method().as_str(),
+        host: &host,
+        path: &path,
+        query: query.as_deref(),
+        headers: req.headers(),
+    };
+    let Some(decide::Routed { action, client }) = decide::route(&router, peer, &head) else {
         state.metrics.request("", 404, started.elapsed());
         return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
     };
-    let action = entry.action.clone();
     let log_fields = state
         .access_log
         .as_ref()
         .map(|_| LogFields::of(&req, &host));
-    // The client as the ClientTrafficPolicy defines it (X-Forwarded-For from trusted peers).
-    let client = router.client_address(peer, req.headers());
     let counters = action
         .counters
         .get_or_init(|| state.metrics.route_counters(&action.route));
@@ -659,8 +654,8 @@ async fn handle_inner(
     };
     let mut resp = respond(
         state,
+        &router,
         &action,
-        router.port,
         scheme,
         peer,
         client,
@@ -1311,8 +1306,8 @@ fn lua_response(
 #[allow(clippy::too_many_arguments)]
 async fn respond(
     state: &State,
+    router: &crate::plan::Router,
     action: &Action,
-    listener_port: u16,
     scheme: &'static str,
     peer: SocketAddr,
     client: SocketAddr,
@@ -1321,62 +1316,48 @@ async fn respond(
     path: &str,
     query: Option<&str>,
 ) -> Response<Body> {
-    if let Some(r) = &action.redirect {
-        let (status, location) =
-            redirect_reply(r, action, listener_port, scheme, host, path, query);
-        let mut resp = Response::new(full(Bytes::new()));
-        *resp.status_mut() = status;
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            resp.headers_mut().insert(header::LOCATION, v);
-        }
-        return resp;
-    }
-    if action.backends.is_empty() {
-        return local(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "route rule has no backends",
-        );
-    }
-    if action.all_invalid {
-        let why = action
-            .backends
-            .iter()
-            .find_map(|(_, b)| b.invalid.clone())
-            .unwrap_or_default();
-        return local(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("backend not usable: {why}"),
-        );
-    }
-    let Some(backend) = pick_weighted(&action.backends, state.next.fetch_add(1, Ordering::Relaxed))
-    else {
-        return local(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "all backend weights are zero",
-        );
+    let head = decide::Head {
+        method: req.method().as_str(),
+        host,
+        path,
+        query,
+        headers: req.headers(),
     };
-    if let Some(why) = &backend.invalid {
-        return local(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            &format!("backend not usable: {why}"),
-        );
-    }
-    if backend.endpoints.is_empty() {
-        return local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("no healthy upstream for {}", backend.name),
-        );
-    }
+    let seq = state.next.fetch_add(1, Ordering::Relaxed);
+    let (backend, rewritten, encoding) = match decide::answer(router, action, &head, scheme, seq) {
+        decide::Answer::Redirect { status, location } => {
+            let mut resp = Response::new(full(Bytes::new()));
+            *resp.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            return resp;
+        }
+        decide::Answer::Local { status, why } => return local(status, &why),
+        decide::Answer::Forward {
+            backend,
+            rewritten,
+            encoding,
+        } => (backend, rewritten, encoding),
+    };
+    let backend = &backend;
 
     let (mut parts, body) = req.into_parts();
-    let path_and_query = upstream_head(action, &mut parts, scheme, peer, client, path, query);
+    let path_and_query = upstream_head(
+        action,
+        &mut parts,
+        scheme,
+        peer,
+        client,
+        rewritten.as_deref().unwrap_or(path),
+        query,
+    );
 
     for m in &action.mirrors {
         mirror(state, m, &parts, &path_and_query);
     }
 
     let replayable = hyper::body::Body::is_end_stream(&body);
-    let encoding = crate::compress::negotiate(&parts.headers, &action.compress);
     let method = parts.method.clone();
     let client = state.client_for(action.h2_upstream, backend);
     let attempt = forward(
@@ -1417,31 +1398,6 @@ async fn respond(
     }
 }
 
-/// The status and Location of a RequestRedirect.
-fn redirect_reply(
-    r: &Redirect,
-    action: &Action,
-    listener_port: u16,
-    scheme: &'static str,
-    host: &str,
-    path: &str,
-    query: Option<&str>,
-) -> (StatusCode, String) {
-    let location = redirect_location(
-        r,
-        action.matched_prefix.as_deref(),
-        listener_port,
-        host,
-        path,
-        query,
-        Some(scheme),
-    );
-    (
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND),
-        location,
-    )
-}
-
 /// Turns a client's request head into the upstream one, as the rule's filters say: hop-by-hop
 /// headers dropped, URLRewrite applied, Host kept, X-Forwarded-* appended, the header
 /// modifier applied, the upstream HTTP version set. Returns the upstream path and query.
@@ -1455,16 +1411,10 @@ fn upstream_head(
     query: Option<&str>,
 ) -> String {
     strip_hop_by_hop(&mut parts.headers);
-    let mut new_path = path.to_string();
-    if let Some(rw) = &action.rewrite {
-        if let Some(h) = &rw.hostname
-            && let Ok(v) = HeaderValue::from_str(h)
-        {
-            parts.headers.insert(header::HOST, v);
-        }
-        if let Some(p) = &rw.path {
-            new_path = rewrite_path(p, action.matched_prefix.as_deref(), path);
-        }
+    if let Some(h) = action.rewrite.as_ref().and_then(|rw| rw.hostname.as_ref())
+        && let Ok(v) = HeaderValue::from_str(h)
+    {
+        parts.headers.insert(header::HOST, v);
     }
     if !parts.headers.contains_key(header::HOST)
         && let Some(a) = parts.uri.authority()
@@ -1487,8 +1437,8 @@ fn upstream_head(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     match query {
-        Some(q) => format!("{new_path}?{q}"),
-        None => new_path,
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
     }
 }
 
@@ -1519,37 +1469,37 @@ pub fn decide(router: &crate::plan::Router, peer: SocketAddr, req: &mut Request<
     let host = request_host(req);
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
-    let Some(entry) = router.find(
-        &host,
-        req.method().as_str(),
-        &path,
-        query.as_deref(),
-        req.headers(),
-    ) else {
+    let head = decide::Head {
+        method: req.method().as_str(),
+        host: &host,
+        path: &path,
+        query: query.as_deref(),
+        headers: req.headers(),
+    };
+    let Some(decide::Routed { action, client }) = decide::route(router, peer, &head) else {
         return Decision::NoRoute;
     };
-    let action = &entry.action;
-    if let Some(r) = &action.redirect {
-        let (status, location) = redirect_reply(
-            r,
-            action,
-            router.port,
-            router.scheme,
-            &host,
-            &path,
-            query.as_deref(),
-        );
-        return Decision::Redirect { status, location };
-    }
-    let client = router.client_address(peer, req.headers());
+    let rewritten = match decide::answer(router, &action, &head, router.scheme, 0) {
+        decide::Answer::Redirect { status, location } => {
+            return Decision::Redirect { status, location };
+        }
+        decide::Answer::Forward { rewritten, .. } => rewritten,
+        // The rule's backends cannot be used: it would be answered here, but with the
+        // request edited as if it went upstream (what the property test checks).
+        decide::Answer::Local { .. } => action
+            .rewrite
+            .as_ref()
+            .and_then(|rw| rw.path.as_ref())
+            .map(|p| decide::rewrite_path(p, action.matched_prefix.as_deref(), &path)),
+    };
     let (mut parts, ()) = std::mem::take(req).into_parts();
     let path_and_query = upstream_head(
-        action,
+        &action,
         &mut parts,
         router.scheme,
         peer,
         client,
-        &path,
+        rewritten.as_deref().unwrap_or(&path),
         query.as_deref(),
     );
     *req = Request::from_parts(parts, ());
@@ -1783,135 +1733,9 @@ fn edit_headers(h: &mut HeaderMap, e: &HeaderEdits, peer: SocketAddr) {
     }
 }
 
-/// A path after a ReplaceFullPath or ReplacePrefixMatch.
-pub fn rewrite_path(p: &PathRewrite, matched_prefix: Option<&str>, path: &str) -> String {
-    match p {
-        PathRewrite::Full(f) => f.clone(),
-        PathRewrite::Prefix(replacement) => {
-            let prefix = matched_prefix.unwrap_or("/").trim_end_matches('/');
-            let rest = path.strip_prefix(prefix).unwrap_or(path);
-            let replacement = replacement.trim_end_matches('/');
-            let joined = format!("{replacement}{rest}");
-            if joined.is_empty() {
-                "/".to_string()
-            } else if !joined.starts_with('/') {
-                format!("/{joined}")
-            } else {
-                joined
-            }
-        }
-    }
-}
-
-/// The Location of a redirect, with the spec's port rules: an explicit port wins; else the
-/// scheme's well-known port when the scheme changes; else the listener port; and the port is
-/// left out when it is the scheme's default.
-pub fn redirect_location(
-    r: &Redirect,
-    matched_prefix: Option<&str>,
-    listener_port: u16,
-    host: &str,
-    path: &str,
-    query: Option<&str>,
-    request_scheme: Option<&str>,
-) -> String {
-    let scheme = r
-        .scheme
-        .clone()
-        .unwrap_or_else(|| request_scheme.unwrap_or("http").to_string());
-    let port = match (r.port, &r.scheme) {
-        (Some(p), _) => p,
-        (None, Some(s)) => match s.as_str() {
-            "https" => 443,
-            "http" => 80,
-            _ => listener_port,
-        },
-        (None, None) => listener_port,
-    };
-    let hostname = r.hostname.clone().unwrap_or_else(|| host.to_string());
-    let default = (scheme == "http" && port == 80) || (scheme == "https" && port == 443);
-    let authority = if default {
-        hostname
-    } else {
-        format!("{hostname}:{port}")
-    };
-    let new_path = match &r.path {
-        Some(p) => rewrite_path(p, matched_prefix, path),
-        None => path.to_string(),
-    };
-    match query {
-        Some(q) => format!("{scheme}://{authority}{new_path}?{q}"),
-        None => format!("{scheme}://{authority}{new_path}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn prefix_rewrites() {
-        let p = |r: &str| PathRewrite::Prefix(r.to_string());
-        assert_eq!(rewrite_path(&p("/bar"), Some("/foo"), "/foo/x"), "/bar/x");
-        assert_eq!(rewrite_path(&p("/"), Some("/foo"), "/foo/x"), "/x");
-        assert_eq!(rewrite_path(&p("/"), Some("/foo"), "/foo"), "/");
-        assert_eq!(rewrite_path(&p("/bar/"), Some("/foo/"), "/foo/x"), "/bar/x");
-        assert_eq!(
-            rewrite_path(&PathRewrite::Full("/one".into()), Some("/foo"), "/foo/x"),
-            "/one"
-        );
-    }
-
-    #[test]
-    fn redirect_ports() {
-        let r = |scheme: Option<&str>, port: Option<u16>| Redirect {
-            scheme: scheme.map(str::to_string),
-            hostname: None,
-            port,
-            path: None,
-            status: 301,
-        };
-        assert_eq!(
-            redirect_location(
-                &r(Some("https"), None),
-                None,
-                80,
-                "a.example",
-                "/x",
-                None,
-                None
-            ),
-            "https://a.example/x"
-        );
-        assert_eq!(
-            redirect_location(
-                &r(None, Some(8443)),
-                None,
-                80,
-                "a.example",
-                "/x",
-                Some("q=1"),
-                None
-            ),
-            "http://a.example:8443/x?q=1"
-        );
-        assert_eq!(
-            redirect_location(&r(None, None), None, 8080, "a.example", "/", None, None),
-            "http://a.example:8080/"
-        );
-        assert_eq!(
-            redirect_location(
-                &r(Some("https"), Some(443)),
-                None,
-                80,
-                "a.example",
-                "/",
-                None,
-                None
-            ),
-            "https://a.example/"
-        );
-    }
 
     #[tokio::test]
     async fn keepalive_settings_reach_the_socket() {
@@ -1934,27 +1758,5 @@ mod tests {
             k.interval
         );
         assert_eq!(sock.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 4);
-    }
-
-    #[test]
-    fn weights_are_followed() {
-        let b = |n: &str| {
-            Arc::new(Backend {
-                name: n.into(),
-                endpoints: Vec::new(),
-                invalid: None,
-                keepalive: None,
-                turn: Default::default(),
-            })
-        };
-        let set = vec![(70, b("a")), (30, b("b")), (0, b("c"))];
-        let mut counts = BTreeMap::new();
-        for i in 0..10_000 {
-            *counts
-                .entry(pick_weighted(&set, i).expect("weights").name.clone())
-                .or_insert(0) += 1;
-        }
-        assert!((6_800..7_200).contains(&counts["a"]), "{counts:?}");
-        assert!(!counts.contains_key("c"));
     }
 }
