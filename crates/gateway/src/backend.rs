@@ -13,7 +13,7 @@ use std::time::Duration;
 use model::validate::parse_duration;
 use tokio::net::TcpStream;
 
-use crate::limits::POOL_IDLE_PER_HOST_MAX;
+use crate::limits::{CONNECT_ATTEMPTS_MAX, EJECT_MS, POOL_IDLE_PER_HOST_MAX};
 
 /// TCP keep-alive probing of a connection (Envoy Gateway's `tcpKeepalive`). A field the policy
 /// leaves out takes Envoy Gateway's default, which is Linux's: 7200 s idle, 75 s apart, 9
@@ -251,6 +251,128 @@ impl Pool {
     }
 }
 
+/// What became of one try of a request upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No connection to the endpoint: nothing was sent.
+    ConnectFailed,
+    /// Sent, but the connection failed before a whole response head came back.
+    Reset,
+    /// A response head with this status came back.
+    Status(u16),
+}
+
+/// What to do after a try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Try again (on [`Tries::endpoint`]), after `backoff` when there is one; `counted` when
+    /// it is one of the retry policy's retries.
+    Again {
+        backoff: Option<Duration>,
+        counted: bool,
+    },
+    /// Stop: pass the response on, or answer the failure.
+    Stop,
+}
+
+/// The tries of one request: which endpoint next, and after each outcome whether to try
+/// again. Without I/O (the ejection of an endpoint that refused is an atomic store beside the
+/// plan): both HTTP paths drive their upstream I/O with it, so they retry, fail over and back
+/// off alike.
+///
+/// An endpoint that refuses a connection is ejected for [`EJECT_MS`] and the next one is
+/// tried at once (nothing was sent, so this is always safe), up to
+/// [`CONNECT_ATTEMPTS_MAX`] endpoints; after that, a retry policy with `connect-failure`
+/// starts another round, after its backoff. A reset or a status the policy names is tried
+/// again only when the request may be sent again (an idempotent method, a body that can be
+/// replayed) and the policy has retries left.
+pub struct Tries<'a> {
+    backend: &'a Backend,
+    order: Vec<usize>,
+    retry: Option<&'a Retry>,
+    /// The request may be sent twice (idempotent, its body replayable).
+    resendable: bool,
+    retries_left: u32,
+    /// Connect failures since the last round began.
+    refused: usize,
+    /// Tries so far (the index of the endpoint of the next).
+    tries: usize,
+    /// Policy retries so far (for the backoff).
+    retried: usize,
+}
+
+impl<'a> Tries<'a> {
+    pub fn new(backend: &'a Backend, retry: Option<&'a Retry>, resendable: bool) -> Tries<'a> {
+        Tries {
+            order: backend.next_order(),
+            backend,
+            retry,
+            resendable,
+            retries_left: retry.map_or(0, |r| r.num_retries),
+            refused: 0,
+            tries: 0,
+            retried: 0,
+        }
+    }
+
+    /// The endpoint of the next try; `None` when the backend has none.
+    pub fn endpoint(&self) -> Option<&'a Upstream> {
+        let i = *self.order.get(self.tries % self.order.len().max(1))?;
+        self.backend.endpoints.get(i)
+    }
+
+    /// Whether another try could follow this one at all (so that the request is kept).
+    pub fn may_try_again(&self) -> bool {
+        self.order.len() > 1 || self.retry.is_some()
+    }
+
+    /// Takes the outcome of the try on [`Tries::endpoint`]; says what comes next.
+    pub fn after(&mut self, outcome: Outcome) -> Next {
+        let ep = self.endpoint();
+        self.tries += 1;
+        let policy = |f: fn(&Retry) -> bool| self.retry.is_some_and(f);
+        match outcome {
+            Outcome::ConnectFailed => {
+                if let Some(ep) = ep {
+                    ep.eject(now_ms() + EJECT_MS);
+                }
+                self.refused += 1;
+                if self.refused < CONNECT_ATTEMPTS_MAX.min(self.order.len()) {
+                    return Next::Again {
+                        backoff: None,
+                        counted: false,
+                    };
+                }
+                if policy(|r| r.connect_failure) && self.retries_left > 0 {
+                    self.refused = 0;
+                    return self.retry_counted();
+                }
+                Next::Stop
+            }
+            Outcome::Reset if policy(|r| r.reset) && self.resendable && self.retries_left > 0 => {
+                self.retry_counted()
+            }
+            Outcome::Status(code)
+                if self.retry.is_some_and(|r| r.on_status(code))
+                    && self.resendable
+                    && self.retries_left > 0 =>
+            {
+                self.retry_counted()
+            }
+            Outcome::Reset | Outcome::Status(_) => Next::Stop,
+        }
+    }
+
+    fn retry_counted(&mut self) -> Next {
+        self.retries_left -= 1;
+        self.retried += 1;
+        Next::Again {
+            backoff: self.retry.map(|r| r.backoff(self.retried)),
+            counted: true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +397,90 @@ mod tests {
         }
         assert!((6_800..7_200).contains(&counts["a"]), "{counts:?}");
         assert!(!counts.contains_key("c"));
+    }
+
+    fn backend(endpoints: usize) -> Backend {
+        Backend {
+            name: "ns/b:80".into(),
+            endpoints: (0..endpoints)
+                .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 40_000 + i as u16))))
+                .collect(),
+            invalid: None,
+            keepalive: None,
+            turn: AtomicU64::new(0),
+        }
+    }
+
+    fn policy(num_retries: u32) -> Retry {
+        Retry {
+            num_retries,
+            reset: true,
+            connect_failure: true,
+            five_xx: true,
+            gateway_error: false,
+            status_codes: vec![],
+            base: Duration::from_millis(25),
+            max: Duration::from_millis(250),
+            per_try: None,
+        }
+    }
+
+    const FREE: Next = Next::Again {
+        backoff: None,
+        counted: false,
+    };
+
+    #[test]
+    fn refused_endpoints_are_failed_over_then_the_policy_decides() {
+        // Without a policy: the other endpoints at once (nothing was sent), then stop.
+        let b = backend(5);
+        let mut t = Tries::new(&b, None, true);
+        let first = t.endpoint().expect("endpoint").addr;
+        assert_eq!(t.after(Outcome::ConnectFailed), FREE);
+        assert_ne!(t.endpoint().expect("endpoint").addr, first);
+        assert!(b.endpoints.iter().any(|e| e.is_ejected(now_ms())));
+        assert_eq!(t.after(Outcome::ConnectFailed), FREE);
+        assert_eq!(t.after(Outcome::ConnectFailed), Next::Stop);
+        // With one: a round of endpoints, then a counted retry after a backoff, one more
+        // round, then stop.
+        let b = backend(2);
+        let r = policy(1);
+        let mut t = Tries::new(&b, Some(&r), false);
+        assert_eq!(t.after(Outcome::ConnectFailed), FREE);
+        assert!(matches!(
+            t.after(Outcome::ConnectFailed),
+            Next::Again {
+                backoff: Some(_),
+                counted: true
+            }
+        ));
+        assert_eq!(t.after(Outcome::ConnectFailed), FREE);
+        assert_eq!(t.after(Outcome::ConnectFailed), Next::Stop);
+    }
+
+    #[test]
+    fn resets_and_statuses_are_retried_only_when_the_request_may_be_sent_again() {
+        let b = backend(1);
+        let r = policy(2);
+        let mut once = Tries::new(&b, Some(&r), false);
+        assert_eq!(once.after(Outcome::Reset), Next::Stop);
+        let mut once = Tries::new(&b, Some(&r), false);
+        assert_eq!(once.after(Outcome::Status(503)), Next::Stop);
+        let mut again = Tries::new(&b, Some(&r), true);
+        assert!(matches!(
+            again.after(Outcome::Status(503)),
+            Next::Again { counted: true, .. }
+        ));
+        assert!(matches!(
+            again.after(Outcome::Reset),
+            Next::Again { counted: true, .. }
+        ));
+        // Two retries are all the policy gives; a status it does not name is passed on.
+        assert_eq!(again.after(Outcome::Status(503)), Next::Stop);
+        assert_eq!(
+            Tries::new(&b, Some(&r), true).after(Outcome::Status(404)),
+            Next::Stop
+        );
+        assert_eq!(Tries::new(&b, None, true).after(Outcome::Reset), Next::Stop);
     }
 }

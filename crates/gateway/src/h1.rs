@@ -30,12 +30,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::backend::{Backend, Upstream};
+use crate::backend::{Next, Outcome, Tries};
 use crate::compress::Encoding;
 use crate::decide;
 use crate::limits::{
-    CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, CONNECT_ATTEMPTS_MAX, EJECT_MS,
-    HEADER_READ_TIMEOUT, HEADERS_MAX, REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX,
-    RESPONSE_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_READ_BYTES,
+    CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, HEADER_READ_TIMEOUT, HEADERS_MAX,
+    REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX, RESPONSE_HEADER_BYTES_MAX,
+    UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_READ_BYTES,
 };
 use crate::plan::{Action, HeaderEdits, Router};
 
@@ -703,32 +704,38 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
         keep_alive,
     };
     let backend = &ex.backend;
-    let retry = ex.action.retry.as_ref();
-    let mut retries_left = retry.map_or(0, |r| r.num_retries);
-    // Another try by the route's retry policy, when `trigger` is one of its triggers: counts
-    // it and waits its backoff. The whole request is buffered, so it can always be resent.
-    let mut attempt = 0usize;
-    let mut again = async |triggered: bool| {
-        let Some(r) = retry.filter(|_| triggered && retries_left > 0) else {
-            return false;
-        };
-        retries_left -= 1;
-        attempt += 1;
-        state.metrics.retries.inc();
-        tokio::time::sleep(r.backoff(attempt)).await;
-        true
+    // The whole request is buffered, so it can always be sent again when its method allows.
+    let mut tries = Tries::new(backend, ex.action.retry.as_ref(), ex.idempotent);
+    // Another try when the outcome asks for one (after its backoff, counted when the retry
+    // policy's); false when it is time to answer.
+    let again = async |tries: &mut Tries<'_>, outcome: Outcome| match tries.after(outcome) {
+        Next::Stop => false,
+        Next::Again { backoff, counted } => {
+            if counted {
+                state.metrics.retries.inc();
+            }
+            if let Some(d) = backoff {
+                tokio::time::sleep(d).await;
+            }
+            true
+        }
     };
     let mut fresh_only = false;
-    let mut last_err = String::new();
     'attempt: loop {
-        let Some((ep, mut up, reused)) = connect(state, backend, fresh_only, &mut last_err).await
-        else {
-            if again(retry.is_some_and(|r| r.connect_failure)).await {
-                continue 'attempt;
-            }
-            let why = format!("upstream connect error or retries exhausted: {last_err}");
-            let keep = answer(client, 503, &why, ex.close || closing).await;
+        let Some(ep) = tries.endpoint() else {
+            let keep = answer(client, 503, "no healthy upstream", ex.close || closing).await;
             return local(503, keep);
+        };
+        let (mut up, reused) = match connect(state, backend, ep, fresh_only).await {
+            Ok(x) => x,
+            Err(why) => {
+                if again(&mut tries, Outcome::ConnectFailed).await {
+                    continue 'attempt;
+                }
+                let why = format!("upstream connect error or retries exhausted: {why}");
+                let keep = answer(client, 503, &why, ex.close || closing).await;
+                return local(503, keep);
+            }
         };
         let failed = |e: &dyn std::fmt::Display| format!("upstream {} failed: {e}", ep.addr);
         if let Err(e) = up.write_all(&ex.upstream).await {
@@ -737,7 +744,7 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
                 fresh_only = true;
                 continue 'attempt;
             }
-            if again(ex.idempotent && retry.is_some_and(|r| r.reset)).await {
+            if again(&mut tries, Outcome::Reset).await {
                 continue 'attempt;
             }
             let keep = answer(client, 502, &failed(&e), ex.close || closing).await;
@@ -771,7 +778,7 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
                 fresh_only = true;
                 continue 'attempt;
             }
-            if again(ex.idempotent && retry.is_some_and(|r| r.reset)).await {
+            if again(&mut tries, Outcome::Reset).await {
                 continue 'attempt;
             }
             let keep = answer(client, 502, &failed(&why), ex.close || closing).await;
@@ -779,7 +786,7 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
         };
         // Nothing went to the client yet: an answer the policy retries is dropped (with its
         // connection).
-        if again(ex.idempotent && retry.is_some_and(|r| r.on_status(head.status))).await {
+        if again(&mut tries, Outcome::Status(head.status)).await {
             continue 'attempt;
         }
         let latency = ex.started.elapsed();
@@ -804,40 +811,38 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
     }
 }
 
-/// An upstream connection for `backend`: a pooled one unless `fresh_only`, else a new one,
-/// trying the next endpoint when one refuses (and ejecting it for a while). Returns the
-/// endpoint, the connection, and whether it was pooled.
-async fn connect<'a>(
+/// A connection to `ep` of `backend`: a pooled one unless `fresh_only`, else a new one
+/// (within the connect timeout), and whether it was pooled; why not, when it cannot be had
+/// (its ejection is the caller's [`Tries`]').
+async fn connect(
     state: &State,
-    backend: &'a Backend,
+    backend: &Backend,
+    ep: &Upstream,
     fresh_only: bool,
-    last_err: &mut String,
-) -> Option<(&'a Upstream, TcpStream, bool)> {
-    let order = backend.next_order();
-    for i in order.into_iter().take(CONNECT_ATTEMPTS_MAX) {
-        let ep = &backend.endpoints[i];
-        if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {
-            return Some((ep, s, true));
-        }
-        let made =
-            tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
-        match made {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                if let Some(k) = &backend.keepalive
-                    && let Err(e) = crate::proxy::set_keepalive(&s, k)
-                {
-                    tracing::debug!(error = %e, upstream = %ep.addr, "cannot set keep-alive");
-                }
-                return Some((ep, s, false));
-            }
-            Ok(Err(e)) => *last_err = format!("{}: {e}", ep.addr),
-            Err(_) => *last_err = format!("{}: connect timed out", ep.addr),
-        }
-        state.metrics.upstream_connect_failures.inc();
-        ep.eject(crate::plan::now_ms() + EJECT_MS);
+) -> Result<(TcpStream, bool), String> {
+    if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {
+        return Ok((s, true));
     }
-    None
+    let made = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
+    match made {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            if let Some(k) = &backend.keepalive
+                && let Err(e) = crate::proxy::set_keepalive(&s, k)
+            {
+                tracing::debug!(error = %e, upstream = %ep.addr, "cannot set keep-alive");
+            }
+            Ok((s, false))
+        }
+        Ok(Err(e)) => {
+            state.metrics.upstream_connect_failures.inc();
+            Err(format!("{}: {e}", ep.addr))
+        }
+        Err(_) => {
+            state.metrics.upstream_connect_failures.inc();
+            Err(format!("{}: connect timed out", ep.addr))
+        }
+    }
 }
 
 /// Writes the response head and body to the client. Returns whether the upstream sent bytes

@@ -25,15 +25,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
+use crate::backend::{Next, Outcome, Tries};
 use crate::decide;
 use crate::limits::{
-    ACCESS_LOG_QUEUED_MAX, CLIENT_CONNECTIONS_MAX, CLIENT_IDLE_TIMEOUT, CONNECT_ATTEMPTS_MAX,
-    DRAIN_IDLE_GRACE, EJECT_MS, EXT_AUTH_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_POOLS_MAX,
-    POOL_IDLE_PER_HOST_MAX, REQUEST_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT,
-    UPSTREAM_POOL_IDLE_TIMEOUT,
+    ACCESS_LOG_QUEUED_MAX, CLIENT_CONNECTIONS_MAX, CLIENT_IDLE_TIMEOUT, DRAIN_IDLE_GRACE,
+    EXT_AUTH_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_POOLS_MAX, POOL_IDLE_PER_HOST_MAX,
+    REQUEST_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_POOL_IDLE_TIMEOUT,
 };
 use crate::metrics::Metrics;
-use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Listen, Plan, Retry, Upstream};
+use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Listen, Plan, Retry};
 
 pub use crate::body::{Body, BoxError};
 use crate::body::{boxed_incoming as box_incoming, full};
@@ -1526,24 +1526,15 @@ async fn forward(
     retry: Option<&Retry>,
     client: &Client<HttpConnector, Body>,
 ) -> Result<Response<Incoming>, Response<Body>> {
-    let order: Vec<&Upstream> = backend
-        .next_order()
-        .into_iter()
-        .map(|i| &backend.endpoints[i])
-        .collect();
     let idempotent = crate::plan::idempotent(parts.method.as_str());
+    let mut tries = Tries::new(backend, retry, idempotent && replayable);
     let per_try = retry.and_then(|r| r.per_try).or(per_try);
-    let mut retries_left = retry.map_or(0, |r| r.num_retries);
-    let mut connect_failures = 0usize;
-    let mut body = Some(body);
-    let mut last_err = String::new();
-    let mut attempt = 0usize;
     // Keep a copy of the request head only when another try is possible at all.
-    let may_retry = replayable && (order.len() > 1 || retry.is_some());
+    let may_retry = replayable && tries.may_try_again();
+    let mut body = Some(body);
     let mut parts = Some(parts);
-    loop {
-        let ep = order[attempt % order.len()];
-        attempt += 1;
+    let mut last_err = String::new();
+    while let Some(ep) = tries.endpoint() {
         let uri: Uri = match format!("http://{}{path_and_query}", ep.addr).parse() {
             Ok(u) => u,
             Err(_) => {
@@ -1574,51 +1565,14 @@ async fn forward(
             },
             None => client.request(req).await,
         };
-        let again = || {
-            if replayable {
-                Some(full(Bytes::new()))
-            } else {
-                None
-            }
-        };
-        match sent {
-            Ok(resp) => {
-                let code = resp.status().as_u16();
-                let retriable = retry.is_some_and(|r| r.on_status(code))
-                    && idempotent
-                    && replayable
-                    && retries_left > 0;
-                if !retriable {
-                    let mut resp = resp;
-                    if state.observer.is_some() {
-                        resp.extensions_mut()
-                            .get_or_insert_default::<crate::record::Seen>()
-                            .upstream = Some(ep.addr);
-                    }
-                    return Ok(resp);
-                }
-                retries_left -= 1;
-                state.metrics.retries.inc();
-                last_err = format!("{}: status {code}", ep.addr);
-                drop(resp);
-                body = again();
-            }
+        let outcome = match &sent {
+            Ok(resp) => Outcome::Status(resp.status().as_u16()),
             Err(e) if e.is_connect() => {
                 state.metrics.upstream_connect_failures.inc();
-                ep.eject(crate::plan::now_ms() + EJECT_MS);
                 last_err = format!("{}: {e}", ep.addr);
-                connect_failures += 1;
-                // The request was not sent: trying another endpoint is always safe.
-                let by_policy = retry.is_some_and(|r| r.connect_failure) && retries_left > 0;
-                if by_policy {
-                    retries_left -= 1;
-                    state.metrics.retries.inc();
-                } else if connect_failures >= CONNECT_ATTEMPTS_MAX.min(order.len()) {
-                    break;
-                }
-                body = again();
+                Outcome::ConnectFailed
             }
-            Err(e) if client_body_malformed(&e) => {
+            Err(e) if client_body_malformed(e) => {
                 // The client's body did not parse (a bad chunk): the client's fault, not the
                 // upstream's; never retried.
                 return Err(local(
@@ -1628,21 +1582,39 @@ async fn forward(
             }
             Err(e) => {
                 last_err = format!("{}: {e}", ep.addr);
-                let retriable =
-                    retry.is_some_and(|r| r.reset) && idempotent && replayable && retries_left > 0;
-                if !retriable {
-                    return Err(local(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("upstream {} failed: {e}", ep.addr),
-                    ));
-                }
-                retries_left -= 1;
-                state.metrics.retries.inc();
-                body = again();
+                Outcome::Reset
             }
-        }
-        if let Some(r) = retry {
-            tokio::time::sleep(r.backoff(attempt)).await;
+        };
+        match (tries.after(outcome), sent) {
+            (Next::Stop, Ok(mut resp)) => {
+                if state.observer.is_some() {
+                    resp.extensions_mut()
+                        .get_or_insert_default::<crate::record::Seen>()
+                        .upstream = Some(ep.addr);
+                }
+                return Ok(resp);
+            }
+            (Next::Stop, Err(e)) if !e.is_connect() => {
+                return Err(local(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream {} failed: {e}", ep.addr),
+                ));
+            }
+            (Next::Stop, Err(_)) => break,
+            (Next::Again { backoff, counted }, sent) => {
+                if let Ok(resp) = &sent {
+                    last_err = format!("{}: status {}", ep.addr, resp.status().as_u16());
+                }
+                drop(sent);
+                if counted {
+                    state.metrics.retries.inc();
+                }
+                // Sent again only when it had no body.
+                body = replayable.then(|| full(Bytes::new()));
+                if let Some(d) = backoff {
+                    tokio::time::sleep(d).await;
+                }
+            }
         }
     }
     Err(local(
