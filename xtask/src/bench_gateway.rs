@@ -7,7 +7,11 @@
 //! gateway records a flow per request (`--observe-listen`, nobody reading), for the cost of
 //! flows (`trellis-flows-small` against `trellis-small`). Last, the memory per idle keep-alive
 //! client connection of each proxy. `ONLY=a,b` runs just those scenarios (`idle` for the
-//! memory).
+//! memory, `flows-together` and `nginx-together` for two servers loaded at once, `h2h3` for
+//! HTTP/2 with h2load and HTTP/3 with `trellis bench-h3`). `*-newconn-*` scenarios open a new
+//! connection (and TLS handshake) per request; `trellis-jwt-small` is a route behind an RS256
+//! JWT SecurityPolicy, measured against `trellis-general-small`, the same kind of route
+//! without it (both on the general path).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -110,6 +114,40 @@ fn wrk(url: &str, headers: &[String], secs: u32) -> Result<Run> {
 }
 
 /// Connections opened for the idle-memory measurement.
+/// Two servers loaded at the same time (two wrk on CPU 1), `rounds` times: the medians of
+/// b's proxy CPU per request over a's, and of b's requests/s over a's.
+fn together(
+    a: (&str, &str, &Bg),
+    b: (&str, &str, &Bg),
+    rounds: usize,
+    secs: u32,
+) -> Result<(f64, f64)> {
+    let mut cpu_ratios = Vec::new();
+    let mut rps_ratios = Vec::new();
+    for round in 0..rounds {
+        let (c_a, c_b) = (cpu_secs(a.2.0.id()), cpu_secs(b.2.0.id()));
+        let (ra, rb) = std::thread::scope(|s| {
+            let ra = s.spawn(|| wrk(a.1, &[], secs));
+            let rb = wrk(b.1, &[], secs);
+            (
+                ra.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("wrk thread"))),
+                rb,
+            )
+        });
+        let (ra, rb) = (ra?, rb?);
+        let us_a = (cpu_secs(a.2.0.id()) - c_a) / ra.requests * 1e6;
+        let us_b = (cpu_secs(b.2.0.id()) - c_b) / rb.requests * 1e6;
+        eprintln!(
+            "together round {round}: {} {:.0} req/s {us_a:.2} µs/req, {} {:.0} req/s {us_b:.2} µs/req",
+            a.0, ra.rps, b.0, rb.rps
+        );
+        cpu_ratios.push(us_b / us_a);
+        rps_ratios.push(rb.rps / ra.rps);
+    }
+    Ok((median(cpu_ratios), median(rps_ratios)))
+}
+
 /// HTTP/2 load on a TLS port: `h2load -D<secs> -c64 -m1 -t1` on CPU 1.
 fn h2load(port: u16, secs: u32) -> Result<Run> {
     let out = Command::new("taskset")
@@ -250,14 +288,105 @@ fn encoding_of(scenario: &str) -> Option<&'static str> {
         .find(|e| scenario.split('-').any(|part| part == *e))
 }
 
-fn accept_encoding(scenario: &str) -> Vec<String> {
-    encoding_of(scenario)
+/// The request headers of a scenario: the encoding it asks for, `Connection: close` for a new
+/// connection per request, the host and token of the JWT-protected and general-path routes.
+fn headers_of(scenario: &str, token: &str) -> Vec<String> {
+    let mut h: Vec<String> = encoding_of(scenario)
         .map(|e| format!("Accept-Encoding: {e}"))
         .into_iter()
-        .collect()
+        .collect();
+    if scenario.contains("newconn") {
+        h.push("Connection: close".into());
+    }
+    if scenario.contains("-jwt-") {
+        h.push("Host: jwt.bench".into());
+        h.push(format!("Authorization: Bearer {token}"));
+    }
+    if scenario.contains("-general-") {
+        h.push("Host: general.bench".into());
+    }
+    h
 }
 
-fn write_configs(dir: &Path) -> Result<()> {
+/// base64url without padding (JWT's encoding).
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// An RS256 key made with openssl, its JWKS and a token it signed (issuer
+/// `https://bench.example`, audience `bench`, valid for 30 days): the JWT scenario's.
+fn jwt_material(dir: &Path) -> Result<(String, String)> {
+    let key = dir.join("jwt.key");
+    if !key.exists() {
+        let ok = Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&key)
+            .stderr(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("openssl could not make the JWT key");
+        }
+    }
+    let out = Command::new("openssl")
+        .args(["rsa", "-noout", "-modulus", "-in"])
+        .arg(&key)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text
+        .trim()
+        .strip_prefix("Modulus=")
+        .context("openssl printed no modulus")?;
+    let modulus: Vec<u8> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()?;
+    let jwks = format!(
+        "{{\"keys\":[{{\"kty\":\"RSA\",\"kid\":\"bench\",\"alg\":\"RS256\",\"n\":\"{}\",\"e\":\"AQAB\"}}]}}",
+        b64url(&modulus)
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 30 * 86_400;
+    let signed = format!(
+        "{}.{}",
+        b64url(br#"{"alg":"RS256","kid":"bench","typ":"JWT"}"#),
+        b64url(
+            format!(r#"{{"iss":"https://bench.example","aud":"bench","sub":"bench","exp":{exp}}}"#)
+                .as_bytes()
+        )
+    );
+    let input = dir.join("jwt.input");
+    std::fs::write(&input, &signed)?;
+    let sig = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(&key)
+        .arg(&input)
+        .output()?;
+    if !sig.status.success() || sig.stdout.is_empty() {
+        bail!("openssl could not sign the JWT");
+    }
+    Ok((jwks, format!("{signed}.{}", b64url(&sig.stdout))))
+}
+
+fn write_configs(dir: &Path, jwks: &str) -> Result<()> {
     std::fs::create_dir_all(dir.join("tmp"))?;
     std::fs::create_dir_all(dir.join("www"))?;
     // A 10 KiB JSON document, as the baseline's data.json.
@@ -389,7 +518,12 @@ fn write_configs(dir: &Path) -> Result<()> {
              apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: compress, namespace: bench}}\nspec:\n\
              \x20 targetSelectors: [{{group: gateway.networking.k8s.io, kind: Gateway}}]\n  compressor: [{{type: Zstd}}, {{type: Gzip}}]\n---\n\
              apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: quic, namespace: bench}}\nspec:\n\
-             \x20 targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]\n  http3: {{}}\n",
+             \x20 targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]\n  http3: {{}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: jwt, namespace: bench}}\nspec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [jwt.bench]\n  rules: [{{backendRefs: [{{name: be, port: 80}}]}}]\n---\n\
+             apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: jwt, namespace: bench}}\nspec:\n\
+             \x20 targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: jwt}}]\n  jwt:\n    providers:\n    - name: bench\n      issuer: https://bench.example\n      audiences: [bench]\n      localJWKS: {{type: Inline, inline: '{jwks}'}}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: general, namespace: bench}}\nspec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [general.bench]\n\
+             \x20 rules: [{{filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}], backendRefs: [{{name: be, port: 80}}]}}]\n",
             indent("cert.pem")?,
             indent("key.pem")?
         ),
@@ -401,7 +535,9 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     ensure_tools()?;
     crate::run("cargo", &["build", "--release", "--package", "trellis"])?;
     let dir: PathBuf = root.join("target/bench/gateway");
-    write_configs(&dir)?;
+    std::fs::create_dir_all(&dir)?;
+    let (jwks, token) = jwt_material(&dir)?;
+    write_configs(&dir, &jwks)?;
     let d = dir.display().to_string();
     let trellis = root.join("target/release/trellis").display().to_string();
     let mut backend = start(
@@ -520,6 +656,36 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             &gw,
         ),
         (
+            "nginx-newconn-small",
+            format!("http://127.0.0.1:{NGINX_PORT}/small"),
+            &nginx,
+        ),
+        (
+            "trellis-newconn-small",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
+            &gw,
+        ),
+        (
+            "nginx-tls-newconn-small",
+            format!("https://127.0.0.1:{NGINX_TLS_PORT}/small"),
+            &nginx,
+        ),
+        (
+            "trellis-tls-newconn-small",
+            format!("https://127.0.0.1:{TRELLIS_TLS_PORT}/small"),
+            &gw,
+        ),
+        (
+            "trellis-general-small",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
+            &gw,
+        ),
+        (
+            "trellis-jwt-small",
+            format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
+            &gw,
+        ),
+        (
             "nginx-tls-small",
             format!("https://127.0.0.1:{NGINX_TLS_PORT}/small"),
             &nginx,
@@ -550,7 +716,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
                 bail!("{name}: {url} does not answer with {encoding}:\n{head}");
             }
         }
-        let w = wrk(url, &accept_encoding(name), 1)?;
+        let w = wrk(url, &headers_of(name, &token), 1)?;
         if w.non2xx > 0 || w.requests == 0.0 {
             bail!(
                 "{name}: {url} does not answer 200 (non-2xx {}, requests {})",
@@ -569,7 +735,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         };
         for (name, url, server) in order {
             let c0 = cpu_secs(pid(server));
-            let mut r = wrk(url, &accept_encoding(name), secs)?;
+            let mut r = wrk(url, &headers_of(name, &token), secs)?;
             let c1 = cpu_secs(pid(server));
             r.proxy_us_per_req = if r.requests > 0.0 {
                 (c1 - c0) / r.requests * 1e6
@@ -619,6 +785,10 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         ("trellis-gzip-json20k", "nginx-gzip-json20k"),
         ("trellis-zstd-json20k", "nginx-gzip-json20k"),
         ("trellis-flows-small", "trellis-small"),
+        ("trellis-newconn-small", "nginx-newconn-small"),
+        ("trellis-tls-newconn-small", "nginx-tls-newconn-small"),
+        ("trellis-jwt-small", "trellis-general-small"),
+        ("trellis-general-small", "trellis-small"),
     ] {
         if !results.contains_key(t) || !results.contains_key(p) {
             continue;
@@ -651,39 +821,38 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     // this VM's speed does during a round, it does to both, so the per-request CPU ratio
     // is far steadier than between runs one after the other. ONLY=flows-together runs it.
     if only.is_empty() || only.split(',').any(|o| o == "flows-together") {
-        let mut cpu_ratios = Vec::new();
-        let mut rps_ratios = Vec::new();
-        for round in 0..rounds {
-            let url = |port: u16| format!("http://127.0.0.1:{port}/small");
-            let (off_url, on_url) = (url(TRELLIS_PORT), url(TRELLIS_FLOWS_PORT));
-            let (c_off, c_on) = (cpu_secs(pid(&gw)), cpu_secs(pid(&gw_flows)));
-            let (off, on) = std::thread::scope(|s| {
-                let off = s.spawn(|| wrk(&off_url, &[], secs));
-                let on = wrk(&on_url, &[], secs);
-                (
-                    off.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("wrk thread"))),
-                    on,
-                )
-            });
-            let (off, on) = (off?, on?);
-            let per_req = |c0: f64, pid_of: &Bg, r: &Run| (cpu_secs(pid(pid_of)) - c0) / r.requests;
-            let (us_off, us_on) = (per_req(c_off, &gw, &off), per_req(c_on, &gw_flows, &on));
-            eprintln!(
-                "together round {round}: flows off {:.0} req/s {:.2} µs/req, on {:.0} req/s {:.2} µs/req",
-                off.rps,
-                us_off * 1e6,
-                on.rps,
-                us_on * 1e6
-            );
-            cpu_ratios.push(us_on / us_off);
-            rps_ratios.push(on.rps / off.rps);
-        }
+        let url = |port: u16| format!("http://127.0.0.1:{port}/small");
+        let (cpu, rps) = together(
+            ("flows off", &url(TRELLIS_PORT), &gw),
+            ("flows on", &url(TRELLIS_FLOWS_PORT), &gw_flows),
+            rounds,
+            secs,
+        )?;
         let _ = writeln!(
             md,
-            "\n| flows on against off, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {:.3} |\n| requests/s (the CPU is shared, so this follows the CPU ratio, with wrk's noise) | {:.3} |",
-            median(cpu_ratios),
-            median(rps_ratios)
+            "\n| flows on against off, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s (the CPU is shared, so this follows the CPU ratio, with wrk's noise) | {rps:.3} |"
+        );
+    }
+    // trellis against nginx the same way: both proxies loaded at once on CPU 0 (with the
+    // backend), two wrk on CPU 1; this VM's drift hits both alike. ONLY=nginx-together.
+    if only.is_empty() || only.split(',').any(|o| o == "nginx-together") {
+        let (cpu, rps) = together(
+            (
+                "nginx",
+                &format!("http://127.0.0.1:{NGINX_PORT}/small"),
+                &nginx,
+            ),
+            (
+                "trellis",
+                &format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
+                &gw,
+            ),
+            rounds,
+            secs,
+        )?;
+        let _ = writeln!(
+            md,
+            "\n| trellis against nginx, small response, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s | {rps:.3} |"
         );
     }
     // HTTP/2 (h2load) on the TLS ports of nginx and trellis, and HTTP/3 on trellis's (nginx

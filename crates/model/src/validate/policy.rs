@@ -1,0 +1,827 @@
+//! Envoy Gateway's policies (GEP-713): targets, conflicts, and each kind's fields, with the
+//! SecurityPolicy fields trellis cannot enforce refused.
+
+use super::*;
+
+pub(super) fn policies(s: &Snapshot, st: &mut Statuses) {
+    // Which (policy kind, target) pairs are taken, for Conflicted.
+    let mut taken: BTreeMap<(&'static str, ObjectKey), ObjectKey> = BTreeMap::new();
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "BackendTrafficPolicy",
+        &s.backend_traffic_policies,
+        &|_, spec, status| {
+            for (i, c) in spec.compressor.iter().enumerate() {
+                if !matches!(c.type_.as_str(), "Gzip" | "Brotli" | "Zstd") {
+                    problem(
+                        status,
+                        format!("spec.compressor[{i}].type"),
+                        format!("compressor {:?} is not one of Gzip, Brotli, Zstd", c.type_),
+                    );
+                }
+            }
+            if let Some(r) = &spec.retry {
+                const TRIGGERS: &[&str] = &[
+                    "5xx",
+                    "gateway-error",
+                    "reset",
+                    "reset-before-request",
+                    "connect-failure",
+                    "retriable-4xx",
+                    "refused-stream",
+                    "retriable-status-codes",
+                    "cancelled",
+                    "deadline-exceeded",
+                    "internal",
+                    "resource-exhausted",
+                    "unavailable",
+                ];
+                for (i, t) in r
+                    .retry_on
+                    .iter()
+                    .flat_map(|o| o.triggers.iter())
+                    .enumerate()
+                {
+                    if !TRIGGERS.contains(&t.as_str()) {
+                        problem(
+                            status,
+                            format!("spec.retry.retryOn.triggers[{i}]"),
+                            format!("retry trigger {t:?} is not known"),
+                        );
+                    }
+                }
+                if let Some(b) = r.per_retry.as_ref().and_then(|p| p.back_off.as_ref()) {
+                    check_duration(
+                        status,
+                        "spec.retry.perRetry.backOff.baseInterval",
+                        &b.base_interval,
+                    );
+                    check_duration(
+                        status,
+                        "spec.retry.perRetry.backOff.maxInterval",
+                        &b.max_interval,
+                    );
+                }
+                check_duration(
+                    status,
+                    "spec.retry.perRetry.timeout",
+                    &r.per_retry.as_ref().and_then(|p| p.timeout.clone()),
+                );
+            }
+            if let Some(t) = spec.timeout.as_ref().and_then(|t| t.http.as_ref()) {
+                check_duration(
+                    status,
+                    "spec.timeout.http.requestTimeout",
+                    &t.request_timeout,
+                );
+                check_duration(
+                    status,
+                    "spec.timeout.http.connectionIdleTimeout",
+                    &t.connection_idle_timeout,
+                );
+            }
+            if let Some(k) = &spec.tcp_keepalive {
+                check_duration(status, "spec.tcpKeepalive.idleTime", &k.idle_time);
+                check_duration(status, "spec.tcpKeepalive.interval", &k.interval);
+            }
+        },
+    );
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "ClientTrafficPolicy",
+        &s.client_traffic_policies,
+        &|_, spec, status| {
+            for t in spec.target_refs() {
+                if t.kind != "Gateway" {
+                    problem(
+                        status,
+                        "spec.targetRefs",
+                        format!("ClientTrafficPolicy targets Gateways, not {}", t.kind),
+                    );
+                }
+            }
+            if let Some(x) = spec
+                .client_ip_detection
+                .as_ref()
+                .and_then(|c| c.x_forwarded_for.as_ref())
+            {
+                for (i, c) in x.trusted_cidrs.iter().enumerate() {
+                    if c.parse::<ipnet::IpNet>().is_err() {
+                        problem(
+                            status,
+                            format!("spec.clientIPDetection.xForwardedFor.trustedCIDRs[{i}]"),
+                            format!("{c:?} is not a CIDR"),
+                        );
+                    }
+                }
+            }
+            if let Some(m) = spec
+                .http2
+                .as_ref()
+                .and_then(|h| h.on_invalid_message.as_ref())
+                && !matches!(m.as_str(), "TerminateConnection" | "TerminateStream")
+            {
+                problem(
+                    status,
+                    "spec.http2.onInvalidMessage",
+                    format!("{m:?} is not TerminateConnection or TerminateStream"),
+                );
+            }
+            // Fields that are parsed and kept but cannot be served as asked: say so in one
+            // Supported condition, without making the policy invalid (the rest applies).
+            let mut unsupported = Vec::new();
+            if spec
+                .http2
+                .as_ref()
+                .and_then(|h| h.on_invalid_message.as_deref())
+                == Some("TerminateConnection")
+            {
+                // The HTTP/2 server (h2 under hyper) resets just the stream of a malformed
+                // request and offers no hook to close the connection instead.
+                unsupported.push(
+                    "spec.http2.onInvalidMessage: TerminateConnection is not served: an invalid \
+                     HTTP/2 message resets only its stream (TerminateStream)",
+                );
+            }
+            if !unsupported.is_empty() {
+                status.set(Condition::new(
+                    "Supported",
+                    Status::False,
+                    reason::UNSUPPORTED,
+                    format!("{}; the rest of the policy applies", unsupported.join("; ")),
+                ));
+            }
+            if let Some(tls) = &spec.tls {
+                for (field, v) in [
+                    ("minVersion", &tls.min_version),
+                    ("maxVersion", &tls.max_version),
+                ] {
+                    if let Some(v) = v
+                        && !matches!(v.as_str(), "Auto" | "1.0" | "1.1" | "1.2" | "1.3")
+                    {
+                        problem(
+                            status,
+                            format!("spec.tls.{field}"),
+                            format!("TLS version {v:?} is not one of Auto, 1.0, 1.1, 1.2, 1.3"),
+                        );
+                    }
+                }
+                // TLS is rustls's: 1.2 and 1.3. An older minimum is met more strictly; an
+                // older maximum cannot be.
+                if let Some(v @ ("1.0" | "1.1")) = tls.max_version.as_deref() {
+                    problem(
+                        status,
+                        "spec.tls.maxVersion",
+                        format!(
+                            "TLS maxVersion {v} cannot be honoured: trellis speaks TLS 1.2 and 1.3 only"
+                        ),
+                    );
+                }
+                if tls.min_version.as_deref() == Some("1.3")
+                    && tls.max_version.as_deref() == Some("1.2")
+                {
+                    problem(status, "spec.tls", "minVersion 1.3 is above maxVersion 1.2");
+                }
+                for (i, a) in tls.alpn_protocols.iter().enumerate() {
+                    if !matches!(a.as_str(), "h2" | "http/1.1" | "http/1.0") {
+                        problem(
+                            status,
+                            format!("spec.tls.alpnProtocols[{i}]"),
+                            format!("ALPN protocol {a:?} is not one of h2, http/1.1, http/1.0"),
+                        );
+                    }
+                }
+            }
+        },
+    );
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "EnvoyExtensionPolicy",
+        &s.envoy_extension_policies,
+        &|p, spec, status| {
+            for (i, l) in spec.lua.iter().enumerate() {
+                let path = format!("spec.lua[{i}]");
+                match (l.type_.as_str(), &l.inline, &l.value_ref) {
+                    ("Inline", Some(_), _) => {}
+                    ("ValueRef", _, Some(r)) => {
+                        if let Err(m) = config_map_value(s, p.namespace(), r, "lua") {
+                            unresolved(status, format!("{path}.valueRef"), m);
+                            status.set(bad(
+                                cond::RESOLVED_REFS,
+                                reason::INVALID_VALUE_REF,
+                                format!(
+                                    "{path}.valueRef: {}",
+                                    status
+                                        .problems
+                                        .last()
+                                        .map(|x| x.message.clone())
+                                        .unwrap_or_default()
+                                ),
+                            ));
+                        }
+                    }
+                    (t, _, _) => {
+                        problem(
+                            status,
+                            path,
+                            format!(
+                                "lua type {t:?} needs its field (Inline needs inline, ValueRef needs valueRef)"
+                            ),
+                        );
+                    }
+                }
+            }
+            l4_targets_refused(s, p.namespace(), spec, status, "an EnvoyExtensionPolicy");
+            if spec.wasm.is_some() || spec.ext_proc.is_some() {
+                problem(
+                    status,
+                    "spec",
+                    "wasm and extProc extensions are not supported by trellis (lua is)",
+                );
+            }
+        },
+    );
+    policy_kind(
+        s,
+        st,
+        &mut taken,
+        "SecurityPolicy",
+        &s.security_policies,
+        &|p, spec, status| {
+            let from = (ENVOY_GROUP, "SecurityPolicy", p.namespace());
+            let key = key_of(p, ENVOY_GROUP, "SecurityPolicy");
+            for (path, what) in security_unenforced(spec) {
+                problem(
+                    status,
+                    path,
+                    format!(
+                        "{what} is not enforced by trellis yet: what this policy targets \
+                         answers 500 until it is (a route is never served without its \
+                         authentication)"
+                    ),
+                );
+            }
+            for f in s.unknown_fields(&key) {
+                problem(
+                    status,
+                    f,
+                    format!(
+                        "field `{f}` is not known to trellis: the policy is refused rather than \
+                         enforced without it, and what it targets answers 500"
+                    ),
+                );
+            }
+            if let Some(jwt) = &spec.jwt {
+                for (path, m) in jwt_problems(s, p.namespace(), jwt) {
+                    problem(status, path, m);
+                }
+            }
+            if let Some(a) = &spec.authorization {
+                for (path, m) in authorization_problems(spec, a) {
+                    problem(status, path, m);
+                }
+            }
+            if let Some(h) = spec.ext_auth.as_ref().and_then(|e| e.http.as_ref())
+                && h.backend_ref.is_none()
+                && h.backend_refs.is_empty()
+            {
+                problem(
+                    status,
+                    "spec.extAuth.http",
+                    "extAuth.http needs backendRef or backendRefs: without an authorization \
+                     service every request is refused (500)",
+                );
+            }
+            let mut refs_bad: Option<(String, String)> = None;
+            if let Some(ea) = &spec.ext_auth {
+                let backends: Vec<(String, &BackendRef)> =
+                    match (&ea.http, &ea.grpc) {
+                        (Some(h), _) => {
+                            h.backend_ref
+                                .iter()
+                                .map(|b| ("spec.extAuth.http.backendRef".to_string(), b))
+                                .chain(h.backend_refs.iter().enumerate().map(|(i, b)| {
+                                    (format!("spec.extAuth.http.backendRefs[{i}]"), b)
+                                }))
+                                .collect()
+                        }
+                        (None, Some(g)) => {
+                            g.backend_ref
+                                .iter()
+                                .map(|b| ("spec.extAuth.grpc.backendRef".to_string(), b))
+                                .chain(g.backend_refs.iter().enumerate().map(|(i, b)| {
+                                    (format!("spec.extAuth.grpc.backendRefs[{i}]"), b)
+                                }))
+                                .collect()
+                        }
+                        (None, None) => {
+                            problem(status, "spec.extAuth", "extAuth needs http or grpc");
+                            Vec::new()
+                        }
+                    };
+                for (path, b) in backends {
+                    if let Err((r, m)) = resolve_backend(s, from, b, true) {
+                        let m = unresolved(status, path, m);
+                        refs_bad.get_or_insert((r.to_string(), m));
+                    }
+                }
+            }
+            if let Some(o) = &spec.oidc {
+                if o.client_id.as_deref().unwrap_or_default().is_empty() {
+                    problem(
+                        status,
+                        "spec.oidc.clientID",
+                        "an OIDC client needs its clientID",
+                    );
+                }
+                if o.client_secret.is_none() {
+                    problem(
+                        status,
+                        "spec.oidc.clientSecret",
+                        "an OIDC client needs its clientSecret (a Secret with client-secret)",
+                    );
+                }
+                if let Some(cs) = &o.client_secret {
+                    let ns = cs
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| p.namespace().to_string());
+                    if get(&s.secrets, &ns, &cs.name).is_none() {
+                        let m = unresolved(
+                            status,
+                            "spec.oidc.clientSecret",
+                            format!("secret {ns}/{} not found", cs.name),
+                        );
+                        refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
+                    }
+                }
+                if !o.provider.issuer.starts_with("https://")
+                    && !o.provider.issuer.starts_with("http://")
+                {
+                    problem(
+                        status,
+                        "spec.oidc.provider.issuer",
+                        format!("issuer {:?} is not a URL", o.provider.issuer),
+                    );
+                }
+            }
+            l4_targets_refused(s, p.namespace(), spec, status, "a SecurityPolicy");
+            if let Some(c) = &spec.cors {
+                check_duration(status, "spec.cors.maxAge", &c.max_age);
+                if c.allow_origins.is_empty() {
+                    problem(status, "spec.cors.allowOrigins", "names no origin");
+                }
+            }
+            if let Some(k) = &spec.api_key_auth {
+                if k.credential_refs.is_empty() {
+                    problem(
+                        status,
+                        "spec.apiKeyAuth.credentialRefs",
+                        "names no Secret of keys",
+                    );
+                }
+                let places = |e: &crate::kinds::envoy::ApiKeyExtractFrom| {
+                    e.headers.len() + e.params.len() + e.cookies.len()
+                };
+                if k.sanitize == Some(true) && k.extract_from.iter().any(|e| !e.params.is_empty()) {
+                    problem(
+                        status,
+                        "spec.apiKeyAuth.sanitize",
+                        "sanitize cannot take a key out of a query parameter (the query goes \
+                         upstream as it came): refused rather than leak the key",
+                    );
+                }
+                if k.extract_from.iter().map(places).sum::<usize>() == 0 {
+                    problem(
+                        status,
+                        "spec.apiKeyAuth.extractFrom",
+                        "names no header, parameter or cookie to take the key from",
+                    );
+                }
+                for (i, r) in k.credential_refs.iter().enumerate() {
+                    let ns = r.namespace.as_deref().unwrap_or(p.namespace());
+                    if get(&s.secrets, ns, &r.name).is_none() {
+                        let m = unresolved(
+                            status,
+                            format!("spec.apiKeyAuth.credentialRefs[{i}]"),
+                            format!("secret {ns}/{} not found", r.name),
+                        );
+                        refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
+                    }
+                }
+            }
+            if let Some(b) = &spec.basic_auth
+                && get(&s.secrets, p.namespace(), &b.users.name).is_none()
+            {
+                let m = unresolved(
+                    status,
+                    "spec.basicAuth.users",
+                    format!("secret {}/{} not found", p.namespace(), b.users.name),
+                );
+                refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
+            }
+            match refs_bad {
+                None => status.set(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
+                Some((r, m)) => {
+                    let r = if r == reason::INVALID_KIND && m.contains("secret") {
+                        "SecretNotFound".to_string()
+                    } else {
+                        r
+                    };
+                    status.set(bad(cond::RESOLVED_REFS, &r, m));
+                }
+            }
+        },
+    );
+}
+
+/// The parts of a SecurityPolicy trellis does not enforce (yet), each with its field path and
+/// what it is. Validation makes each a problem (`Accepted=False`, reason Invalid), and the
+/// gateway answers 500 on whatever such a policy targets: a route is never served without the
+/// authentication its policy asks for.
+pub fn security_unenforced(spec: &SecurityPolicySpec) -> Vec<(String, &'static str)> {
+    let mut out: Vec<(String, &'static str)> = Vec::new();
+    let mut push = |path: &str, what| out.push((path.to_string(), what));
+    if spec
+        .ext_auth
+        .as_ref()
+        .is_some_and(|ea| ea.body_to_ext_auth.is_some())
+    {
+        push(
+            "spec.extAuth.bodyToExtAuth",
+            "sending the request body to the authorization service",
+        );
+    }
+    for (i, p) in spec.jwt.iter().flat_map(|j| j.providers.iter()).enumerate() {
+        let at = |f: &str| format!("spec.jwt.providers[{i}].{f}");
+        if p.recompute_route == Some(true) {
+            out.push((at("recomputeRoute"), "routing again on claim headers"));
+        }
+        if let Some(r) = &p.remote_jwks {
+            if r.backend_ref.is_some() || !r.backend_refs.is_empty() {
+                out.push((
+                    at("remoteJWKS.backendRefs"),
+                    "fetching a JWKS through a backend (the URI's host is asked directly)",
+                ));
+            }
+            if r.backend_settings.is_some() {
+                out.push((at("remoteJWKS.backendSettings"), "JWKS backend settings"));
+            }
+        }
+    }
+    out
+}
+
+/// A policy that only HTTP requests can honour (a SecurityPolicy, an EnvoyExtensionPolicy)
+/// targeting an L4 route: a problem, and the gateway refuses the route's connections.
+pub(super) fn l4_targets_refused<S: Policy>(
+    s: &Snapshot,
+    ns: &str,
+    spec: &S,
+    status: &mut ObjectStatus,
+    what: &str,
+) {
+    for t in policy_targets(s, ns, spec) {
+        if matches!(t.kind.as_str(), "TCPRoute" | "TLSRoute" | "UDPRoute") {
+            problem(
+                status,
+                "spec.targetRefs",
+                format!(
+                    "{} {} is an L4 route: {what} is not enforced there, so its connections \
+                     are refused",
+                    t.kind,
+                    t.ns_name()
+                ),
+            );
+        }
+    }
+}
+
+/// What is wrong in a SecurityPolicy's `authorization` (path, message): an action that is
+/// not Allow or Deny, a rule about nobody, a CIDR or method that does not parse, a JWT
+/// principal naming a provider the policy's `jwt` does not have.
+pub fn authorization_problems(
+    spec: &SecurityPolicySpec,
+    a: &crate::kinds::envoy::Authorization,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let action = |v: &str| matches!(v, "Allow" | "Deny");
+    if let Some(d) = &a.default_action
+        && !action(d)
+    {
+        out.push((
+            "spec.authorization.defaultAction".to_string(),
+            format!("{d:?} is not Allow or Deny"),
+        ));
+    }
+    for (i, r) in a.rules.iter().enumerate() {
+        let at = |f: &str| format!("spec.authorization.rules[{i}]{f}");
+        if !action(&r.action) {
+            out.push((
+                at(".action"),
+                format!("{:?} is not Allow or Deny", r.action),
+            ));
+        }
+        let p = &r.principal;
+        if p.client_cidrs.is_empty() && p.jwt.is_none() && p.headers.is_empty() {
+            out.push((
+                at(".principal"),
+                "needs clientCIDRs, jwt or headers".to_string(),
+            ));
+        }
+        for (k, c) in p.client_cidrs.iter().enumerate() {
+            if c.parse::<ipnet::IpNet>().is_err() {
+                out.push((
+                    at(&format!(".principal.clientCIDRs[{k}]")),
+                    format!("{c:?} is not a CIDR"),
+                ));
+            }
+        }
+        for (k, m) in r
+            .operation
+            .iter()
+            .flat_map(|o| o.methods.iter())
+            .enumerate()
+        {
+            if http_method(m).is_none() {
+                out.push((
+                    at(&format!(".operation.methods[{k}]")),
+                    format!("{m:?} is not an HTTP method"),
+                ));
+            }
+        }
+        if let Some(j) = &p.jwt {
+            let known = spec
+                .jwt
+                .iter()
+                .flat_map(|x| x.providers.iter())
+                .any(|pr| pr.name == j.provider);
+            if !known {
+                out.push((
+                    at(".principal.jwt.provider"),
+                    format!(
+                        "provider {:?} is not one of this policy's jwt providers",
+                        j.provider
+                    ),
+                ));
+            }
+            if j.claims.is_empty() && j.scopes.is_empty() {
+                out.push((at(".principal.jwt"), "needs claims or scopes".to_string()));
+            }
+            for (k, c) in j.claims.iter().enumerate() {
+                if !matches!(
+                    c.value_type.as_deref(),
+                    None | Some("String" | "StringArray")
+                ) {
+                    out.push((
+                        at(&format!(".principal.jwt.claims[{k}].valueType")),
+                        "is not String or StringArray".to_string(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The methods an authorization rule may name (the Gateway API's `HTTPMethod`).
+pub fn http_method(m: &str) -> Option<&'static str> {
+    [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ]
+    .into_iter()
+    .find(|x| *x == m)
+}
+
+/// The most providers one `jwt` may list (Envoy Gateway's CRD bound).
+pub const JWT_PROVIDERS_MAX: usize = 4;
+
+/// What is wrong in the shape of a SecurityPolicy's `jwt` (path, message): no provider, a
+/// provider with no or two key sources, a JWKS that is not a JWKS, a URI that is not http(s).
+pub fn jwt_problems(
+    s: &Snapshot,
+    ns: &str,
+    jwt: &crate::kinds::envoy::Jwt,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if jwt.providers.is_empty() || jwt.providers.len() > JWT_PROVIDERS_MAX {
+        out.push((
+            "spec.jwt.providers".to_string(),
+            format!("needs 1 to {JWT_PROVIDERS_MAX} providers"),
+        ));
+    }
+    for (i, p) in jwt.providers.iter().enumerate() {
+        let at = |f: &str| format!("spec.jwt.providers[{i}]{f}");
+        if p.name.is_empty() {
+            out.push((at(".name"), "a provider needs a name".into()));
+        }
+        match (&p.remote_jwks, &p.local_jwks) {
+            (Some(_), Some(_)) | (None, None) => out.push((
+                at(""),
+                "exactly one of remoteJWKS and localJWKS is needed".into(),
+            )),
+            (Some(r), None) => {
+                if !(r.uri.starts_with("https://") || r.uri.starts_with("http://")) {
+                    out.push((
+                        at(".remoteJWKS.uri"),
+                        format!("{:?} is not an http(s) URI", r.uri),
+                    ));
+                }
+            }
+            (None, Some(l)) => {
+                if let Err(e) = local_jwks(s, ns, l) {
+                    out.push((at(".localJWKS"), e));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The JWKS text of a `localJWKS` (inline or from its ConfigMap), checked to be a JSON object
+/// with a `keys` array (what each key holds is read by the gateway).
+pub fn local_jwks(
+    s: &Snapshot,
+    ns: &str,
+    l: &crate::kinds::envoy::LocalJwks,
+) -> Result<String, String> {
+    let text = match (
+        l.type_.as_deref().unwrap_or("Inline"),
+        &l.inline,
+        &l.value_ref,
+    ) {
+        ("Inline", Some(t), None) => t.clone(),
+        ("ValueRef", None, Some(r)) => config_map_value(s, ns, r, "jwks")?,
+        (t, _, _) => {
+            return Err(format!(
+                "type {t:?} needs exactly its field (Inline: inline, ValueRef: valueRef)"
+            ));
+        }
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
+    if !v.get("keys").is_some_and(|k| k.is_array()) {
+        return Err("the JWKS has no `keys` array".into());
+    }
+    Ok(text)
+}
+
+pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
+    s: &Snapshot,
+    st: &mut Statuses,
+    taken: &mut BTreeMap<(&'static str, ObjectKey), ObjectKey>,
+    kind: &'static str,
+    coll: &Coll<S>,
+    check: &F,
+) {
+    for p in coll.values() {
+        let key = key_of(p, ENVOY_GROUP, kind);
+        let status = st.entry(key.clone()).or_default();
+        check(p, &p.spec, status);
+        let mut targets: Vec<ObjectKey> = Vec::new();
+        let mut missing: Vec<String> = Vec::new();
+        for (i, t) in p.spec.target_refs().into_iter().enumerate() {
+            match target_key(s, p.namespace(), t) {
+                Some(k) => targets.push(k),
+                None => {
+                    missing.push(unresolved(
+                        status,
+                        format!("spec.targetRefs[{i}]"),
+                        format!("target {} {}/{} not found", t.kind, p.namespace(), t.name),
+                    ));
+                }
+            }
+        }
+        for (i, sel) in p.spec.target_selectors().iter().enumerate() {
+            let selector = sel.selector();
+            let found = select_targets(s, p.namespace(), &sel.kind, &selector);
+            if found.is_empty() {
+                missing.push(unresolved(
+                    status,
+                    format!("spec.targetSelectors[{i}]"),
+                    format!(
+                        "no {} in namespace {} matches targetSelectors[{i}]",
+                        sel.kind,
+                        p.namespace()
+                    ),
+                ));
+            }
+            targets.extend(found);
+        }
+        if p.spec.target_refs().is_empty() && p.spec.target_selectors().is_empty() {
+            missing.push(unresolved(
+                status,
+                "spec",
+                "policy has no targetRefs or targetSelectors",
+            ));
+        }
+        let invalid = status.first_invalid().cloned();
+        let mut conflicts = Vec::new();
+        for t in &targets {
+            if let Some(owner) = taken.get(&(kind, t.clone())) {
+                conflicts.push(format!("{t} already has {kind} {}", owner.ns_name()));
+            } else {
+                taken.insert((kind, t.clone()), key.clone());
+            }
+        }
+        let accepted = if let Some(pr) = invalid {
+            bad(
+                cond::ACCEPTED,
+                reason::INVALID,
+                format!("{}: {}", pr.path, pr.message),
+            )
+        } else if targets.is_empty() {
+            bad(cond::ACCEPTED, reason::TARGET_NOT_FOUND, missing.join("; "))
+        } else if !conflicts.is_empty() && conflicts.len() == targets.len() {
+            bad(cond::ACCEPTED, reason::CONFLICTED, conflicts.join("; "))
+        } else {
+            let mut m = format!(
+                "applies to {}",
+                targets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if !missing.is_empty() {
+                m.push_str(&format!(" (not found: {})", missing.join("; ")));
+            }
+            ok(cond::ACCEPTED, reason::ACCEPTED, &m)
+        };
+        status.set(accepted);
+        if !missing.is_empty() && !targets.is_empty() {
+            // Some targets exist, some do not: the missing ones are unresolved references.
+            status.set(bad(
+                cond::RESOLVED_REFS,
+                reason::TARGET_NOT_FOUND,
+                missing.join("; "),
+            ));
+        }
+    }
+}
+
+/// The objects a policy in namespace `ns` applies to, through targetRefs and targetSelectors.
+pub fn policy_targets<S: Policy>(s: &Snapshot, ns: &str, spec: &S) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = spec
+        .target_refs()
+        .into_iter()
+        .filter_map(|t| target_key(s, ns, t))
+        .collect();
+    for sel in spec.target_selectors() {
+        out.extend(select_targets(s, ns, &sel.kind, &sel.selector()));
+    }
+    out
+}
+
+pub(super) fn target_key(s: &Snapshot, ns: &str, t: &TargetRef) -> Option<ObjectKey> {
+    let group = if t.group.is_empty() {
+        GATEWAY_GROUP
+    } else {
+        t.group.as_str()
+    };
+    if group != GATEWAY_GROUP {
+        return None;
+    }
+    let exists = match t.kind.as_str() {
+        "Gateway" => get(&s.gateways, ns, &t.name).is_some(),
+        "HTTPRoute" => get(&s.http_routes, ns, &t.name).is_some(),
+        "GRPCRoute" => get(&s.grpc_routes, ns, &t.name).is_some(),
+        "TLSRoute" => get(&s.tls_routes, ns, &t.name).is_some(),
+        "TCPRoute" => get(&s.tcp_routes, ns, &t.name).is_some(),
+        "UDPRoute" => get(&s.udp_routes, ns, &t.name).is_some(),
+        _ => false,
+    };
+    exists.then(|| ObjectKey::new(GATEWAY_GROUP, &t.kind, ns, &t.name))
+}
+
+pub(super) fn select_targets(
+    s: &Snapshot,
+    ns: &str,
+    kind: &str,
+    sel: &LabelSelector,
+) -> Vec<ObjectKey> {
+    fn pick<S>(coll: &Coll<S>, ns: &str, kind: &str, sel: &LabelSelector) -> Vec<ObjectKey> {
+        coll.values()
+            .filter(|o| o.namespace() == ns && sel.matches(&o.meta.labels))
+            .map(|o| key_of(o, GATEWAY_GROUP, kind))
+            .collect()
+    }
+    match kind {
+        "Gateway" => pick(&s.gateways, ns, kind, sel),
+        "HTTPRoute" => pick(&s.http_routes, ns, kind, sel),
+        "GRPCRoute" => pick(&s.grpc_routes, ns, kind, sel),
+        "TLSRoute" => pick(&s.tls_routes, ns, kind, sel),
+        "TCPRoute" => pick(&s.tcp_routes, ns, kind, sel),
+        "UDPRoute" => pick(&s.udp_routes, ns, kind, sel),
+        _ => Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Core kinds
