@@ -16,7 +16,7 @@
 //! The decoding and checking are pure ([`decode`], [`Provider::verify`]); only fetching a
 //! remote JWKS does I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ pub const JWT_BYTES_MAX: usize = 16 << 10;
 /// Tokens looked at per request, over every provider (each may cost a signature check); a
 /// request carrying more is refused as malformed.
 pub const JWT_TOKENS_PER_REQUEST_MAX: usize = 8;
+
+/// Tokens a key set remembers as verified (32 bytes each); when full it starts again.
+pub const JWT_VERIFIED_MAX: usize = 16_384;
 /// Where a token is looked for when the provider does not say (Envoy's defaults).
 pub const DEFAULT_PARAM: &str = "access_token";
 
@@ -203,6 +206,11 @@ struct Jwk {
 /// A JSON Web Key Set: the keys trellis can use (others are skipped, never trusted).
 pub struct Jwks {
     keys: Vec<Jwk>,
+    /// Digests of tokens whose signature these keys verified: the same bytes verify the same
+    /// way, so each is checked once (the claims, times included, are checked every time).
+    /// Kept with the keys, so that new keys (a reload, a JWKS fetched again) start empty;
+    /// only successes enter, so a client without a valid token cannot fill it.
+    verified: Mutex<HashSet<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -292,11 +300,36 @@ impl Jwks {
         if !skipped.is_empty() {
             tracing::info!(skipped = %skipped.join("; "), "JWKS: keys left out");
         }
-        Ok(Jwks { keys })
+        Ok(Jwks {
+            keys,
+            verified: Mutex::default(),
+        })
     }
 
     /// Checks a decoded token's signature with the keys that match its `kid` and `alg`.
     pub fn verify(&self, t: &Decoded<'_>) -> Result<(), Denied> {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(t.signed);
+        digest.update(b".");
+        digest.update(&t.signature);
+        let mut seen = [0u8; 32];
+        seen.copy_from_slice(digest.finish().as_ref());
+        if self.verified.lock().is_ok_and(|v| v.contains(&seen)) {
+            return Ok(());
+        }
+        self.verify_signature(t)?;
+        if let Ok(mut v) = self.verified.lock() {
+            if v.len() >= JWT_VERIFIED_MAX {
+                // Full: start again rather than track ages (tokens are short-lived anyway).
+                v.clear();
+            }
+            v.insert(seen);
+        }
+        Ok(())
+    }
+
+    /// Checks a token's signature with ring, every time.
+    fn verify_signature(&self, t: &Decoded<'_>) -> Result<(), Denied> {
         use ring::signature as sig;
         let mut tried = false;
         for k in &self.keys {
@@ -799,6 +832,36 @@ mod tests {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
         let tag = ring::hmac::sign(&key, signed.as_bytes());
         format!("{signed}.{}", BASE64URL_NOPAD.encode(tag.as_ref()))
+    }
+
+    /// A token verified once is not checked with the key again, but only those exact bytes:
+    /// another signature over the same claims, or the same signature over other claims, is
+    /// checked (and refused); and the claims, expiry included, are checked every time.
+    #[test]
+    fn a_verified_token_is_remembered_by_its_bytes_only() {
+        let set = r#"{"keys":[{"kty":"oct","kid":"a","k":"c2VjcmV0"}]}"#;
+        let (p, jwks) = provider(set, None, &[]);
+        let h = r#"{"alg":"HS256","kid":"a"}"#;
+        let claims = r#"{"sub":"alice","exp":1000000}"#;
+        let good = hs_token(h, claims, b"secret");
+        let check = |t: &str, now: u64| p.verify(&decode(t).expect("decodes"), &jwks, now);
+        assert!(check(&good, 999_000).is_ok());
+        assert_eq!(jwks.verified.lock().expect("lock").len(), 1);
+        assert!(check(&good, 999_000).is_ok());
+        assert_eq!(jwks.verified.lock().expect("lock").len(), 1);
+        // Expired later: refused although its signature is remembered.
+        assert_eq!(check(&good, 1_000_061), Err(Denied::Expired));
+        // The same claims signed with another key; the good signature on other claims.
+        let forged = hs_token(h, claims, b"guess");
+        assert_eq!(check(&forged, 999_000), Err(Denied::BadSignature));
+        let (head_payload, sig) = good.rsplit_once('.').expect("three parts");
+        let (head, _) = head_payload.split_once('.').expect("three parts");
+        let other = format!(
+            "{head}.{}.{sig}",
+            BASE64URL_NOPAD.encode(br#"{"sub":"mallory","exp":1000000}"#)
+        );
+        assert_eq!(check(&other, 999_000), Err(Denied::BadSignature));
+        assert_eq!(jwks.verified.lock().expect("lock").len(), 1);
     }
 
     fn provider(jwks: &str, issuer: Option<&str>, audiences: &[&str]) -> (Provider, Arc<Jwks>) {
