@@ -2,7 +2,8 @@
 //! request-smuggling shapes) go to a route served by trellis's own HTTP/1 path and to one
 //! that only differs by a request timeout (which hands it to hyper's path); every answer —
 //! the sequence of status codes on the connection, and what the backend was asked — must be
-//! the same on both.
+//! the same on both. And every transport answers well-formed requests alike: HTTP/1.1 (the
+//! own path), HTTP/2 (curl) and HTTP/3 (`gateway::h3::Client`) on one HTTPS listener.
 
 use std::time::Duration;
 
@@ -144,5 +145,159 @@ async fn both_http1_paths_answer_every_request_alike() {
     let _ = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut all)).await;
     let text = String::from_utf8_lossy(&all);
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    running.stop().await;
+}
+
+/// Routes for the transports' comparison: a plain forward with a header added (the own path
+/// serves it on HTTP/1.1), a redirect, a rewrite, a backend that does not exist.
+fn transports_manifests(cert: &rcgen::CertifiedKey<rcgen::KeyPair>) -> String {
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("    {l}\n")).collect() };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: site-tls, namespace: gateway-conformance-infra}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: trellis\n  listeners:\n\
+         \x20   - {{name: https, protocol: HTTPS, port: 443, allowedRoutes: {{namespaces: {{from: All}}}}, tls: {{certificateRefs: [{{name: site-tls}}]}}}}\n---\n\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: quic, namespace: gateway-conformance-infra}}\n\
+         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]\n  http3: {{}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: plain, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [plain.test]\n\
+         \x20 rules: [{{filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{add: [{{name: x-added, value: 'yes'}}]}}}}], backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: redirect, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [redirect.test]\n\
+         \x20 rules: [{{filters: [{{type: RequestRedirect, requestRedirect: {{hostname: plain.test, statusCode: 301}}}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: rewrite, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [rewrite.test]\n\
+         \x20 rules: [{{matches: [{{path: {{type: PathPrefix, value: /old}}}}], filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /new}}}}}}], backendRefs: [{{name: infra-backend-v2, port: 8080}}]}}]\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: broken, namespace: gateway-conformance-infra}}\nspec:\n  parentRefs: [{{name: edge}}]\n  hostnames: [broken.test]\n  rules: [{{backendRefs: [{{name: no-such-service, port: 8080}}]}}]\n---\n",
+        indent(&cert.cert.pem()),
+        indent(&cert.signing_key.serialize_pem())
+    )
+}
+
+/// Well-formed requests: method, host, path and query, body.
+const TRANSPORT_CASES: &[(&str, &str, &str, &str)] = &[
+    ("GET", "plain.test", "/a?b=c", ""),
+    ("POST", "plain.test", "/p", "hello"),
+    ("DELETE", "plain.test", "/d", ""),
+    ("HEAD", "plain.test", "/h", ""),
+    ("GET", "redirect.test", "/x?y=1", ""),
+    ("GET", "rewrite.test", "/old/thing?q=1", ""),
+    ("GET", "broken.test", "/", ""),
+    ("GET", "nothing.test", "/", ""),
+];
+
+/// What is compared of an answer: the status, the Location, and what the echo backend was
+/// asked (backend, method, path, query, the added header).
+fn summary(status: u16, location: Option<&str>, body: &[u8]) -> String {
+    let mut out = status.to_string();
+    if let Some(l) = location {
+        out.push_str(&format!(" -> {l}"));
+    }
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body)
+        && status == 200
+    {
+        out.push_str(&format!(
+            " {} {} {} {} x-added={}",
+            v["backend"], v["method"], v["path"], v["query"], v["headers"]["x-added"]
+        ));
+    }
+    out
+}
+
+/// HTTP/1.1 (the own path where the rule only forwards), HTTP/2 (hyper) and HTTP/3 give the same
+/// answer to each well-formed request: they share one decision and one handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transport_answers_well_formed_requests_alike() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // Every name (curl takes no wildcard directly under a top-level label).
+    let names = ["plain", "redirect", "rewrite", "broken", "nothing"].map(|n| format!("{n}.test"));
+    let cert = rcgen::generate_simple_self_signed(names.to_vec()).expect("cert");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).expect("write");
+    let backends = harness::start_backends().await;
+    let (running, metrics) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        &transports_manifests(&cert),
+        "edge",
+        &[443],
+        gateway::Bind::default(),
+    )
+    .await;
+    let port = running.bound[&443].port();
+    let quic = running.bound_http3()[&443];
+    let ca_path = ca.display().to_string();
+    let tcp = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for flag in ["--http1.1", "--http2"] {
+            let mut answers = Vec::new();
+            for (method, host, path, body) in TRANSPORT_CASES {
+                let url = format!("https://{host}:{port}{path}");
+                let resolve = format!("{host}:{port}:127.0.0.1");
+                let mut args = vec![flag, "--cacert", &ca_path, "--resolve", &resolve];
+                if *method == "HEAD" {
+                    args.push("-I");
+                } else {
+                    args.extend(["-X", method]);
+                }
+                if !body.is_empty() {
+                    args.extend(["--data-binary", body]);
+                }
+                args.push(&url);
+                let (head, body) = harness::curl(&args);
+                let status: u16 = head
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                let location = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("location:"))
+                    .map(str::trim);
+                answers.push(summary(status, location, &body));
+            }
+            out.push((flag, answers));
+        }
+        out
+    })
+    .await
+    .expect("curl");
+    let client = gateway::h3::Client::connect(
+        quic,
+        "plain.test",
+        &[cert.cert.der().clone()],
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("QUIC handshake");
+    let mut h3 = Vec::new();
+    for (method, host, path, body) in TRANSPORT_CASES {
+        let req = http::Request::builder()
+            .method(*method)
+            .uri(format!("https://{host}:{}{path}", quic.port()))
+            .body(bytes::Bytes::from_static(body.as_bytes()))
+            .expect("request");
+        let resp = client.request(req).await.expect("h3 request");
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase);
+        h3.push(summary(
+            resp.status().as_u16(),
+            location.as_deref(),
+            resp.body(),
+        ));
+    }
+    let (_, http11) = &tcp[0];
+    for (i, (method, host, path, _)) in TRANSPORT_CASES.iter().enumerate() {
+        eprintln!("{method} {host}{path}: {}", http11[i]);
+    }
+    assert!(http11[0].contains("x-added=\"yes\""), "{}", http11[0]);
+    assert!(http11[5].contains("\"/new/thing\""), "{}", http11[5]);
+    assert!(http11[4].starts_with("301"), "{}", http11[4]);
+    assert!(metrics.h1_fast.get() > 0, "the own path served some");
+    assert!(metrics.http3_connections.get() > 0);
+    for (flag, answers) in &tcp[1..] {
+        assert_eq!(answers, http11, "{flag} against --http1.1");
+    }
+    assert_eq!(&h3, http11, "HTTP/3 against --http1.1");
     running.stop().await;
 }
