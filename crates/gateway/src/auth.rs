@@ -21,12 +21,10 @@ use model::validate::ENVOY_GROUP;
 use model::{ObjectKey, Status};
 
 use crate::backend::Backend;
+pub use crate::limits::BASIC_AUTH_USERS_MAX;
 
 /// The secret key holding the users of a basicAuth policy (Envoy Gateway's).
 pub const HTPASSWD_KEY: &str = ".htpasswd";
-
-/// Users of one basicAuth policy: at most this many (a bound on what one Secret loads).
-pub const BASIC_AUTH_USERS_MAX: usize = 10_000;
 
 /// What one SecurityPolicy requires of the requests to what it targets.
 #[derive(Debug)]

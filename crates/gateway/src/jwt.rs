@@ -18,30 +18,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+pub use crate::limits::{
+    JWKS_CACHE_DURATION, JWKS_FETCH_TIMEOUT, JWKS_KEYS_MAX, JWKS_RETRY_INTERVAL, JWT_BYTES_MAX,
+    JWT_TOKENS_PER_REQUEST_MAX, JWT_VERIFIED_MAX,
+};
 use data_encoding::BASE64URL_NOPAD;
 use serde_json::{Map, Value};
 
 /// How far `exp` and `nbf` may be off (Envoy's default `clock_skew_seconds`).
 pub const JWT_CLOCK_SKEW_SECS: u64 = 60;
-/// How long a fetched JWKS is used before it is fetched again (Envoy Gateway's setting).
-pub const JWKS_CACHE_DURATION: Duration = Duration::from_secs(300);
-/// After a failed fetch, the next is tried no sooner than this (requests meanwhile use the
-/// last good set, or are refused when there is none).
-pub const JWKS_RETRY_INTERVAL: Duration = Duration::from_secs(5);
-/// How long one JWKS fetch may take (Envoy Gateway's timeout for the JWKS service).
-pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most keys one JWKS may hold (a bound on what a fetch can make the gateway keep).
-pub const JWKS_KEYS_MAX: usize = 64;
-/// The longest token looked at; a longer one is refused unread.
-pub const JWT_BYTES_MAX: usize = 16 << 10;
-/// Tokens looked at per request, over every provider (each may cost a signature check); a
-/// request carrying more is refused as malformed.
-pub const JWT_TOKENS_PER_REQUEST_MAX: usize = 8;
 
-/// Tokens a key set remembers as verified (32 bytes each); when full it starts again.
-pub const JWT_VERIFIED_MAX: usize = 16_384;
 /// Where a token is looked for when the provider does not say (Envoy's defaults).
 pub const DEFAULT_PARAM: &str = "access_token";
 

@@ -79,3 +79,59 @@ pub const HEADERS_MAX: usize = 100;
 
 /// HTTP/3 requests one QUIC connection may have open at once (HTTP/2's usual 100).
 pub const HTTP3_STREAMS_MAX: u32 = 100;
+
+/// Users of one basicAuth policy: at most this many (a bound on what one Secret loads).
+pub const BASIC_AUTH_USERS_MAX: usize = 10_000;
+
+/// How long a fetched JWKS is used before it is fetched again (Envoy Gateway's setting).
+pub const JWKS_CACHE_DURATION: Duration = Duration::from_secs(300);
+
+/// After a failed fetch, the next is tried no sooner than this (requests meanwhile use the
+/// last good set, or are refused when there is none).
+pub const JWKS_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long one JWKS fetch may take (Envoy Gateway's timeout for the JWKS service).
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most keys one JWKS may hold (a bound on what a fetch can make the gateway keep).
+pub const JWKS_KEYS_MAX: usize = 64;
+
+/// The longest token looked at; a longer one is refused unread.
+pub const JWT_BYTES_MAX: usize = 16 << 10;
+
+/// Tokens looked at per request, over every provider (each may cost a signature check); a
+/// request carrying more is refused as malformed.
+pub const JWT_TOKENS_PER_REQUEST_MAX: usize = 8;
+
+/// Tokens a key set remembers as verified (32 bytes each); when full it starts again.
+pub const JWT_VERIFIED_MAX: usize = 16_384;
+
+/// How long a login may take from redirect to callback.
+pub const LOGIN_MAX_SECS: u64 = 600;
+
+/// The largest session cookie written (browsers keep 4096 bytes per cookie).
+pub const COOKIE_BYTES_MAX: usize = 4000;
+
+/// Memory one script's interpreter may use.
+pub const MEMORY_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Instructions one call may run (a runaway loop is stopped and the request gets a 500).
+pub const INSTRUCTIONS_MAX: u64 = 10_000_000;
+
+/// The longest string the pattern functions take (a header value or path is far shorter).
+pub const PATTERN_SUBJECT_BYTES_MAX: usize = 64 * 1024;
+
+/// Bytes read before giving up on finding a ClientHello.
+pub const CLIENT_HELLO_BYTES_MAX: usize = 16 * 1024 + 5;
+
+/// Sessions (client addresses) one UDP listener keeps at once.
+pub const UDP_SESSIONS_MAX: usize = 4096;
+
+/// A session ends after this long without a datagram in either direction (Envoy's default).
+pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest datagram relayed; larger ones are truncated by the kernel.
+pub const DATAGRAM_BYTES_MAX: usize = 65_535;
+
+/// Envoy Gateway's default drain timeout.
+pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);

@@ -23,18 +23,13 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::limits::{INSTRUCTIONS_MAX, MEMORY_BYTES_MAX, PATTERN_SUBJECT_BYTES_MAX};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use mlua::{
     Function, HookTriggers, Lua, LuaOptions, StdLib, Table, UserData, UserDataMethods, VmState,
 };
 
-/// Memory one script's interpreter may use.
-pub const MEMORY_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Instructions one call may run (a runaway loop is stopped and the request gets a 500).
-pub const INSTRUCTIONS_MAX: u64 = 10_000_000;
 const HOOK_EVERY: u32 = 10_000;
-/// The longest string the pattern functions take (a header value or path is far shorter).
-pub const PATTERN_SUBJECT_BYTES_MAX: usize = 64 * 1024;
 
 /// Base library functions a filter does not get: each reads files, makes code at run time
 /// (binary chunks among it) or reaches into the collector.

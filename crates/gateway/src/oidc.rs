@@ -29,6 +29,7 @@ use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::jwt::{self, Registry, Remote, RemoteJwks};
+pub use crate::limits::{COOKIE_BYTES_MAX, LOGIN_MAX_SECS};
 
 /// Where the provider sends the browser back when `redirectURL` does not say.
 pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
@@ -36,12 +37,8 @@ pub const DEFAULT_CALLBACK_PATH: &str = "/oauth2/callback";
 pub const DEFAULT_LOGOUT_PATH: &str = "/logout";
 /// The secret key holding the client secret (Envoy Gateway's).
 pub const CLIENT_SECRET_KEY: &str = "client-secret";
-/// How long a login may take from redirect to callback.
-pub const LOGIN_MAX_SECS: u64 = 600;
 /// A session with no expiry from the provider lasts this long.
 pub const DEFAULT_SESSION_SECS: u64 = 3600;
-/// The largest session cookie written (browsers keep 4096 bytes per cookie).
-pub const COOKIE_BYTES_MAX: usize = 4000;
 
 /// The provider's discovery document: the fields trellis uses.
 #[derive(Debug, Deserialize)]

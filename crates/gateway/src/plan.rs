@@ -36,6 +36,7 @@ use model::object::same_shape;
 
 pub use crate::backend::{Backend, Keepalive, Retry, Upstream, idempotent, now_ms};
 pub use crate::headers::HeaderSource;
+pub use crate::limits::DRAIN_TIMEOUT_DEFAULT;
 use crate::lua::LuaFilter;
 
 /// Everything one Gateway serves.
@@ -155,9 +156,6 @@ impl<T> HostTable<T> {
         self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()
     }
 }
-
-/// Envoy Gateway's default drain timeout.
-pub const DRAIN_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 /// The routing table of one listener port.
 #[derive(Debug, Default)]

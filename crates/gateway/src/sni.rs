@@ -4,6 +4,8 @@
 //! client can choose it to hide its name from a reader of the first record) is joined into
 //! one buffer, bounded by [`CLIENT_HELLO_BYTES_MAX`], before it is read.
 
+pub use crate::limits::CLIENT_HELLO_BYTES_MAX;
+
 /// What the first bytes of a connection say.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Hello {
@@ -15,8 +17,6 @@ pub enum Hello {
     Found(Option<String>),
 }
 
-/// Bytes read before giving up on finding a ClientHello.
-pub const CLIENT_HELLO_BYTES_MAX: usize = 16 * 1024 + 5;
 /// The largest payload of one TLS record (RFC 8446 §5.1: 2^14 bytes).
 const RECORD_PAYLOAD_MAX: usize = 16 * 1024;
 /// Record header: content type, legacy version, length.

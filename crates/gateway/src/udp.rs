@@ -17,15 +17,9 @@ use arc_swap::ArcSwap;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+pub use crate::limits::{DATAGRAM_BYTES_MAX, UDP_IDLE_TIMEOUT, UDP_SESSIONS_MAX};
 use crate::metrics::Metrics;
 use crate::plan::{StreamPort, now_ms};
-
-/// Sessions (client addresses) one UDP listener keeps at once.
-pub const UDP_SESSIONS_MAX: usize = 4096;
-/// A session ends after this long without a datagram in either direction (Envoy's default).
-pub const UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The largest datagram relayed; larger ones are truncated by the kernel.
-pub const DATAGRAM_BYTES_MAX: usize = 65_535;
 
 /// One client's session: its upstream socket and when it last saw a datagram.
 struct Session {
