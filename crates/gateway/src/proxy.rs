@@ -450,6 +450,16 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The request's host without port, lowercased.
+/// A request's host (without its port, lower case), path and query, owned: the request goes
+/// on to be taken apart.
+fn host_path_query<B>(req: &Request<B>) -> (String, String, Option<String>) {
+    (
+        request_host(req),
+        req.uri().path().to_string(),
+        req.uri().query().map(str::to_string),
+    )
+}
+
 fn request_host<B>(req: &Request<B>) -> String {
     let raw = match req.uri().authority() {
         Some(a) => a.host(),
@@ -573,9 +583,7 @@ async fn handle_inner(
     let Some(router) = router else {
         return local(StatusCode::NOT_FOUND, "no listener on this port");
     };
-    let host = request_host(&req);
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
+    let (host, path, query) = host_path_query(&req);
     let head = decide::Head {
         method: req.method().as_str(),
         host: &host,
@@ -1466,9 +1474,7 @@ pub enum Decision {
 /// external authorization and everything upstream are left out. Pure: the fuzz target and
 /// the property tests drive the proxy's routing through it.
 pub fn decide(router: &crate::plan::Router, peer: SocketAddr, req: &mut Request<()>) -> Decision {
-    let host = request_host(req);
-    let path = req.uri().path().to_string();
-    let query = req.uri().query().map(str::to_string);
+    let (host, path, query) = host_path_query(req);
     let head = decide::Head {
         method: req.method().as_str(),
         host: &host,
