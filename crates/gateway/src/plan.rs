@@ -550,7 +550,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 // HTTP/3 on the port's UDP side when the ClientTrafficPolicy asks for it and
                 // the port terminates TLS (QUIC carries its own TLS 1.3 handshake).
                 let quic = match (&http3, &config) {
-                    (Some(policy), Some(c)) => match tls::quic_server_config(c) {
+                    (Some(policy), Some(c)) => match tls::quic_server_config(c, &client_tls) {
                         Ok(q) => Some(q),
                         Err(e) => {
                             plan.problems.push((

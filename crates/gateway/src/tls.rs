@@ -161,7 +161,15 @@ pub fn server_config(
 
 /// QUIC settings from a port's TLS settings: the same certificates and versions, ALPN `h3`,
 /// no 0-RTT (its early data could be replayed).
-pub fn quic_server_config(tls: &rustls::ServerConfig) -> Result<quinn::ServerConfig, String> {
+pub fn quic_server_config(
+    tls: &rustls::ServerConfig,
+    settings: &ClientTls,
+) -> Result<quinn::ServerConfig, String> {
+    // rustls keeps the versions to itself, and quinn only checks for a TLS 1.3 cipher suite:
+    // a config capped at 1.2 would be taken and then fail every handshake.
+    if settings.max_version == "1.2" {
+        return Err("QUIC needs TLS 1.3 and the ClientTrafficPolicy caps TLS at 1.2".into());
+    }
     let mut tls = tls.clone();
     tls.alpn_protocols = vec![b"h3".to_vec()];
     tls.max_early_data_size = 0;

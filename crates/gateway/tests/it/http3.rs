@@ -228,3 +228,51 @@ async fn http3_serves_the_same_routes_and_policies_and_drains() {
         "every connection closed in time"
     );
 }
+
+/// HTTP/3 asked for together with TLS capped at 1.2 cannot be served (QUIC is TLS 1.3): the
+/// policy says so in its Supported condition, the plan serves no QUIC, and HTTPS goes on.
+#[tokio::test]
+async fn http3_with_tls_capped_at_1_2_is_reported_and_not_served() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).expect("cert");
+    let backends = harness::start_backends().await;
+    let capped = manifests(&cert, 1).replace(
+        "  http3: {}\n",
+        "  http3: {}\n  tls: {maxVersion: \"1.2\"}\n",
+    );
+    assert!(capped.contains("maxVersion"));
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &capped),
+        ],
+    );
+    let key = model::ObjectKey::new(
+        "gateway.envoyproxy.io",
+        "ClientTrafficPolicy",
+        "gateway-conformance-infra",
+        "quic",
+    );
+    let supported = load.snapshot.status[&key]
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Supported")
+        .map(|c| (format!("{:?}", c.status), c.message.clone()));
+    let (status, message) = supported.expect("a Supported condition");
+    assert_eq!(status, "False");
+    assert!(message.contains("QUIC needs TLS 1.3"), "{message}");
+    let plan = gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("plan");
+    let Some(gateway::plan::Listen::Tls(t)) = plan.ports.get(&443) else {
+        panic!("port 443 serves HTTPS");
+    };
+    assert!(t.http3.is_none() && t.config.is_some());
+    assert!(t.router.alt_svc.is_none());
+    assert!(
+        plan.problems
+            .iter()
+            .any(|(k, why)| k == &key && why.contains("spec.http3")),
+        "{:?}",
+        plan.problems
+    );
+}

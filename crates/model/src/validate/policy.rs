@@ -147,6 +147,14 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses) {
                      HTTP/2 message resets only its stream (TerminateStream)",
                 );
             }
+            if spec.http3.is_some()
+                && spec.tls.as_ref().and_then(|t| t.max_version.as_deref()) == Some("1.2")
+            {
+                // QUIC carries its own TLS 1.3 handshake.
+                unsupported.push(
+                    "spec.http3: HTTP/3 is not served: QUIC needs TLS 1.3 and spec.tls.maxVersion                      is 1.2",
+                );
+            }
             if !unsupported.is_empty() {
                 status.set(Condition::new(
                     "Supported",
