@@ -151,6 +151,8 @@ struct tuple {
 	__u8 tcp_flags;
 	__u16 l4off;
 	__u8 no_ports;
+	__u8 icmp_type; /* ICMP (IPv4): policy looks it up where ports go */
+	__u16 icmp_id;  /* ICMP echo and echo reply: conntrack pairs them by it */
 };
 
 #define TCP_FLAG_SYN 0x02
@@ -236,6 +238,8 @@ static __always_inline int parse_any(struct __sk_buff *skb, struct tuple *t)
 	t->sport = 0;
 	t->dport = 0;
 	t->tcp_flags = 0;
+	t->icmp_type = 0;
+	t->icmp_id = 0;
 	t->no_ports = 1;
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return 0;
@@ -248,6 +252,13 @@ static __always_inline int parse_any(struct __sk_buff *skb, struct tuple *t)
 	if (t->proto == IPPROTO_TCP &&
 	    bpf_skb_load_bytes(skb, t->l4off + 13, &t->tcp_flags, 1) < 0)
 		return 0;
+	if (t->proto == IPPROTO_ICMP) {
+		if (bpf_skb_load_bytes(skb, t->l4off, &t->icmp_type, 1) < 0)
+			return 0;
+		if ((t->icmp_type == 0 || t->icmp_type == 8) &&
+		    bpf_skb_load_bytes(skb, t->l4off + 4, &t->icmp_id, 2) < 0)
+			return 0;
+	}
 	t->no_ports = 0;
 	return 0;
 }
@@ -660,8 +671,11 @@ static __always_inline __u32 ipcache_identity(__u32 addr)
 static __always_inline struct policy_value *policy_lookup(__u32 ep, __u32 identity, __u8 dir,
 							   const struct tuple *t)
 {
+	/* ICMP carries no ports: its type stands in the port's place (as Cilium keys it), and
+	 * the tuple keeps 0 so that conntrack pairs requests with their replies. */
+	__u16 dport = t->proto == IPPROTO_ICMP ? bpf_htons(t->icmp_type) : t->dport;
 	struct policy_key k = { .prefixlen = POLICY_KEY_FULL_BITS, .ep = ep, .identity = identity,
-				.dir = dir, .proto = t->proto, .dport = t->dport };
+				.dir = dir, .proto = t->proto, .dport = dport };
 
 	return bpf_map_lookup_elem(&policy4, &k);
 }
@@ -693,12 +707,20 @@ static __always_inline __u64 ct_lifetime(__u8 proto)
 	return proto == IPPROTO_TCP ? POLICY_CT_TCP_NS : POLICY_CT_OTHER_NS;
 }
 
+/* A port of the tuple as conntrack keys it: ICMP has none, so an echo and its reply are
+ * paired by their identifier (both ways), and two pings crossing between the same two
+ * endpoints are not taken for each other's replies. */
+static __always_inline __u16 ct_port(const struct tuple *t, __u16 port)
+{
+	return t->proto == IPPROTO_ICMP ? t->icmp_id : port;
+}
+
 /* Whether the packet answers a connection this node let through in direction `dir` (seen
  * the other way round). A SYN opens a connection: never a reply. */
 static __always_inline int ct_is_reply(const struct tuple *t, __u8 dir, __u64 now)
 {
-	struct nat4_key k = { .saddr = t->daddr, .daddr = t->saddr, .sport = t->dport,
-			      .dport = t->sport, .proto = t->proto, .dir = dir };
+	struct nat4_key k = { .saddr = t->daddr, .daddr = t->saddr, .sport = ct_port(t, t->dport),
+			      .dport = ct_port(t, t->sport), .proto = t->proto, .dir = dir };
 	__u64 *seen;
 
 	if (is_syn(t))
@@ -713,8 +735,8 @@ static __always_inline int ct_is_reply(const struct tuple *t, __u8 dir, __u64 no
 
 static __always_inline void ct_record(const struct tuple *t, __u8 dir, __u64 now)
 {
-	struct nat4_key k = { .saddr = t->saddr, .daddr = t->daddr, .sport = t->sport,
-			      .dport = t->dport, .proto = t->proto, .dir = dir };
+	struct nat4_key k = { .saddr = t->saddr, .daddr = t->daddr, .sport = ct_port(t, t->sport),
+			      .dport = ct_port(t, t->dport), .proto = t->proto, .dir = dir };
 	__u64 *seen = bpf_map_lookup_elem(&policy_ct4, &k);
 
 	if (seen) {

@@ -29,7 +29,7 @@
 //!   an allow rule and denies its ports to every peer in a deny rule; validation marks the
 //!   policy `Accepted=False` saying so.
 //!
-//! Not here yet: toFQDNs (allows nothing, see above), ICMP type rules, node selectors, IPv6.
+//! Not here yet: toFQDNs (allows nothing, see above), ICMPv6 type rules, node selectors, IPv6.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -288,8 +288,17 @@ enum Peers {
 /// A port item of a rule: protocol (0: TCP, UDP and SCTP), range, or a container port name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum PortItem {
-    Range { proto: u8, lo: u16, hi: u16 },
-    Named { proto: u8, name: String },
+    Range {
+        proto: u8,
+        lo: u16,
+        hi: u16,
+    },
+    Named {
+        proto: u8,
+        name: String,
+    },
+    /// An ICMP type (IPv4): the datapath looks ICMP up with the type where ports go.
+    IcmpType(u8),
 }
 
 /// Ports of a clause: all traffic (every protocol), or these items.
@@ -667,6 +676,37 @@ fn cilium_ports(rules: &[PortRule], deny: bool) -> Option<Ports> {
         }
     }
     any_rule.then_some(Ports::Items(items))
+}
+
+/// Cilium `icmps` rules into port items. IPv4 types are looked up exactly; ICMPv6 is not
+/// checked by this datapath and an unknown type matches nothing, so an allow of either allows
+/// nothing through it and a deny of either denies the whole protocol (fail closed).
+fn cilium_icmps(icmps: &[serde_json::Value], deny: bool) -> Ports {
+    let mut items = Vec::new();
+    for rule in icmps {
+        let fields = rule.get("fields").and_then(serde_json::Value::as_array);
+        for f in fields.into_iter().flatten() {
+            let family = f
+                .get("family")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("IPv4");
+            let ty = f.get("type").and_then(model::kinds::cilium::icmp_type);
+            match (family, ty) {
+                ("IPv4", Some(t)) => items.push(PortItem::IcmpType(t)),
+                _ if deny => items.push(PortItem::Range {
+                    proto: if family == "IPv6" {
+                        PROTO_ICMPV6
+                    } else {
+                        PROTO_ICMP
+                    },
+                    lo: 0,
+                    hi: 0,
+                }),
+                _ => {}
+            }
+        }
+    }
+    Ports::Items(items)
 }
 
 fn np_ports(ports: Option<&[NetworkPolicyPort]>) -> Ports {
@@ -1060,6 +1100,11 @@ fn add_clause(
             Ports::Items(items) => {
                 for item in items {
                     let (proto, ranges): (u8, Vec<(u16, u16)>) = match item {
+                        // Exact, type 0 (echo reply) included: never the wildcard.
+                        PortItem::IcmpType(t) => {
+                            put(key(PROTO_ICMP, u16::from(*t), 16));
+                            continue;
+                        }
                         PortItem::Range { proto, lo, hi } => (*proto, vec![(*lo, *hi)]),
                         PortItem::Named { proto, name } => (
                             *proto,
@@ -1372,7 +1417,15 @@ fn cilium_rule(
                 ids.extend(s);
                 everyone |= all;
             }
-            let Some(ports) = cilium_ports(ports, deny) else {
+            let ports = match (side.icmps(), ports.is_empty()) {
+                ([], _) => cilium_ports(ports, deny),
+                (icmps, true) => Some(cilium_icmps(icmps, deny)),
+                // Both (Cilium refuses the rule; validation says so): an allow allows
+                // nothing, a deny denies every port of its peers.
+                (_, false) if deny => Some(Ports::All),
+                (_, false) => None,
+            };
+            let Some(ports) = ports else {
                 // Every port rule carries what trellis does not enforce: allows nothing.
                 continue;
             };
@@ -1415,6 +1468,14 @@ type Parts<'a> = (
 );
 
 impl<'a> Side<'a> {
+    /// The rule's ICMP type rules.
+    fn icmps(&self) -> &'a [serde_json::Value] {
+        match *self {
+            Side::Ingress(r) => &r.icmps,
+            Side::Egress(r) => &r.icmps,
+        }
+    }
+
     /// The rule's toFQDNs selectors (none on ingress).
     fn fqdns(&self) -> &'a [model::kinds::cilium::FqdnSelector] {
         match *self {
@@ -1721,6 +1782,48 @@ spec:
         for proto in [PROTO_TCP, PROTO_UDP, PROTO_SCTP] {
             assert!(denies.contains(&key(Direction::Egress, ID_ANY, proto, 25, 16)));
         }
+    }
+
+    /// `icmps` are looked up by type, exactly (echo reply, type 0, is not the wildcard); an
+    /// ICMPv6 or unknown type allows nothing and, in a deny, denies the whole protocol.
+    #[test]
+    fn icmp_types_are_exact_and_fail_closed() {
+        let s = pods_and(
+            r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - icmps: [{fields: [{type: 8, family: IPv4}, {type: EchoReply}, {type: 128, family: IPv6}, {type: Nonsense}]}]
+  egressDeny:
+  - icmps: [{fields: [{type: "13"}, {type: 128, family: IPv6}]}]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        let of = |deny: bool| -> BTreeSet<PolicyKey> {
+            web.entries
+                .iter()
+                .filter(|(k, v)| v.deny == deny && k.identity != ID_HOST)
+                .map(|(k, _)| *k)
+                .collect()
+        };
+        assert_eq!(
+            of(false),
+            BTreeSet::from([
+                key(Direction::Ingress, ID_ANY, PROTO_ICMP, 8, 16),
+                key(Direction::Ingress, ID_ANY, PROTO_ICMP, 0, 16),
+            ])
+        );
+        assert_eq!(
+            of(true),
+            BTreeSet::from([
+                key(Direction::Egress, ID_ANY, PROTO_ICMP, 13, 16),
+                key(Direction::Egress, ID_ANY, PROTO_ICMPV6, 0, 0),
+            ])
+        );
     }
 
     #[test]

@@ -208,9 +208,6 @@ impl IngressRule {
         if !self.from_groups.is_empty() {
             out.push(("fromGroups", "cloud groups"));
         }
-        if !self.icmps.is_empty() {
-            out.push(("icmps", "ICMP type rules"));
-        }
         out
     }
 }
@@ -234,9 +231,6 @@ impl EgressRule {
         }
         if !self.to_groups.is_empty() {
             out.push(("toGroups", "cloud groups"));
-        }
-        if !self.icmps.is_empty() {
-            out.push(("icmps", "ICMP type rules"));
         }
         out
     }
@@ -291,4 +285,27 @@ pub struct L2AnnouncementPolicySpec {
     pub external_ips: bool,
     #[serde(rename = "loadBalancerIPs", default)]
     pub load_balancer_ips: bool,
+}
+
+/// An ICMP type as Cilium writes it: a number, or its name.
+pub fn icmp_type(v: &Value) -> Option<u8> {
+    if let Some(n) = v.as_u64().or_else(|| v.as_str()?.parse().ok()) {
+        return u8::try_from(n).ok();
+    }
+    Some(match v.as_str()? {
+        "EchoReply" => 0,
+        "DestinationUnreachable" => 3,
+        "Redirect" => 5,
+        "Echo" | "EchoRequest" => 8,
+        "RouterAdvertisement" => 9,
+        "RouterSelection" => 10,
+        "TimeExceeded" => 11,
+        "ParameterProblem" => 12,
+        "Timestamp" => 13,
+        "TimestampReply" => 14,
+        "Photuris" => 40,
+        "ExtendedEchoRequest" => 42,
+        "ExtendedEchoReply" => 43,
+        _ => return None,
+    })
 }

@@ -84,6 +84,7 @@ pub(super) fn cilium(s: &Snapshot, st: &mut Statuses) {
                         }
                         entities(status, &ip, "fromEntities", &ing.from_entities);
                         ports(status, &ip, &ing.to_ports);
+                        icmps(status, &ip, deny, &ing.icmps, &ing.to_ports);
                         unenforced_rule(status, &ip, deny, &ing.unenforced_peers(), &ing.to_ports);
                     }
                 }
@@ -100,6 +101,7 @@ pub(super) fn cilium(s: &Snapshot, st: &mut Statuses) {
                         }
                         entities(status, &ep, "toEntities", &eg.to_entities);
                         ports(status, &ep, &eg.to_ports);
+                        icmps(status, &ep, deny, &eg.icmps, &eg.to_ports);
                         for (j, f) in eg.to_fqdns.iter().enumerate() {
                             if f.match_name.is_none() == f.match_pattern.is_none() {
                                 problem(
@@ -451,6 +453,62 @@ pub(super) fn entities(status: &mut ObjectStatus, base: &str, field: &str, list:
                 format!("{base}.{field}[{i}]"),
                 format!("entity {e:?} is not one of {}", ENTITIES.join(", ")),
             );
+        }
+    }
+}
+
+/// A rule's `icmps`: with `toPorts` beside them (Cilium refuses the rule), an ICMPv6 type
+/// (this datapath checks IPv4 only) or a type that is not one are problems; the compile makes
+/// an allow of them allow nothing and a deny of them deny the whole protocol.
+pub(super) fn icmps(
+    status: &mut ObjectStatus,
+    base: &str,
+    deny: bool,
+    list: &[serde_json::Value],
+    to_ports: &[crate::kinds::cilium::PortRule],
+) {
+    let what = if deny {
+        "denies all of it"
+    } else {
+        "allows nothing"
+    };
+    if !list.is_empty() && !to_ports.is_empty() {
+        problem(
+            status,
+            format!("{base}.icmps"),
+            "icmps and toPorts cannot be in one rule (Cilium refuses it)",
+        );
+    }
+    for (i, rule) in list.iter().enumerate() {
+        let fields = rule.get("fields").and_then(serde_json::Value::as_array);
+        for (j, f) in fields.into_iter().flatten().enumerate() {
+            let at = format!("{base}.icmps[{i}].fields[{j}]");
+            let family = f
+                .get("family")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("IPv4");
+            if family != "IPv4" {
+                problem(
+                    status,
+                    format!("{at}.family"),
+                    format!(
+                        "{family} ICMP types are not checked by trellis's datapath: the rule {what}"
+                    ),
+                );
+            } else if f
+                .get("type")
+                .and_then(crate::kinds::cilium::icmp_type)
+                .is_none()
+            {
+                problem(
+                    status,
+                    format!("{at}.type"),
+                    format!(
+                        "{} is not an ICMP type: the rule {what}",
+                        f.get("type").unwrap_or(&serde_json::Value::Null)
+                    ),
+                );
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Network policy in the lab, with real packets: a connectivity matrix (every (from, to, port)
-//! expected allowed or denied, kept as data below), replies of allowed connections through
+//! expected allowed or denied, kept as data below, and pings against ICMP type rules), replies of allowed connections through
 //! enforced endpoints, the host's access, a world address by CIDR with `except`, a
 //! keep-alive connection that survives policy edits, an edit that takes an allow away, and
 //! toFQDNs through `trellis dns`: an address opens for a pod when DNS answers it a name the
@@ -155,8 +155,29 @@ spec:
   - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: default, app: db}}]
   - toCIDRSet: [{cidr: 10.10.30.0/24, except: [10.10.30.192/26]}]
     toPorts: [{ports: [{port: "8000"}]}]
+  - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: default, app: client}}]
+    icmps: [{fields: [{type: 8, family: IPv4}]}]
   - toFQDNs: [{matchName: web.default.svc.cluster.local}]
 "#;
+
+/// Pings (ICMP echo, type 8) between pods: (from, to, answered). other/client may send echo
+/// requests to default/client only (nothing else of it reaches that pod); web's
+/// NetworkPolicy allows only its `http` port; db takes only TCP 5432-5440 from other/client;
+/// default/client and default/web have no egress policy, and other/client no ingress one.
+const PINGS: &[(&str, &str, bool)] = &[
+    ("other/client", "default/client", true),
+    ("other/client", "web", false),
+    ("other/client", "db", false),
+    ("default/client", "web", false),
+    ("default/web", "default/client", true),
+    ("default/client", "other/client", true),
+];
+
+/// Whether `who` gets an answer to one ping of `ip` (busybox's, 2 s).
+fn pings(lab: &Lab, who: &str, ip: &str) -> bool {
+    let (code, _) = lab.exec(who, &["busybox", "ping", "-c", "1", "-W", "2", ip]);
+    code == 0
+}
 
 /// (from, to, port, allowed)
 const MATRIX: &[(&str, &str, u16, bool)] = &[
@@ -347,6 +368,16 @@ fn lab_enforces_network_policy() {
                 "{from} -> {to}:{port}: {} where {} was expected",
                 if got { "allowed" } else { "denied" },
                 if *allowed { "allowed" } else { "denied" }
+            ));
+        }
+    }
+    for (from, to, answered) in PINGS {
+        let got = pings(&lab, &who(from), &ip_of(to));
+        if got != *answered {
+            wrong.push(format!(
+                "ping {from} -> {to}: {} where {} was expected",
+                if got { "answered" } else { "dropped" },
+                if *answered { "answered" } else { "dropped" }
             ));
         }
     }
