@@ -274,6 +274,26 @@ static __always_inline int parse(struct __sk_buff *skb, struct tuple *t)
 	return 0;
 }
 
+/* The tuple NAT acts on: TCP, UDP, and ICMP echo and echo reply, whose identifier stands in
+ * for the request's source port and the reply's destination port (as Cilium NATs them), so
+ * that a pod's ping leaves masqueraded and its answer finds its way back. */
+static __always_inline int parse_nat(struct __sk_buff *skb, struct tuple *t)
+{
+	if (parse_any(skb, t) < 0 || t->no_ports)
+		return -1;
+	if (t->proto == IPPROTO_ICMP && t->icmp_type == 8) {
+		t->sport = t->icmp_id;
+		return 0;
+	}
+	if (t->proto == IPPROTO_ICMP && t->icmp_type == 0) {
+		t->dport = t->icmp_id;
+		return 0;
+	}
+	if (t->proto != IPPROTO_TCP && t->proto != IPPROTO_UDP)
+		return -1;
+	return 0;
+}
+
 static __always_inline int is_syn(const struct tuple *t)
 {
 	return t->proto == IPPROTO_TCP && (t->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
@@ -284,6 +304,27 @@ static __always_inline int rewrite(struct __sk_buff *skb, const struct tuple *t,
 				   const struct nat4_entry *to)
 {
 	__u32 csum_off = t->l4off + (t->proto == IPPROTO_TCP ? 16 : 6);
+
+	if (t->proto == IPPROTO_ICMP) {
+		/* Echo or echo reply: the addresses (ICMP's checksum covers no pseudo-header)
+		 * and the identifier, in the port that stands for it. */
+		__u16 id = t->icmp_type == 8 ? t->sport : t->dport;
+		__u16 new_id = t->icmp_type == 8 ? to->sport : to->dport;
+
+		if (to->saddr != t->saddr &&
+		    (bpf_l3_csum_replace(skb, IP_CSUM_OFF, t->saddr, to->saddr, 4) < 0 ||
+		     bpf_skb_store_bytes(skb, IP_SRC_OFF, &to->saddr, 4, 0) < 0))
+			return -1;
+		if (to->daddr != t->daddr &&
+		    (bpf_l3_csum_replace(skb, IP_CSUM_OFF, t->daddr, to->daddr, 4) < 0 ||
+		     bpf_skb_store_bytes(skb, IP_DST_OFF, &to->daddr, 4, 0) < 0))
+			return -1;
+		if (new_id != id &&
+		    (bpf_l4_csum_replace(skb, t->l4off + 2, id, new_id, 2) < 0 ||
+		     bpf_skb_store_bytes(skb, t->l4off + 4, &new_id, 2, 0) < 0))
+			return -1;
+		return 0;
+	}
 	__u64 l4flags = t->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 
 	if (to->saddr != t->saddr) {
@@ -825,9 +866,12 @@ int from_netdev(struct __sk_buff *skb)
 	decapped = dsr_decap(skb, cfg->node_ip);
 	if (decapped < 0)
 		return TC_ACT_SHOT;
-	if (parse(skb, &t) < 0)
+	if (parse_nat(skb, &t) < 0)
 		return TC_ACT_OK;
 	r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
+	/* ICMP: only the answer to a masqueraded ping is for this program. */
+	if (t.proto == IPPROTO_ICMP)
+		return r < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	if (r == 0)
 		r = nat_apply_tunnel(skb, &t, NAT_DIR_FWD, 0, &tunnel);
 	if (r < 0)
@@ -891,7 +935,7 @@ int to_netdev(struct __sk_buff *skb)
 	int r;
 
 	count(STAT_PACKETS);
-	if (parse(skb, &t) < 0)
+	if (parse_nat(skb, &t) < 0)
 		return TC_ACT_OK;
 	r = nat_apply(skb, &t, NAT_DIR_REPLY, 0);
 	if (r == 0)
@@ -909,6 +953,9 @@ int to_netdev(struct __sk_buff *skb)
 	    (t.daddr & cfg->cluster_cidr_mask) == cfg->cluster_cidr_addr)
 		return TC_ACT_OK;
 	if (t.proto == IPPROTO_TCP && !is_syn(&t))
+		return TC_ACT_OK;
+	/* A pod's answer to a ping from outside is not a new connection of its own. */
+	if (t.proto == IPPROTO_ICMP && t.icmp_type != 8)
 		return TC_ACT_OK;
 	{
 		struct inbound4_key ik = { .pod = t.saddr, .remote = t.daddr, .pod_port = t.sport,

@@ -163,7 +163,8 @@ spec:
 /// Pings (ICMP echo, type 8) between pods: (from, to, answered). other/client may send echo
 /// requests to default/client only (nothing else of it reaches that pod); web's
 /// NetworkPolicy allows only its `http` port; db takes only TCP 5432-5440 from other/client;
-/// default/client and default/web have no egress policy, and other/client no ingress one.
+/// default/client and default/web have no egress policy, and other/client no ingress one;
+/// the LAN client is reached masqueraded.
 const PINGS: &[(&str, &str, bool)] = &[
     ("other/client", "default/client", true),
     ("other/client", "web", false),
@@ -171,6 +172,9 @@ const PINGS: &[(&str, &str, bool)] = &[
     ("default/client", "web", false),
     ("default/web", "default/client", true),
     ("default/client", "other/client", true),
+    // Outside the cluster, masqueraded as the node (the echo's identifier NATed as a port).
+    ("default/client", "lan-client", true),
+    ("other/client", "lan-client", false),
 ];
 
 /// Whether `who` gets an answer to one ping of `ip` (busybox's, 2 s).
