@@ -152,6 +152,7 @@ struct tuple {
 	__u16 l4off;
 	__u8 no_ports;
 	__u8 icmp_type; /* ICMP (IPv4): policy looks it up where ports go */
+	__u8 icmp_code;
 	__u16 icmp_id;  /* ICMP echo and echo reply: conntrack pairs them by it */
 };
 
@@ -188,8 +189,9 @@ static __always_inline void emit_full(struct __sk_buff *skb, const struct tuple 
 	e->time_ns = bpf_ktime_get_ns();
 	e->saddr = t->saddr;
 	e->daddr = t->daddr;
-	e->sport = t->sport;
-	e->dport = t->dport;
+	/* ICMP: its type and code where the ports go (as Hubble shows them). */
+	e->sport = t->proto == IPPROTO_ICMP ? bpf_htons(t->icmp_type) : t->sport;
+	e->dport = t->proto == IPPROTO_ICMP ? bpf_htons(t->icmp_code) : t->dport;
 	e->proto = t->proto;
 	e->kind = kind;
 	e->tcp_flags = t->tcp_flags;
@@ -239,6 +241,7 @@ static __always_inline int parse_any(struct __sk_buff *skb, struct tuple *t)
 	t->dport = 0;
 	t->tcp_flags = 0;
 	t->icmp_type = 0;
+	t->icmp_code = 0;
 	t->icmp_id = 0;
 	t->no_ports = 1;
 	if (ip->frag_off & bpf_htons(0x1fff))
@@ -253,8 +256,12 @@ static __always_inline int parse_any(struct __sk_buff *skb, struct tuple *t)
 	    bpf_skb_load_bytes(skb, t->l4off + 13, &t->tcp_flags, 1) < 0)
 		return 0;
 	if (t->proto == IPPROTO_ICMP) {
-		if (bpf_skb_load_bytes(skb, t->l4off, &t->icmp_type, 1) < 0)
+		__u8 tc[2];
+
+		if (bpf_skb_load_bytes(skb, t->l4off, tc, 2) < 0)
 			return 0;
+		t->icmp_type = tc[0];
+		t->icmp_code = tc[1];
 		if ((t->icmp_type == 0 || t->icmp_type == 8) &&
 		    bpf_skb_load_bytes(skb, t->l4off + 4, &t->icmp_id, 2) < 0)
 			return 0;

@@ -218,8 +218,8 @@ struct flow_event {
 	__u64 time_ns;     /* bpf_ktime_get_ns: CLOCK_MONOTONIC */
 	__u32 saddr;
 	__u32 daddr;
-	__u16 sport;
-	__u16 dport;
+	__u16 sport;       /* ICMP: the type */
+	__u16 dport;       /* ICMP: the code */
 	__u8 proto;
 	__u8 kind;         /* EVENT_* */
 	__u8 tcp_flags;

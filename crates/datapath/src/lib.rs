@@ -676,7 +676,9 @@ pub struct FlowEvent {
     pub time_ns: u64,
     pub saddr: std::net::Ipv4Addr,
     pub daddr: std::net::Ipv4Addr,
+    /// The source port; for ICMP, the message's type.
     pub sport: u16,
+    /// The destination port; for ICMP, the message's code.
     pub dport: u16,
     pub proto: u8,
     /// `EVENT_DROP` (1) or `EVENT_TRACE` (4), Cilium's monitor types.

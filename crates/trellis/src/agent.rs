@@ -242,6 +242,11 @@ fn packet_event(
             source_port: ev.sport,
             destination_port: ev.dport,
         },
+        // The datapath puts an ICMP message's type and code where the ports go.
+        1 => L4::Icmp {
+            r#type: u8::try_from(ev.sport).unwrap_or(u8::MAX),
+            code: u8::try_from(ev.dport).unwrap_or(u8::MAX),
+        },
         other => L4::Other(other),
     };
     observe::packet::PacketEvent {

@@ -439,6 +439,19 @@ fn lab_enforces_network_policy() {
         })
         .count();
     assert!(denied > 0, "no POLICY_DENIED flow to web:9090 in:\n{out}");
+    // default/client's ping of web was dropped as ICMPv4 echo request (type 8, code 0).
+    let pinged = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| {
+            v["flow"]["drop_reason_desc"] == "POLICY_DENIED"
+                && v["flow"]["IP"]["destination"] == web_ip_text.as_str()
+                && v["flow"]["l4"]["ICMPv4"]["type"] == 8
+        });
+    assert!(
+        pinged,
+        "no POLICY_DENIED ICMPv4 echo flow to web in:\n{out}"
+    );
     // Those drops say the direction (web's ingress) and the client's identity.
     let described = out
         .lines()
