@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http::Response;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::watch;
 
@@ -202,9 +202,9 @@ fn whole(parts: Vec<Bytes>, trailers: Option<http::HeaderMap>) -> Body {
         1 => parts.into_iter().next().unwrap_or_default(),
         _ => parts.concat().into(),
     };
-    let body = Full::new(data).map_err(|never| match never {});
+    let body = crate::body::full(data);
     match trailers {
-        None => body.boxed(),
+        None => body,
         Some(t) => body.with_trailers(async move { Some(Ok(t)) }).boxed(),
     }
 }

@@ -450,6 +450,22 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The request's host without port, lowercased.
+/// What the decision reads of a hyper request whose host, path and query were taken apart.
+fn head_of<'a, B>(
+    req: &'a Request<B>,
+    host: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+) -> decide::Head<'a, HeaderMap> {
+    decide::Head {
+        method: req.method().as_str(),
+        host,
+        path,
+        query,
+        headers: req.headers(),
+    }
+}
+
 /// A request's host (without its port, lower case), path and query, owned: the request goes
 /// on to be taken apart.
 fn host_path_query<B>(req: &Request<B>) -> (String, String, Option<String>) {
@@ -584,13 +600,7 @@ async fn handle_inner(
         return local(StatusCode::NOT_FOUND, "no listener on this port");
     };
     let (host, path, query) = host_path_query(&req);
-    let head = decide::Head {
-        method: req.method().as_str(),
-        host: &host,
-        path: &path,
-        query: query.as_deref(),
-        headers: req.headers(),
-    };
+    let head = head_of(&req, &host, &path, query.as_deref());
     let Some(decide::Routed { action, client }) = decide::route(&router, peer, &head) else {
         state.metrics.request("", 404, started.elapsed());
         return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
@@ -1324,13 +1334,7 @@ async fn respond(
     path: &str,
     query: Option<&str>,
 ) -> Response<Body> {
-    let head = decide::Head {
-        method: req.method().as_str(),
-        host,
-        path,
-        query,
-        headers: req.headers(),
-    };
+    let head = head_of(&req, host, path, query);
     let seq = state.next.fetch_add(1, Ordering::Relaxed);
     let (backend, rewritten, encoding) = match decide::answer(router, action, &head, scheme, seq) {
         decide::Answer::Redirect { status, location } => {
@@ -1475,13 +1479,7 @@ pub enum Decision {
 /// the property tests drive the proxy's routing through it.
 pub fn decide(router: &crate::plan::Router, peer: SocketAddr, req: &mut Request<()>) -> Decision {
     let (host, path, query) = host_path_query(req);
-    let head = decide::Head {
-        method: req.method().as_str(),
-        host: &host,
-        path: &path,
-        query: query.as_deref(),
-        headers: req.headers(),
-    };
+    let head = head_of(req, &host, &path, query.as_deref());
     let Some(decide::Routed { action, client }) = decide::route(router, peer, &head) else {
         return Decision::NoRoute;
     };
