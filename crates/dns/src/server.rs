@@ -70,6 +70,24 @@ pub(crate) fn rcode_name(r: hickory_proto::op::ResponseCode) -> String {
 /// toFQDNs makes the answered addresses reachable for the asking pod first, so the pod's
 /// first connection after the lookup is never dropped.
 pub trait Gate: Send + Sync {
+    /// Whether the names `client` may ask are restricted (then [`Gate::asked`] decides each
+    /// query before it is answered or forwarded).
+    fn restricts(&self, _client: std::net::IpAddr) -> bool {
+        false
+    }
+
+    /// Whether `client` may ask `name` of this server (`server`, the address the query came
+    /// to) over `proto` (6 or 17): REFUSED otherwise, as Cilium's DNS proxy answers.
+    fn asked<'a>(
+        &'a self,
+        _client: std::net::IpAddr,
+        _server: std::net::IpAddr,
+        _proto: u8,
+        _name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = GateVerdict> + Send + 'a>> {
+        Box::pin(std::future::ready(GateVerdict::Pass))
+    }
+
     /// `name` as the client asked it; `addrs` the A/AAAA records of the answer; `ttl` their
     /// smallest TTL.
     fn answered<'a>(
@@ -344,6 +362,26 @@ async fn reply(
     // One span per query that is not answered from the replay cache (debug level: free when
     // not logged).
     let span = tracing::debug_span!("query", %peer, transport = ?t, id = p.req().metadata.id);
+    if let Some(gate) = &ops.gate
+        && gate.0.restricts(peer.ip())
+    {
+        // The name the client asked (not a rewrite's), before anything is looked up or
+        // forwarded for it.
+        let name = p
+            .original
+            .queries
+            .first()
+            .map(|q| q.name().to_ascii())
+            .unwrap_or_default();
+        let proto = match t {
+            Transport::Udp => 17,
+            Transport::Tcp => 6,
+        };
+        if gate.0.asked(peer.ip(), server.ip(), proto, &name).await == GateVerdict::Refuse {
+            let resp = Forwarder::refused(p.req());
+            return finish(&p, resp, ops, packet.len(), peer, server, t);
+        }
+    }
     let resp = match (p.local.take(), fwd) {
         (Some(r), _) => r,
         (None, Some(f)) => f.resolve(p.req()).instrument(span).await,

@@ -142,6 +142,85 @@ pub struct EndpointPolicy {
     pub selected_by: BTreeSet<String>,
     /// Its toFQDNs allows, for the addresses DNS will answer it.
     pub fqdn: Vec<FqdnRule>,
+    /// Its egress allows that reach port 53, when one of them carries `rules.dns` (empty
+    /// otherwise: no DNS rule applies and the names it asks are not restricted).
+    pub dns: Vec<DnsAllow>,
+}
+
+/// An egress allow reaching port 53 (of some peers, by its keys), and the names it lets the
+/// endpoint ask over it (`None`: any, a rule without `rules.dns`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DnsAllow {
+    pub keys: Vec<PolicyKey>,
+    pub names: Option<Vec<FqdnPattern>>,
+    pub rule: u32,
+}
+
+/// The DNS port, which `rules.dns` guards.
+const DNS_PORT: u16 = 53;
+
+impl EndpointPolicy {
+    /// Whether this endpoint may ask `name` of a DNS server of identity `server` (its address
+    /// unknown: `None`) over `proto`, as Cilium's DNS proxy decides: the egress allows that
+    /// reach the server's port 53 decide; if one of them has no `rules.dns`, any name; else
+    /// the names one of them lets through. With no DNS rule for the endpoint, or none of its
+    /// allows reaching the server, any name (the datapath decides whether the query passes).
+    pub fn dns_allows(&self, server: Option<u32>, proto: u8, name: &str) -> bool {
+        let probe = |identity| PolicyKey {
+            direction: Direction::Egress,
+            identity,
+            proto,
+            port: DNS_PORT,
+            port_bits: 16,
+        };
+        let reaching: Vec<&DnsAllow> = self
+            .dns
+            .iter()
+            .filter(|a| {
+                a.keys.iter().any(|k| match server {
+                    Some(id) => k.covers(&probe(id)) || k.covers(&probe(ID_ANY)),
+                    // Server unknown: every allow of port 53 counts.
+                    None => k.covers(&probe(k.identity)),
+                })
+            })
+            .collect();
+        if reaching.is_empty() {
+            return true;
+        }
+        reaching.iter().any(|a| match &a.names {
+            None => true,
+            Some(names) => names.iter().any(|m| m.matches(name)),
+        })
+    }
+}
+
+impl PolicyPlan {
+    /// The identity of `addr` as the datapath finds it (the ipcache's longest prefix).
+    pub fn identity_of(&self, addr: Ipv4Addr) -> u32 {
+        (0..=32u8)
+            .rev()
+            .filter_map(|len| Ipv4Net::new(addr, len).ok())
+            .find_map(|net| self.ipcache.get(&net.trunc()).copied())
+            .unwrap_or(ID_WORLD)
+    }
+}
+
+/// The pods whose DNS queries `rules.dns` restricts (selected by a policy with an egress
+/// allow that carries it), on every node: the DNS server refuses their queries when it
+/// cannot ask their node's agent (fail closed).
+pub fn dns_restricted(snapshot: &Snapshot) -> BTreeSet<Ipv4Addr> {
+    let nodes: BTreeSet<String> = pods(snapshot).into_iter().map(|p| p.node).collect();
+    let mut out = BTreeSet::new();
+    for node in nodes {
+        let plan = compile(snapshot, &node, &BTreeMap::new(), &Learned::default());
+        out.extend(
+            plan.endpoints
+                .iter()
+                .filter(|(_, ep)| !ep.dns.is_empty())
+                .map(|(ip, _)| *ip),
+        );
+    }
+    out
 }
 
 /// A toFQDNs allow of one endpoint: the names it covers and the keys (identity 0, to be
@@ -314,6 +393,8 @@ struct Clause {
     peers: Peers,
     ports: Ports,
     rule: u32,
+    /// Egress allows with `rules.dns`: the names a pod may ask its peers over these ports.
+    dns: Option<Vec<FqdnPattern>>,
 }
 
 /// One rule in a common form: who it selects, and per direction whether it turns on default
@@ -626,14 +707,14 @@ fn named_prefixes(snapshot: &Snapshot) -> BTreeSet<Ipv4Net> {
 }
 
 /// Cilium port rules into port items; `None` when this port rule is not enforced.
-fn cilium_ports(rules: &[PortRule], deny: bool) -> Option<Ports> {
+fn cilium_ports(rules: &[PortRule], deny: bool, egress: bool) -> Option<Ports> {
     if rules.is_empty() {
         return Some(Ports::All);
     }
     let mut items = Vec::new();
     let mut any_rule = false;
     for r in rules {
-        if !deny && !r.unenforced().is_empty() {
+        if !deny && !r.unenforced(egress).is_empty() {
             continue;
         }
         any_rule = true;
@@ -910,12 +991,28 @@ pub fn compile(
             identity,
             ..EndpointPolicy::default()
         };
-        for r in &rules {
-            if r.namespace.as_deref().is_some_and(|ns| ns != p.namespace)
-                || !r.subject.matches(&p.labels)
-            {
-                continue;
+        let selecting: Vec<&Rule> = rules
+            .iter()
+            .filter(|r| {
+                r.namespace.as_deref().is_none_or(|ns| ns == p.namespace)
+                    && r.subject.matches(&p.labels)
+            })
+            .collect();
+        let named_egress = |name: &str, proto: u8, peer: u32| {
+            if peer == ID_ANY {
+                ports_named(named.values().flatten(), name, proto)
+            } else {
+                ports_named(named.get(&peer).into_iter().flatten(), name, proto)
             }
+        };
+        if selecting.iter().any(|r| {
+            r.clauses[Direction::Egress as usize]
+                .iter()
+                .any(|c| c.dns.is_some())
+        }) {
+            ep.dns = dns_allows(&selecting, &named_egress);
+        }
+        for r in selecting {
             ep.selected_by.insert(r.label.clone());
             for (names, ports, rule) in &r.fqdn {
                 let mut keys = BTreeMap::new();
@@ -924,6 +1021,7 @@ pub fn compile(
                     peers: Peers::Any,
                     ports: ports.clone(),
                     rule: *rule,
+                    dns: None,
                 };
                 add_clause(&mut keys, Direction::Egress, &clause, |name, proto, _| {
                     ports_named(named.values().flatten(), name, proto)
@@ -947,12 +1045,7 @@ pub fn compile(
                     // pod's for any peer).
                     add_clause(&mut ep.entries, dir, c, |name, proto, peer| match dir {
                         Direction::Ingress => ports_named(p.ports.iter(), name, proto),
-                        Direction::Egress if peer == ID_ANY => {
-                            ports_named(named.values().flatten(), name, proto)
-                        }
-                        Direction::Egress => {
-                            ports_named(named.get(&peer).into_iter().flatten(), name, proto)
-                        }
+                        Direction::Egress => named_egress(name, proto, peer),
                     });
                 }
             }
@@ -1067,6 +1160,40 @@ fn ports_named<'a>(
 }
 
 /// Adds a clause's keys; `named(name, proto, peer)` resolves a port name.
+/// The egress allows of `rules` that reach port 53, each with the names it lets through.
+fn dns_allows(rules: &[&Rule], named: &dyn Fn(&str, u8, u32) -> Vec<u16>) -> Vec<DnsAllow> {
+    let mut out = Vec::new();
+    for c in rules
+        .iter()
+        .flat_map(|r| &r.clauses[Direction::Egress as usize])
+        .filter(|c| !c.deny)
+    {
+        let mut keys = BTreeMap::new();
+        add_clause(&mut keys, Direction::Egress, c, named);
+        let keys: Vec<PolicyKey> = keys
+            .into_keys()
+            .filter(|k| {
+                [PROTO_UDP, PROTO_TCP].iter().any(|&proto| {
+                    k.covers(&PolicyKey {
+                        proto,
+                        port: DNS_PORT,
+                        port_bits: 16,
+                        ..*k
+                    })
+                })
+            })
+            .collect();
+        if !keys.is_empty() {
+            out.push(DnsAllow {
+                keys,
+                names: c.dns.clone(),
+                rule: c.rule,
+            });
+        }
+    }
+    out
+}
+
 fn add_clause(
     entries: &mut BTreeMap<PolicyKey, Verdict>,
     direction: Direction,
@@ -1309,6 +1436,7 @@ fn rules(
                 peers,
                 ports: np_ports(ports),
                 rule: id,
+                dns: None,
             });
         }
         out.push(rule);
@@ -1417,37 +1545,57 @@ fn cilium_rule(
                 ids.extend(s);
                 everyone |= all;
             }
-            let ports = match (side.icmps(), ports.is_empty()) {
-                ([], _) => cilium_ports(ports, deny),
-                (icmps, true) => Some(cilium_icmps(icmps, deny)),
-                // Both (Cilium refuses the rule; validation says so): an allow allows
-                // nothing, a deny denies every port of its peers.
-                (_, false) if deny => Some(Ports::All),
-                (_, false) => None,
-            };
-            let Some(ports) = ports else {
-                // Every port rule carries what trellis does not enforce: allows nothing.
-                continue;
-            };
-            if !any_l3 && unenforced.is_empty() && matches!(ports, Ports::All) {
-                // `{}`: turns default deny on, allows nothing.
-                continue;
-            }
-            let peers = if everyone || (!any_l3 && unenforced.is_empty()) {
-                Peers::Any
+            // An egress allow whose port rules carry `rules.dns`: a clause per port rule, so
+            // that each keeps its names; otherwise one clause of all the ports.
+            let groups: Vec<(Ports, Option<Vec<FqdnPattern>>)> = if d == 1
+                && !deny
+                && side.icmps().is_empty()
+                && ports.iter().any(|r| r.dns_names().is_some())
+            {
+                ports
+                    .iter()
+                    .filter_map(|r| {
+                        let names = r
+                            .dns_names()
+                            .map(|n| n.iter().filter_map(FqdnPattern::of).collect());
+                        Some((cilium_ports(std::slice::from_ref(r), false, true)?, names))
+                    })
+                    .collect()
             } else {
-                Peers::Set(ids)
+                let ports = match (side.icmps(), ports.is_empty()) {
+                    ([], _) => cilium_ports(ports, deny, d == 1),
+                    (icmps, true) => Some(cilium_icmps(icmps, deny)),
+                    // Both (Cilium refuses the rule; validation says so): an allow allows
+                    // nothing, a deny denies every port of its peers.
+                    (_, false) if deny => Some(Ports::All),
+                    (_, false) => None,
+                };
+                // None: every port rule carries what trellis does not enforce: allows nothing.
+                ports.into_iter().map(|p| (p, None)).collect()
             };
-            let id = refer(format!("{field}[{i}]"));
-            if !fqdns.is_empty() {
-                rule.fqdn.push((fqdns, ports.clone(), id));
+            let mut id = None;
+            for (ports, dns) in groups {
+                if !any_l3 && unenforced.is_empty() && matches!(ports, Ports::All) {
+                    // `{}`: turns default deny on, allows nothing.
+                    continue;
+                }
+                let peers = if everyone || (!any_l3 && unenforced.is_empty()) {
+                    Peers::Any
+                } else {
+                    Peers::Set(ids.clone())
+                };
+                let id = *id.get_or_insert_with(|| refer(format!("{field}[{i}]")));
+                if !fqdns.is_empty() {
+                    rule.fqdn.push((fqdns.clone(), ports.clone(), id));
+                }
+                rule.clauses[d].push(Clause {
+                    deny,
+                    peers,
+                    ports,
+                    rule: id,
+                    dns,
+                });
             }
-            rule.clauses[d].push(Clause {
-                deny,
-                peers,
-                ports,
-                rule: id,
-            });
         }
     }
 }
@@ -1684,6 +1832,101 @@ spec:
         assert!(
             web.entries
                 .contains_key(&key(Direction::Egress, cidr, 0, 0, 0))
+        );
+    }
+
+    #[test]
+    fn dns_rules_restrict_the_names_asked_of_the_servers_they_reach() {
+        let policy = |extra: &str| {
+            pods_and(&format!(
+                r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: web, namespace: default}}
+spec:
+  endpointSelector: {{matchLabels: {{app: web}}}}
+  egress:
+  - toEntities: [world]
+  - toEndpoints: [{{matchLabels: {{io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}}}]
+    toPorts:
+    - ports: [{{port: "53", protocol: ANY}}]
+      rules: {{dns: [{{matchPattern: "*.example.test"}}, {{matchName: api.other.test}}]}}
+{extra}"#
+            ))
+        };
+        let s = policy("");
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        let dns = plan.identity_of(Ipv4Addr::new(10, 0, 2, 7));
+        assert_ne!(dns, ID_WORLD);
+        for (name, allowed) in [
+            ("a.example.test", true),
+            ("A.Example.Test.", true),
+            ("api.other.test", true),
+            ("example.test", false),
+            ("a.b.example.test", false),
+            ("evil.test", false),
+        ] {
+            assert_eq!(
+                web.dns_allows(Some(dns), PROTO_UDP, name),
+                allowed,
+                "{name} of kube-dns"
+            );
+        }
+        // A server in the world is reached by the world rule, which has no DNS rules.
+        let world = plan.identity_of(Ipv4Addr::new(8, 8, 8, 8));
+        assert!(web.dns_allows(Some(world), PROTO_UDP, "evil.test"));
+        // The server's address unknown: every allow of port 53 counts (the world's too).
+        assert!(web.dns_allows(None, PROTO_UDP, "evil.test"));
+        // The L4 allow is there as before (the names are the DNS server's to refuse).
+        assert!(
+            web.entries
+                .contains_key(&key(Direction::Egress, dns, PROTO_UDP, 53, 16))
+        );
+        // Only web is restricted.
+        assert_eq!(
+            dns_restricted(&s),
+            BTreeSet::from([Ipv4Addr::new(10, 0, 1, 5)])
+        );
+
+        // Another rule reaching kube-dns on 53 without DNS rules: any name (Cilium merges an
+        // L7-less rule on the same port into a wildcard).
+        let s = policy(
+            "  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]\n    toPorts: [{ports: [{port: \"53\"}]}]\n",
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        // (Confined to default: that rule selects no kube-dns pod, so names stay restricted.)
+        assert!(!web.dns_allows(Some(dns), PROTO_UDP, "evil.test"));
+        let s = policy(
+            "  - toEndpoints: [{matchLabels: {io.kubernetes.pod.namespace: kube-system}}]\n    toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n",
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        assert!(web.dns_allows(Some(dns), PROTO_UDP, "evil.test"));
+        // ... over UDP; over TCP only the DNS rule reaches it.
+        assert!(!web.dns_allows(Some(dns), PROTO_TCP, "evil.test"));
+
+        // DNS rules on ingress are not enforced: that allow allows nothing.
+        let s = pods_and(
+            r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}]}}]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        assert!(web.ingress_enforced);
+        assert!(
+            !web.entries
+                .keys()
+                .any(|k| k.direction == Direction::Ingress && k.identity != ID_HOST)
         );
     }
 

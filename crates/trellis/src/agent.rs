@@ -385,7 +385,8 @@ fn start_observer(
 enum Msg {
     Watch(store::watch::Update),
     WatchEnded,
-    /// A DNS answer for one of this node's pods (toFQDNs).
+    /// A DNS answer for one of this node's pods (toFQDNs), or a question one of them asks
+    /// (`rules.dns`).
     Answered(crate::fqdn::Request),
 }
 
@@ -929,7 +930,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     errors.len()
                 );
             }
-            Ok(Msg::Answered((answer, done))) => {
+            Ok(Msg::Answered((crate::fqdn::Told::Asked(q), done))) => {
+                let pass = policy.endpoints.get(&q.client).is_none_or(|ep| {
+                    ep.dns_allows(q.server.map(|s| policy.identity_of(s)), q.proto, &q.name)
+                });
+                if !pass {
+                    tracing::info!(client = %q.client, name = q.name, "rules.dns: refused");
+                }
+                let _ = done.send(pass);
+            }
+            Ok(Msg::Answered((crate::fqdn::Told::Answered(answer), done))) => {
                 if cache.learn(&policy, &answer, min_ttl) {
                     match apply(
                         &current.snapshot,
@@ -942,7 +952,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                         Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
                     }
                 }
-                let _ = done.send(());
+                let _ = done.send(true);
             }
             Ok(Msg::WatchEnded) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

@@ -3,9 +3,13 @@
 //! only once the agent has made those addresses reachable for the pod (or said it has nothing
 //! to do). So the pod's first connection after a lookup is never dropped.
 //!
-//! The protocol is one JSON object per line ([`Answered`]) and one line back (`pass`).
-//! A DNS server that cannot reach the agent still answers (the datapath then keeps the
-//! addresses closed: fail closed), and logs why.
+//! The same socket decides `rules.dns`: before it answers a pod whose policies restrict the
+//! names it may ask, the DNS server asks the agent whether this name may be asked of it
+//! ([`Asked`]); the agent knows the server's identity and the pod's allows.
+//!
+//! The protocol is one JSON object per line ([`Told`]) and one line back (`pass` or
+//! `refuse`). A DNS server that cannot reach the agent still answers (the datapath then keeps
+//! the addresses closed: fail closed), and logs why; a restricted pod's query it refuses.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -33,6 +37,26 @@ pub struct Answered {
     pub ttl: u32,
 }
 
+/// A query a restricted pod asks: `client` asks `name` of the server at `server` (`None` when
+/// the server does not know its own address) over `proto` (6 or 17).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Asked {
+    pub client: Ipv4Addr,
+    pub server: Option<Ipv4Addr>,
+    pub proto: u8,
+    pub name: String,
+}
+
+/// One line to the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Told {
+    /// May this be asked? (`rules.dns`)
+    Asked(Asked),
+    /// This was answered (toFQDNs).
+    Answered(Answered),
+}
+
 /// The socket of `node`'s agent under `dir`.
 pub fn socket_of(dir: &Path, node: &str) -> PathBuf {
     dir.join(format!("{node}.sock"))
@@ -47,6 +71,8 @@ type AgentConn = Arc<tokio::sync::Mutex<Option<tokio::io::BufReader<tokio::net::
 pub struct Gate {
     agents: PathBuf,
     nodes: ArcSwap<HashMap<Ipv4Addr, String>>,
+    /// Pods whose DNS queries `rules.dns` restricts.
+    restricted: ArcSwap<std::collections::BTreeSet<Ipv4Addr>>,
     conns: std::sync::Mutex<HashMap<String, AgentConn>>,
 }
 
@@ -55,6 +81,7 @@ impl Gate {
         Gate {
             agents,
             nodes: ArcSwap::from_pointee(HashMap::new()),
+            restricted: ArcSwap::from_pointee(Default::default()),
             conns: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -75,11 +102,13 @@ impl Gate {
             }
         }
         self.nodes.store(Arc::new(m));
+        self.restricted
+            .store(Arc::new(fabric::policy::dns_restricted(s)));
     }
 
     /// Sends `a` to `node`'s agent and reads its reply, on the kept connection; a connection
     /// that fails is dropped and the request tried once on a new one.
-    async fn ask(&self, node: &str, a: &Answered) -> std::io::Result<String> {
+    async fn ask(&self, node: &str, a: &Told) -> std::io::Result<String> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut line = serde_json::to_vec(a)?;
         line.push(b'\n');
@@ -123,6 +152,52 @@ impl Gate {
 }
 
 impl dns::server::Gate for Gate {
+    fn restricts(&self, client: IpAddr) -> bool {
+        matches!(client, IpAddr::V4(c) if self.restricted.load().contains(&c))
+    }
+
+    fn asked<'a>(
+        &'a self,
+        client: IpAddr,
+        server: IpAddr,
+        proto: u8,
+        name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = dns::server::GateVerdict> + Send + 'a>>
+    {
+        use dns::server::GateVerdict;
+        Box::pin(async move {
+            let IpAddr::V4(client) = client else {
+                return GateVerdict::Pass;
+            };
+            // Restricted, but on no node known: nobody can say the name is allowed.
+            let Some(node) = self.nodes.load().get(&client).cloned() else {
+                return GateVerdict::Refuse;
+            };
+            let q = Told::Asked(Asked {
+                client,
+                server: match server {
+                    IpAddr::V4(s) if !s.is_unspecified() => Some(s),
+                    _ => None,
+                },
+                proto,
+                name: name.to_string(),
+            });
+            match tokio::time::timeout(AGENT_TIMEOUT, self.ask(&node, &q)).await {
+                Ok(Ok(reply)) if reply == "pass" => GateVerdict::Pass,
+                Ok(Ok(_)) => GateVerdict::Refuse,
+                // Fail closed: the names this pod may ask are unknown.
+                Ok(Err(e)) => {
+                    tracing::warn!(%client, node, error = %e, "rules.dns: the agent was not asked; refused");
+                    GateVerdict::Refuse
+                }
+                Err(_) => {
+                    tracing::warn!(%client, node, "rules.dns: the agent did not answer in time; refused");
+                    GateVerdict::Refuse
+                }
+            }
+        })
+    }
+
     fn answered<'a>(
         &'a self,
         client: IpAddr,
@@ -138,7 +213,7 @@ impl dns::server::Gate for Gate {
             let Some(node) = self.nodes.load().get(&client).cloned() else {
                 return dns::server::GateVerdict::Pass;
             };
-            let a = Answered {
+            let a = Told::Answered(Answered {
                 client,
                 name: name.to_string(),
                 addrs: addrs
@@ -149,7 +224,7 @@ impl dns::server::Gate for Gate {
                     })
                     .collect(),
                 ttl,
-            };
+            });
             match tokio::time::timeout(AGENT_TIMEOUT, self.ask(&node, &a)).await {
                 Ok(Ok(reply)) if reply == "refuse" => dns::server::GateVerdict::Refuse,
                 Ok(Ok(_)) => dns::server::GateVerdict::Pass,
@@ -166,8 +241,9 @@ impl dns::server::Gate for Gate {
     }
 }
 
-/// A request the agent's main loop handles: the answer, and where to say it is done.
-pub type Request = (Answered, std::sync::mpsc::SyncSender<()>);
+/// A request the agent's main loop handles: what it is told, and where to say it is done
+/// (`true`: pass, `false`: refuse).
+pub type Request = (Told, std::sync::mpsc::SyncSender<bool>);
 
 /// The agent side: serves `socket` from threads, handing each answer to `tx` and replying once
 /// the main loop has applied it.
@@ -235,16 +311,22 @@ fn connection<T: From<Request>>(
             Ok(n) if n > LINE_MAX => return,
             Ok(_) => {}
         }
-        let Ok(a) = serde_json::from_str::<Answered>(&line) else {
+        let Ok(told) = serde_json::from_str::<Told>(&line) else {
             let _ = out.write_all(b"error\n");
             return;
         };
+        // Not decided in time: a question is refused (fail closed), an answer goes out (its
+        // addresses stay closed until the agent programs them).
+        let otherwise = !matches!(told, Told::Asked(_));
         let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.send(T::from((a, done_tx))).is_err() {
+        if tx.send(T::from((told, done_tx))).is_err() {
             return;
         }
-        let _ = done_rx.recv_timeout(AGENT_TIMEOUT);
-        if out.write_all(b"pass\n").is_err() {
+        let pass = done_rx.recv_timeout(AGENT_TIMEOUT).unwrap_or(otherwise);
+        if out
+            .write_all(if pass { b"pass\n" } else { b"refuse\n" })
+            .is_err()
+        {
             return;
         }
     }

@@ -149,37 +149,36 @@ pub struct CidrGroupSpec {
     pub external_cidrs: Vec<String>,
 }
 
-/// What `rules.dns` may hold and still be enforced by a plain L4 allow: names restricted to
-/// nothing (every pattern is `*`). Anything narrower needs the DNS-aware egress that is not
-/// enforced yet.
-fn dns_rules_allow_any(rules: &Value) -> bool {
-    let Some(obj) = rules.as_object() else {
-        return false;
-    };
-    obj.iter().all(|(k, v)| {
-        k == "dns"
-            && v.as_array().is_some_and(|list| {
-                list.iter().all(|r| {
-                    r.as_object().is_some_and(|o| {
-                        o.len() == 1 && o.get("matchPattern").and_then(Value::as_str) == Some("*")
-                    })
-                })
-            })
-    })
-}
-
 impl PortRule {
-    /// The parts of this port rule trellis does not enforce, as (field, what): L7 rules (except
-    /// a DNS rule that allows every name), TLS interception, server names, listeners. An allow
-    /// rule with any of them allows nothing (fail closed).
-    pub fn unenforced(&self) -> Vec<(&'static str, &'static str)> {
+    /// The names `rules.dns` lets a pod ask, when `rules` holds DNS rules only and each has
+    /// exactly one of `matchName` and `matchPattern` (Cilium's DNS proxy answers REFUSED for
+    /// other names); `None` when there are no rules, or rules of another kind.
+    pub fn dns_names(&self) -> Option<Vec<FqdnSelector>> {
+        let obj = self.rules.as_ref()?.as_object()?;
+        let list = obj.get("dns")?.as_array()?;
+        if obj.len() != 1 {
+            return None;
+        }
+        list.iter()
+            .map(|r| {
+                let sel: FqdnSelector = serde_json::from_value(r.clone()).ok()?;
+                let o = r.as_object()?;
+                (o.len() == 1 && (sel.match_name.is_some() != sel.match_pattern.is_some()))
+                    .then_some(sel)
+            })
+            .collect()
+    }
+
+    /// The parts of this port rule trellis does not enforce, as (field, what): L7 rules (DNS
+    /// rules are enforced on egress allows, through trellis dns), TLS interception, server
+    /// names, listeners. An allow rule with any of them allows nothing (fail closed).
+    pub fn unenforced(&self, egress_allow: bool) -> Vec<(&'static str, &'static str)> {
         let mut out = Vec::new();
-        if let Some(r) = &self.rules
-            && !dns_rules_allow_any(r)
-        {
+        if self.rules.is_some() && !(egress_allow && self.dns_names().is_some()) {
             out.push((
                 "rules",
-                "L7 rules (HTTP, Kafka, DNS names other than \"*\")",
+                "L7 rules (HTTP, Kafka; DNS rules other than egress allows of matchName or \
+                 matchPattern)",
             ));
         }
         if !self.server_names.is_empty() {

@@ -85,7 +85,14 @@ pub(super) fn cilium(s: &Snapshot, st: &mut Statuses) {
                         entities(status, &ip, "fromEntities", &ing.from_entities);
                         ports(status, &ip, &ing.to_ports);
                         icmps(status, &ip, deny, &ing.icmps, &ing.to_ports);
-                        unenforced_rule(status, &ip, deny, &ing.unenforced_peers(), &ing.to_ports);
+                        unenforced_rule(
+                            status,
+                            &ip,
+                            deny,
+                            false,
+                            &ing.unenforced_peers(),
+                            &ing.to_ports,
+                        );
                     }
                 }
                 for (field, deny, list) in [
@@ -115,6 +122,7 @@ pub(super) fn cilium(s: &Snapshot, st: &mut Statuses) {
                             status,
                             &ep,
                             deny,
+                            true,
                             &eg.unenforced_peers(deny),
                             &eg.to_ports,
                         );
@@ -419,6 +427,7 @@ pub(super) fn unenforced_rule(
     status: &mut ObjectStatus,
     base: &str,
     deny: bool,
+    egress: bool,
     peers: &[(&'static str, &'static str)],
     ports: &[crate::kinds::cilium::PortRule],
 ) {
@@ -435,7 +444,7 @@ pub(super) fn unenforced_rule(
         );
     }
     for (i, p) in ports.iter().enumerate() {
-        for (field, what) in p.unenforced() {
+        for (field, what) in p.unenforced(egress && !deny) {
             problem(
                 status,
                 format!("{base}.toPorts[{i}].{field}"),

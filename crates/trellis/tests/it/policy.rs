@@ -2,7 +2,8 @@
 //! expected allowed or denied, kept as data below, and pings against ICMP type rules), replies of allowed connections through
 //! enforced endpoints, the host's access, a world address by CIDR with `except`, a
 //! keep-alive connection that survives policy edits, an edit that takes an allow away, and
-//! toFQDNs through `trellis dns`: an address opens for a pod when DNS answers it a name the
+//! toFQDNs through `trellis dns` (`rules.dns` names refused, 200 first connections right after
+//! their lookups): an address opens for a pod when DNS answers it a name the
 //! policy names, before the answer reaches the pod.
 
 use std::net::SocketAddr;
@@ -87,7 +88,13 @@ const FQDN_MIN_TTL_S: u64 = 3;
 /// Addresses of the LAN client that DNS names (`a<i>.example.test` -> 10.10.30.<200 + i>).
 const FQDN_NAMES: u8 = 10;
 
-/// The fqdn pod: DNS to the nodes, and port 8000 of what DNS answered for *.example.test.
+/// Names the first-connection test asks one after the other (`b<i>.example.test` ->
+/// 10.10.40.<i>, a prefix the lab's client answers for and the nodes route to it).
+const FIRST_TRIES: u32 = 200;
+const FIRST_TRIES_NET: &str = "10.10.40.0/24";
+
+/// The fqdn pod: DNS to the nodes, names under example.test only (`rules.dns`), and port 8000
+/// of what DNS answered for *.example.test.
 const FQDN_POLICY: &str = r#"
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -98,7 +105,7 @@ spec:
   - toEntities: [host, remote-node]
     toPorts:
     - ports: [{port: "53", protocol: ANY}]
-      rules: {dns: [{matchPattern: "*"}]}
+      rules: {dns: [{matchPattern: "*.example.test"}, {matchName: example.test}]}
   - toFQDNs: [{matchPattern: "*.example.test"}]
     toPorts: [{ports: [{port: "8000"}]}]
 "#;
@@ -112,6 +119,11 @@ fn fqdn_records() -> String {
         t.push_str(&format!(
             "  - {{dnsName: a{i}.example.test, recordType: A, targets: [10.10.30.{}], recordTTL: 1}}\n",
             200 + u32::from(i)
+        ));
+    }
+    for i in 1..=FIRST_TRIES {
+        t.push_str(&format!(
+            "  - {{dnsName: b{i}.example.test, recordType: A, targets: [10.10.40.{i}], recordTTL: 1}}\n"
         ));
     }
     t
@@ -350,6 +362,30 @@ fn lab_enforces_network_policy() {
             .status()
             .expect("ip runs");
         assert!(ok.success());
+    }
+    // The first-connection test's addresses: the client answers the whole prefix, the
+    // nodes route it to the client.
+    let ok = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &client_netns,
+            "route",
+            "add",
+            "local",
+            FIRST_TRIES_NET,
+            "dev",
+            "lo",
+        ])
+        .status()
+        .expect("ip runs");
+    assert!(ok.success(), "local route in {client_netns}");
+    for n in s["nodes"].as_array().expect("nodes") {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", n["netns"].as_str().expect("netns")])
+            .args(["route", "add", FIRST_TRIES_NET, "via", "10.10.30.100"])
+            .status()
+            .expect("ip runs");
+        assert!(ok.success(), "route to {FIRST_TRIES_NET} in {n}");
     }
     let _server = LanServer(
         std::process::Command::new("nsenter")
@@ -603,6 +639,29 @@ fn lab_enforces_network_policy() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // rules.dns: names outside *.example.test are REFUSED, over UDP and TCP, whether the
+    // view holds them or not; the names it allows are answered.
+    let status = |args: &[&str]| -> String {
+        let mut cmd = vec!["dig", "+time=2", "+tries=1"];
+        cmd.extend_from_slice(args);
+        let (_, out) = lab.exec(&fqdn_pod, &cmd);
+        out.lines()
+            .find_map(|l| l.split("status: ").nth(1))
+            .and_then(|r| r.split(',').next())
+            .unwrap_or("no answer")
+            .to_string()
+    };
+    let at = format!("@{dns_ip}");
+    for (args, want) in [
+        (vec![at.as_str(), "a1.example.test"], "NOERROR"),
+        (vec![at.as_str(), "+tcp", "a1.example.test"], "NOERROR"),
+        (vec![at.as_str(), "example.test", "SOA"], "NOERROR"),
+        (vec![at.as_str(), "elsewhere.test"], "REFUSED"),
+        (vec![at.as_str(), "+tcp", "elsewhere.test"], "REFUSED"),
+        (vec![at.as_str(), "x.a1.example.test"], "REFUSED"),
+    ] {
+        assert_eq!(status(&args), want, "dig {args:?} from the fqdn pod");
+    }
     // Asked for a1 above; the others not yet: closed until asked, open on the very first
     // connection after the answer (lookup and connection in one shell, back to back).
     assert!(
@@ -627,6 +686,23 @@ fn lab_enforces_network_policy() {
     assert!(
         failed.is_empty(),
         "first connection after the lookup failed: {failed:?}"
+    );
+    // The same, FIRST_TRIES times, each a name never asked before and an address closed
+    // until then (the first one checked), lookup and connection back to back in the pod.
+    assert!(
+        !reaches(&lab, &fqdn_pod, "10.10.40.1", 8000),
+        "10.10.40.1 before its lookup"
+    );
+    let script = format!(
+        "for i in $(seq 1 {FIRST_TRIES}); do \
+           dig +short +time=2 +tries=1 @{dns_ip} b$i.example.test >/dev/null && \
+           curl -sS -o /dev/null --connect-timeout 2 http://10.10.40.$i:8000/ || echo failed $i; \
+         done"
+    );
+    let (code, out) = lab.exec(&fqdn_pod, &["sh", "-c", &script]);
+    assert!(
+        code == 0 && !out.contains("failed"),
+        "first connections after {FIRST_TRIES} lookups: {out}"
     );
     // An address DNS never answered stays closed; the world rule of another pod does not
     // leak to this one.
