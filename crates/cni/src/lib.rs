@@ -70,15 +70,22 @@ pub fn host_ifname(container_id: &str, ifname: &str) -> String {
 /// Hooks the host end of a new pod veth into trellis's eBPF datapath: the node agent has
 /// loaded and pinned the programs under `datapath.pinDir`; this attaches them (tc ingress and
 /// egress) to the veth. Without a `datapath` section the pod gets plain routing only.
-pub fn attach_datapath(conf: &NetConf, host_ifname: &str) -> Result<(), Error> {
+pub fn attach_datapath(
+    conf: &NetConf,
+    host_ifname: &str,
+    host_ifindex: u32,
+    pod_addr: std::net::Ipv4Addr,
+) -> Result<(), Error> {
     let Some(dp) = &conf.datapath else {
         return Ok(());
     };
-    datapath::attach_endpoint(&dp.pin_dir, host_ifname).map_err(|e| Error::Datapath {
-        iface: host_ifname.to_string(),
-        pin_dir: dp.pin_dir.display().to_string(),
-        why: e.to_string(),
-    })
+    datapath::attach_endpoint(&dp.pin_dir, host_ifname, Some((host_ifindex, pod_addr))).map_err(
+        |e| Error::Datapath {
+            iface: host_ifname.to_string(),
+            pin_dir: dp.pin_dir.display().to_string(),
+            why: e.to_string(),
+        },
+    )
 }
 
 fn open_netns(args: &CmdArgs) -> Result<File, Error> {
@@ -404,7 +411,7 @@ fn add_links(
         .await?;
         Ok(l)
     })?;
-    attach_datapath(conf, host)?;
+    attach_datapath(conf, host, host_link.index, pod_addr.addr())?;
     tracing::debug!(container_id = %args.container_id, %ip, iface = host, "pod attached");
     Ok(build_result(conf, args, &host_link, &pod_link, pod_addr))
 }

@@ -16,6 +16,9 @@
  * translation, on the backend's address), its ingress in to_pod (before reply translation,
  * on the addresses as they travel). The agent compiles the entries; this only looks them up.
  *
+ * A pod's veth passes IPv4 and ARP only (IPv6 would pass policy unchecked), and IPv4 from
+ * the pod's own address only.
+ *
  * What is not here: policy decisions (the agent compiles them into the maps), IPv6, ICMP
  * error translation. Frontends without backends are not in the maps at all: the node's
  * routing answers them (an unreachable route for the service CIDR, RST for node ports).
@@ -137,6 +140,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_ct4 SEC(".maps");
 
+/* The address of the pod behind each host-side veth, by the veth's ifindex (written by the CNI
+ * plugin when it attaches the programs): from_pod drops what a pod sends from another
+ * address. LRU: an entry a failed DEL left behind goes, never a new pod's attach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, POD_VETHS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pod_veth4 SEC(".maps");
+
 /* Only the ring buffer carries flow_event values, and a ring buffer has no value type: this
  * variable puts the struct into the object's BTF so its layout can be checked from Rust. It is
  * in a section of its own, not .bss, so no data map is made for it. */
@@ -172,7 +186,7 @@ static __always_inline void count(__u32 which)
 
 static __always_inline void emit_full(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
 				      __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport,
-				      __u32 rule, __u32 identity)
+				      __u32 rule, __u32 identity, __u16 match_type)
 {
 	struct flow_event *e;
 	__u32 zero = 0;
@@ -200,7 +214,7 @@ static __always_inline void emit_full(struct __sk_buff *skb, const struct tuple 
 	e->ifindex = skb->ifindex;
 	e->nat_daddr = nat_daddr;
 	e->nat_dport = nat_dport;
-	e->pad = 0;
+	e->match_type = match_type;
 	e->rule = rule;
 	e->identity = identity;
 	bpf_ringbuf_submit(e, 0);
@@ -209,7 +223,7 @@ static __always_inline void emit_full(struct __sk_buff *skb, const struct tuple 
 static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, __u8 kind,
 				 __u8 point, __u32 reason, __u32 nat_daddr, __u16 nat_dport)
 {
-	emit_full(skb, t, kind, point, reason, nat_daddr, nat_dport, 0, 0);
+	emit_full(skb, t, kind, point, reason, nat_daddr, nat_dport, 0, 0, POLICY_MATCH_NONE);
 }
 
 static __always_inline struct node_config *config(void)
@@ -728,25 +742,49 @@ static __always_inline struct policy_value *policy_lookup(__u32 ep, __u32 identi
 	return bpf_map_lookup_elem(&policy4, &k);
 }
 
-/* 0 when the endpoint `ep` may exchange this packet with a peer of `identity`; otherwise
- * -1, with the rule that denied (or RULE_DEFAULT_DENY) in `rule`. At most two lookups. */
+/* Hubble's match type of a policy entry: `exact` when it names the peer's identity (not the
+ * wildcard). */
+static __always_inline __u16 match_of(const struct policy_value *v, int exact)
+{
+	if (v->flags & POLICY_F_PORT)
+		return exact ? POLICY_MATCH_L3_L4 : POLICY_MATCH_L4_ONLY;
+	if (v->flags & POLICY_F_PROTO)
+		return exact ? POLICY_MATCH_L3_PROTO : POLICY_MATCH_PROTO_ONLY;
+	return exact ? POLICY_MATCH_L3_ONLY : POLICY_MATCH_ALL;
+}
+
+/* 0 when the endpoint `ep` may exchange this packet with a peer of `identity`; otherwise -1.
+ * Either way the rule that decided (RULE_DEFAULT_DENY when none allowed it) and the kind of
+ * entry that did go to `rule` and `match`. At most two lookups. */
 static __always_inline int policy_verdict(__u32 ep, __u32 identity, __u8 dir, const struct tuple *t,
-					  __u32 *rule)
+					  __u32 *rule, __u16 *match)
 {
 	struct policy_value *exact = policy_lookup(ep, identity, dir, t);
 	struct policy_value *any = policy_lookup(ep, ID_ANY, dir, t);
 
 	if (exact && (exact->flags & POLICY_F_DENY)) {
 		*rule = exact->rule;
+		*match = match_of(exact, 1);
 		return -1;
 	}
 	if (any && (any->flags & POLICY_F_DENY)) {
 		*rule = any->rule;
+		*match = match_of(any, 0);
 		return -1;
 	}
-	if (exact || any)
+	/* The more specific entry names the allow (the peer's own before the wildcard). */
+	if (exact) {
+		*rule = exact->rule;
+		*match = match_of(exact, 1);
 		return 0;
+	}
+	if (any) {
+		*rule = any->rule;
+		*match = match_of(any, 0);
+		return 0;
+	}
 	*rule = RULE_DEFAULT_DENY;
+	*match = POLICY_MATCH_NONE;
 	return -1;
 }
 
@@ -781,28 +819,34 @@ static __always_inline int ct_is_reply(const struct tuple *t, __u8 dir, __u64 no
 	return 1;
 }
 
-static __always_inline void ct_record(const struct tuple *t, __u8 dir, __u64 now)
+/* Records the connection of this packet; returns 1 when it is new (no live entry before). */
+static __always_inline int ct_record(const struct tuple *t, __u8 dir, __u64 now)
 {
 	struct nat4_key k = { .saddr = t->saddr, .daddr = t->daddr, .sport = ct_port(t, t->sport),
 			      .dport = ct_port(t, t->dport), .proto = t->proto, .dir = dir };
 	__u64 *seen = bpf_map_lookup_elem(&policy_ct4, &k);
 
-	if (seen) {
+	if (seen && now - *seen <= ct_lifetime(t->proto)) {
 		if (now - *seen > POLICY_CT_REFRESH_NS)
 			*seen = now;
-		return;
+		return 0;
 	}
 	if (bpf_map_update_elem(&policy_ct4, &k, &now, BPF_ANY) < 0)
 		count(STAT_POLICY_CT_FULL);
+	return 1;
 }
 
 /* Policy for a packet at a local endpoint's veth: `dir` is the endpoint's direction, `ep` its
- * address in the packet, `peer` the other side's. */
+ * address in the packet, `peer` the other side's. A new connection let through an enforced
+ * direction is a policy verdict event (one per connection, not per packet). */
 static __always_inline int policy(struct __sk_buff *skb, __u8 dir)
 {
 	struct tuple t;
 	struct endpoint4 *ep;
-	__u32 ep_addr, peer, identity, rule = 0;
+	__u32 ep_addr, peer, identity = 0, rule = 0;
+	__u16 match = POLICY_MATCH_NONE;
+	__u8 point = dir == POLICY_DIR_EGRESS ? POINT_FROM_POD : POINT_TO_POD;
+	int enforced;
 	__u64 now;
 
 	if (parse_any(skb, &t) < 0)
@@ -818,24 +862,87 @@ static __always_inline int policy(struct __sk_buff *skb, __u8 dir)
 	 * This lookup is needed even where this direction is not enforced. */
 	if (ct_is_reply(&t, dir == POLICY_DIR_EGRESS ? POLICY_DIR_INGRESS : POLICY_DIR_EGRESS, now))
 		return TC_ACT_OK;
-	if (ep->flags & (dir == POLICY_DIR_EGRESS ? EP_F_EGRESS : EP_F_INGRESS)) {
+	enforced = ep->flags & (dir == POLICY_DIR_EGRESS ? EP_F_EGRESS : EP_F_INGRESS);
+	if (enforced) {
 		identity = ipcache_identity(peer);
-		if (policy_verdict(ep_addr, identity, dir, &t, &rule) < 0) {
+		if (policy_verdict(ep_addr, identity, dir, &t, &rule, &match) < 0) {
 			count(STAT_POLICY_DROP);
-			emit_full(skb, &t, EVENT_DROP,
-				  dir == POLICY_DIR_EGRESS ? POINT_FROM_POD : POINT_TO_POD,
-				  DROP_POLICY, 0, 0, rule, identity);
+			emit_full(skb, &t, EVENT_DROP, point, DROP_POLICY, 0, 0, rule, identity, match);
 			return TC_ACT_SHOT;
 		}
 	}
-	ct_record(&t, dir, now);
+	if (ct_record(&t, dir, now) && enforced) {
+		count(STAT_POLICY_VERDICT);
+		emit_full(skb, &t, EVENT_POLICY_VERDICT, point, 0, 0, 0, rule, identity, match);
+	}
 	return TC_ACT_OK;
+}
+
+/* What a pod sends that its veth must not pass: IPv6 and other non-IPv4 protocols except ARP
+ * (this datapath enforces policy on IPv4 only, so IPv6 would pass unchecked; Cilium without
+ * IPv6 drops it too), and IPv4 from a source address that is not the pod's (spoofing would
+ * take another endpoint's identity). 0 to go on, else the drop reason. */
+static __always_inline __u32 pod_sends(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = data + IP_OFF;
+	__u32 ifindex = skb->ifindex;
+	__u32 *own;
+
+	if ((void *)(eth + 1) > data_end)
+		return DROP_UNSUPPORTED_L3;
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return 0;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return DROP_UNSUPPORTED_L3;
+	if ((void *)(ip + 1) > data_end)
+		return 0;
+	own = bpf_map_lookup_elem(&pod_veth4, &ifindex);
+	if (own && ip->saddr != *own)
+		return DROP_INVALID_SIP;
+	return 0;
+}
+
+/* The same at the other end: nothing but IPv4 and ARP reaches a pod. */
+static __always_inline int l3_supported(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	return eth->h_proto == bpf_htons(ETH_P_IP) || eth->h_proto == bpf_htons(ETH_P_ARP);
+}
+
+/* Counts a packet dropped before policy. A spoofed one is a flow (its IPv4 addresses); one of
+ * another protocol is counted only (an IPv4 event cannot carry its addresses, and a pod's
+ * IPv6 neighbour discovery would make flows of every pod start). */
+static __always_inline int drop_early(struct __sk_buff *skb, __u8 point, __u32 reason)
+{
+	struct tuple t = {};
+
+	if (reason != DROP_INVALID_SIP) {
+		count(STAT_UNSUPPORTED_L3);
+		return TC_ACT_SHOT;
+	}
+	count(STAT_SPOOFED);
+	if (parse_any(skb, &t) == 0)
+		emit(skb, &t, EVENT_DROP, point, reason, 0, 0);
+	return TC_ACT_SHOT;
 }
 
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
-	int act = lb_from_pod(skb);
+	__u32 bad = pod_sends(skb);
+	int act;
+
+	if (bad)
+		return drop_early(skb, POINT_FROM_POD, bad);
+	act = lb_from_pod(skb);
 
 	/* Redirected (a hairpin turned around) or dropped: policy has nothing to add. */
 	if (act != TC_ACT_OK)
@@ -846,7 +953,11 @@ int from_pod(struct __sk_buff *skb)
 SEC("classifier")
 int to_pod(struct __sk_buff *skb)
 {
-	int act = policy(skb, POLICY_DIR_INGRESS);
+	int act;
+
+	if (!l3_supported(skb))
+		return drop_early(skb, POINT_TO_POD, DROP_UNSUPPORTED_L3);
+	act = policy(skb, POLICY_DIR_INGRESS);
 
 	if (act != TC_ACT_OK)
 		return act;

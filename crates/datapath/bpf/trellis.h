@@ -33,6 +33,7 @@
 #define IPCACHE4_MAX 65536
 #define POLICY_MAX 262144        /* entries over all local endpoints */
 #define ENDPOINTS4_MAX 4096      /* local endpoints */
+#define POD_VETHS_MAX 16384      /* pod veths with their pod's address (LRU) */
 #define POLICY_CT4_MAX 262144    /* tracked connections, one entry per direction seen */
 #define POLICY_CT_TCP_NS (21600ull * 1000000000ull)  /* Cilium's TCP lifetime, 6 h */
 #define POLICY_CT_OTHER_NS (60ull * 1000000000ull)   /* UDP and the rest, 60 s */
@@ -45,6 +46,16 @@
 #define POLICY_KEY_FIXED_BITS 72
 #define POLICY_KEY_FULL_BITS 96
 #define POLICY_F_DENY 0x01
+#define POLICY_F_PROTO 0x02   /* the entry names a protocol */
+#define POLICY_F_PORT 0x04    /* ... and a port (or port prefix, or ICMP type) */
+/* Hubble's policy_match_type of a verdict: which kind of entry decided it. */
+#define POLICY_MATCH_NONE 0
+#define POLICY_MATCH_L3_ONLY 1
+#define POLICY_MATCH_L3_L4 2
+#define POLICY_MATCH_L4_ONLY 3
+#define POLICY_MATCH_ALL 4
+#define POLICY_MATCH_L3_PROTO 5
+#define POLICY_MATCH_PROTO_ONLY 6
 #define RULE_DEFAULT_DENY 0xfffffffe   /* no rule allowed it (default deny) */
 
 struct ipcache4_key {
@@ -204,11 +215,15 @@ struct node_config {
 #define EVENTS_RING_BYTES (256 * 1024)
 #define EVENT_DROP 1           /* Cilium monitor type: drop */
 #define EVENT_TRACE 4          /* Cilium monitor type: trace */
+#define EVENT_POLICY_VERDICT 5 /* Cilium monitor type: policy verdict (a new connection let
+                                * through an enforced direction) */
 #define POINT_FROM_POD 1       /* where: the hook that saw the packet */
 #define POINT_TO_POD 2
 #define POINT_FROM_NETDEV 3
 #define POINT_TO_NETDEV 4
-#define DROP_NAT_FAILED 132    /* Hubble's reason numbers where one fits: 132 = CT_NO_MAP_FOUND-ish */
+#define DROP_NAT_FAILED 155    /* Hubble's reason numbers where one fits: CT_MAP_INSERTION_FAILED */
+#define DROP_INVALID_SIP 132   /* INVALID_SOURCE_IP: a pod sent from an address not its own */
+#define DROP_UNSUPPORTED_L3 139 /* UNSUPPORTED_L3_PROTOCOL: IPv6 to or from a pod (IPv4 only) */
 #define DROP_NO_SERVICE 158    /* SERVICE_BACKEND_NOT_FOUND */
 #define DROP_DSR_LOOP 195      /* unwrapped DSR packet whose backend is not local (a number
                                 * Hubble leaves unnamed: 181 is its POLICY_DENY) */
@@ -228,9 +243,10 @@ struct flow_event {
 	__u32 ifindex;
 	__u32 nat_daddr;   /* the backend a new service connection went to (0: none) */
 	__u16 nat_dport;
-	__u16 pad;
-	__u32 rule;        /* policy drops: the rule that denied, or RULE_DEFAULT_DENY */
-	__u32 identity;    /* policy drops: the peer's identity */
+	__u16 match_type;  /* policy drops and verdicts: POLICY_MATCH_* */
+	__u32 rule;        /* policy drops and verdicts: the rule that decided, or
+	                    * RULE_DEFAULT_DENY */
+	__u32 identity;    /* policy drops and verdicts: the peer's identity */
 };
 
 /* Counters, index by enum stat; per-CPU array. */
@@ -244,6 +260,9 @@ enum stat {
 	STAT_EVENTS_LOST,       /* the ring buffer was full: the event is counted, not sent */
 	STAT_POLICY_DROP,       /* dropped by network policy */
 	STAT_POLICY_CT_FULL,    /* a policy connection-tracking entry could not be written */
+	STAT_POLICY_VERDICT,    /* new connections let through an enforced direction */
+	STAT_SPOOFED,           /* packets from a pod with a source address not its own */
+	STAT_UNSUPPORTED_L3,    /* IPv6 (or other non-IPv4, non-ARP) packets to or from a pod */
 	STAT_MAX,
 };
 

@@ -28,7 +28,7 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
 /// The counters of the `stats` per-CPU array, in index order.
-pub const STAT_NAMES: [&str; 9] = [
+pub const STAT_NAMES: [&str; 12] = [
     "packets",
     "service_new",
     "nat_hit",
@@ -38,6 +38,9 @@ pub const STAT_NAMES: [&str; 9] = [
     "events_lost",
     "policy_drop",
     "policy_ct_full",
+    "policy_verdict",
+    "spoofed",
+    "unsupported_l3",
 ];
 
 /// Policy map bounds, as in `trellis.h`.
@@ -50,16 +53,28 @@ pub const EP_F_EGRESS: u32 = 0x02;
 pub const POLICY_DIR_INGRESS: u8 = 0;
 pub const POLICY_DIR_EGRESS: u8 = 1;
 pub const POLICY_F_DENY: u32 = 0x01;
+/// `policy_value.flags`: the entry names a protocol; and a port (prefix) or ICMP type. The
+/// datapath makes Hubble's match type of them.
+pub const POLICY_F_PROTO: u32 = 0x02;
+pub const POLICY_F_PORT: u32 = 0x04;
+/// Pod veths whose pod address the datapath checks (`pod_veth4`, LRU).
+pub const POD_VETHS_MAX: usize = 16384;
 /// `flow_event.rule` of a drop no rule asked for (default deny).
 pub const RULE_DEFAULT_DENY: u32 = 0xffff_fffe;
 /// `flow_event.reason` of a policy drop (Hubble's POLICY_DENIED).
 pub const DROP_POLICY: u32 = 133;
+/// `flow_event.reason`: a pod sent from an address not its own (INVALID_SOURCE_IP).
+pub const DROP_INVALID_SIP: u32 = 132;
+/// `flow_event.reason`: IPv6 (or another protocol but IPv4 and ARP) at a pod's veth
+/// (UNSUPPORTED_L3_PROTOCOL).
+pub const DROP_UNSUPPORTED_L3: u32 = 139;
 /// Bits of a policy key always matched (endpoint, identity, direction).
 pub const POLICY_KEY_FIXED_BITS: u32 = 72;
 
 /// `flow_event.kind`: Cilium's monitor message types.
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_TRACE: u8 = 4;
+pub const EVENT_POLICY_VERDICT: u8 = 5;
 /// `flow_event.point`: the hook that saw the packet.
 pub const POINT_FROM_POD: u8 = 1;
 pub const POINT_TO_POD: u8 = 2;

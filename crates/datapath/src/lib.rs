@@ -218,8 +218,23 @@ fn attach_loaded(
     Ok(())
 }
 
-/// Attaches the pod programs to a pod's host-side veth (called by the CNI plugin).
-pub fn attach_endpoint(pin_dir: &Path, host_iface: &str) -> Result<(), Error> {
+/// Attaches the pod programs to a pod's host-side veth (called by the CNI plugin). With the
+/// veth's ifindex and the pod's address, the programs drop what the pod sends from any
+/// other address; that entry is written first, so no packet passes unchecked.
+pub fn attach_endpoint(
+    pin_dir: &Path,
+    host_iface: &str,
+    pod: Option<(u32, std::net::Ipv4Addr)>,
+) -> Result<(), Error> {
+    if let Some((ifindex, addr)) = pod {
+        let name = "pod_veth4";
+        let mut veths: BpfHashMap<MapData, u32, [u8; 4]> = open(pin_dir, name)?
+            .try_into()
+            .map_err(|source| Error::Map { name, source })?;
+        veths
+            .insert(ifindex, addr.octets(), 0)
+            .map_err(|source| Error::Map { name, source })?;
+    }
     attach(pin_dir, host_iface, TcAttachType::Ingress, PROG_FROM_POD)?;
     attach(pin_dir, host_iface, TcAttachType::Egress, PROG_TO_POD)
 }
@@ -681,7 +696,8 @@ pub struct FlowEvent {
     /// The destination port; for ICMP, the message's code.
     pub dport: u16,
     pub proto: u8,
-    /// `EVENT_DROP` (1) or `EVENT_TRACE` (4), Cilium's monitor types.
+    /// `EVENT_DROP` (1), `EVENT_TRACE` (4) or `EVENT_POLICY_VERDICT` (5), Cilium's monitor
+    /// types.
     pub kind: u8,
     pub tcp_flags: u8,
     /// `abi::POINT_*`: the hook that saw the packet.
@@ -690,10 +706,14 @@ pub struct FlowEvent {
     pub ifindex: u32,
     /// Where a new service connection went (backend address and port).
     pub translated: Option<(std::net::Ipv4Addr, u16)>,
-    /// Policy drops: the rule that denied (`abi::RULE_DEFAULT_DENY`: none allowed it).
+    /// Policy drops and verdicts: the rule that decided (`abi::RULE_DEFAULT_DENY`: none
+    /// allowed it).
     pub rule: u32,
-    /// Policy drops: the peer's identity.
+    /// Policy drops and verdicts: the peer's identity.
     pub identity: u32,
+    /// Policy drops and verdicts: Hubble's `policy_match_type` (0 none, 1 L3-only, 2 L3-L4,
+    /// 3 L4-only, 4 all, 5 L3-proto, 6 proto-only).
+    pub match_type: u16,
 }
 
 impl FlowEvent {
@@ -722,6 +742,7 @@ impl FlowEvent {
             translated: (!nat.is_unspecified()).then(|| (nat, u16::from_be_bytes([b[36], b[37]]))),
             rule: u32_at(40),
             identity: u32_at(44),
+            match_type: u16::from_ne_bytes([b[38], b[39]]),
         })
     }
 }

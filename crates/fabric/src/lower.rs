@@ -196,6 +196,14 @@ pub fn policy_desired(plan: &crate::policy::PolicyPlan) -> Option<datapath::Poli
                         datapath::abi::POLICY_F_DENY
                     } else {
                         0
+                    } | if k.proto != 0 {
+                        datapath::abi::POLICY_F_PROTO
+                    } else {
+                        0
+                    } | if k.port_bits != 0 {
+                        datapath::abi::POLICY_F_PORT
+                    } else {
+                        0
                     },
                 },
             );

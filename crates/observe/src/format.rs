@@ -119,6 +119,20 @@ pub fn type_text(f: &Flow) -> String {
         };
         return format!("{kind}-{dir}");
     }
+    if is_policy_verdict(f) {
+        let m = match f.policy_match_type {
+            1 => "L3-Only",
+            2 => "L3-L4",
+            3 => "L4-Only",
+            4 => "all",
+            5 => "L3-Proto",
+            6 => "Proto-Only",
+            _ => "none",
+        };
+        let dir = crate::proto::flow::TrafficDirection::try_from(f.traffic_direction)
+            .map_or("TRAFFIC_DIRECTION_UNKNOWN", |d| d.as_str_name());
+        return format!("policy-verdict:{m} {dir}");
+    }
     if f.verdict == Verdict::Dropped as i32 {
         return "drop".into();
     }
@@ -146,8 +160,18 @@ fn addresses(f: &Flow) -> (String, String) {
     )
 }
 
+/// A policy verdict event (Cilium's monitor type 5).
+fn is_policy_verdict(f: &Flow) -> bool {
+    f.event_type.as_ref().is_some_and(|e| e.r#type == 5)
+}
+
 fn verdict_text(f: &Flow) -> &'static str {
-    Verdict::try_from(f.verdict).map_or("UNKNOWN", |v| v.as_str_name())
+    // Hubble reads a policy verdict as ALLOWED or DENIED.
+    match Verdict::try_from(f.verdict) {
+        Ok(Verdict::Forwarded) if is_policy_verdict(f) => "ALLOWED",
+        Ok(Verdict::Dropped) if is_policy_verdict(f) => "DENIED",
+        v => v.map_or("UNKNOWN", |v| v.as_str_name()),
+    }
 }
 
 fn summary_or_computed(f: &Flow) -> String {

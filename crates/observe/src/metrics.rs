@@ -50,6 +50,27 @@ pub struct DnsLabels {
     pub ips_returned: &'static str,
 }
 
+/// `hubble_policy_verdicts_total`'s labels, as Hubble's `policy` metric names them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub direction: &'static str,
+    pub r#match: &'static str,
+    pub action: &'static str,
+}
+
+/// Hubble's name of a `policy_match_type`, lower case as its metric labels it.
+pub fn match_label(m: u32) -> &'static str {
+    match m {
+        1 => "l3-only",
+        2 => "l3-l4",
+        3 => "l4-only",
+        4 => "all",
+        5 => "l3-proto",
+        6 => "proto-only",
+        _ => "none",
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub reason: &'static str,
@@ -167,6 +188,7 @@ pub struct Metrics {
     pub dns_queries: Family<DnsLabels, Counter>,
     pub dns_responses: Family<DnsLabels, Counter>,
     pub drops: Family<DropLabels, Counter>,
+    pub policy_verdicts: Family<PolicyLabels, Counter>,
     /// The series the last flow and the last HTTP exchange were counted in: most repeat them,
     /// and then counting is an atomic add instead of a hashed lookup.
     last_processed: Mutex<Option<(FlowLabels, Counter)>>,
@@ -183,6 +205,7 @@ impl Default for Metrics {
             dns_queries: Family::default(),
             dns_responses: Family::default(),
             drops: Family::default(),
+            policy_verdicts: Family::default(),
             last_processed: Mutex::new(None),
             last_http: Mutex::new(None),
         }
@@ -206,13 +229,38 @@ impl Batch<'_> {
         let (r#type, subtype) = flow_type_label(f);
         self.processed(r#type, subtype, verdict);
         let m = self.metrics;
+        let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc).ok();
         if verdict == Verdict::Dropped {
-            let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc)
-                .map_or("other", |r| r.as_str_name());
             m.drops
                 .get_or_create(&DropLabels {
-                    reason,
+                    reason: reason.map_or("other", |r| r.as_str_name()),
                     protocol: l4_label(f),
+                })
+                .inc();
+        }
+        // A policy decision: a verdict event, or a drop by policy (the datapath does not send
+        // a verdict event beside its drop, as Cilium does; it counts the same).
+        use crate::proto::flow::DropReason as R;
+        if f.event_type.as_ref().is_some_and(|e| e.r#type == 5)
+            || (verdict == Verdict::Dropped
+                && matches!(reason, Some(R::PolicyDenied | R::PolicyDeny)))
+        {
+            use crate::proto::flow::TrafficDirection as D;
+            m.policy_verdicts
+                .get_or_create(&PolicyLabels {
+                    direction: match D::try_from(f.traffic_direction) {
+                        Ok(D::Ingress) => "ingress",
+                        Ok(D::Egress) => "egress",
+                        _ => "unknown",
+                    },
+                    r#match: match_label(f.policy_match_type),
+                    action: match verdict {
+                        Verdict::Forwarded => "forwarded",
+                        Verdict::Dropped => "dropped",
+                        Verdict::Audit => "audit",
+                        Verdict::Redirected => "redirected",
+                        _ => "unknown",
+                    },
                 })
                 .inc();
         }
@@ -464,6 +512,11 @@ impl Metrics {
             "Dropped packets, by reason and protocol",
             self.drops.clone(),
         );
+        r.register(
+            "hubble_policy_verdicts",
+            "Network policy verdicts, by direction, match type and action",
+            self.policy_verdicts.clone(),
+        );
     }
 }
 
@@ -479,6 +532,7 @@ pub const EXPORTED: &[&str] = &[
     "hubble_dns_queries_total",
     "hubble_dns_responses_total",
     "hubble_drop_total",
+    "hubble_policy_verdicts_total",
 ];
 
 #[cfg(test)]
@@ -508,6 +562,14 @@ mod tests {
         m.flow(&l7(layer7::Record::Dns(Dns::default())));
         m.flow(&Flow {
             verdict: Verdict::Dropped as i32,
+            ..Default::default()
+        });
+        m.flow(&Flow {
+            verdict: Verdict::Forwarded as i32,
+            event_type: Some(crate::proto::flow::CiliumEventType {
+                r#type: 5,
+                sub_type: 0,
+            }),
             ..Default::default()
         });
         m.lost(LostEventSource::ObserverEventsQueue, 1);

@@ -77,6 +77,10 @@ pub struct PacketEvent {
     pub peer_identity: u32,
     /// Policy drops: the rule that denied (`Kind ns/name: path`) or `default deny`.
     pub denied_by: String,
+    /// Policy drops and verdicts: the policy whose rule decided (none for default deny).
+    pub policy: Option<crate::proto::flow::Policy>,
+    /// Policy drops and verdicts: Hubble's `policy_match_type`.
+    pub match_type: u32,
 }
 
 /// The L3/L4 flow of a datapath event, endpoints named from `endpoints`.
@@ -120,6 +124,20 @@ pub fn flow(ev: &PacketEvent, endpoints: &Endpoints) -> Flow {
         L4::Other(_) => None,
     };
     let dropped = ev.verdict == Verdict::Dropped;
+    // Who decided, in the field of the direction and the verdict (Hubble's `*_allowed_by`,
+    // `*_denied_by`).
+    let (mut egress_allowed_by, mut ingress_allowed_by) = (Vec::new(), Vec::new());
+    let (mut egress_denied_by, mut ingress_denied_by) = (Vec::new(), Vec::new());
+    if let (Some(p), Some(d)) = (&ev.policy, ev.direction) {
+        use crate::proto::flow::TrafficDirection as D;
+        match (d, dropped) {
+            (D::Egress, false) => egress_allowed_by.push(p.clone()),
+            (D::Ingress, false) => ingress_allowed_by.push(p.clone()),
+            (D::Egress, true) => egress_denied_by.push(p.clone()),
+            (D::Ingress, true) => ingress_denied_by.push(p.clone()),
+            _ => {}
+        }
+    }
     let mut source = endpoints.endpoint(ev.source);
     let mut destination = endpoints.endpoint(ev.destination);
     // The peer of a policy decision is the source on ingress, the destination on egress.
@@ -149,6 +167,11 @@ pub fn flow(ev: &PacketEvent, endpoints: &Endpoints) -> Flow {
         source: Some(source),
         destination: Some(destination),
         traffic_direction: ev.direction.map_or(0, |d| d as i32),
+        policy_match_type: ev.match_type,
+        egress_allowed_by,
+        ingress_allowed_by,
+        egress_denied_by,
+        ingress_denied_by,
         trellis_denied_by: ev.denied_by.clone(),
         r#type: FlowType::L3L4 as i32,
         event_type: Some(CiliumEventType {
@@ -175,6 +198,69 @@ mod tests {
     use crate::proto::flow::DropReason;
 
     #[test]
+    fn a_policy_verdict_names_its_policy_and_match() {
+        let ev = PacketEvent {
+            time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_689_354),
+            kind: EventKind::PolicyVerdict,
+            source: "10.0.2.1".parse().expect("ip"),
+            destination: "10.0.0.5".parse().expect("ip"),
+            l4: L4::Tcp {
+                source_port: 41000,
+                destination_port: 80,
+                flags: 0x02,
+            },
+            verdict: Verdict::Forwarded,
+            drop_reason: 0,
+            observation_point: TraceObservationPoint::ToEndpoint,
+            is_reply: Some(false),
+            ifindex: 7,
+            ifname: String::new(),
+            direction: Some(crate::proto::flow::TrafficDirection::Ingress),
+            peer_identity: 4242,
+            denied_by: String::new(),
+            policy: Some(crate::proto::flow::Policy {
+                name: "web".into(),
+                namespace: "default".into(),
+                kind: "NetworkPolicy".into(),
+                ..Default::default()
+            }),
+            match_type: 2,
+        };
+        let f = flow(&ev, &Endpoints::default());
+        assert_eq!(f.ingress_allowed_by.len(), 1);
+        assert_eq!(f.ingress_allowed_by[0].name, "web");
+        assert!(f.egress_allowed_by.is_empty() && f.ingress_denied_by.is_empty());
+        assert_eq!(f.policy_match_type, 2);
+        assert_eq!(f.event_type.as_ref().map(|e| e.r#type), Some(5));
+        assert_eq!(
+            crate::format::compact(&f),
+            "Nov 26 10:35:54.000: 10.0.2.1:41000 (ID:4242) -> 10.0.0.5:80 (world) \
+             policy-verdict:L3-L4 INGRESS ALLOWED (TCP Flags: SYN)"
+        );
+        let m = crate::metrics::Metrics::default();
+        m.flow(&f);
+        // A drop by a deny rule counts as a dropped verdict of its match.
+        let mut drop = ev.clone();
+        drop.kind = EventKind::Drop;
+        drop.verdict = Verdict::Dropped;
+        drop.drop_reason = crate::proto::flow::DropReason::PolicyDenied as u32;
+        drop.match_type = 0;
+        let d = flow(&drop, &Endpoints::default());
+        assert_eq!(d.ingress_denied_by.len(), 1);
+        m.flow(&d);
+        let mut r = prometheus_client::registry::Registry::default();
+        m.register(&mut r);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &r).expect("encodes");
+        for want in [
+            r#"hubble_policy_verdicts_total{direction="ingress",match="l3-l4",action="forwarded"} 1"#,
+            r#"hubble_policy_verdicts_total{direction="ingress",match="none",action="dropped"} 1"#,
+        ] {
+            assert!(text.contains(want), "{want} in:\n{text}");
+        }
+    }
+
+    #[test]
     fn a_policy_drop_reads_like_hubbles() {
         let ev = PacketEvent {
             time: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_795_689_354),
@@ -195,6 +281,8 @@ mod tests {
             direction: Some(crate::proto::flow::TrafficDirection::Ingress),
             peer_identity: 4242,
             denied_by: "default deny".into(),
+            policy: None,
+            match_type: 0,
         };
         let f = flow(&ev, &Endpoints::default());
         // The peer of an ingress drop is the source, with the identity the datapath found.

@@ -220,18 +220,48 @@ impl Assigned {
 }
 
 /// Turns a datapath record into the event observe makes a flow of.
-/// The policy rules of the plan last programmed, by the index the datapath reports in drops.
-pub type RuleNames = std::sync::Arc<arc_swap::ArcSwap<Vec<String>>>;
+/// The policy rules of the plan last programmed, by the index the datapath reports in drops
+/// and verdicts.
+pub type RuleNames = std::sync::Arc<arc_swap::ArcSwap<Vec<fabric::policy::RuleRef>>>;
+
+/// A rule's policy as Hubble names it in `*_allowed_by` and `*_denied_by`.
+fn hubble_policy(r: &fabric::policy::RuleRef) -> observe::proto::flow::Policy {
+    let mut labels = vec![
+        format!("k8s:io.cilium.k8s.policy.derived-from={}", r.kind),
+        format!("k8s:io.cilium.k8s.policy.name={}", r.name),
+    ];
+    if !r.namespace.is_empty() {
+        labels.push(format!(
+            "k8s:io.cilium.k8s.policy.namespace={}",
+            r.namespace
+        ));
+    }
+    observe::proto::flow::Policy {
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        labels,
+        revision: 0,
+        kind: r.kind.to_string(),
+    }
+}
 
 fn packet_event(
     ev: &datapath::FlowEvent,
     boot: &Clock,
     rules: &RuleNames,
 ) -> observe::packet::PacketEvent {
-    use datapath::abi::{EVENT_DROP, POINT_FROM_NETDEV, POINT_FROM_POD, POINT_TO_POD};
+    use datapath::abi::{
+        DROP_POLICY, EVENT_DROP, EVENT_POLICY_VERDICT, POINT_FROM_NETDEV, POINT_FROM_POD,
+        POINT_TO_POD, RULE_DEFAULT_DENY,
+    };
     use observe::packet::{EventKind, L4};
     use observe::proto::flow::{TraceObservationPoint as Point, Verdict};
     let drop = ev.kind == EVENT_DROP;
+    // A policy decision: a drop by policy, or a connection let through (a verdict).
+    let decided = (drop && ev.reason == DROP_POLICY) || ev.kind == EVENT_POLICY_VERDICT;
+    let rule = (decided && ev.rule != RULE_DEFAULT_DENY)
+        .then(|| rules.load().get(ev.rule as usize).cloned())
+        .flatten();
     let l4 = match ev.proto {
         6 => L4::Tcp {
             source_port: ev.sport,
@@ -253,6 +283,8 @@ fn packet_event(
         time: boot.system_time(ev.time_ns),
         kind: if drop {
             EventKind::Drop
+        } else if ev.kind == EVENT_POLICY_VERDICT {
+            EventKind::PolicyVerdict
         } else {
             EventKind::Trace
         },
@@ -276,27 +308,20 @@ fn packet_event(
         is_reply: Some(false),
         ifindex: ev.ifindex,
         ifname: String::new(),
-        direction: (drop && ev.reason == datapath::abi::DROP_POLICY).then_some(
-            if ev.point == POINT_FROM_POD {
-                observe::proto::flow::TrafficDirection::Egress
-            } else {
-                observe::proto::flow::TrafficDirection::Ingress
-            },
-        ),
-        peer_identity: ev.identity,
-        denied_by: if drop && ev.reason == datapath::abi::DROP_POLICY {
-            if ev.rule == datapath::abi::RULE_DEFAULT_DENY {
-                "default deny".to_string()
-            } else {
-                rules
-                    .load()
-                    .get(ev.rule as usize)
-                    .cloned()
-                    .unwrap_or_default()
-            }
+        direction: decided.then_some(if ev.point == POINT_FROM_POD {
+            observe::proto::flow::TrafficDirection::Egress
         } else {
-            String::new()
+            observe::proto::flow::TrafficDirection::Ingress
+        }),
+        peer_identity: ev.identity,
+        denied_by: match (drop && decided, &rule) {
+            (false, _) => String::new(),
+            (true, None) if ev.rule == RULE_DEFAULT_DENY => "default deny".to_string(),
+            (true, None) => String::new(),
+            (true, Some(r)) => r.to_string(),
         },
+        policy: rule.as_ref().map(hubble_policy),
+        match_type: if decided { u32::from(ev.match_type) } else { 0 },
     }
 }
 
@@ -792,9 +817,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
      -> Result<fabric::policy::PolicyPlan> {
         let policy = fabric::policy::compile(snapshot, &conf.node, &conf.node_ips, learned);
         if policy.over_bound.is_none() {
-            rule_names.store(std::sync::Arc::new(
-                policy.rules.iter().map(ToString::to_string).collect(),
-            ));
+            rule_names.store(std::sync::Arc::new(policy.rules.clone()));
         }
         if let Some(why) = &policy.over_bound {
             tracing::error!(

@@ -256,25 +256,32 @@ fn ask(conn: &mut std::net::TcpStream) -> bool {
     crate::lab::try_request(conn).is_some()
 }
 
-/// The DROPPED flows a node's Observer API holds (its last 1,000), one JSON document a line.
-fn dropped_flows(lab: &Lab, node_ip: &str) -> String {
-    let (code, out) = lab.exec(
-        "client",
-        &[
-            env!("CARGO_BIN_EXE_trellis"),
-            "observe",
-            "--server",
-            &format!("{node_ip}:4244"),
-            "--verdict",
-            "DROPPED",
-            "--last",
-            "1000",
-            "-o",
-            "json",
-        ],
-    );
+/// The flows a node's Observer API holds (its last 1,000) that `filter` selects, one JSON
+/// document a line.
+fn node_flows(lab: &Lab, node_ip: &str, filter: &[&str]) -> Vec<serde_json::Value> {
+    let server = format!("{node_ip}:4244");
+    let mut args = vec![
+        env!("CARGO_BIN_EXE_trellis"),
+        "observe",
+        "--server",
+        &server,
+        "--last",
+        "1000",
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(filter);
+    let (code, out) = lab.exec("client", &args);
     assert_eq!(code, 0, "{out}");
-    out
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|mut v| v["flow"].take())
+        .collect()
+}
+
+/// The DROPPED flows of a node.
+fn dropped_flows(lab: &Lab, node_ip: &str) -> Vec<serde_json::Value> {
+    node_flows(lab, node_ip, &["--verdict", "DROPPED"])
 }
 
 /// A listener in the lab's client namespace (outside the cluster), killed on drop.
@@ -339,6 +346,42 @@ fn lab_enforces_network_policy() {
             }
         }
     };
+    let pod_json = |ns: &str, app: &str| -> serde_json::Value {
+        s["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["plan"]["namespace"] == ns && p["plan"]["labels"]["app"] == app)
+            .cloned()
+            .unwrap_or_else(|| panic!("pod {ns}/{app}: {s}"))
+    };
+    let pod_node_of = |ns: &str, app: &str| -> String {
+        pod_json(ns, app)["plan"]["node"]
+            .as_str()
+            .expect("node")
+            .into()
+    };
+    let pod_node = |app: &str| pod_node_of("default", app);
+    let pod_netns = |ns: &str, app: &str| -> (String, String) {
+        let p = pod_json(ns, app);
+        (
+            format!("{ns}/{}", p["plan"]["name"].as_str().expect("name")),
+            p["netns"].as_str().expect("netns").to_string(),
+        )
+    };
+    let node_json = |node: &str| -> serde_json::Value {
+        s["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["name"] == node)
+            .cloned()
+            .unwrap_or_else(|| panic!("node {node}: {s}"))
+    };
+    let node_ip_of =
+        |node: &str| -> String { node_json(node)["lan_ip"].as_str().expect("lan ip").into() };
+    let node_netns_of =
+        |node: &str| -> String { node_json(node)["netns"].as_str().expect("netns").into() };
     let client_netns = lab.netns("client");
     // A second address outside the cluster, inside the `except` of other/client's CIDR rule.
     let added = std::process::Command::new("ip")
@@ -466,42 +509,182 @@ fn lab_enforces_network_policy() {
     let out = dropped_flows(&lab, &web_node_ip);
     let web_ip_text = ip_of("web");
     let denied = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .iter()
         .filter(|v| {
-            v["flow"]["drop_reason_desc"] == "POLICY_DENIED"
-                && v["flow"]["IP"]["destination"] == web_ip_text.as_str()
-                && v["flow"]["l4"]["TCP"]["destination_port"] == 9090
+            v["drop_reason_desc"] == "POLICY_DENIED"
+                && v["IP"]["destination"] == web_ip_text.as_str()
+                && v["l4"]["TCP"]["destination_port"] == 9090
         })
         .count();
-    assert!(denied > 0, "no POLICY_DENIED flow to web:9090 in:\n{out}");
+    assert!(
+        denied > 0,
+        "no POLICY_DENIED flow to web:9090 in:\n{out:#?}"
+    );
     // default/client's ping of web was dropped as ICMPv4 echo request (type 8, code 0).
-    let pinged = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .any(|v| {
-            v["flow"]["drop_reason_desc"] == "POLICY_DENIED"
-                && v["flow"]["IP"]["destination"] == web_ip_text.as_str()
-                && v["flow"]["l4"]["ICMPv4"]["type"] == 8
-        });
+    let pinged = out.iter().any(|v| {
+        v["drop_reason_desc"] == "POLICY_DENIED"
+            && v["IP"]["destination"] == web_ip_text.as_str()
+            && v["l4"]["ICMPv4"]["type"] == 8
+    });
     assert!(
         pinged,
-        "no POLICY_DENIED ICMPv4 echo flow to web in:\n{out}"
+        "no POLICY_DENIED ICMPv4 echo flow to web in:\n{out:#?}"
     );
     // Those drops say the direction (web's ingress) and the client's identity.
     let described = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["flow"]["IP"]["destination"] == web_ip_text.as_str())
+        .iter()
+        .filter(|v| v["IP"]["destination"] == web_ip_text.as_str())
         .any(|v| {
-            v["flow"]["traffic_direction"] == "INGRESS"
-                && v["flow"]["source"]["identity"]
-                    .as_u64()
-                    .is_some_and(|id| id >= 256)
+            v["traffic_direction"] == "INGRESS"
+                && v["source"]["identity"].as_u64().is_some_and(|id| id >= 256)
         });
     assert!(
         described,
-        "no INGRESS drop with the client's identity in:\n{out}"
+        "no INGRESS drop with the client's identity in:\n{out:#?}"
+    );
+    // Connections let through an enforced direction are policy verdicts (one per
+    // connection), naming the policy that allowed them and how its entry matched: web's
+    // NetworkPolicy on its named port is an L3-L4 match.
+    let verdicts = node_flows(&lab, &web_node_ip, &["--type", "policy-verdict"]);
+    let allowed = verdicts.iter().any(|v| {
+        v["verdict"] == "FORWARDED"
+            && v["IP"]["destination"] == web_ip_text.as_str()
+            && v["l4"]["TCP"]["destination_port"] == 8080
+            && v["traffic_direction"] == "INGRESS"
+            && v["policy_match_type"] == 2
+            && v["ingress_allowed_by"][0]["name"] == "web"
+            && v["ingress_allowed_by"][0]["kind"] == "NetworkPolicy"
+    });
+    assert!(
+        allowed,
+        "no policy verdict allowing web:8080 by NetworkPolicy web in:\n{verdicts:#?}\nall: {:#?}",
+        node_flows(&lab, &web_node_ip, &["--to-ip", &web_ip_text])
+    );
+    // A drop by a deny rule names its policy (db's ingressDeny); a default-deny drop none.
+    let db_node_ip = node_ip_of(&pod_node("db"));
+    let db_ip_text = ip_of("db");
+    let db_drops = dropped_flows(&lab, &db_node_ip);
+    assert!(
+        db_drops.iter().any(|v| {
+            v["IP"]["destination"] == db_ip_text.as_str()
+                && v["ingress_denied_by"][0]["name"] == "db"
+                && v["ingress_denied_by"][0]["kind"] == "CiliumNetworkPolicy"
+        }),
+        "no drop at db naming CiliumNetworkPolicy db in:\n{db_drops:#?}"
+    );
+    assert!(
+        out.iter()
+            .filter(|v| v["l4"]["TCP"]["destination_port"] == 9090)
+            .all(|v| v.get("ingress_denied_by").is_none()),
+        "a default-deny drop names no policy:\n{out:#?}"
+    );
+
+    // Spoofing: default/client sends from other/client's address (which db lets in on
+    // 5432). Its veth drops that (INVALID_SOURCE_IP), so it never reaches db as other/client.
+    let (spoofer, spoofer_netns) = pod_netns("default", "client");
+    let stolen = ip_of("other/client");
+    let add = std::process::Command::new("ip")
+        .args(["-n", &spoofer_netns, "addr", "add"])
+        .arg(format!("{stolen}/32"))
+        .args(["dev", "eth0"])
+        .status()
+        .expect("ip runs");
+    assert!(add.success(), "adding {stolen} in {spoofer}");
+    let (code, _) = lab.exec(
+        &spoofer,
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--connect-timeout",
+            "1",
+            "--interface",
+            &stolen,
+            &format!("http://{}:5432/", ip_of("db")),
+        ],
+    );
+    assert_ne!(code, 0, "a connection from a stolen address");
+    let client_node_ip = node_ip_of(&pod_node_of("default", "client"));
+    let spoofed = dropped_flows(&lab, &client_node_ip);
+    assert!(
+        spoofed.iter().any(|v| {
+            v["drop_reason_desc"] == "INVALID_SOURCE_IP"
+                && v["IP"]["source"] == stolen.as_str()
+                && v["IP"]["destination"] == db_ip_text.as_str()
+        }),
+        "no INVALID_SOURCE_IP drop from {stolen} in:\n{spoofed:#?}"
+    );
+    let del = std::process::Command::new("ip")
+        .args(["-n", &spoofer_netns, "addr", "del"])
+        .arg(format!("{stolen}/32"))
+        .args(["dev", "eth0"])
+        .status()
+        .expect("ip runs");
+    assert!(del.success());
+    // IPv6 never leaves a pod (policy is IPv4 only here): the node's end of the pod's veth,
+    // which has a link-local address, gets no ping from it; the datapath counts the drops.
+    let run = |args: &[&str]| -> String {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .expect("runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let peer_index = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &spoofer_netns,
+        "cat",
+        "/sys/class/net/eth0/iflink",
+    ]);
+    let client_node_netns = node_netns_of(&pod_node_of("default", "client"));
+    let node_side = run(&[
+        "ip",
+        "-n",
+        &client_node_netns,
+        "-o",
+        "-6",
+        "addr",
+        "show",
+        "scope",
+        "link",
+    ]);
+    let link_local = node_side
+        .lines()
+        .find(|l| l.starts_with(&format!("{}:", peer_index.trim())))
+        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("fe80:")))
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| {
+            panic!("no link-local address on the pod's veth (ifindex {peer_index}): {node_side}")
+        })
+        .to_string();
+    let (code, _) = lab.exec(
+        &spoofer,
+        &[
+            "busybox",
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-I",
+            "eth0",
+            &link_local,
+        ],
+    );
+    assert_ne!(code, 0, "the node answered IPv6 from a pod ({link_local})");
+    let pins = lab::cluster::datapath_pin_dir(&client_node_netns);
+    let stats = datapath::Maps::open(&pins)
+        .and_then(|m| m.stats())
+        .expect("the client node's datapath counters");
+    assert!(
+        stats
+            .iter()
+            .any(|(name, n)| *name == "unsupported_l3" && *n > 0),
+        "no IPv6 counted as dropped: {stats:?}"
     );
 
     // A keep-alive connection from default/client to web stays up through policy edits that
