@@ -387,18 +387,10 @@ impl Maps {
             }
         }
         let err = |name: &'static str| move |source| Error::Map { name, source };
-        let have_ipcache = match have {
-            Some(h) => ipcache_bytes(h),
-            None => lpm_read(&self.ipcache, "ipcache4")?,
-        };
-        let want_ipcache = ipcache_bytes(want);
-        lpm_write(
-            &mut self.ipcache,
-            &have_ipcache,
-            &want_ipcache,
-            "ipcache4",
-            stats,
-        )?;
+        // Make before break: a new identity's policy entries are in place before an address
+        // maps to it, and an address stops mapping to an identity before its entries go. So
+        // an address answered for toFQDNs (a /32 identity of its own) never passes through
+        // a state where its new identity has no entries.
         let have_policy = match have {
             Some(h) => policy_bytes(h),
             None => lpm_read(&self.policy, "policy4")?,
@@ -409,6 +401,18 @@ impl Maps {
             &have_policy,
             &want_policy,
             "policy4",
+            stats,
+        )?;
+        let have_ipcache = match have {
+            Some(h) => ipcache_bytes(h),
+            None => lpm_read(&self.ipcache, "ipcache4")?,
+        };
+        let want_ipcache = ipcache_bytes(want);
+        lpm_write(
+            &mut self.ipcache,
+            &have_ipcache,
+            &want_ipcache,
+            "ipcache4",
             stats,
         )?;
         let have_endpoints = match have {
@@ -433,17 +437,17 @@ impl Maps {
             }
         }
         lpm_remove_stale(
-            &mut self.policy,
-            &have_policy,
-            &want_policy,
-            "policy4",
-            stats,
-        )?;
-        lpm_remove_stale(
             &mut self.ipcache,
             &have_ipcache,
             &want_ipcache,
             "ipcache4",
+            stats,
+        )?;
+        lpm_remove_stale(
+            &mut self.policy,
+            &have_policy,
+            &want_policy,
+            "policy4",
             stats,
         )?;
         Ok(())
@@ -546,6 +550,27 @@ impl Maps {
             stats.removed += 1;
         }
         Ok(stats)
+    }
+
+    /// Turns the programs' flow events on or off (`NODE_F_EVENTS`), leaving the rest of the
+    /// node's settings; the agent's next sync writes its own choice again. For benchmarks
+    /// that measure flows on and off in one lab.
+    pub fn set_events(&mut self, on: bool) -> Result<(), Error> {
+        let name = "node_config";
+        let mut c = self
+            .config
+            .get(&0, 0)
+            .map_err(|source| Error::Map { name, source })?;
+        let mut flags = u32::from_ne_bytes([c[16], c[17], c[18], c[19]]);
+        if on {
+            flags |= abi::NODE_F_EVENTS;
+        } else {
+            flags &= !abi::NODE_F_EVENTS;
+        }
+        c[16..20].copy_from_slice(&flags.to_ne_bytes());
+        self.config
+            .set(0, c, 0)
+            .map_err(|source| Error::Map { name, source })
     }
 
     /// The datapath's counters, summed over CPUs, by name (`abi::STAT_NAMES`).
@@ -745,6 +770,30 @@ impl FlowEvent {
             match_type: u16::from_ne_bytes([b[38], b[39]]),
         })
     }
+
+    /// The record's bytes again, as [`FlowEvent::from_bytes`] reads them.
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..8].copy_from_slice(&self.time_ns.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.saddr.octets());
+        b[12..16].copy_from_slice(&self.daddr.octets());
+        b[16..18].copy_from_slice(&self.sport.to_be_bytes());
+        b[18..20].copy_from_slice(&self.dport.to_be_bytes());
+        b[20] = self.proto;
+        b[21] = self.kind;
+        b[22] = self.tcp_flags;
+        b[23] = self.point;
+        b[24..28].copy_from_slice(&self.reason.to_ne_bytes());
+        b[28..32].copy_from_slice(&self.ifindex.to_ne_bytes());
+        if let Some((addr, port)) = self.translated {
+            b[32..36].copy_from_slice(&addr.octets());
+            b[36..38].copy_from_slice(&port.to_be_bytes());
+        }
+        b[38..40].copy_from_slice(&self.match_type.to_ne_bytes());
+        b[40..44].copy_from_slice(&self.rule.to_ne_bytes());
+        b[44..48].copy_from_slice(&self.identity.to_ne_bytes());
+        b
+    }
 }
 
 /// The reader of a node's `events` ring buffer.
@@ -777,5 +826,34 @@ impl Events {
         let fd = nix::poll::PollFd::new(self.ring.as_fd(), nix::poll::PollFlags::POLLIN);
         let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         let _ = nix::poll::poll(&mut [fd], nix::poll::PollTimeout::from(ms));
+    }
+}
+
+#[cfg(test)]
+mod flow_event_tests {
+    use super::FlowEvent;
+
+    #[test]
+    fn an_event_reads_back_from_its_bytes() {
+        for translated in [None, Some(("10.0.0.5".parse().expect("ip"), 8080))] {
+            let ev = FlowEvent {
+                time_ns: 123_456_789,
+                saddr: "10.69.1.2".parse().expect("ip"),
+                daddr: "10.69.2.3".parse().expect("ip"),
+                sport: 41000,
+                dport: 80,
+                proto: 6,
+                kind: 5,
+                tcp_flags: 0x02,
+                point: 2,
+                reason: 0,
+                ifindex: 17,
+                translated,
+                rule: 3,
+                identity: 4242,
+                match_type: 2,
+            };
+            assert_eq!(FlowEvent::from_bytes(&ev.to_bytes()), Some(ev));
+        }
     }
 }

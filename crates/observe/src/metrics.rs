@@ -228,15 +228,9 @@ impl Batch<'_> {
         let verdict = Verdict::try_from(f.verdict).unwrap_or(Verdict::Unknown);
         let (r#type, subtype) = flow_type_label(f);
         self.processed(r#type, subtype, verdict);
-        let m = self.metrics;
         let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc).ok();
         if verdict == Verdict::Dropped {
-            m.drops
-                .get_or_create(&DropLabels {
-                    reason: reason.map_or("other", |r| r.as_str_name()),
-                    protocol: l4_label(f),
-                })
-                .inc();
+            self.drop(reason.map_or("other", |r| r.as_str_name()), l4_label(f));
         }
         // A policy decision: a verdict event, or a drop by policy (the datapath does not send
         // a verdict event beside its drop, as Cilium does; it counts the same).
@@ -245,25 +239,14 @@ impl Batch<'_> {
             || (verdict == Verdict::Dropped
                 && matches!(reason, Some(R::PolicyDenied | R::PolicyDeny)))
         {
-            use crate::proto::flow::TrafficDirection as D;
-            m.policy_verdicts
-                .get_or_create(&PolicyLabels {
-                    direction: match D::try_from(f.traffic_direction) {
-                        Ok(D::Ingress) => "ingress",
-                        Ok(D::Egress) => "egress",
-                        _ => "unknown",
-                    },
-                    r#match: match_label(f.policy_match_type),
-                    action: match verdict {
-                        Verdict::Forwarded => "forwarded",
-                        Verdict::Dropped => "dropped",
-                        Verdict::Audit => "audit",
-                        Verdict::Redirected => "redirected",
-                        _ => "unknown",
-                    },
-                })
-                .inc();
+            self.policy_verdict(
+                crate::proto::flow::TrafficDirection::try_from(f.traffic_direction)
+                    .unwrap_or(crate::proto::flow::TrafficDirection::Unknown),
+                f.policy_match_type,
+                verdict,
+            );
         }
+        let m = self.metrics;
         let Some(l7) = &f.l7 else { return };
         match &l7.record {
             Some(layer7::Record::Http(h)) => {
@@ -289,6 +272,43 @@ impl Batch<'_> {
     }
 
     /// Counts one flow in `hubble_flows_processed_total`.
+    /// Counts one dropped packet in `hubble_drop_total`.
+    pub fn drop(&mut self, reason: &'static str, protocol: &'static str) {
+        self.metrics
+            .drops
+            .get_or_create(&DropLabels { reason, protocol })
+            .inc();
+    }
+
+    /// Counts one policy decision in `hubble_policy_verdicts_total`: its direction, Hubble's
+    /// match type and the verdict.
+    pub fn policy_verdict(
+        &mut self,
+        direction: crate::proto::flow::TrafficDirection,
+        match_type: u32,
+        verdict: Verdict,
+    ) {
+        use crate::proto::flow::TrafficDirection as D;
+        self.metrics
+            .policy_verdicts
+            .get_or_create(&PolicyLabels {
+                direction: match direction {
+                    D::Ingress => "ingress",
+                    D::Egress => "egress",
+                    D::Unknown => "unknown",
+                },
+                r#match: match_label(match_type),
+                action: match verdict {
+                    Verdict::Forwarded => "forwarded",
+                    Verdict::Dropped => "dropped",
+                    Verdict::Audit => "audit",
+                    Verdict::Redirected => "redirected",
+                    _ => "unknown",
+                },
+            })
+            .inc();
+    }
+
     pub fn processed(&mut self, r#type: &'static str, subtype: &'static str, verdict: Verdict) {
         let labels = FlowLabels {
             r#type,
@@ -416,6 +436,18 @@ pub fn rcode_name(r: u32) -> &'static str {
 }
 
 /// The protocol of a flow's L4 header, as `hubble_drop_total` labels it.
+/// The label of an IP protocol number, as [`l4_label`] names a flow's.
+pub fn proto_label(proto: u8) -> &'static str {
+    match proto {
+        6 => "TCP",
+        17 => "UDP",
+        1 => "ICMPv4",
+        58 => "ICMPv6",
+        132 => "SCTP",
+        _ => "Unknown",
+    }
+}
+
 fn l4_label(f: &Flow) -> &'static str {
     match f.l4.as_ref().and_then(|l| l.protocol.as_ref()) {
         Some(layer4::Protocol::Tcp(_)) => "TCP",

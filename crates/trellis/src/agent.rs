@@ -219,7 +219,6 @@ impl Assigned {
     }
 }
 
-/// Turns a datapath record into the event observe makes a flow of.
 /// The policy rules of the plan last programmed, by the index the datapath reports in drops
 /// and verdicts.
 pub type RuleNames = std::sync::Arc<arc_swap::ArcSwap<Vec<fabric::policy::RuleRef>>>;
@@ -245,23 +244,48 @@ fn hubble_policy(r: &fabric::policy::RuleRef) -> observe::proto::flow::Policy {
     }
 }
 
+/// The direction of a policy decision (a drop by policy, or a connection let through: a
+/// verdict), `None` for other events.
+fn decision(ev: &datapath::FlowEvent) -> Option<observe::proto::flow::TrafficDirection> {
+    use datapath::abi::{DROP_POLICY, EVENT_DROP, EVENT_POLICY_VERDICT, POINT_FROM_POD};
+    use observe::proto::flow::TrafficDirection;
+    let decided =
+        (ev.kind == EVENT_DROP && ev.reason == DROP_POLICY) || ev.kind == EVENT_POLICY_VERDICT;
+    decided.then_some(if ev.point == POINT_FROM_POD {
+        TrafficDirection::Egress
+    } else {
+        TrafficDirection::Ingress
+    })
+}
+
+/// The verdict of a datapath event.
+fn verdict_of(ev: &datapath::FlowEvent) -> observe::proto::flow::Verdict {
+    use observe::proto::flow::Verdict;
+    if ev.kind == datapath::abi::EVENT_DROP {
+        Verdict::Dropped
+    } else if ev.translated.is_some() {
+        Verdict::Translated
+    } else {
+        Verdict::Forwarded
+    }
+}
+
+/// Turns a datapath event (seen at `time`; `rule`: the rule of a policy decision) into the
+/// event observe makes a flow of.
 fn packet_event(
     ev: &datapath::FlowEvent,
-    boot: &Clock,
-    rules: &RuleNames,
+    time: std::time::SystemTime,
+    rule: Option<&fabric::policy::RuleRef>,
 ) -> observe::packet::PacketEvent {
     use datapath::abi::{
-        DROP_POLICY, EVENT_DROP, EVENT_POLICY_VERDICT, POINT_FROM_NETDEV, POINT_FROM_POD,
-        POINT_TO_POD, RULE_DEFAULT_DENY,
+        EVENT_DROP, EVENT_POLICY_VERDICT, POINT_FROM_NETDEV, POINT_FROM_POD, POINT_TO_POD,
+        RULE_DEFAULT_DENY,
     };
     use observe::packet::{EventKind, L4};
-    use observe::proto::flow::{TraceObservationPoint as Point, Verdict};
+    use observe::proto::flow::TraceObservationPoint as Point;
     let drop = ev.kind == EVENT_DROP;
-    // A policy decision: a drop by policy, or a connection let through (a verdict).
-    let decided = (drop && ev.reason == DROP_POLICY) || ev.kind == EVENT_POLICY_VERDICT;
-    let rule = (decided && ev.rule != RULE_DEFAULT_DENY)
-        .then(|| rules.load().get(ev.rule as usize).cloned())
-        .flatten();
+    let direction = decision(ev);
+    let decided = direction.is_some();
     let l4 = match ev.proto {
         6 => L4::Tcp {
             source_port: ev.sport,
@@ -280,7 +304,7 @@ fn packet_event(
         other => L4::Other(other),
     };
     observe::packet::PacketEvent {
-        time: boot.system_time(ev.time_ns),
+        time,
         kind: if drop {
             EventKind::Drop
         } else if ev.kind == EVENT_POLICY_VERDICT {
@@ -291,13 +315,7 @@ fn packet_event(
         source: std::net::IpAddr::V4(ev.saddr),
         destination: std::net::IpAddr::V4(ev.daddr),
         l4,
-        verdict: if drop {
-            Verdict::Dropped
-        } else if ev.translated.is_some() {
-            Verdict::Translated
-        } else {
-            Verdict::Forwarded
-        },
+        verdict: verdict_of(ev),
         drop_reason: ev.reason,
         observation_point: match ev.point {
             POINT_FROM_POD => Point::FromEndpoint,
@@ -308,20 +326,120 @@ fn packet_event(
         is_reply: Some(false),
         ifindex: ev.ifindex,
         ifname: String::new(),
-        direction: decided.then_some(if ev.point == POINT_FROM_POD {
-            observe::proto::flow::TrafficDirection::Egress
-        } else {
-            observe::proto::flow::TrafficDirection::Ingress
-        }),
+        direction,
         peer_identity: ev.identity,
-        denied_by: match (drop && decided, &rule) {
+        denied_by: match (drop && decided, rule) {
             (false, _) => String::new(),
             (true, None) if ev.rule == RULE_DEFAULT_DENY => "default deny".to_string(),
             (true, None) => String::new(),
             (true, Some(r)) => r.to_string(),
         },
-        policy: rule.as_ref().map(hubble_policy),
+        policy: rule.map(hubble_policy),
         match_type: if decided { u32::from(ev.match_type) } else { 0 },
+    }
+}
+
+/// Bytes of a datapath record before its rule: the wall-clock time in nanoseconds and the
+/// event as the ring buffer held it.
+const EVENT_RECORD_HEAD: usize = 8 + datapath::FlowEvent::SIZE;
+
+/// The kinds of policy a rule can be of, as a record names them.
+const POLICY_KINDS: [&str; 3] = [
+    "NetworkPolicy",
+    "CiliumNetworkPolicy",
+    "CiliumClusterwideNetworkPolicy",
+];
+
+/// Writes a datapath record: the event, when it was seen, and the rule of a policy decision
+/// (its names, so a reload between now and the read does not rename it).
+fn write_event(
+    out: &mut Vec<u8>,
+    ev: &datapath::FlowEvent,
+    wall_ns: u64,
+    rule: Option<&fabric::policy::RuleRef>,
+) {
+    let mut w = observe::wire::Writer(out);
+    w.u64(wall_ns);
+    w.0.extend_from_slice(&ev.to_bytes());
+    if let Some(r) = rule {
+        w.str(r.kind).str(&r.namespace).str(&r.name).str(&r.path);
+    }
+}
+
+/// Reads what [`write_event`] wrote.
+fn read_event(
+    b: &[u8],
+) -> Option<(
+    datapath::FlowEvent,
+    std::time::SystemTime,
+    Option<fabric::policy::RuleRef>,
+)> {
+    let (head, rest) = b.split_first_chunk::<EVENT_RECORD_HEAD>()?;
+    let wall = u64::from_le_bytes(head[..8].try_into().ok()?);
+    let ev = datapath::FlowEvent::from_bytes(&head[8..])?;
+    let rule = if rest.is_empty() {
+        None
+    } else {
+        let mut r = observe::wire::Reader::new(rest);
+        let kind = r.str()?;
+        Some(fabric::policy::RuleRef {
+            kind: POLICY_KINDS.into_iter().find(|k| *k == kind)?,
+            namespace: r.str()?.to_string(),
+            name: r.str()?.to_string(),
+            path: r.str()?.to_string(),
+        })
+    };
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(wall);
+    Some((ev, time, rule))
+}
+
+/// The datapath's records: one per ring buffer event, made a flow only when read.
+struct DatapathEvents {
+    pods: std::sync::Arc<observe::endpoints::Endpoints>,
+}
+
+impl observe::RecordKind for DatapathEvents {
+    fn build(&self, bytes: &[u8]) -> observe::proto::flow::Flow {
+        match read_event(bytes) {
+            Some((ev, time, rule)) => {
+                observe::packet::flow(&packet_event(&ev, time, rule.as_ref()), &self.pods)
+            }
+            None => observe::proto::flow::Flow {
+                summary: "unreadable datapath record".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn count(&self, bytes: &[u8], m: &mut observe::metrics::Batch<'_>) {
+        let Some(ev) = bytes
+            .get(8..EVENT_RECORD_HEAD)
+            .and_then(datapath::FlowEvent::from_bytes)
+        else {
+            return;
+        };
+        let verdict = verdict_of(&ev);
+        let drop = ev.kind == datapath::abi::EVENT_DROP;
+        let kind = if drop {
+            "Drop"
+        } else if ev.kind == datapath::abi::EVENT_POLICY_VERDICT {
+            "PolicyVerdict"
+        } else {
+            "Trace"
+        };
+        m.processed(kind, "", verdict);
+        if drop {
+            let reason = i32::try_from(ev.reason)
+                .ok()
+                .and_then(|r| observe::proto::flow::DropReason::try_from(r).ok());
+            m.drop(
+                reason.map_or("other", |r| r.as_str_name()),
+                observe::metrics::proto_label(ev.proto),
+            );
+        }
+        if let Some(d) = decision(&ev) {
+            m.policy_verdict(d, u32::from(ev.match_type), verdict);
+        }
     }
 }
 
@@ -384,14 +502,19 @@ fn start_observer(
         .name("datapath-events".into())
         .spawn(move || {
             let mut lost_reported = lost_in_kernel();
+            let recorder = flows.recorder(DatapathEvents { pods });
             loop {
                 events.wait(std::time::Duration::from_secs(1));
                 let clock = Clock::now();
+                let names = rules.load();
                 while let Some(ev) = events.next_event() {
-                    flows.push(observe::packet::flow(
-                        &packet_event(&ev, &clock, &rules),
-                        &pods,
-                    ));
+                    let rule =
+                        decision(&ev).and_then(|_| names.get(usize::try_from(ev.rule).ok()?));
+                    let wall_ns = clock
+                        .system_time(ev.time_ns)
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+                    recorder.record(|out| write_event(out, &ev, wall_ns, rule));
                 }
                 let lost = lost_in_kernel();
                 if lost > lost_reported {
@@ -1023,6 +1146,100 @@ mod tests {
 
     /// Before: the agent read a torn assignments.json as "no assignments", so every Service
     /// whose cluster IP the lab had assigned silently left the maps at the next sync.
+    /// A datapath record built into a flow when read says what the event said, names its
+    /// rule as it was when recorded, and is counted from its bytes as its built flow is.
+    #[test]
+    fn datapath_records_build_and_count_as_their_flows() {
+        use observe::RecordKind as _;
+        let rule = fabric::policy::RuleRef {
+            kind: "CiliumNetworkPolicy",
+            namespace: "default".into(),
+            name: "db".into(),
+            path: "spec.ingressDeny[0]".into(),
+        };
+        let ev = |kind: u8, reason: u32, translated| datapath::FlowEvent {
+            time_ns: 5,
+            saddr: Ipv4Addr::new(10, 69, 1, 2),
+            daddr: Ipv4Addr::new(10, 69, 2, 3),
+            sport: 41000,
+            dport: 5432,
+            proto: 6,
+            kind,
+            tcp_flags: 0x02,
+            point: datapath::abi::POINT_TO_POD,
+            reason,
+            ifindex: 9,
+            translated,
+            rule: 0,
+            identity: 4242,
+            match_type: 2,
+        };
+        let events = [
+            (
+                ev(datapath::abi::EVENT_DROP, datapath::abi::DROP_POLICY, None),
+                Some(&rule),
+            ),
+            (
+                ev(datapath::abi::EVENT_POLICY_VERDICT, 0, None),
+                Some(&rule),
+            ),
+            (
+                ev(datapath::abi::EVENT_DROP, datapath::abi::DROP_POLICY, None),
+                None,
+            ),
+            (
+                ev(
+                    datapath::abi::EVENT_TRACE,
+                    0,
+                    Some((Ipv4Addr::new(10, 69, 2, 3), 5432)),
+                ),
+                None,
+            ),
+            (ev(datapath::abi::EVENT_DROP, 158, None), None),
+        ];
+        let kind = DatapathEvents {
+            pods: std::sync::Arc::new(observe::endpoints::Endpoints::default()),
+        };
+        let (from_bytes, from_flows) = (
+            observe::metrics::Metrics::default(),
+            observe::metrics::Metrics::default(),
+        );
+        let mut flows = Vec::new();
+        for (e, r) in &events {
+            let mut bytes = Vec::new();
+            write_event(&mut bytes, e, 1_795_689_354_000_000_000, *r);
+            let f = kind.build(&bytes);
+            kind.count(&bytes, &mut from_bytes.batch());
+            from_flows.flow(&f);
+            flows.push(f);
+        }
+        assert_eq!(flows[0].ingress_denied_by[0].name, "db");
+        assert_eq!(flows[0].trellis_denied_by, rule.to_string());
+        assert_eq!(flows[1].ingress_allowed_by[0].kind, "CiliumNetworkPolicy");
+        assert_eq!(flows[1].event_type.as_ref().map(|e| e.r#type), Some(5));
+        assert_eq!(flows[2].trellis_denied_by, "");
+        assert_eq!(
+            flows[3].verdict,
+            observe::proto::flow::Verdict::Translated as i32
+        );
+        let text = |m: &observe::metrics::Metrics| {
+            let mut r = prometheus_client::registry::Registry::default();
+            m.register(&mut r);
+            let mut t = String::new();
+            prometheus_client::encoding::text::encode(&mut t, &r).expect("encodes");
+            let mut lines: Vec<String> = t.lines().map(str::to_string).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(text(&from_bytes), text(&from_flows));
+        assert!(
+            text(&from_bytes).iter().any(|l| l
+                == r#"hubble_policy_verdicts_total{direction="ingress",match="l3-l4",action="forwarded"} 1"#),
+            "{:?}",
+            text(&from_bytes)
+        );
+    }
+
     #[test]
     fn a_corrupt_assignments_file_keeps_services_in_the_plan() {
         let dir = tempfile::tempdir().expect("tempdir");

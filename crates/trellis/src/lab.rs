@@ -123,6 +123,15 @@ pub enum LabCommand {
         #[command(subcommand)]
         role: TcprrRole,
     },
+    /// Turns the datapath's flow events on or off on every node of the lab (until the agents'
+    /// next sync), for `cargo xtask bench datapath` to measure flows on and off in one lab.
+    #[command(hide = true)]
+    Events {
+        #[command(flatten)]
+        lab: LabFlags,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// DNS lookup latency for `cargo xtask bench fqdn`: asks SERVER for the A record of
     /// `<PREFIX><i>.<ZONE>`, i in FIRST..FIRST+COUNT, one at a time; prints
     /// `p50_us p99_us max_us errors`.
@@ -399,6 +408,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             ports,
         } => echo(pod, namespace, node, ports),
         LabCommand::Tcprr { role } => tcprr(role),
+        LabCommand::Events { lab, state } => {
+            let st = lab::LabState::read(&lab.state_dir)?;
+            for n in &st.nodes {
+                datapath::Maps::open(&n.pin_dir)
+                    .and_then(|mut m| m.set_events(state == "on"))
+                    .with_context(|| format!("node {}: flow events {state}", n.name))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         LabCommand::Dnslat {
             server,
             prefix,
