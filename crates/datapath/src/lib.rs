@@ -371,6 +371,57 @@ impl Maps {
         Ok(stats)
     }
 
+    /// Adds policy entries without a diff (what a first DNS answer for toFQDNs opens): the
+    /// policy entries first, then the ipcache entries that map addresses to their identities
+    /// (make before break). `programmed`, what the maps held, takes them too; after an error
+    /// it is no longer known (the caller reads the maps back next time).
+    pub fn add_policy(
+        &mut self,
+        programmed: &mut PolicyDesired,
+        add: &PolicyDesired,
+    ) -> Result<SyncStats, Error> {
+        for (name, max, wanted) in [
+            (
+                "ipcache4",
+                abi::IPCACHE4_MAX,
+                programmed.ipcache.len() + add.ipcache.len(),
+            ),
+            (
+                "policy4",
+                abi::POLICY_MAX,
+                programmed.entries.len() + add.entries.len(),
+            ),
+        ] {
+            if wanted > max {
+                return Err(Error::Full { name, max, wanted });
+            }
+        }
+        let mut stats = SyncStats::default();
+        let none = BTreeMap::new();
+        lpm_write(
+            &mut self.policy,
+            &none,
+            &policy_bytes(add),
+            "policy4",
+            &mut stats,
+        )?;
+        let none = BTreeMap::new();
+        lpm_write(
+            &mut self.ipcache,
+            &none,
+            &ipcache_bytes(add),
+            "ipcache4",
+            &mut stats,
+        )?;
+        programmed
+            .entries
+            .extend(add.entries.iter().map(|(k, v)| (*k, *v)));
+        programmed
+            .ipcache
+            .extend(add.ipcache.iter().map(|(k, v)| (*k, *v)));
+        Ok(stats)
+    }
+
     fn sync_policy_into(
         &mut self,
         have: Option<&PolicyDesired>,

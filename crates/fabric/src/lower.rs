@@ -147,10 +147,55 @@ pub fn desired(
     d
 }
 
+/// One policy entry of endpoint `ep` as the policy map holds it.
+fn lower_entry(
+    ep: std::net::Ipv4Addr,
+    k: &crate::policy::PolicyKey,
+    v: &crate::policy::Verdict,
+) -> (datapath::PolicyKey, datapath::PolicyValue) {
+    use crate::policy::Direction;
+    let flag = |on: bool, f: u32| if on { f } else { 0 };
+    (
+        datapath::PolicyKey {
+            ep,
+            identity: k.identity,
+            dir: match k.direction {
+                Direction::Ingress => datapath::abi::POLICY_DIR_INGRESS,
+                Direction::Egress => datapath::abi::POLICY_DIR_EGRESS,
+            },
+            proto: k.proto,
+            port: k.port,
+            port_bits: k.port_bits,
+        },
+        datapath::PolicyValue {
+            rule: v.rule,
+            flags: flag(v.deny, datapath::abi::POLICY_F_DENY)
+                | flag(k.proto != 0, datapath::abi::POLICY_F_PROTO)
+                | flag(k.port_bits != 0, datapath::abi::POLICY_F_PORT),
+        },
+    )
+}
+
+/// What [`crate::policy::learn`] added, as entries to add to the policy maps.
+pub fn added_desired(a: &crate::policy::Added) -> datapath::PolicyDesired {
+    datapath::PolicyDesired {
+        ipcache: a
+            .ipcache
+            .iter()
+            .map(|(net, id)| ((net.network(), net.prefix_len()), *id))
+            .collect(),
+        endpoints: Default::default(),
+        entries: a
+            .entries
+            .iter()
+            .map(|(ep, k, v)| lower_entry(*ep, k, v))
+            .collect(),
+    }
+}
+
 /// Turns the fabric's policy plan into the policy maps' contents; `None` when the plan went over
 /// a bound (the maps then keep the last good policy, never a partial one).
 pub fn policy_desired(plan: &crate::policy::PolicyPlan) -> Option<datapath::PolicyDesired> {
-    use crate::policy::Direction;
     if plan.over_bound.is_some() {
         return None;
     }
@@ -178,35 +223,8 @@ pub fn policy_desired(plan: &crate::policy::PolicyPlan) -> Option<datapath::Poli
             },
         );
         for (k, v) in &ep.entries {
-            d.entries.insert(
-                datapath::PolicyKey {
-                    ep: *ip,
-                    identity: k.identity,
-                    dir: match k.direction {
-                        Direction::Ingress => datapath::abi::POLICY_DIR_INGRESS,
-                        Direction::Egress => datapath::abi::POLICY_DIR_EGRESS,
-                    },
-                    proto: k.proto,
-                    port: k.port,
-                    port_bits: k.port_bits,
-                },
-                datapath::PolicyValue {
-                    rule: v.rule,
-                    flags: if v.deny {
-                        datapath::abi::POLICY_F_DENY
-                    } else {
-                        0
-                    } | if k.proto != 0 {
-                        datapath::abi::POLICY_F_PROTO
-                    } else {
-                        0
-                    } | if k.port_bits != 0 {
-                        datapath::abi::POLICY_F_PORT
-                    } else {
-                        0
-                    },
-                },
-            );
+            let (k, v) = lower_entry(*ip, k, v);
+            d.entries.insert(k, v);
         }
     }
     Some(d)

@@ -205,6 +205,125 @@ impl PolicyPlan {
     }
 }
 
+/// What [`learn`] added to a plan: the ipcache entries of new address identities and the
+/// policy entries (endpoint, key, verdict) that were not there.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Added {
+    pub ipcache: Vec<(Ipv4Net, u32)>,
+    pub entries: Vec<(Ipv4Addr, PolicyKey, Verdict)>,
+}
+
+impl Added {
+    /// Takes in what another [`learn`] added.
+    pub fn extend(&mut self, other: Added) {
+        self.ipcache.extend(other.ipcache);
+        self.entries.extend(other.entries);
+    }
+}
+
+/// Adds to a compiled plan what DNS answered endpoint `ep` (`addr`, for `names`), as
+/// [`compile`] with that answer in its `learned` makes it, without compiling again: a first
+/// answer for toFQDNs waits for this. The address gets a CIDR identity of its own (/32) that
+/// every endpoint's entries for the identity it had so far also name (what selected it still
+/// does), and `ep` gets its toFQDNs rules' keys for it. `None` when it cannot be done here (a
+/// bound, or an address that is not outside the cluster's identities): compile instead.
+pub fn learn(
+    plan: &mut PolicyPlan,
+    ep: Ipv4Addr,
+    addr: Ipv4Addr,
+    names: &BTreeSet<String>,
+) -> Option<Added> {
+    if plan.over_bound.is_some() {
+        return None;
+    }
+    let rules: Vec<FqdnRule> = plan
+        .endpoints
+        .get(&ep)?
+        .fqdn
+        .iter()
+        .filter(|f| names.iter().any(|n| f.names.iter().any(|m| m.matches(n))))
+        .cloned()
+        .collect();
+    let mut added = Added::default();
+    if rules.is_empty() {
+        return Some(added);
+    }
+    let net = Ipv4Net::from(addr);
+    let is_cidr = |id: u32| (CIDR_ID_BASE..CIDR_ID_BASE + CIDR_ID_SPACE).contains(&id);
+    let identity = match plan.ipcache.get(&net) {
+        Some(&id) if is_cidr(id) => id,
+        // A node's or a pod's address: compile decides.
+        Some(_) => return None,
+        None => {
+            let before = plan.identity_of(addr);
+            if before != ID_WORLD && !is_cidr(before) {
+                return None;
+            }
+            let cidrs = plan.identities.keys().filter(|id| is_cidr(**id)).count();
+            if cidrs >= CIDR_IDENTITIES_MAX || plan.ipcache.len() >= IPCACHE_MAX {
+                return None;
+            }
+            // The number compile gives it: its hash, probed forward past numbers taken.
+            let mut n = (crate::maglev::hash64(net.to_string().as_bytes(), IDENTITY_HASH_SEED)
+                % u64::from(CIDR_ID_SPACE)) as u32;
+            while plan.identities.contains_key(&(CIDR_ID_BASE + n)) {
+                n = (n + 1) % CIDR_ID_SPACE;
+            }
+            let id = CIDR_ID_BASE + n;
+            // What selected the address through the identity it had selects it still.
+            for (ip, e) in plan.endpoints.iter_mut() {
+                let copies: Vec<(PolicyKey, Verdict)> = e
+                    .entries
+                    .iter()
+                    .filter(|(k, _)| k.identity == before)
+                    .map(|(k, v)| (PolicyKey { identity: id, ..*k }, *v))
+                    .collect();
+                for (k, v) in copies {
+                    e.entries.insert(k, v);
+                    added.entries.push((*ip, k, v));
+                }
+            }
+            plan.identities
+                .insert(id, BTreeMap::from([("cidr".to_string(), net.to_string())]));
+            plan.ipcache.insert(net, id);
+            added.ipcache.push((net, id));
+            id
+        }
+    };
+    let e = plan.endpoints.get_mut(&ep)?;
+    let keys: Vec<(PolicyKey, Verdict)> = rules
+        .iter()
+        .flat_map(|f| {
+            f.keys.iter().map(|k| {
+                (
+                    PolicyKey { identity, ..*k },
+                    Verdict {
+                        deny: false,
+                        rule: f.rule,
+                    },
+                )
+            })
+        })
+        .collect();
+    for (k, v) in keys {
+        if let std::collections::btree_map::Entry::Vacant(slot) = e.entries.entry(k) {
+            slot.insert(v);
+            added.entries.push((ep, k, v));
+        }
+    }
+    prune_covered_allows(&mut e.entries);
+    if e.entries.len() > ENTRIES_PER_ENDPOINT_MAX {
+        return None;
+    }
+    // What pruning took away again was not added.
+    added.entries.retain(|(ip, k, _)| {
+        plan.endpoints
+            .get(ip)
+            .is_some_and(|e| e.entries.contains_key(k))
+    });
+    Some(added)
+}
+
 /// The pods whose DNS queries `rules.dns` restricts (selected by a policy with an egress
 /// allow that carries it), on every node: the DNS server refuses their queries when it
 /// cannot ask their node's agent (fail closed).
@@ -1927,6 +2046,92 @@ spec:
             !web.entries
                 .keys()
                 .any(|k| k.direction == Direction::Ingress && k.identity != ID_HOST)
+        );
+    }
+
+    #[test]
+    fn learning_an_answer_makes_what_compiling_with_it_makes() {
+        let mut text = pod("default", "db", "10.0.1.6", "n1", "{app: db}");
+        text += r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toFQDNs: [{matchPattern: "*.example.test"}]
+    toPorts: [{ports: [{port: "443"}, {port: "8000", endPort: 8003}]}]
+  - toCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}]
+    toPorts: [{ports: [{port: "80"}]}]
+  egressDeny:
+  - toCIDR: [192.0.2.0/28]
+    toPorts: [{ports: [{port: "443"}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  egress:
+  - toEntities: [world]
+    toPorts: [{ports: [{port: "5432"}]}]
+"#;
+        let s = pods_and(&text);
+        let web = Ipv4Addr::new(10, 0, 1, 5);
+        let names = BTreeSet::from(["a.example.test".to_string()]);
+        let mut learned = Learned::default();
+        learned
+            .entry(web)
+            .or_default()
+            .insert(Ipv4Addr::new(203, 0, 113, 9), names.clone());
+        for addr in [
+            // Inside the allowed CIDR and the denied /28; in the except; the world; known.
+            Ipv4Addr::new(192, 0, 2, 5),
+            Ipv4Addr::new(192, 0, 2, 200),
+            Ipv4Addr::new(198, 51, 100, 7),
+            Ipv4Addr::new(203, 0, 113, 9),
+        ] {
+            let mut plan = compile(&s, "n1", &nodes(), &learned);
+            let added = learn(&mut plan, web, addr, &names).expect("learned in place");
+            let mut with = learned.clone();
+            with.entry(web)
+                .or_default()
+                .entry(addr)
+                .or_default()
+                .extend(names.iter().cloned());
+            let full = compile(&s, "n1", &nodes(), &with);
+            assert_eq!(plan.ipcache, full.ipcache, "{addr}");
+            assert_eq!(plan.identities, full.identities, "{addr}");
+            for (ip, e) in &full.endpoints {
+                assert_eq!(plan.endpoints[ip].entries, e.entries, "{addr}: {ip}");
+            }
+            // What it says it added is what changed.
+            let before = compile(&s, "n1", &nodes(), &learned);
+            for (ip, k, v) in &added.entries {
+                assert!(!before.endpoints[ip].entries.contains_key(k));
+                assert_eq!(full.endpoints[ip].entries.get(k), Some(v));
+            }
+            let new_keys: usize = full
+                .endpoints
+                .iter()
+                .map(|(ip, e)| e.entries.len() - before.endpoints[ip].entries.len())
+                .sum();
+            assert_eq!(added.entries.len(), new_keys, "{addr}");
+            assert_eq!(
+                added.ipcache.is_some(),
+                addr != Ipv4Addr::new(203, 0, 113, 9)
+            );
+        }
+        // A name no rule covers: nothing; an address of the cluster: compile decides.
+        let mut plan = compile(&s, "n1", &nodes(), &learned);
+        let other = BTreeSet::from(["a.example.org".to_string()]);
+        assert_eq!(
+            learn(&mut plan, web, Ipv4Addr::new(198, 51, 100, 7), &other),
+            Some(Added::default())
+        );
+        assert_eq!(
+            learn(&mut plan, web, Ipv4Addr::new(10, 0, 2, 5), &names),
+            None
         );
     }
 

@@ -529,6 +529,17 @@ fn start_observer(
     Ok(())
 }
 
+/// What a sync of the agent's maps covers.
+#[derive(Clone, Copy)]
+enum Update<'a> {
+    /// Services, announcements and policy (manifests changed).
+    Full,
+    /// Policy only, compiled again (toFQDNs addresses expired, or could not be added).
+    Policy,
+    /// Entries added to the plan in place for a DNS answer (toFQDNs): written as they are.
+    Added(&'a fabric::policy::Added),
+}
+
 /// What the agent's loop wakes for.
 enum Msg {
     Watch(store::watch::Update),
@@ -930,14 +941,28 @@ pub fn run(args: &Args) -> Result<ExitCode> {
     }
     // The policy maps' contents as this agent last wrote them (None: unknown, read them back).
     let mut programmed: Option<datapath::PolicyDesired> = None;
-    // `full`: services, announcements and policy; otherwise only the policy (a DNS answer
-    // for toFQDNs, or one expiring). Returns the policy plan programmed (or kept).
+    // `what` (see `Update`): everything, the policy compiled again, or entries a DNS answer
+    // added in place. Returns the policy plan programmed (or kept), `None` when the caller's
+    // plan (updated in place) is what the maps now hold.
     let mut apply = |snapshot: &model::Snapshot,
                      generation: Option<u64>,
                      announce: &mut Vec<fabric::l2::Announcement>,
                      learned: &fabric::policy::Learned,
-                     full: bool|
-     -> Result<fabric::policy::PolicyPlan> {
+                     what: Update<'_>|
+     -> Result<Option<fabric::policy::PolicyPlan>> {
+        if let Update::Added(added) = what
+            && let Some(have) = programmed.as_mut()
+        {
+            match maps.add_policy(have, &fabric::lower::added_desired(added)) {
+                Ok(_) => return Ok(None),
+                Err(e) => {
+                    // What the maps hold is not known now: compile and read them back.
+                    programmed = None;
+                    tracing::warn!(error = %e, "toFQDNs: adding policy entries failed");
+                }
+            }
+        }
+        let full = matches!(what, Update::Full);
         let policy = fabric::policy::compile(snapshot, &conf.node, &conf.node_ips, learned);
         if policy.over_bound.is_none() {
             rule_names.store(std::sync::Arc::new(policy.rules.clone()));
@@ -955,7 +980,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 maps.sync_policy(have.as_ref(), &p)?;
                 programmed = Some(p);
             }
-            return Ok(policy);
+            return Ok(Some(policy));
         }
         pods.update(snapshot);
         let plan = fabric::compile(
@@ -1010,7 +1035,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
             stats.written,
             stats.removed
         );
-        Ok(policy)
+        Ok(Some(policy))
     };
     // One queue for manifest changes and DNS answers, so both apply in one place.
     let (tx, msgs) = std::sync::mpsc::channel::<Msg>();
@@ -1039,13 +1064,15 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .unwrap_or(crate::fqdn::MIN_TTL_DEFAULT);
     let mut cache = crate::fqdn::Cache::default();
     let mut current = watch.current();
+    // A full sync always returns its plan.
     let mut policy = apply(
         &current.snapshot,
         current.generation,
         &mut announce,
         &cache.learned(),
-        true,
-    )?;
+        Update::Full,
+    )?
+    .unwrap_or_default();
     println!("ready");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
@@ -1059,9 +1086,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                     current.generation,
                     &mut announce,
                     &cache.learned(),
-                    true,
+                    Update::Full,
                 ) {
-                    Ok(p) => policy = p,
+                    Ok(p) => policy = p.unwrap_or(policy),
                     Err(e) => {
                         eprintln!("sync failed (the maps keep their previous contents): {e:#}");
                         let mut doc = (**admin_doc.load()).clone();
@@ -1086,15 +1113,35 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 let _ = done.send(pass);
             }
             Ok(Msg::Answered((crate::fqdn::Told::Answered(answer), done))) => {
-                if cache.learn(&policy, &answer, min_ttl) {
+                let new = cache.learn(&policy, &answer, min_ttl);
+                if !new.is_empty() {
+                    // Opened in place (the new entries written, nothing compiled) when it can
+                    // be; otherwise compiled with the cache.
+                    let names = std::collections::BTreeSet::from([answer.name.clone()]);
+                    let mut added = fabric::policy::Added::default();
+                    let mut in_place = true;
+                    for addr in &new {
+                        match fabric::policy::learn(&mut policy, answer.client, *addr, &names) {
+                            Some(a) => added.extend(a),
+                            None => {
+                                in_place = false;
+                                break;
+                            }
+                        }
+                    }
+                    let what = if in_place {
+                        Update::Added(&added)
+                    } else {
+                        Update::Policy
+                    };
                     match apply(
                         &current.snapshot,
                         current.generation,
                         &mut announce,
                         &cache.learned(),
-                        false,
+                        what,
                     ) {
-                        Ok(p) => policy = p,
+                        Ok(p) => policy = p.unwrap_or(policy),
                         Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
                     }
                 }
@@ -1109,9 +1156,9 @@ pub fn run(args: &Args) -> Result<ExitCode> {
                 current.generation,
                 &mut announce,
                 &cache.learned(),
-                false,
+                Update::Policy,
             ) {
-                Ok(p) => policy = p,
+                Ok(p) => policy = p.unwrap_or(policy),
                 Err(e) => eprintln!("toFQDNs: policy sync failed: {e:#}"),
             }
         }

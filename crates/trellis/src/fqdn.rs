@@ -343,27 +343,27 @@ pub const MIN_TTL_DEFAULT: Duration = Duration::from_secs(60);
 pub struct Cache(std::collections::BTreeMap<(Ipv4Addr, Ipv4Addr, String), std::time::Instant>);
 
 impl Cache {
-    /// Records an answer when a toFQDNs rule of the asking endpoint covers its name; whether
-    /// an address is new (the policy must be programmed again).
+    /// Records an answer when a toFQDNs rule of the asking endpoint covers its name; the
+    /// addresses new for that name (the policy must open them).
     pub fn learn(
         &mut self,
         plan: &fabric::policy::PolicyPlan,
         a: &Answered,
         min_ttl: Duration,
-    ) -> bool {
+    ) -> Vec<Ipv4Addr> {
         let Some(ep) = plan.endpoints.get(&a.client) else {
-            return false;
+            return Vec::new();
         };
         if !ep
             .fqdn
             .iter()
             .any(|f| f.names.iter().any(|m| m.matches(&a.name)))
         {
-            return false;
+            return Vec::new();
         }
         let until = std::time::Instant::now() + Duration::from_secs(u64::from(a.ttl)).max(min_ttl);
         let name = a.name.trim_end_matches('.').to_ascii_lowercase();
-        let mut new = false;
+        let mut new = Vec::new();
         for addr in &a.addrs {
             let key = (a.client, *addr, name.clone());
             if !self.0.contains_key(&key) && self.0.len() >= CACHE_MAX {
@@ -374,7 +374,9 @@ impl Cache {
                 );
                 continue;
             }
-            new |= self.0.insert(key, until).is_none();
+            if self.0.insert(key, until).is_none() {
+                new.push(*addr);
+            }
         }
         new
     }
@@ -438,16 +440,22 @@ mod tests {
         let mut c = Cache::default();
         let min = Duration::from_secs(5);
         // Not an endpoint of this node, or a name no rule covers: nothing learned.
-        assert!(!c.learn(
-            &plan,
-            &answered([10, 0, 0, 9], "a.example.test", &[[1, 2, 3, 4]], 30),
-            min
-        ));
-        assert!(!c.learn(
-            &plan,
-            &answered([10, 0, 0, 5], "a.example.org", &[[1, 2, 3, 4]], 30),
-            min
-        ));
+        assert!(
+            c.learn(
+                &plan,
+                &answered([10, 0, 0, 9], "a.example.test", &[[1, 2, 3, 4]], 30),
+                min
+            )
+            .is_empty()
+        );
+        assert!(
+            c.learn(
+                &plan,
+                &answered([10, 0, 0, 5], "a.example.org", &[[1, 2, 3, 4]], 30),
+                min
+            )
+            .is_empty()
+        );
         assert!(c.learned().is_empty());
         // Covered: new, then known (no second sync), per endpoint, name as asked.
         let a = answered(
@@ -456,8 +464,11 @@ mod tests {
             &[[1, 2, 3, 4], [1, 2, 3, 5]],
             1,
         );
-        assert!(c.learn(&plan, &a, min));
-        assert!(!c.learn(&plan, &a, min));
+        assert_eq!(
+            c.learn(&plan, &a, min),
+            [Ipv4Addr::new(1, 2, 3, 4), Ipv4Addr::new(1, 2, 3, 5)]
+        );
+        assert!(c.learn(&plan, &a, min).is_empty());
         let l = c.learned();
         let ep = &l[&Ipv4Addr::new(10, 0, 0, 5)];
         assert_eq!(ep.len(), 2);
