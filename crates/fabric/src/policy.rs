@@ -2118,8 +2118,8 @@ spec:
                 .sum();
             assert_eq!(added.entries.len(), new_keys, "{addr}");
             assert_eq!(
-                added.ipcache.is_some(),
-                addr != Ipv4Addr::new(203, 0, 113, 9)
+                added.ipcache.is_empty(),
+                addr == Ipv4Addr::new(203, 0, 113, 9)
             );
         }
         // A name no rule covers: nothing; an address of the cluster: compile decides.
