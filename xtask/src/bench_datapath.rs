@@ -314,13 +314,13 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     std::fs::create_dir_all(dir.join("manifests"))?;
     // (services, group, variant, mode) -> transactions/s per round.
     let mut results: BTreeMap<(usize, usize, String, String), Vec<f64>> = BTreeMap::new();
-    // SERVICES=10 measures one count only; GROUPS=1 the first group only (trellis and
+    // SERVICES=10 measures one count only; VARIANT_GROUPS=1 the first group only (trellis and
     // trellis+flows against direct); LB=0 skips the LoadBalancer part.
     let counts: Vec<usize> = match crate::env_or("SERVICES", 0usize) {
         0 => vec![10, 10_000],
         n => vec![n],
     };
-    let groups = crate::env_or("GROUPS", GROUPS.len()).min(GROUPS.len());
+    let groups = crate::env_or("VARIANT_GROUPS", GROUPS.len()).min(GROUPS.len());
     for (services, (group, variants_of_group)) in counts
         .iter()
         .copied()
@@ -818,6 +818,22 @@ pub fn run_fqdn(root: &Path, names: u32) -> Result<String> {
     // of its agent before it is answered. Its first answers open its addresses; measured again.
     lat_from(&restricted_ns, 53, 1, names)?;
     let restricted = lat_from(&restricted_ns, 53, 1, names)?;
+    // That pod's queries did go through its agent: a name outside its rules.dns is refused.
+    let dig = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{restricted_ns}"))
+        .args([
+            "dig",
+            "+time=2",
+            "+tries=1",
+            &format!("@{ip}"),
+            "outside.test",
+        ])
+        .output()?;
+    let said = String::from_utf8_lossy(&dig.stdout);
+    ensure!(
+        said.contains("status: REFUSED"),
+        "the rules.dns pod was not refused outside.test: {said}"
+    );
     let mut md = format!(
         "| toFQDNs, {names} names, one lookup at a time | p50 µs | p99 µs | max µs | errors |\n\
          |---|---:|---:|---:|---:|\n"

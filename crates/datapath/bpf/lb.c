@@ -217,7 +217,12 @@ static __always_inline void emit_full(struct __sk_buff *skb, const struct tuple 
 	e->match_type = match_type;
 	e->rule = rule;
 	e->identity = identity;
-	bpf_ringbuf_submit(e, 0);
+	/* The reader is woken only once the ring holds EVENTS_WAKEUP_BYTES; otherwise it drains
+	 * on its own every EVENTS_DRAIN_MS. A wakeup per event cost the reader two context
+	 * switches per new connection, on the cores the connections use. */
+	bpf_ringbuf_submit(e, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKEUP_BYTES ?
+				      BPF_RB_FORCE_WAKEUP :
+				      BPF_RB_NO_WAKEUP);
 }
 
 static __always_inline void emit(struct __sk_buff *skb, const struct tuple *t, __u8 kind,

@@ -213,6 +213,8 @@ struct node_config {
 /* Flow events for observe: new service connections, masquerade decisions and drops, one
  * record each in a ring buffer the agent reads. */
 #define EVENTS_RING_BYTES (256 * 1024)
+#define EVENTS_WAKEUP_BYTES (64 * 1024) /* the reader is woken when this much waits */
+#define EVENTS_DRAIN_MS 100             /* ... and drains by itself this often (agent) */
 #define EVENT_DROP 1           /* Cilium monitor type: drop */
 #define EVENT_TRACE 4          /* Cilium monitor type: trace */
 #define EVENT_POLICY_VERDICT 5 /* Cilium monitor type: policy verdict (a new connection let

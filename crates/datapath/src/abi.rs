@@ -72,6 +72,9 @@ pub const DROP_UNSUPPORTED_L3: u32 = 139;
 pub const POLICY_KEY_FIXED_BITS: u32 = 72;
 
 /// `flow_event.kind`: Cilium's monitor message types.
+/// How often the agent drains the events ring by itself (the programs wake it only when a
+/// quarter of the ring is waiting), as in `trellis.h`.
+pub const EVENTS_DRAIN_MS: u64 = 100;
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_TRACE: u8 = 4;
 pub const EVENT_POLICY_VERDICT: u8 = 5;

@@ -504,7 +504,9 @@ fn start_observer(
             let mut lost_reported = lost_in_kernel();
             let recorder = flows.recorder(DatapathEvents { pods });
             loop {
-                events.wait(std::time::Duration::from_secs(1));
+                events.wait(std::time::Duration::from_millis(
+                    datapath::abi::EVENTS_DRAIN_MS,
+                ));
                 let clock = Clock::now();
                 let names = rules.load();
                 while let Some(ev) = events.next_event() {

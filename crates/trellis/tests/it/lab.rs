@@ -366,33 +366,41 @@ fn lab_pods_services_scaling_agent_restart_and_down() {
             .to_string()
     };
     let server = format!("{}:4244", lan_ip_of(&a.1));
-    let (code, out) = lab.exec(
-        "client",
-        &[
-            trellis_bin(),
-            "observe",
-            "--server",
-            &server,
-            "--last",
-            "200",
-            "-o",
-            "json",
-        ],
-    );
-    assert_eq!(code, 0, "{out}");
-    let translated = out
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| {
-            v["flow"]["verdict"] == "TRANSLATED"
-                && v["flow"]["IP"]["destination"] == cluster_ip.as_str()
-                && v["flow"]["source"]["pod_name"] == a.0.as_str()
-        })
-        .count();
-    assert!(
-        translated >= 40,
-        "{translated} service flows from the datapath:\n{out}"
-    );
+    // The agent drains the datapath's events every 100 ms (sooner when many wait): polled.
+    let started = std::time::Instant::now();
+    loop {
+        let (code, out) = lab.exec(
+            "client",
+            &[
+                trellis_bin(),
+                "observe",
+                "--server",
+                &server,
+                "--last",
+                "200",
+                "-o",
+                "json",
+            ],
+        );
+        assert_eq!(code, 0, "{out}");
+        let translated = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| {
+                v["flow"]["verdict"] == "TRANSLATED"
+                    && v["flow"]["IP"]["destination"] == cluster_ip.as_str()
+                    && v["flow"]["source"]["pod_name"] == a.0.as_str()
+            })
+            .count();
+        if translated >= 40 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{translated} service flows from the datapath:\n{out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // sessionAffinity: ClientIP keeps one client on one backend across connections.
     let sticky = service("sticky")["cluster_ip"]
