@@ -27,10 +27,18 @@ pub struct Head<'a, H: HeaderSource + ?Sized> {
 }
 
 /// The rule a request matched.
+#[derive(Clone)]
 pub struct Routed {
     pub action: Arc<Action>,
     /// The client as the ClientTrafficPolicy defines it (X-Forwarded-For from trusted peers).
     pub client: SocketAddr,
+}
+
+/// What the own HTTP/1 path decided of a request it hands to the general path: the router it
+/// used and the rule it matched (`None`: no route), so the request is not routed again.
+pub struct Decided {
+    pub router: Arc<Router>,
+    pub routed: Option<Routed>,
 }
 
 impl Routed {

@@ -101,7 +101,7 @@ pub(crate) async fn serve<S: Client>(
                 match prepare(&state, router, peer, scheme, &buf) {
                     Prep::More => {}
                     Prep::Forward(ex) => break ex,
-                    Prep::HandOff => {
+                    Prep::HandOff(decided) => {
                         drop(ports);
                         state.metrics.h1_handoffs.inc();
                         let io = Prefixed {
@@ -111,7 +111,7 @@ pub(crate) async fn serve<S: Client>(
                         // Boxed: inline, every connection of this path would carry room
                         // for hyper's connection.
                         Box::pin(crate::proxy::serve_http(
-                            state, port, peer, scheme, io, drain,
+                            state, port, peer, scheme, io, drain, decided,
                         ))
                         .await;
                         return;
@@ -186,8 +186,9 @@ pub(crate) async fn serve<S: Client>(
 enum Prep {
     /// Not all of the request is here yet.
     More,
-    /// Not a request this path serves: the general path takes the connection.
-    HandOff,
+    /// Not a request this path serves: the general path takes the connection, with what this
+    /// path decided of its first request once it routed it.
+    HandOff(Option<Box<decide::Decided>>),
     Forward(Exchange),
 }
 
@@ -251,7 +252,7 @@ impl Seen {
 /// Parses a request at the start of `buf`, routes it and writes the upstream request.
 fn prepare(
     state: &State,
-    router: &Router,
+    router: &Arc<Router>,
     peer: SocketAddr,
     scheme: &'static str,
     buf: &[u8],
@@ -262,13 +263,13 @@ fn prepare(
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < REQUEST_HEADER_BYTES_MAX => return Prep::More,
-        _ => return Prep::HandOff,
+        _ => return Prep::HandOff(None),
     };
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
-        return Prep::HandOff;
+        return Prep::HandOff(None);
     };
     if !target.starts_with('/') {
-        return Prep::HandOff;
+        return Prep::HandOff(None);
     }
     let headers: &[httparse::Header<'_>] = req.headers;
     let mut host = None;
@@ -278,40 +279,40 @@ fn prepare(
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
             if host.is_some() {
-                return Prep::HandOff;
+                return Prep::HandOff(None);
             }
             host = std::str::from_utf8(h.value).ok();
         } else if name.eq_ignore_ascii_case("content-length") {
             match (content_length(h.value), length) {
                 (Some(n), None) => length = Some(n),
                 (Some(n), Some(m)) if n == m => {}
-                _ => return Prep::HandOff,
+                _ => return Prep::HandOff(None),
             }
         } else if name.eq_ignore_ascii_case("connection") {
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if t.eq_ignore_ascii_case(b"upgrade") {
-                    return Prep::HandOff;
+                    return Prep::HandOff(None);
                 }
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case("expect")
             || name.eq_ignore_ascii_case("upgrade")
         {
-            return Prep::HandOff;
+            return Prep::HandOff(None);
         }
     }
     let body = length.unwrap_or(0);
     if body > REQUEST_BODY_BYTES_MAX {
-        return Prep::HandOff;
+        return Prep::HandOff(None);
     }
     let len = head_len + body;
     if buf.len() < len {
         return Prep::More;
     }
     let Some(host) = host.map(host_without_port) else {
-        return Prep::HandOff;
+        return Prep::HandOff(None);
     };
     let (path, query) = match target.bytes().position(|b| b == b'?') {
         Some(i) => (&target[..i], Some(&target[i + 1..])),
@@ -326,9 +327,15 @@ fn prepare(
     };
     // The rule, and whether anything but forwarding runs for it: then the general path
     // serves the request (and decides it the same way).
-    let Some(routed) = decide::route(router, peer, &head).filter(decide::Routed::only_forwards)
-    else {
-        return Prep::HandOff;
+    let hand_off = |routed| {
+        Prep::HandOff(Some(Box::new(decide::Decided {
+            router: router.clone(),
+            routed,
+        })))
+    };
+    let routed = match decide::route(router, peer, &head) {
+        Some(r) if r.only_forwards() => r,
+        other => return hand_off(other),
     };
     let seq = state.next.fetch_add(1, Ordering::Relaxed);
     let (backend, encoding) = match decide::answer(router, &routed.action, &head, scheme, seq) {
@@ -339,7 +346,7 @@ fn prepare(
             (backend, encoding)
         }
         // Answered by the gateway itself: on the general path, where every local answer is made.
-        _ => return Prep::HandOff,
+        _ => return hand_off(Some(routed)),
     };
     let client = routed.client;
     let action = &*routed.action;
@@ -364,7 +371,7 @@ fn prepare(
             // Never without the body's length: upstream the body would be read as the next
             // request (smuggling). The general path frames the body itself.
             if h.name.eq_ignore_ascii_case("content-length") {
-                return Prep::HandOff;
+                return hand_off(Some(routed.clone()));
             }
             continue;
         }
@@ -1184,13 +1191,13 @@ pub mod fuzzing {
     /// [`prepare`] of `buf` on a gateway started from a plan without listeners.
     pub fn request(
         gateway: &crate::Running,
-        router: &crate::plan::Router,
+        router: &std::sync::Arc<crate::plan::Router>,
         peer: std::net::SocketAddr,
         buf: &[u8],
     ) -> Request {
         match prepare(&gateway.state, router, peer, "http", buf) {
             Prep::More => Request::More,
-            Prep::HandOff => Request::HandOff,
+            Prep::HandOff(_) => Request::HandOff,
             Prep::Forward(ex) => Request::Forward {
                 len: ex.len,
                 upstream: ex.upstream,

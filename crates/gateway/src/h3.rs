@@ -149,7 +149,7 @@ async fn request(state: Arc<State>, port: u16, peer: SocketAddr, resolver: Resol
     let Ok(Some(body)) = tokio::time::timeout(HEADER_READ_TIMEOUT, request_body(recv)).await else {
         return;
     };
-    let resp = crate::proxy::handle(&state, port, peer, "https", req.map(|()| body)).await;
+    let resp = crate::proxy::handle(&state, port, peer, "https", req.map(|()| body), None).await;
     let _ = respond(send, resp).await;
 }
 

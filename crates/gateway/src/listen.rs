@@ -367,7 +367,7 @@ async fn serve_tls(
         // HTTP/2 goes to hyper; HTTP/1.1 to the own path (which hands over what it does not
         // serve).
         Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
-            Box::pin(serve_http(state, port, peer, "https", tls, drain)).await;
+            Box::pin(serve_http(state, port, peer, "https", tls, drain, None)).await;
         }
         Ok(Ok(tls)) => Box::pin(crate::h1::serve(state, port, peer, "https", tls, drain)).await,
         _ => {

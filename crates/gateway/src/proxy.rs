@@ -291,6 +291,7 @@ pub(crate) async fn serve_http<S>(
     scheme: &'static str,
     stream: S,
     mut drain: watch::Receiver<bool>,
+    first: Option<Box<decide::Decided>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -303,12 +304,16 @@ pub(crate) async fn serve_http<S>(
     // The request's future is boxed: the connection keeps room for its service's future
     // inline, and this one is large (routing, retries, compression), so an idle keep-alive
     // connection would carry it for nothing.
+    // The own HTTP/1 path's decision of the connection's first request, when it handed the
+    // connection over after routing that request: that request is not routed again.
+    let first = std::sync::Mutex::new(first);
     let svc = hyper::service::service_fn(move |req| {
         let state = state.clone();
         seen.arrived();
         let seen = seen.clone();
+        let decided = first.lock().ok().and_then(|mut f| f.take());
         Box::pin(async move {
-            let resp = handle(&state, port, peer, scheme, req.map(box_incoming)).await;
+            let resp = handle(&state, port, peer, scheme, req.map(box_incoming), decided).await;
             seen.ended();
             Ok::<_, Infallible>(resp)
         })
@@ -510,6 +515,7 @@ pub(crate) async fn handle(
     peer: SocketAddr,
     scheme: &'static str,
     req: Request<Body>,
+    decided: Option<Box<decide::Decided>>,
 ) -> Response<Body> {
     // One span per request (at debug level: free when not logged).
     let span = tracing::debug_span!(
@@ -520,18 +526,25 @@ pub(crate) async fn handle(
         uri = %req.uri(),
         path = "hyper",
     );
-    let router = state
-        .ports
-        .load()
-        .get(&port)
-        .and_then(|l| l.router().cloned());
+    // The router the own path routed this request with, when it did (and its rule).
+    let (router, routed) = match decided.map(|d| *d) {
+        Some(decide::Decided { router, routed }) => (Some(router), Some(routed)),
+        None => (
+            state
+                .ports
+                .load()
+                .get(&port)
+                .and_then(|l| l.router().cloned()),
+            None,
+        ),
+    };
     // HTTP/1 and HTTP/2 answers on a port that also serves HTTP/3 say so.
     let alt_svc = router
         .as_ref()
         .and_then(|r| r.alt_svc.clone())
         .filter(|_| req.version() != http::Version::HTTP_3);
     let Some(observer) = &state.observer else {
-        let mut resp = handle_inner(state, router, peer, scheme, req)
+        let mut resp = handle_inner(state, router, routed, peer, scheme, req)
             .instrument(span)
             .await;
         if let Some(v) = alt_svc {
@@ -548,7 +561,7 @@ pub(crate) async fn handle(
         &request_host(&req),
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
     );
-    let mut resp = handle_inner(state, router, peer, scheme, req)
+    let mut resp = handle_inner(state, router, routed, peer, scheme, req)
         .instrument(span)
         .await;
     if let Some(v) = alt_svc {
@@ -588,9 +601,12 @@ fn seen(state: &State, resp: &mut Response<Body>, action: &Arc<Action>, client: 
     }
 }
 
+/// `routed`: the rule the own HTTP/1 path found for this request (`Some(None)`: none), when it
+/// routed it before handing it over.
 async fn handle_inner(
     state: &State,
     router: Option<Arc<crate::plan::Router>>,
+    routed: Option<Option<decide::Routed>>,
     peer: SocketAddr,
     scheme: &'static str,
     req: Request<Body>,
@@ -601,7 +617,8 @@ async fn handle_inner(
     };
     let (host, path, query) = host_path_query(&req);
     let head = head_of(&req, &host, &path, query.as_deref());
-    let Some(decide::Routed { action, client }) = decide::route(&router, peer, &head) else {
+    let routed = routed.unwrap_or_else(|| decide::route(&router, peer, &head));
+    let Some(decide::Routed { action, client }) = routed else {
         state.metrics.request("", 404, started.elapsed());
         return local(StatusCode::NOT_FOUND, &format!("no route for {host}{path}"));
     };
