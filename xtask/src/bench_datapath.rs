@@ -868,7 +868,13 @@ pub fn run_policy(root: &Path, rounds: usize, secs: u32) -> Result<String> {
     let bin = bin.as_str();
     let dir = root.join("target/bench/policy");
     let mut rows = Vec::new();
-    for n in [0usize, 1, 100, 10_000] {
+    // POLICY_COUNTS=0,100 measures those counts only.
+    let counts: Vec<usize> = std::env::var("POLICY_COUNTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![0, 1, 100, 10_000]);
+    for n in counts {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("manifests"))?;
         let mut m = manifests(1);
@@ -906,22 +912,39 @@ pub fn run_policy(root: &Path, rounds: usize, secs: u32) -> Result<String> {
         }
         eprintln!("\n==> lab with {n} policies");
         let state_dir = dir.join("state").display().to_string();
-        let (lab, state) = lab_up(bin, &dir.join("manifests"), &state_dir, false)?;
+        // With the flow export, switched off but for the `crr+flows` measure: each new
+        // connection through the server's enforced ingress is then a policy verdict event.
+        let (lab, state) = lab_up(bin, &dir.join("manifests"), &state_dir, true)?;
         let (client_ns, _) = pod_of(&state, "rr-client")?;
         let (server_ns, server_ip) = pod_of(&state, "rr-server")?;
         let entries = policy_entries(&state_dir);
+        let events = |on: bool| -> Result<()> {
+            let on = if on { "on" } else { "off" };
+            let ok = Command::new(bin)
+                .args(["lab", "events", "--state-dir", &state_dir, on])
+                .status()?;
+            ensure!(ok.success(), "lab events {on} failed");
+            Ok(())
+        };
         eprintln!("    policy entries programmed (largest node): {entries}");
         tune_client(&client_ns)?;
         let server = start_tcprr_server(bin, &server_ns)?;
         let target = format!("{server_ip}:{SERVER_PORT}");
         let mut rr = Vec::new();
         let mut crr = Vec::new();
+        let mut crr_flows = Vec::new();
         for round in 0..rounds {
-            for (mode, out) in [("rr", &mut rr), ("crr", &mut crr)] {
+            for (mode, flows, out) in [
+                ("rr", false, &mut rr),
+                ("crr", false, &mut crr),
+                ("crr", true, &mut crr_flows),
+            ] {
+                events(flows)?;
                 let tps = measure(bin, &client_ns, &target, mode, secs)?;
                 eprintln!(
-                    "    round {} {n:>5} policies {mode:<3} {tps:>9.0}/s",
-                    round + 1
+                    "    round {} {n:>5} policies {mode:<3}{} {tps:>9.0}/s",
+                    round + 1,
+                    if flows { "+flows" } else { "" }
                 );
                 out.push(tps);
             }
@@ -932,18 +955,19 @@ pub fn run_policy(root: &Path, rounds: usize, secs: u32) -> Result<String> {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        rows.push((n, entries, med(&mut rr), med(&mut crr)));
+        rows.push((n, entries, med(&mut rr), med(&mut crr), med(&mut crr_flows)));
     }
     let (base_rr, base_crr) = (rows[0].2, rows[0].3);
     let mut md = String::from(
-        "| policies on the server | policy entries | RR tps (median) | vs none | CRR tps (median) | vs none |\n\
-         |---:|---:|---:|---:|---:|---:|\n",
+        "| policies on the server | policy entries | RR tps (median) | vs first row | CRR tps (median) | vs first row | CRR with flows | flows on / off |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for (n, entries, rr, crr) in &rows {
+    for (n, entries, rr, crr, crr_flows) in &rows {
         md.push_str(&format!(
-            "| {n} | {entries} | {rr:.0} | {:.2}× | {crr:.0} | {:.2}× |\n",
+            "| {n} | {entries} | {rr:.0} | {:.2}× | {crr:.0} | {:.2}× | {crr_flows:.0} | {:.2}× |\n",
             rr / base_rr,
-            crr / base_crr
+            crr / base_crr,
+            crr_flows / crr
         ));
     }
     println!("\n{md}");

@@ -136,12 +136,7 @@ async fn gated(ops: &Ops, p: &Pending, resp: Message, peer: SocketAddr) -> Messa
         return resp;
     }
     let ttl = resp.answers.iter().map(|r| r.ttl).min().unwrap_or(0);
-    let name = p
-        .original
-        .queries
-        .first()
-        .map(|q| q.name().to_ascii())
-        .unwrap_or_default();
+    let name = p.asked_name();
     match gate.0.answered(peer.ip(), &name, addrs, ttl).await {
         GateVerdict::Pass => resp,
         GateVerdict::Refuse => Forwarder::refused(p.req()),
@@ -180,6 +175,15 @@ struct Pending {
 impl Pending {
     fn req(&self) -> &Message {
         self.rewritten.as_ref().unwrap_or(&self.original)
+    }
+
+    /// The name the client asked (not a rewrite's).
+    fn asked_name(&self) -> String {
+        self.original
+            .queries
+            .first()
+            .map(|q| q.name().to_ascii())
+            .unwrap_or_default()
     }
 }
 
@@ -244,12 +248,7 @@ fn record(
         server,
         transport,
         view: p.view.clone(),
-        query: p
-            .original
-            .queries
-            .first()
-            .map(|q| q.name().to_ascii())
-            .unwrap_or_default(),
+        query: p.asked_name(),
         qtypes: p
             .original
             .queries
@@ -328,12 +327,7 @@ fn finish(
     }
     let out = encode(resp, &p.original, t);
     if ops.query_log {
-        let qname = p
-            .original
-            .queries
-            .first()
-            .map(|q| q.name().to_ascii())
-            .unwrap_or_default();
+        let qname = p.asked_name();
         println!(
             "[INFO] {peer} - {} \"{qtype} IN {qname} {proto} {packet_len}\" {rcode} {} {:.6}s view={}",
             p.original.metadata.id,
@@ -367,12 +361,7 @@ async fn reply(
     {
         // The name the client asked (not a rewrite's), before anything is looked up or
         // forwarded for it.
-        let name = p
-            .original
-            .queries
-            .first()
-            .map(|q| q.name().to_ascii())
-            .unwrap_or_default();
+        let name = p.asked_name();
         let proto = match t {
             Transport::Udp => 17,
             Transport::Tcp => 6,

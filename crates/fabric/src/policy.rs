@@ -1572,11 +1572,15 @@ fn cilium_rule(
     rule: &mut Rule,
     refer: &mut dyn FnMut(String) -> u32,
 ) {
+    // Cilium: unset, default deny is on for each direction the rule has rules in; set, it is
+    // what it says, rules or not (`ingress: true` with egress rules only still denies ingress).
     let default_deny = r.enable_default_deny.as_ref();
-    rule.enforce[0] = (!r.ingress.is_empty() || !r.ingress_deny.is_empty())
-        && default_deny.and_then(|d| d.ingress) != Some(false);
-    rule.enforce[1] = (!r.egress.is_empty() || !r.egress_deny.is_empty())
-        && default_deny.and_then(|d| d.egress) != Some(false);
+    rule.enforce[0] = default_deny
+        .and_then(|d| d.ingress)
+        .unwrap_or(!r.ingress.is_empty() || !r.ingress_deny.is_empty());
+    rule.enforce[1] = default_deny
+        .and_then(|d| d.egress)
+        .unwrap_or(!r.egress.is_empty() || !r.egress_deny.is_empty());
     let cidr_set = |set: &[CidrRule], deny: bool| -> (BTreeSet<u32>, bool) {
         // (identities, whether an unresolved group made a deny rule deny everyone)
         let mut ids = BTreeSet::new();
@@ -2133,6 +2137,41 @@ spec:
             learn(&mut plan, web, Ipv4Addr::new(10, 0, 2, 5), &names),
             None
         );
+    }
+
+    #[test]
+    fn enable_default_deny_set_applies_without_rules_in_its_direction() {
+        // The corpus's Forgejo runner: egress rules only, `enableDefaultDeny: {ingress: true}`.
+        let s = pods_and(
+            r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  enableDefaultDeny: {ingress: true}
+  egress:
+  - toEntities: [world]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        assert!(web.ingress_enforced && web.egress_enforced);
+        // Unset: only the direction with rules.
+        let s = pods_and(
+            r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEntities: [world]
+"#,
+        );
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        assert!(!web.ingress_enforced && web.egress_enforced);
     }
 
     #[test]

@@ -73,6 +73,52 @@ spec:
     spec:
       containers: [{name: fqdn, image: echo, ports: [{containerPort: 8080}]}]
 ---
+apiVersion: v1
+kind: Namespace
+metadata: {name: external-secrets}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: bitwarden, namespace: external-secrets}
+spec:
+  selector: {matchLabels: {app: bitwarden}}
+  template:
+    metadata:
+      labels: {app: bitwarden, app.kubernetes.io/instance: bitwarden, app.kubernetes.io/name: bitwarden}
+    spec:
+      containers: [{name: bw, image: echo, ports: [{containerPort: 8087}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: external-secrets, namespace: external-secrets}
+spec:
+  selector: {matchLabels: {app: external-secrets}}
+  template:
+    metadata:
+      labels: {app: external-secrets, app.kubernetes.io/instance: external-secrets, app.kubernetes.io/name: external-secrets}
+    spec:
+      containers: [{name: es, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: forgejo, namespace: default}
+spec:
+  selector: {matchLabels: {app: forgejo}}
+  template:
+    metadata: {labels: {app: forgejo, app.kubernetes.io/name: forgejo}}
+    spec:
+      containers: [{name: forgejo, image: echo, ports: [{containerPort: 3000}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: forgejo-runner, namespace: default}
+spec:
+  selector: {matchLabels: {app: forgejo-runner}}
+  template:
+    metadata: {labels: {app: forgejo-runner, app.kubernetes.io/component: forgejo-runner}}
+    spec:
+      containers: [{name: runner, image: echo, ports: [{containerPort: 8080}]}]
+---
 apiVersion: trellis.dev/v1alpha1
 kind: DNSView
 metadata: {name: lab}
@@ -210,6 +256,40 @@ const MATRIX: &[(&str, &str, u16, bool)] = &[
     ("other/client", "lan-client-2", 8000, false),
     ("default/client", "lan-client", 8000, true),
     ("default/web", "other/client", 8080, true),
+    // The corpus's policies, unchanged, over pods with the corpus's labels. Bitwarden: only
+    // external-secrets may reach it; it may reach the world (the LAN), not the cluster.
+    (
+        "external-secrets/external-secrets",
+        "external-secrets/bitwarden",
+        8087,
+        true,
+    ),
+    ("default/client", "external-secrets/bitwarden", 8087, false),
+    ("external-secrets/bitwarden", "lan-client", 8000, true),
+    ("external-secrets/bitwarden", "web", 8080, false),
+    // The Forgejo runner: Forgejo on TCP 3000; its `internet` CIDR group is not in the corpus
+    // (ResolvedRefs=False), so that rule allows nothing; default deny on ingress.
+    ("default/forgejo-runner", "default/forgejo", 3000, true),
+    ("default/forgejo-runner", "web", 8080, false),
+    ("default/forgejo-runner", "lan-client", 8000, false),
+    ("default/client", "default/forgejo-runner", 8080, false),
+    ("default/client", "default/forgejo", 3000, true),
+];
+
+/// The corpus's policies, loaded as they are (the runner's has no namespace: `default`).
+const CORPUS_POLICIES: &[(&str, &str)] = &[
+    (
+        "bitwarden.yaml",
+        include_str!(
+            "../../../../testdata/home-ops/kubernetes/apps/external-secrets/bitwarden/app/networkpolicy.yaml"
+        ),
+    ),
+    (
+        "forgejo-runner.yaml",
+        include_str!(
+            "../../../../testdata/home-ops/kubernetes/apps/dev/forgejo/runner/ciliumnetworkpolicy.yaml"
+        ),
+    ),
 ];
 
 fn write(dir: &Path, name: &str, text: &str) {
@@ -306,6 +386,9 @@ fn lab_enforces_network_policy() {
     write(&manifests, "policies.yaml", POLICIES);
     write(&manifests, "fqdn.yaml", FQDN_POLICY);
     write(&manifests, "records.yaml", &fqdn_records());
+    for (name, text) in CORPUS_POLICIES {
+        write(&manifests, name, text);
+    }
     let state_dir = dir.path().join("state");
     // Answered addresses stay open for max(TTL, 3 s): the records' TTL is 1.
     let lab = Lab::up_with(
