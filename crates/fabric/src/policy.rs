@@ -1563,6 +1563,53 @@ fn rules(
     out
 }
 
+/// The identities of the pods behind a `toServices` entry (a Service's selector, in its
+/// namespace): Cilium allows the Service's backends. `None` when it cannot be resolved: no
+/// such Service, a Service without a selector (its endpoints are not pods trellis knows by
+/// labels), or a clusterwide policy that names no namespace for a Service by name.
+fn service_backends(
+    snapshot: &Snapshot,
+    u: &Universe,
+    policy_ns: Option<&str>,
+    r: &model::kinds::cilium::ServiceRef,
+) -> Option<BTreeSet<u32>> {
+    use model::kinds::cilium::ServiceRef;
+    let services: Vec<&model::Object<_>> = match r {
+        ServiceRef::Name { name, namespace } => {
+            let ns = namespace.as_deref().or(policy_ns)?;
+            vec![model::snapshot::get(&snapshot.services, ns, name)?]
+        }
+        ServiceRef::Selector {
+            selector,
+            namespace,
+        } => {
+            let ns = namespace.as_deref().or(policy_ns);
+            snapshot
+                .services
+                .values()
+                .filter(|s| ns.is_none_or(|n| s.namespace() == n))
+                .filter(|s| selector.matches(&s.meta.labels))
+                .collect()
+        }
+    };
+    let mut out = BTreeSet::new();
+    for svc in services {
+        let selector = svc
+            .spec
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .filter(|s| !s.is_empty())?;
+        let mut labels = selector.clone();
+        labels.insert(LABEL_NAMESPACE.into(), svc.namespace().to_string());
+        out.extend(u.select_endpoints(&LabelSelector {
+            match_labels: labels,
+            match_expressions: Vec::new(),
+        }));
+    }
+    Some(out)
+}
+
 /// One Cilium rule's clauses and default-deny switches.
 fn cilium_rule(
     snapshot: &Snapshot,
@@ -1656,6 +1703,17 @@ fn cilium_rule(
                     Peers::Set(s) => ids.extend(s),
                 }
             }
+            if !side.services().is_empty() {
+                any_l3 = true;
+                // (Entries neither form are in `unenforced`: the rule is handled above.)
+                for r in model::kinds::cilium::service_refs(side.services()).unwrap_or_default() {
+                    match service_backends(snapshot, u, ns, &r) {
+                        Some(backends) => ids.extend(backends),
+                        // Not resolved: an allow selects nobody, a deny everyone.
+                        None => everyone |= deny,
+                    }
+                }
+            }
             for c in cidrs {
                 any_l3 = true;
                 if let Some(n) = parse_net(c) {
@@ -1744,6 +1802,14 @@ impl<'a> Side<'a> {
         match *self {
             Side::Ingress(r) => &r.icmps,
             Side::Egress(r) => &r.icmps,
+        }
+    }
+
+    /// The rule's toServices entries (none on ingress).
+    fn services(&self) -> &'a [serde_json::Value] {
+        match *self {
+            Side::Ingress(_) => &[],
+            Side::Egress(r) => &r.to_services,
         }
     }
 
@@ -2172,6 +2238,70 @@ spec:
         let plan = compile(&s, "n1", &nodes(), &Learned::default());
         let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
         assert!(!web.ingress_enforced && web.egress_enforced);
+    }
+
+    #[test]
+    fn to_services_selects_the_backends_of_the_services_named() {
+        let svc = |ns: &str, name: &str, labels: &str, selector: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {ns}, labels: {labels}}}\n\
+                 spec: {{{selector}ports: [{{port: 53}}]}}\n"
+            )
+        };
+        let mut text = svc(
+            "kube-system",
+            "kube-dns",
+            "{}",
+            "selector: {k8s-app: kube-dns}, ",
+        );
+        text += &svc(
+            "default",
+            "client",
+            "{tier: front}",
+            "selector: {app: client}, ",
+        );
+        text += &svc("default", "outside", "{}", "");
+        text += r#"---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toServices: [{k8sService: {serviceName: kube-dns, namespace: kube-system}}]
+    toPorts: [{ports: [{port: "53"}]}]
+  - toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: front}}}}]
+    toPorts: [{ports: [{port: "8080"}]}]
+  - toServices: [{k8sService: {serviceName: missing}}, {k8sService: {serviceName: outside}}]
+    toPorts: [{ports: [{port: "9000"}]}]
+  egressDeny:
+  - toServices: [{k8sService: {serviceName: outside}}]
+    toPorts: [{ports: [{port: "7000"}]}]
+"#;
+        let s = pods_and(&text);
+        let plan = compile(&s, "n1", &nodes(), &Learned::default());
+        let web = &plan.endpoints[&Ipv4Addr::new(10, 0, 1, 5)];
+        let id = |ip: [u8; 4]| plan.identity_of(Ipv4Addr::from(ip));
+        let allows = |peer: u32, port: u16| {
+            web.entries.iter().any(|(k, v)| {
+                !v.deny && k.direction == Direction::Egress && k.identity == peer && k.port == port
+            })
+        };
+        // By name, in the namespace named; by labels, in the policy's namespace only.
+        assert!(allows(id([10, 0, 2, 7]), 53));
+        assert!(allows(id([10, 0, 2, 5]), 8080));
+        assert!(
+            !allows(id([10, 0, 2, 6]), 8080),
+            "other/client is not behind it"
+        );
+        // A missing Service, or one without a selector, allows nobody...
+        assert!(!web.entries.keys().any(|k| k.port == 9000));
+        // ... and a deny of one denies its ports to everyone.
+        assert!(
+            web.entries
+                .iter()
+                .any(|(k, v)| v.deny && k.identity == ID_ANY && k.port == 7000)
+        );
     }
 
     #[test]

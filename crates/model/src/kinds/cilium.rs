@@ -211,6 +211,45 @@ impl IngressRule {
     }
 }
 
+/// A `toServices` entry: a Service by name (`k8sService`) or Services by their labels
+/// (`k8sServiceSelector`), in the namespace it names (`None`: the policy's).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ServiceRef {
+    Name {
+        name: String,
+        namespace: Option<String>,
+    },
+    Selector {
+        selector: super::LabelSelector,
+        namespace: Option<String>,
+    },
+}
+
+/// The `toServices` entries, `None` when one is neither form (or both).
+pub fn service_refs(list: &[Value]) -> Option<Vec<ServiceRef>> {
+    list.iter()
+        .map(|v| {
+            let o = v.as_object()?;
+            let ns = |x: &Value| {
+                x.get("namespace")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            match (o.get("k8sService"), o.get("k8sServiceSelector")) {
+                (Some(s), None) => Some(ServiceRef::Name {
+                    name: s.get("serviceName")?.as_str()?.to_string(),
+                    namespace: ns(s),
+                }),
+                (None, Some(s)) => Some(ServiceRef::Selector {
+                    selector: serde_json::from_value(s.get("selector")?.clone()).ok()?,
+                    namespace: ns(s),
+                }),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 impl EgressRule {
     /// Peer selectors trellis does not enforce, as (field, what). `toFQDNs` is enforced in
     /// allow rules (through trellis dns), not in deny rules.
@@ -219,8 +258,11 @@ impl EgressRule {
         if deny && !self.to_fqdns.is_empty() {
             out.push(("toFQDNs", "toFQDNs in a deny rule"));
         }
-        if !self.to_services.is_empty() {
-            out.push(("toServices", "toServices"));
+        if !self.to_services.is_empty() && service_refs(&self.to_services).is_none() {
+            out.push((
+                "toServices",
+                "toServices entries other than k8sService or k8sServiceSelector",
+            ));
         }
         if !self.to_requires.is_empty() {
             out.push(("toRequires", "toRequires"));

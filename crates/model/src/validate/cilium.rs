@@ -102,6 +102,7 @@ pub(super) fn cilium(s: &Snapshot, st: &mut Statuses) {
                     for (i, eg) in list.iter().enumerate() {
                         let ep = format!("{rp}.{field}[{i}]");
                         cidrs(status, &ep, "toCIDR", &eg.to_cidr);
+                        to_services(s, status, &ep, p.meta.namespace.as_deref(), deny, eg);
                         for (j, c) in eg.to_cidr_set.iter().enumerate() {
                             let at = format!("{ep}.toCIDRSet[{j}]");
                             cidr_rule(s, status, &mut unresolved, &at, c);
@@ -419,6 +420,63 @@ pub(super) fn cidr_rule(
         }
     }
     cidrs(status, path, "except", &c.except);
+}
+
+/// `toServices` by name: a Service that is not there, or that has no selector (its backends
+/// are not pods known by labels), is a problem: an allow of it allows nobody, a deny of it
+/// denies its ports to everyone.
+fn to_services(
+    s: &Snapshot,
+    status: &mut ObjectStatus,
+    base: &str,
+    policy_ns: Option<&str>,
+    deny: bool,
+    eg: &crate::kinds::cilium::EgressRule,
+) {
+    use crate::kinds::cilium::ServiceRef;
+    let effect = if deny {
+        "this deny rule denies its ports to every peer"
+    } else {
+        "it allows nobody"
+    };
+    for (j, r) in crate::kinds::cilium::service_refs(&eg.to_services)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let ServiceRef::Name { name, namespace } = r else {
+            continue;
+        };
+        let at = format!("{base}.toServices[{j}].k8sService");
+        let Some(ns) = namespace.as_deref().or(policy_ns) else {
+            problem(status, at, format!("names no namespace: {effect}"));
+            continue;
+        };
+        match crate::snapshot::get(&s.services, ns, name) {
+            None => {
+                problem(
+                    status,
+                    at,
+                    format!("Service {ns}/{name} not found: {effect}"),
+                );
+            }
+            Some(svc)
+                if svc
+                    .spec
+                    .spec
+                    .as_ref()
+                    .and_then(|x| x.selector.as_ref())
+                    .is_none_or(|x| x.is_empty()) =>
+            {
+                problem(
+                    status,
+                    at,
+                    format!("Service {ns}/{name} has no selector: {effect}"),
+                );
+            }
+            Some(_) => {}
+        }
+    }
 }
 
 /// Marks the parts of a policy rule trellis does not enforce (fail closed: an allow rule with
