@@ -140,14 +140,23 @@ async fn connection(state: Arc<State>, port: u16, incoming: quinn::Incoming) {
 /// One request: its head (within the header read timeout), its body, the shared handler, the
 /// answer.
 async fn request(state: Arc<State>, port: u16, peer: SocketAddr, resolver: Resolver) {
-    let Ok(Ok((req, stream))) =
-        tokio::time::timeout(HEADER_READ_TIMEOUT, resolver.resolve_request()).await
-    else {
-        return;
-    };
+    let (req, stream) =
+        match tokio::time::timeout(HEADER_READ_TIMEOUT, resolver.resolve_request()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                state.metrics.http3_request_timeouts.inc();
+                return;
+            }
+        };
     let (send, recv) = stream.split();
-    let Ok(Some(body)) = tokio::time::timeout(HEADER_READ_TIMEOUT, request_body(recv)).await else {
-        return;
+    let body = match tokio::time::timeout(HEADER_READ_TIMEOUT, request_body(recv)).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return,
+        Err(_) => {
+            state.metrics.http3_request_timeouts.inc();
+            return;
+        }
     };
     let resp = crate::proxy::handle(&state, port, peer, "https", req.map(|()| body), None).await;
     let _ = respond(send, resp).await;

@@ -27,6 +27,11 @@ pub use crate::limits::{
 use data_encoding::BASE64URL_NOPAD;
 use serde_json::{Map, Value};
 
+/// Times a key set's verified tokens were forgotten at `JWT_VERIFIED_MAX` (metric
+/// `jwt_verified_cleared`; one per process, as the gateway is).
+pub static VERIFIED_CLEARED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
+    std::sync::LazyLock::new(Default::default);
+
 /// How far `exp` and `nbf` may be off (Envoy's default `clock_skew_seconds`).
 pub const JWT_CLOCK_SKEW_SECS: u64 = 60;
 
@@ -310,6 +315,7 @@ impl Jwks {
             if v.len() >= JWT_VERIFIED_MAX {
                 // Full: start again rather than track ages (tokens are short-lived anyway).
                 v.clear();
+                VERIFIED_CLEARED.inc();
             }
             v.insert(seen);
         }

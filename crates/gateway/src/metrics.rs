@@ -56,6 +56,9 @@ pub struct Metrics {
     pub h1_handoffs: Counter,
     /// QUIC connections accepted for HTTP/3.
     pub http3_connections: Counter,
+    /// HTTP/3 requests reset because their head, or the start of their body, did not come
+    /// within `limits::HEADER_READ_TIMEOUT`.
+    pub http3_request_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -88,6 +91,7 @@ impl Default for Metrics {
             h1_fast: Counter::default(),
             h1_handoffs: Counter::default(),
             http3_connections: Counter::default(),
+            http3_request_timeouts: Counter::default(),
         }
     }
 }
@@ -256,6 +260,16 @@ impl Metrics {
             "http3_connections",
             "QUIC connections accepted for HTTP/3 (ClientTrafficPolicy http3)",
             self.http3_connections.clone(),
+        );
+        r.register(
+            "http3_request_timeouts",
+            "HTTP/3 requests reset because their head or body start came too late",
+            self.http3_request_timeouts.clone(),
+        );
+        r.register(
+            "jwt_verified_cleared",
+            "Times a key set's remembered verified tokens were forgotten at their bound",
+            crate::jwt::VERIFIED_CLEARED.clone(),
         );
     }
 }
