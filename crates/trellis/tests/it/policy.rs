@@ -119,6 +119,32 @@ spec:
     spec:
       containers: [{name: runner, image: echo, ports: [{containerPort: 8080}]}]
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: forgejo, namespace: default}
+spec:
+  selector: {app: forgejo}
+  ports: [{port: 3000}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: svc-client, namespace: default}
+spec:
+  selector: {matchLabels: {app: svc-client}}
+  template:
+    metadata: {labels: {app: svc-client}}
+    spec:
+      containers: [{name: c, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: svc-client, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {app: svc-client}}
+  egress:
+  - toServices: [{k8sService: {serviceName: forgejo}}]
+    toPorts: [{ports: [{port: "3000"}]}]
+---
 apiVersion: trellis.dev/v1alpha1
 kind: DNSView
 metadata: {name: lab}
@@ -274,6 +300,9 @@ const MATRIX: &[(&str, &str, u16, bool)] = &[
     ("default/forgejo-runner", "lan-client", 8000, false),
     ("default/client", "default/forgejo-runner", 8080, false),
     ("default/client", "default/forgejo", 3000, true),
+    // toServices: the Service's backends only.
+    ("default/svc-client", "default/forgejo", 3000, true),
+    ("default/svc-client", "default/client", 8080, false),
 ];
 
 /// The corpus's policies, loaded as they are (the runner's has no namespace: `default`).
