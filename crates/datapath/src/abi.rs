@@ -232,6 +232,8 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub const SIZE: usize = 24;
+    /// Where `flags` sits in the bytes.
+    pub const FLAGS_AT: std::ops::Range<usize> = 16..20;
 
     pub fn to_bytes(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
@@ -246,7 +248,7 @@ impl NodeConfig {
         b[4..8].copy_from_slice(&addr.to_be_bytes());
         b[8..12].copy_from_slice(&mask.to_be_bytes());
         b[12..16].copy_from_slice(&self.maglev_m.to_ne_bytes());
-        b[16..20].copy_from_slice(&self.flags.to_ne_bytes());
+        b[Self::FLAGS_AT].copy_from_slice(&self.flags.to_ne_bytes());
         b
     }
 }

@@ -612,13 +612,14 @@ impl Maps {
             .config
             .get(&0, 0)
             .map_err(|source| Error::Map { name, source })?;
-        let mut flags = u32::from_ne_bytes([c[16], c[17], c[18], c[19]]);
+        let at = NodeConfig::FLAGS_AT;
+        let mut flags = u32::from_ne_bytes(c[at.clone()].try_into().unwrap_or_default());
         if on {
             flags |= abi::NODE_F_EVENTS;
         } else {
             flags &= !abi::NODE_F_EVENTS;
         }
-        c[16..20].copy_from_slice(&flags.to_ne_bytes());
+        c[at].copy_from_slice(&flags.to_ne_bytes());
         self.config
             .set(0, c, 0)
             .map_err(|source| Error::Map { name, source })

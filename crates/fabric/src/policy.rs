@@ -1594,13 +1594,7 @@ fn service_backends(
     };
     let mut out = BTreeSet::new();
     for svc in services {
-        let selector = svc
-            .spec
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.as_ref())
-            .filter(|s| !s.is_empty())?;
-        let mut labels = selector.clone();
+        let mut labels = model::kinds::cilium::service_selector(svc)?.clone();
         labels.insert(LABEL_NAMESPACE.into(), svc.namespace().to_string());
         out.extend(u.select_endpoints(&LabelSelector {
             match_labels: labels,

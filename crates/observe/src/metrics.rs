@@ -230,7 +230,7 @@ impl Batch<'_> {
         self.processed(r#type, subtype, verdict);
         let reason = crate::proto::flow::DropReason::try_from(f.drop_reason_desc).ok();
         if verdict == Verdict::Dropped {
-            self.drop(reason.map_or("other", |r| r.as_str_name()), l4_label(f));
+            self.dropped(reason.map_or("other", |r| r.as_str_name()), l4_label(f));
         }
         // A policy decision: a verdict event, or a drop by policy (the datapath does not send
         // a verdict event beside its drop, as Cilium does; it counts the same).
@@ -273,7 +273,7 @@ impl Batch<'_> {
 
     /// Counts one flow in `hubble_flows_processed_total`.
     /// Counts one dropped packet in `hubble_drop_total`.
-    pub fn drop(&mut self, reason: &'static str, protocol: &'static str) {
+    pub fn dropped(&mut self, reason: &'static str, protocol: &'static str) {
         self.metrics
             .drops
             .get_or_create(&DropLabels { reason, protocol })

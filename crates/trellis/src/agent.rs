@@ -432,7 +432,7 @@ impl observe::RecordKind for DatapathEvents {
             let reason = i32::try_from(ev.reason)
                 .ok()
                 .and_then(|r| observe::proto::flow::DropReason::try_from(r).ok());
-            m.drop(
+            m.dropped(
                 reason.map_or("other", |r| r.as_str_name()),
                 observe::metrics::proto_label(ev.proto),
             );

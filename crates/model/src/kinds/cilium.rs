@@ -225,6 +225,18 @@ pub enum ServiceRef {
     },
 }
 
+/// The pod selector of a Service `toServices` can name: its `spec.selector`, when it has one
+/// that is not empty (a Service without one has backends that are not pods known by labels).
+pub fn service_selector(
+    svc: &crate::Object<k8s_openapi::api::core::v1::Service>,
+) -> Option<&std::collections::BTreeMap<String, String>> {
+    svc.spec
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+}
+
 /// The `toServices` entries, `None` when one is neither form (or both).
 pub fn service_refs(list: &[Value]) -> Option<Vec<ServiceRef>> {
     list.iter()

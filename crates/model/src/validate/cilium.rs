@@ -460,14 +460,7 @@ fn to_services(
                     format!("Service {ns}/{name} not found: {effect}"),
                 );
             }
-            Some(svc)
-                if svc
-                    .spec
-                    .spec
-                    .as_ref()
-                    .and_then(|x| x.selector.as_ref())
-                    .is_none_or(|x| x.is_empty()) =>
-            {
+            Some(svc) if crate::kinds::cilium::service_selector(svc).is_none() => {
                 problem(
                     status,
                     at,
