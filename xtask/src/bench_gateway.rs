@@ -11,7 +11,10 @@
 //! HTTP/2 with h2load and HTTP/3 with `trellis bench-h3`). `*-newconn-*` scenarios open a new
 //! connection (and TLS handshake) per request; `trellis-jwt-small` is a route behind an RS256
 //! JWT SecurityPolicy, measured against `trellis-general-small`, the same kind of route
-//! without it (both on the general path).
+//! without it (both on the general path). `BEFORE=/path/to/trellis` also runs an older build
+//! of trellis beside this one (`trellis-before-*` scenarios, loaded at once with this one as
+//! `before-together`, and over HTTP/2), so that a change is measured before and after in one
+//! run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,6 +35,9 @@ const TRELLIS_TLS_PORT: u16 = 18490;
 const TRELLIS_FLOWS_PORT: u16 = 18091;
 const TRELLIS_FLOWS_TLS_PORT: u16 = 18491;
 const TRELLIS_FLOWS_OBSERVE_PORT: u16 = 18245;
+/// An older trellis binary (`BEFORE=path`), for before and after a change in one run.
+const TRELLIS_BEFORE_PORT: u16 = 18092;
+const TRELLIS_BEFORE_TLS_PORT: u16 = 18492;
 
 fn start(name: &'static str, dir: &Path, cmd: &[&str]) -> Result<Bg> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
@@ -556,10 +562,10 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         &["haproxy", "-db", "-f", &format!("{d}/haproxy.cfg")],
     )?;
     let manifests = format!("{d}/manifests");
-    let gateway = |name: &'static str, http: u16, https: u16, extra: &[&str]| {
+    let gateway = |name: &'static str, bin: &str, http: u16, https: u16, extra: &[&str]| {
         let port_map = format!("80={http},443={https}");
         let mut cmd = vec![
-            trellis.as_str(),
+            bin,
             "gateway",
             "-f",
             &manifests,
@@ -575,14 +581,36 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         cmd.extend_from_slice(extra);
         start(name, &dir, &cmd)
     };
-    let mut gw = gateway("trellis", TRELLIS_PORT, TRELLIS_TLS_PORT, &[])?;
+    let mut gw = gateway("trellis", &trellis, TRELLIS_PORT, TRELLIS_TLS_PORT, &[])?;
     let observe = format!("127.0.0.1:{TRELLIS_FLOWS_OBSERVE_PORT}");
     let mut gw_flows = gateway(
         "trellis-flows",
+        &trellis,
         TRELLIS_FLOWS_PORT,
         TRELLIS_FLOWS_TLS_PORT,
         &["--observe-listen", &observe],
     )?;
+    let before_bin = std::env::var("BEFORE").ok().filter(|b| !b.is_empty());
+    let mut gw_before = match &before_bin {
+        Some(bin) => {
+            if !Path::new(bin).is_file() {
+                bail!("BEFORE={bin}: no such file (give the path of an older trellis binary)");
+            }
+            let g = gateway(
+                "trellis-before",
+                bin,
+                TRELLIS_BEFORE_PORT,
+                TRELLIS_BEFORE_TLS_PORT,
+                &[],
+            )?;
+            wait_tcp(TRELLIS_BEFORE_PORT)?;
+            Some(g)
+        }
+        None => None,
+    };
+    if let Some(g) = &mut gw_before {
+        g.still_running("trellis before")?;
+    }
     for p in [
         BACKEND_PORT,
         NGINX_PORT,
@@ -696,6 +724,20 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             &gw,
         ),
     ];
+    let mut scenarios = scenarios;
+    if let Some(g) = &gw_before {
+        for (name, path) in [
+            ("trellis-before-small", "small"),
+            ("trellis-before-newconn-small", "small"),
+            ("trellis-before-general-small", "small"),
+        ] {
+            scenarios.push((
+                name,
+                format!("http://127.0.0.1:{TRELLIS_BEFORE_PORT}/{path}"),
+                g,
+            ));
+        }
+    }
     // ONLY=trellis-small,nginx-small runs just those (quick comparisons).
     let only = std::env::var("ONLY").unwrap_or_default();
     let scenarios: Vec<_> = scenarios
@@ -789,6 +831,9 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         ("trellis-tls-newconn-small", "nginx-tls-newconn-small"),
         ("trellis-jwt-small", "trellis-general-small"),
         ("trellis-general-small", "trellis-small"),
+        ("trellis-small", "trellis-before-small"),
+        ("trellis-newconn-small", "trellis-before-newconn-small"),
+        ("trellis-general-small", "trellis-before-general-small"),
     ] {
         if !results.contains_key(t) || !results.contains_key(p) {
             continue;
@@ -855,16 +900,43 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
             "\n| trellis against nginx, small response, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s | {rps:.3} |"
         );
     }
+    // This build against the older one (BEFORE), both loaded at once. ONLY=before-together.
+    if let Some(g) = &gw_before
+        && (only.is_empty() || only.split(',').any(|o| o == "before-together"))
+    {
+        let (cpu, rps) = together(
+            (
+                "before",
+                &format!("http://127.0.0.1:{TRELLIS_BEFORE_PORT}/small"),
+                g,
+            ),
+            (
+                "after",
+                &format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
+                &gw,
+            ),
+            rounds,
+            secs,
+        )?;
+        let _ = writeln!(
+            md,
+            "\n| this build against BEFORE ({}), small response, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s | {rps:.3} |",
+            before_bin.as_deref().unwrap_or_default()
+        );
+    }
     // HTTP/2 (h2load) on the TLS ports of nginx and trellis, and HTTP/3 on trellis's (nginx
     // 1.22 has no QUIC; Debian has no HTTP/3 load generator, so `trellis bench-h3` is the
     // client). ONLY=h2h3 runs just this.
     if only.is_empty() || only.split(',').any(|o| o == "h2h3") {
         let cert = format!("{d}/cert.pem");
-        let cases: [(&str, &Bg); 3] = [
+        let mut cases: Vec<(&str, &Bg)> = vec![
             ("nginx-h2-small", &nginx),
             ("trellis-h2-small", &gw),
             ("trellis-h3-small", &gw),
         ];
+        if let Some(g) = &gw_before {
+            cases.push(("trellis-before-h2-small", g));
+        }
         let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
         for round in 0..rounds {
             let order: Vec<_> = if round % 2 == 0 {
@@ -877,6 +949,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
                 let mut r = match *name {
                     "nginx-h2-small" => h2load(NGINX_TLS_PORT, secs)?,
                     "trellis-h2-small" => h2load(TRELLIS_TLS_PORT, secs)?,
+                    "trellis-before-h2-small" => h2load(TRELLIS_BEFORE_TLS_PORT, secs)?,
                     _ => h3load(&trellis, TRELLIS_TLS_PORT, &cert, secs)?,
                 };
                 let c1 = cpu_secs(pid(server));
@@ -911,7 +984,11 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         for (t, p) in [
             ("trellis-h2-small", "nginx-h2-small"),
             ("trellis-h3-small", "trellis-h2-small"),
+            ("trellis-h2-small", "trellis-before-h2-small"),
         ] {
+            if !runs.contains_key(t) || !runs.contains_key(p) {
+                continue;
+            }
             let _ = writeln!(
                 md,
                 "| {t} / {p} | {:.2} | | {:.2} |",
@@ -947,6 +1024,6 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
     std::fs::write(dir.join("gateway.md"), &md)?;
     println!("\n{md}");
     println!("(written to {})", dir.join("gateway.md").display());
-    drop((gw, gw_flows, haproxy, nginx, backend));
+    drop((gw, gw_flows, gw_before, haproxy, nginx, backend));
     Ok(())
 }

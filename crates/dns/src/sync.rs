@@ -33,7 +33,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use model::Snapshot;
-use model::object::cond;
 use model::validate::{GATEWAY_GROUP, gateway_address};
 
 /// One DNS record set, as ExternalDNS's `Endpoint`.
@@ -244,15 +243,8 @@ pub fn desired(s: &Snapshot, cfg: &SyncConfig) -> Vec<Endpoint> {
     };
     let accepted = |kind: &str, ns: &str, name: &str, gw_ns: &str, gw: &str| {
         let key = model::ObjectKey::new(GATEWAY_GROUP, kind, ns, name);
-        s.status.get(&key).is_some_and(|st| {
-            st.parents.iter().any(|p| {
-                p.parent_ref.namespace == gw_ns
-                    && p.parent_ref.name == gw
-                    && p.conditions
-                        .iter()
-                        .any(|c| c.type_ == cond::ACCEPTED && c.status == model::Status::True)
-            })
-        })
+        let gw = model::ObjectKey::new(GATEWAY_GROUP, "Gateway", gw_ns, gw);
+        !s.resolution.attached(&key, &gw).is_empty()
     };
     for gw in s.gateways.values() {
         let gkey = format!("{}/{}", gw.namespace(), gw.name());

@@ -14,11 +14,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use model::ObjectKey;
 use model::kinds::envoy::SecurityPolicySpec;
-use model::object::cond::{self, reason};
 use model::snapshot::{Object, Snapshot, get};
 use model::validate::ENVOY_GROUP;
-use model::{ObjectKey, Status};
 
 use crate::backend::Backend;
 pub use crate::limits::BASIC_AUTH_USERS_MAX;
@@ -508,31 +507,6 @@ impl BasicAuth {
     }
 }
 
-/// Whether validation refused a policy (its verdict, as `Accepted`/`ResolvedRefs`), and why.
-/// A policy that lost every target to an older one (Conflicted) or has none is not refused:
-/// it applies nowhere, and the targets keep the policy that owns them.
-/// A policy without an `Accepted` condition was never validated: refused too.
-pub(crate) fn refused_by_validation(s: &Snapshot, key: &ObjectKey) -> Option<String> {
-    let status = s.status.get(key);
-    let conditions = status
-        .map(|st| st.conditions.as_slice())
-        .unwrap_or_default();
-    if !conditions.iter().any(|c| c.type_ == cond::ACCEPTED) {
-        return Some("not validated (no Accepted condition)".into());
-    }
-    conditions.iter().find_map(|c| {
-        let bad = c.status != Status::True
-            && match c.type_.as_str() {
-                cond::ACCEPTED => {
-                    c.reason != reason::CONFLICTED && c.reason != reason::TARGET_NOT_FOUND
-                }
-                cond::RESOLVED_REFS => true,
-                _ => false,
-            };
-        bad.then(|| format!("{} {}: {}", c.type_, c.reason, c.message))
-    })
-}
-
 /// The secret data of `key` in Secret `namespace/name`, from `data` or `stringData`.
 pub fn secret_field(s: &Snapshot, namespace: &str, name: &str, key: &str) -> Option<Vec<u8>> {
     let secret = get(&s.secrets, namespace, name)?;
@@ -732,7 +706,7 @@ fn compile_one(
 ) -> Security {
     let mut sec = Security {
         policy: key.ns_name(),
-        refused: refused_by_validation(s, key),
+        refused: s.resolution.refused(key),
         basic: None,
         ext: None,
         jwt: None,
@@ -788,7 +762,7 @@ pub fn security_policies(
     let mut out = BTreeMap::new();
     for p in s.security_policies.values() {
         let key = ObjectKey::new(ENVOY_GROUP, "SecurityPolicy", p.namespace(), p.name());
-        let targets = model::validate::policy_targets(s, p.namespace(), &p.spec);
+        let targets = s.resolution.targets(&key);
         if targets.is_empty() {
             continue;
         }
@@ -804,7 +778,7 @@ pub fn security_policies(
                 "security policy cannot be enforced: what it targets answers 500");
         }
         for t in targets {
-            out.entry(t).or_insert_with(|| sec.clone());
+            out.entry(t.clone()).or_insert_with(|| sec.clone());
         }
     }
     out

@@ -12,7 +12,7 @@
 //! namespace/name; then rule and match order.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,11 +23,10 @@ use gateway_api::httproutes::{
     HttpRouteRulesFiltersType as F, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType as HT,
     HttpRouteRulesMatchesPathType as PT, HttpRouteRulesMatchesQueryParamsType as QT,
 };
+use model::ObjectKey;
 use model::endpoints::{Endpoint, service_endpoints};
-use model::object::cond;
 use model::snapshot::{Object, Snapshot, get};
 use model::validate::{GATEWAY_GROUP, gateway_address, hostname_intersection, parse_duration};
-use model::{ObjectKey, Status};
 
 use crate::tls::{self, Cert, CertStore, ClientTls, ListenerCerts};
 use model::kinds::envoy::BackendTrafficPolicySpec;
@@ -321,17 +320,13 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let gw = get(&s.gateways, namespace, name)
         .ok_or_else(|| CompileError::NotFound(format!("{namespace}/{name}")))?;
     let key = ObjectKey::new(GATEWAY_GROUP, "Gateway", namespace, name);
-    let status = s.status.get(&key).cloned().unwrap_or_default();
-    if let Some(c) = status
-        .conditions
+    let usable: BTreeSet<&str> = s
+        .resolution
+        .gateway(&key)
+        .map_err(|why| CompileError::NotAccepted(format!("{namespace}/{name}"), why))?
         .iter()
-        .find(|c| c.type_ == cond::ACCEPTED && c.status != Status::True)
-    {
-        return Err(CompileError::NotAccepted(
-            format!("{namespace}/{name}"),
-            c.message.clone(),
-        ));
-    }
+        .map(String::as_str)
+        .collect();
     let address = gateway_address(gw).and_then(|a| a.parse().ok());
     let mut plan = Plan {
         gateway: key.clone(),
@@ -344,21 +339,6 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         client_keepalive: None,
     };
 
-    // Which listeners are usable (accepted, not conflicted) and which routes attached to them.
-    let usable: BTreeMap<&str, bool> = status
-        .listeners
-        .iter()
-        .map(|l| {
-            let ok = l
-                .conditions
-                .iter()
-                .all(|c| !(c.type_ == cond::CONFLICTED && c.status == Status::True))
-                && l.conditions
-                    .iter()
-                    .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True);
-            (l.name.as_str(), ok)
-        })
-        .collect();
     // Listener ports by family.
     let mut routers: BTreeMap<u16, Router> = BTreeMap::new();
     let mut tls_ports: BTreeMap<u16, (Vec<ListenerCerts>, HostTable<Weighted>)> = BTreeMap::new();
@@ -368,7 +348,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         let Ok(port) = u16::try_from(l.port) else {
             continue;
         };
-        if !usable.get(l.name.as_str()).copied().unwrap_or(false) {
+        // Only listeners validation accepted and found no conflict for.
+        if !usable.contains(l.name.as_str()) {
             continue;
         }
         let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
@@ -519,11 +500,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     }
 
     let client_tls = client_tls(s, &key);
-    plan.client_keepalive = s
-        .client_traffic_policies
-        .values()
-        .filter(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(&key))
-        .find_map(|p| p.spec.tcp_keepalive.as_ref())
+    plan.client_keepalive = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", &key)
+        .and_then(|p| p.spec.tcp_keepalive.as_ref())
         .map(Keepalive::from_policy);
     let client_ip = client_ip(s, &key).map(Arc::new);
     let http3 = http3_policy(s, &key);
@@ -615,24 +593,23 @@ fn attached_listeners<'a>(
     name: &str,
 ) -> Vec<&'a gateway_api::gateways::GatewayListeners> {
     let rkey = ObjectKey::new(GATEWAY_GROUP, kind, ns, name);
-    let Some(st) = s.status.get(&rkey) else {
-        return Vec::new();
-    };
-    st.parents
+    let gkey = ObjectKey::new(GATEWAY_GROUP, "Gateway", gw.namespace(), gw.name());
+    s.resolution
+        .attached(&rkey, &gkey)
         .iter()
-        .filter(|p| {
-            p.parent_ref.kind == "Gateway"
-                && p.parent_ref.namespace == gw.namespace()
-                && p.parent_ref.name == gw.name()
-        })
-        .filter(|p| {
-            p.conditions
-                .iter()
-                .any(|c| c.type_ == cond::ACCEPTED && c.status == Status::True)
-        })
-        .flat_map(|p| p.listeners.iter())
         .filter_map(|n| gw.spec.listeners.iter().find(|l| &l.name == n))
         .collect()
+}
+
+/// The policy of `kind` (in `coll`) that applies to `target`: the one validation gave it.
+fn owning<'a, S>(
+    s: &Snapshot,
+    coll: &'a model::snapshot::Coll<S>,
+    kind: &str,
+    target: &ObjectKey,
+) -> Option<&'a Object<S>> {
+    let k = s.resolution.owner(kind, target)?;
+    get(coll, &k.namespace, &k.name)
 }
 
 /// The backends of a TLSRoute, TCPRoute or UDPRoute: its first rule's (one rule is what these
@@ -715,10 +692,8 @@ fn listener_certs(
 
 /// Client address detection from the ClientTrafficPolicy that targets this Gateway.
 fn client_ip(s: &Snapshot, gw: &ObjectKey) -> Option<ClientIp> {
-    s.client_traffic_policies
-        .values()
-        .filter(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw))
-        .find_map(|p| {
+    owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
+        .and_then(|p| {
             p.spec
                 .client_ip_detection
                 .as_ref()?
@@ -746,10 +721,8 @@ pub fn alt_svc(port: u16) -> http::HeaderValue {
 
 /// The ClientTrafficPolicy that asks for HTTP/3 on this Gateway, if one does.
 fn http3_policy(s: &Snapshot, gw: &ObjectKey) -> Option<ObjectKey> {
-    s.client_traffic_policies
-        .values()
+    owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
         .filter(|p| p.spec.http3.is_some())
-        .find(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw))
         .map(|p| {
             ObjectKey::new(
                 model::validate::ENVOY_GROUP,
@@ -763,25 +736,23 @@ fn http3_policy(s: &Snapshot, gw: &ObjectKey) -> Option<ObjectKey> {
 /// TLS settings from the ClientTrafficPolicy that targets this Gateway.
 fn client_tls(s: &Snapshot, gw: &ObjectKey) -> ClientTls {
     let mut out = ClientTls::default();
-    for p in s.client_traffic_policies.values() {
-        if !model::validate::policy_targets(s, p.namespace(), &p.spec).contains(gw) {
-            continue;
-        }
-        if let Some(t) = &p.spec.tls {
-            if let Some(v) = &t.min_version {
-                out.min_version = v.clone();
-            }
-            if let Some(v) = &t.max_version {
-                out.max_version = v.clone();
-            }
-            if !t.alpn_protocols.is_empty() {
-                out.alpn = t
-                    .alpn_protocols
-                    .iter()
-                    .map(|a| a.as_bytes().to_vec())
-                    .collect();
-            }
-        }
+    let Some(t) = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
+        .and_then(|p| p.spec.tls.as_ref())
+    else {
+        return out;
+    };
+    if let Some(v) = &t.min_version {
+        out.min_version = v.clone();
+    }
+    if let Some(v) = &t.max_version {
+        out.max_version = v.clone();
+    }
+    if !t.alpn_protocols.is_empty() {
+        out.alpn = t
+            .alpn_protocols
+            .iter()
+            .map(|a| a.as_bytes().to_vec())
+            .collect();
     }
     out
 }
@@ -1174,7 +1145,7 @@ fn lua_filters(
         );
         let name = pkey.ns_name();
         let mut filters = Vec::new();
-        let mut refused = crate::auth::refused_by_validation(s, &pkey);
+        let mut refused = s.resolution.refused(&pkey);
         for (i, l) in p.spec.lua.iter().enumerate() {
             // One script that cannot run refuses the whole policy: the rest need not load.
             if refused.is_some() {
@@ -1203,8 +1174,8 @@ fn lua_filters(
                 "extension policy cannot run: what it targets answers 500");
             filters = vec![Arc::new(LuaFilter::refusing(&name, why))];
         }
-        for t in model::validate::policy_targets(s, p.namespace(), &p.spec) {
-            out.entry(t).or_insert_with(|| filters.clone());
+        for t in s.resolution.targets(&pkey) {
+            out.entry(t.clone()).or_insert_with(|| filters.clone());
         }
     }
     out
@@ -1222,10 +1193,13 @@ fn backend_policy<'a>(
     gateway: &ObjectKey,
 ) -> Option<&'a BackendTrafficPolicySpec> {
     let find = |target: &ObjectKey| {
-        s.backend_traffic_policies
-            .values()
-            .find(|p| model::validate::policy_targets(s, p.namespace(), &p.spec).contains(target))
-            .map(|p| &p.spec)
+        owning(
+            s,
+            &s.backend_traffic_policies,
+            "BackendTrafficPolicy",
+            target,
+        )
+        .map(|p| &p.spec)
     };
     find(route).or_else(|| find(gateway))
 }

@@ -6,6 +6,7 @@
 //! - [`kinds`]: typed specs for the kinds the ecosystem crates lack.
 //! - [`snapshot`]: the kind table and [`Snapshot`], the typed result of one load.
 //! - [`validate`]: reference resolution and conditions (Gateway API status semantics).
+//! - [`resolution`]: what validation decided, typed, for the components to read.
 //! - [`endpoints`]: the endpoints behind a Service port, shared by every component.
 //!
 //! No I/O happens here beyond what a caller hands in: sources (a directory, the Kubernetes
@@ -15,12 +16,14 @@ pub mod endpoints;
 pub mod kinds;
 pub mod multus;
 pub mod object;
+pub mod resolution;
 pub mod snapshot;
 pub mod subst;
 pub mod validate;
 pub mod yaml;
 
 pub use object::{Condition, ObjectKey, ObjectStatus, Source, Status};
+pub use resolution::Resolution;
 pub use snapshot::{Diagnostic, Object, RawObject, Severity, Snapshot};
 
 // Re-exported so that components use the same versions of the ecosystem types.

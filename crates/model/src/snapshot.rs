@@ -182,6 +182,8 @@ macro_rules! kinds {
             pub entries: BTreeMap<ObjectKey, Entry>,
             /// Conditions of every object.
             pub status: BTreeMap<ObjectKey, ObjectStatus>,
+            /// What validation decided, typed: what components read instead of `status`.
+            pub resolution: crate::resolution::Resolution,
             /// Documents of kinds trellis does not serve, counted by `group/Kind`.
             pub skipped: BTreeMap<String, usize>,
             pub diagnostics: Vec<Diagnostic>,

@@ -92,28 +92,32 @@ pub(super) fn port_family(protocol: &str) -> &'static str {
     }
 }
 
-pub(super) fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<String>) -> Listeners {
+pub(super) fn gateways(
+    s: &Snapshot,
+    st: &mut Statuses,
+    res: &mut Resolution,
+    classes: &BTreeSet<String>,
+) -> Listeners {
     let mut out = Listeners::new();
     for gw in s.gateways.values() {
         let key = key_of(gw, GATEWAY_GROUP, "Gateway");
         let status = st.entry(key.clone()).or_default();
         let class = &gw.spec.gateway_class_name;
-        if get(&s.gateway_classes, "", class).is_none() {
+        let pending = if get(&s.gateway_classes, "", class).is_none() {
+            Some(format!("GatewayClass {class} not found"))
+        } else if !classes.contains(class) {
+            Some(format!("GatewayClass {class} is not served by trellis"))
+        } else {
+            None
+        };
+        if let Some(m) = pending {
             status.set(Condition::new(
                 cond::ACCEPTED,
                 Status::Unknown,
                 reason::PENDING,
-                format!("GatewayClass {class} not found"),
+                m.clone(),
             ));
-            continue;
-        }
-        if !classes.contains(class) {
-            status.set(Condition::new(
-                cond::ACCEPTED,
-                Status::Unknown,
-                reason::PENDING,
-                format!("GatewayClass {class} is not served by trellis"),
-            ));
+            res.gateways.insert(key, GatewayVerdict::NotAccepted(m));
             continue;
         }
         let mut gw_problems = Vec::new();
@@ -459,25 +463,29 @@ pub(super) fn gateways(s: &Snapshot, st: &mut Statuses, classes: &BTreeSet<Strin
         for (path, m) in &gw_problems {
             problem(status, path.clone(), m.clone());
         }
-        if !gw_problems.is_empty() {
-            status.set(bad(
-                cond::ACCEPTED,
-                "UnsupportedAddress",
-                gw_problems
-                    .iter()
-                    .map(|p| p.1.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ));
+        let verdict = if !gw_problems.is_empty() {
+            let m = gw_problems
+                .iter()
+                .map(|p| p.1.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
+            status.set(bad(cond::ACCEPTED, "UnsupportedAddress", m.clone()));
+            GatewayVerdict::NotAccepted(m)
         } else if infos.iter().all(|l| !l.usable) && !infos.is_empty() {
-            status.set(bad(
-                cond::ACCEPTED,
-                "ListenersNotValid",
-                "no listener is valid",
-            ));
+            let m = "no listener is valid";
+            status.set(bad(cond::ACCEPTED, "ListenersNotValid", m));
+            GatewayVerdict::NotAccepted(m.into())
         } else {
             status.set(ok(cond::ACCEPTED, reason::ACCEPTED, ""));
-        }
+            GatewayVerdict::Accepted {
+                usable: infos
+                    .iter()
+                    .filter(|l| l.usable)
+                    .map(|l| l.name.clone())
+                    .collect(),
+            }
+        };
+        res.gateways.insert(key.clone(), verdict);
         let address = gateway_address(gw);
         let msg = match &address {
             Some(a) => format!("address {a}"),
@@ -604,7 +612,12 @@ pub(super) struct RouteView {
     backends: Vec<(String, BackendRef)>,
 }
 
-pub(super) fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners) {
+pub(super) fn routes(
+    s: &Snapshot,
+    st: &mut Statuses,
+    res: &mut Resolution,
+    listeners: &mut Listeners,
+) {
     let mut views = Vec::new();
     for r in s.http_routes.values() {
         let key = key_of(r, GATEWAY_GROUP, "HTTPRoute");
@@ -714,11 +727,17 @@ pub(super) fn routes(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners)
         }
     }
     for v in views {
-        route(s, st, listeners, v);
+        route(s, st, res, listeners, v);
     }
 }
 
-pub(super) fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, v: RouteView) {
+pub(super) fn route(
+    s: &Snapshot,
+    st: &mut Statuses,
+    res: &mut Resolution,
+    listeners: &mut Listeners,
+    v: RouteView,
+) {
     let status = st.entry(v.key.clone()).or_default();
     // Rule-level problems found earlier make the route not Accepted on any parent.
     let invalid_rules = status
@@ -799,6 +818,17 @@ pub(super) fn route(s: &Snapshot, st: &mut Statuses, listeners: &mut Listeners, 
                 format!("gateway {ns}/{} is not accepted", p.name),
             )
         };
+        if !attached_to.is_empty() {
+            // Two parentRefs may name listeners of the same Gateway: one attachment each.
+            let list = res.attachments.entry(v.key.clone()).or_default();
+            match list.iter_mut().find(|a| a.gateway == gw_key) {
+                Some(a) => a.listeners.extend(attached_to.iter().cloned()),
+                None => list.push(Attachment {
+                    gateway: gw_key.clone(),
+                    listeners: attached_to.clone(),
+                }),
+            }
+        }
         conds.push(accepted);
         conds.push(resolved_cond.clone());
         status.parents.push(ParentStatus {

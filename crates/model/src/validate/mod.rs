@@ -6,7 +6,8 @@
 //! reasons. Policies follow GEP-713 (Accepted with TargetNotFound / Conflicted / Invalid).
 //! Other kinds get Accepted (and ResolvedRefs where they point at something).
 //!
-//! This module only reads the snapshot and writes statuses; it never changes what is served.
+//! This module only reads the snapshot and writes statuses, and the typed [`Resolution`] the
+//! components read; it never changes what is served.
 
 mod cilium;
 mod cni;
@@ -36,6 +37,7 @@ use crate::object::{
     Condition, ListenerStatus, ObjectKey, ObjectStatus, ParentRefOut, ParentStatus, RouteGroupKind,
     Status, cond, cond::reason,
 };
+use crate::resolution::{Attachment, GatewayVerdict, PolicyVerdict, Resolution};
 use crate::snapshot::{Coll, Object, Snapshot, get};
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -52,11 +54,12 @@ type Statuses = BTreeMap<ObjectKey, ObjectStatus>;
 
 pub fn run(s: &mut Snapshot) {
     let mut st: Statuses = std::mem::take(&mut s.status);
+    let mut res = Resolution::default();
     let classes = gateway_classes(s, &mut st);
-    let mut listeners = gateways(s, &mut st, &classes);
-    routes(s, &mut st, &mut listeners);
+    let mut listeners = gateways(s, &mut st, &mut res, &classes);
+    routes(s, &mut st, &mut res, &mut listeners);
     write_listener_status(s, &mut st, &listeners);
-    policies(s, &mut st);
+    policies(s, &mut st, &mut res);
     core(s, &mut st);
     cilium(s, &mut st);
     misc(s, &mut st);
@@ -79,6 +82,7 @@ pub fn run(s: &mut Snapshot) {
         }
     }
     s.status = st;
+    s.resolution = res;
 }
 
 fn ok(type_: &str, reason: &str, message: impl Into<String>) -> Condition {

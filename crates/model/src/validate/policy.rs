@@ -3,13 +3,11 @@
 
 use super::*;
 
-pub(super) fn policies(s: &Snapshot, st: &mut Statuses) {
-    // Which (policy kind, target) pairs are taken, for Conflicted.
-    let mut taken: BTreeMap<(&'static str, ObjectKey), ObjectKey> = BTreeMap::new();
+pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
     policy_kind(
         s,
         st,
-        &mut taken,
+        res,
         "BackendTrafficPolicy",
         &s.backend_traffic_policies,
         &|_, spec, status| {
@@ -91,7 +89,7 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses) {
     policy_kind(
         s,
         st,
-        &mut taken,
+        res,
         "ClientTrafficPolicy",
         &s.client_traffic_policies,
         &|_, spec, status| {
@@ -209,7 +207,7 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses) {
     policy_kind(
         s,
         st,
-        &mut taken,
+        res,
         "EnvoyExtensionPolicy",
         &s.envoy_extension_policies,
         &|p, spec, status| {
@@ -258,7 +256,7 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses) {
     policy_kind(
         s,
         st,
-        &mut taken,
+        res,
         "SecurityPolicy",
         &s.security_policies,
         &|p, spec, status| {
@@ -683,7 +681,7 @@ pub fn local_jwks(
 pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
     s: &Snapshot,
     st: &mut Statuses,
-    taken: &mut BTreeMap<(&'static str, ObjectKey), ObjectKey>,
+    res: &mut Resolution,
     kind: &'static str,
     coll: &Coll<S>,
     check: &F,
@@ -732,10 +730,11 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
         let invalid = status.first_invalid().cloned();
         let mut conflicts = Vec::new();
         for t in &targets {
-            if let Some(owner) = taken.get(&(kind, t.clone())) {
+            if let Some(owner) = res.owners.get(&(kind.to_string(), t.clone())) {
                 conflicts.push(format!("{t} already has {kind} {}", owner.ns_name()));
             } else {
-                taken.insert((kind, t.clone()), key.clone());
+                res.owners
+                    .insert((kind.to_string(), t.clone()), key.clone());
             }
         }
         let accepted = if let Some(pr) = invalid {
@@ -771,11 +770,30 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
                 missing.join("; "),
             ));
         }
+        let refused = refused_by(&status.conditions);
+        res.policies.insert(key, PolicyVerdict { targets, refused });
     }
 }
 
+/// Whether a policy's conditions refuse it (an `Accepted` or `ResolvedRefs` that is not
+/// True), and why. Losing every target to an older policy (Conflicted) or having none
+/// (TargetNotFound) is not a refusal: such a policy applies nowhere.
+fn refused_by(conditions: &[Condition]) -> Option<String> {
+    conditions.iter().find_map(|c| {
+        let bad = c.status != Status::True
+            && match c.type_.as_str() {
+                cond::ACCEPTED => {
+                    c.reason != reason::CONFLICTED && c.reason != reason::TARGET_NOT_FOUND
+                }
+                cond::RESOLVED_REFS => true,
+                _ => false,
+            };
+        bad.then(|| format!("{} {}: {}", c.type_, c.reason, c.message))
+    })
+}
+
 /// The objects a policy in namespace `ns` applies to, through targetRefs and targetSelectors.
-pub fn policy_targets<S: Policy>(s: &Snapshot, ns: &str, spec: &S) -> Vec<ObjectKey> {
+pub(super) fn policy_targets<S: Policy>(s: &Snapshot, ns: &str, spec: &S) -> Vec<ObjectKey> {
     let mut out: Vec<ObjectKey> = spec
         .target_refs()
         .into_iter()

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use kube::api::{Api, DynamicObject, Patch as KubePatch, PatchParams};
 use model::object::{Condition, ObjectKey, ObjectStatus};
 use model::snapshot::{Snapshot, kind_info};
-use model::validate::{CONTROLLER_NAMES, policy_targets};
+use model::validate::CONTROLLER_NAMES;
 use serde_json::{Value, json};
 
 use super::Resource;
@@ -400,20 +400,8 @@ fn policy_status(
     generation: Option<i64>,
     now: &str,
 ) -> Option<Value> {
-    let k = (key.namespace.clone(), key.name.clone());
-    let targets = match key.kind.as_str() {
-        "ClientTrafficPolicy" => {
-            policy_targets(s, &key.namespace, &s.client_traffic_policies.get(&k)?.spec)
-        }
-        "BackendTrafficPolicy" => {
-            policy_targets(s, &key.namespace, &s.backend_traffic_policies.get(&k)?.spec)
-        }
-        "SecurityPolicy" => policy_targets(s, &key.namespace, &s.security_policies.get(&k)?.spec),
-        "EnvoyExtensionPolicy" => {
-            policy_targets(s, &key.namespace, &s.envoy_extension_policies.get(&k)?.spec)
-        }
-        _ => return None,
-    };
+    // Validation's targets of the policy (only Envoy Gateway policies have an entry).
+    let targets = s.resolution.policies.get(key)?.targets.clone();
     let mut gateways = Vec::new();
     for t in targets {
         if t.kind == "Gateway" {

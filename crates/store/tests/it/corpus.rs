@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use model::ObjectKey;
+use model::validate::GATEWAY_GROUP;
 
 pub fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/home-ops/kubernetes")
@@ -204,4 +205,116 @@ fn the_cloudflare_tunnel_record_resolves_with_vars() {
         d.spec.endpoints[0].targets[0],
         "6f1f6c1e-2f35-4d4b-9c53-3f1a8c3b1e42.cfargotunnel.com"
     );
+}
+
+/// The typed resolution the components read says what the conditions written beside it say:
+/// accepted Gateways and their usable listeners, the listeners each route attached to, the
+/// policies' targets, owners and refusals. Checked over the whole corpus.
+#[test]
+fn the_resolution_says_what_the_conditions_say() {
+    use model::object::cond::{self, reason};
+    use model::resolution::GatewayVerdict;
+    use model::{Condition, Status};
+    let s = load().snapshot;
+    let is_true =
+        |cs: &[Condition], t: &str| cs.iter().any(|c| c.type_ == t && c.status == Status::True);
+    let mut accepted_gateways = 0;
+    for gw in s.gateways.values() {
+        let key = ObjectKey::new(GATEWAY_GROUP, "Gateway", gw.namespace(), gw.name());
+        let st = &s.status[&key];
+        match &s.resolution.gateways[&key] {
+            GatewayVerdict::Accepted { usable } => {
+                accepted_gateways += 1;
+                assert!(is_true(&st.conditions, cond::ACCEPTED), "{key}");
+                let want: Vec<String> = st
+                    .listeners
+                    .iter()
+                    .filter(|l| {
+                        is_true(&l.conditions, cond::ACCEPTED)
+                            && !is_true(&l.conditions, cond::CONFLICTED)
+                    })
+                    .map(|l| l.name.clone())
+                    .collect();
+                assert_eq!(usable, &want, "{key}");
+            }
+            GatewayVerdict::NotAccepted(why) => {
+                let c = st.conditions.iter().find(|c| c.type_ == cond::ACCEPTED);
+                assert!(
+                    c.is_some_and(|c| c.status != Status::True && &c.message == why),
+                    "{key}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        accepted_gateways, 2,
+        "the corpus's external and internal gateways"
+    );
+    // Every accepted parent of every route is an attachment with the same listeners, and
+    // nothing else is.
+    let mut attached = 0;
+    for (key, st) in &s.status {
+        if key.group != GATEWAY_GROUP || !key.kind.ends_with("Route") {
+            continue;
+        }
+        let mut want: Vec<(ObjectKey, Vec<String>)> = Vec::new();
+        for p in st
+            .parents
+            .iter()
+            .filter(|p| is_true(&p.conditions, cond::ACCEPTED))
+        {
+            let gw = ObjectKey::new(
+                GATEWAY_GROUP,
+                "Gateway",
+                &p.parent_ref.namespace,
+                &p.parent_ref.name,
+            );
+            match want.iter_mut().find(|(g, _)| *g == gw) {
+                Some((_, l)) => l.extend(p.listeners.iter().cloned()),
+                None => want.push((gw, p.listeners.clone())),
+            }
+        }
+        let got: Vec<(ObjectKey, Vec<String>)> = s
+            .resolution
+            .attachments
+            .get(key)
+            .into_iter()
+            .flatten()
+            .map(|a| (a.gateway.clone(), a.listeners.clone()))
+            .collect();
+        assert_eq!(got, want, "{key}");
+        attached += got.len();
+    }
+    assert!(attached > 20, "{attached} attachments");
+    // Policies: refused exactly when Accepted (other than Conflicted or TargetNotFound) or
+    // ResolvedRefs is not True; the first policy of a kind naming a target owns it.
+    let mut refused = 0;
+    for (key, v) in &s.resolution.policies {
+        let st = &s.status[key];
+        let bad = st.conditions.iter().any(|c| {
+            c.status != Status::True
+                && (c.type_ == cond::RESOLVED_REFS
+                    || (c.type_ == cond::ACCEPTED
+                        && c.reason != reason::CONFLICTED
+                        && c.reason != reason::TARGET_NOT_FOUND))
+        });
+        assert_eq!(v.refused.is_some(), bad, "{key}: {:?}", v.refused);
+        refused += usize::from(bad);
+        // The owner of each target is the first policy of the kind (in the snapshot's order)
+        // that names it.
+        for t in &v.targets {
+            let first = s
+                .resolution
+                .policies
+                .iter()
+                .find(|(k, p)| k.kind == key.kind && p.targets.contains(t))
+                .map(|(k, _)| k);
+            assert_eq!(s.resolution.owner(&key.kind, t), first, "{key} -> {t}");
+        }
+    }
+    assert!(
+        refused > 0,
+        "the corpus has refused SecurityPolicies (their backends are outside it)"
+    );
+    assert!(s.resolution.policies.len() > 5);
 }

@@ -1,0 +1,95 @@
+//! What validation decided about the objects that point at each other, typed.
+//!
+//! [`crate::validate::run`] fills a [`Resolution`] while it writes the conditions, from the
+//! same decisions: which Gateways are accepted and which of their listeners take routes,
+//! which listeners each route attached to, what each Envoy Gateway policy applies to, which
+//! policy owns a target, and which policies are refused. Components (the gateway, record
+//! sync) read this, never the condition strings.
+
+use std::collections::BTreeMap;
+
+use crate::object::ObjectKey;
+
+/// Validation's decisions, kept on the [`crate::Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resolution {
+    /// Every Gateway validation looked at.
+    pub gateways: BTreeMap<ObjectKey, GatewayVerdict>,
+    /// The routes accepted by at least one Gateway: for each, the listeners that took it.
+    pub attachments: BTreeMap<ObjectKey, Vec<Attachment>>,
+    /// Every Envoy Gateway policy validation looked at.
+    pub policies: BTreeMap<ObjectKey, PolicyVerdict>,
+    /// The policy that applies to a target, by (policy kind, target): the first of its kind
+    /// that names it; later ones are Conflicted there.
+    pub owners: BTreeMap<(String, ObjectKey), ObjectKey>,
+}
+
+/// A Gateway: accepted with the listeners that take routes, or why not.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GatewayVerdict {
+    /// Accepted; the names of its listeners that are valid and not conflicted.
+    Accepted { usable: Vec<String> },
+    /// Not accepted (or not served by trellis), with the condition's message.
+    NotAccepted(String),
+}
+
+/// The listeners of one Gateway that took a route.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attachment {
+    pub gateway: ObjectKey,
+    pub listeners: Vec<String>,
+}
+
+/// An Envoy Gateway policy: what it names, and whether it may be enforced.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PolicyVerdict {
+    /// The objects it names that exist (through targetRefs and targetSelectors).
+    pub targets: Vec<ObjectKey>,
+    /// Why its targets must not be served with it: invalid, or a reference that does not
+    /// resolve. A policy that only lost its targets to an older one, or has none, is not
+    /// refused: it applies nowhere.
+    pub refused: Option<String>,
+}
+
+impl Resolution {
+    /// The Gateway's usable listeners, or why it is not accepted.
+    pub fn gateway(&self, key: &ObjectKey) -> Result<&[String], String> {
+        match self.gateways.get(key) {
+            Some(GatewayVerdict::Accepted { usable }) => Ok(usable),
+            Some(GatewayVerdict::NotAccepted(why)) => Err(why.clone()),
+            None => Err("not validated".into()),
+        }
+    }
+
+    /// The listeners of Gateway `gateway` that took route `route` (none when not attached).
+    pub fn attached(&self, route: &ObjectKey, gateway: &ObjectKey) -> &[String] {
+        self.attachments
+            .get(route)
+            .into_iter()
+            .flatten()
+            .find(|a| &a.gateway == gateway)
+            .map(|a| a.listeners.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The targets a policy names (empty for a policy never validated).
+    pub fn targets(&self, policy: &ObjectKey) -> &[ObjectKey] {
+        self.policies
+            .get(policy)
+            .map(|p| p.targets.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Why a policy must not be enforced as written; a policy never validated is refused.
+    pub fn refused(&self, policy: &ObjectKey) -> Option<String> {
+        match self.policies.get(policy) {
+            Some(p) => p.refused.clone(),
+            None => Some("not validated".into()),
+        }
+    }
+
+    /// The policy of `kind` that applies to `target`, if one does.
+    pub fn owner(&self, kind: &str, target: &ObjectKey) -> Option<&ObjectKey> {
+        self.owners.get(&(kind.to_string(), target.clone()))
+    }
+}
