@@ -14,7 +14,6 @@ use std::net::IpAddr;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, TXT};
 use hickory_proto::rr::{Name, RData};
 use model::Snapshot;
-use model::object::cond;
 use model::validate::{GATEWAY_GROUP, gateway_address};
 
 use crate::zone::{Zone, ZoneConfig, compile};
@@ -206,18 +205,10 @@ pub fn compile_views(s: &Snapshot, cfg: &ZoneConfig) -> Views {
 /// Hostnames of the routes that Gateway `ns/name` accepted, without the ones marked
 /// `external-dns.alpha.kubernetes.io/controller: none`.
 fn route_hostnames(s: &Snapshot, ns: &str, name: &str) -> Vec<String> {
+    let gateway = model::ObjectKey::new(GATEWAY_GROUP, "Gateway", ns, name);
     let accepted_by_gateway = |kind: &str, rns: &str, rname: &str| {
         let key = model::ObjectKey::new(GATEWAY_GROUP, kind, rns, rname);
-        s.status.get(&key).is_some_and(|st| {
-            st.parents.iter().any(|p| {
-                p.parent_ref.kind == "Gateway"
-                    && p.parent_ref.namespace == ns
-                    && p.parent_ref.name == name
-                    && p.conditions
-                        .iter()
-                        .any(|c| c.type_ == cond::ACCEPTED && c.status == model::Status::True)
-            })
-        })
+        !s.resolution.attached(&key, &gateway).is_empty()
     };
     let mut out = Vec::new();
     for r in s.http_routes.values() {

@@ -192,6 +192,10 @@ pub fn add_compile_conditions(s: &mut model::Snapshot) {
         }
     }
     for (key, msg) in found {
+        // The typed resolution says the same as the condition written below.
+        if let Some(p) = s.resolution.policies.get_mut(&key) {
+            p.refused.get_or_insert_with(|| msg.clone());
+        }
         let st = s.status.entry(key).or_default();
         let (path, text) = msg
             .split_once(": ")
