@@ -862,72 +862,52 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         md,
         "\n{rounds} interleaved rounds of `taskset -c 1 wrk -t1 -c64 -d{secs}s --latency URL`; proxies and the backend nginx on CPU 0."
     );
-    // The cost of flows once more, with both gateways loaded at the same time: whatever
-    // this VM's speed does during a round, it does to both, so the per-request CPU ratio
-    // is far steadier than between runs one after the other. ONLY=flows-together runs it.
-    if only.is_empty() || only.split(',').any(|o| o == "flows-together") {
+    // Two servers loaded at once on the small response (both on CPU 0 with the backend, two
+    // wrk on CPU 1): whatever this VM's speed does during a round, it does to both, so the
+    // per-request CPU ratio is far steadier than between runs one after the other.
+    let wanted = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
+    let mut small_together = |title: &str, a: (&str, u16, &Bg), b: (&str, u16, &Bg)| {
         let url = |port: u16| format!("http://127.0.0.1:{port}/small");
-        let (cpu, rps) = together(
-            ("flows off", &url(TRELLIS_PORT), &gw),
-            ("flows on", &url(TRELLIS_FLOWS_PORT), &gw_flows),
-            rounds,
-            secs,
-        )?;
+        let (cpu, rps) = together((a.0, &url(a.1), a.2), (b.0, &url(b.1), b.2), rounds, secs)?;
         let _ = writeln!(
             md,
-            "\n| flows on against off, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s (the CPU is shared, so this follows the CPU ratio, with wrk's noise) | {rps:.3} |"
+            "\n| {title}, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s (the CPU is shared, so this follows the CPU ratio, with wrk's noise) | {rps:.3} |"
         );
-    }
-    // trellis against nginx the same way: both proxies loaded at once on CPU 0 (with the
-    // backend), two wrk on CPU 1; this VM's drift hits both alike. ONLY=nginx-together.
-    if only.is_empty() || only.split(',').any(|o| o == "nginx-together") {
-        let (cpu, rps) = together(
-            (
-                "nginx",
-                &format!("http://127.0.0.1:{NGINX_PORT}/small"),
-                &nginx,
-            ),
-            (
-                "trellis",
-                &format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
-                &gw,
-            ),
-            rounds,
-            secs,
+        anyhow::Ok(())
+    };
+    // The cost of flows. ONLY=flows-together.
+    if wanted("flows-together") {
+        small_together(
+            "flows on against off",
+            ("flows off", TRELLIS_PORT, &gw),
+            ("flows on", TRELLIS_FLOWS_PORT, &gw_flows),
         )?;
-        let _ = writeln!(
-            md,
-            "\n| trellis against nginx, small response, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s | {rps:.3} |"
-        );
     }
-    // This build against the older one (BEFORE), both loaded at once. ONLY=before-together.
+    // trellis against nginx. ONLY=nginx-together.
+    if wanted("nginx-together") {
+        small_together(
+            "trellis against nginx, small response",
+            ("nginx", NGINX_PORT, &nginx),
+            ("trellis", TRELLIS_PORT, &gw),
+        )?;
+    }
+    // This build against the older one (BEFORE). ONLY=before-together.
     if let Some(g) = &gw_before
-        && (only.is_empty() || only.split(',').any(|o| o == "before-together"))
+        && wanted("before-together")
     {
-        let (cpu, rps) = together(
-            (
-                "before",
-                &format!("http://127.0.0.1:{TRELLIS_BEFORE_PORT}/small"),
-                g,
+        small_together(
+            &format!(
+                "this build against BEFORE ({}), small response",
+                before_bin.as_deref().unwrap_or_default()
             ),
-            (
-                "after",
-                &format!("http://127.0.0.1:{TRELLIS_PORT}/small"),
-                &gw,
-            ),
-            rounds,
-            secs,
+            ("before", TRELLIS_BEFORE_PORT, g),
+            ("after", TRELLIS_PORT, &gw),
         )?;
-        let _ = writeln!(
-            md,
-            "\n| this build against BEFORE ({}), small response, both loaded at once ({rounds} rounds) | median ratio |\n|---|---:|\n| proxy CPU per request | {cpu:.3} |\n| requests/s | {rps:.3} |",
-            before_bin.as_deref().unwrap_or_default()
-        );
     }
     // HTTP/2 (h2load) on the TLS ports of nginx and trellis, and HTTP/3 on trellis's (nginx
     // 1.22 has no QUIC; Debian has no HTTP/3 load generator, so `trellis bench-h3` is the
     // client). ONLY=h2h3 runs just this.
-    if only.is_empty() || only.split(',').any(|o| o == "h2h3") {
+    if wanted("h2h3") {
         let cert = format!("{d}/cert.pem");
         let mut cases: Vec<(&str, &Bg)> = vec![
             ("nginx-h2-small", &nginx),
@@ -1002,7 +982,7 @@ pub fn run(root: &Path, rounds: usize, secs: u32) -> Result<()> {
         );
     }
     // ONLY=idle measures just this.
-    if only.is_empty() || only.split(',').any(|o| o == "idle") {
+    if wanted("idle") {
         let _ = writeln!(
             md,
             "\n| server | memory per idle keep-alive client connection (KiB) |\n|---|---:|"
