@@ -710,6 +710,7 @@ const FUZZ_TARGETS: &[&str] = &[
     "gateway_sni",
     "gateway_basic_auth",
     "gateway_jwt",
+    "gateway_oidc_cookie",
     "policy_compile",
 ];
 

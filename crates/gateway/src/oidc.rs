@@ -264,6 +264,19 @@ impl Oidc {
         BASE64URL_NOPAD.encode(&[nonce, data].concat())
     }
 
+    /// Seals `plain` as the value of cookie `aad`. For the fuzz targets only.
+    #[doc(hidden)]
+    pub fn seal_for_fuzz(&self, aad: &str, plain: &[u8]) -> String {
+        self.seal(aad, plain)
+    }
+
+    /// What a client's cookie `aad` holds, when this policy sealed it. For the fuzz targets
+    /// only.
+    #[doc(hidden)]
+    pub fn open_for_fuzz(&self, aad: &str, text: &str) -> Option<Vec<u8>> {
+        self.open(aad, text)
+    }
+
     /// A sealed value back, or nothing when it was not sealed by this policy for `aad`.
     fn open(&self, aad: &str, text: &str) -> Option<Vec<u8>> {
         let raw = BASE64URL_NOPAD.decode(text.as_bytes()).ok()?;
