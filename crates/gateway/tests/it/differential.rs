@@ -3,7 +3,9 @@
 //! that only differs by a request timeout (which hands it to hyper's path); every answer —
 //! the sequence of status codes on the connection, and what the backend was asked — must be
 //! the same on both. And every transport answers well-formed requests alike: HTTP/1.1 (the
-//! own path), HTTP/2 (curl) and HTTP/3 (`gateway::h3::Client`) on one HTTPS listener.
+//! own path), HTTP/2 (curl) and HTTP/3 (`gateway::h3::Client`) on one HTTPS listener. HTTP/2's
+//! malformed shapes (connection-specific fields, CR LF in a value, a body longer than its
+//! length) go as raw frames, since no HTTP/2 client here will send them.
 
 use std::time::Duration;
 
@@ -299,5 +301,233 @@ async fn every_transport_answers_well_formed_requests_alike() {
         assert_eq!(answers, http11, "{flag} against --http1.1");
     }
     assert_eq!(&h3, http11, "HTTP/3 against --http1.1");
+    running.stop().await;
+}
+
+/// Header fields of a raw HTTP/2 request, pseudo-headers included, in order.
+type Fields = Vec<(&'static [u8], &'static [u8])>;
+
+/// HPACK: a header field as a literal without indexing, its name and value as plain
+/// (not Huffman-coded) strings shorter than 127 bytes (RFC 7541 6.2.2).
+fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    assert!(name.len() < 127 && value.len() < 127, "short fields only");
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+}
+
+/// An HTTP/2 frame (RFC 9113 4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends one request as raw HTTP/2 frames (prior knowledge, stream 1) with exactly the
+/// given header fields (pseudo-headers included, in order) and body, and says how the
+/// gateway answered: `status N` (from HPACK's static table), `reset`, `goaway` or `closed`.
+async fn h2_raw(addr: std::net::SocketAddr, fields: &[(&[u8], &[u8])], body: &[u8]) -> String {
+    const DATA: u8 = 0;
+    const HEADERS: u8 = 1;
+    const RST_STREAM: u8 = 3;
+    const SETTINGS: u8 = 4;
+    const GOAWAY: u8 = 7;
+    const END_STREAM: u8 = 0x1;
+    const END_HEADERS: u8 = 0x4;
+    let mut block = Vec::new();
+    for (n, v) in fields {
+        hpack_literal(&mut block, n, v);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    let end = if body.is_empty() { END_STREAM } else { 0 };
+    out.extend(h2_frame(HEADERS, END_HEADERS | end, 1, &block));
+    if !body.is_empty() {
+        out.extend(h2_frame(DATA, END_STREAM, 1, body));
+    }
+    let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    c.write_all(&out).await.expect("write");
+    let read = async {
+        let mut status = None;
+        loop {
+            let mut head = [0u8; 9];
+            if c.read_exact(&mut head).await.is_err() {
+                return status.unwrap_or_else(|| "closed".to_string());
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if c.read_exact(&mut payload).await.is_err() {
+                return "closed".to_string();
+            }
+            match kind {
+                SETTINGS if flags & 1 == 0 => {
+                    let _ = c.write_all(&h2_frame(SETTINGS, 1, 0, &[])).await;
+                }
+                RST_STREAM if stream == 1 => return "reset".to_string(),
+                GOAWAY => return status.unwrap_or_else(|| "goaway".to_string()),
+                HEADERS if stream == 1 => {
+                    // An indexed field of the static table (entries 8 to 14 are :status).
+                    let s = match payload.first().map(|b| b & 0x7f) {
+                        Some(i @ 8..=14) => ["200", "204", "206", "304", "400", "404", "500"]
+                            [usize::from(i - 8)]
+                        .to_string(),
+                        _ => "?".to_string(),
+                    };
+                    status.get_or_insert(format!("status {s}"));
+                    if flags & END_STREAM != 0 {
+                        return status.unwrap_or_default();
+                    }
+                }
+                DATA if stream == 1 && flags & END_STREAM != 0 => {
+                    return status.unwrap_or_default();
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| "no answer".to_string())
+}
+
+/// The HTTP/2 side of the smuggling shapes: requests RFC 9113 calls malformed (8.1.1, 8.2,
+/// 8.3) are refused by the gateway (the stream or the connection reset, or a 400) and never
+/// reach the backend — above all, no header value carrying CR LF that HTTP/1 upstream would
+/// read as another header. A well-formed request on the same connection kind is forwarded, so the
+/// assertions have something to fail on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http2_requests_are_refused_and_never_forwarded() {
+    let backends = harness::start_backends().await;
+    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let (plan, running) = harness::serve(&backends, MANIFESTS, metrics).await;
+    assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+    let addr = running.bound[&80];
+    let echo = &backends.0["gateway-conformance-infra/infra-backend-v1"];
+    let get = |path: &'static str| -> Fields {
+        vec![
+            (b":method", b"GET"),
+            (b":scheme", b"http"),
+            (b":authority", b"hyper.test"),
+            (b":path", path.as_bytes()),
+        ]
+    };
+    let with = |path: &'static str, extra: &[(&'static [u8], &'static [u8])]| {
+        let mut f = get(path);
+        f.extend_from_slice(extra);
+        f
+    };
+    // The well-formed request first.
+    let ok = h2_raw(addr, &get("/h2-good"), b"").await;
+    assert_eq!(
+        ok, "status 200",
+        "a well-formed HTTP/2 request is forwarded"
+    );
+    assert!(echo.seen().iter().any(|s| s.path == "/h2-good"));
+
+    let post_11_bytes_as_5: Fields = vec![
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"hyper.test"),
+        (b":path", b"/h2-length"),
+        (b"content-length", b"5"),
+    ];
+    let cases: Vec<(&str, &str, Fields, &[u8])> = vec![
+        (
+            "transfer-encoding",
+            "/h2-te",
+            with("/h2-te", &[(b"transfer-encoding", b"chunked")]),
+            b"",
+        ),
+        (
+            "connection",
+            "/h2-conn",
+            with("/h2-conn", &[(b"connection", b"keep-alive")]),
+            b"",
+        ),
+        (
+            "te other than trailers",
+            "/h2-te-gzip",
+            with("/h2-te-gzip", &[(b"te", b"gzip")]),
+            b"",
+        ),
+        (
+            "an upper-case name",
+            "/h2-upper",
+            with("/h2-upper", &[(b"X-Upper", b"1")]),
+            b"",
+        ),
+        (
+            "CR LF in a value",
+            "/h2-crlf",
+            with("/h2-crlf", &[(b"x-a", b"a\r\ninjected: yes")]),
+            b"",
+        ),
+        (
+            "NUL in a value",
+            "/h2-nul",
+            with("/h2-nul", &[(b"x-a", b"a\0b")]),
+            b"",
+        ),
+        (
+            "a pseudo-header after a field",
+            "/h2-order",
+            vec![
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b"x-a", b"1"),
+                (b":authority", b"hyper.test"),
+                (b":path", b"/h2-order"),
+            ],
+            b"",
+        ),
+        (
+            "no :path",
+            "/h2-nopath",
+            vec![
+                (b":method", b"GET"),
+                (b":scheme", b"http"),
+                (b":authority", b"hyper.test"),
+            ],
+            b"",
+        ),
+        (
+            "a body longer than its length",
+            "/h2-length",
+            post_11_bytes_as_5,
+            b"hello world",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, path, fields, body) in &cases {
+        let answer = h2_raw(addr, fields, body).await;
+        eprintln!("{name}: {answer}");
+        // A stream error (RST_STREAM), a connection error (GOAWAY: h2 takes an invalid field
+        // name or value as one), or a 400.
+        let refused = matches!(
+            answer.as_str(),
+            "reset" | "goaway" | "status 400" | "closed"
+        );
+        if !refused {
+            wrong.push(format!("{name}: answered {answer}"));
+        }
+        if *name != "a body longer than its length" && echo.seen().iter().any(|s| s.path == *path) {
+            wrong.push(format!("{name}: forwarded to the backend"));
+        }
+    }
+    // Whatever happened, no header was injected upstream.
+    assert!(
+        !echo
+            .seen()
+            .iter()
+            .any(|s| s.headers.contains_key("injected")),
+        "a CR LF in an HTTP/2 value became an HTTP/1 header upstream"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     running.stop().await;
 }

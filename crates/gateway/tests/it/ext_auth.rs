@@ -94,11 +94,7 @@ async fn get(
 async fn ext_auth_allows_denies_and_fails_closed_or_open() {
     let backends = harness::start_backends().await;
     let (auth_addr, asked) = auth_service().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let (_held, dead) = harness::refusing_port();
     let mut manifests = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: security}}\n---\n\
          apiVersion: v1\nkind: Service\nmetadata: {{name: authentik-server, namespace: security}}\nspec: {{ports: [{{name: http, port: 80}}]}}\n---\n\
@@ -222,10 +218,8 @@ fn grpc_auth_server() -> GrpcAuth {
 async fn grpc_ext_auth_allows_denies_and_fails_closed() {
     let server = grpc_auth_server();
     let backends = harness::start_backends().await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_held, dead) = harness::refusing_port();
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], dead));
     let mut manifests = harness::service(
         "gateway-conformance-infra",
         "authz",

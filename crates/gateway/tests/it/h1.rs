@@ -283,9 +283,8 @@ async fn a_malformed_or_missing_upstream_is_a_clear_error() {
     assert_eq!(m.h1_fast.get(), 1);
 
     // An upstream that refuses connections: 503 naming it, and the client connection stays.
-    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let gone = closed.local_addr().expect("addr");
-    drop(closed);
+    let (_held, gone) = crate::harness::refusing_port();
+    let gone = std::net::SocketAddr::from(([127, 0, 0, 1], gone));
     let (_b2, r2, m2) = gateway(gone).await;
     let mut c = connect(&r2).await;
     for _ in 0..2 {

@@ -26,6 +26,23 @@ impl Drop for Kill {
     }
 }
 
+/// A port on 127.0.0.1 bound but not listening, held while the returned socket lives:
+/// connections to it are refused, and no other test can take the port meanwhile (a port
+/// taken from a listener that was dropped can be reused by a parallel test's server).
+pub fn refusing_port() -> (socket2::Socket, u16) {
+    let held =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let port = held
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    (held, port)
+}
+
 /// Started echo backends by `namespace/name`.
 pub struct Backends(pub BTreeMap<String, Echo>);
 

@@ -151,10 +151,8 @@ async fn jwt_tokens_signed_by_openssl_are_verified() {
         .await
         .expect("jwks server");
     // A port nothing listens on: its JWKS can never be fetched.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_held, closed) = crate::harness::refusing_port();
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], closed));
 
     let ec_set = serde_json::json!({"keys": [ec_jwk(&ec, "e1")]}).to_string();
     let rsa_set = serde_json::json!({"keys": [rsa_jwk(&rsa, "r1")]}).to_string();

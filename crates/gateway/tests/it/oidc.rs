@@ -86,10 +86,8 @@ fn get(port: u16, name: &str, path: &str, jar: &str, follow: bool) -> (Vec<u16>,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_login_against_a_real_provider() {
     let p = provider();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr");
+    let (_held, closed) = crate::harness::refusing_port();
+    let closed = std::net::SocketAddr::from(([127, 0, 0, 1], closed));
     let issuer = format!("http://127.0.0.1:{}{ISSUER_PATH}", p.port);
     let common = format!(
         "    provider: {{issuer: '{issuer}'}}\n    clientID: app\n    clientSecret: {{name: app-oidc}}\n    logoutPath: /logout\n"

@@ -25,11 +25,7 @@ async fn retries_timeouts_and_ejection() {
     let backends = harness::start_backends().await;
     let live = backends.0["gateway-conformance-infra/infra-backend-v1"].clone();
     // A port nothing listens on: connections are refused.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let (_held, dead) = harness::refusing_port();
     let manifests = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: gateway-conformance-infra}}\n\
          spec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n    - backendRefs: [{{name: flaky, port: 8080}}]\n---\n\

@@ -161,18 +161,7 @@ async fn swapping_plans_under_load_fails_no_request() {
 async fn a_reload_does_not_forget_an_endpoint_is_down() {
     let backends = harness::start_backends().await;
     let echo = backends.0["gateway-conformance-infra/infra-backend-v1"].addr;
-    // A port bound but not listening, held for the test: connections to it are refused, and
-    // no other test can take it meanwhile.
-    let held =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    held.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .expect("bind");
-    let dead = held
-        .local_addr()
-        .expect("addr")
-        .as_socket()
-        .expect("inet")
-        .port();
+    let (held, dead) = harness::refusing_port();
     let manifests = pair_route(("pair-dead", dead), ("pair-live", echo.port()));
     let metrics = Arc::new(gateway::metrics::Metrics::default());
     let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
