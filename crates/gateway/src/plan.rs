@@ -344,12 +344,14 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let mut tls_ports: BTreeMap<u16, (Vec<ListenerCerts>, HostTable<Weighted>)> = BTreeMap::new();
     let mut tcp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
     let mut udp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
+    let mut named: BTreeSet<&str> = BTreeSet::new();
     for l in &gw.spec.listeners {
         let Ok(port) = u16::try_from(l.port) else {
             continue;
         };
-        // Only listeners validation accepted and found no conflict for.
-        if !usable.contains(l.name.as_str()) {
+        // Only listeners validation accepted and found no conflict for; of two with one name,
+        // the first (validation refuses the later one, and routes attach by name).
+        if !usable.contains(l.name.as_str()) || !named.insert(l.name.as_str()) {
             continue;
         }
         let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
@@ -719,7 +721,8 @@ pub fn alt_svc(port: u16) -> http::HeaderValue {
         .unwrap_or_else(|_| http::HeaderValue::from_static("clear"))
 }
 
-/// The ClientTrafficPolicy that asks for HTTP/3 on this Gateway, if one does.
+/// The ClientTrafficPolicy of this Gateway (the one validation gave it), when it asks for
+/// HTTP/3.
 fn http3_policy(s: &Snapshot, gw: &ObjectKey) -> Option<ObjectKey> {
     owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
         .filter(|p| p.spec.http3.is_some())

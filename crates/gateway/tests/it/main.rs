@@ -17,6 +17,7 @@ mod lua;
 mod oidc;
 mod policies;
 mod reload;
+mod resolution;
 mod routing;
 mod security;
 mod tls;

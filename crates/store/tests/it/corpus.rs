@@ -316,5 +316,33 @@ fn the_resolution_says_what_the_conditions_say() {
         refused > 0,
         "the corpus has refused SecurityPolicies (their backends are outside it)"
     );
+    // Every Envoy Gateway policy of the corpus has a verdict.
+    let keys = |kind: &str, names: Vec<&(String, String)>| -> Vec<ObjectKey> {
+        names
+            .into_iter()
+            .map(|(ns, n)| ObjectKey::new("gateway.envoyproxy.io", kind, ns, n))
+            .collect()
+    };
+    let all = [
+        keys("SecurityPolicy", s.security_policies.keys().collect()),
+        keys(
+            "ClientTrafficPolicy",
+            s.client_traffic_policies.keys().collect(),
+        ),
+        keys(
+            "BackendTrafficPolicy",
+            s.backend_traffic_policies.keys().collect(),
+        ),
+        keys(
+            "EnvoyExtensionPolicy",
+            s.envoy_extension_policies.keys().collect(),
+        ),
+    ];
+    for key in all.iter().flatten() {
+        assert!(
+            s.resolution.policies.contains_key(key),
+            "{key} has no verdict"
+        );
+    }
     assert!(s.resolution.policies.len() > 5);
 }
