@@ -320,13 +320,11 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let gw = get(&s.gateways, namespace, name)
         .ok_or_else(|| CompileError::NotFound(format!("{namespace}/{name}")))?;
     let key = ObjectKey::new(GATEWAY_GROUP, "Gateway", namespace, name);
-    let usable: BTreeSet<&str> = s
+    let listeners = s
         .resolution
         .gateway(&key)
-        .map_err(|why| CompileError::NotAccepted(format!("{namespace}/{name}"), why))?
-        .iter()
-        .map(String::as_str)
-        .collect();
+        .map_err(|why| CompileError::NotAccepted(format!("{namespace}/{name}"), why))?;
+    let usable: BTreeSet<&str> = listeners.usable.iter().map(String::as_str).collect();
     let address = gateway_address(gw).and_then(|a| a.parse().ok());
     let mut plan = Plan {
         gateway: key.clone(),
@@ -370,7 +368,13 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                     scheme: "https",
                     ..Router::default()
                 });
-                match listener_certs(s, gw, l) {
+                // Certificates validation did not resolve (not there, not valid, or in
+                // another namespace without a ReferenceGrant) are never loaded.
+                let certs = match listeners.unresolved.get(&l.name) {
+                    Some(why) => Err(why.clone()),
+                    None => listener_certs(s, gw, l),
+                };
+                match certs {
                     Ok(certs) => tls_ports.entry(port).or_default().0.push(ListenerCerts {
                         hostname: l.hostname.clone(),
                         certs,

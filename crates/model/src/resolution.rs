@@ -27,10 +27,20 @@ pub struct Resolution {
 /// A Gateway: accepted with the listeners that take routes, or why not.
 #[derive(Clone, Debug, PartialEq)]
 pub enum GatewayVerdict {
-    /// Accepted; the names of its listeners that are valid and not conflicted.
-    Accepted { usable: Vec<String> },
+    Accepted(GatewayListeners),
     /// Not accepted (or not served by trellis), with the condition's message.
     NotAccepted(String),
+}
+
+/// The listeners of an accepted Gateway, by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GatewayListeners {
+    /// Valid and not conflicted: they take routes. Of two with one name, the first.
+    pub usable: Vec<String>,
+    /// Usable listeners whose references do not resolve (a certificate Secret missing, not
+    /// valid, or in another namespace without a ReferenceGrant), with why: they take routes
+    /// but cannot be programmed, so nothing of those references may be served.
+    pub unresolved: BTreeMap<String, String>,
 }
 
 /// The listeners of one Gateway that took a route.
@@ -52,10 +62,10 @@ pub struct PolicyVerdict {
 }
 
 impl Resolution {
-    /// The Gateway's usable listeners, or why it is not accepted.
-    pub fn gateway(&self, key: &ObjectKey) -> Result<&[String], String> {
+    /// The Gateway's listeners, or why it is not accepted.
+    pub fn gateway(&self, key: &ObjectKey) -> Result<&GatewayListeners, String> {
         match self.gateways.get(key) {
-            Some(GatewayVerdict::Accepted { usable }) => Ok(usable),
+            Some(GatewayVerdict::Accepted(listeners)) => Ok(listeners),
             Some(GatewayVerdict::NotAccepted(why)) => Err(why.clone()),
             None => Err("not validated".into()),
         }

@@ -46,3 +46,50 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: tw
         "the Conflicted policy's tcpKeepalive does not apply"
     );
 }
+
+/// A listener's certificate in another namespace is served only with a ReferenceGrant there:
+/// without one, validation says RefNotPermitted and the gateway never loads the Secret (the
+/// listener is reported unserved, its port has no certificate for it). It used to load it.
+#[tokio::test]
+async fn a_certificate_in_another_namespace_needs_a_reference_grant() {
+    let backends = harness::start_backends().await;
+    let cert = rcgen::generate_simple_self_signed(vec!["site.test".to_string()]).expect("cert");
+    let indent = |pem: &str| -> String { pem.lines().map(|l| format!("    {l}\n")).collect() };
+    let case = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: site-tls, namespace: other}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge, namespace: gateway-conformance-infra}}\nspec:\n  gatewayClassName: trellis\n  listeners:\n\
+\x20   - {{name: https, protocol: HTTPS, port: 443, tls: {{certificateRefs: [{{name: site-tls, namespace: other}}]}}}}\n---\n",
+        indent(&cert.cert.pem()),
+        indent(&cert.signing_key.serialize_pem())
+    );
+    let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: certs, namespace: other}\n\
+spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: gateway-conformance-infra}]\n  to: [{group: '', kind: Secret}]\n";
+    let serves_the_certificate = |with_grant: bool| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = harness::base_manifests(&backends);
+        let mut files = vec![("base.yaml", base.as_str()), ("case.yaml", case.as_str())];
+        if with_grant {
+            files.push(("grant.yaml", grant));
+        }
+        let load = harness::load(dir.path(), &files);
+        let plan = gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge")
+            .expect("compiles");
+        let Some(gateway::plan::Listen::Tls(t)) = plan.ports.get(&443) else {
+            panic!("port 443 is a TLS port");
+        };
+        (t.config.is_some(), plan.unserved)
+    };
+    let (served, unserved) = serves_the_certificate(false);
+    assert!(
+        !served,
+        "a Secret of another namespace was loaded without a grant"
+    );
+    assert!(
+        unserved
+            .iter()
+            .any(|(l, port, why)| l == "https" && *port == 443 && why.contains("ReferenceGrant")),
+        "{unserved:?}"
+    );
+    let (served, unserved) = serves_the_certificate(true);
+    assert!(served && unserved.is_empty(), "{unserved:?}");
+}

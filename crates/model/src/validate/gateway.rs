@@ -63,6 +63,8 @@ pub struct ListenerInfo {
     pub usable: bool,
     /// False when it also cannot serve (its certificate does not resolve).
     pub programmable: bool,
+    /// Why its references do not resolve, when that is why it cannot serve.
+    pub unresolved: Option<String>,
     pub attached: u32,
     pub conditions: Vec<Condition>,
     pub invalid_kinds: Vec<String>,
@@ -156,7 +158,7 @@ pub(super) fn gateways(
             let path = format!("spec.listeners[{i}]");
             let mut conds = Vec::new();
             let mut usable = true;
-            let mut unprogrammable = false;
+            let mut refs_unresolved: Option<String> = None;
             let protocol = l.protocol.clone();
             let supported = matches!(protocol.as_str(), "HTTP" | "HTTPS" | "TLS" | "TCP" | "UDP");
             if !supported {
@@ -350,12 +352,12 @@ pub(super) fn gateways(
             match resolved {
                 Ok(()) => conds.push(ok(cond::RESOLVED_REFS, reason::RESOLVED_REFS, "")),
                 Err((r, m)) => {
-                    conds.push(bad(cond::RESOLVED_REFS, &r, m));
                     // Routes still attach to a listener whose certificate does not resolve (as
                     // in Envoy Gateway), but it cannot be programmed.
                     if r != reason::INVALID_ROUTE_KINDS {
-                        unprogrammable = true;
+                        refs_unresolved = Some(m.clone());
                     }
+                    conds.push(bad(cond::RESOLVED_REFS, &r, m));
                 }
             }
             infos.push(ListenerInfo {
@@ -367,7 +369,8 @@ pub(super) fn gateways(
                 from,
                 selector,
                 usable,
-                programmable: usable && !unprogrammable,
+                programmable: usable && refs_unresolved.is_none(),
+                unresolved: refs_unresolved,
                 attached: 0,
                 conditions: conds,
                 invalid_kinds,
@@ -477,13 +480,13 @@ pub(super) fn gateways(
             GatewayVerdict::NotAccepted(m.into())
         } else {
             status.set(ok(cond::ACCEPTED, reason::ACCEPTED, ""));
-            GatewayVerdict::Accepted {
-                usable: infos
-                    .iter()
-                    .filter(|l| l.usable)
-                    .map(|l| l.name.clone())
+            let usable = infos.iter().filter(|l| l.usable);
+            GatewayVerdict::Accepted(GatewayListeners {
+                usable: usable.clone().map(|l| l.name.clone()).collect(),
+                unresolved: usable
+                    .filter_map(|l| Some((l.name.clone(), l.unresolved.clone()?)))
                     .collect(),
-            }
+            })
         };
         res.gateways.insert(key.clone(), verdict);
         let address = gateway_address(gw);

@@ -219,12 +219,31 @@ fn the_resolution_says_what_the_conditions_say() {
     let is_true =
         |cs: &[Condition], t: &str| cs.iter().any(|c| c.type_ == t && c.status == Status::True);
     let mut accepted_gateways = 0;
+    let mut unresolved_listeners = 0;
     for gw in s.gateways.values() {
         let key = ObjectKey::new(GATEWAY_GROUP, "Gateway", gw.namespace(), gw.name());
         let st = &s.status[&key];
         match &s.resolution.gateways[&key] {
-            GatewayVerdict::Accepted { usable } => {
+            GatewayVerdict::Accepted(listeners) => {
+                let usable = &listeners.usable;
                 accepted_gateways += 1;
+                // Usable listeners whose references do not resolve, with the condition's
+                // message (the corpus's HTTPS listeners: their Secrets are not in it).
+                let unresolved: std::collections::BTreeMap<String, String> = st
+                    .listeners
+                    .iter()
+                    .filter(|l| usable.contains(&l.name))
+                    .filter_map(|l| {
+                        let c = l.conditions.iter().find(|c| {
+                            c.type_ == cond::RESOLVED_REFS
+                                && c.status != Status::True
+                                && c.reason != reason::INVALID_ROUTE_KINDS
+                        })?;
+                        Some((l.name.clone(), c.message.clone()))
+                    })
+                    .collect();
+                assert_eq!(listeners.unresolved, unresolved, "{key}");
+                unresolved_listeners += unresolved.len();
                 assert!(is_true(&st.conditions, cond::ACCEPTED), "{key}");
                 let want: Vec<String> = st
                     .listeners
