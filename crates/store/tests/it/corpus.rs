@@ -269,6 +269,10 @@ fn the_resolution_says_what_the_conditions_say() {
         accepted_gateways, 2,
         "the corpus's external and internal gateways"
     );
+    assert!(
+        unresolved_listeners > 0,
+        "the corpus's HTTPS listeners lack their Secrets"
+    );
     // Every accepted parent of every route is an attachment with the same listeners, and
     // nothing else is.
     let mut attached = 0;
