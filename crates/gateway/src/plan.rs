@@ -342,6 +342,22 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let mut tls_ports: BTreeMap<u16, (Vec<ListenerCerts>, HostTable<Weighted>)> = BTreeMap::new();
     let mut tcp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
     let mut udp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
+    // Client certificates a ClientTrafficPolicy asks for are not verified: its Gateway's
+    // HTTPS listeners are not served rather than served without them (fail closed).
+    let client_certs = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", &key)
+        .filter(|p| {
+            p.spec
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_validation.is_some())
+        })
+        .map(|p| {
+            format!(
+                "ClientTrafficPolicy {}/{} asks for client certificates (spec.tls.clientValidation), which trellis does not verify",
+                p.namespace(),
+                p.name()
+            )
+        });
     let mut named: BTreeSet<&str> = BTreeSet::new();
     for l in &gw.spec.listeners {
         let Ok(port) = u16::try_from(l.port) else {
@@ -370,9 +386,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 });
                 // Certificates validation did not resolve (not there, not valid, or in
                 // another namespace without a ReferenceGrant) are never loaded.
-                let certs = match listeners.unresolved.get(&l.name) {
-                    Some(why) => Err(why.clone()),
-                    None => listener_certs(s, gw, l),
+                let certs = match (listeners.unresolved.get(&l.name), &client_certs) {
+                    (Some(why), _) | (None, Some(why)) => Err(why.clone()),
+                    (None, None) => listener_certs(s, gw, l),
                 };
                 match certs {
                     Ok(certs) => tls_ports.entry(port).or_default().0.push(ListenerCerts {
@@ -978,7 +994,7 @@ fn action(
         ..Action::default()
     };
     for f in rule.filters.iter().flatten() {
-        apply_filter(s, route, f, &mut a);
+        apply_filter(s, route, policies.kind, f, &mut a);
     }
     let refs = rule.backend_refs.as_deref().unwrap_or_default();
     for b in refs {
@@ -1211,9 +1227,12 @@ fn backend_policy<'a>(
     find(route).or_else(|| find(gateway))
 }
 
+/// `kind`: the route's own kind (a GRPCRoute is compiled as an HTTPRoute), for the
+/// ReferenceGrant a mirror into another namespace needs.
 fn apply_filter(
     s: &Snapshot,
     route: &Object<gateway_api::httproutes::HttpRouteSpec>,
+    kind: &str,
     f: &HttpRouteRulesFilters,
     a: &mut Action,
 ) {
@@ -1268,7 +1287,7 @@ fn apply_filter(
                 let b = &m.backend_ref;
                 a.mirrors.push(Arc::new(resolve(
                     s,
-                    "HTTPRoute",
+                    kind,
                     route.namespace(),
                     &same_shape(b),
                 )));

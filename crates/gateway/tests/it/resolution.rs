@@ -50,6 +50,8 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: tw
 /// A listener's certificate in another namespace is served only with a ReferenceGrant there:
 /// without one, validation says RefNotPermitted and the gateway never loads the Secret (the
 /// listener is reported unserved, its port has no certificate for it). It used to load it.
+/// And a ClientTrafficPolicy asking for client certificates (not verified by trellis) keeps
+/// its Gateway's HTTPS listeners from being served.
 #[tokio::test]
 async fn a_certificate_in_another_namespace_needs_a_reference_grant() {
     let backends = harness::start_backends().await;
@@ -64,13 +66,13 @@ apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: edge,
     );
     let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {name: certs, namespace: other}\n\
 spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: gateway-conformance-infra}]\n  to: [{group: '', kind: Secret}]\n";
-    let serves_the_certificate = |with_grant: bool| {
+    let mtls = "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: mtls, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]\n  tls:\n    clientValidation: {caCertificateRefs: [{name: ca}]}\n";
+    let serves_the_certificate = |extra: &[(&'static str, &'static str)]| {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = harness::base_manifests(&backends);
         let mut files = vec![("base.yaml", base.as_str()), ("case.yaml", case.as_str())];
-        if with_grant {
-            files.push(("grant.yaml", grant));
-        }
+        files.extend_from_slice(extra);
         let load = harness::load(dir.path(), &files);
         let plan = gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge")
             .expect("compiles");
@@ -79,7 +81,7 @@ spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: gat
         };
         (t.config.is_some(), plan.unserved)
     };
-    let (served, unserved) = serves_the_certificate(false);
+    let (served, unserved) = serves_the_certificate(&[]);
     assert!(
         !served,
         "a Secret of another namespace was loaded without a grant"
@@ -90,6 +92,19 @@ spec:\n  from: [{group: gateway.networking.k8s.io, kind: Gateway, namespace: gat
             .any(|(l, port, why)| l == "https" && *port == 443 && why.contains("ReferenceGrant")),
         "{unserved:?}"
     );
-    let (served, unserved) = serves_the_certificate(true);
+    let (served, unserved) = serves_the_certificate(&[("grant.yaml", grant)]);
     assert!(served && unserved.is_empty(), "{unserved:?}");
+    // Client certificates asked for and not verified by trellis: the HTTPS listener is not
+    // served at all (fail closed), rather than served to clients without one.
+    let (served, unserved) = serves_the_certificate(&[("grant.yaml", grant), ("mtls.yaml", mtls)]);
+    assert!(
+        !served,
+        "served without verifying the client certificates asked for"
+    );
+    assert!(
+        unserved
+            .iter()
+            .any(|(l, _, why)| l == "https" && why.contains("clientValidation")),
+        "{unserved:?}"
+    );
 }

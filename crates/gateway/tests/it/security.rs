@@ -67,6 +67,17 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "secret gateway-conformance-infra/keys not found",
     ),
     (
+        // Another namespace's Secret without a ReferenceGrant there: never read.
+        "apikeyother",
+        "  apiKeyAuth:\n    credentialRefs: [{name: keys, namespace: gateway-conformance-app-backend}]\n    extractFrom: [{headers: [x-api-key]}]\n",
+        "is in another namespace and no ReferenceGrant",
+    ),
+    (
+        "oidcother",
+        "  oidc:\n    provider: {issuer: 'https://auth.example.com'}\n    clientID: app\n    clientSecret: {name: users, namespace: gateway-conformance-app-backend}\n",
+        "is in another namespace and no ReferenceGrant",
+    ),
+    (
         "nobackend",
         "  extAuth:\n    failOpen: true\n    http: {path: /auth}\n",
         "spec.extAuth.http: extAuth.http needs backendRef",

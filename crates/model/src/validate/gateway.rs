@@ -668,6 +668,14 @@ pub(super) fn routes(
                     same_shape::<_, BackendRef>(b),
                 ));
             }
+            for (j, f) in rule.filters.iter().flatten().enumerate() {
+                if let Some(m) = &f.request_mirror {
+                    backends.push((
+                        format!("spec.rules[{i}].filters[{j}].requestMirror.backendRef"),
+                        same_shape::<_, BackendRef>(&m.backend_ref),
+                    ));
+                }
+            }
         }
         views.push(RouteView {
             kind: "GRPCRoute",

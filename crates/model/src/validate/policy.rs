@@ -162,6 +162,14 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                 ));
             }
             if let Some(tls) = &spec.tls {
+                if tls.client_validation.is_some() {
+                    problem(
+                        status,
+                        "spec.tls.clientValidation",
+                        "client certificates are not verified by trellis: the Gateway's HTTPS \
+                         listeners are not served while its policy asks for them",
+                    );
+                }
                 for (field, v) in [
                     ("minVersion", &tls.min_version),
                     ("maxVersion", &tls.max_version),
@@ -358,7 +366,10 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                         .namespace
                         .clone()
                         .unwrap_or_else(|| p.namespace().to_string());
-                    if get(&s.secrets, &ns, &cs.name).is_none() {
+                    if let Some(m) = secret_not_granted(s, p.namespace(), &ns, &cs.name) {
+                        let m = unresolved(status, "spec.oidc.clientSecret", m);
+                        refs_bad.get_or_insert((reason::REF_NOT_PERMITTED.to_string(), m));
+                    } else if get(&s.secrets, &ns, &cs.name).is_none() {
                         let m = unresolved(
                             status,
                             "spec.oidc.clientSecret",
@@ -412,12 +423,13 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                 }
                 for (i, r) in k.credential_refs.iter().enumerate() {
                     let ns = r.namespace.as_deref().unwrap_or(p.namespace());
-                    if get(&s.secrets, ns, &r.name).is_none() {
-                        let m = unresolved(
-                            status,
-                            format!("spec.apiKeyAuth.credentialRefs[{i}]"),
-                            format!("secret {ns}/{} not found", r.name),
-                        );
+                    let path = format!("spec.apiKeyAuth.credentialRefs[{i}]");
+                    if let Some(m) = secret_not_granted(s, p.namespace(), ns, &r.name) {
+                        let m = unresolved(status, path, m);
+                        refs_bad.get_or_insert((reason::REF_NOT_PERMITTED.to_string(), m));
+                    } else if get(&s.secrets, ns, &r.name).is_none() {
+                        let m =
+                            unresolved(status, path, format!("secret {ns}/{} not found", r.name));
                         refs_bad.get_or_insert((reason::INVALID_KIND.to_string(), m));
                     }
                 }
@@ -773,6 +785,23 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
         let refused = refused_by(&status.conditions);
         res.policies.insert(key, PolicyVerdict { targets, refused });
     }
+}
+
+/// Why a SecurityPolicy in `policy_ns` may not read Secret `ns/name`: another namespace and
+/// no ReferenceGrant there allowing it (Gateway API's boundary, which Envoy Gateway applies to
+/// its policies' Secret references too).
+fn secret_not_granted(s: &Snapshot, policy_ns: &str, ns: &str, name: &str) -> Option<String> {
+    (ns != policy_ns
+        && !granted(
+            s,
+            (ENVOY_GROUP, "SecurityPolicy", policy_ns),
+            ("", "Secret", ns, name),
+        ))
+    .then(|| {
+        format!(
+            "secret {ns}/{name} is in another namespace and no ReferenceGrant in {ns} allows it"
+        )
+    })
 }
 
 /// Whether a policy's conditions refuse it (an `Accepted` or `ResolvedRefs` that is not
