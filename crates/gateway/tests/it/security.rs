@@ -73,6 +73,12 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "is in another namespace and no ReferenceGrant",
     ),
     (
+        // The users are read from the policy's namespace: naming another is refused.
+        "basicother",
+        "  basicAuth:\n    users: {name: users, namespace: gateway-conformance-app-backend}\n",
+        "the users Secret must be in the policy's namespace",
+    ),
+    (
         "oidcother",
         "  oidc:\n    provider: {issuer: 'https://auth.example.com'}\n    clientID: app\n    clientSecret: {name: users, namespace: gateway-conformance-app-backend}\n",
         "is in another namespace and no ReferenceGrant",

@@ -153,6 +153,13 @@ pub fn config_map_value(
             "valueRef kind {kind} is not supported (use a ConfigMap)"
         ));
     }
+    // A valueRef is a local reference: one naming another namespace is refused, never read
+    // from the policy's own namespace in its place.
+    if let Some(other) = r.namespace.as_deref().filter(|n| *n != namespace) {
+        return Err(format!(
+            "valueRef namespace {other}: a valueRef names a ConfigMap in the policy's own namespace {namespace}"
+        ));
+    }
     let Some(cm) = get(&s.config_maps, namespace, &r.name) else {
         return Err(format!("configmap {namespace}/{} not found", r.name));
     };

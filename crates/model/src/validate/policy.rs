@@ -435,6 +435,21 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                 }
             }
             if let Some(b) = &spec.basic_auth
+                && let Some(ns) = b.users.namespace.as_deref()
+                && ns != p.namespace()
+            {
+                // The users are read from the policy's namespace; another one named here
+                // would be silently ignored, so the policy is refused instead.
+                problem(
+                    status,
+                    "spec.basicAuth.users.namespace",
+                    format!(
+                        "the users Secret must be in the policy's namespace {}, not {ns}",
+                        p.namespace()
+                    ),
+                );
+            }
+            if let Some(b) = &spec.basic_auth
                 && get(&s.secrets, p.namespace(), &b.users.name).is_none()
             {
                 let m = unresolved(
