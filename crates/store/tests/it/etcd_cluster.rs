@@ -49,12 +49,19 @@ impl Drop for Cluster {
     }
 }
 
+/// A port below the kernel's ephemeral range (32768 and up by default), free when looked at.
+/// A port taken from a bind to port 0 is in that range, where any outgoing connection of a
+/// parallel test may take it as its local port before etcd binds it (CI saw a member never
+/// answer).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::hash::BuildHasher;
+    loop {
+        let r = std::hash::RandomState::new().hash_one(std::time::Instant::now());
+        let port = 20_000 + (r % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl Cluster {
