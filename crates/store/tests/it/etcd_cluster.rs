@@ -55,13 +55,15 @@ impl Drop for Cluster {
 /// answer).
 fn free_port() -> u16 {
     use std::hash::BuildHasher;
-    loop {
+    const TRIES: usize = 1_000;
+    for _ in 0..TRIES {
         let r = std::hash::RandomState::new().hash_one(std::time::Instant::now());
         let port = 20_000 + (r % 12_000) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port in 20000-31999 after {TRIES} tries");
 }
 
 impl Cluster {
