@@ -342,21 +342,23 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let mut tls_ports: BTreeMap<u16, (Vec<ListenerCerts>, HostTable<Weighted>)> = BTreeMap::new();
     let mut tcp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
     let mut udp_ports: BTreeMap<u16, StreamPort> = BTreeMap::new();
-    // Client certificates a ClientTrafficPolicy asks for are not verified: its Gateway's
-    // HTTPS listeners are not served rather than served without them (fail closed).
-    let client_certs = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", &key)
-        .filter(|p| {
-            p.spec
-                .tls
-                .as_ref()
-                .is_some_and(|t| t.client_validation.is_some())
-        })
-        .map(|p| {
-            format!(
-                "ClientTrafficPolicy {}/{} asks for client certificates (spec.tls.clientValidation), which trellis does not verify",
+    // A ClientTrafficPolicy validation refused (client certificates trellis does not verify,
+    // path normalisation it does not do...) keeps its Gateway's listeners from being served,
+    // rather than serving them without what it asks for (fail closed).
+    let client_refused = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", &key)
+        .and_then(|p| {
+            let pkey = ObjectKey::new(
+                model::validate::ENVOY_GROUP,
+                "ClientTrafficPolicy",
                 p.namespace(),
-                p.name()
-            )
+                p.name(),
+            );
+            let why = s.resolution.refused(&pkey)?;
+            Some(format!(
+                "its ClientTrafficPolicy {} is refused ({why}): the listener is not served until \
+                 the policy is fixed or removed",
+                pkey.ns_name()
+            ))
         });
     let mut named: BTreeSet<&str> = BTreeSet::new();
     for l in &gw.spec.listeners {
@@ -366,6 +368,10 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         // Only listeners validation accepted and found no conflict for; of two with one name,
         // the first (validation refuses the later one, and routes attach by name).
         if !usable.contains(l.name.as_str()) || !named.insert(l.name.as_str()) {
+            continue;
+        }
+        if let Some(why) = &client_refused {
+            plan.unserved.push((l.name.clone(), port, why.clone()));
             continue;
         }
         let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
@@ -386,9 +392,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 });
                 // Certificates validation did not resolve (not there, not valid, or in
                 // another namespace without a ReferenceGrant) are never loaded.
-                let certs = match (listeners.unresolved.get(&l.name), &client_certs) {
-                    (Some(why), _) | (None, Some(why)) => Err(why.clone()),
-                    (None, None) => listener_certs(s, gw, l),
+                let certs = match listeners.unresolved.get(&l.name) {
+                    Some(why) => Err(why.clone()),
+                    None => listener_certs(s, gw, l),
                 };
                 match certs {
                     Ok(certs) => tls_ports.entry(port).or_default().0.push(ListenerCerts {
@@ -659,18 +665,12 @@ fn stream_backends(
             rkey.ns_name()
         );
         problems.push((policy.clone(), why.clone()));
-        return vec![(
-            1,
-            Arc::new(Backend {
-                name: rkey.ns_name(),
-                endpoints: Vec::new(),
-                invalid: Some(why),
-                keepalive: None,
-                turn: AtomicU64::new(0),
-            }),
-        )];
+        return vec![(1, refusing_backend(rkey.ns_name(), why))];
     }
-    let keepalive = backend_policy(s, &rkey, gateway).and_then(upstream_keepalive);
+    let keepalive = match backend_policy(s, &rkey, gateway) {
+        Ok(p) => p.and_then(upstream_keepalive),
+        Err(why) => return vec![(1, refusing_backend(rkey.ns_name(), why))],
+    };
     rule.backend_refs
         .iter()
         .map(|b| {
@@ -776,6 +776,12 @@ fn client_tls(s: &Snapshot, gw: &ObjectKey) -> ClientTls {
             .iter()
             .map(|a| a.as_bytes().to_vec())
             .collect();
+    }
+    // Validation refuses a list naming what is not a suite (and so its Gateway is not served).
+    if let Ok(suites) = t.cipher_suites()
+        && !suites.is_empty()
+    {
+        out.tls12_suites = Some(suites.iter().map(|(_, code, _)| *code).collect());
     }
     out
 }
@@ -1000,7 +1006,12 @@ fn action(
     for b in refs {
         let weight = u32::try_from(b.weight.unwrap_or(1)).unwrap_or(0);
         let mut backend = resolve(s, policies.kind, route.namespace(), &same_shape(b));
-        backend.keepalive = policies.backend.and_then(upstream_keepalive);
+        backend.keepalive = policies
+            .backend
+            .clone()
+            .ok()
+            .flatten()
+            .and_then(upstream_keepalive);
         a.backends.push((weight, Arc::new(backend)));
     }
     a.all_invalid = !refs.is_empty() && a.backends.iter().all(|(_, b)| b.invalid.is_some());
@@ -1019,7 +1030,17 @@ fn action(
     a.lua = policies.lua.clone();
     a.h2_upstream = policies.kind == "GRPCRoute";
     a.security = policies.security.clone();
-    if let Some(p) = policies.backend {
+    let p = match &policies.backend {
+        Ok(p) => *p,
+        Err(why) => {
+            // Fail closed: the rule answers 500 rather than run without its policy.
+            a.redirect = None;
+            a.backends = vec![(1, refusing_backend(route_name.to_string(), why.clone()))];
+            a.all_invalid = true;
+            return a;
+        }
+    };
+    if let Some(p) = p {
         if a.timeout_request.is_none() {
             a.timeout_request = p
                 .timeout
@@ -1147,7 +1168,8 @@ fn grpc_as_http(
 struct Policies<'a> {
     /// HTTPRoute or GRPCRoute (GRPCRoute backends are spoken to in HTTP/2).
     kind: &'static str,
-    backend: Option<&'a BackendTrafficPolicySpec>,
+    /// `Err(why)`: the BackendTrafficPolicy is refused, and the route's rules answer 500.
+    backend: Result<Option<&'a BackendTrafficPolicySpec>, String>,
     lua: Vec<Arc<LuaFilter>>,
     security: Option<Arc<crate::auth::Security>>,
 }
@@ -1209,12 +1231,13 @@ fn upstream_keepalive(p: &BackendTrafficPolicySpec) -> Option<Keepalive> {
     p.tcp_keepalive.as_ref().map(Keepalive::from_policy)
 }
 
-/// The BackendTrafficPolicy that applies to a route: its own, else its Gateway's.
+/// The BackendTrafficPolicy that applies to a route: its own, else its Gateway's; `Err(why)`
+/// when validation refused it (what it targets is then refused, never served without it).
 fn backend_policy<'a>(
     s: &'a Snapshot,
     route: &ObjectKey,
     gateway: &ObjectKey,
-) -> Option<&'a BackendTrafficPolicySpec> {
+) -> Result<Option<&'a BackendTrafficPolicySpec>, String> {
     let find = |target: &ObjectKey| {
         owning(
             s,
@@ -1222,9 +1245,35 @@ fn backend_policy<'a>(
             "BackendTrafficPolicy",
             target,
         )
-        .map(|p| &p.spec)
     };
-    find(route).or_else(|| find(gateway))
+    let Some(p) = find(route).or_else(|| find(gateway)) else {
+        return Ok(None);
+    };
+    let pkey = ObjectKey::new(
+        model::validate::ENVOY_GROUP,
+        "BackendTrafficPolicy",
+        p.namespace(),
+        p.name(),
+    );
+    match s.resolution.refused(&pkey) {
+        Some(why) => Err(format!(
+            "BackendTrafficPolicy {} is refused ({why})",
+            pkey.ns_name()
+        )),
+        None => Ok(Some(&p.spec)),
+    }
+}
+
+/// A backend that is never used, and why: what answers 500 (HTTP) or refuses its
+/// connections (L4) in place of a route's real backends.
+fn refusing_backend(name: String, why: String) -> Arc<Backend> {
+    Arc::new(Backend {
+        name,
+        endpoints: Vec::new(),
+        invalid: Some(why),
+        keepalive: None,
+        turn: AtomicU64::new(0),
+    })
 }
 
 /// `kind`: the route's own kind (a GRPCRoute is compiled as an HTTPRoute), for the

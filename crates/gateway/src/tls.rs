@@ -125,6 +125,9 @@ pub struct ClientTls {
     /// "1.2" or "1.3"/"Auto".
     pub max_version: String,
     pub alpn: Vec<Vec<u8>>,
+    /// The TLS 1.2 suites offered, by IANA code in the policy's order of preference (`tls.
+    /// ciphers`); `None` offers rustls's own. TLS 1.3's suites are never restricted.
+    pub tls12_suites: Option<Vec<u16>>,
 }
 
 impl Default for ClientTls {
@@ -133,8 +136,31 @@ impl Default for ClientTls {
             min_version: "1.2".into(),
             max_version: "1.3".into(),
             alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            tls12_suites: None,
         }
     }
+}
+
+/// The crypto provider of a TLS port: rustls's (ring), with its TLS 1.2 suites cut to and
+/// ordered by `tls12_suites` when the policy lists them.
+fn provider(tls12_suites: Option<&[u16]>) -> rustls::crypto::CryptoProvider {
+    let mut p = rustls::crypto::ring::default_provider();
+    if let Some(wanted) = tls12_suites {
+        let rank = |s: &rustls::SupportedCipherSuite| {
+            let code = u16::from(s.suite());
+            wanted.iter().position(|w| *w == code)
+        };
+        p.cipher_suites.retain(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(_) => true,
+            rustls::SupportedCipherSuite::Tls12(_) => rank(s).is_some(),
+        });
+        // TLS 1.3's first, as rustls has them; then 1.2's in the policy's order.
+        p.cipher_suites.sort_by_key(|s| match s {
+            rustls::SupportedCipherSuite::Tls13(_) => 0,
+            rustls::SupportedCipherSuite::Tls12(_) => 1 + rank(s).unwrap_or(usize::MAX - 1),
+        });
+    }
+    p
 }
 
 /// Builds the server config of one TLS port.
@@ -142,20 +168,36 @@ pub fn server_config(
     store: CertStore,
     settings: &ClientTls,
 ) -> Result<rustls::ServerConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let versions: &[&rustls::SupportedProtocolVersion] =
-        match (settings.min_version.as_str(), settings.max_version.as_str()) {
-            ("1.3", "1.2") => return Err("TLS minVersion 1.3 is above maxVersion 1.2".into()),
-            ("1.3", _) => &[&rustls::version::TLS13],
-            (_, "1.2") => &[&rustls::version::TLS12],
-            _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
-        };
+    let provider = Arc::new(provider(settings.tls12_suites.as_deref()));
+    let has_tls12 = provider
+        .cipher_suites
+        .iter()
+        .any(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)));
+    let versions: &[&rustls::SupportedProtocolVersion] = match (
+        settings.min_version.as_str(),
+        settings.max_version.as_str(),
+        has_tls12,
+    ) {
+        ("1.3", "1.2", _) => return Err("TLS minVersion 1.3 is above maxVersion 1.2".into()),
+        (_, "1.2", false) => {
+            return Err(
+                "no TLS 1.2 cipher suite listed is one trellis offers, and maxVersion 1.2 \
+                     leaves no other way to connect"
+                    .into(),
+            );
+        }
+        ("1.3", _, _) | (_, _, false) => &[&rustls::version::TLS13],
+        (_, "1.2", true) => &[&rustls::version::TLS12],
+        _ => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(store));
     cfg.alpn_protocols = settings.alpn.clone();
+    // A listed order is the server's preference, as Envoy takes it.
+    cfg.ignore_client_order = settings.tls12_suites.is_some();
     Ok(cfg)
 }
 
@@ -176,4 +218,42 @@ pub fn quic_server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
         .map_err(|e| format!("QUIC needs TLS 1.3: {e}"))?;
     Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The suites validation says trellis offers are the TLS 1.2 suites rustls implements.
+    #[test]
+    fn the_offered_cipher_table_is_rustls_s() {
+        let mut ours: Vec<u16> = model::kinds::envoy::TLS12_CIPHERS
+            .iter()
+            .filter(|(_, _, offered)| *offered)
+            .map(|(_, code, _)| *code)
+            .collect();
+        let mut rustls_s: Vec<u16> = rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .map(|s| u16::from(s.suite()))
+            .collect();
+        ours.sort_unstable();
+        rustls_s.sort_unstable();
+        assert_eq!(ours, rustls_s);
+        // A list keeps TLS 1.3's suites and the named 1.2 ones, in the list's order.
+        let p = provider(Some(&[0xCCA9, 0xC02B]));
+        let tls12: Vec<u16> = p
+            .cipher_suites
+            .iter()
+            .filter(|s| matches!(s, rustls::SupportedCipherSuite::Tls12(_)))
+            .map(|s| u16::from(s.suite()))
+            .collect();
+        assert_eq!(tls12, [0xCCA9, 0xC02B]);
+        assert!(
+            p.cipher_suites
+                .iter()
+                .any(|s| matches!(s, rustls::SupportedCipherSuite::Tls13(_)))
+        );
+    }
 }

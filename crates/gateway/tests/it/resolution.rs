@@ -51,7 +51,7 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: tw
 /// without one, validation says RefNotPermitted and the gateway never loads the Secret (the
 /// listener is reported unserved, its port has no certificate for it). It used to load it.
 /// And a ClientTrafficPolicy asking for client certificates (not verified by trellis) keeps
-/// its Gateway's HTTPS listeners from being served.
+/// its Gateway's listeners from being served.
 #[tokio::test]
 async fn a_certificate_in_another_namespace_needs_a_reference_grant() {
     let backends = harness::start_backends().await;
@@ -76,10 +76,12 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: ed
         let load = harness::load(dir.path(), &files);
         let plan = gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge")
             .expect("compiles");
-        let Some(gateway::plan::Listen::Tls(t)) = plan.ports.get(&443) else {
-            panic!("port 443 is a TLS port");
+        let served = match plan.ports.get(&443) {
+            Some(gateway::plan::Listen::Tls(t)) => t.config.is_some(),
+            Some(_) => panic!("port 443 is a TLS port"),
+            None => false,
         };
-        (t.config.is_some(), plan.unserved)
+        (served, plan.unserved)
     };
     let (served, unserved) = serves_the_certificate(&[]);
     assert!(
@@ -107,4 +109,69 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: ed
             .any(|(l, _, why)| l == "https" && why.contains("clientValidation")),
         "{unserved:?}"
     );
+}
+
+/// A traffic policy validation refused is never applied in part: a BackendTrafficPolicy
+/// asking for a rate limit (not enforced by trellis) makes its route answer 500, while one
+/// asking only for what trellis leaves to its own defaults (load-balancer type) is applied; a
+/// ClientTrafficPolicy asking for path normalisation keeps its Gateway's listeners unserved.
+#[tokio::test]
+async fn a_refused_traffic_policy_is_never_served_without_what_it_asks() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let route = |name: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+spec:\n  parentRefs: [{{name: refusals}}]\n  hostnames: [{name}.example]\n  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]\n"
+        )
+    };
+    let case = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: refusals, namespace: gateway-conformance-infra}}\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n    - {{name: http, protocol: HTTP, port: 80}}\n---\n\
+{}  rateLimit: {{type: Local, local: {{rules: [{{limit: {{requests: 1, unit: Hour}}}}]}}}}\n---\n\
+{}  loadBalancer: {{type: Random}}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: normalised, namespace: gateway-conformance-infra}}\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n    - {{name: http, protocol: HTTP, port: 80}}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: paths, namespace: gateway-conformance-infra}}\n\
+spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: normalised}}]\n  path: {{disableMergeSlashes: true}}\n",
+        route("limited"),
+        route("tuned")
+    );
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", &case),
+        ],
+    );
+    let plan = gateway::compile(&load.snapshot, "gateway-conformance-infra", "normalised")
+        .expect("compiles");
+    assert!(plan.ports.is_empty(), "nothing is bound");
+    assert!(
+        plan.unserved
+            .iter()
+            .any(|(l, _, why)| l == "http" && why.contains("spec.path")),
+        "{:?}",
+        plan.unserved
+    );
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        &case,
+        "refusals",
+        &[80],
+        gateway::Bind::default(),
+    )
+    .await;
+    let addr = running.bound[&80];
+    tokio::task::spawn_blocking(move || {
+        let (status, _, body) = harness::request(addr, "Host: limited.example", &[]);
+        assert_eq!(status, 500, "the rate-limited route is refused: {body}");
+        let (status, _, body) = harness::request(addr, "Host: tuned.example", &[]);
+        assert_eq!(status, 200, "the tuned route is served: {body}");
+    })
+    .await
+    .expect("requests");
 }

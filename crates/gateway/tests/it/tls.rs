@@ -232,7 +232,9 @@ async fn a_tcp_route_skips_an_endpoint_that_refused() {
 }
 
 /// ClientTrafficPolicy `tls.maxVersion: "1.2"` is honoured: curl gets TLS 1.2 and a client
-/// that insists on TLS 1.3 is refused; without the policy TLS 1.3 is negotiated.
+/// that insists on TLS 1.3 is refused; without the policy TLS 1.3 is negotiated. And
+/// `tls.ciphers` is: a client offering only a TLS 1.2 suite the policy leaves out is refused,
+/// one offering the listed suite gets it (a listed suite rustls lacks is just not offered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_max_version_is_honoured() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -249,17 +251,20 @@ async fn tls_max_version_is_honoured() {
     };
     let manifests = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: site-tls, namespace: gateway-conformance-infra}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
-         {}{}\
+         {}{}{}\
          apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: old-clients, namespace: gateway-conformance-infra}}\n\
-         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: capped}}]\n  tls: {{maxVersion: \"1.2\"}}\n",
+         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: capped}}]\n  tls: {{maxVersion: \"1.2\"}}\n---\n\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {{name: one-suite, namespace: gateway-conformance-infra}}\n\
+         spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: ciphered}}]\n  tls: {{maxVersion: \"1.2\", ciphers: [ECDHE-ECDSA-CHACHA20-POLY1305, AES128-SHA]}}\n",
         indent(&cert.cert.pem()),
         indent(&cert.signing_key.serialize_pem()),
         gateway("capped"),
         gateway("open"),
+        gateway("ciphered"),
     );
     let mut ports = Vec::new();
     let mut running = Vec::new();
-    for name in ["capped", "open"] {
+    for name in ["capped", "open", "ciphered"] {
         let (r, _) = harness::start_gateway(
             dir.path(),
             &backends,
@@ -290,6 +295,27 @@ async fn tls_max_version_is_honoured() {
         let (code, _, err) = version(ports[1], &[]);
         assert_eq!(code, 0, "{err}");
         assert!(err.contains("TLSv1.3"), "no policy: 1.3: {err}");
+        let (code, _, err) = version(ports[2], &["--ciphers", "ECDHE-ECDSA-AES128-GCM-SHA256"]);
+        assert_ne!(code, 0, "a suite the policy leaves out is refused: {err}");
+        let (code, _, err) = version(
+            ports[1],
+            &[
+                "--ciphers",
+                "ECDHE-ECDSA-AES128-GCM-SHA256",
+                "--tls-max",
+                "1.2",
+            ],
+        );
+        assert_eq!(
+            code, 0,
+            "the same client is served where no policy restricts: {err}"
+        );
+        let (code, _, err) = version(ports[2], &[]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            err.contains("ECDHE-ECDSA-CHACHA20-POLY1305"),
+            "the listed suite is the one negotiated: {err}"
+        );
     })
     .await
     .expect("checks");

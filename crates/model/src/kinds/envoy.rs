@@ -307,6 +307,74 @@ pub struct ClientTls {
     pub client_validation: Option<Value>,
 }
 
+/// The TLS 1.2 cipher suites `tls.ciphers` may name, by their OpenSSL (BoringSSL) names as
+/// Envoy takes them: the name, the IANA code, and whether trellis offers the suite (rustls
+/// implements only ECDHE key exchange with AES-GCM or ChaCha20-Poly1305; a test in the
+/// gateway crate checks this column against rustls). TLS 1.3's suites are not chosen by
+/// this field, in Envoy as here.
+pub const TLS12_CIPHERS: &[(&str, u16, bool)] = &[
+    ("ECDHE-ECDSA-AES128-GCM-SHA256", 0xC02B, true),
+    ("ECDHE-RSA-AES128-GCM-SHA256", 0xC02F, true),
+    ("ECDHE-ECDSA-AES256-GCM-SHA384", 0xC02C, true),
+    ("ECDHE-RSA-AES256-GCM-SHA384", 0xC030, true),
+    ("ECDHE-ECDSA-CHACHA20-POLY1305", 0xCCA9, true),
+    ("ECDHE-RSA-CHACHA20-POLY1305", 0xCCA8, true),
+    ("ECDHE-PSK-CHACHA20-POLY1305", 0xCCAC, false),
+    ("ECDHE-ECDSA-AES128-SHA", 0xC009, false),
+    ("ECDHE-RSA-AES128-SHA", 0xC013, false),
+    ("ECDHE-PSK-AES128-CBC-SHA", 0xC035, false),
+    ("ECDHE-ECDSA-AES256-SHA", 0xC00A, false),
+    ("ECDHE-RSA-AES256-SHA", 0xC014, false),
+    ("ECDHE-PSK-AES256-CBC-SHA", 0xC036, false),
+    ("AES128-GCM-SHA256", 0x009C, false),
+    ("AES256-GCM-SHA384", 0x009D, false),
+    ("AES128-SHA", 0x002F, false),
+    ("PSK-AES128-CBC-SHA", 0x008C, false),
+    ("AES256-SHA", 0x0035, false),
+    ("PSK-AES256-CBC-SHA", 0x008D, false),
+    ("DES-CBC3-SHA", 0x000A, false),
+];
+
+/// One entry of [`TLS12_CIPHERS`].
+pub type CipherSuite = (&'static str, u16, bool);
+
+impl ClientTls {
+    /// The suites `ciphers` names, in its order, with an equal-preference group
+    /// (`[A|B]`) taken in its written order. `Err((index, why))` for the first entry that
+    /// names no TLS 1.2 suite Envoy knows. An empty list is Envoy's default (all offered).
+    pub fn cipher_suites(&self) -> Result<Vec<CipherSuite>, (usize, String)> {
+        let mut out: Vec<CipherSuite> = Vec::new();
+        for (i, entry) in self.ciphers.iter().enumerate() {
+            let inner = entry.trim();
+            let inner = match inner.strip_prefix('[') {
+                Some(rest) => rest.strip_suffix(']').ok_or_else(|| {
+                    (
+                        i,
+                        format!(
+                            "{entry:?}: an equal-preference group opens with [ and does not close"
+                        ),
+                    )
+                })?,
+                None => inner,
+            };
+            for name in inner.split('|').map(str::trim) {
+                let Some(suite) = TLS12_CIPHERS.iter().find(|(n, _, _)| *n == name) else {
+                    let why = if name.starts_with("TLS_") {
+                        format!("{name:?} is a TLS 1.3 suite, which tls.ciphers does not choose")
+                    } else {
+                        format!("{name:?} is not a TLS 1.2 cipher suite name")
+                    };
+                    return Err((i, why));
+                };
+                if !out.contains(suite) {
+                    out.push(*suite);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvoyExtensionPolicySpec {

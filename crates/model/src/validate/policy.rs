@@ -2,6 +2,7 @@
 //! SecurityPolicy fields trellis cannot enforce refused.
 
 use super::*;
+use crate::kinds::envoy::{BackendTrafficPolicySpec, ClientTrafficPolicySpec};
 
 pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
     policy_kind(
@@ -10,7 +11,13 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
         res,
         "BackendTrafficPolicy",
         &s.backend_traffic_policies,
-        &|_, spec, status| {
+        &|p, spec, status| {
+            let key = key_of(p, ENVOY_GROUP, "BackendTrafficPolicy");
+            not_applied(
+                status,
+                backend_policy_not_applied(spec, s.unknown_fields(&key)),
+                "the policy is refused, and what it targets answers 500",
+            );
             for (i, c) in spec.compressor.iter().enumerate() {
                 if !matches!(c.type_.as_str(), "Gzip" | "Brotli" | "Zstd") {
                     problem(
@@ -92,7 +99,7 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
         res,
         "ClientTrafficPolicy",
         &s.client_traffic_policies,
-        &|_, spec, status| {
+        &|p, spec, status| {
             for t in spec.target_refs() {
                 if t.kind != "Gateway" {
                     problem(
@@ -131,7 +138,18 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
             }
             // Fields that are parsed and kept but cannot be served as asked: say so in one
             // Supported condition, without making the policy invalid (the rest applies).
-            let mut unsupported = Vec::new();
+            let key = key_of(p, ENVOY_GROUP, "ClientTrafficPolicy");
+            let (refused, ignored) = client_policy_not_applied(spec, s.unknown_fields(&key));
+            let mut unsupported: Vec<String> = ignored
+                .into_iter()
+                .map(|path| format!("{path} is not applied"))
+                .collect();
+            not_applied(
+                status,
+                (refused, Vec::new()),
+                "the policy is refused, and its Gateway's listeners are not served until it is \
+                 fixed (never served without what it asks for)",
+            );
             if spec
                 .http2
                 .as_ref()
@@ -142,7 +160,8 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                 // request and offers no hook to close the connection instead.
                 unsupported.push(
                     "spec.http2.onInvalidMessage: TerminateConnection is not served: an invalid \
-                     HTTP/2 message resets only its stream (TerminateStream)",
+                     HTTP/2 message resets only its stream (TerminateStream)"
+                        .to_string(),
                 );
             }
             if spec.http3.is_some()
@@ -150,25 +169,56 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
             {
                 // QUIC carries its own TLS 1.3 handshake.
                 unsupported.push(
-                    "spec.http3: HTTP/3 is not served: QUIC needs TLS 1.3 and spec.tls.maxVersion                      is 1.2",
+                    "spec.http3: HTTP/3 is not served: QUIC needs TLS 1.3 and spec.tls.maxVersion \
+                     is 1.2"
+                        .to_string(),
                 );
-            }
-            if !unsupported.is_empty() {
-                status.set(Condition::new(
-                    "Supported",
-                    Status::False,
-                    reason::UNSUPPORTED,
-                    format!("{}; the rest of the policy applies", unsupported.join("; ")),
-                ));
             }
             if let Some(tls) = &spec.tls {
                 if tls.client_validation.is_some() {
                     problem(
                         status,
                         "spec.tls.clientValidation",
-                        "client certificates are not verified by trellis: the Gateway's HTTPS \
+                        "client certificates are not verified by trellis: the Gateway's \
                          listeners are not served while its policy asks for them",
                     );
+                }
+                match tls.cipher_suites() {
+                    Err((i, why)) => {
+                        problem(status, format!("spec.tls.ciphers[{i}]"), why);
+                    }
+                    Ok(suites) if !suites.is_empty() => {
+                        let lacking: Vec<&str> = suites
+                            .iter()
+                            .filter(|(_, _, offered)| !offered)
+                            .map(|(name, _, _)| *name)
+                            .collect();
+                        const WHY: &str = "trellis (rustls) implements only ECDHE with AES-GCM \
+                                           or ChaCha20-Poly1305";
+                        if lacking.len() == suites.len() {
+                            if tls.max_version.as_deref() == Some("1.2") {
+                                problem(
+                                    status,
+                                    "spec.tls.ciphers",
+                                    format!(
+                                        "none of the suites listed can be offered ({WHY}), and \
+                                         maxVersion 1.2 leaves no other way to connect"
+                                    ),
+                                );
+                            } else {
+                                unsupported.push(format!(
+                                    "spec.tls.ciphers: TLS 1.2 is not offered, none of its \
+                                     suites listed can be ({WHY}); TLS 1.3 is"
+                                ));
+                            }
+                        } else if !lacking.is_empty() {
+                            unsupported.push(format!(
+                                "spec.tls.ciphers: {} not offered ({WHY})",
+                                lacking.join(", ")
+                            ));
+                        }
+                    }
+                    Ok(_) => {}
                 }
                 for (field, v) in [
                     ("minVersion", &tls.min_version),
@@ -210,6 +260,7 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                     }
                 }
             }
+            supported(status, &unsupported);
         },
     );
     policy_kind(
@@ -817,6 +868,182 @@ fn secret_not_granted(s: &Snapshot, policy_ns: &str, ns: &str, name: &str) -> Op
             "secret {ns}/{name} is in another namespace and no ReferenceGrant in {ns} allows it"
         )
     })
+}
+
+/// Writes `Supported=False` listing the fields that are parsed and not applied, when any is.
+fn supported(status: &mut ObjectStatus, unsupported: &[String]) {
+    if !unsupported.is_empty() {
+        status.set(Condition::new(
+            "Supported",
+            Status::False,
+            reason::UNSUPPORTED,
+            format!("{}; the rest of the policy applies", unsupported.join("; ")),
+        ));
+    }
+}
+
+/// What a traffic policy asks for and trellis does not apply: `.0` could weaken security if
+/// left out (each a problem: the policy is refused, with `consequence`), `.1` does not (listed
+/// in `Supported=False`, the rest applies).
+type NotApplied = (Vec<(String, String)>, Vec<String>);
+
+fn not_applied(status: &mut ObjectStatus, (refused, ignored): NotApplied, consequence: &str) {
+    for (path, what) in refused {
+        problem(
+            status,
+            path,
+            format!("{what} is not applied by trellis: {consequence}"),
+        );
+    }
+    let ignored: Vec<String> = ignored
+        .into_iter()
+        .map(|path| format!("{path} is not applied"))
+        .collect();
+    supported(status, &ignored);
+}
+
+/// The keys of an object-valued field, with their paths.
+fn keys<'a>(
+    path: &'a str,
+    v: Option<&'a serde_json::Value>,
+) -> impl Iterator<Item = (String, &'a str)> {
+    v.and_then(|v| v.as_object())
+        .into_iter()
+        .flat_map(|o| o.keys())
+        .map(move |k| (format!("{path}.{k}"), k.as_str()))
+}
+
+/// What a BackendTrafficPolicy asks for and trellis does not apply ([`NotApplied`]). Limits
+/// that protect a backend (rate limits, circuit breakers) are refused; load-balancing, health
+/// checks and connection tuning fall back to trellis's own.
+pub(super) fn backend_policy_not_applied<'a>(
+    spec: &BackendTrafficPolicySpec,
+    unknown: impl Iterator<Item = &'a str>,
+) -> NotApplied {
+    let mut refused: Vec<(String, String)> = unknown
+        .map(|f| (f.to_string(), format!("field `{f}`, unknown to trellis,")))
+        .collect();
+    if spec.rate_limit.is_some() {
+        refused.push(("spec.rateLimit".into(), "a rate limit".into()));
+    }
+    if spec.circuit_breaker.is_some() {
+        refused.push(("spec.circuitBreaker".into(), "a circuit breaker".into()));
+    }
+    let mut ignored = Vec::new();
+    for (path, set) in [
+        ("spec.loadBalancer", spec.load_balancer.is_some()),
+        ("spec.healthCheck", spec.health_check.is_some()),
+        ("spec.faultInjection", spec.fault_injection.is_some()),
+        ("spec.proxyProtocol", spec.proxy_protocol.is_some()),
+        ("spec.connection", spec.connection.is_some()),
+        ("spec.dns", spec.dns.is_some()),
+        ("spec.http2", spec.http2.is_some()),
+        (
+            "spec.useClientProtocol",
+            spec.use_client_protocol == Some(true),
+        ),
+    ] {
+        if set {
+            ignored.push(path.to_string());
+        }
+    }
+    if let Some(t) = &spec.timeout {
+        if let Some(h) = &t.http {
+            if h.connection_idle_timeout.is_some() {
+                ignored.push("spec.timeout.http.connectionIdleTimeout".into());
+            }
+            if h.max_connection_duration.is_some() {
+                ignored.push("spec.timeout.http.maxConnectionDuration".into());
+            }
+        }
+        if t.tcp.as_ref().is_some_and(|t| t.connect_timeout.is_some()) {
+            ignored.push("spec.timeout.tcp.connectTimeout".into());
+        }
+    }
+    (refused, ignored)
+}
+
+/// What a ClientTrafficPolicy asks for and trellis does not apply ([`NotApplied`]). What
+/// decides the client's address (authorization by CIDR reads it), the path routes match
+/// (authentication hangs on the route), header handling and connection limits is refused;
+/// timeouts and HTTP/1 and HTTP/2 tuning fall back to trellis's own bounds.
+pub(super) fn client_policy_not_applied<'a>(
+    spec: &ClientTrafficPolicySpec,
+    unknown: impl Iterator<Item = &'a str>,
+) -> NotApplied {
+    let mut refused: Vec<(String, String)> = unknown
+        .map(|f| (f.to_string(), format!("field `{f}`, unknown to trellis,")))
+        .collect();
+    let mut ignored = Vec::new();
+    if spec
+        .client_ip_detection
+        .as_ref()
+        .is_some_and(|c| c.custom_header.is_some())
+    {
+        refused.push((
+            "spec.clientIPDetection.customHeader".into(),
+            "reading the client address from a custom header".into(),
+        ));
+    }
+    if spec.proxy_protocol.is_some() || spec.enable_proxy_protocol == Some(true) {
+        let path = if spec.proxy_protocol.is_some() {
+            "spec.proxyProtocol"
+        } else {
+            "spec.enableProxyProtocol"
+        };
+        refused.push((path.into(), "reading the PROXY protocol".into()));
+    }
+    if spec.path.is_some() {
+        refused.push(("spec.path".into(), "path normalisation".into()));
+    }
+    // Headers trellis leaves as Envoy's defaults have them, harmlessly.
+    const HARMLESS_HEADERS: &[&str] = &[
+        "enableEnvoyHeaders",
+        "preserveXRequestID",
+        "requestID",
+        "disableRateLimitHeaders",
+    ];
+    for (path, k) in keys("spec.headers", spec.headers.as_ref()) {
+        if HARMLESS_HEADERS.contains(&k) {
+            ignored.push(path);
+        } else {
+            refused.push((path, "header handling".into()));
+        }
+    }
+    for (path, k) in keys("spec.connection", spec.connection.as_ref()) {
+        if k == "connectionLimit" {
+            refused.push((path, "a connection limit".into()));
+        } else {
+            ignored.push(path);
+        }
+    }
+    if spec.timeout.is_some() {
+        ignored.push("spec.timeout".into());
+    }
+    if spec.http1.is_some() {
+        ignored.push("spec.http1".into());
+    }
+    if let Some(h) = &spec.http2 {
+        for (path, set) in [
+            (
+                "spec.http2.initialStreamWindowSize",
+                h.initial_stream_window_size.is_some(),
+            ),
+            (
+                "spec.http2.initialConnectionWindowSize",
+                h.initial_connection_window_size.is_some(),
+            ),
+            (
+                "spec.http2.maxConcurrentStreams",
+                h.max_concurrent_streams.is_some(),
+            ),
+        ] {
+            if set {
+                ignored.push(path.to_string());
+            }
+        }
+    }
+    (refused, ignored)
 }
 
 /// Whether a policy's conditions refuse it (an `Accepted` or `ResolvedRefs` that is not
