@@ -140,7 +140,9 @@ async fn connection(state: Arc<State>, port: u16, incoming: quinn::Incoming) {
 /// One request: its head (within the header read timeout), its body, the shared handler, the
 /// answer.
 async fn request(state: Arc<State>, port: u16, peer: SocketAddr, resolver: Resolver) {
-    let (req, stream) =
+    // h3 resets the stream of a head it cannot read (H3_MESSAGE_ERROR): an invalid or
+    // upper-case name, a value with CR, LF or NUL, no :method, :scheme or :path.
+    let (req, mut stream) =
         match tokio::time::timeout(HEADER_READ_TIMEOUT, resolver.resolve_request()).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => return,
@@ -149,10 +151,26 @@ async fn request(state: Arc<State>, port: u16, peer: SocketAddr, resolver: Resol
                 return;
             }
         };
-    let (send, recv) = stream.split();
-    let body = match tokio::time::timeout(HEADER_READ_TIMEOUT, request_body(recv)).await {
-        Ok(Some(b)) => b,
-        Ok(None) => return,
+    let length = match well_formed(req.headers()) {
+        Ok(length) => length,
+        Err(why) => {
+            tracing::debug!(%peer, why, "malformed HTTP/3 request: stream reset");
+            state.metrics.http3_malformed.inc();
+            stream.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            stream.stop_sending(h3::error::Code::H3_MESSAGE_ERROR);
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let body = match tokio::time::timeout(HEADER_READ_TIMEOUT, request_body(recv, length)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(Malformed::Reset)) => return,
+        Ok(Err(Malformed::Length(why))) => {
+            tracing::debug!(%peer, why, "malformed HTTP/3 request: stream reset");
+            state.metrics.http3_malformed.inc();
+            send.stop_stream(h3::error::Code::H3_MESSAGE_ERROR);
+            return;
+        }
         Err(_) => {
             state.metrics.http3_request_timeouts.inc();
             return;
@@ -162,10 +180,63 @@ async fn request(state: Arc<State>, port: u16, peer: SocketAddr, resolver: Resol
     let _ = respond(send, resp).await;
 }
 
+/// What HTTP/3 makes a request malformed (RFC 9114, 4.1.2 and 4.2) beyond what h3 checks:
+/// a connection-specific field, `te` other than `trailers`, a `content-length` that is not
+/// one number. `Ok` carries the declared length, which the body must then match.
+fn well_formed(h: &http::HeaderMap) -> Result<Option<u64>, &'static str> {
+    use http::header;
+    const CONNECTION_SPECIFIC: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    if CONNECTION_SPECIFIC.iter().any(|n| h.contains_key(*n)) {
+        return Err("a connection-specific field");
+    }
+    if h.get_all(header::TE).iter().any(|v| v != "trailers") {
+        return Err("te other than trailers");
+    }
+    let mut length = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        let n = v
+            .to_str()
+            .ok()
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or("a content-length that is not a number")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("two different content-lengths");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
+/// Why a request body is not taken.
+enum Malformed {
+    /// The client reset the stream.
+    Reset,
+    /// The DATA frames do not add up to the declared `content-length`.
+    Length(&'static str),
+}
+
+/// Counts the body against its declared length: `Err` once it goes past it, or ends short.
+fn check_length(declared: Option<u64>, seen: u64, ended: bool) -> Result<(), &'static str> {
+    match declared {
+        Some(d) if seen > d => Err("a body longer than its content-length"),
+        Some(d) if ended && seen < d => Err("a body shorter than its content-length"),
+        _ => Ok(()),
+    }
+}
+
 /// The request body: whole when it ends within [`REQUEST_BODY_BYTES_MAX`] (so that a request
 /// without one can be retried, as on the other paths), else what was read followed by the
-/// rest as it comes. `None` when the client reset the stream.
-async fn request_body(mut recv: RecvStream) -> Option<Body> {
+/// rest as it comes. It must add up to `declared` (the `content-length`): whole, it is
+/// refused before anything goes upstream; streamed, the body fails where it stops matching,
+/// and the upstream request with it.
+async fn request_body(mut recv: RecvStream, declared: Option<u64>) -> Result<Body, Malformed> {
     let mut first: Vec<Bytes> = Vec::new();
     let mut size = 0;
     while size <= REQUEST_BODY_BYTES_MAX {
@@ -174,32 +245,44 @@ async fn request_body(mut recv: RecvStream) -> Option<Body> {
                 let b = b.copy_to_bytes(b.remaining());
                 size += b.len();
                 first.push(b);
+                check_length(declared, size as u64, false).map_err(Malformed::Length)?;
             }
             Ok(None) => {
+                check_length(declared, size as u64, true).map_err(Malformed::Length)?;
                 let trailers = recv.recv_trailers().await.ok().flatten();
-                return Some(whole(first, trailers));
+                return Ok(whole(first, trailers));
             }
-            Err(_) => return None,
+            Err(_) => return Err(Malformed::Reset),
         }
     }
     let head =
         futures_util::stream::iter(first.into_iter().map(|b| Ok::<_, BoxError>(Frame::data(b))));
-    let rest = futures_util::stream::unfold(Some(recv), |recv| async move {
-        let mut recv = recv?;
+    let rest = futures_util::stream::unfold(Some((recv, size as u64)), move |state| async move {
+        let (mut recv, seen) = state?;
+        let malformed = |why: &'static str| Some((Err(BoxError::from(why)), None));
         match recv.recv_data().await {
             Ok(Some(mut b)) => {
                 let b = b.copy_to_bytes(b.remaining());
-                Some((Ok(Frame::data(b)), Some(recv)))
+                let seen = seen + b.len() as u64;
+                if let Err(why) = check_length(declared, seen, false) {
+                    return malformed(why);
+                }
+                Some((Ok(Frame::data(b)), Some((recv, seen))))
             }
-            Ok(None) => match recv.recv_trailers().await {
-                Ok(Some(t)) => Some((Ok(Frame::trailers(t)), None)),
-                Ok(None) => None,
-                Err(e) => Some((Err(Box::new(e) as BoxError), None)),
-            },
+            Ok(None) => {
+                if let Err(why) = check_length(declared, seen, true) {
+                    return malformed(why);
+                }
+                match recv.recv_trailers().await {
+                    Ok(Some(t)) => Some((Ok(Frame::trailers(t)), None)),
+                    Ok(None) => None,
+                    Err(e) => Some((Err(Box::new(e) as BoxError), None)),
+                }
+            }
             Err(e) => Some((Err(Box::new(e) as BoxError), None)),
         }
     });
-    Some(BodyExt::boxed(StreamBody::new(
+    Ok(BodyExt::boxed(StreamBody::new(
         futures_util::StreamExt::chain(head, rest),
     )))
 }

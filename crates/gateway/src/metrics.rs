@@ -59,6 +59,10 @@ pub struct Metrics {
     /// HTTP/3 requests reset because their head, or the start of their body, did not come
     /// within `limits::HEADER_READ_TIMEOUT`.
     pub http3_request_timeouts: Counter,
+    /// HTTP/3 requests reset as malformed (H3_MESSAGE_ERROR) by trellis's own checks: a
+    /// connection-specific field, `te` other than `trailers`, a `content-length` the body
+    /// does not match.
+    pub http3_malformed: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +96,7 @@ impl Default for Metrics {
             h1_handoffs: Counter::default(),
             http3_connections: Counter::default(),
             http3_request_timeouts: Counter::default(),
+            http3_malformed: Counter::default(),
         }
     }
 }
@@ -265,6 +270,11 @@ impl Metrics {
             "http3_request_timeouts",
             "HTTP/3 requests reset because their head or body start came too late",
             self.http3_request_timeouts.clone(),
+        );
+        r.register(
+            "http3_malformed",
+            "HTTP/3 requests reset as malformed (connection-specific fields, te, content-length)",
+            self.http3_malformed.clone(),
         );
         r.register(
             "jwt_verified_cleared",

@@ -276,3 +276,316 @@ async fn http3_with_tls_capped_at_1_2_is_reported_and_not_served() {
         plan.problems
     );
 }
+
+/// A QUIC variable-length integer (RFC 9000, 16).
+fn varint(out: &mut Vec<u8>, v: u64) {
+    match v {
+        0..64 => out.push(v as u8),
+        64..16_384 => out.extend_from_slice(&(0x4000 | v as u16).to_be_bytes()),
+        _ => out.extend_from_slice(&(0x8000_0000 | v as u32).to_be_bytes()),
+    }
+}
+
+/// A QPACK/HPACK prefixed integer: `first` holds the high bits, `bits` the prefix width.
+fn prefixed(out: &mut Vec<u8>, first: u8, bits: u32, v: usize) {
+    let max = (1usize << bits) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    let mut rest = v - max;
+    while rest >= 128 {
+        out.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.push(rest as u8);
+}
+
+/// A field section with every line a literal with a literal name (no table, no Huffman), so
+/// that anything can be sent: upper case, CR LF, pseudo-headers out of order.
+fn field_section(fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = vec![0, 0];
+    for (name, value) in fields {
+        prefixed(&mut out, 0x20, 3, name.len());
+        out.extend_from_slice(name);
+        prefixed(&mut out, 0, 7, value.len());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// The `:status` of a response field section, when the gateway's encoder put it as a static
+/// table entry (RFC 9204, appendix A) or a literal on one.
+fn status_of(section: &[u8]) -> Option<u16> {
+    let line = section.get(2..)?;
+    let first = *line.first()?;
+    if first & 0xC0 == 0xC0 {
+        let statuses = [
+            (24, 103),
+            (25, 200),
+            (26, 304),
+            (27, 404),
+            (28, 503),
+            (63, 100),
+            (64, 204),
+            (65, 206),
+            (66, 302),
+            (67, 400),
+            (68, 403),
+            (69, 421),
+            (70, 425),
+            (71, 500),
+        ];
+        let index = if first & 0x3F < 0x3F {
+            first & 0x3F
+        } else {
+            0x3F + *line.get(1)?
+        };
+        return statuses.iter().find(|(i, _)| *i == index).map(|(_, s)| *s);
+    }
+    if first & 0xF0 == 0x50 && line.get(1).is_some_and(|l| l & 0x80 == 0) {
+        let len = usize::from(line[1]);
+        return std::str::from_utf8(line.get(2..2 + len)?)
+            .ok()?
+            .parse()
+            .ok();
+    }
+    None
+}
+
+/// Sends one request as raw HTTP/3 frames on a new QUIC connection (with the control stream
+/// and an empty SETTINGS), DATA frames for `body`, and says what came back: `status N`,
+/// `answered` (a response head not read here), `reset` (the stream), `closed` (the
+/// connection) or `no answer`.
+async fn h3_raw(
+    addr: std::net::SocketAddr,
+    root: &rustls_pki_types::CertificateDer<'static>,
+    fields: &[(&[u8], &[u8])],
+    body: &[&[u8]],
+) -> String {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).expect("root");
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))
+        .expect("quic tls");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let conn = endpoint
+        .connect(addr, "app.example.com")
+        .expect("connect")
+        .await
+        .expect("QUIC handshake");
+    let mut control = conn.open_uni().await.expect("control stream");
+    control
+        .write_all(&[0x00, 0x04, 0x00])
+        .await
+        .expect("SETTINGS");
+    let (mut send, mut recv) = conn.open_bi().await.expect("request stream");
+    let mut frames = Vec::new();
+    let section = field_section(fields);
+    varint(&mut frames, 0x01);
+    varint(&mut frames, section.len() as u64);
+    frames.extend_from_slice(&section);
+    for chunk in body {
+        varint(&mut frames, 0x00);
+        varint(&mut frames, chunk.len() as u64);
+        frames.extend_from_slice(chunk);
+    }
+    // The gateway may stop reading before all of it is written.
+    let _ = send.write_all(&frames).await;
+    let _ = send.finish();
+    let read = tokio::time::timeout(Duration::from_secs(10), recv.read_to_end(1 << 20)).await;
+    let answer = match read {
+        Err(_) => "no answer".to_string(),
+        Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(_)))) => "reset".into(),
+        Ok(Err(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(_)))) => {
+            "closed".into()
+        }
+        Ok(Err(e)) => format!("error {e}"),
+        Ok(Ok(bytes)) => {
+            // The first frame: HEADERS (type 1), its length, the field section.
+            let mut rest = &bytes[..];
+            let mut take = || -> Option<u64> {
+                let first = *rest.first()?;
+                let len = 1usize << (first >> 6);
+                let mut v = u64::from(first & 0x3F);
+                for b in rest.get(1..len)? {
+                    v = (v << 8) | u64::from(*b);
+                }
+                rest = &rest[len..];
+                Some(v)
+            };
+            match (take(), take()) {
+                (Some(1), Some(len)) => match rest.get(..len as usize).and_then(status_of) {
+                    Some(s) => format!("status {s}"),
+                    None => "answered".into(),
+                },
+                _ if bytes.is_empty() => "closed without an answer".into(),
+                _ => "answered".into(),
+            }
+        }
+    };
+    conn.close(quinn::VarInt::from_u32(0x100), b"");
+    endpoint.wait_idle().await;
+    answer
+}
+
+/// Requests HTTP/3 calls malformed (RFC 9114, 4.1.2 and 4.2), sent as raw frames (no HTTP/3
+/// client here sends them): each is reset (H3_MESSAGE_ERROR) and none reaches the backend,
+/// and no CR LF becomes an HTTP/1 header upstream. A well-formed request sent the same way is
+/// forwarded, so the assertions can fail. Not covered: h3 does not check that pseudo-headers
+/// come first or come once, and trellis sees only its parsed head, so such a request is
+/// served as if ordered (with the last value of a repeated one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_http3_requests_are_refused_and_never_forwarded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).expect("cert");
+    let backends = harness::start_backends().await;
+    let (running, metrics) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        &manifests(&cert, 9),
+        "edge",
+        &[443],
+        gateway::Bind::default(),
+    )
+    .await;
+    let quic = running.bound_http3()[&443];
+    let root = cert.cert.der().clone();
+    let echo = &backends.0["gateway-conformance-infra/infra-backend-v1"];
+    type Fields = Vec<(&'static [u8], &'static [u8])>;
+    let request = |method: &'static [u8], path: &'static str, extra: Fields| -> Fields {
+        let mut f: Fields = vec![
+            (b":method", method),
+            (b":scheme", b"https"),
+            (b":authority", b"app.example.com"),
+            (b":path", path.as_bytes()),
+        ];
+        f.extend(extra);
+        f
+    };
+    let good = h3_raw(quic, &root, &request(b"GET", "/h3-good", vec![]), &[]).await;
+    assert_eq!(good, "status 200", "a well-formed raw request is forwarded");
+    let posted = h3_raw(
+        quic,
+        &root,
+        &request(b"POST", "/h3-good-post", vec![(b"content-length", b"11")]),
+        &[b"hello ", b"world"],
+    )
+    .await;
+    assert_eq!(
+        posted, "status 200",
+        "a body of its declared length is forwarded"
+    );
+    assert!(echo.seen().iter().any(|s| s.path == "/h3-good"));
+
+    let cases: Vec<(&str, &str, Fields, &[&[u8]])> = vec![
+        (
+            "transfer-encoding",
+            "/h3-te",
+            request(b"GET", "/h3-te", vec![(b"transfer-encoding", b"chunked")]),
+            &[],
+        ),
+        (
+            "connection",
+            "/h3-conn",
+            request(b"GET", "/h3-conn", vec![(b"connection", b"keep-alive")]),
+            &[],
+        ),
+        (
+            "te other than trailers",
+            "/h3-te-gzip",
+            request(b"GET", "/h3-te-gzip", vec![(b"te", b"gzip")]),
+            &[],
+        ),
+        (
+            "an upper-case name",
+            "/h3-upper",
+            request(b"GET", "/h3-upper", vec![(b"X-Upper", b"1")]),
+            &[],
+        ),
+        (
+            "CR LF in a value",
+            "/h3-crlf",
+            request(b"GET", "/h3-crlf", vec![(b"x-a", b"a\r\ninjected: yes")]),
+            &[],
+        ),
+        (
+            "NUL in a value",
+            "/h3-nul",
+            request(b"GET", "/h3-nul", vec![(b"x-a", b"a\0b")]),
+            &[],
+        ),
+        (
+            "no :path",
+            "/h3-nopath",
+            vec![
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", b"app.example.com"),
+            ],
+            &[],
+        ),
+        (
+            "a body longer than its length",
+            "/h3-long",
+            request(b"POST", "/h3-long", vec![(b"content-length", b"5")]),
+            &[b"hello ", b"world"],
+        ),
+        (
+            "a body shorter than its length",
+            "/h3-short",
+            request(b"POST", "/h3-short", vec![(b"content-length", b"50")]),
+            &[b"hello"],
+        ),
+        (
+            "two content-lengths",
+            "/h3-two-lengths",
+            request(
+                b"POST",
+                "/h3-two-lengths",
+                vec![(b"content-length", b"5"), (b"content-length", b"6")],
+            ),
+            &[b"hello"],
+        ),
+        (
+            "a content-length that is not a number",
+            "/h3-signed",
+            request(b"POST", "/h3-signed", vec![(b"content-length", b"+5")]),
+            &[b"hello"],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, path, fields, body) in &cases {
+        let answer = h3_raw(quic, &root, fields, body).await;
+        eprintln!("{name}: {answer}");
+        if !matches!(answer.as_str(), "reset" | "closed" | "status 400") {
+            wrong.push(format!("{name}: answered {answer}"));
+        }
+        if echo.seen().iter().any(|s| s.path == *path) {
+            wrong.push(format!("{name}: forwarded to the backend"));
+        }
+    }
+    assert!(
+        !echo
+            .seen()
+            .iter()
+            .any(|s| s.headers.contains_key("injected")),
+        "a CR LF in an HTTP/3 value became an HTTP/1 header upstream"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(
+        metrics.http3_malformed.get() >= 7,
+        "trellis's own checks counted: {}",
+        metrics.http3_malformed.get()
+    );
+    running.stop().await;
+}
