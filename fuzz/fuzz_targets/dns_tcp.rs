@@ -17,16 +17,6 @@ use libfuzzer_sys::fuzz_target;
 #[path = "common/mod.rs"]
 mod common;
 
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime")
-    })
-}
-
 fn views() -> &'static ArcSwap<dns::Views> {
     static VIEWS: OnceLock<ArcSwap<dns::Views>> = OnceLock::new();
     VIEWS.get_or_init(|| ArcSwap::new(common::dns_views()))
@@ -37,7 +27,7 @@ fuzz_target!(|input: (u8, Vec<u8>)| {
     let peer = common::peer(who);
     let server: SocketAddr = "127.0.0.1:53".parse().expect("address");
     let mut io = tokio::io::join(stream.as_slice(), Vec::new());
-    runtime().block_on(tcp_connection(
+    common::runtime().block_on(tcp_connection(
         &mut io,
         peer,
         server,

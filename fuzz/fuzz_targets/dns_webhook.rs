@@ -8,7 +8,7 @@
 //! - The wire types round-trip through JSON; changes round-trip through the wire form.
 #![no_main]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use dns::sync::Changes;
@@ -16,21 +16,13 @@ use dns::sync::dynamic::Dynamic;
 use dns::sync::webhook::{Access, DomainFilter, MEDIA_TYPE, WireChanges, WireEndpoint, handle};
 use libfuzzer_sys::fuzz_target;
 
+mod common;
+
 const PORT: u16 = 8888;
 const TOKEN: &str = "s3cret";
 const PATHS: &[&str] = &["/", "/records", "/adjustendpoints", "/healthz", "/other"];
 const METHODS: &[&str] = &["GET", "POST", "PUT", "DELETE"];
 const HEADERS: &[&str] = &["host", "accept", "content-type", "authorization", "x-other"];
-
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime")
-    })
-}
 
 /// A JSON value read, written and read again is the same value.
 fn round_trip<T>(body: &[u8]) -> Option<T>
@@ -76,7 +68,7 @@ fuzz_target!(|input: (u8, u8, bool, Vec<(u8, String)>, Vec<u8>)| {
     let has_auth = req.headers().contains_key(http::header::AUTHORIZATION);
     let changes = serde_json::from_slice::<WireChanges>(req.body()).ok();
     let zone = Arc::new(Dynamic::new(&["example.test".into()]));
-    let resp = runtime().block_on(handle(zone.clone(), &Access::token(TOKEN), PORT, req));
+    let resp = common::runtime().block_on(handle(zone.clone(), &Access::token(TOKEN), PORT, req));
     let status = resp.status().as_u16();
     if path == "/healthz" {
         assert_eq!(status, 200);

@@ -199,6 +199,8 @@ pub(crate) const TEST_PEERS: &[(&str, &str)] = &[
     ("/usr/sbin/knotd", "knot"),
     ("/usr/bin/kdig", "knot-dnsutils"),
     ("/usr/bin/h2load", "nghttp2-client"),
+    // Apache's htpasswd writes the basicAuth test's {SHA}, bcrypt and APR1 entries.
+    ("/usr/bin/htpasswd", "apache2-utils"),
     ("/usr/bin/clang-19", "clang-19"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
     ("/usr/lib/cni/bandwidth", "containernetworking-plugins"),

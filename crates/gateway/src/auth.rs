@@ -21,6 +21,9 @@ use model::validate::ENVOY_GROUP;
 
 use crate::backend::Backend;
 pub use crate::limits::BASIC_AUTH_USERS_MAX;
+use crate::limits::{
+    BASIC_AUTH_VERIFIED_MAX, BCRYPT_CHECKS_AT_ONCE, BCRYPT_COST_MAX, BCRYPT_WAIT_MAX,
+};
 
 /// The secret key holding the users of a basicAuth policy (Envoy Gateway's).
 pub const HTPASSWD_KEY: &str = ".htpasswd";
@@ -388,14 +391,35 @@ impl GrpcChannels {
     }
 }
 
-/// SecurityPolicy `basicAuth`: users and the SHA-1 digests of their passwords, from the
-/// `.htpasswd` key of a Secret (`user:{SHA}base64`, the one format Envoy's basic_auth filter
-/// takes).
+/// SecurityPolicy `basicAuth`: users and their stored passwords, from the `.htpasswd` key of
+/// a Secret: `user:{SHA}base64` (the one format Envoy's basic_auth filter takes, `htpasswd
+/// -s`) or bcrypt (`$2y$`, `htpasswd -B`, beyond Envoy).
 pub struct BasicAuth {
-    users: BTreeMap<String, [u8; 20]>,
+    users: BTreeMap<String, Password>,
     /// Where the authenticated user's name goes on the upstream request, if anywhere.
     pub forward_username_header: Option<http::HeaderName>,
+    /// Credentials bcrypt accepted, so that a user's next requests cost a SHA-256, not a
+    /// bcrypt run.
+    verified: crate::jwt::VerifiedDigests,
 }
+
+/// One user's stored password.
+enum Password {
+    /// `{SHA}`: the SHA-1 digest of the password.
+    Sha1([u8; 20]),
+    /// bcrypt (`$2a$`, `$2b$`, `$2x$`, `$2y$`), of at most [`BCRYPT_COST_MAX`].
+    Bcrypt(String),
+}
+
+/// Times the credentials bcrypt accepted were forgotten at `BASIC_AUTH_VERIFIED_MAX` (metric
+/// `basic_auth_verified_cleared`).
+pub static BASIC_VERIFIED_CLEARED: std::sync::LazyLock<
+    prometheus_client::metrics::counter::Counter,
+> = std::sync::LazyLock::new(Default::default);
+
+/// bcrypt checks running at once, process-wide (each is a blocking thread's CPU).
+static BCRYPT_CHECKS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(BCRYPT_CHECKS_AT_ONCE);
 
 impl std::fmt::Debug for BasicAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -411,6 +435,9 @@ impl std::fmt::Debug for BasicAuth {
 pub enum BasicDenied {
     Missing,
     Invalid,
+    /// Every bcrypt check slot stayed taken for `BCRYPT_WAIT_MAX` (503, not a verdict on the
+    /// credentials).
+    Busy,
 }
 
 impl BasicDenied {
@@ -420,14 +447,37 @@ impl BasicDenied {
             BasicDenied::Invalid => {
                 "User authentication failed. Invalid username/password combination."
             }
+            BasicDenied::Busy => "Too many password checks at once; try again.",
         }
     }
 }
 
+/// A bcrypt hash as htpasswd writes it, with its cost; `Err` says what is wrong.
+fn bcrypt_hash(hash: &str) -> Result<u32, String> {
+    let parts: bcrypt::HashParts = hash
+        .parse()
+        .map_err(|e| format!("not a bcrypt hash ({e})"))?;
+    let cost = parts.get_cost();
+    let body = hash.rsplit('$').next().unwrap_or_default();
+    if !body
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'/')
+    {
+        return Err("not a bcrypt hash (a character outside its base64)".into());
+    }
+    if !(4..=BCRYPT_COST_MAX).contains(&cost) {
+        return Err(format!(
+            "bcrypt cost {cost} is outside 4 to {BCRYPT_COST_MAX} (above it, each check of a \
+             wrong password would take the gateway seconds of CPU)"
+        ));
+    }
+    Ok(cost)
+}
+
 impl BasicAuth {
-    /// Reads an `.htpasswd` text. Every line must be an entry Envoy takes; the first that is
-    /// not is the error (with its 1-based line number), so that a policy is never enforced
-    /// with fewer users than it names.
+    /// Reads an `.htpasswd` text. Every line must be an entry trellis takes; the first that
+    /// is not is the error (with its 1-based line number), so that a policy is never
+    /// enforced with fewer users than it names.
     pub fn parse(text: &str) -> Result<BasicAuth, String> {
         let mut users = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
@@ -437,15 +487,28 @@ impl BasicAuth {
                 continue;
             }
             let Some((user, hash)) = line.split_once(':') else {
-                return Err(format!("line {n}: not `user:{{SHA}}hash`"));
+                return Err(format!(
+                    "line {n}: not `user:{{SHA}}hash` or `user:$2y$...`"
+                ));
             };
             if user.is_empty() {
                 return Err(format!("line {n}: empty user name"));
             }
-            let Some(b64) = hash.strip_prefix("{SHA}") else {
-                let what = if hash.starts_with("$2") {
-                    "bcrypt"
-                } else if hash.starts_with("$apr1$") {
+            let password = if let Some(b64) = hash.strip_prefix("{SHA}") {
+                let digest = data_encoding::BASE64
+                    .decode(b64.trim().as_bytes())
+                    .ok()
+                    .and_then(|d| <[u8; 20]>::try_from(d).ok())
+                    .ok_or_else(|| {
+                        format!("line {n}: user {user}: {{SHA}} is not a base64 SHA-1")
+                    })?;
+                Password::Sha1(digest)
+            } else if hash.starts_with("$2") {
+                let hash = hash.trim();
+                bcrypt_hash(hash).map_err(|e| format!("line {n}: user {user}: {e}"))?;
+                Password::Bcrypt(hash.to_string())
+            } else {
+                let what = if hash.starts_with("$apr1$") {
                     "APR1-MD5"
                 } else if hash.starts_with("$5$") || hash.starts_with("$6$") {
                     "crypt SHA-256/512"
@@ -453,16 +516,11 @@ impl BasicAuth {
                     "this"
                 };
                 return Err(format!(
-                    "line {n}: user {user}: {what} hash format is not supported \
-                     (only {{SHA}}, as in Envoy's basic_auth: htpasswd -s)"
+                    "line {n}: user {user}: {what} hash format is not supported (only {{SHA}} \
+                     as in Envoy's basic_auth, htpasswd -s, and bcrypt, htpasswd -B)"
                 ));
             };
-            let digest = data_encoding::BASE64
-                .decode(b64.trim().as_bytes())
-                .ok()
-                .and_then(|d| <[u8; 20]>::try_from(d).ok())
-                .ok_or_else(|| format!("line {n}: user {user}: {{SHA}} is not a base64 SHA-1"))?;
-            if users.insert(user.to_string(), digest).is_some() {
+            if users.insert(user.to_string(), password).is_some() {
                 return Err(format!("line {n}: user {user} appears twice"));
             }
             if users.len() > BASIC_AUTH_USERS_MAX {
@@ -475,11 +533,17 @@ impl BasicAuth {
         Ok(BasicAuth {
             users,
             forward_username_header: None,
+            verified: crate::jwt::VerifiedDigests::new(
+                BASIC_AUTH_VERIFIED_MAX,
+                &BASIC_VERIFIED_CLEARED,
+            ),
         })
     }
 
-    /// Checks a request's `Authorization: Basic` credentials; returns the user name.
-    pub fn check(&self, headers: &http::HeaderMap) -> Result<String, BasicDenied> {
+    /// Checks a request's `Authorization: Basic` credentials; returns the user name. A
+    /// bcrypt password is checked on a blocking thread, at most `BCRYPT_CHECKS_AT_ONCE` at
+    /// once in the process, each credential once while it keeps being right.
+    pub async fn check(&self, headers: &http::HeaderMap) -> Result<String, BasicDenied> {
         let Some(v) = headers.get(http::header::AUTHORIZATION) else {
             return Err(BasicDenied::Missing);
         };
@@ -491,15 +555,49 @@ impl BasicAuth {
             .ok_or(BasicDenied::Missing)?;
         let creds = String::from_utf8(creds).map_err(|_| BasicDenied::Invalid)?;
         let (user, password) = creds.split_once(':').ok_or(BasicDenied::Invalid)?;
-        let digest =
-            ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, password.as_bytes());
-        // The same work whether the user exists or not.
-        let (known, want) = match self.users.get(user) {
-            Some(w) => (true, w),
-            None => (false, &[0u8; 20]),
+        let hash = match self.users.get(user) {
+            Some(Password::Bcrypt(hash)) => hash,
+            // `{SHA}`, and an unknown user (the same work whether the user exists or not).
+            other => {
+                let want = match other {
+                    Some(Password::Sha1(w)) => w,
+                    _ => &[0u8; 20],
+                };
+                let digest = ring::digest::digest(
+                    &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    password.as_bytes(),
+                );
+                let same: bool =
+                    subtle::ConstantTimeEq::ct_eq(digest.as_ref(), want.as_slice()).into();
+                return if other.is_some() && same {
+                    Ok(user.to_string())
+                } else {
+                    Err(BasicDenied::Invalid)
+                };
+            }
         };
-        let same: bool = subtle::ConstantTimeEq::ct_eq(digest.as_ref(), want.as_slice()).into();
-        if known && same {
+        let seen = crate::jwt::VerifiedDigests::digest(&[
+            user.as_bytes(),
+            password.as_bytes(),
+            hash.as_bytes(),
+        ]);
+        if self.verified.contains(&seen) {
+            return Ok(user.to_string());
+        }
+        let permit = tokio::time::timeout(BCRYPT_WAIT_MAX, BCRYPT_CHECKS.acquire())
+            .await
+            .map_err(|_| BasicDenied::Busy)?
+            .map_err(|_| BasicDenied::Busy)?;
+        let (password, hash) = (password.to_string(), hash.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+            drop(permit);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            self.verified.insert(seen);
             Ok(user.to_string())
         } else {
             Err(BasicDenied::Invalid)
@@ -797,10 +895,12 @@ mod tests {
         h
     }
 
-    #[test]
-    fn htpasswd_sha_entries_check_and_others_are_refused() {
-        // `htpasswd -nbs alice secret`
-        let b = BasicAuth::parse("alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n\n").expect("parses");
+    #[tokio::test]
+    async fn htpasswd_entries_check_and_others_are_refused() {
+        // `htpasswd -nbs alice secret`, and a bcrypt entry (cost 4) for carol.
+        let carol = bcrypt::hash("s3cret", 4).expect("bcrypt");
+        let text = format!("alice:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\n\ncarol:{carol}\n");
+        let b = BasicAuth::parse(&text).expect("parses");
         let basic = |u: &str, p: &str| {
             format!(
                 "Basic {}",
@@ -808,22 +908,55 @@ mod tests {
             )
         };
         assert_eq!(
-            b.check(&header(&basic("alice", "secret"))),
+            b.check(&header(&basic("alice", "secret"))).await,
             Ok("alice".into())
         );
         assert_eq!(
-            b.check(&header(&basic("alice", "Secret"))),
+            b.check(&header(&basic("alice", "Secret"))).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(
-            b.check(&header(&basic("bob", "secret"))),
+            b.check(&header(&basic("bob", "secret"))).await,
             Err(BasicDenied::Invalid)
         );
-        assert_eq!(b.check(&header("Bearer x")), Err(BasicDenied::Missing));
-        assert_eq!(b.check(&http::HeaderMap::new()), Err(BasicDenied::Missing));
-        assert_eq!(b.check(&header("Basic !!!")), Err(BasicDenied::Missing));
+        assert_eq!(
+            b.check(&header(&basic("carol", "secret"))).await,
+            Err(BasicDenied::Invalid)
+        );
+        assert_eq!(b.verified.len(), 0, "a failure is not remembered");
+        for _ in 0..2 {
+            assert_eq!(
+                b.check(&header(&basic("carol", "s3cret"))).await,
+                Ok("carol".into())
+            );
+        }
+        assert_eq!(b.verified.len(), 1, "a success is remembered once");
+        // alice's password is not carol's.
+        assert_eq!(
+            b.check(&header(&basic("carol", "secret"))).await,
+            Err(BasicDenied::Invalid)
+        );
+        assert_eq!(
+            b.check(&header("Bearer x")).await,
+            Err(BasicDenied::Missing)
+        );
+        assert_eq!(
+            b.check(&http::HeaderMap::new()).await,
+            Err(BasicDenied::Missing)
+        );
+        assert_eq!(
+            b.check(&header("Basic !!!")).await,
+            Err(BasicDenied::Missing)
+        );
+        let costly = bcrypt::hash_with_salt("x", 13, [7; 16])
+            .expect("bcrypt")
+            .format_for_version(bcrypt::Version::TwoY);
         for (text, want) in [
-            ("bob:$2y$05$abc", "line 1: user bob: bcrypt"),
+            ("bob:$2y$05$abc", "line 1: user bob: not a bcrypt hash"),
+            (
+                &format!("bob:{costly}"),
+                "line 1: user bob: bcrypt cost 13 is outside 4 to 12",
+            ),
             ("x", "line 1: not `user:{SHA}hash`"),
             ("\nbob:$apr1$abc", "line 2: user bob: APR1-MD5"),
             (

@@ -32,6 +32,61 @@ use serde_json::{Map, Value};
 pub static VERIFIED_CLEARED: std::sync::LazyLock<prometheus_client::metrics::counter::Counter> =
     std::sync::LazyLock::new(Default::default);
 
+/// Digests (SHA-256) of credentials an expensive check accepted (a token's signature, a
+/// bcrypt password), so that the same bytes are checked once. Only successes enter, so a
+/// client without valid credentials cannot fill it; at `max` it starts again (counted in
+/// `cleared`) rather than track ages. Kept with what checked them, so that new keys or users
+/// start empty.
+pub(crate) struct VerifiedDigests {
+    set: Mutex<HashSet<[u8; 32]>>,
+    max: usize,
+    cleared: &'static prometheus_client::metrics::counter::Counter,
+}
+
+impl VerifiedDigests {
+    pub(crate) fn new(
+        max: usize,
+        cleared: &'static prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        VerifiedDigests {
+            set: Mutex::default(),
+            max,
+            cleared,
+        }
+    }
+
+    /// The SHA-256 of `parts`, each followed by a 0 byte (so that parts cannot run together).
+    pub(crate) fn digest(parts: &[&[u8]]) -> [u8; 32] {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        for p in parts {
+            d.update(p);
+            d.update(&[0]);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.finish().as_ref());
+        out
+    }
+
+    pub(crate) fn contains(&self, d: &[u8; 32]) -> bool {
+        self.set.lock().is_ok_and(|v| v.contains(d))
+    }
+
+    pub(crate) fn insert(&self, d: [u8; 32]) {
+        if let Ok(mut v) = self.set.lock() {
+            if v.len() >= self.max {
+                v.clear();
+                self.cleared.inc();
+            }
+            v.insert(d);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.set.lock().map(|v| v.len()).unwrap_or(0)
+    }
+}
+
 /// How far `exp` and `nbf` may be off (Envoy's default `clock_skew_seconds`).
 pub const JWT_CLOCK_SKEW_SECS: u64 = 60;
 
@@ -199,11 +254,10 @@ struct Jwk {
 /// A JSON Web Key Set: the keys trellis can use (others are skipped, never trusted).
 pub struct Jwks {
     keys: Vec<Jwk>,
-    /// Digests of tokens whose signature these keys verified: the same bytes verify the same
-    /// way, so each is checked once (the claims, times included, are checked every time).
-    /// Kept with the keys, so that new keys (a reload, a JWKS fetched again) start empty;
-    /// only successes enter, so a client without a valid token cannot fill it.
-    verified: Mutex<HashSet<[u8; 32]>>,
+    /// Tokens whose signature these keys verified: the same bytes verify the same way, so
+    /// each is checked once (the claims, times included, are checked every time). New keys (a
+    /// reload, a JWKS fetched again) start empty.
+    verified: VerifiedDigests,
 }
 
 impl std::fmt::Debug for Jwks {
@@ -295,30 +349,18 @@ impl Jwks {
         }
         Ok(Jwks {
             keys,
-            verified: Mutex::default(),
+            verified: VerifiedDigests::new(JWT_VERIFIED_MAX, &VERIFIED_CLEARED),
         })
     }
 
     /// Checks a decoded token's signature with the keys that match its `kid` and `alg`.
     pub fn verify(&self, t: &Decoded<'_>) -> Result<(), Denied> {
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        digest.update(t.signed);
-        digest.update(b".");
-        digest.update(&t.signature);
-        let mut seen = [0u8; 32];
-        seen.copy_from_slice(digest.finish().as_ref());
-        if self.verified.lock().is_ok_and(|v| v.contains(&seen)) {
+        let seen = VerifiedDigests::digest(&[t.signed, &t.signature]);
+        if self.verified.contains(&seen) {
             return Ok(());
         }
         self.verify_signature(t)?;
-        if let Ok(mut v) = self.verified.lock() {
-            if v.len() >= JWT_VERIFIED_MAX {
-                // Full: start again rather than track ages (tokens are short-lived anyway).
-                v.clear();
-                VERIFIED_CLEARED.inc();
-            }
-            v.insert(seen);
-        }
+        self.verified.insert(seen);
         Ok(())
     }
 
@@ -840,9 +882,9 @@ mod tests {
         let good = hs_token(h, claims, b"secret");
         let check = |t: &str, now: u64| p.verify(&decode(t).expect("decodes"), &jwks, now);
         assert!(check(&good, 999_000).is_ok());
-        assert_eq!(jwks.verified.lock().expect("lock").len(), 1);
+        assert_eq!(jwks.verified.len(), 1);
         assert!(check(&good, 999_000).is_ok());
-        assert_eq!(jwks.verified.lock().expect("lock").len(), 1);
+        assert_eq!(jwks.verified.len(), 1);
         // Expired later: refused although its signature is remembered.
         assert_eq!(check(&good, 1_000_061), Err(Denied::Expired));
         // The same claims signed with another key; the good signature on other claims.
@@ -855,7 +897,7 @@ mod tests {
             BASE64URL_NOPAD.encode(br#"{"sub":"mallory","exp":1000000}"#)
         );
         assert_eq!(check(&other, 999_000), Err(Denied::BadSignature));
-        assert_eq!(jwks.verified.lock().expect("lock").len(), 1);
+        assert_eq!(jwks.verified.len(), 1);
     }
 
     fn provider(jwks: &str, issuer: Option<&str>, audiences: &[&str]) -> (Provider, Arc<Jwks>) {

@@ -83,6 +83,21 @@ pub const HTTP3_STREAMS_MAX: u32 = 100;
 /// Users of one basicAuth policy: at most this many (a bound on what one Secret loads).
 pub const BASIC_AUTH_USERS_MAX: usize = 10_000;
 
+/// The highest bcrypt cost an `.htpasswd` entry may have (`htpasswd -B` writes 5): a check at
+/// 12 takes about a quarter of a second of one core; a higher one is refused when loading.
+pub const BCRYPT_COST_MAX: u32 = 12;
+
+/// bcrypt checks running at once in the process (each on a blocking thread): a client sending
+/// wrong passwords can take this many cores, no more.
+pub const BCRYPT_CHECKS_AT_ONCE: usize = 2;
+
+/// How long a request waits for a bcrypt check slot before it is answered 503.
+pub const BCRYPT_WAIT_MAX: Duration = Duration::from_secs(2);
+
+/// Credentials a basicAuth policy remembers as verified by bcrypt (32 bytes each); when full
+/// it starts again.
+pub const BASIC_AUTH_VERIFIED_MAX: usize = 16_384;
+
 /// How long a fetched JWKS is used before it is fetched again (Envoy Gateway's setting).
 pub const JWKS_CACHE_DURATION: Duration = Duration::from_secs(300);
 

@@ -39,6 +39,8 @@ pub struct Metrics {
     /// Requests refused because the SecurityPolicy of their route cannot be enforced.
     pub security_policy_refused: Counter,
     pub basic_auth_denied: Counter,
+    /// Requests answered 503 because every bcrypt check slot stayed taken.
+    pub basic_auth_busy: Counter,
     pub jwt_denied: Counter,
     pub oidc_denied: Counter,
     pub api_key_denied: Counter,
@@ -82,6 +84,7 @@ impl Default for Metrics {
             ext_auth_errors: Counter::default(),
             security_policy_refused: Counter::default(),
             basic_auth_denied: Counter::default(),
+            basic_auth_busy: Counter::default(),
             jwt_denied: Counter::default(),
             oidc_denied: Counter::default(),
             api_key_denied: Counter::default(),
@@ -200,6 +203,16 @@ impl Metrics {
             "basic_auth_denied",
             "Requests basic authentication refused (401)",
             self.basic_auth_denied.clone(),
+        );
+        r.register(
+            "basic_auth_busy",
+            "Requests answered 503 because every bcrypt check slot stayed taken",
+            self.basic_auth_busy.clone(),
+        );
+        r.register(
+            "basic_auth_verified_cleared",
+            "Times a basicAuth policy's remembered bcrypt-verified credentials were forgotten at their bound",
+            crate::auth::BASIC_VERIFIED_CLEARED.clone(),
         );
         r.register(
             "jwt_denied",

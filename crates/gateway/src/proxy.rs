@@ -839,13 +839,20 @@ async fn authenticate(
         req = check_ext_auth(state, ext, req, path, query, scheme, client).await?;
     }
     if let Some(basic) = &sec.basic {
-        match basic.check(req.headers()) {
+        match basic.check(req.headers()).await {
             Ok(user) => {
                 if let Some(h) = &basic.forward_username_header
                     && let Ok(v) = HeaderValue::from_str(&user)
                 {
                     req.headers_mut().insert(h.clone(), v);
                 }
+            }
+            Err(crate::auth::BasicDenied::Busy) => {
+                state.metrics.basic_auth_busy.inc();
+                return Err(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    crate::auth::BasicDenied::Busy.message(),
+                ));
             }
             Err(denied) => {
                 state.metrics.basic_auth_denied.inc();

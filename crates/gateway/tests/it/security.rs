@@ -1,7 +1,7 @@
 //! SecurityPolicies fail closed: every policy trellis cannot enforce as written is
 //! `Accepted=False` (or `ResolvedRefs=False`) with the reason, and the route it guards answers
 //! 500 without the backend being asked, over HTTP/1.1 and HTTP/2 alike (curl). Basic
-//! authentication is enforced.
+//! authentication is enforced, with `{SHA}` and bcrypt entries written by Apache's htpasswd.
 
 use std::sync::Arc;
 
@@ -112,23 +112,50 @@ const REFUSED: &[(&str, &str, &str)] = &[
         "no-such-secret not found",
     ),
     (
-        // bcrypt is a format Envoy's basic_auth does not take either.
-        "bcrypt",
-        "  basicAuth:\n    users: {name: bcrypt-users}\n",
-        "bcrypt hash format is not supported",
+        // APR1-MD5 (`htpasswd -m`) is a format Envoy's basic_auth does not take either.
+        "apr1",
+        "  basicAuth:\n    users: {name: apr1-users}\n",
+        "APR1-MD5 hash format is not supported",
+    ),
+    (
+        // A bcrypt cost that would make each wrong password cost seconds of CPU.
+        "costly",
+        "  basicAuth:\n    users: {name: costly-users}\n",
+        "bcrypt cost 14 is outside 4 to 12",
     ),
 ];
 
 /// `htpasswd -nbs alice secret`
 const HTPASSWD: &str = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
 
+/// An `.htpasswd` line from Apache's `htpasswd` (apache2-utils), with its `args`.
+fn htpasswd(args: &[&str]) -> String {
+    let out = std::process::Command::new("htpasswd")
+        .args(args)
+        .output()
+        .expect("htpasswd (apache2-utils; cargo xtask test installs it)");
+    assert!(out.status.success(), "htpasswd {args:?}: {out:?}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
 fn secrets() -> String {
-    format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"{}\"\n---\n\
-         apiVersion: v1\nkind: Secret\nmetadata: {{name: api-keys, namespace: gateway-conformance-infra}}\nstringData: {{client-a: key-of-a, client-b: key-of-b}}\n---\n\
-         apiVersion: v1\nkind: Secret\nmetadata: {{name: bcrypt-users, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"bob:$2y$05$c4WoMPo3SXsafkva.HHa6uXQZWr7oboPiC2bT/r7q1BB8I2s0BRqC\\n\"\n---\n",
-        HTPASSWD.trim_end()
-    )
+    let secret = |name: &str, line: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\nstringData:\n  .htpasswd: \"{line}\\n\"\n---\n"
+        )
+    };
+    [
+        secret("users", HTPASSWD.trim_end()),
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: api-keys, namespace: gateway-conformance-infra}\nstringData: {client-a: key-of-a, client-b: key-of-b}\n---\n".to_string(),
+        secret("apr1-users", &htpasswd(&["-nbm", "bob", "secret"])),
+        secret("costly-users", &htpasswd(&["-nbB", "-C", "14", "bob", "secret"])),
+        // bcrypt, as `htpasswd -B` writes it (cost 5), beyond what Envoy takes.
+        secret("bcrypt-users", &htpasswd(&["-nbB", "carol", "s3cret"])),
+    ]
+    .concat()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,6 +181,10 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
         "basic",
         "  basicAuth:\n    users: {name: users}\n    forwardUsernameHeader: x-user\n",
     ));
+    manifests.push_str(&guarded(
+        "bcrypt",
+        "  basicAuth:\n    users: {name: bcrypt-users}\n    forwardUsernameHeader: x-user\n",
+    ));
 
     // The verdict `trellis check` shows.
     let dir = tempfile::tempdir().expect("tmp");
@@ -177,9 +208,9 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
                 && c.status == model::Status::False
                 && c.message.contains(why)
         });
-        // bcrypt is found when compiling (the secret exists and resolves).
+        // The hash formats are found when compiling (the secret exists and resolves).
         assert!(
-            refused || *name == "bcrypt",
+            refused || *name == "apr1" || *name == "costly",
             "{name}: {:?}",
             status.conditions
         );
@@ -202,10 +233,20 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
 
     let metrics = Arc::new(gateway::metrics::Metrics::default());
     let (plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
+    for (name, why) in [
+        ("apr1", "APR1-MD5 hash format"),
+        ("costly", "bcrypt cost 14"),
+    ] {
+        assert!(
+            plan.problems
+                .iter()
+                .any(|(k, m)| k.name == name && m.contains(why)),
+            "{name}: {:?}",
+            plan.problems
+        );
+    }
     assert!(
-        plan.problems
-            .iter()
-            .any(|(k, m)| k.name == "bcrypt" && m.contains("bcrypt hash format")),
+        !plan.problems.iter().any(|(k, _)| k.name == "bcrypt"),
         "{:?}",
         plan.problems
     );
@@ -337,6 +378,18 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
             assert_eq!(status, 200, "{proto}: {body}");
             let seen: serde_json::Value = serde_json::from_str(&body).expect("echo json");
             assert_eq!(seen["headers"]["x-user"], "alice");
+            // bcrypt entries (htpasswd -B): wrong, right, right again (remembered).
+            let host = "Host: bcrypt.example.com";
+            let (status, _, body) = request(addr, host, &[proto, "-u", "carol:wrong"]);
+            assert_eq!((status, body.contains("Invalid username")), (401, true));
+            let (status, _, body) = request(addr, host, &[proto, "-u", "alice:secret"]);
+            assert_eq!(status, 401, "another policy's user: {body}");
+            for _ in 0..2 {
+                let (status, _, body) = request(addr, host, &[proto, "-u", "carol:s3cret"]);
+                assert_eq!(status, 200, "{proto}: {body}");
+                let seen: serde_json::Value = serde_json::from_str(&body).expect("echo json");
+                assert_eq!(seen["headers"]["x-user"], "carol");
+            }
         }
     })
     .await
