@@ -398,10 +398,16 @@ pub struct BasicAuth {
     users: BTreeMap<String, Password>,
     /// Where the authenticated user's name goes on the upstream request, if anywhere.
     pub forward_username_header: Option<http::HeaderName>,
-    /// Credentials bcrypt accepted, so that a user's next requests cost a SHA-256, not a
-    /// bcrypt run.
-    verified: crate::jwt::VerifiedDigests,
 }
+
+/// Credentials bcrypt accepted, process-wide: each digest covers the user, the password and
+/// the stored hash, so it holds for any policy with that entry and across reloads (a reload
+/// on every Endpoints change must not send every user back through bcrypt), and an entry
+/// whose hash changes no longer matches. A user's next requests cost an HMAC, not bcrypt.
+static BCRYPT_VERIFIED: std::sync::LazyLock<crate::jwt::VerifiedDigests> =
+    std::sync::LazyLock::new(|| {
+        crate::jwt::VerifiedDigests::new(BASIC_AUTH_VERIFIED_MAX, &BASIC_VERIFIED_CLEARED)
+    });
 
 /// One user's stored password.
 enum Password {
@@ -416,6 +422,9 @@ enum Password {
 pub static BASIC_VERIFIED_CLEARED: std::sync::LazyLock<
     prometheus_client::metrics::counter::Counter,
 > = std::sync::LazyLock::new(Default::default);
+
+/// The password bytes bcrypt reads (the algorithm's bound; htpasswd's bcrypt reads as many).
+const BCRYPT_PASSWORD_BYTES: usize = 72;
 
 /// bcrypt checks running at once, process-wide (each is a blocking thread's CPU).
 static BCRYPT_CHECKS: tokio::sync::Semaphore =
@@ -533,10 +542,6 @@ impl BasicAuth {
         Ok(BasicAuth {
             users,
             forward_username_header: None,
-            verified: crate::jwt::VerifiedDigests::new(
-                BASIC_AUTH_VERIFIED_MAX,
-                &BASIC_VERIFIED_CLEARED,
-            ),
         })
     }
 
@@ -557,7 +562,9 @@ impl BasicAuth {
         let (user, password) = creds.split_once(':').ok_or(BasicDenied::Invalid)?;
         let hash = match self.users.get(user) {
             Some(Password::Bcrypt(hash)) => hash,
-            // `{SHA}`, and an unknown user (the same work whether the user exists or not).
+            // `{SHA}`, and an unknown user: the same work whether a `{SHA}` user exists or
+            // not. A bcrypt user's check takes longer (and may wait for a slot), so whether a
+            // name has a bcrypt entry can be told by timing, as with Apache's htpasswd files.
             other => {
                 let want = match other {
                     Some(Password::Sha1(w)) => w,
@@ -576,12 +583,11 @@ impl BasicAuth {
                 };
             }
         };
-        let seen = crate::jwt::VerifiedDigests::digest(&[
-            user.as_bytes(),
-            password.as_bytes(),
-            hash.as_bytes(),
-        ]);
-        if self.verified.contains(&seen) {
+        // bcrypt reads the first 72 bytes of a password (as htpasswd's does): longer ones
+        // that agree on those are one credential, remembered once.
+        let read = &password.as_bytes()[..password.len().min(BCRYPT_PASSWORD_BYTES)];
+        let seen = crate::jwt::VerifiedDigests::digest(&[user.as_bytes(), read, hash.as_bytes()]);
+        if BCRYPT_VERIFIED.contains(&seen) {
             return Ok(user.to_string());
         }
         let permit = tokio::time::timeout(BCRYPT_WAIT_MAX, BCRYPT_CHECKS.acquire())
@@ -597,7 +603,7 @@ impl BasicAuth {
         .await
         .unwrap_or(false);
         if ok {
-            self.verified.insert(seen);
+            BCRYPT_VERIFIED.insert(seen);
             Ok(user.to_string())
         } else {
             Err(BasicDenied::Invalid)
@@ -923,14 +929,24 @@ mod tests {
             b.check(&header(&basic("carol", "secret"))).await,
             Err(BasicDenied::Invalid)
         );
-        assert_eq!(b.verified.len(), 0, "a failure is not remembered");
+        let remembered = |u: &str, p: &str| {
+            BCRYPT_VERIFIED.contains(&crate::jwt::VerifiedDigests::digest(&[
+                u.as_bytes(),
+                p.as_bytes(),
+                carol.as_bytes(),
+            ]))
+        };
+        assert!(
+            !remembered("carol", "secret"),
+            "a failure is not remembered"
+        );
         for _ in 0..2 {
             assert_eq!(
                 b.check(&header(&basic("carol", "s3cret"))).await,
                 Ok("carol".into())
             );
         }
-        assert_eq!(b.verified.len(), 1, "a success is remembered once");
+        assert!(remembered("carol", "s3cret"), "a success is remembered");
         // alice's password is not carol's.
         assert_eq!(
             b.check(&header(&basic("carol", "secret"))).await,

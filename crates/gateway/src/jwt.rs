@@ -55,15 +55,26 @@ impl VerifiedDigests {
         }
     }
 
-    /// The SHA-256 of `parts`, each followed by a 0 byte (so that parts cannot run together).
+    /// The HMAC-SHA-256 of `parts` (each with its length first, so that parts cannot run
+    /// together) under a key drawn at random once per process: what is kept cannot be turned
+    /// back into a password or token offline, even from a memory dump.
     pub(crate) fn digest(parts: &[&[u8]]) -> [u8; 32] {
-        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
-        for p in parts {
-            d.update(p);
-            d.update(&[0]);
-        }
+        static KEY: LazyLock<Option<ring::hmac::Key>> = LazyLock::new(|| {
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &ring::rand::SystemRandom::new())
+                .ok()
+        });
         let mut out = [0u8; 32];
-        out.copy_from_slice(d.finish().as_ref());
+        // Without a random key nothing is remembered as verified: every check is made.
+        let Some(key) = KEY.as_ref() else {
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut out).ok();
+            return out;
+        };
+        let mut d = ring::hmac::Context::with_key(key);
+        for p in parts {
+            d.update(&(p.len() as u64).to_be_bytes());
+            d.update(p);
+        }
+        out.copy_from_slice(d.sign().as_ref());
         out
     }
 

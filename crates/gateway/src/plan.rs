@@ -558,6 +558,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 let quic = match (&http3, &config) {
                     (Some(policy), Some(c)) => match tls::quic_server_config(c, &client_tls) {
                         Ok(q) => Some(q),
+                        // TLS capped at 1.2: validation's Supported=False says so; the policy
+                        // is not refused for it (`trellis check` turns problems into refusals).
+                        Err(_) if client_tls.max_version == "1.2" => None,
                         Err(e) => {
                             plan.problems.push((
                                 policy.clone(),

@@ -268,10 +268,10 @@ async fn http3_with_tls_capped_at_1_2_is_reported_and_not_served() {
     };
     assert!(t.http3.is_none() && t.config.is_some());
     assert!(t.router.alt_svc.is_none());
+    // Reported once, by the Supported condition: not a problem of the compile as well,
+    // which `trellis check` would turn into a refusal of the whole policy.
     assert!(
-        plan.problems
-            .iter()
-            .any(|(k, why)| k == &key && why.contains("spec.http3")),
+        !plan.problems.iter().any(|(k, _)| k == &key),
         "{:?}",
         plan.problems
     );

@@ -109,6 +109,15 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                     );
                 }
             }
+            for (i, t) in spec.target_selectors().iter().enumerate() {
+                if t.kind != "Gateway" {
+                    problem(
+                        status,
+                        format!("spec.targetSelectors[{i}].kind"),
+                        format!("ClientTrafficPolicy targets Gateways, not {}", t.kind),
+                    );
+                }
+            }
             if let Some(x) = spec
                 .client_ip_detection
                 .as_ref()
@@ -771,6 +780,20 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
         let mut targets: Vec<ObjectKey> = Vec::new();
         let mut missing: Vec<String> = Vec::new();
         for (i, t) in p.spec.target_refs().into_iter().enumerate() {
+            if t.section_name.is_some() {
+                // Applied to the whole target it would also reach sections it does not name,
+                // and conflict with their own policies there (GEP-713 ranks a section above
+                // its object): refused rather than applied wider than asked.
+                problem(
+                    status,
+                    format!("spec.targetRefs[{i}].sectionName"),
+                    format!(
+                        "a {kind} on one section of its target is not supported by trellis: \
+                         the policy is refused; target the whole {} instead",
+                        t.kind
+                    ),
+                );
+            }
             match target_key(s, p.namespace(), t) {
                 Some(k) => targets.push(k),
                 None => {
@@ -902,6 +925,19 @@ fn not_applied(status: &mut ObjectStatus, (refused, ignored): NotApplied, conseq
     supported(status, &ignored);
 }
 
+/// The keys of an object-valued field, with their paths; a value that is not an object is
+/// refused (`refused`), since what it asks cannot be told.
+fn object_keys<'a>(
+    path: &'a str,
+    v: Option<&'a serde_json::Value>,
+    refused: &mut Vec<(String, String)>,
+) -> Vec<(String, &'a str)> {
+    if v.is_some_and(|v| !v.is_object()) {
+        refused.push((path.to_string(), format!("`{path}` that is not an object")));
+    }
+    keys(path, v).collect()
+}
+
 /// The keys of an object-valued field, with their paths.
 fn keys<'a>(
     path: &'a str,
@@ -929,11 +965,28 @@ pub(super) fn backend_policy_not_applied<'a>(
     if spec.circuit_breaker.is_some() {
         refused.push(("spec.circuitBreaker".into(), "a circuit breaker".into()));
     }
+    // An abort answers some requests with an error instead of forwarding them: left out, they
+    // would be forwarded. A delay only slows them.
+    if spec
+        .fault_injection
+        .as_ref()
+        .is_some_and(|f| !f.is_object() || f.get("abort").is_some())
+    {
+        refused.push((
+            "spec.faultInjection.abort".into(),
+            "answering requests with an error (fault injection)".into(),
+        ));
+    }
     let mut ignored = Vec::new();
     for (path, set) in [
         ("spec.loadBalancer", spec.load_balancer.is_some()),
         ("spec.healthCheck", spec.health_check.is_some()),
-        ("spec.faultInjection", spec.fault_injection.is_some()),
+        (
+            "spec.faultInjection.delay",
+            spec.fault_injection
+                .as_ref()
+                .is_some_and(|f| f.get("delay").is_some()),
+        ),
         ("spec.proxyProtocol", spec.proxy_protocol.is_some()),
         ("spec.connection", spec.connection.is_some()),
         ("spec.dns", spec.dns.is_some()),
@@ -1003,14 +1056,14 @@ pub(super) fn client_policy_not_applied<'a>(
         "requestID",
         "disableRateLimitHeaders",
     ];
-    for (path, k) in keys("spec.headers", spec.headers.as_ref()) {
+    for (path, k) in object_keys("spec.headers", spec.headers.as_ref(), &mut refused) {
         if HARMLESS_HEADERS.contains(&k) {
             ignored.push(path);
         } else {
             refused.push((path, "header handling".into()));
         }
     }
-    for (path, k) in keys("spec.connection", spec.connection.as_ref()) {
+    for (path, k) in object_keys("spec.connection", spec.connection.as_ref(), &mut refused) {
         if k == "connectionLimit" {
             refused.push((path, "a connection limit".into()));
         } else {
