@@ -118,7 +118,7 @@ pub fn negotiate(
 }
 
 /// Whether a response may be compressed (see the module docs).
-pub fn compressible(method: &Method, resp: &Response<hyper::body::Incoming>) -> bool {
+pub fn compressible<B>(method: &Method, resp: &Response<B>) -> bool {
     compressible_head(*method == Method::HEAD, resp.status(), resp.headers())
 }
 
@@ -222,7 +222,7 @@ fn gzip(c: &mut flate2::Compress, body: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Compresses a response body with `e`, streaming.
-pub fn compress(e: Encoding, resp: Response<hyper::body::Incoming>) -> Response<Body> {
+pub fn compress(e: Encoding, resp: Response<Body>) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
     let stream: Body = match e {

@@ -25,22 +25,23 @@ use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, Upstream};
+use crate::backend::Backend;
 use crate::backend::{Next, Outcome, Tries};
 use crate::compress::Encoding;
 use crate::decide;
 use crate::limits::{
     CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, HEADER_READ_TIMEOUT, HEADERS_MAX,
     REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX, RESPONSE_HEADER_BYTES_MAX,
-    UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_READ_BYTES,
+    UPSTREAM_READ_BYTES,
 };
 use crate::plan::{Action, HeaderEdits, Router};
 
 use crate::proxy::{HOP_BY_HOP, LogFields, Prefixed, State, expand_value, host_without_port};
+use crate::upstream::{Chunked, Framing, connect, content_length, framing_of, read_some, tokens};
 
 /// Serves a plain-text client connection until it closes, or hands it to the general path.
 /// A client connection: plain TCP, or TLS over it.
@@ -430,19 +431,6 @@ fn prepare(
     })
 }
 
-/// A Content-Length value: digits only.
-fn content_length(v: &[u8]) -> Option<usize> {
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// The comma-separated tokens of a header value, trimmed.
-fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
-    v.split(|b| *b == b',').map(<[u8]>::trim_ascii)
-}
-
 /// Header names a Connection header lists (hop-by-hop for this message).
 fn connection_named<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a [u8]> {
     let mut named = Vec::new();
@@ -520,16 +508,6 @@ fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// How a response's body ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the upstream closes; the client connection closes after it.
-    Close,
-}
-
 /// A response head, parsed and rewritten for the client.
 struct Head {
     len: usize,
@@ -575,42 +553,10 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
         return Ok(Parsed::Informational(len));
     }
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let mut chunked = None;
-    let mut length = None;
-    let mut upstream_close = version == 0;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = Some(
-                tokens(h.value)
-                    .last()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-            );
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            match (content_length(h.value), length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(m)) if n == m => {}
-                _ => return Err("invalid content-length in response"),
-            }
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for t in tokens(h.value) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    upstream_close = true;
-                } else if version == 0 && t.eq_ignore_ascii_case(b"keep-alive") {
-                    upstream_close = false;
-                }
-            }
-        }
-    }
-    let framing = if ex.head_request || status == 204 || status == 304 {
-        Framing::None
-    } else {
-        match (chunked, length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::Close,
-            (None, Some(n)) => Framing::Length(n as u64),
-            (None, None) => Framing::Close,
-        }
-    };
+    let (framing, upstream_close) = framing_of(headers, version, status, ex.head_request)?;
+    let has_te = headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     let client_close = ex.close || closing || framing == Framing::Close;
     // Compressed whole when its length is known and small enough to hold; larger or
     // unframed bodies pass through as they are.
@@ -641,7 +587,7 @@ fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'st
             // The gateway's own takes its place, as on the general path.
             continue;
         }
-        if chunked.is_some() && h.name.eq_ignore_ascii_case("content-length") {
+        if has_te && h.name.eq_ignore_ascii_case("content-length") {
             // Transfer-Encoding decides the length; passing both on would let the next hop
             // choose differently.
             continue;
@@ -733,17 +679,18 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             let keep = answer(client, 503, "no healthy upstream", ex.close || closing).await;
             return local(503, keep);
         };
-        let (mut up, reused) = match connect(state, backend, ep, fresh_only).await {
-            Ok(x) => x,
-            Err(why) => {
-                if again(&mut tries, Outcome::ConnectFailed).await {
-                    continue 'attempt;
+        let (mut up, reused) =
+            match connect(&state.h1_pool, &state.metrics, backend, ep, fresh_only).await {
+                Ok(x) => x,
+                Err(why) => {
+                    if again(&mut tries, Outcome::ConnectFailed).await {
+                        continue 'attempt;
+                    }
+                    let why = format!("upstream connect error or retries exhausted: {why}");
+                    let keep = answer(client, 503, &why, ex.close || closing).await;
+                    return local(503, keep);
                 }
-                let why = format!("upstream connect error or retries exhausted: {why}");
-                let keep = answer(client, 503, &why, ex.close || closing).await;
-                return local(503, keep);
-            }
-        };
+            };
         let failed = |e: &dyn std::fmt::Display| format!("upstream {} failed: {e}", ep.addr);
         if let Err(e) = up.write_all(&ex.upstream).await {
             if reused {
@@ -815,40 +762,6 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             upstream: Some(ep.addr),
             keep_alive: complete && !head.client_close,
         };
-    }
-}
-
-/// A connection to `ep` of `backend`: a pooled one unless `fresh_only`, else a new one
-/// (within the connect timeout), and whether it was pooled; why not, when it cannot be had
-/// (its ejection is the caller's [`Tries`]').
-async fn connect(
-    state: &State,
-    backend: &Backend,
-    ep: &Upstream,
-    fresh_only: bool,
-) -> Result<(TcpStream, bool), String> {
-    if !fresh_only && let Some(s) = state.h1_pool.take(ep.addr, backend.keepalive) {
-        return Ok((s, true));
-    }
-    let made = tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(ep.addr)).await;
-    match made {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            if let Some(k) = &backend.keepalive
-                && let Err(e) = crate::proxy::set_keepalive(&s, k)
-            {
-                tracing::debug!(error = %e, upstream = %ep.addr, "cannot set keep-alive");
-            }
-            Ok((s, false))
-        }
-        Ok(Err(e)) => {
-            state.metrics.upstream_connect_failures.inc();
-            Err(format!("{}: {e}", ep.addr))
-        }
-        Err(_) => {
-            state.metrics.upstream_connect_failures.inc();
-            Err(format!("{}: connect timed out", ep.addr))
-        }
     }
 }
 
@@ -1019,33 +932,6 @@ async fn answer(client: &mut impl Client, status: u16, why: &str, close: bool) -
         && !close
 }
 
-/// Reads what the socket has into `buf` (grown by `want` first). A read shorter than the
-/// room it had means the socket is drained, so its readiness is cleared: the next wait goes
-/// to the poller instead of costing a read that would block.
-async fn read_some(s: &TcpStream, buf: &mut BytesMut, want: usize) -> io::Result<usize> {
-    buf.reserve(want);
-    loop {
-        // The socket's own reader slot, not a list of waiters: one task reads each socket.
-        poll_fn(|cx| s.poll_read_ready(cx)).await?;
-        let room = buf.capacity() - buf.len();
-        let mut got = None;
-        let r = s.try_io(Interest::READABLE, || {
-            let n = s.try_read_buf(buf)?;
-            got = Some(n);
-            if n > 0 && n < room {
-                Err(io::ErrorKind::WouldBlock.into())
-            } else {
-                Ok(n)
-            }
-        });
-        match (r, got) {
-            (Ok(n), _) | (Err(_), Some(n)) => return Ok(n),
-            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => {}
-            (Err(e), None) => return Err(e),
-        }
-    }
-}
-
 /// Writes `a` then `b`, in one system call when the socket takes both.
 async fn write_two(
     s: &mut (impl AsyncWrite + Unpin),
@@ -1067,107 +953,6 @@ async fn write_two(
         }
     }
     s.write_all(b).await
-}
-
-/// Finds the end of a chunked body as its bytes pass by (RFC 9112 §7.1), without changing
-/// them.
-#[derive(Debug, Default)]
-struct Chunked {
-    state: ChunkState,
-    /// Size of the chunk being read.
-    size: u64,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Reading a chunk size's hex digits.
-    #[default]
-    Size,
-    /// After the size: extensions until CR.
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    /// At the start of a trailer line (or of the final CRLF).
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-}
-
-impl Chunked {
-    /// Feeds the next bytes of the body; returns the offset just past the body's end when it
-    /// is in `data`.
-    fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, &'static str> {
-        use ChunkState as S;
-        let mut i = 0;
-        while i < data.len() {
-            let b = data[i];
-            let expect = |want: u8, next: ChunkState, why: &'static str| {
-                if b == want { Ok(next) } else { Err(why) }
-            };
-            match self.state {
-                S::Size => match (b as char).to_digit(16) {
-                    Some(d) => {
-                        self.size = self
-                            .size
-                            .checked_mul(16)
-                            .and_then(|s| s.checked_add(u64::from(d)))
-                            .ok_or("chunk size too large")?;
-                    }
-                    None if b == b'\r' => self.state = S::SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => self.state = S::Extension,
-                    None => return Err("invalid chunk size"),
-                },
-                S::Extension => {
-                    if b == b'\r' {
-                        self.state = S::SizeLf;
-                    }
-                }
-                S::SizeLf => {
-                    if b != b'\n' {
-                        return Err("invalid chunk size line");
-                    }
-                    self.state = if self.size == 0 {
-                        S::TrailerStart
-                    } else {
-                        S::Data
-                    };
-                }
-                S::Data => {
-                    let take = usize::try_from(self.size)
-                        .unwrap_or(usize::MAX)
-                        .min(data.len() - i);
-                    self.size -= take as u64;
-                    i += take;
-                    if self.size == 0 {
-                        self.state = S::DataCr;
-                    }
-                    continue;
-                }
-                S::DataCr => self.state = expect(b'\r', S::DataLf, "chunk data too long")?,
-                S::DataLf => self.state = expect(b'\n', S::Size, "chunk data too long")?,
-                S::TrailerStart => {
-                    self.state = if b == b'\r' { S::EndLf } else { S::TrailerLine };
-                }
-                S::TrailerLine => {
-                    if b == b'\r' {
-                        self.state = S::TrailerLf;
-                    }
-                }
-                S::TrailerLf => {
-                    self.state = expect(b'\n', S::TrailerStart, "invalid trailer line")?;
-                }
-                S::EndLf => {
-                    expect(b'\n', S::EndLf, "invalid end of chunked body")?;
-                    return Ok(Some(i + 1));
-                }
-            }
-            i += 1;
-        }
-        Ok(None)
-    }
 }
 
 /// The request parser and the chunked reader without sockets, for the fuzz targets in

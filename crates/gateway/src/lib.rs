@@ -37,6 +37,7 @@ pub mod record;
 pub mod sni;
 pub mod tls;
 pub mod udp;
+mod upstream;
 
 #[doc(hidden)]
 pub use h1::fuzzing as h1_fuzzing;

@@ -99,7 +99,7 @@ pub(crate) struct State {
     pub(crate) observer: Option<crate::record::Observer>,
     pub(crate) next: AtomicU64,
     /// Idle upstream connections of the own HTTP/1 path.
-    pub(crate) h1_pool: crate::backend::Pool,
+    pub(crate) h1_pool: Arc<crate::backend::Pool>,
     /// Set once when draining: connections close when idle and after the request in flight.
     pub(crate) draining: watch::Sender<bool>,
     /// Client connections open (HTTP, TLS, TCPRoute, QUIC), for a drain to wait on and for
@@ -148,14 +148,7 @@ fn upstream_client(h2: bool, keepalive: Option<Keepalive>) -> Client<HttpConnect
     builder.build(connector)
 }
 
-/// Turns on keep-alive probing of a connection with the given settings.
-pub fn set_keepalive(stream: &tokio::net::TcpStream, k: &Keepalive) -> std::io::Result<()> {
-    let params = socket2::TcpKeepalive::new()
-        .with_time(k.idle)
-        .with_interval(k.interval)
-        .with_retries(k.probes);
-    socket2::SockRef::from(stream).set_tcp_keepalive(&params)
-}
+pub use crate::upstream::set_keepalive;
 
 impl State {
     /// The state of one running gateway: the plan's ports, upstream pools, counters, the
@@ -172,7 +165,7 @@ impl State {
             access_log: bind.access_log.clone(),
             observer: bind.observer.clone(),
             next: AtomicU64::new(0),
-            h1_pool: crate::backend::Pool::default(),
+            h1_pool: Arc::default(),
             draining: watch::channel(false).0,
             open: watch::channel(0).0,
             connections_max: bind.connections_max.unwrap_or(CLIENT_CONNECTIONS_MAX),
@@ -1395,7 +1388,19 @@ async fn respond(
 
     let replayable = hyper::body::Body::is_end_stream(&body);
     let method = parts.method.clone();
-    let client = state.client_for(action.h2_upstream, backend);
+    // A request without a body to an HTTP/1.1 backend is written from this task on the raw
+    // pool; one with a body (streamed as it comes), or to an HTTP/2 backend, goes through
+    // hyper's client.
+    let client;
+    let via = if !action.h2_upstream && replayable && method != http::Method::CONNECT {
+        Via::Raw {
+            head: crate::upstream::request_head(&method, &path_and_query, &parts.headers),
+            head_request: method == http::Method::HEAD,
+        }
+    } else {
+        client = state.client_for(action.h2_upstream, backend);
+        Via::Hyper(&client)
+    };
     let attempt = forward(
         state,
         backend,
@@ -1405,7 +1410,7 @@ async fn respond(
         &path_and_query,
         action.timeout_backend,
         action.retry.as_ref(),
-        &client,
+        &via,
     );
     let result = match action.timeout_request {
         Some(t) => match tokio::time::timeout(t, attempt).await {
@@ -1427,7 +1432,7 @@ async fn respond(
                     state.metrics.compressed.inc();
                     crate::compress::compress(e, resp)
                 }
-                _ => resp.map(box_incoming),
+                _ => resp,
             }
         }
         Err(e) => e,
@@ -1538,6 +1543,23 @@ pub fn decide(router: &crate::plan::Router, peer: SocketAddr, req: &mut Request<
     }
 }
 
+/// How a request goes upstream.
+enum Via<'a> {
+    /// hyper's pooled client: a request with a body, or HTTP/2 to the backend.
+    Hyper(&'a Client<HttpConnector, Body>),
+    /// A request without a body to an HTTP/1.1 backend: its head, written on the raw pool
+    /// ([`crate::upstream::exchange`]).
+    Raw { head: Vec<u8>, head_request: bool },
+}
+
+/// Why one try did not get a response.
+enum TryFailed {
+    /// No connection: nothing was sent. Why, with the endpoint.
+    Connect(String),
+    /// Sent, or maybe, and no usable response: why.
+    Broken(String),
+}
+
 /// Sends the request upstream: to one endpoint after another (skipping ejected ones) when
 /// connections are refused, and again when the route's retry policy says so. A request is
 /// sent again only when it can be: its body was empty, and for anything but a refused
@@ -1552,8 +1574,8 @@ async fn forward(
     path_and_query: &str,
     per_try: Option<Duration>,
     retry: Option<&Retry>,
-    client: &Client<HttpConnector, Body>,
-) -> Result<Response<Incoming>, Response<Body>> {
+    via: &Via<'_>,
+) -> Result<Response<Body>, Response<Body>> {
     let idempotent = crate::plan::idempotent(parts.method.as_str());
     let mut tries = Tries::new(backend, retry, idempotent && replayable);
     let per_try = retry.and_then(|r| r.per_try).or(per_try);
@@ -1563,26 +1585,56 @@ async fn forward(
     let mut parts = Some(parts);
     let mut last_err = String::new();
     while let Some(ep) = tries.endpoint() {
-        let uri: Uri = match format!("http://{}{path_and_query}", ep.addr).parse() {
-            Ok(u) => u,
-            Err(_) => {
-                return Err(local(
-                    StatusCode::BAD_REQUEST,
-                    "request path cannot be forwarded",
-                ));
+        let attempt = async {
+            match via {
+                Via::Raw { head, head_request } => crate::upstream::exchange(
+                    &state.h1_pool,
+                    &state.metrics,
+                    backend,
+                    ep,
+                    head,
+                    idempotent,
+                    *head_request,
+                )
+                .await
+                .map_err(|f| match f {
+                    crate::upstream::Failed::Connect(why) => TryFailed::Connect(why),
+                    crate::upstream::Failed::Broken(why) => TryFailed::Broken(why),
+                }),
+                Via::Hyper(client) => {
+                    let uri: Uri = format!("http://{}{path_and_query}", ep.addr)
+                        .parse()
+                        .map_err(|_| {
+                            TryFailed::Broken("request path cannot be forwarded".into())
+                        })?;
+                    let b = body
+                        .take()
+                        .ok_or_else(|| TryFailed::Broken("no body to send again".into()))?;
+                    let head = if may_retry {
+                        parts.clone()
+                    } else {
+                        parts.take()
+                    };
+                    let head =
+                        head.ok_or_else(|| TryFailed::Broken("no head to send again".into()))?;
+                    let mut req = Request::from_parts(head, b);
+                    *req.uri_mut() = uri;
+                    match client.request(req).await {
+                        Ok(resp) => Ok(resp.map(box_incoming)),
+                        Err(e) if e.is_connect() => {
+                            state.metrics.upstream_connect_failures.inc();
+                            Err(TryFailed::Connect(format!("{}: {e}", ep.addr)))
+                        }
+                        Err(e) if client_body_malformed(&e) => {
+                            Err(TryFailed::Broken(CLIENT_BODY_MALFORMED.to_string()))
+                        }
+                        Err(e) => Err(TryFailed::Broken(e.to_string())),
+                    }
+                }
             }
         };
-        let Some(b) = body.take() else { break };
-        let head = if may_retry {
-            parts.clone()
-        } else {
-            parts.take()
-        };
-        let Some(head) = head else { break };
-        let mut req = Request::from_parts(head, b);
-        *req.uri_mut() = uri;
         let sent = match per_try {
-            Some(t) => match tokio::time::timeout(t, client.request(req)).await {
+            Some(t) => match tokio::time::timeout(t, attempt).await {
                 Ok(r) => r,
                 Err(_) => {
                     return Err(local(
@@ -1591,25 +1643,21 @@ async fn forward(
                     ));
                 }
             },
-            None => client.request(req).await,
+            None => attempt.await,
         };
         let outcome = match &sent {
             Ok(resp) => Outcome::Status(resp.status().as_u16()),
-            Err(e) if e.is_connect() => {
-                state.metrics.upstream_connect_failures.inc();
-                last_err = format!("{}: {e}", ep.addr);
+            Err(TryFailed::Connect(why)) => {
+                last_err = why.clone();
                 Outcome::ConnectFailed
             }
-            Err(e) if client_body_malformed(e) => {
+            Err(TryFailed::Broken(why)) if why == CLIENT_BODY_MALFORMED => {
                 // The client's body did not parse (a bad chunk): the client's fault, not the
                 // upstream's; never retried.
-                return Err(local(
-                    StatusCode::BAD_REQUEST,
-                    "the request body is malformed",
-                ));
+                return Err(local(StatusCode::BAD_REQUEST, CLIENT_BODY_MALFORMED));
             }
-            Err(e) => {
-                last_err = format!("{}: {e}", ep.addr);
+            Err(TryFailed::Broken(why)) => {
+                last_err = format!("{}: {why}", ep.addr);
                 Outcome::Reset
             }
         };
@@ -1622,13 +1670,13 @@ async fn forward(
                 }
                 return Ok(resp);
             }
-            (Next::Stop, Err(e)) if !e.is_connect() => {
+            (Next::Stop, Err(TryFailed::Broken(why))) => {
                 return Err(local(
                     StatusCode::BAD_GATEWAY,
-                    &format!("upstream {} failed: {e}", ep.addr),
+                    &format!("upstream {} failed: {why}", ep.addr),
                 ));
             }
-            (Next::Stop, Err(_)) => break,
+            (Next::Stop, Err(TryFailed::Connect(_))) => break,
             (Next::Again { backoff, counted }, sent) => {
                 if let Ok(resp) = &sent {
                     last_err = format!("{}: status {}", ep.addr, resp.status().as_u16());
@@ -1650,6 +1698,9 @@ async fn forward(
         &format!("upstream connect error or retries exhausted: {last_err}"),
     ))
 }
+
+/// What answers a request whose body did not parse on its way upstream.
+const CLIENT_BODY_MALFORMED: &str = "the request body is malformed";
 
 /// Sends a copy of the request (without its body) to a mirror backend; the answer is dropped.
 fn mirror(

@@ -22,3 +22,4 @@ mod routing;
 mod security;
 mod tls;
 mod udp;
+mod upstream;
