@@ -1393,8 +1393,12 @@ async fn respond(
     // hyper's client.
     let client;
     let via = if !action.h2_upstream && replayable && method != http::Method::CONNECT {
+        let Some(head) = crate::upstream::request_head(&method, &path_and_query, &parts.headers)
+        else {
+            return local(StatusCode::BAD_REQUEST, "request path cannot be forwarded");
+        };
         Via::Raw {
-            head: crate::upstream::request_head(&method, &path_and_query, &parts.headers),
+            head,
             head_request: method == http::Method::HEAD,
         }
     } else {
@@ -1549,7 +1553,10 @@ enum Via<'a> {
     Hyper(&'a Client<HttpConnector, Body>),
     /// A request without a body to an HTTP/1.1 backend: its head, written on the raw pool
     /// ([`crate::upstream::exchange`]).
-    Raw { head: Vec<u8>, head_request: bool },
+    Raw {
+        head: crate::upstream::RequestHead,
+        head_request: bool,
+    },
 }
 
 /// Why one try did not get a response.
@@ -1558,6 +1565,10 @@ enum TryFailed {
     Connect(String),
     /// Sent, or maybe, and no usable response: why.
     Broken(String),
+    /// Nothing to send again (a body that went with an earlier try): the tries end here.
+    Spent,
+    /// The path cannot go on a request line.
+    BadPath,
 }
 
 /// Sends the request upstream: to one endpoint after another (skipping ejected ones) when
@@ -1604,19 +1615,14 @@ async fn forward(
                 Via::Hyper(client) => {
                     let uri: Uri = format!("http://{}{path_and_query}", ep.addr)
                         .parse()
-                        .map_err(|_| {
-                            TryFailed::Broken("request path cannot be forwarded".into())
-                        })?;
-                    let b = body
-                        .take()
-                        .ok_or_else(|| TryFailed::Broken("no body to send again".into()))?;
+                        .map_err(|_| TryFailed::BadPath)?;
+                    let b = body.take().ok_or(TryFailed::Spent)?;
                     let head = if may_retry {
                         parts.clone()
                     } else {
                         parts.take()
                     };
-                    let head =
-                        head.ok_or_else(|| TryFailed::Broken("no head to send again".into()))?;
+                    let head = head.ok_or(TryFailed::Spent)?;
                     let mut req = Request::from_parts(head, b);
                     *req.uri_mut() = uri;
                     match client.request(req).await {
@@ -1647,6 +1653,13 @@ async fn forward(
         };
         let outcome = match &sent {
             Ok(resp) => Outcome::Status(resp.status().as_u16()),
+            Err(TryFailed::Spent) => break,
+            Err(TryFailed::BadPath) => {
+                return Err(local(
+                    StatusCode::BAD_REQUEST,
+                    "request path cannot be forwarded",
+                ));
+            }
             Err(TryFailed::Connect(why)) => {
                 last_err = why.clone();
                 Outcome::ConnectFailed
@@ -1676,7 +1689,7 @@ async fn forward(
                     &format!("upstream {} failed: {why}", ep.addr),
                 ));
             }
-            (Next::Stop, Err(TryFailed::Connect(_))) => break,
+            (Next::Stop, Err(_)) => break,
             (Next::Again { backoff, counted }, sent) => {
                 if let Ok(resp) = &sent {
                     last_err = format!("{}: status {}", ep.addr, resp.status().as_u16());

@@ -204,7 +204,8 @@ impl Chunked {
     }
 
     /// [`Chunked::feed`], and `data_at` is told each run of chunk data in `data`, in order.
-    /// (Trailers are read past, not kept.)
+    /// (Trailers are read past, not kept: an HTTP/1.1 backend's trailers do not reach the
+    /// general path's clients.)
     pub(crate) fn feed_data(
         &mut self,
         data: &[u8],
@@ -285,32 +286,53 @@ impl Chunked {
 /// client writes them.
 const BODY_METHODS: &[&str] = &["POST", "PUT", "PATCH"];
 
-/// The HTTP/1.1 head of a request without a body: the request line, `headers` as they are
-/// (the caller made them the upstream's), and `content-length: 0` where the method expects a
-/// body. Header values cannot hold CR or LF (`HeaderValue`), nor a target a space (`Uri`).
+/// The HTTP/1.1 head of a request without a body, without its final empty line (the caller
+/// may add a `host` line first): the request line, `headers` as they are (the caller made
+/// them the upstream's) but for the framing ones, which only this head decides:
+/// `content-length: 0` where the method expects a body or the request said a length, never
+/// `transfer-encoding`. `None` for a target that is not an origin-form path (or `*`), which
+/// must not reach a request line: a Lua `:path` or a rewrite can be any string. Header names
+/// and values cannot hold CR, LF or NUL (`HeaderName`, `HeaderValue`).
 pub(crate) fn request_head(
     method: &http::Method,
     path_and_query: &str,
     headers: &HeaderMap,
-) -> Vec<u8> {
+) -> Option<RequestHead> {
+    let target: http::uri::PathAndQuery = path_and_query.parse().ok()?;
+    if !(target.as_str().starts_with('/')
+        || (target.as_str() == "*" && method == http::Method::OPTIONS))
+    {
+        return None;
+    }
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
-    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(target.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut length = BODY_METHODS.contains(&method.as_str());
     for (name, value) in headers {
+        if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+            length |= name == http::header::CONTENT_LENGTH;
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if BODY_METHODS.contains(&method.as_str())
-        && !headers.contains_key(http::header::CONTENT_LENGTH)
-    {
+    if length {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
-    out.extend_from_slice(b"\r\n");
-    out
+    Some(RequestHead {
+        bytes: out,
+        has_host: headers.contains_key(http::header::HOST),
+    })
+}
+
+/// A request head from [`request_head`], without its final empty line.
+pub(crate) struct RequestHead {
+    bytes: Vec<u8>,
+    has_host: bool,
 }
 
 /// Why one [`exchange`] failed.
@@ -380,8 +402,8 @@ fn response_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>,
     }
 }
 
-/// One try of a request without a body to `ep`: `head` (from [`request_head`]) written on a
-/// pooled or new connection, the response head read, its body handed on as it comes (whole,
+/// One try of a request without a body to `ep`: `head` (from [`request_head`], ended here)
+/// written on a pooled or new connection, the response head read, its body handed on as it comes (whole,
 /// when it came with the head). A pooled connection the upstream had closed is replaced by a
 /// new one when nothing came back (and, once the request may have arrived, only for an
 /// `idempotent` one).
@@ -390,10 +412,19 @@ pub(crate) async fn exchange(
     metrics: &Metrics,
     backend: &Backend,
     ep: &Upstream,
-    head: &[u8],
+    head: &RequestHead,
     idempotent: bool,
     head_request: bool,
 ) -> Result<Response<Body>, Failed> {
+    // The head ends here, with a `host` of the endpoint when the request had none (as
+    // hyper's client adds one: HTTP/1.1 requires it).
+    let mut whole = Vec::with_capacity(head.bytes.len() + 32);
+    whole.extend_from_slice(&head.bytes);
+    if !head.has_host {
+        whole.extend_from_slice(format!("host: {}\r\n", ep.addr).as_bytes());
+    }
+    whole.extend_from_slice(b"\r\n");
+    let head = &whole[..];
     let mut fresh_only = false;
     loop {
         let (mut up, reused) = connect(pool, metrics, backend, ep, fresh_only)

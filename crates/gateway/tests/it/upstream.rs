@@ -3,7 +3,9 @@
 //! with a scripted response, so that every framing and failure the reader must handle comes
 //! through exactly: chunked (across reads, with trailers), until close, a length across
 //! reads, a 1xx before the answer, HEAD and 204, two lengths, a pooled connection the backend
-//! closed. HTTP/2 clients (curl, prior knowledge) see the decoded body.
+//! closed. HTTP/2 clients (curl, prior knowledge) see the decoded body. And what goes
+//! upstream: a Lua `:path` that is not a path never reaches a request line (400), a request
+//! left without `host` gets the endpoint's.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,18 +15,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness;
 
+/// Request heads a scripted backend received.
+type Heads = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Answers requests by path, keeping connections open unless the script closes them;
-/// counts connections accepted.
-async fn scripted() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// counts connections accepted and keeps the request heads.
+async fn scripted() -> (std::net::SocketAddr, Arc<AtomicUsize>, Heads) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
+    let heads: Heads = Arc::default();
+    let seen = heads.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -38,6 +46,9 @@ async fn scripted() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     buf.drain(..end + 4);
+                    if let Ok(mut v) = seen.lock() {
+                        v.push(head.clone());
+                    }
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
                     let pause = || tokio::time::sleep(Duration::from_millis(20));
                     let ok = |body: &str| {
@@ -117,30 +128,51 @@ async fn scripted() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, heads)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodiless_requests_go_to_http1_backends_on_the_raw_pool() {
     let backends = harness::start_backends().await;
-    let (script, accepted) = scripted().await;
+    let (script, accepted, heads) = scripted().await;
+    let route = |name: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [{name}.example]\n  rules: [{{backendRefs: [{{name: scripted, port: 8080}}]}}]\n---\n"
+        )
+    };
+    let lua = |name: &str, body: &str| {
+        format!(
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\nmetadata: {{name: {name}, namespace: gateway-conformance-infra}}\n\
+             spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]\n  lua:\n    - type: Inline\n      inline: |\n        function envoy_on_request(h)\n          {body}\n        end\n---\n"
+        )
+    };
     let manifests = format!(
-        "{}apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: scripted, namespace: gateway-conformance-infra}}\n\
-         spec:\n  parentRefs: [{{name: same-namespace}}]\n  hostnames: [scripted.example]\n  rules: [{{backendRefs: [{{name: scripted, port: 8080}}]}}]\n---\n",
-        harness::service("gateway-conformance-infra", "scripted", script)
+        "{}{}{}{}{}{}",
+        harness::service("gateway-conformance-infra", "scripted", script),
+        route("scripted"),
+        route("lua-path"),
+        lua(
+            "lua-path",
+            r#"h:headers():replace(":path", "/x HTTP/1.1\r\nhost: a\r\n\r\nGET /injected")"#
+        ),
+        route("lua-nohost"),
+        lua("lua-nohost", r#"h:headers():remove("host")"#),
     );
     let metrics = Arc::new(gateway::metrics::Metrics::default());
     let (_plan, running) = harness::serve(&backends, &manifests, metrics.clone()).await;
     let addr = running.bound[&80];
     let results = tokio::task::spawn_blocking(move || {
-        let get = |path: &str, extra: &[&str]| {
+        let get_at = |host: &str, path: &str, extra: &[&str]| {
             let url = format!("http://{addr}{path}");
-            let mut args = vec![
-                "--http2-prior-knowledge",
-                "-H",
-                "Host: scripted.example",
-                url.as_str(),
-            ];
+            let host = format!("Host: {host}");
+            // HTTP/2 unless the extra arguments ask for HTTP/1.1.
+            let proto = if extra.contains(&"--http1.1") {
+                "--http1.1"
+            } else {
+                "--http2-prior-knowledge"
+            };
+            let mut args = vec![proto, "-H", &host, url.as_str()];
             args.extend(extra);
             let out = std::process::Command::new("curl")
                 .args(["-s", "-i"])
@@ -156,7 +188,15 @@ async fn bodiless_requests_go_to_http1_backends_on_the_raw_pool() {
                 .unwrap_or(0);
             (status, head.to_ascii_lowercase(), body.to_string())
         };
-        let mut out = Vec::new();
+        let get = |path: &str, extra: &[&str]| get_at("scripted.example", path, extra);
+        let mut out = vec![
+            ("lua-path", get_at("lua-path.example", "/lua", &[])),
+            // Over HTTP/1.1 (no :authority to take a host from again).
+            (
+                "lua-nohost",
+                get_at("lua-nohost.example", "/no-host", &["--http1.1"]),
+            ),
+        ];
         for (path, extra) in [
             ("/chunked", &[][..]),
             ("/close", &[][..]),
@@ -217,5 +257,21 @@ async fn bodiless_requests_go_to_http1_backends_on_the_raw_pool() {
     let n = accepted.load(Ordering::SeqCst);
     assert!(n <= 6, "{n} connections for 10 requests");
     assert_eq!(metrics.upstream_connect_failures.get(), 0);
+    // A `:path` that is not a path is refused before anything goes upstream.
+    assert_eq!(by("lua-path").0, 400, "{:?}", by("lua-path"));
+    let heads = heads.lock().expect("heads").clone();
+    assert!(
+        !heads
+            .iter()
+            .any(|h| h.contains("injected") || h.starts_with("GET /x")),
+        "{heads:?}"
+    );
+    // A request left without `host` gets the endpoint's, as HTTP/1.1 requires.
+    assert_eq!(by("lua-nohost").0, 200, "{:?}", by("lua-nohost"));
+    let no_host = heads
+        .iter()
+        .find(|h| h.starts_with("GET /no-host "))
+        .expect("the request arrived");
+    assert!(no_host.contains(&format!("host: {script}")), "{no_host}");
     running.stop().await;
 }
