@@ -35,13 +35,14 @@ use crate::compress::Encoding;
 use crate::decide;
 use crate::limits::{
     CLIENT_READ_BYTES, COMPRESS_BODY_BYTES_MAX, HEADER_READ_TIMEOUT, HEADERS_MAX,
-    REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX, RESPONSE_HEADER_BYTES_MAX,
-    UPSTREAM_READ_BYTES,
+    REQUEST_BODY_BYTES_MAX, REQUEST_HEADER_BYTES_MAX, UPSTREAM_READ_BYTES,
 };
 use crate::plan::{Action, HeaderEdits, Router};
 
 use crate::proxy::{HOP_BY_HOP, LogFields, Prefixed, State, expand_value, host_without_port};
-use crate::upstream::{Chunked, Framing, connect, content_length, framing_of, read_some, tokens};
+use crate::upstream::{
+    Chunked, Framing, connect, content_length, framing_of, parse_response, read_some, tokens,
+};
 
 /// Serves a plain-text client connection until it closes, or hands it to the general path.
 /// A client connection: plain TCP, or TLS over it.
@@ -535,20 +536,9 @@ enum Parsed {
 fn response_head(ub: &[u8], ex: &Exchange, closing: bool) -> Result<Parsed, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(ub) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if ub.len() < RESPONSE_HEADER_BYTES_MAX => {
-            return Ok(Parsed::More);
-        }
-        Ok(httparse::Status::Partial) => return Err("response head too large"),
-        Err(_) => return Err("malformed response head"),
+    let Some((len, status, version)) = parse_response(&mut resp, ub)? else {
+        return Ok(Parsed::More);
     };
-    let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Err("malformed response head");
-    };
-    if status == 101 {
-        return Err("unexpected protocol switch");
-    }
     if (100..200).contains(&status) {
         return Ok(Parsed::Informational(len));
     }

@@ -121,6 +121,31 @@ pub(crate) enum Framing {
     Close,
 }
 
+/// Parses the response head at the start of `buf` into `resp`: its length, status and minor
+/// version once it is whole, `None` while more bytes are needed. A head past
+/// [`RESPONSE_HEADER_BYTES_MAX`] and a protocol switch (the gateway never asks for one) are
+/// errors.
+pub(crate) fn parse_response<'b>(
+    resp: &mut httparse::Response<'_, 'b>,
+    buf: &'b [u8],
+) -> Result<Option<(usize, u16, u8)>, &'static str> {
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() < RESPONSE_HEADER_BYTES_MAX => {
+            return Ok(None);
+        }
+        Ok(httparse::Status::Partial) => return Err("response head too large"),
+        Err(_) => return Err("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err("malformed response head");
+    };
+    if status == 101 {
+        return Err("unexpected protocol switch");
+    }
+    Ok(Some((len, status, version)))
+}
+
 /// How a response (not 1xx) of HTTP/1.`version` with `headers` is framed (RFC 9112, 6.3),
 /// and whether its connection closes after it; an error for a response no one can frame
 /// safely (two different lengths).
@@ -360,20 +385,9 @@ fn response_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>,
     loop {
         let mut slots = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut resp = httparse::Response::new(&mut slots);
-        let len = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if buf.len() < RESPONSE_HEADER_BYTES_MAX => {
-                return Ok(None);
-            }
-            Ok(httparse::Status::Partial) => return Err("response head too large"),
-            Err(_) => return Err("malformed response head"),
+        let Some((len, code, version)) = parse_response(&mut resp, buf)? else {
+            return Ok(None);
         };
-        let (Some(code), Some(version)) = (resp.code, resp.version) else {
-            return Err("malformed response head");
-        };
-        if code == 101 {
-            return Err("unexpected protocol switch");
-        }
         if (100..200).contains(&code) {
             buf.advance(len);
             continue;

@@ -258,3 +258,34 @@ pub fn request(addr: SocketAddr, host_header: &str, extra: &[&str]) -> (u16, Str
         .expect("status line");
     (status, head, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// After a malformed request named `name`: its `answer` must be one of `refusals` and its
+/// `path` must not have reached `echo` (unless `may_arrive`); what is wrong goes to `wrong`.
+pub fn check_refused(
+    echo: &gateway::echo::Echo,
+    (name, path, answer): (&str, &str, &str),
+    refusals: &[&str],
+    may_arrive: bool,
+    wrong: &mut Vec<String>,
+) {
+    eprintln!("{name}: {answer}");
+    if !refusals.contains(&answer) {
+        wrong.push(format!("{name}: answered {answer}"));
+    }
+    if !may_arrive && echo.seen().iter().any(|s| s.path == path) {
+        wrong.push(format!("{name}: forwarded to the backend"));
+    }
+}
+
+/// Whatever the malformed requests got, none put a header on the upstream request through
+/// a CR LF in a value (the cases name it `injected`), and nothing else was `wrong`.
+pub fn assert_refused_and_nothing_injected(echo: &gateway::echo::Echo, wrong: &[String]) {
+    assert!(
+        !echo
+            .seen()
+            .iter()
+            .any(|s| s.headers.contains_key("injected")),
+        "a CR LF in a value became an HTTP/1 header upstream"
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
