@@ -13,7 +13,9 @@ use std::time::Duration;
 use model::validate::parse_duration;
 use tokio::net::TcpStream;
 
-use crate::limits::{CONNECT_ATTEMPTS_MAX, EJECT_MS, POOL_IDLE_PER_HOST_MAX};
+use crate::limits::{
+    CONNECT_ATTEMPTS_MAX, EJECT_MS, POOL_IDLE_PER_HOST_MAX, UPSTREAM_POOL_IDLE_TIMEOUT,
+};
 
 /// TCP keep-alive probing of a connection (Envoy Gateway's `tcpKeepalive`). A field the policy
 /// leaves out takes Envoy Gateway's default, which is Linux's: 7200 s idle, 75 s apart, 9
@@ -216,14 +218,21 @@ pub(crate) fn pick_weighted(backends: &[(u32, Arc<Backend>)], seq: u64) -> Optio
 #[derive(Default)]
 pub(crate) struct Pool(std::sync::Mutex<PoolMap>);
 
-type PoolMap = BTreeMap<(SocketAddr, Option<Keepalive>), Vec<TcpStream>>;
+/// Idle connections by endpoint and keep-alive settings, each with when it went idle, oldest
+/// first.
+type PoolMap = BTreeMap<(SocketAddr, Option<Keepalive>), Vec<(TcpStream, std::time::Instant)>>;
 
 impl Pool {
     /// An idle connection to `addr` that is still usable, if any.
     pub(crate) fn take(&self, addr: SocketAddr, keepalive: Option<Keepalive>) -> Option<TcpStream> {
         let mut map = self.0.lock().ok()?;
         let idle = map.get_mut(&(addr, keepalive))?;
-        while let Some(s) = idle.pop() {
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() > UPSTREAM_POOL_IDLE_TIMEOUT {
+                // Everything below is older still.
+                idle.clear();
+                return None;
+            }
             // Readable while idle means the upstream closed it (or sent garbage). (A noop
             // waker: the next real wait replaces it.)
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -244,8 +253,15 @@ impl Pool {
     pub(crate) fn put(&self, addr: SocketAddr, keepalive: Option<Keepalive>, s: TcpStream) {
         if let Ok(mut map) = self.0.lock() {
             let idle = map.entry((addr, keepalive)).or_default();
+            // Connections idle past the timeout are closed (the newest are used first, so
+            // the oldest would otherwise stay open as long as traffic goes on).
+            let expired = idle
+                .iter()
+                .take_while(|(_, since)| since.elapsed() > UPSTREAM_POOL_IDLE_TIMEOUT)
+                .count();
+            idle.drain(..expired);
             if idle.len() < POOL_IDLE_PER_HOST_MAX {
-                idle.push(s);
+                idle.push((s, std::time::Instant::now()));
             }
         }
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 /// Time to open a connection to an upstream, on every path (HTTP/1 own and hyper, TCPRoute,
 /// TLS passthrough): Envoy's cluster `connect_timeout` default, 5 s.
 pub const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An idle pooled upstream connection (hyper's pools) is closed after this.
+/// An idle pooled upstream connection (hyper's pools, and the raw pool both paths share) is
+/// closed after this.
 pub const UPSTREAM_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long accepting pauses after an error (EMFILE, ENFILE): the loop must not spin.
 pub const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);

@@ -627,3 +627,94 @@ fn concat(mut parts: Vec<Bytes>) -> Bytes {
         _ => parts.concat().into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// Any body, chunked any way (sizes, extensions, trailers) and read in any pieces:
+        /// the data runs the reader names are the body, and the end is found where it is.
+        #[test]
+        fn chunked_data_runs_are_the_body(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            sizes in proptest::collection::vec(1usize..40, 1..20),
+            cuts in proptest::collection::vec(0usize..400, 0..6),
+            extension in proptest::bool::ANY,
+            trailer in proptest::bool::ANY,
+        ) {
+            let mut encoded = Vec::new();
+            let mut rest = &body[..];
+            for n in sizes.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let n = (*n).min(rest.len());
+                let ext = if extension { ";a=b" } else { "" };
+                encoded.extend_from_slice(format!("{n:x}{ext}\r\n").as_bytes());
+                encoded.extend_from_slice(&rest[..n]);
+                encoded.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            encoded.extend_from_slice(b"0\r\n");
+            if trailer {
+                encoded.extend_from_slice(b"x-sum: 1\r\n");
+            }
+            encoded.extend_from_slice(b"\r\n");
+            let total = encoded.len();
+            encoded.extend_from_slice(b"NEXT");
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(encoded.len())).collect();
+            cuts.sort_unstable();
+            cuts.push(encoded.len());
+            let mut reader = Chunked::default();
+            let (mut data, mut start, mut end) = (Vec::new(), 0, None);
+            for cut in cuts {
+                if end.is_some() {
+                    break;
+                }
+                let piece = &encoded[start..cut];
+                let found = reader
+                    .feed_data(piece, |r| data.extend_from_slice(&piece[r]))
+                    .expect("a valid chunked body");
+                end = found.map(|e| start + e);
+                start = cut;
+            }
+            proptest::prop_assert_eq!(end, Some(total));
+            proptest::prop_assert_eq!(data, body);
+        }
+    }
+
+    #[test]
+    fn a_request_head_keeps_its_framing_and_refuses_what_is_not_a_path() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let head = request_head(&http::Method::GET, "/p?q=1", &h).expect("a path");
+        let text = String::from_utf8(head.bytes).expect("text");
+        assert_eq!(
+            text,
+            "GET /p?q=1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 0\r\n"
+        );
+        assert!(head.has_host);
+        let post = request_head(&http::Method::POST, "/", &HeaderMap::new()).expect("a path");
+        assert!(post.bytes.ends_with(b"content-length: 0\r\n") && !post.has_host);
+        for bad in [
+            "/x HTTP/1.1\r\nhost: a",
+            "/a b",
+            "relative",
+            "",
+            "http://a/",
+        ] {
+            assert!(
+                request_head(&http::Method::GET, bad, &h).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert!(request_head(&http::Method::OPTIONS, "*", &h).is_some());
+        assert!(request_head(&http::Method::GET, "*", &h).is_none());
+    }
+}
