@@ -857,7 +857,7 @@ fn compile_one(
 }
 
 /// Every SecurityPolicy compiled, by the objects it targets. Where two policies target the
-/// same object, the first in the snapshot's order keeps it (as validation decides Conflicted).
+/// same object, the one validation made its owner keeps it (the other is Conflicted).
 pub fn security_policies(
     s: &Snapshot,
     resolve: &dyn Fn(&str, &model::kinds::routes::BackendRef) -> Backend,
@@ -881,8 +881,11 @@ pub fn security_policies(
             tracing::warn!(policy = %key.ns_name(), reason = %why,
                 "security policy cannot be enforced: what it targets answers 500");
         }
+        // Validation's owner of each target (GEP-713's order) is the one enforced there.
         for t in targets {
-            out.entry(t.clone()).or_insert_with(|| sec.clone());
+            if s.resolution.owner("SecurityPolicy", t) == Some(&key) {
+                out.insert(t.clone(), sec.clone());
+            }
         }
     }
     out

@@ -1222,8 +1222,11 @@ fn lua_filters(
                 "extension policy cannot run: what it targets answers 500");
             filters = vec![Arc::new(LuaFilter::refusing(&name, why))];
         }
+        // Validation's owner of each target (GEP-713's order) runs there.
         for t in s.resolution.targets(&pkey) {
-            out.entry(t.clone()).or_insert_with(|| filters.clone());
+            if s.resolution.owner("EnvoyExtensionPolicy", t) == Some(&pkey) {
+                out.insert(t.clone(), filters.clone());
+            }
         }
     }
     out

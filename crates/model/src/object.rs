@@ -75,6 +75,10 @@ pub struct Meta {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+    /// RFC 3339, as the API server sets it (manifests read from files have none). Of two
+    /// policies on one target the older applies (GEP-713).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
 }
 
 /// A condition as in Kubernetes status (`metav1.Condition` without the timestamps, which a

@@ -175,3 +175,39 @@ spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: n
     .await
     .expect("requests");
 }
+
+/// Of two SecurityPolicies on one route, the older (creationTimestamp, GEP-713) is the one
+/// enforced, whatever the names: here it asks for basic authentication and the newer one, first
+/// by name, asks for nothing. Validation and the compile agree on it.
+#[tokio::test]
+async fn the_older_of_two_policies_on_a_route_is_enforced() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `htpasswd -nbs alice secret`
+    let case = "apiVersion: v1\nkind: Secret\nmetadata: {name: users, namespace: gateway-conformance-infra}\nstringData:\n  .htpasswd: \"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\"\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: ordered, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: same-namespace}]\n  hostnames: [ordered.example]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: a-open, namespace: gateway-conformance-infra, creationTimestamp: '2026-02-01T00:00:00Z'}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: ordered}]\n  cors: {allowOrigins: ['https://a.example']}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: b-guard, namespace: gateway-conformance-infra, creationTimestamp: '2025-01-01T00:00:00Z'}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: ordered}]\n  basicAuth: {users: {name: users}}\n";
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        case,
+        "same-namespace",
+        &[80],
+        gateway::Bind::default(),
+    )
+    .await;
+    let addr = running.bound[&80];
+    tokio::task::spawn_blocking(move || {
+        let (status, _, body) = harness::request(addr, "Host: ordered.example", &[]);
+        assert_eq!(status, 401, "the older policy's authentication: {body}");
+        let (status, _, body) =
+            harness::request(addr, "Host: ordered.example", &["-u", "alice:secret"]);
+        assert_eq!(status, 200, "{body}");
+    })
+    .await
+    .expect("requests");
+}

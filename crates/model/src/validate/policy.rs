@@ -773,7 +773,21 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
     coll: &Coll<S>,
     check: &F,
 ) {
-    for p in coll.values() {
+    // GEP-713's order for conflicts: the oldest first, then by namespace and name. (Objects
+    // without a creation time, as read from files, come after those with one, by name.)
+    let mut order: Vec<&Object<S>> = coll.values().collect();
+    order.sort_by(|a, b| {
+        let rank = |o: &&Object<S>| {
+            (
+                o.meta.creation_timestamp.is_none(),
+                o.meta.creation_timestamp.clone(),
+                o.namespace().to_string(),
+                o.name().to_string(),
+            )
+        };
+        rank(a).cmp(&rank(b))
+    });
+    for p in order {
         let key = key_of(p, ENVOY_GROUP, kind);
         let status = st.entry(key.clone()).or_default();
         check(p, &p.spec, status);
