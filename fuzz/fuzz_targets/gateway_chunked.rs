@@ -1,12 +1,14 @@
-//! The own HTTP/1 path's chunked reader, which finds where an upstream's chunked response
-//! body ends as its bytes pass by (RFC 9112 §7.1).
+//! The chunked reader both HTTP paths use on upstream responses: the own path finds where a
+//! body ends as its bytes pass by, the general path also takes its chunk data out
+//! (RFC 9112 §7.1).
 //!
 //! - A body encoded from arbitrary chunks, extensions and trailers, followed by anything,
-//!   ends exactly where its encoding ends, however the bytes are split into reads.
+//!   ends exactly where its encoding ends, however the bytes are split into reads, and the
+//!   data read out of it is its chunks' data.
 //! - Arbitrary bytes get the same verdict whole as split in two.
 #![no_main]
 
-use gateway::h1_fuzzing::chunked_end;
+use gateway::h1_fuzzing::{chunked_data, chunked_end};
 use libfuzzer_sys::fuzz_target;
 
 /// Text without CR or LF (extensions and trailer lines cannot hold them).
@@ -70,11 +72,12 @@ fuzz_target!(|input: Input| {
         pieces.push(&all[from..c]);
         from = c;
     }
-    let (k, end) = chunked_end(&pieces)
-        .expect("a valid body")
-        .expect("its end is found");
+    let (found, data) = chunked_data(&pieces).expect("a valid body");
+    let (k, end) = found.expect("its end is found");
     let before: usize = pieces[..k].iter().map(|p| p.len()).sum();
     assert_eq!(before + end, body.len());
+    let sent: Vec<u8> = chunks.iter().flat_map(|(d, _, _)| d.iter().copied()).collect();
+    assert_eq!(data, sent, "the data read out is the chunks' data");
 
     // The tail alone, as arbitrary bytes: whole or in two pieces, one verdict.
     let cut = cuts

@@ -982,13 +982,23 @@ pub mod fuzzing {
 
     /// Feeds `pieces` to one chunked reader: the piece and offset where the body ends.
     pub fn chunked_end(pieces: &[&[u8]]) -> Result<Option<(usize, usize)>, &'static str> {
+        chunked_data(pieces).map(|(end, _)| end)
+    }
+
+    /// [`chunked_end`], and the chunk data the reader named up to there (what the general
+    /// path's raw upstream hands on as the body).
+    #[allow(clippy::type_complexity)]
+    pub fn chunked_data(
+        pieces: &[&[u8]],
+    ) -> Result<(Option<(usize, usize)>, Vec<u8>), &'static str> {
         let mut c = Chunked::default();
+        let mut data = Vec::new();
         for (k, p) in pieces.iter().enumerate() {
-            if let Some(end) = c.feed(p)? {
-                return Ok(Some((k, end)));
+            if let Some(end) = c.feed_data(p, |r| data.extend_from_slice(&p[r]))? {
+                return Ok((Some((k, end)), data));
             }
         }
-        Ok(None)
+        Ok((None, data))
     }
 }
 
