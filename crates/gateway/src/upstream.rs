@@ -201,6 +201,8 @@ pub(crate) struct Chunked {
     state: ChunkState,
     /// Size of the chunk being read.
     size: u64,
+    /// The trailer section's bytes, when they are kept ([`Chunked::keeping_trailers`]).
+    trailers: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -228,9 +230,45 @@ impl Chunked {
         self.feed_data(data, |_| {})
     }
 
+    /// A reader that keeps the trailer section (at most [`RESPONSE_HEADER_BYTES_MAX`]) for
+    /// [`Chunked::trailers`]; the own path passes trailers through with the bytes instead.
+    pub(crate) fn keeping_trailers() -> Chunked {
+        Chunked {
+            trailers: Some(Vec::new()),
+            ..Chunked::default()
+        }
+    }
+
+    /// The trailer fields read, once the body has ended; framing and routing fields, which a
+    /// trailer may not carry (RFC 9110, 6.5.1), are left out.
+    pub(crate) fn trailers(&self) -> Result<Option<HeaderMap>, &'static str> {
+        let Some(raw) = self.trailers.as_ref().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let mut text = raw.clone();
+        text.extend_from_slice(b"\r\n");
+        let mut slots = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        match httparse::parse_headers(&text, &mut slots) {
+            Ok(httparse::Status::Complete((_, fields))) => {
+                let mut out = HeaderMap::new();
+                for f in fields {
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) else {
+                        return Err("malformed trailer");
+                    };
+                    if !NOT_IN_TRAILERS.contains(&name.as_str()) {
+                        out.append(name, value);
+                    }
+                }
+                Ok((!out.is_empty()).then_some(out))
+            }
+            _ => Err("malformed trailers"),
+        }
+    }
+
     /// [`Chunked::feed`], and `data_at` is told each run of chunk data in `data`, in order.
-    /// (Trailers are read past, not kept: an HTTP/1.1 backend's trailers do not reach the
-    /// general path's clients.)
     pub(crate) fn feed_data(
         &mut self,
         data: &[u8],
@@ -287,14 +325,19 @@ impl Chunked {
                 S::DataLf => self.state = expect(b'\n', S::Size, "chunk data too long")?,
                 S::TrailerStart => {
                     self.state = if b == b'\r' { S::EndLf } else { S::TrailerLine };
+                    if self.state == S::TrailerLine {
+                        self.keep(b)?;
+                    }
                 }
                 S::TrailerLine => {
                     if b == b'\r' {
                         self.state = S::TrailerLf;
                     }
+                    self.keep(b)?;
                 }
                 S::TrailerLf => {
                     self.state = expect(b'\n', S::TrailerStart, "invalid trailer line")?;
+                    self.keep(b)?;
                 }
                 S::EndLf => {
                     expect(b'\n', S::EndLf, "invalid end of chunked body")?;
@@ -305,7 +348,30 @@ impl Chunked {
         }
         Ok(None)
     }
+
+    /// Keeps a byte of the trailer section, when trailers are kept.
+    fn keep(&mut self, b: u8) -> Result<(), &'static str> {
+        if let Some(t) = &mut self.trailers {
+            if t.len() >= RESPONSE_HEADER_BYTES_MAX {
+                return Err("trailers too large");
+            }
+            t.push(b);
+        }
+        Ok(())
+    }
 }
+
+/// Fields a trailer section may not carry (framing, routing, connection handling): dropped.
+const NOT_IN_TRAILERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Methods whose request without a body still says so (`content-length: 0`), as hyper's
 /// client writes them.
@@ -485,8 +551,9 @@ pub(crate) async fn exchange(
                 Framing::Length(n) => n,
                 _ => 0,
             },
-            chunks: Chunked::default(),
+            chunks: Chunked::keeping_trailers(),
             reuse: !h.close,
+            trailers: None,
             pool: pool.clone(),
             addr: ep.addr,
             keepalive: backend.keepalive,
@@ -511,29 +578,40 @@ struct BodyReader {
     pool: Arc<Pool>,
     addr: SocketAddr,
     keepalive: Option<Keepalive>,
+    /// A chunked body's trailers, handed on after its data.
+    trailers: Option<HeaderMap>,
 }
 
 impl BodyReader {
     /// The body: whole when it is all in hand already (the common small response), else a
-    /// stream.
+    /// stream, with a chunked body's trailers after its data.
     fn into_body(mut self) -> Body {
         let mut first = Vec::new();
         match self.step(&mut first) {
-            Ok(true) => full(concat(first)),
-            Ok(false) => {
+            Ok(true) if self.trailers.is_none() => full(concat(first)),
+            Ok(ended) => {
                 let first = concat(first);
                 let head = (!first.is_empty()).then_some(Ok(Frame::data(first)));
-                let rest = futures_util::stream::unfold(self, |mut r| async move {
-                    r.up.as_ref()?;
-                    match r.next_frame().await {
-                        Ok(Some(b)) => Some((Ok(Frame::data(b)), r)),
-                        Ok(None) => None,
-                        Err(e) => {
-                            r.up = None;
-                            Some((Err(e), r))
+                let rest =
+                    futures_util::stream::unfold((self, ended), |(mut r, ended)| async move {
+                        if ended {
+                            return r
+                                .trailers
+                                .take()
+                                .map(|t| (Ok(Frame::trailers(t)), (r, true)));
                         }
-                    }
-                });
+                        match r.next_data().await {
+                            Ok(Some(b)) => Some((Ok(Frame::data(b)), (r, false))),
+                            Ok(None) => r
+                                .trailers
+                                .take()
+                                .map(|t| (Ok(Frame::trailers(t)), (r, true))),
+                            Err(e) => {
+                                r.up = None;
+                                Some((Err(e), (r, true)))
+                            }
+                        }
+                    });
                 BodyExt::boxed(StreamBody::new(futures_util::StreamExt::chain(
                     futures_util::stream::iter(head),
                     rest,
@@ -547,7 +625,7 @@ impl BodyReader {
     }
 
     /// Hands on (into `out`) the body bytes in `buf`; true when the body has ended, and its
-    /// connection is then back in the pool or closed.
+    /// connection is then back in the pool or closed (and a chunked body's trailers taken).
     fn step(&mut self, out: &mut Vec<Bytes>) -> Result<bool, BoxError> {
         let ended = match self.framing {
             Framing::None => true,
@@ -569,6 +647,9 @@ impl BodyReader {
                     .map_err(BoxError::from)?;
                 let all = self.buf.split_to(end.unwrap_or(self.buf.len())).freeze();
                 out.extend(runs.into_iter().map(|r| all.slice(r)));
+                if end.is_some() {
+                    self.trailers = self.chunks.trailers().map_err(BoxError::from)?;
+                }
                 end.is_some()
             }
             Framing::Close => {
@@ -587,8 +668,8 @@ impl BodyReader {
         Ok(ended)
     }
 
-    /// The next bytes of the body, or `None` at its end.
-    async fn next_frame(&mut self) -> Result<Option<Bytes>, BoxError> {
+    /// The next data of the body, or `None` at its end.
+    async fn next_data(&mut self) -> Result<Option<Bytes>, BoxError> {
         loop {
             let Some(up) = &self.up else { return Ok(None) };
             let want = match self.framing {
@@ -606,13 +687,9 @@ impl BodyReader {
             let mut out = Vec::new();
             let ended = self.step(&mut out)?;
             if !out.is_empty() {
-                if ended {
-                    self.up = None;
-                }
                 return Ok(Some(concat(out)));
             }
             if ended {
-                self.up = None;
                 return Ok(None);
             }
         }
@@ -666,7 +743,7 @@ mod tests {
             let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(encoded.len())).collect();
             cuts.sort_unstable();
             cuts.push(encoded.len());
-            let mut reader = Chunked::default();
+            let mut reader = Chunked::keeping_trailers();
             let (mut data, mut start, mut end) = (Vec::new(), 0, None);
             for cut in cuts {
                 if end.is_some() {
@@ -681,6 +758,11 @@ mod tests {
             }
             proptest::prop_assert_eq!(end, Some(total));
             proptest::prop_assert_eq!(data, body);
+            let trailers = reader.trailers().expect("well-formed trailers");
+            proptest::prop_assert_eq!(
+                trailers.and_then(|t| t.get("x-sum").cloned()),
+                trailer.then(|| HeaderValue::from_static("1"))
+            );
         }
     }
 

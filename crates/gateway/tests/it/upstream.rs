@@ -1,7 +1,7 @@
 //! The general path's requests without a body go to HTTP/1.1 backends on the raw pool
 //! (`upstream::exchange`), not hyper's client. A backend of the test's own answers each path
 //! with a scripted response, so that every framing and failure the reader must handle comes
-//! through exactly: chunked (across reads, with trailers), until close, a length across
+//! through exactly: chunked (across reads, with trailers passed on), until close, a length across
 //! reads, a 1xx before the answer, HEAD and 204, two lengths, a pooled connection the backend
 //! closed. HTTP/2 clients (curl, prior knowledge) see the decoded body. And what goes
 //! upstream: a Lua `:path` that is not a path never reaches a request line (400), a request
@@ -64,7 +64,7 @@ async fn scripted() -> (std::net::SocketAddr, Arc<AtomicUsize>, Heads) {
                                 .await;
                             pause().await;
                             let _ = s
-                                .write_all(b"lo\r\n6;x=1\r\n world\r\n0\r\nx-sum: 1\r\n\r\n")
+                                .write_all(b"lo\r\n6;x=1\r\n world\r\n0\r\nx-sum: 1\r\ncontent-length: 3\r\n\r\n")
                                 .await;
                         }
                         "/close" => {
@@ -223,10 +223,12 @@ async fn bodiless_requests_go_to_http1_backends_on_the_raw_pool() {
             .expect("asked")
     };
     assert_eq!(by("/chunked").0, 200);
+    // curl writes the trailers it got after the body: the backend's, without the framing
+    // field a trailer may not carry.
     assert_eq!(
         by("/chunked").2,
-        "hello world",
-        "chunks decoded, trailers dropped"
+        "hello worldx-sum: 1\r\n",
+        "chunks decoded, trailers passed on"
     );
     assert!(!by("/chunked").1.contains("transfer-encoding"));
     assert_eq!(by("/close").2, "until close");
