@@ -22,7 +22,8 @@ use model::validate::ENVOY_GROUP;
 use crate::backend::Backend;
 pub use crate::limits::BASIC_AUTH_USERS_MAX;
 use crate::limits::{
-    BASIC_AUTH_VERIFIED_MAX, BCRYPT_CHECKS_AT_ONCE, BCRYPT_COST_MAX, BCRYPT_WAIT_MAX,
+    BASIC_AUTH_VERIFIED_MAX, BCRYPT_CHECKS_AT_ONCE, BCRYPT_CHECKS_PER_POLICY, BCRYPT_COST_MAX,
+    BCRYPT_WAIT_MAX,
 };
 
 /// The secret key holding the users of a basicAuth policy (Envoy Gateway's).
@@ -398,6 +399,9 @@ pub struct BasicAuth {
     users: BTreeMap<String, Password>,
     /// Where the authenticated user's name goes on the upstream request, if anywhere.
     pub forward_username_header: Option<http::HeaderName>,
+    /// This policy's share of the process's bcrypt checks (`BCRYPT_CHECKS_PER_POLICY`), so
+    /// that wrong passwords sent to one policy's users cannot take every slot.
+    bcrypt_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Credentials bcrypt accepted, process-wide: each digest covers the user, the password and
@@ -542,6 +546,7 @@ impl BasicAuth {
         Ok(BasicAuth {
             users,
             forward_username_header: None,
+            bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_CHECKS_PER_POLICY)),
         })
     }
 
@@ -590,14 +595,22 @@ impl BasicAuth {
         if BCRYPT_VERIFIED.contains(&seen) {
             return Ok(user.to_string());
         }
-        let permit = tokio::time::timeout(BCRYPT_WAIT_MAX, BCRYPT_CHECKS.acquire())
+        // The policy's slot, then one of the process's; both held until bcrypt is done (also
+        // when the request is gone meanwhile).
+        let slots = async {
+            let mine = self.bcrypt_slots.clone().acquire_owned().await.ok()?;
+            let any = BCRYPT_CHECKS.acquire().await.ok()?;
+            Some((mine, any))
+        };
+        let permits = tokio::time::timeout(BCRYPT_WAIT_MAX, slots)
             .await
-            .map_err(|_| BasicDenied::Busy)?
-            .map_err(|_| BasicDenied::Busy)?;
+            .ok()
+            .flatten()
+            .ok_or(BasicDenied::Busy)?;
         let (password, hash) = (password.to_string(), hash.clone());
         let ok = tokio::task::spawn_blocking(move || {
             let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
-            drop(permit);
+            drop(permits);
             ok
         })
         .await
@@ -902,6 +915,22 @@ mod tests {
             http::HeaderValue::from_str(v).expect("header"),
         );
         h
+    }
+
+    /// A policy whose bcrypt slot is taken answers 503 after the wait (`BCRYPT_WAIT_MAX`),
+    /// while another policy's users are still checked.
+    #[tokio::test]
+    async fn one_policy_cannot_take_every_bcrypt_slot() {
+        let hash = bcrypt::hash("pw", 4).expect("bcrypt");
+        let a = BasicAuth::parse(&format!("u:{hash}\n")).expect("parses");
+        let b = BasicAuth::parse(&format!("u:{hash}\n")).expect("parses");
+        let wrong = header(&format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(b"u:wrong")
+        ));
+        let _held = a.bcrypt_slots.clone().acquire_owned().await.expect("slot");
+        assert_eq!(a.check(&wrong).await, Err(BasicDenied::Busy));
+        assert_eq!(b.check(&wrong).await, Err(BasicDenied::Invalid));
     }
 
     #[tokio::test]

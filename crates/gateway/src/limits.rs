@@ -92,6 +92,10 @@ pub const BCRYPT_COST_MAX: u32 = 12;
 /// wrong passwords can take this many cores, no more.
 pub const BCRYPT_CHECKS_AT_ONCE: usize = 2;
 
+/// bcrypt checks one basicAuth policy may have running at once: wrong passwords sent to one
+/// policy's users leave the other slots to other policies.
+pub const BCRYPT_CHECKS_PER_POLICY: usize = 1;
+
 /// How long a request waits for a bcrypt check slot before it is answered 503.
 pub const BCRYPT_WAIT_MAX: Duration = Duration::from_secs(2);
 
