@@ -168,21 +168,23 @@ impl Running {
             );
         }
         // HTTP/3: new connections get the new certificates; a port that no longer asks for
-        // it refuses new ones. A port that newly asks needs a restart to bind its UDP side.
-        for (port, l) in &next {
-            let wanted = match l {
-                Listen::Tls(t) => t.http3.clone(),
-                _ => None,
-            };
-            match (self.quic.get(port), wanted) {
-                (Some(ep), w) => ep.set_server_config(
-                    w.map(|c| crate::h3::with_bounds(c, self.state.client_idle_timeout)),
-                ),
-                (None, Some(_)) => tracing::warn!(
+        // it, or is no longer served at all (a refused ClientTrafficPolicy), refuses new ones.
+        // A port that newly asks needs a restart to bind its UDP side.
+        let http3 = |port: &u16| match next.get(port) {
+            Some(Listen::Tls(t)) => t.http3.clone(),
+            _ => None,
+        };
+        for (port, ep) in &self.quic {
+            ep.set_server_config(
+                http3(port).map(|c| crate::h3::with_bounds(c, self.state.client_idle_timeout)),
+            );
+        }
+        for port in next.keys().filter(|p| !self.quic.contains_key(p)) {
+            if http3(port).is_some() {
+                tracing::warn!(
                     listener_port = port,
                     "HTTP/3 on this port needs a restart to bind its UDP side"
-                ),
-                (None, None) => {}
+                );
             }
         }
         self.state.ports.store(Arc::new(next));

@@ -582,3 +582,54 @@ async fn malformed_http3_requests_are_refused_and_never_forwarded() {
     );
     running.stop().await;
 }
+
+/// A reload that stops serving an HTTP/3 port (here its ClientTrafficPolicy is refused, so
+/// none of the Gateway's listeners is served) also stops new QUIC connections on it; the
+/// reload that serves it again lets them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_a_port_refuses_new_quic_connections() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = rcgen::generate_simple_self_signed(vec!["*.example.com".to_string()]).expect("cert");
+    let backends = harness::start_backends().await;
+    let good = manifests(&cert, 9);
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        &good,
+        "edge",
+        &[443],
+        gateway::Bind::default(),
+    )
+    .await;
+    let quic = running.bound_http3()[&443];
+    let roots = [cert.cert.der().clone()];
+    let connects = || async {
+        gateway::h3::Client::connect(quic, "app.example.com", &roots, Duration::from_secs(3))
+            .await
+            .is_ok()
+    };
+    assert!(connects().await, "served at first");
+    let plan_of = |text: &str| {
+        let d = tempfile::tempdir().expect("tmp");
+        let load = harness::load(
+            d.path(),
+            &[
+                ("base.yaml", &harness::base_manifests(&backends)),
+                ("case.yaml", text),
+            ],
+        );
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", "edge").expect("plan")
+    };
+    let refused = plan_of(&good.replace(
+        "  http3: {}\n",
+        "  http3: {}\n  path: {disableMergeSlashes: true}\n",
+    ));
+    assert!(refused.ports.is_empty(), "{:?}", refused.unserved);
+    running.update(&refused);
+    assert!(
+        !connects().await,
+        "a QUIC connection to a port no longer served"
+    );
+    running.update(&plan_of(&good));
+    assert!(connects().await, "served again");
+}
