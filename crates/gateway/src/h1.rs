@@ -16,7 +16,7 @@
 //! general path defines it; this path only makes the common case cheap.
 
 use std::future::poll_fn;
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
@@ -42,6 +42,7 @@ use crate::plan::{Action, HeaderEdits, Router};
 use crate::proxy::{HOP_BY_HOP, LogFields, Prefixed, State, expand_value, host_without_port};
 use crate::upstream::{
     Chunked, Framing, connect, content_length, framing_of, parse_response, read_some, tokens,
+    write_two,
 };
 
 /// Serves a plain-text client connection until it closes, or hands it to the general path.
@@ -920,29 +921,6 @@ async fn answer(client: &mut impl Client, status: u16, why: &str, close: bool) -
         .await
         .is_ok()
         && !close
-}
-
-/// Writes `a` then `b`, in one system call when the socket takes both.
-async fn write_two(
-    s: &mut (impl AsyncWrite + Unpin),
-    mut a: &[u8],
-    mut b: &[u8],
-) -> io::Result<()> {
-    while !a.is_empty() {
-        let n = s
-            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
-            .await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        if n < a.len() {
-            a = &a[n..];
-        } else {
-            b = &b[n - a.len()..];
-            a = &[];
-        }
-    }
-    s.write_all(b).await
 }
 
 /// The request parser and the chunked reader without sockets, for the fuzz targets in

@@ -1011,8 +1011,9 @@ fn action(
         let mut backend = resolve(s, policies.kind, route.namespace(), &same_shape(b));
         backend.keepalive = policies
             .backend
-            .clone()
+            .as_ref()
             .ok()
+            .copied()
             .flatten()
             .and_then(upstream_keepalive);
         a.backends.push((weight, Arc::new(backend)));

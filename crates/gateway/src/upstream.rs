@@ -9,7 +9,7 @@
 //! opened serves the other.
 
 use std::future::poll_fn;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::backend::{Backend, Keepalive, Pool, Upstream};
@@ -96,6 +96,29 @@ pub(crate) async fn read_some(s: &TcpStream, buf: &mut BytesMut, want: usize) ->
             (Err(e), None) => return Err(e),
         }
     }
+}
+
+/// Writes `a` then `b`, in one system call when the socket takes both.
+pub(crate) async fn write_two(
+    s: &mut (impl AsyncWrite + Unpin),
+    mut a: &[u8],
+    mut b: &[u8],
+) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = s
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    s.write_all(b).await
 }
 
 /// A Content-Length value: digits only.
@@ -496,22 +519,20 @@ pub(crate) async fn exchange(
     idempotent: bool,
     head_request: bool,
 ) -> Result<Response<Body>, Failed> {
-    // The head ends here, with a `host` of the endpoint when the request had none (as
-    // hyper's client adds one: HTTP/1.1 requires it).
-    let mut whole = Vec::with_capacity(head.bytes.len() + 32);
-    whole.extend_from_slice(&head.bytes);
-    if !head.has_host {
-        whole.extend_from_slice(format!("host: {}\r\n", ep.addr).as_bytes());
-    }
-    whole.extend_from_slice(b"\r\n");
-    let head = &whole[..];
+    // The head ends here (written with it in one call), with a `host` of the endpoint when
+    // the request had none (as hyper's client adds one: HTTP/1.1 requires it).
+    let end = if head.has_host {
+        b"\r\n".to_vec()
+    } else {
+        format!("host: {}\r\n\r\n", ep.addr).into_bytes()
+    };
     let mut fresh_only = false;
     loop {
         let (mut up, reused) = connect(pool, metrics, backend, ep, fresh_only)
             .await
             .map_err(Failed::Connect)?;
         let broken = |e: &dyn std::fmt::Display| Failed::Broken(e.to_string());
-        if let Err(e) = up.write_all(head).await {
+        if let Err(e) = write_two(&mut up, &head.bytes, &end).await {
             if reused {
                 fresh_only = true;
                 continue;

@@ -773,19 +773,13 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
     coll: &Coll<S>,
     check: &F,
 ) {
-    // GEP-713's order for conflicts: the oldest first, then by namespace and name. (Objects
-    // without a creation time, as read from files, come after those with one, by name.)
+    // GEP-713's order for conflicts: the oldest first, then by namespace and name (the
+    // collection's own order, which the stable sort keeps). Objects without a creation time,
+    // as read from files, come after those with one.
     let mut order: Vec<&Object<S>> = coll.values().collect();
-    order.sort_by(|a, b| {
-        let rank = |o: &&Object<S>| {
-            (
-                o.meta.creation_timestamp.is_none(),
-                o.meta.creation_timestamp.clone(),
-                o.namespace().to_string(),
-                o.name().to_string(),
-            )
-        };
-        rank(a).cmp(&rank(b))
+    order.sort_by_key(|o| {
+        let t = &o.meta.creation_timestamp;
+        (t.is_none(), t.clone())
     });
     for p in order {
         let key = key_of(p, ENVOY_GROUP, kind);
@@ -949,18 +943,11 @@ fn object_keys<'a>(
     if v.is_some_and(|v| !v.is_object()) {
         refused.push((path.to_string(), format!("`{path}` that is not an object")));
     }
-    keys(path, v).collect()
-}
-
-/// The keys of an object-valued field, with their paths.
-fn keys<'a>(
-    path: &'a str,
-    v: Option<&'a serde_json::Value>,
-) -> impl Iterator<Item = (String, &'a str)> {
     v.and_then(|v| v.as_object())
         .into_iter()
         .flat_map(|o| o.keys())
-        .map(move |k| (format!("{path}.{k}"), k.as_str()))
+        .map(|k| (format!("{path}.{k}"), k.as_str()))
+        .collect()
 }
 
 /// What a BackendTrafficPolicy asks for and trellis does not apply ([`NotApplied`]). Limits
