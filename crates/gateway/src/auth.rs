@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use model::ObjectKey;
 use model::kinds::envoy::SecurityPolicySpec;
+use model::resolution::PolicyTarget;
 use model::snapshot::{Object, Snapshot, get};
 use model::validate::ENVOY_GROUP;
 
@@ -869,13 +870,13 @@ fn compile_one(
     sec
 }
 
-/// Every SecurityPolicy compiled, by the objects it targets. Where two policies target the
-/// same object, the one validation made its owner keeps it (the other is Conflicted).
+/// Every SecurityPolicy compiled, by the objects (or sections) it targets. Where two policies
+/// target the same one, the one validation made its owner keeps it (the other is Conflicted).
 pub fn security_policies(
     s: &Snapshot,
     resolve: &dyn Fn(&str, &model::kinds::routes::BackendRef) -> Backend,
     problems: &mut Vec<(ObjectKey, String)>,
-) -> BTreeMap<ObjectKey, Arc<Security>> {
+) -> BTreeMap<PolicyTarget, Arc<Security>> {
     let mut out = BTreeMap::new();
     for p in s.security_policies.values() {
         let key = ObjectKey::new(ENVOY_GROUP, "SecurityPolicy", p.namespace(), p.name());

@@ -25,6 +25,7 @@ use gateway_api::httproutes::{
 };
 use model::ObjectKey;
 use model::endpoints::{Endpoint, service_endpoints};
+use model::resolution::PolicyTarget;
 use model::snapshot::{Object, Snapshot, get};
 use model::validate::{GATEWAY_GROUP, gateway_address, hostname_intersection, parse_duration};
 
@@ -345,21 +346,21 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     // A ClientTrafficPolicy validation refused (client certificates trellis does not verify,
     // path normalisation it does not do...) keeps its Gateway's listeners from being served,
     // rather than serving them without what it asks for (fail closed).
-    let client_refused = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", &key)
-        .and_then(|p| {
-            let pkey = ObjectKey::new(
-                model::validate::ENVOY_GROUP,
-                "ClientTrafficPolicy",
-                p.namespace(),
-                p.name(),
-            );
-            let why = s.resolution.refused(&pkey)?;
-            Some(format!(
-                "its ClientTrafficPolicy {} is refused ({why}): the listener is not served until \
-                 the policy is fixed or removed",
-                pkey.ns_name()
-            ))
-        });
+    let client_refused = |listener: &str| {
+        let chain = [
+            PolicyTarget::section(key.clone(), listener),
+            PolicyTarget::whole(key.clone()),
+        ];
+        let pkey = s.resolution.applying("ClientTrafficPolicy", &chain)?;
+        let why = s.resolution.refused(pkey)?;
+        Some(format!(
+            "its ClientTrafficPolicy {} is refused ({why}): the listener is not served until \
+             the policy is fixed or removed",
+            pkey.ns_name()
+        ))
+    };
+    // The listeners set up below: routes attach through these only.
+    let mut served: BTreeSet<&str> = BTreeSet::new();
     let mut named: BTreeSet<&str> = BTreeSet::new();
     for l in &gw.spec.listeners {
         let Ok(port) = u16::try_from(l.port) else {
@@ -370,8 +371,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         if !usable.contains(l.name.as_str()) || !named.insert(l.name.as_str()) {
             continue;
         }
-        if let Some(why) = &client_refused {
-            plan.unserved.push((l.name.clone(), port, why.clone()));
+        if let Some(why) = client_refused(&l.name) {
+            plan.unserved.push((l.name.clone(), port, why));
             continue;
         }
         let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
@@ -383,6 +384,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                     scheme: "http",
                     ..Router::default()
                 });
+                served.insert(l.name.as_str());
             }
             ("HTTPS", _) => {
                 routers.entry(port).or_insert_with(|| Router {
@@ -397,10 +399,13 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                     None => listener_certs(s, gw, l),
                 };
                 match certs {
-                    Ok(certs) => tls_ports.entry(port).or_default().0.push(ListenerCerts {
-                        hostname: l.hostname.clone(),
-                        certs,
-                    }),
+                    Ok(certs) => {
+                        tls_ports.entry(port).or_default().0.push(ListenerCerts {
+                            hostname: l.hostname.clone(),
+                            certs,
+                        });
+                        served.insert(l.name.as_str());
+                    }
                     Err(why) => {
                         tls_ports.entry(port).or_default();
                         plan.unserved.push((l.name.clone(), port, why));
@@ -409,12 +414,15 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             }
             ("TLS", true) => {
                 tls_ports.entry(port).or_default();
+                served.insert(l.name.as_str());
             }
             ("TCP", _) => {
                 tcp_ports.entry(port).or_default();
+                served.insert(l.name.as_str());
             }
             ("UDP", _) => {
                 udp_ports.entry(port).or_default();
+                served.insert(l.name.as_str());
             }
             (other, _) => {
                 let extra = if other == "TLS" {
@@ -449,7 +457,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     let mut order = 0usize;
     for (kind, route) in routes {
         order += 1;
-        for l in attached_listeners(s, gw, kind, route.namespace(), route.name()) {
+        for l in attached_listeners(s, gw, kind, route.namespace(), route.name(), &served) {
             let Ok(port) = u16::try_from(l.port) else {
                 continue;
             };
@@ -461,15 +469,15 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 l.hostname.as_deref(),
             );
             let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
-            let policies = Policies {
-                kind,
-                backend: backend_policy(s, &rkey, &key),
-                lua: lua
-                    .get(&rkey)
-                    .or_else(|| lua.get(&key))
-                    .cloned()
-                    .unwrap_or_default(),
-                security: auth.get(&rkey).or_else(|| auth.get(&key)).cloned(),
+            // Each rule's policies: the most specific target that has one (GEP-713).
+            let policies = |rule: Option<&str>| {
+                let chain = policy_chain(&rkey, rule, &key, &l.name);
+                Policies {
+                    kind,
+                    backend: backend_policy(s, &chain),
+                    lua: first_in(&lua, &chain).cloned().unwrap_or_default(),
+                    security: first_in(&auth, &chain).cloned(),
+                }
             };
             add_route(s, router, route, &hosts, order, &policies);
         }
@@ -482,7 +490,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         let (ns, name) = ns_name.split_once('/').unwrap_or(("", ns_name));
         ObjectKey::new(model::validate::ENVOY_GROUP, kind, ns, name)
     };
-    let guarded: BTreeMap<ObjectKey, ObjectKey> = auth
+    let guarded: BTreeMap<PolicyTarget, ObjectKey> = auth
         .iter()
         .map(|(t, sec)| (t.clone(), key_of_policy("SecurityPolicy", &sec.policy)))
         .chain(lua.iter().filter_map(|(t, filters)| {
@@ -491,15 +499,19 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         }))
         .collect();
     for route in s.tls_routes.values() {
-        for l in attached_listeners(s, gw, "TLSRoute", route.namespace(), route.name()) {
+        for l in attached_listeners(s, gw, "TLSRoute", route.namespace(), route.name(), &served) {
             let Ok(port) = u16::try_from(l.port) else {
                 continue;
             };
             let Some((_, table)) = tls_ports.get_mut(&port) else {
                 continue;
             };
-            let backends =
-                stream_backends(s, &key, "TLSRoute", route, &guarded, &mut plan.problems);
+            let at = L4At {
+                gateway: &key,
+                listener: &l.name,
+                kind: "TLSRoute",
+            };
+            let backends = stream_backends(s, &at, route, &guarded, &mut plan.problems);
             for h in effective_hostnames(&route.spec.hostnames, l.hostname.as_deref()) {
                 let slot = table.entry(h.as_deref());
                 if slot.is_empty() {
@@ -513,22 +525,26 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         ("UDPRoute", &s.udp_routes, &mut udp_ports),
     ] {
         for route in routes.values() {
-            for l in attached_listeners(s, gw, kind, route.namespace(), route.name()) {
+            for l in attached_listeners(s, gw, kind, route.namespace(), route.name(), &served) {
                 let Ok(port) = u16::try_from(l.port) else {
                     continue;
                 };
                 if let Some(t) = ports.get_mut(&port)
                     && t.backends.is_empty()
                 {
-                    t.backends =
-                        stream_backends(s, &key, kind, route, &guarded, &mut plan.problems);
+                    let at = L4At {
+                        gateway: &key,
+                        listener: &l.name,
+                        kind,
+                    };
+                    t.backends = stream_backends(s, &at, route, &guarded, &mut plan.problems);
                 }
             }
         }
     }
 
     let client_tls = client_tls(s, &key);
-    plan.client_keepalive = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", &key)
+    plan.client_keepalive = gateway_client_policy(s, &key)
         .and_then(|p| p.spec.tcp_keepalive.as_ref())
         .map(Keepalive::from_policy);
     let client_ip = client_ip(s, &key).map(Arc::new);
@@ -615,54 +631,110 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     Ok(plan)
 }
 
-/// The listeners of Gateway `gw` that accepted route `kind ns/name`.
+/// The listeners of Gateway `gw` that accepted route `kind ns/name`, of those `served`.
 fn attached_listeners<'a>(
     s: &Snapshot,
     gw: &'a Object<gateway_api::gateways::GatewaySpec>,
     kind: &str,
     ns: &str,
     name: &str,
+    served: &BTreeSet<&str>,
 ) -> Vec<&'a gateway_api::gateways::GatewayListeners> {
     let rkey = ObjectKey::new(GATEWAY_GROUP, kind, ns, name);
     let gkey = ObjectKey::new(GATEWAY_GROUP, "Gateway", gw.namespace(), gw.name());
     s.resolution
         .attached(&rkey, &gkey)
         .iter()
+        .filter(|n| served.contains(n.as_str()))
         .filter_map(|n| gw.spec.listeners.iter().find(|l| &l.name == n))
         .collect()
 }
 
-/// The policy of `kind` (in `coll`) that applies to `target`: the one validation gave it.
+/// The policy of `kind` (in `coll`) that applies where `chain` says (most specific target
+/// first): the one validation gave the first target that has one.
 fn owning<'a, S>(
     s: &Snapshot,
     coll: &'a model::snapshot::Coll<S>,
     kind: &str,
-    target: &ObjectKey,
+    chain: &[PolicyTarget],
 ) -> Option<&'a Object<S>> {
-    let k = s.resolution.owner(kind, target)?;
+    let k = s.resolution.applying(kind, chain)?;
     get(coll, &k.namespace, &k.name)
+}
+
+/// The ClientTrafficPolicy of Gateway `gw` as a whole (client settings are per port, so one
+/// on a single listener is refused by validation, and that listener is not served).
+fn gateway_client_policy<'a>(
+    s: &'a Snapshot,
+    gw: &ObjectKey,
+) -> Option<&'a Object<model::kinds::envoy::ClientTrafficPolicySpec>> {
+    owning(
+        s,
+        &s.client_traffic_policies,
+        "ClientTrafficPolicy",
+        &[PolicyTarget::whole(gw.clone())],
+    )
+}
+
+/// Where a route rule's policies may come from, most specific first (GEP-713): the rule
+/// (when named), the route, the listener it attached through, the Gateway.
+fn policy_chain(
+    route: &ObjectKey,
+    rule: Option<&str>,
+    gateway: &ObjectKey,
+    listener: &str,
+) -> Vec<PolicyTarget> {
+    rule.map(|r| PolicyTarget::section(route.clone(), r))
+        .into_iter()
+        .chain([
+            PolicyTarget::whole(route.clone()),
+            PolicyTarget::section(gateway.clone(), listener),
+            PolicyTarget::whole(gateway.clone()),
+        ])
+        .collect()
+}
+
+/// The value of the first target of `chain` that `map` has.
+fn first_in<'m, V>(map: &'m BTreeMap<PolicyTarget, V>, chain: &[PolicyTarget]) -> Option<&'m V> {
+    chain.iter().find_map(|t| map.get(t))
+}
+
+/// An L4 route as attached through one listener.
+struct L4At<'a> {
+    gateway: &'a ObjectKey,
+    listener: &'a str,
+    kind: &'static str,
 }
 
 /// The backends of a TLSRoute, TCPRoute or UDPRoute: its first rule's (one rule is what these
 /// kinds use), with the route's (else the Gateway's) BackendTrafficPolicy keep-alive.
 fn stream_backends(
     s: &Snapshot,
-    gateway: &ObjectKey,
-    kind: &str,
+    at: &L4At<'_>,
     route: &Object<model::kinds::routes::StreamRouteSpec>,
-    guarded: &BTreeMap<ObjectKey, ObjectKey>,
+    guarded: &BTreeMap<PolicyTarget, ObjectKey>,
     problems: &mut Vec<(ObjectKey, String)>,
 ) -> Vec<(u32, Arc<Backend>)> {
     let Some(rule) = route.spec.rules.first() else {
         return Vec::new();
     };
+    let kind = at.kind;
     let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
-    // A SecurityPolicy or EnvoyExtensionPolicy on an L4 route asks for something this path
-    // does not do (there is no HTTP request to authenticate or script): its connections are
-    // refused, never carried without it.
-    if let Some(policy) = guarded.get(&rkey) {
+    // A SecurityPolicy or EnvoyExtensionPolicy on an L4 route, or on the listener it came
+    // through, asks for something this path does not do (there is no HTTP request to
+    // authenticate or script): its connections are refused, never carried without it. (One
+    // on the whole Gateway is for its HTTP listeners, as in Envoy Gateway.)
+    let route_or_listener = [
+        PolicyTarget::whole(rkey.clone()),
+        PolicyTarget::section(at.gateway.clone(), at.listener),
+    ];
+    if let Some((t, policy)) = route_or_listener
+        .iter()
+        .find_map(|t| Some((t, guarded.get(t)?)))
+    {
         let why = format!(
-            "{} {} targets {kind} {}: not enforced on L4 routes, so its connections are refused",
+            "{} {} targets {t}: not enforced on L4 routes, so the connections of {kind} {} are \
+             refused",
             policy.kind,
             policy.ns_name(),
             rkey.ns_name()
@@ -670,7 +742,12 @@ fn stream_backends(
         problems.push((policy.clone(), why.clone()));
         return vec![(1, refusing_backend(rkey.ns_name(), why))];
     }
-    let keepalive = match backend_policy(s, &rkey, gateway) {
+    let chain = [
+        PolicyTarget::whole(rkey.clone()),
+        PolicyTarget::section(at.gateway.clone(), at.listener),
+        PolicyTarget::whole(at.gateway.clone()),
+    ];
+    let keepalive = match backend_policy(s, &chain) {
         Ok(p) => p.and_then(upstream_keepalive),
         Err(why) => return vec![(1, refusing_backend(rkey.ns_name(), why))],
     };
@@ -717,7 +794,7 @@ fn listener_certs(
 
 /// Client address detection from the ClientTrafficPolicy that targets this Gateway.
 fn client_ip(s: &Snapshot, gw: &ObjectKey) -> Option<ClientIp> {
-    owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
+    gateway_client_policy(s, gw)
         .and_then(|p| {
             p.spec
                 .client_ip_detection
@@ -747,7 +824,7 @@ pub fn alt_svc(port: u16) -> http::HeaderValue {
 /// The ClientTrafficPolicy of this Gateway (the one validation gave it), when it asks for
 /// HTTP/3.
 fn http3_policy(s: &Snapshot, gw: &ObjectKey) -> Option<ObjectKey> {
-    owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
+    gateway_client_policy(s, gw)
         .filter(|p| p.spec.http3.is_some())
         .map(|p| {
             ObjectKey::new(
@@ -762,9 +839,7 @@ fn http3_policy(s: &Snapshot, gw: &ObjectKey) -> Option<ObjectKey> {
 /// TLS settings from the ClientTrafficPolicy that targets this Gateway.
 fn client_tls(s: &Snapshot, gw: &ObjectKey) -> ClientTls {
     let mut out = ClientTls::default();
-    let Some(t) = owning(s, &s.client_traffic_policies, "ClientTrafficPolicy", gw)
-        .and_then(|p| p.spec.tls.as_ref())
-    else {
+    let Some(t) = gateway_client_policy(s, gw).and_then(|p| p.spec.tls.as_ref()) else {
         return out;
     };
     if let Some(v) = &t.min_version {
@@ -831,13 +906,13 @@ fn effective_hostnames(route: &[String], listener: Option<&str>) -> Vec<Option<S
     }
 }
 
-fn add_route(
+fn add_route<'a>(
     s: &Snapshot,
     router: &mut Router,
     route: &Object<gateway_api::httproutes::HttpRouteSpec>,
     hosts: &[Option<String>],
     order: usize,
-    policies: &Policies<'_>,
+    policies: &dyn Fn(Option<&str>) -> Policies<'a>,
 ) {
     let route_name = format!("{}/{}", route.namespace(), route.name());
     let default_rule = [HttpRouteRules::default()];
@@ -846,6 +921,7 @@ fn add_route(
         _ => &default_rule,
     };
     for (ri, rule) in rules.iter().enumerate() {
+        let policies = policies(rule.name.as_deref());
         let default_match = [HttpRouteRulesMatches::default()];
         let matches: &[HttpRouteRulesMatches] = match rule.matches.as_deref() {
             Some(m) if !m.is_empty() => m,
@@ -864,7 +940,7 @@ fn add_route(
                 rule,
                 matched_prefix,
                 &route_name,
-                policies,
+                &policies,
             ));
             let headers: Vec<(http::HeaderName, ValueMatch)> = m
                 .headers
@@ -1183,8 +1259,8 @@ struct Policies<'a> {
 fn lua_filters(
     s: &Snapshot,
     problems: &mut Vec<(ObjectKey, String)>,
-) -> BTreeMap<ObjectKey, Vec<Arc<LuaFilter>>> {
-    let mut out: BTreeMap<ObjectKey, Vec<Arc<LuaFilter>>> = BTreeMap::new();
+) -> BTreeMap<PolicyTarget, Vec<Arc<LuaFilter>>> {
+    let mut out: BTreeMap<PolicyTarget, Vec<Arc<LuaFilter>>> = BTreeMap::new();
     for p in s.envoy_extension_policies.values() {
         let pkey = ObjectKey::new(
             model::validate::ENVOY_GROUP,
@@ -1238,22 +1314,19 @@ fn upstream_keepalive(p: &BackendTrafficPolicySpec) -> Option<Keepalive> {
     p.tcp_keepalive.as_ref().map(Keepalive::from_policy)
 }
 
-/// The BackendTrafficPolicy that applies to a route: its own, else its Gateway's; `Err(why)`
-/// when validation refused it (what it targets is then refused, never served without it).
+/// The BackendTrafficPolicy that applies where `chain` says (the rule's or route's own, else
+/// its listener's or Gateway's); `Err(why)` when validation refused it (what it targets is
+/// then refused, never served without it).
 fn backend_policy<'a>(
     s: &'a Snapshot,
-    route: &ObjectKey,
-    gateway: &ObjectKey,
+    chain: &[PolicyTarget],
 ) -> Result<Option<&'a BackendTrafficPolicySpec>, String> {
-    let find = |target: &ObjectKey| {
-        owning(
-            s,
-            &s.backend_traffic_policies,
-            "BackendTrafficPolicy",
-            target,
-        )
-    };
-    let Some(p) = find(route).or_else(|| find(gateway)) else {
+    let Some(p) = owning(
+        s,
+        &s.backend_traffic_policies,
+        "BackendTrafficPolicy",
+        chain,
+    ) else {
         return Ok(None);
     };
     let pkey = ObjectKey::new(

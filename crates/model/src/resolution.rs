@@ -20,8 +20,43 @@ pub struct Resolution {
     /// Every Envoy Gateway policy validation looked at.
     pub policies: BTreeMap<ObjectKey, PolicyVerdict>,
     /// The policy that applies to a target, by (policy kind, target): the first of its kind
-    /// that names it; later ones are Conflicted there.
-    pub owners: BTreeMap<(String, ObjectKey), ObjectKey>,
+    /// (in GEP-713's order) that names it; later ones are Conflicted there. A target with a
+    /// section and the whole object are different targets: where both have a policy of one
+    /// kind, the section's applies to it (the more specific one).
+    pub owners: BTreeMap<(String, PolicyTarget), ObjectKey>,
+}
+
+/// What a policy attaches to: an object, or one section of it (`targetRefs[].sectionName`:
+/// a listener of a Gateway, a named rule of an HTTPRoute or GRPCRoute).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyTarget {
+    pub object: ObjectKey,
+    pub section: Option<String>,
+}
+
+impl PolicyTarget {
+    pub fn whole(object: ObjectKey) -> PolicyTarget {
+        PolicyTarget {
+            object,
+            section: None,
+        }
+    }
+
+    pub fn section(object: ObjectKey, section: &str) -> PolicyTarget {
+        PolicyTarget {
+            object,
+            section: Some(section.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.section {
+            None => write!(f, "{}", self.object),
+            Some(s) => write!(f, "{} section {s}", self.object),
+        }
+    }
 }
 
 /// A Gateway: accepted with the listeners that take routes, or why not.
@@ -53,8 +88,9 @@ pub struct Attachment {
 /// An Envoy Gateway policy: what it names, and whether it may be enforced.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PolicyVerdict {
-    /// The objects it names that exist (through targetRefs and targetSelectors).
-    pub targets: Vec<ObjectKey>,
+    /// The objects (or sections of them) it names that exist, through targetRefs and
+    /// targetSelectors.
+    pub targets: Vec<PolicyTarget>,
     /// Why its targets must not be served with it: invalid, or a reference that does not
     /// resolve. A policy that only lost its targets to an older one, or has none, is not
     /// refused: it applies nowhere.
@@ -83,7 +119,7 @@ impl Resolution {
     }
 
     /// The targets a policy names (empty for a policy never validated).
-    pub fn targets(&self, policy: &ObjectKey) -> &[ObjectKey] {
+    pub fn targets(&self, policy: &ObjectKey) -> &[PolicyTarget] {
         self.policies
             .get(policy)
             .map(|p| p.targets.as_slice())
@@ -98,8 +134,19 @@ impl Resolution {
         }
     }
 
-    /// The policy of `kind` that applies to `target`, if one does.
-    pub fn owner(&self, kind: &str, target: &ObjectKey) -> Option<&ObjectKey> {
+    /// The policy of `kind` that owns `target` (a whole object or one of its sections).
+    pub fn owner(&self, kind: &str, target: &PolicyTarget) -> Option<&ObjectKey> {
         self.owners.get(&(kind.to_string(), target.clone()))
+    }
+
+    /// The policy of `kind` that applies where `chain` says, most specific first (GEP-713: a
+    /// route rule, its route, the listener, the Gateway): the owner of the first target of
+    /// the chain that has one.
+    pub fn applying<'a>(
+        &self,
+        kind: &str,
+        chain: impl IntoIterator<Item = &'a PolicyTarget>,
+    ) -> Option<&ObjectKey> {
+        chain.into_iter().find_map(|t| self.owner(kind, t))
     }
 }

@@ -211,3 +211,111 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: 
     .await
     .expect("requests");
 }
+
+/// Policies on one section (`targetRefs[].sectionName`) apply there and only there, the most
+/// specific first (GEP-713): a SecurityPolicy on a route rule guards that rule on every
+/// listener and wins over one on a listener, which guards every other rule coming through
+/// it; a refused BackendTrafficPolicy on one rule refuses that rule alone.
+#[tokio::test]
+async fn a_policy_on_one_section_applies_there_and_only_there() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `htpasswd -nbs alice secret`, `htpasswd -nbs bob hunter2`
+    let case = "apiVersion: v1\nkind: Secret\nmetadata: {name: admins, namespace: gateway-conformance-infra}\nstringData:\n  .htpasswd: \"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\"\n---\n\
+apiVersion: v1\nkind: Secret\nmetadata: {name: staff, namespace: gateway-conformance-infra}\nstringData:\n  .htpasswd: \"bob:{SHA}87u9ZqY9S/F0eUBXjsPQEDUw4h0=\"\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: sections, namespace: gateway-conformance-infra}\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n    - {name: open, protocol: HTTP, port: 80}\n    - {name: staff, protocol: HTTP, port: 8080}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: split, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: sections}]\n  rules:\n\
+  \x20 - {name: admin, matches: [{path: {type: PathPrefix, value: /admin}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}\n\
+  \x20 - {name: limited, matches: [{path: {type: PathPrefix, value: /limited}}], backendRefs: [{name: infra-backend-v1, port: 8080}]}\n\
+  \x20 - {name: public, backendRefs: [{name: infra-backend-v1, port: 8080}]}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: rule-guard, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: split, sectionName: admin}]\n  basicAuth: {users: {name: admins}}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: listener-guard, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: sections, sectionName: staff}]\n  basicAuth: {users: {name: staff}}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: rule-limit, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: split, sectionName: limited}]\n  rateLimit: {type: Local, local: {rules: [{limit: {requests: 1, unit: Hour}}]}}\n";
+    let (running, _) = harness::start_gateway(
+        dir.path(),
+        &backends,
+        case,
+        "sections",
+        &[80, 8080],
+        gateway::Bind::default(),
+    )
+    .await;
+    let (open, staff) = (running.bound[&80], running.bound[&8080]);
+    tokio::task::spawn_blocking(move || {
+        let status = |addr: std::net::SocketAddr, path: &str, user: Option<&str>| {
+            let url = format!("http://{addr}{path}");
+            let mut args = vec!["-o", "/dev/null", url.as_str()];
+            if let Some(u) = user {
+                args.extend(["-u", u]);
+            }
+            let (head, _) = harness::curl(&args);
+            head.split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse::<u16>().ok())
+                .expect("status")
+        };
+        let (alice, bob) = (Some("alice:secret"), Some("bob:hunter2"));
+        // The open listener: only the admin rule asks for credentials.
+        assert_eq!(status(open, "/", None), 200);
+        assert_eq!(status(open, "/admin", None), 401);
+        assert_eq!(status(open, "/admin", alice), 200);
+        assert_eq!(status(open, "/admin", bob), 401);
+        // The staff listener: its policy guards the rules without their own.
+        assert_eq!(status(staff, "/", None), 401);
+        assert_eq!(status(staff, "/", bob), 200);
+        assert_eq!(status(staff, "/", alice), 401);
+        // The rule's own policy is the more specific one.
+        assert_eq!(status(staff, "/admin", alice), 200);
+        assert_eq!(status(staff, "/admin", bob), 401);
+        // The refused BackendTrafficPolicy refuses its rule alone.
+        assert_eq!(status(open, "/limited", None), 500);
+    })
+    .await
+    .expect("requests");
+}
+
+/// A ClientTrafficPolicy on one listener is refused (client settings are per port, which
+/// listeners share): that listener is not served and no route comes in through it, while
+/// the Gateway's other listeners are. A SecurityPolicy on a TCP listener refuses the
+/// connections of the routes attached there.
+#[tokio::test]
+async fn a_listener_a_refused_policy_names_is_not_served() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let case = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: two, namespace: gateway-conformance-infra}\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n    - {name: a, protocol: HTTP, port: 80}\n    - {name: b, protocol: HTTP, port: 8080}\n    - {name: raw, protocol: TCP, port: 9000}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: both, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: two}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: raw, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: two, sectionName: raw}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: only-b, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: two, sectionName: b}]\n  tcpKeepalive: {idleTime: 60s}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: raw-guard, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: two, sectionName: raw}]\n  cors: {allowOrigins: ['https://a.example']}\n";
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", case),
+        ],
+    );
+    let plan =
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", "two").expect("compiles");
+    let unserved: Vec<&str> = plan.unserved.iter().map(|(l, _, _)| l.as_str()).collect();
+    assert_eq!(unserved, ["b"], "{:?}", plan.unserved);
+    assert!(plan.unserved[0].2.contains("only-b"), "{:?}", plan.unserved);
+    assert!(plan.ports.contains_key(&80), "listener a is served");
+    assert!(!plan.ports.contains_key(&8080), "listener b is not");
+    assert!(
+        plan.problems
+            .iter()
+            .any(|(k, why)| k.name == "raw-guard" && why.contains("not enforced on L4 routes")),
+        "{:?}",
+        plan.problems
+    );
+}

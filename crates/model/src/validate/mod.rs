@@ -37,7 +37,9 @@ use crate::object::{
     Condition, ListenerStatus, ObjectKey, ObjectStatus, ParentRefOut, ParentStatus, RouteGroupKind,
     Status, cond, cond::reason,
 };
-use crate::resolution::{Attachment, GatewayListeners, GatewayVerdict, PolicyVerdict, Resolution};
+use crate::resolution::{
+    Attachment, GatewayListeners, GatewayVerdict, PolicyTarget, PolicyVerdict, Resolution,
+};
 use crate::snapshot::{Coll, Object, Snapshot, get};
 
 pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";

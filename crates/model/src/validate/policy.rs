@@ -581,15 +581,37 @@ pub(super) fn l4_targets_refused<S: Policy>(
     what: &str,
 ) {
     for t in policy_targets(s, ns, spec) {
-        if matches!(t.kind.as_str(), "TCPRoute" | "TLSRoute" | "UDPRoute") {
+        let k = &t.object;
+        if matches!(k.kind.as_str(), "TCPRoute" | "TLSRoute" | "UDPRoute") {
             problem(
                 status,
                 "spec.targetRefs",
                 format!(
-                    "{} {} is an L4 route: {what} is not enforced there, so its connections \
-                     are refused",
-                    t.kind,
-                    t.ns_name()
+                    "{k} is an L4 route: {what} is not enforced there, so its connections are \
+                     refused"
+                ),
+            );
+        }
+        // A listener named on its own that is not HTTP or HTTPS: the same.
+        let listener = t.section.as_deref().and_then(|name| {
+            (k.kind == "Gateway")
+                .then(|| get(&s.gateways, &k.namespace, &k.name))
+                .flatten()?
+                .spec
+                .listeners
+                .iter()
+                .find(|l| l.name == name)
+        });
+        if let Some(l) = listener
+            && !matches!(l.protocol.as_str(), "HTTP" | "HTTPS")
+        {
+            problem(
+                status,
+                "spec.targetRefs",
+                format!(
+                    "listener {} of {k} is a {} listener: {what} is not enforced there, so its \
+                     connections are refused",
+                    l.name, l.protocol
                 ),
             );
         }
@@ -785,31 +807,63 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
         let key = key_of(p, ENVOY_GROUP, kind);
         let status = st.entry(key.clone()).or_default();
         check(p, &p.spec, status);
-        let mut targets: Vec<ObjectKey> = Vec::new();
+        let mut targets: Vec<PolicyTarget> = Vec::new();
         let mut missing: Vec<String> = Vec::new();
         for (i, t) in p.spec.target_refs().into_iter().enumerate() {
-            if t.section_name.is_some() {
-                // Applied to the whole target it would also reach sections it does not name,
-                // and conflict with their own policies there (GEP-713 ranks a section above
-                // its object): refused rather than applied wider than asked.
-                problem(
+            let Some(k) = target_key(s, p.namespace(), t) else {
+                missing.push(unresolved(
                     status,
-                    format!("spec.targetRefs[{i}].sectionName"),
+                    format!("spec.targetRefs[{i}]"),
+                    format!("target {} {}/{} not found", t.kind, p.namespace(), t.name),
+                ));
+                continue;
+            };
+            let Some(section) = &t.section_name else {
+                targets.push(PolicyTarget::whole(k));
+                continue;
+            };
+            let path = format!("spec.targetRefs[{i}].sectionName");
+            match has_section(s, &k, section) {
+                Some(true) => {
+                    if kind == "ClientTrafficPolicy" {
+                        // Client settings are set per port, which listeners share.
+                        problem(
+                            status,
+                            &path,
+                            format!(
+                                "a ClientTrafficPolicy on one listener is not supported by \
+                                 trellis: the policy is refused and listener {section} is not \
+                                 served; target the whole Gateway instead"
+                            ),
+                        );
+                    }
+                    targets.push(PolicyTarget::section(k, section));
+                }
+                Some(false) => missing.push(unresolved(
+                    status,
+                    path,
                     format!(
-                        "a {kind} on one section of its target is not supported by trellis: \
-                         the policy is refused; target the whole {} instead",
-                        t.kind
+                        "{k} has no {} named {section:?}",
+                        if k.kind == "Gateway" {
+                            "listener"
+                        } else {
+                            "rule"
+                        }
                     ),
-                );
-            }
-            match target_key(s, p.namespace(), t) {
-                Some(k) => targets.push(k),
+                )),
                 None => {
-                    missing.push(unresolved(
+                    // Applied to the whole target it would also reach sections it does not
+                    // name: refused, and what it names is refused whole (fail closed).
+                    problem(
                         status,
-                        format!("spec.targetRefs[{i}]"),
-                        format!("target {} {}/{} not found", t.kind, p.namespace(), t.name),
-                    ));
+                        path,
+                        format!(
+                            "a {kind} on one section of a {} is not supported by trellis: the \
+                             policy is refused; target the whole {} instead",
+                            k.kind, k.kind
+                        ),
+                    );
+                    targets.push(PolicyTarget::whole(k));
                 }
             }
         }
@@ -827,7 +881,7 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
                     ),
                 ));
             }
-            targets.extend(found);
+            targets.extend(found.into_iter().map(PolicyTarget::whole));
         }
         if p.spec.target_refs().is_empty() && p.spec.target_selectors().is_empty() {
             missing.push(unresolved(
@@ -1117,15 +1171,26 @@ fn refused_by(conditions: &[Condition]) -> Option<String> {
     })
 }
 
-/// The objects a policy in namespace `ns` applies to, through targetRefs and targetSelectors.
-pub(super) fn policy_targets<S: Policy>(s: &Snapshot, ns: &str, spec: &S) -> Vec<ObjectKey> {
-    let mut out: Vec<ObjectKey> = spec
+/// What a policy in namespace `ns` applies to, through targetRefs (with their sections) and
+/// targetSelectors.
+pub(super) fn policy_targets<S: Policy>(s: &Snapshot, ns: &str, spec: &S) -> Vec<PolicyTarget> {
+    let mut out: Vec<PolicyTarget> = spec
         .target_refs()
         .into_iter()
-        .filter_map(|t| target_key(s, ns, t))
+        .filter_map(|t| {
+            let k = target_key(s, ns, t)?;
+            Some(match &t.section_name {
+                Some(section) => PolicyTarget::section(k, section),
+                None => PolicyTarget::whole(k),
+            })
+        })
         .collect();
     for sel in spec.target_selectors() {
-        out.extend(select_targets(s, ns, &sel.kind, &sel.selector()));
+        out.extend(
+            select_targets(s, ns, &sel.kind, &sel.selector())
+                .into_iter()
+                .map(PolicyTarget::whole),
+        );
     }
     out
 }
@@ -1149,6 +1214,32 @@ pub(super) fn target_key(s: &Snapshot, ns: &str, t: &TargetRef) -> Option<Object
         _ => false,
     };
     exists.then(|| ObjectKey::new(GATEWAY_GROUP, &t.kind, ns, &t.name))
+}
+
+/// Whether object `k` (which exists) has a section `name`: a listener of a Gateway, a rule
+/// of an HTTPRoute or GRPCRoute; `None` for kinds whose sections trellis does not resolve.
+fn has_section(s: &Snapshot, k: &ObjectKey, name: &str) -> Option<bool> {
+    let named = |n: &Option<String>| n.as_deref() == Some(name);
+    Some(match k.kind.as_str() {
+        "Gateway" => get(&s.gateways, &k.namespace, &k.name)?
+            .spec
+            .listeners
+            .iter()
+            .any(|l| l.name == name),
+        "HTTPRoute" => get(&s.http_routes, &k.namespace, &k.name)?
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .any(|r| named(&r.name)),
+        "GRPCRoute" => get(&s.grpc_routes, &k.namespace, &k.name)?
+            .spec
+            .rules
+            .iter()
+            .flatten()
+            .any(|r| named(&r.name)),
+        _ => return None,
+    })
 }
 
 pub(super) fn select_targets(

@@ -402,16 +402,22 @@ fn policy_status(
 ) -> Option<Value> {
     // Validation's targets of the policy (only Envoy Gateway policies have an entry).
     let targets = s.resolution.policies.get(key)?.targets.clone();
-    let mut gateways = Vec::new();
+    // (namespace, name, listener): a policy on one listener has that listener's Gateway as
+    // its ancestor, with the listener as `sectionName`.
+    let mut gateways: Vec<(String, String, Option<String>)> = Vec::new();
     for t in targets {
-        if t.kind == "Gateway" {
-            gateways.push((t.namespace.clone(), t.name.clone()));
-        } else if let Some(rs) = s.status.get(&t) {
+        let o = &t.object;
+        if o.kind == "Gateway" {
+            gateways.push((o.namespace.clone(), o.name.clone(), t.section.clone()));
+        } else if let Some(rs) = s.status.get(o) {
             gateways.extend(
                 rs.parents
                     .iter()
                     .filter(|p| p.parent_ref.kind == "Gateway")
-                    .map(|p| (p.parent_ref.namespace.clone(), p.parent_ref.name.clone())),
+                    .map(|p| {
+                        let r = &p.parent_ref;
+                        (r.namespace.clone(), r.name.clone(), None)
+                    }),
             );
         }
     }
@@ -420,14 +426,17 @@ fn policy_status(
     let old_ancestors = old.get("ancestors").and_then(Value::as_array);
     let ancestors: Vec<Value> = gateways
         .into_iter()
-        .filter_map(|(ns, name)| {
+        .filter_map(|(ns, name, section)| {
             let controller = controller_of(s, &ns, &name)?;
-            let ancestor_ref = json!({
+            let mut ancestor_ref = json!({
                 "group": GATEWAY_GROUP,
                 "kind": "Gateway",
                 "namespace": ns,
                 "name": name,
             });
+            if let Some(section) = section {
+                ancestor_ref["sectionName"] = json!(section);
+            }
             let old_conds = old_ancestors
                 .and_then(|a| {
                     a.iter()
@@ -488,6 +497,35 @@ fn unchanged(old: &Value, desired: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A policy on one listener has that listener's Gateway as its ancestor, with the
+    /// listener as `sectionName`; one on a route rule has the route's Gateways.
+    #[test]
+    fn a_policy_on_one_listener_names_it_in_its_ancestor() {
+        let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/cases/policy-sections.yaml");
+        let opts = crate::Options {
+            default_namespace: "default".into(),
+            ..crate::Options::default()
+        };
+        let s = crate::load(&[case], &opts).snapshot;
+        let ancestor = |name: &str| {
+            let key = ObjectKey::new(
+                model::validate::ENVOY_GROUP,
+                "SecurityPolicy",
+                "default",
+                name,
+            );
+            let doc = policy_status(&s, &key, &s.status[&key], &json!({}), None, "now")
+                .expect("a status");
+            doc["ancestors"][0]["ancestorRef"].clone()
+        };
+        let gw = json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": "default", "name": "gw"});
+        let mut listener = gw.clone();
+        listener["sectionName"] = json!("http");
+        assert_eq!(ancestor("on-listener"), listener);
+        assert_eq!(ancestor("admin-rule"), gw);
+    }
 
     #[test]
     fn an_unchanged_condition_keeps_its_transition_time() {
