@@ -361,6 +361,10 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     };
     // The listeners set up below: routes attach through these only.
     let mut served: BTreeSet<&str> = BTreeSet::new();
+    // Every usable listener by port and kind (HTTP or HTTPS; TLS passthrough), served or not:
+    // a request belongs to the most specific listener whose hostname matches it.
+    let mut http_listeners: BTreeMap<u16, Vec<(&str, Option<String>)>> = BTreeMap::new();
+    let mut passthrough_listeners: BTreeMap<u16, Vec<(&str, Option<String>)>> = BTreeMap::new();
     let mut named: BTreeSet<&str> = BTreeSet::new();
     for l in &gw.spec.listeners {
         let Ok(port) = u16::try_from(l.port) else {
@@ -371,12 +375,24 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         if !usable.contains(l.name.as_str()) || !named.insert(l.name.as_str()) {
             continue;
         }
+        let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
+            == Some(gateway_api::gateways::GatewayListenersTlsMode::Passthrough);
+        let kind = match (l.protocol.as_str(), passthrough) {
+            ("HTTP" | "HTTPS", _) => Some(&mut http_listeners),
+            ("TLS", true) => Some(&mut passthrough_listeners),
+            _ => None,
+        };
+        if let Some(by_port) = kind {
+            let hostname = l.hostname.as_ref().map(|h| h.to_ascii_lowercase());
+            by_port
+                .entry(port)
+                .or_default()
+                .push((l.name.as_str(), hostname));
+        }
         if let Some(why) = client_refused(&l.name) {
             plan.unserved.push((l.name.clone(), port, why));
             continue;
         }
-        let passthrough = l.tls.as_ref().and_then(|t| t.mode.clone())
-            == Some(gateway_api::gateways::GatewayListenersTlsMode::Passthrough);
         match (l.protocol.as_str(), passthrough) {
             ("HTTP", _) => {
                 routers.entry(port).or_insert_with(|| Router {
@@ -464,10 +480,16 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
             let Some(router) = routers.get_mut(&port) else {
                 continue;
             };
-            let hosts = effective_hostnames(
+            let mut hosts = effective_hostnames(
                 route.spec.hostnames.as_deref().unwrap_or_default(),
                 l.hostname.as_deref(),
             );
+            // A name a more specific listener on the port matches is that listener's.
+            let on_port = http_listeners
+                .get(&port)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            hosts.retain(|h| most_specific_listener(on_port, h.as_deref()) == Some(&l.name));
             let rkey = ObjectKey::new(GATEWAY_GROUP, kind, route.namespace(), route.name());
             // Each rule's policies: the most specific target that has one (GEP-713).
             let policies = |rule: Option<&str>| {
@@ -512,7 +534,14 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
                 kind: "TLSRoute",
             };
             let backends = stream_backends(s, &at, route, &guarded, &mut plan.problems);
+            let on_port = passthrough_listeners
+                .get(&port)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             for h in effective_hostnames(&route.spec.hostnames, l.hostname.as_deref()) {
+                if most_specific_listener(on_port, h.as_deref()) != Some(&l.name) {
+                    continue;
+                }
                 let slot = table.entry(h.as_deref());
                 if slot.is_empty() {
                     *slot = backends.clone();
@@ -549,6 +578,21 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         .map(Keepalive::from_policy);
     let client_ip = client_ip(s, &key).map(Arc::new);
     let http3 = http3_policy(s, &key);
+    // Each HTTP listener's own name keeps the requests it matches (listener isolation): with
+    // no route of its own for them, they are answered 404, not taken by a less specific
+    // listener's routes (its policies are not theirs, and it may not be served). A TLS
+    // passthrough listener's name does not: as in Envoy Gateway, a name no TLSRoute claims
+    // is terminated by the port's HTTPS listeners.
+    for (port, on_port) in &http_listeners {
+        if let Some(r) = routers.get_mut(port) {
+            for h in on_port.iter().filter_map(|(_, h)| h.as_deref()) {
+                match h.strip_prefix("*.") {
+                    Some(suffix) => r.wildcard.entry(suffix.to_string()).or_default(),
+                    None => r.exact.entry(h.to_string()).or_default(),
+                };
+            }
+        }
+    }
     for (port, mut r) in routers {
         r.client_ip = client_ip.clone();
         for list in r.exact.values_mut().chain(r.wildcard.values_mut()) {
@@ -699,6 +743,31 @@ fn first_in<'m, V>(map: &'m BTreeMap<PolicyTarget, V>, chain: &[PolicyTarget]) -
     chain.iter().find_map(|t| map.get(t))
 }
 
+/// Of `listeners` (name, lower-case hostname) on one port, the one a route's effective
+/// hostname `host` belongs to: the most specific whose hostname covers it (an exact name, then
+/// the longest wildcard, then none). Listeners of one port have distinct hostnames
+/// (validation refuses the others).
+fn most_specific_listener<'l>(
+    listeners: &'l [(&'l str, Option<String>)],
+    host: Option<&str>,
+) -> Option<&'l str> {
+    let covers = |l: Option<&str>| match (l, host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(l), Some(h)) => hostname_intersection(h, l).as_deref() == Some(h),
+    };
+    let specificity = |l: Option<&str>| match l {
+        None => (0, 0),
+        Some(w) if w.starts_with("*.") => (1, w.len()),
+        Some(e) => (2, e.len()),
+    };
+    listeners
+        .iter()
+        .filter(|(_, l)| covers(l.as_deref()))
+        .max_by_key(|(_, l)| specificity(l.as_deref()))
+        .map(|(n, _)| *n)
+}
+
 /// An L4 route as attached through one listener.
 struct L4At<'a> {
     gateway: &'a ObjectKey,
@@ -724,13 +793,10 @@ fn stream_backends(
     // through, asks for something this path does not do (there is no HTTP request to
     // authenticate or script): its connections are refused, never carried without it. (One
     // on the whole Gateway is for its HTTP listeners, as in Envoy Gateway.)
-    let route_or_listener = [
-        PolicyTarget::whole(rkey.clone()),
-        PolicyTarget::section(at.gateway.clone(), at.listener),
-    ];
-    if let Some((t, policy)) = route_or_listener
+    let listener = PolicyTarget::section(at.gateway.clone(), at.listener);
+    if let Some((t, policy)) = guarded
         .iter()
-        .find_map(|t| Some((t, guarded.get(t)?)))
+        .find(|(t, _)| t.object == rkey || **t == listener)
     {
         let why = format!(
             "{} {} targets {t}: not enforced on L4 routes, so the connections of {kind} {} are \
@@ -742,9 +808,20 @@ fn stream_backends(
         problems.push((policy.clone(), why.clone()));
         return vec![(1, refusing_backend(rkey.ns_name(), why))];
     }
+    // A BackendTrafficPolicy on one section of an L4 route is refused by validation (it
+    // would apply to the whole route): the route is refused with it.
+    if let Some((p, why)) = s
+        .resolution
+        .owners_within("BackendTrafficPolicy", &rkey)
+        .filter(|(t, _)| t.section.is_some())
+        .find_map(|(_, p)| Some((p, s.resolution.refused(p)?)))
+    {
+        let why = format!("BackendTrafficPolicy {} is refused ({why})", p.ns_name());
+        return vec![(1, refusing_backend(rkey.ns_name(), why))];
+    }
     let chain = [
         PolicyTarget::whole(rkey.clone()),
-        PolicyTarget::section(at.gateway.clone(), at.listener),
+        listener,
         PolicyTarget::whole(at.gateway.clone()),
     ];
     let keepalive = match backend_policy(s, &chain) {

@@ -139,6 +139,18 @@ impl Resolution {
         self.owners.get(&(kind.to_string(), target.clone()))
     }
 
+    /// The policies of `kind` that own `object` or one of its sections, with what they own.
+    pub fn owners_within<'a>(
+        &'a self,
+        kind: &'a str,
+        object: &'a ObjectKey,
+    ) -> impl Iterator<Item = (&'a PolicyTarget, &'a ObjectKey)> {
+        self.owners
+            .range((kind.to_string(), PolicyTarget::whole(object.clone()))..)
+            .take_while(move |((k, t), _)| k == kind && &t.object == object)
+            .map(|((_, t), owner)| (t, owner))
+    }
+
     /// The policy of `kind` that applies where `chain` says, most specific first (GEP-713: a
     /// route rule, its route, the listener, the Gateway): the owner of the first target of
     /// the chain that has one.

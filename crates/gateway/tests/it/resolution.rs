@@ -288,7 +288,7 @@ async fn a_listener_a_refused_policy_names_is_not_served() {
     let backends = harness::start_backends().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let case = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: two, namespace: gateway-conformance-infra}\n\
-spec:\n  gatewayClassName: trellis\n  listeners:\n    - {name: a, protocol: HTTP, port: 80}\n    - {name: b, protocol: HTTP, port: 8080}\n    - {name: raw, protocol: TCP, port: 9000}\n---\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n    - {name: a, protocol: HTTP, port: 80}\n    - {name: b, protocol: HTTP, port: 8080}\n    - {name: raw, protocol: TCP, port: 9000}\n    - {name: limited, protocol: TCP, port: 9001}\n---\n\
 apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: both, namespace: gateway-conformance-infra}\n\
 spec:\n  parentRefs: [{name: two}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
 apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: raw, namespace: gateway-conformance-infra}\n\
@@ -296,7 +296,13 @@ spec:\n  parentRefs: [{name: two, sectionName: raw}]\n  rules: [{backendRefs: [{
 apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: only-b, namespace: gateway-conformance-infra}\n\
 spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: two, sectionName: b}]\n  tcpKeepalive: {idleTime: 60s}\n---\n\
 apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: raw-guard, namespace: gateway-conformance-infra}\n\
-spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: two, sectionName: raw}]\n  cors: {allowOrigins: ['https://a.example']}\n";
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: two, sectionName: raw}]\n  cors: {allowOrigins: ['https://a.example']}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {name: limited, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: two, sectionName: limited}]\n  rules: [{name: r0, backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: a-whole, namespace: gateway-conformance-infra, creationTimestamp: '2025-01-01T00:00:00Z'}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: TCPRoute, name: limited}]\n  tcpKeepalive: {idleTime: 60s}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: b-rule, namespace: gateway-conformance-infra, creationTimestamp: '2026-01-01T00:00:00Z'}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: TCPRoute, name: limited, sectionName: r0}]\n  rateLimit: {type: Local, local: {rules: [{limit: {requests: 1, unit: Hour}}]}}\n";
     let load = harness::load(
         dir.path(),
         &[
@@ -318,4 +324,70 @@ spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: tw
         "{:?}",
         plan.problems
     );
+    // A refused policy on one section of a TCPRoute refuses the route, even where an older
+    // policy holds the whole route.
+    let Some(gateway::plan::Listen::Tcp(limited)) = plan.ports.get(&9001) else {
+        panic!("port 9001 serves TCP");
+    };
+    let why = limited.backends[0].1.invalid.as_deref().unwrap_or_default();
+    assert!(why.contains("b-rule"), "{why:?}");
+}
+
+/// A request belongs to the most specific listener whose hostname matches it: a route
+/// attached to a wildcard listener and to an exact one is guarded by the exact listener's
+/// policy for that name, and a name whose listener has no route for it (or is not served)
+/// is answered 404, never by a less specific listener's routes.
+#[tokio::test]
+async fn a_name_belongs_to_its_most_specific_listener() {
+    let backends = harness::start_backends().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // `htpasswd -nbs alice secret`
+    let case = "apiVersion: v1\nkind: Secret\nmetadata: {name: users, namespace: gateway-conformance-infra}\nstringData:\n  .htpasswd: \"alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\"\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: hosts, namespace: gateway-conformance-infra}\n\
+spec:\n  gatewayClassName: trellis\n  listeners:\n    - {name: wild, protocol: HTTP, port: 80, hostname: '*.example.com'}\n    - {name: foo, protocol: HTTP, port: 80, hostname: foo.example.com}\n    - {name: bar, protocol: HTTP, port: 80, hostname: bar.example.com}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: app, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: hosts}]\n  hostnames: [foo.example.com, bar.example.com]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: rest, namespace: gateway-conformance-infra}\n\
+spec:\n  parentRefs: [{name: hosts, sectionName: wild}]\n  rules: [{backendRefs: [{name: infra-backend-v1, port: 8080}]}]\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: foo-guard, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: hosts, sectionName: foo}]\n  basicAuth: {users: {name: users}}\n---\n\
+apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: bar-client, namespace: gateway-conformance-infra}\n\
+spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: hosts, sectionName: bar}]\n  tcpKeepalive: {idleTime: 60s}\n";
+    let load = harness::load(
+        dir.path(),
+        &[
+            ("base.yaml", &harness::base_manifests(&backends)),
+            ("case.yaml", case),
+        ],
+    );
+    let plan =
+        gateway::compile(&load.snapshot, "gateway-conformance-infra", "hosts").expect("compiles");
+    let unserved: Vec<&str> = plan.unserved.iter().map(|(l, _, _)| l.as_str()).collect();
+    assert_eq!(unserved, ["bar"], "{:?}", plan.unserved);
+    let bind = gateway::Bind {
+        ip: Some("127.0.0.1".parse().expect("ip")),
+        port_map: [(80, 0)].into_iter().collect(),
+        ..gateway::Bind::default()
+    };
+    let metrics = std::sync::Arc::new(gateway::metrics::Metrics::default());
+    let running = gateway::start(&plan, &bind, metrics).await.expect("starts");
+    let addr = running.bound[&80];
+    tokio::task::spawn_blocking(move || {
+        let status =
+            |host: &str, user: &[&str]| harness::request(addr, &format!("Host: {host}"), user).0;
+        assert_eq!(status("foo.example.com", &[]), 401, "listener foo's policy");
+        assert_eq!(status("foo.example.com", &["-u", "alice:secret"]), 200);
+        assert_eq!(
+            status("bar.example.com", &[]),
+            404,
+            "listener bar is not served"
+        );
+        assert_eq!(
+            status("baz.example.com", &[]),
+            200,
+            "listener wild's own route"
+        );
+    })
+    .await
+    .expect("requests");
 }

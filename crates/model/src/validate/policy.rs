@@ -825,7 +825,7 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
             let path = format!("spec.targetRefs[{i}].sectionName");
             match has_section(s, &k, section) {
                 Some(true) => {
-                    if kind == "ClientTrafficPolicy" {
+                    if kind == "ClientTrafficPolicy" && k.kind == "Gateway" {
                         // Client settings are set per port, which listeners share.
                         problem(
                             status,
@@ -853,7 +853,9 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
                 )),
                 None => {
                     // Applied to the whole target it would also reach sections it does not
-                    // name: refused, and what it names is refused whole (fail closed).
+                    // name: refused, and the gateway refuses the whole target for it (fail
+                    // closed). Kept as a section, so that a policy on the whole target does
+                    // not win it in a conflict.
                     problem(
                         status,
                         path,
@@ -863,7 +865,7 @@ pub(super) fn policy_kind<S: Policy, F: Fn(&Object<S>, &S, &mut ObjectStatus)>(
                             k.kind, k.kind
                         ),
                     );
-                    targets.push(PolicyTarget::whole(k));
+                    targets.push(PolicyTarget::section(k, section));
                 }
             }
         }
