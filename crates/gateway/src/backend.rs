@@ -172,7 +172,12 @@ impl Backend {
             return Vec::new();
         }
         let start = usize::try_from(seq).unwrap_or(0) % n;
-        let now = now_ms();
+        // No clock read while no endpoint was ever ejected (the common case).
+        let ever_ejected = self
+            .endpoints
+            .iter()
+            .any(|e| e.ejected_until_ms.load(Ordering::Relaxed) != 0);
+        let now = if ever_ejected { now_ms() } else { 0 };
         let turn = (0..n).map(|i| (start + i) % n);
         let order: Vec<usize> = turn
             .clone()
@@ -250,18 +255,28 @@ impl Pool {
         None
     }
 
-    pub(crate) fn put(&self, addr: SocketAddr, keepalive: Option<Keepalive>, s: TcpStream) {
+    /// Keeps `s` for the next request to `addr`; `now` is the caller's clock reading (one
+    /// it already has: the pool reads none of its own per request).
+    pub(crate) fn put(
+        &self,
+        addr: SocketAddr,
+        keepalive: Option<Keepalive>,
+        s: TcpStream,
+        now: std::time::Instant,
+    ) {
         if let Ok(mut map) = self.0.lock() {
             let idle = map.entry((addr, keepalive)).or_default();
             // Connections idle past the timeout are closed (the newest are used first, so
             // the oldest would otherwise stay open as long as traffic goes on).
             let expired = idle
                 .iter()
-                .take_while(|(_, since)| since.elapsed() > UPSTREAM_POOL_IDLE_TIMEOUT)
+                .take_while(|(_, since)| {
+                    now.saturating_duration_since(*since) > UPSTREAM_POOL_IDLE_TIMEOUT
+                })
                 .count();
             idle.drain(..expired);
             if idle.len() < POOL_IDLE_PER_HOST_MAX {
-                idle.push((s, std::time::Instant::now()));
+                idle.push((s, now));
             }
         }
     }

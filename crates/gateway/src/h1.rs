@@ -92,6 +92,14 @@ pub(crate) async fn serve<S: Client>(
     // connection gets the drain's idle grace (`DRAIN_IDLE_GRACE`) to send one more request, which is answered with
     // `Connection: close`: a client that sent it as the drain began is not left unanswered.
     let mut drain_seen = *drain.borrow();
+    // One idle timer for the connection's life, registered once: a keep-alive request costs
+    // no timer and no clock read. When it fires after the connection answered requests, it
+    // is moved one idle timeout on; when nothing was answered since it was set, the
+    // connection is closed. So an idle connection closes between one and two idle timeouts
+    // after its last answer (exactly one for a connection that never sends a request).
+    let idle_timer = tokio::time::sleep(state.client_idle_timeout);
+    tokio::pin!(idle_timer);
+    let (mut answered, mut answered_when_set) = (0u64, 0u64);
     loop {
         // Until a whole request (head and body) is buffered.
         let mut deadline = None;
@@ -126,24 +134,30 @@ pub(crate) async fn serve<S: Client>(
                 buf = BytesMut::new();
                 // A connection that sends nothing (first request or next) is closed after
                 // the idle timeout rather than held forever.
-                let idle = if drain_seen {
-                    state.drain_idle_grace
-                } else {
-                    state.client_idle_timeout
-                };
-                tokio::select! {
-                    biased;
-                    r = tokio::time::timeout(idle, stream.read_idle(&mut buf)) => {
-                        r.unwrap_or(Err(io::ErrorKind::TimedOut.into()))
+                // `None`: the drain began, and the drain's idle grace applies.
+                let mut read = None;
+                while !drain_seen && read.is_none() {
+                    tokio::select! {
+                        biased;
+                        r = stream.read_idle(&mut buf) => read = Some(r),
+                        _ = &mut drained => drain_seen = true,
+                        () = &mut idle_timer => {
+                            if answered == answered_when_set {
+                                read = Some(Err(io::ErrorKind::TimedOut.into()));
+                            } else {
+                                answered_when_set = answered;
+                                let next = tokio::time::Instant::now() + state.client_idle_timeout;
+                                idle_timer.as_mut().reset(next);
+                            }
+                        }
                     }
-                    _ = &mut drained, if !drain_seen => {
-                        drain_seen = true;
-                        tokio::time::timeout(
-                            state.drain_idle_grace,
-                            stream.read_idle(&mut buf),
-                        )
-                        .await
-                        .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
+                }
+                match read {
+                    Some(r) => r,
+                    None => {
+                        tokio::time::timeout(state.drain_idle_grace, stream.read_idle(&mut buf))
+                            .await
+                            .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
                     }
                 }
             } else {
@@ -177,6 +191,7 @@ pub(crate) async fn serve<S: Client>(
         let len = ex.len;
         finish(&state, port, peer, scheme, ex, &done, &buf);
         buf.advance(len);
+        answered += 1;
         if !keep_alive {
             return;
         }
@@ -734,7 +749,8 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
         if again(&mut tries, Outcome::Status(head.status)).await {
             continue 'attempt;
         }
-        let latency = ex.started.elapsed();
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(ex.started);
         if head.compress.is_some() {
             state.metrics.compressed.inc();
         }
@@ -745,7 +761,7 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             Err(_) => (false, true),
         };
         if complete && !extra && !head.upstream_close {
-            state.h1_pool.put(ep.addr, backend.keepalive, up);
+            state.h1_pool.put(ep.addr, backend.keepalive, up, now);
         }
         return Done {
             status: head.status,
