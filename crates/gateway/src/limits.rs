@@ -31,7 +31,9 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a client connection may stay without a request in flight, the first one included,
 /// before it is closed (gracefully: GOAWAY on HTTP/2), on both HTTP paths (Envoy's downstream
-/// `idle_timeout` default, 1 h). `Bind::idle_timeout` changes it.
+/// `idle_timeout` default, 1 h). `Bind::idle_timeout` changes it. The own HTTP/1 path keeps one
+/// timer per connection, so there an idle connection closes between one and two of these after
+/// its last answer.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Client connections (HTTP, TLS, TCPRoute) open at once on one gateway; one more is closed
