@@ -177,11 +177,14 @@ fn parse_port_map(items: &[String]) -> anyhow::Result<BTreeMap<u16, u16>> {
     Ok(out)
 }
 
-/// Adds what only compiling the Gateways can find (a Lua script that does not load) to the
-/// statuses of the objects at fault, so that `trellis check` reports it too.
+/// Adds what only compiling the Gateways can find to the statuses: a Lua script that does not
+/// load (its policy `Accepted=False`), a listener the gateway does not serve (`Programmed=False`
+/// with why: a refused ClientTrafficPolicy, a certificate that does not load...), so that
+/// `trellis check` and the Kubernetes status say it too.
 pub fn add_compile_conditions(s: &mut model::Snapshot) {
     let keys: Vec<(String, String)> = s.gateways.keys().cloned().collect();
     let mut found: Vec<(ObjectKey, String)> = Vec::new();
+    let mut unserved: Vec<(ObjectKey, String, String)> = Vec::new();
     for (ns, name) in keys {
         if let Ok(plan) = gateway::compile(s, &ns, &name) {
             for p in plan.problems {
@@ -189,7 +192,28 @@ pub fn add_compile_conditions(s: &mut model::Snapshot) {
                     found.push(p);
                 }
             }
+            for (listener, _, why) in plan.unserved {
+                unserved.push((plan.gateway.clone(), listener, why));
+            }
         }
+    }
+    for (gw, listener, why) in unserved {
+        let Some(l) = s
+            .status
+            .get_mut(&gw)
+            .and_then(|st| st.listeners.iter_mut().find(|l| l.name == listener))
+        else {
+            continue;
+        };
+        model::object::set_condition(
+            &mut l.conditions,
+            model::Condition::new(
+                model::object::cond::PROGRAMMED,
+                model::Status::False,
+                model::object::cond::reason::INVALID,
+                format!("not served: {why}"),
+            ),
+        );
     }
     for (key, msg) in found {
         // The typed resolution says the same as the condition written below.

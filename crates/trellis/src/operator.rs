@@ -123,8 +123,12 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 scaler_fed = Some((current.clone(), leading));
             }
             if leading && pending {
+                // With what only compiling the Gateways finds (a Lua script that does not
+                // load, a listener not served), as `trellis check` shows it.
+                let mut compiled = (*current).clone();
+                crate::gateway::add_compile_conditions(&mut compiled.snapshot);
                 let patches = status::patches(
-                    &current,
+                    &compiled,
                     &load_balancers(&current),
                     &httpkit::rfc3339(std::time::SystemTime::now()),
                 );

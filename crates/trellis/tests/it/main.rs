@@ -1099,3 +1099,61 @@ fn systemd_units_verify() {
         );
     }
 }
+
+/// A listener the gateway does not serve (here: its ClientTrafficPolicy, on that listener
+/// alone, is refused) is `Programmed=False` with why in `trellis check`, beside the refused
+/// policy; the Gateway's other listener stays programmed.
+#[test]
+fn check_marks_a_listener_that_is_not_served() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("gw.yaml"),
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: trellis}\n\
+         spec: {controllerName: trellis.dev/gateway-controller}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: net}\n\
+         spec:\n  gatewayClassName: trellis\n  listeners:\n\
+         \x20   - {name: a, protocol: HTTP, port: 80}\n\
+         \x20   - {name: b, protocol: HTTP, port: 8080}\n---\n\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: only-b, namespace: net}\n\
+         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: b}]\n  tcpKeepalive: {idleTime: 60s}\n",
+    )
+    .expect("write");
+    let out = trellis(&[
+        "check",
+        "-f",
+        &dir.path().display().to_string(),
+        "-o",
+        "json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let gw = doc["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|o| o["kind"] == "Gateway")
+        .cloned()
+        .unwrap_or_default();
+    let programmed = |listener: &str| {
+        gw["status"]["listeners"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["name"] == listener)
+            .and_then(|l| {
+                l["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Programmed")
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(programmed("a")["status"], "True", "{gw:#}");
+    let b = programmed("b");
+    assert_eq!(b["status"], "False", "{gw:#}");
+    let why = b["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("not served") && why.contains("only-b"),
+        "{why}"
+    );
+}
