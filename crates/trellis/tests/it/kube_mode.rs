@@ -69,7 +69,12 @@ fn api(echo_port: u16, dir: &std::path::Path) -> (FakeApi, tokio::runtime::Runti
         GATEWAYS,
         vec![json!({ "metadata": { "name": "gw", "namespace": "apps" },
                      "spec": { "gatewayClassName": "trellis",
-                               "listeners": [{ "name": "http", "port": 80, "protocol": "HTTP" }] } })],
+                               "listeners": [
+                                   { "name": "http", "port": 80, "protocol": "HTTP" },
+                                   // Its certificate's Secret is missing: not served.
+                                   { "name": "tls", "port": 8443, "protocol": "HTTPS",
+                                     "tls": { "certificateRefs": [{ "name": "missing" }] } },
+                               ] } })],
     );
     fake.serve_collection(
         SERVICES,
@@ -213,6 +218,22 @@ fn gateway_and_operator_run_from_the_kubernetes_api() {
     })
     .expect("the Gateway's listener status is written");
     assert_eq!(gw["status"]["listeners"][0]["name"], "http");
+    // What only compiling the Gateway finds is written too: the listener it does not serve.
+    let tls = &gw["status"]["listeners"][1];
+    let programmed = tls["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Programmed")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(programmed["status"], "False", "{tls}");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("not served: ")),
+        "{tls}"
+    );
     // LB-IPAM: the LoadBalancer Service and the Gateway get addresses of the pool, the
     // Service with Cilium's condition.
     let lb = within(20, || {
