@@ -403,6 +403,52 @@ pub struct BasicAuth {
     /// This policy's share of the process's bcrypt checks (`BCRYPT_CHECKS_PER_POLICY`), so
     /// that wrong passwords sent to one policy's users cannot take every slot.
     bcrypt_slots: Arc<tokio::sync::Semaphore>,
+    /// The highest bcrypt cost of the entries, when there is a bcrypt entry: a failed check
+    /// that ran no bcrypt (an unknown user, a `{SHA}` one) then waits as long as one of that
+    /// cost takes, so that which names have bcrypt entries cannot be told by timing.
+    bcrypt_cost: Option<u32>,
+    /// What one bcrypt round (cost 0's share) takes here: [`BCRYPT_ROUND`] (a test sets its
+    /// own).
+    bcrypt_round: Arc<BcryptRound>,
+}
+
+/// How long one bcrypt round takes on this machine (nanoseconds, 0 while not known): a
+/// moving average over the checks that ran (each divided by 2^cost), measured once with a
+/// cost-4 hash before the first is needed.
+#[derive(Debug, Default)]
+pub(crate) struct BcryptRound(std::sync::atomic::AtomicU64);
+
+static BCRYPT_ROUND: std::sync::LazyLock<Arc<BcryptRound>> =
+    std::sync::LazyLock::new(Default::default);
+
+impl BcryptRound {
+    /// Takes a check of `cost` that took `took`.
+    fn record(&self, cost: u32, took: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let x = u64::try_from(took.as_nanos() >> cost)
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let old = self.0.load(Ordering::Relaxed);
+        let new = if old == 0 { x } else { (old * 7 + x) / 8 };
+        self.0.store(new, Ordering::Relaxed);
+    }
+
+    /// How long a check of `cost` takes (measured first if nothing was yet).
+    async fn of(&self, cost: u32) -> std::time::Duration {
+        if self.0.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            const CALIBRATION_COST: u32 = 4;
+            let took = tokio::task::spawn_blocking(|| {
+                let t = std::time::Instant::now();
+                let _ = bcrypt::hash("calibration", CALIBRATION_COST);
+                t.elapsed()
+            })
+            .await
+            .unwrap_or_default();
+            self.record(CALIBRATION_COST, took);
+        }
+        let round = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        std::time::Duration::from_nanos(round.saturating_mul(1 << cost))
+    }
 }
 
 /// Credentials bcrypt accepted, process-wide: each digest covers the user, the password and
@@ -494,6 +540,7 @@ impl BasicAuth {
     /// enforced with fewer users than it names.
     pub fn parse(text: &str) -> Result<BasicAuth, String> {
         let mut users = BTreeMap::new();
+        let mut highest_cost: Option<u32> = None;
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
             let line = line.trim_end_matches('\r');
@@ -508,6 +555,7 @@ impl BasicAuth {
             if user.is_empty() {
                 return Err(format!("line {n}: empty user name"));
             }
+            let mut bcrypt_cost = None;
             let password = if let Some(b64) = hash.strip_prefix("{SHA}") {
                 let digest = data_encoding::BASE64
                     .decode(b64.trim().as_bytes())
@@ -519,7 +567,8 @@ impl BasicAuth {
                 Password::Sha1(digest)
             } else if hash.starts_with("$2") {
                 let hash = hash.trim();
-                bcrypt_hash(hash).map_err(|e| format!("line {n}: user {user}: {e}"))?;
+                let cost = bcrypt_hash(hash).map_err(|e| format!("line {n}: user {user}: {e}"))?;
+                bcrypt_cost = Some(cost);
                 Password::Bcrypt(hash.to_string())
             } else {
                 let what = if hash.starts_with("$apr1$") {
@@ -534,6 +583,7 @@ impl BasicAuth {
                      as in Envoy's basic_auth, htpasswd -s, and bcrypt, htpasswd -B)"
                 ));
             };
+            highest_cost = highest_cost.max(bcrypt_cost);
             if users.insert(user.to_string(), password).is_some() {
                 return Err(format!("line {n}: user {user} appears twice"));
             }
@@ -548,6 +598,8 @@ impl BasicAuth {
             users,
             forward_username_header: None,
             bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_CHECKS_PER_POLICY)),
+            bcrypt_cost: highest_cost,
+            bcrypt_round: BCRYPT_ROUND.clone(),
         })
     }
 
@@ -569,8 +621,9 @@ impl BasicAuth {
         let hash = match self.users.get(user) {
             Some(Password::Bcrypt(hash)) => hash,
             // `{SHA}`, and an unknown user: the same work whether a `{SHA}` user exists or
-            // not. A bcrypt user's check takes longer (and may wait for a slot), so whether a
-            // name has a bcrypt entry can be told by timing, as with Apache's htpasswd files.
+            // not. Where the file has bcrypt entries, a failure here waits as long as a
+            // bcrypt check would have taken (without its CPU), so that a name with a bcrypt
+            // entry cannot be told from one without by timing.
             other => {
                 let want = match other {
                     Some(Password::Sha1(w)) => w,
@@ -582,11 +635,13 @@ impl BasicAuth {
                 );
                 let same: bool =
                     subtle::ConstantTimeEq::ct_eq(digest.as_ref(), want.as_slice()).into();
-                return if other.is_some() && same {
-                    Ok(user.to_string())
-                } else {
-                    Err(BasicDenied::Invalid)
-                };
+                if other.is_some() && same {
+                    return Ok(user.to_string());
+                }
+                if let Some(cost) = self.bcrypt_cost {
+                    tokio::time::sleep(self.bcrypt_round.of(cost).await).await;
+                }
+                return Err(BasicDenied::Invalid);
             }
         };
         // bcrypt reads the first 72 bytes of a password (as htpasswd's does): longer ones
@@ -609,8 +664,13 @@ impl BasicAuth {
             .flatten()
             .ok_or(BasicDenied::Busy)?;
         let (password, hash) = (password.to_string(), hash.clone());
+        let round = self.bcrypt_round.clone();
         let ok = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+            if let Ok(cost) = bcrypt_hash(&hash) {
+                round.record(cost, started.elapsed());
+            }
             drop(permits);
             ok
         })
@@ -932,6 +992,62 @@ mod tests {
         let _held = a.bcrypt_slots.clone().acquire_owned().await.expect("slot");
         assert_eq!(a.check(&wrong).await, Err(BasicDenied::Busy));
         assert_eq!(b.check(&wrong).await, Err(BasicDenied::Invalid));
+    }
+
+    /// Where the file has bcrypt entries, a failure that ran no bcrypt (an unknown user, a
+    /// wrong `{SHA}` password) takes as long as a bcrypt check of the file's cost would have
+    /// (paused time: the wait is exact, not measured against the clock); a success, and a
+    /// file without bcrypt entries, do not wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_without_bcrypt_takes_as_long_as_one_with_it() {
+        let carol = bcrypt::hash("s3cret", 5).expect("bcrypt");
+        let sha = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
+        let mut mixed = BasicAuth::parse(&format!("{sha}carol:{carol}\n")).expect("parses");
+        mixed.bcrypt_round = Arc::new(BcryptRound::default());
+        // One round took 1 ms: a cost-5 check takes 32.
+        mixed
+            .bcrypt_round
+            .record(5, std::time::Duration::from_millis(32));
+        let basic = |u: &str, p: &str| {
+            header(&format!(
+                "Basic {}",
+                data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes())
+            ))
+        };
+        async fn took(
+            b: &BasicAuth,
+            h: http::HeaderMap,
+        ) -> (Result<String, BasicDenied>, std::time::Duration) {
+            let t = tokio::time::Instant::now();
+            let r = b.check(&h).await;
+            (r, t.elapsed())
+        }
+        let wait = std::time::Duration::from_millis(32);
+        let zero = std::time::Duration::ZERO;
+        assert_eq!(
+            took(&mixed, basic("nobody", "x")).await,
+            (Err(BasicDenied::Invalid), wait)
+        );
+        assert_eq!(
+            took(&mixed, basic("alice", "wrong")).await,
+            (Err(BasicDenied::Invalid), wait)
+        );
+        assert_eq!(
+            took(&mixed, basic("alice", "secret")).await,
+            (Ok("alice".into()), zero)
+        );
+        let sha_only = BasicAuth::parse(sha).expect("parses");
+        assert_eq!(
+            took(&sha_only, basic("nobody", "x")).await,
+            (Err(BasicDenied::Invalid), zero)
+        );
+    }
+
+    /// With nothing measured yet, a round's time is measured with one cheap bcrypt hash.
+    #[tokio::test]
+    async fn the_bcrypt_round_is_measured_when_first_needed() {
+        let round = BcryptRound::default();
+        assert!(round.of(4).await > std::time::Duration::ZERO);
     }
 
     #[tokio::test]
