@@ -403,7 +403,9 @@ fn policy_status(
     // Validation's targets of the policy (only Envoy Gateway policies have an entry).
     let targets = s.resolution.policies.get(key)?.targets.clone();
     // (namespace, name, listener): a policy on one listener has that listener's Gateway as
-    // its ancestor, with the listener as `sectionName`.
+    // its ancestor, with the listener as `sectionName`; one on a route has the route's parent
+    // Gateways as its parentRefs name them (with their `sectionName`), as Envoy Gateway
+    // writes them.
     let mut gateways: Vec<(String, String, Option<String>)> = Vec::new();
     for t in targets {
         let o = &t.object;
@@ -416,7 +418,7 @@ fn policy_status(
                     .filter(|p| p.parent_ref.kind == "Gateway")
                     .map(|p| {
                         let r = &p.parent_ref;
-                        (r.namespace.clone(), r.name.clone(), None)
+                        (r.namespace.clone(), r.name.clone(), r.section_name.clone())
                     }),
             );
         }
@@ -499,7 +501,7 @@ mod tests {
     use super::*;
 
     /// A policy on one listener has that listener's Gateway as its ancestor, with the
-    /// listener as `sectionName`; one on a route rule has the route's Gateways.
+    /// listener as `sectionName`; one on a route rule has the route's parentRefs.
     #[test]
     fn a_policy_on_one_listener_names_it_in_its_ancestor() {
         let case = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -520,11 +522,11 @@ mod tests {
                 .expect("a status");
             doc["ancestors"][0]["ancestorRef"].clone()
         };
-        let gw = json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": "default", "name": "gw"});
-        let mut listener = gw.clone();
+        let mut listener = json!({"group": GATEWAY_GROUP, "kind": "Gateway", "namespace": "default", "name": "gw"});
         listener["sectionName"] = json!("http");
         assert_eq!(ancestor("on-listener"), listener);
-        assert_eq!(ancestor("admin-rule"), gw);
+        // The route attaches with `parentRefs: [{name: gw, sectionName: http}]`.
+        assert_eq!(ancestor("admin-rule"), listener);
     }
 
     #[test]
