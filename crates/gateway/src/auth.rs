@@ -410,6 +410,8 @@ pub struct BasicAuth {
     /// What one bcrypt round (cost 0's share) takes here: [`BCRYPT_ROUND`] (a test sets its
     /// own).
     bcrypt_round: Arc<BcryptRound>,
+    /// The process's bcrypt slots, [`BCRYPT_CHECKS`] (a test sets its own).
+    bcrypt_checks: &'static tokio::sync::Semaphore,
 }
 
 /// How long one bcrypt round takes on this machine (nanoseconds, 0 while not known): a
@@ -600,7 +602,31 @@ impl BasicAuth {
             bcrypt_slots: Arc::new(tokio::sync::Semaphore::new(BCRYPT_CHECKS_PER_POLICY)),
             bcrypt_cost: highest_cost,
             bcrypt_round: BCRYPT_ROUND.clone(),
+            bcrypt_checks: &BCRYPT_CHECKS,
         })
+    }
+
+    /// The policy's bcrypt slot, then one of the process's; `Busy` when they do not come
+    /// within `BCRYPT_WAIT_MAX`.
+    async fn bcrypt_permits(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::OwnedSemaphorePermit,
+            tokio::sync::SemaphorePermit<'static>,
+        ),
+        BasicDenied,
+    > {
+        let slots = async {
+            let mine = self.bcrypt_slots.clone().acquire_owned().await.ok()?;
+            let any = self.bcrypt_checks.acquire().await.ok()?;
+            Some((mine, any))
+        };
+        tokio::time::timeout(BCRYPT_WAIT_MAX, slots)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(BasicDenied::Busy)
     }
 
     /// Checks a request's `Authorization: Basic` credentials; returns the user name. A
@@ -621,9 +647,10 @@ impl BasicAuth {
         let hash = match self.users.get(user) {
             Some(Password::Bcrypt(hash)) => hash,
             // `{SHA}`, and an unknown user: the same work whether a `{SHA}` user exists or
-            // not. Where the file has bcrypt entries, a failure here waits as long as a
-            // bcrypt check would have taken (without its CPU), so that a name with a bcrypt
-            // entry cannot be told from one without by timing.
+            // not. Where the file has bcrypt entries, a failure here takes the same way as a
+            // bcrypt check (the slots, then as long as one takes, without its CPU), so that a
+            // name with a bcrypt entry cannot be told from one without by timing, one request
+            // or several at once.
             other => {
                 let want = match other {
                     Some(Password::Sha1(w)) => w,
@@ -639,7 +666,9 @@ impl BasicAuth {
                     return Ok(user.to_string());
                 }
                 if let Some(cost) = self.bcrypt_cost {
+                    let permits = self.bcrypt_permits().await?;
                     tokio::time::sleep(self.bcrypt_round.of(cost).await).await;
+                    drop(permits);
                 }
                 return Err(BasicDenied::Invalid);
             }
@@ -651,18 +680,8 @@ impl BasicAuth {
         if BCRYPT_VERIFIED.contains(&seen) {
             return Ok(user.to_string());
         }
-        // The policy's slot, then one of the process's; both held until bcrypt is done (also
-        // when the request is gone meanwhile).
-        let slots = async {
-            let mine = self.bcrypt_slots.clone().acquire_owned().await.ok()?;
-            let any = BCRYPT_CHECKS.acquire().await.ok()?;
-            Some((mine, any))
-        };
-        let permits = tokio::time::timeout(BCRYPT_WAIT_MAX, slots)
-            .await
-            .ok()
-            .flatten()
-            .ok_or(BasicDenied::Busy)?;
+        // Both held until bcrypt is done (also when the request is gone meanwhile).
+        let permits = self.bcrypt_permits().await?;
         let (password, hash) = (password.to_string(), hash.clone());
         let round = self.bcrypt_round.clone();
         let ok = tokio::task::spawn_blocking(move || {
@@ -1004,6 +1023,8 @@ mod tests {
         let sha = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
         let mut mixed = BasicAuth::parse(&format!("{sha}carol:{carol}\n")).expect("parses");
         mixed.bcrypt_round = Arc::new(BcryptRound::default());
+        // Slots of its own: other tests' bcrypt checks run in this process at the same time.
+        mixed.bcrypt_checks = Box::leak(Box::new(tokio::sync::Semaphore::new(2)));
         // One round took 1 ms: a cost-5 check takes 32.
         mixed
             .bcrypt_round
@@ -1036,6 +1057,15 @@ mod tests {
             took(&mixed, basic("alice", "secret")).await,
             (Ok("alice".into()), zero)
         );
+        // Two failures at once wait one after the other, as two bcrypt checks would (the
+        // policy has one slot).
+        let (a, b) = tokio::join!(
+            took(&mixed, basic("nobody", "x")),
+            took(&mixed, basic("somebody", "y"))
+        );
+        let mut waits = [a.1, b.1];
+        waits.sort();
+        assert_eq!(waits, [wait, wait * 2]);
         let sha_only = BasicAuth::parse(sha).expect("parses");
         assert_eq!(
             took(&sha_only, basic("nobody", "x")).await,

@@ -749,8 +749,7 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
         if again(&mut tries, Outcome::Status(head.status)).await {
             continue 'attempt;
         }
-        let now = Instant::now();
-        let latency = now.saturating_duration_since(ex.started);
+        let latency = ex.started.elapsed();
         if head.compress.is_some() {
             state.metrics.compressed.inc();
         }
@@ -761,7 +760,10 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             Err(_) => (false, true),
         };
         if complete && !extra && !head.upstream_close {
-            state.h1_pool.put(ep.addr, backend.keepalive, up, now);
+            // Idle from now (after the body, however long it took).
+            state
+                .h1_pool
+                .put(ep.addr, backend.keepalive, up, Instant::now());
         }
         return Done {
             status: head.status,

@@ -192,17 +192,34 @@ pub fn add_compile_conditions(s: &mut model::Snapshot) {
                     found.push(p);
                 }
             }
-            for (listener, _, why) in plan.unserved {
-                unserved.push((plan.gateway.clone(), listener, why));
+            // A port-wide failure (its TLS settings) is every HTTPS listener's of the port.
+            let spec = &s.gateways[&(ns.clone(), name.clone())].spec;
+            for (listener, port, why) in plan.unserved {
+                let names: Vec<String> = if listener.is_empty() {
+                    spec.listeners
+                        .iter()
+                        .filter(|l| l.port == i32::from(port) && l.protocol == "HTTPS")
+                        .map(|l| l.name.clone())
+                        .collect()
+                } else {
+                    vec![listener]
+                };
+                for l in names {
+                    unserved.push((plan.gateway.clone(), l, why.clone()));
+                }
             }
         }
     }
+    let programmed = |conditions: &[model::Condition]| {
+        conditions
+            .iter()
+            .any(|c| c.type_ == model::object::cond::PROGRAMMED && c.status == model::Status::True)
+    };
     for (gw, listener, why) in unserved {
-        let Some(l) = s
-            .status
-            .get_mut(&gw)
-            .and_then(|st| st.listeners.iter_mut().find(|l| l.name == listener))
-        else {
+        let Some(st) = s.status.get_mut(&gw) else {
+            continue;
+        };
+        let Some(l) = st.listeners.iter_mut().find(|l| l.name == listener) else {
             continue;
         };
         model::object::set_condition(
@@ -214,6 +231,15 @@ pub fn add_compile_conditions(s: &mut model::Snapshot) {
                 format!("not served: {why}"),
             ),
         );
+        // With none of its listeners served, the Gateway itself is not programmed.
+        if programmed(&st.conditions) && !st.listeners.iter().any(|l| programmed(&l.conditions)) {
+            st.set(model::Condition::new(
+                model::object::cond::PROGRAMMED,
+                model::Status::False,
+                model::object::cond::reason::INVALID,
+                "none of its listeners is served",
+            ));
+        }
     }
     for (key, msg) in found {
         // The typed resolution says the same as the condition written below.

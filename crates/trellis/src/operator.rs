@@ -125,8 +125,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             if leading && pending {
                 // With what only compiling the Gateways finds (a Lua script that does not
                 // load, a listener not served), as `trellis check` shows it.
-                let mut compiled = (*current).clone();
-                crate::gateway::add_compile_conditions(&mut compiled.snapshot);
+                // (Off the runtime's thread: the clone and the compile take a while on a
+                // large tree, and the Lease must be renewed meanwhile.)
+                let snapshot = current.clone();
+                let compiled = tokio::task::spawn_blocking(move || {
+                    let mut compiled = (*snapshot).clone();
+                    crate::gateway::add_compile_conditions(&mut compiled.snapshot);
+                    compiled
+                })
+                .await
+                .unwrap_or_else(|_| (*current).clone());
                 let patches = status::patches(
                     &compiled,
                     &load_balancers(&current),

@@ -1115,7 +1115,12 @@ fn check_marks_a_listener_that_is_not_served() {
          \x20   - {name: a, protocol: HTTP, port: 80}\n\
          \x20   - {name: b, protocol: HTTP, port: 8080}\n---\n\
          apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: only-b, namespace: net}\n\
-         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: b}]\n  tcpKeepalive: {idleTime: 60s}\n",
+         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw, sectionName: b}]\n  tcpKeepalive: {idleTime: 60s}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: none, namespace: net}\n\
+         spec:\n  gatewayClassName: trellis\n  listeners:\n\
+         \x20   - {name: a, protocol: HTTP, port: 80}\n---\n\
+         apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: ClientTrafficPolicy\nmetadata: {name: paths, namespace: net}\n\
+         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: none}]\n  path: {disableMergeSlashes: true}\n",
     )
     .expect("write");
     let out = trellis(&[
@@ -1130,7 +1135,7 @@ fn check_marks_a_listener_that_is_not_served() {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|o| o["kind"] == "Gateway")
+        .find(|o| o["kind"] == "Gateway" && o["metadata"]["name"] == "gw")
         .cloned()
         .unwrap_or_default();
     let programmed = |listener: &str| {
@@ -1156,4 +1161,23 @@ fn check_marks_a_listener_that_is_not_served() {
         why.contains("not served") && why.contains("only-b"),
         "{why}"
     );
+    // A Gateway none of whose listeners is served is not programmed either.
+    let gateway_programmed = |name: &str| {
+        doc["objects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|o| o["kind"] == "Gateway" && o["metadata"]["name"] == name)
+            .and_then(|g| {
+                g["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Programmed")
+                    .cloned()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(gateway_programmed("gw")["status"], "True");
+    let none = gateway_programmed("none");
+    assert_eq!(none["status"], "False", "{none}");
 }
