@@ -14,7 +14,7 @@ mod common;
 
 /// `check` is async (a bcrypt entry is checked on a blocking thread).
 fn check(b: &BasicAuth, h: &http::HeaderMap) -> Result<String, BasicDenied> {
-    common::runtime().block_on(b.check(h))
+    common::runtime().block_on(b.check(h, std::net::Ipv4Addr::LOCALHOST.into()))
 }
 
 fn sha1_b64(password: &str) -> String {

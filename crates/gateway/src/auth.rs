@@ -23,6 +23,7 @@ use model::validate::ENVOY_GROUP;
 use crate::backend::Backend;
 pub use crate::limits::BASIC_AUTH_USERS_MAX;
 use crate::limits::{
+    BASIC_AUTH_CLIENTS_TRACKED, BASIC_AUTH_FAILURE_WINDOW, BASIC_AUTH_FAILURES_PER_CLIENT,
     BASIC_AUTH_VERIFIED_MAX, BCRYPT_CHECKS_AT_ONCE, BCRYPT_CHECKS_PER_POLICY, BCRYPT_COST_MAX,
     BCRYPT_WAIT_MAX,
 };
@@ -412,6 +413,43 @@ pub struct BasicAuth {
     bcrypt_round: Arc<BcryptRound>,
     /// The process's bcrypt slots, [`BCRYPT_CHECKS`] (a test sets its own).
     bcrypt_checks: &'static tokio::sync::Semaphore,
+    /// Failed logins by client address, where the file has bcrypt entries
+    /// ([`BASIC_AUTH_FAILURES_PER_CLIENT`]).
+    failures: std::sync::Mutex<Failures>,
+}
+
+/// Failed logins by client address: how many since when.
+#[derive(Default)]
+struct Failures(std::collections::HashMap<std::net::IpAddr, (u32, tokio::time::Instant)>);
+
+impl Failures {
+    /// Whether `client` used up its failures in the current window.
+    fn exhausted(&mut self, client: std::net::IpAddr) -> bool {
+        let Some(&(n, since)) = self.0.get(&client) else {
+            return false;
+        };
+        if since.elapsed() >= BASIC_AUTH_FAILURE_WINDOW {
+            self.0.remove(&client);
+            return false;
+        }
+        n >= BASIC_AUTH_FAILURES_PER_CLIENT
+    }
+
+    fn failed(&mut self, client: std::net::IpAddr) {
+        let now = tokio::time::Instant::now();
+        if self.0.len() >= BASIC_AUTH_CLIENTS_TRACKED && !self.0.contains_key(&client) {
+            self.0
+                .retain(|_, (_, since)| now.duration_since(*since) < BASIC_AUTH_FAILURE_WINDOW);
+            if self.0.len() >= BASIC_AUTH_CLIENTS_TRACKED {
+                return;
+            }
+        }
+        let e = self.0.entry(client).or_insert((0, now));
+        if now.duration_since(e.1) >= BASIC_AUTH_FAILURE_WINDOW {
+            *e = (0, now);
+        }
+        e.0 += 1;
+    }
 }
 
 /// How long one bcrypt round takes on this machine (nanoseconds, 0 while not known): a
@@ -500,6 +538,9 @@ pub enum BasicDenied {
     /// Every bcrypt check slot stayed taken for `BCRYPT_WAIT_MAX` (503, not a verdict on the
     /// credentials).
     Busy,
+    /// The client address had `BASIC_AUTH_FAILURES_PER_CLIENT` failed logins in the window
+    /// (429).
+    TooMany,
 }
 
 impl BasicDenied {
@@ -510,6 +551,7 @@ impl BasicDenied {
                 "User authentication failed. Invalid username/password combination."
             }
             BasicDenied::Busy => "Too many password checks at once; try again.",
+            BasicDenied::TooMany => "Too many failed logins from this address; try again later.",
         }
     }
 }
@@ -603,6 +645,7 @@ impl BasicAuth {
             bcrypt_cost: highest_cost,
             bcrypt_round: BCRYPT_ROUND.clone(),
             bcrypt_checks: &BCRYPT_CHECKS,
+            failures: Default::default(),
         })
     }
 
@@ -632,7 +675,39 @@ impl BasicAuth {
     /// Checks a request's `Authorization: Basic` credentials; returns the user name. A
     /// bcrypt password is checked on a blocking thread, at most `BCRYPT_CHECKS_AT_ONCE` at
     /// once in the process, each credential once while it keeps being right.
-    pub async fn check(&self, headers: &http::HeaderMap) -> Result<String, BasicDenied> {
+    pub async fn check(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<String, BasicDenied> {
+        let r = self.check_credentials(headers, client).await;
+        if r == Err(BasicDenied::Invalid) && self.bcrypt_cost.is_some() {
+            self.failures
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .failed(client);
+        }
+        r
+    }
+
+    /// Whether `client` may take a bcrypt slot now (see [`BASIC_AUTH_FAILURES_PER_CLIENT`]).
+    fn may_try(&self, client: std::net::IpAddr) -> Result<(), BasicDenied> {
+        let mut f = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if f.exhausted(client) {
+            Err(BasicDenied::TooMany)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn check_credentials(
+        &self,
+        headers: &http::HeaderMap,
+        client: std::net::IpAddr,
+    ) -> Result<String, BasicDenied> {
         let Some(v) = headers.get(http::header::AUTHORIZATION) else {
             return Err(BasicDenied::Missing);
         };
@@ -666,6 +741,7 @@ impl BasicAuth {
                     return Ok(user.to_string());
                 }
                 if let Some(cost) = self.bcrypt_cost {
+                    self.may_try(client)?;
                     let permits = self.bcrypt_permits().await?;
                     tokio::time::sleep(self.bcrypt_round.of(cost).await).await;
                     drop(permits);
@@ -681,6 +757,7 @@ impl BasicAuth {
             return Ok(user.to_string());
         }
         // Both held until bcrypt is done (also when the request is gone meanwhile).
+        self.may_try(client)?;
         let permits = self.bcrypt_permits().await?;
         let (password, hash) = (password.to_string(), hash.clone());
         let round = self.bcrypt_round.clone();
@@ -988,6 +1065,9 @@ pub fn security_policies(
 mod tests {
     use super::*;
 
+    /// The client address of the unit tests' requests.
+    const CLIENT: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn header(v: &str) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();
         h.insert(
@@ -1009,8 +1089,8 @@ mod tests {
             data_encoding::BASE64.encode(b"u:wrong")
         ));
         let _held = a.bcrypt_slots.clone().acquire_owned().await.expect("slot");
-        assert_eq!(a.check(&wrong).await, Err(BasicDenied::Busy));
-        assert_eq!(b.check(&wrong).await, Err(BasicDenied::Invalid));
+        assert_eq!(a.check(&wrong, CLIENT).await, Err(BasicDenied::Busy));
+        assert_eq!(b.check(&wrong, CLIENT).await, Err(BasicDenied::Invalid));
     }
 
     /// Where the file has bcrypt entries, a failure that ran no bcrypt (an unknown user, a
@@ -1040,7 +1120,7 @@ mod tests {
             h: http::HeaderMap,
         ) -> (Result<String, BasicDenied>, std::time::Duration) {
             let t = tokio::time::Instant::now();
-            let r = b.check(&h).await;
+            let r = b.check(&h, CLIENT).await;
             (r, t.elapsed())
         }
         let wait = std::time::Duration::from_millis(32);
@@ -1073,6 +1153,62 @@ mod tests {
         );
     }
 
+    /// Past `BASIC_AUTH_FAILURES_PER_CLIENT` failed logins in the window, a client's logins
+    /// that would take a bcrypt slot are answered 429 until the window ends; another client,
+    /// a right `{SHA}` password, and a file without bcrypt entries are not held back.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_with_too_many_failed_logins_waits_for_the_window() {
+        let carol = bcrypt::hash("s3cret", 4).expect("bcrypt");
+        let sha = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
+        let mut mixed = BasicAuth::parse(&format!("{sha}carol:{carol}\n")).expect("parses");
+        mixed.bcrypt_round = Arc::new(BcryptRound::default());
+        mixed
+            .bcrypt_round
+            .record(4, std::time::Duration::from_millis(16));
+        mixed.bcrypt_checks = Box::leak(Box::new(tokio::sync::Semaphore::new(2)));
+        let basic = |u: &str, p: &str| {
+            header(&format!(
+                "Basic {}",
+                data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes())
+            ))
+        };
+        let (a, b): (std::net::IpAddr, std::net::IpAddr) =
+            ([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
+        for _ in 0..BASIC_AUTH_FAILURES_PER_CLIENT {
+            assert_eq!(
+                mixed.check(&basic("nobody", "x"), a).await,
+                Err(BasicDenied::Invalid)
+            );
+        }
+        for (u, p) in [("nobody", "x"), ("alice", "wrong"), ("carol", "s3cret")] {
+            assert_eq!(
+                mixed.check(&basic(u, p), a).await,
+                Err(BasicDenied::TooMany),
+                "{u}"
+            );
+        }
+        assert_eq!(
+            mixed.check(&basic("alice", "secret"), a).await,
+            Ok("alice".into())
+        );
+        assert_eq!(
+            mixed.check(&basic("nobody", "x"), b).await,
+            Err(BasicDenied::Invalid)
+        );
+        tokio::time::advance(BASIC_AUTH_FAILURE_WINDOW).await;
+        assert_eq!(
+            mixed.check(&basic("nobody", "x"), a).await,
+            Err(BasicDenied::Invalid)
+        );
+        let sha_only = BasicAuth::parse(sha).expect("parses");
+        for _ in 0..=BASIC_AUTH_FAILURES_PER_CLIENT {
+            assert_eq!(
+                sha_only.check(&basic("nobody", "x"), a).await,
+                Err(BasicDenied::Invalid)
+            );
+        }
+    }
+
     /// With nothing measured yet, a round's time is measured with one cheap bcrypt hash.
     #[tokio::test]
     async fn the_bcrypt_round_is_measured_when_first_needed() {
@@ -1093,19 +1229,19 @@ mod tests {
             )
         };
         assert_eq!(
-            b.check(&header(&basic("alice", "secret"))).await,
+            b.check(&header(&basic("alice", "secret")), CLIENT).await,
             Ok("alice".into())
         );
         assert_eq!(
-            b.check(&header(&basic("alice", "Secret"))).await,
+            b.check(&header(&basic("alice", "Secret")), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(
-            b.check(&header(&basic("bob", "secret"))).await,
+            b.check(&header(&basic("bob", "secret")), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(
-            b.check(&header(&basic("carol", "secret"))).await,
+            b.check(&header(&basic("carol", "secret")), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         let remembered = |u: &str, p: &str| {
@@ -1121,26 +1257,26 @@ mod tests {
         );
         for _ in 0..2 {
             assert_eq!(
-                b.check(&header(&basic("carol", "s3cret"))).await,
+                b.check(&header(&basic("carol", "s3cret")), CLIENT).await,
                 Ok("carol".into())
             );
         }
         assert!(remembered("carol", "s3cret"), "a success is remembered");
         // alice's password is not carol's.
         assert_eq!(
-            b.check(&header(&basic("carol", "secret"))).await,
+            b.check(&header(&basic("carol", "secret")), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(
-            b.check(&header("Bearer x")).await,
+            b.check(&header("Bearer x"), CLIENT).await,
             Err(BasicDenied::Missing)
         );
         assert_eq!(
-            b.check(&http::HeaderMap::new()).await,
+            b.check(&http::HeaderMap::new(), CLIENT).await,
             Err(BasicDenied::Missing)
         );
         assert_eq!(
-            b.check(&header("Basic !!!")).await,
+            b.check(&header("Basic !!!"), CLIENT).await,
             Err(BasicDenied::Missing)
         );
         let costly = bcrypt::hash_with_salt("x", 13, [7; 16])

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub basic_auth_denied: Counter,
     /// Requests answered 503 because every bcrypt check slot stayed taken.
     pub basic_auth_busy: Counter,
+    /// Requests answered 429: their client address had too many failed logins.
+    pub basic_auth_throttled: Counter,
     pub jwt_denied: Counter,
     pub oidc_denied: Counter,
     pub api_key_denied: Counter,
@@ -85,6 +87,7 @@ impl Default for Metrics {
             security_policy_refused: Counter::default(),
             basic_auth_denied: Counter::default(),
             basic_auth_busy: Counter::default(),
+            basic_auth_throttled: Counter::default(),
             jwt_denied: Counter::default(),
             oidc_denied: Counter::default(),
             api_key_denied: Counter::default(),
@@ -208,6 +211,11 @@ impl Metrics {
             "basic_auth_busy",
             "Requests answered 503 because every bcrypt check slot stayed taken",
             self.basic_auth_busy.clone(),
+        );
+        r.register(
+            "basic_auth_throttled",
+            "Requests answered 429 because their client address had too many failed logins",
+            self.basic_auth_throttled.clone(),
         );
         r.register(
             "basic_auth_verified_cleared",

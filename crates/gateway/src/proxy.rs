@@ -832,7 +832,7 @@ async fn authenticate(
         req = check_ext_auth(state, ext, req, path, query, scheme, client).await?;
     }
     if let Some(basic) = &sec.basic {
-        match basic.check(req.headers()).await {
+        match basic.check(req.headers(), client.ip()).await {
             Ok(user) => {
                 if let Some(h) = &basic.forward_username_header
                     && let Ok(v) = HeaderValue::from_str(&user)
@@ -846,6 +846,18 @@ async fn authenticate(
                     StatusCode::SERVICE_UNAVAILABLE,
                     crate::auth::BasicDenied::Busy.message(),
                 ));
+            }
+            Err(crate::auth::BasicDenied::TooMany) => {
+                state.metrics.basic_auth_throttled.inc();
+                let mut r = local(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    crate::auth::BasicDenied::TooMany.message(),
+                );
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(crate::limits::BASIC_AUTH_FAILURE_WINDOW.as_secs()),
+                );
+                return Err(r);
             }
             Err(denied) => {
                 state.metrics.basic_auth_denied.inc();

@@ -391,6 +391,19 @@ async fn policies_that_cannot_be_enforced_refuse_their_routes() {
                 assert_eq!(seen["headers"]["x-user"], "carol");
             }
         }
+        // Failed logins from this address on the bcrypt policy: two per protocol above, then
+        // unknown names up to the limit; past it, a login that would take a bcrypt slot is
+        // answered 429, and a remembered credential still passes.
+        let host = "Host: bcrypt.example.com";
+        for _ in 4..gateway::limits::BASIC_AUTH_FAILURES_PER_CLIENT {
+            let (status, _, _) = request(addr, host, &["-u", "nobody:x"]);
+            assert_eq!(status, 401);
+        }
+        let (status, head, body) = request(addr, host, &["-u", "carol:wrong"]);
+        assert_eq!(status, 429, "{body}");
+        assert!(head.contains("retry-after: 60"), "{head}");
+        let (status, _, body) = request(addr, host, &["-u", "carol:s3cret"]);
+        assert_eq!(status, 200, "remembered: {body}");
     })
     .await
     .expect("requests");
