@@ -413,10 +413,14 @@ pub struct BasicAuth {
     bcrypt_round: Arc<BcryptRound>,
     /// The process's bcrypt slots, [`BCRYPT_CHECKS`] (a test sets its own).
     bcrypt_checks: &'static tokio::sync::Semaphore,
-    /// Failed logins by client address, where the file has bcrypt entries
-    /// ([`BASIC_AUTH_FAILURES_PER_CLIENT`]).
-    failures: std::sync::Mutex<Failures>,
+    /// Failed logins by client address on policies with bcrypt entries
+    /// ([`BASIC_AUTH_FAILURES_PER_CLIENT`]): [`FAILURES`], process-wide, so that a reload
+    /// (on every Endpoints change) does not forget them. Unit tests get their own.
+    failures: Arc<std::sync::Mutex<Failures>>,
 }
+
+static FAILURES: std::sync::LazyLock<Arc<std::sync::Mutex<Failures>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// Failed logins by client address: how many since when.
 #[derive(Default)]
@@ -645,7 +649,11 @@ impl BasicAuth {
             bcrypt_cost: highest_cost,
             bcrypt_round: BCRYPT_ROUND.clone(),
             bcrypt_checks: &BCRYPT_CHECKS,
-            failures: Default::default(),
+            failures: if cfg!(test) {
+                Default::default()
+            } else {
+                FAILURES.clone()
+            },
         })
     }
 

@@ -101,18 +101,19 @@ pub const BCRYPT_CHECKS_PER_POLICY: usize = 1;
 /// How long a request waits for a bcrypt check slot before it is answered 503.
 pub const BCRYPT_WAIT_MAX: Duration = Duration::from_secs(2);
 
-/// Failed logins one client address may have on a basicAuth policy with bcrypt entries within
-/// [`BASIC_AUTH_FAILURE_WINDOW`]; past them its logins that would take a bcrypt slot are
-/// answered 429 until the window ends, so that one client cannot hold the policy's slot and
-/// keep its other users waiting. Credentials already verified still pass.
+/// Failed logins one client address may have on basicAuth policies with bcrypt entries (counted
+/// together, process-wide, across reloads) within [`BASIC_AUTH_FAILURE_WINDOW`]; past them its
+/// logins that would take a bcrypt slot are answered 429 until the window ends, so that one
+/// client cannot hold a policy's slot and keep its other users waiting. Credentials already
+/// verified still pass.
 pub const BASIC_AUTH_FAILURES_PER_CLIENT: u32 = 10;
 
 /// The window [`BASIC_AUTH_FAILURES_PER_CLIENT`] counts in, from a client's first failure.
 pub const BASIC_AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
-/// Client addresses one policy keeps failure counts for; when full, expired counts are
-/// dropped, and with none expired a new address is not counted (its logins still take the
-/// policy's one slot).
+/// Client addresses failure counts are kept for; when full, expired counts are dropped, and
+/// with none expired a new address is not counted (its logins still take a policy's one
+/// slot).
 pub const BASIC_AUTH_CLIENTS_TRACKED: usize = 4096;
 
 /// Credentials a basicAuth policy remembers as verified by bcrypt (32 bytes each); when full
