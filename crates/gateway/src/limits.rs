@@ -101,6 +101,12 @@ pub const BCRYPT_CHECKS_PER_POLICY: usize = 1;
 /// How long a request waits for a bcrypt check slot before it is answered 503.
 pub const BCRYPT_WAIT_MAX: Duration = Duration::from_secs(2);
 
+/// Streams an HTTP/2 connection may have reset for the client's protocol errors (a malformed
+/// request) before it is closed with GOAWAY, under ClientTrafficPolicy `http2.onInvalidMessage:
+/// TerminateStream` (h2's own default); under `TerminateConnection`, Envoy Gateway's default,
+/// the first closes it.
+pub const HTTP2_STREAM_ERRORS_MAX: usize = 1024;
+
 /// Failed logins one client address may have on basicAuth policies with bcrypt entries (counted
 /// together, process-wide, across reloads) within [`BASIC_AUTH_FAILURE_WINDOW`]; past them its
 /// logins that would take a bcrypt slot are answered 429 until the window ends, so that one

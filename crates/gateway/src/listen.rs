@@ -204,6 +204,10 @@ impl Running {
         self.state
             .client_keepalive
             .store(plan.client_keepalive.map(Arc::new));
+        self.state.http2_terminate_on_invalid.store(
+            plan.http2_terminate_on_invalid,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.state.metrics.reloads.inc();
     }
 

@@ -60,6 +60,10 @@ pub struct Plan {
     pub drain_timeout: Duration,
     /// Keep-alive probing of accepted client connections (ClientTrafficPolicy `tcpKeepalive`).
     pub client_keepalive: Option<Keepalive>,
+    /// ClientTrafficPolicy `http2.onInvalidMessage`: whether a malformed HTTP/2 request closes
+    /// its connection (`TerminateConnection`, Envoy Gateway's default) rather than only its
+    /// stream (`TerminateStream`).
+    pub http2_terminate_on_invalid: bool,
 }
 
 /// Backends with their weights.
@@ -336,6 +340,7 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
         problems: Vec::new(),
         drain_timeout: drain_timeout(s, gw),
         client_keepalive: None,
+        http2_terminate_on_invalid: true,
     };
 
     // Listener ports by family.
@@ -573,6 +578,9 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     }
 
     let client_tls = client_tls(s, &key);
+    plan.http2_terminate_on_invalid = gateway_client_policy(s, &key)
+        .and_then(|p| p.spec.http2.as_ref()?.on_invalid_message.as_deref())
+        != Some("TerminateStream");
     plan.client_keepalive = gateway_client_policy(s, &key)
         .and_then(|p| p.spec.tcp_keepalive.as_ref())
         .map(Keepalive::from_policy);

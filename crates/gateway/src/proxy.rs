@@ -29,8 +29,9 @@ use crate::backend::{Next, Outcome, Tries};
 use crate::decide;
 use crate::limits::{
     ACCESS_LOG_QUEUED_MAX, CLIENT_CONNECTIONS_MAX, CLIENT_IDLE_TIMEOUT, DRAIN_IDLE_GRACE,
-    EXT_AUTH_TIMEOUT, HEADER_READ_TIMEOUT, KEEPALIVE_POOLS_MAX, POOL_IDLE_PER_HOST_MAX,
-    REQUEST_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT, UPSTREAM_POOL_IDLE_TIMEOUT,
+    EXT_AUTH_TIMEOUT, HEADER_READ_TIMEOUT, HTTP2_STREAM_ERRORS_MAX, KEEPALIVE_POOLS_MAX,
+    POOL_IDLE_PER_HOST_MAX, REQUEST_HEADER_BYTES_MAX, UPSTREAM_CONNECT_TIMEOUT,
+    UPSTREAM_POOL_IDLE_TIMEOUT,
 };
 use crate::metrics::Metrics;
 use crate::plan::{Action, Backend, HeaderEdits, Keepalive, Listen, Plan, Retry};
@@ -88,6 +89,9 @@ pub(crate) struct State {
     pub(crate) udp_ports: Arc<ArcSwap<BTreeMap<u16, Arc<crate::plan::StreamPort>>>>,
     /// Keep-alive probing of accepted connections (ClientTrafficPolicy).
     pub(crate) client_keepalive: arc_swap::ArcSwapOption<Keepalive>,
+    /// A malformed HTTP/2 request closes its connection (see
+    /// [`Plan::http2_terminate_on_invalid`]).
+    pub(crate) http2_terminate_on_invalid: std::sync::atomic::AtomicBool,
     client: Client<HttpConnector, Body>,
     /// HTTP/2 with prior knowledge, for GRPCRoute backends.
     client_h2: Client<HttpConnector, Body>,
@@ -158,6 +162,7 @@ impl State {
             ports: ArcSwap::from_pointee(plan.ports.clone()),
             udp_ports: Arc::new(ArcSwap::from_pointee(plan.udp_ports.clone())),
             client_keepalive: arc_swap::ArcSwapOption::from_pointee(plan.client_keepalive),
+            http2_terminate_on_invalid: plan.http2_terminate_on_invalid.into(),
             client: upstream_client(false, None),
             client_h2: upstream_client(true, None),
             keepalive_clients: std::sync::Mutex::new(BTreeMap::new()),
@@ -294,6 +299,13 @@ pub(crate) async fn serve_http<S>(
     let seen = requests.clone();
     let idle_timeout = state.client_idle_timeout;
     let grace = state.drain_idle_grace;
+    // Under `TerminateConnection`, h2 closes the connection (GOAWAY) at the first stream it
+    // has to reset for the client's protocol error.
+    let stream_errors_max = if state.http2_terminate_on_invalid.load(Ordering::Relaxed) {
+        0
+    } else {
+        HTTP2_STREAM_ERRORS_MAX
+    };
     // The request's future is boxed: the connection keeps room for its service's future
     // inline, and this one is large (routing, retries, compression), so an idle keep-alive
     // connection would carry it for nothing.
@@ -322,7 +334,8 @@ pub(crate) async fn serve_http<S>(
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder
         .http2()
-        .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(REQUEST_HEADER_BYTES_MAX).unwrap_or(u32::MAX))
+        .max_local_error_reset_streams(stream_errors_max);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     // A drain lets the requests in flight finish and closes the connection after them, once

@@ -1,6 +1,7 @@
 //! ClientTrafficPolicy `http2.onInvalidMessage`: what the HTTP/2 server does with a malformed
-//! request (TerminateStream: the stream is reset, the connection and its other streams go
-//! on), and how the policy's status says so when TerminateConnection is asked for.
+//! request. TerminateStream: the stream is reset, the connection and its other streams go on;
+//! TerminateConnection (and no policy: Envoy Gateway's default): the connection is closed with
+//! GOAWAY.
 //!
 //! The client writes frames by hand: no HTTP/2 client library sends a malformed request.
 
@@ -16,6 +17,7 @@ const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const GOAWAY: u8 = 7;
 const PROTOCOL_ERROR: u32 = 1;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len())
@@ -76,17 +78,23 @@ fn supported(on_invalid: &str) -> Option<(String, String)> {
 }
 
 #[test]
-fn terminate_connection_is_reported_as_not_served() {
-    let (status, message) = supported("TerminateConnection").expect("a Supported condition");
-    assert_eq!(status, "False");
-    assert!(message.contains("spec.http2.onInvalidMessage"), "{message}");
+fn both_values_are_served() {
+    assert_eq!(supported("TerminateConnection"), None);
     assert_eq!(supported("TerminateStream"), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_request_resets_only_its_stream() {
+/// What came back for a malformed request on stream 1 followed by a good one on stream 3 on
+/// one connection: stream 1's reset code, whether stream 3 was answered, GOAWAY's code.
+#[derive(Debug, Default)]
+struct Seen {
+    reset_1: Option<u32>,
+    answered_3: bool,
+    goaway: Option<u32>,
+}
+
+async fn malformed_then_good(manifests: &str) -> Seen {
     let backends = harness::start_backends().await;
-    let (_, running) = harness::serve(&backends, &policy("TerminateStream"), Arc::default()).await;
+    let (_, running) = harness::serve(&backends, manifests, Arc::default()).await;
     let mut conn = tokio::net::TcpStream::connect(running.bound[&80])
         .await
         .expect("connect");
@@ -103,14 +111,13 @@ async fn a_malformed_request_resets_only_its_stream() {
     out.extend(frame(HEADERS, 0x5, 3, &get_block("h2.example", &[])));
     conn.write_all(&out).await.expect("send");
 
-    let (mut reset_1, mut answered_3, mut goaway) = (None, false, false);
+    let mut seen = Seen::default();
     let mut buf = Vec::new();
-    while !(answered_3 && reset_1.is_some()) {
+    while !(seen.answered_3 && seen.reset_1.is_some()) {
         let mut chunk = [0u8; 4096];
         // A guard against a hang when a frame never comes, not a timing assertion.
         let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await;
-        let Ok(read) = read else { break };
-        let n = read.expect("read");
+        let Ok(Ok(n)) = read else { break };
         if n == 0 {
             break;
         }
@@ -124,29 +131,46 @@ async fn a_malformed_request_resets_only_its_stream() {
             let stream = u32::from_be_bytes([buf[5] & 0x7f, buf[6], buf[7], buf[8]]);
             let payload = buf[9..9 + len].to_vec();
             buf.drain(..9 + len);
+            let code = |at: usize| {
+                payload
+                    .get(at..at + 4)
+                    .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
+            };
             match kind {
-                SETTINGS if flags & 1 == 0 => conn
-                    .write_all(&frame(SETTINGS, 1, 0, &[]))
-                    .await
-                    .expect("ack settings"),
-                RST_STREAM if stream == 1 => {
-                    reset_1 = Some(u32::from_be_bytes(payload[..4].try_into().expect("code")));
+                SETTINGS if flags & 1 == 0 => {
+                    let _ = conn.write_all(&frame(SETTINGS, 1, 0, &[])).await;
                 }
-                HEADERS if stream == 3 => answered_3 = true,
-                GOAWAY => goaway = true,
+                RST_STREAM if stream == 1 => seen.reset_1 = code(0),
+                HEADERS if stream == 3 => seen.answered_3 = true,
+                GOAWAY => seen.goaway = code(4),
                 _ => {}
             }
         }
     }
-    assert_eq!(
-        reset_1,
-        Some(PROTOCOL_ERROR),
-        "the malformed stream is reset"
-    );
-    assert!(
-        answered_3,
-        "the good stream on the same connection is answered"
-    );
-    assert!(!goaway, "the connection is not closed");
     running.stop().await;
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_stream_resets_only_the_malformed_stream() {
+    let seen = malformed_then_good(&policy("TerminateStream")).await;
+    assert_eq!(seen.reset_1, Some(PROTOCOL_ERROR), "{seen:?}");
+    assert!(seen.answered_3, "the good stream is answered: {seen:?}");
+    assert_eq!(seen.goaway, None, "the connection is not closed: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_connection_closes_the_connection() {
+    for manifests in [
+        policy("TerminateConnection"),
+        // No policy: Envoy Gateway's default.
+        policy("TerminateStream")
+            .split("---")
+            .next()
+            .expect("the route")
+            .to_string(),
+    ] {
+        let seen = malformed_then_good(&manifests).await;
+        assert_eq!(seen.goaway, Some(ENHANCE_YOUR_CALM), "{seen:?}");
+    }
 }

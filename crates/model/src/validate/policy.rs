@@ -159,20 +159,6 @@ pub(super) fn policies(s: &Snapshot, st: &mut Statuses, res: &mut Resolution) {
                 "the policy is refused, and its Gateway's listeners are not served until it is \
                  fixed (never served without what it asks for)",
             );
-            if spec
-                .http2
-                .as_ref()
-                .and_then(|h| h.on_invalid_message.as_deref())
-                == Some("TerminateConnection")
-            {
-                // The HTTP/2 server (h2 under hyper) resets just the stream of a malformed
-                // request and offers no hook to close the connection instead.
-                unsupported.push(
-                    "spec.http2.onInvalidMessage: TerminateConnection is not served: an invalid \
-                     HTTP/2 message resets only its stream (TerminateStream)"
-                        .to_string(),
-                );
-            }
             if spec.http3.is_some()
                 && spec.tls.as_ref().and_then(|t| t.max_version.as_deref()) == Some("1.2")
             {
