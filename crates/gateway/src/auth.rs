@@ -1101,28 +1101,34 @@ mod tests {
         assert_eq!(b.check(&wrong, CLIENT).await, Err(BasicDenied::Invalid));
     }
 
+    const SHA_ALICE: &str = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
+
+    /// `alice` (`{SHA}`, password `secret`) and `carol` (bcrypt of `cost`, `s3cret`), with a
+    /// bcrypt check of that cost taking `check` and slots of its own (other tests' bcrypt
+    /// checks run in this process at the same time).
+    fn mixed_policy(cost: u32, check: std::time::Duration) -> BasicAuth {
+        let carol = bcrypt::hash("s3cret", cost).expect("bcrypt");
+        let mut b = BasicAuth::parse(&format!("{SHA_ALICE}carol:{carol}\n")).expect("parses");
+        b.bcrypt_round = Arc::new(BcryptRound::default());
+        b.bcrypt_round.record(cost, check);
+        b.bcrypt_checks = Box::leak(Box::new(tokio::sync::Semaphore::new(2)));
+        b
+    }
+
+    fn basic(user: &str, password: &str) -> http::HeaderMap {
+        header(&format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes())
+        ))
+    }
+
     /// Where the file has bcrypt entries, a failure that ran no bcrypt (an unknown user, a
     /// wrong `{SHA}` password) takes as long as a bcrypt check of the file's cost would have
     /// (paused time: the wait is exact, not measured against the clock); a success, and a
     /// file without bcrypt entries, do not wait.
     #[tokio::test(start_paused = true)]
     async fn a_failure_without_bcrypt_takes_as_long_as_one_with_it() {
-        let carol = bcrypt::hash("s3cret", 5).expect("bcrypt");
-        let sha = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
-        let mut mixed = BasicAuth::parse(&format!("{sha}carol:{carol}\n")).expect("parses");
-        mixed.bcrypt_round = Arc::new(BcryptRound::default());
-        // Slots of its own: other tests' bcrypt checks run in this process at the same time.
-        mixed.bcrypt_checks = Box::leak(Box::new(tokio::sync::Semaphore::new(2)));
-        // One round took 1 ms: a cost-5 check takes 32.
-        mixed
-            .bcrypt_round
-            .record(5, std::time::Duration::from_millis(32));
-        let basic = |u: &str, p: &str| {
-            header(&format!(
-                "Basic {}",
-                data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes())
-            ))
-        };
+        let mixed = mixed_policy(5, std::time::Duration::from_millis(32));
         async fn took(
             b: &BasicAuth,
             h: http::HeaderMap,
@@ -1154,7 +1160,7 @@ mod tests {
         let mut waits = [a.1, b.1];
         waits.sort();
         assert_eq!(waits, [wait, wait * 2]);
-        let sha_only = BasicAuth::parse(sha).expect("parses");
+        let sha_only = BasicAuth::parse(SHA_ALICE).expect("parses");
         assert_eq!(
             took(&sha_only, basic("nobody", "x")).await,
             (Err(BasicDenied::Invalid), zero)
@@ -1166,20 +1172,7 @@ mod tests {
     /// a right `{SHA}` password, and a file without bcrypt entries are not held back.
     #[tokio::test(start_paused = true)]
     async fn a_client_with_too_many_failed_logins_waits_for_the_window() {
-        let carol = bcrypt::hash("s3cret", 4).expect("bcrypt");
-        let sha = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
-        let mut mixed = BasicAuth::parse(&format!("{sha}carol:{carol}\n")).expect("parses");
-        mixed.bcrypt_round = Arc::new(BcryptRound::default());
-        mixed
-            .bcrypt_round
-            .record(4, std::time::Duration::from_millis(16));
-        mixed.bcrypt_checks = Box::leak(Box::new(tokio::sync::Semaphore::new(2)));
-        let basic = |u: &str, p: &str| {
-            header(&format!(
-                "Basic {}",
-                data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes())
-            ))
-        };
+        let mixed = mixed_policy(4, std::time::Duration::from_millis(16));
         let (a, b): (std::net::IpAddr, std::net::IpAddr) =
             ([192, 0, 2, 1].into(), [192, 0, 2, 2].into());
         for _ in 0..BASIC_AUTH_FAILURES_PER_CLIENT {
@@ -1208,7 +1201,7 @@ mod tests {
             mixed.check(&basic("nobody", "x"), a).await,
             Err(BasicDenied::Invalid)
         );
-        let sha_only = BasicAuth::parse(sha).expect("parses");
+        let sha_only = BasicAuth::parse(SHA_ALICE).expect("parses");
         for _ in 0..=BASIC_AUTH_FAILURES_PER_CLIENT {
             assert_eq!(
                 sha_only.check(&basic("nobody", "x"), a).await,
@@ -1230,26 +1223,20 @@ mod tests {
         let carol = bcrypt::hash("s3cret", 4).expect("bcrypt");
         let text = format!("alice:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\n\ncarol:{carol}\n");
         let b = BasicAuth::parse(&text).expect("parses");
-        let basic = |u: &str, p: &str| {
-            format!(
-                "Basic {}",
-                data_encoding::BASE64.encode(format!("{u}:{p}").as_bytes())
-            )
-        };
         assert_eq!(
-            b.check(&header(&basic("alice", "secret")), CLIENT).await,
+            b.check(&basic("alice", "secret"), CLIENT).await,
             Ok("alice".into())
         );
         assert_eq!(
-            b.check(&header(&basic("alice", "Secret")), CLIENT).await,
+            b.check(&basic("alice", "Secret"), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(
-            b.check(&header(&basic("bob", "secret")), CLIENT).await,
+            b.check(&basic("bob", "secret"), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(
-            b.check(&header(&basic("carol", "secret")), CLIENT).await,
+            b.check(&basic("carol", "secret"), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         let remembered = |u: &str, p: &str| {
@@ -1265,14 +1252,14 @@ mod tests {
         );
         for _ in 0..2 {
             assert_eq!(
-                b.check(&header(&basic("carol", "s3cret")), CLIENT).await,
+                b.check(&basic("carol", "s3cret"), CLIENT).await,
                 Ok("carol".into())
             );
         }
         assert!(remembered("carol", "s3cret"), "a success is remembered");
         // alice's password is not carol's.
         assert_eq!(
-            b.check(&header(&basic("carol", "secret")), CLIENT).await,
+            b.check(&basic("carol", "secret"), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
         assert_eq!(

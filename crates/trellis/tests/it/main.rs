@@ -347,25 +347,11 @@ fn check_marks_a_health_endpoint_that_cannot_be_made() {
          data:\n  config.yaml: |\n    endpoints:\n      - {name: x, url: 'tcp://127.0.0.1:1', conditions: ['[CONNECTED] = true']}\n",
     )
     .expect("write");
-    let out = trellis(&[
-        "check",
-        "-f",
-        &dir.path().display().to_string(),
-        "-o",
-        "json",
-    ]);
+    let out = check_json(dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let conditions = &doc["objects"][0]["conditions"];
-    let find = |t: &str| {
-        conditions
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == t)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let find = |t: &str| condition(conditions, t);
     assert_eq!(find("Accepted")["status"], "True", "{conditions:#}");
     let health = find("HealthEndpointsAccepted");
     assert_eq!(health["status"], "False", "{conditions:#}");
@@ -1100,6 +1086,21 @@ fn systemd_units_verify() {
     }
 }
 
+/// `trellis check -f DIR -o json`.
+fn check_json(dir: &Path) -> Output {
+    trellis(&["check", "-f", &dir.display().to_string(), "-o", "json"])
+}
+
+/// The condition of type `type_` in a JSON list of conditions (`null` when there is none).
+fn condition(list: &serde_json::Value, type_: &str) -> serde_json::Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A listener the gateway does not serve (here: its ClientTrafficPolicy, on that listener
 /// alone, is refused) is `Programmed=False` with why in `trellis check`, beside the refused
 /// policy; the Gateway's other listener stays programmed.
@@ -1123,13 +1124,7 @@ fn check_marks_a_listener_that_is_not_served() {
          spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: none}]\n  path: {disableMergeSlashes: true}\n",
     )
     .expect("write");
-    let out = trellis(&[
-        "check",
-        "-f",
-        &dir.path().display().to_string(),
-        "-o",
-        "json",
-    ]);
+    let out = check_json(dir.path());
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     let gw = doc["objects"]
         .as_array()
@@ -1139,19 +1134,14 @@ fn check_marks_a_listener_that_is_not_served() {
         .cloned()
         .unwrap_or_default();
     let programmed = |listener: &str| {
-        gw["status"]["listeners"]
+        let l = gw["status"]["listeners"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|l| l["name"] == listener)
-            .and_then(|l| {
-                l["conditions"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["type"] == "Programmed")
-                    .cloned()
-            })
-            .unwrap_or_default()
+            .cloned()
+            .unwrap_or_default();
+        condition(&l["conditions"], "Programmed")
     };
     assert_eq!(programmed("a")["status"], "True", "{gw:#}");
     let b = programmed("b");
@@ -1163,19 +1153,14 @@ fn check_marks_a_listener_that_is_not_served() {
     );
     // A Gateway none of whose listeners is served is not programmed either.
     let gateway_programmed = |name: &str| {
-        doc["objects"]
+        let g = doc["objects"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|o| o["kind"] == "Gateway" && o["metadata"]["name"] == name)
-            .and_then(|g| {
-                g["status"]["conditions"]
-                    .as_array()?
-                    .iter()
-                    .find(|c| c["type"] == "Programmed")
-                    .cloned()
-            })
-            .unwrap_or_default()
+            .cloned()
+            .unwrap_or_default();
+        condition(&g["status"]["conditions"], "Programmed")
     };
     assert_eq!(gateway_programmed("gw")["status"], "True");
     let none = gateway_programmed("none");
