@@ -769,23 +769,31 @@ impl BasicAuth {
         let permits = self.bcrypt_permits().await?;
         let (password, hash) = (password.to_string(), hash.clone());
         let round = self.bcrypt_round.clone();
-        let ok = tokio::task::spawn_blocking(move || {
+        let checked = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
+            let took = started.elapsed();
             if let Ok(cost) = bcrypt_hash(&hash) {
-                round.record(cost, started.elapsed());
+                round.record(cost, took);
             }
-            drop(permits);
-            ok
+            (ok, took, permits)
         })
-        .await
-        .unwrap_or(false);
+        .await;
+        let Ok((ok, took, permits)) = checked else {
+            return Err(BasicDenied::Invalid);
+        };
         if ok {
             BCRYPT_VERIFIED.insert(seen);
-            Ok(user.to_string())
-        } else {
-            Err(BasicDenied::Invalid)
+            return Ok(user.to_string());
         }
+        // A wrong password for an entry of a lower cost than the file's highest takes as long
+        // as one of the highest (as an unknown name does), the slots still held.
+        if let Some(highest) = self.bcrypt_cost {
+            let rest = self.bcrypt_round.of(highest).await.saturating_sub(took);
+            tokio::time::sleep(rest).await;
+        }
+        drop(permits);
+        Err(BasicDenied::Invalid)
     }
 }
 
@@ -1103,16 +1111,21 @@ mod tests {
 
     const SHA_ALICE: &str = "alice:{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ=\n";
 
-    /// `alice` (`{SHA}`, password `secret`) and `carol` (bcrypt of `cost`, `s3cret`), with a
-    /// bcrypt check of that cost taking `check` and slots of its own (other tests' bcrypt
-    /// checks run in this process at the same time).
-    fn mixed_policy(cost: u32, check: std::time::Duration) -> BasicAuth {
-        let carol = bcrypt::hash("s3cret", cost).expect("bcrypt");
-        let mut b = BasicAuth::parse(&format!("{SHA_ALICE}carol:{carol}\n")).expect("parses");
+    /// The policy of htpasswd `text`, where a bcrypt check of `cost` takes `check`, with slots
+    /// of its own (other tests' bcrypt checks run in this process at the same time).
+    fn isolated(text: &str, cost: u32, check: std::time::Duration) -> BasicAuth {
+        let mut b = BasicAuth::parse(text).expect("parses");
         b.bcrypt_round = Arc::new(BcryptRound::default());
         b.bcrypt_round.record(cost, check);
         b.bcrypt_checks = Box::leak(Box::new(tokio::sync::Semaphore::new(2)));
         b
+    }
+
+    /// `alice` (`{SHA}`, password `secret`) and `carol` (bcrypt of `cost`, `s3cret`), where
+    /// a check takes `check` ([`isolated`]).
+    fn mixed_policy(cost: u32, check: std::time::Duration) -> BasicAuth {
+        let carol = bcrypt::hash("s3cret", cost).expect("bcrypt");
+        isolated(&format!("{SHA_ALICE}carol:{carol}\n"), cost, check)
     }
 
     fn basic(user: &str, password: &str) -> http::HeaderMap {
@@ -1208,6 +1221,31 @@ mod tests {
                 Err(BasicDenied::Invalid)
             );
         }
+    }
+
+    /// A wrong password for a bcrypt entry of a lower cost than the file's highest takes as
+    /// long as a check of the highest (paused time: the wait after the real cost-4 check is
+    /// what a cost-8 check takes less what that one took, so at least half of a cost-8 check).
+    #[tokio::test(start_paused = true)]
+    async fn a_cheaper_entry_fails_as_slowly_as_the_costliest() {
+        let carol = bcrypt::hash("s3cret", 4).expect("bcrypt");
+        let dave = bcrypt::hash("pw", 8).expect("bcrypt");
+        let b = isolated(
+            &format!("carol:{carol}\ndave:{dave}\n"),
+            4,
+            std::time::Duration::from_millis(16),
+        );
+        // A round is 1 ms: a cost-8 check 256 ms, a cost-4 one 16.
+        let t = tokio::time::Instant::now();
+        assert_eq!(
+            b.check(&basic("carol", "wrong"), CLIENT).await,
+            Err(BasicDenied::Invalid)
+        );
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(128),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     /// With nothing measured yet, a round's time is measured with one cheap bcrypt hash.
