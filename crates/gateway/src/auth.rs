@@ -445,6 +445,7 @@ impl Failures {
             self.0
                 .retain(|_, (_, since)| now.duration_since(*since) < BASIC_AUTH_FAILURE_WINDOW);
             if self.0.len() >= BASIC_AUTH_CLIENTS_TRACKED {
+                BASIC_FAILURES_UNTRACKED.inc();
                 return;
             }
         }
@@ -509,12 +510,18 @@ enum Password {
     /// `{SHA}`: the SHA-1 digest of the password.
     Sha1([u8; 20]),
     /// bcrypt (`$2a$`, `$2b$`, `$2x$`, `$2y$`), of at most [`BCRYPT_COST_MAX`].
-    Bcrypt(String),
+    Bcrypt { hash: String, cost: u32 },
 }
 
 /// Times the credentials bcrypt accepted were forgotten at `BASIC_AUTH_VERIFIED_MAX` (metric
 /// `basic_auth_verified_cleared`).
 pub static BASIC_VERIFIED_CLEARED: std::sync::LazyLock<
+    prometheus_client::metrics::counter::Counter,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Failed logins not counted because `BASIC_AUTH_CLIENTS_TRACKED` addresses were already
+/// counted in their window (metric `basic_auth_failures_untracked`).
+pub static BASIC_FAILURES_UNTRACKED: std::sync::LazyLock<
     prometheus_client::metrics::counter::Counter,
 > = std::sync::LazyLock::new(Default::default);
 
@@ -617,7 +624,10 @@ impl BasicAuth {
                 let hash = hash.trim();
                 let cost = bcrypt_hash(hash).map_err(|e| format!("line {n}: user {user}: {e}"))?;
                 bcrypt_cost = Some(cost);
-                Password::Bcrypt(hash.to_string())
+                Password::Bcrypt {
+                    hash: hash.to_string(),
+                    cost,
+                }
             } else {
                 let what = if hash.starts_with("$apr1$") {
                     "APR1-MD5"
@@ -698,6 +708,20 @@ impl BasicAuth {
         r
     }
 
+    /// Holds a failed check, in a file with bcrypt entries, until it has taken as long as a
+    /// check of the file's highest cost: all of it when no bcrypt ran (`ran` none), the
+    /// difference after a check of cost `ran`. A wait, not CPU.
+    async fn hold_failure(&self, ran: Option<u32>) {
+        let Some(highest) = self.bcrypt_cost else {
+            return;
+        };
+        let mut rest = self.bcrypt_round.of(highest).await;
+        if let Some(cost) = ran {
+            rest = rest.saturating_sub(self.bcrypt_round.of(cost).await);
+        }
+        tokio::time::sleep(rest).await;
+    }
+
     /// Whether `client` may take a bcrypt slot now (see [`BASIC_AUTH_FAILURES_PER_CLIENT`]).
     fn may_try(&self, client: std::net::IpAddr) -> Result<(), BasicDenied> {
         let mut f = self
@@ -727,8 +751,8 @@ impl BasicAuth {
             .ok_or(BasicDenied::Missing)?;
         let creds = String::from_utf8(creds).map_err(|_| BasicDenied::Invalid)?;
         let (user, password) = creds.split_once(':').ok_or(BasicDenied::Invalid)?;
-        let hash = match self.users.get(user) {
-            Some(Password::Bcrypt(hash)) => hash,
+        let (hash, cost) = match self.users.get(user) {
+            Some(Password::Bcrypt { hash, cost }) => (hash, *cost),
             // `{SHA}`, and an unknown user: the same work whether a `{SHA}` user exists or
             // not. Where the file has bcrypt entries, a failure here takes the same way as a
             // bcrypt check (the slots, then as long as one takes, without its CPU), so that a
@@ -748,10 +772,10 @@ impl BasicAuth {
                 if other.is_some() && same {
                     return Ok(user.to_string());
                 }
-                if let Some(cost) = self.bcrypt_cost {
+                if self.bcrypt_cost.is_some() {
                     self.may_try(client)?;
                     let permits = self.bcrypt_permits().await?;
-                    tokio::time::sleep(self.bcrypt_round.of(cost).await).await;
+                    self.hold_failure(None).await;
                     drop(permits);
                 }
                 return Err(BasicDenied::Invalid);
@@ -772,26 +796,20 @@ impl BasicAuth {
         let checked = tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
             let ok = bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false);
-            let took = started.elapsed();
-            if let Ok(cost) = bcrypt_hash(&hash) {
-                round.record(cost, took);
-            }
-            (ok, took, permits)
+            round.record(cost, started.elapsed());
+            (ok, permits)
         })
         .await;
-        let Ok((ok, took, permits)) = checked else {
+        let Ok((ok, permits)) = checked else {
             return Err(BasicDenied::Invalid);
         };
         if ok {
             BCRYPT_VERIFIED.insert(seen);
             return Ok(user.to_string());
         }
-        // A wrong password for an entry of a lower cost than the file's highest takes as long
-        // as one of the highest (as an unknown name does), the slots still held.
-        if let Some(highest) = self.bcrypt_cost {
-            let rest = self.bcrypt_round.of(highest).await.saturating_sub(took);
-            tokio::time::sleep(rest).await;
-        }
+        // A wrong password for an entry of a lower cost than the file's highest is held as
+        // long as one of the highest (as an unknown name is), the slots still held.
+        self.hold_failure(Some(cost)).await;
         drop(permits);
         Err(BasicDenied::Invalid)
     }
@@ -1223,9 +1241,9 @@ mod tests {
         }
     }
 
-    /// A wrong password for a bcrypt entry of a lower cost than the file's highest takes as
-    /// long as a check of the highest (paused time: the wait after the real cost-4 check is
-    /// what a cost-8 check takes less what that one took, so at least half of a cost-8 check).
+    /// A wrong password for a bcrypt entry of a lower cost than the file's highest is held,
+    /// after its own check, for what a check of the highest takes beyond one of its cost
+    /// (paused time: the hold is exact; the real cost-4 check itself takes none of it).
     #[tokio::test(start_paused = true)]
     async fn a_cheaper_entry_fails_as_slowly_as_the_costliest() {
         let carol = bcrypt::hash("s3cret", 4).expect("bcrypt");
@@ -1235,17 +1253,39 @@ mod tests {
             4,
             std::time::Duration::from_millis(16),
         );
-        // A round is 1 ms: a cost-8 check 256 ms, a cost-4 one 16.
         let t = tokio::time::Instant::now();
         assert_eq!(
             b.check(&basic("carol", "wrong"), CLIENT).await,
             Err(BasicDenied::Invalid)
         );
+        let held = t.elapsed();
+        // The round as the check left it (it adds its own measure).
+        let (c8, c4) = (b.bcrypt_round.of(8).await, b.bcrypt_round.of(4).await);
+        assert!(c4 > std::time::Duration::ZERO);
+        // (tokio's timers count whole milliseconds, rounding up.)
+        let want = c8 - c4;
         assert!(
-            t.elapsed() >= std::time::Duration::from_millis(128),
-            "{:?}",
-            t.elapsed()
+            held >= want && held - want < std::time::Duration::from_millis(1),
+            "{held:?} for {want:?}"
         );
+    }
+
+    /// At `BASIC_AUTH_CLIENTS_TRACKED` addresses counted in their window, a new address's
+    /// failure is not counted, and that is counted.
+    #[test]
+    fn failures_past_the_tracked_addresses_are_counted_as_untracked() {
+        let mut f = Failures::default();
+        for i in 0..BASIC_AUTH_CLIENTS_TRACKED {
+            let i = u32::try_from(i).expect("small");
+            f.failed(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
+                0x0a00_0000 + i,
+            )));
+        }
+        let before = BASIC_FAILURES_UNTRACKED.get();
+        f.failed(CLIENT);
+        assert_eq!(BASIC_FAILURES_UNTRACKED.get(), before + 1);
+        assert!(!f.0.contains_key(&CLIENT));
+        assert_eq!(f.0.len(), BASIC_AUTH_CLIENTS_TRACKED);
     }
 
     /// With nothing measured yet, a round's time is measured with one cheap bcrypt hash.

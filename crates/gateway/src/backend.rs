@@ -255,15 +255,9 @@ impl Pool {
         None
     }
 
-    /// Keeps `s` for the next request to `addr`; `now` is the caller's clock reading (one
-    /// it already has: the pool reads none of its own per request).
-    pub(crate) fn put(
-        &self,
-        addr: SocketAddr,
-        keepalive: Option<Keepalive>,
-        s: TcpStream,
-        now: std::time::Instant,
-    ) {
+    /// Keeps `s`, idle from now, for the next request to `addr`.
+    pub(crate) fn put(&self, addr: SocketAddr, keepalive: Option<Keepalive>, s: TcpStream) {
+        let now = std::time::Instant::now();
         if let Ok(mut map) = self.0.lock() {
             let idle = map.entry((addr, keepalive)).or_default();
             // Connections idle past the timeout are closed (the newest are used first, so

@@ -760,10 +760,7 @@ async fn exchange(state: &State, client: &mut impl Client, ex: &Exchange, closin
             Err(_) => (false, true),
         };
         if complete && !extra && !head.upstream_close {
-            // Idle from now (after the body, however long it took).
-            state
-                .h1_pool
-                .put(ep.addr, backend.keepalive, up, Instant::now());
+            state.h1_pool.put(ep.addr, backend.keepalive, up);
         }
         return Done {
             status: head.status,

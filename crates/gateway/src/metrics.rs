@@ -218,6 +218,11 @@ impl Metrics {
             self.basic_auth_throttled.clone(),
         );
         r.register(
+            "basic_auth_failures_untracked",
+            "Failed basicAuth logins not counted against their client address: the addresses counted were at their bound",
+            crate::auth::BASIC_FAILURES_UNTRACKED.clone(),
+        );
+        r.register(
             "basic_auth_verified_cleared",
             "Times a basicAuth policy's remembered bcrypt-verified credentials were forgotten at their bound",
             crate::auth::BASIC_VERIFIED_CLEARED.clone(),

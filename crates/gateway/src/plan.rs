@@ -593,11 +593,8 @@ pub fn compile(s: &Snapshot, namespace: &str, name: &str) -> Result<Plan, Compil
     // is terminated by the port's HTTPS listeners.
     for (port, on_port) in &http_listeners {
         if let Some(r) = routers.get_mut(port) {
-            for h in on_port.iter().filter_map(|(_, h)| h.as_deref()) {
-                match h.strip_prefix("*.") {
-                    Some(suffix) => r.wildcard.entry(suffix.to_string()).or_default(),
-                    None => r.exact.entry(h.to_string()).or_default(),
-                };
+            for (_, h) in on_port.iter().filter(|(_, h)| h.is_some()) {
+                r.group_mut(h.as_deref());
             }
         }
     }
@@ -1083,17 +1080,7 @@ fn add_route<'a>(
                         mi,
                     ),
                 };
-                match host {
-                    None => router.any.push(entry),
-                    Some(h) => match h.strip_prefix("*.") {
-                        Some(suffix) => router
-                            .wildcard
-                            .entry(suffix.to_string())
-                            .or_default()
-                            .push(entry),
-                        None => router.exact.entry(h.clone()).or_default().push(entry),
-                    },
-                }
+                router.group_mut(host.as_deref()).push(entry);
             }
         }
     }
@@ -1676,6 +1663,18 @@ impl Router {
         match &self.client_ip {
             Some(c) => c.client(peer, headers),
             None => peer,
+        }
+    }
+
+    /// The group of a route's effective hostname (`*.x` a wildcard, none the catch-all),
+    /// made when missing.
+    fn group_mut(&mut self, host: Option<&str>) -> &mut Vec<Entry> {
+        match host {
+            None => &mut self.any,
+            Some(h) => match h.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.to_string()).or_default(),
+                None => self.exact.entry(h.to_string()).or_default(),
+            },
         }
     }
 

@@ -683,8 +683,7 @@ impl BodyReader {
         if ended && let Some(up) = self.up.take() {
             // Bytes past the end: the connection is not in a known state.
             if self.reuse && self.buf.is_empty() {
-                self.pool
-                    .put(self.addr, self.keepalive, up, std::time::Instant::now());
+                self.pool.put(self.addr, self.keepalive, up);
             }
         }
         Ok(ended)
